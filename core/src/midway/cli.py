@@ -1,0 +1,182 @@
+"""The ``midway`` command line. Plugins add subcommands through ``register_commands``."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+import orjson
+
+from midway import __version__
+from midway.config import ConfigError, Settings, load_settings
+from midway.plugins import PluginHost
+
+
+def _setup_logging(settings: Settings) -> None:
+    logging.basicConfig(level=getattr(logging, settings.log_level.upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+
+
+def settings_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Give a command ``--config`` and ``--data-dir`` and pass it ``settings``.
+
+    Options given on the root (``midway --data-dir D audit query``) apply too; the
+    command's own win. Every command that reads a store should use this.
+    """
+
+    @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+                  help="TOML config file (or MIDWAY_CONFIG).")
+    @click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+                  help="Where embedded stores live (or MIDWAY_DATA_DIR).")
+    @functools.wraps(fn)
+    def wrapper(*args: Any, config_path: str | None, data_dir: str | None,
+                **kwargs: Any) -> Any:
+        root = click.get_current_context().find_root().params
+        try:
+            settings = load_settings(config_path or root.get("config_path"),
+                                     data_dir=data_dir or root.get("data_dir"))
+        except ConfigError as exc:
+            raise click.ClickException(str(exc)) from None
+        return fn(*args, settings=settings, **kwargs)
+
+    return wrapper
+
+
+def _plugin_host() -> PluginHost:
+    host = PluginHost()
+    try:
+        settings = load_settings()
+    except ConfigError:
+        settings = Settings()
+    logging.getLogger("midway.plugins").setLevel(logging.CRITICAL)  # reported by `plugins`
+    host.load(only=settings.plugins, extra=settings.extra_plugins)
+    return host
+
+
+class MidwayCLI(click.Group):
+    """Adds plugin subcommands the first time the command list is needed."""
+
+    _loaded = False
+
+    def _load(self) -> None:
+        if not self._loaded:
+            self._loaded = True
+            _plugin_host().call_sync("register_commands", cli=self)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        self._load()
+        return super().list_commands(ctx)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is None:
+            self._load()
+            command = super().get_command(ctx, cmd_name)
+        return command
+
+
+@click.group(cls=MidwayCLI)
+@click.version_option(__version__, prog_name="midway")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="TOML config file (or MIDWAY_CONFIG).")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              help="Where embedded stores live (or MIDWAY_DATA_DIR).")
+def cli(config_path: str | None, data_dir: str | None) -> None:
+    """midway: a plugin-based proxy for the Anthropic Messages API."""
+
+
+@cli.command()
+@click.option("--host", default=None, help="Address to bind [127.0.0.1].")
+@click.option("--port", type=int, default=None, help="Port to listen on [8910].")
+@click.option("--upstream", default=None, help="Anthropic API base URL.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="TOML config file (or MIDWAY_CONFIG).")
+@click.option("--plugin", "plugins", multiple=True,
+              help="Extra plugin: a .py file or an importable module (repeatable).")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              help="Where embedded stores live (or MIDWAY_DATA_DIR).")
+@click.option("--workers", type=int, default=None, help="Processes sharing the port [1].")
+@click.option("--allow-public", is_flag=True, default=None,
+              help="Listen beyond loopback even without client keys (not recommended).")
+def serve(host: str | None, port: int | None, upstream: str | None, config_path: str | None,
+          plugins: tuple[str, ...], data_dir: str | None, workers: int | None,
+          allow_public: bool | None) -> None:
+    """Run the proxy."""
+    from midway.server import check_exposure, run
+
+    root = click.get_current_context().find_root().params
+    try:
+        settings = load_settings(config_path or root.get("config_path"), host=host, port=port,
+                                 upstream=upstream, extra_plugins=plugins,
+                                 data_dir=data_dir or root.get("data_dir"), workers=workers,
+                                 allow_public=allow_public)
+        check_exposure(settings)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    _setup_logging(settings)
+    run(settings)
+
+
+@cli.command("plugins")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+def plugins_command(as_json: bool) -> None:
+    """List plugins: name, version, source, hooks, load error."""
+    host = _plugin_host()
+    infos = [info.as_dict() for info in host.infos]
+    if as_json:
+        click.echo(orjson.dumps(infos, option=orjson.OPT_INDENT_2).decode())
+        return
+    if not infos:
+        click.echo("no plugins installed")
+    for info in infos:
+        line = f"{info['name']} {info['version'] or '-'} ({info['source']})"
+        if info["error"]:
+            line += f"  FAILED: {info['error']}"
+        else:
+            line += f"  hooks: {', '.join(info['hooks']) or '-'}"
+        click.echo(line)
+
+
+@cli.command("mock-upstream")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8911, show_default=True)
+def mock_upstream(host: str, port: int) -> None:
+    """Run a fake Anthropic API (for demos and offline machines)."""
+    from midway.fake_upstream import run_forever
+
+    click.echo(f"fake Anthropic API on http://{host}:{port}", err=True)
+    run_forever(host, port)
+
+
+@cli.group("config")
+def config_group() -> None:
+    """Inspect the configuration."""
+
+
+@config_group.command("show")
+@settings_options
+def config_show(settings: Settings) -> None:
+    """Print the settings in force (credentials masked)."""
+    data = {
+        "host": settings.host, "port": settings.port, "upstream": settings.upstream,
+        "data_dir": str(settings.data_dir), "workers": settings.workers,
+        "plugins": settings.plugins, "extra_plugins": settings.extra_plugins,
+        "idle_timeout": settings.idle_timeout, "max_body_size": settings.max_body_size,
+        "client_keys": [{"name": k.name, "team": k.team} for k in settings.client_keys],
+        "upstream_api_key": "(set)" if settings.upstream_api_key else None,
+        "config_path": str(settings.config_path) if settings.config_path else None,
+    }
+    click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
+
+
+def main() -> None:
+    cli(prog_name="midway")
+
+
+if __name__ == "__main__":
+    main()

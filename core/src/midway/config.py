@@ -1,0 +1,200 @@
+"""Settings: defaults, then the TOML file, then ``MIDWAY_*`` variables, then flags."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+DEFAULT_PORT = 8910
+DEFAULT_UPSTREAM = "https://api.anthropic.com"
+MiB = 1024 * 1024
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; the message says what and where."""
+
+
+def default_data_dir() -> Path:
+    """A per-user data folder: ``$XDG_DATA_HOME/midway`` or the platform's equivalent."""
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Application Support" / "midway"
+    if os.name == "nt":
+        return Path(os.environ.get("LOCALAPPDATA", Path.home())) / "midway"
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "midway"
+
+
+@attrs.define
+class ClientKey:
+    """A midway key from config, mapped to a principal."""
+
+    key: str  # literal or env:/file: reference
+    name: str
+    team: str | None = None
+    labels: dict[str, str] = attrs.field(factory=dict)
+    models: tuple[str, ...] = ()
+    upstreams: tuple[str, ...] = ()
+    allow_project_header: bool = True
+
+
+@attrs.define
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    upstream: str = DEFAULT_UPSTREAM
+    data_dir: Path = attrs.field(factory=default_data_dir)
+    workers: int = 1
+    plugins: list[str] | None = None  # None: every installed plugin; []: none
+    extra_plugins: list[str] = attrs.field(factory=list)  # --plugin file.py / package.module
+    idle_timeout: float = 600.0
+    connect_timeout: float = 10.0
+    max_body_size: int = 64 * MiB
+    pool_size: int = 256
+    shutdown_timeout: float = 30.0
+    max_attempts: int = 5
+    allow_public: bool = False
+    trust_env: bool = False
+    upstream_api_key: str | None = None  # reference; used when clients present midway keys
+    client_keys: list[ClientKey] = attrs.field(factory=list)
+    admin_key: str | None = None  # reference; enables /_midway/admin and protects dashboards
+    log_format: str = "text"  # text | json
+    log_level: str = "INFO"
+    access_log: bool = True
+    config_path: Path | None = None
+    tables: dict[str, Any] = attrs.field(factory=dict)  # the whole TOML document
+
+    def plugin_config(self, name: str) -> dict[str, Any]:
+        """Config of one plugin: its TOML table, overridden by ``MIDWAY_<NAME>__<KEY>``."""
+        table = dict(self.tables.get(name, {}) or {})
+        prefix = f"MIDWAY_{name.upper().replace('-', '_')}__"
+        for key, value in os.environ.items():
+            if key.startswith(prefix):
+                table[key[len(prefix):].lower()] = _parse_env_value(value)
+        return table
+
+    @property
+    def client_keys_enabled(self) -> bool:
+        return bool(self.client_keys) or bool(self.tables.get("keys", {}).get("enabled"))
+
+
+def _parse_env_value(value: str) -> Any:
+    lowered = value.strip().lower()
+    if lowered in ("true", "yes", "on"):
+        return True
+    if lowered in ("false", "no", "off"):
+        return False
+    try:
+        return int(value)
+    except ValueError:
+        pass
+    try:
+        return float(value)
+    except ValueError:
+        return value
+
+
+_SCALARS: dict[str, type] = {
+    "host": str, "port": int, "upstream": str, "workers": int, "idle_timeout": float,
+    "connect_timeout": float, "max_body_size": int, "pool_size": int,
+    "shutdown_timeout": float, "max_attempts": int, "allow_public": bool, "trust_env": bool,
+    "upstream_api_key": str, "admin_key": str, "log_format": str, "log_level": str,
+    "access_log": bool,
+}
+
+
+def _coerce(name: str, value: Any, source: str) -> Any:
+    kind = _SCALARS[name]
+    try:
+        if kind is bool:
+            if isinstance(value, str):
+                parsed = _parse_env_value(value)
+                if not isinstance(parsed, bool):
+                    raise ValueError(value)
+                return parsed
+            return bool(value)
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{source}: {name} must be {kind.__name__}, got {value!r}") from None
+
+
+def _client_keys(entries: Any, source: str) -> list[ClientKey]:
+    if not isinstance(entries, list):
+        raise ConfigError(f"{source}: [[midway.client_keys]] must be an array of tables")
+    keys = []
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, Mapping) or "key" not in entry or "name" not in entry:
+            raise ConfigError(f"{source}: client key #{i + 1} needs at least 'key' and 'name'")
+        keys.append(ClientKey(
+            key=str(entry["key"]), name=str(entry["name"]), team=entry.get("team"),
+            labels={str(k): str(v) for k, v in (entry.get("labels") or {}).items()},
+            models=tuple(entry.get("models") or ()),
+            upstreams=tuple(entry.get("upstreams") or ()),
+            allow_project_header=bool(entry.get("allow_project_header", True)),
+        ))
+    return keys
+
+
+def _split_plugins(value: str) -> list[str]:
+    return [name.strip() for name in value.split(",") if name.strip()]
+
+
+def load_settings(config: str | Path | None = None, environ: Mapping[str, str] | None = None,
+                  **flags: Any) -> Settings:
+    """Build settings. ``flags`` left as ``None`` do not override anything."""
+    env = os.environ if environ is None else environ
+    settings = Settings()
+    path = config or env.get("MIDWAY_CONFIG")
+    if path:
+        settings.config_path = Path(path).expanduser()
+        try:
+            with open(settings.config_path, "rb") as fh:
+                settings.tables = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {settings.config_path}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{settings.config_path}: invalid TOML: {exc}") from None
+        core = settings.tables.get("midway", {})
+        source = str(settings.config_path)
+        for key, value in core.items():
+            if key in _SCALARS:
+                setattr(settings, key, _coerce(key, value, source))
+            elif key == "data_dir":
+                settings.data_dir = Path(str(value)).expanduser()
+            elif key == "plugins":
+                settings.plugins = [str(v) for v in value]
+            elif key == "extra_plugins":
+                settings.extra_plugins = [str(v) for v in value]
+            elif key == "client_keys":
+                settings.client_keys = _client_keys(value, source)
+            else:
+                raise ConfigError(f"{source}: unknown setting [midway] {key}")
+    for key in _SCALARS:
+        name = f"MIDWAY_{key.upper()}"
+        if name in env:
+            setattr(settings, key, _coerce(key, env[name], name))
+    if "MIDWAY_DATA_DIR" in env:
+        settings.data_dir = Path(env["MIDWAY_DATA_DIR"]).expanduser()
+    if "MIDWAY_PLUGINS" in env:
+        settings.plugins = _split_plugins(env["MIDWAY_PLUGINS"])
+    for key, value in flags.items():
+        if value is None or value == ():
+            continue
+        if key == "data_dir":
+            settings.data_dir = Path(value).expanduser()
+        elif key == "extra_plugins":
+            settings.extra_plugins = [*settings.extra_plugins, *value]
+        elif key in _SCALARS:
+            setattr(settings, key, _coerce(key, value, f"--{key.replace('_', '-')}"))
+        else:
+            raise ConfigError(f"unknown setting {key}")
+    if not settings.upstream.startswith(("http://", "https://")):
+        raise ConfigError(f"upstream must be an http(s) URL, got {settings.upstream!r}")
+    if settings.log_format not in ("text", "json"):
+        raise ConfigError("log_format must be 'text' or 'json'")
+    return settings

@@ -1,0 +1,325 @@
+"""The objects a request is made of on its way through midway: what plugins see and change."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Protocol
+
+import attrs
+import orjson
+from multidict import CIMultiDict
+
+if TYPE_CHECKING:
+    from midway.context import Midway
+
+_UNSET: Any = object()
+
+
+def new_request_id() -> str:
+    """midway's own id for an exchange: unique, sortable by time, safe in logs."""
+    return f"mw_{time.time_ns():x}{secrets.token_hex(6)}"
+
+
+@attrs.define(eq=False)
+class Request:
+    """The client's request. ``body`` is kept as bytes; ``json`` is parsed on first use.
+
+    Headers are the client's end-to-end headers (hop-by-hop ones removed); change them in
+    place. Assigning ``json`` or ``body`` replaces what is forwarded; reading never does.
+    """
+
+    method: str
+    path: str
+    query_string: str
+    headers: CIMultiDict[str]
+    _body: bytes
+    _json: Any = _UNSET
+    changed: bool = False
+
+    @property
+    def body(self) -> bytes:
+        if self.changed and self._json is not _UNSET:
+            self._body = orjson.dumps(self._json)
+            self.changed = False
+        return self._body
+
+    @body.setter
+    def body(self, value: bytes) -> None:
+        self._body = value
+        self._json = _UNSET
+        self.changed = False
+
+    @property
+    def json(self) -> Any:
+        """The parsed body (``None`` when empty or not JSON)."""
+        if self._json is _UNSET:
+            try:
+                self._json = orjson.loads(self._body) if self._body else None
+            except orjson.JSONDecodeError:
+                self._json = None
+        return self._json
+
+    @json.setter
+    def json(self, value: Any) -> None:
+        self._json = value
+        self.changed = True
+
+    @property
+    def path_qs(self) -> str:
+        return f"{self.path}?{self.query_string}" if self.query_string else self.path
+
+    @property
+    def is_messages(self) -> bool:
+        return self.method == "POST" and self.path == "/v1/messages"
+
+
+@attrs.define(eq=False)
+class Response:
+    """An answer: what a plugin returns from ``pre_request``, and what the upstream sent.
+
+    For a plugin answer, give ``body`` (bytes, or any JSON-able object) or ``stream`` (an async
+    iterator of bytes, e.g. replayed SSE). ``headers`` are added to the answer.
+    """
+
+    status: int = 200
+    body: Any = None
+    headers: Mapping[str, str] = attrs.field(factory=dict)
+    stream: Any = None  # AsyncIterable[bytes] | None
+    content_type: str | None = None
+
+    def body_bytes(self) -> bytes:
+        if self.body is None:
+            return b""
+        if isinstance(self.body, bytes | bytearray | memoryview):
+            return bytes(self.body)
+        return orjson.dumps(self.body)
+
+
+class Adapter(Protocol):
+    """Translates between the Anthropic protocol the client speaks and another vendor's."""
+
+    name: str
+
+    def prepare(self, exchange: Exchange, upstream: Upstream) -> PreparedRequest:
+        """Build the upstream request (method, URL, headers, body) for this exchange."""
+        ...
+
+    def translate_error(self, status: int, headers: Mapping[str, str], body: bytes) -> bytes:
+        """Turn a vendor error body into Anthropic's error format."""
+        ...
+
+    def translate_json(self, exchange: Exchange, body: bytes) -> bytes:
+        """Turn a vendor's complete (non-streaming) answer into an Anthropic message."""
+        ...
+
+    def stream_translator(self, exchange: Exchange) -> StreamTranslator:
+        """A translator for one streaming answer."""
+        ...
+
+
+class StreamTranslator(Protocol):
+    def feed(self, data: bytes) -> bytes:
+        """Vendor stream bytes in, Anthropic SSE bytes out (possibly empty)."""
+        ...
+
+    def close(self) -> bytes:
+        """End of the vendor stream: any final Anthropic SSE bytes."""
+        ...
+
+
+@attrs.define
+class PreparedRequest:
+    method: str
+    url: str
+    headers: CIMultiDict[str]
+    body: bytes
+    streaming: bool = True
+
+
+@attrs.define(eq=False)
+class Upstream:
+    """Where an attempt goes. Returned by ``choose_upstream``.
+
+    ``headers`` are set on the upstream request (credentials go here: ``{"x-api-key": ...}``).
+    When ``passthrough_auth`` is false the client's ``x-api-key`` and ``authorization`` headers
+    are removed first. ``adapter`` translates for non-Anthropic vendors (``None``: native).
+    ``key_id`` is a short, non-secret fingerprint of the credential, for reports.
+    """
+
+    url: str
+    name: str = "default"
+    headers: Mapping[str, str] = attrs.field(factory=dict)
+    passthrough_auth: bool = True
+    adapter: Adapter | None = None
+    key_id: str | None = None
+    model: str | None = None  # rewrite the body's model to this for the attempt
+    meta: dict[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.define(eq=False)
+class Retry:
+    """Returned by ``upstream_response`` to drop an answer and try again after ``delay`` s."""
+
+    delay: float = 0.0
+    reason: str = ""
+
+
+@attrs.define(eq=False)
+class Attempt:
+    """One upstream attempt of an exchange."""
+
+    number: int
+    id: str
+    upstream: Upstream
+    started: float  # time.monotonic()
+    status: int | None = None
+    headers: CIMultiDict[str] | None = None
+    error: str | None = None
+    retried: bool = False
+    request_id: str | None = None  # the upstream's own ``request-id``
+    # set after the answer: the body of a non-streaming error answer, for the router to read
+    body: bytes | None = None
+
+
+@attrs.define
+class Usage:
+    """Final token usage. Streams: last ``message_delta`` value per field, else message_start's."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_creation_input_tokens: int = 0
+    cache_read_input_tokens: int = 0
+    cache_creation_5m_input_tokens: int = 0
+    cache_creation_1h_input_tokens: int = 0
+    web_search_requests: int = 0
+    web_fetch_requests: int = 0
+    service_tier: str | None = None
+    seen: bool = False  # False when no usage reached midway (error, no body, not messages)
+    raw: dict[str, Any] = attrs.field(factory=dict)
+
+    def update(self, usage: Mapping[str, Any]) -> None:
+        """Apply a usage object; fields present override earlier values (never summed)."""
+        if not isinstance(usage, Mapping):
+            return
+        self.seen = True
+        raw = self.raw
+        for key, value in usage.items():
+            if value is not None:
+                raw[key] = value
+        self.input_tokens = _int(raw.get("input_tokens"))
+        self.output_tokens = _int(raw.get("output_tokens"))
+        self.cache_creation_input_tokens = _int(raw.get("cache_creation_input_tokens"))
+        self.cache_read_input_tokens = _int(raw.get("cache_read_input_tokens"))
+        split = raw.get("cache_creation")
+        if isinstance(split, Mapping):
+            self.cache_creation_5m_input_tokens = _int(split.get("ephemeral_5m_input_tokens"))
+            self.cache_creation_1h_input_tokens = _int(split.get("ephemeral_1h_input_tokens"))
+        else:
+            # No split given: Anthropic's default cache TTL is 5 minutes.
+            self.cache_creation_5m_input_tokens = self.cache_creation_input_tokens
+            self.cache_creation_1h_input_tokens = 0
+        stu = raw.get("server_tool_use")
+        if isinstance(stu, Mapping):
+            self.web_search_requests = _int(stu.get("web_search_requests"))
+            self.web_fetch_requests = _int(stu.get("web_fetch_requests"))
+        tier = raw.get("service_tier")
+        self.service_tier = tier if isinstance(tier, str) else None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "cache_creation_input_tokens": self.cache_creation_input_tokens,
+            "cache_read_input_tokens": self.cache_read_input_tokens,
+            "cache_creation_5m_input_tokens": self.cache_creation_5m_input_tokens,
+            "cache_creation_1h_input_tokens": self.cache_creation_1h_input_tokens,
+            "web_search_requests": self.web_search_requests,
+            "web_fetch_requests": self.web_fetch_requests,
+        }
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+@attrs.define
+class Principal:
+    """Who sent a request. ``id`` is stable and never contains a secret."""
+
+    id: str
+    name: str
+    team: str | None = None
+    kind: str = "passthrough"  # passthrough | key | anonymous
+    key_id: str | None = None
+    labels: dict[str, str] = attrs.field(factory=dict)
+    models: tuple[str, ...] = ()  # globs the principal may use; empty: any
+    upstreams: tuple[str, ...] = ()  # upstream names it may reach; empty: any
+    allow_project_header: bool = True
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "team": self.team, "kind": self.kind,
+                "key_id": self.key_id, "labels": dict(self.labels)}
+
+
+@attrs.define
+class Timings:
+    """Wall-clock start and durations in milliseconds (``None`` until known)."""
+
+    started_at: float  # time.time() at arrival
+    started: float  # time.monotonic() at arrival
+    ttfb_ms: float | None = None  # first byte written to the client
+    total_ms: float | None = None
+    upstream_ttfb_ms: float | None = None  # first upstream response headers
+
+
+@attrs.define(eq=False)
+class Exchange:
+    """One request and its answer, as it flows through the hooks.
+
+    Plugins share findings through ``annotations`` (e.g. billing's ``cost_usd``, the cache's
+    ``cache``), and keep private per-request state in ``state`` under their own name.
+    """
+
+    id: str
+    request: Request
+    principal: Principal
+    client_address: str
+    timings: Timings
+    midway: Midway | None = None
+    upstream: Upstream | None = None
+    attempts: list[Attempt] = attrs.field(factory=list)
+    status: int | None = None
+    response_headers: CIMultiDict[str] | None = None
+    response_body: bytes | None = None  # non-streaming answers (decoded), None for streams
+    streaming: bool = False
+    usage: Usage = attrs.field(factory=Usage)
+    stop_reason: str | None = None
+    response_model: str | None = None
+    upstream_request_id: str | None = None
+    answered_by: str | None = None
+    error: str | None = None  # why the exchange did not complete normally
+    error_type: str | None = None  # Anthropic error type of an error answer or event
+    client_disconnected: bool = False
+    annotations: dict[str, Any] = attrs.field(factory=dict)
+    state: dict[str, Any] = attrs.field(factory=dict)
+
+    @property
+    def model(self) -> str | None:
+        """The model the client asked for (from the request body)."""
+        body = self.request.json
+        if isinstance(body, dict):
+            model = body.get("model")
+            if isinstance(model, str):
+                return model
+        return None
+
+    @property
+    def stream_requested(self) -> bool:
+        body = self.request.json
+        return isinstance(body, dict) and body.get("stream") is True
+
+    @property
+    def final_attempt(self) -> Attempt | None:
+        return self.attempts[-1] if self.attempts else None

@@ -1,0 +1,329 @@
+"""A scriptable fake of Anthropic's API speaking the real wire format.
+
+It stands in for ``api.anthropic.com`` in tests, demos and on offline machines. Queue answers
+with :meth:`FakeAnthropic.reply`; without a queued answer it echoes a short text message.
+Every request it receives is recorded in :attr:`FakeAnthropic.requests`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import string
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import orjson
+from aiohttp import web
+from multidict import CIMultiDict
+
+from midway.sse import encode_event
+
+_B62 = string.ascii_letters + string.digits
+
+
+def make_id(prefix: str) -> str:
+    """An id shaped like Anthropic's (``msg_01…``, ``toolu_01…``, ``req_011C…``)."""
+    return prefix + "".join(secrets.choice(_B62) for _ in range(24))
+
+
+def estimate_tokens(body: bytes) -> int:
+    return max(1, len(body) // 4)
+
+
+@attrs.define
+class Reply:
+    """One scripted answer.
+
+    ``content`` holds Anthropic content blocks: ``{"type": "text", "text": ...}``,
+    ``{"type": "thinking", "thinking": ..., "signature": ...}``,
+    ``{"type": "tool_use", "name": ..., "input": {...}}`` (ids are added).
+    Status >= 400 answers with ``error_type``/``error_message`` in Anthropic's format, or
+    ``body`` verbatim when given.
+    """
+
+    content: list[dict[str, Any]] = attrs.field(factory=lambda: [
+        {"type": "text", "text": "Hello from the fake upstream."}])
+    status: int = 200
+    usage: dict[str, Any] | None = None
+    stop_reason: str | None = None
+    model: str | None = None
+    headers: dict[str, str] = attrs.field(factory=dict)
+    error_type: str | None = None
+    error_message: str = "error"
+    body: bytes | None = None
+    stream: bool | None = None  # None: as the request asks
+    chunk_size: int | None = None  # split the stream into writes of this many bytes
+    delay: float = 0.0  # seconds between events
+    text_chunks: int = 3  # deltas per text block
+    json_fragments: int = 3  # input_json_delta fragments per tool_use
+    error_after: int | None = None  # emit `event: error` after this many events
+    error_event_type: str = "overloaded_error"
+    reset_after: int | None = None  # drop the connection after this many events
+    stall: float = 0.0  # pings only, for this long, after message_start
+    ping_interval: float = 0.5
+    truncate_after: int | None = None  # end the body (cleanly) after this many events
+
+
+@attrs.define
+class RecordedRequest:
+    method: str
+    path: str
+    query: str
+    headers: CIMultiDict[str]
+    body: bytes
+    received_at: float
+    finished_at: float | None = None
+    cancelled: bool = False
+
+    @property
+    def json(self) -> Any:
+        return orjson.loads(self.body) if self.body else None
+
+
+class FakeAnthropic:
+    """The fake API. ``app`` is an aiohttp application; :mod:`midway.testing` runs it."""
+
+    def __init__(self) -> None:
+        self.requests: list[RecordedRequest] = []
+        self.queue: deque[Reply | Callable[[RecordedRequest], Reply]] = deque()
+        self.default: Callable[[RecordedRequest], Reply] | None = None
+        self.app = web.Application(client_max_size=1024 * 1024 * 1024)
+        self.app.router.add_route("HEAD", "/", self._head)
+        self.app.router.add_post("/v1/messages", self._messages)
+        self.app.router.add_post("/v1/messages/count_tokens", self._count_tokens)
+        self.app.router.add_get("/v1/models", self._models)
+        self.app.router.add_route("*", "/{tail:.*}", self._other)
+
+    def reply(self, *replies: Reply | Callable[[RecordedRequest], Reply]) -> None:
+        """Queue answers for the next requests to ``/v1/messages``, in order."""
+        self.queue.extend(replies)
+
+    @property
+    def messages_requests(self) -> list[RecordedRequest]:
+        return [r for r in self.requests if r.path == "/v1/messages"]
+
+    # -- handlers ---------------------------------------------------------------------------
+
+    async def _record(self, request: web.Request) -> RecordedRequest:
+        body = await request.read()
+        rec = RecordedRequest(method=request.method, path=request.path,
+                              query=request.query_string, headers=CIMultiDict(request.headers),
+                              body=body, received_at=time.monotonic())
+        self.requests.append(rec)
+        return rec
+
+    async def _head(self, request: web.Request) -> web.Response:
+        return web.Response()
+
+    async def _other(self, request: web.Request) -> web.Response:
+        rec = await self._record(request)
+        rec.finished_at = time.monotonic()
+        return _error(404, "not_found_error", f"Not found: {request.path}")
+
+    async def _models(self, request: web.Request) -> web.Response:
+        rec = await self._record(request)
+        rec.finished_at = time.monotonic()
+        data = [{"type": "model", "id": m, "display_name": m, "created_at": "2026-01-01T00:00:00Z"}
+                for m in ("claude-opus-4-8", "claude-sonnet-4-6", "claude-haiku-4-5")]
+        return web.json_response({"data": data, "has_more": False, "first_id": data[0]["id"],
+                                  "last_id": data[-1]["id"]}, headers=_headers())
+
+    async def _count_tokens(self, request: web.Request) -> web.Response:
+        rec = await self._record(request)
+        rec.finished_at = time.monotonic()
+        return web.json_response({"input_tokens": estimate_tokens(rec.body)}, headers=_headers())
+
+    async def _messages(self, request: web.Request) -> web.StreamResponse:
+        rec = await self._record(request)
+        try:
+            return await self._answer(request, rec)
+        except asyncio.CancelledError:
+            rec.cancelled = True
+            raise
+        finally:
+            rec.finished_at = time.monotonic()
+
+    async def _answer(self, request: web.Request, rec: RecordedRequest) -> web.StreamResponse:
+        try:
+            body = orjson.loads(rec.body)
+        except orjson.JSONDecodeError:
+            return _error(400, "invalid_request_error", "There was an error parsing the body.")
+        if not isinstance(body, dict):
+            return _error(400, "invalid_request_error", "Request body must be an object.")
+        if self.queue:
+            item = self.queue.popleft()
+            reply = item(rec) if callable(item) else item
+        elif self.default is not None:
+            reply = self.default(rec)
+        else:
+            reply = Reply()
+        headers = _headers()
+        headers.update(reply.headers)
+        if reply.status >= 400:
+            if reply.body is not None:
+                return web.Response(status=reply.status, body=reply.body, headers=headers,
+                                    content_type="application/json")
+            return _error(reply.status, reply.error_type or _TYPES.get(reply.status, "api_error"),
+                          reply.error_message, headers)
+        message = build_message(body, reply, rec.body)
+        stream = reply.stream if reply.stream is not None else body.get("stream") is True
+        if not stream:
+            if reply.body is not None:
+                return web.Response(status=reply.status, body=reply.body, headers=headers,
+                                    content_type="application/json")
+            return web.Response(status=reply.status, body=orjson.dumps(message),
+                                headers=headers, content_type="application/json")
+        return await self._stream(request, message, reply, headers)
+
+    async def _stream(self, request: web.Request, message: dict[str, Any], reply: Reply,
+                      headers: dict[str, str]) -> web.StreamResponse:
+        response = web.StreamResponse(status=reply.status, headers=headers)
+        response.content_type = "text/event-stream"
+        response.charset = "utf-8"
+        response.headers["cache-control"] = "no-cache"
+        await response.prepare(request)
+        events = stream_events(message, reply)
+        for index, event in enumerate(events):
+            if reply.error_after is not None and index == reply.error_after:
+                await self._write(response, reply, encode_event("error", {
+                    "type": "error", "error": {"type": reply.error_event_type,
+                                               "message": "Overloaded"}}))
+                await response.write_eof()
+                return response
+            if reply.reset_after is not None and index == reply.reset_after:
+                assert request.transport is not None
+                request.transport.abort()
+                return response
+            if reply.truncate_after is not None and index == reply.truncate_after:
+                await response.write_eof()
+                return response
+            await self._write(response, reply, event)
+            if index == 0 and reply.stall:
+                deadline = time.monotonic() + reply.stall
+                while time.monotonic() < deadline:
+                    await asyncio.sleep(min(reply.ping_interval, reply.stall))
+                    await self._write(response, reply, encode_event("ping", {"type": "ping"}))
+            if reply.delay:
+                await asyncio.sleep(reply.delay)
+        await response.write_eof()
+        return response
+
+    @staticmethod
+    async def _write(response: web.StreamResponse, reply: Reply, data: bytes) -> None:
+        size = reply.chunk_size
+        if not size:
+            await response.write(data)
+            return
+        for i in range(0, len(data), size):
+            await response.write(data[i:i + size])
+
+
+_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+          404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",
+          500: "api_error", 529: "overloaded_error"}
+
+
+def _headers() -> dict[str, str]:
+    return {"request-id": make_id("req_011C"), "anthropic-organization-id":
+            "00000000-0000-4000-8000-000000000000"}
+
+
+def _error(status: int, error_type: str, message: str,
+           headers: dict[str, str] | None = None) -> web.Response:
+    hdrs = headers or _headers()
+    body = {"type": "error", "error": {"type": error_type, "message": message},
+            "request_id": hdrs.get("request-id")}
+    return web.Response(status=status, body=orjson.dumps(body), headers=hdrs,
+                        content_type="application/json")
+
+
+def build_message(request: dict[str, Any], reply: Reply, raw: bytes) -> dict[str, Any]:
+    """The complete message a reply stands for."""
+    content = []
+    for block in reply.content:
+        block = dict(block)
+        if block.get("type") == "tool_use":
+            block.setdefault("id", make_id("toolu_01"))
+        if block.get("type") == "thinking":
+            block.setdefault("signature", "sig_" + secrets.token_urlsafe(48))
+        content.append(block)
+    has_tool = any(b.get("type") == "tool_use" for b in content)
+    usage = reply.usage or {
+        "input_tokens": estimate_tokens(raw), "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": 0,
+        "output_tokens": max(1, sum(len(orjson.dumps(b)) for b in content) // 4)}
+    return {
+        "id": make_id("msg_01"), "type": "message", "role": "assistant",
+        "model": reply.model or request.get("model") or "claude-sonnet-4-6",
+        "content": content,
+        "stop_reason": reply.stop_reason or ("tool_use" if has_tool else "end_turn"),
+        "stop_sequence": None, "usage": usage,
+    }
+
+
+def _split(text: str, parts: int) -> list[str]:
+    if parts <= 1 or len(text) <= 1:
+        return [text]
+    size = max(1, -(-len(text) // parts))
+    return [text[i:i + size] for i in range(0, len(text), size)]
+
+
+def stream_events(message: dict[str, Any], reply: Reply) -> list[bytes]:
+    """The SSE events Anthropic sends for ``message``, in order."""
+    usage = dict(message["usage"])
+    start_usage = {**usage, "output_tokens": 1}
+    events = [encode_event("message_start", {"type": "message_start", "message": {
+        **message, "content": [], "stop_reason": None, "stop_sequence": None,
+        "usage": start_usage}}), encode_event("ping", {"type": "ping"})]
+    for index, block in enumerate(message["content"]):
+        kind = block.get("type")
+        if kind == "text":
+            events.append(encode_event("content_block_start", {
+                "type": "content_block_start", "index": index,
+                "content_block": {"type": "text", "text": ""}}))
+            for piece in _split(block["text"], reply.text_chunks):
+                events.append(encode_event("content_block_delta", {
+                    "type": "content_block_delta", "index": index,
+                    "delta": {"type": "text_delta", "text": piece}}))
+        elif kind == "thinking":
+            events.append(encode_event("content_block_start", {
+                "type": "content_block_start", "index": index,
+                "content_block": {"type": "thinking", "thinking": "", "signature": ""}}))
+            for piece in _split(block["thinking"], reply.text_chunks):
+                events.append(encode_event("content_block_delta", {
+                    "type": "content_block_delta", "index": index,
+                    "delta": {"type": "thinking_delta", "thinking": piece}}))
+            events.append(encode_event("content_block_delta", {
+                "type": "content_block_delta", "index": index,
+                "delta": {"type": "signature_delta", "signature": block["signature"]}}))
+        elif kind == "tool_use":
+            events.append(encode_event("content_block_start", {
+                "type": "content_block_start", "index": index,
+                "content_block": {"type": "tool_use", "id": block["id"], "name": block["name"],
+                                  "input": {}}}))
+            arguments = orjson.dumps(block.get("input", {})).decode()
+            for piece in ["", *_split(arguments, reply.json_fragments)]:
+                events.append(encode_event("content_block_delta", {
+                    "type": "content_block_delta", "index": index,
+                    "delta": {"type": "input_json_delta", "partial_json": piece}}))
+        else:
+            events.append(encode_event("content_block_start", {
+                "type": "content_block_start", "index": index, "content_block": block}))
+        events.append(encode_event("content_block_stop", {"type": "content_block_stop",
+                                                          "index": index}))
+    delta_usage = {k: v for k, v in usage.items() if k != "service_tier"}
+    events.append(encode_event("message_delta", {
+        "type": "message_delta", "delta": {"stop_reason": message["stop_reason"],
+                                           "stop_sequence": None},
+        "usage": delta_usage}))
+    events.append(encode_event("message_stop", {"type": "message_stop"}))
+    return events
+
+
+def run_forever(host: str, port: int) -> None:
+    """Serve the fake API until interrupted (``midway mock-upstream``)."""
+    web.run_app(FakeAnthropic().app, host=host, port=port, print=None, access_log=None)

@@ -1,0 +1,50 @@
+"""Which headers cross the proxy: an open list, minus what is hop-by-hop."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+HOP_BY_HOP = frozenset({
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
+    "trailer", "trailers", "transfer-encoding", "upgrade", "proxy-connection",
+})
+# Recomputed by the HTTP stack for the outgoing message, never copied.
+_REQUEST_DROP = HOP_BY_HOP | {"host", "content-length"}
+_RESPONSE_DROP = HOP_BY_HOP | {"content-length", "server", "date"}
+CREDENTIAL_HEADERS = ("x-api-key", "authorization")
+# Encodings midway can read to observe usage; others are not offered upstream.
+READABLE_ENCODINGS = ("gzip", "deflate")
+
+
+def _named_by_connection(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[str]:
+    names: set[str] = set()
+    for value in headers.getall("connection", ()):
+        names.update(token.strip().lower() for token in value.split(",") if token.strip())
+    return names
+
+
+def request_headers(incoming: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+    """The client's end-to-end headers, in order, duplicates kept."""
+    drop = _REQUEST_DROP | _named_by_connection(incoming) if "connection" in incoming \
+        else _REQUEST_DROP
+    return CIMultiDict((k, v) for k, v in incoming.items() if k.lower() not in drop)
+
+
+def response_headers(incoming: CIMultiDictProxy[str],
+                     extra_drop: Iterable[str] = ()) -> CIMultiDict[str]:
+    """The upstream's end-to-end response headers for the client."""
+    drop = _RESPONSE_DROP | set(extra_drop)
+    if "connection" in incoming:
+        drop |= _named_by_connection(incoming)
+    return CIMultiDict((k, v) for k, v in incoming.items() if k.lower() not in drop)
+
+
+def filter_accept_encoding(value: str | None) -> str:
+    """Keep only the encodings midway can read (so usage is never lost to brotli/zstd)."""
+    if not value:
+        return "identity"
+    kept = [part.strip() for part in value.split(",")
+            if part.split(";")[0].strip().lower() in READABLE_ENCODINGS]
+    return ", ".join(kept) if kept else "identity"

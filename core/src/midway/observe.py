@@ -1,0 +1,114 @@
+"""Reading usage, stop reason and errors off an answer, without changing a byte of it."""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any
+
+import orjson
+
+from midway.exchange import Exchange
+from midway.sse import SSEEvent, SSEParser
+
+# Events that carry nothing the core needs: skipped before any parsing (the bulk of a stream).
+_SKIP_PREFIXES = (b"event: content_block", b"event: ping")
+
+
+def apply_event(exchange: Exchange, name: str | None, payload: Any) -> None:
+    """Fold one parsed stream event into the exchange's usage and outcome."""
+    if not isinstance(payload, dict):
+        return
+    if name == "message_start":
+        message = payload.get("message")
+        if isinstance(message, dict):
+            exchange.usage.update(message.get("usage") or {})
+            model = message.get("model")
+            if isinstance(model, str):
+                exchange.response_model = model
+    elif name == "message_delta":
+        exchange.usage.update(payload.get("usage") or {})
+        delta = payload.get("delta")
+        if isinstance(delta, dict) and delta.get("stop_reason"):
+            exchange.stop_reason = delta["stop_reason"]
+    elif name == "message_stop":
+        exchange.state["midway.complete"] = True
+    elif name == "error":
+        error = payload.get("error")
+        exchange.error_type = error.get("type") if isinstance(error, dict) else "error"
+        exchange.error = exchange.error or f"stream error: {exchange.error_type}"
+
+
+def apply_message(exchange: Exchange, body: bytes) -> None:
+    """Fold a complete JSON answer (a message or an error) into the exchange."""
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return
+    if not isinstance(payload, dict):
+        return
+    if payload.get("type") == "message":
+        exchange.usage.update(payload.get("usage") or {})
+        exchange.stop_reason = payload.get("stop_reason")
+        model = payload.get("model")
+        if isinstance(model, str):
+            exchange.response_model = model
+        exchange.state["midway.complete"] = True
+    elif payload.get("type") == "error":
+        error = payload.get("error")
+        exchange.error_type = error.get("type") if isinstance(error, dict) else "error"
+    elif "input_tokens" in payload and exchange.request.path.endswith("/count_tokens"):
+        exchange.annotations.setdefault("count_tokens", payload.get("input_tokens"))
+
+
+class StreamObserver:
+    """Watches a raw SSE byte stream for the few events that carry usage and outcome."""
+
+    __slots__ = ("_exchange", "_parser", "_inflate")
+
+    def __init__(self, exchange: Exchange, content_encoding: str | None = None) -> None:
+        self._exchange = exchange
+        self._parser = SSEParser()
+        self._inflate = _decoder(content_encoding)
+
+    def feed(self, chunk: bytes) -> None:
+        if self._inflate is not None:
+            chunk = self._inflate.decompress(chunk)
+        for event in self._parser.feed(chunk):
+            self.observe(event)
+
+    def observe(self, event: SSEEvent) -> None:
+        if event.raw.startswith(_SKIP_PREFIXES):
+            return
+        if event.name in ("message_start", "message_delta", "message_stop", "error"):
+            apply_event(self._exchange, event.name, event.json())
+
+
+def _decoder(content_encoding: str | None) -> Any:
+    if not content_encoding or content_encoding == "identity":
+        return None
+    if content_encoding in ("gzip", "x-gzip"):
+        return zlib.decompressobj(16 + zlib.MAX_WBITS)
+    if content_encoding == "deflate":
+        return zlib.decompressobj()
+    return _Opaque()
+
+
+class _Opaque:
+    """An encoding midway cannot read: relay it, observe nothing."""
+
+    def decompress(self, chunk: bytes) -> bytes:
+        return b""
+
+
+def decode_body(body: bytes, content_encoding: str | None, limit: int) -> bytes | None:
+    """Decode a complete body for observation; ``None`` when unreadable or over ``limit``."""
+    if not content_encoding or content_encoding == "identity":
+        return body
+    decoder = _decoder(content_encoding)
+    if isinstance(decoder, _Opaque):
+        return None
+    try:
+        out: bytes = decoder.decompress(body, limit + 1)
+    except zlib.error:
+        return None
+    return None if len(out) > limit else out

@@ -1,0 +1,230 @@
+"""Finding, loading and calling plugins.
+
+pluggy does not await: a first-result hook with an ``async def`` implementation would return a
+coroutine as its "result". So the core walks pluggy's ordered implementations itself, awaits
+what is awaitable, and stops at the first non-None result where the hook says so.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import importlib.util
+import inspect
+import logging
+import sys
+import types
+from collections import Counter
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pluggy
+
+from midway import hookspecs
+from midway.errors import MidwayError
+
+log = logging.getLogger("midway.plugins")
+
+ENTRY_POINT_GROUP = "midway"
+
+
+@attrs.define
+class PluginInfo:
+    """What ``midway plugins`` reports about one plugin."""
+
+    name: str
+    version: str | None
+    source: str  # "entry point <dist>", "file <path>", "module <name>", "object"
+    hooks: list[str] = attrs.field(factory=list)
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "version": self.version, "source": self.source,
+                "hooks": self.hooks, "error": self.error}
+
+
+@attrs.define(frozen=True)
+class Impl:
+    plugin: str
+    function: Callable[..., Any]
+    argnames: tuple[str, ...]
+    is_async: bool
+
+
+class PluginHost:
+    """The plugin manager of one midway instance (or one CLI invocation)."""
+
+    def __init__(self) -> None:
+        self.pm = pluggy.PluginManager("midway")
+        self.pm.add_hookspecs(hookspecs)
+        self.infos: list[PluginInfo] = []
+        self.errors: Counter[tuple[str, str]] = Counter()
+        self.on_failure: list[Callable[[str, str], None]] = []
+        self._impls: dict[str, list[Impl]] = {}
+
+    # -- loading -----------------------------------------------------------------------------
+
+    def load(self, only: list[str] | None = None, extra: Iterable[str] = (),
+             objects: Iterable[tuple[str, object]] = ()) -> None:
+        """Load installed plugins (all, or ``only`` those named), then extra files/modules."""
+        for ep in _entry_points():
+            if only is not None and ep.name not in only:
+                continue
+            dist = ep.dist.name if ep.dist else "?"
+            version = ep.dist.version if ep.dist else None
+            try:
+                obj = ep.load()
+            except Exception as exc:  # a broken plugin is reported, never fatal
+                self._failed(ep.name, version, f"entry point {dist}", exc)
+                continue
+            self._register(ep.name, obj, version, f"entry point {dist}")
+        for spec in extra:
+            self.load_extra(spec)
+        for name, obj in objects:
+            self._register(name, obj, getattr(obj, "__version__", None), "object")
+
+    def load_extra(self, spec: str) -> None:
+        """``path/to/plugin.py`` or ``package.module``."""
+        path = Path(spec)
+        if spec.endswith(".py") or path.is_file():
+            name = path.stem
+            source = f"file {path}"
+            try:
+                module_spec = importlib.util.spec_from_file_location(f"midway_local_{name}", path)
+                if module_spec is None or module_spec.loader is None:
+                    raise ImportError(f"cannot import {path}")
+                module = importlib.util.module_from_spec(module_spec)
+                sys.modules[module_spec.name] = module
+                module_spec.loader.exec_module(module)
+            except Exception as exc:
+                self._failed(name, None, source, exc)
+                return
+        else:
+            name = spec.rsplit(".", 1)[-1]
+            source = f"module {spec}"
+            try:
+                module = importlib.import_module(spec)
+            except Exception as exc:
+                self._failed(name, None, source, exc)
+                return
+        self._register(name, module, getattr(module, "__version__", None), source)
+
+    def register(self, name: str, obj: object) -> None:
+        """Register an already-built plugin object (used by tests and embedding code)."""
+        self._register(name, obj, getattr(obj, "__version__", None), "object")
+
+    def _register(self, name: str, obj: object, version: str | None, source: str) -> None:
+        if self.pm.has_plugin(name):
+            name = f"{name}#{len(self.infos)}"
+        try:
+            self.pm.register(obj, name=name)
+        except Exception as exc:
+            self._failed(name, version, source, exc)
+            return
+        hooks = sorted(caller.name for caller in self.pm.get_hookcallers(obj) or ())
+        self.infos.append(PluginInfo(name=name, version=version, source=source, hooks=hooks))
+        self._impls.clear()
+
+    def _failed(self, name: str, version: str | None, source: str, exc: BaseException) -> None:
+        message = f"{type(exc).__name__}: {exc}"
+        log.error("plugin %s (%s) failed to load: %s", name, source, message)
+        self.infos.append(PluginInfo(name=name, version=version, source=source, error=message))
+
+    # -- calling -----------------------------------------------------------------------------
+
+    def impls(self, hook: str) -> list[Impl]:
+        """Implementations of ``hook`` in the order pluggy would call them."""
+        cached = self._impls.get(hook)
+        if cached is None:
+            caller = getattr(self.pm.hook, hook)
+            cached = []
+            for impl in reversed(caller.get_hookimpls()):
+                if impl.hookwrapper or impl.wrapper:
+                    raise TypeError(f"{impl.plugin_name}: hook wrappers are not supported")
+                fn = impl.function
+                cached.append(Impl(impl.plugin_name, fn, tuple(impl.argnames),
+                                   inspect.iscoroutinefunction(fn)))
+            self._impls[hook] = cached
+        return cached
+
+    def has(self, hook: str) -> bool:
+        return bool(self.impls(hook))
+
+    async def first(self, hook: str, **kwargs: Any) -> tuple[Any, str | None]:
+        """Call until one implementation returns non-None: ``(result, plugin name)``.
+
+        A :class:`MidwayError` raised on purpose propagates as is (it becomes the answer); any
+        other exception is counted and re-raised as :class:`PluginFailed`.
+        """
+        for impl in self.impls(hook):
+            try:
+                result = impl.function(*[kwargs[a] for a in impl.argnames])
+                if impl.is_async or inspect.isawaitable(result):
+                    result = await result
+            except MidwayError:
+                raise
+            except Exception as exc:
+                self.failed(impl.plugin, hook)
+                raise PluginFailed(impl.plugin, hook) from exc
+            if result is not None:
+                return result, impl.plugin
+        return None, None
+
+    async def each(self, hook: str, *, swallow: bool, **kwargs: Any) -> None:
+        """Call every implementation; with ``swallow`` a failure is logged, counted, skipped."""
+        for impl in self.impls(hook):
+            try:
+                result = impl.function(*[kwargs[a] for a in impl.argnames])
+                if impl.is_async or inspect.isawaitable(result):
+                    await result
+            except MidwayError:
+                if not swallow:
+                    raise
+                self.failed(impl.plugin, hook)
+            except Exception as exc:
+                self.failed(impl.plugin, hook)
+                if not swallow:
+                    raise PluginFailed(impl.plugin, hook) from exc
+
+    def call_sync(self, hook: str, **kwargs: Any) -> None:
+        """Call a hook whose implementations are plain functions (CLI registration)."""
+        for impl in self.impls(hook):
+            try:
+                impl.function(*[kwargs[a] for a in impl.argnames])
+            except Exception:
+                self.failed(impl.plugin, hook)
+
+    def failed(self, plugin: str, hook: str) -> None:
+        """Log and count a plugin failure that the relay survives."""
+        self.errors[(plugin, hook)] += 1
+        log.exception("plugin %s failed in %s", plugin, hook)
+        for callback in self.on_failure:
+            callback(plugin, hook)
+
+
+class PluginFailed(Exception):
+    """A plugin raised in a hook whose failure fails the request."""
+
+    def __init__(self, plugin: str, hook: str) -> None:
+        super().__init__(f"plugin {plugin} failed in {hook}")
+        self.plugin = plugin
+        self.hook = hook
+
+
+def _entry_points() -> list[importlib.metadata.EntryPoint]:
+    seen: set[str] = set()
+    found = []
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name in seen:  # the same distribution on sys.path twice
+            continue
+        seen.add(ep.name)
+        found.append(ep)
+    return found
+
+
+def module_plugin(name: str, **hooks: Callable[..., Any]) -> types.SimpleNamespace:
+    """Build a plugin object from functions (handy in tests): ``module_plugin("x", pre_request=f)``."""
+    marked = {key: hookspecs.hookimpl(fn) for key, fn in hooks.items()}
+    return types.SimpleNamespace(__name__=name, **marked)

@@ -1,0 +1,555 @@
+"""The forwarding path: one client request in, hooks around it, one upstream answer relayed."""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import logging
+import time
+import zlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+from multidict import CIMultiDict
+
+from midway import accesslog
+from midway.context import Midway
+from midway.errors import MidwayError, error_event, error_response
+from midway.exchange import (
+    Attempt,
+    Exchange,
+    PreparedRequest,
+    Request,
+    Response,
+    Retry,
+    StreamTranslator,
+    Timings,
+    Upstream,
+    new_request_id,
+)
+from midway.headers import (
+    CREDENTIAL_HEADERS,
+    filter_accept_encoding,
+    request_headers,
+    response_headers,
+)
+from midway.identity import ANONYMOUS, ClientKeys, passthrough_principal, presented_credential
+from midway.plugins import PluginFailed
+from midway.observe import StreamObserver, apply_message, decode_body
+from midway.secrets_ref import fingerprint, resolve
+from midway.sse import SSEEvent, SSEParser
+
+log = logging.getLogger("midway.proxy")
+
+# JSON answers up to this size are buffered (usage is read from them); larger or other
+# answers are relayed chunk by chunk.
+BUFFER_LIMIT = 32 * 1024 * 1024
+_SSE = "text/event-stream"
+
+
+class Proxy:
+    """Serves ``/v1/*`` for one :class:`Midway` instance."""
+
+    def __init__(self, midway: Midway) -> None:
+        self.midway = midway
+        settings = midway.settings
+        self.plugins = midway.plugins
+        self.client_keys = ClientKeys(settings)
+        self.key_mode = bool(self.client_keys) or settings.client_keys_enabled
+        self.authenticators: list[Any] = []  # extra key stores (see midway.keys)
+        upstream_headers: dict[str, str] = {}
+        if self.key_mode and settings.upstream_api_key:
+            secret = resolve(settings.upstream_api_key)
+            upstream_headers["x-api-key"] = secret
+            key_id = fingerprint(secret)
+        else:
+            key_id = None
+        self.default_upstream = Upstream(url=settings.upstream, name="default",
+                                         headers=upstream_headers,
+                                         passthrough_auth=not self.key_mode, key_id=key_id)
+        self.timeout = aiohttp.ClientTimeout(total=None, sock_connect=settings.connect_timeout,
+                                             sock_read=settings.idle_timeout)
+        self.max_body = settings.max_body_size
+        self.open_streams = 0
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Cache which hooks have implementations (after plugins are loaded)."""
+        p = self.plugins
+        self.has_pre = p.has("pre_request")
+        self.has_choose = p.has("choose_upstream")
+        self.has_up_req = p.has("upstream_request")
+        self.has_up_resp = p.has("upstream_response")
+        self.has_chunk = p.has("on_chunk")
+        self.has_post = p.has("post_response")
+
+    # -- entry -------------------------------------------------------------------------------
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        now = time.monotonic()
+        exchange = Exchange(
+            id=new_request_id(),
+            request=Request(method=request.method, path=request.rel_url.raw_path,
+                            query_string=request.rel_url.raw_query_string,
+                            headers=request_headers(request.headers), body=b""),
+            principal=ANONYMOUS,
+            client_address=request.remote or "",
+            timings=Timings(started_at=time.time(), started=now),
+            midway=self.midway,
+        )
+        metrics = self.midway.metrics
+        if metrics is not None:
+            metrics.inflight.labels("any").inc()
+        response: web.StreamResponse | None = None
+        try:
+            response = await self._serve(request, exchange)
+            return response
+        except MidwayError as exc:
+            response = await self._answer_error(request, exchange, exc)
+            return response
+        except asyncio.CancelledError:
+            exchange.client_disconnected = True
+            exchange.error = exchange.error or "client disconnected"
+            raise
+        except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+            exchange.client_disconnected = True
+            exchange.error = exchange.error or "client disconnected"
+            raise
+        except Exception:
+            log.exception("internal error serving %s", exchange.id)
+            exchange.error = exchange.error or "internal error"
+            if exchange.timings.ttfb_ms is None:
+                response = await self._answer_error(
+                    request, exchange, MidwayError(500, "internal error in midway"))
+                return response
+            raise
+        finally:
+            if metrics is not None:
+                metrics.inflight.labels("any").dec()
+            # Runs exactly once, even when the client's disconnect cancelled this handler.
+            await asyncio.shield(self._finish(exchange))
+
+    async def _answer_error(self, request: web.Request, exchange: Exchange,
+                            exc: MidwayError) -> web.StreamResponse:
+        exchange.status = exc.status
+        exchange.error_type = exc.error_type
+        exchange.error = exchange.error or exc.message
+        response = error_response(exc.status, exc.message, exchange.id, exc.error_type,
+                                  exc.headers)
+        await self._send(request, exchange, response)
+        return response
+
+    async def _send(self, request: web.Request, exchange: Exchange,
+                    response: web.StreamResponse) -> None:
+        await response.prepare(request)
+        await response.write_eof()
+        if exchange.timings.ttfb_ms is None:
+            exchange.timings.ttfb_ms = (time.monotonic() - exchange.timings.started) * 1000
+
+    async def _finish(self, exchange: Exchange) -> None:
+        timings = exchange.timings
+        timings.total_ms = (time.monotonic() - timings.started) * 1000
+        if exchange.status is None:
+            exchange.status = 499 if exchange.client_disconnected else 500
+        if self.has_post:
+            await self.plugins.each("post_response", swallow=True, exchange=exchange)
+        metrics = self.midway.metrics
+        if metrics is not None:
+            _record_metrics(metrics, exchange)
+        if self.midway.settings.access_log:
+            accesslog.write(exchange, self.midway.settings.log_format)
+
+    # -- the request -------------------------------------------------------------------------
+
+    async def _serve(self, request: web.Request, exchange: Exchange) -> web.StreamResponse:
+        exchange.request.body = await self._read_body(request, exchange)
+        self._authenticate(exchange)
+        self._check_scope(exchange)
+
+        if self.has_pre:
+            try:
+                answer, plugin = await self.plugins.first("pre_request", exchange=exchange)
+            except PluginFailed as exc:
+                raise _plugin_error(exchange, exc) from None
+            if answer is not None:
+                exchange.answered_by = plugin
+                return await self._answer_plugin(request, exchange, answer)
+
+        resp, attempt, upstream = await self._attempts(exchange)
+        try:
+            return await self._relay(request, exchange, resp, attempt, upstream)
+        finally:
+            resp.release()
+
+    async def _read_body(self, request: web.Request, exchange: Exchange) -> bytes:
+        length = request.content_length
+        if length is not None and length > self.max_body:
+            raise MidwayError(413, f"request body of {length} bytes exceeds the limit of "
+                              f"{self.max_body} bytes")
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise MidwayError(413, f"request body exceeds the limit of {self.max_body} bytes"
+                              ) from None
+        encoding = request.headers.get("content-encoding", "").strip().lower()
+        if encoding and encoding != "identity":
+            body = self._decode_request(body, encoding)
+            exchange.request.headers.popall("content-encoding", None)
+        return body
+
+    def _decode_request(self, body: bytes, encoding: str) -> bytes:
+        if encoding not in ("gzip", "x-gzip", "deflate"):
+            raise MidwayError(415, f"unsupported content-encoding {encoding[:40]!r}; "
+                              "send gzip, deflate or identity")
+        decoder = zlib.decompressobj(16 + zlib.MAX_WBITS if "gzip" in encoding else zlib.MAX_WBITS)
+        try:
+            # Bounded: a compressed bomb stops at the limit instead of filling memory.
+            out = decoder.decompress(body, self.max_body + 1)
+        except zlib.error:
+            raise MidwayError(400, f"request body is not valid {encoding}") from None
+        if len(out) > self.max_body or decoder.unconsumed_tail:
+            raise MidwayError(413, f"decompressed request body exceeds the limit of "
+                              f"{self.max_body} bytes")
+        return out
+
+    def _authenticate(self, exchange: Exchange) -> None:
+        headers = exchange.request.headers
+        credential = presented_credential(headers)
+        if not self.key_mode:
+            exchange.principal = passthrough_principal(credential)
+            return
+        principal = self.client_keys.lookup(credential)
+        for store in self.authenticators:
+            if principal is not None:
+                break
+            principal = store.lookup(credential)
+        # The client's midway key never leaves this process.
+        for name in CREDENTIAL_HEADERS:
+            headers.popall(name, None)
+        if principal is None:
+            raise MidwayError(401, "invalid x-api-key")
+        exchange.principal = principal
+
+    def _check_scope(self, exchange: Exchange) -> None:
+        models = exchange.principal.models
+        if not models:
+            return
+        model = exchange.model
+        if model is not None and not any(fnmatch.fnmatchcase(model, g) for g in models):
+            raise MidwayError(403, f"this key may not use model {model[:100]!r}")
+
+    # -- upstream attempts -------------------------------------------------------------------
+
+    async def _attempts(self, exchange: Exchange
+                        ) -> tuple[aiohttp.ClientResponse, Attempt, Upstream]:
+        max_attempts = self.midway.settings.max_attempts
+        while True:
+            upstream = await self._choose(exchange)
+            exchange.upstream = upstream
+            number = len(exchange.attempts) + 1
+            attempt = Attempt(number=number, id=f"{exchange.id}.{number}", upstream=upstream,
+                              started=time.monotonic())
+            exchange.attempts.append(attempt)
+            if self.has_up_req:
+                await self._call_strict(exchange, "upstream_request", attempt=attempt)
+            resp: aiohttp.ClientResponse | None = None
+            try:
+                resp = await self._send_upstream(exchange, upstream)
+            except MidwayError as exc:
+                attempt.error = exc.message
+                attempt.status = None
+                failure: MidwayError | None = exc
+            else:
+                failure = None
+                attempt.status = resp.status
+                attempt.headers = CIMultiDict(resp.headers)
+                attempt.request_id = resp.headers.get("request-id")
+                if exchange.timings.upstream_ttfb_ms is None:
+                    exchange.timings.upstream_ttfb_ms = \
+                        (time.monotonic() - exchange.timings.started) * 1000
+            retry: Retry | None = None
+            if self.has_up_resp and number < max_attempts:
+                if resp is not None and resp.status >= 400 and \
+                        _SSE not in resp.headers.get("content-type", ""):
+                    # Let the judge read a (small) error body; it is relayed as is if kept.
+                    attempt.body = await _read_limited(resp, 1024 * 1024)
+                retry = await self._call_first_strict(exchange, "upstream_response",
+                                                      attempt=attempt)
+            if isinstance(retry, Retry):
+                attempt.retried = True
+                if resp is not None:
+                    resp.release()
+                if retry.delay > 0:
+                    await asyncio.sleep(retry.delay)
+                continue
+            if failure is not None:
+                raise failure
+            assert resp is not None
+            return resp, attempt, upstream
+
+    async def _choose(self, exchange: Exchange) -> Upstream:
+        if self.has_choose:
+            upstream = await self._call_first_strict(exchange, "choose_upstream")
+            if upstream is not None:
+                if not isinstance(upstream, Upstream):
+                    raise MidwayError(500, "a midway plugin returned an invalid upstream")
+                if exchange.principal.upstreams and upstream.name not in \
+                        exchange.principal.upstreams:
+                    raise MidwayError(403, f"this key may not use upstream {upstream.name!r}")
+                return upstream
+        return self.default_upstream
+
+    async def _call_strict(self, exchange: Exchange, hook: str, **kwargs: Any) -> None:
+        try:
+            await self.plugins.each(hook, swallow=False, exchange=exchange, **kwargs)
+        except PluginFailed as exc:
+            raise _plugin_error(exchange, exc) from None
+
+    async def _call_first_strict(self, exchange: Exchange, hook: str, **kwargs: Any) -> Any:
+        try:
+            result, _ = await self.plugins.first(hook, exchange=exchange, **kwargs)
+        except PluginFailed as exc:
+            raise _plugin_error(exchange, exc) from None
+        return result
+
+    def _prepare_native(self, exchange: Exchange, upstream: Upstream) -> PreparedRequest:
+        req = exchange.request
+        headers = CIMultiDict(req.headers)
+        if not upstream.passthrough_auth:
+            for name in CREDENTIAL_HEADERS:
+                headers.popall(name, None)
+        for key, value in upstream.headers.items():
+            headers[key] = value
+        headers["accept-encoding"] = "identity" if self.has_chunk else \
+            filter_accept_encoding(headers.get("accept-encoding"))
+        body = req.body
+        if upstream.model and isinstance(req.json, dict) and req.json.get("model") != \
+                upstream.model:
+            body = orjson.dumps({**req.json, "model": upstream.model})
+        return PreparedRequest(method=req.method, url=upstream.url.rstrip("/") + req.path_qs,
+                               headers=headers, body=body)
+
+    async def _send_upstream(self, exchange: Exchange, upstream: Upstream
+                             ) -> aiohttp.ClientResponse:
+        if upstream.adapter is not None:
+            prepared = upstream.adapter.prepare(exchange, upstream)
+        else:
+            prepared = self._prepare_native(exchange, upstream)
+        session = self.midway.session
+        assert session is not None
+        try:
+            return await session.request(
+                prepared.method, prepared.url, data=prepared.body or None,
+                headers=prepared.headers, allow_redirects=False, timeout=self.timeout)
+        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
+            raise MidwayError(504, f"upstream {upstream.name} timed out") from None
+        except aiohttp.ClientConnectorError:
+            raise MidwayError(502, f"upstream {upstream.name} is unreachable") from None
+        except aiohttp.ClientError as exc:
+            raise MidwayError(502, f"upstream {upstream.name} failed: "
+                              f"{type(exc).__name__}") from None
+
+    # -- relaying the answer -----------------------------------------------------------------
+
+    async def _relay(self, request: web.Request, exchange: Exchange,
+                     resp: aiohttp.ClientResponse, attempt: Attempt, upstream: Upstream
+                     ) -> web.StreamResponse:
+        exchange.upstream_request_id = attempt.request_id
+        exchange.status = resp.status
+        headers = response_headers(resp.headers)
+        headers["x-midway-request-id"] = exchange.id
+        content_type = resp.headers.get("content-type", "")
+        encoding = resp.headers.get("content-encoding")
+        adapter = upstream.adapter
+        is_sse = _SSE in content_type
+        if adapter is not None:
+            headers.popall("content-encoding", None)
+            encoding = None
+            if resp.status >= 400:
+                body = attempt.body if attempt.body is not None else await resp.read()
+                headers["content-type"] = "application/json"
+                return await self._answer_body(request, exchange, resp.status, headers,
+                                               adapter.translate_error(resp.status,
+                                                                       resp.headers, body))
+            if is_sse or _is_event_stream(resp):
+                headers["content-type"] = "text/event-stream; charset=utf-8"
+                translator = adapter.stream_translator(exchange)
+                return await self._relay_stream(request, exchange, resp.status, headers,
+                                                _translated(resp, translator), None)
+            body = await resp.read()
+            headers["content-type"] = "application/json"
+            return await self._answer_body(request, exchange, resp.status, headers,
+                                           adapter.translate_json(exchange, body))
+        if is_sse:
+            return await self._relay_stream(request, exchange, resp.status, headers,
+                                             resp.content.iter_any(), encoding)
+        length = resp.content_length
+        if attempt.body is not None or "json" in content_type and \
+                (length is None or length <= BUFFER_LIMIT):
+            body = attempt.body if attempt.body is not None else await resp.read()
+            return await self._answer_body(request, exchange, resp.status, headers, body,
+                                           encoding)
+        return await self._relay_stream(request, exchange, resp.status, headers,
+                                        resp.content.iter_any(), encoding, sse=False)
+
+    async def _answer_body(self, request: web.Request, exchange: Exchange, status: int,
+                           headers: CIMultiDict[str], body: bytes,
+                           encoding: str | None = None) -> web.StreamResponse:
+        decoded = decode_body(body, encoding, BUFFER_LIMIT)
+        if decoded is not None:
+            exchange.response_body = decoded
+            apply_message(exchange, decoded)
+        response = web.Response(status=status, body=body, headers=headers)
+        await self._send(request, exchange, response)
+        return response
+
+    async def _relay_stream(self, request: web.Request, exchange: Exchange, status: int,
+                            headers: CIMultiDict[str], source: AsyncIterator[bytes],
+                            encoding: str | None, sse: bool = True) -> web.StreamResponse:
+        exchange.streaming = sse
+        response = web.StreamResponse(status=status, headers=headers)
+        await response.prepare(request)
+        timings = exchange.timings
+        self.open_streams += 1
+        try:
+            if sse and self.has_chunk and not encoding:
+                await self._relay_events(response, exchange, source)
+            else:
+                observer = StreamObserver(exchange, encoding) if sse else None
+                first = True
+                async for chunk in source:
+                    if observer is not None:
+                        observer.feed(chunk)
+                    await response.write(chunk)
+                    if first:
+                        timings.ttfb_ms = (time.monotonic() - timings.started) * 1000
+                        first = False
+        except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError,
+                aiohttp.ClientOSError, asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            # The upstream failed after bytes went out: say so in-band; never splice or retry.
+            timeout = isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError)
+            exchange.error = "upstream idle timeout" if timeout else \
+                f"upstream stream failed: {type(exc).__name__}"
+            exchange.error_type = "api_error"
+            if sse:
+                await response.write(error_event(
+                    "upstream stream timed out" if timeout else "upstream connection lost"))
+            await _close(response)
+            return response
+        finally:
+            self.open_streams -= 1
+        if timings.ttfb_ms is None:
+            timings.ttfb_ms = (time.monotonic() - timings.started) * 1000
+        await response.write_eof()
+        return response
+
+    async def _relay_events(self, response: web.StreamResponse, exchange: Exchange,
+                            source: AsyncIterator[bytes]) -> None:
+        parser = SSEParser()
+        observer = StreamObserver(exchange)
+        timings = exchange.timings
+        impls = self.plugins.impls("on_chunk")
+        plugins = self.plugins
+        async for chunk in source:
+            out = []
+            for event in parser.feed(chunk):
+                for impl in impls:
+                    try:
+                        result = impl.function(*[exchange if a == "exchange" else event
+                                                 for a in impl.argnames])
+                        if impl.is_async or asyncio.iscoroutine(result):
+                            result = await result
+                    except Exception:
+                        plugins.failed(impl.plugin, "on_chunk")
+                        continue
+                    if isinstance(result, SSEEvent):
+                        event = result
+                if event.raw:
+                    observer.observe(event)
+                    out.append(event.raw)
+            if out:
+                await response.write(b"".join(out))
+                if timings.ttfb_ms is None:
+                    timings.ttfb_ms = (time.monotonic() - timings.started) * 1000
+        if parser.pending:  # a final event without its blank line: relay it as it came
+            await response.write(parser.pending)
+
+    async def _answer_plugin(self, request: web.Request, exchange: Exchange,
+                             answer: Any) -> web.StreamResponse:
+        if not isinstance(answer, Response):
+            raise MidwayError(500, f"plugin {exchange.answered_by} answered with "
+                              f"{type(answer).__name__}, not midway.Response")
+        exchange.status = answer.status
+        headers = CIMultiDict(answer.headers)
+        headers["x-midway-request-id"] = exchange.id
+        if answer.stream is not None:
+            headers.setdefault("content-type", answer.content_type or
+                               "text/event-stream; charset=utf-8")
+            return await self._relay_stream(request, exchange, answer.status, headers,
+                                            _aiter(answer.stream), None)
+        headers.setdefault("content-type", answer.content_type or "application/json")
+        return await self._answer_body(request, exchange, answer.status, headers,
+                                       answer.body_bytes())
+
+
+def _plugin_error(exchange: Exchange, exc: PluginFailed) -> MidwayError:
+    exchange.error = f"plugin {exc.plugin} failed in {exc.hook}"
+    return MidwayError(500, f"a midway plugin ({exc.plugin}) failed in {exc.hook}")
+
+
+def _is_event_stream(resp: aiohttp.ClientResponse) -> bool:
+    return "eventstream" in resp.headers.get("content-type", "")
+
+
+async def _translated(resp: aiohttp.ClientResponse, translator: StreamTranslator
+                      ) -> AsyncIterator[bytes]:
+    async for chunk in resp.content.iter_any():
+        out = translator.feed(chunk)
+        if out:
+            yield out
+    tail = translator.close()
+    if tail:
+        yield tail
+
+
+async def _aiter(stream: Any) -> AsyncIterator[bytes]:
+    if hasattr(stream, "__aiter__"):
+        async for chunk in stream:
+            yield chunk
+    else:
+        for chunk in stream:
+            yield chunk
+
+
+async def _read_limited(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    data = await resp.content.read(limit)
+    return data
+
+
+async def _close(response: web.StreamResponse) -> None:
+    try:
+        await response.write_eof()
+    except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+        pass
+
+
+def _record_metrics(metrics: Any, exchange: Exchange) -> None:
+    upstream = exchange.upstream.name if exchange.upstream else "none"
+    model = exchange.model or "none" if exchange.request.is_messages else "none"
+    metrics.requests.labels(str(exchange.status), model[:80], upstream,
+                            exchange.principal.id[:80]).inc()
+    kind = "stream" if exchange.streaming else "json"
+    if exchange.timings.total_ms is not None:
+        metrics.latency.labels(kind).observe(exchange.timings.total_ms / 1000)
+    if exchange.timings.ttfb_ms is not None:
+        metrics.ttfb.labels(kind).observe(exchange.timings.ttfb_ms / 1000)
+    usage = exchange.usage
+    if usage.seen:
+        for field in ("input_tokens", "output_tokens", "cache_read_input_tokens",
+                      "cache_creation_5m_input_tokens", "cache_creation_1h_input_tokens"):
+            value = getattr(usage, field)
+            if value:
+                metrics.tokens.labels(field, model[:80]).inc(value)

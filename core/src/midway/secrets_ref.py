@@ -1,0 +1,33 @@
+"""Credential references in config: literal, ``env:NAME`` or ``file:PATH``."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+
+class SecretError(ValueError):
+    """A reference that cannot be resolved; the message never contains the secret."""
+
+
+def resolve(ref: str) -> str:
+    """The secret a reference points to."""
+    if ref.startswith("env:"):
+        name = ref[4:]
+        value = os.environ.get(name)
+        if not value:
+            raise SecretError(f"environment variable {name} is not set")
+        return value
+    if ref.startswith("file:"):
+        path = Path(ref[5:]).expanduser()
+        try:
+            return path.read_text().strip()
+        except OSError as exc:
+            raise SecretError(f"cannot read secret file {path}: {exc.strerror}") from None
+    return ref
+
+
+def fingerprint(secret: str) -> str:
+    """A short, non-reversible name for a credential, safe to print and store."""
+    return hashlib.sha256(secret.encode("utf-8", "surrogateescape")).hexdigest()[:12]

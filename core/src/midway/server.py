@@ -1,0 +1,194 @@
+"""Building and running the aiohttp server: routes, start-up, graceful shutdown, workers."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Iterable
+
+import aiohttp
+from aiohttp import web
+
+from midway import __version__
+from midway.config import ConfigError, Settings
+from midway.context import Midway
+from midway.errors import error_response
+from midway.metrics import Metrics
+from midway.plugins import PluginHost
+from midway.proxy import Proxy
+
+log = logging.getLogger("midway")
+
+MIDWAY_KEY: web.AppKey[Midway] = web.AppKey("midway", Midway)
+PROXY_KEY: web.AppKey[Proxy] = web.AppKey("proxy", Proxy)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(settings: Settings, force: bool = False) -> None:
+    """Refuse to listen beyond loopback unless clients must authenticate."""
+    if is_loopback(settings.host) or force or settings.allow_public:
+        return
+    if not settings.client_keys_enabled:
+        raise ConfigError(
+            f"refusing to listen on {settings.host}: not a loopback address and no client keys "
+            "are configured, so anyone who can reach it would spend your API keys. Configure "
+            "[[midway.client_keys]] (or keys.enabled), or pass --allow-public to force it.")
+
+
+def build_midway(settings: Settings, objects: Iterable[tuple[str, object]] = ()) -> Midway:
+    """Load plugins and make the instance (no I/O yet)."""
+    plugins = PluginHost()
+    plugins.load(only=settings.plugins, extra=settings.extra_plugins, objects=objects)
+    metrics = Metrics()
+    plugins.on_failure.append(lambda p, h: metrics.plugin_errors.labels(p, h).inc())
+    return Midway(settings, plugins, metrics)
+
+
+def build_app(midway: Midway) -> web.Application:
+    """The aiohttp application: core routes, plugin routes, then ``/v1/*``."""
+    settings = midway.settings
+    app = web.Application(client_max_size=settings.max_body_size, handler_args={
+        "max_field_size": 64 * 1024, "max_line_size": 64 * 1024})
+    proxy = Proxy(midway)
+    app[MIDWAY_KEY] = midway
+    app[PROXY_KEY] = proxy
+
+    async def head_root(request: web.Request) -> web.Response:
+        return web.Response(status=200)
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "version": __version__,
+                                  "worker": midway.worker_index,
+                                  "open_streams": proxy.open_streams})
+
+    async def metrics(request: web.Request) -> web.Response:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+        assert midway.metrics is not None
+        return web.Response(body=generate_latest(midway.metrics.registry),
+                            headers={"content-type": CONTENT_TYPE_LATEST})
+
+    async def not_found(request: web.Request) -> web.Response:
+        return error_response(404, f"midway serves /v1/*; no route for {request.path[:200]}")
+
+    app.router.add_get("/", head_root)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    midway.plugins.call_sync("register_routes", app=app, midway=midway)
+    app.router.add_route("*", "/v1/{tail:.*}", proxy.handle)
+    app.router.add_route("*", "/{tail:.*}", not_found)
+
+    async def on_startup(app: web.Application) -> None:
+        connector = aiohttp.TCPConnector(limit=settings.pool_size, limit_per_host=0,
+                                         ttl_dns_cache=300, enable_cleanup_closed=True)
+        midway.session = aiohttp.ClientSession(
+            connector=connector, auto_decompress=False, trust_env=settings.trust_env,
+            skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept", "Content-Type"),
+            timeout=proxy.timeout)
+        await midway.plugins.each("register_metrics", swallow=False, midway=midway)
+        await midway.plugins.each("startup", swallow=False, midway=midway)
+        proxy.refresh()
+
+    async def on_cleanup(app: web.Application) -> None:
+        await midway.plugins.each("shutdown", swallow=True, midway=midway)
+        if midway.session is not None:
+            await midway.session.close()
+
+    app.on_startup.append(on_startup)
+    app.on_cleanup.append(on_cleanup)
+    return app
+
+
+async def serve(settings: Settings, sock: socket.socket | None = None,
+                ready: asyncio.Event | None = None, worker_index: int = 0) -> None:
+    """Run one server until SIGTERM/SIGINT, then drain open streams and flush plugins."""
+    midway = build_midway(settings)
+    midway.worker_index = worker_index
+    for info in midway.plugins.infos:
+        if info.error:
+            log.error("plugin %s not loaded: %s", info.name, info.error)
+    app = build_app(midway)
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None,
+                           shutdown_timeout=settings.shutdown_timeout)
+    await runner.setup()
+    if sock is not None:
+        site: web.BaseSite = web.SockSite(runner, sock)
+    else:
+        site = web.TCPSite(runner, settings.host, settings.port,
+                           reuse_port=settings.workers > 1 or None)
+    await site.start()
+    log.info("midway %s listening on http://%s:%d -> %s (plugins: %s)", __version__,
+             settings.host, settings.port, settings.upstream,
+             ", ".join(i.name for i in midway.plugins.infos if not i.error) or "none")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if ready is not None:
+        ready.set()
+    await stop.wait()
+    log.info("midway shutting down: %d open streams", app[PROXY_KEY].open_streams)
+    await runner.cleanup()
+
+
+def run(settings: Settings) -> None:
+    """Blocking entry for ``midway serve``: one process, or ``workers`` on one port."""
+    try:
+        import uvloop  # optional and Linux/macOS only: faster event loop
+    except ImportError:
+        uvloop = None
+    if settings.workers <= 1:
+        if uvloop is not None:
+            uvloop.run(serve(settings))
+        else:
+            asyncio.run(serve(settings))
+        return
+    _run_workers(settings, uvloop)
+
+
+def _run_workers(settings: Settings, uvloop: object) -> None:
+    children: list[int] = []
+    for index in range(settings.workers):
+        pid = os.fork()
+        if pid == 0:  # child: a full proxy on the shared port (SO_REUSEPORT)
+            code = 0
+            try:
+                runner = getattr(uvloop, "run", None) or asyncio.run
+                runner(serve(settings, worker_index=index))
+            except BaseException:
+                log.exception("worker %d failed", index)
+                code = 1
+            os._exit(code)
+        children.append(pid)
+
+    def forward(signum: int, frame: object) -> None:
+        for child in children:
+            try:
+                os.kill(child, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    status = 0
+    for child in children:
+        while True:
+            try:
+                _, code = os.waitpid(child, 0)
+                break
+            except InterruptedError:
+                continue
+        status = status or os.waitstatus_to_exitcode(code)
+    sys.exit(status)

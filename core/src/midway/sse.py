@@ -1,0 +1,127 @@
+"""Incremental server-sent-events framing that survives any split of the byte stream."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import orjson
+
+
+@attrs.define(eq=False)
+class SSEEvent:
+    """One SSE event. ``raw`` holds the exact bytes relayed, blank-line terminator included."""
+
+    name: str | None
+    data: str
+    raw: bytes
+    _parsed: Any = attrs.field(default=None, init=False)
+
+    def json(self) -> Any:
+        """``data`` parsed as JSON (``None`` if it is not JSON)."""
+        if self._parsed is None and self.data:
+            try:
+                self._parsed = orjson.loads(self.data)
+            except orjson.JSONDecodeError:
+                self._parsed = None
+        return self._parsed
+
+    @classmethod
+    def build(cls, name: str, data: Any) -> SSEEvent:
+        """A new event from a name and a JSON-able object (or preformatted text)."""
+        text = data if isinstance(data, str) else orjson.dumps(data).decode()
+        raw = f"event: {name}\ndata: {text}\n\n".encode()
+        return cls(name=name, data=text, raw=raw)
+
+    @classmethod
+    def dropped(cls) -> SSEEvent:
+        """A replacement that writes nothing."""
+        return cls(name=None, data="", raw=b"")
+
+
+def parse_block(block: bytes, raw: bytes) -> SSEEvent:
+    """Parse one event block (lines without the terminating blank line, LF-separated)."""
+    name: str | None = None
+    data: list[str] = []
+    for line in block.decode("utf-8", "replace").split("\n"):
+        if not line or line.startswith(":"):
+            continue
+        field, sep, value = line.partition(":")
+        if sep and value.startswith(" "):
+            value = value[1:]
+        if field == "event":
+            name = value
+        elif field == "data":
+            data.append(value)
+    return SSEEvent(name=name, data="\n".join(data), raw=raw)
+
+
+class SSEParser:
+    """Feed bytes as they arrive; get back each complete event once its blank line arrived.
+
+    Line ends may be LF, CRLF or CR (a CR at the end of a chunk waits for the next byte).
+    """
+
+    __slots__ = ("_buf",)
+
+    def __init__(self) -> None:
+        self._buf = b""
+
+    @property
+    def pending(self) -> bytes:
+        """Bytes of an event not yet complete."""
+        return self._buf
+
+    def feed(self, data: bytes) -> list[SSEEvent]:
+        buf = self._buf + data if self._buf else data
+        if b"\r" not in buf:
+            return self._feed_lf(buf)
+        return self._feed_any(buf)
+
+    def _feed_lf(self, buf: bytes) -> list[SSEEvent]:
+        events: list[SSEEvent] = []
+        start = 0
+        find = buf.find
+        while True:
+            end = find(b"\n\n", start)
+            if end < 0:
+                break
+            raw = buf[start:end + 2]
+            events.append(parse_block(buf[start:end], raw))
+            start = end + 2
+        self._buf = buf[start:]
+        return events
+
+    def _feed_any(self, buf: bytes) -> list[SSEEvent]:
+        events: list[SSEEvent] = []
+        start = 0  # start of the current event in buf
+        pos = 0  # start of the current line
+        n = len(buf)
+        lines: list[bytes] = []
+        while pos < n:
+            lf = buf.find(b"\n", pos)
+            cr = buf.find(b"\r", pos)
+            if lf < 0 and cr < 0:
+                break
+            if cr >= 0 and (lf < 0 or cr < lf):
+                if cr + 1 == n:
+                    break  # a CR at the very end may be the first half of CRLF
+                line_end, nxt = cr, cr + (2 if buf[cr + 1:cr + 2] == b"\n" else 1)
+            else:
+                line_end, nxt = lf, lf + 1
+            line = buf[pos:line_end]
+            pos = nxt
+            if line:
+                lines.append(line)
+                continue
+            events.append(parse_block(b"\n".join(lines), buf[start:pos]))
+            lines = []
+            start = pos
+        self._buf = buf[start:]
+        return events
+
+
+def encode_event(name: str, data: Any) -> bytes:
+    """Wire bytes of one event, as Anthropic writes them."""
+    text = data if isinstance(data, str) else orjson.dumps(data).decode()
+    return f"event: {name}\ndata: {text}\n\n".encode()
