@@ -1,0 +1,62 @@
+"""Sessions: tests per package (each in a fresh venv with only core beside it), integration,
+lint, typecheck, bench. Bare ``nox`` runs what CI needs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nox
+
+ROOT = Path(__file__).parent
+PLUGINS = sorted(p.name for p in (ROOT / "plugins").iterdir() if (p / "pyproject.toml").exists())
+PACKAGES = ["core", *PLUGINS]
+
+nox.options.sessions = ["tests", "integration", "lint", "typecheck"]
+nox.options.default_venv_backend = "uv|virtualenv"
+nox.options.reuse_existing_virtualenvs = True
+
+
+def _path(package: str) -> str:
+    return "core" if package == "core" else f"plugins/{package}"
+
+
+def _install_all(session: nox.Session) -> None:
+    session.install("-e", "core[test]", *[a for p in PLUGINS for a in ("-e", f"{_path(p)}[test]")])
+
+
+@nox.session(python="3.11")
+@nox.parametrize("package", PACKAGES)
+def tests(session: nox.Session, package: str) -> None:
+    """One package's own tests, with only midway core installed beside it."""
+    args = ["-e", "core[test]"]
+    if package != "core":
+        args += ["-e", f"{_path(package)}[test]"]
+    session.install(*args)
+    session.run("pytest", f"{_path(package)}/tests", "-q", *session.posargs)
+
+
+@nox.session(python="3.11")
+def integration(session: nox.Session) -> None:
+    """Cross-package and end-to-end tests in tests/, every package installed."""
+    _install_all(session)
+    session.run("pytest", "tests", "-q", *session.posargs)
+
+
+@nox.session(python="3.11")
+def lint(session: nox.Session) -> None:
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", ".")
+
+
+@nox.session(python="3.11")
+def typecheck(session: nox.Session) -> None:
+    _install_all(session)
+    session.install("mypy>=1.10")
+    session.run("mypy", "core/src", *[f"plugins/{p}/src" for p in PLUGINS])
+
+
+@nox.session(python="3.11")
+def bench(session: nox.Session) -> None:
+    """Throughput, latency and CPU per request: midway vs direct vs a plain aiohttp relay."""
+    _install_all(session)
+    session.run("python", "bench/run.py", *session.posargs)
