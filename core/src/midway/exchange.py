@@ -304,6 +304,8 @@ class Exchange:
     client_disconnected: bool = False
     annotations: dict[str, Any] = attrs.field(factory=dict)
     state: dict[str, Any] = attrs.field(factory=dict)
+    # headers a plugin adds to a forwarded answer (e.g. ``x-midway-cache: miss``)
+    extra_response_headers: dict[str, str] = attrs.field(factory=dict)
 
     @property
     def model(self) -> str | None:

@@ -361,6 +361,8 @@ class Proxy:
         exchange.status = resp.status
         headers = response_headers(resp.headers)
         headers["x-midway-request-id"] = exchange.id
+        for name, value in exchange.extra_response_headers.items():
+            headers[name] = value
         content_type = resp.headers.get("content-type", "")
         encoding = resp.headers.get("content-encoding")
         adapter = upstream.adapter
