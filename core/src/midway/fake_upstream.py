@@ -66,6 +66,7 @@ class Reply:
     stall: float = 0.0  # pings only, for this long, after message_start
     ping_interval: float = 0.5
     truncate_after: int | None = None  # end the body (cleanly) after this many events
+    events: list[bytes] | None = None  # raw SSE bytes to send verbatim instead of `content`
 
 
 @attrs.define
@@ -141,7 +142,8 @@ class FakeAnthropic:
         rec = await self._record(request)
         try:
             return await self._answer(request, rec)
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, ConnectionResetError):
+            # The peer (midway) went away: the request was cancelled upstream.
             rec.cancelled = True
             raise
         finally:
@@ -186,7 +188,7 @@ class FakeAnthropic:
         response.charset = "utf-8"
         response.headers["cache-control"] = "no-cache"
         await response.prepare(request)
-        events = stream_events(message, reply)
+        events = reply.events if reply.events is not None else stream_events(message, reply)
         for index, event in enumerate(events):
             if reply.error_after is not None and index == reply.error_after:
                 await self._write(response, reply, encode_event("error", {

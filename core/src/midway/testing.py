@@ -90,7 +90,8 @@ class FakeUpstream(ServerThread):
 
     def __init__(self, fake: FakeAnthropic | None = None) -> None:
         self.fake = fake or FakeAnthropic()
-        super().__init__(self.fake.app)
+        # Cancel handlers when midway drops the connection, so cancellation is seen at once.
+        super().__init__(self.fake.app, handler_cancellation=True)
 
     def reply(self, *replies: Reply | Callable[[RecordedRequest], Reply]) -> None:
         self.fake.reply(*replies)
