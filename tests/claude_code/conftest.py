@@ -1,0 +1,51 @@
+"""Fixtures of the Claude Code conformance suite: the CLI, and midway with its plugins on."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cc_support import Claude, ClaudeCodeMissing, Probe, Stack, install_claude_code
+
+from midway.testing import FakeUpstream, start_midway
+
+# Every plugin of the project, enabled in every scenario: Claude Code must not be able to tell
+# that they are there. A plugin listed here that is not installed fails the suite.
+PLUGINS: tuple[str, ...] = ()
+
+
+def plugin_config(data_dir: Path) -> dict[str, Any]:
+    """The TOML tables of the enabled plugins (embedded stores under ``data_dir``)."""
+    return {"midway": {"plugins": list(PLUGINS)}}
+
+
+@pytest.fixture(scope="session")
+def claude_binary() -> Path:
+    try:
+        return install_claude_code()
+    except ClaudeCodeMissing as exc:
+        pytest.fail(str(exc))
+
+
+@pytest.fixture
+def claude(claude_binary: Path, tmp_path: Path) -> Claude:
+    return Claude(claude_binary, tmp_path / "claude")
+
+
+@pytest.fixture
+def stack(fake_upstream: FakeUpstream, tmp_path: Path) -> Iterator[Stack]:
+    data_dir = tmp_path / "midway"
+    probe = Probe()
+    running = start_midway(data_dir, fake_upstream.url, plugins=[("cc_probe", probe)],
+                           config=plugin_config(data_dir))
+    try:
+        loaded = {info.name: info for info in running.midway.plugins.infos}
+        for name in PLUGINS:
+            info = loaded.get(name)
+            assert info is not None, f"plugin {name} is not installed"
+            assert info.error is None, f"plugin {name} failed to load: {info.error}"
+        yield Stack(midway=running, probe=probe, plugins=PLUGINS)
+    finally:
+        running.stop()
