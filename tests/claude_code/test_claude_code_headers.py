@@ -1,0 +1,44 @@
+"""What Claude Code sends arrives upstream as it was sent: headers, query, credentials."""
+
+from __future__ import annotations
+
+from cc_support import AUTH_TOKEN, Claude, Stack, comparable_headers, messages_since, text_reply
+
+from midway.testing import FakeUpstream
+
+CUSTOM_HEADERS = "X-Team: platform\nX-Project: midway-conformance"
+
+
+def test_headers_and_query_arrive_unchanged(claude: Claude, stack: Stack,
+                                            fake_upstream: FakeUpstream) -> None:
+    env = {"ANTHROPIC_CUSTOM_HEADERS": CUSTOM_HEADERS}
+    args = ("--model", "claude-sonnet-4-6")
+    fake_upstream.reply(text_reply("direct"))
+    direct = claude.run(fake_upstream.url, "Hello", *args, env=env)
+    [direct_sent] = messages_since(fake_upstream.requests, 0)
+    start = len(fake_upstream.requests)
+
+    fake_upstream.reply(text_reply("through midway"))
+    run = claude.run(stack.url, "Hello", *args, env=env)
+
+    out = run.assert_success()
+    assert direct.assert_success()["result"] == "direct"
+    assert out["result"] == "through midway"
+    [sent] = messages_since(fake_upstream.requests, start)
+    assert sent.query == "beta=true"
+    headers = sent.headers
+    assert headers["anthropic-version"] == "2023-06-01"
+    betas = [b.strip() for b in headers["anthropic-beta"].split(",")]
+    assert "claude-code-20250219" in betas and len(betas) > 3
+    assert headers["x-claude-code-session-id"] == out["session_id"]
+    assert headers["x-team"] == "platform"
+    assert headers["x-project"] == "midway-conformance"
+    assert headers["authorization"] == f"Bearer {AUTH_TOKEN}"
+    assert headers["user-agent"].startswith("claude-cli/")
+    # Every end-to-end header, beta list included, is exactly what Claude Code sends directly.
+    assert sorted(comparable_headers(sent).items()) == \
+        sorted(comparable_headers(direct_sent).items())
+
+    [seen] = stack.probe.wait(1)
+    assert seen.request.query_string == "beta=true"
+    assert seen.request.headers["x-team"] == "platform"
