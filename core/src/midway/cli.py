@@ -174,6 +174,11 @@ def config_show(settings: Settings) -> None:
     click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
 
 
+from midway.keys.cli import keys_group  # noqa: E402 - it needs settings_options above
+
+cli.add_command(keys_group)
+
+
 def main() -> None:
     cli(prog_name="midway")
 

@@ -80,7 +80,7 @@ class Settings:
 
     @property
     def client_keys_enabled(self) -> bool:
-        return bool(self.client_keys) or bool(self.tables.get("keys", {}).get("enabled"))
+        return bool(self.client_keys) or bool(self.plugin_config("keys").get("enabled"))
 
 
 def _parse_env_value(value: str) -> Any:

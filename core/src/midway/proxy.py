@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+import inspect
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -165,7 +166,7 @@ class Proxy:
 
     async def _serve(self, request: web.Request, exchange: Exchange) -> web.StreamResponse:
         exchange.request.body = await self._read_body(request, exchange)
-        self._authenticate(exchange)
+        await self._authenticate(exchange)
         self._check_scope(exchange)
 
         if self.has_pre:
@@ -198,7 +199,7 @@ class Proxy:
         exchange.request.headers.popall("content-encoding", None)
         return body
 
-    def _authenticate(self, exchange: Exchange) -> None:
+    async def _authenticate(self, exchange: Exchange) -> None:
         headers = exchange.request.headers
         credential = presented_credential(headers)
         if not self.key_mode:
@@ -209,6 +210,8 @@ class Proxy:
             if principal is not None:
                 break
             principal = store.lookup(credential)
+            if inspect.isawaitable(principal):  # a store that had to ask its database
+                principal = await principal
         # The client's midway key never leaves this process.
         for name in CREDENTIAL_HEADERS:
             headers.popall(name, None)

@@ -10,6 +10,7 @@ import signal
 import socket
 import sys
 from collections.abc import Iterable
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -18,6 +19,7 @@ from midway import __version__
 from midway.config import ConfigError, Settings
 from midway.context import Midway
 from midway.errors import error_response
+from midway.keys import install as install_keys
 from midway.metrics import Metrics
 from midway.plugins import PluginHost
 from midway.proxy import Proxy
@@ -86,6 +88,7 @@ def build_app(midway: Midway) -> web.Application:
     app.router.add_get("/", head_root)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
+    install_keys(app, midway, proxy)  # the key store, when [keys] enabled
     midway.plugins.call_sync("register_routes", app=app, midway=midway)
     app.router.add_route("*", "/v1/{tail:.*}", proxy.handle)
     app.router.add_route("*", "/{tail:.*}", not_found)
@@ -145,10 +148,12 @@ async def serve(settings: Settings, sock: socket.socket | None = None,
 
 def run(settings: Settings) -> None:
     """Blocking entry for ``midway serve``: one process, or ``workers`` on one port."""
-    try:
-        import uvloop  # optional and Linux/macOS only: faster event loop
-    except ImportError:
-        uvloop = None
+    uvloop: Any = None
+    if os.environ.get("MIDWAY_LOOP", "uvloop") == "uvloop":
+        try:
+            import uvloop  # optional, not on Windows: a faster event loop
+        except ImportError:
+            uvloop = None
     if settings.workers <= 1:
         if uvloop is not None:
             uvloop.run(serve(settings))

@@ -1,0 +1,165 @@
+"""Keys as records: what a key may do (its scope), its credentials, and their JSON form."""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import attrs
+
+from midway.exchange import Principal
+from midway.keys.tokens import visible_prefix
+
+CAPABILITIES = frozenset({"keys:create"})
+_DURATION_RE = re.compile(r"(\d+)\s*([smhdw]?)")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+class KeysError(ValueError):
+    """A request about keys that cannot be honoured; ``status`` is the HTTP status to answer."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@attrs.frozen
+class Scope:
+    """What a key may do. Empty ``models``/``upstreams`` mean any."""
+
+    team: str | None = None
+    labels: dict[str, str] = attrs.field(factory=dict)
+    models: tuple[str, ...] = ()
+    upstreams: tuple[str, ...] = ()
+    capabilities: tuple[str, ...] = ()
+    expires_at: float | None = None
+    allow_project_header: bool = True
+
+
+@attrs.frozen
+class Credential:
+    """One secret of a key (a key has two while a rotation's grace period runs)."""
+
+    id: str
+    key_id: str
+    salt: bytes = attrs.field(repr=False)
+    digest: bytes = attrs.field(repr=False)
+    created_at: float
+    not_after: float | None = None
+
+    def active(self, now: float) -> bool:
+        return self.not_after is None or now < self.not_after
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"prefix": visible_prefix(self.id), "created_at": iso(self.created_at),
+                "expires_at": iso(self.not_after)}
+
+
+@attrs.frozen
+class KeyRecord:
+    id: str
+    name: str
+    scope: Scope
+    created_at: float
+    parent_id: str | None = None
+    revoked_at: float | None = None
+    credentials: tuple[Credential, ...] = ()
+
+    def status(self, now: float | None = None) -> str:
+        now = time.time() if now is None else now
+        if self.revoked_at is not None:
+            return "revoked"
+        if self.scope.expires_at is not None and now >= self.scope.expires_at:
+            return "expired"
+        return "active"
+
+    def principal(self, credential: Credential) -> Principal:
+        s = self.scope
+        return Principal(id=self.id, name=self.name, team=s.team, kind="key",
+                         key_id=visible_prefix(credential.id), labels=dict(s.labels),
+                         models=s.models, upstreams=s.upstreams,
+                         allow_project_header=s.allow_project_header)
+
+    def as_dict(self, now: float | None = None) -> dict[str, Any]:
+        """The public form of a key: never a secret, nor a hash of one."""
+        now = time.time() if now is None else now
+        s = self.scope
+        return {
+            "id": self.id, "name": self.name, "team": s.team, "labels": dict(s.labels),
+            "models": list(s.models), "upstreams": list(s.upstreams),
+            "capabilities": list(s.capabilities),
+            "allow_project_header": s.allow_project_header, "parent_id": self.parent_id,
+            "status": self.status(now), "created_at": iso(self.created_at),
+            "expires_at": iso(s.expires_at), "revoked_at": iso(self.revoked_at),
+            "credentials": [c.as_dict() for c in self.credentials if c.active(now)],
+        }
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def parse_duration(text: str) -> float:
+    """``90``, ``45s``, ``15m``, ``12h``, ``30d``, ``2w`` → seconds."""
+    match = _DURATION_RE.fullmatch(text.strip().lower())
+    if match is None:
+        raise KeysError(f"not a duration: {text[:40]!r} (use e.g. 3600, 15m, 12h, 30d, 2w)")
+    return float(int(match.group(1)) * _UNITS[match.group(2)])
+
+
+def parse_time(text: str) -> float:
+    """An ISO 8601 date or date-time (UTC unless it says otherwise) → epoch seconds."""
+    try:
+        value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise KeysError(f"not an ISO 8601 date-time: {text[:40]!r}") from None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.timestamp()
+
+
+def _glob_within(child: str, parent: str) -> bool:
+    """Whether every model ``child`` matches is matched by ``parent`` too.
+
+    Decided only for globs made of literal characters and ``*`` (then matching the child's
+    text against the parent's pattern is exact); ``?`` and ``[...]`` must be repeated as is.
+    """
+    if child == parent:
+        return True
+    if any(c in "?[]" for c in child + parent):
+        return False
+    return fnmatch.fnmatchcase(child, parent)
+
+
+def check_within(child: Scope, parent: Scope) -> None:
+    """Refuse a derived key that could do anything its parent cannot."""
+    if child.team != parent.team:
+        raise KeysError(f"a derived key belongs to its parent's team ({parent.team!r})", 403)
+    for name, value in parent.labels.items():
+        if child.labels.get(name) != value:
+            raise KeysError(f"a derived key keeps its parent's label {name!r}", 403)
+    if parent.models:
+        if not child.models:
+            raise KeysError("the parent key is limited to some models: list them", 403)
+        for glob in child.models:
+            if not any(_glob_within(glob, p) for p in parent.models):
+                raise KeysError(f"model pattern {glob!r} is beyond the parent key's models", 403)
+    if parent.upstreams:
+        if not child.upstreams:
+            raise KeysError("the parent key is limited to some upstreams: list them", 403)
+        extra = sorted(set(child.upstreams) - set(parent.upstreams))
+        if extra:
+            raise KeysError(f"upstreams {extra} are beyond the parent key's", 403)
+    extra = sorted(set(child.capabilities) - set(parent.capabilities))
+    if extra:
+        raise KeysError(f"capabilities {extra} are beyond the parent key's", 403)
+    if parent.expires_at is not None and (child.expires_at is None
+                                          or child.expires_at > parent.expires_at):
+        raise KeysError("a derived key cannot outlive its parent key", 403)
+    if child.allow_project_header and not parent.allow_project_header:
+        raise KeysError("the parent key may not set the project header", 403)

@@ -1,0 +1,184 @@
+"""Operations on keys, shared by the CLI, the admin API and derived-key creation."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import attrs
+
+from midway.keys import tokens
+from midway.keys.model import (
+    CAPABILITIES,
+    Credential,
+    KeyRecord,
+    KeysError,
+    Scope,
+    check_within,
+    parse_duration,
+    parse_time,
+)
+from midway.keys.store import KeyStore
+
+
+@attrs.frozen
+class Issued:
+    """A key with the one copy of its secret that will ever be shown."""
+
+    record: KeyRecord
+    secret: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**self.record.as_dict(), "secret": self.secret}
+
+
+def _strings(value: Any, field: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",")]
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise KeysError(f"{field} must be a list of strings")
+    return tuple(v for v in value if v)
+
+
+def _labels(value: Any) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                              for k, v in value.items()):
+        raise KeysError("labels must be an object of strings")
+    return dict(value)
+
+
+def _text(value: Any, field: str, required: bool = False) -> str | None:
+    if value is None:
+        if required:
+            raise KeysError(f"{field} is required")
+        return None
+    if not isinstance(value, str) or not value.strip() or len(value) > 200:
+        raise KeysError(f"{field} must be a non-empty string of at most 200 characters")
+    return value.strip()
+
+
+def scope_from(spec: dict[str, Any], now: float, parent: KeyRecord | None = None) -> Scope:
+    """A scope from user input (CLI options or an API body), inheriting from ``parent``."""
+    expires_at: float | None = None
+    if spec.get("expires_in") is not None:
+        expires_at = now + parse_duration(str(spec["expires_in"]))
+    if spec.get("expires_at") is not None:
+        expires_at = parse_time(str(spec["expires_at"]))
+    if expires_at is not None and expires_at <= now:
+        raise KeysError("expiry is in the past")
+    capabilities = _strings(spec.get("capabilities"), "capabilities")
+    unknown = sorted(set(capabilities) - CAPABILITIES)
+    if unknown:
+        raise KeysError(f"unknown capabilities {unknown}; known: {sorted(CAPABILITIES)}")
+    team = _text(spec.get("team"), "team")
+    labels = _labels(spec.get("labels"))
+    allow_project = spec.get("allow_project_header")
+    if parent is not None:
+        p = parent.scope
+        # A derived key starts from its parent's limits; it may narrow them, never widen.
+        team = team if team is not None else p.team
+        labels = {**p.labels, **labels}
+        if expires_at is None:
+            expires_at = p.expires_at
+        if allow_project is None:
+            allow_project = p.allow_project_header
+    models = _strings(spec.get("models"), "models")
+    upstreams = _strings(spec.get("upstreams"), "upstreams")
+    if parent is not None:
+        models = models or parent.scope.models
+        upstreams = upstreams or parent.scope.upstreams
+    return Scope(team=team, labels=labels, models=models, upstreams=upstreams,
+                 capabilities=capabilities, expires_at=expires_at,
+                 allow_project_header=True if allow_project is None else bool(allow_project))
+
+
+def _new_credential(key_id: str, now: float) -> tuple[Credential, str]:
+    secret_id, secret = tokens.new_secret()
+    parsed = tokens.parse(secret)
+    assert parsed is not None
+    salt = tokens.new_salt()
+    return Credential(id=secret_id, key_id=key_id, salt=salt,
+                      digest=tokens.digest(salt, parsed[1]), created_at=now), secret
+
+
+class KeyService:
+    def __init__(self, store: KeyStore) -> None:
+        self.store = store
+
+    async def create(self, spec: dict[str, Any], parent_id: str | None = None) -> Issued:
+        """Issue a key. With ``parent_id`` it is derived: its scope must lie within the
+        parent's, and revoking the parent revokes it."""
+        now = time.time()
+        name = _text(spec.get("name"), "name", required=True)
+        assert name is not None
+        parent: KeyRecord | None = None
+        if parent_id is not None:
+            parent = await self.store.get(parent_id)
+            if parent is None:
+                raise KeysError(f"no key {parent_id!r}", 404)
+            if parent.status(now) != "active":
+                raise KeysError(f"parent key {parent_id} is {parent.status(now)}", 403)
+        scope = scope_from(spec, now, parent)
+        if parent is not None:
+            check_within(scope, parent.scope)
+        key_id = tokens.new_key_id()
+        credential, secret = _new_credential(key_id, now)
+        record = KeyRecord(id=key_id, name=name, scope=scope, created_at=now,
+                           parent_id=parent_id, credentials=(credential,))
+        await self.store.insert(record, credential)
+        return Issued(record, secret)
+
+    async def get(self, key_id: str) -> KeyRecord:
+        record = await self.store.get(key_id)
+        if record is None:
+            raise KeysError(f"no key {key_id!r}", 404)
+        return record
+
+    async def list_keys(self, parent_id: str | None = None) -> list[KeyRecord]:
+        return await self.store.list_keys(parent_id)
+
+    async def revoke(self, key_id: str) -> KeyRecord:
+        await self.get(key_id)
+        await self.store.revoke(key_id, time.time())
+        return await self.get(key_id)
+
+    async def rotate(self, key_id: str, grace: float = 0.0) -> Issued:
+        """A new secret for the same key (same id, scope and spend history); the old
+        secrets keep working for ``grace`` seconds."""
+        if grace < 0:
+            raise KeysError("grace must not be negative")
+        now = time.time()
+        record = await self.get(key_id)
+        if record.status(now) != "active":
+            raise KeysError(f"key {key_id} is {record.status(now)}", 409)
+        credential, secret = _new_credential(key_id, now)
+        await self.store.rotate(key_id, credential, now + grace)
+        return Issued(await self.get(key_id), secret)
+
+    async def update(self, key_id: str, spec: dict[str, Any]) -> KeyRecord:
+        """Rename or relabel a key (its scope is fixed: issue a new key to change it)."""
+        record = await self.get(key_id)
+        unknown = sorted(set(spec) - {"name", "labels"})
+        if unknown:
+            raise KeysError(f"only name and labels can change, not {unknown}")
+        labels = _labels(spec["labels"]) if "labels" in spec else None
+        if labels is not None and record.parent_id is not None:
+            parent = await self.get(record.parent_id)
+            check_within(attrs.evolve(record.scope, labels=labels), parent.scope)
+        await self.store.update(key_id, _text(spec.get("name"), "name"), labels)
+        return await self.get(key_id)
+
+    async def is_descendant(self, key_id: str, ancestor_id: str) -> bool:
+        record = await self.store.get(key_id)
+        seen: set[str] = set()
+        while record is not None and record.parent_id is not None \
+                and record.id not in seen:
+            if record.parent_id == ancestor_id:
+                return True
+            seen.add(record.id)
+            record = await self.store.get(record.parent_id)
+        return False

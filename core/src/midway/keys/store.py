@@ -1,0 +1,216 @@
+"""Where keys live: tables, and the version counter every instance polls for changes.
+
+Every write bumps one counter row inside its transaction and stamps the rows it touched with
+the new value. The row lock serialises writers, so versions become visible in order and an
+instance that has seen version N can ask for exactly what changed after N.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from midway.keys.db import Database, PostgresDatabase, Row, SQLiteDatabase, Tx
+from midway.keys.model import Credential, KeyRecord, Scope
+from midway.secrets_ref import resolve
+
+
+def _ddl(dialect: str) -> list[str]:
+    real = "DOUBLE PRECISION" if dialect == "postgresql" else "REAL"
+    blob = "BYTEA" if dialect == "postgresql" else "BLOB"
+    return [
+        f"""CREATE TABLE IF NOT EXISTS midway_keys (
+            id TEXT PRIMARY KEY, name TEXT NOT NULL, team TEXT, labels TEXT NOT NULL,
+            models TEXT NOT NULL, upstreams TEXT NOT NULL, capabilities TEXT NOT NULL,
+            allow_project_header INTEGER NOT NULL, parent_id TEXT,
+            created_at {real} NOT NULL, expires_at {real}, revoked_at {real},
+            version BIGINT NOT NULL)""",
+        f"""CREATE TABLE IF NOT EXISTS midway_key_credentials (
+            id TEXT PRIMARY KEY, key_id TEXT NOT NULL REFERENCES midway_keys(id),
+            salt {blob} NOT NULL, digest {blob} NOT NULL, created_at {real} NOT NULL,
+            not_after {real}, version BIGINT NOT NULL)""",
+        "CREATE INDEX IF NOT EXISTS midway_keys_version ON midway_keys(version)",
+        "CREATE INDEX IF NOT EXISTS midway_keys_parent ON midway_keys(parent_id)",
+        "CREATE INDEX IF NOT EXISTS midway_key_credentials_key ON midway_key_credentials(key_id)",
+        "CREATE INDEX IF NOT EXISTS midway_key_credentials_version "
+        "ON midway_key_credentials(version)",
+        "CREATE TABLE IF NOT EXISTS midway_keys_meta (name TEXT PRIMARY KEY, "
+        "value BIGINT NOT NULL)",
+        "INSERT INTO midway_keys_meta (name, value) VALUES ('version', 0) "
+        "ON CONFLICT DO NOTHING",
+    ]
+
+
+_SELECT_KEYS = ("SELECT id, name, team, labels, models, upstreams, capabilities, "
+                "allow_project_header, parent_id, created_at, expires_at, revoked_at "
+                "FROM midway_keys")
+_SELECT_CREDENTIALS = ("SELECT id, key_id, salt, digest, created_at, not_after "
+                       "FROM midway_key_credentials")
+
+
+def _dump(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def _credential(row: Row) -> Credential:
+    return Credential(id=row["id"], key_id=row["key_id"], salt=bytes(row["salt"]),
+                      digest=bytes(row["digest"]), created_at=row["created_at"],
+                      not_after=row["not_after"])
+
+
+def _record(row: Row, credentials: Iterable[Credential] = ()) -> KeyRecord:
+    scope = Scope(team=row["team"], labels=orjson.loads(row["labels"]),
+                  models=tuple(orjson.loads(row["models"])),
+                  upstreams=tuple(orjson.loads(row["upstreams"])),
+                  capabilities=tuple(orjson.loads(row["capabilities"])),
+                  expires_at=row["expires_at"],
+                  allow_project_header=bool(row["allow_project_header"]))
+    return KeyRecord(id=row["id"], name=row["name"], scope=scope, created_at=row["created_at"],
+                     parent_id=row["parent_id"], revoked_at=row["revoked_at"],
+                     credentials=tuple(sorted(credentials, key=lambda c: c.created_at)))
+
+
+class KeyStore:
+    """Keys and their credentials in SQLite or PostgreSQL."""
+
+    def __init__(self, db: Database, description: str) -> None:
+        self.db = db
+        self.description = description  # for messages: never contains a password
+
+    async def open(self) -> None:
+        await self.db.open(_ddl(self.db.dialect))
+
+    async def close(self) -> None:
+        await self.db.close()
+
+    @staticmethod
+    async def _bump(tx: Tx) -> int:
+        rows = await tx.fetch("UPDATE midway_keys_meta SET value = value + 1 "
+                              "WHERE name = 'version' RETURNING value")
+        return int(rows[0]["value"])
+
+    async def version(self) -> int:
+        rows = await self.db.fetch("SELECT value FROM midway_keys_meta WHERE name = 'version'")
+        return int(rows[0]["value"])
+
+    async def changes_since(self, version: int) -> tuple[int, set[str], set[str]]:
+        """``(current version, changed key ids, changed credential ids)``."""
+        current = await self.version()
+        if current == version:
+            return current, set(), set()
+        keys = await self.db.fetch("SELECT id FROM midway_keys WHERE version > ?", version)
+        creds = await self.db.fetch("SELECT id, key_id FROM midway_key_credentials "
+                                    "WHERE version > ?", version)
+        key_ids = {r["id"] for r in keys} | {r["key_id"] for r in creds}
+        return current, key_ids, {r["id"] for r in creds}
+
+    async def insert(self, record: KeyRecord, credential: Credential) -> None:
+        s = record.scope
+        async with self.db.transaction() as tx:
+            version = await self._bump(tx)
+            await tx.execute(
+                "INSERT INTO midway_keys (id, name, team, labels, models, upstreams, "
+                "capabilities, allow_project_header, parent_id, created_at, expires_at, "
+                "revoked_at, version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                record.id, record.name, s.team, _dump(s.labels), _dump(list(s.models)),
+                _dump(list(s.upstreams)), _dump(list(s.capabilities)),
+                int(s.allow_project_header), record.parent_id, record.created_at,
+                s.expires_at, None, version)
+            await self._insert_credential(tx, credential, version)
+
+    @staticmethod
+    async def _insert_credential(tx: Tx, c: Credential, version: int) -> None:
+        await tx.execute("INSERT INTO midway_key_credentials (id, key_id, salt, "
+                         "digest, created_at, not_after, version) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                         c.id, c.key_id, c.salt, c.digest, c.created_at, c.not_after, version)
+
+    async def get(self, key_id: str) -> KeyRecord | None:
+        rows = await self.db.fetch(_SELECT_KEYS + " WHERE id = ?",
+                                   key_id)
+        if not rows:
+            return None
+        creds = await self.db.fetch(_SELECT_CREDENTIALS + " WHERE key_id = ?", key_id)
+        return _record(rows[0], map(_credential, creds))
+
+    async def list_keys(self, parent_id: str | None = None) -> list[KeyRecord]:
+        if parent_id is None:
+            rows = await self.db.fetch(_SELECT_KEYS + " ORDER BY created_at, id")
+            creds = await self.db.fetch(_SELECT_CREDENTIALS)
+        else:
+            rows = await self.db.fetch(_SELECT_KEYS + " WHERE parent_id = ? "
+                                       "ORDER BY created_at, id", parent_id)
+            # Constant SQL text; the value is a bound parameter.
+            children = _SELECT_CREDENTIALS + " WHERE key_id IN (SELECT id FROM midway_keys " \
+                "WHERE parent_id = ?)"  # noqa: S608
+            creds = await self.db.fetch(children, parent_id)
+        by_key: dict[str, list[Credential]] = {}
+        for row in creds:
+            by_key.setdefault(row["key_id"], []).append(_credential(row))
+        return [_record(r, by_key.get(r["id"], ())) for r in rows]
+
+    async def find(self, credential_id: str) -> tuple[Credential, KeyRecord] | None:
+        """A credential and its key, for authentication."""
+        creds = await self.db.fetch(_SELECT_CREDENTIALS + " WHERE id = ?", credential_id)
+        if not creds:
+            return None
+        credential = _credential(creds[0])
+        rows = await self.db.fetch(_SELECT_KEYS + " WHERE id = ?",
+                                   credential.key_id)
+        return (credential, _record(rows[0])) if rows else None
+
+    async def revoke(self, key_id: str, now: float) -> list[str]:
+        """Revoke a key and every key derived from it; the ids newly revoked."""
+        async with self.db.transaction() as tx:
+            version = await self._bump(tx)
+            revoked: list[str] = []
+            frontier = [key_id]
+            while frontier:
+                current = frontier.pop()
+                rows = await tx.fetch("UPDATE midway_keys SET revoked_at = ?, version = ? "
+                                      "WHERE id = ? AND revoked_at IS NULL RETURNING id",
+                                      now, version, current)
+                revoked.extend(r["id"] for r in rows)
+                children = await tx.fetch("SELECT id FROM midway_keys WHERE parent_id = ?",
+                                          current)
+                frontier.extend(r["id"] for r in children)
+            return revoked
+
+    async def rotate(self, key_id: str, credential: Credential, old_not_after: float) -> None:
+        """Add ``credential``; the key's other credentials stop at ``old_not_after``."""
+        async with self.db.transaction() as tx:
+            version = await self._bump(tx)
+            await tx.execute("UPDATE midway_key_credentials SET not_after = ?, version = ? "
+                             "WHERE key_id = ? AND (not_after IS NULL OR not_after > ?)",
+                             old_not_after, version, key_id, old_not_after)
+            await tx.execute("UPDATE midway_keys SET version = ? WHERE id = ?", version, key_id)
+            await self._insert_credential(tx, credential, version)
+
+    async def update(self, key_id: str, name: str | None, labels: dict[str, str] | None
+                     ) -> None:
+        async with self.db.transaction() as tx:
+            version = await self._bump(tx)
+            if name is not None:
+                await tx.execute("UPDATE midway_keys SET name = ? WHERE id = ?", name, key_id)
+            if labels is not None:
+                await tx.execute("UPDATE midway_keys SET labels = ? WHERE id = ?",
+                                 _dump(labels), key_id)
+            await tx.execute("UPDATE midway_keys SET version = ? WHERE id = ?", version, key_id)
+
+
+def open_store(config: dict[str, Any], data_dir: Path) -> KeyStore:
+    """The store ``[keys] store`` names: a ``postgresql://`` URL (or an ``env:``/``file:``
+    reference to one), an SQLite path, or by default ``<data_dir>/keys.db``."""
+    ref = config.get("store")
+    if not ref:
+        path = data_dir / "keys.db"
+        return KeyStore(SQLiteDatabase(path), f"sqlite:{path}")
+    target = resolve(str(ref))
+    if target.startswith(("postgresql://", "postgres://")):
+        schema = config.get("schema")
+        return KeyStore(PostgresDatabase(target, str(schema) if schema else None),
+                        "postgresql")
+    path = Path(target.removeprefix("sqlite://")).expanduser()
+    return KeyStore(SQLiteDatabase(path), f"sqlite:{path}")
