@@ -1,0 +1,232 @@
+"""Serves Anthropic Messages requests from Claude on AWS Bedrock (InvokeModel, SigV4-signed)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import fnmatch
+from collections.abc import Collection, Mapping
+from typing import Any
+from urllib.parse import quote
+
+import orjson
+from multidict import CIMultiDict
+from yarl import URL
+
+from midway.errors import STATUS_TYPES, MidwayError, error_body
+from midway.exchange import Exchange, PreparedRequest, Upstream
+from midway.sse import encode_event
+from midway_router.eventstream import EventStreamDecoder, EventStreamError
+
+BEDROCK_VERSION = "bedrock-2023-05-31"
+_SERVICE = "bedrock"
+# Fields of the Messages API that Bedrock takes from the URL or does not accept in the body.
+_NOT_IN_BODY = ("model", "stream")
+
+# AWS exception names (x-amzn-ErrorType, :exception-type) → Anthropic error types.
+EXCEPTION_TYPES = {
+    "throttlingexception": "rate_limit_error",
+    "servicequotaexceededexception": "rate_limit_error",
+    "serviceunavailableexception": "overloaded_error",
+    "modelnotreadyexception": "overloaded_error",
+    "validationexception": "invalid_request_error",
+    "accessdeniedexception": "permission_error",
+    "unrecognizedclientexception": "authentication_error",
+    "invalidsignatureexception": "authentication_error",
+    "expiredtokenexception": "authentication_error",
+    "incompletesignatureexception": "authentication_error",
+    "resourcenotfoundexception": "not_found_error",
+}
+
+
+def bedrock_model_id(model: str, model_map: Mapping[str, str]) -> str:
+    """The Bedrock model id (or inference profile / ARN) for an Anthropic model name.
+
+    ``model_map`` is consulted first (exact names, then glob patterns in order); ids that
+    already look like Bedrock's (``anthropic.…``, ``us.anthropic.…``, ``arn:…``) pass
+    unchanged; anything else becomes ``anthropic.<model>-v1:0``.
+    """
+    if model in model_map:
+        return model_map[model]
+    for pattern, target in model_map.items():
+        if fnmatch.fnmatchcase(model, pattern):
+            return target
+    if model.startswith("arn:") or "anthropic." in model:
+        return model
+    return f"anthropic.{model}-v1:0"
+
+
+class BedrockAdapter:
+    """``midway.exchange.Adapter`` for Claude on Bedrock. ``Upstream.url`` is the runtime
+    endpoint, e.g. ``https://bedrock-runtime.us-east-1.amazonaws.com``.
+
+    ``betas``, when given, is the set of ``anthropic-beta`` values forwarded (Bedrock refuses
+    some it does not know); by default all the client's values are forwarded.
+    """
+
+    name = "bedrock"
+
+    def __init__(self, region: str, access_key_id: str, secret_access_key: str,
+                 session_token: str | None = None, model_map: Mapping[str, str] | None = None,
+                 betas: Collection[str] | None = None) -> None:
+        try:
+            from botocore.auth import SigV4Auth
+            from botocore.credentials import Credentials
+        except ImportError:  # pragma: no cover - depends on the installed extras
+            raise RuntimeError("the Bedrock upstream needs botocore: "
+                               "pip install 'midway-router[bedrock]'") from None
+        self.region = region
+        self.model_map = dict(model_map or {})
+        self.betas = frozenset(betas) if betas is not None else None
+        self._signer = SigV4Auth(Credentials(access_key_id, secret_access_key, session_token),
+                                 _SERVICE, region)
+
+    def __repr__(self) -> str:  # the credentials never appear in logs
+        return f"BedrockAdapter(region={self.region!r})"
+
+    def prepare(self, exchange: Exchange, upstream: Upstream) -> PreparedRequest:
+        request = exchange.request
+        if request.method != "POST" or request.path != "/v1/messages":
+            raise MidwayError(404, f"{request.method} {request.path} is not available on the "
+                              f"Bedrock upstream {upstream.name}")
+        body = request.json
+        if not isinstance(body, dict):
+            raise MidwayError(400, "the request body must be a JSON object")
+        model = upstream.model or body.get("model")
+        if not isinstance(model, str) or not model:
+            raise MidwayError(400, "model: field required")
+        streaming = body.get("stream") is True
+        payload = {k: v for k, v in body.items() if k not in _NOT_IN_BODY}
+        payload["anthropic_version"] = BEDROCK_VERSION
+        betas = self._betas(request.headers.getall("anthropic-beta", []),
+                            payload.get("anthropic_beta"))
+        if betas:
+            payload["anthropic_beta"] = betas
+        else:
+            payload.pop("anthropic_beta", None)
+        action = "invoke-with-response-stream" if streaming else "invoke"
+        model_id = quote(bedrock_model_id(model, self.model_map), safe="")
+        # Sign the URL in the form the HTTP client will send it (yarl normalises escapes).
+        url = str(URL(f"{upstream.url.rstrip('/')}/model/{model_id}/{action}"))
+        data = orjson.dumps(payload)
+        headers = {"content-type": "application/json"}
+        if streaming:
+            headers["x-amzn-bedrock-accept"] = "application/json"
+        else:
+            headers["accept"] = "application/json"
+        signed = CIMultiDict(self._sign(url, headers, data))
+        signed["accept-encoding"] = "identity"
+        return PreparedRequest(method="POST", url=url, headers=signed, body=data,
+                               streaming=streaming)
+
+    def _betas(self, header_values: list[str], in_body: Any) -> list[str]:
+        betas: list[str] = []
+        for value in header_values:
+            betas.extend(v.strip() for v in value.split(",") if v.strip())
+        if isinstance(in_body, list):
+            betas.extend(v for v in in_body if isinstance(v, str))
+        if self.betas is not None:
+            betas = [b for b in betas if b in self.betas]
+        return list(dict.fromkeys(betas))
+
+    def _sign(self, url: str, headers: dict[str, str], data: bytes) -> dict[str, str]:
+        from botocore.awsrequest import AWSRequest
+
+        aws = AWSRequest(method="POST", url=url, data=data, headers=headers)
+        self._signer.add_auth(aws)
+        return dict(aws.headers.items())
+
+    def translate_json(self, exchange: Exchange, body: bytes) -> bytes:
+        # InvokeModel's answer is an Anthropic message already.
+        return body
+
+    def translate_error(self, status: int, headers: Mapping[str, str], body: bytes) -> bytes:
+        kind = headers.get("x-amzn-errortype", "")
+        return error_body(status, _aws_message(body),
+                          error_type=error_type_for(kind.split(":", 1)[0], status))
+
+    def stream_translator(self, exchange: Exchange) -> BedrockStreamTranslator:
+        return BedrockStreamTranslator()
+
+
+def error_type_for(exception: str, status: int = 500) -> str:
+    found = EXCEPTION_TYPES.get(exception.lower())
+    if found:
+        return found
+    if status == 503:
+        return "overloaded_error"
+    if status in STATUS_TYPES:
+        return STATUS_TYPES[status]
+    return "invalid_request_error" if 400 <= status < 500 else "api_error"
+
+
+def _aws_message(body: bytes) -> str:
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return body.decode("utf-8", "replace").strip()[:2000] or "upstream error"
+    if isinstance(payload, Mapping):
+        for key in ("message", "Message"):
+            if isinstance(payload.get(key), str):
+                return str(payload[key])
+    return orjson.dumps(payload).decode()[:2000]
+
+
+class BedrockStreamTranslator:
+    """Event-stream messages in, Anthropic SSE out.
+
+    A ``chunk`` event's payload is ``{"bytes": <base64 of one Anthropic stream event>}``; that
+    event is relayed with its JSON unchanged (thinking signatures stay byte for byte).
+    Exceptions become ``event: error``; a stream that ends before ``message_stop`` ends with one.
+    """
+
+    def __init__(self) -> None:
+        self._decoder = EventStreamDecoder()
+        self._ended = False
+
+    def feed(self, data: bytes) -> bytes:
+        if self._ended:
+            return b""
+        out: list[bytes] = []
+        try:
+            messages = self._decoder.feed(data)
+        except EventStreamError as exc:
+            self._fail(out, "api_error", f"the upstream stream is corrupt: {exc}")
+            return b"".join(out)
+        for message in messages:
+            if self._ended:
+                break
+            if message.message_type == "event" and message.event_type == "chunk":
+                self._chunk(message.payload, out)
+            elif message.message_type in ("exception", "error"):
+                name = message.event_type or str(message.headers.get(":error-code", ""))
+                self._fail(out, error_type_for(name), _aws_message(message.payload))
+        return b"".join(out)
+
+    def close(self) -> bytes:
+        if self._ended:
+            return b""
+        out: list[bytes] = []
+        self._fail(out, "api_error", "the upstream ended the stream before the answer was "
+                   "complete")
+        return b"".join(out)
+
+    def _chunk(self, payload: bytes, out: list[bytes]) -> None:
+        try:
+            event = base64.b64decode(orjson.loads(payload)["bytes"], validate=True)
+            name = orjson.loads(event)["type"]
+        except (orjson.JSONDecodeError, KeyError, TypeError, binascii.Error):
+            self._fail(out, "api_error", "the upstream sent an unreadable stream chunk")
+            return
+        if not isinstance(name, str):
+            return
+        # SSE data must be one line; Anthropic's JSON is compact, but a pretty-printed one is not.
+        text = event if b"\n" not in event else orjson.dumps(orjson.loads(event))
+        out.append(encode_event(name, text.decode()))
+        if name in ("message_stop", "error"):
+            self._ended = True
+
+    def _fail(self, out: list[bytes], error_type: str, message: str) -> None:
+        out.append(encode_event("error", {"type": "error",
+                                          "error": {"type": error_type, "message": message}}))
+        self._ended = True

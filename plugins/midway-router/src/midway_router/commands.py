@@ -1,0 +1,58 @@
+"""``midway router status [--json]``."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp
+import click
+import orjson
+
+from midway.cli import settings_options
+from midway.config import Settings
+from midway.secrets_ref import resolve
+from midway_router import status as snapshots
+from midway_router.routes import PATH
+
+
+@click.group("router")
+def router_group() -> None:
+    """Routing, pooled keys and fallbacks."""
+
+
+@router_group.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+@click.option("--url", default=None,
+              help="Ask a running server (e.g. http://127.0.0.1:8910) instead of reading the "
+                   "snapshots it publishes.")
+@settings_options
+def status_command(as_json: bool, url: str | None, settings: Settings) -> None:
+    """Every upstream and key (by fingerprint): health, resting until, remaining, in flight."""
+    rows = asyncio.run(_rows(settings, url))
+    if as_json:
+        click.echo(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
+    elif not rows:
+        click.echo("no router status found: is a midway server with the router running? "
+                   f"(looked in {settings.data_dir})", err=True)
+    else:
+        click.echo(snapshots.table(rows))
+
+
+async def _rows(settings: Settings, url: str | None) -> list[dict[str, Any]]:
+    if url:
+        headers = {"x-api-key": resolve(settings.admin_key)} if settings.admin_key else {}
+        async with aiohttp.ClientSession() as session, \
+                session.get(url.rstrip("/") + PATH, headers=headers) as resp:
+            if resp.status != 200:
+                raise click.ClickException(f"{url} answered {resp.status}")
+            rows: list[dict[str, Any]] = await resp.json()
+            return rows
+    config = settings.plugin_config("router")
+    state = config.get("state")
+    if state:
+        found = await snapshots.read_redis(str(state),
+                                           str(config.get("state_prefix", "midway:router")))
+    else:
+        found = snapshots.read_files(settings.data_dir)
+    return snapshots.merge(found)

@@ -1,0 +1,350 @@
+"""The routing decision: rule → ordered targets → a healthy key with headroom; and the
+judgement of each attempt: record rate limits, rest or disable keys, fail over, retry."""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import math
+import random
+import time
+from typing import Any
+
+import attrs
+
+from midway import MidwayError, Retry, Upstream
+from midway.exchange import Attempt, Exchange
+from midway_router import pool, shared
+from midway_router.affinity import AffinityMap
+from midway_router.budget import RetryBudget
+from midway_router.metrics import RouterMetrics
+from midway_router.pool import KeyState, UpstreamState
+from midway_router.ratelimit import exhausted_until, read_limits, retry_after
+from midway_router.rules import Facts, select
+from midway_router.settings import RouterSettings, RuleSpec, TargetSpec
+
+log = logging.getLogger("midway.router")
+
+STATE = "router"  # this plugin's slot in ``exchange.state``
+META = "router_key"  # the KeyState an Upstream was chosen with, in ``Upstream.meta``
+# Errors the core records when an upstream dies in the middle of a stream.
+_STREAM_FAILURES = ("upstream stream failed", "upstream idle timeout")
+
+
+@attrs.define(eq=False)
+class RequestState:
+    rule: RuleSpec
+    facts: Facts
+    session: str | None
+    failed: set[str] = attrs.field(factory=set)  # upstreams that failed this request
+    tried: set[int] = attrs.field(factory=set)  # ids of keys refused for this request
+    held: list[KeyState] = attrs.field(factory=list)  # keys whose in-flight count we hold
+    judged: set[int] = attrs.field(factory=set)  # attempt numbers already judged
+    retries: int = 0
+
+
+class Router:
+    """One instance's router. Published as ``midway.services["router"]``."""
+
+    def __init__(self, settings: RouterSettings, metrics: RouterMetrics | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.upstreams: dict[str, UpstreamState] = {
+            spec.name: pool.build(spec) for spec in settings.upstreams}
+        self._by_fp: dict[tuple[str, str | None], KeyState] = {
+            (name, key.fp): key for name, up in self.upstreams.items() for key in up.keys}
+        self.affinity = AffinityMap(settings.affinity_ttl, settings.affinity_max)
+        self.budget = RetryBudget(settings.retry_ratio, settings.min_retries_per_second)
+        self.shared: shared.MemoryState | shared.RedisState = shared.make(
+            settings.state, settings.state_prefix)
+        if metrics is not None:
+            metrics.watch_keys(self.status)
+
+    @property
+    def active(self) -> bool:
+        return bool(self.upstreams)
+
+    # -- choosing ----------------------------------------------------------------------------
+
+    def _state(self, exchange: Exchange) -> RequestState:
+        st: RequestState | None = exchange.state.get(STATE)
+        if st is None:
+            s = self.settings
+            facts = Facts.of(exchange, s.background_models)
+            rule = select(s.rules, facts)
+            assert rule is not None  # the default rule matches everything
+            session = None
+            if s.affinity == "session":
+                session = exchange.request.headers.get(s.affinity_header)
+            elif s.affinity == "principal":
+                session = exchange.principal.id
+            st = RequestState(rule=rule, facts=facts, session=session)
+            exchange.state[STATE] = st
+        return st
+
+    def choose(self, exchange: Exchange) -> Upstream | None:
+        if not self.upstreams:
+            return None
+        st = self._state(exchange)
+        now = time.time()
+        picked = self._pick(st, now)
+        if picked is None:
+            raise self._refusal(st, now)
+        target, key = picked
+        if st.session is not None:
+            self.affinity.set(st.session, key.upstream.spec.name, key.fp, now)
+        spec = key.upstream.spec
+        exchange.annotations["route"] = st.rule.name
+        exchange.annotations["upstream_key"] = key.fp
+        if self.metrics is not None:
+            self.metrics.routed.labels(st.rule.name, spec.name).inc()
+        return Upstream(url=spec.url, name=spec.name, headers=key.headers,
+                        passthrough_auth=key.fp is None, adapter=key.adapter, key_id=key.fp,
+                        model=target.model or _vendor_model(spec.models, st.facts.model),
+                        meta={META: key})
+
+    def _targets(self, rule: RuleSpec) -> list[TargetSpec]:
+        """The rule's targets in the order to try them: balanced primaries, then fallbacks."""
+        primary = list(rule.targets)
+        if len(primary) > 1:
+            ups = self.upstreams
+            if rule.balance == "weighted":
+                # Weighted order without replacement (Efraimidis–Spirakis).
+                primary.sort(key=lambda t: random.random() ** (1.0 / w) if (
+                    w := self._weight(t)) > 0 else -1.0, reverse=True)
+            elif rule.balance == "least-busy":
+                primary.sort(key=lambda t: (ups[t.upstream].in_flight /
+                                            max(self._weight(t), 1e-9), random.random()))
+        return [*primary, *rule.fallback] if rule.fallback else primary
+
+    def _weight(self, target: TargetSpec) -> float:
+        if target.weight is not None:
+            return target.weight
+        return self.upstreams[target.upstream].spec.weight
+
+    def _pick(self, st: RequestState, now: float) -> tuple[TargetSpec, KeyState] | None:
+        targets = self._targets(st.rule)
+        if st.session is not None:
+            pinned = self.affinity.get(st.session, now)
+            if pinned is not None:
+                key = self._by_fp.get(pinned)
+                if key is not None and key.usable(now) and key.upstream.up(now) and \
+                        id(key) not in st.tried and pinned[0] not in st.failed:
+                    for target in targets:
+                        if target.upstream == pinned[0]:
+                            return target, key
+        # Upstreams that are down are a last resort, tried only when nothing else is left.
+        for last_resort in (False, True):
+            for target in targets:
+                if target.upstream in st.failed:
+                    continue
+                up = self.upstreams[target.upstream]
+                if up.up(now) == last_resort:
+                    continue
+                key = up.pick(st.facts.input_tokens, now, st.tried)
+                if key is not None:
+                    return target, key
+        return None
+
+    def _refusal(self, st: RequestState, now: float) -> MidwayError:
+        """Why no key can take this request, in Anthropic's words."""
+        names = {t.upstream for t in (*st.rule.targets, *st.rule.fallback)} - st.failed
+        keys = [k for name in names for k in self.upstreams[name].keys]
+        resting = [k.resting_until for k in keys if k.disabled_until <= now]
+        if resting:
+            wait = max(1, math.ceil(min(resting) - now))
+            self._count_refusal(429)
+            return MidwayError(429, f"every API key for this route is rate limited; retry in "
+                               f"{wait} s", headers={"retry-after": str(wait)})
+        if keys:
+            self._count_refusal(503)
+            return MidwayError(503, "no API key for this route is usable: every key was taken "
+                               "out of rotation after an authentication failure")
+        self._count_refusal(502)
+        return MidwayError(502, "every upstream for this route failed")
+
+    def _count_refusal(self, status: int) -> None:
+        if self.metrics is not None:
+            self.metrics.refused.labels(str(status)).inc()
+
+    # -- attempts ----------------------------------------------------------------------------
+
+    def sent(self, exchange: Exchange, attempt: Attempt) -> None:
+        key = attempt.upstream.meta.get(META)
+        st: RequestState | None = exchange.state.get(STATE)
+        if key is None or st is None:
+            return
+        if attempt.number == 1:
+            self.budget.request(time.time())
+        key.sent(st.facts.input_tokens)
+        st.held.append(key)
+
+    def judge(self, exchange: Exchange, attempt: Attempt) -> Retry | None:
+        key: KeyState | None = attempt.upstream.meta.get(META)
+        st: RequestState | None = exchange.state.get(STATE)
+        if key is None or st is None:
+            return None
+        st.judged.add(attempt.number)
+        now = time.time()
+        reason = self._record(key, attempt, st, now)
+        if reason is None or st.retries >= self.settings.max_retries:
+            return None
+        # A rate-limited request is retried even with nowhere to go: choose_upstream then
+        # answers 429 with the pool's true retry-after instead of this key's.
+        elsewhere = self._pick(st, now) is not None
+        if not elsewhere and reason != "rate_limited":
+            return None
+        if not self.budget.try_retry(now):
+            return None
+        st.retries += 1
+        self._release(st, key)
+        if self.metrics is not None:
+            self.metrics.retries.labels(reason).inc()
+        if not elsewhere:
+            return Retry(delay=0.0, reason=reason)
+        ceiling = min(self.settings.backoff_max,
+                      self.settings.backoff_base * 2 ** (st.retries - 1))
+        return Retry(delay=random.uniform(ceiling / 2, ceiling), reason=reason)
+
+    def finish(self, exchange: Exchange) -> None:
+        """post_response: judge attempts the core did not ask about, release in-flight."""
+        st: RequestState | None = exchange.state.get(STATE)
+        if st is None:
+            return
+        now = time.time()
+        for attempt in exchange.attempts:
+            key = attempt.upstream.meta.get(META)
+            if key is not None and attempt.number not in st.judged:
+                st.judged.add(attempt.number)
+                self._record(key, attempt, st, now)
+        final = exchange.final_attempt
+        error = exchange.error or ""
+        if final is not None and final.status is not None and error.startswith(_STREAM_FAILURES):
+            key = final.upstream.meta.get(META)
+            if key is not None:
+                self._mark_down(key.upstream, now, "stream broke")
+        while st.held:
+            self._release(st, st.held[-1])
+
+    def _release(self, st: RequestState, key: KeyState) -> None:
+        if key in st.held:
+            st.held.remove(key)
+            key.in_flight -= 1
+
+    def _record(self, key: KeyState, attempt: Attempt, st: RequestState, now: float
+                ) -> str | None:
+        """Learn from one attempt; the reason to look elsewhere, or ``None`` if it is fine."""
+        up = key.upstream
+        name = up.spec.name
+        if attempt.status is None:
+            st.failed.add(name)
+            up.failures += 1
+            self._mark_down(up, now, attempt.error or "unreachable")
+            return "unreachable"
+        headers = attempt.headers if attempt.headers is not None else {}
+        key.report(read_limits(headers))
+        status = attempt.status
+        if key.fp is None:
+            # The client's own credentials: its limits and errors are its own business.
+            if status < 500:
+                return None
+            st.failed.add(name)
+            return "server_error"
+        if status in (429, 529):
+            st.tried.add(id(key))
+            self._rest(key, headers, now, status)
+            if status == 529:
+                st.failed.add(name)
+                return "overloaded"
+            return "rate_limited"
+        if status in (401, 403):
+            st.tried.add(id(key))
+            key.disabled_until = now + self.settings.disable_for
+            key.disabled_reason = f"upstream answered {status}"
+            log.warning("router: key %s of upstream %s answered %d; out of rotation for %.0f s",
+                        key.fp, name, status, self.settings.disable_for)
+            if self.metrics is not None:
+                self.metrics.disabled.labels(name).inc()
+            self._share_key(key)
+            return "auth"
+        if status >= 500:
+            st.failed.add(name)
+            up.errors_5xx += 1
+            if up.errors_5xx >= self.settings.down_after_5xx:
+                self._mark_down(up, now, f"{up.errors_5xx} answers of 5xx in a row")
+            return "server_error"
+        key.strikes = 0
+        up.failures = 0
+        up.errors_5xx = 0
+        return None
+
+    def _rest(self, key: KeyState, headers: Any, now: float, status: int) -> None:
+        s = self.settings
+        hint = retry_after(headers, now)
+        if hint is None:
+            until = exhausted_until(key.limits, now)
+            hint = until - now if until is not None else None
+        if hint is None or key.strikes > 0:
+            # No word from the server, or it is still refusing right after a rest: back off
+            # further each time.
+            rest = max(hint or 0.0, s.rest_base * 2 ** key.strikes)
+        else:
+            rest = hint
+        rest = min(rest, s.rest_max)
+        key.resting_until = max(key.resting_until, now + rest)
+        key.strikes += 1
+        key.rests += 1
+        log.info("router: key %s of upstream %s answered %d; resting %.1f s", key.fp,
+                 key.upstream.spec.name, status, rest)
+        if self.metrics is not None:
+            self.metrics.rests.labels(key.upstream.spec.name).inc()
+        self._share_key(key)
+
+    def _mark_down(self, up: UpstreamState, now: float, why: str) -> None:
+        s = self.settings
+        span = min(s.down_max, s.down_base * 2 ** max(0, up.failures - 1))
+        up.down_until = max(up.down_until, now + span)
+        log.warning("router: upstream %s is down for %.0f s (%s)", up.spec.name, span, why)
+        if self.metrics is not None:
+            self.metrics.down.labels(up.spec.name).inc()
+        self.shared.publish({"k": "up", "upstream": up.spec.name,
+                             "down_until": up.down_until, "failures": up.failures})
+
+    def _share_key(self, key: KeyState) -> None:
+        self.shared.publish({"k": "key", "upstream": key.upstream.spec.name, "fp": key.fp,
+                             "resting_until": key.resting_until, "strikes": key.strikes,
+                             "disabled_until": key.disabled_until,
+                             "reason": key.disabled_reason})
+
+    def apply(self, event: dict[str, Any]) -> None:
+        """A health change from another instance (or from Redis at start-up)."""
+        if event.get("k") == "up":
+            up = self.upstreams.get(str(event.get("upstream")))
+            if up is not None:
+                up.down_until = max(up.down_until, float(event.get("down_until") or 0))
+            return
+        key = self._by_fp.get((str(event.get("upstream")), event.get("fp")))
+        if key is None:
+            return
+        key.resting_until = max(key.resting_until, float(event.get("resting_until") or 0))
+        key.strikes = max(key.strikes, int(event.get("strikes") or 0))
+        disabled = float(event.get("disabled_until") or 0)
+        if disabled > key.disabled_until:
+            key.disabled_until = disabled
+            key.disabled_reason = event.get("reason")
+
+    # -- reporting ---------------------------------------------------------------------------
+
+    def status(self) -> list[dict[str, Any]]:
+        """Every upstream key (by fingerprint): health, rests, remaining quota, in flight."""
+        now = time.time()
+        return [key.as_status(now) for up in self.upstreams.values() for key in up.keys]
+
+
+def _vendor_model(models: tuple[tuple[str, str], ...], model: str | None) -> str | None:
+    if model is None:
+        return None
+    for pattern, vendor in models:
+        if fnmatch.fnmatchcase(model, pattern):
+            return vendor
+    return None

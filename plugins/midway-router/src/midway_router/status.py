@@ -1,0 +1,145 @@
+"""Status snapshots: written by the server, read by ``midway router status`` (a separate
+process). One file per worker in the data dir; with Redis, one key per instance too."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from midway_router.router import Router
+
+FILE_GLOB = "router-status-*.json"
+_SEVERITY = {"ok": 0, "down": 1, "resting": 2, "disabled": 3}
+
+
+def instance_id(worker_index: int) -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{worker_index}"
+
+
+class SnapshotWriter:
+    """Writes the router's status every ``interval`` seconds while it changes."""
+
+    def __init__(self, router: Router, data_dir: Path, worker_index: int) -> None:
+        self.router = router
+        self.instance = instance_id(worker_index)
+        self.path = data_dir / f"router-status-{worker_index}.json"
+        self.interval = max(router.settings.status_interval, 0.05)
+        self._last = b""
+        self._task: asyncio.Task[None] | None = None
+
+    def payload(self) -> bytes:
+        return orjson.dumps({"instance": self.instance, "written_at": time.time(),
+                             "keys": self.router.status()})
+
+    async def write(self) -> None:
+        data = self.payload()
+        # Unchanged keys (ignoring the timestamp) are not rewritten to the file, but Redis
+        # copies expire, so they are refreshed on every tick.
+        body = data[data.index(b',"keys"'):]
+        if body != self._last:
+            self._last = body
+            await asyncio.to_thread(_write_atomic, self.path, data)
+        await self.router.shared.write_status(self.instance, data, self.interval * 5 + 5)
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                await self.write()
+            except OSError:
+                continue  # a full disk must not stop routing; the next tick tries again
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        with contextlib.suppress(OSError):
+            await self.write()
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def read_files(data_dir: Path) -> list[dict[str, Any]]:
+    snapshots = []
+    for path in sorted(data_dir.glob(FILE_GLOB)):
+        try:
+            snapshots.append(orjson.loads(path.read_bytes()))
+        except (OSError, orjson.JSONDecodeError):
+            continue
+    return snapshots
+
+
+async def read_redis(url: str, prefix: str) -> list[dict[str, Any]]:
+    import redis.asyncio as aioredis
+
+    client = aioredis.from_url(url)
+    try:
+        names = [name async for name in client.scan_iter(match=f"{prefix}:status:*")]
+        values = await client.mget(names) if names else []
+    finally:
+        await client.aclose()
+    return [orjson.loads(v) for v in values if v]
+
+
+def merge(snapshots: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per key across instances: in-flight and served summed, the gravest health,
+    the latest quota figures."""
+    merged: dict[tuple[str, str | None], dict[str, Any]] = {}
+    for snapshot in sorted(snapshots, key=lambda s: s.get("written_at", 0)):
+        for row in snapshot.get("keys", []):
+            ident = (row["upstream"], row["key"])
+            seen = merged.get(ident)
+            if seen is None:
+                merged[ident] = {**row, "instances": 1}
+                continue
+            seen["instances"] += 1
+            seen["in_flight"] += row["in_flight"]
+            seen["served"] += row["served"]
+            seen["rests"] += row["rests"]
+            if _SEVERITY.get(row["health"], 0) > _SEVERITY.get(seen["health"], 0):
+                seen["health"] = row["health"]
+            for field in ("resting_until", "disabled_until", "down_until"):
+                if (row.get(field) or 0) > (seen.get(field) or 0):
+                    seen[field] = row[field]
+            if row["remaining"]:
+                seen["remaining"], seen["limit"], seen["reset"] = \
+                    row["remaining"], row["limit"], row["reset"]
+    return list(merged.values())
+
+
+def _when(epoch: float | None, now: float) -> str:
+    if not epoch:
+        return "-"
+    stamp = datetime.fromtimestamp(epoch, UTC).strftime("%H:%M:%S")
+    return f"{stamp} (in {max(0.0, epoch - now):.0f} s)"
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """A plain-text table for people."""
+    now = time.time()
+    lines = [f"{'UPSTREAM':<16} {'KEY':<13} {'HEALTH':<9} {'IN FLIGHT':>9} {'SERVED':>7} "
+             f"{'REQ LEFT':>8} {'TOK LEFT':>9}  UNTIL"]
+    for row in rows:
+        remaining = row.get("remaining") or {}
+        until = row.get("disabled_until") or row.get("resting_until") or row.get("down_until")
+        lines.append(
+            f"{row['upstream'][:16]:<16} {row['key'] or 'passthrough':<13} "
+            f"{row['health']:<9} {row['in_flight']:>9} {row['served']:>7} "
+            f"{remaining.get('requests', '-')!s:>8} {remaining.get('tokens', '-')!s:>9}  "
+            f"{_when(until, now)}")
+    return "\n".join(lines)

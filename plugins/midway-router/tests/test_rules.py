@@ -1,0 +1,181 @@
+"""Rule matching, balancing and config checks, on the Router itself (no server)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from midway.exchange import Principal
+from midway.testing import make_exchange
+from midway_router.router import Router
+from midway_router.settings import RouterConfigError, parse
+
+UPSTREAMS = [
+    {"name": "main", "url": "http://127.0.0.1:1", "keys": ["sk-main-1"]},
+    {"name": "long", "url": "http://127.0.0.1:2", "keys": ["sk-long-1"]},
+    {"name": "cheap", "url": "http://127.0.0.1:3", "keys": ["sk-cheap-1"]},
+    {"name": "think", "url": "http://127.0.0.1:4", "keys": ["sk-think-1"]},
+    {"name": "search", "url": "http://127.0.0.1:5", "keys": ["sk-search-1"]},
+    {"name": "bulk", "url": "http://127.0.0.1:6", "keys": ["sk-bulk-1"]},
+]
+
+RULES = [
+    {"name": "team-search", "match": {"team": "search"}, "target": "search"},
+    {"name": "batch-header", "match": {"headers": {"x-workload": "batch*"}}, "target": "bulk"},
+    {"name": "long-context", "match": {"min_input_tokens": 2000}, "target": "long"},
+    {"name": "background", "match": {"background": True}, "target": "cheap",
+     "model": "claude-haiku-cheap"},
+    {"name": "thinking-tools", "match": {"thinking": True, "tools": True}, "target": "think"},
+    {"name": "alice-opus", "match": {"principal": "alice", "model": "claude-opus-*"},
+     "target": "think"},
+]
+
+
+def router(rules=RULES, **extra) -> Router:
+    return Router(parse({"upstreams": UPSTREAMS, "rules": rules, "target": "main", **extra}))
+
+
+def body(**fields):
+    base = {"model": "claude-sonnet-4-6", "max_tokens": 64, "stream": True,
+            "messages": [{"role": "user", "content": "hi"}]}
+    return {**base, **fields}
+
+
+def choose(r: Router, payload=None, headers=None, principal=None):
+    exchange = make_exchange(payload or body(), headers=headers, principal=principal)
+    upstream = r.choose(exchange)
+    return upstream, exchange
+
+
+def test_default_when_nothing_matches():
+    upstream, exchange = choose(router())
+    assert upstream.name == "main"
+    assert upstream.url == "http://127.0.0.1:1"
+    assert upstream.headers["x-api-key"] == "sk-main-1"
+    assert upstream.passthrough_auth is False
+    assert upstream.model is None
+    assert exchange.annotations["route"] == "default"
+    assert exchange.annotations["upstream_key"] == upstream.key_id
+    assert "sk-main" not in upstream.key_id
+
+
+def test_team_header_tokens_thinking_principal_rules():
+    r = router()
+    team = Principal(id="key:bob", name="bob", team="search", kind="key")
+    assert choose(r, principal=team)[0].name == "search"
+    assert choose(r, headers={"x-workload": "batch-nightly"})[0].name == "bulk"
+    assert choose(r, headers={"x-workload": "interactive"})[0].name == "main"
+    long = body(messages=[{"role": "user", "content": "word " * 3000}])
+    upstream, exchange = choose(r, long)
+    assert (upstream.name, exchange.annotations["route"]) == ("long", "long-context")
+    both = body(thinking={"type": "adaptive"}, tools=[{"name": "Bash", "input_schema": {}}])
+    assert choose(r, both)[0].name == "think"
+    only_tools = body(tools=[{"name": "Bash", "input_schema": {}}])
+    assert choose(r, only_tools)[0].name == "main"
+    disabled = body(thinking={"type": "disabled"}, tools=[{"name": "Bash", "input_schema": {}}])
+    assert choose(r, disabled)[0].name == "main"
+    alice = Principal(id="key:alice", name="alice", kind="key")
+    assert choose(r, body(model="claude-opus-4-8"), principal=alice)[0].name == "think"
+    assert choose(r, body(model="claude-sonnet-4-6"), principal=alice)[0].name == "main"
+
+
+def test_images_do_not_count_as_long_context():
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png",
+                                         "data": "A" * 40_000}}
+    payload = body(messages=[{"role": "user", "content": [image, {"type": "text",
+                                                                   "text": "what is it"}]}])
+    assert choose(router(), payload)[0].name == "main"
+
+
+def test_background_haiku_is_rewritten_to_the_cheap_model():
+    upstream, exchange = choose(router(), body(model="claude-haiku-4-5-20251001"))
+    assert upstream.name == "cheap"
+    assert upstream.model == "claude-haiku-cheap"
+    assert exchange.annotations["route"] == "background"
+
+
+def test_first_matching_rule_wins():
+    # Long *and* background: the long-context rule comes first.
+    long_haiku = body(model="claude-haiku-4-5", messages=[{"role": "user",
+                                                           "content": "word " * 3000}])
+    assert choose(router(), long_haiku)[0].name == "long"
+
+
+def test_upstream_model_map_rewrites_for_a_vendor():
+    upstreams = [{"name": "v", "url": "http://127.0.0.1:9", "keys": ["k"],
+                  "models": {"claude-haiku-*": "small-model", "*": "big-model"}}]
+    r = Router(parse({"upstreams": upstreams}))
+    assert choose(r, body(model="claude-haiku-4-5"))[0].model == "small-model"
+    assert choose(r, body(model="claude-opus-4-8"))[0].model == "big-model"
+
+
+def test_weighted_balancing_follows_weights():
+    rules = [{"name": "split", "match": {"model": "claude-*"}, "balance": "weighted",
+              "targets": [{"upstream": "main", "weight": 3}, {"upstream": "cheap", "weight": 1}]}]
+    r = router(rules)
+    seen = Counter(choose(r)[0].name for _ in range(2000))
+    share = seen["main"] / 2000
+    assert 0.70 < share < 0.80, seen
+    assert set(seen) == {"main", "cheap"}
+
+
+def test_least_busy_balancing_prefers_the_idle_upstream():
+    rules = [{"name": "lb", "match": {"model": "claude-*"}, "balance": "least-busy",
+              "targets": ["main", "cheap"]}]
+    r = router(rules)
+    r.upstreams["main"].keys[0].in_flight = 5
+    assert all(choose(r)[0].name == "cheap" for _ in range(20))
+    r.upstreams["cheap"].keys[0].in_flight = 9
+    assert all(choose(r)[0].name == "main" for _ in range(20))
+
+
+def test_passthrough_upstream_without_keys():
+    r = Router(parse({"upstreams": [{"name": "direct", "url": "http://127.0.0.1:9"}]}))
+    upstream, exchange = choose(r)
+    assert upstream.passthrough_auth is True
+    assert upstream.key_id is None
+    assert "x-api-key" not in upstream.headers
+
+
+def test_no_upstreams_leaves_the_choice_to_the_core():
+    r = Router(parse({}))
+    assert r.choose(make_exchange()) is None
+
+
+def test_keys_from_env_and_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("ROUTER_TEST_KEY", "sk-from-env")
+    secret = tmp_path / "key.txt"
+    secret.write_text("sk-from-file\n")
+    r = Router(parse({"upstreams": [{"name": "a", "url": "http://127.0.0.1:9",
+                                     "keys": ["env:ROUTER_TEST_KEY", f"file:{secret}"]}]}))
+    secrets_seen = {k.headers["x-api-key"] for k in r.upstreams["a"].keys}
+    assert secrets_seen == {"sk-from-env", "sk-from-file"}
+    rendered = repr(r.status())
+    assert "sk-from" not in rendered
+
+
+@pytest.mark.parametrize(("config", "message"), [
+    ({"upstreams": [{"name": "a", "kind": "gemini"}]}, "kind must be one of"),
+    ({"upstreams": [{"name": "a"}, {"name": "a"}]}, "unique"),
+    ({"upstreams": [{"name": "a"}], "rules": [{"name": "r", "target": "zzz"}]},
+     "unknown upstream 'zzz'"),
+    ({"upstreams": [{"name": "a"}], "rules": [{"name": "r"}]}, "needs a target"),
+    ({"upstreams": [{"name": "a"}], "rules": [{"name": "r", "target": "a",
+                                               "match": {"colour": "red"}}]},
+     "unknown match key"),
+    ({"upstreams": [{"name": "a", "kind": "bedrock", "region": "us-east-1"}]},
+     "needs [[credentials]]"),
+    ({"upstreams": [{"name": "a"}], "state": "memcached://x"}, "redis://"),
+    ({"upstreams": [{"name": "a"}], "affinity": "sticky"}, "affinity must be"),
+])
+def test_config_errors_say_what_is_wrong(config, message):
+    with pytest.raises(RouterConfigError, match=message.replace("[", r"\[")):
+        parse(config)
+
+
+def test_config_error_never_shows_a_secret(monkeypatch):
+    monkeypatch.delenv("NOT_SET_ROUTER_KEY", raising=False)
+    with pytest.raises(ValueError) as info:
+        Router(parse({"upstreams": [{"name": "a", "keys": ["env:NOT_SET_ROUTER_KEY"]}]}))
+    assert "NOT_SET_ROUTER_KEY is not set" in str(info.value)
