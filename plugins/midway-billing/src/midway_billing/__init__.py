@@ -1,0 +1,81 @@
+"""midway-billing: cost to the cent per upstream attempt, attributed to principals, teams and
+projects, with budgets that hold under concurrency.
+
+The hooks below find this instance's :class:`~midway_billing.plugin.Billing` in
+``midway.services["billing"]``, so several midway instances may share one process.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from midway import Attempt, Exchange, Midway, Response, hookimpl
+from midway_billing.config import BillingConfig
+from midway_billing.metrics import BillingMetrics
+from midway_billing.plugin import Billing
+
+if TYPE_CHECKING:
+    import click
+
+__all__ = ["Billing", "BillingConfig"]
+
+
+def _billing(midway: Midway | None) -> Billing | None:
+    service = midway.services.get("billing") if midway is not None else None
+    return service if isinstance(service, Billing) else None
+
+
+def _create(midway: Midway) -> Billing:
+    billing = _billing(midway)
+    if billing is None:
+        config = BillingConfig.from_table(midway.config("billing"), midway.data_dir)
+        metrics = BillingMetrics(midway.metrics.registry) if midway.metrics else None
+        billing = Billing(config, metrics)
+        midway.services["billing"] = billing
+    return billing
+
+
+@hookimpl
+def register_metrics(midway: Midway) -> None:
+    _create(midway)
+
+
+@hookimpl
+async def startup(midway: Midway) -> None:
+    await _create(midway).start()
+
+
+@hookimpl
+async def shutdown(midway: Midway) -> None:
+    billing = _billing(midway)
+    if billing is not None:
+        await billing.stop()
+
+
+# After the cache (tryfirst): a cache hit never reaches this, so it is never reserved or refused.
+@hookimpl(trylast=True)
+async def pre_request(exchange: Exchange) -> Response | None:
+    billing = _billing(exchange.midway)
+    return await billing.pre_request(exchange) if billing else None
+
+
+@hookimpl
+async def upstream_request(exchange: Exchange, attempt: Attempt) -> None:
+    billing = _billing(exchange.midway)
+    if billing is not None:
+        await billing.upstream_request(exchange, attempt)
+
+
+# First, so that audit (trylast) and the others see annotations["cost_usd"].
+@hookimpl(tryfirst=True)
+async def post_response(exchange: Exchange) -> None:
+    billing = _billing(exchange.midway)
+    if billing is not None:
+        await billing.post_response(exchange)
+
+
+@hookimpl
+def register_commands(cli: click.Group) -> None:
+    from midway_billing.commands import billing_group
+
+    cli.add_command(billing_group)

@@ -1,0 +1,151 @@
+"""``midway billing report | budgets | prices``."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import re
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import click
+import orjson
+
+from midway.cli import settings_options
+from midway.config import Settings
+from midway_billing.config import BillingConfig
+from midway_billing.plugin import Billing
+from midway_billing.pricing import PriceError
+
+T = TypeVar("T")
+_RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_time(value: str | None) -> float | None:
+    """``2026-11-01``, ``2026-11-01T12:00:00Z``, unix seconds, or ``7d`` / ``12h`` ago."""
+    if not value:
+        return None
+    match = _RELATIVE.match(value.strip())
+    if match:
+        return time.time() - float(match.group(1)) * _UNITS[match.group(2)]
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise click.BadParameter(f"not a time: {value!r} (use 2026-11-01, an ISO time, "
+                                 "unix seconds or 7d/12h)") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def _config(settings: Settings) -> BillingConfig:
+    try:
+        return BillingConfig.from_table(settings.plugin_config("billing"), settings.data_dir)
+    except PriceError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _with_billing(settings: Settings, fn: Callable[[Billing], Awaitable[T]]) -> T:
+    async def run() -> T:
+        billing = Billing(_config(settings))
+        await billing.store.open()
+        try:
+            return await fn(billing)
+        finally:
+            await billing.store.close()
+
+    return asyncio.run(run())
+
+
+def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    cells = [[("-" if r.get(c) is None else str(r.get(c))) for c in columns] for r in rows]
+    widths = [max([len(c), *(len(row[i]) for row in cells)]) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
+    return "\n".join(lines)
+
+
+@click.group("billing")
+def billing_group() -> None:
+    """Costs, budgets and prices recorded by midway-billing."""
+
+
+@billing_group.command("report")
+@click.option("--by", type=click.Choice(["principal", "team", "project", "model", "day"]),
+              default="team", show_default=True)
+@click.option("--since", default=None, help="From this time (ISO, unix seconds, or 7d/12h ago).")
+@click.option("--until", default=None, help="Before this time.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array of rows.")
+@click.option("--csv", "as_csv", is_flag=True, help="Print CSV.")
+@settings_options
+def report(settings: Settings, by: str, since: str | None, until: str | None, as_json: bool,
+           as_csv: bool) -> None:
+    """Totals per group: requests, tokens by kind, cost and saved cost (USD)."""
+    rows = _with_billing(settings, lambda b: b.report(by, parse_time(since), parse_time(until)))
+    if as_json:
+        click.echo(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
+        return
+    columns = [by, "requests", "attempts", "input_tokens", "output_tokens",
+               "cache_write_5m_tokens", "cache_write_1h_tokens", "cache_read_tokens",
+               "web_search_requests", "cost_usd", "saved_usd", "cache_hits", "refused",
+               "unpriced", "pending", "reconciled"]
+    if as_csv:
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        click.echo(out.getvalue(), nl=False)
+        return
+    if not rows:
+        click.echo("no spend recorded")
+        return
+    click.echo(_table(rows, [by, "requests", "input_tokens", "output_tokens",
+                             "cache_write_5m_tokens", "cache_write_1h_tokens",
+                             "cache_read_tokens", "cost_usd", "saved_usd", "unpriced"]))
+
+
+@billing_group.command("budgets")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+@settings_options
+def budgets(settings: Settings, as_json: bool) -> None:
+    """Each budget: spent, reserved, remaining and when it resets."""
+    rows = _with_billing(settings, lambda b: b.budgets())
+    if as_json:
+        click.echo(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
+        return
+    if not rows:
+        click.echo("no budgets configured ([[billing.budgets]])")
+        return
+    click.echo(_table(rows, ["name", "scope", "value", "period", "mode", "limit_usd",
+                             "spent_usd", "reserved_usd", "remaining_usd", "resets_at"]))
+
+
+@billing_group.command("prices")
+@click.argument("model", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@settings_options
+def prices(settings: Settings, model: str | None, as_json: bool) -> None:
+    """The price table in force (USD per million tokens), or the price of MODEL."""
+    table = _config(settings).prices
+    if model is not None:
+        price = table.lookup(model)
+        if price is None:
+            raise click.ClickException(f"no price for {model!r}: add [billing.prices.\"{model}\"]")
+        rows = [price.as_dict()]
+    else:
+        rows = [p.as_dict() for _, p in sorted(table.prices.items())]
+    if as_json:
+        click.echo(orjson.dumps(rows if model is None else rows[0],
+                                option=orjson.OPT_INDENT_2).decode())
+        return
+    click.echo(_table(rows, ["model", "family", "input", "cache_write_5m", "cache_write_1h",
+                             "cache_read", "output", "web_search_per_request",
+                             "batch_discount"]))

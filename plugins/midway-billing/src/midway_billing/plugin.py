@@ -1,0 +1,353 @@
+"""Billing for one running midway: reserve, write ahead, settle, and answer reports."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from decimal import Decimal
+from typing import Any
+
+import attrs
+
+from midway import Attempt, Exchange, Response, error_body
+from midway_billing.budgets import Attribution, Bucket, Check, checks_for, iso, window
+from midway_billing.config import BillingConfig
+from midway_billing.metrics import BillingMetrics
+from midway_billing.pricing import Cost, to_pusd, usd_str
+from midway_billing.store import GROUPS, REPORT_INT_FIELDS, Reservation, Store
+
+log = logging.getLogger("midway.billing")
+
+WARNING_HEADER = "x-midway-budget-warning"
+_CACHE_HITS = ("hit", "semantic-hit")
+_MTOK = Decimal(10**6)
+_SERIES_BUCKETS = {"minute": 60, "hour": 3600, "day": 86400}
+
+
+@attrs.define
+class RequestState:
+    """Billing's private state of one exchange (``exchange.state["billing"]``)."""
+
+    who: Attribution
+    reservation: Reservation | None = None
+    refused: Check | None = None
+    warnings: list[str] = attrs.field(factory=list)
+
+
+def attribution(exchange: Exchange, project_header: str) -> Attribution:
+    principal = exchange.principal
+    project = principal.labels.get("project")
+    if principal.allow_project_header:
+        value = exchange.request.headers.get(project_header, "").strip()
+        if value:
+            project = value[:200]
+    return Attribution(principal=principal.id, principal_name=principal.name,
+                       team=principal.team, project=project)
+
+
+class Billing:
+    """The billing service of one midway instance (also ``midway.services["billing"]``)."""
+
+    def __init__(self, config: BillingConfig, metrics: BillingMetrics | None = None) -> None:
+        self.config = config
+        self.prices = config.prices
+        self.store: Store = config.make_store()
+        self.metrics = metrics
+        self._warned: set[str] = set()
+        self._reconciler: asyncio.Task[None] | None = None
+
+    # -- life cycle --------------------------------------------------------------------------
+
+    async def start(self, background: bool = True) -> None:
+        await self.store.open()
+        fixed = await self.store.reconcile()
+        if fixed:
+            log.warning("billing: reconciled %d ledger rows left pending by stopped instances",
+                        fixed)
+        if background and self.config.reconcile_interval > 0:
+            self._reconciler = asyncio.create_task(self._reconcile_loop())
+
+    async def stop(self) -> None:
+        if self._reconciler is not None:
+            self._reconciler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reconciler
+        await self.store.close()
+
+    async def _reconcile_loop(self) -> None:
+        # Other instances sharing the store may die while this one lives on.
+        while True:
+            await asyncio.sleep(self.config.reconcile_interval)
+            try:
+                fixed = await self.store.reconcile()
+                if fixed:
+                    log.warning("billing: reconciled %d rows of a stopped instance", fixed)
+            except Exception:
+                log.exception("billing: reconciliation failed")
+
+    # -- estimates and costs -----------------------------------------------------------------
+
+    def estimate(self, exchange: Exchange) -> int:
+        """The most a request may cost, roughly: its input at the input rate (from the body
+        size) plus ``max_tokens`` at the output rate. Unpriced models use the table's highest
+        rates."""
+        body = exchange.request.json
+        max_tokens = body.get("max_tokens") if isinstance(body, dict) else None
+        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 0:
+            max_tokens = 0
+        price = self.prices.lookup(exchange.model)
+        rate_in, rate_out = (price.input, price.output) if price else self.prices.max_rates()
+        input_tokens = math.ceil(len(exchange.request.body) / self.config.bytes_per_token)
+        return to_pusd((Decimal(input_tokens) * rate_in + Decimal(max_tokens) * rate_out)
+                       / _MTOK)
+
+    def cost_of(self, exchange: Exchange, attempt: Attempt | None) -> Cost:
+        """Priced by the model that served: a rewrite, the answer's model, else the request's."""
+        candidates = [attempt.upstream.model if attempt else None, exchange.response_model,
+                      exchange.model]
+        for model in candidates:
+            if model and self.prices.lookup(model) is not None:
+                return self.prices.cost(exchange.usage, model, batch=_is_batch(exchange))
+        return Cost(model=None)
+
+    # -- hooks -------------------------------------------------------------------------------
+
+    def _state(self, exchange: Exchange) -> RequestState:
+        state = exchange.state.get("billing")
+        if not isinstance(state, RequestState):
+            state = RequestState(attribution(exchange, self.config.project_header))
+            exchange.state["billing"] = state
+        return state
+
+    async def pre_request(self, exchange: Exchange) -> Response | None:
+        state = self._state(exchange)
+        if not self.config.budgets or not exchange.request.is_messages:
+            return None
+        now = time.time()
+        checks = checks_for(self.config.budgets, state.who, now)
+        if not checks:
+            return None
+        limits: dict[str, int | None] = {}
+        for check in checks:
+            key = check.bucket.key
+            limit = check.budget.limit_pusd if check.budget.hard else None
+            old = limits.get(key)
+            limits[key] = limit if old is None else old if limit is None else min(old, limit)
+        amount = self.estimate(exchange)
+        reservation = Reservation(exchange.id, amount, sorted(limits), now)
+        result = await self.store.reserve(reservation, limits)
+        if not result.admitted:
+            refused = min((c for c in checks if c.bucket.key == result.refused_key
+                           and c.budget.hard), key=lambda c: c.budget.limit_pusd)
+            state.refused = refused
+            return self._refusal(exchange, refused, result.states[refused.bucket.key], amount,
+                                 now)
+        state.reservation = reservation
+        for check in checks:
+            spent, reserved = result.states[check.bucket.key]
+            if spent + reserved >= check.budget.limit_pusd * check.budget.warn_at:
+                self._warn(check, spent, reserved, state)
+        return None
+
+    def _refusal(self, exchange: Exchange, check: Check, counter: tuple[int, int],
+                 amount: int, now: float) -> Response:
+        budget = check.budget
+        spent, reserved = counter
+        resets = f"it resets at {iso(check.reset)}" if check.reset else \
+            "it is a total budget and does not reset"
+        message = (f"budget {budget.name!r} ({budget.scope} {check.bucket.value!r}, "
+                   f"{budget.period}) would be exceeded: ${usd_str(spent)} spent and "
+                   f"${usd_str(reserved)} reserved of ${usd_str(budget.limit_pusd)}, and this "
+                   f"request may cost up to ${usd_str(amount)}; {resets}")
+        headers = {"x-should-retry": "false", WARNING_HEADER: f"{budget.name} exhausted"}
+        if check.reset:
+            headers["retry-after"] = str(max(1, math.ceil(check.reset - now)))
+        if self.metrics is not None:
+            self.metrics.refusals.labels(budget.name).inc()
+        log.warning("billing: refused %s for %s: %s", exchange.id, exchange.principal.id,
+                    message)
+        return Response(status=429, body=error_body(429, message, exchange.id,
+                                                    "rate_limit_error"), headers=headers)
+
+    def _warn(self, check: Check, spent: int, reserved: int, state: RequestState) -> None:
+        budget = check.budget
+        text = (f"{budget.name}: ${usd_str(spent + reserved)} of ${usd_str(budget.limit_pusd)}"
+                f" ({'hard' if budget.hard else 'soft'})")
+        state.warnings.append(text)
+        if self.metrics is not None:
+            self.metrics.warnings.labels(budget.name).inc()
+        if check.bucket.key not in self._warned:  # once per bucket and process, not per call
+            self._warned.add(check.bucket.key)
+            log.warning("billing: budget %r for %s %r at %s", budget.name, budget.scope,
+                        check.bucket.value, text)
+
+    async def upstream_request(self, exchange: Exchange, attempt: Attempt) -> None:
+        state = self._state(exchange)
+        row = self._row(exchange, state, attempt.id, attempt.number, "attempt", "pending")
+        row.update(upstream=attempt.upstream.name, key_id=attempt.upstream.key_id,
+                   model=attempt.upstream.model or exchange.model)
+        await self.store.write_ahead(row)
+
+    async def post_response(self, exchange: Exchange) -> None:
+        state = self._state(exchange)
+        now = time.time()
+        annotation: dict[str, Any] = {**attrs.asdict(state.who)}
+        if not exchange.attempts:
+            kind = self._local_kind(exchange, state)
+            cost = self.cost_of(exchange, None) if exchange.usage.seen else Cost(model=None)
+            saved = cost.total if kind == "cache_hit" else 0
+            row = self._row(exchange, state, f"{exchange.id}.0", 0, kind, "settled")
+            self._fill(row, exchange, cost, now, cost_pusd=0, saved_pusd=saved)
+            row["unpriced"] = int(kind == "cache_hit" and cost.unpriced)
+            await self.store.settle([row], state.reservation, 0)
+            annotation.update(kind=kind, cost_usd="0", saved_usd=usd_str(saved),
+                              model=cost.model)
+            exchange.annotations["cost_usd"] = "0"
+            if saved and self.metrics is not None:
+                self.metrics.saved.labels(state.who.team or "", cost.model or "").inc(
+                    float(usd_str(saved)))
+        else:
+            rows = []
+            final = exchange.attempts[-1]
+            cost = self.cost_of(exchange, final)
+            for attempt in exchange.attempts:
+                row = self._row(exchange, state, attempt.id, attempt.number, "attempt",
+                                "settled")
+                row.update(upstream=attempt.upstream.name, key_id=attempt.upstream.key_id,
+                           model=attempt.upstream.model or exchange.model)
+                if attempt is final:
+                    self._fill(row, exchange, cost, now, cost_pusd=cost.total, saved_pusd=0)
+                    row["unpriced"] = int(cost.unpriced and exchange.usage.seen)
+                else:  # a retried attempt's answer was dropped: it is recorded, at $0
+                    row.update(status=attempt.status, settled_at=now,
+                               error=attempt.error or "retried")
+                rows.append(row)
+            await self.store.settle(rows, state.reservation, cost.total)
+            cost_usd = usd_str(cost.total)
+            annotation.update(kind="attempt", cost_usd=cost_usd, saved_usd="0",
+                              model=cost.model, breakdown=cost.breakdown(),
+                              attempts=len(exchange.attempts))
+            exchange.annotations["cost_usd"] = cost_usd
+            self._count(exchange, state, cost)
+        annotation["unpriced"] = bool(cost.unpriced and exchange.usage.seen)
+        if state.reservation is not None:
+            annotation["reserved_usd"] = usd_str(state.reservation.amount_pusd)
+        if state.warnings:
+            annotation["budget_warnings"] = list(state.warnings)
+        exchange.annotations["billing"] = annotation
+
+    def _local_kind(self, exchange: Exchange, state: RequestState) -> str:
+        if state.refused is not None:
+            return "refused"
+        if exchange.answered_by and exchange.annotations.get("cache") in _CACHE_HITS:
+            return "cache_hit"
+        return "answered" if exchange.answered_by else "failed"
+
+    def _count(self, exchange: Exchange, state: RequestState, cost: Cost) -> None:
+        if self.metrics is None:
+            return
+        if cost.unpriced and exchange.usage.seen:
+            self.metrics.unpriced.labels((exchange.model or "")[:80]).inc()
+        if cost.total:
+            self.metrics.spend.labels(state.who.team or "", cost.model or "").inc(
+                float(usd_str(cost.total)))
+
+    def _row(self, exchange: Exchange, state: RequestState, row_id: str, number: int,
+             kind: str, row_state: str) -> dict[str, Any]:
+        who = state.who
+        return {
+            "id": row_id, "exchange_id": exchange.id, "attempt": number, "kind": kind,
+            "state": row_state, "instance": self.store.instance,
+            "created_at": exchange.timings.started_at, "settled_at": None,
+            "principal": who.principal, "principal_name": who.principal_name,
+            "team": who.team, "project": who.project, "model": exchange.model,
+            "priced_model": None, "upstream": None, "key_id": None,
+            "path": exchange.request.path, "status": None, "error": None,
+            "input_tokens": 0, "output_tokens": 0, "cache_write_5m_tokens": 0,
+            "cache_write_1h_tokens": 0, "cache_read_tokens": 0, "web_search_requests": 0,
+            "cost_pusd": 0, "saved_pusd": 0, "unpriced": 0, "batch": int(_is_batch(exchange)),
+        }
+
+    @staticmethod
+    def _fill(row: dict[str, Any], exchange: Exchange, cost: Cost, now: float,
+              cost_pusd: int, saved_pusd: int) -> None:
+        usage = exchange.usage
+        row.update(
+            settled_at=now, status=exchange.status, error=exchange.error,
+            priced_model=cost.model, input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            cache_write_5m_tokens=usage.cache_creation_5m_input_tokens,
+            cache_write_1h_tokens=usage.cache_creation_1h_input_tokens,
+            cache_read_tokens=usage.cache_read_input_tokens,
+            web_search_requests=usage.web_search_requests,
+            cost_pusd=cost_pusd, saved_pusd=saved_pusd)
+
+    # -- the service other plugins and the CLI use ------------------------------------------
+
+    async def report(self, by: str, since: float | None = None, until: float | None = None
+                     ) -> list[dict[str, Any]]:
+        """Totals grouped ``by`` principal | team | project | model | day."""
+        if by != "day" and by not in GROUPS:
+            raise ValueError(f"cannot report by {by!r}")
+        out = []
+        for row in await self.store.report(by, _ts(since), _ts(until)):
+            item: dict[str, Any] = {by: row["key"]}
+            item.update({f: int(row[f] or 0) for f in REPORT_INT_FIELDS})
+            item["cost_usd"] = usd_str(int(row["cost_pusd"] or 0))
+            item["saved_usd"] = usd_str(int(row["saved_pusd"] or 0))
+            out.append(item)
+        return out
+
+    async def spend_series(self, bucket: str = "hour", by: str = "team",
+                           since: float | None = None) -> list[dict[str, Any]]:
+        """Spend per time bucket and key: ``[{"t", "key", "cost_usd"}]``, oldest first."""
+        if bucket not in _SERIES_BUCKETS or by not in GROUPS:
+            raise ValueError(f"unknown bucket {bucket!r} or grouping {by!r}")
+        rows = await self.store.spend_series(_SERIES_BUCKETS[bucket], by, _ts(since))
+        return [{"t": iso(t), "key": key, "cost_usd": usd_str(cost)} for t, key, cost in rows]
+
+    async def budgets(self) -> list[dict[str, Any]]:
+        """Every budget with spent, reserved, remaining and reset time, per bucket in force."""
+        now = time.time()
+        counters = await self.store.all_counters()
+        out = []
+        for budget in self.config.budgets:
+            start, reset = window(budget.period, now)
+            found = []
+            for key, (spent, reserved) in counters.items():
+                scope, value, period, begin = key.split("\x1f")
+                if scope == budget.scope and period == budget.period and \
+                        float(begin) == start and budget.match in ("*", value):
+                    found.append((value, spent, reserved))
+            if not found and budget.match != "*":
+                key = Bucket(budget.scope, budget.match, budget.period, start).key
+                spent, reserved = (await self.store.counters([key]))[key]
+                found.append((budget.match, spent, reserved))
+            if not found:
+                found.append(("*", 0, 0))
+            for value, spent, reserved in sorted(found):
+                out.append({
+                    "name": budget.name, "scope": budget.scope, "value": value,
+                    "period": budget.period, "mode": "hard" if budget.hard else "soft",
+                    "limit_usd": usd_str(budget.limit_pusd), "spent_usd": usd_str(spent),
+                    "reserved_usd": usd_str(reserved),
+                    "remaining_usd": usd_str(max(0, budget.limit_pusd - spent - reserved)),
+                    "window_start": iso(start) if budget.period != "total" else None,
+                    "resets_at": iso(reset)})
+        return out
+
+
+def _is_batch(exchange: Exchange) -> bool:
+    return exchange.request.path.startswith("/v1/messages/batches")
+
+
+def _ts(value: Any) -> float | None:
+    """Accept unix seconds or a datetime."""
+    if value is None:
+        return None
+    if hasattr(value, "timestamp"):
+        return float(value.timestamp())
+    return float(value)
