@@ -1,0 +1,43 @@
+"""midway-dashboard: a live web dashboard served by midway at ``/_midway/``.
+
+Live traffic comes from this process's own window of finished requests (``post_response``);
+spend, cache, upstream health and the request list come from the services that the billing,
+cache, router and audit plugins publish in ``midway.services``.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from midway import hookimpl
+from midway.context import Midway
+from midway.exchange import Exchange
+from midway_dashboard.app import Dashboard
+from midway_dashboard.window import event_from_exchange
+
+SERVICE = "dashboard"
+
+__all__ = ["Dashboard", "post_response", "register_routes", "startup"]
+
+
+@hookimpl
+def register_routes(app: web.Application, midway: Midway) -> None:
+    dashboard = Dashboard(midway, app)
+    dashboard.add_routes(app)
+    midway.services[SERVICE] = dashboard
+
+
+@hookimpl
+def startup(midway: Midway) -> None:
+    dashboard = midway.services.get(SERVICE)
+    if isinstance(dashboard, Dashboard):
+        dashboard.start()
+
+
+@hookimpl(trylast=True)
+def post_response(exchange: Exchange) -> None:
+    # trylast: after billing and the cache have annotated the exchange.
+    midway = exchange.midway
+    dashboard = midway.services.get(SERVICE) if midway is not None else None
+    if isinstance(dashboard, Dashboard):
+        dashboard.window.add(event_from_exchange(exchange))

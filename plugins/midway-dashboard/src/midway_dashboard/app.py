@@ -1,0 +1,342 @@
+"""The dashboard's HTTP side: pages, JSON endpoints and static files under ``/_midway/``."""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from importlib import resources
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from midway import __version__
+from midway.context import Midway
+from midway.errors import error_response
+from midway.secrets_ref import resolve
+from midway.server import PROXY_KEY
+from midway_dashboard import panels
+from midway_dashboard.access import COOKIE, COOKIE_PATH, Access, Verdict
+from midway_dashboard.window import TrafficWindow
+
+PREFIX = "/_midway"
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# Page name → (title, plugin whose service it shows, or None for the core's own traffic).
+PAGES: dict[str, tuple[str, str | None]] = {
+    "traffic": ("Traffic", None),
+    "spend": ("Spend", "billing"),
+    "cache": ("Cache", "cache"),
+    "upstreams": ("Upstreams", "router"),
+    "requests": ("Requests", "audit"),
+}
+
+STATIC_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8",
+                "": "text/plain; charset=utf-8"}
+STATIC_FILES = ("dashboard.js", "dashboard.css", "vendor/uplot/uPlot.iife.min.js",
+                "vendor/uplot/uPlot.min.css", "vendor/uplot/LICENSE")
+
+SECURITY_HEADERS = {
+    # No inline script or style anywhere: the pages load their code from /_midway/static/.
+    "content-security-policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
+                               "img-src 'self' data:; connect-src 'self'; form-action 'self'; "
+                               "frame-ancestors 'none'; base-uri 'none'",
+    "x-content-type-options": "nosniff",
+    "x-frame-options": "DENY",
+    "referrer-policy": "no-referrer",
+}
+
+RANGES = {"15m": timedelta(minutes=15), "1h": timedelta(hours=1), "24h": timedelta(hours=24),
+          "7d": timedelta(days=7), "30d": timedelta(days=30)}
+LOGIN_FAILURES_PER_MINUTE = 10
+ACTIVE = ' class="active" aria-current="page"'
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).decode("utf-8", "replace")
+    if isinstance(value, set | frozenset | tuple):
+        return list(value)
+    return str(value)
+
+
+def json_response(data: Any, status: int = 200) -> web.Response:
+    body = orjson.dumps(data, default=_json_default,
+                        option=orjson.OPT_NON_STR_KEYS)
+    return web.Response(body=body, status=status, content_type="application/json",
+                        headers={"cache-control": "no-store"})
+
+
+class Dashboard:
+    """One instance per running midway: the traffic window, the gate, the routes."""
+
+    def __init__(self, midway: Midway, app: web.Application) -> None:
+        self.midway = midway
+        self.app = app
+        config = midway.config("dashboard")
+        self.window = TrafficWindow(float(config.get("window_seconds", 900)),
+                                    int(config.get("max_events", 100_000)))
+        self.refresh_ms = int(float(config.get("refresh_seconds", 2)) * 1000)
+        self.session_seconds = float(config.get("session_hours", 12)) * 3600
+        self.access: Access | None = None  # set at start-up, once the admin key is resolved
+        self.started_at = time.time()
+        self._static = _load_static()
+        self._failures: dict[str, deque[float]] = {}
+
+    def start(self) -> None:
+        """Resolve the admin key; a reference that cannot be resolved aborts start-up."""
+        ref = self.midway.settings.admin_key
+        self.access = Access(resolve(ref) if ref else None, self.session_seconds)
+
+    # -- routes ------------------------------------------------------------------------------
+
+    def add_routes(self, app: web.Application) -> None:
+        r = app.router
+        r.add_get(PREFIX, self.guard(self._redirect_home, public=True))
+        r.add_get(f"{PREFIX}/", self.guard(self.page))
+        for name in PAGES:
+            if name != "traffic":
+                r.add_get(f"{PREFIX}/{name}", self.guard(self.page))
+        r.add_get(PREFIX + "/requests/{request_id}", self.guard(self.page))
+        r.add_get(f"{PREFIX}/login", self.guard(self.login_form, public=True))
+        r.add_post(f"{PREFIX}/login", self.guard(self.login, public=True))
+        r.add_post(f"{PREFIX}/logout", self.guard(self.logout, public=True))
+        r.add_get(PREFIX + "/static/{path:.+}", self.guard(self.static, public=True))
+        r.add_get(f"{PREFIX}/api/status", self.guard(self.api_status))
+        r.add_get(f"{PREFIX}/api/traffic", self.guard(self.api_traffic))
+        r.add_get(f"{PREFIX}/api/spend", self.guard(self.api_spend))
+        r.add_get(f"{PREFIX}/api/cache", self.guard(self.api_cache))
+        r.add_get(f"{PREFIX}/api/upstreams", self.guard(self.api_upstreams))
+        r.add_get(f"{PREFIX}/api/requests", self.guard(self.api_requests))
+        r.add_get(PREFIX + "/api/requests/{request_id}", self.guard(self.api_request))
+
+    def guard(self, handler: Handler, public: bool = False) -> Handler:
+        """Wrap a handler with the access check and the security headers.
+
+        ``public`` handlers (login, static files) are reachable without the admin key, but
+        still hidden from non-loopback clients when no admin key is configured.
+        """
+
+        async def guarded(request: web.Request) -> web.StreamResponse:
+            access = self.access
+            if access is None:
+                return error_response(503, "midway is starting")
+            verdict = access.check(request)
+            if verdict is Verdict.HIDDEN:
+                # Same answer as any unknown path: the dashboard does not reveal itself.
+                return error_response(404, "midway serves /v1/*; no route for "
+                                      f"{request.path[:200]}")
+            if verdict is Verdict.LOGIN and not public:
+                response: web.StreamResponse = self._unauthorized(request)
+            else:
+                response = await handler(request)
+            response.headers.update(SECURITY_HEADERS)
+            return response
+
+        return guarded
+
+    def _unauthorized(self, request: web.Request) -> web.Response:
+        if request.path.startswith(f"{PREFIX}/api/"):
+            return error_response(401, "the dashboard needs the admin key",
+                                  headers={"www-authenticate": 'Bearer realm="midway"'})
+        return self._login_page(request.path_qs, status=401)
+
+    async def _redirect_home(self, request: web.Request) -> web.StreamResponse:
+        return web.Response(status=302, headers={"location": f"{PREFIX}/"})
+
+    # -- pages -------------------------------------------------------------------------------
+
+    async def page(self, request: web.Request) -> web.Response:
+        request_id = request.match_info.get("request_id")
+        name = "request" if request_id else (request.path[len(PREFIX) + 1:] or "traffic")
+        title = "Request" if request_id else PAGES[name][0]
+        current = "requests" if request_id else name
+        nav = "".join(
+            f'<a href="{PREFIX}/{"" if key == "traffic" else key}"'
+            f'{ACTIVE if key == current else ""}>{label}</a>' for key, (label, _) in PAGES.items())
+        logout = (f'<form method="post" action="{PREFIX}/logout" class="logout">'
+                  '<button type="submit">Log out</button></form>'
+                  if self.access is not None and self.access.protected else "")
+        body = (f'<body data-page="{name}" data-refresh="{self.refresh_ms}"'
+                f' data-request-id="{html.escape(request_id or "")}">'
+                f'<header><a class="brand" href="{PREFIX}/">midway</a><nav>{nav}</nav>'
+                f'<span class="version">v{html.escape(__version__)}</span>{logout}</header>'
+                f'<main><h1>{title}</h1><div id="content" aria-live="polite"></div></main>'
+                f'<script src="{PREFIX}/static/vendor/uplot/uPlot.iife.min.js"></script>'
+                f'<script src="{PREFIX}/static/dashboard.js"></script></body>')
+        return _html(title, body)
+
+    def _login_page(self, next_path: str, status: int = 200, error: str = "") -> web.Response:
+        message = f'<p class="error" role="alert">{html.escape(error)}</p>' if error else ""
+        body = ('<body data-page="login"><main class="login"><h1>midway</h1>'
+                '<p>This dashboard needs the admin key.</p>'
+                f'{message}<form method="post" action="{PREFIX}/login">'
+                '<label>Admin key <input type="password" name="key" autocomplete="current-password"'
+                ' required autofocus></label>'
+                f'<input type="hidden" name="next" value="{html.escape(_safe_next(next_path))}">'
+                '<button type="submit">Log in</button></form></main></body>')
+        return _html("Log in", body, status)
+
+    async def login_form(self, request: web.Request) -> web.Response:
+        return self._login_page(request.query.get("next", f"{PREFIX}/"))
+
+    async def login(self, request: web.Request) -> web.StreamResponse:
+        access = self.access
+        assert access is not None
+        form = await request.post()
+        next_path = _safe_next(str(form.get("next", "")))
+        if not access.protected:
+            return _see_other(next_path)
+        remote = request.remote or ""
+        failures = self._failures.setdefault(remote, deque(maxlen=LOGIN_FAILURES_PER_MINUTE))
+        now = time.monotonic()
+        if len(failures) == failures.maxlen and now - failures[0] < 60:
+            return self._login_page(next_path, 429, "Too many failed attempts; wait a minute.")
+        if not access.key_matches(str(form.get("key", ""))):
+            failures.append(now)
+            if len(self._failures) > 10_000:  # bounded even under a spray of addresses
+                self._failures.clear()
+            return self._login_page(next_path, 401, "That is not the admin key.")
+        failures.clear()
+        response = _see_other(next_path)
+        response.set_cookie(COOKIE, access.new_session(), path=COOKIE_PATH, httponly=True,
+                            samesite="Strict", secure=request.secure,
+                            max_age=int(access.session_seconds))
+        return response
+
+    async def logout(self, request: web.Request) -> web.StreamResponse:
+        response = _see_other(f"{PREFIX}/login")
+        response.del_cookie(COOKIE, path=COOKIE_PATH)
+        return response
+
+    async def static(self, request: web.Request) -> web.Response:
+        entry = self._static.get(request.match_info["path"])
+        if entry is None:
+            return error_response(404, "no such file")
+        body, content_type, etag = entry
+        if request.headers.get("if-none-match") == etag:
+            return web.Response(status=304, headers={"etag": etag})
+        return web.Response(body=body, headers={"content-type": content_type, "etag": etag,
+                                                "cache-control": "no-cache"})
+
+    # -- JSON --------------------------------------------------------------------------------
+
+    async def api_status(self, request: web.Request) -> web.Response:
+        return json_response({"version": __version__, "started_at": self.started_at,
+                              "worker": self.midway.worker_index,
+                              "refresh_ms": self.refresh_ms,
+                              "panels": panels.availability(self.midway)})
+
+    async def api_traffic(self, request: web.Request) -> web.Response:
+        data = self.window.traffic()
+        data["open_streams"] = self.app[PROXY_KEY].open_streams
+        data["in_flight"] = self._in_flight()
+        data["worker"] = self.midway.worker_index
+        return json_response(data)
+
+    def _in_flight(self) -> int | None:
+        metrics = self.midway.metrics
+        if metrics is None:
+            return None
+        value = metrics.registry.get_sample_value("midway_inflight_requests",
+                                                  {"streaming": "any"})
+        return int(value) if value is not None else 0
+
+    async def api_spend(self, request: web.Request) -> web.Response:
+        by = request.query.get("by", "team")
+        bucket = request.query.get("bucket", "hour")
+        if by not in panels.SPEND_DIMENSIONS or bucket not in panels.SPEND_BUCKETS:
+            return error_response(400, f"by must be one of {', '.join(panels.SPEND_DIMENSIONS)}"
+                                  f" and bucket one of {', '.join(panels.SPEND_BUCKETS)}")
+        return await self._panel(panels.spend(self.midway, by, bucket))
+
+    async def api_cache(self, request: web.Request) -> web.Response:
+        data = await self._panel_data(panels.cache(self.midway))
+        data["window"] = self.window.cache_series()
+        return json_response(data)
+
+    async def api_upstreams(self, request: web.Request) -> web.Response:
+        data = await self._panel_data(panels.upstreams(self.midway))
+        data["window"] = self.window.by_upstream()
+        return json_response(data)
+
+    async def api_requests(self, request: web.Request) -> web.Response:
+        q = request.query
+        filters: dict[str, Any] = {}
+        for key in ("principal", "model", "text"):
+            value = q.get(key, "").strip()
+            if value:
+                filters[key] = value[:500]
+        if q.get("status", "").strip():
+            try:
+                filters["status"] = int(q["status"])
+            except ValueError:
+                return error_response(400, "status must be a number")
+        if q.get("since") in RANGES:
+            filters["since"] = datetime.now(UTC) - RANGES[q["since"]]
+        try:
+            limit = max(1, min(int(q.get("limit", 100)), 500))
+        except ValueError:
+            return error_response(400, "limit must be a number")
+        data = await self._panel_data(panels.requests(self.midway, filters, limit))
+        if not data.get("installed"):
+            # Without audit there are no bodies, but this process still knows what it served.
+            data["recent"] = self.window.recent(limit)
+        return json_response(data)
+
+    async def api_request(self, request: web.Request) -> web.Response:
+        request_id = request.match_info["request_id"]
+        data = await self._panel_data(panels.request_record(self.midway, request_id))
+        if data.get("installed") and data.get("record") is None and "error" not in data:
+            return json_response({**data, "error": f"no audit record for {request_id}"}, 404)
+        return json_response(data)
+
+    async def _panel(self, pending: Awaitable[dict[str, Any]]) -> web.Response:
+        return json_response(await self._panel_data(pending))
+
+    async def _panel_data(self, pending: Awaitable[dict[str, Any]]) -> dict[str, Any]:
+        try:
+            return await pending
+        except panels.ServiceError as exc:
+            return {"installed": True, "error": str(exc)}
+
+
+def _html(title: str, body: str, status: int = 200) -> web.Response:
+    text = ('<!doctype html><html lang="en"><head><meta charset="utf-8">'
+            '<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f'<title>midway · {html.escape(title)}</title>'
+            f'<link rel="stylesheet" href="{PREFIX}/static/vendor/uplot/uPlot.min.css">'
+            f'<link rel="stylesheet" href="{PREFIX}/static/dashboard.css">'
+            f'</head>{body}</html>')
+    return web.Response(text=text, status=status, content_type="text/html",
+                        headers={"cache-control": "no-store"})
+
+
+def _see_other(location: str) -> web.Response:
+    return web.Response(status=303, headers={"location": location})
+
+
+def _safe_next(path: str) -> str:
+    """Only redirect within the dashboard (no open redirect to another site)."""
+    if path.startswith(f"{PREFIX}/") and not path.startswith(f"{PREFIX}//") and \
+            "\\" not in path and "\n" not in path and "\r" not in path:
+        return path
+    return f"{PREFIX}/"
+
+
+def _load_static() -> dict[str, tuple[bytes, str, str]]:
+    root = resources.files("midway_dashboard") / "static"
+    files = {}
+    for name in STATIC_FILES:
+        body = (root / name).read_bytes()
+        suffix = "." + name.rsplit(".", 1)[-1] if "." in name.rsplit("/", 1)[-1] else ""
+        etag = '"' + hashlib.sha256(body).hexdigest()[:16] + '"'
+        files[name] = (body, STATIC_TYPES.get(suffix, STATIC_TYPES[""]), etag)
+    return files

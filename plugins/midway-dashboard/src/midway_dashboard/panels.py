@@ -1,0 +1,104 @@
+"""The data behind each panel, read from the services other plugins publish at start-up.
+
+A panel whose plugin is absent says so (``installed: false``) instead of failing; a service
+that raises or hangs gives the panel an ``error`` and leaves the other panels working.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from midway.context import Midway
+
+log = logging.getLogger("midway.dashboard")
+
+SERVICE_TIMEOUT = 10.0
+
+# Which distribution provides each service, to tell the user what to install.
+PROVIDERS = {"audit": "midway-audit", "billing": "midway-billing", "cache": "midway-cache",
+             "router": "midway-router"}
+
+
+class ServiceError(Exception):
+    """A service failed; the message is safe to show to an admin."""
+
+
+def availability(midway: Midway) -> dict[str, dict[str, Any]]:
+    """For each panel's plugin: installed (service published), loaded, and any load error."""
+    infos = {info.name: info for info in midway.plugins.infos}
+    out = {}
+    for name, dist in PROVIDERS.items():
+        info = infos.get(name)
+        out[name] = {"installed": name in midway.services, "package": dist,
+                     "loaded": info is not None and info.error is None,
+                     "error": info.error if info is not None else None}
+    return out
+
+
+def not_installed(midway: Midway, name: str) -> dict[str, Any]:
+    return {"installed": False, **availability(midway)[name]}
+
+
+async def call(midway: Midway, service: str, method: str, *args: Any, **kwargs: Any) -> Any:
+    """Call ``midway.services[service].method`` (sync or async), bounded in time."""
+    obj = midway.services[service]
+    try:
+        result = getattr(obj, method)(*args, **kwargs)
+        if inspect.isawaitable(result):
+            result = await asyncio.wait_for(result, SERVICE_TIMEOUT)
+    except TimeoutError:
+        raise ServiceError(f"{service}.{method} did not answer within {SERVICE_TIMEOUT:g} s"
+                           ) from None
+    except Exception as exc:
+        log.exception("dashboard: %s.%s failed", service, method)
+        raise ServiceError(f"{service}.{method} failed: {type(exc).__name__}") from exc
+    return result
+
+
+SPEND_DIMENSIONS = ("team", "project", "model", "principal")
+SPEND_BUCKETS = {"hour": timedelta(days=2), "day": timedelta(days=30)}
+
+
+async def spend(midway: Midway, by: str, bucket: str) -> dict[str, Any]:
+    if "billing" not in midway.services:
+        return not_installed(midway, "billing")
+    since = datetime.now(UTC) - SPEND_BUCKETS[bucket]
+    series = await call(midway, "billing", "spend_series", bucket=bucket, by=by, since=since)
+    report = await call(midway, "billing", "report", by, since=since)
+    budgets = await call(midway, "billing", "budgets")
+    return {"installed": True, "by": by, "bucket": bucket, "since": since,
+            "series": list(series), "report": list(report), "budgets": list(budgets)}
+
+
+async def cache(midway: Midway) -> dict[str, Any]:
+    if "cache" not in midway.services:
+        return not_installed(midway, "cache")
+    stats = dict(await call(midway, "cache", "stats"))
+    hits, misses = stats.get("hits") or 0, stats.get("misses") or 0
+    looked = hits + misses
+    return {"installed": True, "stats": stats,
+            "hit_rate": hits / looked if looked else None}
+
+
+async def upstreams(midway: Midway) -> dict[str, Any]:
+    if "router" not in midway.services:
+        return not_installed(midway, "router")
+    return {"installed": True, "status": list(await call(midway, "router", "status"))}
+
+
+async def requests(midway: Midway, filters: dict[str, Any], limit: int) -> dict[str, Any]:
+    if "audit" not in midway.services:
+        return not_installed(midway, "audit")
+    rows = await call(midway, "audit", "query", limit=limit, **filters)
+    return {"installed": True, "rows": list(rows)}
+
+
+async def request_record(midway: Midway, request_id: str) -> dict[str, Any]:
+    if "audit" not in midway.services:
+        return not_installed(midway, "audit")
+    record = await call(midway, "audit", "get", request_id)
+    return {"installed": True, "record": record}
