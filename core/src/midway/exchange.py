@@ -67,6 +67,11 @@ class Request:
         self.changed = True
 
     @property
+    def parsed(self) -> bool:
+        """Whether the body has been parsed (by a plugin or the core) already."""
+        return self._json is not _UNSET
+
+    @property
     def path_qs(self) -> str:
         return f"{self.path}?{self.query_string}" if self.query_string else self.path
 
@@ -175,7 +180,7 @@ class Attempt:
     upstream: Upstream
     started: float  # time.monotonic()
     status: int | None = None
-    headers: CIMultiDict[str] | None = None
+    headers: Mapping[str, str] | None = None  # the upstream's response headers
     error: str | None = None
     retried: bool = False
     request_id: str | None = None  # the upstream's own ``request-id``

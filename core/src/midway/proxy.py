@@ -18,6 +18,7 @@ from multidict import CIMultiDict
 from midway import accesslog
 from midway.context import Midway
 from midway.errors import MidwayError, error_event, error_response
+from midway.metrics import Metrics
 from midway.exchange import (
     Attempt,
     Exchange,
@@ -102,7 +103,7 @@ class Proxy:
         )
         metrics = self.midway.metrics
         if metrics is not None:
-            metrics.inflight.labels("any").inc()
+            metrics.inflight += 1
         response: web.StreamResponse | None = None
         try:
             response = await self._serve(request, exchange)
@@ -128,9 +129,12 @@ class Proxy:
             raise
         finally:
             if metrics is not None:
-                metrics.inflight.labels("any").dec()
-            # Runs exactly once, even when the client's disconnect cancelled this handler.
-            await asyncio.shield(self._finish(exchange))
+                metrics.inflight -= 1
+            if exchange.client_disconnected:
+                # The handler was cancelled: shield the bookkeeping from a second cancel.
+                await asyncio.shield(self._finish(exchange))
+            else:
+                await self._finish(exchange)
 
     async def _answer_error(self, request: web.Request, exchange: Exchange,
                             exc: MidwayError) -> web.StreamResponse:
@@ -251,7 +255,7 @@ class Proxy:
             else:
                 failure = None
                 attempt.status = resp.status
-                attempt.headers = CIMultiDict(resp.headers)
+                attempt.headers = resp.headers
                 attempt.request_id = resp.headers.get("request-id")
                 if exchange.timings.upstream_ttfb_ms is None:
                     exchange.timings.upstream_ttfb_ms = \
@@ -524,20 +528,27 @@ async def _close(response: web.StreamResponse) -> None:
         pass
 
 
-def _record_metrics(metrics: Any, exchange: Exchange) -> None:
+def _record_metrics(metrics: Metrics, exchange: Exchange) -> None:
     upstream = exchange.upstream.name if exchange.upstream else "none"
-    model = exchange.model or "none" if exchange.request.is_messages else "none"
-    metrics.requests.labels(str(exchange.status), model[:80], upstream,
-                            exchange.principal.id[:80]).inc()
-    kind = "stream" if exchange.streaming else "json"
-    if exchange.timings.total_ms is not None:
-        metrics.latency.labels(kind).observe(exchange.timings.total_ms / 1000)
-    if exchange.timings.ttfb_ms is not None:
-        metrics.ttfb.labels(kind).observe(exchange.timings.ttfb_ms / 1000)
+    # The answer's model (already parsed for usage); the request's only if a plugin parsed it.
+    model = exchange.response_model or (exchange.model if exchange.request.parsed else None) \
+        or "none"
+    model = model[:80]
+    metrics.requests[(str(exchange.status), model, upstream, exchange.principal.id[:80])] += 1
+    kind = "true" if exchange.streaming else "false"
+    timings = exchange.timings
+    if timings.total_ms is not None:
+        metrics.latency[kind].observe(timings.total_ms / 1000)
+    if timings.ttfb_ms is not None:
+        metrics.ttfb[kind].observe(timings.ttfb_ms / 1000)
+    for attempt in exchange.attempts:
+        outcome = str(attempt.status) if attempt.status is not None else "error"
+        metrics.attempts[(attempt.upstream.name, outcome)] += 1
     usage = exchange.usage
     if usage.seen:
+        tokens = metrics.tokens
         for field in ("input_tokens", "output_tokens", "cache_read_input_tokens",
                       "cache_creation_5m_input_tokens", "cache_creation_1h_input_tokens"):
             value = getattr(usage, field)
             if value:
-                metrics.tokens.labels(field, model[:80]).inc(value)
+                tokens[(field, model)] += value

@@ -55,7 +55,8 @@ def build_midway(settings: Settings, objects: Iterable[tuple[str, object]] = ())
     plugins = PluginHost()
     plugins.load(only=settings.plugins, extra=settings.extra_plugins, objects=objects)
     metrics = Metrics()
-    plugins.on_failure.append(lambda p, h: metrics.plugin_errors.labels(p, h).inc())
+    plugins.on_failure.append(lambda p, h: metrics.plugin_errors.__setitem__(
+        (p, h), metrics.plugin_errors[(p, h)] + 1))
     return Midway(settings, plugins, metrics)
 
 

@@ -1,0 +1,369 @@
+"""``nox -s bench``: throughput, latency, CPU per request and memory, all in one run.
+
+Targets: the upstream directly, a plain 40-line aiohttp pass-through, midway without plugins,
+midway with a no-op plugin on every hook, and each variant of bench/variants_*.py. The proxy
+under test is pinned to CPU 0; the upstream and the load generator (wrk) to CPU 1. CPU time per
+request is read from /proc for the proxy's processes. Ratios are against the plain pass-through
+measured in the same run, because these machines are shared and noisy.
+
+    python bench/run.py [--duration 4] [--only midway,plain] [--concurrency 1,16,64]
+                        [--workloads json,stream] [--workers-scaling] [--out results.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+HERE = Path(__file__).resolve().parent
+TICK = os.sysconf("SC_CLK_TCK")
+DELTAS = 50
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on {port} after {timeout} s")
+
+
+def pinned(cpu: int | None, cmd: list[str]) -> list[str]:
+    if cpu is None or not shutil.which("taskset") or (os.cpu_count() or 1) < 2:
+        return cmd
+    return ["taskset", "-c", str(cpu), *cmd]
+
+
+def process_tree(pid: int) -> list[int]:
+    pids = [pid]
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    for child in children:
+        pids.extend(process_tree(int(child)))
+    return pids
+
+
+def cpu_seconds(pid: int) -> float:
+    total = 0.0
+    for p in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / TICK  # utime + stime
+    return total
+
+
+def memory_kb(pid: int, field: str) -> int:
+    total = 0
+    for p in process_tree(pid):
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith(field + ":"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return total
+
+
+def request_body(unique: bool) -> tuple[bytes, bytes]:
+    """A Claude-Code-shaped body (~16 KB): system blocks, tools, a few turns."""
+    system = [{"type": "text", "text": "x-anthropic-billing-header: cc_version=2.1.197"},
+              {"type": "text", "text": "You are a helpful coding agent. " * 120,
+               "cache_control": {"type": "ephemeral"}}]
+    tools = [{"name": f"Tool{i}", "description": "Does a thing. " * 20,
+              "input_schema": {"type": "object", "properties": {"arg": {"type": "string"}}}}
+             for i in range(12)]
+    messages = [{"role": "user", "content": "Please look at the repository and fix the bug."},
+                {"role": "assistant", "content": "Looking at it now."},
+                {"role": "user", "content": "MARKER"}]
+    body = orjson.dumps({"model": "claude-sonnet-4-6", "max_tokens": 4096, "system": system,
+                         "tools": tools, "messages": messages})
+    head, tail = body.split(b"MARKER")
+    if not unique:
+        return body.replace(b"MARKER", b"Thanks, go on."), b""
+    return head, tail
+
+
+LUA = """
+local head = [==[%(head)s]==]
+local tail = [==[%(tail)s]==]
+local unique = %(unique)s
+local counter = 0
+wrk.method = "POST"
+wrk.headers["content-type"] = "application/json"
+wrk.headers["x-api-key"] = "sk-ant-bench"
+wrk.headers["anthropic-version"] = "2023-06-01"
+if not unique then wrk.body = head end
+function setup(thread) thread:set("tid", tostring(math.random(1, 1000000000))) end
+function request()
+  if unique then
+    counter = counter + 1
+    return wrk.format(nil, "/v1/messages", nil, head .. tid .. "-" .. counter .. tail)
+  end
+  return wrk.format(nil, "/v1/messages")
+end
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('RESULT {"requests":%%d,"non2xx":%%d,"errors":%%d,"p50":%%d,' ..
+    '"p99":%%d,"duration":%%d}\\n', summary.requests, e.status,
+    e.connect + e.read + e.write + e.timeout, latency:percentile(50), latency:percentile(99),
+    summary.duration))
+end
+"""
+
+
+def wrk_script(workload: str, tmp: Path) -> Path:
+    unique = workload.startswith("unique")
+    stream = workload.endswith("stream")
+    head, tail = request_body(unique)
+    if stream:
+        head = head.replace(b'"max_tokens":4096', b'"max_tokens":4096,"stream":true', 1)
+    path = tmp / f"{workload}.lua"
+    path.write_text(LUA % {"head": head.decode(), "tail": tail.decode(),
+                           "unique": "true" if unique else "false"})
+    return path
+
+
+def run_wrk(port: int, script: Path, concurrency: int, duration: float) -> dict[str, Any]:
+    cmd = pinned(1, ["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(duration))}s", "--timeout", "10s",
+                     "-s", str(script), f"http://127.0.0.1:{port}"])
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    line = next(ln for ln in out.splitlines() if ln.startswith("RESULT "))
+    return dict(orjson.loads(line[7:]))
+
+
+class Target:
+    def __init__(self, name: str, cmd: list[str], env: dict[str, str] | None = None,
+                 cpu: int | None = 0, proxy: bool = True) -> None:
+        self.name, self.cmd, self.env, self.cpu, self.proxy = name, cmd, env or {}, cpu, proxy
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        cmd = [c.replace("{port}", str(self.port)) for c in self.cmd]
+        self.proc = subprocess.Popen(pinned(self.cpu, cmd), env={**os.environ, **self.env},
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        wait_port(self.port)
+        time.sleep(0.3)  # let a multi-worker server bind every worker before measuring
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def load_variants(upstream: str, data_dir: Path) -> list[dict[str, Any]]:
+    variants: list[dict[str, Any]] = []
+    for path in sorted(HERE.glob("variants_*.py")):
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        assert spec and spec.loader
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        for variant in getattr(module, "VARIANTS", []):
+            variants.append(_substitute(variant, upstream, data_dir / variant["name"]))
+    return variants
+
+
+def _substitute(value: Any, upstream: str, data_dir: Path) -> Any:
+    if isinstance(value, str):
+        return value.replace("{upstream}", upstream).replace("{data_dir}", str(data_dir))
+    if isinstance(value, dict):
+        return {k: _substitute(v, upstream, data_dir) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substitute(v, upstream, data_dir) for v in value]
+    return value
+
+
+def midway_target(name: str, upstream: str, data_dir: Path, plugins: list[str],
+                  config: dict[str, Any] | None = None, extra: list[str] | None = None,
+                  workers: int = 1, cpu: int | None = 0) -> Target:
+    import tomli_w
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    config = dict(config or {})
+    core = dict(config.get("midway", {}))
+    core.setdefault("access_log", False)
+    config["midway"] = core
+    config_path = data_dir / "midway.toml"
+    config_path.write_bytes(tomli_w.dumps(config).encode())
+    cmd = ["midway", "serve", "--port", "{port}", "--upstream", upstream, "--config",
+           str(config_path), "--data-dir", str(data_dir), "--workers", str(workers)]
+    for plugin in extra or []:
+        cmd += ["--plugin", plugin]
+    env = {"MIDWAY_PLUGINS": ",".join(plugins), "MIDWAY_LOG_LEVEL": "WARNING"}
+    return Target(name, cmd, env, cpu=cpu)
+
+
+def measure(target: Target, workloads: list[str], concurrencies: list[int], duration: float,
+            tmp: Path) -> list[dict[str, Any]]:
+    rows = []
+    target.start()
+    assert target.proc is not None
+    pid = target.proc.pid
+    idle_rss = memory_kb(pid, "VmRSS")
+    try:
+        for workload in workloads:
+            script = wrk_script(workload, tmp)
+            run_wrk(target.port, script, 8, 1.0)  # warm-up: pools, caches, JIT-free but lazy
+            for concurrency in concurrencies:
+                cpu0 = cpu_seconds(pid)
+                result = run_wrk(target.port, script, concurrency, duration)
+                cpu = cpu_seconds(pid) - cpu0
+                n = max(1, result["requests"])
+                rows.append({
+                    "target": target.name, "workload": workload, "concurrency": concurrency,
+                    "rps": result["requests"] / (result["duration"] / 1e6),
+                    "p50_ms": result["p50"] / 1000, "p99_ms": result["p99"] / 1000,
+                    "cpu_us_per_req": cpu / n * 1e6 if target.proxy else None,
+                    "errors": result["errors"] + result["non2xx"],
+                    "idle_rss_mb": idle_rss / 1024,
+                    "peak_rss_mb": memory_kb(pid, "VmHWM") / 1024,
+                })
+                print(_fmt(rows[-1]), flush=True)
+    finally:
+        target.stop()
+    return rows
+
+
+def _fmt(row: dict[str, Any]) -> str:
+    cpu = f"{row['cpu_us_per_req']:7.0f}" if row["cpu_us_per_req"] is not None else "      -"
+    return (f"{row['target']:<22} {row['workload']:<13} c={row['concurrency']:<3} "
+            f"{row['rps']:8.0f} req/s  p50 {row['p50_ms']:6.2f} ms  p99 {row['p99_ms']:7.2f} ms"
+            f"  cpu/req {cpu} us  rss {row['peak_rss_mb']:5.1f} MB  err {row['errors']}")
+
+
+def report(rows: list[dict[str, Any]]) -> None:
+    print("\nRatios (CPU per request vs the plain aiohttp pass-through; added p50 vs direct):")
+    index = {(r["target"], r["workload"], r["concurrency"]): r for r in rows}
+    for r in rows:
+        if r["target"] in ("direct", "plain"):
+            continue
+        plain = index.get(("plain", r["workload"], r["concurrency"]))
+        direct = index.get(("direct", r["workload"], r["concurrency"]))
+        base = index.get(("midway", r["workload"], r["concurrency"]))
+        parts = [f"{r['target']:<22} {r['workload']:<13} c={r['concurrency']:<3}"]
+        if plain and plain["cpu_us_per_req"] and r["cpu_us_per_req"]:
+            parts.append(f"cpu x{r['cpu_us_per_req'] / plain['cpu_us_per_req']:.2f} of plain")
+        if base and base is not r and base["cpu_us_per_req"] and r["cpu_us_per_req"]:
+            parts.append(f"cpu x{r['cpu_us_per_req'] / base['cpu_us_per_req']:.2f} of midway")
+            parts.append(f"rps x{r['rps'] / base['rps']:.2f} of midway")
+        if direct:
+            parts.append(f"+{r['p50_ms'] - direct['p50_ms']:.2f} ms p50 vs direct")
+        print("  ".join(parts))
+    idle = {r["target"]: r["idle_rss_mb"] for r in rows}
+    print("\nIdle RSS (MB): " + ", ".join(f"{k} {v:.1f}" for k, v in idle.items()))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--duration", type=float, default=4.0)
+    parser.add_argument("--concurrency", default="1,16,64")
+    parser.add_argument("--workloads", default="json,stream")
+    parser.add_argument("--only", default="", help="comma-separated target names")
+    parser.add_argument("--workers-scaling", action="store_true",
+                        help="also measure midway with 1 vs 2 workers")
+    parser.add_argument("--out", default="bench-results.json")
+    args = parser.parse_args()
+    if not shutil.which("wrk"):
+        sys.exit("wrk is required: apt-get install wrk")
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
+    workloads = args.workloads.split(",")
+    only = set(filter(None, args.only.split(",")))
+    tmp = Path(tempfile.mkdtemp(prefix="midway-bench-"))
+    up_port = free_port()
+    upstream_proc = subprocess.Popen(pinned(1, [sys.executable, str(HERE / "upstream.py"),
+                                                str(up_port), str(DELTAS)]))
+    wait_port(up_port)
+    upstream = f"http://127.0.0.1:{up_port}"
+    try:
+        targets = [
+            Target("direct", ["true"], proxy=False),
+            Target("plain", [sys.executable, str(HERE / "plain_proxy.py"), "{port}", upstream]),
+            midway_target("midway", upstream, tmp / "midway", []),
+            midway_target("midway+noop", upstream, tmp / "noop", [],
+                          extra=[str(HERE / "noop_plugin.py")]),
+        ]
+        targets[0].port = up_port
+        for variant in load_variants(upstream, tmp):
+            targets.append(midway_target(variant["name"], upstream, tmp / variant["name"],
+                                         variant.get("plugins", []), variant.get("config"),
+                                         extra=variant.get("extra")))
+            targets[-1].workloads = variant.get("workloads") or [variant.get("workload", "json")]
+        rows: list[dict[str, Any]] = []
+        for target in targets:
+            if only and target.name not in only:
+                continue
+            if target.name == "direct":
+                rows += measure_direct(target, workloads, concurrencies, args.duration, tmp)
+                continue
+            wl = getattr(target, "workloads", None)
+            if wl:
+                # A variant measures its own workloads, and midway without plugins on them.
+                for w in wl:
+                    if not any(r["target"] == "midway" and r["workload"] == w for r in rows):
+                        base = midway_target("midway", upstream, tmp / "midway", [])
+                        rows += measure(base, [w], concurrencies, args.duration, tmp)
+                rows += measure(target, wl, concurrencies, args.duration, tmp)
+            else:
+                rows += measure(target, workloads, concurrencies, args.duration, tmp)
+        if args.workers_scaling:
+            for workers in (1, 2):
+                t = midway_target(f"midway-{workers}w", upstream, tmp / f"w{workers}", [],
+                                  workers=workers, cpu=None)
+                rows += measure(t, ["json"], [64], args.duration, tmp)
+        report(rows)
+        Path(args.out).write_bytes(orjson.dumps(rows, option=orjson.OPT_INDENT_2))
+        print(f"\nresults written to {args.out}")
+    finally:
+        upstream_proc.terminate()
+        upstream_proc.wait(10)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def measure_direct(target: Target, workloads: list[str], concurrencies: list[int],
+                   duration: float, tmp: Path) -> list[dict[str, Any]]:
+    rows = []
+    for workload in workloads:
+        script = wrk_script(workload, tmp)
+        run_wrk(target.port, script, 8, 1.0)
+        for concurrency in concurrencies:
+            result = run_wrk(target.port, script, concurrency, duration)
+            rows.append({"target": "direct", "workload": workload, "concurrency": concurrency,
+                         "rps": result["requests"] / (result["duration"] / 1e6),
+                         "p50_ms": result["p50"] / 1000, "p99_ms": result["p99"] / 1000,
+                         "cpu_us_per_req": None, "errors": result["errors"] + result["non2xx"],
+                         "idle_rss_mb": 0.0, "peak_rss_mb": 0.0})
+            print(_fmt(rows[-1]), flush=True)
+    return rows
+
+
+if __name__ == "__main__":
+    main()

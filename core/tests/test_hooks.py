@@ -1,0 +1,235 @@
+"""The hook contract: ordering, first-result semantics with async, failures, retries."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from pathlib import Path
+
+import aiohttp
+import anthropic
+import orjson
+import pytest
+
+import midway
+from midway import MidwayError, Response, Retry, Upstream, hookimpl, hookspecs
+from midway.plugins import PluginHost, module_plugin
+from midway.testing import Reply, call_hook, make_exchange, wait_for
+
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+MSG = {"model": "claude-sonnet-4-6", "max_tokens": 32,
+       "messages": [{"role": "user", "content": "hi"}]}
+
+
+def send(url: str, body: object = MSG, headers: dict[str, str] | None = None
+         ) -> tuple[int, dict[str, str], bytes]:
+    async def go() -> tuple[int, dict[str, str], bytes]:
+        async with aiohttp.ClientSession() as s, s.post(
+                url + "/v1/messages", data=orjson.dumps(body),
+                headers=headers or {"x-api-key": "sk-ant-k1"}) as r:
+            return r.status, {k.lower(): v for k, v in r.headers.items()}, await r.read()
+    return asyncio.run(go())
+
+
+def test_docs_have_one_heading_per_hook_with_its_exact_signature():
+    text = (DOCS / "hooks.md").read_text()
+    headings = re.findall(r"^## (\w+)\((.*)\)$", text, flags=re.M)
+    import inspect
+    expected = []
+    for name in hookspecs.hook_names():
+        params = ", ".join(inspect.signature(getattr(hookspecs, name)).parameters)
+        expected.append((name, params))
+    assert headings == expected
+
+
+def test_every_hookspec_documents_itself():
+    for name in hookspecs.hook_names():
+        doc = getattr(hookspecs, name).__doc__
+        assert doc and ":return:" in doc, name
+
+
+def test_async_first_result_wins_and_later_implementations_do_not_run(
+        fake_upstream, midway_factory):
+    calls: list[str] = []
+
+    class First:
+        @hookimpl(tryfirst=True)
+        async def pre_request(self, exchange):
+            calls.append("first")
+            await asyncio.sleep(0)
+            return None
+
+    class Answers:
+        @hookimpl
+        async def pre_request(self, exchange):
+            calls.append("answers")
+            return Response(status=200, body={"type": "message", "content": [],
+                                              "usage": {"input_tokens": 1, "output_tokens": 2}},
+                            headers={"x-answered": "yes"})
+
+    class Never:
+        @hookimpl(trylast=True)
+        def pre_request(self, exchange):
+            calls.append("never")
+
+    seen = []
+    proxy = midway_factory(plugins=[("first", First()), ("answers", Answers()),
+                                    ("never", Never()),
+                                    module_plugin("cap", post_response=lambda exchange: seen.append(exchange))])
+    status, headers, body = send(proxy.url)
+    assert status == 200 and headers["x-answered"] == "yes"
+    assert calls == ["first", "answers"]
+    assert fake_upstream.requests == []
+    wait_for(lambda: len(seen) == 1)
+    assert seen[0].answered_by == "answers"
+    assert seen[0].usage.output_tokens == 2
+
+
+def test_pre_request_changes_headers_and_body(fake_upstream, midway_factory):
+    def pre_request(exchange):
+        exchange.request.headers["x-team"] = "search"
+        body = exchange.request.json
+        body["max_tokens"] = 7
+        exchange.request.json = body
+
+    proxy = midway_factory(plugins=[module_plugin("edit", pre_request=pre_request)])
+    assert send(proxy.url)[0] == 200
+    seen = fake_upstream.messages_requests[-1]
+    assert seen.headers["x-team"] == "search"
+    assert seen.json["max_tokens"] == 7
+
+
+@pytest.mark.parametrize("hook", ["pre_request", "choose_upstream", "upstream_request",
+                                  "upstream_response"])
+def test_failing_request_hook_is_a_clear_500(fake_upstream, midway_factory, hook):
+    def boom(exchange):
+        raise RuntimeError("secret detail sk-ant-should-not-leak")
+
+    proxy = midway_factory(plugins=[module_plugin("broken", **{hook: boom})])
+    status, _, body = send(proxy.url)
+    assert status == 500
+    error = orjson.loads(body)["error"]
+    assert error["type"] == "api_error"
+    assert "broken" in error["message"] and hook in error["message"]
+    assert b"sk-ant" not in body
+    if hook in ("pre_request", "choose_upstream", "upstream_request"):
+        assert fake_upstream.messages_requests == []
+    assert proxy.midway.plugins.errors[("broken", hook)] == 1
+
+
+def test_failing_observers_never_break_a_stream(fake_upstream, midway_factory):
+    def boom(exchange, event=None):
+        raise ValueError("observer bug")
+
+    proxy = midway_factory(plugins=[module_plugin("flaky", on_chunk=boom, post_response=boom)])
+    status, _, body = send(proxy.url, {**MSG, "stream": True})
+    assert status == 200 and body.rstrip().endswith(b'{"type":"message_stop"}')
+    errors = proxy.midway.plugins.errors
+    assert errors[("flaky", "on_chunk")] >= 5
+    wait_for(lambda: errors[("flaky", "post_response")] == 1)
+
+    async def metrics() -> str:
+        async with aiohttp.ClientSession() as s, s.get(proxy.url + "/metrics") as r:
+            return await r.text()
+    text = asyncio.run(metrics())
+    assert 'midway_plugin_errors_total{hook="post_response",plugin="flaky"} 1.0' in text
+
+
+def test_retry_and_choose_upstream_sequence(fake_upstream, midway_factory):
+    judged: list[int | None] = []
+
+    def choose_upstream(exchange):
+        return Upstream(url=fake_upstream.url, name=f"try{len(exchange.attempts) + 1}",
+                        headers={"x-api-key": f"pool-key-{len(exchange.attempts) + 1}"},
+                        passthrough_auth=False)
+
+    def upstream_response(exchange, attempt):
+        judged.append(attempt.status)
+        if attempt.status == 529:
+            return Retry(delay=0)
+        return None
+
+    seen = []
+    proxy = midway_factory(plugins=[module_plugin(
+        "pool", choose_upstream=choose_upstream, upstream_response=upstream_response,
+        post_response=lambda exchange: seen.append(exchange))])
+    fake_upstream.reply(Reply(status=529, error_type="overloaded_error"), Reply())
+    status, _, _ = send(proxy.url)
+    assert status == 200
+    assert judged == [529, 200]
+    assert [r.headers["x-api-key"] for r in fake_upstream.messages_requests] == [
+        "pool-key-1", "pool-key-2"]
+    wait_for(lambda: len(seen) == 1)
+    assert [(a.number, a.status, a.retried) for a in seen[0].attempts] == [
+        (1, 529, True), (2, 200, False)]
+    assert seen[0].upstream.name == "try2"
+    assert seen[0].attempts[0].id.endswith(".1")
+
+
+def test_midway_error_from_a_hook_is_the_answer(fake_upstream, midway_factory):
+    def choose_upstream(exchange):
+        raise MidwayError(429, "every pooled key is resting", headers={"retry-after": "12"})
+
+    proxy = midway_factory(plugins=[module_plugin("pool", choose_upstream=choose_upstream)])
+    status, headers, body = send(proxy.url)
+    assert status == 429 and headers["retry-after"] == "12"
+    assert orjson.loads(body)["error"] == {"type": "rate_limit_error",
+                                           "message": "every pooled key is resting"}
+
+
+def test_call_hook_and_make_exchange_for_unit_tests():
+    plugin = module_plugin("tag", pre_request=lambda exchange: exchange.request.headers.update(
+        {"x-team": "search"}))
+    exchange = make_exchange()
+    assert call_hook(plugin, "pre_request", exchange=exchange) is None
+    assert exchange.request.headers["x-team"] == "search"
+    assert exchange.model == "claude-sonnet-4-6"
+
+    async def answer(exchange):
+        return Response(status=204)
+    assert call_hook(module_plugin("a", pre_request=answer), "pre_request",
+                     exchange=exchange).status == 204
+
+
+def test_plugin_loading_reports_broken_plugins(tmp_path):
+    good = tmp_path / "good.py"
+    good.write_text("from midway import hookimpl\n@hookimpl\ndef post_response(exchange):\n"
+                    "    pass\n")
+    bad = tmp_path / "bad.py"
+    bad.write_text("import does_not_exist_anywhere\n")
+    host = PluginHost()
+    host.load(only=[], extra=[str(good), str(bad), "midway_no_such_module"])
+    infos = {i.name: i for i in host.infos}
+    assert infos["good"].hooks == ["post_response"] and infos["good"].error is None
+    assert "ModuleNotFoundError" in (infos["bad"].error or "")
+    assert infos["midway_no_such_module"].error
+
+
+def test_design_ten_line_plugin_works_as_written(fake_upstream, midway_factory, tmp_path,
+                                                 capfd):
+    # The example from docs/writing-plugins.md (and DESIGN.md), extracted and run as a file.
+    text = (DOCS / "writing-plugins.md").read_text()
+    code = re.search(r"```python\n(# team_tag.py.*?)```", text, flags=re.S).group(1)
+    assert len(code.strip().splitlines()) <= 11
+    path = tmp_path / "team_tag.py"
+    path.write_text(code)
+    proxy = midway_factory(extra_plugins=[str(path)])
+    client = anthropic.Anthropic(base_url=proxy.url, api_key="sk-test", max_retries=0)
+    client.messages.create(**MSG)
+    assert fake_upstream.messages_requests[-1].headers["x-team"] == "search"
+    out: list[str] = []
+
+    def printed() -> bool:
+        out.append(capfd.readouterr().out)
+        return "claude-sonnet-4-6" in "".join(out)
+    wait_for(printed, timeout=5)
+    model, output_tokens, status = "".join(out).split()[-3:]
+    assert (model, status) == ("claude-sonnet-4-6", "200") and int(output_tokens) > 0
+    infos = {i.name: i for i in proxy.midway.plugins.infos}
+    assert infos["team_tag"].hooks == ["post_response", "pre_request"]
+
+
+def test_public_api_names():
+    for name in ("hookimpl", "Exchange", "Response", "Upstream", "Retry", "SSEEvent",
+                 "MidwayError", "Usage", "Principal"):
+        assert hasattr(midway, name)
