@@ -103,6 +103,7 @@ class _SQLiteTx:
 
 
 _PLACEHOLDER = re.compile(r"\?")
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
 
 def _numbered(sql: str) -> str:
@@ -114,6 +115,8 @@ class PostgresDatabase:
     dialect = "postgresql"
 
     def __init__(self, dsn: str, schema: str | None = None) -> None:
+        if schema is not None and not _IDENTIFIER.fullmatch(schema):
+            raise ValueError(f"[keys] schema must be a plain SQL identifier, not {schema!r}")
         self.dsn = dsn
         self.schema = schema
         self._pool: Any = None
@@ -128,8 +131,10 @@ class PostgresDatabase:
         self._pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=4,
                                                server_settings=settings)
         async with self.transaction() as tx:
-            # Instances starting together must not race on CREATE TABLE IF NOT EXISTS.
+            # Instances starting together must not race on CREATE ... IF NOT EXISTS.
             await tx.execute("SELECT pg_advisory_xact_lock(hashtext('midway_keys'))")
+            if self.schema:
+                await tx.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
             for statement in ddl:
                 await tx.execute(statement)
 
