@@ -149,7 +149,8 @@ def wrk_script(workload: str, tmp: Path) -> Path:
 
 
 def run_wrk(port: int, script: Path, concurrency: int, duration: float) -> dict[str, Any]:
-    cmd = pinned(1, ["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(duration))}s", "--timeout", "10s",
+    seconds = max(1, round(duration))
+    cmd = pinned(1, ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "--timeout", "10s",
                      "-s", str(script), f"http://127.0.0.1:{port}"])
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     line = next(ln for ln in out.splitlines() if ln.startswith("RESULT "))
@@ -184,7 +185,8 @@ def load_variants(upstream: str, data_dir: Path) -> list[dict[str, Any]]:
     variants: list[dict[str, Any]] = []
     for path in sorted(HERE.glob("variants_*.py")):
         spec = importlib.util.spec_from_file_location(path.stem, path)
-        assert spec and spec.loader
+        assert spec is not None
+        assert spec.loader is not None
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         for variant in getattr(module, "VARIANTS", []):

@@ -126,7 +126,8 @@ def test_stream_bytes_identical_under_one_byte_writes(fake_upstream, midway_fact
 
 
 def test_sdk_sync_and_async_through_midway_match_direct(fake_upstream, midway_proxy):
-    reply = Reply(content=[{"type": "thinking", "thinking": "Let me think…", "signature": "EqQBsig=="},
+    reply = Reply(content=[{"type": "thinking", "thinking": "Let me think…",
+                            "signature": "EqQBsig=="},
                            {"type": "text", "text": "I'll run it."},
                            {"type": "tool_use", "id": "toolu_01A", "name": "Bash",
                             "input": {"command": "echo hi", "description": "say hi"}}],

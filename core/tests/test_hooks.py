@@ -75,8 +75,9 @@ def test_async_first_result_wins_and_later_implementations_do_not_run(
     seen = []
     proxy = midway_factory(plugins=[("first", First()), ("answers", Answers()),
                                     ("never", Never()),
-                                    module_plugin("cap", post_response=lambda exchange: seen.append(exchange))])
-    status, headers, body = send(proxy.url)
+                                    module_plugin("cap", post_response=lambda exchange:
+                                                  seen.append(exchange))])
+    status, headers, _ = send(proxy.url)
     assert status == 200 and headers["x-answered"] == "yes"
     assert calls == ["first", "answers"]
     assert fake_upstream.requests == []

@@ -8,8 +8,9 @@ def test_sdk_roundtrip_stream_and_json(fake_upstream, midway_proxy):
     msg = client.messages.create(model="claude-sonnet-4-6", max_tokens=10,
                                  messages=[{"role": "user", "content": "hi"}])
     assert msg.content[0].text == "Hello from the fake upstream."
-    fake_upstream.reply(Reply(content=[{"type": "thinking", "thinking": "hmm", "signature": "s1"},
-                                       {"type": "tool_use", "name": "Bash", "input": {"command": "ls"}}],
+    fake_upstream.reply(Reply(content=[
+        {"type": "thinking", "thinking": "hmm", "signature": "s1"},
+        {"type": "tool_use", "name": "Bash", "input": {"command": "ls"}}],
                               chunk_size=1))
     with client.messages.stream(model="claude-sonnet-4-6", max_tokens=10,
                                 messages=[{"role": "user", "content": "hi"}]) as stream:

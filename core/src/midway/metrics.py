@@ -25,7 +25,7 @@ BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 
 
 
 class _Histogram:
-    __slots__ = ("counts", "total", "n")
+    __slots__ = ("counts", "n", "total")
 
     def __init__(self) -> None:
         self.counts = [0] * (len(BUCKETS) + 1)
@@ -64,8 +64,8 @@ class Metrics(Collector):
     def collect(self) -> Iterator[Metric]:
         requests = CounterMetricFamily("midway_requests", "Requests answered, by outcome.",
                                        labels=["status", "model", "upstream", "principal"])
-        for labels, count in list(self.requests.items()):
-            requests.add_metric(list(labels), count)
+        for req_labels, count in list(self.requests.items()):
+            requests.add_metric(list(req_labels), count)
         yield requests
         for name, doc, hists in (
                 ("midway_request_duration_seconds", "Arrival to last byte.", self.latency),

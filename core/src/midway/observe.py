@@ -63,7 +63,7 @@ def apply_message(exchange: Exchange, body: bytes) -> None:
 class StreamObserver:
     """Watches a raw SSE byte stream for the few events that carry usage and outcome."""
 
-    __slots__ = ("_exchange", "_parser", "_inflate")
+    __slots__ = ("_exchange", "_inflate", "_parser")
 
     def __init__(self, exchange: Exchange, content_encoding: str | None = None) -> None:
         self._exchange = exchange

@@ -225,6 +225,6 @@ def _entry_points() -> list[importlib.metadata.EntryPoint]:
 
 
 def module_plugin(name: str, **hooks: Callable[..., Any]) -> types.SimpleNamespace:
-    """Build a plugin object from functions (handy in tests): ``module_plugin("x", pre_request=f)``."""
+    """A plugin object from functions, for tests: ``module_plugin("x", pre_request=f)``."""
     marked = {key: hookspecs.hookimpl(fn) for key, fn in hooks.items()}
     return types.SimpleNamespace(__name__=name, **marked)

@@ -18,7 +18,6 @@ from multidict import CIMultiDict
 from midway import accesslog
 from midway.context import Midway
 from midway.errors import MidwayError, error_event, error_response
-from midway.metrics import Metrics
 from midway.exchange import (
     Attempt,
     Exchange,
@@ -38,8 +37,9 @@ from midway.headers import (
     response_headers,
 )
 from midway.identity import ANONYMOUS, ClientKeys, passthrough_principal, presented_credential
-from midway.plugins import PluginFailed
+from midway.metrics import Metrics
 from midway.observe import StreamObserver, apply_message, decode_body
+from midway.plugins import PluginFailed
 from midway.secrets_ref import fingerprint, resolve
 from midway.sse import SSEEvent, SSEParser
 
@@ -334,7 +334,7 @@ class Proxy:
             return await session.request(
                 prepared.method, prepared.url, data=prepared.body or None,
                 headers=prepared.headers, allow_redirects=False, timeout=self.timeout)
-        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
+        except (TimeoutError, aiohttp.ServerTimeoutError):
             raise MidwayError(504, f"upstream {upstream.name} timed out") from None
         except aiohttp.ClientConnectorError:
             raise MidwayError(502, f"upstream {upstream.name} is unreachable") from None
@@ -379,8 +379,8 @@ class Proxy:
             return await self._relay_stream(request, exchange, resp.status, headers,
                                              resp.content.iter_any(), encoding)
         length = resp.content_length
-        if attempt.body is not None or "json" in content_type and \
-                (length is None or length <= BUFFER_LIMIT):
+        if attempt.body is not None or ("json" in content_type and \
+                (length is None or length <= BUFFER_LIMIT)):
             body = attempt.body if attempt.body is not None else await resp.read()
             return await self._answer_body(request, exchange, resp.status, headers, body,
                                            encoding)
@@ -419,10 +419,10 @@ class Proxy:
                     if first:
                         timings.ttfb_ms = (time.monotonic() - timings.started) * 1000
                         first = False
-        except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError,
-                aiohttp.ClientOSError, asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError,
+                aiohttp.ClientOSError, aiohttp.ServerTimeoutError) as exc:
             # The upstream failed after bytes went out: say so in-band; never splice or retry.
-            timeout = isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError)
+            timeout = isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError)
             exchange.error = "upstream idle timeout" if timeout else \
                 f"upstream stream failed: {type(exc).__name__}"
             exchange.error_type = "api_error"
