@@ -30,6 +30,9 @@ CLAUDE_CODE_VERSION = os.environ.get("MIDWAY_CLAUDE_CODE_VERSION", "2.1.331")
 RUN_TIMEOUT = 90.0  # seconds per `claude -p` run
 AUTH_TOKEN = "sk-ant-cc-conformance-token"
 MARKER = "midway-tool-ok"
+# Requests carrying this header (Claude Code: ANTHROPIC_CUSTOM_HEADERS) go to the OpenAI fake.
+ROUTE_HEADER = "x-midway-route"
+OPENAI_MODEL = "gpt-fake-1"
 
 # Headers that legitimately differ between a direct connection and one through midway: the
 # connection's own (Host, Content-Length), and Accept-Encoding, which midway narrows to the

@@ -7,18 +7,40 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cc_support import Claude, ClaudeCodeMissing, Probe, Stack, install_claude_code
+from cc_support import (
+    OPENAI_MODEL,
+    ROUTE_HEADER,
+    Claude,
+    ClaudeCodeMissing,
+    Probe,
+    Stack,
+    install_claude_code,
+)
+from openai_upstream import OpenAIUpstream
 
 from midway.testing import FakeUpstream, start_midway
 
 # Every plugin of the project, enabled in every scenario: Claude Code must not be able to tell
 # that they are there. A plugin listed here that is not installed fails the suite.
-PLUGINS: tuple[str, ...] = ()
+PLUGINS: tuple[str, ...] = ("router",)
 
 
-def plugin_config(data_dir: Path) -> dict[str, Any]:
+def plugin_config(data_dir: Path, anthropic_url: str, openai_url: str) -> dict[str, Any]:
     """The TOML tables of the enabled plugins (embedded stores under ``data_dir``)."""
-    return {"midway": {"plugins": list(PLUGINS)}}
+    return {
+        "midway": {"plugins": list(PLUGINS)},
+        "router": {
+            # The first upstream is the default; without keys, the client's own credential
+            # passes through.
+            "upstreams": [
+                {"name": "anthropic", "kind": "anthropic", "url": anthropic_url},
+                {"name": "openai", "kind": "openai", "url": openai_url,
+                 "keys": ["sk-openai-conformance"], "models": {"*": OPENAI_MODEL}},
+            ],
+            "rules": [{"name": "to-openai", "match": {"headers": {ROUTE_HEADER: "openai"}},
+                       "target": "openai"}],
+        },
+    }
 
 
 @pytest.fixture(scope="session")
@@ -35,11 +57,20 @@ def claude(claude_binary: Path, tmp_path: Path) -> Claude:
 
 
 @pytest.fixture
-def stack(fake_upstream: FakeUpstream, tmp_path: Path) -> Iterator[Stack]:
+def openai_upstream() -> Iterator[OpenAIUpstream]:
+    server = OpenAIUpstream().start()
+    yield server  # type: ignore[misc]
+    server.stop()
+
+
+@pytest.fixture
+def stack(fake_upstream: FakeUpstream, openai_upstream: OpenAIUpstream, tmp_path: Path
+          ) -> Iterator[Stack]:
     data_dir = tmp_path / "midway"
     probe = Probe()
     running = start_midway(data_dir, fake_upstream.url, plugins=[("cc_probe", probe)],
-                           config=plugin_config(data_dir))
+                           config=plugin_config(data_dir, fake_upstream.url,
+                                                openai_upstream.url))
     try:
         loaded = {info.name: info for info in running.midway.plugins.infos}
         for name in PLUGINS:
