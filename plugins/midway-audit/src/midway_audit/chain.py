@@ -1,0 +1,137 @@
+"""The hash chain: how a record's hash is computed, and how a store is verified.
+
+``hash = sha256(prev_hash || canonical)``, where ``prev_hash`` is the previous record's hash
+as 64 hex characters (the chain's anchor for the first record kept) and ``canonical`` is the
+compact JSON array ``[seq, data, request_body, response_body]`` of the stored columns
+(``data`` itself being the record's metadata as JSON with sorted keys).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Protocol
+
+import attrs
+import orjson
+
+GENESIS = "0" * 64
+
+
+def canonical(seq: int, data: str, request_body: str | None,
+              response_body: str | None) -> bytes:
+    return orjson.dumps([seq, data, request_body, response_body])
+
+
+def link_hash(prev_hash: str, seq: int, tail: bytes) -> str:
+    """The hash of record ``seq`` from the precomputed ``orjson.dumps([data, req, resp])``.
+
+    Equal to ``sha256(prev_hash + canonical(seq, data, req, resp))``: only the seq is spliced
+    in, so the (possibly large) serialisation happens outside the chain's lock.
+    """
+    digest = hashlib.sha256(prev_hash.encode())
+    digest.update(b"[%d," % seq)
+    digest.update(tail[1:])
+    return digest.hexdigest()
+
+
+@attrs.define
+class Head:
+    """The chain's state: its last record, and the anchor that pruning left behind."""
+
+    seq: int = 0
+    hash: str = GENESIS
+    anchor_seq: int = 0
+    anchor_hash: str = GENESIS
+    count: int = 0
+
+
+@attrs.define
+class StoredRow:
+    seq: int
+    request_id: str
+    principal: str | None
+    model: str | None
+    status: int | None
+    ts: float
+    data: str
+    request_body: str | None
+    response_body: str | None
+    prev_hash: str
+    hash: str
+
+
+@attrs.define
+class VerifyResult:
+    ok: bool
+    checked: int
+    head: Head
+    broken_seq: int | None = None
+    broken_request_id: str | None = None
+    reason: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "checked": self.checked, "head_seq": self.head.seq,
+                "head_hash": self.head.hash, "anchor_seq": self.head.anchor_seq,
+                "anchor_hash": self.head.anchor_hash, "broken_seq": self.broken_seq,
+                "broken_request_id": self.broken_request_id, "reason": self.reason}
+
+
+class ChainSource(Protocol):
+    async def head(self) -> Head: ...
+
+    async def scan(self, after_seq: int, limit: int) -> list[StoredRow]: ...
+
+
+# Columns duplicated out of ``data`` for querying; an edit to either copy must show.
+_COLUMNS = (("request_id", "id"), ("principal", "principal"), ("model", "model"),
+            ("status", "status"))
+
+
+def check_row(row: StoredRow, expected_seq: int, expected_prev: str) -> str | None:
+    """Why ``row`` breaks the chain, or ``None`` when it is intact."""
+    if row.seq != expected_seq:
+        return f"record(s) {expected_seq}..{row.seq - 1} missing before seq {row.seq}"
+    if row.prev_hash != expected_prev:
+        return "prev_hash does not match the previous record's hash"
+    computed = hashlib.sha256(row.prev_hash.encode() + canonical(
+        row.seq, row.data, row.request_body, row.response_body)).hexdigest()
+    if computed != row.hash:
+        return "record content does not match its hash (edited)"
+    try:
+        data = orjson.loads(row.data)
+    except orjson.JSONDecodeError:
+        return "record data is not valid JSON"
+    for column, key in _COLUMNS:
+        if getattr(row, column) != data.get(key):
+            return f"column {column} does not match the hashed record (edited)"
+    if row.ts != data.get("ts"):
+        return "column ts does not match the hashed record (edited)"
+    return None
+
+
+async def verify(source: ChainSource, page: int = 500) -> VerifyResult:
+    """Walk the chain from its anchor to its head; stop at the first broken link."""
+    head = await source.head()
+    expected_seq = head.anchor_seq + 1
+    expected_prev = head.anchor_hash
+    checked = 0
+    while True:
+        rows = await source.scan(expected_seq - 1, page)
+        if not rows:
+            break
+        for row in rows:
+            reason = check_row(row, expected_seq, expected_prev)
+            if reason is not None:
+                return VerifyResult(False, checked, head, row.seq, row.request_id, reason)
+            checked += 1
+            expected_seq = row.seq + 1
+            expected_prev = row.hash
+    last_seq = expected_seq - 1
+    if last_seq != head.seq:
+        reason = (f"records {last_seq + 1}..{head.seq} are missing (chain head is {head.seq})"
+                  if last_seq < head.seq else f"records after the chain head {head.seq}")
+        return VerifyResult(False, checked, head, last_seq + 1, None, reason)
+    if expected_prev != head.hash:
+        return VerifyResult(False, checked, head, last_seq, None,
+                            "the last record's hash does not match the chain head")
+    return VerifyResult(True, checked, head)

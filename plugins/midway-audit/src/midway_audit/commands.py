@@ -1,0 +1,280 @@
+"""``midway audit query|show|tail|verify|export|prune``: reading the trail from the shell."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import IO, Any, TypeVar
+
+import click
+import orjson
+
+from midway.cli import settings_options
+from midway.config import Settings
+from midway_audit.chain import verify as verify_chain
+from midway_audit.config import AuditConfig, AuditConfigError, parse_duration
+from midway_audit.store import Filter, Store, full_record, open_store
+
+T = TypeVar("T")
+
+CSV_FIELDS = ("seq", "time", "id", "upstream_request_id", "principal", "team",
+              "client_address", "method", "path", "model", "upstream", "status", "stop_reason",
+              "error", "client_disconnected", "answered_by", "streaming", "ttfb_ms", "total_ms",
+              "input_tokens", "output_tokens", "cache_read_input_tokens",
+              "cache_creation_input_tokens", "cost_usd", "cache", "prev_hash", "hash")
+
+
+def _run(settings: Settings, action: Callable[[Store], Awaitable[T]]) -> T:
+    try:
+        config = AuditConfig.from_table(settings.plugin_config("audit"), settings.data_dir)
+    except AuditConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+    async def main() -> T:
+        store = open_store(config, settings.data_dir)
+        await store.open()
+        try:
+            return await action(store)
+        finally:
+            await store.close()
+
+    return asyncio.run(main())
+
+
+def _filter(since: str | None, until: str | None, principal: str | None, model: str | None,
+            status: str | None, text: str | None = None) -> Filter:
+    try:
+        return Filter.build(since, until, principal, model, status, text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _filters(fn: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed([
+        click.option("--since", help="From this time: ISO 8601, epoch, or 15m / 2h / 7d ago."),
+        click.option("--until", help="Before this time (same forms as --since)."),
+        click.option("--principal", help="Only this principal id."),
+        click.option("--model", help="Only this model (as requested)."),
+        click.option("--status", help="A status (200), a class (4xx) or 'error'."),
+    ]):
+        fn = option(fn)
+    return fn
+
+
+@click.group("audit")
+def audit() -> None:
+    """Query, follow, verify and export the audit trail."""
+
+
+@audit.command("query")
+@_filters
+@click.option("--text", help="Only records whose metadata or bodies contain this text.")
+@click.option("--limit", type=int, default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array of records.")
+@settings_options
+def query(settings: Settings, since: str | None, until: str | None, principal: str | None,
+          model: str | None, status: str | None, text: str | None, limit: int,
+          as_json: bool) -> None:
+    """Records, newest first (no bodies: see `show`)."""
+    filt = _filter(since, until, principal, model, status, text)
+    records = _run(settings, lambda store: store.query(filt, limit))
+    if as_json:
+        click.echo(orjson.dumps(records).decode())
+        return
+    if not records:
+        click.echo("no records")
+        return
+    click.echo(_HEADER)
+    for record in records:
+        click.echo(_line(record))
+
+
+_HEADER = (f"{'TIME (UTC)':<23} {'REQUEST ID':<32} {'PRINCIPAL':<18} {'MODEL':<22} "
+           f"{'STATUS':>6} {'STOP':<13} {'TTFB ms':>8} {'TOTAL ms':>9} {'IN':>7} {'OUT':>7} "
+           f"{'COST $':>10} CACHE")
+
+
+def _line(r: dict[str, Any]) -> str:
+    usage = r.get("usage") or {}
+    status = str(r.get("status") or "-") + ("!" if r.get("client_disconnected") else "")
+    return (f"{r.get('time', '')[:23]:<23} {r.get('id', ''):<32} "
+            f"{(r.get('principal') or '-')[:18]:<18} {(r.get('model') or '-')[:22]:<22} "
+            f"{status:>6} {(r.get('stop_reason') or '-')[:13]:<13} "
+            f"{_num(r.get('ttfb_ms')):>8} {_num(r.get('total_ms')):>9} "
+            f"{usage.get('input_tokens', '-'):>7} {usage.get('output_tokens', '-'):>7} "
+            f"{r.get('cost_usd') or '-':>10} {r.get('cache') or '-'}")
+
+
+def _num(value: Any) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
+@audit.command("show")
+@click.argument("request_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the record as JSON.")
+@settings_options
+def show(settings: Settings, request_id: str, as_json: bool) -> None:
+    """One record with its bodies (by midway's request id)."""
+    record = _run(settings, lambda store: store.get(request_id))
+    if record is None:
+        raise click.ClickException(f"no audit record for {request_id}")
+    if as_json:
+        click.echo(orjson.dumps(record, option=orjson.OPT_INDENT_2).decode())
+        return
+    request_body = record.pop("request_body", None)
+    response_body = record.pop("response_body", None)
+    for key in sorted(record):
+        value = record[key]
+        if isinstance(value, dict | list):
+            value = orjson.dumps(value).decode()
+        click.echo(f"{key:>22}: {value}")
+    for title, body in (("request body", request_body), ("response", response_body)):
+        click.echo(f"\n--- {title} ---")
+        click.echo(_pretty(body))
+
+
+def _pretty(body: str | None) -> str:
+    if body is None:
+        return "(not recorded)"
+    try:
+        return orjson.dumps(orjson.loads(body), option=orjson.OPT_INDENT_2).decode()
+    except orjson.JSONDecodeError:  # truncated or not JSON: as stored
+        return body
+
+
+@audit.command("tail")
+@click.option("-n", "lines", type=int, default=10, show_default=True,
+              help="Records to print first.")
+@click.option("--interval", type=float, default=1.0, show_default=True,
+              help="Seconds between polls.")
+@click.option("--count", type=int, default=None, help="Exit after printing this many.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@settings_options
+def tail(settings: Settings, lines: int, interval: float, count: int | None,
+         as_json: bool) -> None:
+    """Follow new records live (Ctrl-C to stop)."""
+
+    def emit(record: dict[str, Any]) -> None:
+        click.echo(orjson.dumps(record).decode() if as_json else _line(record))
+
+    async def follow(store: Store) -> None:
+        head = await store.head()
+        printed = 0
+        last = max(head.anchor_seq, head.seq - lines)
+        if not as_json:
+            click.echo(_HEADER)
+        while count is None or printed < count:
+            records = await store.after(last, 500)
+            for record in records:
+                emit(record)
+                printed += 1
+                last = record["seq"]
+                if count is not None and printed >= count:
+                    return
+            if not records:
+                await asyncio.sleep(interval)
+
+    try:
+        _run(settings, follow)
+    except KeyboardInterrupt:
+        pass
+
+
+@audit.command("verify")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@settings_options
+def verify(settings: Settings, as_json: bool) -> None:
+    """Check the hash chain; report the first broken link (exit status 1)."""
+    started = time.monotonic()
+    result = _run(settings, verify_chain)
+    if as_json:
+        click.echo(orjson.dumps(result.as_dict()).decode())
+    elif result.ok:
+        click.echo(f"ok: {result.checked} records verified (seq {result.head.anchor_seq + 1}.."
+                   f"{result.head.seq}, head {result.head.hash}) in "
+                   f"{time.monotonic() - started:.2f} s")
+    else:
+        where = f"seq {result.broken_seq}"
+        if result.broken_request_id:
+            where += f" (request {result.broken_request_id})"
+        click.echo(f"BROKEN at {where}: {result.reason}; {result.checked} records before it "
+                   "are intact", err=True)
+    if not result.ok:
+        sys.exit(1)
+
+
+@audit.command("export")
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl",
+              show_default=True)
+@click.option("--output", "-o", type=click.Path(dir_okay=False), default=None,
+              help="File to write (default: standard output).")
+@click.option("--bodies/--no-bodies", default=True, show_default=True,
+              help="Include request and response bodies.")
+@_filters
+@settings_options
+def export(settings: Settings, fmt: str, output: str | None, bodies: bool, since: str | None,
+           until: str | None, principal: str | None, model: str | None,
+           status: str | None) -> None:
+    """Every matching record, oldest first, with its seq and hashes."""
+    filt = _filter(since, until, principal, model, status)
+
+    async def dump(store: Store) -> int:
+        try:
+            writer = csv.DictWriter(fh, [*CSV_FIELDS, *(("request_body", "response_body")
+                                                        if bodies else ())],
+                                    extrasaction="ignore") if fmt == "csv" else None
+            if writer is not None:
+                writer.writeheader()
+            last, total = 0, 0
+            while True:
+                rows = await store.scan_filtered(filt, last, 500)
+                if not rows:
+                    return total
+                for row in rows:
+                    record = full_record(row)
+                    if not bodies:
+                        record.pop("request_body")
+                        record.pop("response_body")
+                    if writer is None:
+                        fh.write(orjson.dumps(record).decode() + "\n")
+                    else:
+                        writer.writerow(_flat(record))
+                    last = row.seq
+                total += len(rows)
+        finally:
+            if output:
+                fh.close()
+
+    # Opened here, not in the coroutine: a file is opened once, before the loop runs.
+    fh: IO[str] = open(output, "w", newline="") if output else sys.stdout  # noqa: SIM115
+    total = _run(settings, dump)
+    if output:
+        click.echo(f"exported {total} records to {output}", err=True)
+
+
+def _flat(record: dict[str, Any]) -> dict[str, Any]:
+    flat = dict(record)
+    usage = record.get("usage") or {}
+    for key in ("input_tokens", "output_tokens", "cache_read_input_tokens",
+                "cache_creation_input_tokens"):
+        flat[key] = usage.get(key)
+    return flat
+
+
+@audit.command("prune")
+@click.option("--max-age", help="Delete records older than this (e.g. 90d).")
+@click.option("--max-rows", type=int, help="Keep at most this many records.")
+@settings_options
+def prune(settings: Settings, max_age: str | None, max_rows: int | None) -> None:
+    """Delete the oldest records now; the chain stays verifiable from its new anchor."""
+    try:
+        age = parse_duration(max_age, "--max-age")
+    except AuditConfigError as exc:
+        raise click.BadParameter(str(exc)) from None
+    if age is None and max_rows is None:
+        raise click.UsageError("give --max-age and/or --max-rows")
+    deleted = _run(settings, lambda store: store.prune(age, max_rows))
+    click.echo(f"pruned {deleted} records")

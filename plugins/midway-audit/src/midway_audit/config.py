@@ -1,0 +1,125 @@
+"""The ``[audit]`` config table, read once at start-up (and by the commands)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from midway.secrets_ref import resolve
+
+MiB = 1024 * 1024
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+class AuditConfigError(ValueError):
+    """The ``[audit]`` table cannot be used; the message says which key."""
+
+
+def parse_duration(value: Any, key: str) -> float | None:
+    """``3600``, ``"90m"``, ``"30d"`` → seconds; ``None``/``0``/``""`` → ``None`` (off)."""
+    if value is None or value == "" or value == 0:
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    match = _DURATION.match(str(value))
+    if not match:
+        raise AuditConfigError(f"[audit] {key} must be seconds or like '30d', got {value!r}")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+@attrs.define
+class AuditConfig:
+    """Everything the plugin can be told. See docs/audit.md for each key."""
+
+    store: str = "sqlite"  # "sqlite", "sqlite:///path.db", "postgresql://..." (or env:/file:)
+    schema: str | None = None  # PostgreSQL schema for the tables (default: search_path)
+    sqlite_synchronous: str = "full"  # full | normal: fsync per commit or per checkpoint
+    jsonl: Path | None = None  # extra JSONL sink (relative paths are under the data dir)
+    jsonl_max_bytes: int = 100 * MiB
+    jsonl_backups: int = 5
+    bodies: bool = True
+    max_body_bytes: int = 4 * MiB  # per body, after redaction; longer ones are cut and marked
+    redact_defaults: bool = True
+    redact_patterns: dict[str, str] = attrs.field(factory=dict)  # name -> regex
+    redact_headers: tuple[str, ...] = ()  # extra header names never stored
+    queue_size: int = 10_000
+    batch_size: int = 256
+    on_full: str = "block"  # block (backpressure, nothing lost) | drop (counted)
+    flush_timeout: float = 30.0  # at shutdown, how long to keep retrying a failing store
+    max_age: float | None = None  # seconds; prune older records
+    max_rows: int | None = None  # prune oldest beyond this many
+    prune_interval: float = 300.0
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.store.startswith(("postgres://", "postgresql://"))
+
+    def sqlite_path(self, data_dir: Path) -> Path:
+        """``sqlite``: DATA_DIR/audit.db, ``sqlite:///abs.db``, or ``sqlite://rel.db``
+        (under DATA_DIR)."""
+        if self.store == "sqlite":
+            return data_dir / "audit.db"
+        path = Path(self.store[len("sqlite://"):]).expanduser()
+        return path if path.is_absolute() else data_dir / path
+
+    @classmethod
+    def from_table(cls, table: dict[str, Any], data_dir: Path) -> AuditConfig:
+        known = {f.name for f in attrs.fields(cls)}
+        unknown = sorted(set(table) - known)
+        if unknown:
+            raise AuditConfigError(f"[audit] unknown key(s): {', '.join(unknown)}")
+        try:
+            config = cls(
+                store=resolve(str(table.get("store", "sqlite"))),
+                schema=table.get("schema") or None,
+                sqlite_synchronous=str(table.get("sqlite_synchronous", "full")).lower(),
+                jsonl=_jsonl_path(table.get("jsonl"), data_dir),
+                jsonl_max_bytes=int(table.get("jsonl_max_bytes", 100 * MiB)),
+                jsonl_backups=int(table.get("jsonl_backups", 5)),
+                bodies=bool(table.get("bodies", True)),
+                max_body_bytes=int(table.get("max_body_bytes", 4 * MiB)),
+                redact_defaults=bool(table.get("redact_defaults", True)),
+                redact_patterns={str(k): str(v) for k, v in
+                                 dict(table.get("redact_patterns") or {}).items()},
+                redact_headers=tuple(str(h).lower() for h in table.get("redact_headers", ())),
+                queue_size=int(table.get("queue_size", 10_000)),
+                batch_size=int(table.get("batch_size", 256)),
+                on_full=str(table.get("on_full", "block")),
+                flush_timeout=float(table.get("flush_timeout", 30.0)),
+                max_age=parse_duration(table.get("max_age"), "max_age"),
+                max_rows=int(table["max_rows"]) if table.get("max_rows") else None,
+                prune_interval=float(parse_duration(table.get("prune_interval", 300),
+                                                    "prune_interval") or 300.0),
+            )
+        except (TypeError, ValueError) as exc:
+            if isinstance(exc, AuditConfigError):
+                raise
+            raise AuditConfigError(f"[audit] invalid value: {exc}") from None
+        if not (config.is_postgres or config.store == "sqlite"
+                or config.store.startswith("sqlite://")):
+            raise AuditConfigError("[audit] store must be 'sqlite', 'sqlite:///PATH' or a "
+                                   "postgresql:// URL")
+        if config.on_full not in ("block", "drop"):
+            raise AuditConfigError("[audit] on_full must be 'block' or 'drop'")
+        if config.sqlite_synchronous not in ("full", "normal"):
+            raise AuditConfigError("[audit] sqlite_synchronous must be 'full' or 'normal'")
+        if config.queue_size < 1 or config.batch_size < 1 or config.max_body_bytes < 0:
+            raise AuditConfigError("[audit] queue_size and batch_size must be positive")
+        return config
+
+    def describe_store(self) -> str:
+        """The store, for logs: a PostgreSQL URL without its password."""
+        if self.is_postgres:
+            return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", self.store)
+        return self.store
+
+
+def _jsonl_path(value: Any, data_dir: Path) -> Path | None:
+    if not value:
+        return None
+    path = Path(str(value)).expanduser()
+    return path if path.is_absolute() else data_dir / path

@@ -1,0 +1,159 @@
+"""One audit record: captured from the exchange (cheap, on the event loop), then prepared for
+the store (redaction, truncation, serialisation: in the writer, off the relay's path)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import attrs
+import orjson
+
+from midway import Exchange
+from midway_audit.redact import Redactor
+
+TRUNCATION_MARKER = "…[midway-audit: truncated {omitted} bytes]"
+
+
+@attrs.define(slots=True)
+class Pending:
+    """What post_response hands to the writer: references, nothing copied or encoded yet."""
+
+    meta: dict[str, Any]
+    headers: list[tuple[str, str]]
+    request_body: bytes | None
+    response_body: bytes | None
+    response_message: dict[str, Any] | None
+
+
+@attrs.define(slots=True)
+class Row:
+    """A record ready to be chained: the stored columns, minus seq and the hashes."""
+
+    ts: float
+    request_id: str
+    upstream_request_id: str | None
+    principal: str
+    model: str | None
+    status: int | None
+    data: str  # the record without bodies: canonical JSON (sorted keys)
+    request_body: str | None
+    response_body: str | None
+    # orjson.dumps([data, request_body, response_body]): the canonical form minus the seq,
+    # computed outside the chain's lock (see chain.link_hash)
+    tail: bytes
+    # set by the store when the row is chained
+    seq: int = 0
+    prev_hash: str = ""
+    hash: str = ""
+
+    def record(self) -> dict[str, Any]:
+        """The full record as ``get`` returns it (and as the JSONL sink writes it)."""
+        record: dict[str, Any] = orjson.loads(self.data)
+        record.update(seq=self.seq, prev_hash=self.prev_hash, hash=self.hash,
+                      request_body=self.request_body, response_body=self.response_body)
+        return record
+
+
+def capture(exchange: Exchange, bodies: bool, message: dict[str, Any] | None) -> Pending:
+    """Snapshot everything the record needs from a finished exchange."""
+    principal = exchange.principal
+    upstream = exchange.upstream
+    timings = exchange.timings
+    usage = exchange.usage
+    annotations = exchange.annotations
+    meta: dict[str, Any] = {
+        "id": exchange.id,
+        "upstream_request_id": exchange.upstream_request_id,
+        "ts": timings.started_at,
+        "principal": principal.id,
+        "principal_name": principal.name,
+        "team": principal.team,
+        "principal_kind": principal.kind,
+        "client_address": exchange.client_address,
+        "method": exchange.request.method,
+        "path": exchange.request.path_qs,
+        "model": exchange.model,
+        "response_model": exchange.response_model,
+        "upstream": upstream.name if upstream is not None else None,
+        "upstream_key": upstream.key_id if upstream is not None else None,
+        "attempts": [{"number": a.number, "upstream": a.upstream.name, "status": a.status,
+                      "error": a.error, "retried": a.retried, "request_id": a.request_id}
+                     for a in exchange.attempts],
+        "status": exchange.status,
+        "stop_reason": exchange.stop_reason,
+        "error": exchange.error,
+        "error_type": exchange.error_type,
+        "client_disconnected": exchange.client_disconnected,
+        "answered_by": exchange.answered_by,
+        "streaming": exchange.streaming,
+        "ttfb_ms": _ms(timings.ttfb_ms),
+        "upstream_ttfb_ms": _ms(timings.upstream_ttfb_ms),
+        "total_ms": _ms(timings.total_ms),
+        "usage": usage.as_dict() if usage.seen else None,
+        "cost_usd": _str_or_none(annotations.get("cost_usd")),
+        "cache": _str_or_none(annotations.get("cache")),
+        "route": _str_or_none(annotations.get("route")),
+        "annotations": dict(annotations),
+    }
+    if not bodies:
+        return Pending(meta, list(exchange.request.headers.items()), None, None, None)
+    return Pending(meta, list(exchange.request.headers.items()), exchange.request.body,
+                   exchange.response_body if message is None else None, message)
+
+
+def prepare(pending: Pending, redactor: Redactor, max_body: int, bodies: bool) -> Row:
+    """Redact, cut and serialise a captured record. Nothing unredacted leaves this function."""
+    meta = pending.meta
+    request_body = response_body = None
+    if bodies:
+        request_body, meta["request_truncated"] = _body_text(
+            pending.request_body, redactor, max_body)
+        raw = pending.response_body
+        if pending.response_message is not None:
+            raw = orjson.dumps(pending.response_message)
+        response_body, meta["response_truncated"] = _body_text(raw, redactor, max_body)
+    meta["bodies"] = bodies
+    meta["time"] = datetime.fromtimestamp(meta["ts"], UTC).isoformat(timespec="milliseconds")
+    meta["request_headers"] = redactor.headers(pending.headers)
+    clean = _redact_values(meta, redactor)
+    data = orjson.dumps(clean, option=orjson.OPT_SORT_KEYS, default=str).decode()
+    status = meta["status"] if isinstance(meta["status"], int) else None
+    return Row(ts=float(meta["ts"]), request_id=str(clean["id"]),
+               upstream_request_id=clean["upstream_request_id"], principal=clean["principal"],
+               model=clean["model"], status=status, data=data, request_body=request_body,
+               response_body=response_body,
+               tail=orjson.dumps([data, request_body, response_body]))
+
+
+def _body_text(raw: bytes | None, redactor: Redactor, max_body: int) -> tuple[str | None, bool]:
+    if raw is None:
+        return None, False
+    text = redactor.text(raw.decode("utf-8", "replace"))
+    # Redact first, cut second: a cut must never leave the first half of a secret behind.
+    encoded = text.encode()
+    if len(encoded) <= max_body:
+        return text, False
+    kept = encoded[:max_body].decode("utf-8", "ignore")
+    return kept + TRUNCATION_MARKER.format(omitted=len(encoded) - len(kept.encode())), True
+
+
+def _redact_values(value: Any, redactor: Redactor) -> Any:
+    """Redact every string in the (small) metadata, keeping its JSON structure intact."""
+    if isinstance(value, str):
+        return redactor.text(value)
+    if isinstance(value, dict):
+        return {str(k): _redact_values(v, redactor) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redact_values(v, redactor) for v in value]
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    return redactor.text(str(value))
+
+
+def _ms(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+def _str_or_none(value: Any) -> str | None:
+    return None if value is None else str(value)

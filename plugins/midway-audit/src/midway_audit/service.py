@@ -1,0 +1,35 @@
+"""``midway.services["audit"]``: what the dashboard and other plugins read."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from midway_audit.chain import verify
+from midway_audit.store import Filter, Store
+from midway_audit.writer import AuditWriter
+
+
+class AuditService:
+    def __init__(self, store: Store, writer: AuditWriter | None = None) -> None:
+        self.store = store
+        self.writer = writer
+
+    async def query(self, since: Any = None, until: Any = None, principal: str | None = None,
+                    model: str | None = None, status: Any = None, text: str | None = None,
+                    limit: int = 100) -> list[dict[str, Any]]:
+        """Records without bodies, newest first. ``since``/``until``: datetime, epoch seconds,
+        ISO 8601 or relative (``"15m"``); ``status``: ``200``, ``"4xx"`` or ``"error"``;
+        ``text``: a substring of the record or its bodies."""
+        filt = Filter.build(since, until, principal, model, status, text)
+        return await self.store.query(filt, max(0, int(limit)))
+
+    async def get(self, request_id: str) -> dict[str, Any] | None:
+        """One record with its bodies (``request_body``, ``response_body``: redacted text)."""
+        return await self.store.get(request_id)
+
+    async def verify(self) -> dict[str, Any]:
+        return (await verify(self.store)).as_dict()
+
+    def status(self) -> dict[str, Any]:
+        """The writer's state: last committed seq and hash, queue depth, written, dropped."""
+        return self.writer.status() if self.writer is not None else {}

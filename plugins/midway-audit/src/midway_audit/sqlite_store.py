@@ -1,0 +1,212 @@
+"""The embedded store: SQLite in WAL mode, driven from one thread of its own.
+
+Appends run in ``BEGIN IMMEDIATE`` transactions that read the chain head, insert the batch
+and move the head: several processes (``midway serve --workers N``) can share one file and
+the chain stays a single, verifiable sequence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from midway_audit.chain import GENESIS, Head, StoredRow, link_hash
+from midway_audit.record import Row
+from midway_audit.store import COLUMNS, SUMMARY_COLUMNS, Filter, full_record, summary_record
+
+T = TypeVar("T")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS audit_records (
+    seq INTEGER PRIMARY KEY,
+    ts REAL NOT NULL,
+    request_id TEXT NOT NULL,
+    upstream_request_id TEXT,
+    principal TEXT,
+    model TEXT,
+    status INTEGER,
+    data TEXT NOT NULL,
+    request_body TEXT,
+    response_body TEXT,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_records_ts ON audit_records (ts);
+CREATE INDEX IF NOT EXISTS audit_records_request_id ON audit_records (request_id);
+CREATE INDEX IF NOT EXISTS audit_records_principal ON audit_records (principal, ts);
+CREATE TABLE IF NOT EXISTS audit_chain (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    seq INTEGER NOT NULL,
+    head_hash TEXT NOT NULL,
+    anchor_seq INTEGER NOT NULL,
+    anchor_hash TEXT NOT NULL
+);
+"""
+
+
+def _q(n: int) -> str:
+    return "?"
+
+
+class SQLiteStore:
+    def __init__(self, path: Path, synchronous: str = "full") -> None:
+        self.path = path
+        self.synchronous = synchronous
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="midway-audit")
+        self._db: sqlite3.Connection | None = None
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        assert self._db is not None, "store not open"
+        return self._db
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        await self._run(self._open)
+
+    def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Autocommit mode: transactions are explicit (BEGIN IMMEDIATE ... COMMIT).
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                             timeout=30.0)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
+        db.execute("PRAGMA busy_timeout=30000")
+        db.execute("BEGIN IMMEDIATE")
+        for statement in SCHEMA.split(";"):
+            if statement.strip():
+                db.execute(statement)
+        db.execute("INSERT OR IGNORE INTO audit_chain VALUES (1, 0, ?, 0, ?)", (GENESIS, GENESIS))
+        db.execute("COMMIT")
+        self._db = db
+
+    async def close(self) -> None:
+        if self._db is not None:
+            await self._run(self._db.close)
+            self._db = None
+        self._executor.shutdown(wait=True)
+
+    # -- writing -----------------------------------------------------------------------------
+
+    async def append(self, rows: list[Row], retrying: bool = False) -> Head:
+        return await self._run(self._append, rows, retrying)
+
+    def _append(self, rows: list[Row], retrying: bool) -> Head:
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if retrying:
+                rows = [r for r in rows if db.execute(
+                    "SELECT 1 FROM audit_records WHERE request_id = ? LIMIT 1",
+                    (r.request_id,)).fetchone() is None]
+            seq, prev, anchor_seq, anchor_hash = db.execute(
+                "SELECT seq, head_hash, anchor_seq, anchor_hash FROM audit_chain WHERE id = 1"
+            ).fetchone()
+            values = []
+            for row in rows:
+                seq += 1
+                digest = link_hash(prev, seq, row.tail)
+                row.seq, row.prev_hash, row.hash = seq, prev, digest
+                values.append((seq, row.ts, row.request_id, row.upstream_request_id,
+                               row.principal, row.model, row.status, row.data, row.request_body,
+                               row.response_body, prev, digest))
+                prev = digest
+            db.executemany("INSERT INTO audit_records (seq, ts, request_id, "
+                           "upstream_request_id, principal, model, status, data, request_body, "
+                           "response_body, prev_hash, hash) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                           values)
+            db.execute("UPDATE audit_chain SET seq = ?, head_hash = ? WHERE id = 1",
+                       (seq, prev))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return Head(seq, prev, anchor_seq, anchor_hash)
+
+    async def prune(self, max_age: float | None, max_rows: int | None) -> int:
+        return await self._run(self._prune, max_age, max_rows)
+
+    def _prune(self, max_age: float | None, max_rows: int | None) -> int:
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            head_seq, anchor_seq = db.execute(
+                "SELECT seq, anchor_seq FROM audit_chain WHERE id = 1").fetchone()
+            cut = anchor_seq
+            if max_rows is not None:
+                cut = max(cut, head_seq - max_rows)
+            if max_age is not None:
+                # Prune a prefix of the chain only: up to the first record young enough.
+                first_young = db.execute("SELECT MIN(seq) FROM audit_records WHERE ts >= ?",
+                                         (time.time() - max_age,)).fetchone()[0]
+                cut = max(cut, (first_young if first_young is not None else head_seq + 1) - 1)
+            if cut <= anchor_seq:
+                db.execute("COMMIT")
+                return 0
+            found = db.execute("SELECT hash FROM audit_records WHERE seq = ?",
+                               (cut,)).fetchone()
+            if found is None:
+                db.execute("COMMIT")
+                return 0
+            deleted = db.execute("DELETE FROM audit_records WHERE seq <= ?", (cut,)).rowcount
+            db.execute("UPDATE audit_chain SET anchor_seq = ?, anchor_hash = ? WHERE id = 1",
+                       (cut, found[0]))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return int(deleted)
+
+    # -- reading -----------------------------------------------------------------------------
+
+    async def head(self) -> Head:
+        return await self._run(self._head)
+
+    def _head(self) -> Head:
+        seq, head_hash, anchor_seq, anchor_hash = self.db.execute(
+            "SELECT seq, head_hash, anchor_seq, anchor_hash FROM audit_chain WHERE id = 1"
+        ).fetchone()
+        count = self.db.execute("SELECT COUNT(*) FROM audit_records").fetchone()[0]
+        return Head(seq, head_hash, anchor_seq, anchor_hash, count)
+
+    async def query(self, filt: Filter, limit: int) -> list[dict[str, Any]]:
+        where, args = filt.where(_q)
+        sql = (f"SELECT {SUMMARY_COLUMNS} FROM audit_records{where} "  # noqa: S608
+               "ORDER BY ts DESC, seq DESC LIMIT ?")
+        rows = await self._run(self._fetch, sql, [*args, limit])
+        return [summary_record(*r) for r in rows]
+
+    async def get(self, request_id: str) -> dict[str, Any] | None:
+        rows = await self._run(self._fetch, f"SELECT {COLUMNS} FROM audit_records "  # noqa: S608
+                               "WHERE request_id = ? ORDER BY seq LIMIT 1", [request_id])
+        return full_record(StoredRow(*rows[0])) if rows else None
+
+    async def after(self, seq: int, limit: int) -> list[dict[str, Any]]:
+        rows = await self._run(self._fetch, f"SELECT {SUMMARY_COLUMNS} FROM audit_records "  # noqa: S608
+                               "WHERE seq > ? ORDER BY seq LIMIT ?", [seq, limit])
+        return [summary_record(*r) for r in rows]
+
+    async def scan(self, after_seq: int, limit: int) -> list[StoredRow]:
+        rows = await self._run(self._fetch, f"SELECT {COLUMNS} FROM audit_records "  # noqa: S608
+                               "WHERE seq > ? ORDER BY seq LIMIT ?", [after_seq, limit])
+        return [StoredRow(*r) for r in rows]
+
+    async def scan_filtered(self, filt: Filter, after_seq: int, limit: int
+                            ) -> list[StoredRow]:
+        where, args = filt.where(_q)
+        where = f"{where} AND seq > ?" if where else " WHERE seq > ?"
+        rows = await self._run(self._fetch, f"SELECT {COLUMNS} FROM audit_records{where} "  # noqa: S608
+                               "ORDER BY seq LIMIT ?", [*args, after_seq, limit])
+        return [StoredRow(*r) for r in rows]
+
+    def _fetch(self, sql: str, args: list[Any]) -> list[tuple[Any, ...]]:
+        return self.db.execute(sql, args).fetchall()

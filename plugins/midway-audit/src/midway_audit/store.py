@@ -1,0 +1,173 @@
+"""What every audit store offers, and the query filters they share."""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import attrs
+import orjson
+
+from midway_audit.chain import Head, StoredRow
+from midway_audit.config import AuditConfig
+from midway_audit.record import Row
+
+_RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_STATUS_CLASS = re.compile(r"^([1-5])xx$", re.IGNORECASE)
+
+# The columns of one stored record, in the order every store selects them.
+COLUMNS = ("seq, request_id, principal, model, status, ts, data, request_body, response_body, "
+           "prev_hash, hash")
+SUMMARY_COLUMNS = "seq, data, prev_hash, hash"
+
+
+def parse_time(value: Any) -> float | None:
+    """An instant: ``datetime``, epoch seconds, ISO 8601, or relative (``15m`` = 15 min ago)."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, datetime):
+        return value.timestamp()
+    if isinstance(value, int | float):
+        return float(value)
+    text = str(value).strip()
+    match = _RELATIVE.match(text)
+    if match:
+        return time.time() - float(match.group(1)) * _UNITS[match.group(2)]
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"not a time: {text!r} (use ISO 8601, epoch seconds or e.g. 15m, 2h, "
+                         "7d)") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.astimezone()
+    return parsed.timestamp()
+
+
+def parse_status(value: Any) -> tuple[int, int] | None:
+    """``200`` → (200, 200); ``"5xx"`` → (500, 599); ``"error"`` → (400, 599)."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, int):
+        return value, value
+    text = str(value).strip()
+    if text.lower() == "error":
+        return 400, 599
+    match = _STATUS_CLASS.match(text)
+    if match:
+        low = int(match.group(1)) * 100
+        return low, low + 99
+    try:
+        code = int(text)
+    except ValueError:
+        raise ValueError(f"not a status: {text!r} (use e.g. 200, 4xx, error)") from None
+    return code, code
+
+
+@attrs.define
+class Filter:
+    since: float | None = None
+    until: float | None = None
+    principal: str | None = None
+    model: str | None = None
+    status: tuple[int, int] | None = None
+    text: str | None = None
+
+    @classmethod
+    def build(cls, since: Any = None, until: Any = None, principal: str | None = None,
+              model: str | None = None, status: Any = None, text: str | None = None) -> Filter:
+        return cls(parse_time(since), parse_time(until), principal or None, model or None,
+                   parse_status(status), text or None)
+
+    def where(self, placeholder: Any, like: str = "LIKE") -> tuple[str, list[Any]]:
+        """A SQL ``WHERE`` clause (or ``""``) and its arguments; ``placeholder(n)`` names
+        argument ``n`` (1-based) in the store's dialect."""
+        clauses: list[str] = []
+        args: list[Any] = []
+
+        def arg(value: Any) -> str:
+            args.append(value)
+            return str(placeholder(len(args)))
+
+        if self.since is not None:
+            clauses.append(f"ts >= {arg(self.since)}")
+        if self.until is not None:
+            clauses.append(f"ts < {arg(self.until)}")
+        if self.principal is not None:
+            clauses.append(f"principal = {arg(self.principal)}")
+        if self.model is not None:
+            clauses.append(f"model = {arg(self.model)}")
+        if self.status is not None:
+            low, high = self.status
+            clauses.append(f"status BETWEEN {arg(low)} AND {arg(high)}")
+        if self.text is not None:
+            escaped = self.text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            pattern = arg(f"%{escaped}%")
+            clauses.append(f"(data {like} {pattern} ESCAPE '\\' OR request_body {like} "
+                           f"{pattern} ESCAPE '\\' OR response_body {like} {pattern} "
+                           "ESCAPE '\\')")
+        return (" WHERE " + " AND ".join(clauses)) if clauses else "", args
+
+
+def summary_record(seq: int, data: str, prev_hash: str, hash_: str) -> dict[str, Any]:
+    record: dict[str, Any] = orjson.loads(data)
+    record["seq"] = seq
+    record["prev_hash"] = prev_hash
+    record["hash"] = hash_
+    return record
+
+
+def full_record(row: StoredRow) -> dict[str, Any]:
+    record = summary_record(row.seq, row.data, row.prev_hash, row.hash)
+    record["request_body"] = row.request_body
+    record["response_body"] = row.response_body
+    return record
+
+
+class Store(Protocol):
+    """An audit store: appends extend the hash chain atomically, one transaction per batch."""
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def append(self, rows: list[Row], retrying: bool = False) -> Head:
+        """Chain and commit ``rows``; return the head after the commit. With ``retrying``,
+        rows whose request id is already stored (an earlier, ambiguous commit) are skipped."""
+        ...
+
+    async def query(self, filt: Filter, limit: int) -> list[dict[str, Any]]:
+        """Records without bodies, newest first."""
+        ...
+
+    async def get(self, request_id: str) -> dict[str, Any] | None: ...
+
+    async def after(self, seq: int, limit: int) -> list[dict[str, Any]]:
+        """Records (without bodies) with a seq above ``seq``, oldest first (for ``tail``)."""
+        ...
+
+    async def head(self) -> Head: ...
+
+    async def scan(self, after_seq: int, limit: int) -> list[StoredRow]: ...
+
+    async def scan_filtered(self, filt: Filter, after_seq: int, limit: int
+                            ) -> list[StoredRow]: ...
+
+    async def prune(self, max_age: float | None, max_rows: int | None) -> int:
+        """Delete the oldest records; the last deleted one's hash becomes the anchor."""
+        ...
+
+
+def open_store(config: AuditConfig, data_dir: Path) -> Store:
+    if config.is_postgres:
+        from midway_audit.pg_store import PostgresStore
+        return PostgresStore(config.store, config.schema)
+    from midway_audit.sqlite_store import SQLiteStore
+    return SQLiteStore(config.sqlite_path(data_dir), config.sqlite_synchronous)

@@ -1,0 +1,166 @@
+"""The bounded queue between ``post_response`` and the store, and the batch writer behind it.
+
+The relay never waits for a disk: ``post_response`` runs after the last byte went to the
+client and only puts a captured record on the queue. When the queue is full it waits
+(``on_full = "block"``, nothing lost) or drops and counts (``on_full = "drop"``). The writer
+takes everything queued (up to ``batch_size``), prepares it in a thread and commits it as
+one transaction; a failing store is retried with backoff, so records queue up rather than
+vanish. ``stop`` drains the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from midway_audit.chain import Head
+from midway_audit.config import AuditConfig
+from midway_audit.jsonl_sink import JsonlSink
+from midway_audit.metrics import AuditMetrics
+from midway_audit.record import Pending, Row, prepare
+from midway_audit.redact import Redactor
+from midway_audit.store import Store
+
+log = logging.getLogger("midway.audit")
+
+
+class AuditWriter:
+    def __init__(self, store: Store, config: AuditConfig, redactor: Redactor,
+                 metrics: AuditMetrics | None = None, sink: JsonlSink | None = None) -> None:
+        self.store = store
+        self.config = config
+        self.redactor = redactor
+        self.metrics = metrics
+        self.sink = sink
+        self.queue: asyncio.Queue[Pending | None] = asyncio.Queue(config.queue_size)
+        self.committed = Head()  # the chain head after this writer's last commit
+        self.written = 0
+        self.dropped = 0
+        self._task: asyncio.Task[None] | None = None
+        self._prune_task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._deadline = 0.0
+        self._changed = asyncio.Event()
+
+    async def start(self) -> None:
+        self.committed = await self.store.head()
+        self._task = asyncio.create_task(self._run(), name="midway-audit-writer")
+        if self.config.max_age is not None or self.config.max_rows is not None:
+            self._prune_task = asyncio.create_task(self._prune_loop(), name="midway-audit-prune")
+
+    async def submit(self, pending: Pending) -> None:
+        if self._stopping:
+            self._drop("closed")
+            return
+        if self.config.on_full == "drop":
+            try:
+                self.queue.put_nowait(pending)
+            except asyncio.QueueFull:
+                self._drop("queue_full")
+        else:
+            await self.queue.put(pending)  # backpressure: this request's handler waits
+        if self.metrics is not None:
+            self.metrics.queue_depth.set(self.queue.qsize())
+
+    def _drop(self, reason: str, count: int = 1) -> None:
+        self.dropped += count
+        if self.metrics is not None:
+            self.metrics.dropped.labels(reason).inc(count)
+
+    async def stop(self) -> None:
+        """Write everything queued, then stop (a failing store is retried until
+        ``flush_timeout``)."""
+        if self._prune_task is not None:
+            self._prune_task.cancel()
+        if self._task is None:
+            return
+        self._stopping = True
+        self._deadline = time.monotonic() + self.config.flush_timeout
+        await self.queue.put(None)
+        await self._task
+        self._task = None
+        if self.sink is not None:
+            self.sink.close()
+
+    async def _run(self) -> None:
+        queue = self.queue
+        limit = self.config.batch_size
+        done = False
+        while not done:
+            item = await queue.get()
+            if item is None:
+                break
+            batch = [item]
+            while len(batch) < limit and not queue.empty():
+                item = queue.get_nowait()
+                if item is None:
+                    done = True
+                    break
+                batch.append(item)
+            try:
+                await self._write(batch)
+            except Exception:  # never let the writer die: that would block every request
+                log.exception("audit: could not write a batch of %d records", len(batch))
+                self._drop("error", len(batch))
+            if self.metrics is not None:
+                self.metrics.queue_depth.set(queue.qsize())
+
+    async def _write(self, batch: list[Pending]) -> None:
+        started = time.monotonic()
+        rows = await asyncio.to_thread(self._prepare, batch)
+        delay = 0.05
+        retrying = False
+        while True:
+            try:
+                head = await self.store.append(rows, retrying)
+                break
+            except Exception as exc:
+                if self.metrics is not None:
+                    self.metrics.write_errors.inc()
+                if self._stopping and time.monotonic() > self._deadline:
+                    log.error("audit: store still failing at shutdown (%s); %d records lost",
+                              type(exc).__name__, len(rows))
+                    self._drop("store_failed", len(rows))
+                    return
+                log.warning("audit: store write failed (%s: %s); retrying in %.2f s",
+                            type(exc).__name__, exc, delay)
+                retrying = True
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        self.committed = head
+        self.written += len(rows)
+        self._changed.set()
+        if self.metrics is not None:
+            self.metrics.written.inc(len(rows))
+            self.metrics.batch_seconds.observe(time.monotonic() - started)
+        if self.sink is not None:
+            try:
+                await asyncio.to_thread(self._sink_write, rows)
+            except OSError:
+                log.exception("audit: could not write the JSONL sink")
+
+    def _prepare(self, batch: list[Pending]) -> list[Row]:
+        cfg = self.config
+        return [prepare(p, self.redactor, cfg.max_body_bytes, cfg.bodies) for p in batch]
+
+    def _sink_write(self, rows: list[Row]) -> None:
+        assert self.sink is not None
+        self.sink.write([row.record() for row in rows if row.seq])
+
+    async def _prune_loop(self) -> None:
+        while True:
+            try:
+                deleted = await self.store.prune(self.config.max_age, self.config.max_rows)
+                if deleted:
+                    log.info("audit: pruned %d records", deleted)
+            except Exception:
+                log.exception("audit: pruning failed")
+            await asyncio.sleep(self.config.prune_interval)
+
+    def status(self) -> dict[str, Any]:
+        head = self.committed
+        return {"committed_seq": head.seq, "committed_hash": head.hash,
+                "queue_depth": self.queue.qsize(), "written": self.written,
+                "dropped": self.dropped}

@@ -1,0 +1,92 @@
+"""Fixtures: midway with the audit plugin on SQLite or on a throwaway PostgreSQL schema."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+
+import midway_audit
+from midway.testing import RunningMidway
+
+PG_DSN = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+@pytest.fixture(scope="session")
+def pg_prefix() -> Iterator[str]:
+    """A prefix for this session's PostgreSQL schemas; all of them are dropped at the end.
+    Fails loudly when the server is absent."""
+    prefix = f"t_audit_{secrets.token_hex(4)}"
+
+    async def drop() -> None:
+        conn = await asyncpg.connect(PG_DSN)
+        try:
+            for row in await conn.fetch("SELECT nspname FROM pg_namespace "
+                                        "WHERE nspname LIKE $1", prefix + "%"):
+                await conn.execute(f'DROP SCHEMA "{row[0]}" CASCADE')
+        finally:
+            await conn.close()
+
+    asyncio.run(asyncpg.connect(PG_DSN)).terminate()  # reachable, or fail here
+    yield prefix
+    asyncio.run(drop())
+
+
+@pytest.fixture
+def pg_config(pg_prefix: str) -> dict[str, Any]:
+    """An audit config on a schema of its own (one per test, so chains do not mix)."""
+    return {"store": PG_DSN, "schema": f"{pg_prefix}_{secrets.token_hex(3)}"}
+
+
+@pytest.fixture
+def audited(midway_factory: Callable[..., RunningMidway]) -> Callable[..., RunningMidway]:
+    """``audited(extra_plugins=[...], **audit_config)`` → a running midway with the plugin."""
+
+    def start(extra_plugins: list[Any] | None = None, **audit: Any) -> RunningMidway:
+        return midway_factory(plugins=[*(extra_plugins or []), ("audit", midway_audit)],
+                              config={"audit": audit})
+
+    return start
+
+
+def service(running: RunningMidway) -> Any:
+    return running.midway.services["audit"]
+
+
+def records(running: RunningMidway, **filters: Any) -> list[dict[str, Any]]:
+    return running.call(service(running).query(limit=100_000, **filters))
+
+
+def get(running: RunningMidway, request_id: str) -> dict[str, Any] | None:
+    return running.call(service(running).get(request_id))
+
+
+def committed(running: RunningMidway) -> int:
+    return int(service(running).status()["written"])
+
+
+def data_dir(running: RunningMidway) -> Path:
+    return Path(running.midway.settings.data_dir)
+
+
+HEADERS = {"x-api-key": "sk-ant-test", "anthropic-version": "2023-06-01"}
+
+
+async def abandon_stream(session: aiohttp.ClientSession, url: str, body: dict[str, Any],
+                         after: bytes = b"text_delta") -> str:
+    """Start a stream, read until ``after`` shows up, then drop the connection."""
+    async with session.post(f"{url}/v1/messages", json=body, headers=HEADERS) as resp:
+        midway_id = resp.headers["x-midway-request-id"]
+        seen = b""
+        async for chunk in resp.content.iter_any():
+            seen += chunk
+            if after in seen:
+                break
+        resp.connection.transport.abort()  # type: ignore[union-attr]
+    return midway_id
