@@ -1,0 +1,76 @@
+from decimal import Decimal
+
+import pytest
+from midway import Usage
+
+from midway_billing.pricing import PriceError, PriceTable, usd
+
+
+def usage(**fields: object) -> Usage:
+    u = Usage()
+    u.update(fields)
+    return u
+
+
+def test_reference_check_claude_code_figure() -> None:
+    table = PriceTable.load()
+    cost = table.cost(usage(input_tokens=110, cache_creation_input_tokens=50,
+                            cache_read_input_tokens=20, output_tokens=47), "claude-opus-4-8")
+    assert usd(cost.total) == Decimal("0.0020475")
+    assert cost.model == "claude-opus-4-8"
+
+
+def test_every_usage_field_priced_by_its_own_rate() -> None:
+    table = PriceTable.load()
+    u = usage(input_tokens=1000, output_tokens=2000, cache_creation_input_tokens=700,
+              cache_creation={"ephemeral_5m_input_tokens": 300, "ephemeral_1h_input_tokens": 400},
+              cache_read_input_tokens=5000, server_tool_use={"web_search_requests": 3})
+    cost = table.cost(u, "claude-sonnet-4-5-20250929")
+    expected = (Decimal(1000) * 3 + Decimal(2000) * 15 + Decimal(300) * Decimal("3.75")
+                + Decimal(400) * 6 + Decimal(5000) * Decimal("0.30")) / 10**6 + 3 * Decimal("0.01")
+    assert usd(cost.total) == expected
+    assert usd(cost.cache_write_1h) == Decimal(400) * 6 / 10**6  # never the 5m rate
+    assert usd(cost.cache_read) == Decimal("0.0015")  # never the input rate
+    assert usd(cost.web_search) == Decimal("0.03")
+
+
+@pytest.mark.parametrize(("model", "expected"), [
+    ("claude-sonnet-4-5-20250929", "claude-sonnet-4-5"),
+    ("claude-opus-4-1@20250805", "claude-opus-4-1"),
+    ("us.anthropic.claude-sonnet-4-5-20250929-v1:0", "claude-sonnet-4-5"),
+    ("claude-3-5-haiku-latest", "claude-3-5-haiku"),
+    ("claude-3-haiku-20240307", "claude-3-haiku"),
+    ("claude-haiku-4-5", "claude-haiku-4-5"),
+])
+def test_aliases_and_dated_ids(model: str, expected: str) -> None:
+    price = PriceTable.load().lookup(model)
+    assert price is not None and price.model == expected
+
+
+def test_unknown_model_is_unpriced_not_zero() -> None:
+    cost = PriceTable.load().cost(usage(input_tokens=10, output_tokens=10), "gpt-9")
+    assert cost.unpriced
+
+
+def test_config_overrides_and_extends() -> None:
+    table = PriceTable.load({"claude-opus-4-8": {"output": "30"},
+                             "vendor-x": {"input": 2, "output": "8"},
+                             "alias-y": {"same_as": "claude-haiku-4-5"}})
+    opus = table.lookup("claude-opus-4-8-20261201")
+    assert opus is not None and opus.output == Decimal(30) and opus.input == Decimal(5)
+    vendor = table.lookup("vendor-x")
+    assert vendor is not None and vendor.cache_write_1h == Decimal(4)
+    assert vendor.cache_read == Decimal("0.2")
+    alias = table.lookup("alias-y")
+    assert alias is not None and alias.output == Decimal(5)
+    with pytest.raises(PriceError):
+        PriceTable.load({"new-model": {"input": "1"}})
+    with pytest.raises(PriceError):
+        PriceTable.load({"claude-opus-4-8": {"ouptut": "1"}})
+
+
+def test_batch_discount_halves_tokens_not_searches() -> None:
+    table = PriceTable.load()
+    u = usage(input_tokens=1_000_000, output_tokens=1_000_000,
+              server_tool_use={"web_search_requests": 1})
+    assert usd(table.cost(u, "claude-haiku-4-5", batch=True).total) == Decimal("3.01")
