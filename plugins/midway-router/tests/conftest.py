@@ -103,3 +103,19 @@ def wait_idle(running, timeout: float = 10.0) -> None:
 
     router = running.midway.services["router"]
     wait_for(lambda: all(row["in_flight"] == 0 for row in router.status()), timeout)
+
+
+def raw_post(url: str, body: dict, headers: dict | None = None, stream: bool = False):
+    """POST with http.client: returns the open response (read it, then close ``.conn``)."""
+    import http.client
+    import json
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    hdrs = {"content-type": "application/json", "x-api-key": "client-key",
+            "anthropic-version": "2023-06-01", **(headers or {})}
+    conn.request("POST", parts.path, body=json.dumps(body).encode(), headers=hdrs)
+    response = conn.getresponse()
+    response.conn = conn
+    return response
