@@ -109,6 +109,7 @@ class OpenAPIChecker:
         return node
 
     def check(self, method: str, path: str, status: int, body: bytes) -> Any:
+        path = path.partition("?")[0]
         template = next((t for rx, t in self._paths if rx.match(path)), None)
         assert template is not None, f"{path} is not in the OpenAPI document"
         operation = self.spec["paths"][template].get(method.lower())
@@ -126,3 +127,19 @@ class OpenAPIChecker:
         assert not errors, f"{method} {path} {status}: {errors[0].message}"
         self.checked.add((method.upper(), template, status))
         return data
+
+
+def http(method: str, url: str, body: bytes | None = None,
+         headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    """One plain HTTP request: ``(status, body)``, whatever the status."""
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, data=body, method=method,
+                                     headers={"content-type": "application/json",
+                                              **(headers or {})})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
