@@ -16,7 +16,8 @@ from midway.testing import RunningMidway, wait_for
 from midway_router.openai_adapter import OpenAIAdapter
 
 LONG_NAME = "mcp__enterprise_knowledge_base__search_documents_by_semantic_similarity_v2"
-PIXEL = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
+PIXEL = ("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJ"
+         "RU5ErkJggg==")
 TOOLS: list[Any] = [
     {"name": "get_weather", "description": "Weather for a city",
      "input_schema": {"$schema": "https://json-schema.org/draft/2020-12/schema",
