@@ -1,0 +1,104 @@
+"""The semantic layer: within one partition (the same tenant, model, system, tools, parameters
+and earlier turns), find a stored answer whose last user turn means the same.
+
+The vectors of a partition are held in memory as one numpy matrix, reloaded from the store
+when older than ``REFRESH`` seconds (so entries other instances stored become visible) and
+extended in place by this process's own stores.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import attrs
+import numpy as np
+
+from midway_cache.guard import agree
+from midway_cache.stores.base import Candidate, Store
+
+REFRESH = 5.0
+_MAX_PARTITIONS = 4096
+
+
+@attrs.define
+class Match:
+    key: str
+    similarity: float
+    prompt: str
+
+
+@attrs.define
+class _Partition:
+    loaded_at: float
+    keys: list[str]
+    prompts: list[str]
+    tool_use: list[bool]
+    matrix: np.ndarray[Any, np.dtype[np.float32]]
+
+
+class SemanticIndex:
+    def __init__(self, store: Store, guard: bool = True) -> None:
+        self.store = store
+        self.guard = guard
+        self._partitions: dict[str, _Partition] = {}
+
+    async def _partition(self, partition: str, now: float) -> _Partition:
+        cached = self._partitions.get(partition)
+        if cached is not None and time.monotonic() - cached.loaded_at < REFRESH:
+            return cached
+        found = await self.store.candidates(partition, now)
+        loaded = _build(found)
+        if len(self._partitions) >= _MAX_PARTITIONS:
+            self._partitions.pop(next(iter(self._partitions)))
+        self._partitions[partition] = loaded
+        return loaded
+
+    async def best(self, partition: str, vector: np.ndarray[Any, np.dtype[np.float32]],
+                   prompt: str, threshold: float, allow_tool_use: bool, now: float
+                   ) -> Match | None:
+        """The most similar stored prompt at or above ``threshold`` that passes the guard."""
+        part = await self._partition(partition, now)
+        if not part.keys:
+            return None
+        scores = part.matrix @ vector
+        for i in np.argsort(-scores):
+            score = float(scores[i])
+            if score < threshold:
+                break
+            if part.tool_use[i] and not allow_tool_use:
+                continue
+            if self.guard and not agree(prompt, part.prompts[i])[0]:
+                continue
+            return Match(key=part.keys[i], similarity=score, prompt=part.prompts[i])
+        return None
+
+    def added(self, partition: str, key: str, prompt: str, tool_use: bool,
+              vector: np.ndarray[Any, np.dtype[np.float32]]) -> None:
+        """A new entry this process stored: visible at once to its next lookups."""
+        part = self._partitions.get(partition)
+        if part is None:
+            return
+        if key in part.keys:
+            return
+        part.keys.append(key)
+        part.prompts.append(prompt)
+        part.tool_use.append(tool_use)
+        part.matrix = vector[None, :] if part.matrix.shape[0] == 0 else \
+            np.vstack([part.matrix, vector[None, :]])
+
+    def forget(self) -> None:
+        self._partitions.clear()
+
+
+def _build(found: list[Candidate]) -> _Partition:
+    vectors = [np.frombuffer(c.vector, dtype=np.float32) for c in found]
+    dims = {v.shape[0] for v in vectors}
+    if len(dims) > 1:  # vectors of another embedder: only the most common size is comparable
+        common = max(dims, key=lambda d: sum(v.shape[0] == d for v in vectors))
+        pairs = [(c, v) for c, v in zip(found, vectors, strict=True) if v.shape[0] == common]
+        found, vectors = [c for c, _ in pairs], [v for _, v in pairs]
+    matrix = np.vstack(vectors) if vectors else np.zeros((0, 1), dtype=np.float32)
+    return _Partition(loaded_at=time.monotonic(), keys=[c.key for c in found],
+                      prompts=[c.prompt for c in found], tool_use=[c.tool_use for c in found],
+                      matrix=matrix)
