@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from midway.testing import make_exchange
 from midway.exchange import Upstream
+from midway.testing import make_exchange
 from midway_dashboard.window import Event, TrafficWindow, event_from_exchange, percentile
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import html
+import re
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -54,6 +55,7 @@ SECURITY_HEADERS = {
 RANGES = {"15m": timedelta(minutes=15), "1h": timedelta(hours=1), "24h": timedelta(hours=24),
           "7d": timedelta(days=7), "30d": timedelta(days=30)}
 LOGIN_FAILURES_PER_MINUTE = 10
+STATUS_FILTER = re.compile(r"[1-5](\d\d|xx)|error")
 ACTIVE = ' class="active" aria-current="page"'
 
 
@@ -274,11 +276,12 @@ class Dashboard:
             value = q.get(key, "").strip()
             if value:
                 filters[key] = value[:500]
-        if q.get("status", "").strip():
-            try:
-                filters["status"] = int(q["status"])
-            except ValueError:
-                return error_response(400, "status must be a number")
+        status = q.get("status", "").strip().lower()
+        if status:
+            # audit understands an exact status, a class ("4xx") or "error".
+            if not STATUS_FILTER.fullmatch(status):
+                return error_response(400, "status must be like 200, 4xx or error")
+            filters["status"] = int(status) if status.isdigit() else status
         if q.get("since") in RANGES:
             filters["since"] = datetime.now(UTC) - RANGES[q["since"]]
         try:
@@ -311,6 +314,7 @@ class Dashboard:
 def _html(title: str, body: str, status: int = 200) -> web.Response:
     text = ('<!doctype html><html lang="en"><head><meta charset="utf-8">'
             '<meta name="viewport" content="width=device-width, initial-scale=1">'
+            '<link rel="icon" href="data:,">'
             f'<title>midway · {html.escape(title)}</title>'
             f'<link rel="stylesheet" href="{PREFIX}/static/vendor/uplot/uPlot.min.css">'
             f'<link rel="stylesheet" href="{PREFIX}/static/dashboard.css">'

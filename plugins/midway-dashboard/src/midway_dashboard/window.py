@@ -58,9 +58,11 @@ class Event:
 def event_from_exchange(exchange: Exchange) -> Event:
     upstream = exchange.upstream
     cache = exchange.annotations.get("cache")
+    timings = exchange.timings
+    duration = timings.total_ms or 0.0
     return Event(
-        t=exchange.timings.started_at + (exchange.timings.total_ms or 0.0) / 1000, id=exchange.id, status=exchange.status or 0,
-        duration_ms=exchange.timings.total_ms or 0.0, ttfb_ms=exchange.timings.ttfb_ms,
+        t=timings.started_at + duration / 1000, id=exchange.id, status=exchange.status or 0,
+        duration_ms=duration, ttfb_ms=timings.ttfb_ms,
         streaming=exchange.streaming, model=exchange.model, principal=exchange.principal.name,
         upstream=upstream.name if upstream is not None and exchange.attempts else None,
         key_id=upstream.key_id if upstream is not None and exchange.attempts else None,

@@ -290,13 +290,13 @@
       });
       // Budgets as horizontal lines: those set on the dimension shown, or a global one.
       const budgets = d.budgets.filter((b) => {
-        const scope = pick(b, "scope", "kind", "by", "dimension");
-        return scope === undefined || scope === state.by || scope === "global" || scope === "all";
+        const scope = pick(b, "scope");
+        return scope === undefined || scope === state.by || scope === "global";
       });
       budgets.forEach((b, i) => {
         const limit = Number(pick(b, "limit_usd", "limit", "amount_usd", "usd"));
         if (!Number.isFinite(limit)) return;
-        series.push({label: `budget ${pick(b, "key", "name", "id") ?? ""} (${pick(b, "period") ?? ""})`.trim(),
+        series.push({label: `budget ${pick(b, "value", "name") ?? ""} (${pick(b, "period") ?? ""})`,
                      values: times.map(() => limit), dash: [6, 4], width: 1.5,
                      color: COLORS[(keys.length + i) % COLORS.length]});
       });
@@ -305,19 +305,24 @@
         {label: "requests", num: true, value: (r) => fmt.num(pick(r, "requests", "count"))},
         {label: "input tokens", num: true, value: (r) => fmt.num(pick(r, "input_tokens"))},
         {label: "output tokens", num: true, value: (r) => fmt.num(pick(r, "output_tokens"))},
-        {label: "cost", num: true, value: (r) => fmt.usd(pick(r, "cost_usd", "cost"))}],
+        {label: "cache hits", num: true, value: (r) => fmt.num(pick(r, "cache_hits"))},
+        {label: "saved", num: true, value: (r) => fmt.usd(pick(r, "saved_usd"))},
+        {label: "cost", num: true, value: (r) => fmt.usd(pick(r, "cost_usd"))}],
         d.report, {empty: "No spend recorded in this range."}));
       const budgetTable = section("Budgets", "panel-budgets", table([
-        {label: "scope", value: (b) => pick(b, "scope", "kind", "by") ?? "-"},
-        {label: "key", value: (b) => pick(b, "key", "name", "id") ?? "-"},
+        {label: "budget", value: (b) => pick(b, "name") ?? "-"},
+        {label: "scope", value: (b) => `${pick(b, "scope") ?? "-"} = ${pick(b, "value") ?? "*"}`},
         {label: "period", value: (b) => pick(b, "period") ?? "-"},
-        {label: "limit", num: true, value: (b) => fmt.usd(pick(b, "limit_usd", "limit"))},
-        {label: "spent", num: true, value: (b) => fmt.usd(pick(b, "spent_usd", "spent"))},
+        {label: "mode", value: (b) => pick(b, "mode") ?? "-"},
+        {label: "limit", num: true, value: (b) => fmt.usd(pick(b, "limit_usd"))},
+        {label: "spent", num: true, value: (b) => fmt.usd(pick(b, "spent_usd"))},
+        {label: "reserved", num: true, value: (b) => fmt.usd(pick(b, "reserved_usd"))},
         {label: "used", num: true, value: (b) => {
-          const limit = Number(pick(b, "limit_usd", "limit")), spent = Number(pick(b, "spent_usd", "spent"));
+          const limit = Number(pick(b, "limit_usd")), spent = Number(pick(b, "spent_usd"));
           return limit > 0 && Number.isFinite(spent) ? fmt.pct(spent / limit) : "–";
-        }}], d.budgets, {empty: "No budgets configured.",
-          rowClass: (b) => Number(pick(b, "spent_usd", "spent")) >= Number(pick(b, "limit_usd", "limit")) ? "over" : ""}));
+        }},
+        {label: "resets", value: (b) => fmt.time(pick(b, "resets_at"))}], d.budgets, {empty: "No budgets configured.",
+          rowClass: (b) => Number(pick(b, "spent_usd")) >= Number(pick(b, "limit_usd")) ? "over" : ""}));
       replace(holder, section(`Spend per ${d.bucket} by ${d.by} (${state.mode}, USD)`, "panel-spend-chart", chart),
               report, budgetTable);
       if (times.length) {
@@ -341,7 +346,8 @@
       if (d.error) return replace(holder, failure(d.error));
       const s = d.stats;
       const cards = el("div", {class: "cards", id: "cache-cards"},
-        card("Hit rate", fmt.pct(d.hit_rate), "hit-rate", `${fmt.num(s.hits)} hits · ${fmt.num(s.misses)} misses`),
+        card("Hit rate", fmt.pct(d.hit_rate), "hit-rate", `${fmt.num(s.hits)} hits · ${fmt.num(s.misses)} misses` +
+             (s.semantic_hits ? ` · ${fmt.num(s.semantic_hits)} semantic` : "")),
         card("Saved", fmt.usd(s.saved_usd), "saved-usd", `${fmt.num(s.saved_tokens)} tokens not sent upstream`),
         card("Entries", fmt.num(s.entries), "entries", fmt.bytes(s.bytes)));
       const outcomes = section("Outcomes in the window", "panel-cache-outcomes", table(
@@ -418,7 +424,7 @@
     const form = el("form", {class: "controls", id: "search", method: "get"},
       field("text", "Text", {type: "search", placeholder: "words in prompts and answers"}),
       field("principal", "Principal"), field("model", "Model"),
-      field("status", "Status", {inputmode: "numeric", size: "4"}),
+      field("status", "Status", {size: "5", placeholder: "200, 4xx, error"}),
       el("label", {}, "Since ", el("select", {name: "since"},
         ["", "15m", "1h", "24h", "7d", "30d"].map((v) => el("option", {value: v, text: v || "any time",
                                                                         selected: params.get("since") === v})))),
@@ -431,19 +437,21 @@
       if (!d.installed) {
         return replace(results, notInstalled(d, "The searchable request list with each audit record"),
           section("Recent requests seen by this process (no bodies without audit)", "panel-recent",
-            table(recentColumns(false), d.recent || [])));
+            table(recentColumns(), d.recent || [])));
       }
       if (d.error) return replace(results, failure(d.error));
       replace(results, el("p", {class: "updated", text: `${d.rows.length} request(s)`}), table([
-        {label: "time", value: (r) => fmt.time(pick(r, "started_at", "time", "ts", "t", "created_at"))},
+        {label: "time", value: (r) => fmt.time(pick(r, "ts", "time"))},
         {label: "request", value: (r) => requestLink(pick(r, "id", "request_id"))},
-        {label: "principal", value: (r) => pick(r, "principal", "principal_name", "principal_id") ?? "–"},
+        {label: "principal", value: (r) => pick(r, "principal_name", "principal") ?? "–"},
+        {label: "team", value: (r) => pick(r, "team") ?? ""},
         {label: "model", value: (r) => pick(r, "model") ?? "–"},
         {label: "status", num: true, value: (r) => pick(r, "status") ?? "–"},
-        {label: "duration", num: true, value: (r) => fmt.ms(pick(r, "duration_ms", "total_ms"))},
-        {label: "tokens in/out", num: true, value: (r) => `${fmt.num(pick(r, "input_tokens"))} / ${fmt.num(pick(r, "output_tokens"))}`},
-        {label: "cost", num: true, value: (r) => fmt.usd(pick(r, "cost_usd"))},
-        {label: "preview", value: (r) => preview(pick(r, "answer_preview", "preview", "answer_text", "prompt_preview"))}],
+        {label: "stream", value: (r) => (r.streaming ? "yes" : "")},
+        {label: "duration", num: true, value: (r) => fmt.ms(pick(r, "total_ms", "duration_ms"))},
+        {label: "tokens in/out", num: true, value: (r) => `${fmt.num(pick(r.usage, "input_tokens"))} / ${fmt.num(pick(r.usage, "output_tokens"))}`},
+        {label: "cache", value: (r) => pick(r, "cache") ?? ""},
+        {label: "cost", num: true, value: (r) => fmt.usd(pick(r, "cost_usd"))}],
         d.rows, {empty: "No request matches.", class: "requests"}));
     }).catch((err) => replace(results, failure(err.message)));
   };
@@ -454,12 +462,6 @@
       {label: "principal", value: (r) => r.principal}, {label: "model", value: (r) => r.model || "–"},
       {label: "status", num: true, value: (r) => r.status},
       {label: "duration", num: true, value: (r) => fmt.ms(r.duration_ms)}];
-  }
-
-  function preview(text) {
-    if (!text) return "";
-    const s = String(text);
-    return s.length > 120 ? s.slice(0, 120) + "…" : s;
   }
 
   pages.request = () => {
@@ -474,29 +476,60 @@
     }).catch((err) => replace(holder, failure(err.message)));
   };
 
-  const ANSWER_KEYS = ["answer", "answer_text", "response_text", "text", "output_text"];
-  const BIG_KEYS = ["request", "request_body", "response", "response_body", "messages", "content",
-                    "headers", "request_headers", "response_headers"];
+  // Audit keeps bodies as (redacted) text; the response body of a stream is the message that
+  // audit reassembled from its events.
+  function parseBody(text) {
+    if (text === null || text === undefined) return null;
+    if (typeof text !== "string") return text;
+    try { return JSON.parse(text); } catch (err) { return text; }
+  }
+
+  function answerText(message) {
+    if (!message || typeof message !== "object" || !Array.isArray(message.content)) {
+      return typeof message === "string" ? message : null;
+    }
+    return message.content.map((block) => {
+      if (block.type === "text") return block.text;
+      if (block.type === "thinking") return `[thinking]\n${block.thinking}`;
+      if (block.type === "tool_use") return `[tool_use ${block.name}] ${JSON.stringify(block.input)}`;
+      return `[${block.type}]`;
+    }).join("\n\n");
+  }
+
+  function promptLines(request) {
+    if (!request || typeof request !== "object" || !Array.isArray(request.messages)) return [];
+    return request.messages.map((m) => {
+      const text = typeof m.content === "string" ? m.content
+        : (m.content || []).map((b) => b.text ?? `[${b.type}]`).join("\n");
+      return el("div", {class: "message"}, el("strong", {text: m.role + ": "}), text);
+    });
+  }
+
+  const SECTION_KEYS = ["request_body", "response_body", "request_headers", "attempts",
+                        "annotations", "usage"];
 
   function renderRecord(record) {
-    const facts = [];
-    const big = [];
-    let answer = pick(record, ...ANSWER_KEYS);
-    for (const [key, value] of Object.entries(record)) {
-      if (ANSWER_KEYS.includes(key)) continue;
-      if (value !== null && typeof value === "object" || BIG_KEYS.includes(key)) big.push([key, value]);
-      else facts.push([key, value]);
-    }
-    const response = pick(record, "response", "response_body");
-    if (answer === undefined && response && typeof response === "object" && Array.isArray(response.content)) {
-      answer = response.content.map((b) => b.text || b.thinking || (b.input ? JSON.stringify(b.input) : "")).join("\n");
-    }
+    const request = parseBody(record.request_body);
+    const response = parseBody(record.response_body);
+    const answer = answerText(response);
+    const facts = Object.entries(record).filter(([k, v]) =>
+      !SECTION_KEYS.includes(k) && (v === null || typeof v !== "object"));
+    const usage = record.usage || {};
     return [
-      section("Answer", "panel-answer", el("pre", {class: "answer", id: "answer", text: answer ?? "(no answer recorded)"})),
+      section("Answer", "panel-answer", el("pre", {class: "answer", id: "answer",
+        text: answer ?? (record.bodies === false ? "(bodies are not recorded)" : "(no answer recorded)")})),
+      section("Prompt", "panel-prompt", el("div", {id: "prompt"}, promptLines(request))),
       section("Details", "panel-facts", el("dl", {class: "facts"},
         facts.map(([k, v]) => [el("dt", {text: k.replaceAll("_", " ")}), el("dd", {}, cell(k, v))]))),
-      ...big.map(([k, v]) => section(k.replaceAll("_", " "), "panel-" + k,
-        el("pre", {class: "json", text: typeof v === "string" ? v : JSON.stringify(v, null, 2)}))),
+      section("Usage", "panel-usage", el("dl", {class: "facts"},
+        Object.entries(usage).map(([k, v]) => [el("dt", {text: k.replaceAll("_", " ")}), el("dd", {text: fmt.num(v)})]))),
+      ...["attempts", "annotations", "request_headers"].filter((k) => record[k]).map((k) =>
+        section(k.replaceAll("_", " "), "panel-" + k,
+                el("pre", {class: "json", text: JSON.stringify(record[k], null, 2)}))),
+      el("details", {class: "panel"}, el("summary", {text: "Raw request body"}),
+         el("pre", {class: "json", text: typeof request === "string" ? request : JSON.stringify(request, null, 2)})),
+      el("details", {class: "panel"}, el("summary", {text: "Raw response body"}),
+         el("pre", {class: "json", text: typeof response === "string" ? response : JSON.stringify(response, null, 2)})),
     ];
   }
 
