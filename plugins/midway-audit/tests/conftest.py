@@ -33,7 +33,10 @@ def pg_prefix() -> Iterator[str]:
         finally:
             await conn.close()
 
-    asyncio.run(asyncpg.connect(PG_DSN)).terminate()  # reachable, or fail here
+    async def probe() -> None:
+        await (await asyncpg.connect(PG_DSN)).close()
+
+    asyncio.run(probe())  # reachable, or fail here
     yield prefix
     asyncio.run(drop())
 
@@ -90,3 +93,8 @@ async def abandon_stream(session: aiohttp.ClientSession, url: str, body: dict[st
                 break
         resp.connection.transport.abort()  # type: ignore[union-attr]
     return midway_id
+
+
+def flush(running: RunningMidway) -> None:
+    """Run the plugin's shutdown: drain the queue and close the store (the server goes on)."""
+    running.call(midway_audit.shutdown(running.midway))

@@ -109,10 +109,10 @@ class Filter:
             clauses.append(f"status BETWEEN {arg(low)} AND {arg(high)}")
         if self.text is not None:
             escaped = self.text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-            pattern = arg(f"%{escaped}%")
-            clauses.append(f"(data {like} {pattern} ESCAPE '\\' OR request_body {like} "
-                           f"{pattern} ESCAPE '\\' OR response_body {like} {pattern} "
-                           "ESCAPE '\\')")
+            like_text = f"%{escaped}%"
+            clauses.append("(" + " OR ".join(
+                f"{column} {like} {arg(like_text)} ESCAPE '\\'"
+                for column in ("data", "request_body", "response_body")) + ")")
         return (" WHERE " + " AND ".join(clauses)) if clauses else "", args
 
 

@@ -1,0 +1,76 @@
+"""Canary secrets sent every way a client or an upstream could send them are found nowhere
+in the stores' bytes."""
+
+from __future__ import annotations
+
+import secrets
+import string
+
+import anthropic
+import orjson
+from conftest import data_dir, flush, get, records
+
+from midway.testing import Reply, wait_for
+
+
+def _rand(n: int, alphabet: str = string.ascii_letters + string.digits) -> str:
+    return "".join(secrets.choice(alphabet) for _ in range(n))
+
+
+def test_canary_secrets_found_nowhere_in_sqlite_or_jsonl(fake_upstream, audited):
+    marker = _rand(12)
+    canaries = {
+        "anthropic": f"sk-ant-api03-{marker}A{_rand(40)}",
+        "openai": f"sk-proj-{marker}B{_rand(40)}",
+        "aws_id": "AKIA" + _rand(16, string.ascii_uppercase + string.digits),
+        "aws_secret": _rand(40),
+        "pem": f"{marker}C{_rand(60)}",
+        "email": f"canary.{marker}D@example.com",
+        "bearer": f"{marker}E{_rand(30)}",
+        "cookie": f"{marker}F{_rand(20)}",
+        "custom_header": f"{marker}G{_rand(20)}",
+        "custom_pattern": f"ACME-{marker}H",
+    }
+    prompt = (f"my key is {canaries['anthropic']} and {canaries['openai']}; aws "
+              f"{canaries['aws_id']} aws_secret_access_key={canaries['aws_secret']}\n"
+              f"-----BEGIN RSA PRIVATE KEY-----\n{canaries['pem']}\n"
+              "-----END RSA PRIVATE KEY-----\n"
+              f"mail {canaries['email']}, curl -H 'Authorization: Bearer {canaries['bearer']}'"
+              f" internal id {canaries['custom_pattern']}")
+    running = audited(jsonl="audit.jsonl", redact_patterns={"acme_id": r"ACME-[A-Za-z0-9]+"})
+    # the upstream echoes secrets back, split across many small deltas
+    fake_upstream.reply(Reply(content=[{"type": "text", "text": f"Noted {canaries['email']} "
+                                        f"and {canaries['openai']}"}], text_chunks=12),
+                        Reply(content=[{"type": "text", "text": f"key {canaries['anthropic']}"}]))
+    client = anthropic.Anthropic(base_url=running.url, api_key=canaries["anthropic"],
+                                 max_retries=0, default_headers={
+                                     "Cookie": f"session={canaries['cookie']}",
+                                     "X-Internal-Token": canaries["custom_header"],
+                                     "X-Team": "search"})
+    with client.messages.stream(model="claude-sonnet-4-6", max_tokens=5,
+                                messages=[{"role": "user", "content": prompt}]) as stream:
+        stream.get_final_message()
+    client.messages.create(model="claude-sonnet-4-6", max_tokens=5,
+                           messages=[{"role": "user", "content": prompt}])
+    wait_for(lambda: len(records(running)) == 2)
+    record = get(running, records(running)[0]["id"])
+    flush(running)  # drain and close: everything that will ever be written is on disk
+
+    files = [p for p in data_dir(running).iterdir() if p.name.startswith("audit")]
+    assert {p.name for p in files} >= {"audit.db", "audit.jsonl"}
+    blob = b"".join(p.read_bytes() for p in files)
+    assert len(blob) > 1000
+    for name, canary in canaries.items():
+        assert canary.encode() not in blob, f"{name} canary leaked"
+    assert marker.encode() not in blob  # not even a fragment of one
+
+    # what was masked is still readable as what it was
+    body = orjson.loads(record["request_body"])
+    text = body["messages"][0]["content"]
+    for label in ("anthropic_key", "openai_key", "aws_access_key", "aws_secret_key",
+                  "private_key", "email", "bearer_token", "acme_id"):
+        assert f"[REDACTED:{label}]" in text, label
+    assert record["request_headers"]["x-team"] == "search"
+    assert not {"x-api-key", "authorization", "cookie", "x-internal-token"} & \
+        set(record["request_headers"])
+    assert "[REDACTED:" in record["response_body"]
