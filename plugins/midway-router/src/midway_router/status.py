@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 import socket
 import time
 from datetime import UTC, datetime
@@ -21,7 +22,8 @@ _SEVERITY = {"ok": 0, "down": 1, "resting": 2, "disabled": 3}
 
 
 def instance_id(worker_index: int) -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{worker_index}"
+    # The random part tells apart instances that share a process (embedding, tests).
+    return f"{socket.gethostname()}:{os.getpid()}:{worker_index}:{secrets.token_hex(3)}"
 
 
 class SnapshotWriter:

@@ -1,0 +1,74 @@
+"""Key health shared through Redis: a key resting on one instance rests on all."""
+
+from __future__ import annotations
+
+import json
+
+import anthropic
+from click.testing import CliRunner
+from conftest import REDIS_URL, key_of, wait_idle
+
+from midway.cli import cli
+from midway.secrets_ref import fingerprint
+from midway.testing import Reply, wait_for
+
+KEYS = ["sk-ant-shared-a", "sk-ant-shared-b"]
+MSG = {"model": "claude-sonnet-4-6", "max_tokens": 16,
+       "messages": [{"role": "user", "content": "hi"}]}
+
+
+def config(url, prefix):
+    return {"router": {"upstreams": [{"name": "anthropic", "url": url, "keys": KEYS}],
+                       "state": REDIS_URL, "state_prefix": prefix, "status_interval": 0.05}}
+
+
+def health(proxy, secret):
+    rows = {r["key"]: r for r in proxy.midway.services["router"].status()}
+    return rows[fingerprint(secret)]["health"]
+
+
+def test_rest_and_disable_spread_to_every_instance(fake_upstream, midway_factory,
+                                                   router_plugin, redis_prefix, tmp_path):
+    def answer(rec):
+        if key_of(rec) == KEYS[0]:
+            return Reply(status=429, headers={"retry-after": "60"})
+        return Reply()
+
+    fake_upstream.fake.default = answer
+    one = midway_factory(plugins=[router_plugin], config=config(fake_upstream.url, redis_prefix))
+    two = midway_factory(plugins=[router_plugin], config=config(fake_upstream.url, redis_prefix))
+    sdk_one = anthropic.Anthropic(base_url=one.url, api_key="c", max_retries=0)
+    for _ in range(40):
+        sdk_one.messages.create(**MSG)
+        if any(key_of(r) == KEYS[0] for r in fake_upstream.messages_requests):
+            break
+    assert health(one, KEYS[0]) == "resting"
+    wait_for(lambda: health(two, KEYS[0]) == "resting")
+    # The second instance never tries the resting key.
+    seen = len([r for r in fake_upstream.messages_requests if key_of(r) == KEYS[0]])
+    sdk_two = anthropic.Anthropic(base_url=two.url, api_key="c", max_retries=0)
+    for _ in range(10):
+        sdk_two.messages.create(**MSG)
+    assert len([r for r in fake_upstream.messages_requests if key_of(r) == KEYS[0]]) == seen
+    # An instance that starts later learns the rest from Redis.
+    three = midway_factory(plugins=[router_plugin],
+                           config=config(fake_upstream.url, redis_prefix))
+    assert health(three, KEYS[0]) == "resting"
+
+    # `midway router status` merges the instances' snapshots from Redis.
+    for proxy in (one, two, three):
+        wait_idle(proxy)
+    conf = tmp_path / "midway.toml"
+    conf.write_text(f'[router]\nstate = "{REDIS_URL}"\nstate_prefix = "{redis_prefix}"\n')
+
+    def merged():
+        result = CliRunner().invoke(cli, ["router", "status", "--json", "--config", str(conf)],
+                                    catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return {r["key"]: r for r in json.loads(result.output)}
+
+    wait_for(lambda: merged().get(fingerprint(KEYS[0]), {}).get("instances") == 3)
+    rows = merged()
+    assert rows[fingerprint(KEYS[0])]["health"] == "resting"
+    assert rows[fingerprint(KEYS[1])]["served"] == sum(
+        1 for r in fake_upstream.messages_requests if key_of(r) == KEYS[1])
