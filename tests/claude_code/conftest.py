@@ -22,13 +22,14 @@ from midway.testing import FakeUpstream, start_midway
 
 # Every plugin of the project, enabled in every scenario: Claude Code must not be able to tell
 # that they are there. A plugin listed here that is not installed fails the suite.
-PLUGINS: tuple[str, ...] = ("billing", "router")
+PLUGINS: tuple[str, ...] = ("audit", "billing", "router")
 
 
 def plugin_config(data_dir: Path, anthropic_url: str, openai_url: str) -> dict[str, Any]:
     """The TOML tables of the enabled plugins (embedded stores under ``data_dir``)."""
     return {
         "midway": {"plugins": list(PLUGINS)},
+        "audit": {"store": "sqlite", "sqlite_synchronous": "normal"},
         "billing": {"store": "sqlite"},
         "router": {
             # The first upstream is the default; without keys, the client's own credential

@@ -1,12 +1,23 @@
-"""What midway records about a Claude Code session: billing's cost equals Claude Code's own."""
+"""What midway records about a Claude Code session: billing's cost equals Claude Code's own,
+audit holds one record per request with the reassembled answer."""
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal
+from typing import Any
 
-from cc_support import MARKER, Claude, Stack, tool_loop_replies
+from cc_support import (
+    MARKER,
+    SIGNATURE,
+    THINKING,
+    TOOL_ID,
+    Claude,
+    Stack,
+    tool_loop_replies,
+)
 
-from midway.testing import FakeUpstream
+from midway.testing import FakeUpstream, wait_for
 
 # Two turns with every kind of input token: plain, cache writes (5 min and 1 h), cache reads.
 TURN_USAGE = [
@@ -19,7 +30,8 @@ TURN_USAGE = [
 ]
 
 
-def _tool_loop(claude: Claude, stack: Stack, fake: FakeUpstream, model: str) -> dict:
+def _tool_loop(claude: Claude, stack: Stack, fake: FakeUpstream, model: str
+               ) -> dict[str, Any]:
     replies = tool_loop_replies()
     for reply, usage in zip(replies, TURN_USAGE, strict=True):
         reply.usage = usage
@@ -49,3 +61,40 @@ def test_billing_cost_equals_claude_codes_own(claude: Claude, stack: Stack,
     [row] = stack.midway.call(stack.service("billing").report("model"))
     assert row["model"] == "claude-opus-4-8"
     assert abs(Decimal(row["cost_usd"]) - claude_code) < Decimal("1e-9")
+
+
+def test_audit_one_record_per_request_with_reassembled_answer(claude: Claude, stack: Stack,
+                                                             fake_upstream: FakeUpstream
+                                                             ) -> None:
+    out = _tool_loop(claude, stack, fake_upstream, "claude-sonnet-4-6")
+    exchanges = stack.probe.wait(2)
+    audit = stack.service("audit")
+    # The writer commits in the background: wait for both records, then check there are no more.
+    wait_for(lambda: len(stack.midway.call(audit.query())) >= 2)
+    records = sorted(stack.midway.call(audit.query()), key=lambda r: r["seq"])
+    assert [r["id"] for r in records] == [x.id for x in exchanges]
+    assert [r["stop_reason"] for r in records] == ["tool_use", "end_turn"]
+    assert [r["status"] for r in records] == [200, 200]
+    for record, exchange in zip(records, exchanges, strict=True):
+        assert record["path"] == "/v1/messages?beta=true"
+        assert record["model"] == "claude-sonnet-4-6" and record["streaming"] is True
+        assert record["request_headers"]["x-claude-code-session-id"] == out["session_id"]
+        assert "authorization" not in record["request_headers"]  # credentials never stored
+        assert record["cost_usd"] == exchange.annotations["cost_usd"]
+        assert record["upstream_request_id"] == exchange.upstream_request_id
+    assert sum(Decimal(r["cost_usd"]) for r in records) == \
+        sum(Decimal(x.annotations["cost_usd"]) for x in exchanges)
+
+    first, second = (stack.midway.call(audit.get(x.id)) for x in exchanges)
+    # The streamed answer, reassembled: signed thinking and the tool call's joined arguments.
+    answer = json.loads(first["response_body"])
+    assert answer["content"] == [
+        {"type": "thinking", "thinking": THINKING, "signature": SIGNATURE},
+        {"type": "tool_use", "id": TOOL_ID, "name": "Bash",
+         "input": {"command": f"echo {MARKER}", "description": "Print the marker"}}]
+    assert answer["stop_reason"] == "tool_use"
+    assert answer["usage"]["cache_read_input_tokens"] == TURN_USAGE[0]["cache_read_input_tokens"]
+    final = json.loads(second["response_body"])
+    assert final["content"] == [{"type": "text", "text": out["result"]}]
+    request = json.loads(second["request_body"])
+    assert request["messages"][-2]["content"][0]["signature"] == SIGNATURE
