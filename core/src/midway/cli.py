@@ -13,6 +13,7 @@ import orjson
 
 from midway import __version__
 from midway.config import ConfigError, Settings, load_settings
+from midway.keys.cli import make_keys_group
 from midway.plugins import PluginHost
 
 
@@ -174,9 +175,7 @@ def config_show(settings: Settings) -> None:
     click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
 
 
-from midway.keys.cli import keys_group  # noqa: E402 - it needs settings_options above
-
-cli.add_command(keys_group)
+cli.add_command(make_keys_group(settings_options))
 
 
 def main() -> None:

@@ -1,4 +1,8 @@
-"""``midway keys ...``: issue, list, rotate and revoke client keys from the command line."""
+"""``midway keys ...``: issue, list, rotate and revoke client keys from the command line.
+
+``midway.cli`` builds the group with its ``settings_options`` (passed in, so this module
+never imports ``midway.cli``, which imports it).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,6 @@ from typing import Any, TypeVar
 import click
 import orjson
 
-from midway.cli import settings_options
 from midway.config import Settings
 from midway.keys.model import KeyRecord, KeysError, parse_duration
 from midway.keys.service import Issued, KeyService
@@ -72,106 +75,111 @@ def _show(record: KeyRecord) -> None:
         click.echo(f"prefix:   {cred['prefix']}{until}")
 
 
-keys_group: click.Group = click.Group(
-    "keys", help="Client keys: issue, list, rotate, revoke (store: [keys] in the config).")
+def make_keys_group(settings_options: Callable[[Callable[..., Any]], Callable[..., Any]]
+                    ) -> click.Group:
+    """The ``keys`` command group; ``settings_options`` is :func:`midway.cli.settings_options`."""
+    keys_group: click.Group = click.Group(
+        "keys", help="Client keys: issue, list, rotate, revoke (store: [keys] in the config).")
 
 
-@keys_group.command("create")
-@click.option("--name", required=True, help="Who or what uses the key.")
-@click.option("--team", default=None, help="Team that spends through it.")
-@click.option("--expires", default=None, help="Lifetime (30d, 12h, 3600) or ISO date.")
-@click.option("--models", multiple=True, help="Model globs it may use (repeat or comma-list).")
-@click.option("--upstreams", multiple=True, help="Upstream names it may reach.")
-@click.option("--label", "labels", multiple=True, help="KEY=VALUE label (repeatable).")
-@click.option("--capability", "capabilities", multiple=True,
-              help="Extra capability, e.g. keys:create (may issue derived keys).")
-@click.option("--parent", default=None, help="Derive from this key: scope within its own.")
-@click.option("--no-project-header", is_flag=True, help="Ignore the client's project header.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON (with the secret).")
-@settings_options
-def create(settings: Settings, name: str, team: str | None, expires: str | None,
-           models: tuple[str, ...], upstreams: tuple[str, ...], labels: tuple[str, ...],
-           capabilities: tuple[str, ...], parent: str | None, no_project_header: bool,
-           as_json: bool) -> None:
-    """Issue a key and print its secret, once."""
-    spec: dict[str, Any] = {"name": name, "team": team, "models": _split(models),
-                            "upstreams": _split(upstreams), "capabilities": _split(capabilities),
-                            "labels": {}}
-    for label in labels:
-        key, sep, value = label.partition("=")
-        if not sep or not key:
-            raise click.BadParameter(f"{label!r} is not KEY=VALUE", param_hint="--label")
-        spec["labels"][key] = value
-    if expires:
-        spec["expires_in" if _DURATION.fullmatch(expires.strip()) else "expires_at"] = expires
-    if no_project_header:
-        spec["allow_project_header"] = False
-    if not settings.plugin_config("keys").get("enabled"):
-        click.echo("note: [keys] enabled is not set; servers will not accept stored keys "
-                   "until it is", err=True)
-    issued = _run(settings, lambda service: service.create(spec, parent))
-    _show_issued(issued, as_json)
+    @keys_group.command("create")
+    @click.option("--name", required=True, help="Who or what uses the key.")
+    @click.option("--team", default=None, help="Team that spends through it.")
+    @click.option("--expires", default=None, help="Lifetime (30d, 12h, 3600) or ISO date.")
+    @click.option("--models", multiple=True, help="Model globs it may use (repeat or comma-list).")
+    @click.option("--upstreams", multiple=True, help="Upstream names it may reach.")
+    @click.option("--label", "labels", multiple=True, help="KEY=VALUE label (repeatable).")
+    @click.option("--capability", "capabilities", multiple=True,
+                  help="Extra capability, e.g. keys:create (may issue derived keys).")
+    @click.option("--parent", default=None, help="Derive from this key: scope within its own.")
+    @click.option("--no-project-header", is_flag=True, help="Ignore the client's project header.")
+    @click.option("--json", "as_json", is_flag=True, help="Print JSON (with the secret).")
+    @settings_options
+    def create(settings: Settings, name: str, team: str | None, expires: str | None,
+               models: tuple[str, ...], upstreams: tuple[str, ...], labels: tuple[str, ...],
+               capabilities: tuple[str, ...], parent: str | None, no_project_header: bool,
+               as_json: bool) -> None:
+        """Issue a key and print its secret, once."""
+        spec: dict[str, Any] = {
+            "name": name, "team": team, "models": _split(models), "upstreams": _split(upstreams),
+            "capabilities": _split(capabilities), "labels": {}}
+        for label in labels:
+            key, sep, value = label.partition("=")
+            if not sep or not key:
+                raise click.BadParameter(f"{label!r} is not KEY=VALUE", param_hint="--label")
+            spec["labels"][key] = value
+        if expires:
+            spec["expires_in" if _DURATION.fullmatch(expires.strip()) else "expires_at"] = expires
+        if no_project_header:
+            spec["allow_project_header"] = False
+        if not settings.plugin_config("keys").get("enabled"):
+            click.echo("note: [keys] enabled is not set; servers will not accept stored keys "
+                       "until it is", err=True)
+        issued = _run(settings, lambda service: service.create(spec, parent))
+        _show_issued(issued, as_json)
 
 
-@keys_group.command("list")
-@click.option("--all", "show_all", is_flag=True, help="Include revoked and expired keys.")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
-@settings_options
-def list_keys(settings: Settings, show_all: bool, as_json: bool) -> None:
-    """List keys (never secrets)."""
-    records = _run(settings, lambda service: service.list_keys())
-    rows = [r.as_dict() for r in records]
-    if not show_all:
-        rows = [r for r in rows if r["status"] == "active"]
-    if as_json:
-        _echo_json(rows)
-        return
-    if not rows:
-        click.echo("no keys")
-    for row in rows:
-        prefixes = ",".join(c["prefix"] for c in row["credentials"]) or "-"
-        click.echo(f"{row['id']}  {row['status']:<7}  {prefixes}  {row['name']}  "
-                   f"team={row['team'] or '-'}  models={','.join(row['models']) or 'any'}  "
-                   f"expires={row['expires_at'] or 'never'}")
+    @keys_group.command("list")
+    @click.option("--all", "show_all", is_flag=True, help="Include revoked and expired keys.")
+    @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+    @settings_options
+    def list_keys(settings: Settings, show_all: bool, as_json: bool) -> None:
+        """List keys (never secrets)."""
+        records = _run(settings, lambda service: service.list_keys())
+        rows = [r.as_dict() for r in records]
+        if not show_all:
+            rows = [r for r in rows if r["status"] == "active"]
+        if as_json:
+            _echo_json(rows)
+            return
+        if not rows:
+            click.echo("no keys")
+        for row in rows:
+            prefixes = ",".join(c["prefix"] for c in row["credentials"]) or "-"
+            click.echo(f"{row['id']}  {row['status']:<7}  {prefixes}  {row['name']}  "
+                       f"team={row['team'] or '-'}  models={','.join(row['models']) or 'any'}  "
+                       f"expires={row['expires_at'] or 'never'}")
 
 
-@keys_group.command("show")
-@click.argument("key_id")
-@click.option("--json", "as_json", is_flag=True)
-@settings_options
-def show(settings: Settings, key_id: str, as_json: bool) -> None:
-    """One key (never its secret)."""
-    record = _run(settings, lambda service: service.get(key_id))
-    if as_json:
-        _echo_json(record.as_dict())
-    else:
-        _show(record)
+    @keys_group.command("show")
+    @click.argument("key_id")
+    @click.option("--json", "as_json", is_flag=True)
+    @settings_options
+    def show(settings: Settings, key_id: str, as_json: bool) -> None:
+        """One key (never its secret)."""
+        record = _run(settings, lambda service: service.get(key_id))
+        if as_json:
+            _echo_json(record.as_dict())
+        else:
+            _show(record)
 
 
-@keys_group.command("revoke")
-@click.argument("key_id")
-@click.option("--json", "as_json", is_flag=True)
-@settings_options
-def revoke(settings: Settings, key_id: str, as_json: bool) -> None:
-    """Revoke a key and every key derived from it (refused within a second everywhere)."""
-    record = _run(settings, lambda service: service.revoke(key_id))
-    if as_json:
-        _echo_json(record.as_dict())
-    else:
-        click.echo(f"revoked {record.id} ({record.name})")
+    @keys_group.command("revoke")
+    @click.argument("key_id")
+    @click.option("--json", "as_json", is_flag=True)
+    @settings_options
+    def revoke(settings: Settings, key_id: str, as_json: bool) -> None:
+        """Revoke a key and every key derived from it (refused within a second everywhere)."""
+        record = _run(settings, lambda service: service.revoke(key_id))
+        if as_json:
+            _echo_json(record.as_dict())
+        else:
+            click.echo(f"revoked {record.id} ({record.name})")
 
 
-@keys_group.command("rotate")
-@click.argument("key_id")
-@click.option("--grace", default="0", show_default=True,
-              help="How long the old secret keeps working (e.g. 1h).")
-@click.option("--json", "as_json", is_flag=True)
-@settings_options
-def rotate(settings: Settings, key_id: str, grace: str, as_json: bool) -> None:
-    """A new secret for the same key; prints it once."""
-    try:
-        seconds = parse_duration(grace)
-    except KeysError as exc:
-        raise click.BadParameter(str(exc), param_hint="--grace") from None
-    issued = _run(settings, lambda service: service.rotate(key_id, seconds))
-    _show_issued(issued, as_json)
+    @keys_group.command("rotate")
+    @click.argument("key_id")
+    @click.option("--grace", default="0", show_default=True,
+                  help="How long the old secret keeps working (e.g. 1h).")
+    @click.option("--json", "as_json", is_flag=True)
+    @settings_options
+    def rotate(settings: Settings, key_id: str, grace: str, as_json: bool) -> None:
+        """A new secret for the same key; prints it once."""
+        try:
+            seconds = parse_duration(grace)
+        except KeysError as exc:
+            raise click.BadParameter(str(exc), param_hint="--grace") from None
+        issued = _run(settings, lambda service: service.rotate(key_id, seconds))
+        _show_issued(issued, as_json)
+
+    return keys_group
