@@ -151,12 +151,17 @@ class Claude:
         self.runs: list[ClaudeRun] = []
 
     def run(self, base_url: str, prompt: str | None, *args: str, stdin: str | None = None,
-            env: dict[str, str] | None = None, timeout: float = RUN_TIMEOUT) -> ClaudeRun:
-        home = self.root / f"home{len(self.runs)}"
-        home.mkdir()
+            env: dict[str, str] | None = None, timeout: float = RUN_TIMEOUT,
+            home: str | None = None) -> ClaudeRun:
+        """``home``: a name for the fresh HOME, to give two runs the same HOME path (its path
+        is part of Claude Code's system prompt); it is emptied first."""
+        home_dir = self.root / (home or f"home{len(self.runs)}")
+        if home_dir.exists():
+            shutil.rmtree(home_dir)
+        home_dir.mkdir()
         environ = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "HOME": str(home),
+            "HOME": str(home_dir),
             "LANG": "C.UTF-8",
             "TERM": "dumb",
             "ANTHROPIC_BASE_URL": base_url,
@@ -177,7 +182,7 @@ class Claude:
             raise AssertionError(f"claude did not finish within {timeout} s: "
                                  f"{exc.stdout!r:.2000} {exc.stderr!r:.2000}") from None
         run = ClaudeRun(args=argv[1:], returncode=proc.returncode, stdout=proc.stdout,
-                        stderr=proc.stderr, seconds=time.monotonic() - started, home=home)
+                        stderr=proc.stderr, seconds=time.monotonic() - started, home=home_dir)
         self.runs.append(run)
         return run
 

@@ -22,7 +22,7 @@ from midway.testing import FakeUpstream, start_midway
 
 # Every plugin of the project, enabled in every scenario: Claude Code must not be able to tell
 # that they are there. A plugin listed here that is not installed fails the suite.
-PLUGINS: tuple[str, ...] = ("audit", "billing", "router")
+PLUGINS: tuple[str, ...] = ("audit", "billing", "cache", "router")
 
 
 def plugin_config(data_dir: Path, anthropic_url: str, openai_url: str) -> dict[str, Any]:
@@ -31,6 +31,7 @@ def plugin_config(data_dir: Path, anthropic_url: str, openai_url: str) -> dict[s
         "midway": {"plugins": list(PLUGINS)},
         "audit": {"store": "sqlite", "sqlite_synchronous": "normal"},
         "billing": {"store": "sqlite"},
+        "cache": {"store": "sqlite"},  # the exact cache (the semantic layer is opt-in)
         "router": {
             # The first upstream is the default; without keys, the client's own credential
             # passes through.
