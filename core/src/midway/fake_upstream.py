@@ -92,7 +92,8 @@ class FakeAnthropic:
         self.requests: list[RecordedRequest] = []
         self.queue: deque[Reply | Callable[[RecordedRequest], Reply]] = deque()
         self.default: Callable[[RecordedRequest], Reply] | None = None
-        self.app = web.Application(client_max_size=1024 * 1024 * 1024)
+        self.app = web.Application(client_max_size=1024 * 1024 * 1024,
+                                   handler_args={"max_headers": 512})
         self.app.router.add_route("HEAD", "/", self._head)
         self.app.router.add_post("/v1/messages", self._messages)
         self.app.router.add_post("/v1/messages/count_tokens", self._count_tokens)

@@ -64,7 +64,7 @@ def build_app(midway: Midway) -> web.Application:
     """The aiohttp application: core routes, plugin routes, then ``/v1/*``."""
     settings = midway.settings
     app = web.Application(client_max_size=settings.max_body_size, handler_args={
-        "max_field_size": 64 * 1024, "max_line_size": 64 * 1024})
+        "max_field_size": 64 * 1024, "max_line_size": 64 * 1024, "max_headers": 512})
     proxy = Proxy(midway)
     app[MIDWAY_KEY] = midway
     app[PROXY_KEY] = proxy
@@ -91,8 +91,8 @@ def build_app(midway: Midway) -> web.Application:
     app.router.add_get("/metrics", metrics)
     install_keys(app, midway, proxy)  # the key store, when [keys] enabled
     midway.plugins.call_sync("register_routes", app=app, midway=midway)
-    app.router.add_route("*", "/v1/{tail:.*}", proxy.handle)
-    app.router.add_route("*", "/{tail:.*}", not_found)
+    app.router.add_route("*", "/v1/{tail:[\\s\\S]*}", proxy.handle)
+    app.router.add_route("*", "/{tail:[\\s\\S]*}", not_found)
 
     async def on_startup(app: web.Application) -> None:
         connector = aiohttp.TCPConnector(limit=settings.pool_size, limit_per_host=0,

@@ -1,0 +1,107 @@
+"""SSE framing and usage reading survive any split of the byte stream (hypothesis)."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from midway.exchange import Usage
+from midway.observe import StreamObserver
+from midway.sse import SSEParser, encode_event
+from midway.testing import make_exchange
+
+EVENTS = [
+    encode_event("message_start", {"type": "message_start", "message": {
+        "id": "msg_1", "model": "claude-opus-4-8", "usage": {
+            "input_tokens": 110, "cache_creation_input_tokens": 50,
+            "cache_read_input_tokens": 20, "output_tokens": 1,
+            "cache_creation": {"ephemeral_5m_input_tokens": 30,
+                               "ephemeral_1h_input_tokens": 20}}}}),
+    encode_event("ping", {"type": "ping"}),
+    encode_event("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {
+        "type": "text_delta", "text": "naïve café — 日本語 🎉 \\n\n"}}),
+    encode_event("message_delta", {"type": "message_delta", "delta": {"stop_reason": "tool_use"},
+                                   "usage": {"output_tokens": 40}}),
+    encode_event("message_delta", {"type": "message_delta", "delta": {},
+                                   "usage": {"output_tokens": 47}}),
+    encode_event("message_stop", {"type": "message_stop"}),
+]
+STREAM = b"".join(EVENTS)
+
+
+def split(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    pieces, last = [], 0
+    for point in points:
+        pieces.append(data[last:point])
+        last = point
+    pieces.append(data[last:])
+    return pieces
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=10_000), max_size=60))
+def test_any_split_gives_the_same_events_and_usage(cuts):
+    parser = SSEParser()
+    events = []
+    exchange = make_exchange()
+    observer = StreamObserver(exchange)
+    for piece in split(STREAM, cuts):
+        events.extend(parser.feed(piece))
+        observer.feed(piece)
+    assert [e.raw for e in events] == EVENTS
+    assert parser.pending == b""
+    usage: Usage = exchange.usage
+    assert (usage.input_tokens, usage.output_tokens) == (110, 47)
+    assert (usage.cache_creation_5m_input_tokens, usage.cache_creation_1h_input_tokens) == (30, 20)
+    assert usage.cache_read_input_tokens == 20
+    assert exchange.stop_reason == "tool_use"
+    assert exchange.response_model == "claude-opus-4-8"
+
+
+def test_one_byte_at_a_time():
+    parser = SSEParser()
+    events = [e for i in range(len(STREAM)) for e in parser.feed(STREAM[i:i + 1])]
+    assert [e.raw for e in events] == EVENTS
+    assert events[2].json()["delta"]["text"].startswith("naïve café")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=10_000), max_size=30))
+def test_crlf_and_cr_line_ends(cuts):
+    crlf = STREAM.replace(b"\n", b"\r\n")
+    cr = STREAM.replace(b"\n", b"\r")
+    for data in (crlf, cr):
+        parser = SSEParser()
+        events = [e for piece in split(data, cuts) for e in parser.feed(piece)]
+        if data is cr:
+            # A final lone CR may still be the first half of a CRLF: it completes on the next byte.
+            events += parser.feed(b"x")
+        assert [e.name for e in events] == [
+            "message_start", "ping", "content_block_delta", "message_delta", "message_delta",
+            "message_stop"]
+        assert b"".join(e.raw for e in events) == data
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=2000), st.lists(st.integers(0, 3000), max_size=20))
+def test_garbage_never_crashes_and_never_invents_usage(data, cuts):
+    parser = SSEParser()
+    exchange = make_exchange()
+    observer = StreamObserver(exchange)
+    total = b""
+    for piece in split(data, cuts):
+        total += b"".join(e.raw for e in parser.feed(piece))
+        observer.feed(piece)
+    # Nothing is lost or invented: emitted events plus the pending tail are the input.
+    assert total + parser.pending == data
+    assert exchange.usage.output_tokens == 0 or b"usage" in data
+
+
+def test_comments_unknown_events_and_multiline_data():
+    parser = SSEParser()
+    raw = b": keep-alive\n\nevent: future\ndata: line1\ndata: line2\nid: 7\n\n"
+    events = parser.feed(raw)
+    assert [e.name for e in events] == [None, "future"]
+    assert events[1].data == "line1\nline2"
+    assert b"".join(e.raw for e in events) == raw
