@@ -91,10 +91,15 @@ async def abandon_stream(session: aiohttp.ClientSession, url: str, body: dict[st
             seen += chunk
             if after in seen:
                 break
-        resp.connection.transport.abort()  # type: ignore[union-attr]
+        resp.close()  # closes the connection itself, not just this response
     return midway_id
 
 
 def flush(running: RunningMidway) -> None:
     """Run the plugin's shutdown: drain the queue and close the store (the server goes on)."""
     running.call(midway_audit.shutdown(running.midway))
+
+
+def reopen(running: RunningMidway) -> None:
+    """Start the plugin again after :func:`flush` (a fresh writer on the same store)."""
+    running.call(midway_audit.startup(running.midway))
