@@ -98,8 +98,9 @@ def test_every_bad_key_gets_the_same_401(fake_upstream, midway_factory, monkeypa
         answer = raw_request(port, b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nx-api-key: " +
                              value + b"\r\nConnection: close\r\nContent-Length: " +
                              str(len(MSG)).encode() + b"\r\n\r\n" + MSG)
-        assert answer.split(b"\r\n")[0] in (b"HTTP/1.1 401 Unauthorized", b"HTTP/1.0 400 Bad Request",
-                                             b"HTTP/1.1 400 Bad Request")
+        # The HTTP parser itself refuses bytes that are not a header value (a plain 400).
+        assert answer.split(b"\r\n")[0] in (b"HTTP/1.1 401 Unauthorized",
+                                             b"HTTP/1.0 400 Bad Request")
     assert fake_upstream.requests == []
 
 
@@ -128,7 +129,7 @@ def test_canaries_appear_in_no_log_error_or_metric(fake_upstream, midway_factory
                 bodies.append(await r.read())
         return bodies
     outputs = asyncio.run(go())
-    wait_for(lambda: sum("midway.access" == r.name for r in caplog.records) >= 5)
+    wait_for(lambda: sum(r.name == "midway.access" for r in caplog.records) >= 5)
     # The upstream got the configured key, never the client's.
     assert [r.headers.get("x-api-key") for r in fake_upstream.messages_requests] == [
         UPSTREAM_CANARY] * 3
@@ -165,7 +166,7 @@ def test_many_headers_and_bad_header_values_are_client_errors(fake_upstream, mid
     assert fake_upstream.messages_requests[-1].headers["x-h199"] == "v"
     answer = raw_request(port, b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nx-api-key: k\r\n"
                                b"x-evil: a\rb\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}")
-    assert answer.startswith(b"HTTP/1.1 400")
+    assert answer.startswith(b"HTTP/1.0 400")
     assert len(fake_upstream.messages_requests) == 1
 
 
