@@ -140,6 +140,7 @@ class Dashboard:
             else:
                 response = await handler(request)
             response.headers.update(SECURITY_HEADERS)
+            response.headers.setdefault("cache-control", "no-store")
             return response
 
         return guarded
@@ -247,8 +248,7 @@ class Dashboard:
         metrics = self.midway.metrics
         if metrics is None:
             return None
-        value = metrics.registry.get_sample_value("midway_inflight_requests",
-                                                  {"streaming": "any"})
+        value = metrics.registry.get_sample_value("midway_inflight_requests")
         return int(value) if value is not None else 0
 
     async def api_spend(self, request: web.Request) -> web.Response:

@@ -1,0 +1,195 @@
+"""The JSON behind the panels: core-only traffic, and services read through their contract
+(small in-test services stand in for audit, billing, cache and router here; the integration
+suite in the repository's tests/ runs the real plugins)."""
+
+from __future__ import annotations
+
+import asyncio
+import types
+from collections.abc import Callable
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import anthropic
+import httpx
+import pytest
+
+from midway import hookimpl
+from midway.fake_upstream import Reply
+from midway.testing import FakeUpstream, RunningMidway, wait_for
+from midway_dashboard import panels
+
+
+def api(running: RunningMidway, path: str) -> Any:
+    response = httpx.get(f"{running.url}/_midway/api/{path}")
+    assert response.headers["cache-control"] == "no-store"
+    return response.status_code, response.json()
+
+
+def test_traffic_counts_real_requests(start_dashboard: Callable[..., RunningMidway],
+                                      fake_upstream: FakeUpstream,
+                                      sdk: Callable[..., anthropic.Anthropic]) -> None:
+    running = start_dashboard()
+    client = sdk(running)
+    fake_upstream.reply(Reply(usage={"input_tokens": 11, "output_tokens": 7}))
+    client.messages.create(model="claude-sonnet-4-6", max_tokens=16,
+                           messages=[{"role": "user", "content": "hi"}])
+    fake_upstream.reply(Reply(status=429, error_type="rate_limit_error",
+                              headers={"retry-after": "1"}))
+    with pytest.raises(anthropic.RateLimitError):
+        client.messages.create(model="claude-sonnet-4-6", max_tokens=16,
+                               messages=[{"role": "user", "content": "hi"}])
+    status, data = api(running, "traffic")
+    assert status == 200
+    assert data["requests"] == 2 and data["total"] == 2
+    assert data["errors"] == 1 and data["by_status"] == {"2xx": 1, "4xx": 1}
+    assert data["tokens"] == {"input": 11, "output": 7}
+    assert data["open_streams"] == 0 and data["in_flight"] == 0
+    assert data["latency_ms"]["p50"] is not None
+    assert data["recent_errors"][0]["error_type"] == "rate_limit_error"
+
+
+def test_open_streams_are_shown_while_they_run(start_dashboard: Callable[..., RunningMidway],
+                                                fake_upstream: FakeUpstream,
+                                                sdk: Callable[..., anthropic.Anthropic]) -> None:
+    running = start_dashboard()
+    fake_upstream.reply(Reply(stall=30.0, ping_interval=0.2))
+    client = sdk(running)
+    with client.messages.stream(model="claude-sonnet-4-6", max_tokens=16,
+                                messages=[{"role": "user", "content": "slow"}]) as stream:
+        next(iter(stream))  # message_start has arrived: the stream is open
+        wait_for(lambda: api(running, "traffic")[1]["open_streams"] == 1)
+        assert api(running, "traffic")[1]["in_flight"] == 1
+        stream.close()
+    wait_for(lambda: api(running, "traffic")[1]["open_streams"] == 0)
+
+
+def test_without_plugins_every_panel_says_not_installed(
+        start_dashboard: Callable[..., RunningMidway]) -> None:
+    running = start_dashboard()
+    _, status = api(running, "status")
+    assert {name: info["installed"] for name, info in status["panels"].items()} == {
+        "audit": False, "billing": False, "cache": False, "router": False}
+    for path, package in [("spend", "midway-billing"), ("cache", "midway-cache"),
+                          ("upstreams", "midway-router"), ("requests", "midway-audit"),
+                          ("requests/mw_x", "midway-audit")]:
+        code, data = api(running, path)
+        assert code == 200 and data["installed"] is False and data["package"] == package
+
+
+class Services:
+    """Stand-ins with the contract's signatures, recording how they were called."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.fail: set[str] = set()
+        self.hang = False
+
+    async def _record(self, name: str, **kwargs: Any) -> None:
+        self.calls.append((name, kwargs))
+        if name in self.fail:
+            raise RuntimeError("database is down: password=hunter2")
+        if self.hang:
+            await asyncio.sleep(3600)
+
+    def plugin(self) -> object:
+        services = self
+
+        class Billing:
+            async def report(self, by: str, since: Any = None, until: Any = None) -> list[Any]:
+                await services._record("report", by=by, since=since)
+                return [{by: "search", "requests": 3, "cost_usd": "0.012300"}]
+
+            async def spend_series(self, bucket: str = "hour", by: str = "team",
+                                   since: Any = None) -> list[Any]:
+                await services._record("spend_series", bucket=bucket, by=by, since=since)
+                return [{"t": "2026-11-24T10:00:00+00:00", "key": "search",
+                         "cost_usd": Decimal("0.0123")}]
+
+            async def budgets(self) -> list[Any]:
+                await services._record("budgets")
+                return [{"name": "daily", "scope": "team", "value": "search",
+                         "limit_usd": "1.00", "spent_usd": "0.0123"}]
+
+        class Cache:
+            async def stats(self) -> dict[str, Any]:
+                await services._record("stats")
+                return {"entries": 2, "hits": 3, "misses": 1, "bytes": 2048,
+                        "saved_tokens": 90, "saved_usd": "0.0009"}
+
+        class Router:
+            def status(self) -> list[Any]:
+                services.calls.append(("status", {}))
+                return [{"upstream": "anthropic", "key": "ab12cd34ef56", "health": "ok"}]
+
+        class Audit:
+            async def query(self, **kwargs: Any) -> list[Any]:
+                await services._record("query", **kwargs)
+                return [{"id": "mw_1", "status": 200}]
+
+            async def get(self, request_id: str) -> dict[str, Any] | None:
+                await services._record("get", request_id=request_id)
+                return {"id": "mw_1", "response_body": "{}"} if request_id == "mw_1" else None
+
+        @hookimpl
+        def startup(midway: Any) -> None:
+            midway.services.update(billing=Billing(), cache=Cache(), router=Router(),
+                                   audit=Audit())
+
+        return types.SimpleNamespace(__name__="fake_services", startup=startup)
+
+
+def test_panels_read_the_services(start_dashboard: Callable[..., RunningMidway]) -> None:
+    services = Services()
+    running = start_dashboard(("fake_services", services.plugin()))
+    _, spend = api(running, "spend?by=team&bucket=day")
+    assert spend["installed"] is True
+    assert spend["series"] == [{"t": "2026-11-24T10:00:00+00:00", "key": "search",
+                                "cost_usd": "0.0123"}]
+    assert spend["report"][0]["team"] == "search" and spend["budgets"][0]["limit_usd"] == "1.00"
+    called = dict(services.calls)
+    assert called["spend_series"]["bucket"] == "day" and called["spend_series"]["by"] == "team"
+    assert isinstance(called["spend_series"]["since"], datetime)
+    assert called["report"]["by"] == "team"
+
+    _, cache = api(running, "cache")
+    assert cache["hit_rate"] == 0.75 and cache["stats"]["saved_usd"] == "0.0009"
+    assert "hit_rate" in cache["window"]
+    _, upstreams = api(running, "upstreams")
+    assert upstreams["status"][0]["key"] == "ab12cd34ef56"
+
+    _, found = api(running, "requests?text=capital&principal=alice&status=4xx&since=1h&limit=7")
+    assert found["rows"] == [{"id": "mw_1", "status": 200}]
+    query = dict(services.calls)["query"]
+    assert {k: query[k] for k in ("text", "principal", "status", "limit")} == {
+        "text": "capital", "principal": "alice", "status": "4xx", "limit": 7}
+    assert isinstance(query["since"], datetime)
+    assert api(running, "requests/mw_1") == (200, {"installed": True, "record": {
+        "id": "mw_1", "response_body": "{}"}})
+    code, missing = api(running, "requests/mw_nope")
+    assert code == 404 and "no audit record" in missing["error"]
+
+
+def test_bad_parameters_are_refused(start_dashboard: Callable[..., RunningMidway]) -> None:
+    running = start_dashboard(("fake_services", Services().plugin()))
+    for path in ("spend?by=password", "spend?bucket=year", "requests?status=drop",
+                 "requests?limit=many"):
+        code, data = api(running, path)
+        assert code == 400 and data["error"]["type"] == "invalid_request_error"
+
+
+def test_a_failing_service_fails_only_its_panel(start_dashboard: Callable[..., RunningMidway],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    services = Services()
+    running = start_dashboard(("fake_services", services.plugin()))
+    services.fail = {"stats"}
+    code, cache = api(running, "cache")
+    assert code == 200 and cache["error"] == "cache.stats failed: RuntimeError"
+    assert "hunter2" not in str(cache)  # the exception's text stays in the log
+    assert api(running, "upstreams")[1]["status"]
+    # A service that hangs is cut off instead of holding the page.
+    monkeypatch.setattr(panels, "SERVICE_TIMEOUT", 0.2)
+    services.fail, services.hang = set(), True
+    code, spend = api(running, "spend")
+    assert code == 200 and "did not answer" in spend["error"]
