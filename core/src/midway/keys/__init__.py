@@ -33,10 +33,10 @@ def install(app: web.Application, midway: Midway, proxy: Proxy) -> None:
         return
     config = midway.config("keys")
     store = open_store(config, midway.settings.data_dir)
-    service = KeyService(store)
     cache = KeyCache(store, size=int(config.get("cache_size", 10_000)),
                      poll_interval=float(config.get("poll_interval", 0.25)),
                      stale_after=float(config.get("stale_after", 5.0)))
+    service = KeyService(store, on_change=cache.poll)
     proxy.authenticators.append(cache)
     midway.services["keys"] = service
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import attrs
@@ -106,8 +107,16 @@ def _new_credential(key_id: str, now: float) -> tuple[Credential, str]:
 
 
 class KeyService:
-    def __init__(self, store: KeyStore) -> None:
+    def __init__(self, store: KeyStore,
+                 on_change: Callable[[], Awaitable[None]] | None = None) -> None:
         self.store = store
+        # Called after every write: the local cache applies it at once instead of at its
+        # next poll (other instances still rely on polling).
+        self.on_change = on_change
+
+    async def _changed(self) -> None:
+        if self.on_change is not None:
+            await self.on_change()
 
     async def create(self, spec: dict[str, Any], parent_id: str | None = None) -> Issued:
         """Issue a key. With ``parent_id`` it is derived: its scope must lie within the
@@ -130,6 +139,7 @@ class KeyService:
         record = KeyRecord(id=key_id, name=name, scope=scope, created_at=now,
                            parent_id=parent_id, credentials=(credential,))
         await self.store.insert(record, credential)
+        await self._changed()
         return Issued(record, secret)
 
     async def get(self, key_id: str) -> KeyRecord:
@@ -144,6 +154,7 @@ class KeyService:
     async def revoke(self, key_id: str) -> KeyRecord:
         await self.get(key_id)
         await self.store.revoke(key_id, time.time())
+        await self._changed()
         return await self.get(key_id)
 
     async def rotate(self, key_id: str, grace: float = 0.0) -> Issued:
@@ -157,6 +168,7 @@ class KeyService:
             raise KeysError(f"key {key_id} is {record.status(now)}", 409)
         credential, secret = _new_credential(key_id, now)
         await self.store.rotate(key_id, credential, now + grace)
+        await self._changed()
         return Issued(await self.get(key_id), secret)
 
     async def update(self, key_id: str, spec: dict[str, Any]) -> KeyRecord:
@@ -170,6 +182,7 @@ class KeyService:
             parent = await self.get(record.parent_id)
             check_within(attrs.evolve(record.scope, labels=labels), parent.scope)
         await self.store.update(key_id, _text(spec.get("name"), "name"), labels)
+        await self._changed()
         return await self.get(key_id)
 
     async def is_descendant(self, key_id: str, ancestor_id: str) -> bool:
