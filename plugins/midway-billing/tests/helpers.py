@@ -5,10 +5,9 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
+import midway_billing
 from midway import Exchange, Response, Retry, hookimpl
 from midway.testing import RunningMidway, wait_for
-
-import midway_billing
 from midway_billing.plugin import Billing
 
 

@@ -1,8 +1,8 @@
 from decimal import Decimal
 
 import pytest
-from midway import Usage
 
+from midway import Usage
 from midway_billing.pricing import PriceError, PriceTable, usd
 
 

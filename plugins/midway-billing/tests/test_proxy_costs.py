@@ -7,9 +7,9 @@ from decimal import Decimal
 import anthropic
 import orjson
 import pytest
-from midway.testing import Reply, wait_for
-
 from helpers import PLUGIN, billing_of, fake_cache, ledger, retry_overloaded
+
+from midway.testing import Reply, wait_for
 
 M = Decimal(10**6)
 # Usage with cache writes of both TTLs, cache reads and web searches.
@@ -43,7 +43,7 @@ def test_sdk_cost_exact_with_both_cache_ttls(midway_factory, fake_upstream, stre
     row = rows[0]
     assert row["kind"] == "attempt" and row["state"] == "settled" and row["status"] == 200
     assert Decimal(row["cost_pusd"]) / 10**12 == OPUS_COST
-    assert OPUS_COST == Decimal("0.089434")  # to the cent and beyond: the exact figure
+    assert Decimal("0.089434") == OPUS_COST  # to the cent and beyond: the exact figure
     assert (row["cache_write_5m_tokens"], row["cache_write_1h_tokens"]) == (1000, 2000)
     assert row["cache_read_tokens"] == 45678 and row["web_search_requests"] == 2
     assert row["id"].endswith(".1") and row["id"].startswith("mw_")

@@ -58,6 +58,7 @@ class Billing:
         self.metrics = metrics
         self._warned: set[str] = set()
         self._reconciler: asyncio.Task[None] | None = None
+        self._settling: set[asyncio.Task[None]] = set()
 
     # -- life cycle --------------------------------------------------------------------------
 
@@ -71,6 +72,8 @@ class Billing:
             self._reconciler = asyncio.create_task(self._reconcile_loop())
 
     async def stop(self) -> None:
+        if self._settling:
+            await asyncio.gather(*self._settling, return_exceptions=True)
         if self._reconciler is not None:
             self._reconciler.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -149,7 +152,7 @@ class Billing:
         for check in checks:
             spent, reserved = result.states[check.bucket.key]
             if spent + reserved >= check.budget.limit_pusd * check.budget.warn_at:
-                self._warn(check, spent, reserved, state)
+                self._warn(exchange, check, spent, reserved, state)
         return None
 
     def _refusal(self, exchange: Exchange, check: Check, counter: tuple[int, int],
@@ -172,11 +175,14 @@ class Billing:
         return Response(status=429, body=error_body(429, message, exchange.id,
                                                     "rate_limit_error"), headers=headers)
 
-    def _warn(self, check: Check, spent: int, reserved: int, state: RequestState) -> None:
+    def _warn(self, exchange: Exchange, check: Check, spent: int, reserved: int,
+              state: RequestState) -> None:
         budget = check.budget
         text = (f"{budget.name}: ${usd_str(spent + reserved)} of ${usd_str(budget.limit_pusd)}"
                 f" ({'hard' if budget.hard else 'soft'})")
         state.warnings.append(text)
+        # Forwarded answers carry it (the core merges these headers); log it once per bucket.
+        exchange.extra_response_headers[WARNING_HEADER] = "; ".join(state.warnings)
         if self.metrics is not None:
             self.metrics.warnings.labels(budget.name).inc()
         if check.bucket.key not in self._warned:  # once per bucket and process, not per call
@@ -192,6 +198,15 @@ class Billing:
         await self.store.write_ahead(row)
 
     async def post_response(self, exchange: Exchange) -> None:
+        # The client may close its connection right after the last byte, and the server then
+        # cancels the handler running this hook: settling goes on in a task of its own so the
+        # ledger never keeps a pending row for an attempt that finished.
+        task = asyncio.ensure_future(self._settle(exchange))
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+        await asyncio.shield(task)
+
+    async def _settle(self, exchange: Exchange) -> None:
         state = self._state(exchange)
         now = time.time()
         annotation: dict[str, Any] = {**attrs.asdict(state.who)}

@@ -1,0 +1,139 @@
+"""Budgets hold under concurrency: on SQLite, on PostgreSQL, and across PostgreSQL instances."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from decimal import Decimal
+
+import anthropic
+import orjson
+import pytest
+from conftest import PG_DSN
+from helpers import PLUGIN, billing_of, ledger
+
+from midway.testing import RecordedRequest, Reply
+from midway_billing.budgets import Bucket
+from midway_billing.config import BillingConfig
+from midway_billing.store import Reservation
+
+MAX_TOKENS = 6600  # × $15/MTok (Sonnet output) ≈ $0.10 per request
+KEYS = [{"key": "mk-alice", "name": "alice", "team": "search"}]
+
+
+def exact_reply(rec: RecordedRequest) -> Reply:
+    # Usage equal to billing's estimate (body bytes / 3 input tokens, max_tokens output), so
+    # settling never frees room: the admitted count is exact whatever the timing.
+    return Reply(usage={"input_tokens": math.ceil(len(rec.body) / 3),
+                        "output_tokens": MAX_TOKENS}, delay=0.01)
+
+
+def body_size() -> int:
+    return len(orjson.dumps({"max_tokens": MAX_TOKENS, "messages": [
+        {"role": "user", "content": "count me"}], "model": "claude-sonnet-4-6"}))
+
+
+async def fire(url: str, n: int) -> list[int]:
+    client = anthropic.AsyncAnthropic(base_url=url, api_key="mk-alice", max_retries=0)
+
+    async def one() -> int:
+        try:
+            await client.messages.create(model="claude-sonnet-4-6", max_tokens=MAX_TOKENS,
+                                         messages=[{"role": "user", "content": "count me"}])
+            return 200
+        except anthropic.APIStatusError as exc:
+            return exc.status_code
+
+    try:
+        return list(await asyncio.gather(*[one() for _ in range(n)]))
+    finally:
+        await client.close()
+
+
+def billing_config(**extra) -> dict:
+    return {"midway": {"client_keys": KEYS}, "billing": extra}
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_fifty_concurrent_requests_admit_exactly_ten(midway_factory, fake_upstream, backend,
+                                                     request) -> None:
+    fake_upstream.fake.default = exact_reply
+    per_request = Decimal(math.ceil(body_size() / 3) * 3 + MAX_TOKENS * 15) / 10**6
+    assert Decimal("0.099") < per_request < Decimal("0.101")
+    limit = per_request * 10 + per_request / 2  # "$1 left": room for 10, not 11
+    extra = {"budgets": [{"scope": "team", "match": "search", "period": "day",
+                          "limit_usd": str(limit), "name": "search-daily"}]}
+    if backend == "postgresql":
+        extra.update(store=PG_DSN, schema=request.getfixturevalue("pg_schema"))
+    running = midway_factory(plugins=[PLUGIN], config=billing_config(**extra))
+    statuses = asyncio.run(fire(running.url, 50))
+    assert statuses.count(200) == 10, statuses
+    assert statuses.count(429) == 40
+    assert len(fake_upstream.messages_requests) == 10
+    rows = ledger(running, 50)
+    spent = sum(r["cost_pusd"] for r in rows)
+    assert Decimal(spent) / 10**12 == per_request * 10 <= limit
+    assert sum(r["kind"] == "refused" for r in rows) == 40
+    (budget,) = running.call(billing_of(running).budgets())
+    assert Decimal(budget["spent_usd"]) == per_request * 10 and budget["reserved_usd"] == "0"
+
+
+def test_refusal_is_anthropic_rate_limit_with_reset(midway_factory, fake_upstream) -> None:
+    running = midway_factory(plugins=[PLUGIN], config=billing_config(budgets=[
+        {"scope": "principal", "period": "month", "limit_usd": "0.01", "name": "per-user"}]))
+    client = anthropic.Anthropic(base_url=running.url, api_key="mk-alice", max_retries=0)
+    with pytest.raises(anthropic.RateLimitError) as info:
+        client.messages.create(model="claude-opus-4-8", max_tokens=20000,
+                               messages=[{"role": "user", "content": "x"}])
+    response = info.value.response
+    body = response.json()
+    assert body["type"] == "error" and body["error"]["type"] == "rate_limit_error"
+    message = body["error"]["message"]
+    assert "'per-user'" in message and "resets at" in message and "may cost up to $0.5" in message
+    assert int(response.headers["retry-after"]) > 0
+    assert response.headers["x-should-retry"] == "false"
+    assert fake_upstream.messages_requests == []
+    (row,) = ledger(running, 1)
+    assert row["kind"] == "refused" and row["cost_pusd"] == 0
+
+
+def test_soft_budget_warns_but_admits(midway_factory, fake_upstream, caplog) -> None:
+    running = midway_factory(plugins=[PLUGIN], config=billing_config(budgets=[
+        {"scope": "team", "period": "day", "limit_usd": "0.000001", "mode": "soft",
+         "name": "soft-one"}]))
+    client = anthropic.Anthropic(base_url=running.url, api_key="mk-alice", max_retries=0)
+    for _ in range(2):
+        raw = client.messages.with_raw_response.create(
+            model="claude-haiku-4-5", max_tokens=5, messages=[{"role": "user", "content": "x"}])
+        assert raw.headers["x-midway-budget-warning"].startswith("soft-one: $")
+    ledger(running, 2)
+    assert "soft-one" in caplog.text
+    metrics = running.midway.metrics.registry.get_sample_value(
+        "midway_billing_budget_warnings_total", {"budget": "soft-one"})
+    assert metrics == 2
+
+
+def test_reservations_atomic_across_postgres_instances(pg_schema, tmp_path) -> None:
+    """Two instances (two stores, two pools) race for one bucket: exactly 10 admitted."""
+
+    async def run() -> list[bool]:
+        stores = []
+        for _ in range(2):
+            config = BillingConfig.from_table({"store": PG_DSN, "schema": pg_schema,
+                                               "max_pool": 10}, tmp_path)
+            store = config.make_store()
+            await store.open()
+            stores.append(store)
+        key = Bucket("team", "search", "total", 0).key
+        amount = 10**11  # $0.10
+        try:
+            results = await asyncio.gather(*[
+                stores[i % 2].reserve(Reservation(f"x{i}", amount, [key], 0.0),
+                                      {key: 10**12}) for i in range(50)])
+            assert (await stores[0].counters([key]))[key] == (0, 10 * amount)
+        finally:
+            for store in stores:
+                await store.close()
+        return [r.admitted for r in results]
+
+    assert asyncio.run(run()).count(True) == 10
