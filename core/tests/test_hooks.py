@@ -234,3 +234,21 @@ def test_public_api_names():
     for name in ("hookimpl", "Exchange", "Response", "Upstream", "Retry", "SSEEvent",
                  "MidwayError", "Usage", "Principal"):
         assert hasattr(midway, name)
+
+
+@pytest.mark.parametrize("hook", ["pre_request", "choose_upstream", "upstream_request",
+                                  "upstream_response", "on_chunk", "post_response"])
+def test_hanging_async_hook_is_cut_by_the_hook_timeout(fake_upstream, midway_factory, hook):
+    async def hang(exchange):
+        await asyncio.Event().wait()
+
+    proxy = midway_factory(plugins=[module_plugin("stuck", **{hook: hang})], hook_timeout=0.3)
+    status, _, body = send(proxy.url, {**MSG, "stream": True})
+    if hook in ("on_chunk", "post_response"):
+        # Observers: the relay goes on, unchanged.
+        assert status == 200 and b"message_stop" in body
+    else:
+        assert status == 500
+        assert "stuck" in orjson.loads(body)["error"]["message"]
+    errors = proxy.midway.plugins.errors
+    wait_for(lambda: errors[("stuck", hook)] >= 1)

@@ -58,6 +58,7 @@ class Settings:
     pool_size: int = 256
     shutdown_timeout: float = 30.0
     max_attempts: int = 5
+    hook_timeout: float = 30.0  # seconds an async hook implementation may take
     allow_public: bool = False
     trust_env: bool = False
     upstream_api_key: str | None = None  # reference; used when clients present midway keys
@@ -102,7 +103,8 @@ def _parse_env_value(value: str) -> Any:
 _SCALARS: dict[str, type] = {
     "host": str, "port": int, "upstream": str, "workers": int, "idle_timeout": float,
     "connect_timeout": float, "max_body_size": int, "pool_size": int,
-    "shutdown_timeout": float, "max_attempts": int, "allow_public": bool, "trust_env": bool,
+    "shutdown_timeout": float, "max_attempts": int, "hook_timeout": float,
+    "allow_public": bool, "trust_env": bool,
     "upstream_api_key": str, "admin_key": str, "log_format": str, "log_level": str,
     "access_log": bool,
 }

@@ -98,6 +98,7 @@ class FakeAnthropic:
         self.app.router.add_post("/v1/messages", self._messages)
         self.app.router.add_post("/v1/messages/count_tokens", self._count_tokens)
         self.app.router.add_get("/v1/models", self._models)
+        self.app.router.add_get("/_fake/requests", self._log)
         self.app.router.add_route("*", "/{tail:.*}", self._other)
 
     def reply(self, *replies: Reply | Callable[[RecordedRequest], Reply]) -> None:
@@ -120,6 +121,17 @@ class FakeAnthropic:
 
     async def _head(self, request: web.Request) -> web.Response:
         return web.Response()
+
+    async def _log(self, request: web.Request) -> web.Response:
+        """``GET /_fake/requests``: what was received, for tests that run the fake in a
+        subprocess (``midway mock-upstream``). Credentials are left out."""
+        return web.Response(body=orjson.dumps([{
+            "method": r.method, "path": r.path, "query": r.query,
+            "headers": {k: v for k, v in r.headers.items()
+                        if k.lower() not in ("x-api-key", "authorization")},
+            "body_size": len(r.body), "received_at": r.received_at,
+            "finished_at": r.finished_at, "cancelled": r.cancelled} for r in self.requests]),
+            content_type="application/json")
 
     async def _other(self, request: web.Request) -> web.Response:
         rec = await self._record(request)
@@ -162,6 +174,12 @@ class FakeAnthropic:
             reply = item(rec) if callable(item) else item
         elif self.default is not None:
             reply = self.default(rec)
+        elif "x-fake-reply" in rec.headers:
+            # A client of a fake in another process scripts its answer: JSON Reply options.
+            try:
+                reply = Reply(**orjson.loads(rec.headers["x-fake-reply"]))
+            except (orjson.JSONDecodeError, TypeError) as exc:
+                return _error(400, "invalid_request_error", f"bad x-fake-reply: {exc}")
         else:
             reply = Reply()
         headers = _headers()

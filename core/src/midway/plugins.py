@@ -7,6 +7,7 @@ what is awaitable, and stops at the first non-None result where the hook says so
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import importlib.metadata
 import importlib.util
@@ -63,6 +64,9 @@ class PluginHost:
         self.errors: Counter[tuple[str, str]] = Counter()
         self.on_failure: list[Callable[[str, str], None]] = []
         self._impls: dict[str, list[Impl]] = {}
+        # An async implementation that takes longer than this is cancelled and counted as a
+        # failure, so a hung plugin cannot hold a request (or shutdown) forever.
+        self.hook_timeout: float | None = None
 
     # -- loading -----------------------------------------------------------------------------
 
@@ -162,7 +166,7 @@ class PluginHost:
             try:
                 result = impl.function(*[kwargs[a] for a in impl.argnames])
                 if impl.is_async or inspect.isawaitable(result):
-                    result = await result
+                    result = await self.bounded(result)
             except MidwayError:
                 raise
             except Exception as exc:
@@ -178,7 +182,7 @@ class PluginHost:
             try:
                 result = impl.function(*[kwargs[a] for a in impl.argnames])
                 if impl.is_async or inspect.isawaitable(result):
-                    await result
+                    await self.bounded(result)
             except MidwayError:
                 if not swallow:
                     raise
@@ -187,6 +191,13 @@ class PluginHost:
                 self.failed(impl.plugin, hook)
                 if not swallow:
                     raise PluginFailed(impl.plugin, hook) from exc
+
+    async def bounded(self, awaitable: Any) -> Any:
+        """Await a hook's result within ``hook_timeout``."""
+        if self.hook_timeout is None:
+            return await awaitable
+        async with asyncio.timeout(self.hook_timeout):
+            return await awaitable
 
     def call_sync(self, hook: str, **kwargs: Any) -> None:
         """Call a hook whose implementations are plain functions (CLI registration)."""

@@ -75,6 +75,7 @@ class Proxy:
                                              sock_read=settings.idle_timeout)
         self.max_body = settings.max_body_size
         self.open_streams = 0
+        self.finishing: set[asyncio.Task[None]] = set()  # post_response runs in flight
         self.refresh()
 
     def refresh(self) -> None:
@@ -130,11 +131,15 @@ class Proxy:
         finally:
             if metrics is not None:
                 metrics.inflight -= 1
-            if exchange.client_disconnected:
-                # The handler was cancelled: shield the bookkeeping from a second cancel.
-                await asyncio.shield(self._finish(exchange))
+            if self.has_post:
+                # post_response must run to its end even if the client's disconnect cancels
+                # this handler (during the hook or before it): it runs in a task of its own.
+                task = asyncio.get_running_loop().create_task(self._finish(exchange))
+                self.finishing.add(task)
+                task.add_done_callback(self.finishing.discard)
+                await asyncio.shield(task)
             else:
-                await self._finish(exchange)
+                self._finish_sync(exchange)
 
     async def _answer_error(self, request: web.Request, exchange: Exchange,
                             exc: MidwayError) -> web.StreamResponse:
@@ -158,8 +163,17 @@ class Proxy:
         timings.total_ms = (time.monotonic() - timings.started) * 1000
         if exchange.status is None:
             exchange.status = 499 if exchange.client_disconnected else 500
-        if self.has_post:
-            await self.plugins.each("post_response", swallow=True, exchange=exchange)
+        await self.plugins.each("post_response", swallow=True, exchange=exchange)
+        self._record(exchange)
+
+    def _finish_sync(self, exchange: Exchange) -> None:
+        timings = exchange.timings
+        timings.total_ms = (time.monotonic() - timings.started) * 1000
+        if exchange.status is None:
+            exchange.status = 499 if exchange.client_disconnected else 500
+        self._record(exchange)
+
+    def _record(self, exchange: Exchange) -> None:
         metrics = self.midway.metrics
         if metrics is not None:
             _record_metrics(metrics, exchange)
@@ -453,7 +467,7 @@ class Proxy:
                         result = impl.function(*[exchange if a == "exchange" else event
                                                  for a in impl.argnames])
                         if impl.is_async or asyncio.iscoroutine(result):
-                            result = await result
+                            result = await plugins.bounded(result)
                     except Exception:
                         plugins.failed(impl.plugin, "on_chunk")
                         continue

@@ -53,6 +53,7 @@ def check_exposure(settings: Settings, force: bool = False) -> None:
 def build_midway(settings: Settings, objects: Iterable[tuple[str, object]] = ()) -> Midway:
     """Load plugins and make the instance (no I/O yet)."""
     plugins = PluginHost()
+    plugins.hook_timeout = settings.hook_timeout
     plugins.load(only=settings.plugins, extra=settings.extra_plugins, objects=objects)
     metrics = Metrics()
     plugins.on_failure.append(lambda p, h: metrics.plugin_errors.__setitem__(
@@ -106,6 +107,8 @@ def build_app(midway: Midway) -> web.Application:
         proxy.refresh()
 
     async def on_cleanup(app: web.Application) -> None:
+        if proxy.finishing:  # post_response of requests whose clients already left
+            await asyncio.wait(list(proxy.finishing), timeout=settings.shutdown_timeout)
         await midway.plugins.each("shutdown", swallow=True, midway=midway)
         if midway.session is not None:
             await midway.session.close()
