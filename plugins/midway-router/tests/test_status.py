@@ -55,7 +55,13 @@ def test_cli_reads_the_snapshot_of_a_running_server(fake_upstream, midway_factor
         return {r["key"]: r for r in json.loads(run_cli("router", "status", "--json",
                                                         "--data-dir", data_dir))}
 
-    wait_for(lambda: rows().get(fingerprint(KEYS[0]), {}).get("health") == "resting")
+    def settled():  # the snapshot written after the last request finished
+        found = rows()
+        return found.get(fingerprint(KEYS[0]), {}).get("health") == "resting" and \
+            found[fingerprint(KEYS[1])]["remaining"] and \
+            all(row["in_flight"] == 0 for row in found.values())
+
+    wait_for(settled)
     found = rows()
     resting, healthy = found[fingerprint(KEYS[0])], found[fingerprint(KEYS[1])]
     assert resting["resting_until"] > 0 and resting["rests"] == 1

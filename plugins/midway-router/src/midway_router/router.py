@@ -20,7 +20,7 @@ from midway_router.budget import RetryBudget
 from midway_router.metrics import RouterMetrics
 from midway_router.pool import KeyState, UpstreamState
 from midway_router.ratelimit import exhausted_until, read_limits, retry_after
-from midway_router.rules import Facts, select
+from midway_router.rules import Facts, RuleTable, background_pattern
 from midway_router.settings import RouterSettings, RuleSpec, TargetSpec
 
 log = logging.getLogger("midway.router")
@@ -53,6 +53,8 @@ class Router:
             spec.name: pool.build(spec) for spec in settings.upstreams}
         self._by_fp: dict[tuple[str, str | None], KeyState] = {
             (name, key.fp): key for name, up in self.upstreams.items() for key in up.keys}
+        self.rules = RuleTable(settings.rules)
+        self.background = background_pattern(settings.background_models)
         self.affinity = AffinityMap(settings.affinity_ttl, settings.affinity_max)
         self.budget = RetryBudget(settings.retry_ratio, settings.min_retries_per_second)
         self.shared: shared.MemoryState | shared.RedisState = shared.make(
@@ -70,8 +72,8 @@ class Router:
         st: RequestState | None = exchange.state.get(STATE)
         if st is None:
             s = self.settings
-            facts = Facts.of(exchange, s.background_models)
-            rule = select(s.rules, facts)
+            facts = Facts.of(exchange, self.background)
+            rule = self.rules.select(facts)
             assert rule is not None  # the default rule matches everything
             session = None
             if s.affinity == "session":

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import fnmatch
+import re
 from typing import Any
 
 import attrs
 
 from midway.exchange import Exchange
 from midway_router.settings import Match, RuleSpec
-
-
-def _glob(value: str | None, patterns: tuple[str, ...]) -> bool:
-    return value is not None and any(fnmatch.fnmatchcase(value, p) for p in patterns)
 
 
 def estimate_tokens(body: Any, size: int) -> int:
@@ -48,7 +45,7 @@ class Facts:
     background: bool
 
     @classmethod
-    def of(cls, exchange: Exchange, background_models: tuple[str, ...]) -> Facts:
+    def of(cls, exchange: Exchange, background_models: re.Pattern[str]) -> Facts:
         request = exchange.request
         body = request.json if request.body else None
         model = exchange.model
@@ -64,36 +61,77 @@ class Facts:
                    headers=request.headers,
                    input_tokens=estimate_tokens(body, len(request.body)),
                    thinking=thinking, tools=tools,
-                   background=_glob(model, background_models))
+                   background=model is not None and background_models.match(model) is not None)
 
 
-def matches(match: Match, facts: Facts) -> bool:
-    if match.models and not _glob(facts.model, match.models):
-        return False
-    if match.paths and not _glob(facts.path, match.paths):
-        return False
-    if match.principals and not (_glob(facts.principal_id, match.principals) or
-                                 _glob(facts.principal_name, match.principals)):
-        return False
-    if match.teams and not _glob(facts.team, match.teams):
-        return False
-    for name, pattern in match.headers:
-        if not _glob(facts.headers.get(name), (pattern,)):
+def _compile(patterns: tuple[str, ...]) -> re.Pattern[str] | None:
+    """One regex for a list of globs (matching is on the hot path of every request)."""
+    if not patterns:
+        return None
+    return re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns))
+
+
+def _hit(pattern: re.Pattern[str], value: str | None) -> bool:
+    return value is not None and pattern.match(value) is not None
+
+
+class Matcher:
+    """A rule's match table, compiled."""
+
+    __slots__ = ("background", "headers", "match", "max_tokens", "min_tokens", "models",
+                 "paths", "principals", "teams", "thinking", "tools")
+
+    def __init__(self, match: Match) -> None:
+        self.match = match
+        self.models = _compile(match.models)
+        self.paths = _compile(match.paths)
+        self.principals = _compile(match.principals)
+        self.teams = _compile(match.teams)
+        self.headers = [(name, _compile((glob,))) for name, glob in match.headers]
+        self.min_tokens = match.min_input_tokens
+        self.max_tokens = match.max_input_tokens
+        self.thinking = match.thinking
+        self.tools = match.tools
+        self.background = match.background
+
+    def __call__(self, facts: Facts) -> bool:
+        if self.models is not None and not _hit(self.models, facts.model):
             return False
-    if match.min_input_tokens is not None and facts.input_tokens < match.min_input_tokens:
-        return False
-    if match.max_input_tokens is not None and facts.input_tokens > match.max_input_tokens:
-        return False
-    if match.thinking is not None and facts.thinking != match.thinking:
-        return False
-    if match.tools is not None and facts.tools != match.tools:
-        return False
-    return match.background is None or facts.background == match.background
+        if self.paths is not None and not _hit(self.paths, facts.path):
+            return False
+        if self.principals is not None and not (_hit(self.principals, facts.principal_id) or
+                                                _hit(self.principals, facts.principal_name)):
+            return False
+        if self.teams is not None and not _hit(self.teams, facts.team):
+            return False
+        for name, pattern in self.headers:
+            assert pattern is not None
+            if not _hit(pattern, facts.headers.get(name)):
+                return False
+        if self.min_tokens is not None and facts.input_tokens < self.min_tokens:
+            return False
+        if self.max_tokens is not None and facts.input_tokens > self.max_tokens:
+            return False
+        if self.thinking is not None and facts.thinking != self.thinking:
+            return False
+        if self.tools is not None and facts.tools != self.tools:
+            return False
+        return self.background is None or facts.background == self.background
 
 
-def select(rules: tuple[RuleSpec, ...], facts: Facts) -> RuleSpec | None:
-    """The first rule that matches (the default rule, last, matches everything)."""
-    for rule in rules:
-        if matches(rule.match, facts):
-            return rule
-    return None
+class RuleTable:
+    """The ordered rules, compiled once; ``select`` gives the first that matches."""
+
+    def __init__(self, rules: tuple[RuleSpec, ...]) -> None:
+        self.rules = [(rule, Matcher(rule.match)) for rule in rules]
+
+    def select(self, facts: Facts) -> RuleSpec | None:
+        for rule, matcher in self.rules:
+            if matcher(facts):
+                return rule
+        return None
+
+
+def background_pattern(globs: tuple[str, ...]) -> re.Pattern[str]:
+    """Claude Code's background (small/fast model) calls, by model name."""
+    return _compile(globs) or re.compile(r"(?!)")
