@@ -24,7 +24,7 @@
       else if (key === "dataset") Object.assign(node.dataset, value);
       else node.setAttribute(key, value === true ? "" : value);
     }
-    for (const child of children.flat()) {
+    for (const child of children.flat(Infinity)) {
       if (child === undefined || child === null || child === false) continue;
       node.append(child instanceof Node ? child : document.createTextNode(String(child)));
     }
@@ -159,7 +159,7 @@
       legend: {show: true},
       series: [{}, ...series.map((s, i) => ({
         label: s.label, stroke: s.color || COLORS[i % COLORS.length], width: s.width || 2,
-        dash: s.dash, spanGaps: s.spanGaps !== false, points: {show: false},
+        dash: s.dash, spanGaps: s.spanGaps !== false, points: {show: xs.length < 3},
         value: options.yFormat ? (u, v) => (v === null || v === undefined ? "–" : options.yFormat(v)) : undefined,
       }))],
     }, data, holder);
@@ -276,7 +276,11 @@
       if (d.error) return replace(holder, failure(d.error));
       const chart = chartBox("chart-spend");
       const keys = [...new Set(d.series.map((r) => String(pick(r, "key") ?? "-")))];
-      const times = [...new Set(d.series.map((r) => toEpoch(r.t)))].sort((a, b) => a - b);
+      // Every bucket from `since` to now, so quiet hours show as zero instead of vanishing.
+      const step = d.bucket === "day" ? 86400 : 3600;
+      const grid = [];
+      for (let t = Math.floor(toEpoch(d.since) / step) * step; t <= Date.now() / 1000; t += step) grid.push(t);
+      const times = [...new Set([...grid, ...d.series.map((r) => toEpoch(r.t))])].sort((a, b) => a - b);
       const index = new Map(times.map((t, i) => [t, i]));
       const series = keys.map((key, i) => {
         const values = times.map(() => 0);
@@ -411,7 +415,11 @@
   function cell(key, value) {
     if (value === undefined || value === null) return "–";
     if (typeof value === "boolean") return value ? "yes" : "no";
-    if (typeof value === "object") return el("code", {text: JSON.stringify(value)});
+    if (Array.isArray(value)) return value.length ? el("code", {text: JSON.stringify(value)}) : "–";
+    if (typeof value === "object") {
+      const entries = Object.entries(value);
+      return entries.length ? entries.map(([k, v]) => `${k}: ${v}`).join(" · ") : "–";
+    }
     if (/(_until|_at|^t|time|^last_)/.test(key) && toEpoch(value) > 1e9) return fmt.time(value);
     if (/usd|cost/.test(key)) return fmt.usd(value);
     return String(value);
