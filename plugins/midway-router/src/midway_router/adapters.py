@@ -13,7 +13,7 @@ def for_upstream(spec: UpstreamSpec) -> Any:
     if spec.kind == "openai":
         from midway_router.openai_adapter import OpenAIAdapter
 
-        return OpenAIAdapter()
+        return OpenAIAdapter(max_tokens_field=spec.max_tokens_field)
     return None
 
 

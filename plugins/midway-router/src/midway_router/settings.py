@@ -42,6 +42,7 @@ class UpstreamSpec:
     headers: Mapping[str, str] = attrs.field(factory=dict)
     models: tuple[tuple[str, str], ...] = ()  # (glob, vendor model) rewrites, first match wins
     weight: float = 1.0
+    max_tokens_field: str = "max_tokens"  # openai: "max_completion_tokens" for o-series models
 
 
 @attrs.frozen
@@ -182,9 +183,13 @@ def _upstream(raw: Any, index: int) -> UpstreamSpec:
         models_raw = {"*": models_raw}
     models = tuple((str(k), str(v)) for k, v in _table(models_raw, f"{where}: models").items())
     weight = _number(table, "weight", 1.0, where)
+    max_tokens_field = table.get("max_tokens_field", "max_tokens")
+    if max_tokens_field not in ("max_tokens", "max_completion_tokens"):
+        raise RouterConfigError(f"{where}: max_tokens_field must be 'max_tokens' or "
+                                "'max_completion_tokens'")
     return UpstreamSpec(name=name, kind=kind, url=url, keys=keys, aws=tuple(aws),
                         region=region, auth=auth, headers=headers, models=models,
-                        weight=weight)
+                        weight=weight, max_tokens_field=max_tokens_field)
 
 
 def _target(raw: Any, where: str, model: str | None = None) -> TargetSpec:
