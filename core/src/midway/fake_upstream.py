@@ -127,7 +127,7 @@ class FakeAnthropic:
         subprocess (``midway mock-upstream``). Credentials are left out."""
         return web.Response(body=orjson.dumps([{
             "method": r.method, "path": r.path, "query": r.query,
-            "headers": {k: v for k, v in r.headers.items()
+            "headers": {str(k): v for k, v in r.headers.items()
                         if k.lower() not in ("x-api-key", "authorization")},
             "body_size": len(r.body), "received_at": r.received_at,
             "finished_at": r.finished_at, "cancelled": r.cancelled} for r in self.requests]),
