@@ -236,9 +236,8 @@ def test_in_flight_is_balanced_after_every_outcome(fake_upstream, midway_factory
     with pytest.raises(anthropic.InternalServerError):
         sdk.messages.create(**MSG)  # 500: no other upstream to fall back to → relayed
     for _ in range(2):  # mid-stream error event, then a reset connection
-        with pytest.raises(anthropic.APIError):
-            with sdk.messages.stream(**MSG) as stream:
-                stream.get_final_message()
+        with pytest.raises(anthropic.APIError), sdk.messages.stream(**MSG) as stream:
+            stream.get_final_message()
     resp = raw_post(proxy.url + "/v1/messages", {**MSG, "stream": True})
     assert resp.read(20)
     resp.conn.close()  # the client walks away mid-stream

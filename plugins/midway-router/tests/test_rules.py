@@ -6,6 +6,7 @@ from collections import Counter
 
 import pytest
 
+from midway import MidwayError
 from midway.exchange import Principal
 from midway.testing import make_exchange
 from midway_router.router import Router
@@ -132,7 +133,7 @@ def test_least_busy_balancing_prefers_the_idle_upstream():
 
 def test_passthrough_upstream_without_keys():
     r = Router(parse({"upstreams": [{"name": "direct", "url": "http://127.0.0.1:9"}]}))
-    upstream, exchange = choose(r)
+    upstream, _exchange = choose(r)
     assert upstream.passthrough_auth is True
     assert upstream.key_id is None
     assert "x-api-key" not in upstream.headers
@@ -179,3 +180,16 @@ def test_config_error_never_shows_a_secret(monkeypatch):
     with pytest.raises(ValueError) as info:
         Router(parse({"upstreams": [{"name": "a", "keys": ["env:NOT_SET_ROUTER_KEY"]}]}))
     assert "NOT_SET_ROUTER_KEY is not set" in str(info.value)
+
+
+def test_principal_upstream_scope_is_respected():
+    rules = [{"name": "chain", "match": {"model": "claude-*"}, "target": "main",
+              "fallback": ["cheap"]}]
+    r = router(rules)
+    scoped = Principal(id="key:ci", name="ci", kind="key", upstreams=("cheap",))
+    assert choose(r, principal=scoped)[0].name == "cheap"
+    assert choose(r)[0].name == "main"
+    locked = Principal(id="key:x", name="x", kind="key", upstreams=("bulk",))
+    with pytest.raises(MidwayError) as info:
+        choose(r, principal=locked)
+    assert info.value.status == 403

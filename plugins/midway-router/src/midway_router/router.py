@@ -41,6 +41,7 @@ class RequestState:
     held: list[KeyState] = attrs.field(factory=list)  # keys whose in-flight count we hold
     judged: set[int] = attrs.field(factory=set)  # attempt numbers already judged
     retries: int = 0
+    scoped_out: set[str] = attrs.field(factory=set)  # upstreams the principal may not use
 
 
 class Router:
@@ -81,6 +82,11 @@ class Router:
             elif s.affinity == "principal":
                 session = exchange.principal.id
             st = RequestState(rule=rule, facts=facts, session=session)
+            allowed = exchange.principal.upstreams
+            if allowed:
+                # Upstreams this client key may not use are out of the running from the start.
+                st.scoped_out = {name for name in self.upstreams if name not in allowed}
+                st.failed.update(st.scoped_out)
             exchange.state[STATE] = st
         return st
 
@@ -150,7 +156,11 @@ class Router:
 
     def _refusal(self, st: RequestState, now: float) -> MidwayError:
         """Why no key can take this request, in Anthropic's words."""
-        names = {t.upstream for t in (*st.rule.targets, *st.rule.fallback)} - st.failed
+        route = {t.upstream for t in (*st.rule.targets, *st.rule.fallback)}
+        if route <= st.scoped_out:
+            self._count_refusal(403)
+            return MidwayError(403, "this key may not use any upstream of this route")
+        names = route - st.failed
         keys = [k for name in names for k in self.upstreams[name].keys]
         resting = [k.resting_until for k in keys if k.disabled_until <= now]
         if resting:
