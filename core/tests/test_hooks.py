@@ -133,7 +133,8 @@ def test_failing_observers_never_break_a_stream(fake_upstream, midway_factory):
         async with aiohttp.ClientSession() as s, s.get(proxy.url + "/metrics") as r:
             return await r.text()
     text = asyncio.run(metrics())
-    assert 'midway_plugin_errors_total{hook="post_response",plugin="flaky"} 1.0' in text
+    assert ('midway_plugin_errors_total{hook="post_response",plugin="flaky",worker="0"} 1.0'
+            in text)
 
 
 def test_retry_and_choose_upstream_sequence(fake_upstream, midway_factory):

@@ -178,6 +178,72 @@ def config_show(settings: Settings) -> None:
 cli.add_command(make_keys_group(settings_options))
 
 
+@config_group.command("check")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+@settings_options
+def config_check_command(settings: Settings, as_json: bool) -> None:
+    """Validate the config and connect to every store it names."""
+    from midway.operations import config_check
+
+    results = config_check(settings)
+    if as_json:
+        click.echo(orjson.dumps([{"subject": r.subject, "ok": r.ok, "problems": r.problems}
+                                 for r in results], option=orjson.OPT_INDENT_2).decode())
+    else:
+        for result in results:
+            click.echo(f"{result.subject}: {'ok' if result.ok else 'PROBLEMS'}")
+            for problem in result.problems:
+                click.echo(f"  - {problem}")
+    if not all(r.ok for r in results):
+        sys.exit(1)
+
+
+@cli.group("db")
+def db_group() -> None:
+    """Schemas of the stores plugins use."""
+
+
+@db_group.command("upgrade")
+@settings_options
+def db_upgrade_command(settings: Settings) -> None:
+    """Create or migrate every plugin's schemas."""
+    from midway.operations import db_upgrade
+
+    try:
+        done = db_upgrade(settings)
+    except RuntimeError as exc:
+        raise click.ClickException(str(exc)) from None
+    for plugin, changes in done:
+        click.echo(f"{plugin}: {'; '.join(changes) if changes else 'up to date'}")
+
+
+@cli.command("status")
+@click.option("--port", type=int, default=None, help="Port of the instance [8910].")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@settings_options
+def status_command(settings: Settings, port: int | None, as_json: bool) -> None:
+    """Per-worker and total figures of a running instance on this machine."""
+    from midway.operations import worker_status
+
+    if port is not None:
+        settings.port = port
+    status = worker_status(settings)
+    if as_json:
+        click.echo(orjson.dumps(status, option=orjson.OPT_INDENT_2).decode())
+        return
+    if not status["workers"]:
+        click.echo(f"no running midway found on port {settings.port} "
+                   f"(data dir {settings.data_dir})")
+        sys.exit(1)
+    for w in status["workers"]:
+        click.echo(f"worker {w['worker']} pid {w['pid']}{'' if w['alive'] else ' (gone)'}: "
+                   f"{w['requests']} requests, {w['server_errors']} 5xx, "
+                   f"{w['inflight']} in flight, {w['open_streams']} open streams")
+    t = status["totals"]
+    click.echo(f"total: {t['requests']} requests, {t['server_errors']} 5xx, "
+               f"{t['inflight']} in flight, {t['open_streams']} open streams")
+
+
 def main() -> None:
     cli(prog_name="midway")
 

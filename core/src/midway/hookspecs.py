@@ -164,6 +164,28 @@ def register_metrics(midway: Midway) -> None:
     """
 
 
+@hookspec
+def config_check(midway: Midway) -> list[str] | None:
+    """Validate this plugin's config and connect to every store it names (``midway config check``).
+
+    :param midway: an instance built from the config, not serving.
+    :return: the problems found, each a sentence naming the store and what is wrong
+        (unreachable, authentication failed, schema missing or old — "run midway db
+        upgrade"); empty or ``None`` when all is well. Every implementation runs; an exception
+        is reported as a problem of that plugin.
+    """
+
+
+@hookspec
+def db_upgrade(midway: Midway) -> list[str] | None:
+    """Create or migrate this plugin's schemas in its configured stores (``midway db upgrade``).
+
+    :param midway: an instance built from the config, not serving.
+    :return: what was done, one line per change (empty when already current). Every
+        implementation runs; an exception fails the command.
+    """
+
+
 def hook_names() -> list[str]:
     """The hooks of the contract, in the order of this module."""
     return [name for name, obj in globals().items() if hasattr(obj, "midway_spec")]

@@ -7,9 +7,13 @@ objects take a lock per update, which costs more than the rest of the relay's bo
 
 from __future__ import annotations
 
+import json
+import os
 from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
@@ -46,10 +50,18 @@ class _Histogram:
 
 
 class Metrics(Collector):
-    """The core's metrics, on a registry of their own (one per instance)."""
+    """The core's metrics, on a registry of their own (one per instance).
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    With several workers on one port a scrape reaches any one of them, so each worker
+    publishes a snapshot of its counters in ``peers_dir`` (see :meth:`publish`) and every
+    worker's ``/metrics`` reports all workers, each series labelled with its ``worker``.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None, worker: int = 0,
+                 peers_dir: Path | None = None) -> None:
         self.registry = registry or CollectorRegistry()
+        self.worker = worker
+        self.peers_dir = peers_dir
         # (status, model, upstream, principal) -> count
         self.requests: defaultdict[tuple[str, str, str, str], int] = defaultdict(int)
         self.latency: defaultdict[str, _Histogram] = defaultdict(_Histogram)
@@ -61,36 +73,83 @@ class Metrics(Collector):
         self.open_streams = 0
         self.registry.register(self)
 
+    # -- several workers --------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """This worker's counters as JSON-able data."""
+        return {
+            "worker": self.worker, "pid": os.getpid(),
+            "requests": [[*k, v] for k, v in self.requests.items()],
+            "latency": {k: [h.counts, h.total, h.n] for k, h in self.latency.items()},
+            "ttfb": {k: [h.counts, h.total, h.n] for k, h in self.ttfb.items()},
+            "inflight": self.inflight, "open_streams": self.open_streams,
+            "tokens": [[*k, v] for k, v in self.tokens.items()],
+            "plugin_errors": [[*k, v] for k, v in self.plugin_errors.items()],
+            "attempts": [[*k, v] for k, v in self.attempts.items()],
+        }
+
+    def publish(self) -> None:
+        """Write this worker's snapshot for its peers (atomically: write, then rename)."""
+        if self.peers_dir is None:
+            return
+        self.peers_dir.mkdir(parents=True, exist_ok=True)
+        path = self.peers_dir / f"worker-{self.worker}.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.snapshot()))
+        os.replace(tmp, path)
+
+    def snapshots(self) -> list[dict[str, Any]]:
+        """Every worker's counters: this one live, the others from their last snapshot."""
+        found = [self.snapshot()]
+        if self.peers_dir is not None and self.peers_dir.is_dir():
+            for path in sorted(self.peers_dir.glob("worker-*.json")):
+                if path.name == f"worker-{self.worker}.json":
+                    continue
+                try:
+                    found.append(json.loads(path.read_text()))
+                except (OSError, ValueError):
+                    continue
+        return found
+
+    # -- exposition --------------------------------------------------------------------------
+
     def collect(self) -> Iterator[Metric]:
+        snaps = self.snapshots()
         requests = CounterMetricFamily("midway_requests", "Requests answered, by outcome.",
-                                       labels=["status", "model", "upstream", "principal"])
-        for req_labels, count in list(self.requests.items()):
-            requests.add_metric(list(req_labels), count)
-        yield requests
-        for name, doc, hists in (
-                ("midway_request_duration_seconds", "Arrival to last byte.", self.latency),
-                ("midway_ttfb_seconds", "Arrival to first byte.", self.ttfb)):
-            family = HistogramMetricFamily(name, doc, labels=["streaming"])
-            for kind, hist in list(hists.items()):
-                family.add_metric([kind], hist.buckets(), hist.total)
-            yield family
-        yield GaugeMetricFamily("midway_inflight_requests", "Requests being served.",
-                                value=self.inflight)
-        yield GaugeMetricFamily("midway_open_streams", "Streams being relayed.",
-                                value=self.open_streams)
+                                       labels=["status", "model", "upstream", "principal",
+                                               "worker"])
         tokens = CounterMetricFamily("midway_tokens", "Tokens by kind, from final usage.",
-                                     labels=["kind", "model"])
-        for labels, count in list(self.tokens.items()):
-            tokens.add_metric(list(labels), count)
-        yield tokens
+                                     labels=["kind", "model", "worker"])
         errors = CounterMetricFamily("midway_plugin_errors", "Plugin failures, by hook.",
-                                     labels=["plugin", "hook"])
-        for labels, count in list(self.plugin_errors.items()):
-            errors.add_metric(list(labels), count)
-        yield errors
+                                     labels=["plugin", "hook", "worker"])
         attempts = CounterMetricFamily("midway_upstream_attempts",
                                        "Upstream attempts, by upstream and outcome.",
-                                       labels=["upstream", "outcome"])
-        for labels, count in list(self.attempts.items()):
-            attempts.add_metric(list(labels), count)
+                                       labels=["upstream", "outcome", "worker"])
+        inflight = GaugeMetricFamily("midway_inflight_requests", "Requests being served.",
+                                     labels=["worker"])
+        streams = GaugeMetricFamily("midway_open_streams", "Streams being relayed.",
+                                    labels=["worker"])
+        hists = {key: HistogramMetricFamily(name, doc, labels=["streaming", "worker"])
+                 for key, name, doc in (
+                     ("latency", "midway_request_duration_seconds", "Arrival to last byte."),
+                     ("ttfb", "midway_ttfb_seconds", "Arrival to first byte."))}
+        for snap in snaps:
+            worker = str(snap["worker"])
+            for family, key in ((requests, "requests"), (tokens, "tokens"),
+                                (errors, "plugin_errors"), (attempts, "attempts")):
+                for *labels, value in snap[key]:
+                    family.add_metric([*labels, worker], value)
+            inflight.add_metric([worker], snap["inflight"])
+            streams.add_metric([worker], snap["open_streams"])
+            for key, hist_family in hists.items():
+                for kind, (counts, total, _n) in snap[key].items():
+                    hist = _Histogram()
+                    hist.counts = list(counts)
+                    hist_family.add_metric([kind, worker], hist.buckets(), total)
+        yield requests
+        yield from hists.values()
+        yield inflight
+        yield streams
+        yield tokens
+        yield errors
         yield attempts

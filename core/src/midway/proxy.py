@@ -420,6 +420,9 @@ class Proxy:
         await response.prepare(request)
         timings = exchange.timings
         self.open_streams += 1
+        metrics = self.midway.metrics
+        if metrics is not None:
+            metrics.open_streams += 1
         try:
             if sse and self.has_chunk and not encoding:
                 await self._relay_events(response, exchange, source)
@@ -447,6 +450,8 @@ class Proxy:
             return response
         finally:
             self.open_streams -= 1
+            if metrics is not None:
+                metrics.open_streams -= 1
         if timings.ttfb_ms is None:
             timings.ttfb_ms = (time.monotonic() - timings.started) * 1000
         await response.write_eof()

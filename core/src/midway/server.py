@@ -6,10 +6,12 @@ import asyncio
 import ipaddress
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -28,6 +30,7 @@ log = logging.getLogger("midway")
 
 MIDWAY_KEY: web.AppKey[Midway] = web.AppKey("midway", Midway)
 PROXY_KEY: web.AppKey[Proxy] = web.AppKey("proxy", Proxy)
+PUBLISHER_KEY: web.AppKey[asyncio.Task[None]] = web.AppKey("publisher", asyncio.Task)
 
 
 def is_loopback(host: str) -> bool:
@@ -50,15 +53,24 @@ def check_exposure(settings: Settings, force: bool = False) -> None:
             "[[midway.client_keys]] (or keys.enabled), or pass --allow-public to force it.")
 
 
-def build_midway(settings: Settings, objects: Iterable[tuple[str, object]] = ()) -> Midway:
+def runtime_dir(settings: Settings) -> Path:
+    """Where the workers of the instance on this port publish their state."""
+    return settings.data_dir / "run" / f"port-{settings.port}"
+
+
+def build_midway(settings: Settings, objects: Iterable[tuple[str, object]] = (),
+                 worker_index: int = 0, publish: bool = False) -> Midway:
     """Load plugins and make the instance (no I/O yet)."""
     plugins = PluginHost()
     plugins.hook_timeout = settings.hook_timeout
     plugins.load(only=settings.plugins, extra=settings.extra_plugins, objects=objects)
-    metrics = Metrics()
+    metrics = Metrics(worker=worker_index,
+                      peers_dir=runtime_dir(settings) if publish else None)
     plugins.on_failure.append(lambda p, h: metrics.plugin_errors.__setitem__(
         (p, h), metrics.plugin_errors[(p, h)] + 1))
-    return Midway(settings, plugins, metrics)
+    midway = Midway(settings, plugins, metrics)
+    midway.worker_index = worker_index
+    return midway
 
 
 def build_app(midway: Midway) -> web.Application:
@@ -105,8 +117,14 @@ def build_app(midway: Midway) -> web.Application:
         await midway.plugins.each("register_metrics", swallow=False, midway=midway)
         await midway.plugins.each("startup", swallow=False, midway=midway)
         proxy.refresh()
+        if midway.metrics is not None and midway.metrics.peers_dir is not None:
+            app[PUBLISHER_KEY] = asyncio.get_running_loop().create_task(
+                _publish_forever(midway.metrics))
 
     async def on_cleanup(app: web.Application) -> None:
+        publisher = app.get(PUBLISHER_KEY)
+        if publisher is not None:
+            publisher.cancel()
         if proxy.finishing:  # post_response of requests whose clients already left
             await asyncio.wait(list(proxy.finishing), timeout=settings.shutdown_timeout)
         await midway.plugins.each("shutdown", swallow=True, midway=midway)
@@ -118,11 +136,19 @@ def build_app(midway: Midway) -> web.Application:
     return app
 
 
+async def _publish_forever(metrics: Metrics) -> None:
+    try:
+        while True:
+            metrics.publish()
+            await asyncio.sleep(1.0)
+    finally:
+        metrics.publish()
+
+
 async def serve(settings: Settings, sock: socket.socket | None = None,
                 ready: asyncio.Event | None = None, worker_index: int = 0) -> None:
     """Run one server until SIGTERM/SIGINT, then drain open streams and flush plugins."""
-    midway = build_midway(settings)
-    midway.worker_index = worker_index
+    midway = build_midway(settings, worker_index=worker_index, publish=True)
     for info in midway.plugins.infos:
         if info.error:
             log.error("plugin %s not loaded: %s", info.name, info.error)
@@ -152,6 +178,7 @@ async def serve(settings: Settings, sock: socket.socket | None = None,
 
 def run(settings: Settings) -> None:
     """Blocking entry for ``midway serve``: one process, or ``workers`` on one port."""
+    shutil.rmtree(runtime_dir(settings), ignore_errors=True)  # a previous run's snapshots
     uvloop: Any = None
     if os.environ.get("MIDWAY_LOOP", "uvloop") == "uvloop":
         try:

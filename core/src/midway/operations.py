@@ -1,0 +1,126 @@
+"""Operator commands that look at a deployment rather than serve it: config check, db
+upgrade, the status of a running instance's workers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from midway.config import Settings
+from midway.context import Midway
+from midway.secrets_ref import SecretError, resolve
+from midway.server import build_midway, runtime_dir
+
+
+@attrs.define
+class CheckResult:
+    subject: str  # "core" or a plugin name
+    problems: list[str] = attrs.field(factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _core_problems(settings: Settings) -> list[str]:
+    problems = []
+    for name, ref in (("upstream_api_key", settings.upstream_api_key),
+                      ("admin_key", settings.admin_key)):
+        if ref:
+            try:
+                resolve(ref)
+            except SecretError as exc:
+                problems.append(f"[midway] {name}: {exc}")
+    for key in settings.client_keys:
+        try:
+            resolve(key.key)
+        except SecretError as exc:
+            problems.append(f"client key {key.name!r}: {exc}")
+    if settings.client_keys and not settings.upstream_api_key:
+        problems.append("client keys are configured but [midway] upstream_api_key is not: "
+                        "requests not routed by a plugin would reach the upstream without "
+                        "credentials")
+    try:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        probe = settings.data_dir / ".midway-write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        problems.append(f"data dir {settings.data_dir} is not writable: {exc.strerror}")
+    return problems
+
+
+async def _run_per_plugin(midway: Midway, hook: str) -> list[tuple[str, Any, BaseException | None]]:
+    out: list[tuple[str, Any, BaseException | None]] = []
+    for impl in midway.plugins.impls(hook):
+        try:
+            result = impl.function(*[midway for _ in impl.argnames])
+            if asyncio.iscoroutine(result):
+                result = await result
+            out.append((impl.plugin, result, None))
+        except Exception as exc:
+            out.append((impl.plugin, None, exc))
+    return out
+
+
+def config_check(settings: Settings) -> list[CheckResult]:
+    """Validate the config and connect to every store it names."""
+    midway = build_midway(settings)
+    results = [CheckResult("core", _core_problems(settings))]
+    for info in midway.plugins.infos:
+        if info.error:
+            results.append(CheckResult(info.name, [f"failed to load: {info.error}"]))
+    for plugin, found, exc in asyncio.run(_run_per_plugin(midway, "config_check")):
+        problems = [str(p) for p in (found or [])]
+        if exc is not None:
+            problems.append(f"{type(exc).__name__}: {exc}")
+        results.append(CheckResult(plugin, problems))
+    return results
+
+
+def db_upgrade(settings: Settings) -> list[tuple[str, list[str]]]:
+    """Create or migrate every plugin's schemas; raises on the first failure."""
+    midway = build_midway(settings)
+    done = []
+    for plugin, changes, exc in asyncio.run(_run_per_plugin(midway, "db_upgrade")):
+        if exc is not None:
+            raise RuntimeError(f"{plugin}: {type(exc).__name__}: {exc}") from exc
+        done.append((plugin, [str(c) for c in (changes or [])]))
+    return done
+
+
+def worker_status(settings: Settings) -> dict[str, Any]:
+    """What the workers of the instance on ``settings.port`` last published."""
+    workers = []
+    directory = runtime_dir(settings)
+    for path in sorted(Path(directory).glob("worker-*.json")) if directory.is_dir() else []:
+        try:
+            snap = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        alive = _alive(int(snap.get("pid", 0)))
+        requests = sum(row[-1] for row in snap["requests"])
+        errors = sum(row[-1] for row in snap["requests"] if str(row[0]) >= "500")
+        workers.append({"worker": snap["worker"], "pid": snap["pid"], "alive": alive,
+                        "requests": requests, "server_errors": errors,
+                        "inflight": snap["inflight"], "open_streams": snap["open_streams"]})
+    totals = {key: sum(w[key] for w in workers)
+              for key in ("requests", "server_errors", "inflight", "open_streams")}
+    return {"port": settings.port, "workers": workers, "totals": totals}
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

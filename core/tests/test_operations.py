@@ -1,0 +1,92 @@
+"""Workers on one port, their per-worker and total figures, config check and db upgrade."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+
+import orjson
+from click.testing import CliRunner
+
+from midway.cli import cli
+from midway.testing import wait_for
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def post(port: int) -> int:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v1/messages", method="POST",
+        data=orjson.dumps({"model": "claude-sonnet-4-6", "max_tokens": 8,
+                           "messages": [{"role": "user", "content": "hi"}]}),
+        headers={"x-api-key": "sk-ant-k", "content-type": "application/json",
+                 "connection": "close"})
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        return int(resp.status)
+
+
+def test_two_workers_share_a_port_and_report_totals(fake_upstream, tmp_path):
+    port = free_port()
+    env = {**os.environ, "MIDWAY_PLUGINS": "", "MIDWAY_ACCESS_LOG": "false"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "midway.cli", "serve", "--port", str(port), "--workers", "2",
+         "--upstream", fake_upstream.url, "--data-dir", str(tmp_path)], env=env,
+        stderr=subprocess.PIPE)
+    try:
+        def listening() -> bool:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                return True
+            except OSError:
+                return False
+        wait_for(listening, timeout=20)
+
+        def status() -> dict[str, object]:
+            result = CliRunner().invoke(cli, ["status", "--port", str(port), "--json",
+                                              "--data-dir", str(tmp_path)])
+            return json.loads(result.output) if result.exit_code == 0 else {"workers": []}
+        wait_for(lambda: len(status()["workers"]) == 2, timeout=20)
+        assert [post(port) for _ in range(40)] == [200] * 40
+        wait_for(lambda: status()["totals"]["requests"] == 40, timeout=10)
+        per_worker = [w["requests"] for w in status()["workers"]]
+        assert sum(per_worker) == 40
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+            text = resp.read().decode()
+        counts = [float(v) for v in re.findall(r'^midway_requests_total\{.*\} (\S+)$', text,
+                                               flags=re.M)]
+        assert sum(counts) == 40
+        assert set(re.findall(r'worker="(\d)"', text)) == {"0", "1"}
+        assert len(fake_upstream.messages_requests) == 40
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+
+
+def test_config_check_reports_each_problem(tmp_path, monkeypatch):
+    monkeypatch.setenv("MIDWAY_PLUGINS", "")
+    config = tmp_path / "midway.toml"
+    config.write_text('[midway]\nupstream_api_key = "env:MIDWAY_TEST_NOT_SET"\n'
+                      '[[midway.client_keys]]\nkey = "file:/nonexistent/key"\nname = "alice"\n')
+    result = CliRunner().invoke(cli, ["config", "check", "--json", "--config", str(config),
+                                      "--data-dir", str(tmp_path / "data")])
+    assert result.exit_code == 1
+    report = json.loads(result.output)
+    problems = next(r for r in report if r["subject"] == "core")["problems"]
+    assert any("MIDWAY_TEST_NOT_SET" in p for p in problems)
+    assert any("alice" in p and "/nonexistent/key" in p for p in problems)
+    good = tmp_path / "good.toml"
+    good.write_text('[midway]\nport = 8999\n')
+    result = CliRunner().invoke(cli, ["config", "check", "--config", str(good),
+                                      "--data-dir", str(tmp_path / "data")])
+    assert result.exit_code == 0, result.output
+    assert "core: ok" in result.output
