@@ -22,6 +22,7 @@ class Pending:
     meta: dict[str, Any]
     headers: list[tuple[str, str]]
     request_body: bytes | None
+    request_json: Any  # the parsed request body (already parsed by the core), or None
     response_body: bytes | None
     response_message: dict[str, Any] | None
 
@@ -96,9 +97,11 @@ def capture(exchange: Exchange, bodies: bool, message: dict[str, Any] | None) ->
         "route": _str_or_none(annotations.get("route")),
         "annotations": dict(annotations),
     }
+    headers = list(exchange.request.headers.items())
     if not bodies:
-        return Pending(meta, list(exchange.request.headers.items()), None, None, None)
-    return Pending(meta, list(exchange.request.headers.items()), exchange.request.body,
+        return Pending(meta, headers, None, None, None, None)
+    request = exchange.request
+    return Pending(meta, headers, request.body, request.json,
                    exchange.response_body if message is None else None, message)
 
 
@@ -107,17 +110,22 @@ def prepare(pending: Pending, redactor: Redactor, max_body: int, bodies: bool) -
     meta = pending.meta
     request_body = response_body = None
     if bodies:
-        request_body, meta["request_truncated"] = _body_text(
-            pending.request_body, redactor, max_body)
+        request_body, meta["request_truncated"] = _request_text(
+            pending.request_body, pending.request_json, redactor, max_body)
         raw = pending.response_body
         if pending.response_message is not None:
             raw = orjson.dumps(pending.response_message)
         response_body, meta["response_truncated"] = _body_text(raw, redactor, max_body)
     meta["bodies"] = bodies
     meta["time"] = datetime.fromtimestamp(meta["ts"], UTC).isoformat(timespec="milliseconds")
-    meta["request_headers"] = redactor.headers(pending.headers)
-    clean = _redact_values(meta, redactor)
-    data = orjson.dumps(clean, option=orjson.OPT_SORT_KEYS, default=str).decode()
+    headers: dict[str, str] = {}
+    for name, value in pending.headers:
+        if redactor.keep_header(name):
+            lower = name.lower()
+            headers[lower] = f"{headers[lower]}, {value}" if lower in headers else value
+    meta["request_headers"] = headers
+    data = _redacted_json(meta, redactor)
+    clean = orjson.loads(data)
     status = meta["status"] if isinstance(meta["status"], int) else None
     return Row(ts=float(meta["ts"]), request_id=str(clean["id"]),
                upstream_request_id=clean["upstream_request_id"], principal=clean["principal"],
@@ -126,10 +134,37 @@ def prepare(pending: Pending, redactor: Redactor, max_body: int, bodies: bool) -
                tail=orjson.dumps([data, request_body, response_body]))
 
 
+def _redacted_json(meta: dict[str, Any], redactor: Redactor) -> str:
+    """The metadata as canonical JSON, redacted in one pass over its text (patterns never
+    span a quote, so the text stays valid JSON); per value if a match ever broke it."""
+    text = orjson.dumps(meta, option=orjson.OPT_SORT_KEYS, default=str).decode()
+    redacted = redactor.text(text)
+    if redacted == text:
+        return text
+    try:
+        orjson.loads(redacted)
+        return redacted
+    except orjson.JSONDecodeError:
+        clean = _redact_values(orjson.loads(text), redactor)
+        return orjson.dumps(clean, option=orjson.OPT_SORT_KEYS).decode()
+
+
+def _request_text(raw: bytes | None, parsed: Any, redactor: Redactor,
+                  max_body: int) -> tuple[str | None, bool]:
+    if raw is None:
+        return None, False
+    if not isinstance(parsed, dict):
+        return _body_text(raw, redactor, max_body)
+    return _cut(redactor.json_body(parsed), max_body)
+
+
 def _body_text(raw: bytes | None, redactor: Redactor, max_body: int) -> tuple[str | None, bool]:
     if raw is None:
         return None, False
-    text = redactor.text(raw.decode("utf-8", "replace"))
+    return _cut(redactor.text(raw.decode("utf-8", "replace")), max_body)
+
+
+def _cut(text: str, max_body: int) -> tuple[str, bool]:
     # Redact first, cut second: a cut must never leave the first half of a secret behind.
     encoded = text.encode()
     if len(encoded) <= max_body:
