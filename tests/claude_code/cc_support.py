@@ -202,7 +202,7 @@ class Probe:
 
     def wait(self, count: int) -> list[Exchange]:
         """The first ``count`` /v1/messages exchanges, once post_response has run for them."""
-        wait_for(lambda: len(self.messages()) >= count, timeout=15)
+        wait_for(lambda: len(self.messages()) >= count, timeout=30)
         return self.messages()
 
 
@@ -220,6 +220,14 @@ class Stack:
 
     def service(self, name: str) -> Any:
         return self.midway.midway.services[name]
+
+    def audit_records(self, count: int) -> list[dict[str, Any]]:
+        """Audit's records, oldest first, once ``count`` are committed (and no more exist)."""
+        audit = self.service("audit")
+        wait_for(lambda: len(self.midway.call(audit.query())) >= count, timeout=30)
+        records = sorted(self.midway.call(audit.query()), key=lambda r: int(r["seq"]))
+        assert len(records) == count, records
+        return records
 
 
 # -- scripted conversations -------------------------------------------------------------------

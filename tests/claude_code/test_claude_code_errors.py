@@ -8,6 +8,7 @@ requests the upstream received and the retry pacing must be the same.
 from __future__ import annotations
 
 from collections.abc import Callable
+from decimal import Decimal
 
 import attrs
 import pytest
@@ -101,6 +102,14 @@ def test_error_behaves_as_without_midway(name: str, claude: Claude, stack: Stack
 
     exchanges = stack.probe.wait(len(requests))
     statuses = [x.status for x in exchanges]
+    # One audit record per request, failed ones included.
+    records = stack.audit_records(len(requests))
+    assert [(r["id"], r["status"]) for r in records] == [(x.id, x.status) for x in exchanges]
+    # Refused requests cost nothing; the answer that completed costs what Claude Code says.
+    # (What a stream broken by `event: error` costs is billing's policy, not asserted here.)
+    assert all(x.annotations["cost_usd"] == "0" for x in exchanges if x.status != 200)
+    completed = Decimal(exchanges[-1].annotations["cost_usd"])
+    assert abs(completed - Decimal(str(out["total_cost_usd"]))) < Decimal("1e-12")
     if name == "overloaded-529-then-success":
         assert statuses == [529, 200]
     elif name == "rate-limited-429-retry-after":

@@ -6,7 +6,8 @@ from cc_support import AUTH_TOKEN, Claude, Stack, comparable_headers, messages_s
 
 from midway.testing import FakeUpstream
 
-CUSTOM_HEADERS = "X-Team: platform\nX-Project: midway-conformance"
+# X-Midway-Project is billing's project header: the team setup's way to attribute spend.
+CUSTOM_HEADERS = "X-Team: platform\nX-Midway-Project: midway-conformance"
 
 
 def test_headers_and_query_arrive_unchanged(claude: Claude, stack: Stack,
@@ -32,7 +33,7 @@ def test_headers_and_query_arrive_unchanged(claude: Claude, stack: Stack,
     assert "claude-code-20250219" in betas and len(betas) > 3
     assert headers["x-claude-code-session-id"] == out["session_id"]
     assert headers["x-team"] == "platform"
-    assert headers["x-project"] == "midway-conformance"
+    assert headers["x-midway-project"] == "midway-conformance"
     assert headers["authorization"] == f"Bearer {AUTH_TOKEN}"
     assert headers["user-agent"].startswith("claude-cli/")
     # Every end-to-end header, beta list included, is exactly what Claude Code sends directly.
@@ -42,3 +43,8 @@ def test_headers_and_query_arrive_unchanged(claude: Claude, stack: Stack,
     [seen] = stack.probe.wait(1)
     assert seen.request.query_string == "beta=true"
     assert seen.request.headers["x-team"] == "platform"
+    # The custom header attributed the request's cost to the project.
+    assert seen.annotations["billing"]["project"] == "midway-conformance"
+    [row] = stack.midway.call(stack.service("billing").report("project"))
+    assert row["project"] == "midway-conformance"
+    assert row["cost_usd"] == seen.annotations["cost_usd"] != "0"

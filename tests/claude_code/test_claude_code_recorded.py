@@ -20,7 +20,7 @@ from cc_support import (
 from midway.testing import FakeUpstream, wait_for
 
 # Two turns with every kind of input token: plain, cache writes (5 min and 1 h), cache reads.
-TURN_USAGE = [
+TURN_USAGE: list[dict[str, Any]] = [
     {"input_tokens": 1200, "cache_creation_input_tokens": 3000, "cache_read_input_tokens": 8000,
      "output_tokens": 64,
      "cache_creation": {"ephemeral_5m_input_tokens": 2000, "ephemeral_1h_input_tokens": 1000}},
