@@ -29,7 +29,9 @@ class KeyLimiter:
     ``window`` seconds (a "minute" shortened for tests), fixed windows, with the
     ``anthropic-ratelimit-requests-*`` headers on every answer and 429 + retry-after beyond."""
 
-    def __init__(self, per_window: int, window: float, stream: bool | None = None) -> None:
+    def __init__(self, per_window: int, window: float, stream: bool | None = None,
+                 report: bool = True) -> None:
+        self.report = report  # False: no ratelimit headers, only 429 + retry-after
         self.per_window = per_window
         self.window = window
         self.stream = stream
@@ -58,7 +60,7 @@ class KeyLimiter:
             self.counts[(key, index)] = used + 1
             self.served[key] += 1
             headers["anthropic-ratelimit-requests-remaining"] = str(self.per_window - used - 1)
-        return Reply(headers=headers, stream=self.stream)
+        return Reply(headers=headers if self.report else {}, stream=self.stream)
 
 
 @pytest.fixture

@@ -34,10 +34,13 @@ def rows_by_key(proxy):
     return {row["key"]: row for row in proxy.midway.services["router"].status()}
 
 
-def test_pool_under_load_has_no_429_for_clients(fake_upstream, midway_factory, router_plugin):
-    """3 keys × N requests per window; a load of 2.5 N per window for three windows."""
+@pytest.mark.parametrize("report", [True, False], ids=["with-headers", "429-only"])
+def test_pool_under_load_has_no_429_for_clients(fake_upstream, midway_factory, router_plugin,
+                                                report):
+    """3 keys × N requests per window; a load of 2.5 N per window for three windows. With
+    ``429-only`` the fake sends no ratelimit headers: the pool learns from 429s alone."""
     per_window, window, windows = 10, 2.0, 3
-    limiter = KeyLimiter(per_window, window)
+    limiter = KeyLimiter(per_window, window, report=report)
     fake_upstream.fake.default = limiter
     proxy = midway_factory(plugins=[router_plugin], config=pool_config(fake_upstream.url))
     sdk = client(proxy)
@@ -61,8 +64,9 @@ def test_pool_under_load_has_no_429_for_clients(fake_upstream, midway_factory, r
     wait_idle(proxy)
     served = {fingerprint(k): limiter.served[k] for k in KEYS}
     spread = ", ".join(f"{fp}: {n}" for fp, n in served.items())
-    print(f"\npooling: {total} requests at {rate:.1f}/s over 3 keys of {per_window}/"
-          f"{window:.0f}s; client statuses {dict(statuses)}; served per key {spread}; "
+    print(f"\npooling ({'headers' if report else '429 only'}): {total} requests at "
+          f"{rate:.1f}/s over 3 keys of {per_window}/{window:.0f}s; "
+          f"client statuses {dict(statuses)}; served per key {spread}; "
           f"429s absorbed upstream {sum(limiter.refused.values())}")
     assert statuses == Counter({200: total})
     assert sum(served.values()) == total
