@@ -1,0 +1,143 @@
+"""kill -9 under load, then restart: every attempt the upstream served has exactly one row."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import anthropic
+import httpx
+
+from midway.testing import wait_for
+
+HERE = Path(__file__).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def up(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code < 500
+    except httpx.HTTPError:
+        return False
+
+
+def start(args: list[str], log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "midway.cli", *args], stdout=out,
+                                stderr=subprocess.STDOUT)
+
+
+async def load(url: str, stop: asyncio.Event, started: list[int]) -> None:
+    client = anthropic.AsyncAnthropic(base_url=url, api_key="sk-ant-test", max_retries=0,
+                                      default_headers={"x-fake-reply": '{"delay": 0.05}'})
+
+    async def worker() -> None:
+        while not stop.is_set():
+            started.append(1)
+            try:
+                async with client.messages.stream(
+                        model="claude-sonnet-4-6", max_tokens=100,
+                        messages=[{"role": "user", "content": "hello"}]) as s:
+                    await s.get_final_message()
+            except Exception:  # midway was killed (the SDK's transport errors vary)
+                return
+
+    await asyncio.gather(*[worker() for _ in range(16)])
+    await client.close()
+
+
+def test_kill_9_under_load_then_restart(tmp_path: Path) -> None:
+    fake_port, port = free_port(), free_port()
+    config = tmp_path / "midway.toml"
+    config.write_text(f"""
+[midway]
+plugins = ["billing"]
+extra_plugins = ["{HERE / 'attempt_header.py'}"]
+access_log = false
+
+[billing]
+reconcile_interval = 0
+
+[[billing.budgets]]
+scope = "all"
+period = "day"
+limit_usd = "1000"
+""")
+    data = tmp_path / "data"
+    fake = start(["mock-upstream", "--port", str(fake_port)], tmp_path / "fake.log")
+    serve_args = ["serve", "--port", str(port), "--upstream", f"http://127.0.0.1:{fake_port}",
+                  "--config", str(config), "--data-dir", str(data)]
+    procs = [fake]
+    try:
+        wait_for(lambda: up(f"http://127.0.0.1:{fake_port}/v1/models"), timeout=30)
+        midway = start(serve_args, tmp_path / "midway.log")
+        procs.append(midway)
+        wait_for(lambda: up(f"http://127.0.0.1:{port}/healthz"), timeout=30)
+
+        async def run() -> None:
+            stop = asyncio.Event()
+            started: list[int] = []
+            task = asyncio.create_task(load(f"http://127.0.0.1:{port}", stop, started))
+            while len(started) < 60:  # well into the load: many streams in flight
+                await asyncio.sleep(0.01)
+            os.kill(midway.pid, signal.SIGKILL)
+            stop.set()
+            await asyncio.wait_for(task, 30)
+
+        asyncio.run(run())
+        midway.wait(10)
+        served = [r for r in httpx.get(f"http://127.0.0.1:{fake_port}/_fake/requests").json()
+                  if r["path"] == "/v1/messages"]
+        assert len(served) >= 20
+
+        db = data / "billing.db"
+        with sqlite3.connect(db) as con:
+            pending_before = con.execute("SELECT COUNT(*) FROM billing_ledger "
+                                         "WHERE state = 'pending'").fetchone()[0]
+        assert pending_before > 0  # the kill left work in flight
+
+        restarted = start(serve_args, tmp_path / "midway.log")
+        procs.append(restarted)
+        wait_for(lambda: up(f"http://127.0.0.1:{port}/healthz"), timeout=30)
+        restarted.send_signal(signal.SIGTERM)
+        restarted.wait(30)
+
+        with sqlite3.connect(db) as con:
+            rows = con.execute("SELECT id, state, cost_pusd FROM billing_ledger "
+                               "WHERE kind = 'attempt'").fetchall()
+            reserved = con.execute("SELECT COALESCE(SUM(reserved_pusd), 0) "
+                                   "FROM billing_counters").fetchone()[0]
+            holds = con.execute("SELECT COUNT(*) FROM billing_reservations").fetchone()[0]
+        ids = [r[0] for r in rows]
+        states = {r[0]: r[1] for r in rows}
+        served_ids = [{k.lower(): v for k, v in r["headers"].items()}["x-test-attempt"]
+                      for r in served]
+        assert len(served_ids) == len(set(served_ids))
+        missing = set(served_ids) - set(ids)
+        assert not missing, f"{len(missing)} served attempts have no ledger row"
+        assert len(ids) == len(set(ids))
+        assert "pending" not in states.values()
+        assert sum(s == "reconciled" for s in states.values()) >= pending_before
+        # Rows written ahead for attempts the upstream never saw are reconciled, not settled.
+        for row_id in set(ids) - set(served_ids):
+            assert states[row_id] == "reconciled"
+        assert reserved == 0 and holds == 0
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
