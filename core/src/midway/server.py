@@ -88,7 +88,9 @@ def build_app(midway: Midway) -> web.Application:
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "version": __version__,
                                   "worker": midway.worker_index,
-                                  "open_streams": proxy.open_streams})
+                                  "open_streams": proxy.open_streams,
+                                  # asyncio tasks alive: leak checks (soak, hardening tests)
+                                  "tasks": len(asyncio.all_tasks())})
 
     async def metrics(request: web.Request) -> web.Response:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
