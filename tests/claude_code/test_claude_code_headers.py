@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from decimal import Decimal
+
 from cc_support import AUTH_TOKEN, Claude, Stack, comparable_headers, messages_since, text_reply
 
 from midway.testing import FakeUpstream
@@ -48,3 +51,22 @@ def test_headers_and_query_arrive_unchanged(claude: Claude, stack: Stack,
     [row] = stack.midway.call(stack.service("billing").report("project"))
     assert row["project"] == "midway-conformance"
     assert row["cost_usd"] == seen.annotations["cost_usd"] != "0"
+
+
+def test_repository_settings_attribute_spend_to_a_project(claude: Claude, stack: Stack,
+                                                          fake_upstream: FakeUpstream) -> None:
+    # A repository's checked-in .claude/settings.json names its project for everyone.
+    settings = claude.workdir / ".claude" / "settings.json"
+    settings.parent.mkdir()
+    settings.write_text(json.dumps(
+        {"env": {"ANTHROPIC_CUSTOM_HEADERS": "X-Midway-Project: search-ranking"}}))
+    fake_upstream.reply(text_reply("attributed"))
+    out = claude.run(stack.url, "Hello", "--model", "claude-sonnet-4-6").assert_success()
+
+    assert out["result"] == "attributed"
+    [sent] = fake_upstream.messages_requests
+    assert sent.headers["x-midway-project"] == "search-ranking"
+    [seen] = stack.probe.wait(1)
+    assert seen.annotations["billing"]["project"] == "search-ranking"
+    cost = Decimal(seen.annotations["cost_usd"])
+    assert cost > 0 and abs(cost - Decimal(str(out["total_cost_usd"]))) < Decimal("1e-12")
