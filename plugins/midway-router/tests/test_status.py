@@ -106,3 +106,14 @@ def test_no_status_found_is_explained(tmp_path):
     result = CliRunner().invoke(cli, ["router", "status", "--data-dir", str(tmp_path)])
     assert result.exit_code == 0
     assert "no router status found" in result.output
+
+
+def test_a_stopped_server_leaves_no_snapshot(fake_upstream, midway_factory, router_plugin):
+    proxy = midway_factory(plugins=[router_plugin], config=config(fake_upstream.url))
+    data_dir = proxy.midway.settings.data_dir
+    wait_for(lambda: any(data_dir.glob("router-status-*.json")))
+    proxy.call(proxy._runner.cleanup())  # shut the server down (the fixture ends the loop)
+    proxy._runner = None
+    assert not any(data_dir.glob("router-status-*.json"))
+    result = CliRunner().invoke(cli, ["router", "status", "--data-dir", str(data_dir)])
+    assert "no router status found" in result.output

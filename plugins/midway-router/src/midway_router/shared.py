@@ -36,6 +36,9 @@ class MemoryState:
     async def write_status(self, instance: str, payload: bytes, ttl: float) -> None:
         return None
 
+    async def clear_status(self, instance: str) -> None:
+        return None
+
 
 class RedisState:
     """Shared through Redis (``state = "redis://..."``)."""
@@ -103,6 +106,12 @@ class RedisState:
                                  px=int(ttl * 1000))
         except Exception:
             log.warning("router: could not publish status to Redis", exc_info=True)
+
+    async def clear_status(self, instance: str) -> None:
+        try:
+            await self.redis.delete(f"{self.prefix}:status:{instance}")
+        except Exception:
+            log.warning("router: could not remove status from Redis", exc_info=True)
 
     async def close(self) -> None:
         if self._tasks:

@@ -63,11 +63,14 @@ class SnapshotWriter:
         self._task = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
+        """A stopped server publishes nothing: its snapshot goes, so status never shows a
+        dead instance's keys as in flight."""
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         with contextlib.suppress(OSError):
-            await self.write()
+            self.path.unlink(missing_ok=True)
+        await self.router.shared.clear_status(self.instance)
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
