@@ -12,12 +12,14 @@ from aiohttp import web
 from midway import hookimpl
 from midway.context import Midway
 from midway.exchange import Exchange
+from midway.secrets_ref import SecretError, resolve
 from midway_dashboard.app import Dashboard
+from midway_dashboard.config import DashboardConfigError, load_config
 from midway_dashboard.window import event_from_exchange
 
 SERVICE = "dashboard"
 
-__all__ = ["Dashboard", "post_response", "register_routes", "startup"]
+__all__ = ["Dashboard", "config_check", "post_response", "register_routes", "startup"]
 
 
 @hookimpl
@@ -32,6 +34,22 @@ def startup(midway: Midway) -> None:
     dashboard = midway.services.get(SERVICE)
     if isinstance(dashboard, Dashboard):
         dashboard.start()
+
+
+@hookimpl
+def config_check(midway: Midway) -> list[str]:
+    problems = []
+    try:
+        load_config(midway.config("dashboard"))
+    except DashboardConfigError as exc:
+        problems.append(str(exc))
+    ref = midway.settings.admin_key
+    if ref:
+        try:
+            resolve(ref)
+        except SecretError as exc:
+            problems.append(f"admin_key: {exc}")
+    return problems
 
 
 @hookimpl(trylast=True)

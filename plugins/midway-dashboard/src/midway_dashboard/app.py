@@ -23,6 +23,7 @@ from midway.secrets_ref import resolve
 from midway.server import PROXY_KEY
 from midway_dashboard import panels
 from midway_dashboard.access import COOKIE, COOKIE_PATH, Access, Verdict
+from midway_dashboard.config import DashboardConfig, DashboardConfigError, load_config
 from midway_dashboard.window import TrafficWindow
 
 PREFIX = "/_midway"
@@ -82,18 +83,26 @@ class Dashboard:
     def __init__(self, midway: Midway, app: web.Application) -> None:
         self.midway = midway
         self.app = app
-        config = midway.config("dashboard")
-        self.window = TrafficWindow(float(config.get("window_seconds", 900)),
-                                    int(config.get("max_events", 100_000)))
-        self.refresh_ms = int(float(config.get("refresh_seconds", 2)) * 1000)
-        self.session_seconds = float(config.get("session_hours", 12)) * 3600
+        # Routes are added before start-up, where a bad table can stop midway: keep the error
+        # for start() and run on defaults until then.
+        self.config_error: DashboardConfigError | None = None
+        try:
+            config = load_config(midway.config("dashboard"))
+        except DashboardConfigError as exc:
+            self.config_error = exc
+            config = DashboardConfig()
+        self.window = TrafficWindow(config.window_seconds, config.max_events)
+        self.refresh_ms = int(config.refresh_seconds * 1000)
+        self.session_seconds = config.session_hours * 3600
         self.access: Access | None = None  # set at start-up, once the admin key is resolved
         self.started_at = time.time()
         self._static = _load_static()
         self._failures: dict[str, deque[float]] = {}
 
     def start(self) -> None:
-        """Resolve the admin key; a reference that cannot be resolved aborts start-up."""
+        """Resolve the admin key; a bad config or an unresolvable key aborts start-up."""
+        if self.config_error is not None:
+            raise self.config_error
         ref = self.midway.settings.admin_key
         self.access = Access(resolve(ref) if ref else None, self.session_seconds)
 
@@ -239,17 +248,18 @@ class Dashboard:
 
     async def api_traffic(self, request: web.Request) -> web.Response:
         data = self.window.traffic()
-        data["open_streams"] = self.app[PROXY_KEY].open_streams
-        data["in_flight"] = self._in_flight()
         data["worker"] = self.midway.worker_index
-        return json_response(data)
-
-    def _in_flight(self) -> int | None:
+        data["open_streams"] = self.app[PROXY_KEY].open_streams
+        data["in_flight"] = None
         metrics = self.midway.metrics
-        if metrics is None:
-            return None
-        value = metrics.registry.get_sample_value("midway_inflight_requests")
-        return int(value) if value is not None else 0
+        if metrics is not None:
+            # The core's per-worker snapshots: in-flight figures for every worker on the port,
+            # while the window above is this worker's own.
+            snapshots = metrics.snapshots()
+            data["workers"] = len(snapshots)
+            data["in_flight"] = sum(int(s.get("inflight", 0)) for s in snapshots)
+            data["open_streams"] = sum(int(s.get("open_streams", 0)) for s in snapshots)
+        return json_response(data)
 
     async def api_spend(self, request: web.Request) -> web.Response:
         by = request.query.get("by", "team")

@@ -159,7 +159,7 @@
       legend: {show: true},
       series: [{}, ...series.map((s, i) => ({
         label: s.label, stroke: s.color || COLORS[i % COLORS.length], width: s.width || 2,
-        dash: s.dash, spanGaps: s.spanGaps !== false, points: {show: xs.length < 3},
+        dash: s.dash, spanGaps: s.spanGaps !== false, points: {show: s.points || xs.length < 3, size: 7},
         value: options.yFormat ? (u, v) => (v === null || v === undefined ? "–" : options.yFormat(v)) : undefined,
       }))],
     }, data, holder);
@@ -216,20 +216,22 @@
         card("Latency p99", fmt.ms(lat.p99), "p99", `max ${fmt.ms(lat.max)}`),
         card("Errors (1 min)", fmt.num(d.errors), "errors",
              d.requests ? fmt.pct(d.errors / d.requests) + " of requests" : "no requests"),
-        card("Streams open", fmt.num(d.open_streams), "open-streams", `${fmt.num(d.in_flight)} requests in flight`),
+        card("Streams open", fmt.num(d.open_streams), "open-streams", `${fmt.num(d.in_flight)} requests in flight` +
+             (d.workers > 1 ? ` · all ${d.workers} workers` : "")),
         card("Tokens (1 min)", fmt.num(d.tokens.input + d.tokens.output), "tokens",
              `${fmt.num(d.tokens.input)} in · ${fmt.num(d.tokens.output)} out`),
         card("Cost (1 min)", fmt.usd(d.cost_usd), "cost", "from midway-billing"));
-      updated.textContent = `Updated ${new Date(d.now * 1000).toLocaleTimeString("sv-SE")} · worker ${d.worker} · ${d.bucket_seconds} s buckets`;
+      updated.textContent = `Updated ${new Date(d.now * 1000).toLocaleTimeString("sv-SE")} · ` +
+        `rates and latency of worker ${d.worker} · ${d.bucket_seconds} s buckets`;
       const s = d.series;
       timeChart(rate, "rate", s.t, [
         {label: "requests/s", values: s.rps, color: COLORS[0]},
         {label: "errors/s", values: s.errors_per_s, color: COLORS[1]}],
         {yFormat: (v) => v.toFixed(2)});
       timeChart(latency, "latency", s.t, [
-        {label: "p50", values: s.p50_ms, color: COLORS[2]},
-        {label: "p95", values: s.p95_ms, color: COLORS[3]},
-        {label: "p99", values: s.p99_ms, color: COLORS[1]}],
+        {label: "p50", values: s.p50_ms, color: COLORS[2], points: true},
+        {label: "p95", values: s.p95_ms, color: COLORS[3], points: true},
+        {label: "p99", values: s.p99_ms, color: COLORS[1], points: true}],
         {yFormat: (v) => fmt.ms(v), minMax: 10});
       replace(breakdown,
         section("By status (1 min)", "panel-status", table(
@@ -364,7 +366,7 @@
         holder.replaceChild(cards, holder.querySelector("#cache-cards"));
         holder.replaceChild(outcomes, holder.querySelector("#panel-cache-outcomes"));
       }
-      timeChart(chart, "cache", d.window.t, [{label: "hit rate", values: d.window.hit_rate, color: COLORS[2]}],
+      timeChart(chart, "cache", d.window.t, [{label: "hit rate", values: d.window.hit_rate, color: COLORS[2], points: true}],
                 {yFormat: (v) => fmt.pct(v), minMax: 1});
     }, Math.max(refreshMs, 5000));
   };
@@ -448,7 +450,7 @@
             table(recentColumns(), d.recent || [])));
       }
       if (d.error) return replace(results, failure(d.error));
-      replace(results, el("p", {class: "updated", text: `${d.rows.length} request(s)`}), table([
+      replace(results, section(`${d.rows.length} request(s), newest first`, "panel-requests", table([
         {label: "time", value: (r) => fmt.time(pick(r, "ts", "time"))},
         {label: "request", value: (r) => requestLink(pick(r, "id", "request_id"))},
         {label: "principal", value: (r) => pick(r, "principal_name", "principal") ?? "–"},
@@ -460,7 +462,7 @@
         {label: "tokens in/out", num: true, value: (r) => `${fmt.num(pick(r.usage, "input_tokens"))} / ${fmt.num(pick(r.usage, "output_tokens"))}`},
         {label: "cache", value: (r) => pick(r, "cache") ?? ""},
         {label: "cost", num: true, value: (r) => fmt.usd(pick(r, "cost_usd"))}],
-        d.rows, {empty: "No request matches.", class: "requests"}));
+        d.rows, {empty: "No request matches.", class: "requests"})));
     }).catch((err) => replace(results, failure(err.message)));
   };
 
