@@ -67,6 +67,7 @@ class Reply:
     ping_interval: float = 0.5
     truncate_after: int | None = None  # end the body (cleanly) after this many events
     events: list[bytes] | None = None  # raw SSE bytes to send verbatim instead of `content`
+    first_byte_delay: float = 0.0  # seconds before the status line (nothing sent until then)
 
 
 @attrs.define
@@ -182,6 +183,8 @@ class FakeAnthropic:
                 return _error(400, "invalid_request_error", f"bad x-fake-reply: {exc}")
         else:
             reply = Reply()
+        if reply.first_byte_delay:
+            await asyncio.sleep(reply.first_byte_delay)
         headers = _headers()
         headers.update(reply.headers)
         if reply.status >= 400:
