@@ -33,6 +33,9 @@ MARKER = "midway-tool-ok"
 # Requests carrying this header (Claude Code: ANTHROPIC_CUSTOM_HEADERS) go to the OpenAI fake.
 ROUTE_HEADER = "x-midway-route"
 OPENAI_MODEL = "gpt-fake-1"
+# The router maps this model to that one on the Anthropic upstream.
+MAPPED_FROM = "claude-opus-4-7"
+MAPPED_TO = "claude-sonnet-4-6"
 
 # Headers that legitimately differ between a direct connection and one through midway: the
 # connection's own (Host, Content-Length), and Accept-Encoding, which midway narrows to the

@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 from cc_support import (
+    MAPPED_FROM,
+    MAPPED_TO,
     OPENAI_MODEL,
     ROUTE_HEADER,
     Claude,
@@ -41,7 +43,10 @@ def plugin_config(data_dir: Path, anthropic_url: str, openai_url: str) -> dict[s
                  "keys": ["sk-openai-conformance"], "models": {"*": OPENAI_MODEL}},
             ],
             "rules": [{"name": "to-openai", "match": {"headers": {ROUTE_HEADER: "openai"}},
-                       "target": "openai"}],
+                       "target": "openai"},
+                      # Model mapping: what a team maps an expensive model to.
+                      {"name": "opus-to-sonnet", "match": {"model": MAPPED_FROM},
+                       "target": "anthropic", "model": MAPPED_TO}],
         },
     }
 

@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
-from cc_support import AUTH_TOKEN, MARKER, OPENAI_MODEL, ROUTE_HEADER, Claude, Stack
+from decimal import Decimal
+
+from cc_support import (
+    AUTH_TOKEN,
+    MAPPED_FROM,
+    MAPPED_TO,
+    MARKER,
+    OPENAI_MODEL,
+    ROUTE_HEADER,
+    Claude,
+    Stack,
+    text_reply,
+)
 from openai_upstream import ChatReply, OpenAIUpstream
 
 from midway.testing import FakeUpstream
@@ -46,3 +58,22 @@ def test_routed_to_openai_completes_the_tool_loop(claude: Claude, stack: Stack,
     assert [x.annotations.get("route") for x in exchanges] == ["to-openai", "to-openai"]
     assert [x.stop_reason for x in exchanges] == ["tool_use", "end_turn"]
     assert [x.upstream.name for x in exchanges if x.upstream] == ["openai", "openai"]
+
+
+def test_model_mapping_is_billed_at_the_model_used(claude: Claude, stack: Stack,
+                                                   fake_upstream: FakeUpstream) -> None:
+    usage = {"input_tokens": 1000, "cache_creation_input_tokens": 0,
+             "cache_read_input_tokens": 0, "output_tokens": 100}
+    fake_upstream.reply(text_reply("mapped", usage=usage))
+    out = claude.run(stack.url, "Hello", "--model", MAPPED_FROM).assert_success()
+
+    assert out["result"] == "mapped"
+    [sent] = fake_upstream.messages_requests
+    assert sent.json["model"] == MAPPED_TO
+    [seen] = stack.probe.wait(1)
+    assert seen.annotations["route"] == "opus-to-sonnet"
+    # Claude Code prices what it asked for (Opus 4.7: $5 / $25 per MTok); midway records what
+    # was used (Sonnet 4.6: $3 / $15).
+    assert abs(Decimal(str(out["total_cost_usd"])) - Decimal("0.0075")) < Decimal("1e-12")
+    assert seen.annotations["billing"]["model"] == MAPPED_TO
+    assert Decimal(seen.annotations["cost_usd"]) == Decimal("0.0045")
