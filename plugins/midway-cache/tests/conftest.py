@@ -7,8 +7,8 @@ from typing import Any
 
 import anthropic
 import pytest
-from midway.testing import RunningMidway, wait_for
 
+from midway.testing import RunningMidway, wait_for
 from midway_cache import CachePlugin
 
 RICH_CONTENT = [

@@ -7,6 +7,7 @@ import asyncio
 import aiohttp
 import pytest
 from conftest import RICH_CONTENT, body, client, stats, stored, without_ids
+
 from midway.testing import Reply
 
 

@@ -191,10 +191,13 @@ class CachePlugin:
             return self._hit(exchange, entry, "hit")
         if self.coalescer is not None and self.config.coalesce:
             state.leader = await self.coalescer.join(keys.exact)
-            if not state.leader:
-                entry = await self.store.get(keys.exact, time.time())
-                if entry is not None:
-                    return self._hit(exchange, entry, "hit")
+            # Looked up again even by a new leader: the previous one may have stored the
+            # answer and let go between our first lookup and the join.
+            entry = await self.store.get(keys.exact, time.time())
+            if entry is not None:
+                await self._release(state)
+                state.store = False
+                return self._hit(exchange, entry, "hit")
         answer = await self._semantic(exchange, state, now)
         if answer is not None:
             await self._release(state)

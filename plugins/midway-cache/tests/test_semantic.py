@@ -1,0 +1,119 @@
+"""The semantic layer with the real local embedder (all-MiniLM-L6-v2 on onnxruntime)."""
+
+from __future__ import annotations
+
+import orjson
+from click.testing import CliRunner
+from conftest import RICH_CONTENT, body, client, stats, stored
+
+from midway.cli import cli
+from midway.testing import Reply
+from midway_cache.guard import agree
+
+
+def test_paraphrase_is_served_semantically(cached, fake_upstream):
+    running = cached(semantic=True)
+    c = client(running)
+    original = c.messages.create(**body("How do I reverse a list in Python?"))
+    stored(running)
+    answer = c.messages.with_raw_response.create(**body("How can I reverse a list in Python?"))
+    assert answer.headers["x-midway-cache"] == "semantic-hit"
+    assert float(answer.headers["x-midway-cache-similarity"]) >= 0.95
+    assert answer.parse().content[0].text == original.content[0].text
+    assert len(fake_upstream.messages_requests) == 1
+    assert stats(running)["semantic_hits"] == 1
+
+
+def test_traps_are_not_served(cached, fake_upstream):
+    running = cached(semantic=True)
+    c = client(running)
+    c.messages.create(**body("Convert 100 USD to EUR."))
+    stored(running)
+    for trap in ("Convert 100 EUR to USD.", "Convert 150 USD to EUR.",
+                 "Don't convert 100 USD to EUR."):
+        answer = c.messages.with_raw_response.create(**body(trap))
+        assert answer.headers["x-midway-cache"] == "miss", trap
+    assert len(fake_upstream.messages_requests) == 4
+
+
+def test_different_context_is_another_partition(cached, fake_upstream):
+    running = cached(semantic=True)
+    c = client(running)
+
+    def conversation(language: str, prompt: str) -> dict:
+        return body(prompt) | {"messages": [
+            {"role": "user", "content": f"I am writing a {language} web server."},
+            {"role": "assistant", "content": "Great, what do you need?"},
+            {"role": "user", "content": prompt}]}
+
+    c.messages.create(**conversation("Rust", "How do I add logging?"))
+    stored(running)
+    other = c.messages.with_raw_response.create(**conversation("Python", "How can I add logging?"))
+    assert other.headers["x-midway-cache"] == "miss"
+    same = c.messages.with_raw_response.create(**conversation("Rust", "How can I add logging?"))
+    assert same.headers["x-midway-cache"] == "semantic-hit"
+
+
+def test_other_tenant_never_served_semantically(cached, fake_upstream):
+    running = cached(semantic=True)
+    client(running, "sk-ant-test-alice").messages.create(**body("What is a REST API?"))
+    stored(running)
+    answer = client(running, "sk-ant-test-bob").messages.with_raw_response.create(
+        **body("What's a REST API?"))
+    assert answer.headers["x-midway-cache"] == "miss"
+
+
+def test_tool_use_answers_are_not_served_semantically(cached, fake_upstream):
+    fake_upstream.reply(Reply(content=RICH_CONTENT))
+    running = cached(semantic=True)
+    c = client(running)
+    c.messages.create(**body("What is the weather in Paris?"))
+    stored(running)
+    answer = c.messages.with_raw_response.create(**body("What's the weather in Paris?"))
+    assert answer.headers["x-midway-cache"] == "miss"
+
+
+def test_shadow_mode_records_without_serving(cached, fake_upstream):
+    running = cached(semantic=True, semantic_mode="shadow")
+    c = client(running)
+    c.messages.create(**body("How do I reverse a list in Python?"))
+    stored(running)
+    answer = c.messages.with_raw_response.create(**body("How can I reverse a list in Python?"))
+    assert answer.headers["x-midway-cache"] == "miss"
+    assert len(fake_upstream.messages_requests) == 2
+    assert stats(running)["shadow_hits"] == 1
+
+
+def test_tool_result_turn_uses_exact_layer_only(cached, fake_upstream):
+    running = cached(semantic=True)
+    c = client(running)
+    turn = body() | {"messages": [
+        {"role": "user", "content": "Weather?"},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_01a",
+                                           "name": "w", "input": {}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_01a",
+                                      "content": "sunny"}]}]}
+    c.messages.create(**turn)
+    stored(running)
+    entry_partitions = running.call(running.midway.services["cache"]._plugin.store.candidates(
+        "any", 0))
+    assert entry_partitions == []
+    assert c.messages.with_raw_response.create(**turn).headers["x-midway-cache"] == "hit"
+
+
+def test_guard_examples():
+    assert agree("How do I reverse a list?", "How can I reverse a list?")[0]
+    assert not agree("Is a cat bigger than a dog?", "Is a dog bigger than a cat?")[0]
+    assert not agree("Set the timeout to 30 s", "Set the timeout to 300 s")[0]
+    assert not agree("Is it safe?", "Is it not safe?")[0]
+    assert not agree("Fix parse_config", "Fix load_config")[0]
+
+
+def test_eval_command_prints_rates():
+    result = CliRunner().invoke(cli, ["cache", "eval", "--json"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    report = orjson.loads(result.output)
+    assert report["threshold"] == 0.95
+    assert report["should_hit"] >= 30 and report["must_not"] >= 30
+    assert report["served_rate"] >= 0.8
+    assert report["wrong_rate"] <= 0.05
