@@ -1,0 +1,105 @@
+"""The command line: plugins listing, settings precedence, the mock upstream command."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import orjson
+from click.testing import CliRunner
+
+from midway.cli import cli
+from midway.config import load_settings
+from midway.testing import wait_for
+
+
+def test_plugins_json_lists_name_version_hooks(monkeypatch):
+    monkeypatch.delenv("MIDWAY_PLUGINS", raising=False)
+    result = CliRunner().invoke(cli, ["plugins", "--json"])
+    assert result.exit_code == 0
+    plugins = json.loads(result.output)
+    assert isinstance(plugins, list)
+    for plugin in plugins:
+        assert {"name", "version", "hooks", "source", "error"} <= set(plugin)
+    monkeypatch.setenv("MIDWAY_PLUGINS", "")
+    assert json.loads(CliRunner().invoke(cli, ["plugins", "--json"]).output) == []
+
+
+def test_extra_plugin_files_are_listed(tmp_path, monkeypatch):
+    plugin = tmp_path / "team_tag.py"
+    plugin.write_text("from midway import hookimpl\n@hookimpl\ndef pre_request(exchange):\n"
+                      "    pass\n")
+    broken = tmp_path / "broken.py"
+    broken.write_text("raise RuntimeError('boom at import')\n")
+    config = tmp_path / "midway.toml"
+    config.write_text(f'[midway]\nplugins = []\nextra_plugins = ["{plugin}", "{broken}"]\n')
+    monkeypatch.setenv("MIDWAY_CONFIG", str(config))
+    monkeypatch.delenv("MIDWAY_PLUGINS", raising=False)
+    result = CliRunner().invoke(cli, ["plugins", "--json"])
+    listed = {p["name"]: p for p in json.loads(result.output)}
+    assert listed["team_tag"]["hooks"] == ["pre_request"]
+    assert listed["team_tag"]["source"] == f"file {plugin}"
+    assert "boom at import" in listed["broken"]["error"]
+    text = CliRunner().invoke(cli, ["plugins"]).output
+    assert "FAILED" in text and "team_tag" in text
+
+
+def test_settings_precedence_file_then_env_then_flags(tmp_path):
+    config = tmp_path / "midway.toml"
+    config.write_text('[midway]\nport = 9001\nidle_timeout = 30\nupstream = "http://a.test"\n'
+                      '[audit]\nstore = "sqlite"\n')
+    env = {"MIDWAY_CONFIG": str(config), "MIDWAY_PORT": "9002", "MIDWAY_DATA_DIR": "/tmp/mw-x",
+           "MIDWAY_AUDIT__STORE": "postgresql://db/x"}
+    settings = load_settings(environ=env, port=9003)
+    assert settings.port == 9003
+    assert settings.idle_timeout == 30.0
+    assert settings.upstream == "http://a.test"
+    assert settings.data_dir == Path("/tmp/mw-x")
+    assert load_settings(environ=env).port == 9002
+    os.environ["MIDWAY_AUDIT__STORE"] = "postgresql://db/x"
+    try:
+        assert settings.plugin_config("audit") == {"store": "postgresql://db/x"}
+    finally:
+        del os.environ["MIDWAY_AUDIT__STORE"]
+
+
+def test_bad_config_is_a_clear_error(tmp_path):
+    config = tmp_path / "midway.toml"
+    config.write_text("[midway]\nport = 'eighty'\n")
+    result = CliRunner().invoke(cli, ["serve", "--config", str(config)])
+    assert result.exit_code != 0 and "port must be int" in result.output
+    config.write_text("[midway]\nprot = 1\n")
+    result = CliRunner().invoke(cli, ["serve", "--config", str(config)])
+    assert "unknown setting [midway] prot" in result.output
+
+
+def test_mock_upstream_command_serves_the_fake_api():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "midway.cli", "mock-upstream", "--port",
+                             str(port)], stderr=subprocess.DEVNULL)
+    try:
+        def up() -> bool:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                return True
+            except OSError:
+                return False
+        wait_for(up, timeout=20)
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/v1/messages", method="POST",
+            data=orjson.dumps({"model": "claude-haiku-4-5", "max_tokens": 5,
+                               "messages": [{"role": "user", "content": "hi"}]}))
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            message = json.loads(resp.read())
+        assert message["type"] == "message" and message["model"] == "claude-haiku-4-5"
+        assert message["usage"]["input_tokens"] > 0
+    finally:
+        proc.terminate()
+        proc.wait(10)
