@@ -9,10 +9,13 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 import anthropic
-import httpx
+import orjson
 
 from midway.testing import wait_for
 
@@ -27,9 +30,15 @@ def free_port() -> int:
 
 def up(url: str) -> bool:
     try:
-        return httpx.get(url, timeout=1).status_code < 500
-    except httpx.HTTPError:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return bool(response.status < 500)
+    except (urllib.error.URLError, OSError):
         return False
+
+
+def get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return orjson.loads(response.read())
 
 
 def start(args: list[str], log: Path) -> subprocess.Popen[bytes]:
@@ -97,7 +106,7 @@ limit_usd = "1000"
 
         asyncio.run(run())
         midway.wait(10)
-        served = [r for r in httpx.get(f"http://127.0.0.1:{fake_port}/_fake/requests").json()
+        served = [r for r in get_json(f"http://127.0.0.1:{fake_port}/_fake/requests")
                   if r["path"] == "/v1/messages"]
         assert len(served) >= 20
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from midway import Attempt, Exchange, Midway, Response, hookimpl
 from midway_billing.config import BillingConfig
 from midway_billing.metrics import BillingMetrics
+from midway_billing.operations import config_check, db_upgrade  # noqa: F401 (hooks)
 from midway_billing.plugin import Billing
 
 if TYPE_CHECKING:
