@@ -26,6 +26,7 @@ from midway_cache.assemble import MessageAssembler
 from midway_cache.coalesce import Coalescer
 from midway_cache.config import CacheConfig, load_config
 from midway_cache.keys import CacheKeys, request_keys
+from midway_cache.operations import StoreOperations
 from midway_cache.stores import Entry, Store, make_store
 
 if TYPE_CHECKING:
@@ -37,6 +38,7 @@ log = logging.getLogger("midway.cache")
 HEADER = "x-midway-cache"
 _FLUSH_EVERY = 1.0
 _PURGE_EVERY = 60.0
+_WARN_EVERY = 10.0  # seconds between log lines about an unreachable store
 
 
 @attrs.define(eq=False)
@@ -64,7 +66,7 @@ class CacheService:
         return await self._plugin.require_store().stats()
 
 
-class CachePlugin:
+class CachePlugin(StoreOperations):
     """One cache per midway instance (the entry point registers :data:`plugin`)."""
 
     def __init__(self) -> None:
@@ -78,6 +80,7 @@ class CachePlugin:
         self._tasks: list[asyncio.Task[None]] = []
         self._metric: Any = None
         self._similarity: Any = None
+        self._warned_at = 0.0
 
     def require_store(self) -> Store:
         if self.store is None:
@@ -171,6 +174,27 @@ class CachePlugin:
     async def pre_request(self, exchange: Exchange) -> Response | None:
         if self.store is None:
             return None
+        try:
+            return await self._lookup(exchange)
+        except Exception:
+            # The store is down (e.g. Redis restarting): the request goes upstream uncached
+            # rather than failing; nothing is stored for it.
+            self._store_failed("look up")
+            state = exchange.state.pop("cache", None)
+            if isinstance(state, _State):
+                await self._release(state)
+            self._annotate(exchange, "bypass")
+            return None
+
+    def _store_failed(self, doing: str) -> None:
+        now = time.monotonic()
+        if now - self._warned_at >= _WARN_EVERY:
+            self._warned_at = now
+            log.warning("cache: could not %s in the store; bypassing the cache", doing,
+                        exc_info=True)
+
+    async def _lookup(self, exchange: Exchange) -> Response | None:
+        assert self.store is not None
         headers = exchange.request.headers
         directive = headers.popall(HEADER, [""])[-1].strip().lower()
         control = headers.get("cache-control", "").lower()
@@ -278,6 +302,8 @@ class CachePlugin:
             message = self._complete_message(exchange, state)
             if message is not None and self.store is not None:
                 await self._store(exchange, state, message)
+        except Exception:
+            self._store_failed("store an answer")
         finally:
             await self._release(state)
 
@@ -320,7 +346,10 @@ class CachePlugin:
     async def _release(self, state: _State) -> None:
         if state.leader and self.coalescer is not None:
             state.leader = False
-            await self.coalescer.release(state.keys.exact)
+            try:  # in-process followers are let go even when the store is unreachable
+                await self.coalescer.release(state.keys.exact)
+            except Exception:
+                self._store_failed("release a fill lock")
 
     # -- commands ----------------------------------------------------------------------------
 

@@ -19,6 +19,9 @@ from midway_cache.stores.base import Candidate, Store
 
 REFRESH = 5.0
 _MAX_PARTITIONS = 4096
+# candidates above the threshold checked by the guard before giving up (bounds the work when
+# a partition holds many near-identical prompts that differ in numbers, say)
+_MAX_CHECKED = 8
 
 
 @attrs.define
@@ -34,7 +37,7 @@ class _Partition:
     keys: list[str]
     prompts: list[str]
     tool_use: list[bool]
-    matrix: np.ndarray[Any, np.dtype[np.float32]]
+    matrix: np.ndarray[Any, np.dtype[np.float32]]  # rows beyond len(keys) are spare capacity
 
 
 class SemanticIndex:
@@ -61,11 +64,10 @@ class SemanticIndex:
         part = await self._partition(partition, now)
         if not part.keys:
             return None
-        scores = part.matrix @ vector
-        for i in np.argsort(-scores):
+        scores = part.matrix[:len(part.keys)] @ vector
+        above = np.flatnonzero(scores >= threshold)
+        for i in above[np.argsort(-scores[above])][:_MAX_CHECKED]:
             score = float(scores[i])
-            if score < threshold:
-                break
             if part.tool_use[i] and not allow_tool_use:
                 continue
             if self.guard and not agree(prompt, part.prompts[i])[0]:
@@ -81,11 +83,17 @@ class SemanticIndex:
             return
         if key in part.keys:
             return
+        n = len(part.keys)
+        if part.matrix.shape[0] == 0 or part.matrix.shape[1] != vector.shape[0]:
+            part.matrix = np.zeros((8, vector.shape[0]), dtype=np.float32)
+            if n:  # vectors of another size: start over with this embedder's
+                part.keys, part.prompts, part.tool_use, n = [], [], [], 0
+        elif n == part.matrix.shape[0]:  # grow by doubling: adding stays amortised O(1)
+            part.matrix = np.vstack([part.matrix, np.zeros_like(part.matrix)])
+        part.matrix[n] = vector
         part.keys.append(key)
         part.prompts.append(prompt)
         part.tool_use.append(tool_use)
-        part.matrix = vector[None, :] if part.matrix.shape[0] == 0 else \
-            np.vstack([part.matrix, vector[None, :]])
 
     def forget(self) -> None:
         self._partitions.clear()
