@@ -36,7 +36,7 @@ def sdk() -> Callable[..., anthropic.Anthropic]:
     return make
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # one Playwright at a time: another suite may start its own
 def chromium() -> Iterator[Any]:
     with browser() as instance:
         yield instance

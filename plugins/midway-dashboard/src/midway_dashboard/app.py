@@ -56,6 +56,7 @@ SECURITY_HEADERS = {
 RANGES = {"15m": timedelta(minutes=15), "1h": timedelta(hours=1), "24h": timedelta(hours=24),
           "7d": timedelta(days=7), "30d": timedelta(days=30)}
 LOGIN_FAILURES_PER_MINUTE = 10
+TRAFFIC_CACHE_SECONDS = 1.0
 STATUS_FILTER = re.compile(r"[1-5](\d\d|xx)|error")
 ACTIVE = ' class="active" aria-current="page"'
 
@@ -98,6 +99,7 @@ class Dashboard:
         self.started_at = time.time()
         self._static = _load_static()
         self._failures: dict[str, deque[float]] = {}
+        self._traffic: tuple[float, dict[str, Any]] | None = None
 
     def start(self) -> None:
         """Resolve the admin key; a bad config or an unresolvable key aborts start-up."""
@@ -247,7 +249,12 @@ class Dashboard:
                               "panels": panels.availability(self.midway)})
 
     async def api_traffic(self, request: web.Request) -> web.Response:
-        data = self.window.traffic()
+        # Computing the figures of a full window takes tens of ms on the event loop: viewers
+        # polling at the same time share one computation per second.
+        now = time.monotonic()
+        if self._traffic is None or now - self._traffic[0] >= TRAFFIC_CACHE_SECONDS:
+            self._traffic = (now, self.window.traffic())
+        data = dict(self._traffic[1])
         data["worker"] = self.midway.worker_index
         data["open_streams"] = self.app[PROXY_KEY].open_streams
         data["in_flight"] = None
