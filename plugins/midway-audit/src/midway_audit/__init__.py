@@ -18,6 +18,7 @@ from midway_audit.assemble import StreamAssembler
 from midway_audit.config import AuditConfig
 from midway_audit.jsonl_sink import JsonlSink
 from midway_audit.metrics import AuditMetrics
+from midway_audit.operations import config_check, db_upgrade  # noqa: F401 (hooks)
 from midway_audit.record import capture
 from midway_audit.redact import Redactor
 from midway_audit.service import AuditService

@@ -40,7 +40,12 @@ class Coalescer:
             return False
         flight = asyncio.get_running_loop().create_future()
         self._flights[key] = flight
-        if await self.store.lock(key, self.timeout):
+        try:
+            leads = await self.store.lock(key, self.timeout)
+        except BaseException:  # the store is unreachable: followers must not wait on us
+            self._done(key, flight)
+            raise
+        if leads:
             return True
         try:  # another instance leads
             await self._poll(key)

@@ -34,7 +34,9 @@ class RedisStore:
     async def open(self) -> None:
         import redis.asyncio as aioredis
 
-        self._redis = aioredis.from_url(self.url, decode_responses=False)
+        # Bounded waits: an unreachable Redis bypasses the cache instead of holding requests.
+        self._redis = aioredis.from_url(self.url, decode_responses=False,
+                                        socket_connect_timeout=2.0, socket_timeout=5.0)
         await self._redis.ping()
 
     async def close(self) -> None:
