@@ -181,3 +181,23 @@ def test_invalid_json_and_template_text_pass_through_literally(fake_upstream, mi
              b'"{{7*7}} ${env:HOME} __import__(\\"os\\") %s %n"}]}'
     assert asyncio.run(go(prompt)) == 200
     assert [r.body for r in fake_upstream.requests] == [b'{"model": ', prompt]
+
+
+def test_upstream_cookies_are_never_replayed_for_other_clients(fake_upstream, midway_proxy):
+    fake_upstream.reply(Reply(headers={"set-cookie": "session=alice-secret; Path=/"}), Reply())
+
+    async def go(key: str) -> str:
+        async with aiohttp.ClientSession() as s, s.post(
+                midway_proxy.url + "/v1/messages", data=MSG, headers={"x-api-key": key}) as r:
+            await r.read()
+            return r.headers.get("set-cookie", "")
+    assert "alice-secret" in asyncio.run(go("alice"))  # relayed to its own client
+    asyncio.run(go("bob"))
+    assert "cookie" not in fake_upstream.messages_requests[-1].headers
+
+
+def test_path_and_query_bytes_are_forwarded_exactly(fake_upstream, midway_proxy):
+    port = int(midway_proxy.url.rsplit(":", 1)[1])
+    raw_request(port, b"GET /v1/models?limit=1000&after_id=a%2Fb%20c&x=%7E HTTP/1.1\r\n"
+                      b"Host: x\r\nx-api-key: k\r\nConnection: close\r\n\r\n")
+    assert fake_upstream.requests[-1].query == "limit=1000&after_id=a%2Fb%20c&x=%7E"

@@ -35,10 +35,10 @@ def request_headers(incoming: CIMultiDictProxy[str]) -> CIMultiDict[str]:
 def response_headers(incoming: CIMultiDictProxy[str],
                      extra_drop: Iterable[str] = ()) -> CIMultiDict[str]:
     """The upstream's end-to-end response headers for the client."""
-    drop = _RESPONSE_DROP | set(extra_drop)
+    drop = _RESPONSE_DROP | set(extra_drop) if extra_drop else _RESPONSE_DROP
     if "connection" in incoming:
-        drop |= _named_by_connection(incoming)
-    return CIMultiDict((k, v) for k, v in incoming.items() if k.lower() not in drop)
+        drop = drop | _named_by_connection(incoming)
+    return CIMultiDict([(k, v) for k, v in incoming.items() if k.lower() not in drop])
 
 
 def filter_accept_encoding(value: str | None) -> str:

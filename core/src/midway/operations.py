@@ -13,6 +13,7 @@ import attrs
 
 from midway.config import Settings
 from midway.context import Midway
+from midway.keys import operations as keys_operations
 from midway.secrets_ref import SecretError, resolve
 from midway.server import build_midway, runtime_dir
 
@@ -80,6 +81,12 @@ def config_check(settings: Settings) -> list[CheckResult]:
         if exc is not None:
             problems.append(f"{type(exc).__name__}: {exc}")
         results.append(CheckResult(plugin, problems))
+    if keys_operations.enabled(settings):
+        try:
+            problems = asyncio.run(keys_operations.check(settings))
+        except Exception as exc:
+            problems = [f"{type(exc).__name__}: {exc}"]
+        results.append(CheckResult("keys", problems))
     return results
 
 
@@ -87,6 +94,11 @@ def db_upgrade(settings: Settings) -> list[tuple[str, list[str]]]:
     """Create or migrate every plugin's schemas; raises on the first failure."""
     midway = build_midway(settings)
     done = []
+    if keys_operations.enabled(settings):
+        try:
+            done.append(("keys", asyncio.run(keys_operations.upgrade(settings))))
+        except Exception as exc:
+            raise RuntimeError(f"keys: {type(exc).__name__}: {exc}") from exc
     for plugin, changes, exc in asyncio.run(_run_per_plugin(midway, "db_upgrade")):
         if exc is not None:
             raise RuntimeError(f"{plugin}: {type(exc).__name__}: {exc}") from exc

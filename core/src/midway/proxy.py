@@ -14,6 +14,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 from multidict import CIMultiDict
+from yarl import URL
 
 from midway import accesslog
 from midway.context import Midway
@@ -345,8 +346,9 @@ class Proxy:
         session = self.midway.session
         assert session is not None
         try:
+            # encoded=True: the client's path and query go out byte for byte, not requoted.
             return await session.request(
-                prepared.method, prepared.url, data=prepared.body or None,
+                prepared.method, URL(prepared.url, encoded=True), data=prepared.body or None,
                 headers=prepared.headers, allow_redirects=False, timeout=self.timeout)
         except (TimeoutError, aiohttp.ServerTimeoutError):
             raise MidwayError(504, f"upstream {upstream.name} timed out") from None

@@ -114,6 +114,8 @@ def build_app(midway: Midway) -> web.Application:
                                          ttl_dns_cache=300, enable_cleanup_closed=True)
         midway.session = aiohttp.ClientSession(
             connector=connector, auto_decompress=False, trust_env=settings.trust_env,
+            # A proxy must never keep one client's cookies and send them with another's.
+            cookie_jar=aiohttp.DummyCookieJar(),
             skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept", "Content-Type"),
             timeout=proxy.timeout)
         await midway.plugins.each("register_metrics", swallow=False, midway=midway)
