@@ -115,7 +115,8 @@ class FakeAnthropic:
     async def _record(self, request: web.Request) -> RecordedRequest:
         body = await request.read()
         rec = RecordedRequest(method=request.method, path=request.path,
-                              query=request.rel_url.raw_query_string, headers=CIMultiDict(request.headers),
+                              query=request.rel_url.raw_query_string,
+                              headers=CIMultiDict(request.headers),
                               body=body, received_at=time.monotonic())
         self.requests.append(rec)
         return rec
