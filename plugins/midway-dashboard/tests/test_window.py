@@ -31,22 +31,25 @@ def test_traffic_rates_errors_and_latency() -> None:
     now = 10_000.0
     for i in range(60):  # one a second for the last minute, 10 ms .. 600 ms
         window.add(event(now - 59.5 + i, duration=10.0 * (i + 1)))
+    # A client's mistake is not a gateway error, even with its error type set.
+    window.add(event(now - 2, status=400, duration=5, error_type="invalid_request_error"))
+    # An error event in a stream that began as a 200 is one.
+    window.add(event(now - 1.5, status=200, duration=5, error_type="overloaded_error"))
     window.add(event(now - 1, status=529, duration=5, error_type="overloaded_error"))
-    window.add(event(now - 2, status=400, duration=5))  # a client error is not a gateway error
     data = window.traffic(now=now)
-    assert data["requests"] == 62
-    assert data["errors"] == 1
-    assert data["rps"] == 62 / 60
-    assert data["by_status"] == {"2xx": 60, "4xx": 1, "5xx": 1}
+    assert data["requests"] == 63
+    assert data["errors"] == 2
+    assert data["rps"] == 63 / 60
+    assert data["by_status"] == {"2xx": 61, "4xx": 1, "5xx": 1}
     latency = data["latency_ms"]
     assert latency["max"] == 600.0
-    assert 290 <= latency["p50"] <= 310
+    assert 280 <= latency["p50"] <= 310
     assert latency["p99"] == 600.0
-    assert [e["status"] for e in data["recent_errors"]] == [529]
+    assert [e["status"] for e in data["recent_errors"]] == [529, 200]
     series = data["series"]
     assert len(series["t"]) == 60 and series["t"][-1] <= now
-    assert abs(sum(series["rps"]) * 5 - 62) < 1e-9
-    assert sum(series["errors_per_s"]) * 5 == 1
+    assert abs(sum(series["rps"]) * 5 - 63) < 1e-9
+    assert sum(series["errors_per_s"]) * 5 == 2
 
 
 def test_window_forgets_old_events_and_is_bounded() -> None:

@@ -43,7 +43,10 @@ class Event:
 
     @property
     def is_error(self) -> bool:
-        return self.status >= 500 or self.status == 429 or self.error_type is not None
+        # The gateway's or upstream's failures: 5xx, rate limits, and error events in a stream
+        # that began as a 200. Other 4xx are the client's mistakes; they show by status.
+        return self.status >= 500 or self.status == 429 or \
+            (self.status < 400 and self.error_type is not None)
 
     def as_dict(self) -> dict[str, Any]:
         return {"t": self.t, "id": self.id, "status": self.status,
