@@ -215,7 +215,6 @@ class Stack:
 
     midway: RunningMidway
     probe: Probe
-    plugins: tuple[str, ...]
 
     @property
     def url(self) -> str:

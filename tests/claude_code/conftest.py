@@ -27,8 +27,8 @@ from midway.testing import FakeUpstream, start_midway
 PLUGINS: tuple[str, ...] = ("audit", "billing", "cache", "router")
 
 
-def plugin_config(data_dir: Path, anthropic_url: str, openai_url: str) -> dict[str, Any]:
-    """The TOML tables of the enabled plugins (embedded stores under ``data_dir``)."""
+def plugin_config(anthropic_url: str, openai_url: str) -> dict[str, Any]:
+    """The TOML tables of the enabled plugins (embedded stores go to midway's data dir)."""
     return {
         "midway": {"plugins": list(PLUGINS)},
         "audit": {"store": "sqlite", "sqlite_synchronous": "normal"},
@@ -77,14 +77,13 @@ def stack(fake_upstream: FakeUpstream, openai_upstream: OpenAIUpstream, tmp_path
     data_dir = tmp_path / "midway"
     probe = Probe()
     running = start_midway(data_dir, fake_upstream.url, plugins=[("cc_probe", probe)],
-                           config=plugin_config(data_dir, fake_upstream.url,
-                                                openai_upstream.url))
+                           config=plugin_config(fake_upstream.url, openai_upstream.url))
     try:
         loaded = {info.name: info for info in running.midway.plugins.infos}
         for name in PLUGINS:
             info = loaded.get(name)
             assert info is not None, f"plugin {name} is not installed"
             assert info.error is None, f"plugin {name} failed to load: {info.error}"
-        yield Stack(midway=running, probe=probe, plugins=PLUGINS)
+        yield Stack(midway=running, probe=probe)
     finally:
         running.stop()
