@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
-from conftest import HEADERS, abandon_stream, flush, records, reopen
+from conftest import HEADERS, abandon_stream, committed, flush, records, reopen
 
-from midway.testing import Reply
+from midway.testing import Reply, wait_for
 
 TOTAL = 2000
 CONCURRENCY = 50
@@ -47,7 +47,10 @@ def test_2000_requests_with_10_percent_disconnects_give_2000_records(fake_upstre
 
     completed, abandoned = asyncio.run(load())
     assert (len(completed), len(abandoned)) == (1800, 200)
-    flush(running)  # shutdown: the queue drains before the store closes; nothing after
+    # every handler has run post_response (an abandoned one notices the client left on its
+    # next write, a little after the client is gone); then shut down: the queue drains
+    wait_for(lambda: committed(running) >= TOTAL, timeout=30)
+    flush(running)
     reopen(running)
     stored = records(running)
     assert len(stored) == TOTAL

@@ -9,7 +9,7 @@ import aiohttp
 import anthropic
 import orjson
 from click.testing import CliRunner
-from conftest import HEADERS, abandon_stream, flush, get, records
+from conftest import HEADERS, abandon_stream, committed, flush, get, records
 
 import midway_audit
 from midway.cli import cli
@@ -84,6 +84,7 @@ def test_two_instances_append_to_one_chain(fake_upstream, midway_factory, pg_con
 
     with ThreadPoolExecutor(2) as pool:
         list(pool.map(lambda r: asyncio.run(load(r.url, 150)), instances))
+    wait_for(lambda: sum(committed(r) for r in instances) >= 300, timeout=30)
     for running in instances:
         flush(running)
     probe = midway_factory(plugins=[("audit", midway_audit)], config=config)

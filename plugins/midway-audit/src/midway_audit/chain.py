@@ -1,9 +1,11 @@
 """The hash chain: how a record's hash is computed, and how a store is verified.
 
 ``hash = sha256(prev_hash || canonical)``, where ``prev_hash`` is the previous record's hash
-as 64 hex characters (the chain's anchor for the first record kept) and ``canonical`` is the
-compact JSON array ``[seq, data, request_body, response_body]`` of the stored columns
-(``data`` itself being the record's metadata as JSON with sorted keys).
+as 64 hex characters (the chain's anchor for the first record kept) and ``canonical`` is
+``"<seq>\n"`` followed by the stored ``data``, ``request_body`` and ``response_body`` columns,
+each UTF-8 encoded as a netstring (``"<length>:<bytes>,"``, or ``"~"`` for NULL). ``data`` is
+the record's metadata as JSON with sorted keys. Length prefixes make the form unambiguous
+without escaping the (large) bodies again.
 """
 
 from __future__ import annotations
@@ -17,20 +19,32 @@ import orjson
 GENESIS = "0" * 64
 
 
+def fields(data: str, request_body: str | None, response_body: str | None) -> bytes:
+    """The canonical form of a record's stored columns, minus its seq."""
+    out = []
+    for value in (data, request_body, response_body):
+        if value is None:
+            out.append(b"~")
+        else:
+            raw = value.encode()
+            out.append(b"%d:%s," % (len(raw), raw))
+    return b"".join(out)
+
+
 def canonical(seq: int, data: str, request_body: str | None,
               response_body: str | None) -> bytes:
-    return orjson.dumps([seq, data, request_body, response_body])
+    return b"%d\n" % seq + fields(data, request_body, response_body)
 
 
 def link_hash(prev_hash: str, seq: int, tail: bytes) -> str:
-    """The hash of record ``seq`` from the precomputed ``orjson.dumps([data, req, resp])``.
+    """The hash of record ``seq`` from its precomputed :func:`fields`.
 
-    Equal to ``sha256(prev_hash + canonical(seq, data, req, resp))``: only the seq is spliced
-    in, so the (possibly large) serialisation happens outside the chain's lock.
+    Equal to ``sha256(prev_hash + canonical(seq, data, req, resp))``: only the seq is added
+    here, so encoding the (possibly large) bodies happens outside the chain's lock.
     """
     digest = hashlib.sha256(prev_hash.encode())
-    digest.update(b"[%d," % seq)
-    digest.update(tail[1:])
+    digest.update(b"%d\n" % seq)
+    digest.update(tail)
     return digest.hexdigest()
 
 

@@ -48,6 +48,7 @@ class AuditConfig:
     redact_headers: tuple[str, ...] = ()  # extra header names never stored
     queue_size: int = 10_000
     batch_size: int = 256
+    batch_linger: float = 0.01  # seconds a batch waits for more records before committing
     on_full: str = "block"  # block (backpressure, nothing lost) | drop (counted)
     flush_timeout: float = 30.0  # at shutdown, how long to keep retrying a failing store
     max_age: float | None = None  # seconds; prune older records
@@ -88,6 +89,7 @@ class AuditConfig:
                 redact_headers=tuple(str(h).lower() for h in table.get("redact_headers", ())),
                 queue_size=int(table.get("queue_size", 10_000)),
                 batch_size=int(table.get("batch_size", 256)),
+                batch_linger=float(table.get("batch_linger", 0.01)),
                 on_full=str(table.get("on_full", "block")),
                 flush_timeout=float(table.get("flush_timeout", 30.0)),
                 max_age=parse_duration(table.get("max_age"), "max_age"),

@@ -10,6 +10,7 @@ import attrs
 import orjson
 
 from midway import Exchange
+from midway_audit.chain import fields
 from midway_audit.redact import Redactor
 
 TRUNCATION_MARKER = "…[midway-audit: truncated {omitted} bytes]"
@@ -40,7 +41,7 @@ class Row:
     data: str  # the record without bodies: canonical JSON (sorted keys)
     request_body: str | None
     response_body: str | None
-    # orjson.dumps([data, request_body, response_body]): the canonical form minus the seq,
+    # chain.fields(data, request_body, response_body): the canonical form minus the seq,
     # computed outside the chain's lock (see chain.link_hash)
     tail: bytes
     # set by the store when the row is chained
@@ -131,7 +132,7 @@ def prepare(pending: Pending, redactor: Redactor, max_body: int, bodies: bool) -
                upstream_request_id=clean["upstream_request_id"], principal=clean["principal"],
                model=clean["model"], status=status, data=data, request_body=request_body,
                response_body=response_body,
-               tail=orjson.dumps([data, request_body, response_body]))
+               tail=fields(data, request_body, response_body))
 
 
 def _redacted_json(meta: dict[str, Any], redactor: Redactor) -> str:

@@ -87,14 +87,27 @@ class AuditWriter:
     async def _run(self) -> None:
         queue = self.queue
         limit = self.config.batch_size
+        linger = self.config.batch_linger
         done = False
         while not done:
             item = await queue.get()
             if item is None:
                 break
             batch = [item]
-            while len(batch) < limit and not queue.empty():
-                item = queue.get_nowait()
+            # A commit costs far more than a row (an fsync with sqlite_synchronous=full):
+            # wait a little for company rather than commit records one by one.
+            deadline = time.monotonic() + linger
+            while len(batch) < limit:
+                if queue.empty():
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0 or self._stopping:
+                        break
+                    try:
+                        item = await asyncio.wait_for(queue.get(), remaining)
+                    except TimeoutError:
+                        break
+                else:
+                    item = queue.get_nowait()
                 if item is None:
                     done = True
                     break
