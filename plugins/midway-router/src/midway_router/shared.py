@@ -16,6 +16,8 @@ from typing import Any
 
 import orjson
 
+from midway_router.settings import RouterConfigError
+
 log = logging.getLogger("midway.router")
 
 Apply = Callable[[dict[str, Any]], None]
@@ -44,7 +46,11 @@ class RedisState:
     """Shared through Redis (``state = "redis://..."``)."""
 
     def __init__(self, url: str, prefix: str) -> None:
-        import redis.asyncio as aioredis
+        try:
+            import redis.asyncio as aioredis
+        except ImportError:
+            raise RouterConfigError("[router] state is a Redis URL but the redis package is "
+                                    "missing: pip install 'midway-router[redis]'") from None
 
         self.url = url
         self.prefix = prefix
