@@ -15,6 +15,7 @@ from midway import Exchange, Midway, Retry, Upstream, hookimpl
 from midway.exchange import Attempt
 from midway_router import routes
 from midway_router.metrics import RouterMetrics
+from midway_router.operations import config_check  # noqa: F401 (hook)
 from midway_router.router import Router
 from midway_router.settings import RouterConfigError, parse
 from midway_router.status import SnapshotWriter

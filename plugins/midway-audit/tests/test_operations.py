@@ -1,0 +1,85 @@
+"""``midway config check`` and ``midway db upgrade`` on the audit store."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import socket
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from click.testing import CliRunner
+from conftest import PG_DSN
+
+from midway.cli import cli
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def run(tmp_path: Path, monkeypatch: Any, command: list[str], toml: str) -> tuple[int, str]:
+    monkeypatch.setenv("MIDWAY_PLUGINS", "audit")
+    config = tmp_path / "midway.toml"
+    config.write_text(toml)
+    result = CliRunner().invoke(cli, [*command, "--config", str(config),
+                                      "--data-dir", str(tmp_path / "data")])
+    return result.exit_code, result.output
+
+
+def audit_problems(output: str) -> list[str]:
+    return next(r for r in json.loads(output) if r["subject"] == "audit")["problems"]
+
+
+def test_missing_schema_then_upgrade_then_old_schema(tmp_path, monkeypatch, pg_prefix):
+    schema = f"{pg_prefix}_ops_{secrets.token_hex(3)}"
+    toml = f'[audit]\nstore = "{PG_DSN}"\nschema = "{schema}"\n'
+    code, out = run(tmp_path, monkeypatch, ["config", "check", "--json"], toml)
+    assert code == 1
+    [problem] = audit_problems(out)
+    assert f"schema '{schema}' does not exist" in problem and "midway db upgrade" in problem
+
+    code, out = run(tmp_path, monkeypatch, ["db", "upgrade"], toml)
+    assert code == 0, out
+    assert "created table audit_records" in out and "created table audit_chain" in out
+    code, out = run(tmp_path, monkeypatch, ["db", "upgrade"], toml)
+    assert (code, out.strip()) == (0, "audit: up to date")  # idempotent
+    code, out = run(tmp_path, monkeypatch, ["config", "check", "--json"], toml)
+    assert code == 0 and audit_problems(out) == []
+
+    async def age() -> None:  # a schema from before a column existed
+        conn = await asyncpg.connect(PG_DSN, server_settings={"search_path": schema})
+        await conn.execute("ALTER TABLE audit_records DROP COLUMN upstream_request_id")
+        await conn.close()
+
+    asyncio.run(age())
+    code, out = run(tmp_path, monkeypatch, ["config", "check", "--json"], toml)
+    [problem] = audit_problems(out)
+    assert "audit_records is older" in problem and "upstream_request_id" in problem
+
+
+def test_unreachable_postgres_and_bad_config(tmp_path, monkeypatch):
+    dsn = f"postgresql://postgres:hunter2@127.0.0.1:{closed_port()}/test"
+    code, out = run(tmp_path, monkeypatch, ["config", "check", "--json"],
+                    f'[audit]\nstore = "{dsn}"\n')
+    assert code == 1
+    [problem] = audit_problems(out)
+    assert "unreachable" in problem and "hunter2" not in problem  # the password is masked
+    code, out = run(tmp_path, monkeypatch, ["config", "check", "--json"],
+                    '[audit]\nstore = "mysql://x"\n')
+    assert code == 1 and "store must be" in audit_problems(out)[0]
+
+
+def test_sqlite_store_checked_and_created(tmp_path, monkeypatch):
+    (tmp_path / "junk.db").write_bytes(b"not a database, not at all" * 100)
+    code, out = run(tmp_path, monkeypatch, ["config", "check", "--json"],
+                    f'[audit]\nstore = "sqlite://{tmp_path}/junk.db"\n')
+    assert code == 1 and "not a usable SQLite database" in audit_problems(out)[0]
+    code, out = run(tmp_path, monkeypatch, ["db", "upgrade"], '[audit]\nstore = "sqlite"\n')
+    assert code == 0 and "created" in out and (tmp_path / "data" / "audit.db").exists()
+    code, out = run(tmp_path, monkeypatch, ["config", "check"], '[audit]\nstore = "sqlite"\n')
+    assert code == 0 and "audit: ok" in out

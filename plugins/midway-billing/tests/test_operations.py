@@ -1,0 +1,85 @@
+"""``midway config check`` and ``midway db upgrade`` on the billing store."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from pathlib import Path
+from typing import Any
+
+from click.testing import CliRunner
+from conftest import PG_DSN, _execute
+
+from midway.cli import cli
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def run(tmp_path: Path, monkeypatch: Any, command: list[str], toml: str) -> tuple[int, str]:
+    monkeypatch.setenv("MIDWAY_PLUGINS", "billing")
+    config = tmp_path / "midway.toml"
+    config.write_text(toml)
+    result = CliRunner().invoke(cli, [*command, "--config", str(config),
+                                      "--data-dir", str(tmp_path / "data")])
+    return result.exit_code, result.output
+
+
+def problems(output: str) -> list[str]:
+    return next(r for r in json.loads(output) if r["subject"] == "billing")["problems"]
+
+
+def test_schema_missing_tables_missing_upgrade(tmp_path, monkeypatch, pg_schema):
+    toml = f'[billing]\nstore = "{PG_DSN}"\nschema = "{pg_schema}"\n'
+    code, out = run(tmp_path, monkeypatch, ["config", "check", "--json"], toml)
+    assert code == 1
+    [problem] = problems(out)  # the schema exists, empty
+    assert "billing_counters, billing_ledger, billing_reservations missing" in problem
+    assert "midway db upgrade" in problem
+
+    asyncio.run(_execute(f'DROP SCHEMA "{pg_schema}"'))
+    code, out = run(tmp_path, monkeypatch, ["config", "check", "--json"], toml)
+    assert f"schema '{pg_schema}' does not exist" in problems(out)[0]
+
+    code, out = run(tmp_path, monkeypatch, ["db", "upgrade"], toml)
+    assert code == 0, out
+    assert out.count("created table") == 3
+    code, out = run(tmp_path, monkeypatch, ["db", "upgrade"], toml)
+    assert out.strip() == "billing: up to date"
+    code, out = run(tmp_path, monkeypatch, ["config", "check", "--json"], toml)
+    assert code == 0 and problems(out) == []
+
+    asyncio.run(_execute(f'ALTER TABLE "{pg_schema}".billing_ledger DROP COLUMN saved_pusd'))
+    code, out = run(tmp_path, monkeypatch, ["config", "check", "--json"], toml)
+    assert "billing_ledger is older" in problems(out)[0]
+    code, out = run(tmp_path, monkeypatch, ["db", "upgrade"], toml)
+    assert code == 0  # the stores create what is missing, never alter: reported as is
+    code, out = run(tmp_path, monkeypatch, ["config", "check", "--json"], toml)
+    assert "saved_pusd" in problems(out)[0]
+
+
+def test_unreachable_wrong_database_and_invalid_budgets(tmp_path, monkeypatch):
+    port = closed_port()
+    code, out = run(tmp_path, monkeypatch, ["config", "check", "--json"],
+                    f'[billing]\nstore = "postgresql://postgres@127.0.0.1:{port}/test"\n')
+    assert code == 1 and "unreachable" in problems(out)[0]
+    code, out = run(tmp_path, monkeypatch, ["config", "check", "--json"],
+                    '[billing]\nstore = "postgresql://postgres@127.0.0.1:5432/no_such_db_x"\n')
+    assert "database does not exist" in problems(out)[0]
+    code, out = run(tmp_path, monkeypatch, ["config", "check", "--json"],
+                    '[[billing.budgets]]\nscope = "galaxy"\nlimit_usd = "1"\n')
+    assert code == 1 and "scope must be one of" in problems(out)[0]
+    code, out = run(tmp_path, monkeypatch, ["db", "upgrade"],
+                    f'[billing]\nstore = "postgresql://postgres@127.0.0.1:{port}/test"\n')
+    assert code == 1 and "billing" in out
+
+
+def test_sqlite_default_is_created(tmp_path, monkeypatch):
+    code, out = run(tmp_path, monkeypatch, ["config", "check"], "")
+    assert code == 0 and "billing: ok" in out
+    code, out = run(tmp_path, monkeypatch, ["db", "upgrade"], "")
+    assert code == 0 and (tmp_path / "data" / "billing.db").exists()

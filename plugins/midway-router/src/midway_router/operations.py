@@ -1,0 +1,16 @@
+"""``midway config check`` for the router: its table (upstreams, rules, credentials) and the
+Redis it shares key health through. Redis holds no schema, so there is nothing to upgrade."""
+
+from __future__ import annotations
+
+from midway import Midway, hookimpl
+from midway.storecheck import check_redis
+from midway_router.settings import parse
+
+
+@hookimpl
+async def config_check(midway: Midway) -> list[str]:
+    settings = parse(midway.config("router"))  # invalid rules or missing secrets raise
+    if settings.state is None:
+        return []
+    return await check_redis("[router] state", settings.state)
