@@ -137,3 +137,20 @@ def test_reservations_atomic_across_postgres_instances(pg_schema, tmp_path) -> N
         return [r.admitted for r in results]
 
     assert asyncio.run(run()).count(True) == 10
+
+
+def test_absurd_max_tokens_is_refused_not_a_500(midway_factory, fake_upstream) -> None:
+    import urllib.error
+    import urllib.request
+
+    running = midway_factory(plugins=[PLUGIN], config=billing_config(budgets=[
+        {"scope": "team", "period": "day", "limit_usd": "100"}]))
+    body = (b'{"model": "claude-sonnet-4-6", "max_tokens": 10000000000000000000, '
+            b'"messages": [{"role": "user", "content": "big"}]}')
+    request = urllib.request.Request(f"{running.url}/v1/messages", data=body, headers={
+        "x-api-key": "mk-alice", "content-type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(request, timeout=10)
+    # estimated at a capped 10M output tokens ($150), not at 1e19 (which would overflow a store)
+    assert info.value.code == 429
+    assert "may cost up to $150.0" in orjson.loads(info.value.read())["error"]["message"]

@@ -24,6 +24,7 @@ log = logging.getLogger("midway.billing")
 WARNING_HEADER = "x-midway-budget-warning"
 _CACHE_HITS = ("hit", "semantic-hit")
 _MTOK = Decimal(10**6)
+MAX_TOKENS_ESTIMATE = 10**7
 _SERIES_BUCKETS = {"minute": 60, "hour": 3600, "day": 86400}
 
 
@@ -101,6 +102,9 @@ class Billing:
         max_tokens = body.get("max_tokens") if isinstance(body, dict) else None
         if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 0:
             max_tokens = 0
+        # Beyond any model's limit the upstream refuses the request (400); the cap keeps an
+        # absurd value from overflowing the store's 64-bit counters.
+        max_tokens = min(max_tokens, MAX_TOKENS_ESTIMATE)
         price = self.prices.lookup(exchange.model)
         rate_in, rate_out = (price.input, price.output) if price else self.prices.max_rates()
         input_tokens = math.ceil(len(exchange.request.body) / self.config.bytes_per_token)
