@@ -1,0 +1,54 @@
+"""``midway config check`` for the router: its table, secrets and the shared-state Redis."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+from typing import Any
+
+from click.testing import CliRunner
+
+from midway.cli import cli
+
+UPSTREAM = '[[router.upstreams]]\nname = "main"\nurl = "http://127.0.0.1:9"\n'
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def check(tmp_path: Path, monkeypatch: Any, toml: str) -> tuple[int, list[str]]:
+    monkeypatch.setenv("MIDWAY_PLUGINS", "router")
+    config = tmp_path / "midway.toml"
+    config.write_text(toml)
+    result = CliRunner().invoke(cli, ["config", "check", "--json", "--config", str(config),
+                                      "--data-dir", str(tmp_path / "data")])
+    report = json.loads(result.output)
+    return result.exit_code, next(r for r in report if r["subject"] == "router")["problems"]
+
+
+def test_shared_state_redis(tmp_path, monkeypatch):
+    code, found = check(tmp_path, monkeypatch,
+                        f'[router]\nstate = "redis://127.0.0.1:6379/0"\n{UPSTREAM}')
+    assert (code, found) == (0, [])
+    port = closed_port()
+    code, found = check(tmp_path, monkeypatch,
+                        f'[router]\nstate = "redis://:pw@127.0.0.1:{port}/0"\n{UPSTREAM}')
+    assert code == 1
+    [problem] = found
+    assert problem.startswith("[router] state: Redis redis://:***@127.0.0.1:")
+    assert "unreachable" in problem
+
+
+def test_invalid_table_and_missing_secret(tmp_path, monkeypatch):
+    monkeypatch.delenv("MIDWAY_TEST_ROUTER_KEY", raising=False)
+    code, found = check(tmp_path, monkeypatch, '[router]\nstate = "http://nope"\n' + UPSTREAM)
+    assert code == 1 and "state must be a redis:// URL" in found[0]
+    code, found = check(tmp_path, monkeypatch,
+                        UPSTREAM + 'keys = ["env:MIDWAY_TEST_ROUTER_KEY"]\n')
+    assert code == 1 and "MIDWAY_TEST_ROUTER_KEY" in found[0]
+    code, found = check(tmp_path, monkeypatch, UPSTREAM)
+    assert (code, found) == (0, [])
