@@ -128,6 +128,11 @@ def test_login_sets_a_session_cookie_and_logout_ends_it(protected: RunningMidway
         assert client.get("/_midway/api/status").status_code == 401
 
 
+def test_login_reads_only_a_small_form(protected: RunningMidway) -> None:
+    big = httpx.post(f"{protected.url}/_midway/login", data={"key": "x" * 20_000})
+    assert big.status_code == 413
+
+
 def test_login_redirects_only_inside_the_dashboard(protected: RunningMidway) -> None:
     for target in ("https://evil.example/", "//evil.example/", "/_midway//evil.example",
                    "/v1/messages"):

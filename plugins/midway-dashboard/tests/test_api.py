@@ -40,12 +40,16 @@ def test_traffic_counts_real_requests(start_dashboard: Callable[..., RunningMidw
     with pytest.raises(anthropic.RateLimitError):
         client.messages.create(model="claude-sonnet-4-6", max_tokens=16,
                                messages=[{"role": "user", "content": "hi"}])
+    # post_response (which feeds the window) may finish just after the client has its answer.
+    wait_for(lambda: api(running, "traffic")[1]["total_all_workers"] == 2)
+    wait_for(lambda: api(running, "traffic")[1]["total"] == 2)
     status, data = api(running, "traffic")
     assert status == 200
-    assert data["requests"] == 2 and data["total"] == 2
+    assert data["requests"] == 2
     assert data["errors"] == 1 and data["by_status"] == {"2xx": 1, "4xx": 1}
     assert data["tokens"] == {"input": 11, "output": 7}
     assert data["open_streams"] == 0 and data["in_flight"] == 0
+    assert data["workers"] == 1
     assert data["latency_ms"]["p50"] is not None
     assert data["recent_errors"][0]["error_type"] == "rate_limit_error"
 

@@ -57,6 +57,7 @@ RANGES = {"15m": timedelta(minutes=15), "1h": timedelta(hours=1), "24h": timedel
           "7d": timedelta(days=7), "30d": timedelta(days=30)}
 LOGIN_FAILURES_PER_MINUTE = 10
 TRAFFIC_CACHE_SECONDS = 1.0
+LOGIN_FORM_MAX_BYTES = 8192
 STATUS_FILTER = re.compile(r"[1-5](\d\d|xx)|error")
 ACTIVE = ' class="active" aria-current="page"'
 
@@ -204,6 +205,9 @@ class Dashboard:
     async def login(self, request: web.Request) -> web.StreamResponse:
         access = self.access
         assert access is not None
+        # Anyone may post here: read no more than a login form needs.
+        if request.content_length is None or request.content_length > LOGIN_FORM_MAX_BYTES:
+            return error_response(413, "a login form is a few hundred bytes")
         form = await request.post()
         next_path = _safe_next(str(form.get("next", "")))
         if not access.protected:
@@ -266,6 +270,8 @@ class Dashboard:
             data["workers"] = len(snapshots)
             data["in_flight"] = sum(int(s.get("inflight", 0)) for s in snapshots)
             data["open_streams"] = sum(int(s.get("open_streams", 0)) for s in snapshots)
+            data["total_all_workers"] = sum(int(row[-1]) for s in snapshots
+                                            for row in s.get("requests", ()))
         return json_response(data)
 
     async def api_spend(self, request: web.Request) -> web.Response:

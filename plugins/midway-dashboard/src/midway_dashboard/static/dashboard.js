@@ -210,7 +210,8 @@
       const d = await getJSON("/api/traffic");
       const lat = d.latency_ms, ttfb = d.ttfb_ms;
       replace(cards,
-        card("Requests/s (1 min)", fmt.num(d.rps, 2), "rps", `${fmt.num(d.requests)} requests · ${fmt.num(d.total)} since start`),
+        card("Requests/s (1 min)", fmt.num(d.rps, 2), "rps", `${fmt.num(d.requests)} requests · ${fmt.num(d.total)} since start` +
+             (d.workers > 1 ? ` · ${fmt.num(d.total_all_workers)} on all workers` : "")),
         card("Latency p50", fmt.ms(lat.p50), "p50", `TTFB p50 ${fmt.ms(ttfb.p50)}`),
         card("Latency p95", fmt.ms(lat.p95), "p95", `TTFB p95 ${fmt.ms(ttfb.p95)}`),
         card("Latency p99", fmt.ms(lat.p99), "p99", `max ${fmt.ms(lat.max)}`),
