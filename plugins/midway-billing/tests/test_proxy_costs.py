@@ -133,3 +133,16 @@ def test_attribution_to_team_and_project(midway_factory, fake_upstream) -> None:
     assert {r["project"] for r in by_project} == {"apollo", None}
     series = running.call(billing_of(running).spend_series("hour", "team"))
     assert {s["key"] for s in series} == {"search", "ads"}
+
+
+def test_unauthenticated_requests_leave_no_rows(midway_factory, fake_upstream) -> None:
+    keys = [{"key": "mk-alice", "name": "alice", "team": "search"}]
+    running = midway_factory(plugins=[PLUGIN], config={"midway": {"client_keys": keys}})
+    for _ in range(3):
+        with pytest.raises(anthropic.AuthenticationError):
+            client(running, "wrong-key").messages.create(
+                model="claude-haiku-4-5", max_tokens=5, messages=[{"role": "user", "content": "x"}])
+    client(running, "mk-alice").messages.create(
+        model="claude-haiku-4-5", max_tokens=5, messages=[{"role": "user", "content": "x"}])
+    (row,) = ledger(running, 1)
+    assert row["principal"] == "alice"

@@ -211,6 +211,12 @@ class Billing:
         await asyncio.shield(task)
 
     async def _settle(self, exchange: Exchange) -> None:
+        if not exchange.attempts and not exchange.answered_by and \
+                "billing" not in exchange.state:
+            # Refused before billing saw it (no credentials, bad body): nothing was spent or
+            # saved, and a flood of such requests must not grow the ledger.
+            exchange.annotations["cost_usd"] = "0"
+            return
         state = self._state(exchange)
         now = time.time()
         annotation: dict[str, Any] = {**attrs.asdict(state.who)}
