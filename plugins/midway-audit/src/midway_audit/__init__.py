@@ -14,7 +14,7 @@ import attrs
 from aiohttp import web
 
 from midway import Exchange, Midway, SSEEvent, hookimpl
-from midway_audit.assemble import StreamAssembler
+from midway_audit.assemble import EventLog
 from midway_audit.config import AuditConfig
 from midway_audit.jsonl_sink import JsonlSink
 from midway_audit.metrics import AuditMetrics
@@ -91,17 +91,17 @@ async def shutdown(midway: Midway) -> None:
 
 @hookimpl
 def on_chunk(exchange: Exchange, event: SSEEvent) -> None:
-    assembler = exchange.state.get(_STATE)
-    if assembler is None:
+    log_ = exchange.state.get(_STATE)
+    if log_ is None:
         inst = _instances.get(exchange.midway) if exchange.midway is not None else None
         config = inst.config if inst is not None else None
         if config is None or not config.bodies:
             exchange.state[_STATE] = False
             return
-        assembler = exchange.state[_STATE] = StreamAssembler(config.max_body_bytes)
-    elif assembler is False or event.name == "ping":
+        log_ = exchange.state[_STATE] = EventLog(config.max_body_bytes)
+    elif log_ is False or event.name == "ping":
         return
-    assembler.feed(event.name, event.json())
+    log_.add(event.name, event.data)
 
 
 @hookimpl(trylast=True)
@@ -109,9 +109,9 @@ async def post_response(exchange: Exchange) -> None:
     inst = _instances.get(exchange.midway) if exchange.midway is not None else None
     if inst is None or inst.writer is None or inst.config is None:
         return
-    assembler = exchange.state.get(_STATE)
-    message = assembler.message() if isinstance(assembler, StreamAssembler) else None
-    await inst.writer.submit(capture(exchange, inst.config.bodies, message))
+    events = exchange.state.get(_STATE)
+    await inst.writer.submit(capture(exchange, inst.config.bodies,
+                                     events if isinstance(events, EventLog) else None))
 
 
 @hookimpl

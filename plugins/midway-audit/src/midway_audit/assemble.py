@@ -3,6 +3,9 @@
 Text, thinking (with its signature), tool_use (with the ``input_json_delta`` fragments joined
 and parsed) and any other block type, in block order. Memory is bounded: past ``limit``
 characters of deltas the rest is not kept and the message is marked ``truncated``.
+
+On the relay's path (``on_chunk``) an :class:`EventLog` only keeps each event's data text;
+parsing and reassembly happen in the writer's thread (:func:`reassemble`).
 """
 
 from __future__ import annotations
@@ -123,6 +126,47 @@ class StreamAssembler:
         if self.truncated:
             message["truncated"] = True
         return message
+
+
+class EventLog:
+    """The data of a stream's events, kept as text (a list append per event). Deltas past
+    ``limit`` characters are left out; the events around them (usage, stop reason) are not."""
+
+    __slots__ = ("_limit", "_size", "data", "truncated")
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._size = 0
+        self.data: list[str] = []
+        self.truncated = False
+
+    def add(self, name: str | None, data: str) -> None:
+        if name == "content_block_delta":
+            self._size += len(data)
+            if self._size > self._limit:
+                self.truncated = True
+                return
+        self.data.append(data)
+
+
+def reassemble(data: list[str], limit: int, truncated: bool) -> dict[str, Any]:
+    """The message an :class:`EventLog` saw (one JSON parse for all its events)."""
+    assembler = StreamAssembler(limit)
+    try:
+        payloads = orjson.loads("[" + ",".join(data) + "]") if data else []
+    except orjson.JSONDecodeError:  # one event is not JSON: parse them one by one
+        payloads = [_loads(text) for text in data]
+    for payload in payloads:
+        assembler.feed(None, payload)
+    assembler.truncated = assembler.truncated or truncated
+    return assembler.message()
+
+
+def _loads(text: str) -> Any:
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return None
 
 
 def _parse_input(text: str) -> Any:

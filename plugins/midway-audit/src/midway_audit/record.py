@@ -10,6 +10,7 @@ import attrs
 import orjson
 
 from midway import Exchange
+from midway_audit.assemble import EventLog, reassemble
 from midway_audit.chain import fields
 from midway_audit.redact import Redactor
 
@@ -25,7 +26,7 @@ class Pending:
     request_body: bytes | None
     request_json: Any  # the parsed request body (already parsed by the core), or None
     response_body: bytes | None
-    response_message: dict[str, Any] | None
+    response_events: EventLog | None  # a stream's events, reassembled in prepare
 
 
 @attrs.define(slots=True)
@@ -57,7 +58,7 @@ class Row:
         return record
 
 
-def capture(exchange: Exchange, bodies: bool, message: dict[str, Any] | None) -> Pending:
+def capture(exchange: Exchange, bodies: bool, events: EventLog | None) -> Pending:
     """Snapshot everything the record needs from a finished exchange."""
     principal = exchange.principal
     upstream = exchange.upstream
@@ -103,7 +104,7 @@ def capture(exchange: Exchange, bodies: bool, message: dict[str, Any] | None) ->
         return Pending(meta, headers, None, None, None, None)
     request = exchange.request
     return Pending(meta, headers, request.body, request.json,
-                   exchange.response_body if message is None else None, message)
+                   exchange.response_body if events is None else None, events)
 
 
 def prepare(pending: Pending, redactor: Redactor, max_body: int, bodies: bool) -> Row:
@@ -114,8 +115,9 @@ def prepare(pending: Pending, redactor: Redactor, max_body: int, bodies: bool) -
         request_body, meta["request_truncated"] = _request_text(
             pending.request_body, pending.request_json, redactor, max_body)
         raw = pending.response_body
-        if pending.response_message is not None:
-            raw = orjson.dumps(pending.response_message)
+        events = pending.response_events
+        if events is not None:
+            raw = orjson.dumps(reassemble(events.data, max_body, events.truncated))
         response_body, meta["response_truncated"] = _body_text(raw, redactor, max_body)
     meta["bodies"] = bodies
     meta["time"] = datetime.fromtimestamp(meta["ts"], UTC).isoformat(timespec="milliseconds")
