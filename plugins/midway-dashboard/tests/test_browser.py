@@ -12,6 +12,7 @@ import anthropic
 import pytest
 
 from midway.fake_upstream import Reply
+from midway.plugins import module_plugin
 from midway.testing import FakeUpstream, RunningMidway
 
 PANELS = {"spend": "midway-billing", "cache": "midway-cache", "upstreams": "midway-router",
@@ -78,3 +79,42 @@ def test_pages_after_real_traffic(start_dashboard: Callable[..., RunningMidway],
             page.wait_for_selector("#panel-recent td:has-text('claude-haiku-4-5')")
         page.screenshot(path=screenshots / f"core-only-{name}.png", full_page=True)
         assert problems == []
+
+
+EVIL = '<img src=x onerror="window.__pwned=1"><script>window.__pwned=2</script>'
+
+
+def test_audit_record_content_is_shown_as_text(start_dashboard: Callable[..., RunningMidway],
+                                               chromium: Any, screenshots: Path) -> None:
+    """Prompts and answers are written by anyone: they must never become markup."""
+    record = {
+        "id": "mw_evil", "ts": 1764000000.0, "principal_name": "mallory", "model": EVIL,
+        "status": 200, "usage": {"input_tokens": 5, "output_tokens": 9},
+        "request_body": '{"model": "x", "messages": [{"role": "user", "content": '
+                        '"<b>bold?</b> ' + EVIL.replace('"', '\\"') + '"}]}',
+        "response_body": '{"content": [{"type": "text", "text": "answer ' +
+                         EVIL.replace('"', '\\"') + '"}]}',
+    }
+
+    class Audit:
+        async def query(self, **kwargs: Any) -> list[Any]:
+            return [{k: v for k, v in record.items() if not k.endswith("_body")}]
+
+        async def get(self, request_id: str) -> dict[str, Any] | None:
+            return record if request_id == "mw_evil" else None
+
+    def startup(midway: Any) -> None:
+        midway.services["audit"] = Audit()
+
+    running = start_dashboard(("fake_audit", module_plugin("fake_audit", startup=startup)))
+    page, problems = open_page(chromium, f"{running.url}/_midway/requests")
+    page.wait_for_selector("#results table.requests a")
+    assert EVIL in page.inner_text("#results")
+    page.click("#results table.requests a")
+    page.wait_for_selector("#answer")
+    assert page.inner_text("#answer") == f"answer {EVIL}"
+    assert f"<b>bold?</b> {EVIL}" in page.inner_text("#prompt")
+    assert page.locator("img").count() == 0 and page.locator("main script").count() == 0
+    assert page.evaluate("window.__pwned") is None
+    page.screenshot(path=screenshots / "core-only-request-record.png", full_page=True)
+    assert problems == []
