@@ -298,7 +298,7 @@
       // Budgets as horizontal lines: those set on the dimension shown, or a global one.
       const budgets = d.budgets.filter((b) => {
         const scope = pick(b, "scope");
-        return scope === undefined || scope === state.by || scope === "global";
+        return scope === undefined || scope === state.by || scope === "all";
       });
       budgets.forEach((b, i) => {
         const limit = Number(pick(b, "limit_usd", "limit", "amount_usd", "usd"));
