@@ -201,7 +201,10 @@ class Probe:
         self.exchanges.append(exchange)
 
     def messages(self) -> list[Exchange]:
-        return [x for x in self.exchanges if x.request.path == "/v1/messages"]
+        """/v1/messages exchanges in the order they arrived (post_response may finish a quick
+        retry before the broken stream it replaced)."""
+        return sorted((x for x in self.exchanges if x.request.path == "/v1/messages"),
+                      key=lambda x: x.timings.started)
 
     def wait(self, count: int) -> list[Exchange]:
         """The first ``count`` /v1/messages exchanges, once post_response has run for them."""
@@ -224,10 +227,11 @@ class Stack:
         return self.midway.midway.services[name]
 
     def audit_records(self, count: int) -> list[dict[str, Any]]:
-        """Audit's records, oldest first, once ``count`` are committed (and no more exist)."""
+        """Audit's records in the order their requests arrived, once ``count`` are committed
+        (and no more exist)."""
         audit = self.service("audit")
         wait_for(lambda: len(self.midway.call(audit.query())) >= count, timeout=30)
-        records = sorted(self.midway.call(audit.query()), key=lambda r: int(r["seq"]))
+        records = sorted(self.midway.call(audit.query()), key=lambda r: float(r["ts"]))
         assert len(records) == count, records
         return records
 

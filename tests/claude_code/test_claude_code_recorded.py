@@ -17,7 +17,7 @@ from cc_support import (
     tool_loop_replies,
 )
 
-from midway.testing import FakeUpstream, wait_for
+from midway.testing import FakeUpstream
 
 # Two turns with every kind of input token: plain, cache writes (5 min and 1 h), cache reads.
 TURN_USAGE: list[dict[str, Any]] = [
@@ -69,9 +69,7 @@ def test_audit_one_record_per_request_with_reassembled_answer(claude: Claude, st
     out = _tool_loop(claude, stack, fake_upstream, "claude-sonnet-4-6")
     exchanges = stack.probe.wait(2)
     audit = stack.service("audit")
-    # The writer commits in the background: wait for both records, then check there are no more.
-    wait_for(lambda: len(stack.midway.call(audit.query())) >= 2)
-    records = sorted(stack.midway.call(audit.query()), key=lambda r: r["seq"])
+    records = stack.audit_records(2)
     assert [r["id"] for r in records] == [x.id for x in exchanges]
     assert [r["stop_reason"] for r in records] == ["tool_use", "end_turn"]
     assert [r["status"] for r in records] == [200, 200]
