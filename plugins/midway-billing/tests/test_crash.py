@@ -15,7 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import anthropic
+import asyncpg
 import orjson
+import pytest
+from conftest import PG_DSN
 
 from midway.testing import wait_for
 
@@ -66,8 +69,31 @@ async def load(url: str, stop: asyncio.Event, started: list[int]) -> None:
     await client.close()
 
 
-def test_kill_9_under_load_then_restart(tmp_path: Path) -> None:
+def query(store: dict[str, str], sql: str) -> list[tuple[Any, ...]]:
+    if "schema" not in store:
+        with sqlite3.connect(store["path"]) as con:
+            return con.execute(sql).fetchall()
+
+    async def run() -> list[tuple[Any, ...]]:
+        con = await asyncpg.connect(PG_DSN, server_settings={"search_path": store["schema"]})
+        try:
+            return [tuple(r) for r in await con.fetch(sql)]
+        finally:
+            await con.close()
+
+    return asyncio.run(run())
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_kill_9_under_load_then_restart(tmp_path: Path, backend: str, request) -> None:
     fake_port, port = free_port(), free_port()
+    data = tmp_path / "data"
+    if backend == "sqlite":
+        store = {"path": str(data / "billing.db")}
+        table = ""
+    else:
+        store = {"schema": request.getfixturevalue("pg_schema")}
+        table = f'store = "{PG_DSN}"\nschema = "{store["schema"]}"'
     config = tmp_path / "midway.toml"
     config.write_text(f"""
 [midway]
@@ -77,13 +103,13 @@ access_log = false
 
 [billing]
 reconcile_interval = 0
+{table}
 
 [[billing.budgets]]
 scope = "all"
 period = "day"
 limit_usd = "1000"
 """)
-    data = tmp_path / "data"
     fake = start(["mock-upstream", "--port", str(fake_port)], tmp_path / "fake.log")
     serve_args = ["serve", "--port", str(port), "--upstream", f"http://127.0.0.1:{fake_port}",
                   "--config", str(config), "--data-dir", str(data)]
@@ -110,10 +136,8 @@ limit_usd = "1000"
                   if r["path"] == "/v1/messages"]
         assert len(served) >= 20
 
-        db = data / "billing.db"
-        with sqlite3.connect(db) as con:
-            pending_before = con.execute("SELECT COUNT(*) FROM billing_ledger "
-                                         "WHERE state = 'pending'").fetchone()[0]
+        [(pending_before,)] = query(store, "SELECT COUNT(*) FROM billing_ledger "
+                                           "WHERE state = 'pending'")
         assert pending_before > 0  # the kill left work in flight
 
         restarted = start(serve_args, tmp_path / "midway.log")
@@ -122,12 +146,11 @@ limit_usd = "1000"
         restarted.send_signal(signal.SIGTERM)
         restarted.wait(30)
 
-        with sqlite3.connect(db) as con:
-            rows = con.execute("SELECT id, state, cost_pusd FROM billing_ledger "
-                               "WHERE kind = 'attempt'").fetchall()
-            reserved = con.execute("SELECT COALESCE(SUM(reserved_pusd), 0) "
-                                   "FROM billing_counters").fetchone()[0]
-            holds = con.execute("SELECT COUNT(*) FROM billing_reservations").fetchone()[0]
+        rows = query(store, "SELECT id, state, cost_pusd FROM billing_ledger "
+                            "WHERE kind = 'attempt'")
+        [(reserved,)] = query(store, "SELECT COALESCE(SUM(reserved_pusd), 0) "
+                                     "FROM billing_counters")
+        [(holds,)] = query(store, "SELECT COUNT(*) FROM billing_reservations")
         ids = [r[0] for r in rows]
         states = {r[0]: r[1] for r in rows}
         served_ids = [{k.lower(): v for k, v in r["headers"].items()}["x-test-attempt"]
