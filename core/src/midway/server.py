@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from midway import __version__
+from midway import __version__, malformed
 from midway.config import ConfigError, Settings
 from midway.context import Midway
 from midway.errors import error_response
@@ -76,6 +76,7 @@ def build_midway(settings: Settings, objects: Iterable[tuple[str, object]] = (),
 def build_app(midway: Midway) -> web.Application:
     """The aiohttp application: core routes, plugin routes, then ``/v1/*``."""
     settings = midway.settings
+    malformed.install()  # parser errors must not echo the client's header lines
     app = web.Application(client_max_size=settings.max_body_size, handler_args={
         "max_field_size": 64 * 1024, "max_line_size": 64 * 1024, "max_headers": 512})
     proxy = Proxy(midway)
