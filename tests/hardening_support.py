@@ -1,0 +1,148 @@
+"""Helpers of the hardening suite: midway as a subprocess, canaries, resource probes, stores.
+
+The tests run ``midway serve`` the way an operator does (a process with a config file and a
+data dir) whenever the property under test is about the process: its logs, its files, its exit
+code, its file descriptors. The fake upstream runs in the test process, so every header it
+received (credentials included) can be inspected.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from midway.testing import wait_for
+
+MIDWAY = [sys.executable, "-m", "midway.cli"]
+
+# Canary credentials: distinctive strings that must never come back out of midway.
+CLIENT_CANARY = "mw-canary-client-hardening-5d1e07"
+UPSTREAM_CANARY = "sk-ant-canary-upstream-hardening-77c3a1"
+UPSTREAM_CANARY_2 = "sk-ant-canary-upstream-second-0b9e44"
+ADMIN_CANARY = "adm-canary-hardening-31f2c8"
+CANARY_ENV = {"HARDEN_CLIENT_KEY": CLIENT_CANARY, "HARDEN_UPSTREAM_KEY": UPSTREAM_CANARY,
+              "HARDEN_UPSTREAM_KEY_2": UPSTREAM_CANARY_2, "HARDEN_ADMIN_KEY": ADMIN_CANARY}
+
+MSG = {"model": "claude-sonnet-4-6", "max_tokens": 32,
+       "messages": [{"role": "user", "content": "hello"}]}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def get_json(url: str, timeout: float = 5) -> Any:
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
+        return orjson.loads(resp.read())
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return get_json(url + "/healthz", timeout=1)["status"] == "ok"  # type: ignore[no-any-return]
+    except (OSError, ValueError):
+        return False
+
+
+def rss_kib(pid: int) -> int:
+    """Resident memory of a process, in KiB (Linux /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def open_fds(pid: int | None = None) -> int:
+    return len(os.listdir(f"/proc/{pid or 'self'}/fd"))
+
+
+class Server:
+    """``midway serve`` in a subprocess, logging to a file."""
+
+    def __init__(self, tmp: Path, config: str, upstream: str, extra_args: tuple[str, ...] = (),
+                 env: dict[str, str] | None = None, name: str = "midway") -> None:
+        self.tmp = tmp
+        self.data_dir = tmp / "data"
+        self.config_path = tmp / f"{name}.toml"
+        self.config_path.write_text(config)
+        self.log = tmp / f"{name}.log"
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.upstream = upstream
+        self.extra_args = extra_args
+        self.env = {**os.environ, **CANARY_ENV, **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Server:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [*MIDWAY, "serve", "--port", str(self.port), "--upstream", self.upstream,
+                 "--config", str(self.config_path), "--data-dir", str(self.data_dir),
+                 *self.extra_args], env=self.env, stdout=out, stderr=subprocess.STDOUT)
+        wait_for(lambda: _healthy(self.url) or self.proc is None or
+                 self.proc.poll() is not None, timeout=60)
+        assert self.proc.poll() is None, self.log.read_text()[-4000:]
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def health(self) -> dict[str, Any]:
+        return get_json(self.url + "/healthz")  # type: ignore[no-any-return]
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(self.url + "/metrics", timeout=5) as resp:
+            return resp.read().decode()  # type: ignore[no-any-return]
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout)
+
+    def ensure_stopped(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """A ``midway`` command on this server's config and data dir."""
+        return subprocess.run([*MIDWAY, *args, "--config", str(self.config_path),
+                               "--data-dir", str(self.data_dir)], env=self.env,
+                              capture_output=True, text=True, timeout=120)
+
+
+def audit_ids(data_dir: Path) -> Counter[str]:
+    """Audit records per midway request id (SQLite store)."""
+    with sqlite3.connect(data_dir / "audit.db") as con:
+        return Counter(r[0] for r in con.execute("SELECT request_id FROM audit_records"))
+
+
+def ledger_rows(data_dir: Path) -> list[dict[str, Any]]:
+    """Billing ledger rows (SQLite store)."""
+    with sqlite3.connect(data_dir / "billing.db") as con:
+        con.row_factory = sqlite3.Row
+        return [dict(r) for r in con.execute("SELECT * FROM billing_ledger")]
+
+
+def wait_quiet(predicate: Any, timeout: float = 10.0) -> None:
+    """``wait_for`` with a clearer name where the condition is 'back to idle'."""
+    wait_for(predicate, timeout=timeout, interval=0.05)
+
+
+def elapsed_since(start: float) -> float:
+    return time.monotonic() - start
