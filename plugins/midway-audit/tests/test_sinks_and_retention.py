@@ -1,0 +1,57 @@
+"""The JSONL sink (rotation, hashes that chain), retention from config, metrics."""
+
+from __future__ import annotations
+
+import itertools
+import urllib.request
+
+import anthropic
+import orjson
+from conftest import data_dir, flush, records, service
+
+from midway.testing import wait_for
+
+
+def send(running, n: int) -> None:
+    client = anthropic.Anthropic(base_url=running.url, api_key="sk-ant-test", max_retries=0)
+    for i in range(n):
+        client.messages.create(model="claude-sonnet-4-6", max_tokens=5,
+                               messages=[{"role": "user", "content": f"request {i} " * 20}])
+
+
+def test_jsonl_sink_rotates_by_size_and_lines_chain(fake_upstream, audited):
+    running = audited(jsonl="logs/audit.jsonl", jsonl_max_bytes=4000, jsonl_backups=2,
+                      batch_size=1)
+    send(running, 12)
+    wait_for(lambda: len(records(running)) == 12)
+    flush(running)
+    logs = data_dir(running) / "logs"
+    names = sorted(p.name for p in logs.iterdir())
+    assert names == ["audit.jsonl", "audit.jsonl.1", "audit.jsonl.2"]  # older ones deleted
+    for path in logs.iterdir():
+        assert path.stat().st_size <= 4000
+    lines = []
+    for name in ("audit.jsonl.2", "audit.jsonl.1", "audit.jsonl"):
+        lines += [orjson.loads(line) for line in (logs / name).read_bytes().splitlines()]
+    seqs = [r["seq"] for r in lines]
+    assert seqs == list(range(seqs[0], 13))  # the newest, contiguous, in order
+    for before, after in itertools.pairwise(lines):
+        assert after["prev_hash"] == before["hash"]
+    assert "request 11" in lines[-1]["request_body"]
+
+
+def test_retention_from_config_prunes_a_prefix_and_keeps_the_chain(fake_upstream, audited):
+    running = audited(max_rows=3, prune_interval=0.05)
+    send(running, 7)
+    wait_for(lambda: len(records(running)) == 3, timeout=20)
+    assert [r["seq"] for r in records(running)] == [7, 6, 5]
+    result = running.call(service(running).verify())
+    assert result["ok"] and result["anchor_seq"] == 4 and result["checked"] == 3
+
+    with urllib.request.urlopen(f"{running.url}/metrics") as resp:
+        metrics = resp.read().decode()
+    assert "midway_audit_records_written_total 7.0" in metrics
+    assert "midway_audit_queue_depth" in metrics
+    with urllib.request.urlopen(f"{running.url}/_midway/audit/status") as resp:
+        status = orjson.loads(resp.read())
+    assert status["committed_seq"] == 7 and status["dropped"] == 0
