@@ -3,6 +3,7 @@ lint, typecheck, bench. Bare ``nox`` runs what CI needs."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import nox
@@ -59,4 +60,7 @@ def typecheck(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Throughput, latency and CPU per request: midway vs direct vs a plain aiohttp relay."""
     _install_all(session)
+    session.install("tomli-w")
+    if not shutil.which("wrk"):
+        session.run("apt-get", "install", "-y", "wrk", external=True)
     session.run("python", "bench/run.py", *session.posargs)
