@@ -202,9 +202,9 @@ class Billing:
         await self.store.write_ahead(row)
 
     async def post_response(self, exchange: Exchange) -> None:
-        # The client may close its connection right after the last byte, and the server then
-        # cancels the handler running this hook: settling goes on in a task of its own so the
-        # ledger never keeps a pending row for an attempt that finished.
+        # Settling runs in a task of its own, shielded: a cancelled hook (the core's
+        # hook_timeout, a handler cancelled by a client that hung up) must never leave a
+        # pending row or a held reservation for an attempt that finished. stop() awaits it.
         task = asyncio.ensure_future(self._settle(exchange))
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)
