@@ -129,7 +129,8 @@ class Server:
 def audit_ids(data_dir: Path) -> Counter[str]:
     """Audit records per midway request id (SQLite store)."""
     with sqlite3.connect(data_dir / "audit.db") as con:
-        return Counter(r[0] for r in con.execute("SELECT request_id FROM audit_records"))
+        rows = con.execute("SELECT request_id FROM audit_records ORDER BY seq")
+        return Counter(r[0] for r in rows)
 
 
 def ledger_rows(data_dir: Path) -> list[dict[str, Any]]:
