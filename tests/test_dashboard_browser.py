@@ -11,6 +11,7 @@ from typing import Any
 
 import anthropic
 import pytest
+from anthropic.types import MessageParam
 
 import midway_audit
 import midway_billing
@@ -60,7 +61,7 @@ def send_traffic(gateway: RunningMidway, fake_upstream: FakeUpstream) -> None:
     bob = anthropic.Anthropic(base_url=gateway.url, api_key=BOB, max_retries=0)
     usage = {"input_tokens": 1200, "output_tokens": 300}
     fake_upstream.reply(Reply(content=[{"type": "text", "text": ANSWER}], usage=usage))
-    question = [{"role": "user", "content": "What is the capital of France?"}]
+    question: list[MessageParam] = [{"role": "user", "content": "What is the capital of France?"}]
     for _ in range(3):  # the second and third are cache hits
         message = alice.messages.create(model="claude-sonnet-4-6", max_tokens=64,
                                         messages=question)
