@@ -146,3 +146,25 @@ def test_unauthenticated_requests_leave_no_rows(midway_factory, fake_upstream) -
         model="claude-haiku-4-5", max_tokens=5, messages=[{"role": "user", "content": "x"}])
     (row,) = ledger(running, 1)
     assert row["principal"] == "alice"
+
+
+def test_router_rewrite_priced_from_the_same_table(midway_factory, fake_upstream) -> None:
+    from types import SimpleNamespace
+
+    from midway import Upstream, hookimpl
+
+    @hookimpl
+    def choose_upstream(exchange):
+        return Upstream(url=fake_upstream.url, name="vendor", model="vendor-model")
+
+    router = SimpleNamespace(__name__="router", choose_upstream=choose_upstream)
+    running = midway_factory(plugins=[PLUGIN, router], config={"billing": {"prices": {
+        "vendor-model": {"input": "2", "output": "8"}}}})
+    fake_upstream.reply(Reply(usage={"input_tokens": 1000, "output_tokens": 500}))
+    client(running).messages.create(model="claude-opus-4-8", max_tokens=10,
+                                    messages=[{"role": "user", "content": "x"}])
+    (row,) = ledger(running, 1)
+    assert fake_upstream.messages_requests[0].json["model"] == "vendor-model"
+    assert row["priced_model"] == "vendor-model" and row["upstream"] == "vendor"
+    assert row["model"] == "vendor-model"  # what the attempt asked for
+    assert Decimal(row["cost_pusd"]) / 10**12 == (1000 * 2 + 500 * 8) / M
