@@ -95,6 +95,8 @@ def test_every_page_with_every_plugin(gateway: RunningMidway, fake_upstream: Fak
 
     # Protected: the browser gets the login form first, and the key is never in a URL.
     page, problems = open_page(chromium, context, f"{base}/")
+    assert page.title() == "midway · Log in"
+    page.screenshot(path=shots / "login.png", full_page=True)
     page.fill("input[name=key]", ADMIN)
     page.click("button[type=submit]")
     page.wait_for_url(f"{base}/")
