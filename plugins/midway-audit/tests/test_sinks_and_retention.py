@@ -7,7 +7,7 @@ import urllib.request
 
 import anthropic
 import orjson
-from conftest import data_dir, flush, records, service
+from conftest import committed, data_dir, flush, records, service
 
 from midway.testing import wait_for
 
@@ -43,7 +43,7 @@ def test_jsonl_sink_rotates_by_size_and_lines_chain(fake_upstream, audited):
 def test_retention_from_config_prunes_a_prefix_and_keeps_the_chain(fake_upstream, audited):
     running = audited(max_rows=3, prune_interval=0.05)
     send(running, 7)
-    wait_for(lambda: len(records(running)) == 3, timeout=20)
+    wait_for(lambda: committed(running) == 7 and len(records(running)) == 3, timeout=20)
     assert [r["seq"] for r in records(running)] == [7, 6, 5]
     result = running.call(service(running).verify())
     assert result["ok"] and result["anchor_seq"] == 4 and result["checked"] == 3
