@@ -90,3 +90,47 @@ def test_config_check_reports_each_problem(tmp_path, monkeypatch):
                                       "--data-dir", str(tmp_path / "data")])
     assert result.exit_code == 0, result.output
     assert "core: ok" in result.output
+
+
+def test_sigterm_lets_open_streams_finish_then_exits_zero(fake_upstream, tmp_path):
+    import asyncio
+
+    import aiohttp
+
+    from midway.testing import Reply
+
+    port = free_port()
+    fake_upstream.reply(*[Reply(delay=0.1, text_chunks=15) for _ in range(5)])
+    env = {**os.environ, "MIDWAY_PLUGINS": "", "MIDWAY_ACCESS_LOG": "false"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "midway.cli", "serve", "--port", str(port), "--upstream",
+         fake_upstream.url, "--data-dir", str(tmp_path)], env=env, stderr=subprocess.PIPE)
+
+    def listening() -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return True
+        except OSError:
+            return False
+    wait_for(listening, timeout=20)
+
+    async def streams() -> list[bytes]:
+        async with aiohttp.ClientSession() as session:
+            async def one() -> bytes:
+                async with session.post(
+                        f"http://127.0.0.1:{port}/v1/messages", headers={"x-api-key": "k"},
+                        data=orjson.dumps({"model": "m", "max_tokens": 5, "stream": True,
+                                           "messages": [{"role": "user", "content": "x"}]})
+                ) as resp:
+                    first = await resp.content.readuntil(b"\n\n")
+                    started.set_result(None) if not started.done() else None
+                    return first + await resp.read()
+            started = asyncio.get_running_loop().create_future()
+            tasks = [asyncio.create_task(one()) for _ in range(5)]
+            await started
+            wait_for(lambda: len(fake_upstream.messages_requests) == 5, timeout=10)
+            proc.send_signal(signal.SIGTERM)
+            return await asyncio.gather(*tasks)
+    bodies = asyncio.run(streams())
+    assert all(body.rstrip().endswith(b'{"type":"message_stop"}') for body in bodies)
+    assert proc.wait(30) == 0
