@@ -132,7 +132,10 @@ class CachePlugin(StoreOperations):
                 await task
         self._tasks = []
         if self.store is not None:
-            await self.flush()
+            try:
+                await self.flush()
+            except Exception:
+                self._store_failed("write counters")
             await self.store.close()
             self.store = None
         if self.embedder is not None:
