@@ -1,0 +1,34 @@
+from datetime import UTC, datetime
+
+import pytest
+
+from midway_billing.budgets import Attribution, parse_budgets, window
+from midway_billing.pricing import PriceError
+
+
+def ts(*args: int) -> float:
+    return datetime(*args, tzinfo=UTC).timestamp()
+
+
+def test_day_month_total_windows_in_utc() -> None:
+    assert window("day", ts(2026, 11, 24, 23, 59, 59)) == (ts(2026, 11, 24), ts(2026, 11, 25))
+    assert window("month", ts(2026, 12, 31, 12)) == (ts(2026, 12, 1), ts(2027, 1, 1))
+    assert window("month", ts(2028, 2, 29)) == (ts(2028, 2, 1), ts(2028, 3, 1))
+    assert window("total", ts(2026, 1, 1)) == (0.0, None)
+
+
+def test_budgets_apply_by_scope_and_match() -> None:
+    budgets = parse_budgets([
+        {"scope": "team", "match": "search", "limit_usd": "5"},
+        {"scope": "project", "limit_usd": 1.5, "mode": "soft"},
+        {"scope": "all", "period": "total", "limit_usd": "100"}])
+    alice = Attribution("alice", "alice", "search", None)
+    bob = Attribution("bob", "bob", "ads", "apollo")
+    assert [b.applies(alice) for b in budgets] == ["search", None, "*"]
+    assert [b.applies(bob) for b in budgets] == [None, "apollo", "*"]
+    assert budgets[1].limit_pusd == 1_500_000_000_000 and not budgets[1].hard
+    for bad in ({"scope": "galaxy", "limit_usd": "1"}, {"scope": "team"},
+                {"period": "week", "limit_usd": "1"}, {"mode": "maybe", "limit_usd": "1"},
+                {"limit_usd": "-1"}):
+        with pytest.raises(PriceError):
+            parse_budgets([bad])
