@@ -39,12 +39,13 @@ def healthy(url: str) -> bool:
         return False
 
 
-def serve(data_dir: Path, upstream: str, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+def serve(data_dir: Path, upstream: str, log: Path, workers: int = 1
+          ) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     env = {**os.environ, "MIDWAY_PLUGINS": "audit", "MIDWAY_ACCESS_LOG": "false",
            "MIDWAY_AUDIT__BATCH_SIZE": "32"}
     proc = subprocess.Popen([*MIDWAY, "serve", "--port", str(port), "--upstream", upstream,
-                             "--data-dir", str(data_dir)], env=env,
+                             "--data-dir", str(data_dir), "--workers", str(workers)], env=env,
                             stdout=log.open("ab"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     wait_for(lambda: healthy(url) or proc.poll() is not None, timeout=30)
@@ -163,3 +164,46 @@ async def load_then_kill(url: str, server: subprocess.Popen[bytes]) -> tuple[int
         stop.set()
         await asyncio.gather(*clients, return_exceptions=True)
     return acked, answered
+
+
+def test_two_worker_processes_share_one_sqlite_chain(tmp_path):
+    upstream_port = free_port()
+    upstream = subprocess.Popen([*MIDWAY, "mock-upstream", "--port", str(upstream_port)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = None
+    try:
+        upstream_url = f"http://127.0.0.1:{upstream_port}"
+        wait_for(lambda: healthy_upstream(upstream_url), timeout=30)
+        server, url = serve(tmp_path, upstream_url, tmp_path / "midway.log", workers=2)
+
+        async def load() -> tuple[set[str], set[int]]:
+            ids, workers = set(), set()
+            async with aiohttp.ClientSession() as session:
+
+                async def one(i: int) -> None:
+                    async with session.post(f"{url}/v1/messages", headers=HEADERS, json={
+                            "model": "claude-sonnet-4-6", "max_tokens": 5, "stream": i % 2 == 0,
+                            "messages": [{"role": "user", "content": f"w {i}"}]}) as resp:
+                        await resp.read()
+                        ids.add(resp.headers["x-midway-request-id"])
+                    async with session.get(f"{url}/healthz") as resp:
+                        workers.add((await resp.json())["worker"])
+
+                await asyncio.gather(*(one(i) for i in range(300)))
+            return ids, workers
+
+        ids, workers = asyncio.run(load())
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(30) == 0
+        verified = orjson.loads(audit_cli("verify", "--json", data_dir=tmp_path).stdout)
+        assert verified["ok"], verified
+        assert verified["head_seq"] == verified["checked"] == 300
+        stored = orjson.loads(audit_cli("query", "--json", "--limit", "1000",
+                                        data_dir=tmp_path).stdout)
+        assert {r["id"] for r in stored} == ids
+        assert workers == {0, 1}  # both processes served (and so wrote) requests
+    finally:
+        for proc in (server, upstream):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
