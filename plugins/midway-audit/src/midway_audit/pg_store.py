@@ -62,8 +62,10 @@ class PostgresStore:
 
     async def open(self) -> None:
         settings = {"search_path": self.schema} if self.schema else None
+        # command_timeout: a hung connection fails the batch (which is retried) instead of
+        # stalling the writer, and with it every request waiting on a full queue
         self._pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=4,
-                                               server_settings=settings)
+                                               server_settings=settings, command_timeout=30)
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", _SCHEMA_LOCK)
             if self.schema:
