@@ -33,6 +33,9 @@ MARKER = "midway-tool-ok"
 # Requests carrying this header (Claude Code: ANTHROPIC_CUSTOM_HEADERS) go to the OpenAI fake.
 ROUTE_HEADER = "x-midway-route"
 OPENAI_MODEL = "gpt-fake-1"
+# The team setup: a midway key for a developer, and the real key only midway holds.
+TEAM_KEY = {"key": "mw-conformance-alice-0123456789", "name": "alice", "team": "search"}
+UPSTREAM_KEY = "sk-ant-upstream-held-by-midway"
 # The router maps this model to that one on the Anthropic upstream.
 MAPPED_FROM = "claude-opus-4-7"
 MAPPED_TO = "claude-sonnet-4-6"

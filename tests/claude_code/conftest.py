@@ -12,6 +12,8 @@ from cc_support import (
     MAPPED_TO,
     OPENAI_MODEL,
     ROUTE_HEADER,
+    TEAM_KEY,
+    UPSTREAM_KEY,
     Claude,
     ClaudeCodeMissing,
     Probe,
@@ -74,10 +76,25 @@ def openai_upstream() -> Iterator[OpenAIUpstream]:
 @pytest.fixture
 def stack(fake_upstream: FakeUpstream, openai_upstream: OpenAIUpstream, tmp_path: Path
           ) -> Iterator[Stack]:
-    data_dir = tmp_path / "midway"
+    yield from _stack(tmp_path, plugin_config(fake_upstream.url, openai_upstream.url))
+
+
+@pytest.fixture
+def team_stack(fake_upstream: FakeUpstream, openai_upstream: OpenAIUpstream, tmp_path: Path
+               ) -> Iterator[Stack]:
+    """The team setup: clients present midway keys; the real key is midway's."""
+    config = plugin_config(fake_upstream.url, openai_upstream.url)
+    config["midway"].update(client_keys=[TEAM_KEY], upstream_api_key=UPSTREAM_KEY)
+    # A keyless router upstream passes the client's credential through, and a midway key is
+    # never passed on: with the router, the Anthropic upstream must hold the real key itself.
+    config["router"]["upstreams"][0]["keys"] = [UPSTREAM_KEY]
+    yield from _stack(tmp_path, config)
+
+
+def _stack(tmp_path: Path, config: dict[str, Any]) -> Iterator[Stack]:
     probe = Probe()
-    running = start_midway(data_dir, fake_upstream.url, plugins=[("cc_probe", probe)],
-                           config=plugin_config(fake_upstream.url, openai_upstream.url))
+    running = start_midway(tmp_path / "midway", config["router"]["upstreams"][0]["url"],
+                           plugins=[("cc_probe", probe)], config=config)
     try:
         loaded = {info.name: info for info in running.midway.plugins.infos}
         for name in PLUGINS:
