@@ -18,7 +18,8 @@ def estimate_tokens(body: Any, size: int) -> int:
     if not isinstance(body, dict):
         return size // 4
     binary = 0
-    for message in body.get("messages") or ():
+    messages = body.get("messages")
+    for message in messages if isinstance(messages, list) else ():  # a client's bad body
         content = message.get("content") if isinstance(message, dict) else None
         if isinstance(content, list):
             for block in content:
