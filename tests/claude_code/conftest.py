@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 from cc_support import (
+    DEFAULT_MODEL,
+    DEFAULT_MODEL_PRICES,
     MAPPED_FROM,
     MAPPED_TO,
     OPENAI_MODEL,
@@ -34,7 +36,9 @@ def plugin_config(anthropic_url: str, openai_url: str) -> dict[str, Any]:
     return {
         "midway": {"plugins": list(PLUGINS)},
         "audit": {"store": "sqlite", "sqlite_synchronous": "normal"},
-        "billing": {"store": "sqlite"},
+        # Claude Code's default model is newer than billing's shipped table: priced here as
+        # Claude Code prices it (what a user adds to their config until the table has it).
+        "billing": {"store": "sqlite", "prices": {DEFAULT_MODEL: DEFAULT_MODEL_PRICES}},
         "cache": {"store": "sqlite"},  # the exact cache (the semantic layer is opt-in)
         "router": {
             # The first upstream is the default; without keys, the client's own credential

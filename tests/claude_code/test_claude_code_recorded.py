@@ -8,6 +8,7 @@ from decimal import Decimal
 from typing import Any
 
 from cc_support import (
+    DEFAULT_MODEL,
     MARKER,
     SIGNATURE,
     THINKING,
@@ -30,15 +31,15 @@ TURN_USAGE: list[dict[str, Any]] = [
 ]
 
 
-def _tool_loop(claude: Claude, stack: Stack, fake: FakeUpstream, model: str
+def _tool_loop(claude: Claude, stack: Stack, fake: FakeUpstream, model: str | None
                ) -> dict[str, Any]:
+    """The tool loop with TURN_USAGE; ``model`` None: Claude Code's default model."""
     replies = tool_loop_replies()
     for reply, usage in zip(replies, TURN_USAGE, strict=True):
         reply.usage = usage
     fake.reply(*replies)
-    run = claude.run(stack.url, "Print the marker", "--allowedTools", "Bash(echo:*)",
-                     "--model", model)
-    out = run.assert_success()
+    args = ["--allowedTools", "Bash(echo:*)"] + (["--model", model] if model else [])
+    out = claude.run(stack.url, "Print the marker", *args).assert_success()
     assert out["result"] == f"The command printed {MARKER}."
     return out
 
@@ -61,6 +62,19 @@ def test_billing_cost_equals_claude_codes_own(claude: Claude, stack: Stack,
     [row] = stack.midway.call(stack.service("billing").report("model"))
     assert row["model"] == "claude-opus-4-8"
     assert abs(Decimal(row["cost_usd"]) - claude_code) < Decimal("1e-9")
+
+
+def test_billing_prices_claude_codes_default_model(claude: Claude, stack: Stack,
+                                                   fake_upstream: FakeUpstream) -> None:
+    out = _tool_loop(claude, stack, fake_upstream, None)
+
+    # If a new Claude Code defaults to another model, price it in conftest's billing table.
+    assert list(out["modelUsage"]) == [DEFAULT_MODEL]
+    assert {r.json["model"] for r in fake_upstream.messages_requests} == {DEFAULT_MODEL}
+    exchanges = stack.probe.wait(2)
+    assert [x.annotations["billing"]["unpriced"] for x in exchanges] == [False, False]
+    total = sum(Decimal(x.annotations["cost_usd"]) for x in exchanges)
+    assert abs(total - Decimal(str(out["total_cost_usd"]))) < Decimal("1e-12")
 
 
 def test_audit_one_record_per_request_with_reassembled_answer(claude: Claude, stack: Stack,
