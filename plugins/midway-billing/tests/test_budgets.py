@@ -92,6 +92,8 @@ def test_refusal_is_anthropic_rate_limit_with_reset(midway_factory, fake_upstrea
     assert "'per-user'" in message and "resets at" in message and "may cost up to $0.5" in message
     assert int(response.headers["retry-after"]) > 0
     assert response.headers["x-should-retry"] == "false"
+    assert running.midway.metrics.registry.get_sample_value(
+        "midway_billing_budget_refusals_total", {"budget": "per-user"}) == 1
     assert fake_upstream.messages_requests == []
     (row,) = ledger(running, 1)
     assert row["kind"] == "refused" and row["cost_pusd"] == 0

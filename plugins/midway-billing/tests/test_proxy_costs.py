@@ -49,6 +49,9 @@ def test_sdk_cost_exact_with_both_cache_ttls(midway_factory, fake_upstream, stre
     assert row["id"].endswith(".1") and row["id"].startswith("mw_")
     report = running.call(billing_of(running).report("model"))
     assert report[0]["cost_usd"] == "0.089434"
+    wait_for(lambda: running.midway.metrics.registry.get_sample_value(
+        "midway_billing_spend_usd_total", {"team": "", "model": "claude-opus-4-8"})
+        == pytest.approx(0.089434))
     assert report[0]["input_tokens"] == 1234
 
 
