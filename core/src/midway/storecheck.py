@@ -25,20 +25,35 @@ def mask(url: str) -> str:
     return _PASSWORD.sub(r"//\1:***@", url)
 
 
-def expected_columns(ddl: str | Iterable[str]) -> dict[str, set[str]]:
-    """The tables and columns a schema script creates, read by running it on an in-memory
-    SQLite database. Works for the plain DDL the stores share between SQLite and PostgreSQL,
-    so the check follows the code when a column is added."""
+def column_definitions(ddl: str | Iterable[str]) -> dict[str, dict[str, str]]:
+    """Table → column → its definition (``TYPE [NOT NULL] [DEFAULT x]``) in a schema script,
+    read by running it on an in-memory SQLite database, which keeps declared types verbatim.
+    Works for the plain DDL the stores write for PostgreSQL, so checks and upgrades follow the
+    code when a column is added."""
     script = ddl if isinstance(ddl, str) else ";\n".join(ddl)
     db = sqlite3.connect(":memory:")
     try:
         db.executescript(script)
         tables = [row[0] for row in db.execute(
             "SELECT name FROM sqlite_master WHERE type = 'table'")]
-        return {table: {row[1] for row in db.execute(f'PRAGMA table_info("{table}")')}
-                for table in tables}
+        found: dict[str, dict[str, str]] = {}
+        for table in tables:
+            columns = found[table] = {}
+            for _, name, kind, notnull, default, _pk in db.execute(
+                    f'PRAGMA table_info("{table}")'):
+                definition = kind or "TEXT"
+                if default is not None:
+                    # NOT NULL only with a default: existing rows need a value.
+                    definition += (" NOT NULL" if notnull else "") + f" DEFAULT {default}"
+                columns[name] = definition
+        return found
     finally:
         db.close()
+
+
+def expected_columns(ddl: str | Iterable[str]) -> dict[str, set[str]]:
+    """The tables and their columns a schema script creates."""
+    return {table: set(columns) for table, columns in column_definitions(ddl).items()}
 
 
 # -- PostgreSQL ------------------------------------------------------------------------------
@@ -79,6 +94,23 @@ async def pg_tables(dsn: str, schema: str | None) -> dict[str, set[str]] | None:
                                     "information_schema.columns WHERE table_schema = $1", name):
             found.setdefault(row[0], set()).add(row[1])
         return found
+    finally:
+        await conn.close()
+
+
+async def add_missing_columns(dsn: str, schema: str | None, ddl: str | Iterable[str]) -> None:
+    """Migrate tables made by an older version: add the columns the DDL has and they lack
+    (``CREATE TABLE IF NOT EXISTS`` leaves an existing table as it is)."""
+    found = await pg_tables(dsn, schema) or {}
+    conn = await _pg_connect(dsn)
+    try:
+        name = schema or await conn.fetchval("SELECT current_schema()")
+        for table, columns in column_definitions(ddl).items():
+            for column, definition in columns.items():
+                if table in found and column not in found[table]:
+                    # identifiers come from the plugin's own DDL, not from config or clients
+                    await conn.execute(f'ALTER TABLE "{name}"."{table}" ADD COLUMN IF NOT '
+                                       f'EXISTS "{column}" {definition}')
     finally:
         await conn.close()
 

@@ -60,6 +60,10 @@ def test_missing_schema_then_upgrade_then_old_schema(tmp_path, monkeypatch, pg_p
     code, out = run(tmp_path, monkeypatch, ["config", "check", "--json"], toml)
     [problem] = audit_problems(out)
     assert "audit_records is older" in problem and "upstream_request_id" in problem
+    code, out = run(tmp_path, monkeypatch, ["db", "upgrade"], toml)
+    assert code == 0 and "added column(s) upstream_request_id to audit_records" in out
+    code, out = run(tmp_path, monkeypatch, ["config", "check", "--json"], toml)
+    assert code == 0 and audit_problems(out) == []
 
 
 def test_unreachable_postgres_and_bad_config(tmp_path, monkeypatch):

@@ -10,6 +10,7 @@ from midway.keys.db import PostgresDatabase
 from midway.keys.store import _ddl, open_store
 from midway.secrets_ref import resolve
 from midway.storecheck import (
+    add_missing_columns,
     check_postgres,
     check_sqlite,
     created,
@@ -48,7 +49,8 @@ async def check(settings: Settings) -> list[str]:
 
 
 async def upgrade(settings: Settings) -> list[str]:
-    """The store creates its schema and tables when it opens, idempotently."""
+    """The store creates its schema and tables when it opens, idempotently; columns a newer
+    version added are then added to older tables."""
     config = settings.plugin_config("keys")
     dsn, schema, path = _target(config, settings.data_dir)
     before = await pg_tables(dsn, schema) if dsn is not None else None
@@ -58,6 +60,7 @@ async def upgrade(settings: Settings) -> list[str]:
     await store.close()
     if dsn is None:
         return [] if existed else [f"created {path}"]
+    await add_missing_columns(dsn, schema, _ddl("postgresql"))
     where = mask(dsn) + (f" schema {schema}" if schema else "")
     return created(before, await pg_tables(dsn, schema),
                    expected_columns(_ddl("postgresql")), where)

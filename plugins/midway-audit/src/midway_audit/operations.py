@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from midway import Midway, hookimpl
 from midway.storecheck import (
+    add_missing_columns,
     check_postgres,
     check_sqlite,
     created,
@@ -52,7 +53,8 @@ def _check_jsonl(config: AuditConfig) -> list[str]:
 
 @hookimpl
 async def db_upgrade(midway: Midway) -> list[str]:
-    """The store creates its tables (and schema) when it opens, idempotently."""
+    """The store creates its tables (and schema) when it opens, idempotently; columns a newer
+    version added are then added to older tables."""
     config = _config(midway)
     tables = expected_columns(SCHEMA)
     if not config.is_postgres:
@@ -66,6 +68,7 @@ async def db_upgrade(midway: Midway) -> list[str]:
     store = open_store(config, midway.settings.data_dir)
     await store.open()
     await store.close()
+    await add_missing_columns(config.store, config.schema, SCHEMA)
     after = await pg_tables(config.store, config.schema)
     where = mask(config.store) + (f" schema {config.schema}" if config.schema else "")
     return created(before, after, tables, where)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from midway import Midway, hookimpl
 from midway.storecheck import (
+    add_missing_columns,
     check_postgres,
     check_sqlite,
     created,
@@ -42,7 +43,8 @@ async def config_check(midway: Midway) -> list[str]:
 
 @hookimpl
 async def db_upgrade(midway: Midway) -> list[str]:
-    """The store creates its schema and tables when it opens, idempotently."""
+    """The store creates its schema and tables when it opens, idempotently; columns a newer
+    version added are then added to older tables."""
     config = _config(midway)
     if not _is_postgres(config):
         existed = config.sqlite_path().exists()
@@ -54,6 +56,8 @@ async def db_upgrade(midway: Midway) -> list[str]:
     store = config.make_store()
     await store.open()
     await store.close()
+    await add_missing_columns(config.store, config.schema,
+                              SCHEMA.format(int="BIGINT", real="DOUBLE PRECISION"))
     after = await pg_tables(config.store, config.schema)
     where = mask(config.store) + (f" schema {config.schema}"
                                                 if config.schema else "")
