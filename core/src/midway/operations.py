@@ -97,8 +97,8 @@ def db_upgrade(settings: Settings) -> list[tuple[str, list[str]]]:
     if keys_operations.enabled(settings):
         try:
             done.append(("keys", asyncio.run(keys_operations.upgrade(settings))))
-        except Exception as exc:
-            raise RuntimeError(f"keys: {type(exc).__name__}: {exc}") from exc
+        except Exception as failure:
+            raise RuntimeError(f"keys: {type(failure).__name__}: {failure}") from failure
     for plugin, changes, exc in asyncio.run(_run_per_plugin(midway, "db_upgrade")):
         if exc is not None:
             raise RuntimeError(f"{plugin}: {type(exc).__name__}: {exc}") from exc
