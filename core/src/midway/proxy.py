@@ -13,6 +13,7 @@ from typing import Any
 import aiohttp
 import orjson
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 from multidict import CIMultiDict
 from yarl import URL
 
@@ -213,6 +214,9 @@ class Proxy:
         except web.HTTPRequestEntityTooLarge:
             raise MidwayError(413, f"request body exceeds the limit of {self.max_body} bytes"
                               ) from None
+        except RequestPayloadError:  # e.g. a content-encoding the body does not decode as
+            raise MidwayError(400, "the request body could not be read (bad content-encoding "
+                              "or framing)") from None
         # aiohttp has already decoded a gzip/deflate body, bounded by client_max_size (so a
         # compressed bomb ends as a 413); what goes upstream is the plain body.
         exchange.request.headers.popall("content-encoding", None)
