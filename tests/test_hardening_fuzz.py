@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,6 +54,8 @@ headers = st.lists(st.tuples(token, header_values) | known_headers, max_size=12)
 paths = st.sampled_from(["/v1/messages", "/v1/messages?beta=true", "/v1/messages/count_tokens",
                          "/v1/models?limit=1000", "/v1/", "/v1/messages/batches", "/v1/%00",
                          "/v1/messages/../../etc/passwd", "/v1/x?" + "a=1&" * 200, "/"])
+# CI runs a few hundred examples; ``nox -s soak`` sets HARDENING_FUZZ_EXAMPLES much higher.
+EXAMPLES = int(os.environ.get("HARDENING_FUZZ_EXAMPLES", "300"))
 NONCE = itertools.count()  # distinct prompts: the cache must not answer from an earlier example
 methods = st.sampled_from(["POST", "POST", "POST", "GET", "PUT", "DELETE", "PATCH", "OPTIONS",
                            "HEAD"])
@@ -103,7 +106,7 @@ def exchange_raw(port: int, data: bytes, cuts: list[int]) -> bytes:
     return b"".join(chunks)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
 @given(method=methods, path=paths, hdrs=headers, body=bodies,
        cuts=st.lists(st.integers(0, 5000), max_size=6))
 def test_random_requests_never_get_a_5xx(stack: Stack, method: str, path: str,
@@ -149,7 +152,7 @@ junk_events = st.lists(st.sampled_from([
     b"event: message_delta\r\ndata: {\"type\":\"ping\"}\r\n\r\n", b"retry: 10\n\n"]), max_size=5)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=EXAMPLES // 4, deadline=None, suppress_health_check=list(HealthCheck))
 @given(input_tokens=st.integers(1, 10**7), output_tokens=st.integers(1, 10**6),
        chunk=st.integers(1, 64), junk=junk_events)
 def test_usage_survives_any_split_and_junk(stack: Stack, input_tokens: int, output_tokens: int,

@@ -238,6 +238,11 @@ def test_oversized_and_compressed_bodies_get_413_without_upstream_contact(stack:
     bomb = gzip.compress(b"{" + b" " * (100 * 1024 * 1024) + b"}")  # 100 KB on the wire
     status, _, body = stack.post(bomb, {"x-api-key": CLIENT_CANARY, "content-encoding": "gzip"})
     assert status == 413 and error_of(body)["type"] == "request_too_large"
+    for encoding in ("gzip", "deflate", "br", "zstd"):  # a body that does not decode as said
+        status, _, body = stack.post(b"\x78\x9c not compressed at all",
+                                     {"x-api-key": CLIENT_CANARY, "content-encoding": encoding})
+        assert status in (400, 415) and error_of(body)["type"] == "invalid_request_error", \
+            (encoding, status, body[:200])
     assert len(stack.fake.requests) == before
     assert stack.server.health()["status"] == "ok"
 
