@@ -170,9 +170,12 @@ class Claude:
         if home_dir.exists():
             shutil.rmtree(home_dir)
         home_dir.mkdir()
+        # Its own temporary directory too: concurrent test runs share nothing.
+        (home_dir / "tmp").mkdir()
         environ = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "HOME": str(home_dir),
+            "TMPDIR": str(home_dir / "tmp"),
             "LANG": "C.UTF-8",
             "TERM": "dumb",
             "ANTHROPIC_BASE_URL": base_url,
