@@ -3,7 +3,6 @@ broken link after an edit, a deletion or a truncated tail; pruning keeps it veri
 
 from __future__ import annotations
 
-import hashlib
 import sqlite3
 
 import anthropic
@@ -13,7 +12,7 @@ from conftest import data_dir, flush, records
 
 from midway.cli import cli
 from midway.testing import wait_for
-from midway_audit.chain import canonical
+from midway_audit.chain import content_digest, link_hash
 
 
 def send(running, n: int) -> None:
@@ -63,7 +62,7 @@ def test_verify_detects_edits_deletions_and_truncation(fake_upstream, audited):
     data, req, resp, prev = db.execute("SELECT data, request_body, response_body, prev_hash "
                                        "FROM audit_records WHERE seq = 2").fetchone()
     forged = data.replace('"status":200', '"status":500')
-    digest = hashlib.sha256(prev.encode() + canonical(2, forged, req, resp)).hexdigest()
+    digest = link_hash(prev, 2, content_digest(forged, req, resp))
     db.execute("UPDATE audit_records SET data = ?, status = 500, hash = ? WHERE seq = 2",
                (forged, digest))
     code, result = verify(directory)

@@ -1,11 +1,12 @@
 """The hash chain: how a record's hash is computed, and how a store is verified.
 
-``hash = sha256(prev_hash || canonical)``, where ``prev_hash`` is the previous record's hash
-as 64 hex characters (the chain's anchor for the first record kept) and ``canonical`` is
-``"<seq>\n"`` followed by the stored ``data``, ``request_body`` and ``response_body`` columns,
-each UTF-8 encoded as a netstring (``"<length>:<bytes>,"``, or ``"~"`` for NULL). ``data`` is
-the record's metadata as JSON with sorted keys. Length prefixes make the form unambiguous
-without escaping the (large) bodies again.
+``hash = sha256(prev_hash || "<seq>\n" || content_digest)``, where ``prev_hash`` is the
+previous record's hash as 64 hex characters (the chain's anchor for the first record kept)
+and ``content_digest`` is the hex SHA-256 of the stored ``data``, ``request_body`` and
+``response_body`` columns, each UTF-8 encoded as a netstring (``"<length>:<bytes>,"``, or
+``"~"`` for NULL). ``data`` is the record's metadata as JSON with sorted keys. Length
+prefixes make the form unambiguous without escaping the (large) bodies again, and hashing
+the content first keeps the work done under the chain's lock small.
 """
 
 from __future__ import annotations
@@ -19,33 +20,23 @@ import orjson
 GENESIS = "0" * 64
 
 
-def fields(data: str, request_body: str | None, response_body: str | None) -> bytes:
-    """The canonical form of a record's stored columns, minus its seq."""
-    out = []
+def content_digest(data: str, request_body: str | None, response_body: str | None) -> str:
+    """SHA-256 (hex) of a record's stored columns in their canonical form."""
+    digest = hashlib.sha256()
     for value in (data, request_body, response_body):
         if value is None:
-            out.append(b"~")
+            digest.update(b"~")
         else:
             raw = value.encode()
-            out.append(b"%d:%s," % (len(raw), raw))
-    return b"".join(out)
-
-
-def canonical(seq: int, data: str, request_body: str | None,
-              response_body: str | None) -> bytes:
-    return b"%d\n" % seq + fields(data, request_body, response_body)
-
-
-def link_hash(prev_hash: str, seq: int, tail: bytes) -> str:
-    """The hash of record ``seq`` from its precomputed :func:`fields`.
-
-    Equal to ``sha256(prev_hash + canonical(seq, data, req, resp))``: only the seq is added
-    here, so encoding the (possibly large) bodies happens outside the chain's lock.
-    """
-    digest = hashlib.sha256(prev_hash.encode())
-    digest.update(b"%d\n" % seq)
-    digest.update(tail)
+            digest.update(b"%d:" % len(raw))
+            digest.update(raw)
+            digest.update(b",")
     return digest.hexdigest()
+
+
+def link_hash(prev_hash: str, seq: int, content: str) -> str:
+    """The hash of record ``seq``, chained to ``prev_hash``."""
+    return hashlib.sha256(f"{prev_hash}{seq}\n{content}".encode()).hexdigest()
 
 
 @attrs.define
@@ -107,8 +98,8 @@ def check_row(row: StoredRow, expected_seq: int, expected_prev: str) -> str | No
         return f"record(s) {expected_seq}..{row.seq - 1} missing before seq {row.seq}"
     if row.prev_hash != expected_prev:
         return "prev_hash does not match the previous record's hash"
-    computed = hashlib.sha256(row.prev_hash.encode() + canonical(
-        row.seq, row.data, row.request_body, row.response_body)).hexdigest()
+    computed = link_hash(row.prev_hash, row.seq, content_digest(
+        row.data, row.request_body, row.response_body))
     if computed != row.hash:
         return "record content does not match its hash (edited)"
     try:

@@ -11,7 +11,7 @@ import orjson
 
 from midway import Exchange
 from midway_audit.assemble import EventLog, reassemble
-from midway_audit.chain import fields
+from midway_audit.chain import content_digest
 from midway_audit.redact import Redactor
 
 TRUNCATION_MARKER = "…[midway-audit: truncated {omitted} bytes]"
@@ -42,9 +42,8 @@ class Row:
     data: str  # the record without bodies: canonical JSON (sorted keys)
     request_body: str | None
     response_body: str | None
-    # chain.fields(data, request_body, response_body): the canonical form minus the seq,
-    # computed outside the chain's lock (see chain.link_hash)
-    tail: bytes
+    # chain.content_digest of the columns, computed outside the chain's lock
+    content: str
     # set by the store when the row is chained
     seq: int = 0
     prev_hash: str = ""
@@ -134,7 +133,7 @@ def prepare(pending: Pending, redactor: Redactor, max_body: int, bodies: bool) -
                upstream_request_id=clean["upstream_request_id"], principal=clean["principal"],
                model=clean["model"], status=status, data=data, request_body=request_body,
                response_body=response_body,
-               tail=fields(data, request_body, response_body))
+               content=content_digest(data, request_body, response_body))
 
 
 def _redacted_json(meta: dict[str, Any], redactor: Redactor) -> str:

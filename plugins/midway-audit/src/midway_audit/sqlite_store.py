@@ -114,7 +114,7 @@ class SQLiteStore:
             values = []
             for row in rows:
                 seq += 1
-                digest = link_hash(prev, seq, row.tail)
+                digest = link_hash(prev, seq, row.content)
                 row.seq, row.prev_hash, row.hash = seq, prev, digest
                 values.append((seq, row.ts, row.request_id, row.upstream_request_id,
                                row.principal, row.model, row.status, row.data, row.request_body,

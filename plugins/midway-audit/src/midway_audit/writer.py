@@ -95,19 +95,11 @@ class AuditWriter:
                 break
             batch = [item]
             # A commit costs far more than a row (an fsync with sqlite_synchronous=full):
-            # wait a little for company rather than commit records one by one.
-            deadline = time.monotonic() + linger
-            while len(batch) < limit:
-                if queue.empty():
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0 or self._stopping:
-                        break
-                    try:
-                        item = await asyncio.wait_for(queue.get(), remaining)
-                    except TimeoutError:
-                        break
-                else:
-                    item = queue.get_nowait()
+            # when few records are waiting, give others a moment to join the batch.
+            if queue.qsize() < limit and linger > 0 and not self._stopping:
+                await asyncio.sleep(linger)
+            while len(batch) < limit and not queue.empty():
+                item = queue.get_nowait()
                 if item is None:
                     done = True
                     break
