@@ -64,3 +64,14 @@ def bench(session: nox.Session) -> None:
     if not shutil.which("wrk"):
         session.run("apt-get", "install", "-y", "wrk", external=True)
     session.run("python", "bench/run.py", *session.posargs)
+
+
+@nox.session(python="3.11")
+def soak(session: nox.Session) -> None:
+    """Long soak, slow streams and 20 kill -9 cycles, then hypothesis with many examples
+    (bounded, loopback only; not part of CI). ``nox -s soak -- --quick`` for a short run."""
+    _install_all(session)
+    session.run("python", "bench/soak.py", *session.posargs)
+    quick = "--quick" in session.posargs
+    session.run("pytest", "tests/test_hardening_fuzz.py", "-q",
+                env={"HARDENING_FUZZ_EXAMPLES": "500" if quick else "5000"})
