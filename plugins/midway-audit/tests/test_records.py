@@ -166,3 +166,23 @@ def test_bodies_off_and_truncation(fake_upstream, audited):
     assert "…[midway-audit: truncated" in record["request_body"]
     assert len(record["request_body"].encode()) < 300
     assert len(record["response_body"].encode()) < 300
+
+
+def test_an_unserialisable_record_is_still_written_plainly(fake_upstream, audited):
+    class Odd:
+        @hookimpl(tryfirst=True)
+        def post_response(self, exchange):
+            exchange.annotations["odd"] = {1: object()}  # orjson cannot encode int keys
+            exchange.request.headers["x-odd"] = "caf\udce9"  # not UTF-8 (surrogateescape)
+
+    running = audited(extra_plugins=[("odd", Odd())], batch_size=8)
+    c = client(running)
+    for _ in range(3):
+        c.messages.create(model="claude-sonnet-4-6", max_tokens=5, messages=MESSAGES)
+    wait_for(lambda: len(records(running)) == 3)
+    record = get(running, records(running)[0]["id"])
+    assert record["audit_problem"].startswith("prepared without annotations")
+    assert record["annotations"] == {}
+    assert record["request_headers"]["x-odd"] == "caf\ufffd"
+    assert orjson.loads(record["request_body"])["messages"] == MESSAGES
+    assert running.call(running.midway.services["audit"].verify())["ok"]

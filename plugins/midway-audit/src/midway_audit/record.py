@@ -136,6 +136,29 @@ def prepare(pending: Pending, redactor: Redactor, max_body: int, bodies: bool) -
                content=content_digest(data, request_body, response_body))
 
 
+def plain(pending: Pending, problem: str) -> Pending:
+    """A copy of ``pending`` that always serialises: annotations left out, every string made
+    valid UTF-8, the request body taken as text."""
+    meta = _valid_utf8({k: v for k, v in pending.meta.items() if k != "annotations"})
+    meta["annotations"] = {}
+    meta["audit_problem"] = f"prepared without annotations: {problem}"
+    headers = [(_valid_utf8(k), _valid_utf8(v)) for k, v in pending.headers]
+    return Pending(meta, headers, pending.request_body, None, pending.response_body,
+                   pending.response_events)
+
+
+def _valid_utf8(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    if isinstance(value, dict):
+        return {str(_valid_utf8(k)): _valid_utf8(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_valid_utf8(v) for v in value]
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    return _valid_utf8(str(value))
+
+
 def _redacted_json(meta: dict[str, Any], redactor: Redactor) -> str:
     """The metadata as canonical JSON, redacted in one pass over its text (patterns never
     span a quote, so the text stays valid JSON); per value if a match ever broke it."""

@@ -19,7 +19,7 @@ from midway_audit.chain import Head
 from midway_audit.config import AuditConfig
 from midway_audit.jsonl_sink import JsonlSink
 from midway_audit.metrics import AuditMetrics
-from midway_audit.record import Pending, Row, prepare
+from midway_audit.record import Pending, Row, plain, prepare
 from midway_audit.redact import Redactor
 from midway_audit.store import Store
 
@@ -148,7 +148,18 @@ class AuditWriter:
 
     def _prepare(self, batch: list[Pending]) -> list[Row]:
         cfg = self.config
-        return [prepare(p, self.redactor, cfg.max_body_bytes, cfg.bodies) for p in batch]
+        rows = []
+        for pending in batch:
+            try:
+                rows.append(prepare(pending, self.redactor, cfg.max_body_bytes, cfg.bodies))
+            except Exception as exc:
+                # One odd record (an annotation orjson cannot encode, a header that is not
+                # UTF-8) must not cost the batch: record it plainly, and say so.
+                log.warning("audit: record %s prepared without annotations (%s)",
+                            pending.meta.get("id"), type(exc).__name__)
+                rows.append(prepare(plain(pending, type(exc).__name__), self.redactor,
+                                    cfg.max_body_bytes, cfg.bodies))
+        return rows
 
     def _sink_write(self, rows: list[Row]) -> None:
         assert self.sink is not None
