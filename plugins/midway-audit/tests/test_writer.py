@@ -114,3 +114,22 @@ def test_shutdown_gives_up_on_a_dead_store_after_flush_timeout():
                                          {"reason": "store_failed"}) == 1
 
     asyncio.run(main())
+
+
+def test_queue_is_bounded_by_bytes_too():
+    async def main() -> None:
+        store = GatedStore()
+        w, _ = writer(store, queue_size=1000, batch_size=1, queue_max_bytes=50_000)
+        await w.start()
+        big = [capture(make_exchange(body={"model": "m", "messages": [
+            {"role": "user", "content": "x" * 10_000}]}), True, None) for _ in range(10)]
+        submits = [asyncio.create_task(w.submit(p)) for p in big]
+        await asyncio.sleep(0.05)
+        done = sum(t.done() for t in submits)
+        assert 1 < done < 10  # a few fit in 50 KB (plus one batch taken), the rest wait
+        store.gate.set()
+        await asyncio.wait_for(asyncio.gather(*submits), 2)
+        await w.stop()
+        assert len(store.rows) == 10
+
+    asyncio.run(main())

@@ -141,12 +141,15 @@ class EventLog:
         self.truncated = False
 
     def add(self, name: str | None, data: str) -> None:
-        if name == "content_block_delta":
-            self._size += len(data)
-            if self._size > self._limit:
-                self.truncated = True
-                return
+        if name == "content_block_delta" and self._size + len(data) > self._limit:
+            self.truncated = True
+            return
+        self._size += len(data)
         self.data.append(data)
+
+    @property
+    def size(self) -> int:
+        return self._size
 
 
 def reassemble(data: list[str], limit: int, truncated: bool) -> dict[str, Any]:

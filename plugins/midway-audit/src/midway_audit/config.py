@@ -47,6 +47,7 @@ class AuditConfig:
     redact_patterns: dict[str, str] = attrs.field(factory=dict)  # name -> regex
     redact_headers: tuple[str, ...] = ()  # extra header names never stored
     queue_size: int = 10_000
+    queue_max_bytes: int = 256 * MiB  # and at most this much body data waiting
     batch_size: int = 256
     batch_linger: float = 0.01  # seconds a batch waits for more records before committing
     on_full: str = "block"  # block (backpressure, nothing lost) | drop (counted)
@@ -88,6 +89,7 @@ class AuditConfig:
                                  dict(table.get("redact_patterns") or {}).items()},
                 redact_headers=tuple(str(h).lower() for h in table.get("redact_headers", ())),
                 queue_size=int(table.get("queue_size", 10_000)),
+                queue_max_bytes=int(table.get("queue_max_bytes", 256 * MiB)),
                 batch_size=int(table.get("batch_size", 256)),
                 batch_linger=float(table.get("batch_linger", 0.01)),
                 on_full=str(table.get("on_full", "block")),

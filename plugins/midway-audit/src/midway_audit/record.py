@@ -28,6 +28,18 @@ class Pending:
     response_body: bytes | None
     response_events: EventLog | None  # a stream's events, reassembled in prepare
 
+    @property
+    def size(self) -> int:
+        """Roughly the memory this record holds on to (its bodies), for the queue's bound."""
+        size = 1024
+        if self.request_body is not None:
+            size += len(self.request_body) * 2  # the bytes and their parsed form
+        if self.response_body is not None:
+            size += len(self.response_body)
+        if self.response_events is not None:
+            size += self.response_events.size
+        return size
+
 
 @attrs.define(slots=True)
 class Row:

@@ -42,7 +42,8 @@ class AuditWriter:
         self._prune_task: asyncio.Task[None] | None = None
         self._stopping = False
         self._deadline = 0.0
-        self._changed = asyncio.Event()
+        self._bytes = 0  # what the queued records hold (Pending.size)
+        self._room = asyncio.Event()
 
     async def start(self) -> None:
         self.committed = await self.store.head()
@@ -54,15 +55,29 @@ class AuditWriter:
         if self._stopping:
             self._drop("closed")
             return
+        size = pending.size
         if self.config.on_full == "drop":
-            try:
-                self.queue.put_nowait(pending)
-            except asyncio.QueueFull:
+            if self.queue.full() or self._over(size):
                 self._drop("queue_full")
+                return
+            self.queue.put_nowait(pending)
         else:
-            await self.queue.put(pending)  # backpressure: this request's handler waits
+            # backpressure: this request's handler waits for room (records, then bytes)
+            while self._over(size):
+                self._room.clear()
+                await self._room.wait()
+            await self.queue.put(pending)
+        self._bytes += size
         if self.metrics is not None:
             self.metrics.queue_depth.set(self.queue.qsize())
+
+    def _over(self, size: int) -> bool:
+        """Whether ``size`` more bytes would overflow the queue (one record always fits)."""
+        return self._bytes > 0 and self._bytes + size > self.config.queue_max_bytes
+
+    def _taken(self, batch: list[Pending]) -> None:
+        self._bytes -= sum(p.size for p in batch)
+        self._room.set()
 
     def _drop(self, reason: str, count: int = 1) -> None:
         self.dropped += count
@@ -104,6 +119,7 @@ class AuditWriter:
                     done = True
                     break
                 batch.append(item)
+            self._taken(batch)
             try:
                 await self._write(batch)
             except Exception:  # never let the writer die: that would block every request
@@ -136,7 +152,6 @@ class AuditWriter:
                 delay = min(delay * 2, 5.0)
         self.committed = head
         self.written += len(rows)
-        self._changed.set()
         if self.metrics is not None:
             self.metrics.written.inc(len(rows))
             self.metrics.batch_seconds.observe(time.monotonic() - started)
