@@ -163,9 +163,10 @@ class Claude:
 
     def run(self, base_url: str, prompt: str | None, *args: str, stdin: str | None = None,
             env: dict[str, str] | None = None, timeout: float = RUN_TIMEOUT,
-            home: str | None = None) -> ClaudeRun:
+            home: str | None = None, unset: Sequence[str] = ()) -> ClaudeRun:
         """``home``: a name for the fresh HOME, to give two runs the same HOME path (its path
-        is part of Claude Code's system prompt); it is emptied first."""
+        is part of Claude Code's system prompt); it is emptied first. ``unset``: variables of
+        the standard environment to leave out."""
         home_dir = self.root / (home or f"home{len(self.runs)}")
         if home_dir.exists():
             shutil.rmtree(home_dir)
@@ -184,6 +185,8 @@ class Claude:
             "DISABLE_AUTOUPDATER": "1",
             **(env or {}),
         }
+        for name in unset:
+            environ.pop(name, None)
         argv = [str(self.binary), "-p"]
         if prompt is not None:
             argv.append(prompt)
