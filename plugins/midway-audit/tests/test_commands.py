@@ -65,6 +65,12 @@ def test_query_show_tail_export(fake_upstream, audited):
     assert exported[0]["hash"] == exported[1]["prev_hash"]
     assert "hello claude-sonnet-4-6" in exported[0]["request_body"]
 
+    exported_path = data_dir(running) / "export.jsonl"
+    out = run(cli, ["audit", "export", "-o", str(exported_path), *d])
+    assert out.exit_code == 0
+    out = run(cli, ["audit", "verify", "--jsonl", str(exported_path)])
+    assert out.exit_code == 0 and out.output.startswith("ok: 4 records verified")
+
     out = run(cli, ["audit", "export", "--format", "csv", "--no-bodies", "--model",
                     "claude-haiku-4-5", *d])
     rows = list(csv.DictReader(io.StringIO(out.output)))

@@ -7,8 +7,10 @@ import urllib.request
 
 import anthropic
 import orjson
+from click.testing import CliRunner
 from conftest import committed, data_dir, flush, records, service
 
+from midway.cli import cli
 from midway.testing import wait_for
 
 
@@ -38,6 +40,19 @@ def test_jsonl_sink_rotates_by_size_and_lines_chain(fake_upstream, audited):
     for before, after in itertools.pairwise(lines):
         assert after["prev_hash"] == before["hash"]
     assert "request 11" in lines[-1]["request_body"]
+
+    # the shipped files verify on their own, oldest first; an edited line is found
+    args = ["audit", "verify", "--json"]
+    for name in ("audit.jsonl.2", "audit.jsonl.1", "audit.jsonl"):
+        args += ["--jsonl", str(logs / name)]
+    out = CliRunner().invoke(cli, args)
+    result = orjson.loads(out.output)
+    assert out.exit_code == 0 and result["ok"] and result["checked"] == len(lines)
+    assert result["head_hash"] == lines[-1]["hash"]
+    tampered = (logs / "audit.jsonl.1").read_bytes().replace(b'"status":200', b'"status":201', 1)
+    (logs / "audit.jsonl.1").write_bytes(tampered)
+    out = CliRunner().invoke(cli, args)
+    assert out.exit_code == 1 and "edited" in orjson.loads(out.output)["reason"]
 
 
 def test_retention_from_config_prunes_a_prefix_and_keeps_the_chain(fake_upstream, audited):

@@ -12,6 +12,7 @@ the content first keeps the work done under the chain's lock small.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from typing import Any, Protocol
 
 import attrs
@@ -139,4 +140,40 @@ async def verify(source: ChainSource, page: int = 500) -> VerifyResult:
     if expected_prev != head.hash:
         return VerifyResult(False, checked, head, last_seq, None,
                             "the last record's hash does not match the chain head")
+    return VerifyResult(True, checked, head)
+
+
+_NOT_DATA = ("seq", "prev_hash", "hash", "request_body", "response_body")
+
+
+def verify_exported(records: Iterable[dict[str, Any]]) -> VerifyResult:
+    """Check records as the JSONL sink and ``export`` write them (full records, in seq
+    order): each one's hash, and each link to the one before. The first record's
+    ``prev_hash`` is taken as the anchor."""
+    head = Head()
+    checked = 0
+    expected_seq: int | None = None
+    for record in records:
+        seq, prev, stored = record.get("seq"), record.get("prev_hash"), record.get("hash")
+        if not isinstance(seq, int) or not isinstance(prev, str) or not isinstance(stored, str):
+            return VerifyResult(False, checked, head, seq if isinstance(seq, int) else None,
+                                record.get("id"), "not an audit record with seq and hashes")
+        if expected_seq is None:
+            head.anchor_seq, head.anchor_hash = seq - 1, prev
+        elif seq != expected_seq:
+            return VerifyResult(False, checked, head, seq, record.get("id"),
+                                f"record(s) {expected_seq}..{seq - 1} missing before seq {seq}")
+        elif prev != head.hash:
+            return VerifyResult(False, checked, head, seq, record.get("id"),
+                                "prev_hash does not match the previous record's hash")
+        data = orjson.dumps({k: v for k, v in record.items() if k not in _NOT_DATA},
+                            option=orjson.OPT_SORT_KEYS).decode()
+        computed = link_hash(prev, seq, content_digest(data, record.get("request_body"),
+                                                       record.get("response_body")))
+        if computed != stored:
+            return VerifyResult(False, checked, head, seq, record.get("id"),
+                                "record content does not match its hash (edited)")
+        checked += 1
+        head.seq, head.hash, head.count = seq, stored, checked
+        expected_seq = seq + 1
     return VerifyResult(True, checked, head)

@@ -6,7 +6,7 @@ import asyncio
 import csv
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import IO, Any, TypeVar
 
 import click
@@ -15,6 +15,7 @@ import orjson
 from midway.cli import settings_options
 from midway.config import Settings
 from midway_audit.chain import verify as verify_chain
+from midway_audit.chain import verify_exported
 from midway_audit.config import AuditConfig, AuditConfigError, parse_duration
 from midway_audit.store import Filter, Store, full_record, open_store
 
@@ -185,11 +186,14 @@ def tail(settings: Settings, lines: int, interval: float, count: int | None,
 
 @audit.command("verify")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("--jsonl", "jsonl", multiple=True, type=click.Path(dir_okay=False, exists=True),
+              help="Verify these JSONL files (the sink's, or an export), oldest first, "
+                   "instead of the store.")
 @settings_options
-def verify(settings: Settings, as_json: bool) -> None:
+def verify(settings: Settings, as_json: bool, jsonl: tuple[str, ...]) -> None:
     """Check the hash chain; report the first broken link (exit status 1)."""
     started = time.monotonic()
-    result = _run(settings, verify_chain)
+    result = verify_exported(_jsonl_records(jsonl)) if jsonl else _run(settings, verify_chain)
     if as_json:
         click.echo(orjson.dumps(result.as_dict()).decode())
     elif result.ok:
@@ -204,6 +208,14 @@ def verify(settings: Settings, as_json: bool) -> None:
                    "are intact", err=True)
     if not result.ok:
         sys.exit(1)
+
+
+def _jsonl_records(paths: tuple[str, ...]) -> Iterator[dict[str, Any]]:
+    for path in paths:
+        with open(path, "rb") as fh:
+            for line in fh:
+                if line.strip():
+                    yield orjson.loads(line)
 
 
 @audit.command("export")
