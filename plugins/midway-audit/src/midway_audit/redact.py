@@ -13,6 +13,7 @@ addresses, whose ``@`` is common in code, are found from each ``@`` outwards.
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -137,11 +138,14 @@ class Redactor:
         return found
 
     def _remember(self, raw: bytes, redacted: str) -> None:
-        self._parts[raw] = redacted
-        self._parts_size += len(raw) + len(redacted)
+        # orjson's bytes keep a 4 KiB buffer however short the JSON: store a compact copy as
+        # the key, and count what entries really take, so the budget bounds real memory.
+        key = bytes(memoryview(raw))
+        self._parts[key] = redacted
+        self._parts_size += sys.getsizeof(key) + sys.getsizeof(redacted)
         while self._parts_size > self.parts_budget and self._parts:
             oldest = next(iter(self._parts))  # dicts keep insertion order: FIFO eviction
-            self._parts_size -= len(oldest) + len(self._parts.pop(oldest))
+            self._parts_size -= sys.getsizeof(oldest) + sys.getsizeof(self._parts.pop(oldest))
 
     def keep_header(self, name: str) -> bool:
         """Whether a request header may be stored at all (its value is still redacted)."""
