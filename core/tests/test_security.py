@@ -201,3 +201,26 @@ def test_path_and_query_bytes_are_forwarded_exactly(fake_upstream, midway_proxy)
     raw_request(port, b"GET /v1/models?limit=1000&after_id=a%2Fb%20c&x=%7E HTTP/1.1\r\n"
                       b"Host: x\r\nx-api-key: k\r\nConnection: close\r\n\r\n")
     assert fake_upstream.requests[-1].query == "limit=1000&after_id=a%2Fb%20c&x=%7E"
+
+
+def test_key_mode_upstream_without_credentials_gets_the_upstream_key(fake_upstream,
+                                                                     midway_factory,
+                                                                     monkeypatch):
+    from midway import Upstream
+    from midway.plugins import module_plugin
+
+    monkeypatch.setenv("MW_TEST_UPSTREAM", UPSTREAM_CANARY)
+    chooser = module_plugin("route", choose_upstream=lambda exchange: Upstream(
+        url=fake_upstream.url, name="routed"))
+    proxy = midway_factory(plugins=[chooser],
+                           client_keys=[{"key": CLIENT_CANARY, "name": "alice"}],
+                           upstream_api_key="env:MW_TEST_UPSTREAM")
+
+    async def go() -> int:
+        async with aiohttp.ClientSession() as s, s.post(
+                proxy.url + "/v1/messages", data=MSG, headers={"x-api-key": CLIENT_CANARY}) as r:
+            return r.status
+    assert asyncio.run(go()) == 200
+    seen = fake_upstream.messages_requests[-1].headers
+    assert seen["x-api-key"] == UPSTREAM_CANARY
+    assert CLIENT_CANARY not in str(dict(seen))

@@ -332,6 +332,12 @@ class Proxy:
                 headers.popall(name, None)
         for key, value in upstream.headers.items():
             headers[key] = value
+        if self.key_mode and upstream.passthrough_auth and not any(
+                name in headers for name in CREDENTIAL_HEADERS):
+            # Clients present midway keys, which never leave: an upstream that names no
+            # credential of its own gets the configured upstream key.
+            for key, value in self.default_upstream.headers.items():
+                headers.setdefault(key, value)
         headers["accept-encoding"] = "identity" if self.has_chunk else \
             filter_accept_encoding(headers.get("accept-encoding"))
         body = req.body
