@@ -74,3 +74,11 @@ def test_batch_discount_halves_tokens_not_searches() -> None:
     u = usage(input_tokens=1_000_000, output_tokens=1_000_000,
               server_tool_use={"web_search_requests": 1})
     assert usd(table.cost(u, "claude-haiku-4-5", batch=True).total) == Decimal("3.01")
+
+
+def test_claude_code_default_model_is_priced() -> None:
+    # claude-opus-5-5: 110 in, 50 cache write (5m), 20 cache read, 47 out.
+    cost = PriceTable.load().cost(usage(input_tokens=110, cache_creation_input_tokens=50,
+                                        cache_read_input_tokens=20, output_tokens=47),
+                                  "claude-opus-5-5-20261101")
+    assert usd(cost.total) == Decimal("0.001634")  # (440 + 250 + 4 + 940) / 1e6
