@@ -1,0 +1,74 @@
+"""/metrics with every plugin installed, and the JSON access log, from a real `midway serve`."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import urllib.request
+
+import orjson
+
+from midway.testing import wait_for
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_metrics_and_access_log_with_every_plugin(fake_upstream, tmp_path):
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "MIDWAY_PLUGINS"}
+    env.update({"MIDWAY_LOG_FORMAT": "json", "MIDWAY_ACCESS_LOG": "true"})
+    log_path = tmp_path / "serve.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "midway.cli", "serve", "--port", str(port), "--upstream",
+             fake_upstream.url, "--data-dir", str(tmp_path / "data")], env=env, stderr=log)
+    try:
+        def listening() -> bool:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                return True
+            except OSError:
+                return False
+        wait_for(listening, timeout=30)
+        body = orjson.dumps({"model": "claude-sonnet-4-6", "max_tokens": 8,
+                             "messages": [{"role": "user", "content": "metrics\r\nplease"}]})
+        for _ in range(2):  # a miss, then a cache hit
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{port}/v1/messages", data=body, method="POST",
+                headers={"x-api-key": "sk-ant-observability-canary"})
+            with urllib.request.urlopen(request, timeout=10) as resp:
+                assert resp.status == 200
+        text = ""
+
+        def scraped() -> bool:
+            nonlocal text
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+                text = r.read().decode()
+            ok = sum(float(v) for v in re.findall(
+                r'^midway_requests_total\{[^}]*status="200"[^}]*\} (\S+)$', text, flags=re.M))
+            return "midway_audit_records_written_total 2.0" in text and ok == 2
+        wait_for(scraped, timeout=15)
+        for family in ("midway_request_duration_seconds_bucket", "midway_ttfb_seconds_bucket",
+                       "midway_inflight_requests", "midway_open_streams", "midway_tokens_total",
+                       "midway_billing_spend_usd", "midway_cache_lookups",
+                       "midway_audit_queue_depth", "midway_router_routed"):
+            assert family in text, family
+        assert "sk-ant-observability-canary" not in text
+    finally:
+        proc.terminate()
+        assert proc.wait(30) == 0
+    lines = [json.loads(line.split("midway.access: ", 1)[1])
+             for line in log_path.read_text().splitlines() if "midway.access: " in line]
+    assert len(lines) == 2
+    assert {"request_id", "principal", "model", "status", "ttfb_ms", "total_ms",
+            "input_tokens", "output_tokens"} <= set(lines[0])
+    assert lines[0]["model"] == "claude-sonnet-4-6" and lines[1]["answered_by"] == "cache"
+    assert "canary" not in log_path.read_text()
