@@ -253,3 +253,28 @@ def test_hanging_async_hook_is_cut_by_the_hook_timeout(fake_upstream, midway_fac
         assert "stuck" in orjson.loads(body)["error"]["message"]
     errors = proxy.midway.plugins.errors
     wait_for(lambda: errors[("stuck", hook)] >= 1)
+
+
+def test_five_line_pyproject_ships_the_plugin(tmp_path):
+    import subprocess
+    import sys
+    import zipfile
+
+    text = (DOCS / "writing-plugins.md").read_text()
+    code = re.search(r"```python\n(# team_tag.py.*?)```", text, flags=re.S).group(1)
+    pyproject = re.search(r"```toml\n(.*?)```", text, flags=re.S).group(1)
+    assert len(pyproject.strip().splitlines()) <= 6
+    (tmp_path / "team_tag.py").write_text(code)
+    (tmp_path / "pyproject.toml").write_text(pyproject)
+    import shutil
+    uv = shutil.which("uv")  # nox's venvs have uv beside them, not pip
+    command = [uv, "build", "--wheel", "-q", "-o", str(tmp_path / "dist"), str(tmp_path)] if uv \
+        else [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w",
+              str(tmp_path / "dist"), str(tmp_path)]
+    subprocess.run(command, check=True)
+    wheel = next((tmp_path / "dist").glob("midway_team_tag-*.whl"))
+    with zipfile.ZipFile(wheel) as zf:
+        names = zf.namelist()
+        entry_points = zf.read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
+    assert "team_tag.py" in names
+    assert "[midway]" in entry_points and "team_tag = team_tag" in entry_points
