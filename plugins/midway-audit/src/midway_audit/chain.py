@@ -18,6 +18,9 @@ from typing import Any, Protocol
 import attrs
 import orjson
 
+from midway_audit.parts import digest as part_digest
+from midway_audit.parts import digests, resplit
+
 GENESIS = "0" * 64
 
 
@@ -87,6 +90,8 @@ class ChainSource(Protocol):
 
     async def scan(self, after_seq: int, limit: int) -> list[StoredRow]: ...
 
+    async def parts(self, digests: list[str]) -> dict[str, str]: ...
+
 
 # Columns duplicated out of ``data`` for querying; an edit to either copy must show.
 _COLUMNS = (("request_id", "id"), ("principal", "principal"), ("model", "model"),
@@ -121,12 +126,17 @@ async def verify(source: ChainSource, page: int = 500) -> VerifyResult:
     expected_seq = head.anchor_seq + 1
     expected_prev = head.anchor_hash
     checked = 0
+    verified_parts: set[str] = set()
     while True:
         rows = await source.scan(expected_seq - 1, page)
         if not rows:
             break
+        bad_parts = await _check_parts(source, rows, verified_parts)
         for row in rows:
             reason = check_row(row, expected_seq, expected_prev)
+            if reason is None and bad_parts:
+                reason = next((bad_parts[d] for d in digests(row.request_body)
+                               if d in bad_parts), None)
             if reason is not None:
                 return VerifyResult(False, checked, head, row.seq, row.request_id, reason)
             checked += 1
@@ -141,6 +151,25 @@ async def verify(source: ChainSource, page: int = 500) -> VerifyResult:
         return VerifyResult(False, checked, head, last_seq, None,
                             "the last record's hash does not match the chain head")
     return VerifyResult(True, checked, head)
+
+
+async def _check_parts(source: ChainSource, rows: list[StoredRow], verified: set[str]
+                       ) -> dict[str, str]:
+    """Body parts the rows refer to that are missing or do not match their digest."""
+    wanted = sorted({d for row in rows for d in digests(row.request_body)} - verified)
+    if not wanted:
+        return {}
+    found = await source.parts(wanted)
+    bad = {}
+    for part in wanted:
+        if part not in found:
+            bad[part] = f"request body part {part[:12]}… is missing"
+        elif part_digest(found[part]) != part:
+            bad[part] = f"request body part {part[:12]}… does not match its digest (edited)"
+    if len(verified) > 200_000:
+        verified.clear()
+    verified.update(d for d in wanted if d not in bad)
+    return bad
 
 
 _NOT_DATA = ("seq", "prev_hash", "hash", "request_body", "response_body")
@@ -168,7 +197,14 @@ def verify_exported(records: Iterable[dict[str, Any]]) -> VerifyResult:
                                 "prev_hash does not match the previous record's hash")
         data = orjson.dumps({k: v for k, v in record.items() if k not in _NOT_DATA},
                             option=orjson.OPT_SORT_KEYS).decode()
-        computed = link_hash(prev, seq, content_digest(data, record.get("request_body"),
+        request_body = record.get("request_body")
+        if record.get("request_parts") and isinstance(request_body, str):
+            try:
+                request_body = resplit(request_body)  # the form the chain covers
+            except (ValueError, orjson.JSONDecodeError):
+                return VerifyResult(False, checked, head, seq, record.get("id"),
+                                    "request body is not the JSON object it was (edited)")
+        computed = link_hash(prev, seq, content_digest(data, request_body,
                                                        record.get("response_body")))
         if computed != stored:
             return VerifyResult(False, checked, head, seq, record.get("id"),

@@ -14,7 +14,16 @@ import asyncpg
 
 from midway_audit.chain import GENESIS, Head, StoredRow, link_hash
 from midway_audit.record import Row
-from midway_audit.store import COLUMNS, SUMMARY_COLUMNS, Filter, full_record, summary_record
+from midway_audit.store import (
+    COLUMNS,
+    DELETE_UNREFERENCED_PARTS,
+    SUMMARY_COLUMNS,
+    Filter,
+    KnownParts,
+    expand_rows,
+    full_record,
+    summary_record,
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit_records (
@@ -34,6 +43,16 @@ CREATE TABLE IF NOT EXISTS audit_records (
 CREATE INDEX IF NOT EXISTS audit_records_ts ON audit_records (ts);
 CREATE INDEX IF NOT EXISTS audit_records_request_id ON audit_records (request_id);
 CREATE INDEX IF NOT EXISTS audit_records_principal ON audit_records (principal, ts);
+CREATE TABLE IF NOT EXISTS audit_parts (
+    digest TEXT PRIMARY KEY,
+    body TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit_part_refs (
+    digest TEXT NOT NULL,
+    seq BIGINT NOT NULL,
+    PRIMARY KEY (digest, seq)
+);
+CREATE INDEX IF NOT EXISTS audit_part_refs_seq ON audit_part_refs (seq);
 CREATE TABLE IF NOT EXISTS audit_chain (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     seq BIGINT NOT NULL,
@@ -54,6 +73,7 @@ class PostgresStore:
         self.dsn = dsn
         self.schema = schema
         self._pool: asyncpg.Pool | None = None
+        self._known = KnownParts()
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -84,12 +104,15 @@ class PostgresStore:
             seq, prev, anchor_seq, anchor_hash = await conn.fetchrow(
                 "SELECT seq, head_hash, anchor_seq, anchor_hash FROM audit_chain "
                 "WHERE id = 1 FOR UPDATE")
+            self._known.check(anchor_seq)
             if retrying:
                 stored = {r["request_id"] for r in await conn.fetch(
                     "SELECT request_id FROM audit_records WHERE request_id = ANY($1::text[])",
                     [r.request_id for r in rows])}
                 rows = [r for r in rows if r.request_id not in stored]
             values = []
+            refs: list[tuple[str, int]] = []
+            new_parts: dict[str, str] = {}
             for row in rows:
                 seq += 1
                 digest = link_hash(prev, seq, row.content)
@@ -98,6 +121,16 @@ class PostgresStore:
                                row.principal, row.model, row.status, row.data, row.request_body,
                                row.response_body, prev, digest))
                 prev = digest
+                for part, text in row.parts.items():
+                    refs.append((part, seq))
+                    if part not in self._known:
+                        new_parts[part] = text
+            if new_parts:
+                await conn.executemany("INSERT INTO audit_parts (digest, body) VALUES ($1, $2) "
+                                       "ON CONFLICT DO NOTHING", list(new_parts.items()))
+            if refs:
+                await conn.executemany("INSERT INTO audit_part_refs (digest, seq) VALUES "
+                                       "($1, $2) ON CONFLICT DO NOTHING", refs)
             if values:
                 await conn.copy_records_to_table(
                     "audit_records", records=values, schema_name=self.schema,
@@ -106,6 +139,7 @@ class PostgresStore:
                              "prev_hash", "hash"])
                 await conn.execute("UPDATE audit_chain SET seq = $1, head_hash = $2 "
                                    "WHERE id = 1", seq, prev)
+        self._known.add(new_parts)
         return Head(seq, prev, anchor_seq, anchor_hash)
 
     async def prune(self, max_age: float | None, max_rows: int | None) -> int:
@@ -126,6 +160,8 @@ class PostgresStore:
             if anchor is None:
                 return 0
             status = await conn.execute("DELETE FROM audit_records WHERE seq <= $1", cut)
+            await conn.execute("DELETE FROM audit_part_refs WHERE seq <= $1", cut)
+            await conn.execute(DELETE_UNREFERENCED_PARTS)
             await conn.execute("UPDATE audit_chain SET anchor_seq = $1, anchor_hash = $2 "
                                "WHERE id = 1", cut, anchor)
         return int(status.split()[-1])
@@ -147,7 +183,16 @@ class PostgresStore:
     async def get(self, request_id: str) -> dict[str, Any] | None:
         row = await self.pool.fetchrow(f"SELECT {COLUMNS} FROM audit_records "  # noqa: S608
                                        "WHERE request_id = $1 ORDER BY seq LIMIT 1", request_id)
-        return full_record(StoredRow(*row)) if row is not None else None
+        if row is None:
+            return None
+        found = [StoredRow(*row)]
+        await expand_rows(found, self.parts)
+        return full_record(found[0])
+
+    async def parts(self, digests: list[str]) -> dict[str, str]:
+        rows = await self.pool.fetch("SELECT digest, body FROM audit_parts "
+                                     "WHERE digest = ANY($1::text[])", digests)
+        return {r["digest"]: r["body"] for r in rows}
 
     async def after(self, seq: int, limit: int) -> list[dict[str, Any]]:
         rows = await self.pool.fetch(f"SELECT {SUMMARY_COLUMNS} FROM audit_records "  # noqa: S608
@@ -166,7 +211,9 @@ class PostgresStore:
         where = f"{where} AND seq > ${n + 1}" if where else f" WHERE seq > ${n + 1}"
         rows = await self.pool.fetch(f"SELECT {COLUMNS} FROM audit_records{where} "  # noqa: S608
                                      f"ORDER BY seq LIMIT ${n + 2}", *args, after_seq, limit)
-        return [StoredRow(*r) for r in rows]
+        found = [StoredRow(*r) for r in rows]
+        await expand_rows(found, self.parts)
+        return found
 
 
 def _ident(name: str) -> str:

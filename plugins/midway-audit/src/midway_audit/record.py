@@ -12,6 +12,7 @@ import orjson
 from midway import Exchange
 from midway_audit.assemble import EventLog, reassemble
 from midway_audit.chain import content_digest
+from midway_audit.parts import expand, full_text, template
 from midway_audit.redact import Redactor
 
 TRUNCATION_MARKER = "…[midway-audit: truncated {omitted} bytes]"
@@ -56,6 +57,8 @@ class Row:
     response_body: str | None
     # chain.content_digest of the columns, computed outside the chain's lock
     content: str
+    # the parts request_body (a template) refers to: digest -> text (see parts.py)
+    parts: dict[str, str] = attrs.field(factory=dict)
     # set by the store when the row is chained
     seq: int = 0
     prev_hash: str = ""
@@ -65,7 +68,8 @@ class Row:
         """The full record as ``get`` returns it (and as the JSONL sink writes it)."""
         record: dict[str, Any] = orjson.loads(self.data)
         record.update(seq=self.seq, prev_hash=self.prev_hash, hash=self.hash,
-                      request_body=self.request_body, response_body=self.response_body)
+                      request_body=expand(self.request_body, self.parts),
+                      response_body=self.response_body)
         return record
 
 
@@ -122,9 +126,11 @@ def prepare(pending: Pending, redactor: Redactor, max_body: int, bodies: bool) -
     """Redact, cut and serialise a captured record. Nothing unredacted leaves this function."""
     meta = pending.meta
     request_body = response_body = None
+    parts: dict[str, str] = {}
     if bodies:
-        request_body, meta["request_truncated"] = _request_text(
+        request_body, meta["request_truncated"], parts = _request_text(
             pending.request_body, pending.request_json, redactor, max_body)
+        meta["request_parts"] = bool(parts)
         raw = pending.response_body
         events = pending.response_events
         if events is not None:
@@ -144,7 +150,7 @@ def prepare(pending: Pending, redactor: Redactor, max_body: int, bodies: bool) -
     return Row(ts=float(meta["ts"]), request_id=str(clean["id"]),
                upstream_request_id=clean["upstream_request_id"], principal=clean["principal"],
                model=clean["model"], status=status, data=data, request_body=request_body,
-               response_body=response_body,
+               response_body=response_body, parts=parts,
                content=content_digest(data, request_body, response_body))
 
 
@@ -186,13 +192,21 @@ def _redacted_json(meta: dict[str, Any], redactor: Redactor) -> str:
         return orjson.dumps(clean, option=orjson.OPT_SORT_KEYS).decode()
 
 
-def _request_text(raw: bytes | None, parsed: Any, redactor: Redactor,
-                  max_body: int) -> tuple[str | None, bool]:
+def _request_text(raw: bytes | None, parsed: Any, redactor: Redactor, max_body: int
+                  ) -> tuple[str | None, bool, dict[str, str]]:
+    """The request body to store: a template and its parts, or (when it is not a JSON
+    object, or too long and so cut) plain text."""
     if raw is None:
-        return None, False
+        return None, False, {}
     if not isinstance(parsed, dict):
-        return _body_text(raw, redactor, max_body)
-    return _cut(redactor.json_body(parsed), max_body)
+        return (*_body_text(raw, redactor, max_body), {})
+    segs = redactor.json_body(parsed)
+    if sum(len(text) for text, _ in segs) * 4 > max_body:  # UTF-8: at most 4 bytes a char
+        text, truncated = _cut(full_text(segs), max_body)
+        if truncated:
+            return text, True, {}
+    parts = {d: text for text, d in segs if d is not None}
+    return template(segs), False, parts
 
 
 def _body_text(raw: bytes | None, redactor: Redactor, max_body: int) -> tuple[str | None, bool]:

@@ -18,7 +18,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import attrs
-import orjson
+
+from midway_audit.parts import PART_MIN, Segment, digest, segments
 
 _AWS_PREFIXES = ("AKIA", "ASIA", "AGPA", "AIDA", "AROA", "ANPA", "ANVA", "AIPA")
 
@@ -86,7 +87,7 @@ class Redactor:
         # JSON text of a body part -> its redacted text. Claude Code resends the whole
         # conversation (system prompt, tools, every earlier message) on every turn: those
         # parts are redacted once and found here afterwards.
-        self._parts: dict[bytes, str] = {}
+        self._parts: dict[bytes, Segment] = {}
         self._parts_size = 0
         self.parts_budget = 64 * 1024 * 1024
 
@@ -117,35 +118,29 @@ class Redactor:
             text = _mask_emails(text)
         return text
 
-    def json_body(self, body: Mapping[str, Any]) -> str:
-        """A request body as redacted JSON text, redacting each top-level value (and each
-        message) once however many requests repeat it."""
-        parts = []
-        for key, value in body.items():
-            name = self.part(orjson.dumps(key))
-            if key == "messages" and isinstance(value, list):
-                inner = ",".join(self.part(orjson.dumps(m)) for m in value)
-                parts.append(f"{name}:[{inner}]")
-            else:
-                parts.append(f"{name}:{self.part(orjson.dumps(value))}")
-        return "{" + ",".join(parts) + "}"
+    def json_body(self, body: Mapping[str, Any]) -> list[Segment]:
+        """A request body as redacted JSON text in segments (see :mod:`midway_audit.parts`),
+        redacting each top-level value (and each message) once however many requests
+        repeat it."""
+        return segments(body, self.part)
 
-    def part(self, raw: bytes) -> str:
+    def part(self, raw: bytes) -> Segment:
         found = self._parts.get(raw)
         if found is None:
-            found = self.text(raw.decode())
+            text = self.text(raw.decode())
+            found = (text, digest(text) if len(text) >= PART_MIN else None)
             self._remember(raw, found)
         return found
 
-    def _remember(self, raw: bytes, redacted: str) -> None:
+    def _remember(self, raw: bytes, found: Segment) -> None:
         # orjson's bytes keep a 4 KiB buffer however short the JSON: store a compact copy as
         # the key, and count what entries really take, so the budget bounds real memory.
         key = bytes(memoryview(raw))
-        self._parts[key] = redacted
-        self._parts_size += sys.getsizeof(key) + sys.getsizeof(redacted)
+        self._parts[key] = found
+        self._parts_size += _entry_size(key, found)
         while self._parts_size > self.parts_budget and self._parts:
             oldest = next(iter(self._parts))  # dicts keep insertion order: FIFO eviction
-            self._parts_size -= sys.getsizeof(oldest) + sys.getsizeof(self._parts.pop(oldest))
+            self._parts_size -= _entry_size(oldest, self._parts.pop(oldest))
 
     def keep_header(self, name: str) -> bool:
         """Whether a request header may be stored at all (its value is still redacted)."""
@@ -162,6 +157,12 @@ class Redactor:
             value = self.text(value)
             kept[lower] = f"{kept[lower]}, {value}" if lower in kept else value
         return kept
+
+
+def _entry_size(key: bytes, found: Segment) -> int:
+    text, part_digest = found
+    return sys.getsizeof(key) + sys.getsizeof(text) + (
+        sys.getsizeof(part_digest) if part_digest is not None else 0)
 
 
 def _mask_emails(text: str) -> str:

@@ -17,7 +17,16 @@ from typing import Any, TypeVar
 
 from midway_audit.chain import GENESIS, Head, StoredRow, link_hash
 from midway_audit.record import Row
-from midway_audit.store import COLUMNS, SUMMARY_COLUMNS, Filter, full_record, summary_record
+from midway_audit.store import (
+    COLUMNS,
+    DELETE_UNREFERENCED_PARTS,
+    SUMMARY_COLUMNS,
+    Filter,
+    KnownParts,
+    expand_rows,
+    full_record,
+    summary_record,
+)
 
 T = TypeVar("T")
 
@@ -39,6 +48,16 @@ CREATE TABLE IF NOT EXISTS audit_records (
 CREATE INDEX IF NOT EXISTS audit_records_ts ON audit_records (ts);
 CREATE INDEX IF NOT EXISTS audit_records_request_id ON audit_records (request_id);
 CREATE INDEX IF NOT EXISTS audit_records_principal ON audit_records (principal, ts);
+CREATE TABLE IF NOT EXISTS audit_parts (
+    digest TEXT PRIMARY KEY,
+    body TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit_part_refs (
+    digest TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (digest, seq)
+);
+CREATE INDEX IF NOT EXISTS audit_part_refs_seq ON audit_part_refs (seq);
 CREATE TABLE IF NOT EXISTS audit_chain (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     seq INTEGER NOT NULL,
@@ -59,6 +78,7 @@ class SQLiteStore:
         self.synchronous = synchronous
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="midway-audit")
         self._db: sqlite3.Connection | None = None
+        self._known = KnownParts()
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
@@ -111,7 +131,10 @@ class SQLiteStore:
             seq, prev, anchor_seq, anchor_hash = db.execute(
                 "SELECT seq, head_hash, anchor_seq, anchor_hash FROM audit_chain WHERE id = 1"
             ).fetchone()
+            self._known.check(anchor_seq)
             values = []
+            refs: list[tuple[str, int]] = []
+            new_parts: dict[str, str] = {}
             for row in rows:
                 seq += 1
                 digest = link_hash(prev, seq, row.content)
@@ -120,6 +143,14 @@ class SQLiteStore:
                                row.principal, row.model, row.status, row.data, row.request_body,
                                row.response_body, prev, digest))
                 prev = digest
+                for part, text in row.parts.items():
+                    refs.append((part, seq))
+                    if part not in self._known:
+                        new_parts[part] = text
+            db.executemany("INSERT OR IGNORE INTO audit_parts (digest, body) VALUES (?, ?)",
+                           new_parts.items())
+            db.executemany("INSERT OR IGNORE INTO audit_part_refs (digest, seq) VALUES (?, ?)",
+                           refs)
             db.executemany("INSERT INTO audit_records (seq, ts, request_id, "
                            "upstream_request_id, principal, model, status, data, request_body, "
                            "response_body, prev_hash, hash) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
@@ -130,6 +161,7 @@ class SQLiteStore:
         except BaseException:
             db.execute("ROLLBACK")
             raise
+        self._known.add(new_parts)
         return Head(seq, prev, anchor_seq, anchor_hash)
 
     async def prune(self, max_age: float | None, max_rows: int | None) -> int:
@@ -158,6 +190,8 @@ class SQLiteStore:
                 db.execute("COMMIT")
                 return 0
             deleted = db.execute("DELETE FROM audit_records WHERE seq <= ?", (cut,)).rowcount
+            db.execute("DELETE FROM audit_part_refs WHERE seq <= ?", (cut,))
+            db.execute(DELETE_UNREFERENCED_PARTS)
             db.execute("UPDATE audit_chain SET anchor_seq = ?, anchor_hash = ? WHERE id = 1",
                        (cut, found[0]))
             db.execute("COMMIT")
@@ -188,7 +222,20 @@ class SQLiteStore:
     async def get(self, request_id: str) -> dict[str, Any] | None:
         rows = await self._run(self._fetch, f"SELECT {COLUMNS} FROM audit_records "  # noqa: S608
                                "WHERE request_id = ? ORDER BY seq LIMIT 1", [request_id])
-        return full_record(StoredRow(*rows[0])) if rows else None
+        if not rows:
+            return None
+        found = [StoredRow(*rows[0])]
+        await expand_rows(found, self.parts)
+        return full_record(found[0])
+
+    async def parts(self, digests: list[str]) -> dict[str, str]:
+        found: dict[str, str] = {}
+        for i in range(0, len(digests), 500):
+            chunk = digests[i:i + 500]
+            marks = ",".join("?" * len(chunk))
+            sql = f"SELECT digest, body FROM audit_parts WHERE digest IN ({marks})"  # noqa: S608
+            found.update(await self._run(self._fetch, sql, chunk))
+        return found
 
     async def after(self, seq: int, limit: int) -> list[dict[str, Any]]:
         rows = await self._run(self._fetch, f"SELECT {SUMMARY_COLUMNS} FROM audit_records "  # noqa: S608
@@ -206,7 +253,9 @@ class SQLiteStore:
         where = f"{where} AND seq > ?" if where else " WHERE seq > ?"
         rows = await self._run(self._fetch, f"SELECT {COLUMNS} FROM audit_records{where} "  # noqa: S608
                                "ORDER BY seq LIMIT ?", [*args, after_seq, limit])
-        return [StoredRow(*r) for r in rows]
+        found = [StoredRow(*r) for r in rows]
+        await expand_rows(found, self.parts)
+        return found
 
     def _fetch(self, sql: str, args: list[Any]) -> list[tuple[Any, ...]]:
         return self.db.execute(sql, args).fetchall()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -13,6 +14,7 @@ import orjson
 
 from midway_audit.chain import Head, StoredRow
 from midway_audit.config import AuditConfig
+from midway_audit.parts import digests, expand
 from midway_audit.record import Row
 
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
@@ -110,9 +112,13 @@ class Filter:
         if self.text is not None:
             escaped = self.text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
             like_text = f"%{escaped}%"
-            clauses.append("(" + " OR ".join(
-                f"{column} {like} {arg(like_text)} ESCAPE '\\'"
-                for column in ("data", "request_body", "response_body")) + ")")
+            matches = [f"{column} {like} {arg(like_text)} ESCAPE '\\'"
+                       for column in ("data", "request_body", "response_body")]
+            # the large pieces of request bodies are stored once, in audit_parts
+            in_parts = (f"p.body {like} {arg(like_text)} ESCAPE '\\'")
+            matches.append("seq IN (SELECT r.seq FROM audit_part_refs r JOIN audit_parts p "  # noqa: S608
+                           f"ON p.digest = r.digest WHERE {in_parts})")
+            clauses.append("(" + " OR ".join(matches) + ")")
         return (" WHERE " + " AND ".join(clauses)) if clauses else "", args
 
 
@@ -129,6 +135,46 @@ def full_record(row: StoredRow) -> dict[str, Any]:
     record["request_body"] = row.request_body
     record["response_body"] = row.response_body
     return record
+
+
+DELETE_UNREFERENCED_PARTS = ("DELETE FROM audit_parts WHERE NOT EXISTS (SELECT 1 FROM "
+                             "audit_part_refs r WHERE r.digest = audit_parts.digest)")
+
+
+class KnownParts:
+    """Digests of parts this process has seen committed, so repeated parts (most of every
+    Claude Code request) are not written again. Forgotten whenever the chain's anchor moves:
+    pruning may have deleted parts no record refers to any more."""
+
+    LIMIT = 200_000
+
+    def __init__(self) -> None:
+        self._digests: set[str] = set()
+        self._anchor: int | None = None
+
+    def check(self, anchor_seq: int) -> None:
+        if anchor_seq != self._anchor:
+            self._digests.clear()
+            self._anchor = anchor_seq
+
+    def __contains__(self, digest: object) -> bool:
+        return digest in self._digests
+
+    def add(self, digests: Iterable[str]) -> None:
+        if len(self._digests) > self.LIMIT:
+            self._digests.clear()
+        self._digests.update(digests)
+
+
+async def expand_rows(rows: list[StoredRow],
+                      fetch: Callable[[list[str]], Awaitable[dict[str, str]]]) -> None:
+    """Replace request-body templates by the whole bodies (see parts.py), in place."""
+    wanted = sorted({d for row in rows for d in digests(row.request_body)})
+    if not wanted:
+        return
+    found = await fetch(wanted)
+    for row in rows:
+        row.request_body = expand(row.request_body, found)
 
 
 class Store(Protocol):
@@ -155,10 +201,18 @@ class Store(Protocol):
 
     async def head(self) -> Head: ...
 
-    async def scan(self, after_seq: int, limit: int) -> list[StoredRow]: ...
+    async def scan(self, after_seq: int, limit: int) -> list[StoredRow]:
+        """Rows as stored (request bodies as templates), for verification."""
+        ...
+
+    async def parts(self, digests: list[str]) -> dict[str, str]:
+        """Stored body parts by digest (those that exist)."""
+        ...
 
     async def scan_filtered(self, filt: Filter, after_seq: int, limit: int
-                            ) -> list[StoredRow]: ...
+                            ) -> list[StoredRow]:
+        """Matching rows with whole bodies, oldest first (for export)."""
+        ...
 
     async def prune(self, max_age: float | None, max_rows: int | None) -> int:
         """Delete the oldest records; the last deleted one's hash becomes the anchor."""
