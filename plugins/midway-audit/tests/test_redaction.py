@@ -36,7 +36,8 @@ def test_canary_secrets_found_nowhere_in_sqlite_or_jsonl(fake_upstream, audited)
               f"-----BEGIN RSA PRIVATE KEY-----\n{canaries['pem']}\n"
               "-----END RSA PRIVATE KEY-----\n"
               f"mail {canaries['email']}, curl -H 'Authorization: Bearer {canaries['bearer']}'"
-              f" internal id {canaries['custom_pattern']}")
+              f" internal id {canaries['custom_pattern']}" + " and more context" * 80)
+    # (over 1 KB: the message is stored as a body part, see parts.py)
     running = audited(jsonl="audit.jsonl", redact_patterns={"acme_id": r"ACME-[A-Za-z0-9]+"})
     # the upstream echoes secrets back, split across many small deltas
     fake_upstream.reply(Reply(content=[{"type": "text", "text": f"Noted {canaries['email']} "
@@ -65,6 +66,7 @@ def test_canary_secrets_found_nowhere_in_sqlite_or_jsonl(fake_upstream, audited)
     assert marker.encode() not in blob  # not even a fragment of one
 
     # what was masked is still readable as what it was
+    assert record["request_parts"] is True
     body = orjson.loads(record["request_body"])
     text = body["messages"][0]["content"]
     for label in ("anthropic_key", "openai_key", "aws_access_key", "aws_secret_key",
