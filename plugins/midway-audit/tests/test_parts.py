@@ -137,3 +137,5 @@ def test_parts_on_postgres(fake_upstream, audited, pg_config):
     assert running.call(service(running).store.prune(None, 1)) == 2
     assert asyncio.run(parts_count()) == 2 + 2 * 2  # all still used by the last record
     assert running.call(service(running).verify())["ok"]
+    assert running.call(service(running).store.prune(None, 0)) == 1
+    assert asyncio.run(parts_count()) == 0

@@ -16,8 +16,8 @@ from midway_audit.chain import GENESIS, Head, StoredRow, link_hash
 from midway_audit.record import Row
 from midway_audit.store import (
     COLUMNS,
-    DELETE_UNREFERENCED_PARTS,
     SUMMARY_COLUMNS,
+    UNREFERENCED,
     Filter,
     KnownParts,
     expand_rows,
@@ -160,8 +160,12 @@ class PostgresStore:
             if anchor is None:
                 return 0
             status = await conn.execute("DELETE FROM audit_records WHERE seq <= $1", cut)
-            await conn.execute("DELETE FROM audit_part_refs WHERE seq <= $1", cut)
-            await conn.execute(DELETE_UNREFERENCED_PARTS)
+            candidates = [r[0] for r in await conn.fetch(
+                "DELETE FROM audit_part_refs WHERE seq <= $1 RETURNING digest", cut)]
+            if candidates:
+                await conn.execute("DELETE FROM audit_parts WHERE digest = "  # noqa: S608
+                                   f"ANY($1::text[]) AND {UNREFERENCED}",
+                                   sorted(set(candidates)))
             await conn.execute("UPDATE audit_chain SET anchor_seq = $1, anchor_hash = $2 "
                                "WHERE id = 1", cut, anchor)
         return int(status.split()[-1])

@@ -19,8 +19,8 @@ from midway_audit.chain import GENESIS, Head, StoredRow, link_hash
 from midway_audit.record import Row
 from midway_audit.store import (
     COLUMNS,
-    DELETE_UNREFERENCED_PARTS,
     SUMMARY_COLUMNS,
+    UNREFERENCED,
     Filter,
     KnownParts,
     expand_rows,
@@ -190,8 +190,14 @@ class SQLiteStore:
                 db.execute("COMMIT")
                 return 0
             deleted = db.execute("DELETE FROM audit_records WHERE seq <= ?", (cut,)).rowcount
+            candidates = [r[0] for r in db.execute(
+                "SELECT DISTINCT digest FROM audit_part_refs WHERE seq <= ?", (cut,))]
             db.execute("DELETE FROM audit_part_refs WHERE seq <= ?", (cut,))
-            db.execute(DELETE_UNREFERENCED_PARTS)
+            for i in range(0, len(candidates), 500):
+                chunk = candidates[i:i + 500]
+                marks = ",".join("?" * len(chunk))
+                db.execute(f"DELETE FROM audit_parts WHERE digest IN ({marks}) "  # noqa: S608
+                           f"AND {UNREFERENCED}", chunk)
             db.execute("UPDATE audit_chain SET anchor_seq = ?, anchor_hash = ? WHERE id = 1",
                        (cut, found[0]))
             db.execute("COMMIT")

@@ -137,8 +137,9 @@ def full_record(row: StoredRow) -> dict[str, Any]:
     return record
 
 
-DELETE_UNREFERENCED_PARTS = ("DELETE FROM audit_parts WHERE NOT EXISTS (SELECT 1 FROM "
-                             "audit_part_refs r WHERE r.digest = audit_parts.digest)")
+# Parts no record refers to any more, among the candidates (those the pruned records used).
+UNREFERENCED = ("NOT EXISTS (SELECT 1 FROM audit_part_refs r "
+                "WHERE r.digest = audit_parts.digest)")
 
 
 class KnownParts:
