@@ -67,6 +67,7 @@ class Settings:
     log_format: str = "text"  # text | json
     log_level: str = "INFO"
     access_log: bool = True
+    upstream_client: str = "fast"  # fast (midway.upstream_client) | aiohttp
     config_path: Path | None = None
     tables: dict[str, Any] = attrs.field(factory=dict)  # the whole TOML document
 
@@ -106,7 +107,7 @@ _SCALARS: dict[str, type] = {
     "shutdown_timeout": float, "max_attempts": int, "hook_timeout": float,
     "allow_public": bool, "trust_env": bool,
     "upstream_api_key": str, "admin_key": str, "log_format": str, "log_level": str,
-    "access_log": bool,
+    "access_log": bool, "upstream_client": str,
 }
 
 
@@ -199,4 +200,6 @@ def load_settings(config: str | Path | None = None, environ: Mapping[str, str] |
         raise ConfigError(f"upstream must be an http(s) URL, got {settings.upstream!r}")
     if settings.log_format not in ("text", "json"):
         raise ConfigError("log_format must be 'text' or 'json'")
+    if settings.upstream_client not in ("fast", "aiohttp"):
+        raise ConfigError("upstream_client must be 'fast' or 'aiohttp'")
     return settings

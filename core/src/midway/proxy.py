@@ -44,6 +44,12 @@ from midway.observe import StreamObserver, apply_message, decode_body
 from midway.plugins import PluginFailed
 from midway.secrets_ref import fingerprint, resolve
 from midway.sse import SSEEvent, SSEParser
+from midway.upstream_client import (
+    UnsupportedURL,
+    UpstreamClient,
+    UpstreamResponse,
+    UpstreamUnreachable,
+)
 
 log = logging.getLogger("midway.proxy")
 
@@ -51,6 +57,8 @@ log = logging.getLogger("midway.proxy")
 # answers are relayed chunk by chunk.
 BUFFER_LIMIT = 32 * 1024 * 1024
 _SSE = "text/event-stream"
+# An upstream answer from either client: the lean one (native upstreams) or aiohttp's.
+UpstreamAnswer = aiohttp.ClientResponse | UpstreamResponse
 
 
 class Proxy:
@@ -76,6 +84,12 @@ class Proxy:
         self.timeout = aiohttp.ClientTimeout(total=None, sock_connect=settings.connect_timeout,
                                              sock_read=settings.idle_timeout)
         self.max_body = settings.max_body_size
+        # The lean client serves native upstreams; aiohttp's serves adapters and env proxies.
+        self.fast: UpstreamClient | None = None
+        if settings.upstream_client == "fast" and not settings.trust_env:
+            self.fast = UpstreamClient(connect_timeout=settings.connect_timeout,
+                                       idle_timeout=settings.idle_timeout,
+                                       limit=settings.pool_size)
         self.open_streams = 0
         self.finishing: set[asyncio.Task[None]] = set()  # post_response runs in flight
         self.refresh()
@@ -253,7 +267,7 @@ class Proxy:
     # -- upstream attempts -------------------------------------------------------------------
 
     async def _attempts(self, exchange: Exchange
-                        ) -> tuple[aiohttp.ClientResponse, Attempt, Upstream]:
+                        ) -> tuple[UpstreamAnswer, Attempt, Upstream]:
         max_attempts = self.midway.settings.max_attempts
         while True:
             upstream = await self._choose(exchange)
@@ -264,7 +278,7 @@ class Proxy:
             exchange.attempts.append(attempt)
             if self.has_up_req:
                 await self._call_strict(exchange, "upstream_request", attempt=attempt)
-            resp: aiohttp.ClientResponse | None = None
+            resp: UpstreamAnswer | None = None
             try:
                 resp = await self._send_upstream(exchange, upstream)
             except MidwayError as exc:
@@ -348,21 +362,29 @@ class Proxy:
                                headers=headers, body=body)
 
     async def _send_upstream(self, exchange: Exchange, upstream: Upstream
-                             ) -> aiohttp.ClientResponse:
+                             ) -> UpstreamAnswer:
+        fast = self.fast
         if upstream.adapter is not None:
             prepared = upstream.adapter.prepare(exchange, upstream)
+            fast = None
         else:
             prepared = self._prepare_native(exchange, upstream)
-        session = self.midway.session
-        assert session is not None
         try:
+            if fast is not None and prepared.method != "HEAD":
+                try:
+                    return await fast.request(prepared.method, prepared.url, prepared.headers,
+                                              prepared.body)
+                except UnsupportedURL:
+                    pass  # e.g. credentials in the URL: aiohttp's client handles those
+            session = self.midway.session
+            assert session is not None
             # encoded=True: the client's path and query go out byte for byte, not requoted.
             return await session.request(
                 prepared.method, URL(prepared.url, encoded=True), data=prepared.body or None,
                 headers=prepared.headers, allow_redirects=False, timeout=self.timeout)
         except (TimeoutError, aiohttp.ServerTimeoutError):
             raise MidwayError(504, f"upstream {upstream.name} timed out") from None
-        except aiohttp.ClientConnectorError:
+        except (aiohttp.ClientConnectorError, UpstreamUnreachable):
             raise MidwayError(502, f"upstream {upstream.name} is unreachable") from None
         except aiohttp.ClientError as exc:
             raise MidwayError(502, f"upstream {upstream.name} failed: "
@@ -371,7 +393,7 @@ class Proxy:
     # -- relaying the answer -----------------------------------------------------------------
 
     async def _relay(self, request: web.Request, exchange: Exchange,
-                     resp: aiohttp.ClientResponse, attempt: Attempt, upstream: Upstream
+                     resp: UpstreamAnswer, attempt: Attempt, upstream: Upstream
                      ) -> web.StreamResponse:
         exchange.upstream_request_id = attempt.request_id
         exchange.status = resp.status
@@ -523,11 +545,11 @@ def _plugin_error(exchange: Exchange, exc: PluginFailed) -> MidwayError:
     return MidwayError(500, f"a midway plugin ({exc.plugin}) failed in {exc.hook}")
 
 
-def _is_event_stream(resp: aiohttp.ClientResponse) -> bool:
+def _is_event_stream(resp: UpstreamAnswer) -> bool:
     return "eventstream" in resp.headers.get("content-type", "")
 
 
-async def _translated(resp: aiohttp.ClientResponse, translator: StreamTranslator
+async def _translated(resp: UpstreamAnswer, translator: StreamTranslator
                       ) -> AsyncIterator[bytes]:
     async for chunk in resp.content.iter_any():
         out = translator.feed(chunk)
@@ -547,7 +569,7 @@ async def _aiter(stream: Any) -> AsyncIterator[bytes]:
             yield chunk
 
 
-async def _read_limited(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+async def _read_limited(resp: UpstreamAnswer, limit: int) -> bytes:
     data = await resp.content.read(limit)
     return data
 

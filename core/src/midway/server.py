@@ -135,6 +135,8 @@ def build_app(midway: Midway) -> web.Application:
         await midway.plugins.each("shutdown", swallow=True, midway=midway)
         if midway.session is not None:
             await midway.session.close()
+        if proxy.fast is not None:
+            await proxy.fast.close()
 
     app.on_startup.append(on_startup)
     app.on_cleanup.append(on_cleanup)

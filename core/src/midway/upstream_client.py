@@ -1,0 +1,521 @@
+"""A lean HTTP/1.1 client for the native upstream path.
+
+aiohttp's ``ClientSession.request`` builds URL, header, request and response objects meant for
+any use; midway forwards one known shape of request, so most of that work is wasted CPU. This
+client writes the request in one go (request line, headers, body), parses the answer with
+llhttp (``httptools``) and hands body chunks to the relay as they arrive. It keeps idle
+keep-alive connections per (scheme, host, port), never reuses a connection whose answer was
+not read to its end, pauses reading while the consumer is behind, and applies a connect
+timeout and an idle (between-bytes) timeout. No redirects, no cookies, no proxies, no
+decompression: the relay does what it needs itself.
+
+Failures use aiohttp's exception types (``ServerDisconnectedError``, ``ClientPayloadError``)
+plus :class:`UpstreamUnreachable`, so the relay handles both clients the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Mapping
+from typing import cast
+
+import aiohttp
+import httptools
+from multidict import CIMultiDict, CIMultiDictProxy
+
+# Buffered body bytes above which reading pauses until the consumer catches up.
+HIGH_WATER = 256 * 1024
+LOW_WATER = 64 * 1024
+# Idle connections older than this are not reused: servers close idle keep-alive
+# connections after a while (aiohttp's client uses the same figure).
+KEEPALIVE_SECONDS = 15.0
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+class UpstreamUnreachable(aiohttp.ClientConnectionError):
+    """The upstream could not be connected to (DNS, refused, TLS handshake)."""
+
+
+class UnsupportedURL(ValueError):
+    """A URL this client does not handle (the caller uses aiohttp instead)."""
+
+
+class _Stale(Exception):
+    """A pooled connection turned out closed before any answer: retry on a new one."""
+
+
+class _Origin:
+    __slots__ = ("authority", "host", "key", "port", "scheme")
+
+    def __init__(self, scheme: str, host: str, port: int, authority: str) -> None:
+        self.scheme, self.host, self.port, self.authority = scheme, host, port, authority
+        self.key = (scheme, host, port)
+
+
+def _split(url: str) -> tuple[str, str]:
+    """``scheme://authority`` and the request target (path and query, as given)."""
+    start = url.find("://")
+    if start < 0:
+        raise UnsupportedURL(url)
+    slash = url.find("/", start + 3)
+    query = url.find("?", start + 3)
+    cut = min(i for i in (slash, query, len(url)) if i >= 0)
+    target = url[cut:] or "/"
+    if target.startswith("?"):
+        target = "/" + target
+    return url[:cut], target
+
+
+def _parse_origin(base: str) -> _Origin:
+    scheme, _, authority = base.partition("://")
+    scheme = scheme.lower()
+    if scheme not in _DEFAULT_PORTS or not authority or "@" in authority:
+        raise UnsupportedURL(base)
+    if authority.startswith("["):  # [IPv6]:port
+        end = authority.find("]")
+        host, rest = authority[1:end], authority[end + 1:]
+        port_text = rest[1:] if rest.startswith(":") else ""
+    else:
+        host, _, port_text = authority.partition(":")
+    try:
+        port = int(port_text) if port_text else _DEFAULT_PORTS[scheme]
+    except ValueError:
+        raise UnsupportedURL(base) from None
+    return _Origin(scheme, host, port, authority)
+
+
+class UpstreamResponse:
+    """The answer's status and headers, and its body as it arrives.
+
+    Offers the part of ``aiohttp.ClientResponse`` the relay uses: ``status``, ``headers``,
+    ``content_length``, ``content.iter_any()``, ``content.read(n)``, ``read()``, ``release()``.
+    """
+
+    __slots__ = (
+        "_chunks",
+        "_conn",
+        "_eof",
+        "_error",
+        "_idle_timeout",
+        "_loop",
+        "_size",
+        "_waiter",
+        "content_length",
+        "headers",
+        "status",
+    )
+
+    def __init__(self, conn: _Connection, status: int, headers: CIMultiDictProxy[str],
+                 idle_timeout: float | None) -> None:
+        self.status = status
+        self.headers = headers
+        length = headers.get("content-length")
+        self.content_length = int(length) if length is not None and length.isdigit() else None
+        self._conn: _Connection | None = conn
+        self._chunks: deque[bytes] = deque()
+        self._size = 0
+        self._eof = False
+        self._error: BaseException | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._idle_timeout = idle_timeout
+        self._loop = conn.loop
+
+    @property
+    def content(self) -> UpstreamResponse:
+        return self
+
+    # -- fed by the connection ---------------------------------------------------------------
+
+    def _feed(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._size += len(data)
+        if self._size > HIGH_WATER and self._conn is not None:
+            self._conn.pause()
+        self._wake()
+
+    def _feed_eof(self) -> None:
+        self._eof = True
+        self._conn = None
+        self._wake()
+
+    def _fail(self, error: BaseException) -> None:
+        self._error = error
+        self._conn = None
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # -- read by the relay -------------------------------------------------------------------
+
+    async def _wait(self) -> None:
+        waiter = self._loop.create_future()
+        self._waiter = waiter
+        timer = None
+        if self._idle_timeout is not None:
+            timer = self._loop.call_later(self._idle_timeout, self._on_idle, waiter)
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+            if timer is not None:
+                timer.cancel()
+
+    def _on_idle(self, waiter: asyncio.Future[None]) -> None:
+        if not waiter.done():
+            waiter.set_exception(TimeoutError("upstream idle timeout"))
+        self.release()
+
+    async def _next(self) -> bytes:
+        """Everything buffered (waiting for some if nothing is); ``b""`` at the end."""
+        while not self._chunks:
+            if self._error is not None:
+                raise self._error
+            if self._eof:
+                return b""
+            await self._wait()
+        chunks = self._chunks
+        data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
+        if len(chunks) > 1:
+            chunks.clear()
+        self._size = 0
+        conn = self._conn
+        if conn is not None and conn.paused:
+            conn.resume()
+        return data
+
+    async def iter_any(self) -> AsyncIterator[bytes]:
+        while True:
+            data = await self._next()
+            if not data:
+                return
+            yield data
+
+    async def read(self, limit: int = -1) -> bytes:
+        """The body to its end, or its first ``limit`` bytes."""
+        parts = []
+        size = 0
+        while limit < 0 or size < limit:
+            data = await self._next()
+            if not data:
+                break
+            parts.append(data)
+            size += len(data)
+        body = b"".join(parts)
+        if 0 <= limit < len(body):
+            self._chunks.appendleft(body[limit:])
+            self._size += len(body) - limit
+            body = body[:limit]
+        return body
+
+    def release(self) -> None:
+        """Done with this answer: a connection still carrying it is closed, never reused."""
+        conn = self._conn
+        if conn is not None:
+            self._conn = None
+            conn.abort()
+
+
+class _Connection(asyncio.Protocol):
+    """One upstream connection; parses answers with llhttp's callbacks."""
+
+    def __init__(self, client: UpstreamClient, origin: _Origin,
+                 loop: asyncio.AbstractEventLoop) -> None:
+        self.client = client
+        self.origin = origin
+        self.loop = loop
+        self.parser = httptools.HttpResponseParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.head_waiter: asyncio.Future[UpstreamResponse] | None = None
+        self.response: UpstreamResponse | None = None
+        self.header_list: list[tuple[str, str]] = []
+        self.idle_timeout: float | None = None
+        self.interim = False
+        self.until_close = False
+        self.closed = False
+        self.busy = False
+        self.paused = False
+        self.got_bytes = False
+        self.reused = False
+        self.idle_since = 0.0
+
+    # -- asyncio.Protocol --------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, but offer the same API.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.got_bytes = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._broken(aiohttp.ClientPayloadError(f"malformed upstream response: {exc}"))
+
+    def eof_received(self) -> bool | None:
+        return None  # close the transport; connection_lost ends a close-delimited body
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        response = self.response
+        if response is not None:
+            self.response = None
+            if self.until_close and exc is None:
+                response._feed_eof()
+            else:
+                response._fail(aiohttp.ClientPayloadError(
+                    "upstream connection lost before the end of the answer"))
+        self._fail_head(aiohttp.ServerDisconnectedError())
+        self.client._forget(self)
+
+    # -- llhttp callbacks --------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self.header_list = []
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.header_list.append((name.decode("utf-8", "surrogateescape"),
+                                 value.decode("utf-8", "surrogateescape")))
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        self.interim = status < 200
+        if self.interim:  # 1xx: the real answer follows
+            return
+        waiter = self.head_waiter
+        if waiter is None or waiter.done():
+            self._broken(aiohttp.ClientPayloadError("unexpected upstream response"))
+            return
+        headers = CIMultiDictProxy(CIMultiDict(self.header_list))
+        self.until_close = "content-length" not in headers and \
+            "transfer-encoding" not in headers
+        response = UpstreamResponse(self, status, headers, self.idle_timeout)
+        self.response = response
+        self.head_waiter = None
+        waiter.set_result(response)
+
+    def on_body(self, body: bytes) -> None:
+        response = self.response
+        if response is not None:
+            response._feed(body)
+
+    def on_message_complete(self) -> None:
+        if self.interim:
+            self.interim = False
+            return
+        response = self.response
+        self.response = None
+        if response is not None:
+            response._feed_eof()
+        if self.paused:
+            self.resume()
+        self.client._done(self, keep=self.parser.should_keep_alive() and not self.closed)
+
+    # -- used by the client and the response -------------------------------------------------
+
+    def send(self, data: bytes, body: bytes) -> None:
+        assert self.transport is not None
+        if len(body) < 65536:
+            self.transport.write(data + body)
+        else:
+            self.transport.write(data)
+            self.transport.write(body)
+
+    async def head(self, idle_timeout: float | None) -> UpstreamResponse:
+        waiter: asyncio.Future[UpstreamResponse] = self.loop.create_future()
+        self.head_waiter = waiter
+        self.idle_timeout = idle_timeout
+        timer = None
+        if idle_timeout is not None:
+            timer = self.loop.call_later(idle_timeout, self._fail_head,
+                                         TimeoutError("upstream idle timeout"))
+        try:
+            return await waiter
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    def _fail_head(self, error: BaseException) -> None:
+        waiter = self.head_waiter
+        if waiter is not None:
+            self.head_waiter = None
+            if not waiter.done():
+                waiter.set_exception(error)
+            self.abort()
+
+    def _broken(self, error: BaseException) -> None:
+        response = self.response
+        self.response = None
+        if response is not None:
+            response._fail(error)
+        self._fail_head(error)
+        self.abort()
+
+    def pause(self) -> None:
+        if not self.paused and self.transport is not None and not self.closed:
+            self.paused = True
+            self.transport.pause_reading()
+
+    def resume(self) -> None:
+        if self.paused and self.transport is not None and not self.closed:
+            self.paused = False
+            self.transport.resume_reading()
+
+    def abort(self) -> None:
+        if not self.closed:
+            self.closed = True
+            if self.transport is not None:
+                self.transport.abort()
+        self.client._done(self, keep=False)
+
+
+class UpstreamClient:
+    """A pool of keep-alive connections, at most ``limit`` carrying a request at a time."""
+
+    def __init__(self, connect_timeout: float | None = 10.0, idle_timeout: float | None = 600.0,
+                 limit: int = 256, ssl_context: ssl.SSLContext | None = None) -> None:
+        self.connect_timeout = connect_timeout
+        self.idle_timeout = idle_timeout
+        self.limit = limit
+        self._ssl = ssl_context
+        self._origins: dict[str, _Origin] = {}
+        self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
+        self._all: set[_Connection] = set()
+        self._busy = 0
+        self._slot_waiters: deque[asyncio.Future[None]] = deque()
+
+    async def request(self, method: str, url: str, headers: Mapping[str, str],
+                      body: bytes = b"") -> UpstreamResponse:
+        """Send one request; return once the answer's headers are in."""
+        base, target = _split(url)
+        origin = self._origins.get(base)
+        if origin is None:
+            origin = self._origins[base] = _parse_origin(base)
+        head = _serialize(method, target, origin.authority, headers, body)
+        try:
+            return await self._attempt(origin, head, body, fresh=False)
+        except _Stale:
+            # A reused connection the server had already closed: it never saw the request.
+            return await self._attempt(origin, head, body, fresh=True)
+
+    async def _attempt(self, origin: _Origin, head: bytes, body: bytes, fresh: bool
+                       ) -> UpstreamResponse:
+        await self._take_slot()
+        try:
+            conn = await (self._connect(origin) if fresh else self._connection(origin))
+        except BaseException:
+            self._give_slot()
+            raise
+        conn.busy = True  # from here the connection owns the slot (see _done)
+        conn.got_bytes = False
+        try:
+            conn.send(head, body)
+            return await conn.head(self.idle_timeout)
+        except aiohttp.ServerDisconnectedError:
+            conn.abort()
+            if conn.reused and not conn.got_bytes:
+                raise _Stale from None
+            raise
+        except BaseException:
+            conn.abort()
+            raise
+
+    async def _connection(self, origin: _Origin) -> _Connection:
+        idle = self._idle.get(origin.key)
+        if idle:
+            now = time.monotonic()
+            while idle:
+                conn = idle.pop()
+                if not conn.closed and now - conn.idle_since < KEEPALIVE_SECONDS:
+                    conn.reused = True
+                    return conn
+                conn.abort()
+        return await self._connect(origin)
+
+    async def _connect(self, origin: _Origin) -> _Connection:
+        loop = asyncio.get_running_loop()
+        tls: ssl.SSLContext | None = None
+        if origin.scheme == "https":
+            if self._ssl is None:
+                self._ssl = ssl.create_default_context()
+            tls = self._ssl
+        conn = _Connection(self, origin, loop)
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                await loop.create_connection(lambda: conn, origin.host, origin.port, ssl=tls,
+                                             server_hostname=origin.host if tls else None)
+        except OSError as exc:
+            raise UpstreamUnreachable(f"cannot connect to {origin.authority}: {exc}") from None
+        self._all.add(conn)
+        return conn
+
+    async def _take_slot(self) -> None:
+        if self._busy >= self.limit:
+            waiter = asyncio.get_running_loop().create_future()
+            self._slot_waiters.append(waiter)
+            try:
+                await waiter  # the slot was handed over by _give_slot
+            except BaseException:
+                if waiter.done() and not waiter.cancelled():
+                    self._give_slot()
+                else:
+                    self._slot_waiters.remove(waiter)
+                raise
+            return
+        self._busy += 1
+
+    def _give_slot(self) -> None:
+        while self._slot_waiters:
+            waiter = self._slot_waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # the slot passes on; the count stays
+                return
+        self._busy -= 1
+
+    def _done(self, conn: _Connection, keep: bool) -> None:
+        """A connection's answer ended (``keep``: it may carry another)."""
+        if conn.busy:
+            conn.busy = False
+            self._give_slot()
+            if keep and not conn.closed:
+                conn.idle_since = time.monotonic()
+                self._idle.setdefault(conn.origin.key, []).append(conn)
+                return
+        if not keep and not conn.closed:
+            conn.abort()
+
+    def _forget(self, conn: _Connection) -> None:
+        self._all.discard(conn)
+        idle = self._idle.get(conn.origin.key)
+        if idle and conn in idle:
+            idle.remove(conn)
+        self._done(conn, keep=False)
+
+    async def close(self) -> None:
+        for conn in list(self._all):
+            conn.abort()
+        self._all.clear()
+        self._idle.clear()
+
+
+def _serialize(method: str, target: str, authority: str, headers: Mapping[str, str],
+               body: bytes) -> bytes:
+    """The request line and headers, with Host (unless given) and Content-Length set here."""
+    host = "" if "host" in headers else f"host: {authority}\r\n"
+    lines = [f"{method} {target} HTTP/1.1\r\n{host}"]
+    for name, value in headers.items():
+        lines.append(f"{name}: {value}\r\n")
+    if body or method in ("POST", "PUT", "PATCH"):
+        lines.append(f"content-length: {len(body)}\r\n")
+    lines.append("\r\n")
+    text = "".join(lines)
+    # Each piece ends its own line: a CR or LF anywhere else would inject a header.
+    expected = len(lines) + (1 if host else 0)
+    if text.count("\n") != expected or text.count("\r") != expected:
+        raise ValueError("a CR or LF in the upstream request line or a header")
+    return text.encode("utf-8", "surrogateescape")
