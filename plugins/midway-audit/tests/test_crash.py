@@ -175,6 +175,15 @@ def test_two_worker_processes_share_one_sqlite_chain(tmp_path):
         upstream_url = f"http://127.0.0.1:{upstream_port}"
         wait_for(lambda: healthy_upstream(upstream_url), timeout=30)
         server, url = serve(tmp_path, upstream_url, tmp_path / "midway.log", workers=2)
+        seen: set[int] = set()
+
+        def both_workers_up() -> bool:  # a fresh connection each time: any worker may take it
+            import urllib.request
+            with urllib.request.urlopen(f"{url}/healthz", timeout=2) as resp:
+                seen.add(orjson.loads(resp.read())["worker"])
+            return seen == {0, 1}
+
+        wait_for(both_workers_up, timeout=30)
 
         async def load() -> tuple[set[str], set[int]]:
             ids, workers = set(), set()
