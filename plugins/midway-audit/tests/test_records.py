@@ -153,6 +153,7 @@ def test_bodies_off_and_truncation(fake_upstream, audited):
     record = get(running, records(running)[0]["id"])
     assert record["request_body"] is None and record["response_body"] is None
     assert record["bodies"] is False
+    assert record["model"] == "claude-sonnet-4-6"  # read from the body all the same
 
     capped = audited(max_body_bytes=200)
     long_text = "x" * 5000

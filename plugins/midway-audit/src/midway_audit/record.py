@@ -15,6 +15,7 @@ from midway_audit.chain import content_digest
 from midway_audit.parts import expand, full_text, template
 from midway_audit.redact import Redactor
 
+UNPARSED: Any = object()  # the body was not parsed on the relay's path: prepare parses it
 TRUNCATION_MARKER = "…[midway-audit: truncated {omitted} bytes]"
 
 
@@ -24,17 +25,15 @@ class Pending:
 
     meta: dict[str, Any]
     headers: list[tuple[str, str]]
-    request_body: bytes | None
-    request_json: Any  # the parsed request body (already parsed by the core), or None
+    request_body: bytes  # kept even without bodies: the model may have to be read from it
+    request_json: Any  # the parsed body when the core or a plugin parsed it, else UNPARSED
     response_body: bytes | None
     response_events: EventLog | None  # a stream's events, reassembled in prepare
 
     @property
     def size(self) -> int:
         """Roughly the memory this record holds on to (its bodies), for the queue's bound."""
-        size = 1024
-        if self.request_body is not None:
-            size += len(self.request_body) * 2  # the bytes and their parsed form
+        size = 1024 + len(self.request_body) * 2  # the bytes and their parsed form
         if self.response_body is not None:
             size += len(self.response_body)
         if self.response_events is not None:
@@ -91,7 +90,8 @@ def capture(exchange: Exchange, bodies: bool, events: EventLog | None) -> Pendin
         "client_address": exchange.client_address,
         "method": exchange.request.method,
         "path": exchange.request.path_qs,
-        "model": exchange.model,
+        # parsing a large body costs the event loop: left to the writer unless already done
+        "model": exchange.model if exchange.request.parsed else None,
         "response_model": exchange.response_model,
         "upstream": upstream.name if upstream is not None else None,
         "upstream_key": upstream.key_id if upstream is not None else None,
@@ -114,22 +114,28 @@ def capture(exchange: Exchange, bodies: bool, events: EventLog | None) -> Pendin
         "route": _str_or_none(annotations.get("route")),
         "annotations": dict(annotations),
     }
-    headers = list(exchange.request.headers.items())
-    if not bodies:
-        return Pending(meta, headers, None, None, None, None)
     request = exchange.request
-    return Pending(meta, headers, request.body, request.json,
+    headers = list(request.headers.items())
+    parsed = request.json if request.parsed else UNPARSED
+    if not bodies:
+        return Pending(meta, headers, request.body, parsed, None, None)
+    return Pending(meta, headers, request.body, parsed,
                    exchange.response_body if events is None else None, events)
 
 
 def prepare(pending: Pending, redactor: Redactor, max_body: int, bodies: bool) -> Row:
     """Redact, cut and serialise a captured record. Nothing unredacted leaves this function."""
     meta = pending.meta
+    parsed = pending.request_json
+    if parsed is UNPARSED:
+        parsed = _parse(pending.request_body)
+        if isinstance(parsed, dict) and isinstance(parsed.get("model"), str):
+            meta["model"] = parsed["model"]
     request_body = response_body = None
     parts: dict[str, str] = {}
     if bodies:
         request_body, meta["request_truncated"], parts = _request_text(
-            pending.request_body, pending.request_json, redactor, max_body)
+            pending.request_body, parsed, redactor, max_body)
         meta["request_parts"] = bool(parts)
         raw = pending.response_body
         events = pending.response_events
@@ -192,12 +198,17 @@ def _redacted_json(meta: dict[str, Any], redactor: Redactor) -> str:
         return orjson.dumps(clean, option=orjson.OPT_SORT_KEYS).decode()
 
 
-def _request_text(raw: bytes | None, parsed: Any, redactor: Redactor, max_body: int
+def _parse(raw: bytes) -> Any:
+    try:
+        return orjson.loads(raw) if raw else None
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _request_text(raw: bytes, parsed: Any, redactor: Redactor, max_body: int
                   ) -> tuple[str | None, bool, dict[str, str]]:
     """The request body to store: a template and its parts, or (when it is not a JSON
     object, or too long and so cut) plain text."""
-    if raw is None:
-        return None, False, {}
     if not isinstance(parsed, dict):
         return (*_body_text(raw, redactor, max_body), {})
     segs = redactor.json_body(parsed)
