@@ -73,7 +73,7 @@ class StreamObserver:
     def feed(self, chunk: bytes) -> None:
         if self._inflate is not None:
             chunk = self._inflate.decompress(chunk)
-        for event in self._parser.feed(chunk):
+        for event in self._parser.feed(chunk, _SKIP_PREFIXES):
             self.observe(event)
 
     def observe(self, event: SSEEvent) -> None:

@@ -72,13 +72,15 @@ class SSEParser:
         """Bytes of an event not yet complete."""
         return self._buf
 
-    def feed(self, data: bytes) -> list[SSEEvent]:
+    def feed(self, data: bytes, skip: tuple[bytes, ...] = ()) -> list[SSEEvent]:
+        """Complete events, leaving out those whose bytes start with one of ``skip``."""
         buf = self._buf + data if self._buf else data
         if b"\r" not in buf:
-            return self._feed_lf(buf)
-        return self._feed_any(buf)
+            return self._feed_lf(buf, skip)
+        events = self._feed_any(buf)
+        return [e for e in events if not e.raw.startswith(skip)] if skip else events
 
-    def _feed_lf(self, buf: bytes) -> list[SSEEvent]:
+    def _feed_lf(self, buf: bytes, skip: tuple[bytes, ...]) -> list[SSEEvent]:
         events: list[SSEEvent] = []
         start = 0
         find = buf.find
@@ -86,8 +88,9 @@ class SSEParser:
             end = find(b"\n\n", start)
             if end < 0:
                 break
-            raw = buf[start:end + 2]
-            events.append(parse_block(buf[start:end], raw))
+            # Skipped events are never decoded (most of a stream is content deltas).
+            if not skip or not buf.startswith(skip, start):
+                events.append(parse_block(buf[start:end], buf[start:end + 2]))
             start = end + 2
         self._buf = buf[start:]
         return events

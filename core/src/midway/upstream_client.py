@@ -129,9 +129,8 @@ class UpstreamResponse:
 
     # -- fed by the connection ---------------------------------------------------------------
 
-    def _feed(self, data: bytes) -> None:
-        self._chunks.append(data)
-        self._size += len(data)
+    def _fed(self) -> None:
+        """Body bytes were appended (by the connection, for one read): wake the reader."""
         if self._size > HIGH_WATER and self._conn is not None:
             self._conn.pause()
         self._wake()
@@ -256,6 +255,10 @@ class _Connection(asyncio.Protocol):
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
             self._broken(aiohttp.ClientPayloadError(f"malformed upstream response: {exc}"))
+            return
+        response = self.response
+        if response is not None and response._chunks:
+            response._fed()  # once per read, however many chunks of the body it held
 
     def eof_received(self) -> bool | None:
         return None  # close the transport; connection_lost ends a close-delimited body
@@ -302,7 +305,8 @@ class _Connection(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         response = self.response
         if response is not None:
-            response._feed(body)
+            response._chunks.append(body)
+            response._size += len(body)
 
     def on_message_complete(self) -> None:
         if self.interim:
