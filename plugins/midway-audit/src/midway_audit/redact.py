@@ -147,17 +147,6 @@ class Redactor:
         lower = name.lower()
         return lower not in self.drop_headers and not _SECRET_HEADER.search(lower)
 
-    def headers(self, items: Iterable[tuple[str, str]]) -> dict[str, str]:
-        """Headers safe to store: credentials dropped, the rest redacted like bodies."""
-        kept: dict[str, str] = {}
-        for name, value in items:
-            lower = name.lower()
-            if lower in self.drop_headers or _SECRET_HEADER.search(lower):
-                continue
-            value = self.text(value)
-            kept[lower] = f"{kept[lower]}, {value}" if lower in kept else value
-        return kept
-
 
 def _entry_size(key: bytes, found: Segment) -> int:
     text, part_digest = found
