@@ -166,8 +166,10 @@ class Target:
 
     def start(self) -> None:
         cmd = [c.replace("{port}", str(self.port)) for c in self.cmd]
+        # stderr to a file: a pipe nobody reads would stall a server that logs a lot.
+        self.log = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(pinned(self.cpu, cmd), env={**os.environ, **self.env},
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                                     stdout=subprocess.DEVNULL, stderr=self.log)
         wait_port(self.port)
         time.sleep(0.3)  # let a multi-worker server bind every worker before measuring
 
