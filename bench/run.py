@@ -167,7 +167,7 @@ class Target:
     def start(self) -> None:
         cmd = [c.replace("{port}", str(self.port)) for c in self.cmd]
         # stderr to a file: a pipe nobody reads would stall a server that logs a lot.
-        self.log = tempfile.TemporaryFile()
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115 (lives as long as the server)
         self.proc = subprocess.Popen(pinned(self.cpu, cmd), env={**os.environ, **self.env},
                                      stdout=subprocess.DEVNULL, stderr=self.log)
         wait_port(self.port)
