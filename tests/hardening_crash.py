@@ -78,7 +78,8 @@ async def _load_then_kill(server: Server, fake: FakeUpstream, clients: int, requ
 def crash_loop(tmp: Path, cycles: int, clients: int = 16) -> dict[str, Any]:
     """Run ``cycles`` kill -9 cycles and a graceful end; assert the reconciliation; return
     the figures."""
-    fake = FakeUpstream().start()
+    fake = FakeUpstream()
+    fake.start()
     fake.fake.default = lambda rec: Reply(delay=0.01, text_chunks=6)
     server = Server(tmp, CONFIG, fake.url, extra_args=("--plugin", ATTEMPT_PLUGIN))
     answered: set[str] = set()

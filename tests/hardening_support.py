@@ -14,7 +14,6 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import time
 import urllib.request
 from collections import Counter
 from pathlib import Path
@@ -138,12 +137,3 @@ def ledger_rows(data_dir: Path) -> list[dict[str, Any]]:
     with sqlite3.connect(data_dir / "billing.db") as con:
         con.row_factory = sqlite3.Row
         return [dict(r) for r in con.execute("SELECT * FROM billing_ledger")]
-
-
-def wait_quiet(predicate: Any, timeout: float = 10.0) -> None:
-    """``wait_for`` with a clearer name where the condition is 'back to idle'."""
-    wait_for(predicate, timeout=timeout, interval=0.05)
-
-
-def elapsed_since(start: float) -> float:
-    return time.monotonic() - start

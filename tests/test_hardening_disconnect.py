@@ -16,7 +16,7 @@ import orjson
 import pytest
 from hardening_support import MSG, audit_ids, ledger_rows, open_fds
 
-from midway.testing import FakeUpstream, Reply, RunningMidway, wait_for
+from midway.testing import FakeUpstream, RecordedRequest, Reply, RunningMidway, wait_for
 
 ROUNDS = 8
 CONFIG: dict[str, Any] = {"midway": {"plugins": ["audit", "billing"]},
@@ -89,6 +89,13 @@ def leave_during_upload(url: str) -> None:
                      b"Content-Length: 10000000\r\n\r\n" + b'{"model": "' + b"x" * 200_000)
 
 
+def finished(rec: RecordedRequest) -> float:
+    """When the fake upstream's handler for ``rec`` ended (waiting for it)."""
+    wait_for(lambda: rec.finished_at is not None, timeout=5)
+    assert rec.finished_at is not None
+    return rec.finished_at
+
+
 @pytest.fixture
 def audited(fake_upstream: FakeUpstream, midway_factory: Callable[..., RunningMidway]
             ) -> tuple[RunningMidway, Probe, dict[str, int]]:
@@ -117,9 +124,8 @@ def test_leaving_mid_stream_cancels_upstream_within_a_second(
         fake_upstream.reply(Reply(delay=0.2, text_chunks=40))
         left = leave_mid_stream(running.url)
         rec = fake_upstream.messages_requests[2 + i]
-        wait_for(lambda rec=rec: rec.finished_at is not None, timeout=5)
+        latencies.append(finished(rec) - left)
         assert rec.cancelled
-        latencies.append(rec.finished_at - left)
     assert max(latencies) < 1.0, latencies
     probe.back_to(baseline)
     records_once(running, 2 + ROUNDS)
@@ -136,9 +142,8 @@ def test_leaving_before_the_first_byte_cancels_upstream_within_a_second(
         fake_upstream.reply(Reply(first_byte_delay=10))
         left = leave_before_first_byte(running.url, fake_upstream, 2 + i)
         rec = fake_upstream.messages_requests[2 + i]
-        wait_for(lambda rec=rec: rec.finished_at is not None, timeout=5)
+        latencies.append(finished(rec) - left)
         assert rec.cancelled
-        latencies.append(rec.finished_at - left)
     assert max(latencies) < 1.0, latencies
     probe.back_to(baseline)
     ids = records_once(running, 2 + ROUNDS)

@@ -14,7 +14,7 @@ import orjson
 import pytest
 from hardening_support import MSG, audit_ids, ledger_rows
 
-from midway.fake_upstream import encode_event
+from midway.sse import encode_event
 from midway.testing import FakeUpstream, Reply, RunningMidway, wait_for
 
 STREAM = {**MSG, "stream": True}

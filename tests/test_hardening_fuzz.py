@@ -19,8 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from midway import Exchange
-from midway.fake_upstream import encode_event
 from midway.plugins import module_plugin
+from midway.sse import encode_event
 from midway.testing import FakeUpstream, Reply, RunningMidway, start_midway, wait_for
 
 FIELDS = ["model", "messages", "stream", "max_tokens", "tools", "thinking", "system",
@@ -63,7 +63,8 @@ methods = st.sampled_from(["POST", "POST", "POST", "GET", "PUT", "DELETE", "PATC
 
 class Stack:
     def __init__(self, tmp: Path) -> None:
-        self.fake = FakeUpstream().start()
+        self.fake = FakeUpstream()
+        self.fake.start()
         self.seen: list[Exchange] = []
         capture = module_plugin("capture", post_response=lambda exchange:
                                 self.seen.append(exchange))

@@ -200,8 +200,8 @@ def test_bad_credentials_all_get_the_same_401(stack: Stack) -> None:
             answers.add((status, error["type"], error["message"]))
             assert "x-should-retry" not in headers
     assert answers == {(401, "authentication_error", "invalid x-api-key")}
-    for value in (b"mw-\x00nul", b"\xff\xfe\xfd", b"mw-\xc3\x28", b"\x1b[31m"):
-        answer = stack.raw(b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nx-api-key: " + value +
+    for raw_key in (b"mw-\x00nul", b"\xff\xfe\xfd", b"mw-\xc3\x28", b"\x1b[31m"):
+        answer = stack.raw(b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nx-api-key: " + raw_key +
                            b"\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}")
         # The HTTP parser refuses bytes that cannot be in a header (a plain 400), or the key
         # check refuses them like any other wrong key.
@@ -330,8 +330,8 @@ def test_odd_host_headers_change_nothing(stack: Stack) -> None:
     assert {r.headers["host"] for r in seen} == {expected_host}
     assert stack.trap.requests == []
     # A rebinding page (loopback client, foreign Host) sees no dashboard without the key.
-    for host in ("evil.example", "127.0.0.1.evil.example"):
-        status, _, _ = stack.request("GET", "/_midway/api/status", headers={"host": host})
+    for name in ("evil.example", "127.0.0.1.evil.example"):
+        status, _, _ = stack.request("GET", "/_midway/api/status", headers={"host": name})
         assert status in (401, 404)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import re
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -22,7 +23,7 @@ CI_CYCLES = 3
 
 
 @pytest.fixture
-def fake() -> FakeUpstream:
+def fake() -> Iterator[FakeUpstream]:
     server = FakeUpstream().start()
     yield server  # type: ignore[misc]
     server.stop()
