@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+import functools
 import inspect
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
@@ -41,7 +42,7 @@ from midway.headers import (
 from midway.identity import ANONYMOUS, ClientKeys, passthrough_principal, presented_credential
 from midway.metrics import Metrics
 from midway.observe import StreamObserver, apply_message, decode_body
-from midway.plugins import PluginFailed
+from midway.plugins import Impl, PluginFailed
 from midway.secrets_ref import fingerprint, resolve
 from midway.sse import SSEEvent, SSEParser
 from midway.upstream_client import (
@@ -496,16 +497,16 @@ class Proxy:
         parser = SSEParser()
         observer = StreamObserver(exchange)
         timings = exchange.timings
-        impls = self.plugins.impls("on_chunk")
         plugins = self.plugins
+        callers = [(impl, _chunk_caller(impl, exchange)) for impl in plugins.impls("on_chunk")]
         async for chunk in source:
             out = []
             for event in parser.feed(chunk):
-                for impl in impls:
+                for impl, call in callers:
                     try:
-                        result = impl.function(*[exchange if a == "exchange" else event
-                                                 for a in impl.argnames])
-                        if impl.is_async or asyncio.iscoroutine(result):
+                        result = call(event)
+                        if impl.is_async or (result is not None and
+                                             asyncio.iscoroutine(result)):
                             result = await plugins.bounded(result)
                     except Exception:
                         plugins.failed(impl.plugin, "on_chunk")
@@ -543,6 +544,16 @@ class Proxy:
 def _plugin_error(exchange: Exchange, exc: PluginFailed) -> MidwayError:
     exchange.error = f"plugin {exc.plugin} failed in {exc.hook}"
     return MidwayError(500, f"a midway plugin ({exc.plugin}) failed in {exc.hook}")
+
+
+def _chunk_caller(impl: Impl, exchange: Exchange) -> Callable[[SSEEvent], Any]:
+    """``on_chunk`` as a one-argument call (it runs for every event of every stream)."""
+    fn, names = impl.function, impl.argnames
+    if names == ("exchange", "event"):
+        return functools.partial(fn, exchange)
+    if names == ("event",):
+        return fn
+    return lambda event: fn(*[exchange if a == "exchange" else event for a in names])
 
 
 def _is_event_stream(resp: UpstreamAnswer) -> bool:

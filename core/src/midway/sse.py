@@ -41,6 +41,11 @@ class SSEEvent:
 
 def parse_block(block: bytes, raw: bytes) -> SSEEvent:
     """Parse one event block (lines without the terminating blank line, LF-separated)."""
+    if block.startswith(b"event: "):  # Anthropic's shape, "event: X\ndata: Y": no general parse
+        nl = block.find(b"\n")
+        if nl > 0 and block.startswith(b"data: ", nl + 1) and block.find(b"\n", nl + 1) < 0:
+            return SSEEvent(name=block[7:nl].decode("utf-8", "replace"),
+                            data=block[nl + 7:].decode("utf-8", "replace"), raw=raw)
     name: str | None = None
     data: list[str] = []
     for line in block.decode("utf-8", "replace").split("\n"):
