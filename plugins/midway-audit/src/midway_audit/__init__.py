@@ -14,6 +14,8 @@ import attrs
 from aiohttp import web
 
 from midway import Exchange, Midway, SSEEvent, hookimpl
+from midway.access import local_or_admin
+from midway.errors import error_response
 from midway_audit.assemble import EventLog
 from midway_audit.config import AuditConfig
 from midway_audit.jsonl_sink import JsonlSink
@@ -117,6 +119,9 @@ async def post_response(exchange: Exchange) -> None:
 @hookimpl
 def register_routes(app: web.Application, midway: Midway) -> None:
     async def status(request: web.Request) -> web.Response:
+        if not local_or_admin(request, midway):
+            return error_response(403, "audit status is served to local clients or with the "
+                                  "admin key")
         inst = _instances.get(midway)
         body: dict[str, Any] = inst.writer.status() if inst and inst.writer else {}
         return web.json_response(body)

@@ -15,7 +15,7 @@ import time
 
 from aiohttp import web
 
-from midway.server import is_loopback
+from midway.access import is_local_request
 
 COOKIE = "midway_dashboard"
 COOKIE_PATH = "/_midway/"
@@ -63,10 +63,7 @@ class Access:
 
     @staticmethod
     def _loopback_only_ok(request: web.Request) -> bool:
-        # The Host check stops DNS rebinding: a web page whose name resolves to 127.0.0.1
-        # would otherwise read an unprotected dashboard through the visitor's browser.
-        host = request.url.host or ""
-        return is_loopback(request.remote or "") and is_loopback(host.strip("[]"))
+        return is_local_request(request)
 
     def new_session(self, now: float | None = None) -> str:
         expires = int((time.time() if now is None else now) + self.session_seconds)
