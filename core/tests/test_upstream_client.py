@@ -149,6 +149,19 @@ def test_close_delimited_answer_ends_at_eof_and_is_not_reused(run):
     assert b"content-length" not in request  # a GET without a body announces none
 
 
+def test_interim_1xx_answers_are_skipped(run):
+    async def main():
+        async with RawServer(answer(b"HTTP/1.1 100 Continue\r\n\r\n" + CONTENT_LENGTH)) as server:
+            client = UpstreamClient()
+            resp = await client.request("POST", server.url + "/v1/messages",
+                                        {"expect": "100-continue"}, b"{}")
+            body = await resp.read()
+            await client.close()
+            return resp.status, body
+
+    assert run(main()) == (200, JSON)
+
+
 def test_keep_alive_reuses_one_connection(run):
     async def main():
         async with RawServer(*[answer(CONTENT_LENGTH)] * 5) as server:
@@ -350,23 +363,27 @@ def test_pool_limit_queues_requests(run):
             writer.write(CONTENT_LENGTH)
             return True
 
-        async with RawServer(held, answer(CONTENT_LENGTH)) as server:
+        async with RawServer(answer(CONTENT_LENGTH), held, answer(CONTENT_LENGTH)) as server:
+            unlimited = UpstreamClient(limit=0)
+            resp = await unlimited.request("POST", server.url + "/v1/messages", {}, b"{}")
+            assert await resp.read() == JSON
+            await unlimited.close()
             client = UpstreamClient(limit=1)
             first = asyncio.ensure_future(
                 client.request("POST", server.url + "/v1/messages", {}, b"{}"))
-            while not server.requests:
+            while len(server.requests) < 2:
                 await asyncio.sleep(0.01)
             second = asyncio.ensure_future(
                 client.request("POST", server.url + "/v1/messages", {}, b"{}"))
             await asyncio.sleep(0.05)
-            assert len(server.requests) == 1  # the second waits for the only slot
+            assert len(server.requests) == 2  # the second waits for the only slot
             gate.set()
             assert await (await first).read() == JSON
             assert await (await second).read() == JSON
             await client.close()
             return server.connections
 
-    assert run(main()) == 1
+    assert run(main()) == 2  # one for the unlimited client, one for the limited
 
 
 def test_unreachable_unsupported_and_injected(run):

@@ -459,7 +459,7 @@ class UpstreamClient:
         return conn
 
     async def _take_slot(self) -> None:
-        if self._busy >= self.limit:
+        if 0 < self.limit <= self._busy:  # a limit of 0: unlimited, as in aiohttp
             waiter = asyncio.get_running_loop().create_future()
             self._slot_waiters.append(waiter)
             try:
