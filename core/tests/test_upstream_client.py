@@ -386,6 +386,16 @@ def test_pool_limit_queues_requests(run):
     assert run(main()) == 2  # one for the unlimited client, one for the limited
 
 
+def test_host_header_names_only_a_non_default_port():
+    from midway.upstream_client import _parse_origin
+
+    assert _parse_origin("https://api.anthropic.com:443").authority == "api.anthropic.com"
+    assert _parse_origin("http://example.com").authority == "example.com"
+    assert _parse_origin("http://example.com:8080").authority == "example.com:8080"
+    ipv6 = _parse_origin("http://[::1]:9000")
+    assert (ipv6.host, ipv6.port, ipv6.authority) == ("::1", 9000, "[::1]:9000")
+
+
 def test_unreachable_unsupported_and_injected(run):
     async def main():
         client = UpstreamClient(connect_timeout=5)

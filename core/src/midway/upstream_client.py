@@ -84,6 +84,9 @@ def _parse_origin(base: str) -> _Origin:
         port = int(port_text) if port_text else _DEFAULT_PORTS[scheme]
     except ValueError:
         raise UnsupportedURL(base) from None
+    # The Host header names the port only when it is not the scheme's default (as aiohttp).
+    authority = (f"[{host}]" if ":" in host else host) + \
+        ("" if port == _DEFAULT_PORTS[scheme] else f":{port}")
     return _Origin(scheme, host, port, authority)
 
 
