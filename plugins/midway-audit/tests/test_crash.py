@@ -1,7 +1,9 @@
-"""kill -9 under load: every acknowledged record survives, and the chain stays intact.
+"""kill -9 under load: every acknowledged record survives, the chain stays intact, and after
+a restart every request the upstream served has exactly one record.
 
 "Acknowledged" (docs/audit.md): ``GET /_midway/audit/status`` reported a ``committed_seq``
-at or above the record's seq, i.e. the transaction holding it had committed.
+at or above the record's seq, i.e. the transaction holding it had committed. The rest is the
+write-ahead intents' work: the restart records the requests the killed process had in flight.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import asyncio
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -22,6 +25,8 @@ from conftest import HEADERS
 from midway.testing import wait_for
 
 MIDWAY = [sys.executable, "-c", "from midway.cli import main; main()"]
+ID_PLUGIN = str(Path(__file__).parent / "upstream_id_plugin.py")
+INTERRUPTED = "midway stopped before the request finished"
 
 
 def free_port() -> int:
@@ -39,13 +44,14 @@ def healthy(url: str) -> bool:
         return False
 
 
-def serve(data_dir: Path, upstream: str, log: Path, workers: int = 1
-          ) -> tuple[subprocess.Popen[bytes], str]:
+def serve(data_dir: Path, upstream: str, log: Path, workers: int = 1,
+          extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     env = {**os.environ, "MIDWAY_PLUGINS": "audit", "MIDWAY_ACCESS_LOG": "false",
            "MIDWAY_AUDIT__BATCH_SIZE": "32"}
     proc = subprocess.Popen([*MIDWAY, "serve", "--port", str(port), "--upstream", upstream,
-                             "--data-dir", str(data_dir), "--workers", str(workers)], env=env,
+                             "--data-dir", str(data_dir), "--workers", str(workers), *extra],
+                            env=env,
                             stdout=log.open("ab"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     wait_for(lambda: healthy(url) or proc.poll() is not None, timeout=30)
@@ -59,7 +65,15 @@ def audit_cli(*args: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
                           text=True, timeout=60)
 
 
-def test_kill_9_loses_no_acknowledged_record(tmp_path):
+def served_ids(upstream_url: str) -> list[str]:
+    """The midway request of every request the upstream received (upstream_id_plugin)."""
+    import urllib.request
+    with urllib.request.urlopen(f"{upstream_url}/_fake/requests", timeout=30) as resp:
+        return [{k.lower(): v for k, v in r["headers"].items()}["x-audit-test-request"]
+                for r in orjson.loads(resp.read()) if r["path"] == "/v1/messages"]
+
+
+def test_kill_9_then_restart_records_every_served_request_once(tmp_path):
     upstream_port = free_port()
     upstream = subprocess.Popen([*MIDWAY, "mock-upstream", "--port", str(upstream_port)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -68,7 +82,7 @@ def test_kill_9_loses_no_acknowledged_record(tmp_path):
         upstream_url = f"http://127.0.0.1:{upstream_port}"
         wait_for(lambda: healthy_upstream(upstream_url), timeout=30)
         log = tmp_path / "midway.log"
-        server, url = serve(tmp_path, upstream_url, log)
+        server, url = serve(tmp_path, upstream_url, log, extra=("--plugin", ID_PLUGIN))
         acked, answered = asyncio.run(load_then_kill(url, server))
         assert acked >= 200
         server.wait(10)
@@ -90,17 +104,41 @@ def test_kill_9_loses_no_acknowledged_record(tmp_path):
         # at most one per client.
         assert len(ids - answered) <= 20
 
-        # restart on the same store: the chain goes on from the committed head
-        server, url = serve(tmp_path, upstream_url, log)
+        served = served_ids(upstream_url)
+        assert len(served) == len(set(served)) > len(ids)  # some were in flight or queued
+
+        # restart on the same store: the intents left behind become records, appended to
+        # the chain, which goes on from the committed head
+        server, url = serve(tmp_path, upstream_url, log, extra=("--plugin", ID_PLUGIN))
         after = asyncio.run(send(url, 10))
         server.send_signal(signal.SIGTERM)  # graceful: the queue is flushed
         assert server.wait(30) == 0
         verified_again = orjson.loads(audit_cli("verify", "--json", data_dir=tmp_path).stdout)
-        assert verified_again["ok"]
-        assert verified_again["head_seq"] == verified["head_seq"] + 10
-        stored = orjson.loads(audit_cli("query", "--json", "--limit", "10",
-                                        data_dir=tmp_path).stdout)
-        assert {r["id"] for r in stored} == after
+        assert verified_again["ok"], verified_again
+        everything = orjson.loads(audit_cli("query", "--json", "--limit", "100000",
+                                            data_dir=tmp_path).stdout)
+        by_id = {r["id"]: r for r in everything}
+        assert len(by_id) == len(everything) == verified_again["head_seq"]  # one record each
+        recovered = {r["id"] for r in everything if r.get("interrupted")}
+        assert recovered and not recovered & ids
+        assert verified_again["head_seq"] == verified["head_seq"] + len(recovered) + 10
+        # exact reconciliation: every request the upstream served has its record; a record
+        # the upstream never saw is an intent whose request was killed before it was sent
+        assert set(served_ids(upstream_url)) <= set(by_id)
+        assert set(by_id) - set(served_ids(upstream_url)) <= recovered
+        assert answered <= set(by_id)
+        for request_id in recovered:
+            record = by_id[request_id]
+            assert record["status"] is None and record["error"] == INTERRUPTED, record
+            assert record["principal"] and record["path"] == "/v1/messages"
+            assert record["model"] == "claude-sonnet-4-6"
+        # no intent is left, and the recovered records read like any other
+        with sqlite3.connect(tmp_path / "audit.db") as con:
+            assert con.execute("SELECT COUNT(*) FROM audit_intents").fetchone() == (0,)
+        shown = orjson.loads(audit_cli("show", "--json", next(iter(recovered)),
+                                       data_dir=tmp_path).stdout)
+        assert shown["interrupted"] is True and shown["request_body"] is None
+        assert after <= set(by_id) and not after & recovered
     finally:
         for proc in (server, upstream):
             if proc is not None and proc.poll() is None:

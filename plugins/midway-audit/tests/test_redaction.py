@@ -57,7 +57,7 @@ def test_canary_secrets_found_nowhere_in_sqlite_or_jsonl(fake_upstream, audited)
     record = get(running, records(running)[0]["id"])
     flush(running)  # drain and close: everything that will ever be written is on disk
 
-    files = [p for p in data_dir(running).iterdir() if p.name.startswith("audit")]
+    files = [p for p in data_dir(running).rglob("audit*") if p.is_file()]
     assert {p.name for p in files} >= {"audit.db", "audit.jsonl"}
     blob = b"".join(p.read_bytes() for p in files)
     assert len(blob) > 1000

@@ -1,7 +1,9 @@
 """midway-audit: one tamper-evident record of every request, in SQLite, PostgreSQL or JSONL.
 
-Hooks: ``on_chunk`` rebuilds streamed answers, ``post_response`` (last, so billing's cost and
-the cache's outcome are known) queues the record, a batch writer commits it.
+Hooks: ``upstream_request`` (first attempt) commits a write-ahead intent, ``on_chunk``
+rebuilds streamed answers, ``post_response`` (last, so billing's cost and the cache's outcome
+are known) queues the record, a batch writer commits it (and deletes the intent). At
+start-up, the intents of dead instances become records marked interrupted.
 """
 
 from __future__ import annotations
@@ -13,11 +15,12 @@ from weakref import WeakKeyDictionary
 import attrs
 from aiohttp import web
 
-from midway import Exchange, Midway, SSEEvent, hookimpl
+from midway import Attempt, Exchange, Midway, SSEEvent, hookimpl
 from midway.access import local_or_admin
 from midway.errors import error_response
 from midway_audit.assemble import EventLog
 from midway_audit.config import AuditConfig
+from midway_audit.intents import IntentLog, interrupted_rows, new_instance
 from midway_audit.jsonl_sink import JsonlSink
 from midway_audit.metrics import AuditMetrics
 from midway_audit.operations import config_check, db_upgrade  # noqa: F401 (hooks)
@@ -44,6 +47,7 @@ class _Instance:
     config: AuditConfig | None = None
     store: Store | None = None
     writer: AuditWriter | None = None
+    intents: IntentLog | None = None
 
 
 _instances: WeakKeyDictionary[Midway, _Instance] = WeakKeyDictionary()
@@ -69,6 +73,14 @@ async def startup(midway: Midway) -> None:
     redactor = Redactor(config.redact_defaults, config.redact_patterns, config.redact_headers)
     store = open_store(config, midway.data_dir)
     await store.open()
+    instance = new_instance()
+    if config.write_ahead:
+        await store.claim(instance)
+    recovered = await store.recover(instance, lambda found: interrupted_rows(found, redactor))
+    if recovered:
+        log.warning("audit: recorded %d requests interrupted by a stopped instance", recovered)
+    if inst.metrics is not None:
+        inst.metrics.recovered.inc(recovered)
     sink = None
     if config.jsonl is not None:
         sink = JsonlSink(config.jsonl, config.jsonl_max_bytes, config.jsonl_backups)
@@ -76,6 +88,8 @@ async def startup(midway: Midway) -> None:
     writer = AuditWriter(store, config, redactor, inst.metrics, sink)
     await writer.start()
     inst.config, inst.store, inst.writer = config, store, writer
+    inst.intents = IntentLog(store, redactor, instance, inst.metrics) \
+        if config.write_ahead else None
     midway.services["audit"] = AuditService(store, writer)
     log.info("audit: recording to %s (bodies %s)", config.describe_store(),
              "on" if config.bodies else "off")
@@ -86,9 +100,20 @@ async def shutdown(midway: Midway) -> None:
     inst = _instances.get(midway)
     if inst is None or inst.writer is None or inst.store is None:
         return
+    if inst.intents is not None:
+        await inst.intents.drain()
     await inst.writer.stop()
     await inst.store.close()
-    inst.writer = inst.store = None
+    inst.writer = inst.store = inst.intents = None
+
+
+@hookimpl
+async def upstream_request(exchange: Exchange, attempt: Attempt) -> None:
+    if attempt.number != 1:  # one intent per request: retries share it
+        return
+    inst = _instances.get(exchange.midway) if exchange.midway is not None else None
+    if inst is not None and inst.intents is not None:
+        await inst.intents.add(exchange)
 
 
 @hookimpl

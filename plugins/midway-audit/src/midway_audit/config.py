@@ -55,6 +55,8 @@ class AuditConfig:
     max_age: float | None = None  # seconds; prune older records
     max_rows: int | None = None  # prune oldest beyond this many
     prune_interval: float = 300.0
+    # commit an intent per request before the upstream is contacted (see intents.py)
+    write_ahead: bool = True
 
     @property
     def is_postgres(self) -> bool:
@@ -98,6 +100,7 @@ class AuditConfig:
                 max_rows=int(table["max_rows"]) if table.get("max_rows") else None,
                 prune_interval=float(parse_duration(table.get("prune_interval", 300),
                                                     "prune_interval") or 300.0),
+                write_ahead=_flag(table.get("write_ahead", True), "write_ahead"),
             )
         except (TypeError, ValueError) as exc:
             if isinstance(exc, AuditConfigError):
@@ -120,6 +123,18 @@ class AuditConfig:
         if self.is_postgres:
             return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", self.store)
         return self.store
+
+
+def _flag(value: Any, key: str) -> bool:
+    """A boolean, also from the environment's strings (``MIDWAY_AUDIT__WRITE_AHEAD=false``)."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise AuditConfigError(f"[audit] {key} must be true or false, got {value!r}")
 
 
 def _jsonl_path(value: Any, data_dir: Path) -> Path | None:

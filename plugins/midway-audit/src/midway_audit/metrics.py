@@ -17,6 +17,12 @@ class AuditMetrics:
                                registry=registry)
         self.write_errors = Counter("midway_audit_write_errors",
                                     "Failed batch writes (retried).", registry=registry)
+        self.intents = Counter("midway_audit_intents",
+                               "Write-ahead intents committed (ok) or not (error).",
+                               ["result"], registry=registry)
+        self.recovered = Counter("midway_audit_records_recovered",
+                                 "Records written at start-up for requests an instance that "
+                                 "stopped (kill -9) left unrecorded.", registry=registry)
         self.batch_seconds = Histogram("midway_audit_batch_seconds",
                                        "Time to prepare and commit one batch.",
                                        buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,

@@ -3,11 +3,16 @@
 Appends lock the single chain row (``SELECT ... FOR UPDATE``) in the same transaction that
 inserts the batch and moves the head, so concurrent instances append one after another and
 the chain stays a single, verifiable sequence.
+
+An instance writing intents holds a session advisory lock on its number for as long as it
+lives; PostgreSQL drops it when the connection dies (a crash, ``kill -9``), which is how
+recovery tells a dead instance's intents from a live one's.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
@@ -53,6 +58,13 @@ CREATE TABLE IF NOT EXISTS audit_part_refs (
     PRIMARY KEY (digest, seq)
 );
 CREATE INDEX IF NOT EXISTS audit_part_refs_seq ON audit_part_refs (seq);
+CREATE TABLE IF NOT EXISTS audit_intents (
+    request_id TEXT PRIMARY KEY,
+    instance INTEGER NOT NULL,
+    ts DOUBLE PRECISION NOT NULL,
+    data TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_intents_instance ON audit_intents (instance);
 CREATE TABLE IF NOT EXISTS audit_chain (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     seq BIGINT NOT NULL,
@@ -62,6 +74,7 @@ CREATE TABLE IF NOT EXISTS audit_chain (
 );
 """
 _SCHEMA_LOCK = 0x6D69647761790001  # advisory lock id: "midway" + 1; instances create in turn
+_INSTANCE_LOCKS = 0x6D61  # "ma": the first key of the audit instances' advisory locks
 
 
 def _q(n: int) -> str:
@@ -74,6 +87,7 @@ class PostgresStore:
         self.schema = schema
         self._pool: asyncpg.Pool | None = None
         self._known = KnownParts()
+        self._lock_conn: asyncpg.Connection | None = None
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -98,6 +112,46 @@ class PostgresStore:
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
+        if self._lock_conn is not None:
+            await self._lock_conn.close()
+            self._lock_conn = None
+
+    async def claim(self, instance: int) -> None:
+        settings = {"search_path": self.schema} if self.schema else None
+        self._lock_conn = await asyncpg.connect(self.dsn, server_settings=settings)
+        await self._lock_conn.execute("SELECT pg_advisory_lock($1, $2)", _INSTANCE_LOCKS,
+                                      instance)
+
+    async def intend(self, instance: int, intents: list[tuple[str, float, str]]) -> None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            # An intent only has to outlive midway, not the database server: no WAL flush
+            # wait (a record's own commit keeps synchronous_commit).
+            await conn.execute("SET LOCAL synchronous_commit = off")
+            await conn.executemany("INSERT INTO audit_intents (request_id, instance, ts, data) "
+                                   "VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                                   [(rid, instance, ts, data) for rid, ts, data in intents])
+
+    async def recover(self, instance: int, build: Callable[[list[str]], list[Row]]) -> int:
+        others = [r[0] for r in await self.pool.fetch(
+            "SELECT DISTINCT instance FROM audit_intents WHERE instance != $1", instance)]
+        recovered = 0
+        for other in others:
+            async with self.pool.acquire() as conn:
+                # Free only when the instance's session (and so the instance) is gone.
+                if not await conn.fetchval("SELECT pg_try_advisory_lock($1, $2)",
+                                           _INSTANCE_LOCKS, other):
+                    continue
+                try:
+                    intents = [r[0] for r in await conn.fetch(
+                        "SELECT data FROM audit_intents WHERE instance = $1 "
+                        "ORDER BY ts, request_id", other)]
+                    rows = build(intents)
+                    await self.append(rows, retrying=True)
+                    recovered += sum(1 for row in rows if row.seq)
+                finally:
+                    await conn.execute("SELECT pg_advisory_unlock($1, $2)", _INSTANCE_LOCKS,
+                                       other)
+        return recovered
 
     async def append(self, rows: list[Row], retrying: bool = False) -> Head:
         async with self.pool.acquire() as conn, conn.transaction():
@@ -105,6 +159,8 @@ class PostgresStore:
                 "SELECT seq, head_hash, anchor_seq, anchor_hash FROM audit_chain "
                 "WHERE id = 1 FOR UPDATE")
             self._known.check(anchor_seq)
+            await conn.execute("DELETE FROM audit_intents WHERE request_id = ANY($1::text[])",
+                               [r.request_id for r in rows])
             if retrying:
                 stored = {r["request_id"] for r in await conn.fetch(
                     "SELECT request_id FROM audit_records WHERE request_id = ANY($1::text[])",

@@ -150,7 +150,7 @@ def prepare(pending: Pending, redactor: Redactor, max_body: int, bodies: bool) -
             lower = name.lower()
             headers[lower] = f"{headers[lower]}, {value}" if lower in headers else value
     meta["request_headers"] = headers
-    data = _redacted_json(meta, redactor)
+    data = redacted_json(meta, redactor)
     clean = orjson.loads(data)
     status = meta["status"] if isinstance(meta["status"], int) else None
     return Row(ts=float(meta["ts"]), request_id=str(clean["id"]),
@@ -183,7 +183,7 @@ def _valid_utf8(value: Any) -> Any:
     return _valid_utf8(str(value))
 
 
-def _redacted_json(meta: dict[str, Any], redactor: Redactor) -> str:
+def redacted_json(meta: dict[str, Any], redactor: Redactor) -> str:
     """The metadata as canonical JSON, redacted in one pass over its text (patterns never
     span a quote, so the text stays valid JSON); per value if a match ever broke it."""
     text = orjson.dumps(meta, option=orjson.OPT_SORT_KEYS, default=str).decode()

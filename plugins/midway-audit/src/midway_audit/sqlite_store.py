@@ -3,17 +3,24 @@
 Appends run in ``BEGIN IMMEDIATE`` transactions that read the chain head, insert the batch
 and move the head: several processes (``midway serve --workers N``) can share one file and
 the chain stays a single, verifiable sequence.
+
+An instance writing intents proves it is alive by holding an exclusive ``flock`` on
+``audit-instances/<instance>.lock`` next to the database; the kernel drops the lock when the
+process dies (even by ``kill -9``), which is how recovery tells a dead instance's intents
+from a live one's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
 import sqlite3
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 from midway_audit.chain import GENESIS, Head, StoredRow, link_hash
 from midway_audit.record import Row
@@ -58,6 +65,13 @@ CREATE TABLE IF NOT EXISTS audit_part_refs (
     PRIMARY KEY (digest, seq)
 );
 CREATE INDEX IF NOT EXISTS audit_part_refs_seq ON audit_part_refs (seq);
+CREATE TABLE IF NOT EXISTS audit_intents (
+    request_id TEXT PRIMARY KEY,
+    instance INTEGER NOT NULL,
+    ts REAL NOT NULL,
+    data TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_intents_instance ON audit_intents (instance);
 CREATE TABLE IF NOT EXISTS audit_chain (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     seq INTEGER NOT NULL,
@@ -79,6 +93,8 @@ class SQLiteStore:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="midway-audit")
         self._db: sqlite3.Connection | None = None
         self._known = KnownParts()
+        self.lock_dir = path.parent / "audit-instances"
+        self._lock: IO[bytes] | None = None
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
@@ -114,6 +130,16 @@ class SQLiteStore:
             await self._run(self._db.close)
             self._db = None
         self._executor.shutdown(wait=True)
+        if self._lock is not None:
+            os.unlink(self._lock.name)
+            self._lock.close()
+            self._lock = None
+
+    async def claim(self, instance: int) -> None:
+        self.lock_dir.mkdir(parents=True, exist_ok=True)
+        lock = open(self.lock_dir / f"{instance}.lock", "wb")  # noqa: SIM115, ASYNC230
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self._lock = lock
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -124,6 +150,8 @@ class SQLiteStore:
         db = self.db
         db.execute("BEGIN IMMEDIATE")
         try:
+            db.executemany("DELETE FROM audit_intents WHERE request_id = ?",
+                           [(r.request_id,) for r in rows])
             if retrying:
                 rows = [r for r in rows if db.execute(
                     "SELECT 1 FROM audit_records WHERE request_id = ? LIMIT 1",
@@ -163,6 +191,67 @@ class SQLiteStore:
             raise
         self._known.add(new_parts)
         return Head(seq, prev, anchor_seq, anchor_hash)
+
+    async def intend(self, instance: int, intents: list[tuple[str, float, str]]) -> None:
+        await self._run(self._intend, instance, intents)
+
+    def _intend(self, instance: int, intents: list[tuple[str, float, str]]) -> None:
+        db = self.db
+        # An intent only has to survive the process (kill -9), not the machine: in WAL mode
+        # a commit without fsync does, and the next full-sync commit syncs it along.
+        relaxed = self.synchronous != "normal"
+        if relaxed:
+            db.execute("PRAGMA synchronous=NORMAL")
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.executemany("INSERT OR IGNORE INTO audit_intents (request_id, instance, ts, "
+                               "data) VALUES (?, ?, ?, ?)",
+                               [(rid, instance, ts, data) for rid, ts, data in intents])
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        finally:
+            if relaxed:
+                db.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
+
+    def _dead(self, instance: int) -> IO[bytes] | None:
+        """A locked handle on a dead instance's lock file, or None while it lives."""
+        try:
+            handle = open(self.lock_dir / f"{instance}.lock", "ab")  # noqa: SIM115
+        except OSError:
+            return None
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            return None
+        return handle
+
+    async def recover(self, instance: int, build: Callable[[list[str]], list[Row]]) -> int:
+        others = [r[0] for r in await self._run(
+            self._fetch, "SELECT DISTINCT instance FROM audit_intents WHERE instance != ?",
+            [instance])]
+        recovered = 0
+        for other in others:
+            path = self.lock_dir / f"{other}.lock"
+            # No lock file: the instance closed (it only removes it then) or never claimed.
+            handle = self._dead(other) if path.exists() else None
+            if path.exists() and handle is None:
+                continue  # alive
+            try:
+                intents = [r[0] for r in await self._run(
+                    self._fetch, "SELECT data FROM audit_intents WHERE instance = ? "
+                    "ORDER BY ts, request_id", [other])]
+                rows = build(intents)
+                await self.append(rows, retrying=True)
+                recovered += sum(1 for row in rows if row.seq)
+            finally:
+                if handle is not None:
+                    path.unlink(missing_ok=True)
+                    handle.close()
+        return recovered
 
     async def prune(self, max_age: float | None, max_rows: int | None) -> int:
         return await self._run(self._prune, max_age, max_rows)

@@ -219,6 +219,22 @@ class Store(Protocol):
         """Delete the oldest records; the last deleted one's hash becomes the anchor."""
         ...
 
+    async def claim(self, instance: int) -> None:
+        """Hold ``instance``'s liveness lock until ``close`` (an OS file lock or a PostgreSQL
+        session lock: a killed process loses it), so recovery leaves its intents alone."""
+        ...
+
+    async def intend(self, instance: int, intents: list[tuple[str, float, str]]) -> None:
+        """Commit intents (request id, ts, metadata JSON) of ``instance``, one transaction.
+        ``append`` deletes a record's intent in the transaction that writes the record."""
+        ...
+
+    async def recover(self, instance: int, build: Callable[[list[str]], list[Row]]) -> int:
+        """Append ``build(intents)`` for the intents of every dead instance other than
+        ``instance`` (skipping requests already recorded) and delete those intents; return
+        how many records were appended."""
+        ...
+
 
 def open_store(config: AuditConfig, data_dir: Path) -> Store:
     if config.is_postgres:
