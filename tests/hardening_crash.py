@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import random
 import signal
+import sqlite3
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -129,19 +130,36 @@ def reconcile(server: Server, fake: FakeUpstream, answered: set[str], final: set
     assert states["pending"] == 0, states
     for row_id in set(rows) - set(attempt_ids):
         assert rows[row_id]["state"] == "reconciled" and rows[row_id]["cost_pusd"] == 0
-    # Audit: the chain verifies, no request twice, only requests that happened, every
-    # acknowledged record survived, and the graceful phase is complete.
+    # Audit: the chain verifies, no request twice, every acknowledged record survived, and
+    # exactly as for the ledger: every request the upstream received has its record (the
+    # write-ahead intents of a killed process become records, marked interrupted, at the
+    # next start-up); a record the upstream never saw is such an interrupted one, for a
+    # request killed between its intent and its first attempt.
     verified = orjson.loads(server.cli("audit", "verify", "--json").stdout)
     assert verified["ok"], verified
     records = audit_ids(server.data_dir)
     assert set(records.values()) == {1}
     exchanges = {a.rsplit(".", 1)[0] for a in attempt_ids}
-    assert set(records) <= exchanges
+    missing_records = exchanges - set(records)
+    assert not missing_records, f"{len(missing_records)} requests served without a record"
+    interrupted = interrupted_ids(server.data_dir)
+    assert set(records) - exchanges <= interrupted
     assert verified["head_seq"] == sum(records.values()) >= max(acked_seqs, default=0)
     assert final <= set(records)
     lost = answered - set(records)
+    assert not lost, f"{len(lost)} answered requests without a record"
     return {"cycles": len(acked_seqs), "requests_served": len(served),
             "attempts_complete": len(complete), "ledger_rows": len(rows),
             "ledger_states": dict(states), "audit_records": len(records),
+            "requests_reaching_upstream": len(exchanges),
+            "audit_interrupted_records": len(interrupted),
+            "audit_records_never_sent_upstream": len(set(records) - exchanges),
             "answered_before_kills": len(answered),
             "answered_but_unrecorded_at_kill": len(lost), "final_phase_requests": len(final)}
+
+
+def interrupted_ids(data_dir: Path) -> set[str]:
+    """Audit records written at start-up for requests a killed process had in flight."""
+    with sqlite3.connect(data_dir / "audit.db") as con:
+        return {r[0] for r in con.execute("SELECT request_id, data FROM audit_records")
+                if orjson.loads(r[1]).get("interrupted")}
