@@ -1,0 +1,180 @@
+"""Write-ahead intents: committed before the upstream is contacted, removed with the record,
+and turned into interrupted records only for instances that are dead (SQLite and
+PostgreSQL). The kill -9 end-to-end test is in test_crash.py."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import orjson
+import pytest
+from conftest import data_dir, flush, get, records
+
+from midway import Response, hookimpl
+from midway.testing import Reply, wait_for
+from midway_audit.chain import verify
+from midway_audit.config import AuditConfig
+from midway_audit.intents import INTERRUPTED_ERROR, interrupted_rows
+from midway_audit.record import Pending, prepare
+from midway_audit.redact import Redactor
+from midway_audit.store import Filter, Store, open_store
+
+MESSAGES = [{"role": "user", "content": "hello"}]
+
+
+def intents(running: Any) -> list[tuple[str, str]]:
+    with sqlite3.connect(data_dir(running) / "audit.db") as con:
+        return con.execute("SELECT request_id, data FROM audit_intents").fetchall()
+
+
+def test_intent_is_durable_before_the_upstream_answers_and_goes_with_the_record(
+        fake_upstream, audited):
+    released = threading.Event()
+    seen: list[list[tuple[str, str]]] = []
+    running = audited()
+
+    def reply(recorded: Any) -> Reply:
+        # runs when the request reaches the upstream: its intent must be committed already
+        seen.append(intents(running))
+        released.set()
+        return Reply()
+
+    fake_upstream.reply(reply)
+    client = anthropic.Anthropic(base_url=running.url, api_key="sk-ant-wa", max_retries=0)
+    answer = client.messages.with_raw_response.create(
+        model="claude-sonnet-4-6", max_tokens=5, messages=MESSAGES)
+    midway_id = answer.headers["x-midway-request-id"]
+    assert released.is_set()
+    [(intent_id, data)] = seen[0]
+    assert intent_id == midway_id
+    intent = orjson.loads(data)
+    assert intent["model"] == "claude-sonnet-4-6"
+    assert intent["method"] == "POST" and intent["path"] == "/v1/messages"
+    assert intent["client_address"] == "127.0.0.1"
+    assert "sk-ant-wa" not in data  # the key is no principal name, and never stored
+    wait_for(lambda: len(records(running)) == 1)
+    assert intents(running) == []  # deleted in the record's transaction
+    assert get(running, midway_id)["status"] == 200
+
+
+def test_plugin_answers_write_no_intent_and_get_their_record(fake_upstream, audited):
+    class Answering:
+        @hookimpl(tryfirst=True)
+        def pre_request(self, exchange):
+            return Response(body={"type": "message", "id": "msg_c", "role": "assistant",
+                                  "model": "claude-sonnet-4-6", "content": [],
+                                  "stop_reason": "end_turn",
+                                  "usage": {"input_tokens": 0, "output_tokens": 0}})
+
+    running = audited(extra_plugins=[("answering", Answering())])
+    metrics = running.midway.metrics.registry
+    client = anthropic.Anthropic(base_url=running.url, api_key="sk-ant-wa", max_retries=0)
+    client.messages.create(model="claude-sonnet-4-6", max_tokens=5, messages=MESSAGES)
+    wait_for(lambda: len(records(running)) == 1)
+    assert records(running)[0]["answered_by"] == "answering"
+    assert not fake_upstream.messages_requests
+    assert metrics.get_sample_value("midway_audit_intents_total", {"result": "ok"}) in (None, 0)
+
+
+def test_write_ahead_can_be_turned_off(fake_upstream, audited):
+    running = audited(write_ahead=False)
+    fake_upstream.reply(Reply())
+    client = anthropic.Anthropic(base_url=running.url, api_key="sk-ant-wa", max_retries=0)
+    client.messages.create(model="claude-sonnet-4-6", max_tokens=5, messages=MESSAGES)
+    wait_for(lambda: len(records(running)) == 1)
+    assert not (data_dir(running) / "audit-instances").exists()
+    assert running.midway.metrics.registry.get_sample_value(
+        "midway_audit_intents_total", {"result": "ok"}) in (None, 0)
+    flush(running)
+
+
+# -- recovery, against both stores ----------------------------------------------------------
+
+def _config(kind: str, tmp_path: Path, pg_config: dict[str, Any]) -> AuditConfig:
+    table = pg_config if kind == "postgres" else {"store": f"sqlite:///{tmp_path}/audit.db"}
+    return AuditConfig.from_table(table, tmp_path)
+
+
+async def _opened(config: AuditConfig, tmp_path: Path) -> Store:
+    store = open_store(config, tmp_path)
+    await store.open()
+    return store
+
+
+def _intent(request_id: str, ts: float) -> tuple[str, float, str]:
+    meta = {"id": request_id, "ts": ts, "principal": "p1", "principal_name": "dev",
+            "team": "t", "principal_kind": "key", "client_address": "127.0.0.1",
+            "method": "POST", "path": "/v1/messages", "model": "claude-sonnet-4-6",
+            "upstream": "anthropic", "upstream_key": None}
+    return request_id, ts, orjson.dumps(meta, option=orjson.OPT_SORT_KEYS).decode()
+
+
+def _die(store: Store) -> None:
+    """What kill -9 does to an instance's liveness lock: the OS (or PostgreSQL, when the
+    session ends) releases it; the SQLite lock file stays behind."""
+    lock = getattr(store, "_lock", None)
+    if lock is not None:
+        lock.close()
+        store._lock = None  # type: ignore[attr-defined]
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def test_only_dead_instances_intents_become_interrupted_records(kind, tmp_path, pg_config):
+    asyncio.run(_recovery(_config(kind, tmp_path, pg_config), tmp_path))
+
+
+async def _recovery(config: AuditConfig, tmp_path: Path) -> None:
+    redactor = Redactor()
+    live, dead, recovering = [await _opened(config, tmp_path) for _ in range(3)]
+    try:
+        await live.claim(101)
+        await dead.claim(202)
+        await live.intend(101, [_intent("live-1", 1.0)])
+        await dead.intend(202, [_intent("dead-1", 2.0), _intent("dead-2", 3.0),
+                                _intent("done", 4.0)])
+        # "done" got its full record before the kill (its intent was deleted with it) ...
+        await dead.append([prepare(Pending({"id": "done", "ts": 4.0, "principal": "p1",
+                                            "model": "m", "status": 200,
+                                            "upstream_request_id": None}, [], b"", None,
+                                           None, None), redactor, 0, False)])
+        # ... and an intent can only ever be written before its record; a stray duplicate
+        # (written late) is still recovered at most once
+        await dead.intend(202, [_intent("done", 4.0)])
+        if config.is_postgres:
+            await dead.close()  # the session ends, the advisory lock goes with it
+        else:
+            _die(dead)
+        await recovering.claim(303)
+        found = await recovering.recover(303, lambda found: interrupted_rows(found, redactor))
+        assert found == 2
+        assert await recovering.recover(303, lambda f: interrupted_rows(f, redactor)) == 0
+        result = await verify(recovering)
+        assert result.ok and result.checked == 3
+        by_id = {r["id"]: r for r in await recovering.query(Filter(), 100)}
+        assert set(by_id) == {"done", "dead-1", "dead-2"}  # never the live instance's
+        for request_id in ("dead-1", "dead-2"):
+            record = by_id[request_id]
+            assert record["interrupted"] is True
+            assert record["status"] is None and record["error"] == INTERRUPTED_ERROR
+            assert record["principal"] == "p1" and record["model"] == "claude-sonnet-4-6"
+            assert record["path"] == "/v1/messages" and record["bodies"] is False
+        assert by_id["dead-1"]["seq"] < by_id["dead-2"]["seq"]  # in the order they began
+    finally:
+        for store in (live, dead, recovering):
+            await store.close()
+    # the live instance's intent is recovered once it is gone too
+    again = await _opened(config, tmp_path)
+    try:
+        assert await again.recover(404, lambda f: interrupted_rows(f, redactor)) == 1
+        assert (await verify(again)).ok
+    finally:
+        await again.close()
