@@ -1,9 +1,12 @@
 """midway-audit in the bench: every request recorded with both bodies (stream answers
-reassembled) into the default SQLite store, redaction on."""
+reassembled) into the default SQLite store, redaction on; write-ahead intents on (the
+default) and, to measure what they cost, off."""
 
 VARIANTS = [
-    dict(name=f"audit-{workload}", plugins=["audit"],
-         config={"audit": {"bodies": True, "store": "sqlite:///{data_dir}/audit.db"}},
+    dict(name=f"audit-{workload}{suffix}", plugins=["audit"],
+         config={"audit": {"bodies": True, "store": "sqlite:///{data_dir}/audit.db",
+                           "write_ahead": write_ahead}},
          workload=workload)
     for workload in ("json", "stream")
+    for suffix, write_ahead in (("", True), ("-no-wal", False))
 ]
