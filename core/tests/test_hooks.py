@@ -223,7 +223,8 @@ def test_design_ten_line_plugin_works_as_written(fake_upstream, midway_factory, 
 
     def printed() -> bool:
         out.append(capfd.readouterr().out)
-        return "claude-sonnet-4-6" in "".join(out)
+        # print() writes its pieces one by one: wait for the whole line
+        return re.search(r"claude-sonnet-4-6 \d+ \d+\n", "".join(out)) is not None
     wait_for(printed, timeout=5)
     model, output_tokens, status = "".join(out).split()[-3:]
     assert (model, status) == ("claude-sonnet-4-6", "200") and int(output_tokens) > 0

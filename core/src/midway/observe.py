@@ -12,6 +12,8 @@ from midway.sse import SSEEvent, SSEParser
 
 # Events that carry nothing the core needs: skipped before any parsing (the bulk of a stream).
 _SKIP_PREFIXES = (b"event: content_block", b"event: ping")
+# The events usage and outcome are read from.
+OBSERVED_EVENTS = frozenset({"message_start", "message_delta", "message_stop", "error"})
 
 
 def apply_event(exchange: Exchange, name: str | None, payload: Any) -> None:
@@ -79,7 +81,7 @@ class StreamObserver:
     def observe(self, event: SSEEvent) -> None:
         if event.raw.startswith(_SKIP_PREFIXES):
             return
-        if event.name in ("message_start", "message_delta", "message_stop", "error"):
+        if event.name in OBSERVED_EVENTS:
             apply_event(self._exchange, event.name, event.json())
 
 

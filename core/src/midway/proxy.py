@@ -41,7 +41,7 @@ from midway.headers import (
 )
 from midway.identity import ANONYMOUS, ClientKeys, passthrough_principal, presented_credential
 from midway.metrics import Metrics
-from midway.observe import StreamObserver, apply_message, decode_body
+from midway.observe import OBSERVED_EVENTS, StreamObserver, apply_message, decode_body
 from midway.plugins import Impl, PluginFailed
 from midway.secrets_ref import fingerprint, resolve
 from midway.sse import SSEEvent, SSEParser
@@ -505,17 +505,18 @@ class Proxy:
                 for impl, call in callers:
                     try:
                         result = call(event)
-                        if impl.is_async or (result is not None and
-                                             asyncio.iscoroutine(result)):
-                            result = await plugins.bounded(result)
+                        if result is not None:  # mostly None: keep the common path short
+                            if impl.is_async or asyncio.iscoroutine(result):
+                                result = await plugins.bounded(result)
+                            if isinstance(result, SSEEvent):
+                                event = result
                     except Exception:
                         plugins.failed(impl.plugin, "on_chunk")
-                        continue
-                    if isinstance(result, SSEEvent):
-                        event = result
-                if event.raw:
-                    observer.observe(event)
-                    out.append(event.raw)
+                raw = event.raw
+                if raw:
+                    if event.name in OBSERVED_EVENTS:
+                        observer.observe(event)
+                    out.append(raw)
             if out:
                 await response.write(b"".join(out))
                 if timings.ttfb_ms is None:

@@ -182,8 +182,10 @@ class UpstreamResponse:
                 return b""
             await self._wait()
         chunks = self._chunks
-        data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
-        if len(chunks) > 1:
+        if len(chunks) == 1:
+            data = chunks.popleft()
+        else:
+            data = b"".join(chunks)
             chunks.clear()
         self._size = 0
         conn = self._conn
