@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import sys
 from pathlib import Path
 
 import aiohttp
@@ -219,14 +220,12 @@ def test_design_ten_line_plugin_works_as_written(fake_upstream, midway_factory, 
     client = anthropic.Anthropic(base_url=proxy.url, api_key="sk-test", max_retries=0)
     client.messages.create(**MSG)
     assert fake_upstream.messages_requests[-1].headers["x-team"] == "search"
-    out: list[str] = []
-
-    def printed() -> bool:
-        out.append(capfd.readouterr().out)
-        # print() writes its pieces one by one: wait for the whole line
-        return re.search(r"claude-sonnet-4-6 \d+ \d+\n", "".join(out)) is not None
-    wait_for(printed, timeout=5)
-    model, output_tokens, status = "".join(out).split()[-3:]
+    # Read the capture once post_response is over (the exchange is recorded after it):
+    # print() writes its pieces one by one, and a capture read between them can lose one.
+    metrics = proxy.midway.metrics
+    wait_for(lambda: sum(metrics.requests.values()) >= 1, timeout=5)
+    sys.stdout.flush()
+    model, output_tokens, status = capfd.readouterr().out.split()[-3:]
     assert (model, status) == ("claude-sonnet-4-6", "200") and int(output_tokens) > 0
     infos = {i.name: i for i in proxy.midway.plugins.infos}
     assert infos["team_tag"].hooks == ["post_response", "pre_request"]

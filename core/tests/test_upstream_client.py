@@ -278,6 +278,27 @@ def test_idle_timeout_before_headers_and_between_chunks(run):
     run(main())
 
 
+def test_idle_timeout_is_between_bytes_not_total(run):
+    async def main():
+        async def trickles(reader, writer):
+            writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+            for _ in range(6):  # 0.6 s in all, never 0.25 s without a byte
+                await asyncio.sleep(0.1)
+                writer.write(b"1\r\nx\r\n")
+                await writer.drain()
+            writer.write(b"0\r\n\r\n")
+            return True
+
+        async with RawServer(trickles) as server:
+            client = UpstreamClient(idle_timeout=0.25)
+            resp = await client.request("POST", server.url + "/v1/messages", {}, b"{}")
+            body = await resp.read()
+            await client.close()
+            return body
+
+    assert run(main()) == b"x" * 6
+
+
 def test_cancellation_closes_the_upstream_connection_at_once(run):
     async def main():
         closed = asyncio.Event()

@@ -158,18 +158,17 @@ class UpstreamResponse:
     async def _wait(self) -> None:
         waiter = self._loop.create_future()
         self._waiter = waiter
-        timer = None
-        if self._idle_timeout is not None:
-            timer = self._loop.call_later(self._idle_timeout, self._on_idle, waiter)
+        conn = self._conn
+        if conn is not None and self._idle_timeout is not None:
+            conn.watch(self._idle_timeout)
         try:
             await waiter
         finally:
             self._waiter = None
-            if timer is not None:
-                timer.cancel()
 
-    def _on_idle(self, waiter: asyncio.Future[None]) -> None:
-        if not waiter.done():
+    def _on_idle(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
             waiter.set_exception(TimeoutError("upstream idle timeout"))
         self.release()
 
@@ -239,6 +238,8 @@ class _Connection(asyncio.Protocol):
         self.response: UpstreamResponse | None = None
         self.header_list: list[tuple[str, str]] = []
         self.idle_timeout: float | None = None
+        self.last_io = 0.0  # loop time of the last byte received or the last wait begun
+        self.watchdog: asyncio.TimerHandle | None = None
         self.interim = False
         self.until_close = False
         self.closed = False
@@ -256,6 +257,7 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.got_bytes = True
+        self.last_io = self.loop.time()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -270,6 +272,9 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self.watchdog is not None:
+            self.watchdog.cancel()
+            self.watchdog = None
         response = self.response
         if response is not None:
             self.response = None
@@ -339,15 +344,34 @@ class _Connection(asyncio.Protocol):
         waiter: asyncio.Future[UpstreamResponse] = self.loop.create_future()
         self.head_waiter = waiter
         self.idle_timeout = idle_timeout
-        timer = None
         if idle_timeout is not None:
-            timer = self.loop.call_later(idle_timeout, self._fail_head,
-                                         TimeoutError("upstream idle timeout"))
-        try:
-            return await waiter
-        finally:
-            if timer is not None:
-                timer.cancel()
+            self.watch(idle_timeout)
+        return await waiter
+
+    def watch(self, timeout: float) -> None:
+        """A reader starts waiting: fail it after ``timeout`` seconds without a byte.
+
+        One timer per connection, re-armed only when it fires early, instead of a timer
+        set and cancelled for every wait (a stream waits once per read).
+        """
+        self.last_io = self.loop.time()
+        if self.watchdog is None and not self.closed:
+            self.watchdog = self.loop.call_at(self.last_io + timeout, self._check, timeout)
+
+    def _check(self, timeout: float) -> None:
+        self.watchdog = None
+        response = self.response
+        waiting = self.head_waiter is not None or (
+            response is not None and response._waiter is not None)
+        if not waiting or self.closed:
+            return
+        due = self.last_io + timeout
+        if self.loop.time() < due:
+            self.watchdog = self.loop.call_at(due, self._check, timeout)
+        elif response is not None:
+            response._on_idle()
+        else:
+            self._fail_head(TimeoutError("upstream idle timeout"))
 
     def _fail_head(self, error: BaseException) -> None:
         waiter = self.head_waiter
@@ -376,6 +400,9 @@ class _Connection(asyncio.Protocol):
             self.transport.resume_reading()
 
     def abort(self) -> None:
+        if self.watchdog is not None:
+            self.watchdog.cancel()
+            self.watchdog = None
         if not self.closed:
             self.closed = True
             if self.transport is not None:
