@@ -498,3 +498,26 @@ def test_tls_to_a_local_aiohttp_server(run, certificate):
     assert all(b'"echo": "over tls"' in body for body in bodies)
     assert all(f'"host": "localhost:{port}"'.encode() in body for body in bodies)
     assert connections == 1
+
+
+def test_idle_pooled_connections_are_closed_after_the_keepalive_period(run, monkeypatch):
+    import midway.upstream_client as uc
+
+    monkeypatch.setattr(uc, "KEEPALIVE_SECONDS", 0.2)
+
+    async def main():
+        # The server keeps the connection open (a second answer is scripted, never asked for).
+        async with RawServer(answer(CONTENT_LENGTH), answer(CONTENT_LENGTH)) as server:
+            client = UpstreamClient()
+            resp = await client.request("POST", server.url + "/v1/messages", {}, b"{}")
+            assert await resp.read() == JSON
+            resp.release()
+            (conn,) = [c for idle in client._idle.values() for c in idle]
+            deadline = asyncio.get_running_loop().time() + 5
+            while not conn.closed:  # the pool's sweeper closes it; no request needed
+                assert asyncio.get_running_loop().time() < deadline
+                await asyncio.sleep(0.05)
+            assert client._idle == {}
+            await client.close()
+
+    run(main())

@@ -424,6 +424,7 @@ class UpstreamClient:
         self._all: set[_Connection] = set()
         self._busy = 0
         self._slot_waiters: deque[asyncio.Future[None]] = deque()
+        self._sweeper: asyncio.TimerHandle | None = None
 
     async def request(self, method: str, url: str, headers: Mapping[str, str],
                       body: bytes = b"") -> UpstreamResponse:
@@ -521,18 +522,47 @@ class UpstreamClient:
             if keep and not conn.closed:
                 conn.idle_since = time.monotonic()
                 self._idle.setdefault(conn.origin.key, []).append(conn)
+                if self._sweeper is None:
+                    self._sweeper = asyncio.get_running_loop().call_later(
+                        KEEPALIVE_SECONDS, self._sweep)
                 return
         if not keep and not conn.closed:
             conn.abort()
+
+    def _sweep(self) -> None:
+        """Close connections idle for longer than the keep-alive period (one timer per pool)."""
+        self._sweeper = None
+        deadline = time.monotonic() - KEEPALIVE_SECONDS
+        remaining = False
+        for key, idle in list(self._idle.items()):
+            keep = []
+            for conn in idle:
+                if conn.closed or conn.idle_since <= deadline:
+                    conn.abort()
+                else:
+                    keep.append(conn)
+            if keep:
+                self._idle[key] = keep
+                remaining = True
+            else:
+                del self._idle[key]
+        if remaining:
+            self._sweeper = asyncio.get_running_loop().call_later(KEEPALIVE_SECONDS,
+                                                                  self._sweep)
 
     def _forget(self, conn: _Connection) -> None:
         self._all.discard(conn)
         idle = self._idle.get(conn.origin.key)
         if idle and conn in idle:
             idle.remove(conn)
+            if not idle:
+                del self._idle[conn.origin.key]
         self._done(conn, keep=False)
 
     async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for conn in list(self._all):
             conn.abort()
         self._all.clear()
