@@ -6,6 +6,7 @@ whichever the request asks for.
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import uvloop
@@ -22,6 +23,8 @@ def main() -> None:
                   usage={"input_tokens": 250, "output_tokens": deltas * 2})
     fake.default = lambda request: reply
     fake.requests = _Discard()  # type: ignore[assignment]  # keep memory flat under load
+    # wrk drops its connections when a run ends: the resulting write errors are expected.
+    logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
     uvloop.install()
     web.run_app(fake.app, host="127.0.0.1", port=port, print=None, access_log=None)
 
