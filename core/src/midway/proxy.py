@@ -104,6 +104,9 @@ class Proxy:
         self.has_up_resp = p.has("upstream_response")
         self.has_chunk = p.has("on_chunk")
         self.has_post = p.has("post_response")
+        # Plain-function post_response implementations cannot be interrupted half-way, so they
+        # run inline; only coroutine implementations need a task of their own.
+        self.async_post = any(impl.is_async for impl in p.impls("post_response"))
 
     # -- entry -------------------------------------------------------------------------------
 
@@ -148,7 +151,7 @@ class Proxy:
         finally:
             if metrics is not None:
                 metrics.inflight -= 1
-            if self.has_post:
+            if self.async_post:
                 # post_response must run to its end even if the client's disconnect cancels
                 # this handler (during the hook or before it): it runs in a task of its own.
                 task = asyncio.get_running_loop().create_task(self._finish(exchange))
@@ -188,7 +191,26 @@ class Proxy:
         timings.total_ms = (time.monotonic() - timings.started) * 1000
         if exchange.status is None:
             exchange.status = 499 if exchange.client_disconnected else 500
+        if self.has_post:
+            plugins = self.plugins
+            for impl in plugins.impls("post_response"):
+                try:
+                    result = impl.function(*[exchange for _ in impl.argnames])
+                except Exception:
+                    plugins.failed(impl.plugin, "post_response")
+                    continue
+                if inspect.isawaitable(result):  # a plain function that returned a coroutine
+                    task = asyncio.get_running_loop().create_task(
+                        self._await_post(impl.plugin, result))
+                    self.finishing.add(task)
+                    task.add_done_callback(self.finishing.discard)
         self._record(exchange)
+
+    async def _await_post(self, plugin: str, awaitable: Any) -> None:
+        try:
+            await self.plugins.bounded(awaitable)
+        except Exception:
+            self.plugins.failed(plugin, "post_response")
 
     def _record(self, exchange: Exchange) -> None:
         metrics = self.midway.metrics
