@@ -134,3 +134,28 @@ def test_sigterm_lets_open_streams_finish_then_exits_zero(fake_upstream, tmp_pat
     bodies = asyncio.run(streams())
     assert all(body.rstrip().endswith(b'{"type":"message_stop"}') for body in bodies)
     assert proc.wait(30) == 0
+
+
+def test_a_worker_that_dies_is_replaced(fake_upstream, tmp_path):
+    port = free_port()
+    env = {**os.environ, "MIDWAY_PLUGINS": "", "MIDWAY_ACCESS_LOG": "false"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "midway.cli", "serve", "--port", str(port), "--workers", "2",
+         "--upstream", fake_upstream.url, "--data-dir", str(tmp_path)], env=env,
+        stderr=subprocess.PIPE)
+    try:
+        def workers() -> dict[int, int]:
+            result = CliRunner().invoke(cli, ["status", "--port", str(port), "--json",
+                                              "--data-dir", str(tmp_path)])
+            if result.exit_code != 0:
+                return {}
+            return {w["worker"]: w["pid"] for w in json.loads(result.output)["workers"]
+                    if w["alive"]}
+        wait_for(lambda: len(workers()) == 2, timeout=20)
+        victim = workers()[0]
+        os.kill(victim, signal.SIGKILL)
+        wait_for(lambda: workers().get(0) not in (None, victim), timeout=20)
+        assert post(port) == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0

@@ -10,6 +10,7 @@ import shutil
 import signal
 import socket
 import sys
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from midway.proxy import Proxy
 
 log = logging.getLogger("midway")
 
+MAX_RESTARTS = 5  # worker restarts per minute before the server gives up
 MIDWAY_KEY: web.AppKey[Midway] = web.AppKey("midway", Midway)
 PROXY_KEY: web.AppKey[Proxy] = web.AppKey("proxy", Proxy)
 PUBLISHER_KEY: web.AppKey[asyncio.Task[None]] = web.AppKey("publisher", asyncio.Task)
@@ -202,8 +204,10 @@ def run(settings: Settings) -> None:
 
 
 def _run_workers(settings: Settings, uvloop: object) -> None:
-    children: list[int] = []
-    for index in range(settings.workers):
+    """Fork the workers and keep them running: a worker that dies is replaced, unless workers
+    keep dying (more than ``MAX_RESTARTS`` a minute), when the whole server stops with 1."""
+
+    def spawn(index: int) -> int:
         pid = os.fork()
         if pid == 0:  # child: a full proxy on the shared port (SO_REUSEPORT)
             code = 0
@@ -214,9 +218,15 @@ def _run_workers(settings: Settings, uvloop: object) -> None:
                 log.exception("worker %d failed", index)
                 code = 1
             os._exit(code)
-        children.append(pid)
+        return pid
+
+    children = {spawn(index): index for index in range(settings.workers)}
+    stopping = False
+    restarts: list[float] = []
 
     def forward(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
         for child in children:
             try:
                 os.kill(child, signal.SIGTERM)
@@ -226,12 +236,27 @@ def _run_workers(settings: Settings, uvloop: object) -> None:
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     status = 0
-    for child in children:
-        while True:
-            try:
-                _, code = os.waitpid(child, 0)
-                break
-            except InterruptedError:
-                continue
-        status = status or os.waitstatus_to_exitcode(code)
+    while children:
+        try:
+            pid, code = os.wait()
+        except InterruptedError:
+            continue
+        except ChildProcessError:
+            break
+        index = children.pop(pid, None)
+        if index is None:
+            continue
+        exit_code = os.waitstatus_to_exitcode(code)
+        if stopping:
+            status = status or exit_code
+            continue
+        now = time.monotonic()
+        restarts = [t for t in restarts if now - t < 60] + [now]
+        if len(restarts) > MAX_RESTARTS:
+            log.error("workers keep failing (%d restarts in a minute): stopping", len(restarts))
+            status = 1
+            forward(signal.SIGTERM, None)
+            continue
+        log.error("worker %d exited with %d: starting a new one", index, exit_code)
+        children[spawn(index)] = index
     sys.exit(status)

@@ -15,6 +15,8 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
+from midway.sqlite_wal import enable_wal
+
 Row = dict[str, Any]
 
 
@@ -50,7 +52,7 @@ class SQLiteDatabase:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
                                timeout=30)
         conn.row_factory = sqlite3.Row
-        conn.execute("PRAGMA journal_mode=WAL")
+        enable_wal(conn)
         conn.execute("PRAGMA busy_timeout=30000")
         return conn
 

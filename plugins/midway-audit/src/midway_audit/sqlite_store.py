@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
+from midway.sqlite_wal import enable_wal
 from midway_audit.chain import GENESIS, Head, StoredRow, link_hash
 from midway_audit.record import Row
 from midway_audit.store import (
@@ -114,7 +115,7 @@ class SQLiteStore:
         # Autocommit mode: transactions are explicit (BEGIN IMMEDIATE ... COMMIT).
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
                              timeout=30.0)
-        db.execute("PRAGMA journal_mode=WAL")
+        enable_wal(db)
         db.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
         db.execute("PRAGMA busy_timeout=30000")
         db.execute("BEGIN IMMEDIATE")

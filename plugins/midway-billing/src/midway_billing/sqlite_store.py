@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
+from midway.sqlite_wal import enable_wal
 from midway_billing.budgets import Bucket
 from midway_billing.store import (
     GROUPS,
@@ -74,7 +75,7 @@ class SQLiteStore:
         def connect() -> sqlite3.Connection:
             con = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
                                   timeout=30)
-            con.execute("PRAGMA journal_mode=WAL")
+            enable_wal(con)
             # NORMAL in WAL: a committed transaction survives a process crash (kill -9).
             con.execute("PRAGMA synchronous=NORMAL")
             con.executescript(SCHEMA.format(int="INTEGER", real="REAL"))

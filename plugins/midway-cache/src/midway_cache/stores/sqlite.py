@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+from midway.sqlite_wal import enable_wal
 from midway_cache.stores.base import COUNTERS, Candidate, Entry, empty_stats
 
 T = TypeVar("T")
@@ -66,7 +67,7 @@ class SQLiteStore:
         def connect() -> None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
+            enable_wal(db)
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute("PRAGMA busy_timeout=5000")
             db.executescript(_SCHEMA)
