@@ -89,7 +89,13 @@ def memory_kb(pid: int, field: str) -> int:
     return total
 
 
-def request_body(unique: bool) -> tuple[bytes, bytes]:
+# The "paraphrase-*" workloads: the cache is primed with PRIME, then every request asks the same
+# thing in other words (PARAPHRASE), so each is a semantic hit (semantic hits are not stored).
+PRIME = "How do I reverse a list in Python?"
+PARAPHRASE = "How can I reverse a list in Python?"
+
+
+def request_body(unique: bool, last_turn: str = "Thanks, go on.") -> tuple[bytes, bytes]:
     """A Claude-Code-shaped body (~16 KB): system blocks, tools, a few turns."""
     system = [{"type": "text", "text": "x-anthropic-billing-header: cc_version=2.1.197"},
               {"type": "text", "text": "You are a helpful coding agent. " * 120,
@@ -104,7 +110,7 @@ def request_body(unique: bool) -> tuple[bytes, bytes]:
                          "tools": tools, "messages": messages})
     head, tail = body.split(b"MARKER")
     if not unique:
-        return body.replace(b"MARKER", b"Thanks, go on."), b""
+        return body.replace(b"MARKER", last_turn.encode()), b""
     return head, tail
 
 
@@ -139,7 +145,8 @@ end
 def wrk_script(workload: str, tmp: Path) -> Path:
     unique = workload.startswith("unique")
     stream = workload.endswith("stream")
-    head, tail = request_body(unique)
+    head, tail = request_body(unique, PARAPHRASE if workload.startswith("paraphrase")
+                              else "Thanks, go on.")
     if stream:
         head = head.replace(b'"max_tokens":4096', b'"max_tokens":4096,"stream":true', 1)
     path = tmp / f"{workload}.lua"
@@ -226,6 +233,24 @@ def midway_target(name: str, upstream: str, data_dir: Path, plugins: list[str],
     return Target(name, cmd, env, cpu=cpu)
 
 
+def prime(port: int) -> None:
+    """Store PRIME's answer: post it until the cache says it is a hit (or there is no cache)."""
+    import urllib.request
+
+    body = request_body(False, PRIME)[0]
+    for _ in range(100):
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/v1/messages", data=body, method="POST",
+            headers={"x-api-key": "sk-ant-bench", "content-type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            resp.read()
+            outcome = resp.headers.get("x-midway-cache")
+        if outcome is None or outcome == "hit":
+            return
+        time.sleep(0.05)  # the answer is stored after it was sent
+    raise RuntimeError("the cache never stored the priming answer")
+
+
 def measure(target: Target, workloads: list[str], concurrencies: list[int], duration: float,
             tmp: Path) -> list[dict[str, Any]]:
     rows = []
@@ -236,6 +261,8 @@ def measure(target: Target, workloads: list[str], concurrencies: list[int], dura
     try:
         for workload in workloads:
             script = wrk_script(workload, tmp)
+            if workload.startswith("paraphrase"):
+                prime(target.port)
             run_wrk(target.port, script, 8, 1.0)  # warm-up: pools, caches, JIT-free but lazy
             for concurrency in concurrencies:
                 cpu0 = cpu_seconds(pid)

@@ -10,4 +10,7 @@ VARIANTS = [
            workload=workload) for workload in ("unique-json", "unique-stream")],
     dict(name="cache-semantic-miss-json", plugins=["cache"],
          config={"cache": {"semantic": True}}, workload="unique-json"),
+    # Primed with one question, then asked it in other words: every request a semantic hit.
+    dict(name="cache-semantic-hit-json", plugins=["cache"],
+         config={"cache": {"semantic": True}}, workload="paraphrase-json"),
 ]
