@@ -241,7 +241,9 @@ def prime(port: int) -> None:
     for _ in range(100):
         request = urllib.request.Request(
             f"http://127.0.0.1:{port}/v1/messages", data=body, method="POST",
-            headers={"x-api-key": "sk-ant-bench", "content-type": "application/json"})
+            # The same headers as wrk's requests: anthropic-version is part of the cache key.
+            headers={"x-api-key": "sk-ant-bench", "content-type": "application/json",
+                     "anthropic-version": "2023-06-01"})
         with urllib.request.urlopen(request, timeout=30) as resp:
             resp.read()
             outcome = resp.headers.get("x-midway-cache")
