@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -21,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from midway.testing import wait_for
+from midway.testing import free_port, wait_for
 
 MIDWAY = [sys.executable, "-m", "midway.cli"]
 
@@ -35,12 +34,6 @@ CANARY_ENV = {"HARDEN_CLIENT_KEY": CLIENT_CANARY, "HARDEN_UPSTREAM_KEY": UPSTREA
 
 MSG = {"model": "claude-sonnet-4-6", "max_tokens": 32,
        "messages": [{"role": "user", "content": "hello"}]}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def get_json(url: str, timeout: float = 5) -> Any:

@@ -5,20 +5,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import urllib.request
 
 import orjson
 
-from midway.testing import wait_for
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from midway.testing import free_port, wait_for, wait_listening
 
 
 def test_metrics_and_access_log_with_every_plugin(fake_upstream, tmp_path):
@@ -31,13 +24,7 @@ def test_metrics_and_access_log_with_every_plugin(fake_upstream, tmp_path):
             [sys.executable, "-m", "midway.cli", "serve", "--port", str(port), "--upstream",
              fake_upstream.url, "--data-dir", str(tmp_path / "data")], env=env, stderr=log)
     try:
-        def listening() -> bool:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                return True
-            except OSError:
-                return False
-        wait_for(listening, timeout=30)
+        wait_listening(port, timeout=30)
         body = orjson.dumps({"model": "claude-sonnet-4-6", "max_tokens": 8,
                              "messages": [{"role": "user", "content": "metrics\r\nplease"}]})
         for _ in range(2):  # a miss, then a cache hit

@@ -18,7 +18,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -35,7 +34,7 @@ import pytest
 import redis
 
 from midway.secrets_ref import fingerprint
-from midway.testing import Reply, wait_for
+from midway.testing import Reply, free_port, wait_for
 
 PG = "postgresql://postgres@127.0.0.1:5432/test"
 MODEL = "claude-sonnet-4-6"  # $3 / $15 per million input / output tokens
@@ -46,12 +45,6 @@ USER_KEY = "sk-ant-user-0001"
 BUDGET_KEY = "sk-ant-capped-0001"  # a principal with a total budget
 LIMIT = Decimal("0.003")
 pytestmark = pytest.mark.timeout(240)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class OwnRedis:

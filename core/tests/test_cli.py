@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -15,7 +14,7 @@ from click.testing import CliRunner
 
 from midway.cli import cli
 from midway.config import load_settings
-from midway.testing import wait_for
+from midway.testing import free_port, wait_listening
 
 
 def test_plugins_json_lists_name_version_hooks(monkeypatch):
@@ -79,19 +78,11 @@ def test_bad_config_is_a_clear_error(tmp_path):
 
 
 def test_mock_upstream_command_serves_the_fake_api():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "midway.cli", "mock-upstream", "--port",
                              str(port)], stderr=subprocess.DEVNULL)
     try:
-        def up() -> bool:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                return True
-            except OSError:
-                return False
-        wait_for(up, timeout=20)
+        wait_listening(port)
         request = urllib.request.Request(
             f"http://127.0.0.1:{port}/v1/messages", method="POST",
             data=orjson.dumps({"model": "claude-haiku-4-5", "max_tokens": 5,

@@ -5,7 +5,6 @@ import asyncio
 import base64
 import os
 import secrets
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +14,7 @@ import orjson
 import pytest
 from keys_support import ask, http, run_cli, write_config
 
-from midway.testing import wait_for
+from midway.testing import free_port, wait_for
 
 ATTEMPTS = 10_000
 CPU_PER_ATTEMPT_LIMIT = 0.002  # seconds; generous: a 401 costs a fraction of that
@@ -24,12 +23,6 @@ CPU_PER_ATTEMPT_LIMIT = 0.002  # seconds; generous: a 401 costs a fraction of th
 def cpu_seconds(pid):
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wrong_keys(real):

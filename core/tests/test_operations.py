@@ -6,7 +6,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -15,13 +14,7 @@ import orjson
 from click.testing import CliRunner
 
 from midway.cli import cli
-from midway.testing import wait_for
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from midway.testing import free_port, wait_for, wait_listening
 
 
 def post(port: int) -> int:
@@ -43,13 +36,7 @@ def test_two_workers_share_a_port_and_report_totals(fake_upstream, tmp_path):
          "--upstream", fake_upstream.url, "--data-dir", str(tmp_path)], env=env,
         stderr=subprocess.PIPE)
     try:
-        def listening() -> bool:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                return True
-            except OSError:
-                return False
-        wait_for(listening, timeout=20)
+        wait_listening(port)
 
         def status() -> dict[str, object]:
             result = CliRunner().invoke(cli, ["status", "--port", str(port), "--json",
@@ -106,13 +93,7 @@ def test_sigterm_lets_open_streams_finish_then_exits_zero(fake_upstream, tmp_pat
         [sys.executable, "-m", "midway.cli", "serve", "--port", str(port), "--upstream",
          fake_upstream.url, "--data-dir", str(tmp_path)], env=env, stderr=subprocess.PIPE)
 
-    def listening() -> bool:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return True
-        except OSError:
-            return False
-    wait_for(listening, timeout=20)
+    wait_listening(port)
 
     async def streams() -> list[bytes]:
         async with aiohttp.ClientSession() as session:

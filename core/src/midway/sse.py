@@ -30,8 +30,7 @@ class SSEEvent:
     def build(cls, name: str, data: Any) -> SSEEvent:
         """A new event from a name and a JSON-able object (or preformatted text)."""
         text = data if isinstance(data, str) else orjson.dumps(data).decode()
-        raw = f"event: {name}\ndata: {text}\n\n".encode()
-        return cls(name=name, data=text, raw=raw)
+        return cls(name=name, data=text, raw=encode_event(name, text))
 
     @classmethod
     def dropped(cls) -> SSEEvent:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import socket
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
@@ -37,7 +38,7 @@ from midway.server import PROXY_KEY, build_app, build_midway
 T = TypeVar("T")
 
 __all__ = ["FakeUpstream", "RecordedRequest", "Reply", "RunningMidway", "ServerThread",
-           "call_hook", "make_exchange", "wait_for"]
+           "call_hook", "free_port", "make_exchange", "wait_for", "wait_listening"]
 
 
 class ServerThread:
@@ -211,6 +212,24 @@ def call_hook(plugin: Any, hook: str, **kwargs: Any) -> Any:
 
 async def _await(awaitable: Any) -> Any:
     return await awaitable
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on right now (for servers started as subprocesses)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_listening(port: int, timeout: float = 20.0) -> None:
+    """Wait until something accepts connections on the loopback ``port``."""
+    def listening() -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return True
+        except OSError:
+            return False
+    wait_for(listening, timeout=timeout)
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, interval: float = 0.01
