@@ -33,6 +33,16 @@ class Midway:
         self.session: aiohttp.ClientSession | None = None
         self.services: dict[str, Any] = {}
         self.worker_index = 0
+        self.stream_bytes_kept = 0  # see keep_stream_bodies
+
+    def keep_stream_bodies(self, limit: int) -> None:
+        """Keep up to ``limit`` bytes of every streamed answer in ``exchange.stream_body``.
+
+        Call it in ``startup``. The largest limit asked for wins. Cheaper than ``on_chunk`` for
+        a plugin that needs the whole answer only at ``post_response``: no event is parsed for
+        it, the relay only keeps a reference to each chunk it writes.
+        """
+        self.stream_bytes_kept = max(self.stream_bytes_kept, int(limit))
 
     @property
     def data_dir(self) -> Path:

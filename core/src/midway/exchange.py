@@ -279,6 +279,26 @@ class Timings:
     upstream_ttfb_ms: float | None = None  # first upstream response headers
 
 
+@attrs.define(slots=True)
+class KeptStream:
+    """A streamed answer's bytes as the client received them (decoded), up to ``limit``."""
+
+    limit: int
+    chunks: list[bytes] = attrs.field(factory=list)
+    size: int = 0
+    truncated: bool = False
+
+    def add(self, chunk: bytes) -> None:
+        room = self.limit - self.size
+        if len(chunk) > room:
+            self.truncated = True
+            chunk = chunk[:room]
+            if not chunk:
+                return
+        self.chunks.append(chunk)
+        self.size += len(chunk)
+
+
 @attrs.define(eq=False)
 class Exchange:
     """One request and its answer, as it flows through the hooks.
@@ -298,6 +318,8 @@ class Exchange:
     status: int | None = None
     response_headers: CIMultiDict[str] | None = None
     response_body: bytes | None = None  # non-streaming answers (decoded), None for streams
+    # a streamed answer's bytes, kept when a plugin asked for them (Midway.keep_stream_bodies)
+    kept_stream: KeptStream | None = None
     streaming: bool = False
     usage: Usage = attrs.field(factory=Usage)
     stop_reason: str | None = None
@@ -321,6 +343,17 @@ class Exchange:
             if isinstance(model, str):
                 return model
         return None
+
+    @property
+    def stream_body(self) -> bytes | None:
+        """The SSE bytes of a streamed answer as the client received them (decoded), when a
+        plugin asked the core to keep them; cut at the limit (``stream_truncated``)."""
+        kept = self.kept_stream
+        return b"".join(kept.chunks) if kept is not None else None
+
+    @property
+    def stream_truncated(self) -> bool:
+        return self.kept_stream is not None and self.kept_stream.truncated
 
     @property
     def stream_requested(self) -> bool:

@@ -65,16 +65,19 @@ def apply_message(exchange: Exchange, body: bytes) -> None:
 class StreamObserver:
     """Watches a raw SSE byte stream for the few events that carry usage and outcome."""
 
-    __slots__ = ("_exchange", "_inflate", "_parser")
+    __slots__ = ("_exchange", "_inflate", "_kept", "_parser")
 
     def __init__(self, exchange: Exchange, content_encoding: str | None = None) -> None:
         self._exchange = exchange
         self._parser = SSEParser()
         self._inflate = _decoder(content_encoding)
+        self._kept = exchange.kept_stream
 
     def feed(self, chunk: bytes) -> None:
         if self._inflate is not None:
             chunk = self._inflate.decompress(chunk)
+        if self._kept is not None:
+            self._kept.add(chunk)
         for event in self._parser.feed(chunk, _SKIP_PREFIXES):
             self.observe(event)
 

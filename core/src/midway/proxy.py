@@ -24,6 +24,7 @@ from midway.errors import MidwayError, error_event, error_response
 from midway.exchange import (
     Attempt,
     Exchange,
+    KeptStream,
     PreparedRequest,
     Request,
     Response,
@@ -473,6 +474,8 @@ class Proxy:
                             headers: CIMultiDict[str], source: AsyncIterator[bytes],
                             encoding: str | None, sse: bool = True) -> web.StreamResponse:
         exchange.streaming = sse
+        if sse and self.midway.stream_bytes_kept:
+            exchange.kept_stream = KeptStream(self.midway.stream_bytes_kept)
         response = web.StreamResponse(status=status, headers=headers)
         await response.prepare(request)
         timings = exchange.timings
@@ -521,6 +524,7 @@ class Proxy:
         timings = exchange.timings
         plugins = self.plugins
         callers = [(impl, _chunk_caller(impl, exchange)) for impl in plugins.impls("on_chunk")]
+        kept = exchange.kept_stream
         async for chunk in source:
             out = []
             for event in parser.feed(chunk):
@@ -540,10 +544,15 @@ class Proxy:
                         observer.observe(event)
                     out.append(raw)
             if out:
-                await response.write(b"".join(out))
+                joined = b"".join(out)
+                if kept is not None:
+                    kept.add(joined)
+                await response.write(joined)
                 if timings.ttfb_ms is None:
                     timings.ttfb_ms = (time.monotonic() - timings.started) * 1000
         if parser.pending:  # a final event without its blank line: relay it as it came
+            if kept is not None:
+                kept.add(parser.pending)
             await response.write(parser.pending)
 
     async def _answer_plugin(self, request: web.Request, exchange: Exchange,
