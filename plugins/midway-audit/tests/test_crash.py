@@ -1,5 +1,6 @@
-"""kill -9 under load: every acknowledged record survives, the chain stays intact, and after
-a restart every request the upstream served has exactly one record.
+"""kill -9 under load: every acknowledged record survives, the chain stays intact, and every
+request the upstream served ends up with exactly one record — written by the surviving writer
+process when only the relay is killed, by the restart when both are.
 
 "Acknowledged" (docs/audit.md): ``GET /_midway/audit/status`` reported a ``committed_seq``
 at or above the record's seq, i.e. the transaction holding it had committed. The rest is the
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import orjson
@@ -45,10 +47,11 @@ def healthy(url: str) -> bool:
 
 
 def serve(data_dir: Path, upstream: str, log: Path, workers: int = 1,
-          extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen[bytes], str]:
+          extra: tuple[str, ...] = (), env: dict[str, str] | None = None
+          ) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     env = {**os.environ, "MIDWAY_PLUGINS": "audit", "MIDWAY_ACCESS_LOG": "false",
-           "MIDWAY_AUDIT__BATCH_SIZE": "32"}
+           "MIDWAY_AUDIT__BATCH_SIZE": "32", **(env or {})}
     proc = subprocess.Popen([*MIDWAY, "serve", "--port", str(port), "--upstream", upstream,
                              "--data-dir", str(data_dir), "--workers", str(workers), *extra],
                             env=env,
@@ -73,7 +76,45 @@ def served_ids(upstream_url: str) -> list[str]:
                 for r in orjson.loads(resp.read()) if r["path"] == "/v1/messages"]
 
 
-def test_kill_9_then_restart_records_every_served_request_once(tmp_path):
+def _process_gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return True
+    return state in ("Z", "X")  # exited (a zombie until whoever adopted it reaps it)
+
+
+def _records(data_dir: Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    verified = orjson.loads(audit_cli("verify", "--json", data_dir=data_dir).stdout)
+    assert verified["ok"], verified
+    assert verified["checked"] == verified["head_seq"]
+    stored = orjson.loads(audit_cli("query", "--json", "--limit", "100000",
+                                    data_dir=data_dir).stdout)
+    by_id = {r["id"]: r for r in stored}
+    assert len(by_id) == len(stored) == verified["head_seq"]  # one record each
+    return verified, by_id
+
+
+def _check_interrupted(by_id: dict[str, dict[str, Any]], data_dir: Path) -> set[str]:
+    recovered = {i for i, r in by_id.items() if r.get("interrupted")}
+    for request_id in recovered:
+        record = by_id[request_id]
+        assert record["status"] is None and record["error"] == INTERRUPTED, record
+        assert record["principal"] and record["path"] == "/v1/messages"
+        assert record["model"] == "claude-sonnet-4-6"
+    # no intent is left, and the interrupted records read like any other
+    with sqlite3.connect(data_dir / "audit.db") as con:
+        assert con.execute("SELECT COUNT(*) FROM audit_intents").fetchone() == (0,)
+    if recovered:
+        shown = orjson.loads(audit_cli("show", "--json", next(iter(recovered)),
+                                       data_dir=data_dir).stdout)
+        assert shown["interrupted"] is True and shown["request_body"] is None
+    return recovered
+
+
+def test_kill_9_of_the_relay_its_writer_records_every_served_request(tmp_path):
+    """The writer process outlives the relay: it commits what it was handed and records the
+    requests in flight as interrupted — no restart needed."""
     upstream_port = free_port()
     upstream = subprocess.Popen([*MIDWAY, "mock-upstream", "--port", str(upstream_port)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -81,63 +122,78 @@ def test_kill_9_then_restart_records_every_served_request_once(tmp_path):
     try:
         upstream_url = f"http://127.0.0.1:{upstream_port}"
         wait_for(lambda: healthy_upstream(upstream_url), timeout=30)
-        log = tmp_path / "midway.log"
-        server, url = serve(tmp_path, upstream_url, log, extra=("--plugin", ID_PLUGIN))
-        acked, answered = asyncio.run(load_then_kill(url, server))
+        server, url = serve(tmp_path, upstream_url, tmp_path / "midway.log",
+                            extra=("--plugin", ID_PLUGIN))
+        acked, answered, writer_pid = asyncio.run(load_then_kill(url, server, writer=False))
         assert acked >= 200
         server.wait(10)
         assert server.returncode == -signal.SIGKILL
+        wait_for(lambda: _process_gone(writer_pid), timeout=60)
 
-        result = audit_cli("verify", "--json", data_dir=tmp_path)
-        verified = orjson.loads(result.stdout)
-        # the chain is intact (a batch is one transaction: never half there) and it holds
-        # every acknowledged record: seqs are contiguous from 1, so head >= acked says it all
-        assert verified["ok"], verified
+        verified, by_id = _records(tmp_path)
+        assert verified["head_seq"] >= acked  # every acknowledged record, and more
+        served = served_ids(upstream_url)
+        assert len(served) == len(set(served))
+        # exact reconciliation: every request the upstream served has its record; a record
+        # the upstream never saw is an intent whose request was killed before it was sent
+        assert set(served) <= set(by_id)
+        recovered = _check_interrupted(by_id, tmp_path)
+        assert set(by_id) - set(served) <= recovered
+        # A request answered just before the kill, whose record the relay had not yet handed
+        # over, is recorded as interrupted: at most one per client.
+        assert answered <= set(by_id) and len(answered & recovered) <= 20
+    finally:
+        for proc in (server, upstream):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+
+
+def test_kill_9_of_relay_and_writer_then_restart_records_every_served_request_once(
+        tmp_path):
+    """Both processes killed at once (a container's kill): acknowledged records survive;
+    with durable write-ahead the restart records every request the upstream served."""
+    upstream_port = free_port()
+    upstream = subprocess.Popen([*MIDWAY, "mock-upstream", "--port", str(upstream_port)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = None
+    durable = {"MIDWAY_AUDIT__WRITE_AHEAD": "durable"}
+    try:
+        upstream_url = f"http://127.0.0.1:{upstream_port}"
+        wait_for(lambda: healthy_upstream(upstream_url), timeout=30)
+        log = tmp_path / "midway.log"
+        server, url = serve(tmp_path, upstream_url, log, extra=("--plugin", ID_PLUGIN),
+                            env=durable)
+        acked, answered, writer_pid = asyncio.run(load_then_kill(url, server, writer=True))
+        assert acked >= 200
+        server.wait(10)
+        assert server.returncode == -signal.SIGKILL
+        wait_for(lambda: _process_gone(writer_pid), timeout=10)
+
+        verified, by_id = _records(tmp_path)
+        ids = set(by_id)
         assert verified["head_seq"] >= acked
-        assert verified["checked"] == verified["head_seq"]
-        stored = orjson.loads(audit_cli("query", "--json", "--limit", "100000",
-                                        data_dir=tmp_path).stdout)
-        ids = {r["id"] for r in stored}
-        assert len(ids) == len(stored) == verified["head_seq"]
-        # only requests that were answered, none twice. A client may miss the end of an
-        # answer the server had finished (and recorded) when the kill reset its connection:
-        # at most one per client.
+        # only requests that were answered. A client may miss the end of an answer the
+        # server had finished (and recorded) when the kill reset its connection: at most
+        # one per client.
         assert len(ids - answered) <= 20
-
         served = served_ids(upstream_url)
         assert len(served) == len(set(served)) > len(ids)  # some were in flight or queued
 
         # restart on the same store: the intents left behind become records, appended to
         # the chain, which goes on from the committed head
-        server, url = serve(tmp_path, upstream_url, log, extra=("--plugin", ID_PLUGIN))
+        server, url = serve(tmp_path, upstream_url, log, extra=("--plugin", ID_PLUGIN),
+                            env=durable)
         after = asyncio.run(send(url, 10))
         server.send_signal(signal.SIGTERM)  # graceful: the queue is flushed
         assert server.wait(30) == 0
-        verified_again = orjson.loads(audit_cli("verify", "--json", data_dir=tmp_path).stdout)
-        assert verified_again["ok"], verified_again
-        everything = orjson.loads(audit_cli("query", "--json", "--limit", "100000",
-                                            data_dir=tmp_path).stdout)
-        by_id = {r["id"]: r for r in everything}
-        assert len(by_id) == len(everything) == verified_again["head_seq"]  # one record each
-        recovered = {r["id"] for r in everything if r.get("interrupted")}
+        verified_again, by_id = _records(tmp_path)
+        recovered = _check_interrupted(by_id, tmp_path)
         assert recovered and not recovered & ids
         assert verified_again["head_seq"] == verified["head_seq"] + len(recovered) + 10
-        # exact reconciliation: every request the upstream served has its record; a record
-        # the upstream never saw is an intent whose request was killed before it was sent
         assert set(served_ids(upstream_url)) <= set(by_id)
         assert set(by_id) - set(served_ids(upstream_url)) <= recovered
         assert answered <= set(by_id)
-        for request_id in recovered:
-            record = by_id[request_id]
-            assert record["status"] is None and record["error"] == INTERRUPTED, record
-            assert record["principal"] and record["path"] == "/v1/messages"
-            assert record["model"] == "claude-sonnet-4-6"
-        # no intent is left, and the recovered records read like any other
-        with sqlite3.connect(tmp_path / "audit.db") as con:
-            assert con.execute("SELECT COUNT(*) FROM audit_intents").fetchone() == (0,)
-        shown = orjson.loads(audit_cli("show", "--json", next(iter(recovered)),
-                                       data_dir=tmp_path).stdout)
-        assert shown["interrupted"] is True and shown["request_body"] is None
         assert after <= set(by_id) and not after & recovered
     finally:
         for proc in (server, upstream):
@@ -166,9 +222,11 @@ async def send(url: str, n: int) -> set[str]:
     return ids
 
 
-async def load_then_kill(url: str, server: subprocess.Popen[bytes]) -> tuple[int, set[str]]:
-    """Keep 20 clients busy; once 200+ records are acknowledged, kill -9 right after a
-    status poll. Returns the last acknowledged seq and the ids of every answered request."""
+async def load_then_kill(url: str, server: subprocess.Popen[bytes], writer: bool
+                         ) -> tuple[int, set[str], int]:
+    """Keep 20 clients busy; once 200+ records are acknowledged, kill -9 the relay (and,
+    with ``writer``, its writer process first) right after a status poll. Returns the last
+    acknowledged seq, the ids of every answered request and the writer's pid."""
     answered: set[str] = set()
     stop = asyncio.Event()
     async with aiohttp.ClientSession() as session:
@@ -190,18 +248,21 @@ async def load_then_kill(url: str, server: subprocess.Popen[bytes]) -> tuple[int
                     await asyncio.sleep(0.01)
 
         clients = [asyncio.create_task(client(n)) for n in range(20)]
-        acked = 0
+        acked = writer_pid = 0
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             async with session.get(f"{url}/_midway/audit/status") as resp:
-                acked = (await resp.json())["committed_seq"]
+                status = await resp.json()
+            acked, writer_pid = status["committed_seq"], status["writer_pid"]
             if acked >= 200:
+                if writer:
+                    os.kill(writer_pid, signal.SIGKILL)
                 os.kill(server.pid, signal.SIGKILL)
                 break
             await asyncio.sleep(0.02)
         stop.set()
         await asyncio.gather(*clients, return_exceptions=True)
-    return acked, answered
+    return acked, answered, writer_pid
 
 
 def test_two_worker_processes_share_one_sqlite_chain(tmp_path):

@@ -32,11 +32,11 @@ def intents(running: Any) -> list[tuple[str, str]]:
         return con.execute("SELECT request_id, data FROM audit_intents").fetchall()
 
 
-def test_intent_is_durable_before_the_upstream_answers_and_goes_with_the_record(
+def test_durable_intent_is_committed_before_the_upstream_is_asked_and_goes_with_the_record(
         fake_upstream, audited):
     released = threading.Event()
     seen: list[list[tuple[str, str]]] = []
-    running = audited()
+    running = audited(write_ahead="durable")
 
     def reply(recorded: Any) -> Reply:
         # runs when the request reaches the upstream: its intent must be committed already
@@ -60,6 +60,32 @@ def test_intent_is_durable_before_the_upstream_answers_and_goes_with_the_record(
     wait_for(lambda: len(records(running)) == 1)
     assert intents(running) == []  # deleted in the record's transaction
     assert get(running, midway_id)["status"] == 200
+
+
+def test_intent_of_a_long_request_is_committed_while_it_runs(fake_upstream, audited):
+    """Default write-ahead: the intent is handed over at once and committed after
+    ``batch_linger`` unless the record came first; a request still running has it on disk."""
+    running = audited(batch_linger=0.01)
+    released = threading.Event()
+    committed: list[list[tuple[str, str]]] = []
+
+    def reply(recorded: Any) -> Reply:
+        # the upstream holds the request until its intent is on disk (or the test gives up)
+        wait_for(lambda: bool(intents(running)), timeout=10)
+        committed.append(intents(running))
+        released.set()
+        return Reply()
+
+    fake_upstream.reply(reply)
+    client = anthropic.Anthropic(base_url=running.url, api_key="sk-ant-wa", max_retries=0)
+    answer = client.messages.with_raw_response.create(
+        model="claude-sonnet-4-6", max_tokens=5, messages=MESSAGES)
+    assert released.is_set()
+    [(intent_id, data)] = committed[0]
+    assert intent_id == answer.headers["x-midway-request-id"]
+    assert "sk-ant-wa" not in data
+    wait_for(lambda: len(records(running)) == 1)
+    assert intents(running) == []
 
 
 def test_plugin_answers_write_no_intent_and_get_their_record(fake_upstream, audited):

@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import orjson
 from prometheus_client import CollectorRegistry
 
 from midway.testing import make_exchange
 from midway_audit.chain import Head
 from midway_audit.config import AuditConfig
 from midway_audit.metrics import AuditMetrics
-from midway_audit.record import Row, capture
+from midway_audit.record import Pending, Row, capture, received
 from midway_audit.redact import Redactor
 from midway_audit.writer import AuditWriter
 
@@ -44,10 +45,15 @@ def writer(store: Any, **config: Any) -> tuple[AuditWriter, CollectorRegistry]:
     return AuditWriter(store, cfg, Redactor(), AuditMetrics(registry)), registry
 
 
+def captured(exchange: Any) -> Pending:
+    """What the writer process makes of the relay's record frame for ``exchange``."""
+    _, meta, request, response = capture(exchange, True)
+    return received(orjson.loads(meta), request, response, 1 << 20)
+
+
 def pending(n: int) -> Any:
-    return capture(make_exchange(body={"model": "m", "messages": [{"role": "user",
-                                                                   "content": str(n)}]}),
-                   True, None)
+    return captured(make_exchange(body={"model": "m", "messages": [{"role": "user",
+                                                                    "content": str(n)}]}))
 
 
 def test_full_queue_makes_requests_wait_then_everything_is_written():
@@ -121,8 +127,8 @@ def test_queue_is_bounded_by_bytes_too():
         store = GatedStore()
         w, _ = writer(store, queue_size=1000, batch_size=1, queue_max_bytes=50_000)
         await w.start()
-        big = [capture(make_exchange(body={"model": "m", "messages": [
-            {"role": "user", "content": "x" * 10_000}]}), True, None) for _ in range(10)]
+        big = [captured(make_exchange(body={"model": "m", "messages": [
+            {"role": "user", "content": "x" * 10_000}]})) for _ in range(10)]
         submits = [asyncio.create_task(w.submit(p)) for p in big]
         await asyncio.sleep(0.05)
         done = sum(t.done() for t in submits)

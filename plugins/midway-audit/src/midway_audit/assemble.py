@@ -4,8 +4,8 @@ Text, thinking (with its signature), tool_use (with the ``input_json_delta`` fra
 and parsed) and any other block type, in block order. Memory is bounded: past ``limit``
 characters of deltas the rest is not kept and the message is marked ``truncated``.
 
-On the relay's path (``on_chunk``) an :class:`EventLog` only keeps each event's data text;
-parsing and reassembly happen in the writer's thread (:func:`reassemble`).
+The relay keeps a stream's bytes (``Midway.keep_stream_bodies``); the writer process splits
+them into events (:meth:`EventLog.from_sse`) and rebuilds the message (:func:`reassemble`).
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+
+from midway.sse import SSEParser
 
 _JSON_INPUT_BLOCKS = frozenset({"tool_use", "server_tool_use", "mcp_tool_use"})
 _TEXT_FIELDS = {"text_delta": ("text", "text"), "thinking_delta": ("thinking", "thinking"),
@@ -150,6 +152,16 @@ class EventLog:
     @property
     def size(self) -> int:
         return self._size
+
+    @classmethod
+    def from_sse(cls, raw: bytes, limit: int, truncated: bool = False) -> EventLog:
+        """The log of a stream's bytes as the relay kept them (``truncated``: cut there)."""
+        events = cls(limit)
+        for event in SSEParser().feed(raw):
+            if event.name != "ping":
+                events.add(event.name, event.data)
+        events.truncated = events.truncated or truncated
+        return events
 
 
 def reassemble(data: list[str], limit: int, truncated: bool) -> dict[str, Any]:

@@ -48,6 +48,8 @@ class AuditConfig:
     redact_headers: tuple[str, ...] = ()  # extra header names never stored
     queue_size: int = 10_000
     queue_max_bytes: int = 256 * MiB  # and at most this much body data waiting
+    handoff_bytes: int = 16 * MiB  # the shared ring between the relay and the writer process
+    writer_nice: int = 10  # the writer process's niceness, added to the relay's
     batch_size: int = 256
     batch_linger: float = 0.01  # seconds a batch waits for more records before committing
     on_full: str = "block"  # block (backpressure, nothing lost) | drop (counted)
@@ -55,8 +57,10 @@ class AuditConfig:
     max_age: float | None = None  # seconds; prune older records
     max_rows: int | None = None  # prune oldest beyond this many
     prune_interval: float = 300.0
-    # commit an intent per request before the upstream is contacted (see intents.py)
+    # an intent per request, handed to the writer when the upstream is contacted (intents.py)
     write_ahead: bool = True
+    # write_ahead = "durable": the relay also waits for the intent's commit before sending
+    write_ahead_durable: bool = False
 
     @property
     def is_postgres(self) -> bool:
@@ -92,6 +96,8 @@ class AuditConfig:
                 redact_headers=tuple(str(h).lower() for h in table.get("redact_headers", ())),
                 queue_size=int(table.get("queue_size", 10_000)),
                 queue_max_bytes=int(table.get("queue_max_bytes", 256 * MiB)),
+                handoff_bytes=int(table.get("handoff_bytes", 16 * MiB)),
+                writer_nice=int(table.get("writer_nice", 10)),
                 batch_size=int(table.get("batch_size", 256)),
                 batch_linger=float(table.get("batch_linger", 0.01)),
                 on_full=str(table.get("on_full", "block")),
@@ -100,7 +106,8 @@ class AuditConfig:
                 max_rows=int(table["max_rows"]) if table.get("max_rows") else None,
                 prune_interval=float(parse_duration(table.get("prune_interval", 300),
                                                     "prune_interval") or 300.0),
-                write_ahead=_flag(table.get("write_ahead", True), "write_ahead"),
+                write_ahead=_write_ahead(table.get("write_ahead", True)) != "off",
+                write_ahead_durable=_write_ahead(table.get("write_ahead", True)) == "durable",
             )
         except (TypeError, ValueError) as exc:
             if isinstance(exc, AuditConfigError):
@@ -114,6 +121,10 @@ class AuditConfig:
             raise AuditConfigError("[audit] on_full must be 'block' or 'drop'")
         if config.sqlite_synchronous not in ("full", "normal"):
             raise AuditConfigError("[audit] sqlite_synchronous must be 'full' or 'normal'")
+        if not 0 <= config.writer_nice <= 19:
+            raise AuditConfigError("[audit] writer_nice must be between 0 and 19")
+        if config.handoff_bytes < MiB:
+            raise AuditConfigError("[audit] handoff_bytes must be at least 1 MiB")
         if config.queue_size < 1 or config.batch_size < 1 or config.max_body_bytes < 0:
             raise AuditConfigError("[audit] queue_size and batch_size must be positive")
         return config
@@ -135,6 +146,17 @@ def _flag(value: Any, key: str) -> bool:
     if text in ("0", "false", "no", "off"):
         return False
     raise AuditConfigError(f"[audit] {key} must be true or false, got {value!r}")
+
+
+def _write_ahead(value: Any) -> str:
+    """``true`` / ``false`` / ``"durable"`` → "on", "off", "durable"."""
+    if isinstance(value, str) and value.strip().lower() == "durable":
+        return "durable"
+    try:
+        return "on" if _flag(value, "write_ahead") else "off"
+    except AuditConfigError:
+        raise AuditConfigError(f"[audit] write_ahead must be true, false or 'durable', got "
+                               f"{value!r}") from None
 
 
 def _jsonl_path(value: Any, data_dir: Path) -> Path | None:

@@ -1,15 +1,15 @@
-"""Write-ahead intents: a small row per request, committed before the upstream is contacted.
+"""Write-ahead intents: a small row per request, committed while the upstream is contacted.
 
-``kill -9`` loses the records still in the writer's queue. An intent (request id, time,
-principal, method, path, model, client address) is committed when the first upstream attempt
-starts and deleted in the transaction that writes the request's full record. At start-up,
-the intents of instances that died (their liveness lock is free) become records of their
-own, marked interrupted, appended to the chain: every request that reached an upstream has
-exactly one record, even across ``kill -9``.
+``kill -9`` loses the records still queued. The relay hands the writer process an intent
+(request id, time, principal, method, path, model, client address) when the first upstream
+attempt starts; the writer commits it (group commit: intents arriving together go in one
+transaction) and deletes it in the transaction that writes the request's full record.
 
-Intents arriving together are committed as one transaction (group commit): while one batch
-commits, the next one gathers, and each request waits for the commit of the batch holding
-its intent.
+Intents left open when the relay's stream ends (the relay was killed) become records of their
+own, marked interrupted, written by that writer before it exits; if the writer died too, the
+next instance to start writes them (the dead writer's liveness lock is free): every request
+that reached an upstream has exactly one record. With ``write_ahead = "durable"`` the relay
+also waits for the intent's commit before it sends the request upstream.
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ import asyncio
 import logging
 import re
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 
 from midway import Exchange
-from midway_audit.metrics import AuditMetrics
 from midway_audit.record import Pending, Row, prepare, redacted_json
 from midway_audit.redact import Redactor
 from midway_audit.store import Store
@@ -83,61 +83,89 @@ def interrupted_rows(intents: list[str], redactor: Redactor) -> list[Row]:
 
 
 class IntentLog:
-    """Group commit of intents into the store."""
+    """Group commit of intents into the store, in the order they arrived."""
 
     def __init__(self, store: Store, redactor: Redactor, instance: int,
-                 metrics: AuditMetrics | None = None) -> None:
+                 metrics: Any = None, on_commit: Callable[[], None] | None = None,
+                 linger: float = 0.0) -> None:
         self.store = store
         self.metrics = metrics
         self.redactor = redactor
         self.instance = instance
+        self.on_commit = on_commit
+        # Most requests end within milliseconds: an intent whose record comes while it
+        # lingers is never written. (The relay's death is covered meanwhile: the intent is
+        # in this process; only a kill of both loses what lingers.)
+        self.linger = linger
         self.written = 0
         self.failed = 0
-        self._gathering: list[tuple[str, float, str]] = []
-        self._committed: asyncio.Future[BaseException | None] | None = None
+        self.done = 0  # intents handled (committed, failed, or no longer needed), in order
+        self.open: dict[str, dict[str, Any]] = {}  # request id -> intent, until its record
+        self._gathering: list[tuple[str, float, dict[str, Any]]] = []
+        self._settled: set[str] = set()  # gathered intents whose record already came
         self._task: asyncio.Task[None] | None = None
+        self._committing: asyncio.Future[None] | None = None
 
-    async def add(self, exchange: Exchange) -> None:
-        """Commit the intent of ``exchange``; returns once it is durable. A failing store is
-        logged and counted, never fails the request: its record is still written after."""
-        meta = intent_meta(exchange)
-        self._gathering.append((exchange.id, float(meta["ts"]),
-                                redacted_json(meta, self.redactor)))
-        if self._committed is None:
-            self._committed = asyncio.get_running_loop().create_future()
-        committed = self._committed
+    def add(self, meta: dict[str, Any]) -> None:
+        """Take the intent of a request about to reach the upstream; commit it soon."""
+        request_id = str(meta["id"])
+        self.open[request_id] = meta
+        self._gathering.append((request_id, float(meta["ts"]), meta))
         if self._task is None:
             self._task = asyncio.create_task(self._commit_loop(), name="midway-audit-intents")
-        # shielded: a client leaving mid-wait must not cancel the batch's commit
-        problem = await asyncio.shield(committed)
-        if problem is not None:
-            log.warning("audit: could not write ahead the intent of %s (%s: %s)", exchange.id,
-                        type(problem).__name__, problem)
+
+    def settle(self, request_id: str) -> None:
+        """The request's record came: its intent is no longer open (nor written, if it was
+        still waiting for its batch)."""
+        if self.open.pop(request_id, None) is not None and self._gathering:
+            self._settled.add(request_id)
 
     async def _commit_loop(self) -> None:
         try:
             while self._gathering:
-                batch, committed = self._gathering, self._committed
-                self._gathering, self._committed = [], None
-                assert committed is not None
+                if self.linger:
+                    await asyncio.sleep(self.linger)
+                batch, settled = self._gathering, self._settled
+                self._gathering, self._settled = [], set()
+                todo = [(rid, ts, redacted_json(meta, self.redactor))
+                        for rid, ts, meta in batch if rid not in settled]
                 try:
-                    await self.store.intend(self.instance, batch)
-                except BaseException as exc:  # the waiters learn of it, whatever it is
-                    self.failed += len(batch)
+                    if todo:
+                        self._committing = asyncio.ensure_future(
+                            self.store.intend(self.instance, todo))
+                        await self._committing
+                except Exception as exc:  # the record is still written after: log, count
+                    self.failed += len(todo)
                     if self.metrics is not None:
-                        self.metrics.intents.labels("error").inc(len(batch))
-                    committed.set_result(exc)
-                    if not isinstance(exc, Exception):
-                        raise
+                        self.metrics.intents.labels("error").inc(len(todo))
+                    log.warning("audit: could not write ahead %d intents (%s: %s)", len(todo),
+                                type(exc).__name__, exc)
                 else:
-                    self.written += len(batch)
-                    if self.metrics is not None:
-                        self.metrics.intents.labels("ok").inc(len(batch))
-                    committed.set_result(None)
+                    self.written += len(todo)
+                    if self.metrics is not None and todo:
+                        self.metrics.intents.labels("ok").inc(len(todo))
+                self._committing = None
+                self.done += len(batch)
+                if self.on_commit is not None:
+                    self.on_commit()
         finally:
             self._task = None
 
     async def drain(self) -> None:
-        """Wait for the batch being committed (before the store closes)."""
+        """Wait until every intent taken so far is committed."""
         while self._task is not None:
             await asyncio.shield(self._task)
+
+    async def quiet(self) -> None:
+        """Wait for the commit in progress, if any: a record's transaction, which deletes its
+        intent, must not run beside the transaction inserting it (PostgreSQL pools)."""
+        committing = self._committing
+        if committing is not None:
+            await asyncio.wait([committing])
+
+    def interrupted(self) -> list[Row]:
+        """Records for the intents still open: their requests never finished."""
+        rows = interrupted_rows([redacted_json(meta, self.redactor)
+                                 for meta in self.open.values()], self.redactor)
+        self.open.clear()
+        return rows

@@ -1,5 +1,6 @@
-"""One audit record: captured from the exchange (cheap, on the event loop), then prepared for
-the store (redaction, truncation, serialisation: in the writer, off the relay's path)."""
+"""One audit record: captured from the exchange on the relay (metadata as JSON, the bodies as
+the bytes it already holds), then, in the writer process, prepared for the store (parsing,
+reassembly, redaction, truncation, serialisation)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import orjson
 from midway import Exchange
 from midway_audit.assemble import EventLog, reassemble
 from midway_audit.chain import content_digest
+from midway_audit.frames import RECORD, frame
 from midway_audit.parts import expand, full_text, template
 from midway_audit.redact import Redactor
 
@@ -72,13 +74,14 @@ class Row:
         return record
 
 
-def capture(exchange: Exchange, bodies: bool, events: EventLog | None) -> Pending:
-    """Snapshot everything the record needs from a finished exchange."""
+def capture(exchange: Exchange, bodies: bool) -> list[bytes]:
+    """A finished exchange as a record frame for the writer process (frames.RECORD)."""
     principal = exchange.principal
     upstream = exchange.upstream
     timings = exchange.timings
     usage = exchange.usage
     annotations = exchange.annotations
+    request = exchange.request
     meta: dict[str, Any] = {
         "id": exchange.id,
         "upstream_request_id": exchange.upstream_request_id,
@@ -88,10 +91,10 @@ def capture(exchange: Exchange, bodies: bool, events: EventLog | None) -> Pendin
         "team": principal.team,
         "principal_kind": principal.kind,
         "client_address": exchange.client_address,
-        "method": exchange.request.method,
-        "path": exchange.request.path_qs,
-        # parsing a large body costs the event loop: left to the writer unless already done
-        "model": exchange.model if exchange.request.parsed else None,
+        "method": request.method,
+        "path": request.path_qs,
+        # parsing a large body costs the relay: left to the writer unless already done
+        "model": exchange.model if request.parsed else None,
         "response_model": exchange.response_model,
         "upstream": upstream.name if upstream is not None else None,
         "upstream_key": upstream.key_id if upstream is not None else None,
@@ -112,15 +115,37 @@ def capture(exchange: Exchange, bodies: bool, events: EventLog | None) -> Pendin
         "cost_usd": _str_or_none(annotations.get("cost_usd")),
         "cache": _str_or_none(annotations.get("cache")),
         "route": _str_or_none(annotations.get("route")),
-        "annotations": dict(annotations),
+        "annotations": annotations,
     }
-    request = exchange.request
-    headers = list(request.headers.items())
-    parsed = request.json if request.parsed else UNPARSED
-    if not bodies:
-        return Pending(meta, headers, request.body, parsed, None, None)
-    return Pending(meta, headers, request.body, parsed,
-                   exchange.response_body if events is None else None, events)
+    response: bytes | None = None
+    kind = "none"
+    if bodies:
+        if exchange.kept_stream is not None:
+            response, kind = exchange.stream_body, "stream"
+        elif exchange.response_body is not None:
+            response, kind = exchange.response_body, "json"
+    message = {"meta": meta, "headers": list(request.headers.items()), "response": kind,
+               "stream_truncated": exchange.stream_truncated}
+    try:
+        data = orjson.dumps(message, default=str)
+    except Exception as exc:
+        # One odd record must still be recorded: plainly, and saying so.
+        data = orjson.dumps(plain(message, type(exc).__name__), default=str)
+    return frame(RECORD, data, request.body, response or b"")
+
+
+def received(message: dict[str, Any], request_body: bytes, response: bytes,
+             max_body: int) -> Pending:
+    """A record frame, read by the writer process, as a :class:`Pending`."""
+    kind = message.get("response")
+    events = None
+    response_body: bytes | None = None
+    if kind == "stream":
+        events = EventLog.from_sse(response, max_body, bool(message.get("stream_truncated")))
+    elif kind == "json":
+        response_body = response
+    headers = [(str(k), str(v)) for k, v in message.get("headers") or ()]
+    return Pending(message["meta"], headers, request_body, UNPARSED, response_body, events)
 
 
 def prepare(pending: Pending, redactor: Redactor, max_body: int, bodies: bool) -> Row:
@@ -160,15 +185,21 @@ def prepare(pending: Pending, redactor: Redactor, max_body: int, bodies: bool) -
                content=content_digest(data, request_body, response_body))
 
 
-def plain(pending: Pending, problem: str) -> Pending:
-    """A copy of ``pending`` that always serialises: annotations left out, every string made
-    valid UTF-8, the request body taken as text."""
-    meta = _valid_utf8({k: v for k, v in pending.meta.items() if k != "annotations"})
+def plain(message: dict[str, Any], problem: str) -> dict[str, Any]:
+    """A copy of a record frame's ``message`` that always serialises: annotations left out,
+    every string made valid UTF-8."""
+    meta = _valid_utf8({k: v for k, v in message["meta"].items() if k != "annotations"})
     meta["annotations"] = {}
     meta["audit_problem"] = f"prepared without annotations: {problem}"
-    headers = [(_valid_utf8(k), _valid_utf8(v)) for k, v in pending.headers]
-    return Pending(meta, headers, pending.request_body, None, pending.response_body,
-                   pending.response_events)
+    headers = [[_valid_utf8(k), _valid_utf8(v)] for k, v in message.get("headers") or ()]
+    return {**message, "meta": meta, "headers": headers}
+
+
+def plain_pending(pending: Pending, problem: str) -> Pending:
+    """The same for a record whose preparation failed in the writer."""
+    message = plain({"meta": pending.meta, "headers": pending.headers}, problem)
+    return Pending(message["meta"], [tuple(h) for h in message["headers"]],
+                   pending.request_body, None, pending.response_body, pending.response_events)
 
 
 def _valid_utf8(value: Any) -> Any:

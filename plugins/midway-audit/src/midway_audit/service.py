@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from midway_audit.chain import verify
+from midway_audit.channel import WriterChannel
 from midway_audit.store import Filter, Store
-from midway_audit.writer import AuditWriter
 
 
 class AuditService:
-    def __init__(self, store: Store, writer: AuditWriter | None = None) -> None:
+    def __init__(self, store: Store, writer: WriterChannel | None = None) -> None:
         self.store = store
         self.writer = writer
 

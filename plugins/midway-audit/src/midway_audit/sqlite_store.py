@@ -88,8 +88,11 @@ def _q(n: int) -> str:
 
 
 class SQLiteStore:
-    def __init__(self, path: Path, synchronous: str = "full") -> None:
+    def __init__(self, path: Path, synchronous: str = "full", inline: bool = False) -> None:
         self.path = path
+        # inline: calls run on the caller's thread (the writer process has no loop to keep
+        # responsive); otherwise on a thread of their own.
+        self.inline = inline
         self.synchronous = synchronous
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="midway-audit")
         self._db: sqlite3.Connection | None = None
@@ -98,6 +101,8 @@ class SQLiteStore:
         self._lock: IO[bytes] | None = None
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        if self.inline:
+            return fn(*args)
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     @property

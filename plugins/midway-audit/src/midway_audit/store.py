@@ -236,9 +236,10 @@ class Store(Protocol):
         ...
 
 
-def open_store(config: AuditConfig, data_dir: Path) -> Store:
+def open_store(config: AuditConfig, data_dir: Path, inline: bool = False) -> Store:
+    """The configured store; ``inline``: SQLite calls block the caller (the writer process)."""
     if config.is_postgres:
         from midway_audit.pg_store import PostgresStore
         return PostgresStore(config.store, config.schema)
     from midway_audit.sqlite_store import SQLiteStore
-    return SQLiteStore(config.sqlite_path(data_dir), config.sqlite_synchronous)
+    return SQLiteStore(config.sqlite_path(data_dir), config.sqlite_synchronous, inline)

@@ -1,10 +1,10 @@
-"""The bounded queue between ``post_response`` and the store, and the batch writer behind it.
+"""The bounded queue in the writer process, and the batch writer behind it.
 
-The relay never waits for a disk: ``post_response`` runs after the last byte went to the
-client and only puts a captured record on the queue. When the queue is full it waits
-(``on_full = "block"``, nothing lost) or drops and counts (``on_full = "drop"``). The writer
-takes everything queued (up to ``batch_size``), prepares it in a thread and commits it as
-one transaction; a failing store is retried with backoff, so records queue up rather than
+Records read from the relay are queued; when the queue is full (``queue_size`` records or
+``queue_max_bytes``), the writer stops reading until there is room, and the relay's side of
+the socket fills up (see channel.py: backpressure or counted drops). The writer takes
+everything queued (up to ``batch_size``), prepares it in a thread and commits it as one
+transaction; a failing store is retried with backoff, so records queue up rather than
 vanish. ``stop`` drains the queue.
 """
 
@@ -13,13 +13,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from midway_audit.chain import Head
 from midway_audit.config import AuditConfig
+from midway_audit.intents import IntentLog
 from midway_audit.jsonl_sink import JsonlSink
-from midway_audit.metrics import AuditMetrics
-from midway_audit.record import Pending, Row, plain, prepare
+from midway_audit.record import Pending, Row, plain_pending, prepare
 from midway_audit.redact import Redactor
 from midway_audit.store import Store
 
@@ -28,8 +29,13 @@ log = logging.getLogger("midway.audit")
 
 class AuditWriter:
     def __init__(self, store: Store, config: AuditConfig, redactor: Redactor,
-                 metrics: AuditMetrics | None = None, sink: JsonlSink | None = None) -> None:
+                 metrics: Any = None, sink: JsonlSink | None = None,
+                 intents: IntentLog | None = None,
+                 on_commit: Callable[[], None] | None = None, inline: bool = False) -> None:
         self.store = store
+        self.intents = intents
+        self.on_commit = on_commit
+        self.inline = inline
         self.config = config
         self.redactor = redactor
         self.metrics = metrics
@@ -102,7 +108,9 @@ class AuditWriter:
     async def _run(self) -> None:
         queue = self.queue
         limit = self.config.batch_size
-        linger = self.config.batch_linger
+        # In the writer process records come in bursts (one per wake-up of the relay's):
+        # a burst is a batch, no need to wait for more.
+        linger = 0.0 if self.inline else self.config.batch_linger
         done = False
         while not done:
             item = await queue.get()
@@ -130,11 +138,15 @@ class AuditWriter:
 
     async def _write(self, batch: list[Pending]) -> None:
         started = time.monotonic()
-        rows = await asyncio.to_thread(self._prepare, batch)
+        # In the writer process nothing else waits on this loop: no thread to hand over to.
+        rows = self._prepare(batch) if self.inline else \
+            await asyncio.to_thread(self._prepare, batch)
         delay = 0.05
         retrying = False
         while True:
             try:
+                if self.intents is not None:
+                    await self.intents.quiet()
                 head = await self.store.append(rows, retrying)
                 break
             except Exception as exc:
@@ -152,6 +164,8 @@ class AuditWriter:
                 delay = min(delay * 2, 5.0)
         self.committed = head
         self.written += len(rows)
+        if self.on_commit is not None:
+            self.on_commit()
         if self.metrics is not None:
             self.metrics.written.inc(len(rows))
             self.metrics.batch_seconds.observe(time.monotonic() - started)
@@ -172,7 +186,7 @@ class AuditWriter:
                 # UTF-8) must not cost the batch: record it plainly, and say so.
                 log.warning("audit: record %s prepared without annotations (%s)",
                             pending.meta.get("id"), type(exc).__name__)
-                rows.append(prepare(plain(pending, type(exc).__name__), self.redactor,
+                rows.append(prepare(plain_pending(pending, type(exc).__name__), self.redactor,
                                     cfg.max_body_bytes, cfg.bodies))
         return rows
 

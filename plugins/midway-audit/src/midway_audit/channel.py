@@ -1,0 +1,278 @@
+"""The relay's side of the audit: the writer process, and what the relay hands it.
+
+Per request the relay copies two frames into the shared ring (ring.py): the intent
+(write-ahead) and the record — its metadata as JSON, the bodies as the bytes the relay already
+holds. Once per ``batch_linger`` (not per request: it costs a system call that wakes another
+process) it tells the writer how far the ring is filled with one small write on the socket,
+and it reads the writer's status lines. Everything else (parsing, reassembly, redaction,
+hashing, commits) happens in the writer process (writer_process.py), on another core.
+
+Backpressure: when the ring is three quarters full (the writer is behind and its own queue is
+full), new requests wait in ``pre_request`` until the writer catches up
+(``on_full = "block"``; frames that find no room wait in order in the relay's memory), or
+records are dropped and counted (``"drop"``). If the writer process dies, the relay starts a
+new one; records the dead one had not committed are lost, but their intents were (most
+likely) committed and the new writer turns them into interrupted records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from midway_audit.config import AuditConfig
+from midway_audit.frames import BY_SOCKET, CONFIG, INTENT, WAKE, frame
+from midway_audit.ring import RingWriter, create
+
+log = logging.getLogger("midway.audit")
+
+_METRICS = frozenset({"queue_depth", "written", "dropped", "write_errors", "intents",
+                      "recovered", "batch_seconds"})
+
+
+class WriterGone(RuntimeError):
+    """The writer process could not start, or stopped."""
+
+
+class WriterChannel:
+    def __init__(self, config: AuditConfig, table: dict[str, Any], data_dir: Path,
+                 metrics: Any = None) -> None:
+        self.config = config
+        self.table = table
+        self.data_dir = data_dir
+        self.metrics = metrics
+        self.dropped = 0  # records the relay dropped (on_full = "drop")
+        self.restarts = 0
+        self.wake_delay = max(config.batch_linger, 0.001)
+        self.waited = 0  # requests that waited for the writer to catch up (backpressure)
+        self.intents_sent = 0
+        self.state: dict[str, Any] = {}  # the writer's last status line
+        self.proc: asyncio.subprocess.Process | None = None
+        self._transport: asyncio.WriteTransport | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._ring: RingWriter | None = None
+        # frames that found no room in the ring, in order (only while the writer is behind)
+        self._waiting: collections.deque[tuple[list[bytes], int]] = collections.deque()
+        self._woken_at = 0  # the ring's head the writer was last told of
+        self._progress = asyncio.Event()  # set on every status line
+        self._scheduled = False
+        self._closing = False
+        self._reader_task: asyncio.Task[None] | None = None
+        self._room: asyncio.Future[None] | None = None
+        self._durable: collections.deque[tuple[int, asyncio.Future[None]]] = \
+            collections.deque()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- life cycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the writer process and wait until its store is open (or fail with why)."""
+        self._loop = asyncio.get_running_loop()
+        ours, theirs = socket.socketpair()
+        ring_fd = create(self.config.handoff_bytes)
+        try:
+            self._ring = RingWriter(ring_fd)
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "midway_audit.writer_process", str(theirs.fileno()),
+                str(ring_fd), str(self.config.writer_nice), stdin=asyncio.subprocess.DEVNULL,
+                pass_fds=(theirs.fileno(), ring_fd))
+        finally:
+            theirs.close()
+            os.close(ring_fd)  # both processes have it mapped
+        self._woken_at = 0
+        reader, writer = await asyncio.open_unix_connection(sock=ours, limit=1 << 20)
+        self._transport, self._writer = writer.transport, writer
+        table = {"config": self.table, "data_dir": str(self.data_dir),
+                 "log_level": logging.getLogger("midway").getEffectiveLevel()}
+        writer.writelines(frame(CONFIG, orjson.dumps(table, default=str)))
+        first = await reader.readline()
+        status = orjson.loads(first) if first else {"error": "the writer process exited"}
+        if not status.get("ready"):
+            writer.close()
+            self._transport = self._writer = None
+            await self._reap()
+            raise WriterGone(f"audit writer could not start: {status.get('error')}")
+        self._status(status)
+        self._reader_task = asyncio.create_task(self._read(reader, writer),
+                                                name="midway-audit-status")
+        self._wake()  # frames that waited while a new writer started
+
+    async def close(self) -> None:
+        """Hand over everything, let the writer commit it, wait for it to exit."""
+        self._closing = True
+        if self._transport is None:
+            return
+        while self._waiting and self._transport is not None:  # the writer makes room
+            self._wake()
+            self._progress.clear()
+            await self._progress.wait()
+        self._wake()
+        if self._transport is not None:
+            self._transport.write_eof()
+        if self._reader_task is not None:
+            await self._reader_task
+        await self._reap()
+        self._transport = None
+        if self._ring is not None:
+            self._ring.close()
+            self._ring = None
+
+    async def _reap(self) -> None:
+        proc = self.proc
+        if proc is None:
+            return
+        # The writer ends once its queue is written (bounded by flush_timeout for a store
+        # that keeps failing); past that, it is stopped.
+        try:
+            await asyncio.wait_for(proc.wait(), self.config.flush_timeout + 30)
+        except TimeoutError:
+            log.error("audit: the writer process did not exit; killing it")
+            proc.kill()
+            await proc.wait()
+
+    async def _read(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            raw = await reader.readline()
+            if not raw:
+                break
+            self._status(orjson.loads(raw))
+        writer.close()
+        self._transport = self._writer = None
+        self._progress.set()
+        self._release_all()
+        self.intents_sent = 0  # the next writer counts its intents from zero
+        if self._closing:
+            return
+        # The writer died under us: say so, and start another (its recovery picks up what
+        # the dead one committed as intents).
+        await self._reap()
+        self.restarts += 1
+        log.error("audit: the writer process stopped (exit %s); starting a new one",
+                  self.proc.returncode if self.proc else None)
+        while not self._closing:
+            try:
+                await self.start()
+                return
+            except Exception:
+                log.exception("audit: could not restart the writer process")
+                await asyncio.sleep(1.0)
+
+    def _status(self, status: dict[str, Any]) -> None:
+        metrics = self.metrics
+        for name, label, op, value in status.pop("metrics", ()):
+            if metrics is None or name not in _METRICS:
+                continue
+            metric = getattr(metrics, name)
+            if label is not None:
+                metric = metric.labels(label)
+            getattr(metric, op)(value)
+        self.state.update(status)
+        self._progress.set()
+        if self._waiting:
+            self._wake()
+        done = int(status.get("intents_done", 0))
+        while self._durable and self._durable[0][0] <= done:
+            _, waiter = self._durable.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _release_all(self) -> None:
+        """Nobody will answer these: let the requests go on."""
+        while self._durable:
+            _, waiter = self._durable.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+
+    # -- the relay's path ----------------------------------------------------------------------
+
+    def send(self, pieces: list[bytes]) -> None:
+        """Hand over a frame; the writer is woken at the end of this turn of the loop."""
+        size = sum(map(len, pieces))
+        if self._waiting or not self._put(pieces, size):
+            self._waiting.append((pieces, size))
+        if not self._scheduled:
+            self._scheduled = True
+            assert self._loop is not None
+            # Waking the writer costs the relay a system call that schedules another
+            # process: one wake-up per batch_linger carries every frame of that interval
+            # (the writer would wait that long for its batch to fill anyway).
+            self._loop.call_later(self.wake_delay, self._wake)
+
+    def _put(self, pieces: list[bytes], size: int) -> bool:
+        ring, transport = self._ring, self._transport
+        if ring is None or transport is None:
+            return False
+        if size <= ring.max_frame:
+            return ring.put(pieces, size)
+        # Too large for the ring: a marker holds its place in the order, the frame follows
+        # on the socket.
+        marker = frame(BY_SOCKET, b"")
+        if not ring.put(marker, sum(map(len, marker))):
+            return False
+        transport.writelines(pieces)
+        return True
+
+    def _wake(self) -> None:
+        self._scheduled = False
+        while self._waiting and self._put(*self._waiting[0]):
+            self._waiting.popleft()
+        ring, transport = self._ring, self._transport
+        if ring is None or transport is None or transport.is_closing():
+            return
+        head = ring._head
+        if head != self._woken_at:
+            self._woken_at = head
+            transport.writelines(frame(WAKE, b"", head.to_bytes(8, "little")))
+
+    def record(self, pieces: list[bytes]) -> None:
+        if self.config.on_full == "drop" and self.over():
+            self.dropped += 1
+            if self.metrics is not None:
+                self.metrics.dropped.labels("queue_full").inc()
+            return
+        self.send(pieces)
+
+    def intent(self, meta: bytes) -> asyncio.Future[None] | None:
+        """Hand over an intent; with durable write-ahead, a future for its commit. Once in
+        the ring it outlives this process: the writer reads it even after a kill -9."""
+        self.send(frame(INTENT, meta))
+        self.intents_sent += 1
+        if not self.config.write_ahead_durable or self._transport is None:
+            return None
+        assert self._loop is not None
+        self._loop.call_soon(self._wake)  # the request waits for this one: no delay
+        waiter = self._loop.create_future()
+        self._durable.append((self.intents_sent, waiter))
+        return waiter
+
+    def over(self) -> bool:
+        """Whether the writer is far behind: frames wait for room, or the ring is 3/4 full."""
+        ring = self._ring
+        return bool(self._waiting) or (ring is not None and
+                                       ring.used() * 4 > ring.capacity * 3)
+
+    async def room(self) -> None:
+        """Wait until the writer has caught up (each status line says it made progress)."""
+        self.waited += 1
+        while self.over() and not self._closing:
+            self._progress.clear()
+            self._wake()
+            await self._progress.wait()
+
+    def status(self) -> dict[str, Any]:
+        state = dict(self.state)
+        state.pop("ready", None)
+        state.pop("recovered", None)
+        state["dropped"] = int(state.get("dropped", 0)) + self.dropped
+        state["writer_restarts"] = self.restarts
+        state["backpressure_waits"] = self.waited
+        state["writer_pid"] = self.proc.pid if self.proc is not None else None
+        return state

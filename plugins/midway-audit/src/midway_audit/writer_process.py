@@ -1,0 +1,262 @@
+"""The writer process: everything audit does besides taking a copy of the record.
+
+Started by the relay (channel.py) with one end of a socket pair and the shared ring (ring.py).
+It reads the configuration frame, opens the store, records what dead instances left behind,
+then, at each wake-up, reads the intents and records (frames.py) the ring holds and hands
+them to the intent log and the batch writer: parsing, reassembly, redaction, hashing and the
+store's commits all run here, on another core than the relay's. After each commit it reports
+a status line (committed head, counts, metric updates).
+
+It ends when the relay's end of the socket closes — a clean shutdown, or the relay killed: it
+then reads what is left in the ring, writes every record it has received, turns the intents
+still open into records marked interrupted, and exits. Signals are ignored: a terminal's
+Ctrl-C reaches the whole process group, and the relay still has records to hand over after it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+import signal
+import socket
+import sys
+from typing import Any
+
+import orjson
+
+from midway_audit.config import AuditConfig
+from midway_audit.frames import BY_SOCKET, CONFIG, INTENT, RECORD, WAKE, line, read_frame
+from midway_audit.intents import IntentLog, interrupted_rows, new_instance
+from midway_audit.jsonl_sink import JsonlSink
+from midway_audit.record import received
+from midway_audit.redact import Redactor
+from midway_audit.ring import RingReader
+from midway_audit.store import Store, open_store
+from midway_audit.writer import AuditWriter
+
+log = logging.getLogger("midway.audit")
+
+STATUS_INTERVAL = 0.05  # seconds between status lines
+
+
+class MetricOps:
+    """Stands in for AuditMetrics: records each update, for the relay to apply to its own."""
+
+    def __init__(self) -> None:
+        self.ops: list[tuple[str, str | None, str, float]] = []
+
+    def __getattr__(self, name: str) -> _Metric:
+        return _Metric(self.ops, name, None)
+
+
+class _Metric:
+    __slots__ = ("label", "name", "ops")
+
+    def __init__(self, ops: list[tuple[str, str | None, str, float]], name: str,
+                 label: str | None) -> None:
+        self.ops, self.name, self.label = ops, name, label
+
+    def labels(self, label: str) -> _Metric:
+        return _Metric(self.ops, self.name, label)
+
+    def inc(self, amount: float = 1) -> None:
+        self.ops.append((self.name, self.label, "inc", amount))
+
+    def set(self, value: float) -> None:
+        self.ops.append((self.name, self.label, "set", value))
+
+    def observe(self, value: float) -> None:
+        self.ops.append((self.name, self.label, "observe", value))
+
+
+class WriterProcess:
+    def __init__(self, reader: asyncio.StreamReader, out: asyncio.StreamWriter,
+                 ring: RingReader) -> None:
+        self.reader = reader
+        self.out = out
+        self.ring = ring
+        self._upto = ring.tail  # the ring's frames the relay has said are complete
+        self.metrics = MetricOps()
+        self.store: Store | None = None
+        self.writer: AuditWriter | None = None
+        self.intents: IntentLog | None = None
+        self._changed = asyncio.Event()
+
+    async def run(self) -> int:
+        first = await read_frame(self.reader)
+        if first is None or first[0] != CONFIG:
+            log.error("audit writer: no configuration from the relay")
+            return 1
+        table = orjson.loads(first[1])
+        logging.getLogger().setLevel(table.get("log_level", logging.INFO))
+        try:
+            config = await self._start(table)
+        except Exception as exc:
+            log.exception("audit writer: could not start")
+            self._send({"error": f"{type(exc).__name__}: {exc}"})
+            await self._drain_out()
+            return 1
+        reporter = asyncio.create_task(
+            self._report(0.0 if config.write_ahead_durable else STATUS_INTERVAL),
+            name="midway-audit-report")
+        try:
+            await self._serve(config)
+        finally:
+            await self._stop()
+            reporter.cancel()
+            self._send(self._status())
+            await self._drain_out()
+        return 0
+
+    async def _start(self, table: dict[str, Any]) -> AuditConfig:
+        from pathlib import Path
+
+        data_dir = Path(table["data_dir"])
+        config = AuditConfig.from_table(table["config"], data_dir)
+        redactor = Redactor(config.redact_defaults, config.redact_patterns,
+                            config.redact_headers)
+        store = open_store(config, data_dir, inline=True)
+        await store.open()
+        self.store = store
+        instance = new_instance()
+        if config.write_ahead:
+            await store.claim(instance)
+        recovered = await store.recover(instance, lambda found: interrupted_rows(found, redactor))
+        if recovered:
+            log.warning("audit: recorded %d requests interrupted by a stopped instance",
+                        recovered)
+            self.metrics.recovered.inc(recovered)
+        sink = None
+        if config.jsonl is not None:
+            sink = JsonlSink(config.jsonl, config.jsonl_max_bytes, config.jsonl_backups)
+            sink.open()
+        if config.write_ahead:
+            self.intents = IntentLog(store, redactor, instance, self.metrics, self._changed.set,
+                                     0.0 if config.write_ahead_durable else config.batch_linger)
+        self.writer = AuditWriter(store, config, redactor, self.metrics, sink, self.intents,
+                                  self._changed.set, inline=True)
+        await self.writer.start()
+        self._send({"ready": True, "recovered": recovered, **self._status()})
+        return config
+
+    async def _serve(self, config: AuditConfig) -> None:
+        reader, ring = self.reader, self.ring
+        large: collections.deque[tuple[int, bytes, bytes, bytes]] = collections.deque()
+        while True:
+            item = await read_frame(reader)
+            if item is None:  # the relay is gone: its stores to the ring are all visible
+                await self._consume(ring.head, large, config)
+                return
+            kind, _, a, _ = item
+            if kind == WAKE:
+                await self._consume(int.from_bytes(a, "little"), large, config)
+            else:  # a frame too large for the ring; its marker is (or will be) there
+                large.append(item)
+                await self._consume(self._upto, large, config)
+
+    async def _consume(self, upto: int, large: collections.deque[tuple[int, bytes, bytes,
+                                                                        bytes]],
+                       config: AuditConfig) -> None:
+        """Take the ring's frames up to ``upto`` (or up to a marker whose frame has not come
+        over the socket yet)."""
+        self._upto = max(self._upto, upto)
+        ring = self.ring
+        while (item := ring.peek(self._upto)) is not None:
+            kind, meta, a, b, end = item
+            if kind == BY_SOCKET:
+                if not large:
+                    return
+                kind, meta, a, b = large.popleft()
+            ring.advance(end)
+            await self._take(kind, meta, a, b, config)
+
+    async def _take(self, kind: int, meta: bytes, a: bytes, b: bytes,
+                    config: AuditConfig) -> None:
+        assert self.writer is not None
+        intents = self.intents
+        if kind == RECORD:
+            pending = received(orjson.loads(meta), a, b, config.max_body_bytes)
+            if intents is not None:
+                intents.settle(str(pending.meta.get("id")))
+            await self.writer.submit(pending)  # waits while the queue is full: backpressure
+        elif kind == INTENT and intents is not None:
+            intents.add(orjson.loads(meta))
+
+    async def _stop(self) -> None:
+        if self.intents is not None:
+            await self.intents.drain()
+        if self.writer is not None:
+            await self.writer.stop()
+            if self.intents is not None and self.intents.open:
+                rows = self.intents.interrupted()
+                log.warning("audit: the relay stopped with %d requests in flight; recorded "
+                            "as interrupted", len(rows))
+                assert self.store is not None
+                await self.store.append(rows, retrying=True)
+                self.writer.written += len(rows)
+                self.metrics.recovered.inc(len(rows))
+        if self.store is not None:
+            await self.store.close()
+
+    async def _report(self, interval: float) -> None:
+        """A status line after commits (intents or records): at once when the relay waits
+        for intents (durable write-ahead), else at most every ``interval`` seconds — each
+        line wakes the relay, which costs it."""
+        while True:
+            await self._changed.wait()
+            self._changed.clear()
+            self._send(self._status())
+            await self._drain_out()
+            if interval:
+                await asyncio.sleep(interval)
+
+    def _status(self) -> dict[str, Any]:
+        status: dict[str, Any] = self.writer.status() if self.writer is not None else {}
+        status["intents_done"] = self.intents.done if self.intents is not None else 0
+        status["metrics"], self.metrics.ops = self.metrics.ops, []
+        return status
+
+    def _send(self, message: dict[str, Any]) -> None:
+        if not self.out.is_closing():
+            self.out.write(line(message))
+
+    async def _drain_out(self) -> None:
+        try:
+            await self.out.drain()
+        except ConnectionError:
+            pass  # the relay is gone: nobody to tell
+
+
+async def _main(fd: int, ring_fd: int) -> int:
+    sock = socket.socket(fileno=fd)
+    ring = RingReader(ring_fd)
+    os.close(ring_fd)
+    reader, out = await asyncio.open_unix_connection(sock=sock, limit=1 << 20)
+    try:
+        return await WriterProcess(reader, out, ring).run()
+    finally:
+        out.close()
+        ring.close()
+
+
+def main() -> None:
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+    # Background work: when cores are contended the relay's requests come first; the writer
+    # catches up in the gaps (and if it cannot, the ring fills and requests wait for it).
+    os.nice(int(sys.argv[3]) if len(sys.argv) > 3 else 0)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover (a core dependency, but not on Windows)
+        runner = asyncio.run
+    else:
+        runner = uvloop.run
+    sys.exit(runner(_main(int(sys.argv[1]), int(sys.argv[2]))))
+
+
+if __name__ == "__main__":
+    main()
