@@ -2,12 +2,15 @@
 
 Targets: the upstream directly, a plain 40-line aiohttp pass-through, midway without plugins,
 midway with a no-op plugin on every hook, and each variant of bench/variants_*.py. The proxy
-under test is pinned to CPU 0; the upstream and the load generator (wrk) to CPU 1. CPU time per
-request is read from /proc for the proxy's processes. Ratios are against the plain pass-through
-measured in the same run, because these machines are shared and noisy.
+under test is pinned to CPU 0 (its helper processes, such as midway-audit's writer, are not);
+the upstream and the load generator (wrk) to CPU 1. CPU time per request is read from /proc
+for the proxy's processes. These machines are shared and noisy: all targets of a workload run
+at once and are loaded in turn, round after round, and each figure is the median of its
+rounds; ratios compare targets measured in the same rounds.
 
-    python bench/run.py [--duration 4] [--only midway,plain] [--concurrency 1,16,64]
-                        [--workloads json,stream] [--workers-scaling] [--out results.json]
+    python bench/run.py [--duration 3] [--rounds 3] [--only midway,plain]
+                        [--concurrency 1,16,64] [--workloads json,stream]
+                        [--workers-scaling] [--out results.json]
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -66,9 +70,9 @@ def process_tree(pid: int) -> list[int]:
     return pids
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int, tree: bool = True) -> float:
     total = 0.0
-    for p in process_tree(pid):
+    for p in process_tree(pid) if tree else [pid]:
         try:
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
@@ -175,10 +179,15 @@ class Target:
         cmd = [c.replace("{port}", str(self.port)) for c in self.cmd]
         # stderr to a file: a pipe nobody reads would stall a server that logs a lot.
         self.log = tempfile.TemporaryFile()  # noqa: SIM115 (lives as long as the server)
-        self.proc = subprocess.Popen(pinned(self.cpu, cmd), env={**os.environ, **self.env},
+        self.proc = subprocess.Popen(cmd, env={**os.environ, **self.env},
                                      stdout=subprocess.DEVNULL, stderr=self.log)
         wait_port(self.port)
         time.sleep(0.3)  # let a multi-worker server bind every worker before measuring
+        # Pin the relay (every thread of the serving process) once it listens; helper
+        # processes it started (midway-audit's writer) keep the machine's other cores.
+        if self.cpu is not None and shutil.which("taskset") and (os.cpu_count() or 1) >= 2:
+            subprocess.run(["taskset", "-a", "-p", "-c", str(self.cpu), str(self.proc.pid)],
+                           check=True, stdout=subprocess.DEVNULL)
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -253,44 +262,79 @@ def prime(port: int) -> None:
     raise RuntimeError("the cache never stored the priming answer")
 
 
-def measure(target: Target, workloads: list[str], concurrencies: list[int], duration: float,
-            tmp: Path) -> list[dict[str, Any]]:
-    rows = []
-    target.start()
-    assert target.proc is not None
-    pid = target.proc.pid
-    idle_rss = memory_kb(pid, "VmRSS")
+def measure_group(targets: list[Target], workload: str, concurrencies: list[int],
+                  duration: float, rounds: int, tmp: Path) -> list[dict[str, Any]]:
+    """Measure every target on one workload, interleaved: all of them run at once (idle but
+    for the one under load), and each round loads each in turn, so that the machine's
+    drifts hit all alike. A figure is the median of its rounds."""
+    script = wrk_script(workload, tmp)
+    started: list[Target] = []
     try:
-        for workload in workloads:
-            script = wrk_script(workload, tmp)
-            if workload.startswith("paraphrase"):
+        for target in targets:
+            if target.proxy:
+                target.start()
+                started.append(target)
+        idle = {t.name: memory_kb(t.proc.pid, "VmRSS") / 1024 for t in started
+                if t.proc is not None}
+        for target in targets:
+            if workload.startswith("paraphrase") and target.proxy:
                 prime(target.port)
-            run_wrk(target.port, script, 8, 1.0)  # warm-up: pools, caches, JIT-free but lazy
-            for concurrency in concurrencies:
-                cpu0 = cpu_seconds(pid)
-                result = run_wrk(target.port, script, concurrency, duration)
-                cpu = cpu_seconds(pid) - cpu0
-                n = max(1, result["requests"])
-                rows.append({
-                    "target": target.name, "workload": workload, "concurrency": concurrency,
-                    "rps": result["requests"] / (result["duration"] / 1e6),
-                    "p50_ms": result["p50"] / 1000, "p99_ms": result["p99"] / 1000,
-                    "cpu_us_per_req": cpu / n * 1e6 if target.proxy else None,
-                    "errors": result["errors"] + result["non2xx"],
-                    "idle_rss_mb": idle_rss / 1024,
-                    "peak_rss_mb": memory_kb(pid, "VmHWM") / 1024,
-                })
-                print(_fmt(rows[-1]), flush=True)
+            run_wrk(target.port, script, 8, 1.0)  # warm-up: pools, caches, lazy imports
+        rows = []
+        for concurrency in concurrencies:
+            samples: dict[str, list[dict[str, Any]]] = {t.name: [] for t in targets}
+            for _ in range(rounds):
+                for target in targets:
+                    samples[target.name].append(_sample(target, script, concurrency,
+                                                        duration))
+            for target in targets:
+                got = samples[target.name]
+                row = {"target": target.name, "workload": workload,
+                       "concurrency": concurrency, "rounds": len(got),
+                       "errors": sum(g["errors"] for g in got),
+                       "idle_rss_mb": idle.get(target.name, 0.0),
+                       "peak_rss_mb": memory_kb(target.proc.pid, "VmHWM") / 1024
+                       if target.proxy and target.proc is not None else 0.0}
+                for key in ("rps", "p50_ms", "p99_ms", "cpu_us_per_req",
+                            "relay_cpu_us_per_req"):
+                    values = [g[key] for g in got if g[key] is not None]
+                    row[key] = statistics.median(values) if values else None
+                row["rps_rounds"] = [round(g["rps"]) for g in got]
+                rows.append(row)
+                print(_fmt(row), flush=True)
     finally:
-        target.stop()
+        for target in started:
+            target.stop()
     return rows
+
+
+def _sample(target: Target, script: Path, concurrency: int, duration: float
+            ) -> dict[str, Any]:
+    pid = target.proc.pid if target.proxy and target.proc is not None else None
+    cpu0 = cpu_seconds(pid) if pid else 0.0
+    relay0 = cpu_seconds(pid, tree=False) if pid else 0.0
+    result = run_wrk(target.port, script, concurrency, duration)
+    n = max(1, result["requests"])
+    return {"rps": result["requests"] / (result["duration"] / 1e6),
+            "p50_ms": result["p50"] / 1000, "p99_ms": result["p99"] / 1000,
+            "cpu_us_per_req": (cpu_seconds(pid) - cpu0) / n * 1e6 if pid else None,
+            # the serving process alone (without helper processes such as audit's writer;
+            # the same as cpu_us_per_req for everything else)
+            "relay_cpu_us_per_req":
+                (cpu_seconds(pid, tree=False) - relay0) / n * 1e6 if pid else None,
+            "errors": result["errors"] + result["non2xx"]}
 
 
 def _fmt(row: dict[str, Any]) -> str:
     cpu = f"{row['cpu_us_per_req']:7.0f}" if row["cpu_us_per_req"] is not None else "      -"
+    relay = row.get("relay_cpu_us_per_req")
+    helpers = ""
+    if relay is not None and row["cpu_us_per_req"] - relay >= 1:
+        helpers = f" (relay {relay:.0f} + helper processes {row['cpu_us_per_req'] - relay:.0f})"
     return (f"{row['target']:<22} {row['workload']:<13} c={row['concurrency']:<3} "
             f"{row['rps']:8.0f} req/s  p50 {row['p50_ms']:6.2f} ms  p99 {row['p99_ms']:7.2f} ms"
-            f"  cpu/req {cpu} us  rss {row['peak_rss_mb']:5.1f} MB  err {row['errors']}")
+            f"  cpu/req {cpu} us{helpers}  rss {row['peak_rss_mb']:5.1f} MB  "
+            f"err {row['errors']}")
 
 
 def report(rows: list[dict[str, Any]]) -> None:
@@ -307,6 +351,9 @@ def report(rows: list[dict[str, Any]]) -> None:
             parts.append(f"cpu x{r['cpu_us_per_req'] / plain['cpu_us_per_req']:.2f} of plain")
         if base and base is not r and base["cpu_us_per_req"] and r["cpu_us_per_req"]:
             parts.append(f"cpu x{r['cpu_us_per_req'] / base['cpu_us_per_req']:.2f} of midway")
+            relay = r.get("relay_cpu_us_per_req")
+            if relay is not None and r["cpu_us_per_req"] - relay >= 1:
+                parts.append(f"relay cpu x{relay / base['cpu_us_per_req']:.2f} of midway")
             parts.append(f"rps x{r['rps'] / base['rps']:.2f} of midway")
         if direct:
             parts.append(f"+{r['p50_ms'] - direct['p50_ms']:.2f} ms p50 vs direct")
@@ -317,7 +364,9 @@ def report(rows: list[dict[str, Any]]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--duration", type=float, default=4.0)
+    parser.add_argument("--duration", type=float, default=3.0)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="interleaved rounds per figure (their median is reported)")
     parser.add_argument("--concurrency", default="1,16,64")
     parser.add_argument("--workloads", default="json,stream")
     parser.add_argument("--only", default="", help="comma-separated target names")
@@ -350,28 +399,24 @@ def main() -> None:
                                          variant.get("plugins", []), variant.get("config"),
                                          extra=variant.get("extra")))
             targets[-1].workloads = variant.get("workloads") or [variant.get("workload", "json")]
+        chosen = [t for t in targets if not only or t.name in only]
+        # Each workload: the targets that measure it (the fixed ones measure --workloads, a
+        # variant its own, with direct, plain and midway beside it to compare with).
+        groups: dict[str, list[Target]] = {}
+        for target in chosen:
+            for workload in getattr(target, "workloads", None) or workloads:
+                groups.setdefault(workload, []).append(target)
         rows: list[dict[str, Any]] = []
-        for target in targets:
-            if only and target.name not in only:
-                continue
-            if target.name == "direct":
-                rows += measure_direct(target, workloads, concurrencies, args.duration, tmp)
-                continue
-            wl = getattr(target, "workloads", None)
-            if wl:
-                # A variant measures its own workloads, and midway without plugins on them.
-                for w in wl:
-                    if not any(r["target"] == "midway" and r["workload"] == w for r in rows):
-                        base = midway_target("midway", upstream, tmp / "midway", [])
-                        rows += measure(base, [w], concurrencies, args.duration, tmp)
-                rows += measure(target, wl, concurrencies, args.duration, tmp)
-            else:
-                rows += measure(target, workloads, concurrencies, args.duration, tmp)
+        for workload, group in groups.items():
+            names = {t.name for t in group}
+            refs = [t for t in targets[:3] if t.name not in names]  # direct, plain, midway
+            rows += measure_group([*refs, *group], workload, concurrencies, args.duration,
+                                  args.rounds, tmp)
         if args.workers_scaling:
             for workers in (1, 2):
                 t = midway_target(f"midway-{workers}w", upstream, tmp / f"w{workers}", [],
                                   workers=workers, cpu=None)
-                rows += measure(t, ["json"], [64], args.duration, tmp)
+                rows += measure_group([t], "json", [64], args.duration, args.rounds, tmp)
         report(rows)
         Path(args.out).write_bytes(orjson.dumps(rows, option=orjson.OPT_INDENT_2))
         print(f"\nresults written to {args.out}")
@@ -379,23 +424,6 @@ def main() -> None:
         upstream_proc.terminate()
         upstream_proc.wait(10)
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def measure_direct(target: Target, workloads: list[str], concurrencies: list[int],
-                   duration: float, tmp: Path) -> list[dict[str, Any]]:
-    rows = []
-    for workload in workloads:
-        script = wrk_script(workload, tmp)
-        run_wrk(target.port, script, 8, 1.0)
-        for concurrency in concurrencies:
-            result = run_wrk(target.port, script, concurrency, duration)
-            rows.append({"target": "direct", "workload": workload, "concurrency": concurrency,
-                         "rps": result["requests"] / (result["duration"] / 1e6),
-                         "p50_ms": result["p50"] / 1000, "p99_ms": result["p99"] / 1000,
-                         "cpu_us_per_req": None, "errors": result["errors"] + result["non2xx"],
-                         "idle_rss_mb": 0.0, "peak_rss_mb": 0.0})
-            print(_fmt(rows[-1]), flush=True)
-    return rows
 
 
 if __name__ == "__main__":
