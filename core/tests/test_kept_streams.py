@@ -4,9 +4,8 @@ them — on the raw-chunk path, on the per-event path, decoded, and cut at the l
 from __future__ import annotations
 
 import gzip
-from typing import Any
-
 import urllib.request
+from typing import Any
 
 import orjson
 
@@ -97,7 +96,8 @@ def test_kept_stream_is_decoded(fake_upstream, midway_factory):
 
 def test_nothing_is_kept_unless_asked(fake_upstream, midway_factory):
     class Looker:
-        seen: list[Any] = []
+        def __init__(self) -> None:
+            self.seen: list[Any] = []
 
         @hookimpl
         def post_response(self, exchange: Exchange) -> None:
