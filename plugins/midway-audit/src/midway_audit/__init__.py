@@ -100,7 +100,9 @@ async def shutdown(midway: Midway) -> None:
 def pre_request(exchange: Exchange) -> Any:
     inst = _instances.get(exchange.midway) if exchange.midway is not None else None
     channel = inst.channel if inst is not None else None
-    if channel is not None and channel.over():  # the writer is far behind: wait for it
+    # The writer is far behind: wait for it (with on_full = "drop", records are dropped
+    # instead and requests never wait).
+    if channel is not None and channel.config.on_full == "block" and channel.over():
         return channel.room()
     return None
 

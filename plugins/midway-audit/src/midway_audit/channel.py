@@ -140,7 +140,12 @@ class WriterChannel:
 
     async def _read(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while True:
-            raw = await reader.readline()
+            try:
+                raw = await reader.readline()
+            except ConnectionError:
+                # A writer that dies with wake-ups unread resets the socket instead of
+                # closing it: the same end, and it must restart the writer all the same.
+                break
             if not raw:
                 break
             self._status(orjson.loads(raw))
