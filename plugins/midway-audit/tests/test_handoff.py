@@ -288,6 +288,22 @@ def test_a_killed_writer_process_is_replaced_and_recording_goes_on(fake_upstream
         one_record_each(running, ids)
 
 
+def test_frames_a_dead_writer_never_took_are_recorded_by_the_next_one(fake_upstream,
+                                                                       audited):
+    """The writer stopped, requests answered (their records wait in the ring), the writer
+    killed: its successor reads the same ring on from where it stopped."""
+    running = audited()
+    with writer_stopped(running) as pid:
+        sent = post_all(running, [message(f"while stopped {n}") for n in range(8)],
+                        concurrency=4)
+        assert [status for status, _ in sent] == [200] * 8
+        os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: audit_status(running)["writer_restarts"] == 1, timeout=30)
+    stored = one_record_each(running, [i for _, i in sent])
+    assert not any(r.get("interrupted") for r in stored)  # the full records, not intents
+    assert all(r["status"] == 200 for r in stored)
+
+
 def test_a_full_ring_makes_new_requests_wait_and_none_is_lost(fake_upstream, audited):
     total, concurrency = 30, 5
     running = audited(handoff_bytes=MiB)

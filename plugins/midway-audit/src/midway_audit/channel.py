@@ -11,8 +11,9 @@ Backpressure: when the ring is three quarters full (the writer is behind and its
 full), new requests wait in ``pre_request`` until the writer catches up
 (``on_full = "block"``; frames that find no room wait in order in the relay's memory), or
 records are dropped and counted (``"drop"``). If the writer process dies, the relay starts a
-new one; records the dead one had not committed are lost, but their intents were (most
-likely) committed and the new writer turns them into interrupted records.
+new one on the same ring, which reads on where the dead one stopped; records the dead one had
+taken but not committed are lost, but their intents were (most likely) committed and the new
+writer turns them into interrupted records.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ class WriterChannel:
         self._transport: asyncio.WriteTransport | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._ring: RingWriter | None = None
+        self._ring_fd: int | None = None
         # frames that found no room in the ring, in order (only while the writer is behind)
         self._waiting: collections.deque[tuple[list[bytes], int]] = collections.deque()
         self._woken_at = 0  # the ring's head the writer was last told of
@@ -77,21 +79,25 @@ class WriterChannel:
         """Start the writer process and wait until its store is open (or fail with why)."""
         self._loop = asyncio.get_running_loop()
         ours, theirs = socket.socketpair()
-        ring_fd = create(self.config.handoff_bytes)
+        if self._ring_fd is None:
+            self._ring_fd = create(self.config.handoff_bytes)
+            self._ring = RingWriter(self._ring_fd)
+        # A writer started after one died reads on from the same ring: the frames the dead
+        # one had not taken are not lost (those it had taken but not committed are).
+        assert self._ring is not None
+        resume = {"orphans_before": self._ring._head}
         try:
-            self._ring = RingWriter(ring_fd)
             self.proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "midway_audit.writer_process", str(theirs.fileno()),
-                str(ring_fd), str(self.config.writer_nice), stdin=asyncio.subprocess.DEVNULL,
-                pass_fds=(theirs.fileno(), ring_fd))
+                str(self._ring_fd), str(self.config.writer_nice),
+                stdin=asyncio.subprocess.DEVNULL, pass_fds=(theirs.fileno(), self._ring_fd))
         finally:
             theirs.close()
-            os.close(ring_fd)  # both processes have it mapped
         self._woken_at = 0
         reader, writer = await asyncio.open_unix_connection(sock=ours, limit=1 << 20)
         self._transport, self._writer = writer.transport, writer
         table = {"config": self.table, "data_dir": str(self.data_dir),
-                 "log_level": logging.getLogger("midway").getEffectiveLevel()}
+                 "log_level": logging.getLogger("midway").getEffectiveLevel(), **resume}
         writer.writelines(frame(CONFIG, orjson.dumps(table, default=str)))
         first = await reader.readline()
         status = orjson.loads(first) if first else {"error": "the writer process exited"}
@@ -108,8 +114,16 @@ class WriterChannel:
     async def close(self) -> None:
         """Hand over everything, let the writer commit it, wait for it to exit."""
         self._closing = True
-        if self._transport is None:
-            return
+        if self._transport is not None:
+            await self._hand_over()
+        if self._ring is not None:
+            self._ring.close()
+            self._ring = None
+        if self._ring_fd is not None:
+            os.close(self._ring_fd)
+            self._ring_fd = None
+
+    async def _hand_over(self) -> None:
         while self._waiting and self._transport is not None:  # the writer makes room
             self._wake()
             self._progress.clear()
@@ -121,9 +135,6 @@ class WriterChannel:
             await self._reader_task
         await self._reap()
         self._transport = None
-        if self._ring is not None:
-            self._ring.close()
-            self._ring = None
 
     async def _reap(self) -> None:
         proc = self.proc

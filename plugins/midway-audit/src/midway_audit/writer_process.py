@@ -78,6 +78,7 @@ class WriterProcess:
         self.out = out
         self.ring = ring
         self._upto = ring.tail  # the ring's frames the relay has said are complete
+        self._orphans_before = 0
         self.metrics = MetricOps()
         self.store: Store | None = None
         self.writer: AuditWriter | None = None
@@ -90,6 +91,9 @@ class WriterProcess:
             log.error("audit writer: no configuration from the relay")
             return 1
         table = orjson.loads(first[1])
+        # Large frames announced in the ring before this writer started went over a dead
+        # writer's socket: they are lost (and counted), the rest of the ring is read.
+        self._orphans_before = int(table.get("orphans_before", 0))
         logging.getLogger().setLevel(table.get("log_level", logging.INFO))
         try:
             config = await self._start(table)
@@ -165,6 +169,11 @@ class WriterProcess:
         ring = self.ring
         while (item := ring.peek(self._upto)) is not None:
             kind, meta, a, b, end = item
+            if kind == BY_SOCKET and end <= self._orphans_before:
+                ring.advance(end)
+                log.error("audit: a record handed to a writer process that died is lost")
+                self.metrics.dropped.labels("writer_died").inc()
+                continue
             if kind == BY_SOCKET:
                 if not large:
                     return
