@@ -92,6 +92,13 @@ def crash_loop(tmp: Path, cycles: int, clients: int = 16) -> dict[str, Any]:
                                                 answered))
             acked_seqs.append(acked)
             assert server.proc is not None and server.proc.returncode == -signal.SIGKILL
+            # The killed relay's audit writer wrote what the relay had handed it, then exited
+            # (stop waits for it): every request that reached the upstream is recorded now,
+            # answered or interrupted, before a restart could recover anything.
+            reached = {r.headers["x-hardening-attempt"].rsplit(".", 1)[0]
+                       for r in fake.messages_requests}
+            unrecorded = reached - set(audit_ids(server.data_dir))
+            assert not unrecorded, f"{len(unrecorded)} requests unrecorded after the kill"
         server.start()  # the graceful end: every answered request is recorded
         final: set[str] = set()
         final_start = len(fake.messages_requests)
@@ -132,9 +139,9 @@ def reconcile(server: Server, fake: FakeUpstream, answered: set[str], final: set
         assert rows[row_id]["state"] == "reconciled" and rows[row_id]["cost_pusd"] == 0
     # Audit: the chain verifies, no request twice, every acknowledged record survived, and
     # exactly as for the ledger: every request the upstream received has its record (the
-    # write-ahead intents of a killed process become records, marked interrupted, at the
-    # next start-up); a record the upstream never saw is such an interrupted one, for a
-    # request killed between its intent and its first attempt.
+    # write-ahead intents of a killed process become records, marked interrupted, written by
+    # its audit writer as it exits); a record the upstream never saw is such an interrupted
+    # one, for a request killed between its intent and its first attempt.
     verified = orjson.loads(server.cli("audit", "verify", "--json").stdout)
     assert verified["ok"], verified
     records = audit_ids(server.data_dir)

@@ -9,10 +9,12 @@ received (credentials included) can be inspected.
 from __future__ import annotations
 
 import os
+import select
 import signal
 import sqlite3
 import subprocess
 import sys
+import time
 import urllib.request
 from collections import Counter
 from pathlib import Path
@@ -60,6 +62,63 @@ def open_fds(pid: int | None = None) -> int:
     return len(os.listdir(f"/proc/{pid or 'self'}/fd"))
 
 
+def descendants(pid: int) -> list[int]:
+    """The processes under ``pid`` (workers, midway-audit's writer), from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # it exited meanwhile
+            continue
+        # The command (2nd field) may hold spaces and parentheses: the parent comes after it.
+        children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry.name))
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        below = children.get(todo.pop(), [])
+        found += below
+        todo += below
+    return found
+
+
+class Left:
+    """The processes under a midway process, held by pidfd (their pids may be reused once
+    they exit): a killed midway's audit writer outlives it until it has written what it got."""
+
+    def __init__(self, pid: int) -> None:
+        self.fds: dict[int, int] = {}
+        for child in descendants(pid):
+            try:
+                self.fds[os.pidfd_open(child)] = child
+            except ProcessLookupError:
+                pass
+
+    def wait(self, timeout: float) -> list[int]:
+        """Wait until they have all exited; return the pids still running after
+        ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while self.fds and (remaining := deadline - time.monotonic()) > 0:
+            ready, _, _ = select.select(list(self.fds), [], [], remaining)
+            for fd in ready:  # a pidfd is readable once its process has exited
+                del self.fds[fd]
+                os.close(fd)
+        return sorted(self.fds.values())
+
+    def kill(self) -> None:
+        for fd in self.fds:
+            try:
+                signal.pidfd_send_signal(fd, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def close(self) -> None:
+        for fd in self.fds:
+            os.close(fd)
+        self.fds.clear()
+
+
 class Server:
     """``midway serve`` in a subprocess, logging to a file."""
 
@@ -101,15 +160,35 @@ class Server:
             return resp.read().decode()  # type: ignore[no-any-return]
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        """Signal midway and wait until it, and every process it started, has exited: after
+        a kill -9 the stores are complete only once its audit writer is done."""
         assert self.proc is not None
-        if self.proc.poll() is None:
+        if self.proc.poll() is not None:
+            return self.proc.returncode
+        left = Left(self.proc.pid)  # while its pid is still ours (not reaped)
+        try:
             self.proc.send_signal(sig)
-        return self.proc.wait(timeout)
+            code = self.proc.wait(timeout)
+            running = left.wait(timeout)
+            assert not running, f"processes of the stopped midway still run: {running}"
+        finally:
+            left.close()
+        return code
 
     def ensure_stopped(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
+        """Clean-up: kill midway if it still runs, and what it started if that does not end
+        by itself (no writer outlives the test)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        left = Left(self.proc.pid)
+        try:
             self.proc.kill()
             self.proc.wait(10)
+            if left.wait(60):
+                left.kill()
+                left.wait(10)
+        finally:
+            left.close()
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         """A ``midway`` command on this server's config and data dir."""

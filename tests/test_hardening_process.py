@@ -83,10 +83,13 @@ OBSERVER_HOOKS = ["on_chunk", "post_response"]
 
 
 def test_plugin_raising_or_hanging_in_each_hook(tmp_path: Path, fake: FakeUpstream) -> None:
+    # hook_timeout bounds the startup hooks too: audit's starts its writer process (a Python
+    # interpreter, about 0.4 s on an idle 2-core machine), which 0.5 s did not always leave
+    # room for on a busy one. Each hang costs one hook_timeout per call it hangs in.
     config = """
 [midway]
 plugins = ["audit", "billing"]
-hook_timeout = 0.5
+hook_timeout = 2
 
 [audit]
 sqlite_synchronous = "normal"
