@@ -24,17 +24,11 @@ import aiohttp
 import orjson
 from conftest import HEADERS
 
-from midway.testing import wait_for
+from midway.testing import free_port, wait_for
 
 MIDWAY = [sys.executable, "-c", "from midway.cli import main; main()"]
 ID_PLUGIN = str(Path(__file__).parent / "upstream_id_plugin.py")
 INTERRUPTED = "midway stopped before the request finished"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def healthy(url: str) -> bool:

@@ -378,3 +378,46 @@ def test_durable_write_ahead_goes_on_when_the_writer_dies_under_a_waiting_reques
     wait_for(lambda: audit_status(running)["writer_restarts"] == 1)
     [record] = one_record_each(running, [request_id])
     assert record["status"] == 200 and not record.get("interrupted")
+
+
+def test_an_intent_that_finds_the_ring_full_holds_its_request_until_it_is_in(tmp_path):
+    """An intent must be in the ring before its request goes upstream (the ring outlives the
+    relay, the relay's memory does not): with the ring full, ``upstream_request`` waits."""
+    from midway.testing import make_exchange
+    from midway_audit.channel import WriterChannel
+    from midway_audit.config import AuditConfig
+    from midway_audit.intents import intent_meta
+    from midway_audit.record import capture
+
+    async def main() -> None:
+        table = {"store": f"sqlite:///{tmp_path}/audit.db", "handoff_bytes": MiB}
+        channel = WriterChannel(AuditConfig.from_table(table, tmp_path), table, tmp_path)
+        await channel.start()
+        assert channel.proc is not None
+        pid = channel.proc.pid
+        exchange = make_exchange(body={"model": "claude-sonnet-4-6", "max_tokens": 5,
+                                       "messages": [{"role": "user",
+                                                     "content": prose("q", 100_000)}]})
+        exchange.status = 200
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            records_sent = 0
+            while not channel.over() or not channel._waiting:  # the ring full, one waiting
+                channel.record(capture(exchange, True))
+                records_sent += 1
+            held = channel.intent(orjson.dumps(intent_meta(exchange)))
+            assert held is not None
+            task = asyncio.ensure_future(held)
+            done, _ = await asyncio.wait([task], timeout=0.3)
+            assert not done  # the writer is stopped: no room, the request waits
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        await asyncio.wait_for(task, 30)
+        assert not channel._waiting  # everything, the intent last, is in the ring
+        assert channel.intent(orjson.dumps(intent_meta(exchange))) is None  # room again
+        await channel.close()
+        with sqlite3.connect(tmp_path / "audit.db") as con:
+            assert con.execute("SELECT COUNT(*) FROM audit_records").fetchone() == \
+                (records_sent,)
+
+    asyncio.run(main())

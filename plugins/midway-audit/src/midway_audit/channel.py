@@ -24,6 +24,7 @@ import logging
 import os
 import socket
 import sys
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -256,11 +257,15 @@ class WriterChannel:
             return
         self.send(pieces)
 
-    def intent(self, meta: bytes) -> asyncio.Future[None] | None:
+    def intent(self, meta: bytes) -> Awaitable[None] | None:
         """Hand over an intent; with durable write-ahead, a future for its commit. Once in
-        the ring it outlives this process: the writer reads it even after a kill -9."""
+        the ring it outlives this process: the writer reads it even after a kill -9 — so
+        when the ring has no room for it, the request waits until it is in (``block``)."""
         self.send(frame(INTENT, meta))
         self.intents_sent += 1
+        if self._waiting and self._transport is not None and self.config.on_full == "block" \
+                and not self.config.write_ahead_durable:
+            return self.room()
         if not self.config.write_ahead_durable or self._transport is None:
             return None
         assert self._loop is not None
