@@ -42,33 +42,45 @@ STATUS_INTERVAL = 0.05  # seconds between status lines
 
 
 class MetricOps:
-    """Stands in for AuditMetrics: records each update, for the relay to apply to its own."""
+    """Stands in for AuditMetrics: gathers the updates between two status lines, coalesced
+    (increments summed, a gauge's last value), for the relay to apply to its own metrics."""
 
     def __init__(self) -> None:
-        self.ops: list[tuple[str, str | None, str, float]] = []
+        self.sums: dict[tuple[str, str | None], float] = {}
+        self.values: dict[tuple[str, str | None], float] = {}
+        self.observed: list[tuple[str, str | None, str, float]] = []
 
     def __getattr__(self, name: str) -> _Metric:
-        return _Metric(self.ops, name, None)
+        return _Metric(self, name, None)
+
+    def take(self) -> list[tuple[str, str | None, str, float]]:
+        """The updates since the last call, as ``(name, label, op, value)``."""
+        ops = [(name, label, "inc", amount) for (name, label), amount in self.sums.items()]
+        ops += [(name, label, "set", value) for (name, label), value in self.values.items()]
+        ops += self.observed
+        self.sums, self.values, self.observed = {}, {}, []
+        return ops
 
 
 class _Metric:
-    __slots__ = ("label", "name", "ops")
+    __slots__ = ("key", "label", "name", "ops")
 
-    def __init__(self, ops: list[tuple[str, str | None, str, float]], name: str,
-                 label: str | None) -> None:
+    def __init__(self, ops: MetricOps, name: str, label: str | None) -> None:
         self.ops, self.name, self.label = ops, name, label
+        self.key = (name, label)
 
     def labels(self, label: str) -> _Metric:
         return _Metric(self.ops, self.name, label)
 
     def inc(self, amount: float = 1) -> None:
-        self.ops.append((self.name, self.label, "inc", amount))
+        sums = self.ops.sums
+        sums[self.key] = sums.get(self.key, 0) + amount
 
     def set(self, value: float) -> None:
-        self.ops.append((self.name, self.label, "set", value))
+        self.ops.values[self.key] = value
 
     def observe(self, value: float) -> None:
-        self.ops.append((self.name, self.label, "observe", value))
+        self.ops.observed.append((self.name, self.label, "observe", value))
 
 
 class WriterProcess:
@@ -224,7 +236,7 @@ class WriterProcess:
     def _status(self) -> dict[str, Any]:
         status: dict[str, Any] = self.writer.status() if self.writer is not None else {}
         status["intents_done"] = self.intents.done if self.intents is not None else 0
-        status["metrics"], self.metrics.ops = self.metrics.ops, []
+        status["metrics"] = self.metrics.take()
         return status
 
     def _send(self, message: dict[str, Any]) -> None:
