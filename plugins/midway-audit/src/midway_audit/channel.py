@@ -69,7 +69,6 @@ class WriterChannel:
         self._scheduled = False
         self._closing = False
         self._reader_task: asyncio.Task[None] | None = None
-        self._room: asyncio.Future[None] | None = None
         self._durable: collections.deque[tuple[int, asyncio.Future[None]]] = \
             collections.deque()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -86,7 +85,7 @@ class WriterChannel:
         # A writer started after one died reads on from the same ring: the frames the dead
         # one had not taken are not lost (those it had taken but not committed are).
         assert self._ring is not None
-        resume = {"orphans_before": self._ring._head}
+        resume = {"orphans_before": self._ring.written}
         try:
             self.proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "midway_audit.writer_process", str(theirs.fileno()),
@@ -164,7 +163,7 @@ class WriterChannel:
         writer.close()
         self._transport = self._writer = None
         self._progress.set()
-        self._release_all()
+        self._release()  # nobody will answer these: let the requests go on
         self.intents_sent = 0  # the next writer counts its intents from zero
         if self._closing:
             return
@@ -195,15 +194,11 @@ class WriterChannel:
         self._progress.set()
         if self._waiting:
             self._wake()
-        done = int(status.get("intents_done", 0))
-        while self._durable and self._durable[0][0] <= done:
-            _, waiter = self._durable.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
+        self._release(int(status.get("intents_done", 0)))
 
-    def _release_all(self) -> None:
-        """Nobody will answer these: let the requests go on."""
-        while self._durable:
+    def _release(self, done: float = float("inf")) -> None:
+        """Let the requests waiting for the first ``done`` intents go on."""
+        while self._durable and self._durable[0][0] <= done:
             _, waiter = self._durable.popleft()
             if not waiter.done():
                 waiter.set_result(None)
@@ -211,7 +206,7 @@ class WriterChannel:
     # -- the relay's path ----------------------------------------------------------------------
 
     def send(self, pieces: list[bytes]) -> None:
-        """Hand over a frame; the writer is woken at the end of this turn of the loop."""
+        """Hand over a frame; the writer is woken within ``wake_delay``."""
         size = sum(map(len, pieces))
         if self._waiting or not self._put(pieces, size):
             self._waiting.append((pieces, size))
@@ -244,7 +239,7 @@ class WriterChannel:
         ring, transport = self._ring, self._transport
         if ring is None or transport is None or transport.is_closing():
             return
-        head = ring._head
+        head = ring.written
         if head != self._woken_at:
             self._woken_at = head
             transport.writelines(frame(WAKE, b"", head.to_bytes(8, "little")))

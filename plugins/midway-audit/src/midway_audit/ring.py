@@ -62,15 +62,15 @@ class RingWriter(Ring):
 
     def __init__(self, fd: int) -> None:
         super().__init__(fd)
-        self._head = self.head
+        self.written = self.head  # the head as this process last set it
         self.max_frame = self.capacity // 4  # larger frames go over the socket
 
     def used(self) -> int:
-        return self._head - self.tail
+        return self.written - self.tail
 
     def put(self, pieces: list[bytes], size: int) -> bool:
         """Copy one frame of ``size`` bytes in; ``False`` when there is no room now."""
-        pos = self._head
+        pos = self.written
         cap = self.capacity
         offset = pos % cap
         to_end = cap - offset
@@ -88,8 +88,8 @@ class RingWriter(Ring):
             end = at + len(piece)
             mm[at:end] = piece
             at = end
-        self._head = pos + size
-        _POS.pack_into(mm, _HEAD_AT, self._head)
+        self.written = pos + size
+        _POS.pack_into(mm, _HEAD_AT, self.written)
         return True
 
 

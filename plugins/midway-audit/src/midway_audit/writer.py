@@ -1,11 +1,10 @@
 """The bounded queue in the writer process, and the batch writer behind it.
 
 Records read from the relay are queued; when the queue is full (``queue_size`` records or
-``queue_max_bytes``), the writer stops reading until there is room, and the relay's side of
-the socket fills up (see channel.py: backpressure or counted drops). The writer takes
-everything queued (up to ``batch_size``), prepares it in a thread and commits it as one
-transaction; a failing store is retried with backoff, so records queue up rather than
-vanish. ``stop`` drains the queue.
+``queue_max_bytes``), the writer stops reading until there is room, and the ring fills up
+(see channel.py: backpressure or counted drops). The writer takes everything queued (up to
+``batch_size``), prepares it and commits it as one transaction; a failing store is retried
+with backoff, so records queue up rather than vanish. ``stop`` drains the queue.
 """
 
 from __future__ import annotations
@@ -31,11 +30,10 @@ class AuditWriter:
     def __init__(self, store: Store, config: AuditConfig, redactor: Redactor,
                  metrics: Any = None, sink: JsonlSink | None = None,
                  intents: IntentLog | None = None,
-                 on_commit: Callable[[], None] | None = None, inline: bool = False) -> None:
+                 on_commit: Callable[[], None] | None = None) -> None:
         self.store = store
         self.intents = intents
         self.on_commit = on_commit
-        self.inline = inline
         self.config = config
         self.redactor = redactor
         self.metrics = metrics
@@ -108,19 +106,14 @@ class AuditWriter:
     async def _run(self) -> None:
         queue = self.queue
         limit = self.config.batch_size
-        # In the writer process records come in bursts (one per wake-up of the relay's):
-        # a burst is a batch, no need to wait for more.
-        linger = 0.0 if self.inline else self.config.batch_linger
         done = False
         while not done:
             item = await queue.get()
             if item is None:
                 break
+            # Records come in bursts, one per wake-up from the relay (every batch_linger):
+            # a burst is a batch.
             batch = [item]
-            # A commit costs far more than a row (an fsync with sqlite_synchronous=full):
-            # when few records are waiting, give others a moment to join the batch.
-            if queue.qsize() < limit and linger > 0 and not self._stopping:
-                await asyncio.sleep(linger)
             while len(batch) < limit and not queue.empty():
                 item = queue.get_nowait()
                 if item is None:
@@ -138,9 +131,8 @@ class AuditWriter:
 
     async def _write(self, batch: list[Pending]) -> None:
         started = time.monotonic()
-        # In the writer process nothing else waits on this loop: no thread to hand over to.
-        rows = self._prepare(batch) if self.inline else \
-            await asyncio.to_thread(self._prepare, batch)
+        # Nothing else waits on the writer process's loop: no thread to hand over to.
+        rows = self._prepare(batch)
         delay = 0.05
         retrying = False
         while True:
@@ -171,7 +163,7 @@ class AuditWriter:
             self.metrics.batch_seconds.observe(time.monotonic() - started)
         if self.sink is not None:
             try:
-                await asyncio.to_thread(self._sink_write, rows)
+                self._sink_write(rows)
             except OSError:
                 log.exception("audit: could not write the JSONL sink")
 

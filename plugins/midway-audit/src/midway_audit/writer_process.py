@@ -91,6 +91,9 @@ class WriterProcess:
         self.ring = ring
         self._upto = ring.tail  # the ring's frames the relay has said are complete
         self._orphans_before = 0
+        self._max_body = 0
+        # frames too large for the ring, read from the socket before their marker's turn
+        self._large: collections.deque[tuple[int, bytes, bytes, bytes]] = collections.deque()
         self.metrics = MetricOps()
         self.store: Store | None = None
         self.writer: AuditWriter | None = None
@@ -152,33 +155,31 @@ class WriterProcess:
             self.intents = IntentLog(store, redactor, instance, self.metrics, self._changed.set,
                                      0.0 if config.write_ahead_durable else config.batch_linger)
         self.writer = AuditWriter(store, config, redactor, self.metrics, sink, self.intents,
-                                  self._changed.set, inline=True)
+                                  self._changed.set)
         await self.writer.start()
         self._send({"ready": True, "recovered": recovered, **self._status()})
         return config
 
     async def _serve(self, config: AuditConfig) -> None:
+        self._max_body = config.max_body_bytes
         reader, ring = self.reader, self.ring
-        large: collections.deque[tuple[int, bytes, bytes, bytes]] = collections.deque()
         while True:
             item = await read_frame(reader)
             if item is None:  # the relay is gone: its stores to the ring are all visible
-                await self._consume(ring.head, large, config)
+                await self._consume(ring.head)
                 return
             kind, _, a, _ = item
             if kind == WAKE:
-                await self._consume(int.from_bytes(a, "little"), large, config)
+                await self._consume(int.from_bytes(a, "little"))
             else:  # a frame too large for the ring; its marker is (or will be) there
-                large.append(item)
-                await self._consume(self._upto, large, config)
+                self._large.append(item)
+                await self._consume(self._upto)
 
-    async def _consume(self, upto: int, large: collections.deque[tuple[int, bytes, bytes,
-                                                                        bytes]],
-                       config: AuditConfig) -> None:
+    async def _consume(self, upto: int) -> None:
         """Take the ring's frames up to ``upto`` (or up to a marker whose frame has not come
         over the socket yet)."""
         self._upto = max(self._upto, upto)
-        ring = self.ring
+        ring, large = self.ring, self._large
         while (item := ring.peek(self._upto)) is not None:
             kind, meta, a, b, end = item
             if kind == BY_SOCKET and end <= self._orphans_before:
@@ -191,14 +192,13 @@ class WriterProcess:
                     return
                 kind, meta, a, b = large.popleft()
             ring.advance(end)
-            await self._take(kind, meta, a, b, config)
+            await self._take(kind, meta, a, b)
 
-    async def _take(self, kind: int, meta: bytes, a: bytes, b: bytes,
-                    config: AuditConfig) -> None:
+    async def _take(self, kind: int, meta: bytes, a: bytes, b: bytes) -> None:
         assert self.writer is not None
         intents = self.intents
         if kind == RECORD:
-            pending = received(orjson.loads(meta), a, b, config.max_body_bytes)
+            pending = received(orjson.loads(meta), a, b, self._max_body)
             if intents is not None:
                 intents.settle(str(pending.meta.get("id")))
             await self.writer.submit(pending)  # waits while the queue is full: backpressure
