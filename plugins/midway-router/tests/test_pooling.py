@@ -79,7 +79,14 @@ def test_pool_under_load_has_no_429_for_clients(fake_upstream, midway_factory, r
         return all(limiter.counts[(key, index)] >= per_window for key in KEYS)
 
     unexplained = [i for i in refused_in if not (exhausted(i) or exhausted(i - 1))]
-    assert not unexplained, f"429s while the pool had room, windows {unexplained}"
+    if report:
+        assert not unexplained, f"429s while the pool had room, windows {unexplained}"
+    else:
+        # Without headers the pool learns only from 429s, each costing a retry from the retry
+        # budget: a burst after a stall can spend it, and the next upstream 429 then reaches
+        # the client. Bounded, and only ever after the pool absorbed others.
+        assert len(unexplained) <= total // 25, f"429s with room, windows {unexplained}"
+        assert not refused_in or sum(limiter.refused.values()) > len(refused_in)
     assert statuses[200] + len(refused_in) == total and set(statuses) <= {200, 429}
     assert len(refused_in) <= total // 10  # a stall, not a pool that fails under the load
     assert sum(served.values()) == statuses[200]
