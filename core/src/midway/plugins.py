@@ -165,7 +165,7 @@ class PluginHost:
         for impl in self.impls(hook):
             try:
                 result = impl.function(*[kwargs[a] for a in impl.argnames])
-                if impl.is_async or inspect.isawaitable(result):
+                if impl.is_async or (result is not None and inspect.isawaitable(result)):
                     result = await self.bounded(result)
             except MidwayError:
                 raise
@@ -181,7 +181,7 @@ class PluginHost:
         for impl in self.impls(hook):
             try:
                 result = impl.function(*[kwargs[a] for a in impl.argnames])
-                if impl.is_async or inspect.isawaitable(result):
+                if impl.is_async or (result is not None and inspect.isawaitable(result)):
                     await self.bounded(result)
             except MidwayError:
                 if not swallow:

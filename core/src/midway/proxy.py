@@ -200,7 +200,7 @@ class Proxy:
                 except Exception:
                     plugins.failed(impl.plugin, "post_response")
                     continue
-                if inspect.isawaitable(result):  # a plain function that returned a coroutine
+                if result is not None and inspect.isawaitable(result):  # a coroutine after all
                     task = asyncio.get_running_loop().create_task(
                         self._await_post(impl.plugin, result))
                     self.finishing.add(task)
