@@ -6,7 +6,7 @@ import orjson
 
 from midway.fake_upstream import Reply, build_message, stream_events
 from midway.sse import SSEParser
-from midway_audit.assemble import StreamAssembler
+from midway_audit.assemble import EventLog, StreamAssembler, reassemble
 
 
 def assemble(reply: Reply, limit: int = 10**6, cut: int | None = None) -> dict:
@@ -62,3 +62,36 @@ def test_error_event_is_kept():
     message = assembler.message()
     assert message["error"]["type"] == "overloaded_error"
     assert message["incomplete"] is True
+
+
+def _through_log(raw: bytes, limit: int = 10**6) -> dict:
+    log = EventLog.from_sse(raw, limit)
+    return reassemble(log.data, limit, log.truncated)
+
+
+def test_the_writers_short_cut_gives_what_the_full_parser_gives():
+    """EventLog.from_sse reads Anthropic's usual framing in one C call, anything else with the
+    full SSE parser: both must rebuild the same message, and cuts mark it truncated."""
+    blocks = [{"type": "thinking", "thinking": "plan ünïcode 🙂", "signature": "SIG"},
+              {"type": "text", "text": "line one\nline two \"quoted\" " * 20},
+              {"type": "tool_use", "name": "Edit", "input": {"a": {"b": [1, "two"]}}}]
+    reply = Reply(content=blocks, text_chunks=13, json_fragments=5)
+    message = build_message({"model": "claude-sonnet-4-6"}, reply, b"{}")
+    raw = b"".join(stream_events(message, reply))
+    assembler = StreamAssembler(10**6)
+    for event in SSEParser().feed(raw):
+        assembler.feed(event.name, event.json())
+    expected = assembler.message()
+    assert _through_log(raw) == expected  # the short cut
+    variants = {
+        "crlf": raw.replace(b"\n", b"\r\n"),
+        "comments": raw.replace(b"event: ping\n", b": keep-alive\n\nevent: ping\n"),
+        "two data lines": raw.replace(b'data: {"type":"message_stop"}',
+                                      b'data: {"type":\ndata: "message_stop"}'),
+    }
+    for name, variant in variants.items():
+        assert _through_log(variant) == expected, name
+    cut = _through_log(raw, limit=100)
+    assert cut["truncated"] is True
+    assert len(cut["content"][1]["text"]) + len(cut["content"][0]["thinking"]) <= 100
+    assert cut["stop_reason"] == expected["stop_reason"]  # events past the cut still count

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from midway.testing import Reply, RunningMidway, wait_for
 from midway_audit import ring
 from midway_audit.config import MiB
-from midway_audit.frames import HEADER, frame
+from midway_audit.frames import HEADER
 from midway_audit.ring import DATA, RingReader, RingWriter
 
 # -- the ring on its own -----------------------------------------------------------------------
@@ -57,8 +57,7 @@ def make_frame(n: int, kind: int, size: int, cuts: tuple[int, int]) -> Frame:
 
 
 def put(writer: RingWriter, item: Frame) -> bool:
-    pieces = frame(*item)
-    return writer.put(pieces, sum(map(len, pieces)))
+    return writer.put(*item)
 
 
 def take(writer: RingWriter, reader: RingReader) -> Frame | None:
@@ -154,7 +153,9 @@ def test_a_frame_of_max_frame_fits_an_empty_ring_wherever_it_stands(data: st.Dat
                                                                     ) -> None:
     with ring_pair(MiB) as (writer, reader):
         offset = data.draw(st.integers(HEADER.size, writer.capacity - 1))
+        max_frame, writer.max_frame = writer.max_frame, writer.capacity  # the filler is large
         assert put(writer, make_frame(0, 1, offset - HEADER.size, (0, 0)))
+        writer.max_frame = max_frame
         assert take(writer, reader) is not None  # empty again, at ``offset``
         item = make_frame(1, 3, data.draw(st.integers(0, writer.max_frame - HEADER.size)),
                           (0, 100))
@@ -167,13 +168,14 @@ def test_a_frame_over_half_the_ring_may_never_fit_hence_max_frame() -> None:
     before the end of the ring needs its own size plus the rest of the ring, so a frame
     over half the ring can be refused by an empty ring for ever."""
     with ring_pair(MiB) as (writer, reader):
+        max_frame, writer.max_frame = writer.max_frame, writer.capacity  # the ring alone
         size = writer.capacity // 2 + 1
         offset = writer.capacity - size + 1  # the frame misses the end by one byte
         assert put(writer, make_frame(0, 1, offset - HEADER.size, (0, 0)))
         assert take(writer, reader) is not None
         assert writer.used() == 0
         assert not put(writer, make_frame(1, 3, size - HEADER.size, (0, 0)))
-        assert writer.max_frame < size
+        assert max_frame < size
 
 
 # -- through the relay -------------------------------------------------------------------------
@@ -403,9 +405,9 @@ def test_an_intent_that_finds_the_ring_full_holds_its_request_until_it_is_in(tmp
         try:
             records_sent = 0
             while not channel.over() or not channel._waiting:  # the ring full, one waiting
-                channel.record(capture(exchange, True))
+                channel.record(*capture(exchange, True))
                 records_sent += 1
-            held = channel.intent(orjson.dumps(intent_meta(exchange)))
+            held = channel.intent(exchange.id, intent_meta(exchange))
             assert held is not None
             task = asyncio.ensure_future(held)
             done, _ = await asyncio.wait([task], timeout=0.3)
@@ -414,7 +416,7 @@ def test_an_intent_that_finds_the_ring_full_holds_its_request_until_it_is_in(tmp
             os.kill(pid, signal.SIGCONT)
         await asyncio.wait_for(task, 30)
         assert not channel._waiting  # everything, the intent last, is in the ring
-        assert channel.intent(orjson.dumps(intent_meta(exchange))) is None  # room again
+        assert channel.intent(exchange.id, intent_meta(exchange)) is None  # room again
         await channel.close()
         with sqlite3.connect(tmp_path / "audit.db") as con:
             assert con.execute("SELECT COUNT(*) FROM audit_records").fetchone() == \

@@ -76,3 +76,28 @@ def test_canary_secrets_found_nowhere_in_sqlite_or_jsonl(fake_upstream, audited)
     assert not {"x-api-key", "authorization", "cookie", "x-internal-token"} & \
         set(record["request_headers"])
     assert "[REDACTED:" in record["response_body"]
+
+
+def test_every_default_pattern_masks_its_secret_and_only_where_one_starts():
+    """Each default pattern on its own (the canaries above do not cover every shape): every
+    AWS and GitHub prefix, and no match glued to a preceding word character."""
+    from midway_audit.redact import _AWS_PREFIXES, Redactor
+
+    redactor = Redactor()
+    upper = string.ascii_uppercase + string.digits
+    cases = {
+        "anthropic_key": ["sk-ant-api03-" + _rand(40)],
+        "openai_key": ["sk-proj-" + _rand(40), "sk-" + _rand(48)],
+        "aws_access_key": [p + _rand(16, upper) for p in _AWS_PREFIXES],
+        "github_token": [f"gh{c}_" + _rand(36) for c in "pousr"] + ["github_pat_" + _rand(60)],
+        "slack_token": ["xoxb-" + _rand(24)],
+        "google_api_key": ["AIza" + _rand(35)],
+    }
+    for label, secrets_ in cases.items():
+        for secret in secrets_:
+            masked = redactor.text(f'{{"text":"see {secret} here"}}')
+            assert masked == f'{{"text":"see [REDACTED:{label}] here"}}', (label, secret)
+    # glued to a word: not a key's start (e.g. a longer identifier that contains one)
+    for glued in ("XAKIA" + _rand(16, upper), "xghp_" + _rand(36), "zAIza" + _rand(35),
+                  "axoxb-" + _rand(24)):
+        assert redactor.text(glued) == glued

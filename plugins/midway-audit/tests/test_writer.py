@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import orjson
 from prometheus_client import CollectorRegistry
 
 from midway.testing import make_exchange
@@ -47,8 +46,7 @@ def writer(store: Any, **config: Any) -> tuple[AuditWriter, CollectorRegistry]:
 
 def captured(exchange: Any) -> Pending:
     """What the writer process makes of the relay's record frame for ``exchange``."""
-    _, meta, request, response = capture(exchange, True)
-    return received(orjson.loads(meta), request, response, 1 << 20)
+    return received(*capture(exchange, True), 1 << 20)
 
 
 def pending(n: int) -> Any:

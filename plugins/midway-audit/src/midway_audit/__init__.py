@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 from weakref import WeakKeyDictionary
 
 import attrs
-import orjson
 from aiohttp import web
 
 from midway import Attempt, Exchange, Midway, hookimpl
@@ -44,7 +43,6 @@ class _Instance:
     """The plugin's state in one running midway (tests run several in one process)."""
 
     metrics: AuditMetrics | None = None
-    config: AuditConfig | None = None
     store: Store | None = None  # for reading (the service); the writer process has its own
     channel: WriterChannel | None = None
 
@@ -80,7 +78,7 @@ async def startup(midway: Midway) -> None:
         raise
     if config.bodies:
         midway.keep_stream_bodies(config.max_body_bytes * _STREAM_OVERHEAD)
-    inst.config, inst.store, inst.channel = config, store, channel
+    inst.store, inst.channel = store, channel
     midway.services["audit"] = AuditService(store, channel)
     log.info("audit: recording to %s (bodies %s, writer process %s)", config.describe_store(),
              "on" if config.bodies else "off", channel.proc.pid if channel.proc else None)
@@ -91,39 +89,46 @@ async def shutdown(midway: Midway) -> None:
     inst = _instances.get(midway)
     if inst is None or inst.channel is None or inst.store is None:
         return
+    midway.services.pop("audit", None)  # the request hooks stop here
     await inst.channel.close()
     await inst.store.close()
     inst.channel = inst.store = None
 
 
+# The request hooks find the channel in midway.services (a plain dict): they run for every
+# request, so each costs the relay as little as it can.
+
 @hookimpl(tryfirst=True)
 def pre_request(exchange: Exchange) -> Any:
-    inst = _instances.get(exchange.midway) if exchange.midway is not None else None
-    channel = inst.channel if inst is not None else None
+    midway = exchange.midway
+    service = midway.services.get("audit") if midway is not None else None
+    channel = service.writer if service is not None else None
     # The writer is far behind: wait for it (with on_full = "drop", records are dropped
     # instead and requests never wait).
-    if channel is not None and channel.config.on_full == "block" and channel.over():
+    if channel is not None and channel.blocking and channel.over():
         return channel.room()
     return None
 
 
 @hookimpl
 def upstream_request(exchange: Exchange, attempt: Attempt) -> Any:
-    if attempt.number != 1:  # one intent per request: retries share it
+    midway = exchange.midway
+    if attempt.number != 1 or midway is None:  # one intent per request: retries share it
         return None
-    inst = _instances.get(exchange.midway) if exchange.midway is not None else None
-    if inst is None or inst.channel is None or inst.config is None \
-            or not inst.config.write_ahead:
+    service = midway.services.get("audit")
+    channel = service.writer if service is not None else None
+    if channel is None or not channel.config.write_ahead:
         return None
-    return inst.channel.intent(orjson.dumps(intent_meta(exchange)))
+    return channel.intent(exchange.id, intent_meta(exchange))
 
 
 @hookimpl(trylast=True)
 def post_response(exchange: Exchange) -> None:
-    inst = _instances.get(exchange.midway) if exchange.midway is not None else None
-    if inst is None or inst.channel is None or inst.config is None:
-        return
-    inst.channel.record(capture(exchange, inst.config.bodies))
+    midway = exchange.midway
+    service = midway.services.get("audit") if midway is not None else None
+    channel = service.writer if service is not None else None
+    if channel is not None:
+        channel.record(*capture(exchange, channel.config.bodies))
 
 
 @hookimpl
@@ -132,9 +137,8 @@ def register_routes(app: web.Application, midway: Midway) -> None:
         if not local_or_admin(request, midway):
             return error_response(403, "audit status is served to local clients or with the "
                                   "admin key")
-        inst = _instances.get(midway)
-        body: dict[str, Any] = inst.channel.status() if inst and inst.channel else {}
-        return web.json_response(body)
+        service = midway.services.get("audit")
+        return web.json_response(service.status() if service is not None else {})
 
     app.router.add_get("/_midway/audit/status", status)
 

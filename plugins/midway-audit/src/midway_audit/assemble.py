@@ -10,12 +10,14 @@ them into events (:meth:`EventLog.from_sse`) and rebuilds the message (:func:`re
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
 
 from midway.sse import SSEParser
 
+_DATA_LINE = re.compile(r"^data: ?(.*)$", re.MULTILINE)
 _JSON_INPUT_BLOCKS = frozenset({"tool_use", "server_tool_use", "mcp_tool_use"})
 _TEXT_FIELDS = {"text_delta": ("text", "text"), "thinking_delta": ("thinking", "thinking"),
                 "signature_delta": ("signature", "signature")}
@@ -67,6 +69,30 @@ class StreamAssembler:
             self._stopped = True
         elif kind == "error":
             self._error = payload.get("error")
+
+    def feed_all(self, payloads: list[Any]) -> None:
+        """``feed`` each payload; text deltas, nearly all of a stream, take a short cut."""
+        parts = self._parts
+        limit = self._limit
+        for payload in payloads:
+            if type(payload) is dict and payload.get("type") == "content_block_delta":
+                delta = payload.get("delta")
+                index = payload.get("index")
+                if type(delta) is dict and type(index) is int \
+                        and delta.get("type") == "text_delta":
+                    value = delta.get("text")
+                    if type(value) is str:
+                        if self._size + len(value) > limit:
+                            self.truncated = True
+                            continue
+                        self._size += len(value)
+                        found = parts.get((index, "text"))
+                        if found is None:
+                            parts[(index, "text")] = [value]
+                        else:
+                            found.append(value)
+                        continue
+            self.feed(None, payload)
 
     def _delta(self, payload: dict[str, Any]) -> None:
         index = payload.get("index")
@@ -157,6 +183,17 @@ class EventLog:
     def from_sse(cls, raw: bytes, limit: int, truncated: bool = False) -> EventLog:
         """The log of a stream's bytes as the relay kept them (``truncated``: cut there)."""
         events = cls(limit)
+        text = raw.decode("utf-8", "replace")
+        # What Anthropic sends: LF line ends, one data line per event, every event ended by
+        # a blank line. Then the data lines are the events' data, found in one C call; any
+        # other shape, or deltas past the limit, goes through the full parser.
+        if "\r" not in text:
+            data = _DATA_LINE.findall(text)
+            size = sum(map(len, data))
+            if data and len(data) == text.count("\n\n") and size <= limit:
+                events.data, events._size = data, size
+                events.truncated = truncated
+                return events
         for event in SSEParser().feed(raw):
             if event.name != "ping":
                 events.add(event.name, event.data)
@@ -171,8 +208,7 @@ def reassemble(data: list[str], limit: int, truncated: bool) -> dict[str, Any]:
         payloads = orjson.loads("[" + ",".join(data) + "]") if data else []
     except orjson.JSONDecodeError:  # one event is not JSON: parse them one by one
         payloads = [_loads(text) for text in data]
-    for payload in payloads:
-        assembler.feed(None, payload)
+    assembler.feed_all(payloads)
     assembler.truncated = assembler.truncated or truncated
     return assembler.message()
 

@@ -31,7 +31,7 @@ from typing import Any
 import orjson
 
 from midway_audit.config import AuditConfig
-from midway_audit.frames import BY_SOCKET, CONFIG, INTENT, WAKE, frame
+from midway_audit.frames import BY_SOCKET, CONFIG, HEADER, INTENT, RECORD, WAKE, frame
 from midway_audit.ring import RingWriter, create
 
 log = logging.getLogger("midway.audit")
@@ -48,6 +48,7 @@ class WriterChannel:
     def __init__(self, config: AuditConfig, table: dict[str, Any], data_dir: Path,
                  metrics: Any = None) -> None:
         self.config = config
+        self.blocking = config.on_full == "block"
         self.table = table
         self.data_dir = data_dir
         self.metrics = metrics
@@ -63,7 +64,8 @@ class WriterChannel:
         self._ring: RingWriter | None = None
         self._ring_fd: int | None = None
         # frames that found no room in the ring, in order (only while the writer is behind)
-        self._waiting: collections.deque[tuple[list[bytes], int]] = collections.deque()
+        self._waiting: collections.deque[tuple[int, bytes, bytes, bytes]] = \
+            collections.deque()
         self._woken_at = 0  # the ring's head the writer was last told of
         self._progress = asyncio.Event()  # set on every status line
         self._scheduled = False
@@ -72,6 +74,7 @@ class WriterChannel:
         self._durable: collections.deque[tuple[int, asyncio.Future[None]]] = \
             collections.deque()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._high = 0  # ring bytes in use past which the writer is "far behind"
 
     # -- life cycle ----------------------------------------------------------------------------
 
@@ -82,6 +85,7 @@ class WriterChannel:
         if self._ring_fd is None:
             self._ring_fd = create(self.config.handoff_bytes)
             self._ring = RingWriter(self._ring_fd)
+            self._high = self._ring.capacity * 3 // 4
         # A writer started after one died reads on from the same ring: the frames the dead
         # one had not taken are not lost (those it had taken but not committed are).
         assert self._ring is not None
@@ -205,11 +209,13 @@ class WriterChannel:
 
     # -- the relay's path ----------------------------------------------------------------------
 
-    def send(self, pieces: list[bytes]) -> None:
+    def send(self, kind: int, meta: bytes, a: bytes = b"", b: bytes = b"") -> None:
         """Hand over a frame; the writer is woken within ``wake_delay``."""
-        size = sum(map(len, pieces))
-        if self._waiting or not self._put(pieces, size):
-            self._waiting.append((pieces, size))
+        ring = self._ring
+        if self._waiting or ring is None or self._transport is None \
+                or not ring.put(kind, meta, a, b):
+            self._waiting.append((kind, meta, a, b))
+            self._flush_waiting()
         if not self._scheduled:
             self._scheduled = True
             assert self._loop is not None
@@ -218,24 +224,25 @@ class WriterChannel:
             # (the writer would wait that long for its batch to fill anyway).
             self._loop.call_later(self.wake_delay, self._wake)
 
-    def _put(self, pieces: list[bytes], size: int) -> bool:
-        ring, transport = self._ring, self._transport
-        if ring is None or transport is None:
-            return False
-        if size <= ring.max_frame:
-            return ring.put(pieces, size)
-        # Too large for the ring: a marker holds its place in the order, the frame follows
-        # on the socket.
-        marker = frame(BY_SOCKET, b"")
-        if not ring.put(marker, sum(map(len, marker))):
-            return False
-        transport.writelines(pieces)
-        return True
+    def _flush_waiting(self) -> None:
+        """Move the frames that wait into the ring (or, too large for it, onto the socket)
+        while there is room, in order."""
+        ring, transport, waiting = self._ring, self._transport, self._waiting
+        while waiting and ring is not None and transport is not None:
+            kind, meta, a, b = waiting[0]
+            if not ring.put(kind, meta, a, b):
+                if HEADER.size + len(meta) + len(a) + len(b) <= ring.max_frame:
+                    return  # no room yet
+                # Too large for the ring: a marker holds its place in the order, the frame
+                # follows on the socket.
+                if not ring.put(BY_SOCKET, b""):
+                    return
+                transport.writelines(frame(kind, meta, a, b))
+            waiting.popleft()
 
     def _wake(self) -> None:
         self._scheduled = False
-        while self._waiting and self._put(*self._waiting[0]):
-            self._waiting.popleft()
+        self._flush_waiting()
         ring, transport = self._ring, self._transport
         if ring is None or transport is None or transport.is_closing():
             return
@@ -244,19 +251,20 @@ class WriterChannel:
             self._woken_at = head
             transport.writelines(frame(WAKE, b"", head.to_bytes(8, "little")))
 
-    def record(self, pieces: list[bytes]) -> None:
-        if self.config.on_full == "drop" and self.over():
+    def record(self, meta: bytes, request_body: bytes, response: bytes) -> None:
+        """Hand over a record (record.capture)."""
+        if not self.blocking and self.over():
             self.dropped += 1
             if self.metrics is not None:
                 self.metrics.dropped.labels("queue_full").inc()
             return
-        self.send(pieces)
+        self.send(RECORD, meta, request_body, response)
 
-    def intent(self, meta: bytes) -> Awaitable[None] | None:
+    def intent(self, request_id: str, meta: bytes) -> Awaitable[None] | None:
         """Hand over an intent; with durable write-ahead, a future for its commit. Once in
         the ring it outlives this process: the writer reads it even after a kill -9 — so
         when the ring has no room for it, the request waits until it is in (``block``)."""
-        self.send(frame(INTENT, meta))
+        self.send(INTENT, meta, request_id.encode())
         self.intents_sent += 1
         if self._waiting and self._transport is not None and self.config.on_full == "block" \
                 and not self.config.write_ahead_durable:
@@ -272,8 +280,7 @@ class WriterChannel:
     def over(self) -> bool:
         """Whether the writer is far behind: frames wait for room, or the ring is 3/4 full."""
         ring = self._ring
-        return bool(self._waiting) or (ring is not None and
-                                       ring.used() * 4 > ring.capacity * 3)
+        return bool(self._waiting) or (ring is not None and ring.used() > self._high)
 
     async def room(self) -> None:
         """Wait until the writer has caught up (each status line says it made progress)."""

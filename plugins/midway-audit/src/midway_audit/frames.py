@@ -19,8 +19,8 @@ import orjson
 HEADER = struct.Struct("<BIII")
 
 CONFIG = 1  # socket, first: {"config": [audit] table, "data_dir", "log_level"}
-INTENT = 2  # meta: the intent's metadata (intents.intent_meta)
-RECORD = 3  # meta: {"meta", "headers", "response", "stream_truncated"}; a, b: the bodies
+INTENT = 2  # meta: the intent's metadata (intents.intent_meta); a: the request id
+RECORD = 3  # meta: the record's metadata (record.capture); a, b: the request and response
 WAKE = 4  # socket: the ring holds frames up to the position in ``a`` (8 bytes)
 BY_SOCKET = 5  # ring: the next frame is too large for the ring; it comes over the socket
 

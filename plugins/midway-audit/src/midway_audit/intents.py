@@ -51,8 +51,14 @@ def new_instance() -> int:
     return secrets.randbelow(2**31 - 1) + 1
 
 
-def intent_meta(exchange: Exchange) -> dict[str, Any]:
-    """What an intent records about a request about to reach the upstream."""
+# An intent frame's metadata is a JSON array in this order (see record.CAPTURED).
+INTENDED = ("id", "ts", "principal", "principal_name", "team", "principal_kind",
+            "client_address", "method", "path", "query", "model", "upstream", "upstream_key")
+
+
+def intent_meta(exchange: Exchange) -> bytes:
+    """What an intent records about a request about to reach the upstream (on the relay's
+    path: read, encode, nothing more)."""
     principal = exchange.principal
     request = exchange.request
     if request.parsed:
@@ -61,12 +67,20 @@ def intent_meta(exchange: Exchange) -> dict[str, Any]:
         found = _MODEL.search(request.body, 0, _MODEL_WINDOW)
         model = found.group(1).decode("utf-8", "replace") if found else None
     upstream = exchange.upstream
-    return {"id": exchange.id, "ts": exchange.timings.started_at, "principal": principal.id,
-            "principal_name": principal.name, "team": principal.team,
-            "principal_kind": principal.kind, "client_address": exchange.client_address,
-            "method": request.method, "path": request.path_qs, "model": model,
-            "upstream": upstream.name if upstream is not None else None,
-            "upstream_key": upstream.key_id if upstream is not None else None}
+    return orjson.dumps((
+        exchange.id, exchange.timings.started_at, principal.id, principal.name, principal.team,
+        principal.kind, exchange.client_address, request.method, request.path,
+        request.query_string, model, upstream.name if upstream is not None else None,
+        upstream.key_id if upstream is not None else None))
+
+
+def intended(data: bytes) -> dict[str, Any]:
+    """An intent frame's metadata, read by the writer process."""
+    meta = dict(zip(INTENDED, orjson.loads(data), strict=True))
+    query = meta.pop("query")
+    if query:
+        meta["path"] = f"{meta['path']}?{query}"
+    return meta
 
 
 def interrupted_rows(intents: list[str], redactor: Redactor) -> list[Row]:
@@ -100,17 +114,17 @@ class IntentLog:
         self.written = 0
         self.failed = 0
         self.done = 0  # intents handled (committed, failed, or no longer needed), in order
-        self.open: dict[str, dict[str, Any]] = {}  # request id -> intent, until its record
-        self._gathering: list[tuple[str, float, dict[str, Any]]] = []
+        self.open: dict[str, bytes] = {}  # request id -> intent frame data, until its record
+        self._gathering: list[tuple[str, bytes]] = []
         self._settled: set[str] = set()  # gathered intents whose record already came
         self._task: asyncio.Task[None] | None = None
         self._committing: asyncio.Future[None] | None = None
 
-    def add(self, meta: dict[str, Any]) -> None:
-        """Take the intent of a request about to reach the upstream; commit it soon."""
-        request_id = str(meta["id"])
-        self.open[request_id] = meta
-        self._gathering.append((request_id, float(meta["ts"]), meta))
+    def add(self, request_id: str, data: bytes) -> None:
+        """Take the intent of a request about to reach the upstream (its frame's metadata,
+        parsed only if it has to be written); commit it soon."""
+        self.open[request_id] = data
+        self._gathering.append((request_id, data))
         if self._task is None:
             self._task = asyncio.create_task(self._commit_loop(), name="midway-audit-intents")
 
@@ -127,8 +141,8 @@ class IntentLog:
                     await asyncio.sleep(self.linger)
                 batch, settled = self._gathering, self._settled
                 self._gathering, self._settled = [], set()
-                todo = [(rid, ts, redacted_json(meta, self.redactor))
-                        for rid, ts, meta in batch if rid not in settled]
+                todo = [_row(rid, intended(data), self.redactor)
+                        for rid, data in batch if rid not in settled]
                 try:
                     if todo:
                         self._committing = asyncio.ensure_future(
@@ -165,7 +179,11 @@ class IntentLog:
 
     def interrupted(self) -> list[Row]:
         """Records for the intents still open: their requests never finished."""
-        rows = interrupted_rows([redacted_json(meta, self.redactor)
-                                 for meta in self.open.values()], self.redactor)
+        rows = interrupted_rows([redacted_json(intended(data), self.redactor)[0]
+                                 for data in self.open.values()], self.redactor)
         self.open.clear()
         return rows
+
+
+def _row(request_id: str, meta: dict[str, Any], redactor: Redactor) -> tuple[str, float, str]:
+    return request_id, float(meta["ts"]), redacted_json(meta, redactor)[0]

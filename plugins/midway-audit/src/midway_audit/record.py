@@ -10,10 +10,9 @@ from typing import Any
 import attrs
 import orjson
 
-from midway import Exchange
+from midway import Exchange, Usage
 from midway_audit.assemble import EventLog, reassemble
 from midway_audit.chain import content_digest
-from midway_audit.frames import RECORD, frame
 from midway_audit.parts import expand, full_text, template
 from midway_audit.redact import Redactor
 
@@ -74,78 +73,90 @@ class Row:
         return record
 
 
-def capture(exchange: Exchange, bodies: bool) -> list[bytes]:
-    """A finished exchange as a record frame for the writer process (frames.RECORD)."""
+# The record frame's metadata is a JSON array in this order (cheaper for the relay to build
+# and encode than an object); the writer process names the fields (``received``).
+CAPTURED = ("id", "upstream_request_id", "ts", "principal", "principal_name", "team",
+            "principal_kind", "client_address", "method", "path", "query", "model",
+            "response_model", "upstream", "upstream_key", "attempts", "status", "stop_reason",
+            "error", "error_type", "client_disconnected", "answered_by", "streaming",
+            "ttfb_ms", "upstream_ttfb_ms", "total_ms", "usage", "annotations", "headers",
+            "response", "stream_truncated", "audit_problem")
+_ATTEMPT = ("number", "upstream", "status", "error", "retried", "request_id")
+
+
+def capture(exchange: Exchange, bodies: bool) -> tuple[bytes, bytes, bytes]:
+    """A finished exchange as a record frame's parts for the writer process (frames.RECORD):
+    its metadata, the request body and the response (both the bytes already in hand). This
+    runs on the relay's path for every request: it only reads fields; naming, rounding and
+    deriving happen in the writer (``received``)."""
     principal = exchange.principal
     upstream = exchange.upstream
     timings = exchange.timings
     usage = exchange.usage
-    annotations = exchange.annotations
     request = exchange.request
-    meta: dict[str, Any] = {
-        "id": exchange.id,
-        "upstream_request_id": exchange.upstream_request_id,
-        "ts": timings.started_at,
-        "principal": principal.id,
-        "principal_name": principal.name,
-        "team": principal.team,
-        "principal_kind": principal.kind,
-        "client_address": exchange.client_address,
-        "method": request.method,
-        "path": request.path_qs,
-        # parsing a large body costs the relay: left to the writer unless already done
-        "model": exchange.model if request.parsed else None,
-        "response_model": exchange.response_model,
-        "upstream": upstream.name if upstream is not None else None,
-        "upstream_key": upstream.key_id if upstream is not None else None,
-        "attempts": [{"number": a.number, "upstream": a.upstream.name, "status": a.status,
-                      "error": a.error, "retried": a.retried, "request_id": a.request_id}
-                     for a in exchange.attempts],
-        "status": exchange.status,
-        "stop_reason": exchange.stop_reason,
-        "error": exchange.error,
-        "error_type": exchange.error_type,
-        "client_disconnected": exchange.client_disconnected,
-        "answered_by": exchange.answered_by,
-        "streaming": exchange.streaming,
-        "ttfb_ms": _ms(timings.ttfb_ms),
-        "upstream_ttfb_ms": _ms(timings.upstream_ttfb_ms),
-        "total_ms": _ms(timings.total_ms),
-        "usage": usage.as_dict() if usage.seen else None,
-        "cost_usd": _str_or_none(annotations.get("cost_usd")),
-        "cache": _str_or_none(annotations.get("cache")),
-        "route": _str_or_none(annotations.get("route")),
-        "annotations": annotations,
-    }
     response: bytes | None = None
     kind = "none"
+    truncated = False
     if bodies:
-        if exchange.kept_stream is not None:
-            response, kind = exchange.stream_body, "stream"
+        kept = exchange.kept_stream
+        if kept is not None:
+            response, kind, truncated = b"".join(kept.chunks), "stream", kept.truncated
         elif exchange.response_body is not None:
             response, kind = exchange.response_body, "json"
-    message = {"meta": meta, "headers": list(request.headers.items()), "response": kind,
-               "stream_truncated": exchange.stream_truncated}
+    values = [
+        exchange.id, exchange.upstream_request_id, timings.started_at, principal.id,
+        principal.name, principal.team, principal.kind, exchange.client_address,
+        request.method, request.path, request.query_string,
+        # parsing a large body costs the relay: left to the writer unless already done
+        exchange.model if request.parsed else None,
+        exchange.response_model,
+        upstream.name if upstream is not None else None,
+        upstream.key_id if upstream is not None else None,
+        [(a.number, a.upstream.name, a.status, a.error, a.retried, a.request_id)
+         for a in exchange.attempts],
+        exchange.status, exchange.stop_reason, exchange.error, exchange.error_type,
+        exchange.client_disconnected, exchange.answered_by, exchange.streaming,
+        timings.ttfb_ms, timings.upstream_ttfb_ms, timings.total_ms,
+        usage.raw if usage.seen else None, exchange.annotations,
+        list(request.headers.items()), kind, truncated, None]
     try:
-        data = orjson.dumps(message, default=str)
+        data = orjson.dumps(values, default=str)
     except Exception as exc:
         # One odd record must still be recorded: plainly, and saying so.
-        data = orjson.dumps(plain(message, type(exc).__name__), default=str)
-    return frame(RECORD, data, request.body, response or b"")
+        data = orjson.dumps(plain(values, type(exc).__name__), default=str)
+    return data, request.body, response or b""
 
 
-def received(message: dict[str, Any], request_body: bytes, response: bytes,
-             max_body: int) -> Pending:
+def received(data: bytes, request_body: bytes, response: bytes, max_body: int) -> Pending:
     """A record frame, read by the writer process, as a :class:`Pending`."""
-    kind = message.get("response")
+    fields = dict(zip(CAPTURED, orjson.loads(data), strict=True))
+    kind = fields.pop("response")
+    truncated = bool(fields.pop("stream_truncated"))
+    headers = [(str(k), str(v)) for k, v in fields.pop("headers") or ()]
+    problem = fields.pop("audit_problem")
+    query = fields.pop("query")
+    if query:
+        fields["path"] = f"{fields['path']}?{query}"
+    fields["attempts"] = [dict(zip(_ATTEMPT, a, strict=True)) for a in fields["attempts"]]
+    for key in ("ttfb_ms", "upstream_ttfb_ms", "total_ms"):
+        fields[key] = _ms(fields[key])
+    raw_usage = fields["usage"]
+    if raw_usage is not None:
+        usage = Usage()
+        usage.update(raw_usage)
+        fields["usage"] = usage.as_dict()
+    annotations = fields["annotations"]
+    for key in ("cost_usd", "cache", "route"):
+        fields[key] = _str_or_none(annotations.get(key))
+    if problem is not None:
+        fields["audit_problem"] = problem
     events = None
     response_body: bytes | None = None
     if kind == "stream":
-        events = EventLog.from_sse(response, max_body, bool(message.get("stream_truncated")))
+        events = EventLog.from_sse(response, max_body, truncated)
     elif kind == "json":
         response_body = response
-    headers = [(str(k), str(v)) for k, v in message.get("headers") or ()]
-    return Pending(message["meta"], headers, request_body, UNPARSED, response_body, events)
+    return Pending(fields, headers, request_body, UNPARSED, response_body, events)
 
 
 def prepare(pending: Pending, redactor: Redactor, max_body: int, bodies: bool) -> Row:
@@ -175,31 +186,35 @@ def prepare(pending: Pending, redactor: Redactor, max_body: int, bodies: bool) -
             lower = name.lower()
             headers[lower] = f"{headers[lower]}, {value}" if lower in headers else value
     meta["request_headers"] = headers
-    data = redacted_json(meta, redactor)
-    clean = orjson.loads(data)
+    data, read_back = redacted_json(meta, redactor)
+    # the indexed columns, as redacted as the record
+    clean = read_back if read_back is not None else meta
     status = meta["status"] if isinstance(meta["status"], int) else None
     return Row(ts=float(meta["ts"]), request_id=str(clean["id"]),
-               upstream_request_id=clean["upstream_request_id"], principal=clean["principal"],
-               model=clean["model"], status=status, data=data, request_body=request_body,
+               upstream_request_id=_str_or_none(clean["upstream_request_id"]),
+               principal=str(clean["principal"]), model=_str_or_none(clean["model"]),
+               status=status, data=data, request_body=request_body,
                response_body=response_body, parts=parts,
                content=content_digest(data, request_body, response_body))
 
 
-def plain(message: dict[str, Any], problem: str) -> dict[str, Any]:
-    """A copy of a record frame's ``message`` that always serialises: annotations left out,
-    every string made valid UTF-8."""
-    meta = _valid_utf8({k: v for k, v in message["meta"].items() if k != "annotations"})
-    meta["annotations"] = {}
-    meta["audit_problem"] = f"prepared without annotations: {problem}"
-    headers = [[_valid_utf8(k), _valid_utf8(v)] for k, v in message.get("headers") or ()]
-    return {**message, "meta": meta, "headers": headers}
+def plain(values: list[Any], problem: str) -> list[Any]:
+    """A copy of a record frame's metadata that always serialises: annotations left out,
+    every string made valid UTF-8, and the problem said."""
+    return list(_without_annotations(dict(zip(CAPTURED, values, strict=True)), problem).values())
 
 
 def plain_pending(pending: Pending, problem: str) -> Pending:
     """The same for a record whose preparation failed in the writer."""
-    message = plain({"meta": pending.meta, "headers": pending.headers}, problem)
-    return Pending(message["meta"], [tuple(h) for h in message["headers"]],
-                   pending.request_body, None, pending.response_body, pending.response_events)
+    headers = [(str(_valid_utf8(k)), str(_valid_utf8(v))) for k, v in pending.headers]
+    return Pending(_without_annotations(pending.meta, problem), headers, pending.request_body,
+                   None, pending.response_body, pending.response_events)
+
+
+def _without_annotations(meta: dict[str, Any], problem: str) -> dict[str, Any]:
+    clean: dict[str, Any] = _valid_utf8({**meta, "annotations": {}})  # the fields' order kept
+    clean["audit_problem"] = f"prepared without annotations: {problem}"
+    return clean
 
 
 def _valid_utf8(value: Any) -> Any:
@@ -214,19 +229,19 @@ def _valid_utf8(value: Any) -> Any:
     return _valid_utf8(str(value))
 
 
-def redacted_json(meta: dict[str, Any], redactor: Redactor) -> str:
+def redacted_json(meta: dict[str, Any], redactor: Redactor) -> tuple[str, Any]:
     """The metadata as canonical JSON, redacted in one pass over its text (patterns never
-    span a quote, so the text stays valid JSON); per value if a match ever broke it."""
+    span a quote, so the text stays valid JSON; per value if a match ever broke it), and,
+    when a pattern matched, that JSON read back (``None``: nothing was masked)."""
     text = orjson.dumps(meta, option=orjson.OPT_SORT_KEYS, default=str).decode()
     redacted = redactor.text(text)
     if redacted == text:
-        return text
+        return text, None
     try:
-        orjson.loads(redacted)
-        return redacted
+        return redacted, orjson.loads(redacted)
     except orjson.JSONDecodeError:
         clean = _redact_values(orjson.loads(text), redactor)
-        return orjson.dumps(clean, option=orjson.OPT_SORT_KEYS).decode()
+        return orjson.dumps(clean, option=orjson.OPT_SORT_KEYS).decode(), clean
 
 
 def _parse(raw: bytes) -> Any:

@@ -55,22 +55,33 @@ class AuditWriter:
         if self.config.max_age is not None or self.config.max_rows is not None:
             self._prune_task = asyncio.create_task(self._prune_loop(), name="midway-audit-prune")
 
-    async def submit(self, pending: Pending) -> None:
+    def offer(self, pending: Pending) -> bool:
+        """Queue a record at once when there is room (or drop it, in drop mode); ``False``
+        when it has to wait for room (then ``submit`` it)."""
         if self._stopping:
             self._drop("closed")
-            return
+            return True
         size = pending.size
-        if self.config.on_full == "drop":
-            if self.queue.full() or self._over(size):
-                self._drop("queue_full")
-                return
-            self.queue.put_nowait(pending)
-        else:
-            # backpressure: this request's handler waits for room (records, then bytes)
-            while self._over(size):
-                self._room.clear()
-                await self._room.wait()
-            await self.queue.put(pending)
+        if self.queue.full() or self._over(size):
+            if self.config.on_full != "drop":
+                return False
+            self._drop("queue_full")
+            return True
+        self.queue.put_nowait(pending)
+        self._bytes += size
+        return True
+
+    async def submit(self, pending: Pending) -> None:
+        if self.offer(pending):
+            return
+        # backpressure: wait for room (records, then bytes); the gauge shows the full queue
+        if self.metrics is not None:
+            self.metrics.queue_depth.set(self.queue.qsize())
+        size = pending.size
+        while self._over(size):
+            self._room.clear()
+            await self._room.wait()
+        await self.queue.put(pending)
         self._bytes += size
         if self.metrics is not None:
             self.metrics.queue_depth.set(self.queue.qsize())

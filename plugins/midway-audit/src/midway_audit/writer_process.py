@@ -22,6 +22,7 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Awaitable
 from typing import Any
 
 import orjson
@@ -192,18 +193,24 @@ class WriterProcess:
                     return
                 kind, meta, a, b = large.popleft()
             ring.advance(end)
-            await self._take(kind, meta, a, b)
+            waiting = self._take(kind, meta, a, b)
+            if waiting is not None:
+                await waiting
 
-    async def _take(self, kind: int, meta: bytes, a: bytes, b: bytes) -> None:
+    def _take(self, kind: int, meta: bytes, a: bytes, b: bytes) -> Awaitable[None] | None:
+        """Hand a frame on; an awaitable when the writer's queue is full (backpressure: the
+        ring fills up behind it)."""
         assert self.writer is not None
         intents = self.intents
         if kind == RECORD:
-            pending = received(orjson.loads(meta), a, b, self._max_body)
+            pending = received(meta, a, b, self._max_body)
             if intents is not None:
                 intents.settle(str(pending.meta.get("id")))
-            await self.writer.submit(pending)  # waits while the queue is full: backpressure
+            if not self.writer.offer(pending):
+                return self.writer.submit(pending)
         elif kind == INTENT and intents is not None:
-            intents.add(orjson.loads(meta))
+            intents.add(a.decode(), meta)  # a: the request id
+        return None
 
     async def _stop(self) -> None:
         if self.intents is not None:
