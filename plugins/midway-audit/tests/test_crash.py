@@ -17,11 +17,13 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import orjson
+import pytest
 from conftest import HEADERS
 
 from midway.testing import free_port, wait_for
@@ -29,6 +31,8 @@ from midway.testing import free_port, wait_for
 MIDWAY = [sys.executable, "-c", "from midway.cli import main; main()"]
 ID_PLUGIN = str(Path(__file__).parent / "upstream_id_plugin.py")
 INTERRUPTED = "midway stopped before the request finished"
+HELD = 3  # requests the upstream is still answering when the kill comes
+HOLD = {"x-fake-reply": orjson.dumps({"first_byte_delay": 120}).decode()}
 
 
 def healthy(url: str) -> bool:
@@ -56,6 +60,26 @@ def serve(data_dir: Path, upstream: str, log: Path, workers: int = 1,
     return proc, url
 
 
+@pytest.fixture
+def upstream_url() -> Iterator[str]:
+    """``midway mock-upstream`` in a process of its own (it lists what it served)."""
+    port = free_port()
+    proc = subprocess.Popen([*MIDWAY, "mock-upstream", "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_for(lambda: healthy_upstream(url), timeout=30)
+        yield url
+    finally:
+        _stop(proc)
+
+
+def _stop(proc: subprocess.Popen[bytes] | None) -> None:
+    if proc is not None and proc.poll() is None:
+        proc.kill()
+        proc.wait(10)
+
+
 def audit_cli(*args: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*MIDWAY, "audit", *args, "--data-dir", str(data_dir)],
                           env={**os.environ, "MIDWAY_PLUGINS": "audit"}, capture_output=True,
@@ -68,6 +92,15 @@ def served_ids(upstream_url: str) -> list[str]:
     with urllib.request.urlopen(f"{upstream_url}/_fake/requests", timeout=30) as resp:
         return [{k.lower(): v for k, v in r["headers"].items()}["x-audit-test-request"]
                 for r in orjson.loads(resp.read()) if r["path"] == "/v1/messages"]
+
+
+def held_ids(upstream_url: str) -> set[str]:
+    """The midway ids of the ``HOLD`` requests the upstream has received."""
+    import urllib.request
+    with urllib.request.urlopen(f"{upstream_url}/_fake/requests", timeout=30) as resp:
+        requests = [{k.lower(): v for k, v in r["headers"].items()}
+                    for r in orjson.loads(resp.read())]
+    return {h["x-audit-test-request"] for h in requests if "x-fake-reply" in h}
 
 
 def _process_gone(pid: int) -> bool:
@@ -106,19 +139,15 @@ def _check_interrupted(by_id: dict[str, dict[str, Any]], data_dir: Path) -> set[
     return recovered
 
 
-def test_kill_9_of_the_relay_its_writer_records_every_served_request(tmp_path):
+def test_kill_9_of_the_relay_its_writer_records_every_served_request(tmp_path, upstream_url):
     """The writer process outlives the relay: it commits what it was handed and records the
     requests in flight as interrupted — no restart needed."""
-    upstream_port = free_port()
-    upstream = subprocess.Popen([*MIDWAY, "mock-upstream", "--port", str(upstream_port)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     server = None
     try:
-        upstream_url = f"http://127.0.0.1:{upstream_port}"
-        wait_for(lambda: healthy_upstream(upstream_url), timeout=30)
         server, url = serve(tmp_path, upstream_url, tmp_path / "midway.log",
                             extra=("--plugin", ID_PLUGIN))
-        acked, answered, writer_pid = asyncio.run(load_then_kill(url, server, writer=False))
+        acked, answered, writer_pid = asyncio.run(
+            load_then_kill(url, upstream_url, server, writer=False))
         assert acked >= 200
         server.wait(10)
         assert server.returncode == -signal.SIGKILL
@@ -133,32 +162,26 @@ def test_kill_9_of_the_relay_its_writer_records_every_served_request(tmp_path):
         assert set(served) <= set(by_id)
         recovered = _check_interrupted(by_id, tmp_path)
         assert set(by_id) - set(served) <= recovered
+        assert held_ids(upstream_url) <= recovered
         # A request answered just before the kill, whose record the relay had not yet handed
         # over, is recorded as interrupted: at most one per client.
         assert answered <= set(by_id) and len(answered & recovered) <= 20
     finally:
-        for proc in (server, upstream):
-            if proc is not None and proc.poll() is None:
-                proc.kill()
-                proc.wait(10)
+        _stop(server)
 
 
 def test_kill_9_of_relay_and_writer_then_restart_records_every_served_request_once(
-        tmp_path):
+        tmp_path, upstream_url):
     """Both processes killed at once (a container's kill): acknowledged records survive;
     with durable write-ahead the restart records every request the upstream served."""
-    upstream_port = free_port()
-    upstream = subprocess.Popen([*MIDWAY, "mock-upstream", "--port", str(upstream_port)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     server = None
     durable = {"MIDWAY_AUDIT__WRITE_AHEAD": "durable"}
     try:
-        upstream_url = f"http://127.0.0.1:{upstream_port}"
-        wait_for(lambda: healthy_upstream(upstream_url), timeout=30)
         log = tmp_path / "midway.log"
         server, url = serve(tmp_path, upstream_url, log, extra=("--plugin", ID_PLUGIN),
                             env=durable)
-        acked, answered, writer_pid = asyncio.run(load_then_kill(url, server, writer=True))
+        acked, answered, writer_pid = asyncio.run(
+            load_then_kill(url, upstream_url, server, writer=True))
         assert acked >= 200
         server.wait(10)
         assert server.returncode == -signal.SIGKILL
@@ -183,17 +206,14 @@ def test_kill_9_of_relay_and_writer_then_restart_records_every_served_request_on
         assert server.wait(30) == 0
         verified_again, by_id = _records(tmp_path)
         recovered = _check_interrupted(by_id, tmp_path)
-        assert recovered and not recovered & ids
+        assert held_ids(upstream_url) <= recovered and not recovered & ids
         assert verified_again["head_seq"] == verified["head_seq"] + len(recovered) + 10
         assert set(served_ids(upstream_url)) <= set(by_id)
         assert set(by_id) - set(served_ids(upstream_url)) <= recovered
         assert answered <= set(by_id)
         assert after <= set(by_id) and not after & recovered
     finally:
-        for proc in (server, upstream):
-            if proc is not None and proc.poll() is None:
-                proc.kill()
-                proc.wait(10)
+        _stop(server)
 
 
 def healthy_upstream(url: str) -> bool:
@@ -216,14 +236,27 @@ async def send(url: str, n: int) -> set[str]:
     return ids
 
 
-async def load_then_kill(url: str, server: subprocess.Popen[bytes], writer: bool
-                         ) -> tuple[int, set[str], int]:
-    """Keep 20 clients busy; once 200+ records are acknowledged, kill -9 the relay (and,
-    with ``writer``, its writer process first) right after a status poll. Returns the last
-    acknowledged seq, the ids of every answered request and the writer's pid."""
+async def load_then_kill(url: str, upstream_url: str, server: subprocess.Popen[bytes],
+                         writer: bool) -> tuple[int, set[str], int]:
+    """Keep 20 clients busy; once 200+ records are acknowledged and the upstream is holding
+    the ``HELD`` requests, kill -9 the relay (and, with ``writer``, its writer process first)
+    right after a status poll. Returns the last acknowledged seq, the ids of every answered
+    request and the writer's pid."""
     answered: set[str] = set()
     stop = asyncio.Event()
     async with aiohttp.ClientSession() as session:
+
+        async def held() -> None:
+            # The upstream sits on these until after the kill: without them, a fast writer
+            # can have committed every served request's record when the kill lands.
+            try:
+                async with session.post(f"{url}/v1/messages", headers={**HEADERS, **HOLD},
+                                        json={"model": "claude-sonnet-4-6", "max_tokens": 5,
+                                              "messages": [{"role": "user", "content": "hold"}]
+                                              }) as resp:
+                    await resp.read()
+            except aiohttp.ClientError:
+                assert stop.is_set()
 
         async def client(n: int) -> None:
             i = 0
@@ -242,13 +275,14 @@ async def load_then_kill(url: str, server: subprocess.Popen[bytes], writer: bool
                     await asyncio.sleep(0.01)
 
         clients = [asyncio.create_task(client(n)) for n in range(20)]
+        clients += [asyncio.create_task(held()) for _ in range(HELD)]
         acked = writer_pid = 0
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             async with session.get(f"{url}/_midway/audit/status") as resp:
                 status = await resp.json()
             acked, writer_pid = status["committed_seq"], status["writer_pid"]
-            if acked >= 200:
+            if acked >= 200 and len(held_ids(upstream_url)) == HELD:
                 if writer:
                     os.kill(writer_pid, signal.SIGKILL)
                 os.kill(server.pid, signal.SIGKILL)
@@ -259,14 +293,9 @@ async def load_then_kill(url: str, server: subprocess.Popen[bytes], writer: bool
     return acked, answered, writer_pid
 
 
-def test_two_worker_processes_share_one_sqlite_chain(tmp_path):
-    upstream_port = free_port()
-    upstream = subprocess.Popen([*MIDWAY, "mock-upstream", "--port", str(upstream_port)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def test_two_worker_processes_share_one_sqlite_chain(tmp_path, upstream_url):
     server = None
     try:
-        upstream_url = f"http://127.0.0.1:{upstream_port}"
-        wait_for(lambda: healthy_upstream(upstream_url), timeout=30)
         server, url = serve(tmp_path, upstream_url, tmp_path / "midway.log", workers=2)
         seen: set[int] = set()
 
@@ -305,7 +334,4 @@ def test_two_worker_processes_share_one_sqlite_chain(tmp_path):
         assert {r["id"] for r in stored} == ids
         assert workers == {0, 1}  # both processes served (and so wrote) requests
     finally:
-        for proc in (server, upstream):
-            if proc is not None and proc.poll() is None:
-                proc.kill()
-                proc.wait(10)
+        _stop(server)
