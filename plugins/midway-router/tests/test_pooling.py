@@ -90,9 +90,11 @@ def test_pool_under_load_has_no_429_for_clients(fake_upstream, midway_factory, r
     assert statuses[200] + len(refused_in) == total and set(statuses) <= {200, 429}
     assert len(refused_in) <= total // 10  # a stall, not a pool that fails under the load
     assert sum(served.values()) == statuses[200]
-    # No key did much more than its fair share.
-    assert max(served.values()) <= per_window * windows
-    assert min(served.values()) >= total // 3 - per_window
+    # No key did much more than its fair share. Without headers the pool learns that a key is
+    # spent only from its 429: one key may run ahead by up to a window's worth (CI saw 31).
+    fair = total // 3
+    assert max(served.values()) <= fair + (per_window // 2 if report else per_window)
+    assert min(served.values()) >= fair - per_window
     assert all(row["in_flight"] == 0 for row in rows_by_key(proxy).values())
 
 
