@@ -86,21 +86,23 @@ def audit_cli(*args: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
                           text=True, timeout=60)
 
 
-def served_ids(upstream_url: str) -> list[str]:
-    """The midway request of every request the upstream received (upstream_id_plugin)."""
+def _received_headers(upstream_url: str) -> list[dict[str, str]]:
+    """The headers (lower-case names) of every /v1/messages request the upstream received."""
     import urllib.request
     with urllib.request.urlopen(f"{upstream_url}/_fake/requests", timeout=30) as resp:
-        return [{k.lower(): v for k, v in r["headers"].items()}["x-audit-test-request"]
+        return [{k.lower(): v for k, v in r["headers"].items()}
                 for r in orjson.loads(resp.read()) if r["path"] == "/v1/messages"]
+
+
+def served_ids(upstream_url: str) -> list[str]:
+    """The midway request of every request the upstream received (upstream_id_plugin)."""
+    return [h["x-audit-test-request"] for h in _received_headers(upstream_url)]
 
 
 def held_ids(upstream_url: str) -> set[str]:
     """The midway ids of the ``HOLD`` requests the upstream has received."""
-    import urllib.request
-    with urllib.request.urlopen(f"{upstream_url}/_fake/requests", timeout=30) as resp:
-        requests = [{k.lower(): v for k, v in r["headers"].items()}
-                    for r in orjson.loads(resp.read())]
-    return {h["x-audit-test-request"] for h in requests if "x-fake-reply" in h}
+    return {h["x-audit-test-request"] for h in _received_headers(upstream_url)
+            if "x-fake-reply" in h}
 
 
 def _process_gone(pid: int) -> bool:

@@ -266,7 +266,7 @@ class WriterChannel:
         when the ring has no room for it, the request waits until it is in (``block``)."""
         self.send(INTENT, meta, request_id.encode())
         self.intents_sent += 1
-        if self._waiting and self._transport is not None and self.config.on_full == "block" \
+        if self._waiting and self._transport is not None and self.blocking \
                 and not self.config.write_ahead_durable:
             return self.room()
         if not self.config.write_ahead_durable or self._transport is None:

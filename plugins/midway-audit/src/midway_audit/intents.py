@@ -24,7 +24,7 @@ from typing import Any
 import orjson
 
 from midway import Exchange
-from midway_audit.record import Pending, Row, prepare, redacted_json
+from midway_audit.record import Pending, Row, join_query, prepare, redacted_json
 from midway_audit.redact import Redactor
 from midway_audit.store import Store
 
@@ -77,9 +77,7 @@ def intent_meta(exchange: Exchange) -> bytes:
 def intended(data: bytes) -> dict[str, Any]:
     """An intent frame's metadata, read by the writer process."""
     meta = dict(zip(INTENDED, orjson.loads(data), strict=True))
-    query = meta.pop("query")
-    if query:
-        meta["path"] = f"{meta['path']}?{query}"
+    join_query(meta)
     return meta
 
 

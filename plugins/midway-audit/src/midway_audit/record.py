@@ -134,9 +134,7 @@ def received(data: bytes, request_body: bytes, response: bytes, max_body: int) -
     truncated = bool(fields.pop("stream_truncated"))
     headers = [(str(k), str(v)) for k, v in fields.pop("headers") or ()]
     problem = fields.pop("audit_problem")
-    query = fields.pop("query")
-    if query:
-        fields["path"] = f"{fields['path']}?{query}"
+    join_query(fields)
     fields["attempts"] = [dict(zip(_ATTEMPT, a, strict=True)) for a in fields["attempts"]]
     for key in ("ttfb_ms", "upstream_ttfb_ms", "total_ms"):
         fields[key] = _ms(fields[key])
@@ -157,6 +155,14 @@ def received(data: bytes, request_body: bytes, response: bytes, max_body: int) -
     elif kind == "json":
         response_body = response
     return Pending(fields, headers, request_body, UNPARSED, response_body, events)
+
+
+def join_query(fields: dict[str, Any]) -> None:
+    """The relay sends the path and the query string apart (no join on its path): the
+    record's ``path`` is the two together, as the client sent them."""
+    query = fields.pop("query")
+    if query:
+        fields["path"] = f"{fields['path']}?{query}"
 
 
 def prepare(pending: Pending, redactor: Redactor, max_body: int, bodies: bool) -> Row:
