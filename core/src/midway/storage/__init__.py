@@ -1,7 +1,36 @@
-"""The storage substrate every plugin builds on: one store-URL grammar, one database API over
-SQLite and PostgreSQL, instance liveness that survives a database restart, schema check and
-upgrade, and retries for writes that must land."""
+"""The storage substrate every plugin builds on.
 
+* :func:`parse_store` — one grammar for every ``store`` setting (:mod:`midway.storage.url`);
+* :func:`open_database` — one :class:`Database` API over SQLite and PostgreSQL, a unit of work
+  per transaction, schemas migrated additively (:mod:`midway.storage.database`);
+* :func:`liveness` — which instances sharing a store are alive, surviving a database restart
+  (:mod:`midway.storage.liveness`);
+* :func:`check_store` / :func:`upgrade_store` — ``midway config check`` and ``midway db
+  upgrade`` for any store (:mod:`midway.storage.schema`);
+* :func:`retrying` — writes that must land, retried while the database blinks
+  (:mod:`midway.storage.retry`).
+
+Redis is not a SQL store: plugins that offer it use the ``redis`` package directly, and only
+the URL grammar and :func:`check_store` here.
+"""
+
+from midway.storage.database import (
+    Database,
+    PostgresDatabase,
+    Row,
+    Schema,
+    SQLiteDatabase,
+    Tx,
+    open_database,
+)
+from midway.storage.liveness import Liveness, liveness, new_instance
+from midway.storage.retry import Episode, describe, is_transient, retrying
+from midway.storage.schema import UPGRADE_HINT, check_store, upgrade_store
 from midway.storage.url import StoreURL, StoreURLError, mask, parse_store
 
-__all__ = ["StoreURL", "StoreURLError", "mask", "parse_store"]
+__all__ = [
+    "UPGRADE_HINT", "Database", "Episode", "Liveness", "PostgresDatabase", "Row",
+    "SQLiteDatabase", "Schema", "StoreURL", "StoreURLError", "Tx", "check_store", "describe",
+    "is_transient", "liveness", "mask", "new_instance", "open_database", "parse_store",
+    "retrying", "upgrade_store",
+]

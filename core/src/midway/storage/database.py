@@ -1,0 +1,348 @@
+"""One database API over SQLite (embedded) and PostgreSQL (shared).
+
+SQL is written once, with ``?`` placeholders (numbered for PostgreSQL) and a schema whose column
+types are written ``{int}``, ``{real}``, ``{blob}`` (see :class:`Schema`). A unit of work is a
+coroutine function given a :class:`Tx`::
+
+    async def reserve(tx: Tx) -> bool:
+        row = await tx.fetchone("SELECT spent FROM counters WHERE key = ?", key)
+        ...
+    admitted = await db.run(reserve)        # one transaction, committed or rolled back whole
+
+On SQLite the whole unit runs on the store's own thread (one hop from the event loop, however
+many statements it has; the loop never waits on disk); on PostgreSQL on a pooled connection. A
+unit must only talk to its ``tx``: on SQLite it runs on another thread's event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, Literal, Protocol, TypeVar
+
+import attrs
+
+from midway.sqlite_wal import enable_wal
+from midway.storage.url import StoreURL, StoreURLError
+
+T = TypeVar("T")
+Row = dict[str, Any]
+Dialect = Literal["sqlite", "postgresql"]
+
+_TYPES: dict[str, dict[str, str]] = {
+    "sqlite": {"int": "INTEGER", "real": "REAL", "blob": "BLOB", "text": "TEXT"},
+    "postgresql": {"int": "BIGINT", "real": "DOUBLE PRECISION", "blob": "BYTEA", "text": "TEXT"},
+}
+
+
+@attrs.frozen
+class Schema:
+    """The tables of one store: a name (for locks and messages) and its DDL.
+
+    ``ddl`` is a ``;``-separated script of ``CREATE TABLE IF NOT EXISTS`` / ``CREATE INDEX IF NOT
+    EXISTS`` statements in which column types that differ between the dialects are written
+    ``{int}`` (INTEGER / BIGINT), ``{real}`` (REAL / DOUBLE PRECISION) and ``{blob}`` (BLOB /
+    BYTEA). Adding a column to the DDL is a migration: :meth:`Database.open` and ``midway db
+    upgrade`` add it to existing tables (give it a default, or allow NULL).
+    """
+
+    name: str
+    ddl: str
+
+    def statements(self, dialect: Dialect) -> list[str]:
+        script = self.ddl.format(**_TYPES[dialect])
+        return [s.strip() for s in script.split(";") if s.strip()]
+
+    def tables(self) -> dict[str, dict[str, str]]:
+        """Table → column → definition, read by running the SQLite rendering in memory."""
+        from midway.storage.schema import column_definitions
+
+        return column_definitions(self.statements("sqlite"))
+
+
+class Tx(Protocol):
+    """One transaction. Every method runs one statement with ``?`` placeholders."""
+
+    dialect: Dialect
+
+    async def fetch(self, sql: str, *args: Any) -> list[Row]: ...
+    async def fetchone(self, sql: str, *args: Any) -> Row | None: ...
+    async def fetchval(self, sql: str, *args: Any) -> Any: ...
+    async def execute(self, sql: str, *args: Any) -> int:
+        """Run a statement; the number of rows it changed."""
+        ...
+    async def executemany(self, sql: str, args: Iterable[Sequence[Any]]) -> None: ...
+
+
+class Database:
+    """A store's database. Open it with its :class:`Schema`; close it at shutdown."""
+
+    dialect: Dialect
+    store: StoreURL
+
+    async def open(self, schema: Schema) -> list[str]:
+        """Connect, and create (or add the missing columns of) ``schema``'s tables; what
+        changed, one line per table created or altered."""
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+    async def run(self, unit: Callable[[Tx], Awaitable[T]]) -> T:
+        """Run ``unit`` in one transaction: committed when it returns, rolled back if it
+        raises (the exception propagates)."""
+        raise NotImplementedError
+
+    async def fetch(self, sql: str, *args: Any) -> list[Row]:
+        return await self.run(lambda tx: tx.fetch(sql, *args))
+
+    async def fetchone(self, sql: str, *args: Any) -> Row | None:
+        return await self.run(lambda tx: tx.fetchone(sql, *args))
+
+    async def fetchval(self, sql: str, *args: Any) -> Any:
+        return await self.run(lambda tx: tx.fetchval(sql, *args))
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        return await self.run(lambda tx: tx.execute(sql, *args))
+
+    async def executemany(self, sql: str, args: Iterable[Sequence[Any]]) -> None:
+        rows = list(args)
+        await self.run(lambda tx: tx.executemany(sql, rows))
+
+
+# -- SQLite ------------------------------------------------------------------------------------
+
+class SQLiteDatabase(Database):
+    """An SQLite file in WAL mode, shared safely by several processes (``--workers``).
+
+    :param synchronous: ``"normal"`` (a commit survives a process crash) or ``"full"`` (and a
+        power cut: an fsync per commit).
+    :param inline: run statements on the caller's thread — for a process of its own with no
+        event loop to keep responsive (the audit writer). Otherwise a dedicated thread runs them.
+    """
+
+    dialect: Dialect = "sqlite"
+
+    def __init__(self, path: Path, *, synchronous: str = "normal", inline: bool = False) -> None:
+        if synchronous not in ("normal", "full"):
+            raise StoreURLError(f"synchronous must be 'normal' or 'full', not {synchronous!r}")
+        self.path = path
+        self.store = StoreURL("sqlite", path=path)
+        self.synchronous = synchronous
+        self.inline = inline
+        self._conn: sqlite3.Connection | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._lock: asyncio.Lock | None = None  # lives on the store's loop
+
+    async def open(self, schema: Schema) -> list[str]:
+        if not self.inline:
+            self._loop = asyncio.new_event_loop()
+            self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
+                                            name=f"midway-{schema.name}-db")
+            self._thread.start()
+        return await self._on_store(self._connect(schema))
+
+    async def _connect(self, schema: Schema) -> list[str]:
+        self._lock = asyncio.Lock()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Autocommit mode: transactions are explicit (BEGIN IMMEDIATE ... COMMIT), so that
+        # several processes serialise on the file's write lock, never deadlock on upgrades.
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                               timeout=30)
+        conn.row_factory = sqlite3.Row
+        enable_wal(conn)
+        conn.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
+        conn.execute("PRAGMA busy_timeout=30000")
+        self._conn = conn
+        from midway.storage.schema import sqlite_upgrade
+
+        return await self._in_tx(
+            lambda tx: sqlite_upgrade(tx, schema, f"SQLite {self.path}"))
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            if self._loop is not None:
+                await self._on_store(_close(conn))
+            else:
+                conn.close()
+        if self._loop is not None and self._thread is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
+            self._loop.close()
+            self._loop = self._thread = None
+
+    async def _on_store(self, coro: Awaitable[T]) -> T:
+        if self._loop is None:
+            return await coro
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(
+            coro, self._loop))  # type: ignore[arg-type]
+
+    async def run(self, unit: Callable[[Tx], Awaitable[T]]) -> T:
+        if self._conn is None:
+            raise RuntimeError(f"database {self.path} is not open")
+        return await self._on_store(self._in_tx(unit))
+
+    async def _in_tx(self, unit: Callable[[Tx], Awaitable[T]]) -> T:
+        conn = self._conn
+        assert conn is not None, "database is not open"
+        assert self._lock is not None
+        async with self._lock:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = await unit(_SQLiteTx(conn))
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return result
+
+
+async def _close(conn: sqlite3.Connection) -> None:
+    conn.close()
+
+
+class _SQLiteTx:
+    dialect: Dialect = "sqlite"
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    async def fetch(self, sql: str, *args: Any) -> list[Row]:
+        return [dict(row) for row in self._conn.execute(sql, args).fetchall()]
+
+    async def fetchone(self, sql: str, *args: Any) -> Row | None:
+        row = self._conn.execute(sql, args).fetchone()
+        return None if row is None else dict(row)
+
+    async def fetchval(self, sql: str, *args: Any) -> Any:
+        row = self._conn.execute(sql, args).fetchone()
+        return None if row is None else row[0]
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        return self._conn.execute(sql, args).rowcount
+
+    async def executemany(self, sql: str, args: Iterable[Sequence[Any]]) -> None:
+        self._conn.executemany(sql, args)
+
+
+# -- PostgreSQL --------------------------------------------------------------------------------
+
+_numbered_cache: dict[str, str] = {}
+
+
+def numbered(sql: str) -> str:
+    """``?`` placeholders as asyncpg's ``$1, $2, …`` (the shared SQL holds no literal ``?``)."""
+    out = _numbered_cache.get(sql)
+    if out is None:
+        parts = sql.split("?")
+        out = parts[0] + "".join(f"${i}{p}" for i, p in enumerate(parts[1:], 1))
+        if len(_numbered_cache) < 4096:
+            _numbered_cache[sql] = out
+    return out
+
+
+def _status_count(status: str) -> int:
+    tail = status.rsplit(" ", 1)[-1]
+    return int(tail) if tail.isdigit() else 0
+
+
+class PostgresDatabase(Database):
+    """A PostgreSQL database through an asyncpg pool.
+
+    :param schema: the PostgreSQL schema for the tables (created if missing); ``None`` uses the
+        connection's ``search_path``.
+    """
+
+    dialect: Dialect = "postgresql"
+
+    def __init__(self, store: StoreURL, *, schema: str | None = None, min_size: int = 1,
+                 max_size: int = 10, label: str = "store") -> None:
+        from midway.storage.schema import check_identifier
+
+        assert store.url is not None
+        self.store = store
+        self.dsn = store.url
+        self.schema = check_identifier(schema, f"{label}: schema") if schema else None
+        self.min_size = min_size
+        self.max_size = max_size
+        self.label = label
+        self._pool: Any = None
+
+    @property
+    def server_settings(self) -> dict[str, str] | None:
+        return {"search_path": self.schema} if self.schema else None
+
+    async def open(self, schema: Schema) -> list[str]:
+        asyncpg = import_asyncpg(self.label)
+        self._pool = await asyncpg.create_pool(
+            self.dsn, min_size=self.min_size, max_size=self.max_size,
+            server_settings=self.server_settings)
+        from midway.storage.schema import pg_upgrade
+
+        return await pg_upgrade(self, schema)
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()
+
+    async def run(self, unit: Callable[[Tx], Awaitable[T]]) -> T:
+        if self._pool is None:
+            raise RuntimeError(f"database {self.store.masked} is not open")
+        async with self._pool.acquire() as conn, conn.transaction():
+            return await unit(_PostgresTx(conn))
+
+    async def connect(self) -> Any:
+        """A connection of its own (not pooled), with this store's settings."""
+        asyncpg = import_asyncpg(self.label)
+        return await asyncpg.connect(self.dsn, server_settings=self.server_settings,
+                                     timeout=10)
+
+
+class _PostgresTx:
+    dialect: Dialect = "postgresql"
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+
+    async def fetch(self, sql: str, *args: Any) -> list[Row]:
+        return [dict(r) for r in await self._conn.fetch(numbered(sql), *args)]
+
+    async def fetchone(self, sql: str, *args: Any) -> Row | None:
+        row = await self._conn.fetchrow(numbered(sql), *args)
+        return None if row is None else dict(row)
+
+    async def fetchval(self, sql: str, *args: Any) -> Any:
+        return await self._conn.fetchval(numbered(sql), *args)
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        return _status_count(await self._conn.execute(numbered(sql), *args))
+
+    async def executemany(self, sql: str, args: Iterable[Sequence[Any]]) -> None:
+        await self._conn.executemany(numbered(sql), list(args))
+
+
+def import_asyncpg(label: str) -> Any:
+    try:
+        import asyncpg
+    except ImportError:
+        raise StoreURLError(f"{label}: a PostgreSQL store needs asyncpg: "
+                            "pip install 'midway[postgres]'") from None
+    return asyncpg
+
+
+def open_database(store: StoreURL, *, schema: str | None = None, label: str = "store",
+                  synchronous: str = "normal", inline: bool = False, max_pool: int = 10
+                  ) -> Database:
+    """The :class:`Database` for a parsed ``store`` setting (not opened yet)."""
+    if store.kind == "sqlite":
+        assert store.path is not None
+        return SQLiteDatabase(store.path, synchronous=synchronous, inline=inline)
+    if store.kind == "postgresql":
+        return PostgresDatabase(store, schema=schema, max_size=max_pool, label=label)
+    raise StoreURLError(f"{label}: {store.kind} is not a SQL store")

@@ -1,0 +1,105 @@
+"""Writes that must land: retry what failed because the database blinked, log once per outage.
+
+A settlement after the answer has gone to the client, a record the audit writer holds, a
+reservation released at shutdown: each is retried on transient errors (connection lost, server
+restarting, lock timeouts, serialization failures and deadlocks) with capped exponential backoff,
+and the log gets one line when an outage starts and one when it ends, never one per attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+_SQLITE_TRANSIENT = ("locked", "busy", "disk i/o error", "unable to open")
+# SQLSTATE classes and codes worth another try: connection exceptions, operator intervention
+# (server shutting down or restarting), insufficient resources, serialization failure, deadlock,
+# lock not available.
+_PG_TRANSIENT_CLASSES = ("08", "57", "53")
+_PG_TRANSIENT_CODES = ("40001", "40P01", "55P03")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether ``exc`` may go away if the same work is tried again a little later."""
+    if isinstance(exc, sqlite3.OperationalError):
+        text = str(exc).lower()
+        return any(word in text for word in _SQLITE_TRANSIENT)
+    if isinstance(exc, ConnectionError | TimeoutError | OSError):
+        return True
+    sqlstate = getattr(exc, "sqlstate", None)
+    if isinstance(sqlstate, str):
+        return sqlstate.startswith(_PG_TRANSIENT_CLASSES) or sqlstate in _PG_TRANSIENT_CODES
+    module = type(exc).__module__
+    # asyncpg's "connection is closed" / "another operation is in progress" after a restart
+    return module.startswith("asyncpg") and type(exc).__name__ in (
+        "InterfaceError", "ConnectionDoesNotExistError", "InternalClientError")
+
+
+def describe(exc: BaseException) -> str:
+    """A short cause for a log line: ``disk full``, ``connection refused``, the message."""
+    if (isinstance(exc, OSError) and exc.errno == 28) or "database or disk is full" in str(exc):
+        return "disk full"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    text = str(exc) or type(exc).__name__
+    return text.splitlines()[0][:200]
+
+
+class Episode:
+    """Logs the start and the end of a run of failures of one kind of work, not each failure."""
+
+    def __init__(self, log: logging.Logger, what: str) -> None:
+        self.log = log
+        self.what = what
+        self.failures = 0
+        self.since = 0.0
+
+    def failed(self, exc: BaseException, retrying: str = "") -> None:
+        if self.failures == 0:
+            self.since = time.monotonic()
+            self.log.warning("%s failed (%s)%s", self.what, describe(exc),
+                             f"; {retrying}" if retrying else "")
+        self.failures += 1
+
+    def ok(self) -> None:
+        if self.failures:
+            self.log.warning("%s works again after %d failed attempt(s) over %.1f s",
+                             self.what, self.failures, time.monotonic() - self.since)
+            self.failures = 0
+
+
+async def retrying(work: Callable[[], Awaitable[T]], *, what: str, log: logging.Logger,
+                   deadline: float = 60.0, first_delay: float = 0.05,
+                   max_delay: float = 2.0) -> T:
+    """Run ``work`` until it succeeds, retrying transient errors for up to ``deadline`` seconds.
+
+    :param work: makes a fresh attempt each call (a whole transaction: it must be safe to run
+        again after a failure, which a rolled-back transaction is).
+    :param what: names the work in the log, e.g. ``"billing: settling req_1"``.
+    :raises: the last error once ``deadline`` has passed, or at once a non-transient one.
+    """
+    episode = Episode(log, what)
+    end = time.monotonic() + deadline
+    delay = first_delay
+    while True:
+        try:
+            result = await work()
+        except Exception as exc:
+            if not is_transient(exc) or time.monotonic() + delay > end:
+                if episode.failures:
+                    log.error("%s: giving up after %d attempt(s): %s", what,
+                              episode.failures + 1, describe(exc))
+                raise
+            episode.failed(exc, f"retrying for up to {deadline:.0f} s")
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, max_delay)
+            continue
+        episode.ok()
+        return result

@@ -1,0 +1,266 @@
+"""Schemas: create and migrate a store's tables, and check a configured store from the outside
+(``midway config check`` / ``midway db upgrade``).
+
+A migration is additive: a column added to a :class:`~midway.storage.database.Schema`'s DDL is
+added to existing tables when the store opens or ``midway db upgrade`` runs. Problems are
+sentences naming the store (password masked) and what to do, so every plugin reports alike.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sqlite3
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from midway.storage.url import StoreURL, StoreURLError, mask
+
+if TYPE_CHECKING:
+    from midway.storage.database import PostgresDatabase, Schema, Tx
+
+UPGRADE_HINT = "run `midway db upgrade`"
+CONNECT_TIMEOUT = 5.0  # seconds; a check must not hang on a black-holed address
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+
+
+def check_identifier(name: str, label: str) -> str:
+    """``name`` if it is a plain SQL identifier (it is formatted into DDL), else an error."""
+    if not _IDENTIFIER.fullmatch(name):
+        raise StoreURLError(f"{label} must be a plain SQL identifier, not {name!r}")
+    return name
+
+
+def column_definitions(ddl: str | Iterable[str]) -> dict[str, dict[str, str]]:
+    """Table → column → its definition (``TYPE [NOT NULL] [DEFAULT x]``) in a schema script,
+    read by running it on an in-memory SQLite database, which keeps declared types verbatim."""
+    script = ddl if isinstance(ddl, str) else ";\n".join(ddl)
+    db = sqlite3.connect(":memory:")
+    try:
+        db.executescript(script)
+        tables = [row[0] for row in db.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table'")]
+        found: dict[str, dict[str, str]] = {}
+        for table in tables:
+            columns = found[table] = {}
+            for _, name, kind, notnull, default, _pk in db.execute(
+                    f'PRAGMA table_info("{table}")'):
+                definition = kind or "TEXT"
+                if default is not None:
+                    # NOT NULL only with a default: existing rows need a value.
+                    definition += (" NOT NULL" if notnull else "") + f" DEFAULT {default}"
+                columns[name] = definition
+        return found
+    finally:
+        db.close()
+
+
+def _split(statements: list[str]) -> tuple[list[str], list[str]]:
+    """CREATE TABLE statements, and the rest (indexes may name columns added by migration)."""
+    tables = [s for s in statements if s.upper().startswith("CREATE TABLE")]
+    return tables, [s for s in statements if s not in tables]
+
+
+def _changes(before: Mapping[str, set[str]], after: Mapping[str, set[str]],
+             tables: Iterable[str], where: str) -> list[str]:
+    done = []
+    for table in sorted(tables):
+        if table not in before and table in after:
+            done.append(f"{where}: created table {table}")
+        elif table in before:
+            added = sorted(after.get(table, set()) - before[table])
+            if added:
+                done.append(f"{where}: added column(s) {', '.join(added)} to {table}")
+    return done
+
+
+# -- SQLite ----------------------------------------------------------------------------------
+
+async def _sqlite_tables(tx: Tx) -> dict[str, set[str]]:
+    found: dict[str, set[str]] = {}
+    for row in await tx.fetch("SELECT name FROM sqlite_master WHERE type = 'table'"):
+        found[row["name"]] = {c["name"] for c in await tx.fetch(
+            f'PRAGMA table_info("{row["name"]}")')}
+    return found
+
+
+async def sqlite_upgrade(tx: Tx, schema: Schema, where: str = "") -> list[str]:
+    """Create ``schema``'s tables and add missing columns, inside ``tx``; what changed."""
+    wanted = schema.tables()
+    before = await _sqlite_tables(tx)
+    create_tables, rest = _split(schema.statements("sqlite"))
+    for statement in create_tables:
+        await tx.execute(statement)
+    for table, columns in wanted.items():
+        for column, definition in columns.items():
+            if table in before and column not in before[table]:
+                # identifiers come from the plugin's own DDL, not from config or clients
+                await tx.execute(f'ALTER TABLE "{table}" ADD COLUMN "{column}" {definition}')
+    for statement in rest:
+        await tx.execute(statement)
+    return _changes(before, await _sqlite_tables(tx), wanted, where or "SQLite")
+
+
+# -- PostgreSQL ------------------------------------------------------------------------------
+
+async def _pg_tables(conn: Any, schema: str | None) -> dict[str, set[str]] | None:
+    name = schema or await conn.fetchval("SELECT current_schema()")
+    if name is None or not await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)", name):
+        return None
+    found: dict[str, set[str]] = {}
+    for row in await conn.fetch("SELECT table_name, column_name FROM "
+                                "information_schema.columns WHERE table_schema = $1", name):
+        found.setdefault(row[0], set()).add(row[1])
+    return found
+
+
+async def pg_upgrade(db: PostgresDatabase, schema: Schema) -> list[str]:
+    """Create ``schema``'s tables (and the PostgreSQL schema) and add missing columns; what
+    changed. Instances starting together take turns (an advisory lock per store name)."""
+    wanted = schema.tables()
+    create_tables, rest = _split(schema.statements("postgresql"))
+    conn = await db.connect()
+    try:
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))",
+                               f"midway schema {schema.name}")
+            if db.schema:
+                await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{db.schema}"')
+            before = await _pg_tables(conn, db.schema) or {}
+            for statement in create_tables:
+                await conn.execute(statement)
+            name = db.schema or await conn.fetchval("SELECT current_schema()")
+            for table, columns in wanted.items():
+                for column, definition in columns.items():
+                    if table in before and column not in before[table]:
+                        await conn.execute(f'ALTER TABLE "{name}"."{table}" ADD COLUMN IF NOT '
+                                           f'EXISTS "{column}" {definition}')
+            for statement in rest:
+                await conn.execute(statement)
+            after = await _pg_tables(conn, db.schema) or {}
+    finally:
+        await conn.close()
+    return _changes(before, after, wanted, f"PostgreSQL {db.store.masked}")
+
+
+def _pg_error(where: str, exc: BaseException) -> str:
+    import asyncpg
+
+    if isinstance(exc, asyncpg.InvalidPasswordError
+                  | asyncpg.InvalidAuthorizationSpecificationError):
+        return f"{where}: authentication failed ({exc})"
+    if isinstance(exc, asyncpg.InvalidCatalogNameError):
+        return f"{where}: database does not exist ({exc})"
+    if isinstance(exc, OSError | TimeoutError):
+        detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else \
+            type(exc).__name__
+        return f"{where}: unreachable ({detail})"
+    return f"{where}: {exc}"
+
+
+# -- checks and upgrades from the outside ----------------------------------------------------
+
+async def check_store(store: StoreURL, schema: Schema, *, label: str,
+                      pg_schema: str | None = None) -> list[str]:
+    """Problems with a configured store: unreachable, credentials refused, tables missing or
+    older than this version (PostgreSQL), a file that cannot be written or is not a database
+    (SQLite: its tables are created when it opens). Empty when all is well."""
+    if store.kind == "sqlite":
+        assert store.path is not None
+        return check_sqlite(label, store.path)
+    if store.kind == "redis":
+        return await check_redis(label, store.url or "")
+    where = f"{label}: PostgreSQL {store.masked}"
+    try:
+        import asyncpg
+    except ImportError:
+        return [f"{label}: a PostgreSQL store needs asyncpg: pip install 'midway[postgres]'"]
+    if pg_schema:
+        try:
+            check_identifier(pg_schema, f"{label}: schema")
+        except StoreURLError as exc:
+            return [str(exc)]
+    try:
+        conn = await asyncpg.connect(store.url, timeout=CONNECT_TIMEOUT)
+        try:
+            found = await _pg_tables(conn, pg_schema)
+        finally:
+            await conn.close()
+    except Exception as exc:
+        return [_pg_error(where, exc)]
+    if found is None:
+        return [f"{where}: schema {pg_schema!r} does not exist; {UPGRADE_HINT}"]
+    tables = {t: set(c) for t, c in schema.tables().items()}
+    problems = []
+    missing = sorted(t for t in tables if t not in found)
+    if missing:
+        problems.append(f"{where}: table(s) {', '.join(missing)} missing; {UPGRADE_HINT}")
+    for table, columns in sorted(tables.items()):
+        lacking = sorted(columns - found.get(table, columns))
+        if lacking:
+            problems.append(f"{where}: table {table} is older than this version (no column "
+                            f"{', '.join(lacking)}); {UPGRADE_HINT}")
+    return problems
+
+
+async def upgrade_store(store: StoreURL, schema: Schema, *, label: str,
+                        pg_schema: str | None = None) -> list[str]:
+    """Create or migrate a configured store's tables; one line per change."""
+    from midway.storage.database import open_database
+
+    db = open_database(store, schema=pg_schema, label=label)
+    try:
+        return await db.open(schema)
+    finally:
+        await db.close()
+
+
+async def check_redis(label: str, url: str) -> list[str]:
+    """Reachable and credentials accepted (``PING`` answered)."""
+    try:
+        import redis.asyncio as aioredis
+        from redis import exceptions
+    except ImportError:
+        return [f"{label}: a Redis store needs the redis package: pip install redis"]
+    where = f"{label}: Redis {mask(url)}"
+    client = aioredis.from_url(url, socket_connect_timeout=CONNECT_TIMEOUT,
+                               socket_timeout=CONNECT_TIMEOUT)
+    try:
+        await client.ping()
+    except exceptions.AuthenticationError as exc:
+        return [f"{where}: authentication failed ({exc})"]
+    except exceptions.ResponseError as exc:
+        if "NOAUTH" in str(exc) or "WRONGPASS" in str(exc):
+            return [f"{where}: authentication failed ({exc})"]
+        return [f"{where}: {exc}"]
+    except (exceptions.ConnectionError, exceptions.TimeoutError, OSError) as exc:
+        return [f"{where}: unreachable ({exc})"]
+    finally:
+        await client.aclose()
+    return []
+
+
+def check_sqlite(label: str, path: Path) -> list[str]:
+    """The file can be created or written, and is an SQLite database if it exists."""
+    where = f"{label}: SQLite {path}"
+    directory = path.parent
+    if path.exists():
+        if not os.access(path, os.W_OK):
+            return [f"{where}: the file is not writable"]
+        try:
+            db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+            try:
+                db.execute("SELECT name FROM sqlite_master LIMIT 1").fetchall()
+            finally:
+                db.close()
+        except sqlite3.DatabaseError as exc:
+            return [f"{where}: not a usable SQLite database ({exc})"]
+        return []
+    existing = directory
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not os.access(existing, os.W_OK):
+        return [f"{where}: the directory {existing} is not writable"]
+    return []

@@ -1,0 +1,283 @@
+"""midway.storage: the store-URL grammar, one Database API on both dialects, additive
+migrations, liveness and retries."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from midway.storage import (
+    Database,
+    Schema,
+    StoreURL,
+    StoreURLError,
+    Tx,
+    check_store,
+    liveness,
+    new_instance,
+    open_database,
+    parse_store,
+    retrying,
+    upgrade_store,
+)
+
+PG = "postgresql://postgres@127.0.0.1:5432/test"
+
+SCHEMA = Schema("smoke", """
+CREATE TABLE IF NOT EXISTS counters (key TEXT PRIMARY KEY, n {int} NOT NULL DEFAULT 0);
+CREATE INDEX IF NOT EXISTS counters_n ON counters (n)
+""")
+SCHEMA_V2 = Schema("smoke", SCHEMA.ddl.replace(
+    "DEFAULT 0)", "DEFAULT 0, note TEXT, weight {real} NOT NULL DEFAULT 1)")
+    + ";\nCREATE INDEX IF NOT EXISTS counters_note ON counters (note)")
+
+
+@pytest.mark.parametrize(("value", "kind", "where"), [
+    (None, "sqlite", "DATA/plugin.db"),
+    ("", "sqlite", "DATA/plugin.db"),
+    ("sqlite", "sqlite", "DATA/plugin.db"),
+    ("ledger.db", "sqlite", "DATA/ledger.db"),
+    ("sub/ledger.sqlite3", "sqlite", "DATA/sub/ledger.sqlite3"),
+    ("/srv/x.db", "sqlite", "/srv/x.db"),
+    ("sqlite:///srv/y.db", "sqlite", "/srv/y.db"),
+    ("sqlite://rel.db", "sqlite", "DATA/rel.db"),
+    ("postgresql://u:secret@h:5432/db", "postgresql", "postgresql://u:***@h:5432/db"),
+    ("postgres://h/db", "postgresql", "postgres://h/db"),
+])
+def test_store_url_grammar(value: str | None, kind: str, where: str, tmp_path: Path) -> None:
+    store = parse_store(value, data_dir=tmp_path, default_file="plugin.db", label="[p] store")
+    assert store.kind == kind
+    assert store.masked == where.replace("DATA", str(tmp_path))
+    assert "secret" not in str(store)
+
+
+@pytest.mark.parametrize("value", ["postgress", "sqlite3", "foo://x", "sqlite://", "redis://h"])
+def test_store_url_mistakes_are_errors_not_new_files(value: str, tmp_path: Path) -> None:
+    with pytest.raises(StoreURLError, match=r"^\[p\] store: .*use \"sqlite\""):
+        parse_store(value, data_dir=tmp_path, default_file="p.db", label="[p] store")
+
+
+def test_store_url_references(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MW_TEST_DSN", "postgresql://u:pw@h/db")
+    (tmp_path / "dsn").write_text("postgresql://v:pw2@h/db\n")
+    store = parse_store("env:MW_TEST_DSN", data_dir=tmp_path, default_file="p.db", label="x")
+    assert store.url == "postgresql://u:pw@h/db" and "pw" not in store.masked.replace("***", "")
+    store = parse_store(f"file:{tmp_path}/dsn", data_dir=tmp_path, default_file="p.db",
+                        label="x")
+    assert store.url == "postgresql://v:pw2@h/db"
+    with pytest.raises(StoreURLError, match="MW_TEST_UNSET is not set"):
+        parse_store("env:MW_TEST_UNSET", data_dir=tmp_path, default_file="p.db", label="x")
+    monkeypatch.setenv("MW_TEST_LOOP", "env:MW_TEST_DSN")
+    with pytest.raises(StoreURLError, match="another reference"):
+        parse_store("env:MW_TEST_LOOP", data_dir=tmp_path, default_file="p.db", label="x")
+
+
+@pytest.fixture
+def pg_schema() -> Iterator[str]:
+    name = f"mwtest_{uuid.uuid4().hex[:12]}"
+    yield name
+
+    async def drop() -> None:
+        conn = await asyncpg.connect(PG)
+        try:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+        finally:
+            await conn.close()
+
+    asyncio.run(drop())
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path, pg_schema: str) -> StoreURL:
+    value = "sqlite" if request.param == "sqlite" else PG
+    return parse_store(value, data_dir=tmp_path, default_file="t.db", label="[t] store")
+
+
+def with_db(store: StoreURL, pg_schema: str, test: Callable[[Database], Awaitable[None]]
+            ) -> None:
+    """Open the store on SCHEMA, run ``test`` on it, close it."""
+    async def main() -> None:
+        database = open_database(store, schema=pg_schema)
+        assert await database.open(SCHEMA) == [f"{_where(database)}: created table counters"]
+        try:
+            await test(database)
+        finally:
+            await database.close()
+
+    asyncio.run(main())
+
+
+def _where(db: Database) -> str:
+    return f"{'SQLite' if db.dialect == 'sqlite' else 'PostgreSQL'} {db.store.masked}"
+
+
+async def _increment(tx: Tx) -> int:
+    await tx.execute("INSERT INTO counters (key, n) VALUES (?, 0) ON CONFLICT (key) DO NOTHING",
+                     "a")
+    n = await tx.fetchval("SELECT n FROM counters WHERE key = ?", "a")
+    await tx.execute("UPDATE counters SET n = ? WHERE key = ?", n + 1, "a")
+    return int(n) + 1
+
+
+def test_units_are_atomic_under_concurrency(store: StoreURL, pg_schema: str) -> None:
+    async def test(db: Database) -> None:
+        if db.dialect == "postgresql":
+            # read-then-write needs a row lock on PostgreSQL, as any real store's unit takes
+            async def unit(tx: Tx) -> int:
+                await tx.execute("INSERT INTO counters (key, n) VALUES (?, 0) "
+                                 "ON CONFLICT (key) DO NOTHING", "a")
+                n = await tx.fetchval("SELECT n FROM counters WHERE key = ? FOR UPDATE", "a")
+                await tx.execute("UPDATE counters SET n = ? WHERE key = ?", n + 1, "a")
+                return int(n) + 1
+        else:
+            unit = _increment
+        results = await asyncio.gather(*[db.run(unit) for _ in range(40)])
+        assert sorted(results) == list(range(1, 41))
+        assert await db.fetchval("SELECT n FROM counters WHERE key = ?", "a") == 40
+
+    with_db(store, pg_schema, test)
+
+
+def test_a_unit_that_raises_is_rolled_back(store: StoreURL, pg_schema: str) -> None:
+    async def test(db: Database) -> None:
+        async def fails(tx: Tx) -> None:
+            await tx.execute("INSERT INTO counters (key, n) VALUES (?, ?)", "gone", 1)
+            raise ValueError("no")
+
+        with pytest.raises(ValueError, match="no"):
+            await db.run(fails)
+        assert await db.fetchone("SELECT * FROM counters WHERE key = ?", "gone") is None
+
+    with_db(store, pg_schema, test)
+
+
+def test_statement_helpers(store: StoreURL, pg_schema: str) -> None:
+    async def test(db: Database) -> None:
+        await db.executemany("INSERT INTO counters (key, n) VALUES (?, ?)", [("x", 1), ("y", 2)])
+        assert await db.execute("UPDATE counters SET n = n + 10") == 2
+        rows = await db.fetch("SELECT key, n FROM counters ORDER BY key")
+        assert rows == [{"key": "x", "n": 11}, {"key": "y", "n": 12}]
+        assert await db.fetchone("SELECT n FROM counters WHERE key = ?", "nope") is None
+
+    with_db(store, pg_schema, test)
+
+
+def test_migration_adds_columns_and_indexes(store: StoreURL, pg_schema: str) -> None:
+    async def test(db: Database) -> None:
+        await db.execute("INSERT INTO counters (key, n) VALUES (?, ?)", "old", 7)
+        await db.close()
+        again = open_database(db.store, schema=pg_schema)
+        changes = await again.open(SCHEMA_V2)
+        assert changes == [f"{_where(again)}: added column(s) note, weight to counters"]
+        row = await again.fetchone("SELECT * FROM counters WHERE key = ?", "old")
+        assert row == {"key": "old", "n": 7, "note": None, "weight": 1}
+        await again.close()
+        third = open_database(db.store, schema=pg_schema)
+        assert await third.open(SCHEMA_V2) == []  # idempotent
+        await third.close()
+
+    with_db(store, pg_schema, test)
+
+
+def test_check_and_upgrade_from_outside(tmp_path: Path, pg_schema: str) -> None:
+    async def test() -> None:
+        store = parse_store(PG, data_dir=tmp_path, default_file="t.db", label="[t] store")
+        problems = await check_store(store, SCHEMA, label="[t] store", pg_schema=pg_schema)
+        assert problems == [f"[t] store: PostgreSQL {PG}: schema '{pg_schema}' does not exist; "
+                            "run `midway db upgrade`"]
+        assert await upgrade_store(store, SCHEMA, label="[t] store", pg_schema=pg_schema) == [
+            f"PostgreSQL {PG}: created table counters"]
+        problems = await check_store(store, SCHEMA_V2, label="[t] store", pg_schema=pg_schema)
+        assert problems == [f"[t] store: PostgreSQL {PG}: table counters is older than this "
+                            "version (no column note, weight); run `midway db upgrade`"]
+        await upgrade_store(store, SCHEMA_V2, label="[t] store", pg_schema=pg_schema)
+        assert await check_store(store, SCHEMA_V2, label="[t] store", pg_schema=pg_schema) == []
+
+    asyncio.run(test())
+
+
+def test_check_reports_unreachable_and_unusable_stores(tmp_path: Path) -> None:
+    async def test() -> None:
+        store = parse_store("postgresql://postgres:pw@127.0.0.1:9/test", data_dir=tmp_path,
+                            default_file="t.db", label="[t] store")
+        [problem] = await check_store(store, SCHEMA, label="[t] store")
+        assert problem.startswith("[t] store: PostgreSQL postgresql://postgres:***@127.0.0.1:9/test"
+                                  ": unreachable")
+        (tmp_path / "junk.db").write_bytes(b"not a database at all" * 100)
+        store = parse_store("junk.db", data_dir=tmp_path, default_file="t.db", label="[t] store")
+        [problem] = await check_store(store, SCHEMA, label="[t] store")
+        assert "not a usable SQLite database" in problem
+        missing = parse_store("no/such/dir/t.db", data_dir=tmp_path, default_file="t.db",
+                              label="[t] store")
+        assert await check_store(missing, SCHEMA, label="[t] store") == []
+        assert not (tmp_path / "no").exists()  # a check creates nothing
+
+    asyncio.run(test())
+
+
+def test_liveness_tells_live_from_dead(store: StoreURL, pg_schema: str) -> None:
+    async def test(db: Database) -> None:
+        mine, theirs = liveness(db, "smoke"), liveness(db, "smoke")
+        a, b = new_instance(), new_instance()
+        await mine.claim(a)
+        await theirs.claim(b)
+        async with mine.dead(b) as gone:
+            assert not gone
+        async with theirs.dead(a) as gone:
+            assert not gone
+        await theirs.release()
+        async with mine.dead(b) as gone:
+            assert gone
+            other = liveness(db, "smoke")  # while one peer finishes b's work, no other peer does
+            async with other.dead(b) as also:
+                assert not also
+        async with mine.dead(new_instance()) as gone:
+            assert gone  # never seen: nobody holds it
+        async with mine.dead(a) as gone:
+            assert not gone  # itself
+        await mine.release()
+
+    with_db(store, pg_schema, test)
+
+
+def test_retrying_lands_after_transient_failures_and_logs_once(
+        caplog: pytest.LogCaptureFixture) -> None:
+    async def test() -> None:
+        attempts = 0
+
+        async def work() -> str:
+            nonlocal attempts
+            attempts += 1
+            if attempts < 5:
+                raise sqlite3.OperationalError("database is locked")
+            return "landed"
+
+        log = logging.getLogger("test.retry")
+        with caplog.at_level(logging.WARNING, "test.retry"):
+            assert await retrying(work, what="settling x", log=log, first_delay=0.001) == "landed"
+        assert attempts == 5
+        assert [r.getMessage() for r in caplog.records] == [
+            "settling x failed (database is locked); retrying for up to 60 s",
+            caplog.records[1].getMessage()]
+        assert caplog.records[1].getMessage().startswith("settling x works again after 4 failed")
+
+        async def broken() -> None:
+            raise ValueError("a bug, not an outage")
+
+        with pytest.raises(ValueError):
+            await retrying(broken, what="x", log=log)
+
+        async def never() -> None:
+            raise ConnectionRefusedError(111, "Connection refused")
+
+        with pytest.raises(ConnectionRefusedError):
+            await retrying(never, what="x", log=log, deadline=0.05, first_delay=0.01)
+
+    asyncio.run(test())
