@@ -13,35 +13,28 @@ from typing import Any
 
 import orjson
 
-from midway.keys.db import Database, PostgresDatabase, Row, SQLiteDatabase, Tx
 from midway.keys.model import Credential, KeyRecord, Scope
-from midway.secrets_ref import resolve
+from midway.storage import Database, Row, Schema, StoreURL, Tx, open_database, parse_store
 
-
-def _ddl(dialect: str) -> list[str]:
-    real = "DOUBLE PRECISION" if dialect == "postgresql" else "REAL"
-    blob = "BYTEA" if dialect == "postgresql" else "BLOB"
-    return [
-        f"""CREATE TABLE IF NOT EXISTS midway_keys (
-            id TEXT PRIMARY KEY, name TEXT NOT NULL, team TEXT, labels TEXT NOT NULL,
-            models TEXT NOT NULL, upstreams TEXT NOT NULL, capabilities TEXT NOT NULL,
-            allow_project_header INTEGER NOT NULL, parent_id TEXT,
-            created_at {real} NOT NULL, expires_at {real}, revoked_at {real},
-            version BIGINT NOT NULL)""",
-        f"""CREATE TABLE IF NOT EXISTS midway_key_credentials (
-            id TEXT PRIMARY KEY, key_id TEXT NOT NULL REFERENCES midway_keys(id),
-            salt {blob} NOT NULL, digest {blob} NOT NULL, created_at {real} NOT NULL,
-            not_after {real}, version BIGINT NOT NULL)""",
-        "CREATE INDEX IF NOT EXISTS midway_keys_version ON midway_keys(version)",
-        "CREATE INDEX IF NOT EXISTS midway_keys_parent ON midway_keys(parent_id)",
-        "CREATE INDEX IF NOT EXISTS midway_key_credentials_key ON midway_key_credentials(key_id)",
-        "CREATE INDEX IF NOT EXISTS midway_key_credentials_version "
-        "ON midway_key_credentials(version)",
-        "CREATE TABLE IF NOT EXISTS midway_keys_meta (name TEXT PRIMARY KEY, "
-        "value BIGINT NOT NULL)",
-        "INSERT INTO midway_keys_meta (name, value) VALUES ('version', 0) "
-        "ON CONFLICT DO NOTHING",
-    ]
+SCHEMA = Schema("keys", """
+CREATE TABLE IF NOT EXISTS midway_keys (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL, team TEXT, labels TEXT NOT NULL,
+    models TEXT NOT NULL, upstreams TEXT NOT NULL, capabilities TEXT NOT NULL,
+    allow_project_header INTEGER NOT NULL, parent_id TEXT,
+    created_at {real} NOT NULL, expires_at {real}, revoked_at {real},
+    version {int} NOT NULL);
+CREATE TABLE IF NOT EXISTS midway_key_credentials (
+    id TEXT PRIMARY KEY, key_id TEXT NOT NULL REFERENCES midway_keys(id),
+    salt {blob} NOT NULL, digest {blob} NOT NULL, created_at {real} NOT NULL,
+    not_after {real}, version {int} NOT NULL);
+CREATE INDEX IF NOT EXISTS midway_keys_version ON midway_keys(version);
+CREATE INDEX IF NOT EXISTS midway_keys_parent ON midway_keys(parent_id);
+CREATE INDEX IF NOT EXISTS midway_key_credentials_key ON midway_key_credentials(key_id);
+CREATE INDEX IF NOT EXISTS midway_key_credentials_version ON midway_key_credentials(version);
+CREATE TABLE IF NOT EXISTS midway_keys_meta (name TEXT PRIMARY KEY, value {int} NOT NULL);
+INSERT INTO midway_keys_meta (name, value) VALUES ('version', 0) ON CONFLICT DO NOTHING
+""")
+LABEL = "[keys] store"
 
 
 _SELECT_KEYS = ("SELECT id, name, team, labels, models, upstreams, capabilities, "
@@ -76,12 +69,12 @@ def _record(row: Row, credentials: Iterable[Credential] = ()) -> KeyRecord:
 class KeyStore:
     """Keys and their credentials in SQLite or PostgreSQL."""
 
-    def __init__(self, db: Database, description: str) -> None:
+    def __init__(self, db: Database) -> None:
         self.db = db
-        self.description = description  # for messages: never contains a password
+        self.description = db.store.masked  # for messages: never contains a password
 
-    async def open(self) -> None:
-        await self.db.open(_ddl(self.db.dialect))
+    async def open(self) -> list[str]:
+        return await self.db.open(SCHEMA)
 
     async def close(self) -> None:
         await self.db.close()
@@ -109,7 +102,8 @@ class KeyStore:
 
     async def insert(self, record: KeyRecord, credential: Credential) -> None:
         s = record.scope
-        async with self.db.transaction() as tx:
+
+        async def unit(tx: Tx) -> None:
             version = await self._bump(tx)
             await tx.execute(
                 "INSERT INTO midway_keys (id, name, team, labels, models, upstreams, "
@@ -120,6 +114,8 @@ class KeyStore:
                 int(s.allow_project_header), record.parent_id, record.created_at,
                 s.expires_at, None, version)
             await self._insert_credential(tx, credential, version)
+
+        await self.db.run(unit)
 
     @staticmethod
     async def _insert_credential(tx: Tx, c: Credential, version: int) -> None:
@@ -163,7 +159,7 @@ class KeyStore:
 
     async def revoke(self, key_id: str, now: float) -> list[str]:
         """Revoke a key and every key derived from it; the ids newly revoked."""
-        async with self.db.transaction() as tx:
+        async def unit(tx: Tx) -> list[str]:
             version = await self._bump(tx)
             revoked: list[str] = []
             frontier = [key_id]
@@ -178,9 +174,11 @@ class KeyStore:
                 frontier.extend(r["id"] for r in children)
             return revoked
 
+        return await self.db.run(unit)
+
     async def rotate(self, key_id: str, credential: Credential, old_not_after: float) -> None:
         """Add ``credential``; the key's other credentials stop at ``old_not_after``."""
-        async with self.db.transaction() as tx:
+        async def unit(tx: Tx) -> None:
             version = await self._bump(tx)
             await tx.execute("UPDATE midway_key_credentials SET not_after = ?, version = ? "
                              "WHERE key_id = ? AND (not_after IS NULL OR not_after > ?)",
@@ -188,9 +186,11 @@ class KeyStore:
             await tx.execute("UPDATE midway_keys SET version = ? WHERE id = ?", version, key_id)
             await self._insert_credential(tx, credential, version)
 
+        await self.db.run(unit)
+
     async def update(self, key_id: str, name: str | None, labels: dict[str, str] | None
                      ) -> None:
-        async with self.db.transaction() as tx:
+        async def unit(tx: Tx) -> None:
             version = await self._bump(tx)
             if name is not None:
                 await tx.execute("UPDATE midway_keys SET name = ? WHERE id = ?", name, key_id)
@@ -199,18 +199,17 @@ class KeyStore:
                                  _dump(labels), key_id)
             await tx.execute("UPDATE midway_keys SET version = ? WHERE id = ?", version, key_id)
 
+        await self.db.run(unit)
+
+
+def store_url(config: dict[str, Any], data_dir: Path) -> StoreURL:
+    """Where ``[keys] store`` points (default ``<data_dir>/keys.db``)."""
+    return parse_store(config.get("store"), data_dir=data_dir, default_file="keys.db",
+                       label=LABEL)
+
 
 def open_store(config: dict[str, Any], data_dir: Path) -> KeyStore:
-    """The store ``[keys] store`` names: a ``postgresql://`` URL (or an ``env:``/``file:``
-    reference to one), an SQLite path, or by default ``<data_dir>/keys.db``."""
-    ref = config.get("store")
-    if not ref:
-        path = data_dir / "keys.db"
-        return KeyStore(SQLiteDatabase(path), f"sqlite:{path}")
-    target = resolve(str(ref))
-    if target.startswith(("postgresql://", "postgres://")):
-        schema = config.get("schema")
-        return KeyStore(PostgresDatabase(target, str(schema) if schema else None),
-                        "postgresql")
-    path = Path(target.removeprefix("sqlite://")).expanduser()
-    return KeyStore(SQLiteDatabase(path), f"sqlite:{path}")
+    """The key store ``[keys] store`` and ``[keys] schema`` name (not opened yet)."""
+    schema = config.get("schema")
+    return KeyStore(open_database(store_url(config, data_dir),
+                                  schema=str(schema) if schema else None, label=LABEL))
