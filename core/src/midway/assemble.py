@@ -171,15 +171,22 @@ class MessageAssembler:
         return sequence if isinstance(sequence, str) else None
 
     def message(self) -> dict[str, Any]:
-        """The Message so far (a new dict each call). Blocks still open are included as far as
-        they got; tool input whose JSON does not parse (a cut stream) is kept as
-        ``{"_partial_json": text}``."""
+        """The Message so far. Each call returns new message, block and usage dicts (values
+        deeper down, such as a tool's ``input``, are shared: do not change them). Blocks still
+        open are included as far as they got; tool input whose JSON does not parse (a cut
+        stream) is kept as ``{"_partial_json": text}``."""
         message: dict[str, Any] = dict(self._message) if self._message is not None \
             else {"type": "message"}
         blocks = dict(self._blocks)
         for index in self._open:
             blocks[index] = self._finished(index, dict(blocks[index]), consume=False)
-        message["content"] = [dict(blocks[i]) for i in sorted(blocks)]
+        content = []
+        for i in sorted(blocks):
+            block = dict(blocks[i])
+            if isinstance(block.get("citations"), list):
+                block["citations"] = list(block["citations"])  # the one list appended to
+            content.append(block)
+        message["content"] = content
         usage = message.get("usage")
         if isinstance(usage, dict):
             message["usage"] = _copy_usage(usage)
