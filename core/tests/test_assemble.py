@@ -17,6 +17,7 @@ import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_sse import split
 
 from midway.assemble import MessageAssembler
 from midway.fake_upstream import Reply, build_message, stream_events
@@ -37,16 +38,6 @@ def assembled(raw: bytes, limit: int | None = None) -> MessageAssembler:
     assembler = MessageAssembler(limit)
     assembler.feed_bytes(raw)
     return assembler
-
-
-def split(data: bytes, cuts: list[int]) -> list[bytes]:
-    points = sorted({c % (len(data) + 1) for c in cuts})
-    pieces, last = [], 0
-    for point in points:
-        pieces.append(data[last:point])
-        last = point
-    pieces.append(data[last:])
-    return pieces
 
 
 def payloads(raw: bytes) -> list[Any]:
