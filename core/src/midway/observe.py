@@ -7,6 +7,7 @@ from typing import Any
 
 import orjson
 
+from midway.assemble import MessageAssembler
 from midway.exchange import Exchange
 from midway.sse import SSEEvent, SSEParser
 
@@ -16,26 +17,24 @@ _SKIP_PREFIXES = (b"event: content_block", b"event: ping")
 OBSERVED_EVENTS = frozenset({"message_start", "message_delta", "message_stop", "error"})
 
 
-def apply_event(exchange: Exchange, name: str | None, payload: Any) -> None:
-    """Fold one parsed stream event into the exchange's usage and outcome."""
+def apply_event(exchange: Exchange, assembler: MessageAssembler, event: SSEEvent) -> None:
+    """Feed one stream event to ``assembler`` and copy what it now knows of usage and outcome
+    into the exchange."""
+    payload = event.json()
     if not isinstance(payload, dict):
         return
-    if name == "message_start":
-        message = payload.get("message")
-        if isinstance(message, dict):
-            exchange.usage.update(message.get("usage") or {})
-            model = message.get("model")
-            if isinstance(model, str):
-                exchange.response_model = model
-    elif name == "message_delta":
-        exchange.usage.update(payload.get("usage") or {})
-        delta = payload.get("delta")
-        if isinstance(delta, dict) and delta.get("stop_reason"):
-            exchange.stop_reason = delta["stop_reason"]
+    assembler.feed(event.name, payload)
+    name = event.name
+    if name == "message_start" or name == "message_delta":
+        exchange.usage.update(assembler.usage)
+        if assembler.model is not None:
+            exchange.response_model = assembler.model
+        if assembler.stop_reason:
+            exchange.stop_reason = assembler.stop_reason
     elif name == "message_stop":
         exchange.state["midway.complete"] = True
     elif name == "error":
-        error = payload.get("error")
+        error = assembler.error
         exchange.error_type = error.get("type") if isinstance(error, dict) else "error"
         exchange.error = exchange.error or f"stream error: {exchange.error_type}"
 
@@ -65,10 +64,11 @@ def apply_message(exchange: Exchange, body: bytes) -> None:
 class StreamObserver:
     """Watches a raw SSE byte stream for the few events that carry usage and outcome."""
 
-    __slots__ = ("_exchange", "_inflate", "_kept", "_parser")
+    __slots__ = ("_assembler", "_exchange", "_inflate", "_kept", "_parser")
 
     def __init__(self, exchange: Exchange, content_encoding: str | None = None) -> None:
         self._exchange = exchange
+        self._assembler = MessageAssembler()  # fed only the observed events: no content kept
         self._parser = SSEParser()
         self._inflate = _decoder(content_encoding)
         self._kept = exchange.kept_stream
@@ -85,7 +85,7 @@ class StreamObserver:
         if event.raw.startswith(_SKIP_PREFIXES):
             return
         if event.name in OBSERVED_EVENTS:
-            apply_event(self._exchange, event.name, event.json())
+            apply_event(self._exchange, self._assembler, event)
 
 
 def _decoder(content_encoding: str | None) -> Any:

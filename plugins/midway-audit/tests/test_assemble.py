@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import orjson
 
+from midway.assemble import MessageAssembler
 from midway.fake_upstream import Reply, build_message, stream_events
 from midway.sse import SSEParser
-from midway_audit.assemble import EventLog, StreamAssembler, reassemble
+from midway_audit.assemble import EventLog, reassemble, recorded
 
 
 def assemble(reply: Reply, limit: int = 10**6, cut: int | None = None) -> dict:
     message = build_message({"model": "claude-sonnet-4-6"}, reply, b"{}")
     raw = b"".join(stream_events(message, reply))
-    assembler = StreamAssembler(limit)
+    assembler = MessageAssembler(limit)
     events = SSEParser().feed(raw)
     for event in events[:cut]:
-        assembler.feed(event.name, event.json())
-    return assembler.message()
+        assembler.feed_event(event)
+    return recorded(assembler)
 
 
 def test_every_block_type_in_order():
@@ -54,12 +55,11 @@ def test_memory_is_bounded_and_truncation_marked():
 
 def test_error_event_is_kept():
     message = build_message({"model": "m"}, Reply(), b"{}")
-    assembler = StreamAssembler(1000)
-    for event in SSEParser().feed(b"".join(stream_events(message, Reply())[:3])):
-        assembler.feed(event.name, event.json())
+    assembler = MessageAssembler(1000)
+    assembler.feed_bytes(b"".join(stream_events(message, Reply())[:3]))
     assembler.feed("error", {"type": "error", "error": {"type": "overloaded_error",
                                                         "message": "Overloaded"}})
-    message = assembler.message()
+    message = recorded(assembler)
     assert message["error"]["type"] == "overloaded_error"
     assert message["incomplete"] is True
 
@@ -78,10 +78,9 @@ def test_the_writers_short_cut_gives_what_the_full_parser_gives():
     reply = Reply(content=blocks, text_chunks=13, json_fragments=5)
     message = build_message({"model": "claude-sonnet-4-6"}, reply, b"{}")
     raw = b"".join(stream_events(message, reply))
-    assembler = StreamAssembler(10**6)
-    for event in SSEParser().feed(raw):
-        assembler.feed(event.name, event.json())
-    expected = assembler.message()
+    assembler = MessageAssembler(10**6)
+    assembler.feed_bytes(raw)
+    expected = recorded(assembler)
     assert _through_log(raw) == expected  # the short cut
     variants = {
         "crlf": raw.replace(b"\n", b"\r\n"),

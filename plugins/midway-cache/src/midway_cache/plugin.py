@@ -21,8 +21,8 @@ import click
 import orjson
 
 from midway import Exchange, Midway, Response, SSEEvent, hookimpl
+from midway.assemble import MessageAssembler
 from midway_cache import replay
-from midway_cache.assemble import MessageAssembler
 from midway_cache.coalesce import Coalescer
 from midway_cache.config import CacheConfig, load_config
 from midway_cache.keys import CacheKeys, request_keys
@@ -294,7 +294,7 @@ class CachePlugin(StoreOperations):
             return
         if state.assembler is None:
             state.assembler = MessageAssembler()
-        state.assembler.feed(event.name, event.json())
+        state.assembler.feed_event(event)
 
     @hookimpl
     async def post_response(self, exchange: Exchange) -> None:
@@ -317,9 +317,10 @@ class CachePlugin(StoreOperations):
                 not exchange.state.get("midway.complete"):
             return None
         if exchange.streaming:
-            if state.assembler is None:
+            # the cache never keeps an answer it could not rebuild exactly
+            if state.assembler is None or not state.assembler.exact:
                 return None
-            message = state.assembler.message
+            message = state.assembler.message()
         else:
             try:
                 message = orjson.loads(exchange.response_body or b"")
