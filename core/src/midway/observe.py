@@ -7,7 +7,8 @@ from typing import Any
 
 import orjson
 
-from midway.exchange import Exchange
+from midway.annotations import COUNT_TOKENS
+from midway.exchange import ErrorKind, Exchange
 from midway.sse import SSEEvent, SSEParser
 
 # Events that carry nothing the core needs: skipped before any parsing (the bulk of a stream).
@@ -33,11 +34,11 @@ def apply_event(exchange: Exchange, name: str | None, payload: Any) -> None:
         if isinstance(delta, dict) and delta.get("stop_reason"):
             exchange.stop_reason = delta["stop_reason"]
     elif name == "message_stop":
-        exchange.state["midway.complete"] = True
+        exchange.complete = True
     elif name == "error":
         error = payload.get("error")
         exchange.error_type = error.get("type") if isinstance(error, dict) else "error"
-        exchange.error = exchange.error or f"stream error: {exchange.error_type}"
+        exchange.fail(ErrorKind.STREAM_ERROR, f"stream error: {exchange.error_type}")
 
 
 def apply_message(exchange: Exchange, body: bytes) -> None:
@@ -54,12 +55,12 @@ def apply_message(exchange: Exchange, body: bytes) -> None:
         model = payload.get("model")
         if isinstance(model, str):
             exchange.response_model = model
-        exchange.state["midway.complete"] = True
+        exchange.complete = True
     elif payload.get("type") == "error":
         error = payload.get("error")
         exchange.error_type = error.get("type") if isinstance(error, dict) else "error"
     elif "input_tokens" in payload and exchange.request.path.endswith("/count_tokens"):
-        exchange.annotations.setdefault("count_tokens", payload.get("input_tokens"))
+        exchange.annotations.setdefault(COUNT_TOKENS, payload.get("input_tokens"))
 
 
 class StreamObserver:
