@@ -12,7 +12,7 @@ import orjson
 import pytest
 from multidict import CIMultiDict
 
-from midway import Exchange
+from midway import ErrorKind, Exchange
 from midway.fake_upstream import encode_event
 from midway.plugins import module_plugin
 from midway.testing import Reply, wait_for
@@ -215,11 +215,16 @@ def test_unreachable_upstream_is_502_api_error(midway_factory):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    proxy = midway_factory(upstream=f"http://127.0.0.1:{port}")
+    seen, plugin = capture()
+    proxy = midway_factory(upstream=f"http://127.0.0.1:{port}", plugins=[plugin])
     status, headers, body = post(proxy.url, orjson.dumps(MSG))
     assert status == 502
     assert orjson.loads(body)["error"]["type"] == "api_error"
     assert "x-should-retry" not in headers
+    wait_for(lambda: len(seen) == 1)
+    assert seen[0].error_kind is ErrorKind.UPSTREAM_UNREACHABLE
+    assert seen[0].attempts[0].error_kind is ErrorKind.UPSTREAM_UNREACHABLE
+    assert not seen[0].complete
 
 
 def test_mid_stream_failures_end_with_error_event(fake_upstream, midway_factory):
@@ -241,6 +246,9 @@ def test_mid_stream_failures_end_with_error_event(fake_upstream, midway_factory)
     assert b"message_stop" in body and b"event: error" not in body
     wait_for(lambda: len(seen) == 3)
     assert [e.error is not None for e in seen] == [True, True, False]
+    assert [e.error_kind for e in seen] == [ErrorKind.STREAM_BROKEN, ErrorKind.STREAM_TIMEOUT,
+                                            None]
+    assert [e.complete for e in seen] == [False, False, True]
 
 
 def test_client_disconnect_cancels_upstream(fake_upstream, midway_factory):

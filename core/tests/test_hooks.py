@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
+import importlib.metadata
 import re
 import sys
 from pathlib import Path
@@ -13,7 +15,7 @@ import orjson
 import pytest
 
 import midway
-from midway import MidwayError, Response, Retry, Upstream, hookimpl, hookspecs
+from midway import ErrorKind, MidwayError, Response, Retry, Upstream, hookimpl
 from midway.plugins import PluginHost, module_plugin
 from midway.testing import Reply, call_hook, make_exchange, wait_for
 
@@ -30,23 +32,6 @@ def send(url: str, body: object = MSG, headers: dict[str, str] | None = None
                 headers=headers or {"x-api-key": "sk-ant-k1"}) as r:
             return r.status, {k.lower(): v for k, v in r.headers.items()}, await r.read()
     return asyncio.run(go())
-
-
-def test_docs_have_one_heading_per_hook_with_its_exact_signature():
-    text = (DOCS / "hooks.md").read_text()
-    headings = re.findall(r"^## (\w+)\((.*)\)$", text, flags=re.M)
-    import inspect
-    expected = []
-    for name in hookspecs.hook_names():
-        params = ", ".join(inspect.signature(getattr(hookspecs, name)).parameters)
-        expected.append((name, params))
-    assert headings == expected
-
-
-def test_every_hookspec_documents_itself():
-    for name in hookspecs.hook_names():
-        doc = getattr(hookspecs, name).__doc__
-        assert doc and ":return:" in doc, name
 
 
 def test_async_first_result_wins_and_later_implementations_do_not_run(
@@ -107,7 +92,9 @@ def test_failing_request_hook_is_a_clear_500(fake_upstream, midway_factory, hook
     def boom(exchange):
         raise RuntimeError("secret detail sk-ant-should-not-leak")
 
-    proxy = midway_factory(plugins=[module_plugin("broken", **{hook: boom})])
+    seen: list[midway.Exchange] = []
+    proxy = midway_factory(plugins=[module_plugin("broken", **{hook: boom}), module_plugin(
+        "cap", post_response=lambda exchange: seen.append(exchange))])
     status, _, body = send(proxy.url)
     assert status == 500
     error = orjson.loads(body)["error"]
@@ -117,6 +104,8 @@ def test_failing_request_hook_is_a_clear_500(fake_upstream, midway_factory, hook
     if hook in ("pre_request", "choose_upstream", "upstream_request"):
         assert fake_upstream.messages_requests == []
     assert proxy.midway.plugins.errors[("broken", hook)] == 1
+    wait_for(lambda: len(seen) == 1)
+    assert seen[0].error_kind is ErrorKind.PLUGIN_FAILED
 
 
 def test_failing_observers_never_break_a_stream(fake_upstream, midway_factory):
@@ -173,11 +162,17 @@ def test_midway_error_from_a_hook_is_the_answer(fake_upstream, midway_factory):
     def choose_upstream(exchange):
         raise MidwayError(429, "every pooled key is resting", headers={"retry-after": "12"})
 
-    proxy = midway_factory(plugins=[module_plugin("pool", choose_upstream=choose_upstream)])
+    seen: list[midway.Exchange] = []
+    proxy = midway_factory(plugins=[module_plugin(
+        "pool", choose_upstream=choose_upstream,
+        post_response=lambda exchange: seen.append(exchange))])
     status, headers, body = send(proxy.url)
     assert status == 429 and headers["retry-after"] == "12"
     assert orjson.loads(body)["error"] == {"type": "rate_limit_error",
                                            "message": "every pooled key is resting"}
+    wait_for(lambda: len(seen) == 1)
+    assert seen[0].error_kind is ErrorKind.REFUSED
+    assert seen[0].error == "every pooled key is resting"
 
 
 def test_call_hook_and_make_exchange_for_unit_tests():
@@ -206,6 +201,33 @@ def test_plugin_loading_reports_broken_plugins(tmp_path):
     assert infos["good"].hooks == ["post_response"] and infos["good"].error is None
     assert "ModuleNotFoundError" in (infos["bad"].error or "")
     assert infos["midway_no_such_module"].error
+
+
+def test_plugin_order_is_fixed_by_names_and_then_the_order_given(tmp_path, monkeypatch):
+    (tmp_path / "order_plugins.py").write_text(
+        "from midway.plugins import module_plugin\n"
+        "zeta, alpha, mid, zeta_copy = (module_plugin(n, pre_request=lambda exchange: None)\n"
+        "                               for n in ('zeta', 'alpha', 'mid', 'zeta_copy'))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    # Installed plugins as importlib might list them (its order follows sys.path and the file
+    # system), one name twice as when a distribution is on sys.path twice.
+    installed = importlib.metadata.EntryPoints(
+        importlib.metadata.EntryPoint(name, f"order_plugins:{attr}", "midway")
+        for name, attr in (("zeta", "zeta"), ("alpha", "alpha"), ("mid", "mid"),
+                           ("zeta", "zeta_copy")))
+    monkeypatch.setattr(importlib.metadata, "entry_points",
+                        lambda group=None: installed if group == "midway" else ())
+    local = tmp_path / "local.py"
+    local.write_text("from midway import hookimpl\n@hookimpl\ndef pre_request(exchange):\n"
+                     "    return None\n")
+    host = PluginHost()
+    host.load(extra=[str(local)], objects=[("embedded", module_plugin(
+        "embedded", pre_request=lambda exchange: None))])
+    assert [i.name for i in host.infos] == ["alpha", "mid", "zeta", "local", "embedded"]
+    assert host.pm.get_plugin("zeta").__name__ == "zeta"  # the first listed of a name wins
+    # Among equal priorities the plugin registered last runs first (midway.hookspecs "Order").
+    assert [i.plugin for i in host.impls("pre_request")] == [
+        "embedded", "local", "zeta", "mid", "alpha"]
 
 
 def test_design_ten_line_plugin_works_as_written(fake_upstream, midway_factory, tmp_path,

@@ -11,6 +11,7 @@ from midway.context import Midway
 from midway.errors import MidwayError, error_body
 from midway.exchange import (
     Attempt,
+    ErrorKind,
     Exchange,
     PreparedRequest,
     Principal,
@@ -24,7 +25,7 @@ from midway.hookspecs import hookimpl
 from midway.sse import SSEEvent
 
 __all__ = [
-    "Attempt", "Exchange", "Midway", "MidwayError", "PreparedRequest", "Principal", "Request",
-    "Response", "Retry", "SSEEvent", "Upstream", "Usage", "__version__", "error_body",
-    "hookimpl",
+    "Attempt", "ErrorKind", "Exchange", "Midway", "MidwayError", "PreparedRequest", "Principal",
+    "Request", "Response", "Retry", "SSEEvent", "Upstream", "Usage", "__version__",
+    "error_body", "hookimpl",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import orjson
 from aiohttp import web
 
+from midway.exchange import ErrorKind
 from midway.sse import encode_event
 
 STATUS_TYPES = {
@@ -57,12 +58,15 @@ def error_event(message: str, error_type: str = "api_error") -> bytes:
 
 
 class MidwayError(Exception):
-    """Raised by core code to answer the client with an Anthropic-format error."""
+    """Raised by core code, or by a plugin's request hook on purpose, to answer the client with
+    an Anthropic-format error. ``kind`` is what ``exchange.error_kind`` records."""
 
     def __init__(self, status: int, message: str, error_type: str | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+                 headers: dict[str, str] | None = None,
+                 kind: ErrorKind = ErrorKind.REFUSED) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.error_type = error_type or STATUS_TYPES.get(status, "api_error")
         self.headers = headers or {}
+        self.kind = kind

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import secrets
 import time
 from collections.abc import Mapping
@@ -20,6 +21,37 @@ _UNSET: Any = object()
 def new_request_id() -> str:
     """midway's own id for an exchange: unique, sortable by time, safe in logs."""
     return f"mw_{time.time_ns():x}{secrets.token_hex(6)}"
+
+
+class ErrorKind(enum.StrEnum):
+    """Why an exchange or an attempt did not complete normally: ``Exchange.error_kind`` and
+    ``Attempt.error_kind``, for plugins to match on (``error`` is the human-readable text)."""
+
+    #: no connection to the upstream could be made (DNS, refused, TLS)
+    UPSTREAM_UNREACHABLE = "upstream_unreachable"
+    #: the upstream sent no response headers within the connect or idle timeout
+    UPSTREAM_TIMEOUT = "upstream_timeout"
+    #: the connection to the upstream failed in another way before an answer
+    UPSTREAM_FAILED = "upstream_failed"
+    #: the upstream's connection broke after part of the answer was relayed
+    STREAM_BROKEN = "stream_broken"
+    #: the upstream went silent for longer than the idle timeout in the middle of an answer
+    STREAM_TIMEOUT = "stream_timeout"
+    #: the streamed answer carried an ``event: error`` (e.g. ``overloaded_error``)
+    STREAM_ERROR = "stream_error"
+    #: the client went away before the answer was complete
+    CLIENT_DISCONNECTED = "client_disconnected"
+    #: midway answered with an error of its own: a bad or unauthorised request, or a
+    #: :class:`midway.MidwayError` a plugin raised on purpose
+    REFUSED = "refused"
+    #: a plugin failed in a hook whose failure fails the request
+    PLUGIN_FAILED = "plugin_failed"
+    #: a bug in midway
+    INTERNAL = "internal"
+
+
+#: The kinds that mean the upstream failed after bytes of its answer reached the client.
+STREAM_FAILURES = frozenset({ErrorKind.STREAM_BROKEN, ErrorKind.STREAM_TIMEOUT})
 
 
 @attrs.define(eq=False)
@@ -181,7 +213,8 @@ class Attempt:
     started: float  # time.monotonic()
     status: int | None = None
     headers: Mapping[str, str] | None = None  # the upstream's response headers
-    error: str | None = None
+    error: str | None = None  # why there is no response (text)
+    error_kind: ErrorKind | None = None  # why there is no response (to match on)
     retried: bool = False
     request_id: str | None = None  # the upstream's own ``request-id``
     # set after the answer: the body of a non-streaming error answer, for the router to read
@@ -316,7 +349,6 @@ class Exchange:
     upstream: Upstream | None = None
     attempts: list[Attempt] = attrs.field(factory=list)
     status: int | None = None
-    response_headers: CIMultiDict[str] | None = None
     response_body: bytes | None = None  # non-streaming answers (decoded), None for streams
     # a streamed answer's bytes, kept when a plugin asked for them (Midway.keep_stream_bodies)
     kept_stream: KeptStream | None = None
@@ -326,7 +358,10 @@ class Exchange:
     response_model: str | None = None
     upstream_request_id: str | None = None
     answered_by: str | None = None
-    error: str | None = None  # why the exchange did not complete normally
+    error: str | None = None  # why the exchange did not complete normally (text)
+    error_kind: ErrorKind | None = None  # the same, to match on
+    # the answer reached its end: a stream's ``message_stop``, or a complete JSON message
+    complete: bool = False
     error_type: str | None = None  # Anthropic error type of an error answer or event
     client_disconnected: bool = False
     annotations: dict[str, Any] = attrs.field(factory=dict)
@@ -363,3 +398,9 @@ class Exchange:
     @property
     def final_attempt(self) -> Attempt | None:
         return self.attempts[-1] if self.attempts else None
+
+    def fail(self, kind: ErrorKind, message: str) -> None:
+        """Record why the exchange did not complete normally; the first reason recorded stands."""
+        if self.error is None:
+            self.error = message
+            self.error_kind = kind

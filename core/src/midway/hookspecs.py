@@ -1,17 +1,92 @@
 """The hook contract between midway's core and its plugins.
 
-Every hook may be implemented as a plain function or as ``async def``: the core awaits what is
-awaitable. Implementations may accept any subset of a hook's parameters, by name. Order follows
-pluggy: ``@hookimpl(tryfirst=True)`` runs before plain implementations, ``trylast=True`` after;
-otherwise the plugin registered last runs first. Hook wrappers are not supported.
+This module is the contract. ``docs/hooks.md`` is generated from it, with
+``python -m midway.hookdocs > docs/hooks.md``, and a test fails when the checked-in page
+differs.
 
-Exactly what each hook may do when it raises is part of the contract:
+midway's core calls these hooks, in this order, for every request under ``/v1/``::
 
-* ``startup``, ``pre_request``, ``choose_upstream``, ``upstream_request`` and
-  ``upstream_response``: an exception fails the request (or the start-up) with an
-  Anthropic-format 500 ``api_error``.
-* ``on_chunk``, ``post_response``, ``shutdown``: an exception is logged and counted
-  (``midway_plugin_errors_total``) and the relay goes on.
+    pre_request ─▶ choose_upstream ─▶ upstream_request ─▶ (send) ─▶ upstream_response ─┐
+          │              ▲                                                            │ Retry
+          │              └────────────────────────────────────────────────────────────┘
+          │ a Response answers the request            on_chunk (each SSE event) ─▶ post_response
+
+Around the process: ``register_commands`` when the ``midway`` command line is built;
+``register_routes``, then ``register_metrics``, then ``startup`` when a server starts;
+``shutdown`` when it stops; ``config_check`` and ``db_upgrade`` in the commands of those names.
+
+Implementing a hook
+-------------------
+
+Plugins implement hooks with ``@midway.hookimpl``. An implementation may be ``def`` or
+``async def``: the core awaits what is awaitable, and "first non-None result wins" holds for
+async implementations too (``register_commands`` and ``register_routes`` are the exceptions:
+they must be plain functions). An implementation may accept any subset of the hook's
+parameters, by name. Hook wrappers (``hookwrapper=True``, ``wrapper=True``) are not supported:
+the core raises ``TypeError`` naming the plugin when it first looks the hook up (at start-up
+for the request hooks).
+
+An ``async`` implementation of a request hook, ``startup``, ``register_metrics`` or
+``shutdown`` that takes longer than the ``hook_timeout`` setting (30 s by default) is cancelled
+and counts as a failure of that implementation (see below), so a hung plugin cannot hold a
+request or a shutdown forever.
+
+Order
+-----
+
+Implementations of one hook run in pluggy's order: every ``@hookimpl(tryfirst=True)``, then the
+plain ones, then every ``@hookimpl(trylast=True)``. Within each of these groups the plugin
+registered last runs first. midway registers plugins in a fixed order:
+
+1. installed plugins (the ``midway`` entry-point group), sorted by entry-point name;
+2. ``--plugin`` files and modules (``extra_plugins``), in the order given;
+3. plugin objects passed by embedding code and tests (``midway_factory(plugins=[...])``), in
+   the order given.
+
+So a ``--plugin`` file runs before every installed plugin of its group, and among installed
+plugins of one group the name sorting last runs first (``router`` before ``cache`` before
+``audit``). The order never depends on ``sys.path`` or on the file system. A plugin that needs
+to run before or after another says so with ``tryfirst``/``trylast`` rather than by its name:
+the cache's ``pre_request`` is ``tryfirst`` so that a hit is never reserved or refused by
+billing's (``trylast``); billing's ``post_response`` is ``tryfirst`` so that audit's and the
+dashboard's (``trylast``) see ``annotations["cost_usd"]``.
+
+When an implementation raises
+-----------------------------
+
+What happens is part of the contract, and each hook below states it:
+
+* ``startup``, ``register_metrics``: start-up is aborted.
+* ``pre_request``, ``choose_upstream``, ``upstream_request``, ``upstream_response``: the request
+  fails with an Anthropic-format 500 ``api_error`` naming the plugin and the hook
+  (``exchange.error_kind`` is ``ErrorKind.PLUGIN_FAILED``); later implementations do not run.
+* ``on_chunk``, ``post_response``, ``shutdown``, ``register_commands``, ``register_routes``:
+  the failure is logged and the relay (or the command line, or the server) goes on with the
+  next implementation.
+* ``config_check``: the exception is reported as a problem of that plugin.
+* ``db_upgrade``: the command fails.
+
+Every failure a relay survives or that fails a request is counted in
+``midway_plugin_errors_total{plugin, hook}``.
+
+Raising ``midway.MidwayError(status, message, headers=...)`` on purpose from ``pre_request``,
+``choose_upstream``, ``upstream_request`` or ``upstream_response`` is not a failure: the client
+gets that Anthropic-format error instead (e.g. a 429 with ``retry-after``), and
+``exchange.error_kind`` is ``ErrorKind.REFUSED``.
+
+Shared conventions
+------------------
+
+* Plugins publish findings for each other in ``exchange.annotations``. A key that more than one
+  package reads or writes is a constant of :mod:`midway.annotations` (``COST_USD``, ``CACHE``,
+  ``ROUTE``, …); values are plain JSON-able data.
+* A plugin keeps private per-request state in ``exchange.state["<plugin>"]``. The core never
+  writes there: what it knows about the exchange is in the ``Exchange``'s own fields.
+* Why an exchange did not complete normally is ``exchange.error`` (text, for people) and
+  ``exchange.error_kind`` (a :class:`midway.ErrorKind`, to match on); the same pair is on each
+  ``Attempt``. Match on the kind, never on the text.
+* A plugin offering queries to others publishes an object in ``midway.services["<name>"]`` in
+  ``startup`` (or ``register_routes``).
 """
 
 from __future__ import annotations
@@ -36,18 +111,31 @@ hookimpl = pluggy.HookimplMarker("midway")
 def startup(midway: Midway) -> None:
     """Open pools, databases and background tasks before the first request is accepted.
 
-    :param midway: the running instance: settings, this plugin's config table, the data dir,
-        the shared HTTP session and the metrics registry.
-    :return: nothing. Every implementation runs. Raising aborts start-up.
+    Fires once per process, after ``register_routes`` and ``register_metrics``, before the
+    server accepts its first connection.
+
+    :param midway: the running instance (:class:`midway.Midway`): ``settings``,
+        ``config(name)`` (this plugin's TOML table, overridable by ``MIDWAY_<NAME>__<KEY>``),
+        ``data_dir``, ``session`` (the shared aiohttp client session), ``metrics.registry``,
+        ``services``, and ``keep_stream_bodies(limit)``.
+    :return: nothing. Every implementation runs, in order.
+
+    Raising (or exceeding ``hook_timeout``) aborts start-up.
     """
 
 
 @hookspec
 def shutdown(midway: Midway) -> None:
-    """Flush queues and close what ``startup`` opened, after the last open stream has ended.
+    """Flush queues and close what ``startup`` opened.
+
+    Fires once per process on SIGTERM/SIGINT, after the server stopped accepting connections,
+    the open streams finished and the ``post_response`` calls in flight ended (each wait
+    bounded by ``shutdown_timeout``).
 
     :param midway: the running instance.
     :return: nothing. Every implementation runs, even if one raises.
+
+    Raising is logged and counted; the next implementation runs.
     """
 
 
@@ -55,14 +143,22 @@ def shutdown(midway: Midway) -> None:
 def pre_request(exchange: Exchange) -> Response | None:
     """Inspect or modify a request before it goes anywhere, or answer it without an upstream.
 
-    Fires once per request, after the body has been read and the client authenticated, before
-    ``choose_upstream``. Change ``exchange.request.headers`` in place; to change the body assign
-    ``exchange.request.json`` (or ``exchange.request.body``).
+    Fires once per request under ``/v1/``, after the body was read and the client
+    authenticated, before any upstream is chosen. First result: the first non-None result
+    wins and later implementations do not run.
 
-    :param exchange: the request in flight.
+    :param exchange: the request in flight (:class:`midway.Exchange`). Change
+        ``exchange.request.headers`` in place; to change the body assign
+        ``exchange.request.json = {...}`` (or ``exchange.request.body = b"..."``). Reading
+        never re-encodes: an untouched body is forwarded byte for byte.
     :return: a :class:`midway.Response` to answer the client directly (a cache hit, a budget
-        refusal) or ``None`` to go on. The first non-None result wins; later implementations do
-        not run.
+        refusal) — ``Response(status, body=bytes | JSON-able, headers=..., stream=async
+        iterator of bytes)`` — or ``None`` to go on. ``exchange.answered_by`` then names the
+        plugin that answered, and the answer still goes through ``on_chunk`` (when streamed)
+        and ``post_response``.
+
+    Raising fails the request with a 500 ``api_error`` naming the plugin; raising
+    ``midway.MidwayError`` answers with that error instead.
     """
 
 
@@ -70,13 +166,23 @@ def pre_request(exchange: Exchange) -> Response | None:
 def choose_upstream(exchange: Exchange) -> Upstream | None:
     """Decide where the request goes: base URL, credentials and adapter.
 
-    Fires before every upstream attempt (again after ``upstream_response`` asked for a retry;
-    ``exchange.attempts`` then holds the earlier attempts).
+    Fires before every upstream attempt: once normally, again after ``upstream_response``
+    asked for a retry (``exchange.attempts`` then lists the earlier attempts). First result:
+    the first non-None result wins and later implementations do not run.
 
     :param exchange: the request in flight.
-    :return: a :class:`midway.Upstream`, or ``None`` to leave the choice to the next plugin.
-        The first non-None result wins; when none answers, the core uses the configured
-        ``--upstream`` and passes the client's own credentials through.
+    :return: a :class:`midway.Upstream` ``(url, name, headers, passthrough_auth, adapter,
+        key_id, model)``, or ``None`` to leave the choice to the next plugin. When none
+        answers, the core uses ``--upstream`` and passes the client's own credentials through
+        (or the configured ``upstream_api_key`` when clients present midway keys).
+        ``headers`` are set on the upstream request (credentials go here);
+        ``passthrough_auth=False`` removes the client's ``x-api-key``/``authorization``
+        first; ``adapter`` translates for non-Anthropic vendors; ``model`` rewrites the body's
+        model for this attempt. An upstream whose ``name`` the client's key may not use is
+        answered with a 403; anything but an ``Upstream`` or ``None`` with a 500.
+
+    Raising fails the request with a 500 ``api_error`` naming the plugin; raising
+    ``midway.MidwayError`` answers with that error instead.
     """
 
 
@@ -84,55 +190,91 @@ def choose_upstream(exchange: Exchange) -> Upstream | None:
 def upstream_request(exchange: Exchange, attempt: Attempt) -> None:
     """Observe an upstream attempt just before it is sent (write-ahead bookkeeping).
 
+    Fires once per attempt, after ``choose_upstream``, right before the request goes out: for a
+    pending ledger row or an in-flight counter.
+
     :param exchange: the request in flight.
-    :param attempt: this attempt: its number, id (``<exchange.id>.<n>``) and upstream.
-    :return: nothing. Every implementation runs.
+    :param attempt: this attempt (:class:`midway.Attempt`): ``number`` (1-based), ``id``
+        (``<exchange.id>.<number>``, midway's own, never the provider's), ``upstream``,
+        ``started``.
+    :return: nothing. Every implementation runs, in order.
+
+    Raising fails the request with a 500 ``api_error`` naming the plugin, before anything is
+    sent upstream; raising ``midway.MidwayError`` answers with that error instead.
     """
 
 
 @hookspec(firstresult=True)
 def upstream_response(exchange: Exchange, attempt: Attempt) -> Retry | None:
-    """Judge an attempt once the upstream's status and headers are known, or it failed to connect.
+    """Judge an attempt once the upstream's status and headers are known, or it failed.
 
-    Fires before any byte of that attempt reaches the client, so a retry is still possible.
-    ``attempt.status`` and ``attempt.headers`` are set, or ``attempt.error`` says why there is
-    no response.
+    Fires once per attempt, always before any byte of it reaches the client, so a retry is
+    still possible. Not called for the last allowed attempt (``max_attempts``): a plugin judges
+    that one in ``post_response``. First result: the first non-None result wins and later
+    implementations do not run.
 
     :param exchange: the request in flight.
-    :param attempt: the attempt just answered.
-    :return: a :class:`midway.Retry` to drop this answer and try again (``choose_upstream`` is
-        asked anew after ``Retry.delay`` seconds), or ``None`` to relay it. The first non-None
-        result wins.
+    :param attempt: the attempt just answered: ``status``, ``headers`` (with
+        ``anthropic-ratelimit-*``, ``retry-after``) and ``request_id``; or, when there is no
+        response, ``error`` and ``error_kind`` (``UPSTREAM_UNREACHABLE``,
+        ``UPSTREAM_TIMEOUT``, ``UPSTREAM_FAILED``). For a non-streaming error answer
+        ``attempt.body`` holds the error body (at most 1 MiB), relayed unmodified if the answer
+        is kept.
+    :return: a :class:`midway.Retry` ``(delay, reason)`` to drop this answer and try again
+        after ``delay`` seconds (``choose_upstream`` is asked anew), or ``None`` to relay it.
+
+    Raising fails the request with a 500 ``api_error`` naming the plugin; raising
+    ``midway.MidwayError`` answers with that error instead.
     """
 
 
 @hookspec
 def on_chunk(exchange: Exchange, event: SSEEvent) -> SSEEvent | None:
-    """Observe or replace one server-sent event of a streaming response.
+    """Observe or replace one server-sent event of a streaming answer.
 
-    Fires for every complete SSE event, in order, parsed incrementally whatever the split of
-    the byte stream, before the event is written to the client. When no plugin implements this
-    hook the core relays raw chunks and pays nothing for it.
+    Fires for every complete event, in order, before it is written to the client. Events are
+    parsed incrementally whatever the split of the byte stream (one byte per read, UTF-8
+    characters cut in half). Also fires for streams a plugin answered with. When no plugin
+    implements this hook the core relays raw chunks and pays nothing for it; when one does,
+    the core asks the upstream for an uncompressed answer (a stream compressed all the same is
+    relayed without this hook). For a plugin that needs the whole answer only at the end,
+    ``midway.keep_stream_bodies`` in ``startup`` is far cheaper (see ``post_response``).
 
     :param exchange: the request in flight.
-    :param event: the event (``event.name``, ``event.data`` as text, ``event.json()``, and
-        ``event.raw``: the exact bytes that will be written).
-    :return: ``None`` to keep the event, or a new :class:`midway.SSEEvent` that replaces it for
-        later implementations and the client (``SSEEvent.dropped()`` writes nothing). Every
-        implementation runs.
+    :param event: a :class:`midway.SSEEvent`: ``name``, ``data`` (text), ``json()``, and
+        ``raw`` (the exact bytes that will be written).
+    :return: ``None`` to keep the event, or a new ``SSEEvent`` (``SSEEvent.build(name,
+        data)``) that replaces it for later implementations and the client;
+        ``SSEEvent.dropped()`` writes nothing. Every implementation runs, in order.
+
+    Raising is logged and counted; the event goes on as it was before that implementation.
     """
 
 
 @hookspec
 def post_response(exchange: Exchange) -> None:
-    """Record the outcome: fires exactly once per request, after the last byte or the error.
+    """Record the outcome of a request.
 
-    ``exchange`` then carries ``status``, ``usage`` (final, never summed), ``stop_reason``,
-    ``timings`` (TTFB and total), ``principal``, ``upstream``, ``attempts``, ``answered_by``
-    (the plugin that answered in ``pre_request``), ``error`` and ``client_disconnected``.
+    Fires exactly once per request — after the last byte was written, or after the error, or
+    when the client went away. An ``async`` implementation runs in a task of its own, so the
+    client's disconnect does not cancel it; ``shutdown`` waits for it.
 
-    :param exchange: the finished request.
+    :param exchange: the finished request: ``status`` (499 when the client disconnected
+        before an answer), ``usage`` (final: the last ``message_delta`` value of each field,
+        else ``message_start``'s — never a sum — or the JSON body's), ``stop_reason``,
+        ``complete`` (the answer reached its end: a stream's ``message_stop`` or a complete
+        JSON message), ``timings`` (``ttfb_ms``, ``total_ms``, ``upstream_ttfb_ms``),
+        ``principal``, ``upstream``, ``attempts``, ``answered_by``, ``error`` and
+        ``error_kind``, ``error_type``, ``client_disconnected``, ``upstream_request_id``,
+        ``response_body`` (decoded, for non-streaming answers), ``streaming``, and
+        ``stream_body``/``stream_truncated``: a streamed answer's bytes as the client received
+        them (decoded), kept only when a plugin called ``midway.keep_stream_bodies(limit)`` in
+        ``startup`` (the largest limit wins). For a plugin that needs the whole answer at the
+        end that is far cheaper than ``on_chunk``: nothing is parsed for it, each chunk is
+        kept by reference.
     :return: nothing. Every implementation runs, even if one raises.
+
+    Raising is logged and counted; the next implementation runs.
     """
 
 
@@ -140,8 +282,16 @@ def post_response(exchange: Exchange) -> None:
 def register_commands(cli: click.Group) -> None:
     """Add subcommands to the ``midway`` command line.
 
-    :param cli: the root click group; add commands or groups with ``cli.add_command``.
-    :return: nothing.
+    Fires once when the command line is built, before any command runs. Must be a plain
+    function (it is not awaited).
+
+    :param cli: the root ``click.Group``; add commands or groups with ``cli.add_command``.
+        Commands that read a store should use ``midway.cli.settings_options`` to honour
+        ``--config``, ``--data-dir`` and ``MIDWAY_DATA_DIR``.
+    :return: nothing. Every implementation runs, in order.
+
+    Raising is logged and counted; the command line goes on without what that implementation
+    did not add.
     """
 
 
@@ -149,9 +299,17 @@ def register_commands(cli: click.Group) -> None:
 def register_routes(app: web.Application, midway: Midway) -> None:
     """Add HTTP routes to the server (dashboards, admin APIs) under ``/_midway/``.
 
-    :param app: the aiohttp application; add routes with ``app.router.add_get`` and friends.
-    :param midway: the running instance.
-    :return: nothing.
+    Fires once while the server's aiohttp application is built, before ``/v1/*`` is routed
+    and before ``register_metrics`` and ``startup``. Must be a plain function (it is not
+    awaited).
+
+    :param app: the ``aiohttp.web.Application``; add routes with ``app.router.add_get`` and
+        friends.
+    :param midway: the running instance, not started yet: use it from the handlers.
+    :return: nothing. Every implementation runs, in order.
+
+    Raising is logged and counted; the server starts without what that implementation did
+    not add.
     """
 
 
@@ -159,34 +317,49 @@ def register_routes(app: web.Application, midway: Midway) -> None:
 def register_metrics(midway: Midway) -> None:
     """Create this plugin's Prometheus metrics on ``midway.metrics.registry``.
 
+    Fires once per process at start-up, before ``startup``. ``/metrics`` exposes them with
+    the core's.
+
     :param midway: the running instance.
-    :return: nothing.
+    :return: nothing. Every implementation runs, in order.
+
+    Raising (or exceeding ``hook_timeout``) aborts start-up.
     """
 
 
 @hookspec
 def config_check(midway: Midway) -> list[str] | None:
-    """Validate this plugin's config and connect to every store it names (``midway config check``).
+    """Validate this plugin's config and connect to every store it names.
 
-    :param midway: an instance built from the config, not serving.
+    Fires once in ``midway config check``, on an instance built from the config that serves
+    nothing (no ``startup`` ran).
+
+    :param midway: the instance (``settings``, ``config(name)``, ``data_dir``).
     :return: the problems found, each a sentence naming the store and what is wrong
-        (unreachable, authentication failed, schema missing or old — "run midway db
-        upgrade"); empty or ``None`` when all is well. Every implementation runs; an exception
-        is reported as a problem of that plugin.
+        (unreachable, authentication failed, schema missing or old: "run
+        ``midway db upgrade``"); an empty list or ``None`` when all is well. Every
+        implementation runs, in order.
+
+    Raising is reported as a problem of that plugin; the next implementation runs.
     """
 
 
 @hookspec
 def db_upgrade(midway: Midway) -> list[str] | None:
-    """Create or migrate this plugin's schemas in its configured stores (``midway db upgrade``).
+    """Create or migrate this plugin's schemas in the stores it is configured with.
 
-    :param midway: an instance built from the config, not serving.
+    Fires once in ``midway db upgrade``, on an instance built from the config that serves
+    nothing, for embedded SQLite files and shared PostgreSQL alike. Plugins also do this in
+    ``startup``; the command exists for operators who migrate ahead of a rollout.
+
+    :param midway: the instance.
     :return: what was done, one line per change (empty when already current). Every
-        implementation runs; an exception fails the command.
+        implementation runs, in order, even if one raises.
+
+    Raising fails the command, naming the first plugin that raised.
     """
 
 
 def hook_names() -> list[str]:
     """The hooks of the contract, in the order of this module."""
     return [name for name, obj in globals().items() if hasattr(obj, "midway_spec")]
-

@@ -7,8 +7,9 @@ from typing import Any
 
 import orjson
 
+from midway.annotations import COUNT_TOKENS
 from midway.assemble import MessageAssembler
-from midway.exchange import Exchange
+from midway.exchange import ErrorKind, Exchange
 from midway.sse import SSEEvent, SSEParser
 
 # Events that carry nothing the core needs: skipped before any parsing (the bulk of a stream).
@@ -32,11 +33,11 @@ def apply_event(exchange: Exchange, assembler: MessageAssembler, event: SSEEvent
         if assembler.stop_reason:
             exchange.stop_reason = assembler.stop_reason
     elif name == "message_stop":
-        exchange.state["midway.complete"] = True
+        exchange.complete = True
     elif name == "error":
         error = assembler.error
         exchange.error_type = error.get("type") if isinstance(error, dict) else "error"
-        exchange.error = exchange.error or f"stream error: {exchange.error_type}"
+        exchange.fail(ErrorKind.STREAM_ERROR, f"stream error: {exchange.error_type}")
 
 
 def apply_message(exchange: Exchange, body: bytes) -> None:
@@ -53,12 +54,12 @@ def apply_message(exchange: Exchange, body: bytes) -> None:
         model = payload.get("model")
         if isinstance(model, str):
             exchange.response_model = model
-        exchange.state["midway.complete"] = True
+        exchange.complete = True
     elif payload.get("type") == "error":
         error = payload.get("error")
         exchange.error_type = error.get("type") if isinstance(error, dict) else "error"
     elif "input_tokens" in payload and exchange.request.path.endswith("/count_tokens"):
-        exchange.annotations.setdefault("count_tokens", payload.get("input_tokens"))
+        exchange.annotations.setdefault(COUNT_TOKENS, payload.get("input_tokens"))
 
 
 class StreamObserver:

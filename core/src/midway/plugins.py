@@ -72,7 +72,12 @@ class PluginHost:
 
     def load(self, only: list[str] | None = None, extra: Iterable[str] = (),
              objects: Iterable[tuple[str, object]] = ()) -> None:
-        """Load installed plugins (all, or ``only`` those named), then extra files/modules."""
+        """Register installed plugins (all, or ``only`` those named) sorted by entry-point
+        name, then ``extra`` files/modules and then ``objects``, each in the order given.
+
+        This registration order is part of the hook contract (see :mod:`midway.hookspecs`):
+        among implementations of equal priority the one registered last runs first.
+        """
         for ep in _entry_points():
             if only is not None and ep.name not in only:
                 continue
@@ -225,14 +230,12 @@ class PluginFailed(Exception):
 
 
 def _entry_points() -> list[importlib.metadata.EntryPoint]:
-    seen: set[str] = set()
-    found = []
+    """The installed plugins, sorted by name: importlib's order depends on sys.path and on
+    the file system, and the call order of hooks must not."""
+    found: dict[str, importlib.metadata.EntryPoint] = {}
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name in seen:  # the same distribution on sys.path twice
-            continue
-        seen.add(ep.name)
-        found.append(ep)
-    return found
+        found.setdefault(ep.name, ep)  # the same distribution on sys.path twice: first wins
+    return [found[name] for name in sorted(found)]
 
 
 def module_plugin(name: str, **hooks: Callable[..., Any]) -> types.SimpleNamespace:

@@ -23,6 +23,7 @@ from midway.context import Midway
 from midway.errors import MidwayError, error_event, error_response
 from midway.exchange import (
     Attempt,
+    ErrorKind,
     Exchange,
     KeptStream,
     PreparedRequest,
@@ -135,15 +136,15 @@ class Proxy:
             return response
         except asyncio.CancelledError:
             exchange.client_disconnected = True
-            exchange.error = exchange.error or "client disconnected"
+            exchange.fail(ErrorKind.CLIENT_DISCONNECTED, "client disconnected")
             raise
         except (ConnectionResetError, aiohttp.ClientConnectionResetError):
             exchange.client_disconnected = True
-            exchange.error = exchange.error or "client disconnected"
+            exchange.fail(ErrorKind.CLIENT_DISCONNECTED, "client disconnected")
             raise
         except Exception:
             log.exception("internal error serving %s", exchange.id)
-            exchange.error = exchange.error or "internal error"
+            exchange.fail(ErrorKind.INTERNAL, "internal error")
             if exchange.timings.ttfb_ms is None:
                 response = await self._answer_error(
                     request, exchange, MidwayError(500, "internal error in midway"))
@@ -166,7 +167,7 @@ class Proxy:
                             exc: MidwayError) -> web.StreamResponse:
         exchange.status = exc.status
         exchange.error_type = exc.error_type
-        exchange.error = exchange.error or exc.message
+        exchange.fail(exc.kind, exc.message)
         response = error_response(exc.status, exc.message, exchange.id, exc.error_type,
                                   exc.headers)
         await self._send(request, exchange, response)
@@ -307,6 +308,7 @@ class Proxy:
                 resp = await self._send_upstream(exchange, upstream)
             except MidwayError as exc:
                 attempt.error = exc.message
+                attempt.error_kind = exc.kind
                 attempt.status = None
                 failure: MidwayError | None = exc
             else:
@@ -342,7 +344,8 @@ class Proxy:
             upstream = await self._call_first_strict(exchange, "choose_upstream")
             if upstream is not None:
                 if not isinstance(upstream, Upstream):
-                    raise MidwayError(500, "a midway plugin returned an invalid upstream")
+                    raise MidwayError(500, "a midway plugin returned an invalid upstream",
+                                      kind=ErrorKind.PLUGIN_FAILED)
                 if exchange.principal.upstreams and upstream.name not in \
                         exchange.principal.upstreams:
                     raise MidwayError(403, f"this key may not use upstream {upstream.name!r}")
@@ -407,12 +410,14 @@ class Proxy:
                 prepared.method, URL(prepared.url, encoded=True), data=prepared.body or None,
                 headers=prepared.headers, allow_redirects=False, timeout=self.timeout)
         except (TimeoutError, aiohttp.ServerTimeoutError):
-            raise MidwayError(504, f"upstream {upstream.name} timed out") from None
+            raise MidwayError(504, f"upstream {upstream.name} timed out",
+                              kind=ErrorKind.UPSTREAM_TIMEOUT) from None
         except (aiohttp.ClientConnectorError, UpstreamUnreachable):
-            raise MidwayError(502, f"upstream {upstream.name} is unreachable") from None
+            raise MidwayError(502, f"upstream {upstream.name} is unreachable",
+                              kind=ErrorKind.UPSTREAM_UNREACHABLE) from None
         except aiohttp.ClientError as exc:
             raise MidwayError(502, f"upstream {upstream.name} failed: "
-                              f"{type(exc).__name__}") from None
+                              f"{type(exc).__name__}", kind=ErrorKind.UPSTREAM_FAILED) from None
 
     # -- relaying the answer -----------------------------------------------------------------
 
@@ -502,6 +507,7 @@ class Proxy:
             timeout = isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError)
             exchange.error = "upstream idle timeout" if timeout else \
                 f"upstream stream failed: {type(exc).__name__}"
+            exchange.error_kind = ErrorKind.STREAM_TIMEOUT if timeout else ErrorKind.STREAM_BROKEN
             exchange.error_type = "api_error"
             if sse:
                 await response.write(error_event(
@@ -559,7 +565,8 @@ class Proxy:
                              answer: Any) -> web.StreamResponse:
         if not isinstance(answer, Response):
             raise MidwayError(500, f"plugin {exchange.answered_by} answered with "
-                              f"{type(answer).__name__}, not midway.Response")
+                              f"{type(answer).__name__}, not midway.Response",
+                              kind=ErrorKind.PLUGIN_FAILED)
         exchange.status = answer.status
         headers = CIMultiDict(answer.headers)
         headers["x-midway-request-id"] = exchange.id
@@ -574,7 +581,7 @@ class Proxy:
 
 
 def _plugin_error(exchange: Exchange, exc: PluginFailed) -> MidwayError:
-    exchange.error = f"plugin {exc.plugin} failed in {exc.hook}"
+    exchange.fail(ErrorKind.PLUGIN_FAILED, f"plugin {exc.plugin} failed in {exc.hook}")
     return MidwayError(500, f"a midway plugin ({exc.plugin}) failed in {exc.hook}")
 
 

@@ -71,6 +71,26 @@ def test_upstream_killed_mid_run(fake_upstream, make_upstream, midway_factory, r
     assert rows["backup"]["health"] == "ok"
 
 
+@pytest.mark.parametrize(("reply", "down"), [
+    (Reply(reset_after=3), True),  # the connection broke: the upstream is suspect
+    (Reply(error_after=3), False),  # the upstream said why in-band: it is alive
+])
+def test_a_broken_stream_marks_its_upstream_down(fake_upstream, make_upstream, midway_factory,
+                                                 router_plugin, reply, down):
+    primary = make_upstream()
+    primary.fake.default = lambda rec: reply
+    proxy = midway_factory(plugins=[router_plugin],
+                           config=chain_config(primary.url, fake_upstream.url))
+    resp = raw_post(proxy.url + "/v1/messages", {**MSG, "stream": True})
+    body = resp.read()
+    resp.conn.close()
+    assert events_of(body)[-1] == "error"
+    wait_idle(proxy)
+    assert (proxy.midway.services["router"].upstreams["primary"].down_until > time.time()) \
+        is down
+    assert not fake_upstream.messages_requests  # a started stream is never retried
+
+
 def test_connection_refused_moves_to_fallback_and_marks_down(fake_upstream, make_upstream,
                                                              midway_factory, router_plugin):
     dead = make_upstream()

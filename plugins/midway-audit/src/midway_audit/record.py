@@ -11,6 +11,7 @@ import attrs
 import orjson
 
 from midway import Exchange, Usage
+from midway.annotations import CACHE, COST_USD, ROUTE
 from midway_audit.assemble import EventLog, reassemble
 from midway_audit.chain import content_digest
 from midway_audit.parts import expand, full_text, template
@@ -144,7 +145,7 @@ def received(data: bytes, request_body: bytes, response: bytes, max_body: int) -
         usage.update(raw_usage)
         fields["usage"] = usage.as_dict()
     annotations = fields["annotations"]
-    for key in ("cost_usd", "cache", "route"):
+    for key in (COST_USD, CACHE, ROUTE):
         fields[key] = _str_or_none(annotations.get(key))
     if problem is not None:
         fields["audit_problem"] = problem

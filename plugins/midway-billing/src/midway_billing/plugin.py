@@ -13,6 +13,7 @@ from typing import Any
 import attrs
 
 from midway import Attempt, Exchange, Response, error_body
+from midway.annotations import BILLING, CACHE, CACHE_HITS, COST_USD
 from midway_billing.budgets import Attribution, Bucket, Check, checks_for, iso, window
 from midway_billing.config import BillingConfig
 from midway_billing.metrics import BillingMetrics
@@ -22,7 +23,6 @@ from midway_billing.store import GROUPS, REPORT_INT_FIELDS, Reservation, Store
 log = logging.getLogger("midway.billing")
 
 WARNING_HEADER = "x-midway-budget-warning"
-_CACHE_HITS = ("hit", "semantic-hit")
 _MTOK = Decimal(10**6)
 MAX_TOKENS_ESTIMATE = 10**7
 _SERIES_BUCKETS = {"minute": 60, "hour": 3600, "day": 86400}
@@ -215,7 +215,7 @@ class Billing:
                 "billing" not in exchange.state:
             # Refused before billing saw it (no credentials, bad body): nothing was spent or
             # saved, and a flood of such requests must not grow the ledger.
-            exchange.annotations["cost_usd"] = "0"
+            exchange.annotations[COST_USD] = "0"
             return
         state = self._state(exchange)
         now = time.time()
@@ -230,7 +230,7 @@ class Billing:
             await self.store.settle([row], state.reservation, 0)
             annotation.update(kind=kind, cost_usd="0", saved_usd=usd_str(saved),
                               model=cost.model)
-            exchange.annotations["cost_usd"] = "0"
+            exchange.annotations[COST_USD] = "0"
             if saved and self.metrics is not None:
                 self.metrics.saved.labels(state.who.team or "", cost.model or "").inc(
                     float(usd_str(saved)))
@@ -255,19 +255,19 @@ class Billing:
             annotation.update(kind="attempt", cost_usd=cost_usd, saved_usd="0",
                               model=cost.model, breakdown=cost.breakdown(),
                               attempts=len(exchange.attempts))
-            exchange.annotations["cost_usd"] = cost_usd
+            exchange.annotations[COST_USD] = cost_usd
             self._count(exchange, state, cost)
         annotation["unpriced"] = bool(cost.unpriced and exchange.usage.seen)
         if state.reservation is not None:
             annotation["reserved_usd"] = usd_str(state.reservation.amount_pusd)
         if state.warnings:
             annotation["budget_warnings"] = list(state.warnings)
-        exchange.annotations["billing"] = annotation
+        exchange.annotations[BILLING] = annotation
 
     def _local_kind(self, exchange: Exchange, state: RequestState) -> str:
         if state.refused is not None:
             return "refused"
-        if exchange.answered_by and exchange.annotations.get("cache") in _CACHE_HITS:
+        if exchange.answered_by and exchange.annotations.get(CACHE) in CACHE_HITS:
             return "cache_hit"
         return "answered" if exchange.answered_by else "failed"
 

@@ -21,6 +21,16 @@ import click
 import orjson
 
 from midway import Exchange, Midway, Response, SSEEvent, hookimpl
+from midway.annotations import (
+    CACHE,
+    CACHE_BYPASS,
+    CACHE_HIT,
+    CACHE_MISS,
+    CACHE_SEMANTIC_HIT,
+    CACHE_SHADOW_HIT,
+    CACHE_SIMILARITY,
+    COST_USD,
+)
 from midway.assemble import MessageAssembler
 from midway_cache import replay
 from midway_cache.coalesce import Coalescer
@@ -186,7 +196,7 @@ class CachePlugin(StoreOperations):
             state = exchange.state.pop("cache", None)
             if isinstance(state, _State):
                 await self._release(state)
-            self._annotate(exchange, "bypass")
+            self._annotate(exchange, CACHE_BYPASS)
             return None
 
     def _store_failed(self, doing: str) -> None:
@@ -205,17 +215,17 @@ class CachePlugin(StoreOperations):
         if keys is None:
             return None
         if directive == "bypass" or "no-store" in control:
-            self._annotate(exchange, "bypass")
+            self._annotate(exchange, CACHE_BYPASS)
             return None
         state = _State(keys=keys, store=True)
         exchange.state["cache"] = state
         if directive == "refresh" or "no-cache" in control:
-            self._annotate(exchange, "miss")
+            self._annotate(exchange, CACHE_MISS)
             return None
         now = time.time()
         entry = await self.store.get(keys.exact, now)
         if entry is not None:
-            return self._hit(exchange, entry, "hit")
+            return self._hit(exchange, entry, CACHE_HIT)
         if self.coalescer is not None and self.config.coalesce:
             state.leader = await self.coalescer.join(keys.exact)
             # Looked up again even by a new leader: the previous one may have stored the
@@ -224,14 +234,14 @@ class CachePlugin(StoreOperations):
             if entry is not None:
                 await self._release(state)
                 state.store = False
-                return self._hit(exchange, entry, "hit")
+                return self._hit(exchange, entry, CACHE_HIT)
         answer = await self._semantic(exchange, state, now)
         if answer is not None:
             await self._release(state)
             state.store = False
             return answer
-        if exchange.annotations.get("cache") != "shadow-hit":
-            self._annotate(exchange, "miss")
+        if exchange.annotations.get(CACHE) != CACHE_SHADOW_HIT:
+            self._annotate(exchange, CACHE_MISS)
         return None
 
     async def _semantic(self, exchange: Exchange, state: _State, now: float
@@ -253,30 +263,30 @@ class CachePlugin(StoreOperations):
             return None
         if self._similarity is not None:
             self._similarity.observe(match.similarity)
-        exchange.annotations["cache_similarity"] = round(match.similarity, 4)
+        exchange.annotations[CACHE_SIMILARITY] = round(match.similarity, 4)
         if config.semantic_mode == "shadow":
             log.info("cache shadow hit %s: similarity %.4f", exchange.id, match.similarity)
-            self._annotate(exchange, "shadow-hit", header="miss")
-            self._count("miss")  # it went upstream all the same
+            self._annotate(exchange, CACHE_SHADOW_HIT, header=CACHE_MISS)
+            self._count(CACHE_MISS)  # it went upstream all the same
             return None
         entry = await self.require_store().get(match.key, time.time())
         if entry is None:
             return None
-        return self._hit(exchange, entry, "semantic-hit", match.similarity)
+        return self._hit(exchange, entry, CACHE_SEMANTIC_HIT, match.similarity)
 
     def _annotate(self, exchange: Exchange, result: str, header: str | None = None) -> None:
-        exchange.annotations["cache"] = result
+        exchange.annotations[CACHE] = result
         exchange.extra_response_headers[HEADER] = header or result
         self._count(result)
 
     def _hit(self, exchange: Exchange, entry: Entry, result: str,
              similarity: float | None = None) -> Response:
         now = time.time()
-        exchange.annotations["cache"] = result
+        exchange.annotations[CACHE] = result
         headers = {HEADER: result, "age": str(max(0, int(now - entry.created_at)))}
         if similarity is not None:
             headers["x-midway-cache-similarity"] = f"{similarity:.4f}"
-            exchange.annotations["cache_similarity"] = round(similarity, 4)
+            exchange.annotations[CACHE_SIMILARITY] = round(similarity, 4)
         self._touched[entry.key] = now
         self._count(result, saved_tokens=entry.tokens, saved_usd=_usd(entry.cost_usd))
         if exchange.stream_requested:
@@ -314,7 +324,7 @@ class CachePlugin(StoreOperations):
         """The answer, if it is complete and successful; ``None`` for anything else."""
         if not state.store or exchange.answered_by is not None or exchange.status != 200 or \
                 exchange.client_disconnected or exchange.error is not None or \
-                not exchange.state.get("midway.complete"):
+                not exchange.complete:
             return None
         if exchange.streaming:
             # the cache never keeps an answer it could not rebuild exactly
@@ -334,7 +344,7 @@ class CachePlugin(StoreOperations):
     async def _store(self, exchange: Exchange, state: _State, message: dict[str, Any]) -> None:
         now = time.time()
         keys = state.keys
-        cost = exchange.annotations.get("cost_usd")
+        cost = exchange.annotations.get(COST_USD)
         entry = Entry(key=keys.exact, tenant=keys.tenant, message=message, created_at=now,
                       expires_at=now + self.config.ttl if self.config.ttl > 0 else None,
                       partition=state.partition if state.vector is not None else None,

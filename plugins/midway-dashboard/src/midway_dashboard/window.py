@@ -15,6 +15,7 @@ from typing import Any
 
 import attrs
 
+from midway.annotations import CACHE, COST_USD
 from midway.exchange import Exchange
 
 
@@ -60,7 +61,7 @@ class Event:
 
 def event_from_exchange(exchange: Exchange) -> Event:
     upstream = exchange.upstream
-    cache = exchange.annotations.get("cache")
+    cache = exchange.annotations.get(CACHE)
     timings = exchange.timings
     duration = timings.total_ms or 0.0
     return Event(
@@ -72,7 +73,7 @@ def event_from_exchange(exchange: Exchange) -> Event:
         cache=cache if isinstance(cache, str) else None, error_type=exchange.error_type,
         client_disconnected=exchange.client_disconnected,
         input_tokens=exchange.usage.input_tokens, output_tokens=exchange.usage.output_tokens,
-        cost_usd=_cost(exchange.annotations.get("cost_usd")))
+        cost_usd=_cost(exchange.annotations.get(COST_USD)))
 
 
 def _cost(value: object) -> float | None:

@@ -13,7 +13,8 @@ from typing import Any
 import attrs
 
 from midway import MidwayError, Retry, Upstream
-from midway.exchange import Attempt, Exchange
+from midway.annotations import ROUTE, UPSTREAM_KEY
+from midway.exchange import STREAM_FAILURES, Attempt, Exchange
 from midway_router import pool, shared
 from midway_router.affinity import AffinityMap
 from midway_router.budget import RetryBudget
@@ -27,8 +28,6 @@ log = logging.getLogger("midway.router")
 
 STATE = "router"  # this plugin's slot in ``exchange.state``
 META = "router_key"  # the KeyState an Upstream was chosen with, in ``Upstream.meta``
-# Errors the core records when an upstream dies in the middle of a stream.
-_STREAM_FAILURES = ("upstream stream failed", "upstream idle timeout")
 
 
 @attrs.define(eq=False)
@@ -102,8 +101,8 @@ class Router:
         if st.session is not None:
             self.affinity.set(st.session, key.upstream.spec.name, key.fp, now)
         spec = key.upstream.spec
-        exchange.annotations["route"] = st.rule.name
-        exchange.annotations["upstream_key"] = key.fp
+        exchange.annotations[ROUTE] = st.rule.name
+        exchange.annotations[UPSTREAM_KEY] = key.fp
         if self.metrics is not None:
             self.metrics.routed.labels(st.rule.name, spec.name).inc()
         return Upstream(url=spec.url, name=spec.name, headers=key.headers,
@@ -230,8 +229,8 @@ class Router:
                 st.judged.add(attempt.number)
                 self._record(key, attempt, st, now)
         final = exchange.final_attempt
-        error = exchange.error or ""
-        if final is not None and final.status is not None and error.startswith(_STREAM_FAILURES):
+        if final is not None and final.status is not None and \
+                exchange.error_kind in STREAM_FAILURES:
             key = final.upstream.meta.get(META)
             if key is not None:
                 self._mark_down(key.upstream, now, "stream broke")
