@@ -108,7 +108,7 @@ def pg_schema_factory(postgres_dsn: str, request: pytest.FixtureRequest
     (empty) unless ``create=False`` (for tests of a missing schema). Every name handed out is
     dropped, with what is in it, after the test."""
     names: list[str] = []
-    # The test's name in the schema's helps to find what a failed run left behind.
+    # A schema named after its test tells whose leftovers an interrupted run left behind.
     stem = "".join(c if c.isalnum() else "_" for c in request.node.name.lower())[:24]
 
     def factory(create: bool = True) -> str:
