@@ -20,7 +20,6 @@ import importlib.util
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,26 +30,11 @@ from typing import Any
 
 import orjson
 
+from midway.testing import free_port, wait_listening
+
 HERE = Path(__file__).resolve().parent
 TICK = os.sysconf("SC_CLK_TCK")
 DELTAS = 50
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_port(port: int, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listening on {port} after {timeout} s")
 
 
 def pinned(cpu: int | None, cmd: list[str]) -> list[str]:
@@ -181,7 +165,7 @@ class Target:
         self.log = tempfile.TemporaryFile()  # noqa: SIM115 (lives as long as the server)
         self.proc = subprocess.Popen(cmd, env={**os.environ, **self.env},
                                      stdout=subprocess.DEVNULL, stderr=self.log)
-        wait_port(self.port)
+        wait_listening(self.port)
         time.sleep(0.3)  # let a multi-worker server bind every worker before measuring
         # Pin the relay (every thread of the serving process) once it listens; helper
         # processes it started (midway-audit's writer) keep the machine's other cores.
@@ -383,7 +367,7 @@ def main() -> None:
     up_port = free_port()
     upstream_proc = subprocess.Popen(pinned(1, [sys.executable, str(HERE / "upstream.py"),
                                                 str(up_port), str(DELTAS)]))
-    wait_port(up_port)
+    wait_listening(up_port)
     upstream = f"http://127.0.0.1:{up_port}"
     try:
         targets = [

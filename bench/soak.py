@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -44,7 +43,7 @@ from hardening_support import (
     rss_kib,
 )
 
-from midway.testing import wait_for
+from midway.testing import wait_listening
 
 CONFIG = """
 [midway]
@@ -263,7 +262,7 @@ def main() -> int:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     fake_url = f"http://127.0.0.1:{port}"
     try:
-        wait_for(lambda: _listening(port), timeout=30)
+        wait_listening(port, timeout=30)
         with tempfile.TemporaryDirectory(prefix="midway-soak-") as tmp:
             root = Path(tmp)
             for part in ("soak", "slow", "kill"):
@@ -301,12 +300,6 @@ def _kill_checks(found: dict[str, Any]) -> dict[str, Any]:
         found["requests_reaching_upstream"] + found["audit_records_never_sent_upstream"]}}
 
 
-def _listening(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
-            return True
-    except OSError:
-        return False
 
 
 if __name__ == "__main__":

@@ -4,7 +4,6 @@ recorded exactly once (audit: one record per request; billing: one ledger row pe
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ import pytest
 from hardening_support import MSG, audit_ids, ledger_rows
 
 from midway.sse import encode_event
-from midway.testing import FakeUpstream, Reply, RunningMidway, wait_for
+from midway.testing import FakeUpstream, Reply, RunningMidway, free_port, wait_for
 
 STREAM = {**MSG, "stream": True}
 CONFIG: dict[str, Any] = {"midway": {"plugins": ["audit", "billing"]},
@@ -148,9 +147,7 @@ def test_upstream_fault_ends_as_documented_and_is_recorded_once(
 
 def test_unreachable_upstream_is_502_and_recorded_once(
         midway_factory: Callable[..., RunningMidway]) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     running = midway_factory(config=CONFIG, upstream=f"http://127.0.0.1:{port}")
     status, headers, body = send(running.url, STREAM)
     assert status == 502 and orjson.loads(body)["error"]["type"] == "api_error"

@@ -16,27 +16,24 @@ import asyncio
 import json
 import os
 import secrets
-import shutil
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import anthropic
-import asyncpg
 import attrs
 import pytest
 import redis
 
 from midway.secrets_ref import fingerprint
-from midway.testing import Reply, free_port, wait_for
+from midway.testing import PrivateRedis, Reply, free_port, pg_query, wait_for
 
-PG = "postgresql://postgres@127.0.0.1:5432/test"
 MODEL = "claude-sonnet-4-6"  # $3 / $15 per million input / output tokens
 USAGE = {"input_tokens": 11, "output_tokens": 7}
 COST = Decimal(11 * 3 + 7 * 15) / 10**6  # of one served request
@@ -47,56 +44,10 @@ LIMIT = Decimal("0.003")
 pytestmark = pytest.mark.timeout(240)
 
 
-class OwnRedis:
-    """A redis-server of this test: it may be killed and restarted at will."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        binary = shutil.which("redis-server")
-        assert binary, "redis-server is required"
-        self.proc = subprocess.Popen([binary, "--port", str(self.port), "--bind", "127.0.0.1",
-                                      "--save", "", "--appendonly", "no"],
-                                     stdout=subprocess.DEVNULL)
-        wait_for(self.answers, timeout=10)
-
-    def answers(self) -> bool:
-        try:
-            return bool(redis.Redis(port=self.port, socket_timeout=0.5).ping())
-        except redis.RedisError:
-            return False
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait(10)
-            self.proc = None
-
-
 @pytest.fixture
-def own_redis() -> Iterator[OwnRedis]:
-    server = OwnRedis()
-    server.start()
-    yield server
-    server.kill()
-
-
-@pytest.fixture
-def schemas() -> Iterator[dict[str, str]]:
-    tag = secrets.token_hex(4)
-    names = {"audit": f"t_scale_{tag}_audit", "billing": f"t_scale_{tag}_billing"}
-    yield names
-
-    async def drop() -> None:
-        conn = await asyncpg.connect(PG)
-        for name in names.values():
-            await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
-        await conn.close()
-
-    asyncio.run(drop())
+def schemas(pg_schema_factory: Callable[..., str]) -> dict[str, str]:
+    """Audit's and billing's schemas: not there yet (the rollout creates them), dropped after."""
+    return {"audit": pg_schema_factory(create=False), "billing": pg_schema_factory(create=False)}
 
 
 @attrs.define
@@ -134,16 +85,16 @@ class Outcome:
     ended: float
 
 
-def write_config(path: Path, upstream: str, redis_url: str, schemas: dict[str, str],
-                 prefix: str) -> None:
+def write_config(path: Path, upstream: str, postgres_dsn: str, redis_url: str,
+                 schemas: dict[str, str], prefix: str) -> None:
     budget_principal = f"key-{fingerprint(BUDGET_KEY)}"
     path.write_text(f"""
 [audit]
-store = "{PG}"
+store = "{postgres_dsn}"
 schema = "{schemas['audit']}"
 
 [billing]
-store = "{PG}"
+store = "{postgres_dsn}"
 schema = "{schemas['billing']}"
 
 [[billing.budgets]]
@@ -263,8 +214,8 @@ async def until(condition: Callable[[], bool | Awaitable[bool]], timeout: float 
         await asyncio.sleep(0.05)
 
 
-def test_three_instances_share_postgres_and_redis(fake_upstream, own_redis, schemas,
-                                                  tmp_path):
+def test_three_instances_share_postgres_and_redis(fake_upstream, private_redis, postgres_dsn,
+                                                  schemas, tmp_path):
     served = {"ok": 0, "limited": 0, "key_a": 0}
     limit_a = {"on": False}
 
@@ -280,7 +231,7 @@ def test_three_instances_share_postgres_and_redis(fake_upstream, own_redis, sche
     fake_upstream.fake.default = answer
     prefix = f"t_scale_{secrets.token_hex(3)}"
     config = tmp_path / "midway.toml"
-    write_config(config, fake_upstream.url, own_redis.url, schemas, prefix)
+    write_config(config, fake_upstream.url, postgres_dsn, private_redis.url, schemas, prefix)
 
     # The rollout: the check names the missing schemas, the upgrade creates them.
     check = midway_cli(config, "config", "check", "--json")
@@ -293,17 +244,17 @@ def test_three_instances_share_postgres_and_redis(fake_upstream, own_redis, sche
     assert check.returncode == 0, check.stdout
 
     instances = start_instances(config, fake_upstream.url, tmp_path)
-    cache_entries = redis.Redis(port=own_redis.port)
+    cache_entries = redis.Redis(port=private_redis.port)
     try:
-        outcomes = asyncio.run(_exercise(instances, own_redis, cache_entries, prefix,
+        outcomes = asyncio.run(_exercise(instances, private_redis, cache_entries, prefix,
                                          limit_a, served))
     finally:
         codes = stop_instances(instances)
     assert codes == [0, 0, 0]  # graceful: queues flushed, ledger settled
-    _check_stores(config, schemas, fake_upstream, served, outcomes)
+    _check_stores(config, postgres_dsn, schemas, fake_upstream, served, outcomes)
 
 
-async def _exercise(instances: list[Instance], own_redis: OwnRedis, r: redis.Redis,
+async def _exercise(instances: list[Instance], private_redis: PrivateRedis, r: redis.Redis,
                     prefix: str, limit_a: dict[str, bool], served: dict[str, int]
                     ) -> list[Outcome]:
     load = Load(instances)
@@ -347,7 +298,7 @@ async def _exercise(instances: list[Instance], own_redis: OwnRedis, r: redis.Red
         assert {o.status for o in load.outcomes if o.status != 200} == {429}
 
         # 5. Redis dies under load: the cache is bypassed, every request still answered.
-        await _redis_outage(load, own_redis)
+        await _redis_outage(load, private_redis)
     finally:
         await load.close()
     return load.outcomes
@@ -359,7 +310,7 @@ async def _probe(load: Load, instance: Instance) -> bool:
     return instance.key_health(KEY_A) == "resting"
 
 
-async def _redis_outage(load: Load, own_redis: OwnRedis) -> None:
+async def _redis_outage(load: Load, private_redis: PrivateRedis) -> None:
     prompts = [f"repeated {i}" for i in range(4)]  # repeats: hits while Redis is up
     marks: dict[str, float] = {}
     stop = asyncio.Event()
@@ -377,11 +328,11 @@ async def _redis_outage(load: Load, own_redis: OwnRedis) -> None:
         await until(lambda: sum(o.cache == "hit" and o.started > marks["start"]
                                 for o in load.outcomes) >= 3)
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, own_redis.kill)
+        await loop.run_in_executor(None, private_redis.stop)
         marks["down"] = time.monotonic()
         await until(lambda: sum(o.started > marks["down"] for o in load.outcomes) >= 12)
         marks["up"] = time.monotonic()
-        await loop.run_in_executor(None, own_redis.start)
+        await loop.run_in_executor(None, private_redis.start)
         marks["back"] = time.monotonic()
         await until(lambda: any(o.cache == "hit" and o.started > marks["back"]
                                 for o in load.outcomes), timeout=30)
@@ -394,26 +345,17 @@ async def _redis_outage(load: Load, own_redis: OwnRedis) -> None:
     assert {o.status for o in during} == {200}
 
 
-def _check_stores(config: Path, schemas: dict[str, str], fake_upstream: Any,
+def _check_stores(config: Path, postgres_dsn: str, schemas: dict[str, str], fake_upstream: Any,
                   served: dict[str, int], outcomes: list[Outcome]) -> None:
     # The audit trail: one record per request, on any instance, in one verifiable chain.
     verify = midway_cli(config, "audit", "verify", "--json")
     assert verify.returncode == 0, verify.stdout + verify.stderr
     assert json.loads(verify.stdout)["checked"] == len(outcomes)
 
-    async def read() -> tuple[set[str], list[asyncpg.Record]]:
-        conn = await asyncpg.connect(PG)
-        try:
-            ids = {r[0] for r in await conn.fetch(
-                f'SELECT request_id FROM "{schemas["audit"]}".audit_records')}
-            rows = await conn.fetch(
-                f'SELECT kind, state, status, principal, input_tokens, output_tokens, '
-                f'cost_pusd FROM "{schemas["billing"]}".billing_ledger')
-        finally:
-            await conn.close()
-        return ids, rows
-
-    audited, ledger = asyncio.run(read())
+    audited = {r[0] for r in pg_query(postgres_dsn, "SELECT request_id FROM audit_records",
+                                      schema=schemas["audit"])}
+    ledger = pg_query(postgres_dsn, "SELECT kind, state, status, principal, input_tokens, "
+                      "output_tokens, cost_pusd FROM billing_ledger", schema=schemas["billing"])
     assert audited == {o.request_id for o in outcomes}
 
     # The ledger: one settled row per upstream attempt, equal to what the upstream served.

@@ -2,48 +2,27 @@
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 from pathlib import Path
 from typing import Any
 
 import anthropic
-import asyncpg
 import orjson
 import pytest
 from click.testing import CliRunner
 
 from midway.cli import cli
 
-PG_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 ADMIN_KEY = "adm-" + secrets.token_hex(16)
-
-
-async def _pg(sql: str) -> None:
-    conn = await asyncpg.connect(PG_DSN)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
-@pytest.fixture(scope="session")
-def pg_schema() -> Any:
-    """A fresh PostgreSQL schema for this test session, dropped afterwards.
-
-    Fails (never skips) when PostgreSQL is not running."""
-    schema = f"t_keys_{secrets.token_hex(6)}"
-    asyncio.run(_pg(f'CREATE SCHEMA "{schema}"'))
-    yield schema
-    asyncio.run(_pg(f'DROP SCHEMA "{schema}" CASCADE'))
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def keys_config(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, Any]:
-    """The ``[keys]`` table of a store on SQLite (in tmp) or PostgreSQL (session schema)."""
+    """The ``[keys]`` table of a store on SQLite (in tmp) or PostgreSQL (a fresh schema)."""
     config: dict[str, Any] = {"enabled": True, "poll_interval": 0.1}
     if request.param == "postgresql":
-        config.update(store=PG_DSN, schema=request.getfixturevalue("pg_schema"))
+        config.update(store=request.getfixturevalue("postgres_dsn"),
+                      schema=request.getfixturevalue("pg_schema"))
     else:
         config.update(store=str(tmp_path / "keys.db"))
     return config

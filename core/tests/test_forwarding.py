@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-import socket
 
 import aiohttp
 import anthropic
@@ -15,7 +14,7 @@ from multidict import CIMultiDict
 from midway import ErrorKind, Exchange
 from midway.fake_upstream import encode_event
 from midway.plugins import module_plugin
-from midway.testing import Reply, wait_for
+from midway.testing import Reply, free_port, wait_for
 
 MSG = {"model": "claude-sonnet-4-6", "max_tokens": 32,
        "messages": [{"role": "user", "content": "hi"}]}
@@ -212,9 +211,7 @@ def test_gzip_request_body_is_decoded_for_upstream(fake_upstream, midway_proxy):
 
 
 def test_unreachable_upstream_is_502_api_error(midway_factory):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     seen, plugin = capture()
     proxy = midway_factory(upstream=f"http://127.0.0.1:{port}", plugins=[plugin])
     status, headers, body = post(proxy.url, orjson.dumps(MSG))

@@ -14,7 +14,6 @@ from keys_support import (  # noqa: F401 - fixtures
     ask,
     http,
     keys_config,
-    pg_schema,
 )
 from openapi_spec_validator import validate
 

@@ -1,25 +1,21 @@
 # ruff: noqa: F811 - pytest fixtures imported from keys_support
 """Key lifecycle through ``midway keys ...`` against a running proxy, on SQLite and PostgreSQL."""
 
-import asyncio
 import sqlite3
 import time
 
 import anthropic
-import asyncpg
 import pytest
 from keys_support import (  # noqa: F401 - fixtures
-    PG_DSN,
     ask,
     keys_config,
-    pg_schema,
     run_cli,
     run_cli_failing,
     write_config,
 )
 
 from midway import Upstream, hookimpl
-from midway.testing import wait_for
+from midway.testing import pg_query, wait_for
 
 
 def refused(url, key):
@@ -33,15 +29,10 @@ def refused(url, key):
 def stored_text(keys):
     """Everything the store holds about credentials, as text."""
     if keys["store"].startswith("postgresql"):
-        async def dump():
-            conn = await asyncpg.connect(PG_DSN, server_settings={"search_path": keys["schema"]})
-            try:
-                rows = await conn.fetch("SELECT * FROM midway_key_credentials")
-                rows += await conn.fetch("SELECT * FROM midway_keys")
-            finally:
-                await conn.close()
-            return repr([dict(r) for r in rows])
-        return asyncio.run(dump())
+        rows = [*pg_query(keys["store"], "SELECT * FROM midway_key_credentials",
+                          schema=keys["schema"]),
+                *pg_query(keys["store"], "SELECT * FROM midway_keys", schema=keys["schema"])]
+        return repr([dict(r) for r in rows])
     with sqlite3.connect(keys["store"]) as conn:
         return repr(conn.execute("SELECT * FROM midway_key_credentials").fetchall()) + \
             repr(conn.execute("SELECT * FROM midway_keys").fetchall())

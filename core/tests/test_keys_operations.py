@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import secrets
-import socket
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 from click.testing import CliRunner
 
 from midway.cli import cli
-
-PG = "postgresql://postgres@127.0.0.1:5432/test"
+from midway.testing import free_port
 
 
 def run(tmp_path: Path, monkeypatch: Any, command: list[str], toml: str) -> tuple[int, str]:
@@ -30,32 +25,23 @@ def keys_problems(output: str) -> list[str]:
     return next(r for r in json.loads(output) if r["subject"] == "keys")["problems"]
 
 
-def test_postgres_key_store_check_and_upgrade(tmp_path, monkeypatch):
-    schema = f"t_keys_ops_{secrets.token_hex(4)}"
-    toml = f'[keys]\nenabled = true\nstore = "{PG}"\nschema = "{schema}"\n'
-    try:
-        code, out = run(tmp_path, monkeypatch, ["config", "check", "--json"], toml)
-        assert code == 1
-        assert f"schema '{schema}' does not exist" in keys_problems(out)[0]
-        code, out = run(tmp_path, monkeypatch, ["db", "upgrade"], toml)
-        assert code == 0 and out.count("created table") == 3, out
-        code, out = run(tmp_path, monkeypatch, ["db", "upgrade"], toml)
-        assert out.strip() == "keys: up to date"
-        code, out = run(tmp_path, monkeypatch, ["config", "check", "--json"], toml)
-        assert code == 0 and keys_problems(out) == []
-    finally:
-        async def drop() -> None:
-            conn = await asyncpg.connect(PG)
-            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-            await conn.close()
-
-        asyncio.run(drop())
+def test_postgres_key_store_check_and_upgrade(tmp_path, monkeypatch, postgres_dsn,
+                                              pg_schema_factory):
+    schema = pg_schema_factory(create=False)
+    toml = f'[keys]\nenabled = true\nstore = "{postgres_dsn}"\nschema = "{schema}"\n'
+    code, out = run(tmp_path, monkeypatch, ["config", "check", "--json"], toml)
+    assert code == 1
+    assert f"schema '{schema}' does not exist" in keys_problems(out)[0]
+    code, out = run(tmp_path, monkeypatch, ["db", "upgrade"], toml)
+    assert code == 0 and out.count("created table") == 3, out
+    code, out = run(tmp_path, monkeypatch, ["db", "upgrade"], toml)
+    assert out.strip() == "keys: up to date"
+    code, out = run(tmp_path, monkeypatch, ["config", "check", "--json"], toml)
+    assert code == 0 and keys_problems(out) == []
 
 
 def test_unreachable_and_sqlite(tmp_path, monkeypatch):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     code, out = run(tmp_path, monkeypatch, ["config", "check", "--json"],
                     f'[keys]\nenabled = true\nstore = "postgresql://u:pw@127.0.0.1:{port}/x"\n')
     assert code == 1

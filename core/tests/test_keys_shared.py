@@ -1,11 +1,10 @@
-# ruff: noqa: F811 - pytest fixtures imported from keys_support
 """Two midway instances sharing one PostgreSQL key store: what one does, the other sees."""
 
 import time
 
 import anthropic
 import orjson
-from keys_support import ADMIN_KEY, PG_DSN, ask, http, pg_schema  # noqa: F401
+from keys_support import ADMIN_KEY, ask, http
 
 from midway.testing import wait_for
 
@@ -25,8 +24,9 @@ def admin(url, method, path, body=None):
     return orjson.loads(raw)
 
 
-def test_revocation_seen_by_second_instance_within_one_second(pg_schema, midway_factory):
-    keys = {"enabled": True, "store": PG_DSN, "schema": pg_schema}  # default poll interval
+def test_revocation_seen_by_second_instance_within_one_second(postgres_dsn, pg_schema,
+                                                              midway_factory):
+    keys = {"enabled": True, "store": postgres_dsn, "schema": pg_schema}  # default poll interval
     first = midway_factory(config={"keys": keys}, admin_key=ADMIN_KEY)
     second = midway_factory(config={"keys": keys})
     for round_ in range(3):
@@ -41,8 +41,9 @@ def test_revocation_seen_by_second_instance_within_one_second(pg_schema, midway_
         assert refused(first.url, issued["secret"])
 
 
-def test_rotation_without_grace_seen_by_second_instance(pg_schema, midway_factory):
-    keys = {"enabled": True, "store": PG_DSN, "schema": pg_schema}
+def test_rotation_without_grace_seen_by_second_instance(postgres_dsn, pg_schema,
+                                                        midway_factory):
+    keys = {"enabled": True, "store": postgres_dsn, "schema": pg_schema}
     first = midway_factory(config={"keys": keys}, admin_key=ADMIN_KEY)
     second = midway_factory(config={"keys": keys})
     issued = admin(first.url, "POST", "/_midway/admin/keys", {"name": "svc"})

@@ -6,11 +6,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-import asyncpg
 import pytest
 
 from midway.storage import (
@@ -27,8 +25,6 @@ from midway.storage import (
     retrying,
     upgrade_store,
 )
-
-PG = "postgresql://postgres@127.0.0.1:5432/test"
 
 SCHEMA = Schema("smoke", """
 CREATE TABLE IF NOT EXISTS counters (key TEXT PRIMARY KEY, n {int} NOT NULL DEFAULT 0);
@@ -80,31 +76,22 @@ def test_store_url_references(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 
 
 @pytest.fixture
-def pg_schema() -> Iterator[str]:
-    name = f"mwtest_{uuid.uuid4().hex[:12]}"
-    yield name
-
-    async def drop() -> None:
-        conn = await asyncpg.connect(PG)
-        try:
-            await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
-        finally:
-            await conn.close()
-
-    asyncio.run(drop())
+def schema_name(pg_schema_factory: Callable[..., str]) -> str:
+    """A PostgreSQL schema not there yet (opening a store creates it), dropped after the test."""
+    return pg_schema_factory(create=False)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path: Path, pg_schema: str) -> StoreURL:
-    value = "sqlite" if request.param == "sqlite" else PG
+def store(request: pytest.FixtureRequest, tmp_path: Path, schema_name: str) -> StoreURL:
+    value = "sqlite" if request.param == "sqlite" else request.getfixturevalue("postgres_dsn")
     return parse_store(value, data_dir=tmp_path, default_file="t.db", label="[t] store")
 
 
-def with_db(store: StoreURL, pg_schema: str, test: Callable[[Database], Awaitable[None]]
+def with_db(store: StoreURL, schema_name: str, test: Callable[[Database], Awaitable[None]]
             ) -> None:
     """Open the store on SCHEMA, run ``test`` on it, close it."""
     async def main() -> None:
-        database = open_database(store, schema=pg_schema)
+        database = open_database(store, schema=schema_name)
         assert await database.open(SCHEMA) == [f"{_where(database)}: created table counters"]
         try:
             await test(database)
@@ -126,7 +113,7 @@ async def _increment(tx: Tx) -> int:
     return int(n) + 1
 
 
-def test_units_are_atomic_under_concurrency(store: StoreURL, pg_schema: str) -> None:
+def test_units_are_atomic_under_concurrency(store: StoreURL, schema_name: str) -> None:
     async def test(db: Database) -> None:
         if db.dialect == "postgresql":
             # read-then-write needs a row lock on PostgreSQL, as any real store's unit takes
@@ -142,10 +129,10 @@ def test_units_are_atomic_under_concurrency(store: StoreURL, pg_schema: str) -> 
         assert sorted(results) == list(range(1, 41))
         assert await db.fetchval("SELECT n FROM counters WHERE key = ?", "a") == 40
 
-    with_db(store, pg_schema, test)
+    with_db(store, schema_name, test)
 
 
-def test_a_unit_that_raises_is_rolled_back(store: StoreURL, pg_schema: str) -> None:
+def test_a_unit_that_raises_is_rolled_back(store: StoreURL, schema_name: str) -> None:
     async def test(db: Database) -> None:
         async def fails(tx: Tx) -> None:
             await tx.execute("INSERT INTO counters (key, n) VALUES (?, ?)", "gone", 1)
@@ -155,10 +142,10 @@ def test_a_unit_that_raises_is_rolled_back(store: StoreURL, pg_schema: str) -> N
             await db.run(fails)
         assert await db.fetchone("SELECT * FROM counters WHERE key = ?", "gone") is None
 
-    with_db(store, pg_schema, test)
+    with_db(store, schema_name, test)
 
 
-def test_statement_helpers(store: StoreURL, pg_schema: str) -> None:
+def test_statement_helpers(store: StoreURL, schema_name: str) -> None:
     async def test(db: Database) -> None:
         await db.executemany("INSERT INTO counters (key, n) VALUES (?, ?)", [("x", 1), ("y", 2)])
         assert await db.execute("UPDATE counters SET n = n + 10") == 2
@@ -166,39 +153,42 @@ def test_statement_helpers(store: StoreURL, pg_schema: str) -> None:
         assert rows == [{"key": "x", "n": 11}, {"key": "y", "n": 12}]
         assert await db.fetchone("SELECT n FROM counters WHERE key = ?", "nope") is None
 
-    with_db(store, pg_schema, test)
+    with_db(store, schema_name, test)
 
 
-def test_migration_adds_columns_and_indexes(store: StoreURL, pg_schema: str) -> None:
+def test_migration_adds_columns_and_indexes(store: StoreURL, schema_name: str) -> None:
     async def test(db: Database) -> None:
         await db.execute("INSERT INTO counters (key, n) VALUES (?, ?)", "old", 7)
         await db.close()
-        again = open_database(db.store, schema=pg_schema)
+        again = open_database(db.store, schema=schema_name)
         changes = await again.open(SCHEMA_V2)
         assert changes == [f"{_where(again)}: added column(s) note, weight to counters"]
         row = await again.fetchone("SELECT * FROM counters WHERE key = ?", "old")
         assert row == {"key": "old", "n": 7, "note": None, "weight": 1}
         await again.close()
-        third = open_database(db.store, schema=pg_schema)
+        third = open_database(db.store, schema=schema_name)
         assert await third.open(SCHEMA_V2) == []  # idempotent
         await third.close()
 
-    with_db(store, pg_schema, test)
+    with_db(store, schema_name, test)
 
 
-def test_check_and_upgrade_from_outside(tmp_path: Path, pg_schema: str) -> None:
+def test_check_and_upgrade_from_outside(tmp_path: Path, postgres_dsn: str, schema_name: str
+                                        ) -> None:
     async def test() -> None:
-        store = parse_store(PG, data_dir=tmp_path, default_file="t.db", label="[t] store")
-        problems = await check_store(store, SCHEMA, label="[t] store", pg_schema=pg_schema)
-        assert problems == [f"[t] store: PostgreSQL {PG}: schema '{pg_schema}' does not exist; "
+        store = parse_store(postgres_dsn, data_dir=tmp_path, default_file="t.db",
+                            label="[t] store")
+        where = f"PostgreSQL {store.masked}"
+        problems = await check_store(store, SCHEMA, label="[t] store", pg_schema=schema_name)
+        assert problems == [f"[t] store: {where}: schema '{schema_name}' does not exist; "
                             "run `midway db upgrade`"]
-        assert await upgrade_store(store, SCHEMA, label="[t] store", pg_schema=pg_schema) == [
-            f"PostgreSQL {PG}: created table counters"]
-        problems = await check_store(store, SCHEMA_V2, label="[t] store", pg_schema=pg_schema)
-        assert problems == [f"[t] store: PostgreSQL {PG}: table counters is older than this "
+        assert await upgrade_store(store, SCHEMA, label="[t] store", pg_schema=schema_name) == [
+            f"{where}: created table counters"]
+        problems = await check_store(store, SCHEMA_V2, label="[t] store", pg_schema=schema_name)
+        assert problems == [f"[t] store: {where}: table counters is older than this "
                             "version (no column note, weight); run `midway db upgrade`"]
-        await upgrade_store(store, SCHEMA_V2, label="[t] store", pg_schema=pg_schema)
-        assert await check_store(store, SCHEMA_V2, label="[t] store", pg_schema=pg_schema) == []
+        await upgrade_store(store, SCHEMA_V2, label="[t] store", pg_schema=schema_name)
+        assert await check_store(store, SCHEMA_V2, label="[t] store", pg_schema=schema_name) == []
 
     asyncio.run(test())
 
@@ -222,7 +212,7 @@ def test_check_reports_unreachable_and_unusable_stores(tmp_path: Path) -> None:
     asyncio.run(test())
 
 
-def test_liveness_tells_live_from_dead(store: StoreURL, pg_schema: str) -> None:
+def test_liveness_tells_live_from_dead(store: StoreURL, schema_name: str) -> None:
     async def test(db: Database) -> None:
         mine, theirs = liveness(db, "smoke"), liveness(db, "smoke")
         a, b = new_instance(), new_instance()
@@ -244,7 +234,7 @@ def test_liveness_tells_live_from_dead(store: StoreURL, pg_schema: str) -> None:
             assert not gone  # itself
         await mine.release()
 
-    with_db(store, pg_schema, test)
+    with_db(store, schema_name, test)
 
 
 def test_retrying_lands_after_transient_failures_and_logs_once(

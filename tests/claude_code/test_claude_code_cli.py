@@ -4,7 +4,6 @@ it, then midway's own commands to see what the session did."""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -16,13 +15,7 @@ from typing import Any
 import pytest
 from cc_support import MARKER, Claude, tool_loop_replies
 
-from midway.testing import FakeUpstream, wait_for
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from midway.testing import FakeUpstream, free_port, wait_for
 
 
 def _healthy(url: str) -> bool:
@@ -37,7 +30,7 @@ def _healthy(url: str) -> bool:
 def served(fake_upstream: FakeUpstream, tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """``midway serve`` as a subprocess (all installed plugins), its URL and data dir."""
     data_dir = tmp_path / "served"
-    port = _free_port()
+    port = free_port()
     config = tmp_path / "midway.toml"
     config.write_text(f'[midway]\nupstream = "{fake_upstream.url}"\nport = {port}\n')
     log = (tmp_path / "serve.log").open("wb")

@@ -6,7 +6,10 @@ installed gets these fixtures:
 * ``fake_upstream`` — a :class:`FakeUpstream` on a free loopback port;
 * ``midway_factory`` — ``midway_factory(plugins=[...], config={...})`` starts a proxy in front
   of ``fake_upstream`` and stops it after the test;
-* ``midway_proxy`` — a proxy with no plugins.
+* ``midway_proxy`` — a proxy with no plugins;
+* PostgreSQL and Redis, shared or of the test's own: ``postgres_dsn``, ``pg_schema``,
+  ``pg_schema_factory``, ``redis_url``, ``redis_prefix``, ``private_postgres``,
+  ``private_redis`` (see :mod:`midway.testing_services`).
 
 For unit tests of a single hook, :func:`make_exchange` builds an exchange and
 :func:`call_hook` calls one plugin's implementation, awaiting it if needed.
@@ -16,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import socket
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
@@ -34,11 +36,30 @@ from midway.exchange import Exchange, Principal, Request, Timings, new_request_i
 from midway.fake_upstream import FakeAnthropic, RecordedRequest, Reply
 from midway.identity import passthrough_principal
 from midway.server import PROXY_KEY, build_app, build_midway
+from midway.testing_services import (
+    PrivatePostgres,
+    PrivateRedis,
+    free_port,
+    pg_query,
+    pg_schema,
+    pg_schema_factory,
+    postgres_dsn,
+    private_postgres,
+    private_postgres_module,
+    private_redis,
+    redis_prefix,
+    redis_url,
+    wait_for,
+    wait_listening,
+)
 
 T = TypeVar("T")
 
-__all__ = ["FakeUpstream", "RecordedRequest", "Reply", "RunningMidway", "ServerThread",
-           "call_hook", "free_port", "make_exchange", "wait_for", "wait_listening"]
+__all__ = ["FakeUpstream", "PrivatePostgres", "PrivateRedis", "RecordedRequest", "Reply",
+           "RunningMidway", "ServerThread", "call_hook", "free_port", "make_exchange",
+           "pg_query", "pg_schema", "pg_schema_factory", "postgres_dsn", "private_postgres",
+           "private_postgres_module", "private_redis", "redis_prefix", "redis_url", "wait_for",
+           "wait_listening"]
 
 
 class ServerThread:
@@ -212,31 +233,3 @@ def call_hook(plugin: Any, hook: str, **kwargs: Any) -> Any:
 
 async def _await(awaitable: Any) -> Any:
     return await awaitable
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on right now (for servers started as subprocesses)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_listening(port: int, timeout: float = 20.0) -> None:
-    """Wait until something accepts connections on the loopback ``port``."""
-    def listening() -> bool:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return True
-        except OSError:
-            return False
-    wait_for(listening, timeout=timeout)
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, interval: float = 0.01
-             ) -> None:
-    """Poll until ``predicate()`` holds (for effects in another thread); fail after timeout."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        time.sleep(interval)

@@ -2,49 +2,22 @@
 
 from __future__ import annotations
 
-import asyncio
-import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import asyncpg
 import pytest
 
 import midway_audit
 from midway.testing import RunningMidway
 
-PG_DSN = "postgresql://postgres@127.0.0.1:5432/test"
-
-
-@pytest.fixture(scope="session")
-def pg_prefix() -> Iterator[str]:
-    """A prefix for this session's PostgreSQL schemas; all of them are dropped at the end.
-    Fails loudly when the server is absent."""
-    prefix = f"t_audit_{secrets.token_hex(4)}"
-
-    async def drop() -> None:
-        conn = await asyncpg.connect(PG_DSN)
-        try:
-            for row in await conn.fetch("SELECT nspname FROM pg_namespace "
-                                        "WHERE nspname LIKE $1", prefix + "%"):
-                await conn.execute(f'DROP SCHEMA "{row[0]}" CASCADE')
-        finally:
-            await conn.close()
-
-    async def probe() -> None:
-        await (await asyncpg.connect(PG_DSN)).close()
-
-    asyncio.run(probe())  # reachable, or fail here
-    yield prefix
-    asyncio.run(drop())
-
 
 @pytest.fixture
-def pg_config(pg_prefix: str) -> dict[str, Any]:
-    """An audit config on a schema of its own (one per test, so chains do not mix)."""
-    return {"store": PG_DSN, "schema": f"{pg_prefix}_{secrets.token_hex(3)}"}
+def pg_config(postgres_dsn: str, pg_schema_factory: Callable[..., str]) -> dict[str, Any]:
+    """An audit config on a schema of its own (one per test, so chains do not mix), which the
+    store creates."""
+    return {"store": postgres_dsn, "schema": pg_schema_factory(create=False)}
 
 
 @pytest.fixture

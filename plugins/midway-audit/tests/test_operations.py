@@ -2,24 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import secrets
-import socket
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 from click.testing import CliRunner
-from conftest import PG_DSN
 
 from midway.cli import cli
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from midway.testing import free_port, pg_query
 
 
 def run(tmp_path: Path, monkeypatch: Any, command: list[str], toml: str) -> tuple[int, str]:
@@ -35,9 +25,10 @@ def audit_problems(output: str) -> list[str]:
     return next(r for r in json.loads(output) if r["subject"] == "audit")["problems"]
 
 
-def test_missing_schema_then_upgrade_then_old_schema(tmp_path, monkeypatch, pg_prefix):
-    schema = f"{pg_prefix}_ops_{secrets.token_hex(3)}"
-    toml = f'[audit]\nstore = "{PG_DSN}"\nschema = "{schema}"\n'
+def test_missing_schema_then_upgrade_then_old_schema(tmp_path, monkeypatch, postgres_dsn,
+                                                     pg_schema_factory):
+    schema = pg_schema_factory(create=False)
+    toml = f'[audit]\nstore = "{postgres_dsn}"\nschema = "{schema}"\n'
     code, out = run(tmp_path, monkeypatch, ["config", "check", "--json"], toml)
     assert code == 1
     [problem] = audit_problems(out)
@@ -51,12 +42,9 @@ def test_missing_schema_then_upgrade_then_old_schema(tmp_path, monkeypatch, pg_p
     code, out = run(tmp_path, monkeypatch, ["config", "check", "--json"], toml)
     assert code == 0 and audit_problems(out) == []
 
-    async def age() -> None:  # a schema from before a column existed
-        conn = await asyncpg.connect(PG_DSN, server_settings={"search_path": schema})
-        await conn.execute("ALTER TABLE audit_records DROP COLUMN upstream_request_id")
-        await conn.close()
-
-    asyncio.run(age())
+    # A schema from before a column existed.
+    pg_query(postgres_dsn, "ALTER TABLE audit_records DROP COLUMN upstream_request_id",
+             schema=schema)
     code, out = run(tmp_path, monkeypatch, ["config", "check", "--json"], toml)
     [problem] = audit_problems(out)
     assert "audit_records is older" in problem and "upstream_request_id" in problem
@@ -67,7 +55,7 @@ def test_missing_schema_then_upgrade_then_old_schema(tmp_path, monkeypatch, pg_p
 
 
 def test_unreachable_postgres_and_bad_config(tmp_path, monkeypatch):
-    dsn = f"postgresql://postgres:hunter2@127.0.0.1:{closed_port()}/test"
+    dsn = f"postgresql://postgres:hunter2@127.0.0.1:{free_port()}/test"
     code, out = run(tmp_path, monkeypatch, ["config", "check", "--json"],
                     f'[audit]\nstore = "{dsn}"\n')
     assert code == 1

@@ -3,17 +3,15 @@ are stored once, bodies come back whole, and the chain still covers every byte."
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 
 import anthropic
-import asyncpg
 import orjson
 from click.testing import CliRunner
 from conftest import data_dir, flush, get, records, service
 
 from midway.cli import cli
-from midway.testing import wait_for
+from midway.testing import pg_query, wait_for
 
 SYSTEM = "You are a careful coding agent working in a large repository. " * 40  # ~2.5 KB
 TOOLS = [{"name": f"Tool{i}", "description": "Does one precise thing. " * 10,
@@ -125,17 +123,14 @@ def test_parts_on_postgres(fake_upstream, audited, pg_config):
     assert [r["id"] for r in records(running, text="TURN 1: please")] == [ids[-1]]
     assert running.call(service(running).verify())["ok"]
 
-    async def parts_count() -> int:
-        conn = await asyncpg.connect(pg_config["store"],
-                                     server_settings={"search_path": pg_config["schema"]})
-        try:
-            return int(await conn.fetchval("SELECT COUNT(*) FROM audit_parts"))
-        finally:
-            await conn.close()
+    def parts_count() -> int:
+        [row] = pg_query(pg_config["store"], "SELECT COUNT(*) FROM audit_parts",
+                         schema=pg_config["schema"])
+        return int(row[0])
 
-    assert asyncio.run(parts_count()) == 2 + 2 * 2
+    assert parts_count() == 2 + 2 * 2
     assert running.call(service(running).store.prune(None, 1)) == 2
-    assert asyncio.run(parts_count()) == 2 + 2 * 2  # all still used by the last record
+    assert parts_count() == 2 + 2 * 2  # all still used by the last record
     assert running.call(service(running).verify())["ok"]
     assert running.call(service(running).store.prune(None, 0)) == 1
-    assert asyncio.run(parts_count()) == 0
+    assert parts_count() == 0

@@ -13,7 +13,7 @@ from conftest import HEADERS, abandon_stream, committed, flush, get, records
 
 import midway_audit
 from midway.cli import cli
-from midway.testing import Reply, wait_for
+from midway.testing import Reply, pg_query, wait_for
 
 
 def test_postgres_records_verify_and_cli(fake_upstream, audited, pg_config):
@@ -47,14 +47,8 @@ def test_postgres_records_verify_and_cli(fake_upstream, audited, pg_config):
                              env=env)
     assert [r["id"] for r in orjson.loads(out.output)] == [midway_id]
 
-    async def tamper() -> None:
-        import asyncpg
-        conn = await asyncpg.connect(pg_config["store"], server_settings={
-            "search_path": pg_config["schema"]})
-        await conn.execute("UPDATE audit_records SET status = 500 WHERE seq = 1")
-        await conn.close()
-
-    asyncio.run(tamper())
+    pg_query(pg_config["store"], "UPDATE audit_records SET status = 500 WHERE seq = 1",
+             schema=pg_config["schema"])
     out = CliRunner().invoke(cli, ["audit", "verify", "--json"], env=env)
     assert out.exit_code == 1 and orjson.loads(out.output)["broken_seq"] == 1
 

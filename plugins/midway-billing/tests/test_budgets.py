@@ -9,7 +9,6 @@ from decimal import Decimal
 import anthropic
 import orjson
 import pytest
-from conftest import PG_DSN
 from helpers import PLUGIN, billing_of, ledger
 
 from midway.testing import RecordedRequest, Reply
@@ -64,7 +63,8 @@ def test_fifty_concurrent_requests_admit_exactly_ten(midway_factory, fake_upstre
     extra = {"budgets": [{"scope": "team", "match": "search", "period": "day",
                           "limit_usd": str(limit), "name": "search-daily"}]}
     if backend == "postgresql":
-        extra.update(store=PG_DSN, schema=request.getfixturevalue("pg_schema"))
+        extra.update(store=request.getfixturevalue("postgres_dsn"),
+                     schema=request.getfixturevalue("pg_schema"))
     running = midway_factory(plugins=[PLUGIN], config=billing_config(**extra))
     statuses = asyncio.run(fire(running.url, 50))
     assert statuses.count(200) == 10, statuses
@@ -115,13 +115,14 @@ def test_soft_budget_warns_but_admits(midway_factory, fake_upstream, caplog) -> 
     assert metrics == 2
 
 
-def test_reservations_atomic_across_postgres_instances(pg_schema, tmp_path) -> None:
+def test_reservations_atomic_across_postgres_instances(postgres_dsn, pg_schema, tmp_path
+                                                       ) -> None:
     """Two instances (two stores, two pools) race for one bucket: exactly 10 admitted."""
 
     async def run() -> list[bool]:
         stores = []
         for _ in range(2):
-            config = BillingConfig.from_table({"store": PG_DSN, "schema": pg_schema,
+            config = BillingConfig.from_table({"store": postgres_dsn, "schema": pg_schema,
                                                "max_pool": 10}, tmp_path)
             store = config.make_store()
             await store.open()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -15,20 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import anthropic
-import asyncpg
 import orjson
 import pytest
-from conftest import PG_DSN
 
-from midway.testing import wait_for
+from midway.testing import free_port, pg_query, wait_for
 
 HERE = Path(__file__).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def up(url: str) -> bool:
@@ -73,15 +64,7 @@ def query(store: dict[str, str], sql: str) -> list[tuple[Any, ...]]:
     if "schema" not in store:
         with sqlite3.connect(store["path"]) as con:
             return con.execute(sql).fetchall()
-
-    async def run() -> list[tuple[Any, ...]]:
-        con = await asyncpg.connect(PG_DSN, server_settings={"search_path": store["schema"]})
-        try:
-            return [tuple(r) for r in await con.fetch(sql)]
-        finally:
-            await con.close()
-
-    return asyncio.run(run())
+    return [tuple(r) for r in pg_query(store["dsn"], sql, schema=store["schema"])]
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
@@ -92,8 +75,9 @@ def test_kill_9_under_load_then_restart(tmp_path: Path, backend: str, request) -
         store = {"path": str(data / "billing.db")}
         table = ""
     else:
-        store = {"schema": request.getfixturevalue("pg_schema")}
-        table = f'store = "{PG_DSN}"\nschema = "{store["schema"]}"'
+        store = {"dsn": request.getfixturevalue("postgres_dsn"),
+                 "schema": request.getfixturevalue("pg_schema")}
+        table = f'store = "{store["dsn"]}"\nschema = "{store["schema"]}"'
     config = tmp_path / "midway.toml"
     config.write_text(f"""
 [midway]

@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import socket
 from pathlib import Path
 from typing import Any
 
 from click.testing import CliRunner
-from conftest import PG_DSN, _execute
+from yarl import URL
 
 from midway.cli import cli
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from midway.testing import free_port, pg_query
 
 
 def run(tmp_path: Path, monkeypatch: Any, command: list[str], toml: str) -> tuple[int, str]:
@@ -33,15 +26,15 @@ def problems(output: str) -> list[str]:
     return next(r for r in json.loads(output) if r["subject"] == "billing")["problems"]
 
 
-def test_schema_missing_tables_missing_upgrade(tmp_path, monkeypatch, pg_schema):
-    toml = f'[billing]\nstore = "{PG_DSN}"\nschema = "{pg_schema}"\n'
+def test_schema_missing_tables_missing_upgrade(tmp_path, monkeypatch, postgres_dsn, pg_schema):
+    toml = f'[billing]\nstore = "{postgres_dsn}"\nschema = "{pg_schema}"\n'
     code, out = run(tmp_path, monkeypatch, ["config", "check", "--json"], toml)
     assert code == 1
     [problem] = problems(out)  # the schema exists, empty
     assert "billing_counters, billing_ledger, billing_reservations missing" in problem
     assert "midway db upgrade" in problem
 
-    asyncio.run(_execute(f'DROP SCHEMA "{pg_schema}"'))
+    pg_query(postgres_dsn, f'DROP SCHEMA "{pg_schema}"')
     code, out = run(tmp_path, monkeypatch, ["config", "check", "--json"], toml)
     assert f"schema '{pg_schema}' does not exist" in problems(out)[0]
 
@@ -53,7 +46,7 @@ def test_schema_missing_tables_missing_upgrade(tmp_path, monkeypatch, pg_schema)
     code, out = run(tmp_path, monkeypatch, ["config", "check", "--json"], toml)
     assert code == 0 and problems(out) == []
 
-    asyncio.run(_execute(f'ALTER TABLE "{pg_schema}".billing_ledger DROP COLUMN saved_pusd'))
+    pg_query(postgres_dsn, "ALTER TABLE billing_ledger DROP COLUMN saved_pusd", schema=pg_schema)
     code, out = run(tmp_path, monkeypatch, ["config", "check", "--json"], toml)
     assert "billing_ledger is older" in problems(out)[0]
     code, out = run(tmp_path, monkeypatch, ["db", "upgrade"], toml)
@@ -62,13 +55,13 @@ def test_schema_missing_tables_missing_upgrade(tmp_path, monkeypatch, pg_schema)
     assert code == 0 and problems(out) == []
 
 
-def test_unreachable_wrong_database_and_invalid_budgets(tmp_path, monkeypatch):
-    port = closed_port()
+def test_unreachable_wrong_database_and_invalid_budgets(tmp_path, monkeypatch, postgres_dsn):
+    port = free_port()
     code, out = run(tmp_path, monkeypatch, ["config", "check", "--json"],
                     f'[billing]\nstore = "postgresql://postgres@127.0.0.1:{port}/test"\n')
     assert code == 1 and "unreachable" in problems(out)[0]
     code, out = run(tmp_path, monkeypatch, ["config", "check", "--json"],
-                    '[billing]\nstore = "postgresql://postgres@127.0.0.1:5432/no_such_db_x"\n')
+                    f'[billing]\nstore = "{URL(postgres_dsn).with_path("/no_such_db_x")}"\n')
     assert "database does not exist" in problems(out)[0]
     code, out = run(tmp_path, monkeypatch, ["config", "check", "--json"],
                     '[[billing.budgets]]\nscope = "galaxy"\nlimit_usd = "1"\n')

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import PG_DSN
 
 from midway_billing.budgets import Bucket
 from midway_billing.config import BillingConfig
@@ -43,7 +42,8 @@ async def crash(store: Store) -> None:
 def test_reconcile_dead_not_live(backend: str, tmp_path: Path, request) -> None:
     table: dict[str, Any] = {}
     if backend == "postgresql":
-        table = {"store": PG_DSN, "schema": request.getfixturevalue("pg_schema")}
+        table = {"store": request.getfixturevalue("postgres_dsn"),
+                 "schema": request.getfixturevalue("pg_schema")}
 
     async def run() -> None:
         config = BillingConfig.from_table(table, tmp_path)

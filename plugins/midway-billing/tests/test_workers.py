@@ -10,9 +10,9 @@ from pathlib import Path
 
 import aiohttp
 import orjson
-from test_crash import free_port, get_json, start, up
+from test_crash import get_json, start, up
 
-from midway.testing import wait_for
+from midway.testing import free_port, wait_for
 
 MAX_TOKENS = 6600
 BODY = orjson.dumps({"model": "claude-sonnet-4-6", "max_tokens": MAX_TOKENS,

@@ -6,13 +6,10 @@ Each test gets its own Redis key prefix / PostgreSQL schema and removes it after
 from __future__ import annotations
 
 import asyncio
-import secrets
 
 import aiohttp
-import asyncpg
 import orjson
 import pytest
-import redis
 from click.testing import CliRunner
 from conftest import body, client, stats, stored
 
@@ -21,32 +18,15 @@ from midway.identity import passthrough_principal
 from midway.testing import Reply
 from midway_cache import CachePlugin
 
-PG = "postgresql://postgres@127.0.0.1:5432/test"
-REDIS = "redis://127.0.0.1:6379/0"
-
 
 @pytest.fixture(params=["redis", "postgres"])
 def shared(request):
-    """Cache settings for a fresh namespace on a real server."""
-    tag = secrets.token_hex(4)
+    """Cache settings for a fresh namespace on a real server (removed after the test)."""
     if request.param == "redis":
-        prefix = f"midway-test-{tag}:"
-        yield {"store": REDIS, "key_prefix": prefix}
-        r = redis.Redis.from_url(REDIS)
-        names = list(r.scan_iter(match=prefix + "*"))
-        if names:
-            r.delete(*names)
-        r.close()
-    else:
-        schema = f"t_cache_{tag}"
-        yield {"store": PG, "schema": schema}
-
-        async def drop() -> None:
-            db = await asyncpg.connect(PG)
-            await db.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-            await db.close()
-
-        asyncio.run(drop())
+        return {"store": request.getfixturevalue("redis_url"),
+                "key_prefix": request.getfixturevalue("redis_prefix") + ":"}
+    return {"store": request.getfixturevalue("postgres_dsn"),
+            "schema": request.getfixturevalue("pg_schema_factory")(create=False)}
 
 
 @pytest.fixture

@@ -1,19 +1,15 @@
 from __future__ import annotations
 
 import math
-import secrets
 import threading
 import time
 from collections import Counter
 from datetime import UTC, datetime
 
 import pytest
-import redis
 
 import midway_router
 from midway.testing import FakeUpstream, RecordedRequest, Reply
-
-REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
 def rfc3339(epoch: float) -> str:
@@ -80,18 +76,6 @@ def make_upstream():
     for server in started:
         if server._runner is not None:
             server.stop()
-
-
-@pytest.fixture
-def redis_prefix():
-    """A fresh Redis key prefix, deleted afterwards. Fails loudly without Redis."""
-    client = redis.Redis.from_url(REDIS_URL)
-    client.ping()
-    prefix = f"t_router_{secrets.token_hex(6)}"
-    yield prefix
-    for name in client.scan_iter(match=f"{prefix}:*"):
-        client.delete(name)
-    client.close()
 
 
 @pytest.fixture

@@ -3,21 +3,15 @@
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 from typing import Any
 
 from click.testing import CliRunner
 
 from midway.cli import cli
+from midway.testing import free_port
 
 UPSTREAM = '[[router.upstreams]]\nname = "main"\nurl = "http://127.0.0.1:9"\n'
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def check(tmp_path: Path, monkeypatch: Any, toml: str) -> tuple[int, list[str]]:
@@ -30,11 +24,10 @@ def check(tmp_path: Path, monkeypatch: Any, toml: str) -> tuple[int, list[str]]:
     return result.exit_code, next(r for r in report if r["subject"] == "router")["problems"]
 
 
-def test_shared_state_redis(tmp_path, monkeypatch):
-    code, found = check(tmp_path, monkeypatch,
-                        f'[router]\nstate = "redis://127.0.0.1:6379/0"\n{UPSTREAM}')
+def test_shared_state_redis(tmp_path, monkeypatch, redis_url):
+    code, found = check(tmp_path, monkeypatch, f'[router]\nstate = "{redis_url}"\n{UPSTREAM}')
     assert (code, found) == (0, [])
-    port = closed_port()
+    port = free_port()
     code, found = check(tmp_path, monkeypatch,
                         f'[router]\nstate = "redis://:pw@127.0.0.1:{port}/0"\n{UPSTREAM}')
     assert code == 1

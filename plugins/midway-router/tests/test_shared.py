@@ -6,7 +6,7 @@ import json
 
 import anthropic
 from click.testing import CliRunner
-from conftest import REDIS_URL, key_of, wait_idle
+from conftest import key_of, wait_idle
 
 from midway.cli import cli
 from midway.secrets_ref import fingerprint
@@ -17,9 +17,9 @@ MSG = {"model": "claude-sonnet-4-6", "max_tokens": 16,
        "messages": [{"role": "user", "content": "hi"}]}
 
 
-def config(url, prefix):
+def config(url, redis_url, prefix):
     return {"router": {"upstreams": [{"name": "anthropic", "url": url, "keys": KEYS}],
-                       "state": REDIS_URL, "state_prefix": prefix, "status_interval": 0.05}}
+                       "state": redis_url, "state_prefix": prefix, "status_interval": 0.05}}
 
 
 def health(proxy, secret):
@@ -28,15 +28,17 @@ def health(proxy, secret):
 
 
 def test_rest_and_disable_spread_to_every_instance(fake_upstream, midway_factory,
-                                                   router_plugin, redis_prefix, tmp_path):
+                                                   router_plugin, redis_url, redis_prefix,
+                                                   tmp_path):
     def answer(rec):
         if key_of(rec) == KEYS[0]:
             return Reply(status=429, headers={"retry-after": "60"})
         return Reply()
 
     fake_upstream.fake.default = answer
-    one = midway_factory(plugins=[router_plugin], config=config(fake_upstream.url, redis_prefix))
-    two = midway_factory(plugins=[router_plugin], config=config(fake_upstream.url, redis_prefix))
+    shared = config(fake_upstream.url, redis_url, redis_prefix)
+    one = midway_factory(plugins=[router_plugin], config=shared)
+    two = midway_factory(plugins=[router_plugin], config=shared)
     sdk_one = anthropic.Anthropic(base_url=one.url, api_key="c", max_retries=0)
     for _ in range(40):
         sdk_one.messages.create(**MSG)
@@ -51,15 +53,14 @@ def test_rest_and_disable_spread_to_every_instance(fake_upstream, midway_factory
         sdk_two.messages.create(**MSG)
     assert len([r for r in fake_upstream.messages_requests if key_of(r) == KEYS[0]]) == seen
     # An instance that starts later learns the rest from Redis.
-    three = midway_factory(plugins=[router_plugin],
-                           config=config(fake_upstream.url, redis_prefix))
+    three = midway_factory(plugins=[router_plugin], config=shared)
     assert health(three, KEYS[0]) == "resting"
 
     # `midway router status` merges the instances' snapshots from Redis.
     for proxy in (one, two, three):
         wait_idle(proxy)
     conf = tmp_path / "midway.toml"
-    conf.write_text(f'[router]\nstate = "{REDIS_URL}"\nstate_prefix = "{redis_prefix}"\n')
+    conf.write_text(f'[router]\nstate = "{redis_url}"\nstate_prefix = "{redis_prefix}"\n')
 
     def merged():
         result = CliRunner().invoke(cli, ["router", "status", "--json", "--config", str(conf)],
