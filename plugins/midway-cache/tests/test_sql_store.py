@@ -181,3 +181,24 @@ def test_store_spellings(tmp_path, monkeypatch):
     for wrong in ("memcached://x", "postgress"):
         with pytest.raises(StoreURLError, match=r"\[cache\] store"):
             store_url(CacheConfig(store=wrong), tmp_path)
+
+
+def test_concurrent_puts_keep_the_cap_and_exact_totals(with_store):
+    """Puts, touches and purges at once (on PostgreSQL on pooled connections): no deadlock,
+    the cap holds, and the running totals match the table."""
+
+    async def job(store: SQLStore) -> tuple[int, list[float]]:
+        now = 100.0
+        await asyncio.gather(
+            *[store.put(entry(f"k{n % 30}", now + n, text=str(n))) for n in range(60)],
+            *[store.record({f"k{n}": now + 100 - n for n in range(30)}, {"hits": 1})
+              for _ in range(5)],
+            *[store.purge(0.0) for _ in range(3)])
+        totals = await store.db.fetch(f"SELECT value FROM {store.tc} WHERE name IN "
+                                      "('live_entries', 'live_bytes') ORDER BY name")
+        stats = await store.stats()
+        assert stats["hits"] == 5
+        return stats["entries"], [t["value"] for t in totals] + [stats["bytes"]]
+
+    entries, (live_bytes, live_entries, size) = with_store(job, max_entries=10)
+    assert entries == 10 and live_entries == 10 and live_bytes == size

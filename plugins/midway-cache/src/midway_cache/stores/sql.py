@@ -44,7 +44,7 @@ CREATE TABLE IF NOT EXISTS $locks (key TEXT PRIMARY KEY, until {real} NOT NULL)
 """)
 
 _COLUMNS = "key, tenant, partition, created_at, expires_at, body, prompt, vector, cost_usd"
-# running totals in the counters table (not stats: ``stats`` counts exactly)
+# running totals in the counters table, read by eviction (``stats`` counts exactly)
 _ENTRIES, _BYTES = "live_entries", "live_bytes"
 
 
@@ -87,7 +87,6 @@ class SQLStore:
             "cost_usd = excluded.cost_usd")
         self._increment = (f"INSERT INTO {self.tc} (name, value) VALUES (?, ?) ON CONFLICT "
                            f"(name) DO UPDATE SET value = {self.tc}.value + excluded.value")
-        self._add = self._increment + " RETURNING value"  # the new total
         self._set = (f"INSERT INTO {self.tc} (name, value) VALUES (?, ?) ON CONFLICT (name) "
                      "DO UPDATE SET value = excluded.value")
 
@@ -104,20 +103,38 @@ class SQLStore:
 
     async def put(self, entry: Entry) -> None:
         async def write(tx: Tx) -> None:
+            await self._hold_totals(tx)
             old = await tx.fetchval(f"SELECT size FROM {self.t} WHERE key = ?", entry.key)
             await tx.execute(
                 self._upsert, entry.key, entry.tenant, entry.partition, entry.created_at,
                 entry.expires_at, entry.created_at, entry.size, entry.body, entry.prompt,
                 entry.vector, entry.tool_use, entry.cost_usd)
-            count = await tx.fetchval(self._add, _ENTRIES, 0 if old is not None else 1)
-            size = await tx.fetchval(self._add, _BYTES, entry.size - (old or 0))
+            count, size = await self._add_totals(tx, 0 if old is not None else 1,
+                                                 entry.size - (old or 0))
             await self._evict(tx, count, size)
 
         await self.db.run(write)
 
+    async def _hold_totals(self, tx: Tx) -> None:
+        """Lock the running totals first: every unit that writes entries or counters takes
+        this row lock before any other (PostgreSQL), so the totals are exact and writers never
+        deadlock. (SQLite's write transactions are serial anyway.)"""
+        # one row: a statement locking two may take them in either order
+        await tx.execute(f"UPDATE {self.tc} SET value = value WHERE name = ?", _ENTRIES)
+
+    async def _add_totals(self, tx: Tx, entries: float, size: float) -> tuple[float, float]:
+        """Add to the running totals; the new ones (entries, bytes)."""
+        rows = await tx.fetch(
+            f"UPDATE {self.tc} SET value = value + CASE WHEN name = ? THEN "
+            "CAST(? AS DOUBLE PRECISION) ELSE CAST(? AS DOUBLE PRECISION) END "
+            "WHERE name IN (?, ?) RETURNING name, value", _ENTRIES, entries, size, _ENTRIES,
+            _BYTES)
+        totals = {r["name"]: r["value"] for r in rows}
+        return totals.get(_ENTRIES, 0), totals.get(_BYTES, 0)
+
     async def _evict(self, tx: Tx, count: float, size: float) -> None:
         # Least recently used first, in batches (a twentieth when over the byte cap), until
-        # both caps hold. Totals may drift when instances race on one key; purge recounts.
+        # both caps hold.
         while (self.max_bytes and size > self.max_bytes) or \
                 (self.max_entries and count > self.max_entries):
             over = max(1, int(count) - self.max_entries if self.max_entries else 0,
@@ -126,8 +143,8 @@ class SQLStore:
                                   f"{self.t} ORDER BY last_access LIMIT ?) RETURNING size", over)
             if not gone:
                 break
-            count = await tx.fetchval(self._add, _ENTRIES, -len(gone))
-            size = await tx.fetchval(self._add, _BYTES, -sum(r["size"] for r in gone))
+            count, size = await self._add_totals(tx, -len(gone),
+                                                 -sum(r["size"] for r in gone))
 
     async def _recount(self, tx: Tx) -> None:
         row = await tx.fetchone(f"SELECT count(*) AS n, coalesce(sum(size), 0) AS total "
@@ -144,6 +161,7 @@ class SQLStore:
 
     async def record(self, touched: dict[str, float], counters: dict[str, float]) -> None:
         async def write(tx: Tx) -> None:
+            await self._hold_totals(tx)  # an eviction may be deleting the entries touched
             if touched:
                 await tx.executemany(f"UPDATE {self.t} SET last_access = ? WHERE key = ?",
                                      [(t, k) for k, t in touched.items()])
@@ -169,6 +187,7 @@ class SQLStore:
 
     async def clear(self, tenant: str | None = None) -> int:
         async def write(tx: Tx) -> int:
+            await self._hold_totals(tx)
             if tenant is None:
                 deleted = await tx.execute(f"DELETE FROM {self.t}")
             else:
@@ -180,6 +199,7 @@ class SQLStore:
 
     async def purge(self, now: float) -> int:
         async def write(tx: Tx) -> int:
+            await self._hold_totals(tx)
             deleted = await tx.execute(f"DELETE FROM {self.t} WHERE expires_at IS NOT NULL "
                                        "AND expires_at <= ?", now)
             await tx.execute(f"DELETE FROM {self.tl} WHERE until <= ?", now)
