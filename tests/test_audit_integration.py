@@ -10,12 +10,12 @@ import orjson
 
 import midway_audit
 import midway_billing
+import midway_cache
 from midway.testing import wait_for
-from midway_cache.plugin import plugin as cache_plugin
 
 
 def test_audit_records_cost_and_cache_outcome(fake_upstream, midway_factory):
-    running = midway_factory(plugins=[("billing", midway_billing), ("cache", cache_plugin),
+    running = midway_factory(plugins=[("billing", midway_billing), ("cache", midway_cache),
                                       ("audit", midway_audit)])
     audit = running.midway.services["audit"]
     client = anthropic.Anthropic(base_url=running.url, api_key="sk-ant-test", max_retries=0)

@@ -15,12 +15,12 @@ from anthropic.types import MessageParam
 
 import midway_audit
 import midway_billing
+import midway_cache
 import midway_dashboard
 import midway_router
 from midway.fake_upstream import Reply
 from midway.secrets_ref import fingerprint
 from midway.testing import FakeUpstream, RunningMidway, wait_for
-from midway_cache import CachePlugin
 from midway_dashboard.testing import browser, screenshot_dir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,7 +51,7 @@ def gateway(midway_factory: Callable[..., RunningMidway], fake_upstream: FakeUps
         "audit": {},
     }
     return midway_factory(plugins=[("audit", midway_audit), ("billing", midway_billing),
-                                   ("cache", CachePlugin()), ("router", midway_router),
+                                   ("cache", midway_cache), ("router", midway_router),
                                    ("dashboard", midway_dashboard)],
                           config=config, admin_key="env:MIDWAY_TEST_DASHBOARD_ADMIN")
 

@@ -8,8 +8,8 @@ from typing import Any
 import anthropic
 import pytest
 
+import midway_cache
 from midway.testing import RunningMidway, wait_for
-from midway_cache import CachePlugin
 
 RICH_CONTENT = [
     {"type": "thinking", "thinking": "Let me think about the weather.", "signature": "sig_abc"},
@@ -25,10 +25,10 @@ def body(prompt: str = "What is the capital of France?", **extra: Any) -> dict[s
 
 @pytest.fixture
 def cached(midway_factory: Callable[..., RunningMidway]) -> Callable[..., RunningMidway]:
-    """``cached(**cache_settings)`` → a running midway with a fresh cache plugin."""
+    """``cached(**cache_settings)`` → a running midway with the cache plugin."""
 
     def start(**settings: Any) -> RunningMidway:
-        return midway_factory(plugins=[("cache", CachePlugin())], config={"cache": settings})
+        return midway_factory(plugins=[("cache", midway_cache)], config={"cache": settings})
 
     return start
 

@@ -95,7 +95,7 @@ def test_tool_result_turn_uses_exact_layer_only(cached, fake_upstream):
                                       "content": "sunny"}]}]}
     c.messages.create(**turn)
     stored(running)
-    entry_partitions = running.call(running.midway.services["cache"]._plugin.store.candidates(
+    entry_partitions = running.call(running.midway.services["cache"].store.candidates(
         "any", 0))
     assert entry_partitions == []
     assert c.messages.with_raw_response.create(**turn).headers["x-midway-cache"] == "hit"

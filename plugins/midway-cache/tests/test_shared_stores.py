@@ -13,10 +13,10 @@ import pytest
 from click.testing import CliRunner
 from conftest import body, client, stats, stored
 
+import midway_cache
 from midway.cli import cli
 from midway.identity import passthrough_principal
 from midway.testing import Reply
-from midway_cache import CachePlugin
 
 
 @pytest.fixture(params=["redis", "postgres"])
@@ -32,7 +32,7 @@ def shared(request):
 @pytest.fixture
 def pair(shared, midway_factory):
     """Two midway instances sharing one store."""
-    return [midway_factory(plugins=[("cache", CachePlugin())], config={"cache": shared})
+    return [midway_factory(plugins=[("cache", midway_cache)], config={"cache": shared})
             for _ in range(2)]
 
 
@@ -71,7 +71,7 @@ def test_stampede_across_instances_sends_one_request(pair, fake_upstream):
 
 
 def test_semantic_hit_across_instances(shared, midway_factory, fake_upstream):
-    a, b = [midway_factory(plugins=[("cache", CachePlugin())],
+    a, b = [midway_factory(plugins=[("cache", midway_cache)],
                            config={"cache": {**shared, "semantic": True}}) for _ in range(2)]
     client(a).messages.create(**body("How do I install numpy with pip?"))
     stored(a)
@@ -83,7 +83,7 @@ def test_semantic_hit_across_instances(shared, midway_factory, fake_upstream):
 
 
 def test_lru_cap_and_clear_by_principal(shared, midway_factory, fake_upstream):
-    running = midway_factory(plugins=[("cache", CachePlugin())],
+    running = midway_factory(plugins=[("cache", midway_cache)],
                              config={"cache": {**shared, "max_entries": 2}})
     c = client(running)
     for n, prompt in enumerate(("one", "two", "three"), start=1):

@@ -1,6 +1,70 @@
-"""midway-cache: exact and semantic response caching for midway, safe for agents."""
+"""midway-cache: exact and semantic response caching for midway, safe for agents.
 
-from midway_cache.plugin import CachePlugin, CacheService, plugin
+Every hook finds this instance's :class:`~midway_cache.plugin.Cache` in
+``midway.services["cache"]`` (created in ``startup``), so several midway instances may share
+one process.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from midway import Exchange, Midway, Response, SSEEvent, hookimpl
+from midway_cache.config import load_config
+from midway_cache.operations import config_check, db_upgrade  # noqa: F401 (hooks)
+from midway_cache.plugin import Cache
+
+if TYPE_CHECKING:
+    import click
 
 __version__ = "0.1.0"
-__all__ = ["CachePlugin", "CacheService", "__version__", "plugin"]
+__all__ = ["Cache", "__version__"]
+
+
+def _cache(midway: Midway | None) -> Cache | None:
+    service = midway.services.get("cache") if midway is not None else None
+    return service if isinstance(service, Cache) else None
+
+
+@hookimpl
+async def startup(midway: Midway) -> None:
+    registry = midway.metrics.registry if midway.metrics is not None else None
+    cache = Cache(load_config(midway.config("cache")), registry)
+    midway.services["cache"] = cache  # also when disabled: the dashboard shows it
+    if cache.config.enabled:
+        await cache.start(midway)
+
+
+@hookimpl
+async def shutdown(midway: Midway) -> None:
+    cache = _cache(midway)
+    if cache is not None:
+        await cache.stop()
+
+
+# First: a hit answers before the other plugins' pre_request (billing reserves nothing for it).
+@hookimpl(tryfirst=True)
+async def pre_request(exchange: Exchange) -> Response | None:
+    cache = _cache(exchange.midway)
+    return await cache.pre_request(exchange) if cache is not None else None
+
+
+@hookimpl
+def on_chunk(exchange: Exchange, event: SSEEvent) -> None:
+    cache = _cache(exchange.midway)
+    if cache is not None:
+        cache.on_chunk(exchange, event)
+
+
+@hookimpl
+async def post_response(exchange: Exchange) -> None:
+    cache = _cache(exchange.midway)
+    if cache is not None:
+        await cache.post_response(exchange)
+
+
+@hookimpl
+def register_commands(cli: click.Group) -> None:
+    from midway_cache.commands import cache_group
+
+    cli.add_command(cache_group)

@@ -11,6 +11,7 @@ import orjson
 
 from midway.cli import settings_options
 from midway.config import Settings
+from midway.storage import StoreURLError
 from midway_cache.config import ConfigError, load_config
 from midway_cache.stores import make_store
 
@@ -24,7 +25,7 @@ def _store(settings: Settings) -> Any:
     try:
         config = load_config(settings.plugin_config("cache"))
         return make_store(config, settings.data_dir)
-    except ConfigError as exc:
+    except (ConfigError, StoreURLError) as exc:
         raise click.ClickException(str(exc)) from None
 
 

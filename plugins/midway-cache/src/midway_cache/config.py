@@ -18,7 +18,8 @@ class ConfigError(ValueError):
 @attrs.define
 class CacheConfig:
     enabled: bool = True
-    # "sqlite" (in the data dir), a path ending in .db, "redis://..." or "postgresql://..."
+    # "sqlite" (in the data dir), a .db path, "redis://..." or "postgresql://..." (or an
+    # env:/file: reference holding one): midway.storage.parse_store
     store: str = "sqlite"
     ttl: float = 7 * 24 * 3600.0  # seconds an entry lives; 0: until evicted
     max_bytes: int = 1024 * 1024 * 1024  # LRU cap on stored answer bytes

@@ -1,5 +1,5 @@
-"""The cache's hooks: look up in ``pre_request``, rebuild streams in ``on_chunk``, store complete
-answers in ``post_response``.
+"""The cache of one running midway, behind its hooks: look up in ``pre_request``, rebuild
+streams in ``on_chunk``, store complete answers in ``post_response``.
 
 Request headers: ``x-midway-cache: bypass`` (neither read nor write the cache; also
 ``cache-control: no-store``) and ``x-midway-cache: refresh`` (skip the lookup, store the fresh
@@ -17,10 +17,10 @@ from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
 
 import attrs
-import click
 import orjson
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from midway import Exchange, Midway, Response, SSEEvent, hookimpl
+from midway import Exchange, Midway, Response, SSEEvent
 from midway.annotations import (
     CACHE,
     CACHE_BYPASS,
@@ -34,9 +34,8 @@ from midway.annotations import (
 from midway.assemble import MessageAssembler
 from midway_cache import replay
 from midway_cache.coalesce import Coalescer
-from midway_cache.config import CacheConfig, load_config
+from midway_cache.config import CacheConfig
 from midway_cache.keys import CacheKeys, request_keys
-from midway_cache.operations import StoreOperations
 from midway_cache.stores import Entry, Store, make_store
 
 if TYPE_CHECKING:
@@ -63,24 +62,12 @@ class _State:
     assembler: MessageAssembler | None = None
 
 
-class CacheService:
-    """``midway.services["cache"]``: what the dashboard and other plugins read."""
+class Cache:
+    """The cache of one running midway, created in ``startup`` and published as
+    ``midway.services["cache"]`` (the hooks in :mod:`midway_cache` find it there)."""
 
-    def __init__(self, plugin: CachePlugin) -> None:
-        self._plugin = plugin
-
-    async def stats(self) -> dict[str, Any]:
-        """entries, hits, misses, bytes, saved_tokens, saved_usd (+ semantic_hits,
-        shadow_hits, bypasses, stores)."""
-        await self._plugin.flush()
-        return await self._plugin.require_store().stats()
-
-
-class CachePlugin(StoreOperations):
-    """One cache per midway instance (the entry point registers :data:`plugin`)."""
-
-    def __init__(self) -> None:
-        self.config = CacheConfig()
+    def __init__(self, config: CacheConfig, registry: CollectorRegistry | None) -> None:
+        self.config = config
         self.store: Store | None = None
         self.coalescer: Coalescer | None = None
         self.embedder: Embedder | None = None
@@ -88,9 +75,23 @@ class CachePlugin(StoreOperations):
         self._touched: dict[str, float] = {}
         self._counters: dict[str, float] = {}
         self._tasks: list[asyncio.Task[None]] = []
-        self._metric: Any = None
-        self._similarity: Any = None
+        self._metric: Counter | None = None
+        self._similarity: Histogram | None = None
         self._warned_at = 0.0
+        if registry is not None:
+            self._metric = Counter("midway_cache_lookups", "Cache lookups by result",
+                                   ["result"], registry=registry)
+            self._similarity = Histogram(
+                "midway_cache_similarity", "Best semantic similarity of semantic lookups",
+                buckets=(0.5, 0.7, 0.8, 0.85, 0.9, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99,
+                         1.0),
+                registry=registry)
+
+    async def stats(self) -> dict[str, Any]:
+        """entries, hits, misses, bytes, saved_tokens, saved_usd (+ semantic_hits,
+        shadow_hits, bypasses, stores)."""
+        await self.flush()
+        return await self.require_store().stats()
 
     def require_store(self) -> Store:
         if self.store is None:
@@ -99,26 +100,8 @@ class CachePlugin(StoreOperations):
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    @hookimpl
-    def register_metrics(self, midway: Midway) -> None:
-        from prometheus_client import Counter, Histogram
-
-        registry = midway.metrics.registry if midway.metrics is not None else None
-        if registry is None:
-            return
-        self._metric = Counter("midway_cache_lookups", "Cache lookups by result",
-                               ["result"], registry=registry)
-        self._similarity = Histogram(
-            "midway_cache_similarity", "Best semantic similarity of semantic lookups",
-            buckets=(0.5, 0.7, 0.8, 0.85, 0.9, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99, 1.0),
-            registry=registry)
-
-    @hookimpl
-    async def startup(self, midway: Midway) -> None:
-        self.config = load_config(midway.config("cache"))
-        midway.services["cache"] = CacheService(self)
-        if not self.config.enabled:
-            return
+    async def start(self, midway: Midway) -> None:
+        """Open the store (and the embedder) and start the background jobs."""
         self.store = make_store(self.config, midway.data_dir)
         await self.store.open()
         self.coalescer = Coalescer(self.store, self.config.coalesce_timeout)
@@ -133,8 +116,7 @@ class CachePlugin(StoreOperations):
         self._tasks = [asyncio.create_task(self._every(_FLUSH_EVERY, self.flush)),
                        asyncio.create_task(self._every(_PURGE_EVERY, self._purge))]
 
-    @hookimpl
-    async def shutdown(self) -> None:
+    async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -183,7 +165,6 @@ class CachePlugin(StoreOperations):
 
     # -- lookup ------------------------------------------------------------------------------
 
-    @hookimpl(tryfirst=True)
     async def pre_request(self, exchange: Exchange) -> Response | None:
         if self.store is None:
             return None
@@ -297,7 +278,6 @@ class CachePlugin(StoreOperations):
 
     # -- storing -----------------------------------------------------------------------------
 
-    @hookimpl
     def on_chunk(self, exchange: Exchange, event: SSEEvent) -> None:
         state = exchange.state.get("cache")
         if state is None or not state.store or exchange.answered_by is not None:
@@ -306,7 +286,6 @@ class CachePlugin(StoreOperations):
             state.assembler = MessageAssembler()
         state.assembler.feed_event(event)
 
-    @hookimpl
     async def post_response(self, exchange: Exchange) -> None:
         state = exchange.state.get("cache")
         if state is None:
@@ -365,14 +344,6 @@ class CachePlugin(StoreOperations):
             except Exception:
                 self._store_failed("release a fill lock")
 
-    # -- commands ----------------------------------------------------------------------------
-
-    @hookimpl
-    def register_commands(self, cli: click.Group) -> None:
-        from midway_cache.commands import cache_group
-
-        cli.add_command(cache_group)
-
 
 def _usd(value: str | None) -> float:
     if value is None:
@@ -382,5 +353,3 @@ def _usd(value: str | None) -> float:
     except (InvalidOperation, ValueError):
         return 0.0
 
-
-plugin = CachePlugin()

@@ -1,31 +1,46 @@
-"""Cache stores: embedded SQLite (default), Redis or PostgreSQL, chosen by ``store``."""
+"""Cache stores: embedded SQLite (default), PostgreSQL or Redis, chosen by ``store``."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from midway_cache.config import CacheConfig, ConfigError
+from midway.storage import StoreURL, open_database, parse_store
+from midway_cache.config import CacheConfig
 from midway_cache.stores.base import COUNTERS, Candidate, Entry, Store
 
-__all__ = ["COUNTERS", "Candidate", "Entry", "Store", "make_store"]
+__all__ = ["COUNTERS", "LABEL", "Candidate", "Entry", "Store", "make_store", "sql_layout",
+           "store_url"]
+
+LABEL = "[cache] store"
+
+
+def store_url(config: CacheConfig, data_dir: Path) -> StoreURL:
+    """Where ``config.store`` points (:func:`midway.storage.parse_store`'s grammar).
+
+    :raises midway.storage.StoreURLError: a value naming no store the cache offers.
+    """
+    return parse_store(config.store, data_dir=data_dir, default_file="cache.db", label=LABEL,
+                       kinds=("sqlite", "postgresql", "redis"))
 
 
 def make_store(config: CacheConfig, data_dir: Path) -> Store:
     """The store ``config.store`` names (not opened yet)."""
-    spec = config.store
-    if spec.startswith(("redis://", "rediss://", "unix://")):
+    url = store_url(config, data_dir)
+    if url.kind == "redis":
         from midway_cache.stores.redis import RedisStore
 
-        return RedisStore(spec, config.key_prefix, config.max_bytes, config.max_entries)
-    if spec.startswith(("postgresql://", "postgres://")):
-        from midway_cache.stores.postgres import PostgresStore
+        assert url.url is not None
+        return RedisStore(url.url, config.key_prefix, config.max_bytes, config.max_entries)
+    from midway_cache.stores.sql import SQLStore
 
-        return PostgresStore(spec, config.schema, config.table, config.max_bytes,
-                             config.max_entries)
-    if spec == "sqlite" or spec.endswith((".db", ".sqlite", ".sqlite3")):
-        from midway_cache.stores.sqlite import SQLiteStore
+    table, pg_schema = sql_layout(config, url)
+    db = open_database(url, schema=pg_schema, label=LABEL, max_pool=8)
+    return SQLStore(db, table, config.max_bytes, config.max_entries)
 
-        path = data_dir / "cache.db" if spec == "sqlite" else Path(spec)
-        return SQLiteStore(path, config.max_bytes, config.max_entries)
-    raise ConfigError(f"[cache] store {spec!r}: use \"sqlite\", a .db path, redis://… "
-                      "or postgresql://…")
+
+def sql_layout(config: CacheConfig, url: StoreURL) -> tuple[str | None, str | None]:
+    """The SQL store's table name and PostgreSQL schema: the ``table`` and ``schema`` settings
+    are PostgreSQL's; an SQLite file keeps the table names it has always had (``None``)."""
+    if url.kind == "postgresql":
+        return config.table, config.schema
+    return None, None
