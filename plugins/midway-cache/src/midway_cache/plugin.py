@@ -21,6 +21,7 @@ import click
 import orjson
 
 from midway import Exchange, Midway, Response, SSEEvent, hookimpl
+from midway.services import ServiceKey
 from midway_cache import replay
 from midway_cache.assemble import MessageAssembler
 from midway_cache.coalesce import Coalescer
@@ -64,6 +65,10 @@ class CacheService:
         shadow_hits, bypasses, stores)."""
         await self._plugin.flush()
         return await self._plugin.require_store().stats()
+
+
+# What other plugins (the dashboard) look up: midway.services.get(CACHE).
+CACHE: ServiceKey[CacheService] = ServiceKey("cache")
 
 
 class CachePlugin(StoreOperations):

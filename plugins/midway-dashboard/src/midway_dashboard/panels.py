@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -43,19 +44,18 @@ def not_installed(midway: Midway, name: str) -> dict[str, Any]:
     return {"installed": False, **availability(midway)[name]}
 
 
-async def call(midway: Midway, service: str, method: str, *args: Any, **kwargs: Any) -> Any:
-    """Call ``midway.services[service].method`` (sync or async), bounded in time."""
-    obj = midway.services[service]
+async def call(label: str, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call a service's ``method`` (sync or async), bounded in time; ``label`` names it in
+    errors (``"billing.report"``)."""
     try:
-        result = getattr(obj, method)(*args, **kwargs)
+        result = method(*args, **kwargs)
         if inspect.isawaitable(result):
             result = await asyncio.wait_for(result, SERVICE_TIMEOUT)
     except TimeoutError:
-        raise ServiceError(f"{service}.{method} did not answer within {SERVICE_TIMEOUT:g} s"
-                           ) from None
+        raise ServiceError(f"{label} did not answer within {SERVICE_TIMEOUT:g} s") from None
     except Exception as exc:
-        log.exception("dashboard: %s.%s failed", service, method)
-        raise ServiceError(f"{service}.{method} failed: {type(exc).__name__}") from exc
+        log.exception("dashboard: %s failed", label)
+        raise ServiceError(f"{label} failed: {type(exc).__name__}") from exc
     return result
 
 
@@ -63,13 +63,21 @@ SPEND_DIMENSIONS = ("team", "project", "model", "principal")
 SPEND_BUCKETS = {"hour": timedelta(days=2), "day": timedelta(days=30)}
 
 
+# Each panel reads its provider's service by the typed key that plugin exports. The provider is
+# imported only once its service is published (so it is installed): the dashboard itself
+# depends on no other plugin.
+
 async def spend(midway: Midway, by: str, bucket: str) -> dict[str, Any]:
     if "billing" not in midway.services:
         return not_installed(midway, "billing")
+    from midway_billing import BILLING
+
+    billing = midway.services[BILLING]
     since = datetime.now(UTC) - SPEND_BUCKETS[bucket]
-    series = await call(midway, "billing", "spend_series", bucket=bucket, by=by, since=since)
-    report = await call(midway, "billing", "report", by, since=since)
-    budgets = await call(midway, "billing", "budgets")
+    series = await call("billing.spend_series", billing.spend_series, bucket=bucket, by=by,
+                        since=since.timestamp())
+    report = await call("billing.report", billing.report, by, since=since.timestamp())
+    budgets = await call("billing.budgets", billing.budgets)
     return {"installed": True, "by": by, "bucket": bucket, "since": since,
             "series": list(series), "report": list(report), "budgets": list(budgets)}
 
@@ -77,7 +85,9 @@ async def spend(midway: Midway, by: str, bucket: str) -> dict[str, Any]:
 async def cache(midway: Midway) -> dict[str, Any]:
     if "cache" not in midway.services:
         return not_installed(midway, "cache")
-    stats = dict(await call(midway, "cache", "stats"))
+    from midway_cache import CACHE
+
+    stats = dict(await call("cache.stats", midway.services[CACHE].stats))
     hits, misses = stats.get("hits") or 0, stats.get("misses") or 0
     looked = hits + misses
     return {"installed": True, "stats": stats,
@@ -87,18 +97,25 @@ async def cache(midway: Midway) -> dict[str, Any]:
 async def upstreams(midway: Midway) -> dict[str, Any]:
     if "router" not in midway.services:
         return not_installed(midway, "router")
-    return {"installed": True, "status": list(await call(midway, "router", "status"))}
+    from midway_router import ROUTER
+
+    status = await call("router.status", midway.services[ROUTER].status)
+    return {"installed": True, "status": list(status)}
 
 
 async def requests(midway: Midway, filters: dict[str, Any], limit: int) -> dict[str, Any]:
     if "audit" not in midway.services:
         return not_installed(midway, "audit")
-    rows = await call(midway, "audit", "query", limit=limit, **filters)
+    from midway_audit import AUDIT
+
+    rows = await call("audit.query", midway.services[AUDIT].query, limit=limit, **filters)
     return {"installed": True, "rows": list(rows)}
 
 
 async def request_record(midway: Midway, request_id: str) -> dict[str, Any]:
     if "audit" not in midway.services:
         return not_installed(midway, "audit")
-    record = await call(midway, "audit", "get", request_id)
+    from midway_audit import AUDIT
+
+    record = await call("audit.get", midway.services[AUDIT].get, request_id)
     return {"installed": True, "record": record}
