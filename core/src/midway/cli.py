@@ -139,7 +139,10 @@ def serve(host: str | None, port: int | None, upstream: str | None, config_path:
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     _setup_logging(settings)
-    run(settings)
+    try:
+        run(settings)
+    except ConfigError as exc:  # a plugin's table, found bad at start-up
+        raise click.ClickException(str(exc)) from None
 
 
 @cli.command("plugins")

@@ -14,6 +14,27 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from midway.context import Midway
+from midway.services import ServiceKey
+
+# Each panel reads its provider's service by the typed key that plugin exports. The dashboard
+# depends on no other plugin: without one, the key is its bare name (a key is its name), no
+# service is published under it, and the panel says "not installed".
+try:
+    from midway_audit import AUDIT
+except ImportError:
+    AUDIT = ServiceKey("audit")
+try:
+    from midway_billing import BILLING
+except ImportError:
+    BILLING = ServiceKey("billing")
+try:
+    from midway_cache import CACHE
+except ImportError:
+    CACHE = ServiceKey("cache")
+try:
+    from midway_router import ROUTER
+except ImportError:
+    ROUTER = ServiceKey("router")
 
 log = logging.getLogger("midway.dashboard")
 
@@ -63,15 +84,9 @@ SPEND_DIMENSIONS = ("team", "project", "model", "principal")
 SPEND_BUCKETS = {"hour": timedelta(days=2), "day": timedelta(days=30)}
 
 
-# Each panel reads its provider's service by the typed key that plugin exports. The provider is
-# imported only once its service is published (so it is installed): the dashboard itself
-# depends on no other plugin.
-
 async def spend(midway: Midway, by: str, bucket: str) -> dict[str, Any]:
-    if "billing" not in midway.services:
-        return not_installed(midway, "billing")
-    from midway_billing import BILLING
-
+    if BILLING not in midway.services:
+        return not_installed(midway, BILLING)
     billing = midway.services[BILLING]
     since = datetime.now(UTC) - SPEND_BUCKETS[bucket]
     series = await call("billing.spend_series", billing.spend_series, bucket=bucket, by=by,
@@ -83,10 +98,8 @@ async def spend(midway: Midway, by: str, bucket: str) -> dict[str, Any]:
 
 
 async def cache(midway: Midway) -> dict[str, Any]:
-    if "cache" not in midway.services:
-        return not_installed(midway, "cache")
-    from midway_cache import CACHE
-
+    if CACHE not in midway.services:
+        return not_installed(midway, CACHE)
     stats = dict(await call("cache.stats", midway.services[CACHE].stats))
     hits, misses = stats.get("hits") or 0, stats.get("misses") or 0
     looked = hits + misses
@@ -95,27 +108,21 @@ async def cache(midway: Midway) -> dict[str, Any]:
 
 
 async def upstreams(midway: Midway) -> dict[str, Any]:
-    if "router" not in midway.services:
-        return not_installed(midway, "router")
-    from midway_router import ROUTER
-
+    if ROUTER not in midway.services:
+        return not_installed(midway, ROUTER)
     status = await call("router.status", midway.services[ROUTER].status)
     return {"installed": True, "status": list(status)}
 
 
 async def requests(midway: Midway, filters: dict[str, Any], limit: int) -> dict[str, Any]:
-    if "audit" not in midway.services:
-        return not_installed(midway, "audit")
-    from midway_audit import AUDIT
-
+    if AUDIT not in midway.services:
+        return not_installed(midway, AUDIT)
     rows = await call("audit.query", midway.services[AUDIT].query, limit=limit, **filters)
     return {"installed": True, "rows": list(rows)}
 
 
 async def request_record(midway: Midway, request_id: str) -> dict[str, Any]:
-    if "audit" not in midway.services:
-        return not_installed(midway, "audit")
-    from midway_audit import AUDIT
-
+    if AUDIT not in midway.services:
+        return not_installed(midway, AUDIT)
     record = await call("audit.get", midway.services[AUDIT].get, request_id)
     return {"installed": True, "record": record}
