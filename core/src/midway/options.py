@@ -225,24 +225,10 @@ def _coerce(value: Any, kind: Any) -> Any:
             return value
         if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
             return value.strip().lower() in _TRUE
-    elif inner is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value.strip())
-            except ValueError:
-                pass
-    elif inner is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value.strip())
-            except ValueError:
-                pass
+    elif inner in (int, float):
+        number = _number(value, inner)
+        if number is not None:
+            return number
     elif inner is str:
         if isinstance(value, str):
             return value
@@ -262,6 +248,20 @@ def _coerce(value: Any, kind: Any) -> Any:
     else:
         raise TypeError(f"type {expected} needs a converter in its option()")
     raise ValueError(f"expected {expected}, got {value!r}")
+
+
+def _number(value: Any, kind: type[int] | type[float]) -> int | float | None:
+    """``value`` as an ``int`` or ``float`` (text parsed, ``2.0`` is the integer 2), or None."""
+    if isinstance(value, str):
+        try:
+            value = kind(value.strip())
+        except ValueError:
+            return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if kind is float:
+        return float(value)
+    return value if isinstance(value, int) else int(value) if value.is_integer() else None
 
 
 def _strip_none(kind: Any) -> Any:
