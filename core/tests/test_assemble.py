@@ -370,7 +370,8 @@ _EVENT_NAMES = st.sampled_from(["message_start", "content_block_start", "content
                                 "content_block_stop", "message_delta", "message_stop", "error",
                                 "ping", "future", None])
 # payloads come from orjson, which reads integers beyond 64 bits as floats
-_ANY = st.recursive(st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.text(max_size=8),
+_ANY = st.recursive(st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1)
+                    | st.text(max_size=8),
                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
                         st.sampled_from(["type", "index", "delta", "content_block", "message",
                                          "usage", "text", "partial_json", "error", "x"]),

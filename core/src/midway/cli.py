@@ -15,12 +15,31 @@ from midway import __version__
 from midway.config import ConfigError, Settings, load_settings
 from midway.keys.cli import make_keys_group
 from midway.plugins import PluginHost
+from midway.timeparse import TIME_FORMS, parse_time
 
 
 def _setup_logging(settings: Settings) -> None:
     logging.basicConfig(level=getattr(logging, settings.log_level.upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
+
+
+# click.ParamType is generic from click 8.2 on; midway supports 8.1.
+class TimeParam(click.ParamType):  # type: ignore[type-arg]
+    """A ``--since`` / ``--until`` option: :func:`midway.timeparse.parse_time` → unix seconds
+    (ISO date or date-time, naive = UTC; unix seconds; ``15m`` / ``2h`` / ``7d`` ago)."""
+
+    name = "time"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> float | None:
+        try:
+            return parse_time(value)
+        except ConfigError:
+            self.fail(f"{value!r} is not a time: use {TIME_FORMS}", param, ctx)
+
+
+TIME = TimeParam()
 
 
 def settings_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -120,7 +139,10 @@ def serve(host: str | None, port: int | None, upstream: str | None, config_path:
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     _setup_logging(settings)
-    run(settings)
+    try:
+        run(settings)
+    except ConfigError as exc:  # a plugin's table, found bad at start-up
+        raise click.ClickException(str(exc)) from None
 
 
 @cli.command("plugins")

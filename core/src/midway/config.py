@@ -7,9 +7,11 @@ import sys
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
+
+T = TypeVar("T")
 
 DEFAULT_PORT = 8910
 DEFAULT_UPSTREAM = "https://api.anthropic.com"
@@ -71,8 +73,21 @@ class Settings:
     config_path: Path | None = None
     tables: dict[str, Any] = attrs.field(factory=dict)  # the whole TOML document
 
+    def options(self, name: str, cls: type[T], data_dir: Path | None = None) -> T:
+        """A plugin's declared table (:mod:`midway.options`): ``[name]`` from the config file,
+        overridden by ``MIDWAY_<NAME>__<KEY>`` variables; unknown keys and bad values raise
+        :class:`ConfigError`. Commands use this; a running plugin uses
+        :meth:`midway.Midway.options`. ``data_dir`` defaults to the settings' data dir."""
+        from midway.options import load_table  # options imports ConfigError from here
+
+        return load_table(cls, name, self.tables.get(name), env=os.environ,
+                          source=self.config_path,
+                          data_dir=self.data_dir if data_dir is None else data_dir)
+
     def plugin_config(self, name: str) -> dict[str, Any]:
-        """Config of one plugin: its TOML table, overridden by ``MIDWAY_<NAME>__<KEY>``."""
+        """Config of one plugin as a loose dict: its TOML table, overridden by
+        ``MIDWAY_<NAME>__<KEY>``. Plugins not yet declaring their table use this; prefer
+        :meth:`options`."""
         table = dict(self.tables.get(name, {}) or {})
         prefix = f"MIDWAY_{name.upper().replace('-', '_')}__"
         for key, value in os.environ.items():

@@ -4,25 +4,28 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiohttp
 
 from midway.config import Settings
 from midway.plugins import PluginHost
+from midway.services import Services
 
 if TYPE_CHECKING:
     from midway.metrics import Metrics
 
 log = logging.getLogger("midway")
+T = TypeVar("T")
 
 
 class Midway:
     """One running midway: settings, plugins, the upstream HTTP session, metrics.
 
-    ``midway.config(name)`` gives a plugin its own TOML table; ``midway.data_dir`` is where
-    embedded stores live; ``midway.services`` lets plugins find each other (e.g. the dashboard
-    reads ``midway.services["audit"]``).
+    ``midway.options(name, Config)`` gives a plugin its declared table; ``midway.data_dir`` is
+    where embedded stores live; ``midway.services`` holds each plugin's per-instance state under
+    a typed :class:`~midway.services.ServiceKey`, which is also how plugins find each other
+    (the dashboard reads ``midway.services.get(AUDIT)``). See docs/writing-plugins.md.
     """
 
     def __init__(self, settings: Settings, plugins: PluginHost, metrics: Metrics | None = None
@@ -31,7 +34,7 @@ class Midway:
         self.plugins = plugins
         self.metrics = metrics
         self.session: aiohttp.ClientSession | None = None
-        self.services: dict[str, Any] = {}
+        self.services = Services()
         self.worker_index = 0
         self.stream_bytes_kept = 0  # see keep_stream_bodies
 
@@ -50,6 +53,13 @@ class Midway:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
+    def options(self, name: str, cls: type[T]) -> T:
+        """A plugin's declared config table (:mod:`midway.options`), built and checked: the
+        ``[name]`` table overridden by ``MIDWAY_<NAME>__<KEY>``, store paths under the data
+        dir. Raises :class:`midway.config.ConfigError` naming the file, table and key."""
+        return self.settings.options(name, cls, self.data_dir)
+
     def config(self, name: str) -> dict[str, Any]:
-        """A plugin's config table (``[name]`` in TOML, ``MIDWAY_NAME__KEY`` in the env)."""
+        """A plugin's config table as a loose dict (``[name]`` in TOML, ``MIDWAY_NAME__KEY``
+        in the env), for plugins that do not declare theirs yet; prefer :meth:`options`."""
         return self.settings.plugin_config(name)

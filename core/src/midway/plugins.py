@@ -24,6 +24,7 @@ import attrs
 import pluggy
 
 from midway import hookspecs
+from midway.config import ConfigError
 from midway.errors import MidwayError
 
 log = logging.getLogger("midway.plugins")
@@ -182,13 +183,18 @@ class PluginHost:
         return None, None
 
     async def each(self, hook: str, *, swallow: bool, **kwargs: Any) -> None:
-        """Call every implementation; with ``swallow`` a failure is logged, counted, skipped."""
+        """Call every implementation; with ``swallow`` a failure is logged, counted, skipped.
+
+        Without ``swallow``, a :class:`MidwayError` or :class:`~midway.config.ConfigError`
+        propagates as is; any other exception is counted and re-raised as
+        :class:`PluginFailed`."""
         for impl in self.impls(hook):
             try:
                 result = impl.function(*[kwargs[a] for a in impl.argnames])
                 if impl.is_async or (result is not None and inspect.isawaitable(result)):
                     await self.bounded(result)
-            except MidwayError:
+            except (MidwayError, ConfigError):
+                # A bad config table stops start-up with its own one-line message.
                 if not swallow:
                     raise
                 self.failed(impl.plugin, hook)

@@ -121,8 +121,12 @@ def build_app(midway: Midway) -> web.Application:
             cookie_jar=aiohttp.DummyCookieJar(),
             skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept", "Content-Type"),
             timeout=proxy.timeout)
-        await midway.plugins.each("register_metrics", swallow=False, midway=midway)
-        await midway.plugins.each("startup", swallow=False, midway=midway)
+        try:
+            await midway.plugins.each("register_metrics", swallow=False, midway=midway)
+            await midway.plugins.each("startup", swallow=False, midway=midway)
+        except BaseException:  # start-up stops here: on_cleanup will not run
+            await midway.session.close()
+            raise
         proxy.refresh()
         if midway.metrics is not None and midway.metrics.peers_dir is not None:
             app[PUBLISHER_KEY] = asyncio.get_running_loop().create_task(

@@ -39,7 +39,7 @@ def test_shared_state_redis(tmp_path, monkeypatch, redis_url):
 def test_invalid_table_and_missing_secret(tmp_path, monkeypatch):
     monkeypatch.delenv("MIDWAY_TEST_ROUTER_KEY", raising=False)
     code, found = check(tmp_path, monkeypatch, '[router]\nstate = "http://nope"\n' + UPSTREAM)
-    assert code == 1 and "state must be a redis:// URL" in found[0]
+    assert code == 1 and "midway.toml: [router] state: expected a redis:// URL" in found[0]
     code, found = check(tmp_path, monkeypatch,
                         UPSTREAM + 'keys = ["env:MIDWAY_TEST_ROUTER_KEY"]\n')
     assert code == 1 and "MIDWAY_TEST_ROUTER_KEY" in found[0]

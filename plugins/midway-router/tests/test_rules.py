@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 
 import pytest
 
 from midway import MidwayError
+from midway.config import ConfigError
 from midway.exchange import Principal
+from midway.options import load_table
 from midway.testing import make_exchange
 from midway_router.router import Router
-from midway_router.settings import RouterConfigError, parse
+from midway_router.settings import RouterSettings, parse
 
 UPSTREAMS = [
     {"name": "main", "url": "http://127.0.0.1:1", "keys": ["sk-main-1"]},
@@ -167,12 +170,32 @@ def test_keys_from_env_and_file(tmp_path, monkeypatch):
      "unknown match key"),
     ({"upstreams": [{"name": "a", "kind": "bedrock", "region": "us-east-1"}]},
      "needs [[credentials]]"),
-    ({"upstreams": [{"name": "a"}], "state": "memcached://x"}, "redis://"),
-    ({"upstreams": [{"name": "a"}], "affinity": "sticky"}, "affinity must be"),
+    ({"upstreams": [{"name": "a"}], "state": "memcached://x"}, "[router] state: expected a redis://"),
+    ({"upstreams": [{"name": "a"}], "affinity": "sticky"},
+     "[router] affinity: expected one of 'session', 'principal', 'none', got 'sticky'"),
+    ({"upstreams": [{"name": "a"}], "max_retries": -1},
+     "[router] max_retries: expected a number >= 0"),
+    ({"upstreams": [{"name": "a"}], "retry_ratio": "lots"},
+     "[router] retry_ratio: expected a number"),
+    ({"upstreams": [{"name": "a"}], "max_retrys": 2},
+     "[router] max_retrys: unknown setting; did you mean `max_retries`?"),
+    ({"upstreams": [{"name": "a"}], "rules": [{"name": "r", "target": "a", "fallbak": "a"}]},
+     "rule 'r': unknown key(s) fallbak"),
 ])
 def test_config_errors_say_what_is_wrong(config, message):
-    with pytest.raises(RouterConfigError, match=message.replace("[", r"\[")):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         parse(config)
+
+
+def test_env_overrides_are_coerced_and_checked():
+    env = {"MIDWAY_ROUTER__MAX_RETRIES": "2", "MIDWAY_ROUTER__AFFINITY": "none",
+           "MIDWAY_ROUTER__UPSTREAMS": '[{ name = "a", url = "http://127.0.0.1:9" }]'}
+    settings = load_table(RouterSettings, "router", {"max_retries": 5}, env=env)
+    assert (settings.max_retries, settings.affinity) == (2, "none")
+    assert [u.name for u in settings.upstreams] == ["a"]
+    with pytest.raises(ConfigError, match=re.escape(
+            "MIDWAY_ROUTER__MAX_RETRIES: [router] max_retries: expected an integer, got 'x'")):
+        load_table(RouterSettings, "router", {}, env={"MIDWAY_ROUTER__MAX_RETRIES": "x"})
 
 
 def test_config_error_never_shows_a_secret(monkeypatch):

@@ -25,13 +25,14 @@ from midway_audit.intents import intent_meta
 from midway_audit.metrics import AuditMetrics
 from midway_audit.operations import config_check, db_upgrade  # noqa: F401 (hooks)
 from midway_audit.record import capture
-from midway_audit.service import AuditService
+from midway_audit.service import AUDIT, AuditService
 from midway_audit.store import Store, open_store
 
 if TYPE_CHECKING:
     import click
 
 __version__ = "0.1.0"
+__all__ = ["AUDIT", "AuditService"]
 log = logging.getLogger("midway.audit")
 
 # Streams are kept raw (SSE framing around the deltas): room for a body of max_body_bytes.

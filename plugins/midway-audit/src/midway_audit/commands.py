@@ -12,7 +12,7 @@ from typing import IO, Any, TypeVar
 import click
 import orjson
 
-from midway.cli import settings_options
+from midway.cli import TIME, settings_options
 from midway.config import Settings
 from midway_audit.chain import verify as verify_chain
 from midway_audit.chain import verify_exported
@@ -45,7 +45,7 @@ def _run(settings: Settings, action: Callable[[Store], Awaitable[T]]) -> T:
     return asyncio.run(main())
 
 
-def _filter(since: str | None, until: str | None, principal: str | None, model: str | None,
+def _filter(since: float | None, until: float | None, principal: str | None, model: str | None,
             status: str | None, text: str | None = None) -> Filter:
     try:
         return Filter.build(since, until, principal, model, status, text)
@@ -55,8 +55,9 @@ def _filter(since: str | None, until: str | None, principal: str | None, model: 
 
 def _filters(fn: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed([
-        click.option("--since", help="From this time: ISO 8601, epoch, or 15m / 2h / 7d ago."),
-        click.option("--until", help="Before this time (same forms as --since)."),
+        click.option("--since", type=TIME,
+                     help="From this time: ISO 8601 (naive = UTC), epoch, or 15m / 2h / 7d ago."),
+        click.option("--until", type=TIME, help="Before this time (same forms as --since)."),
         click.option("--principal", help="Only this principal id."),
         click.option("--model", help="Only this model (as requested)."),
         click.option("--status", help="A status (200), a class (4xx) or 'error'."),
@@ -76,7 +77,7 @@ def audit() -> None:
 @click.option("--limit", type=int, default=50, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array of records.")
 @settings_options
-def query(settings: Settings, since: str | None, until: str | None, principal: str | None,
+def query(settings: Settings, since: float | None, until: float | None, principal: str | None,
           model: str | None, status: str | None, text: str | None, limit: int,
           as_json: bool) -> None:
     """Records, newest first (no bodies: see `show`)."""
@@ -227,8 +228,8 @@ def _jsonl_records(paths: tuple[str, ...]) -> Iterator[dict[str, Any]]:
               help="Include request and response bodies.")
 @_filters
 @settings_options
-def export(settings: Settings, fmt: str, output: str | None, bodies: bool, since: str | None,
-           until: str | None, principal: str | None, model: str | None,
+def export(settings: Settings, fmt: str, output: str | None, bodies: bool,
+           since: float | None, until: float | None, principal: str | None, model: str | None,
            status: str | None) -> None:
     """Every matching record, oldest first, with its seq and hashes."""
     filt = _filter(since, until, principal, model, status)

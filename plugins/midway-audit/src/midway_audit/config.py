@@ -8,11 +8,11 @@ from typing import Any
 
 import attrs
 
+from midway.config import ConfigError
 from midway.secrets_ref import resolve
+from midway.timeparse import parse_optional_duration
 
 MiB = 1024 * 1024
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
-_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
 class AuditConfigError(ValueError):
@@ -20,15 +20,12 @@ class AuditConfigError(ValueError):
 
 
 def parse_duration(value: Any, key: str) -> float | None:
-    """``3600``, ``"90m"``, ``"30d"`` → seconds; ``None``/``0``/``""`` → ``None`` (off)."""
-    if value is None or value == "" or value == 0:
-        return None
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    match = _DURATION.match(str(value))
-    if not match:
-        raise AuditConfigError(f"[audit] {key} must be seconds or like '30d', got {value!r}")
-    return float(match.group(1)) * _UNITS[match.group(2)]
+    """``3600``, ``"90m"``, ``"30d"`` → seconds (:mod:`midway.timeparse`); ``None``/``0``/``""``
+    → ``None`` (off)."""
+    try:
+        return parse_optional_duration(value)
+    except ConfigError as exc:
+        raise AuditConfigError(f"[audit] {key}: {exc}") from None
 
 
 @attrs.define

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from midway.services import ServiceKey
 from midway_audit.chain import verify
 from midway_audit.channel import WriterChannel
 from midway_audit.store import Filter, Store
@@ -33,3 +34,7 @@ class AuditService:
     def status(self) -> dict[str, Any]:
         """The writer's state: last committed seq and hash, queue depth, written, dropped."""
         return self.writer.status() if self.writer is not None else {}
+
+
+# What other plugins (the dashboard) look up: midway.services.get(AUDIT).
+AUDIT: ServiceKey[AuditService] = ServiceKey("audit")

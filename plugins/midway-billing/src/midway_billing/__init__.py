@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from midway import Attempt, Exchange, Midway, Response, hookimpl
+from midway.services import ServiceKey
 from midway_billing.config import BillingConfig
 from midway_billing.metrics import BillingMetrics
 from midway_billing.operations import config_check, db_upgrade  # noqa: F401 (hooks)
@@ -18,7 +19,10 @@ from midway_billing.plugin import Billing
 if TYPE_CHECKING:
     import click
 
-__all__ = ["Billing", "BillingConfig"]
+__all__ = ["BILLING", "Billing", "BillingConfig"]
+
+# What other plugins (the dashboard) look up: midway.services.get(BILLING) is a Billing.
+BILLING: ServiceKey[Billing] = ServiceKey("billing")
 
 
 def _billing(midway: Midway | None) -> Billing | None:

@@ -5,47 +5,19 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
-import re
-import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import click
 import orjson
 
-from midway.cli import settings_options
+from midway.cli import TIME, settings_options
 from midway.config import Settings
 from midway_billing.config import BillingConfig
 from midway_billing.plugin import Billing
 from midway_billing.pricing import PriceError
 
 T = TypeVar("T")
-_RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def parse_time(value: str | None) -> float | None:
-    """``2026-11-01``, ``2026-11-01T12:00:00Z``, unix seconds, or ``7d`` / ``12h`` ago."""
-    if not value:
-        return None
-    match = _RELATIVE.match(value.strip())
-    if match:
-        return time.time() - float(match.group(1)) * _UNITS[match.group(2)]
-    try:
-        return float(value)
-    except ValueError:
-        pass
-    try:
-        moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise click.BadParameter(f"not a time: {value!r} (use 2026-11-01, an ISO time, "
-                                 "unix seconds or 7d/12h)") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
-
-
 def _config(settings: Settings) -> BillingConfig:
     try:
         return BillingConfig.from_table(settings.plugin_config("billing"), settings.data_dir)
@@ -81,15 +53,16 @@ def billing_group() -> None:
 @billing_group.command("report")
 @click.option("--by", type=click.Choice(["principal", "team", "project", "model", "day"]),
               default="team", show_default=True)
-@click.option("--since", default=None, help="From this time (ISO, unix seconds, or 7d/12h ago).")
-@click.option("--until", default=None, help="Before this time.")
+@click.option("--since", type=TIME, default=None,
+              help="From this time (ISO, unix seconds, or 7d/12h ago; naive times are UTC).")
+@click.option("--until", type=TIME, default=None, help="Before this time.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array of rows.")
 @click.option("--csv", "as_csv", is_flag=True, help="Print CSV.")
 @settings_options
-def report(settings: Settings, by: str, since: str | None, until: str | None, as_json: bool,
-           as_csv: bool) -> None:
+def report(settings: Settings, by: str, since: float | None, until: float | None,
+           as_json: bool, as_csv: bool) -> None:
     """Totals per group: requests, tokens by kind, cost and saved cost (USD)."""
-    rows = _with_billing(settings, lambda b: b.report(by, parse_time(since), parse_time(until)))
+    rows = _with_billing(settings, lambda b: b.report(by, since, until))
     if as_json:
         click.echo(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
         return

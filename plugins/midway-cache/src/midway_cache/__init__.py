@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from midway import Exchange, Midway, Response, SSEEvent, hookimpl
+from midway.services import ServiceKey
 from midway_cache.config import load_config
 from midway_cache.operations import config_check, db_upgrade  # noqa: F401 (hooks)
 from midway_cache.plugin import Cache
@@ -18,19 +19,21 @@ if TYPE_CHECKING:
     import click
 
 __version__ = "0.1.0"
-__all__ = ["Cache", "__version__"]
+__all__ = ["CACHE", "Cache", "__version__"]
+
+# What other plugins (the dashboard) look up: midway.services.get(CACHE) is a Cache.
+CACHE: ServiceKey[Cache] = ServiceKey("cache")
 
 
 def _cache(midway: Midway | None) -> Cache | None:
-    service = midway.services.get("cache") if midway is not None else None
-    return service if isinstance(service, Cache) else None
+    return midway.services.get(CACHE) if midway is not None else None
 
 
 @hookimpl
 async def startup(midway: Midway) -> None:
     registry = midway.metrics.registry if midway.metrics is not None else None
     cache = Cache(load_config(midway.config("cache")), registry)
-    midway.services["cache"] = cache  # also when disabled: the dashboard shows it
+    midway.services[CACHE] = cache  # also when disabled: the dashboard shows it
     if cache.config.enabled:
         await cache.start(midway)
 

@@ -2,7 +2,8 @@
 
 Live traffic comes from this process's own window of finished requests (``post_response``);
 spend, cache, upstream health and the request list come from the services that the billing,
-cache, router and audit plugins publish in ``midway.services``.
+cache, router and audit plugins publish in ``midway.services`` (under the typed keys they
+export). The plugin's own state is its :class:`Dashboard`, ``midway.services[DASHBOARD]``.
 """
 
 from __future__ import annotations
@@ -10,29 +11,29 @@ from __future__ import annotations
 from aiohttp import web
 
 from midway import hookimpl
+from midway.config import ConfigError
 from midway.context import Midway
 from midway.exchange import Exchange
 from midway.secrets_ref import SecretError, resolve
-from midway_dashboard.app import Dashboard
-from midway_dashboard.config import DashboardConfigError, load_config
+from midway_dashboard.app import DASHBOARD, Dashboard
+from midway_dashboard.config import DashboardConfig
 from midway_dashboard.window import event_from_exchange
 
-SERVICE = "dashboard"
-
-__all__ = ["Dashboard", "config_check", "post_response", "register_routes", "startup"]
+__all__ = ["DASHBOARD", "Dashboard", "DashboardConfig", "config_check", "post_response",
+           "register_routes", "startup"]
 
 
 @hookimpl
 def register_routes(app: web.Application, midway: Midway) -> None:
     dashboard = Dashboard(midway, app)
     dashboard.add_routes(app)
-    midway.services[SERVICE] = dashboard
+    midway.services[DASHBOARD] = dashboard
 
 
 @hookimpl
 def startup(midway: Midway) -> None:
-    dashboard = midway.services.get(SERVICE)
-    if isinstance(dashboard, Dashboard):
+    dashboard = midway.services.get(DASHBOARD)
+    if dashboard is not None:
         dashboard.start()
 
 
@@ -40,8 +41,8 @@ def startup(midway: Midway) -> None:
 def config_check(midway: Midway) -> list[str]:
     problems = []
     try:
-        load_config(midway.config("dashboard"))
-    except DashboardConfigError as exc:
+        midway.options("dashboard", DashboardConfig)
+    except ConfigError as exc:
         problems.append(str(exc))
     ref = midway.settings.admin_key
     if ref:
@@ -56,6 +57,6 @@ def config_check(midway: Midway) -> list[str]:
 def post_response(exchange: Exchange) -> None:
     # trylast: after billing and the cache have annotated the exchange.
     midway = exchange.midway
-    dashboard = midway.services.get(SERVICE) if midway is not None else None
-    if isinstance(dashboard, Dashboard):
+    dashboard = midway.services.get(DASHBOARD) if midway is not None else None
+    if dashboard is not None:
         dashboard.window.add(event_from_exchange(exchange))

@@ -17,13 +17,15 @@ import orjson
 from aiohttp import web
 
 from midway import __version__
+from midway.config import ConfigError
 from midway.context import Midway
 from midway.errors import error_response
 from midway.secrets_ref import resolve
 from midway.server import PROXY_KEY
+from midway.services import ServiceKey
 from midway_dashboard import panels
 from midway_dashboard.access import COOKIE, COOKIE_PATH, Access, Verdict
-from midway_dashboard.config import DashboardConfig, DashboardConfigError, load_config
+from midway_dashboard.config import DashboardConfig
 from midway_dashboard.window import TrafficWindow
 
 PREFIX = "/_midway"
@@ -80,17 +82,20 @@ def json_response(data: Any, status: int = 200) -> web.Response:
 
 
 class Dashboard:
-    """One instance per running midway: the traffic window, the gate, the routes."""
+    """The plugin's state in one running midway: the traffic window, the gate, the routes.
+
+    Built in ``register_routes`` (routes must exist before start-up) and published as
+    ``midway.services[DASHBOARD]``."""
 
     def __init__(self, midway: Midway, app: web.Application) -> None:
         self.midway = midway
         self.app = app
         # Routes are added before start-up, where a bad table can stop midway: keep the error
         # for start() and run on defaults until then.
-        self.config_error: DashboardConfigError | None = None
+        self.config_error: ConfigError | None = None
         try:
-            config = load_config(midway.config("dashboard"))
-        except DashboardConfigError as exc:
+            config = midway.options("dashboard", DashboardConfig)
+        except ConfigError as exc:
             self.config_error = exc
             config = DashboardConfig()
         self.window = TrafficWindow(config.window_seconds, config.max_events)
@@ -367,3 +372,6 @@ def _load_static() -> dict[str, tuple[bytes, str, str]]:
         etag = '"' + hashlib.sha256(body).hexdigest()[:16] + '"'
         files[name] = (body, STATIC_TYPES.get(suffix, STATIC_TYPES[""]), etag)
     return files
+
+
+DASHBOARD: ServiceKey[Dashboard] = ServiceKey("dashboard")

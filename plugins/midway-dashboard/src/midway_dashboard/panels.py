@@ -9,10 +9,32 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from midway.context import Midway
+from midway.services import ServiceKey
+
+# Each panel reads its provider's service by the typed key that plugin exports. The dashboard
+# depends on no other plugin: without one, the key is its bare name (a key is its name), no
+# service is published under it, and the panel says "not installed".
+try:
+    from midway_audit import AUDIT
+except ImportError:
+    AUDIT = ServiceKey("audit")
+try:
+    from midway_billing import BILLING
+except ImportError:
+    BILLING = ServiceKey("billing")
+try:
+    from midway_cache import CACHE
+except ImportError:
+    CACHE = ServiceKey("cache")
+try:
+    from midway_router import ROUTER
+except ImportError:
+    ROUTER = ServiceKey("router")
 
 log = logging.getLogger("midway.dashboard")
 
@@ -43,19 +65,18 @@ def not_installed(midway: Midway, name: str) -> dict[str, Any]:
     return {"installed": False, **availability(midway)[name]}
 
 
-async def call(midway: Midway, service: str, method: str, *args: Any, **kwargs: Any) -> Any:
-    """Call ``midway.services[service].method`` (sync or async), bounded in time."""
-    obj = midway.services[service]
+async def call(label: str, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call a service's ``method`` (sync or async), bounded in time; ``label`` names it in
+    errors (``"billing.report"``)."""
     try:
-        result = getattr(obj, method)(*args, **kwargs)
+        result = method(*args, **kwargs)
         if inspect.isawaitable(result):
             result = await asyncio.wait_for(result, SERVICE_TIMEOUT)
     except TimeoutError:
-        raise ServiceError(f"{service}.{method} did not answer within {SERVICE_TIMEOUT:g} s"
-                           ) from None
+        raise ServiceError(f"{label} did not answer within {SERVICE_TIMEOUT:g} s") from None
     except Exception as exc:
-        log.exception("dashboard: %s.%s failed", service, method)
-        raise ServiceError(f"{service}.{method} failed: {type(exc).__name__}") from exc
+        log.exception("dashboard: %s failed", label)
+        raise ServiceError(f"{label} failed: {type(exc).__name__}") from exc
     return result
 
 
@@ -64,20 +85,22 @@ SPEND_BUCKETS = {"hour": timedelta(days=2), "day": timedelta(days=30)}
 
 
 async def spend(midway: Midway, by: str, bucket: str) -> dict[str, Any]:
-    if "billing" not in midway.services:
-        return not_installed(midway, "billing")
+    if BILLING not in midway.services:
+        return not_installed(midway, BILLING)
+    billing = midway.services[BILLING]
     since = datetime.now(UTC) - SPEND_BUCKETS[bucket]
-    series = await call(midway, "billing", "spend_series", bucket=bucket, by=by, since=since)
-    report = await call(midway, "billing", "report", by, since=since)
-    budgets = await call(midway, "billing", "budgets")
+    series = await call("billing.spend_series", billing.spend_series, bucket=bucket, by=by,
+                        since=since.timestamp())
+    report = await call("billing.report", billing.report, by, since=since.timestamp())
+    budgets = await call("billing.budgets", billing.budgets)
     return {"installed": True, "by": by, "bucket": bucket, "since": since,
             "series": list(series), "report": list(report), "budgets": list(budgets)}
 
 
 async def cache(midway: Midway) -> dict[str, Any]:
-    if "cache" not in midway.services:
-        return not_installed(midway, "cache")
-    stats = dict(await call(midway, "cache", "stats"))
+    if CACHE not in midway.services:
+        return not_installed(midway, CACHE)
+    stats = dict(await call("cache.stats", midway.services[CACHE].stats))
     hits, misses = stats.get("hits") or 0, stats.get("misses") or 0
     looked = hits + misses
     return {"installed": True, "stats": stats,
@@ -85,20 +108,21 @@ async def cache(midway: Midway) -> dict[str, Any]:
 
 
 async def upstreams(midway: Midway) -> dict[str, Any]:
-    if "router" not in midway.services:
-        return not_installed(midway, "router")
-    return {"installed": True, "status": list(await call(midway, "router", "status"))}
+    if ROUTER not in midway.services:
+        return not_installed(midway, ROUTER)
+    status = await call("router.status", midway.services[ROUTER].status)
+    return {"installed": True, "status": list(status)}
 
 
 async def requests(midway: Midway, filters: dict[str, Any], limit: int) -> dict[str, Any]:
-    if "audit" not in midway.services:
-        return not_installed(midway, "audit")
-    rows = await call(midway, "audit", "query", limit=limit, **filters)
+    if AUDIT not in midway.services:
+        return not_installed(midway, AUDIT)
+    rows = await call("audit.query", midway.services[AUDIT].query, limit=limit, **filters)
     return {"installed": True, "rows": list(rows)}
 
 
 async def request_record(midway: Midway, request_id: str) -> dict[str, Any]:
-    if "audit" not in midway.services:
-        return not_installed(midway, "audit")
-    record = await call(midway, "audit", "get", request_id)
+    if AUDIT not in midway.services:
+        return not_installed(midway, AUDIT)
+    record = await call("audit.get", midway.services[AUDIT].get, request_id)
     return {"installed": True, "record": record}

@@ -1,12 +1,11 @@
 """midway-router: routing rules, fallback chains and pooled API keys under rate limits.
 
-Every hook finds this instance's :class:`~midway_router.router.Router` in
-``midway.services["router"]``, so several midway instances can share one process.
+The plugin's state in one running midway is its :class:`~midway_router.router.Router`, built
+from the ``[router]`` table at start-up and published as ``midway.services[ROUTER]``; every
+hook finds it there through the ``midway`` instance, so several instances can share a process.
 """
 
 from __future__ import annotations
-
-import weakref
 
 import click
 from aiohttp import web
@@ -16,49 +15,38 @@ from midway.exchange import Attempt
 from midway_router import routes
 from midway_router.metrics import RouterMetrics
 from midway_router.operations import config_check  # noqa: F401 (hook)
-from midway_router.router import Router
-from midway_router.settings import RouterConfigError, parse
+from midway_router.router import ROUTER, Router
+from midway_router.settings import RouterSettings
 from midway_router.status import SnapshotWriter
 
-__all__ = ["Router", "RouterConfigError"]
-
-_metrics: weakref.WeakKeyDictionary[Midway, RouterMetrics] = weakref.WeakKeyDictionary()
-_writers: weakref.WeakKeyDictionary[Midway, SnapshotWriter] = weakref.WeakKeyDictionary()
+__all__ = ["ROUTER", "Router", "RouterSettings"]
 
 
 def _router(exchange: Exchange) -> Router | None:
     midway = exchange.midway
-    if midway is None:
-        return None
-    router: Router | None = midway.services.get("router")
+    router = midway.services.get(ROUTER) if midway is not None else None
     return router if router is not None and router.active else None
 
 
 @hookimpl
-def register_metrics(midway: Midway) -> None:
-    if midway.metrics is not None:
-        _metrics[midway] = RouterMetrics(midway.metrics.registry)
-
-
-@hookimpl
 async def startup(midway: Midway) -> None:
-    router = Router(parse(midway.config("router")), _metrics.get(midway))
+    metrics = RouterMetrics(midway.metrics.registry) if midway.metrics is not None else None
+    router = Router(midway.options("router", RouterSettings), metrics)
     await router.shared.start(router.apply)
-    midway.services["router"] = router
+    midway.services[ROUTER] = router
     if router.active:
-        writer = SnapshotWriter(router, midway.data_dir, midway.worker_index)
-        _writers[midway] = writer
-        writer.start()
+        router.snapshots = SnapshotWriter(router, midway.data_dir, midway.worker_index)
+        router.snapshots.start()
 
 
 @hookimpl
 async def shutdown(midway: Midway) -> None:
-    writer = _writers.pop(midway, None)
-    if writer is not None:
-        await writer.stop()
-    router: Router | None = midway.services.get("router")
-    if router is not None:
-        await router.shared.close()
+    router = midway.services.pop(ROUTER, None)
+    if router is None:
+        return
+    if router.snapshots is not None:
+        await router.snapshots.stop()
+    await router.shared.close()
 
 
 @hookimpl
@@ -97,5 +85,3 @@ def register_commands(cli: click.Group) -> None:
     from midway_router.commands import router_group
 
     cli.add_command(router_group)
-
-

@@ -10,10 +10,11 @@ import click
 import orjson
 
 from midway.cli import settings_options
-from midway.config import Settings
+from midway.config import ConfigError, Settings
 from midway.secrets_ref import resolve
 from midway_router import status as snapshots
 from midway_router.routes import PATH
+from midway_router.settings import RouterSettings
 
 
 @click.group("router")
@@ -48,11 +49,12 @@ async def _rows(settings: Settings, url: str | None) -> list[dict[str, Any]]:
                 raise click.ClickException(f"{url} answered {resp.status}")
             rows: list[dict[str, Any]] = await resp.json()
             return rows
-    config = settings.plugin_config("router")
-    state = config.get("state")
-    if state:
-        found = await snapshots.read_redis(str(state),
-                                           str(config.get("state_prefix", "midway:router")))
+    try:
+        config = settings.options("router", RouterSettings)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    if config.state:
+        found = await snapshots.read_redis(config.state, config.state_prefix)
     else:
         found = snapshots.read_files(settings.data_dir)
     return snapshots.merge(found)

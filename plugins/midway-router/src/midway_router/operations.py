@@ -6,12 +6,12 @@ from __future__ import annotations
 from midway import Midway, hookimpl
 from midway.storecheck import check_redis
 from midway_router import pool
-from midway_router.settings import parse
+from midway_router.settings import RouterSettings
 
 
 @hookimpl
 async def config_check(midway: Midway) -> list[str]:
-    settings = parse(midway.config("router"))  # invalid upstreams or rules raise
+    settings = midway.options("router", RouterSettings)  # invalid upstreams or rules raise
     for spec in settings.upstreams:
         pool.build(spec)  # resolves credentials: a missing variable or file raises
     if settings.state is None:

@@ -8,13 +8,14 @@ import logging
 import math
 import random
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from midway import MidwayError, Retry, Upstream
 from midway.annotations import ROUTE, UPSTREAM_KEY
 from midway.exchange import STREAM_FAILURES, Attempt, Exchange
+from midway.services import ServiceKey
 from midway_router import pool, shared
 from midway_router.affinity import AffinityMap
 from midway_router.budget import RetryBudget
@@ -23,6 +24,9 @@ from midway_router.pool import KeyState, UpstreamState
 from midway_router.ratelimit import exhausted_until, read_limits, retry_after
 from midway_router.rules import Facts, RuleTable, background_pattern
 from midway_router.settings import RouterSettings, RuleSpec, TargetSpec
+
+if TYPE_CHECKING:
+    from midway_router.status import SnapshotWriter
 
 log = logging.getLogger("midway.router")
 
@@ -44,7 +48,8 @@ class RequestState:
 
 
 class Router:
-    """One instance's router. Published as ``midway.services["router"]``."""
+    """One instance's router: the plugin's whole per-instance state, published as
+    ``midway.services[ROUTER]`` at start-up (the dashboard reads :meth:`status`)."""
 
     def __init__(self, settings: RouterSettings, metrics: RouterMetrics | None = None) -> None:
         self.settings = settings
@@ -53,12 +58,13 @@ class Router:
             spec.name: pool.build(spec) for spec in settings.upstreams}
         self._by_fp: dict[tuple[str, str | None], KeyState] = {
             (name, key.fp): key for name, up in self.upstreams.items() for key in up.keys}
-        self.rules = RuleTable(settings.rules)
+        self.rules = RuleTable(settings.routing_rules())
         self.background = background_pattern(settings.background_models)
         self.affinity = AffinityMap(settings.affinity_ttl, settings.affinity_max)
         self.budget = RetryBudget(settings.retry_ratio, settings.min_retries_per_second)
         self.shared: shared.MemoryState | shared.RedisState = shared.make(
             settings.state, settings.state_prefix)
+        self.snapshots: SnapshotWriter | None = None  # set at start-up when routing
         if metrics is not None:
             metrics.watch_keys(self.status)
 
@@ -359,3 +365,6 @@ def _vendor_model(models: tuple[tuple[str, str], ...], model: str | None) -> str
         if fnmatch.fnmatchcase(model, pattern):
             return vendor
     return None
+
+
+ROUTER: ServiceKey[Router] = ServiceKey("router")

@@ -8,6 +8,7 @@ from aiohttp import web
 from midway.access import local_or_admin
 from midway.context import Midway
 from midway.errors import error_response
+from midway_router.router import ROUTER
 
 PATH = "/_midway/router/status"
 
@@ -17,7 +18,7 @@ def add(app: web.Application, midway: Midway) -> None:
         if not local_or_admin(request, midway):
             return error_response(403, "router status is served to loopback clients or with "
                                    "the admin key")
-        router = midway.services.get("router")
+        router = midway.services.get(ROUTER)
         return web.json_response(router.status() if router is not None else [])
 
     app.router.add_get(PATH, status)

@@ -7,20 +7,18 @@ Credentials stay references (literal, ``env:NAME``, ``file:PATH``) here; they ar
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 
+from midway.config import ConfigError
+from midway.options import load_table, option
+
 KINDS = ("anthropic", "openai", "bedrock")
 BALANCES = ("weighted", "least-busy", "ordered")
-AFFINITIES = ("session", "principal", "none")
 # Claude Code's small/fast model (titles, summaries, quota probes) is a Haiku.
 BACKGROUND_MODELS = ("claude-3-5-haiku*", "claude-haiku-*", "*-haiku-*")
 DEFAULT_URLS = {"anthropic": "https://api.anthropic.com", "openai": "https://api.openai.com"}
-
-
-class RouterConfigError(ValueError):
-    """The ``[router]`` table cannot be used; the message says where."""
 
 
 @attrs.frozen
@@ -75,37 +73,6 @@ class RuleSpec:
     balance: str = "weighted"
 
 
-@attrs.frozen
-class RouterSettings:
-    upstreams: tuple[UpstreamSpec, ...]
-    rules: tuple[RuleSpec, ...]  # the default rule (no match) is last
-    state: str | None = None  # redis://... shares key health across instances
-    state_prefix: str = "midway:router"
-    affinity: str = "session"
-    affinity_header: str = "x-claude-code-session-id"
-    affinity_ttl: float = 3600.0
-    affinity_max: int = 100_000
-    background_models: tuple[str, ...] = BACKGROUND_MODELS
-    max_retries: int = 4
-    retry_ratio: float = 0.2  # retries may add this fraction of recent requests...
-    min_retries_per_second: float = 5.0  # ...plus this floor
-    backoff_base: float = 0.05
-    backoff_max: float = 2.0
-    rest_base: float = 1.0
-    rest_max: float = 300.0
-    disable_for: float = 900.0
-    down_base: float = 5.0
-    down_max: float = 60.0
-    down_after_5xx: int = 3
-    status_interval: float = 1.0
-
-    def upstream(self, name: str) -> UpstreamSpec:
-        for spec in self.upstreams:
-            if spec.name == name:
-                return spec
-        raise KeyError(name)
-
-
 def _strs(value: Any, where: str) -> tuple[str, ...]:
     if value is None:
         return ()
@@ -113,13 +80,13 @@ def _strs(value: Any, where: str) -> tuple[str, ...]:
         return (value,)
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         return tuple(value)
-    raise RouterConfigError(f"{where} must be a string or a list of strings")
+    raise ConfigError(f"{where} must be a string or a list of strings")
 
 
 def _bool(value: Any, where: str) -> bool | None:
     if value is None or isinstance(value, bool):
         return value
-    raise RouterConfigError(f"{where} must be true or false")
+    raise ConfigError(f"{where} must be true or false")
 
 
 def _int(value: Any, where: str) -> int | None:
@@ -127,56 +94,56 @@ def _int(value: Any, where: str) -> int | None:
         return None
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return value
-    raise RouterConfigError(f"{where} must be a non-negative integer")
+    raise ConfigError(f"{where} must be a non-negative integer")
 
 
 def _number(table: Mapping[str, Any], key: str, default: float, where: str) -> float:
     value = table.get(key, default)
     if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
         return float(value)
-    raise RouterConfigError(f"{where}.{key} must be a non-negative number")
+    raise ConfigError(f"{where}.{key} must be a non-negative number")
 
 
 def _table(value: Any, where: str) -> Mapping[str, Any]:
     if isinstance(value, Mapping):
         return value
-    raise RouterConfigError(f"{where} must be a table")
+    raise ConfigError(f"{where} must be a table")
 
 
 def _upstream(raw: Any, index: int) -> UpstreamSpec:
-    where = f"[[router.upstreams]] #{index + 1}"
+    where = f"#{index + 1}"
     table = _table(raw, where)
     name = table.get("name")
     if not isinstance(name, str) or not name:
-        raise RouterConfigError(f"{where} needs a name")
-    where = f"router upstream {name!r}"
+        raise ConfigError(f"{where} needs a name")
+    where = f"upstream {name!r}"
     kind = table.get("kind", "anthropic")
     if kind not in KINDS:
-        raise RouterConfigError(f"{where}: kind must be one of {', '.join(KINDS)}")
+        raise ConfigError(f"{where}: kind must be one of {', '.join(KINDS)}")
     region = table.get("region")
     if kind == "bedrock":
         if not isinstance(region, str):
-            raise RouterConfigError(f"{where}: a bedrock upstream needs a region")
+            raise ConfigError(f"{where}: a bedrock upstream needs a region")
         url = table.get("url") or f"https://bedrock-runtime.{region}.amazonaws.com"
     else:
         url = table.get("url") or DEFAULT_URLS[kind]
     if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-        raise RouterConfigError(f"{where}: url must be an http(s) URL")
+        raise ConfigError(f"{where}: url must be an http(s) URL")
     keys = _strs(table.get("keys", table.get("key")), f"{where}: keys")
     aws = []
     for i, cred in enumerate(table.get("credentials") or ()):
         cred = _table(cred, f"{where}: credentials #{i + 1}")
         if "access_key_id" not in cred or "secret_access_key" not in cred:
-            raise RouterConfigError(f"{where}: credentials #{i + 1} needs access_key_id and "
+            raise ConfigError(f"{where}: credentials #{i + 1} needs access_key_id and "
                                     "secret_access_key")
         token = cred.get("session_token")
         aws.append(AwsCredential(str(cred["access_key_id"]), str(cred["secret_access_key"]),
                                  str(token) if token is not None else None))
     if kind == "bedrock" and not aws:
-        raise RouterConfigError(f"{where}: a bedrock upstream needs [[credentials]]")
+        raise ConfigError(f"{where}: a bedrock upstream needs [[credentials]]")
     auth = table.get("auth", "x-api-key")
     if auth not in ("x-api-key", "bearer"):
-        raise RouterConfigError(f"{where}: auth must be 'x-api-key' or 'bearer'")
+        raise ConfigError(f"{where}: auth must be 'x-api-key' or 'bearer'")
     headers = {str(k): str(v) for k, v in _table(table.get("headers", {}), where).items()}
     models_raw = table.get("models", {})
     if isinstance(models_raw, str):
@@ -185,7 +152,7 @@ def _upstream(raw: Any, index: int) -> UpstreamSpec:
     weight = _number(table, "weight", 1.0, where)
     max_tokens_field = table.get("max_tokens_field", "max_tokens")
     if max_tokens_field not in ("max_tokens", "max_completion_tokens"):
-        raise RouterConfigError(f"{where}: max_tokens_field must be 'max_tokens' or "
+        raise ConfigError(f"{where}: max_tokens_field must be 'max_tokens' or "
                                 "'max_completion_tokens'")
     return UpstreamSpec(name=name, kind=kind, url=url, keys=keys, aws=tuple(aws),
                         region=region, auth=auth, headers=headers, models=models,
@@ -198,7 +165,7 @@ def _target(raw: Any, where: str, model: str | None = None) -> TargetSpec:
     table = _table(raw, where)
     upstream = table.get("upstream")
     if not isinstance(upstream, str):
-        raise RouterConfigError(f"{where}: a target needs an upstream name")
+        raise ConfigError(f"{where}: a target needs an upstream name")
     weight = table.get("weight")
     if weight is not None:
         weight = _number(table, "weight", 1.0, where)
@@ -212,7 +179,7 @@ def _match(raw: Any, where: str) -> Match:
              "max_input_tokens", "thinking", "tools", "background"}
     unknown = set(table) - known
     if unknown:
-        raise RouterConfigError(f"{where}: unknown match key(s) {', '.join(sorted(unknown))}")
+        raise ConfigError(f"{where}: unknown match key(s) {', '.join(sorted(unknown))}")
     headers = tuple((str(k).lower(), str(v))
                     for k, v in _table(table.get("headers", {}), f"{where}.headers").items())
     return Match(models=_strs(table.get("model"), f"{where}.model"),
@@ -227,10 +194,10 @@ def _match(raw: Any, where: str) -> Match:
                  background=_bool(table.get("background"), f"{where}.background"))
 
 
-def _rule(table: Mapping[str, Any], name: str, where: str, with_match: bool = True) -> RuleSpec:
+def _rule(table: Mapping[str, Any], name: str, where: str) -> RuleSpec:
     model = table.get("model")
     if model is not None and not isinstance(model, str):
-        raise RouterConfigError(f"{where}: model (the rewrite) must be a string")
+        raise ConfigError(f"{where}: model (the rewrite) must be a string")
     targets: list[TargetSpec] = []
     if "target" in table:
         targets.append(_target(table["target"], f"{where}.target", model))
@@ -240,8 +207,8 @@ def _rule(table: Mapping[str, Any], name: str, where: str, with_match: bool = Tr
                      for i, raw in enumerate(_as_list(table.get("fallback"))))
     balance = table.get("balance", "weighted")
     if balance not in BALANCES:
-        raise RouterConfigError(f"{where}: balance must be one of {', '.join(BALANCES)}")
-    match = _match(table.get("match"), f"{where}.match") if with_match else Match()
+        raise ConfigError(f"{where}: balance must be one of {', '.join(BALANCES)}")
+    match = _match(table.get("match"), f"{where}.match")
     return RuleSpec(name=name, match=match, targets=tuple(targets), fallback=fallback,
                     balance=balance)
 
@@ -252,58 +219,128 @@ def _as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
 
 
-def parse(config: Mapping[str, Any]) -> RouterSettings:
-    """Check the ``[router]`` table and build :class:`RouterSettings`."""
-    upstreams = tuple(_upstream(raw, i) for i, raw in enumerate(config.get("upstreams") or ()))
+def _upstreams(value: Any) -> tuple[UpstreamSpec, ...]:
+    upstreams = tuple(_upstream(raw, i) for i, raw in enumerate(_as_list(value)))
     names = [u.name for u in upstreams]
     if len(set(names)) != len(names):
-        raise RouterConfigError("router upstream names must be unique")
+        raise ConfigError("upstream names must be unique")
+    return upstreams
+
+
+def _rules(value: Any) -> tuple[RuleSpec, ...]:
     rules = []
-    for i, raw in enumerate(config.get("rules") or ()):
-        table = _table(raw, f"[[router.rules]] #{i + 1}")
+    for i, raw in enumerate(_as_list(value)):
+        table = _table(raw, f"#{i + 1}")
         name = str(table.get("name") or f"rule{i + 1}")
-        rule = _rule(table, name, f"router rule {name!r}")
+        known = {"name", "match", "model", "target", "targets", "fallback", "balance"}
+        unknown = set(table) - known
+        if unknown:
+            raise ConfigError(f"rule {name!r}: unknown key(s) {', '.join(sorted(unknown))}")
+        rule = _rule(table, name, f"rule {name!r}")
         if not rule.targets:
-            raise RouterConfigError(f"router rule {name!r} needs a target or targets")
+            raise ConfigError(f"rule {name!r} needs a target or targets")
         rules.append(rule)
-    if upstreams:
-        default = _rule(config, "default", "[router]", with_match=False)
-        if not default.targets:
-            default = attrs.evolve(default, targets=(TargetSpec(upstream=upstreams[0].name),))
-        rules.append(default)
-    for rule in rules:
-        for target in (*rule.targets, *rule.fallback):
-            if target.upstream not in names:
-                raise RouterConfigError(f"router rule {rule.name!r} names unknown upstream "
-                                        f"{target.upstream!r}")
-    affinity = config.get("affinity", "session")
-    if affinity not in AFFINITIES:
-        raise RouterConfigError(f"[router] affinity must be one of {', '.join(AFFINITIES)}")
-    state = config.get("state")
-    if state is not None and (not isinstance(state, str) or
-                              not state.startswith(("redis://", "rediss://", "unix://"))):
-        raise RouterConfigError("[router] state must be a redis:// URL (or absent: in memory)")
-    max_retries = _int(config.get("max_retries", 4), "[router] max_retries")
-    where = "[router]"
-    return RouterSettings(
-        upstreams=upstreams, rules=tuple(rules), state=state,
-        state_prefix=str(config.get("state_prefix", "midway:router")),
-        affinity=affinity,
-        affinity_header=str(config.get("affinity_header", "x-claude-code-session-id")).lower(),
-        affinity_ttl=_number(config, "affinity_ttl", 3600.0, where),
-        affinity_max=int(_number(config, "affinity_max", 100_000, where)),
-        background_models=_strs(config.get("background_models"), "[router] background_models")
-        or BACKGROUND_MODELS,
-        max_retries=max_retries if max_retries is not None else 4,
-        retry_ratio=_number(config, "retry_ratio", 0.2, where),
-        min_retries_per_second=_number(config, "min_retries_per_second", 5.0, where),
-        backoff_base=_number(config, "backoff_base", 0.05, where),
-        backoff_max=_number(config, "backoff_max", 2.0, where),
-        rest_base=_number(config, "rest_base", 1.0, where),
-        rest_max=_number(config, "rest_max", 300.0, where),
-        disable_for=_number(config, "disable_for", 900.0, where),
-        down_base=_number(config, "down_base", 5.0, where),
-        down_max=_number(config, "down_max", 60.0, where),
-        down_after_5xx=int(_number(config, "down_after_5xx", 3, where)),
-        status_interval=_number(config, "status_interval", 1.0, where),
-    )
+    return tuple(rules)
+
+
+def _default_target(value: Any) -> TargetSpec | None:
+    return None if value is None else _target(value, "target")
+
+
+def _targets(value: Any) -> tuple[TargetSpec, ...]:
+    return tuple(_target(raw, f"#{i + 1}") for i, raw in enumerate(_as_list(value)))
+
+
+def _state(value: Any) -> str | None:
+    if value is None or (isinstance(value, str) and
+                         value.startswith(("redis://", "rediss://", "unix://"))):
+        return value
+    raise ConfigError("expected a redis:// URL (or nothing: state in memory)")
+
+
+def _header(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"expected a header name, got {value!r}")
+    return value.lower()
+
+
+def _background(value: Any) -> tuple[str, ...]:
+    return _strs(value, "globs") or BACKGROUND_MODELS
+
+
+@attrs.frozen
+class RouterSettings:
+    """The ``[router]`` table (docs/router.md). The default rule's keys (``target``,
+    ``targets``, ``model``, ``fallback``, ``balance``) sit at the top of the table."""
+
+    upstreams: tuple[UpstreamSpec, ...] = option(
+        (), converter=_upstreams, help="[[router.upstreams]]: where requests may go, with "
+        "their pooled keys (none: the router is off)")
+    rules: tuple[RuleSpec, ...] = option(
+        (), converter=_rules, help="[[router.rules]]: tried in order, the first match picks "
+        "the targets")
+    target: TargetSpec | None = option(
+        None, converter=_default_target,
+        help="the default rule's target (default: the first upstream)")
+    targets: tuple[TargetSpec, ...] = option(
+        (), converter=_targets, help="the default rule's balanced targets")
+    model: str | None = option(None, help="the default rule's model rewrite")
+    fallback: tuple[TargetSpec, ...] = option(
+        (), converter=_targets, help="the default rule's fallbacks, tried in order")
+    balance: Literal["weighted", "least-busy", "ordered"] = option(
+        "weighted", help="how the default rule spreads requests over its targets")
+    state: str | None = option(None, converter=_state,
+                               help="redis://…: share key health between instances")
+    state_prefix: str = option("midway:router", help="Redis key prefix")
+    affinity: Literal["session", "principal", "none"] = option(
+        "session", help="keep a session (header) or principal on one key and upstream")
+    affinity_header: str = option("x-claude-code-session-id", converter=_header,
+                                  help="the session header")
+    affinity_ttl: float = option(3600.0, ge=0, help="seconds a session is remembered")
+    affinity_max: int = option(100_000, ge=0, help="sessions remembered at most")
+    background_models: tuple[str, ...] = option(
+        BACKGROUND_MODELS, converter=_background,
+        help="globs of Claude Code's small/fast model (match = { background = true })")
+    max_retries: int = option(4, ge=0, help="retries per request")
+    retry_ratio: float = option(0.2, ge=0, help="retries may add this fraction of the "
+                                "requests of the last 10 s...")
+    min_retries_per_second: float = option(5.0, ge=0, help="...plus this floor")
+    backoff_base: float = option(0.05, ge=0, help="first delay between attempts, seconds")
+    backoff_max: float = option(2.0, ge=0, help="longest delay between attempts, seconds")
+    rest_base: float = option(1.0, ge=0, help="a key's rest without retry-after, seconds")
+    rest_max: float = option(300.0, ge=0, help="the longest rest, seconds")
+    disable_for: float = option(900.0, ge=0, help="seconds a key is out after 401/403")
+    down_base: float = option(5.0, ge=0, help="seconds an unreachable upstream is skipped")
+    down_max: float = option(60.0, ge=0, help="the longest skip, seconds")
+    down_after_5xx: int = option(3, ge=0, help="5xx answers in a row that mark it down")
+    status_interval: float = option(1.0, ge=0, help="seconds between status snapshots")
+
+    def __attrs_post_init__(self) -> None:
+        names = {u.name for u in self.upstreams}
+        for rule in self.routing_rules():
+            for target in (*rule.targets, *rule.fallback):
+                if target.upstream not in names:
+                    raise ConfigError(f"[router] rule {rule.name!r} names unknown upstream "
+                                      f"{target.upstream!r}")
+
+    def routing_rules(self) -> tuple[RuleSpec, ...]:
+        """The rules in order, then the default rule (when there are upstreams)."""
+        if not self.upstreams:
+            return self.rules
+        targets = (*(() if self.target is None else (self.target,)), *self.targets)
+        targets = tuple(t if t.model is not None else attrs.evolve(t, model=self.model)
+                        for t in targets) or (TargetSpec(upstream=self.upstreams[0].name),)
+        default = RuleSpec(name="default", match=Match(), targets=targets,
+                           fallback=self.fallback, balance=self.balance)
+        return (*self.rules, default)
+
+    def upstream(self, name: str) -> UpstreamSpec:
+        for spec in self.upstreams:
+            if spec.name == name:
+                return spec
+        raise KeyError(name)
+
+
+def parse(table: Mapping[str, Any] | None) -> RouterSettings:
+    """The ``[router]`` table as given (no environment overrides), e.g. in tests."""
+    return load_table(RouterSettings, "router", table)

@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from midway_router.settings import RouterConfigError
+from midway.config import ConfigError
 
 log = logging.getLogger("midway.router")
 
@@ -49,7 +49,7 @@ class RedisState:
         try:
             import redis.asyncio as aioredis
         except ImportError:
-            raise RouterConfigError("[router] state is a Redis URL but the redis package is "
+            raise ConfigError("[router] state is a Redis URL but the redis package is "
                                     "missing: pip install 'midway-router[redis]'") from None
 
         self.url = url

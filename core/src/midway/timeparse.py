@@ -1,0 +1,77 @@
+"""Durations and instants as people write them in config and on the command line.
+
+One grammar for every plugin: a duration is seconds (``90``, ``1.5``) or a number with a unit
+(``90s``, ``30m``, ``12h``, ``7d``, ``2w``); an instant is an ISO 8601 date or date-time, unix
+seconds, or a duration meaning "that long ago". A timestamp without a zone means UTC.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import UTC, datetime
+
+from midway.config import ConfigError
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw]?)")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+DURATION_FORMS = "seconds or a number with a unit, e.g. 90s, 30m, 12h, 7d, 2w"
+TIME_FORMS = "an ISO date or date-time, unix seconds, or e.g. 15m, 2h, 7d ago"
+
+
+def parse_duration(value: object) -> float:
+    """Seconds in ``value``: a non-negative number, or text like ``"90s"``, ``"30m"``, ``"7d"``.
+
+    :raises ConfigError: saying which forms are accepted.
+    """
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if value >= 0:
+            return float(value)
+    elif isinstance(value, str):
+        match = _DURATION.fullmatch(value.strip().lower())
+        if match is not None:
+            return float(match.group(1)) * _UNITS[match.group(2)]
+    raise ConfigError(f"expected a duration ({DURATION_FORMS}), got {value!r}")
+
+
+def parse_optional_duration(value: object) -> float | None:
+    """Like :func:`parse_duration`, but ``None``, ``""`` and ``0`` mean "off" (``None``)."""
+    if value is None or value == "" or value == 0:
+        return None
+    return parse_duration(value)
+
+
+def parse_time(value: object, *, now: float | None = None) -> float | None:
+    """Unix seconds of an instant; ``None`` or ``""`` give ``None`` (no bound).
+
+    Accepts a :class:`~datetime.datetime`, unix seconds (number or text), an ISO 8601 date
+    (``2026-11-01``) or date-time (``2026-11-01T12:00:00Z``, ``…+02:00``), or a duration meaning
+    that long before ``now`` (``"15m"``, ``"2h"``, ``"7d"``). Naive dates and times are UTC.
+
+    :raises ConfigError: naming the accepted forms.
+    """
+    if value is None or value == "":
+        return None
+    if isinstance(value, datetime):
+        return _utc(value).timestamp()
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, str):
+        raise ConfigError(f"expected a time ({TIME_FORMS}), got {value!r}")
+    text = value.strip()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    match = _DURATION.fullmatch(text.lower())
+    if match is not None and match.group(2):
+        return (time.time() if now is None else now) - parse_duration(text)
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise ConfigError(f"expected a time ({TIME_FORMS}), got {text[:60]!r}") from None
+    return _utc(moment).timestamp()
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
