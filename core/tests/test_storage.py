@@ -156,6 +156,31 @@ def test_statement_helpers(store: StoreURL, schema_name: str) -> None:
     with_db(store, schema_name, test)
 
 
+def test_a_unit_that_need_not_be_durable(store: StoreURL, schema_name: str) -> None:
+    """``durable=False`` relaxes that one commit (no fsync / no WAL flush wait), then the
+    store's own level is back; the unit still commits."""
+    async def main() -> None:
+        db = open_database(store, schema=schema_name, synchronous="full")
+        await db.open(SCHEMA)
+        try:
+            show = "PRAGMA synchronous" if db.dialect == "sqlite" else "SHOW synchronous_commit"
+
+            async def level(tx: Tx) -> str:
+                await tx.execute("INSERT INTO counters (key, n) VALUES (?, 1) "
+                                 "ON CONFLICT (key) DO UPDATE SET n = counters.n + 1", "k")
+                return str(await tx.fetchval(show))
+
+            levels = [await db.run(level), await db.run(level, durable=False),
+                      await db.run(level)]
+            full, relaxed = ("2", "1") if db.dialect == "sqlite" else ("on", "off")
+            assert levels == [full, relaxed, full]
+            assert await db.fetchval("SELECT n FROM counters WHERE key = ?", "k") == 3
+        finally:
+            await db.close()
+
+    asyncio.run(main())
+
+
 def test_migration_adds_columns_and_indexes(store: StoreURL, schema_name: str) -> None:
     async def test(db: Database) -> None:
         await db.execute("INSERT INTO counters (key, n) VALUES (?, ?)", "old", 7)

@@ -23,10 +23,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from midway.testing import Reply, RunningMidway, wait_for
-from midway_audit import ring
 from midway_audit.config import MiB
-from midway_audit.frames import HEADER
-from midway_audit.ring import DATA, RingReader, RingWriter
+from midway_audit.handoff import ring
+from midway_audit.handoff.frames import HEADER
+from midway_audit.handoff.ring import DATA, RingReader, RingWriter
 
 # -- the ring on its own -----------------------------------------------------------------------
 
@@ -386,9 +386,9 @@ def test_an_intent_that_finds_the_ring_full_holds_its_request_until_it_is_in(tmp
     """An intent must be in the ring before its request goes upstream (the ring outlives the
     relay, the relay's memory does not): with the ring full, ``upstream_request`` waits."""
     from midway.testing import make_exchange
-    from midway_audit.channel import WriterChannel
     from midway_audit.config import AuditConfig
-    from midway_audit.intents import intent_meta
+    from midway_audit.handoff.channel import WriterChannel
+    from midway_audit.handoff.intents import intent_meta
     from midway_audit.record import capture
 
     async def main() -> None:

@@ -63,7 +63,7 @@ def test_unreachable_postgres_and_bad_config(tmp_path, monkeypatch):
     assert "unreachable" in problem and "hunter2" not in problem  # the password is masked
     code, out = run(tmp_path, monkeypatch, ["config", "check", "--json"],
                     '[audit]\nstore = "mysql://x"\n')
-    assert code == 1 and "store must be" in audit_problems(out)[0]
+    assert code == 1 and "unknown scheme" in audit_problems(out)[0]
 
 
 def test_sqlite_store_checked_and_created(tmp_path, monkeypatch):
@@ -75,3 +75,24 @@ def test_sqlite_store_checked_and_created(tmp_path, monkeypatch):
     assert code == 0 and "created" in out and (tmp_path / "data" / "audit.db").exists()
     code, out = run(tmp_path, monkeypatch, ["config", "check"], '[audit]\nstore = "sqlite"\n')
     assert code == 0 and "audit: ok" in out
+
+
+def test_store_setting_follows_the_one_grammar(tmp_path, monkeypatch):
+    """``store`` is read by midway.storage.parse_store: the default file, paths (relative ones
+    under the data dir), sqlite:/// URLs and env: references land where every plugin's do."""
+    from midway_audit.config import AuditConfig, AuditConfigError
+
+    monkeypatch.setenv("AUDIT_STORE_TEST", f"sqlite://{tmp_path}/from-env.db")
+    for value, path in [("sqlite", tmp_path / "audit.db"),
+                        ("trail/audit.db", tmp_path / "trail" / "audit.db"),
+                        (f"sqlite://{tmp_path}/abs.db", tmp_path / "abs.db"),  # sqlite:///tmp/…
+                        ("env:AUDIT_STORE_TEST", tmp_path / "from-env.db")]:
+        assert AuditConfig.from_table({"store": value}, tmp_path).store.path == path
+    pg = AuditConfig.from_table({"store": "postgresql://u:secret@h/db"}, tmp_path)
+    assert pg.is_postgres and "secret" not in pg.describe_store()
+    try:
+        AuditConfig.from_table({"store": "sqlite3"}, tmp_path)  # a typo is not a new file
+    except AuditConfigError as exc:
+        assert str(exc).startswith("[audit] store:")
+    else:
+        raise AssertionError("a bare word is not a store")

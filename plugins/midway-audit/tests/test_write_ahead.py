@@ -19,10 +19,11 @@ from midway import Response, hookimpl
 from midway.testing import Reply, wait_for
 from midway_audit.chain import verify
 from midway_audit.config import AuditConfig
-from midway_audit.intents import INTERRUPTED_ERROR, interrupted_rows
+from midway_audit.handoff.intents import INTERRUPTED_ERROR, interrupted_rows
 from midway_audit.record import Pending, prepare
 from midway_audit.redact import Redactor
-from midway_audit.store import Filter, Store, open_store
+from midway_audit.stores.queries import Filter
+from midway_audit.stores.store import AuditStore
 
 MESSAGES = [{"role": "user", "content": "hello"}]
 
@@ -126,8 +127,8 @@ def _config(kind: str, tmp_path: Path, pg_config: dict[str, Any]) -> AuditConfig
     return AuditConfig.from_table(table, tmp_path)
 
 
-async def _opened(config: AuditConfig, tmp_path: Path) -> Store:
-    store = open_store(config, tmp_path)
+async def _opened(config: AuditConfig) -> AuditStore:
+    store = AuditStore(config)
     await store.open()
     return store
 
@@ -140,13 +141,12 @@ def _intent(request_id: str, ts: float) -> tuple[str, float, str]:
     return request_id, ts, orjson.dumps(meta, option=orjson.OPT_SORT_KEYS).decode()
 
 
-def _die(store: Store) -> None:
-    """What kill -9 does to an instance's liveness lock: the OS (or PostgreSQL, when the
-    session ends) releases it; the SQLite lock file stays behind."""
-    lock = getattr(store, "_lock", None)
-    if lock is not None:
-        lock.close()
-        store._lock = None  # type: ignore[attr-defined]
+def _die(store: AuditStore) -> None:
+    """What kill -9 does to an instance's liveness lock: the OS releases it; the SQLite lock
+    file stays behind."""
+    held = store.liveness._held  # type: ignore[attr-defined]
+    held.close()
+    store.liveness._held = None  # type: ignore[attr-defined]
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -160,7 +160,7 @@ def test_only_dead_instances_intents_become_interrupted_records(kind, tmp_path, 
 
 async def _recovery(config: AuditConfig, tmp_path: Path) -> None:
     redactor = Redactor()
-    live, dead, recovering = [await _opened(config, tmp_path) for _ in range(3)]
+    live, dead, recovering = [await _opened(config) for _ in range(3)]
     try:
         await live.claim(101)
         await dead.claim(202)
@@ -198,7 +198,7 @@ async def _recovery(config: AuditConfig, tmp_path: Path) -> None:
         for store in (live, dead, recovering):
             await store.close()
     # the live instance's intent is recovered once it is gone too
-    again = await _opened(config, tmp_path)
+    again = await _opened(config)
     try:
         assert await again.recover(404, lambda f: interrupted_rows(f, redactor)) == 1
         assert (await verify(again)).ok

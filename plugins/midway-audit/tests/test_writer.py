@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -10,10 +11,10 @@ from prometheus_client import CollectorRegistry
 from midway.testing import make_exchange
 from midway_audit.chain import Head
 from midway_audit.config import AuditConfig
+from midway_audit.handoff.writer import AuditWriter
 from midway_audit.metrics import AuditMetrics
 from midway_audit.record import Pending, Row, capture, received
 from midway_audit.redact import Redactor
-from midway_audit.writer import AuditWriter
 
 
 class GatedStore:
@@ -40,7 +41,8 @@ class GatedStore:
 
 def writer(store: Any, **config: Any) -> tuple[AuditWriter, CollectorRegistry]:
     registry = CollectorRegistry()
-    cfg = AuditConfig.from_table(config, data_dir=None)  # type: ignore[arg-type]
+    # the store is the test's own: the configured one (a file in the data dir) is never opened
+    cfg = AuditConfig.from_table(config, data_dir=Path("/nonexistent"))
     return AuditWriter(store, cfg, Redactor(), AuditMetrics(registry)), registry
 
 

@@ -91,9 +91,13 @@ class Database:
     async def close(self) -> None:
         raise NotImplementedError
 
-    async def run(self, unit: Callable[[Tx], Awaitable[T]]) -> T:
+    async def run(self, unit: Callable[[Tx], Awaitable[T]], *, durable: bool = True) -> T:
         """Run ``unit`` in one transaction: committed when it returns, rolled back if it
-        raises (the exception propagates)."""
+        raises (the exception propagates).
+
+        ``durable=False``: the commit need only outlive the process, not the machine or the
+        database server — for notes that a later, durable commit supersedes (SQLite: no fsync
+        even with ``synchronous="full"``; PostgreSQL: ``synchronous_commit`` off)."""
         raise NotImplementedError
 
     async def fetch(self, sql: str, *args: Any) -> list[Row]:
@@ -182,24 +186,33 @@ class SQLiteDatabase(Database):
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(
             coro, self._loop))  # type: ignore[arg-type]
 
-    async def run(self, unit: Callable[[Tx], Awaitable[T]]) -> T:
+    async def run(self, unit: Callable[[Tx], Awaitable[T]], *, durable: bool = True) -> T:
         if self._conn is None:
             raise RuntimeError(f"database {self.path} is not open")
-        return await self._on_store(self._in_tx(unit))
+        return await self._on_store(self._in_tx(unit, durable))
 
-    async def _in_tx(self, unit: Callable[[Tx], Awaitable[T]]) -> T:
+    async def _in_tx(self, unit: Callable[[Tx], Awaitable[T]], durable: bool = True) -> T:
         conn = self._conn
         assert conn is not None, "database is not open"
         assert self._lock is not None
         async with self._lock:
-            conn.execute("BEGIN IMMEDIATE")
+            # The level cannot change inside a transaction. In WAL mode a NORMAL commit
+            # survives the process; the next FULL commit syncs it along.
+            relaxed = not durable and self.synchronous == "full"
+            if relaxed:
+                conn.execute("PRAGMA synchronous=NORMAL")
             try:
-                result = await unit(_SQLiteTx(conn))
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-            return result
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    result = await unit(_SQLiteTx(conn))
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+                return result
+            finally:
+                if relaxed:
+                    conn.execute("PRAGMA synchronous=FULL")
 
 
 async def _close(conn: sqlite3.Connection) -> None:
@@ -261,7 +274,8 @@ class PostgresDatabase(Database):
     dialect: Dialect = "postgresql"
 
     def __init__(self, store: StoreURL, *, schema: str | None = None, min_size: int = 1,
-                 max_size: int = 10, label: str = "store") -> None:
+                 max_size: int = 10, label: str = "store",
+                 command_timeout: float | None = None) -> None:
         from midway.storage.schema import check_identifier
 
         assert store.url is not None
@@ -271,6 +285,7 @@ class PostgresDatabase(Database):
         self.min_size = min_size
         self.max_size = max_size
         self.label = label
+        self.command_timeout = command_timeout
         self._pool: Any = None
 
     @property
@@ -281,7 +296,7 @@ class PostgresDatabase(Database):
         asyncpg = import_asyncpg(self.label)
         self._pool = await asyncpg.create_pool(
             self.dsn, min_size=self.min_size, max_size=self.max_size,
-            server_settings=self.server_settings)
+            server_settings=self.server_settings, command_timeout=self.command_timeout)
         from midway.storage.schema import pg_upgrade
 
         return await pg_upgrade(self, schema)
@@ -291,10 +306,12 @@ class PostgresDatabase(Database):
             pool, self._pool = self._pool, None
             await pool.close()
 
-    async def run(self, unit: Callable[[Tx], Awaitable[T]]) -> T:
+    async def run(self, unit: Callable[[Tx], Awaitable[T]], *, durable: bool = True) -> T:
         if self._pool is None:
             raise RuntimeError(f"database {self.store.masked} is not open")
         async with self._pool.acquire() as conn, conn.transaction():
+            if not durable:
+                await conn.execute("SET LOCAL synchronous_commit = off")
             return await unit(_PostgresTx(conn))
 
     async def connect(self) -> Any:
@@ -337,12 +354,17 @@ def import_asyncpg(label: str) -> Any:
 
 
 def open_database(store: StoreURL, *, schema: str | None = None, label: str = "store",
-                  synchronous: str = "normal", inline: bool = False, max_pool: int = 10
-                  ) -> Database:
-    """The :class:`Database` for a parsed ``store`` setting (not opened yet)."""
+                  synchronous: str = "normal", inline: bool = False, max_pool: int = 10,
+                  command_timeout: float | None = None) -> Database:
+    """The :class:`Database` for a parsed ``store`` setting (not opened yet).
+
+    :param command_timeout: PostgreSQL: seconds after which a statement fails (a hung
+        connection then fails the unit, which the caller may retry, instead of stalling it).
+    """
     if store.kind == "sqlite":
         assert store.path is not None
         return SQLiteDatabase(store.path, synchronous=synchronous, inline=inline)
     if store.kind == "postgresql":
-        return PostgresDatabase(store, schema=schema, max_size=max_pool, label=label)
+        return PostgresDatabase(store, schema=schema, max_size=max_pool, label=label,
+                                command_timeout=command_timeout)
     raise StoreURLError(f"{label}: {store.kind} is not a SQL store")

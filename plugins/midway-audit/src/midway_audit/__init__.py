@@ -3,8 +3,12 @@
 The relay's part is small: ``upstream_request`` (first attempt) hands the writer process an
 intent, ``post_response`` (last, so billing's cost and the cache's outcome are known) hands it
 the record — metadata as JSON, bodies as the bytes already in hand (streams kept by the core,
-``Midway.keep_stream_bodies``). The writer process (writer_process.py) reassembles, redacts,
+``Midway.keep_stream_bodies``). The writer process (handoff/writer_process.py) reassembles, redacts,
 chains and commits; ``pre_request`` holds new requests back while it is far behind.
+
+The package: :mod:`midway_audit.handoff` (relay → writer process) writes through
+:mod:`midway_audit.stores` (the store); both build on the record's modules (``record``,
+``chain``, ``parts``, ``redact``, ``config``), which import neither.
 """
 
 from __future__ import annotations
@@ -19,14 +23,14 @@ from aiohttp import web
 from midway import Attempt, Exchange, Midway, hookimpl
 from midway.access import local_or_admin
 from midway.errors import error_response
-from midway_audit.channel import WriterChannel
 from midway_audit.config import AuditConfig
-from midway_audit.intents import intent_meta
+from midway_audit.handoff.channel import WriterChannel
+from midway_audit.handoff.intents import intent_meta
 from midway_audit.metrics import AuditMetrics
 from midway_audit.operations import config_check, db_upgrade  # noqa: F401 (hooks)
 from midway_audit.record import capture
 from midway_audit.service import AUDIT, AuditService
-from midway_audit.store import Store, open_store
+from midway_audit.stores.store import AuditStore
 
 if TYPE_CHECKING:
     import click
@@ -44,7 +48,7 @@ class _Instance:
     """The plugin's state in one running midway (tests run several in one process)."""
 
     metrics: AuditMetrics | None = None
-    store: Store | None = None  # for reading (the service); the writer process has its own
+    store: AuditStore | None = None  # for reading (the service); the writer process has its own
     channel: WriterChannel | None = None
 
 
@@ -72,7 +76,7 @@ async def startup(midway: Midway) -> None:
     channel = WriterChannel(config, table, midway.data_dir, inst.metrics)
     await channel.start()
     try:
-        store = open_store(config, midway.data_dir)
+        store = AuditStore(config)
         await store.open()
     except BaseException:
         await channel.close()

@@ -17,7 +17,8 @@ from midway.config import Settings
 from midway_audit.chain import verify as verify_chain
 from midway_audit.chain import verify_exported
 from midway_audit.config import AuditConfig, AuditConfigError, parse_duration
-from midway_audit.store import Filter, Store, full_record, open_store
+from midway_audit.stores.queries import Filter, full_record
+from midway_audit.stores.store import AuditStore
 
 T = TypeVar("T")
 
@@ -28,14 +29,14 @@ CSV_FIELDS = ("seq", "time", "id", "upstream_request_id", "principal", "team",
               "cache_creation_input_tokens", "cost_usd", "cache", "prev_hash", "hash")
 
 
-def _run(settings: Settings, action: Callable[[Store], Awaitable[T]]) -> T:
+def _run(settings: Settings, action: Callable[[AuditStore], Awaitable[T]]) -> T:
     try:
         config = AuditConfig.from_table(settings.plugin_config("audit"), settings.data_dir)
     except AuditConfigError as exc:
         raise click.ClickException(str(exc)) from None
 
     async def main() -> T:
-        store = open_store(config, settings.data_dir)
+        store = AuditStore(config)
         await store.open()
         try:
             return await action(store)
@@ -162,7 +163,7 @@ def tail(settings: Settings, lines: int, interval: float, count: int | None,
     def emit(record: dict[str, Any]) -> None:
         click.echo(orjson.dumps(record).decode() if as_json else _line(record))
 
-    async def follow(store: Store) -> None:
+    async def follow(store: AuditStore) -> None:
         head = await store.head()
         printed = 0
         last = max(head.anchor_seq, head.seq - lines)
@@ -234,7 +235,7 @@ def export(settings: Settings, fmt: str, output: str | None, bodies: bool,
     """Every matching record, oldest first, with its seq and hashes."""
     filt = _filter(since, until, principal, model, status)
 
-    async def dump(store: Store) -> int:
+    async def dump(store: AuditStore) -> int:
         try:
             writer = csv.DictWriter(fh, [*CSV_FIELDS, *(("request_body", "response_body")
                                                         if bodies else ())],

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
 import attrs
 
 from midway.config import ConfigError
-from midway.secrets_ref import resolve
+from midway.storage import StoreURL, StoreURLError, parse_store
 from midway.timeparse import parse_optional_duration
 
 MiB = 1024 * 1024
+STORE_LABEL = "[audit] store"  # how the store setting is named in messages
+_DEFAULT_STORE = StoreURL("sqlite", path=Path("audit.db"))  # from_table puts it in the data dir
 
 
 class AuditConfigError(ValueError):
@@ -32,7 +33,8 @@ def parse_duration(value: Any, key: str) -> float | None:
 class AuditConfig:
     """Everything the plugin can be told. See docs/audit.md for each key."""
 
-    store: str = "sqlite"  # "sqlite", "sqlite:///path.db", "postgresql://..." (or env:/file:)
+    # "sqlite", a path, "sqlite:///path.db", "postgresql://..." (or env:/file:): parse_store
+    store: StoreURL = _DEFAULT_STORE
     schema: str | None = None  # PostgreSQL schema for the tables (default: search_path)
     sqlite_synchronous: str = "full"  # full | normal: fsync per commit or per checkpoint
     jsonl: Path | None = None  # extra JSONL sink (relative paths are under the data dir)
@@ -54,22 +56,15 @@ class AuditConfig:
     max_age: float | None = None  # seconds; prune older records
     max_rows: int | None = None  # prune oldest beyond this many
     prune_interval: float = 300.0
-    # an intent per request, handed to the writer when the upstream is contacted (intents.py)
+    # an intent per request, handed to the writer when the upstream is contacted
+    # (handoff/intents.py)
     write_ahead: bool = True
     # write_ahead = "durable": the relay also waits for the intent's commit before sending
     write_ahead_durable: bool = False
 
     @property
     def is_postgres(self) -> bool:
-        return self.store.startswith(("postgres://", "postgresql://"))
-
-    def sqlite_path(self, data_dir: Path) -> Path:
-        """``sqlite``: DATA_DIR/audit.db, ``sqlite:///abs.db``, or ``sqlite://rel.db``
-        (under DATA_DIR)."""
-        if self.store == "sqlite":
-            return data_dir / "audit.db"
-        path = Path(self.store[len("sqlite://"):]).expanduser()
-        return path if path.is_absolute() else data_dir / path
+        return self.store.kind == "postgresql"
 
     @classmethod
     def from_table(cls, table: dict[str, Any], data_dir: Path) -> AuditConfig:
@@ -79,7 +74,8 @@ class AuditConfig:
             raise AuditConfigError(f"[audit] unknown key(s): {', '.join(unknown)}")
         try:
             config = cls(
-                store=resolve(str(table.get("store", "sqlite"))),
+                store=parse_store(table.get("store"), data_dir=data_dir,
+                                  default_file="audit.db", label=STORE_LABEL),
                 schema=table.get("schema") or None,
                 sqlite_synchronous=str(table.get("sqlite_synchronous", "full")).lower(),
                 jsonl=_jsonl_path(table.get("jsonl"), data_dir),
@@ -109,11 +105,9 @@ class AuditConfig:
         except (TypeError, ValueError) as exc:
             if isinstance(exc, AuditConfigError):
                 raise
+            if isinstance(exc, StoreURLError):
+                raise AuditConfigError(str(exc)) from None
             raise AuditConfigError(f"[audit] invalid value: {exc}") from None
-        if not (config.is_postgres or config.store == "sqlite"
-                or config.store.startswith("sqlite://")):
-            raise AuditConfigError("[audit] store must be 'sqlite', 'sqlite:///PATH' or a "
-                                   "postgresql:// URL")
         if config.on_full not in ("block", "drop"):
             raise AuditConfigError("[audit] on_full must be 'block' or 'drop'")
         if config.sqlite_synchronous not in ("full", "normal"):
@@ -127,10 +121,8 @@ class AuditConfig:
         return config
 
     def describe_store(self) -> str:
-        """The store, for logs: a PostgreSQL URL without its password."""
-        if self.is_postgres:
-            return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", self.store)
-        return self.store
+        """The store, for logs: the SQLite file, or the PostgreSQL URL without its password."""
+        return self.store.masked
 
 
 def _flag(value: Any, key: str) -> bool:

@@ -6,12 +6,13 @@ from typing import Any
 
 from midway.services import ServiceKey
 from midway_audit.chain import verify
-from midway_audit.channel import WriterChannel
-from midway_audit.store import Filter, Store
+from midway_audit.handoff.channel import WriterChannel
+from midway_audit.stores.queries import Filter
+from midway_audit.stores.store import AuditStore
 
 
 class AuditService:
-    def __init__(self, store: Store, writer: WriterChannel | None = None) -> None:
+    def __init__(self, store: AuditStore, writer: WriterChannel | None = None) -> None:
         self.store = store
         self.writer = writer
 

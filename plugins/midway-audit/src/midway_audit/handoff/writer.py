@@ -17,17 +17,17 @@ from typing import Any
 
 from midway_audit.chain import Head
 from midway_audit.config import AuditConfig
-from midway_audit.intents import IntentLog
+from midway_audit.handoff.intents import IntentLog
 from midway_audit.jsonl_sink import JsonlSink
 from midway_audit.record import Pending, Row, plain_pending, prepare
 from midway_audit.redact import Redactor
-from midway_audit.store import Store
+from midway_audit.stores.store import AuditStore
 
 log = logging.getLogger("midway.audit")
 
 
 class AuditWriter:
-    def __init__(self, store: Store, config: AuditConfig, redactor: Redactor,
+    def __init__(self, store: AuditStore, config: AuditConfig, redactor: Redactor,
                  metrics: Any = None, sink: JsonlSink | None = None,
                  intents: IntentLog | None = None,
                  on_commit: Callable[[], None] | None = None) -> None:

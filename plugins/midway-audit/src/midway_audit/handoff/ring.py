@@ -18,7 +18,7 @@ import os
 import struct
 import tempfile
 
-from midway_audit.frames import HEADER
+from midway_audit.handoff.frames import HEADER
 
 _POS = struct.Struct("<Q")
 _HEAD_AT, _TAIL_AT = 0, 64  # head and tail on cache lines of their own

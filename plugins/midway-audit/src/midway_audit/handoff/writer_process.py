@@ -27,15 +27,16 @@ from typing import Any
 
 import orjson
 
+from midway.storage import new_instance
 from midway_audit.config import AuditConfig
-from midway_audit.frames import BY_SOCKET, CONFIG, INTENT, RECORD, WAKE, line, read_frame
-from midway_audit.intents import IntentLog, interrupted_rows, new_instance
+from midway_audit.handoff.frames import BY_SOCKET, CONFIG, INTENT, RECORD, WAKE, line, read_frame
+from midway_audit.handoff.intents import IntentLog, interrupted_rows
+from midway_audit.handoff.ring import RingReader
+from midway_audit.handoff.writer import AuditWriter
 from midway_audit.jsonl_sink import JsonlSink
 from midway_audit.record import received
 from midway_audit.redact import Redactor
-from midway_audit.ring import RingReader
-from midway_audit.store import Store, open_store
-from midway_audit.writer import AuditWriter
+from midway_audit.stores.store import AuditStore
 
 log = logging.getLogger("midway.audit")
 
@@ -96,7 +97,7 @@ class WriterProcess:
         # frames too large for the ring, read from the socket before their marker's turn
         self._large: collections.deque[tuple[int, bytes, bytes, bytes]] = collections.deque()
         self.metrics = MetricOps()
-        self.store: Store | None = None
+        self.store: AuditStore | None = None
         self.writer: AuditWriter | None = None
         self.intents: IntentLog | None = None
         self._changed = asyncio.Event()
@@ -137,7 +138,7 @@ class WriterProcess:
         config = AuditConfig.from_table(table["config"], data_dir)
         redactor = Redactor(config.redact_defaults, config.redact_patterns,
                             config.redact_headers)
-        store = open_store(config, data_dir, inline=True)
+        store = AuditStore(config, inline=True)
         await store.open()
         self.store = store
         instance = new_instance()

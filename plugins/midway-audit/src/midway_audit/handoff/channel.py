@@ -31,8 +31,8 @@ from typing import Any
 import orjson
 
 from midway_audit.config import AuditConfig
-from midway_audit.frames import BY_SOCKET, CONFIG, HEADER, INTENT, RECORD, WAKE, frame
-from midway_audit.ring import RingWriter, create
+from midway_audit.handoff.frames import BY_SOCKET, CONFIG, HEADER, INTENT, RECORD, WAKE, frame
+from midway_audit.handoff.ring import RingWriter, create
 
 log = logging.getLogger("midway.audit")
 
@@ -92,7 +92,7 @@ class WriterChannel:
         resume = {"orphans_before": self._ring.written}
         try:
             self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "midway_audit.writer_process", str(theirs.fileno()),
+                sys.executable, "-m", "midway_audit.handoff.writer_process", str(theirs.fileno()),
                 str(self._ring_fd), str(self.config.writer_nice),
                 stdin=asyncio.subprocess.DEVNULL, pass_fds=(theirs.fileno(), self._ring_fd))
         finally:

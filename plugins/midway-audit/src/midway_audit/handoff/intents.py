@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import secrets
 from collections.abc import Callable
 from typing import Any
 
@@ -26,7 +25,7 @@ import orjson
 from midway import Exchange
 from midway_audit.record import Pending, Row, join_query, prepare, redacted_json
 from midway_audit.redact import Redactor
-from midway_audit.store import Store
+from midway_audit.stores.store import AuditStore
 
 log = logging.getLogger("midway.audit")
 
@@ -43,12 +42,6 @@ _RECORD_KEYS = ("id", "upstream_request_id", "ts", "principal", "principal_name"
                 "stop_reason", "error", "error_type", "client_disconnected", "answered_by",
                 "streaming", "ttfb_ms", "upstream_ttfb_ms", "total_ms", "usage", "cost_usd",
                 "cache", "route", "annotations")
-
-
-def new_instance() -> int:
-    """A random instance number: written on every intent this process holds, so that
-    recovery knows whose intents they are (and asks whether that instance still lives)."""
-    return secrets.randbelow(2**31 - 1) + 1
 
 
 # An intent frame's metadata is a JSON array in this order (see record.CAPTURED).
@@ -97,7 +90,7 @@ def interrupted_rows(intents: list[str], redactor: Redactor) -> list[Row]:
 class IntentLog:
     """Group commit of intents into the store, in the order they arrived."""
 
-    def __init__(self, store: Store, redactor: Redactor, instance: int,
+    def __init__(self, store: AuditStore, redactor: Redactor, instance: int,
                  metrics: Any = None, on_commit: Callable[[], None] | None = None,
                  linger: float = 0.0) -> None:
         self.store = store

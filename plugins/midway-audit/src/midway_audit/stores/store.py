@@ -1,0 +1,296 @@
+"""The audit store: one implementation over SQLite and PostgreSQL (:mod:`midway.storage`).
+
+Appends extend the hash chain in one transaction per batch that reads the chain head, inserts
+the batch and moves the head, so that several processes (``--workers``) or instances sharing a
+store append one after another and the chain stays a single, verifiable sequence: on SQLite
+the transaction is ``BEGIN IMMEDIATE`` (the file's write lock); on PostgreSQL it locks the
+chain row (``SELECT … FOR UPDATE``).
+
+Intents (write-ahead, see :mod:`midway_audit.handoff.intents`) carry their instance's number;
+an instance proves it is alive through :func:`midway.storage.liveness` (``audit-instances/``
+lock files beside an SQLite file, advisory locks on PostgreSQL), which is how recovery tells a
+dead instance's intents from a live one's.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from midway.storage import Tx, liveness, open_database
+from midway_audit.chain import GENESIS, Head, StoredRow, link_hash
+from midway_audit.config import STORE_LABEL, AuditConfig
+from midway_audit.parts import digests, expand
+from midway_audit.record import Row
+from midway_audit.stores.queries import (
+    COLUMNS,
+    SUMMARY_COLUMNS,
+    UNREFERENCED,
+    Filter,
+    full_record,
+    summary_record,
+)
+from midway_audit.stores.schema import SCHEMA
+
+_CHUNK = 500  # digests per IN (…) list: under SQLite's and PostgreSQL's parameter limits
+_INSERT_RECORD = ("INSERT INTO audit_records (seq, ts, request_id, upstream_request_id, "
+                  "principal, model, status, data, request_body, response_body, prev_hash, "
+                  "hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+
+
+class KnownParts:
+    """Digests of parts this process has seen committed, so repeated parts (most of every
+    Claude Code request) are not written again. Forgotten whenever the chain's anchor moves:
+    pruning may have deleted parts no record refers to any more."""
+
+    LIMIT = 200_000
+
+    def __init__(self) -> None:
+        self._digests: set[str] = set()
+        self._anchor: int | None = None
+
+    def check(self, anchor_seq: int) -> None:
+        if anchor_seq != self._anchor:
+            self._digests.clear()
+            self._anchor = anchor_seq
+
+    def __contains__(self, digest: object) -> bool:
+        return digest in self._digests
+
+    def add(self, digests: Iterable[str]) -> None:
+        if len(self._digests) > self.LIMIT:
+            self._digests.clear()
+        self._digests.update(digests)
+
+
+def _marks(n: int) -> str:
+    return ",".join("?" * n)
+
+
+class AuditStore:
+    """The audit trail in a :class:`midway.storage.Database`.
+
+    :param inline: SQLite statements run on the caller's thread (the writer process: it has
+        no loop to keep responsive, and a thread hop per batch would cost it).
+    """
+
+    def __init__(self, config: AuditConfig, inline: bool = False) -> None:
+        self.db = open_database(config.store, schema=config.schema, label=STORE_LABEL,
+                                synchronous=config.sqlite_synchronous, inline=inline,
+                                max_pool=4, command_timeout=30)
+        self.liveness = liveness(self.db, "audit")
+        self.postgres = self.db.dialect == "postgresql"
+        # PostgreSQL's LIKE is case-sensitive (SQLite's is not, for ASCII)
+        self._like = "ILIKE" if self.postgres else "LIKE"
+        # Appends serialise on the chain row (SQLite: the BEGIN IMMEDIATE write lock already)
+        self._lock_chain = " FOR UPDATE" if self.postgres else ""
+        self._known = KnownParts()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        await self.db.open(SCHEMA)
+        await self.db.execute("INSERT INTO audit_chain (id, seq, head_hash, anchor_seq, "
+                              "anchor_hash) VALUES (1, 0, ?, 0, ?) ON CONFLICT DO NOTHING",
+                              GENESIS, GENESIS)
+
+    async def close(self) -> None:
+        await self.db.close()
+        await self.liveness.release()
+
+    async def claim(self, instance: int) -> None:
+        """Hold ``instance``'s liveness lock until ``close`` (a killed process loses it), so
+        that recovery leaves its intents alone."""
+        await self.liveness.claim(instance)
+
+    # -- writing -----------------------------------------------------------------------------
+
+    async def append(self, rows: list[Row], retrying: bool = False) -> Head:
+        """Chain and commit ``rows``; return the head after the commit. With ``retrying``,
+        rows whose request id is already stored (an earlier, ambiguous commit) are skipped.
+        A record's intent is deleted in the transaction that writes it."""
+        new_parts: dict[str, str] = {}
+
+        async def unit(tx: Tx) -> Head:
+            nonlocal rows
+            chain = await tx.fetchone("SELECT seq, head_hash, anchor_seq, anchor_hash FROM "  # noqa: S608
+                                      f"audit_chain WHERE id = 1{self._lock_chain}")
+            assert chain is not None, "audit_chain has its row from open()"
+            seq, prev, anchor_seq = chain["seq"], chain["head_hash"], chain["anchor_seq"]
+            known = self._known
+            known.check(anchor_seq)
+            await tx.executemany("DELETE FROM audit_intents WHERE request_id = ?",
+                                 [(r.request_id,) for r in rows])
+            if retrying:
+                rows = [r for r in rows if await tx.fetchone(
+                    "SELECT 1 FROM audit_records WHERE request_id = ? LIMIT 1",
+                    r.request_id) is None]
+            values = []
+            refs: list[tuple[str, int]] = []
+            for row in rows:
+                seq += 1
+                digest = link_hash(prev, seq, row.content)
+                row.seq, row.prev_hash, row.hash = seq, prev, digest
+                values.append((seq, row.ts, row.request_id, row.upstream_request_id,
+                               row.principal, row.model, row.status, row.data, row.request_body,
+                               row.response_body, prev, digest))
+                prev = digest
+                for part, text in row.parts.items():
+                    refs.append((part, seq))
+                    if part not in known:
+                        new_parts[part] = text
+            if new_parts:
+                await tx.executemany("INSERT INTO audit_parts (digest, body) VALUES (?, ?) "
+                                     "ON CONFLICT DO NOTHING", list(new_parts.items()))
+            if refs:
+                await tx.executemany("INSERT INTO audit_part_refs (digest, seq) VALUES (?, ?) "
+                                     "ON CONFLICT DO NOTHING", refs)
+            if values:
+                await tx.executemany(_INSERT_RECORD, values)
+                await tx.execute("UPDATE audit_chain SET seq = ?, head_hash = ? WHERE id = 1",
+                                 seq, prev)
+            return Head(seq, prev, anchor_seq, chain["anchor_hash"])
+
+        head = await self.db.run(unit)
+        self._known.add(new_parts)
+        return head
+
+    async def intend(self, instance: int, intents: list[tuple[str, float, str]]) -> None:
+        """Commit intents (request id, ts, metadata JSON) of ``instance``, one transaction.
+        An intent only has to outlive midway (kill -9), not the machine: its commit is not
+        durable; the record's own commit, which deletes it, is."""
+        values = [(rid, instance, ts, data) for rid, ts, data in intents]
+
+        async def unit(tx: Tx) -> None:
+            await tx.executemany("INSERT INTO audit_intents (request_id, instance, ts, data) "
+                                 "VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING", values)
+
+        await self.db.run(unit, durable=False)
+
+    async def recover(self, instance: int, build: Callable[[list[str]], list[Row]]) -> int:
+        """Append ``build(intents)`` for the intents of every dead instance other than
+        ``instance`` (skipping requests already recorded) and delete those intents; return
+        how many records were appended."""
+        others = [r["instance"] for r in await self.db.fetch(
+            "SELECT DISTINCT instance FROM audit_intents WHERE instance != ?", instance)]
+        recovered = 0
+        for other in others:
+            # held while its intents become records: no other peer recovers them too
+            async with self.liveness.dead(other) as gone:
+                if not gone:
+                    continue
+                intents = [r["data"] for r in await self.db.fetch(
+                    "SELECT data FROM audit_intents WHERE instance = ? ORDER BY ts, request_id",
+                    other)]
+                rows = build(intents)
+                await self.append(rows, retrying=True)
+                recovered += sum(1 for row in rows if row.seq)
+        return recovered
+
+    async def prune(self, max_age: float | None, max_rows: int | None) -> int:
+        """Delete the oldest records; the last deleted one's hash becomes the anchor."""
+
+        async def unit(tx: Tx) -> int:
+            chain = await tx.fetchone("SELECT seq, anchor_seq FROM audit_chain WHERE id = 1"  # noqa: S608
+                                      f"{self._lock_chain}")
+            assert chain is not None
+            head_seq, anchor_seq = chain["seq"], chain["anchor_seq"]
+            cut = anchor_seq
+            if max_rows is not None:
+                cut = max(cut, head_seq - max_rows)
+            if max_age is not None:
+                # Prune a prefix of the chain only: up to the first record young enough.
+                first_young = await tx.fetchval("SELECT MIN(seq) FROM audit_records "
+                                                "WHERE ts >= ?", time.time() - max_age)
+                cut = max(cut, (first_young if first_young is not None else head_seq + 1) - 1)
+            if cut <= anchor_seq:
+                return 0
+            anchor = await tx.fetchval("SELECT hash FROM audit_records WHERE seq = ?", cut)
+            if anchor is None:
+                return 0
+            deleted = await tx.execute("DELETE FROM audit_records WHERE seq <= ?", cut)
+            candidates = [r["digest"] for r in await tx.fetch(
+                "SELECT DISTINCT digest FROM audit_part_refs WHERE seq <= ?", cut)]
+            await tx.execute("DELETE FROM audit_part_refs WHERE seq <= ?", cut)
+            for i in range(0, len(candidates), _CHUNK):
+                chunk = candidates[i:i + _CHUNK]
+                await tx.execute(f"DELETE FROM audit_parts WHERE digest IN ({_marks(len(chunk))}) "  # noqa: S608
+                                 f"AND {UNREFERENCED}", *chunk)
+            await tx.execute("UPDATE audit_chain SET anchor_seq = ?, anchor_hash = ? "
+                             "WHERE id = 1", cut, anchor)
+            return deleted
+
+        return await self.db.run(unit)
+
+    # -- reading -----------------------------------------------------------------------------
+
+    async def head(self) -> Head:
+        async def unit(tx: Tx) -> Head:
+            chain = await tx.fetchone("SELECT seq, head_hash, anchor_seq, anchor_hash "
+                                      "FROM audit_chain WHERE id = 1")
+            assert chain is not None
+            count = await tx.fetchval("SELECT COUNT(*) FROM audit_records")
+            return Head(chain["seq"], chain["head_hash"], chain["anchor_seq"],
+                        chain["anchor_hash"], count)
+
+        return await self.db.run(unit)
+
+    async def query(self, filt: Filter, limit: int) -> list[dict[str, Any]]:
+        """Records without bodies, newest first."""
+        where, args = filt.where(self._like)
+        rows = await self.db.fetch(f"SELECT {SUMMARY_COLUMNS} FROM audit_records{where} "  # noqa: S608
+                                   "ORDER BY ts DESC, seq DESC LIMIT ?", *args, limit)
+        return [summary_record(r) for r in rows]
+
+    async def get(self, request_id: str) -> dict[str, Any] | None:
+        row = await self.db.fetchone(f"SELECT {COLUMNS} FROM audit_records "  # noqa: S608
+                                     "WHERE request_id = ? ORDER BY seq LIMIT 1", request_id)
+        if row is None:
+            return None
+        found = [StoredRow(**row)]
+        await self._expand(found)
+        return full_record(found[0])
+
+    async def parts(self, digests: list[str]) -> dict[str, str]:
+        """Stored body parts by digest (those that exist)."""
+        found: dict[str, str] = {}
+        for i in range(0, len(digests), _CHUNK):
+            chunk = digests[i:i + _CHUNK]
+            rows = await self.db.fetch("SELECT digest, body FROM audit_parts "  # noqa: S608
+                                       f"WHERE digest IN ({_marks(len(chunk))})", *chunk)
+            found.update((r["digest"], r["body"]) for r in rows)
+        return found
+
+    async def after(self, seq: int, limit: int) -> list[dict[str, Any]]:
+        """Records (without bodies) with a seq above ``seq``, oldest first (for ``tail``)."""
+        rows = await self.db.fetch(f"SELECT {SUMMARY_COLUMNS} FROM audit_records "  # noqa: S608
+                                   "WHERE seq > ? ORDER BY seq LIMIT ?", seq, limit)
+        return [summary_record(r) for r in rows]
+
+    async def scan(self, after_seq: int, limit: int) -> list[StoredRow]:
+        """Rows as stored (request bodies as templates), for verification."""
+        rows = await self.db.fetch(f"SELECT {COLUMNS} FROM audit_records "  # noqa: S608
+                                   "WHERE seq > ? ORDER BY seq LIMIT ?", after_seq, limit)
+        return [StoredRow(**r) for r in rows]
+
+    async def scan_filtered(self, filt: Filter, after_seq: int, limit: int
+                            ) -> list[StoredRow]:
+        """Matching rows with whole bodies, oldest first (for export)."""
+        where, args = filt.where(self._like)
+        where = f"{where} AND seq > ?" if where else " WHERE seq > ?"
+        rows = await self.db.fetch(f"SELECT {COLUMNS} FROM audit_records{where} "  # noqa: S608
+                                   "ORDER BY seq LIMIT ?", *args, after_seq, limit)
+        found = [StoredRow(**r) for r in rows]
+        await self._expand(found)
+        return found
+
+    async def _expand(self, rows: list[StoredRow]) -> None:
+        """Replace request-body templates by the whole bodies (see parts.py), in place."""
+        wanted = sorted({d for row in rows for d in digests(row.request_body)})
+        if not wanted:
+            return
+        found = await self.parts(wanted)
+        for row in rows:
+            row.request_body = expand(row.request_body, found)
+
