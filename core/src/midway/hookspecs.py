@@ -108,11 +108,16 @@ def upstream_response(exchange: Exchange, attempt: Attempt) -> Retry | None:
 
 @hookspec
 def on_chunk(exchange: Exchange, event: SSEEvent) -> SSEEvent | None:
-    """Observe or replace one server-sent event of a streaming response.
+    """Observe or replace one server-sent event of a streaming response the plugin observes.
 
-    Fires for every complete SSE event, in order, parsed incrementally whatever the split of
-    the byte stream, before the event is written to the client. When no plugin implements this
-    hook the core relays raw chunks and pays nothing for it.
+    Opt-in per exchange: it fires only for exchanges on which the plugin called
+    ``exchange.observe_stream(plugin)`` (``plugin``: the registered plugin object, ``self``
+    for a plugin object, ``sys.modules[__name__]`` for a module of hook functions), usually in
+    ``pre_request``; an implementation alone receives nothing. Then it fires for every complete
+    SSE event, in order, parsed incrementally whatever the split of the byte stream, before the
+    event is written to the client; the upstream is asked for an unencoded answer. A stream no
+    plugin observes is relayed as raw chunks and pays nothing for this hook (a plugin that only
+    needs the whole answer at ``post_response`` asks ``Midway.keep_stream_bodies`` instead).
 
     :param exchange: the request in flight.
     :param event: the event (``event.name``, ``event.data`` as text, ``event.json()``, and

@@ -1,5 +1,5 @@
-"""The cache's hooks: look up in ``pre_request``, rebuild streams in ``on_chunk``, store complete
-answers in ``post_response``.
+"""The cache's hooks: look up in ``pre_request``, rebuild streams in ``on_chunk`` (observed only
+for streamed misses it may store), store complete answers in ``post_response``.
 
 Request headers: ``x-midway-cache: bypass`` (neither read nor write the cache; also
 ``cache-control: no-store``) and ``x-midway-cache: refresh`` (skip the lookup, store the fresh
@@ -211,6 +211,7 @@ class CachePlugin(StoreOperations):
         exchange.state["cache"] = state
         if directive == "refresh" or "no-cache" in control:
             self._annotate(exchange, "miss")
+            self._observe(exchange)
             return None
         now = time.time()
         entry = await self.store.get(keys.exact, now)
@@ -232,7 +233,14 @@ class CachePlugin(StoreOperations):
             return answer
         if exchange.annotations.get("cache") != "shadow-hit":
             self._annotate(exchange, "miss")
+        self._observe(exchange)
         return None
+
+    def _observe(self, exchange: Exchange) -> None:
+        """A miss goes upstream and its answer may be stored: a stream is rebuilt from its
+        events (on_chunk); every other stream is relayed without them."""
+        if exchange.stream_requested:
+            exchange.observe_stream(self)
 
     async def _semantic(self, exchange: Exchange, state: _State, now: float
                         ) -> Response | None:
