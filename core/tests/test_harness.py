@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import re
+import sys
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
 from midway import Exchange, SSEEvent, Upstream, hookimpl
 from midway.exchange import PreparedRequest
@@ -174,3 +178,18 @@ def test_post_response_runs_in_order_across_plain_and_async_implementations() ->
 
     asyncio.run(main())
     assert order == ["a", "async", "c"]
+
+
+def test_the_documented_in_process_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                ) -> None:
+    text = (Path(__file__).resolve().parents[2] / "docs" / "writing-plugins.md").read_text()
+    plugin = re.search(r"```python\n(# team_tag.py.*?)```", text, flags=re.S)
+    example = re.search(r"```python\n(import asyncio\n\nfrom midway.testing.*?)```", text,
+                        flags=re.S)
+    assert plugin is not None and example is not None
+    (tmp_path / "team_tag.py").write_text(plugin.group(1))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "team_tag", raising=False)
+    namespace: dict[str, Any] = {}
+    exec(example.group(1), namespace)
+    namespace["test_team_tag_in_process"]()
