@@ -4,6 +4,7 @@ names in ``x-hardening-fault: raise:<hook>`` or ``hang:<hook>``."""
 from __future__ import annotations
 
 import asyncio
+import sys
 
 from midway import Exchange, hookimpl
 
@@ -22,6 +23,8 @@ async def _maybe_fail(exchange: Exchange, hook: str) -> None:
 
 @hookimpl
 async def pre_request(exchange: Exchange) -> None:
+    if exchange.request.headers.get(HEADER, "").endswith(":on_chunk"):
+        exchange.observe_stream(sys.modules[__name__])  # on_chunk sees only these streams
     await _maybe_fail(exchange, "pre_request")
 
 

@@ -280,7 +280,9 @@ def test_on_chunk_sees_every_event_and_may_replace(fake_upstream, midway_factory
             return SSEEvent.dropped()
         return None
 
-    proxy = midway_factory(plugins=[module_plugin("watch", on_chunk=on_chunk)])
+    watch = module_plugin("watch", on_chunk=on_chunk,
+                          pre_request=lambda exchange: exchange.observe_stream(watch))
+    proxy = midway_factory(plugins=[watch])
     fake_upstream.reply(Reply(chunk_size=3 if chunked else None))
     _, _, body = post(proxy.url, orjson.dumps({**MSG, "stream": True}))
     assert b"event: ping" not in body

@@ -8,6 +8,7 @@ import importlib.metadata
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import anthropic
@@ -112,7 +113,9 @@ def test_failing_observers_never_break_a_stream(fake_upstream, midway_factory):
     def boom(exchange, event=None):
         raise ValueError("observer bug")
 
-    proxy = midway_factory(plugins=[module_plugin("flaky", on_chunk=boom, post_response=boom)])
+    flaky = module_plugin("flaky", on_chunk=boom, post_response=boom,
+                          pre_request=lambda exchange: exchange.observe_stream(flaky))
+    proxy = midway_factory(plugins=[flaky])
     status, _, body = send(proxy.url, {**MSG, "stream": True})
     assert status == 200 and body.rstrip().endswith(b'{"type":"message_stop"}')
     errors = proxy.midway.plugins.errors
@@ -265,7 +268,11 @@ def test_hanging_async_hook_is_cut_by_the_hook_timeout(fake_upstream, midway_fac
     async def hang(exchange):
         await asyncio.Event().wait()
 
-    proxy = midway_factory(plugins=[module_plugin("stuck", **{hook: hang})], hook_timeout=0.3)
+    hooks: dict[str, Any] = {hook: hang}
+    if hook == "on_chunk":
+        hooks["pre_request"] = lambda exchange: exchange.observe_stream(stuck)
+    stuck = module_plugin("stuck", **hooks)
+    proxy = midway_factory(plugins=[stuck], hook_timeout=0.3)
     status, _, body = send(proxy.url, {**MSG, "stream": True})
     if hook in ("on_chunk", "post_response"):
         # Observers: the relay goes on, unchanged.

@@ -33,6 +33,10 @@ class Keeper:
 
 class Renamer:
     @hookimpl
+    def pre_request(self, exchange: Exchange) -> None:
+        exchange.observe_stream(self)
+
+    @hookimpl
     def on_chunk(self, event: SSEEvent) -> SSEEvent | None:
         if event.name == "ping":
             return SSEEvent.dropped()

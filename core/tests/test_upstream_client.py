@@ -114,7 +114,7 @@ def test_chunked_answer_streams_chunks_as_they_come(run):
         async with RawServer(chunked, answer(CONTENT_LENGTH)) as server:
             client = UpstreamClient()
             resp = await client.request("POST", server.url + "/v1/messages", {}, b"{}")
-            chunks = resp.content.iter_any()
+            chunks = resp.chunks()
             first = await chunks.__anext__()  # before the server sent the rest
             gate.set()
             rest = [chunk async for chunk in chunks]
@@ -186,7 +186,7 @@ def test_a_partly_read_answer_never_goes_back_to_the_pool(run):
         async with RawServer(long_stream, answer(CONTENT_LENGTH)) as server:
             client = UpstreamClient()
             resp = await client.request("POST", server.url + "/v1/messages", {}, b"{}")
-            assert await resp.content.iter_any().__anext__() == b"abc"
+            assert await resp.chunks().__anext__() == b"abc"
             resp.release()
             second = await client.request("POST", server.url + "/v1/messages", {}, b"{}")
             assert await second.read() == JSON
@@ -269,7 +269,7 @@ def test_idle_timeout_before_headers_and_between_chunks(run):
         async with RawServer(stalls) as server:
             client = UpstreamClient(idle_timeout=0.2)
             resp = await client.request("POST", server.url + "/v1/messages", {}, b"{}")
-            chunks = resp.content.iter_any()
+            chunks = resp.chunks()
             assert await chunks.__anext__() == b"abc"
             with pytest.raises(TimeoutError):
                 await chunks.__anext__()
@@ -328,7 +328,7 @@ def test_cancellation_closes_the_upstream_connection_at_once(run):
             async def consume():
                 resp = await client.request("POST", server.url + "/v1/messages", {}, b"{}")
                 try:
-                    async for _ in resp.content.iter_any():
+                    async for _ in resp.chunks():
                         pass
                 finally:
                     resp.release()  # what the relay does when its client goes away

@@ -368,6 +368,18 @@ class Exchange:
     state: dict[str, Any] = attrs.field(factory=dict)
     # headers a plugin adds to a forwarded answer (e.g. ``x-midway-cache: miss``)
     extra_response_headers: dict[str, str] = attrs.field(factory=dict)
+    # the plugins whose ``on_chunk`` sees this exchange's stream (see observe_stream)
+    stream_observers: list[object] = attrs.field(factory=list)
+
+    def observe_stream(self, plugin: object) -> None:
+        """Ask for this exchange's stream events: ``plugin``'s ``on_chunk`` fires for each.
+
+        ``plugin`` is the object registered as the plugin: ``self`` for a plugin object, the
+        module for a module of hook functions (``sys.modules[__name__]``). Call it in
+        ``pre_request``; a stream nobody asked to observe is relayed as raw chunks.
+        """
+        if not any(p is plugin for p in self.stream_observers):
+            self.stream_observers.append(plugin)
 
     @property
     def model(self) -> str | None:

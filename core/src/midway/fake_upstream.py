@@ -86,6 +86,21 @@ class RecordedRequest:
         return orjson.loads(self.body) if self.body else None
 
 
+@attrs.define
+class Rendered:
+    """What the fake answers: a JSON ``body``, or a stream of SSE ``events``."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes | None = None
+    events: list[bytes] | None = None
+    reply: Reply | None = None  # the scripted reply it came from (None: a request error)
+
+    def response(self) -> web.Response:
+        return web.Response(status=self.status, body=self.body, headers=self.headers,
+                            content_type="application/json")
+
+
 class FakeAnthropic:
     """The fake API. ``app`` is an aiohttp application; :mod:`midway.testing` runs it."""
 
@@ -138,7 +153,7 @@ class FakeAnthropic:
     async def _other(self, request: web.Request) -> web.Response:
         rec = await self._record(request)
         rec.finished_at = time.monotonic()
-        return _error(404, "not_found_error", f"Not found: {request.path}")
+        return _error(404, "not_found_error", f"Not found: {request.path}").response()
 
     async def _models(self, request: web.Request) -> web.Response:
         rec = await self._record(request)
@@ -164,7 +179,10 @@ class FakeAnthropic:
         finally:
             rec.finished_at = time.monotonic()
 
-    async def _answer(self, request: web.Request, rec: RecordedRequest) -> web.StreamResponse:
+    def render(self, rec: RecordedRequest) -> Rendered:
+        """The answer to a ``/v1/messages`` request: the next queued reply, rendered (timing
+        and connection faults are the server's to act out). Served over HTTP by ``app``, in
+        memory by :class:`midway.testing.Harness`."""
         try:
             body = orjson.loads(rec.body)
         except orjson.JSONDecodeError:
@@ -184,39 +202,40 @@ class FakeAnthropic:
                 return _error(400, "invalid_request_error", f"bad x-fake-reply: {exc}")
         else:
             reply = Reply()
-        if reply.first_byte_delay:
-            await asyncio.sleep(reply.first_byte_delay)
         headers = _headers()
         headers.update(reply.headers)
         if reply.status >= 400:
             if reply.body is not None:
-                return web.Response(status=reply.status, body=reply.body, headers=headers,
-                                    content_type="application/json")
+                return Rendered(reply.status, headers, body=reply.body, reply=reply)
             return _error(reply.status, reply.error_type or _TYPES.get(reply.status, "api_error"),
-                          reply.error_message, headers)
+                          reply.error_message, headers, reply)
         message = build_message(body, reply, rec.body)
         stream = reply.stream if reply.stream is not None else body.get("stream") is True
         if not stream:
-            if reply.body is not None:
-                return web.Response(status=reply.status, body=reply.body, headers=headers,
-                                    content_type="application/json")
-            return web.Response(status=reply.status, body=orjson.dumps(message),
-                                headers=headers, content_type="application/json")
-        return await self._stream(request, message, reply, headers)
+            return Rendered(reply.status, headers, reply=reply,
+                            body=reply.body if reply.body is not None else orjson.dumps(message))
+        events = reply.events if reply.events is not None else stream_events(message, reply)
+        return Rendered(reply.status, headers, events=events, reply=reply)
 
-    async def _stream(self, request: web.Request, message: dict[str, Any], reply: Reply,
+    async def _answer(self, request: web.Request, rec: RecordedRequest) -> web.StreamResponse:
+        rendered = self.render(rec)
+        reply = rendered.reply
+        if reply is not None and reply.first_byte_delay:
+            await asyncio.sleep(reply.first_byte_delay)
+        if rendered.events is None or reply is None:
+            return rendered.response()
+        return await self._stream(request, rendered.events, reply, rendered.headers)
+
+    async def _stream(self, request: web.Request, events: list[bytes], reply: Reply,
                       headers: dict[str, str]) -> web.StreamResponse:
         response = web.StreamResponse(status=reply.status, headers=headers)
         response.content_type = "text/event-stream"
         response.charset = "utf-8"
         response.headers["cache-control"] = "no-cache"
         await response.prepare(request)
-        events = reply.events if reply.events is not None else stream_events(message, reply)
         for index, event in enumerate(events):
             if reply.error_after is not None and index == reply.error_after:
-                await self._write(response, reply, encode_event("error", {
-                    "type": "error", "error": {"type": reply.error_event_type,
-                                               "message": "Overloaded"}}))
+                await self._write(response, reply, error_event(reply))
                 await response.write_eof()
                 return response
             if reply.reset_after is not None and index == reply.reset_after:
@@ -258,12 +277,17 @@ def _headers() -> dict[str, str]:
 
 
 def _error(status: int, error_type: str, message: str,
-           headers: dict[str, str] | None = None) -> web.Response:
+           headers: dict[str, str] | None = None, reply: Reply | None = None) -> Rendered:
     hdrs = headers or _headers()
     body = {"type": "error", "error": {"type": error_type, "message": message},
             "request_id": hdrs.get("request-id")}
-    return web.Response(status=status, body=orjson.dumps(body), headers=hdrs,
-                        content_type="application/json")
+    return Rendered(status, hdrs, body=orjson.dumps(body), reply=reply)
+
+
+def error_event(reply: Reply) -> bytes:
+    """The ``event: error`` a reply with ``error_after`` ends its stream with."""
+    return encode_event("error", {"type": "error", "error": {
+        "type": reply.error_event_type, "message": "Overloaded"}})
 
 
 def build_message(request: dict[str, Any], reply: Reply, raw: bytes) -> dict[str, Any]:

@@ -32,7 +32,7 @@ def request_headers(incoming: CIMultiDictProxy[str]) -> CIMultiDict[str]:
     return CIMultiDict((k, v) for k, v in incoming.items() if k.lower() not in drop)
 
 
-def response_headers(incoming: CIMultiDictProxy[str],
+def response_headers(incoming: CIMultiDictProxy[str] | CIMultiDict[str],
                      extra_drop: Iterable[str] = ()) -> CIMultiDict[str]:
     """The upstream's end-to-end response headers for the client."""
     drop = _RESPONSE_DROP | set(extra_drop) if extra_drop else _RESPONSE_DROP

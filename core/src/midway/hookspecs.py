@@ -230,15 +230,16 @@ def upstream_response(exchange: Exchange, attempt: Attempt) -> Retry | None:
 
 @hookspec
 def on_chunk(exchange: Exchange, event: SSEEvent) -> SSEEvent | None:
-    """Observe or replace one server-sent event of a streaming answer.
+    """Observe or replace one server-sent event of a streaming response the plugin observes.
 
-    Fires for every complete event, in order, before it is written to the client. Events are
-    parsed incrementally whatever the split of the byte stream (one byte per read, UTF-8
-    characters cut in half). Also fires for streams a plugin answered with. When no plugin
-    implements this hook the core relays raw chunks and pays nothing for it; when one does,
-    the core asks the upstream for an uncompressed answer (a stream compressed all the same is
-    relayed without this hook). For a plugin that needs the whole answer only at the end,
-    ``midway.keep_stream_bodies`` in ``startup`` is far cheaper (see ``post_response``).
+    Opt-in per exchange: it fires only for exchanges on which the plugin called
+    ``exchange.observe_stream(plugin)`` (``plugin``: the registered plugin object, ``self``
+    for a plugin object, ``sys.modules[__name__]`` for a module of hook functions), usually in
+    ``pre_request``; an implementation alone receives nothing. Then it fires for every complete
+    SSE event, in order, parsed incrementally whatever the split of the byte stream, before the
+    event is written to the client; the upstream is asked for an unencoded answer. A stream no
+    plugin observes is relayed as raw chunks and pays nothing for this hook (a plugin that only
+    needs the whole answer at ``post_response`` asks ``Midway.keep_stream_bodies`` instead).
 
     :param exchange: the request in flight.
     :param event: a :class:`midway.SSEEvent`: ``name``, ``data`` (text), ``json()``, and

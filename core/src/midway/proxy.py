@@ -8,7 +8,7 @@ import functools
 import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any
 
 import aiohttp
@@ -19,6 +19,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from midway import accesslog
+from midway.answer import SSE, Answer, ClientAnswer, MemoryAnswer, TranslatedAnswer
 from midway.context import Midway
 from midway.errors import MidwayError, error_event, error_response
 from midway.exchange import (
@@ -30,7 +31,6 @@ from midway.exchange import (
     Request,
     Response,
     Retry,
-    StreamTranslator,
     Timings,
     Upstream,
     new_request_id,
@@ -47,21 +47,15 @@ from midway.observe import OBSERVED_EVENTS, StreamObserver, apply_message, decod
 from midway.plugins import Impl, PluginFailed
 from midway.secrets_ref import fingerprint, resolve
 from midway.sse import SSEEvent, SSEParser
-from midway.upstream_client import (
-    UnsupportedURL,
-    UpstreamClient,
-    UpstreamResponse,
-    UpstreamUnreachable,
-)
+from midway.upstream_client import UnsupportedURL, UpstreamClient, UpstreamUnreachable
 
 log = logging.getLogger("midway.proxy")
 
 # JSON answers up to this size are buffered (usage is read from them); larger or other
 # answers are relayed chunk by chunk.
 BUFFER_LIMIT = 32 * 1024 * 1024
-_SSE = "text/event-stream"
-# An upstream answer from either client: the lean one (native upstreams) or aiohttp's.
-UpstreamAnswer = aiohttp.ClientResponse | UpstreamResponse
+# Error bodies up to this size are read for ``upstream_response`` to judge.
+JUDGED_BODY_LIMIT = 1024 * 1024
 
 
 class Proxy:
@@ -93,6 +87,9 @@ class Proxy:
             self.fast = UpstreamClient(connect_timeout=settings.connect_timeout,
                                        idle_timeout=settings.idle_timeout,
                                        limit=settings.pool_size)
+        # Sends a prepared request and returns the answer's head (``lean``: the lean client
+        # may carry it). The seam midway.testing.Harness replaces with an in-memory upstream.
+        self.send: Callable[[PreparedRequest, bool], Awaitable[Answer]] = self._send_http
         self.open_streams = 0
         self.finishing: set[asyncio.Task[None]] = set()  # post_response runs in flight
         self.refresh()
@@ -104,11 +101,9 @@ class Proxy:
         self.has_choose = p.has("choose_upstream")
         self.has_up_req = p.has("upstream_request")
         self.has_up_resp = p.has("upstream_response")
-        self.has_chunk = p.has("on_chunk")
-        self.has_post = p.has("post_response")
-        # Plain-function post_response implementations cannot be interrupted half-way, so they
-        # run inline; only coroutine implementations need a task of their own.
-        self.async_post = any(impl.is_async for impl in p.impls("post_response"))
+        # on_chunk implementations with the plugin object each belongs to (exchanges name the
+        # plugins that observe their stream: Exchange.observe_stream)
+        self.chunk_impls = [(p.pm.get_plugin(impl.plugin), impl) for impl in p.impls("on_chunk")]
 
     # -- entry -------------------------------------------------------------------------------
 
@@ -153,15 +148,14 @@ class Proxy:
         finally:
             if metrics is not None:
                 metrics.inflight -= 1
-            if self.async_post:
+            rest = self._finish(exchange)
+            if rest is not None:
                 # post_response must run to its end even if the client's disconnect cancels
                 # this handler (during the hook or before it): it runs in a task of its own.
-                task = asyncio.get_running_loop().create_task(self._finish(exchange))
+                task = asyncio.get_running_loop().create_task(rest)
                 self.finishing.add(task)
                 task.add_done_callback(self.finishing.discard)
                 await asyncio.shield(task)
-            else:
-                self._finish_sync(exchange)
 
     async def _answer_error(self, request: web.Request, exchange: Exchange,
                             exc: MidwayError) -> web.StreamResponse:
@@ -180,39 +174,46 @@ class Proxy:
         if exchange.timings.ttfb_ms is None:
             exchange.timings.ttfb_ms = (time.monotonic() - exchange.timings.started) * 1000
 
-    async def _finish(self, exchange: Exchange) -> None:
+    def _finish(self, exchange: Exchange) -> Coroutine[Any, Any, None] | None:
+        """Run ``post_response`` (the one place it runs) and record the exchange.
+
+        Plain implementations run inline, in order; from the first that returns an awaitable
+        on, the rest is returned as a coroutine for the caller to run to its end.
+        """
         timings = exchange.timings
         timings.total_ms = (time.monotonic() - timings.started) * 1000
         if exchange.status is None:
             exchange.status = 499 if exchange.client_disconnected else 500
-        await self.plugins.each("post_response", swallow=True, exchange=exchange)
+        pending = self._post(exchange, self.plugins.impls("post_response"))
+        if pending is not None:
+            return self._finish_awaiting(exchange, pending)
+        self._record(exchange)
+        return None
+
+    async def _finish_awaiting(self, exchange: Exchange,
+                               pending: tuple[str, Any, list[Impl]] | None) -> None:
+        while pending is not None:
+            plugin, awaitable, rest = pending
+            try:
+                await self.plugins.bounded(awaitable)
+            except Exception:
+                self.plugins.failed(plugin, "post_response")
+            pending = self._post(exchange, rest)
         self._record(exchange)
 
-    def _finish_sync(self, exchange: Exchange) -> None:
-        timings = exchange.timings
-        timings.total_ms = (time.monotonic() - timings.started) * 1000
-        if exchange.status is None:
-            exchange.status = 499 if exchange.client_disconnected else 500
-        if self.has_post:
-            plugins = self.plugins
-            for impl in plugins.impls("post_response"):
-                try:
-                    result = impl.function(*[exchange for _ in impl.argnames])
-                except Exception:
-                    plugins.failed(impl.plugin, "post_response")
-                    continue
-                if result is not None and inspect.isawaitable(result):  # a coroutine after all
-                    task = asyncio.get_running_loop().create_task(
-                        self._await_post(impl.plugin, result))
-                    self.finishing.add(task)
-                    task.add_done_callback(self.finishing.discard)
-        self._record(exchange)
-
-    async def _await_post(self, plugin: str, awaitable: Any) -> None:
-        try:
-            await self.plugins.bounded(awaitable)
-        except Exception:
-            self.plugins.failed(plugin, "post_response")
+    def _post(self, exchange: Exchange, impls: list[Impl]
+              ) -> tuple[str, Any, list[Impl]] | None:
+        """Call ``impls`` in order up to the first that returns an awaitable: that plugin,
+        its awaitable and the implementations after it (``None`` when all are done)."""
+        for index, impl in enumerate(impls):
+            try:
+                result = impl.function(*[exchange for _ in impl.argnames])
+            except Exception:
+                self.plugins.failed(impl.plugin, "post_response")
+                continue
+            if result is not None and inspect.isawaitable(result):
+                return impl.plugin, result, impls[index + 1:]
+        return None
 
     def _record(self, exchange: Exchange) -> None:
         metrics = self.midway.metrics
@@ -228,20 +229,21 @@ class Proxy:
         await self._authenticate(exchange)
         self._check_scope(exchange)
 
+        answer: Answer | None = None
         if self.has_pre:
             try:
-                answer, plugin = await self.plugins.first("pre_request", exchange=exchange)
+                result, plugin = await self.plugins.first("pre_request", exchange=exchange)
             except PluginFailed as exc:
                 raise _plugin_error(exchange, exc) from None
-            if answer is not None:
+            if result is not None:
                 exchange.answered_by = plugin
-                return await self._answer_plugin(request, exchange, answer)
-
-        resp, attempt, upstream = await self._attempts(exchange)
+                answer = _plugin_answer(exchange, result)
+        if answer is None:
+            answer = await self._attempts(exchange)
         try:
-            return await self._relay(request, exchange, resp, attempt, upstream)
+            return await self._relay(request, exchange, answer)
         finally:
-            resp.release()
+            answer.release()
 
     async def _read_body(self, request: web.Request, exchange: Exchange) -> bytes:
         length = request.content_length
@@ -291,8 +293,7 @@ class Proxy:
 
     # -- upstream attempts -------------------------------------------------------------------
 
-    async def _attempts(self, exchange: Exchange
-                        ) -> tuple[UpstreamAnswer, Attempt, Upstream]:
+    async def _attempts(self, exchange: Exchange) -> Answer:
         max_attempts = self.midway.settings.max_attempts
         while True:
             upstream = await self._choose(exchange)
@@ -303,7 +304,7 @@ class Proxy:
             exchange.attempts.append(attempt)
             if self.has_up_req:
                 await self._call_strict(exchange, "upstream_request", attempt=attempt)
-            resp: UpstreamAnswer | None = None
+            resp: Answer | None = None
             try:
                 resp = await self._send_upstream(exchange, upstream)
             except MidwayError as exc:
@@ -322,9 +323,10 @@ class Proxy:
             retry: Retry | None = None
             if self.has_up_resp and number < max_attempts:
                 if resp is not None and resp.status >= 400 and \
-                        _SSE not in resp.headers.get("content-type", ""):
+                        SSE not in resp.headers.get("content-type", ""):
                     # Let the judge read a (small) error body; it is relayed as is if kept.
-                    attempt.body = await _read_limited(resp, 1024 * 1024)
+                    attempt.body = await resp.read(JUDGED_BODY_LIMIT)
+                    resp = MemoryAnswer.buffered(resp, attempt.body)
                 retry = await self._call_first_strict(exchange, "upstream_response",
                                                       attempt=attempt)
             if isinstance(retry, Retry):
@@ -337,7 +339,8 @@ class Proxy:
             if failure is not None:
                 raise failure
             assert resp is not None
-            return resp, attempt, upstream
+            exchange.upstream_request_id = attempt.request_id
+            return resp
 
     async def _choose(self, exchange: Exchange) -> Upstream:
         if self.has_choose:
@@ -379,7 +382,8 @@ class Proxy:
             # credential of its own gets the configured upstream key.
             for key, value in self.default_upstream.headers.items():
                 headers.setdefault(key, value)
-        headers["accept-encoding"] = "identity" if self.has_chunk else \
+        # Events are parsed from plain bytes only: a stream someone observes is not encoded.
+        headers["accept-encoding"] = "identity" if exchange.stream_observers else \
             filter_accept_encoding(headers.get("accept-encoding"))
         body = req.body
         if upstream.model and isinstance(req.json, dict) and req.json.get("model") != \
@@ -388,27 +392,14 @@ class Proxy:
         return PreparedRequest(method=req.method, url=upstream.url.rstrip("/") + req.path_qs,
                                headers=headers, body=body)
 
-    async def _send_upstream(self, exchange: Exchange, upstream: Upstream
-                             ) -> UpstreamAnswer:
-        fast = self.fast
-        if upstream.adapter is not None:
-            prepared = upstream.adapter.prepare(exchange, upstream)
-            fast = None
+    async def _send_upstream(self, exchange: Exchange, upstream: Upstream) -> Answer:
+        adapter = upstream.adapter
+        if adapter is not None:
+            prepared = adapter.prepare(exchange, upstream)
         else:
             prepared = self._prepare_native(exchange, upstream)
         try:
-            if fast is not None and prepared.method != "HEAD":
-                try:
-                    return await fast.request(prepared.method, prepared.url, prepared.headers,
-                                              prepared.body)
-                except UnsupportedURL:
-                    pass  # e.g. credentials in the URL: aiohttp's client handles those
-            session = self.midway.session
-            assert session is not None
-            # encoded=True: the client's path and query go out byte for byte, not requoted.
-            return await session.request(
-                prepared.method, URL(prepared.url, encoded=True), data=prepared.body or None,
-                headers=prepared.headers, allow_redirects=False, timeout=self.timeout)
+            answer = await self.send(prepared, adapter is None)
         except (TimeoutError, aiohttp.ServerTimeoutError):
             raise MidwayError(504, f"upstream {upstream.name} timed out",
                               kind=ErrorKind.UPSTREAM_TIMEOUT) from None
@@ -418,51 +409,47 @@ class Proxy:
         except aiohttp.ClientError as exc:
             raise MidwayError(502, f"upstream {upstream.name} failed: "
                               f"{type(exc).__name__}", kind=ErrorKind.UPSTREAM_FAILED) from None
+        # Another vendor's answer is read through its adapter: the relay sees Anthropic's.
+        return answer if adapter is None else TranslatedAnswer(answer, adapter, exchange)
+
+    async def _send_http(self, prepared: PreparedRequest, lean: bool) -> Answer:
+        fast = self.fast
+        if lean and fast is not None and prepared.method != "HEAD":
+            try:
+                return await fast.request(prepared.method, prepared.url, prepared.headers,
+                                          prepared.body)
+            except UnsupportedURL:
+                pass  # e.g. credentials in the URL: aiohttp's client handles those
+        session = self.midway.session
+        assert session is not None
+        # encoded=True: the client's path and query go out byte for byte, not requoted.
+        return ClientAnswer(await session.request(
+            prepared.method, URL(prepared.url, encoded=True), data=prepared.body or None,
+            headers=prepared.headers, allow_redirects=False, timeout=self.timeout))
 
     # -- relaying the answer -----------------------------------------------------------------
 
-    async def _relay(self, request: web.Request, exchange: Exchange,
-                     resp: UpstreamAnswer, attempt: Attempt, upstream: Upstream
+    async def _relay(self, request: web.Request, exchange: Exchange, answer: Answer
                      ) -> web.StreamResponse:
-        exchange.upstream_request_id = attempt.request_id
-        exchange.status = resp.status
-        headers = response_headers(resp.headers)
+        exchange.status = answer.status
+        headers = response_headers(answer.headers)
         headers["x-midway-request-id"] = exchange.id
-        for name, value in exchange.extra_response_headers.items():
-            headers[name] = value
-        content_type = resp.headers.get("content-type", "")
-        encoding = resp.headers.get("content-encoding")
-        adapter = upstream.adapter
-        is_sse = _SSE in content_type
-        if adapter is not None:
-            headers.popall("content-encoding", None)
-            encoding = None
-            if resp.status >= 400:
-                body = attempt.body if attempt.body is not None else await resp.read()
-                headers["content-type"] = "application/json"
-                return await self._answer_body(request, exchange, resp.status, headers,
-                                               adapter.translate_error(resp.status,
-                                                                       resp.headers, body))
-            if is_sse or _is_event_stream(resp):
-                headers["content-type"] = "text/event-stream; charset=utf-8"
-                translator = adapter.stream_translator(exchange)
-                return await self._relay_stream(request, exchange, resp.status, headers,
-                                                _translated(resp, translator), None)
-            body = await resp.read()
-            headers["content-type"] = "application/json"
-            return await self._answer_body(request, exchange, resp.status, headers,
-                                           adapter.translate_json(exchange, body))
-        if is_sse:
-            return await self._relay_stream(request, exchange, resp.status, headers,
-                                             resp.content.iter_any(), encoding)
-        length = resp.content_length
-        if attempt.body is not None or ("json" in content_type and \
-                (length is None or length <= BUFFER_LIMIT)):
-            body = attempt.body if attempt.body is not None else await resp.read()
-            return await self._answer_body(request, exchange, resp.status, headers, body,
+        if exchange.answered_by is None:
+            for name, value in exchange.extra_response_headers.items():
+                headers[name] = value
+        content_type = answer.headers.get("content-type", "")
+        encoding = answer.headers.get("content-encoding")
+        body = answer.body
+        if body is None and SSE in content_type:
+            return await self._relay_stream(request, exchange, answer, headers, encoding)
+        length = answer.content_length
+        if body is not None or ("json" in content_type and
+                                (length is None or length <= BUFFER_LIMIT)):
+            return await self._answer_body(request, exchange, answer.status, headers,
+                                           body if body is not None else await answer.read(),
                                            encoding)
-        return await self._relay_stream(request, exchange, resp.status, headers,
-                                        resp.content.iter_any(), encoding, sse=False)
+        return await self._relay_stream(request, exchange, answer, headers, encoding,
+                                        sse=False)
 
     async def _answer_body(self, request: web.Request, exchange: Exchange, status: int,
                            headers: CIMultiDict[str], body: bytes,
@@ -475,13 +462,18 @@ class Proxy:
         await self._send(request, exchange, response)
         return response
 
-    async def _relay_stream(self, request: web.Request, exchange: Exchange, status: int,
-                            headers: CIMultiDict[str], source: AsyncIterator[bytes],
-                            encoding: str | None, sse: bool = True) -> web.StreamResponse:
+    async def _relay_stream(self, request: web.Request, exchange: Exchange, answer: Answer,
+                            headers: CIMultiDict[str], encoding: str | None, sse: bool = True
+                            ) -> web.StreamResponse:
         exchange.streaming = sse
         if sse and self.midway.stream_bytes_kept:
             exchange.kept_stream = KeptStream(self.midway.stream_bytes_kept)
-        response = web.StreamResponse(status=status, headers=headers)
+        # Events are parsed only for the plugins that asked (observe_stream), and only from
+        # plain bytes; every other stream is relayed as raw chunks.
+        callers = self._chunk_callers(exchange) if sse and not encoding and \
+            exchange.stream_observers else None
+        source = answer.chunks()
+        response = web.StreamResponse(status=answer.status, headers=headers)
         await response.prepare(request)
         timings = exchange.timings
         self.open_streams += 1
@@ -489,8 +481,8 @@ class Proxy:
         if metrics is not None:
             metrics.open_streams += 1
         try:
-            if sse and self.has_chunk and not encoding:
-                await self._relay_events(response, exchange, source)
+            if callers:
+                await self._relay_events(response, exchange, source, callers)
             else:
                 observer = StreamObserver(exchange, encoding) if sse else None
                 first = True
@@ -523,13 +515,19 @@ class Proxy:
         await response.write_eof()
         return response
 
+    def _chunk_callers(self, exchange: Exchange
+                       ) -> list[tuple[Impl, Callable[[SSEEvent], Any]]]:
+        observers = exchange.stream_observers
+        return [(impl, _chunk_caller(impl, exchange)) for owner, impl in self.chunk_impls
+                if any(owner is observer for observer in observers)]
+
     async def _relay_events(self, response: web.StreamResponse, exchange: Exchange,
-                            source: AsyncIterator[bytes]) -> None:
+                            source: AsyncIterator[bytes],
+                            callers: list[tuple[Impl, Callable[[SSEEvent], Any]]]) -> None:
         parser = SSEParser()
         observer = StreamObserver(exchange)
         timings = exchange.timings
         plugins = self.plugins
-        callers = [(impl, _chunk_caller(impl, exchange)) for impl in plugins.impls("on_chunk")]
         kept = exchange.kept_stream
         async for chunk in source:
             out = []
@@ -561,24 +559,6 @@ class Proxy:
                 kept.add(parser.pending)
             await response.write(parser.pending)
 
-    async def _answer_plugin(self, request: web.Request, exchange: Exchange,
-                             answer: Any) -> web.StreamResponse:
-        if not isinstance(answer, Response):
-            raise MidwayError(500, f"plugin {exchange.answered_by} answered with "
-                              f"{type(answer).__name__}, not midway.Response",
-                              kind=ErrorKind.PLUGIN_FAILED)
-        exchange.status = answer.status
-        headers = CIMultiDict(answer.headers)
-        headers["x-midway-request-id"] = exchange.id
-        if answer.stream is not None:
-            headers.setdefault("content-type", answer.content_type or
-                               "text/event-stream; charset=utf-8")
-            return await self._relay_stream(request, exchange, answer.status, headers,
-                                            _aiter(answer.stream), None)
-        headers.setdefault("content-type", answer.content_type or "application/json")
-        return await self._answer_body(request, exchange, answer.status, headers,
-                                       answer.body_bytes())
-
 
 def _plugin_error(exchange: Exchange, exc: PluginFailed) -> MidwayError:
     exchange.fail(ErrorKind.PLUGIN_FAILED, f"plugin {exc.plugin} failed in {exc.hook}")
@@ -595,33 +575,19 @@ def _chunk_caller(impl: Impl, exchange: Exchange) -> Callable[[SSEEvent], Any]:
     return lambda event: fn(*[exchange if a == "exchange" else event for a in names])
 
 
-def _is_event_stream(resp: UpstreamAnswer) -> bool:
-    return "eventstream" in resp.headers.get("content-type", "")
-
-
-async def _translated(resp: UpstreamAnswer, translator: StreamTranslator
-                      ) -> AsyncIterator[bytes]:
-    async for chunk in resp.content.iter_any():
-        out = translator.feed(chunk)
-        if out:
-            yield out
-    tail = translator.close()
-    if tail:
-        yield tail
-
-
-async def _aiter(stream: Any) -> AsyncIterator[bytes]:
-    if hasattr(stream, "__aiter__"):
-        async for chunk in stream:
-            yield chunk
-    else:
-        for chunk in stream:
-            yield chunk
-
-
-async def _read_limited(resp: UpstreamAnswer, limit: int) -> bytes:
-    data = await resp.content.read(limit)
-    return data
+def _plugin_answer(exchange: Exchange, answer: Any) -> MemoryAnswer:
+    """A plugin's ``pre_request`` answer as the relay sees every answer."""
+    if not isinstance(answer, Response):
+        raise MidwayError(500, f"plugin {exchange.answered_by} answered with "
+                          f"{type(answer).__name__}, not midway.Response",
+                          kind=ErrorKind.PLUGIN_FAILED)
+    headers = CIMultiDict(answer.headers)
+    if answer.stream is not None:
+        headers.setdefault("content-type", answer.content_type or
+                           "text/event-stream; charset=utf-8")
+        return MemoryAnswer(answer.status, headers, stream=answer.stream)
+    headers.setdefault("content-type", answer.content_type or "application/json")
+    return MemoryAnswer(answer.status, headers, body=answer.body_bytes())
 
 
 async def _close(response: web.StreamResponse) -> None:

@@ -12,7 +12,9 @@ installed gets these fixtures:
   ``private_redis`` (see :mod:`midway.testing_services`).
 
 For unit tests of a single hook, :func:`make_exchange` builds an exchange and
-:func:`call_hook` calls one plugin's implementation, awaiting it if needed.
+:func:`call_hook` calls one plugin's implementation, awaiting it if needed. Between the two,
+:class:`Harness` drives whole exchanges through every hook of the real relay in-process, with
+an in-memory fake upstream: no sockets, no threads.
 """
 
 from __future__ import annotations
@@ -21,20 +23,35 @@ import asyncio
 import inspect
 import threading
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import aiohttp
+import attrs
 import orjson
 import pytest
 from aiohttp import web
-from multidict import CIMultiDict
+from aiohttp.base_protocol import BaseProtocol
+from aiohttp.streams import StreamReader
+from aiohttp.test_utils import make_mocked_request
+from multidict import CIMultiDict, CIMultiDictProxy
 
+from midway.answer import Answer, MemoryAnswer
 from midway.config import Settings
 from midway.context import Midway
-from midway.exchange import Exchange, Principal, Request, Timings, new_request_id
-from midway.fake_upstream import FakeAnthropic, RecordedRequest, Reply
+from midway.exchange import Exchange, PreparedRequest, Principal, Request, Timings, new_request_id
+from midway.fake_upstream import (
+    FakeAnthropic,
+    RecordedRequest,
+    Rendered,
+    Reply,
+    error_event,
+    estimate_tokens,
+)
+from midway.hookspecs import hookimpl
 from midway.identity import passthrough_principal
+from midway.proxy import Proxy
 from midway.server import PROXY_KEY, build_app, build_midway
 from midway.testing_services import (
     PrivatePostgres,
@@ -55,11 +72,11 @@ from midway.testing_services import (
 
 T = TypeVar("T")
 
-__all__ = ["FakeUpstream", "PrivatePostgres", "PrivateRedis", "RecordedRequest", "Reply",
-           "RunningMidway", "ServerThread", "call_hook", "free_port", "make_exchange",
-           "pg_query", "pg_schema", "pg_schema_factory", "postgres_dsn", "private_postgres",
-           "private_postgres_module", "private_redis", "redis_prefix", "redis_url", "wait_for",
-           "wait_listening"]
+__all__ = ["FakeUpstream", "Harness", "HarnessResult", "PrivatePostgres", "PrivateRedis",
+           "RecordedRequest", "Reply", "RunningMidway", "ServerThread", "call_hook", "free_port",
+           "make_exchange", "pg_query", "pg_schema", "pg_schema_factory", "postgres_dsn",
+           "private_postgres", "private_postgres_module", "private_redis", "redis_prefix",
+           "redis_url", "wait_for", "wait_listening"]
 
 
 class ServerThread:
@@ -199,6 +216,184 @@ def midway_factory(fake_upstream: FakeUpstream, tmp_path: Path
 def midway_proxy(midway_factory: Callable[..., RunningMidway]) -> RunningMidway:
     """A proxy with no plugins in front of ``fake_upstream``."""
     return midway_factory()
+
+
+@attrs.define
+class HarnessResult:
+    """What the client received, and the exchange as ``post_response`` left it."""
+
+    status: int
+    headers: CIMultiDict[str]
+    body: bytes
+    exchange: Exchange
+
+    def json(self) -> Any:
+        return orjson.loads(self.body)
+
+
+class Harness:
+    """A midway instance whose requests run through every hook in this event loop.
+
+    The client side is an aiohttp request object fed from memory, the upstream a
+    :class:`~midway.fake_upstream.FakeAnthropic` answering in memory (``harness.upstream``:
+    script it with ``reply(Reply(...))``, read ``requests``). Everything between them is the
+    real relay: authentication, ``pre_request`` … ``on_chunk`` … ``post_response``, retries,
+    metrics. ``Reply.chunk_size`` splits the stream, ``error_after`` and ``truncate_after``
+    act as over HTTP, ``reset_after`` fails the stream as a lost connection does; timing
+    options (delays, stalls) are not acted out.
+    """
+
+    def __init__(self, plugins: list[Any] | None = None, config: dict[str, Any] | None = None,
+                 data_dir: Path | None = None, **overrides: Any) -> None:
+        import tempfile
+
+        if data_dir is None:
+            self._tmp: Any = tempfile.TemporaryDirectory(prefix="midway-harness-")
+            data_dir = Path(self._tmp.name)
+        self.upstream = FakeAnthropic()
+        settings = make_settings(data_dir, "http://fake.invalid", config, **overrides)
+        self._finished: dict[str, Exchange] = {}
+        objects = [p if isinstance(p, tuple) else
+                   (getattr(p, "__name__", None) or f"plugin{i}", p)
+                   for i, p in enumerate(plugins or [])]
+        self.midway = build_midway(settings, [*objects, ("midway.testing", _Recorder(self))])
+        self.proxy = Proxy(self.midway)
+        self.proxy.send = self._send
+        self._started = False
+
+    async def __aenter__(self) -> Harness:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        plugins = self.midway.plugins
+        await plugins.each("register_metrics", swallow=False, midway=self.midway)
+        await plugins.each("startup", swallow=False, midway=self.midway)
+        self.proxy.refresh()
+        self._started = True
+
+    async def close(self) -> None:
+        if not self._started:
+            return
+        self._started = False
+        if self.proxy.finishing:
+            await asyncio.wait(list(self.proxy.finishing))
+        await self.midway.plugins.each("shutdown", swallow=True, midway=self.midway)
+        if getattr(self, "_tmp", None) is not None:
+            self._tmp.cleanup()
+
+    async def request(self, body: Any = None, headers: dict[str, str] | None = None,
+                      path: str = "/v1/messages", method: str = "POST") -> HarnessResult:
+        """Send one request (``body``: bytes or JSON-able; a short message by default)."""
+        if body is None:
+            body = {"model": "claude-sonnet-4-6", "max_tokens": 64,
+                    "messages": [{"role": "user", "content": "Hello"}]}
+        raw = body if isinstance(body, bytes) else orjson.dumps(body)
+        hdrs = {"x-api-key": "sk-ant-test", "anthropic-version": "2023-06-01",
+                "content-type": "application/json", "content-length": str(len(raw)),
+                **(headers or {})}
+        loop = asyncio.get_running_loop()
+        payload = StreamReader(BaseProtocol(loop), 2 ** 16, loop=loop)
+        payload.feed_data(raw)
+        payload.feed_eof()
+        client = _Client()
+        request = make_mocked_request(method, path, headers=hdrs, payload=payload,
+                                      writer=client,
+                                      client_max_size=self.midway.settings.max_body_size)
+        await self.proxy.handle(request)
+        exchange = self._finished.pop(client.headers["x-midway-request-id"])
+        return HarnessResult(client.status, client.headers, b"".join(client.chunks), exchange)
+
+    async def _send(self, prepared: PreparedRequest, lean: bool) -> Answer:
+        """The in-memory upstream: a PreparedRequest in, the fake's answer as an Answer."""
+        rest = prepared.url.split("://", 1)[-1]
+        path_qs = rest[rest.find("/"):] if "/" in rest else "/"
+        path, _, query = path_qs.partition("?")
+        rec = RecordedRequest(method=prepared.method, path=path, query=query,
+                              headers=CIMultiDict(prepared.headers), body=prepared.body,
+                              received_at=time.monotonic(), finished_at=time.monotonic())
+        self.upstream.requests.append(rec)
+        if path == "/v1/messages" and prepared.method == "POST":
+            rendered = self.upstream.render(rec)
+        elif path == "/v1/messages/count_tokens":
+            rendered = Rendered(200, {}, body=orjson.dumps(
+                {"input_tokens": estimate_tokens(rec.body)}))
+        else:
+            rendered = Rendered(404, {}, body=orjson.dumps({"type": "error", "error": {
+                "type": "not_found_error", "message": f"Not found: {path}"}}))
+        headers = CIMultiDict(rendered.headers)
+        if rendered.events is None:
+            headers["content-type"] = "application/json"
+            return MemoryAnswer(rendered.status, CIMultiDictProxy(headers), rendered.body or b"")
+        headers["content-type"] = "text/event-stream; charset=utf-8"
+        return MemoryAnswer(rendered.status, CIMultiDictProxy(headers),
+                            stream=_acted(rendered.events, rendered.reply or Reply()))
+
+
+async def _acted(events: list[bytes], reply: Reply) -> AsyncIterator[bytes]:
+    """A reply's stream as the fake server writes it: split, ended or broken as scripted."""
+    size = reply.chunk_size
+    for index, event in enumerate(events):
+        if reply.error_after is not None and index == reply.error_after:
+            event = error_event(reply)
+        elif reply.reset_after is not None and index == reply.reset_after:
+            raise aiohttp.ClientPayloadError("upstream connection lost before the end of the "
+                                             "answer")
+        elif reply.truncate_after is not None and index == reply.truncate_after:
+            return
+        for i in range(0, len(event), size or len(event)):
+            yield event[i:i + size] if size else event
+        if reply.error_after is not None and index == reply.error_after:
+            return
+
+
+class _Recorder:
+    """The harness's own plugin: hands each finished exchange to ``Harness.request``."""
+
+    def __init__(self, harness: Harness) -> None:
+        self._harness = harness
+
+    @hookimpl(trylast=True)
+    def post_response(self, exchange: Exchange) -> None:
+        self._harness._finished[exchange.id] = exchange
+
+
+class _Client(aiohttp.abc.AbstractStreamWriter):
+    """The client end of a harness request: collects what the relay writes."""
+
+    def __init__(self) -> None:
+        self.buffer_size = 0
+        self.output_size = 0
+        self.length = 0
+        self.status = 0
+        self.headers: CIMultiDict[str] = CIMultiDict()
+        self.chunks: list[bytes] = []
+
+    async def write(self, chunk: Any, *, drain: bool = True, LIMIT: int = 0x10000) -> None:
+        if chunk:
+            self.chunks.append(bytes(chunk))
+
+    async def write_eof(self, chunk: bytes = b"") -> None:
+        await self.write(chunk)
+
+    async def drain(self) -> None:
+        pass
+
+    def enable_compression(self, encoding: str = "deflate", strategy: Any = None) -> None:
+        pass
+
+    def enable_chunking(self) -> None:
+        pass
+
+    async def write_headers(self, status_line: str, headers: Any) -> None:
+        self.status = int(status_line.split(" ", 2)[1])
+        self.headers = CIMultiDict(headers)
+
+    def send_headers(self) -> None:
+        pass
 
 
 def make_exchange(body: Any = None, headers: dict[str, str] | None = None,

@@ -10,7 +10,8 @@ timeout and an idle (between-bytes) timeout. No redirects, no cookies, no proxie
 decompression: the relay does what it needs itself.
 
 Failures use aiohttp's exception types (``ServerDisconnectedError``, ``ClientPayloadError``)
-plus :class:`UpstreamUnreachable`, so the relay handles both clients the same way.
+plus :class:`UpstreamUnreachable`, so the relay handles both clients the same way; its answer
+is a :class:`midway.answer.Answer` as it stands (aiohttp's is adapted by ``ClientAnswer``).
 """
 
 from __future__ import annotations
@@ -91,10 +92,8 @@ def _parse_origin(base: str) -> _Origin:
 
 
 class UpstreamResponse:
-    """The answer's status and headers, and its body as it arrives.
-
-    Offers the part of ``aiohttp.ClientResponse`` the relay uses: ``status``, ``headers``,
-    ``content_length``, ``content.iter_any()``, ``content.read(n)``, ``read()``, ``release()``.
+    """The answer's status and headers, and its body as it arrives: a
+    :class:`midway.answer.Answer`.
     """
 
     __slots__ = (
@@ -126,9 +125,7 @@ class UpstreamResponse:
         self._idle_timeout = idle_timeout
         self._loop = conn.loop
 
-    @property
-    def content(self) -> UpstreamResponse:
-        return self
+    body = None  # never in memory as a whole: see Answer.body
 
     # -- fed by the connection ---------------------------------------------------------------
 
@@ -192,7 +189,7 @@ class UpstreamResponse:
             conn.resume()
         return data
 
-    async def iter_any(self) -> AsyncIterator[bytes]:
+    async def chunks(self) -> AsyncIterator[bytes]:
         while True:
             data = await self._next()
             if not data:

@@ -1,5 +1,6 @@
 """The cache of one running midway, behind its hooks: look up in ``pre_request``, rebuild
-streams in ``on_chunk``, store complete answers in ``post_response``.
+streams in ``on_chunk`` (observed only for streamed misses it may store), store complete answers
+in ``post_response``.
 
 Request headers: ``x-midway-cache: bypass`` (neither read nor write the cache; also
 ``cache-control: no-store``) and ``x-midway-cache: refresh`` (skip the lookup, store the fresh
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 import time
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
@@ -202,6 +204,7 @@ class Cache:
         exchange.state["cache"] = state
         if directive == "refresh" or "no-cache" in control:
             self._annotate(exchange, CACHE_MISS)
+            self._observe(exchange)
             return None
         now = time.time()
         entry = await self.store.get(keys.exact, now)
@@ -223,7 +226,15 @@ class Cache:
             return answer
         if exchange.annotations.get(CACHE) != CACHE_SHADOW_HIT:
             self._annotate(exchange, CACHE_MISS)
+        self._observe(exchange)
         return None
+
+    def _observe(self, exchange: Exchange) -> None:
+        """A miss goes upstream and its answer may be stored: a stream is rebuilt from its
+        events (on_chunk); every other stream is relayed without them."""
+        if exchange.stream_requested:
+            # the registered plugin is the package of hook functions that delegate here
+            exchange.observe_stream(sys.modules[__package__ or "midway_cache"])
 
     async def _semantic(self, exchange: Exchange, state: _State, now: float
                         ) -> Response | None:
