@@ -232,7 +232,7 @@ def upstream_response(exchange: Exchange, attempt: Attempt) -> Retry | None:
 def on_chunk(exchange: Exchange, event: SSEEvent) -> SSEEvent | None:
     """Observe or replace one server-sent event of a streaming response the plugin observes.
 
-    Opt-in per exchange: it fires only for exchanges on which the plugin called
+    Fires only for exchanges on which the plugin opted in by calling
     ``exchange.observe_stream(plugin)`` (``plugin``: the registered plugin object, ``self``
     for a plugin object, ``sys.modules[__name__]`` for a module of hook functions), usually in
     ``pre_request``; an implementation alone receives nothing. Then it fires for every complete

@@ -8,18 +8,18 @@ import asyncio
 from conftest import body
 
 from midway.testing import Harness, Reply
-from midway_cache import CachePlugin
+import midway_cache
+from midway_cache import CACHE
 
 
 def test_only_streamed_misses_are_observed_and_a_stored_stream_replays() -> None:
-    cache = CachePlugin()
-
     async def main() -> None:
-        async with Harness(plugins=[("cache", cache)], config={"cache": {}}) as h:
+        async with Harness(plugins=[("cache", midway_cache)], config={"cache": {}}) as h:
+            cache = h.midway.services[CACHE]
             h.upstream.reply(Reply(chunk_size=3))
             miss = await h.request(body(stream=True))
             assert miss.headers["x-midway-cache"] == "miss"
-            assert miss.exchange.stream_observers == [cache]
+            assert miss.exchange.stream_observers == [midway_cache]
             await cache.flush()
             hit = await h.request(body(stream=True))
             assert hit.headers["x-midway-cache"] == "hit"
