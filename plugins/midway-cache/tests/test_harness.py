@@ -7,8 +7,8 @@ import asyncio
 
 from conftest import body
 
-from midway.testing import Harness, Reply
 import midway_cache
+from midway.testing import Harness, Reply
 from midway_cache import CACHE
 
 
