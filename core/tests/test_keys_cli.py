@@ -94,7 +94,8 @@ def test_expiry_and_bad_input(tmp_path, keys_config, midway_factory):
     assert "in the past" in run_cli_failing(config, "create", "--name", "x", "--expires",
                                             "2001-01-01")
     assert "no key" in run_cli_failing(config, "revoke", "key_aaaaaaaaaaaa")
-    assert "not a duration" in run_cli_failing(config, "rotate", short["id"], "--grace", "soon")
+    assert "expected a duration" in run_cli_failing(config, "rotate", short["id"], "--grace",
+                                                  "soon")
 
 
 class OtherUpstream:

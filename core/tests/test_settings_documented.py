@@ -59,10 +59,11 @@ def test_every_declared_plugin_option_is_documented(
     assert not missing, f"undocumented [{entry_point.name}] settings: {missing}"
 
 
-def test_the_router_and_dashboard_tables_are_found() -> None:
+@pytest.mark.parametrize(("module", "tables"), [
+    ("midway_router", ["RouterSettings"]), ("midway_dashboard", ["DashboardConfig"]),
+    ("midway_audit", ["AuditConfig"]), ("midway_cache", ["CacheConfig"])])
+def test_the_declared_tables_are_found(module: str, tables: list[str]) -> None:
     # Guards the discovery above: a plugin that declares its table is really checked.
-    midway_router = pytest.importorskip("midway_router")
-    midway_dashboard = pytest.importorskip("midway_dashboard")
+    plugin = pytest.importorskip(module)
 
-    assert [c.__name__ for c in tables_of(midway_router)] == ["RouterSettings"]
-    assert [c.__name__ for c in tables_of(midway_dashboard)] == ["DashboardConfig"]
+    assert [c.__name__ for c in tables_of(plugin)] == tables

@@ -385,6 +385,7 @@ def test_durable_write_ahead_goes_on_when_the_writer_dies_under_a_waiting_reques
 def test_an_intent_that_finds_the_ring_full_holds_its_request_until_it_is_in(tmp_path):
     """An intent must be in the ring before its request goes upstream (the ring outlives the
     relay, the relay's memory does not): with the ring full, ``upstream_request`` waits."""
+    from midway.options import load_table
     from midway.testing import make_exchange
     from midway_audit.config import AuditConfig
     from midway_audit.handoff.channel import WriterChannel
@@ -393,7 +394,8 @@ def test_an_intent_that_finds_the_ring_full_holds_its_request_until_it_is_in(tmp
 
     async def main() -> None:
         table = {"store": f"sqlite:///{tmp_path}/audit.db", "handoff_bytes": MiB}
-        channel = WriterChannel(AuditConfig.from_table(table, tmp_path), table, tmp_path)
+        config = load_table(AuditConfig, "audit", table, data_dir=tmp_path)
+        channel = WriterChannel(config, table, tmp_path)
         await channel.start()
         assert channel.proc is not None
         pid = channel.proc.pid

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
+import pytest
 from click.testing import CliRunner
 
 from midway.cli import cli
+from midway.config import ConfigError
+from midway.options import load_table
 from midway.testing import free_port, pg_query
+from midway_audit.config import AuditConfig
 
 
 def run(tmp_path: Path, monkeypatch: Any, command: list[str], toml: str) -> tuple[int, str]:
@@ -80,19 +85,68 @@ def test_sqlite_store_checked_and_created(tmp_path, monkeypatch):
 def test_store_setting_follows_the_one_grammar(tmp_path, monkeypatch):
     """``store`` is read by midway.storage.parse_store: the default file, paths (relative ones
     under the data dir), sqlite:/// URLs and env: references land where every plugin's do."""
-    from midway_audit.config import AuditConfig, AuditConfigError
-
     monkeypatch.setenv("AUDIT_STORE_TEST", f"sqlite://{tmp_path}/from-env.db")
     for value, path in [("sqlite", tmp_path / "audit.db"),
                         ("trail/audit.db", tmp_path / "trail" / "audit.db"),
                         (f"sqlite://{tmp_path}/abs.db", tmp_path / "abs.db"),  # sqlite:///tmp/…
                         ("env:AUDIT_STORE_TEST", tmp_path / "from-env.db")]:
-        assert AuditConfig.from_table({"store": value}, tmp_path).store.path == path
-    pg = AuditConfig.from_table({"store": "postgresql://u:secret@h/db"}, tmp_path)
+        assert audit_config({"store": value}, tmp_path).store.path == path
+    assert audit_config({}, tmp_path).store.path == tmp_path / "audit.db"
+    pg = audit_config({"store": "postgresql://u:secret@h/db"}, tmp_path)
     assert pg.is_postgres and "secret" not in pg.describe_store()
-    try:
-        AuditConfig.from_table({"store": "sqlite3"}, tmp_path)  # a typo is not a new file
-    except AuditConfigError as exc:
-        assert str(exc).startswith("[audit] store:")
-    else:
-        raise AssertionError("a bare word is not a store")
+    with pytest.raises(ConfigError) as info:
+        audit_config({"store": "sqlite3"}, tmp_path)  # a typo is not a new file
+    assert str(info.value).startswith("[audit] store:")
+
+
+def audit_config(table: dict[str, Any], data_dir: Path) -> AuditConfig:
+    return load_table(AuditConfig, "audit", table, data_dir=data_dir)
+
+
+def test_the_table_keeps_its_keys_defaults_and_meanings(tmp_path, monkeypatch):
+    """Every key as docs/audit.md describes it, from the file and from the environment."""
+    config = audit_config({}, tmp_path)
+    assert (config.bodies, config.write_ahead, config.write_ahead_durable) == (True, True, False)
+    assert (config.max_age, config.max_rows, config.prune_interval) == (None, None, 300.0)
+    assert config.jsonl_path(tmp_path) is None and config.schema is None
+    config = audit_config({"write_ahead": "durable", "max_age": "90d", "max_rows": 0,
+                           "prune_interval": 0, "jsonl": "audit.jsonl",
+                           "redact_headers": ["X-Internal-User"], "schema": "",
+                           "sqlite_synchronous": "NORMAL", "handoff_bytes": "2MiB"}, tmp_path)
+    assert config.write_ahead and config.write_ahead_durable
+    assert (config.max_age, config.max_rows, config.prune_interval) == (90 * 86400, None, 300.0)
+    assert config.jsonl_path(tmp_path) == tmp_path / "audit.jsonl"
+    assert config.jsonl_path(tmp_path / "other") == tmp_path / "other" / "audit.jsonl"
+    assert config.redact_headers == ("x-internal-user",) and config.schema is None
+    assert config.sqlite_synchronous == "normal" and config.handoff_bytes == 2 * 1024 * 1024
+    monkeypatch.setenv("MIDWAY_AUDIT__WRITE_AHEAD", "false")
+    monkeypatch.setenv("MIDWAY_AUDIT__BODIES", "off")
+    from_env = load_table(AuditConfig, "audit", {}, env=os.environ, data_dir=tmp_path)
+    assert not from_env.write_ahead and not from_env.bodies
+
+
+@pytest.mark.parametrize(("table", "message"), [
+    ({"on_full": "wait"}, "[audit] on_full: expected one of 'block', 'drop', got 'wait'"),
+    ({"writer_nice": 20}, "[audit] writer_nice: expected 0 to 19, got 20"),
+    ({"handoff_bytes": 1000}, "[audit] handoff_bytes: expected at least 1 MiB, got 1000"),
+    ({"batch_size": 0}, "[audit] batch_size: expected a number >= 1, got 0"),
+    ({"write_ahead": "maybe"}, "[audit] write_ahead: expected true, false or 'durable', "
+                               "got 'maybe'"),
+    ({"max_age": "soon"}, "[audit] max_age: expected a duration"),
+])
+def test_a_bad_value_is_one_line_naming_the_key(tmp_path, table, message):
+    with pytest.raises(ConfigError) as info:
+        audit_config(table, tmp_path)
+    assert str(info.value).startswith(message)
+
+
+def test_an_unknown_key_names_the_nearest_one(tmp_path, monkeypatch):
+    """A typo in [audit] stops the server and the commands with one line naming the fix."""
+    code, output = run(tmp_path, monkeypatch, ["config", "check", "--json"],
+                       "[audit]\nmax_agee = \"90d\"\n")
+    assert code == 1
+    problems = audit_problems(output)
+    assert len(problems) == 1
+    assert "[audit] max_agee: unknown setting; did you mean `max_age`?" in problems[0]
+    code, output = run(tmp_path, monkeypatch, ["audit", "query"], "[audit]\nbodys = false\n")
+    assert code != 0 and "[audit] bodys: unknown setting; did you mean `bodies`?" in output

@@ -16,6 +16,7 @@ import pytest
 from conftest import data_dir, flush, get, records
 
 from midway import Response, hookimpl
+from midway.options import load_table
 from midway.testing import Reply, wait_for
 from midway_audit.chain import verify
 from midway_audit.config import AuditConfig
@@ -124,7 +125,7 @@ def test_write_ahead_can_be_turned_off(fake_upstream, audited):
 
 def _config(kind: str, tmp_path: Path, pg_config: dict[str, Any]) -> AuditConfig:
     table = pg_config if kind == "postgres" else {"store": f"sqlite:///{tmp_path}/audit.db"}
-    return AuditConfig.from_table(table, tmp_path)
+    return load_table(AuditConfig, "audit", table, data_dir=tmp_path)
 
 
 async def _opened(config: AuditConfig) -> AuditStore:

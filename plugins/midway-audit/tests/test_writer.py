@@ -8,6 +8,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from midway.options import load_table
 from midway.testing import make_exchange
 from midway_audit.chain import Head
 from midway_audit.config import AuditConfig
@@ -42,7 +43,7 @@ class GatedStore:
 def writer(store: Any, **config: Any) -> tuple[AuditWriter, CollectorRegistry]:
     registry = CollectorRegistry()
     # the store is the test's own: the configured one (a file in the data dir) is never opened
-    cfg = AuditConfig.from_table(config, data_dir=Path("/nonexistent"))
+    cfg = load_table(AuditConfig, "audit", config, data_dir=Path("/nonexistent"))
     return AuditWriter(store, cfg, Redactor(), AuditMetrics(registry)), registry
 
 

@@ -4,15 +4,21 @@ does when its Redis goes away and comes back (a redis-server of this test's own)
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis
 from click.testing import CliRunner
 from conftest import body, client, stats
 
 from midway.cli import cli
+from midway.config import ConfigError
+from midway.options import load_table
+from midway.storage import StoreURL
 from midway.testing import wait_for
+from midway_cache.config import CacheConfig
 
 
 def run(tmp_path: Path, monkeypatch: Any, command: list[str], toml: str) -> tuple[int, str]:
@@ -69,7 +75,39 @@ def test_unknown_store_and_setting(tmp_path, monkeypatch):
                     '[cache]\nstore = "memcached://x"\n')
     assert code == 1 and "memcached://x" in problems(out)[0]
     code, out = run(tmp_path, monkeypatch, ["config", "check", "--json"], "[cache]\nttll = 3\n")
-    assert code == 1 and "ttll" in problems(out)[0]
+    assert code == 1 and len(problems(out)) == 1
+    assert "[cache] ttll: unknown setting; did you mean `ttl`?" in problems(out)[0]
+    code, out = run(tmp_path, monkeypatch, ["cache", "stats"], "[cache]\nsemantic_treshold = 1\n")
+    assert code == 1
+    assert "[cache] semantic_treshold: unknown setting; did you mean `semantic_threshold`?" in out
+
+
+def test_the_table_keeps_its_keys_defaults_and_meanings(tmp_path, monkeypatch):
+    config = load_table(CacheConfig, "cache", {}, data_dir=tmp_path)
+    assert config.store == StoreURL("sqlite", path=tmp_path / "cache.db")
+    assert (config.ttl, config.max_bytes, config.share) == (7 * 86400, 1024 ** 3, "principal")
+    assert config.threshold_for("claude-haiku-4-5") == 0.95
+    monkeypatch.setenv("MIDWAY_CACHE__SEMANTIC_THRESHOLDS", '{ "claude-haiku-*" = 0.97 }')
+    monkeypatch.setenv("MIDWAY_CACHE__TTL", "1h")
+    config = load_table(CacheConfig, "cache", {"max_bytes": "64MiB", "store": "redis://h:6379"},
+                        env=os.environ, data_dir=tmp_path)
+    assert config.threshold_for("claude-haiku-4-5") == 0.97 and config.ttl == 3600.0
+    assert config.max_bytes == 64 * 1024 ** 2 and config.store.kind == "redis"
+
+
+@pytest.mark.parametrize(("table", "message"), [
+    ({"share": "everyone"}, "[cache] share: expected one of 'principal', 'team', 'global'"),
+    ({"semantic_mode": "on"}, "[cache] semantic_mode: expected one of 'serve', 'shadow'"),
+    ({"semantic_threshold": 1.5}, "[cache] semantic_threshold: expected a number in (0, 1]"),
+    ({"semantic_threshold": 0}, "[cache] semantic_threshold: expected a number > 0"),
+    ({"ttl": "a week"}, "[cache] ttl: expected a duration"),
+    ({"embedder_api_key": 12345}, "[cache] embedder_api_key: expected a string (or unset)"),
+])
+def test_a_bad_value_is_one_line_naming_the_key(tmp_path, table, message):
+    with pytest.raises(ConfigError) as info:
+        load_table(CacheConfig, "cache", table, data_dir=tmp_path)
+    assert str(info.value).startswith(message)
+    assert "12345" not in str(info.value)  # a secret is never echoed
 
 
 def test_redis_loss_bypasses_then_recovers(fake_upstream, cached, private_redis):

@@ -14,14 +14,19 @@ from typing import Any
 import asyncpg
 import pytest
 
-from midway.storage import StoreURLError
+from midway.config import ConfigError
+from midway.options import load_table
 from midway_cache.config import CacheConfig
-from midway_cache.stores import Entry, make_store, store_url
+from midway_cache.stores import Entry, make_store
 from midway_cache.stores.sql import SQLStore
 
 PG = "postgresql://postgres@127.0.0.1:5432/test"
 
 Job = Callable[[SQLStore], Awaitable[Any]]
+
+
+def cache_config(data_dir: Path, **table: Any) -> CacheConfig:
+    return load_table(CacheConfig, "cache", table, data_dir=data_dir)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -32,7 +37,7 @@ def with_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Calla
 
     def run(job: Job, **settings: Any) -> Any:
         async def go() -> Any:
-            store = make_store(CacheConfig(store=spec, schema=schema, **settings), tmp_path)
+            store = make_store(cache_config(tmp_path, store=spec, schema=schema, **settings))
             assert isinstance(store, SQLStore)
             await store.open()
             try:
@@ -153,7 +158,7 @@ def test_sqlite_file_of_earlier_versions_is_used_as_is(tmp_path):
     old.close()
 
     async def job() -> tuple[Entry | None, dict[str, Any]]:
-        store = make_store(CacheConfig(), tmp_path)
+        store = make_store(cache_config(tmp_path))
         await store.open()
         try:
             return await store.get("k", 200.0), await store.stats()
@@ -167,7 +172,7 @@ def test_sqlite_file_of_earlier_versions_is_used_as_is(tmp_path):
 
 def test_store_spellings(tmp_path, monkeypatch):
     def kind_and_where(spec: str) -> tuple[str, str]:
-        url = store_url(CacheConfig(store=spec), tmp_path)
+        url = cache_config(tmp_path, store=spec).store
         return url.kind, url.masked
 
     assert kind_and_where("sqlite") == ("sqlite", str(tmp_path / "cache.db"))
@@ -179,8 +184,8 @@ def test_store_spellings(tmp_path, monkeypatch):
     monkeypatch.setenv("MIDWAY_TEST_CACHE_STORE", "redis://127.0.0.1:6379/0")
     assert kind_and_where("env:MIDWAY_TEST_CACHE_STORE")[0] == "redis"
     for wrong in ("memcached://x", "postgress"):
-        with pytest.raises(StoreURLError, match=r"\[cache\] store"):
-            store_url(CacheConfig(store=wrong), tmp_path)
+        with pytest.raises(ConfigError, match=r"^\[cache\] store"):
+            cache_config(tmp_path, store=wrong)
 
 
 def test_concurrent_puts_keep_the_cap_and_exact_totals(with_store):

@@ -19,12 +19,14 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from midway.config import ConfigError
 from midway.errors import MidwayError, error_response
 from midway.exchange import Principal
 from midway.identity import presented_credential
 from midway.keys.cache import KeyCache
-from midway.keys.model import KeysError, parse_duration
+from midway.keys.model import KeysError
 from midway.keys.service import KeyService
+from midway.timeparse import parse_duration
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 ADMIN = "/_midway/admin"
@@ -54,10 +56,10 @@ async def _body(request: web.Request) -> dict[str, Any]:
 
 
 def _grace(body: dict[str, Any]) -> float:
-    value = body.get("grace", 0)
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise KeysError("grace must be seconds or a duration such as '1h'")
-    return parse_duration(value) if isinstance(value, str) else float(value)
+    try:
+        return parse_duration(body.get("grace", 0))
+    except ConfigError as exc:
+        raise KeysError(f"grace: {exc}") from None
 
 
 def _guard(handler: Handler) -> Handler:

@@ -7,20 +7,27 @@ never imports ``midway.cli``, which imports it).
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import click
 import orjson
 
-from midway.config import Settings
-from midway.keys.model import KeyRecord, KeysError, parse_duration
+from midway.config import ConfigError, Settings
+from midway.keys.model import KeyRecord, KeysError
 from midway.keys.service import Issued, KeyService
 from midway.keys.store import open_store
+from midway.timeparse import parse_duration
 
 T = TypeVar("T")
-_DURATION = re.compile(r"\d+\s*[smhdw]?")
+
+
+def _is_duration(text: str) -> bool:
+    try:
+        parse_duration(text)
+    except ConfigError:
+        return False
+    return True
 
 
 def _run(settings: Settings, operation: Callable[[KeyService], Awaitable[T]]) -> T:
@@ -108,8 +115,8 @@ def make_keys_group(settings_options: Callable[[Callable[..., Any]], Callable[..
             if not sep or not key:
                 raise click.BadParameter(f"{label!r} is not KEY=VALUE", param_hint="--label")
             spec["labels"][key] = value
-        if expires:
-            spec["expires_in" if _DURATION.fullmatch(expires.strip()) else "expires_at"] = expires
+        if expires:  # a lifetime (3600, 30d), else an instant
+            spec["expires_in" if _is_duration(expires) else "expires_at"] = expires
         if no_project_header:
             spec["allow_project_header"] = False
         if not settings.plugin_config("keys").get("enabled"):
@@ -177,7 +184,7 @@ def make_keys_group(settings_options: Callable[[Callable[..., Any]], Callable[..
         """A new secret for the same key; prints it once."""
         try:
             seconds = parse_duration(grace)
-        except KeysError as exc:
+        except ConfigError as exc:
             raise click.BadParameter(str(exc), param_hint="--grace") from None
         issued = _run(settings, lambda service: service.rotate(key_id, seconds))
         _show_issued(issued, as_json)

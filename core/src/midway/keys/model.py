@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import fnmatch
-import re
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -14,8 +13,6 @@ from midway.exchange import Principal
 from midway.keys.tokens import visible_prefix
 
 CAPABILITIES = frozenset({"keys:create"})
-_DURATION_RE = re.compile(r"(\d+)\s*([smhdw]?)")
-_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
 class KeysError(ValueError):
@@ -102,25 +99,6 @@ def iso(ts: float | None) -> str | None:
     if ts is None:
         return None
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-def parse_duration(text: str) -> float:
-    """``90``, ``45s``, ``15m``, ``12h``, ``30d``, ``2w`` → seconds."""
-    match = _DURATION_RE.fullmatch(text.strip().lower())
-    if match is None:
-        raise KeysError(f"not a duration: {text[:40]!r} (use e.g. 3600, 15m, 12h, 30d, 2w)")
-    return float(int(match.group(1)) * _UNITS[match.group(2)])
-
-
-def parse_time(text: str) -> float:
-    """An ISO 8601 date or date-time (UTC unless it says otherwise) → epoch seconds."""
-    try:
-        value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise KeysError(f"not an ISO 8601 date-time: {text[:40]!r}") from None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value.timestamp()
 
 
 def _glob_within(child: str, parent: str) -> bool:

@@ -8,6 +8,7 @@ from typing import Any
 
 import attrs
 
+from midway.config import ConfigError
 from midway.keys import tokens
 from midway.keys.model import (
     CAPABILITIES,
@@ -16,10 +17,9 @@ from midway.keys.model import (
     KeysError,
     Scope,
     check_within,
-    parse_duration,
-    parse_time,
 )
 from midway.keys.store import KeyStore
+from midway.timeparse import TIME_FORMS, parse_duration, parse_time
 
 
 @attrs.frozen
@@ -65,10 +65,16 @@ def _text(value: Any, field: str, required: bool = False) -> str | None:
 def scope_from(spec: dict[str, Any], now: float, parent: KeyRecord | None = None) -> Scope:
     """A scope from user input (CLI options or an API body), inheriting from ``parent``."""
     expires_at: float | None = None
-    if spec.get("expires_in") is not None:
-        expires_at = now + parse_duration(str(spec["expires_in"]))
-    if spec.get("expires_at") is not None:
-        expires_at = parse_time(str(spec["expires_at"]))
+    try:
+        if spec.get("expires_in") is not None:
+            expires_at = now + parse_duration(spec["expires_in"])
+        if spec.get("expires_at") is not None:
+            expires_at = parse_time(spec["expires_at"], now=now)
+            if expires_at is None:  # "": not a time (parse_time's "no bound")
+                raise ConfigError(f"expected a time ({TIME_FORMS}), got ''")
+    except ConfigError as exc:
+        field = "expires_at" if spec.get("expires_at") is not None else "expires_in"
+        raise KeysError(f"{field}: {exc}") from None
     if expires_at is not None and expires_at <= now:
         raise KeysError("expiry is in the past")
     capabilities = _strings(spec.get("capabilities"), "capabilities")

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import logging
 from typing import TYPE_CHECKING, Any
-from weakref import WeakKeyDictionary
 
-import attrs
 from aiohttp import web
 
 from midway import Attempt, Exchange, Midway, hookimpl
 from midway.access import local_or_admin
 from midway.errors import error_response
+from midway.services import ServiceKey
 from midway_audit.config import AuditConfig
 from midway_audit.handoff.channel import WriterChannel
 from midway_audit.handoff.intents import intent_meta
@@ -36,44 +35,29 @@ if TYPE_CHECKING:
     import click
 
 __version__ = "0.1.0"
-__all__ = ["AUDIT", "AuditService"]
+__all__ = ["AUDIT", "AuditConfig", "AuditService"]
 log = logging.getLogger("midway.audit")
 
 # Streams are kept raw (SSE framing around the deltas): room for a body of max_body_bytes.
 _STREAM_OVERHEAD = 4
 
 
-@attrs.define
-class _Instance:
-    """The plugin's state in one running midway (tests run several in one process)."""
-
-    metrics: AuditMetrics | None = None
-    store: AuditStore | None = None  # for reading (the service); the writer process has its own
-    channel: WriterChannel | None = None
-
-
-_instances: WeakKeyDictionary[Midway, _Instance] = WeakKeyDictionary()
-
-
-def _instance(midway: Midway) -> _Instance:
-    found = _instances.get(midway)
-    if found is None:
-        found = _instances[midway] = _Instance()
-    return found
+# The metrics live as long as the registry they are on: built once, before startup, and kept
+# across a shutdown and a new startup (they cannot be registered twice).
+_METRICS: ServiceKey[AuditMetrics] = ServiceKey("audit.metrics")
 
 
 @hookimpl
 def register_metrics(midway: Midway) -> None:
     if midway.metrics is not None:
-        _instance(midway).metrics = AuditMetrics(midway.metrics.registry)
+        midway.services[_METRICS] = AuditMetrics(midway.metrics.registry)
 
 
 @hookimpl
 async def startup(midway: Midway) -> None:
-    inst = _instance(midway)
-    table = midway.config("audit")
-    config = AuditConfig.from_table(table, midway.data_dir)
-    channel = WriterChannel(config, table, midway.data_dir, inst.metrics)
+    config = midway.options("audit", AuditConfig)  # a bad [audit] table stops start-up
+    channel = WriterChannel(config, midway.settings.tables.get("audit"), midway.data_dir,
+                            midway.services.get(_METRICS))
     await channel.start()
     try:
         store = AuditStore(config)
@@ -83,21 +67,19 @@ async def startup(midway: Midway) -> None:
         raise
     if config.bodies:
         midway.keep_stream_bodies(config.max_body_bytes * _STREAM_OVERHEAD)
-    inst.store, inst.channel = store, channel
-    midway.services["audit"] = AuditService(store, channel)
+    midway.services[AUDIT] = AuditService(store, channel)
     log.info("audit: recording to %s (bodies %s, writer process %s)", config.describe_store(),
              "on" if config.bodies else "off", channel.proc.pid if channel.proc else None)
 
 
 @hookimpl
 async def shutdown(midway: Midway) -> None:
-    inst = _instances.get(midway)
-    if inst is None or inst.channel is None or inst.store is None:
+    service = midway.services.pop(AUDIT, None)  # the request hooks stop here
+    if service is None:
         return
-    midway.services.pop("audit", None)  # the request hooks stop here
-    await inst.channel.close()
-    await inst.store.close()
-    inst.channel = inst.store = None
+    if service.writer is not None:
+        await service.writer.close()
+    await service.store.close()
 
 
 # The request hooks find the channel in midway.services (a plain dict): they run for every
@@ -106,7 +88,7 @@ async def shutdown(midway: Midway) -> None:
 @hookimpl(tryfirst=True)
 def pre_request(exchange: Exchange) -> Any:
     midway = exchange.midway
-    service = midway.services.get("audit") if midway is not None else None
+    service = midway.services.get(AUDIT) if midway is not None else None
     channel = service.writer if service is not None else None
     # The writer is far behind: wait for it (with on_full = "drop", records are dropped
     # instead and requests never wait).
@@ -120,7 +102,7 @@ def upstream_request(exchange: Exchange, attempt: Attempt) -> Any:
     midway = exchange.midway
     if attempt.number != 1 or midway is None:  # one intent per request: retries share it
         return None
-    service = midway.services.get("audit")
+    service = midway.services.get(AUDIT)
     channel = service.writer if service is not None else None
     if channel is None or not channel.config.write_ahead:
         return None
@@ -130,7 +112,7 @@ def upstream_request(exchange: Exchange, attempt: Attempt) -> Any:
 @hookimpl(trylast=True)
 def post_response(exchange: Exchange) -> None:
     midway = exchange.midway
-    service = midway.services.get("audit") if midway is not None else None
+    service = midway.services.get(AUDIT) if midway is not None else None
     channel = service.writer if service is not None else None
     if channel is not None:
         channel.record(*capture(exchange, channel.config.bodies))
@@ -142,7 +124,7 @@ def register_routes(app: web.Application, midway: Midway) -> None:
         if not local_or_admin(request, midway):
             return error_response(403, "audit status is served to local clients or with the "
                                   "admin key")
-        service = midway.services.get("audit")
+        service = midway.services.get(AUDIT)
         return web.json_response(service.status() if service is not None else {})
 
     app.router.add_get("/_midway/audit/status", status)

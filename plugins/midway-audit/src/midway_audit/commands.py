@@ -13,10 +13,11 @@ import click
 import orjson
 
 from midway.cli import TIME, settings_options
-from midway.config import Settings
+from midway.config import ConfigError, Settings
+from midway.timeparse import parse_optional_duration
 from midway_audit.chain import verify as verify_chain
 from midway_audit.chain import verify_exported
-from midway_audit.config import AuditConfig, AuditConfigError, parse_duration
+from midway_audit.config import AuditConfig
 from midway_audit.stores.queries import Filter, full_record
 from midway_audit.stores.store import AuditStore
 
@@ -31,8 +32,8 @@ CSV_FIELDS = ("seq", "time", "id", "upstream_request_id", "principal", "team",
 
 def _run(settings: Settings, action: Callable[[AuditStore], Awaitable[T]]) -> T:
     try:
-        config = AuditConfig.from_table(settings.plugin_config("audit"), settings.data_dir)
-    except AuditConfigError as exc:
+        config = settings.options("audit", AuditConfig)
+    except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
 
     async def main() -> T:
@@ -285,8 +286,8 @@ def _flat(record: dict[str, Any]) -> dict[str, Any]:
 def prune(settings: Settings, max_age: str | None, max_rows: int | None) -> None:
     """Delete the oldest records now; the chain stays verifiable from its new anchor."""
     try:
-        age = parse_duration(max_age, "--max-age")
-    except AuditConfigError as exc:
+        age = parse_optional_duration(max_age)
+    except ConfigError as exc:
         raise click.BadParameter(str(exc)) from None
     if age is None and max_rows is None:
         raise click.UsageError("give --max-age and/or --max-rows")

@@ -1,155 +1,155 @@
-"""The ``[audit]`` config table, read once at start-up (and by the commands)."""
+"""The ``[audit]`` config table (docs/audit.md), declared once: built by
+``midway.options("audit", AuditConfig)`` at start-up and ``settings.options(...)`` in the
+commands; the writer process builds it again from the same table (handoff/channel.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 
 from midway.config import ConfigError
-from midway.storage import StoreURL, StoreURLError, parse_store
+from midway.options import byte_size, option, store_option
+from midway.storage import StoreURL
 from midway.timeparse import parse_optional_duration
 
 MiB = 1024 * 1024
 STORE_LABEL = "[audit] store"  # how the store setting is named in messages
-_DEFAULT_STORE = StoreURL("sqlite", path=Path("audit.db"))  # from_table puts it in the data dir
+_TRUE = ("true", "yes", "on", "1")
+_FALSE = ("false", "no", "off", "0")
 
 
-class AuditConfigError(ValueError):
-    """The ``[audit]`` table cannot be used; the message says which key."""
+def _schema(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"expected a PostgreSQL schema name, got {value!r}")
+    return value
 
 
-def parse_duration(value: Any, key: str) -> float | None:
-    """``3600``, ``"90m"``, ``"30d"`` → seconds (:mod:`midway.timeparse`); ``None``/``0``/``""``
-    → ``None`` (off)."""
-    try:
-        return parse_optional_duration(value)
-    except ConfigError as exc:
-        raise AuditConfigError(f"[audit] {key}: {exc}") from None
+def _synchronous(value: Any) -> Literal["full", "normal"]:
+    text = str(value).strip().lower()
+    if text == "full":
+        return "full"
+    if text == "normal":
+        return "normal"
+    raise ValueError(f"expected 'full' or 'normal', got {value!r}")
 
 
-@attrs.define
+def _jsonl(value: Any) -> Path | None:
+    if not value:
+        return None
+    if not isinstance(value, str | Path):
+        raise ValueError(f"expected a path, got {value!r}")
+    return Path(value).expanduser()
+
+
+def _headers(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list | tuple) or not all(isinstance(h, str) for h in value):
+        raise ValueError(f"expected a list of header names, got {value!r}")
+    return tuple(h.lower() for h in value)
+
+
+def _max_rows(value: Any) -> int | None:
+    """A positive count; ``0`` or unset: no limit."""
+    if value is None or value == 0 or value == "":
+        return None
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    raise ValueError(f"expected a positive number of records (or 0: no limit), got {value!r}")
+
+
+def _prune_interval(value: Any) -> float:
+    return parse_optional_duration(value) or 300.0  # 0 or unset: the default
+
+
+def _write_ahead(value: Any) -> bool | Literal["durable"]:
+    """``true`` / ``false`` / ``"durable"`` (also the environment's strings)."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text == "durable":
+        return "durable"
+    if text in _TRUE + _FALSE:
+        return text in _TRUE
+    raise ValueError(f"expected true, false or 'durable', got {value!r}")
+
+
+@attrs.frozen
 class AuditConfig:
-    """Everything the plugin can be told. See docs/audit.md for each key."""
+    """Everything the plugin can be told; docs/audit.md explains each key."""
 
-    # "sqlite", a path, "sqlite:///path.db", "postgresql://..." (or env:/file:): parse_store
-    store: StoreURL = _DEFAULT_STORE
-    schema: str | None = None  # PostgreSQL schema for the tables (default: search_path)
-    sqlite_synchronous: str = "full"  # full | normal: fsync per commit or per checkpoint
-    jsonl: Path | None = None  # extra JSONL sink (relative paths are under the data dir)
-    jsonl_max_bytes: int = 100 * MiB
-    jsonl_backups: int = 5
-    bodies: bool = True
-    max_body_bytes: int = 4 * MiB  # per body, after redaction; longer ones are cut and marked
-    redact_defaults: bool = True
-    redact_patterns: dict[str, str] = attrs.field(factory=dict)  # name -> regex
-    redact_headers: tuple[str, ...] = ()  # extra header names never stored
-    queue_size: int = 10_000
-    queue_max_bytes: int = 256 * MiB  # and at most this much body data waiting
-    handoff_bytes: int = 16 * MiB  # the shared ring between the relay and the writer process
-    writer_nice: int = 10  # the writer process's niceness, added to the relay's
-    batch_size: int = 256
-    batch_linger: float = 0.01  # seconds a batch waits for more records before committing
-    on_full: str = "block"  # block (backpressure, nothing lost) | drop (counted)
-    flush_timeout: float = 30.0  # at shutdown, how long to keep retrying a failing store
-    max_age: float | None = None  # seconds; prune older records
-    max_rows: int | None = None  # prune oldest beyond this many
-    prune_interval: float = 300.0
-    # an intent per request, handed to the writer when the upstream is contacted
-    # (handoff/intents.py)
-    write_ahead: bool = True
-    # write_ahead = "durable": the relay also waits for the intent's commit before sending
-    write_ahead_durable: bool = False
+    store: StoreURL = store_option(
+        "audit.db", help="where records are kept: \"sqlite\" (audit.db in the data dir), a "
+        "path, or postgresql://… (env:NAME / file:PATH hold one)")
+    schema: str | None = option(
+        None, converter=_schema, help="PostgreSQL schema for the tables (default: the "
+        "search_path)")
+    sqlite_synchronous: Literal["full", "normal"] = option(
+        "full", converter=_synchronous,
+        help="full: fsync every commit; normal: survive a process crash, not a machine's")
+    jsonl: Path | None = option(
+        None, converter=_jsonl, help="also write a JSONL copy here (relative: under the data "
+        "dir)")
+    jsonl_max_bytes: int = option(100 * MiB, converter=byte_size,
+                                  help="rotate the JSONL file at this size")
+    jsonl_backups: int = option(5, ge=0, help="rotated JSONL files kept")
+    bodies: bool = option(True, help="store request and response bodies")
+    max_body_bytes: int = option(4 * MiB, converter=byte_size,
+                                 help="per body, after redaction; longer ones are cut and marked")
+    redact_defaults: bool = option(True, help="mask the built-in secret patterns")
+    redact_patterns: dict[str, str] = option(
+        {}, help="more patterns to mask: name = Python regular expression")
+    redact_headers: tuple[str, ...] = option((), converter=_headers,
+                                             help="more header names never stored")
+    queue_size: int = option(10_000, ge=1, help="the writer's queue, in records")
+    queue_max_bytes: int = option(256 * MiB, converter=byte_size,
+                                  help="the writer's queue, in body data")
+    handoff_bytes: int = option(16 * MiB, converter=byte_size, help="the shared ring between "
+                                "the relay and the writer process (at least 1 MiB)")
+    writer_nice: int = option(10, ge=0, help="the writer process's niceness (0-19), added to "
+                              "the relay's")
+    batch_size: int = option(256, ge=1, help="records committed in one transaction at most")
+    batch_linger: float = option(0.01, ge=0, help="seconds between hand-overs to the writer "
+                                 "(and its batches)")
+    on_full: Literal["block", "drop"] = option(
+        "block", help="when the writer is behind: block (requests wait) or drop (counted)")
+    flush_timeout: float = option(30.0, ge=0, help="at shutdown, seconds to keep retrying a "
+                                  "failing store")
+    max_age: float | None = option(None, converter=parse_optional_duration,
+                                   help="prune records older than this (e.g. 90d; unset: off)")
+    max_rows: int | None = option(None, converter=_max_rows,
+                                  help="prune the oldest beyond this many records (unset: off)")
+    prune_interval: float = option(300.0, converter=_prune_interval,
+                                   help="seconds between prunes")
+    write_ahead: bool | Literal["durable"] = option(
+        True, converter=_write_ahead, help="an intent per request as the upstream is "
+        "contacted; \"durable\": the request waits for its commit")
+
+    def __attrs_post_init__(self) -> None:
+        if self.writer_nice > 19:
+            raise ConfigError("[audit] writer_nice: expected 0 to 19, got "
+                              f"{self.writer_nice}")
+        if self.handoff_bytes < MiB:
+            raise ConfigError("[audit] handoff_bytes: expected at least 1 MiB, got "
+                              f"{self.handoff_bytes}")
+
+    @property
+    def write_ahead_durable(self) -> bool:
+        """``write_ahead = "durable"``: the relay waits for each intent's commit."""
+        return self.write_ahead == "durable"
 
     @property
     def is_postgres(self) -> bool:
         return self.store.kind == "postgresql"
 
-    @classmethod
-    def from_table(cls, table: dict[str, Any], data_dir: Path) -> AuditConfig:
-        known = {f.name for f in attrs.fields(cls)}
-        unknown = sorted(set(table) - known)
-        if unknown:
-            raise AuditConfigError(f"[audit] unknown key(s): {', '.join(unknown)}")
-        try:
-            config = cls(
-                store=parse_store(table.get("store"), data_dir=data_dir,
-                                  default_file="audit.db", label=STORE_LABEL),
-                schema=table.get("schema") or None,
-                sqlite_synchronous=str(table.get("sqlite_synchronous", "full")).lower(),
-                jsonl=_jsonl_path(table.get("jsonl"), data_dir),
-                jsonl_max_bytes=int(table.get("jsonl_max_bytes", 100 * MiB)),
-                jsonl_backups=int(table.get("jsonl_backups", 5)),
-                bodies=bool(table.get("bodies", True)),
-                max_body_bytes=int(table.get("max_body_bytes", 4 * MiB)),
-                redact_defaults=bool(table.get("redact_defaults", True)),
-                redact_patterns={str(k): str(v) for k, v in
-                                 dict(table.get("redact_patterns") or {}).items()},
-                redact_headers=tuple(str(h).lower() for h in table.get("redact_headers", ())),
-                queue_size=int(table.get("queue_size", 10_000)),
-                queue_max_bytes=int(table.get("queue_max_bytes", 256 * MiB)),
-                handoff_bytes=int(table.get("handoff_bytes", 16 * MiB)),
-                writer_nice=int(table.get("writer_nice", 10)),
-                batch_size=int(table.get("batch_size", 256)),
-                batch_linger=float(table.get("batch_linger", 0.01)),
-                on_full=str(table.get("on_full", "block")),
-                flush_timeout=float(table.get("flush_timeout", 30.0)),
-                max_age=parse_duration(table.get("max_age"), "max_age"),
-                max_rows=int(table["max_rows"]) if table.get("max_rows") else None,
-                prune_interval=float(parse_duration(table.get("prune_interval", 300),
-                                                    "prune_interval") or 300.0),
-                write_ahead=_write_ahead(table.get("write_ahead", True)) != "off",
-                write_ahead_durable=_write_ahead(table.get("write_ahead", True)) == "durable",
-            )
-        except (TypeError, ValueError) as exc:
-            if isinstance(exc, AuditConfigError):
-                raise
-            if isinstance(exc, StoreURLError):
-                raise AuditConfigError(str(exc)) from None
-            raise AuditConfigError(f"[audit] invalid value: {exc}") from None
-        if config.on_full not in ("block", "drop"):
-            raise AuditConfigError("[audit] on_full must be 'block' or 'drop'")
-        if config.sqlite_synchronous not in ("full", "normal"):
-            raise AuditConfigError("[audit] sqlite_synchronous must be 'full' or 'normal'")
-        if not 0 <= config.writer_nice <= 19:
-            raise AuditConfigError("[audit] writer_nice must be between 0 and 19")
-        if config.handoff_bytes < MiB:
-            raise AuditConfigError("[audit] handoff_bytes must be at least 1 MiB")
-        if config.queue_size < 1 or config.batch_size < 1 or config.max_body_bytes < 0:
-            raise AuditConfigError("[audit] queue_size and batch_size must be positive")
-        return config
+    def jsonl_path(self, data_dir: Path) -> Path | None:
+        """The JSONL sink's file: ``jsonl``, relative to ``data_dir`` unless absolute."""
+        return None if self.jsonl is None else data_dir / self.jsonl
 
     def describe_store(self) -> str:
         """The store, for logs: the SQLite file, or the PostgreSQL URL without its password."""
         return self.store.masked
-
-
-def _flag(value: Any, key: str) -> bool:
-    """A boolean, also from the environment's strings (``MIDWAY_AUDIT__WRITE_AHEAD=false``)."""
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise AuditConfigError(f"[audit] {key} must be true or false, got {value!r}")
-
-
-def _write_ahead(value: Any) -> str:
-    """``true`` / ``false`` / ``"durable"`` → "on", "off", "durable"."""
-    if isinstance(value, str) and value.strip().lower() == "durable":
-        return "durable"
-    try:
-        return "on" if _flag(value, "write_ahead") else "off"
-    except AuditConfigError:
-        raise AuditConfigError(f"[audit] write_ahead must be true, false or 'durable', got "
-                               f"{value!r}") from None
-
-
-def _jsonl_path(value: Any, data_dir: Path) -> Path | None:
-    if not value:
-        return None
-    path = Path(str(value)).expanduser()
-    return path if path.is_absolute() else data_dir / path

@@ -2,29 +2,28 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from midway import Midway, hookimpl
 from midway.storage import check_store, upgrade_store
 from midway_audit.config import STORE_LABEL, AuditConfig
 from midway_audit.stores.schema import SCHEMA
 
 
-def _config(midway: Midway) -> AuditConfig:
-    return AuditConfig.from_table(midway.config("audit"), midway.settings.data_dir)
-
-
 @hookimpl
 async def config_check(midway: Midway) -> list[str]:
-    config = _config(midway)  # an invalid table raises: reported as this plugin's problem
+    # An invalid table raises: reported as this plugin's problem.
+    config = midway.options("audit", AuditConfig)
     problems = await check_store(config.store, SCHEMA, label=STORE_LABEL, pg_schema=config.schema)
-    if config.jsonl is not None:
-        problems += _check_jsonl(config)
+    jsonl = config.jsonl_path(midway.data_dir)
+    if jsonl is not None:
+        problems += _check_jsonl(jsonl)
     return problems
 
 
-def _check_jsonl(config: AuditConfig) -> list[str]:
+def _check_jsonl(jsonl: Path) -> list[str]:
     """The JSONL sink's directory must be creatable and writable."""
-    assert config.jsonl is not None
-    directory = config.jsonl.parent
+    directory = jsonl.parent
     try:
         directory.mkdir(parents=True, exist_ok=True)
         probe = directory / ".midway-audit-write-test"
@@ -38,5 +37,5 @@ def _check_jsonl(config: AuditConfig) -> list[str]:
 @hookimpl
 async def db_upgrade(midway: Midway) -> list[str]:
     """Create the tables (and PostgreSQL schema), or add the columns a newer version added."""
-    config = _config(midway)
+    config = midway.options("audit", AuditConfig)
     return await upgrade_store(config.store, SCHEMA, label=STORE_LABEL, pg_schema=config.schema)

@@ -1,4 +1,4 @@
-"""``midway.services["audit"]``: what the dashboard and other plugins read."""
+"""``midway.services[AUDIT]``: what the dashboard and other plugins read."""
 
 from __future__ import annotations
 
@@ -19,9 +19,10 @@ class AuditService:
     async def query(self, since: Any = None, until: Any = None, principal: str | None = None,
                     model: str | None = None, status: Any = None, text: str | None = None,
                     limit: int = 100) -> list[dict[str, Any]]:
-        """Records without bodies, newest first. ``since``/``until``: datetime, epoch seconds,
-        ISO 8601 or relative (``"15m"``); ``status``: ``200``, ``"4xx"`` or ``"error"``;
-        ``text``: a substring of the record or its bodies."""
+        """Records without bodies, newest first. ``since``/``until``: a datetime, epoch seconds,
+        ISO 8601 (naive = UTC) or relative (``"15m"``), as :func:`midway.timeparse.parse_time`
+        reads them; ``status``: ``200``, ``"4xx"`` or ``"error"``; ``text``: a substring of the
+        record or its bodies."""
         filt = Filter.build(since, until, principal, model, status, text)
         return await self.store.query(filt, max(0, int(limit)))
 

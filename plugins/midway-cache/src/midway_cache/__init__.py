@@ -1,7 +1,7 @@
 """midway-cache: exact and semantic response caching for midway, safe for agents.
 
 Every hook finds this instance's :class:`~midway_cache.plugin.Cache` in
-``midway.services["cache"]`` (created in ``startup``), so several midway instances may share
+``midway.services[CACHE]`` (created in ``startup``), so several midway instances may share
 one process.
 """
 
@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from midway import Exchange, Midway, Response, SSEEvent, hookimpl
 from midway.services import ServiceKey
-from midway_cache.config import load_config
+from midway_cache.config import CacheConfig
 from midway_cache.operations import config_check, db_upgrade  # noqa: F401 (hooks)
 from midway_cache.plugin import Cache
 
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     import click
 
 __version__ = "0.1.0"
-__all__ = ["CACHE", "Cache", "__version__"]
+__all__ = ["CACHE", "Cache", "CacheConfig", "__version__"]
 
 # What other plugins (the dashboard) look up: midway.services.get(CACHE) is a Cache.
 CACHE: ServiceKey[Cache] = ServiceKey("cache")
@@ -32,7 +32,7 @@ def _cache(midway: Midway | None) -> Cache | None:
 @hookimpl
 async def startup(midway: Midway) -> None:
     registry = midway.metrics.registry if midway.metrics is not None else None
-    cache = Cache(load_config(midway.config("cache")), registry)
+    cache = Cache(midway.options("cache", CacheConfig), registry)
     midway.services[CACHE] = cache  # also when disabled: the dashboard shows it
     if cache.config.enabled:
         await cache.start(midway)

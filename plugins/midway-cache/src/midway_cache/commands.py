@@ -6,13 +6,13 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import attrs
 import click
 import orjson
 
 from midway.cli import settings_options
-from midway.config import Settings
-from midway.storage import StoreURLError
-from midway_cache.config import ConfigError, load_config
+from midway.config import ConfigError, Settings
+from midway_cache.config import CacheConfig
 from midway_cache.stores import make_store
 
 
@@ -21,12 +21,15 @@ def cache_group() -> None:
     """Inspect and manage the response cache."""
 
 
-def _store(settings: Settings) -> Any:
+def _config(settings: Settings) -> CacheConfig:
     try:
-        config = load_config(settings.plugin_config("cache"))
-        return make_store(config, settings.data_dir)
-    except (ConfigError, StoreURLError) as exc:
+        return settings.options("cache", CacheConfig)
+    except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def _store(settings: Settings) -> Any:
+    return make_store(_config(settings))
 
 
 async def _with_store(settings: Settings, job: Any) -> Any:
@@ -87,14 +90,11 @@ def eval_command(settings: Settings, pairs: Path | None, threshold: float | None
     """Served-rate and wrong-rate of the semantic layer on labelled prompt pairs."""
     from midway_cache.evaluate import evaluate, load_pairs, render
 
-    try:
-        config = load_config(settings.plugin_config("cache"))
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
+    config = _config(settings)
     if threshold is not None:
-        config.semantic_threshold = threshold
+        config = attrs.evolve(config, semantic_threshold=threshold)
     if no_guard:
-        config.semantic_guard = False
+        config = attrs.evolve(config, semantic_guard=False)
     report = asyncio.run(evaluate(config, load_pairs(pairs)))
     if as_json:
         click.echo(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())

@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import aiohttp
 import numpy as np
 
-from midway_cache.config import CacheConfig, ConfigError
+from midway.config import ConfigError
+from midway_cache.config import CacheConfig
 
 if TYPE_CHECKING:
     from midway import Midway

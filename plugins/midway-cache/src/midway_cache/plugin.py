@@ -104,7 +104,7 @@ class Cache:
 
     async def start(self, midway: Midway) -> None:
         """Open the store (and the embedder) and start the background jobs."""
-        self.store = make_store(self.config, midway.data_dir)
+        self.store = make_store(self.config)
         await self.store.open()
         self.coalescer = Coalescer(self.store, self.config.coalesce_timeout)
         if self.config.semantic:

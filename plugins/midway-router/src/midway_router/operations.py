@@ -4,7 +4,7 @@ Redis it shares key health through. Redis holds no schema, so there is nothing t
 from __future__ import annotations
 
 from midway import Midway, hookimpl
-from midway.storecheck import check_redis
+from midway.storage.schema import check_redis
 from midway_router import pool
 from midway_router.settings import RouterSettings
 

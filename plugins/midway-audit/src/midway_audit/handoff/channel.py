@@ -24,7 +24,7 @@ import logging
 import os
 import socket
 import sys
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +45,10 @@ class WriterGone(RuntimeError):
 
 
 class WriterChannel:
-    def __init__(self, config: AuditConfig, table: dict[str, Any], data_dir: Path,
+    def __init__(self, config: AuditConfig, table: Mapping[str, Any] | None, data_dir: Path,
                  metrics: Any = None) -> None:
+        """``table`` is the ``[audit]`` table ``config`` was built from, as written: the writer
+        process builds its own config from it (and the environment it inherits)."""
         self.config = config
         self.blocking = config.on_full == "block"
         self.table = table

@@ -27,6 +27,7 @@ from typing import Any
 
 import orjson
 
+from midway.options import load_table
 from midway.storage import new_instance
 from midway_audit.config import AuditConfig
 from midway_audit.handoff.frames import BY_SOCKET, CONFIG, INTENT, RECORD, WAKE, line, read_frame
@@ -135,7 +136,9 @@ class WriterProcess:
         from pathlib import Path
 
         data_dir = Path(table["data_dir"])
-        config = AuditConfig.from_table(table["config"], data_dir)
+        # The relay checked this table, with the same MIDWAY_AUDIT__* variables (inherited).
+        config = load_table(AuditConfig, "audit", table["config"], env=os.environ,
+                            data_dir=data_dir)
         redactor = Redactor(config.redact_defaults, config.redact_patterns,
                             config.redact_headers)
         store = AuditStore(config, inline=True)
@@ -150,8 +153,9 @@ class WriterProcess:
                         recovered)
             self.metrics.recovered.inc(recovered)
         sink = None
-        if config.jsonl is not None:
-            sink = JsonlSink(config.jsonl, config.jsonl_max_bytes, config.jsonl_backups)
+        jsonl = config.jsonl_path(data_dir)
+        if jsonl is not None:
+            sink = JsonlSink(jsonl, config.jsonl_max_bytes, config.jsonl_backups)
             sink.open()
         if config.write_ahead:
             self.intents = IntentLog(store, redactor, instance, self.metrics, self._changed.set,

@@ -4,50 +4,21 @@ dashboard), the columns every read selects, and rows as records."""
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Mapping
-from datetime import datetime
 from typing import Any
 
 import attrs
 import orjson
 
+from midway.timeparse import parse_time
 from midway_audit.chain import StoredRow
 
-_RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _STATUS_CLASS = re.compile(r"^([1-5])xx$", re.IGNORECASE)
 
 # The columns of one stored record, in the order every store selects them.
 COLUMNS = ("seq, request_id, principal, model, status, ts, data, request_body, response_body, "
            "prev_hash, hash")
 SUMMARY_COLUMNS = "seq, data, prev_hash, hash"
-
-
-def parse_time(value: Any) -> float | None:
-    """An instant: ``datetime``, epoch seconds, ISO 8601, or relative (``15m`` = 15 min ago)."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, datetime):
-        return value.timestamp()
-    if isinstance(value, int | float):
-        return float(value)
-    text = str(value).strip()
-    match = _RELATIVE.match(text)
-    if match:
-        return time.time() - float(match.group(1)) * _UNITS[match.group(2)]
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    try:
-        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise ValueError(f"not a time: {text!r} (use ISO 8601, epoch seconds or e.g. 15m, 2h, "
-                         "7d)") from None
-    if parsed.tzinfo is None:
-        parsed = parsed.astimezone()
-    return parsed.timestamp()
 
 
 def parse_status(value: Any) -> tuple[int, int] | None:

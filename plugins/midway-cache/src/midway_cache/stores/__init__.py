@@ -2,30 +2,18 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from midway.storage import StoreURL, open_database, parse_store
+from midway.storage import StoreURL, open_database
 from midway_cache.config import CacheConfig
 from midway_cache.stores.base import COUNTERS, Candidate, Entry, Store
 
-__all__ = ["COUNTERS", "LABEL", "Candidate", "Entry", "Store", "make_store", "sql_layout",
-           "store_url"]
+__all__ = ["COUNTERS", "LABEL", "Candidate", "Entry", "Store", "make_store", "sql_layout"]
 
-LABEL = "[cache] store"
-
-
-def store_url(config: CacheConfig, data_dir: Path) -> StoreURL:
-    """Where ``config.store`` points (:func:`midway.storage.parse_store`'s grammar).
-
-    :raises midway.storage.StoreURLError: a value naming no store the cache offers.
-    """
-    return parse_store(config.store, data_dir=data_dir, default_file="cache.db", label=LABEL,
-                       kinds=("sqlite", "postgresql", "redis"))
+LABEL = "[cache] store"  # how load_table names the store setting, for the same messages
 
 
-def make_store(config: CacheConfig, data_dir: Path) -> Store:
+def make_store(config: CacheConfig) -> Store:
     """The store ``config.store`` names (not opened yet)."""
-    url = store_url(config, data_dir)
+    url = config.store
     if url.kind == "redis":
         from midway_cache.stores.redis import RedisStore
 
