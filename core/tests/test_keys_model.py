@@ -1,11 +1,13 @@
 """Key format, hashing, durations and the scope-subset rule, without a server."""
 
 import time
+from datetime import UTC, datetime
 
 import pytest
 
 from midway.keys import tokens
-from midway.keys.model import KeysError, Scope, check_within, parse_duration, parse_time
+from midway.keys.model import KeysError, Scope, check_within
+from midway.keys.service import scope_from
 
 
 def test_key_format_and_hash():
@@ -24,17 +26,25 @@ def test_key_format_and_hash():
         assert tokens.parse(bad) is None
 
 
-def test_durations_and_times():
-    assert parse_duration("90") == 90
-    assert parse_duration("15m") == 900
-    assert parse_duration("12h") == 43200
-    assert parse_duration("30d") == 30 * 86400
-    assert parse_duration("2w") == 14 * 86400
-    assert parse_time("2030-01-01") == parse_time("2030-01-01T00:00:00Z")
-    with pytest.raises(KeysError):
-        parse_duration("soon")
-    with pytest.raises(KeysError):
-        parse_time("next week")
+def test_expiry_spellings():
+    """The lifetimes and instants the keys CLI and API accept (midway.timeparse's grammar)."""
+    now = 1_800_000_000.0  # 2027-01-15
+
+    def expires(**spec: object) -> float | None:
+        return scope_from(dict(spec), now).expires_at
+
+    for text, seconds in [("90", 90), ("15m", 900), ("12h", 43200), ("30d", 30 * 86400),
+                          ("2w", 14 * 86400), (3600, 3600)]:
+        assert expires(expires_in=text) == now + seconds
+    assert expires(expires_at="2030-01-01") == expires(expires_at="2030-01-01T00:00:00Z") \
+        == datetime(2030, 1, 1, tzinfo=UTC).timestamp()
+    assert expires(expires_at="2030-01-01T02:00:00+02:00") == expires(expires_at="2030-01-01")
+    for spec, message in [({"expires_in": "soon"}, "expires_in: expected a duration"),
+                          ({"expires_at": "next week"}, "expires_at: expected a time"),
+                          ({"expires_at": ""}, "expires_at: expected a time"),
+                          ({"expires_at": "2001-01-01"}, "expiry is in the past")]:
+        with pytest.raises(KeysError, match=f"^{message}"):
+            scope_from(spec, now)
 
 
 PARENT = Scope(team="search", labels={"project": "atlas"}, models=("claude-sonnet-*",),

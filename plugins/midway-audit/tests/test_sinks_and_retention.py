@@ -55,6 +55,18 @@ def test_jsonl_sink_rotates_by_size_and_lines_chain(fake_upstream, audited):
     assert out.exit_code == 1 and "edited" in orjson.loads(out.output)["reason"]
 
 
+def test_the_writer_process_sees_environment_overrides(fake_upstream, audited, monkeypatch):
+    """The writer builds its config from the same table and MIDWAY_AUDIT__* variables as the
+    relay (it inherits the environment): only the writer writes the JSONL sink."""
+    monkeypatch.setenv("MIDWAY_AUDIT__JSONL", "from-env/audit.jsonl")
+    running = audited(jsonl_max_bytes="1MiB")
+    send(running, 2)
+    wait_for(lambda: len(records(running)) == 2)
+    flush(running)
+    lines = (data_dir(running) / "from-env" / "audit.jsonl").read_bytes().splitlines()
+    assert [orjson.loads(line)["seq"] for line in lines] == [1, 2]
+
+
 def test_retention_from_config_prunes_a_prefix_and_keeps_the_chain(fake_upstream, audited):
     running = audited(max_rows=3, prune_interval=0.05)
     send(running, 7)
