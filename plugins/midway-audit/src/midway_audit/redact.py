@@ -7,9 +7,9 @@ no quote or backslash, so a redacted JSON document stays valid JSON.
 Speed matters (Claude Code sends 80 KB+ per turn, and every record's metadata is scanned
 too): each default pattern starts with a literal, checking the characters before it with a
 lookbehind, so the regex engine skips ahead to that literal as fast as ``str.find`` would.
-The two case-insensitive patterns cannot; they run only when a literal every match contains
-is in the lower-cased text. E-mail addresses, whose ``@`` is common in code, are found from
-each ``@`` outwards.
+The two case-insensitive patterns and Stripe's (``sk_``/``rk_``) cannot; they run only when a
+literal every match contains is in the (lower-cased) text. E-mail addresses, whose ``@`` is
+common in code, are found from each ``@`` outwards.
 """
 
 from __future__ import annotations
@@ -42,6 +42,15 @@ DEFAULT_PATTERNS: dict[str, tuple[str, tuple[str, ...], bool]] = {
                      r"|ithub_pat_[A-Za-z0-9_]{40,})", (), False),
     "slack_token": (r"xox(?<![A-Za-z0-9]xox)[abprs]-[A-Za-z0-9\-]{10,}", (), False),
     "google_api_key": (r"AIza(?<![A-Za-z0-9]AIza)[0-9A-Za-z_\-]{35}", (), False),
+    # midway's own keys (midway.keys.tokens): mw-<12 base32>_<43 base64url>
+    "midway_key": (r"mw-(?<![A-Za-z0-9_\-]mw-)[a-z2-7]{12}_[A-Za-z0-9_\-]{43}", (), False),
+    # header.payload[.signature]: both JSON objects, so both segments start "eyJ" ('{"')
+    "jwt": (r"eyJ(?<![A-Za-z0-9_\-]eyJ)[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}"
+            r"\.[A-Za-z0-9_\-]*", (), False),
+    # secret and restricted keys, live and test (pk_ publishable keys are public)
+    "stripe_key": (r"(?<![A-Za-z0-9])[rs]k_(?:live|test)_[A-Za-z0-9]{16,}",
+                   ("k_live_", "k_test_"), False),
+    "huggingface_token": (r"hf_(?<![A-Za-z0-9_]hf_)[A-Za-z0-9]{34,}(?![A-Za-z0-9])", (), False),
     "bearer_token": (r"(?i)(?<![A-Za-z0-9])bearer\s+[A-Za-z0-9._~+/\-]{8,}=*", ("bearer",),
                      True),
 }
