@@ -33,6 +33,7 @@ import attrs
 import pytest
 import redis
 
+from midway.identity import passthrough_id
 from midway.secrets_ref import fingerprint
 from midway.testing import Reply, free_port, wait_for
 
@@ -44,6 +45,8 @@ KEY_A, KEY_B = "sk-ant-pool-a-0001", "sk-ant-pool-b-0002"  # the router's pool
 USER_KEY = "sk-ant-user-0001"
 BUDGET_KEY = "sk-ant-capped-0001"  # a principal with a total budget
 LIMIT = Decimal("0.003")
+# Instances sharing stores share the secret of pass-through identities (budgets, cache tenants).
+IDENTITY_SECRET = "scaleout-identity-secret-0123456789abcdef"
 pytestmark = pytest.mark.timeout(240)
 
 
@@ -136,8 +139,11 @@ class Outcome:
 
 def write_config(path: Path, upstream: str, redis_url: str, schemas: dict[str, str],
                  prefix: str) -> None:
-    budget_principal = f"key-{fingerprint(BUDGET_KEY)}"
+    budget_principal = passthrough_id(BUDGET_KEY, IDENTITY_SECRET.encode())
     path.write_text(f"""
+[midway]
+identity_secret = "{IDENTITY_SECRET}"
+
 [audit]
 store = "{PG}"
 schema = "{schemas['audit']}"
@@ -429,7 +435,7 @@ def _check_stores(config: Path, schemas: dict[str, str], fake_upstream: Any,
 
     # The budget: what the capped principal was charged never passed its limit, and it was
     # used up (not refused from the start).
-    capped = f"key-{fingerprint(BUDGET_KEY)}"
+    capped = passthrough_id(BUDGET_KEY, IDENTITY_SECRET.encode())
     spent = Decimal(sum(r["cost_pusd"] for r in attempts if r["principal"] == capped)) / 10**12
     assert spent <= LIMIT
     assert spent > LIMIT - Decimal("0.0005")  # refused only when one more might overshoot

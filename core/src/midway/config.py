@@ -64,6 +64,7 @@ class Settings:
     upstream_api_key: str | None = None  # reference; used when clients present midway keys
     client_keys: list[ClientKey] = attrs.field(factory=list)
     admin_key: str | None = None  # reference; enables /_midway/admin and protects dashboards
+    identity_secret: str | None = None  # reference; keys pass-through identities (see identity)
     log_format: str = "text"  # text | json
     log_level: str = "INFO"
     access_log: bool = True
@@ -106,7 +107,8 @@ _SCALARS: dict[str, type] = {
     "connect_timeout": float, "max_body_size": int, "pool_size": int,
     "shutdown_timeout": float, "max_attempts": int, "hook_timeout": float,
     "allow_public": bool, "trust_env": bool,
-    "upstream_api_key": str, "admin_key": str, "log_format": str, "log_level": str,
+    "upstream_api_key": str, "admin_key": str, "identity_secret": str, "log_format": str,
+    "log_level": str,
     "access_log": bool, "upstream_client": str,
 }
 

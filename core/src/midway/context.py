@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 
 from midway.config import Settings
+from midway.datadir import prepare
 from midway.plugins import PluginHost
 
 if TYPE_CHECKING:
@@ -46,9 +47,7 @@ class Midway:
 
     @property
     def data_dir(self) -> Path:
-        path = self.settings.data_dir
-        path.mkdir(parents=True, exist_ok=True)
-        return path
+        return prepare(self.settings.data_dir)
 
     def config(self, name: str) -> dict[str, Any]:
         """A plugin's config table (``[name]`` in TOML, ``MIDWAY_NAME__KEY`` in the env)."""

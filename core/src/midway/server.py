@@ -22,6 +22,7 @@ from midway import __version__, malformed
 from midway.config import ConfigError, Settings
 from midway.context import Midway
 from midway.errors import error_response
+from midway.identity import identity_key, use_identity_key
 from midway.keys import install as install_keys
 from midway.metrics import Metrics
 from midway.plugins import PluginHost
@@ -62,7 +63,8 @@ def runtime_dir(settings: Settings) -> Path:
 
 def build_midway(settings: Settings, objects: Iterable[tuple[str, object]] = (),
                  worker_index: int = 0, publish: bool = False) -> Midway:
-    """Load plugins and make the instance (no I/O yet)."""
+    """Load plugins and make the instance (no I/O but the data dir and its secret)."""
+    use_identity_key(identity_key(settings))
     plugins = PluginHost()
     plugins.hook_timeout = settings.hook_timeout
     plugins.load(only=settings.plugins, extra=settings.extra_plugins, objects=objects)
