@@ -13,7 +13,7 @@ from midway.exchange import Principal
 from midway.secrets_ref import SecretError, fingerprint, resolve
 
 ANONYMOUS = Principal(id="anonymous", name="anonymous", kind="anonymous")
-# The key of pass-through identities in this process: set by midway.server.build_midway from
+# The key of pass-through identities in this process: set by midway.server.build_app from
 # identity_key(settings); random until then (plugin unit tests, which run no server).
 _process_key = secrets.token_bytes(32)
 

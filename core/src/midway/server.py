@@ -63,8 +63,7 @@ def runtime_dir(settings: Settings) -> Path:
 
 def build_midway(settings: Settings, objects: Iterable[tuple[str, object]] = (),
                  worker_index: int = 0, publish: bool = False) -> Midway:
-    """Load plugins and make the instance (no I/O but the data dir and its secret)."""
-    use_identity_key(identity_key(settings))
+    """Load plugins and make the instance (no I/O yet)."""
     plugins = PluginHost()
     plugins.hook_timeout = settings.hook_timeout
     plugins.load(only=settings.plugins, extra=settings.extra_plugins, objects=objects)
@@ -81,6 +80,8 @@ def build_app(midway: Midway) -> web.Application:
     """The aiohttp application: core routes, plugin routes, then ``/v1/*``."""
     settings = midway.settings
     malformed.install()  # parser errors must not echo the client's header lines
+    # Pass-through clients are named under this instance's secret (created on first start).
+    use_identity_key(identity_key(settings))
     app = web.Application(client_max_size=settings.max_body_size, handler_args={
         "max_field_size": 64 * 1024, "max_line_size": 64 * 1024, "max_headers": 512},
         middlewares=[deadlines.middleware])
