@@ -7,9 +7,9 @@ no quote or backslash, so a redacted JSON document stays valid JSON.
 Speed matters (Claude Code sends 80 KB+ per turn, and every record's metadata is scanned
 too): each default pattern starts with a literal, checking the characters before it with a
 lookbehind, so the regex engine skips ahead to that literal as fast as ``str.find`` would.
-The two case-insensitive patterns and Stripe's (``sk_``/``rk_``) cannot; they run only when a
-literal every match contains is in the (lower-cased) text. E-mail addresses, whose ``@`` is
-common in code, are found from each ``@`` outwards.
+The two case-insensitive patterns cannot; they run only when a literal every match contains
+is in the lower-cased text. E-mail addresses, whose ``@`` is common in code, are found from
+each ``@`` outwards.
 """
 
 from __future__ import annotations
@@ -47,9 +47,10 @@ DEFAULT_PATTERNS: dict[str, tuple[str, tuple[str, ...], bool]] = {
     # header.payload[.signature]: both JSON objects, so both segments start "eyJ" ('{"')
     "jwt": (r"eyJ(?<![A-Za-z0-9_\-]eyJ)[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}"
             r"\.[A-Za-z0-9_\-]*", (), False),
-    # secret and restricted keys, live and test (pk_ publishable keys are public)
-    "stripe_key": (r"(?<![A-Za-z0-9])[rs]k_(?:live|test)_[A-Za-z0-9]{16,}",
-                   ("k_live_", "k_test_"), False),
+    # Stripe's secret and restricted keys, live and test (pk_ publishable keys are public)
+    "stripe_key": (r"sk_(?<![A-Za-z0-9]sk_)(?:live|test)_[A-Za-z0-9]{16,}", (), False),
+    "stripe_restricted_key": (r"rk_(?<![A-Za-z0-9]rk_)(?:live|test)_[A-Za-z0-9]{16,}", (),
+                              False),
     "huggingface_token": (r"hf_(?<![A-Za-z0-9_]hf_)[A-Za-z0-9]{34,}(?![A-Za-z0-9])", (), False),
     "bearer_token": (r"(?i)(?<![A-Za-z0-9])bearer\s+[A-Za-z0-9._~+/\-]{8,}=*", ("bearer",),
                      True),
