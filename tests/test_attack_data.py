@@ -34,13 +34,6 @@ COLLIDING = ("sk-ant-api03-894ce9633b21", "sk-ant-api03-004d57424af1")
 
 
 @pytest.fixture
-def fake() -> Iterator[FakeUpstream]:
-    server = FakeUpstream().start()
-    yield server  # type: ignore[misc]
-    server.stop()
-
-
-@pytest.fixture
 def wide_umask() -> Iterator[None]:
     """midway is started the way a user's shell would: umask 022 (files 0644, dirs 0755)."""
     old = os.umask(0o022)
@@ -65,8 +58,8 @@ def modes(root: Path) -> dict[str, int]:
 
 
 @pytest.mark.attack(11, "the data dir and its stores are readable by other local users")
-def test_data_dir_is_private(tmp_path: Path, fake: FakeUpstream, wide_umask: None) -> None:
-    server = Server(tmp_path, CONFIG, fake.url).start()
+def test_data_dir_is_private(tmp_path: Path, fake_upstream: FakeUpstream, wide_umask: None) -> None:
+    server = Server(tmp_path, CONFIG, fake_upstream.url).start()
     try:
         request_id, _ = ask(server, "sk-ant-private")
         wait_for(lambda: request_id in audit_ids(server.data_dir), timeout=20)
@@ -83,9 +76,9 @@ def test_data_dir_is_private(tmp_path: Path, fake: FakeUpstream, wide_umask: Non
 
 
 @pytest.mark.attack(11, "the data dir and its stores are readable by other local users")
-def test_wide_existing_data_dir_is_reported(tmp_path: Path, fake: FakeUpstream,
+def test_wide_existing_data_dir_is_reported(tmp_path: Path, fake_upstream: FakeUpstream,
                                             wide_umask: None) -> None:
-    server = Server(tmp_path, CONFIG, fake.url)
+    server = Server(tmp_path, CONFIG, fake_upstream.url)
     server.data_dir.mkdir(mode=0o755)
     server.data_dir.chmod(0o755)
     server.start()
@@ -100,12 +93,12 @@ def test_wide_existing_data_dir_is_reported(tmp_path: Path, fake: FakeUpstream,
 
 @pytest.mark.attack(12, "two pass-through credentials share a cache tenant (48-bit unkeyed "
                         "hash)")
-def test_colliding_credentials_do_not_share_a_tenant(tmp_path: Path, fake: FakeUpstream
+def test_colliding_credentials_do_not_share_a_tenant(tmp_path: Path, fake_upstream: FakeUpstream
                                                      ) -> None:
     first, second = COLLIDING
     old = hashlib.sha256
     assert old(first.encode()).hexdigest()[:12] == old(second.encode()).hexdigest()[:12]
-    server = Server(tmp_path, CONFIG, fake.url).start()
+    server = Server(tmp_path, CONFIG, fake_upstream.url).start()
     try:
         id_a, cache_a = ask(server, first)
         wait_for(lambda: id_a in audit_ids(server.data_dir), timeout=20)
@@ -115,7 +108,7 @@ def test_colliding_credentials_do_not_share_a_tenant(tmp_path: Path, fake: FakeU
     finally:
         server.stop()
     assert (cache_a, cache_b) == ("miss", "miss")  # the second one's answer is its own
-    assert len(fake.messages_requests) == 2
+    assert len(fake_upstream.messages_requests) == 2
     # The tenant is a keyed hash of 128 bits under the install's secret (0600, data dir):
     # nobody without that secret can compute it from a credential.
     secret_file = server.data_dir / "identity.secret"

@@ -29,12 +29,10 @@ poll_interval = 0.1
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
-    fake = FakeUpstream().start()
-    running = Server(tmp_path, CONFIG, fake.url).start()
+def server(tmp_path: Path, fake_upstream: FakeUpstream) -> Iterator[Server]:
+    running = Server(tmp_path, CONFIG, fake_upstream.url).start()
     yield running
     running.ensure_stopped()
-    fake.stop()
 
 
 def admin(server: Server, method: str, path: str, body: Any = None) -> tuple[int, Any]:

@@ -35,12 +35,12 @@ _TIMEOUT_408 = (b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n"
 
 @attrs.frozen
 class Limits:
-    """The four deadlines, in seconds (0: none). Defaults are the settings' defaults."""
+    """The four deadlines, in seconds (0: none); their defaults are the settings'."""
 
-    header_timeout: float = 30.0
-    body_timeout: float = 60.0
-    keepalive_timeout: float = 75.0
-    write_stall_timeout: float = 300.0
+    header_timeout: float
+    body_timeout: float
+    keepalive_timeout: float
+    write_stall_timeout: float
 
     @classmethod
     def of(cls, settings: Any) -> Limits:
