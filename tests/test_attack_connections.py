@@ -9,7 +9,6 @@ import socket
 import time
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 
 import orjson
 import pytest
@@ -140,7 +139,7 @@ def test_long_stream_read_by_the_client_is_not_cut(server: Server, fake: FakeUps
     assert answer.rstrip().endswith(b'{"type":"message_stop"}')
 
 
-def test_config_of_this_module_is_what_the_docs_say(tmp_path: Path) -> None:
+def test_config_of_this_module_is_what_the_docs_say() -> None:
     """The four settings exist with the documented defaults."""
     from midway.config import Settings
 

@@ -8,7 +8,6 @@ import base64
 import secrets
 import string
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -92,7 +91,7 @@ def test_cache_keeps_cache_control_properties_apart(
     assert marked.headers["x-midway-cache"] == "hit"
 
 
-def test_cases_are_distinct(tmp_path: Path) -> None:
+def test_cases_are_distinct() -> None:
     """The near misses really differ from the secrets (a guard on the table above)."""
     for secret, near_miss in _cases().values():
         assert near_miss not in secret
