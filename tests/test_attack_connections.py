@@ -38,9 +38,11 @@ def fake() -> Iterator[FakeUpstream]:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, fake: FakeUpstream) -> Iterator[Server]:
-    running = Server(tmp_path_factory.mktemp("connections"), CONFIG, fake.url).start()
-    yield running
-    running.ensure_stopped()
+    running = Server(tmp_path_factory.mktemp("connections"), CONFIG, fake.url)
+    try:
+        yield running.start()
+    finally:  # a server that never got healthy is stopped too
+        running.ensure_stopped()
 
 
 def connect(server: Server) -> socket.socket:

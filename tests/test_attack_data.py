@@ -59,8 +59,9 @@ def modes(root: Path) -> dict[str, int]:
 
 @pytest.mark.attack(11, "the data dir and its stores are readable by other local users")
 def test_data_dir_is_private(tmp_path: Path, fake_upstream: FakeUpstream, wide_umask: None) -> None:
-    server = Server(tmp_path, CONFIG, fake_upstream.url).start()
+    server = Server(tmp_path, CONFIG, fake_upstream.url)
     try:
+        server.start()
         request_id, _ = ask(server, "sk-ant-private")
         wait_for(lambda: request_id in audit_ids(server.data_dir), timeout=20)
         running = modes(server.data_dir)  # -wal, -shm and lock files exist while it runs
@@ -81,8 +82,8 @@ def test_wide_existing_data_dir_is_reported(tmp_path: Path, fake_upstream: FakeU
     server = Server(tmp_path, CONFIG, fake_upstream.url)
     server.data_dir.mkdir(mode=0o755)
     server.data_dir.chmod(0o755)
-    server.start()
     try:
+        server.start()
         ask(server, "sk-ant-wide")
     finally:
         server.stop()
@@ -98,8 +99,9 @@ def test_colliding_credentials_do_not_share_a_tenant(tmp_path: Path, fake_upstre
     first, second = COLLIDING
     old = hashlib.sha256
     assert old(first.encode()).hexdigest()[:12] == old(second.encode()).hexdigest()[:12]
-    server = Server(tmp_path, CONFIG, fake_upstream.url).start()
+    server = Server(tmp_path, CONFIG, fake_upstream.url)
     try:
+        server.start()
         id_a, cache_a = ask(server, first)
         wait_for(lambda: id_a in audit_ids(server.data_dir), timeout=20)
         id_b, cache_b = ask(server, second)

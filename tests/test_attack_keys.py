@@ -30,9 +30,11 @@ poll_interval = 0.1
 
 @pytest.fixture
 def server(tmp_path: Path, fake_upstream: FakeUpstream) -> Iterator[Server]:
-    running = Server(tmp_path, CONFIG, fake_upstream.url).start()
-    yield running
-    running.ensure_stopped()
+    running = Server(tmp_path, CONFIG, fake_upstream.url)
+    try:
+        yield running.start()
+    finally:  # a server that never got healthy is stopped too
+        running.ensure_stopped()
 
 
 def admin(server: Server, method: str, path: str, body: Any = None) -> tuple[int, Any]:
