@@ -28,7 +28,7 @@ import cluster
 import pytest
 import redis
 
-from midway.secrets_ref import fingerprint
+from midway.identity import passthrough_id
 from midway.testing import PrivateRedis, Reply, pg_query
 
 MODEL = "claude-sonnet-4-6"  # $3 / $15 per million input / output tokens
@@ -38,6 +38,8 @@ KEY_A, KEY_B = "sk-ant-pool-a-0001", "sk-ant-pool-b-0002"  # the router's pool
 USER_KEY = "sk-ant-user-0001"
 BUDGET_KEY = "sk-ant-capped-0001"  # a principal with a total budget
 LIMIT = Decimal("0.003")
+# Instances sharing stores share the secret of pass-through identities (budgets, cache tenants).
+IDENTITY_SECRET = "scaleout-identity-secret-0123456789abcdef"
 pytestmark = pytest.mark.timeout(240)
 
 
@@ -59,8 +61,11 @@ class Outcome:
 
 def write_config(path: Path, upstream: str, postgres_dsn: str, redis_url: str,
                  schemas: dict[str, str], prefix: str) -> None:
-    budget_principal = f"key-{fingerprint(BUDGET_KEY)}"
+    budget_principal = passthrough_id(BUDGET_KEY, IDENTITY_SECRET.encode())
     path.write_text(f"""
+[midway]
+identity_secret = "{IDENTITY_SECRET}"
+
 [audit]
 store = "{postgres_dsn}"
 schema = "{schemas['audit']}"
@@ -314,7 +319,7 @@ def _check_stores(config: Path, postgres_dsn: str, schemas: dict[str, str], fake
 
     # The budget: what the capped principal was charged never passed its limit, and it was
     # used up (not refused from the start).
-    capped = f"key-{fingerprint(BUDGET_KEY)}"
+    capped = passthrough_id(BUDGET_KEY, IDENTITY_SECRET.encode())
     spent = Decimal(sum(r["cost_pusd"] for r in attempts if r["principal"] == capped)) / 10**12
     assert spent <= LIMIT
     assert spent > LIMIT - Decimal("0.0005")  # refused only when one more might overshoot
