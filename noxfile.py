@@ -44,6 +44,14 @@ def integration(session: nox.Session) -> None:
 
 
 @nox.session(python="3.11")
+def attack(session: nox.Session) -> None:
+    """The attack suite (issue #17): every test marked ``attack``, one line per attack at the
+    end, ``held`` or ``broken``. The same tests run in ``integration`` too."""
+    _install_all(session)
+    session.run("pytest", "tests", "-q", "-m", "attack", "--attack-report", *session.posargs)
+
+
+@nox.session(python="3.11")
 def lint(session: nox.Session) -> None:
     session.install("ruff>=0.6")
     session.run("ruff", "check", ".")

@@ -14,13 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import secrets
-import signal
 import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from pathlib import Path
@@ -28,11 +24,12 @@ from typing import Any
 
 import anthropic
 import attrs
+import cluster
 import pytest
 import redis
 
-from midway.secrets_ref import fingerprint
-from midway.testing import PrivateRedis, Reply, free_port, pg_query, wait_for
+from midway.identity import passthrough_id
+from midway.testing import PrivateRedis, Reply, pg_query
 
 MODEL = "claude-sonnet-4-6"  # $3 / $15 per million input / output tokens
 USAGE = {"input_tokens": 11, "output_tokens": 7}
@@ -41,6 +38,8 @@ KEY_A, KEY_B = "sk-ant-pool-a-0001", "sk-ant-pool-b-0002"  # the router's pool
 USER_KEY = "sk-ant-user-0001"
 BUDGET_KEY = "sk-ant-capped-0001"  # a principal with a total budget
 LIMIT = Decimal("0.003")
+# Instances sharing stores share the secret of pass-through identities (budgets, cache tenants).
+IDENTITY_SECRET = "scaleout-identity-secret-0123456789abcdef"
 pytestmark = pytest.mark.timeout(240)
 
 
@@ -48,31 +47,6 @@ pytestmark = pytest.mark.timeout(240)
 def schemas(pg_schema_factory: Callable[..., str]) -> dict[str, str]:
     """Audit's and billing's schemas: not there yet (the rollout creates them), dropped after."""
     return {"audit": pg_schema_factory(create=False), "billing": pg_schema_factory(create=False)}
-
-
-@attrs.define
-class Instance:
-    port: int
-    proc: subprocess.Popen[bytes]
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def get(self, path: str) -> Any:
-        with urllib.request.urlopen(self.url + path, timeout=5) as resp:
-            return json.loads(resp.read())
-
-    def healthy(self) -> bool:
-        try:
-            return bool(self.get("/healthz")["status"] == "ok")
-        except OSError:
-            return False
-
-    def key_health(self, secret: str) -> str:
-        fp = fingerprint(secret)
-        return str(next(r["health"] for r in self.get("/_midway/router/status")
-                        if r["key"] == fp))
 
 
 @attrs.define
@@ -87,8 +61,11 @@ class Outcome:
 
 def write_config(path: Path, upstream: str, postgres_dsn: str, redis_url: str,
                  schemas: dict[str, str], prefix: str) -> None:
-    budget_principal = f"key-{fingerprint(BUDGET_KEY)}"
+    budget_principal = passthrough_id(BUDGET_KEY, IDENTITY_SECRET.encode())
     path.write_text(f"""
+[midway]
+identity_secret = "{IDENTITY_SECRET}"
+
 [audit]
 store = "{postgres_dsn}"
 schema = "{schemas['audit']}"
@@ -122,47 +99,17 @@ keys = ["{KEY_A}", "{KEY_B}"]
 """)
 
 
+PLUGINS = "audit,billing,cache,router"
+
+
 def midway_cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "MIDWAY_PLUGINS": "audit,billing,cache,router"}
-    return subprocess.run([sys.executable, "-m", "midway.cli", *args, "--config", str(config)],
-                          env=env, capture_output=True, text=True, timeout=60)
-
-
-def start_instances(config: Path, upstream: str, tmp_path: Path) -> list[Instance]:
-    env = {**os.environ, "MIDWAY_PLUGINS": "audit,billing,cache,router",
-           "MIDWAY_ACCESS_LOG": "false"}
-    instances = []
-    for i, workers in enumerate((1, 1, 2)):  # the third runs two workers on its port
-        port = free_port()
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "midway.cli", "serve", "--port", str(port), "--upstream",
-             upstream, "--config", str(config), "--data-dir", str(tmp_path / f"data{i}"),
-             "--workers", str(workers)], env=env,
-            stderr=(tmp_path / f"instance{i}.log").open("wb"))
-        instances.append(Instance(port, proc))
-    for instance in instances:
-        wait_for(instance.healthy, timeout=30)
-    return instances
-
-
-def stop_instances(instances: list[Instance]) -> list[int | None]:
-    for instance in instances:
-        if instance.proc.poll() is None:
-            instance.proc.send_signal(signal.SIGTERM)
-    codes = []
-    for instance in instances:
-        try:
-            codes.append(instance.proc.wait(30))
-        except subprocess.TimeoutExpired:
-            instance.proc.kill()
-            codes.append(None)
-    return codes
+    return cluster.midway_cli(config, PLUGINS, *args)
 
 
 class Load:
     """SDK clients on every instance; every answer is kept as an :class:`Outcome`."""
 
-    def __init__(self, instances: list[Instance]) -> None:
+    def __init__(self, instances: list[cluster.Instance]) -> None:
         self.clients = {
             (i, key): anthropic.AsyncAnthropic(base_url=inst.url, api_key=key, max_retries=0,
                                                timeout=30)
@@ -243,18 +190,19 @@ def test_three_instances_share_postgres_and_redis(fake_upstream, private_redis, 
     check = midway_cli(config, "config", "check")
     assert check.returncode == 0, check.stdout
 
-    instances = start_instances(config, fake_upstream.url, tmp_path)
+    instances = cluster.start_instances(config, fake_upstream.url, tmp_path, PLUGINS,
+                                        workers=(1, 1, 2))  # the third: two workers
     cache_entries = redis.Redis(port=private_redis.port)
     try:
         outcomes = asyncio.run(_exercise(instances, private_redis, cache_entries, prefix,
                                          limit_a, served))
     finally:
-        codes = stop_instances(instances)
+        codes = cluster.stop_instances(instances)
     assert codes == [0, 0, 0]  # graceful: queues flushed, ledger settled
     _check_stores(config, postgres_dsn, schemas, fake_upstream, served, outcomes)
 
 
-async def _exercise(instances: list[Instance], private_redis: PrivateRedis, r: redis.Redis,
+async def _exercise(instances: list[cluster.Instance], private_redis: PrivateRedis, r: redis.Redis,
                     prefix: str, limit_a: dict[str, bool], served: dict[str, int]
                     ) -> list[Outcome]:
     load = Load(instances)
@@ -304,7 +252,7 @@ async def _exercise(instances: list[Instance], private_redis: PrivateRedis, r: r
     return load.outcomes
 
 
-async def _probe(load: Load, instance: Instance) -> bool:
+async def _probe(load: Load, instance: cluster.Instance) -> bool:
     """One more request to instance 0; true once key A is resting there."""
     assert (await load.ask(0, f"probe {len(load.outcomes)}")).status == 200
     return instance.key_health(KEY_A) == "resting"
@@ -371,7 +319,7 @@ def _check_stores(config: Path, postgres_dsn: str, schemas: dict[str, str], fake
 
     # The budget: what the capped principal was charged never passed its limit, and it was
     # used up (not refused from the start).
-    capped = f"key-{fingerprint(BUDGET_KEY)}"
+    capped = passthrough_id(BUDGET_KEY, IDENTITY_SECRET.encode())
     spent = Decimal(sum(r["cost_pusd"] for r in attempts if r["principal"] == capped)) / 10**12
     assert spent <= LIMIT
     assert spent > LIMIT - Decimal("0.0005")  # refused only when one more might overshoot

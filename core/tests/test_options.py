@@ -191,9 +191,20 @@ def test_parse_time_forms_and_naive_means_utc() -> None:
 def test_parse_duration() -> None:
     assert [parse_duration(v) for v in (90, "90", "90s", "1.5m", "2h", "7d", "2w")] == [
         90, 90, 90, 90, 7200, 7 * 86400, 14 * 86400]
-    for bad in ("soon", -1, True, "5y"):
-        with pytest.raises(ConfigError, match="expected a duration"):
+    for bad in ("soon", -1, True, "5y", "9" * 400, 10 ** 400, float("inf"), float("nan")):
+        with pytest.raises(ConfigError, match="expected a duration") as info:
             parse_duration(bad)
+        assert len(str(info.value)) < 160  # a huge value is not echoed whole
+
+
+def test_parse_time_refuses_what_no_timestamp_holds() -> None:
+    for bad in ("nan", "inf", float("nan"), 10 ** 400):
+        with pytest.raises(ConfigError, match="expected a time"):
+            parse_time(bad)
+    with pytest.raises(ConfigError, match="expected a duration"):  # "that long ago"
+        parse_time("9" * 400 + "d")
+    # Out-of-range dates are still instants; callers bound them (keys: 1970 to 9999).
+    assert parse_time("0001-01-01T00:00:00") == datetime(1, 1, 1, tzinfo=UTC).timestamp()
 
 
 class Thing:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import sqlite3
 import sys
 import tomllib
 from pathlib import Path
@@ -63,12 +64,16 @@ def test_the_documented_plugin_runs_as_written(fake_upstream, tmp_path: Path,
         assert ask(proxy, "claude-haiku-4-5") == 200
         assert ask(proxy, "claude-opus-4-1") == 403
         gate = proxy.midway.services.get(model_gate.GATE)
-        assert gate is not None and gate.counts == {"claude-haiku-4-5": 1}
-        assert gate.config.report_every == 600.0
+        assert gate is not None and gate.config.report_every == 600.0
         assert gate.config.store == StoreURL("sqlite", path=tmp_path / "d" / "gate" / "counts.db")
+        assert proxy.call(gate.counts()) == {"claude-haiku-4-5": 1}
     finally:
         proxy.stop()
     assert proxy.midway.services.get(model_gate.GATE) is None  # shutdown let go of its state
+    # the count outlived the instance: it is in the store the setting named
+    with sqlite3.connect(tmp_path / "d" / "gate" / "counts.db") as db:
+        assert db.execute("SELECT model, n FROM model_gate_counts").fetchall() == [
+            ("claude-haiku-4-5", 1)]
 
 
 def test_the_documented_error_is_what_users_see(tmp_path: Path, model_gate: ModuleType,

@@ -13,6 +13,8 @@ import orjson
 
 from midway import __version__
 from midway.config import ConfigError, Settings, load_settings
+from midway.datadir import prepare, private_files
+from midway.identity import identity_key, passthrough_id
 from midway.keys.cli import make_keys_group
 from midway.plugins import PluginHost
 from midway.timeparse import TIME_FORMS, parse_time
@@ -108,6 +110,7 @@ class MidwayCLI(click.Group):
               help="Where embedded stores live (or MIDWAY_DATA_DIR).")
 def cli(config_path: str | None, data_dir: str | None) -> None:
     """midway: a plugin-based proxy for the Anthropic Messages API."""
+    private_files()  # stores any command creates are the owner's only (0600, dirs 0700)
 
 
 @cli.command()
@@ -136,12 +139,28 @@ def serve(host: str | None, port: int | None, upstream: str | None, config_path:
                                  data_dir=data_dir or root.get("data_dir"), workers=workers,
                                  allow_public=allow_public)
         check_exposure(settings)
+        _setup_logging(settings)
+        prepare(settings.data_dir)
+        identity_key(settings)  # created here, before any worker: a bad one fails now
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
-    _setup_logging(settings)
     try:
         run(settings)
     except ConfigError as exc:  # a plugin's table, found bad at start-up
+        raise click.ClickException(str(exc)) from None
+
+
+@cli.command("principal")
+@click.argument("credential")
+@settings_options
+def principal_command(settings: Settings, credential: str) -> None:
+    """The principal id of a pass-through credential (a reference: env:NAME, file:PATH or
+    the key), as budgets and reports name it on this install."""
+    from midway.secrets_ref import SecretError, resolve
+
+    try:
+        click.echo(passthrough_id(resolve(credential), identity_key(settings)))
+    except (SecretError, ConfigError) as exc:
         raise click.ClickException(str(exc)) from None
 
 

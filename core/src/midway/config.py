@@ -57,6 +57,11 @@ class Settings:
     idle_timeout: float = 600.0
     connect_timeout: float = 10.0
     max_body_size: int = 64 * MiB
+    # Client connections (midway.deadlines): none of these cuts a stream the client reads.
+    header_timeout: float = 30.0
+    body_timeout: float = 60.0
+    keepalive_timeout: float = 75.0
+    write_stall_timeout: float = 300.0
     pool_size: int = 256
     shutdown_timeout: float = 30.0
     max_attempts: int = 5
@@ -66,6 +71,7 @@ class Settings:
     upstream_api_key: str | None = None  # reference; used when clients present midway keys
     client_keys: list[ClientKey] = attrs.field(factory=list)
     admin_key: str | None = None  # reference; enables /_midway/admin and protects dashboards
+    identity_secret: str | None = None  # reference; keys pass-through identities (see identity)
     log_format: str = "text"  # text | json
     log_level: str = "INFO"
     access_log: bool = True
@@ -119,9 +125,12 @@ def _parse_env_value(value: str) -> Any:
 _SCALARS: dict[str, type] = {
     "host": str, "port": int, "upstream": str, "workers": int, "idle_timeout": float,
     "connect_timeout": float, "max_body_size": int, "pool_size": int,
+    "header_timeout": float, "body_timeout": float, "keepalive_timeout": float,
+    "write_stall_timeout": float,
     "shutdown_timeout": float, "max_attempts": int, "hook_timeout": float,
     "allow_public": bool, "trust_env": bool,
-    "upstream_api_key": str, "admin_key": str, "log_format": str, "log_level": str,
+    "upstream_api_key": str, "admin_key": str, "identity_secret": str, "log_format": str,
+    "log_level": str,
     "access_log": bool, "upstream_client": str,
 }
 

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import aiohttp
 
 from midway.config import Settings
+from midway.datadir import prepare
 from midway.plugins import PluginHost
 from midway.services import Services
 
@@ -49,9 +50,7 @@ class Midway:
 
     @property
     def data_dir(self) -> Path:
-        path = self.settings.data_dir
-        path.mkdir(parents=True, exist_ok=True)
-        return path
+        return prepare(self.settings.data_dir)
 
     def options(self, name: str, cls: type[T]) -> T:
         """A plugin's declared config table (:mod:`midway.options`), built and checked: the

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
+import secrets
 from collections.abc import Mapping
 
-from midway.config import Settings
+from midway.config import ConfigError, Settings
+from midway.datadir import install_secret
 from midway.exchange import Principal
-from midway.secrets_ref import fingerprint, resolve
+from midway.secrets_ref import SecretError, fingerprint, resolve
 
 ANONYMOUS = Principal(id="anonymous", name="anonymous", kind="anonymous")
+# The key of pass-through identities in this process: set by midway.server.build_app from
+# identity_key(settings); random until then (plugin unit tests, which run no server).
+_process_key = secrets.token_bytes(32)
 
 
 def presented_credential(headers: Mapping[str, str]) -> str | None:
@@ -26,12 +32,45 @@ def presented_credential(headers: Mapping[str, str]) -> str | None:
     return None
 
 
-def passthrough_principal(credential: str | None) -> Principal:
-    """The principal of a client whose own key goes upstream: named by a hash, never the key."""
+def identity_key(settings: Settings) -> bytes:
+    """The secret pass-through identities are keyed with: ``[midway] identity_secret`` (a
+    reference; instances sharing stores must share it), else this install's own secret in the
+    data dir, created on first start."""
+    if settings.identity_secret:
+        try:
+            secret = resolve(settings.identity_secret)
+        except SecretError as exc:
+            raise ConfigError(f"[midway] identity_secret: {exc}") from None
+        if len(secret) < 32:
+            raise ConfigError("[midway] identity_secret must be at least 32 characters "
+                              "(e.g. `openssl rand -hex 32`)")
+        return secret.encode()
+    return install_secret(settings.data_dir)
+
+
+def use_identity_key(key: bytes) -> None:
+    """Make ``key`` this process's key of pass-through identities."""
+    global _process_key
+    _process_key = key
+
+
+def passthrough_id(credential: str, key: bytes | None = None) -> str:
+    """``key-<32 hex>``: HMAC-SHA-256 of the credential under the install's secret, 128 bits.
+    Keyed, so nobody without the secret can compute a tenant from a credential, nor search
+    for two credentials sharing one."""
+    mac = hmac.new(key or _process_key, credential.encode("utf-8", "surrogateescape"),
+                   hashlib.sha256)
+    return f"key-{mac.hexdigest()[:32]}"
+
+
+def passthrough_principal(credential: str | None, key: bytes | None = None) -> Principal:
+    """The principal of a client whose own key goes upstream: named by a keyed hash (its
+    identity: budgets, cache tenant), never the key. ``key_id`` is the short display
+    fingerprint (:func:`midway.secrets_ref.fingerprint`), for reports only."""
     if not credential:
         return ANONYMOUS
-    fp = fingerprint(credential)
-    return Principal(id=f"key-{fp}", name=f"key-{fp}", kind="passthrough", key_id=fp)
+    name = passthrough_id(credential, key)
+    return Principal(id=name, name=name, kind="passthrough", key_id=fingerprint(credential))
 
 
 class ClientKeys:

@@ -31,7 +31,8 @@ class CheckResult:
 def _core_problems(settings: Settings) -> list[str]:
     problems = []
     for name, ref in (("upstream_api_key", settings.upstream_api_key),
-                      ("admin_key", settings.admin_key)):
+                      ("admin_key", settings.admin_key),
+                      ("identity_secret", settings.identity_secret)):
         if ref:
             try:
                 resolve(ref)

@@ -29,5 +29,9 @@ def resolve(ref: str) -> str:
 
 
 def fingerprint(secret: str) -> str:
-    """A short, non-reversible name for a credential, safe to print and store."""
+    """A short, non-reversible name for a credential, safe to print and store.
+
+    For display only (router key health, metrics labels, ``Principal.key_id``): 48 bits of
+    an unsalted hash, so two credentials can share one. Never decide who a client is by it:
+    identities use :func:`midway.identity.passthrough_id`, a keyed hash of 128 bits."""
     return hashlib.sha256(secret.encode("utf-8", "surrogateescape")).hexdigest()[:12]

@@ -18,10 +18,11 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from midway import __version__, malformed
+from midway import __version__, deadlines, malformed
 from midway.config import ConfigError, Settings
 from midway.context import Midway
 from midway.errors import error_response
+from midway.identity import identity_key, use_identity_key
 from midway.keys import install as install_keys
 from midway.metrics import Metrics
 from midway.plugins import PluginHost
@@ -79,8 +80,11 @@ def build_app(midway: Midway) -> web.Application:
     """The aiohttp application: core routes, plugin routes, then ``/v1/*``."""
     settings = midway.settings
     malformed.install()  # parser errors must not echo the client's header lines
+    # Pass-through clients are named under this instance's secret (created on first start).
+    use_identity_key(identity_key(settings))
     app = web.Application(client_max_size=settings.max_body_size, handler_args={
-        "max_field_size": 64 * 1024, "max_line_size": 64 * 1024, "max_headers": 512})
+        "max_field_size": 64 * 1024, "max_line_size": 64 * 1024, "max_headers": 512},
+        middlewares=[deadlines.middleware])
     proxy = Proxy(midway)
     app[MIDWAY_KEY] = midway
     app[PROXY_KEY] = proxy
@@ -166,8 +170,9 @@ async def serve(settings: Settings, sock: socket.socket | None = None,
         if info.error:
             log.error("plugin %s not loaded: %s", info.name, info.error)
     app = build_app(midway)
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None,
-                           shutdown_timeout=settings.shutdown_timeout)
+    runner = deadlines.GuardedRunner(app, deadlines.Limits.of(settings),
+                                     handler_cancellation=True, access_log=None,
+                                     shutdown_timeout=settings.shutdown_timeout)
     await runner.setup()
     if sock is not None:
         site: web.BaseSite = web.SockSite(runner, sock)

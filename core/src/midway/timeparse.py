@@ -7,6 +7,7 @@ seconds, or a duration meaning "that long ago". A timestamp without a zone means
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from datetime import UTC, datetime
@@ -22,16 +23,19 @@ TIME_FORMS = "an ISO date or date-time, unix seconds, or e.g. 15m, 2h, 7d ago"
 def parse_duration(value: object) -> float:
     """Seconds in ``value``: a non-negative number, or text like ``"90s"``, ``"30m"``, ``"7d"``.
 
-    :raises ConfigError: saying which forms are accepted.
+    :raises ConfigError: saying which forms are accepted (also for an infinite or overflowing
+        value: ``"9" * 400``, ``1e400``).
     """
+    seconds: float | None = None
     if isinstance(value, int | float) and not isinstance(value, bool):
-        if value >= 0:
-            return float(value)
+        seconds = _finite(value)
     elif isinstance(value, str):
         match = _DURATION.fullmatch(value.strip().lower())
         if match is not None:
-            return float(match.group(1)) * _UNITS[match.group(2)]
-    raise ConfigError(f"expected a duration ({DURATION_FORMS}), got {value!r}")
+            seconds = _finite(float(match.group(1)) * _UNITS[match.group(2)])
+    if seconds is not None and seconds >= 0:
+        return seconds
+    raise ConfigError(f"expected a duration ({DURATION_FORMS}), got {_shown(value)}")
 
 
 def parse_optional_duration(value: object) -> float | None:
@@ -53,25 +57,50 @@ def parse_time(value: object, *, now: float | None = None) -> float | None:
     if value is None or value == "":
         return None
     if isinstance(value, datetime):
-        return _utc(value).timestamp()
+        return _timestamp(value, value)
     if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
+        return _instant(_finite(value), value)
     if not isinstance(value, str):
-        raise ConfigError(f"expected a time ({TIME_FORMS}), got {value!r}")
+        raise ConfigError(f"expected a time ({TIME_FORMS}), got {_shown(value)}")
     text = value.strip()
     try:
-        return float(text)
+        number = float(text)
     except ValueError:
-        pass
+        number = None
+    if number is not None:  # "nan" and "inf" too: refused by _instant
+        return _instant(_finite(number), value)
     match = _DURATION.fullmatch(text.lower())
     if match is not None and match.group(2):
         return (time.time() if now is None else now) - parse_duration(text)
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
-        raise ConfigError(f"expected a time ({TIME_FORMS}), got {text[:60]!r}") from None
-    return _utc(moment).timestamp()
+        raise ConfigError(f"expected a time ({TIME_FORMS}), got {_shown(text)}") from None
+    return _timestamp(moment, value)
 
 
-def _utc(moment: datetime) -> datetime:
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+def _timestamp(moment: datetime, value: object) -> float:
+    """Unix seconds of ``moment`` (naive: UTC); one past what a timestamp holds is an error."""
+    try:
+        return (moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment).timestamp()
+    except (OverflowError, ValueError):
+        raise ConfigError(f"expected a time ({TIME_FORMS}), got {_shown(value)}") from None
+
+
+def _instant(seconds: float | None, value: object) -> float:
+    if seconds is None:
+        raise ConfigError(f"expected a time ({TIME_FORMS}), got {_shown(value)}")
+    return seconds
+
+
+def _finite(number: float) -> float | None:
+    """``number`` as a float, or None when it is not finite (or too large for a float)."""
+    try:
+        result = float(number)
+    except OverflowError:
+        return None
+    return result if math.isfinite(result) else None
+
+
+def _shown(value: object) -> str:
+    return repr(value)[:60]

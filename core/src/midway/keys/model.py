@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import math
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -13,6 +14,9 @@ from midway.exchange import Principal
 from midway.keys.tokens import visible_prefix
 
 CAPABILITIES = frozenset({"keys:create"})
+# Every time a key holds is printable as an ISO date (years 1970-9999): a later one is refused
+# on input, and one found in the store makes its row invalid, never the listing.
+MAX_TIME = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp()
 
 
 class KeysError(ValueError):
@@ -64,9 +68,12 @@ class KeyRecord:
     parent_id: str | None = None
     revoked_at: float | None = None
     credentials: tuple[Credential, ...] = ()
+    problem: str | None = None  # why the stored row is unusable: the key is "invalid"
 
     def status(self, now: float | None = None) -> str:
         now = time.time() if now is None else now
+        if self.problem is not None:
+            return "invalid"
         if self.revoked_at is not None:
             return "revoked"
         if self.scope.expires_at is not None and now >= self.scope.expires_at:
@@ -81,10 +88,11 @@ class KeyRecord:
                          allow_project_header=s.allow_project_header)
 
     def as_dict(self, now: float | None = None) -> dict[str, Any]:
-        """The public form of a key: never a secret, nor a hash of one."""
+        """The public form of a key: never a secret, nor a hash of one. An invalid key has
+        ``status`` "invalid", a ``problem``, and no time that cannot be shown."""
         now = time.time() if now is None else now
         s = self.scope
-        return {
+        data: dict[str, Any] = {
             "id": self.id, "name": self.name, "team": s.team, "labels": dict(s.labels),
             "models": list(s.models), "upstreams": list(s.upstreams),
             "capabilities": list(s.capabilities),
@@ -93,12 +101,45 @@ class KeyRecord:
             "expires_at": iso(s.expires_at), "revoked_at": iso(self.revoked_at),
             "credentials": [c.as_dict() for c in self.credentials if c.active(now)],
         }
+        if self.problem is not None:
+            data["problem"] = self.problem
+        return data
 
 
 def iso(ts: float | None) -> str | None:
+    """``ts`` as an ISO date-time; ``None`` for no time, or one no date can show (the key
+    holding it is invalid: see :func:`check_record`)."""
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    try:
+        value = datetime.fromtimestamp(ts, UTC)
+    except (OverflowError, ValueError, OSError, TypeError):
+        return None
+    return value.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def check_time(ts: float, what: str) -> float:
+    """``ts`` when it is a time a key may hold (1970 to the end of 9999), else KeysError."""
+    if not math.isfinite(ts) or not 0 <= ts <= MAX_TIME:
+        raise KeysError(f"{what} must lie between 1970 and 9999")
+    return ts
+
+
+def check_record(record: KeyRecord) -> KeyRecord:
+    """``record``, marked invalid when a stored time is out of range (written before times
+    were checked, or by hand): the key is refused and shown as invalid."""
+    times = [("created_at", record.created_at), ("expires_at", record.scope.expires_at),
+             ("revoked_at", record.revoked_at),
+             *(("credential not_after", c.not_after) for c in record.credentials),
+             *(("credential created_at", c.created_at) for c in record.credentials)]
+    for what, ts in times:
+        if ts is None:
+            continue
+        try:
+            check_time(float(ts), what)
+        except (KeysError, TypeError, ValueError):
+            return attrs.evolve(record, problem=f"{what} out of range: {str(ts)[:40]}")
+    return record
 
 
 def _glob_within(child: str, parent: str) -> bool:

@@ -16,6 +16,7 @@ from midway.keys.model import (
     KeyRecord,
     KeysError,
     Scope,
+    check_time,
     check_within,
 )
 from midway.keys.store import KeyStore
@@ -75,8 +76,10 @@ def scope_from(spec: dict[str, Any], now: float, parent: KeyRecord | None = None
     except ConfigError as exc:
         field = "expires_at" if spec.get("expires_at") is not None else "expires_in"
         raise KeysError(f"{field}: {exc}") from None
-    if expires_at is not None and expires_at <= now:
-        raise KeysError("expiry is in the past")
+    if expires_at is not None:
+        check_time(expires_at, "expiry")
+        if expires_at <= now:
+            raise KeysError("expiry is in the past")
     capabilities = _strings(spec.get("capabilities"), "capabilities")
     unknown = sorted(set(capabilities) - CAPABILITIES)
     if unknown:
@@ -166,9 +169,10 @@ class KeyService:
     async def rotate(self, key_id: str, grace: float = 0.0) -> Issued:
         """A new secret for the same key (same id, scope and spend history); the old
         secrets keep working for ``grace`` seconds."""
-        if grace < 0:
+        if not grace >= 0:  # NaN too
             raise KeysError("grace must not be negative")
         now = time.time()
+        check_time(now + grace, "the end of the grace period")
         record = await self.get(key_id)
         if record.status(now) != "active":
             raise KeysError(f"key {key_id} is {record.status(now)}", 409)

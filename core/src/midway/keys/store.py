@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from midway.keys.model import Credential, KeyRecord, Scope
+from midway.keys.model import Credential, KeyRecord, Scope, check_record
 from midway.storage import Database, Row, Schema, StoreURL, Tx, open_database, parse_store
 
 SCHEMA = Schema("keys", """
@@ -55,15 +55,23 @@ def _credential(row: Row) -> Credential:
 
 
 def _record(row: Row, credentials: Iterable[Credential] = ()) -> KeyRecord:
-    scope = Scope(team=row["team"], labels=orjson.loads(row["labels"]),
-                  models=tuple(orjson.loads(row["models"])),
-                  upstreams=tuple(orjson.loads(row["upstreams"])),
-                  capabilities=tuple(orjson.loads(row["capabilities"])),
-                  expires_at=row["expires_at"],
-                  allow_project_header=bool(row["allow_project_header"]))
-    return KeyRecord(id=row["id"], name=row["name"], scope=scope, created_at=row["created_at"],
-                     parent_id=row["parent_id"], revoked_at=row["revoked_at"],
-                     credentials=tuple(sorted(credentials, key=lambda c: c.created_at)))
+    """A key from its row; a row that does not parse is a key marked invalid (refused, and
+    listed as such) rather than an error that breaks every listing."""
+    try:
+        scope = Scope(team=row["team"], labels=dict(orjson.loads(row["labels"])),
+                      models=tuple(orjson.loads(row["models"])),
+                      upstreams=tuple(orjson.loads(row["upstreams"])),
+                      capabilities=tuple(orjson.loads(row["capabilities"])),
+                      expires_at=row["expires_at"],
+                      allow_project_header=bool(row["allow_project_header"]))
+        return check_record(KeyRecord(
+            id=row["id"], name=row["name"], scope=scope, created_at=row["created_at"],
+            parent_id=row["parent_id"], revoked_at=row["revoked_at"],
+            credentials=tuple(sorted(credentials, key=lambda c: c.created_at))))
+    except (TypeError, ValueError) as exc:
+        return KeyRecord(id=row["id"], name=str(row["name"]), scope=Scope(), created_at=0.0,
+                         parent_id=row["parent_id"],
+                         problem=f"unreadable row: {type(exc).__name__}")
 
 
 class KeyStore:

@@ -42,6 +42,16 @@ DEFAULT_PATTERNS: dict[str, tuple[str, tuple[str, ...], bool]] = {
                      r"|ithub_pat_[A-Za-z0-9_]{40,})", (), False),
     "slack_token": (r"xox(?<![A-Za-z0-9]xox)[abprs]-[A-Za-z0-9\-]{10,}", (), False),
     "google_api_key": (r"AIza(?<![A-Za-z0-9]AIza)[0-9A-Za-z_\-]{35}", (), False),
+    # midway's own keys (midway.keys.tokens): mw-<12 base32>_<43 base64url>
+    "midway_key": (r"mw-(?<![A-Za-z0-9_\-]mw-)[a-z2-7]{12}_[A-Za-z0-9_\-]{43}", (), False),
+    # header.payload[.signature]: both JSON objects, so both segments start "eyJ" ('{"')
+    "jwt": (r"eyJ(?<![A-Za-z0-9_\-]eyJ)[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}"
+            r"\.[A-Za-z0-9_\-]*", (), False),
+    # Stripe's secret and restricted keys, live and test (pk_ publishable keys are public)
+    "stripe_key": (r"sk_(?<![A-Za-z0-9]sk_)(?:live|test)_[A-Za-z0-9]{16,}", (), False),
+    "stripe_restricted_key": (r"rk_(?<![A-Za-z0-9]rk_)(?:live|test)_[A-Za-z0-9]{16,}", (),
+                              False),
+    "huggingface_token": (r"hf_(?<![A-Za-z0-9_]hf_)[A-Za-z0-9]{34,}(?![A-Za-z0-9])", (), False),
     "bearer_token": (r"(?i)(?<![A-Za-z0-9])bearer\s+[A-Za-z0-9._~+/\-]{8,}=*", ("bearer",),
                      True),
 }

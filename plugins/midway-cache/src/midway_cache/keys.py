@@ -4,7 +4,10 @@ In the key: the tenant, model, system, tools, tool_choice, thinking, sampling pa
 max_tokens, stop sequences, messages (and any other body field), ``anthropic-version`` and
 ``anthropic-beta``. Left out: ``stream`` (a stream and a JSON request share an entry),
 ``metadata`` (a user id for abuse tracking, not an input) and ``cache_control`` markers
-(Anthropic's prompt-cache hints change the price, not the answer). A string ``system`` or
+(Anthropic's prompt-cache hints change the price, not the answer) — only where Anthropic
+defines them: on a block of ``system``, a tool of ``tools`` and a content block of a message.
+A ``cache_control`` anywhere else (a property of a tool's ``input_schema``, a tool's input) is
+data like any other and stays in the key. A string ``system`` or
 message ``content`` is the same as one text block holding that string.
 """
 
@@ -21,7 +24,7 @@ from midway import Principal, Request
 
 # Body fields that do not change the answer.
 _IGNORED_FIELDS = ("stream", "metadata")
-_KEY_VERSION = 1
+_KEY_VERSION = 2  # 2: cache_control kept where it is not a marker
 
 
 @attrs.define(frozen=True)
@@ -55,9 +58,12 @@ def request_keys(request: Request, principal: Principal, share: str) -> CacheKey
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         return None
-    canonical = {k: _strip(v) for k, v in body.items() if k not in _IGNORED_FIELDS}
+    canonical = {k: v for k, v in body.items() if k not in _IGNORED_FIELDS}
     if isinstance(canonical.get("system"), str):
         canonical["system"] = [{"type": "text", "text": canonical["system"]}]
+    for field in ("system", "tools"):
+        if isinstance(canonical.get(field), list):
+            canonical[field] = [_unmarked(item) for item in canonical[field]]
     canonical["messages"] = [_message(m) for m in canonical["messages"]]
     tenant = tenant_of(principal, share)
     head = {"v": _KEY_VERSION, "tenant": tenant, **_protocol(request.headers)}
@@ -98,18 +104,22 @@ def _protocol(headers: CIMultiDict[str]) -> dict[str, Any]:
 
 
 def _message(message: Any) -> Any:
-    if isinstance(message, dict) and isinstance(message.get("content"), str):
-        return {**message, "content": [{"type": "text", "text": message["content"]}]}
+    """A message with string content as one text block, its blocks' markers stripped."""
+    if not isinstance(message, dict):
+        return message
+    content = message.get("content")
+    if isinstance(content, str):
+        return {**message, "content": [{"type": "text", "text": content}]}
+    if isinstance(content, list):
+        return {**message, "content": [_unmarked(block) for block in content]}
     return message
 
 
-def _strip(value: Any) -> Any:
-    """``value`` without ``cache_control`` markers, at any depth."""
-    if isinstance(value, dict):
-        return {k: _strip(v) for k, v in value.items() if k != "cache_control"}
-    if isinstance(value, list):
-        return [_strip(v) for v in value]
-    return value
+def _unmarked(item: Any) -> Any:
+    """A block or tool without its own ``cache_control`` marker (its contents untouched)."""
+    if isinstance(item, dict) and "cache_control" in item:
+        return {k: v for k, v in item.items() if k != "cache_control"}
+    return item
 
 
 def _digest(doc: Any) -> str:

@@ -1,0 +1,197 @@
+"""Deadlines on client connections: a client that is slow or idle where midway waits for it,
+or that stops reading an answer, loses its connection instead of holding it for ever.
+
+- ``header_timeout``: a connection must deliver a whole request head within this many seconds
+  of opening, or of the first byte of its next request (408, then closed).
+- ``body_timeout``: while a handler waits for the request body, the client must send some of
+  it at least this often (closed).
+- ``keepalive_timeout``: an idle connection between requests is closed after this long
+  (aiohttp's own keep-alive timer).
+- ``write_stall_timeout``: a client that reads nothing of an answer for this long (the
+  socket's send buffer stays full) is disconnected, which ends the stream as a client
+  disconnect does.
+
+None of them applies while a handler streams an answer the client keeps reading, however
+long and however slowly the upstream produces it. 0 turns one off.
+
+How: :class:`GuardedRunner` (an ``AppRunner``) hands its sites a protocol that wraps each
+aiohttp connection and sees its bytes and its transport's flow control; :func:`middleware`
+tells the connection when a request's head is complete and when its handler ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
+
+import attrs
+from aiohttp import web
+
+_TIMEOUT_408 = (b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n"
+                b"Content-Length: 0\r\n\r\n")
+
+
+@attrs.frozen
+class Limits:
+    """The four deadlines, in seconds (0: none); their defaults are the settings'."""
+
+    header_timeout: float
+    body_timeout: float
+    keepalive_timeout: float
+    write_stall_timeout: float
+
+    @classmethod
+    def of(cls, settings: Any) -> Limits:
+        """The limits a :class:`~midway.config.Settings` sets."""
+        return cls(**{field.name: float(getattr(settings, field.name))
+                      for field in attrs.fields(cls)})
+
+
+class Guard(asyncio.Protocol):
+    """One client connection: aiohttp's protocol inside, deadlines around it."""
+
+    def __init__(self, inner: asyncio.Protocol, limits: Limits,
+                 guards: dict[asyncio.BaseTransport, Guard]) -> None:
+        self.inner = inner
+        self.limits = limits
+        self.guards = guards
+        self.transport: asyncio.Transport | None = None
+        self.loop = asyncio.get_running_loop()
+        self.state = "head"  # head: waiting for a request head; handler; idle (between)
+        self.request: web.BaseRequest | None = None
+        self.last_data = time.monotonic()
+        self.head_timer: asyncio.TimerHandle | None = None
+        self.body_timer: asyncio.TimerHandle | None = None
+        self.stall_timer: asyncio.TimerHandle | None = None
+
+    # -- asyncio.Protocol: forwarded to aiohttp, watched on the way --
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # (uvloop's transports are not asyncio.Transport subclasses, but behave as one)
+        self.transport = cast(asyncio.Transport, transport)
+        self.guards[transport] = self
+        self._arm_head()
+        self.inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.last_data = time.monotonic()
+        if self.state == "idle":  # the first byte of the next request
+            self.state = "head"
+            self._arm_head()
+        self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received()
+
+    def pause_writing(self) -> None:
+        if self.limits.write_stall_timeout > 0:
+            self.stall_timer = self.loop.call_later(self.limits.write_stall_timeout,
+                                                    self._stalled)
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._cancel("stall_timer")
+        self.inner.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        for timer in ("head_timer", "body_timer", "stall_timer"):
+            self._cancel(timer)
+        if self.transport is not None:
+            self.guards.pop(self.transport, None)
+        self.request = None
+        self.inner.connection_lost(exc)
+
+    # -- told by the middleware --
+
+    def handler_started(self, request: web.BaseRequest) -> None:
+        self.state = "handler"
+        self._cancel("head_timer")
+        self.request = request
+        if self.limits.body_timeout > 0 and not request.content.is_eof():
+            self.last_data = time.monotonic()
+            self.body_timer = self.loop.call_later(self.limits.body_timeout, self._body_check)
+
+    def handler_done(self) -> None:
+        self._cancel("body_timer")
+        self.request = None
+        if self.state == "handler":
+            self.state = "idle"  # aiohttp's keep-alive timer runs from here
+
+    # -- deadlines --
+
+    def _arm_head(self) -> None:
+        self._cancel("head_timer")
+        if self.limits.header_timeout > 0:
+            self.head_timer = self.loop.call_later(self.limits.header_timeout, self._head_late)
+
+    def _head_late(self) -> None:
+        self.head_timer = None
+        if self.state == "head" and self.transport is not None:
+            self.transport.write(_TIMEOUT_408)
+            self.transport.close()
+
+    def _body_check(self) -> None:
+        self.body_timer = None
+        request, transport = self.request, self.transport
+        if request is None or transport is None or request.content.is_eof():
+            return
+        quiet = time.monotonic() - self.last_data
+        # Reading paused: aiohttp's buffer is full and the handler is not reading it; the
+        # client is not the one who is late.
+        if quiet < self.limits.body_timeout or not transport.is_reading():
+            wait = max(self.limits.body_timeout - quiet, 0.05)
+            self.body_timer = self.loop.call_later(wait, self._body_check)
+            return
+        transport.abort()
+
+    def _stalled(self) -> None:
+        self.stall_timer = None
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _cancel(self, name: str) -> None:
+        timer = getattr(self, name)
+        if timer is not None:
+            timer.cancel()
+            setattr(self, name, None)
+
+
+class GuardedRunner(web.AppRunner):
+    """An ``AppRunner`` whose sites serve every connection through a :class:`Guard`."""
+
+    def __init__(self, app: web.Application, limits: Limits, **kwargs: Any) -> None:
+        keepalive = limits.keepalive_timeout if limits.keepalive_timeout > 0 else 10 ** 9
+        super().__init__(app, keepalive_timeout=keepalive, **kwargs)
+        self.limits = limits
+        self.guards: dict[asyncio.BaseTransport, Guard] = {}
+        app[GUARDS_KEY] = self.guards
+
+    @property
+    def server(self) -> Any:
+        """What sites pass to ``loop.create_server``: aiohttp's protocol factory, wrapped."""
+        inner = super().server
+        if inner is None:
+            return None
+        return lambda: Guard(inner(), self.limits, self.guards)
+
+
+GUARDS_KEY: web.AppKey[dict[asyncio.BaseTransport, Guard]] = web.AppKey("deadline_guards",
+                                                                       dict)
+
+
+@web.middleware
+async def middleware(request: web.Request,
+                     handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                     ) -> web.StreamResponse:
+    """Tell the connection's guard (if it has one) that a handler runs, then that it ended."""
+    guards = request.config_dict.get(GUARDS_KEY)
+    guard = guards.get(request.transport) if guards and request.transport else None
+    if guard is None:
+        return await handler(request)
+    guard.handler_started(request)
+    try:
+        return await handler(request)
+    finally:
+        guard.handler_done()
