@@ -16,6 +16,7 @@ import orjson
 
 from midway.cli import settings_options
 from midway.config import Settings
+from midway.storage import StoreURLError
 from midway_billing.config import BillingConfig
 from midway_billing.plugin import Billing
 from midway_billing.pricing import PriceError
@@ -49,7 +50,7 @@ def parse_time(value: str | None) -> float | None:
 def _config(settings: Settings) -> BillingConfig:
     try:
         return BillingConfig.from_table(settings.plugin_config("billing"), settings.data_dir)
-    except PriceError as exc:
+    except (PriceError, StoreURLError) as exc:
         raise click.ClickException(str(exc)) from None
 
 
