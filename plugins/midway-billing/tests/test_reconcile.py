@@ -1,16 +1,22 @@
 """Crashed instances' pending rows and holds are reconciled by the next instance, and only
-theirs: a live instance's rows are left alone."""
+theirs: a live instance's rows are left alone. A settlement that comes after all (the instance
+was taken for dead, or reconciliation ran late) corrects the counters; one the database
+refused for a moment is retried until it lands."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 
+from midway.storage.liveness import PostgresLiveness
 from midway_billing.budgets import Bucket
 from midway_billing.config import BillingConfig
+from midway_billing.plugin import Billing, Settlement
 from midway_billing.store import Reservation, Store
 
 KEY = Bucket("team", "search", "total", 0).key
@@ -28,22 +34,36 @@ def row(store: Store, row_id: str, exchange_id: str) -> dict[str, Any]:
             "unpriced": 0, "batch": 0}
 
 
+def settled(store: Store, row_id: str, exchange_id: str, cost: int) -> dict[str, Any]:
+    return {**row(store, row_id, exchange_id), "state": "settled", "settled_at": 2.0,
+            "status": 200, "cost_pusd": cost}
+
+
 async def crash(store: Store) -> None:
     """Drop a store's connections and liveness lock without settling anything."""
-    if hasattr(store, "_lock_conn"):
-        await store._pool.close()
-        store._lock_conn.terminate()
+    live = store.liveness
+    if isinstance(live, PostgresLiveness):
+        live._watch.cancel()
+        live._conn.terminate()
     else:
-        store._lock.close()  # the lock file stays, unlocked: as after kill -9
-        await asyncio.get_running_loop().run_in_executor(store._executor, store._con.close)
+        live._held.close()  # the lock file stays, unlocked: as after kill -9
+    await store.db.close()
+
+
+def table_for(backend: str, request: pytest.FixtureRequest) -> dict[str, Any]:
+    if backend == "postgresql":
+        return {"store": request.getfixturevalue("postgres_dsn"),
+                "schema": request.getfixturevalue("pg_schema")}
+    return {}
+
+
+async def ledger_sum(store: Store) -> int:
+    return sum(r["cost_pusd"] for r in await store.rows())
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_reconcile_dead_not_live(backend: str, tmp_path: Path, request) -> None:
-    table: dict[str, Any] = {}
-    if backend == "postgresql":
-        table = {"store": request.getfixturevalue("postgres_dsn"),
-                 "schema": request.getfixturevalue("pg_schema")}
+    table = table_for(backend, request)
 
     async def run() -> None:
         config = BillingConfig.from_table(table, tmp_path)
@@ -70,5 +90,107 @@ def test_reconcile_dead_not_live(backend: str, tmp_path: Path, request) -> None:
         finally:
             await fresh.close()
             await live.close()
+
+    asyncio.run(run())
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_settlement_after_a_false_reconciliation_heals_the_counters(
+        backend: str, tmp_path: Path, request) -> None:
+    table = table_for(backend, request)
+
+    async def run() -> None:
+        config = BillingConfig.from_table(table, tmp_path)
+        store, peer = config.make_store(), config.make_store()
+        for each in (store, peer):
+            await each.open()
+        try:
+            sent = Reservation("ex-sent", 700, [KEY], 1.0)
+            later = Reservation("ex-later", 500, [KEY], 1.0)
+            for reservation in (sent, later):
+                assert (await store.reserve(reservation, {KEY: 10_000})).admitted
+            await store.write_ahead(row(store, "ex-sent.1", "ex-sent"))
+            assert await peer.reconcile() == 0  # store is alive: nothing of it is touched
+            assert (await peer.counters([KEY]))[KEY] == (0, 1200)
+            # As if a peer had taken it for dead: sent charged its estimate, later nothing.
+            assert await peer.reconcile_instance(store.instance) == 1
+            assert (await peer.counters([KEY]))[KEY] == (700, 0) and \
+                await ledger_sum(peer) == 700
+            # The requests finish after all: later was sent after the reconciliation.
+            await store.settle([settled(store, "ex-sent.1", "ex-sent", 123)], sent, 123)
+            await store.write_ahead(row(store, "ex-later.1", "ex-later"))
+            await store.settle([settled(store, "ex-later.1", "ex-later", 45)], later, 45)
+            rows = await peer.rows()
+            assert [(r["id"], r["state"], r["cost_pusd"]) for r in rows] == [
+                ("ex-later.1", "settled", 45), ("ex-sent.1", "settled", 123)]
+            assert (await peer.counters([KEY]))[KEY] == (168, 0) == (await ledger_sum(peer), 0)
+            assert await peer.reconcile_instance(store.instance) == 0  # nothing left to do
+        finally:
+            for each in (store, peer):
+                await each.close()
+
+    asyncio.run(run())
+
+
+def test_settlement_is_retried_until_the_database_takes_it(postgres_dsn: str, pg_schema: str,
+                                                           tmp_path: Path, caplog) -> None:
+    """The settlement's connection is cut mid-transaction (as by a database restart): the
+    request does not wait for it, a writer task retries, the real cost lands, the log has one
+    line for the outage and one for its end. At shutdown, what cannot land is named."""
+    caplog.set_level(logging.WARNING, "midway.billing")
+    config = BillingConfig.from_table({"store": postgres_dsn, "schema": pg_schema, "max_pool": 1},
+                                      tmp_path)
+
+    async def blocked(billing: Billing, exchange_id: str, cost: int
+                      ) -> tuple[asyncpg.Connection, asyncio.Task[None], int]:
+        """A settlement of ``exchange_id`` waiting on a lock held by another connection."""
+        store = billing.store
+        reservation = Reservation(exchange_id, 700, [KEY], 1.0)
+        await store.reserve(reservation, {KEY: 10_000})
+        await store.write_ahead(row(store, f"{exchange_id}.1", exchange_id))
+        blocker = await asyncpg.connect(postgres_dsn, server_settings={"search_path": pg_schema})
+        await blocker.execute("BEGIN")
+        await blocker.execute("SELECT 1 FROM billing_reservations WHERE exchange_id = $1 "
+                              "FOR UPDATE", exchange_id)
+        task = billing.settle(Settlement(
+            exchange_id, [settled(store, f"{exchange_id}.1", exchange_id, cost)], reservation,
+            cost))
+        for _ in range(1000):  # until the settlement waits for the blocker
+            waiting = await blocker.fetchval(
+                "SELECT pid FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
+                blocker.get_server_pid())
+            if waiting:
+                return blocker, task, int(waiting)
+            await asyncio.sleep(0.01)
+        raise AssertionError("the settlement never reached the database")
+
+    async def run() -> None:
+        billing = Billing(config)
+        await billing.start(background=False)
+        blockers = []
+        try:
+            blocker, task, victim = await blocked(billing, "ex-blink", 123)
+            blockers.append(blocker)
+            await blocker.fetchval("SELECT pg_terminate_backend($1)", victim)
+            await blocker.execute("ROLLBACK")
+            await asyncio.wait_for(task, 10)  # the request's part is done: queued, not waiting
+            assert await billing.flush(30)
+            rows = {r["id"]: r for r in await billing.store.rows()}
+            assert rows["ex-blink.1"]["state"] == "settled"
+            assert rows["ex-blink.1"]["cost_pusd"] == 123
+            assert (await billing.store.counters([KEY]))[KEY] == (123, 0)
+            outage = [r.getMessage() for r in caplog.records if "settling" in r.getMessage()]
+            assert len(outage) == 2 and "failed" in outage[0] and "works again" in outage[1]
+
+            # A settlement still blocked at shutdown is waited for a bounded time, then named.
+            blocker, _, _ = await blocked(billing, "ex-stuck", 45)
+            blockers.append(blocker)
+            billing.settle_grace = 0.2
+            await asyncio.wait_for(billing.stop(), 30)
+            assert "1 settlement(s) could not be written before shutdown: ex-stuck" in \
+                caplog.text
+        finally:
+            for conn in blockers:  # never leave a lock that would hold up DROP SCHEMA
+                conn.terminate()
 
     asyncio.run(run())

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import sqlite3
 import time
@@ -77,15 +78,20 @@ class Episode:
 
 async def retrying(work: Callable[[], Awaitable[T]], *, what: str, log: logging.Logger,
                    deadline: float = 60.0, first_delay: float = 0.05,
-                   max_delay: float = 2.0) -> T:
+                   max_delay: float = 2.0, episode: Episode | None = None) -> T:
     """Run ``work`` until it succeeds, retrying transient errors for up to ``deadline`` seconds.
 
     :param work: makes a fresh attempt each call (a whole transaction: it must be safe to run
         again after a failure, which a rolled-back transaction is).
     :param what: names the work in the log, e.g. ``"billing: settling req_1"``.
+    :param deadline: seconds; ``math.inf`` retries until the work lands (or is cancelled).
+    :param episode: an :class:`Episode` shared by several works, so that an outage they all
+        meet is logged once; by default each call logs its own.
     :raises: the last error once ``deadline`` has passed, or at once a non-transient one.
     """
-    episode = Episode(log, what)
+    episode = Episode(log, what) if episode is None else episode
+    wait = f"retrying for up to {deadline:.0f} s" if deadline < math.inf else \
+        "retrying until it lands"
     end = time.monotonic() + deadline
     delay = first_delay
     while True:
@@ -97,7 +103,7 @@ async def retrying(work: Callable[[], Awaitable[T]], *, what: str, log: logging.
                     log.error("%s: giving up after %d attempt(s): %s", what,
                               episode.failures + 1, describe(exc))
                 raise
-            episode.failed(exc, f"retrying for up to {deadline:.0f} s")
+            episode.failed(exc, wait)
             await asyncio.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, max_delay)
             continue

@@ -13,6 +13,7 @@ import orjson
 
 from midway.cli import TIME, settings_options
 from midway.config import Settings
+from midway.storage import StoreURLError
 from midway_billing.config import BillingConfig
 from midway_billing.plugin import Billing
 from midway_billing.pricing import PriceError
@@ -21,7 +22,7 @@ T = TypeVar("T")
 def _config(settings: Settings) -> BillingConfig:
     try:
         return BillingConfig.from_table(settings.plugin_config("billing"), settings.data_dir)
-    except PriceError as exc:
+    except (PriceError, StoreURLError) as exc:
         raise click.ClickException(str(exc)) from None
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import math
@@ -14,6 +15,7 @@ import attrs
 
 from midway import Attempt, Exchange, Response, error_body
 from midway.annotations import BILLING, CACHE, CACHE_HITS, COST_USD
+from midway.storage import Episode, is_transient, retrying
 from midway_billing.budgets import Attribution, Bucket, Check, checks_for, iso, window
 from midway_billing.config import BillingConfig
 from midway_billing.metrics import BillingMetrics
@@ -38,6 +40,17 @@ class RequestState:
     warnings: list[str] = attrs.field(factory=list)
 
 
+@attrs.frozen
+class Settlement:
+    """What settling one exchange writes: its final rows, and the cost that replaces its
+    reservation on the budget counters."""
+
+    exchange_id: str
+    rows: list[dict[str, Any]]
+    reservation: Reservation | None
+    charged_pusd: int
+
+
 def attribution(exchange: Exchange, project_header: str) -> Attribution:
     principal = exchange.principal
     project = principal.labels.get("project")
@@ -52,6 +65,9 @@ def attribution(exchange: Exchange, project_header: str) -> Attribution:
 class Billing:
     """The billing service of one midway instance (also ``midway.services["billing"]``)."""
 
+    # How long shutdown waits for settlements the database has not taken yet.
+    settle_grace = 10.0
+
     def __init__(self, config: BillingConfig, metrics: BillingMetrics | None = None) -> None:
         self.config = config
         self.prices = config.prices
@@ -60,6 +76,11 @@ class Billing:
         self._warned: set[str] = set()
         self._reconciler: asyncio.Task[None] | None = None
         self._settling: set[asyncio.Task[None]] = set()
+        self._unsettled: dict[str, Settlement] = {}  # by exchange id, until written
+        # Settlements the database refused for a while, written in order by one task.
+        self._backlog: collections.deque[Settlement] = collections.deque()
+        self._writer: asyncio.Task[None] | None = None
+        self._outage = Episode(log, "billing: settling")
 
     # -- life cycle --------------------------------------------------------------------------
 
@@ -73,24 +94,52 @@ class Billing:
             self._reconciler = asyncio.create_task(self._reconcile_loop())
 
     async def stop(self) -> None:
-        if self._settling:
-            await asyncio.gather(*self._settling, return_exceptions=True)
         if self._reconciler is not None:
             self._reconciler.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reconciler
+        await self.flush(self.settle_grace)
+        if self._unsettled:
+            log.error("billing: %d settlement(s) could not be written before shutdown: %s; "
+                      "their rows stay pending until another instance reconciles them at "
+                      "their estimate", len(self._unsettled), ", ".join(sorted(self._unsettled)))
+        for task in [*self._settling, self._writer]:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
         await self.store.close()
+
+    async def flush(self, within: float | None = None) -> bool:
+        """Wait (up to ``within`` seconds) until every settlement begun is written; whether
+        they all were."""
+        loop = asyncio.get_running_loop()
+        end = None if within is None else loop.time() + within
+        while self._settling or (self._writer is not None and not self._writer.done()):
+            left = None if end is None else end - loop.time()
+            if left is not None and left <= 0:
+                break
+            waiting = {*self._settling, *([self._writer] if self._writer else [])}
+            await asyncio.wait(waiting, timeout=left)
+        return not self._unsettled
 
     async def _reconcile_loop(self) -> None:
         # Other instances sharing the store may die while this one lives on.
+        interval = self.config.reconcile_interval
+        outage = Episode(log, "billing: reconciliation")
         while True:
-            await asyncio.sleep(self.config.reconcile_interval)
+            await asyncio.sleep(interval)
             try:
                 fixed = await self.store.reconcile()
-                if fixed:
-                    log.warning("billing: reconciled %d rows of a stopped instance", fixed)
-            except Exception:
-                log.exception("billing: reconciliation failed")
+            except Exception as exc:
+                if is_transient(exc):  # the database is away: one line per outage
+                    outage.failed(exc, f"trying again every {interval:g} s")
+                else:
+                    log.exception("billing: reconciliation failed")
+                continue
+            outage.ok()
+            if fixed:
+                log.warning("billing: reconciled %d rows of a stopped instance", fixed)
 
     # -- estimates and costs -----------------------------------------------------------------
 
@@ -202,21 +251,63 @@ class Billing:
         await self.store.write_ahead(row)
 
     async def post_response(self, exchange: Exchange) -> None:
-        # Settling runs in a task of its own, shielded: a cancelled hook (the core's
-        # hook_timeout, a handler cancelled by a client that hung up) must never leave a
-        # pending row or a held reservation for an attempt that finished. stop() awaits it.
-        task = asyncio.ensure_future(self._settle(exchange))
+        settlement = self._settlement(exchange)
+        if settlement is None:
+            return
+        await asyncio.shield(self.settle(settlement))
+
+    def settle(self, settlement: Settlement) -> asyncio.Task[None]:
+        """Write ``settlement`` in a task of its own, which stop() waits for: a cancelled
+        post_response (the core's hook_timeout, a handler cancelled by a client that hung up)
+        must never leave a pending row or a held reservation for an attempt that finished."""
+        self._unsettled[settlement.exchange_id] = settlement
+        task = asyncio.ensure_future(self._write(settlement))
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)
-        await asyncio.shield(task)
+        return task
 
-    async def _settle(self, exchange: Exchange) -> None:
+    async def _write(self, settlement: Settlement) -> None:
+        """Settle now; if the database is briefly away, queue the settlement for a writer
+        task, which retries until it lands with the real usage (or shutdown gives up)."""
+        if not self._backlog:
+            try:
+                await self.store.settle(settlement.rows, settlement.reservation,
+                                        settlement.charged_pusd)
+            except Exception as exc:
+                if not is_transient(exc):
+                    self._unsettled.pop(settlement.exchange_id, None)
+                    raise
+                self._outage.failed(exc, "retrying in the background until it lands")
+            else:
+                self._unsettled.pop(settlement.exchange_id, None)
+                return
+        self._backlog.append(settlement)  # after the others: the database is away for them too
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_backlog())
+
+    async def _write_backlog(self) -> None:
+        while self._backlog:
+            settlement = self._backlog[0]
+            try:
+                await retrying(
+                    lambda s=settlement: self.store.settle(  # type: ignore[misc]
+                        s.rows, s.reservation, s.charged_pusd),
+                    what=f"billing: settling {settlement.exchange_id}", log=log,
+                    deadline=math.inf, episode=self._outage)
+            except Exception:
+                log.exception("billing: could not settle %s", settlement.exchange_id)
+            self._backlog.popleft()
+            self._unsettled.pop(settlement.exchange_id, None)
+
+    def _settlement(self, exchange: Exchange) -> Settlement | None:
+        """The rows that settle ``exchange``; annotates it with its cost (audit and others read
+        that in their post_response, whether or not the ledger has it yet)."""
         if not exchange.attempts and not exchange.answered_by and \
                 "billing" not in exchange.state:
             # Refused before billing saw it (no credentials, bad body): nothing was spent or
             # saved, and a flood of such requests must not grow the ledger.
             exchange.annotations[COST_USD] = "0"
-            return
+            return None
         state = self._state(exchange)
         now = time.time()
         annotation: dict[str, Any] = {**attrs.asdict(state.who)}
@@ -227,7 +318,7 @@ class Billing:
             row = self._row(exchange, state, f"{exchange.id}.0", 0, kind, "settled")
             self._fill(row, exchange, cost, now, cost_pusd=0, saved_pusd=saved)
             row["unpriced"] = int(kind == "cache_hit" and cost.unpriced)
-            await self.store.settle([row], state.reservation, 0)
+            settlement = Settlement(exchange.id, [row], state.reservation, 0)
             annotation.update(kind=kind, cost_usd="0", saved_usd=usd_str(saved),
                               model=cost.model)
             exchange.annotations[COST_USD] = "0"
@@ -250,7 +341,7 @@ class Billing:
                     row.update(status=attempt.status, settled_at=now,
                                error=attempt.error or "retried")
                 rows.append(row)
-            await self.store.settle(rows, state.reservation, cost.total)
+            settlement = Settlement(exchange.id, rows, state.reservation, cost.total)
             cost_usd = usd_str(cost.total)
             annotation.update(kind="attempt", cost_usd=cost_usd, saved_usd="0",
                               model=cost.model, breakdown=cost.breakdown(),
@@ -263,6 +354,7 @@ class Billing:
         if state.warnings:
             annotation["budget_warnings"] = list(state.warnings)
         exchange.annotations[BILLING] = annotation
+        return settlement
 
     def _local_kind(self, exchange: Exchange, state: RequestState) -> str:
         if state.refused is not None:

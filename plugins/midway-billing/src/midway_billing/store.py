@@ -1,4 +1,4 @@
-"""What a billing store keeps, and the SQL both backends (SQLite, PostgreSQL) share.
+"""The billing store: the ledger, budget counters and reservations, on SQLite or PostgreSQL.
 
 Three tables:
 
@@ -6,18 +6,32 @@ Three tables:
   ``pending`` before the attempt is sent and ``settled`` after; requests answered without an
   upstream (cache hits, refusals) get one row of their own kind.
 * ``billing_counters`` — spent and reserved picodollars of one budget bucket (a scope value in
-  one window), changed in the same transaction as the ledger rows they account for.
+  one window), changed in the same transaction as the ledger rows they account for, so that a
+  counter's spent always equals the ledger's sum for its bucket.
 * ``billing_reservations`` — estimates held for requests in flight, so that a crashed
   instance's holds can be found and released.
+
+Every method is one unit of work (:meth:`midway.storage.Database.run`): one transaction, one
+hop to the store's thread on SQLite. Units that change several tables lock in one order —
+reservation rows, then ledger rows (by id), then counters (by key) — so that settlement,
+reservation and reconciliation never deadlock one another on PostgreSQL; reservations lock
+their counters with ``SELECT … FOR UPDATE``, so admission is atomic across instances. (On
+SQLite every unit holds the file's write lock, which serialises them all.)
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import attrs
 
+from midway.storage import Database, Schema, Tx, liveness, retrying
 from midway_billing.budgets import Bucket
+
+log = logging.getLogger("midway.billing")
 
 LEDGER_COLUMNS = (
     "id", "exchange_id", "attempt", "kind", "state", "instance", "created_at", "settled_at",
@@ -27,8 +41,7 @@ LEDGER_COLUMNS = (
     "web_search_requests", "cost_pusd", "saved_pusd", "unpriced", "batch",
 )
 
-# Dialect-neutral DDL: {int} is INTEGER (SQLite) or BIGINT (PostgreSQL), {real} likewise.
-SCHEMA = """
+SCHEMA = Schema("billing", """
 CREATE TABLE IF NOT EXISTS billing_ledger (
     id TEXT PRIMARY KEY,
     exchange_id TEXT NOT NULL,
@@ -79,7 +92,7 @@ CREATE TABLE IF NOT EXISTS billing_reservations (
     created_at {real} NOT NULL
 );
 CREATE INDEX IF NOT EXISTS billing_reservations_instance ON billing_reservations (instance);
-"""
+""")
 
 UPSERT_ROW = (  # only the fixed column names above are formatted in
     f"INSERT INTO billing_ledger ({', '.join(LEDGER_COLUMNS)}) "  # noqa: S608
@@ -160,44 +173,241 @@ class ReserveResult:
     refused_key: str | None = None
 
 
-class Store(Protocol):
-    """A ledger and budget store. Every method is atomic on its own."""
 
-    instance: int
+RECONCILED_ERROR = "midway stopped before this attempt settled"
+# Where the dialects' SQL truly differs: row locks (SQLite's write lock covers the whole file),
+# the day of a timestamp, and rounding down to a bucket.
+_LOCK = {"sqlite": "", "postgresql": " FOR UPDATE"}
+_DAY = {"sqlite": "strftime('%Y-%m-%d', created_at, 'unixepoch')",
+        "postgresql": "to_char(to_timestamp(created_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD')"}
+_FLOOR = {"sqlite": "CAST(created_at / {n} AS INTEGER) * {n}",
+          "postgresql": "floor(created_at / {n}) * {n}"}
+# Deadlocks and serialization failures (and a database that blinks) are tried again.
+_RETRY_DEADLINE = 10.0
 
-    async def open(self) -> None: ...
 
-    async def close(self) -> None: ...
+class Store:
+    """A ledger and budget store shared by every instance using ``db``.
+
+    :param instance: this instance's number (:func:`midway.storage.new_instance`), written on
+        the rows it leaves pending and claimed while it runs, so that peers reconcile only the
+        work of instances that died.
+    """
+
+    def __init__(self, db: Database, instance: int) -> None:
+        self.db = db
+        self.instance = instance
+        # SQLite: flock files in billing-instances/ beside the database
+        self.liveness = liveness(db, "billing")
+        lock = _LOCK[db.dialect]  # only this fixed text is formatted into the statements
+        self._counter_sql = (
+            "SELECT spent_pusd, reserved_pusd FROM billing_counters "  # noqa: S608
+            f"WHERE key = ?{lock}")
+        self._holds_sql = (
+            "SELECT exchange_id, amount_pusd, buckets FROM billing_reservations "  # noqa: S608
+            f"WHERE instance = ? ORDER BY exchange_id{lock}")
+        self._pending_sql = (
+            "SELECT id, exchange_id, attempt FROM billing_ledger "  # noqa: S608
+            f"WHERE state = 'pending' AND instance = ? ORDER BY id{lock}")
+
+    async def open(self) -> None:
+        await self.db.open(SCHEMA)
+        try:
+            await self.liveness.claim(self.instance)
+        except BaseException:
+            await self.db.close()
+            raise
+
+    async def close(self) -> None:
+        await self.liveness.release()
+        await self.db.close()
+
+    async def _run(self, unit: Callable[[Tx], Awaitable[Any]], what: str) -> Any:
+        return await retrying(lambda: self.db.run(unit), what=what, log=log,
+                              deadline=_RETRY_DEADLINE)
+
+    # -- the hot path: one unit each ---------------------------------------------------------
 
     async def write_ahead(self, row: dict[str, Any]) -> None:
         """Insert a pending attempt row (committed before the attempt is sent)."""
-        ...
+        await self.db.execute(UPSERT_ROW, *[row[c] for c in LEDGER_COLUMNS])
 
     async def reserve(self, reservation: Reservation, limits: dict[str, int | None]
                       ) -> ReserveResult:
         """Hold ``reservation.amount_pusd`` on every bucket, unless a limited bucket's spent +
         reserved + amount would exceed its limit (then nothing is held)."""
-        ...
+        amount = reservation.amount_pusd
+        keys = sorted(limits)  # every unit locks counters in this order: no deadlock
+
+        async def unit(tx: Tx) -> ReserveResult:
+            states: dict[str, tuple[int, int]] = {}
+            for key in keys:
+                states[key] = await self._counter(tx, key)
+            for key in keys:
+                limit = limits[key]
+                spent, reserved = states[key]
+                if limit is not None and spent + reserved + amount > limit:
+                    return ReserveResult(False, states, key)
+            marks = ", ".join("?" for _ in keys)  # one statement: the rows are locked already
+            sql = f"UPDATE billing_counters SET reserved_pusd = reserved_pusd + ? WHERE key IN ({marks})"  # noqa: E501, S608
+            await tx.execute(sql, amount, *keys)
+            # A new row no other unit can be waiting for: inserted after the counters.
+            await tx.execute("INSERT INTO billing_reservations (exchange_id, instance, "
+                             "amount_pusd, buckets, created_at) VALUES (?, ?, ?, ?, ?) "
+                             "ON CONFLICT (exchange_id) DO NOTHING", reservation.exchange_id,
+                             self.instance, amount, "\n".join(reservation.buckets),
+                             reservation.created_at)
+            return ReserveResult(True, {k: (s, r + amount) for k, (s, r) in states.items()})
+
+        result: ReserveResult = await self.db.run(unit)
+        return result
+
+    async def _counter(self, tx: Tx, key: str) -> tuple[int, int]:
+        """A bucket's counter, locked; created from the ledger if it is new (a budget added
+        later still sees earlier spend)."""
+        row = await tx.fetchone(self._counter_sql, key)
+        if row is None:
+            init, args = counter_init_sql(Bucket.from_key(key))
+            insert = f"INSERT INTO billing_counters VALUES (?, ({init}), 0) ON CONFLICT (key) DO NOTHING"  # noqa: E501, S608
+            await tx.execute(insert, key, *args)
+            row = await tx.fetchone(self._counter_sql, key)
+            assert row is not None
+        return int(row["spent_pusd"]), int(row["reserved_pusd"])
 
     async def settle(self, rows: list[dict[str, Any]], reservation: Reservation | None,
                      charged_pusd: int) -> None:
-        """Write final rows; release the reservation and charge ``charged_pusd`` instead."""
-        ...
+        """Write final rows; release the reservation and charge ``charged_pusd`` instead.
+
+        If reconciliation released the reservation first (it took this instance for dead, or
+        ran late), the counters are corrected by what it charged: spent moves by
+        ``charged_pusd`` minus the estimate it put on the ledger, which these rows replace."""
+        values = [[row[c] for c in LEDGER_COLUMNS] for row in sorted(rows, key=_by_id)]
+
+        async def unit(tx: Tx) -> None:
+            released, charged = 0, charged_pusd
+            if reservation is not None:
+                if await tx.execute("DELETE FROM billing_reservations WHERE exchange_id = ?",
+                                    reservation.exchange_id):
+                    released = reservation.amount_pusd
+                else:  # reconciliation released it, charging the estimate on the ledger
+                    charged -= int(await tx.fetchval(
+                        "SELECT COALESCE(SUM(cost_pusd), 0) FROM billing_ledger "
+                        "WHERE exchange_id = ? AND state = 'reconciled'",
+                        reservation.exchange_id))
+            await tx.executemany(UPSERT_ROW, values)
+            if reservation is not None:
+                await _move(tx, reservation.buckets, released, charged)
+
+        await self.db.run(unit)
+
+    # -- crash recovery ----------------------------------------------------------------------
 
     async def reconcile(self) -> int:
         """Settle rows and release holds of instances that died; how many rows were fixed."""
-        ...
+        found = await self.db.fetch(
+            "SELECT DISTINCT instance FROM billing_ledger WHERE state = 'pending' "
+            "UNION SELECT DISTINCT instance FROM billing_reservations")
+        fixed = 0
+        for instance in sorted(int(r["instance"]) for r in found):
+            if instance == self.instance:
+                continue
+            # Held while we act, so that neither a peer nor a restart of it interferes.
+            async with self.liveness.dead(instance) as gone:
+                if gone:
+                    fixed += await self.reconcile_instance(instance)
+        return fixed
+
+    async def reconcile_instance(self, instance: int) -> int:
+        """Release ``instance``'s holds and close its pending rows, whether it lives or not
+        (:meth:`reconcile` asks first): an exchange that had reached the upstream is charged
+        its estimate (the most it could have cost) on its last pending attempt row. A late
+        :meth:`settle` of that exchange corrects the charge. How many rows were closed."""
+        async def unit(tx: Tx) -> int:
+            holds = await tx.fetch(self._holds_sql, instance)
+            pending = await tx.fetch(self._pending_sql, instance)
+            last = {r["exchange_id"]: r["id"] for r in sorted(pending, key=_attempt)}
+            released: dict[str, int] = {}
+            charged: dict[str, int] = {}
+            for hold in holds:
+                amount = int(hold["amount_pusd"])
+                sent = hold["exchange_id"] in last
+                if sent:
+                    await tx.execute("UPDATE billing_ledger SET cost_pusd = ? WHERE id = ?",
+                                     amount, last[hold["exchange_id"]])
+                for key in filter(None, hold["buckets"].split("\n")):
+                    released[key] = released.get(key, 0) + amount
+                    charged[key] = charged.get(key, 0) + (amount if sent else 0)
+            closed = await tx.execute(
+                "UPDATE billing_ledger SET state = 'reconciled', settled_at = ?, "
+                "error = COALESCE(error, ?) WHERE state = 'pending' AND instance = ?",
+                time.time(), RECONCILED_ERROR, instance)
+            for key in sorted(released):
+                await _move(tx, [key], released[key], charged[key])
+            await tx.execute("DELETE FROM billing_reservations WHERE instance = ?", instance)
+            return closed
+
+        fixed: int = await self._run(unit, f"billing: reconciling instance {instance}")
+        return fixed
+
+    # -- reading -----------------------------------------------------------------------------
 
     async def counters(self, keys: list[str]) -> dict[str, tuple[int, int]]:
         """Spent and reserved of these buckets (from the ledger where not yet counted)."""
-        ...
+        async def unit(tx: Tx) -> dict[str, tuple[int, int]]:
+            out = {}
+            for key in keys:
+                row = await tx.fetchone("SELECT spent_pusd, reserved_pusd FROM "
+                                        "billing_counters WHERE key = ?", key)
+                if row is None:
+                    sql, args = counter_init_sql(Bucket.from_key(key))
+                    out[key] = (int(await tx.fetchval(sql, *args)), 0)
+                else:
+                    out[key] = (int(row["spent_pusd"]), int(row["reserved_pusd"]))
+            return out
 
-    async def all_counters(self) -> dict[str, tuple[int, int]]: ...
+        result: dict[str, tuple[int, int]] = await self.db.run(unit)
+        return result
+
+    async def all_counters(self) -> dict[str, tuple[int, int]]:
+        rows = await self.db.fetch("SELECT key, spent_pusd, reserved_pusd FROM billing_counters")
+        return {r["key"]: (int(r["spent_pusd"]), int(r["reserved_pusd"])) for r in rows}
 
     async def report(self, by: str, since: float | None, until: float | None
-                     ) -> list[dict[str, Any]]: ...
+                     ) -> list[dict[str, Any]]:
+        group = _DAY[self.db.dialect] if by == "day" else GROUPS[by]
+        where, args = time_filter(since, until)
+        # Only fixed column names and expressions are formatted in; values are parameters.
+        sql = (f"SELECT {group} AS key, {REPORT_SUMS} FROM billing_ledger{where} "  # noqa: S608
+               "GROUP BY 1 ORDER BY SUM(cost_pusd) DESC, 1")
+        return await self.db.fetch(sql, *args)
 
     async def spend_series(self, bucket: int, by: str, since: float | None
-                           ) -> list[tuple[float, str | None, int]]: ...
+                           ) -> list[tuple[float, str | None, int]]:
+        t = _FLOOR[self.db.dialect].format(n=int(bucket))
+        where, args = time_filter(since, None)
+        sql = (f"SELECT {t} AS t, {GROUPS[by]} AS key, SUM(cost_pusd) AS cost "  # noqa: S608
+               f"FROM billing_ledger{where} GROUP BY 1, 2 ORDER BY 1, 2")
+        rows = await self.db.fetch(sql, *args)
+        return [(float(r["t"]), r["key"], int(r["cost"])) for r in rows]
 
-    async def rows(self, since: float | None = None) -> list[dict[str, Any]]: ...
+    async def rows(self, since: float | None = None) -> list[dict[str, Any]]:
+        where, args = time_filter(since, None)
+        sql = f"SELECT * FROM billing_ledger{where} ORDER BY created_at, id"  # noqa: S608
+        return await self.db.fetch(sql, *args)
+
+
+async def _move(tx: Tx, keys: list[str], released: int, charged: int) -> None:
+    """Release ``released`` and charge ``charged`` on each counter, in key order."""
+    if released or charged:
+        for key in sorted(keys):
+            await tx.execute("UPDATE billing_counters SET reserved_pusd = reserved_pusd - ?, "
+                             "spent_pusd = spent_pusd + ? WHERE key = ?",
+                             released, charged, key)
+
+
+def _by_id(row: dict[str, Any]) -> str:
+    return str(row["id"])
+
+
+def _attempt(row: dict[str, Any]) -> int:
+    return int(row["attempt"])
