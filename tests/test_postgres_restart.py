@@ -22,7 +22,7 @@ import cluster
 import orjson
 import pytest
 
-from midway.secrets_ref import fingerprint
+from midway.identity import passthrough_id
 from midway.testing import PrivatePostgres, pg_query, wait_for
 
 PLUGINS = "audit,billing"
@@ -32,13 +32,17 @@ COST_PUSD = (11 * 3 + 7 * 15) * 10**6  # picodollars of one served request
 KEY = "sk-ant-restart-0001"
 PLAIN = orjson.dumps({"usage": USAGE}).decode()  # the fake upstream's answer, scripted
 HELD = orjson.dumps({"first_byte_delay": 2.0, "usage": USAGE}).decode()
+IDENTITY_SECRET = "restart-identity-secret-0123456789abcdef"  # one principal on every instance
 GRACE = 10.0  # midway.storage.liveness: a free lock is trusted once the server is up this long
 pytestmark = pytest.mark.timeout(300)
 
 
 def write_config(path: Path, dsn: str) -> None:
-    principal = f"key-{fingerprint(KEY)}"
+    principal = passthrough_id(KEY, IDENTITY_SECRET.encode())
     path.write_text(f"""
+[midway]
+identity_secret = "{IDENTITY_SECRET}"
+
 [audit]
 store = "{dsn}"
 schema = "audit"
@@ -172,7 +176,10 @@ def test_postgres_restart_under_load(fake_upstream, private_postgres, tmp_path):
     by_request = {r["exchange_id"]: r for r in attempts if r["status"] == 200}
     assert set(ok) <= set(by_request)
     assert {by_request[rid]["cost_pusd"] for rid in ok} == {COST_PUSD}
-    assert len(attempts) == len(fake_upstream.messages_requests)
+    # every answer the upstream gave is a 200 row; requests the outage failed before they were
+    # sent (the write-ahead could not be written) cost nothing
+    assert len(by_request) == len(fake_upstream.messages_requests)
+    assert all(r["cost_pusd"] == 0 for r in attempts if r["status"] != 200)
     counters = pg_query(pg.dsn, "SELECT key, spent_pusd, reserved_pusd FROM billing_counters",
                         schema="billing")
     assert counters and all(r["reserved_pusd"] == 0 for r in counters)
