@@ -38,9 +38,18 @@ def tests(session: nox.Session, package: str) -> None:
 
 @nox.session(python="3.11")
 def integration(session: nox.Session) -> None:
-    """Cross-package and end-to-end tests in tests/, every package installed."""
+    """Cross-package and end-to-end tests in tests/, every package installed. Tests marked
+    ``known_failure`` (a fault finding not fixed yet) run in ``nox -s faults`` instead."""
     _install_all(session)
-    session.run("pytest", "tests", "-q", *session.posargs)
+    session.run("pytest", "tests", "-q", "-m", "not known_failure", *session.posargs)
+
+
+@nox.session(python="3.11")
+def faults(session: nox.Session) -> None:
+    """Fault tests that still find a defect (marked ``known_failure``, each naming it): run
+    them to see whether a fix holds; not part of CI until they pass."""
+    _install_all(session)
+    session.run("pytest", "tests", "-q", "-m", "known_failure", *session.posargs)
 
 
 @nox.session(python="3.11")

@@ -19,6 +19,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "known_failure(what): a fault test that still finds the "
+                            "defect it names; run by `nox -s faults`, not by CI")
     config.addinivalue_line("markers", "attack(item, what): an attack of issue #17's item "
                             "`item`, described by `what`; the test passes when it is refused")
 

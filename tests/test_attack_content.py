@@ -15,9 +15,9 @@ import orjson
 import pytest
 
 import midway_audit
+import midway_cache
 from midway.keys.tokens import new_secret
 from midway.testing import FakeUpstream, RunningMidway, wait_for
-from midway_cache import CachePlugin
 
 
 def _rand(n: int, alphabet: str = string.ascii_letters + string.digits) -> str:
@@ -68,7 +68,7 @@ def _tool(inner: dict[str, Any]) -> dict[str, Any]:
                         "share a cache answer")
 def test_cache_keeps_cache_control_properties_apart(
         midway_factory: Callable[..., RunningMidway], fake_upstream: FakeUpstream) -> None:
-    running = midway_factory(plugins=[("cache", CachePlugin())], config={"cache": {}})
+    running = midway_factory(plugins=[("cache", midway_cache)], config={"cache": {}})
     cache = running.midway.services["cache"]
     client = anthropic.Anthropic(base_url=running.url, api_key="sk-ant-test", max_retries=0)
     ask: dict[str, Any] = {"model": "claude-sonnet-4-6", "max_tokens": 64,
