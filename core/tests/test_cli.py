@@ -26,7 +26,10 @@ def test_plugins_json_lists_name_version_hooks(monkeypatch):
     for plugin in plugins:
         assert {"name", "version", "hooks", "source", "error"} <= set(plugin)
     monkeypatch.setenv("MIDWAY_PLUGINS", "")
-    assert json.loads(CliRunner().invoke(cli, ["plugins", "--json"]).output) == []
+    # MIDWAY_PLUGINS filters installed plugins, never the built-in ones (midway.builtins)
+    listed = json.loads(CliRunner().invoke(cli, ["plugins", "--json"]).output)
+    assert [(p["name"], p["source"]) for p in listed] == [("keys", "built-in"),
+                                                         ("client_keys", "built-in")]
 
 
 def test_extra_plugin_files_are_listed(tmp_path, monkeypatch):

@@ -226,7 +226,8 @@ def test_plugin_order_is_fixed_by_names_and_then_the_order_given(tmp_path, monke
     host = PluginHost()
     host.load(extra=[str(local)], objects=[("embedded", module_plugin(
         "embedded", pre_request=lambda exchange: None))])
-    assert [i.name for i in host.infos] == ["alpha", "mid", "zeta", "local", "embedded"]
+    assert [i.name for i in host.infos] == ["keys", "client_keys", "alpha", "mid", "zeta", "local",
+                                            "embedded"]
     assert host.pm.get_plugin("zeta").__name__ == "zeta"  # the first listed of a name wins
     # Among equal priorities the plugin registered last runs first (midway.hookspecs "Order").
     assert [i.plugin for i in host.impls("pre_request")] == [

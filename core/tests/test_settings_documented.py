@@ -67,3 +67,11 @@ def test_the_declared_tables_are_found(module: str, tables: list[str]) -> None:
     plugin = pytest.importorskip(module)
 
     assert [c.__name__ for c in tables_of(plugin)] == tables
+
+
+def test_every_builtin_plugin_option_is_documented() -> None:
+    from midway.keys import KeysConfig
+
+    missing = [info.key for info in declared(KeysConfig)
+               if not documented(info.key, DOCS / "keys.md")]
+    assert not missing, f"undocumented [keys] settings: {missing}"

@@ -4,7 +4,8 @@ This module is the contract. ``docs/hooks.md`` is generated from it, with
 ``python -m midway.hookdocs > docs/hooks.md``, and a test fails when the checked-in page
 differs.
 
-midway's core calls these hooks, in this order, for every request under ``/v1/``::
+midway's core calls these hooks, in this order, for every request under ``/v1/`` (after
+``authenticate``, when the gateway requires client credentials)::
 
     pre_request ─▶ choose_upstream ─▶ upstream_request ─▶ (send) ─▶ upstream_response ─┐
           │              ▲                                                            │ Retry
@@ -38,6 +39,9 @@ Implementations of one hook run in pluggy's order: every ``@hookimpl(tryfirst=Tr
 plain ones, then every ``@hookimpl(trylast=True)``. Within each of these groups the plugin
 registered last runs first. midway registers plugins in a fixed order:
 
+0. the built-in plugins, always (``MIDWAY_PLUGINS`` does not filter them): ``keys`` (the key
+   store, when ``[keys] enabled``) and then ``client_keys`` (``[[midway.client_keys]]``), so
+   config-defined keys are looked up first;
 1. installed plugins (the ``midway`` entry-point group), sorted by entry-point name;
 2. ``--plugin`` files and modules (``extra_plugins``), in the order given;
 3. plugin objects passed by embedding code and tests (``midway_factory(plugins=[...])``), in
@@ -100,7 +104,7 @@ if TYPE_CHECKING:
     from aiohttp import web
 
     from midway.context import Midway
-    from midway.exchange import Attempt, Exchange, Response, Retry, Upstream
+    from midway.exchange import Attempt, Exchange, Principal, Response, Retry, Upstream
     from midway.sse import SSEEvent
 
 hookspec = pluggy.HookspecMarker("midway")
@@ -136,6 +140,32 @@ def shutdown(midway: Midway) -> None:
     :return: nothing. Every implementation runs, even if one raises.
 
     Raising is logged and counted; the next implementation runs.
+    """
+
+
+@hookspec(firstresult=True)
+def authenticate(exchange: Exchange, credential: str | None) -> Principal | None:
+    """Say who presents ``credential``: the identity provider's hook.
+
+    Fires once per request under ``/v1/``, before ``pre_request``, only when the gateway
+    requires client credentials (``[[midway.client_keys]]`` or ``[keys] enabled``); without
+    them every client passes its own upstream key through and is named by it. First result:
+    the first non-None result wins. The built-in ``client_keys`` and ``keys`` plugins
+    implement it; an identity provider (OIDC tokens, mTLS, a corporate directory) plugs in
+    the same way.
+
+    :param exchange: the request in flight; its body is not read yet.
+    :param credential: what the client presented (``x-api-key``, or the token of
+        ``Authorization: Bearer``), or ``None``. After this hook the core removes both headers:
+        a client's midway credential never leaves the gateway.
+    :return: a :class:`midway.Principal` (``exchange.principal`` becomes it; its ``models``,
+        ``upstreams`` and labels scope the request), or ``None`` if this implementation does
+        not know the credential. When every implementation returns ``None`` the client gets
+        a 401 ``authentication_error``.
+
+    Raising fails the request with a 500 ``api_error`` naming the plugin; raising
+    ``midway.MidwayError`` answers with that error instead (e.g. a 503 when the identity
+    provider is unreachable).
     """
 
 

@@ -6,11 +6,16 @@ import hashlib
 import hmac
 import secrets
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from midway.config import ConfigError, Settings
 from midway.datadir import install_secret
 from midway.exchange import Principal
+from midway.hookspecs import hookimpl
 from midway.secrets_ref import SecretError, fingerprint, resolve
+
+if TYPE_CHECKING:
+    from midway.context import Midway
 
 ANONYMOUS = Principal(id="anonymous", name="anonymous", kind="anonymous")
 # The key of pass-through identities in this process: set by midway.server.build_app from
@@ -97,3 +102,19 @@ class ClientKeys:
         # Keys are found by the SHA-256 of what was presented: the timing of the lookup
         # depends on that digest, never on how close a guess came to a real key.
         return self._by_digest.get(digest)
+
+
+class ClientKeysPlugin:
+    """``[[midway.client_keys]]`` as a built-in plugin: the ``authenticate`` hook over the
+    config-defined keys (see :mod:`midway.builtins`)."""
+
+    def __init__(self) -> None:
+        self.keys: ClientKeys | None = None
+
+    @hookimpl
+    def startup(self, midway: Midway) -> None:
+        self.keys = ClientKeys(midway.settings)  # resolves env:/file: references now
+
+    @hookimpl
+    def authenticate(self, credential: str | None) -> Principal | None:
+        return None if self.keys is None else self.keys.lookup(credential)

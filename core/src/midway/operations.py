@@ -11,9 +11,9 @@ from typing import Any
 
 import attrs
 
+from midway.builtins import NAMES as BUILTINS
 from midway.config import Settings
 from midway.context import Midway
-from midway.keys import operations as keys_operations
 from midway.secrets_ref import SecretError, resolve
 from midway.server import build_midway, runtime_dir
 
@@ -78,16 +78,12 @@ def config_check(settings: Settings) -> list[CheckResult]:
         if info.error:
             results.append(CheckResult(info.name, [f"failed to load: {info.error}"]))
     for plugin, found, exc in asyncio.run(_run_per_plugin(midway, "config_check")):
+        if found is None and exc is None and plugin in BUILTINS:
+            continue  # a built-in with nothing configured (keys without [keys] enabled)
         problems = [str(p) for p in (found or [])]
         if exc is not None:
             problems.append(f"{type(exc).__name__}: {exc}")
         results.append(CheckResult(plugin, problems))
-    if keys_operations.enabled(settings):
-        try:
-            problems = asyncio.run(keys_operations.check(settings))
-        except Exception as exc:
-            problems = [f"{type(exc).__name__}: {exc}"]
-        results.append(CheckResult("keys", problems))
     return results
 
 
@@ -95,14 +91,11 @@ def db_upgrade(settings: Settings) -> list[tuple[str, list[str]]]:
     """Create or migrate every plugin's schemas; raises on the first failure."""
     midway = build_midway(settings)
     done = []
-    if keys_operations.enabled(settings):
-        try:
-            done.append(("keys", asyncio.run(keys_operations.upgrade(settings))))
-        except Exception as failure:
-            raise RuntimeError(f"keys: {type(failure).__name__}: {failure}") from failure
     for plugin, changes, exc in asyncio.run(_run_per_plugin(midway, "db_upgrade")):
         if exc is not None:
             raise RuntimeError(f"{plugin}: {type(exc).__name__}: {exc}") from exc
+        if changes is None and plugin in BUILTINS:
+            continue
         done.append((plugin, [str(c) for c in (changes or [])]))
     return done
 

@@ -77,8 +77,14 @@ class PluginHost:
         name, then ``extra`` files/modules and then ``objects``, each in the order given.
 
         This registration order is part of the hook contract (see :mod:`midway.hookspecs`):
-        among implementations of equal priority the one registered last runs first.
+        among implementations of equal priority the one registered last runs first. The
+        built-in plugins (:mod:`midway.builtins`) come before all of them, always.
         """
+        from midway import __version__
+        from midway.builtins import builtin_plugins
+
+        for name, obj in builtin_plugins():
+            self._register(name, obj, __version__, "built-in")
         for ep in _entry_points():
             if only is not None and ep.name not in only:
                 continue

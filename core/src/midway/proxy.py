@@ -41,7 +41,7 @@ from midway.headers import (
     request_headers,
     response_headers,
 )
-from midway.identity import ANONYMOUS, ClientKeys, passthrough_principal, presented_credential
+from midway.identity import ANONYMOUS, passthrough_principal, presented_credential
 from midway.metrics import Metrics
 from midway.observe import OBSERVED_EVENTS, StreamObserver, apply_message, decode_body
 from midway.plugins import Impl, PluginFailed
@@ -65,9 +65,7 @@ class Proxy:
         self.midway = midway
         settings = midway.settings
         self.plugins = midway.plugins
-        self.client_keys = ClientKeys(settings)
-        self.key_mode = bool(self.client_keys) or settings.client_keys_enabled
-        self.authenticators: list[Any] = []  # extra key stores (see midway.keys)
+        self.key_mode = settings.client_keys_enabled  # else clients pass their own keys
         upstream_headers: dict[str, str] = {}
         if self.key_mode and settings.upstream_api_key:
             secret = resolve(settings.upstream_api_key)
@@ -269,14 +267,9 @@ class Proxy:
         if not self.key_mode:
             exchange.principal = passthrough_principal(credential)
             return
-        principal = self.client_keys.lookup(credential)
-        for store in self.authenticators:
-            if principal is not None:
-                break
-            principal = store.lookup(credential)
-            if inspect.isawaitable(principal):  # a store that had to ask its database
-                principal = await principal
-        # The client's midway key never leaves this process.
+        principal = await self._call_first_strict(exchange, "authenticate",
+                                                  credential=credential)
+        # The client's midway credential never leaves this process.
         for name in CREDENTIAL_HEADERS:
             headers.popall(name, None)
         if principal is None:

@@ -23,7 +23,6 @@ from midway.config import ConfigError, Settings
 from midway.context import Midway
 from midway.errors import error_response
 from midway.identity import identity_key, use_identity_key
-from midway.keys import install as install_keys
 from midway.metrics import Metrics
 from midway.plugins import PluginHost
 from midway.proxy import Proxy
@@ -111,7 +110,6 @@ def build_app(midway: Midway) -> web.Application:
     app.router.add_get("/", head_root)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
-    install_keys(app, midway, proxy)  # the key store, when [keys] enabled
     midway.plugins.call_sync("register_routes", app=app, midway=midway)
     app.router.add_route("*", "/v1/{tail:[\\s\\S]*}", proxy.handle)
     app.router.add_route("*", "/{tail:[\\s\\S]*}", not_found)

@@ -51,7 +51,7 @@ class _LRU:
 
 
 class KeyCache:
-    """``lookup(credential)`` for :class:`midway.proxy.Proxy` ``authenticators``."""
+    """``lookup(credential)`` for the built-in keys plugin's ``authenticate``."""
 
     _MISSING = "missing"
 

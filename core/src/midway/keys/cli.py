@@ -14,6 +14,7 @@ import click
 import orjson
 
 from midway.config import ConfigError, Settings
+from midway.keys.config import KeysConfig
 from midway.keys.model import KeyRecord, KeysError
 from midway.keys.service import Issued, KeyService
 from midway.keys.store import open_store
@@ -31,10 +32,10 @@ def _is_duration(text: str) -> bool:
 
 
 def _run(settings: Settings, operation: Callable[[KeyService], Awaitable[T]]) -> T:
-    config = settings.plugin_config("keys")
+    config = settings.options("keys", KeysConfig)
 
     async def main() -> T:
-        store = open_store(config, settings.data_dir)
+        store = open_store(config)
         await store.open()
         try:
             return await operation(KeyService(store))
@@ -119,7 +120,7 @@ def make_keys_group(settings_options: Callable[[Callable[..., Any]], Callable[..
             spec["expires_in" if _is_duration(expires) else "expires_at"] = expires
         if no_project_header:
             spec["allow_project_header"] = False
-        if not settings.plugin_config("keys").get("enabled"):
+        if not settings.options("keys", KeysConfig).enabled:
             click.echo("note: [keys] enabled is not set; servers will not accept stored keys "
                        "until it is", err=True)
         issued = _run(settings, lambda service: service.create(spec, parent))

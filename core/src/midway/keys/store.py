@@ -8,13 +8,13 @@ instance that has seen version N can ask for exactly what changed after N.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 import orjson
 
+from midway.keys.config import LABEL, KeysConfig
 from midway.keys.model import Credential, KeyRecord, Scope, check_record
-from midway.storage import Database, Row, Schema, StoreURL, Tx, open_database, parse_store
+from midway.storage import Database, Row, Schema, Tx, open_database
 
 SCHEMA = Schema("keys", """
 CREATE TABLE IF NOT EXISTS midway_keys (
@@ -34,7 +34,6 @@ CREATE INDEX IF NOT EXISTS midway_key_credentials_version ON midway_key_credenti
 CREATE TABLE IF NOT EXISTS midway_keys_meta (name TEXT PRIMARY KEY, value {int} NOT NULL);
 INSERT INTO midway_keys_meta (name, value) VALUES ('version', 0) ON CONFLICT DO NOTHING
 """)
-LABEL = "[keys] store"
 
 
 _SELECT_KEYS = ("SELECT id, name, team, labels, models, upstreams, capabilities, "
@@ -210,14 +209,6 @@ class KeyStore:
         await self.db.run(unit)
 
 
-def store_url(config: dict[str, Any], data_dir: Path) -> StoreURL:
-    """Where ``[keys] store`` points (default ``<data_dir>/keys.db``)."""
-    return parse_store(config.get("store"), data_dir=data_dir, default_file="keys.db",
-                       label=LABEL)
-
-
-def open_store(config: dict[str, Any], data_dir: Path) -> KeyStore:
+def open_store(config: KeysConfig) -> KeyStore:
     """The key store ``[keys] store`` and ``[keys] schema`` name (not opened yet)."""
-    schema = config.get("schema")
-    return KeyStore(open_database(store_url(config, data_dir),
-                                  schema=str(schema) if schema else None, label=LABEL))
+    return KeyStore(open_database(config.store, schema=config.schema, label=LABEL))
