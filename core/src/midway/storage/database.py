@@ -25,8 +25,8 @@ from typing import Any, Literal, Protocol, TypeVar
 
 import attrs
 
-from midway.sqlite_wal import enable_wal
 from midway.storage.url import StoreURL, StoreURLError
+from midway.storage.wal import enable_wal
 
 T = TypeVar("T")
 Row = dict[str, Any]
