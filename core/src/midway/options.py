@@ -55,12 +55,15 @@ _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?")
 _SIZE_UNITS = {"": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3, "t": 1024 ** 4}
 
 
-def option(default: Any, *, help: str, converter: Converter | None = None,
-           gt: float | None = None, ge: float | None = None, secret: bool = False) -> Any:
+def option(default: Any = None, *, help: str, converter: Converter | None = None,
+           gt: float | None = None, ge: float | None = None, secret: bool = False,
+           factory: Callable[[], Any] | None = None) -> Any:
     """One setting of a plugin table: an ``attrs`` field carrying its help text.
 
     :param default: the value when the table does not set it (a list or dict is copied per
         instance).
+    :param factory: instead of ``default``, builds the value when the table does not set it
+        (e.g. a price table loaded from the package).
     :param help: one sentence for users; docs and ``midway config`` show it.
     :param converter: turns the raw TOML/env value into the field's value (instead of coercing
         to the declared type); raise ``ValueError`` saying what was expected.
@@ -69,6 +72,8 @@ def option(default: Any, *, help: str, converter: Converter | None = None,
     :param secret: never show the value in an error message.
     """
     metadata = {"help": help, "converter": converter, "gt": gt, "ge": ge, "secret": secret}
+    if factory is not None:
+        return attrs.field(factory=factory, metadata=metadata)
     if isinstance(default, list | dict):
         return attrs.field(factory=lambda: type(default)(default), metadata=metadata)
     return attrs.field(default=default, metadata=metadata)

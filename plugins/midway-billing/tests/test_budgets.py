@@ -11,6 +11,7 @@ import orjson
 import pytest
 from helpers import PLUGIN, billing_of, ledger
 
+from midway.options import load_table
 from midway.testing import RecordedRequest, Reply
 from midway_billing.budgets import Bucket
 from midway_billing.config import BillingConfig
@@ -122,8 +123,8 @@ def test_reservations_atomic_across_postgres_instances(postgres_dsn, pg_schema, 
     async def run() -> list[bool]:
         stores = []
         for _ in range(2):
-            config = BillingConfig.from_table({"store": postgres_dsn, "schema": pg_schema,
-                                               "max_pool": 10}, tmp_path)
+            config = load_table(BillingConfig, "billing", {
+                "store": postgres_dsn, "schema": pg_schema, "max_pool": 10}, data_dir=tmp_path)
             store = config.make_store()
             await store.open()
             stores.append(store)

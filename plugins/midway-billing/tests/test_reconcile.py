@@ -13,6 +13,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from midway.options import load_table
 from midway.storage.liveness import PostgresLiveness
 from midway_billing.budgets import Bucket
 from midway_billing.config import BillingConfig
@@ -66,7 +67,7 @@ def test_reconcile_dead_not_live(backend: str, tmp_path: Path, request) -> None:
     table = table_for(backend, request)
 
     async def run() -> None:
-        config = BillingConfig.from_table(table, tmp_path)
+        config = load_table(BillingConfig, "billing", table, data_dir=tmp_path)
         dead, live, fresh = (config.make_store() for _ in range(3))
         for store in (dead, live):
             await store.open()
@@ -100,7 +101,7 @@ def test_settlement_after_a_false_reconciliation_heals_the_counters(
     table = table_for(backend, request)
 
     async def run() -> None:
-        config = BillingConfig.from_table(table, tmp_path)
+        config = load_table(BillingConfig, "billing", table, data_dir=tmp_path)
         store, peer = config.make_store(), config.make_store()
         for each in (store, peer):
             await each.open()
@@ -138,8 +139,8 @@ def test_settlement_is_retried_until_the_database_takes_it(postgres_dsn: str, pg
     request does not wait for it, a writer task retries, the real cost lands, the log has one
     line for the outage and one for its end. At shutdown, what cannot land is named."""
     caplog.set_level(logging.WARNING, "midway.billing")
-    config = BillingConfig.from_table({"store": postgres_dsn, "schema": pg_schema, "max_pool": 1},
-                                      tmp_path)
+    config = load_table(BillingConfig, "billing", {
+        "store": postgres_dsn, "schema": pg_schema, "max_pool": 1}, data_dir=tmp_path)
 
     async def blocked(billing: Billing, exchange_id: str, cost: int
                       ) -> tuple[asyncpg.Connection, asyncio.Task[None], int]:
@@ -194,3 +195,4 @@ def test_settlement_is_retried_until_the_database_takes_it(postgres_dsn: str, pg
                 conn.terminate()
 
     asyncio.run(run())
+

@@ -33,7 +33,7 @@ def _billing(midway: Midway | None) -> Billing | None:
 def _create(midway: Midway) -> Billing:
     billing = _billing(midway)
     if billing is None:
-        config = BillingConfig.from_table(midway.config("billing"), midway.data_dir)
+        config = midway.options("billing", BillingConfig)
         metrics = BillingMetrics(midway.metrics.registry) if midway.metrics else None
         billing = Billing(config, metrics)
         midway.services["billing"] = billing

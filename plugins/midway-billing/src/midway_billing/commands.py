@@ -12,17 +12,15 @@ import click
 import orjson
 
 from midway.cli import TIME, settings_options
-from midway.config import Settings
-from midway.storage import StoreURLError
+from midway.config import ConfigError, Settings
 from midway_billing.config import BillingConfig
 from midway_billing.plugin import Billing
-from midway_billing.pricing import PriceError
 
 T = TypeVar("T")
 def _config(settings: Settings) -> BillingConfig:
     try:
-        return BillingConfig.from_table(settings.plugin_config("billing"), settings.data_dir)
-    except (PriceError, StoreURLError) as exc:
+        return settings.options("billing", BillingConfig)
+    except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
 
 

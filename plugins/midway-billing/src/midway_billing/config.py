@@ -1,52 +1,49 @@
-"""``[billing]`` config: store, price overrides, budgets, attribution and estimates."""
+"""The ``[billing]`` config table (docs/billing.md), declared once: built by
+``midway.options("billing", BillingConfig)`` at start-up and ``settings.options(...)`` in the
+commands; a typo or a bad value is one :class:`midway.config.ConfigError` naming the key."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import attrs
 
-from midway.storage import StoreURL, new_instance, open_database, parse_store
+from midway.options import option, store_option
+from midway.storage import StoreURL, new_instance, open_database
 from midway_billing.budgets import Budget, parse_budgets
-from midway_billing.pricing import PriceError, PriceTable
+from midway_billing.pricing import PriceTable
 from midway_billing.store import Store
 
 LABEL = "[billing] store"
 
-_KNOWN = {"store", "schema", "project_header", "prices", "budgets", "bytes_per_token",
-          "reconcile_interval", "min_pool", "max_pool"}
+
+def _schema(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"expected a PostgreSQL schema name, got {value!r}")
+    return value
 
 
 @attrs.define
 class BillingConfig:
-    store: StoreURL  # the store setting, parsed by midway.storage.parse_store
-    schema: str | None
-    project_header: str
-    prices: PriceTable
-    budgets: list[Budget]
-    bytes_per_token: float
-    reconcile_interval: float
-    max_pool: int
-
-    @classmethod
-    def from_table(cls, table: Mapping[str, Any], data_dir: Path) -> BillingConfig:
-        unknown = set(table) - _KNOWN
-        if unknown:
-            raise PriceError(f"[billing]: unknown setting(s) {', '.join(sorted(unknown))}")
-        bytes_per_token = float(table.get("bytes_per_token", 3))
-        if bytes_per_token <= 0:
-            raise PriceError("[billing] bytes_per_token must be positive")
-        store = parse_store(table.get("store"), data_dir=data_dir,
-                            default_file="billing.db", label=LABEL)
-        return cls(store=store, schema=table.get("schema"),
-                   project_header=str(table.get("project_header", "x-midway-project")),
-                   prices=PriceTable.load(table.get("prices")),
-                   budgets=parse_budgets(table.get("budgets")),
-                   bytes_per_token=bytes_per_token,
-                   reconcile_interval=float(table.get("reconcile_interval", 30)),
-                   max_pool=int(table.get("max_pool", 10)))
+    store: StoreURL = store_option(
+        "billing.db", help="SQLite path, or postgresql://... (also env:NAME / file:PATH)")
+    schema: str | None = option(None, converter=_schema,
+                                help="PostgreSQL schema to use (created if missing)")
+    project_header: str = option("x-midway-project",
+                                 help="request header naming the project to bill")
+    prices: PriceTable = option(
+        factory=PriceTable.load, converter=PriceTable.load,
+        help="price overrides and new models, per model name (see Prices)")
+    budgets: list[Budget] = option([], converter=parse_budgets,
+                                   help="budgets ([[billing.budgets]], see Budgets)")
+    bytes_per_token: float = option(3.0, gt=0,
+                                    help="request bytes per input token, for reservations")
+    reconcile_interval: float = option(
+        30.0, ge=0, help="seconds between reconciliations of dead instances' rows "
+        "(0: only at start-up)")
+    max_pool: int = option(10, ge=1, help="PostgreSQL: connections per instance")
 
     def make_store(self) -> Store:
         """This config's store (not opened yet), under a new random instance number."""

@@ -11,7 +11,7 @@ from midway_billing.store import SCHEMA
 def _config(midway: Midway) -> BillingConfig:
     # Prices, budgets and the store are validated here too: an invalid table raises, which the
     # core reports as this plugin's problem.
-    return BillingConfig.from_table(midway.config("billing"), midway.settings.data_dir)
+    return midway.settings.options("billing", BillingConfig)
 
 
 @hookimpl
