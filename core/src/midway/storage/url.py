@@ -35,6 +35,9 @@ class StoreURLError(ValueError):
     """A ``store`` value that names no usable store; the message says what is accepted."""
 
 
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+:")
+
+
 def mask(url: str) -> str:
     """A store URL without its password, fit for messages and logs."""
     return _PASSWORD.sub(r"\1:***@", url)
@@ -103,7 +106,7 @@ def _parse(text: str, data_dir: Path, default_file: str, label: str,
         if not rest or rest == "/":
             raise StoreURLError(f"{label}: {shown!r} names no file; use {_accepted(kinds)}")
         return StoreURL("sqlite", path=_under(Path(rest), data_dir))
-    if "://" in text:
+    if "://" in text or _SCHEME.match(text):  # "postgresql:/db" is a typo, not a file name
         raise StoreURLError(f"{label}: unknown scheme in {shown!r}; use {_accepted(kinds)}")
     path = Path(text)
     if len(path.parts) > 1 or text.startswith("~") or text.endswith(_SQLITE_SUFFIXES):
