@@ -66,6 +66,8 @@ class Settings:
     shutdown_timeout: float = 30.0
     max_attempts: int = 5
     hook_timeout: float = 30.0  # seconds an async hook implementation may take
+    ready_timeout: float = 2.0  # seconds each plugin's check_ready may take (/readyz)
+    drain_delay: float = 0.0  # seconds still listening after SIGTERM, /readyz 503
     allow_public: bool = False
     trust_env: bool = False
     upstream_api_key: str | None = None  # reference; used when clients present midway keys
@@ -128,6 +130,7 @@ _SCALARS: dict[str, type] = {
     "header_timeout": float, "body_timeout": float, "keepalive_timeout": float,
     "write_stall_timeout": float,
     "shutdown_timeout": float, "max_attempts": int, "hook_timeout": float,
+    "ready_timeout": float, "drain_delay": float,
     "allow_public": bool, "trust_env": bool,
     "upstream_api_key": str, "admin_key": str, "identity_secret": str, "log_format": str,
     "log_level": str,

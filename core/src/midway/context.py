@@ -38,6 +38,8 @@ class Midway:
         self.services = Services()
         self.worker_index = 0
         self.stream_bytes_kept = 0  # see keep_stream_bodies
+        self.started = False  # every startup hook ran (``/readyz``)
+        self.draining = False  # SIGTERM received: finishing, taking no new work (``/readyz``)
 
     def keep_stream_bodies(self, limit: int) -> None:
         """Keep up to ``limit`` bytes of every streamed answer in ``exchange.stream_body``.

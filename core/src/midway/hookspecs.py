@@ -14,7 +14,8 @@ midway's core calls these hooks, in this order, for every request under ``/v1/``
 
 Around the process: ``register_commands`` when the ``midway`` command line is built;
 ``register_routes``, then ``register_metrics``, then ``startup`` when a server starts;
-``shutdown`` when it stops; ``config_check`` and ``db_upgrade`` in the commands of those names.
+``shutdown`` when it stops; ``check_ready`` on each ``GET /readyz``; ``config_check`` and
+``db_upgrade`` in the commands of those names.
 
 Implementing a hook
 -------------------
@@ -68,6 +69,7 @@ What happens is part of the contract, and each hook below states it:
   the failure is logged and the relay (or the command line, or the server) goes on with the
   next implementation.
 * ``config_check``: the exception is reported as a problem of that plugin.
+* ``check_ready``: the instance reports itself not ready, with the exception's message.
 * ``db_upgrade``: the command fails.
 
 Every failure a relay survives or that fails a request is counted in
@@ -125,6 +127,25 @@ def startup(midway: Midway) -> None:
     :return: nothing. Every implementation runs, in order.
 
     Raising (or exceeding ``hook_timeout``) aborts start-up.
+    """
+
+
+@hookspec
+def check_ready(midway: Midway) -> list[str] | None:
+    """Say what keeps this plugin from serving traffic: a store that does not answer, a
+    background process that is down. ``/readyz`` asks it of every plugin.
+
+    Fires on each ``GET /readyz`` (a load balancer's or Kubernetes' readiness probe, every few
+    seconds), after ``startup`` and before ``shutdown``. Implementations run concurrently, each
+    bounded by the ``ready_timeout`` setting (2 s); one that takes longer counts as "not ready:
+    <plugin> did not answer". Keep it cheap: one trivial query per store
+    (:meth:`midway.storage.Database.ping`).
+
+    :param midway: the running instance.
+    :return: what is not ready, one line each, no credentials (``[]`` or ``None``: ready).
+        Every implementation runs.
+
+    Raising counts as not ready, with the exception's message.
     """
 
 

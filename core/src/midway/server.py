@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import ipaddress
 import logging
 import os
@@ -24,7 +25,7 @@ from midway.context import Midway
 from midway.errors import error_response
 from midway.identity import identity_key, use_identity_key
 from midway.metrics import Metrics
-from midway.plugins import PluginHost
+from midway.plugins import Impl, PluginHost
 from midway.proxy import Proxy
 
 log = logging.getLogger("midway")
@@ -98,6 +99,14 @@ def build_app(midway: Midway) -> web.Application:
                                   # asyncio tasks alive: leak checks (soak, hardening tests)
                                   "tasks": len(asyncio.all_tasks())})
 
+    async def livez(request: web.Request) -> web.Response:
+        return web.json_response({"status": "alive"})
+
+    async def readyz(request: web.Request) -> web.Response:
+        problems = await readiness(midway)
+        return web.json_response({"status": "not ready" if problems else "ready",
+                                  "problems": problems}, status=503 if problems else 200)
+
     async def metrics(request: web.Request) -> web.Response:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
         assert midway.metrics is not None
@@ -109,6 +118,8 @@ def build_app(midway: Midway) -> web.Application:
 
     app.router.add_get("/", head_root)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/livez", livez)
+    app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     midway.plugins.call_sync("register_routes", app=app, midway=midway)
     app.router.add_route("*", "/v1/{tail:[\\s\\S]*}", proxy.handle)
@@ -130,6 +141,7 @@ def build_app(midway: Midway) -> web.Application:
             await midway.session.close()
             raise
         proxy.refresh()
+        midway.started = True
         if midway.metrics is not None and midway.metrics.peers_dir is not None:
             app[PUBLISHER_KEY] = asyncio.get_running_loop().create_task(
                 _publish_forever(midway.metrics))
@@ -149,6 +161,31 @@ def build_app(midway: Midway) -> web.Application:
     app.on_startup.append(on_startup)
     app.on_cleanup.append(on_cleanup)
     return app
+
+
+async def readiness(midway: Midway) -> list[str]:
+    """What keeps this instance from taking traffic (empty: ready): not started yet,
+    draining, or what a plugin's ``check_ready`` says, each bounded by ``ready_timeout``."""
+    if midway.draining:
+        return ["draining: shutting down, taking no new work"]
+    if not midway.started:
+        return ["starting: plugins are not started yet"]
+    timeout = midway.settings.ready_timeout
+
+    async def ask(impl: Impl) -> list[str]:
+        try:
+            async with asyncio.timeout(timeout):
+                found = impl.function(*[midway for _ in impl.argnames])
+                if inspect.isawaitable(found):
+                    found = await found
+        except TimeoutError:
+            return [f"{impl.plugin}: no answer within {timeout:g} s"]
+        except Exception as exc:
+            return [f"{impl.plugin}: {type(exc).__name__}: {str(exc)[:200]}"]
+        return [f"{impl.plugin}: {p}" for p in (found or [])]
+
+    answers = await asyncio.gather(*(ask(i) for i in midway.plugins.impls("check_ready")))
+    return [problem for answer in answers for problem in answer]
 
 
 async def _publish_forever(metrics: Metrics) -> None:
@@ -183,11 +220,22 @@ async def serve(settings: Settings, sock: socket.socket | None = None,
              ", ".join(i.name for i in midway.plugins.infos if not i.error) or "none")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def begin_drain() -> None:
+        midway.draining = True  # /readyz says 503 from now on, before the drain starts
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, begin_drain)
     if ready is not None:
         ready.set()
     await stop.wait()
+    if settings.drain_delay > 0:
+        # Still listening, /readyz already 503: a load balancer stops sending new work before
+        # the listener closes (Kubernetes removes the endpoint while SIGTERM is delivered).
+        log.info("midway draining: taking requests for %g s more while /readyz says 503",
+                 settings.drain_delay)
+        await asyncio.sleep(settings.drain_delay)
     log.info("midway shutting down: %d open streams", app[PROXY_KEY].open_streams)
     await runner.cleanup()
 

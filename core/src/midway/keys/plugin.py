@@ -76,6 +76,13 @@ class KeysPlugin:
         return None if self.cache is None else self.cache.lookup(credential)
 
     @hookimpl
+    async def check_ready(self) -> list[str] | None:
+        if self.store is None:
+            return None
+        problem = await self.store.db.ping()
+        return [problem] if problem else None
+
+    @hookimpl
     async def config_check(self, midway: Midway) -> list[str] | None:
         config = midway.options("keys", KeysConfig)
         if not config.enabled:

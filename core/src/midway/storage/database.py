@@ -100,6 +100,17 @@ class Database:
         even with ``synchronous="full"``; PostgreSQL: ``synchronous_commit`` off)."""
         raise NotImplementedError
 
+    async def ping(self) -> str | None:
+        """``None`` if the store answers a trivial query, else what went wrong, in words (for
+        ``/readyz``, whose caller bounds the time; never raises, never shows a password)."""
+        from midway.storage.retry import describe
+
+        try:
+            await self.run(lambda tx: tx.fetchval("SELECT 1"), durable=False)
+        except Exception as exc:
+            return f"{self.store.masked}: {describe(exc)}"
+        return None
+
     async def fetch(self, sql: str, *args: Any) -> list[Row]:
         return await self.run(lambda tx: tx.fetch(sql, *args))
 

@@ -82,6 +82,21 @@ async def shutdown(midway: Midway) -> None:
     await service.store.close()
 
 
+@hookimpl
+async def check_ready(midway: Midway) -> list[str] | None:
+    service = midway.services.get(AUDIT)
+    if service is None:
+        return None
+    problems = []
+    proc = service.writer.proc if service.writer is not None else None
+    if proc is not None and proc.returncode is not None:
+        problems.append(f"the writer process exited with {proc.returncode} (restarting)")
+    problem = await service.store.db.ping()
+    if problem:
+        problems.append(problem)
+    return problems
+
+
 # The request hooks find the channel in midway.services (a plain dict): they run for every
 # request, so each costs the relay as little as it can.
 

@@ -80,6 +80,15 @@ async def post_response(exchange: Exchange) -> None:
 
 
 @hookimpl
+async def check_ready(midway: Midway) -> list[str] | None:
+    billing = _billing(midway)
+    if billing is None:
+        return None
+    problem = await billing.store.db.ping()
+    return [problem] if problem else None
+
+
+@hookimpl
 def register_commands(cli: click.Group) -> None:
     from midway_billing.commands import billing_group
 

@@ -67,6 +67,15 @@ async def post_response(exchange: Exchange) -> None:
 
 
 @hookimpl
+async def check_ready(midway: Midway) -> list[str] | None:
+    cache = _cache(midway)
+    if cache is None or cache.store is None:
+        return None
+    problem = await cache.store.ping()
+    return [problem] if problem else None
+
+
+@hookimpl
 def register_commands(cli: click.Group) -> None:
     from midway_cache.commands import cache_group
 

@@ -72,6 +72,10 @@ class Store(Protocol):
 
     async def close(self) -> None: ...
 
+    async def ping(self) -> str | None:
+        """``None`` if the store answers, else what went wrong (``/readyz``)."""
+        ...
+
     async def get(self, key: str, now: float) -> Entry | None:
         """The live entry of ``key`` (``None`` when absent or expired)."""
         ...

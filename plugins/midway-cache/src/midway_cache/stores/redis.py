@@ -44,6 +44,16 @@ class RedisStore:
             await self._redis.aclose()
             self._redis = None
 
+
+    async def ping(self) -> str | None:
+        from midway.storage import describe, mask
+
+        try:
+            await self._redis.ping()
+        except Exception as exc:
+            return f"{mask(self.url)}: {describe(exc)}"
+        return None
+
     async def get(self, key: str, now: float) -> Entry | None:
         raw = await self._redis.get(self._k("e", key))
         if raw is None:

@@ -97,6 +97,10 @@ class SQLStore:
     async def close(self) -> None:
         await self.db.close()
 
+
+    async def ping(self) -> str | None:
+        return await self.db.ping()
+
     async def get(self, key: str, now: float) -> Entry | None:
         row = await self.db.run(lambda tx: tx.fetchone(self._get, key, now))
         return None if row is None else _entry(row)
