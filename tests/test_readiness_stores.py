@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-
 from cluster import start_instances, stop_instances
+
 from midway.testing import FakeUpstream
 from midway.testing_services import PrivatePostgres, wait_for
 
