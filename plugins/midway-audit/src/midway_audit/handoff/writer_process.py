@@ -101,6 +101,7 @@ class WriterProcess:
         self.store: AuditStore | None = None
         self.writer: AuditWriter | None = None
         self.intents: IntentLog | None = None
+        self.instance = 0
         self._changed = asyncio.Event()
 
     async def run(self) -> int:
@@ -144,7 +145,10 @@ class WriterProcess:
         store = AuditStore(config, inline=True)
         await store.open()
         self.store = store
-        instance = new_instance()
+        # The relay's instance: it owns the requests in flight, and claims the number too —
+        # a writer restarted by a live relay must not take its intents for a dead one's.
+        instance = int(table.get("instance") or new_instance())
+        self.instance = instance
         if config.write_ahead:
             await store.claim(instance)
         recovered = await store.recover(instance, lambda found: interrupted_rows(found, redactor))
@@ -222,16 +226,29 @@ class WriterProcess:
             await self.intents.drain()
         if self.writer is not None:
             await self.writer.stop()
-            if self.intents is not None and self.intents.open:
-                rows = self.intents.interrupted()
-                log.warning("audit: the relay stopped with %d requests in flight; recorded "
-                            "as interrupted", len(rows))
-                assert self.store is not None
-                await self.store.append(rows, retrying=True)
-                self.writer.written += len(rows)
-                self.metrics.recovered.inc(len(rows))
+            if self.intents is not None:
+                await self._interrupt()
         if self.store is not None:
             await self.store.close()
+
+    async def _interrupt(self) -> None:
+        """The relay is gone (stopped or killed) and has handed over everything: the intents
+        still open — this writer's, and a killed predecessor's whose records never came (it
+        had taken them from the ring) — are requests that never finished."""
+        assert self.intents is not None and self.store is not None and self.writer is not None
+        rows = self.intents.interrupted()
+        seen = {row.request_id for row in rows}
+        rows += [row for row in interrupted_rows(await self.store.left_by(self.instance),
+                                                 self.intents.redactor)
+                 if row.request_id not in seen]
+        if not rows:
+            return
+        await self.store.append(rows, retrying=True)  # skips ids recorded meanwhile
+        written = sum(1 for row in rows if row.seq)
+        log.warning("audit: the relay stopped with %d requests in flight; recorded as "
+                    "interrupted", written)
+        self.writer.written += written
+        self.metrics.recovered.inc(written)
 
     async def _report(self, interval: float) -> None:
         """A status line after commits (intents or records): at once when the relay waits

@@ -101,8 +101,10 @@ class AuditStore:
 
     async def claim(self, instance: int) -> None:
         """Hold ``instance``'s liveness lock until ``close`` (a killed process loses it), so
-        that recovery leaves its intents alone."""
-        await self.liveness.claim(instance)
+        that recovery leaves its intents alone. Shared: the relay and its writer process both
+        hold it, so the instance is dead only once neither runs (a writer killed and restarted
+        by its live relay finds its own intents still owned)."""
+        await self.liveness.claim(instance, shared=True)
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -180,13 +182,16 @@ class AuditStore:
             async with self.liveness.dead(other) as gone:
                 if not gone:
                     continue
-                intents = [r["data"] for r in await self.db.fetch(
-                    "SELECT data FROM audit_intents WHERE instance = ? ORDER BY ts, request_id",
-                    other)]
-                rows = build(intents)
+                rows = build(await self.left_by(other))
                 await self.append(rows, retrying=True)
                 recovered += sum(1 for row in rows if row.seq)
         return recovered
+
+    async def left_by(self, instance: int) -> list[str]:
+        """The committed intents of ``instance`` whose record has not come (metadata JSON)."""
+        return [r["data"] for r in await self.db.fetch(
+            "SELECT data FROM audit_intents WHERE instance = ? ORDER BY ts, request_id",
+            instance)]
 
     async def prune(self, max_age: float | None, max_rows: int | None) -> int:
         """Delete the oldest records; the last deleted one's hash becomes the anchor."""
