@@ -206,7 +206,10 @@ class SQLiteDatabase(Database):
                 try:
                     result = await unit(_SQLiteTx(conn))
                 except BaseException:
-                    conn.execute("ROLLBACK")
+                    # SQLite may have rolled back already (a full disk, an I/O error): a
+                    # second ROLLBACK would hide the cause behind "cannot rollback".
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
                     raise
                 conn.execute("COMMIT")
                 return result

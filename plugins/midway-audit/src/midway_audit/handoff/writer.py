@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from midway.background import start_every
 from midway_audit.chain import Head
 from midway_audit.config import AuditConfig
 from midway_audit.handoff.intents import IntentLog
@@ -53,7 +54,8 @@ class AuditWriter:
         self.committed = await self.store.head()
         self._task = asyncio.create_task(self._run(), name="midway-audit-writer")
         if self.config.max_age is not None or self.config.max_rows is not None:
-            self._prune_task = asyncio.create_task(self._prune_loop(), name="midway-audit-prune")
+            self._prune_task = start_every(self.config.prune_interval, self._prune, first=0,
+                                           name="audit: pruning", log=log)
 
     def offer(self, pending: Pending) -> bool:
         """Queue a record at once when there is room (or drop it, in drop mode); ``False``
@@ -197,15 +199,10 @@ class AuditWriter:
         assert self.sink is not None
         self.sink.write([row.record() for row in rows if row.seq])
 
-    async def _prune_loop(self) -> None:
-        while True:
-            try:
-                deleted = await self.store.prune(self.config.max_age, self.config.max_rows)
-                if deleted:
-                    log.info("audit: pruned %d records", deleted)
-            except Exception:
-                log.exception("audit: pruning failed")
-            await asyncio.sleep(self.config.prune_interval)
+    async def _prune(self) -> None:
+        deleted = await self.store.prune(self.config.max_age, self.config.max_rows)
+        if deleted:
+            log.info("audit: pruned %d records", deleted)
 
     def status(self) -> dict[str, Any]:
         head = self.committed

@@ -235,7 +235,9 @@ class WriterProcess:
         """The relay is gone (stopped or killed) and has handed over everything: the intents
         still open — this writer's, and a killed predecessor's whose records never came (it
         had taken them from the ring) — are requests that never finished."""
-        assert self.intents is not None and self.store is not None and self.writer is not None
+        assert self.intents is not None
+        assert self.store is not None
+        assert self.writer is not None
         rows = self.intents.interrupted()
         seen = {row.request_id for row in rows}
         rows += [row for row in interrupted_rows(await self.store.left_by(self.instance),
