@@ -23,6 +23,7 @@ from typing import Any
 import orjson
 
 from midway import Exchange
+from midway.storage import Episode
 from midway_audit.record import Pending, Row, join_query, prepare, redacted_json
 from midway_audit.redact import Redactor
 from midway_audit.stores.store import AuditStore
@@ -110,6 +111,7 @@ class IntentLog:
         self._settled: set[str] = set()  # gathered intents whose record already came
         self._task: asyncio.Task[None] | None = None
         self._committing: asyncio.Future[None] | None = None
+        self._outage = Episode(log, "audit: writing intents ahead")
 
     def add(self, request_id: str, data: bytes) -> None:
         """Take the intent of a request about to reach the upstream (its frame's metadata,
@@ -143,9 +145,9 @@ class IntentLog:
                     self.failed += len(todo)
                     if self.metrics is not None:
                         self.metrics.intents.labels("error").inc(len(todo))
-                    log.warning("audit: could not write ahead %d intents (%s: %s)", len(todo),
-                                type(exc).__name__, exc)
+                    self._outage.failed(exc, "their records are still written after")
                 else:
+                    self._outage.ok()
                     self.written += len(todo)
                     if self.metrics is not None and todo:
                         self.metrics.intents.labels("ok").inc(len(todo))

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from midway.background import start_every
+from midway.storage import Episode
 from midway_audit.chain import Head
 from midway_audit.config import AuditConfig
 from midway_audit.handoff.intents import IntentLog
@@ -49,6 +50,7 @@ class AuditWriter:
         self._deadline = 0.0
         self._bytes = 0  # what the queued records hold (Pending.size)
         self._room = asyncio.Event()
+        self._outage = Episode(log, "audit: writing records")  # one log line per outage
 
     async def start(self) -> None:
         self.committed = await self.store.head()
@@ -162,11 +164,11 @@ class AuditWriter:
                               type(exc).__name__, len(rows))
                     self._drop("store_failed", len(rows))
                     return
-                log.warning("audit: store write failed (%s: %s); retrying in %.2f s",
-                            type(exc).__name__, exc, delay)
+                self._outage.failed(exc, "retrying with backoff; records queue up meanwhile")
                 retrying = True
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+        self._outage.ok()
         self.committed = head
         self.written += len(rows)
         if self.on_commit is not None:
