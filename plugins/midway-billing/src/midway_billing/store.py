@@ -356,14 +356,19 @@ class Store:
                 for key in filter(None, hold["buckets"].split("\n")):
                     released[key] = released.get(key, 0) + amount
                     charged[key] = charged.get(key, 0) + (amount if sent else 0)
-            closed = await tx.execute(
+            # Only the rows locked above: a hold or a pending row that appeared since (the
+            # instance is alive after all) is not accounted for here, and taking its lock now,
+            # after the counters', would deadlock with its settlement.
+            now = time.time()
+            await tx.executemany(
                 "UPDATE billing_ledger SET state = 'reconciled', settled_at = ?, "
-                "error = COALESCE(error, ?) WHERE state = 'pending' AND instance = ?",
-                time.time(), RECONCILED_ERROR, instance)
+                "error = COALESCE(error, ?) WHERE id = ?",
+                [(now, RECONCILED_ERROR, r["id"]) for r in pending])
             for key in sorted(released):
                 await _move(tx, [key], released[key], charged[key])
-            await tx.execute("DELETE FROM billing_reservations WHERE instance = ?", instance)
-            return closed
+            await tx.executemany("DELETE FROM billing_reservations WHERE exchange_id = ?",
+                                 [(h["exchange_id"],) for h in holds])
+            return len(pending)
 
         fixed: int = await self._run(unit, f"billing: reconciling instance {instance}")
         return fixed
