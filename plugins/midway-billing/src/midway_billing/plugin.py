@@ -184,7 +184,13 @@ class Billing:
             limits[key] = limit if old is None else old if limit is None else min(old, limit)
         amount = self.estimate(exchange)
         reservation = Reservation(exchange.id, amount, sorted(limits), now)
-        result = await self.store.reserve(reservation, limits)
+        try:
+            result = await self.store.reserve(reservation, limits)
+        except BaseException:
+            # The hold may have been committed with its reply lost (the database went away
+            # at that moment): the request's settlement releases it, if it exists.
+            state.reservation = reservation
+            raise
         if not result.admitted:
             refused = min((c for c in checks if c.bucket.key == result.refused_key
                            and c.budget.hard), key=lambda c: c.budget.limit_pusd)
