@@ -399,3 +399,56 @@ def test_kill_9_of_the_writer_only_records_requests_in_flight_once(tmp_path, ups
         assert _intents(tmp_path) == 0
     finally:
         _stop(server)
+
+
+def test_kill_9_of_a_writer_stuck_on_its_store_loses_none_of_the_records_it_had_taken(
+        tmp_path, upstream_url):
+    """Issue 18.1: records the killed writer had taken from the ring but not committed (its
+    store was locked) are read again by the new writer: each request has its real record,
+    once — none lost, none interrupted."""
+    server = None
+    lock = None
+    try:
+        server, url = serve(tmp_path, upstream_url, tmp_path / "midway.log",
+                            extra=("--plugin", ID_PLUGIN))
+
+        async def run() -> tuple[set[str], dict[str, Any]]:
+            nonlocal lock
+            async with aiohttp.ClientSession() as session:
+
+                async def status() -> dict[str, Any]:
+                    async with session.get(f"{url}/_midway/audit/status") as resp:
+                        return dict(await resp.json())
+
+                ids = await send(url, 2)
+                while (await status()).get("committed_seq", 0) < 2:
+                    await asyncio.sleep(0.02)
+                # Another process holds the store's write lock: the writer takes the next
+                # records from the ring but cannot commit them.
+                lock = sqlite3.connect(tmp_path / "audit.db", isolation_level=None)
+                lock.execute("BEGIN IMMEDIATE")
+                ids |= await send(url, 10)
+                while (await status()).get("records_taken", 0) < 12:
+                    await asyncio.sleep(0.02)
+                first = await status()
+                assert first["committed_seq"] == 2
+                os.kill(first["writer_pid"], signal.SIGKILL)
+                lock.execute("ROLLBACK")
+                lock.close()
+                lock = None
+                while (await status()).get("committed_seq", 0) < 12:
+                    await asyncio.sleep(0.02)
+                return ids, await status()
+
+        ids, after = asyncio.run(run())
+        assert after["writer_restarts"] == 1
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(30) == 0
+        _, by_id = _records(tmp_path)  # one record per id, and the chain verifies
+        assert set(by_id) == ids and len(ids) == 12
+        assert not [i for i, r in by_id.items() if r.get("interrupted")]
+        assert {r["status"] for r in by_id.values()} == {200}
+    finally:
+        if lock is not None:
+            lock.close()
+        _stop(server)

@@ -11,11 +11,11 @@ Backpressure: when the ring is three quarters full (the writer is behind and its
 full), new requests wait in ``pre_request`` until the writer catches up
 (``on_full = "block"``; frames that find no room wait in order in the relay's memory), or
 records are dropped and counted (``"drop"``). If the writer process dies, the relay starts a
-new one on the same ring, which reads on where the dead one stopped; records the dead one had
-taken but not committed are lost; their intents were (most likely) committed, under the
+new one on the same ring, which reads on where the dead one stopped committing: records the
+dead one had taken but not committed are read again (the ring's room is given back only once
+they are committed; those the dead one did commit are skipped). Its intents belong to the
 relay's instance number, which the new writer shares: the requests still in flight get their
-real record from it, and the intents whose records died with the old writer are recorded as
-interrupted when the relay stops (or, if it is killed, by the next instance to start).
+real record from it, once.
 """
 
 from __future__ import annotations

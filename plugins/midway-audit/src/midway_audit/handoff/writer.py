@@ -51,6 +51,10 @@ class AuditWriter:
         self._bytes = 0  # what the queued records hold (Pending.size)
         self._room = asyncio.Event()
         self._outage = Episode(log, "audit: writing records")  # one log line per outage
+        # Records queued or being written, and where the frame of the last one written ends
+        # in the hand-off ring: the ring's room is given back only up to there.
+        self.unwritten = 0
+        self.done_end = 0
 
     async def start(self) -> None:
         self.committed = await self.store.head()
@@ -72,6 +76,7 @@ class AuditWriter:
             self._drop("queue_full")
             return True
         self.queue.put_nowait(pending)
+        self.unwritten += 1
         self._bytes += size
         return True
 
@@ -86,6 +91,7 @@ class AuditWriter:
             self._room.clear()
             await self._room.wait()
         await self.queue.put(pending)
+        self.unwritten += 1
         self._bytes += size
         if self.metrics is not None:
             self.metrics.queue_depth.set(self.queue.qsize())
@@ -141,6 +147,8 @@ class AuditWriter:
             except Exception:  # never let the writer die: that would block every request
                 log.exception("audit: could not write a batch of %d records", len(batch))
                 self._drop("error", len(batch))
+            self.unwritten -= len(batch)
+            self.done_end = max(self.done_end, batch[-1].ring_end)
             if self.metrics is not None:
                 self.metrics.queue_depth.set(queue.qsize())
 
@@ -149,7 +157,8 @@ class AuditWriter:
         # Nothing else waits on the writer process's loop: no thread to hand over to.
         rows = self._prepare(batch)
         delay = 0.05
-        retrying = False
+        # records read again after a writer was killed may be stored already: skip those
+        retrying = any(p.replay for p in batch)
         while True:
             try:
                 if self.intents is not None:

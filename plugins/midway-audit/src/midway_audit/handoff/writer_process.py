@@ -92,7 +92,7 @@ class WriterProcess:
         self.reader = reader
         self.out = out
         self.ring = ring
-        self._upto = ring.tail  # the ring's frames the relay has said are complete
+        self._upto = ring.pos  # the ring's frames the relay has said are complete
         self._orphans_before = 0
         self._max_body = 0
         # frames too large for the ring, read from the socket before their marker's turn
@@ -102,6 +102,7 @@ class WriterProcess:
         self.writer: AuditWriter | None = None
         self.intents: IntentLog | None = None
         self.instance = 0
+        self.taken = 0  # records taken from the ring (committed or not)
         self._changed = asyncio.Event()
 
     async def run(self) -> int:
@@ -193,32 +194,51 @@ class WriterProcess:
         while (item := ring.peek(self._upto)) is not None:
             kind, meta, a, b, end = item
             if kind == BY_SOCKET and end <= self._orphans_before:
-                ring.advance(end)
-                log.error("audit: a record handed to a writer process that died is lost")
+                ring.take(end)
+                log.error("audit: a record too large for the ring, handed to a writer process "
+                          "that died, may be lost")
                 self.metrics.dropped.labels("writer_died").inc()
                 continue
             if kind == BY_SOCKET:
                 if not large:
-                    return
+                    break
                 kind, meta, a, b = large.popleft()
-            ring.advance(end)
-            waiting = self._take(kind, meta, a, b)
+            ring.take(end)
+            if kind == RECORD:
+                self.taken += 1
+                self._changed.set()  # reported with the next status line
+            waiting = self._take(kind, meta, a, b, end)
             if waiting is not None:
                 await waiting
+        self._release()
 
-    def _take(self, kind: int, meta: bytes, a: bytes, b: bytes) -> Awaitable[None] | None:
+    def _release(self) -> None:
+        """Give the relay the ring's room back up to the first frame not yet committed (or
+        otherwise done with): a writer killed now leaves the rest to be read again."""
+        bound = self.ring.pos
+        writer, intents = self.writer, self.intents
+        if writer is not None and writer.unwritten:
+            bound = min(bound, writer.done_end)
+        if intents is not None and intents.busy:
+            bound = min(bound, intents.done_end)
+        self.ring.release(bound)
+
+    def _take(self, kind: int, meta: bytes, a: bytes, b: bytes, end: int
+              ) -> Awaitable[None] | None:
         """Hand a frame on; an awaitable when the writer's queue is full (backpressure: the
         ring fills up behind it)."""
         assert self.writer is not None
         intents = self.intents
         if kind == RECORD:
             pending = received(meta, a, b, self._max_body)
+            pending.ring_end = end
+            pending.replay = end <= self._orphans_before
             if intents is not None:
                 intents.settle(str(pending.meta.get("id")))
             if not self.writer.offer(pending):
                 return self.writer.submit(pending)
         elif kind == INTENT and intents is not None:
-            intents.add(a.decode(), meta)  # a: the request id
+            intents.add(a.decode(), meta, end)  # a: the request id
         return None
 
     async def _stop(self) -> None:
@@ -259,6 +279,7 @@ class WriterProcess:
         while True:
             await self._changed.wait()
             self._changed.clear()
+            self._release()  # after commits: their frames' room goes back to the relay
             self._send(self._status())
             await self._drain_out()
             if interval:
@@ -267,6 +288,7 @@ class WriterProcess:
     def _status(self) -> dict[str, Any]:
         status: dict[str, Any] = self.writer.status() if self.writer is not None else {}
         status["intents_done"] = self.intents.done if self.intents is not None else 0
+        status["records_taken"] = self.taken
         status["metrics"] = self.metrics.take()
         return status
 
