@@ -8,6 +8,11 @@
 3. kill -9 under load, 20 times, restarting each time: audit and ledger reconcile exactly
    with what the fake upstream served — one ledger row per attempt, one audit record per
    request, none missing (tests/hardening_crash.py asserts it).
+4. kill -9 of the audit writer process only, 10 times, the relay restarting it: one record
+   and one ledger row per request served, none twice, none lost (tests/hardening_outages.py).
+5. a PostgreSQL crash under load behind three instances sharing audit and billing on a private
+   server: every answer recorded once and settled once, counters equal to the ledger, and the
+   time until every instance answers again (tests/hardening_outages.py).
 
 Prints a JSON report; exits 1 if a check failed. ``--quick`` scales everything down.
 """
@@ -32,6 +37,7 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from hardening_crash import crash_loop
+from hardening_outages import postgres_restart, writer_kills
 from hardening_support import (
     MIDWAY,
     Server,
@@ -252,10 +258,14 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--slow", type=int, default=1_000)
     parser.add_argument("--kills", type=int, default=20)
+    parser.add_argument("--writer-kills", type=int, default=10)
+    parser.add_argument("--only", help="run only these parts (comma-separated: soak, "
+                        "slow_streams, kill_9, writer_kills, postgres_restart)")
     parser.add_argument("--out", type=Path, help="also write the JSON report here")
     args = parser.parse_args()
     if args.quick:
-        args.requests, args.slow, args.kills = 1_000, 100, 2
+        args.requests, args.slow, args.kills, args.writer_kills = 1_000, 100, 2, 3
+    only = set(args.only.split(",")) if args.only else None
     report: dict[str, Any] = {}
     port = free_port()
     fake = subprocess.Popen([*MIDWAY, "mock-upstream", "--port", str(port)],
@@ -265,13 +275,17 @@ def main() -> int:
         wait_listening(port, timeout=30)
         with tempfile.TemporaryDirectory(prefix="midway-soak-") as tmp:
             root = Path(tmp)
-            for part in ("soak", "slow", "kill"):
+            for part in ("soak", "slow", "kill", "writer", "pg"):
                 (root / part).mkdir()
             for name, run in (
                     ("soak", lambda: soak_streams(root / "soak", fake_url, args.requests,
                                                   args.concurrency)),
                     ("slow_streams", lambda: slow_streams(root / "slow", fake_url, args.slow)),
-                    ("kill_9", lambda: _kill_checks(crash_loop(root / "kill", args.kills)))):
+                    ("kill_9", lambda: _kill_checks(crash_loop(root / "kill", args.kills))),
+                    ("writer_kills", lambda: writer_kills(root / "writer", args.writer_kills)),
+                    ("postgres_restart", lambda: postgres_restart(root / "pg"))):
+                if only is not None and name not in only:
+                    continue
                 started = time.monotonic()
                 print(f"soak: {name} ...", file=sys.stderr, flush=True)
                 try:

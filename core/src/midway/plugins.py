@@ -14,6 +14,7 @@ import importlib.util
 import inspect
 import logging
 import sys
+import time
 import types
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -26,8 +27,11 @@ import pluggy
 from midway import hookspecs
 from midway.config import ConfigError
 from midway.errors import MidwayError
+from midway.storage.retry import describe, is_transient
 
 log = logging.getLogger("midway.plugins")
+# Transient failures of one plugin's hook this close together are one outage: logged once.
+OUTAGE_GAP = 30.0
 
 ENTRY_POINT_GROUP = "midway"
 
@@ -63,6 +67,7 @@ class PluginHost:
         self.pm.add_hookspecs(hookspecs)
         self.infos: list[PluginInfo] = []
         self.errors: Counter[tuple[str, str]] = Counter()
+        self._outages: dict[tuple[str, str], float] = {}  # last transient failure (monotonic)
         self.on_failure: list[Callable[[str, str], None]] = []
         self._impls: dict[str, list[Impl]] = {}
         # An async implementation that takes longer than this is cancelled and counted as a
@@ -225,9 +230,22 @@ class PluginHost:
                 self.failed(impl.plugin, hook)
 
     def failed(self, plugin: str, hook: str) -> None:
-        """Log and count a plugin failure that the relay survives."""
-        self.errors[(plugin, hook)] += 1
-        log.exception("plugin %s failed in %s", plugin, hook)
+        """Log and count a plugin failure that the relay survives (called in ``except``).
+        Failures of a store that is away (a database restarting, a full disk) are logged once
+        per episode, not once per request: an outage under load would flood the log."""
+        key = (plugin, hook)
+        self.errors[key] += 1
+        exc = sys.exc_info()[1]
+        if exc is not None and is_transient(exc):
+            now = time.monotonic()
+            last = self._outages.get(key)
+            self._outages[key] = now
+            if last is None or now - last > OUTAGE_GAP:
+                log.warning("plugin %s failed in %s (%s); more failures like it are counted "
+                            "(midway_plugin_errors_total), not logged, until none for %.0f s",
+                            plugin, hook, describe(exc), OUTAGE_GAP)
+        else:
+            log.exception("plugin %s failed in %s", plugin, hook)
         for callback in self.on_failure:
             callback(plugin, hook)
 

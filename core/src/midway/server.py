@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import ipaddress
 import logging
@@ -20,6 +21,7 @@ import aiohttp
 from aiohttp import web
 
 from midway import __version__, deadlines, malformed
+from midway.background import start_every
 from midway.config import ConfigError, Settings
 from midway.context import Midway
 from midway.errors import error_response
@@ -143,13 +145,18 @@ def build_app(midway: Midway) -> web.Application:
         proxy.refresh()
         midway.started = True
         if midway.metrics is not None and midway.metrics.peers_dir is not None:
-            app[PUBLISHER_KEY] = asyncio.get_running_loop().create_task(
-                _publish_forever(midway.metrics))
+            # a full disk or a removed directory must not stop publishing for good
+            app[PUBLISHER_KEY] = start_every(1.0, midway.metrics.publish, first=0,
+                                             name="metrics: publishing this worker's snapshot",
+                                             log=log)
 
     async def on_cleanup(app: web.Application) -> None:
         publisher = app.get(PUBLISHER_KEY)
         if publisher is not None:
             publisher.cancel()
+            assert midway.metrics is not None
+            with contextlib.suppress(OSError):  # the last snapshot, if the disk lets us
+                midway.metrics.publish()
         if proxy.finishing:  # post_response of requests whose clients already left
             await asyncio.wait(list(proxy.finishing), timeout=settings.shutdown_timeout)
         await midway.plugins.each("shutdown", swallow=True, midway=midway)
@@ -186,15 +193,6 @@ async def readiness(midway: Midway) -> list[str]:
 
     answers = await asyncio.gather(*(ask(i) for i in midway.plugins.impls("check_ready")))
     return [problem for answer in answers for problem in answer]
-
-
-async def _publish_forever(metrics: Metrics) -> None:
-    try:
-        while True:
-            metrics.publish()
-            await asyncio.sleep(1.0)
-    finally:
-        metrics.publish()
 
 
 async def serve(settings: Settings, sock: socket.socket | None = None,

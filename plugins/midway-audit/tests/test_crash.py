@@ -339,3 +339,116 @@ def test_two_worker_processes_share_one_sqlite_chain(tmp_path, upstream_url):
         assert workers == {0, 1}  # both processes served (and so wrote) requests
     finally:
         _stop(server)
+
+
+SLOW = {"x-fake-reply": orjson.dumps({"delay": 0.4, "text_chunks": 10}).decode()}
+IN_FLIGHT = 16
+
+
+def _intents(data_dir: Path) -> int:
+    with sqlite3.connect(data_dir / "audit.db") as con:
+        return int(con.execute("SELECT COUNT(*) FROM audit_intents").fetchone()[0])
+
+
+def test_kill_9_of_the_writer_only_records_requests_in_flight_once(tmp_path, upstream_url):
+    """Issue 18.1: the relay lives on and restarts its writer process; the new writer must not
+    take the dead one's intents — requests still in flight on the relay — for a dead
+    instance's: each of them gets its real record, once, and none is interrupted."""
+    server = None
+    try:
+        server, url = serve(tmp_path, upstream_url, tmp_path / "midway.log",
+                            extra=("--plugin", ID_PLUGIN))
+
+        async def run() -> tuple[set[str], dict[str, Any]]:
+            async with aiohttp.ClientSession() as session:
+
+                async def stream(i: int) -> str:
+                    async with session.post(f"{url}/v1/messages", headers={**HEADERS, **SLOW},
+                                            json={"model": "claude-sonnet-4-6", "max_tokens": 5,
+                                                  "stream": True, "messages": [
+                                                      {"role": "user", "content": f"s{i}"}]}
+                                            ) as resp:
+                        body = await resp.read()
+                        assert resp.status == 200 and b"message_stop" in body
+                        return str(resp.headers["x-midway-request-id"])
+
+                async def status() -> dict[str, Any]:
+                    async with session.get(f"{url}/_midway/audit/status") as resp:
+                        return dict(await resp.json())
+
+                streams = [asyncio.create_task(stream(i)) for i in range(IN_FLIGHT)]
+                # every stream reached the upstream, and its intent is committed
+                while len(held_ids(upstream_url)) < IN_FLIGHT or _intents(tmp_path) < IN_FLIGHT:
+                    await asyncio.sleep(0.02)
+                first = await status()
+                os.kill(first["writer_pid"], signal.SIGKILL)
+                while (await status()).get("writer_pid") in (first["writer_pid"], None):
+                    await asyncio.sleep(0.02)
+                assert not any(s.done() for s in streams), "the streams outlived the kill"
+                ids = set(await asyncio.gather(*streams))
+                return ids, await status()
+
+        ids, after = asyncio.run(run())
+        assert after["writer_restarts"] == 1
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(30) == 0
+        _, by_id = _records(tmp_path)  # one record per id, and the chain verifies
+        assert set(by_id) == ids and len(ids) == IN_FLIGHT
+        assert not [i for i, r in by_id.items() if r.get("interrupted")]
+        assert {r["status"] for r in by_id.values()} == {200}
+        assert _intents(tmp_path) == 0
+    finally:
+        _stop(server)
+
+
+def test_kill_9_of_a_writer_stuck_on_its_store_loses_none_of_the_records_it_had_taken(
+        tmp_path, upstream_url):
+    """Issue 18.1: records the killed writer had taken from the ring but not committed (its
+    store was locked) are read again by the new writer: each request has its real record,
+    once — none lost, none interrupted."""
+    server = None
+    lock = None
+    try:
+        server, url = serve(tmp_path, upstream_url, tmp_path / "midway.log",
+                            extra=("--plugin", ID_PLUGIN))
+
+        async def run() -> tuple[set[str], dict[str, Any]]:
+            nonlocal lock
+            async with aiohttp.ClientSession() as session:
+
+                async def status() -> dict[str, Any]:
+                    async with session.get(f"{url}/_midway/audit/status") as resp:
+                        return dict(await resp.json())
+
+                ids = await send(url, 2)
+                while (await status()).get("committed_seq", 0) < 2:
+                    await asyncio.sleep(0.02)
+                # Another process holds the store's write lock: the writer takes the next
+                # records from the ring but cannot commit them.
+                lock = sqlite3.connect(tmp_path / "audit.db", isolation_level=None)
+                lock.execute("BEGIN IMMEDIATE")
+                ids |= await send(url, 10)
+                while (await status()).get("records_taken", 0) < 12:
+                    await asyncio.sleep(0.02)
+                first = await status()
+                assert first["committed_seq"] == 2
+                os.kill(first["writer_pid"], signal.SIGKILL)
+                lock.execute("ROLLBACK")
+                lock.close()
+                lock = None
+                while (await status()).get("committed_seq", 0) < 12:
+                    await asyncio.sleep(0.02)
+                return ids, await status()
+
+        ids, after = asyncio.run(run())
+        assert after["writer_restarts"] == 1
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(30) == 0
+        _, by_id = _records(tmp_path)  # one record per id, and the chain verifies
+        assert set(by_id) == ids and len(ids) == 12
+        assert not [i for i, r in by_id.items() if r.get("interrupted")]
+        assert {r["status"] for r in by_id.values()} == {200}
+    finally:
+        if lock is not None:
+            lock.close()
+        _stop(server)

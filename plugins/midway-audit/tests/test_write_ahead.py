@@ -195,6 +195,20 @@ async def _recovery(config: AuditConfig, tmp_path: Path) -> None:
             assert record["principal"] == "p1" and record["model"] == "claude-sonnet-4-6"
             assert record["path"] == "/v1/messages" and record["bodies"] is False
         assert by_id["dead-1"]["seq"] < by_id["dead-2"]["seq"]  # in the order they began
+        # The instance was alive after all (taken for dead): its real record of dead-1 comes
+        # late. It supersedes the interrupted one — reads show one record, the real one.
+        await live.append([prepare(Pending({"id": "dead-1", "ts": 2.0, "principal": "p1",
+                                            "model": "m", "status": 200,
+                                            "upstream_request_id": None}, [], b"", None,
+                                           None, None), redactor, 0, False)])
+        shown = {r["id"]: r for r in await recovering.query(Filter(), 100)}
+        assert set(shown) == {"done", "dead-1", "dead-2"}
+        assert shown["dead-1"]["status"] == 200 and not shown["dead-1"].get("interrupted")
+        assert shown["dead-1"]["supersedes"] == by_id["dead-1"]["seq"]
+        got = await recovering.get("dead-1")
+        assert got is not None and got["status"] == 200
+        result = await verify(recovering)
+        assert result.ok and result.checked == 4  # both stay in the chain
     finally:
         for store in (live, dead, recovering):
             await store.close()

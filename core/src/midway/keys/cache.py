@@ -18,6 +18,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable
 from typing import Any
 
+from midway.background import start_every
 from midway.errors import MidwayError
 from midway.exchange import Principal
 from midway.keys import tokens
@@ -69,7 +70,8 @@ class KeyCache:
     async def start(self) -> None:
         self._version = await self.store.version()
         self._fresh_at = time.monotonic()
-        self._task = asyncio.create_task(self._poll_forever(), name="midway-keys-poll")
+        self._task = start_every(self.poll_interval, self.poll, log=log,
+                                 name=f"key store {self.store.description}: polling")
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -77,15 +79,6 @@ class KeyCache:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-
-    async def _poll_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self.poll_interval)
-            try:
-                await self.poll()
-            except Exception as exc:  # the store is down: lookups fall back to it (and fail)
-                log.warning("key store %s: polling failed: %s", self.store.description,
-                            type(exc).__name__)
 
     async def poll(self) -> None:
         version, key_ids, credential_ids = await self.store.changes_since(self._version)

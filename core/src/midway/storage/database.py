@@ -17,6 +17,7 @@ unit must only talk to its ``tx``: on SQLite it runs on another thread's event l
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -27,6 +28,8 @@ import attrs
 
 from midway.storage.url import StoreURL, StoreURLError
 from midway.storage.wal import enable_wal
+
+log = logging.getLogger("midway.storage")
 
 T = TypeVar("T")
 Row = dict[str, Any]
@@ -217,7 +220,10 @@ class SQLiteDatabase(Database):
                 try:
                     result = await unit(_SQLiteTx(conn))
                 except BaseException:
-                    conn.execute("ROLLBACK")
+                    # SQLite may have rolled back already (a full disk, an I/O error): a
+                    # second ROLLBACK would hide the cause behind "cannot rollback".
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
                     raise
                 conn.execute("COMMIT")
                 return result
@@ -308,6 +314,11 @@ class PostgresDatabase(Database):
         self._pool = await asyncpg.create_pool(
             self.dsn, min_size=self.min_size, max_size=self.max_size,
             server_settings=self.server_settings, command_timeout=self.command_timeout)
+        if await self.fetchval("SHOW synchronous_commit") == "off":
+            log.warning("%s: PostgreSQL %s has synchronous_commit = off: if the server "
+                        "crashes, commits midway was told had landed (settlements, audit "
+                        "records) are lost; set it to on (the default) for this database or "
+                        "role", self.label, self.store.masked)
         from midway.storage.schema import pg_upgrade
 
         return await pg_upgrade(self, schema)

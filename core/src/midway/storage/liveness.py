@@ -3,7 +3,8 @@ left (pending ledger rows, audit intents) without touching a live one's work.
 
 An instance *claims* its number for as long as it runs; a peer asks whether another number is
 :meth:`~Liveness.dead` and, while the answer is yes, holds that number's lock so that two peers
-never finish the same dead instance's work.
+never finish the same dead instance's work. Several processes of one instance (audit's relay
+and its writer process) claim the number *shared*: it is dead only once all of them are.
 
 * SQLite: an exclusive ``flock`` on ``<namespace>-instances/<instance>.lock`` beside the
   database; the kernel drops it when the process dies, even by ``kill -9``.
@@ -42,8 +43,9 @@ def new_instance() -> int:
 class Liveness(Protocol):
     namespace: str
 
-    async def claim(self, instance: int) -> None:
-        """Hold ``instance``'s lock until :meth:`release` (kept across database restarts)."""
+    async def claim(self, instance: int, shared: bool = False) -> None:
+        """Hold ``instance``'s lock until :meth:`release` (kept across database restarts);
+        ``shared``: beside other processes claiming the same number shared."""
         ...
 
     async def release(self) -> None: ...
@@ -71,16 +73,21 @@ class FileLiveness:
         self._held: IO[bytes] | None = None
         self._path: Path | None = None
 
-    async def claim(self, instance: int) -> None:
+    async def claim(self, instance: int, shared: bool = False) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.directory / f"{instance}.lock"
-        handle = open(path, "wb")  # noqa: SIM115, ASYNC230 - a lock file held for the lifetime
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        handle = open(path, "ab")  # noqa: SIM115, ASYNC230 - a lock file held for the lifetime
+        fcntl.flock(handle, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         self._held, self._path = handle, path
 
     async def release(self) -> None:
         if self._held is not None and self._path is not None:
-            self._path.unlink(missing_ok=True)
+            try:  # the last holder removes the file (a shared holder may not be the last)
+                fcntl.flock(self._held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                pass
+            else:
+                self._path.unlink(missing_ok=True)
             self._held.close()
             self._held = self._path = None
 
@@ -114,19 +121,21 @@ class PostgresLiveness:
         # the two-key form of advisory locks: (namespace, instance)
         self.key = zlib.crc32(f"midway {namespace}".encode()) & 0x7FFFFFFF
         self.instance: int | None = None
+        self.shared = False
         self._conn: Any = None
         self._watch: asyncio.Task[None] | None = None
         self.reclaims = 0  # how often the lock was taken again after the session was lost
 
-    async def claim(self, instance: int) -> None:
-        self.instance = instance
+    async def claim(self, instance: int, shared: bool = False) -> None:
+        self.instance, self.shared = instance, shared
         self._conn = await self._take()
         self._watch = asyncio.create_task(self._watchdog(), name=f"{self.namespace}-liveness")
 
     async def _take(self) -> Any:
         conn = await self.db.connect()
         try:
-            await conn.execute("SELECT pg_advisory_lock($1, $2)", self.key, self.instance)
+            take = "pg_advisory_lock_shared" if self.shared else "pg_advisory_lock"
+            await conn.execute(f"SELECT {take}($1, $2)", self.key, self.instance)
         except BaseException:
             await conn.close()
             raise

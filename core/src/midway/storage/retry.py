@@ -9,6 +9,7 @@ and the log gets one line when an outage starts and one when it ends, never one 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import math
 import random
@@ -43,10 +44,23 @@ def is_transient(exc: BaseException) -> bool:
         "InterfaceError", "ConnectionDoesNotExistError", "InternalClientError")
 
 
+def _disk_full(exc: BaseException) -> bool:
+    return (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or \
+        "database or disk is full" in str(exc) or "No space left on device" in str(exc)
+
+
 def describe(exc: BaseException) -> str:
-    """A short cause for a log line: ``disk full``, ``connection refused``, the message."""
-    if (isinstance(exc, OSError) and exc.errno == 28) or "database or disk is full" in str(exc):
-        return "disk full"
+    """A short cause for a log line: ``disk full``, ``connection refused``, the message.
+
+    A full disk is named whatever error it caused next (SQLite's "cannot rollback - no
+    transaction is active" after its automatic rollback, say): the chain of causes is read."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            break
+        if _disk_full(seen):
+            return "disk full"
+        seen = seen.__cause__ or seen.__context__
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror.lower()
     text = str(exc) or type(exc).__name__
@@ -65,8 +79,10 @@ class Episode:
     def failed(self, exc: BaseException, retrying: str = "") -> None:
         if self.failures == 0:
             self.since = time.monotonic()
+            # an error that is no outage (a bug) keeps its traceback, once
             self.log.warning("%s failed (%s)%s", self.what, describe(exc),
-                             f"; {retrying}" if retrying else "")
+                             f"; {retrying}" if retrying else "",
+                             exc_info=None if is_transient(exc) else exc)
         self.failures += 1
 
     def ok(self) -> None:

@@ -22,6 +22,7 @@ from midway import Attempt, Exchange, Midway, hookimpl
 from midway.access import local_or_admin
 from midway.errors import error_response
 from midway.services import ServiceKey
+from midway.storage import new_instance
 from midway_audit.config import AuditConfig
 from midway_audit.handoff.channel import WriterChannel
 from midway_audit.handoff.intents import intent_meta
@@ -56,14 +57,21 @@ def register_metrics(midway: Midway) -> None:
 @hookimpl
 async def startup(midway: Midway) -> None:
     config = midway.options("audit", AuditConfig)  # a bad [audit] table stops start-up
+    # The relay owns its requests in flight: it claims the instance number its writer
+    # process writes intents under (the writer claims it too), so that only the death of
+    # both lets recovery record them as interrupted.
+    instance = new_instance()
+    store = AuditStore(config)
     channel = WriterChannel(config, midway.settings.tables.get("audit"), midway.data_dir,
-                            midway.services.get(_METRICS))
-    await channel.start()
+                            midway.services.get(_METRICS), instance)
     try:
-        store = AuditStore(config)
         await store.open()
+        if config.write_ahead:
+            await store.claim(instance)
+        await channel.start()
     except BaseException:
         await channel.close()
+        await store.close()
         raise
     if config.bodies:
         midway.keep_stream_bodies(config.max_body_bytes * _STREAM_OVERHEAD)

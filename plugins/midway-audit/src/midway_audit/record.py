@@ -31,6 +31,8 @@ class Pending:
     request_json: Any  # the parsed body when the core or a plugin parsed it, else UNPARSED
     response_body: bytes | None
     response_events: EventLog | None  # a stream's events, reassembled in prepare
+    ring_end: int = 0  # where its frame ends in the hand-off ring (writer process)
+    replay: bool = False  # read again after a writer was killed: it may be stored already
 
     @property
     def size(self) -> int:

@@ -15,6 +15,7 @@ import attrs
 
 from midway import Attempt, Exchange, Response, error_body
 from midway.annotations import BILLING, CACHE, CACHE_HITS, COST_USD
+from midway.background import start_every
 from midway.storage import Episode, is_transient, retrying
 from midway_billing.budgets import Attribution, Bucket, Check, checks_for, iso, window
 from midway_billing.config import BillingConfig
@@ -91,7 +92,9 @@ class Billing:
             log.warning("billing: reconciled %d ledger rows left pending by stopped instances",
                         fixed)
         if background and self.config.reconcile_interval > 0:
-            self._reconciler = asyncio.create_task(self._reconcile_loop())
+            # Other instances sharing the store may die while this one lives on.
+            self._reconciler = start_every(self.config.reconcile_interval, self._reconcile,
+                                           name="billing: reconciliation", log=log)
 
     async def stop(self) -> None:
         if self._reconciler is not None:
@@ -123,23 +126,10 @@ class Billing:
             await asyncio.wait(waiting, timeout=left)
         return not self._unsettled
 
-    async def _reconcile_loop(self) -> None:
-        # Other instances sharing the store may die while this one lives on.
-        interval = self.config.reconcile_interval
-        outage = Episode(log, "billing: reconciliation")
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                fixed = await self.store.reconcile()
-            except Exception as exc:
-                if is_transient(exc):  # the database is away: one line per outage
-                    outage.failed(exc, f"trying again every {interval:g} s")
-                else:
-                    log.exception("billing: reconciliation failed")
-                continue
-            outage.ok()
-            if fixed:
-                log.warning("billing: reconciled %d rows of a stopped instance", fixed)
+    async def _reconcile(self) -> None:
+        fixed = await self.store.reconcile()
+        if fixed:
+            log.warning("billing: reconciled %d rows of a stopped instance", fixed)
 
     # -- estimates and costs -----------------------------------------------------------------
 
@@ -194,7 +184,13 @@ class Billing:
             limits[key] = limit if old is None else old if limit is None else min(old, limit)
         amount = self.estimate(exchange)
         reservation = Reservation(exchange.id, amount, sorted(limits), now)
-        result = await self.store.reserve(reservation, limits)
+        try:
+            result = await self.store.reserve(reservation, limits)
+        except BaseException:
+            # The hold may have been committed with its reply lost (the database went away
+            # at that moment): the request's settlement releases it, if it exists.
+            state.reservation = reservation
+            raise
         if not result.admitted:
             refused = min((c for c in checks if c.bucket.key == result.refused_key
                            and c.budget.hard), key=lambda c: c.budget.limit_pusd)

@@ -101,6 +101,10 @@ UPSERT_ROW = (  # only the fixed column names above are formatted in
     + ", ".join(f"{c} = excluded.{c}" for c in LEDGER_COLUMNS if c not in ("id", "created_at"))
 )
 
+INSERT_PENDING = (  # only the fixed column names above are formatted in
+    f"INSERT INTO billing_ledger ({', '.join(LEDGER_COLUMNS)}) "  # noqa: S608
+    f"VALUES ({', '.join('?' for _ in LEDGER_COLUMNS)}) ON CONFLICT (id) DO NOTHING")
+
 # Counters start from what the ledger already holds for their window (a budget added later
 # still sees earlier spend). Only the scope column names below are ever formatted into SQL.
 SCOPE_COLUMNS = {"principal": "principal", "team": "team", "project": "project"}
@@ -229,8 +233,10 @@ class Store:
     # -- the hot path: one unit each ---------------------------------------------------------
 
     async def write_ahead(self, row: dict[str, Any]) -> None:
-        """Insert a pending attempt row (committed before the attempt is sent)."""
-        await self.db.execute(UPSERT_ROW, *[row[c] for c in LEDGER_COLUMNS])
+        """Insert a pending attempt row (committed before the attempt is sent). Never over a
+        row already there: a write-ahead whose reply was lost (the database crashed, the hook
+        was cancelled) may commit after its settlement, which it must not undo."""
+        await self.db.execute(INSERT_PENDING, *[row[c] for c in LEDGER_COLUMNS])
 
     async def reserve(self, reservation: Reservation, limits: dict[str, int | None]
                       ) -> ReserveResult:
@@ -289,6 +295,10 @@ class Store:
                 if await tx.execute("DELETE FROM billing_reservations WHERE exchange_id = ?",
                                     reservation.exchange_id):
                     released = reservation.amount_pusd
+                elif await self._landed(tx, values[-1][0] if values else None):
+                    # An earlier try committed but its reply was lost (the database went
+                    # away at that moment): charging again would count the cost twice.
+                    return
                 else:  # reconciliation released it, charging the estimate on the ledger
                     charged -= int(await tx.fetchval(
                         "SELECT COALESCE(SUM(cost_pusd), 0) FROM billing_ledger "
@@ -299,6 +309,15 @@ class Store:
                 await _move(tx, reservation.buckets, released, charged)
 
         await self.db.run(unit)
+
+    async def _landed(self, tx: Tx, row_id: Any) -> bool:
+        """Whether ``row_id`` is settled already (locked: the ledger comes after the
+        reservations in every unit's lock order)."""
+        if row_id is None:
+            return False
+        state = await tx.fetchval("SELECT state FROM billing_ledger WHERE id = ?"  # noqa: S608
+                                  f"{_LOCK[self.db.dialect]}", row_id)
+        return bool(state == "settled")
 
     # -- crash recovery ----------------------------------------------------------------------
 
@@ -337,14 +356,19 @@ class Store:
                 for key in filter(None, hold["buckets"].split("\n")):
                     released[key] = released.get(key, 0) + amount
                     charged[key] = charged.get(key, 0) + (amount if sent else 0)
-            closed = await tx.execute(
+            # Only the rows locked above: a hold or a pending row that appeared since (the
+            # instance is alive after all) is not accounted for here, and taking its lock now,
+            # after the counters', would deadlock with its settlement.
+            now = time.time()
+            await tx.executemany(
                 "UPDATE billing_ledger SET state = 'reconciled', settled_at = ?, "
-                "error = COALESCE(error, ?) WHERE state = 'pending' AND instance = ?",
-                time.time(), RECONCILED_ERROR, instance)
+                "error = COALESCE(error, ?) WHERE id = ?",
+                [(now, RECONCILED_ERROR, r["id"]) for r in pending])
             for key in sorted(released):
                 await _move(tx, [key], released[key], charged[key])
-            await tx.execute("DELETE FROM billing_reservations WHERE instance = ?", instance)
-            return closed
+            await tx.executemany("DELETE FROM billing_reservations WHERE exchange_id = ?",
+                                 [(h["exchange_id"],) for h in holds])
+            return len(pending)
 
         fixed: int = await self._run(unit, f"billing: reconciling instance {instance}")
         return fixed

@@ -34,6 +34,7 @@ from midway.annotations import (
     COST_USD,
 )
 from midway.assemble import MessageAssembler
+from midway.background import start_every
 from midway_cache import replay
 from midway_cache.coalesce import Coalescer
 from midway_cache.config import CacheConfig
@@ -115,8 +116,10 @@ class Cache:
             if isinstance(self.embedder, MiniLMEmbedder):
                 await self.embedder.warm()
             self.index = SemanticIndex(self.store, guard=self.config.semantic_guard)
-        self._tasks = [asyncio.create_task(self._every(_FLUSH_EVERY, self.flush)),
-                       asyncio.create_task(self._every(_PURGE_EVERY, self._purge))]
+        self._tasks = [start_every(_FLUSH_EVERY, self.flush, log=log,
+                                   name="cache: writing touches and counters"),
+                       start_every(_PURGE_EVERY, self._purge, log=log,
+                                   name="cache: purging expired entries")]
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -135,14 +138,6 @@ class Cache:
         if self.embedder is not None:
             await self.embedder.close()
             self.embedder = None
-
-    async def _every(self, seconds: float, job: Any) -> None:
-        while True:
-            await asyncio.sleep(seconds)
-            try:
-                await job()
-            except Exception:
-                log.exception("cache background job failed")
 
     async def flush(self) -> None:
         """Write batched LRU touches and counters to the store."""

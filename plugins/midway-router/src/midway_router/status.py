@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import secrets
 import socket
@@ -15,7 +16,10 @@ from typing import Any
 
 import orjson
 
+from midway.background import start_every
 from midway_router.router import Router
+
+log = logging.getLogger("midway.router")
 
 FILE_GLOB = "router-status-*.json"
 _SEVERITY = {"ok": 0, "down": 1, "resting": 2, "disabled": 3}
@@ -51,16 +55,10 @@ class SnapshotWriter:
             await asyncio.to_thread(_write_atomic, self.path, data)
         await self.router.shared.write_status(self.instance, data, self.interval * 5 + 5)
 
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            try:
-                await self.write()
-            except OSError:
-                continue  # a full disk must not stop routing; the next tick tries again
-
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run())
+        # a full disk or Redis away must not stop routing; the next tick tries again
+        self._task = start_every(self.interval, self.write, log=log,
+                                 name="router: publishing key status")
 
     async def stop(self) -> None:
         """A stopped server publishes nothing: its snapshot goes, so status never shows a

@@ -11,9 +11,11 @@ Backpressure: when the ring is three quarters full (the writer is behind and its
 full), new requests wait in ``pre_request`` until the writer catches up
 (``on_full = "block"``; frames that find no room wait in order in the relay's memory), or
 records are dropped and counted (``"drop"``). If the writer process dies, the relay starts a
-new one on the same ring, which reads on where the dead one stopped; records the dead one had
-taken but not committed are lost, but their intents were (most likely) committed and the new
-writer turns them into interrupted records.
+new one on the same ring, which reads on where the dead one stopped committing: records the
+dead one had taken but not committed are read again (the ring's room is given back only once
+they are committed; those the dead one did commit are skipped). Its intents belong to the
+relay's instance number, which the new writer shares: the requests still in flight get their
+real record from it, once.
 """
 
 from __future__ import annotations
@@ -46,10 +48,12 @@ class WriterGone(RuntimeError):
 
 class WriterChannel:
     def __init__(self, config: AuditConfig, table: Mapping[str, Any] | None, data_dir: Path,
-                 metrics: Any = None) -> None:
+                 metrics: Any = None, instance: int = 0) -> None:
         """``table`` is the ``[audit]`` table ``config`` was built from, as written: the writer
-        process builds its own config from it (and the environment it inherits)."""
+        process builds its own config from it (and the environment it inherits); every
+        writer process this channel starts writes intents under ``instance``, the relay's."""
         self.config = config
+        self.instance = instance
         self.blocking = config.on_full == "block"
         self.table = table
         self.data_dir = data_dir
@@ -103,7 +107,8 @@ class WriterChannel:
         reader, writer = await asyncio.open_unix_connection(sock=ours, limit=1 << 20)
         self._transport, self._writer = writer.transport, writer
         table = {"config": self.table, "data_dir": str(self.data_dir),
-                 "log_level": logging.getLogger("midway").getEffectiveLevel(), **resume}
+                 "log_level": logging.getLogger("midway").getEffectiveLevel(),
+                 "instance": self.instance, **resume}
         writer.writelines(frame(CONFIG, orjson.dumps(table, default=str)))
         first = await reader.readline()
         status = orjson.loads(first) if first else {"error": "the writer process exited"}

@@ -23,6 +23,7 @@ from typing import Any
 import orjson
 
 from midway import Exchange
+from midway.storage import Episode
 from midway_audit.record import Pending, Row, join_query, prepare, redacted_json
 from midway_audit.redact import Redactor
 from midway_audit.stores.store import AuditStore
@@ -106,16 +107,23 @@ class IntentLog:
         self.failed = 0
         self.done = 0  # intents handled (committed, failed, or no longer needed), in order
         self.open: dict[str, bytes] = {}  # request id -> intent frame data, until its record
-        self._gathering: list[tuple[str, bytes]] = []
+        self._gathering: list[tuple[str, bytes, int]] = []  # with their ring frame's end
+        self.done_end = 0  # where the frame of the last intent handled ends in the ring
         self._settled: set[str] = set()  # gathered intents whose record already came
         self._task: asyncio.Task[None] | None = None
         self._committing: asyncio.Future[None] | None = None
+        self._outage = Episode(log, "audit: writing intents ahead")
 
-    def add(self, request_id: str, data: bytes) -> None:
+    @property
+    def busy(self) -> bool:
+        """Whether intents taken are not handled yet."""
+        return self._task is not None
+
+    def add(self, request_id: str, data: bytes, ring_end: int = 0) -> None:
         """Take the intent of a request about to reach the upstream (its frame's metadata,
         parsed only if it has to be written); commit it soon."""
         self.open[request_id] = data
-        self._gathering.append((request_id, data))
+        self._gathering.append((request_id, data, ring_end))
         if self._task is None:
             self._task = asyncio.create_task(self._commit_loop(), name="midway-audit-intents")
 
@@ -133,7 +141,7 @@ class IntentLog:
                 batch, settled = self._gathering, self._settled
                 self._gathering, self._settled = [], set()
                 todo = [_row(rid, intended(data), self.redactor)
-                        for rid, data in batch if rid not in settled]
+                        for rid, data, _ in batch if rid not in settled]
                 try:
                     if todo:
                         self._committing = asyncio.ensure_future(
@@ -143,14 +151,15 @@ class IntentLog:
                     self.failed += len(todo)
                     if self.metrics is not None:
                         self.metrics.intents.labels("error").inc(len(todo))
-                    log.warning("audit: could not write ahead %d intents (%s: %s)", len(todo),
-                                type(exc).__name__, exc)
+                    self._outage.failed(exc, "their records are still written after")
                 else:
+                    self._outage.ok()
                     self.written += len(todo)
                     if self.metrics is not None and todo:
                         self.metrics.intents.labels("ok").inc(len(todo))
                 self._committing = None
                 self.done += len(batch)
+                self.done_end = max(self.done_end, batch[-1][2])
                 if self.on_commit is not None:
                     self.on_commit()
         finally:

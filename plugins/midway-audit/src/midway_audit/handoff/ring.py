@@ -8,7 +8,9 @@ which tells the relay how much room there is. A frame that does not fit before t
 the ring is preceded by a wrap marker and starts again at offset 0.
 
 What the relay copied into the ring outlives the relay: if it is killed, the writer reads on
-up to the last head in the ring (a dead process's stores are all visible).
+up to the last head in the ring (a dead process's stores are all visible). And it outlives
+the writer: ``tail`` moves only past frames the writer has committed, so a writer started
+after one was killed reads again what the dead one had taken but not committed.
 """
 
 from __future__ import annotations
@@ -112,21 +114,28 @@ class RingWriter(Ring):
 
 
 class RingReader(Ring):
-    """The writer's end."""
+    """The writer's end. It reads at ``pos`` and gives room back (``tail``) only up to what
+    it has committed: a writer started after one was killed reads again what the dead one
+    had taken but not committed."""
+
+    def __init__(self, fd: int) -> None:
+        super().__init__(fd)
+        self.pos = self.tail  # frames before pos are taken; before tail, done with
 
     def peek(self, upto: int) -> tuple[int, bytes, bytes, bytes, int] | None:
         """The next frame before position ``upto`` (copied out) and where it ends, or
-        ``None``; ``advance`` to that end once it is taken."""
+        ``None``; ``take`` it up to that end (and ``release`` the room once it is
+        committed)."""
         mm = self.mm
         cap = self.capacity
-        pos = self.tail
+        pos = self.pos
         while pos < upto:
             offset = pos % cap
             to_end = cap - offset
             at = DATA + offset
             if to_end < HEADER.size or HEADER.unpack_from(mm, at)[0] == WRAP:
                 pos += to_end
-                self.advance(pos)
+                self.pos = pos
                 continue
             kind, meta_len, a_len, b_len = HEADER.unpack_from(mm, at)
             at += HEADER.size
@@ -138,6 +147,17 @@ class RingReader(Ring):
             return kind, meta, a, b, pos + HEADER.size + meta_len + a_len + b_len
         return None
 
-    def advance(self, pos: int) -> None:
-        """Give the relay the room up to ``pos`` back."""
-        _POS.pack_into(self.mm, _TAIL_AT, pos)
+    def take(self, end: int) -> None:
+        """The frame up to ``end`` is taken (its room is not given back yet)."""
+        self.pos = end
+
+    def release(self, pos: int) -> None:
+        """Give the relay the room up to ``pos`` back (never beyond what is taken)."""
+        pos = min(pos, self.pos)
+        if pos > self.tail:
+            _POS.pack_into(self.mm, _TAIL_AT, pos)
+
+    def advance(self, end: int) -> None:
+        """Take the frame up to ``end`` and give its room back at once."""
+        self.take(end)
+        self.release(end)

@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from midway.background import start_every
+from midway.storage import Episode
 from midway_audit.chain import Head
 from midway_audit.config import AuditConfig
 from midway_audit.handoff.intents import IntentLog
@@ -48,12 +50,18 @@ class AuditWriter:
         self._deadline = 0.0
         self._bytes = 0  # what the queued records hold (Pending.size)
         self._room = asyncio.Event()
+        self._outage = Episode(log, "audit: writing records")  # one log line per outage
+        # Records queued or being written, and where the frame of the last one written ends
+        # in the hand-off ring: the ring's room is given back only up to there.
+        self.unwritten = 0
+        self.done_end = 0
 
     async def start(self) -> None:
         self.committed = await self.store.head()
         self._task = asyncio.create_task(self._run(), name="midway-audit-writer")
         if self.config.max_age is not None or self.config.max_rows is not None:
-            self._prune_task = asyncio.create_task(self._prune_loop(), name="midway-audit-prune")
+            self._prune_task = start_every(self.config.prune_interval, self._prune, first=0,
+                                           name="audit: pruning", log=log)
 
     def offer(self, pending: Pending) -> bool:
         """Queue a record at once when there is room (or drop it, in drop mode); ``False``
@@ -68,6 +76,7 @@ class AuditWriter:
             self._drop("queue_full")
             return True
         self.queue.put_nowait(pending)
+        self.unwritten += 1
         self._bytes += size
         return True
 
@@ -82,6 +91,7 @@ class AuditWriter:
             self._room.clear()
             await self._room.wait()
         await self.queue.put(pending)
+        self.unwritten += 1
         self._bytes += size
         if self.metrics is not None:
             self.metrics.queue_depth.set(self.queue.qsize())
@@ -137,6 +147,8 @@ class AuditWriter:
             except Exception:  # never let the writer die: that would block every request
                 log.exception("audit: could not write a batch of %d records", len(batch))
                 self._drop("error", len(batch))
+            self.unwritten -= len(batch)
+            self.done_end = max(self.done_end, batch[-1].ring_end)
             if self.metrics is not None:
                 self.metrics.queue_depth.set(queue.qsize())
 
@@ -145,7 +157,8 @@ class AuditWriter:
         # Nothing else waits on the writer process's loop: no thread to hand over to.
         rows = self._prepare(batch)
         delay = 0.05
-        retrying = False
+        # records read again after a writer was killed may be stored already: skip those
+        retrying = any(p.replay for p in batch)
         while True:
             try:
                 if self.intents is not None:
@@ -160,11 +173,11 @@ class AuditWriter:
                               type(exc).__name__, len(rows))
                     self._drop("store_failed", len(rows))
                     return
-                log.warning("audit: store write failed (%s: %s); retrying in %.2f s",
-                            type(exc).__name__, exc, delay)
+                self._outage.failed(exc, "retrying with backoff; records queue up meanwhile")
                 retrying = True
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+        self._outage.ok()
         self.committed = head
         self.written += len(rows)
         if self.on_commit is not None:
@@ -197,15 +210,10 @@ class AuditWriter:
         assert self.sink is not None
         self.sink.write([row.record() for row in rows if row.seq])
 
-    async def _prune_loop(self) -> None:
-        while True:
-            try:
-                deleted = await self.store.prune(self.config.max_age, self.config.max_rows)
-                if deleted:
-                    log.info("audit: pruned %d records", deleted)
-            except Exception:
-                log.exception("audit: pruning failed")
-            await asyncio.sleep(self.config.prune_interval)
+    async def _prune(self) -> None:
+        deleted = await self.store.prune(self.config.max_age, self.config.max_rows)
+        if deleted:
+            log.info("audit: pruned %d records", deleted)
 
     def status(self) -> dict[str, Any]:
         head = self.committed

@@ -92,7 +92,7 @@ class WriterProcess:
         self.reader = reader
         self.out = out
         self.ring = ring
-        self._upto = ring.tail  # the ring's frames the relay has said are complete
+        self._upto = ring.pos  # the ring's frames the relay has said are complete
         self._orphans_before = 0
         self._max_body = 0
         # frames too large for the ring, read from the socket before their marker's turn
@@ -101,6 +101,8 @@ class WriterProcess:
         self.store: AuditStore | None = None
         self.writer: AuditWriter | None = None
         self.intents: IntentLog | None = None
+        self.instance = 0
+        self.taken = 0  # records taken from the ring (committed or not)
         self._changed = asyncio.Event()
 
     async def run(self) -> int:
@@ -144,7 +146,10 @@ class WriterProcess:
         store = AuditStore(config, inline=True)
         await store.open()
         self.store = store
-        instance = new_instance()
+        # The relay's instance: it owns the requests in flight, and claims the number too —
+        # a writer restarted by a live relay must not take its intents for a dead one's.
+        instance = int(table.get("instance") or new_instance())
+        self.instance = instance
         if config.write_ahead:
             await store.claim(instance)
         recovered = await store.recover(instance, lambda found: interrupted_rows(found, redactor))
@@ -189,32 +194,51 @@ class WriterProcess:
         while (item := ring.peek(self._upto)) is not None:
             kind, meta, a, b, end = item
             if kind == BY_SOCKET and end <= self._orphans_before:
-                ring.advance(end)
-                log.error("audit: a record handed to a writer process that died is lost")
+                ring.take(end)
+                log.error("audit: a record too large for the ring, handed to a writer process "
+                          "that died, may be lost")
                 self.metrics.dropped.labels("writer_died").inc()
                 continue
             if kind == BY_SOCKET:
                 if not large:
-                    return
+                    break
                 kind, meta, a, b = large.popleft()
-            ring.advance(end)
-            waiting = self._take(kind, meta, a, b)
+            ring.take(end)
+            if kind == RECORD:
+                self.taken += 1
+                self._changed.set()  # reported with the next status line
+            waiting = self._take(kind, meta, a, b, end)
             if waiting is not None:
                 await waiting
+        self._release()
 
-    def _take(self, kind: int, meta: bytes, a: bytes, b: bytes) -> Awaitable[None] | None:
+    def _release(self) -> None:
+        """Give the relay the ring's room back up to the first frame not yet committed (or
+        otherwise done with): a writer killed now leaves the rest to be read again."""
+        bound = self.ring.pos
+        writer, intents = self.writer, self.intents
+        if writer is not None and writer.unwritten:
+            bound = min(bound, writer.done_end)
+        if intents is not None and intents.busy:
+            bound = min(bound, intents.done_end)
+        self.ring.release(bound)
+
+    def _take(self, kind: int, meta: bytes, a: bytes, b: bytes, end: int
+              ) -> Awaitable[None] | None:
         """Hand a frame on; an awaitable when the writer's queue is full (backpressure: the
         ring fills up behind it)."""
         assert self.writer is not None
         intents = self.intents
         if kind == RECORD:
             pending = received(meta, a, b, self._max_body)
+            pending.ring_end = end
+            pending.replay = end <= self._orphans_before
             if intents is not None:
                 intents.settle(str(pending.meta.get("id")))
             if not self.writer.offer(pending):
                 return self.writer.submit(pending)
         elif kind == INTENT and intents is not None:
-            intents.add(a.decode(), meta)  # a: the request id
+            intents.add(a.decode(), meta, end)  # a: the request id
         return None
 
     async def _stop(self) -> None:
@@ -222,16 +246,31 @@ class WriterProcess:
             await self.intents.drain()
         if self.writer is not None:
             await self.writer.stop()
-            if self.intents is not None and self.intents.open:
-                rows = self.intents.interrupted()
-                log.warning("audit: the relay stopped with %d requests in flight; recorded "
-                            "as interrupted", len(rows))
-                assert self.store is not None
-                await self.store.append(rows, retrying=True)
-                self.writer.written += len(rows)
-                self.metrics.recovered.inc(len(rows))
+            if self.intents is not None:
+                await self._interrupt()
         if self.store is not None:
             await self.store.close()
+
+    async def _interrupt(self) -> None:
+        """The relay is gone (stopped or killed) and has handed over everything: the intents
+        still open — this writer's, and a killed predecessor's whose records never came (it
+        had taken them from the ring) — are requests that never finished."""
+        assert self.intents is not None
+        assert self.store is not None
+        assert self.writer is not None
+        rows = self.intents.interrupted()
+        seen = {row.request_id for row in rows}
+        rows += [row for row in interrupted_rows(await self.store.left_by(self.instance),
+                                                 self.intents.redactor)
+                 if row.request_id not in seen]
+        if not rows:
+            return
+        await self.store.append(rows, retrying=True)  # skips ids recorded meanwhile
+        written = sum(1 for row in rows if row.seq)
+        log.warning("audit: the relay stopped with %d requests in flight; recorded as "
+                    "interrupted", written)
+        self.writer.written += written
+        self.metrics.recovered.inc(written)
 
     async def _report(self, interval: float) -> None:
         """A status line after commits (intents or records): at once when the relay waits
@@ -240,6 +279,7 @@ class WriterProcess:
         while True:
             await self._changed.wait()
             self._changed.clear()
+            self._release()  # after commits: their frames' room goes back to the relay
             self._send(self._status())
             await self._drain_out()
             if interval:
@@ -248,6 +288,7 @@ class WriterProcess:
     def _status(self) -> dict[str, Any]:
         status: dict[str, Any] = self.writer.status() if self.writer is not None else {}
         status["intents_done"] = self.intents.done if self.intents is not None else 0
+        status["records_taken"] = self.taken
         status["metrics"] = self.metrics.take()
         return status
 

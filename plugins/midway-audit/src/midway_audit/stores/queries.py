@@ -19,6 +19,10 @@ _STATUS_CLASS = re.compile(r"^([1-5])xx$", re.IGNORECASE)
 COLUMNS = ("seq, request_id, principal, model, status, ts, data, request_body, response_body, "
            "prev_hash, hash")
 SUMMARY_COLUMNS = "seq, data, prev_hash, hash"
+# A request has one record; when a late real record superseded an interrupted one (see
+# AuditStore.append), reads show the latest only. Both stay in the chain.
+LATEST = ("NOT EXISTS (SELECT 1 FROM audit_records later WHERE later.request_id = "
+          "audit_records.request_id AND later.seq > audit_records.seq)")
 
 
 def parse_status(value: Any) -> tuple[int, int] | None:

@@ -18,13 +18,16 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import orjson
+
 from midway.storage import Tx, liveness, open_database
-from midway_audit.chain import GENESIS, Head, StoredRow, link_hash
+from midway_audit.chain import GENESIS, Head, StoredRow, content_digest, link_hash
 from midway_audit.config import STORE_LABEL, AuditConfig
 from midway_audit.parts import digests, expand
 from midway_audit.record import Row
 from midway_audit.stores.queries import (
     COLUMNS,
+    LATEST,
     SUMMARY_COLUMNS,
     UNREFERENCED,
     Filter,
@@ -64,6 +67,15 @@ class KnownParts:
         self._digests.update(digests)
 
 
+def _supersede(row: Row, seq: int) -> None:
+    """``row`` is the real record of a request already recorded as interrupted (a peer took
+    its instance for dead): it names the record it replaces, which reads no longer show."""
+    data = orjson.loads(row.data)
+    data["supersedes"] = seq
+    row.data = orjson.dumps(data, option=orjson.OPT_SORT_KEYS).decode()
+    row.content = content_digest(row.data, row.request_body, row.response_body)
+
+
 def _marks(n: int) -> str:
     return ",".join("?" * n)
 
@@ -101,8 +113,10 @@ class AuditStore:
 
     async def claim(self, instance: int) -> None:
         """Hold ``instance``'s liveness lock until ``close`` (a killed process loses it), so
-        that recovery leaves its intents alone."""
-        await self.liveness.claim(instance)
+        that recovery leaves its intents alone. Shared: the relay and its writer process both
+        hold it, so the instance is dead only once neither runs (a writer killed and restarted
+        by its live relay finds its own intents still owned)."""
+        await self.liveness.claim(instance, shared=True)
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -122,10 +136,13 @@ class AuditStore:
             known.check(anchor_seq)
             await tx.executemany("DELETE FROM audit_intents WHERE request_id = ?",
                                  [(r.request_id,) for r in rows])
-            if retrying:
-                rows = [r for r in rows if await tx.fetchone(
-                    "SELECT 1 FROM audit_records WHERE request_id = ? LIMIT 1",
-                    r.request_id) is None]
+            stored = await self._stored(tx, [r.request_id for r in rows])
+            if retrying:  # an earlier try may have committed: what it stored is not again
+                rows = [r for r in rows if r.request_id not in stored]
+            else:
+                for row in rows:
+                    if row.request_id in stored:
+                        _supersede(row, stored[row.request_id])
             values = []
             refs: list[tuple[str, int]] = []
             for row in rows:
@@ -156,6 +173,18 @@ class AuditStore:
         self._known.add(new_parts)
         return head
 
+    @staticmethod
+    async def _stored(tx: Tx, request_ids: list[str]) -> dict[str, int]:
+        """The seq of the records stored for these request ids (the latest of each)."""
+        found: dict[str, int] = {}
+        for i in range(0, len(request_ids), _CHUNK):
+            chunk = request_ids[i:i + _CHUNK]
+            for r in await tx.fetch("SELECT request_id, MAX(seq) AS seq FROM audit_records "  # noqa: S608
+                                    f"WHERE request_id IN ({_marks(len(chunk))}) "
+                                    "GROUP BY request_id", *chunk):
+                found[r["request_id"]] = int(r["seq"])
+        return found
+
     async def intend(self, instance: int, intents: list[tuple[str, float, str]]) -> None:
         """Commit intents (request id, ts, metadata JSON) of ``instance``, one transaction.
         An intent only has to outlive midway (kill -9), not the machine: its commit is not
@@ -180,13 +209,16 @@ class AuditStore:
             async with self.liveness.dead(other) as gone:
                 if not gone:
                     continue
-                intents = [r["data"] for r in await self.db.fetch(
-                    "SELECT data FROM audit_intents WHERE instance = ? ORDER BY ts, request_id",
-                    other)]
-                rows = build(intents)
+                rows = build(await self.left_by(other))
                 await self.append(rows, retrying=True)
                 recovered += sum(1 for row in rows if row.seq)
         return recovered
+
+    async def left_by(self, instance: int) -> list[str]:
+        """The committed intents of ``instance`` whose record has not come (metadata JSON)."""
+        return [r["data"] for r in await self.db.fetch(
+            "SELECT data FROM audit_intents WHERE instance = ? ORDER BY ts, request_id",
+            instance)]
 
     async def prune(self, max_age: float | None, max_rows: int | None) -> int:
         """Delete the oldest records; the last deleted one's hash becomes the anchor."""
@@ -239,13 +271,15 @@ class AuditStore:
     async def query(self, filt: Filter, limit: int) -> list[dict[str, Any]]:
         """Records without bodies, newest first."""
         where, args = filt.where(self._like)
+        where = f"{where} AND {LATEST}" if where else f" WHERE {LATEST}"
         rows = await self.db.fetch(f"SELECT {SUMMARY_COLUMNS} FROM audit_records{where} "  # noqa: S608
                                    "ORDER BY ts DESC, seq DESC LIMIT ?", *args, limit)
         return [summary_record(r) for r in rows]
 
     async def get(self, request_id: str) -> dict[str, Any] | None:
         row = await self.db.fetchone(f"SELECT {COLUMNS} FROM audit_records "  # noqa: S608
-                                     "WHERE request_id = ? ORDER BY seq LIMIT 1", request_id)
+                                     "WHERE request_id = ? ORDER BY seq DESC LIMIT 1",
+                                     request_id)
         if row is None:
             return None
         found = [StoredRow(**row)]
