@@ -9,7 +9,8 @@ import orjson
 
 from midway.annotations import COUNT_TOKENS
 from midway.assemble import MessageAssembler
-from midway.exchange import ErrorKind, Exchange
+from midway.exchange import ErrorKind, Exchange, KeptStream
+from midway.jsonscan import TopLevelScanner
 from midway.sse import SSEEvent, SSEParser
 
 # Events that carry nothing the core needs: skipped before any parsing (the bulk of a stream).
@@ -46,15 +47,20 @@ def apply_message(exchange: Exchange, body: bytes) -> None:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError:
         return
-    if not isinstance(payload, dict):
-        return
+    if isinstance(payload, dict):
+        apply_payload(exchange, payload)
+
+
+def apply_payload(exchange: Exchange, payload: dict[str, Any], complete: bool = True) -> None:
+    """Fold a JSON answer's top-level fields into the exchange (``complete``: the answer
+    reached its end)."""
     if payload.get("type") == "message":
         exchange.usage.update(payload.get("usage") or {})
         exchange.stop_reason = payload.get("stop_reason")
         model = payload.get("model")
         if isinstance(model, str):
             exchange.response_model = model
-        exchange.complete = True
+        exchange.complete = complete
     elif payload.get("type") == "error":
         error = payload.get("error")
         exchange.error_type = error.get("type") if isinstance(error, dict) else "error"
@@ -87,6 +93,63 @@ class StreamObserver:
             return
         if event.name in OBSERVED_EVENTS:
             apply_event(self._exchange, self._assembler, event)
+
+
+class BodyObserver:
+    """Watches a JSON answer too large to buffer as it is relayed: its small top-level
+    fields (usage, model, stop reason), whether it ended, and its first ``keep`` bytes."""
+
+    __slots__ = ("_exchange", "_inflate", "_scanner", "kept")
+
+    def __init__(self, exchange: Exchange, content_encoding: str | None, keep: int) -> None:
+        self._exchange = exchange
+        self._inflate = _decoder(content_encoding)
+        self._scanner = TopLevelScanner()
+        self.kept = KeptStream(keep) if keep > 0 and readable(content_encoding) else None
+
+    @property
+    def complete(self) -> bool:
+        """The top-level JSON value ended (``False`` for bodies midway cannot read)."""
+        return self._scanner.complete
+
+    @property
+    def readable(self) -> bool:
+        """Whether the body could be read (decoded) so far."""
+        return not isinstance(self._inflate, _Opaque)
+
+    def feed(self, chunk: bytes) -> None:
+        inflate = self._inflate
+        if inflate is None:
+            self._take(chunk)
+            return
+        try:  # a piece at a time: a compressed chunk may inflate a thousandfold
+            self._take(inflate.decompress(chunk, _INFLATE_PIECE))
+            while getattr(inflate, "unconsumed_tail", b""):
+                self._take(inflate.decompress(inflate.unconsumed_tail, _INFLATE_PIECE))
+        except zlib.error:
+            self._inflate = _Opaque()
+
+    def _take(self, data: bytes) -> None:
+        if data:
+            if self.kept is not None:
+                self.kept.add(data)
+            self._scanner.feed(data)
+
+    def finish(self) -> None:
+        """Copy what was read into the exchange (the answer has ended, or been cut)."""
+        exchange = self._exchange
+        apply_payload(exchange, self._scanner.fields, complete=self._scanner.complete)
+        kept = self.kept
+        exchange.response_body = b"".join(kept.chunks) if kept is not None else None
+        exchange.response_body_truncated = kept is None or kept.truncated
+
+
+def readable(content_encoding: str | None) -> bool:
+    """Whether midway can read (decode) a body of this content encoding."""
+    return not isinstance(_decoder(content_encoding), _Opaque)
+
+
+_INFLATE_PIECE = 1024 * 1024
 
 
 def _decoder(content_encoding: str | None) -> Any:
