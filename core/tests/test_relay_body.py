@@ -281,3 +281,25 @@ def test_client_that_stops_reading_is_cut_and_recorded(
     assert exchange.status == 200 and exchange.usage.seen  # what was relayed is recorded
     # the upstream request was closed with it
     wait_for(lambda: fake_upstream.messages_requests[-1].cancelled, timeout=10)
+
+
+# -- an error body read for upstream_response is relayed whole --
+
+
+@pytest.mark.parametrize("size", [100_000, 3 * 1024 * 1024])
+def test_judged_error_body_is_relayed_whole(midway_factory: Callable[..., RunningMidway],
+                                            raw: RawUpstream, size: int) -> None:
+    judged: list[int] = []
+    judge = module_plugin("judge", upstream_response=lambda exchange, attempt: judged.append(
+        len(attempt.body or b"")))
+    # aiohttp's client (adapters, env proxies) hands a body over as it arrives
+    running = midway_factory(plugins=[judge], upstream=raw.url, upstream_client="aiohttp")
+    text = "e" * size
+    body = orjson.dumps({"type": "error", "error": {"type": "overloaded_error",
+                                                    "message": text}})
+    raw.reply(RawReply(body=[body[i:i + 8192] for i in range(0, len(body), 8192)],
+                       status=529, declared_length=len(body)))
+    status, _, answer, complete = ask(running)
+    assert (status, complete) == (529, True)
+    assert answer == body  # never a prefix passed off as the whole
+    assert judged == [min(len(body), proxy.JUDGED_BODY_LIMIT)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import zlib
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -80,13 +81,29 @@ class StreamObserver:
         self._inflate = _decoder(content_encoding)
         self._kept = exchange.kept_stream
 
+    @property
+    def readable(self) -> bool:
+        """Whether the stream could be read (decoded) so far."""
+        return not isinstance(self._inflate, _Opaque)
+
     def feed(self, chunk: bytes) -> None:
         if self._inflate is not None:
-            chunk = self._inflate.decompress(chunk)
+            self._feed_encoded(chunk)
+            return
         if self._kept is not None:
             self._kept.add(chunk)
         for event in self._parser.feed(chunk, _SKIP_PREFIXES):
             self.observe(event)
+
+    def _feed_encoded(self, chunk: bytes) -> None:
+        try:
+            for piece in _inflated(self._inflate, chunk):
+                if self._kept is not None:
+                    self._kept.add(piece)
+                for event in self._parser.feed(piece, _SKIP_PREFIXES):
+                    self.observe(event)
+        except zlib.error:  # relayed all the same; midway just cannot read it
+            self._inflate = _Opaque()
 
     def observe(self, event: SSEEvent) -> None:
         if event.raw.startswith(_SKIP_PREFIXES):
@@ -118,14 +135,12 @@ class BodyObserver:
         return not isinstance(self._inflate, _Opaque)
 
     def feed(self, chunk: bytes) -> None:
-        inflate = self._inflate
-        if inflate is None:
+        if self._inflate is None:
             self._take(chunk)
             return
-        try:  # a piece at a time: a compressed chunk may inflate a thousandfold
-            self._take(inflate.decompress(chunk, _INFLATE_PIECE))
-            while getattr(inflate, "unconsumed_tail", b""):
-                self._take(inflate.decompress(inflate.unconsumed_tail, _INFLATE_PIECE))
+        try:
+            for piece in _inflated(self._inflate, chunk):
+                self._take(piece)
         except zlib.error:
             self._inflate = _Opaque()
 
@@ -152,6 +167,13 @@ def readable(content_encoding: str | None) -> bool:
 _INFLATE_PIECE = 1024 * 1024
 
 
+def _inflated(inflate: Any, chunk: bytes) -> Iterator[bytes]:
+    """``chunk`` decoded a piece at a time: a compressed chunk may inflate a thousandfold."""
+    yield inflate.decompress(chunk, _INFLATE_PIECE)
+    while inflate.unconsumed_tail:
+        yield inflate.decompress(inflate.unconsumed_tail, _INFLATE_PIECE)
+
+
 def _decoder(content_encoding: str | None) -> Any:
     if not content_encoding or content_encoding == "identity":
         return None
@@ -165,7 +187,9 @@ def _decoder(content_encoding: str | None) -> Any:
 class _Opaque:
     """An encoding midway cannot read: relay it, observe nothing."""
 
-    def decompress(self, chunk: bytes) -> bytes:
+    unconsumed_tail = b""
+
+    def decompress(self, chunk: bytes, max_length: int = 0) -> bytes:
         return b""
 
 

@@ -19,7 +19,14 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from midway import accesslog, deadlines
-from midway.answer import SSE, Answer, ClientAnswer, MemoryAnswer, TranslatedAnswer
+from midway.answer import (
+    SSE,
+    Answer,
+    ClientAnswer,
+    MemoryAnswer,
+    PrefixedAnswer,
+    TranslatedAnswer,
+)
 from midway.context import Midway
 from midway.errors import MidwayError, error_event, error_response
 from midway.exchange import (
@@ -50,7 +57,6 @@ from midway.observe import (
     StreamObserver,
     apply_message,
     decode_body,
-    readable,
 )
 from midway.plugins import Impl, PluginFailed
 from midway.secrets_ref import fingerprint, resolve
@@ -329,8 +335,7 @@ class Proxy:
                 if resp is not None and resp.status >= 400 and \
                         SSE not in resp.headers.get("content-type", ""):
                     # Let the judge read a (small) error body; it is relayed as is if kept.
-                    attempt.body = await resp.read(JUDGED_BODY_LIMIT)
-                    resp = MemoryAnswer.buffered(resp, attempt.body)
+                    resp = await _judged(exchange, attempt, resp)
                 retry = await self._call_first_strict(exchange, "upstream_response",
                                                       attempt=attempt)
             if isinstance(retry, Retry):
@@ -551,6 +556,7 @@ class Proxy:
         if metrics is not None:
             metrics.open_streams += 1
         try:
+            observable = True
             if callers:
                 await self._relay_events(response, exchange, source, callers)
             else:
@@ -562,9 +568,9 @@ class Proxy:
                     if first:
                         timings.ttfb_ms = (time.monotonic() - timings.started) * 1000
                         first = False
+                observable = observer.readable
             if not exchange.complete and exchange.error_kind is not ErrorKind.STREAM_ERROR \
-                    and exchange.answered_by is None and answer.status < 300 and \
-                    readable(encoding):
+                    and exchange.answered_by is None and answer.status < 300 and observable:
                 # A message stream ends with message_stop or an error event; one that just
                 # stops was cut short, whatever its HTTP framing said.
                 raise _EndedEarly("ended the stream before message_stop")
@@ -634,6 +640,20 @@ class Proxy:
             if kept is not None:
                 kept.add(parser.pending)
             await response.write(parser.pending)
+
+
+async def _judged(exchange: Exchange, attempt: Attempt, answer: Answer) -> Answer:
+    """Read the start of an error answer into ``attempt.body`` for ``upstream_response``;
+    the answer to relay in its place (the whole of it: a longer body keeps its rest)."""
+    try:
+        body = await answer.read(JUDGED_BODY_LIMIT + 1)
+    except _UPSTREAM_FAILURES as exc:
+        answer.release()
+        raise _cut_short(exchange, exc) from None
+    attempt.body = body[:JUDGED_BODY_LIMIT]
+    if len(body) > JUDGED_BODY_LIMIT:
+        return PrefixedAnswer(answer, body)
+    return MemoryAnswer.buffered(answer, body)
 
 
 def _client_left(request: web.Request, exchange: Exchange) -> None:
@@ -714,9 +734,10 @@ def _end_broken(request: web.Request) -> None:
 
 
 def _json_ended(body: bytes, encoding: str | None) -> bool:
-    """Whether a whole close-delimited body is a finished JSON value (unreadable: assumed)."""
+    """Whether a whole close-delimited body is a finished JSON value (empty or unreadable:
+    assumed)."""
     decoded = decode_body(body, encoding, BUFFER_LIMIT)
-    if decoded is None:
+    if not decoded:
         return True
     scanner = TopLevelScanner()
     scanner.feed(decoded)
