@@ -176,7 +176,7 @@ def test_stream_that_stops_before_message_stop_ends_with_an_error_event(
     last = answer.split(b"\n\n")[-2]
     assert last.startswith(b"event: error\n")
     assert orjson.loads(last.split(b"data: ", 1)[1])["error"]["message"] == \
-        "upstream ended the stream before message_stop"
+        "upstream ended the stream early"
     exchange = finished(seen)
     assert exchange.upstream_cut_short and exchange.error_kind is ErrorKind.STREAM_BROKEN
     assert exchange.usage.output_tokens == 7  # usage so far is kept
@@ -190,8 +190,9 @@ def test_stream_with_message_stop_or_error_event_is_left_alone(start: Start,
     assert ask(running, {**MSG, "stream": True})[2] == whole
     assert finished(seen).error is None
     seen.clear()
-    overloaded = events(stop=False)[:3] + [encode_event("error", {"type": "error", "error": {
-        "type": "overloaded_error", "message": "Overloaded"}})]
+    error = encode_event("error", {"type": "error", "error": {
+        "type": "overloaded_error", "message": "Overloaded"}})
+    overloaded = [*events(stop=False)[:3], error]
     raw.reply(RawReply(body=overloaded, content_type="text/event-stream", framing="close"))
     assert ask(running, {**MSG, "stream": True})[2] == b"".join(overloaded)
     exchange = finished(seen)

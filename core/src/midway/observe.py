@@ -12,7 +12,7 @@ from midway.annotations import COUNT_TOKENS
 from midway.assemble import MessageAssembler
 from midway.exchange import ErrorKind, Exchange, KeptStream
 from midway.jsonscan import TopLevelScanner
-from midway.sse import SSEEvent, SSEParser
+from midway.sse import SSEEvent, SSEParser, parse_block
 
 # Events that carry nothing the core needs: skipped before any parsing (the bulk of a stream).
 _SKIP_PREFIXES = (b"event: content_block", b"event: ping")
@@ -95,6 +95,12 @@ class StreamObserver:
         for event in self._parser.feed(chunk, _SKIP_PREFIXES):
             self.observe(event)
 
+    def close(self) -> None:
+        """The stream ended: observe a last event that came without its blank line."""
+        pending = self._parser.pending
+        if pending.strip():
+            self.observe(final_event(pending))
+
     def _feed_encoded(self, chunk: bytes) -> None:
         try:
             for piece in _inflated(self._inflate, chunk):
@@ -110,6 +116,12 @@ class StreamObserver:
             return
         if event.name in OBSERVED_EVENTS:
             apply_event(self._exchange, self._assembler, event)
+
+
+def final_event(pending: bytes) -> SSEEvent:
+    """The bytes left after a stream's last blank line, read as one event."""
+    block = pending.replace(b"\r\n", b"\n").replace(b"\r", b"\n").strip(b"\n")
+    return parse_block(block, pending)
 
 
 class BodyObserver:

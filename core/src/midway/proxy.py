@@ -57,6 +57,7 @@ from midway.observe import (
     StreamObserver,
     apply_message,
     decode_body,
+    final_event,
 )
 from midway.plugins import Impl, PluginFailed
 from midway.secrets_ref import fingerprint, resolve
@@ -568,12 +569,13 @@ class Proxy:
                     if first:
                         timings.ttfb_ms = (time.monotonic() - timings.started) * 1000
                         first = False
+                observer.close()
                 observable = observer.readable
             if not exchange.complete and exchange.error_kind is not ErrorKind.STREAM_ERROR \
                     and exchange.answered_by is None and answer.status < 300 and observable:
                 # A message stream ends with message_stop or an error event; one that just
                 # stops was cut short, whatever its HTTP framing said.
-                raise _EndedEarly("ended the stream before message_stop")
+                raise _EndedEarly("ended the stream early")
         except _UPSTREAM_FAILURES as exc:
             # The upstream failed after bytes went out: say so in-band; never splice or retry.
             timeout = _cut_short(exchange, exc).kind is ErrorKind.STREAM_TIMEOUT
@@ -637,6 +639,9 @@ class Proxy:
                 if timings.ttfb_ms is None:
                     timings.ttfb_ms = (time.monotonic() - timings.started) * 1000
         if parser.pending:  # a final event without its blank line: relay it as it came
+            final = final_event(parser.pending)
+            if final.name in OBSERVED_EVENTS:
+                observer.observe(final)
             if kept is not None:
                 kept.add(parser.pending)
             await response.write(parser.pending)
