@@ -76,10 +76,56 @@ class ClientAnswer:
         return self._resp.content.iter_any()
 
     async def read(self, limit: int = -1) -> bytes:
-        return await (self._resp.read() if limit < 0 else self._resp.content.read(limit))
+        if limit < 0:
+            return await self._resp.read()
+        parts: list[bytes] = []
+        size = 0
+        while size < limit:  # content.read(n) returns what has arrived, up to n
+            part = await self._resp.content.read(limit - size)
+            if not part:
+                break
+            parts.append(part)
+            size += len(part)
+        return b"".join(parts)
 
     def release(self) -> None:
         self._resp.release()
+
+
+class PrefixedAnswer:
+    """``answer`` whose first bytes, ``prefix``, were read already (to judge an error body
+    longer than what was read): relayed as prefix then the rest, nothing dropped."""
+
+    __slots__ = ("_answer", "_prefix")
+    body = None
+
+    def __init__(self, answer: Answer, prefix: bytes) -> None:
+        self._answer, self._prefix = answer, prefix
+
+    @property
+    def status(self) -> int:
+        return self._answer.status
+
+    @property
+    def headers(self) -> CIMultiDictProxy[str] | CIMultiDict[str]:
+        return self._answer.headers
+
+    @property
+    def content_length(self) -> int | None:
+        return self._answer.content_length
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        yield self._prefix
+        async for chunk in self._answer.chunks():
+            yield chunk
+
+    async def read(self, limit: int = -1) -> bytes:
+        rest = await self._answer.read(limit - len(self._prefix) if limit >= 0 else -1)
+        body = self._prefix + rest
+        return body if limit < 0 else body[:limit]
+
+    def release(self) -> None:
+        self._answer.release()
 
 
 class MemoryAnswer:

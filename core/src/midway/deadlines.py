@@ -8,8 +8,10 @@ or that stops reading an answer, loses its connection instead of holding it for 
 - ``keepalive_timeout``: an idle connection between requests is closed after this long
   (aiohttp's own keep-alive timer).
 - ``write_stall_timeout``: a client that reads nothing of an answer for this long (the
-  socket's send buffer stays full) is disconnected, which ends the stream as a client
-  disconnect does.
+  socket's send buffer stays full) is disconnected, which ends the stream (and its upstream
+  request) as a client disconnect does; the request is recorded with
+  ``ErrorKind.CLIENT_STALLED`` (:data:`STALLED` on the request says so). Distinct from
+  ``idle_timeout``, the upstream's: a stalled client pauses the upstream, never times it out.
 
 None of them applies while a handler streams an answer the client keeps reading, however
 long and however slowly the upstream produces it. 0 turns one off.
@@ -47,6 +49,10 @@ class Limits:
         """The limits a :class:`~midway.config.Settings` sets."""
         return cls(**{field.name: float(getattr(settings, field.name))
                       for field in attrs.fields(cls)})
+
+
+#: Set (to the timeout, in seconds) on a request whose client was cut for not reading.
+STALLED: web.RequestKey[float] = web.RequestKey("midway_write_stalled", float)
 
 
 class Guard(asyncio.Protocol):
@@ -148,6 +154,8 @@ class Guard(asyncio.Protocol):
 
     def _stalled(self) -> None:
         self.stall_timer = None
+        if self.request is not None:
+            self.request[STALLED] = self.limits.write_stall_timeout
         if self.transport is not None:
             self.transport.abort()
 

@@ -33,7 +33,9 @@ class ErrorKind(enum.StrEnum):
     UPSTREAM_TIMEOUT = "upstream_timeout"
     #: the connection to the upstream failed in another way before an answer
     UPSTREAM_FAILED = "upstream_failed"
-    #: the upstream's connection broke after part of the answer was relayed
+    #: the upstream's answer ended before its end after its head arrived: the connection
+    #: broke, the body fell short of its length or framing, or a stream stopped before
+    #: ``message_stop`` (``Exchange.upstream_cut_short`` is set)
     STREAM_BROKEN = "stream_broken"
     #: the upstream went silent for longer than the idle timeout in the middle of an answer
     STREAM_TIMEOUT = "stream_timeout"
@@ -41,6 +43,9 @@ class ErrorKind(enum.StrEnum):
     STREAM_ERROR = "stream_error"
     #: the client went away before the answer was complete
     CLIENT_DISCONNECTED = "client_disconnected"
+    #: the client read nothing of the answer for ``write_stall_timeout`` seconds and was
+    #: disconnected (``client_disconnected`` is set too)
+    CLIENT_STALLED = "client_stalled"
     #: midway answered with an error of its own: a bad or unauthorised request, or a
     #: :class:`midway.MidwayError` a plugin raised on purpose
     REFUSED = "refused"
@@ -350,6 +355,9 @@ class Exchange:
     attempts: list[Attempt] = attrs.field(factory=list)
     status: int | None = None
     response_body: bytes | None = None  # non-streaming answers (decoded), None for streams
+    # response_body holds only the start of the answer: one over the relay's buffer limit,
+    # kept up to the largest Midway.keep_stream_bodies (or not at all)
+    response_body_truncated: bool = False
     # a streamed answer's bytes, kept when a plugin asked for them (Midway.keep_stream_bodies)
     kept_stream: KeptStream | None = None
     streaming: bool = False
@@ -362,6 +370,9 @@ class Exchange:
     error_kind: ErrorKind | None = None  # the same, to match on
     # the answer reached its end: a stream's ``message_stop``, or a complete JSON message
     complete: bool = False
+    # the upstream ended its answer early (connection lost, body shorter than its framing,
+    # stream without ``message_stop``); the client's response was ended as broken too
+    upstream_cut_short: bool = False
     error_type: str | None = None  # Anthropic error type of an error answer or event
     client_disconnected: bool = False
     annotations: dict[str, Any] = attrs.field(factory=dict)

@@ -317,8 +317,12 @@ def post_response(exchange: Exchange) -> None:
         ``complete`` (the answer reached its end: a stream's ``message_stop`` or a complete
         JSON message), ``timings`` (``ttfb_ms``, ``total_ms``, ``upstream_ttfb_ms``),
         ``principal``, ``upstream``, ``attempts``, ``answered_by``, ``error`` and
-        ``error_kind``, ``error_type``, ``client_disconnected``, ``upstream_request_id``,
-        ``response_body`` (decoded, for non-streaming answers), ``streaming``, and
+        ``error_kind``, ``error_type``, ``client_disconnected``, ``upstream_cut_short`` (the
+        upstream ended its answer early; the client's response was ended as broken, or with
+        an ``event: error``), ``upstream_request_id``, ``response_body`` (decoded, for
+        non-streaming answers; for one over the relay's 32 MiB buffer limit only its start,
+        up to the ``keep_stream_bodies`` limit, with ``response_body_truncated`` set),
+        ``streaming``, and
         ``stream_body``/``stream_truncated``: a streamed answer's bytes as the client received
         them (decoded), kept only when a plugin called ``midway.keep_stream_bodies(limit)`` in
         ``startup`` (the largest limit wins). For a plugin that needs the whole answer at the

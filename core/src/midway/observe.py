@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import zlib
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
 
 from midway.annotations import COUNT_TOKENS
 from midway.assemble import MessageAssembler
-from midway.exchange import ErrorKind, Exchange
-from midway.sse import SSEEvent, SSEParser
+from midway.exchange import ErrorKind, Exchange, KeptStream
+from midway.jsonscan import TopLevelScanner
+from midway.sse import SSEEvent, SSEParser, parse_block
 
 # Events that carry nothing the core needs: skipped before any parsing (the bulk of a stream).
 _SKIP_PREFIXES = (b"event: content_block", b"event: ping")
@@ -46,15 +48,20 @@ def apply_message(exchange: Exchange, body: bytes) -> None:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError:
         return
-    if not isinstance(payload, dict):
-        return
+    if isinstance(payload, dict):
+        apply_payload(exchange, payload)
+
+
+def apply_payload(exchange: Exchange, payload: dict[str, Any], complete: bool = True) -> None:
+    """Fold a JSON answer's top-level fields into the exchange (``complete``: the answer
+    reached its end)."""
     if payload.get("type") == "message":
         exchange.usage.update(payload.get("usage") or {})
         exchange.stop_reason = payload.get("stop_reason")
         model = payload.get("model")
         if isinstance(model, str):
             exchange.response_model = model
-        exchange.complete = True
+        exchange.complete = complete
     elif payload.get("type") == "error":
         error = payload.get("error")
         exchange.error_type = error.get("type") if isinstance(error, dict) else "error"
@@ -74,19 +81,109 @@ class StreamObserver:
         self._inflate = _decoder(content_encoding)
         self._kept = exchange.kept_stream
 
+    @property
+    def readable(self) -> bool:
+        """Whether the stream could be read (decoded) so far."""
+        return not isinstance(self._inflate, _Opaque)
+
     def feed(self, chunk: bytes) -> None:
         if self._inflate is not None:
-            chunk = self._inflate.decompress(chunk)
+            self._feed_encoded(chunk)
+            return
         if self._kept is not None:
             self._kept.add(chunk)
         for event in self._parser.feed(chunk, _SKIP_PREFIXES):
             self.observe(event)
+
+    def close(self) -> None:
+        """The stream ended: observe a last event that came without its blank line."""
+        pending = self._parser.pending
+        if pending.strip():
+            self.observe(final_event(pending))
+
+    def _feed_encoded(self, chunk: bytes) -> None:
+        try:
+            for piece in _inflated(self._inflate, chunk):
+                if self._kept is not None:
+                    self._kept.add(piece)
+                for event in self._parser.feed(piece, _SKIP_PREFIXES):
+                    self.observe(event)
+        except zlib.error:  # relayed all the same; midway just cannot read it
+            self._inflate = _Opaque()
 
     def observe(self, event: SSEEvent) -> None:
         if event.raw.startswith(_SKIP_PREFIXES):
             return
         if event.name in OBSERVED_EVENTS:
             apply_event(self._exchange, self._assembler, event)
+
+
+def final_event(pending: bytes) -> SSEEvent:
+    """The bytes left after a stream's last blank line, read as one event."""
+    block = pending.replace(b"\r\n", b"\n").replace(b"\r", b"\n").strip(b"\n")
+    return parse_block(block, pending)
+
+
+class BodyObserver:
+    """Watches a JSON answer too large to buffer as it is relayed: its small top-level
+    fields (usage, model, stop reason), whether it ended, and its first ``keep`` bytes."""
+
+    __slots__ = ("_exchange", "_inflate", "_scanner", "kept")
+
+    def __init__(self, exchange: Exchange, content_encoding: str | None, keep: int) -> None:
+        self._exchange = exchange
+        self._inflate = _decoder(content_encoding)
+        self._scanner = TopLevelScanner()
+        self.kept = KeptStream(keep) if keep > 0 and readable(content_encoding) else None
+
+    @property
+    def complete(self) -> bool:
+        """The top-level JSON value ended (``False`` for bodies midway cannot read)."""
+        return self._scanner.complete
+
+    @property
+    def readable(self) -> bool:
+        """Whether the body could be read (decoded) so far."""
+        return not isinstance(self._inflate, _Opaque)
+
+    def feed(self, chunk: bytes) -> None:
+        if self._inflate is None:
+            self._take(chunk)
+            return
+        try:
+            for piece in _inflated(self._inflate, chunk):
+                self._take(piece)
+        except zlib.error:
+            self._inflate = _Opaque()
+
+    def _take(self, data: bytes) -> None:
+        if data:
+            if self.kept is not None:
+                self.kept.add(data)
+            self._scanner.feed(data)
+
+    def finish(self) -> None:
+        """Copy what was read into the exchange (the answer has ended, or been cut)."""
+        exchange = self._exchange
+        apply_payload(exchange, self._scanner.fields, complete=self._scanner.complete)
+        kept = self.kept
+        exchange.response_body = b"".join(kept.chunks) if kept is not None else None
+        exchange.response_body_truncated = kept is None or kept.truncated
+
+
+def readable(content_encoding: str | None) -> bool:
+    """Whether midway can read (decode) a body of this content encoding."""
+    return not isinstance(_decoder(content_encoding), _Opaque)
+
+
+_INFLATE_PIECE = 1024 * 1024
+
+
+def _inflated(inflate: Any, chunk: bytes) -> Iterator[bytes]:
+    """``chunk`` decoded a piece at a time: a compressed chunk may inflate a thousandfold."""
+    yield inflate.decompress(chunk, _INFLATE_PIECE)
+    while inflate.unconsumed_tail:
+        yield inflate.decompress(inflate.unconsumed_tail, _INFLATE_PIECE)
 
 
 def _decoder(content_encoding: str | None) -> Any:
@@ -102,7 +199,9 @@ def _decoder(content_encoding: str | None) -> Any:
 class _Opaque:
     """An encoding midway cannot read: relay it, observe nothing."""
 
-    def decompress(self, chunk: bytes) -> bytes:
+    unconsumed_tail = b""
+
+    def decompress(self, chunk: bytes, max_length: int = 0) -> bytes:
         return b""
 
 

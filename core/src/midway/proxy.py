@@ -18,8 +18,15 @@ from aiohttp.web_protocol import RequestPayloadError
 from multidict import CIMultiDict
 from yarl import URL
 
-from midway import accesslog
-from midway.answer import SSE, Answer, ClientAnswer, MemoryAnswer, TranslatedAnswer
+from midway import accesslog, deadlines
+from midway.answer import (
+    SSE,
+    Answer,
+    ClientAnswer,
+    MemoryAnswer,
+    PrefixedAnswer,
+    TranslatedAnswer,
+)
 from midway.context import Midway
 from midway.errors import MidwayError, error_event, error_response
 from midway.exchange import (
@@ -42,8 +49,16 @@ from midway.headers import (
     response_headers,
 )
 from midway.identity import ANONYMOUS, passthrough_principal, presented_credential
+from midway.jsonscan import TopLevelScanner
 from midway.metrics import Metrics
-from midway.observe import OBSERVED_EVENTS, StreamObserver, apply_message, decode_body
+from midway.observe import (
+    OBSERVED_EVENTS,
+    BodyObserver,
+    StreamObserver,
+    apply_message,
+    decode_body,
+    final_event,
+)
 from midway.plugins import Impl, PluginFailed
 from midway.secrets_ref import fingerprint, resolve
 from midway.sse import SSEEvent, SSEParser
@@ -127,13 +142,9 @@ class Proxy:
         except MidwayError as exc:
             response = await self._answer_error(request, exchange, exc)
             return response
-        except asyncio.CancelledError:
-            exchange.client_disconnected = True
-            exchange.fail(ErrorKind.CLIENT_DISCONNECTED, "client disconnected")
-            raise
-        except (ConnectionResetError, aiohttp.ClientConnectionResetError):
-            exchange.client_disconnected = True
-            exchange.fail(ErrorKind.CLIENT_DISCONNECTED, "client disconnected")
+        except (asyncio.CancelledError, ConnectionResetError,
+                aiohttp.ClientConnectionResetError):
+            _client_left(request, exchange)
             raise
         except Exception:
             log.exception("internal error serving %s", exchange.id)
@@ -318,8 +329,7 @@ class Proxy:
                 if resp is not None and resp.status >= 400 and \
                         SSE not in resp.headers.get("content-type", ""):
                     # Let the judge read a (small) error body; it is relayed as is if kept.
-                    attempt.body = await resp.read(JUDGED_BODY_LIMIT)
-                    resp = MemoryAnswer.buffered(resp, attempt.body)
+                    resp = await _judged(exchange, attempt, resp)
                 retry = await self._call_first_strict(exchange, "upstream_response",
                                                       attempt=attempt)
             if isinstance(retry, Retry):
@@ -433,16 +443,13 @@ class Proxy:
         content_type = answer.headers.get("content-type", "")
         encoding = answer.headers.get("content-encoding")
         body = answer.body
-        if body is None and SSE in content_type:
-            return await self._relay_stream(request, exchange, answer, headers, encoding)
-        length = answer.content_length
-        if body is not None or ("json" in content_type and
-                                (length is None or length <= BUFFER_LIMIT)):
-            return await self._answer_body(request, exchange, answer.status, headers,
-                                           body if body is not None else await answer.read(),
+        if body is not None:
+            return await self._answer_body(request, exchange, answer.status, headers, body,
                                            encoding)
-        return await self._relay_stream(request, exchange, answer, headers, encoding,
-                                        sse=False)
+        if SSE in content_type:
+            return await self._relay_stream(request, exchange, answer, headers, encoding)
+        return await self._relay_body(request, exchange, answer, headers, encoding,
+                                      "json" in content_type)
 
     async def _answer_body(self, request: web.Request, exchange: Exchange, status: int,
                            headers: CIMultiDict[str], body: bytes,
@@ -455,15 +462,84 @@ class Proxy:
         await self._send(request, exchange, response)
         return response
 
+    async def _relay_body(self, request: web.Request, exchange: Exchange, answer: Answer,
+                          headers: CIMultiDict[str], encoding: str | None, json: bool
+                          ) -> web.StreamResponse:
+        """An answer that is not an event stream. JSON is buffered up to ``BUFFER_LIMIT``
+        and answered whole; past that limit, and for other types, it is relayed as it comes
+        (JSON read on the way for usage). An answer the upstream cut short never reaches the
+        client as a complete one: before the head went out it becomes a 502 (504 if the
+        upstream went silent), after it the response is left unterminated."""
+        source = answer.chunks()
+        parts: list[bytes] = []
+        size = 0
+        # no length, no chunking: only a well-formed JSON body tells the end from a cut
+        close_delimited = answer.content_length is None and \
+            "transfer-encoding" not in answer.headers
+        if json:
+            try:
+                while size <= BUFFER_LIMIT:
+                    chunk = await anext(source, b"")
+                    if not chunk:
+                        body = b"".join(parts)
+                        del parts[:]
+                        if close_delimited and not _json_ended(body, encoding):
+                            raise _EndedEarly("ended its JSON answer unfinished")
+                        return await self._answer_body(request, exchange, answer.status,
+                                                       headers, body, encoding)
+                    parts.append(chunk)
+                    size += len(chunk)
+            except _UPSTREAM_FAILURES as exc:
+                raise _cut_short(exchange, exc) from None
+        observer = BodyObserver(exchange, encoding, min(self.midway.stream_bytes_kept,
+                                                        BUFFER_LIMIT)) if json else None
+        response = web.StreamResponse(status=answer.status, headers=headers)
+        await response.prepare(request)
+        timings = exchange.timings
+        self.open_streams += 1
+        metrics = self.midway.metrics
+        if metrics is not None:
+            metrics.open_streams += 1
+        try:
+            parts.reverse()  # written in order, each let go of once it is out
+            while parts:
+                chunk = parts.pop()
+                if observer is not None:
+                    observer.feed(chunk)
+                await response.write(chunk)
+            async for chunk in source:
+                if observer is not None:
+                    observer.feed(chunk)
+                await response.write(chunk)
+                if timings.ttfb_ms is None:
+                    timings.ttfb_ms = (time.monotonic() - timings.started) * 1000
+            if observer is not None and close_delimited and observer.readable and \
+                    not observer.complete:
+                raise _EndedEarly("ended its JSON answer unfinished")
+        except _UPSTREAM_FAILURES as exc:
+            _cut_short(exchange, exc)
+            _end_broken(request)
+            return response
+        finally:
+            self.open_streams -= 1
+            if metrics is not None:
+                metrics.open_streams -= 1
+            if observer is not None:
+                observer.finish()
+        if timings.ttfb_ms is None:
+            timings.ttfb_ms = (time.monotonic() - timings.started) * 1000
+        await response.write_eof()
+        return response
+
     async def _relay_stream(self, request: web.Request, exchange: Exchange, answer: Answer,
-                            headers: CIMultiDict[str], encoding: str | None, sse: bool = True
+                            headers: CIMultiDict[str], encoding: str | None
                             ) -> web.StreamResponse:
-        exchange.streaming = sse
-        if sse and self.midway.stream_bytes_kept:
+        exchange.streaming = True
+        if self.midway.stream_bytes_kept:
             exchange.kept_stream = KeptStream(self.midway.stream_bytes_kept)
         # Events are parsed only for the plugins that asked (observe_stream), and only from
         # plain bytes; every other stream is relayed as raw chunks.
-        callers = self._chunk_callers(exchange) if sse and not encoding and \
+        callers = self._chunk_callers(exchange) if not encoding and \
             exchange.stream_observers else None
         source = answer.chunks()
         response = web.StreamResponse(status=answer.status, headers=headers)
@@ -474,29 +550,37 @@ class Proxy:
         if metrics is not None:
             metrics.open_streams += 1
         try:
+            observable = True
             if callers:
                 await self._relay_events(response, exchange, source, callers)
             else:
-                observer = StreamObserver(exchange, encoding) if sse else None
+                observer = StreamObserver(exchange, encoding)
                 first = True
                 async for chunk in source:
-                    if observer is not None:
-                        observer.feed(chunk)
+                    observer.feed(chunk)
                     await response.write(chunk)
                     if first:
                         timings.ttfb_ms = (time.monotonic() - timings.started) * 1000
                         first = False
-        except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError,
-                aiohttp.ClientOSError, aiohttp.ServerTimeoutError) as exc:
+                observer.close()
+                observable = observer.readable
+            if not exchange.complete and exchange.error_kind is not ErrorKind.STREAM_ERROR \
+                    and exchange.answered_by is None and answer.status < 300 and observable:
+                # A message stream ends with message_stop or an error event; one that just
+                # stops was cut short, whatever its HTTP framing said.
+                raise _EndedEarly("ended the stream early")
+        except _UPSTREAM_FAILURES as exc:
             # The upstream failed after bytes went out: say so in-band; never splice or retry.
-            timeout = isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError)
-            exchange.error = "upstream idle timeout" if timeout else \
-                f"upstream stream failed: {type(exc).__name__}"
-            exchange.error_kind = ErrorKind.STREAM_TIMEOUT if timeout else ErrorKind.STREAM_BROKEN
-            exchange.error_type = "api_error"
-            if sse:
-                await response.write(error_event(
-                    "upstream stream timed out" if timeout else "upstream connection lost"))
+            timeout = _cut_short(exchange, exc).kind is ErrorKind.STREAM_TIMEOUT
+            if encoding:  # no plain-text event fits in an encoded stream: end it broken
+                _end_broken(request)
+                return response
+            event = error_event(
+                "upstream stream timed out" if timeout else
+                f"upstream {exc}" if isinstance(exc, _EndedEarly) else "upstream connection lost")
+            if exchange.kept_stream is not None:
+                exchange.kept_stream.add(event)
+            await response.write(event)
             await _close(response)
             return response
         finally:
@@ -548,9 +632,36 @@ class Proxy:
                 if timings.ttfb_ms is None:
                     timings.ttfb_ms = (time.monotonic() - timings.started) * 1000
         if parser.pending:  # a final event without its blank line: relay it as it came
+            final = final_event(parser.pending)
+            if final.name in OBSERVED_EVENTS:
+                observer.observe(final)
             if kept is not None:
                 kept.add(parser.pending)
             await response.write(parser.pending)
+
+
+async def _judged(exchange: Exchange, attempt: Attempt, answer: Answer) -> Answer:
+    """Read the start of an error answer into ``attempt.body`` for ``upstream_response``;
+    the answer to relay in its place (the whole of it: a longer body keeps its rest)."""
+    try:
+        body = await answer.read(JUDGED_BODY_LIMIT + 1)
+    except _UPSTREAM_FAILURES as exc:
+        answer.release()
+        raise _cut_short(exchange, exc) from None
+    attempt.body = body[:JUDGED_BODY_LIMIT]
+    if len(body) > JUDGED_BODY_LIMIT:
+        return PrefixedAnswer(answer, body)
+    return MemoryAnswer.buffered(answer, body)
+
+
+def _client_left(request: web.Request, exchange: Exchange) -> None:
+    exchange.client_disconnected = True
+    stalled = request.get(deadlines.STALLED)
+    if stalled is not None:
+        exchange.fail(ErrorKind.CLIENT_STALLED, f"client read nothing for {stalled:g} s "
+                      "(write_stall_timeout): disconnected")
+    else:
+        exchange.fail(ErrorKind.CLIENT_DISCONNECTED, "client disconnected")
 
 
 def _plugin_error(exchange: Exchange, exc: PluginFailed) -> MidwayError:
@@ -581,6 +692,54 @@ def _plugin_answer(exchange: Exchange, answer: Any) -> MemoryAnswer:
         return MemoryAnswer(answer.status, headers, stream=answer.stream)
     headers.setdefault("content-type", answer.content_type or "application/json")
     return MemoryAnswer(answer.status, headers, body=answer.body_bytes())
+
+
+# How an upstream fails in the middle of an answer's body (both clients).
+_UPSTREAM_FAILURES = (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError,
+                      aiohttp.ClientOSError, aiohttp.ServerTimeoutError)
+
+
+class _EndedEarly(aiohttp.ClientPayloadError):
+    """An answer whose HTTP framing ended but whose content did not (a stream without
+    ``message_stop``, a close-delimited JSON body unfinished)."""
+
+
+def _cut_short(exchange: Exchange, exc: BaseException) -> MidwayError:
+    """Record that the upstream's answer ended early (``exc``: how); the error to answer
+    with if nothing was sent yet."""
+    timeout = isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError)
+    exchange.upstream_cut_short = True
+    exchange.error_type = "api_error"
+    name = exchange.upstream.name if exchange.upstream is not None else "default"
+    if timeout:
+        exchange.error, exchange.error_kind = "upstream idle timeout", ErrorKind.STREAM_TIMEOUT
+        return MidwayError(504, f"upstream {name} went silent in the middle of its answer",
+                           kind=ErrorKind.STREAM_TIMEOUT)
+    exchange.error = f"upstream {exc}" if isinstance(exc, _EndedEarly) else \
+        f"upstream stream failed: {type(exc).__name__}"
+    exchange.error_kind = ErrorKind.STREAM_BROKEN
+    return MidwayError(502, f"upstream {name} ended its answer early",
+                       kind=ErrorKind.STREAM_BROKEN)
+
+
+def _end_broken(request: web.Request) -> None:
+    """End the client's response as broken, never complete: the connection is closed after
+    what was written, without the chunked body's last chunk (a response with a length falls
+    short of it)."""
+    transport = request.transport
+    if transport is not None:
+        transport.close()
+
+
+def _json_ended(body: bytes, encoding: str | None) -> bool:
+    """Whether a whole close-delimited body is a finished JSON value (empty or unreadable:
+    assumed)."""
+    decoded = decode_body(body, encoding, BUFFER_LIMIT)
+    if not decoded:
+        return True
+    scanner = TopLevelScanner()
+    scanner.feed(decoded)
+    return scanner.complete or scanner.invalid
 
 
 async def _close(response: web.StreamResponse) -> None:

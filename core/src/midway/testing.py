@@ -37,6 +37,7 @@ from aiohttp.streams import StreamReader
 from aiohttp.test_utils import make_mocked_request
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from midway import deadlines
 from midway.answer import Answer, MemoryAnswer
 from midway.config import Settings
 from midway.context import Midway
@@ -50,6 +51,7 @@ from midway.fake_upstream import (
     estimate_tokens,
 )
 from midway.hookspecs import hookimpl
+from midway.hostile_upstream import RawReply, RawRequest, RawUpstream
 from midway.identity import passthrough_principal
 from midway.proxy import Proxy
 from midway.server import PROXY_KEY, build_app, build_midway
@@ -73,7 +75,8 @@ from midway.testing_services import (
 T = TypeVar("T")
 
 __all__ = ["FakeUpstream", "Harness", "HarnessResult", "PrivatePostgres", "PrivateRedis",
-           "RecordedRequest", "Reply", "RunningMidway", "ServerThread", "call_hook", "free_port",
+           "RawReply", "RawRequest", "RawUpstream", "RecordedRequest", "Reply", "RunningMidway",
+           "ServerThread", "call_hook", "free_port",
            "make_exchange", "pg_query", "pg_schema", "pg_schema_factory", "postgres_dsn",
            "private_postgres", "private_postgres_module", "private_redis", "redis_prefix",
            "redis_url", "wait_for", "wait_listening"]
@@ -98,8 +101,11 @@ class ServerThread:
         self.call(self._start())
         return self
 
+    def _make_runner(self) -> web.AppRunner:
+        return web.AppRunner(self.app, **self.runner_kwargs)
+
     async def _start(self) -> None:
-        self._runner = web.AppRunner(self.app, **self.runner_kwargs)
+        self._runner = self._make_runner()
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
@@ -151,6 +157,11 @@ class RunningMidway(ServerThread):
         self.midway = midway
         super().__init__(build_app(midway), handler_cancellation=True,
                          shutdown_timeout=midway.settings.shutdown_timeout)
+
+    def _make_runner(self) -> web.AppRunner:
+        # the connection deadlines of `midway serve` (header, body, keep-alive, write stall)
+        return deadlines.GuardedRunner(self.app, deadlines.Limits.of(self.midway.settings),
+                                       **self.runner_kwargs)
 
     @property
     def proxy(self) -> Any:
@@ -220,12 +231,15 @@ def midway_proxy(midway_factory: Callable[..., RunningMidway]) -> RunningMidway:
 
 @attrs.define
 class HarnessResult:
-    """What the client received, and the exchange as ``post_response`` left it."""
+    """What the client received, and the exchange as ``post_response`` left it.
+    ``ended``: the response was ended properly (false: left broken, as for an answer the
+    upstream cut short)."""
 
     status: int
     headers: CIMultiDict[str]
     body: bytes
     exchange: Exchange
+    ended: bool = True
 
     def json(self) -> Any:
         return orjson.loads(self.body)
@@ -305,7 +319,8 @@ class Harness:
                                       client_max_size=self.midway.settings.max_body_size)
         await self.proxy.handle(request)
         exchange = self._finished.pop(client.headers["x-midway-request-id"])
-        return HarnessResult(client.status, client.headers, b"".join(client.chunks), exchange)
+        return HarnessResult(client.status, client.headers, b"".join(client.chunks), exchange,
+                             client.ended)
 
     async def _send(self, prepared: PreparedRequest, lean: bool) -> Answer:
         """The in-memory upstream: a PreparedRequest in, the fake's answer as an Answer."""
@@ -371,6 +386,7 @@ class _Client(aiohttp.abc.AbstractStreamWriter):
         self.status = 0
         self.headers: CIMultiDict[str] = CIMultiDict()
         self.chunks: list[bytes] = []
+        self.ended = False
 
     async def write(self, chunk: Any, *, drain: bool = True, LIMIT: int = 0x10000) -> None:
         if chunk:
@@ -378,6 +394,7 @@ class _Client(aiohttp.abc.AbstractStreamWriter):
 
     async def write_eof(self, chunk: bytes = b"") -> None:
         await self.write(chunk)
+        self.ended = True
 
     async def drain(self) -> None:
         pass

@@ -169,6 +169,27 @@ def test_bodies_off_and_truncation(fake_upstream, audited):
     assert len(record["response_body"].encode()) < 300
 
 
+def test_answer_over_the_relay_buffer_is_recorded_cut(fake_upstream, audited, monkeypatch):
+    """A JSON answer too large for the relay to buffer is relayed through; the record holds
+    its start, marked truncated, and its usage (#18 items 4, 5)."""
+    from midway import proxy
+
+    monkeypatch.setattr(proxy, "BUFFER_LIMIT", 64 * 1024)
+    running = audited()
+    fake_upstream.reply(Reply(content=[{"type": "text", "text": "y" * (256 * 1024)}],
+                              usage={"input_tokens": 9, "output_tokens": 4}))
+    msg = client(running).messages.with_raw_response.create(
+        model="claude-sonnet-4-6", max_tokens=10, messages=MESSAGES)
+    assert msg.parse().content[0].text == "y" * (256 * 1024)
+    midway_id = msg.headers["x-midway-request-id"]
+    wait_for(lambda: get(running, midway_id) is not None)
+    record = get(running, midway_id)
+    assert record["response_truncated"] is True and record["error"] is None
+    assert record["usage"]["output_tokens"] == 4
+    assert record["response_body"].startswith('{"id":"msg_')
+    assert len(record["response_body"]) <= 64 * 1024
+
+
 def test_an_unserialisable_record_is_still_written_plainly(fake_upstream, audited):
     class Odd:
         @hookimpl(tryfirst=True)

@@ -33,6 +33,7 @@ class Pending:
     response_events: EventLog | None  # a stream's events, reassembled in prepare
     ring_end: int = 0  # where its frame ends in the hand-off ring (writer process)
     replay: bool = False  # read again after a writer was killed: it may be stored already
+    response_cut: bool = False  # response_body is only the start of the answer (the relay's)
 
     @property
     def size(self) -> int:
@@ -105,7 +106,9 @@ def capture(exchange: Exchange, bodies: bool) -> tuple[bytes, bytes, bytes]:
         if kept is not None:
             response, kind, truncated = b"".join(kept.chunks), "stream", kept.truncated
         elif exchange.response_body is not None:
-            response, kind = exchange.response_body, "json"
+            # an answer over the relay's buffer limit: only its start is kept
+            response, kind, truncated = exchange.response_body, "json", \
+                exchange.response_body_truncated
     values = [
         exchange.id, exchange.upstream_request_id, timings.started_at, principal.id,
         principal.name, principal.team, principal.kind, exchange.client_address,
@@ -157,7 +160,8 @@ def received(data: bytes, request_body: bytes, response: bytes, max_body: int) -
         events = EventLog.from_sse(response, max_body, truncated)
     elif kind == "json":
         response_body = response
-    return Pending(fields, headers, request_body, UNPARSED, response_body, events)
+    return Pending(fields, headers, request_body, UNPARSED, response_body, events,
+                   response_cut=truncated and kind == "json")
 
 
 def join_query(fields: dict[str, Any]) -> None:
@@ -186,7 +190,8 @@ def prepare(pending: Pending, redactor: Redactor, max_body: int, bodies: bool) -
         events = pending.response_events
         if events is not None:
             raw = orjson.dumps(reassemble(events.data, max_body, events.truncated))
-        response_body, meta["response_truncated"] = _body_text(raw, redactor, max_body)
+        response_body, cut = _body_text(raw, redactor, max_body)
+        meta["response_truncated"] = cut or pending.response_cut
     meta["bodies"] = bodies
     meta["time"] = datetime.fromtimestamp(meta["ts"], UTC).isoformat(timespec="milliseconds")
     headers: dict[str, str] = {}
@@ -217,7 +222,7 @@ def plain_pending(pending: Pending, problem: str) -> Pending:
     """The same for a record whose preparation failed in the writer."""
     headers = [(str(_valid_utf8(k)), str(_valid_utf8(v))) for k, v in pending.headers]
     return Pending(_without_annotations(pending.meta, problem), headers, pending.request_body,
-                   None, pending.response_body, pending.response_events)
+                   None, pending.response_body, pending.response_events, pending.response_cut)
 
 
 def _without_annotations(meta: dict[str, Any], problem: str) -> dict[str, Any]:
