@@ -41,6 +41,9 @@ class ErrorKind(enum.StrEnum):
     STREAM_ERROR = "stream_error"
     #: the client went away before the answer was complete
     CLIENT_DISCONNECTED = "client_disconnected"
+    #: midway was shutting down: a request that came during the drain, or one still open at
+    #: its deadline, cut with an ``overloaded_error`` (the usage seen so far is on the exchange)
+    SHUTDOWN = "shutdown"
     #: midway answered with an error of its own: a bad or unauthorised request, or a
     #: :class:`midway.MidwayError` a plugin raised on purpose
     REFUSED = "refused"
