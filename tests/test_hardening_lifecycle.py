@@ -20,6 +20,7 @@ import orjson
 import pytest
 from hardening_support import MSG, Left, Server, audit_ids, descendants, get_json, ledger_rows
 
+from midway.fake_upstream import RecordedRequest
 from midway.testing import FakeUpstream, Reply, wait_for
 
 BUDGET = 4.0  # shutdown_timeout of the drain test
@@ -97,6 +98,70 @@ sqlite_synchronous = "normal"
     # Each settled with the usage seen before the cut (message_start's input tokens).
     assert len(rows) == n and {r["state"] for r in rows} == {"settled"}
     assert all(r["input_tokens"] > 0 and r["error"] for r in rows), rows
+
+
+def test_during_the_drain_new_and_unanswered_requests_get_529_overloaded(
+        tmp_path: Path, fake: FakeUpstream) -> None:
+    config = f"""
+[midway]
+plugins = []
+access_log = false
+shutdown_timeout = {BUDGET}
+"""
+    server = Server(tmp_path, config, fake.url).start()
+
+    def reply(rec: RecordedRequest) -> Reply:
+        content = rec.body.decode()
+        if "think" in content:  # the upstream sends nothing for minutes
+            return Reply(first_byte_delay=300)
+        if "stream" in content:  # keeps the drain going
+            return Reply(delay=0.5, text_chunks=400)
+        return Reply()
+    fake.fake.default = reply
+
+    def body(text: str, stream: bool = False) -> bytes:
+        return orjson.dumps({**MSG, "stream": stream,
+                             "messages": [{"role": "user", "content": text}]})
+    headers = {"x-api-key": "sk-ant-drain"}
+    try:
+        async def run() -> tuple[int, bytes, int, bytes, bytes]:
+            # One kept-alive connection, used before and after the SIGTERM.
+            kept = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1))
+            others = aiohttp.ClientSession()
+            async with kept, others:
+                async with kept.post(server.url + "/v1/messages", data=body("hi"),
+                                     headers=headers) as resp:
+                    assert resp.status == 200
+                    await resp.read()
+                stream = await others.post(server.url + "/v1/messages",
+                                           data=body("stream", True), headers=headers)
+                await stream.content.readuntil(b"content_block_delta")
+                thinking = asyncio.create_task(others.post(
+                    server.url + "/v1/messages", data=body("think"), headers=headers))
+                await asyncio.to_thread(wait_for, lambda: len(fake.messages_requests) == 3,
+                                        timeout=10)
+                server.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+                await asyncio.to_thread(wait_for, lambda: _refused(server.port), timeout=10)
+                async with kept.post(server.url + "/v1/messages", data=body("late"),
+                                     headers=headers) as late:
+                    late_status, late_body = late.status, await late.read()
+                unanswered = await thinking
+                unanswered_body = await unanswered.read()
+                return late_status, late_body, unanswered.status, unanswered_body, \
+                    await stream.read()
+        late_status, late_body, status, unanswered, streamed = asyncio.run(run())
+        assert server.proc is not None and server.proc.wait(BUDGET + 30) == 0
+    finally:
+        server.ensure_stopped()
+    overloaded = {"type": "error", "error": {"type": "overloaded_error",
+                                             "message": "midway is shutting down; retry the "
+                                                        "request"}}
+    for got_status, got in ((late_status, late_body), (status, unanswered)):
+        answer = orjson.loads(got)
+        assert got_status == 529 and answer.pop("request_id").startswith("mw_")
+        assert answer == overloaded
+    assert b'"overloaded_error"' in streamed and b"message_stop" not in streamed
+    assert len(fake.messages_requests) == 3  # the late request never went upstream
 
 
 def _worker_pids(server: Server) -> list[int]:
