@@ -168,7 +168,7 @@ def _worker_pids(server: Server) -> list[int]:
     return descendants(server.pid)
 
 
-def _exited(pid: int, fd: int, timeout: float) -> bool:
+def _exited(fd: int, timeout: float) -> bool:
     ready, _, _ = select.select([fd], [], [], timeout)
     return bool(ready)
 
@@ -222,7 +222,7 @@ def test_a_worker_that_keeps_dying_is_restarted_with_back_off_while_the_other_se
             pidfd = os.pidfd_open(victim)
             try:
                 os.kill(victim, signal.SIGKILL)
-                assert _exited(victim, pidfd, 10)
+                assert _exited(pidfd, 10)
             finally:
                 os.close(pidfd)
             # The other worker serves meanwhile.
