@@ -13,8 +13,13 @@
 5. a PostgreSQL crash under load behind three instances sharing audit and billing on a private
    server: every answer recorded once and settled once, counters equal to the ledger, and the
    time until every instance answers again (tests/hardening_outages.py).
+6. SIGTERM under 1,000 open streams with a 60 s budget (``shutdown_timeout``): half of the
+   streams end within the budget, half would run for minutes and are cut at its deadline
+   with an ``overloaded_error``; the process must be gone within the budget + 10 s, every
+   request audited once and settled once (cut ones at their usage so far).
 
-Prints a JSON report; exits 1 if a check failed. ``--quick`` scales everything down.
+Prints a JSON report; exits 1 if a check failed. ``--quick`` scales everything down;
+``--only NAME`` runs one part.
 """
 
 from __future__ import annotations
@@ -250,6 +255,103 @@ def slow_streams(tmp: Path, fake_url: str, n: int) -> dict[str, Any]:
         server.ensure_stopped()
 
 
+DRAIN_CONFIG = """
+[midway]
+plugins = ["audit", "billing"]
+access_log = false
+pool_size = 2000
+shutdown_timeout = {budget}
+
+[audit]
+sqlite_synchronous = "normal"
+"""
+DRAIN_MARGIN = 10.0  # what docs/deploying.md tells a supervisor to allow beyond the budget
+
+
+async def open_streams(server: Server, n: int, budget: float) -> dict[str, Any]:
+    """``n`` streams, half short enough to end within the drain, half far longer; SIGTERM
+    once all are open; the clients' outcomes and how long the process took to exit."""
+    short = orjson.dumps({"delay": budget / 100, "text_chunks": 20}).decode()  # ~budget/4
+    long = orjson.dumps({"delay": budget / 20, "text_chunks": 100}).decode()  # ~5 x budget
+    outcomes = {"completed": 0, "cut_overloaded": 0, "failed": 0}
+    failures: list[str] = []
+    ids: list[str] = []
+    connector = aiohttp.TCPConnector(limit=0)
+    timeout = aiohttp.ClientTimeout(total=budget * 10)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        async def one(i: int) -> None:
+            body = orjson.dumps({"model": "claude-sonnet-4-6", "max_tokens": 64,
+                                 "stream": True, "messages": [
+                                     {"role": "user", "content": f"drain {i}"}]})
+            try:
+                async with session.post(server.url + "/v1/messages", data=body, headers={
+                        "x-api-key": "sk-ant-soak", "x-soak": "drain",
+                        "x-fake-reply": short if i % 2 else long}) as resp:
+                    ids.append(resp.headers.get("x-midway-request-id", "?"))
+                    data = await resp.read()
+                if resp.status == 200 and data.rstrip().endswith(b'{"type":"message_stop"}'):
+                    outcomes["completed"] += 1
+                elif resp.status == 200 and b"event: error" in data and \
+                        b'"overloaded_error"' in data:
+                    outcomes["cut_overloaded"] += 1
+                else:
+                    outcomes["failed"] += 1
+                    failures.append(f"{resp.status}: {data[-200:]!r}")
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                outcomes["failed"] += 1
+                failures.append(repr(exc))
+
+        tasks = [asyncio.create_task(one(i)) for i in range(n)]
+        while server.health()["open_streams"] < n:
+            if all(t.done() for t in tasks):
+                break
+            await asyncio.sleep(0.1)
+        signalled = time.monotonic()
+        stopped = asyncio.create_task(asyncio.to_thread(server.stop, signal.SIGTERM,
+                                                        budget + 60))
+        await asyncio.gather(*tasks)
+        code = await stopped
+        drain = time.monotonic() - signalled
+    return {**outcomes, "exit_code": code, "drain_seconds": round(drain, 1), "ids": ids,
+            "failures_sample": failures[:5]}
+
+
+def sigterm_drain(tmp: Path, fake_url: str, n: int, budget: float) -> dict[str, Any]:
+    server = Server(tmp, DRAIN_CONFIG.format(budget=budget), fake_url, name="drain").start()
+    try:
+        result = asyncio.run(open_streams(server, n, budget))
+        served = [r for r in get_json(fake_url + "/_fake/requests", timeout=60)
+                  if r["path"] == "/v1/messages" and r["headers"].get("x-soak") == "drain"]
+        records = audit_ids(server.data_dir)
+        rows = ledger_rows(server.data_dir)
+        ids = set(result.pop("ids"))
+        per_exchange: dict[str, int] = {}
+        for row in rows:
+            per_exchange[row["exchange_id"]] = per_exchange.get(row["exchange_id"], 0) + 1
+        unsettled = [r["exchange_id"] for r in rows if r["state"] != "settled"]
+        unpriced_cuts = [r["exchange_id"] for r in rows
+                         if r["error"] and r["input_tokens"] == 0]
+        duplicates = sum(c - 1 for c in records.values() if c > 1) + \
+            sum(c - 1 for c in per_exchange.values() if c > 1)
+        losses = len(ids - set(records)) + len(ids - set(per_exchange))
+        return {"streams": n, "budget_s": budget, **result,
+                "requests_served_upstream": len(served), "audit_records": len(records),
+                "ledger_rows": len(rows), "duplicates": duplicates, "losses": losses,
+                "unsettled_rows": len(unsettled), "cut_rows_without_usage": len(unpriced_cuts),
+                "checks": {
+                    "exit_0": result["exit_code"] == 0,
+                    "within_budget_and_margin": result["drain_seconds"] <= budget +
+                    DRAIN_MARGIN,
+                    "every_client_completed_or_told_overloaded": result["failed"] == 0 and
+                    result["completed"] + result["cut_overloaded"] == n,
+                    "short_streams_completed": result["completed"] >= n // 2,
+                    "served_upstream_each": len(served) == n == len(ids),
+                    "no_duplicates": duplicates == 0, "no_losses": losses == 0,
+                    "all_settled": not unsettled, "cuts_keep_their_usage": not unpriced_cuts}}
+    finally:
+        server.ensure_stopped()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -259,12 +361,15 @@ def main() -> int:
     parser.add_argument("--slow", type=int, default=1_000)
     parser.add_argument("--kills", type=int, default=20)
     parser.add_argument("--writer-kills", type=int, default=10)
+    parser.add_argument("--drain-streams", type=int, default=1_000)
+    parser.add_argument("--drain-budget", type=float, default=60.0)
     parser.add_argument("--only", help="run only these parts (comma-separated: soak, "
-                        "slow_streams, kill_9, writer_kills, postgres_restart)")
+                        "slow_streams, kill_9, writer_kills, postgres_restart, sigterm_drain)")
     parser.add_argument("--out", type=Path, help="also write the JSON report here")
     args = parser.parse_args()
     if args.quick:
         args.requests, args.slow, args.kills, args.writer_kills = 1_000, 100, 2, 3
+        args.drain_streams, args.drain_budget = 100, 10.0
     only = set(args.only.split(",")) if args.only else None
     report: dict[str, Any] = {}
     port = free_port()
@@ -275,7 +380,7 @@ def main() -> int:
         wait_listening(port, timeout=30)
         with tempfile.TemporaryDirectory(prefix="midway-soak-") as tmp:
             root = Path(tmp)
-            for part in ("soak", "slow", "kill", "writer", "pg"):
+            for part in ("soak", "slow", "kill", "writer", "pg", "drain"):
                 (root / part).mkdir()
             for name, run in (
                     ("soak", lambda: soak_streams(root / "soak", fake_url, args.requests,
@@ -283,7 +388,10 @@ def main() -> int:
                     ("slow_streams", lambda: slow_streams(root / "slow", fake_url, args.slow)),
                     ("kill_9", lambda: _kill_checks(crash_loop(root / "kill", args.kills))),
                     ("writer_kills", lambda: writer_kills(root / "writer", args.writer_kills)),
-                    ("postgres_restart", lambda: postgres_restart(root / "pg"))):
+                    ("postgres_restart", lambda: postgres_restart(root / "pg")),
+                    ("sigterm_drain", lambda: sigterm_drain(root / "drain", fake_url,
+                                                            args.drain_streams,
+                                                            args.drain_budget))):
                 if only is not None and name not in only:
                     continue
                 started = time.monotonic()

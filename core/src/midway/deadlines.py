@@ -177,6 +177,15 @@ class GuardedRunner(web.AppRunner):
         app[GUARDS_KEY] = self.guards
 
     @property
+    def shutdown_timeout(self) -> float:
+        """How long ``cleanup`` waits for handlers still running before it cancels them."""
+        return float(self._shutdown_timeout)
+
+    @shutdown_timeout.setter
+    def shutdown_timeout(self, seconds: float) -> None:
+        self._shutdown_timeout = seconds
+
+    @property
     def server(self) -> Any:
         """What sites pass to ``loop.create_server``: aiohttp's protocol factory, wrapped."""
         inner = super().server

@@ -46,6 +46,9 @@ class ErrorKind(enum.StrEnum):
     #: the client read nothing of the answer for ``write_stall_timeout`` seconds and was
     #: disconnected (``client_disconnected`` is set too)
     CLIENT_STALLED = "client_stalled"
+    #: midway was shutting down: a request that came during the drain, or one still open at
+    #: its deadline, cut with an ``overloaded_error`` (the usage seen so far is on the exchange)
+    SHUTDOWN = "shutdown"
     #: midway answered with an error of its own: a bad or unauthorised request, or a
     #: :class:`midway.MidwayError` a plugin raised on purpose
     REFUSED = "refused"

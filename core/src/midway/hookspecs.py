@@ -154,8 +154,9 @@ def shutdown(midway: Midway) -> None:
     """Flush queues and close what ``startup`` opened.
 
     Fires once per process on SIGTERM/SIGINT, after the server stopped accepting connections,
-    the open streams finished and the ``post_response`` calls in flight ended (each wait
-    bounded by ``shutdown_timeout``).
+    the open requests finished (or were cut at the drain's deadline) and the ``post_response``
+    calls in flight ended. The whole drain has one budget, ``shutdown_timeout``: this hook gets
+    what is left of it (at least half a second) and is cancelled at its end, so flush first.
 
     :param midway: the running instance.
     :return: nothing. Every implementation runs, even if one raises.

@@ -105,6 +105,13 @@ class Proxy:
         self.send: Callable[[PreparedRequest, bool], Awaitable[Answer]] = self._send_http
         self.open_streams = 0
         self.finishing: set[asyncio.Task[None]] = set()  # post_response runs in flight
+        # Shutdown (midway.server drains): requests being served, by the task serving each;
+        # ``draining`` refuses new ones, ``cutting`` ends the open ones (see ``cut``).
+        self.active: dict[asyncio.Task[Any], Exchange] = {}
+        self.draining = False
+        self.cutting = False
+        self.deadline: float | None = None  # the drain's end (event loop time)
+        self._idle: asyncio.Event | None = None
         self.refresh()
 
     def refresh(self) -> None:
@@ -117,6 +124,29 @@ class Proxy:
         # on_chunk implementations with the plugin object each belongs to (exchanges name the
         # plugins that observe their stream: Exchange.observe_stream)
         self.chunk_impls = [(p.pm.get_plugin(impl.plugin), impl) for impl in p.impls("on_chunk")]
+
+    # -- shutdown ----------------------------------------------------------------------------
+
+    async def drained(self, within: float) -> bool:
+        """Wait up to ``within`` seconds until no request is being served; whether none is."""
+        if self.active and within > 0:
+            self._idle = asyncio.Event()
+            try:
+                await asyncio.wait_for(self._idle.wait(), within)
+            except TimeoutError:
+                pass
+            finally:
+                self._idle = None
+        return not self.active
+
+    def cut(self) -> int:
+        """End every request still being served, now: a stream gets an ``event: error`` of
+        type ``overloaded_error`` (clients retry elsewhere), a request not answered yet a 529;
+        each is recorded with ``ErrorKind.SHUTDOWN`` and its usage so far. How many."""
+        self.cutting = True
+        for task in self.active:
+            task.cancel()
+        return len(self.active)
 
     # -- entry -------------------------------------------------------------------------------
 
@@ -135,6 +165,9 @@ class Proxy:
         metrics = self.midway.metrics
         if metrics is not None:
             metrics.inflight += 1
+        task = asyncio.current_task()
+        assert task is not None
+        self.active[task] = exchange
         response: web.StreamResponse | None = None
         try:
             response = await self._serve(request, exchange)
@@ -142,8 +175,17 @@ class Proxy:
         except MidwayError as exc:
             response = await self._answer_error(request, exchange, exc)
             return response
-        except (asyncio.CancelledError, ConnectionResetError,
-                aiohttp.ClientConnectionResetError):
+        except asyncio.CancelledError:
+            if self.cutting:
+                exchange.fail(ErrorKind.SHUTDOWN, "cut by shutdown")
+                if exchange.status is None:  # nothing of an answer went out yet
+                    task.uncancel()
+                    response = await self._answer_error(request, exchange, _shutting_down())
+                    return response
+                raise  # a body under way ends abnormally (the connection is dropped)
+            _client_left(request, exchange)
+            raise
+        except (ConnectionResetError, aiohttp.ClientConnectionResetError):
             _client_left(request, exchange)
             raise
         except Exception:
@@ -155,6 +197,9 @@ class Proxy:
                 return response
             raise
         finally:
+            del self.active[task]  # from here on, a shutdown waits for it in ``finishing``
+            if self._idle is not None and not self.active:
+                self._idle.set()
             if metrics is not None:
                 metrics.inflight -= 1
             rest = self._finish(exchange)
@@ -234,6 +279,8 @@ class Proxy:
     # -- the request -------------------------------------------------------------------------
 
     async def _serve(self, request: web.Request, exchange: Exchange) -> web.StreamResponse:
+        if self.draining:  # e.g. on a kept-alive connection, after the listener closed
+            raise _shutting_down()
         exchange.request.body = await self._read_body(request, exchange)
         await self._authenticate(exchange)
         self._check_scope(exchange)
@@ -583,6 +630,17 @@ class Proxy:
             await response.write(event)
             await _close(response)
             return response
+        except asyncio.CancelledError:
+            if not self.cutting or encoding:  # an encoded stream is dropped, not appended to
+                raise
+            task = asyncio.current_task()
+            assert task is not None
+            task.uncancel()
+            exchange.fail(ErrorKind.SHUTDOWN, "cut by shutdown")
+            exchange.error_type = "overloaded_error"
+            await response.write(error_event(SHUTTING_DOWN, "overloaded_error"))
+            await _close(response)
+            return response
         finally:
             self.open_streams -= 1
             if metrics is not None:
@@ -662,6 +720,13 @@ def _client_left(request: web.Request, exchange: Exchange) -> None:
                       "(write_stall_timeout): disconnected")
     else:
         exchange.fail(ErrorKind.CLIENT_DISCONNECTED, "client disconnected")
+
+
+SHUTTING_DOWN = "midway is shutting down; retry the request"
+
+
+def _shutting_down() -> MidwayError:
+    return MidwayError(529, SHUTTING_DOWN, kind=ErrorKind.SHUTDOWN)
 
 
 def _plugin_error(exchange: Exchange, exc: PluginFailed) -> MidwayError:

@@ -12,7 +12,6 @@ import shutil
 import signal
 import socket
 import sys
-import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -29,10 +28,15 @@ from midway.identity import identity_key, use_identity_key
 from midway.metrics import Metrics
 from midway.plugins import Impl, PluginHost
 from midway.proxy import Proxy
+from midway.supervisor import supervise
 
 log = logging.getLogger("midway")
 
-MAX_RESTARTS = 5  # worker restarts per minute before the server gives up
+# The drain on SIGTERM: open streams may run until the last FLUSH_SHARE of shutdown_timeout
+# (at most FLUSH_RESERVE seconds), which is left for post_response and the plugins' flushes.
+FLUSH_SHARE = 0.25
+FLUSH_RESERVE = 5.0
+MIN_FLUSH = 0.5  # plugins' shutdown gets this much even when the streams took all the rest
 MIDWAY_KEY: web.AppKey[Midway] = web.AppKey("midway", Midway)
 PROXY_KEY: web.AppKey[Proxy] = web.AppKey("proxy", Proxy)
 PUBLISHER_KEY: web.AppKey[asyncio.Task[None]] = web.AppKey("publisher", asyncio.Task)
@@ -157,9 +161,17 @@ def build_app(midway: Midway) -> web.Application:
             assert midway.metrics is not None
             with contextlib.suppress(OSError):  # the last snapshot, if the disk lets us
                 midway.metrics.publish()
+        loop = asyncio.get_running_loop()
+        deadline = proxy.deadline or loop.time() + settings.shutdown_timeout
         if proxy.finishing:  # post_response of requests whose clients already left
-            await asyncio.wait(list(proxy.finishing), timeout=settings.shutdown_timeout)
-        await midway.plugins.each("shutdown", swallow=True, midway=midway)
+            await asyncio.wait(list(proxy.finishing), timeout=max(deadline - loop.time(), 0))
+        try:  # plugins flush their queues (audit records, billing settlements) in the budget
+            await asyncio.wait_for(midway.plugins.each("shutdown", swallow=True, midway=midway),
+                                   max(deadline - loop.time(), MIN_FLUSH))
+        except TimeoutError:
+            log.error("plugins did not finish flushing within shutdown_timeout (%.0f s): what "
+                      "they had not written is lost; raise shutdown_timeout",
+                      settings.shutdown_timeout)
         if midway.session is not None:
             await midway.session.close()
         if proxy.fast is not None:
@@ -196,8 +208,10 @@ async def readiness(midway: Midway) -> list[str]:
 
 
 async def serve(settings: Settings, sock: socket.socket | None = None,
-                ready: asyncio.Event | None = None, worker_index: int = 0) -> None:
-    """Run one server until SIGTERM/SIGINT, then drain open streams and flush plugins."""
+                ready: asyncio.Event | None = None, worker_index: int = 0,
+                supervisor: int | None = None) -> None:
+    """Run one server until SIGTERM/SIGINT (or, for a worker, until the end of the pipe
+    ``supervisor`` reports that its supervisor is gone), then drain it (:func:`drain`)."""
     midway = build_midway(settings, worker_index=worker_index, publish=True)
     for info in midway.plugins.infos:
         if info.error:
@@ -225,6 +239,12 @@ async def serve(settings: Settings, sock: socket.socket | None = None,
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, begin_drain)
+    if supervisor is not None:
+        def orphaned() -> None:  # readable: at its end, as the supervisor is gone
+            loop.remove_reader(supervisor)
+            log.error("worker %d: its supervisor is gone; shutting down", worker_index)
+            begin_drain()
+        loop.add_reader(supervisor, orphaned)
     if ready is not None:
         ready.set()
     await stop.wait()
@@ -234,7 +254,30 @@ async def serve(settings: Settings, sock: socket.socket | None = None,
         log.info("midway draining: taking requests for %g s more while /readyz says 503",
                  settings.drain_delay)
         await asyncio.sleep(settings.drain_delay)
-    log.info("midway shutting down: %d open streams", app[PROXY_KEY].open_streams)
+    await drain(runner, app[PROXY_KEY], settings.shutdown_timeout)
+
+
+async def drain(runner: deadlines.GuardedRunner, proxy: Proxy, budget: float) -> None:
+    """Stop within ``budget`` seconds in all: stop accepting, let open requests finish until
+    the last share of the budget, cut the rest (``Proxy.cut``), then let ``post_response``
+    and the plugins' ``shutdown`` (their flushes) use what is left."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    proxy.deadline = deadline = started + budget
+    proxy.draining = True
+    log.info("midway shutting down: %d open streams, %.0f s to finish", proxy.open_streams,
+             budget)
+    for site in list(runner.sites):
+        await site.stop()
+    streams_end = deadline - min(FLUSH_SHARE * budget, FLUSH_RESERVE)
+    if not await proxy.drained(streams_end - loop.time()):
+        cut = proxy.cut()
+        log.warning("shutdown: %d request(s) still open after %.1f s cut with an "
+                    "overloaded_error (clients retry elsewhere)", cut, loop.time() - started)
+        await proxy.drained(deadline - loop.time())
+    # aiohttp's own wait for handlers (after which it cancels them) ends at the deadline too
+    # (0 would mean no limit to aiohttp).
+    runner.shutdown_timeout = max(deadline - loop.time(), 0.01)
     await runner.cleanup()
 
 
@@ -257,59 +300,8 @@ def run(settings: Settings) -> None:
 
 
 def _run_workers(settings: Settings, uvloop: object) -> None:
-    """Fork the workers and keep them running: a worker that dies is replaced, unless workers
-    keep dying (more than ``MAX_RESTARTS`` a minute), when the whole server stops with 1."""
+    def work(index: int, supervisor: int) -> None:
+        runner = getattr(uvloop, "run", None) or asyncio.run
+        runner(serve(settings, worker_index=index, supervisor=supervisor))
 
-    def spawn(index: int) -> int:
-        pid = os.fork()
-        if pid == 0:  # child: a full proxy on the shared port (SO_REUSEPORT)
-            code = 0
-            try:
-                runner = getattr(uvloop, "run", None) or asyncio.run
-                runner(serve(settings, worker_index=index))
-            except BaseException:
-                log.exception("worker %d failed", index)
-                code = 1
-            os._exit(code)
-        return pid
-
-    children = {spawn(index): index for index in range(settings.workers)}
-    stopping = False
-    restarts: list[float] = []
-
-    def forward(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-        for child in children:
-            try:
-                os.kill(child, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    status = 0
-    while children:
-        try:
-            pid, code = os.wait()
-        except InterruptedError:
-            continue
-        except ChildProcessError:
-            break
-        index = children.pop(pid, None)
-        if index is None:
-            continue
-        exit_code = os.waitstatus_to_exitcode(code)
-        if stopping:
-            status = status or exit_code
-            continue
-        now = time.monotonic()
-        restarts = [t for t in restarts if now - t < 60] + [now]
-        if len(restarts) > MAX_RESTARTS:
-            log.error("workers keep failing (%d restarts in a minute): stopping", len(restarts))
-            status = 1
-            forward(signal.SIGTERM, None)
-            continue
-        log.error("worker %d exited with %d: starting a new one", index, exit_code)
-        children[spawn(index)] = index
-    sys.exit(status)
+    sys.exit(supervise(settings.workers, work))
