@@ -18,7 +18,7 @@ from aiohttp.web_protocol import RequestPayloadError
 from multidict import CIMultiDict
 from yarl import URL
 
-from midway import accesslog
+from midway import accesslog, paths
 from midway.answer import SSE, Answer, ClientAnswer, MemoryAnswer, TranslatedAnswer
 from midway.context import Midway
 from midway.errors import MidwayError, error_event, error_response
@@ -225,6 +225,7 @@ class Proxy:
     # -- the request -------------------------------------------------------------------------
 
     async def _serve(self, request: web.Request, exchange: Exchange) -> web.StreamResponse:
+        paths.check(exchange.request.path)  # one spelling per route, before any hook
         exchange.request.body = await self._read_body(request, exchange)
         await self._authenticate(exchange)
         self._check_scope(exchange)
@@ -389,7 +390,10 @@ class Proxy:
         if upstream.model and isinstance(req.json, dict) and req.json.get("model") != \
                 upstream.model:
             body = orjson.dumps({**req.json, "model": upstream.model})
-        return PreparedRequest(method=req.method, url=upstream.url.rstrip("/") + req.path_qs,
+        # From the normal path only (a plugin may have changed it): no `..` leaves the prefix.
+        path = paths.check(req.path)
+        query = f"?{req.query_string}" if req.query_string else ""
+        return PreparedRequest(method=req.method, url=upstream.url.rstrip("/") + path + query,
                                headers=headers, body=body)
 
     async def _send_upstream(self, exchange: Exchange, upstream: Upstream) -> Answer:

@@ -18,10 +18,10 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from midway import __version__, deadlines, malformed
+from midway import __version__, deadlines, malformed, paths
 from midway.config import ConfigError, Settings
 from midway.context import Midway
-from midway.errors import error_response
+from midway.errors import MidwayError, error_response
 from midway.identity import identity_key, use_identity_key
 from midway.keys import install as install_keys
 from midway.metrics import Metrics
@@ -106,6 +106,10 @@ def build_app(midway: Midway) -> web.Application:
                             headers={"content-type": CONTENT_TYPE_LATEST})
 
     async def not_found(request: web.Request) -> web.Response:
+        try:
+            paths.check(request.rel_url.raw_path)  # e.g. //v1/messages: 400, the spelling to use
+        except MidwayError as exc:
+            return error_response(exc.status, exc.message)
         return error_response(404, f"midway serves /v1/*; no route for {request.path[:200]}")
 
     app.router.add_get("/", head_root)
