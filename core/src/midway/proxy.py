@@ -19,6 +19,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from midway import accesslog, paths
+from midway.access import browser_refusal
 from midway.answer import SSE, Answer, ClientAnswer, MemoryAnswer, TranslatedAnswer
 from midway.context import Midway
 from midway.errors import MidwayError, error_event, error_response
@@ -226,6 +227,9 @@ class Proxy:
 
     async def _serve(self, request: web.Request, exchange: Exchange) -> web.StreamResponse:
         paths.check(exchange.request.path)  # one spelling per route, before any hook
+        refusal = browser_refusal(request, self.midway.settings)
+        if refusal is not None:
+            raise MidwayError(403, refusal)
         exchange.request.body = await self._read_body(request, exchange)
         await self._authenticate(exchange)
         self._check_scope(exchange)

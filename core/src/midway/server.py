@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import os
 import shutil
@@ -19,6 +18,7 @@ import aiohttp
 from aiohttp import web
 
 from midway import __version__, deadlines, malformed, paths
+from midway.access import is_loopback, metrics_refusal
 from midway.config import ConfigError, Settings
 from midway.context import Midway
 from midway.errors import MidwayError, error_response
@@ -34,15 +34,6 @@ MAX_RESTARTS = 5  # worker restarts per minute before the server gives up
 MIDWAY_KEY: web.AppKey[Midway] = web.AppKey("midway", Midway)
 PROXY_KEY: web.AppKey[Proxy] = web.AppKey("proxy", Proxy)
 PUBLISHER_KEY: web.AppKey[asyncio.Task[None]] = web.AppKey("publisher", asyncio.Task)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def check_exposure(settings: Settings, force: bool = False) -> None:
@@ -101,6 +92,9 @@ def build_app(midway: Midway) -> web.Application:
 
     async def metrics(request: web.Request) -> web.Response:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+        refusal = metrics_refusal(request, midway)
+        if refusal is not None:
+            return error_response(403, refusal)
         assert midway.metrics is not None
         return web.Response(body=generate_latest(midway.metrics.registry),
                             headers={"content-type": CONTENT_TYPE_LATEST})
