@@ -607,11 +607,16 @@ async def _close(response: web.StreamResponse) -> None:
 
 def _record_metrics(metrics: Metrics, exchange: Exchange) -> None:
     upstream = exchange.upstream.name if exchange.upstream else "none"
-    # The answer's model (already parsed for usage); the request's only if a plugin parsed it.
-    model = exchange.response_model or (exchange.model if exchange.request.parsed else None) \
-        or "none"
-    model = model[:80]
-    metrics.requests[(str(exchange.status), model, upstream, exchange.principal.id[:80])] += 1
+    if exchange.unauthenticated:
+        # Anyone may send these, each with another key or model: one series for them all.
+        model, principal = "none", "unauthenticated"
+    else:
+        # The answer's model (already parsed for usage); the request's only if a plugin
+        # parsed it.
+        model = exchange.response_model or \
+            (exchange.model if exchange.request.parsed else None) or "none"
+        model, principal = model[:80], exchange.principal.id[:80]
+    metrics.requests[(str(exchange.status), model, upstream, principal)] += 1
     kind = "true" if exchange.streaming else "false"
     timings = exchange.timings
     if timings.total_ms is not None:
