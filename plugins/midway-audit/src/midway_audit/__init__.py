@@ -115,9 +115,9 @@ def upstream_request(exchange: Exchange, attempt: Attempt) -> Any:
 def post_response(exchange: Exchange) -> None:
     midway = exchange.midway
     service = midway.services.get(AUDIT) if midway is not None else None
-    channel = service.writer if service is not None else None
-    if channel is None:
+    if service is None or service.writer is None:
         return
+    channel = service.writer
     if exchange.unauthenticated and not exchange.attempts and \
             not service.refusals.admit(exchange.client_address, exchange.timings.started_at):
         # Refused before any upstream contact (so no write-ahead intent waits for it).
