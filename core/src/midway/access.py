@@ -41,10 +41,11 @@ def browser_refusal(request: web.Request, settings: Settings) -> str | None:
     visits rather than by the user's tools (``None``: it may not).
 
     A name of the page's own (DNS rebinding: ``evil.example`` resolving to 127.0.0.1) shows in
-    ``Host``: a loopback gateway answers only loopback names and ``allowed_hosts``. A page of
-    another site shows in ``Origin`` / ``Sec-Fetch-Site``: without client keys (the gateway's
-    own credentials would pay) those are refused unless the origin is in ``allowed_origins``.
-    Tools (Claude Code, the SDKs, curl) send neither.
+    ``Host``; a page of another site in ``Origin`` / ``Sec-Fetch-Site``. Without client keys
+    (the gateway's own credentials would pay) a loopback gateway answers only loopback names
+    and ``allowed_hosts``, and refuses browser origins not in ``allowed_origins``. With client
+    keys a page cannot present one it does not know: only ``allowed_hosts``, when set, applies.
+    Tools (Claude Code, the SDKs, curl) send no ``Origin``.
     """
     raw = request.headers.get("host")
     if raw is not None:
@@ -55,7 +56,8 @@ def browser_refusal(request: web.Request, settings: Settings) -> str | None:
                                                  for pattern in allowed):
                 return (f"Host {host[:100]!r} is not a name of this gateway; add it to "
                         "[midway] allowed_hosts")
-        elif is_loopback(settings.host) and not is_loopback(host):
+        elif is_loopback(settings.host) and not settings.client_keys_enabled and \
+                not is_loopback(host):
             return (f"this gateway listens on loopback and answers loopback names only, not "
                     f"{host[:100]!r} (a web page's name, e.g. DNS rebinding); add it to "
                     "[midway] allowed_hosts")
