@@ -75,7 +75,8 @@ def leave_before_first_byte(url: str, fake: FakeUpstream, seen: int) -> float:
     body = orjson.dumps({**MSG, "stream": True})
     port = int(url.rsplit(":", 1)[1])
     with socket.create_connection(("127.0.0.1", port)) as sock:
-        sock.sendall(b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nx-api-key: sk-ant-client\r\n"
+        sock.sendall(b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                     b"x-api-key: sk-ant-client\r\n"
                      b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
         wait_for(lambda: len(fake.messages_requests) > seen)  # the upstream is working on it
         left = time.monotonic()
@@ -85,7 +86,8 @@ def leave_before_first_byte(url: str, fake: FakeUpstream, seen: int) -> float:
 def leave_during_upload(url: str) -> None:
     port = int(url.rsplit(":", 1)[1])
     with socket.create_connection(("127.0.0.1", port)) as sock:
-        sock.sendall(b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nx-api-key: sk-ant-client\r\n"
+        sock.sendall(b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                     b"x-api-key: sk-ant-client\r\n"
                      b"Content-Length: 10000000\r\n\r\n" + b'{"model": "' + b"x" * 200_000)
 
 

@@ -53,7 +53,7 @@ def test_public_bind_refused_without_client_keys():
 def test_client_cannot_choose_the_upstream_host(fake_upstream, midway_proxy):
     port = int(midway_proxy.url.rsplit(":", 1)[1])
     answer = raw_request(port, b"POST http://evil.example/v1/messages HTTP/1.1\r\n"
-                               b"Host: evil.example\r\nx-api-key: k\r\n"
+                               b"Host: 127.0.0.1\r\nx-api-key: k\r\n"
                                b"X-Forwarded-Host: evil.example\r\nConnection: close\r\n"
                                b"Content-Length: " + str(len(MSG)).encode() + b"\r\n\r\n" + MSG)
     assert answer.startswith(b"HTTP/1.1 200")
@@ -159,12 +159,12 @@ def test_access_log_escapes_control_characters(fake_upstream, midway_factory, ca
 def test_many_headers_and_bad_header_values_are_client_errors(fake_upstream, midway_proxy):
     port = int(midway_proxy.url.rsplit(":", 1)[1])
     many = b"".join(b"x-h%d: v\r\n" % i for i in range(200))
-    answer = raw_request(port, b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nx-api-key: k\r\n" +
-                         many + b"Connection: close\r\nContent-Length: " +
+    answer = raw_request(port, b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                         b"x-api-key: k\r\n" + many + b"Connection: close\r\nContent-Length: " +
                          str(len(MSG)).encode() + b"\r\n\r\n" + MSG)
     assert answer.startswith(b"HTTP/1.1 200")
     assert fake_upstream.messages_requests[-1].headers["x-h199"] == "v"
-    answer = raw_request(port, b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nx-api-key: k\r\n"
+    answer = raw_request(port, b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nx-api-key: k\r\n"
                                b"x-evil: a\rb\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}")
     assert answer.startswith(b"HTTP/1.0 400")
     assert len(fake_upstream.messages_requests) == 1
@@ -199,7 +199,7 @@ def test_upstream_cookies_are_never_replayed_for_other_clients(fake_upstream, mi
 def test_path_and_query_bytes_are_forwarded_exactly(fake_upstream, midway_proxy):
     port = int(midway_proxy.url.rsplit(":", 1)[1])
     raw_request(port, b"GET /v1/models?limit=1000&after_id=a%2Fb%20c&x=%7E HTTP/1.1\r\n"
-                      b"Host: x\r\nx-api-key: k\r\nConnection: close\r\n\r\n")
+                      b"Host: 127.0.0.1\r\nx-api-key: k\r\nConnection: close\r\n\r\n")
     assert fake_upstream.requests[-1].query == "limit=1000&after_id=a%2Fb%20c&x=%7E"
 
 

@@ -1,14 +1,80 @@
-"""Who may read midway's own routes (status pages, dashboards): local clients or the admin."""
+"""Who may reach midway: local clients or the admin for its own routes (status pages,
+dashboards, ``/metrics``), and no web page for ``/v1/*`` unless configured."""
 
 from __future__ import annotations
 
+import fnmatch
 import hmac
+import ipaddress
 
 from aiohttp import web
 
+from midway.config import Settings
 from midway.context import Midway
 from midway.secrets_ref import SecretError, resolve
-from midway.server import is_loopback
+
+# Browsers send these on requests a page makes to another site (a cross-site form POST).
+_FOREIGN_SITES = ("cross-site", "same-site")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):  # RFC 6761: never leaves the host
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def host_name(value: str) -> str:
+    """The name in a ``Host`` header: without the port, brackets or a trailing dot."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        return value[1:value.find("]")] if "]" in value else value[1:]
+    if value.count(":") == 1:
+        value = value.split(":", 1)[0]
+    return value.rstrip(".")
+
+
+def browser_refusal(request: web.Request, settings: Settings) -> str | None:
+    """Why a request to ``/v1/*`` or ``/metrics`` may have been made by a web page the user
+    visits rather than by the user's tools (``None``: it may not).
+
+    A name of the page's own (DNS rebinding: ``evil.example`` resolving to 127.0.0.1) shows in
+    ``Host``; a page of another site in ``Origin`` / ``Sec-Fetch-Site``. Without client keys
+    (the gateway's own credentials would pay) a loopback gateway answers only loopback names
+    and ``allowed_hosts``, and refuses browser origins not in ``allowed_origins``. With client
+    keys a page cannot present one it does not know: only ``allowed_hosts``, when set, applies.
+    Tools (Claude Code, the SDKs, curl) send no ``Origin``.
+    """
+    raw = request.headers.get("host")
+    if raw is not None:
+        host = host_name(raw)
+        allowed = settings.allowed_hosts
+        if allowed:
+            if not is_loopback(host) and not any(fnmatch.fnmatchcase(host, pattern.lower())
+                                                 for pattern in allowed):
+                return (f"Host {host[:100]!r} is not a name of this gateway; add it to "
+                        "[midway] allowed_hosts")
+        elif is_loopback(settings.host) and not settings.client_keys_enabled and \
+                not is_loopback(host):
+            return (f"this gateway listens on loopback and answers loopback names only, not "
+                    f"{host[:100]!r} (a web page's name, e.g. DNS rebinding); add it to "
+                    "[midway] allowed_hosts")
+    if settings.client_keys_enabled:
+        return None  # a page cannot present a key it does not know
+    origins = settings.allowed_origins
+    if "*" in origins:
+        return None
+    origin = request.headers.get("origin")
+    if origin is not None and origin not in origins:
+        return (f"requests from web pages (Origin {origin[:100]!r}) are refused: without client "
+                "keys any page the user visits could spend this gateway's keys; add the origin "
+                "to [midway] allowed_origins")
+    if origin is None and request.headers.get("sec-fetch-site", "").lower() in _FOREIGN_SITES:
+        return ("requests a web page makes to another site (Sec-Fetch-Site) are refused: "
+                "without client keys any page the user visits could spend this gateway's keys")
+    return None
 
 
 def is_local_request(request: web.Request) -> bool:
@@ -40,3 +106,17 @@ def presents_admin_key(request: web.Request, midway: Midway) -> bool:
 def local_or_admin(request: web.Request, midway: Midway) -> bool:
     """The rule for read-only status routes: local clients, or anyone with the admin key."""
     return is_local_request(request) or presents_admin_key(request, midway)
+
+
+def metrics_refusal(request: web.Request, midway: Midway) -> str | None:
+    """Why ``/metrics`` is not served to this request (``[midway] metrics_auth``)."""
+    settings = midway.settings
+    mode = settings.metrics_auth
+    if mode == "auto":
+        mode = "local-or-admin" if settings.client_keys_enabled else "none"
+    if mode == "admin" and not presents_admin_key(request, midway):
+        return "/metrics is served with the admin key only ([midway] metrics_auth = \"admin\")"
+    if mode == "local-or-admin" and not local_or_admin(request, midway):
+        return ("/metrics is served to loopback clients or with the admin key ([midway] "
+                "metrics_auth)")
+    return browser_refusal(request, settings)

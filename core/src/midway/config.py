@@ -69,6 +69,10 @@ class Settings:
     ready_timeout: float = 2.0  # seconds each plugin's check_ready may take (/readyz)
     drain_delay: float = 0.0  # seconds still listening after SIGTERM, /readyz 503
     allow_public: bool = False
+    # Names and web origins /v1/* and /metrics answer besides loopback ones (midway.access).
+    allowed_hosts: list[str] = attrs.field(factory=list)
+    allowed_origins: list[str] = attrs.field(factory=list)
+    metrics_auth: str = "auto"  # auto | none | local-or-admin | admin
     trust_env: bool = False
     upstream_api_key: str | None = None  # reference; used when clients present midway keys
     client_keys: list[ClientKey] = attrs.field(factory=list)
@@ -134,8 +138,10 @@ _SCALARS: dict[str, type] = {
     "allow_public": bool, "trust_env": bool,
     "upstream_api_key": str, "admin_key": str, "identity_secret": str, "log_format": str,
     "log_level": str,
-    "access_log": bool, "upstream_client": str,
+    "access_log": bool, "upstream_client": str, "metrics_auth": str,
 }
+_LISTS = ("allowed_hosts", "allowed_origins")  # TOML arrays; comma-separated in MIDWAY_*
+METRICS_AUTH = ("auto", "none", "local-or-admin", "admin")
 
 
 def _coerce(name: str, value: Any, source: str) -> Any:
@@ -170,7 +176,7 @@ def _client_keys(entries: Any, source: str) -> list[ClientKey]:
     return keys
 
 
-def _split_plugins(value: str) -> list[str]:
+def _split_list(value: str) -> list[str]:
     return [name.strip() for name in value.split(",") if name.strip()]
 
 
@@ -200,6 +206,10 @@ def load_settings(config: str | Path | None = None, environ: Mapping[str, str] |
                 settings.plugins = [str(v) for v in value]
             elif key == "extra_plugins":
                 settings.extra_plugins = [str(v) for v in value]
+            elif key in _LISTS:
+                if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                    raise ConfigError(f"{source}: [midway] {key} must be a list of strings")
+                setattr(settings, key, list(value))
             elif key == "client_keys":
                 settings.client_keys = _client_keys(value, source)
             else:
@@ -211,7 +221,10 @@ def load_settings(config: str | Path | None = None, environ: Mapping[str, str] |
     if "MIDWAY_DATA_DIR" in env:
         settings.data_dir = Path(env["MIDWAY_DATA_DIR"]).expanduser()
     if "MIDWAY_PLUGINS" in env:
-        settings.plugins = _split_plugins(env["MIDWAY_PLUGINS"])
+        settings.plugins = _split_list(env["MIDWAY_PLUGINS"])
+    for key in _LISTS:
+        if f"MIDWAY_{key.upper()}" in env:
+            setattr(settings, key, _split_list(env[f"MIDWAY_{key.upper()}"]))
     for key, value in flags.items():
         if value is None or value == ():
             continue
@@ -227,6 +240,9 @@ def load_settings(config: str | Path | None = None, environ: Mapping[str, str] |
         raise ConfigError(f"upstream must be an http(s) URL, got {settings.upstream!r}")
     if settings.log_format not in ("text", "json"):
         raise ConfigError("log_format must be 'text' or 'json'")
+    if settings.metrics_auth not in METRICS_AUTH:
+        raise ConfigError(f"metrics_auth must be one of {', '.join(METRICS_AUTH)}, got "
+                          f"{settings.metrics_auth!r}")
     if settings.upstream_client not in ("fast", "aiohttp"):
         raise ConfigError("upstream_client must be 'fast' or 'aiohttp'")
     return settings

@@ -422,6 +422,15 @@ class Exchange:
         return isinstance(body, dict) and body.get("stream") is True
 
     @property
+    def unauthenticated(self) -> bool:
+        """Nobody known made this request: midway refused it before knowing the caller (a bad
+        key, a refused path or web page), or the upstream refused the client's own credential
+        (401). Anyone can send these without limit, so their metrics share one label value
+        and audit keeps them compact and rate-limited per client address."""
+        return self.status == 401 or (self.principal.kind == "anonymous" and
+                                      self.error_kind is ErrorKind.REFUSED and not self.attempts)
+
+    @property
     def final_attempt(self) -> Attempt | None:
         return self.attempts[-1] if self.attempts else None
 

@@ -13,6 +13,8 @@ import importlib.metadata
 import importlib.util
 import inspect
 import logging
+import os
+import stat
 import sys
 import time
 import types
@@ -57,6 +59,38 @@ class Impl:
     function: Callable[..., Any]
     argnames: tuple[str, ...]
     is_async: bool
+
+
+def import_risk(path: Path) -> str | None:
+    """Why code at ``path`` may have been written by someone other than root: the file, or a
+    directory above it, owned by another user or writable by one (group or world, a sticky
+    directory excepted). ``None``: only root could have put it there."""
+    path = Path(os.path.abspath(path))
+    for part in (path, *path.parents):
+        try:
+            info = part.stat()
+        except OSError as exc:
+            return f"{part} cannot be checked ({exc.strerror})"
+        directory = stat.S_ISDIR(info.st_mode)
+        writable = info.st_mode & stat.S_IWOTH or (info.st_mode & stat.S_IWGRP and
+                                                   info.st_gid != 0)
+        if info.st_uid != 0:
+            return f"{part} is owned by uid {info.st_uid}"
+        if writable and not (directory and info.st_mode & stat.S_ISVTX):
+            return f"{part} is writable by others (mode {stat.S_IMODE(info.st_mode):04o})"
+    return None
+
+
+def refuse_writable_by_others(path: Path) -> None:
+    """Raise ``PermissionError`` when running as root and ``path`` fails :func:`import_risk`:
+    importing it would run, as root, code a non-root user could have written (e.g. a plugin
+    named in a config file handed to ``midway config check``)."""
+    if getattr(os, "geteuid", lambda: -1)() != 0:
+        return
+    risk = import_risk(path)
+    if risk is not None:
+        raise PermissionError(f"refusing to import {path} as root: {risk}; make it and its "
+                              "directories root-owned and not writable by others")
 
 
 class PluginHost:
@@ -107,12 +141,14 @@ class PluginHost:
             self._register(name, obj, getattr(obj, "__version__", None), "object")
 
     def load_extra(self, spec: str) -> None:
-        """``path/to/plugin.py`` or ``package.module``."""
+        """``path/to/plugin.py`` or ``package.module``. Running as root, code that a non-root
+        user could have written (:func:`import_risk`) is refused, not imported."""
         path = Path(spec)
         if spec.endswith(".py") or path.is_file():
             name = path.stem
             source = f"file {path}"
             try:
+                refuse_writable_by_others(path)
                 module_spec = importlib.util.spec_from_file_location(f"midway_local_{name}", path)
                 if module_spec is None or module_spec.loader is None:
                     raise ImportError(f"cannot import {path}")
@@ -126,6 +162,9 @@ class PluginHost:
             name = spec.rsplit(".", 1)[-1]
             source = f"module {spec}"
             try:
+                found = importlib.util.find_spec(spec.split(".", 1)[0])
+                if found is not None and found.origin and os.path.isabs(found.origin):
+                    refuse_writable_by_others(Path(found.origin))
                 module = importlib.import_module(spec)
             except Exception as exc:
                 self._failed(name, None, source, exc)

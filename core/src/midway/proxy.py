@@ -18,7 +18,8 @@ from aiohttp.web_protocol import RequestPayloadError
 from multidict import CIMultiDict
 from yarl import URL
 
-from midway import accesslog, deadlines
+from midway import accesslog, deadlines, paths
+from midway.access import browser_refusal
 from midway.answer import (
     SSE,
     Answer,
@@ -281,6 +282,10 @@ class Proxy:
     async def _serve(self, request: web.Request, exchange: Exchange) -> web.StreamResponse:
         if self.draining:  # e.g. on a kept-alive connection, after the listener closed
             raise _shutting_down()
+        paths.check(exchange.request.path)  # one spelling per route, before any hook
+        refusal = browser_refusal(request, self.midway.settings)
+        if refusal is not None:
+            raise MidwayError(403, refusal)
         exchange.request.body = await self._read_body(request, exchange)
         await self._authenticate(exchange)
         self._check_scope(exchange)
@@ -439,7 +444,10 @@ class Proxy:
         if upstream.model and isinstance(req.json, dict) and req.json.get("model") != \
                 upstream.model:
             body = orjson.dumps({**req.json, "model": upstream.model})
-        return PreparedRequest(method=req.method, url=upstream.url.rstrip("/") + req.path_qs,
+        # From the normal path only (a plugin may have changed it): no `..` leaves the prefix.
+        path = paths.check(req.path)
+        query = f"?{req.query_string}" if req.query_string else ""
+        return PreparedRequest(method=req.method, url=upstream.url.rstrip("/") + path + query,
                                headers=headers, body=body)
 
     async def _send_upstream(self, exchange: Exchange, upstream: Upstream) -> Answer:
@@ -816,11 +824,16 @@ async def _close(response: web.StreamResponse) -> None:
 
 def _record_metrics(metrics: Metrics, exchange: Exchange) -> None:
     upstream = exchange.upstream.name if exchange.upstream else "none"
-    # The answer's model (already parsed for usage); the request's only if a plugin parsed it.
-    model = exchange.response_model or (exchange.model if exchange.request.parsed else None) \
-        or "none"
-    model = model[:80]
-    metrics.requests[(str(exchange.status), model, upstream, exchange.principal.id[:80])] += 1
+    if exchange.unauthenticated:
+        # Anyone may send these, each with another key or model: one series for them all.
+        model, principal = "none", "unauthenticated"
+    else:
+        # The answer's model (already parsed for usage); the request's only if a plugin
+        # parsed it.
+        model = exchange.response_model or \
+            (exchange.model if exchange.request.parsed else None) or "none"
+        model, principal = model[:80], exchange.principal.id[:80]
+    metrics.requests[(str(exchange.status), model, upstream, principal)] += 1
     kind = "true" if exchange.streaming else "false"
     timings = exchange.timings
     if timings.total_ms is not None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-import ipaddress
 import logging
 import os
 import shutil
@@ -19,11 +18,12 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from midway import __version__, deadlines, malformed
+from midway import __version__, deadlines, malformed, paths
+from midway.access import is_loopback, metrics_refusal
 from midway.background import start_every
 from midway.config import ConfigError, Settings
 from midway.context import Midway
-from midway.errors import error_response
+from midway.errors import MidwayError, error_response
 from midway.identity import identity_key, use_identity_key
 from midway.metrics import Metrics
 from midway.plugins import Impl, PluginHost
@@ -40,15 +40,6 @@ MIN_FLUSH = 0.5  # plugins' shutdown gets this much even when the streams took a
 MIDWAY_KEY: web.AppKey[Midway] = web.AppKey("midway", Midway)
 PROXY_KEY: web.AppKey[Proxy] = web.AppKey("proxy", Proxy)
 PUBLISHER_KEY: web.AppKey[asyncio.Task[None]] = web.AppKey("publisher", asyncio.Task)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def check_exposure(settings: Settings, force: bool = False) -> None:
@@ -115,11 +106,18 @@ def build_app(midway: Midway) -> web.Application:
 
     async def metrics(request: web.Request) -> web.Response:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+        refusal = metrics_refusal(request, midway)
+        if refusal is not None:
+            return error_response(403, refusal)
         assert midway.metrics is not None
         return web.Response(body=generate_latest(midway.metrics.registry),
                             headers={"content-type": CONTENT_TYPE_LATEST})
 
     async def not_found(request: web.Request) -> web.Response:
+        try:
+            paths.check(request.rel_url.raw_path)  # e.g. //v1/messages: 400, the spelling to use
+        except MidwayError as exc:
+            return error_response(exc.status, exc.message)
         return error_response(404, f"midway serves /v1/*; no route for {request.path[:200]}")
 
     app.router.add_get("/", head_root)

@@ -29,6 +29,7 @@ from midway_audit.handoff.intents import intent_meta
 from midway_audit.metrics import AuditMetrics
 from midway_audit.operations import config_check, db_upgrade  # noqa: F401 (hooks)
 from midway_audit.record import capture
+from midway_audit.refusals import RefusalLimit
 from midway_audit.service import AUDIT, AuditService
 from midway_audit.stores.store import AuditStore
 
@@ -75,7 +76,8 @@ async def startup(midway: Midway) -> None:
         raise
     if config.bodies:
         midway.keep_stream_bodies(config.max_body_bytes * _STREAM_OVERHEAD)
-    midway.services[AUDIT] = AuditService(store, channel)
+    midway.services[AUDIT] = AuditService(store, channel,
+                                          RefusalLimit(config.refused_per_minute))
     log.info("audit: recording to %s (bodies %s, writer process %s)", config.describe_store(),
              "on" if config.bodies else "off", channel.proc.pid if channel.proc else None)
 
@@ -136,9 +138,16 @@ def upstream_request(exchange: Exchange, attempt: Attempt) -> Any:
 def post_response(exchange: Exchange) -> None:
     midway = exchange.midway
     service = midway.services.get(AUDIT) if midway is not None else None
-    channel = service.writer if service is not None else None
-    if channel is not None:
-        channel.record(*capture(exchange, channel.config.bodies))
+    if service is None or service.writer is None:
+        return
+    channel = service.writer
+    if exchange.unauthenticated and not exchange.attempts and \
+            not service.refusals.admit(exchange.client_address, exchange.timings.started_at):
+        # Refused before any upstream contact (so no write-ahead intent waits for it).
+        if channel.metrics is not None:
+            channel.metrics.dropped.labels("refused_rate_limited").inc()
+        return
+    channel.record(*capture(exchange, channel.config.bodies))
 
 
 @hookimpl

@@ -100,6 +100,9 @@ class AuditConfig:
     bodies: bool = option(True, help="store request and response bodies")
     max_body_bytes: int = option(4 * MiB, converter=byte_size,
                                  help="per body, after redaction; longer ones are cut and marked")
+    refused_per_minute: int = option(
+        60, ge=0, help="records per client address and minute of requests midway refused "
+        "before knowing the caller (bad key, refused path or web page); the rest are counted")
     redact_defaults: bool = option(True, help="mask the built-in secret patterns")
     redact_patterns: dict[str, str] = option(
         {}, help="more patterns to mask: name = Python regular expression")

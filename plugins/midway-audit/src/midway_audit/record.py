@@ -85,6 +85,7 @@ CAPTURED = ("id", "upstream_request_id", "ts", "principal", "principal_name", "t
             "error", "error_type", "client_disconnected", "answered_by", "streaming",
             "ttfb_ms", "upstream_ttfb_ms", "total_ms", "usage", "annotations", "headers",
             "response", "stream_truncated", "audit_problem")
+COMPACT_PATH = 256  # characters of path and query kept of an unauthenticated request
 _ATTEMPT = ("number", "upstream", "status", "error", "retried", "request_id")
 
 
@@ -92,7 +93,10 @@ def capture(exchange: Exchange, bodies: bool) -> tuple[bytes, bytes, bytes]:
     """A finished exchange as a record frame's parts for the writer process (frames.RECORD):
     its metadata, the request body and the response (both the bytes already in hand). This
     runs on the relay's path for every request: it only reads fields; naming, rounding and
-    deriving happen in the writer (``received``)."""
+    deriving happen in the writer (``received``).
+
+    A request nobody known made (``exchange.unauthenticated``) is recorded compactly: no
+    bodies, no headers, the path and query cut short — its sender chose all of them."""
     principal = exchange.principal
     upstream = exchange.upstream
     timings = exchange.timings
@@ -101,7 +105,10 @@ def capture(exchange: Exchange, bodies: bool) -> tuple[bytes, bytes, bytes]:
     response: bytes | None = None
     kind = "none"
     truncated = False
-    if bodies:
+    compact = exchange.unauthenticated
+    # parsing a large body costs the relay: left to the writer unless already done
+    model = exchange.model if request.parsed else None
+    if bodies and not compact:
         kept = exchange.kept_stream
         if kept is not None:
             response, kind, truncated = b"".join(kept.chunks), "stream", kept.truncated
@@ -112,9 +119,9 @@ def capture(exchange: Exchange, bodies: bool) -> tuple[bytes, bytes, bytes]:
     values = [
         exchange.id, exchange.upstream_request_id, timings.started_at, principal.id,
         principal.name, principal.team, principal.kind, exchange.client_address,
-        request.method, request.path, request.query_string,
-        # parsing a large body costs the relay: left to the writer unless already done
-        exchange.model if request.parsed else None,
+        request.method[:16], request.path[:COMPACT_PATH] if compact else request.path,
+        request.query_string[:COMPACT_PATH] if compact else request.query_string,
+        model[:COMPACT_PATH] if compact and model else model,
         exchange.response_model,
         upstream.name if upstream is not None else None,
         upstream.key_id if upstream is not None else None,
@@ -124,13 +131,13 @@ def capture(exchange: Exchange, bodies: bool) -> tuple[bytes, bytes, bytes]:
         exchange.client_disconnected, exchange.answered_by, exchange.streaming,
         timings.ttfb_ms, timings.upstream_ttfb_ms, timings.total_ms,
         usage.raw if usage.seen else None, exchange.annotations,
-        list(request.headers.items()), kind, truncated, None]
+        [] if compact else list(request.headers.items()), kind, truncated, None]
     try:
         data = orjson.dumps(values, default=str)
     except Exception as exc:
         # One odd record must still be recorded: plainly, and saying so.
         data = orjson.dumps(plain(values, type(exc).__name__), default=str)
-    return data, request.body, response or b""
+    return data, b"" if compact else request.body, response or b""
 
 
 def received(data: bytes, request_body: bytes, response: bytes, max_body: int) -> Pending:

@@ -7,14 +7,18 @@ from typing import Any
 from midway.services import ServiceKey
 from midway_audit.chain import verify
 from midway_audit.handoff.channel import WriterChannel
+from midway_audit.refusals import RefusalLimit
 from midway_audit.stores.queries import Filter
 from midway_audit.stores.store import AuditStore
 
 
 class AuditService:
-    def __init__(self, store: AuditStore, writer: WriterChannel | None = None) -> None:
+    def __init__(self, store: AuditStore, writer: WriterChannel | None = None,
+                 refusals: RefusalLimit | None = None) -> None:
         self.store = store
         self.writer = writer
+        # which refused requests are recorded (see refusals.py)
+        self.refusals = refusals or RefusalLimit(60)
 
     async def query(self, since: Any = None, until: Any = None, principal: str | None = None,
                     model: str | None = None, status: Any = None, text: str | None = None,

@@ -11,6 +11,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import attrs
+import orjson
 
 from midway import MidwayError, Retry, Upstream
 from midway.annotations import ROUTE, UPSTREAM_KEY
@@ -32,6 +33,12 @@ log = logging.getLogger("midway.router")
 
 STATE = "router"  # this plugin's slot in ``exchange.state``
 META = "router_key"  # the KeyState an Upstream was chosen with, in ``Upstream.meta``
+# Requests whose 401/403 says something about the key: inference, whatever the client's path
+# names elsewhere (an admin route, a file of another workspace) says nothing about it.
+INFERENCE = frozenset({("POST", "/v1/messages"), ("POST", "/v1/messages/count_tokens"),
+                       ("POST", "/v1/messages/batches"), ("POST", "/v1/complete")})
+ADMIN_API = "/v1/organizations"  # Anthropic's admin API: an admin key's business, not a pool's
+KEY_ERRORS = {401: "authentication_error", 403: "permission_error"}
 
 
 @attrs.define(eq=False)
@@ -45,6 +52,8 @@ class RequestState:
     judged: set[int] = attrs.field(factory=set)  # attempt numbers already judged
     retries: int = 0
     scoped_out: set[str] = attrs.field(factory=set)  # upstreams the principal may not use
+    inference: bool = False  # a 401/403 to this request may speak of the key (INFERENCE)
+    admin: bool = False  # the path is Anthropic's admin API
 
 
 class Router:
@@ -86,7 +95,11 @@ class Router:
                 session = exchange.request.headers.get(s.affinity_header)
             elif s.affinity == "principal":
                 session = exchange.principal.id
-            st = RequestState(rule=rule, facts=facts, session=session)
+            request = exchange.request
+            path = request.path
+            st = RequestState(rule=rule, facts=facts, session=session,
+                              inference=(request.method, path) in INFERENCE,
+                              admin=path == ADMIN_API or path.startswith(ADMIN_API + "/"))
             allowed = exchange.principal.upstreams
             if allowed:
                 # Upstreams this client key may not use are out of the running from the start.
@@ -104,6 +117,11 @@ class Router:
         if picked is None:
             raise self._refusal(st, now)
         target, key = picked
+        if st.admin and key.fp is not None and not st.rule.admin_api:
+            self._count_refusal(403)
+            raise MidwayError(403, f"{ADMIN_API}/... (Anthropic's admin API) is not forwarded "
+                              "with pooled keys; a [[router.rules]] entry with admin_api = true "
+                              "allows it")
         if st.session is not None:
             self.affinity.set(st.session, key.upstream.spec.name, key.fp, now)
         spec = key.upstream.spec
@@ -276,6 +294,8 @@ class Router:
             return "rate_limited"
         if status in (401, 403):
             st.tried.add(id(key))
+            if not _speaks_of_key(st, status, attempt.body):
+                return None  # the client's request was refused, not the key
             key.disabled_until = now + self.settings.disable_for
             key.disabled_reason = f"upstream answered {status}"
             log.warning("router: key %s of upstream %s answered %d; out of rotation for %.0f s",
@@ -356,6 +376,18 @@ class Router:
         """Every upstream key (by fingerprint): health, rests, remaining quota, in flight."""
         now = time.time()
         return [key.as_status(now) for up in self.upstreams.values() for key in up.keys]
+
+
+def _speaks_of_key(st: RequestState, status: int, body: bytes | None) -> bool:
+    """Whether a 401/403 is evidence that the key itself is bad: an inference request (never
+    a path the client chose to probe with) answered with Anthropic's error of that status."""
+    if not st.inference or not body:
+        return False
+    try:
+        error = orjson.loads(body).get("error")
+    except (orjson.JSONDecodeError, AttributeError):
+        return False
+    return isinstance(error, dict) and error.get("type") == KEY_ERRORS[status]
 
 
 def _vendor_model(models: tuple[tuple[str, str], ...], model: str | None) -> str | None:

@@ -71,6 +71,7 @@ class RuleSpec:
     targets: tuple[TargetSpec, ...]
     fallback: tuple[TargetSpec, ...] = ()
     balance: str = "weighted"
+    admin_api: bool = False  # may forward Anthropic's admin API (/v1/organizations/...)
 
 
 def _strs(value: Any, where: str) -> tuple[str, ...]:
@@ -209,8 +210,9 @@ def _rule(table: Mapping[str, Any], name: str, where: str) -> RuleSpec:
     if balance not in BALANCES:
         raise ConfigError(f"{where}: balance must be one of {', '.join(BALANCES)}")
     match = _match(table.get("match"), f"{where}.match")
+    admin_api = _bool(table.get("admin_api"), f"{where}.admin_api") or False
     return RuleSpec(name=name, match=match, targets=tuple(targets), fallback=fallback,
-                    balance=balance)
+                    balance=balance, admin_api=admin_api)
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -232,7 +234,8 @@ def _rules(value: Any) -> tuple[RuleSpec, ...]:
     for i, raw in enumerate(_as_list(value)):
         table = _table(raw, f"#{i + 1}")
         name = str(table.get("name") or f"rule{i + 1}")
-        known = {"name", "match", "model", "target", "targets", "fallback", "balance"}
+        known = {"name", "match", "model", "target", "targets", "fallback", "balance",
+                 "admin_api"}
         unknown = set(table) - known
         if unknown:
             raise ConfigError(f"rule {name!r}: unknown key(s) {', '.join(sorted(unknown))}")
