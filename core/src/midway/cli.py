@@ -130,6 +130,7 @@ def serve(host: str | None, port: int | None, upstream: str | None, config_path:
           plugins: tuple[str, ...], data_dir: str | None, workers: int | None,
           allow_public: bool | None) -> None:
     """Run the proxy."""
+    from midway import preflight
     from midway.server import check_exposure, run
 
     root = click.get_current_context().find_root().params
@@ -139,7 +140,10 @@ def serve(host: str | None, port: int | None, upstream: str | None, config_path:
                                  data_dir=data_dir or root.get("data_dir"), workers=workers,
                                  allow_public=allow_public)
         check_exposure(settings)
+        preflight.check(settings)
         _setup_logging(settings)
+        for warning in preflight.warnings(settings):
+            logging.getLogger("midway").warning("%s", warning)
         prepare(settings.data_dir)
         identity_key(settings)  # created here, before any worker: a bad one fails now
     except ConfigError as exc:

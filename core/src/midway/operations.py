@@ -11,11 +11,13 @@ from typing import Any
 
 import attrs
 
-from midway.config import Settings
+from midway import preflight
+from midway.config import ConfigError, Settings
 from midway.context import Midway
 from midway.keys import operations as keys_operations
-from midway.secrets_ref import SecretError, resolve
+from midway.secrets_ref import SecretError
 from midway.server import build_midway, runtime_dir
+from midway.storage import StoreURLError, describe
 
 
 @attrs.define
@@ -29,20 +31,7 @@ class CheckResult:
 
 
 def _core_problems(settings: Settings) -> list[str]:
-    problems = []
-    for name, ref in (("upstream_api_key", settings.upstream_api_key),
-                      ("admin_key", settings.admin_key),
-                      ("identity_secret", settings.identity_secret)):
-        if ref:
-            try:
-                resolve(ref)
-            except SecretError as exc:
-                problems.append(f"[midway] {name}: {exc}")
-    for key in settings.client_keys:
-        try:
-            resolve(key.key)
-        except SecretError as exc:
-            problems.append(f"client key {key.name!r}: {exc}")
+    problems = preflight.problems(settings) + preflight.warnings(settings)
     if settings.client_keys and not settings.upstream_api_key:
         problems.append("client keys are configured but [midway] upstream_api_key is not: "
                         "requests not routed by a plugin would reach the upstream without "
@@ -80,15 +69,30 @@ def config_check(settings: Settings) -> list[CheckResult]:
     for plugin, found, exc in asyncio.run(_run_per_plugin(midway, "config_check")):
         problems = [str(p) for p in (found or [])]
         if exc is not None:
-            problems.append(f"{type(exc).__name__}: {exc}")
+            problems += in_words(exc)
         results.append(CheckResult(plugin, problems))
     if keys_operations.enabled(settings):
         try:
             problems = asyncio.run(keys_operations.check(settings))
         except Exception as exc:
-            problems = [f"{type(exc).__name__}: {exc}"]
+            problems = in_words(exc)
         results.append(CheckResult("keys", problems))
     return results
+
+
+def in_words(exc: BaseException) -> list[str]:
+    """The problems an exception stands for, as a person reads them: a config error's lines
+    (one per problem), an unset credential, or what went wrong — never a class name."""
+    if isinstance(exc, ConfigError | SecretError | StoreURLError):
+        return [line for line in str(exc).splitlines() if line.strip()]
+    if isinstance(exc, ImportError):
+        return [f"a module it needs is not installed ({exc.name or exc}); install the "
+                "plugin's extras"]
+    if isinstance(exc, TimeoutError):
+        return ["timed out"]
+    if isinstance(exc, OSError):
+        return [describe(exc)]
+    return [f"failed: {describe(exc)}"]
 
 
 def db_upgrade(settings: Settings) -> list[tuple[str, list[str]]]:
@@ -99,10 +103,10 @@ def db_upgrade(settings: Settings) -> list[tuple[str, list[str]]]:
         try:
             done.append(("keys", asyncio.run(keys_operations.upgrade(settings))))
         except Exception as failure:
-            raise RuntimeError(f"keys: {type(failure).__name__}: {failure}") from failure
+            raise RuntimeError(f"keys: {'; '.join(in_words(failure))}") from failure
     for plugin, changes, exc in asyncio.run(_run_per_plugin(midway, "db_upgrade")):
         if exc is not None:
-            raise RuntimeError(f"{plugin}: {type(exc).__name__}: {exc}") from exc
+            raise RuntimeError(f"{plugin}: {'; '.join(in_words(exc))}") from exc
         done.append((plugin, [str(c) for c in (changes or [])]))
     return done
 
