@@ -40,6 +40,16 @@ async def startup(midway: Midway) -> None:
 
 
 @hookimpl
+def describe(midway: Midway) -> str:
+    config = midway.options("router", RouterSettings)
+    if not config.upstreams:
+        return ("no upstreams configured ([[router.upstreams]]): requests go to "
+                f"{midway.settings.upstream}")
+    names = ", ".join(u.name for u in config.upstreams)
+    return f"routes to {names} by {len(config.rules)} rule(s)"
+
+
+@hookimpl
 async def shutdown(midway: Midway) -> None:
     router = midway.services.pop(ROUTER, None)
     if router is None:
