@@ -39,9 +39,9 @@ def parse_duration(value: object) -> float:
 
 
 def format_duration(seconds: float) -> str:
-    """``seconds`` in the largest unit that divides it (``7d``, ``90m``, ``45s``), the form
-    :func:`parse_duration` reads back."""
-    for unit in ("w", "d", "h", "m"):
+    """``seconds`` in the largest unit up to days that divides it (``7d``, ``90m``, ``45s``),
+    the form :func:`parse_duration` reads back."""
+    for unit in ("d", "h", "m"):
         size = _UNITS[unit]
         if seconds >= size and seconds % size == 0:
             return f"{int(seconds // size)}{unit}"
