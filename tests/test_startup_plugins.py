@@ -118,3 +118,19 @@ def test_start_up_lines_say_what_each_plugin_does(tmp_path):
     assert all(lines.values()), text
     assert f"http://127.0.0.1:{port}/_midway/" in lines["dashboard"]
     assert str(tmp_path / "data") in lines["audit"]
+
+
+def test_plugin_read_commands_never_create_a_store(tmp_path):
+    typo = tmp_path / "data-typo"
+    for args, store in ((["audit", "query"], "audit.db"), (["audit", "verify"], "audit.db"),
+                        (["billing", "report"], "billing.db"),
+                        (["billing", "budgets"], "billing.db"),
+                        (["cache", "stats"], "cache.db")):
+        env = {**os.environ, "MIDWAY_PLUGINS": "audit,billing,cache"}
+        result = subprocess.run([sys.executable, "-m", "midway.cli", *args, "--data-dir",
+                                 str(typo)], env=env, capture_output=True, text=True,
+                                timeout=60)
+        assert result.returncode == 1, result
+        assert result.stderr.startswith(f"Error: no {store[:-3]} store exists at "
+                                        f"{typo / store}: "), result.stderr
+        assert not typo.exists(), args

@@ -130,3 +130,25 @@ def test_upstream_ending_in_v1_warns_and_start_up_lines_say_what_runs(tmp_path):
     assert f"data dir {tmp_path / 'data'}" in text
     assert "plugins: says" in text
     assert f"  says: says hello from {port}" in text
+
+
+def test_read_commands_never_create_a_store(tmp_path):
+    typo = tmp_path / "data-typo"
+    env = {**os.environ, "MIDWAY_PLUGINS": ""}
+    for args in (["keys", "list"], ["keys", "show", "k_x"], ["keys", "revoke", "k_x"]):
+        result = subprocess.run([sys.executable, "-m", "midway.cli", *args, "--data-dir",
+                                 str(typo)], env=env, capture_output=True, text=True,
+                                timeout=60)
+        assert result.returncode == 1, result
+        assert result.stderr.strip() == (
+            f"Error: no keys store exists at {typo / 'keys.db'}: nothing was recorded there "
+            "(is --data-dir, MIDWAY_DATA_DIR or the store setting right?)")
+        assert not typo.exists()
+    # Issuing a key creates the store; reading it then works.
+    created = subprocess.run([sys.executable, "-m", "midway.cli", "keys", "create", "--name",
+                              "a", "--data-dir", str(typo)], env=env, capture_output=True,
+                             text=True, timeout=60)
+    assert created.returncode == 0, created.stderr
+    listed = subprocess.run([sys.executable, "-m", "midway.cli", "keys", "list", "--data-dir",
+                             str(typo)], env=env, capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0 and " a " in f" {listed.stdout} ", listed

@@ -17,6 +17,7 @@ from midway.datadir import prepare, private_files
 from midway.identity import identity_key, passthrough_id
 from midway.keys.cli import make_keys_group
 from midway.plugins import PluginHost
+from midway.storage import StoreMissing, stores_created
 from midway.timeparse import TIME_FORMS, parse_time
 
 
@@ -48,7 +49,10 @@ def settings_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Give a command ``--config`` and ``--data-dir`` and pass it ``settings``.
 
     Options given on the root (``midway --data-dir D audit query``) apply too; the
-    command's own win. Every command that reads a store should use this.
+    command's own win. Every command that reads a store should use this: it never creates a
+    store (:func:`midway.storage.stores_created`); where none exists the command fails with
+    one line saying so. A command that must create one (``keys create``, ``db upgrade``)
+    opens it within ``stores_created(True)``.
     """
 
     @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
@@ -64,7 +68,11 @@ def settings_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                                      data_dir=data_dir or root.get("data_dir"))
         except ConfigError as exc:
             raise click.ClickException(str(exc)) from None
-        return fn(*args, settings=settings, **kwargs)
+        try:
+            with stores_created(False):
+                return fn(*args, settings=settings, **kwargs)
+        except StoreMissing as exc:
+            raise click.ClickException(str(exc)) from None
 
     return wrapper
 
@@ -255,7 +263,8 @@ def db_upgrade_command(settings: Settings) -> None:
     from midway.operations import db_upgrade
 
     try:
-        done = db_upgrade(settings)
+        with stores_created(True):
+            done = db_upgrade(settings)
     except RuntimeError as exc:
         raise click.ClickException(str(exc)) from None
     for plugin, changes in done:

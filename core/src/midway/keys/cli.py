@@ -17,6 +17,7 @@ from midway.config import ConfigError, Settings
 from midway.keys.model import KeyRecord, KeysError
 from midway.keys.service import Issued, KeyService
 from midway.keys.store import open_store
+from midway.storage import stores_created
 from midway.timeparse import parse_duration
 
 T = TypeVar("T")
@@ -30,7 +31,9 @@ def _is_duration(text: str) -> bool:
     return True
 
 
-def _run(settings: Settings, operation: Callable[[KeyService], Awaitable[T]]) -> T:
+def _run(settings: Settings, operation: Callable[[KeyService], Awaitable[T]],
+         create: bool = False) -> T:
+    """Run ``operation`` on the key store; only ``create`` may create the store."""
     config = settings.plugin_config("keys")
 
     async def main() -> T:
@@ -42,7 +45,8 @@ def _run(settings: Settings, operation: Callable[[KeyService], Awaitable[T]]) ->
             await store.close()
 
     try:
-        return asyncio.run(main())
+        with stores_created(create):
+            return asyncio.run(main())
     except KeysError as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -122,7 +126,7 @@ def make_keys_group(settings_options: Callable[[Callable[..., Any]], Callable[..
         if not settings.plugin_config("keys").get("enabled"):
             click.echo("note: [keys] enabled is not set; servers will not accept stored keys "
                        "until it is", err=True)
-        issued = _run(settings, lambda service: service.create(spec, parent))
+        issued = _run(settings, lambda service: service.create(spec, parent), create=True)
         _show_issued(issued, as_json)
 
 
