@@ -162,6 +162,36 @@ def serve(host: str | None, port: int | None, upstream: str | None, config_path:
         raise click.ClickException(str(exc)) from None
 
 
+@cli.command("claude", add_help_option=False, context_settings={
+    "ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def claude_command(args: tuple[str, ...]) -> None:
+    """Run Claude Code through midway: start midway in the background if none is running on
+    the configured port, then run `claude ARGS` pointed at it. midway's own options go before
+    the command: `midway --config X claude -p "hi"`. `midway stop` stops the background
+    instance."""
+    from midway import launcher
+
+    root = click.get_current_context().find_root().params
+    try:
+        settings = load_settings(root.get("config_path"), data_dir=root.get("data_dir"))
+        launcher.launch(settings, list(args))
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@cli.command("stop")
+@settings_options
+def stop_command(settings: Settings) -> None:
+    """Stop the background midway that `midway claude` started (never another process)."""
+    from midway import launcher
+
+    try:
+        click.echo(launcher.stop(settings))
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 @cli.command("principal")
 @click.argument("credential")
 @settings_options
