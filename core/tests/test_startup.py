@@ -104,7 +104,7 @@ def test_plugin_file_failing_at_import_fails_start_up(tmp_path):
     plugin.write_text("raise RuntimeError('boom at import')\n")
     result = serve(tmp_path, "--port", str(free_port()), "--plugin", str(plugin))
     assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
-    assert f"Error: --plugin {plugin}: failed to load: boom at import" in result.stderr
+    assert result.stderr.strip() == f"Error: --plugin {plugin}: failed to load: boom at import"
 
 
 def test_upstream_ending_in_v1_warns_and_start_up_lines_say_what_runs(tmp_path):

@@ -141,7 +141,8 @@ class PluginHost:
     def _failed(self, name: str, version: str | None, source: str, exc: BaseException) -> None:
         message = (f"cannot import {exc.name!r}" if isinstance(exc, ImportError) and exc.name
                    else str(exc) or type(exc).__name__)
-        log.error("plugin %s (%s) failed to load: %s", name, source, message)
+        if source.startswith("entry point"):  # left out; a --plugin fails start-up instead
+            log.error("plugin %s (%s) failed to load: %s", name, source, message)
         self.infos.append(PluginInfo(name=name, version=version, source=source, error=message))
 
     # -- calling -----------------------------------------------------------------------------
