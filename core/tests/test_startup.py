@@ -152,3 +152,23 @@ def test_read_commands_never_create_a_store(tmp_path):
     listed = subprocess.run([sys.executable, "-m", "midway.cli", "keys", "list", "--data-dir",
                              str(typo)], env=env, capture_output=True, text=True, timeout=60)
     assert listed.returncode == 0 and " a " in f" {listed.stdout} ", listed
+
+
+def test_a_mistake_found_by_workers_is_said_once_and_not_restarted(tmp_path):
+    plugin = tmp_path / "echo_table.py"
+    plugin.write_text(
+        "import attrs\nfrom midway import hookimpl\nfrom midway.options import option\n"
+        "@attrs.frozen\nclass Echo:\n    enabled: bool = option(True, help='on')\n"
+        "@hookimpl\ndef startup(midway):\n    midway.options('echo', Echo)\n")
+    config = tmp_path / "midway.toml"
+    config.write_text("[echo]\nenabeld = true\n")
+    line = one_line_error(serve(tmp_path, "--port", str(free_port()), "--config", str(config),
+                                "--plugin", str(plugin), "--workers", "2"))
+    assert line == f"Error: {config}: [echo] enabeld: unknown setting; did you mean `enabled`?"
+
+
+def test_unknown_core_setting_suggests_the_nearest(tmp_path):
+    config = tmp_path / "midway.toml"
+    config.write_text("[midway]\nprot = 9000\n")
+    line = one_line_error(serve(tmp_path, "--config", str(config)))
+    assert line == f"Error: {config}: [midway] prot: unknown setting; did you mean `port`?"

@@ -32,6 +32,7 @@ from midway.proxy import Proxy
 log = logging.getLogger("midway")
 
 MAX_RESTARTS = 5  # worker restarts per minute before the server gives up
+EX_CONFIG = 78  # a worker's exit status for a configuration mistake (sysexits.h)
 MIDWAY_KEY: web.AppKey[Midway] = web.AppKey("midway", Midway)
 PROXY_KEY: web.AppKey[Proxy] = web.AppKey("proxy", Proxy)
 PUBLISHER_KEY: web.AppKey[asyncio.Task[None]] = web.AppKey("publisher", asyncio.Task)
@@ -249,6 +250,10 @@ def _run_workers(settings: Settings, uvloop: object) -> None:
             try:
                 runner = getattr(uvloop, "run", None) or asyncio.run
                 runner(serve(settings, worker_index=index))
+            except ConfigError as exc:  # every worker would fail alike: said once, no restart
+                if index == 0:
+                    print(f"Error: {exc}", file=sys.stderr, flush=True)
+                code = EX_CONFIG
             except BaseException:
                 log.exception("worker %d failed", index)
                 code = 1
@@ -284,6 +289,10 @@ def _run_workers(settings: Settings, uvloop: object) -> None:
         exit_code = os.waitstatus_to_exitcode(code)
         if stopping:
             status = status or exit_code
+            continue
+        if exit_code == EX_CONFIG:  # a configuration mistake: restarting cannot help
+            status = 1
+            forward(signal.SIGTERM, None)
             continue
         now = time.monotonic()
         restarts = [t for t in restarts if now - t < 60] + [now]
