@@ -134,3 +134,23 @@ def test_plugin_read_commands_never_create_a_store(tmp_path):
         assert result.stderr.startswith(f"Error: no {store[:-3]} store exists at "
                                         f"{typo / store}: "), result.stderr
         assert not typo.exists(), args
+
+
+def test_router_upstream_ending_in_v1_warns(tmp_path):
+    config = tmp_path / "midway.toml"
+    config.write_text('[[router.upstreams]]\nname = "gw"\nurl = "http://127.0.0.1:9/v1"\n')
+    log = tmp_path / "serve.log"
+    env = {**os.environ, "MIDWAY_PLUGINS": "router"}
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "midway.cli", "serve", "--port", str(free_port()),
+             "--config", str(config), "--data-dir", str(tmp_path / "data")], env=env,
+            stderr=out)
+        try:
+            wait_for(lambda: "listening on" in log.read_text(), timeout=30)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=30)
+    assert ("WARNING midway.router: [router] upstream 'gw' http://127.0.0.1:9/v1 ends in /v1, "
+            "but clients' paths already start with /v1 (requests would go to "
+            "http://127.0.0.1:9/v1/v1/messages); use http://127.0.0.1:9") in log.read_text()

@@ -132,10 +132,15 @@ def bind_problem(settings: Settings, exc: OSError) -> str:
 
 def warnings(settings: Settings) -> list[str]:
     """Settings that work but probably do not do what was meant."""
-    out = []
-    upstream = settings.upstream.rstrip("/")
-    if upstream.endswith("/v1"):
-        out.append(f"upstream {settings.upstream} ends in /v1, but clients' paths already "
-                   f"start with /v1 (requests would go to {upstream}/v1/messages); use "
-                   f"{upstream[:-3]}")
-    return out
+    doubled = doubled_v1(settings.upstream, "upstream")
+    return [doubled] if doubled else []
+
+
+def doubled_v1(url: str, label: str) -> str | None:
+    """A warning for an Anthropic base URL ending in ``/v1``: midway appends the client's path,
+    which starts with ``/v1`` already."""
+    base = url.rstrip("/")
+    if not base.endswith("/v1"):
+        return None
+    return (f"{label} {url} ends in /v1, but clients' paths already start with /v1 (requests "
+            f"would go to {base}/v1/messages); use {base[:-3]}")
