@@ -77,7 +77,7 @@ def test_bad_config_is_a_clear_error(tmp_path):
     assert result.exit_code != 0 and "port must be int" in result.output
     config.write_text("[midway]\nprot = 1\n")
     result = CliRunner().invoke(cli, ["serve", "--config", str(config)])
-    assert "unknown setting [midway] prot" in result.output
+    assert "[midway] prot: unknown setting; did you mean `port`?" in result.output
 
 
 def test_mock_upstream_command_serves_the_fake_api():

@@ -67,6 +67,18 @@ def test_unknown_key_names_file_table_and_nearest_key() -> None:
         load({"colour": 1})
 
 
+def test_every_problem_of_a_table_is_reported_one_per_line() -> None:
+    with pytest.raises(ConfigError) as info:
+        load({"enabeld": True, "limit": 1.5, "ttl": "soon"}, source="midway.toml",
+             env={"MIDWAY_ECHO__COLOUR": "red"})
+    lines = str(info.value).splitlines()
+    assert lines[0] == "midway.toml: [echo] enabeld: unknown setting; did you mean `enabled`?"
+    assert lines[1].startswith("MIDWAY_ECHO__COLOUR: [echo] colour: unknown setting; ")
+    assert lines[2].startswith("midway.toml: [echo] ttl: expected a duration")
+    assert lines[3] == "midway.toml: [echo] limit: expected an integer, got 1.5"
+    assert len(lines) == 4
+
+
 @pytest.mark.parametrize(("table", "message"), [
     ({"limit": 1.5}, "[echo] limit: expected an integer, got 1.5"),
     ({"limit": 0}, "[echo] limit: expected a number >= 1, got 0"),

@@ -17,6 +17,7 @@ from midway.datadir import prepare, private_files
 from midway.identity import identity_key, passthrough_id
 from midway.keys.cli import make_keys_group
 from midway.plugins import PluginHost
+from midway.storage import StoreMissing, stores_created
 from midway.timeparse import TIME_FORMS, parse_time
 
 
@@ -48,7 +49,10 @@ def settings_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Give a command ``--config`` and ``--data-dir`` and pass it ``settings``.
 
     Options given on the root (``midway --data-dir D audit query``) apply too; the
-    command's own win. Every command that reads a store should use this.
+    command's own win. Every command that reads a store should use this: it never creates a
+    store (:func:`midway.storage.stores_created`); where none exists the command fails with
+    one line saying so. A command that must create one (``keys create``, ``db upgrade``)
+    opens it within ``stores_created(True)``.
     """
 
     @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
@@ -64,7 +68,11 @@ def settings_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                                      data_dir=data_dir or root.get("data_dir"))
         except ConfigError as exc:
             raise click.ClickException(str(exc)) from None
-        return fn(*args, settings=settings, **kwargs)
+        try:
+            with stores_created(False):
+                return fn(*args, settings=settings, **kwargs)
+        except StoreMissing as exc:
+            raise click.ClickException(str(exc)) from None
 
     return wrapper
 
@@ -130,6 +138,7 @@ def serve(host: str | None, port: int | None, upstream: str | None, config_path:
           plugins: tuple[str, ...], data_dir: str | None, workers: int | None,
           allow_public: bool | None) -> None:
     """Run the proxy."""
+    from midway import preflight
     from midway.server import check_exposure, run
 
     root = click.get_current_context().find_root().params
@@ -139,7 +148,10 @@ def serve(host: str | None, port: int | None, upstream: str | None, config_path:
                                  data_dir=data_dir or root.get("data_dir"), workers=workers,
                                  allow_public=allow_public)
         check_exposure(settings)
+        preflight.check(settings)
         _setup_logging(settings)
+        for warning in preflight.warnings(settings):
+            logging.getLogger("midway").warning("%s", warning)
         prepare(settings.data_dir)
         identity_key(settings)  # created here, before any worker: a bad one fails now
     except ConfigError as exc:
@@ -147,6 +159,36 @@ def serve(host: str | None, port: int | None, upstream: str | None, config_path:
     try:
         run(settings)
     except ConfigError as exc:  # a plugin's table, found bad at start-up
+        raise click.ClickException(str(exc)) from None
+
+
+@cli.command("claude", add_help_option=False, context_settings={
+    "ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def claude_command(args: tuple[str, ...]) -> None:
+    """Run Claude Code through midway: start midway in the background if none is running on
+    the configured port, then run `claude ARGS` pointed at it. midway's own options go before
+    the command: `midway --config X claude -p "hi"`. `midway stop` stops the background
+    instance."""
+    from midway import launcher
+
+    root = click.get_current_context().find_root().params
+    try:
+        settings = load_settings(root.get("config_path"), data_dir=root.get("data_dir"))
+        launcher.launch(settings, list(args))
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@cli.command("stop")
+@settings_options
+def stop_command(settings: Settings) -> None:
+    """Stop the background midway that `midway claude` started (never another process)."""
+    from midway import launcher
+
+    try:
+        click.echo(launcher.stop(settings))
+    except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
 
 
@@ -251,7 +293,8 @@ def db_upgrade_command(settings: Settings) -> None:
     from midway.operations import db_upgrade
 
     try:
-        done = db_upgrade(settings)
+        with stores_created(True):
+            done = db_upgrade(settings)
     except RuntimeError as exc:
         raise click.ClickException(str(exc)) from None
     for plugin, changes in done:

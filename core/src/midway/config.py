@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 import sys
 import tomllib
@@ -213,7 +214,10 @@ def load_settings(config: str | Path | None = None, environ: Mapping[str, str] |
             elif key == "client_keys":
                 settings.client_keys = _client_keys(value, source)
             else:
-                raise ConfigError(f"{source}: unknown setting [midway] {key}")
+                known = [*_SCALARS, "data_dir", "plugins", "extra_plugins", "client_keys"]
+                close = difflib.get_close_matches(key, known, n=1)
+                hint = f"; did you mean `{close[0]}`?" if close else ""
+                raise ConfigError(f"{source}: [midway] {key}: unknown setting{hint}")
     for key in _SCALARS:
         name = f"MIDWAY_{key.upper()}"
         if name in env:

@@ -13,9 +13,9 @@ midway's core calls these hooks, in this order, for every request under ``/v1/``
           │ a Response answers the request            on_chunk (each SSE event) ─▶ post_response
 
 Around the process: ``register_commands`` when the ``midway`` command line is built;
-``register_routes``, then ``register_metrics``, then ``startup`` when a server starts;
-``shutdown`` when it stops; ``check_ready`` on each ``GET /readyz``; ``config_check`` and
-``db_upgrade`` in the commands of those names.
+``register_routes``, then ``register_metrics``, then ``startup``, then ``describe`` when a
+server starts; ``shutdown`` when it stops; ``check_ready`` on each ``GET /readyz``;
+``config_check`` and ``db_upgrade`` in the commands of those names.
 
 Implementing a hook
 -------------------
@@ -65,9 +65,9 @@ What happens is part of the contract, and each hook below states it:
 * ``pre_request``, ``choose_upstream``, ``upstream_request``, ``upstream_response``: the request
   fails with an Anthropic-format 500 ``api_error`` naming the plugin and the hook
   (``exchange.error_kind`` is ``ErrorKind.PLUGIN_FAILED``); later implementations do not run.
-* ``on_chunk``, ``post_response``, ``shutdown``, ``register_commands``, ``register_routes``:
-  the failure is logged and the relay (or the command line, or the server) goes on with the
-  next implementation.
+* ``on_chunk``, ``post_response``, ``shutdown``, ``register_commands``, ``register_routes``,
+  ``describe``: the failure is logged and the relay (or the command line, or the server) goes
+  on with the next implementation.
 * ``config_check``: the exception is reported as a problem of that plugin.
 * ``check_ready``: the instance reports itself not ready, with the exception's message.
 * ``db_upgrade``: the command fails.
@@ -381,6 +381,24 @@ def register_metrics(midway: Midway) -> None:
     :return: nothing. Every implementation runs, in order.
 
     Raising (or exceeding ``hook_timeout``) aborts start-up.
+    """
+
+
+@hookspec
+def describe(midway: Midway) -> str | None:
+    """Say in one short line what this plugin does, as it is configured now.
+
+    Fires once per server, after ``startup``, when midway announces itself: each line is
+    logged under the "listening on" line, prefixed with the plugin's name. Derive the line from
+    the settings in force, not from what the defaults used to be (``cache: off until a rule or
+    the request asks for it``; ``audit: bodies kept 30 days``; ``dashboard:
+    http://127.0.0.1:8910/_midway/dashboard``).
+
+    :param midway: the running instance (``settings``, ``options(name, cls)``, ``services``).
+    :return: the line, or ``None`` to say nothing. Every implementation runs, in order of the
+        plugins' names.
+
+    Raising is logged and counted; the next implementation runs.
     """
 
 

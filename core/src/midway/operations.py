@@ -11,11 +11,13 @@ from typing import Any
 
 import attrs
 
+from midway import preflight
 from midway.builtins import NAMES as BUILTINS
-from midway.config import Settings
+from midway.config import ConfigError, Settings
 from midway.context import Midway
-from midway.secrets_ref import SecretError, resolve
+from midway.secrets_ref import SecretError
 from midway.server import build_midway, runtime_dir
+from midway.storage import StoreURLError, describe
 
 
 @attrs.define
@@ -29,20 +31,7 @@ class CheckResult:
 
 
 def _core_problems(settings: Settings) -> list[str]:
-    problems = []
-    for name, ref in (("upstream_api_key", settings.upstream_api_key),
-                      ("admin_key", settings.admin_key),
-                      ("identity_secret", settings.identity_secret)):
-        if ref:
-            try:
-                resolve(ref)
-            except SecretError as exc:
-                problems.append(f"[midway] {name}: {exc}")
-    for key in settings.client_keys:
-        try:
-            resolve(key.key)
-        except SecretError as exc:
-            problems.append(f"client key {key.name!r}: {exc}")
+    problems = preflight.problems(settings) + preflight.warnings(settings)
     if settings.client_keys and not settings.upstream_api_key:
         problems.append("client keys are configured but [midway] upstream_api_key is not: "
                         "requests not routed by a plugin would reach the upstream without "
@@ -82,9 +71,24 @@ def config_check(settings: Settings) -> list[CheckResult]:
             continue  # a built-in with nothing configured (keys without [keys] enabled)
         problems = [str(p) for p in (found or [])]
         if exc is not None:
-            problems.append(f"{type(exc).__name__}: {exc}")
+            problems += in_words(exc)
         results.append(CheckResult(plugin, problems))
     return results
+
+
+def in_words(exc: BaseException) -> list[str]:
+    """The problems an exception stands for, as a person reads them: a config error's lines
+    (one per problem), an unset credential, or what went wrong — never a class name."""
+    if isinstance(exc, ConfigError | SecretError | StoreURLError):
+        return [line for line in str(exc).splitlines() if line.strip()]
+    if isinstance(exc, ImportError):
+        return [f"a module it needs is not installed ({exc.name or exc}); install the "
+                "plugin's extras"]
+    if isinstance(exc, TimeoutError):
+        return ["timed out"]
+    if isinstance(exc, OSError):
+        return [describe(exc)]
+    return [f"failed: {describe(exc)}"]
 
 
 def db_upgrade(settings: Settings) -> list[tuple[str, list[str]]]:
@@ -93,7 +97,7 @@ def db_upgrade(settings: Settings) -> list[tuple[str, list[str]]]:
     done = []
     for plugin, changes, exc in asyncio.run(_run_per_plugin(midway, "db_upgrade")):
         if exc is not None:
-            raise RuntimeError(f"{plugin}: {type(exc).__name__}: {exc}") from exc
+            raise RuntimeError(f"{plugin}: {'; '.join(in_words(exc))}") from exc
         if changes is None and plugin in BUILTINS:
             continue
         done.append((plugin, [str(c) for c in (changes or [])]))

@@ -15,8 +15,9 @@ A plugin declares its ``[name]`` table as an attrs class whose fields are :func:
 
 What :func:`load_table` guarantees, for every plugin alike:
 
-* an unknown key is one :class:`~midway.config.ConfigError` naming the file, the table and the
+* an unknown key is a :class:`~midway.config.ConfigError` naming the file, the table and the
   nearest valid key (``midway.toml: [echo] enabeld: unknown setting; did you mean `enabled`?``);
+  every problem of a table is reported, one per line of the message, not just the first;
 * each value is coerced to the declared type (``bool``, ``int``, ``float``, ``str``, ``Path``,
   ``Literal[...]``, ``X | None``, ``list``/``tuple``/``dict`` of those) or passed through the
   field's ``converter``; a bad one is a one-line error naming ``[table] key`` and what was
@@ -132,8 +133,8 @@ def load_table(cls: type[T], name: str, table: Mapping[str, Any] | None, *,
     :param env: where overrides are read from (``None``: none; midway passes ``os.environ``).
     :param source: the config file, for messages.
     :param data_dir: where relative store paths live (needed by :func:`store_option` fields).
-    :raises ConfigError: one message naming the file or variable, ``[name] key`` and the
-        problem. Errors raised by ``cls``'s own checks (``__attrs_post_init__``) are
+    :raises ConfigError: one line per problem, each naming the file or variable, ``[name]
+        key`` and the problem. Errors raised by ``cls``'s own checks (``__attrs_post_init__``) are
         :class:`ConfigError` too.
     """
     declared_cls: Any = cls  # an attrs class; mypy cannot say so of a type variable
@@ -143,15 +144,21 @@ def load_table(cls: type[T], name: str, table: Mapping[str, Any] | None, *,
     raw: dict[str, tuple[Any, str]] = {}
     if table is not None and not isinstance(table, Mapping):
         raise ConfigError(f"{where}[{name}] must be a table")
+    problems: list[str] = []  # every one is reported, one per line, not just the first
     for key, value in (table or {}).items():
-        _known(fields, name, key, where)
-        raw[key] = (value, where)
+        if _known(fields, name, key, where, problems):
+            raw[key] = (value, where)
     prefix = f"MIDWAY_{name.upper().replace('-', '_')}__"
     for var, text in (env or {}).items():
         if var.startswith(prefix):
             key = var[len(prefix):].lower()
-            _known(fields, name, key, f"{var}: ")
-            raw[key] = (_env_value(text, fields[key].type, f"{var}: [{name}] {key}"), f"{var}: ")
+            if not _known(fields, name, key, f"{var}: ", problems):
+                continue
+            try:
+                raw[key] = (_env_value(text, fields[key].type, f"{var}: [{name}] {key}"),
+                            f"{var}: ")
+            except ConfigError as exc:
+                problems.append(str(exc))
     values = {}
     for key, field in fields.items():
         setting = field.metadata.get("store")
@@ -163,22 +170,27 @@ def load_table(cls: type[T], name: str, table: Mapping[str, Any] | None, *,
             values[key] = _convert(field, value, data_dir, label)
         except (ConfigError, SecretError, StoreURLError, ValueError, TypeError) as exc:
             message = str(exc)
-            if setting is not None:  # parse_store already names the setting
-                raise ConfigError(f"{origin}{message}") from None
-            raise ConfigError(f"{origin}{label}: {message}") from None
+            # parse_store already names the setting
+            problems.append(f"{origin}{message}" if setting is not None
+                            else f"{origin}{label}: {message}")
+    if problems:
+        raise ConfigError("\n".join(problems))
     try:
         return cls(**values)
     except ConfigError as exc:
         raise ConfigError(f"{where}{exc}") from None
 
 
-def _known(fields: Mapping[str, Any], name: str, key: str, where: str) -> None:
+def _known(fields: Mapping[str, Any], name: str, key: str, where: str,
+           problems: list[str]) -> bool:
+    """Whether ``key`` is declared; if not, say so in ``problems`` with the nearest one."""
     if key in fields:
-        return
+        return True
     close = difflib.get_close_matches(key, fields, n=1)
     hint = (f"did you mean `{close[0]}`?" if close
             else f"known settings: {', '.join(fields) or 'none'}")
-    raise ConfigError(f"{where}[{name}] {key}: unknown setting; {hint}")
+    problems.append(f"{where}[{name}] {key}: unknown setting; {hint}")
+    return False
 
 
 def _env_value(text: str, kind: Any, label: str) -> Any:

@@ -29,6 +29,7 @@ import pluggy
 from midway import hookspecs
 from midway.config import ConfigError
 from midway.errors import MidwayError
+from midway.secrets_ref import SecretError
 from midway.storage.retry import describe, is_transient
 
 log = logging.getLogger("midway.plugins")
@@ -188,8 +189,10 @@ class PluginHost:
         self._impls.clear()
 
     def _failed(self, name: str, version: str | None, source: str, exc: BaseException) -> None:
-        message = f"{type(exc).__name__}: {exc}"
-        log.error("plugin %s (%s) failed to load: %s", name, source, message)
+        message = (f"cannot import {exc.name!r}" if isinstance(exc, ImportError) and exc.name
+                   else str(exc) or type(exc).__name__)
+        if source.startswith("entry point"):  # left out; a --plugin fails start-up instead
+            log.error("plugin %s (%s) failed to load: %s", name, source, message)
         self.infos.append(PluginInfo(name=name, version=version, source=source, error=message))
 
     # -- calling -----------------------------------------------------------------------------
@@ -243,6 +246,13 @@ class PluginHost:
                 result = impl.function(*[kwargs[a] for a in impl.argnames])
                 if impl.is_async or (result is not None and inspect.isawaitable(result)):
                     await self.bounded(result)
+            except SecretError as exc:
+                # A credential reference of the plugin's table that does not resolve: as a bad
+                # table, it stops start-up with one line (the message names the variable/file).
+                if not swallow:
+                    raise ConfigError(f"[{impl.plugin}] {exc}; set it, or change the "
+                                      f"reference in [{impl.plugin}]") from None
+                self.failed(impl.plugin, hook)
             except (MidwayError, ConfigError):
                 # A bad config table stops start-up with its own one-line message.
                 if not swallow:
@@ -296,6 +306,11 @@ class PluginFailed(Exception):
         super().__init__(f"plugin {plugin} failed in {hook}")
         self.plugin = plugin
         self.hook = hook
+
+
+def installed_plugin_names() -> list[str]:
+    """The names ``MIDWAY_PLUGINS`` and ``[midway] plugins`` may use, sorted."""
+    return [ep.name for ep in _entry_points()]
 
 
 def _entry_points() -> list[importlib.metadata.EntryPoint]:

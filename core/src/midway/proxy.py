@@ -64,6 +64,7 @@ from midway.plugins import Impl, PluginFailed
 from midway.secrets_ref import fingerprint, resolve
 from midway.sse import SSEEvent, SSEParser
 from midway.upstream_client import UnsupportedURL, UpstreamClient, UpstreamUnreachable
+from midway.upstream_errors import connect_cause, public_url
 
 log = logging.getLogger("midway.proxy")
 
@@ -458,15 +459,20 @@ class Proxy:
             prepared = self._prepare_native(exchange, upstream)
         try:
             answer = await self.send(prepared, adapter is None)
-        except (TimeoutError, aiohttp.ServerTimeoutError):
-            raise MidwayError(504, f"upstream {upstream.name} timed out",
-                              kind=ErrorKind.UPSTREAM_TIMEOUT) from None
-        except (aiohttp.ClientConnectorError, UpstreamUnreachable):
-            raise MidwayError(502, f"upstream {upstream.name} is unreachable",
+        except (aiohttp.ClientConnectorError, UpstreamUnreachable,
+                aiohttp.ConnectionTimeoutError) as exc:
+            where = f"upstream {upstream.name} at {public_url(upstream.url)}"
+            cause = connect_cause(exc)
+            log.warning("%s is unreachable: %s", where, cause)
+            raise MidwayError(502, f"{where} is unreachable: {cause}",
                               kind=ErrorKind.UPSTREAM_UNREACHABLE) from None
+        except (TimeoutError, aiohttp.ServerTimeoutError):
+            raise MidwayError(504, f"upstream {upstream.name} at {public_url(upstream.url)} "
+                              "timed out", kind=ErrorKind.UPSTREAM_TIMEOUT) from None
         except aiohttp.ClientError as exc:
-            raise MidwayError(502, f"upstream {upstream.name} failed: "
-                              f"{type(exc).__name__}", kind=ErrorKind.UPSTREAM_FAILED) from None
+            raise MidwayError(502, f"upstream {upstream.name} at {public_url(upstream.url)} "
+                              f"failed: {connect_cause(exc)}",
+                              kind=ErrorKind.UPSTREAM_FAILED) from None
         # Another vendor's answer is read through its adapter: the relay sees Anthropic's.
         return answer if adapter is None else TranslatedAnswer(answer, adapter, exchange)
 

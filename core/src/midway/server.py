@@ -27,6 +27,7 @@ from midway.errors import MidwayError, error_response
 from midway.identity import identity_key, use_identity_key
 from midway.metrics import Metrics
 from midway.plugins import Impl, PluginHost
+from midway.preflight import bind_problem
 from midway.proxy import Proxy
 from midway.supervisor import supervise
 
@@ -205,15 +206,37 @@ async def readiness(midway: Midway) -> list[str]:
     return [problem for answer in answers for problem in answer]
 
 
+def announce(midway: Midway) -> None:
+    """The start-up lines: where midway listens and keeps its data, then one line per plugin
+    saying what it does as configured (its ``describe`` hook)."""
+    settings = midway.settings
+    loaded = [i.name for i in midway.plugins.infos if not i.error and i.source != "built-in"]
+    log.info("midway %s listening on http://%s:%d -> %s; data dir %s; plugins: %s",
+             __version__, settings.host, settings.port, settings.upstream, settings.data_dir,
+             ", ".join(loaded) or "none")
+    for impl in sorted(midway.plugins.impls("describe"), key=lambda i: i.plugin):
+        try:
+            line = impl.function(*[midway for _ in impl.argnames])
+        except Exception:
+            midway.plugins.failed(impl.plugin, "describe")
+            continue
+        if line:
+            log.info("  %s: %s", impl.plugin, line)
+
+
 async def serve(settings: Settings, sock: socket.socket | None = None,
                 ready: asyncio.Event | None = None, worker_index: int = 0,
                 supervisor: int | None = None) -> None:
     """Run one server until SIGTERM/SIGINT (or, for a worker, until the end of the pipe
     ``supervisor`` reports that its supervisor is gone), then drain it (:func:`drain`)."""
     midway = build_midway(settings, worker_index=worker_index, publish=True)
-    for info in midway.plugins.infos:
-        if info.error:
-            log.error("plugin %s not loaded: %s", info.name, info.error)
+    # An installed plugin that fails to load was logged and is left out; a --plugin the user
+    # asked for by name stops start-up.
+    asked = [f"--plugin {info.source.split(' ', 1)[1]}: failed to load: {info.error}"
+             for info in midway.plugins.infos
+             if info.error and info.source.startswith(("file ", "module "))]
+    if asked:
+        raise ConfigError("\n".join(asked))
     app = build_app(midway)
     runner = deadlines.GuardedRunner(app, deadlines.Limits.of(settings),
                                      handler_cancellation=True, access_log=None,
@@ -224,10 +247,13 @@ async def serve(settings: Settings, sock: socket.socket | None = None,
     else:
         site = web.TCPSite(runner, settings.host, settings.port,
                            reuse_port=settings.workers > 1 or None)
-    await site.start()
-    log.info("midway %s listening on http://%s:%d -> %s (plugins: %s)", __version__,
-             settings.host, settings.port, settings.upstream,
-             ", ".join(i.name for i in midway.plugins.infos if not i.error) or "none")
+    try:
+        await site.start()
+    except OSError as exc:  # taken since the preflight check, or never checked (tests)
+        await runner.cleanup()
+        raise ConfigError(bind_problem(settings, exc)) from None
+    if worker_index == 0:
+        announce(midway)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 

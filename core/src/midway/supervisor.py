@@ -13,15 +13,19 @@ import logging
 import os
 import select
 import signal
+import sys
 import time
 from collections.abc import Callable
 
 import attrs
 
+from midway.config import ConfigError
+
 log = logging.getLogger("midway")
 
 FIRST_DELAY = 0.25  # seconds before the second restart in a row of one worker
 MAX_DELAY = 30.0  # the longest wait between two restarts of one worker
+EX_CONFIG = 78  # a worker's exit status for a configuration mistake (sysexits.h)
 STABLE_AFTER = 60.0  # a worker that has run this long is healthy again (its delays reset)
 
 _SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGCHLD}
@@ -97,6 +101,9 @@ def supervise(count: int, work: Callable[[int, int], None]) -> int:
             exit_code = os.waitstatus_to_exitcode(code)
             if stopping:
                 status = status or exit_code
+            elif exit_code == EX_CONFIG:  # a configuration mistake: restarting cannot help
+                status = 1
+                stop(signal.SIGTERM, None)
             else:
                 _died(gone, exit_code)
         if stopping and not running:
@@ -140,6 +147,10 @@ def _child(index: int, work: Callable[[int, int], None], supervisor: int,
             os.close(fd)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
         work(index, supervisor)
+    except ConfigError as exc:  # every worker would fail alike: said once, never restarted
+        if index == 0:
+            print(f"Error: {exc}", file=sys.stderr, flush=True)
+        code = EX_CONFIG
     except BaseException:
         log.exception("worker %d failed", index)
         code = 1

@@ -38,6 +38,16 @@ def parse_duration(value: object) -> float:
     raise ConfigError(f"expected a duration ({DURATION_FORMS}), got {_shown(value)}")
 
 
+def format_duration(seconds: float) -> str:
+    """``seconds`` in the largest unit up to days that divides it (``7d``, ``90m``, ``45s``),
+    the form :func:`parse_duration` reads back."""
+    for unit in ("d", "h", "m"):
+        size = _UNITS[unit]
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
+
+
 def parse_optional_duration(value: object) -> float | None:
     """Like :func:`parse_duration`, but ``None``, ``""`` and ``0`` mean "off" (``None``)."""
     if value is None or value == "" or value == 0:

@@ -37,7 +37,12 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 class UpstreamUnreachable(aiohttp.ClientConnectionError):
-    """The upstream could not be connected to (DNS, refused, TLS handshake)."""
+    """The upstream could not be connected to (DNS, refused, TLS handshake, connect timeout);
+    ``cause`` is the error underneath (:func:`midway.upstream_errors.connect_cause`)."""
+
+    def __init__(self, message: str, cause: BaseException | None = None) -> None:
+        super().__init__(message)
+        self.cause = cause
 
 
 class UnsupportedURL(ValueError):
@@ -484,7 +489,8 @@ class UpstreamClient:
                 await loop.create_connection(lambda: conn, origin.host, origin.port, ssl=tls,
                                              server_hostname=origin.host if tls else None)
         except OSError as exc:
-            raise UpstreamUnreachable(f"cannot connect to {origin.authority}: {exc}") from None
+            raise UpstreamUnreachable(f"cannot connect to {origin.authority}: {exc}",
+                                      exc) from None
         self._all.add(conn)
         return conn
 

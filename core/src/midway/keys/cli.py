@@ -18,6 +18,7 @@ from midway.keys.config import KeysConfig
 from midway.keys.model import KeyRecord, KeysError
 from midway.keys.service import Issued, KeyService
 from midway.keys.store import open_store
+from midway.storage import stores_created
 from midway.timeparse import parse_duration
 
 T = TypeVar("T")
@@ -31,7 +32,9 @@ def _is_duration(text: str) -> bool:
     return True
 
 
-def _run(settings: Settings, operation: Callable[[KeyService], Awaitable[T]]) -> T:
+def _run(settings: Settings, operation: Callable[[KeyService], Awaitable[T]],
+         create: bool = False) -> T:
+    """Run ``operation`` on the key store; only ``create`` may create the store."""
     config = settings.options("keys", KeysConfig)
 
     async def main() -> T:
@@ -43,7 +46,8 @@ def _run(settings: Settings, operation: Callable[[KeyService], Awaitable[T]]) ->
             await store.close()
 
     try:
-        return asyncio.run(main())
+        with stores_created(create):
+            return asyncio.run(main())
     except KeysError as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -123,7 +127,7 @@ def make_keys_group(settings_options: Callable[[Callable[..., Any]], Callable[..
         if not settings.options("keys", KeysConfig).enabled:
             click.echo("note: [keys] enabled is not set; servers will not accept stored keys "
                        "until it is", err=True)
-        issued = _run(settings, lambda service: service.create(spec, parent))
+        issued = _run(settings, lambda service: service.create(spec, parent), create=True)
         _show_issued(issued, as_json)
 
 

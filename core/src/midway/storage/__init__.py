@@ -3,6 +3,8 @@
 * :func:`parse_store` — one grammar for every ``store`` setting (:mod:`midway.storage.url`);
 * :func:`open_database` — one :class:`Database` API over SQLite and PostgreSQL, a unit of work
   per transaction, schemas migrated additively (:mod:`midway.storage.database`);
+  :func:`stores_created` ``(False)`` makes opening a missing embedded store an error (read
+  commands);
 * :func:`liveness` — which instances sharing a store are alive, surviving a database restart
   (:mod:`midway.storage.liveness`);
 * :func:`check_store` / :func:`upgrade_store` — ``midway config check`` and ``midway db
@@ -20,8 +22,10 @@ from midway.storage.database import (
     Row,
     Schema,
     SQLiteDatabase,
+    StoreMissing,
     Tx,
     open_database,
+    stores_created,
 )
 from midway.storage.liveness import Liveness, liveness, new_instance
 from midway.storage.retry import Episode, describe, is_transient, retrying
@@ -30,7 +34,7 @@ from midway.storage.url import StoreURL, StoreURLError, mask, parse_store
 
 __all__ = [
     "UPGRADE_HINT", "Database", "Episode", "Liveness", "PostgresDatabase", "Row",
-    "SQLiteDatabase", "Schema", "StoreURL", "StoreURLError", "Tx", "check_store", "describe",
-    "is_transient", "liveness", "mask", "new_instance", "open_database", "parse_store",
-    "retrying", "upgrade_store",
+    "SQLiteDatabase", "Schema", "StoreMissing", "StoreURL", "StoreURLError", "Tx",
+    "check_store", "describe", "is_transient", "liveness", "mask", "new_instance",
+    "open_database", "parse_store", "retrying", "stores_created", "upgrade_store",
 ]

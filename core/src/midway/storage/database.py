@@ -17,10 +17,12 @@ unit must only talk to its ``tx``: on SQLite it runs on another thread's event l
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import logging
 import sqlite3
 import threading
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar
 
@@ -39,6 +41,28 @@ _TYPES: dict[str, dict[str, str]] = {
     "sqlite": {"int": "INTEGER", "real": "REAL", "blob": "BLOB", "text": "TEXT"},
     "postgresql": {"int": "BIGINT", "real": "DOUBLE PRECISION", "blob": "BYTEA", "text": "TEXT"},
 }
+
+
+# Whether opening a store may create it. Commands that only read turn it off (see
+# midway.cli.settings_options), so a mistyped --data-dir never leaves an empty store behind.
+_MAY_CREATE: contextvars.ContextVar[bool] = contextvars.ContextVar("midway_may_create_stores",
+                                                                   default=True)
+
+
+class StoreMissing(StoreURLError):
+    """A store was to be opened where none exists, and creating one was not allowed."""
+
+
+@contextlib.contextmanager
+def stores_created(allowed: bool) -> Iterator[None]:
+    """Within this block (and the ``asyncio.run`` calls it makes), opening an embedded store
+    that does not exist creates it only if ``allowed``; otherwise it raises
+    :class:`StoreMissing` naming the path. PostgreSQL stores are not affected."""
+    token = _MAY_CREATE.set(allowed)
+    try:
+        yield
+    finally:
+        _MAY_CREATE.reset(token)
 
 
 @attrs.frozen
@@ -157,6 +181,10 @@ class SQLiteDatabase(Database):
         self._lock: asyncio.Lock | None = None  # lives on the store's loop
 
     async def open(self, schema: Schema) -> list[str]:
+        if not _MAY_CREATE.get() and not self.path.exists():
+            raise StoreMissing(f"no {schema.name} store exists at {self.path}: nothing was "
+                               "recorded there (is --data-dir, MIDWAY_DATA_DIR or the store "
+                               "setting right?)")
         if not self.inline:
             self._loop = asyncio.new_event_loop()
             self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,

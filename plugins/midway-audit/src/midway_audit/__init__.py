@@ -23,6 +23,7 @@ from midway.access import local_or_admin
 from midway.errors import error_response
 from midway.services import ServiceKey
 from midway.storage import new_instance
+from midway.timeparse import format_duration
 from midway_audit.config import AuditConfig
 from midway_audit.handoff.channel import WriterChannel
 from midway_audit.handoff.intents import intent_meta
@@ -80,6 +81,17 @@ async def startup(midway: Midway) -> None:
                                           RefusalLimit(config.refused_per_minute))
     log.info("audit: recording to %s (bodies %s, writer process %s)", config.describe_store(),
              "on" if config.bodies else "off", channel.proc.pid if channel.proc else None)
+
+
+@hookimpl
+def describe(midway: Midway) -> str:
+    config = midway.options("audit", AuditConfig)
+    bodies = "prompts and answers" if config.bodies else "metadata only ([audit] bodies off)"
+    limits = [f"{format_duration(config.max_age)}" if config.max_age else "",
+              f"{config.max_rows} records" if config.max_rows else ""]
+    kept = " or ".join(x for x in limits if x)
+    return (f"records every request ({bodies}) to {config.describe_store()}, kept "
+            + (f"up to {kept}" if kept else "without a limit ([audit] max_age)"))
 
 
 @hookimpl

@@ -51,6 +51,15 @@ async def startup(midway: Midway) -> None:
 
 
 @hookimpl
+def describe(midway: Midway) -> str:
+    config = _create(midway).config
+    hard = sum(1 for b in config.budgets if b.hard)
+    budgets = (f"{len(config.budgets)} budget(s), {hard} of them hard" if config.budgets
+               else "no budgets ([[billing.budgets]])")
+    return f"prices every request into {config.store}; {budgets}"
+
+
+@hookimpl
 async def shutdown(midway: Midway) -> None:
     billing = _billing(midway)
     if billing is not None:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from midway import Exchange, Midway, Response, SSEEvent, hookimpl
 from midway.services import ServiceKey
+from midway.timeparse import format_duration
 from midway_cache.config import CacheConfig
 from midway_cache.operations import config_check, db_upgrade  # noqa: F401 (hooks)
 from midway_cache.plugin import Cache
@@ -36,6 +37,17 @@ async def startup(midway: Midway) -> None:
     midway.services[CACHE] = cache  # also when disabled: the dashboard shows it
     if cache.config.enabled:
         await cache.start(midway)
+
+
+@hookimpl
+def describe(midway: Midway) -> str:
+    cache = _cache(midway)
+    config = cache.config if cache is not None else midway.options("cache", CacheConfig)
+    if not config.enabled:
+        return "off ([cache] enabled = false)"
+    semantic = f", similar prompts too ({config.semantic_mode})" if config.semantic else ""
+    return (f"answers repeated requests from {config.store} for "
+            f"{format_duration(config.ttl)}, shared per {config.share}{semantic}")
 
 
 @hookimpl

@@ -15,12 +15,12 @@ from midway.config import ConfigError
 from midway.context import Midway
 from midway.exchange import Exchange
 from midway.secrets_ref import SecretError, resolve
-from midway_dashboard.app import DASHBOARD, Dashboard
+from midway_dashboard.app import DASHBOARD, PREFIX, Dashboard
 from midway_dashboard.config import DashboardConfig
 from midway_dashboard.window import event_from_exchange
 
-__all__ = ["DASHBOARD", "Dashboard", "DashboardConfig", "config_check", "post_response",
-           "register_routes", "startup"]
+__all__ = ["DASHBOARD", "Dashboard", "DashboardConfig", "config_check", "describe",
+           "post_response", "register_routes", "startup"]
 
 
 @hookimpl
@@ -28,6 +28,14 @@ def register_routes(app: web.Application, midway: Midway) -> None:
     dashboard = Dashboard(midway, app)
     dashboard.add_routes(app)
     midway.services[DASHBOARD] = dashboard
+
+
+@hookimpl
+def describe(midway: Midway) -> str:
+    settings = midway.settings
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    guard = "admin key required" if settings.admin_key else "open to this machine only"
+    return f"http://{host}:{settings.port}{PREFIX}/ ({guard})"
 
 
 @hookimpl

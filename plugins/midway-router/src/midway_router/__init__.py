@@ -7,11 +7,14 @@ hook finds it there through the ``midway`` instance, so several instances can sh
 
 from __future__ import annotations
 
+import logging
+
 import click
 from aiohttp import web
 
 from midway import Exchange, Midway, Retry, Upstream, hookimpl
 from midway.exchange import Attempt
+from midway.preflight import doubled_v1
 from midway_router import routes
 from midway_router.metrics import RouterMetrics
 from midway_router.operations import config_check  # noqa: F401 (hook)
@@ -20,6 +23,7 @@ from midway_router.settings import RouterSettings
 from midway_router.status import SnapshotWriter
 
 __all__ = ["ROUTER", "Router", "RouterSettings"]
+log = logging.getLogger("midway.router")
 
 
 def _router(exchange: Exchange) -> Router | None:
@@ -31,12 +35,28 @@ def _router(exchange: Exchange) -> Router | None:
 @hookimpl
 async def startup(midway: Midway) -> None:
     metrics = RouterMetrics(midway.metrics.registry) if midway.metrics is not None else None
-    router = Router(midway.options("router", RouterSettings), metrics)
+    config = midway.options("router", RouterSettings)
+    if midway.worker_index == 0:
+        for spec in config.upstreams:
+            doubled = doubled_v1(spec.url, f"[router] upstream {spec.name!r}")
+            if spec.kind == "anthropic" and doubled:
+                log.warning("%s", doubled)
+    router = Router(config, metrics)
     await router.shared.start(router.apply)
     midway.services[ROUTER] = router
     if router.active:
         router.snapshots = SnapshotWriter(router, midway.data_dir, midway.worker_index)
         router.snapshots.start()
+
+
+@hookimpl
+def describe(midway: Midway) -> str:
+    config = midway.options("router", RouterSettings)
+    if not config.upstreams:
+        return ("no upstreams configured ([[router.upstreams]]): requests go to "
+                f"{midway.settings.upstream}")
+    names = ", ".join(u.name for u in config.upstreams)
+    return f"routes to {names} by {len(config.rules)} rule(s)"
 
 
 @hookimpl

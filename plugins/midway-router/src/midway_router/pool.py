@@ -8,7 +8,7 @@ from typing import Any
 
 import attrs
 
-from midway.secrets_ref import fingerprint, resolve
+from midway.secrets_ref import SecretError, fingerprint, resolve
 from midway_router import adapters
 from midway_router.ratelimit import Limit
 from midway_router.settings import UpstreamSpec
@@ -129,7 +129,23 @@ class UpstreamState:
 
 
 def build(spec: UpstreamSpec) -> UpstreamState:
-    """Resolve an upstream's credentials (raising a message without the secret)."""
+    """Resolve an upstream's credentials (raising a message without the secret that names
+    the upstream)."""
+    try:
+        return _build(spec)
+    except SecretError:
+        refs = [*spec.keys, *(ref for cred in spec.aws for ref in (
+            cred.access_key_id, cred.secret_access_key, cred.session_token) if ref)]
+        failed = []
+        for ref in refs:  # every reference that does not resolve, not just the first
+            try:
+                resolve(ref)
+            except SecretError as exc:
+                failed.append(str(exc))
+        raise SecretError(f"upstream {spec.name!r}: {'; '.join(failed)}") from None
+
+
+def _build(spec: UpstreamSpec) -> UpstreamState:
     state = UpstreamState(spec=spec)
     shared_adapter = adapters.for_upstream(spec)
     if spec.kind == "bedrock":
