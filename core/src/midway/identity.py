@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from midway.config import ConfigError, Settings
 from midway.datadir import install_secret
 from midway.exchange import Principal
+from midway.headers import CREDENTIAL_HEADERS
+from midway.keys.tokens import PREFIX
 from midway.secrets_ref import SecretError, fingerprint, resolve
 
 ANONYMOUS = Principal(id="anonymous", name="anonymous", kind="anonymous")
@@ -30,6 +32,18 @@ def presented_credential(headers: Mapping[str, str]) -> str | None:
             return token.strip()
         return auth
     return None
+
+
+def presents_midway_key(headers: Mapping[str, str]) -> bool:
+    """Whether any credential header holds a midway client key (``mw-…``), however malformed:
+    one is never forwarded to an upstream."""
+    for name in CREDENTIAL_HEADERS:
+        value = (headers.get(name) or "").strip()
+        scheme, _, token = value.partition(" ")
+        if value.startswith(PREFIX) or (scheme.lower() == "bearer" and
+                                        token.strip().startswith(PREFIX)):
+            return True
+    return False
 
 
 def identity_key(settings: Settings) -> bytes:

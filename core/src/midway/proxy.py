@@ -41,7 +41,13 @@ from midway.headers import (
     request_headers,
     response_headers,
 )
-from midway.identity import ANONYMOUS, ClientKeys, passthrough_principal, presented_credential
+from midway.identity import (
+    ANONYMOUS,
+    ClientKeys,
+    passthrough_principal,
+    presented_credential,
+    presents_midway_key,
+)
 from midway.metrics import Metrics
 from midway.observe import OBSERVED_EVENTS, StreamObserver, apply_message, decode_body
 from midway.plugins import Impl, PluginFailed
@@ -267,6 +273,12 @@ class Proxy:
         headers = exchange.request.headers
         credential = presented_credential(headers)
         if not self.key_mode:
+            if presents_midway_key(headers):
+                # Refused, not stripped: stripped, the request would go upstream without a
+                # credential (or the router's pooled one) for a caller nobody authenticated.
+                raise MidwayError(401, "this is a midway client key (mw-…), but client keys "
+                                  "are not enabled on this gateway: set [keys] enabled = true "
+                                  "on the gateway, or send an Anthropic API key instead")
             exchange.principal = passthrough_principal(credential)
             return
         principal = self.client_keys.lookup(credential)
