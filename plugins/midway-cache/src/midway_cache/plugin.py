@@ -40,6 +40,7 @@ from midway.assemble import MessageAssembler
 from midway_cache import replay
 from midway_cache.coalesce import Coalescer
 from midway_cache.config import CacheConfig
+from midway_cache.extras import require, semantic_modules
 from midway_cache.keys import CacheKeys, request_keys
 from midway_cache.rules import any_matches
 from midway_cache.stores import Entry, Store, make_store
@@ -116,6 +117,7 @@ class Cache:
         await self.store.open()
         self.coalescer = Coalescer(self.store, self.config.coalesce_timeout)
         if self.config.semantic:
+            require("[cache] semantic = true", semantic_modules(self.config))
             from midway_cache.embedders import MiniLMEmbedder, make_embedder
             from midway_cache.semantic import SemanticIndex
 
