@@ -52,7 +52,8 @@ class AuditWriter:
     async def start(self) -> None:
         self.committed = await self.store.head()
         self._task = asyncio.create_task(self._run(), name="midway-audit-writer")
-        if self.config.max_age is not None or self.config.max_rows is not None:
+        if self.config.max_age is not None or self.config.max_rows is not None or \
+                self.config.body_max_age is not None:
             self._prune_task = asyncio.create_task(self._prune_loop(), name="midway-audit-prune")
 
     def offer(self, pending: Pending) -> bool:
@@ -198,17 +199,30 @@ class AuditWriter:
         self.sink.write([row.record() for row in rows if row.seq])
 
     async def _prune_loop(self) -> None:
+        config = self.config
+        bodies_after = 0  # where the last body sweep stopped
         while True:
             try:
-                deleted = await self.store.prune(self.config.max_age, self.config.max_rows)
-                if deleted:
-                    log.info("audit: pruned %d records", deleted)
+                if config.max_age is not None or config.max_rows is not None:
+                    deleted = await self.store.prune(config.max_age, config.max_rows)
+                    if deleted:
+                        log.info("audit: pruned %d records", deleted)
+                if config.body_max_age is not None:
+                    expired, bodies_after = await self.store.expire_bodies(
+                        config.body_max_age, bodies_after)
+                    if expired:
+                        log.info("audit: deleted the bodies of %d records older than %s",
+                                 expired, _days(config.body_max_age))
             except Exception:
                 log.exception("audit: pruning failed")
-            await asyncio.sleep(self.config.prune_interval)
+            await asyncio.sleep(config.prune_interval)
 
     def status(self) -> dict[str, Any]:
         head = self.committed
         return {"committed_seq": head.seq, "committed_hash": head.hash,
                 "queue_depth": self.queue.qsize(), "written": self.written,
                 "dropped": self.dropped}
+
+
+def _days(seconds: float) -> str:
+    return f"{seconds / 86400:g} days" if seconds >= 86400 else f"{seconds:g} s"
