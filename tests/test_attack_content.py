@@ -68,7 +68,8 @@ def _tool(inner: dict[str, Any]) -> dict[str, Any]:
                         "share a cache answer")
 def test_cache_keeps_cache_control_properties_apart(
         midway_factory: Callable[..., RunningMidway], fake_upstream: FakeUpstream) -> None:
-    running = midway_factory(plugins=[("cache", midway_cache)], config={"cache": {}})
+    running = midway_factory(plugins=[("cache", midway_cache)],
+                             config={"cache": {"rules": [{"model": "*"}]}})  # every request
     cache = running.midway.services["cache"]
     client = anthropic.Anthropic(base_url=running.url, api_key="sk-ant-test", max_retries=0)
     ask: dict[str, Any] = {"model": "claude-sonnet-4-6", "max_tokens": 64,

@@ -24,6 +24,9 @@ CONFIG = """
 [midway]
 plugins = ["audit", "billing", "cache"]
 
+[cache]
+rules = [{ model = "*" }]  # the cache is opt-in: cache every request here
+
 [keys]
 enabled = false
 """

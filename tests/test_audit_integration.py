@@ -16,7 +16,8 @@ from midway.testing import wait_for
 
 def test_audit_records_cost_and_cache_outcome(fake_upstream, midway_factory):
     running = midway_factory(plugins=[("billing", midway_billing), ("cache", midway_cache),
-                                      ("audit", midway_audit)])
+                                      ("audit", midway_audit)],
+                             config={"cache": {"rules": [{"model": "*"}]}})  # opt in
     audit = running.midway.services["audit"]
     client = anthropic.Anthropic(base_url=running.url, api_key="sk-ant-test", max_retries=0)
     ask = dict(model="claude-sonnet-4-6", max_tokens=20,

@@ -47,7 +47,7 @@ def gateway(midway_factory: Callable[..., RunningMidway], fake_upstream: FakeUps
                                   "keys": POOL}]},
         "billing": {"budgets": [{"name": "team-daily", "scope": "team", "match": "*",
                                  "period": "day", "limit_usd": "5.00", "mode": "soft"}]},
-        "cache": {},
+        "cache": {"rules": [{"model": "*"}]},  # the cache is opt-in
         "audit": {},
     }
     return midway_factory(plugins=[("audit", midway_audit), ("billing", midway_billing),

@@ -59,6 +59,7 @@ sqlite_synchronous = "normal"
 
 [cache]
 store = "sqlite"
+rules = [{{ model = "*" }}]
 
 [router]
 rest_base = 0.2

@@ -30,7 +30,8 @@ def test_metrics_and_access_log_with_every_plugin(fake_upstream, tmp_path):
         for _ in range(2):  # a miss, then a cache hit
             request = urllib.request.Request(
                 f"http://127.0.0.1:{port}/v1/messages", data=body, method="POST",
-                headers={"x-api-key": "sk-ant-observability-canary"})
+                headers={"x-api-key": "sk-ant-observability-canary",
+                         "x-midway-cache": "use"})  # the cache is opt-in
             with urllib.request.urlopen(request, timeout=10) as resp:
                 assert resp.status == 200
         text = ""

@@ -84,6 +84,7 @@ mode = "hard"
 
 [cache]
 store = "{redis_url}"
+rules = [{{ model = "*" }}]
 key_prefix = "{prefix}:cache:"
 
 [router]

@@ -39,7 +39,9 @@ def plugin_config(anthropic_url: str, openai_url: str) -> dict[str, Any]:
         # Claude Code's default model is newer than billing's shipped table: priced here as
         # Claude Code prices it (what a user adds to their config until the table has it).
         "billing": {"store": "sqlite", "prices": {DEFAULT_MODEL: DEFAULT_MODEL_PRICES}},
-        "cache": {"store": "sqlite"},  # the exact cache (the semantic layer is opt-in)
+        # the exact cache, opted into for every request (the cache and its semantic layer are
+        # opt-in)
+        "cache": {"store": "sqlite", "rules": [{"model": "*"}]},
         "router": {
             # The first upstream is the default; without keys, the client's own credential
             # passes through.

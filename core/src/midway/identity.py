@@ -11,7 +11,9 @@ from typing import TYPE_CHECKING
 from midway.config import ConfigError, Settings
 from midway.datadir import install_secret
 from midway.exchange import Principal
+from midway.headers import CREDENTIAL_HEADERS
 from midway.hookspecs import hookimpl
+from midway.keys.tokens import PREFIX
 from midway.secrets_ref import SecretError, fingerprint, resolve
 
 if TYPE_CHECKING:
@@ -35,6 +37,18 @@ def presented_credential(headers: Mapping[str, str]) -> str | None:
             return token.strip()
         return auth
     return None
+
+
+def presents_midway_key(headers: Mapping[str, str]) -> bool:
+    """Whether any credential header holds a midway client key (``mw-…``), however malformed:
+    one is never forwarded to an upstream."""
+    for name in CREDENTIAL_HEADERS:
+        value = (headers.get(name) or "").strip()
+        scheme, _, token = value.partition(" ")
+        if value.startswith(PREFIX) or (scheme.lower() == "bearer" and
+                                        token.strip().startswith(PREFIX)):
+            return True
+    return False
 
 
 def identity_key(settings: Settings) -> bytes:

@@ -49,7 +49,12 @@ from midway.headers import (
     request_headers,
     response_headers,
 )
-from midway.identity import ANONYMOUS, passthrough_principal, presented_credential
+from midway.identity import (
+    ANONYMOUS,
+    passthrough_principal,
+    presented_credential,
+    presents_midway_key,
+)
 from midway.jsonscan import TopLevelScanner
 from midway.metrics import Metrics
 from midway.observe import (
@@ -329,6 +334,12 @@ class Proxy:
         headers = exchange.request.headers
         credential = presented_credential(headers)
         if not self.key_mode:
+            if presents_midway_key(headers):
+                # Refused, not stripped: stripped, the request would go upstream without a
+                # credential (or the router's pooled one) for a caller nobody authenticated.
+                raise MidwayError(401, "this is a midway client key (mw-…), but client keys "
+                                  "are not enabled on this gateway: set [keys] enabled = true "
+                                  "on the gateway, or send an Anthropic API key instead")
             exchange.principal = passthrough_principal(credential)
             return
         principal = await self._call_first_strict(exchange, "authenticate",

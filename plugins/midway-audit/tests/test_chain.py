@@ -12,7 +12,7 @@ from conftest import data_dir, flush, records
 
 from midway.cli import cli
 from midway.testing import wait_for
-from midway_audit.chain import content_digest, link_hash
+from midway_audit.chain import content_digest, content_digest_v1, link_hash
 
 
 def send(running, n: int) -> None:
@@ -116,3 +116,35 @@ def test_chain_continues_across_restarts(fake_upstream, midway_factory, tmp_path
 
 def running_verify(running) -> dict:
     return running.call(running.midway.services["audit"].verify())
+
+
+def test_a_store_written_before_body_retention_still_verifies_and_keeps_its_bodies(
+        fake_upstream, audited):
+    """Records of the chain's first form (bodies hashed themselves) verify as they are; body
+    retention leaves their bodies alone rather than break the chain."""
+    running = audited(body_max_age=0)
+    send(running, 3)
+    flush(running)
+    directory = data_dir(running)
+    db = sqlite3.connect(directory / "audit.db", isolation_level=None)
+    prev = "0" * 64
+    for seq, data, req, resp in db.execute("SELECT seq, data, request_body, response_body "
+                                           "FROM audit_records ORDER BY seq").fetchall():
+        digest = link_hash(prev, seq, content_digest_v1(data, req, resp))
+        db.execute("UPDATE audit_records SET prev_hash = ?, hash = ? WHERE seq = ?",
+                   (prev, digest, seq))
+        prev = digest
+    db.execute("UPDATE audit_chain SET head_hash = ?", (prev,))
+    assert verify(directory)[1]["ok"]
+
+    again = audited(store=str(directory / "audit.db"), body_max_age=1, prune_interval=0.05)
+    store = again.midway.services["audit"].store
+    assert again.call(store.head()).count == 3  # the same store
+    expired, _ = again.call(store.expire_bodies(0.0))
+    assert expired == 0
+    assert db.execute("SELECT COUNT(*) FROM audit_records WHERE request_body IS NULL"
+                      ).fetchone() == (0,)
+    db.execute("UPDATE audit_records SET data = replace(data, '\"status\":200', "
+               "'\"status\":201') WHERE seq = 2")
+    code, result = verify(directory)
+    assert (code, result["broken_seq"]) == (1, 2)

@@ -107,14 +107,18 @@ def test_the_table_keeps_its_keys_defaults_and_meanings(tmp_path, monkeypatch):
     """Every key as docs/audit.md describes it, from the file and from the environment."""
     config = audit_config({}, tmp_path)
     assert (config.bodies, config.write_ahead, config.write_ahead_durable) == (True, True, False)
-    assert (config.max_age, config.max_rows, config.prune_interval) == (None, None, 300.0)
+    # retention by default: bodies 30 days, records a year
+    assert (config.body_max_age, config.max_age, config.max_rows, config.prune_interval) == \
+        (30 * 86400, 365 * 86400, None, 300.0)
     assert config.jsonl_path(tmp_path) is None and config.schema is None
     config = audit_config({"write_ahead": "durable", "max_age": "90d", "max_rows": 0,
+                           "body_max_age": 0,
                            "prune_interval": 0, "jsonl": "audit.jsonl",
                            "redact_headers": ["X-Internal-User"], "schema": "",
                            "sqlite_synchronous": "NORMAL", "handoff_bytes": "2MiB"}, tmp_path)
     assert config.write_ahead and config.write_ahead_durable
     assert (config.max_age, config.max_rows, config.prune_interval) == (90 * 86400, None, 300.0)
+    assert config.body_max_age is None  # 0: bodies kept as long as records
     assert config.jsonl_path(tmp_path) == tmp_path / "audit.jsonl"
     assert config.jsonl_path(tmp_path / "other") == tmp_path / "other" / "audit.jsonl"
     assert config.redact_headers == ("x-internal-user",) and config.schema is None

@@ -33,8 +33,13 @@ def cached(midway_factory: Callable[..., RunningMidway]) -> Callable[..., Runnin
     return start
 
 
+# The cache is opt-in: these clients ask for it on every request.
+USE_CACHE = {"x-midway-cache": "use"}
+
+
 def client(running: RunningMidway, key: str = "sk-ant-test-alice") -> anthropic.Anthropic:
-    return anthropic.Anthropic(base_url=running.url, api_key=key, max_retries=0)
+    return anthropic.Anthropic(base_url=running.url, api_key=key, max_retries=0,
+                               default_headers=USE_CACHE)
 
 
 def stats(running: RunningMidway) -> dict[str, Any]:

@@ -6,7 +6,7 @@ import asyncio
 
 import aiohttp
 import pytest
-from conftest import RICH_CONTENT, body, client, stats, stored, without_ids
+from conftest import RICH_CONTENT, USE_CACHE, body, client, stats, stored, without_ids
 
 from midway.testing import Reply
 
@@ -178,7 +178,7 @@ def test_stampede_sends_one_upstream_request(cached, fake_upstream):
         async with aiohttp.ClientSession() as session:
             async def one() -> tuple[int, str]:
                 async with session.post(f"{running.url}/v1/messages", json=body(stream=True),
-                                        headers={"x-api-key": "sk-ant-test-alice",
+                                        headers={**USE_CACHE, "x-api-key": "sk-ant-test-alice",
                                                  "anthropic-version": "2023-06-01"}) as resp:
                     text = await resp.text()
                     assert "message_stop" in text

@@ -14,7 +14,9 @@ from midway_cache import CACHE
 
 def test_only_streamed_misses_are_observed_and_a_stored_stream_replays() -> None:
     async def main() -> None:
-        async with Harness(plugins=[("cache", midway_cache)], config={"cache": {}}) as h:
+        # a rule that opts every request in
+        async with Harness(plugins=[("cache", midway_cache)],
+                           config={"cache": {"rules": [{"model": "*"}]}}) as h:
             cache = h.midway.services[CACHE]
             h.upstream.reply(Reply(chunk_size=3))
             miss = await h.request(body(stream=True))

@@ -11,7 +11,7 @@ import aiohttp
 import orjson
 import pytest
 from click.testing import CliRunner
-from conftest import body, client, stats, stored
+from conftest import USE_CACHE, body, client, stats, stored
 
 import midway_cache
 from midway.cli import cli
@@ -58,7 +58,7 @@ def test_stampede_across_instances_sends_one_request(pair, fake_upstream):
         async with aiohttp.ClientSession() as session:
             async def one(url: str) -> str:
                 async with session.post(f"{url}/v1/messages", json=body(),
-                                        headers={"x-api-key": "sk-ant-test-alice",
+                                        headers={**USE_CACHE, "x-api-key": "sk-ant-test-alice",
                                                  "anthropic-version": "2023-06-01"}) as resp:
                     assert resp.status == 200
                     await resp.read()

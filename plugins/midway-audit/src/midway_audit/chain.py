@@ -2,11 +2,18 @@
 
 ``hash = sha256(prev_hash || "<seq>\n" || content_digest)``, where ``prev_hash`` is the
 previous record's hash as 64 hex characters (the chain's anchor for the first record kept)
-and ``content_digest`` is the hex SHA-256 of the stored ``data``, ``request_body`` and
-``response_body`` columns, each UTF-8 encoded as a netstring (``"<length>:<bytes>,"``, or
-``"~"`` for NULL). ``data`` is the record's metadata as JSON with sorted keys. Length
-prefixes make the form unambiguous without escaping the (large) bodies again, and hashing
-the content first keeps the work done under the chain's lock small.
+and ``content_digest`` is the hex SHA-256 of ``"v2\n"`` and the stored ``data`` and the hex
+SHA-256 of each of the ``request_body`` and ``response_body`` columns, each UTF-8 encoded as
+a netstring (``"<length>:<bytes>,"``, or ``"~"`` for NULL). ``data`` is the record's
+metadata as JSON with sorted keys. Length prefixes make the form unambiguous without escaping
+the (large) bodies again, and hashing the content first keeps the work done under the chain's
+lock small.
+
+Covering the bodies through their digests lets body retention (``body_max_age``) delete a
+record's bodies while keeping its digests (``request_body_sha256``/``response_body_sha256``
+columns): the record, its metadata included, still verifies. Records written before this
+form (version 1: the bodies themselves as netstrings, no prefix) still verify as they are;
+their bodies are only deleted with the whole record.
 """
 
 from __future__ import annotations
@@ -24,10 +31,49 @@ from midway_audit.parts import digests, resplit
 GENESIS = "0" * 64
 
 
+def body_digest(body: str | None) -> str | None:
+    """SHA-256 (hex) of a stored body column (``None`` for NULL)."""
+    return None if body is None else hashlib.sha256(body.encode()).hexdigest()
+
+
 def content_digest(data: str, request_body: str | None, response_body: str | None) -> str:
-    """SHA-256 (hex) of a record's stored columns in their canonical form."""
-    digest = hashlib.sha256()
-    for value in (data, request_body, response_body):
+    """SHA-256 (hex) of a record's stored columns in their canonical form (version 2)."""
+    return body_content_digest(data, body_digest(request_body), body_digest(response_body))
+
+
+def body_content_digest(data: str, request_digest: str | None,
+                        response_digest: str | None) -> str:
+    """Version 2 from the bodies' digests (what is left once the bodies expired)."""
+    return _netstrings((data, request_digest, response_digest), b"v2\n")
+
+
+def content_digest_v1(data: str, request_body: str | None, response_body: str | None) -> str:
+    """Version 1: records written before body retention existed."""
+    return _netstrings((data, request_body, response_body), b"")
+
+
+def matches(prev_hash: str, seq: int, stored_hash: str, data: str, request_body: str | None,
+            response_body: str | None, request_digest: str | None = None,
+            response_digest: str | None = None) -> bool:
+    """Whether a record's columns give its stored hash. Expired bodies (NULL, with their
+    digests kept) are covered by those digests; a record with both bodies may also be of
+    version 1."""
+    request_d = request_digest if request_body is None and request_digest else \
+        body_digest(request_body)
+    response_d = response_digest if response_body is None and response_digest else \
+        body_digest(response_body)
+    if link_hash(prev_hash, seq, body_content_digest(data, request_d, response_d)) == \
+            stored_hash:
+        return True
+    expired = (request_body is None and request_digest) or \
+        (response_body is None and response_digest)
+    return not expired and link_hash(prev_hash, seq, content_digest_v1(
+        data, request_body, response_body)) == stored_hash
+
+
+def _netstrings(values: Iterable[str | None], prefix: bytes) -> str:
+    digest = hashlib.sha256(prefix)
+    for value in values:
         if value is None:
             digest.update(b"~")
         else:
@@ -67,6 +113,9 @@ class StoredRow:
     response_body: str | None
     prev_hash: str
     hash: str
+    # the digests of bodies deleted by body retention (NULL while the bodies are kept)
+    request_body_sha256: str | None = None
+    response_body_sha256: str | None = None
 
 
 @attrs.define
@@ -104,9 +153,8 @@ def check_row(row: StoredRow, expected_seq: int, expected_prev: str) -> str | No
         return f"record(s) {expected_seq}..{row.seq - 1} missing before seq {row.seq}"
     if row.prev_hash != expected_prev:
         return "prev_hash does not match the previous record's hash"
-    computed = link_hash(row.prev_hash, row.seq, content_digest(
-        row.data, row.request_body, row.response_body))
-    if computed != row.hash:
+    if not matches(row.prev_hash, row.seq, row.hash, row.data, row.request_body,
+                   row.response_body, row.request_body_sha256, row.response_body_sha256):
         return "record content does not match its hash (edited)"
     try:
         data = orjson.loads(row.data)
@@ -172,7 +220,8 @@ async def _check_parts(source: ChainSource, rows: list[StoredRow], verified: set
     return bad
 
 
-_NOT_DATA = ("seq", "prev_hash", "hash", "request_body", "response_body")
+_NOT_DATA = ("seq", "prev_hash", "hash", "request_body", "response_body",
+             "request_body_sha256", "response_body_sha256")
 
 
 def verify_exported(records: Iterable[dict[str, Any]]) -> VerifyResult:
@@ -204,9 +253,8 @@ def verify_exported(records: Iterable[dict[str, Any]]) -> VerifyResult:
             except (ValueError, orjson.JSONDecodeError):
                 return VerifyResult(False, checked, head, seq, record.get("id"),
                                     "request body is not the JSON object it was (edited)")
-        computed = link_hash(prev, seq, content_digest(data, request_body,
-                                                       record.get("response_body")))
-        if computed != stored:
+        if not matches(prev, seq, stored, data, request_body, record.get("response_body"),
+                       record.get("request_body_sha256"), record.get("response_body_sha256")):
             return VerifyResult(False, checked, head, seq, record.get("id"),
                                 "record content does not match its hash (edited)")
         checked += 1

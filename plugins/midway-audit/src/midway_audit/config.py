@@ -122,8 +122,12 @@ class AuditConfig:
         "block", help="when the writer is behind: block (requests wait) or drop (counted)")
     flush_timeout: float = option(30.0, ge=0, help="at shutdown, seconds to keep retrying a "
                                   "failing store")
-    max_age: float | None = option(None, converter=parse_optional_duration,
-                                   help="prune records older than this (e.g. 90d; unset: off)")
+    body_max_age: float | None = option(
+        30 * 86400.0, converter=parse_optional_duration,
+        help="delete request and response bodies older than this (e.g. 30d), keeping the "
+        "record and its verifiability; 0: keep bodies as long as records")
+    max_age: float | None = option(365 * 86400.0, converter=parse_optional_duration,
+                                   help="prune records older than this (e.g. 365d; 0: off)")
     max_rows: int | None = option(None, converter=_max_rows,
                                   help="prune the oldest beyond this many records (unset: off)")
     prune_interval: float = option(300.0, converter=_prune_interval,

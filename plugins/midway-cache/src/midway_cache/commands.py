@@ -13,6 +13,7 @@ import orjson
 from midway.cli import settings_options
 from midway.config import ConfigError, Settings
 from midway_cache.config import CacheConfig
+from midway_cache.extras import require, semantic_modules
 from midway_cache.stores import make_store
 
 
@@ -29,7 +30,10 @@ def _config(settings: Settings) -> CacheConfig:
 
 
 def _store(settings: Settings) -> Any:
-    return make_store(_config(settings))
+    try:
+        return make_store(_config(settings))
+    except ConfigError as exc:  # e.g. a Redis store without the redis extra
+        raise click.ClickException(str(exc)) from None
 
 
 async def _with_store(settings: Settings, job: Any) -> Any:
@@ -88,9 +92,13 @@ def clear_command(settings: Settings, principal: str | None, team: str | None) -
 def eval_command(settings: Settings, pairs: Path | None, threshold: float | None,
                  no_guard: bool, as_json: bool, verbose: bool) -> None:
     """Served-rate and wrong-rate of the semantic layer on labelled prompt pairs."""
+    config = _config(settings)
+    try:
+        require("midway cache eval", semantic_modules(config))
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
     from midway_cache.evaluate import evaluate, load_pairs, render
 
-    config = _config(settings)
     if threshold is not None:
         config = attrs.evolve(config, semantic_threshold=threshold)
     if no_guard:

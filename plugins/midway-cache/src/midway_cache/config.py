@@ -13,13 +13,19 @@ from midway.config import ConfigError
 from midway.options import byte_size, option, store_option
 from midway.storage import StoreURL
 from midway.timeparse import parse_duration
+from midway_cache.rules import CacheRule, parse_rules
 
 
 @attrs.frozen
 class CacheConfig:
     """Everything the cache can be told; docs/cache.md explains each key."""
 
-    enabled: bool = option(True, help="look requests up and store answers")
+    enabled: bool = option(True, help="answer the requests that ask for the cache (the "
+                           "x-midway-cache: use header, or a rule); false: none")
+    rules: tuple[CacheRule, ...] = option(
+        (), converter=parse_rules, help="requests cached without asking: tables of model, "
+        "team, path globs and temperature, all of which must match, e.g. "
+        "[{ temperature = 0 }]; empty: only requests sent with x-midway-cache: use")
     store: StoreURL = store_option(
         "cache.db", kinds=("sqlite", "postgresql", "redis"),
         help="\"sqlite\" (cache.db in the data dir), a .db path, redis://… or postgresql://… "

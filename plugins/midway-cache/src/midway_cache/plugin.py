@@ -2,10 +2,13 @@
 streams in ``on_chunk`` (observed only for streamed misses it may store), store complete answers
 in ``post_response``.
 
-Request headers: ``x-midway-cache: bypass`` (neither read nor write the cache; also
-``cache-control: no-store``) and ``x-midway-cache: refresh`` (skip the lookup, store the fresh
-answer; also ``cache-control: no-cache``). Response headers: ``x-midway-cache: hit | miss |
-bypass | semantic-hit``, ``x-midway-cache-similarity`` on semantic hits, ``age`` on hits.
+Opt-in: only requests sent with ``x-midway-cache: use`` (or ``refresh``), or matched by a
+``[cache] rules`` entry, are looked up and stored; every other request passes as if the plugin
+were not installed. On those: ``x-midway-cache: bypass`` (neither read nor write the cache;
+also ``cache-control: no-store``) and ``x-midway-cache: refresh`` (skip the lookup, store the
+fresh answer; also ``cache-control: no-cache``). Response headers: ``x-midway-cache: hit | miss
+| bypass | semantic-hit``, ``x-midway-cache-similarity`` on semantic hits; a hit also carries
+``x-midway-cache-replay: true``, a synthetic ``request-id: req_midway_…`` and ``age``.
 """
 
 from __future__ import annotations
@@ -38,7 +41,9 @@ from midway.background import start_every
 from midway_cache import replay
 from midway_cache.coalesce import Coalescer
 from midway_cache.config import CacheConfig
+from midway_cache.extras import require, semantic_modules
 from midway_cache.keys import CacheKeys, request_keys
+from midway_cache.rules import any_matches
 from midway_cache.stores import Entry, Store, make_store
 
 if TYPE_CHECKING:
@@ -48,6 +53,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("midway.cache")
 
 HEADER = "x-midway-cache"
+REPLAY_HEADER = "x-midway-cache-replay"
+# the request header values that address the cache (a rule may opt in on the client's behalf);
+# "bypass" is answered with x-midway-cache: bypass, so the client sees it was heard
+_OPT_IN = ("use", "refresh", "bypass")
 _FLUSH_EVERY = 1.0
 _PURGE_EVERY = 60.0
 _WARN_EVERY = 10.0  # seconds between log lines about an unreachable store
@@ -109,6 +118,7 @@ class Cache:
         await self.store.open()
         self.coalescer = Coalescer(self.store, self.config.coalesce_timeout)
         if self.config.semantic:
+            require("[cache] semantic = true", semantic_modules(self.config))
             from midway_cache.embedders import MiniLMEmbedder, make_embedder
             from midway_cache.semantic import SemanticIndex
 
@@ -188,6 +198,11 @@ class Cache:
         assert self.store is not None
         headers = exchange.request.headers
         directive = headers.popall(HEADER, [""])[-1].strip().lower()
+        # Opt-in: a request the client did not ask the cache for, and no rule names, is not
+        # touched at all (not even parsed), so an installed cache changes no answer.
+        if directive not in _OPT_IN and not (self.config.rules and
+                                              any_matches(self.config.rules, exchange)):
+            return None
         control = headers.get("cache-control", "").lower()
         keys = request_keys(exchange.request, exchange.principal, self.config.share)
         if keys is None:
@@ -270,7 +285,10 @@ class Cache:
              similarity: float | None = None) -> Response:
         now = time.time()
         exchange.annotations[CACHE] = result
-        headers = {HEADER: result, "age": str(max(0, int(now - entry.created_at)))}
+        # A replay has no upstream request id: a synthetic one, never an old answer's.
+        headers = {HEADER: result, REPLAY_HEADER: "true",
+                   "request-id": f"req_midway_{replay.token()}",
+                   "age": str(max(0, int(now - entry.created_at)))}
         if similarity is not None:
             headers["x-midway-cache-similarity"] = f"{similarity:.4f}"
             exchange.annotations[CACHE_SIMILARITY] = round(similarity, 4)

@@ -20,7 +20,7 @@ _ID_PREFIXES = ("toolu_", "srvtoolu_", "mcptoolu_")
 _DELTA_CHARS = 2048
 
 
-def _token(n: int = 24) -> str:
+def token(n: int = 24) -> str:
     return "".join(secrets.choice(_B62) for _ in range(n))
 
 
@@ -33,14 +33,14 @@ def fresh_ids(message: dict[str, Any]) -> dict[str, Any]:
         old = block.get("id")
         if isinstance(old, str) and old.startswith(_ID_PREFIXES):
             prefix = old[:old.index("_") + 1]
-            mapping[old] = f"{prefix}01{_token(22)}"
+            mapping[old] = f"{prefix}01{token(22)}"
             block["id"] = mapping[old]
         content.append(block)
     for block in content:
         ref = block.get("tool_use_id")
         if isinstance(ref, str) and ref in mapping:
             block["tool_use_id"] = mapping[ref]
-    return {**message, "id": f"msg_01{_token(22)}", "content": content}
+    return {**message, "id": f"msg_01{token(22)}", "content": content}
 
 
 def as_json(message: dict[str, Any]) -> bytes:

@@ -46,6 +46,7 @@ class AuditWriter:
         self.dropped = 0
         self._task: asyncio.Task[None] | None = None
         self._prune_task: asyncio.Task[None] | None = None
+        self._bodies_after = 0  # where the last body sweep stopped
         self._stopping = False
         self._deadline = 0.0
         self._bytes = 0  # what the queued records hold (Pending.size)
@@ -59,7 +60,8 @@ class AuditWriter:
     async def start(self) -> None:
         self.committed = await self.store.head()
         self._task = asyncio.create_task(self._run(), name="midway-audit-writer")
-        if self.config.max_age is not None or self.config.max_rows is not None:
+        if self.config.max_age is not None or self.config.max_rows is not None or \
+                self.config.body_max_age is not None:
             self._prune_task = start_every(self.config.prune_interval, self._prune, first=0,
                                            name="audit: pruning", log=log)
 
@@ -211,12 +213,24 @@ class AuditWriter:
         self.sink.write([row.record() for row in rows if row.seq])
 
     async def _prune(self) -> None:
-        deleted = await self.store.prune(self.config.max_age, self.config.max_rows)
-        if deleted:
-            log.info("audit: pruned %d records", deleted)
+        config = self.config
+        if config.max_age is not None or config.max_rows is not None:
+            deleted = await self.store.prune(config.max_age, config.max_rows)
+            if deleted:
+                log.info("audit: pruned %d records", deleted)
+        if config.body_max_age is not None:
+            expired, self._bodies_after = await self.store.expire_bodies(
+                config.body_max_age, self._bodies_after)
+            if expired:
+                log.info("audit: deleted the bodies of %d records older than %s",
+                         expired, _days(config.body_max_age))
 
     def status(self) -> dict[str, Any]:
         head = self.committed
         return {"committed_seq": head.seq, "committed_hash": head.hash,
                 "queue_depth": self.queue.qsize(), "written": self.written,
                 "dropped": self.dropped}
+
+
+def _days(seconds: float) -> str:
+    return f"{seconds / 86400:g} days" if seconds >= 86400 else f"{seconds:g} s"

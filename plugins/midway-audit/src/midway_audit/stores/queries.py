@@ -17,7 +17,7 @@ _STATUS_CLASS = re.compile(r"^([1-5])xx$", re.IGNORECASE)
 
 # The columns of one stored record, in the order every store selects them.
 COLUMNS = ("seq, request_id, principal, model, status, ts, data, request_body, response_body, "
-           "prev_hash, hash")
+           "prev_hash, hash, request_body_sha256, response_body_sha256")
 SUMMARY_COLUMNS = "seq, data, prev_hash, hash"
 # A request has one record; when a late real record superseded an interrupted one (see
 # AuditStore.append), reads show the latest only. Both stay in the chain.
@@ -107,6 +107,10 @@ def full_record(row: StoredRow) -> dict[str, Any]:
     record: dict[str, Any] = orjson.loads(row.data)
     record.update(seq=row.seq, prev_hash=row.prev_hash, hash=row.hash,
                   request_body=row.request_body, response_body=row.response_body)
+    # bodies deleted by body retention: their digests still verify the record
+    for name in ("request_body_sha256", "response_body_sha256"):
+        if getattr(row, name) is not None:
+            record[name] = getattr(row, name)
     return record
 
 

@@ -18,7 +18,9 @@ CREATE TABLE IF NOT EXISTS audit_records (
     request_body TEXT,
     response_body TEXT,
     prev_hash TEXT NOT NULL,
-    hash TEXT NOT NULL
+    hash TEXT NOT NULL,
+    request_body_sha256 TEXT,
+    response_body_sha256 TEXT
 );
 CREATE INDEX IF NOT EXISTS audit_records_ts ON audit_records (ts);
 CREATE INDEX IF NOT EXISTS audit_records_request_id ON audit_records (request_id);

@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 
 from midway.storage import Tx, liveness, open_database
-from midway_audit.chain import GENESIS, Head, StoredRow, content_digest, link_hash
+from midway_audit.chain import GENESIS, Head, StoredRow, body_digest, content_digest, link_hash
 from midway_audit.config import STORE_LABEL, AuditConfig
 from midway_audit.parts import digests, expand
 from midway_audit.record import Row
@@ -74,6 +74,24 @@ def _supersede(row: Row, seq: int) -> None:
     data["supersedes"] = seq
     row.data = orjson.dumps(data, option=orjson.OPT_SORT_KEYS).decode()
     row.content = content_digest(row.data, row.request_body, row.response_body)
+
+
+async def _drop_part_refs(tx: Tx, where: str, *args: Any) -> None:
+    """Forget the part references of the records ``where`` selects, and delete the parts no
+    record refers to any more."""
+    candidates = [r["digest"] for r in await tx.fetch(
+        f"SELECT DISTINCT digest FROM audit_part_refs WHERE {where}", *args)]  # noqa: S608
+    await tx.execute(f"DELETE FROM audit_part_refs WHERE {where}", *args)  # noqa: S608
+    for i in range(0, len(candidates), _CHUNK):
+        chunk = candidates[i:i + _CHUNK]
+        await tx.execute(f"DELETE FROM audit_parts WHERE digest IN ({_marks(len(chunk))}) "  # noqa: S608
+                         f"AND {UNREFERENCED}", *chunk)
+
+
+def _is_v2(row: Any) -> bool:
+    """A record whose hash covers its bodies through their digests (chain.py)."""
+    return bool(link_hash(row["prev_hash"], row["seq"], content_digest(
+        row["data"], row["request_body"], row["response_body"])) == row["hash"])
 
 
 def _marks(n: int) -> str:
@@ -242,18 +260,51 @@ class AuditStore:
             if anchor is None:
                 return 0
             deleted = await tx.execute("DELETE FROM audit_records WHERE seq <= ?", cut)
-            candidates = [r["digest"] for r in await tx.fetch(
-                "SELECT DISTINCT digest FROM audit_part_refs WHERE seq <= ?", cut)]
-            await tx.execute("DELETE FROM audit_part_refs WHERE seq <= ?", cut)
-            for i in range(0, len(candidates), _CHUNK):
-                chunk = candidates[i:i + _CHUNK]
-                await tx.execute(f"DELETE FROM audit_parts WHERE digest IN ({_marks(len(chunk))}) "  # noqa: S608
-                                 f"AND {UNREFERENCED}", *chunk)
+            await _drop_part_refs(tx, "seq <= ?", cut)
             await tx.execute("UPDATE audit_chain SET anchor_seq = ?, anchor_hash = ? "
                              "WHERE id = 1", cut, anchor)
             return deleted
 
         return await self.db.run(unit)
+
+    async def expire_bodies(self, max_age: float, after_seq: int = 0, page: int = 200
+                            ) -> tuple[int, int]:
+        """Delete the bodies (and body parts no other record uses) of records older than
+        ``max_age`` seconds, keeping each body's digest so the record still verifies;
+        ``(bodies expired, the last seq examined)``. Records of the chain's first form
+        (version 1, which covers the bodies themselves) keep their bodies: deleting them
+        would break the chain. ``after_seq`` resumes where the last sweep stopped."""
+        cutoff = time.time() - max_age
+        expired = 0
+        while True:
+            rows = await self.db.fetch(
+                "SELECT seq, data, request_body, response_body, prev_hash, hash, ts "
+                "FROM audit_records WHERE seq > ? AND ts < ? AND (request_body IS NOT NULL "
+                "OR response_body IS NOT NULL) ORDER BY seq LIMIT ?", after_seq, cutoff, page)
+            if not rows:
+                # resume next time before the first record that was still young (seq and ts
+                # are not in the same order across instances)
+                first_young = await self.db.fetchval(
+                    "SELECT MIN(seq) FROM audit_records WHERE ts >= ?", cutoff)
+                if first_young is not None:
+                    after_seq = min(after_seq, first_young - 1)
+                return expired, after_seq
+            batch = [r for r in rows if _is_v2(r)]  # v1 (and tampered) rows keep theirs
+
+            async def unit(tx: Tx, batch: list[Any] = batch) -> int:
+                for r in batch:
+                    await tx.execute(
+                        "UPDATE audit_records SET request_body = NULL, response_body = NULL, "
+                        "request_body_sha256 = ?, response_body_sha256 = ? "
+                        "WHERE seq = ? AND hash = ?", body_digest(r["request_body"]),
+                        body_digest(r["response_body"]), r["seq"], r["hash"])
+                if batch:
+                    seqs = [r["seq"] for r in batch]
+                    await _drop_part_refs(tx, f"seq IN ({_marks(len(seqs))})", *seqs)
+                return len(batch)
+
+            expired += await self.db.run(unit)
+            after_seq = rows[-1]["seq"]
 
     # -- reading -----------------------------------------------------------------------------
 

@@ -15,6 +15,9 @@ def make_store(config: CacheConfig) -> Store:
     """The store ``config.store`` names (not opened yet)."""
     url = config.store
     if url.kind == "redis":
+        from midway_cache.extras import require
+
+        require("a Redis [cache] store", ("redis",))
         from midway_cache.stores.redis import RedisStore
 
         assert url.url is not None
