@@ -30,17 +30,21 @@ def router_group() -> None:
 @settings_options
 def status_command(as_json: bool, url: str | None, settings: Settings) -> None:
     """Every upstream and key (by fingerprint): health, resting until, remaining, in flight."""
-    rows = asyncio.run(_rows(settings, url))
+    running, rows = asyncio.run(_rows(settings, url))
     if as_json:
         click.echo(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
-    elif not rows:
+    elif not running:
         click.echo("no router status found: is a midway server with the router running? "
                    f"(looked in {settings.data_dir})", err=True)
+    elif not rows:
+        click.echo("no upstreams configured; the router is passing requests through "
+                   "(add [[router.upstreams]] to route)")
     else:
         click.echo(snapshots.table(rows))
 
 
-async def _rows(settings: Settings, url: str | None) -> list[dict[str, Any]]:
+async def _rows(settings: Settings, url: str | None) -> tuple[bool, list[dict[str, Any]]]:
+    """Whether a running router answered or published, and its rows."""
     if url:
         headers = {"x-api-key": resolve(settings.admin_key)} if settings.admin_key else {}
         async with aiohttp.ClientSession() as session, \
@@ -48,7 +52,7 @@ async def _rows(settings: Settings, url: str | None) -> list[dict[str, Any]]:
             if resp.status != 200:
                 raise click.ClickException(f"{url} answered {resp.status}")
             rows: list[dict[str, Any]] = await resp.json()
-            return rows
+            return True, rows
     try:
         config = settings.options("router", RouterSettings)
     except ConfigError as exc:
@@ -57,4 +61,4 @@ async def _rows(settings: Settings, url: str | None) -> list[dict[str, Any]]:
         found = await snapshots.read_redis(config.state, config.state_prefix)
     else:
         found = snapshots.read_files(settings.data_dir)
-    return snapshots.merge(found)
+    return bool(found), snapshots.merge(found)

@@ -53,11 +53,11 @@ class SnapshotWriter:
 
     async def _run(self) -> None:
         while True:
-            await asyncio.sleep(self.interval)
             try:
                 await self.write()
             except OSError:
-                continue  # a full disk must not stop routing; the next tick tries again
+                pass  # a full disk must not stop routing; the next tick tries again
+            await asyncio.sleep(self.interval)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
