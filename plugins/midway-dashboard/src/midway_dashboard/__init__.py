@@ -20,7 +20,7 @@ from midway_dashboard.config import DashboardConfig
 from midway_dashboard.window import event_from_exchange
 
 __all__ = ["DASHBOARD", "Dashboard", "DashboardConfig", "config_check", "post_response",
-           "register_routes", "startup"]
+           "register_routes", "shutdown", "startup"]
 
 
 @hookimpl
@@ -31,10 +31,17 @@ def register_routes(app: web.Application, midway: Midway) -> None:
 
 
 @hookimpl
-def startup(midway: Midway) -> None:
+async def startup(midway: Midway) -> None:
     dashboard = midway.services.get(DASHBOARD)
     if dashboard is not None:
-        dashboard.start()
+        await dashboard.start()
+
+
+@hookimpl
+async def shutdown(midway: Midway) -> None:
+    dashboard = midway.services.get(DASHBOARD)
+    if dashboard is not None:
+        await dashboard.stop()
 
 
 @hookimpl
