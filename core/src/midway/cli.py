@@ -9,9 +9,9 @@ from collections.abc import Callable
 from typing import Any
 
 import click
-import orjson
 
 from midway import __version__
+from midway.cliformat import to_json
 from midway.config import ConfigError, Settings, load_settings
 from midway.datadir import prepare, private_files
 from midway.identity import identity_key, passthrough_id
@@ -177,7 +177,7 @@ def plugins_command(settings: Settings, as_json: bool) -> None:
     host = _plugin_host(settings)
     infos = [info.as_dict() for info in host.infos]
     if as_json:
-        click.echo(orjson.dumps(infos, option=orjson.OPT_INDENT_2).decode())
+        click.echo(to_json(infos))
         return
     if not infos:
         click.echo("no plugins installed")
@@ -212,7 +212,7 @@ def config_show(settings: Settings) -> None:
     """Print the settings in force: core and every plugin table (credentials masked)."""
     from midway.configview import settings_view
 
-    click.echo(orjson.dumps(settings_view(settings), option=orjson.OPT_INDENT_2).decode())
+    click.echo(to_json(settings_view(settings)))
 
 
 cli.add_command(make_keys_group(settings_options))
@@ -227,8 +227,8 @@ def config_check_command(settings: Settings, as_json: bool) -> None:
 
     results = config_check(settings)
     if as_json:
-        click.echo(orjson.dumps([{"subject": r.subject, "ok": r.ok, "problems": r.problems}
-                                 for r in results], option=orjson.OPT_INDENT_2).decode())
+        click.echo(to_json([{"subject": r.subject, "ok": r.ok, "problems": r.problems}
+                            for r in results]))
     else:
         for result in results:
             click.echo(f"{result.subject}: {'ok' if result.ok else 'PROBLEMS'}")
@@ -269,7 +269,7 @@ def status_command(settings: Settings, port: int | None, as_json: bool) -> None:
         settings.port = port
     status = worker_status(settings)
     if as_json:
-        click.echo(orjson.dumps(status, option=orjson.OPT_INDENT_2).decode())
+        click.echo(to_json(status))
         return
     if not status["workers"]:
         click.echo(f"no running midway found on port {settings.port} "

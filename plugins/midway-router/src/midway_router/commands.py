@@ -7,9 +7,9 @@ from typing import Any
 
 import aiohttp
 import click
-import orjson
 
 from midway.cli import settings_options
+from midway.cliformat import to_json, wide_option
 from midway.config import ConfigError, Settings
 from midway.secrets_ref import resolve
 from midway_router import status as snapshots
@@ -27,12 +27,13 @@ def router_group() -> None:
 @click.option("--url", default=None,
               help="Ask a running server (e.g. http://127.0.0.1:8910) instead of reading the "
                    "snapshots it publishes.")
+@wide_option
 @settings_options
-def status_command(as_json: bool, url: str | None, settings: Settings) -> None:
+def status_command(as_json: bool, url: str | None, wide: bool, settings: Settings) -> None:
     """Every upstream and key (by fingerprint): health, resting until, remaining, in flight."""
     running, rows = asyncio.run(_rows(settings, url))
     if as_json:
-        click.echo(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
+        click.echo(to_json(rows))
     elif not running:
         click.echo("no router status found: is a midway server with the router running? "
                    f"(looked in {settings.data_dir})", err=True)
@@ -40,7 +41,7 @@ def status_command(as_json: bool, url: str | None, settings: Settings) -> None:
         click.echo("no upstreams configured; the router is passing requests through "
                    "(add [[router.upstreams]] to route)")
     else:
-        click.echo(snapshots.table(rows))
+        click.echo(snapshots.table(rows, wide=wide))
 
 
 async def _rows(settings: Settings, url: str | None) -> tuple[bool, list[dict[str, Any]]]:
