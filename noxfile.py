@@ -94,3 +94,13 @@ def soak(session: nox.Session) -> None:
     quick = "--quick" in session.posargs
     session.run("pytest", "tests/test_hardening_fuzz.py", "-q",
                 env={"HARDENING_FUZZ_EXAMPLES": "500" if quick else "5000"})
+
+
+@nox.session(python="3.11")
+def build(session: nox.Session) -> None:
+    """Wheels of core and every plugin into dist/ (``pip install dist/*.whl`` anywhere)."""
+    session.install("build")
+    dist = ROOT / "dist"
+    dist.mkdir(exist_ok=True)
+    for package in PACKAGES:
+        session.run("python", "-m", "build", "--wheel", "--outdir", str(dist), _path(package))

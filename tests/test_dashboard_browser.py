@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import anthropic
+import httpx
 import pytest
 from anthropic.types import MessageParam
 
@@ -163,4 +164,12 @@ def test_every_page_with_every_plugin(gateway: RunningMidway, fake_upstream: Fak
     assert "claude-haiku-4-5" in page.inner_text("#panel-facts")
     page.screenshot(path=shots / "request.png", full_page=True)
     assert problems == []
+
+    # Logging out ends the session on the server: the cookie the browser held opens nothing.
+    cookie = next(c["value"] for c in context.cookies() if c["name"] == "midway_dashboard")
+    page.click("form.logout button[type=submit]")
+    page.wait_for_url(f"{base}/login")
+    assert page.title() == "midway · Log in"
+    copied = httpx.get(f"{base}/api/status", cookies={"midway_dashboard": cookie})
+    assert copied.status_code == 401
     context.close()

@@ -8,10 +8,13 @@ import re
 import subprocess
 import sys
 import urllib.request
+from pathlib import Path
 
 import orjson
 
 from midway.testing import free_port, wait_for, wait_listening
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "observability.md"
 
 
 def test_metrics_and_access_log_with_every_plugin(fake_upstream, tmp_path):
@@ -50,6 +53,15 @@ def test_metrics_and_access_log_with_every_plugin(fake_upstream, tmp_path):
                        "midway_audit_queue_depth", "midway_router_routed"):
             assert family in text, family
         assert "sk-ant-observability-canary" not in text
+        # docs/observability.md names exactly the families a scrape shows (#19 item 18).
+        scraped_families = set(re.findall(r"^# TYPE (midway_\w+) ", text, flags=re.M))
+        # prometheus-client's automatic `_created` series are not families of their own.
+        scraped_families = {f for f in scraped_families if not f.endswith("_created")}
+        documented = set(re.findall(r"`(midway_\w+)`", DOC.read_text()))
+        documented -= {"midway_myplugin_hits"}  # the example in the page
+        assert scraped_families == documented, (
+            f"missing from the docs: {sorted(scraped_families - documented)}; "
+            f"not exposed: {sorted(documented - scraped_families)}")
     finally:
         proc.terminate()
         assert proc.wait(30) == 0

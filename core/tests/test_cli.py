@@ -97,3 +97,41 @@ def test_mock_upstream_command_serves_the_fake_api():
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_root_config_selects_the_plugins_listed(tmp_path, monkeypatch):
+    plugin = tmp_path / "only_me.py"
+    plugin.write_text("from midway import hookimpl\n\n@hookimpl\ndef pre_request(exchange):\n"
+                      "    pass\n")
+    config = tmp_path / "midway.toml"
+    config.write_text(f'[midway]\nplugins = []\nextra_plugins = ["{plugin}"]\n')
+    monkeypatch.delenv("MIDWAY_CONFIG", raising=False)
+    monkeypatch.delenv("MIDWAY_PLUGINS", raising=False)
+    for args in (["--config", str(config), "plugins", "--json"],
+                 ["plugins", "--config", str(config), "--json"]):
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 0, result.output
+        assert [p["name"] for p in json.loads(result.output)] == ["only_me"]
+
+
+def test_config_show_prints_plugin_tables_with_credentials_masked(tmp_path, monkeypatch):
+    config = tmp_path / "midway.toml"
+    config.write_text(
+        '[midway]\nadmin_key = "admin-literal-canary"\n'
+        '[audit]\nstore = "postgresql://midway:pg-canary@db.internal/audit"\n'
+        '[router]\n[[router.upstreams]]\nname = "a"\nurl = "https://api.anthropic.com"\n'
+        'keys = ["sk-ant-literal-canary", "env:TEAM_KEY"]\n')
+    monkeypatch.setenv("MIDWAY_CACHE__TTL", "1h")
+    monkeypatch.delenv("MIDWAY_ADMIN_KEY", raising=False)
+    result = CliRunner().invoke(cli, ["--config", str(config), "config", "show"])
+    assert result.exit_code == 0, result.output
+    for canary in ("admin-literal-canary", "pg-canary", "sk-ant-literal-canary"):
+        assert canary not in result.output
+    shown = json.loads(result.output)
+    assert shown["config_path"] == str(config)
+    assert shown["admin_key"].startswith("(set: fingerprint ")
+    assert shown["tables"]["audit"]["store"] == "postgresql://midway:***@db.internal/audit"
+    upstream = shown["tables"]["router"]["upstreams"][0]
+    assert upstream["url"] == "https://api.anthropic.com"
+    assert upstream["keys"][1] == "env:TEAM_KEY"  # a reference says where, not what
+    assert shown["tables"]["cache"] == {"ttl": "1h"}  # from MIDWAY_CACHE__TTL

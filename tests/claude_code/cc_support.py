@@ -12,6 +12,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Sequence
@@ -95,14 +96,13 @@ def install_claude_code(version: str = CLAUDE_CODE_VERSION) -> Path:
             f"@anthropic-ai/claude-code@{version} with npm (install Node.js and npm)")
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = target.parent / f".{version}.{uuid.uuid4().hex}"
-    proc = subprocess.run(
+    returncode, stderr = _npm_install_with_progress(
         [npm, "install", "--prefix", str(staging), "--no-audit", "--no-fund",
-         "--loglevel=error", f"@anthropic-ai/claude-code@{version}"],
-        capture_output=True, text=True, timeout=900, check=False)
-    if proc.returncode != 0:
+         "--loglevel=error", f"@anthropic-ai/claude-code@{version}"], staging, version, target)
+    if returncode != 0:
         shutil.rmtree(staging, ignore_errors=True)
         raise ClaudeCodeMissing(f"npm install @anthropic-ai/claude-code@{version} failed:\n"
-                                f"{proc.stderr[-4000:]}")
+                                f"{stderr[-4000:]}")
     try:
         staging.rename(target)
     except OSError:  # another run installed it first
@@ -314,3 +314,38 @@ VISIBLE_FIELDS = ("type", "subtype", "is_error", "result", "stop_reason", "num_t
 
 def visible(output: dict[str, Any]) -> dict[str, Any]:
     return {k: output.get(k) for k in VISIBLE_FIELDS}
+
+
+def _npm_install_with_progress(command: list[str], staging: Path, version: str, target: Path,
+                               timeout: float = 900, every: float = 10
+                               ) -> tuple[int, str]:
+    """Run the (about 400 MB) npm install, saying on the terminal what it is doing and how
+    far it got: pytest captures output, so progress goes to the real stderr."""
+    out = sys.__stderr__
+    started = time.monotonic()
+
+    def say(text: str) -> None:
+        if out is not None:
+            print(f"[claude-code] {text}", file=out, flush=True)
+
+    say(f"installing @anthropic-ai/claude-code@{version} with npm (about 400 MB, once; "
+        f"cached in {target})")
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err)
+        while True:
+            try:
+                proc.wait(every)
+                break
+            except subprocess.TimeoutExpired:
+                elapsed = time.monotonic() - started
+                if elapsed > timeout:
+                    proc.kill()
+                    proc.wait()
+                    break
+                size = sum(f.stat().st_size for f in staging.rglob("*") if f.is_file()) \
+                    if staging.exists() else 0
+                say(f"{size / 1e6:.0f} MB after {elapsed:.0f} s")
+        err.seek(0)
+        stderr = err.read().decode(errors="replace")
+    say(f"npm finished in {time.monotonic() - started:.0f} s (exit {proc.returncode})")
+    return proc.returncode, stderr

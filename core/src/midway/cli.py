@@ -9,9 +9,9 @@ from collections.abc import Callable
 from typing import Any
 
 import click
-import orjson
 
 from midway import __version__
+from midway.cliformat import to_json
 from midway.config import ConfigError, Settings, load_settings
 from midway.datadir import prepare, private_files
 from midway.identity import identity_key, passthrough_id
@@ -77,12 +77,17 @@ def settings_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def _plugin_host() -> PluginHost:
+def _plugin_host(settings: Settings | None = None) -> PluginHost:
+    """The plugins ``settings`` select; without settings, those of the root's ``--config`` /
+    ``--data-dir`` (a bad config then loads every installed plugin: commands report it)."""
     host = PluginHost()
-    try:
-        settings = load_settings()
-    except ConfigError:
-        settings = Settings()
+    if settings is None:
+        ctx = click.get_current_context(silent=True)
+        root = ctx.find_root().params if ctx is not None else {}
+        try:
+            settings = load_settings(root.get("config_path"), data_dir=root.get("data_dir"))
+        except ConfigError:
+            settings = Settings()
     logging.getLogger("midway.plugins").setLevel(logging.CRITICAL)  # reported by `plugins`
     host.load(only=settings.plugins, extra=settings.extra_plugins)
     return host
@@ -208,12 +213,13 @@ def principal_command(settings: Settings, credential: str) -> None:
 
 @cli.command("plugins")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
-def plugins_command(as_json: bool) -> None:
-    """List plugins: name, version, source, hooks, load error."""
-    host = _plugin_host()
+@settings_options
+def plugins_command(settings: Settings, as_json: bool) -> None:
+    """List the plugins the config selects: name, version, source, hooks, load error."""
+    host = _plugin_host(settings)
     infos = [info.as_dict() for info in host.infos]
     if as_json:
-        click.echo(orjson.dumps(infos, option=orjson.OPT_INDENT_2).decode())
+        click.echo(to_json(infos))
         return
     if not infos:
         click.echo("no plugins installed")
@@ -245,17 +251,10 @@ def config_group() -> None:
 @config_group.command("show")
 @settings_options
 def config_show(settings: Settings) -> None:
-    """Print the settings in force (credentials masked)."""
-    data = {
-        "host": settings.host, "port": settings.port, "upstream": settings.upstream,
-        "data_dir": str(settings.data_dir), "workers": settings.workers,
-        "plugins": settings.plugins, "extra_plugins": settings.extra_plugins,
-        "idle_timeout": settings.idle_timeout, "max_body_size": settings.max_body_size,
-        "client_keys": [{"name": k.name, "team": k.team} for k in settings.client_keys],
-        "upstream_api_key": "(set)" if settings.upstream_api_key else None,
-        "config_path": str(settings.config_path) if settings.config_path else None,
-    }
-    click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
+    """Print the settings in force: core and every plugin table (credentials masked)."""
+    from midway.configview import settings_view
+
+    click.echo(to_json(settings_view(settings)))
 
 
 cli.add_command(make_keys_group(settings_options))
@@ -270,8 +269,8 @@ def config_check_command(settings: Settings, as_json: bool) -> None:
 
     results = config_check(settings)
     if as_json:
-        click.echo(orjson.dumps([{"subject": r.subject, "ok": r.ok, "problems": r.problems}
-                                 for r in results], option=orjson.OPT_INDENT_2).decode())
+        click.echo(to_json([{"subject": r.subject, "ok": r.ok, "problems": r.problems}
+                            for r in results]))
     else:
         for result in results:
             click.echo(f"{result.subject}: {'ok' if result.ok else 'PROBLEMS'}")
@@ -313,7 +312,7 @@ def status_command(settings: Settings, port: int | None, as_json: bool) -> None:
         settings.port = port
     status = worker_status(settings)
     if as_json:
-        click.echo(orjson.dumps(status, option=orjson.OPT_INDENT_2).decode())
+        click.echo(to_json(status))
         return
     if not status["workers"]:
         click.echo(f"no running midway found on port {settings.port} "

@@ -50,10 +50,24 @@ def test_query_show_tail_export(fake_upstream, audited):
     assert [r["model"] for r in orjson.loads(out.output)] == ["claude-haiku-4-5"]
     out = run(cli, ["audit", "query", *d])
     assert out.exit_code == 0 and "claude-opus-4-8" in out.output and "400" in out.output
+    # A person's table fits 100 columns, and keeps whole the ids to paste into `show`.
+    assert max(len(line) for line in out.output.splitlines()) <= 100, out.output
+    assert listed[0]["id"] in out.output and "claude-sonnet-4-6" in out.output
+    wide = run(cli, ["audit", "query", "--wide", *d]).output
+    assert max(len(line) for line in wide.splitlines()) > 100
+    assert "TTFB ms" in wide and "TTFB ms" not in out.output
+    tail = run(cli, ["audit", "tail", "-n", "2", "--count", "2", *d]).output
+    assert max(len(line) for line in tail.splitlines()) <= 100, tail
 
     out = run(cli, ["audit", "show", listed[0]["id"], *d])
     assert out.exit_code == 0
     assert "prompt is too long" in out.output and '"too long"' in out.output
+    # Values as JSON writes them, never Python's spelling.
+    fields = dict(line.split(": ", 1) for line in out.output.split("\n---")[0].splitlines()
+                  if ": " in line)
+    assert not {v for v in fields.values() if v in ("None", "True", "False")}, fields
+    assert fields["streaming".rjust(22)] in ("true", "false")
+    assert "null" in fields.values()
     assert run(cli, ["audit", "show", "mw_nope", *d]).exit_code == 1
 
     out = run(cli, ["audit", "tail", "-n", "2", "--count", "2", "--json", *d])

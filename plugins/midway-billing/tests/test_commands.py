@@ -61,5 +61,17 @@ def test_report_budgets_prices(midway_factory, fake_upstream, tmp_path, monkeypa
     assert orjson.loads(out.output)["output"] == "15"
     out = runner.invoke(cli, ["billing", "prices", "--config", str(config)])
     assert "my-model" in out.output and "claude-3-haiku" in out.output
+
+    # Tables for people fit 100 columns (names whole); --wide shows every column.
+    for command in (["billing", "prices"], ["billing", "report", "--by", "model"],
+                    ["billing", "budgets"]):
+        narrow = runner.invoke(cli, [*command, "--config", str(config), "--data-dir", data_dir])
+        assert narrow.exit_code == 0, narrow.output
+        assert max(len(line) for line in narrow.output.splitlines()) <= 100, narrow.output
+        wide = runner.invoke(cli, [*command, "--wide", "--config", str(config),
+                                   "--data-dir", data_dir])
+        assert len(wide.output.splitlines()[0]) > len(narrow.output.splitlines()[0])
+    prices = runner.invoke(cli, ["billing", "prices", "--config", str(config)]).output
+    assert "claude-3-5-haiku " in prices and "…" not in prices.splitlines()[0]
     out = runner.invoke(cli, ["billing", "prices", "nope-model"])
     assert out.exit_code != 0 and "no price" in out.output

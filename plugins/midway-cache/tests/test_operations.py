@@ -132,3 +132,30 @@ def test_redis_loss_bypasses_then_recovers(fake_upstream, cached, private_redis)
     private_redis.start()  # empty: no persistence
     wait_for(lambda: ask("three") == "miss", timeout=15)
     wait_for(lambda: ask("three") == "hit", timeout=15)
+
+
+def test_stats_print_money_as_exact_decimals(tmp_path, monkeypatch):
+    """Three hits that saved $0.00037 each sum to a float with noise (0.0011099999999999999):
+    the command prints the decimal."""
+    import asyncio
+
+    from midway_cache.stores import make_store
+
+    config = load_table(CacheConfig, "cache", {}, data_dir=tmp_path / "data")
+
+    async def saved() -> None:
+        store = make_store(config)
+        await store.open()
+        try:
+            for _ in range(3):
+                await store.record({}, {"hits": 1, "saved_usd": 0.00037})
+        finally:
+            await store.close()
+
+    asyncio.run(saved())
+    code, out = run(tmp_path, monkeypatch, ["cache", "stats", "--json"], "")
+    assert code == 0, out
+    shown = json.loads(out)
+    assert shown["saved_usd"] == "0.00111" and shown["hits"] == 3
+    code, out = run(tmp_path, monkeypatch, ["cache", "stats"], "")
+    assert "saved usd     0.00111\n" in out

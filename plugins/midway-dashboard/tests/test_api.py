@@ -80,6 +80,19 @@ def test_without_plugins_every_panel_says_not_installed(
                           ("requests/mw_x", "midway-audit")]:
         code, data = api(running, path)
         assert code == 200 and data["installed"] is False and data["package"] == package
+        # Every plugin is installed in the test environment, but none is loaded here.
+        assert data["state"] == "not-loaded"
+        assert data["notice"].startswith(f"{package} is installed but not loaded: ")
+        assert "MIDWAY_PLUGINS" in data["notice"] and "not installed" not in data["notice"]
+
+
+def test_a_plugin_that_is_not_installed_says_how_to_install_it(
+        start_dashboard: Callable[..., RunningMidway], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(panels.PROVIDERS, "vault", "midway-vault")
+    running = start_dashboard()
+    info = api(running, "status")[1]["panels"]["vault"]
+    assert info["state"] == "not-installed"
+    assert info["notice"].startswith("midway-vault is not installed: pip install midway-vault")
 
 
 class Services:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,11 +19,13 @@ from midway_dashboard.config import DashboardConfig
 
 
 def load_config(table: dict[str, object]) -> DashboardConfig:
-    return load_table(DashboardConfig, "dashboard", table)
+    return load_table(DashboardConfig, "dashboard", table, data_dir=Path("/data"))
 
 
 def test_defaults_and_overrides() -> None:
-    assert load_config({}) == DashboardConfig()
+    defaults = load_config({})
+    assert defaults.store.path == Path("/data/dashboard.db")
+    assert defaults == DashboardConfig(store=defaults.store)
     config = load_config({"window_seconds": 60, "max_events": "500", "refresh_seconds": 0.5})
     assert (config.window_seconds, config.max_events, config.refresh_seconds) == (60.0, 500, 0.5)
 
@@ -44,13 +47,13 @@ def test_config_check_reports_table_and_admin_key(tmp_path: Path,
     monkeypatch.delenv("MIDWAY_TEST_DASHBOARD_NOPE", raising=False)
     settings = Settings(data_dir=tmp_path, admin_key="env:MIDWAY_TEST_DASHBOARD_NOPE")
     settings.tables = {"dashboard": {"colour": "blue"}}
-    problems = midway_dashboard.config_check(Midway(settings, PluginHost()))
+    problems = asyncio.run(midway_dashboard.config_check(Midway(settings, PluginHost())))
     assert len(problems) == 2
-    assert problems[0] == "[dashboard] colour: unknown setting; known settings: " \
-        "window_seconds, max_events, refresh_seconds, session_hours"
+    assert problems[0].startswith("[dashboard] colour: unknown setting; known settings: "
+                                  "window_seconds, max_events, refresh_seconds, session_hours")
     assert problems[1] == "admin_key: environment variable MIDWAY_TEST_DASHBOARD_NOPE is not set"
     settings.tables, settings.admin_key = {"dashboard": {"window_seconds": 60}}, None
-    assert midway_dashboard.config_check(Midway(settings, PluginHost())) == []
+    assert asyncio.run(midway_dashboard.config_check(Midway(settings, PluginHost()))) == []
 
 
 def test_a_bad_table_stops_start_up(start_dashboard: Callable[..., RunningMidway]) -> None:

@@ -108,6 +108,19 @@ def test_no_status_found_is_explained(tmp_path):
     assert "no router status found" in result.output
 
 
+def test_a_server_without_routes_is_said_to_pass_through(fake_upstream, midway_factory,
+                                                        router_plugin):
+    proxy = midway_factory(plugins=[router_plugin], upstream=fake_upstream.url)
+    data_dir = proxy.midway.settings.data_dir
+    wait_for(lambda: any(data_dir.glob("router-status-*.json")))
+    for args in (["--data-dir", str(data_dir)], ["--url", proxy.url]):
+        result = CliRunner().invoke(cli, ["router", "status", *args])
+        assert result.exit_code == 0, result.output
+        assert "no upstreams configured; the router is passing requests through" \
+            in result.output
+        assert "is a midway server" not in result.output
+
+
 def test_a_stopped_server_leaves_no_snapshot(fake_upstream, midway_factory, router_plugin):
     proxy = midway_factory(plugins=[router_plugin], config=config(fake_upstream.url))
     data_dir = proxy.midway.settings.data_dir

@@ -11,8 +11,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import click
-import orjson
 
+from midway.cliformat import Column, Table, to_json, wide_option
 from midway.config import ConfigError, Settings
 from midway.keys.config import KeysConfig
 from midway.keys.model import KeyRecord, KeysError
@@ -53,7 +53,7 @@ def _run(settings: Settings, operation: Callable[[KeyService], Awaitable[T]],
 
 
 def _echo_json(data: Any) -> None:
-    click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
+    click.echo(to_json(data))
 
 
 def _split(values: tuple[str, ...]) -> list[str]:
@@ -134,8 +134,9 @@ def make_keys_group(settings_options: Callable[[Callable[..., Any]], Callable[..
     @keys_group.command("list")
     @click.option("--all", "show_all", is_flag=True, help="Include revoked and expired keys.")
     @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+    @wide_option
     @settings_options
-    def list_keys(settings: Settings, show_all: bool, as_json: bool) -> None:
+    def list_keys(settings: Settings, show_all: bool, as_json: bool, wide: bool) -> None:
         """List keys (never secrets)."""
         records = _run(settings, lambda service: service.list_keys())
         rows = [r.as_dict() for r in records]
@@ -146,11 +147,14 @@ def make_keys_group(settings_options: Callable[[Callable[..., Any]], Callable[..
             return
         if not rows:
             click.echo("no keys")
-        for row in rows:
-            prefixes = ",".join(c["prefix"] for c in row["credentials"]) or "-"
-            click.echo(f"{row['id']}  {row['status']:<7}  {prefixes}  {row['name']}  "
-                       f"team={row['team'] or '-'}  models={','.join(row['models']) or 'any'}  "
-                       f"expires={row['expires_at'] or 'never'}")
+            return
+        click.echo(Table([
+            Column("ID", "id"), Column("STATUS", "status"),
+            Column("PREFIXES", lambda r: ",".join(c["prefix"] for c in r["credentials"])),
+            Column("NAME", "name"), Column("TEAM", "team"),
+            Column("MODELS", lambda r: ",".join(r["models"]) or "any"),
+            Column("EXPIRES", lambda r: r["expires_at"] or "never"),
+        ], wide=wide).render(rows))
 
 
     @keys_group.command("show")

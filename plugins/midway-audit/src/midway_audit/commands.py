@@ -13,6 +13,7 @@ import click
 import orjson
 
 from midway.cli import TIME, settings_options
+from midway.cliformat import Column, Table, money, scalar, to_json, wide_option
 from midway.config import ConfigError, Settings
 from midway.timeparse import parse_optional_duration
 from midway_audit.chain import verify as verify_chain
@@ -78,38 +79,48 @@ def audit() -> None:
 @click.option("--text", help="Only records whose metadata or bodies contain this text.")
 @click.option("--limit", type=int, default=50, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array of records.")
+@wide_option
 @settings_options
 def query(settings: Settings, since: float | None, until: float | None, principal: str | None,
           model: str | None, status: str | None, text: str | None, limit: int,
-          as_json: bool) -> None:
+          as_json: bool, wide: bool) -> None:
     """Records, newest first (no bodies: see `show`)."""
     filt = _filter(since, until, principal, model, status, text)
     records = _run(settings, lambda store: store.query(filt, limit))
     if as_json:
-        click.echo(orjson.dumps(records).decode())
+        click.echo(to_json(records, indent=False))
         return
     if not records:
         click.echo("no records")
         return
-    click.echo(_HEADER)
-    for record in records:
-        click.echo(_line(record))
+    click.echo(_table(wide).render(records))
 
 
-_HEADER = (f"{'TIME (UTC)':<23} {'REQUEST ID':<32} {'PRINCIPAL':<18} {'MODEL':<22} "
-           f"{'STATUS':>6} {'STOP':<13} {'TTFB ms':>8} {'TOTAL ms':>9} {'IN':>7} {'OUT':>7} "
-           f"{'COST $':>10} CACHE")
+def _table(wide: bool) -> Table:
+    """The record list: one line per request, 100 columns unless ``wide``."""
+    def usage(kind: str) -> Any:
+        return lambda r: (r.get("usage") or {}).get(kind)
 
-
-def _line(r: dict[str, Any]) -> str:
-    usage = r.get("usage") or {}
-    status = str(r.get("status") or "-") + ("!" if r.get("client_disconnected") else "")
-    return (f"{r.get('time', '')[:23]:<23} {r.get('id', ''):<32} "
-            f"{(r.get('principal') or '-')[:18]:<18} {(r.get('model') or '-')[:22]:<22} "
-            f"{status:>6} {(r.get('stop_reason') or '-')[:13]:<13} "
-            f"{_num(r.get('ttfb_ms')):>8} {_num(r.get('total_ms')):>9} "
-            f"{usage.get('input_tokens', '-'):>7} {usage.get('output_tokens', '-'):>7} "
-            f"{r.get('cost_usd') or '-':>10} {r.get('cache') or '-'}")
+    # 100 columns hold time, id, principal, model, status and cost (and what else fits, in
+    # the order of `drop`); the rest shows with --wide (or in `audit show`).
+    first = 0 if wide else 5  # narrow: MM-DD HH:MM:SS
+    return Table([
+        Column("TIME (UTC)", lambda r: (r.get("time") or "")[first:19].replace("T", " "),
+               19 - first, shrink=False),
+        Column("REQUEST ID", "id", 30, shrink=False),
+        Column("PRINCIPAL", "principal", 12),
+        Column("MODEL", "model", 17, shrink=False),
+        Column("STATUS", lambda r: str(r.get("status") or "-") +
+               ("!" if r.get("client_disconnected") else ""), 6, right=True, shrink=False),
+        Column("STOP", "stop_reason", 10, drop=2),
+        Column("TTFB ms", "ttfb_ms", 7, right=True, format=_num, drop=1),
+        Column("TOTAL ms", "total_ms", 8, right=True, format=_num, drop=6),
+        Column("IN", usage("input_tokens"), 7, right=True, drop=4),
+        Column("OUT", usage("output_tokens"), 7, right=True, drop=5),
+        Column("COST $", "cost_usd", 9, right=True, shrink=False,
+               format=lambda v: "-" if v is None else money(v)),
+        Column("CACHE", "cache", 6, drop=3),
+    ], wide=wide)
 
 
 def _num(value: Any) -> str:
@@ -126,15 +137,12 @@ def show(settings: Settings, request_id: str, as_json: bool) -> None:
     if record is None:
         raise click.ClickException(f"no audit record for {request_id}")
     if as_json:
-        click.echo(orjson.dumps(record, option=orjson.OPT_INDENT_2).decode())
+        click.echo(to_json(record))
         return
     request_body = record.pop("request_body", None)
     response_body = record.pop("response_body", None)
     for key in sorted(record):
-        value = record[key]
-        if isinstance(value, dict | list):
-            value = orjson.dumps(value).decode()
-        click.echo(f"{key:>22}: {value}")
+        click.echo(f"{key:>22}: {scalar(record[key])}")
     for title, body in (("request body", request_body), ("response", response_body)):
         click.echo(f"\n--- {title} ---")
         click.echo(_pretty(body))
@@ -156,20 +164,22 @@ def _pretty(body: str | None) -> str:
               help="Seconds between polls.")
 @click.option("--count", type=int, default=None, help="Exit after printing this many.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@wide_option
 @settings_options
 def tail(settings: Settings, lines: int, interval: float, count: int | None,
-         as_json: bool) -> None:
+         as_json: bool, wide: bool) -> None:
     """Follow new records live (Ctrl-C to stop)."""
+    table = _table(wide)
 
     def emit(record: dict[str, Any]) -> None:
-        click.echo(orjson.dumps(record).decode() if as_json else _line(record))
+        click.echo(to_json(record, indent=False) if as_json else table.line(record))
 
     async def follow(store: AuditStore) -> None:
         head = await store.head()
         printed = 0
         last = max(head.anchor_seq, head.seq - lines)
         if not as_json:
-            click.echo(_HEADER)
+            click.echo(table.header())
         while count is None or printed < count:
             records = await store.after(last, 500)
             for record in records:
@@ -198,7 +208,7 @@ def verify(settings: Settings, as_json: bool, jsonl: tuple[str, ...]) -> None:
     started = time.monotonic()
     result = verify_exported(_jsonl_records(jsonl)) if jsonl else _run(settings, verify_chain)
     if as_json:
-        click.echo(orjson.dumps(result.as_dict()).decode())
+        click.echo(to_json(result.as_dict(), indent=False))
     elif result.ok:
         click.echo(f"ok: {result.checked} records verified (seq {result.head.anchor_seq + 1}.."
                    f"{result.head.seq}, head {result.head.hash}) in "

@@ -6,12 +6,12 @@ import asyncio
 import csv
 import io
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import click
-import orjson
 
 from midway.cli import TIME, settings_options
+from midway.cliformat import Table, columns, to_json, wide_option
 from midway.config import ConfigError, Settings
 from midway_billing.config import BillingConfig
 from midway_billing.plugin import Billing
@@ -36,14 +36,6 @@ def _with_billing(settings: Settings, fn: Callable[[Billing], Awaitable[T]]) -> 
     return asyncio.run(run())
 
 
-def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
-    cells = [[("-" if r.get(c) is None else str(r.get(c))) for c in columns] for r in rows]
-    widths = [max([len(c), *(len(row[i]) for row in cells)]) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
-    return "\n".join(lines)
-
-
 @click.group("billing")
 def billing_group() -> None:
     """Costs, budgets and prices recorded by midway-billing."""
@@ -57,21 +49,22 @@ def billing_group() -> None:
 @click.option("--until", type=TIME, default=None, help="Before this time.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array of rows.")
 @click.option("--csv", "as_csv", is_flag=True, help="Print CSV.")
+@wide_option
 @settings_options
 def report(settings: Settings, by: str, since: float | None, until: float | None,
-           as_json: bool, as_csv: bool) -> None:
+           as_json: bool, as_csv: bool, wide: bool) -> None:
     """Totals per group: requests, tokens by kind, cost and saved cost (USD)."""
     rows = _with_billing(settings, lambda b: b.report(by, since, until))
     if as_json:
-        click.echo(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
+        click.echo(to_json(rows))
         return
-    columns = [by, "requests", "attempts", "input_tokens", "output_tokens",
+    fields = [by, "requests", "attempts", "input_tokens", "output_tokens",
                "cache_write_5m_tokens", "cache_write_1h_tokens", "cache_read_tokens",
                "web_search_requests", "cost_usd", "saved_usd", "cache_hits", "refused",
                "unpriced", "pending", "reconciled"]
     if as_csv:
         out = io.StringIO()
-        writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
+        writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
         click.echo(out.getvalue(), nl=False)
@@ -79,32 +72,41 @@ def report(settings: Settings, by: str, since: float | None, until: float | None
     if not rows:
         click.echo("no spend recorded")
         return
-    click.echo(_table(rows, [by, "requests", "input_tokens", "output_tokens",
+    click.echo(Table(columns(by, "requests", "input_tokens", "output_tokens",
                              "cache_write_5m_tokens", "cache_write_1h_tokens",
-                             "cache_read_tokens", "cost_usd", "saved_usd", "unpriced"]))
+                             "cache_read_tokens", "cost_usd", "saved_usd", "unpriced",
+                             optional=["cache_write_1h_tokens", "cache_write_5m_tokens",
+                                       "unpriced", "cache_read_tokens"],
+                             keep=[by, "cost_usd"]),
+                     wide=wide).render(rows))
 
 
 @billing_group.command("budgets")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+@wide_option
 @settings_options
-def budgets(settings: Settings, as_json: bool) -> None:
+def budgets(settings: Settings, as_json: bool, wide: bool) -> None:
     """Each budget: spent, reserved, remaining and when it resets."""
     rows = _with_billing(settings, lambda b: b.budgets())
     if as_json:
-        click.echo(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
+        click.echo(to_json(rows))
         return
     if not rows:
         click.echo("no budgets configured ([[billing.budgets]])")
         return
-    click.echo(_table(rows, ["name", "scope", "value", "period", "mode", "limit_usd",
-                             "spent_usd", "reserved_usd", "remaining_usd", "resets_at"]))
+    click.echo(Table(columns("name", "scope", "value", "period", "mode", "limit_usd",
+                             "spent_usd", "reserved_usd", "remaining_usd", "resets_at",
+                             optional=["reserved_usd", "mode"],
+                             keep=["name", "limit_usd", "spent_usd", "remaining_usd"]),
+                     wide=wide).render(rows))
 
 
 @billing_group.command("prices")
 @click.argument("model", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@wide_option
 @settings_options
-def prices(settings: Settings, model: str | None, as_json: bool) -> None:
+def prices(settings: Settings, model: str | None, as_json: bool, wide: bool) -> None:
     """The price table in force (USD per million tokens), or the price of MODEL."""
     table = _config(settings).prices
     if model is not None:
@@ -115,9 +117,10 @@ def prices(settings: Settings, model: str | None, as_json: bool) -> None:
     else:
         rows = [p.as_dict() for _, p in sorted(table.prices.items())]
     if as_json:
-        click.echo(orjson.dumps(rows if model is None else rows[0],
-                                option=orjson.OPT_INDENT_2).decode())
+        click.echo(to_json(rows if model is None else rows[0]))
         return
-    click.echo(_table(rows, ["model", "family", "input", "cache_write_5m", "cache_write_1h",
+    click.echo(Table(columns("model", "family", "input", "cache_write_5m", "cache_write_1h",
                              "cache_read", "output", "web_search_per_request",
-                             "batch_discount"]))
+                             "batch_discount",
+                             optional=["web_search_per_request", "batch_discount", "family"],
+                             keep=["model"]), wide=wide).render(rows))

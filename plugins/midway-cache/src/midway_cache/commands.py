@@ -8,9 +8,9 @@ from typing import Any
 
 import attrs
 import click
-import orjson
 
 from midway.cli import settings_options
+from midway.cliformat import money, to_json
 from midway.config import ConfigError, Settings
 from midway_cache.config import CacheConfig
 from midway_cache.extras import require, semantic_modules
@@ -52,7 +52,7 @@ def stats_command(settings: Settings, as_json: bool) -> None:
     """Entries, bytes, hits, misses, saved tokens and dollars."""
     stats = asyncio.run(_with_store(settings, lambda store: store.stats()))
     if as_json:
-        click.echo(orjson.dumps(stats, option=orjson.OPT_INDENT_2).decode())
+        click.echo(to_json(stats))
         return
     lookups = stats["hits"] + stats["semantic_hits"] + stats["misses"]
     rate = (stats["hits"] + stats["semantic_hits"]) / lookups if lookups else 0.0
@@ -64,7 +64,7 @@ def stats_command(settings: Settings, as_json: bool) -> None:
     click.echo(f"shadow hits   {stats['shadow_hits']}")
     click.echo(f"bypasses      {stats['bypasses']}")
     click.echo(f"saved tokens  {stats['saved_tokens']}")
-    click.echo(f"saved usd     {stats['saved_usd']:.6f}")
+    click.echo(f"saved usd     {money(stats['saved_usd'])}")
 
 
 @cache_group.command("clear")
@@ -105,6 +105,6 @@ def eval_command(settings: Settings, pairs: Path | None, threshold: float | None
         config = attrs.evolve(config, semantic_guard=False)
     report = asyncio.run(evaluate(config, load_pairs(pairs)))
     if as_json:
-        click.echo(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+        click.echo(to_json(report))
     else:
         click.echo(render(report, verbose))

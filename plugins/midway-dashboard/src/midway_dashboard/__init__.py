@@ -15,12 +15,14 @@ from midway.config import ConfigError
 from midway.context import Midway
 from midway.exchange import Exchange
 from midway.secrets_ref import SecretError, resolve
+from midway.storage import check_store, upgrade_store
 from midway_dashboard.app import DASHBOARD, PREFIX, Dashboard
 from midway_dashboard.config import DashboardConfig
+from midway_dashboard.sessions import SCHEMA
 from midway_dashboard.window import event_from_exchange
 
-__all__ = ["DASHBOARD", "Dashboard", "DashboardConfig", "config_check", "describe",
-           "post_response", "register_routes", "startup"]
+__all__ = ["DASHBOARD", "Dashboard", "DashboardConfig", "config_check", "db_upgrade",
+           "describe", "post_response", "register_routes", "shutdown", "startup"]
 
 
 @hookimpl
@@ -39,17 +41,25 @@ def describe(midway: Midway) -> str:
 
 
 @hookimpl
-def startup(midway: Midway) -> None:
+async def startup(midway: Midway) -> None:
     dashboard = midway.services.get(DASHBOARD)
     if dashboard is not None:
-        dashboard.start()
+        await dashboard.start()
 
 
 @hookimpl
-def config_check(midway: Midway) -> list[str]:
+async def shutdown(midway: Midway) -> None:
+    dashboard = midway.services.get(DASHBOARD)
+    if dashboard is not None:
+        await dashboard.stop()
+
+
+@hookimpl
+async def config_check(midway: Midway) -> list[str]:
     problems = []
+    config = None
     try:
-        midway.options("dashboard", DashboardConfig)
+        config = midway.options("dashboard", DashboardConfig)
     except ConfigError as exc:
         problems.append(str(exc))
     ref = midway.settings.admin_key
@@ -58,7 +68,16 @@ def config_check(midway: Midway) -> list[str]:
             resolve(ref)
         except SecretError as exc:
             problems.append(f"admin_key: {exc}")
+        if config is not None:  # sessions are stored only when there is a key to log in with
+            problems += await check_store(config.store, SCHEMA, label="[dashboard] store")
     return problems
+
+
+@hookimpl
+async def db_upgrade(midway: Midway) -> list[str]:
+    """Create the sessions table (only used with an admin key)."""
+    config = midway.options("dashboard", DashboardConfig)
+    return await upgrade_store(config.store, SCHEMA, label="[dashboard] store")
 
 
 @hookimpl(trylast=True)

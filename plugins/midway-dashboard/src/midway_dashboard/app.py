@@ -6,7 +6,6 @@ import hashlib
 import html
 import re
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -25,7 +24,9 @@ from midway.server import PROXY_KEY
 from midway.services import ServiceKey
 from midway_dashboard import panels
 from midway_dashboard.access import COOKIE, COOKIE_PATH, Access, Verdict
+from midway_dashboard.attempts import AttemptLimiter, Outcome
 from midway_dashboard.config import DashboardConfig
+from midway_dashboard.sessions import Sessions
 from midway_dashboard.window import TrafficWindow
 
 PREFIX = "/_midway"
@@ -57,7 +58,6 @@ SECURITY_HEADERS = {
 
 RANGES = {"15m": timedelta(minutes=15), "1h": timedelta(hours=1), "24h": timedelta(hours=24),
           "7d": timedelta(days=7), "30d": timedelta(days=30)}
-LOGIN_FAILURES_PER_MINUTE = 10
 TRAFFIC_CACHE_SECONDS = 1.0
 LOGIN_FORM_MAX_BYTES = 8192
 STATUS_FILTER = re.compile(r"[1-5](\d\d|xx)|error")
@@ -101,18 +101,30 @@ class Dashboard:
         self.window = TrafficWindow(config.window_seconds, config.max_events)
         self.refresh_ms = int(config.refresh_seconds * 1000)
         self.session_seconds = config.session_hours * 3600
+        self.store = config.store
+        self.limiter = AttemptLimiter(free=config.free_attempts, spacing=config.attempt_spacing,
+                                      max_wait=config.attempt_max_wait)
         self.access: Access | None = None  # set at start-up, once the admin key is resolved
         self.started_at = time.time()
         self._static = _load_static()
-        self._failures: dict[str, deque[float]] = {}
         self._traffic: tuple[float, dict[str, Any]] | None = None
 
-    def start(self) -> None:
-        """Resolve the admin key; a bad config or an unresolvable key aborts start-up."""
+    async def start(self) -> None:
+        """Resolve the admin key and open the session store; a bad config or an unresolvable
+        key aborts start-up."""
         if self.config_error is not None:
             raise self.config_error
         ref = self.midway.settings.admin_key
-        self.access = Access(resolve(ref) if ref else None, self.session_seconds)
+        admin_key = resolve(ref) if ref else None
+        sessions = None
+        if admin_key:
+            sessions = Sessions(self.store, admin_key, self.session_seconds)
+            await sessions.open()
+        self.access = Access(admin_key, sessions, self.limiter)
+
+    async def stop(self) -> None:
+        if self.access is not None and self.access.sessions is not None:
+            await self.access.sessions.close()
 
     # -- routes ------------------------------------------------------------------------------
 
@@ -147,13 +159,17 @@ class Dashboard:
             access = self.access
             if access is None:
                 return error_response(503, "midway is starting")
-            verdict = access.check(request)
+            verdict = await access.check(request)
             if verdict is Verdict.HIDDEN:
                 # Same answer as any unknown path: the dashboard does not reveal itself.
                 return error_response(404, "midway serves /v1/*; no route for "
                                       f"{request.path[:200]}")
-            if verdict is Verdict.LOGIN and not public:
-                response: web.StreamResponse = self._unauthorized(request)
+            if verdict is Verdict.BUSY and not public:
+                response: web.StreamResponse = error_response(
+                    429, "too many wrong admin keys from this address; slow down",
+                    headers={"retry-after": str(int(access.limiter.max_wait))})
+            elif verdict in (Verdict.LOGIN, Verdict.BUSY) and not public:
+                response = self._unauthorized(request)
             else:
                 response = await handler(request)
             response.headers.update(SECURITY_HEADERS)
@@ -217,24 +233,27 @@ class Dashboard:
         next_path = _safe_next(str(form.get("next", "")))
         if not access.protected:
             return _see_other(next_path)
-        remote = request.remote or ""
-        failures = self._failures.setdefault(remote, deque(maxlen=LOGIN_FAILURES_PER_MINUTE))
-        now = time.monotonic()
-        if len(failures) == failures.maxlen and now - failures[0] < 60:
-            return self._login_page(next_path, 429, "Too many failed attempts; wait a minute.")
-        if not access.key_matches(str(form.get("key", ""))):
-            failures.append(now)
-            if len(self._failures) > 10_000:  # bounded even under a spray of addresses
-                self._failures.clear()
+        # Past a few wrong keys from this address, attempts are spaced out; the right key
+        # still logs in (attempts.py).
+        outcome = await access.try_key(request, str(form.get("key", "")))
+        if outcome is Outcome.BUSY:
+            return self._login_page(next_path, 429, "Too many attempts from this address are "
+                                    "waiting; try again in a few seconds.")
+        if outcome is Outcome.WRONG:
             return self._login_page(next_path, 401, "That is not the admin key.")
-        failures.clear()
+        assert access.sessions is not None
         response = _see_other(next_path)
-        response.set_cookie(COOKIE, access.new_session(), path=COOKIE_PATH, httponly=True,
+        response.set_cookie(COOKIE, await access.sessions.create(), path=COOKIE_PATH,
+                            httponly=True,
                             samesite="Strict", secure=request.secure,
                             max_age=int(access.session_seconds))
         return response
 
     async def logout(self, request: web.Request) -> web.StreamResponse:
+        access = self.access
+        cookie = request.cookies.get(COOKIE)
+        if access is not None and access.sessions is not None and cookie:
+            await access.sessions.end(cookie)  # the session ends here, not just in the browser
         response = _see_other(f"{PREFIX}/login")
         response.del_cookie(COOKIE, path=COOKIE_PATH)
         return response

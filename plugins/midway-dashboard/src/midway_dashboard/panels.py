@@ -7,6 +7,7 @@ that raises or hangs gives the panel an ``error`` and leaves the other panels wo
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import inspect
 import logging
 from collections.abc import Callable
@@ -50,15 +51,41 @@ class ServiceError(Exception):
 
 
 def availability(midway: Midway) -> dict[str, dict[str, Any]]:
-    """For each panel's plugin: installed (service published), loaded, and any load error."""
+    """For each panel's plugin: ``installed`` (its service is published), ``loaded``, any load
+    error, ``state`` (on, no-service, failed, not-loaded, not-installed) and ``notice``: what
+    a person reads when the panel has no data, with what to do."""
     infos = {info.name: info for info in midway.plugins.infos}
+    entry_points = {ep.name for ep in importlib.metadata.entry_points(group="midway")}
     out = {}
     for name, dist in PROVIDERS.items():
         info = infos.get(name)
+        state, notice = _state(midway, name, dist, info.error if info is not None else None,
+                               info is not None, name in entry_points)
         out[name] = {"installed": name in midway.services, "package": dist,
                      "loaded": info is not None and info.error is None,
-                     "error": info.error if info is not None else None}
+                     "error": info.error if info is not None else None,
+                     "state": state, "notice": notice}
     return out
+
+
+def _state(midway: Midway, name: str, dist: str, error: str | None, registered: bool,
+           entry_point: bool) -> tuple[str, str | None]:
+    if name in midway.services:
+        return "on", None
+    if error is not None:
+        return "failed", f"{dist} failed to load: {error}"
+    if registered:
+        return "no-service", (f"{dist} is loaded but published no service: check its "
+                              f"[{name}] configuration and the start-up log.")
+    if entry_point:
+        listed = midway.settings.plugins
+        how = (f'the plugins list ({", ".join(listed) or "empty"}) leaves it out: add "{name}" '
+               "to plugins in the config file or to MIDWAY_PLUGINS"
+               if listed is not None else
+               f'load it: remove the plugins list, or add "{name}" to it')
+        return "not-loaded", f"{dist} is installed but not loaded: {how}, and restart midway."
+    return "not-installed", (f"{dist} is not installed: pip install {dist} (from a checkout: "
+                             f"pip install ./plugins/{dist}) and restart midway.")
 
 
 def not_installed(midway: Midway, name: str) -> dict[str, Any]:

@@ -44,9 +44,10 @@ async def startup(midway: Midway) -> None:
     router = Router(config, metrics)
     await router.shared.start(router.apply)
     midway.services[ROUTER] = router
-    if router.active:
-        router.snapshots = SnapshotWriter(router, midway.data_dir, midway.worker_index)
-        router.snapshots.start()
+    # Published even without routes: `midway router status` then tells "passing requests
+    # through" from "no server running".
+    router.snapshots = SnapshotWriter(router, midway.data_dir, midway.worker_index)
+    router.snapshots.start()
 
 
 @hookimpl

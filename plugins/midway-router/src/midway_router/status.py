@@ -10,6 +10,7 @@ import os
 import secrets
 import socket
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import orjson
 
 from midway.background import start_every
+from midway.cliformat import Column, Table
 from midway_router.router import Router
 
 log = logging.getLogger("midway.router")
@@ -132,17 +134,22 @@ def _when(epoch: float | None, now: float) -> str:
     return f"{stamp} (in {max(0.0, epoch - now):.0f} s)"
 
 
-def table(rows: list[dict[str, Any]]) -> str:
-    """A plain-text table for people."""
+def _until(row: Mapping[str, Any]) -> float | None:
+    until = row.get("disabled_until") or row.get("resting_until") or row.get("down_until")
+    return float(until) if until else None
+
+
+def table(rows: list[dict[str, Any]], wide: bool = False) -> str:
+    """A plain-text table for people (fits 100 columns unless ``wide``)."""
     now = time.time()
-    lines = [f"{'UPSTREAM':<16} {'KEY':<13} {'HEALTH':<9} {'IN FLIGHT':>9} {'SERVED':>7} "
-             f"{'REQ LEFT':>8} {'TOK LEFT':>9}  UNTIL"]
-    for row in rows:
-        remaining = row.get("remaining") or {}
-        until = row.get("disabled_until") or row.get("resting_until") or row.get("down_until")
-        lines.append(
-            f"{row['upstream'][:16]:<16} {row['key'] or 'passthrough':<13} "
-            f"{row['health']:<9} {row['in_flight']:>9} {row['served']:>7} "
-            f"{remaining.get('requests', '-')!s:>8} {remaining.get('tokens', '-')!s:>9}  "
-            f"{_when(until, now)}")
-    return "\n".join(lines)
+    columns = [
+        Column("UPSTREAM", "upstream", 16),
+        Column("KEY", lambda r: r["key"] or "passthrough", 13),
+        Column("HEALTH", "health", 9),
+        Column("IN FLIGHT", "in_flight", 9, right=True),
+        Column("SERVED", "served", 7, right=True),
+        Column("REQ LEFT", lambda r: (r.get("remaining") or {}).get("requests"), 8, right=True),
+        Column("TOK LEFT", lambda r: (r.get("remaining") or {}).get("tokens"), 9, right=True),
+        Column("UNTIL", lambda r: _when(_until(r), now), 20),
+    ]
+    return Table(columns, wide=wide).render(rows)

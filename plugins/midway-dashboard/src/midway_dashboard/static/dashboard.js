@@ -119,13 +119,11 @@
   }
 
   function notInstalled(data, what) {
-    const lines = [el("strong", {text: `${data.package} is not installed.`}),
-                   ` ${what} appears here once it is: `, el("code", {text: `pip install ${data.package}`}),
-                   " and restart midway."];
-    if (data.error) lines.push(el("div", {class: "extra", text: "Load error: " + data.error}));
-    else if (data.loaded) lines.push(el("div", {class: "extra",
-      text: "The plugin is loaded but published no service: check its configuration."}));
-    return el("div", {class: "notice not-installed", role: "status"}, lines);
+    // The server words the notice: not installed, installed but not loaded, failed to load.
+    const lines = [el("strong", {text: data.notice || `${data.package} is not available.`}),
+                   el("div", {class: "extra", text: `${what} appears here once it is on.`})];
+    return el("div", {class: "notice not-installed", role: "status", dataset: {state: data.state || ""}},
+              lines);
   }
 
   function failure(message) {
@@ -185,6 +183,9 @@
 
   const pages = {};
 
+  const PLUGIN_STATES = {"not-installed": "not installed", "not-loaded": "installed, not loaded",
+                         "failed": "failed to load", "no-service": "loaded, no service"};
+
   pages.traffic = () => {
     const cards = el("div", {class: "cards", id: "traffic-cards"});
     const rate = chartBox("chart-rate");
@@ -203,7 +204,7 @@
       replace(plugins, Object.entries(status.panels).map(([name, info]) =>
         el("div", {class: "plugin " + (info.installed ? "on" : "off"), dataset: {plugin: name}},
            el("strong", {text: info.package}), " ",
-           info.installed ? "installed" : "not installed")));
+           info.installed ? "on" : (PLUGIN_STATES[info.state] || "not available"))));
     }).catch((err) => replace(plugins, failure(err.message)));
 
     return poll(async () => {
