@@ -295,6 +295,8 @@ class Principal:
     models: tuple[str, ...] = ()  # globs the principal may use; empty: any
     upstreams: tuple[str, ...] = ()  # upstream names it may reach; empty: any
     allow_project_header: bool = True
+    # Ids of the keys this one was derived from, nearest first: their budgets cover it too.
+    ancestors: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         return {"id": self.id, "name": self.name, "team": self.team, "kind": self.kind,
