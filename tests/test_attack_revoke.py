@@ -38,10 +38,11 @@ ROUNDS = 5
 MINTERS = 4
 
 
-def _call(url: str, method: str, key: str, body: Any = None) -> tuple[int, Any]:
+def _call(url: str, method: str, key: str, body: Any = None,
+          headers: dict[str, str] | None = None) -> tuple[int, Any]:
     request = urllib.request.Request(
         url, method=method, data=None if body is None else orjson.dumps(body),
-        headers={"x-api-key": key, "content-type": "application/json"})
+        headers={"x-api-key": key, "content-type": "application/json", **(headers or {})})
     try:
         with urllib.request.urlopen(request, timeout=30) as resp:
             return resp.status, orjson.loads(resp.read())

@@ -59,7 +59,20 @@ def attribution(exchange: Exchange, project_header: str) -> Attribution:
         if value:
             project = value[:200]
     return Attribution(principal=principal.id, principal_name=principal.name,
-                       team=principal.team, project=project)
+                       team=principal.team, project=project,
+                       ancestors=tuple(getattr(principal, "ancestors", ())))
+
+
+def project_refusal(exchange: Exchange, project_header: str) -> str | None:
+    """Why the request may not bill to the project its header names: a key bound to a
+    project (its ``project`` label) bills to that one only."""
+    principal = exchange.principal
+    own = principal.labels.get("project")
+    value = exchange.request.headers.get(project_header, "").strip()
+    if own is None or not value or value[:200] == own or not principal.allow_project_header:
+        return None
+    return (f"this key bills to project {own!r} and may not name project {value[:100]!r} in "
+            f"{project_header}; leave the header out or use a key of that project")
 
 
 class Billing:
@@ -179,6 +192,10 @@ class Billing:
         return state
 
     async def pre_request(self, exchange: Exchange) -> Response | None:
+        refusal = project_refusal(exchange, self.config.project_header)
+        if refusal is not None:
+            return Response(status=403, body=error_body(403, refusal, exchange.id,
+                                                        "permission_error"))
         state = self._state(exchange)
         if not self.config.budgets or not exchange.request.is_messages:
             return None
