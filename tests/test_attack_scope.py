@@ -104,3 +104,28 @@ def test_a_parent_budget_covers_its_descendants(server: Server,
         assert status in (200, 429), answer
         served += status == 200
     assert served <= 1, f"{served} derived keys were served past their parent's budget"
+
+
+@pytest.mark.attack(2, "a key past its hard budget submits a batch")
+def test_batches_are_priced_against_hard_budgets(server: Server,
+                                                 fake_upstream: FakeUpstream) -> None:
+    spender = key(server)
+    fake_upstream.reply(Reply(usage={"input_tokens": 10, "output_tokens": 1000}))
+    status, answer = _call(f"{server.url}/v1/messages", "POST", str(spender["secret"]),
+                           {**MSG, "max_tokens": 100})
+    assert status == 200, answer
+    small = {"requests": [{"custom_id": "r", "params": {
+        "model": "claude-haiku-4-5", "max_tokens": 1,
+        "messages": [{"role": "user", "content": "hi"}]}}]}
+    status, answer = _call(f"{server.url}/v1/messages/batches", "POST",
+                           str(spender["secret"]), small)
+    assert status == 429, answer
+    # A fresh key: 100 Opus requests may cost far more than its $0.01.
+    fresh = key(server)
+    big = {"requests": [{"custom_id": f"r{i}", "params": {
+        "model": "claude-opus-4-1", "max_tokens": 1000,
+        "messages": [{"role": "user", "content": "hi"}]}} for i in range(100)]}
+    status, answer = _call(f"{server.url}/v1/messages/batches", "POST", str(fresh["secret"]),
+                           big)
+    assert status == 429 and "may cost up to" in answer["error"]["message"], answer
+    assert not [r for r in fake_upstream.requests if "batches" in r.path]
