@@ -303,6 +303,8 @@ class Principal:
     models: tuple[str, ...] = ()  # globs the principal may use; empty: any
     upstreams: tuple[str, ...] = ()  # upstream names it may reach; empty: any
     allow_project_header: bool = True
+    # Ids of the keys this one was derived from, nearest first: their budgets cover it too.
+    ancestors: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         return {"id": self.id, "name": self.name, "team": self.team, "kind": self.kind,
@@ -404,6 +406,24 @@ class Exchange:
             if isinstance(model, str):
                 return model
         return None
+
+    def requested_models(self) -> list[str | None]:
+        """Every model the request names: the body's ``model``, and for a batch
+        (``/v1/messages/batches``) each request's ``params.model`` (``None`` for one that
+        names none). Empty for a request that names no model."""
+        body = self.request.json
+        models: list[str | None] = []
+        if not isinstance(body, dict):
+            return models
+        if isinstance(body.get("model"), str):
+            models.append(body["model"])
+        requests = body.get("requests")
+        if self.request.path.startswith("/v1/messages/batches") and isinstance(requests, list):
+            for entry in requests:
+                params = entry.get("params") if isinstance(entry, dict) else None
+                model = params.get("model") if isinstance(params, dict) else None
+                models.append(model if isinstance(model, str) else None)
+        return models
 
     @property
     def stream_body(self) -> bytes | None:

@@ -355,9 +355,13 @@ class Proxy:
         models = exchange.principal.models
         if not models:
             return
-        model = exchange.model
-        if model is not None and not any(fnmatch.fnmatchcase(model, g) for g in models):
-            raise MidwayError(403, f"this key may not use model {model[:100]!r}")
+        # Every model the request names: the body's, and each request's in a batch.
+        for model in exchange.requested_models():
+            if model is None:
+                raise MidwayError(403, "this key is limited to some models: every request "
+                                  "in a batch must name one")
+            if not any(fnmatch.fnmatchcase(model, g) for g in models):
+                raise MidwayError(403, f"this key may not use model {model[:100]!r}")
 
     # -- upstream attempts -------------------------------------------------------------------
 

@@ -24,8 +24,8 @@ def test_budgets_apply_by_scope_and_match() -> None:
         {"scope": "all", "period": "total", "limit_usd": "100"}])
     alice = Attribution("alice", "alice", "search", None)
     bob = Attribution("bob", "bob", "ads", "apollo")
-    assert [b.applies(alice) for b in budgets] == ["search", None, "*"]
-    assert [b.applies(bob) for b in budgets] == [None, "apollo", "*"]
+    assert [b.applies(alice) for b in budgets] == [["search"], [], ["*"]]
+    assert [b.applies(bob) for b in budgets] == [[], ["apollo"], ["*"]]
     assert budgets[1].limit_pusd == 1_500_000_000_000 and not budgets[1].hard
     for bad in ({"scope": "galaxy", "limit_usd": "1"}, {"scope": "team"},
                 {"period": "week", "limit_usd": "1"}, {"mode": "maybe", "limit_usd": "1"},

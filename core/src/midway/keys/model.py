@@ -69,6 +69,8 @@ class KeyRecord:
     revoked_at: float | None = None
     credentials: tuple[Credential, ...] = ()
     problem: str | None = None  # why the stored row is unusable: the key is "invalid"
+    # The keys it was derived from, nearest first (filled in for authentication only).
+    ancestors: tuple[str, ...] = ()
 
     def status(self, now: float | None = None) -> str:
         now = time.time() if now is None else now
@@ -85,7 +87,8 @@ class KeyRecord:
         return Principal(id=self.id, name=self.name, team=s.team, kind="key",
                          key_id=visible_prefix(credential.id), labels=dict(s.labels),
                          models=s.models, upstreams=s.upstreams,
-                         allow_project_header=s.allow_project_header)
+                         allow_project_header=s.allow_project_header,
+                         ancestors=self.ancestors)
 
     def as_dict(self, now: float | None = None) -> dict[str, Any]:
         """The public form of a key: never a secret, nor a hash of one. An invalid key has
@@ -182,3 +185,9 @@ def check_within(child: Scope, parent: Scope) -> None:
         raise KeysError("a derived key cannot outlive its parent key", 403)
     if child.allow_project_header and not parent.allow_project_header:
         raise KeysError("the parent key may not set the project header", 403)
+    # The projects a key may bill to are part of its scope: its ``project`` label, or any
+    # project when it may name one in the project header.
+    project = child.labels.get("project")
+    if project is not None and project != parent.labels.get("project") \
+            and not parent.allow_project_header:
+        raise KeysError(f"project {project!r} is beyond the parent key's projects", 403)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 
@@ -20,7 +21,14 @@ from midway.keys.model import (
     check_within,
 )
 from midway.keys.store import KeyStore
+from midway.storage import retrying
 from midway.timeparse import TIME_FORMS, parse_duration, parse_time
+
+T = TypeVar("T")
+log = logging.getLogger("midway.keys")
+# How long a key write is retried through deadlocks, serialization failures and blinks of the
+# database before it is reported as failed (it then changed nothing: one transaction).
+WRITE_DEADLINE = 30.0
 
 
 @attrs.frozen
@@ -127,6 +135,12 @@ class KeyService:
         if self.on_change is not None:
             await self.on_change()
 
+    async def _write(self, work: Callable[[], Awaitable[T]], what: str) -> T:
+        """A write retried while it fails transiently (a deadlock or serialization failure on
+        PostgreSQL, a busy SQLite file): each attempt is a whole transaction, so a write either
+        lands or is reported failed having changed nothing."""
+        return await retrying(work, what=f"keys: {what}", log=log, deadline=WRITE_DEADLINE)
+
     async def create(self, spec: dict[str, Any], parent_id: str | None = None) -> Issued:
         """Issue a key. With ``parent_id`` it is derived: its scope must lie within the
         parent's, and revoking the parent revokes it."""
@@ -147,7 +161,8 @@ class KeyService:
         credential, secret = _new_credential(key_id, now)
         record = KeyRecord(id=key_id, name=name, scope=scope, created_at=now,
                            parent_id=parent_id, credentials=(credential,))
-        await self.store.insert(record, credential)
+        await self._write(lambda: self.store.insert(record, credential),
+                          f"creating key {key_id}")
         await self._changed()
         return Issued(record, secret)
 
@@ -162,9 +177,9 @@ class KeyService:
 
     async def revoke(self, key_id: str) -> KeyRecord:
         await self.get(key_id)
-        await self.store.revoke(key_id, time.time())
+        await self._write(lambda: self.store.revoke(key_id, time.time()), f"revoking {key_id}")
         await self._changed()
-        return await self.get(key_id)
+        return await self._write(lambda: self.get(key_id), f"reading {key_id}")
 
     async def rotate(self, key_id: str, grace: float = 0.0) -> Issued:
         """A new secret for the same key (same id, scope and spend history); the old
@@ -177,7 +192,8 @@ class KeyService:
         if record.status(now) != "active":
             raise KeysError(f"key {key_id} is {record.status(now)}", 409)
         credential, secret = _new_credential(key_id, now)
-        await self.store.rotate(key_id, credential, now + grace)
+        await self._write(lambda: self.store.rotate(key_id, credential, now + grace),
+                          f"rotating {key_id}")
         await self._changed()
         return Issued(await self.get(key_id), secret)
 
@@ -191,7 +207,8 @@ class KeyService:
         if labels is not None and record.parent_id is not None:
             parent = await self.get(record.parent_id)
             check_within(attrs.evolve(record.scope, labels=labels), parent.scope)
-        await self.store.update(key_id, _text(spec.get("name"), "name"), labels)
+        name = _text(spec.get("name"), "name")
+        await self._write(lambda: self.store.update(key_id, name, labels), f"updating {key_id}")
         await self._changed()
         return await self.get(key_id)
 

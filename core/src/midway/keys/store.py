@@ -7,14 +7,18 @@ instance that has seen version N can ask for exactly what changed after N.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from typing import Any
 
+import attrs
 import orjson
 
 from midway.keys.config import LABEL, KeysConfig
-from midway.keys.model import Credential, KeyRecord, Scope, check_record
-from midway.storage import Database, Row, Schema, Tx, open_database
+from midway.keys.model import Credential, KeyRecord, KeysError, Scope, check_record
+from midway.storage import Database, Row, Schema, Tx, open_database, retrying
+
+log = logging.getLogger("midway.keys")
 
 SCHEMA = Schema("keys", """
 CREATE TABLE IF NOT EXISTS midway_keys (
@@ -81,7 +85,16 @@ class KeyStore:
         self.description = db.store.masked  # for messages: never contains a password
 
     async def open(self) -> list[str]:
-        return await self.db.open(SCHEMA)
+        # Opening runs the schema's DDL, which on PostgreSQL can deadlock against key writes
+        # of running servers (the loser is rolled back): try again, as they do.
+        async def attempt() -> list[str]:
+            try:
+                return await self.db.open(SCHEMA)
+            except BaseException:
+                await self.db.close()
+                raise
+
+        return await retrying(attempt, what=f"{LABEL}: opening", log=log, deadline=30.0)
 
     async def close(self) -> None:
         await self.db.close()
@@ -111,7 +124,15 @@ class KeyStore:
         s = record.scope
 
         async def unit(tx: Tx) -> None:
+            # The bump takes the version row's lock, which every write takes first: a revoke
+            # of the parent is either committed already (and seen here) or waits for this
+            # insert and then revokes the new child with the rest.
             version = await self._bump(tx)
+            if record.parent_id is not None:
+                parent = await tx.fetchone("SELECT revoked_at FROM midway_keys WHERE id = ?",
+                                           record.parent_id)
+                if parent is None or parent["revoked_at"] is not None:
+                    raise KeysError(f"parent key {record.parent_id} is revoked", 403)
             await tx.execute(
                 "INSERT INTO midway_keys (id, name, team, labels, models, upstreams, "
                 "capabilities, allow_project_header, parent_id, created_at, expires_at, "
@@ -155,14 +176,35 @@ class KeyStore:
         return [_record(r, by_key.get(r["id"], ())) for r in rows]
 
     async def find(self, credential_id: str) -> tuple[Credential, KeyRecord] | None:
-        """A credential and its key, for authentication."""
-        creds = await self.db.fetch(_SELECT_CREDENTIALS + " WHERE id = ?", credential_id)
-        if not creds:
-            return None
-        credential = _credential(creds[0])
-        rows = await self.db.fetch(_SELECT_KEYS + " WHERE id = ?",
-                                   credential.key_id)
-        return (credential, _record(rows[0])) if rows else None
+        """A credential and its key, for authentication, read in one transaction with the
+        key's ancestors (``KeyRecord.ancestors``, nearest first). A key below a revoked one is
+        returned revoked whatever its own row says."""
+        async def unit(tx: Tx) -> tuple[Credential, KeyRecord] | None:
+            creds = await tx.fetch(_SELECT_CREDENTIALS + " WHERE id = ?", credential_id)
+            if not creds:
+                return None
+            credential = _credential(creds[0])
+            row = await tx.fetchone(_SELECT_KEYS + " WHERE id = ?", credential.key_id)
+            if row is None:
+                return None
+            record = _record(row)
+            ancestors: list[str] = []
+            revoked_at = record.revoked_at
+            parent_id = record.parent_id
+            while parent_id is not None and parent_id not in ancestors \
+                    and parent_id != record.id:
+                ancestors.append(parent_id)
+                parent = await tx.fetchone("SELECT parent_id, revoked_at FROM midway_keys "
+                                           "WHERE id = ?", parent_id)
+                if parent is None:
+                    break
+                if revoked_at is None and parent["revoked_at"] is not None:
+                    revoked_at = parent["revoked_at"]
+                parent_id = parent["parent_id"]
+            return credential, attrs.evolve(record, ancestors=tuple(ancestors),
+                                            revoked_at=revoked_at)
+
+        return await self.db.run(unit)
 
     async def revoke(self, key_id: str, now: float) -> list[str]:
         """Revoke a key and every key derived from it; the ids newly revoked."""

@@ -22,12 +22,22 @@ class Attribution:
     principal_name: str
     team: str | None
     project: str | None
+    # The keys the principal was derived from, nearest first: their budgets cover it too.
+    ancestors: tuple[str, ...] = ()
 
     def value(self, scope: str) -> str | None:
         if scope == "all":
             return "*"
         return {"principal": self.principal, "team": self.team,
                 "project": self.project}.get(scope)
+
+    def values(self, scope: str) -> list[str]:
+        """Every value of ``scope`` a request counts for: a principal scope counts for the
+        principal and each key it descends from."""
+        if scope == "principal":
+            return [self.principal, *self.ancestors]
+        value = self.value(scope)
+        return [] if value is None else [value]
 
 
 @attrs.frozen
@@ -42,14 +52,9 @@ class Budget:
     hard: bool
     warn_at: float  # fraction of the limit from which a warning is given
 
-    def applies(self, who: Attribution) -> str | None:
-        """The scope value this budget counts for ``who`` (None: it does not apply)."""
-        value = who.value(self.scope)
-        if value is None:
-            return None
-        if self.match != "*" and value != self.match:
-            return None
-        return value
+    def applies(self, who: Attribution) -> list[str]:
+        """The scope values this budget counts ``who``'s spend in (none: it does not apply)."""
+        return [v for v in who.values(self.scope) if self.match in ("*", v)]
 
 
 @attrs.frozen
@@ -133,9 +138,7 @@ class Check:
 def checks_for(budgets: list[Budget], who: Attribution, now: float) -> list[Check]:
     out = []
     for budget in budgets:
-        value = budget.applies(who)
-        if value is None:
-            continue
         start, reset = window(budget.period, now)
-        out.append(Check(budget, Bucket(budget.scope, value, budget.period, start), reset))
+        for value in budget.applies(who):
+            out.append(Check(budget, Bucket(budget.scope, value, budget.period, start), reset))
     return out

@@ -12,6 +12,7 @@ from decimal import Decimal
 from typing import Any
 
 import attrs
+import orjson
 
 from midway import Attempt, Exchange, Response, error_body
 from midway.annotations import BILLING, CACHE, CACHE_HITS, COST_USD
@@ -60,7 +61,20 @@ def attribution(exchange: Exchange, project_header: str) -> Attribution:
         if value:
             project = value[:200]
     return Attribution(principal=principal.id, principal_name=principal.name,
-                       team=principal.team, project=project)
+                       team=principal.team, project=project,
+                       ancestors=tuple(getattr(principal, "ancestors", ())))
+
+
+def project_refusal(exchange: Exchange, project_header: str) -> str | None:
+    """Why the request may not bill to the project its header names: a key bound to a
+    project (its ``project`` label) bills to that one only."""
+    principal = exchange.principal
+    own = principal.labels.get("project")
+    value = exchange.request.headers.get(project_header, "").strip()
+    if own is None or not value or value[:200] == own or not principal.allow_project_header:
+        return None
+    return (f"this key bills to project {own!r} and may not name project {value[:100]!r} in "
+            f"{project_header}; leave the header out or use a key of that project")
 
 
 class Billing:
@@ -136,17 +150,38 @@ class Billing:
     def estimate(self, exchange: Exchange) -> int:
         """The most a request may cost, roughly: its input at the input rate (from the body
         size) plus ``max_tokens`` at the output rate. Unpriced models use the table's highest
-        rates."""
+        rates. A batch: the sum of its requests' estimates at the batch price."""
+        if _is_batch_submit(exchange):
+            return self.batch_estimate(exchange)
+        return self._estimate(exchange.request.json, exchange.model,
+                              len(exchange.request.body))
+
+    def batch_estimate(self, exchange: Exchange) -> int:
         body = exchange.request.json
+        requests = body.get("requests") if isinstance(body, dict) else None
+        total = 0
+        for entry in requests if isinstance(requests, list) else []:
+            params = entry.get("params") if isinstance(entry, dict) else None
+            if not isinstance(params, dict):
+                continue
+            model = params.get("model")
+            model = model if isinstance(model, str) else None
+            full = self._estimate(params, model, len(orjson.dumps(params)))
+            price = self.prices.lookup(model)
+            discount = price.batch_discount if price else Decimal(0)
+            total += int(full * (1 - discount))
+        return total
+
+    def _estimate(self, body: Any, model: str | None, size: int) -> int:
         max_tokens = body.get("max_tokens") if isinstance(body, dict) else None
         if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 0:
             max_tokens = 0
         # Beyond any model's limit the upstream refuses the request (400); the cap keeps an
         # absurd value from overflowing the store's 64-bit counters.
         max_tokens = min(max_tokens, MAX_TOKENS_ESTIMATE)
-        price = self.prices.lookup(exchange.model)
+        price = self.prices.lookup(model)
         rate_in, rate_out = (price.input, price.output) if price else self.prices.max_rates()
-        input_tokens = math.ceil(len(exchange.request.body) / self.config.bytes_per_token)
+        input_tokens = math.ceil(size / self.config.bytes_per_token)
         return to_pusd((Decimal(input_tokens) * rate_in + Decimal(max_tokens) * rate_out)
                        / _MTOK)
 
@@ -169,8 +204,13 @@ class Billing:
         return state
 
     async def pre_request(self, exchange: Exchange) -> Response | None:
+        refusal = project_refusal(exchange, self.config.project_header)
+        if refusal is not None:
+            return Response(status=403, body=error_body(403, refusal, exchange.id,
+                                                        "permission_error"))
         state = self._state(exchange)
-        if not self.config.budgets or not exchange.request.is_messages:
+        if not self.config.budgets or not (exchange.request.is_messages
+                                           or _is_batch_submit(exchange)):
             return None
         now = time.time()
         checks = checks_for(self.config.budgets, state.who, now)
@@ -325,6 +365,11 @@ class Billing:
             rows = []
             final = exchange.attempts[-1]
             cost = self.cost_of(exchange, final)
+            if _is_batch_submit(exchange) and exchange.status is not None \
+                    and exchange.status < 300:
+                # Its results are not priced when fetched: a batch is charged, when it is
+                # accepted, the most its requests may cost.
+                cost = attrs.evolve(cost, output=cost.output + self.batch_estimate(exchange))
             for attempt in exchange.attempts:
                 row = self._row(exchange, state, attempt.id, attempt.number, "attempt",
                                 "settled")
@@ -451,6 +496,11 @@ class Billing:
                     "window_start": iso(start) if budget.period != "total" else None,
                     "resets_at": iso(reset)})
         return out
+
+
+def _is_batch_submit(exchange: Exchange) -> bool:
+    return exchange.request.method == "POST" and \
+        exchange.request.path.rstrip("/") == "/v1/messages/batches"
 
 
 def _is_batch(exchange: Exchange) -> bool:
