@@ -111,7 +111,7 @@ def test_root_config_selects_the_plugins_listed(tmp_path, monkeypatch):
                  ["plugins", "--config", str(config), "--json"]):
         result = CliRunner().invoke(cli, args)
         assert result.exit_code == 0, result.output
-        assert [p["name"] for p in json.loads(result.output)] == ["only_me"]
+        assert [p["name"] for p in json.loads(result.output)] == ["keys", "client_keys", "only_me"]
 
 
 def test_config_show_prints_plugin_tables_with_credentials_masked(tmp_path, monkeypatch):
