@@ -118,6 +118,9 @@ def test_start_up_lines_say_what_each_plugin_does(tmp_path):
     assert all(lines.values()), text
     assert f"http://127.0.0.1:{port}/_midway/" in lines["dashboard"]
     assert str(tmp_path / "data") in lines["audit"]
+    # what each does by default: caching only when asked, bodies kept 30 days
+    assert "only requests sending x-midway-cache: use" in lines["cache"]
+    assert "bodies deleted after 30d" in lines["audit"]
 
 
 def test_plugin_read_commands_never_create_a_store(tmp_path):

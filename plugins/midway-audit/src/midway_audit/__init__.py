@@ -90,8 +90,10 @@ def describe(midway: Midway) -> str:
     limits = [f"{format_duration(config.max_age)}" if config.max_age else "",
               f"{config.max_rows} records" if config.max_rows else ""]
     kept = " or ".join(x for x in limits if x)
+    body_age = (f"; bodies deleted after {format_duration(config.body_max_age)}"
+                if config.bodies and config.body_max_age else "")
     return (f"records every request ({bodies}) to {config.describe_store()}, kept "
-            + (f"up to {kept}" if kept else "without a limit ([audit] max_age)"))
+            + (f"up to {kept}" if kept else "without a limit ([audit] max_age)") + body_age)
 
 
 @hookimpl

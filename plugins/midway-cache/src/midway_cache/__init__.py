@@ -46,8 +46,11 @@ def describe(midway: Midway) -> str:
     if not config.enabled:
         return "off ([cache] enabled = false)"
     semantic = f", similar prompts too ({config.semantic_mode})" if config.semantic else ""
-    return (f"answers repeated requests from {config.store} for "
-            f"{format_duration(config.ttl)}, shared per {config.share}{semantic}")
+    who = (f"requests matching {len(config.rules)} [cache] rule(s) or sending "
+           "x-midway-cache: use" if config.rules else
+           "only requests sending x-midway-cache: use (no [cache] rules: off for the rest)")
+    return (f"answers {who}, from {config.store} for {format_duration(config.ttl)}, "
+            f"shared per {config.share}{semantic}")
 
 
 @hookimpl
