@@ -314,6 +314,15 @@ def _describe(kind: Any) -> str:
 
 # -- shared converters -----------------------------------------------------------------------
 
+def schema_name(value: Any) -> str | None:
+    """A PostgreSQL schema setting: a name, or unset (``None`` / ``""``: the default)."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"expected a PostgreSQL schema name, got {value!r}")
+    return value
+
+
 def secret(value: Any) -> str | None:
     """A credential: a literal, or ``env:NAME`` / ``file:PATH`` resolved now
     (:func:`midway.secrets_ref.resolve`); ``None`` stays unset."""

@@ -3,22 +3,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import attrs
 
-from midway.options import option, store_option
+from midway.options import option, schema_name, store_option
 from midway.storage import StoreURL
 
 LABEL = "[keys] store"  # how the store setting is named in messages
-
-
-def _schema(value: Any) -> str | None:
-    if value is None or value == "":
-        return None
-    if not isinstance(value, str):
-        raise ValueError(f"expected a PostgreSQL schema name, got {value!r}")
-    return value
 
 
 @attrs.define
@@ -26,7 +16,7 @@ class KeysConfig:
     enabled: bool = option(False, help="require midway keys and serve them from the store")
     store: StoreURL = store_option(
         "keys.db", help="SQLite path, or postgresql://... (also env:NAME / file:PATH)")
-    schema: str | None = option(None, converter=_schema,
+    schema: str | None = option(None, converter=schema_name,
                                 help="PostgreSQL schema to use (created if missing)")
     poll_interval: float = option(0.25, gt=0,
                                   help="seconds between checks of the store's change counter")

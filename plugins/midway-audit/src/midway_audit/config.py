@@ -10,7 +10,7 @@ from typing import Any, Literal
 import attrs
 
 from midway.config import ConfigError
-from midway.options import byte_size, option, store_option
+from midway.options import byte_size, option, schema_name, store_option
 from midway.storage import StoreURL
 from midway.timeparse import parse_optional_duration
 
@@ -18,14 +18,6 @@ MiB = 1024 * 1024
 STORE_LABEL = "[audit] store"  # how the store setting is named in messages
 _TRUE = ("true", "yes", "on", "1")
 _FALSE = ("false", "no", "off", "0")
-
-
-def _schema(value: Any) -> str | None:
-    if value is None or value == "":
-        return None
-    if not isinstance(value, str):
-        raise ValueError(f"expected a PostgreSQL schema name, got {value!r}")
-    return value
 
 
 def _synchronous(value: Any) -> Literal["full", "normal"]:
@@ -86,7 +78,7 @@ class AuditConfig:
         "audit.db", help="where records are kept: \"sqlite\" (audit.db in the data dir), a "
         "path, or postgresql://… (env:NAME / file:PATH hold one)")
     schema: str | None = option(
-        None, converter=_schema, help="PostgreSQL schema for the tables (default: the "
+        None, converter=schema_name, help="PostgreSQL schema for the tables (default: the "
         "search_path)")
     sqlite_synchronous: Literal["full", "normal"] = option(
         "full", converter=_synchronous,

@@ -4,11 +4,9 @@ commands; a typo or a bad value is one :class:`midway.config.ConfigError` naming
 
 from __future__ import annotations
 
-from typing import Any
-
 import attrs
 
-from midway.options import option, store_option
+from midway.options import option, schema_name, store_option
 from midway.storage import StoreURL, new_instance, open_database
 from midway_billing.budgets import Budget, parse_budgets
 from midway_billing.pricing import PriceTable
@@ -17,19 +15,11 @@ from midway_billing.store import Store
 LABEL = "[billing] store"
 
 
-def _schema(value: Any) -> str | None:
-    if value is None or value == "":
-        return None
-    if not isinstance(value, str):
-        raise ValueError(f"expected a PostgreSQL schema name, got {value!r}")
-    return value
-
-
 @attrs.define
 class BillingConfig:
     store: StoreURL = store_option(
         "billing.db", help="SQLite path, or postgresql://... (also env:NAME / file:PATH)")
-    schema: str | None = option(None, converter=_schema,
+    schema: str | None = option(None, converter=schema_name,
                                 help="PostgreSQL schema to use (created if missing)")
     project_header: str = option("x-midway-project",
                                  help="request header naming the project to bill")
