@@ -110,6 +110,12 @@ limit_usd = "1000"
             task = asyncio.create_task(load(f"http://127.0.0.1:{port}", stop, started))
             while len(started) < 60:  # well into the load: many streams in flight
                 await asyncio.sleep(0.01)
+            # kill while the ledger shows work in flight (the point of the test), not between
+            # two rounds of requests
+            while not (await asyncio.to_thread(
+                    query, store, "SELECT COUNT(*) FROM billing_ledger "
+                    "WHERE state = 'pending'"))[0][0]:
+                await asyncio.sleep(0.005)
             os.kill(midway.pid, signal.SIGKILL)
             stop.set()
             await asyncio.wait_for(task, 30)

@@ -5,6 +5,7 @@ suite in the repository's tests/ runs the real plugins)."""
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import types
 from collections.abc import Callable
 from datetime import datetime
@@ -80,10 +81,16 @@ def test_without_plugins_every_panel_says_not_installed(
                           ("requests/mw_x", "midway-audit")]:
         code, data = api(running, path)
         assert code == 200 and data["installed"] is False and data["package"] == package
-        # Every plugin is installed in the test environment, but none is loaded here.
-        assert data["state"] == "not-loaded"
-        assert data["notice"].startswith(f"{package} is installed but not loaded: ")
-        assert "MIDWAY_PLUGINS" in data["notice"] and "not installed" not in data["notice"]
+        # none is loaded here; whether it is installed depends on the environment (nox
+        # installs each plugin's tests beside core only)
+        if distribution_installed(package):
+            assert data["state"] == "not-loaded"
+            assert data["notice"].startswith(f"{package} is installed but not loaded: ")
+            assert "MIDWAY_PLUGINS" in data["notice"]
+            assert "not installed" not in data["notice"]
+        else:
+            assert data["state"] == "not-installed"
+            assert data["notice"].startswith(f"{package} is not installed: pip install")
 
 
 def test_a_plugin_that_is_not_installed_says_how_to_install_it(
@@ -210,3 +217,11 @@ def test_a_failing_service_fails_only_its_panel(start_dashboard: Callable[..., R
     services.fail, services.hang = set(), True
     code, spend = api(running, "spend")
     assert code == 200 and "did not answer" in spend["error"]
+
+
+def distribution_installed(name: str) -> bool:
+    try:
+        importlib.metadata.distribution(name)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
