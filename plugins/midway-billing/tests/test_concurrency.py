@@ -18,6 +18,7 @@ from typing import Any
 
 from test_reconcile import row, settled
 
+from midway.options import load_table
 from midway_billing.budgets import Bucket
 from midway_billing.config import BillingConfig
 from midway_billing.plugin import Billing, Settlement
@@ -69,7 +70,8 @@ async def reconcile_forever(peer: Store, instances: list[int], stop: asyncio.Eve
 def test_settlements_and_reconciliations_at_once_lose_nothing(
         postgres_dsn: str, pg_schema: str, tmp_path: Path, caplog: Any) -> None:
     caplog.set_level(logging.WARNING)
-    config = BillingConfig.from_table({"store": postgres_dsn, "schema": pg_schema}, tmp_path)
+    config = load_table(BillingConfig, "billing", {"store": postgres_dsn, "schema": pg_schema},
+                        data_dir=tmp_path)
 
     async def run() -> None:
         billings = [Billing(config) for _ in range(INSTANCES)]
