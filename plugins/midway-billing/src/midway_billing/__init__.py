@@ -56,7 +56,9 @@ async def startup(midway: Midway) -> None:
 def describe(midway: Midway) -> str:
     config = _create(midway).config
     hard = sum(1 for b in config.budgets if b.hard)
-    budgets = (f"{len(config.budgets)} budget(s), {hard} of them hard" if config.budgets
+    budgets = (f"{len(config.budgets)} budget(s), {hard} of them hard (reserving output "
+               f"tokens at min(max_tokens, {config.reserve_output_tokens}); a hard budget's "
+               f"streams are cut when it runs out)" if config.budgets
                else "no budgets ([[billing.budgets]])")
     return f"prices every request into {config.store}; {budgets}"
 
