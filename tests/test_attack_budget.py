@@ -70,13 +70,19 @@ def billing(running: RunningMidway) -> Billing:
 
 @pytest.mark.attack(4, "20 small concurrent requests stream answers 20× their reservation "
                        "against a $1.00 hard budget")
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_hard_budget_cuts_streams_when_it_runs_out(midway_factory: Any,
-                                                   fake_upstream: FakeUpstream) -> None:
+                                                   fake_upstream: FakeUpstream, backend: str,
+                                                   request: pytest.FixtureRequest) -> None:
     fake_upstream.fake.default = large_answer
+    table: dict[str, Any] = {"budgets": [{"scope": "team", "period": "day",
+                                          "limit_usd": str(LIMIT), "name": "team-daily"}]}
+    if backend == "postgresql":
+        table.update(store=request.getfixturevalue("postgres_dsn"),
+                     schema=request.getfixturevalue("pg_schema"))
     running = midway_factory(plugins=[("billing", midway_billing)], config={
         "midway": {"client_keys": [{"key": "mk-alice", "name": "alice", "team": "t"}]},
-        "billing": {"budgets": [{"scope": "team", "period": "day", "limit_usd": str(LIMIT),
-                                 "name": "team-daily"}]}})
+        "billing": table})
     bodies = asyncio.run(fire(running.url))
 
     store = billing(running).store
