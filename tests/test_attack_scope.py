@@ -127,5 +127,5 @@ def test_batches_are_priced_against_hard_budgets(server: Server,
         "messages": [{"role": "user", "content": "hi"}]}} for i in range(100)]}
     status, answer = _call(f"{server.url}/v1/messages/batches", "POST", str(fresh["secret"]),
                            big)
-    assert status == 429 and "may cost up to" in answer["error"]["message"], answer
+    assert status == 429 and "would reserve" in answer["error"]["message"], answer
     assert not [r for r in fake_upstream.requests if "batches" in r.path]

@@ -288,3 +288,29 @@ def test_on_chunk_sees_every_event_and_may_replace(fake_upstream, midway_factory
     assert b"event: ping" not in body
     assert names[0] == "message_start" and names[-1] == "message_stop"
     assert "ping" in names and "content_block_delta" in names
+
+
+def test_on_chunk_raising_midway_error_ends_the_stream_with_its_error(fake_upstream,
+                                                                      midway_factory):
+    from midway import MidwayError
+
+    seen: list[Exchange] = []
+
+    def on_chunk(event):
+        if event.name == "content_block_delta":
+            raise MidwayError(429, "the budget ran out", "rate_limit_error")
+
+    def post_response(exchange):
+        seen.append(exchange)
+
+    stopper = module_plugin("stopper", on_chunk=on_chunk, post_response=post_response,
+                            pre_request=lambda exchange: exchange.observe_stream(stopper))
+    proxy = midway_factory(plugins=[stopper])
+    _, _, body = post(proxy.url, orjson.dumps({**MSG, "stream": True}))
+    # What came before stays; the event that raised and everything after it do not.
+    assert b"event: content_block_start" in body and b"content_block_delta" not in body
+    assert b"message_stop" not in body
+    assert body.rstrip().endswith(b'"message":"the budget ran out"}}'), body[-200:]
+    assert b"event: error" in body and b'"type":"rate_limit_error"' in body
+    wait_for(lambda: len(seen) == 1)
+    assert seen[0].error_kind is ErrorKind.REFUSED and seen[0].error_type == "rate_limit_error"

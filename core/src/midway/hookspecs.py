@@ -300,7 +300,15 @@ def on_chunk(exchange: Exchange, event: SSEEvent) -> SSEEvent | None:
         data)``) that replaces it for later implementations and the client;
         ``SSEEvent.dropped()`` writes nothing. Every implementation runs, in order.
 
-    Raising is logged and counted; the event goes on as it was before that implementation.
+    An implementation may be ``async``, or return an awaitable only when it has something to
+    wait for (the relay awaits it, within ``hook_timeout``, before the event goes on).
+
+    Raising :class:`midway.MidwayError` (also from that awaitable) ends the stream on purpose:
+    the events before this one stay relayed, this one is not, and the client's stream ends
+    with ``event: error`` carrying the error's type and message (``exchange.error_kind`` its
+    ``kind``, ``exchange.error_type`` its type); no later implementation sees the event.
+    Raising anything else is logged and counted; the event goes on as it was before that
+    implementation.
     """
 
 

@@ -628,7 +628,9 @@ class Proxy:
         try:
             observable = True
             if callers:
-                await self._relay_events(response, exchange, source, callers)
+                if await self._relay_events(response, exchange, source, callers):
+                    await _close(response)  # a plugin ended it with an error event
+                    return response
             else:
                 observer = StreamObserver(exchange, encoding)
                 first = True
@@ -687,7 +689,9 @@ class Proxy:
 
     async def _relay_events(self, response: web.StreamResponse, exchange: Exchange,
                             source: AsyncIterator[bytes],
-                            callers: list[tuple[Impl, Callable[[SSEEvent], Any]]]) -> None:
+                            callers: list[tuple[Impl, Callable[[SSEEvent], Any]]]) -> bool:
+        """Relay ``source`` event by event through ``callers``; whether a plugin ended the
+        stream (an ``on_chunk`` raised :class:`MidwayError`: its error event went out last)."""
         parser = SSEParser()
         observer = StreamObserver(exchange)
         timings = exchange.timings
@@ -704,6 +708,17 @@ class Proxy:
                                 result = await plugins.bounded(result)
                             if isinstance(result, SSEEvent):
                                 event = result
+                    except MidwayError as exc:
+                        # On purpose: what was relayed stays, the event that raised does not,
+                        # and the stream ends with the error (a plugin cannot answer twice).
+                        exchange.fail(exc.kind, exc.message)
+                        exchange.error_type = exc.error_type
+                        out.append(error_event(exc.message, exc.error_type))
+                        joined = b"".join(out)
+                        if kept is not None:
+                            kept.add(joined)
+                        await response.write(joined)
+                        return True
                     except Exception:
                         plugins.failed(impl.plugin, "on_chunk")
                 raw = event.raw
@@ -725,6 +740,7 @@ class Proxy:
             if kept is not None:
                 kept.add(parser.pending)
             await response.write(parser.pending)
+        return False
 
 
 async def _judged(exchange: Exchange, attempt: Attempt, answer: Answer) -> Answer:

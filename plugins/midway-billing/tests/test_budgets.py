@@ -51,7 +51,9 @@ async def fire(url: str, n: int) -> list[int]:
 
 
 def billing_config(**extra) -> dict:
-    return {"midway": {"client_keys": KEYS}, "billing": extra}
+    # Reservations at the full MAX_TOKENS: the admitted counts below are exact.
+    return {"midway": {"client_keys": KEYS},
+            "billing": {"reserve_output_tokens": MAX_TOKENS, **extra}}
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
@@ -80,8 +82,10 @@ def test_fifty_concurrent_requests_admit_exactly_ten(midway_factory, fake_upstre
 
 
 def test_refusal_is_anthropic_rate_limit_with_reset(midway_factory, fake_upstream) -> None:
-    running = midway_factory(plugins=[PLUGIN], config=billing_config(budgets=[
-        {"scope": "principal", "period": "month", "limit_usd": "0.01", "name": "per-user"}]))
+    running = midway_factory(plugins=[PLUGIN], config=billing_config(
+        reserve_output_tokens=4096,  # the default: Opus output reserved at 4096 × $25/MTok
+        budgets=[{"scope": "principal", "period": "month", "limit_usd": "0.01",
+                  "name": "per-user"}]))
     client = anthropic.Anthropic(base_url=running.url, api_key="mk-alice", max_retries=0)
     with pytest.raises(anthropic.RateLimitError) as info:
         client.messages.create(model="claude-opus-4-8", max_tokens=20000,
@@ -90,7 +94,8 @@ def test_refusal_is_anthropic_rate_limit_with_reset(midway_factory, fake_upstrea
     body = response.json()
     assert body["type"] == "error" and body["error"]["type"] == "rate_limit_error"
     message = body["error"]["message"]
-    assert "'per-user'" in message and "resets at" in message and "may cost up to $0.5" in message
+    assert "'per-user'" in message and "resets at" in message and "would reserve $0.1" in message
+    assert "reserve_output_tokens" in message
     assert int(response.headers["retry-after"]) > 0
     assert response.headers["x-should-retry"] == "false"
     assert running.midway.metrics.registry.get_sample_value(
@@ -143,12 +148,30 @@ def test_reservations_atomic_across_postgres_instances(postgres_dsn, pg_schema, 
     assert asyncio.run(run()).count(True) == 10
 
 
+def test_small_hard_budget_admits_claude_code_opus_at_zero_spent(midway_factory,
+                                                                fake_upstream) -> None:
+    # Claude Code asks Opus for max_tokens 64000: reserved in full ($1.60) a $0.50 hard
+    # budget refused it with nothing spent; reserve_output_tokens (4096) caps the reservation.
+    fake_upstream.reply(Reply(usage={"input_tokens": 30, "output_tokens": 12}))
+    running = midway_factory(plugins=[PLUGIN], config={
+        "midway": {"client_keys": KEYS}, "billing": {"budgets": [
+            {"scope": "principal", "period": "day", "limit_usd": "0.50", "name": "small"}]}})
+    client = anthropic.Anthropic(base_url=running.url, api_key="mk-alice", max_retries=0)
+    with client.messages.stream(model="claude-opus-4-8", max_tokens=64000,
+                                messages=[{"role": "user", "content": "hi"}]) as stream:
+        answer = stream.get_final_message()
+    assert answer.usage.output_tokens == 12 and answer.stop_reason == "end_turn"
+    rows = ledger(running, 1)
+    assert rows[0]["kind"] == "attempt" and 0 < int(rows[0]["cost_pusd"]) < 10**9
+
+
 def test_absurd_max_tokens_is_refused_not_a_500(midway_factory, fake_upstream) -> None:
     import urllib.error
     import urllib.request
 
-    running = midway_factory(plugins=[PLUGIN], config=billing_config(budgets=[
-        {"scope": "team", "period": "day", "limit_usd": "100"}]))
+    running = midway_factory(plugins=[PLUGIN], config=billing_config(
+        reserve_output_tokens=10**20,
+        budgets=[{"scope": "team", "period": "day", "limit_usd": "100"}]))
     body = (b'{"model": "claude-sonnet-4-6", "max_tokens": 10000000000000000000, '
             b'"messages": [{"role": "user", "content": "big"}]}')
     request = urllib.request.Request(f"{running.url}/v1/messages", data=body, headers={
@@ -157,4 +180,4 @@ def test_absurd_max_tokens_is_refused_not_a_500(midway_factory, fake_upstream) -
         urllib.request.urlopen(request, timeout=10)
     # estimated at a capped 10M output tokens ($150), not at 1e19 (which would overflow a store)
     assert info.value.code == 429
-    assert "may cost up to $150.0" in orjson.loads(info.value.read())["error"]["message"]
+    assert "would reserve $150.0" in orjson.loads(info.value.read())["error"]["message"]

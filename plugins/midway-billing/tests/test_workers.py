@@ -47,6 +47,9 @@ def test_two_worker_processes_admit_exactly_ten(tmp_path: Path) -> None:
 plugins = ["billing"]
 access_log = false
 
+[billing]
+reserve_output_tokens = {MAX_TOKENS}
+
 [[billing.budgets]]
 scope = "all"
 period = "day"

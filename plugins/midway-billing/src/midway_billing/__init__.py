@@ -7,9 +7,11 @@ The hooks below find this instance's :class:`~midway_billing.plugin.Billing` in
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
-from midway import Attempt, Exchange, Midway, Response, hookimpl
+from midway import Attempt, Exchange, Midway, Response, SSEEvent, hookimpl
 from midway.services import ServiceKey
 from midway_billing.config import BillingConfig
 from midway_billing.metrics import BillingMetrics
@@ -54,7 +56,9 @@ async def startup(midway: Midway) -> None:
 def describe(midway: Midway) -> str:
     config = _create(midway).config
     hard = sum(1 for b in config.budgets if b.hard)
-    budgets = (f"{len(config.budgets)} budget(s), {hard} of them hard" if config.budgets
+    budgets = (f"{len(config.budgets)} budget(s), {hard} of them hard (reserving output "
+               f"tokens at min(max_tokens, {config.reserve_output_tokens}); a hard budget's "
+               f"streams are cut when it runs out)" if config.budgets
                else "no budgets ([[billing.budgets]])")
     return f"prices every request into {config.store}; {budgets}"
 
@@ -70,7 +74,19 @@ async def shutdown(midway: Midway) -> None:
 @hookimpl(trylast=True)
 async def pre_request(exchange: Exchange) -> Response | None:
     billing = _billing(exchange.midway)
-    return await billing.pre_request(exchange) if billing else None
+    if billing is None:
+        return None
+    answer = await billing.pre_request(exchange)
+    state = exchange.state.get("billing")
+    if answer is None and getattr(state, "watch", None) is not None:
+        exchange.observe_stream(sys.modules[__name__])  # a hard budget watches its stream
+    return answer
+
+
+@hookimpl
+def on_chunk(exchange: Exchange, event: SSEEvent) -> Awaitable[None] | None:
+    billing = _billing(exchange.midway)
+    return billing.on_chunk(exchange, event) if billing else None
 
 
 @hookimpl

@@ -30,6 +30,9 @@ class BillingConfig:
                                    help="budgets ([[billing.budgets]], see Budgets)")
     bytes_per_token: float = option(3.0, gt=0,
                                     help="request bytes per input token, for reservations")
+    reserve_output_tokens: int = option(
+        4096, ge=0, help="output tokens a reservation assumes at most (the reserved output "
+        "is min(max_tokens, this))")
     reconcile_interval: float = option(
         30.0, ge=0, help="seconds between reconciliations of dead instances' rows "
         "(0: only at start-up)")

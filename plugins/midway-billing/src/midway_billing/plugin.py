@@ -8,13 +8,14 @@ import contextlib
 import logging
 import math
 import time
+from collections.abc import Awaitable
 from decimal import Decimal
 from typing import Any
 
 import attrs
 import orjson
 
-from midway import Attempt, Exchange, Response, error_body
+from midway import Attempt, Exchange, MidwayError, Response, SSEEvent, error_body
 from midway.annotations import BILLING, CACHE, CACHE_HITS, COST_USD
 from midway.background import start_every
 from midway.storage import Episode, is_transient, retrying
@@ -23,6 +24,7 @@ from midway_billing.config import BillingConfig
 from midway_billing.metrics import BillingMetrics
 from midway_billing.pricing import Cost, to_pusd, usd_str
 from midway_billing.store import GROUPS, REPORT_INT_FIELDS, Reservation, Store
+from midway_billing.streamwatch import StreamWatch
 
 log = logging.getLogger("midway.billing")
 
@@ -39,6 +41,7 @@ class RequestState:
     who: Attribution
     reservation: Reservation | None = None
     refused: Check | None = None
+    watch: StreamWatch | None = None  # under a hard budget: the stream's running usage
     warnings: list[str] = attrs.field(factory=list)
 
 
@@ -148,9 +151,10 @@ class Billing:
     # -- estimates and costs -----------------------------------------------------------------
 
     def estimate(self, exchange: Exchange) -> int:
-        """The most a request may cost, roughly: its input at the input rate (from the body
-        size) plus ``max_tokens`` at the output rate. Unpriced models use the table's highest
-        rates. A batch: the sum of its requests' estimates at the batch price."""
+        """What a request is reserved at: its input at the input rate (from the body size)
+        plus ``min(max_tokens, reserve_output_tokens)`` at the output rate. Unpriced models use
+        the table's highest rates. A batch: the sum of its requests' estimates at the batch
+        price, with their full ``max_tokens`` (a batch is charged its estimate)."""
         if _is_batch_submit(exchange):
             return self.batch_estimate(exchange)
         return self._estimate(exchange.request.json, exchange.model,
@@ -166,19 +170,21 @@ class Billing:
                 continue
             model = params.get("model")
             model = model if isinstance(model, str) else None
-            full = self._estimate(params, model, len(orjson.dumps(params)))
+            full = self._estimate(params, model, len(orjson.dumps(params)), capped=False)
             price = self.prices.lookup(model)
             discount = price.batch_discount if price else Decimal(0)
             total += int(full * (1 - discount))
         return total
 
-    def _estimate(self, body: Any, model: str | None, size: int) -> int:
+    def _estimate(self, body: Any, model: str | None, size: int, capped: bool = True) -> int:
         max_tokens = body.get("max_tokens") if isinstance(body, dict) else None
         if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 0:
             max_tokens = 0
         # Beyond any model's limit the upstream refuses the request (400); the cap keeps an
         # absurd value from overflowing the store's 64-bit counters.
         max_tokens = min(max_tokens, MAX_TOKENS_ESTIMATE)
+        if capped:  # a hard budget's stream is stopped where its hold runs out (StreamWatch)
+            max_tokens = min(max_tokens, self.config.reserve_output_tokens)
         price = self.prices.lookup(model)
         rate_in, rate_out = (price.input, price.output) if price else self.prices.max_rates()
         input_tokens = math.ceil(size / self.config.bytes_per_token)
@@ -238,6 +244,8 @@ class Billing:
             return self._refusal(exchange, refused, result.states[refused.bucket.key], amount,
                                  now)
         state.reservation = reservation
+        if any(check.budget.hard for check in checks):
+            state.watch = StreamWatch(limits, exchange.model)
         for check in checks:
             spent, reserved = result.states[check.bucket.key]
             if spent + reserved >= check.budget.limit_pusd * check.budget.warn_at:
@@ -253,7 +261,9 @@ class Billing:
         message = (f"budget {budget.name!r} ({budget.scope} {check.bucket.value!r}, "
                    f"{budget.period}) would be exceeded: ${usd_str(spent)} spent and "
                    f"${usd_str(reserved)} reserved of ${usd_str(budget.limit_pusd)}, and this "
-                   f"request may cost up to ${usd_str(amount)}; {resets}")
+                   f"request would reserve ${usd_str(amount)}; {resets}. To fix: raise the "
+                   f"budget's limit, or lower max_tokens or [billing] reserve_output_tokens "
+                   f"(now {self.config.reserve_output_tokens}), which cap the reservation")
         headers = {"x-should-retry": "false", WARNING_HEADER: f"{budget.name} exhausted"}
         if check.reset:
             headers["retry-after"] = str(max(1, math.ceil(check.reset - now)))
@@ -278,6 +288,39 @@ class Billing:
             self._warned.add(check.bucket.key)
             log.warning("billing: budget %r for %s %r at %s", budget.name, budget.scope,
                         check.bucket.value, text)
+
+    def on_chunk(self, exchange: Exchange, event: SSEEvent) -> Awaitable[None] | None:
+        """Under a hard budget: once a stream's running cost and the next event's (expected
+        to cost what this one did) pass its reservation, grow the reservation within what
+        the budgets have left, or end the stream here (the awaitable raises MidwayError).
+        Nothing to await while the reservation covers them."""
+        state = exchange.state.get("billing")
+        if not isinstance(state, RequestState) or state.watch is None or \
+                state.reservation is None or not state.watch.feed(event):
+            return None
+        watch = state.watch
+        cost = self.prices.cost(watch.running(), watch.model).total
+        step = watch.step(cost)
+        if cost + step <= state.reservation.amount_pusd:
+            return None
+        return self._grow(exchange, state.reservation, watch, cost, step)
+
+    async def _grow(self, exchange: Exchange, reservation: Reservation, watch: StreamWatch,
+                    cost: int, step: int) -> None:
+        need = cost + step - reservation.amount_pusd
+        # Doubling the hold: a long answer costs a few writes, not one per event.
+        if await self.store.extend(reservation, need, max(need, reservation.amount_pusd),
+                                   watch.limits):
+            return
+        # The event that passed the hold is not relayed, but the upstream produced it.
+        exchange.usage.update(watch.running().raw)
+        message = (f"a hard budget ran out while streaming this answer: it had cost "
+                   f"${usd_str(cost)}, past the ${usd_str(reservation.amount_pusd)} its "
+                   f"budgets could hold for it (see `midway billing budgets`); the answer "
+                   f"is cut here")
+        log.warning("billing: cut the stream of %s for %s: %s", exchange.id,
+                    exchange.principal.id, message)
+        raise MidwayError(429, message, "rate_limit_error")
 
     async def upstream_request(self, exchange: Exchange, attempt: Attempt) -> None:
         state = self._state(exchange)

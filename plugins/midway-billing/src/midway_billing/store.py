@@ -268,6 +268,37 @@ class Store:
         result: ReserveResult = await self.db.run(unit)
         return result
 
+    async def extend(self, reservation: Reservation, need: int, want: int,
+                     limits: dict[str, int | None]) -> int:
+        """Grow a held reservation by up to ``want`` (at least ``need``) within every limited
+        bucket's room; what was added to it (0: no room for ``need``, or no longer held)."""
+        keys = sorted(limits)
+
+        async def unit(tx: Tx) -> int:
+            held = await tx.fetchval("SELECT amount_pusd FROM billing_reservations "  # noqa: S608
+                                     f"WHERE exchange_id = ?{_LOCK[self.db.dialect]}",
+                                     reservation.exchange_id)
+            if held is None:  # released by reconciliation: nothing to grow
+                return 0
+            room = want
+            for key in keys:
+                limit = limits[key]
+                spent, reserved = await self._counter(tx, key)
+                if limit is not None:
+                    room = min(room, limit - spent - reserved)
+            if room < need:
+                return 0
+            marks = ", ".join("?" for _ in keys)
+            sql = f"UPDATE billing_counters SET reserved_pusd = reserved_pusd + ? WHERE key IN ({marks})"  # noqa: E501, S608
+            await tx.execute(sql, room, *keys)
+            await tx.execute("UPDATE billing_reservations SET amount_pusd = amount_pusd + ? "
+                             "WHERE exchange_id = ?", room, reservation.exchange_id)
+            return room
+
+        grown: int = await self.db.run(unit)
+        reservation.amount_pusd += grown
+        return grown
+
     async def _counter(self, tx: Tx, key: str) -> tuple[int, int]:
         """A bucket's counter, locked; created from the ledger if it is new (a budget added
         later still sees earlier spend)."""
