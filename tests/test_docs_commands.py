@@ -20,7 +20,7 @@ import pytest
 
 from midway.cli import MidwayCLI, cli
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 SHELL_BLOCKS = {"sh", "console", ""}
 SEPARATORS = {"&&", "||", ";", "|", "&", "(", ")"}
