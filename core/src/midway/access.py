@@ -4,6 +4,7 @@ dashboards, ``/metrics``), and no web page for ``/v1/*`` unless configured."""
 from __future__ import annotations
 
 import fnmatch
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -18,6 +19,7 @@ from midway.secrets_ref import SecretError, resolve
 _FOREIGN_SITES = ("cross-site", "same-site")
 
 
+@functools.lru_cache(maxsize=1024)  # asked per request; Host values repeat
 def is_loopback(host: str) -> bool:
     if host == "localhost" or host.endswith(".localhost"):  # RFC 6761: never leaves the host
         return True
@@ -37,7 +39,7 @@ def host_name(value: str) -> str:
     return value.rstrip(".")
 
 
-def browser_refusal(request: web.Request, settings: Settings) -> str | None:
+def browser_refusal(request: web.Request, settings: Settings, key_mode: bool) -> str | None:
     """Why a request to ``/v1/*`` or ``/metrics`` may have been made by a web page the user
     visits rather than by the user's tools (``None``: it may not).
 
@@ -46,7 +48,8 @@ def browser_refusal(request: web.Request, settings: Settings) -> str | None:
     (the gateway's own credentials would pay) a loopback gateway answers only loopback names
     and ``allowed_hosts``, and refuses browser origins not in ``allowed_origins``. With client
     keys a page cannot present one it does not know: only ``allowed_hosts``, when set, applies.
-    Tools (Claude Code, the SDKs, curl) send no ``Origin``.
+    Tools (Claude Code, the SDKs, curl) send no ``Origin``. ``key_mode``: client keys are on
+    (``settings.client_keys_enabled``, read once by the caller: it scans the environment).
     """
     raw = request.headers.get("host")
     if raw is not None:
@@ -57,12 +60,12 @@ def browser_refusal(request: web.Request, settings: Settings) -> str | None:
                                                  for pattern in allowed):
                 return (f"Host {host[:100]!r} is not a name of this gateway; add it to "
                         "[midway] allowed_hosts")
-        elif is_loopback(settings.host) and not settings.client_keys_enabled and \
+        elif not key_mode and is_loopback(settings.host) and \
                 not is_loopback(host):
             return (f"this gateway listens on loopback and answers loopback names only, not "
                     f"{host[:100]!r} (a web page's name, e.g. DNS rebinding); add it to "
                     "[midway] allowed_hosts")
-    if settings.client_keys_enabled:
+    if key_mode:
         return None  # a page cannot present a key it does not know
     origins = settings.allowed_origins
     if "*" in origins:
@@ -125,4 +128,4 @@ def metrics_refusal(request: web.Request, midway: Midway) -> str | None:
     if mode == "local-or-admin" and not local_or_admin(request, midway):
         return ("/metrics is served to loopback clients or with the admin key ([midway] "
                 "metrics_auth)")
-    return browser_refusal(request, settings)
+    return browser_refusal(request, settings, settings.client_keys_enabled)

@@ -12,6 +12,7 @@ cannot leave an upstream's path prefix either.
 
 from __future__ import annotations
 
+import functools
 import re
 import string
 
@@ -48,6 +49,7 @@ def _unescape(match: re.Match[str]) -> str:
     return char if char in _UNRESERVED else f"%{match.group(1).upper()}"
 
 
+@functools.lru_cache(maxsize=1024)  # asked per request; paths repeat
 def is_normal(raw: str) -> bool:
     """Whether ``raw`` is a path midway forwards: its own normal form, unreserved only."""
     return raw.startswith("/") and all(c in _UNRESERVED or c == "/" for c in raw) and \

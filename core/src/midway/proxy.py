@@ -289,7 +289,7 @@ class Proxy:
         if self.draining:  # e.g. on a kept-alive connection, after the listener closed
             raise _shutting_down()
         paths.check(exchange.request.path)  # one spelling per route, before any hook
-        refusal = browser_refusal(request, self.midway.settings)
+        refusal = browser_refusal(request, self.midway.settings, self.key_mode)
         if refusal is not None:
             raise MidwayError(403, refusal)
         exchange.request.body = await self._read_body(request, exchange)
