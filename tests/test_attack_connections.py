@@ -9,6 +9,7 @@ import socket
 import time
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import orjson
 import pytest
@@ -89,6 +90,29 @@ def test_trickled_head_is_cut(server: Server) -> None:
         sock.sendall(b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\n")
         answer = closed_within(sock, HEADER + MARGIN, trickle=b"X-Slow: " + b"a" * 1000)
     assert answer.startswith(b"HTTP/1.1 408")
+
+
+@pytest.mark.attack(17, ATTACK)
+def test_trickled_head_of_a_second_request_is_cut_on_its_own_deadline(
+        tmp_path: Path, fake: FakeUpstream) -> None:
+    # A connection has one header timer, set by its first request: the second request's
+    # head gets its full deadline from its own first byte, and no more. (Keep-alive is
+    # longer here: aiohttp's keep-alive timer also ends a connection whose next head trickles.)
+    config = CONFIG.replace(f"keepalive_timeout = {KEEPALIVE}", "keepalive_timeout = 30")
+    server = Server(tmp_path, config, fake.url)
+    try:
+        server.start()
+        with connect(server) as sock:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+            time.sleep(HEADER / 2)  # the first request's timer fires half-way into the second
+            started = time.monotonic()
+            sock.sendall(b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            answer = closed_within(sock, HEADER + MARGIN, trickle=b"X-Slow: " + b"a" * 1000)
+        assert answer.startswith(b"HTTP/1.1 408")
+        assert time.monotonic() - started >= HEADER - 0.1
+    finally:
+        server.ensure_stopped()
 
 
 @pytest.mark.attack(17, ATTACK)

@@ -17,15 +17,17 @@ None of them applies while a handler streams an answer the client keeps reading,
 long and however slowly the upstream produces it. 0 turns one off.
 
 How: :class:`GuardedRunner` (an ``AppRunner``) hands its sites a protocol that wraps each
-aiohttp connection and sees its bytes and its transport's flow control; :func:`middleware`
-tells the connection when a request's head is complete and when its handler ends.
+aiohttp connection and sees its bytes and its transport's flow control, and wraps the
+server's request handler to tell the connection when a request's head is complete and when
+its handler ends. The header deadline costs no timer per request: a connection's one timer,
+when it fires, checks whether the connection is still waiting for the head it was set for
+and otherwise is re-armed only when the next request begins.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import attrs
@@ -58,6 +60,9 @@ STALLED: web.RequestKey[float] = web.RequestKey("midway_write_stalled", float)
 class Guard(asyncio.Protocol):
     """One client connection: aiohttp's protocol inside, deadlines around it."""
 
+    __slots__ = ("body_timer", "guards", "head_due", "head_timer", "inner", "last_data",
+                 "limits", "loop", "request", "stall_timer", "state", "transport")
+
     def __init__(self, inner: asyncio.Protocol, limits: Limits,
                  guards: dict[asyncio.BaseTransport, Guard]) -> None:
         self.inner = inner
@@ -68,6 +73,7 @@ class Guard(asyncio.Protocol):
         self.state = "head"  # head: waiting for a request head; handler; idle (between)
         self.request: web.BaseRequest | None = None
         self.last_data = time.monotonic()
+        self.head_due = 0.0  # (event loop time) when the awaited request head is late
         self.head_timer: asyncio.TimerHandle | None = None
         self.body_timer: asyncio.TimerHandle | None = None
         self.stall_timer: asyncio.TimerHandle | None = None
@@ -78,14 +84,16 @@ class Guard(asyncio.Protocol):
         # (uvloop's transports are not asyncio.Transport subclasses, but behave as one)
         self.transport = cast(asyncio.Transport, transport)
         self.guards[transport] = self
-        self._arm_head()
+        self._await_head()
         self.inner.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
-        self.last_data = time.monotonic()
-        if self.state == "idle":  # the first byte of the next request
+        state = self.state
+        if state == "handler":  # body bytes (the body deadline reads when they came)
+            self.last_data = time.monotonic()
+        elif state == "idle":  # the first byte of the next request
             self.state = "head"
-            self._arm_head()
+            self._await_head()
         self.inner.data_received(data)
 
     def eof_received(self) -> bool | None:
@@ -98,45 +106,59 @@ class Guard(asyncio.Protocol):
         self.inner.pause_writing()
 
     def resume_writing(self) -> None:
-        self._cancel("stall_timer")
+        if self.stall_timer is not None:
+            self.stall_timer.cancel()
+            self.stall_timer = None
         self.inner.resume_writing()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        for timer in ("head_timer", "body_timer", "stall_timer"):
-            self._cancel(timer)
+        for timer in (self.head_timer, self.body_timer, self.stall_timer):
+            if timer is not None:
+                timer.cancel()
+        self.head_timer = self.body_timer = self.stall_timer = None
         if self.transport is not None:
             self.guards.pop(self.transport, None)
         self.request = None
         self.inner.connection_lost(exc)
 
-    # -- told by the middleware --
+    # -- told by the runner's request handler --
 
     def handler_started(self, request: web.BaseRequest) -> None:
+        # The head timer stays: when it fires it sees the head came (and is not re-armed).
         self.state = "handler"
-        self._cancel("head_timer")
         self.request = request
         if self.limits.body_timeout > 0 and not request.content.is_eof():
             self.last_data = time.monotonic()
             self.body_timer = self.loop.call_later(self.limits.body_timeout, self._body_check)
 
     def handler_done(self) -> None:
-        self._cancel("body_timer")
+        if self.body_timer is not None:
+            self.body_timer.cancel()
+            self.body_timer = None
         self.request = None
         if self.state == "handler":
             self.state = "idle"  # aiohttp's keep-alive timer runs from here
 
     # -- deadlines --
 
-    def _arm_head(self) -> None:
-        self._cancel("head_timer")
-        if self.limits.header_timeout > 0:
-            self.head_timer = self.loop.call_later(self.limits.header_timeout, self._head_late)
+    def _await_head(self) -> None:
+        timeout = self.limits.header_timeout
+        if timeout > 0:
+            self.head_due = self.loop.time() + timeout
+            if self.head_timer is None:
+                self.head_timer = self.loop.call_at(self.head_due, self._head_late,
+                                                    self.head_due)
 
-    def _head_late(self) -> None:
+    def _head_late(self, due: float) -> None:
         self.head_timer = None
-        if self.state == "head" and self.transport is not None:
-            self.transport.write(_TIMEOUT_408)
-            self.transport.close()
+        if self.state != "head" or self.transport is None:
+            return  # the head came; the next request's first byte arms the timer again
+        if self.head_due > due:  # set for an earlier request's head: this one has time left
+            self.head_timer = self.loop.call_at(self.head_due, self._head_late,
+                                                self.head_due)
+            return
+        self.transport.write(_TIMEOUT_408)
+        self.transport.close()
 
     def _body_check(self) -> None:
         self.body_timer = None
@@ -159,12 +181,6 @@ class Guard(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
-    def _cancel(self, name: str) -> None:
-        timer = getattr(self, name)
-        if timer is not None:
-            timer.cancel()
-            setattr(self, name, None)
-
 
 class GuardedRunner(web.AppRunner):
     """An ``AppRunner`` whose sites serve every connection through a :class:`Guard`."""
@@ -174,7 +190,6 @@ class GuardedRunner(web.AppRunner):
         super().__init__(app, keepalive_timeout=keepalive, **kwargs)
         self.limits = limits
         self.guards: dict[asyncio.BaseTransport, Guard] = {}
-        app[GUARDS_KEY] = self.guards
 
     @property
     def shutdown_timeout(self) -> float:
@@ -185,6 +200,27 @@ class GuardedRunner(web.AppRunner):
     def shutdown_timeout(self, seconds: float) -> None:
         self._shutdown_timeout = seconds
 
+    async def setup(self) -> None:
+        await super().setup()
+        server = super().server
+        assert server is not None
+        # Wrapped here rather than in a middleware: aiohttp runs middlewares through several
+        # layers of calls per request, and every route needs the guard told.
+        handle = server.request_handler
+        guards = self.guards
+
+        async def guarded(request: web.BaseRequest) -> web.StreamResponse:
+            guard = guards.get(request.transport) if request.transport is not None else None
+            if guard is None:
+                return await handle(request)
+            guard.handler_started(request)
+            try:
+                return await handle(request)
+            finally:
+                guard.handler_done()
+
+        server.request_handler = guarded
+
     @property
     def server(self) -> Any:
         """What sites pass to ``loop.create_server``: aiohttp's protocol factory, wrapped."""
@@ -192,23 +228,3 @@ class GuardedRunner(web.AppRunner):
         if inner is None:
             return None
         return lambda: Guard(inner(), self.limits, self.guards)
-
-
-GUARDS_KEY: web.AppKey[dict[asyncio.BaseTransport, Guard]] = web.AppKey("deadline_guards",
-                                                                       dict)
-
-
-@web.middleware
-async def middleware(request: web.Request,
-                     handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-                     ) -> web.StreamResponse:
-    """Tell the connection's guard (if it has one) that a handler runs, then that it ended."""
-    guards = request.config_dict.get(GUARDS_KEY)
-    guard = guards.get(request.transport) if guards and request.transport else None
-    if guard is None:
-        return await handler(request)
-    guard.handler_started(request)
-    try:
-        return await handler(request)
-    finally:
-        guard.handler_done()

@@ -81,8 +81,7 @@ def build_app(midway: Midway) -> web.Application:
     # Pass-through clients are named under this instance's secret (created on first start).
     use_identity_key(identity_key(settings))
     app = web.Application(client_max_size=settings.max_body_size, handler_args={
-        "max_field_size": 64 * 1024, "max_line_size": 64 * 1024, "max_headers": 512},
-        middlewares=[deadlines.middleware])
+        "max_field_size": 64 * 1024, "max_line_size": 64 * 1024, "max_headers": 512})
     proxy = Proxy(midway)
     app[MIDWAY_KEY] = midway
     app[PROXY_KEY] = proxy
