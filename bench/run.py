@@ -10,7 +10,10 @@ rounds; ratios compare targets measured in the same rounds.
 
     python bench/run.py [--duration 3] [--rounds 3] [--only midway,plain]
                         [--concurrency 1,16,64] [--workloads json,stream]
-                        [--workers-scaling] [--out results.json]
+                        [--baseline REF] [--workers-scaling] [--out results.json]
+
+``--baseline REF`` adds ``midway@REF``: the core package as of a git ref (a commit, a branch,
+``main``), built once into a cached virtualenv, measured beside ``midway`` in the same rounds.
 """
 
 from __future__ import annotations
@@ -158,6 +161,7 @@ class Target:
         self.name, self.cmd, self.env, self.cpu, self.proxy = name, cmd, env or {}, cpu, proxy
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
+        self.workloads: list[str] | None = None  # a variant's own (else --workloads)
 
     def start(self) -> None:
         cmd = [c.replace("{port}", str(self.port)) for c in self.cmd]
@@ -224,6 +228,35 @@ def midway_target(name: str, upstream: str, data_dir: Path, plugins: list[str],
         cmd += ["--plugin", plugin]
     env = {"MIDWAY_PLUGINS": ",".join(plugins), "MIDWAY_LOG_LEVEL": "WARNING"}
     return Target(name, cmd, env, cpu=cpu)
+
+
+def baseline_midway(ref: str) -> Path:
+    """The ``midway`` executable of the core package as of git ``ref``: its tree exported from
+    this repository and installed, with its dependencies, into a virtualenv cached by commit
+    (``$XDG_CACHE_HOME/midway-bench``; deleting it rebuilds it)."""
+    root = HERE.parent
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--verify",
+                                 f"{ref}^{{commit}}"], capture_output=True, text=True,
+                                check=True).stdout.strip()
+    except subprocess.CalledProcessError:
+        sys.exit(f"--baseline {ref}: not a commit of this repository")
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "midway-bench"
+    home = cache / f"baseline-{commit[:12]}"
+    executable = home / "venv" / "bin" / "midway"
+    if (home / "ready").exists():
+        return executable
+    shutil.rmtree(home, ignore_errors=True)
+    (home / "src").mkdir(parents=True)
+    print(f"building midway@{ref} ({commit[:12]}) into {home} ...", flush=True)
+    archive = subprocess.run(["git", "-C", str(root), "archive", commit, "core"],
+                             capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(home / "src")], input=archive, check=True)
+    subprocess.run([sys.executable, "-m", "venv", str(home / "venv")], check=True)
+    subprocess.run([str(home / "venv" / "bin" / "python"), "-m", "pip", "install", "-q",
+                    str(home / "src" / "core")], check=True)
+    (home / "ready").write_text(f"{ref} {commit}\n")
+    return executable
 
 
 def prime(port: int) -> None:
@@ -321,7 +354,7 @@ def _fmt(row: dict[str, Any]) -> str:
             f"err {row['errors']}")
 
 
-def report(rows: list[dict[str, Any]]) -> None:
+def report(rows: list[dict[str, Any]], baseline: str | None = None) -> None:
     print("\nRatios (CPU per request vs the plain aiohttp pass-through; added p50 vs direct):")
     index = {(r["target"], r["workload"], r["concurrency"]): r for r in rows}
     for r in rows:
@@ -330,6 +363,7 @@ def report(rows: list[dict[str, Any]]) -> None:
         plain = index.get(("plain", r["workload"], r["concurrency"]))
         direct = index.get(("direct", r["workload"], r["concurrency"]))
         base = index.get(("midway", r["workload"], r["concurrency"]))
+        before = index.get((baseline, r["workload"], r["concurrency"])) if baseline else None
         parts = [f"{r['target']:<22} {r['workload']:<13} c={r['concurrency']:<3}"]
         if plain and plain["cpu_us_per_req"] and r["cpu_us_per_req"]:
             parts.append(f"cpu x{r['cpu_us_per_req'] / plain['cpu_us_per_req']:.2f} of plain")
@@ -339,6 +373,9 @@ def report(rows: list[dict[str, Any]]) -> None:
             if relay is not None and r["cpu_us_per_req"] - relay >= 1:
                 parts.append(f"relay cpu x{relay / base['cpu_us_per_req']:.2f} of midway")
             parts.append(f"rps x{r['rps'] / base['rps']:.2f} of midway")
+        if before and before is not r and before["cpu_us_per_req"] and r["cpu_us_per_req"]:
+            parts.append(f"cpu x{r['cpu_us_per_req'] / before['cpu_us_per_req']:.2f} "
+                         f"of {baseline}")
         if direct:
             parts.append(f"+{r['p50_ms'] - direct['p50_ms']:.2f} ms p50 vs direct")
         print("  ".join(parts))
@@ -354,6 +391,8 @@ def main() -> None:
     parser.add_argument("--concurrency", default="1,16,64")
     parser.add_argument("--workloads", default="json,stream")
     parser.add_argument("--only", default="", help="comma-separated target names")
+    parser.add_argument("--baseline", metavar="REF",
+                        help="also measure midway as of this git ref (midway@REF)")
     parser.add_argument("--workers-scaling", action="store_true",
                         help="also measure midway with 1 vs 2 workers")
     parser.add_argument("--out", default="bench-results.json")
@@ -378,6 +417,13 @@ def main() -> None:
                           extra=[str(HERE / "noop_plugin.py")]),
         ]
         targets[0].port = up_port
+        baseline = None
+        if args.baseline:
+            baseline = f"midway@{args.baseline}"
+            old = midway_target(baseline, upstream, tmp / "baseline", [])
+            old.cmd[0] = str(baseline_midway(args.baseline))
+            targets.insert(3, old)
+        fixed = 4 if baseline else 3  # direct, plain, midway (and midway@REF): in every group
         for variant in load_variants(upstream, tmp):
             targets.append(midway_target(variant["name"], upstream, tmp / variant["name"],
                                          variant.get("plugins", []), variant.get("config"),
@@ -388,12 +434,12 @@ def main() -> None:
         # variant its own, with direct, plain and midway beside it to compare with).
         groups: dict[str, list[Target]] = {}
         for target in chosen:
-            for workload in getattr(target, "workloads", None) or workloads:
+            for workload in target.workloads or workloads:
                 groups.setdefault(workload, []).append(target)
         rows: list[dict[str, Any]] = []
         for workload, group in groups.items():
             names = {t.name for t in group}
-            refs = [t for t in targets[:3] if t.name not in names]  # direct, plain, midway
+            refs = [t for t in targets[:fixed] if t.name not in names]
             rows += measure_group([*refs, *group], workload, concurrencies, args.duration,
                                   args.rounds, tmp)
         if args.workers_scaling:
@@ -401,7 +447,7 @@ def main() -> None:
                 t = midway_target(f"midway-{workers}w", upstream, tmp / f"w{workers}", [],
                                   workers=workers, cpu=None)
                 rows += measure_group([t], "json", [64], args.duration, args.rounds, tmp)
-        report(rows)
+        report(rows, baseline)
         Path(args.out).write_bytes(orjson.dumps(rows, option=orjson.OPT_INDENT_2))
         print(f"\nresults written to {args.out}")
     finally:

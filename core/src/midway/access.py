@@ -29,6 +29,7 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+@functools.lru_cache(maxsize=1024)  # asked per request; Host values repeat
 def host_name(value: str) -> str:
     """The name in a ``Host`` header: without the port, brackets or a trailing dot."""
     value = value.strip().lower()

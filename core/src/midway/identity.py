@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import secrets
@@ -43,7 +44,10 @@ def presents_midway_key(headers: Mapping[str, str]) -> bool:
     """Whether any credential header holds a midway client key (``mw-…``), however malformed:
     one is never forwarded to an upstream."""
     for name in CREDENTIAL_HEADERS:
-        value = (headers.get(name) or "").strip()
+        value = headers.get(name)
+        if not value or PREFIX not in value:  # the common case, decided without parsing
+            continue
+        value = value.strip()
         scheme, _, token = value.partition(" ")
         if value.startswith(PREFIX) or (scheme.lower() == "bearer" and
                                         token.strip().startswith(PREFIX)):
@@ -88,8 +92,15 @@ def passthrough_principal(credential: str | None, key: bytes | None = None) -> P
     fingerprint (:func:`midway.secrets_ref.fingerprint`), for reports only."""
     if not credential:
         return ANONYMOUS
-    name = passthrough_id(credential, key)
-    return Principal(id=name, name=name, kind="passthrough", key_id=fingerprint(credential))
+    name, key_id = _passthrough_names(credential, key or _process_key)
+    return Principal(id=name, name=name, kind="passthrough", key_id=key_id)
+
+
+# A client sends the same credential on every request: its two hashes are computed once (the
+# cache holds what request headers already hold, in this process only).
+@functools.lru_cache(maxsize=256)
+def _passthrough_names(credential: str, key: bytes) -> tuple[str, str]:
+    return passthrough_id(credential, key), fingerprint(credential)
 
 
 class ClientKeys:

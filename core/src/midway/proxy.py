@@ -546,12 +546,19 @@ class Proxy:
         (JSON read on the way for usage). An answer the upstream cut short never reaches the
         client as a complete one: before the head went out it becomes a 502 (504 if the
         upstream went silent), after it the response is left unterminated."""
+        length = answer.content_length
+        if json and length is not None and length <= BUFFER_LIMIT:  # the common answer
+            try:
+                body = await answer.read()
+            except _UPSTREAM_FAILURES as exc:
+                raise _cut_short(exchange, exc) from None
+            return await self._answer_body(request, exchange, answer.status, headers, body,
+                                           encoding)
         source = answer.chunks()
         parts: list[bytes] = []
         size = 0
         # no length, no chunking: only a well-formed JSON body tells the end from a cut
-        close_delimited = answer.content_length is None and \
-            "transfer-encoding" not in answer.headers
+        close_delimited = length is None and "transfer-encoding" not in answer.headers
         if json:
             try:
                 while size <= BUFFER_LIMIT:
