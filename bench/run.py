@@ -216,10 +216,8 @@ def midway_target(name: str, upstream: str, data_dir: Path, plugins: list[str],
     import tomli_w
 
     data_dir.mkdir(parents=True, exist_ok=True)
+    # midway's defaults, as users run it (the access log on, written to the server's stderr)
     config = dict(config or {})
-    core = dict(config.get("midway", {}))
-    core.setdefault("access_log", False)
-    config["midway"] = core
     config_path = data_dir / "midway.toml"
     config_path.write_bytes(tomli_w.dumps(config).encode())
     cmd = ["midway", "serve", "--port", "{port}", "--upstream", upstream, "--config",

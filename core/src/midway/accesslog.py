@@ -1,8 +1,20 @@
-"""One access-log line per request: escaped, truncated, never a credential."""
+"""One access-log line per request: escaped, truncated, never a credential.
+
+On by default, so it must cost next to nothing: the line is built in one pass from the
+exchange (no record of fields, no request body parsed for it), and under ``midway serve``
+(:func:`direct`) lines skip the ``logging`` machinery — a record, a formatter and a write and
+flush per line — for a buffer written out once per event-loop iteration, in the same
+``%(asctime)s %(levelname)s %(name)s: %(message)s`` form the other log lines have. Where
+``midway serve`` did not set up logging (tests, embedding) each line is a ``midway.access``
+record as before.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
+from typing import IO
 
 import orjson
 
@@ -10,6 +22,7 @@ from midway.exchange import Exchange
 
 log = logging.getLogger("midway.access")
 _MAX = 200
+_PREFIX = " INFO midway.access: "
 
 
 def _clean(value: object) -> str:
@@ -20,35 +33,130 @@ def _clean(value: object) -> str:
     return text.encode("unicode_escape").decode("ascii") if not text.isprintable() else text
 
 
+def _text(value: str | None) -> str | None:
+    # most values are short and printable: checked, not copied
+    if value is None or (len(value) <= _MAX and value.isprintable()):
+        return value
+    return _clean(value)
+
+
+def _ms(value: float | None) -> float | None:
+    return round(value, 2) if value else None
+
+
+def _model(exchange: Exchange) -> str | None:
+    model = exchange.response_model
+    if model is None and exchange.request.is_messages:
+        model = exchange.model  # no answer named one (an error): the request's
+    return model
+
+
 def fields(exchange: Exchange) -> dict[str, object]:
+    """The line's fields, in order (``None``: not shown in the text form)."""
     usage = exchange.usage
+    principal = exchange.principal
+    timings = exchange.timings
     return {
         "request_id": exchange.id,
-        "upstream_request_id": exchange.upstream_request_id,
-        "principal": exchange.principal.id,
-        "team": exchange.principal.team,
-        "method": exchange.request.method,
-        "path": exchange.request.path,
-        "model": exchange.model if exchange.request.is_messages else None,
+        "upstream_request_id": _text(exchange.upstream_request_id),
+        "principal": _text(principal.id),
+        "team": _text(principal.team),
+        "method": _text(exchange.request.method),
+        "path": _text(exchange.request.path),
+        "model": _text(_model(exchange)),
         "status": exchange.status,
-        "upstream": exchange.upstream.name if exchange.upstream else None,
+        "upstream": _text(exchange.upstream.name) if exchange.upstream else None,
         "attempts": len(exchange.attempts),
-        "answered_by": exchange.answered_by,
-        "ttfb_ms": round(exchange.timings.ttfb_ms, 2) if exchange.timings.ttfb_ms else None,
-        "total_ms": round(exchange.timings.total_ms, 2) if exchange.timings.total_ms else None,
+        "answered_by": _text(exchange.answered_by),
+        "ttfb_ms": _ms(timings.ttfb_ms),
+        "total_ms": _ms(timings.total_ms),
         "input_tokens": usage.input_tokens,
         "output_tokens": usage.output_tokens,
         "cache_read_tokens": usage.cache_read_input_tokens,
         "cache_write_tokens": usage.cache_creation_input_tokens,
-        "error": exchange.error,
+        "error": _text(exchange.error),
     }
+
+
+def line(exchange: Exchange, fmt: str) -> str:
+    """The access-log line of ``exchange`` (``fmt``: ``text`` or ``json``)."""
+    if fmt == "json":
+        return orjson.dumps(fields(exchange)).decode()
+    # `key=value` for each of fields() that is not None, written out: a third of the time
+    usage, timings, principal = exchange.usage, exchange.timings, exchange.principal
+    urid, team = _text(exchange.upstream_request_id), _text(principal.team)
+    model, answered_by = _text(_model(exchange)), _text(exchange.answered_by)
+    upstream = _text(exchange.upstream.name) if exchange.upstream else None
+    ttfb, total, error = timings.ttfb_ms, timings.total_ms, _text(exchange.error)
+    return (f"request_id={exchange.id}"
+            f"{'' if urid is None else ' upstream_request_id=' + urid}"
+            f" principal={_text(principal.id)}{'' if team is None else ' team=' + team}"
+            f" method={_text(exchange.request.method)} path={_text(exchange.request.path)}"
+            f"{'' if model is None else ' model=' + model}"
+            f"{'' if exchange.status is None else f' status={exchange.status}'}"
+            f"{'' if upstream is None else ' upstream=' + upstream}"
+            f" attempts={len(exchange.attempts)}"
+            f"{'' if answered_by is None else ' answered_by=' + answered_by}"
+            f"{'' if not ttfb else f' ttfb_ms={round(ttfb, 2)}'}"
+            f"{'' if not total else f' total_ms={round(total, 2)}'}"
+            f" input_tokens={usage.input_tokens} output_tokens={usage.output_tokens}"
+            f" cache_read_tokens={usage.cache_read_input_tokens}"
+            f" cache_write_tokens={usage.cache_creation_input_tokens}"
+            f"{'' if error is None else ' error=' + error}")
+
+
+class _Direct:
+    """Lines for a stream, buffered and written once per event-loop iteration."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream = stream
+        self.pending: list[str] = []
+        self.second = -1
+        self.stamp = ""
+
+    def add(self, text: str) -> None:
+        now = time.time()
+        second = int(now)
+        if second != self.second:  # logging's asctime: local time, then milliseconds
+            self.second = second
+            self.stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
+        self.pending.append(f"{self.stamp},{int((now - second) * 1000):03d}{_PREFIX}{text}\n")
+        if len(self.pending) == 1:
+            try:
+                asyncio.get_running_loop().call_soon(self.flush)
+            except RuntimeError:  # no event loop: now
+                self.flush()
+
+    def flush(self) -> None:
+        lines, self.pending = self.pending, []
+        if lines:
+            try:
+                self.stream.write("".join(lines))
+                self.stream.flush()
+            except (OSError, ValueError):  # stderr gone or closed: nothing to tell it
+                pass
+
+
+_direct: _Direct | None = None
+
+
+def direct(stream: IO[str]) -> None:
+    """Write access lines to ``stream`` (the one ``midway serve``'s log lines go to)
+    directly, in the log's format; :func:`flush` writes out what is buffered."""
+    global _direct
+    _direct = _Direct(stream)
+
+
+def flush() -> None:
+    if _direct is not None:
+        _direct.flush()
 
 
 def write(exchange: Exchange, fmt: str) -> None:
     if not log.isEnabledFor(logging.INFO):
         return
-    data = {k: (_clean(v) if isinstance(v, str) else v) for k, v in fields(exchange).items()}
-    if fmt == "json":
-        log.info(orjson.dumps(data).decode())
+    text = line(exchange, fmt)
+    if _direct is not None:
+        _direct.add(text)
     else:
-        log.info(" ".join(f"{k}={v}" for k, v in data.items() if v is not None))
+        log.info(text)

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from midway import __version__
+from midway import __version__, accesslog
 from midway.cliformat import to_json
 from midway.config import ConfigError, Settings, load_settings
 from midway.datadir import prepare, private_files
@@ -20,11 +20,19 @@ from midway.plugins import PluginHost
 from midway.storage import StoreMissing, stores_created
 from midway.timeparse import TIME_FORMS, parse_time
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
 
 def _setup_logging(settings: Settings) -> None:
     logging.basicConfig(level=getattr(logging, settings.log_level.upper(), logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
+                        format=LOG_FORMAT, stream=sys.stderr)
+    root = logging.getLogger()
+    handler = root.handlers[0] if len(root.handlers) == 1 else None
+    if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stderr and \
+            handler.formatter is not None and handler.formatter._fmt == LOG_FORMAT and \
+            not accesslog.log.handlers and accesslog.log.propagate:
+        # Logging is ours alone: access lines take the short way to the same stream.
+        accesslog.direct(sys.stderr)
 
 
 # click.ParamType is generic from click 8.2 on; midway supports 8.1.

@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from midway import __version__, deadlines, malformed, paths
+from midway import __version__, accesslog, deadlines, malformed, paths
 from midway.access import is_loopback, metrics_refusal
 from midway.background import start_every
 from midway.config import ConfigError, Settings
@@ -278,6 +278,7 @@ async def serve(settings: Settings, sock: socket.socket | None = None,
                  settings.drain_delay)
         await asyncio.sleep(settings.drain_delay)
     await drain(runner, app[PROXY_KEY], settings.shutdown_timeout)
+    accesslog.flush()
 
 
 async def drain(runner: deadlines.GuardedRunner, proxy: Proxy, budget: float) -> None:

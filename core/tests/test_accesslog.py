@@ -1,0 +1,70 @@
+"""The access line: its text form is every field that is set, in order, escaped; under
+``midway serve`` it is written in the log's own line format, buffered per loop iteration."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import re
+import time
+
+from multidict import CIMultiDict
+
+from midway import accesslog
+from midway.cli import LOG_FORMAT
+from midway.exchange import Exchange, Principal, Request, Timings, Upstream
+
+
+def exchange(**changes: object) -> Exchange:
+    ex = Exchange(id="mw_1", request=Request(
+        method="POST", path="/v1/messages", query_string="", headers=CIMultiDict(),
+        body=b'{"model":"asked\\r\\nFAKE: 1"}'),
+        principal=Principal(id="key-01", name="k", kind="passthrough"), client_address="",
+        timings=Timings(started_at=time.time(), started=time.monotonic()), midway=None)
+    for name, value in changes.items():
+        if name in ("ttfb_ms", "total_ms"):
+            setattr(ex.timings, name, value)
+        else:
+            setattr(ex, name, value)
+    return ex
+
+
+CASES = [
+    exchange(),  # nothing answered: the request's model, escaped
+    exchange(status=200, upstream_request_id="req_1", response_model="claude-x",
+             upstream=Upstream(url="http://u", name="default"), ttfb_ms=1.0, total_ms=2.345),
+    exchange(status=502, answered_by="cache", error="e\n" * 200, ttfb_ms=0.0),
+]
+
+
+def test_text_line_is_each_set_field_in_order() -> None:
+    for ex in CASES:
+        expected = " ".join(f"{k}={v}" for k, v in accesslog.fields(ex).items()
+                            if v is not None)
+        text = accesslog.line(ex, "text")
+        assert text == expected
+        assert text.isprintable()
+    assert "model=asked\\r\\nFAKE: 1" in accesslog.line(CASES[0], "text")
+    assert "model=claude-x" in accesslog.line(CASES[1], "text")
+
+
+def test_direct_lines_have_the_log_format_and_are_written_once_per_iteration() -> None:
+    stream = io.StringIO()
+    direct = accesslog._Direct(stream)
+    reference = logging.Formatter(LOG_FORMAT).format(logging.LogRecord(
+        "midway.access", logging.INFO, __file__, 1, "x", None, None))
+
+    async def serve() -> tuple[str, str]:
+        direct.add("one")
+        direct.add("two")
+        before = stream.getvalue()  # nothing yet: both go out in one write, after this step
+        await asyncio.sleep(0)
+        return before, stream.getvalue()
+
+    before, after = asyncio.run(serve())
+    assert before == ""
+    lines = after.splitlines()
+    assert [line.split(": ", 1)[1] for line in lines] == ["one", "two"]
+    shape = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO midway\.access: ")
+    assert shape.match(reference) and all(shape.match(line) for line in lines)
