@@ -26,6 +26,7 @@ from midway.context import Midway
 from midway.errors import MidwayError, error_response
 from midway.identity import identity_key, use_identity_key
 from midway.metrics import Metrics
+from midway.model_list import MODELS, ModelDirectory
 from midway.plugins import Impl, PluginHost
 from midway.preflight import bind_problem
 from midway.proxy import Proxy
@@ -97,6 +98,11 @@ def build_app(midway: Midway) -> web.Application:
                                   # asyncio tasks alive: leak checks (soak, hardening tests)
                                   "tasks": len(asyncio.all_tasks())})
 
+    async def hello(request: web.Request) -> web.Response:
+        # Claude Code's connection-warming probe (HEAD /api/hello): answered here, never
+        # forwarded, so start-up costs no upstream round trip.
+        return web.Response(status=200)
+
     async def livez(request: web.Request) -> web.Response:
         return web.json_response({"status": "alive"})
 
@@ -124,6 +130,7 @@ def build_app(midway: Midway) -> web.Application:
     app.router.add_get("/", head_root)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/livez", livez)
+    app.router.add_get("/api/hello", hello)  # HEAD too (aiohttp adds it to a GET route)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     midway.plugins.call_sync("register_routes", app=app, midway=midway)
@@ -145,6 +152,7 @@ def build_app(midway: Midway) -> web.Application:
         except BaseException:  # start-up stops here: on_cleanup will not run
             await midway.session.close()
             raise
+        ModelDirectory.publish(midway)
         proxy.refresh()
         midway.started = True
         if midway.metrics is not None and midway.metrics.peers_dir is not None:
@@ -214,6 +222,9 @@ def announce(midway: Midway) -> None:
     log.info("midway %s listening on http://%s:%d -> %s; data dir %s; plugins: %s",
              __version__, settings.host, settings.port, settings.upstream, settings.data_dir,
              ", ".join(loaded) or "none")
+    proxy_models = midway.services.get(MODELS)
+    log.info("  models: %s", proxy_models.describe() if proxy_models is not None else
+             "GET /v1/models forwarded upstream (nothing listed in [models] or routed by name)")
     for impl in sorted(midway.plugins.impls("describe"), key=lambda i: i.plugin):
         try:
             line = impl.function(*[midway for _ in impl.argnames])

@@ -53,6 +53,7 @@ from midway.fake_upstream import (
 from midway.hookspecs import hookimpl
 from midway.hostile_upstream import RawReply, RawRequest, RawUpstream
 from midway.identity import passthrough_principal
+from midway.model_list import ModelDirectory
 from midway.proxy import Proxy
 from midway.server import PROXY_KEY, build_app, build_midway
 from midway.testing_services import (
@@ -286,6 +287,7 @@ class Harness:
         plugins = self.midway.plugins
         await plugins.each("register_metrics", swallow=False, midway=self.midway)
         await plugins.each("startup", swallow=False, midway=self.midway)
+        ModelDirectory.publish(self.midway)
         self.proxy.refresh()
         self._started = True
 

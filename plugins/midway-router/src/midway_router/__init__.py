@@ -61,6 +61,11 @@ def describe(midway: Midway) -> str:
 
 
 @hookimpl
+def list_models(midway: Midway) -> list[dict[str, str]]:
+    return midway.options("router", RouterSettings).named_models()
+
+
+@hookimpl
 async def shutdown(midway: Midway) -> None:
     router = midway.services.pop(ROUTER, None)
     if router is None:

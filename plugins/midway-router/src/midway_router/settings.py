@@ -72,6 +72,8 @@ class RuleSpec:
     fallback: tuple[TargetSpec, ...] = ()
     balance: str = "weighted"
     admin_api: bool = False  # may forward Anthropic's admin API (/v1/organizations/...)
+    display_name: str | None = None  # what /v1/models shows for the models routed by name
+    description: str | None = None
 
 
 def _strs(value: Any, where: str) -> tuple[str, ...]:
@@ -211,8 +213,14 @@ def _rule(table: Mapping[str, Any], name: str, where: str) -> RuleSpec:
         raise ConfigError(f"{where}: balance must be one of {', '.join(BALANCES)}")
     match = _match(table.get("match"), f"{where}.match")
     admin_api = _bool(table.get("admin_api"), f"{where}.admin_api") or False
+    texts = {}
+    for key in ("display_name", "description"):
+        value = table.get(key)
+        if value is not None and not isinstance(value, str):
+            raise ConfigError(f"{where}: {key} must be a string")
+        texts[key] = value
     return RuleSpec(name=name, match=match, targets=tuple(targets), fallback=fallback,
-                    balance=balance, admin_api=admin_api)
+                    balance=balance, admin_api=admin_api, **texts)
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -235,7 +243,7 @@ def _rules(value: Any) -> tuple[RuleSpec, ...]:
         table = _table(raw, f"#{i + 1}")
         name = str(table.get("name") or f"rule{i + 1}")
         known = {"name", "match", "model", "target", "targets", "fallback", "balance",
-                 "admin_api"}
+                 "admin_api", "display_name", "description"}
         unknown = set(table) - known
         if unknown:
             raise ConfigError(f"rule {name!r}: unknown key(s) {', '.join(sorted(unknown))}")
@@ -336,6 +344,22 @@ class RouterSettings:
         default = RuleSpec(name="default", match=Match(), targets=targets,
                            fallback=self.fallback, balance=self.balance)
         return (*self.rules, default)
+
+    def named_models(self) -> list[dict[str, str]]:
+        """The models the rules route by exact name (``match.model`` without a glob), as
+        ``/v1/models`` lists them: the rule's ``display_name`` and ``description``, if any."""
+        found: dict[str, dict[str, str]] = {}
+        for rule in self.rules:
+            for model in rule.match.models:
+                if model in found or any(c in model for c in "*?["):
+                    continue
+                entry = {"id": model}
+                if rule.display_name:
+                    entry["display_name"] = rule.display_name
+                if rule.description:
+                    entry["description"] = rule.description
+                found[model] = entry
+        return list(found.values())
 
     def upstream(self, name: str) -> UpstreamSpec:
         for spec in self.upstreams:
