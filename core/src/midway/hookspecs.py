@@ -14,8 +14,8 @@ midway's core calls these hooks, in this order, for every request under ``/v1/``
 
 Around the process: ``register_commands`` when the ``midway`` command line is built;
 ``register_routes``, then ``register_metrics``, then ``startup``, then ``list_models``, then
-``describe`` when a server starts; ``shutdown`` when it stops; ``check_ready`` on each ``GET /readyz``;
-``config_check`` and ``db_upgrade`` in the commands of those names.
+``describe`` when a server starts; ``shutdown`` when it stops; ``check_ready`` on each
+``GET /readyz``; ``config_check`` and ``db_upgrade`` in the commands of those names.
 
 Implementing a hook
 -------------------

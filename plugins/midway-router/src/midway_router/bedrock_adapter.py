@@ -17,6 +17,7 @@ from midway.errors import STATUS_TYPES, MidwayError, error_body
 from midway.exchange import Exchange, PreparedRequest, Upstream
 from midway.sse import encode_event
 from midway_router.eventstream import EventStreamDecoder, EventStreamError
+from midway_router.settings import PING_INTERVAL
 
 BEDROCK_VERSION = "bedrock-2023-05-31"
 _SERVICE = "bedrock"
@@ -68,7 +69,8 @@ class BedrockAdapter:
 
     def __init__(self, region: str, access_key_id: str, secret_access_key: str,
                  session_token: str | None = None, model_map: Mapping[str, str] | None = None,
-                 betas: Collection[str] | None = None) -> None:
+                 betas: Collection[str] | None = None,
+                 ping_interval: float = PING_INTERVAL) -> None:
         try:
             from botocore.auth import SigV4Auth
             from botocore.credentials import Credentials
@@ -76,6 +78,7 @@ class BedrockAdapter:
             raise RuntimeError("the Bedrock upstream needs botocore: "
                                "pip install 'midway-router[bedrock]'") from None
         self.region = region
+        self.ping_interval = ping_interval  # read by midway.answer.TranslatedAnswer
         self.model_map = dict(model_map or {})
         self.betas = frozenset(betas) if betas is not None else None
         self._signer = SigV4Auth(Credentials(access_key_id, secret_access_key, session_token),

@@ -18,6 +18,7 @@ KINDS = ("anthropic", "openai", "bedrock")
 BALANCES = ("weighted", "least-busy", "ordered")
 # Claude Code's small/fast model (titles, summaries, quota probes) is a Haiku.
 BACKGROUND_MODELS = ("claude-3-5-haiku*", "claude-haiku-*", "*-haiku-*")
+PING_INTERVAL = 10.0
 DEFAULT_URLS = {"anthropic": "https://api.anthropic.com", "openai": "https://api.openai.com"}
 
 
@@ -41,6 +42,9 @@ class UpstreamSpec:
     models: tuple[tuple[str, str], ...] = ()  # (glob, vendor model) rewrites, first match wins
     weight: float = 1.0
     max_tokens_field: str = "max_tokens"  # openai: "max_completion_tokens" for o-series models
+    # openai, bedrock: seconds of upstream silence after which a translated stream gets a
+    # ping (those vendors send none; Claude Code gives up on a stream silent for 300 s); 0: off
+    ping_interval: float = PING_INTERVAL
 
 
 @attrs.frozen
@@ -153,13 +157,15 @@ def _upstream(raw: Any, index: int) -> UpstreamSpec:
         models_raw = {"*": models_raw}
     models = tuple((str(k), str(v)) for k, v in _table(models_raw, f"{where}: models").items())
     weight = _number(table, "weight", 1.0, where)
+    ping_interval = _number(table, "ping_interval", PING_INTERVAL, where)
     max_tokens_field = table.get("max_tokens_field", "max_tokens")
     if max_tokens_field not in ("max_tokens", "max_completion_tokens"):
         raise ConfigError(f"{where}: max_tokens_field must be 'max_tokens' or "
                                 "'max_completion_tokens'")
     return UpstreamSpec(name=name, kind=kind, url=url, keys=keys, aws=tuple(aws),
                         region=region, auth=auth, headers=headers, models=models,
-                        weight=weight, max_tokens_field=max_tokens_field)
+                        weight=weight, max_tokens_field=max_tokens_field,
+                        ping_interval=ping_interval)
 
 
 def _target(raw: Any, where: str, model: str | None = None) -> TargetSpec:
