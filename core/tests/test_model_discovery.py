@@ -130,6 +130,21 @@ async def test_upstream_discovery_forwards_and_auto_without_models_forwards() ->
         assert result.exchange.answered_by is None
 
 
+@synchronous
+async def test_a_router_rename_alone_does_not_switch_discovery_to_midway() -> None:
+    # A rule routing one model by name must not shrink what clients see to that one name.
+    pytest.importorskip("midway_router")
+    import midway_router
+
+    router = {"upstreams": [{"name": "a", "url": "http://fake.invalid"}],
+              "rules": [{"match": {"model": "claude-opus-4-7"}, "target": "a",
+                         "model": "claude-sonnet-4-6"}]}
+    async with Harness(plugins=[("router", midway_router)], config={"router": router}) as h:
+        forwarded = await h.request(path="/v1/models", method="GET", body=b"")
+    assert forwarded.exchange.answered_by is None
+    assert [r.path for r in h.upstream.requests] == ["/v1/models"]
+
+
 @pytest.mark.parametrize(("table", "expected"), [
     ({"list": [{"id": "claude a"}]}, "id must be a model name"),
     ({"list": [{"id": "claude-a", "name": "x"}]}, "unknown key(s) name"),

@@ -104,8 +104,8 @@ class ModelsConfig:
 
     discovery: Literal["auto", "local", "upstream"] = option(
         "auto", help="who answers GET /v1/models: local (midway, from this table and the "
-        "router's named routes), upstream (forwarded), or auto: local when any model is "
-        "configured, else upstream")
+        "router's named routes), upstream (forwarded), or auto: local when [[models.list]] "
+        "has entries, else upstream")
     list: tuple[ModelEntry, ...] = option(
         (), converter=_entries, help="[[models.list]]: the models /v1/models shows (id, "
         "display_name, description, created_at)")
@@ -123,7 +123,9 @@ class ModelDirectory:
         """The directory this configuration serves, or ``None`` when ``/v1/models`` is
         forwarded upstream (``discovery = "upstream"``, or ``auto`` with nothing listed)."""
         config = midway.options("models", ModelsConfig)
-        if config.discovery == "upstream":
+        # auto: only a [[models.list]] switches discovery to midway; a router rule naming a
+        # model alone must not shrink what clients see to that one name.
+        if config.discovery == "upstream" or (config.discovery == "auto" and not config.list):
             return None
         entries = {entry.id: entry for entry in config.list}
         for impl in midway.plugins.impls("list_models"):
@@ -137,8 +139,6 @@ class ModelDirectory:
                 continue
             for entry in listed:
                 entries.setdefault(entry.id, entry)  # the [models] table's entry wins
-        if not entries and config.discovery == "auto":
-            return None
         return cls(entries.values())
 
     @classmethod
