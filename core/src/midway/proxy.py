@@ -20,6 +20,7 @@ from yarl import URL
 
 from midway import accesslog, deadlines, paths
 from midway.access import browser_refusal
+from midway.agents import agent_ids
 from midway.answer import (
     SSE,
     Answer,
@@ -296,6 +297,7 @@ class Proxy:
             raise MidwayError(403, refusal)
         exchange.request.body = await self._read_body(request, exchange)
         await self._authenticate(exchange)
+        exchange.agent_id, exchange.parent_agent_id = agent_ids(exchange.request.headers)
         self._check_scope(exchange)
 
         answer: Answer | None = None

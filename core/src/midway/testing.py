@@ -53,6 +53,7 @@ from midway.fake_upstream import (
 from midway.hookspecs import hookimpl
 from midway.hostile_upstream import RawReply, RawRequest, RawUpstream
 from midway.identity import passthrough_principal
+from midway.agents import agent_ids
 from midway.model_list import ModelDirectory
 from midway.proxy import Proxy
 from midway.server import PROXY_KEY, build_app, build_midway
@@ -426,7 +427,8 @@ def make_exchange(body: Any = None, headers: dict[str, str] | None = None,
     raw = body if isinstance(body, bytes) else orjson.dumps(body)
     hdrs = CIMultiDict(headers or {"x-api-key": "sk-ant-test", "anthropic-version": "2023-06-01"})
     key = hdrs.get("x-api-key")
-    return Exchange(id=new_request_id(),
+    agent, parent = agent_ids(hdrs)
+    return Exchange(id=new_request_id(), agent_id=agent, parent_agent_id=parent,
                     request=Request(method=method, path=path, query_string=query, headers=hdrs,
                                     body=raw),
                     principal=principal or passthrough_principal(key),

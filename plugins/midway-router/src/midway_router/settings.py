@@ -66,6 +66,10 @@ class Match:
     thinking: bool | None = None
     tools: bool | None = None
     background: bool | None = None
+    # Claude Code's subagent (x-claude-code-agent-id) and its parent: globs; "*" matches every
+    # subagent's request, never the main agent's (which sends no id)
+    agents: tuple[str, ...] = ()
+    parent_agents: tuple[str, ...] = ()
 
 
 @attrs.frozen
@@ -185,7 +189,7 @@ def _target(raw: Any, where: str, model: str | None = None) -> TargetSpec:
 def _match(raw: Any, where: str) -> Match:
     table = _table(raw or {}, where)
     known = {"model", "principal", "team", "headers", "path", "min_input_tokens",
-             "max_input_tokens", "thinking", "tools", "background"}
+             "max_input_tokens", "thinking", "tools", "background", "agent", "parent_agent"}
     unknown = set(table) - known
     if unknown:
         raise ConfigError(f"{where}: unknown match key(s) {', '.join(sorted(unknown))}")
@@ -200,7 +204,9 @@ def _match(raw: Any, where: str) -> Match:
                  max_input_tokens=_int(table.get("max_input_tokens"), f"{where}.max_input_tokens"),
                  thinking=_bool(table.get("thinking"), f"{where}.thinking"),
                  tools=_bool(table.get("tools"), f"{where}.tools"),
-                 background=_bool(table.get("background"), f"{where}.background"))
+                 background=_bool(table.get("background"), f"{where}.background"),
+                 agents=_strs(table.get("agent"), f"{where}.agent"),
+                 parent_agents=_strs(table.get("parent_agent"), f"{where}.parent_agent"))
 
 
 def _rule(table: Mapping[str, Any], name: str, where: str) -> RuleSpec:
