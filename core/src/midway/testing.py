@@ -38,6 +38,7 @@ from aiohttp.test_utils import make_mocked_request
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from midway import deadlines
+from midway.agents import agent_ids
 from midway.answer import Answer, MemoryAnswer
 from midway.config import Settings
 from midway.context import Midway
@@ -53,7 +54,6 @@ from midway.fake_upstream import (
 from midway.hookspecs import hookimpl
 from midway.hostile_upstream import RawReply, RawRequest, RawUpstream
 from midway.identity import passthrough_principal
-from midway.agents import agent_ids
 from midway.model_list import ModelDirectory
 from midway.proxy import Proxy
 from midway.server import PROXY_KEY, build_app, build_midway
