@@ -81,6 +81,16 @@ async def test_a_key_scoped_to_haiku_sees_only_haiku() -> None:
 
 
 @synchronous
+async def test_without_any_credential_the_list_is_refused() -> None:
+    async with Harness(config={"models": MODELS}) as h:
+        result = await h.request(path="/v1/models", method="GET", body=b"",
+                                 headers={"x-api-key": ""})
+    assert result.status == 401
+    assert result.json()["error"]["type"] == "authentication_error"
+    assert h.upstream.requests == []
+
+
+@synchronous
 async def test_pages_follow_anthropic_s_after_and_before_ids() -> None:
     async with Harness(config={"models": MODELS}) as h:
         first = (await h.request(path="/v1/models?limit=2", method="GET", body=b"")).json()

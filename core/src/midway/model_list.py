@@ -160,6 +160,10 @@ class ModelDirectory:
         if request.method not in ("GET", "HEAD") or not (
                 path == PREFIX or path.startswith(PREFIX + "/")):
             return None
+        if exchange.principal.kind == "anonymous":
+            # Pass-through gateways leave the key to the upstream, which is not asked here:
+            # a caller that presents none is refused as Anthropic would refuse it.
+            raise MidwayError(401, "x-api-key header is required")
         scope = exchange.principal.models
         if path == PREFIX:
             visible = [e for e in self.entries if _allowed(e.id, scope)]

@@ -149,10 +149,10 @@ def build_app(midway: Midway) -> web.Application:
         try:
             await midway.plugins.each("register_metrics", swallow=False, midway=midway)
             await midway.plugins.each("startup", swallow=False, midway=midway)
+            ModelDirectory.publish(midway)  # a bad [models] table stops start-up here
         except BaseException:  # start-up stops here: on_cleanup will not run
             await midway.session.close()
             raise
-        ModelDirectory.publish(midway)
         proxy.refresh()
         midway.started = True
         if midway.metrics is not None and midway.metrics.peers_dir is not None:
