@@ -166,3 +166,45 @@ def test_a_bedrock_rate_limit_is_no_capability(client, bedrock_server) -> None:
     with pytest.raises(anthropic.RateLimitError) as caught:
         ask(client, "claude-opus-4-8")
     assert "capability_rejected" not in caught.value.body["error"]["message"]  # type: ignore[index]
+
+
+def _error_event(out: bytes) -> dict:
+    import orjson
+
+    name, data = out.strip().split(b"\n")[-2:]
+    assert name == b"event: error"
+    return orjson.loads(data.removeprefix(b"data: "))["error"]
+
+
+def test_a_refusal_mid_stream_is_worded_too() -> None:
+    import orjson
+
+    from midway_router.openai_translate import OpenAIStreamTranslator, ToolNames
+
+    translator = OpenAIStreamTranslator(ToolNames(), [], "gpt-fake-1")
+    out = translator.feed(b"data: " + orjson.dumps({"error": {
+        "message": ROWS[0][4], "type": "invalid_request_error",
+        "code": "context_length_exceeded"}}) + b"\n\n")
+    assert _error_event(out) == {"type": "invalid_request_error", "message": (
+        "prompt is too long: 130514 tokens > 128000 maximum "
+        "(capability_rejected: prompt_too_long)")}
+    # a server error mid-stream stays what it was
+    translator = OpenAIStreamTranslator(ToolNames(), [], "gpt-fake-1")
+    out = translator.feed(b'data: {"error": {"message": "upstream failed", "code": 500}}\n\n')
+    assert _error_event(out) == {"type": "api_error", "message": "upstream failed"}
+
+
+def test_a_bedrock_validation_exception_mid_stream_is_worded() -> None:
+    from fake_bedrock import exception_message
+
+    from midway_router.bedrock_adapter import BedrockStreamTranslator
+
+    out = BedrockStreamTranslator().feed(exception_message(
+        "validationException", "Input is too long for requested model."))
+    assert _error_event(out) == {"type": "invalid_request_error", "message": (
+        "prompt is too long: Input is too long for requested model. "
+        "(capability_rejected: prompt_too_long)")}
+    throttled = BedrockStreamTranslator().feed(exception_message(
+        "throttlingException", "Too many tokens, please wait before trying again."))
+    assert _error_event(throttled)["type"] == "rate_limit_error"
+    assert "capability_rejected" not in _error_event(throttled)["message"]
