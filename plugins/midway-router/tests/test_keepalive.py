@@ -127,3 +127,20 @@ def test_a_bad_interval_is_one_line(bad, router_plugin) -> None:
 
     with pytest.raises(ConfigError, match="ping_interval must be a non-negative number"):
         parse({"upstreams": [upstream("openai", "http://127.0.0.1:1", bad)]})
+
+
+def test_start_up_announces_the_ping_interval(tmp_path) -> None:
+    from midway.config import Settings
+    from midway.context import Midway
+    from midway.plugins import PluginHost
+    from midway_router import describe
+
+    def line(upstreams: list[dict[str, Any]]) -> str:
+        settings = Settings(data_dir=tmp_path, plugins=[])
+        settings.tables = {"router": {"upstreams": upstreams}}
+        return str(describe(Midway(settings, PluginHost())))
+
+    assert line([upstream("openai", "http://127.0.0.1:1", None)]).endswith(
+        "; pings translated streams after 10 s of vendor silence")
+    assert "pings" not in line([upstream("openai", "http://127.0.0.1:1", 0)])
+    assert "pings" not in line([{"name": "a", "url": "http://127.0.0.1:1"}])
