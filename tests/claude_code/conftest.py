@@ -108,6 +108,16 @@ def discovery_stack(fake_upstream: FakeUpstream, openai_upstream: OpenAIUpstream
     yield from _stack(tmp_path, config)
 
 
+@pytest.fixture
+def subagent_stack(fake_upstream: FakeUpstream, openai_upstream: OpenAIUpstream,
+                   tmp_path: Path) -> Iterator[Stack]:
+    """The stack with a first rule sending every subagent's request to the OpenAI upstream."""
+    config = plugin_config(fake_upstream.url, openai_upstream.url)
+    config["router"]["rules"].insert(0, {"name": "subagents", "match": {"agent": "*"},
+                                         "target": "openai"})
+    yield from _stack(tmp_path, config)
+
+
 def _stack(tmp_path: Path, config: dict[str, Any]) -> Iterator[Stack]:
     probe = Probe()
     running = start_midway(tmp_path / "midway", config["router"]["upstreams"][0]["url"],
