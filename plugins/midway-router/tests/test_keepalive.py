@@ -144,3 +144,28 @@ def test_start_up_announces_the_ping_interval(tmp_path) -> None:
         "; pings translated streams after 10 s of vendor silence")
     assert "pings" not in line([upstream("openai", "http://127.0.0.1:1", 0)])
     assert "pings" not in line([{"name": "a", "url": "http://127.0.0.1:1"}])
+
+
+def test_a_client_leaving_during_the_silence_leaves_nothing_behind(
+        openai_server, midway_factory, router_plugin) -> None:
+    from midway.testing import wait_for
+
+    reply = OpenAIReply(content="never read", stall_after=1)
+    openai_server.reply(reply)
+    proxy = midway_factory(plugins=[router_plugin], config={"router": {
+        "upstreams": [upstream("openai", openai_server.url, 0.02)]}})
+    before = httpx.get(f"{proxy.url}/healthz").json()["tasks"]
+    pings = 0
+    with httpx.stream("POST", f"{proxy.url}/v1/messages", json=BODY, timeout=30,
+                      headers={"x-api-key": "client"}) as response:
+        for line in response.iter_lines():
+            pings += line == "event: ping"
+            if pings == 2:
+                break  # the client hangs up while the vendor is still silent
+    try:
+        wait_for(lambda: proxy.proxy.open_streams == 0, timeout=10)
+        # the wait for the vendor's next chunk was cancelled with the request
+        wait_for(lambda: httpx.get(f"{proxy.url}/healthz").json()["tasks"] <= before,
+                 timeout=10)
+    finally:
+        reply.resume.set()
