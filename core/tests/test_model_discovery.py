@@ -155,6 +155,14 @@ async def test_a_router_rename_alone_does_not_switch_discovery_to_midway() -> No
     assert [r.path for r in h.upstream.requests] == ["/v1/models"]
 
 
+def test_a_toml_date_time_is_taken_as_created_at() -> None:
+    import tomllib
+
+    table = tomllib.loads('[[list]]\nid = "claude-a"\ncreated_at = 2026-02-17T09:30:00+01:00\n')
+    [entry] = load_table(ModelsConfig, "models", table).list
+    assert entry.created_at == "2026-02-17T08:30:00Z"
+
+
 @pytest.mark.parametrize(("table", "expected"), [
     ({"list": [{"id": "claude a"}]}, "id must be a model name"),
     ({"list": [{"id": "claude-a", "name": "x"}]}, "unknown key(s) name"),
