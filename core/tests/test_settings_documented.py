@@ -75,3 +75,11 @@ def test_every_builtin_plugin_option_is_documented() -> None:
     missing = [info.key for info in declared(KeysConfig)
                if not documented(info.key, DOCS / "keys.md")]
     assert not missing, f"undocumented [keys] settings: {missing}"
+
+
+def test_the_models_table_is_documented() -> None:
+    from midway.model_list import ModelsConfig
+
+    missing = [info.key for info in declared(ModelsConfig)
+               if not documented(info.key, DOCS / "configuration.md")]
+    assert not missing, f"undocumented [models] settings: {missing}"

@@ -27,6 +27,13 @@ from midway.testing import RecordedRequest, Reply, RunningMidway, wait_for
 
 # Pinned: Claude Code changes what it sends between releases; a new version is a deliberate bump
 # (MIDWAY_CLAUDE_CODE_VERSION overrides it to try one).
+# What a gateway lists for /v1/models (model discovery), as a team would describe its models.
+GATEWAY_MODELS = [
+    {"id": "claude-sonnet-4-6", "display_name": "Sonnet 4.6 (team)",
+     "description": "Everyday coding, billed to the team"},
+    {"id": "claude-haiku-4-5", "display_name": "Haiku 4.5 (team)",
+     "description": "Quick answers"},
+]
 CLAUDE_CODE_VERSION = os.environ.get("MIDWAY_CLAUDE_CODE_VERSION", "2.1.331")
 RUN_TIMEOUT = 90.0  # seconds per `claude -p` run
 AUTH_TOKEN = "sk-ant-cc-conformance-token"

@@ -10,6 +10,7 @@ import pytest
 from cc_support import (
     DEFAULT_MODEL,
     DEFAULT_MODEL_PRICES,
+    GATEWAY_MODELS,
     MAPPED_FROM,
     MAPPED_TO,
     OPENAI_MODEL,
@@ -94,6 +95,26 @@ def team_stack(fake_upstream: FakeUpstream, openai_upstream: OpenAIUpstream, tmp
     # A keyless router upstream passes the client's credential through, and a midway key is
     # never passed on: with the router, the Anthropic upstream must hold the real key itself.
     config["router"]["upstreams"][0]["keys"] = [UPSTREAM_KEY]
+    yield from _stack(tmp_path, config)
+
+
+@pytest.fixture
+def discovery_stack(fake_upstream: FakeUpstream, openai_upstream: OpenAIUpstream,
+                    tmp_path: Path) -> Iterator[Stack]:
+    """The stack answering model discovery itself, from a [[models.list]] (and the router's
+    rule that routes a model by name)."""
+    config = plugin_config(fake_upstream.url, openai_upstream.url)
+    config["models"] = {"list": GATEWAY_MODELS}
+    yield from _stack(tmp_path, config)
+
+
+@pytest.fixture
+def subagent_stack(fake_upstream: FakeUpstream, openai_upstream: OpenAIUpstream,
+                   tmp_path: Path) -> Iterator[Stack]:
+    """The stack with a first rule sending every subagent's request to the OpenAI upstream."""
+    config = plugin_config(fake_upstream.url, openai_upstream.url)
+    config["router"]["rules"].insert(0, {"name": "subagents", "match": {"agent": "*"},
+                                         "target": "openai"})
     yield from _stack(tmp_path, config)
 
 

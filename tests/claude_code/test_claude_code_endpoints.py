@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import anthropic
-from cc_support import AUTH_TOKEN, Claude, Stack, text_reply
+import orjson
+from cc_support import AUTH_TOKEN, GATEWAY_MODELS, MAPPED_FROM, Claude, Stack, text_reply
 
 from midway.testing import FakeUpstream, wait_for
 
@@ -20,6 +21,27 @@ def test_gateway_model_discovery(claude: Claude, stack: Stack,
     wait_for(lambda: any(x.request.path == "/v1/models" for x in stack.probe.exchanges))
     [listed] = [x for x in stack.probe.exchanges if x.request.path == "/v1/models"]
     assert listed.status == 200
+
+
+def test_gateway_model_discovery_answered_by_midway(claude: Claude, discovery_stack: Stack,
+                                                   fake_upstream: FakeUpstream) -> None:
+    # [[models.list]] configured: Claude Code's discovery request is answered by midway from
+    # its configuration (the list plus the router's rule that routes a model by name).
+    fake_upstream.reply(text_reply("discovered"))
+    out = claude.run(discovery_stack.url, "Hello", "--model", "claude-sonnet-4-6",
+                     env={"CLAUDE_CODE_ENABLE_GATEWAY_MODEL_DISCOVERY": "1"}).assert_success()
+    assert out["result"] == "discovered"
+    assert not [r for r in fake_upstream.requests if r.path.startswith("/v1/models")]
+    wait_for(lambda: any(x.request.path == "/v1/models" for x in discovery_stack.probe.exchanges))
+    [listed] = [x for x in discovery_stack.probe.exchanges if x.request.path == "/v1/models"]
+    assert (listed.request.method, listed.request.query_string) == ("GET", "limit=1000")
+    assert (listed.status, listed.answered_by) == (200, "midway.models")
+    assert listed.timings.total_ms is not None and listed.timings.total_ms < 3000
+    received = orjson.loads(listed.response_body or b"")
+    assert [(m["id"], m["display_name"], m["description"]) for m in received["data"]] == [
+        *[(m["id"], m["display_name"], m["description"]) for m in GATEWAY_MODELS],
+        (MAPPED_FROM, MAPPED_FROM, "")]  # the router's rename rule, by its model name
+    assert received["has_more"] is False
 
 
 def test_count_tokens_is_forwarded(stack: Stack, fake_upstream: FakeUpstream) -> None:

@@ -9,6 +9,7 @@ memory (a plugin's ``Response``, a body read for ``upstream_response``, the test
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
 from typing import TYPE_CHECKING, Protocol
 
@@ -19,6 +20,9 @@ if TYPE_CHECKING:
     from midway.exchange import Adapter, Exchange
 
 SSE = "text/event-stream"
+# What Anthropic sends during a quiet stream; Claude Code counts every byte against its 300 s
+# watchdog, and SDKs skip the event.
+PING = b'event: ping\ndata: {"type": "ping"}\n\n'
 
 
 class Answer(Protocol):
@@ -200,10 +204,19 @@ class TranslatedAnswer:
             yield await self.read()
             return
         translator = self._adapter.stream_translator(self._exchange)
-        async for chunk in self._answer.chunks():
-            out = translator.feed(chunk)
-            if out:
-                yield out
+        # Vendors that send no pings of their own (OpenAI-compatible, Bedrock) get ours
+        # during silent gaps; translated output is whole events, so a ping lands between two.
+        interval = getattr(self._adapter, "ping_interval", 0.0) or 0.0
+        source = self._answer.chunks() if interval <= 0 else \
+            with_pings(self._answer.chunks(), interval)
+        try:
+            async for chunk in source:
+                out = PING if chunk is None else translator.feed(chunk)
+                if out:
+                    yield out
+        finally:
+            if interval > 0:
+                await source.aclose()  # type: ignore[attr-defined]
         tail = translator.close()
         if tail:
             yield tail
@@ -219,3 +232,27 @@ class TranslatedAnswer:
 
     def release(self) -> None:
         self._answer.release()
+
+
+async def with_pings(source: AsyncIterator[bytes], interval: float
+                     ) -> AsyncIterator[bytes | None]:
+    """``source``'s chunks, and ``None`` each time it stays silent for ``interval`` seconds
+    (the chunk being waited for is still delivered when it comes)."""
+    pending: asyncio.Future[bytes] | None = None
+    try:
+        while True:
+            if pending is None:
+                pending = asyncio.ensure_future(anext(source))
+            done, _ = await asyncio.wait((pending,), timeout=interval)
+            if not done:
+                yield None
+                continue
+            finished, pending = pending, None
+            try:
+                chunk = finished.result()
+            except StopAsyncIteration:
+                return
+            yield chunk
+    finally:
+        if pending is not None:
+            pending.cancel()

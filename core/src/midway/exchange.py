@@ -371,6 +371,10 @@ class Exchange:
     response_model: str | None = None
     upstream_request_id: str | None = None
     answered_by: str | None = None
+    # Claude Code's subagent that sent the request, and its parent (midway.agents; checked):
+    # None for the main agent and for clients that send no such header
+    agent_id: str | None = None
+    parent_agent_id: str | None = None
     error: str | None = None  # why the exchange did not complete normally (text)
     error_kind: ErrorKind | None = None  # the same, to match on
     # the answer reached its end: a stream's ``message_stop``, or a complete JSON message

@@ -13,9 +13,9 @@ midway's core calls these hooks, in this order, for every request under ``/v1/``
           │ a Response answers the request            on_chunk (each SSE event) ─▶ post_response
 
 Around the process: ``register_commands`` when the ``midway`` command line is built;
-``register_routes``, then ``register_metrics``, then ``startup``, then ``describe`` when a
-server starts; ``shutdown`` when it stops; ``check_ready`` on each ``GET /readyz``;
-``config_check`` and ``db_upgrade`` in the commands of those names.
+``register_routes``, then ``register_metrics``, then ``startup``, then ``list_models``, then
+``describe`` when a server starts; ``shutdown`` when it stops; ``check_ready`` on each
+``GET /readyz``; ``config_check`` and ``db_upgrade`` in the commands of those names.
 
 Implementing a hook
 -------------------
@@ -389,6 +389,24 @@ def register_metrics(midway: Midway) -> None:
     :return: nothing. Every implementation runs, in order.
 
     Raising (or exceeding ``hook_timeout``) aborts start-up.
+    """
+
+
+@hookspec
+def list_models(midway: Midway) -> list[dict[str, str]] | None:
+    """Name the models this plugin serves, for ``GET /v1/models`` (model discovery).
+
+    Fires once per server at start-up, after ``startup``, when midway builds the list it
+    answers ``/v1/models`` with (``[models]`` in the configuration: docs/configuration.md).
+    Each entry is a table ``{"id", "display_name", "description", "created_at"}`` (only
+    ``id`` required); an entry of the ``[[models.list]]`` table with the same ``id`` wins.
+    The router names the models its rules route by exact name.
+
+    :param midway: the running instance (``options(name, cls)``, ``services``).
+    :return: the entries, or ``None``. Every implementation runs, in order.
+
+    Raising, or an entry that is not a valid model, is logged and counted; that plugin's
+    entries are left out.
     """
 
 

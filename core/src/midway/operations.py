@@ -15,6 +15,7 @@ from midway import preflight
 from midway.builtins import NAMES as BUILTINS
 from midway.config import ConfigError, Settings
 from midway.context import Midway
+from midway.model_list import ModelsConfig
 from midway.secrets_ref import SecretError
 from midway.server import build_midway, runtime_dir
 from midway.storage import StoreURLError, describe
@@ -36,6 +37,10 @@ def _core_problems(settings: Settings) -> list[str]:
         problems.append("client keys are configured but [midway] upstream_api_key is not: "
                         "requests not routed by a plugin would reach the upstream without "
                         "credentials")
+    try:
+        settings.options("models", ModelsConfig)
+    except ConfigError as exc:
+        problems.extend(line for line in str(exc).splitlines() if line.strip())
     try:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         probe = settings.data_dir / ".midway-write-test"

@@ -20,6 +20,7 @@ from yarl import URL
 
 from midway import accesslog, deadlines, paths
 from midway.access import browser_refusal
+from midway.agents import agent_ids
 from midway.answer import (
     SSE,
     Answer,
@@ -57,6 +58,7 @@ from midway.identity import (
 )
 from midway.jsonscan import TopLevelScanner
 from midway.metrics import Metrics
+from midway.model_list import MODELS
 from midway.observe import (
     OBSERVED_EVENTS,
     BodyObserver,
@@ -128,6 +130,7 @@ class Proxy:
         self.has_choose = p.has("choose_upstream")
         self.has_up_req = p.has("upstream_request")
         self.has_up_resp = p.has("upstream_response")
+        self.models = self.midway.services.get(MODELS)  # None: /v1/models goes upstream
         # on_chunk implementations with the plugin object each belongs to (exchanges name the
         # plugins that observe their stream: Exchange.observe_stream)
         self.chunk_impls = [(p.pm.get_plugin(impl.plugin), impl) for impl in p.impls("on_chunk")]
@@ -294,10 +297,15 @@ class Proxy:
             raise MidwayError(403, refusal)
         exchange.request.body = await self._read_body(request, exchange)
         await self._authenticate(exchange)
+        exchange.agent_id, exchange.parent_agent_id = agent_ids(exchange.request.headers)
         self._check_scope(exchange)
 
         answer: Answer | None = None
-        if self.has_pre:
+        if self.models is not None:
+            answer = self.models.answer(exchange)
+            if answer is not None:
+                exchange.answered_by = "midway.models"
+        if self.has_pre and answer is None:
             try:
                 result, plugin = await self.plugins.first("pre_request", exchange=exchange)
             except PluginFailed as exc:

@@ -26,6 +26,7 @@ from midway.context import Midway
 from midway.errors import MidwayError, error_response
 from midway.identity import identity_key, use_identity_key
 from midway.metrics import Metrics
+from midway.model_list import MODELS, ModelDirectory
 from midway.plugins import Impl, PluginHost
 from midway.preflight import bind_problem
 from midway.proxy import Proxy
@@ -96,6 +97,11 @@ def build_app(midway: Midway) -> web.Application:
                                   # asyncio tasks alive: leak checks (soak, hardening tests)
                                   "tasks": len(asyncio.all_tasks())})
 
+    async def hello(request: web.Request) -> web.Response:
+        # Claude Code's connection-warming probe (HEAD /api/hello): answered here, never
+        # forwarded, so start-up costs no upstream round trip.
+        return web.Response(status=200)
+
     async def livez(request: web.Request) -> web.Response:
         return web.json_response({"status": "alive"})
 
@@ -123,6 +129,7 @@ def build_app(midway: Midway) -> web.Application:
     app.router.add_get("/", head_root)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/livez", livez)
+    app.router.add_get("/api/hello", hello)  # HEAD too (aiohttp adds it to a GET route)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     midway.plugins.call_sync("register_routes", app=app, midway=midway)
@@ -141,6 +148,7 @@ def build_app(midway: Midway) -> web.Application:
         try:
             await midway.plugins.each("register_metrics", swallow=False, midway=midway)
             await midway.plugins.each("startup", swallow=False, midway=midway)
+            ModelDirectory.publish(midway)  # a bad [models] table stops start-up here
         except BaseException:  # start-up stops here: on_cleanup will not run
             await midway.session.close()
             raise
@@ -213,6 +221,9 @@ def announce(midway: Midway) -> None:
     log.info("midway %s listening on http://%s:%d -> %s; data dir %s; plugins: %s",
              __version__, settings.host, settings.port, settings.upstream, settings.data_dir,
              ", ".join(loaded) or "none")
+    proxy_models = midway.services.get(MODELS)
+    log.info("  models: %s", proxy_models.describe() if proxy_models is not None else
+             "GET /v1/models forwarded upstream (nothing listed in [models] or routed by name)")
     for impl in sorted(midway.plugins.impls("describe"), key=lambda i: i.plugin):
         try:
             line = impl.function(*[midway for _ in impl.argnames])

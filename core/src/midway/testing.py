@@ -38,6 +38,7 @@ from aiohttp.test_utils import make_mocked_request
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from midway import deadlines
+from midway.agents import agent_ids
 from midway.answer import Answer, MemoryAnswer
 from midway.config import Settings
 from midway.context import Midway
@@ -53,6 +54,7 @@ from midway.fake_upstream import (
 from midway.hookspecs import hookimpl
 from midway.hostile_upstream import RawReply, RawRequest, RawUpstream
 from midway.identity import passthrough_principal
+from midway.model_list import ModelDirectory
 from midway.proxy import Proxy
 from midway.server import PROXY_KEY, build_app, build_midway
 from midway.testing_services import (
@@ -286,6 +288,7 @@ class Harness:
         plugins = self.midway.plugins
         await plugins.each("register_metrics", swallow=False, midway=self.midway)
         await plugins.each("startup", swallow=False, midway=self.midway)
+        ModelDirectory.publish(self.midway)
         self.proxy.refresh()
         self._started = True
 
@@ -424,7 +427,8 @@ def make_exchange(body: Any = None, headers: dict[str, str] | None = None,
     raw = body if isinstance(body, bytes) else orjson.dumps(body)
     hdrs = CIMultiDict(headers or {"x-api-key": "sk-ant-test", "anthropic-version": "2023-06-01"})
     key = hdrs.get("x-api-key")
-    return Exchange(id=new_request_id(),
+    agent, parent = agent_ids(hdrs)
+    return Exchange(id=new_request_id(), agent_id=agent, parent_agent_id=parent,
                     request=Request(method=method, path=path, query_string=query, headers=hdrs,
                                     body=raw),
                     principal=principal or passthrough_principal(key),

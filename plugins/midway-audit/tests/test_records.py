@@ -208,3 +208,25 @@ def test_an_unserialisable_record_is_still_written_plainly(fake_upstream, audite
     assert record["request_headers"]["x-odd"] == "caf\ufffd"
     assert orjson.loads(record["request_body"])["messages"] == MESSAGES
     assert running.call(running.midway.services["audit"].verify())["ok"]
+
+
+def test_claude_code_subagent_ids_are_recorded(fake_upstream, audited):
+    running = audited()
+    sdk = client(running)
+    sub = sdk.messages.with_raw_response.create(
+        model="claude-haiku-4-5", max_tokens=10, messages=MESSAGES,
+        extra_headers={"x-claude-code-agent-id": "a1b2c3d4e5f6",
+                       "x-claude-code-parent-agent-id": "reviewer@team-x"})
+    main = sdk.messages.with_raw_response.create(model="claude-haiku-4-5", max_tokens=10,
+                                                 messages=MESSAGES)
+    with pytest.raises(anthropic.BadRequestError, match="x-claude-code-agent-id"):
+        sdk.messages.create(model="claude-haiku-4-5", max_tokens=10, messages=MESSAGES,
+                            extra_headers={"x-claude-code-agent-id": "a" * 129})
+    ids = [r.headers["x-midway-request-id"] for r in (sub, main)]
+    wait_for(lambda: all(get(running, i) is not None for i in ids))
+    recorded = [get(running, i) for i in ids]
+    assert [(r["agent_id"], r["parent_agent_id"]) for r in recorded] == [
+        ("a1b2c3d4e5f6", "reviewer@team-x"), (None, None)]
+    wait_for(lambda: any(r["status"] == 400 for r in records(running)))
+    [refused] = [r for r in records(running) if r["status"] == 400]
+    assert refused["agent_id"] is None and "at most 128" in refused["error"]

@@ -7,6 +7,7 @@ import asyncio
 import base64
 import re
 import struct
+import threading
 import zlib
 from collections import deque
 from typing import Any
@@ -41,6 +42,9 @@ class BedrockReply:
     exception_type: str = "throttlingException"
     truncate_after: int | None = None
     chunk_size: int | None = None
+    # Stall after this many events until ``resume`` is set (a vendor thinking in silence).
+    stall_after: int | None = None
+    resume: threading.Event = attrs.field(factory=threading.Event)
 
 
 @attrs.define
@@ -194,6 +198,11 @@ class FakeBedrock:
                                             "wait before trying again."))
         elif reply.truncate_after is not None:
             frames = frames[:reply.truncate_after]
+        if reply.stall_after is not None:
+            await response.write(b"".join(frames[:reply.stall_after]))
+            # bounded: a failed test must not leave the server thread waiting forever
+            await asyncio.get_running_loop().run_in_executor(None, reply.resume.wait, 30)
+            frames = frames[reply.stall_after:]
         data = b"".join(frames)
         step = reply.chunk_size or len(data) or 1
         for start in range(0, len(data), step):

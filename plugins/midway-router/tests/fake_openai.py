@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import threading
 import time
 from collections import deque
 from typing import Any
@@ -51,6 +52,9 @@ class OpenAIReply:
     error_after: int | None = None  # a mid-stream error chunk after this many chunks
     truncate_after: int | None = None  # end the body after this many chunks, no [DONE]
     chunk_size: int | None = None  # write the stream in pieces of this many bytes
+    # Stall after this many events until ``resume`` is set (a vendor thinking in silence).
+    stall_after: int | None = None
+    resume: threading.Event = attrs.field(factory=threading.Event)
 
 
 @attrs.define
@@ -103,6 +107,11 @@ class FakeOpenAI:
             events = events[:reply.truncate_after]
         else:
             events.append(b"data: [DONE]\n\n")
+        if reply.stall_after is not None:
+            await response.write(b"".join(events[:reply.stall_after]))
+            # bounded: a failed test must not leave the server thread waiting forever
+            await asyncio.get_running_loop().run_in_executor(None, reply.resume.wait, 30)
+            events = events[reply.stall_after:]
         data = b"".join(events)
         step = reply.chunk_size or len(data) or 1
         for start in range(0, len(data), step):

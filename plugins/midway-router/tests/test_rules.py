@@ -216,3 +216,21 @@ def test_principal_upstream_scope_is_respected():
     with pytest.raises(MidwayError) as info:
         choose(r, principal=locked)
     assert info.value.status == 403
+
+
+def test_subagent_rules_match_claude_code_s_agent_headers():
+    r = router([{"name": "subagents", "match": {"agent": "*"}, "target": "cheap"},
+                {"name": "under-reviewer", "match": {"parent_agent": "reviewer@*"},
+                 "target": "bulk"}])
+    main, _ = choose(r)
+    sub, exchange = choose(r, headers={"x-claude-code-agent-id": "a9f3"})
+    assert (main.name, sub.name) == ("main", "cheap")
+    assert exchange.annotations["route"] == "subagents"
+    # a parent alone (no agent id) is not "a subagent"; its own rule still sees it
+    nested, _ = choose(r, headers={"x-claude-code-parent-agent-id": "reviewer@team"})
+    assert nested.name == "bulk"
+
+
+def test_an_agent_match_must_be_globs():
+    with pytest.raises(ConfigError, match="agent must be a string or a list of strings"):
+        parse({"upstreams": UPSTREAMS, "rules": [{"match": {"agent": 1}, "target": "main"}]})

@@ -25,7 +25,8 @@ from midway_audit.stores.store import AuditStore
 T = TypeVar("T")
 
 CSV_FIELDS = ("seq", "time", "id", "upstream_request_id", "principal", "team",
-              "client_address", "method", "path", "model", "upstream", "status", "stop_reason",
+              "client_address", "agent_id", "parent_agent_id", "method", "path", "model",
+              "upstream", "status", "stop_reason",
               "error", "client_disconnected", "answered_by", "streaming", "ttfb_ms", "total_ms",
               "input_tokens", "output_tokens", "cache_read_input_tokens",
               "cache_creation_input_tokens", "cost_usd", "cache", "prev_hash", "hash")

@@ -80,11 +80,11 @@ class Row:
 # The record frame's metadata is a JSON array in this order (cheaper for the relay to build
 # and encode than an object); the writer process names the fields (``received``).
 CAPTURED = ("id", "upstream_request_id", "ts", "principal", "principal_name", "team",
-            "principal_kind", "client_address", "method", "path", "query", "model",
-            "response_model", "upstream", "upstream_key", "attempts", "status", "stop_reason",
-            "error", "error_type", "client_disconnected", "answered_by", "streaming",
-            "ttfb_ms", "upstream_ttfb_ms", "total_ms", "usage", "annotations", "headers",
-            "response", "stream_truncated", "audit_problem")
+            "principal_kind", "client_address", "agent_id", "parent_agent_id", "method", "path",
+            "query", "model", "response_model", "upstream", "upstream_key", "attempts", "status",
+            "stop_reason", "error", "error_type", "client_disconnected", "answered_by",
+            "streaming", "ttfb_ms", "upstream_ttfb_ms", "total_ms", "usage", "annotations",
+            "headers", "response", "stream_truncated", "audit_problem")
 COMPACT_PATH = 256  # characters of path and query kept of an unauthenticated request
 _ATTEMPT = ("number", "upstream", "status", "error", "retried", "request_id")
 
@@ -119,6 +119,7 @@ def capture(exchange: Exchange, bodies: bool) -> tuple[bytes, bytes, bytes]:
     values = [
         exchange.id, exchange.upstream_request_id, timings.started_at, principal.id,
         principal.name, principal.team, principal.kind, exchange.client_address,
+        exchange.agent_id, exchange.parent_agent_id,
         request.method[:16], request.path[:COMPACT_PATH] if compact else request.path,
         request.query_string[:COMPACT_PATH] if compact else request.query_string,
         model[:COMPACT_PATH] if compact and model else model,

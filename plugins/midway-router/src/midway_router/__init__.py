@@ -57,7 +57,18 @@ def describe(midway: Midway) -> str:
         return ("no upstreams configured ([[router.upstreams]]): requests go to "
                 f"{midway.settings.upstream}")
     names = ", ".join(u.name for u in config.upstreams)
-    return f"routes to {names} by {len(config.rules)} rule(s)"
+    line = f"routes to {names} by {len(config.rules)} rule(s)"
+    translated = [u for u in config.upstreams if u.kind in ("openai", "bedrock")]
+    pinged = sorted({u.ping_interval for u in translated if u.ping_interval > 0})
+    if pinged:  # those vendors send no pings: midway's keep Claude Code's watchdog quiet
+        line += ("; pings translated streams after " +
+                 " / ".join(f"{interval:g}" for interval in pinged) + " s of vendor silence")
+    return line
+
+
+@hookimpl
+def list_models(midway: Midway) -> list[dict[str, str]]:
+    return midway.options("router", RouterSettings).named_models()
 
 
 @hookimpl

@@ -13,7 +13,8 @@ def for_upstream(spec: UpstreamSpec) -> Any:
     if spec.kind == "openai":
         from midway_router.openai_adapter import OpenAIAdapter
 
-        return OpenAIAdapter(max_tokens_field=spec.max_tokens_field)
+        return OpenAIAdapter(max_tokens_field=spec.max_tokens_field,
+                             ping_interval=spec.ping_interval)
     return None
 
 
@@ -24,4 +25,5 @@ def bedrock(spec: UpstreamSpec, access_key_id: str, secret_access_key: str,
 
     assert spec.region is not None  # checked in settings.parse
     return BedrockAdapter(region=spec.region, access_key_id=access_key_id,
-                          secret_access_key=secret_access_key, session_token=session_token)
+                          secret_access_key=secret_access_key, session_token=session_token,
+                          ping_interval=spec.ping_interval)

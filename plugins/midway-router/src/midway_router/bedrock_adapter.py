@@ -17,6 +17,8 @@ from midway.errors import STATUS_TYPES, MidwayError, error_body
 from midway.exchange import Exchange, PreparedRequest, Upstream
 from midway.sse import encode_event
 from midway_router.eventstream import EventStreamDecoder, EventStreamError
+from midway_router.settings import PING_INTERVAL
+from midway_router.vendor_errors import in_anthropic_words
 
 BEDROCK_VERSION = "bedrock-2023-05-31"
 _SERVICE = "bedrock"
@@ -68,7 +70,8 @@ class BedrockAdapter:
 
     def __init__(self, region: str, access_key_id: str, secret_access_key: str,
                  session_token: str | None = None, model_map: Mapping[str, str] | None = None,
-                 betas: Collection[str] | None = None) -> None:
+                 betas: Collection[str] | None = None,
+                 ping_interval: float = PING_INTERVAL) -> None:
         try:
             from botocore.auth import SigV4Auth
             from botocore.credentials import Credentials
@@ -76,6 +79,7 @@ class BedrockAdapter:
             raise RuntimeError("the Bedrock upstream needs botocore: "
                                "pip install 'midway-router[bedrock]'") from None
         self.region = region
+        self.ping_interval = ping_interval  # read by midway.answer.TranslatedAnswer
         self.model_map = dict(model_map or {})
         self.betas = frozenset(betas) if betas is not None else None
         self._signer = SigV4Auth(Credentials(access_key_id, secret_access_key, session_token),
@@ -141,9 +145,10 @@ class BedrockAdapter:
         return body
 
     def translate_error(self, status: int, headers: Mapping[str, str], body: bytes) -> bytes:
-        kind = headers.get("x-amzn-errortype", "")
-        return error_body(status, _aws_message(body),
-                          error_type=error_type_for(kind.split(":", 1)[0], status))
+        kind = headers.get("x-amzn-errortype", "").split(":", 1)[0]
+        message, capability = in_anthropic_words(_aws_message(body), status, kind)
+        return error_body(status, message, error_type="invalid_request_error" if capability
+                          else error_type_for(kind, status))
 
     def stream_translator(self, exchange: Exchange) -> BedrockStreamTranslator:
         return BedrockStreamTranslator()
@@ -200,7 +205,11 @@ class BedrockStreamTranslator:
                 self._chunk(message.payload, out)
             elif message.message_type in ("exception", "error"):
                 name = message.event_type or str(message.headers.get(":error-code", ""))
-                self._fail(out, error_type_for(name), _aws_message(message.payload))
+                error_type = error_type_for(name)
+                text, capability = in_anthropic_words(_aws_message(message.payload), 400, name) \
+                    if error_type == "invalid_request_error" else (_aws_message(message.payload),
+                                                                   None)
+                self._fail(out, "invalid_request_error" if capability else error_type, text)
         return b"".join(out)
 
     def close(self) -> bytes:

@@ -22,6 +22,7 @@ from midway_router.openai_translate import (
     to_openai_request,
     tool_names_of,
 )
+from midway_router.settings import PING_INTERVAL
 
 _STATE = "midway_router.openai"
 # The version segment OpenAI-style base URLs end with: v1, v1beta, v4.
@@ -52,9 +53,11 @@ class OpenAIAdapter:
 
     name = "openai"
 
-    def __init__(self, model: str | None = None, max_tokens_field: str = "max_tokens") -> None:
+    def __init__(self, model: str | None = None, max_tokens_field: str = "max_tokens",
+                 ping_interval: float = PING_INTERVAL) -> None:
         self.model = model
         self.max_tokens_field = max_tokens_field
+        self.ping_interval = ping_interval  # read by midway.answer.TranslatedAnswer
 
     def prepare(self, exchange: Exchange, upstream: Upstream) -> PreparedRequest:
         request = exchange.request

@@ -17,6 +17,7 @@ import orjson
 
 from midway.errors import STATUS_TYPES, error_body
 from midway.sse import SSEParser, encode_event
+from midway_router.vendor_errors import REFUSAL_STATUSES, in_anthropic_words
 
 # OpenAI's limit on function names; Anthropic allows longer ones (MCP tools get long).
 MAX_TOOL_NAME = 64
@@ -368,8 +369,6 @@ def _call_id() -> str:
 
 # OpenAI-compatible vendors answer 503 when a model is overloaded.
 _VENDOR_STATUS_TYPES = {**STATUS_TYPES, 503: "overloaded_error"}
-# Claude Code compacts the conversation when it reads this wording.
-_TOO_LONG = "prompt is too long"
 
 
 def error_type_for(status: int) -> str:
@@ -388,9 +387,9 @@ def to_anthropic_error(status: int, body: bytes) -> bytes:
         payload = None
     if isinstance(payload, Mapping) and isinstance(payload.get("error"), Mapping):
         code = str(payload["error"].get("code") or "")
-    if code == "context_length_exceeded" and _TOO_LONG not in message.lower():
-        message = f"{_TOO_LONG}: {message}"
-    return error_body(status, message, error_type=error_type_for(status))
+    message, capability = in_anthropic_words(message, status, code)
+    error_type = "invalid_request_error" if capability else error_type_for(status)
+    return error_body(status, message, error_type=error_type)
 
 
 def _error_message(body: bytes) -> str:
@@ -494,7 +493,11 @@ class OpenAIStreamTranslator:
             message = _error_message(orjson.dumps(chunk))
             code = error.get("code") if isinstance(error, Mapping) else None
             status = code if isinstance(code, int) else 500
-            self._error(out, error_type_for(status), message)
+            # A refusal mid-stream has no HTTP status of its own: its code names it.
+            worded, capability = in_anthropic_words(message, 400, str(code or "")) \
+                if not isinstance(code, int) or code in REFUSAL_STATUSES else (message, None)
+            self._error(out, "invalid_request_error" if capability else
+                        error_type_for(status), worded)
             return
         if not self._started:
             self._start(chunk, out)

@@ -44,6 +44,8 @@ class Facts:
     thinking: bool
     tools: bool
     background: bool
+    agent_id: str | None = None
+    parent_agent_id: str | None = None
 
     @classmethod
     def of(cls, exchange: Exchange, background_models: re.Pattern[str]) -> Facts:
@@ -62,7 +64,8 @@ class Facts:
                    headers=request.headers,
                    input_tokens=estimate_tokens(body, len(request.body)),
                    thinking=thinking, tools=tools,
-                   background=model is not None and background_models.match(model) is not None)
+                   background=model is not None and background_models.match(model) is not None,
+                   agent_id=exchange.agent_id, parent_agent_id=exchange.parent_agent_id)
 
 
 def _compile(patterns: tuple[str, ...]) -> re.Pattern[str] | None:
@@ -79,8 +82,8 @@ def _hit(pattern: re.Pattern[str], value: str | None) -> bool:
 class Matcher:
     """A rule's match table, compiled."""
 
-    __slots__ = ("background", "headers", "match", "max_tokens", "min_tokens", "models",
-                 "paths", "principals", "teams", "thinking", "tools")
+    __slots__ = ("agents", "background", "headers", "match", "max_tokens", "min_tokens",
+                 "models", "parent_agents", "paths", "principals", "teams", "thinking", "tools")
 
     def __init__(self, match: Match) -> None:
         self.match = match
@@ -94,6 +97,8 @@ class Matcher:
         self.thinking = match.thinking
         self.tools = match.tools
         self.background = match.background
+        self.agents = _compile(match.agents)
+        self.parent_agents = _compile(match.parent_agents)
 
     def __call__(self, facts: Facts) -> bool:
         if self.models is not None and not _hit(self.models, facts.model):
@@ -104,6 +109,11 @@ class Matcher:
                                                 _hit(self.principals, facts.principal_name)):
             return False
         if self.teams is not None and not _hit(self.teams, facts.team):
+            return False
+        if self.agents is not None and not _hit(self.agents, facts.agent_id):
+            return False
+        if self.parent_agents is not None and not _hit(self.parent_agents,
+                                                       facts.parent_agent_id):
             return False
         for name, pattern in self.headers:
             assert pattern is not None

@@ -18,6 +18,7 @@ KINDS = ("anthropic", "openai", "bedrock")
 BALANCES = ("weighted", "least-busy", "ordered")
 # Claude Code's small/fast model (titles, summaries, quota probes) is a Haiku.
 BACKGROUND_MODELS = ("claude-3-5-haiku*", "claude-haiku-*", "*-haiku-*")
+PING_INTERVAL = 10.0
 DEFAULT_URLS = {"anthropic": "https://api.anthropic.com", "openai": "https://api.openai.com"}
 
 
@@ -41,6 +42,9 @@ class UpstreamSpec:
     models: tuple[tuple[str, str], ...] = ()  # (glob, vendor model) rewrites, first match wins
     weight: float = 1.0
     max_tokens_field: str = "max_tokens"  # openai: "max_completion_tokens" for o-series models
+    # openai, bedrock: seconds of upstream silence after which a translated stream gets a
+    # ping (those vendors send none; Claude Code gives up on a stream silent for 300 s); 0: off
+    ping_interval: float = PING_INTERVAL
 
 
 @attrs.frozen
@@ -62,6 +66,10 @@ class Match:
     thinking: bool | None = None
     tools: bool | None = None
     background: bool | None = None
+    # Claude Code's subagent (x-claude-code-agent-id) and its parent: globs; "*" matches every
+    # subagent's request, never the main agent's (which sends no id)
+    agents: tuple[str, ...] = ()
+    parent_agents: tuple[str, ...] = ()
 
 
 @attrs.frozen
@@ -72,6 +80,8 @@ class RuleSpec:
     fallback: tuple[TargetSpec, ...] = ()
     balance: str = "weighted"
     admin_api: bool = False  # may forward Anthropic's admin API (/v1/organizations/...)
+    display_name: str | None = None  # what /v1/models shows for the models routed by name
+    description: str | None = None
 
 
 def _strs(value: Any, where: str) -> tuple[str, ...]:
@@ -151,13 +161,15 @@ def _upstream(raw: Any, index: int) -> UpstreamSpec:
         models_raw = {"*": models_raw}
     models = tuple((str(k), str(v)) for k, v in _table(models_raw, f"{where}: models").items())
     weight = _number(table, "weight", 1.0, where)
+    ping_interval = _number(table, "ping_interval", PING_INTERVAL, where)
     max_tokens_field = table.get("max_tokens_field", "max_tokens")
     if max_tokens_field not in ("max_tokens", "max_completion_tokens"):
         raise ConfigError(f"{where}: max_tokens_field must be 'max_tokens' or "
                                 "'max_completion_tokens'")
     return UpstreamSpec(name=name, kind=kind, url=url, keys=keys, aws=tuple(aws),
                         region=region, auth=auth, headers=headers, models=models,
-                        weight=weight, max_tokens_field=max_tokens_field)
+                        weight=weight, max_tokens_field=max_tokens_field,
+                        ping_interval=ping_interval)
 
 
 def _target(raw: Any, where: str, model: str | None = None) -> TargetSpec:
@@ -177,7 +189,7 @@ def _target(raw: Any, where: str, model: str | None = None) -> TargetSpec:
 def _match(raw: Any, where: str) -> Match:
     table = _table(raw or {}, where)
     known = {"model", "principal", "team", "headers", "path", "min_input_tokens",
-             "max_input_tokens", "thinking", "tools", "background"}
+             "max_input_tokens", "thinking", "tools", "background", "agent", "parent_agent"}
     unknown = set(table) - known
     if unknown:
         raise ConfigError(f"{where}: unknown match key(s) {', '.join(sorted(unknown))}")
@@ -192,7 +204,9 @@ def _match(raw: Any, where: str) -> Match:
                  max_input_tokens=_int(table.get("max_input_tokens"), f"{where}.max_input_tokens"),
                  thinking=_bool(table.get("thinking"), f"{where}.thinking"),
                  tools=_bool(table.get("tools"), f"{where}.tools"),
-                 background=_bool(table.get("background"), f"{where}.background"))
+                 background=_bool(table.get("background"), f"{where}.background"),
+                 agents=_strs(table.get("agent"), f"{where}.agent"),
+                 parent_agents=_strs(table.get("parent_agent"), f"{where}.parent_agent"))
 
 
 def _rule(table: Mapping[str, Any], name: str, where: str) -> RuleSpec:
@@ -211,8 +225,14 @@ def _rule(table: Mapping[str, Any], name: str, where: str) -> RuleSpec:
         raise ConfigError(f"{where}: balance must be one of {', '.join(BALANCES)}")
     match = _match(table.get("match"), f"{where}.match")
     admin_api = _bool(table.get("admin_api"), f"{where}.admin_api") or False
+    texts = {}
+    for key in ("display_name", "description"):
+        value = table.get(key)
+        if value is not None and not isinstance(value, str):
+            raise ConfigError(f"{where}: {key} must be a string")
+        texts[key] = value
     return RuleSpec(name=name, match=match, targets=tuple(targets), fallback=fallback,
-                    balance=balance, admin_api=admin_api)
+                    balance=balance, admin_api=admin_api, **texts)
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -235,7 +255,7 @@ def _rules(value: Any) -> tuple[RuleSpec, ...]:
         table = _table(raw, f"#{i + 1}")
         name = str(table.get("name") or f"rule{i + 1}")
         known = {"name", "match", "model", "target", "targets", "fallback", "balance",
-                 "admin_api"}
+                 "admin_api", "display_name", "description"}
         unknown = set(table) - known
         if unknown:
             raise ConfigError(f"rule {name!r}: unknown key(s) {', '.join(sorted(unknown))}")
@@ -336,6 +356,22 @@ class RouterSettings:
         default = RuleSpec(name="default", match=Match(), targets=targets,
                            fallback=self.fallback, balance=self.balance)
         return (*self.rules, default)
+
+    def named_models(self) -> list[dict[str, str]]:
+        """The models the rules route by exact name (``match.model`` without a glob), as
+        ``/v1/models`` lists them: the rule's ``display_name`` and ``description``, if any."""
+        found: dict[str, dict[str, str]] = {}
+        for rule in self.rules:
+            for model in rule.match.models:
+                if model in found or any(c in model for c in "*?["):
+                    continue
+                entry = {"id": model}
+                if rule.display_name:
+                    entry["display_name"] = rule.display_name
+                if rule.description:
+                    entry["description"] = rule.description
+                found[model] = entry
+        return list(found.values())
 
     def upstream(self, name: str) -> UpstreamSpec:
         for spec in self.upstreams:

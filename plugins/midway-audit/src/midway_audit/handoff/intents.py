@@ -38,8 +38,8 @@ _MODEL_WINDOW = 4096
 
 # Every key a record's metadata has (record.capture), for records rebuilt from an intent.
 _RECORD_KEYS = ("id", "upstream_request_id", "ts", "principal", "principal_name", "team",
-                "principal_kind", "client_address", "method", "path", "model",
-                "response_model", "upstream", "upstream_key", "attempts", "status",
+                "principal_kind", "client_address", "agent_id", "parent_agent_id", "method",
+                "path", "model", "response_model", "upstream", "upstream_key", "attempts", "status",
                 "stop_reason", "error", "error_type", "client_disconnected", "answered_by",
                 "streaming", "ttfb_ms", "upstream_ttfb_ms", "total_ms", "usage", "cost_usd",
                 "cache", "route", "annotations")
@@ -47,7 +47,8 @@ _RECORD_KEYS = ("id", "upstream_request_id", "ts", "principal", "principal_name"
 
 # An intent frame's metadata is a JSON array in this order (see record.CAPTURED).
 INTENDED = ("id", "ts", "principal", "principal_name", "team", "principal_kind",
-            "client_address", "method", "path", "query", "model", "upstream", "upstream_key")
+            "client_address", "agent_id", "parent_agent_id", "method", "path", "query", "model",
+            "upstream", "upstream_key")
 
 
 def intent_meta(exchange: Exchange) -> bytes:
@@ -63,7 +64,8 @@ def intent_meta(exchange: Exchange) -> bytes:
     upstream = exchange.upstream
     return orjson.dumps((
         exchange.id, exchange.timings.started_at, principal.id, principal.name, principal.team,
-        principal.kind, exchange.client_address, request.method, request.path,
+        principal.kind, exchange.client_address, exchange.agent_id, exchange.parent_agent_id,
+        request.method, request.path,
         request.query_string, model, upstream.name if upstream is not None else None,
         upstream.key_id if upstream is not None else None))
 
