@@ -7,6 +7,7 @@ span per upstream attempt.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -66,7 +67,10 @@ class Telemetry:
     def build(cls, config: OtelConfig, span_processor: SpanProcessor | None,
               metric_reader: MetricReader | None,
               content: ContentCapture | None = None) -> Telemetry:
-        resource = Resource.create({"service.name": config.service_name})
+        # One instance id per process: with --workers N each worker exports its own
+        # cumulative metrics, which a collector must not take for one series.
+        resource = Resource.create({"service.name": config.service_name,
+                                    "service.instance.id": uuid.uuid4().hex})
         tracer_provider = None
         if span_processor is not None:
             tracer_provider = TracerProvider(resource=resource)
