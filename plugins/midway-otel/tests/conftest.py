@@ -3,7 +3,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from otlp_receiver import Receiver
+
+from midway_otel.testing import Receiver
 
 
 @pytest.fixture

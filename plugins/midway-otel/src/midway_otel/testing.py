@@ -1,4 +1,4 @@
-"""A real OTLP receiver for the tests: OTLP/HTTP (protobuf) and OTLP/gRPC, built on
+"""A real OTLP receiver for tests: OTLP/HTTP (protobuf) and OTLP/gRPC, built on
 ``opentelemetry-proto``. Every export is decoded as the collector would decode it (a body that
 does not parse fails the test that sent it), and kept with the headers it came with."""
 
@@ -20,7 +20,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as trace_pb
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc as trace_grpc
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
-KINDS = {
+KINDS: dict[str, tuple[str, Any, Any]] = {
     "/v1/traces": ("traces", trace_pb.ExportTraceServiceRequest,
                    trace_pb.ExportTraceServiceResponse),
     "/v1/metrics": ("metrics", metrics_pb.ExportMetricsServiceRequest,
@@ -103,11 +103,11 @@ class Receiver:
             return export
 
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-        trace_grpc.add_TraceServiceServicer_to_server(
+        trace_grpc.add_TraceServiceServicer_to_server(  # type: ignore[no-untyped-call]
             _Servicer(servicer("traces", trace_pb.ExportTraceServiceResponse)), server)
-        metrics_grpc.add_MetricsServiceServicer_to_server(
+        metrics_grpc.add_MetricsServiceServicer_to_server(  # type: ignore[no-untyped-call]
             _Servicer(servicer("metrics", metrics_pb.ExportMetricsServiceResponse)), server)
-        logs_grpc.add_LogsServiceServicer_to_server(
+        logs_grpc.add_LogsServiceServicer_to_server(  # type: ignore[no-untyped-call]
             _Servicer(servicer("logs", logs_pb.ExportLogsServiceResponse)), server)
         port = server.add_insecure_port("127.0.0.1:0")
         server.start()
@@ -126,7 +126,7 @@ class Receiver:
 
     def spans(self) -> list[tuple[Any, dict[str, Any]]]:
         """Every span received: ``(span, resource attributes)``."""
-        out = []
+        out: list[tuple[Any, dict[str, Any]]] = []
         for message, _ in self.received["traces"]:
             for rs in message.resource_spans:
                 resource = attributes(rs.resource.attributes)
