@@ -184,3 +184,24 @@ def test_installed_without_an_endpoint_it_does_nothing_and_says_so() -> None:
             await h.request(b"\x00", path="/v1/logs")
             assert h.upstream.requests[-1].path == "/v1/logs"
     run(main())
+
+
+def test_unauthenticated_requests_and_made_up_models_stay_bounded() -> None:
+    async def main() -> None:
+        async with Harness(plugins=[midway_otel],
+                           client_keys=[{"key": "mw-good-0123456789", "name": "a"}]) as h:
+            memory = Memory(h)
+            bad = await h.request({"model": "x-1", "max_tokens": 1, "messages": []},
+                                  headers={"x-api-key": "mw-wrong"})
+            assert bad.status == 401
+            assert memory.spans.get_finished_spans() == ()
+            telemetry = h.midway.services[OTEL].telemetry
+            telemetry._models.update(f"m{i}" for i in range(200))
+            h.upstream.reply(Reply(stream=False))
+            await h.request({"model": "made-up-model", "max_tokens": 8, "messages": [
+                {"role": "user", "content": "hi"}]}, headers={"x-api-key": "mw-good-0123456789"})
+            [point] = memory.metrics()["gen_ai.client.operation.duration"].data.data_points
+            assert point.attributes["gen_ai.request.model"] == "_OTHER"
+            [span] = [s for s in memory.spans.get_finished_spans() if s.name.startswith("chat")]
+            assert span.attributes["gen_ai.request.model"] == "made-up-model"
+    run(main())

@@ -112,7 +112,9 @@ async def pre_request(exchange: Exchange) -> Response | None:
 
 @hookimpl(trylast=True)  # after billing, whose cost annotation the span carries
 def post_response(exchange: Exchange) -> None:
-    if not exchange.request.is_messages:
+    # Requests nobody known made (a wrong key) are not recorded: anyone can send them without
+    # limit, naming any model (/metrics counts them, in one series).
+    if not exchange.request.is_messages or exchange.unauthenticated:
         return
     otel = _otel(exchange)
     if otel is not None and otel.telemetry is not None:

@@ -30,6 +30,10 @@ from midway_otel.content import ContentCapture
 
 _PROPAGATOR = TraceContextTextMapPropagator()
 _SCOPE = "midway_otel"
+# Distinct request models kept as metric attributes: any client can name any model, and a
+# metric series lives as long as the process.
+MAX_METRIC_MODELS = 200
+OTHER_MODEL = "_OTHER"
 
 
 @attrs.define(eq=False)
@@ -43,6 +47,7 @@ class Telemetry:
     relayed: int = 0  # exports relayed, for describe/status
     _tracer: trace.Tracer | None = attrs.field(init=False, default=None)
     _instruments: dict[str, Any] = attrs.field(init=False, factory=dict)
+    _models: set[str] = attrs.field(init=False, factory=set)
 
     def __attrs_post_init__(self) -> None:
         if self.tracer_provider is not None:
@@ -221,6 +226,12 @@ class Telemetry:
 
     def _metrics(self, exchange: Exchange, attributes: Mapping[str, Any]) -> None:
         tags = dict(attributes)  # low-cardinality by construction (see _attributes)
+        model = tags.get(sc.REQUEST_MODEL)
+        if model is not None and model not in self._models:
+            if len(self._models) < MAX_METRIC_MODELS:
+                self._models.add(model)
+            else:
+                tags[sc.REQUEST_MODEL] = OTHER_MODEL
         duration = (exchange.timings.total_ms or 0.0) / 1000
         self._instruments["duration"].record(duration, tags)
         if exchange.streaming and exchange.timings.ttfb_ms is not None \
