@@ -1,5 +1,6 @@
-"""midway-otel beside audit and billing: prompt and answer content on spans only when asked,
-redacted with audit's rules; billing's cost on the span."""
+"""midway-otel beside the other plugins: prompt and answer content on spans only when asked,
+redacted with audit's rules; billing's cost on the span; the router's fallback as a second
+attempt span."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 import midway_billing
 import midway_otel
+import midway_router
 from midway.config import ConfigError
 from midway.testing import Harness, Reply
 from midway_otel import OTEL, Telemetry
@@ -75,4 +77,30 @@ def test_capture_without_audit_rules_is_one_line(monkeypatch: pytest.MonkeyPatch
             "endpoint": "http://127.0.0.1:9", "capture_content": True}})
         with pytest.raises(ConfigError, match="needs midway-audit installed"):
             await h.start()
+    asyncio.run(main())
+
+
+def test_a_router_fallback_is_a_second_attempt_span() -> None:
+    config = {"otel": {"endpoint": "http://127.0.0.1:9"}, "router": {
+        "upstreams": [{"name": "primary", "url": "http://primary.invalid", "keys": ["sk-ant-p"]},
+                      {"name": "backup", "url": "http://backup.invalid", "keys": ["sk-ant-b"]}],
+        "rules": [{"name": "chain", "match": {"model": "claude-*"}, "target": "primary",
+                   "fallback": ["backup"]}],
+        "backoff_base": 0.0}}
+
+    async def main() -> None:
+        async with Harness(plugins=[midway_router, midway_otel], config=config) as h:
+            exporter = _spans(h)
+            h.upstream.reply(Reply(status=529, error_type="overloaded_error"), Reply())
+            assert (await h.request()).status == 200
+            spans = {s.name: s for s in exporter.get_finished_spans()}
+            chat = spans["chat claude-sonnet-4-6"]
+            first, second = spans["attempt 1 primary"], spans["attempt 2 backup"]
+            assert first.parent.span_id == second.parent.span_id == chat.context.span_id
+            assert first.attributes["http.response.status_code"] == 529
+            assert first.attributes["server.address"] == "primary.invalid"
+            assert first.attributes["error.type"] == "529"
+            assert second.attributes["server.address"] == "backup.invalid"
+            assert chat.attributes["server.address"] == "backup.invalid"
+            assert chat.attributes["midway.route"] == "chain"
     asyncio.run(main())
