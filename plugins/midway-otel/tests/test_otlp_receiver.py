@@ -158,3 +158,23 @@ def test_the_relay_needs_a_midway_key(receiver, midway_factory):
     assert response.status_code == 403
     assert "client key" in response.json()["error"]["message"]
     assert receiver.received["logs"] == []
+
+
+def test_config_check_names_an_unreachable_collector(receiver, tmp_path):
+    import asyncio
+
+    from midway.config import ConfigError
+    from midway.testing import Harness, free_port
+
+    dead = f"http://127.0.0.1:{free_port()}"
+
+    async def check(config: dict[str, Any]) -> list[str]:
+        h = Harness(plugins=[midway_otel], config={"otel": config}, data_dir=tmp_path)
+        return await midway_otel.config_check(h.midway)
+
+    assert asyncio.run(check({"endpoint": receiver.http_url})) == []
+    [problem] = asyncio.run(check({"endpoint": receiver.http_url, "relay": True,
+                                   "relay_endpoints": [dead]}))
+    assert problem.startswith(f"[otel] collector {dead} is unreachable: ")
+    with pytest.raises(ConfigError, match="relay = true needs relay_endpoints"):
+        asyncio.run(check({"relay": True}))

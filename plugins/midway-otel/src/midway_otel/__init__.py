@@ -9,6 +9,7 @@ at start-up. Modules: ``config`` (the [otel] table), ``semconv`` (the names), ``
 from __future__ import annotations
 
 import asyncio
+from urllib.parse import urlsplit
 
 import attrs
 
@@ -50,12 +51,18 @@ def _content(midway: Midway, config: OtelConfig) -> ContentCapture | None:
     return ContentCapture(redactor, config.max_content)
 
 
-@hookimpl
-def startup(midway: Midway) -> None:
+def _config(midway: Midway) -> OtelConfig:
+    """The [otel] table, with the settings that need one another checked."""
     config = midway.options("otel", OtelConfig)
     if config.relay and not config.relay_targets():
         raise ConfigError("[otel] relay = true needs relay_endpoints (OTLP/HTTP collectors), "
                           "or an http/protobuf endpoint")
+    return config
+
+
+@hookimpl
+def startup(midway: Midway) -> None:
+    config = _config(midway)
     telemetry = None
     if config.endpoint and (config.traces or config.metrics):
         content = _content(midway, config)
@@ -65,6 +72,38 @@ def startup(midway: Midway) -> None:
             midway.keep_stream_bodies(config.max_content * 4)
     relay = Relay(config) if config.relay else None
     midway.services[OTEL] = Otel(config, telemetry, relay)
+
+
+@hookimpl
+async def config_check(midway: Midway) -> list[str]:
+    """The table, and whether each collector it names accepts a connection."""
+    config = _config(midway)
+    if config.capture_content:
+        _content(midway, config)
+    urls = ([config.endpoint] if config.endpoint else []) + \
+        ([u for u in config.relay_targets() if u != config.endpoint] if config.relay else [])
+    problems = []
+    for url in urls:
+        try:
+            async with asyncio.timeout(config.timeout):
+                reason = await unreachable(url)
+        except TimeoutError:
+            reason = f"no answer within {config.timeout:g} s"
+        if reason is not None:
+            problems.append(f"[otel] collector {url} is unreachable: {reason}")
+    return problems
+
+
+async def unreachable(url: str) -> str | None:
+    """Why a TCP connection to ``url``'s host and port fails, or ``None`` when it opens."""
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        _, writer = await asyncio.open_connection(parts.hostname, port)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    writer.close()
+    return None
 
 
 @hookimpl
