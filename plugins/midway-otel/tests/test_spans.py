@@ -88,6 +88,8 @@ def test_a_streamed_request_is_one_genai_span_under_the_clients_trace() -> None:
             assert not any(k.startswith(("gen_ai.input", "gen_ai.output", "gen_ai.system"))
                            for k in attrs)
             assert "sk-ant" not in repr(attrs)
+            assert 0 < attrs["gen_ai.response.time_to_first_chunk"] <= (
+                span.end_time - span.start_time) / 1e9
             [event] = span.events
             assert event.name == "gen_ai.first_chunk"
             assert span.start_time < event.timestamp <= span.end_time

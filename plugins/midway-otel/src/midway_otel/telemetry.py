@@ -145,9 +145,10 @@ class Telemetry:
                                        kind=SpanKind.CLIENT, attributes=attributes,
                                        start_time=start)
         if exchange.streaming and timings.ttfb_ms is not None:
+            first = timings.ttfb_ms / 1000
+            span.set_attribute(sc.RESPONSE_TTFC, first)
             span.add_event(sc.FIRST_CHUNK_EVENT, timestamp=start + int(timings.ttfb_ms * 1e6),
-                           attributes={"gen_ai.response.time_to_first_chunk":
-                                       timings.ttfb_ms / 1000})
+                           attributes={sc.RESPONSE_TTFC: first})
         if sc.ERROR_TYPE in attributes:
             span.set_status(Status(StatusCode.ERROR, exchange.error or None))
         child_context = trace.set_span_in_context(span)
