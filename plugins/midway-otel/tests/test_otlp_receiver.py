@@ -178,3 +178,33 @@ def test_config_check_names_an_unreachable_collector(receiver, tmp_path):
     assert problem.startswith(f"[otel] collector {dead} is unreachable: ")
     with pytest.raises(ConfigError, match="relay = true needs relay_endpoints"):
         asyncio.run(check({"relay": True}))
+
+
+def test_a_collector_outage_is_logged_once_and_its_end_once(receiver, caplog):
+    import asyncio
+    import logging
+
+    from midway.testing import Harness
+
+    from midway_otel import OTEL
+
+    async def main() -> None:
+        async with Harness(plugins=[midway_otel], config={"otel": {
+                "endpoint": receiver.http_url, "timeout": "0.3s", "metrics": False}}) as h:
+            provider = h.midway.services[OTEL].telemetry.tracer_provider
+            receiver.status = 503
+            for _ in range(3):
+                await h.request()
+                provider.force_flush()
+            receiver.status = 200
+            await h.request()
+            provider.force_flush()
+
+    with caplog.at_level(logging.INFO):
+        asyncio.run(main())
+    lines = [r.getMessage() for r in caplog.records if "otel" in r.name]
+    assert lines == [
+        f"otel: exporting spans to {receiver.http_url} failed; what cannot be sent is dropped "
+        "until it answers (logged again when it does)",
+        f"otel: exports to {receiver.http_url} work again"], caplog.text
+    assert len(receiver.spans()) == 2  # the request after the outage, and its attempt

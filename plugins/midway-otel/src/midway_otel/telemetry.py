@@ -27,6 +27,12 @@ from midway.annotations import CACHE, COST_USD, ROUTE
 from midway_otel import semconv as sc
 from midway_otel.config import OtelConfig
 from midway_otel.content import ContentCapture
+from midway_otel.outage import (
+    MetricExporterLogged,
+    Outage,
+    SpanExporterLogged,
+    quiet_sdk_exporters,
+)
 
 _PROPAGATOR = TraceContextTextMapPropagator()
 _SCOPE = "midway_otel"
@@ -88,11 +94,16 @@ class Telemetry:
     @classmethod
     def from_config(cls, config: OtelConfig, content: ContentCapture | None) -> Telemetry:
         """OTLP exporters to ``config.endpoint`` (the caller checked it is set)."""
-        processor = BatchSpanProcessor(_span_exporter(config)) if config.traces else None
+        quiet_sdk_exporters()
+        outage = Outage(config.endpoint)
+        processor = None
+        if config.traces:
+            processor = BatchSpanProcessor(SpanExporterLogged(_span_exporter(config), outage))
         reader = None
         if config.metrics:
             reader = PeriodicExportingMetricReader(
-                _metric_exporter(config), export_interval_millis=config.metric_interval * 1000,
+                MetricExporterLogged(_metric_exporter(config), outage),
+                export_interval_millis=config.metric_interval * 1000,
                 export_timeout_millis=config.timeout * 1000)
         return cls.build(config, processor, reader, content)
 

@@ -93,7 +93,7 @@ class Receiver:
                 pass
 
         self._http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self._http.serve_forever, daemon=True).start()
+        threading.Thread(target=self._http.serve_forever, args=(0.05,), daemon=True).start()
         self.http_url = f"http://127.0.0.1:{self._http.server_address[1]}"
 
         def servicer(kind: str, response_type: Any) -> Any:
