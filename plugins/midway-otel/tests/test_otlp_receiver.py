@@ -3,6 +3,8 @@ SDK; and the OTLP relay."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Any
 
 import anthropic
@@ -12,7 +14,9 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 
 import midway_otel
-from midway.testing import Reply
+from midway.config import ConfigError
+from midway.testing import Harness, Reply, free_port
+from midway_otel import OTEL
 from midway_otel.testing import attributes
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -161,11 +165,6 @@ def test_the_relay_needs_a_midway_key(receiver, midway_factory):
 
 
 def test_config_check_names_an_unreachable_collector(receiver, tmp_path):
-    import asyncio
-
-    from midway.config import ConfigError
-    from midway.testing import Harness, free_port
-
     dead = f"http://127.0.0.1:{free_port()}"
 
     async def check(config: dict[str, Any]) -> list[str]:
@@ -181,13 +180,6 @@ def test_config_check_names_an_unreachable_collector(receiver, tmp_path):
 
 
 def test_a_collector_outage_is_logged_once_and_its_end_once(receiver, caplog):
-    import asyncio
-    import logging
-
-    from midway.testing import Harness
-
-    from midway_otel import OTEL
-
     async def main() -> None:
         async with Harness(plugins=[midway_otel], config={"otel": {
                 "endpoint": receiver.http_url, "timeout": "0.3s", "metrics": False}}) as h:
