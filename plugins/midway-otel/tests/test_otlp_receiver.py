@@ -140,6 +140,16 @@ def test_the_relay_stamps_the_principal_and_forwards_no_client_credential(relay,
     assert "x-api-key" not in headers
 
 
+def test_a_gzipped_export_is_relayed(relay, receiver):
+    import gzip
+
+    response = _post(relay, gzip.compress(_export()), **{"content-encoding": "gzip"})
+    assert response.status_code == 200
+    [(export, _)] = receiver.received["logs"]
+    assert attributes(export.resource_logs[0].resource.attributes)["service.name"] == \
+        "claude-code"
+
+
 def test_the_relay_refuses_what_it_should(relay, receiver):
     assert _post(relay, _export(), **{"x-api-key": "mw-wrong"}).status_code == 401
     too_big = _post(relay, b"\x0a" + b"\x00" * 5000)

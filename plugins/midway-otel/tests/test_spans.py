@@ -96,6 +96,8 @@ def test_a_streamed_request_is_one_genai_span_under_the_clients_trace() -> None:
             attempt = spans["attempt 1 default"]
             assert attempt.parent.span_id == span.context.span_id
             assert attempt.attributes["http.response.status_code"] == 200
+            assert (attempt.attributes["server.address"], attempt.attributes["server.port"]) \
+                == ("fake.invalid", 80)
 
             metrics = memory.metrics()
             tokens = metrics["gen_ai.client.token.usage"]

@@ -134,11 +134,7 @@ class Telemetry:
             attributes[sc.RESPONSE_MODEL] = exchange.response_model
         attempt = exchange.final_attempt
         if attempt is not None:
-            address = urlsplit(attempt.upstream.url)
-            if address.hostname:
-                attributes[sc.SERVER_ADDRESS] = address.hostname
-                attributes[sc.SERVER_PORT] = address.port or (
-                    443 if address.scheme == "https" else 80)
+            attributes.update(_server(attempt.upstream.url))
         error = error_type(exchange)
         if error is not None:
             attributes[sc.ERROR_TYPE] = error
@@ -171,9 +167,7 @@ class Telemetry:
             a_attrs: dict[str, Any] = {
                 sc.ATTEMPT_NUMBER: attempt.number, sc.UPSTREAM_NAME: attempt.upstream.name,
                 sc.ATTEMPT_RETRIED: attempt.retried, sc.HTTP_METHOD: "POST"}
-            address = urlsplit(attempt.upstream.url)
-            if address.hostname:
-                a_attrs[sc.SERVER_ADDRESS] = address.hostname
+            a_attrs.update(_server(attempt.upstream.url))
             if attempt.status is not None:
                 a_attrs[sc.HTTP_STATUS] = attempt.status
             if attempt.upstream.model:
@@ -286,6 +280,18 @@ def _request_parameters(body: Any) -> dict[str, Any]:
     if isinstance(stops, list) and stops and all(isinstance(s, str) for s in stops):
         out[sc.REQUEST_STOP_SEQUENCES] = tuple(s[:100] for s in stops[:16])
     return out
+
+
+def _server(url: str) -> dict[str, Any]:
+    """``server.address`` and ``server.port`` of an upstream URL (nothing for a bad one)."""
+    parts = urlsplit(url)
+    if not parts.hostname:
+        return {}
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        return {sc.SERVER_ADDRESS: parts.hostname}
+    return {sc.SERVER_ADDRESS: parts.hostname, sc.SERVER_PORT: port}
 
 
 def _carrier(headers: Mapping[str, str]) -> dict[str, str]:
