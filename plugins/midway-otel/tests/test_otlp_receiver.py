@@ -165,20 +165,21 @@ def test_the_relay_refuses_what_it_should(relay, receiver):
     assert failed.status_code == 502  # retryable for the client's exporter
 
 
-def test_the_relay_needs_a_midway_key(receiver, midway_factory):
-    proxy = midway_factory(plugins=[midway_otel], config={"otel": {
-        "relay": True, "relay_endpoints": [receiver.http_url]}})
-    response = _post(proxy, _export(), **{"x-api-key": "sk-ant-anything"})
-    assert response.status_code == 403
-    assert "client key" in response.json()["error"]["message"]
-    assert receiver.received["logs"] == []
+def test_the_relay_needs_client_keys(receiver):
+    async def main() -> None:
+        h = Harness(plugins=[midway_otel], config={"otel": {
+            "relay": True, "relay_endpoints": [receiver.http_url]}})
+        with pytest.raises(ConfigError, match=r"relay = true needs client keys \(\[keys\]"):
+            await h.start()
+    asyncio.run(main())
 
 
 def test_config_check_names_an_unreachable_collector(receiver, tmp_path):
     dead = f"http://127.0.0.1:{free_port()}"
 
     async def check(config: dict[str, Any]) -> list[str]:
-        h = Harness(plugins=[midway_otel], config={"otel": config}, data_dir=tmp_path)
+        h = Harness(plugins=[midway_otel], config={"otel": config}, data_dir=tmp_path,
+                    client_keys=[{"key": ALICE, "name": "alice"}])
         return await midway_otel.config_check(h.midway)
 
     assert asyncio.run(check({"endpoint": receiver.http_url})) == []

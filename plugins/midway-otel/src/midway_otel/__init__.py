@@ -57,6 +57,10 @@ def _config(midway: Midway) -> OtelConfig:
     if config.relay and not config.relay_targets():
         raise ConfigError("[otel] relay = true needs relay_endpoints (OTLP/HTTP collectors), "
                           "or an http/protobuf endpoint")
+    if config.relay and not midway.settings.client_keys_enabled:
+        raise ConfigError("[otel] relay = true needs client keys ([keys] enabled = true or "
+                          "[[midway.client_keys]]): relayed telemetry is attributed to the "
+                          "key's owner, and pass-through keys name nobody")
     return config
 
 
