@@ -3,7 +3,8 @@ trace, and an OTLP relay that attributes Claude Code's own telemetry to the midw
 
 Installed but not configured (no ``[otel] endpoint``, relay off), it does nothing and says so
 at start-up. Modules: ``config`` (the [otel] table), ``semconv`` (the names), ``telemetry``
-(spans and metrics of a request), ``content`` (opt-in redacted content), ``relay``.
+(spans and metrics of a request), ``content`` (opt-in redacted content), ``outage`` (export
+failures logged once), ``relay`` (the OTLP relay), ``testing`` (an OTLP receiver for tests).
 """
 
 from __future__ import annotations

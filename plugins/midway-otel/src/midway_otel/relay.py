@@ -54,7 +54,6 @@ class Relay:
         self.max_bytes = config.relay_max_bytes
         self.timeout = config.timeout
         self._session: aiohttp.ClientSession | None = None
-        self.forwarded = 0
 
     async def close(self) -> None:
         if self._session is not None:
@@ -85,7 +84,6 @@ class Relay:
             raise MidwayError(400, f"the body is not an OTLP {request_type.__name__}") from None
         stamp(export, field, exchange.principal)
         await self._forward(path, export.SerializeToString())
-        self.forwarded += 1
         return Response(status=200, body=response_type().SerializeToString(),
                         content_type=PROTOBUF)
 

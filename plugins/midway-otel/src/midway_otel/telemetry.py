@@ -50,7 +50,6 @@ class Telemetry:
     tracer_provider: TracerProvider | None
     meter_provider: MeterProvider | None
     content: ContentCapture | None = None
-    relayed: int = 0  # exports relayed, for describe/status
     _tracer: trace.Tracer | None = attrs.field(init=False, default=None)
     _instruments: dict[str, Any] = attrs.field(init=False, factory=dict)
     _models: set[str] = attrs.field(init=False, factory=set)
