@@ -214,6 +214,7 @@ def test_large_json_with_a_length_is_relayed_through_and_priced(
     assert exchange.usage.seen and exchange.usage.output_tokens == 7
     assert exchange.usage.cache_read_input_tokens == 5
     assert (exchange.stop_reason, exchange.response_model) == ("end_turn", "claude-sonnet-4-6")
+    assert exchange.response_id == "msg_1"  # read off the stream of bytes, never buffered
     assert exchange.complete and exchange.error is None
     # no plugin asked for bodies: none is kept, and the exchange says it is not the answer
     assert exchange.response_body is None and exchange.response_body_truncated

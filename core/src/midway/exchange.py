@@ -369,6 +369,7 @@ class Exchange:
     usage: Usage = attrs.field(factory=Usage)
     stop_reason: str | None = None
     response_model: str | None = None
+    response_id: str | None = None  # the answer's message ``id`` (``msg_…``)
     upstream_request_id: str | None = None
     answered_by: str | None = None
     # Claude Code's subagent that sent the request, and its parent (midway.agents; checked):

@@ -28,6 +28,11 @@ def apply_event(exchange: Exchange, assembler: MessageAssembler, event: SSEEvent
         return
     assembler.feed(event.name, payload)
     name = event.name
+    if name == "message_start":
+        message = payload.get("message")
+        message_id = message.get("id") if isinstance(message, dict) else None
+        if isinstance(message_id, str):
+            exchange.response_id = message_id
     if name == "message_start" or name == "message_delta":
         exchange.usage.update(assembler.usage)
         if assembler.model is not None:
@@ -61,6 +66,9 @@ def apply_payload(exchange: Exchange, payload: dict[str, Any], complete: bool = 
         model = payload.get("model")
         if isinstance(model, str):
             exchange.response_model = model
+        message_id = payload.get("id")
+        if isinstance(message_id, str):
+            exchange.response_id = message_id
         exchange.complete = complete
     elif payload.get("type") == "error":
         error = payload.get("error")

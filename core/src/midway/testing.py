@@ -124,6 +124,9 @@ class ServerThread:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     def stop(self) -> None:
+        """Stop serving (shutdown hooks run); a second call does nothing."""
+        if self.loop.is_closed():
+            return
         if self._runner is not None:
             self.call(self._runner.cleanup())
             self._runner = None
