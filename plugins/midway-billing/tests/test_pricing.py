@@ -47,14 +47,18 @@ def test_aliases_and_dated_ids(model: str, expected: str) -> None:
     assert price is not None and price.model == expected
 
 
-def test_unknown_model_is_unpriced_not_zero() -> None:
+def test_unknown_model_is_flagged_and_billed_at_the_catalogue_tier() -> None:
     cost = PriceTable.load().cost(usage(input_tokens=10, output_tokens=10), "gpt-9")
-    assert cost.unpriced
+    assert cost.unpriced and cost.rule == "unknown_model"
+    assert usd(cost.total) == Decimal(10 * 5 + 10 * 25) / 10**6
+    free = PriceTable.load(unknown_policy="unpriced").cost(usage(input_tokens=10), "gpt-9")
+    assert free.unpriced and free.total == 0 and free.rule == "unpriced"
 
 
 def test_config_overrides_and_extends() -> None:
     table = PriceTable.load({"claude-opus-4-8": {"output": "30"},
-                             "vendor-x": {"input": 2, "output": "8"},
+                             "vendor-x": {"input": 2, "output": "8", "cache_write_5m": "2.5",
+                                          "cache_write_1h": "4", "cache_read": "0.2"},
                              "alias-y": {"same_as": "claude-haiku-4-5"}})
     opus = table.lookup("claude-opus-4-8-20261201")
     assert opus is not None and opus.output == Decimal(30) and opus.input == Decimal(5)
@@ -63,8 +67,9 @@ def test_config_overrides_and_extends() -> None:
     assert vendor.cache_read == Decimal("0.2")
     alias = table.lookup("alias-y")
     assert alias is not None and alias.output == Decimal(5)
-    with pytest.raises(PriceError):
-        PriceTable.load({"new-model": {"input": "1"}})
+    with pytest.raises(PriceError, match="cache_read"):  # never assumed to be 0.1x input
+        PriceTable.load({"new-model": {"input": "1", "output": "5", "cache_write_5m": "1.25",
+                                       "cache_write_1h": "2"}})
     with pytest.raises(PriceError):
         PriceTable.load({"claude-opus-4-8": {"ouptut": "1"}})
 

@@ -37,7 +37,7 @@ def _create(midway: Midway) -> Billing:
     if billing is None:
         config = midway.options("billing", BillingConfig)
         metrics = BillingMetrics(midway.metrics.registry) if midway.metrics else None
-        billing = Billing(config, metrics)
+        billing = Billing(config, metrics, data_dir=midway.settings.data_dir)
         midway.services["billing"] = billing
     return billing
 

@@ -10,21 +10,24 @@ import math
 import time
 from collections.abc import Awaitable
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import attrs
 import orjson
 
-from midway import Attempt, Exchange, MidwayError, Response, SSEEvent, error_body
+from midway import Attempt, Exchange, MidwayError, Response, SSEEvent, Usage, error_body
 from midway.annotations import BILLING, CACHE, CACHE_HITS, COST_USD
 from midway.background import start_every
+from midway.config import ConfigError
 from midway.storage import Episode, is_transient, retrying
+from midway_billing import catalogue_file
 from midway_billing.budgets import Attribution, Bucket, Check, checks_for, iso, window
 from midway_billing.config import BillingConfig
 from midway_billing.metrics import BillingMetrics
-from midway_billing.pricing import Cost, to_pusd, usd_str
+from midway_billing.pricing import Catalogue, Cost, Modifiers, PriceError, to_pusd, usd_str
 from midway_billing.store import GROUPS, REPORT_INT_FIELDS, Reservation, Store
-from midway_billing.streamwatch import StreamWatch
+from midway_billing.streamwatch import StreamWatch, floor_tokens
 
 log = logging.getLogger("midway.billing")
 
@@ -41,7 +44,8 @@ class RequestState:
     who: Attribution
     reservation: Reservation | None = None
     refused: Check | None = None
-    watch: StreamWatch | None = None  # under a hard budget: the stream's running usage
+    # a streamed answer's running usage and relayed text (a hard budget's stop, the floor)
+    watch: StreamWatch | None = None
     warnings: list[str] = attrs.field(factory=list)
 
 
@@ -86,13 +90,27 @@ class Billing:
     # How long shutdown waits for settlements the database has not taken yet.
     settle_grace = 10.0
 
-    def __init__(self, config: BillingConfig, metrics: BillingMetrics | None = None) -> None:
+    def __init__(self, config: BillingConfig, metrics: BillingMetrics | None = None,
+                 data_dir: Path | None = None) -> None:
         self.config = config
-        self.prices = config.prices
+        self.prices = config.price_table()
+        self.prices_watch: catalogue_file.Watch | None = None
+        if data_dir is not None:
+            path = catalogue_file.catalogue_path(config.prices_file, data_dir)
+            self.prices_watch = catalogue_file.Watch(path)
+            try:
+                installed = catalogue_file.read(path)
+            except PriceError as exc:
+                raise ConfigError(f"[billing] prices_file: {exc}; fix it, install a valid one "
+                                  "with `midway billing prices update`, or remove it") from None
+            if installed is not None:
+                self.prices = config.price_table(installed)
         self.store: Store = config.make_store()
         self.metrics = metrics
         self._warned: set[str] = set()
+        self._unknown_warned: set[str] = set()  # model ids billed at the unknown-model rule
         self._reconciler: asyncio.Task[None] | None = None
+        self._price_watcher: asyncio.Task[None] | None = None
         self._settling: set[asyncio.Task[None]] = set()
         self._unsettled: dict[str, Settlement] = {}  # by exchange id, until written
         # Settlements the database refused for a while, written in order by one task.
@@ -112,12 +130,18 @@ class Billing:
             # Other instances sharing the store may die while this one lives on.
             self._reconciler = start_every(self.config.reconcile_interval, self._reconcile,
                                            name="billing: reconciliation", log=log)
+        if background and self.prices_watch is not None and \
+                self.config.prices_watch_interval > 0:
+            self._price_watcher = start_every(self.config.prices_watch_interval,
+                                              self.reload_prices, name="billing: prices file",
+                                              log=log)
 
     async def stop(self) -> None:
-        if self._reconciler is not None:
-            self._reconciler.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reconciler
+        for task in (self._reconciler, self._price_watcher):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self.flush(self.settle_grace)
         if self._unsettled:
             log.error("billing: %d settlement(s) could not be written before shutdown: %s; "
@@ -142,6 +166,22 @@ class Billing:
             waiting = {*self._settling, *([self._writer] if self._writer else [])}
             await asyncio.wait(waiting, timeout=left)
         return not self._unsettled
+
+    def reload_prices(self) -> bool:
+        """Swap to the watched catalogue file if it changed and is valid; whether it did."""
+        catalogue = self.prices_watch.changed() if self.prices_watch is not None else None
+        if catalogue is None:
+            return False
+        self.use_catalogue(catalogue)
+        return True
+
+    def use_catalogue(self, catalogue: Catalogue) -> None:
+        """Price from now on with ``catalogue`` (and this config's overrides): requests that
+        settle after this call, including those in flight, are priced by it."""
+        before = self.prices.version
+        self.prices = self.config.price_table(catalogue)
+        log.warning("billing: prices now from catalogue version %s (was %s), %d models",
+                    self.prices.version, before, len(self.prices.prices))
 
     async def _reconcile(self) -> None:
         fixed = await self.store.reconcile()
@@ -191,14 +231,59 @@ class Billing:
         return to_pusd((Decimal(input_tokens) * rate_in + Decimal(max_tokens) * rate_out)
                        / _MTOK)
 
-    def cost_of(self, exchange: Exchange, attempt: Attempt | None) -> Cost:
-        """Priced by the model that served: a rewrite, the answer's model, else the request's."""
-        candidates = [attempt.upstream.model if attempt else None, exchange.response_model,
-                      exchange.model]
+    def cost_of(self, exchange: Exchange, attempt: Attempt | None,
+                usage: Usage | None = None) -> Cost:
+        """Priced by the model that served: a rewrite, the answer's model, else the request's;
+        none of them listed: by the unknown-model rule, for the first of them."""
+        usage = exchange.usage if usage is None else usage
+        candidates = [m for m in (attempt.upstream.model if attempt else None,
+                                  exchange.response_model, exchange.model) if m]
+        modifiers = modifiers_of(exchange)
         for model in candidates:
-            if model and self.prices.lookup(model) is not None:
-                return self.prices.cost(exchange.usage, model, batch=_is_batch(exchange))
-        return Cost(model=None)
+            if self.prices.lookup(model) is not None:
+                return self.prices.cost(usage, model, modifiers=modifiers)
+        cost = self.prices.cost(usage, candidates[0] if candidates else None,
+                                modifiers=modifiers)
+        if candidates and usage.seen:
+            self._warn_unknown(candidates[0], cost)
+        return cost
+
+    def _warn_unknown(self, model: str, cost: Cost) -> None:
+        key = model[:200]
+        if key in self._unknown_warned or len(self._unknown_warned) > 10_000:
+            return
+        self._unknown_warned.add(key)
+        if cost.model is None:
+            log.warning("billing: model %r is not in the price catalogue (version %s): its "
+                        "requests are recorded at $0 and flagged unpriced; add "
+                        "[billing.prices.%r] or update the catalogue", key,
+                        self.prices.version, key)
+        else:
+            log.warning("billing: model %r is not in the price catalogue (version %s): billed "
+                        "at the unknown-model rate ($%s / $%s per MTok in / out) and flagged "
+                        "unpriced; add [billing.prices.%r] or update the catalogue", key,
+                        self.prices.version, self.prices.unknown.input if self.prices.unknown
+                        else "?", self.prices.unknown.output if self.prices.unknown else "?",
+                        key)
+
+    def unknown_models(self) -> list[str]:
+        """Model ids this instance billed by the unknown-model rule (warned about once)."""
+        return sorted(self._unknown_warned)
+
+    def billed_usage(self, exchange: Exchange, state: RequestState) -> tuple[Usage, str, int]:
+        """The usage an attempt is billed: what the upstream reported, and for a stream that
+        ended early the floor of its relayed text (docs/billing.md, "Interrupted streams");
+        the rule that adds, and the floor in output tokens."""
+        usage = exchange.usage
+        if not exchange.streaming or exchange.complete or state.watch is None:
+            return usage, "", 0
+        floor = floor_tokens(state.watch.relayed_chars)
+        if floor <= usage.output_tokens:
+            return usage, "interrupted", floor
+        billed = Usage()
+        billed.update(usage.raw)
+        billed.update({"output_tokens": floor})
+        return billed, "interrupted;floor", floor
 
     # -- hooks -------------------------------------------------------------------------------
 
@@ -215,6 +300,9 @@ class Billing:
             return Response(status=403, body=error_body(403, refusal, exchange.id,
                                                         "permission_error"))
         state = self._state(exchange)
+        if exchange.request.is_messages and exchange.stream_requested:
+            # Counts the output text relayed: the floor if the stream ends early.
+            state.watch = StreamWatch({}, exchange.model)
         if not self.config.budgets or not (exchange.request.is_messages
                                            or _is_batch_submit(exchange)):
             return None
@@ -244,8 +332,8 @@ class Billing:
             return self._refusal(exchange, refused, result.states[refused.bucket.key], amount,
                                  now)
         state.reservation = reservation
-        if any(check.budget.hard for check in checks):
-            state.watch = StreamWatch(limits, exchange.model)
+        if any(check.budget.hard for check in checks) and state.watch is not None:
+            state.watch.limits = limits
         for check in checks:
             spent, reserved = result.states[check.bucket.key]
             if spent + reserved >= check.budget.limit_pusd * check.budget.warn_at:
@@ -296,10 +384,12 @@ class Billing:
         Nothing to await while the reservation covers them."""
         state = exchange.state.get("billing")
         if not isinstance(state, RequestState) or state.watch is None or \
-                state.reservation is None or not state.watch.feed(event):
+                not state.watch.feed(event) or state.reservation is None or \
+                not state.watch.hard:
             return None
         watch = state.watch
-        cost = self.prices.cost(watch.running(), watch.model).total
+        cost = self.prices.cost(watch.running(), watch.model,
+                                modifiers=modifiers_of(exchange)).total
         step = watch.step(cost)
         if cost + step <= state.reservation.amount_pusd:
             return None
@@ -407,7 +497,10 @@ class Billing:
         else:
             rows = []
             final = exchange.attempts[-1]
-            cost = self.cost_of(exchange, final)
+            billed, extra_rule, floor = self.billed_usage(exchange, state)
+            cost = self.cost_of(exchange, final, billed)
+            if extra_rule:
+                cost = attrs.evolve(cost, rule=f"{cost.rule};{extra_rule}")
             if _is_batch_submit(exchange) and exchange.status is not None \
                     and exchange.status < 300:
                 # Its results are not priced when fetched: a batch is charged, when it is
@@ -421,6 +514,7 @@ class Billing:
                 if attempt is final:
                     self._fill(row, exchange, cost, now, cost_pusd=cost.total, saved_pusd=0)
                     row["unpriced"] = int(cost.unpriced and exchange.usage.seen)
+                    row["floor_output_tokens"] = floor
                 else:  # a retried attempt's answer was dropped: it is recorded, at $0
                     row.update(status=attempt.status, settled_at=now,
                                error=attempt.error or "retried")
@@ -429,7 +523,8 @@ class Billing:
             cost_usd = usd_str(cost.total)
             annotation.update(kind="attempt", cost_usd=cost_usd, saved_usd="0",
                               model=cost.model, breakdown=cost.breakdown(),
-                              attempts=len(exchange.attempts))
+                              attempts=len(exchange.attempts), rule=cost.rule,
+                              catalogue_version=cost.version)
             exchange.annotations[COST_USD] = cost_usd
             self._count(exchange, state, cost)
         annotation["unpriced"] = bool(cost.unpriced and exchange.usage.seen)
@@ -470,6 +565,9 @@ class Billing:
             "input_tokens": 0, "output_tokens": 0, "cache_write_5m_tokens": 0,
             "cache_write_1h_tokens": 0, "cache_read_tokens": 0, "web_search_requests": 0,
             "cost_pusd": 0, "saved_pusd": 0, "unpriced": 0, "batch": int(_is_batch(exchange)),
+            "catalogue_version": self.prices.version, "pricing_rule": None,
+            "floor_output_tokens": 0, "speed": _speed(exchange), "inference_geo": _geo(exchange),
+            "corrects": None,
         }
 
     @staticmethod
@@ -484,7 +582,9 @@ class Billing:
             cache_write_1h_tokens=usage.cache_creation_1h_input_tokens,
             cache_read_tokens=usage.cache_read_input_tokens,
             web_search_requests=usage.web_search_requests,
-            cost_pusd=cost_pusd, saved_pusd=saved_pusd)
+            cost_pusd=cost_pusd, saved_pusd=saved_pusd, pricing_rule=cost.rule,
+            catalogue_version=cost.version or row["catalogue_version"],
+            inference_geo=_geo(exchange))
 
     # -- the service other plugins and the CLI use ------------------------------------------
 
@@ -539,6 +639,27 @@ class Billing:
                     "window_start": iso(start) if budget.period != "total" else None,
                     "resets_at": iso(reset)})
         return out
+
+
+def modifiers_of(exchange: Exchange) -> Modifiers:
+    """What changes an exchange's price besides its usage and model."""
+    return Modifiers(batch=_is_batch(exchange), speed=_speed(exchange), geo=_geo(exchange),
+                     at=exchange.timings.started_at)
+
+
+def _speed(exchange: Exchange) -> str | None:
+    body = exchange.request.json if exchange.request.is_messages else None
+    speed = body.get("speed") if isinstance(body, dict) else None
+    return speed[:20] if isinstance(speed, str) else None
+
+
+def _geo(exchange: Exchange) -> str | None:
+    """Where the answer says it was served (``usage.inference_geo``), else what was asked."""
+    geo = exchange.usage.raw.get("inference_geo")
+    if not isinstance(geo, str):
+        body = exchange.request.json if exchange.request.is_messages else None
+        geo = body.get("inference_geo") if isinstance(body, dict) else None
+    return geo[:20].lower() if isinstance(geo, str) else None
 
 
 def _is_batch_submit(exchange: Exchange) -> bool:

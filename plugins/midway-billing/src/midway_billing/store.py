@@ -39,7 +39,22 @@ LEDGER_COLUMNS = (
     "key_id", "path", "status", "error", "input_tokens", "output_tokens",
     "cache_write_5m_tokens", "cache_write_1h_tokens", "cache_read_tokens",
     "web_search_requests", "cost_pusd", "saved_pusd", "unpriced", "batch",
+    # pricing (docs/billing.md "Prices"): what priced the row, and what it was priced from
+    "catalogue_version", "pricing_rule", "floor_output_tokens", "speed", "inference_geo",
+    "corrects",
 )
+
+# Columns a row may leave out, and what they then hold.
+OPTIONAL_COLUMNS: dict[str, Any] = {"catalogue_version": None, "pricing_rule": None,
+                                    "floor_output_tokens": 0, "speed": None,
+                                    "inference_geo": None, "corrects": None}
+
+
+def row_values(row: dict[str, Any]) -> list[Any]:
+    """A ledger row's values in LEDGER_COLUMNS order."""
+    return [row[c] if c in row or c not in OPTIONAL_COLUMNS else OPTIONAL_COLUMNS[c]
+            for c in LEDGER_COLUMNS]
+
 
 SCHEMA = Schema("billing", """
 CREATE TABLE IF NOT EXISTS billing_ledger (
@@ -71,7 +86,13 @@ CREATE TABLE IF NOT EXISTS billing_ledger (
     cost_pusd {int} NOT NULL DEFAULT 0,
     saved_pusd {int} NOT NULL DEFAULT 0,
     unpriced INTEGER NOT NULL DEFAULT 0,
-    batch INTEGER NOT NULL DEFAULT 0
+    batch INTEGER NOT NULL DEFAULT 0,
+    catalogue_version TEXT,
+    pricing_rule TEXT,
+    floor_output_tokens {int} NOT NULL DEFAULT 0,
+    speed TEXT,
+    inference_geo TEXT,
+    corrects TEXT
 );
 CREATE INDEX IF NOT EXISTS billing_ledger_created ON billing_ledger (created_at);
 CREATE INDEX IF NOT EXISTS billing_ledger_principal ON billing_ledger (principal, created_at);
@@ -79,6 +100,7 @@ CREATE INDEX IF NOT EXISTS billing_ledger_team ON billing_ledger (team, created_
 CREATE INDEX IF NOT EXISTS billing_ledger_project ON billing_ledger (project, created_at);
 CREATE INDEX IF NOT EXISTS billing_ledger_pending ON billing_ledger (state, instance);
 CREATE INDEX IF NOT EXISTS billing_ledger_exchange ON billing_ledger (exchange_id);
+CREATE INDEX IF NOT EXISTS billing_ledger_corrects ON billing_ledger (corrects);
 CREATE TABLE IF NOT EXISTS billing_counters (
     key TEXT PRIMARY KEY,
     spent_pusd {int} NOT NULL DEFAULT 0,
@@ -236,7 +258,7 @@ class Store:
         """Insert a pending attempt row (committed before the attempt is sent). Never over a
         row already there: a write-ahead whose reply was lost (the database crashed, the hook
         was cancelled) may commit after its settlement, which it must not undo."""
-        await self.db.execute(INSERT_PENDING, *[row[c] for c in LEDGER_COLUMNS])
+        await self.db.execute(INSERT_PENDING, *row_values(row))
 
     async def reserve(self, reservation: Reservation, limits: dict[str, int | None]
                       ) -> ReserveResult:
@@ -318,7 +340,7 @@ class Store:
         If reconciliation released the reservation first (it took this instance for dead, or
         ran late), the counters are corrected by what it charged: spent moves by
         ``charged_pusd`` minus the estimate it put on the ledger, which these rows replace."""
-        values = [[row[c] for c in LEDGER_COLUMNS] for row in sorted(rows, key=_by_id)]
+        values = [row_values(row) for row in sorted(rows, key=_by_id)]
 
         async def unit(tx: Tx) -> None:
             released, charged = 0, charged_pusd
