@@ -98,9 +98,13 @@ def test_unknown_model_flagged_with_tokens(midway_factory, fake_upstream) -> Non
     client(running).messages.create(model="mystery-model", max_tokens=10,
                                     messages=[{"role": "user", "content": "x"}])
     (row,) = ledger(running, 1)
-    assert row["unpriced"] == 1 and row["input_tokens"] == 99 and row["priced_model"] is None
+    # The catalogue's unknown-model tier ($5 / $25 per MTok), never $0, and still flagged.
+    assert row["unpriced"] == 1 and row["input_tokens"] == 99
+    assert row["priced_model"] == "unknown_model" and row["pricing_rule"] == "unknown_model"
+    assert row["cost_pusd"] == (99 * 5 + 9 * 25) * 10**6
     (item,) = running.call(billing_of(running).report("model"))
     assert item["unpriced"] == 1
+    assert billing_of(running).unknown_models() == ["mystery-model"]
 
 
 def test_cache_hit_is_saved_not_spent(midway_factory, fake_upstream) -> None:
@@ -162,7 +166,8 @@ def test_router_rewrite_priced_from_the_same_table(midway_factory, fake_upstream
 
     router = SimpleNamespace(__name__="router", choose_upstream=choose_upstream)
     running = midway_factory(plugins=[PLUGIN, router], config={"billing": {"prices": {
-        "vendor-model": {"input": "2", "output": "8"}}}})
+        "vendor-model": {"input": "2", "output": "8", "cache_write_5m": "2.5",
+                         "cache_write_1h": "4", "cache_read": "0.2"}}}})
     fake_upstream.reply(Reply(usage={"input_tokens": 1000, "output_tokens": 500}))
     client(running).messages.create(model="claude-opus-4-8", max_tokens=10,
                                     messages=[{"role": "user", "content": "x"}])
