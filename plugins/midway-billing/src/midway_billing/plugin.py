@@ -602,6 +602,78 @@ class Billing:
             out.append(item)
         return out
 
+    async def reprice(self, since: float | None, until: float | None = None,
+                      apply: bool = True) -> dict[str, Any]:
+        """Price the settled attempts of a period again with the prices in force, and record
+        each difference as a correction row (kind ``reprice``, ``corrects`` = the row's id,
+        dated like it), leaving every original row as it was (docs/billing.md, "Repricing").
+        Batch rows are left alone (their charge is not a usage's price). ``apply=False``
+        computes without writing. What changed, row by row."""
+        rows, done = await self.store.repriceable(_ts(since), _ts(until))
+        now = time.time()
+        changes: list[dict[str, Any]] = []
+        corrections: list[dict[str, Any]] = []
+        skipped = 0
+        for row in rows:
+            if row["batch"]:
+                skipped += 1
+                continue
+            corrected, count = done.get(row["id"], (0, 0))
+            current = int(row["cost_pusd"]) + corrected
+            cost = self.price_row(row)
+            delta = cost.total - current
+            if delta == 0:
+                continue
+            changes.append({"id": row["id"], "model": row["model"],
+                            "created_at": iso(float(row["created_at"])),
+                            "was_usd": usd_str(current), "now_usd": usd_str(cost.total),
+                            "delta_usd": usd_str(delta),
+                            "was_version": row["catalogue_version"],
+                            "now_version": cost.version, "rule": cost.rule})
+            corrections.append({
+                **row, "id": f"{row['id']}~{count + 1}", "kind": "reprice",
+                "state": "settled", "instance": self.store.instance, "settled_at": now,
+                "priced_model": cost.model, "input_tokens": 0, "output_tokens": 0,
+                "cache_write_5m_tokens": 0, "cache_write_1h_tokens": 0,
+                "cache_read_tokens": 0, "web_search_requests": 0, "cost_pusd": delta,
+                "saved_pusd": 0, "unpriced": 0, "floor_output_tokens": 0,
+                "catalogue_version": cost.version, "pricing_rule": f"reprice;{cost.rule}",
+                "corrects": row["id"], "error": None})
+        if apply and corrections:
+            await self.store.add_corrections(corrections)
+        total = sum(int(c["cost_pusd"]) for c in corrections)
+        return {"version": self.prices.version, "rows": len(rows), "changed": len(changes),
+                "skipped_batch": skipped, "delta_usd": usd_str(total), "applied": apply,
+                "changes": changes}
+
+    def price_row(self, row: dict[str, Any]) -> Cost:
+        """What a settled attempt row costs with the prices in force (from the usage, the
+        floor and the modifiers it recorded)."""
+        usage = Usage()
+        five, hour = int(row["cache_write_5m_tokens"]), int(row["cache_write_1h_tokens"])
+        floor = int(row.get("floor_output_tokens") or 0)
+        output = int(row["output_tokens"])
+        usage.update({"input_tokens": int(row["input_tokens"]),
+                      "output_tokens": max(output, floor),
+                      "cache_creation_input_tokens": five + hour,
+                      "cache_creation": {"ephemeral_5m_input_tokens": five,
+                                         "ephemeral_1h_input_tokens": hour},
+                      "cache_read_input_tokens": int(row["cache_read_tokens"]),
+                      "server_tool_use": {"web_search_requests":
+                                          int(row["web_search_requests"])}})
+        modifiers = Modifiers(batch=bool(row["batch"]), speed=row.get("speed"),
+                              geo=row.get("inference_geo"), at=float(row["created_at"]))
+        candidates = [m for m in (row["model"], row["priced_model"])
+                      if m and m != "unknown_model"]
+        model = next((m for m in candidates if self.prices.lookup(m) is not None),
+                     candidates[0] if candidates else None)
+        cost = self.prices.cost(usage, model, modifiers=modifiers)
+        rule = row.get("pricing_rule") or ""
+        if "interrupted" in rule.split(";"):
+            cost = attrs.evolve(cost, rule=cost.rule + (";interrupted;floor" if floor > output
+                                                        else ";interrupted"))
+        return cost
+
     async def spend_series(self, bucket: str = "hour", by: str = "team",
                            since: float | None = None) -> list[dict[str, Any]]:
         """Spend per time bucket and key: ``[{"t", "key", "cost_usd"}]``, oldest first."""

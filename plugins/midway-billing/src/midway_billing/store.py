@@ -467,6 +467,37 @@ class Store:
         rows = await self.db.fetch(sql, *args)
         return [(float(r["t"]), r["key"], int(r["cost"])) for r in rows]
 
+    async def repriceable(self, since: float | None, until: float | None
+                          ) -> tuple[list[dict[str, Any]], dict[str, tuple[int, int]]]:
+        """Settled attempt rows of a period, and per row id the corrections already made to
+        it (their cost sum and count)."""
+        where, args = time_filter(since, until)
+        where = (where + " AND" if where else " WHERE") + " kind = 'attempt' AND " \
+            "state = 'settled' AND corrects IS NULL"
+        sql = f"SELECT * FROM billing_ledger{where} ORDER BY created_at, id"  # noqa: S608
+        where2, args2 = time_filter(since, until)
+        where2 = (where2 + " AND" if where2 else " WHERE") + " kind = 'reprice'"
+        corrections = (
+            "SELECT corrects, SUM(cost_pusd) AS cost, COUNT(*) AS n "  # noqa: S608
+            f"FROM billing_ledger{where2} GROUP BY corrects")
+
+        async def unit(tx: Tx) -> tuple[list[dict[str, Any]], dict[str, tuple[int, int]]]:
+            rows = await tx.fetch(sql, *args)
+            done = {r["corrects"]: (int(r["cost"]), int(r["n"]))
+                    for r in await tx.fetch(corrections, *args2)}
+            return [dict(r) for r in rows], done
+
+        result: tuple[list[dict[str, Any]], dict[str, tuple[int, int]]] = \
+            await self.db.run(unit)
+        return result
+
+    async def add_corrections(self, rows: list[dict[str, Any]]) -> None:
+        """Insert correction rows (kind ``reprice``); the rows they correct stay as they were.
+        A row id already there is left alone: running the same correction twice adds
+        nothing."""
+        await self._run(lambda tx: tx.executemany(INSERT_PENDING, [row_values(r) for r in rows]),
+                        "billing: recording corrections")
+
     async def rows(self, since: float | None = None) -> list[dict[str, Any]]:
         where, args = time_filter(since, None)
         sql = f"SELECT * FROM billing_ledger{where} ORDER BY created_at, id"  # noqa: S608
