@@ -27,15 +27,14 @@ import anthropic
 import attrs
 import orjson
 import pytest
+from helpers import PLUGIN, retry_overloaded
 
 from midway import Exchange, Response, hookimpl
 from midway.fake_upstream import Reply
 from midway.sse import encode_event
 from midway.testing import FakeUpstream, RunningMidway, start_midway, wait_for
-from midway_billing.pricing import Catalogue, Modifiers, PriceTable, shipped_text, to_pusd
 from midway_billing.plugin import Billing
-
-from helpers import PLUGIN, retry_overloaded
+from midway_billing.pricing import Catalogue, Modifiers, PriceTable, shipped_text, to_pusd
 
 D = Decimal
 TOLERANCE_PUSD = 1000  # 1e-9 USD
@@ -324,20 +323,17 @@ def run(s: Scenario, running: RunningMidway, upstream: FakeUpstream) -> None:
                         break
         return
     if s.kind == "stream_error":
-        events = text_events(s.model, reported, ["c" * 60] * 2) + [encode_event(
-            "error", {"type": "error", "error": {"type": "overloaded_error",
-                                                 "message": "Overloaded"}})]
-        upstream.reply(Reply(events=events))
-        with pytest.raises(anthropic.APIStatusError):
-            with client.messages.stream(**args) as stream:
-                stream.until_done()
+        error = encode_event("error", {"type": "error", "error": {
+            "type": "overloaded_error", "message": "Overloaded"}})
+        upstream.reply(Reply(events=[*text_events(s.model, reported, ["c" * 60] * 2), error]))
+        with pytest.raises(anthropic.APIStatusError), client.messages.stream(**args) as stream:
+            stream.until_done()
         return
     if s.kind == "upstream_reset":
         events = text_events(s.model, reported, ["d" * 10]) + ending(99)
         upstream.reply(Reply(events=events, reset_after=3))
-        with pytest.raises(anthropic.APIError):
-            with client.messages.stream(**args) as stream:
-                stream.until_done()
+        with pytest.raises(anthropic.APIError), client.messages.stream(**args) as stream:
+            stream.until_done()
         return
     if s.kind == "zero_delta":
         events = text_events(s.model, {**reported, "output_tokens": 1}, ["hello"]) + ending(
@@ -414,3 +410,18 @@ def test_unknown_model_policy_unpriced_is_zero_and_flagged() -> None:
     cost = PriceTable.load(unknown_policy="unpriced").cost(anthropic_usage(MIX),
                                                            "claude-zeta-9")
     assert cost.total == 0 and cost.unpriced and cost.rule == "unpriced"
+
+
+def test_a_hard_budgets_running_usage_keeps_input_a_delta_reports_as_zero() -> None:
+    from midway.sse import SSEEvent
+    from midway_billing.streamwatch import StreamWatch
+
+    watch = StreamWatch({"k": 10}, "claude-opus-5-5")
+    for event in text_events("claude-opus-5-5", usage_of(inp=3000, read=100, out=1),
+                             ["x" * 40]) + ending(0, {"input_tokens": 0, "output_tokens": 5}):
+        name, data = event.decode().split("\n")[:2]
+        watch.feed(SSEEvent(name=name.removeprefix("event: "),
+                            data=data.removeprefix("data: "), raw=event))
+    running = watch.running()
+    assert running.input_tokens == 3000 and running.cache_read_input_tokens == 100
+    assert running.output_tokens == 5 and watch.relayed_chars == 40

@@ -4,6 +4,7 @@ catalogue without a restart and keep the one they have when the file is not vali
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import tempfile
@@ -38,18 +39,23 @@ def read(path: Path) -> Catalogue | None:
     return Catalogue.parse(text, str(path))
 
 
-async def fetch(source: str) -> str:
-    """The text of a catalogue at ``source``: an http(s) URL or a file path."""
+async def _download(url: str) -> bytes:
+    timeout = aiohttp.ClientTimeout(total=FETCH_TIMEOUT)
+    try:
+        async with aiohttp.ClientSession(timeout=timeout) as session, \
+                session.get(url) as response:
+            if response.status != 200:
+                raise PriceError(f"{url}: HTTP {response.status}")
+            return await response.content.read(MAX_BYTES + 1)
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise PriceError(f"{url}: cannot fetch it: {exc or type(exc).__name__}") from None
+
+
+def fetch(source: str) -> str:
+    """The text of a catalogue at ``source``: an http(s) URL or a file path (for the CLI:
+    runs its own event loop for a URL)."""
     if source.startswith(("http://", "https://")):
-        timeout = aiohttp.ClientTimeout(total=FETCH_TIMEOUT)
-        try:
-            async with aiohttp.ClientSession(timeout=timeout) as session, \
-                    session.get(source) as response:
-                if response.status != 200:
-                    raise PriceError(f"{source}: HTTP {response.status}")
-                body = await response.content.read(MAX_BYTES + 1)
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise PriceError(f"{source}: cannot fetch it: {exc or type(exc).__name__}") from None
+        body = asyncio.run(_download(source))
     else:
         try:
             with open(Path(source).expanduser(), "rb") as file:

@@ -198,12 +198,16 @@ def prices_update(settings: Settings, source: str, dry_run: bool) -> None:
     `prices_watch_interval` seconds, without a restart."""
     config = _config(settings)
     try:
-        text = asyncio.run(catalogue_file.fetch(source))
+        text = catalogue_file.fetch(source)
         catalogue = Catalogue.parse(text, source)
         new = config.price_table(catalogue)
     except PriceError as exc:
         raise click.ClickException(f"not installed: {exc}") from None
-    old = _billing(settings).prices
+    try:
+        old = _billing(settings).prices
+    except click.ClickException as exc:  # a broken installed file: this repairs it
+        click.echo(f"replacing an invalid catalogue: {exc.message}")
+        old = config.price_table()
     for line in _differences(old, new):
         click.echo(line)
     path = catalogue_file.catalogue_path(config.prices_file, settings.data_dir)
