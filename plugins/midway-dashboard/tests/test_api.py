@@ -131,6 +131,10 @@ class Services:
                 return [{"t": "2026-11-24T10:00:00+00:00", "key": "search",
                          "cost_usd": Decimal("0.0123")}]
 
+            def pricing(self) -> dict[str, Any]:
+                return {"version": "2026-12-05.1", "unknown_rule": "$5 / $25 per MTok",
+                        "unknown_models": ["claude-zeta-9"]}
+
             async def budgets(self) -> list[Any]:
                 await services._record("budgets")
                 return [{"name": "daily", "scope": "team", "value": "search",
@@ -172,6 +176,7 @@ def test_panels_read_the_services(start_dashboard: Callable[..., RunningMidway])
     assert spend["series"] == [{"t": "2026-11-24T10:00:00+00:00", "key": "search",
                                 "cost_usd": "0.0123"}]
     assert spend["report"][0]["team"] == "search" and spend["budgets"][0]["limit_usd"] == "1.00"
+    assert spend["pricing"]["unknown_models"] == ["claude-zeta-9"]
     called = dict(services.calls)
     assert called["spend_series"]["bucket"] == "day" and called["spend_series"]["by"] == "team"
     assert isinstance(called["spend_series"]["since"], float)  # Billing takes unix seconds

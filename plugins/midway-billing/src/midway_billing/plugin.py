@@ -270,6 +270,14 @@ class Billing:
         """Model ids this instance billed by the unknown-model rule (warned about once)."""
         return sorted(self._unknown_warned)
 
+    def pricing(self) -> dict[str, Any]:
+        """The catalogue in force and how unknown models are billed (for the dashboard)."""
+        unknown = self.prices.unknown
+        return {"version": self.prices.version, "models": len(self.prices.prices),
+                "unknown_rule": (f"${unknown.input} / ${unknown.output} per MTok in / out"
+                                 if unknown is not None else "$0"),
+                "unknown_models": self.unknown_models()}
+
     def billed_usage(self, exchange: Exchange, state: RequestState) -> tuple[Usage, str, int]:
         """The usage an attempt is billed: what the upstream reported, and for a stream that
         ended early the floor of its relayed text (docs/billing.md, "Interrupted streams");

@@ -120,8 +120,12 @@ async def spend(midway: Midway, by: str, bucket: str) -> dict[str, Any]:
                         since=since.timestamp())
     report = await call("billing.report", billing.report, by, since=since.timestamp())
     budgets = await call("billing.budgets", billing.budgets)
+    # the catalogue in force and the unknown-model rule (a billing without it: not shown)
+    pricing = await call("billing.pricing", billing.pricing) \
+        if hasattr(billing, "pricing") else None
     return {"installed": True, "by": by, "bucket": bucket, "since": since,
-            "series": list(series), "report": list(report), "budgets": list(budgets)}
+            "series": list(series), "report": list(report), "budgets": list(budgets),
+            "pricing": pricing}
 
 
 async def cache(midway: Midway) -> dict[str, Any]:

@@ -315,8 +315,18 @@
         {label: "output tokens", num: true, value: (r) => fmt.num(pick(r, "output_tokens"))},
         {label: "cache hits", num: true, value: (r) => fmt.num(pick(r, "cache_hits"))},
         {label: "saved", num: true, value: (r) => fmt.usd(pick(r, "saved_usd"))},
-        {label: "cost", num: true, value: (r) => fmt.usd(pick(r, "cost_usd"))}],
+        {label: "cost", num: true, value: (r) => fmt.usd(pick(r, "cost_usd"))},
+        {label: "unpriced", num: true, value: (r) => fmt.num(pick(r, "unpriced"))}],
         d.report, {empty: "No spend recorded in this range."}));
+      // Requests on models the price catalogue does not list: billed by its unknown-model rule.
+      const unpriced = d.report.reduce((n, r) => n + (Number(pick(r, "unpriced")) || 0), 0);
+      if (unpriced && d.pricing) {
+        const models = (d.pricing.unknown_models || []).join(", ");
+        report.children[0].after(el("div", {class: "notice unpriced", role: "status", text:
+          `${unpriced} request(s) used models price catalogue ${d.pricing.version} does not list` +
+          `${models ? ` (${models})` : ""}: billed at the unknown-model rate ` +
+          `(${d.pricing.unknown_rule}), not their real price.`}));
+      }
       const budgetTable = section("Budgets", "panel-budgets", table([
         {label: "budget", value: (b) => pick(b, "name") ?? "-"},
         {label: "scope", value: (b) => `${pick(b, "scope") ?? "-"} = ${pick(b, "value") ?? "*"}`},
