@@ -70,8 +70,9 @@ FAST = {"claude-opus-4-6": [(0, "30", "150"), (200_000, "60", "225")],
         "claude-opus-5-5": [(0, "8", "40")]}
 GEO_US = {"claude-opus-4-6", "claude-opus-4-7", "claude-opus-4-8", "claude-opus-5",
           "claude-opus-5-0", "claude-opus-5-5"}
-# The 1M-context premium: above 200K prompt tokens, $6 in / $22.50 out (cache rates scale
-# with input, x2).
+# The 1M-context premium, for requests with the 1M-context beta: above 200K prompt tokens,
+# $6 in / $22.50 out (cache rates scale with input, x2). Fast mode's 200K tier likewise.
+BETA_1M = "context-1m-2025-08-07"
 LONG = {"claude-sonnet-4": "200000", "claude-sonnet-4-0": "200000",
         "claude-sonnet-4-5": "200000"}
 HAIKU_5_5_TIER = 100_000  # every rate x5 above, whole request
@@ -90,6 +91,7 @@ class Scenario:
     rule: str | None = None  # a part the ledger's pricing_rule must have
     at: str | None = None  # table scenarios: when the request was made
     batch: bool = False
+    beta: bool = False  # sent with the 1M-context beta (anthropic-beta: context-1m-2025-08-07)
 
 
 def usage_of(inp: int = 0, out: int = 0, w5: int = 0, w1: int = 0, read: int = 0,
@@ -130,10 +132,10 @@ def expected(s: Scenario) -> Decimal:
     if model == "claude-sonnet-5-5" and s.at is not None and s.at < SONNET_5_5_READ_BEFORE[0]:
         rates[3] = D(SONNET_5_5_READ_BEFORE[1])
     if s.fast and model in FAST:
-        _, fin, fout = [t for t in FAST[model] if prompt > t[0]][-1]
+        _, fin, fout = [t for t in FAST[model] if prompt > t[0] and (s.beta or not t[0])][-1]
         ratio = D(fin) / rates[0]
         rates = [D(fin), rates[1] * ratio, rates[2] * ratio, rates[3] * ratio, D(fout)]
-    elif model in LONG and prompt > int(LONG[model]):
+    elif model in LONG and prompt > int(LONG[model]) and s.beta:
         rates = [D(6), D("7.50"), D(12), D("0.60"), D("22.50")]
     if model == "claude-haiku-5-5" and prompt > HAIKU_5_5_TIER:
         rates = [r * 5 for r in rates]
@@ -167,7 +169,8 @@ SCENARIOS: list[Scenario] = [
     plain("fast opus 4.6 at 200K", "claude-opus-4-6", fast=True, rule="fast",
           usage=usage_of(inp=150_000, w5=30_000, read=20_000, out=900)),
     plain("fast opus 4.6 above 200K", "claude-opus-4-6", fast=True, rule="tier>200000",
-          usage=usage_of(inp=150_000, w5=30_000, read=20_001, out=900), stream=True),
+          usage=usage_of(inp=150_000, w5=30_000, read=20_001, out=900), stream=True,
+          beta=True),
     plain("fast opus 4.8", "claude-opus-4-8", fast=True, rule="fast"),
     plain("fast opus 5", "claude-opus-5", fast=True, rule="fast", stream=True),
     plain("fast opus 5.5", "claude-opus-5-5", fast=True, rule="fast"),
@@ -180,13 +183,15 @@ SCENARIOS: list[Scenario] = [
     plain("global geo opus 5", "claude-opus-5", geo="global"),
     plain("fast and us geo opus 5", "claude-opus-5", fast=True, geo="us", rule="geo=us"),
     # tiers, both sides of the threshold
-    plain("sonnet 4.5 prompt of exactly 200K", "claude-sonnet-4-5",
+    plain("sonnet 4.5 prompt of exactly 200K", "claude-sonnet-4-5", beta=True,
           usage=usage_of(inp=100_000, w5=50_000, read=50_000, out=2000)),
-    plain("sonnet 4.5 prompt above 200K", "claude-sonnet-4-5", rule="tier>200000",
+    plain("sonnet 4.5 prompt above 200K", "claude-sonnet-4-5", rule="tier>200000", beta=True,
+          usage=usage_of(inp=100_000, w5=50_000, read=50_001, out=2000)),
+    plain("sonnet 4.5 above 200K without the 1M beta", "claude-sonnet-4-5", rule="catalogue",
           usage=usage_of(inp=100_000, w5=50_000, read=50_001, out=2000)),
     plain("sonnet 4 prompt above 200K", "claude-sonnet-4", rule="tier>200000",
-          usage=usage_of(inp=250_000, out=100), stream=True),
-    plain("sonnet 4.6 above 200K (no tier)", "claude-sonnet-4-6",
+          usage=usage_of(inp=250_000, out=100), stream=True, beta=True),
+    plain("sonnet 4.6 above 200K (no tier)", "claude-sonnet-4-6", beta=True,
           usage=usage_of(inp=250_000, out=100)),
     plain("haiku 5.5 prompt of exactly 100K", "claude-haiku-5-5",
           usage=usage_of(inp=60_000, read=40_000, out=5000)),
@@ -221,7 +226,7 @@ SCENARIOS: list[Scenario] = [
     Scenario("batch haiku 4.5", "claude-haiku-4-5", MIX, kind="table", batch=True),
     Scenario("batch opus 5.5", "claude-opus-5-5", MIX, kind="table", batch=True),
     Scenario("batch sonnet 4.5 above 200K", "claude-sonnet-4-5",
-             usage_of(inp=210_000, out=100), kind="table", batch=True),
+             usage_of(inp=210_000, out=100), kind="table", batch=True, beta=True),
 ]
 
 # billops (issue #20 item 3): proxy scenarios for Message Batches go here (kind "batch").
@@ -297,6 +302,7 @@ def run(s: Scenario, running: RunningMidway, upstream: FakeUpstream) -> None:
     client = anthropic.Anthropic(base_url=running.url, api_key="sk-ant-scenarios",
                                  max_retries=0, default_headers={
                                      "x-midway-project": s.name,
+                                     **({"anthropic-beta": BETA_1M} if s.beta else {}),
                                      **({"x-test-cache-hit": "1"}
                                         if s.kind == "cache_hit" else {})})
     extra: dict[str, Any] = {}
@@ -374,8 +380,8 @@ def test_scenario(s: Scenario, stack: tuple[RunningMidway, FakeUpstream]) -> Non
         at = dt.datetime.fromisoformat(s.at).replace(tzinfo=dt.UTC).timestamp() \
             if s.at else None
         usage = anthropic_usage(s.usage)
-        cost = PriceTable.load().cost(usage, s.model, modifiers=Modifiers(batch=s.batch,
-                                                                          at=at))
+        cost = PriceTable.load().cost(usage, s.model, modifiers=Modifiers(
+            batch=s.batch, at=at, betas=frozenset({BETA_1M} if s.beta else ())))
         assert abs(cost.total - want) <= TOLERANCE_PUSD, (cost, expected(s))
         return
     running, upstream = stack

@@ -575,7 +575,7 @@ class Billing:
             "cost_pusd": 0, "saved_pusd": 0, "unpriced": 0, "batch": int(_is_batch(exchange)),
             "catalogue_version": self.prices.version, "pricing_rule": None,
             "floor_output_tokens": 0, "speed": _speed(exchange), "inference_geo": _geo(exchange),
-            "corrects": None,
+            "betas": _betas(exchange), "corrects": None,
         }
 
     @staticmethod
@@ -670,7 +670,8 @@ class Billing:
                       "server_tool_use": {"web_search_requests":
                                           int(row["web_search_requests"])}})
         modifiers = Modifiers(batch=bool(row["batch"]), speed=row.get("speed"),
-                              geo=row.get("inference_geo"), at=float(row["created_at"]))
+                              geo=row.get("inference_geo"), at=float(row["created_at"]),
+                              betas=betas_of(row.get("betas")))
         candidates = [m for m in (row["model"], row["priced_model"])
                       if m and m != "unknown_model"]
         model = next((m for m in candidates if self.prices.lookup(m) is not None),
@@ -724,7 +725,18 @@ class Billing:
 def modifiers_of(exchange: Exchange) -> Modifiers:
     """What changes an exchange's price besides its usage and model."""
     return Modifiers(batch=_is_batch(exchange), speed=_speed(exchange), geo=_geo(exchange),
-                     at=exchange.timings.started_at)
+                     at=exchange.timings.started_at, betas=betas_of(_betas(exchange)))
+
+
+def betas_of(header: str | None) -> frozenset[str]:
+    return frozenset(b.strip() for b in (header or "").split(",") if b.strip())
+
+
+def _betas(exchange: Exchange) -> str | None:
+    """The request's ``anthropic-beta`` header (some tiers apply only under a beta), cut to a
+    size a ledger row may hold."""
+    value = exchange.request.headers.get("anthropic-beta")
+    return value[:1000] if value else None
 
 
 def _speed(exchange: Exchange) -> str | None:

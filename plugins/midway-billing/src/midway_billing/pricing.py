@@ -126,13 +126,18 @@ def _rates(entry: Mapping[str, Any], where: str, base: Rates | None) -> Rates:
 
 @attrs.frozen
 class Tier:
-    """Rates in force when the prompt is larger than ``above`` tokens (counting ``counts``):
-    either every rate times ``multiplier`` (the whole request), or the rates in ``rates``."""
+    """Rates in force when the prompt is larger than ``above`` tokens (counting ``counts``),
+    and, if ``beta`` is set, the request asked for that beta (``anthropic-beta``): either every
+    rate times ``multiplier`` (the whole request), or the rates in ``rates``."""
 
     above: int
     counts: tuple[str, ...]
     multiplier: Decimal | None
     rates: dict[str, Decimal]
+    beta: str | None = None
+
+    def applies(self, usage: Usage, betas: frozenset[str]) -> bool:
+        return self.prompt(usage) > self.above and (self.beta is None or self.beta in betas)
 
     def prompt(self, usage: Usage) -> int:
         parts = {"input": usage.input_tokens,
@@ -147,6 +152,8 @@ class Tier:
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"above": self.above, "counts": list(self.counts)}
+        if self.beta is not None:
+            out["beta"] = self.beta
         if self.multiplier is not None:
             out["multiplier"] = format(self.multiplier, "f")
         out.update({k: format(v, "f") for k, v in self.rates.items()})
@@ -163,7 +170,7 @@ def _tiers(value: Any, where: str) -> tuple[Tier, ...]:
         here = f"{where}[{n}]"
         if not isinstance(raw, Mapping):
             raise PriceError(f"{here}: expected a table")
-        unknown = set(raw) - {*RATE_FIELDS, "above", "counts", "multiplier", "note"}
+        unknown = set(raw) - {*RATE_FIELDS, "above", "counts", "multiplier", "beta", "note"}
         if unknown:
             raise PriceError(f"{here}: unknown field(s) {', '.join(sorted(unknown))}")
         above = raw.get("above")
@@ -179,7 +186,11 @@ def _tiers(value: Any, where: str) -> tuple[Tier, ...]:
         rates = {f: to_decimal(raw[f], f"{here}.{f}") for f in RATE_FIELDS if f in raw}
         if multiplier is None and not rates:
             raise PriceError(f"{here}: say which rates change (rates, or a multiplier)")
-        tiers.append(Tier(above, tuple(dict.fromkeys(counts)), multiplier, rates))
+        beta = raw.get("beta")
+        if beta is not None and (not isinstance(beta, str) or not beta.strip()):
+            raise PriceError(f"{here}.beta: expected an anthropic-beta value")
+        tiers.append(Tier(above, tuple(dict.fromkeys(counts)), multiplier, rates,
+                          beta.strip() if beta else None))
     return tuple(sorted(tiers, key=lambda t: t.above))
 
 
@@ -342,6 +353,7 @@ class Modifiers:
     speed: str | None = None  # "fast"
     geo: str | None = None  # inference_geo: "us", "global"
     at: float | None = None  # when the request was made (dated rate changes)
+    betas: frozenset[str] = frozenset()  # the request's anthropic-beta values
 
 
 def normalise(model: str) -> str:
@@ -553,7 +565,7 @@ class PriceTable:
             rates, tiers = price.fast.rates, price.fast.tiers
             rules.append("fast")
         for tier in reversed(tiers):  # the highest threshold passed
-            if tier.prompt(usage) > tier.above:
+            if tier.applies(usage, mods.betas):
                 rates = tier.apply(rates)
                 rules.append(f"tier>{tier.above}")
                 break

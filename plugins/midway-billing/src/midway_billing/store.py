@@ -41,13 +41,13 @@ LEDGER_COLUMNS = (
     "web_search_requests", "cost_pusd", "saved_pusd", "unpriced", "batch",
     # pricing (docs/billing.md "Prices"): what priced the row, and what it was priced from
     "catalogue_version", "pricing_rule", "floor_output_tokens", "speed", "inference_geo",
-    "corrects",
+    "betas", "corrects",
 )
 
 # Columns a row may leave out, and what they then hold.
 OPTIONAL_COLUMNS: dict[str, Any] = {"catalogue_version": None, "pricing_rule": None,
                                     "floor_output_tokens": 0, "speed": None,
-                                    "inference_geo": None, "corrects": None}
+                                    "inference_geo": None, "betas": None, "corrects": None}
 
 
 def row_values(row: dict[str, Any]) -> list[Any]:
@@ -92,6 +92,7 @@ CREATE TABLE IF NOT EXISTS billing_ledger (
     floor_output_tokens {int} NOT NULL DEFAULT 0,
     speed TEXT,
     inference_geo TEXT,
+    betas TEXT,
     corrects TEXT
 );
 CREATE INDEX IF NOT EXISTS billing_ledger_created ON billing_ledger (created_at);
