@@ -342,6 +342,7 @@ class Billing:
         state.reservation = reservation
         if any(check.budget.hard for check in checks) and state.watch is not None:
             state.watch.limits = limits
+            state.watch.modifiers = modifiers_of(exchange)  # once, not per event
         for check in checks:
             spent, reserved = result.states[check.bucket.key]
             if spent + reserved >= check.budget.limit_pusd * check.budget.warn_at:
@@ -396,8 +397,7 @@ class Billing:
                 not state.watch.hard:
             return None
         watch = state.watch
-        cost = self.prices.cost(watch.running(), watch.model,
-                                modifiers=modifiers_of(exchange)).total
+        cost = self.prices.cost(watch.running(), watch.model, modifiers=watch.modifiers).total
         step = watch.step(cost)
         if cost + step <= state.reservation.amount_pusd:
             return None

@@ -11,6 +11,7 @@ import attrs
 
 from midway import SSEEvent, Usage
 from midway.assemble import MessageAssembler
+from midway_billing.pricing import Modifiers
 
 # Text (and thinking, and tool input) per output token, for the output a stream has sent
 # since its last ``message_delta`` reported usage.
@@ -36,6 +37,7 @@ class StreamWatch:
     chars: int = 0  # delta text since the last reported usage
     relayed_chars: int = 0  # delta text of the whole stream
     cost: int | None = None  # the running cost at the last event that carried usage
+    modifiers: Modifiers = attrs.field(factory=Modifiers)  # what prices the running usage
 
     @property
     def hard(self) -> bool:
