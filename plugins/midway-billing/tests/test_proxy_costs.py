@@ -92,18 +92,22 @@ def test_retried_attempt_recorded_once_at_zero(midway_factory, fake_upstream) ->
     assert len(fake_upstream.messages_requests) == 2
 
 
-def test_unknown_model_flagged_with_tokens(midway_factory, fake_upstream) -> None:
+def test_unknown_model_flagged_with_tokens(midway_factory, fake_upstream, caplog) -> None:
     running = midway_factory(plugins=[PLUGIN])
-    fake_upstream.reply(Reply(usage={"input_tokens": 99, "output_tokens": 9}))
-    client(running).messages.create(model="mystery-model", max_tokens=10,
-                                    messages=[{"role": "user", "content": "x"}])
-    (row,) = ledger(running, 1)
+    for _ in range(2):
+        fake_upstream.reply(Reply(usage={"input_tokens": 99, "output_tokens": 9}))
+        client(running).messages.create(model="mystery-model", max_tokens=10,
+                                        messages=[{"role": "user", "content": "x"}])
+    (row, _) = ledger(running, 2)
+    warned = [r for r in caplog.records if "'mystery-model' is not in the price catalogue"
+              in r.getMessage()]
+    assert len(warned) == 1 and "$5 / $25 per MTok" in warned[0].getMessage()  # once per id
     # The catalogue's unknown-model tier ($5 / $25 per MTok), never $0, and still flagged.
     assert row["unpriced"] == 1 and row["input_tokens"] == 99
     assert row["priced_model"] == "unknown_model" and row["pricing_rule"] == "unknown_model"
     assert row["cost_pusd"] == (99 * 5 + 9 * 25) * 10**6
     (item,) = running.call(billing_of(running).report("model"))
-    assert item["unpriced"] == 1
+    assert item["unpriced"] == 2
     assert billing_of(running).unknown_models() == ["mystery-model"]
 
 
