@@ -109,6 +109,16 @@ def test_unknown_model_flagged_with_tokens(midway_factory, fake_upstream, caplog
     (item,) = running.call(billing_of(running).report("model"))
     assert item["unpriced"] == 2
     assert billing_of(running).unknown_models() == ["mystery-model"]
+    from click.testing import CliRunner
+
+    from midway.cli import cli
+
+    report = CliRunner(env={"MIDWAY_PLUGINS": "billing"}).invoke(cli, [
+        "billing", "report", "--by", "model", "--data-dir",
+        str(running.midway.settings.data_dir)])
+    assert report.exit_code == 0, report.output
+    assert "mystery-model" in report.output
+    assert "2 request(s) used models the price catalogue does not list" in report.output
 
 
 def test_cache_hit_is_saved_not_spent(midway_factory, fake_upstream) -> None:
