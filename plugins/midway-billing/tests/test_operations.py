@@ -76,3 +76,11 @@ def test_sqlite_default_is_created(tmp_path, monkeypatch):
     assert code == 0 and "billing: ok" in out
     code, out = run(tmp_path, monkeypatch, ["db", "upgrade"], "")
     assert code == 0 and (tmp_path / "data" / "billing.db").exists()
+
+
+def test_config_check_judges_the_installed_catalogue(tmp_path, monkeypatch):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "billing-prices.toml").write_text('version = "x"\n[families]\n')
+    code, out = run(tmp_path, monkeypatch, ["config", "check"], "")
+    assert code != 0 and "billing: PROBLEMS" in out
+    assert "prices_file" in out and "billing prices update" in out
