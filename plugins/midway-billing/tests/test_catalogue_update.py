@@ -5,6 +5,7 @@ period beside the original rows."""
 
 from __future__ import annotations
 
+import asyncio
 import http.server
 import threading
 from collections.abc import Iterator
@@ -19,10 +20,13 @@ from helpers import PLUGIN, billing_of, ledger
 from midway.cli import cli
 from midway.config import ConfigError
 from midway.fake_upstream import Reply
+from midway.options import load_table
 from midway.testing import wait_for
+from midway_billing.budgets import Bucket
 from midway_billing.config import BillingConfig
 from midway_billing.plugin import Billing
-from midway_billing.pricing import shipped_text
+from midway_billing.pricing import Catalogue, shipped_text
+from midway_billing.store import Reservation
 
 USAGE = {"input_tokens": 1_000_000, "output_tokens": 1_000_000}  # $1 in + $5 out on Haiku 4.5
 
@@ -136,3 +140,50 @@ def test_update_swap_and_reprice(midway_factory, fake_upstream, tmp_path, monkey
                                 "--data-dir", data_dir])
     assert orjson.loads(again.output)["changed"] == 0
     assert len(ledger(running, 3)) == 3
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_reprice_on_each_store(backend: str, tmp_path: Path, request) -> None:
+    """Corrections for a plain row and an interrupted one (its floor kept), none for a batch
+    row; the budget counters keep what was charged; a second run adds nothing."""
+    table = {"store": request.getfixturevalue("postgres_dsn"),
+             "schema": request.getfixturevalue("pg_schema")} if backend == "postgresql" else {}
+    base = {"exchange_id": "", "attempt": 1, "kind": "attempt", "state": "settled",
+            "instance": 1, "created_at": 1000.0, "settled_at": 1001.0, "principal": "alice",
+            "principal_name": "alice", "team": "search", "project": None,
+            "model": "claude-haiku-4-5", "priced_model": "claude-haiku-4-5",
+            "upstream": "default", "key_id": None, "path": "/v1/messages", "status": 200,
+            "error": None, "input_tokens": 1_000_000, "output_tokens": 1_000_000,
+            "cache_write_5m_tokens": 0, "cache_write_1h_tokens": 0, "cache_read_tokens": 0,
+            "web_search_requests": 0, "cost_pusd": 6 * 10**12, "saved_pusd": 0, "unpriced": 0,
+            "batch": 0, "catalogue_version": "2026-12-05.1", "pricing_rule": "catalogue"}
+    rows = [{**base, "id": "a.1", "exchange_id": "a"},
+            {**base, "id": "b.1", "exchange_id": "b", "output_tokens": 1,
+             "floor_output_tokens": 2_000_000, "cost_pusd": 11 * 10**12,
+             "pricing_rule": "catalogue;interrupted;floor"},
+            {**base, "id": "c.1", "exchange_id": "c", "batch": 1, "path":
+             "/v1/messages/batches", "cost_pusd": 3 * 10**12}]
+
+    async def run() -> None:
+        config = load_table(BillingConfig, "billing", table, data_dir=tmp_path)
+        billing = Billing(config)
+        await billing.store.open()
+        try:
+            key = Bucket("team", "search", "total", 0).key
+            await billing.store.reserve(Reservation("a", 1, [key], 1000.0), {key: None})
+            await billing.store.settle(rows, Reservation("a", 1, [key], 1000.0), 20 * 10**12)
+            billing.use_catalogue(Catalogue.parse(corrected(shipped_text())))
+            result = await billing.reprice(since=0, until=2000)
+            assert result["changed"] == 2 and result["skipped_batch"] == 1
+            assert result["delta_usd"] == "3"  # +1 on a, +2 on b (2M floor tokens at +$1)
+            found = {r["id"]: r for r in await billing.store.rows()}
+            assert found["b.1~1"]["pricing_rule"] == "reprice;catalogue;interrupted;floor"
+            assert found["b.1~1"]["cost_pusd"] == 2 * 10**12
+            assert found["a.1"]["cost_pusd"] == 6 * 10**12  # the original, as it was
+            assert (await billing.store.counters([key]))[key] == (20 * 10**12, 0)
+            again = await billing.reprice(since=0, until=2000)
+            assert again["changed"] == 0 and len(await billing.store.rows()) == 5
+        finally:
+            await billing.store.close()
+
+    asyncio.run(run())
