@@ -42,8 +42,11 @@ def billing_group() -> None:
 
 
 @billing_group.command("report")
-@click.option("--by", type=click.Choice(["principal", "team", "project", "model", "day"]),
-              default="team", show_default=True)
+@click.option("--by", type=click.Choice(["principal", "team", "project", "model", "day",
+                                         "session", "agent"]),
+              default="team", show_default=True,
+              help="session: per Claude Code session; agent: each session's subagent tree, "
+                   "with each agent's own cost and its subtree's.")
 @click.option("--since", type=TIME, default=None,
               help="From this time (ISO, unix seconds, or 7d/12h ago; naive times are UTC).")
 @click.option("--until", type=TIME, default=None, help="Before this time.")
@@ -54,6 +57,9 @@ def billing_group() -> None:
 def report(settings: Settings, by: str, since: float | None, until: float | None,
            as_json: bool, as_csv: bool, wide: bool) -> None:
     """Totals per group: requests, tokens by kind, cost and saved cost (USD)."""
+    if by == "agent":
+        _agent_report(settings, since, until, as_json, as_csv, wide)
+        return
     rows = _with_billing(settings, lambda b: b.report(by, since, until))
     if as_json:
         click.echo(to_json(rows))
@@ -79,6 +85,33 @@ def report(settings: Settings, by: str, since: float | None, until: float | None
                                        "unpriced", "cache_read_tokens"],
                              keep=[by, "cost_usd"]),
                      wide=wide).render(rows))
+
+
+AGENT_FIELDS = ["session_id", "agent_id", "parent_agent_id", "depth", "requests",
+                "own_cost_usd", "subtree_cost_usd"]
+
+
+def _agent_report(settings: Settings, since: float | None, until: float | None,
+                  as_json: bool, as_csv: bool, wide: bool) -> None:
+    rows = _with_billing(settings, lambda b: b.agents(since, until))
+    if as_json:
+        click.echo(to_json(rows))
+        return
+    if as_csv:
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=AGENT_FIELDS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        click.echo(out.getvalue(), nl=False)
+        return
+    if not rows:
+        click.echo("no spend recorded")
+        return
+    shown = [{**r, "session": r["session_id"] or "(no session)",
+              "agent": "  " * r["depth"] + r["agent_id"]} for r in rows]
+    click.echo(Table(columns("session", "agent", "requests", "own_cost_usd",
+                             "subtree_cost_usd", keep=["session", "agent", "subtree_cost_usd"]),
+                     wide=wide).render(shown))
 
 
 @billing_group.command("budgets")
