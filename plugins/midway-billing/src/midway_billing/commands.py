@@ -1,18 +1,27 @@
-"""``midway billing report | budgets | prices``."""
+"""``midway billing report | budgets | prices | reconcile``."""
 
 from __future__ import annotations
 
 import asyncio
 import csv
 import io
+import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import click
 
 from midway.cli import TIME, settings_options
 from midway.cliformat import Table, columns, to_json, wide_option
 from midway.config import ConfigError, Settings
+from midway.secrets_ref import SecretError, resolve
+from midway_billing.anthropic_report import (
+    ADMIN_URL,
+    AdminAPIError,
+    AdminClient,
+    compare,
+    day_range,
+)
 from midway_billing.config import BillingConfig
 from midway_billing.plugin import Billing
 
@@ -157,3 +166,61 @@ def prices(settings: Settings, model: str | None, as_json: bool, wide: bool) -> 
                              "batch_discount",
                              optional=["web_search_per_request", "batch_discount", "family"],
                              keep=["model"]), wide=wide).render(rows))
+
+
+@billing_group.command("reconcile")
+@click.option("--admin-key", required=True, envvar="ANTHROPIC_ADMIN_API_KEY",
+              help="Anthropic Admin API key (sk-ant-admin…), or env:NAME / file:PATH; "
+                   "default: $ANTHROPIC_ADMIN_API_KEY. Sent only to --admin-url.")
+@click.option("--since", type=TIME, required=True,
+              help="From this day (ISO, unix seconds, or 7d ago; whole UTC days).")
+@click.option("--until", type=TIME, default=None, help="Before this time (default: now).")
+@click.option("--key", "keys", multiple=True, metavar="KEY_ID=APIKEY_ID",
+              help="Which Anthropic API key id (apikey_…) a midway upstream key_id "
+                   "(its fingerprint in the ledger) is; repeatable.")
+@click.option("--admin-url", default=ADMIN_URL, show_default=True,
+              help="Where the Admin API is (https://, or http:// to this machine only).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON: {costs, usage}.")
+@wide_option
+@settings_options
+def reconcile(settings: Settings, admin_key: str, since: float, until: float | None,
+              keys: tuple[str, ...], admin_url: str, as_json: bool, wide: bool) -> None:
+    """midway's cost and tokens beside Anthropic's own (Usage & Cost Admin API), per day,
+    model and API key, with the difference and its likely cause."""
+    try:
+        secret = resolve(admin_key)
+    except SecretError as exc:
+        raise click.ClickException(f"--admin-key: {exc}") from None
+    key_map = {}
+    for item in keys:
+        key_id, sep, api_key = item.partition("=")
+        if not sep or not key_id or not api_key:
+            raise click.ClickException(f"--key {item!r}: expected KEY_ID=APIKEY_ID")
+        key_map[key_id] = api_key
+    start, end = day_range(since, until if until is not None else time.time())
+
+    async def fetch(billing: Billing) -> dict[str, list[dict[str, Any]]]:
+        client = AdminClient(secret, admin_url)
+        usage, cost = await asyncio.gather(client.usage(start, end), client.cost(start, end))
+        ledger = await billing.store.usage_by_day(start.timestamp(), end.timestamp())
+        return compare(ledger, usage, cost, billing.prices, key_map)
+
+    try:
+        result = _with_billing(settings, fetch)
+    except AdminAPIError as exc:
+        raise click.ClickException(f"Anthropic Admin API: {exc}") from None
+    if as_json:
+        click.echo(to_json({"since": start.isoformat(), "until": end.isoformat(), **result}))
+        return
+    if not result["costs"] and not result["usage"]:
+        click.echo("nothing recorded by midway or reported by Anthropic in this range")
+        return
+    click.echo("Cost per day and model (USD; difference = Anthropic - midway)")
+    click.echo(Table(columns("day", "model", "midway_usd", "anthropic_usd", "difference_usd",
+                             "cause", keep=["day", "model", "difference_usd"]),
+                     wide=wide).render(result["costs"]))
+    click.echo("\nTokens per day, model and API key")
+    click.echo(Table(columns("day", "model", "api_key", "midway_tokens", "anthropic_tokens",
+                             "difference_tokens", "cause",
+                             keep=["day", "model", "difference_tokens"]),
+                     wide=wide).render(result["usage"]))

@@ -503,6 +503,24 @@ class Store:
                f"FROM billing_ledger{where} GROUP BY session_id, agent_id, parent_agent_id")
         return await self.db.fetch(sql, *args)
 
+    async def usage_by_day(self, since: float | None, until: float | None
+                           ) -> list[dict[str, Any]]:
+        """Tokens, searches, cost and unpriced rows per UTC day, model and upstream key, of
+        the rows that cost money (for reconciliation against the upstream's own report)."""
+        where, args = time_filter(since, until)
+        where += (" AND " if where else " WHERE ") + f"kind IN {CHARGED_KINDS}"
+        day = _DAY[self.db.dialect]
+        sql = (f"SELECT {day} AS day, COALESCE(priced_model, model) AS model, "  # noqa: S608
+               "key_id, SUM(input_tokens) AS input_tokens, "
+               "SUM(output_tokens) AS output_tokens, "
+               "SUM(cache_write_5m_tokens) AS cache_write_5m_tokens, "
+               "SUM(cache_write_1h_tokens) AS cache_write_1h_tokens, "
+               "SUM(cache_read_tokens) AS cache_read_tokens, "
+               "SUM(web_search_requests) AS web_search_requests, "
+               "SUM(cost_pusd) AS cost_pusd, SUM(unpriced) AS unpriced, COUNT(*) AS rows "
+               f"FROM billing_ledger{where} GROUP BY 1, 2, 3 ORDER BY 1, 2, 3")
+        return await self.db.fetch(sql, *args)
+
     # -- batches -----------------------------------------------------------------------------
 
     async def open_batch(self, batch: Batch, rows: list[dict[str, Any]],
