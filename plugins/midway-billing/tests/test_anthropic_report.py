@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from helpers import PLUGIN, ledger
 
 from midway import Upstream, hookimpl
+from midway.cli import cli
 from midway.secrets_ref import fingerprint
 from midway.testing import Reply
 from midway_billing.anthropic_report import AdminAPIError, check_admin_url
@@ -71,8 +72,7 @@ def scene(midway_factory, fake_upstream, monkeypatch):
 
 def reconcile(running, server, *extra: str):
     return CliRunner().invoke(
-        __import__("midway.cli", fromlist=["cli"]).cli,
-        ["billing", "reconcile", "--since", "2d", "--admin-url", server.url,
+        cli, ["billing", "reconcile", "--since", "2d", "--admin-url", server.url,
          "--data-dir", str(running.midway.settings.data_dir), *extra])
 
 
@@ -106,7 +106,7 @@ def test_reconcile_per_day_model_and_key(scene) -> None:
         calls = [c for c in admin.calls if c["path"] == path]
         assert len(calls) == 3 and all(c["key_ok"] for c in calls)
         assert sum(1 for k, _ in calls[-1]["query"] if k == "page") == 1
-    usage_query = [c for c in admin.calls if "usage" in c["path"]][0]["query"]
+    usage_query = next(c for c in admin.calls if "usage" in c["path"])["query"]
     assert ("group_by[]", "model") in usage_query and ("group_by[]", "api_key_id") in usage_query
     assert ("bucket_width", "1d") in usage_query
 
@@ -118,7 +118,7 @@ def test_reconcile_per_day_model_and_key(scene) -> None:
 
 
 def test_a_wrong_admin_key_is_one_line_without_the_key(scene, monkeypatch) -> None:
-    running, admin, server, _, _ = scene
+    running, _, server, _, _ = scene
     out = reconcile(running, server, "--admin-key", "sk-ant-admin01-wrong-key-123")
     assert out.exit_code == 1
     assert "401" in out.output and "Admin API key" in out.output
