@@ -61,6 +61,12 @@ def test_sessions_and_subagent_trees(midway_factory, fake_upstream, monkeypatch)
     assert subtree == {MAIN: 6 * COST, "explore-1": 3 * COST, "grep-2": 2 * COST,
                        "plan-3": COST}
 
+    # The dashboard asks for the costliest sessions only: the store returns no others.
+    top = running.call(billing.agents(top=1))
+    assert {r["session_id"] for r in top} == {s["x-claude-code-session-id"]} and len(top) == 4
+    assert {r["session_id"] for r in running.call(billing.agents(top=2))} == {
+        s["x-claude-code-session-id"], None}
+
     monkeypatch.setenv("MIDWAY_PLUGINS", "billing")
     data_dir = str(running.midway.settings.data_dir)
     out = CliRunner().invoke(cli, ["billing", "report", "--by", "agent", "--data-dir",

@@ -4,6 +4,7 @@ only by whoever submitted them."""
 
 from __future__ import annotations
 
+import asyncio
 from decimal import Decimal
 
 import anthropic
@@ -121,3 +122,37 @@ def test_canceled_results_cost_nothing_and_release_the_hold(midway_factory,
     assert {r["error"] for r in rows if r["kind"] == "batch_result"} == {"canceled"}
     (budget,) = running.call(billing_of(running).budgets())
     assert budget["spent_usd"] == "0" and budget["reserved_usd"] == "0"
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_batch_opened_after_reconciliation_took_its_hold(backend, tmp_path, request) -> None:
+    """Reconciliation charged the submit its estimate (its instance looked dead); the batch
+    opening after all takes that charge back: the counter equals the ledger again."""
+    from test_reconcile import KEY, row, settled, table_for
+
+    from midway.options import load_table
+    from midway_billing.config import BillingConfig
+    from midway_billing.store import Batch, Reservation
+
+    table = table_for(backend, request)
+
+    async def run() -> None:
+        config = load_table(BillingConfig, "billing", table, data_dir=tmp_path)
+        store = config.make_store()
+        await store.open()
+        try:
+            hold = Reservation("ex-batch", 70, [KEY], 1.0)
+            await store.reserve(hold, {KEY: 1000})
+            await store.write_ahead(row(store, "ex-batch.1", "ex-batch"))
+            await store.reconcile_instance(store.instance)
+            assert (await store.counters([KEY]))[KEY] == (70, 0)
+            batch = Batch("msgbatch_x", "ex-batch", 1.0, "alice", ("alice",), {}, {"a": 70})
+            await store.open_batch(batch, [settled(store, "ex-batch.1", "ex-batch", 0)], hold)
+            assert (await store.counters([KEY]))[KEY] == (0, 0)
+            assert sum(r["cost_pusd"] for r in await store.rows()) == 0
+            opened = await store.batch("msgbatch_x")
+            assert opened is not None and opened.held_pusd == 0
+        finally:
+            await store.close()
+
+    asyncio.run(run())

@@ -131,8 +131,9 @@ class Services:
                 return [{"t": "2026-11-24T10:00:00+00:00", "key": "search",
                          "cost_usd": Decimal("0.0123")}]
 
-            async def agents(self, since: Any = None, until: Any = None) -> list[Any]:
-                await services._record("agents", since=since)
+            async def agents(self, since: Any = None, until: Any = None,
+                             top: int | None = None) -> list[Any]:
+                await services._record("agents", since=since, top=top)
                 tree = [("s-big", "(main)", 0, "1.5", "4"), ("s-big", "explore-1", 1, "2", "2.5"),
                         ("s-big", "grep-2", 2, "0.5", "0.5"), ("s-small", "(main)", 0, "1", "1")]
                 return [{"session_id": s, "agent_id": a, "depth": d, "requests": 1,
@@ -216,8 +217,9 @@ def test_sessions_panel_shows_each_session_tree(start_dashboard: Callable[..., R
     assert session["session_id"] == "s-big" and session["cost_usd"] == "4"
     assert [(a["agent_id"], a["depth"]) for a in session["agents"]] == [
         ("(main)", 0), ("explore-1", 1), ("grep-2", 2)]
-    assert data["more_sessions"] == 1
+    assert data["more_sessions"] is True
     assert isinstance(dict(services.calls)["agents"]["since"], float)
+    assert dict(services.calls)["agents"]["top"] == 2  # the store is asked for no more
     assert api(running, "sessions?bucket=year")[0] == 400
 
 

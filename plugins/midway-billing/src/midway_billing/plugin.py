@@ -625,13 +625,11 @@ class Billing:
         return out
 
     async def agents(self, since: float | None = None, until: float | None = None,
-                     session: str | None = None) -> list[dict[str, Any]]:
+                     top: int | None = None) -> list[dict[str, Any]]:
         """Per Claude Code session, its subagent tree depth first: each agent's own cost and
         its subtree's (``(main)``: the session's own thread; session None: requests that
-        named none)."""
-        rows = await self.store.agent_totals(_ts(since), _ts(until))
-        if session is not None:
-            rows = [r for r in rows if r["session_id"] == session]
+        named none). ``top``: the costliest sessions only."""
+        rows = await self.store.agent_totals(_ts(since), _ts(until), top)
         return [{"session_id": n["session_id"], "agent_id": n["agent_id"],
                  "parent_agent_id": n["parent_agent_id"], "depth": n["depth"],
                  "requests": n["requests"], "own_cost_usd": usd_str(n["own_pusd"]),

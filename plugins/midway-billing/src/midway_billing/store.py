@@ -494,10 +494,26 @@ class Store:
         rows = await self.db.fetch(sql, *args)
         return [(float(r["t"]), r["key"], int(r["cost"])) for r in rows]
 
-    async def agent_totals(self, since: float | None, until: float | None
-                           ) -> list[dict[str, Any]]:
-        """Cost and requests per (session, agent, parent agent), for the subagent tree."""
+    async def agent_totals(self, since: float | None, until: float | None,
+                           top: int | None = None) -> list[dict[str, Any]]:
+        """Cost and requests per (session, agent, parent agent), for the subagent tree; with
+        ``top``, of the ``top`` costliest sessions only (clients name sessions at will)."""
         where, args = time_filter(since, until)
+        if top is not None:
+            sessions = await self.db.fetch(
+                f"SELECT session_id FROM billing_ledger{where} "  # noqa: S608
+                "GROUP BY session_id ORDER BY SUM(cost_pusd) DESC, session_id LIMIT ?",
+                *args, int(top))
+            named = [r["session_id"] for r in sessions if r["session_id"] is not None]
+            clauses = []
+            if named:
+                clauses.append(f"session_id IN ({', '.join('?' for _ in named)})")
+            if len(named) < len(sessions):
+                clauses.append("session_id IS NULL")
+            if not clauses:
+                return []
+            where += (" AND " if where else " WHERE ") + f"({' OR '.join(clauses)})"
+            args += named
         sql = ("SELECT session_id, agent_id, parent_agent_id, "  # noqa: S608
                "COUNT(DISTINCT exchange_id) AS requests, SUM(cost_pusd) AS cost_pusd "
                f"FROM billing_ledger{where} GROUP BY session_id, agent_id, parent_agent_id")
@@ -532,10 +548,19 @@ class Store:
 
         async def unit(tx: Tx) -> None:
             held = 0
-            if reservation is not None and await tx.execute(
-                    "DELETE FROM billing_reservations WHERE exchange_id = ?",
-                    reservation.exchange_id):
-                held = reservation.amount_pusd
+            if reservation is not None:
+                if await tx.execute("DELETE FROM billing_reservations WHERE exchange_id = ?",
+                                    reservation.exchange_id):
+                    held = reservation.amount_pusd
+                else:
+                    # Reconciliation took this instance for dead and charged the estimate on
+                    # the submit's row, which these rows replace at $0: take it back. The
+                    # batch goes on with no hold; its results are charged as they come.
+                    charged = int(await tx.fetchval(
+                        "SELECT COALESCE(SUM(cost_pusd), 0) FROM billing_ledger "
+                        "WHERE exchange_id = ? AND state = 'reconciled'",
+                        reservation.exchange_id))
+                    await _move(tx, reservation.buckets, 0, -charged)
             await tx.executemany(UPSERT_ROW, values)
             await tx.execute(
                 "INSERT INTO billing_batches (batch_id, exchange_id, created_at, principal, "

@@ -136,7 +136,8 @@ async def sessions(midway: Midway, bucket: str) -> dict[str, Any]:
         return not_installed(midway, BILLING)
     billing = midway.services[BILLING]
     since = datetime.now(UTC) - SPEND_BUCKETS[bucket]
-    rows = list(await call("billing.agents", billing.agents, since=since.timestamp()))
+    rows = list(await call("billing.agents", billing.agents, since=since.timestamp(),
+                           top=MAX_SESSIONS + 1))  # one more: whether there are others
     totals: dict[Any, float] = {}
     for row in rows:
         if row.get("depth") == 0:
@@ -149,7 +150,7 @@ async def sessions(midway: Midway, bucket: str) -> dict[str, Any]:
                       "agents": agents[:MAX_AGENTS], "more_agents":
                           max(0, len(agents) - MAX_AGENTS)})
     return {"installed": True, "since": since, "sessions": shown,
-            "more_sessions": max(0, len(totals) - len(top))}
+            "more_sessions": len(totals) > len(top)}
 
 
 async def cache(midway: Midway) -> dict[str, Any]:

@@ -283,7 +283,7 @@
       for (const session of s.sessions) {
         for (const a of session.agents) rows.push({...a, session: session.session_id});
       }
-      const more = s.more_sessions ? ` (${s.more_sessions} cheaper sessions not shown)` : "";
+      const more = s.more_sessions ? " (cheaper sessions not shown)" : "";
       return section(`Cost per session and subagent tree since ${fmt.time(s.since)}${more}`,
         "panel-sessions", table([
           {label: "session", value: (r) => r.depth === 0 ? (r.session ?? "(no session)") : ""},
