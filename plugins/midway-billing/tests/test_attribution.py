@@ -3,10 +3,12 @@ plausible ids), and ``billing report --by session|agent`` shows sessions and sub
 
 from __future__ import annotations
 
+import asyncio
 from decimal import Decimal
 
 import anthropic
 import orjson
+import pytest
 from click.testing import CliRunner
 from helpers import PLUGIN, billing_of, ledger
 
@@ -107,3 +109,42 @@ def test_agent_tree_survives_cycles_and_deep_chains() -> None:
     tree = agent_tree([row("orphan", "ghost")])
     assert [(r["agent_id"], r["parent_agent_id"]) for r in tree] == [
         (MAIN, None), ("orphan", MAIN)]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_session_and_day_queries_on_both_stores(backend, tmp_path, request) -> None:
+    from test_reconcile import settled, table_for
+
+    from midway.options import load_table
+    from midway_billing.config import BillingConfig
+
+    table = table_for(backend, request)
+
+    async def run() -> None:
+        store = load_table(BillingConfig, "billing", table, data_dir=tmp_path).make_store()
+        await store.open()
+        try:
+            rows = []
+            for i, (session, agent, parent, cost) in enumerate([
+                    ("s1", None, None, 5), ("s1", "a", None, 7), ("s1", "b", "a", 11),
+                    ("s2", None, None, 3), (None, None, None, 1)]):
+                rows.append({**settled(store, f"ex{i}.1", f"ex{i}", cost), "session_id": session,
+                             "agent_id": agent, "parent_agent_id": parent,
+                             "created_at": 86400.0 * 3 + i, "key_id": "k1",
+                             "output_tokens": 10})
+            await store.settle(rows, None, 0)
+            top = await store.agent_totals(None, None, 1)
+            assert {r["session_id"] for r in top} == {"s1"} and len(top) == 3
+            everything = await store.agent_totals(None, None, 5)
+            assert {r["session_id"] for r in everything} == {"s1", "s2", None}
+            tree = agent_tree(top)
+            assert [(r["agent_id"], r["subtree_pusd"]) for r in tree] == [
+                (MAIN, 23), ("a", 18), ("b", 11)]
+            (day,) = await store.usage_by_day(0, 86400.0 * 10)
+            assert (day["day"], day["model"], day["key_id"]) == (
+                "1970-01-04", "claude-haiku-4-5", "k1")
+            assert int(day["cost_pusd"]) == 27 and int(day["output_tokens"]) == 50
+        finally:
+            await store.close()
+
+    asyncio.run(run())
