@@ -124,6 +124,32 @@ def test_canceled_results_cost_nothing_and_release_the_hold(midway_factory,
     assert budget["spent_usd"] == "0" and budget["reserved_usd"] == "0"
 
 
+def test_results_of_a_batch_midway_did_not_submit(midway_factory, fake_upstream) -> None:
+    """Submitted around midway (straight to the upstream), fetched through it: priced all
+    the same, to the principal fetching them, and counted on that principal's budget."""
+    running = midway_factory(plugins=[PLUGIN], config=config())
+    fake_upstream.reply(Reply(usage={"input_tokens": 100, "output_tokens": 1000}))
+    direct = anthropic.Anthropic(base_url=fake_upstream.url, api_key="sk-ant-x", max_retries=0)
+    batch = direct.messages.batches.create(requests=batch_requests(1))  # type: ignore[arg-type]
+    direct.messages.batches.retrieve(batch.id)
+    # alice's budget counter exists already (a message reserved on it): it must move too.
+    fake_upstream.reply(Reply(usage={"input_tokens": 0, "output_tokens": 40}))
+    anthropic.Anthropic(base_url=running.url, api_key="mk-alice", max_retries=0
+                        ).messages.create(model="claude-opus-4-8", max_tokens=50,
+                                          messages=[{"role": "user", "content": "x"}])
+    ledger(running, 1)
+    assert results(running.url, "mk-alice", batch.id).status_code == 200
+    rows = ledger(running, 3)
+    (result,) = [r for r in rows if r["kind"] == "batch_result"]
+    cost = (100 * Decimal(5) + 1000 * Decimal(25)) / M / 2
+    assert result["principal_name"] == "alice" and Decimal(result["cost_pusd"]) / 10**12 == cost
+    (budget,) = running.call(billing_of(running).budgets())
+    assert Decimal(budget["spent_usd"]) == cost + 40 * Decimal(25) / M
+    counters = running.call(billing_of(running).store.all_counters())
+    assert [spent for spent, _ in counters.values()] == [
+        int((cost + 40 * Decimal(25) / M) * 10**12)]
+
+
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_a_batch_opened_after_reconciliation_took_its_hold(backend, tmp_path, request) -> None:
     """Reconciliation charged the submit its estimate (its instance looked dead); the batch

@@ -411,7 +411,11 @@ class Billing:
             row = self._result_row(line, batch_id, batch, exchange, base, created, now)
             if row is not None:
                 rows.append(row)
-        charged = await self.store.settle_batch(batch_id if batch else None, rows, complete)
+        # A batch midway did not see submitted counts on the fetcher's budgets as it stands.
+        buckets = None if batch is not None else sorted(
+            {c.bucket.key for c in checks_for(self.config.budgets, state.who, created)})
+        charged = await self.store.settle_batch(batch_id if batch else None, rows, complete,
+                                                buckets)
         exchange.annotations.setdefault(BILLING, {})["batch_results_usd"] = usd_str(charged)
         if not complete:
             log.warning("billing: the results of batch %s were cut short (%s); %d result(s) "

@@ -579,11 +579,12 @@ class Store:
         return None if row is None else Batch.from_row(row)
 
     async def settle_batch(self, batch_id: str | None, rows: list[dict[str, Any]],
-                           ended: bool) -> int:
+                           ended: bool, buckets: list[str] | None = None) -> int:
         """Write result rows not written before (a results file fetched twice is charged
         once) and charge their cost to the batch's buckets, releasing each new result's
         estimate from the batch's hold, and the whole rest of it once ``ended`` (every
-        result seen). What was newly charged."""
+        result seen). ``batch_id`` None: a batch midway did not see submitted, charged to
+        ``buckets`` with no hold. What was newly charged."""
         async def unit(tx: Tx) -> int:
             batch = None
             if batch_id is not None:
@@ -598,12 +599,14 @@ class Store:
                     charged += int(row["cost_pusd"])
                     released_for += int(estimates.get(row.get("custom_id"), 0))
             if batch is None:
+                if charged and buckets:
+                    await _move(tx, sorted(buckets), 0, charged)
                 return charged
             held = int(batch["held_pusd"])
             released = held if ended else min(held, released_for)
-            buckets = [k for k in batch["buckets"].split("\n") if k]
-            if buckets:
-                await _move(tx, buckets, released, charged)
+            held_on = [k for k in batch["buckets"].split("\n") if k]
+            if held_on:
+                await _move(tx, held_on, released, charged)
             await tx.execute(
                 "UPDATE billing_batches SET held_pusd = held_pusd - ?, charged_pusd = "
                 "charged_pusd + ?, results = results + ?, ended = ? WHERE batch_id = ?",
