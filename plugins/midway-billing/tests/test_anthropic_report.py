@@ -37,8 +37,9 @@ def scene(midway_factory, fake_upstream, monkeypatch):
             ("claude-haiku-4-5", 2000, 200), ("claude-sonnet-4-6", 1000, 100),
             ("claude-zeta-9", 100, 10)]
     for model, tokens_in, tokens_out in sent:
-        fake_upstream.reply(Reply(usage={"input_tokens": tokens_in,
-                                         "output_tokens": tokens_out}))
+        searches = 2 if model == "claude-haiku-4-5" else 0  # $0.01 each, a cost item of its own
+        fake_upstream.reply(Reply(usage={"input_tokens": tokens_in, "output_tokens": tokens_out,
+                                         "server_tool_use": {"web_search_requests": searches}}))
         client.messages.create(model=model, max_tokens=10,
                                messages=[{"role": "user", "content": "x"}])
     rows = ledger(running, len(sent))
@@ -51,7 +52,8 @@ def scene(midway_factory, fake_upstream, monkeypatch):
                                                        "output_tokens": 200},
         (day, "claude-opus-4-8-20261001", "apikey_B"): {"uncached_input_tokens": 4000},
         (day, "claude-haiku-4-5-20251001", "apikey_A"): {"uncached_input_tokens": 2000,
-                                                        "output_tokens": 200},
+                                                        "output_tokens": 200,
+                                                        "web_search_requests": 2},
         (day, "claude-sonnet-4-6", "apikey_A"): {"uncached_input_tokens": 1000,
                                                  "output_tokens": 100},
         (day, "claude-zeta-9", "apikey_A"): {"uncached_input_tokens": 100,
@@ -63,7 +65,8 @@ def scene(midway_factory, fake_upstream, monkeypatch):
         (day, "claude-haiku-4-5-20251001", "tokens", "output_tokens", "0.1"),
         (day, "claude-sonnet-4-6", "tokens", "uncached_input_tokens", "0.35"),  # 3.50/MTok
         (day, "claude-sonnet-4-6", "tokens", "output_tokens", "0.15"),
-        (day, "claude-zeta-9", "tokens", "uncached_input_tokens", "0.1")]
+        (day, "claude-zeta-9", "tokens", "uncached_input_tokens", "0.1"),
+        (day, None, "web_search", None, "2")]
     server = admin.start()
     monkeypatch.setenv("MIDWAY_PLUGINS", "billing")
     yield running, admin, server, key_id, day
@@ -85,7 +88,9 @@ def test_reconcile_per_day_model_and_key(scene) -> None:
     result = orjson.loads(out.output)
     costs = {r["model"]: r for r in result["costs"]}
     assert set(costs) == {"claude-opus-4-8", "claude-haiku-4-5", "claude-sonnet-4-6",
-                          "claude-zeta-9"}
+                          "claude-zeta-9", "(web search)"}
+    assert (costs["(web search)"]["midway_usd"], costs["(web search)"]["cause"]) == (
+        "0.02", "matches")
     opus = costs["claude-opus-4-8"]
     assert (opus["day"], opus["midway_usd"], opus["anthropic_usd"], opus["difference_usd"]) \
         == (day, "0.015", "0.035", "0.02")
