@@ -26,7 +26,8 @@ from midway_billing.budgets import Attribution, Bucket, Check, checks_for, iso, 
 from midway_billing.config import BillingConfig
 from midway_billing.metrics import BillingMetrics
 from midway_billing.pricing import Catalogue, Cost, Modifiers, PriceError, to_pusd, usd_str
-from midway_billing.store import GROUPS, REPORT_INT_FIELDS, Reservation, Store
+from midway_billing.sessions import Origin, agent_tree, clean_id
+from midway_billing.store import GROUPS, REPORT_INT_FIELDS, Batch, Reservation, Store
 from midway_billing.streamwatch import StreamWatch, floor_tokens
 
 log = logging.getLogger("midway.billing")
@@ -42,6 +43,7 @@ class RequestState:
     """Billing's private state of one exchange (``exchange.state["billing"]``)."""
 
     who: Attribution
+    origin: Origin = attrs.field(factory=Origin)
     reservation: Reservation | None = None
     refused: Check | None = None
     # a streamed answer's running usage and relayed text (a hard budget's stop, the floor)
@@ -201,10 +203,16 @@ class Billing:
                               len(exchange.request.body))
 
     def batch_estimate(self, exchange: Exchange) -> int:
+        return sum(self.batch_estimates(exchange).values())
+
+    def batch_estimates(self, exchange: Exchange) -> dict[str, int]:
+        """Each request of a batch submit at the batch price with its full ``max_tokens``, by
+        custom_id (the upstream refuses a batch whose custom_ids repeat; one that does, or
+        that is not an id, is estimated under a key of its own all the same)."""
         body = exchange.request.json
         requests = body.get("requests") if isinstance(body, dict) else None
-        total = 0
-        for entry in requests if isinstance(requests, list) else []:
+        out: dict[str, int] = {}
+        for index, entry in enumerate(requests if isinstance(requests, list) else []):
             params = entry.get("params") if isinstance(entry, dict) else None
             if not isinstance(params, dict):
                 continue
@@ -213,8 +221,11 @@ class Billing:
             full = self._estimate(params, model, len(orjson.dumps(params)), capped=False)
             price = self.prices.lookup(model)
             discount = price.batch_discount if price else Decimal(0)
-            total += int(full * (1 - discount))
-        return total
+            custom_id = clean_id(entry.get("custom_id") if isinstance(
+                entry.get("custom_id"), str) else None)
+            key = custom_id if custom_id is not None and custom_id not in out else f"#{index}"
+            out[key] = int(full * (1 - discount))
+        return out
 
     def _estimate(self, body: Any, model: str | None, size: int, capped: bool = True) -> int:
         max_tokens = body.get("max_tokens") if isinstance(body, dict) else None
@@ -298,7 +309,8 @@ class Billing:
     def _state(self, exchange: Exchange) -> RequestState:
         state = exchange.state.get("billing")
         if not isinstance(state, RequestState):
-            state = RequestState(attribution(exchange, self.config.project_header))
+            state = RequestState(attribution(exchange, self.config.project_header),
+                                 Origin.from_headers(exchange.request.headers))
             exchange.state["billing"] = state
         return state
 
@@ -311,6 +323,14 @@ class Billing:
         if exchange.request.is_messages and exchange.stream_requested:
             # Counts the output text relayed: the floor if the stream ends early.
             state.watch = StreamWatch({}, exchange.model)
+        batch_id = _batch_id(exchange)
+        if batch_id is not None:
+            batch = await self.store.batch(batch_id)
+            if batch is not None and state.who.principal not in batch.owners:
+                # As the upstream answers for a batch that is not the caller's to see.
+                return Response(status=404, body=error_body(
+                    404, f"message batch {batch_id!r} not found", exchange.id,
+                    "not_found_error"))
         if not self.config.budgets or not (exchange.request.is_messages
                                            or _is_batch_submit(exchange)):
             return None
@@ -431,7 +451,128 @@ class Billing:
         settlement = self._settlement(exchange)
         if settlement is None:
             return
+        opened = self._opened_batch(exchange)
+        if opened is not None:
+            await asyncio.shield(self.store.open_batch(opened, settlement.rows,
+                                                       settlement.reservation))
+            return
         await asyncio.shield(self.settle(settlement))
+        batch_id = _batch_id(exchange)
+        if batch_id is not None and exchange.request.path.endswith("/results") and \
+                exchange.status == 200 and exchange.response_body:
+            await asyncio.shield(self._price_results(exchange, batch_id))
+
+    # -- batches -----------------------------------------------------------------------------
+
+    def _opened_batch(self, exchange: Exchange) -> Batch | None:
+        """The batch a submit created (its answer names it), else None."""
+        if not _is_batch_submit(exchange) or exchange.status is None or \
+                exchange.status >= 300 or not exchange.response_body:
+            return None
+        try:
+            answer = orjson.loads(exchange.response_body)
+        except orjson.JSONDecodeError:
+            return None
+        batch_id = clean_id(answer.get("id")) if isinstance(answer, dict) and \
+            isinstance(answer.get("id"), str) else None
+        if batch_id is None:
+            log.warning("billing: batch submit %s answered without a batch id; its results "
+                        "will be priced when fetched, with no hold", exchange.id)
+            return None
+        state = self._state(exchange)
+        # The submit's anthropic-beta header applies to every request in it (beta-gated tiers).
+        return Batch(batch_id, exchange.id, exchange.timings.started_at, state.who.principal,
+                     (state.who.principal, *state.who.ancestors),
+                     {**self._attribution_columns(state), "betas": _betas(exchange)},
+                     self.batch_estimates(exchange))
+
+    @staticmethod
+    def _attribution_columns(state: RequestState) -> dict[str, Any]:
+        who = state.who
+        return {"principal": who.principal, "principal_name": who.principal_name,
+                "team": who.team, "project": who.project, **state.origin.columns()}
+
+    async def _price_results(self, exchange: Exchange, batch_id: str) -> None:
+        """Price each result of a results file (JSONL: ``result.message.usage``) at the batch
+        discount, billed to whoever submitted the batch; results other than ``succeeded``
+        cost nothing (the upstream does not bill them)."""
+        batch = await self.store.batch(batch_id)
+        state = self._state(exchange)
+        base = batch.attribution if batch is not None else self._attribution_columns(state)
+        created = batch.created_at if batch is not None else exchange.timings.started_at
+        body = exchange.response_body or b""
+        complete = not exchange.response_body_truncated and not exchange.upstream_cut_short
+        lines = body.split(b"\n")
+        if not complete:
+            lines = lines[:-1]  # the last line may be cut: priced when fetched whole
+        now = time.time()
+        rows = []
+        for line in lines:
+            row = self._result_row(line, batch_id, batch, exchange, base, created, now)
+            if row is not None:
+                rows.append(row)
+        # A batch midway did not see submitted counts on the fetcher's budgets as it stands.
+        buckets = None if batch is not None else sorted(
+            {c.bucket.key for c in checks_for(self.config.budgets, state.who, created)})
+        charged = await self.store.settle_batch(batch_id if batch else None, rows, complete,
+                                                buckets)
+        exchange.annotations.setdefault(BILLING, {})["batch_results_usd"] = usd_str(charged)
+        if not complete:
+            log.warning("billing: the results of batch %s were cut short (%s); %d result(s) "
+                        "priced, the rest stays held until they are fetched whole", batch_id,
+                        "over the relay's buffer" if exchange.response_body_truncated
+                        else "the upstream ended early", len(rows))
+
+    def _result_row(self, line: bytes, batch_id: str, batch: Batch | None,
+                    exchange: Exchange, base: dict[str, Any], created: float, now: float
+                    ) -> dict[str, Any] | None:
+        if not line.strip():
+            return None
+        try:
+            item = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            return None
+        if not isinstance(item, dict) or not isinstance(item.get("result"), dict):
+            return None
+        custom_id = clean_id(item["custom_id"]) if isinstance(item.get("custom_id"), str) \
+            else None
+        if custom_id is None:
+            return None
+        result = item["result"]
+        message = result.get("message") if result.get("type") == "succeeded" else None
+        usage = Usage()
+        model = None
+        if isinstance(message, dict):
+            if isinstance(message.get("usage"), dict):
+                usage.update(message["usage"])
+            model = message.get("model") if isinstance(message.get("model"), str) else None
+        geo = usage.raw.get("inference_geo")
+        geo = geo[:20].lower() if isinstance(geo, str) else None
+        betas = base.get("betas") if isinstance(base.get("betas"), str) else None
+        modifiers = Modifiers(batch=True, geo=geo, at=created, betas=betas_of(betas))
+        cost = self.prices.cost(usage, model, modifiers=modifiers) if message is not None \
+            else Cost(model=None, version=self.prices.version)
+        if message is not None and cost.unpriced and model:
+            self._warn_unknown(model, cost)
+        row: dict[str, Any] = {"upstream": None, "key_id": None}
+        row.update(base)
+        row.update(
+            id=f"{batch_id}:{custom_id}", custom_id=custom_id,
+            exchange_id=batch.exchange_id if batch else exchange.id, attempt=0,
+            kind="batch_result", state="settled", instance=self.store.instance,
+            created_at=created, settled_at=now, model=model, priced_model=cost.model,
+            path=exchange.request.path, status=200 if message is not None else None,
+            error=None if message is not None else str(result.get("type"))[:40],
+            input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
+            cache_write_5m_tokens=usage.cache_creation_5m_input_tokens,
+            cache_write_1h_tokens=usage.cache_creation_1h_input_tokens,
+            cache_read_tokens=usage.cache_read_input_tokens,
+            web_search_requests=usage.web_search_requests, cost_pusd=cost.total,
+            saved_pusd=0, unpriced=int(message is not None and cost.unpriced), batch=1,
+            catalogue_version=cost.version or self.prices.version,
+            pricing_rule=cost.rule if message is not None else None, speed=None,
+            inference_geo=geo, betas=betas, corrects=None)
+        return row
 
     def settle(self, settlement: Settlement) -> asyncio.Task[None]:
         """Write ``settlement`` in a task of its own, which stop() waits for: a cancelled
@@ -509,11 +650,6 @@ class Billing:
             cost = self.cost_of(exchange, final, billed)
             if extra_rule:
                 cost = attrs.evolve(cost, rule=f"{cost.rule};{extra_rule}")
-            if _is_batch_submit(exchange) and exchange.status is not None \
-                    and exchange.status < 300:
-                # Its results are not priced when fetched: a batch is charged, when it is
-                # accepted, the most its requests may cost.
-                cost = attrs.evolve(cost, output=cost.output + self.batch_estimate(exchange))
             for attempt in exchange.attempts:
                 row = self._row(exchange, state, attempt.id, attempt.number, "attempt",
                                 "settled")
@@ -554,7 +690,10 @@ class Billing:
         if self.metrics is None:
             return
         if cost.unpriced and exchange.usage.seen:
-            self.metrics.unpriced.labels((exchange.model or "")[:80]).inc()
+            price = self.prices.lookup(exchange.model)
+            label = self.metrics.unpriced_label(exchange.model,
+                                                price.model if price is not None else None)
+            self.metrics.unpriced.labels(label).inc()
         if cost.total:
             self.metrics.spend.labels(state.who.team or "", cost.model or "").inc(
                 float(usd_str(cost.total)))
@@ -576,6 +715,7 @@ class Billing:
             "catalogue_version": self.prices.version, "pricing_rule": None,
             "floor_output_tokens": 0, "speed": _speed(exchange), "inference_geo": _geo(exchange),
             "betas": _betas(exchange), "corrects": None,
+            **state.origin.columns(),
         }
 
     @staticmethod
@@ -598,7 +738,7 @@ class Billing:
 
     async def report(self, by: str, since: float | None = None, until: float | None = None
                      ) -> list[dict[str, Any]]:
-        """Totals grouped ``by`` principal | team | project | model | day."""
+        """Totals grouped ``by`` principal | team | project | model | session | day."""
         if by != "day" and by not in GROUPS:
             raise ValueError(f"cannot report by {by!r}")
         out = []
@@ -615,17 +755,20 @@ class Billing:
         """Price the settled attempts of a period again with the prices in force, and record
         each difference as a correction row (kind ``reprice``, ``corrects`` = the row's id,
         dated like it), leaving every original row as it was (docs/billing.md, "Repricing").
-        Batch rows are left alone (their charge is not a usage's price). ``apply=False``
-        computes without writing. What changed, row by row."""
+        A batch's results are priced again at the batch discount; the attempts that submit or
+        read batches are left alone (they carry no usage: their cost is their results').
+        ``apply=False`` computes without writing. What changed, row by row."""
         rows, done = await self.store.repriceable(_ts(since), _ts(until))
         now = time.time()
         changes: list[dict[str, Any]] = []
         corrections: list[dict[str, Any]] = []
         skipped = 0
         for row in rows:
-            if row["batch"]:
+            if row["batch"] and row["kind"] == "attempt":
                 skipped += 1
                 continue
+            if row["kind"] == "batch_result" and row["error"] is not None:
+                continue  # an errored, cancelled or expired result: never billed
             corrected, count = done.get(row["id"], (0, 0))
             current = int(row["cost_pusd"]) + corrected
             cost = self.price_row(row)
@@ -682,6 +825,17 @@ class Billing:
             cost = attrs.evolve(cost, rule=cost.rule + (";interrupted;floor" if floor > output
                                                         else ";interrupted"))
         return cost
+
+    async def agents(self, since: float | None = None, until: float | None = None,
+                     top: int | None = None) -> list[dict[str, Any]]:
+        """Per Claude Code session, its subagent tree depth first: each agent's own cost and
+        its subtree's (``(main)``: the session's own thread; session None: requests that
+        named none). ``top``: the costliest sessions only."""
+        rows = await self.store.agent_totals(_ts(since), _ts(until), top)
+        return [{"session_id": n["session_id"], "agent_id": n["agent_id"],
+                 "parent_agent_id": n["parent_agent_id"], "depth": n["depth"],
+                 "requests": n["requests"], "own_cost_usd": usd_str(n["own_pusd"]),
+                 "subtree_cost_usd": usd_str(n["subtree_pusd"])} for n in agent_tree(rows)]
 
     async def spend_series(self, bucket: str = "hour", by: str = "team",
                            since: float | None = None) -> list[dict[str, Any]]:
@@ -761,6 +915,14 @@ def _is_batch_submit(exchange: Exchange) -> bool:
 
 def _is_batch(exchange: Exchange) -> bool:
     return exchange.request.path.startswith("/v1/messages/batches")
+
+
+def _batch_id(exchange: Exchange) -> str | None:
+    """The batch a ``/v1/messages/batches/{id}[/results|/cancel]`` request names."""
+    parts = exchange.request.path.strip("/").split("/")
+    if len(parts) >= 4 and parts[:3] == ["v1", "messages", "batches"]:
+        return clean_id(parts[3])
+    return None
 
 
 def _ts(value: Any) -> float | None:
