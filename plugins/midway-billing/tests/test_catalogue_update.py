@@ -144,8 +144,9 @@ def test_update_swap_and_reprice(midway_factory, fake_upstream, tmp_path, monkey
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_reprice_on_each_store(backend: str, tmp_path: Path, request) -> None:
-    """Corrections for a plain row and an interrupted one (its floor kept), none for a batch
-    row; the budget counters keep what was charged; a second run adds nothing."""
+    """Corrections for a plain row, an interrupted one (its floor kept) and a batch result (at
+    the batch discount), none for a batch submit's row or an errored result; the budget
+    counters keep what was charged; a second run adds nothing."""
     table = {"store": request.getfixturevalue("postgres_dsn"),
              "schema": request.getfixturevalue("pg_schema")} if backend == "postgresql" else {}
     base = {"exchange_id": "", "attempt": 1, "kind": "attempt", "state": "settled",
@@ -162,7 +163,13 @@ def test_reprice_on_each_store(backend: str, tmp_path: Path, request) -> None:
              "floor_output_tokens": 2_000_000, "cost_pusd": 11 * 10**12,
              "pricing_rule": "catalogue;interrupted;floor"},
             {**base, "id": "c.1", "exchange_id": "c", "batch": 1, "path":
-             "/v1/messages/batches", "cost_pusd": 3 * 10**12}]
+             "/v1/messages/batches", "cost_pusd": 3 * 10**12},
+            {**base, "id": "msgbatch_01x:r1", "exchange_id": "c", "kind": "batch_result",
+             "batch": 1, "path": "/v1/messages/batches/msgbatch_01x/results",
+             "cost_pusd": 3 * 10**12, "pricing_rule": "catalogue;batch"},
+            {**base, "id": "msgbatch_01x:r2", "exchange_id": "c", "kind": "batch_result",
+             "batch": 1, "path": "/v1/messages/batches/msgbatch_01x/results", "status": None,
+             "error": "errored", "input_tokens": 0, "output_tokens": 0, "cost_pusd": 0}]
 
     async def run() -> None:
         config = load_table(BillingConfig, "billing", table, data_dir=tmp_path)
@@ -174,15 +181,21 @@ def test_reprice_on_each_store(backend: str, tmp_path: Path, request) -> None:
             await billing.store.settle(rows, Reservation("a", 1, [key], 1000.0), 20 * 10**12)
             billing.use_catalogue(Catalogue.parse(corrected(shipped_text())))
             result = await billing.reprice(since=0, until=2000)
-            assert result["changed"] == 2 and result["skipped_batch"] == 1
-            assert result["delta_usd"] == "3"  # +1 on a, +2 on b (2M floor tokens at +$1)
+            assert result["changed"] == 3 and result["skipped_batch"] == 1
+            # +1 on a, +2 on b (2M floor tokens at +$1), +0.5 on the batch result (+$1 / 2)
+            assert result["delta_usd"] == "3.5"
+            fixes = {r["id"]: r for r in await billing.store.rows()}
+            assert fixes["msgbatch_01x:r1~1"]["cost_pusd"] == 10**12 // 2
+            assert fixes["msgbatch_01x:r1~1"]["pricing_rule"] == "reprice;catalogue;batch"
+            assert fixes["msgbatch_01x:r1~1"]["corrects"] == "msgbatch_01x:r1"
+            assert "msgbatch_01x:r2~1" not in fixes
             found = {r["id"]: r for r in await billing.store.rows()}
             assert found["b.1~1"]["pricing_rule"] == "reprice;catalogue;interrupted;floor"
             assert found["b.1~1"]["cost_pusd"] == 2 * 10**12
             assert found["a.1"]["cost_pusd"] == 6 * 10**12  # the original, as it was
             assert (await billing.store.counters([key]))[key] == (20 * 10**12, 0)
             again = await billing.reprice(since=0, until=2000)
-            assert again["changed"] == 0 and len(await billing.store.rows()) == 5
+            assert again["changed"] == 0 and len(await billing.store.rows()) == 8
         finally:
             await billing.store.close()
 

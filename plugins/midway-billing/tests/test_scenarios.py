@@ -8,9 +8,9 @@ fake upstream speaking Anthropic's wire format) and compares the ledger with tha
 1e-9 USD. A few scenarios midway cannot be driven into through the proxy (a request made
 before a dated rate change, the other unknown-model policy) call the pricing function itself.
 
-Batches: Message Batches are priced by the billing-operations work (issue #20 item 3); add
-their proxy scenarios to ``BATCH_SCENARIOS`` (kind ``"batch"``) and teach ``run_batch`` to
-drive them; the batch discount itself is covered by the ``table`` scenarios here.
+Batches: ``BATCH_SCENARIOS`` (kind ``"batch"``) submit a one-request Message Batch through
+midway with the SDK, fetch its results file through midway, and compare the result's ledger
+row (kind ``batch_result``) with the same computation at the batch discount.
 """
 
 from __future__ import annotations
@@ -229,8 +229,21 @@ SCENARIOS: list[Scenario] = [
              usage_of(inp=210_000, out=100), kind="table", batch=True, beta=True),
 ]
 
-# billops (issue #20 item 3): proxy scenarios for Message Batches go here (kind "batch").
-BATCH_SCENARIOS: list[Scenario] = []
+# Message Batches through the proxy: each result priced at the batch discount (token rates
+# halved, web searches not), with the modifiers its usage and the submit's headers carry.
+BATCH_SCENARIOS: list[Scenario] = [
+    Scenario("batch proxy haiku 4.5", "claude-haiku-4-5", MIX, kind="batch", batch=True,
+             rule="batch"),
+    Scenario("batch proxy opus 4.6 us geo", "claude-opus-4-6", MIX, kind="batch", batch=True,
+             geo="us", rule="geo=us"),
+    Scenario("batch proxy sonnet 4.5 above 200K with the 1M beta", "claude-sonnet-4-5",
+             usage_of(inp=150_000, read=50_001, out=900), kind="batch", batch=True,
+             beta=True, rule="tier>200000"),
+    Scenario("batch proxy web search", "claude-sonnet-4-6",
+             usage_of(inp=900, out=300, searches=4), kind="batch", batch=True),
+    Scenario("batch proxy unknown model", "claude-zeta-9", MIX, kind="batch", batch=True,
+             rule="unknown_model"),
+]
 
 
 def test_the_table_is_big_enough_and_covers_the_catalogue() -> None:
@@ -298,6 +311,21 @@ def ending(output: int, usage: dict[str, Any] | None = None) -> list[bytes]:
             encode_event("message_stop", {"type": "message_stop"})]
 
 
+def run_batch(s: Scenario, client: anthropic.Anthropic, running: RunningMidway,
+              upstream: FakeUpstream) -> None:
+    """Submit ``s`` as a one-request batch and fetch its results file, both through midway
+    (the SDK's results() would follow the upstream's own results_url)."""
+    reported = {**s.usage, **({"inference_geo": s.geo} if s.geo else {})}
+    upstream.reply(Reply(usage=reported))
+    params: dict[str, Any] = {"model": s.model, "max_tokens": 64,
+                              "messages": [{"role": "user", "content": "price me"}],
+                              **({"inference_geo": s.geo} if s.geo else {})}
+    batch = client.messages.batches.create(
+        requests=[{"custom_id": "only", "params": params}])  # type: ignore[list-item]
+    answer = client.get(f"/v1/messages/batches/{batch.id}/results", cast_to=str)
+    assert '"succeeded"' in answer
+
+
 def run(s: Scenario, running: RunningMidway, upstream: FakeUpstream) -> None:
     client = anthropic.Anthropic(base_url=running.url, api_key="sk-ant-scenarios",
                                  max_retries=0, default_headers={
@@ -305,6 +333,9 @@ def run(s: Scenario, running: RunningMidway, upstream: FakeUpstream) -> None:
                                      **({"anthropic-beta": BETA_1M} if s.beta else {}),
                                      **({"x-test-cache-hit": "1"}
                                         if s.kind == "cache_hit" else {})})
+    if s.kind == "batch":
+        run_batch(s, client, running, upstream)
+        return
     extra: dict[str, Any] = {}
     if s.fast:
         extra["speed"] = "fast"
@@ -366,7 +397,8 @@ def ledger_rows(running: RunningMidway, s: Scenario) -> list[dict[str, Any]]:
     want = 2 if s.kind == "retry" else 1
 
     def rows() -> list[dict[str, Any]]:
-        return [r for r in running.call(billing.store.rows()) if r["project"] == s.name]
+        return [r for r in running.call(billing.store.rows()) if r["project"] == s.name
+                and (s.kind != "batch" or r["kind"] == "batch_result")]
 
     wait_for(lambda: len(found := rows()) == want and
              all(r["state"] == "settled" for r in found))
