@@ -59,7 +59,9 @@ def gateway(midway_factory: Callable[..., RunningMidway], fake_upstream: FakeUps
 
 def send_traffic(gateway: RunningMidway, fake_upstream: FakeUpstream) -> None:
     alice = anthropic.Anthropic(base_url=gateway.url, api_key=ALICE, max_retries=0)
-    bob = anthropic.Anthropic(base_url=gateway.url, api_key=BOB, max_retries=0)
+    bob = anthropic.Anthropic(base_url=gateway.url, api_key=BOB, max_retries=0,
+                              default_headers={"x-claude-code-session-id": "sess-bob",
+                                               "x-claude-code-agent-id": "explore-1"})
     usage = {"input_tokens": 1200, "output_tokens": 300}
     fake_upstream.reply(Reply(content=[{"type": "text", "text": ANSWER}], usage=usage))
     question: list[MessageParam] = [{"role": "user", "content": "What is the capital of France?"}]
@@ -123,6 +125,8 @@ def test_every_page_with_every_plugin(gateway: RunningMidway, fake_upstream: Fak
     page.wait_for_selector("#panel-spend-report:has-text('claude-haiku-4-5')")
     page.select_option("select[name=by]", "team")
     page.wait_for_selector("#panel-spend-report:has-text('platform')")
+    sessions = page.inner_text("#panel-sessions")
+    assert "sess-bob" in sessions and "(main)" in sessions and "explore-1" in sessions
     page.screenshot(path=shots / "spend.png", full_page=True)
     assert problems == []
 

@@ -41,11 +41,8 @@ MARKER = "midway-tool-ok"
 # Requests carrying this header (Claude Code: ANTHROPIC_CUSTOM_HEADERS) go to the OpenAI fake.
 ROUTE_HEADER = "x-midway-route"
 OPENAI_MODEL = "gpt-fake-1"
-# The model Claude Code uses when not told (this version), and its prices per MTok as Claude
-# Code itself reckons them (measured: note the cache read at 0.05× input, not 0.1×).
+# The model Claude Code uses when not told (this version); billing's catalogue prices it.
 DEFAULT_MODEL = "claude-opus-5-5"
-DEFAULT_MODEL_PRICES = {"input": "4", "cache_write_5m": "5", "cache_write_1h": "8",
-                        "cache_read": "0.20", "output": "20"}
 # The team setup: a midway key for a developer, and the real key only midway holds.
 TEAM_KEY = {"key": "mw-conformance-alice-0123456789", "name": "alice", "team": "search"}
 UPSTREAM_KEY = "sk-ant-upstream-held-by-midway"

@@ -8,8 +8,6 @@ from typing import Any
 
 import pytest
 from cc_support import (
-    DEFAULT_MODEL,
-    DEFAULT_MODEL_PRICES,
     GATEWAY_MODELS,
     MAPPED_FROM,
     MAPPED_TO,
@@ -37,9 +35,8 @@ def plugin_config(anthropic_url: str, openai_url: str) -> dict[str, Any]:
     return {
         "midway": {"plugins": list(PLUGINS)},
         "audit": {"store": "sqlite", "sqlite_synchronous": "normal"},
-        # Claude Code's default model is newer than billing's shipped table: priced here as
-        # Claude Code prices it (what a user adds to their config until the table has it).
-        "billing": {"store": "sqlite", "prices": {DEFAULT_MODEL: DEFAULT_MODEL_PRICES}},
+        # Claude Code's default model is in billing's shipped catalogue: no prices here.
+        "billing": {"store": "sqlite"},
         # the exact cache, opted into for every request (the cache and its semantic layer are
         # opt-in)
         "cache": {"store": "sqlite", "rules": [{"model": "*"}]},

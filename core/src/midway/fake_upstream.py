@@ -8,11 +8,13 @@ Every request it receives is recorded in :attr:`FakeAnthropic.requests`.
 from __future__ import annotations
 
 import asyncio
+import re
 import secrets
 import string
 import time
 from collections import deque
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import attrs
@@ -113,6 +115,8 @@ class FakeAnthropic:
         self.app.router.add_route("HEAD", "/", self._head)
         self.app.router.add_post("/v1/messages", self._messages)
         self.app.router.add_post("/v1/messages/count_tokens", self._count_tokens)
+        self.batches = FakeBatches(self)
+        self.batches.add_routes(self.app.router)
         self.app.router.add_get("/v1/models", self._models)
         self.app.router.add_get("/_fake/requests", self._log)
         self.app.router.add_route("*", "/{tail:.*}", self._other)
@@ -264,6 +268,172 @@ class FakeAnthropic:
             return
         for i in range(0, len(data), size):
             await response.write(data[i:i + size])
+
+
+_CUSTOM_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")
+MAX_BATCH_REQUESTS = 100_000
+
+
+def _rfc3339(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).isoformat().replace("+00:00", "Z")
+
+
+class FakeBatches:
+    """The Message Batches API (``/v1/messages/batches``): a batch is answered request by
+    request from the fake's queue when it is created (errors become ``errored`` results),
+    and has ended by the time anyone retrieves it unless :attr:`hold` keeps it
+    ``in_progress`` (then :meth:`end` ends them). Results are JSONL lines of
+    ``{"custom_id", "result": {"type": "succeeded", "message": {...}}}``."""
+
+    def __init__(self, fake: FakeAnthropic) -> None:
+        self.fake = fake
+        self.hold = False
+        self.objects: dict[str, dict[str, Any]] = {}
+        self.results: dict[str, list[bytes]] = {}
+
+    def add_routes(self, router: web.UrlDispatcher) -> None:
+        router.add_post("/v1/messages/batches", self._create)
+        router.add_get("/v1/messages/batches", self._list)
+        router.add_get("/v1/messages/batches/{id}", self._retrieve)
+        router.add_delete("/v1/messages/batches/{id}", self._delete)
+        router.add_get("/v1/messages/batches/{id}/results", self._results)
+        router.add_post("/v1/messages/batches/{id}/cancel", self._cancel)
+
+    def end(self) -> None:
+        """End every batch still in progress."""
+        for batch in self.objects.values():
+            if batch["processing_status"] != "ended":
+                self._finish(batch)
+
+    def _finish(self, batch: dict[str, Any]) -> None:
+        counts = {"processing": 0, "succeeded": 0, "errored": 0, "canceled": 0, "expired": 0}
+        for line in self.results[batch["id"]]:
+            counts[orjson.loads(line)["result"]["type"]] += 1
+        batch.update(processing_status="ended", request_counts=counts,
+                     ended_at=_rfc3339(time.time()),
+                     results_url=f"{batch.pop('_origin')}/v1/messages/batches/"
+                                 f"{batch['id']}/results")
+
+    async def _create(self, request: web.Request) -> web.Response:
+        rec = await self.fake._record(request)
+        rec.finished_at = time.monotonic()
+        try:
+            body = orjson.loads(rec.body)
+        except orjson.JSONDecodeError:
+            return _error(400, "invalid_request_error",
+                          "There was an error parsing the body.").response()
+        requests = body.get("requests") if isinstance(body, dict) else None
+        if not isinstance(requests, list) or not requests:
+            return _error(400, "invalid_request_error", "requests: Field required").response()
+        if len(requests) > MAX_BATCH_REQUESTS:
+            return _error(400, "invalid_request_error",
+                          f"requests: at most {MAX_BATCH_REQUESTS} requests").response()
+        seen: set[str] = set()
+        for index, entry in enumerate(requests):
+            custom_id = entry.get("custom_id") if isinstance(entry, dict) else None
+            if not isinstance(custom_id, str) or not _CUSTOM_ID.fullmatch(custom_id):
+                return _error(400, "invalid_request_error",
+                              f"requests.{index}.custom_id: String should match pattern "
+                              "'^[a-zA-Z0-9_-]{1,64}$'").response()
+            if custom_id in seen:
+                return _error(400, "invalid_request_error",
+                              f"Duplicate custom_id {custom_id!r}").response()
+            seen.add(custom_id)
+            if not isinstance(entry.get("params"), dict):
+                return _error(400, "invalid_request_error",
+                              f"requests.{index}.params: Field required").response()
+        batch_id = make_id("msgbatch_01")
+        lines = []
+        for entry in requests:
+            raw = orjson.dumps(entry["params"])
+            one = RecordedRequest("POST", "/v1/messages", "", rec.headers, raw,
+                                  time.monotonic(), time.monotonic())
+            rendered = self.fake.render(one)
+            answer = orjson.loads(rendered.body) if rendered.body else None
+            if rendered.status >= 400 or answer is None:
+                result: dict[str, Any] = {"type": "errored", "error": answer or {
+                    "type": "error", "error": {"type": "api_error", "message": "error"}}}
+            else:
+                result = {"type": "succeeded", "message": answer}
+            lines.append(orjson.dumps({"custom_id": entry["custom_id"], "result": result}))
+        now = time.time()
+        batch = {"id": batch_id, "type": "message_batch", "processing_status": "in_progress",
+                 "request_counts": {"processing": len(requests), "succeeded": 0,
+                                    "errored": 0, "canceled": 0, "expired": 0},
+                 "ended_at": None, "created_at": _rfc3339(now),
+                 "expires_at": _rfc3339(now + 86400), "archived_at": None,
+                 "cancel_initiated_at": None, "results_url": None}
+        self.results[batch_id] = lines
+        self.objects[batch_id] = {**batch, "_origin": f"{request.scheme}://{request.host}"}
+        return web.json_response(batch, headers=_headers())
+
+    def _public(self, batch_id: str) -> dict[str, Any] | None:
+        batch = self.objects.get(batch_id)
+        if batch is None:
+            return None
+        if not self.hold and batch["processing_status"] != "ended":
+            self._finish(batch)
+        return {k: v for k, v in batch.items() if not k.startswith("_")}
+
+    async def _retrieve(self, request: web.Request) -> web.Response:
+        rec = await self.fake._record(request)
+        rec.finished_at = time.monotonic()
+        batch = self._public(request.match_info["id"])
+        if batch is None:
+            return _not_found(request.match_info["id"])
+        return web.json_response(batch, headers=_headers())
+
+    async def _list(self, request: web.Request) -> web.Response:
+        rec = await self.fake._record(request)
+        rec.finished_at = time.monotonic()
+        data = [b for b in (self._public(i) for i in reversed(list(self.objects))) if b]
+        return web.json_response({"data": data, "has_more": False,
+                                  "first_id": data[0]["id"] if data else None,
+                                  "last_id": data[-1]["id"] if data else None},
+                                 headers=_headers())
+
+    async def _results(self, request: web.Request) -> web.Response:
+        rec = await self.fake._record(request)
+        rec.finished_at = time.monotonic()
+        batch = self._public(request.match_info["id"])
+        if batch is None:
+            return _not_found(request.match_info["id"])
+        if batch["processing_status"] != "ended":
+            return _error(400, "invalid_request_error",
+                          f"Batch {batch['id']} has not finished processing").response()
+        body = b"".join(line + b"\n" for line in self.results[batch["id"]])
+        return web.Response(body=body, headers=_headers(), content_type="application/binary")
+
+    async def _cancel(self, request: web.Request) -> web.Response:
+        rec = await self.fake._record(request)
+        rec.finished_at = time.monotonic()
+        batch = self.objects.get(request.match_info["id"])
+        if batch is None:
+            return _not_found(request.match_info["id"])
+        if batch["processing_status"] == "in_progress":
+            # Requests not yet processed end as canceled (unbilled), as upstream.
+            self.results[batch["id"]] = [orjson.dumps({
+                "custom_id": orjson.loads(line)["custom_id"], "result": {"type": "canceled"}})
+                for line in self.results[batch["id"]]]
+            batch["cancel_initiated_at"] = _rfc3339(time.time())
+            self._finish(batch)
+        public = self._public(batch["id"])
+        return web.json_response(public, headers=_headers())
+
+    async def _delete(self, request: web.Request) -> web.Response:
+        rec = await self.fake._record(request)
+        rec.finished_at = time.monotonic()
+        batch_id = request.match_info["id"]
+        if batch_id not in self.objects:
+            return _not_found(batch_id)
+        del self.objects[batch_id]
+        self.results.pop(batch_id, None)
+        return web.json_response({"id": batch_id, "type": "message_batch_deleted"},
+                                 headers=_headers())
+
+
+def _not_found(batch_id: str) -> web.Response:
+    return _error(404, "not_found_error", f"Message batch {batch_id!r} not found").response()
 
 
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",

@@ -329,9 +329,9 @@ def post_response(exchange: Exchange) -> None:
         ``error_kind``, ``error_type``, ``client_disconnected``, ``upstream_cut_short`` (the
         upstream ended its answer early; the client's response was ended as broken, or with
         an ``event: error``), ``upstream_request_id``, ``response_id`` (the answer's
-        message ``id``, ``msg_…``), ``response_body`` (decoded, for
-        non-streaming answers; for one over the relay's 32 MiB buffer limit only its start,
-        up to the ``keep_stream_bodies`` limit, with ``response_body_truncated`` set),
+        message ``id``, ``msg_…``), ``response_body`` (decoded, for JSON answers and a
+        batch's JSONL results file; for one over the relay's 32 MiB buffer limit only its
+        start, up to the ``keep_stream_bodies`` limit, with ``response_body_truncated`` set),
         ``streaming``, and
         ``stream_body``/``stream_truncated``: a streamed answer's bytes as the client received
         them (decoded), kept only when a plugin called ``midway.keep_stream_bodies(limit)`` in

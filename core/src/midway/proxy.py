@@ -7,6 +7,7 @@ import fnmatch
 import functools
 import inspect
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any
@@ -78,6 +79,7 @@ log = logging.getLogger("midway.proxy")
 # JSON answers up to this size are buffered (usage is read from them); larger or other
 # answers are relayed chunk by chunk.
 BUFFER_LIMIT = 32 * 1024 * 1024
+_BATCH_RESULTS = re.compile(r"/v1/messages/batches/[^/]+/results")
 # Error bodies up to this size are read for ``upstream_response`` to judge.
 JUDGED_BODY_LIMIT = 1024 * 1024
 
@@ -532,8 +534,11 @@ class Proxy:
                                            encoding)
         if SSE in content_type:
             return await self._relay_stream(request, exchange, answer, headers, encoding)
+        # A batch's results file (JSONL) is read like a JSON answer: billing prices it.
         return await self._relay_body(request, exchange, answer, headers, encoding,
-                                      "json" in content_type)
+                                      "json" in content_type
+                                      or _BATCH_RESULTS.fullmatch(exchange.request.path)
+                                      is not None)
 
     async def _answer_body(self, request: web.Request, exchange: Exchange, status: int,
                            headers: CIMultiDict[str], body: bytes,

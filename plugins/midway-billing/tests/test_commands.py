@@ -29,7 +29,8 @@ def test_report_budgets_prices(midway_factory, fake_upstream, tmp_path, monkeypa
     config = tmp_path / "midway.toml"
     config.write_text('[[billing.budgets]]\nscope = "team"\nmatch = "search"\n'
                       'period = "month"\nlimit_usd = "5"\nname = "search-monthly"\n'
-                      '[billing.prices."my-model"]\ninput = "2"\noutput = "8"\n')
+                      '[billing.prices."my-model"]\ninput = "2"\noutput = "8"\n'
+                      'cache_write_5m = "2.5"\ncache_write_1h = "4"\ncache_read = "0.1"\n')
     monkeypatch.setenv("MIDWAY_PLUGINS", "billing")
     runner = CliRunner()
 

@@ -31,7 +31,8 @@ def test_schema_missing_tables_missing_upgrade(tmp_path, monkeypatch, postgres_d
     code, out = run(tmp_path, monkeypatch, ["config", "check", "--json"], toml)
     assert code == 1
     [problem] = problems(out)  # the schema exists, empty
-    assert "billing_counters, billing_ledger, billing_reservations missing" in problem
+    assert "billing_batches, billing_counters, billing_ledger, billing_reservations missing" \
+        in problem
     assert "midway db upgrade" in problem
 
     pg_query(postgres_dsn, f'DROP SCHEMA "{pg_schema}"')
@@ -40,7 +41,7 @@ def test_schema_missing_tables_missing_upgrade(tmp_path, monkeypatch, postgres_d
 
     code, out = run(tmp_path, monkeypatch, ["db", "upgrade"], toml)
     assert code == 0, out
-    assert out.count("created table") == 3
+    assert out.count("created table") == 4
     code, out = run(tmp_path, monkeypatch, ["db", "upgrade"], toml)
     assert out.strip() == "billing: up to date"
     code, out = run(tmp_path, monkeypatch, ["config", "check", "--json"], toml)
@@ -76,3 +77,11 @@ def test_sqlite_default_is_created(tmp_path, monkeypatch):
     assert code == 0 and "billing: ok" in out
     code, out = run(tmp_path, monkeypatch, ["db", "upgrade"], "")
     assert code == 0 and (tmp_path / "data" / "billing.db").exists()
+
+
+def test_config_check_judges_the_installed_catalogue(tmp_path, monkeypatch):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "billing-prices.toml").write_text('version = "x"\n[families]\n')
+    code, out = run(tmp_path, monkeypatch, ["config", "check"], "")
+    assert code != 0 and "billing: PROBLEMS" in out
+    assert "prices_file" in out and "billing prices update" in out

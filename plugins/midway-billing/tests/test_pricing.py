@@ -47,14 +47,18 @@ def test_aliases_and_dated_ids(model: str, expected: str) -> None:
     assert price is not None and price.model == expected
 
 
-def test_unknown_model_is_unpriced_not_zero() -> None:
+def test_unknown_model_is_flagged_and_billed_at_the_catalogue_tier() -> None:
     cost = PriceTable.load().cost(usage(input_tokens=10, output_tokens=10), "gpt-9")
-    assert cost.unpriced
+    assert cost.unpriced and cost.rule == "unknown_model"
+    assert usd(cost.total) == Decimal(10 * 5 + 10 * 25) / 10**6
+    free = PriceTable.load(unknown_policy="unpriced").cost(usage(input_tokens=10), "gpt-9")
+    assert free.unpriced and free.total == 0 and free.rule == "unpriced"
 
 
 def test_config_overrides_and_extends() -> None:
     table = PriceTable.load({"claude-opus-4-8": {"output": "30"},
-                             "vendor-x": {"input": 2, "output": "8"},
+                             "vendor-x": {"input": 2, "output": "8", "cache_write_5m": "2.5",
+                                          "cache_write_1h": "4", "cache_read": "0.2"},
                              "alias-y": {"same_as": "claude-haiku-4-5"}})
     opus = table.lookup("claude-opus-4-8-20261201")
     assert opus is not None and opus.output == Decimal(30) and opus.input == Decimal(5)
@@ -63,8 +67,9 @@ def test_config_overrides_and_extends() -> None:
     assert vendor.cache_read == Decimal("0.2")
     alias = table.lookup("alias-y")
     assert alias is not None and alias.output == Decimal(5)
-    with pytest.raises(PriceError):
-        PriceTable.load({"new-model": {"input": "1"}})
+    with pytest.raises(PriceError, match="cache_read"):  # never assumed to be 0.1x input
+        PriceTable.load({"new-model": {"input": "1", "output": "5", "cache_write_5m": "1.25",
+                                       "cache_write_1h": "2"}})
     with pytest.raises(PriceError):
         PriceTable.load({"claude-opus-4-8": {"ouptut": "1"}})
 
@@ -82,3 +87,42 @@ def test_claude_code_default_model_is_priced() -> None:
                                         cache_read_input_tokens=20, output_tokens=47),
                                   "claude-opus-5-5-20261101")
     assert usd(cost.total) == Decimal("0.001634")  # (440 + 250 + 4 + 940) / 1e6
+
+
+def test_config_overrides_take_tiers_fast_geo_and_dated_rates() -> None:
+    from midway_billing.pricing import Modifiers
+
+    table = PriceTable.load({"vendor-z": {
+        "input": "2", "cache_write_5m": "2.5", "cache_write_1h": "4", "cache_read": "0.1",
+        "output": "8",
+        "tiers": [{"above": 1000, "counts": ["input", "cache_read"], "multiplier": "2",
+                   "beta": "long-1"}],
+        "fast": {"input": "4", "cache_write_5m": "5", "cache_write_1h": "8",
+                 "cache_read": "0.2", "output": "16"},
+        "geo": {"us": "1.5"}, "previous": [{"until": "2026-01-01", "output": "9"}]}})
+    u = usage(input_tokens=1000, cache_read_input_tokens=1, output_tokens=10)
+    plain = table.cost(u, "vendor-z")
+    assert plain.rule == "override" and usd(plain.total) == Decimal("0.0020801")
+    tiered = table.cost(u, "vendor-z", modifiers=Modifiers(betas=frozenset({"long-1"})))
+    assert tiered.rule == "override;tier>1000" and tiered.total == 2 * plain.total
+    fast_us = table.cost(u, "vendor-z", modifiers=Modifiers(speed="fast", geo="US"))
+    assert fast_us.rule == "override;fast;geo=us"
+    assert usd(fast_us.total) == Decimal("0.0041602") * Decimal("1.5")
+    old = table.cost(u, "vendor-z", modifiers=Modifiers(at=1_700_000_000))  # 2023
+    assert old.rule == "override;before=2026-01-01" and old.output == plain.output * 9 // 8
+
+
+@pytest.mark.parametrize(("entry", "message"), [
+    ({"same_as": "claude-haiku-4-5", "tiers": [{"above": 10, "counts": ["output"],
+                                                "multiplier": "2"}]}, "counts"),
+    ({"same_as": "claude-haiku-4-5", "tiers": [{"above": 10, "counts": ["input"]}]},
+     "which rates change"),
+    ({"same_as": "claude-haiku-4-5", "fast": {"input": "1"}}, "give every rate"),
+    ({"same_as": "claude-haiku-4-5", "geo": "us"}, "us = "),
+    ({"same_as": "claude-haiku-4-5", "previous": [{"until": "soon", "input": "1"}]},
+     "a date like"),
+])
+def test_bad_override_modifiers_say_what_is_wrong(entry: dict[str, object],
+                                                  message: str) -> None:
+    with pytest.raises(PriceError, match=message):
+        PriceTable.load({"m": entry})

@@ -92,15 +92,33 @@ def test_retried_attempt_recorded_once_at_zero(midway_factory, fake_upstream) ->
     assert len(fake_upstream.messages_requests) == 2
 
 
-def test_unknown_model_flagged_with_tokens(midway_factory, fake_upstream) -> None:
+def test_unknown_model_flagged_with_tokens(midway_factory, fake_upstream, caplog) -> None:
     running = midway_factory(plugins=[PLUGIN])
-    fake_upstream.reply(Reply(usage={"input_tokens": 99, "output_tokens": 9}))
-    client(running).messages.create(model="mystery-model", max_tokens=10,
-                                    messages=[{"role": "user", "content": "x"}])
-    (row,) = ledger(running, 1)
-    assert row["unpriced"] == 1 and row["input_tokens"] == 99 and row["priced_model"] is None
+    for _ in range(2):
+        fake_upstream.reply(Reply(usage={"input_tokens": 99, "output_tokens": 9}))
+        client(running).messages.create(model="mystery-model", max_tokens=10,
+                                        messages=[{"role": "user", "content": "x"}])
+    (row, _) = ledger(running, 2)
+    warned = [r for r in caplog.records if "'mystery-model' is not in the price catalogue"
+              in r.getMessage()]
+    assert len(warned) == 1 and "$5 / $25 per MTok" in warned[0].getMessage()  # once per id
+    # The catalogue's unknown-model tier ($5 / $25 per MTok), never $0, and still flagged.
+    assert row["unpriced"] == 1 and row["input_tokens"] == 99
+    assert row["priced_model"] == "unknown_model" and row["pricing_rule"] == "unknown_model"
+    assert row["cost_pusd"] == (99 * 5 + 9 * 25) * 10**6
     (item,) = running.call(billing_of(running).report("model"))
-    assert item["unpriced"] == 1
+    assert item["unpriced"] == 2
+    assert billing_of(running).unknown_models() == ["mystery-model"]
+    from click.testing import CliRunner
+
+    from midway.cli import cli
+
+    report = CliRunner(env={"MIDWAY_PLUGINS": "billing"}).invoke(cli, [
+        "billing", "report", "--by", "model", "--data-dir",
+        str(running.midway.settings.data_dir)])
+    assert report.exit_code == 0, report.output
+    assert "mystery-model" in report.output
+    assert "2 request(s) used models the price catalogue does not list" in report.output
 
 
 def test_cache_hit_is_saved_not_spent(midway_factory, fake_upstream) -> None:
@@ -162,7 +180,8 @@ def test_router_rewrite_priced_from_the_same_table(midway_factory, fake_upstream
 
     router = SimpleNamespace(__name__="router", choose_upstream=choose_upstream)
     running = midway_factory(plugins=[PLUGIN, router], config={"billing": {"prices": {
-        "vendor-model": {"input": "2", "output": "8"}}}})
+        "vendor-model": {"input": "2", "output": "8", "cache_write_5m": "2.5",
+                         "cache_write_1h": "4", "cache_read": "0.2"}}}})
     fake_upstream.reply(Reply(usage={"input_tokens": 1000, "output_tokens": 500}))
     client(running).messages.create(model="claude-opus-4-8", max_tokens=10,
                                     messages=[{"role": "user", "content": "x"}])

@@ -32,7 +32,8 @@ def row(store: Store, row_id: str, exchange_id: str) -> dict[str, Any]:
             "path": "/v1/messages", "status": None, "error": None, "input_tokens": 0,
             "output_tokens": 0, "cache_write_5m_tokens": 0, "cache_write_1h_tokens": 0,
             "cache_read_tokens": 0, "web_search_requests": 0, "cost_pusd": 0, "saved_pusd": 0,
-            "unpriced": 0, "batch": 0}
+            "unpriced": 0, "batch": 0, "session_id": None, "agent_id": None,
+            "parent_agent_id": None}
 
 
 def settled(store: Store, row_id: str, exchange_id: str, cost: int) -> dict[str, Any]:

@@ -131,6 +131,19 @@ class Services:
                 return [{"t": "2026-11-24T10:00:00+00:00", "key": "search",
                          "cost_usd": Decimal("0.0123")}]
 
+            def pricing(self) -> dict[str, Any]:
+                return {"version": "2026-12-05.1", "unknown_rule": "$5 / $25 per MTok",
+                        "unknown_models": ["claude-zeta-9"]}
+
+            async def agents(self, since: Any = None, until: Any = None,
+                             top: int | None = None) -> list[Any]:
+                await services._record("agents", since=since, top=top)
+                tree = [("s-big", "(main)", 0, "1.5", "4"), ("s-big", "explore-1", 1, "2", "2.5"),
+                        ("s-big", "grep-2", 2, "0.5", "0.5"), ("s-small", "(main)", 0, "1", "1")]
+                return [{"session_id": s, "agent_id": a, "depth": d, "requests": 1,
+                         "own_cost_usd": own, "subtree_cost_usd": sub}
+                        for s, a, d, own, sub in tree]
+
             async def budgets(self) -> list[Any]:
                 await services._record("budgets")
                 return [{"name": "daily", "scope": "team", "value": "search",
@@ -172,6 +185,7 @@ def test_panels_read_the_services(start_dashboard: Callable[..., RunningMidway])
     assert spend["series"] == [{"t": "2026-11-24T10:00:00+00:00", "key": "search",
                                 "cost_usd": "0.0123"}]
     assert spend["report"][0]["team"] == "search" and spend["budgets"][0]["limit_usd"] == "1.00"
+    assert spend["pricing"]["unknown_models"] == ["claude-zeta-9"]
     called = dict(services.calls)
     assert called["spend_series"]["bucket"] == "day" and called["spend_series"]["by"] == "team"
     assert isinstance(called["spend_series"]["since"], float)  # Billing takes unix seconds
@@ -193,6 +207,25 @@ def test_panels_read_the_services(start_dashboard: Callable[..., RunningMidway])
         "id": "mw_1", "response_body": "{}"}})
     code, missing = api(running, "requests/mw_nope")
     assert code == 404 and "no audit record" in missing["error"]
+
+
+def test_sessions_panel_shows_each_session_tree(start_dashboard: Callable[..., RunningMidway],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from midway_dashboard import panels
+
+    services = Services()
+    running = start_dashboard(("fake_services", services.plugin()))
+    monkeypatch.setattr(panels, "MAX_SESSIONS", 1)
+    code, data = api(running, "sessions?bucket=day")
+    assert code == 200 and data["installed"] is True
+    [session] = data["sessions"]  # the costlier one; the other is counted, not shown
+    assert session["session_id"] == "s-big" and session["cost_usd"] == "4"
+    assert [(a["agent_id"], a["depth"]) for a in session["agents"]] == [
+        ("(main)", 0), ("explore-1", 1), ("grep-2", 2)]
+    assert data["more_sessions"] is True
+    assert isinstance(dict(services.calls)["agents"]["since"], float)
+    assert dict(services.calls)["agents"]["top"] == 2  # the store is asked for no more
+    assert api(running, "sessions?bucket=year")[0] == 400
 
 
 def test_bad_parameters_are_refused(start_dashboard: Callable[..., RunningMidway]) -> None:

@@ -37,7 +37,7 @@ def _create(midway: Midway) -> Billing:
     if billing is None:
         config = midway.options("billing", BillingConfig)
         metrics = BillingMetrics(midway.metrics.registry) if midway.metrics else None
-        billing = Billing(config, metrics)
+        billing = Billing(config, metrics, data_dir=midway.settings.data_dir)
         midway.services["billing"] = billing
     return billing
 
@@ -54,13 +54,21 @@ async def startup(midway: Midway) -> None:
 
 @hookimpl
 def describe(midway: Midway) -> str:
-    config = _create(midway).config
+    billing = _create(midway)
+    config = billing.config
+    prices = billing.prices
+    unknown = (f"unknown models at ${prices.unknown.input} / ${prices.unknown.output} per MTok "
+               "(flagged unpriced)" if prices.unknown is not None
+               else "unknown models at $0 (flagged unpriced)")
+    watched = (f", watching {billing.prices_watch.path} for a new one"
+               if billing.prices_watch is not None and config.prices_watch_interval > 0 else "")
     hard = sum(1 for b in config.budgets if b.hard)
     budgets = (f"{len(config.budgets)} budget(s), {hard} of them hard (reserving output "
                f"tokens at min(max_tokens, {config.reserve_output_tokens}); a hard budget's "
                f"streams are cut when it runs out)" if config.budgets
                else "no budgets ([[billing.budgets]])")
-    return f"prices every request into {config.store}; {budgets}"
+    return (f"prices every request into {config.store} with catalogue {prices.version} "
+            f"({len(prices.prices)} models; {unknown}{watched}); {budgets}")
 
 
 @hookimpl

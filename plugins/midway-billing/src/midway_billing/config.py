@@ -9,7 +9,7 @@ import attrs
 from midway.options import option, schema_name, store_option
 from midway.storage import StoreURL, new_instance, open_database
 from midway_billing.budgets import Budget, parse_budgets
-from midway_billing.pricing import PriceTable
+from midway_billing.pricing import UNKNOWN_POLICIES, Catalogue, PriceTable
 from midway_billing.store import Store
 
 LABEL = "[billing] store"
@@ -26,6 +26,17 @@ class BillingConfig:
     prices: PriceTable = option(
         factory=PriceTable.load, converter=PriceTable.load,
         help="price overrides and new models, per model name (see Prices)")
+    unknown_model: str = option(
+        "catalogue", converter=lambda v: _choice(v, UNKNOWN_POLICIES, "unknown_model"),
+        help="models no price names: \"catalogue\" (its [unknown_model] rule: a $5/$25 "
+        "tier, flagged unpriced, warned once per model) or \"unpriced\" ($0, flagged)")
+    prices_file: str = option(
+        "billing-prices.toml",
+        help="a catalogue that replaces the shipped one when present (relative: in the data "
+        "dir); `midway billing prices update` installs it; running instances watch it")
+    prices_watch_interval: float = option(
+        5.0, ge=0, help="seconds between checks of prices_file for a new catalogue (0: only "
+        "at start-up)")
     budgets: list[Budget] = option([], converter=parse_budgets,
                                    help="budgets ([[billing.budgets]], see Budgets)")
     bytes_per_token: float = option(3.0, gt=0,
@@ -38,7 +49,19 @@ class BillingConfig:
         "(0: only at start-up)")
     max_pool: int = option(10, ge=1, help="PostgreSQL: connections per instance")
 
+    def price_table(self, catalogue: Catalogue | None = None) -> PriceTable:
+        """The prices in force: ``catalogue`` (else the configured one's) with this config's
+        overrides and unknown-model policy."""
+        return PriceTable(catalogue or self.prices.catalogue, self.prices.overrides,
+                          self.unknown_model)
+
     def make_store(self) -> Store:
         """This config's store (not opened yet), under a new random instance number."""
         db = open_database(self.store, schema=self.schema, label=LABEL, max_pool=self.max_pool)
         return Store(db, new_instance())
+
+
+def _choice(value: object, choices: tuple[str, ...], name: str) -> str:
+    if value not in choices:
+        raise ValueError(f"expected one of {', '.join(choices)}, got {value!r}")
+    return str(value)

@@ -10,21 +10,25 @@ import math
 import time
 from collections.abc import Awaitable
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import attrs
 import orjson
 
-from midway import Attempt, Exchange, MidwayError, Response, SSEEvent, error_body
+from midway import Attempt, Exchange, MidwayError, Response, SSEEvent, Usage, error_body
 from midway.annotations import BILLING, CACHE, CACHE_HITS, COST_USD
 from midway.background import start_every
+from midway.config import ConfigError
 from midway.storage import Episode, is_transient, retrying
+from midway_billing import catalogue_file
 from midway_billing.budgets import Attribution, Bucket, Check, checks_for, iso, window
 from midway_billing.config import BillingConfig
 from midway_billing.metrics import BillingMetrics
-from midway_billing.pricing import Cost, to_pusd, usd_str
-from midway_billing.store import GROUPS, REPORT_INT_FIELDS, Reservation, Store
-from midway_billing.streamwatch import StreamWatch
+from midway_billing.pricing import Catalogue, Cost, Modifiers, PriceError, to_pusd, usd_str
+from midway_billing.sessions import Origin, agent_tree, clean_id
+from midway_billing.store import GROUPS, REPORT_INT_FIELDS, Batch, Reservation, Store
+from midway_billing.streamwatch import StreamWatch, floor_tokens
 
 log = logging.getLogger("midway.billing")
 
@@ -39,9 +43,11 @@ class RequestState:
     """Billing's private state of one exchange (``exchange.state["billing"]``)."""
 
     who: Attribution
+    origin: Origin = attrs.field(factory=Origin)
     reservation: Reservation | None = None
     refused: Check | None = None
-    watch: StreamWatch | None = None  # under a hard budget: the stream's running usage
+    # a streamed answer's running usage and relayed text (a hard budget's stop, the floor)
+    watch: StreamWatch | None = None
     warnings: list[str] = attrs.field(factory=list)
 
 
@@ -86,13 +92,27 @@ class Billing:
     # How long shutdown waits for settlements the database has not taken yet.
     settle_grace = 10.0
 
-    def __init__(self, config: BillingConfig, metrics: BillingMetrics | None = None) -> None:
+    def __init__(self, config: BillingConfig, metrics: BillingMetrics | None = None,
+                 data_dir: Path | None = None) -> None:
         self.config = config
-        self.prices = config.prices
+        self.prices = config.price_table()
+        self.prices_watch: catalogue_file.Watch | None = None
+        if data_dir is not None:
+            path = catalogue_file.catalogue_path(config.prices_file, data_dir)
+            self.prices_watch = catalogue_file.Watch(path)
+            try:
+                installed = catalogue_file.read(path)
+            except PriceError as exc:
+                raise ConfigError(f"[billing] prices_file: {exc}; fix it, install a valid one "
+                                  "with `midway billing prices update`, or remove it") from None
+            if installed is not None:
+                self.prices = config.price_table(installed)
         self.store: Store = config.make_store()
         self.metrics = metrics
         self._warned: set[str] = set()
+        self._unknown_warned: set[str] = set()  # model ids billed at the unknown-model rule
         self._reconciler: asyncio.Task[None] | None = None
+        self._price_watcher: asyncio.Task[None] | None = None
         self._settling: set[asyncio.Task[None]] = set()
         self._unsettled: dict[str, Settlement] = {}  # by exchange id, until written
         # Settlements the database refused for a while, written in order by one task.
@@ -112,12 +132,18 @@ class Billing:
             # Other instances sharing the store may die while this one lives on.
             self._reconciler = start_every(self.config.reconcile_interval, self._reconcile,
                                            name="billing: reconciliation", log=log)
+        if background and self.prices_watch is not None and \
+                self.config.prices_watch_interval > 0:
+            self._price_watcher = start_every(self.config.prices_watch_interval,
+                                              self.reload_prices, name="billing: prices file",
+                                              log=log)
 
     async def stop(self) -> None:
-        if self._reconciler is not None:
-            self._reconciler.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reconciler
+        for task in (self._reconciler, self._price_watcher):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self.flush(self.settle_grace)
         if self._unsettled:
             log.error("billing: %d settlement(s) could not be written before shutdown: %s; "
@@ -143,6 +169,22 @@ class Billing:
             await asyncio.wait(waiting, timeout=left)
         return not self._unsettled
 
+    def reload_prices(self) -> bool:
+        """Swap to the watched catalogue file if it changed and is valid; whether it did."""
+        catalogue = self.prices_watch.changed() if self.prices_watch is not None else None
+        if catalogue is None:
+            return False
+        self.use_catalogue(catalogue)
+        return True
+
+    def use_catalogue(self, catalogue: Catalogue) -> None:
+        """Price from now on with ``catalogue`` (and this config's overrides): requests that
+        settle after this call, including those in flight, are priced by it."""
+        before = self.prices.version
+        self.prices = self.config.price_table(catalogue)
+        log.warning("billing: prices now from catalogue version %s (was %s), %d models",
+                    self.prices.version, before, len(self.prices.prices))
+
     async def _reconcile(self) -> None:
         fixed = await self.store.reconcile()
         if fixed:
@@ -161,10 +203,16 @@ class Billing:
                               len(exchange.request.body))
 
     def batch_estimate(self, exchange: Exchange) -> int:
+        return sum(self.batch_estimates(exchange).values())
+
+    def batch_estimates(self, exchange: Exchange) -> dict[str, int]:
+        """Each request of a batch submit at the batch price with its full ``max_tokens``, by
+        custom_id (the upstream refuses a batch whose custom_ids repeat; one that does, or
+        that is not an id, is estimated under a key of its own all the same)."""
         body = exchange.request.json
         requests = body.get("requests") if isinstance(body, dict) else None
-        total = 0
-        for entry in requests if isinstance(requests, list) else []:
+        out: dict[str, int] = {}
+        for index, entry in enumerate(requests if isinstance(requests, list) else []):
             params = entry.get("params") if isinstance(entry, dict) else None
             if not isinstance(params, dict):
                 continue
@@ -173,8 +221,11 @@ class Billing:
             full = self._estimate(params, model, len(orjson.dumps(params)), capped=False)
             price = self.prices.lookup(model)
             discount = price.batch_discount if price else Decimal(0)
-            total += int(full * (1 - discount))
-        return total
+            custom_id = clean_id(entry.get("custom_id") if isinstance(
+                entry.get("custom_id"), str) else None)
+            key = custom_id if custom_id is not None and custom_id not in out else f"#{index}"
+            out[key] = int(full * (1 - discount))
+        return out
 
     def _estimate(self, body: Any, model: str | None, size: int, capped: bool = True) -> int:
         max_tokens = body.get("max_tokens") if isinstance(body, dict) else None
@@ -191,21 +242,75 @@ class Billing:
         return to_pusd((Decimal(input_tokens) * rate_in + Decimal(max_tokens) * rate_out)
                        / _MTOK)
 
-    def cost_of(self, exchange: Exchange, attempt: Attempt | None) -> Cost:
-        """Priced by the model that served: a rewrite, the answer's model, else the request's."""
-        candidates = [attempt.upstream.model if attempt else None, exchange.response_model,
-                      exchange.model]
+    def cost_of(self, exchange: Exchange, attempt: Attempt | None,
+                usage: Usage | None = None) -> Cost:
+        """Priced by the model that served: a rewrite, the answer's model, else the request's;
+        none of them listed: by the unknown-model rule, for the first of them."""
+        usage = exchange.usage if usage is None else usage
+        candidates = [m for m in (attempt.upstream.model if attempt else None,
+                                  exchange.response_model, exchange.model) if m]
+        modifiers = modifiers_of(exchange)
         for model in candidates:
-            if model and self.prices.lookup(model) is not None:
-                return self.prices.cost(exchange.usage, model, batch=_is_batch(exchange))
-        return Cost(model=None)
+            if self.prices.lookup(model) is not None:
+                return self.prices.cost(usage, model, modifiers=modifiers)
+        cost = self.prices.cost(usage, candidates[0] if candidates else None,
+                                modifiers=modifiers)
+        if candidates and usage.seen:
+            self._warn_unknown(candidates[0], cost)
+        return cost
+
+    def _warn_unknown(self, model: str, cost: Cost) -> None:
+        key = model[:200]
+        if key in self._unknown_warned or len(self._unknown_warned) > 10_000:
+            return
+        self._unknown_warned.add(key)
+        if cost.model is None:
+            log.warning("billing: model %r is not in the price catalogue (version %s): its "
+                        "requests are recorded at $0 and flagged unpriced; add "
+                        "[billing.prices.%r] or update the catalogue", key,
+                        self.prices.version, key)
+        else:
+            log.warning("billing: model %r is not in the price catalogue (version %s): billed "
+                        "at the unknown-model rate ($%s / $%s per MTok in / out) and flagged "
+                        "unpriced; add [billing.prices.%r] or update the catalogue", key,
+                        self.prices.version, self.prices.unknown.input if self.prices.unknown
+                        else "?", self.prices.unknown.output if self.prices.unknown else "?",
+                        key)
+
+    def unknown_models(self) -> list[str]:
+        """Model ids this instance billed by the unknown-model rule (warned about once)."""
+        return sorted(self._unknown_warned)
+
+    def pricing(self) -> dict[str, Any]:
+        """The catalogue in force and how unknown models are billed (for the dashboard)."""
+        unknown = self.prices.unknown
+        return {"version": self.prices.version, "models": len(self.prices.prices),
+                "unknown_rule": (f"${unknown.input} / ${unknown.output} per MTok in / out"
+                                 if unknown is not None else "$0"),
+                "unknown_models": self.unknown_models()}
+
+    def billed_usage(self, exchange: Exchange, state: RequestState) -> tuple[Usage, str, int]:
+        """The usage an attempt is billed: what the upstream reported, and for a stream that
+        ended early the floor of its relayed text (docs/billing.md, "Interrupted streams");
+        the rule that adds, and the floor in output tokens."""
+        usage = exchange.usage
+        if not exchange.streaming or exchange.complete or state.watch is None:
+            return usage, "", 0
+        floor = floor_tokens(state.watch.relayed_chars)
+        if floor <= usage.output_tokens:
+            return usage, "interrupted", floor
+        billed = Usage()
+        billed.update(usage.raw)
+        billed.update({"output_tokens": floor})
+        return billed, "interrupted;floor", floor
 
     # -- hooks -------------------------------------------------------------------------------
 
     def _state(self, exchange: Exchange) -> RequestState:
         state = exchange.state.get("billing")
         if not isinstance(state, RequestState):
-            state = RequestState(attribution(exchange, self.config.project_header))
+            state = RequestState(attribution(exchange, self.config.project_header),
+                                 Origin.from_headers(exchange.request.headers))
             exchange.state["billing"] = state
         return state
 
@@ -215,6 +320,17 @@ class Billing:
             return Response(status=403, body=error_body(403, refusal, exchange.id,
                                                         "permission_error"))
         state = self._state(exchange)
+        if exchange.request.is_messages and exchange.stream_requested:
+            # Counts the output text relayed: the floor if the stream ends early.
+            state.watch = StreamWatch({}, exchange.model)
+        batch_id = _batch_id(exchange)
+        if batch_id is not None:
+            batch = await self.store.batch(batch_id)
+            if batch is not None and state.who.principal not in batch.owners:
+                # As the upstream answers for a batch that is not the caller's to see.
+                return Response(status=404, body=error_body(
+                    404, f"message batch {batch_id!r} not found", exchange.id,
+                    "not_found_error"))
         if not self.config.budgets or not (exchange.request.is_messages
                                            or _is_batch_submit(exchange)):
             return None
@@ -244,8 +360,9 @@ class Billing:
             return self._refusal(exchange, refused, result.states[refused.bucket.key], amount,
                                  now)
         state.reservation = reservation
-        if any(check.budget.hard for check in checks):
-            state.watch = StreamWatch(limits, exchange.model)
+        if any(check.budget.hard for check in checks) and state.watch is not None:
+            state.watch.limits = limits
+            state.watch.modifiers = modifiers_of(exchange)  # once, not per event
         for check in checks:
             spent, reserved = result.states[check.bucket.key]
             if spent + reserved >= check.budget.limit_pusd * check.budget.warn_at:
@@ -296,10 +413,11 @@ class Billing:
         Nothing to await while the reservation covers them."""
         state = exchange.state.get("billing")
         if not isinstance(state, RequestState) or state.watch is None or \
-                state.reservation is None or not state.watch.feed(event):
+                not state.watch.feed(event) or state.reservation is None or \
+                not state.watch.hard:
             return None
         watch = state.watch
-        cost = self.prices.cost(watch.running(), watch.model).total
+        cost = self.prices.cost(watch.running(), watch.model, modifiers=watch.modifiers).total
         step = watch.step(cost)
         if cost + step <= state.reservation.amount_pusd:
             return None
@@ -333,7 +451,128 @@ class Billing:
         settlement = self._settlement(exchange)
         if settlement is None:
             return
+        opened = self._opened_batch(exchange)
+        if opened is not None:
+            await asyncio.shield(self.store.open_batch(opened, settlement.rows,
+                                                       settlement.reservation))
+            return
         await asyncio.shield(self.settle(settlement))
+        batch_id = _batch_id(exchange)
+        if batch_id is not None and exchange.request.path.endswith("/results") and \
+                exchange.status == 200 and exchange.response_body:
+            await asyncio.shield(self._price_results(exchange, batch_id))
+
+    # -- batches -----------------------------------------------------------------------------
+
+    def _opened_batch(self, exchange: Exchange) -> Batch | None:
+        """The batch a submit created (its answer names it), else None."""
+        if not _is_batch_submit(exchange) or exchange.status is None or \
+                exchange.status >= 300 or not exchange.response_body:
+            return None
+        try:
+            answer = orjson.loads(exchange.response_body)
+        except orjson.JSONDecodeError:
+            return None
+        batch_id = clean_id(answer.get("id")) if isinstance(answer, dict) and \
+            isinstance(answer.get("id"), str) else None
+        if batch_id is None:
+            log.warning("billing: batch submit %s answered without a batch id; its results "
+                        "will be priced when fetched, with no hold", exchange.id)
+            return None
+        state = self._state(exchange)
+        # The submit's anthropic-beta header applies to every request in it (beta-gated tiers).
+        return Batch(batch_id, exchange.id, exchange.timings.started_at, state.who.principal,
+                     (state.who.principal, *state.who.ancestors),
+                     {**self._attribution_columns(state), "betas": _betas(exchange)},
+                     self.batch_estimates(exchange))
+
+    @staticmethod
+    def _attribution_columns(state: RequestState) -> dict[str, Any]:
+        who = state.who
+        return {"principal": who.principal, "principal_name": who.principal_name,
+                "team": who.team, "project": who.project, **state.origin.columns()}
+
+    async def _price_results(self, exchange: Exchange, batch_id: str) -> None:
+        """Price each result of a results file (JSONL: ``result.message.usage``) at the batch
+        discount, billed to whoever submitted the batch; results other than ``succeeded``
+        cost nothing (the upstream does not bill them)."""
+        batch = await self.store.batch(batch_id)
+        state = self._state(exchange)
+        base = batch.attribution if batch is not None else self._attribution_columns(state)
+        created = batch.created_at if batch is not None else exchange.timings.started_at
+        body = exchange.response_body or b""
+        complete = not exchange.response_body_truncated and not exchange.upstream_cut_short
+        lines = body.split(b"\n")
+        if not complete:
+            lines = lines[:-1]  # the last line may be cut: priced when fetched whole
+        now = time.time()
+        rows = []
+        for line in lines:
+            row = self._result_row(line, batch_id, batch, exchange, base, created, now)
+            if row is not None:
+                rows.append(row)
+        # A batch midway did not see submitted counts on the fetcher's budgets as it stands.
+        buckets = None if batch is not None else sorted(
+            {c.bucket.key for c in checks_for(self.config.budgets, state.who, created)})
+        charged = await self.store.settle_batch(batch_id if batch else None, rows, complete,
+                                                buckets)
+        exchange.annotations.setdefault(BILLING, {})["batch_results_usd"] = usd_str(charged)
+        if not complete:
+            log.warning("billing: the results of batch %s were cut short (%s); %d result(s) "
+                        "priced, the rest stays held until they are fetched whole", batch_id,
+                        "over the relay's buffer" if exchange.response_body_truncated
+                        else "the upstream ended early", len(rows))
+
+    def _result_row(self, line: bytes, batch_id: str, batch: Batch | None,
+                    exchange: Exchange, base: dict[str, Any], created: float, now: float
+                    ) -> dict[str, Any] | None:
+        if not line.strip():
+            return None
+        try:
+            item = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            return None
+        if not isinstance(item, dict) or not isinstance(item.get("result"), dict):
+            return None
+        custom_id = clean_id(item["custom_id"]) if isinstance(item.get("custom_id"), str) \
+            else None
+        if custom_id is None:
+            return None
+        result = item["result"]
+        message = result.get("message") if result.get("type") == "succeeded" else None
+        usage = Usage()
+        model = None
+        if isinstance(message, dict):
+            if isinstance(message.get("usage"), dict):
+                usage.update(message["usage"])
+            model = message.get("model") if isinstance(message.get("model"), str) else None
+        geo = usage.raw.get("inference_geo")
+        geo = geo[:20].lower() if isinstance(geo, str) else None
+        betas = base.get("betas") if isinstance(base.get("betas"), str) else None
+        modifiers = Modifiers(batch=True, geo=geo, at=created, betas=betas_of(betas))
+        cost = self.prices.cost(usage, model, modifiers=modifiers) if message is not None \
+            else Cost(model=None, version=self.prices.version)
+        if message is not None and cost.unpriced and model:
+            self._warn_unknown(model, cost)
+        row: dict[str, Any] = {"upstream": None, "key_id": None}
+        row.update(base)
+        row.update(
+            id=f"{batch_id}:{custom_id}", custom_id=custom_id,
+            exchange_id=batch.exchange_id if batch else exchange.id, attempt=0,
+            kind="batch_result", state="settled", instance=self.store.instance,
+            created_at=created, settled_at=now, model=model, priced_model=cost.model,
+            path=exchange.request.path, status=200 if message is not None else None,
+            error=None if message is not None else str(result.get("type"))[:40],
+            input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
+            cache_write_5m_tokens=usage.cache_creation_5m_input_tokens,
+            cache_write_1h_tokens=usage.cache_creation_1h_input_tokens,
+            cache_read_tokens=usage.cache_read_input_tokens,
+            web_search_requests=usage.web_search_requests, cost_pusd=cost.total,
+            saved_pusd=0, unpriced=int(message is not None and cost.unpriced), batch=1,
+            catalogue_version=cost.version or self.prices.version,
+            pricing_rule=cost.rule if message is not None else None, speed=None,
+            inference_geo=geo, betas=betas, corrects=None)
+        return row
 
     def settle(self, settlement: Settlement) -> asyncio.Task[None]:
         """Write ``settlement`` in a task of its own, which stop() waits for: a cancelled
@@ -407,12 +646,10 @@ class Billing:
         else:
             rows = []
             final = exchange.attempts[-1]
-            cost = self.cost_of(exchange, final)
-            if _is_batch_submit(exchange) and exchange.status is not None \
-                    and exchange.status < 300:
-                # Its results are not priced when fetched: a batch is charged, when it is
-                # accepted, the most its requests may cost.
-                cost = attrs.evolve(cost, output=cost.output + self.batch_estimate(exchange))
+            billed, extra_rule, floor = self.billed_usage(exchange, state)
+            cost = self.cost_of(exchange, final, billed)
+            if extra_rule:
+                cost = attrs.evolve(cost, rule=f"{cost.rule};{extra_rule}")
             for attempt in exchange.attempts:
                 row = self._row(exchange, state, attempt.id, attempt.number, "attempt",
                                 "settled")
@@ -421,6 +658,7 @@ class Billing:
                 if attempt is final:
                     self._fill(row, exchange, cost, now, cost_pusd=cost.total, saved_pusd=0)
                     row["unpriced"] = int(cost.unpriced and exchange.usage.seen)
+                    row["floor_output_tokens"] = floor
                 else:  # a retried attempt's answer was dropped: it is recorded, at $0
                     row.update(status=attempt.status, settled_at=now,
                                error=attempt.error or "retried")
@@ -429,7 +667,8 @@ class Billing:
             cost_usd = usd_str(cost.total)
             annotation.update(kind="attempt", cost_usd=cost_usd, saved_usd="0",
                               model=cost.model, breakdown=cost.breakdown(),
-                              attempts=len(exchange.attempts))
+                              attempts=len(exchange.attempts), rule=cost.rule,
+                              catalogue_version=cost.version)
             exchange.annotations[COST_USD] = cost_usd
             self._count(exchange, state, cost)
         annotation["unpriced"] = bool(cost.unpriced and exchange.usage.seen)
@@ -451,7 +690,10 @@ class Billing:
         if self.metrics is None:
             return
         if cost.unpriced and exchange.usage.seen:
-            self.metrics.unpriced.labels((exchange.model or "")[:80]).inc()
+            price = self.prices.lookup(exchange.model)
+            label = self.metrics.unpriced_label(exchange.model,
+                                                price.model if price is not None else None)
+            self.metrics.unpriced.labels(label).inc()
         if cost.total:
             self.metrics.spend.labels(state.who.team or "", cost.model or "").inc(
                 float(usd_str(cost.total)))
@@ -470,6 +712,10 @@ class Billing:
             "input_tokens": 0, "output_tokens": 0, "cache_write_5m_tokens": 0,
             "cache_write_1h_tokens": 0, "cache_read_tokens": 0, "web_search_requests": 0,
             "cost_pusd": 0, "saved_pusd": 0, "unpriced": 0, "batch": int(_is_batch(exchange)),
+            "catalogue_version": self.prices.version, "pricing_rule": None,
+            "floor_output_tokens": 0, "speed": _speed(exchange), "inference_geo": _geo(exchange),
+            "betas": _betas(exchange), "corrects": None,
+            **state.origin.columns(),
         }
 
     @staticmethod
@@ -484,13 +730,15 @@ class Billing:
             cache_write_1h_tokens=usage.cache_creation_1h_input_tokens,
             cache_read_tokens=usage.cache_read_input_tokens,
             web_search_requests=usage.web_search_requests,
-            cost_pusd=cost_pusd, saved_pusd=saved_pusd)
+            cost_pusd=cost_pusd, saved_pusd=saved_pusd, pricing_rule=cost.rule,
+            catalogue_version=cost.version or row["catalogue_version"],
+            inference_geo=_geo(exchange))
 
     # -- the service other plugins and the CLI use ------------------------------------------
 
     async def report(self, by: str, since: float | None = None, until: float | None = None
                      ) -> list[dict[str, Any]]:
-        """Totals grouped ``by`` principal | team | project | model | day."""
+        """Totals grouped ``by`` principal | team | project | model | session | day."""
         if by != "day" and by not in GROUPS:
             raise ValueError(f"cannot report by {by!r}")
         out = []
@@ -501,6 +749,93 @@ class Billing:
             item["saved_usd"] = usd_str(int(row["saved_pusd"] or 0))
             out.append(item)
         return out
+
+    async def reprice(self, since: float | None, until: float | None = None,
+                      apply: bool = True) -> dict[str, Any]:
+        """Price the settled attempts of a period again with the prices in force, and record
+        each difference as a correction row (kind ``reprice``, ``corrects`` = the row's id,
+        dated like it), leaving every original row as it was (docs/billing.md, "Repricing").
+        A batch's results are priced again at the batch discount; the attempts that submit or
+        read batches are left alone (they carry no usage: their cost is their results').
+        ``apply=False`` computes without writing. What changed, row by row."""
+        rows, done = await self.store.repriceable(_ts(since), _ts(until))
+        now = time.time()
+        changes: list[dict[str, Any]] = []
+        corrections: list[dict[str, Any]] = []
+        skipped = 0
+        for row in rows:
+            if row["batch"] and row["kind"] == "attempt":
+                skipped += 1
+                continue
+            if row["kind"] == "batch_result" and row["error"] is not None:
+                continue  # an errored, cancelled or expired result: never billed
+            corrected, count = done.get(row["id"], (0, 0))
+            current = int(row["cost_pusd"]) + corrected
+            cost = self.price_row(row)
+            delta = cost.total - current
+            if delta == 0:
+                continue
+            changes.append({"id": row["id"], "model": row["model"],
+                            "created_at": iso(float(row["created_at"])),
+                            "was_usd": usd_str(current), "now_usd": usd_str(cost.total),
+                            "delta_usd": usd_str(delta),
+                            "was_version": row["catalogue_version"],
+                            "now_version": cost.version, "rule": cost.rule})
+            corrections.append({
+                **row, "id": f"{row['id']}~{count + 1}", "kind": "reprice",
+                "state": "settled", "instance": self.store.instance, "settled_at": now,
+                "priced_model": cost.model, "input_tokens": 0, "output_tokens": 0,
+                "cache_write_5m_tokens": 0, "cache_write_1h_tokens": 0,
+                "cache_read_tokens": 0, "web_search_requests": 0, "cost_pusd": delta,
+                "saved_pusd": 0, "unpriced": 0, "floor_output_tokens": 0,
+                "catalogue_version": cost.version, "pricing_rule": f"reprice;{cost.rule}",
+                "corrects": row["id"], "error": None})
+        if apply and corrections:
+            await self.store.add_corrections(corrections)
+        total = sum(int(c["cost_pusd"]) for c in corrections)
+        return {"version": self.prices.version, "rows": len(rows), "changed": len(changes),
+                "skipped_batch": skipped, "delta_usd": usd_str(total), "applied": apply,
+                "changes": changes}
+
+    def price_row(self, row: dict[str, Any]) -> Cost:
+        """What a settled attempt row costs with the prices in force (from the usage, the
+        floor and the modifiers it recorded)."""
+        usage = Usage()
+        five, hour = int(row["cache_write_5m_tokens"]), int(row["cache_write_1h_tokens"])
+        floor = int(row.get("floor_output_tokens") or 0)
+        output = int(row["output_tokens"])
+        usage.update({"input_tokens": int(row["input_tokens"]),
+                      "output_tokens": max(output, floor),
+                      "cache_creation_input_tokens": five + hour,
+                      "cache_creation": {"ephemeral_5m_input_tokens": five,
+                                         "ephemeral_1h_input_tokens": hour},
+                      "cache_read_input_tokens": int(row["cache_read_tokens"]),
+                      "server_tool_use": {"web_search_requests":
+                                          int(row["web_search_requests"])}})
+        modifiers = Modifiers(batch=bool(row["batch"]), speed=row.get("speed"),
+                              geo=row.get("inference_geo"), at=float(row["created_at"]),
+                              betas=betas_of(row.get("betas")))
+        candidates = [m for m in (row["model"], row["priced_model"])
+                      if m and m != "unknown_model"]
+        model = next((m for m in candidates if self.prices.lookup(m) is not None),
+                     candidates[0] if candidates else None)
+        cost = self.prices.cost(usage, model, modifiers=modifiers)
+        rule = row.get("pricing_rule") or ""
+        if "interrupted" in rule.split(";"):
+            cost = attrs.evolve(cost, rule=cost.rule + (";interrupted;floor" if floor > output
+                                                        else ";interrupted"))
+        return cost
+
+    async def agents(self, since: float | None = None, until: float | None = None,
+                     top: int | None = None) -> list[dict[str, Any]]:
+        """Per Claude Code session, its subagent tree depth first: each agent's own cost and
+        its subtree's (``(main)``: the session's own thread; session None: requests that
+        named none). ``top``: the costliest sessions only."""
+        rows = await self.store.agent_totals(_ts(since), _ts(until), top)
+        return [{"session_id": n["session_id"], "agent_id": n["agent_id"],
+                 "parent_agent_id": n["parent_agent_id"], "depth": n["depth"],
+                 "requests": n["requests"], "own_cost_usd": usd_str(n["own_pusd"]),
+                 "subtree_cost_usd": usd_str(n["subtree_pusd"])} for n in agent_tree(rows)]
 
     async def spend_series(self, bucket: str = "hour", by: str = "team",
                            since: float | None = None) -> list[dict[str, Any]]:
@@ -541,6 +876,38 @@ class Billing:
         return out
 
 
+def modifiers_of(exchange: Exchange) -> Modifiers:
+    """What changes an exchange's price besides its usage and model."""
+    return Modifiers(batch=_is_batch(exchange), speed=_speed(exchange), geo=_geo(exchange),
+                     at=exchange.timings.started_at, betas=betas_of(_betas(exchange)))
+
+
+def betas_of(header: str | None) -> frozenset[str]:
+    return frozenset(b.strip() for b in (header or "").split(",") if b.strip())
+
+
+def _betas(exchange: Exchange) -> str | None:
+    """The request's ``anthropic-beta`` header (some tiers apply only under a beta), cut to a
+    size a ledger row may hold."""
+    value = exchange.request.headers.get("anthropic-beta")
+    return value[:1000] if value else None
+
+
+def _speed(exchange: Exchange) -> str | None:
+    body = exchange.request.json if exchange.request.is_messages else None
+    speed = body.get("speed") if isinstance(body, dict) else None
+    return speed[:20] if isinstance(speed, str) else None
+
+
+def _geo(exchange: Exchange) -> str | None:
+    """Where the answer says it was served (``usage.inference_geo``), else what was asked."""
+    geo = exchange.usage.raw.get("inference_geo")
+    if not isinstance(geo, str):
+        body = exchange.request.json if exchange.request.is_messages else None
+        geo = body.get("inference_geo") if isinstance(body, dict) else None
+    return geo[:20].lower() if isinstance(geo, str) else None
+
+
 def _is_batch_submit(exchange: Exchange) -> bool:
     return exchange.request.method == "POST" and \
         exchange.request.path.rstrip("/") == "/v1/messages/batches"
@@ -548,6 +915,14 @@ def _is_batch_submit(exchange: Exchange) -> bool:
 
 def _is_batch(exchange: Exchange) -> bool:
     return exchange.request.path.startswith("/v1/messages/batches")
+
+
+def _batch_id(exchange: Exchange) -> str | None:
+    """The batch a ``/v1/messages/batches/{id}[/results|/cancel]`` request names."""
+    parts = exchange.request.path.strip("/").split("/")
+    if len(parts) >= 4 and parts[:3] == ["v1", "messages", "batches"]:
+        return clean_id(parts[3])
+    return None
 
 
 def _ts(value: Any) -> float | None:

@@ -27,11 +27,15 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import attrs
+import orjson
 
 from midway.storage import Database, Schema, Tx, liveness, retrying
 from midway_billing.budgets import Bucket
 
 log = logging.getLogger("midway.billing")
+
+# Which Claude Code session and subagent a row came from (midway_billing.sessions).
+ORIGIN_COLUMNS = ("session_id", "agent_id", "parent_agent_id")
 
 LEDGER_COLUMNS = (
     "id", "exchange_id", "attempt", "kind", "state", "instance", "created_at", "settled_at",
@@ -39,7 +43,24 @@ LEDGER_COLUMNS = (
     "key_id", "path", "status", "error", "input_tokens", "output_tokens",
     "cache_write_5m_tokens", "cache_write_1h_tokens", "cache_read_tokens",
     "web_search_requests", "cost_pusd", "saved_pusd", "unpriced", "batch",
+    # pricing (docs/billing.md "Prices"): what priced the row, and what it was priced from
+    "catalogue_version", "pricing_rule", "floor_output_tokens", "speed", "inference_geo",
+    "betas", "corrects",
+    *ORIGIN_COLUMNS,
 )
+
+# Columns a row may leave out, and what they then hold.
+OPTIONAL_COLUMNS: dict[str, Any] = {"catalogue_version": None, "pricing_rule": None,
+                                    "floor_output_tokens": 0, "speed": None,
+                                    "inference_geo": None, "betas": None, "corrects": None,
+                                    **dict.fromkeys(ORIGIN_COLUMNS)}
+
+
+def row_values(row: dict[str, Any]) -> list[Any]:
+    """A ledger row's values in LEDGER_COLUMNS order."""
+    return [row[c] if c in row or c not in OPTIONAL_COLUMNS else OPTIONAL_COLUMNS[c]
+            for c in LEDGER_COLUMNS]
+
 
 SCHEMA = Schema("billing", """
 CREATE TABLE IF NOT EXISTS billing_ledger (
@@ -71,7 +92,17 @@ CREATE TABLE IF NOT EXISTS billing_ledger (
     cost_pusd {int} NOT NULL DEFAULT 0,
     saved_pusd {int} NOT NULL DEFAULT 0,
     unpriced INTEGER NOT NULL DEFAULT 0,
-    batch INTEGER NOT NULL DEFAULT 0
+    batch INTEGER NOT NULL DEFAULT 0,
+    catalogue_version TEXT,
+    pricing_rule TEXT,
+    floor_output_tokens {int} NOT NULL DEFAULT 0,
+    speed TEXT,
+    inference_geo TEXT,
+    betas TEXT,
+    corrects TEXT,
+    session_id TEXT,
+    agent_id TEXT,
+    parent_agent_id TEXT
 );
 CREATE INDEX IF NOT EXISTS billing_ledger_created ON billing_ledger (created_at);
 CREATE INDEX IF NOT EXISTS billing_ledger_principal ON billing_ledger (principal, created_at);
@@ -79,6 +110,8 @@ CREATE INDEX IF NOT EXISTS billing_ledger_team ON billing_ledger (team, created_
 CREATE INDEX IF NOT EXISTS billing_ledger_project ON billing_ledger (project, created_at);
 CREATE INDEX IF NOT EXISTS billing_ledger_pending ON billing_ledger (state, instance);
 CREATE INDEX IF NOT EXISTS billing_ledger_exchange ON billing_ledger (exchange_id);
+CREATE INDEX IF NOT EXISTS billing_ledger_corrects ON billing_ledger (corrects);
+CREATE INDEX IF NOT EXISTS billing_ledger_session ON billing_ledger (session_id, created_at);
 CREATE TABLE IF NOT EXISTS billing_counters (
     key TEXT PRIMARY KEY,
     spent_pusd {int} NOT NULL DEFAULT 0,
@@ -92,6 +125,20 @@ CREATE TABLE IF NOT EXISTS billing_reservations (
     created_at {real} NOT NULL
 );
 CREATE INDEX IF NOT EXISTS billing_reservations_instance ON billing_reservations (instance);
+CREATE TABLE IF NOT EXISTS billing_batches (
+    batch_id TEXT PRIMARY KEY,
+    exchange_id TEXT NOT NULL,
+    created_at {real} NOT NULL,
+    principal TEXT NOT NULL,
+    owners TEXT NOT NULL,
+    attribution TEXT NOT NULL,
+    estimates TEXT NOT NULL,
+    buckets TEXT NOT NULL,
+    held_pusd {int} NOT NULL DEFAULT 0,
+    charged_pusd {int} NOT NULL DEFAULT 0,
+    results INTEGER NOT NULL DEFAULT 0,
+    ended INTEGER NOT NULL DEFAULT 0
+);
 """)
 
 UPSERT_ROW = (  # only the fixed column names above are formatted in
@@ -105,13 +152,16 @@ INSERT_PENDING = (  # only the fixed column names above are formatted in
     f"INSERT INTO billing_ledger ({', '.join(LEDGER_COLUMNS)}) "  # noqa: S608
     f"VALUES ({', '.join('?' for _ in LEDGER_COLUMNS)}) ON CONFLICT (id) DO NOTHING")
 
+# Rows that cost money: upstream attempts, and the results of a batch (priced when fetched).
+CHARGED_KINDS = "('attempt', 'batch_result')"
+
 # Counters start from what the ledger already holds for their window (a budget added later
 # still sees earlier spend). Only the scope column names below are ever formatted into SQL.
 SCOPE_COLUMNS = {"principal": "principal", "team": "team", "project": "project"}
 
 
 def counter_init_sql(bucket: Bucket) -> tuple[str, list[Any]]:
-    where = "kind = 'attempt' AND created_at >= ?"
+    where = f"kind IN {CHARGED_KINDS} AND created_at >= ?"
     args: list[Any] = [bucket.start]
     column = SCOPE_COLUMNS.get(bucket.scope)
     if column is not None:
@@ -121,19 +171,20 @@ def counter_init_sql(bucket: Bucket) -> tuple[str, list[Any]]:
     return sql, args
 
 
-GROUPS = {"principal": "principal", "team": "team", "project": "project", "model": "model"}
+GROUPS = {"principal": "principal", "team": "team", "project": "project", "model": "model",
+          "session": "session_id"}
 
 REPORT_SUMS = """
     COUNT(DISTINCT exchange_id) AS requests,
     SUM(CASE WHEN kind = 'attempt' THEN 1 ELSE 0 END) AS attempts,
-    SUM(CASE WHEN kind = 'attempt' THEN input_tokens ELSE 0 END) AS input_tokens,
-    SUM(CASE WHEN kind = 'attempt' THEN output_tokens ELSE 0 END) AS output_tokens,
-    SUM(CASE WHEN kind = 'attempt' THEN cache_write_5m_tokens ELSE 0 END)
+    SUM(CASE WHEN kind IN {charged} THEN input_tokens ELSE 0 END) AS input_tokens,
+    SUM(CASE WHEN kind IN {charged} THEN output_tokens ELSE 0 END) AS output_tokens,
+    SUM(CASE WHEN kind IN {charged} THEN cache_write_5m_tokens ELSE 0 END)
         AS cache_write_5m_tokens,
-    SUM(CASE WHEN kind = 'attempt' THEN cache_write_1h_tokens ELSE 0 END)
+    SUM(CASE WHEN kind IN {charged} THEN cache_write_1h_tokens ELSE 0 END)
         AS cache_write_1h_tokens,
-    SUM(CASE WHEN kind = 'attempt' THEN cache_read_tokens ELSE 0 END) AS cache_read_tokens,
-    SUM(CASE WHEN kind = 'attempt' THEN web_search_requests ELSE 0 END) AS web_search_requests,
+    SUM(CASE WHEN kind IN {charged} THEN cache_read_tokens ELSE 0 END) AS cache_read_tokens,
+    SUM(CASE WHEN kind IN {charged} THEN web_search_requests ELSE 0 END) AS web_search_requests,
     SUM(cost_pusd) AS cost_pusd,
     SUM(saved_pusd) AS saved_pusd,
     SUM(CASE WHEN kind = 'cache_hit' THEN 1 ELSE 0 END) AS cache_hits,
@@ -141,7 +192,7 @@ REPORT_SUMS = """
     SUM(unpriced) AS unpriced,
     SUM(CASE WHEN state = 'pending' THEN 1 ELSE 0 END) AS pending,
     SUM(CASE WHEN state = 'reconciled' THEN 1 ELSE 0 END) AS reconciled
-"""
+""".replace("{charged}", CHARGED_KINDS)
 REPORT_INT_FIELDS = ("requests", "attempts", "input_tokens", "output_tokens",
                      "cache_write_5m_tokens", "cache_write_1h_tokens", "cache_read_tokens",
                      "web_search_requests", "cache_hits", "refused", "unpriced", "pending",
@@ -176,6 +227,28 @@ class ReserveResult:
     states: dict[str, tuple[int, int]]
     refused_key: str | None = None
 
+
+
+@attrs.frozen
+class Batch:
+    """A Message Batch submitted through midway: who it bills to, what each request was
+    estimated at (by custom_id), and the hold still on its budget buckets."""
+
+    batch_id: str
+    exchange_id: str
+    created_at: float
+    principal: str
+    owners: tuple[str, ...]  # principals that may read it: the submitter and its ancestors
+    attribution: dict[str, Any]  # the ledger's attribution columns, copied to result rows
+    estimates: dict[str, int]
+    held_pusd: int = 0
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Batch:
+        return cls(row["batch_id"], row["exchange_id"], float(row["created_at"]),
+                   row["principal"], tuple(row["owners"].split("\n")),
+                   orjson.loads(row["attribution"]), orjson.loads(row["estimates"]),
+                   int(row["held_pusd"]))
 
 
 RECONCILED_ERROR = "midway stopped before this attempt settled"
@@ -236,7 +309,7 @@ class Store:
         """Insert a pending attempt row (committed before the attempt is sent). Never over a
         row already there: a write-ahead whose reply was lost (the database crashed, the hook
         was cancelled) may commit after its settlement, which it must not undo."""
-        await self.db.execute(INSERT_PENDING, *[row[c] for c in LEDGER_COLUMNS])
+        await self.db.execute(INSERT_PENDING, *row_values(row))
 
     async def reserve(self, reservation: Reservation, limits: dict[str, int | None]
                       ) -> ReserveResult:
@@ -318,7 +391,7 @@ class Store:
         If reconciliation released the reservation first (it took this instance for dead, or
         ran late), the counters are corrected by what it charged: spent moves by
         ``charged_pusd`` minus the estimate it put on the ledger, which these rows replace."""
-        values = [[row[c] for c in LEDGER_COLUMNS] for row in sorted(rows, key=_by_id)]
+        values = [row_values(row) for row in sorted(rows, key=_by_id)]
 
         async def unit(tx: Tx) -> None:
             released, charged = 0, charged_pusd
@@ -444,6 +517,161 @@ class Store:
                f"FROM billing_ledger{where} GROUP BY 1, 2 ORDER BY 1, 2")
         rows = await self.db.fetch(sql, *args)
         return [(float(r["t"]), r["key"], int(r["cost"])) for r in rows]
+
+    async def repriceable(self, since: float | None, until: float | None
+                          ) -> tuple[list[dict[str, Any]], dict[str, tuple[int, int]]]:
+        """Settled rows that cost money (attempts, batch results) of a period, and per row id
+        the corrections already made to it (their cost sum and count)."""
+        where, args = time_filter(since, until)
+        where = (where + " AND" if where else " WHERE") + f" kind IN {CHARGED_KINDS} AND " \
+            "state = 'settled' AND corrects IS NULL"
+        sql = f"SELECT * FROM billing_ledger{where} ORDER BY created_at, id"  # noqa: S608
+        where2, args2 = time_filter(since, until)
+        where2 = (where2 + " AND" if where2 else " WHERE") + " kind = 'reprice'"
+        corrections = (
+            "SELECT corrects, SUM(cost_pusd) AS cost, COUNT(*) AS n "  # noqa: S608
+            f"FROM billing_ledger{where2} GROUP BY corrects")
+
+        async def unit(tx: Tx) -> tuple[list[dict[str, Any]], dict[str, tuple[int, int]]]:
+            rows = await tx.fetch(sql, *args)
+            done = {r["corrects"]: (int(r["cost"]), int(r["n"]))
+                    for r in await tx.fetch(corrections, *args2)}
+            return [dict(r) for r in rows], done
+
+        result: tuple[list[dict[str, Any]], dict[str, tuple[int, int]]] = \
+            await self.db.run(unit)
+        return result
+
+    async def add_corrections(self, rows: list[dict[str, Any]]) -> None:
+        """Insert correction rows (kind ``reprice``); the rows they correct stay as they were.
+        A row id already there is left alone: running the same correction twice adds
+        nothing."""
+        await self._run(lambda tx: tx.executemany(INSERT_PENDING, [row_values(r) for r in rows]),
+                        "billing: recording corrections")
+
+    async def agent_totals(self, since: float | None, until: float | None,
+                           top: int | None = None) -> list[dict[str, Any]]:
+        """Cost and requests per (session, agent, parent agent), for the subagent tree; with
+        ``top``, of the ``top`` costliest sessions only (clients name sessions at will)."""
+        where, args = time_filter(since, until)
+        if top is not None:
+            sessions = await self.db.fetch(
+                f"SELECT session_id FROM billing_ledger{where} "  # noqa: S608
+                "GROUP BY session_id ORDER BY SUM(cost_pusd) DESC, session_id LIMIT ?",
+                *args, int(top))
+            named = [r["session_id"] for r in sessions if r["session_id"] is not None]
+            clauses = []
+            if named:
+                clauses.append(f"session_id IN ({', '.join('?' for _ in named)})")
+            if len(named) < len(sessions):
+                clauses.append("session_id IS NULL")
+            if not clauses:
+                return []
+            where += (" AND " if where else " WHERE ") + f"({' OR '.join(clauses)})"
+            args += named
+        sql = ("SELECT session_id, agent_id, parent_agent_id, "  # noqa: S608
+               "COUNT(DISTINCT exchange_id) AS requests, SUM(cost_pusd) AS cost_pusd "
+               f"FROM billing_ledger{where} GROUP BY session_id, agent_id, parent_agent_id")
+        return await self.db.fetch(sql, *args)
+
+    async def usage_by_day(self, since: float | None, until: float | None
+                           ) -> list[dict[str, Any]]:
+        """Tokens, searches, cost and unpriced rows per UTC day, model and upstream key, of
+        the rows that cost money (for reconciliation against the upstream's own report)."""
+        where, args = time_filter(since, until)
+        where += (" AND " if where else " WHERE ") + f"kind IN {CHARGED_KINDS}"
+        day = _DAY[self.db.dialect]
+        # A model priced by the unknown-model rule is named as the client named it.
+        sql = (f"SELECT {day} AS day, CASE WHEN priced_model IS NULL OR priced_model = "  # noqa: S608
+               "'unknown_model' THEN model ELSE priced_model END AS model, "
+               "key_id, SUM(input_tokens) AS input_tokens, "
+               "SUM(output_tokens) AS output_tokens, "
+               "SUM(cache_write_5m_tokens) AS cache_write_5m_tokens, "
+               "SUM(cache_write_1h_tokens) AS cache_write_1h_tokens, "
+               "SUM(cache_read_tokens) AS cache_read_tokens, "
+               "SUM(web_search_requests) AS web_search_requests, "
+               "SUM(cost_pusd) AS cost_pusd, SUM(unpriced) AS unpriced, COUNT(*) AS rows "
+               f"FROM billing_ledger{where} GROUP BY 1, 2, 3 ORDER BY 1, 2, 3")
+        return await self.db.fetch(sql, *args)
+
+    # -- batches -----------------------------------------------------------------------------
+
+    async def open_batch(self, batch: Batch, rows: list[dict[str, Any]],
+                         reservation: Reservation | None) -> None:
+        """Settle the submit's rows (at $0) and keep its reservation held for the batch:
+        the hold moves from ``billing_reservations`` (an instance's, released if it dies) to
+        ``billing_batches`` (released as its results are priced)."""
+        values = [row_values(row) for row in sorted(rows, key=_by_id)]
+
+        async def unit(tx: Tx) -> None:
+            held = 0
+            if reservation is not None:
+                if await tx.execute("DELETE FROM billing_reservations WHERE exchange_id = ?",
+                                    reservation.exchange_id):
+                    held = reservation.amount_pusd
+                else:
+                    # Reconciliation took this instance for dead and charged the estimate on
+                    # the submit's row, which these rows replace at $0: take it back. The
+                    # batch goes on with no hold; its results are charged as they come.
+                    charged = int(await tx.fetchval(
+                        "SELECT COALESCE(SUM(cost_pusd), 0) FROM billing_ledger "
+                        "WHERE exchange_id = ? AND state = 'reconciled'",
+                        reservation.exchange_id))
+                    await _move(tx, reservation.buckets, 0, -charged)
+            await tx.executemany(UPSERT_ROW, values)
+            await tx.execute(
+                "INSERT INTO billing_batches (batch_id, exchange_id, created_at, principal, "
+                "owners, attribution, estimates, buckets, held_pusd) VALUES "
+                "(?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (batch_id) DO NOTHING",
+                batch.batch_id, batch.exchange_id, batch.created_at, batch.principal,
+                "\n".join(batch.owners), orjson.dumps(batch.attribution).decode(),
+                orjson.dumps(batch.estimates).decode(),
+                "\n".join(reservation.buckets if held and reservation else []), held)
+
+        await self._run(unit, f"billing: opening batch {batch.batch_id}")
+
+    async def batch(self, batch_id: str) -> Batch | None:
+        row = await self.db.fetchone("SELECT * FROM billing_batches WHERE batch_id = ?",
+                                     batch_id)
+        return None if row is None else Batch.from_row(row)
+
+    async def settle_batch(self, batch_id: str | None, rows: list[dict[str, Any]],
+                           ended: bool, buckets: list[str] | None = None) -> int:
+        """Write result rows not written before (a results file fetched twice is charged
+        once) and charge their cost to the batch's buckets, releasing each new result's
+        estimate from the batch's hold, and the whole rest of it once ``ended`` (every
+        result seen). ``batch_id`` None: a batch midway did not see submitted, charged to
+        ``buckets`` with no hold. What was newly charged."""
+        async def unit(tx: Tx) -> int:
+            batch = None
+            if batch_id is not None:
+                batch = await tx.fetchone(
+                    "SELECT * FROM billing_batches WHERE batch_id = ?"  # noqa: S608
+                    f"{_LOCK[self.db.dialect]}", batch_id)
+            estimates = orjson.loads(batch["estimates"]) if batch is not None else {}
+            charged = released_for = new = 0
+            for row in sorted(rows, key=_by_id):
+                if await tx.execute(INSERT_PENDING, *row_values(row)):
+                    new += 1
+                    charged += int(row["cost_pusd"])
+                    released_for += int(estimates.get(row.get("custom_id"), 0))
+            if batch is None:
+                if charged and buckets:
+                    await _move(tx, sorted(buckets), 0, charged)
+                return charged
+            held = int(batch["held_pusd"])
+            released = held if ended else min(held, released_for)
+            held_on = [k for k in batch["buckets"].split("\n") if k]
+            if held_on:
+                await _move(tx, held_on, released, charged)
+            await tx.execute(
+                "UPDATE billing_batches SET held_pusd = held_pusd - ?, charged_pusd = "
+                "charged_pusd + ?, results = results + ?, ended = ? WHERE batch_id = ?",
+                released, charged, new, int(ended or bool(batch["ended"])), batch_id)
+            return charged
+
+        charged: int = await self._run(unit, f"billing: settling batch {batch_id}")
+        return charged
 
     async def rows(self, since: float | None = None) -> list[dict[str, Any]]:
         where, args = time_filter(since, None)

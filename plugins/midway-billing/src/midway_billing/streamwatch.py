@@ -1,5 +1,6 @@
 """The running usage of a streamed answer, event by event: what a hard budget's stream has
-cost so far (docs/billing.md, "Streams under a hard budget")."""
+cost so far (docs/billing.md, "Streams under a hard budget"), and how much output text it
+has relayed (the floor of an interrupted stream, docs/billing.md "Interrupted streams")."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from typing import Any
 import attrs
 
 from midway import SSEEvent, Usage
+from midway.assemble import MessageAssembler
+from midway_billing.pricing import Modifiers
 
 # Text (and thinking, and tool input) per output token, for the output a stream has sent
 # since its last ``message_delta`` reported usage.
@@ -16,16 +19,30 @@ CHARS_PER_TOKEN = 4
 _DELTA_TEXT = ("text", "thinking", "partial_json")
 
 
+def floor_tokens(chars: int) -> int:
+    """Output tokens at least behind ``chars`` characters of relayed output."""
+    return math.ceil(chars / CHARS_PER_TOKEN)
+
+
 @attrs.define
 class StreamWatch:
-    """Usage from ``message_start``, overridden by each ``message_delta``'s (cumulative),
-    plus output estimated from the text deltas since the last one."""
+    """Usage from ``message_start``, overridden by each ``message_delta``'s (cumulative, by
+    the core's rule: a later 0 never erases an earlier count), plus output estimated from the
+    text deltas since the last one."""
 
     limits: dict[str, int | None]  # the reservation's buckets, hard ones with their limit
     model: str | None
-    usage: dict[str, Any] = attrs.field(factory=dict)
+    # usage as reported, merged as the core merges it (midway.assemble)
+    assembler: MessageAssembler = attrs.field(factory=MessageAssembler)
     chars: int = 0  # delta text since the last reported usage
+    relayed_chars: int = 0  # delta text of the whole stream
     cost: int | None = None  # the running cost at the last event that carried usage
+    modifiers: Modifiers = attrs.field(factory=Modifiers)  # what prices the running usage
+
+    @property
+    def hard(self) -> bool:
+        """Whether a hard budget holds this stream's reservation."""
+        return any(limit is not None for limit in self.limits.values())
 
     def step(self, cost: int) -> int:
         """Record ``cost``, the running cost now; how much the last event added (0 for the
@@ -48,27 +65,24 @@ class StreamWatch:
                     text = delta.get(field)
                     if isinstance(text, str):
                         self.chars += len(text)
+                        self.relayed_chars += len(text)
             return True
+        self.assembler.feed(name, payload)
         if name == "message_start":
-            message = payload.get("message")
-            if isinstance(message, dict):
-                usage = message.get("usage")
-                if isinstance(usage, dict):
-                    self.usage.update(usage)
-                if isinstance(message.get("model"), str):
-                    self.model = message["model"]
-            return True
-        usage = payload.get("usage")
-        if isinstance(usage, dict):
-            self.usage.update({k: v for k, v in usage.items() if v is not None})
+            if self.assembler.model is not None:
+                self.model = self.assembler.model
+        elif isinstance(payload.get("usage"), dict):
             self.chars = 0
         return True
+
+    @property
+    def usage(self) -> dict[str, Any]:
+        return self.assembler.usage
 
     def running(self) -> Usage:
         """The usage so far: the last reported, plus the text since at ~4 chars a token."""
         usage = Usage()
         usage.update(self.usage)
         if self.chars:
-            usage.update({"output_tokens": usage.output_tokens
-                          + math.ceil(self.chars / CHARS_PER_TOKEN)})
+            usage.update({"output_tokens": usage.output_tokens + floor_tokens(self.chars)})
         return usage

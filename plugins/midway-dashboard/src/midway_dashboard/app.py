@@ -143,6 +143,7 @@ class Dashboard:
         r.add_get(f"{PREFIX}/api/status", self.guard(self.api_status))
         r.add_get(f"{PREFIX}/api/traffic", self.guard(self.api_traffic))
         r.add_get(f"{PREFIX}/api/spend", self.guard(self.api_spend))
+        r.add_get(f"{PREFIX}/api/sessions", self.guard(self.api_sessions))
         r.add_get(f"{PREFIX}/api/cache", self.guard(self.api_cache))
         r.add_get(f"{PREFIX}/api/upstreams", self.guard(self.api_upstreams))
         r.add_get(f"{PREFIX}/api/requests", self.guard(self.api_requests))
@@ -305,6 +306,13 @@ class Dashboard:
             return error_response(400, f"by must be one of {', '.join(panels.SPEND_DIMENSIONS)}"
                                   f" and bucket one of {', '.join(panels.SPEND_BUCKETS)}")
         return await self._panel(panels.spend(self.midway, by, bucket))
+
+    async def api_sessions(self, request: web.Request) -> web.Response:
+        bucket = request.query.get("bucket", "hour")
+        if bucket not in panels.SPEND_BUCKETS:
+            return error_response(400, f"bucket must be one of "
+                                  f"{', '.join(panels.SPEND_BUCKETS)}")
+        return await self._panel(panels.sessions(self.midway, bucket))
 
     async def api_cache(self, request: web.Request) -> web.Response:
         data = await self._panel_data(panels.cache(self.midway))

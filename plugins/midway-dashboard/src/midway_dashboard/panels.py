@@ -120,8 +120,41 @@ async def spend(midway: Midway, by: str, bucket: str) -> dict[str, Any]:
                         since=since.timestamp())
     report = await call("billing.report", billing.report, by, since=since.timestamp())
     budgets = await call("billing.budgets", billing.budgets)
+    # the catalogue in force and the unknown-model rule (a billing without it: not shown)
+    pricing = await call("billing.pricing", billing.pricing) \
+        if hasattr(billing, "pricing") else None
     return {"installed": True, "by": by, "bucket": bucket, "since": since,
-            "series": list(series), "report": list(report), "budgets": list(budgets)}
+            "series": list(series), "report": list(report), "budgets": list(budgets),
+            "pricing": pricing}
+
+
+# The sessions panel shows the costliest sessions only, and so many agents of each: a client
+# may name as many sessions and agents as it likes.
+MAX_SESSIONS = 20
+MAX_AGENTS = 100
+
+
+async def sessions(midway: Midway, bucket: str) -> dict[str, Any]:
+    """Cost per Claude Code session and per subagent tree (own and subtree cost)."""
+    if BILLING not in midway.services:
+        return not_installed(midway, BILLING)
+    billing = midway.services[BILLING]
+    since = datetime.now(UTC) - SPEND_BUCKETS[bucket]
+    rows = list(await call("billing.agents", billing.agents, since=since.timestamp(),
+                           top=MAX_SESSIONS + 1))  # one more: whether there are others
+    totals: dict[Any, float] = {}
+    for row in rows:
+        if row.get("depth") == 0:
+            totals[row.get("session_id")] = float(row.get("subtree_cost_usd") or 0)
+    top = sorted(totals, key=lambda s: -totals[s])[:MAX_SESSIONS]
+    shown = []
+    for session in top:
+        agents = [r for r in rows if r.get("session_id") == session]
+        shown.append({"session_id": session, "cost_usd": agents[0].get("subtree_cost_usd"),
+                      "agents": agents[:MAX_AGENTS], "more_agents":
+                          max(0, len(agents) - MAX_AGENTS)})
+    return {"installed": True, "since": since, "sessions": shown,
+            "more_sessions": len(totals) > len(top)}
 
 
 async def cache(midway: Midway) -> dict[str, Any]:

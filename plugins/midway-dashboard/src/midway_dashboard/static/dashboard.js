@@ -271,8 +271,27 @@
 
     async function refresh() {
       const d = await getJSON(`/api/spend?by=${state.by}&bucket=${state.bucket}`);
+      d.sessions = await getJSON(`/api/sessions?bucket=${state.bucket}`);
       last = d;
       render(d);
+    }
+
+    // Cost per Claude Code session, each with its subagent tree (own and subtree cost).
+    function sessionsPanel(s) {
+      if (!s || !s.installed || s.error) return null;
+      const rows = [];
+      for (const session of s.sessions) {
+        for (const a of session.agents) rows.push({...a, session: session.session_id});
+      }
+      const more = s.more_sessions ? " (cheaper sessions not shown)" : "";
+      return section(`Cost per session and subagent tree since ${fmt.time(s.since)}${more}`,
+        "panel-sessions", table([
+          {label: "session", value: (r) => r.depth === 0 ? (r.session ?? "(no session)") : ""},
+          {label: "agent", value: (r) => "\u00a0\u00a0".repeat(r.depth) + r.agent_id},
+          {label: "requests", num: true, value: (r) => fmt.num(r.requests)},
+          {label: "own cost", num: true, value: (r) => fmt.usd(r.own_cost_usd)},
+          {label: "subtree cost", num: true, value: (r) => fmt.usd(r.subtree_cost_usd)}],
+          rows, {empty: "No session named by x-claude-code-session-id in this range."}));
     }
 
     function render(d) {
@@ -315,8 +334,18 @@
         {label: "output tokens", num: true, value: (r) => fmt.num(pick(r, "output_tokens"))},
         {label: "cache hits", num: true, value: (r) => fmt.num(pick(r, "cache_hits"))},
         {label: "saved", num: true, value: (r) => fmt.usd(pick(r, "saved_usd"))},
-        {label: "cost", num: true, value: (r) => fmt.usd(pick(r, "cost_usd"))}],
+        {label: "cost", num: true, value: (r) => fmt.usd(pick(r, "cost_usd"))},
+        {label: "unpriced", num: true, value: (r) => fmt.num(pick(r, "unpriced"))}],
         d.report, {empty: "No spend recorded in this range."}));
+      // Requests on models the price catalogue does not list: billed by its unknown-model rule.
+      const unpriced = d.report.reduce((n, r) => n + (Number(pick(r, "unpriced")) || 0), 0);
+      if (unpriced && d.pricing) {
+        const models = (d.pricing.unknown_models || []).join(", ");
+        report.children[0].after(el("div", {class: "notice unpriced", role: "status", text:
+          `${unpriced} request(s) used models price catalogue ${d.pricing.version} does not list` +
+          `${models ? ` (${models})` : ""}: billed at the unknown-model rate ` +
+          `(${d.pricing.unknown_rule}), not their real price.`}));
+      }
       const budgetTable = section("Budgets", "panel-budgets", table([
         {label: "budget", value: (b) => pick(b, "name") ?? "-"},
         {label: "scope", value: (b) => `${pick(b, "scope") ?? "-"} = ${pick(b, "value") ?? "*"}`},
@@ -332,7 +361,7 @@
         {label: "resets", value: (b) => fmt.time(pick(b, "resets_at"))}], d.budgets, {empty: "No budgets configured.",
           rowClass: (b) => Number(pick(b, "spent_usd")) >= Number(pick(b, "limit_usd")) ? "over" : ""}));
       replace(holder, section(`Spend per ${d.bucket} by ${d.by} (${state.mode}, USD)`, "panel-spend-chart", chart),
-              report, budgetTable);
+              report, budgetTable, ...[sessionsPanel(d.sessions)].filter(Boolean));
       if (times.length) {
         timeChart(chart, "spend", times, series, {yFormat: (v) => fmt.usd(v), minMax: 0.01});
       } else {
