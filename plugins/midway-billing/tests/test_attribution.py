@@ -40,9 +40,11 @@ def test_sessions_and_subagent_trees(midway_factory, fake_upstream, monkeypatch)
     send(running, {**s, "x-claude-code-agent-id": "grep-2",
                    "x-claude-code-parent-agent-id": "explore-1"})
     send(running, {**s, "x-claude-code-agent-id": "plan-3"})
-    # Attacker-supplied values: too long, or not an id, are not kept.
-    send(running, {"x-claude-code-session-id": "a" * 129,
-                   "x-claude-code-agent-id": "<script>alert(1)</script>"})
+    # Attacker-supplied values: a session id too long is not kept; an agent id that is not an
+    # id is refused by the core (midway.agents) before anything is billed.
+    send(running, {"x-claude-code-session-id": "a" * 129})
+    with pytest.raises(anthropic.BadRequestError, match="x-claude-code-agent-id"):
+        send(running, {**s, "x-claude-code-agent-id": "<script>alert(1)</script>"})
     rows = ledger(running, 7)
     assert {r["session_id"] for r in rows} == {s["x-claude-code-session-id"], None}
     assert not any(r["agent_id"] and "<" in r["agent_id"] for r in rows)

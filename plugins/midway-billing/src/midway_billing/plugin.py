@@ -310,7 +310,7 @@ class Billing:
         state = exchange.state.get("billing")
         if not isinstance(state, RequestState):
             state = RequestState(attribution(exchange, self.config.project_header),
-                                 Origin.from_headers(exchange.request.headers))
+                                 Origin.of(exchange))
             exchange.state["billing"] = state
         return state
 

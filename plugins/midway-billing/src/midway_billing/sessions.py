@@ -10,14 +10,13 @@ requests make anyway.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 from typing import Any
 
 import attrs
 
+from midway.exchange import Exchange
+
 SESSION_HEADER = "x-claude-code-session-id"
-AGENT_HEADER = "x-claude-code-agent-id"
-PARENT_HEADER = "x-claude-code-parent-agent-id"
 MAX_ID = 128
 # UUIDs, Claude Code's agent ids and the name-based ids of agent-team teammates.
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+-]*")
@@ -44,9 +43,11 @@ class Origin:
     parent_agent_id: str | None = None
 
     @classmethod
-    def from_headers(cls, headers: Mapping[str, str]) -> Origin:
-        return cls(clean_id(headers.get(SESSION_HEADER)), clean_id(headers.get(AGENT_HEADER)),
-                   clean_id(headers.get(PARENT_HEADER)))
+    def of(cls, exchange: Exchange) -> Origin:
+        """The session from its header; the agent ids as the core read and checked them
+        (:mod:`midway.agents`)."""
+        return cls(clean_id(exchange.request.headers.get(SESSION_HEADER)),
+                   exchange.agent_id, exchange.parent_agent_id)
 
     def columns(self) -> dict[str, str | None]:
         return {"session_id": self.session_id, "agent_id": self.agent_id,
