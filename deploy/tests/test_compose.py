@@ -4,7 +4,8 @@ can be pulled), the fake upstream (``midway mock-upstream``) as one more service
 appended to the stack's own midway.toml. Checked: the one-shot ``db upgrade`` before the
 replicas, one budget across both replicas, one audit chain; then a replica is killed (SIGKILL)
 under load: the audit chain verifies, the ledger has one attempt per request the upstream
-received, no audit record twice, every answered request audited."""
+received (settled, or pending for what the killed replica had in flight), no audit record
+twice, every answered request audited."""
 
 from __future__ import annotations
 
@@ -132,25 +133,33 @@ async def ask(client: httpx.AsyncClient, port: int, key: str, text: str
     return response.status_code, response.headers.get("x-midway-request-id")
 
 
-async def first_answer(ports: dict[str, int], started: float) -> float:
+async def first_answers(ports: dict[str, int], started: float) -> dict[str, float]:
+    """Seconds from ``up`` to each replica's first answered request."""
+    seen: dict[str, float] = {}
     async with httpx.AsyncClient() as client:
         while time.monotonic() - started < 180:
-            try:
-                status, _ = await ask(client, ports["a"], USER_KEY, "first")
+            for replica in "ab":
+                if replica in seen:
+                    continue
+                try:
+                    status, _ = await ask(client, ports[replica], USER_KEY, "first")
+                except httpx.HTTPError:
+                    continue
                 if status == 200:
-                    return time.monotonic() - started
-            except httpx.HTTPError:
-                pass
+                    seen[replica] = time.monotonic() - started
+            if len(seen) == 2:
+                return seen
             await asyncio.sleep(0.2)  # polling a starting stack; nothing to wait on instead
-    raise AssertionError("the compose stack answered no request within 180 s")
+    raise AssertionError(f"the compose stack's replicas did not answer within 180 s: {seen}")
 
 
 def test_compose_stack_shares_budget_and_audit_and_survives_a_killed_replica(
         stack: Any) -> None:
     stack_, started = stack
     ports = stack_.ports
-    elapsed = asyncio.run(first_answer(ports, started))
-    print(f"\ncompose up -> first answered request: {elapsed:.1f} s")
+    firsts = asyncio.run(first_answers(ports, started))
+    print(f"\ncompose up -> first answered request: {min(firsts.values()):.1f} s "
+          f"(replica a {firsts['a']:.1f} s, b {firsts['b']:.1f} s)")
     assert podman("inspect", "--format", "{{.State.ExitCode}}",
                   stack_.container("db-upgrade")).stdout.strip() == "0"
     answered: list[str] = []
@@ -218,9 +227,10 @@ def test_compose_stack_shares_budget_and_audit_and_survives_a_killed_replica(
     assert counts["other"] == 0, counts
     assert len(answered) == len(set(answered))
 
-    # podman's restart policy brings b back (restart: unless-stopped) or it stays down; the
-    # stores are what matter. The audit writer of a flushes asynchronously: verify until
-    # every answered request is there.
+    # The orchestrator starts b again: its audit writer records what b had in flight as
+    # interrupted (write_ahead = "durable"). Writers flush asynchronously: look until every
+    # answered request is there.
+    podman("start", stack_.container("midway-b"))
     deadline = time.monotonic() + 30
     while True:
         audited = [r[0] for r in stack_.psql("SELECT request_id FROM midway_audit.audit_records")]
@@ -240,4 +250,10 @@ def test_compose_stack_shares_budget_and_audit_and_survives_a_killed_replica(
     by_state = {state: int(n) for state, n in attempts}
     print(f"audited {len(audited)}, answered {len(answered)}, upstream received "
           f"{len(upstream_messages)}, ledger attempts {by_state}")
-    assert sum(by_state.values()) == len(upstream_messages)
+    # Settled: one row per answer the upstream gave a living replica. Pending: what b had in
+    # flight when it died (at most one per load worker; it wrote the row before sending,
+    # some never reached the upstream), which billing's own recovery settles later.
+    settled, pending = by_state.get("settled", 0), by_state.get("pending", 0)
+    assert set(by_state) <= {"settled", "pending"}
+    assert settled <= len(upstream_messages) <= settled + pending
+    assert pending <= 6
