@@ -135,7 +135,9 @@ def test_serving_publicly_without_client_keys_is_refused(image: str) -> None:
 def test_relays_and_readiness_follows_its_postgresql(
         image: str, tmp_path: Path, fake_upstream: FakeUpstream,
         private_postgres: PrivatePostgres, run_container: Callable[..., Container]) -> None:
-    _container, url = start(run_container, image, tmp_path, fake_upstream, private_postgres)
+    container, url = start(run_container, image, tmp_path, fake_upstream, private_postgres)
+    # the image's HEALTHCHECK (/readyz) as podman runs it
+    assert podman("healthcheck", "run", container.name, check=False).returncode == 0
     client = anthropic.Anthropic(api_key=CLIENT_KEY, base_url=url, max_retries=0)
     answer = client.messages.create(model="claude-sonnet-4-6", max_tokens=16,
                                     messages=[{"role": "user", "content": "hi"}])
@@ -149,6 +151,7 @@ def test_relays_and_readiness_follows_its_postgresql(
     body = httpx.get(f"{url}/readyz", timeout=5).json()
     assert body["status"] == "not ready" and body["problems"]
     assert httpx.get(f"{url}/livez").status_code == 200  # alive: no reason to restart it
+    assert podman("healthcheck", "run", container.name, check=False).returncode != 0
 
     private_postgres.start()
     wait_for(lambda: httpx.get(f"{url}/readyz", timeout=5).status_code == 200, timeout=30)
