@@ -118,4 +118,7 @@ def run_container() -> Iterator[Callable[..., Container]]:
 
     yield run
     for container in started:
-        podman("rm", "-f", "-t", "0", container.name, check=False)
+        # -v: the image's anonymous /var/lib/midway volume too; tests name their data volume
+        # after the container
+        podman("rm", "-f", "-v", "-t", "0", container.name, check=False)
+        podman("volume", "rm", "-f", container.name, check=False)
