@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import HERE, ROOT, build, podman
+from podman_helpers import HERE, ROOT, build, podman
 
 from midway.identity import passthrough_id
 from midway.testing_services import free_port

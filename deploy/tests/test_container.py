@@ -17,7 +17,7 @@ from pathlib import Path
 import anthropic
 import httpx
 import pytest
-from conftest import BASE, ROOT, Container, podman
+from podman_helpers import BASE, ROOT, Container, podman
 
 from midway.testing import FakeUpstream, PrivatePostgres, Reply
 from midway.testing_services import free_port, wait_for
