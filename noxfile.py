@@ -105,7 +105,8 @@ def deploy(session: nox.Session) -> None:
     _install_all(session)
     session.install("kubernetes-validate>=1.30", "podman-compose>=1.1", "pyyaml")
     missing = [tool for tool in ("podman", "runc", "debootstrap") if not shutil.which(tool)]
-    if missing:
+    if missing:  # a fresh machine may have no package lists yet
+        session.run("apt-get", "update", "-qq", external=True)
         session.run("apt-get", "install", "-y", "podman", "runc", "debootstrap", external=True)
     quick = "--quick" in session.posargs
     args = [a for a in session.posargs if a != "--quick"]
