@@ -18,7 +18,7 @@ from aiohttp.web_protocol import RequestPayloadError
 from multidict import CIMultiDict
 from yarl import URL
 
-from midway import accesslog, deadlines, paths
+from midway import accesslog, deadlines, paths, vertex_format
 from midway.access import browser_refusal
 from midway.answer import (
     SSE,
@@ -288,11 +288,16 @@ class Proxy:
     async def _serve(self, request: web.Request, exchange: Exchange) -> web.StreamResponse:
         if self.draining:  # e.g. on a kept-alive connection, after the listener closed
             raise _shutting_down()
-        paths.check(exchange.request.path)  # one spelling per route, before any hook
+        # one spelling per route, before any hook
+        vertex = vertex_format.parse(exchange.request.path)
+        if vertex is None:
+            paths.check(exchange.request.path)
         refusal = browser_refusal(request, self.midway.settings)
         if refusal is not None:
             raise MidwayError(403, refusal)
         exchange.request.body = await self._read_body(request, exchange)
+        if vertex is not None:
+            vertex_format.to_messages(exchange, vertex)
         await self._authenticate(exchange)
         self._check_scope(exchange)
 
