@@ -162,9 +162,22 @@ def to_messages(exchange: Exchange, call: BedrockCall) -> None:
     request.query_string = ""
     exchange.client_format = FORMAT
     exchange.annotations["client_format"] = FORMAT
-    exchange.state[FORMAT] = {"model_id": call.model_id, "action": call.action,
-                              "body": original}
     request.json = messages
+    # ``canonical``: what the body is unless a plugin changes it (then an upstream forwards
+    # the changed Messages request, not the client's body)
+    exchange.state[FORMAT] = {"model_id": call.model_id, "action": call.action,
+                              "body": original, "canonical": request.body}
+
+
+def client_request(exchange: Exchange) -> tuple[str, bytes] | None:
+    """For a Bedrock upstream: the client's own model id and InvokeModel body, to forward
+    unmodified, when the client spoke Bedrock's format and no plugin changed the request
+    since (``None`` otherwise: build the InvokeModel request from the Messages one)."""
+    state = exchange.state.get(FORMAT) if exchange.client_format == FORMAT else None
+    if state is None or state["action"] == "count-tokens" or \
+            exchange.request.body != state["canonical"]:
+        return None
+    return state["model_id"], state["body"]
 
 
 def _count_tokens_body(body: Any) -> Any:

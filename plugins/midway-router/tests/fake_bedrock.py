@@ -49,6 +49,7 @@ class Recorded:
     headers: CIMultiDict[str]
     body: dict[str, Any]
     signature_ok: bool
+    raw: bytes = b""  # the body's bytes as received
 
 
 def encode_message(headers: dict[str, str], payload: bytes) -> bytes:
@@ -165,7 +166,7 @@ class FakeBedrock:
         raw = await request.read()
         ok = self.verify(request, raw)
         self.requests.append(Recorded(request.raw_path, CIMultiDict(request.headers),
-                                      orjson.loads(raw), ok))
+                                      orjson.loads(raw), ok, raw))
         aws_headers = {"x-amzn-RequestId": f"aws-req-{len(self.requests)}"}
         if not ok:
             return web.json_response(

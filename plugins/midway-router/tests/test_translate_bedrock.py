@@ -3,13 +3,19 @@ framing decoded into Anthropic SSE, errors translated. Driven with the official 
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import random
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import aiohttp
 import anthropic
 import orjson
 import pytest
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
 from botocore.eventstream import EventStreamBuffer
 from fake_bedrock import (
     BedrockReply,
@@ -19,6 +25,7 @@ from fake_bedrock import (
     message_of,
     stream_events,
 )
+from yarl import URL
 
 from midway import Upstream, hookimpl
 from midway.sse import SSEParser
@@ -234,3 +241,47 @@ def test_betas_can_be_restricted_and_credentials_never_show() -> None:
     assert orjson.loads(prepared.body)["anthropic_beta"] == ["context-1m-2025-08-07"]
     assert "/eu-west-1/bedrock/aws4_request" in prepared.headers["authorization"]
     assert SECRET not in repr(adapter) and SECRET not in str(dict(prepared.headers))
+
+
+def test_a_bedrock_format_client_passes_through_re_signed(
+        midway_factory: Callable[..., RunningMidway], bedrock: FakeBedrockServer) -> None:
+    """A Bedrock-format client (Claude Code with CLAUDE_CODE_USE_BEDROCK=1) to a Bedrock
+    upstream: its body and model id go on unmodified, signed with midway's credentials (its
+    own signature is dropped), and its stream comes back with each event's bytes unchanged."""
+    adapter = BedrockAdapter("us-east-1", KEY_ID, SECRET, bedrock.fake.credentials.token)
+    upstream = Upstream(url=bedrock.url, name="bedrock", adapter=adapter, passthrough_auth=False)
+    proxy = midway_factory(plugins=[("bedrock_route", Route(upstream))])
+    model_id = "us.anthropic.claude-sonnet-4-5-20250929-v1:0"
+    body = b'{"anthropic_version": "bedrock-2023-05-31", "max_tokens": 64,' \
+           b' "anthropic_beta": ["interleaved-thinking-2025-05-14"],' \
+           b' "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]}'
+    for action in ("invoke", "invoke-with-response-stream"):
+        url = f"{proxy.url}/model/{model_id.replace(':', '%3A')}/{action}"
+        signed = AWSRequest(method="POST", url=url, data=body)
+        SigV4Auth(Credentials("AKIDTHECLIENT0000000", "client-secret"), "bedrock",
+                  "us-east-1").add_auth(signed)
+
+        async def go(url: str = url, headers: dict[str, str] = dict(signed.headers)
+                     ) -> tuple[int, str, bytes]:
+            async with aiohttp.ClientSession() as session, session.post(
+                    URL(url, encoded=True), data=body, headers=headers) as resp:
+                return resp.status, resp.headers["content-type"], await resp.read()
+
+        status, content_type, answer = asyncio.run(go())
+        assert status == 200, answer
+        seen = bedrock.fake.requests[-1]
+        assert seen.signature_ok and seen.raw == body  # re-signed by midway, body unmodified
+        assert seen.path == f"/model/{model_id}/{action}"
+        assert "AKIDTHECLIENT" not in repr(dict(seen.headers))
+        if action == "invoke":
+            assert orjson.loads(answer)["content"][0]["type"] == "text"
+            continue
+        assert content_type == "application/vnd.amazon.eventstream"
+        buffer = EventStreamBuffer()
+        buffer.add_data(answer)
+        chunks = [orjson.loads(m.payload)["bytes"] for m in buffer]
+        # each event's JSON bytes as the fake Bedrock sent them (orjson's compact form)
+        events = [base64.b64decode(chunk) for chunk in chunks]
+        assert events == [orjson.dumps(orjson.loads(e)) for e in events]
+        assert [orjson.loads(e)["type"] for e in events] == [
+            e["type"] for e in stream_events(message_of(BedrockReply(), "m"))]

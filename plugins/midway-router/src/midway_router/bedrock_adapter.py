@@ -13,6 +13,7 @@ import orjson
 from multidict import CIMultiDict
 from yarl import URL
 
+from midway import bedrock_format
 from midway.errors import STATUS_TYPES, MidwayError, error_body
 from midway.exchange import Exchange, PreparedRequest, Upstream
 from midway.sse import encode_event
@@ -96,19 +97,17 @@ class BedrockAdapter:
         if not isinstance(model, str) or not model:
             raise MidwayError(400, "model: field required")
         streaming = body.get("stream") is True
-        payload = {k: v for k, v in body.items() if k not in _NOT_IN_BODY}
-        payload["anthropic_version"] = BEDROCK_VERSION
-        betas = self._betas(request.headers.getall("anthropic-beta", []),
-                            payload.get("anthropic_beta"))
-        if betas:
-            payload["anthropic_beta"] = betas
-        else:
-            payload.pop("anthropic_beta", None)
         action = "invoke-with-response-stream" if streaming else "invoke"
-        model_id = quote(bedrock_model_id(model, self.model_map), safe="")
+        # A Bedrock-format client's own request goes on as it came (only re-signed).
+        passed = None if upstream.model else bedrock_format.client_request(exchange)
+        if passed is not None:
+            model_id, data = passed
+        else:
+            model_id = bedrock_model_id(model, self.model_map)
+            data = orjson.dumps(self._payload(request.headers.getall("anthropic-beta", []),
+                                              body))
         # Sign the URL in the form the HTTP client will send it (yarl normalises escapes).
-        url = str(URL(f"{upstream.url.rstrip('/')}/model/{model_id}/{action}"))
-        data = orjson.dumps(payload)
+        url = str(URL(f"{upstream.url.rstrip('/')}/model/{quote(model_id, safe='')}/{action}"))
         headers = {"content-type": "application/json"}
         if streaming:
             headers["x-amzn-bedrock-accept"] = "application/json"
@@ -118,6 +117,17 @@ class BedrockAdapter:
         signed["accept-encoding"] = "identity"
         return PreparedRequest(method="POST", url=url, headers=signed, body=data,
                                streaming=streaming)
+
+    def _payload(self, header_betas: list[str], body: dict[str, Any]) -> dict[str, Any]:
+        """The InvokeModel body for a Messages request."""
+        payload = {k: v for k, v in body.items() if k not in _NOT_IN_BODY}
+        payload["anthropic_version"] = BEDROCK_VERSION
+        betas = self._betas(header_betas, payload.get("anthropic_beta"))
+        if betas:
+            payload["anthropic_beta"] = betas
+        else:
+            payload.pop("anthropic_beta", None)
+        return payload
 
     def _betas(self, header_values: list[str], in_body: Any) -> list[str]:
         betas: list[str] = []
