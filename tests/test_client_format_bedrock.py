@@ -23,6 +23,7 @@ from yarl import URL
 
 import midway_audit
 import midway_billing
+import midway_cache
 from midway.fake_upstream import Reply
 from midway.testing import FakeUpstream, RunningMidway, wait_for
 
@@ -169,6 +170,22 @@ def test_a_haiku_key_may_not_reach_sonnet_through_bedrock(gateway: RunningMidway
         status, _, data = call(gateway, path, BODY, haiku)
         assert status in (400, 404), (path, data)
     assert len(fake_upstream.requests) == before
+
+
+def test_a_cache_hit_is_replayed_as_an_event_stream(midway_factory: Any,
+                                                     fake_upstream: FakeUpstream) -> None:
+    running = midway_factory(plugins=[("cache", midway_cache)],
+                             config={"cache": {"rules": [{"model": "*"}]}})  # opted in
+    client = anthropic.AnthropicBedrock(base_url=running.url, api_key="sk-ant-own",
+                                        aws_region="us-east-1", max_retries=0)
+    texts, outcomes = [], []
+    for _ in range(2):
+        with client.messages.stream(model=HAIKU, max_tokens=20,
+                                    messages=[{"role": "user", "content": "hi"}]) as stream:
+            texts.append(stream.get_final_text())
+            outcomes.append(stream.response.headers.get("x-midway-cache"))
+    assert outcomes == ["miss", "hit"] and texts[0] == texts[1]
+    assert len(fake_upstream.messages_requests) == 1
 
 
 def test_inference_profiles_are_refused_cleanly(gateway: RunningMidway) -> None:

@@ -167,3 +167,18 @@ def test_no_credential_is_refused(gateway: RunningMidway) -> None:
     status, answer = post(gateway, f"{BASE}/claude-haiku-4-5@20251001:rawPredict",
                           VERTEX_BODY, key="")
     assert status == 401 and answer["error"]["type"] == "authentication_error"
+
+
+def test_a_google_token_is_never_passed_on(midway_proxy: RunningMidway,
+                                           fake_upstream: FakeUpstream) -> None:
+    # pass-through mode (no client keys): the client's own credential would go upstream
+    async def go() -> int:
+        async with aiohttp.ClientSession() as session, session.post(
+                midway_proxy.url + f"{BASE}/claude-haiku-4-5@20251001:rawPredict",
+                data=orjson.dumps(VERTEX_BODY),
+                headers={"authorization": "Bearer ya29.a0-google-access-token",
+                         "x-api-key": "sk-ant-own-key"}) as resp:
+            return resp.status
+    assert asyncio.run(go()) == 200
+    seen = fake_upstream.messages_requests[-1].headers
+    assert "ya29" not in repr(dict(seen)) and seen["x-api-key"] == "sk-ant-own-key"

@@ -134,5 +134,9 @@ def to_messages(exchange: Exchange, call: VertexCall) -> None:
     exchange.state[FORMAT] = {"project": call.project, "location": call.location,
                               "anthropic_version": version or VERTEX_VERSION}
     request.query_string = ""  # Vertex's query parameters mean nothing to Anthropic's API
+    # A Google access token (a client without CLAUDE_CODE_SKIP_VERTEX_AUTH) is for Google:
+    # never passed on to another platform.
+    if request.headers.get("authorization", "").lower().startswith("bearer ya29."):
+        request.headers.popall("authorization")
     request.headers.setdefault("anthropic-version", ANTHROPIC_VERSION)
     request.json = body
