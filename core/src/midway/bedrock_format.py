@@ -170,12 +170,12 @@ def to_messages(exchange: Exchange, call: BedrockCall) -> None:
 
 
 def client_request(exchange: Exchange) -> tuple[str, bytes] | None:
-    """For a Bedrock upstream: the client's own model id and InvokeModel body, to forward
+    """For a Bedrock upstream: the client's own model id and body (InvokeModel's, or
+    CountTokens' for a count), to forward
     unmodified, when the client spoke Bedrock's format and no plugin changed the request
     since (``None`` otherwise: build the InvokeModel request from the Messages one)."""
     state = exchange.state.get(FORMAT) if exchange.client_format == FORMAT else None
-    if state is None or state["action"] == "count-tokens" or \
-            exchange.request.body != state["canonical"]:
+    if state is None or exchange.request.body != state["canonical"]:
         return None
     return state["model_id"], state["body"]
 

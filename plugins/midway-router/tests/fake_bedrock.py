@@ -136,6 +136,7 @@ class FakeBedrock:
         self.app = web.Application(client_max_size=64 * 1024 * 1024)
         self.app.router.add_post("/model/{model}/invoke", self._invoke)
         self.app.router.add_post("/model/{model}/invoke-with-response-stream", self._invoke)
+        self.app.router.add_post("/model/{model}/count-tokens", self._count_tokens)
 
     def reply(self, *replies: BedrockReply) -> None:
         self.replies.extend(replies)
@@ -161,6 +162,29 @@ class FakeBedrock:
         canonical = signer.canonical_request(aws)
         expected = signer.signature(signer.string_to_sign(aws, canonical), aws)
         return bool(expected == match["signature"])
+
+    async def _count_tokens(self, request: web.Request) -> web.Response:
+        """Bedrock's CountTokens: ``{"input": {"invokeModel": {"body": <base64>}}}`` in,
+        ``{"inputTokens": n}`` out (n: a rough count of the InvokeModel body)."""
+        raw = await request.read()
+        ok = self.verify(request, raw)
+        body = orjson.loads(raw)
+        self.requests.append(Recorded(request.raw_path, CIMultiDict(request.headers), body, ok,
+                                      raw))
+        if not ok:
+            return web.json_response({"message": "signature mismatch"}, status=403, headers={
+                "x-amzn-ErrorType": "InvalidSignatureException:http://internal.amazon.com/"})
+        try:
+            inner = orjson.loads(base64.b64decode(body["input"]["invokeModel"]["body"],
+                                                  validate=True))
+        except (KeyError, TypeError, ValueError):
+            return web.json_response({"message": "input.invokeModel.body is invalid"},
+                                     status=400, headers={"x-amzn-ErrorType":
+                                                          "ValidationException:http://x/"})
+        if "anthropic_version" not in inner or "model" in inner:
+            return web.json_response({"message": "not an InvokeModel body"}, status=400,
+                                     headers={"x-amzn-ErrorType": "ValidationException:x"})
+        return web.json_response({"inputTokens": max(1, len(raw) // 4)})
 
     async def _invoke(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()

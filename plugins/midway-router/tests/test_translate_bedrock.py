@@ -285,3 +285,33 @@ def test_a_bedrock_format_client_passes_through_re_signed(
         assert events == [orjson.dumps(orjson.loads(e)) for e in events]
         assert [orjson.loads(e)["type"] for e in events] == [
             e["type"] for e in stream_events(message_of(BedrockReply(), "m"))]
+
+
+def test_count_tokens_reaches_bedrock_count_tokens(
+        midway_factory: Callable[..., RunningMidway], bedrock: FakeBedrockServer) -> None:
+    adapter = BedrockAdapter("us-east-1", KEY_ID, SECRET, bedrock.fake.credentials.token)
+    upstream = Upstream(url=bedrock.url, name="bedrock", adapter=adapter, passthrough_auth=False)
+    proxy = midway_factory(plugins=[("bedrock_route", Route(upstream))])
+    # an Anthropic-format client: translated into CountTokens and back
+    sdk = anthropic.Anthropic(base_url=proxy.url, api_key="sk-ant-client", max_retries=0)
+    counted = sdk.messages.count_tokens(model="claude-sonnet-4-5-20250929",
+                                        messages=[{"role": "user", "content": "hi"}])
+    assert counted.input_tokens > 0
+    seen = bedrock.fake.requests[-1]
+    assert seen.signature_ok and seen.path == \
+        "/model/anthropic.claude-sonnet-4-5-20250929-v1:0/count-tokens"
+    # a Bedrock-format client: its CountTokens body goes on unmodified
+    inner = base64.b64encode(b'{"anthropic_version":"bedrock-2023-05-31","max_tokens":9,'
+                             b'"messages":[{"role":"user","content":"hi"}]}').decode()
+    body = orjson.dumps({"input": {"invokeModel": {"body": inner}}})
+
+    async def go() -> tuple[int, bytes]:
+        async with aiohttp.ClientSession() as session, session.post(
+                f"{proxy.url}/model/us.anthropic.claude-haiku-4-5-20251001-v1:0/count-tokens",
+                data=body) as resp:
+            return resp.status, await resp.read()
+
+    status, answer = asyncio.run(go())
+    assert status == 200, answer
+    assert orjson.loads(answer)["inputTokens"] > 0
+    assert bedrock.fake.requests[-1].raw == body and bedrock.fake.requests[-1].signature_ok

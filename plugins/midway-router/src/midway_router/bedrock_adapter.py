@@ -87,7 +87,8 @@ class BedrockAdapter:
 
     def prepare(self, exchange: Exchange, upstream: Upstream) -> PreparedRequest:
         request = exchange.request
-        if request.method != "POST" or request.path != "/v1/messages":
+        counting = request.path == "/v1/messages/count_tokens"
+        if request.method != "POST" or (request.path != "/v1/messages" and not counting):
             raise MidwayError(404, f"{request.method} {request.path} is not available on the "
                               f"Bedrock upstream {upstream.name}")
         body = request.json
@@ -96,16 +97,22 @@ class BedrockAdapter:
         model = upstream.model or body.get("model")
         if not isinstance(model, str) or not model:
             raise MidwayError(400, "model: field required")
-        streaming = body.get("stream") is True
-        action = "invoke-with-response-stream" if streaming else "invoke"
+        streaming = body.get("stream") is True and not counting
+        action = "count-tokens" if counting else \
+            "invoke-with-response-stream" if streaming else "invoke"
         # A Bedrock-format client's own request goes on as it came (only re-signed).
         passed = None if upstream.model else bedrock_format.client_request(exchange)
         if passed is not None:
             model_id, data = passed
         else:
             model_id = bedrock_model_id(model, self.model_map)
-            data = orjson.dumps(self._payload(request.headers.getall("anthropic-beta", []),
-                                              body))
+            payload = self._payload(request.headers.getall("anthropic-beta", []), body)
+            if counting:  # CountTokens counts an InvokeModel body, which needs max_tokens
+                payload.setdefault("max_tokens", 1)
+                data = orjson.dumps({"input": {"invokeModel": {
+                    "body": base64.b64encode(orjson.dumps(payload)).decode()}}})
+            else:
+                data = orjson.dumps(payload)
         # Sign the URL in the form the HTTP client will send it (yarl normalises escapes).
         url = str(URL(f"{upstream.url.rstrip('/')}/model/{quote(model_id, safe='')}/{action}"))
         headers = {"content-type": "application/json"}
@@ -147,8 +154,15 @@ class BedrockAdapter:
         return dict(aws.headers.items())
 
     def translate_json(self, exchange: Exchange, body: bytes) -> bytes:
-        # InvokeModel's answer is an Anthropic message already.
-        return body
+        # InvokeModel's answer is an Anthropic message already; CountTokens' is its own.
+        if exchange.request.path != "/v1/messages/count_tokens":
+            return body
+        try:
+            counted = orjson.loads(body)["inputTokens"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            raise MidwayError(502, "the Bedrock upstream answered CountTokens without "
+                              "inputTokens") from None
+        return orjson.dumps({"input_tokens": counted})
 
     def translate_error(self, status: int, headers: Mapping[str, str], body: bytes) -> bytes:
         kind = headers.get("x-amzn-errortype", "")
