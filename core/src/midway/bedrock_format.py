@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import collections
 import re
 from typing import TYPE_CHECKING, Any
 
@@ -197,6 +198,19 @@ def _count_tokens_body(body: Any) -> Any:
                           "object") from None
 
 
+def keep_frames(exchange: Exchange) -> None:
+    """Ask for a Bedrock upstream's own event-stream messages to reach this Bedrock-format
+    client unmodified (the adapter's translator records each with the event it became)."""
+    exchange.state[FORMAT]["frames"] = collections.deque()
+
+
+def frames(exchange: Exchange) -> collections.deque[tuple[str, bytes]] | None:
+    """Where the translator records ``(event data, the message it came from)``; ``None``
+    when the client's stream is not a Bedrock upstream's."""
+    state = exchange.state.get(FORMAT) if exchange.client_format == FORMAT else None
+    return state.get("frames") if state is not None else None
+
+
 def json_answer(exchange: Exchange, status: int, body: bytes) -> bytes:
     """The answer a Bedrock client reads for a JSON answer: CountTokens' shape for a counted
     one, the body unchanged otherwise (InvokeModel answers with an Anthropic message)."""
@@ -212,19 +226,31 @@ def json_answer(exchange: Exchange, status: int, body: bytes) -> bytes:
 
 class EventStreamResponse(web.StreamResponse):
     """A streamed answer written as Bedrock writes one: what the relay writes (Anthropic SSE,
-    which plugins observed) goes out as event-stream messages, event by event."""
+    which plugins observed) goes out as event-stream messages, event by event. An event a
+    Bedrock upstream sent (``frames``) goes out as the very message it came in, unless a
+    plugin changed it; other events (an Anthropic upstream's, a plugin's) are framed here."""
 
-    def __init__(self, status: int, headers: CIMultiDict[str]) -> None:
+    def __init__(self, status: int, headers: CIMultiDict[str],
+                 frames: collections.deque[tuple[str, bytes]] | None = None) -> None:
         headers = CIMultiDict(headers)
         headers["content-type"] = EVENTSTREAM
         headers["x-amzn-bedrock-content-type"] = "application/json"
         super().__init__(status=status, headers=headers)
         self._parser = SSEParser()
+        self._frames = frames
 
     async def write(self, data: bytes | bytearray | memoryview) -> None:
-        frames = b"".join(_frame(event) for event in self._parser.feed(bytes(data)))
-        if frames:
-            await super().write(frames)
+        out = b"".join(self._message(event) for event in self._parser.feed(bytes(data)))
+        if out:
+            await super().write(out)
+
+    def _message(self, event: SSEEvent) -> bytes:
+        pending = self._frames
+        while pending:  # events a plugin dropped leave their messages behind: skipped
+            data, raw = pending.popleft()
+            if data == event.data:
+                return raw
+        return _frame(event)
 
     async def write_eof(self, data: bytes = b"") -> None:
         pending = self._parser.pending

@@ -631,7 +631,8 @@ class Proxy:
             exchange.stream_observers else None
         source = answer.chunks()
         # A Bedrock client reads the same events as an event stream.
-        response = bedrock_format.EventStreamResponse(answer.status, headers) \
+        response = bedrock_format.EventStreamResponse(answer.status, headers,
+                                                      bedrock_format.frames(exchange)) \
             if exchange.client_format == bedrock_format.FORMAT and not encoding else \
             web.StreamResponse(status=answer.status, headers=headers)
         await response.prepare(request)

@@ -134,6 +134,7 @@ class FakeBedrock:
         self.replies: deque[BedrockReply] = deque()
         self.requests: list[Recorded] = []
         self.app = web.Application(client_max_size=64 * 1024 * 1024)
+        self.sent_streams: list[bytes] = []  # each event stream as it was sent
         self.app.router.add_post("/model/{model}/invoke", self._invoke)
         self.app.router.add_post("/model/{model}/invoke-with-response-stream", self._invoke)
         self.app.router.add_post("/model/{model}/count-tokens", self._count_tokens)
@@ -220,6 +221,7 @@ class FakeBedrock:
         elif reply.truncate_after is not None:
             frames = frames[:reply.truncate_after]
         data = b"".join(frames)
+        self.sent_streams.append(data)
         step = reply.chunk_size or len(data) or 1
         for start in range(0, len(data), step):
             await response.write(data[start:start + step])

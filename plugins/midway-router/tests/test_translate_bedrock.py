@@ -280,11 +280,8 @@ def test_a_bedrock_format_client_passes_through_re_signed(
         buffer = EventStreamBuffer()
         buffer.add_data(answer)
         chunks = [orjson.loads(m.payload)["bytes"] for m in buffer]
-        # each event's JSON bytes as the fake Bedrock sent them (orjson's compact form)
-        events = [base64.b64decode(chunk) for chunk in chunks]
-        assert events == [orjson.dumps(orjson.loads(e)) for e in events]
-        assert [orjson.loads(e)["type"] for e in events] == [
-            e["type"] for e in stream_events(message_of(BedrockReply(), "m"))]
+        assert answer == bedrock.fake.sent_streams[-1]  # byte for byte, padding included
+        assert orjson.loads(base64.b64decode(chunks[-1]))["type"] == "message_stop"
 
 
 def test_count_tokens_reaches_bedrock_count_tokens(
@@ -315,3 +312,26 @@ def test_count_tokens_reaches_bedrock_count_tokens(
     assert status == 200, answer
     assert orjson.loads(answer)["inputTokens"] > 0
     assert bedrock.fake.requests[-1].raw == body and bedrock.fake.requests[-1].signature_ok
+
+
+def test_a_bedrock_exception_reaches_a_bedrock_client_as_it_came(
+        midway_factory: Callable[..., RunningMidway], bedrock: FakeBedrockServer) -> None:
+    adapter = BedrockAdapter("us-east-1", KEY_ID, SECRET, bedrock.fake.credentials.token)
+    upstream = Upstream(url=bedrock.url, name="bedrock", adapter=adapter, passthrough_auth=False)
+    proxy = midway_factory(plugins=[("bedrock_route", Route(upstream))])
+    bedrock.reply(BedrockReply(exception_after=2))
+    body = b'{"anthropic_version":"bedrock-2023-05-31","max_tokens":64,' \
+           b'"messages":[{"role":"user","content":"hi"}]}'
+
+    async def go() -> bytes:
+        async with aiohttp.ClientSession() as session, session.post(
+                f"{proxy.url}/model/anthropic.claude-haiku-4-5-20251001-v1:0/"
+                "invoke-with-response-stream", data=body) as resp:
+            return await resp.read()
+
+    answer = asyncio.run(go())
+    assert answer == bedrock.fake.sent_streams[-1]
+    buffer = EventStreamBuffer()
+    buffer.add_data(answer)
+    last = list(buffer)[-1]
+    assert last.headers[":message-type"] == "exception"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import fnmatch
+from collections import deque
 from collections.abc import Collection, Mapping
 from typing import Any
 from urllib.parse import quote
@@ -104,6 +105,8 @@ class BedrockAdapter:
         passed = None if upstream.model else bedrock_format.client_request(exchange)
         if passed is not None:
             model_id, data = passed
+            if streaming:  # and its answer's messages come back as they came
+                bedrock_format.keep_frames(exchange)
         else:
             model_id = bedrock_model_id(model, self.model_map)
             payload = self._payload(request.headers.getall("anthropic-beta", []), body)
@@ -170,7 +173,7 @@ class BedrockAdapter:
                           error_type=error_type_for(kind.split(":", 1)[0], status))
 
     def stream_translator(self, exchange: Exchange) -> BedrockStreamTranslator:
-        return BedrockStreamTranslator()
+        return BedrockStreamTranslator(bedrock_format.frames(exchange))
 
 
 def error_type_for(exception: str, status: int = 500) -> str:
@@ -204,9 +207,11 @@ class BedrockStreamTranslator:
     Exceptions become ``event: error``; a stream that ends before ``message_stop`` ends with one.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, frames: deque[tuple[str, bytes]] | None = None) -> None:
         self._decoder = EventStreamDecoder()
         self._ended = False
+        # (event data, the message it came from), for a Bedrock-format client's relay
+        self._frames = frames
 
     def feed(self, data: bytes) -> bytes:
         if self._ended:
@@ -221,10 +226,11 @@ class BedrockStreamTranslator:
             if self._ended:
                 break
             if message.message_type == "event" and message.event_type == "chunk":
-                self._chunk(message.payload, out)
+                self._chunk(message.payload, out, message.raw)
             elif message.message_type in ("exception", "error"):
                 name = message.event_type or str(message.headers.get(":error-code", ""))
-                self._fail(out, error_type_for(name), _aws_message(message.payload))
+                self._fail(out, error_type_for(name), _aws_message(message.payload),
+                           message.raw)
         return b"".join(out)
 
     def close(self) -> bytes:
@@ -235,7 +241,7 @@ class BedrockStreamTranslator:
                    "complete")
         return b"".join(out)
 
-    def _chunk(self, payload: bytes, out: list[bytes]) -> None:
+    def _chunk(self, payload: bytes, out: list[bytes], raw: bytes = b"") -> None:
         try:
             event = base64.b64decode(orjson.loads(payload)["bytes"], validate=True)
             name = orjson.loads(event)["type"]
@@ -245,12 +251,17 @@ class BedrockStreamTranslator:
         if not isinstance(name, str):
             return
         # SSE data must be one line; Anthropic's JSON is compact, but a pretty-printed one is not.
-        text = event if b"\n" not in event else orjson.dumps(orjson.loads(event))
-        out.append(encode_event(name, text.decode()))
+        text = (event if b"\n" not in event else orjson.dumps(orjson.loads(event))).decode()
+        out.append(encode_event(name, text))
+        if self._frames is not None and raw:
+            self._frames.append((text, raw))
         if name in ("message_stop", "error"):
             self._ended = True
 
-    def _fail(self, out: list[bytes], error_type: str, message: str) -> None:
-        out.append(encode_event("error", {"type": "error",
-                                          "error": {"type": error_type, "message": message}}))
+    def _fail(self, out: list[bytes], error_type: str, message: str, raw: bytes = b"") -> None:
+        data = orjson.dumps({"type": "error",
+                             "error": {"type": error_type, "message": message}}).decode()
+        out.append(encode_event("error", data))
+        if self._frames is not None and raw:
+            self._frames.append((data, raw))
         self._ended = True
