@@ -19,6 +19,7 @@ from midway.errors import STATUS_TYPES, MidwayError, error_body
 from midway.exchange import Exchange, PreparedRequest, Upstream
 from midway.sse import encode_event
 from midway_router.eventstream import EventStreamDecoder, EventStreamError
+from midway_router.vendor_request import messages_request
 
 BEDROCK_VERSION = "bedrock-2023-05-31"
 _SERVICE = "bedrock"
@@ -88,16 +89,7 @@ class BedrockAdapter:
 
     def prepare(self, exchange: Exchange, upstream: Upstream) -> PreparedRequest:
         request = exchange.request
-        counting = request.path == "/v1/messages/count_tokens"
-        if request.method != "POST" or (request.path != "/v1/messages" and not counting):
-            raise MidwayError(404, f"{request.method} {request.path} is not available on the "
-                              f"Bedrock upstream {upstream.name}")
-        body = request.json
-        if not isinstance(body, dict):
-            raise MidwayError(400, "the request body must be a JSON object")
-        model = upstream.model or body.get("model")
-        if not isinstance(model, str) or not model:
-            raise MidwayError(400, "model: field required")
+        body, model, counting = messages_request(exchange, upstream, "Bedrock")
         streaming = body.get("stream") is True and not counting
         action = "count-tokens" if counting else \
             "invoke-with-response-stream" if streaming else "invoke"

@@ -26,6 +26,7 @@ from multidict import CIMultiDict
 from midway import vertex_format
 from midway.errors import STATUS_TYPES, MidwayError, error_body
 from midway.exchange import ErrorKind, Exchange, PreparedRequest, Upstream
+from midway_router.vendor_request import messages_request
 
 log = logging.getLogger("midway.router")
 
@@ -125,16 +126,7 @@ class VertexAdapter:
 
     def prepare(self, exchange: Exchange, upstream: Upstream) -> PreparedRequest:
         request = exchange.request
-        counting = request.path == "/v1/messages/count_tokens"
-        if request.method != "POST" or (request.path != "/v1/messages" and not counting):
-            raise MidwayError(404, f"{request.method} {request.path} is not available on the "
-                              f"Vertex upstream {upstream.name}")
-        body = request.json
-        if not isinstance(body, dict):
-            raise MidwayError(400, "the request body must be a JSON object")
-        model = upstream.model or body.get("model")
-        if not isinstance(model, str) or not model:
-            raise MidwayError(400, "model: field required")
+        body, model, counting = messages_request(exchange, upstream, "Vertex")
         model = vertex_format.vertex_model(model)
         payload = dict(body)
         state = exchange.state.get(vertex_format.FORMAT) \
