@@ -192,3 +192,14 @@ def test_inference_profiles_are_refused_cleanly(gateway: RunningMidway) -> None:
     for path in ("/inference-profiles?type=SYSTEM_DEFINED", f"/inference-profiles/{SONNET}"):
         status, _, data = call(gateway, path, None, method="GET")
         assert status == 404 and orjson.loads(data)["type"] == "error"
+
+
+def test_a_signature_alone_is_told_how_to_authenticate(gateway: RunningMidway,
+                                                       fake_upstream: FakeUpstream) -> None:
+    url = f"{gateway.url}/model/{HAIKU}/invoke"
+    signed = AWSRequest(method="POST", url=url, data=orjson.dumps(BODY))
+    SigV4Auth(Credentials("AKIDCLIENT", "client-secret"), "bedrock", "us-east-1").add_auth(signed)
+    before = len(fake_upstream.requests)
+    status, _, data = call(gateway, f"/model/{HAIKU}/invoke", BODY, dict(signed.headers))
+    assert status == 401 and b"CLAUDE_CODE_SKIP_BEDROCK_AUTH" in data
+    assert b"AKIDCLIENT" not in data and len(fake_upstream.requests) == before

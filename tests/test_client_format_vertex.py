@@ -182,3 +182,14 @@ def test_a_google_token_is_never_passed_on(midway_proxy: RunningMidway,
     assert asyncio.run(go()) == 200
     seen = fake_upstream.messages_requests[-1].headers
     assert "ya29" not in repr(dict(seen)) and seen["x-api-key"] == "sk-ant-own-key"
+
+
+def test_a_google_token_alone_is_told_how_to_authenticate(gateway: RunningMidway) -> None:
+    async def go() -> tuple[int, bytes]:
+        async with aiohttp.ClientSession() as session, session.post(
+                gateway.url + f"{BASE}/claude-haiku-4-5@20251001:rawPredict",
+                data=orjson.dumps(VERTEX_BODY),
+                headers={"authorization": "Bearer ya29.a0-google-access-token"}) as resp:
+            return resp.status, await resp.read()
+    status, data = asyncio.run(go())
+    assert status == 401 and b"CLAUDE_CODE_SKIP_VERTEX_AUTH" in data and b"ya29" not in data

@@ -105,12 +105,19 @@ def anthropic_model(model_id: str) -> str:
 
 
 def strip_aws_signature(headers: CIMultiDict[str]) -> None:
-    """Drop a client's own AWS credentials: they are for AWS, never for midway's upstream."""
+    """Drop a client's own AWS credentials: they are for AWS, never for midway's upstream.
+    A client that presented nothing else is told how to authenticate instead."""
     auth = headers.get("authorization", "")
-    if auth.upper().startswith("AWS4-"):
+    signed = auth.upper().startswith("AWS4-")
+    if signed:
         headers.popall("authorization")
     for name in [n for n in headers if n.lower().startswith("x-amz-")]:
         headers.popall(name, None)
+    if signed and not headers.get("x-api-key") and not headers.get("authorization"):
+        raise MidwayError(401, "an AWS signature is for AWS, not for midway: set "
+                          "CLAUDE_CODE_SKIP_BEDROCK_AUTH=1 and present a key in "
+                          "ANTHROPIC_CUSTOM_HEADERS (x-api-key: …) or AWS_BEARER_TOKEN_BEDROCK",
+                          error_type="authentication_error")
 
 
 def to_messages(exchange: Exchange, call: BedrockCall) -> None:

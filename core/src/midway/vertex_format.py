@@ -138,5 +138,10 @@ def to_messages(exchange: Exchange, call: VertexCall) -> None:
     # never passed on to another platform.
     if request.headers.get("authorization", "").lower().startswith("bearer ya29."):
         request.headers.popall("authorization")
+        if not request.headers.get("x-api-key"):
+            raise MidwayError(401, "a Google access token is for Google, not for midway: set "
+                              "CLAUDE_CODE_SKIP_VERTEX_AUTH=1 and present a key in "
+                              "ANTHROPIC_CUSTOM_HEADERS (x-api-key: …)",
+                              error_type="authentication_error")
     request.headers.setdefault("anthropic-version", ANTHROPIC_VERSION)
     request.json = body
