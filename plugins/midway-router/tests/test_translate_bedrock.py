@@ -257,7 +257,8 @@ def test_a_bedrock_format_client_passes_through_re_signed(
            b' "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]}'
     for action in ("invoke", "invoke-with-response-stream"):
         url = f"{proxy.url}/model/{model_id.replace(':', '%3A')}/{action}"
-        signed = AWSRequest(method="POST", url=url, data=body)
+        signed = AWSRequest(method="POST", url=url, data=body,
+                            headers={"x-api-key": "sk-ant-client"})
         SigV4Auth(Credentials("AKIDTHECLIENT0000000", "client-secret"), "bedrock",
                   "us-east-1").add_auth(signed)
 
