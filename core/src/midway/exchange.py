@@ -391,6 +391,11 @@ class Exchange:
     extra_response_headers: dict[str, str] = attrs.field(factory=dict)
     # the plugins whose ``on_chunk`` sees this exchange's stream (see observe_stream)
     stream_observers: list[object] = attrs.field(factory=list)
+    # the wire format the client spoke: ``anthropic``, or ``vertex`` / ``bedrock``, whose
+    # requests the core rewrote into Anthropic's before any hook (``request`` is the Messages
+    # request; ``client_path`` the path the client sent)
+    client_format: str = "anthropic"
+    client_path: str | None = None
 
     def observe_stream(self, plugin: object) -> None:
         """Ask for this exchange's stream events: ``plugin``'s ``on_chunk`` fires for each.

@@ -197,7 +197,10 @@ def pre_request(exchange: Exchange) -> Response | None:
 
     Fires once per request under ``/v1/``, after the body was read and the client
     authenticated, before any upstream is chosen. First result: the first non-None result
-    wins and later implementations do not run.
+    wins and later implementations do not run. A Bedrock- or Vertex-format request arrives
+    already rewritten as the Messages request it stands for (``exchange.client_format`` says
+    which format the client spoke, ``exchange.client_path`` its path; see
+    docs/client-formats.md), so one implementation serves every format.
 
     :param exchange: the request in flight (:class:`midway.Exchange`). Change
         ``exchange.request.headers`` in place; to change the body assign

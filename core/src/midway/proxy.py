@@ -19,7 +19,7 @@ from aiohttp.web_protocol import RequestPayloadError
 from multidict import CIMultiDict
 from yarl import URL
 
-from midway import accesslog, deadlines, paths
+from midway import accesslog, bedrock_format, deadlines, paths, vertex_format
 from midway.access import browser_refusal
 from midway.agents import agent_ids
 from midway.answer import (
@@ -293,11 +293,21 @@ class Proxy:
     async def _serve(self, request: web.Request, exchange: Exchange) -> web.StreamResponse:
         if self.draining:  # e.g. on a kept-alive connection, after the listener closed
             raise _shutting_down()
-        paths.check(exchange.request.path)  # one spelling per route, before any hook
+        # One spelling per route, before any hook; a Vertex or Bedrock request becomes the
+        # Messages request it stands for, so every plugin sees one kind of exchange.
+        raw_path = exchange.request.path
+        vertex = vertex_format.parse(raw_path)
+        bedrock = bedrock_format.parse(raw_path) if vertex is None else None
+        if vertex is None and bedrock is None:
+            paths.check(raw_path)
         refusal = browser_refusal(request, self.midway.settings, self.key_mode)
         if refusal is not None:
             raise MidwayError(403, refusal)
         exchange.request.body = await self._read_body(request, exchange)
+        if vertex is not None:
+            vertex_format.to_messages(exchange, vertex)
+        elif bedrock is not None:
+            bedrock_format.to_messages(exchange, bedrock)
         await self._authenticate(exchange)
         exchange.agent_id, exchange.parent_agent_id = agent_ids(exchange.request.headers)
         self._check_scope(exchange)
@@ -547,6 +557,8 @@ class Proxy:
         if decoded is not None:
             exchange.response_body = decoded
             apply_message(exchange, decoded)
+        if exchange.client_format == bedrock_format.FORMAT and not encoding:
+            body = bedrock_format.json_answer(exchange, status, body)
         response = web.Response(status=status, body=body, headers=headers)
         await self._send(request, exchange, response)
         return response
@@ -638,7 +650,11 @@ class Proxy:
         callers = self._chunk_callers(exchange) if not encoding and \
             exchange.stream_observers else None
         source = answer.chunks()
-        response = web.StreamResponse(status=answer.status, headers=headers)
+        # A Bedrock client reads the same events as an event stream.
+        response = bedrock_format.EventStreamResponse(answer.status, headers,
+                                                      bedrock_format.frames(exchange)) \
+            if exchange.client_format == bedrock_format.FORMAT and not encoding else \
+            web.StreamResponse(status=answer.status, headers=headers)
         await response.prepare(request)
         timings = exchange.timings
         self.open_streams += 1

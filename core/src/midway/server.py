@@ -76,7 +76,8 @@ def build_midway(settings: Settings, objects: Iterable[tuple[str, object]] = (),
 
 
 def build_app(midway: Midway) -> web.Application:
-    """The aiohttp application: core routes, plugin routes, then ``/v1/*``."""
+    """The aiohttp application: core routes, plugin routes, then ``/v1/*`` (and the
+    Vertex and Bedrock client formats' paths)."""
     settings = midway.settings
     malformed.install()  # parser errors must not echo the client's header lines
     # Pass-through clients are named under this instance's secret (created on first start).
@@ -134,6 +135,11 @@ def build_app(midway: Midway) -> web.Application:
     app.router.add_get("/metrics", metrics)
     midway.plugins.call_sync("register_routes", app=app, midway=midway)
     app.router.add_route("*", "/v1/{tail:[\\s\\S]*}", proxy.handle)
+    # Vertex rawPredict clients (midway.vertex_format) may leave out the /v1 prefix;
+    # Bedrock InvokeModel clients (midway.bedrock_format) have their own paths.
+    app.router.add_route("*", "/projects/{tail:[\\s\\S]*}", proxy.handle)
+    app.router.add_route("*", "/model/{tail:[\\s\\S]*}", proxy.handle)
+    app.router.add_route("*", "/inference-profiles{tail:[\\s\\S]*}", proxy.handle)
     app.router.add_route("*", "/{tail:[\\s\\S]*}", not_found)
 
     async def on_startup(app: web.Application) -> None:

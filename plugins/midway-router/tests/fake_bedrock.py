@@ -53,6 +53,7 @@ class Recorded:
     headers: CIMultiDict[str]
     body: dict[str, Any]
     signature_ok: bool
+    raw: bytes = b""  # the body's bytes as received
 
 
 def encode_message(headers: dict[str, str], payload: bytes) -> bytes:
@@ -137,8 +138,10 @@ class FakeBedrock:
         self.replies: deque[BedrockReply] = deque()
         self.requests: list[Recorded] = []
         self.app = web.Application(client_max_size=64 * 1024 * 1024)
+        self.sent_streams: list[bytes] = []  # each event stream as it was sent
         self.app.router.add_post("/model/{model}/invoke", self._invoke)
         self.app.router.add_post("/model/{model}/invoke-with-response-stream", self._invoke)
+        self.app.router.add_post("/model/{model}/count-tokens", self._count_tokens)
 
     def reply(self, *replies: BedrockReply) -> None:
         self.replies.extend(replies)
@@ -165,11 +168,34 @@ class FakeBedrock:
         expected = signer.signature(signer.string_to_sign(aws, canonical), aws)
         return bool(expected == match["signature"])
 
+    async def _count_tokens(self, request: web.Request) -> web.Response:
+        """Bedrock's CountTokens: ``{"input": {"invokeModel": {"body": <base64>}}}`` in,
+        ``{"inputTokens": n}`` out (n: a rough count of the InvokeModel body)."""
+        raw = await request.read()
+        ok = self.verify(request, raw)
+        body = orjson.loads(raw)
+        self.requests.append(Recorded(request.raw_path, CIMultiDict(request.headers), body, ok,
+                                      raw))
+        if not ok:
+            return web.json_response({"message": "signature mismatch"}, status=403, headers={
+                "x-amzn-ErrorType": "InvalidSignatureException:http://internal.amazon.com/"})
+        try:
+            inner = orjson.loads(base64.b64decode(body["input"]["invokeModel"]["body"],
+                                                  validate=True))
+        except (KeyError, TypeError, ValueError):
+            return web.json_response({"message": "input.invokeModel.body is invalid"},
+                                     status=400, headers={"x-amzn-ErrorType":
+                                                          "ValidationException:http://x/"})
+        if "anthropic_version" not in inner or "model" in inner:
+            return web.json_response({"message": "not an InvokeModel body"}, status=400,
+                                     headers={"x-amzn-ErrorType": "ValidationException:x"})
+        return web.json_response({"inputTokens": max(1, len(raw) // 4)})
+
     async def _invoke(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()
         ok = self.verify(request, raw)
         self.requests.append(Recorded(request.raw_path, CIMultiDict(request.headers),
-                                      orjson.loads(raw), ok))
+                                      orjson.loads(raw), ok, raw))
         aws_headers = {"x-amzn-RequestId": f"aws-req-{len(self.requests)}"}
         if not ok:
             return web.json_response(
@@ -204,6 +230,7 @@ class FakeBedrock:
             await asyncio.get_running_loop().run_in_executor(None, reply.resume.wait, 30)
             frames = frames[reply.stall_after:]
         data = b"".join(frames)
+        self.sent_streams.append(data)
         step = reply.chunk_size or len(data) or 1
         for start in range(0, len(data), step):
             await response.write(data[start:start + step])

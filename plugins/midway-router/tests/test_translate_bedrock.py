@@ -3,13 +3,19 @@ framing decoded into Anthropic SSE, errors translated. Driven with the official 
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import random
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import aiohttp
 import anthropic
 import orjson
 import pytest
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
 from botocore.eventstream import EventStreamBuffer
 from fake_bedrock import (
     BedrockReply,
@@ -19,6 +25,7 @@ from fake_bedrock import (
     message_of,
     stream_events,
 )
+from yarl import URL
 
 from midway import Upstream, hookimpl
 from midway.sse import SSEParser
@@ -234,3 +241,98 @@ def test_betas_can_be_restricted_and_credentials_never_show() -> None:
     assert orjson.loads(prepared.body)["anthropic_beta"] == ["context-1m-2025-08-07"]
     assert "/eu-west-1/bedrock/aws4_request" in prepared.headers["authorization"]
     assert SECRET not in repr(adapter) and SECRET not in str(dict(prepared.headers))
+
+
+def test_a_bedrock_format_client_passes_through_re_signed(
+        midway_factory: Callable[..., RunningMidway], bedrock: FakeBedrockServer) -> None:
+    """A Bedrock-format client (Claude Code with CLAUDE_CODE_USE_BEDROCK=1) to a Bedrock
+    upstream: its body and model id go on unmodified, signed with midway's credentials (its
+    own signature is dropped), and its stream comes back with each event's bytes unchanged."""
+    adapter = BedrockAdapter("us-east-1", KEY_ID, SECRET, bedrock.fake.credentials.token)
+    upstream = Upstream(url=bedrock.url, name="bedrock", adapter=adapter, passthrough_auth=False)
+    proxy = midway_factory(plugins=[("bedrock_route", Route(upstream))])
+    model_id = "us.anthropic.claude-sonnet-4-5-20250929-v1:0"
+    body = b'{"anthropic_version": "bedrock-2023-05-31", "max_tokens": 64,' \
+           b' "anthropic_beta": ["interleaved-thinking-2025-05-14"],' \
+           b' "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]}'
+    for action in ("invoke", "invoke-with-response-stream"):
+        url = f"{proxy.url}/model/{model_id.replace(':', '%3A')}/{action}"
+        signed = AWSRequest(method="POST", url=url, data=body,
+                            headers={"x-api-key": "sk-ant-client"})
+        SigV4Auth(Credentials("AKIDTHECLIENT0000000", "client-secret"), "bedrock",
+                  "us-east-1").add_auth(signed)
+
+        async def go(url: str = url, headers: dict[str, str] = dict(signed.headers)
+                     ) -> tuple[int, str, bytes]:
+            async with aiohttp.ClientSession() as session, session.post(
+                    URL(url, encoded=True), data=body, headers=headers) as resp:
+                return resp.status, resp.headers["content-type"], await resp.read()
+
+        status, content_type, answer = asyncio.run(go())
+        assert status == 200, answer
+        seen = bedrock.fake.requests[-1]
+        assert seen.signature_ok and seen.raw == body  # re-signed by midway, body unmodified
+        assert seen.path == f"/model/{model_id}/{action}"
+        assert "AKIDTHECLIENT" not in repr(dict(seen.headers))
+        if action == "invoke":
+            assert orjson.loads(answer)["content"][0]["type"] == "text"
+            continue
+        assert content_type == "application/vnd.amazon.eventstream"
+        buffer = EventStreamBuffer()
+        buffer.add_data(answer)
+        chunks = [orjson.loads(m.payload)["bytes"] for m in buffer]
+        assert answer == bedrock.fake.sent_streams[-1]  # byte for byte, padding included
+        assert orjson.loads(base64.b64decode(chunks[-1]))["type"] == "message_stop"
+
+
+def test_count_tokens_reaches_bedrock_count_tokens(
+        midway_factory: Callable[..., RunningMidway], bedrock: FakeBedrockServer) -> None:
+    adapter = BedrockAdapter("us-east-1", KEY_ID, SECRET, bedrock.fake.credentials.token)
+    upstream = Upstream(url=bedrock.url, name="bedrock", adapter=adapter, passthrough_auth=False)
+    proxy = midway_factory(plugins=[("bedrock_route", Route(upstream))])
+    # an Anthropic-format client: translated into CountTokens and back
+    sdk = anthropic.Anthropic(base_url=proxy.url, api_key="sk-ant-client", max_retries=0)
+    counted = sdk.messages.count_tokens(model="claude-sonnet-4-5-20250929",
+                                        messages=[{"role": "user", "content": "hi"}])
+    assert counted.input_tokens > 0
+    seen = bedrock.fake.requests[-1]
+    assert seen.signature_ok and seen.path == \
+        "/model/anthropic.claude-sonnet-4-5-20250929-v1:0/count-tokens"
+    # a Bedrock-format client: its CountTokens body goes on unmodified
+    inner = base64.b64encode(b'{"anthropic_version":"bedrock-2023-05-31","max_tokens":9,'
+                             b'"messages":[{"role":"user","content":"hi"}]}').decode()
+    body = orjson.dumps({"input": {"invokeModel": {"body": inner}}})
+
+    async def go() -> tuple[int, bytes]:
+        async with aiohttp.ClientSession() as session, session.post(
+                f"{proxy.url}/model/us.anthropic.claude-haiku-4-5-20251001-v1:0/count-tokens",
+                data=body) as resp:
+            return resp.status, await resp.read()
+
+    status, answer = asyncio.run(go())
+    assert status == 200, answer
+    assert orjson.loads(answer)["inputTokens"] > 0
+    assert bedrock.fake.requests[-1].raw == body and bedrock.fake.requests[-1].signature_ok
+
+
+def test_a_bedrock_exception_reaches_a_bedrock_client_as_it_came(
+        midway_factory: Callable[..., RunningMidway], bedrock: FakeBedrockServer) -> None:
+    adapter = BedrockAdapter("us-east-1", KEY_ID, SECRET, bedrock.fake.credentials.token)
+    upstream = Upstream(url=bedrock.url, name="bedrock", adapter=adapter, passthrough_auth=False)
+    proxy = midway_factory(plugins=[("bedrock_route", Route(upstream))])
+    bedrock.reply(BedrockReply(exception_after=2))
+    body = b'{"anthropic_version":"bedrock-2023-05-31","max_tokens":64,' \
+           b'"messages":[{"role":"user","content":"hi"}]}'
+
+    async def go() -> bytes:
+        async with aiohttp.ClientSession() as session, session.post(
+                f"{proxy.url}/model/anthropic.claude-haiku-4-5-20251001-v1:0/"
+                "invoke-with-response-stream", data=body) as resp:
+            return await resp.read()
+
+    answer = asyncio.run(go())
+    assert answer == bedrock.fake.sent_streams[-1]
+    buffer = EventStreamBuffer()
+    buffer.add_data(answer)
+    last = list(buffer)[-1]
+    assert last.headers[":message-type"] == "exception"

@@ -44,6 +44,7 @@ async def startup(midway: Midway) -> None:
     router = Router(config, metrics)
     await router.shared.start(router.apply)
     midway.services[ROUTER] = router
+    await router.start_tokens()
     # Published even without routes: `midway router status` then tells "passing requests
     # through" from "no server running".
     router.snapshots = SnapshotWriter(router, midway.data_dir, midway.worker_index)
@@ -78,6 +79,7 @@ async def shutdown(midway: Midway) -> None:
         return
     if router.snapshots is not None:
         await router.snapshots.stop()
+    router.stop_tokens()
     await router.shared.close()
 
 

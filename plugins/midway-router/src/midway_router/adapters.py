@@ -27,3 +27,26 @@ def bedrock(spec: UpstreamSpec, access_key_id: str, secret_access_key: str,
     return BedrockAdapter(region=spec.region, access_key_id=access_key_id,
                           secret_access_key=secret_access_key, session_token=session_token,
                           ping_interval=spec.ping_interval)
+
+
+def vertex(spec: UpstreamSpec, account_json: str) -> Any:
+    """A Vertex AI adapter minting tokens for one service account (its JSON, resolved)."""
+    import orjson
+
+    from midway.config import ConfigError
+    from midway_router.vertex_adapter import VertexAdapter
+
+    where = f"[router] upstream {spec.name!r}"
+    try:
+        info = orjson.loads(account_json)
+    except orjson.JSONDecodeError:
+        raise ConfigError(f"{where}: service_account is not JSON (give file:/path/key.json, "
+                          "or env:NAME holding the key file's JSON)") from None
+    if not isinstance(info, dict) or info.get("type") != "service_account":
+        raise ConfigError(f"{where}: service_account is not a service account key file "
+                          "(its \"type\" must be \"service_account\")")
+    assert spec.region is not None
+    try:
+        return VertexAdapter(info, region=spec.region, project=spec.project)
+    except (ValueError, KeyError) as exc:  # google-auth names the missing field, not the key
+        raise ConfigError(f"{where}: service_account: {exc}") from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import fnmatch
+from collections import deque
 from collections.abc import Collection, Mapping
 from typing import Any
 from urllib.parse import quote
@@ -13,12 +14,14 @@ import orjson
 from multidict import CIMultiDict
 from yarl import URL
 
+from midway import bedrock_format
 from midway.errors import STATUS_TYPES, MidwayError, error_body
 from midway.exchange import Exchange, PreparedRequest, Upstream
 from midway.sse import encode_event
 from midway_router.eventstream import EventStreamDecoder, EventStreamError
 from midway_router.settings import PING_INTERVAL
 from midway_router.vendor_errors import in_anthropic_words
+from midway_router.vendor_request import messages_request
 
 BEDROCK_VERSION = "bedrock-2023-05-31"
 _SERVICE = "bedrock"
@@ -90,29 +93,27 @@ class BedrockAdapter:
 
     def prepare(self, exchange: Exchange, upstream: Upstream) -> PreparedRequest:
         request = exchange.request
-        if request.method != "POST" or request.path != "/v1/messages":
-            raise MidwayError(404, f"{request.method} {request.path} is not available on the "
-                              f"Bedrock upstream {upstream.name}")
-        body = request.json
-        if not isinstance(body, dict):
-            raise MidwayError(400, "the request body must be a JSON object")
-        model = upstream.model or body.get("model")
-        if not isinstance(model, str) or not model:
-            raise MidwayError(400, "model: field required")
-        streaming = body.get("stream") is True
-        payload = {k: v for k, v in body.items() if k not in _NOT_IN_BODY}
-        payload["anthropic_version"] = BEDROCK_VERSION
-        betas = self._betas(request.headers.getall("anthropic-beta", []),
-                            payload.get("anthropic_beta"))
-        if betas:
-            payload["anthropic_beta"] = betas
+        body, model, counting = messages_request(exchange, upstream, "Bedrock")
+        streaming = body.get("stream") is True and not counting
+        action = "count-tokens" if counting else \
+            "invoke-with-response-stream" if streaming else "invoke"
+        # A Bedrock-format client's own request goes on as it came (only re-signed).
+        passed = None if upstream.model else bedrock_format.client_request(exchange)
+        if passed is not None:
+            model_id, data = passed
+            if streaming:  # and its answer's messages come back as they came
+                bedrock_format.keep_frames(exchange)
         else:
-            payload.pop("anthropic_beta", None)
-        action = "invoke-with-response-stream" if streaming else "invoke"
-        model_id = quote(bedrock_model_id(model, self.model_map), safe="")
+            model_id = bedrock_model_id(model, self.model_map)
+            payload = self._payload(request.headers.getall("anthropic-beta", []), body)
+            if counting:  # CountTokens counts an InvokeModel body, which needs max_tokens
+                payload.setdefault("max_tokens", 1)
+                data = orjson.dumps({"input": {"invokeModel": {
+                    "body": base64.b64encode(orjson.dumps(payload)).decode()}}})
+            else:
+                data = orjson.dumps(payload)
         # Sign the URL in the form the HTTP client will send it (yarl normalises escapes).
-        url = str(URL(f"{upstream.url.rstrip('/')}/model/{model_id}/{action}"))
-        data = orjson.dumps(payload)
+        url = str(URL(f"{upstream.url.rstrip('/')}/model/{quote(model_id, safe='')}/{action}"))
         headers = {"content-type": "application/json"}
         if streaming:
             headers["x-amzn-bedrock-accept"] = "application/json"
@@ -122,6 +123,17 @@ class BedrockAdapter:
         signed["accept-encoding"] = "identity"
         return PreparedRequest(method="POST", url=url, headers=signed, body=data,
                                streaming=streaming)
+
+    def _payload(self, header_betas: list[str], body: dict[str, Any]) -> dict[str, Any]:
+        """The InvokeModel body for a Messages request."""
+        payload = {k: v for k, v in body.items() if k not in _NOT_IN_BODY}
+        payload["anthropic_version"] = BEDROCK_VERSION
+        betas = self._betas(header_betas, payload.get("anthropic_beta"))
+        if betas:
+            payload["anthropic_beta"] = betas
+        else:
+            payload.pop("anthropic_beta", None)
+        return payload
 
     def _betas(self, header_values: list[str], in_body: Any) -> list[str]:
         betas: list[str] = []
@@ -141,8 +153,15 @@ class BedrockAdapter:
         return dict(aws.headers.items())
 
     def translate_json(self, exchange: Exchange, body: bytes) -> bytes:
-        # InvokeModel's answer is an Anthropic message already.
-        return body
+        # InvokeModel's answer is an Anthropic message already; CountTokens' is its own.
+        if exchange.request.path != "/v1/messages/count_tokens":
+            return body
+        try:
+            counted = orjson.loads(body)["inputTokens"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            raise MidwayError(502, "the Bedrock upstream answered CountTokens without "
+                              "inputTokens") from None
+        return orjson.dumps({"input_tokens": counted})
 
     def translate_error(self, status: int, headers: Mapping[str, str], body: bytes) -> bytes:
         kind = headers.get("x-amzn-errortype", "").split(":", 1)[0]
@@ -151,7 +170,7 @@ class BedrockAdapter:
                           else error_type_for(kind, status))
 
     def stream_translator(self, exchange: Exchange) -> BedrockStreamTranslator:
-        return BedrockStreamTranslator()
+        return BedrockStreamTranslator(bedrock_format.frames(exchange))
 
 
 def error_type_for(exception: str, status: int = 500) -> str:
@@ -185,9 +204,11 @@ class BedrockStreamTranslator:
     Exceptions become ``event: error``; a stream that ends before ``message_stop`` ends with one.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, frames: deque[tuple[str, bytes]] | None = None) -> None:
         self._decoder = EventStreamDecoder()
         self._ended = False
+        # (event data, the message it came from), for a Bedrock-format client's relay
+        self._frames = frames
 
     def feed(self, data: bytes) -> bytes:
         if self._ended:
@@ -202,14 +223,15 @@ class BedrockStreamTranslator:
             if self._ended:
                 break
             if message.message_type == "event" and message.event_type == "chunk":
-                self._chunk(message.payload, out)
+                self._chunk(message.payload, out, message.raw)
             elif message.message_type in ("exception", "error"):
                 name = message.event_type or str(message.headers.get(":error-code", ""))
                 error_type = error_type_for(name)
                 text, capability = in_anthropic_words(_aws_message(message.payload), 400, name) \
                     if error_type == "invalid_request_error" else (_aws_message(message.payload),
                                                                    None)
-                self._fail(out, "invalid_request_error" if capability else error_type, text)
+                self._fail(out, "invalid_request_error" if capability else error_type, text,
+                           message.raw)
         return b"".join(out)
 
     def close(self) -> bytes:
@@ -220,7 +242,7 @@ class BedrockStreamTranslator:
                    "complete")
         return b"".join(out)
 
-    def _chunk(self, payload: bytes, out: list[bytes]) -> None:
+    def _chunk(self, payload: bytes, out: list[bytes], raw: bytes = b"") -> None:
         try:
             event = base64.b64decode(orjson.loads(payload)["bytes"], validate=True)
             name = orjson.loads(event)["type"]
@@ -230,12 +252,17 @@ class BedrockStreamTranslator:
         if not isinstance(name, str):
             return
         # SSE data must be one line; Anthropic's JSON is compact, but a pretty-printed one is not.
-        text = event if b"\n" not in event else orjson.dumps(orjson.loads(event))
-        out.append(encode_event(name, text.decode()))
+        text = (event if b"\n" not in event else orjson.dumps(orjson.loads(event))).decode()
+        out.append(encode_event(name, text))
+        if self._frames is not None and raw:
+            self._frames.append((text, raw))
         if name in ("message_stop", "error"):
             self._ended = True
 
-    def _fail(self, out: list[bytes], error_type: str, message: str) -> None:
-        out.append(encode_event("error", {"type": "error",
-                                          "error": {"type": error_type, "message": message}}))
+    def _fail(self, out: list[bytes], error_type: str, message: str, raw: bytes = b"") -> None:
+        data = orjson.dumps({"type": "error",
+                             "error": {"type": error_type, "message": message}}).decode()
+        out.append(encode_event("error", data))
+        if self._frames is not None and raw:
+            self._frames.append((data, raw))
         self._ended = True

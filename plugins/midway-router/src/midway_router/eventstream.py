@@ -32,6 +32,7 @@ class EventStreamError(ValueError):
 class EventMessage:
     headers: dict[str, Any]
     payload: bytes
+    raw: bytes = b""  # the whole message as it came (relayed unmodified to Bedrock clients)
 
     @property
     def message_type(self) -> str | None:
@@ -75,7 +76,8 @@ class EventStreamDecoder:
                 raise EventStreamError("event-stream message CRC mismatch")
             headers = _headers(bytes(buf[_PRELUDE:_PRELUDE + headers_len]))
             payload = bytes(buf[_PRELUDE + headers_len:total - 4])
-            messages.append(EventMessage(headers=headers, payload=payload))
+            messages.append(EventMessage(headers=headers, payload=payload,
+                                         raw=bytes(buf[:total])))
             del buf[:total]
         return messages
 

@@ -135,7 +135,8 @@ def build(spec: UpstreamSpec) -> UpstreamState:
         return _build(spec)
     except SecretError:
         refs = [*spec.keys, *(ref for cred in spec.aws for ref in (
-            cred.access_key_id, cred.secret_access_key, cred.session_token) if ref)]
+            cred.access_key_id, cred.secret_access_key, cred.session_token) if ref),
+            *([spec.service_account] if spec.service_account else [])]
         failed = []
         for ref in refs:  # every reference that does not resolve, not just the first
             try:
@@ -157,6 +158,13 @@ def _build(spec: UpstreamSpec) -> UpstreamState:
                                          resolve(cred.session_token)
                                          if cred.session_token else None)))
         return state
+    if spec.kind == "vertex":
+        assert spec.service_account is not None  # checked in settings.parse
+        adapter = adapters.vertex(spec, resolve(spec.service_account))
+        # the account's e-mail names the credential in reports (the key stays in the adapter)
+        state.keys.append(KeyState(upstream=state, headers=dict(spec.headers), adapter=adapter,
+                                   fp=fingerprint(adapter.credentials.service_account_email)))
+        return state
     for ref in spec.keys:
         secret = resolve(ref)
         headers = dict(spec.headers)
@@ -164,6 +172,10 @@ def _build(spec: UpstreamSpec) -> UpstreamState:
             headers["authorization"] = f"Bearer {secret}"
         else:
             headers["x-api-key"] = secret
+            if spec.kind == "foundry":  # Foundry reads either; Azure's own SDKs send api-key
+                headers["api-key"] = secret
+        if spec.workspace is not None:  # Claude Platform on AWS: every request names it
+            headers["anthropic-workspace-id"] = spec.workspace
         state.keys.append(KeyState(upstream=state, fp=fingerprint(secret), headers=headers,
                                    adapter=shared_adapter))
     if not spec.keys:

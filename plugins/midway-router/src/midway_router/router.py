@@ -3,6 +3,7 @@ judgement of each attempt: record rate limits, rest or disable keys, fail over, 
 
 from __future__ import annotations
 
+import asyncio
 import fnmatch
 import logging
 import math
@@ -15,6 +16,7 @@ import orjson
 
 from midway import MidwayError, Retry, Upstream
 from midway.annotations import ROUTE, UPSTREAM_KEY
+from midway.background import start_every
 from midway.exchange import STREAM_FAILURES, Attempt, Exchange
 from midway.services import ServiceKey
 from midway_router import pool, shared
@@ -32,6 +34,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("midway.router")
 
 STATE = "router"  # this plugin's slot in ``exchange.state``
+# How often minted tokens are checked (each is renewed once it has < 5 minutes left).
+TOKEN_CHECK_EVERY = 30.0
 META = "router_key"  # the KeyState an Upstream was chosen with, in ``Upstream.meta``
 # Requests whose 401/403 says something about the key: inference, whatever the client's path
 # names elsewhere (an admin route, a file of another workspace) says nothing about it.
@@ -74,12 +78,45 @@ class Router:
         self.shared: shared.MemoryState | shared.RedisState = shared.make(
             settings.state, settings.state_prefix)
         self.snapshots: SnapshotWriter | None = None  # set at start-up when routing
+        self._token_task: asyncio.Task[None] | None = None
         if metrics is not None:
             metrics.watch_keys(self.status)
 
     @property
     def active(self) -> bool:
         return bool(self.upstreams)
+
+    # -- minted credentials (Vertex AI's Google access tokens) -------------------------------
+
+    def token_adapters(self) -> list[Any]:
+        """The adapters whose credential is a token minted by midway (Vertex's)."""
+        return [key.adapter for up in self.upstreams.values() for key in up.keys
+                if getattr(key.adapter, "name", None) == "vertex"]
+
+    async def start_tokens(self) -> None:
+        """Mint every token now, then renew each before it expires, in the background (no
+        request waits for one). A token endpoint that fails at start-up is logged and tried
+        again; requests to that upstream get a 503 naming why until it answers."""
+        adapters = self.token_adapters()
+        if not adapters:
+            return
+        results = await asyncio.gather(*(a.refresh() for a in adapters), return_exceptions=True)
+        for adapter, result in zip(adapters, results, strict=True):
+            if isinstance(result, BaseException):
+                log.warning("%r: could not mint a Google access token (trying again every "
+                            "%g s): %s", adapter, TOKEN_CHECK_EVERY, adapter.last_error)
+
+        async def renew() -> None:
+            due = [a for a in adapters if a.due()]
+            await asyncio.gather(*(a.refresh() for a in due))
+
+        self._token_task = start_every(TOKEN_CHECK_EVERY, renew, log=log,
+                                       name="router: renewing Google access tokens")
+
+    def stop_tokens(self) -> None:
+        if self._token_task is not None:
+            self._token_task.cancel()
+            self._token_task = None
 
     # -- choosing ----------------------------------------------------------------------------
 

@@ -14,12 +14,14 @@ import attrs
 from midway.config import ConfigError
 from midway.options import load_table, option
 
-KINDS = ("anthropic", "openai", "bedrock")
+KINDS = ("anthropic", "openai", "bedrock", "vertex", "foundry", "aws")
 BALANCES = ("weighted", "least-busy", "ordered")
 # Claude Code's small/fast model (titles, summaries, quota probes) is a Haiku.
 BACKGROUND_MODELS = ("claude-3-5-haiku*", "claude-haiku-*", "*-haiku-*")
 PING_INTERVAL = 10.0
 DEFAULT_URLS = {"anthropic": "https://api.anthropic.com", "openai": "https://api.openai.com"}
+# Anthropic-format platforms reached only with their own keys (never the client's).
+NO_DEFAULT_URL = ("foundry", "aws")
 
 
 @attrs.frozen
@@ -45,6 +47,9 @@ class UpstreamSpec:
     # openai, bedrock: seconds of upstream silence after which a translated stream gets a
     # ping (those vendors send none; Claude Code gives up on a stream silent for 300 s); 0: off
     ping_interval: float = PING_INTERVAL
+    service_account: str | None = None  # vertex: reference to the service account's JSON
+    project: str | None = None  # vertex: the Google Cloud project (default: the account's)
+    workspace: str | None = None  # aws: the anthropic-workspace-id sent with every request
 
 
 @attrs.frozen
@@ -136,6 +141,26 @@ def _upstream(raw: Any, index: int) -> UpstreamSpec:
         if not isinstance(region, str):
             raise ConfigError(f"{where}: a bedrock upstream needs a region")
         url = table.get("url") or f"https://bedrock-runtime.{region}.amazonaws.com"
+    elif kind == "vertex":
+        if not isinstance(region, str) or not region:
+            raise ConfigError(f"{where}: a vertex upstream needs a region (e.g. "
+                              "region = \"us-east5\", or \"global\")")
+        if not isinstance(table.get("service_account"), str):
+            raise ConfigError(f"{where}: a vertex upstream needs service_account = "
+                              "\"file:/path/key.json\" (or env:NAME holding the JSON)")
+        url = table.get("url") or (
+            "https://aiplatform.googleapis.com" if region == "global" else
+            f"https://{region}-aiplatform.googleapis.com")
+    elif kind == "aws":
+        url = table.get("url") or (f"https://aws-external-anthropic.{region}.api.aws"
+                                   if isinstance(region, str) and region else None)
+        if not url:
+            raise ConfigError(f"{where}: Claude Platform on AWS needs a region (or its url)")
+    elif kind == "foundry":
+        url = table.get("url")
+        if not url:
+            raise ConfigError(f"{where}: a foundry upstream needs its url "
+                              "(https://<resource>.services.ai.azure.com/anthropic)")
     else:
         url = table.get("url") or DEFAULT_URLS[kind]
     if not isinstance(url, str) or not url.startswith(("http://", "https://")):
@@ -166,10 +191,22 @@ def _upstream(raw: Any, index: int) -> UpstreamSpec:
     if max_tokens_field not in ("max_tokens", "max_completion_tokens"):
         raise ConfigError(f"{where}: max_tokens_field must be 'max_tokens' or "
                                 "'max_completion_tokens'")
+    project = table.get("project")
+    if project is not None and not isinstance(project, str):
+        raise ConfigError(f"{where}: project must be a string")
+    workspace = table.get("workspace")
+    if kind == "aws" and not isinstance(workspace, str):
+        raise ConfigError(f"{where}: Claude Platform on AWS needs workspace = \"wrkspc_…\" "
+                          "(sent as anthropic-workspace-id on every request)")
+    if kind in NO_DEFAULT_URL and not keys:
+        raise ConfigError(f"{where}: a {kind} upstream needs keys (its API keys, as "
+                          "references: env:NAME or file:PATH)")
     return UpstreamSpec(name=name, kind=kind, url=url, keys=keys, aws=tuple(aws),
                         region=region, auth=auth, headers=headers, models=models,
                         weight=weight, max_tokens_field=max_tokens_field,
-                        ping_interval=ping_interval)
+                        ping_interval=ping_interval,
+                        service_account=table.get("service_account"), project=project,
+                        workspace=workspace if isinstance(workspace, str) else None)
 
 
 def _target(raw: Any, where: str, model: str | None = None) -> TargetSpec:
