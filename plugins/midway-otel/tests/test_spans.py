@@ -55,8 +55,8 @@ def test_a_streamed_request_is_one_genai_span_under_the_clients_trace() -> None:
             h.upstream.reply(Reply(stream=True, usage=USAGE, stop_reason="end_turn",
                                    model="claude-sonnet-4-6-20260101"))
             result = await h.request(BODY, headers={
-                "traceparent": TRACEPARENT, "x-claude-code-session-id": "sess-1",
-                "x-claude-code-agent-id": "agent-" + "a" * 500})
+                "traceparent": TRACEPARENT, "x-claude-code-session-id": "sess-1" + "a" * 500,
+                "x-claude-code-agent-id": "agent-1", "x-claude-code-parent-agent-id": "main"})
             assert result.status == 200
             spans = memory.by_name()
             span = spans["chat claude-sonnet-4-6"]
@@ -79,9 +79,11 @@ def test_a_streamed_request_is_one_genai_span_under_the_clients_trace() -> None:
             assert attrs["gen_ai.request.temperature"] == 0.5
             assert attrs["gen_ai.request.max_tokens"] == 64
             assert attrs["server.address"] == "fake.invalid"
-            assert attrs["gen_ai.conversation.id"] == "sess-1"
-            assert attrs["midway.claude_code.session_id"] == "sess-1"
-            assert len(attrs["midway.claude_code.agent_id"]) == 128  # bounded
+            session = "sess-1" + "a" * 122  # bounded to max_header_value
+            assert attrs["gen_ai.conversation.id"] == session
+            assert attrs["midway.claude_code.session_id"] == session
+            assert attrs["midway.claude_code.agent_id"] == "agent-1"
+            assert attrs["midway.claude_code.parent_agent_id"] == "main"
             assert attrs["midway.principal.id"] == result.exchange.principal.id
             assert "error.type" not in attrs
             # content is off by default

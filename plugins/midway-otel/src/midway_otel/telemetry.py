@@ -200,15 +200,14 @@ class Telemetry:
             out[sc.RESPONSE_FINISH_REASONS] = (exchange.stop_reason,)
         out.update(_request_parameters(exchange.request.json))
         limit = self.config.max_header_value
-        headers = exchange.request.headers
-        for header, key in (("x-claude-code-session-id", sc.SESSION_ID),
-                            ("x-claude-code-agent-id", sc.AGENT_ID),
-                            ("x-claude-code-parent-agent-id", sc.PARENT_AGENT_ID)):
-            value = headers.get(header)
-            if value:
-                out[key] = value[:limit]
-                if key == sc.SESSION_ID:
-                    out[sc.CONVERSATION_ID] = value[:limit]
+        session = exchange.request.headers.get("x-claude-code-session-id")
+        if session:
+            out[sc.SESSION_ID] = out[sc.CONVERSATION_ID] = session[:limit]
+        # The agent ids as the core read and checked them (midway.agents).
+        if exchange.agent_id:
+            out[sc.AGENT_ID] = exchange.agent_id[:limit]
+        if exchange.parent_agent_id:
+            out[sc.PARENT_AGENT_ID] = exchange.parent_agent_id[:limit]
         principal = exchange.principal
         out[sc.PRINCIPAL_ID] = principal.id
         out[sc.PRINCIPAL_NAME] = principal.name
