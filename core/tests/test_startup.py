@@ -172,3 +172,18 @@ def test_unknown_core_setting_suggests_the_nearest(tmp_path):
     config.write_text("[midway]\nprot = 9000\n")
     line = one_line_error(serve(tmp_path, "--config", str(config)))
     assert line == f"Error: {config}: [midway] prot: unknown setting; did you mean `port`?"
+
+
+def test_a_mistake_found_by_another_worker_than_the_first_is_said(tmp_path):
+    # Whichever worker finds it first says it: here only worker 1 does (worker 0 would serve).
+    plugin = tmp_path / "second_worker.py"
+    plugin.write_text(
+        "from midway import hookimpl\nfrom midway.config import ConfigError\n"
+        "@hookimpl\ndef startup(midway):\n"
+        "    if midway.worker_index == 1:\n"
+        "        raise ConfigError('[second] only worker 1 minds')\n")
+    result = serve(tmp_path, "--port", str(free_port()), "--plugin", str(plugin),
+                   "--workers", "2")
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
+    assert errors == ["Error: [second] only worker 1 minds"], result.stderr

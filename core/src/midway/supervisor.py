@@ -59,6 +59,12 @@ def supervise(count: int, work: Callable[[int, int], None]) -> int:
     """
     alive_r, alive_w = os.pipe()  # only this process holds the write end
     wake_r, wake_w = os.pipe()  # signals wake the loop below (signal.set_wakeup_fd)
+    # One token: the first worker to find a configuration mistake takes it and says it; the
+    # others (read: end of file) stay quiet. Worker 0 alone saying it would say nothing when
+    # another worker fails first and the stop that follows ends worker 0.
+    said_r, said_w = os.pipe()
+    os.write(said_w, b"!")
+    os.close(said_w)
     for fd in (wake_r, wake_w):
         os.set_blocking(fd, False)
     slots = [Slot(index) for index in range(count)]
@@ -71,7 +77,7 @@ def supervise(count: int, work: Callable[[int, int], None]) -> int:
         try:
             pid = os.fork()
             if pid == 0:
-                _child(slot.index, work, alive_r, (alive_w, wake_r, wake_w))
+                _child(slot.index, work, alive_r, said_r, (alive_w, wake_r, wake_w))
             slot.pid, slot.started, slot.due = pid, time.monotonic(), None
             running[pid] = slot  # before a SIGTERM held back by the mask can look for it
         finally:
@@ -132,10 +138,11 @@ def supervise(count: int, work: Callable[[int, int], None]) -> int:
         except BlockingIOError:
             pass
     signal.set_wakeup_fd(-1)
+    os.close(said_r)
     return status
 
 
-def _child(index: int, work: Callable[[int, int], None], supervisor: int,
+def _child(index: int, work: Callable[[int, int], None], supervisor: int, said: int,
            close: tuple[int, ...]) -> None:
     """The forked worker: the supervisor's signal handling undone, then ``work``; exits."""
     code = 0
@@ -148,7 +155,7 @@ def _child(index: int, work: Callable[[int, int], None], supervisor: int,
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
         work(index, supervisor)
     except ConfigError as exc:  # every worker would fail alike: said once, never restarted
-        if index == 0:
+        if os.read(said, 1):  # the first to fail says it; the rest read end of file
             print(f"Error: {exc}", file=sys.stderr, flush=True)
         code = EX_CONFIG
     except BaseException:
