@@ -66,7 +66,15 @@ def start_instances(config: Path, upstream: str, tmp_path: Path, plugins: str,
              "--workers", str(count)], env=env, stderr=log.open("wb"))
         instances.append(Instance(port, proc, log))
     for instance in instances:
-        wait_for(instance.healthy, timeout=30)
+        try:
+            # Three instances, their audit writers and a private PostgreSQL share two cores
+            # with the rest of the suite: start-up alone has taken over 20 s under CI's load.
+            wait_for(instance.healthy, timeout=60)
+        except AssertionError:
+            logs = "\n".join(f"--- {i.log.name} (exit {i.proc.poll()}):\n"
+                             f"{i.log.read_text(errors='replace')[-3000:]}" for i in instances)
+            raise AssertionError(f"instance on port {instance.port} not healthy within 60 s; "
+                                 f"their logs:\n{logs}") from None
     return instances
 
 
