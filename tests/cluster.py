@@ -73,6 +73,7 @@ def start_instances(config: Path, upstream: str, tmp_path: Path, plugins: str,
         except AssertionError:
             logs = "\n".join(f"--- {i.log.name} (exit {i.proc.poll()}):\n"
                              f"{i.log.read_text(errors='replace')[-3000:]}" for i in instances)
+            stop_instances(instances)  # none left running after a failed start
             raise AssertionError(f"instance on port {instance.port} not healthy within 60 s; "
                                  f"their logs:\n{logs}") from None
     return instances
