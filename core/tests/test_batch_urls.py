@@ -4,8 +4,8 @@ SDKs' ``batches.results()`` follow ``results_url`` with the client's key)."""
 from __future__ import annotations
 
 import anthropic
-import orjson
 import httpx
+import orjson
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
