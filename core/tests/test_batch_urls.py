@@ -3,6 +3,8 @@ SDKs' ``batches.results()`` follow ``results_url`` with the client's key)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import anthropic
 import httpx
 import orjson
@@ -11,7 +13,9 @@ from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
 from midway import batch_urls
-from midway.testing import FakeUpstream
+from midway.testing import FakeUpstream, RunningMidway
+
+Factory = Callable[..., RunningMidway]
 
 PARAMS = {"model": "claude-haiku-4-5", "max_tokens": 5,
           "messages": [{"role": "user", "content": "hi"}]}
@@ -20,7 +24,7 @@ ANTHROPIC = "https://api.anthropic.com"
 
 def submit(url: str, key: str, n: int = 1) -> str:
     client = anthropic.Anthropic(base_url=url, api_key=key, max_retries=0)
-    return client.messages.batches.create(requests=[  # type: ignore[list-item]
+    return client.messages.batches.create(requests=[  # type: ignore[list-item,typeddict-item]
         {"custom_id": f"r{i}", "params": PARAMS} for i in range(n)]).id
 
 
@@ -33,7 +37,8 @@ def get(url: str, path: str, key: str, host: str | None = None) -> httpx.Respons
     return answer
 
 
-def test_sdk_reads_results_through_midway(midway_factory, fake_upstream: FakeUpstream) -> None:
+def test_sdk_reads_results_through_midway(midway_factory: Factory,
+                                          fake_upstream: FakeUpstream) -> None:
     fake_upstream.fake.batches.results_origin = ANTHROPIC  # as Anthropic names itself
     running = midway_factory()
     client = anthropic.Anthropic(base_url=running.url, api_key="sk-ant-client", max_retries=0)
@@ -55,7 +60,7 @@ def test_sdk_reads_results_through_midway(midway_factory, fake_upstream: FakeUps
 
 
 @pytest.mark.parametrize("mode", ["client keys", "allowed_hosts"])
-def test_a_host_midway_cannot_vouch_for_is_not_reflected(mode: str, midway_factory,
+def test_a_host_midway_cannot_vouch_for_is_not_reflected(mode: str, midway_factory: Factory,
                                                          fake_upstream: FakeUpstream) -> None:
     if mode == "client keys":  # any Host is let in: the key is what counts
         running = midway_factory(config={"midway": {"client_keys": [
