@@ -4,6 +4,7 @@ SDKs' ``batches.results()`` follow ``results_url`` with the client's key)."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import anthropic
 import httpx
@@ -24,8 +25,8 @@ ANTHROPIC = "https://api.anthropic.com"
 
 def submit(url: str, key: str, n: int = 1) -> str:
     client = anthropic.Anthropic(base_url=url, api_key=key, max_retries=0)
-    return client.messages.batches.create(requests=[  # type: ignore[list-item,typeddict-item]
-        {"custom_id": f"r{i}", "params": PARAMS} for i in range(n)]).id
+    requests: Any = [{"custom_id": f"r{i}", "params": PARAMS} for i in range(n)]
+    return client.messages.batches.create(requests=requests).id
 
 
 def get(url: str, path: str, key: str, host: str | None = None) -> httpx.Response:
