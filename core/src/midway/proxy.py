@@ -555,7 +555,7 @@ class Proxy:
         decoded = decode_body(body, encoding, BUFFER_LIMIT)
         if decoded is not None and exchange.client_format == "anthropic" and \
                 batch_urls.applies(exchange.request.path):
-            rewritten = batch_urls.rewrite(decoded, request)
+            rewritten = batch_urls.rewrite(decoded)
             if rewritten is not None:  # sent decoded: re-encoding would gain nothing
                 body = decoded = rewritten
                 encoding = None
