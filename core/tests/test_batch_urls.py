@@ -3,6 +3,7 @@ SDKs' ``batches.results()`` follow ``results_url`` with the client's key)."""
 
 from __future__ import annotations
 
+import gzip
 from collections.abc import Callable
 from typing import Any
 
@@ -10,9 +11,10 @@ import anthropic
 import httpx
 import orjson
 import pytest
+from aiohttp import web
 
 from midway import batch_urls
-from midway.testing import FakeUpstream, RunningMidway
+from midway.testing import FakeUpstream, RunningMidway, ServerThread
 
 Factory = Callable[..., RunningMidway]
 
@@ -96,3 +98,29 @@ def test_rewrite() -> None:
         assert batch_urls.rewrite(other) is None
     assert batch_urls.applies("/v1/messages/batches/msgbatch_01a/cancel")
     assert not batch_urls.applies("/v1/messages/batches/msgbatch_01a/results")
+
+
+@pytest.mark.parametrize("content_type, encoding", [("application/json", "gzip"),
+                                                    ("text/plain", None)])
+def test_compressed_or_mistyped_batch_answers(content_type: str, encoding: str | None,
+                                              midway_factory: Factory) -> None:
+    """An upstream that compresses a batch object, or does not call it JSON, still has its
+    results_url rewritten (the client gets it decoded)."""
+    batch = orjson.dumps({"id": "msgbatch_01z", "type": "message_batch",
+                          "results_url": f"{ANTHROPIC}/v1/messages/batches/msgbatch_01z/results"})
+
+    async def retrieve(request: web.Request) -> web.Response:
+        body = gzip.compress(batch) if encoding else batch
+        headers = {"content-encoding": encoding} if encoding else {}
+        return web.Response(body=body, content_type=content_type, headers=headers)
+
+    app = web.Application()
+    app.router.add_get("/v1/messages/batches/{id}", retrieve)
+    upstream = ServerThread(app).start()
+    try:
+        running = midway_factory(upstream=upstream.url)
+        answer = get(running.url, "/v1/messages/batches/msgbatch_01z", "sk-ant-client")
+        assert answer.json()["results_url"] == "/v1/messages/batches/msgbatch_01z/results"
+        assert "content-encoding" not in answer.headers
+    finally:
+        upstream.stop()
