@@ -283,11 +283,14 @@ class FakeBatches:
     request from the fake's queue when it is created (errors become ``errored`` results),
     and has ended by the time anyone retrieves it unless :attr:`hold` keeps it
     ``in_progress`` (then :meth:`end` ends them). Results are JSONL lines of
-    ``{"custom_id", "result": {"type": "succeeded", "message": {...}}}``."""
+    ``{"custom_id", "result": {"type": "succeeded", "message": {...}}}``. ``results_url``
+    names the fake as the request reached it, or :attr:`results_origin` (Anthropic names its
+    own public host, whatever address the request came in by)."""
 
     def __init__(self, fake: FakeAnthropic) -> None:
         self.fake = fake
         self.hold = False
+        self.results_origin: str | None = None
         self.objects: dict[str, dict[str, Any]] = {}
         self.results: dict[str, list[bytes]] = {}
 
@@ -309,9 +312,10 @@ class FakeBatches:
         counts = {"processing": 0, "succeeded": 0, "errored": 0, "canceled": 0, "expired": 0}
         for line in self.results[batch["id"]]:
             counts[orjson.loads(line)["result"]["type"]] += 1
+        origin = batch.pop("_origin")
         batch.update(processing_status="ended", request_counts=counts,
                      ended_at=_rfc3339(time.time()),
-                     results_url=f"{batch.pop('_origin')}/v1/messages/batches/"
+                     results_url=f"{self.results_origin or origin}/v1/messages/batches/"
                                  f"{batch['id']}/results")
 
     async def _create(self, request: web.Request) -> web.Response:

@@ -333,7 +333,8 @@ def post_response(exchange: Exchange) -> None:
         upstream ended its answer early; the client's response was ended as broken, or with
         an ``event: error``), ``upstream_request_id``, ``response_id`` (the answer's
         message ``id``, ``msg_…``), ``response_body`` (decoded, for JSON answers and a
-        batch's JSONL results file; for one over the relay's 32 MiB buffer limit only its
+        batch's JSONL results file, as the client got it: a batch object's ``results_url``
+        is already midway's path; for one over the relay's 32 MiB buffer limit only its
         start, up to the ``keep_stream_bodies`` limit, with ``response_body_truncated`` set),
         ``streaming``, and
         ``stream_body``/``stream_truncated``: a streamed answer's bytes as the client received

@@ -7,7 +7,6 @@ import fnmatch
 import functools
 import inspect
 import logging
-import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any
@@ -19,7 +18,7 @@ from aiohttp.web_protocol import RequestPayloadError
 from multidict import CIMultiDict
 from yarl import URL
 
-from midway import accesslog, bedrock_format, deadlines, paths, vertex_format
+from midway import accesslog, batch_urls, bedrock_format, deadlines, paths, vertex_format
 from midway.access import browser_refusal
 from midway.agents import agent_ids
 from midway.answer import (
@@ -79,7 +78,6 @@ log = logging.getLogger("midway.proxy")
 # JSON answers up to this size are buffered (usage is read from them); larger or other
 # answers are relayed chunk by chunk.
 BUFFER_LIMIT = 32 * 1024 * 1024
-_BATCH_RESULTS = re.compile(r"/v1/messages/batches/[^/]+/results")
 # Error bodies up to this size are read for ``upstream_response`` to judge.
 JUDGED_BODY_LIMIT = 1024 * 1024
 
@@ -544,16 +542,24 @@ class Proxy:
                                            encoding)
         if SSE in content_type:
             return await self._relay_stream(request, exchange, answer, headers, encoding)
-        # A batch's results file (JSONL) is read like a JSON answer: billing prices it.
+        # A batch's results file (JSONL) is read like a JSON answer: billing prices it; and
+        # any other batch answer is, whatever its type: its results_url is rewritten.
+        path = exchange.request.path
         return await self._relay_body(request, exchange, answer, headers, encoding,
                                       "json" in content_type
-                                      or _BATCH_RESULTS.fullmatch(exchange.request.path)
-                                      is not None)
+                                      or path.startswith(batch_urls.PREFIX))
 
     async def _answer_body(self, request: web.Request, exchange: Exchange, status: int,
                            headers: CIMultiDict[str], body: bytes,
                            encoding: str | None = None) -> web.StreamResponse:
         decoded = decode_body(body, encoding, BUFFER_LIMIT)
+        if decoded is not None and exchange.client_format == "anthropic" and \
+                batch_urls.applies(exchange.request.path):
+            rewritten = batch_urls.rewrite(decoded)
+            if rewritten is not None:  # sent decoded: re-encoding would gain nothing
+                body = decoded = rewritten
+                encoding = None
+                headers.popall("content-encoding", None)
         if decoded is not None:
             exchange.response_body = decoded
             apply_message(exchange, decoded)

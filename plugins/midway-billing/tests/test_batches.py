@@ -32,8 +32,7 @@ def batch_requests(n: int, max_tokens: int = 1000) -> list[dict]:
 
 
 def results(url: str, key: str, batch_id: str) -> httpx.Response:
-    # Through midway: the SDK's batches.results() follows the results_url the upstream
-    # names, which is the upstream's own host.
+    # The results file as a plain HTTP client fetches it (the SDK's own: below).
     return httpx.get(f"{url}/v1/messages/batches/{batch_id}/results",
                      headers={"x-api-key": key, "anthropic-version": "2023-06-01"})
 
@@ -182,3 +181,33 @@ def test_a_batch_opened_after_reconciliation_took_its_hold(backend, tmp_path, re
             await store.close()
 
     asyncio.run(run())
+
+
+def test_the_sdk_fetches_results_through_midway(midway_factory, fake_upstream) -> None:
+    """``batches.results(id)`` follows the batch's ``results_url``: midway names itself there,
+    so the results are priced, the hold released, and the client key stays with midway."""
+    fake_upstream.fake.batches.results_origin = "https://api.anthropic.com"  # as Anthropic does
+    running = midway_factory(plugins=[PLUGIN], config=config(),
+                             upstream_api_key="sk-ant-upstream")
+    billing = billing_of(running)
+    fake_upstream.reply(Reply(usage={"input_tokens": 1000, "output_tokens": 200}),
+                        Reply(usage={"input_tokens": 40, "output_tokens": 60}))
+    client = anthropic.Anthropic(base_url=running.url, api_key="mk-alice", max_retries=0)
+    batch = client.messages.batches.create(requests=batch_requests(2))  # type: ignore[arg-type]
+    (budget,) = running.call(billing.budgets())
+    assert Decimal(budget["reserved_usd"]) > 0
+    got = {r.custom_id: r.result for r in client.messages.batches.results(batch.id)}
+    assert set(got) == {"req-0", "req-1"} and all(r.type == "succeeded" for r in got.values())
+    rows = ledger(running, 5)  # submit, the SDK's retrieve, results, a row per result
+    by_id = {r["id"]: r for r in rows if r["kind"] == "batch_result"}
+    first = (1000 * Decimal(5) + 200 * Decimal(25)) / M / 2
+    second = (40 * Decimal(5) + 60 * Decimal(25)) / M / 2
+    assert Decimal(by_id[f"{batch.id}:req-0"]["cost_pusd"]) / 10**12 == first
+    assert Decimal(by_id[f"{batch.id}:req-1"]["cost_pusd"]) / 10**12 == second
+    (budget,) = running.call(billing.budgets())
+    assert Decimal(budget["spent_usd"]) == first + second and budget["reserved_usd"] == "0"
+    # The upstream saw the results request, with midway's upstream key, never the client's.
+    paths = [r.path for r in fake_upstream.requests]
+    assert paths[-1] == f"/v1/messages/batches/{batch.id}/results"
+    assert {r.headers.get("x-api-key") for r in fake_upstream.requests} == {"sk-ant-upstream"}
+    assert not any("mk-alice" in str(r.headers) for r in fake_upstream.requests)

@@ -9,8 +9,9 @@ fake upstream speaking Anthropic's wire format) and compares the ledger with tha
 before a dated rate change, the other unknown-model policy) call the pricing function itself.
 
 Batches: ``BATCH_SCENARIOS`` (kind ``"batch"``) submit a one-request Message Batch through
-midway with the SDK, fetch its results file through midway, and compare the result's ledger
-row (kind ``batch_result``) with the same computation at the batch discount.
+midway with the SDK, read its results with the SDK's ``batches.results()`` (which follows the
+``results_url`` midway names; the upstream names api.anthropic.com), and compare the result's
+ledger row (kind ``batch_result``) with the same computation at the batch discount.
 """
 
 from __future__ import annotations
@@ -280,6 +281,7 @@ def cache_when_asked() -> SimpleNamespace:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RunningMidway,
                                                                       FakeUpstream]]:
     upstream = FakeUpstream().start()
+    upstream.fake.batches.results_origin = "https://api.anthropic.com"  # as Anthropic does
     running = start_midway(Path(tmp_path_factory.mktemp("scenarios")), upstream.url,
                            [PLUGIN, retry_overloaded(), cache_when_asked()])
     try:
@@ -313,8 +315,7 @@ def ending(output: int, usage: dict[str, Any] | None = None) -> list[bytes]:
 
 def run_batch(s: Scenario, client: anthropic.Anthropic, running: RunningMidway,
               upstream: FakeUpstream) -> None:
-    """Submit ``s`` as a one-request batch and fetch its results file, both through midway
-    (the SDK's results() would follow the upstream's own results_url)."""
+    """Submit ``s`` as a one-request batch and read its results as an SDK user does."""
     reported = {**s.usage, **({"inference_geo": s.geo} if s.geo else {})}
     upstream.reply(Reply(usage=reported))
     params: dict[str, Any] = {"model": s.model, "max_tokens": 64,
@@ -322,8 +323,8 @@ def run_batch(s: Scenario, client: anthropic.Anthropic, running: RunningMidway,
                               **({"inference_geo": s.geo} if s.geo else {})}
     batch = client.messages.batches.create(
         requests=[{"custom_id": "only", "params": params}])  # type: ignore[list-item]
-    answer = client.get(f"/v1/messages/batches/{batch.id}/results", cast_to=str)
-    assert '"succeeded"' in answer
+    (result,) = client.messages.batches.results(batch.id)
+    assert result.custom_id == "only" and result.result.type == "succeeded"
 
 
 def run(s: Scenario, running: RunningMidway, upstream: FakeUpstream) -> None:
