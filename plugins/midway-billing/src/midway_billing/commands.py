@@ -89,11 +89,7 @@ def report(settings: Settings, by: str, since: float | None, until: float | None
                "web_search_requests", "cost_usd", "saved_usd", "cache_hits", "refused",
                "unpriced", "pending", "reconciled"]
     if as_csv:
-        out = io.StringIO()
-        writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-        click.echo(out.getvalue(), nl=False)
+        _echo_csv(rows, fields)
         return
     if not rows:
         click.echo("no spend recorded")
@@ -112,6 +108,14 @@ def report(settings: Settings, by: str, since: float | None, until: float | None
                    "their real price; `--by model` names them")
 
 
+def _echo_csv(rows: list[dict[str, Any]], fields: list[str]) -> None:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    click.echo(out.getvalue(), nl=False)
+
+
 AGENT_FIELDS = ["session_id", "agent_id", "parent_agent_id", "depth", "requests",
                 "own_cost_usd", "subtree_cost_usd"]
 
@@ -123,11 +127,7 @@ def _agent_report(settings: Settings, since: float | None, until: float | None,
         click.echo(to_json(rows))
         return
     if as_csv:
-        out = io.StringIO()
-        writer = csv.DictWriter(out, fieldnames=AGENT_FIELDS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-        click.echo(out.getvalue(), nl=False)
+        _echo_csv(rows, AGENT_FIELDS)
         return
     if not rows:
         click.echo("no spend recorded")
