@@ -297,7 +297,7 @@ class Principal:
     id: str
     name: str
     team: str | None = None
-    kind: str = "passthrough"  # passthrough | key | anonymous
+    kind: str = "passthrough"  # passthrough | key | anonymous | oidc (a signed-in person)
     key_id: str | None = None
     labels: dict[str, str] = attrs.field(factory=dict)
     models: tuple[str, ...] = ()  # globs the principal may use; empty: any
@@ -305,10 +305,19 @@ class Principal:
     allow_project_header: bool = True
     # Ids of the keys this one was derived from, nearest first: their budgets cover it too.
     ancestors: tuple[str, ...] = ()
+    # A signed-in person (kind "oidc"): the IdP's subject, e-mail and groups. Groups drive
+    # policy (model allowlists, spend limits); API-key principals may carry groups too.
+    subject: str | None = None
+    email: str | None = None
+    groups: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "name": self.name, "team": self.team, "kind": self.kind,
-                "key_id": self.key_id, "labels": dict(self.labels)}
+        out: dict[str, Any] = {"id": self.id, "name": self.name, "team": self.team,
+                               "kind": self.kind, "key_id": self.key_id,
+                               "labels": dict(self.labels)}
+        if self.subject is not None:
+            out.update(subject=self.subject, email=self.email, groups=list(self.groups))
+        return out
 
 
 @attrs.define
