@@ -8,6 +8,7 @@ Every request it receives is recorded in :attr:`FakeAnthropic.requests`.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import re
 import secrets
 import string
@@ -34,6 +35,52 @@ def make_id(prefix: str) -> str:
 
 def estimate_tokens(body: bytes) -> int:
     return max(1, len(body) // 4)
+
+
+class PromptCache:
+    """A stand-in for the upstream's prompt cache, for scripted replies: the usage a request
+    would report if prefixes were cached as Anthropic caches them — per model, system prompt
+    (without Claude Code's attribution line) and tools, the longest run of leading messages
+    (``cache_control`` markers aside) that an earlier request sent is read from the cache,
+    the rest is written to it, but for a few uncached tokens. Tokens are bytes / 4.
+
+    ``usage(body)`` records the request and returns its ``usage``; ``clear()`` forgets
+    everything (as a cache that expired)."""
+
+    UNCACHED = 3
+
+    def __init__(self) -> None:
+        self._seen: set[bytes] = set()
+
+    def clear(self) -> None:
+        self._seen.clear()
+
+    def usage(self, body: dict[str, Any]) -> dict[str, int]:
+        system = body.get("system")
+        if isinstance(system, list) and system and isinstance(system[0], dict) and \
+                str(system[0].get("text", "")).startswith("x-anthropic-billing-header:"):
+            system = system[1:]
+        head = orjson.dumps([body.get("model"), system, body.get("tools")],
+                            option=orjson.OPT_SORT_KEYS)
+        running = hashlib.sha256(head)
+        size = len(head)
+        keys = [(running.digest(), size)]
+        for message in body.get("messages") or []:
+            if isinstance(message, dict) and isinstance(message.get("content"), list):
+                message = {**message, "content": [
+                    {k: v for k, v in b.items() if k != "cache_control"}
+                    if isinstance(b, dict) else b for b in message["content"]]}
+            data = orjson.dumps(message, option=orjson.OPT_SORT_KEYS)
+            running.update(data)
+            size += len(data)
+            keys.append((running.digest(), size))
+        hit = max((n for key, n in keys if key in self._seen), default=0)
+        self._seen.update(key for key, _ in keys)
+        total = max(self.UNCACHED + 1, size // 4)
+        read = min(hit // 4, total - self.UNCACHED)
+        return {"input_tokens": self.UNCACHED, "cache_creation_input_tokens":
+                total - read - self.UNCACHED, "cache_read_input_tokens": read,
+                "output_tokens": 20}
 
 
 @attrs.define

@@ -45,6 +45,7 @@ from midway.context import Midway
 from midway.exchange import Exchange, PreparedRequest, Principal, Request, Timings, new_request_id
 from midway.fake_upstream import (
     FakeAnthropic,
+    PromptCache,
     RecordedRequest,
     Rendered,
     Reply,
@@ -77,7 +78,8 @@ from midway.testing_services import (
 T = TypeVar("T")
 
 __all__ = ["FakeUpstream", "Harness", "HarnessResult", "PrivatePostgres", "PrivateRedis",
-           "RawReply", "RawRequest", "RawUpstream", "RecordedRequest", "Reply", "RunningMidway",
+           "PromptCache", "RawReply", "RawRequest", "RawUpstream", "RecordedRequest", "Reply",
+           "RunningMidway",
            "ServerThread", "call_hook", "free_port",
            "make_exchange", "pg_query", "pg_schema", "pg_schema_factory", "postgres_dsn",
            "private_postgres", "private_postgres_module", "private_redis", "redis_prefix",

@@ -139,6 +139,86 @@ def _agent_report(settings: Settings, since: float | None, until: float | None,
                      wide=wide).render(shown))
 
 
+@billing_group.command("sessions")
+@click.option("--since", type=TIME, default="7d", show_default=True,
+              help="Sessions begun from this time (ISO, unix seconds, or 7d/12h ago).")
+@click.option("--until", type=TIME, default=None, help="Begun before this time.")
+@click.option("--principal", default=None, help="Only this principal's requests.")
+@click.option("--team", default=None, help="Only this team's requests.")
+@click.option("--limit", type=click.IntRange(1, 10000), default=50, show_default=True,
+              help="At most this many sessions, the latest first.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array of sessions.")
+@wide_option
+@settings_options
+def sessions(settings: Settings, since: float | None, until: float | None,
+             principal: str | None, team: str | None, limit: int, as_json: bool,
+             wide: bool) -> None:
+    """Claude Code sessions, latest first: who, start, duration, turns, tokens, cost, the
+    share of the prompt read from the cache, and errors."""
+    rows = _with_billing(settings, lambda b: b.sessions(since, until, limit, principal, team))
+    if as_json:
+        click.echo(to_json(rows))
+        return
+    if not rows:
+        click.echo("no Claude Code sessions recorded (requests carry "
+                   "x-claude-code-session-id)")
+        return
+    shown = [{**r, "who": r["principal_name"] or r["principal"],
+              "duration": f"{r['duration_s']:.0f}s",
+              "cached": "-" if r["cache_read_share"] is None
+              else f"{r['cache_read_share']:.0%}",
+              "tokens": r["input_tokens"] + r["output_tokens"] + r["cache_read_tokens"]
+              + r["cache_write_5m_tokens"] + r["cache_write_1h_tokens"]} for r in rows]
+    click.echo(Table(columns("session_id", "who", "started_at", "duration", "turns",
+                             "agents", "tokens", "cost_usd", "cached", "errors",
+                             optional=["agents", "duration", "tokens"],
+                             keep=["session_id", "cost_usd"]),
+                     wide=wide).render(shown))
+
+
+@billing_group.command("session")
+@click.argument("session_id")
+@click.option("--principal", default=None, help="Only this principal's requests.")
+@click.option("--team", default=None, help="Only this team's requests.")
+@click.option("--json", "as_json", is_flag=True, help="Print the session as JSON.")
+@wide_option
+@settings_options
+def session(settings: Settings, session_id: str, principal: str | None, team: str | None,
+            as_json: bool, wide: bool) -> None:
+    """One Claude Code session: its turns in order, its subagents with their own cost, and
+    the turns where prompt caching broke, with the likely cause."""
+    found = _with_billing(settings, lambda b: b.session(session_id, principal, team))
+    if found is None:
+        raise click.ClickException(f"no session {session_id!r} in the ledger "
+                                   "(`midway billing sessions` lists them)")
+    if as_json:
+        click.echo(to_json(found))
+        return
+    share = found["cache_read_share"]
+    click.echo(f"session {session_id}: {found['turns']} turn(s), {found['agents']} "
+               f"subagent(s), ${found['cost_usd']}, started {found['started_at']}, "
+               f"{found['duration_s']:.0f}s, cache read "
+               f"{'-' if share is None else f'{share:.0%}'} of the prompt, "
+               f"{found['errors']} error(s), {found['cache_breaks']} cache break(s)")
+    turns = [{**t, "agent": t["agent_id"] or "(main)",
+              "cached": "-" if t["cache_read_share"] is None
+              else f"{t['cache_read_share']:.0%}",
+              "cache_break": (f"{t['cache_break']['cause']}: {t['cache_break']['detail']}"
+                              if t["cache_break"] else "")} for t in found["timeline"]]
+    click.echo(Table(columns("turn", "started_at", "agent", "model", "status",
+                             "input_tokens", "cache_read_tokens", "output_tokens", "cost_usd",
+                             "cached", "cache_break",
+                             optional=["started_at", "input_tokens", "output_tokens"],
+                             keep=["turn", "cost_usd", "cache_break"]),
+                     wide=wide).render(turns))
+    click.echo("\nSubagents (own cost, and with the agents they spawned)")
+    agents = [{**a, "agent": "  " * a["depth"] + a["agent_id"]} for a in found["subagents"]]
+    click.echo(Table(columns("agent", "requests", "own_cost_usd", "subtree_cost_usd",
+                             keep=["agent"]), wide=wide).render(agents))
+    if found["truncated"]:
+        click.echo("(the session is longer: its first turns are shown)")
+
+
 @billing_group.command("budgets")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
 @wide_option

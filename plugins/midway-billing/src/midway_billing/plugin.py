@@ -26,7 +26,17 @@ from midway_billing.budgets import Attribution, Bucket, Check, checks_for, iso, 
 from midway_billing.config import BillingConfig
 from midway_billing.metrics import BillingMetrics
 from midway_billing.pricing import Catalogue, Cost, Modifiers, PriceError, to_pusd, usd_str
-from midway_billing.sessions import Origin, agent_tree, clean_id
+from midway_billing.sessions import (
+    TOKEN_FIELDS,
+    Origin,
+    agent_tree,
+    clean_id,
+    fingerprint,
+    prefix_tokens,
+    summary,
+    tree_rows,
+    turns_of,
+)
 from midway_billing.store import GROUPS, REPORT_INT_FIELDS, Batch, Reservation, Store
 from midway_billing.streamwatch import StreamWatch, floor_tokens
 
@@ -44,6 +54,8 @@ class RequestState:
 
     who: Attribution
     origin: Origin = attrs.field(factory=Origin)
+    # hashes of the prompt's system, tools and first message (the cache-break detector's)
+    prompt: dict[str, str | None] = attrs.field(factory=dict)
     reservation: Reservation | None = None
     refused: Check | None = None
     # a streamed answer's running usage and relayed text (a hard budget's stop, the floor)
@@ -310,7 +322,7 @@ class Billing:
         state = exchange.state.get("billing")
         if not isinstance(state, RequestState):
             state = RequestState(attribution(exchange, self.config.project_header),
-                                 Origin.of(exchange))
+                                 Origin.of(exchange), _prompt_fingerprint(exchange))
             exchange.state["billing"] = state
         return state
 
@@ -715,7 +727,7 @@ class Billing:
             "catalogue_version": self.prices.version, "pricing_rule": None,
             "floor_output_tokens": 0, "speed": _speed(exchange), "inference_geo": _geo(exchange),
             "betas": _betas(exchange), "corrects": None,
-            **state.origin.columns(),
+            **state.origin.columns(), **state.prompt,
         }
 
     @staticmethod
@@ -837,6 +849,72 @@ class Billing:
                  "requests": n["requests"], "own_cost_usd": usd_str(n["own_pusd"]),
                  "subtree_cost_usd": usd_str(n["subtree_pusd"])} for n in agent_tree(rows)]
 
+    async def sessions(self, since: float | None = None, until: float | None = None,
+                       limit: int = 100, principal: str | None = None,
+                       team: str | None = None) -> list[dict[str, Any]]:
+        """The latest Claude Code sessions begun in a period, newest first: who, when, how
+        long, turns, agents, tokens, cost, the share of the prompt read from the cache, and
+        errors (requests without an answer). ``principal`` / ``team``: only their requests."""
+        rows = await self.store.session_list(_ts(since), _ts(until), max(1, int(limit)),
+                                             principal, team)
+        out = []
+        for row in rows:
+            item: dict[str, Any] = {k: row[k] for k in ("session_id", "principal",
+                                                        "principal_name", "team")}
+            tokens = {f: int(row[f] or 0) for f in TOKEN_FIELDS}
+            prompt = tokens["input_tokens"] + tokens["cache_read_tokens"] + \
+                tokens["cache_write_5m_tokens"] + tokens["cache_write_1h_tokens"]
+            started, ended = float(row["started_at"]), float(row["ended_at"])
+            item.update(principals=int(row["principals"]), started_at=iso(started),
+                        duration_s=round(ended - started, 3), turns=int(row["turns"]),
+                        agents=int(row["agents"]), **tokens,
+                        cost_usd=usd_str(int(row["cost_pusd"] or 0)),
+                        cache_read_share=_share(tokens["cache_read_tokens"], prompt),
+                        errors=int(row["turns"]) - int(row["ok_turns"]))
+            out.append(item)
+        return out
+
+    async def session(self, session_id: str, principal: str | None = None,
+                      team: str | None = None, max_rows: int = 5000) -> dict[str, Any] | None:
+        """One Claude Code session: its totals, its turns in order (each with tokens, cost,
+        its agent, and ``cache_break``: where prompt caching broke and the likely cause), and
+        its subagent tree with each agent's own cost. None: no such session (of
+        ``principal`` / ``team``). At most ``max_rows`` ledger rows are read
+        (``truncated``)."""
+        rows = await self.store.session_rows(session_id, max_rows + 1, principal, team)
+        if not rows:
+            return None
+        truncated = len(rows) > max_rows
+        turns = turns_of([dict(r) for r in rows[:max_rows]])
+        total = summary(turns)
+        started = float(total["started_at"])
+        prompt = sum(total[f] for f in ("input_tokens", "cache_read_tokens",
+                                        "cache_write_5m_tokens", "cache_write_1h_tokens"))
+        head = {k: total[k] for k in ("principal", "principals", "principal_name", "team",
+                                      "turns", "agents", "errors", "cache_breaks",
+                                      *TOKEN_FIELDS)}
+        agents = [{"agent_id": n["agent_id"], "parent_agent_id": n["parent_agent_id"],
+                   "depth": n["depth"], "requests": n["requests"],
+                   "own_cost_usd": usd_str(n["own_pusd"]),
+                   "subtree_cost_usd": usd_str(n["subtree_pusd"])}
+                  for n in agent_tree(tree_rows(session_id, turns))]
+        shown = []
+        for number, turn in enumerate(turns, 1):
+            item = {k: v for k, v in turn.items() if k not in ("cost_pusd", "created_at",
+                                                               "ended_at")}
+            item.update(turn=number, started_at=iso(turn["created_at"]),
+                        offset_s=round(turn["created_at"] - started, 3),
+                        duration_s=round(turn["ended_at"] - turn["created_at"], 3),
+                        cost_usd=usd_str(turn["cost_pusd"]),
+                        cache_read_share=_share(turn["cache_read_tokens"],
+                                                prefix_tokens(turn)))
+            shown.append(item)
+        return {"session_id": session_id, **head, "started_at": iso(started),
+                "duration_s": round(float(total["ended_at"]) - started, 3),
+                "cost_usd": usd_str(total["cost_pusd"]),
+                "cache_read_share": _share(total["cache_read_tokens"], prompt),
+                "subagents": agents, "timeline": shown, "truncated": truncated}
+
     async def spend_series(self, bucket: str = "hour", by: str = "team",
                            since: float | None = None) -> list[dict[str, Any]]:
         """Spend per time bucket and key: ``[{"t", "key", "cost_usd"}]``, oldest first."""
@@ -874,6 +952,15 @@ class Billing:
                     "window_start": iso(start) if budget.period != "total" else None,
                     "resets_at": iso(reset)})
         return out
+
+
+def _prompt_fingerprint(exchange: Exchange) -> dict[str, str | None]:
+    """Of a Claude Code session's Messages requests only: other rows have no turns."""
+    request = exchange.request
+    if not request.is_messages or request.path.endswith("count_tokens") or \
+            clean_id(request.headers.get("x-claude-code-session-id")) is None:
+        return {}
+    return fingerprint(request.json)
 
 
 def modifiers_of(exchange: Exchange) -> Modifiers:
@@ -923,6 +1010,10 @@ def _batch_id(exchange: Exchange) -> str | None:
     if len(parts) >= 4 and parts[:3] == ["v1", "messages", "batches"]:
         return clean_id(parts[3])
     return None
+
+
+def _share(part: int, whole: int) -> float | None:
+    return round(part / whole, 4) if whole else None
 
 
 def _ts(value: Any) -> float | None:

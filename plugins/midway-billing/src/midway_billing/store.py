@@ -34,8 +34,10 @@ from midway_billing.budgets import Bucket
 
 log = logging.getLogger("midway.billing")
 
-# Which Claude Code session and subagent a row came from (midway_billing.sessions).
+# Which Claude Code session and subagent a row came from, and the fingerprint of its prompt
+# that the cache-break detector compares (midway_billing.sessions).
 ORIGIN_COLUMNS = ("session_id", "agent_id", "parent_agent_id")
+FINGERPRINT_COLUMNS = ("system_hash", "tools_hash", "thread_hash")
 
 LEDGER_COLUMNS = (
     "id", "exchange_id", "attempt", "kind", "state", "instance", "created_at", "settled_at",
@@ -46,14 +48,15 @@ LEDGER_COLUMNS = (
     # pricing (docs/billing.md "Prices"): what priced the row, and what it was priced from
     "catalogue_version", "pricing_rule", "floor_output_tokens", "speed", "inference_geo",
     "betas", "corrects",
-    *ORIGIN_COLUMNS,
+    *ORIGIN_COLUMNS, *FINGERPRINT_COLUMNS,
 )
 
 # Columns a row may leave out, and what they then hold.
 OPTIONAL_COLUMNS: dict[str, Any] = {"catalogue_version": None, "pricing_rule": None,
                                     "floor_output_tokens": 0, "speed": None,
                                     "inference_geo": None, "betas": None, "corrects": None,
-                                    **dict.fromkeys(ORIGIN_COLUMNS)}
+                                    **dict.fromkeys(ORIGIN_COLUMNS),
+                                    **dict.fromkeys(FINGERPRINT_COLUMNS)}
 
 
 def row_values(row: dict[str, Any]) -> list[Any]:
@@ -102,7 +105,10 @@ CREATE TABLE IF NOT EXISTS billing_ledger (
     corrects TEXT,
     session_id TEXT,
     agent_id TEXT,
-    parent_agent_id TEXT
+    parent_agent_id TEXT,
+    system_hash TEXT,
+    tools_hash TEXT,
+    thread_hash TEXT
 );
 CREATE INDEX IF NOT EXISTS billing_ledger_created ON billing_ledger (created_at);
 CREATE INDEX IF NOT EXISTS billing_ledger_principal ON billing_ledger (principal, created_at);
@@ -574,6 +580,37 @@ class Store:
                f"FROM billing_ledger{where} GROUP BY session_id, agent_id, parent_agent_id")
         return await self.db.fetch(sql, *args)
 
+    async def session_list(self, since: float | None, until: float | None, limit: int,
+                           principal: str | None = None, team: str | None = None
+                           ) -> list[dict[str, Any]]:
+        """The ``limit`` latest Claude Code sessions begun in a period (of ``principal`` /
+        ``team``'s requests only, when given): per session its totals, as
+        :func:`midway_billing.sessions.summary` computes them from the turns."""
+        where, args = _session_filter(since, until, principal, team)
+        sql = (  # only fixed text is formatted in; values are parameters
+            "SELECT session_id, MIN(principal) AS principal, "  # noqa: S608
+            "COUNT(DISTINCT principal) AS principals, MAX(principal_name) AS principal_name, "
+            "MAX(team) AS team, MIN(created_at) AS started_at, "
+            "MAX(COALESCE(settled_at, created_at)) AS ended_at, "
+            "COUNT(DISTINCT exchange_id) AS turns, COUNT(DISTINCT agent_id) AS agents, "
+            f"COUNT(DISTINCT CASE WHEN {_OK_ROW} THEN exchange_id END) AS ok_turns, "
+            "SUM(input_tokens) AS input_tokens, SUM(output_tokens) AS output_tokens, "
+            "SUM(cache_write_5m_tokens) AS cache_write_5m_tokens, "
+            "SUM(cache_write_1h_tokens) AS cache_write_1h_tokens, "
+            "SUM(cache_read_tokens) AS cache_read_tokens, SUM(cost_pusd) AS cost_pusd "
+            f"FROM billing_ledger{where} GROUP BY session_id "
+            "ORDER BY MIN(created_at) DESC, session_id LIMIT ?")
+        return await self.db.fetch(sql, *args, int(limit))
+
+    async def session_rows(self, session_id: str, limit: int, principal: str | None = None,
+                           team: str | None = None) -> list[dict[str, Any]]:
+        """The first ``limit`` rows of one session (of ``principal`` / ``team`` only, when
+        given), oldest first: the turns of its page."""
+        where, args = _session_filter(None, None, principal, team)
+        sql = (f"SELECT * FROM billing_ledger{where} AND session_id = ? "  # noqa: S608
+               "ORDER BY created_at, id LIMIT ?")
+        return await self.db.fetch(sql, *args, session_id, int(limit))
+
     async def usage_by_day(self, since: float | None, until: float | None
                            ) -> list[dict[str, Any]]:
         """Tokens, searches, cost and unpriced rows per UTC day, model and upstream key, of
@@ -677,6 +714,26 @@ class Store:
         where, args = time_filter(since, None)
         sql = f"SELECT * FROM billing_ledger{where} ORDER BY created_at, id"  # noqa: S608
         return await self.db.fetch(sql, *args)
+
+
+# A row that answered (or is still in flight): a session's errors are its requests without one.
+_OK_ROW = ("kind <> 'reprice' AND (state = 'pending' OR (status >= 200 AND status < 400 "
+           "AND error IS NULL))")
+
+
+def _session_filter(since: float | None, until: float | None, principal: str | None,
+                    team: str | None) -> tuple[str, list[Any]]:
+    """The rows of Claude Code sessions (count_tokens calls are no turns), in a period, of
+    one principal or team when given."""
+    where, args = time_filter(since, until)
+    clauses = ["session_id IS NOT NULL", "path NOT LIKE '%count_tokens%'"]
+    if principal is not None:
+        clauses.append("principal = ?")
+        args.append(principal)
+    if team is not None:
+        clauses.append("team = ?")
+        args.append(team)
+    return (where + " AND " if where else " WHERE ") + " AND ".join(clauses), args
 
 
 async def _move(tx: Tx, keys: list[str], released: int, charged: int) -> None:
