@@ -129,6 +129,11 @@ def test_admin_key_protects_pages_and_api(protected: RunningMidway) -> None:
     for headers in ({"authorization": f"Bearer {CLIENT}"}, {"x-api-key": CLIENT},
                     {"authorization": "Bearer wrong"}):
         assert httpx.get(f"{url}/_midway/api/traffic", headers=headers).status_code == 401
+    # The Sessions pages and their JSON too: every session of every user is behind the key.
+    for path in ("/_midway/sessions", "/_midway/sessions/s1", "/_midway/api/claude-sessions",
+                 "/_midway/api/claude-sessions/s1"):
+        assert httpx.get(f"{url}{path}").status_code == 401
+        assert httpx.get(f"{url}{path}", headers={"x-api-key": CLIENT}).status_code == 401
     # The login page and the static files it needs are reachable without the key.
     assert httpx.get(f"{url}/_midway/login").status_code == 200
     assert httpx.get(f"{url}/_midway/static/dashboard.css").status_code == 200

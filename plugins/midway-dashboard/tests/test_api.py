@@ -144,6 +144,18 @@ class Services:
                          "own_cost_usd": own, "subtree_cost_usd": sub}
                         for s, a, d, own, sub in tree]
 
+            async def sessions(self, since: Any = None, until: Any = None, limit: int = 100,
+                               principal: str | None = None, team: str | None = None
+                               ) -> list[Any]:
+                await services._record("sessions", since=since, limit=limit,
+                                       principal=principal, team=team)
+                return [{"session_id": f"s{i}", "turns": i} for i in range(3)][:limit]
+
+            async def session(self, session_id: str, principal: str | None = None,
+                              team: str | None = None) -> dict[str, Any] | None:
+                await services._record("session", session_id=session_id)
+                return {"session_id": "s1", "timeline": []} if session_id == "s1" else None
+
             async def budgets(self) -> list[Any]:
                 await services._record("budgets")
                 return [{"name": "daily", "scope": "team", "value": "search",
@@ -226,6 +238,35 @@ def test_sessions_panel_shows_each_session_tree(start_dashboard: Callable[..., R
     assert isinstance(dict(services.calls)["agents"]["since"], float)
     assert dict(services.calls)["agents"]["top"] == 2  # the store is asked for no more
     assert api(running, "sessions?bucket=year")[0] == 400
+
+
+def test_claude_code_session_pages_read_billing(
+        start_dashboard: Callable[..., RunningMidway]) -> None:
+    services = Services()
+    running = start_dashboard(("fake_services", services.plugin()))
+    code, data = api(running, "claude-sessions?since=24h&team=search&principal=alice&limit=2")
+    assert code == 200 and [s["session_id"] for s in data["sessions"]] == ["s0", "s1"]
+    assert data["more"] is True  # one more asked for: whether there are others
+    called = dict(services.calls)["sessions"]
+    assert (called["team"], called["principal"], called["limit"]) == ("search", "alice", 3)
+    assert isinstance(called["since"], float)
+    assert api(running, "claude-sessions/s1") == (200, {
+        "installed": True, "audit": True, "session": {"session_id": "s1", "timeline": []}})
+    code, missing = api(running, "claude-sessions/s9")
+    assert code == 404 and missing["error"] == "no session s9"
+    # An id billing would never have kept is not looked up at all.
+    services.calls.clear()
+    for bad in ("%3Cscript%3E", "a" * 129, "..%2F..%2Fetc", "-x"):
+        assert api(running, f"claude-sessions/{bad}")[0] == 404
+    assert not services.calls
+    for path in ("claude-sessions?since=1y", "claude-sessions?limit=all"):
+        code, data = api(running, path)
+        assert code == 400 and data["error"]["type"] == "invalid_request_error"
+    # The pages: the session id goes into the page as escaped text only.
+    page = httpx.get(f"{running.url}/_midway/sessions/%22%3E%3Cscript%3Ealert(1)%3C%2Fscript%3E")
+    assert page.status_code == 200 and "<script>alert" not in page.text
+    assert 'data-session-id="&quot;&gt;&lt;script&gt;' in page.text
+    assert httpx.get(f"{running.url}/_midway/sessions").status_code == 200
 
 
 def test_bad_parameters_are_refused(start_dashboard: Callable[..., RunningMidway]) -> None:

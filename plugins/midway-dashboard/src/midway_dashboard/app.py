@@ -36,6 +36,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PAGES: dict[str, tuple[str, str | None]] = {
     "traffic": ("Traffic", None),
     "spend": ("Spend", "billing"),
+    "sessions": ("Sessions", "billing"),
     "cache": ("Cache", "cache"),
     "upstreams": ("Upstreams", "router"),
     "requests": ("Requests", "audit"),
@@ -136,6 +137,7 @@ class Dashboard:
             if name != "traffic":
                 r.add_get(f"{PREFIX}/{name}", self.guard(self.page))
         r.add_get(PREFIX + "/requests/{request_id}", self.guard(self.page))
+        r.add_get(PREFIX + "/sessions/{session_id}", self.guard(self.page))
         r.add_get(f"{PREFIX}/login", self.guard(self.login_form, public=True))
         r.add_post(f"{PREFIX}/login", self.guard(self.login, public=True))
         r.add_post(f"{PREFIX}/logout", self.guard(self.logout, public=True))
@@ -144,6 +146,8 @@ class Dashboard:
         r.add_get(f"{PREFIX}/api/traffic", self.guard(self.api_traffic))
         r.add_get(f"{PREFIX}/api/spend", self.guard(self.api_spend))
         r.add_get(f"{PREFIX}/api/sessions", self.guard(self.api_sessions))
+        r.add_get(f"{PREFIX}/api/claude-sessions", self.guard(self.api_session_list))
+        r.add_get(PREFIX + "/api/claude-sessions/{session_id}", self.guard(self.api_session))
         r.add_get(f"{PREFIX}/api/cache", self.guard(self.api_cache))
         r.add_get(f"{PREFIX}/api/upstreams", self.guard(self.api_upstreams))
         r.add_get(f"{PREFIX}/api/requests", self.guard(self.api_requests))
@@ -192,9 +196,14 @@ class Dashboard:
 
     async def page(self, request: web.Request) -> web.Response:
         request_id = request.match_info.get("request_id")
-        name = "request" if request_id else (request.path[len(PREFIX) + 1:] or "traffic")
-        title = "Request" if request_id else PAGES[name][0]
-        current = "requests" if request_id else name
+        session_id = request.match_info.get("session_id")
+        if request_id:
+            name, title, current = "request", "Request", "requests"
+        elif session_id:
+            name, title, current = "session", "Session", "sessions"
+        else:
+            name = request.path[len(PREFIX) + 1:] or "traffic"
+            title, current = PAGES[name][0], name
         nav = "".join(
             f'<a href="{PREFIX}/{"" if key == "traffic" else key}"'
             f'{ACTIVE if key == current else ""}>{label}</a>' for key, (label, _) in PAGES.items())
@@ -202,7 +211,8 @@ class Dashboard:
                   '<button type="submit">Log out</button></form>'
                   if self.access is not None and self.access.protected else "")
         body = (f'<body data-page="{name}" data-refresh="{self.refresh_ms}"'
-                f' data-request-id="{html.escape(request_id or "")}">'
+                f' data-request-id="{html.escape(request_id or "")}"'
+                f' data-session-id="{html.escape(session_id or "")}">'
                 f'<header><a class="brand" href="{PREFIX}/">midway</a><nav>{nav}</nav>'
                 f'<span class="version">v{html.escape(__version__)}</span>{logout}</header>'
                 f'<main><h1>{title}</h1><div id="content" aria-live="polite"></div></main>'
@@ -313,6 +323,30 @@ class Dashboard:
             return error_response(400, f"bucket must be one of "
                                   f"{', '.join(panels.SPEND_BUCKETS)}")
         return await self._panel(panels.sessions(self.midway, bucket))
+
+    async def api_session_list(self, request: web.Request) -> web.Response:
+        q = request.query
+        filters: dict[str, Any] = {}
+        for key in ("principal", "team"):
+            value = q.get(key, "").strip()
+            if value:
+                filters[key] = value[:200]
+        since = q.get("since", "7d")
+        if since not in RANGES:
+            return error_response(400, f"since must be one of {', '.join(RANGES)}")
+        try:
+            limit = max(1, min(int(q.get("limit", 100)), 500))
+        except ValueError:
+            return error_response(400, "limit must be a number")
+        start = datetime.now(UTC) - RANGES[since]
+        return await self._panel(panels.session_list(self.midway, start, limit, filters))
+
+    async def api_session(self, request: web.Request) -> web.Response:
+        session_id = request.match_info["session_id"]
+        data = await self._panel_data(panels.session(self.midway, session_id))
+        if data.get("installed") and data.get("session") is None and "error" not in data:
+            return json_response({**data, "error": f"no session {session_id[:200]}"}, 404)
+        return json_response(data)
 
     async def api_cache(self, request: web.Request) -> web.Response:
         data = await self._panel_data(panels.cache(self.midway))

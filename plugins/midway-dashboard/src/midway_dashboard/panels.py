@@ -10,6 +10,7 @@ import asyncio
 import importlib.metadata
 import inspect
 import logging
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -155,6 +156,34 @@ async def sessions(midway: Midway, bucket: str) -> dict[str, Any]:
                           max(0, len(agents) - MAX_AGENTS)})
     return {"installed": True, "since": since, "sessions": shown,
             "more_sessions": len(totals) > len(top)}
+
+
+# What billing accepts as a session id (midway_billing.sessions.clean_id): anything else names
+# no session, and is not looked up.
+_SESSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+-]{0,127}")
+
+
+async def session_list(midway: Midway, since: datetime, limit: int,
+                       filters: dict[str, Any]) -> dict[str, Any]:
+    """The latest Claude Code sessions begun since ``since`` (billing's ``sessions()``)."""
+    if BILLING not in midway.services:
+        return not_installed(midway, BILLING)
+    rows = await call("billing.sessions", midway.services[BILLING].sessions,
+                      since=since.timestamp(), limit=limit + 1, **filters)
+    rows = list(rows)
+    return {"installed": True, "since": since, "sessions": rows[:limit],
+            "more": len(rows) > limit}
+
+
+async def session(midway: Midway, session_id: str) -> dict[str, Any]:
+    """One session's turns, subagents and cache breaks (billing's ``session()``); ``audit``:
+    whether each turn's audit record can be opened."""
+    if BILLING not in midway.services:
+        return not_installed(midway, BILLING)
+    found = None
+    if _SESSION_ID.fullmatch(session_id):
+        found = await call("billing.session", midway.services[BILLING].session, session_id)
+    return {"installed": True, "session": found, "audit": AUDIT in midway.services}
 
 
 async def cache(midway: Midway) -> dict[str, Any]:

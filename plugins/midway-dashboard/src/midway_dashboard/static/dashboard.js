@@ -574,5 +574,114 @@
     ];
   }
 
+  // -- Claude Code sessions (midway-billing) ------------------------------------------------
+
+  function sessionLink(id) {
+    return el("a", {href: `${PREFIX}/sessions/${encodeURIComponent(id)}`, text: id});
+  }
+
+  function tokensOf(r) {
+    return (Number(r.input_tokens) || 0) + (Number(r.output_tokens) || 0) +
+      (Number(r.cache_read_tokens) || 0) + (Number(r.cache_write_5m_tokens) || 0) +
+      (Number(r.cache_write_1h_tokens) || 0);
+  }
+
+  function seconds(v) {
+    if (v === undefined || v === null) return "–";
+    return v >= 120 ? `${(v / 60).toFixed(1)} min` : `${Number(v).toFixed(1)} s`;
+  }
+
+  pages.sessions = () => {
+    const params = new URLSearchParams(location.search);
+    const field = (name, label) => el("label", {}, label + " ",
+      el("input", {name, value: params.get(name) || ""}));
+    const since = params.get("since") || "7d";
+    const form = el("form", {class: "controls", id: "session-search", method: "get"},
+      field("principal", "Principal"), field("team", "Team"),
+      el("label", {}, "Begun within ", el("select", {name: "since"},
+        ["1h", "24h", "7d", "30d"].map((v) => el("option", {value: v, text: v, selected: since === v})))),
+      el("button", {type: "submit", text: "Show"}));
+    const results = el("div", {id: "sessions"});
+    replace(content, form, results);
+    const query = new URLSearchParams({since});
+    for (const k of ["principal", "team"]) if (params.get(k)) query.set(k, params.get(k));
+    return poll(async () => {
+      const d = await getJSON("/api/claude-sessions?" + query.toString());
+      if (!d.installed) return replace(results, notInstalled(d, "Claude Code sessions"));
+      if (d.error) return replace(results, failure(d.error));
+      replace(results, section(`${d.sessions.length}${d.more ? "+" : ""} session(s) begun since ${fmt.time(d.since)}, latest first`,
+        "panel-session-list", table([
+          {label: "session", value: (r) => sessionLink(r.session_id)},
+          {label: "user", value: (r) => (r.principal_name || r.principal) + (r.principals > 1 ? ` (+${r.principals - 1})` : "")},
+          {label: "team", value: (r) => r.team ?? ""},
+          {label: "start", value: (r) => fmt.time(r.started_at)},
+          {label: "duration", num: true, value: (r) => seconds(r.duration_s)},
+          {label: "turns", num: true, value: (r) => fmt.num(r.turns)},
+          {label: "subagents", num: true, value: (r) => fmt.num(r.agents)},
+          {label: "tokens", num: true, value: (r) => fmt.num(tokensOf(r))},
+          {label: "cost", num: true, value: (r) => fmt.usd(r.cost_usd)},
+          {label: "cache read", num: true, value: (r) => fmt.pct(r.cache_read_share)},
+          {label: "errors", num: true, value: (r) => fmt.num(r.errors)}],
+          d.sessions, {class: "sessions", empty: "No request named a session (x-claude-code-session-id) in this range.",
+                       rowClass: (r) => (r.errors ? "turn-error" : "")})));
+    }, Math.max(refreshMs, 15000));
+  };
+
+  pages.session = () => {
+    const id = body.dataset.sessionId;
+    replace(content, el("p", {}, el("a", {href: `${PREFIX}/sessions`, text: "← all sessions"})),
+            el("div", {id: "session"}, "Loading…"));
+    const holder = document.getElementById("session");
+    getJSON("/api/claude-sessions/" + encodeURIComponent(id)).then((d) => {
+      if (!d.installed) return replace(holder, notInstalled(d, "A Claude Code session"));
+      if (d.error) return replace(holder, failure(d.error));
+      replace(holder, renderSession(d.session, d.audit));
+    }).catch((err) => replace(holder, failure(err.message)));
+  };
+
+  function renderSession(s, audit) {
+    const breaks = s.timeline.filter((t) => t.cache_break);
+    const cards = el("div", {class: "cards", id: "session-cards"},
+      card("Session", s.session_id, "session-id", `${s.principal_name || s.principal}` +
+           (s.team ? ` · team ${s.team}` : "") + (s.principals > 1 ? ` · ${s.principals} principals` : "")),
+      card("Turns", fmt.num(s.turns), "turns", `${fmt.num(s.agents)} subagent(s)`),
+      card("Cost", fmt.usd(s.cost_usd), "cost", `${fmt.num(tokensOf(s))} tokens`),
+      card("Duration", seconds(s.duration_s), "duration", `from ${fmt.time(s.started_at)}`),
+      card("Cache read", fmt.pct(s.cache_read_share), "cache-read", "share of the prompt read from the cache"),
+      card("Cache breaks", fmt.num(s.cache_breaks), "cache-breaks", `${fmt.num(s.errors)} error(s)`));
+    const agentIds = s.subagents.filter((a) => a.depth > 0);
+    const agents = section("Subagents", "panel-subagents", table([
+      {label: "agent", value: (a) => "\u00a0\u00a0".repeat(a.depth) + a.agent_id},
+      {label: "requests", num: true, value: (a) => fmt.num(a.requests)},
+      {label: "own cost", num: true, value: (a) => fmt.usd(a.own_cost_usd)},
+      {label: "with its subagents", num: true, value: (a) => fmt.usd(a.subtree_cost_usd)}],
+      s.subagents, {class: "subagents", empty: "No subagent."}));
+    if (!agentIds.length) agents.append(el("p", {class: "empty", text: "This session spawned no subagent."}));
+    const breakList = section("Where prompt caching broke", "panel-cache-breaks", table([
+      {label: "turn", num: true, value: (t) => t.turn},
+      {label: "agent", value: (t) => t.agent_id || "(main)"},
+      {label: "cause", value: (t) => el("span", {class: "cause", text: t.cache_break.cause})},
+      {label: "what changed", value: (t) => t.cache_break.detail},
+      {label: "tokens not read", num: true, value: (t) => fmt.num(t.cache_break.lost_tokens)}],
+      breaks, {class: "cache-breaks", empty: "Caching held: no turn read less from the cache than the one before left there."}));
+    const turns = section("Turns in order", "panel-turns", table([
+      {label: "#", num: true, value: (t) => t.turn},
+      {label: "at", num: true, value: (t) => "+" + seconds(t.offset_s)},
+      {label: "agent", value: (t) => t.agent_id || "(main)"},
+      {label: "model", value: (t) => t.model ?? "–"},
+      {label: "status", num: true, value: (t) => t.status ?? (t.pending ? "…" : "–")},
+      {label: "input", num: true, value: (t) => fmt.num(t.input_tokens)},
+      {label: "cache read", num: true, value: (t) => fmt.num(t.cache_read_tokens)},
+      {label: "cache write", num: true, value: (t) => fmt.num(t.cache_write_5m_tokens + t.cache_write_1h_tokens)},
+      {label: "output", num: true, value: (t) => fmt.num(t.output_tokens)},
+      {label: "cost", num: true, value: (t) => fmt.usd(t.cost_usd)},
+      {label: "cache", value: (t) => t.cache_break ? el("span", {class: "cause", text: `broke: ${t.cache_break.cause}`})
+        : fmt.pct(t.cache_read_share)},
+      {label: "request", value: (t) => audit ? requestLink(t.exchange_id) : t.exchange_id}],
+      s.timeline, {class: "turns", rowClass: (t) => (t.cache_break ? "cache-break" : !t.ok ? "turn-error" : "")}));
+    const more = s.truncated ? el("div", {class: "notice", role: "status", text: "The session is longer: its first turns are shown."}) : null;
+    return [cards, breakList, agents, turns, more].filter(Boolean);
+  }
+
   if (pages[page]) pages[page]();
 })();
