@@ -167,16 +167,17 @@ class Claude:
 
     def run(self, base_url: str, prompt: str | None, *args: str, stdin: str | None = None,
             env: dict[str, str] | None = None, timeout: float = RUN_TIMEOUT,
-            home: str | None = None, unset: Sequence[str] = ()) -> ClaudeRun:
+            home: str | None = None, unset: Sequence[str] = (),
+            keep_home: bool = False) -> ClaudeRun:
         """``home``: a name for the fresh HOME, to give two runs the same HOME path (its path
-        is part of Claude Code's system prompt); it is emptied first. ``unset``: variables of
+        is part of Claude Code's system prompt); it is emptied first, unless ``keep_home``
+        (a run that resumes the session an earlier run left there). ``unset``: variables of
         the standard environment to leave out."""
         home_dir = self.root / (home or f"home{len(self.runs)}")
-        if home_dir.exists():
+        if home_dir.exists() and not keep_home:
             shutil.rmtree(home_dir)
-        home_dir.mkdir()
         # Its own temporary directory too: concurrent test runs share nothing.
-        (home_dir / "tmp").mkdir()
+        (home_dir / "tmp").mkdir(parents=True, exist_ok=True)
         environ = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "HOME": str(home_dir),
