@@ -154,8 +154,13 @@ def test_a_session_through_midway(midway_factory, fake_upstream, monkeypatch) ->
     # Mallory names alice's session: her request is hers, not in alice's team's view.
     client(KEYS[1]["key"]).messages.create(**body("claude-haiku-4-5", SYSTEM, convo))
     alice.messages.count_tokens(model="claude-haiku-4-5", messages=convo)  # no turn
-    rows = ledger(running, 7)
-    assert all(r["system_hash"] for r in rows if r["path"] == "/v1/messages")
+    # Outside a session nothing is hashed (the fingerprint costs a few hundred microseconds).
+    anthropic.Anthropic(base_url=running.url, api_key=KEYS[0]["key"], max_retries=0
+                        ).messages.create(**body("claude-haiku-4-5", SYSTEM, convo))
+    rows = ledger(running, 8)
+    fingerprinted = [r["path"] for r in rows if r["system_hash"]]
+    assert fingerprinted == ["/v1/messages"] * 6
+    assert all(r["tools_hash"] and r["thread_hash"] for r in rows if r["system_hash"])
     billing = billing_of(running)
 
     found = running.call(billing.session(SESSION))
@@ -186,6 +191,10 @@ def test_a_session_through_midway(midway_factory, fake_upstream, monkeypatch) ->
     assert search["turns"] == 5 and search["principals"] == 1
     assert running.call(billing.session(SESSION, team="nobody")) is None
     assert running.call(billing.sessions(team="nobody")) == []
+    # A long session is read up to a bound, and says so.
+    short = running.call(billing.session(SESSION, max_rows=2))
+    assert short["truncated"] is True and short["turns"] == 2
+    assert found["truncated"] is False
     # An id that is a payload finds nothing (it is a parameter, never SQL).
     assert running.call(billing.session("' OR '1'='1")) is None
 

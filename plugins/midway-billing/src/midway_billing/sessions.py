@@ -135,7 +135,7 @@ CACHE_LIFETIME = 300.0
 
 
 def _digest(value: Any) -> str:
-    data = orjson.dumps(value, option=orjson.OPT_SORT_KEYS, default=str)
+    data = orjson.dumps(value, default=str)
     return hashlib.sha256(data).hexdigest()[:_HASH_CHARS]
 
 
