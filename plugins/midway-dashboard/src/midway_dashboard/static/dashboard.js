@@ -286,7 +286,8 @@
       const more = s.more_sessions ? " (cheaper sessions not shown)" : "";
       return section(`Cost per session and subagent tree since ${fmt.time(s.since)}${more}`,
         "panel-sessions", table([
-          {label: "session", value: (r) => r.depth === 0 ? (r.session ?? "(no session)") : ""},
+          {label: "session", value: (r) => r.depth !== 0 ? "" :
+            (r.session === null || r.session === undefined ? "(no session)" : sessionLink(r.session))},
           {label: "agent", value: (r) => "\u00a0\u00a0".repeat(r.depth) + r.agent_id},
           {label: "requests", num: true, value: (r) => fmt.num(r.requests)},
           {label: "own cost", num: true, value: (r) => fmt.usd(r.own_cost_usd)},
