@@ -90,6 +90,10 @@ def test_a_long_pause_is_an_expiry_and_no_change_is_unknown() -> None:
     expired = [turn(1, 0, 1000, at=0), turn(2, 0, 1100, at=1000)]
     assert breaks(expired) == [None, ("ex2", "expired")]
     assert "17 min" in expired[1]["cache_break"]["detail"]
+    # Written with the 1-hour lifetime: 17 minutes later the prefix is still there.
+    long_lived = [turn(1, 0, 0, at=0), turn(2, 0, 1100, at=1000)]
+    long_lived[0]["cache_write_1h_tokens"] = 1000
+    assert breaks(long_lived) == [None, ("ex2", "unknown")]
     unknown = [turn(1, 0, 1000, at=0), turn(2, 500, 600, at=30)]
     assert breaks(unknown) == [None, ("ex2", "unknown")]
 

@@ -321,8 +321,9 @@ class Billing:
     def _state(self, exchange: Exchange) -> RequestState:
         state = exchange.state.get("billing")
         if not isinstance(state, RequestState):
-            state = RequestState(attribution(exchange, self.config.project_header),
-                                 Origin.of(exchange), _prompt_fingerprint(exchange))
+            origin = Origin.of(exchange)
+            state = RequestState(attribution(exchange, self.config.project_header), origin,
+                                 _prompt_fingerprint(exchange) if origin.session_id else {})
             exchange.state["billing"] = state
         return state
 
@@ -955,10 +956,9 @@ class Billing:
 
 
 def _prompt_fingerprint(exchange: Exchange) -> dict[str, str | None]:
-    """Of a Claude Code session's Messages requests only: other rows have no turns."""
+    """Of Messages requests only (a session's: the caller checks): no other row is a turn."""
     request = exchange.request
-    if not request.is_messages or request.path.endswith("count_tokens") or \
-            clean_id(request.headers.get("x-claude-code-session-id")) is None:
+    if not request.is_messages or request.path.endswith("count_tokens"):
         return {}
     return fingerprint(request.json)
 

@@ -132,6 +132,7 @@ _HASH_CHARS = 16
 # The upstream's default cache lifetime: a gap longer than this between two turns explains a
 # break without any change to the prompt.
 CACHE_LIFETIME = 300.0
+CACHE_LIFETIME_1H = 3600.0
 
 
 def _digest(value: Any) -> str:
@@ -199,9 +200,12 @@ def break_cause(previous: dict[str, Any], turn: dict[str, Any]) -> tuple[str, st
             detail += f" ({previous.get('model')} -> {turn.get('model')})"
         return "+".join(name for name, _ in changed), detail
     gap = float(turn["created_at"]) - float(previous.get("ended_at") or previous["created_at"])
-    if gap > CACHE_LIFETIME:
+    # A turn that wrote with the 1-hour lifetime keeps its prefix that long.
+    lifetime = CACHE_LIFETIME_1H if int(previous.get("cache_write_1h_tokens") or 0) \
+        else CACHE_LIFETIME
+    if gap > lifetime:
         return "expired", (f"{gap / 60:.0f} min since the previous turn: past the cache's "
-                           f"{CACHE_LIFETIME / 60:.0f}-minute lifetime")
+                           f"{lifetime / 60:.0f}-minute lifetime")
     return "unknown", ("system prompt, tools and model unchanged: an earlier message was "
                        "edited, or the upstream evicted the cache")
 
