@@ -52,9 +52,10 @@ def test_fingerprint_ignores_the_attribution_line_and_moving_cache_markers() -> 
 def turn(n: int, read: int, write: int, *, at: float | None = None, model: str = "m1",
          system: str = "s1", tools: str = "t1", upstream: str = "anthropic",
          agent: str | None = None, thread: str = "h1", ok: bool = True,
-         uncached: int = 3) -> dict[str, Any]:
-    return {"exchange_id": f"ex{n}", "created_at": at if at is not None else 10.0 * n,
-            "ended_at": (at if at is not None else 10.0 * n) + 1, "agent_id": agent,
+         uncached: int = 3, principal: str = "alice") -> dict[str, Any]:
+    start = at if at is not None else 10.0 * n
+    return {"exchange_id": f"ex{n}", "principal": principal, "created_at": start,
+            "ended_at": start + 1, "agent_id": agent,
             "model": model, "system_hash": system, "tools_hash": tools, "upstream": upstream,
             "thread_hash": thread, "ok": ok, "input_tokens": uncached,
             "cache_read_tokens": read, "cache_write_5m_tokens": write,
@@ -105,6 +106,10 @@ def test_what_is_not_a_break() -> None:
     assert breaks([turn(1, 0, 1000), turn(2, 0, 1500, agent="sub-1", system="s9"),
                    turn(3, 0, 1200, thread="side", model="haiku"),
                    turn(4, 1000, 400)]) == [None, None, None, None]
+    # Another principal naming the same session (and sending the same first message) with
+    # another model: its turns are its own, alice's cache did not break.
+    assert breaks([turn(1, 0, 1000), turn(2, 0, 1500, principal="mallory", model="m9"),
+                   turn(3, 1000, 600)]) == [None, None, None]
     # A failed turn has no usage to compare; the next one is compared with the last answer.
     assert breaks([turn(1, 0, 1000), turn(2, 0, 0, ok=False, uncached=0),
                    turn(3, 1000, 100)]) == [None, None, None]

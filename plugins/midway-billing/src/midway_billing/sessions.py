@@ -213,19 +213,21 @@ def break_cause(previous: dict[str, Any], turn: dict[str, Any]) -> tuple[str, st
 def cache_breaks(turns: list[dict[str, Any]]) -> None:
     """Mark each turn whose prompt caching broke: one that read less from the cache than
     the previous turn of the same conversation left there (read + written), although its
-    prompt did not shrink. Turns are compared with the previous one of the same agent and
-    thread (first message): a side request with its own first message, or a compacted
-    conversation, starts a thread of its own. Only answered turns with usage count.
+    prompt did not shrink. Turns are compared with the previous one of the same principal,
+    agent and thread (first message): a side request with its own first message, or a
+    compacted conversation, starts a thread of its own, and another principal naming the same
+    session id (it is the client's to choose) cannot make breaks appear in it. Only answered
+    turns with usage count.
 
     Sets ``turn["cache_break"]`` to None or ``{"cause", "detail", "previous",
     "lost_tokens"}`` (``previous``: the exchange id compared with), in place; ``turns`` in
     the order they were sent."""
-    last: dict[tuple[Any, Any], dict[str, Any]] = {}
+    last: dict[tuple[Any, Any, Any], dict[str, Any]] = {}
     for turn in turns:
         turn["cache_break"] = None
         if not turn.get("ok") or prefix_tokens(turn) == 0:
             continue
-        key = (turn.get("agent_id"), turn.get("thread_hash"))
+        key = (turn.get("principal"), turn.get("agent_id"), turn.get("thread_hash"))
         previous = last.get(key)
         last[key] = turn
         if previous is None:
