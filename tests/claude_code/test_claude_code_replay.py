@@ -1,0 +1,140 @@
+"""``midway replay``: a 3-turn session of the real CLI, recorded through midway with audit
+bodies on, replayed against a second upstream that answers differently (docs/replay.md)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import orjson
+from cc_support import AUTH_TOKEN, Claude, Stack, text_reply
+
+from midway import Usage
+from midway.testing import FakeUpstream, Reply
+from midway_billing.pricing import PriceTable
+
+RECORDED_MODEL = "claude-sonnet-4-6"
+REPLAY_MODEL = "claude-sonnet-5"
+SECOND_KEY = "sk-ant-second-upstream-key"
+FINAL = "Both markers printed."
+
+
+def _usage(inp: int, out: int, read: int = 0) -> dict[str, Any]:
+    return {"input_tokens": inp, "output_tokens": out, "cache_read_input_tokens": read,
+            "cache_creation_input_tokens": 0}
+
+
+def _bash(n: int) -> dict[str, Any]:
+    return {"type": "tool_use", "id": f"toolu_01Replay000{n}", "name": "Bash",
+            "input": {"command": f"echo marker-{n}", "description": f"Print marker {n}"}}
+
+
+RECORDED = [Reply(content=[_bash(1)], usage=_usage(1200, 40)),
+            Reply(content=[_bash(2)], usage=_usage(1300, 41, read=1100)),
+            text_reply(FINAL, usage=_usage(1400, 12, read=1200))]
+# The second upstream: turn 1 the same answer, turn 2 another tool, turn 3 cut at max_tokens.
+SECOND = [Reply(content=[_bash(1)], usage=_usage(1000, 30)),
+          Reply(content=[{"type": "tool_use", "id": "toolu_01Replay0009", "name": "Read",
+                          "input": {"file_path": "/tmp/marker"}}], usage=_usage(1100, 31)),
+          text_reply(FINAL, stop_reason="max_tokens", usage=_usage(1200, 9))]
+
+
+def _replay(data_dir: Path, config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "midway.cli", "replay", *args, "--config",
+                           str(config), "--data-dir", str(data_dir)],
+                          capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_replay_against_a_second_upstream_reports_the_differences(
+        claude: Claude, stack: Stack, fake_upstream: FakeUpstream, tmp_path: Path) -> None:
+    fake_upstream.reply(*RECORDED)
+    out = claude.run(stack.url, "Print marker 1, then marker 2.", "--allowedTools",
+                     "Bash(echo:*)", "--model", RECORDED_MODEL).assert_success()
+    assert out["num_turns"] == 3 and out["result"] == FINAL
+    session = out["session_id"]
+    recorded_bodies = [r.json for r in fake_upstream.messages_requests]
+    assert len(recorded_bodies) == 3
+    stack.probe.wait(3)
+    records = stack.audit_records(len(stack.probe.exchanges))
+    assert sum(1 for r in records if r["path"].startswith("/v1/messages?")) == 3
+
+    second = FakeUpstream().start()
+    try:
+        config = tmp_path / "replay.toml"
+        config.write_text(
+            f'[[router.upstreams]]\nname = "recorded"\nurl = "{fake_upstream.url}"\n'
+            f'keys = ["sk-ant-first-upstream-key"]\n\n'
+            f'[[router.upstreams]]\nname = "second"\nurl = "{second.url}"\n'
+            f'keys = ["{SECOND_KEY}"]\n')
+        before = len(fake_upstream.requests)
+        second.reply(*SECOND)
+        proc = _replay(tmp_path / "midway", config, session, "--upstream", "second",
+                       "--model", REPLAY_MODEL, "--json")
+        assert proc.returncode == 0, proc.stderr
+        report = orjson.loads(proc.stdout)
+
+        # Sent to the second upstream only, with its key, the recorded conversations intact.
+        assert len(fake_upstream.requests) == before
+        sent = second.messages_requests
+        assert len(sent) == 3
+        for request, recorded in zip(sent, recorded_bodies, strict=True):
+            assert request.headers["x-api-key"] == SECOND_KEY
+            assert AUTH_TOKEN not in str(dict(request.headers))
+            assert "authorization" not in request.headers
+            assert request.query == "beta=true"
+            assert request.headers["x-claude-code-session-id"] == session
+            body = request.json
+            assert body["model"] == REPLAY_MODEL
+            # what audit kept: its redaction of e-mail addresses included
+            assert orjson.dumps({**body, "model": RECORDED_MODEL}) == orjson.dumps(
+                recorded).replace(b"noreply@anthropic.com", b"[REDACTED:email]")
+
+        turns = report["turns"]
+        assert [t["turn"] for t in turns] == [1, 2, 3]
+        assert [t["diverged"] for t in turns] == [
+            None,
+            {"at": "content[0]", "what": "tool", "recorded": "Bash", "replayed": "Read"},
+            {"at": "stop_reason", "recorded": "end_turn", "replayed": "max_tokens"}]
+        assert [t["redactions"] for t in turns] == [1, 1, 1]
+        assert [t["differences"] for t in turns] == [
+            ["model"], ["model", "tools"], ["model", "stop_reason"]]
+        catalogue = PriceTable.load()
+        for turn, rec, new in zip(turns, RECORDED, SECOND, strict=True):
+            recorded_side, replayed = turn["recorded"], turn["replayed"]
+            assert recorded_side["status"] == replayed["status"] == 200
+            assert recorded_side["model"] == RECORDED_MODEL
+            assert replayed["model"] == REPLAY_MODEL and replayed["upstream"] == "second"
+            assert recorded_side["tools"] == [b["name"] for b in rec.content
+                                              if b["type"] == "tool_use"]
+            assert replayed["tools"] == [b["name"] for b in new.content
+                                         if b["type"] == "tool_use"]
+            assert rec.usage is not None and new.usage is not None
+            for key in ("input_tokens", "output_tokens", "cache_read_input_tokens"):
+                assert recorded_side[key] == rec.usage[key]
+                assert replayed[key] == new.usage[key]
+            usage = Usage()
+            usage.update(new.usage)
+            expected = Decimal(catalogue.cost(usage, REPLAY_MODEL).total) / 10**12
+            assert Decimal(replayed["cost_usd"]) == expected > 0
+            assert Decimal(recorded_side["cost_usd"]) > 0  # billing's, as recorded
+            assert replayed["latency_ms"] > 0 and recorded_side["latency_ms"] > 0
+        summary = report["summary"]
+        assert (summary["turns_recorded"], summary["turns_replayed"],
+                summary["turns_diverged"], summary["stopped"]) == (3, 3, 2, None)
+
+        # The text report, bounded to two turns.
+        second.reply(*SECOND[:2])
+        proc = _replay(tmp_path / "midway", config, session[:8], "--upstream", "second",
+                       "--max-turns", "2", "--wide")
+        assert proc.returncode == 0, proc.stderr
+        assert len(second.messages_requests) == 5
+        text = proc.stdout
+        assert f"session {session}: 2 of 3 turns replayed on upstream second" in text
+        assert "same answer" in text
+        assert "content[0] tool: Bash → Read" in text
+        assert "1 turn beyond --max-turns" in text
+    finally:
+        second.stop()
