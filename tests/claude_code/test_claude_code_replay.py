@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from cc_support import AUTH_TOKEN, Claude, Stack, text_reply
+from cc_support import AUTH_TOKEN, OPENAI_MODEL, Claude, Stack, text_reply
+from openai_upstream import ChatReply, OpenAIUpstream
 
 from midway import Usage
 from midway.testing import FakeUpstream, Reply
@@ -49,7 +50,8 @@ def _replay(data_dir: Path, config: Path, *args: str) -> subprocess.CompletedPro
 
 
 def test_replay_against_a_second_upstream_reports_the_differences(
-        claude: Claude, stack: Stack, fake_upstream: FakeUpstream, tmp_path: Path) -> None:
+        claude: Claude, stack: Stack, fake_upstream: FakeUpstream,
+        openai_upstream: OpenAIUpstream, tmp_path: Path) -> None:
     fake_upstream.reply(*RECORDED)
     out = claude.run(stack.url, "Print marker 1, then marker 2.", "--allowedTools",
                      "Bash(echo:*)", "--model", RECORDED_MODEL).assert_success()
@@ -68,7 +70,10 @@ def test_replay_against_a_second_upstream_reports_the_differences(
             f'[[router.upstreams]]\nname = "recorded"\nurl = "{fake_upstream.url}"\n'
             f'keys = ["sk-ant-first-upstream-key"]\n\n'
             f'[[router.upstreams]]\nname = "second"\nurl = "{second.url}"\n'
-            f'keys = ["{SECOND_KEY}"]\n')
+            f'keys = ["{SECOND_KEY}"]\n\n'
+            f'[[router.upstreams]]\nname = "vendor"\nkind = "openai"\n'
+            f'url = "{openai_upstream.url}"\nkeys = ["sk-openai-replay"]\n'
+            f'models = {{ "*" = "{OPENAI_MODEL}" }}\n')
         before = len(fake_upstream.requests)
         second.reply(*SECOND)
         proc = _replay(tmp_path / "midway", config, session, "--upstream", "second",
@@ -136,5 +141,21 @@ def test_replay_against_a_second_upstream_reports_the_differences(
         assert "same answer" in text
         assert "content[0] tool: Bash → Read" in text
         assert "1 turn beyond --max-turns" in text
+
+        # An OpenAI-compatible vendor, through the router's translation: turn 1 answered in
+        # text where the session called a tool.
+        openai_upstream.reply(ChatReply(text="I would rather not run commands."))
+        proc = _replay(tmp_path / "midway", config, session, "--upstream", "vendor",
+                       "--max-turns", "1", "--json")
+        assert proc.returncode == 0, proc.stderr
+        [turn] = orjson.loads(proc.stdout)["turns"]
+        [chat] = openai_upstream.requests
+        assert chat.headers["authorization"] == "Bearer sk-openai-replay"
+        assert chat.body["model"] == OPENAI_MODEL
+        assert turn["replayed"]["upstream"] == "vendor"
+        assert (turn["replayed"]["status"], turn["replayed"]["input_tokens"],
+                turn["replayed"]["output_tokens"]) == (200, 900, 30)
+        assert turn["diverged"] == {"at": "content[0]", "what": "block",
+                                    "recorded": "tool_use Bash", "replayed": "text"}
     finally:
         second.stop()

@@ -16,7 +16,7 @@ from click.testing import CliRunner, Result
 from conftest import data_dir, flush, records
 
 from midway.cli import cli
-from midway.testing import FakeUpstream, Reply, RunningMidway, wait_for
+from midway.testing import FakeUpstream, Reply, RunningMidway, free_port, wait_for
 
 SESSION = "5e551011-aaaa-4bbb-8ccc-000000000001"
 REPLAY_KEY = "sk-ant-replay-config-key"
@@ -147,6 +147,10 @@ def test_the_upstream_must_be_the_config_s_and_hold_its_own_key(
     assert "--upstream takes a name, never a URL" in line
     line = refusal(replay(running, config(tmp_path, second.url, key=None), SESSION))
     assert "holds no upstream key" in line and "upstream_api_key" in line
+    conf = config(tmp_path, second.url, key="env:MIDWAY_REPLAY_TEST_UNSET_KEY")
+    line = refusal(replay(running, conf, SESSION))
+    assert line.endswith("[midway] upstream_api_key: environment variable "
+                         "MIDWAY_REPLAY_TEST_UNSET_KEY is not set")
     assert second.requests == [] and len(fake_upstream.requests) == 1
 
 
@@ -228,3 +232,27 @@ def test_the_text_report(fake_upstream: FakeUpstream, second: FakeUpstream,
     assert "content[0] block: text → tool_use Bash" in out
     assert "diverged: 1 of 2 turns" in out
     assert max(len(line) for line in out.splitlines()) <= 100, out
+
+
+def test_an_upstream_that_is_down_or_cuts_its_answer_short_is_reported(
+        fake_upstream: FakeUpstream, second: FakeUpstream, audited: Callable[..., Any],
+        tmp_path: Path) -> None:
+    running = audited()
+    record(running, SESSION, 2)
+    flush(running)
+    down = config(tmp_path, f"http://127.0.0.1:{free_port()}")
+    result = replay(running, down, SESSION, "--json")
+    assert result.exit_code == 0, result.output
+    turns = orjson.loads(result.stdout)["turns"]
+    assert [t["replayed"]["status"] for t in turns] == [502, 502]
+    assert all(t["diverged"] == {"at": "status", "recorded": 200, "replayed": 502}
+               for t in turns)
+    assert all(t["replayed"]["error"].startswith("api_error: ") for t in turns)
+
+    second.reply(Reply(reset_after=4), Reply())
+    result = replay(running, config(tmp_path, second.url), SESSION, "--json")
+    assert result.exit_code == 0, result.output
+    cut, whole = orjson.loads(result.stdout)["turns"]
+    assert cut["replayed"]["status"] == 200 and cut["replayed"]["error"]
+    assert cut["diverged"] is not None
+    assert whole["replayed"]["error"] is None and whole["diverged"] is None

@@ -40,6 +40,7 @@ from midway.config import ClientKey, ConfigError, Settings
 from midway.errors import MidwayError
 from midway.keys.tokens import new_secret
 from midway.plugins import ENTRY_POINT_GROUP
+from midway.secrets_ref import SecretError, resolve
 from midway.server import build_app, build_midway
 from midway.storage import stores_created
 from midway_audit.replay.session import MESSAGES, ReplayRefused, Session, Turn
@@ -242,6 +243,11 @@ def replay_settings(settings: Settings, upstream: str | None, data_dir: Path, to
         raise ReplayRefused(f"{source} holds no upstream key for {settings.upstream}: a replay "
                             "sends the config's credentials only, never the recorded client's; "
                             "set [midway] upstream_api_key (or [[router.upstreams]] with keys)")
+    else:
+        try:
+            resolve(settings.upstream_api_key)
+        except SecretError as exc:
+            raise ReplayRefused(f"{source}: [midway] upstream_api_key: {exc}") from None
     return attrs.evolve(
         settings, host="127.0.0.1", port=0, workers=1, access_log=False, allow_public=False,
         allowed_hosts=[], allowed_origins=[], data_dir=data_dir, plugins=plugins,
@@ -284,15 +290,17 @@ class Replay:
                   ) -> list[Replayed]:
         with tempfile.TemporaryDirectory(prefix="midway-replay-") as tmp:
             settings = replay_settings(self.settings, self.upstream, Path(tmp), self._token)
-            midway = build_midway(settings, [("replay", self.observer)])
-            app = build_app(midway)
-            runner = web.AppRunner(app, access_log=None, handler_cancellation=True,
-                                   shutdown_timeout=5)
-            with stores_created(True):  # the instance's own data dir is this temporary one
-                try:
+            try:
+                midway = build_midway(settings, [("replay", self.observer)])
+                app = build_app(midway)
+                runner = web.AppRunner(app, access_log=None, handler_cancellation=True,
+                                       shutdown_timeout=5)
+                with stores_created(True):  # the instance's data dir is this temporary one
                     await runner.setup()
-                except ConfigError as exc:
-                    raise ReplayRefused(str(exc)) from None
+            except ConfigError as exc:  # the config's, in one line
+                raise ReplayRefused(str(exc)) from None
+            except SecretError as exc:
+                raise ReplayRefused(f"{settings.config_path or 'the config'}: {exc}") from None
             try:
                 site = web.TCPSite(runner, "127.0.0.1", 0)
                 await site.start()
