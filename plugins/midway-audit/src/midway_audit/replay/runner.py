@@ -94,10 +94,13 @@ class Pricing:
 
     def __init__(self, settings: Settings) -> None:
         from midway_billing import Billing, BillingConfig
+        from midway_billing.pricing import to_pusd, usd
 
         # Not started: no store is opened, only the prices (and an installed catalogue file).
         self.billing = Billing(settings.options("billing", BillingConfig), None,
                                settings.data_dir)
+        self.usd = usd  # picodollars -> dollars, and back
+        self.pusd = to_pusd
 
     @classmethod
     def of(cls, settings: Settings) -> Pricing | None:
@@ -110,6 +113,7 @@ class Pricing:
         return self.billing.estimate(exchange)
 
     def cost(self, exchange: Exchange) -> tuple[int, bool]:
+        """What an answered exchange cost (picodollars), and whether its model is unpriced."""
         attempt = exchange.attempts[-1] if exchange.attempts else None
         cost = self.billing.cost_of(exchange, attempt)
         return cost.total, cost.unpriced
@@ -124,12 +128,8 @@ class Pricing:
         usage = Usage()
         usage.update(raw)
         model = record.get("response_model") or record.get("model")
-        return _usd(self.billing.prices.cost(usage, model if isinstance(model, str) else
-                                             None).total)
-
-
-def _usd(pusd: int) -> Decimal:
-    return Decimal(pusd) / Decimal(10**12)
+        return self.usd(self.billing.prices.cost(usage, model if isinstance(model, str) else
+                                                 None).total)
 
 
 class Observer:
@@ -138,8 +138,10 @@ class Observer:
 
     def __init__(self, pricing: Pricing | None, budget_usd: Decimal | None) -> None:
         self.pricing = pricing
-        self.budget = None if budget_usd is None else int(budget_usd * 10**12)  # picodollars
+        self.budget = None if budget_usd is None or pricing is None else \
+            pricing.pusd(budget_usd)  # picodollars, as every amount here
         self.spent = 0
+        self.costs: dict[str, tuple[int, bool]] = {}  # by exchange id: picodollars, unpriced
         self.held: dict[str, int] = {}
         self.over_budget: str | None = None
         self.refused: set[str] = set()  # requests the budget stopped before any upstream
@@ -148,14 +150,15 @@ class Observer:
 
     @hookimpl(tryfirst=True)
     def pre_request(self, exchange: Exchange) -> None:
-        if self.budget is None or self.pricing is None:
+        pricing = self.pricing
+        if self.budget is None or pricing is None:
             return
-        estimate = self.pricing.estimate(exchange)
+        estimate = pricing.estimate(exchange)
         held = sum(self.held.values())
         if self.spent + held + estimate > self.budget:
-            self.over_budget = (f"the next turn's estimate (${_usd(estimate)}) would take the "
-                                f"replay past its budget (${_usd(self.budget)}; spent "
-                                f"${_usd(self.spent)})")
+            self.over_budget = (f"the next turn's estimate (${pricing.usd(estimate)}) would "
+                                f"take the replay past its budget (${pricing.usd(self.budget)};"
+                                f" spent ${pricing.usd(self.spent)})")
             self.refused.add(exchange.id)
             raise MidwayError(429, f"replay budget: {self.over_budget}")
         self.held[exchange.id] = estimate
@@ -164,7 +167,8 @@ class Observer:
     def post_response(self, exchange: Exchange) -> None:
         self.held.pop(exchange.id, None)
         if self.pricing is not None and exchange.usage.seen:
-            self.spent += self.pricing.cost(exchange)[0]
+            self.costs[exchange.id] = self.pricing.cost(exchange)
+            self.spent += self.costs[exchange.id][0]
         self.finished[exchange.id] = exchange
         self._event(exchange.id).set()
 
@@ -254,7 +258,7 @@ def replay_settings(settings: Settings, upstream: str | None, data_dir: Path, to
         client_keys=[ClientKey(key=token, name="replay")], tables=tables)
 
 
-def request_headers(turn: Turn) -> dict[str, str]:
+def replay_headers(turn: Turn) -> dict[str, str]:
     """The recorded request's headers to send again (see :data:`_DROP_HEADERS`)."""
     recorded = turn.record.get("request_headers")
     headers: dict[str, str] = {}
@@ -340,7 +344,7 @@ class Replay:
         body = dict(turn.body)
         if self.model is not None:
             body["model"] = self.model
-        headers = request_headers(turn)
+        headers = replay_headers(turn)
         headers["x-api-key"] = self._token
         path = MESSAGES + ("?beta=true" if turn.beta else "")
         started = time.monotonic()
@@ -361,9 +365,9 @@ class Replay:
             out.upstream = exchange.upstream.name if exchange.upstream is not None else None
             out.model = exchange.response_model
             out.usage = exchange.usage.as_dict() if exchange.usage.seen else None
-            if self.pricing is not None and exchange.usage.seen:
-                pusd, out.unpriced = self.pricing.cost(exchange)
-                out.cost_usd = _usd(pusd)
+            cost = self.observer.costs.get(exchange.id)
+            if self.pricing is not None and cost is not None:
+                out.cost_usd, out.unpriced = self.pricing.usd(cost[0]), cost[1]
             if out.status is None:
                 out.status = exchange.status
         if out.model is None and out.answer is not None and \
