@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from cc_support import AUTH_TOKEN, OPENAI_MODEL, Claude, Stack, text_reply
 from openai_upstream import ChatReply, OpenAIUpstream
 
@@ -17,10 +19,16 @@ from midway import Usage
 from midway.testing import FakeUpstream, Reply
 from midway_billing.pricing import PriceTable
 
+# The cloud fakes live with the router's tests (they check what AWS would).
+sys.path.insert(0, str(Path(__file__).parents[2] / "plugins" / "midway-router" / "tests"))
+from fake_bedrock import BedrockReply, FakeBedrockServer
+
 RECORDED_MODEL = "claude-sonnet-4-6"
 REPLAY_MODEL = "claude-sonnet-5"
 SECOND_KEY = "sk-ant-second-upstream-key"
 FINAL = "Both markers printed."
+AWS_KEY, AWS_SECRET = "AKIAREPLAYTEST000001", "replay/aws+secret00000000000000000000000"
+BEDROCK_MODEL = "anthropic.claude-sonnet-4-6-v1:0"
 
 
 def _usage(inp: int, out: int, read: int = 0) -> dict[str, Any]:
@@ -43,6 +51,14 @@ SECOND = [Reply(content=[_bash(1)], usage=_usage(1000, 30)),
           text_reply(FINAL, stop_reason="max_tokens", usage=_usage(1200, 9))]
 
 
+@pytest.fixture
+def bedrock() -> Iterator[FakeBedrockServer]:
+    server = FakeBedrockServer(AWS_KEY, AWS_SECRET)
+    server.start()
+    yield server
+    server.stop()
+
+
 def _replay(data_dir: Path, config: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "midway.cli", "replay", *args, "--config",
                            str(config), "--data-dir", str(data_dir)],
@@ -51,7 +67,7 @@ def _replay(data_dir: Path, config: Path, *args: str) -> subprocess.CompletedPro
 
 def test_replay_against_a_second_upstream_reports_the_differences(
         claude: Claude, stack: Stack, fake_upstream: FakeUpstream,
-        openai_upstream: OpenAIUpstream, tmp_path: Path) -> None:
+        openai_upstream: OpenAIUpstream, bedrock: FakeBedrockServer, tmp_path: Path) -> None:
     fake_upstream.reply(*RECORDED)
     out = claude.run(stack.url, "Print marker 1, then marker 2.", "--allowedTools",
                      "Bash(echo:*)", "--model", RECORDED_MODEL).assert_success()
@@ -73,7 +89,11 @@ def test_replay_against_a_second_upstream_reports_the_differences(
             f'keys = ["{SECOND_KEY}"]\n\n'
             f'[[router.upstreams]]\nname = "vendor"\nkind = "openai"\n'
             f'url = "{openai_upstream.url}"\nkeys = ["sk-openai-replay"]\n'
-            f'models = {{ "*" = "{OPENAI_MODEL}" }}\n')
+            f'models = {{ "*" = "{OPENAI_MODEL}" }}\n\n'
+            f'[[router.upstreams]]\nname = "aws"\nkind = "bedrock"\nregion = "us-east-1"\n'
+            f'url = "{bedrock.url}"\nmodels = {{ "*" = "{BEDROCK_MODEL}" }}\n'
+            f'credentials = [{{ access_key_id = "{AWS_KEY}", '
+            f'secret_access_key = "{AWS_SECRET}" }}]\n')
         before = len(fake_upstream.requests)
         second.reply(*SECOND)
         proc = _replay(tmp_path / "midway", config, session, "--upstream", "second",
@@ -157,5 +177,25 @@ def test_replay_against_a_second_upstream_reports_the_differences(
                 turn["replayed"]["output_tokens"]) == (200, 900, 30)
         assert turn["diverged"] == {"at": "content[0]", "what": "block",
                                     "recorded": "tool_use Bash", "replayed": "text"}
+
+        # Would it work on Bedrock? Through the router's translation and SigV4 signing.
+        bedrock.fake.reply(*[BedrockReply(content=r.content, stop_reason=r.stop_reason or
+                                          ("tool_use" if i < 2 else "end_turn"),
+                                          usage={"input_tokens": 1500, "output_tokens": 20})
+                             for i, r in enumerate(RECORDED)])
+        proc = _replay(tmp_path / "midway", config, session, "--upstream", "aws", "--json")
+        assert proc.returncode == 0, proc.stderr
+        report = orjson.loads(proc.stdout)
+        sent = bedrock.fake.requests
+        assert len(sent) == 3
+        assert all(r.signature_ok and r.path ==
+                   f"/model/{BEDROCK_MODEL}/invoke-with-response-stream" for r in sent)
+        assert [t["diverged"] for t in report["turns"]] == [None, None, None]
+        assert {t["replayed"]["upstream"] for t in report["turns"]} == {"aws"}
+        assert [t["replayed"]["input_tokens"] for t in report["turns"]] == [1500] * 3
+        # priced by the catalogue under Bedrock's name for the model
+        assert all(not t["replayed"]["unpriced"] and Decimal(t["replayed"]["cost_usd"]) > 0
+                   for t in report["turns"])
+        assert report["summary"]["turns_diverged"] == 0
     finally:
         second.stop()
