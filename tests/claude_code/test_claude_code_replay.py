@@ -161,6 +161,7 @@ def test_replay_against_a_second_upstream_reports_the_differences(
         assert "same answer" in text
         assert "content[0] tool: Bash → Read" in text
         assert "1 turn beyond --max-turns" in text
+        assert "sent as audit kept them: 2 values masked by its redaction" in text
 
         # An OpenAI-compatible vendor, through the router's translation: turn 1 answered in
         # text where the session called a tool.

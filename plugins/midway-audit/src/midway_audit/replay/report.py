@@ -225,6 +225,10 @@ def render(report: dict[str, Any], wide: bool = False) -> str:
                  f"{_count(summary['turns_replayed'], 'turn')}; "
                  f"cost: recorded ${_cost(summary['recorded_cost_usd'])}, replayed "
                  f"${_cost(summary['replayed_cost_usd'])}")
+    masked = sum(t["redactions"] for t in report["turns"] if t["replayed"].get("sent", True))
+    if masked:
+        lines.append(f"sent as audit kept them: {_count(masked, 'value')} masked by its "
+                     "redaction")
     left = []
     if summary["beyond_max_turns"]:
         left.append(f"{_count(summary['beyond_max_turns'], 'turn')} beyond --max-turns")
