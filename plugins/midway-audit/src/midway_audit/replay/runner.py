@@ -403,7 +403,14 @@ async def _read_answer(resp: aiohttp.ClientResponse) -> tuple[dict[str, Any] | N
         if not assembler.complete:
             return message, "the stream ended before message_stop"
         return message, None
-    raw = await resp.content.read(MAX_ANSWER)
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_any():
+        size += len(chunk)
+        if size > MAX_ANSWER:
+            return None, f"answer longer than {MAX_ANSWER} bytes: cut"
+        parts.append(chunk)
+    raw = b"".join(parts)
     try:
         value = orjson.loads(raw) if raw else None
     except orjson.JSONDecodeError:
