@@ -256,3 +256,32 @@ def test_an_upstream_that_is_down_or_cuts_its_answer_short_is_reported(
     assert cut["replayed"]["status"] == 200 and cut["replayed"]["error"]
     assert cut["diverged"] is not None
     assert whole["replayed"]["error"] is None and whole["diverged"] is None
+
+
+def test_the_divergence_is_the_first_difference_of_the_answers() -> None:
+    from midway_audit.replay.report import divergence
+
+    def answer(*blocks: dict[str, Any], stop: str = "end_turn") -> dict[str, Any]:
+        return {"id": "msg_1", "content": list(blocks), "stop_reason": stop}
+
+    thinking = {"type": "thinking", "thinking": "Let me look.", "signature": "sig-A"}
+    bash = {"type": "tool_use", "id": "toolu_A", "name": "Bash", "input": {"command": "ls"}}
+    # ids and signatures are not compared
+    assert divergence(answer(thinking, bash), 200,
+                      answer({**thinking, "signature": "sig-B"}, {**bash, "id": "toolu_B"}),
+                      200) is None
+    assert divergence(answer(bash), 200, answer(bash), 529) == {
+        "at": "status", "recorded": 200, "replayed": 529}
+    assert divergence(answer(thinking, bash), 200, answer(thinking), 200) == {
+        "at": "content[1]", "what": "block", "recorded": "tool_use Bash", "replayed": None}
+    assert divergence(answer(bash), 200, answer({**bash, "input": {"command": "pwd"}}),
+                      200) == {"at": "content[0]", "what": "tool input",
+                               "recorded": '{"command":"ls"}', "replayed": '{"command":"pwd"}'}
+    assert divergence(answer(thinking), 200, answer({**thinking, "thinking": "Hm."}), 200) == {
+        "at": "content[0]", "what": "thinking", "recorded": "Let me look.", "replayed": "Hm."}
+    # the first difference wins: content before the stop reason
+    assert divergence(answer(bash, stop="tool_use"), 200,
+                      answer({**bash, "name": "Read"}, stop="max_tokens"), 200) == {
+        "at": "content[0]", "what": "tool", "recorded": "Bash", "replayed": "Read"}
+    # a recorded answer audit did not keep whole is not compared beyond the status
+    assert divergence(None, 200, answer(bash), 200) is None
