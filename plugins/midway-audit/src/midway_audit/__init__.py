@@ -179,5 +179,7 @@ def register_routes(app: web.Application, midway: Midway) -> None:
 @hookimpl
 def register_commands(cli: click.Group) -> None:
     from midway_audit.commands import audit
+    from midway_audit.replay.command import replay
 
     cli.add_command(audit)
+    cli.add_command(replay)  # top level: `midway replay SESSION` (docs/replay.md)
