@@ -18,7 +18,7 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +75,7 @@ class Resolved:
 
 def npm_latest(timeout: float = NPM_TIMEOUT, env: Mapping[str, str] | None = None) -> str:
     """npm's newest release of Claude Code; RuntimeError (one line) when npm cannot say."""
-    npm = shutil.which("npm")
+    npm = shutil.which("npm", path=(os.environ if env is None else env).get("PATH"))
     if npm is None:
         raise RuntimeError("npm is not on PATH")
     command = [npm, "view", PACKAGE, "version", "--fetch-retries=0",
@@ -137,6 +137,10 @@ class Outcomes:
     """What the tests of each cell did in one run."""
 
     cells: dict[str, dict[str, list[str]]] = attrs.field(factory=dict)
+    collected: set[str] = attrs.field(factory=set)  # cells some collected test is marked for
+
+    def collect(self, cells: Iterable[tuple[str, str, str]]) -> None:
+        self.collected.update(cell_key(*cell) for cell in cells)
 
     def add(self, cells: Iterable[tuple[str, str, str]], nodeid: str, outcome: str) -> None:
         for cell in cells:
@@ -151,22 +155,25 @@ class Outcomes:
         when = when or dt.datetime.now(dt.UTC)
         return {"requested": resolved.requested, "version": resolved.version,
                 "pinned": resolved.pinned, "note": resolved.note, "quick": quick,
-                "date": when.strftime("%Y-%m-%d %H:%M UTC"), "cells": self.cells}
+                "date": when.strftime("%Y-%m-%d %H:%M UTC"), "cells": self.cells,
+                "collected": sorted(self.collected)}
 
 
-def verdict(entry: Mapping[str, Sequence[str]] | None, key: tuple[str, str, str]) -> str:
+def verdict(entry: Mapping[str, Sequence[str]] | None, key: tuple[str, str, str],
+            collected: Collection[str] = ()) -> str:
+    """pass, fail, not run (a test exists, this run left it out), not covered, n/a."""
     if key in NOT_APPLICABLE:
         return "n/a"
-    if not entry:
-        return "not covered"
-    if entry.get("failed"):
+    if entry and entry.get("failed"):
         return "fail"
-    if entry.get("passed"):
+    if entry and entry.get("passed"):
         return "pass"
-    return "not covered"  # skipped only: nothing was tried
+    # skipped only: nothing was tried
+    return "not run" if cell_key(*key) in collected else "not covered"
 
 
-SYMBOLS = {"pass": "✅ pass", "fail": "❌ fail", "not covered": "· not covered", "n/a": "n/a"}
+SYMBOLS = {"pass": "✅ pass", "fail": "❌ fail", "not run": "○ not run",
+           "not covered": "· not covered", "n/a": "n/a"}
 
 
 def render(runs: Sequence[Mapping[str, Any]], command: str = "nox -s canary") -> str:
@@ -184,7 +191,8 @@ def render(runs: Sequence[Mapping[str, Any]], command: str = "nox -s canary") ->
         "OpenAI-compatible vendor, Bedrock with SigV4 checked, Vertex with the OAuth2 token "
         "checked; the upstreams are fakes speaking their real wire formats). Each cell is "
         "the outcome of the tests marked for it: **pass** (all passed), **fail** (one "
-        "failed), **not covered** (no test), **n/a** (the feature has no meaning there).",
+        "failed), **not run** (left out of a quick run), **not covered** (no test), **n/a** "
+        "(the feature has no meaning there).",
         "",
         f"Rerun: `{command}` (the pinned and npm's latest release; "
         "`-- --version latest|pinned|X.Y.Z` for one, `-- --quick` for the core cells of the "
@@ -214,13 +222,14 @@ def render(runs: Sequence[Mapping[str, Any]], command: str = "nox -s canary") ->
             row = [feature]
             for fmt, upstream in CELLS:
                 result = verdict(cells.get(cell_key(feature, fmt, upstream)),
-                                 (feature, fmt, upstream))
+                                 (feature, fmt, upstream), run.get("collected", ()))
                 totals[result] = totals.get(result, 0) + 1
                 row.append(SYMBOLS[result])
             lines.append("| " + " | ".join(row) + " |")
         failed = sorted({t for entry in cells.values() for t in entry.get("failed", ())})
         lines += ["", f"{totals['pass']} cells pass, {totals['fail']} fail, "
-                  f"{totals.get('not covered', 0)} not covered."]
+                  f"{totals.get('not run', 0)} not run, {totals.get('not covered', 0)} not "
+                  "covered."]
         if failed:
             lines += ["", "Failed tests:", ""] + [f"- `{t}`" for t in failed]
         lines.append("")
@@ -243,6 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.add_argument("runs", nargs="+", type=Path)
     out.add_argument("-o", "--output", type=Path)
     out.add_argument("--command", default="nox -s canary")
+    out.add_argument("--quick", action="store_true", help="the runs were quick ones")
     args = parser.parse_args(argv)
     if args.command == "resolve":
         resolved = resolve(args.spec, args.pinned)
@@ -250,7 +260,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"[claude-code] {resolved.note}", file=sys.stderr)
         print(resolved.version)
         return 0
-    runs = [json.loads(path.read_text()) for path in args.runs]
+    runs = [{**json.loads(path.read_text()), **({"quick": True} if args.quick else {})}
+            for path in args.runs]
     text = render(runs, args.command)
     if args.output is None:
         print(text)

@@ -66,6 +66,10 @@ MODELS = {"vertex": "claude-sonnet-4-5@20250929",
 # The credentials midway signs with for the fake Bedrock (which checks SigV4 with them).
 AWS_KEY, AWS_SECRET = "AKIACONFORMANCE00001", "conformance/aws+secret0000000000000000000"
 
+# The matrix's name of the feature "midway's cost equals the one Claude Code reports"
+# (cc_canary.CORE_FEATURES).
+COST = "cost equals Claude Code's"
+
 # Headers that legitimately differ between a direct connection and one through midway: the
 # connection's own (Host, Content-Length), and Accept-Encoding, which midway narrows to the
 # encodings it can decode (see midway.headers.filter_accept_encoding).

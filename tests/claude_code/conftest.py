@@ -94,12 +94,22 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_OUTCOMES] = cc_canary.Outcomes()
 
 
+def _cells(item: pytest.Item) -> list[tuple[str, str, str]]:
+    return [cell for marker in item.iter_markers("cc_cell")
+            for cell in cc_canary.cells_of(marker.kwargs)]
+
+
+def pytest_itemcollected(item: pytest.Item) -> None:
+    """Cells with a test, whether or not this run selects it (a quick run: "not run")."""
+    if _OUTCOMES in item.config.stash:
+        item.config.stash[_OUTCOMES].collect(_cells(item))
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> Any:
     outcome = yield
     report: pytest.TestReport = outcome.get_result()
-    cells = [cell for marker in item.iter_markers("cc_cell")
-             for cell in cc_canary.cells_of(marker.kwargs)]
+    cells = _cells(item)
     # A failed set-up or tear-down fails the cell as much as a failed test body.
     if cells and (report.when == "call" or not report.passed):
         item.config.stash[_OUTCOMES].add(cells, item.nodeid, report.outcome)

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from cc_support import (
+    COST,
     FORMATS,
     MARKER,
     MODELS,
@@ -27,8 +28,12 @@ from fake_vertex import FakeGoogle
 
 from midway.testing import FakeUpstream
 
+LOOP = ("tool loop", "signed thinking", COST)
 
-@pytest.mark.parametrize("fmt", sorted(FORMATS))
+
+@pytest.mark.parametrize("fmt", [
+    pytest.param(fmt, marks=pytest.mark.cc_cell(feature=LOOP, format=fmt, upstream="anthropic"))
+    for fmt in sorted(FORMATS)])
 def test_a_tool_loop_in_a_cloud_format(claude: Claude, team_stack: Stack,
                                        fake_upstream: FakeUpstream, fmt: str) -> None:
     start = len(fake_upstream.requests)
@@ -69,6 +74,7 @@ def run_tool_loop(claude: Claude, stack: Stack, fmt: str) -> dict[str, Any]:
     return out
 
 
+@pytest.mark.cc_cell(feature=LOOP, format="vertex", upstream="vertex")
 def test_vertex_format_to_a_vertex_upstream(claude: Claude, vertex_stack: Stack,
                                             google: FakeGoogle) -> None:
     google.anthropic.reply(*tool_loop_replies())
@@ -82,6 +88,7 @@ def test_vertex_format_to_a_vertex_upstream(claude: Claude, vertex_stack: Stack,
     assert thinking == {"type": "thinking", "thinking": THINKING, "signature": SIGNATURE}
 
 
+@pytest.mark.cc_cell(feature=LOOP, format="bedrock", upstream="bedrock")
 def test_bedrock_format_to_a_bedrock_upstream(claude: Claude, bedrock_stack: Stack,
                                               bedrock: FakeBedrockServer) -> None:
     turn_one, turn_two = tool_loop_replies()

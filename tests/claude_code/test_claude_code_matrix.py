@@ -21,6 +21,7 @@ import httpx
 import orjson
 import pytest
 from cc_support import (
+    COST,
     FORMATS,
     MARKER,
     MODELS,
@@ -40,7 +41,6 @@ from openai_upstream import ChatReply, OpenAIUpstream
 
 from midway.testing import FakeUpstream, Reply, wait_for
 
-COST = "cost equals Claude Code's"
 USAGE = {"input_tokens": 1500, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0,
          "output_tokens": 40}
 RECOVERED = "Recovered after the error."
