@@ -48,6 +48,9 @@ NOT_APPLICABLE: dict[tuple[str, str, str], str] = {
     ("signed thinking", "anthropic", "openai"):
         "an OpenAI-compatible vendor produces no signed thinking; midway drops thinking "
         "blocks it is sent, their signatures mean nothing there",
+    ("count_tokens", "anthropic", "openai"):
+        "an OpenAI-compatible API counts no tokens; midway answers Claude Code's count with a "
+        "404 not_found_error in Anthropic's format (tested), and Claude Code estimates itself",
     ("cost equals Claude Code's", "anthropic", "openai"):
         "Claude Code prices the Claude model it asked for; midway bills the vendor's model "
         "at the vendor's price (billing's catalogue)",
@@ -213,7 +216,7 @@ def render(runs: Sequence[Mapping[str, Any]], command: str = "nox -s canary") ->
             lines += ["", f"**Note:** {run['note']}."]
         lines.append("")
         features = list(CORE_FEATURES) + sorted(
-            {k.split("|")[0] for k in cells} - set(CORE_FEATURES))
+            {k.split("|")[0] for k in (*cells, *run.get("collected", ()))} - set(CORE_FEATURES))
         header = ["feature"] + [f"{FORMAT_NAMES[f]} → {UPSTREAM_NAMES[u]}" for f, u in CELLS]
         lines.append("| " + " | ".join(header) + " |")
         lines.append("|" + "---|" * len(header))
@@ -247,7 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     show = sub.add_parser("resolve", help="print the version a spec stands for")
     show.add_argument("spec")
-    show.add_argument("--pinned", required=True)
+    show.add_argument("--pinned", help="the pinned version (default: cc_support's)")
     out = sub.add_parser("render", help="write the matrix from the runs' JSON files")
     out.add_argument("runs", nargs="+", type=Path)
     out.add_argument("-o", "--output", type=Path)
@@ -255,7 +258,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.add_argument("--quick", action="store_true", help="the runs were quick ones")
     args = parser.parse_args(argv)
     if args.command == "resolve":
-        resolved = resolve(args.spec, args.pinned)
+        if args.pinned is None:
+            from cc_support import CLAUDE_CODE_VERSION  # beside this file; imports midway
+            args.pinned = CLAUDE_CODE_VERSION
+        try:
+            resolved = resolve(args.spec, args.pinned)
+        except VersionError as exc:
+            print(exc, file=sys.stderr)
+            return 2
         if resolved.note:
             print(f"[claude-code] {resolved.note}", file=sys.stderr)
         print(resolved.version)

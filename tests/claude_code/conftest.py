@@ -132,21 +132,29 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
                                 + (f"; {resolved.note}" if resolved.note else ""))
 
 
+def _install(config: pytest.Config, version: str) -> Path:
+    """install_claude_code, its progress lines on the terminal (not in a test's capture)."""
+    capture = config.pluginmanager.getplugin("capturemanager")
+    if capture is None:
+        return install_claude_code(version)
+    with capture.global_and_fixture_disabled():
+        return install_claude_code(version)
+
+
 @pytest.fixture(scope="session")
 def claude_binary(pytestconfig: pytest.Config) -> Path:
     resolved = pytestconfig.stash[_RESOLVED]
     try:
-        return install_claude_code(resolved.version)
+        return _install(pytestconfig, resolved.version)
     except ClaudeCodeMissing as exc:
         if resolved.requested != "latest" or resolved.version == resolved.pinned:
             pytest.fail(str(exc))
         fallback = resolved.with_fallback(
             f"Claude Code {resolved.version} could not be installed "
             f"({str(exc).splitlines()[0]})")
-    _say(str(fallback.note))
-    pytestconfig.stash[_RESOLVED] = fallback
+    pytestconfig.stash[_RESOLVED] = fallback  # the terminal summary and the matrix say so
     try:
-        return install_claude_code(fallback.version)
+        return _install(pytestconfig, fallback.version)
     except ClaudeCodeMissing as exc:
         pytest.fail(str(exc))
 

@@ -127,7 +127,8 @@ def table_row(text: str, feature: str) -> list[str]:
 
 def test_the_matrix_shows_each_cell_per_version() -> None:
     outcomes = cc_canary.Outcomes()
-    outcomes.collect([("tool loop", "bedrock", "anthropic"), ("errors", "vertex", "vertex")])
+    outcomes.collect([("tool loop", "bedrock", "anthropic"), ("errors", "vertex", "vertex"),
+                      ("otel", "anthropic", "anthropic")])
     outcomes.add([("text turn", "anthropic", "anthropic"), ("streaming", "anthropic",
                                                             "anthropic")], "t.py::a", "passed")
     outcomes.add([("text turn", "anthropic", "vertex")], "t.py::b", "passed")
@@ -162,8 +163,9 @@ def test_the_matrix_shows_each_cell_per_version() -> None:
                 if line.startswith("| ") and not line.startswith("| feature")]
     assert features[:len(cc_canary.CORE_FEATURES)] == list(cc_canary.CORE_FEATURES)
     assert "cache replay" in features
+    assert table_row(latest_text, "otel")[0] == "○ not run"  # collected, not selected
     assert "- `t.py::c`" in latest_text and "- `t.py::b`" not in latest_text
-    assert "3 cells pass, 1 fail, 2 not run" in latest_text
+    assert "3 cells pass, 1 fail, 3 not run" in latest_text
 
 
 def test_the_matrix_says_when_latest_was_not_tested() -> None:
@@ -193,7 +195,7 @@ def test_cells_of_a_marker() -> None:
 
 
 def pytest_run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", *args],
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", *args],
                           cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
                           env={**os.environ, **(env or {})})
 
