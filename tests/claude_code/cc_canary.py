@@ -216,7 +216,8 @@ def render(runs: Sequence[Mapping[str, Any]], command: str = "nox -s canary") ->
             lines += ["", f"**Note:** {run['note']}."]
         lines.append("")
         features = list(CORE_FEATURES) + sorted(
-            {k.split("|")[0] for k in (*cells, *run.get("collected", ()))} - set(CORE_FEATURES))
+            {k.split("|")[0] for k in (*cells, *run.get("collected", ()))} - set(CORE_FEATURES),
+            key=str.lower)
         header = ["feature"] + [f"{FORMAT_NAMES[f]} → {UPSTREAM_NAMES[u]}" for f, u in CELLS]
         lines.append("| " + " | ".join(header) + " |")
         lines.append("|" + "---|" * len(header))

@@ -132,6 +132,12 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
                                 + (f"; {resolved.note}" if resolved.note else ""))
 
 
+@pytest.fixture
+def cc_collected(pytestconfig: pytest.Config) -> set[str]:
+    """The matrix cells (cc_canary.cell_key) of the tests this session collected."""
+    return set(pytestconfig.stash[_OUTCOMES].collected)
+
+
 def _install(config: pytest.Config, version: str) -> Path:
     """install_claude_code, its progress lines on the terminal (not in a test's capture)."""
     capture = config.pluginmanager.getplugin("capturemanager")

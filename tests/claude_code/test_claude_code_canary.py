@@ -200,11 +200,16 @@ def pytest_run(*args: str, env: dict[str, str] | None = None) -> subprocess.Comp
                           env={**os.environ, **(env or {})})
 
 
-def test_every_cell_has_a_test_of_each_core_feature(tmp_path: Path) -> None:
-    out = tmp_path / "collected.json"
-    proc = pytest_run(str(HERE), "--collect-only", "-m", "cc_cell", "--cc-matrix-json", str(out))
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    collected = set(json.loads(out.read_text())["collected"])
+def test_every_cell_has_a_test_of_each_core_feature(tmp_path: Path, cc_collected: set[str]
+                                                    ) -> None:
+    collected = cc_collected
+    if cc_canary.cell_key("text turn", "vertex", "anthropic") not in collected:
+        # this session did not collect the whole suite: a session that does
+        out = tmp_path / "collected.json"
+        proc = pytest_run(str(HERE), "--collect-only", "-m", "cc_cell", "--cc-matrix-json",
+                          str(out))
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        collected = set(json.loads(out.read_text())["collected"])
     missing = [(feature, fmt, upstream) for fmt, upstream in cc_canary.CELLS
                for feature in cc_canary.CORE_FEATURES
                if (feature, fmt, upstream) not in cc_canary.NOT_APPLICABLE
