@@ -205,11 +205,11 @@ def render(runs: Sequence[Mapping[str, Any]], command: str = "nox -s canary") ->
     for run in runs:
         cells: Mapping[str, Mapping[str, Sequence[str]]] = run["cells"]
         label = run["requested"] if run["requested"] in ("pinned", "latest") else "requested"
-        title = f"## Claude Code {run['version']} ({label}"
-        if run["requested"] == "latest" and run["version"] == run["pinned"] and \
-                not run.get("note"):
-            title += ", the same as the pinned"
-        lines += [title + ")", ""]
+        if run.get("note"):  # npm unreachable: the pinned version stood in
+            label = f"pinned, tested in place of the {label}"
+        elif run["requested"] == "latest" and run["version"] == run["pinned"]:
+            label += ", the same as the pinned"
+        lines += [f"## Claude Code {run['version']} ({label})", ""]
         lines.append(f"Tested {run['date']}; pinned version {run['pinned']}"
                      + ("; quick subset" if run.get("quick") else "") + ".")
         if run.get("note"):

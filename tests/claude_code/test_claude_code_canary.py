@@ -172,6 +172,7 @@ def test_the_matrix_says_when_latest_was_not_tested() -> None:
     note = "npm is unreachable (ECONNREFUSED): testing the cached pinned version 2.1.331 instead"
     text = cc_canary.render([run("2.1.331", {}, note=note)])
     assert f"**Note:** {note}." in text
+    assert "## Claude Code 2.1.331 (pinned, tested in place of the latest)" in text
     assert "the same as the pinned" not in text  # npm's latest is unknown, not the pinned
     same = cc_canary.render([run("2.1.331", {})])
     assert "## Claude Code 2.1.331 (latest, the same as the pinned)" in same
