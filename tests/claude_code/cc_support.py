@@ -15,7 +15,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +52,7 @@ MAPPED_TO = "claude-sonnet-4-6"
 
 # Claude Code's cloud modes, pointed at midway (``url``): the environment of each client format
 # (the team setup presents a midway key in ANTHROPIC_CUSTOM_HEADERS), and a model in its naming.
-FORMATS = {
+FORMATS: dict[str, Callable[[str], dict[str, str]]] = {
     "vertex": lambda url: {"CLAUDE_CODE_USE_VERTEX": "1", "CLAUDE_CODE_SKIP_VERTEX_AUTH": "1",
                            "ANTHROPIC_VERTEX_BASE_URL": f"{url}/v1",
                            "ANTHROPIC_VERTEX_PROJECT_ID": "cc-project",
