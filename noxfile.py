@@ -3,6 +3,7 @@ lint, typecheck, bench. Bare ``nox`` runs what CI needs."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -12,7 +13,9 @@ ROOT = Path(__file__).parent
 PLUGINS = sorted(p.name for p in (ROOT / "plugins").iterdir() if (p / "pyproject.toml").exists())
 PACKAGES = ["core", *PLUGINS]
 
-nox.options.sessions = ["tests", "integration", "lint", "typecheck", "deploy"]
+# canary-quick: the newest Claude Code release against the core cells of the compatibility
+# matrix (~1.5 min; docs/claude-code.md#the-canary).
+nox.options.sessions = ["tests", "integration", "lint", "typecheck", "deploy", "canary-quick"]
 nox.options.default_venv_backend = "uv|virtualenv"
 nox.options.reuse_existing_virtualenvs = True
 
@@ -60,6 +63,79 @@ def attack(session: nox.Session) -> None:
     end, ``held`` or ``broken``. The same tests run in ``integration`` too."""
     _install_all(session)
     session.run("pytest", "tests", "-q", "-m", "attack", "--attack-report", *session.posargs)
+
+
+# The canary's quick subset: a test of each core feature in each client format x upstream cell
+# (the retry back-offs of the error cells and the 6 MB session left out). Selected with -k
+# from everything collected, so that the matrix shows the rest as "not run".
+CANARY_QUICK = ("test_claude_code_matrix and not throttled or test_claude_code_formats or "
+                "test_single_text_turn or test_tool_loop_keeps or test_count_tokens_is_forwarded "
+                "or test_routed_to_openai or test_billing_cost_equals")
+CANARY_DOC = ROOT / "docs" / "claude-code-compatibility.md"
+
+
+@nox.session(python="3.11")
+def canary(session: nox.Session) -> None:
+    """The Claude Code conformance tests (those marked ``cc_cell``) against the pinned Claude
+    Code and npm's newest release, writing the compatibility matrix to
+    docs/claude-code-compatibility.md; fails when a cell fails. ``-- --version
+    latest|pinned|X.Y.Z`` tests one version; ``-- --quick`` the core cells of the latest
+    release only, the matrix printed, not written. npm unreachable: the cached pinned
+    version is tested instead, and the matrix says so. Other arguments go to pytest."""
+    _canary(session, list(session.posargs))
+
+
+@nox.session(name="canary-quick", python="3.11")
+def canary_quick(session: nox.Session) -> None:
+    """``nox -s canary -- --quick``, in CI: the latest Claude Code (or, npm unreachable, the
+    cached pinned one) against one test of each core feature per matrix cell."""
+    _canary(session, ["--quick", *session.posargs])
+
+
+def _canary(session: nox.Session, args: list[str]) -> None:
+    _install_all(session)
+    quick = "--quick" in args
+    args = [a for a in args if a != "--quick"]
+    spec = None
+    if "--version" in args:
+        at = args.index("--version")
+        if at + 1 == len(args):
+            session.error("--version needs a value: latest, pinned or a version (2.1.331)")
+        spec = args[at + 1]
+        del args[at:at + 2]
+    script = "tests/claude_code/cc_canary.py"
+    if spec is not None:
+        specs = [spec]
+    elif quick:
+        specs = ["latest"]
+    else:
+        # npm's latest may be the pinned release: then one run stands for both
+        latest = (session.run("python", script, "resolve", "latest", silent=True) or "")
+        pinned = session.run("python", script, "resolve", "pinned", silent=True) or ""
+        same = latest.strip().splitlines()[-1:] == pinned.strip().splitlines()[-1:]
+        specs = ["latest"] if same else ["pinned", "latest"]
+    tmp = Path(session.create_tmp())
+    runs, failed = [], []
+    for version in specs:
+        out = tmp / f"canary-{version}.json"
+        out.unlink(missing_ok=True)
+        subset = ["-k", CANARY_QUICK] if quick else []
+        # exit 1 (tests failed) is the matrix's to show
+        session.run("pytest", "tests/claude_code", *subset, "-q", "-m", "cc_cell",
+                    "--claude-code-version", version, "--cc-matrix-json", str(out), *args,
+                    success_codes=[0, 1])
+        if not out.exists():  # pytest stopped before its session ended (a usage error)
+            session.error(f"the {version} run wrote no matrix ({out})")
+        runs.append(str(out))
+        if any(cell["failed"] for cell in json.loads(out.read_text())["cells"].values()):
+            failed.append(version)
+    render = ["python", script, "render", *runs]
+    if quick:
+        session.run(*render, "--quick")
+    else:
+        session.run(*render, "--output", str(CANARY_DOC))
+    if failed:
+        session.error(f"Claude Code conformance failed for: {', '.join(failed)} (see the matrix)")
 
 
 @nox.session(python="3.11")

@@ -16,6 +16,15 @@ _OUTCOMES: dict[tuple[int, str], list[str]] = defaultdict(list)
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--attack-report", action="store_true",
                      help="print one line per attack (issue #17 item): held or broken")
+    # The Claude Code conformance suite's (tests/claude_code, see cc_canary.py there): here,
+    # since options must be declared by a conftest pytest reads before collecting.
+    parser.addoption("--claude-code-version", default="pinned", metavar="pinned|latest|X.Y.Z",
+                     help="the Claude Code release tests/claude_code runs: the pinned one "
+                     "(default), npm's newest (falls back to the cached pinned one when npm "
+                     "is unreachable, and says so) or a version")
+    parser.addoption("--cc-matrix-json", default=None, metavar="PATH",
+                     help="write the outcome of each cc_cell-marked test's cell (feature x "
+                     "client format x upstream) as JSON to PATH")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -23,6 +32,9 @@ def pytest_configure(config: pytest.Config) -> None:
                             "defect it names; run by `nox -s faults`, not by CI")
     config.addinivalue_line("markers", "attack(item, what): an attack of issue #17's item "
                             "`item`, described by `what`; the test passes when it is refused")
+    config.addinivalue_line("markers", "cc_cell(feature, format, upstream): a cell of the "
+                            "Claude Code compatibility matrix this test checks (feature: a "
+                            "name or a tuple of names); `nox -s canary` runs them")
 
 
 @pytest.hookimpl(hookwrapper=True)

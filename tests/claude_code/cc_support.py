@@ -15,7 +15,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,26 @@ UPSTREAM_KEY = "sk-ant-upstream-held-by-midway"
 # The router maps this model to that one on the Anthropic upstream.
 MAPPED_FROM = "claude-opus-4-7"
 MAPPED_TO = "claude-sonnet-4-6"
+
+# Claude Code's cloud modes, pointed at midway (``url``): the environment of each client format
+# (the team setup presents a midway key in ANTHROPIC_CUSTOM_HEADERS), and a model in its naming.
+FORMATS: dict[str, Callable[[str], dict[str, str]]] = {
+    "vertex": lambda url: {"CLAUDE_CODE_USE_VERTEX": "1", "CLAUDE_CODE_SKIP_VERTEX_AUTH": "1",
+                           "ANTHROPIC_VERTEX_BASE_URL": f"{url}/v1",
+                           "ANTHROPIC_VERTEX_PROJECT_ID": "cc-project",
+                           "CLOUD_ML_REGION": "us-east5"},
+    "bedrock": lambda url: {"CLAUDE_CODE_USE_BEDROCK": "1", "CLAUDE_CODE_SKIP_BEDROCK_AUTH": "1",
+                            "ANTHROPIC_BEDROCK_BASE_URL": url, "AWS_REGION": "us-east-1"},
+}
+MODELS = {"vertex": "claude-sonnet-4-5@20250929",
+          "bedrock": "us.anthropic.claude-sonnet-4-5-20250929-v1:0",
+          "anthropic": "claude-sonnet-4-5-20250929"}
+# The credentials midway signs with for the fake Bedrock (which checks SigV4 with them).
+AWS_KEY, AWS_SECRET = "AKIACONFORMANCE00001", "conformance/aws+secret0000000000000000000"
+
+# The matrix's name of the feature "midway's cost equals the one Claude Code reports"
+# (cc_canary.CORE_FEATURES).
+COST = "cost equals Claude Code's"
 
 # Headers that legitimately differ between a direct connection and one through midway: the
 # connection's own (Host, Content-Length), and Accept-Encoding, which midway narrows to the

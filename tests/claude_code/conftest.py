@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import cc_canary
 import pytest
 from cc_support import (
+    AWS_KEY,
+    AWS_SECRET,
+    CLAUDE_CODE_VERSION,
     GATEWAY_MODELS,
     MAPPED_FROM,
     MAPPED_TO,
@@ -24,6 +30,11 @@ from cc_support import (
 from openai_upstream import OpenAIUpstream
 
 from midway.testing import FakeUpstream, start_midway
+
+# The cloud fakes live with the router's tests (they check what Google and AWS would).
+sys.path.insert(0, str(Path(__file__).parents[2] / "plugins" / "midway-router" / "tests"))
+from fake_bedrock import FakeBedrockServer
+from fake_vertex import FakeGoogle, service_account
 
 # Every plugin of the project, enabled in every scenario: Claude Code must not be able to tell
 # that they are there. A plugin listed here that is not installed fails the suite.
@@ -57,10 +68,99 @@ def plugin_config(anthropic_url: str, openai_url: str) -> dict[str, Any]:
     }
 
 
-@pytest.fixture(scope="session")
-def claude_binary() -> Path:
+# -- the release under test, and the compatibility matrix (cc_canary.py) ----------------------
+
+_RESOLVED = pytest.StashKey[cc_canary.Resolved]()
+_OUTCOMES = pytest.StashKey[cc_canary.Outcomes]()
+
+
+def _say(line: str) -> None:
+    """One line on the real terminal, whatever pytest captures."""
+    if sys.__stderr__ is not None:
+        print(f"[claude-code] {line}", file=sys.__stderr__, flush=True)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    spec = config.getoption("--claude-code-version", default="pinned")
     try:
-        return install_claude_code()
+        resolved = cc_canary.resolve(spec, CLAUDE_CODE_VERSION)
+    except cc_canary.VersionError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    if resolved.note:
+        _say(resolved.note)
+    elif spec != "pinned":
+        _say(f"testing Claude Code {resolved.version} ({spec}; pinned: {CLAUDE_CODE_VERSION})")
+    config.stash[_RESOLVED] = resolved
+    config.stash[_OUTCOMES] = cc_canary.Outcomes()
+
+
+def _cells(item: pytest.Item) -> list[tuple[str, str, str]]:
+    return [cell for marker in item.iter_markers("cc_cell")
+            for cell in cc_canary.cells_of(marker.kwargs)]
+
+
+def pytest_itemcollected(item: pytest.Item) -> None:
+    """Cells with a test, whether or not this run selects it (a quick run: "not run")."""
+    if _OUTCOMES in item.config.stash:
+        item.config.stash[_OUTCOMES].collect(_cells(item))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> Any:
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()
+    cells = _cells(item)
+    # A failed set-up or tear-down fails the cell as much as a failed test body.
+    if cells and (report.when == "call" or not report.passed):
+        item.config.stash[_OUTCOMES].add(cells, item.nodeid, report.outcome)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    path = session.config.getoption("--cc-matrix-json", default=None)
+    if path and _RESOLVED in session.config.stash:
+        outcomes = session.config.stash[_OUTCOMES]
+        run = outcomes.as_json(session.config.stash[_RESOLVED])
+        Path(path).write_text(json.dumps(run, indent=1, sort_keys=True))
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    resolved = config.stash.get(_RESOLVED, None)
+    if resolved is None or (resolved.requested == "pinned" and not resolved.note):
+        return
+    terminalreporter.write_line(f"Claude Code {resolved.version} tested "
+                                f"(--claude-code-version {resolved.requested})"
+                                + (f"; {resolved.note}" if resolved.note else ""))
+
+
+@pytest.fixture
+def cc_collected(pytestconfig: pytest.Config) -> set[str]:
+    """The matrix cells (cc_canary.cell_key) of the tests this session collected."""
+    return set(pytestconfig.stash[_OUTCOMES].collected)
+
+
+def _install(config: pytest.Config, version: str) -> Path:
+    """install_claude_code, its progress lines on the terminal (not in a test's capture)."""
+    capture = config.pluginmanager.getplugin("capturemanager")
+    if capture is None:
+        return install_claude_code(version)
+    with capture.global_and_fixture_disabled():
+        return install_claude_code(version)
+
+
+@pytest.fixture(scope="session")
+def claude_binary(pytestconfig: pytest.Config) -> Path:
+    resolved = pytestconfig.stash[_RESOLVED]
+    try:
+        return _install(pytestconfig, resolved.version)
+    except ClaudeCodeMissing as exc:
+        if resolved.requested != "latest" or resolved.version == resolved.pinned:
+            pytest.fail(str(exc))
+        fallback = resolved.with_fallback(
+            f"Claude Code {resolved.version} could not be installed "
+            f"({str(exc).splitlines()[0]})")
+    pytestconfig.stash[_RESOLVED] = fallback  # the terminal summary and the matrix say so
+    try:
+        return _install(pytestconfig, fallback.version)
     except ClaudeCodeMissing as exc:
         pytest.fail(str(exc))
 
@@ -128,3 +228,73 @@ def _stack(tmp_path: Path, config: dict[str, Any]) -> Iterator[Stack]:
         yield Stack(midway=running, probe=probe)
     finally:
         running.stop()
+
+
+def cloud_stack(tmp_path: Path, fake_upstream: FakeUpstream, openai_upstream: OpenAIUpstream,
+                upstream: dict[str, Any]) -> Iterator[Stack]:
+    """The team setup with one router upstream: ``upstream``."""
+    config = plugin_config(fake_upstream.url, openai_upstream.url)
+    config["midway"].update(client_keys=[TEAM_KEY], upstream_api_key=UPSTREAM_KEY)
+    config["router"].update(upstreams=[upstream], rules=[])
+    probe = Probe()
+    running = start_midway(tmp_path / "midway", upstream["url"],
+                           plugins=[("cc_probe", probe)], config=config)
+    try:
+        yield Stack(midway=running, probe=probe)
+    finally:
+        running.stop()
+
+
+@pytest.fixture
+def google() -> Iterator[FakeGoogle]:
+    server = FakeGoogle()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def vertex_stack(tmp_path: Path, fake_upstream: FakeUpstream, openai_upstream: OpenAIUpstream,
+                 google: FakeGoogle) -> Iterator[Stack]:
+    info, google.public_key = service_account(google.token_uri)
+    google.email = info["client_email"]
+    key_file = tmp_path / "vertex-key.json"
+    key_file.write_text(json.dumps(info))
+    yield from cloud_stack(tmp_path, fake_upstream, openai_upstream, {
+        "name": "gcp", "kind": "vertex", "region": "us-east5", "url": google.url,
+        "service_account": f"file:{key_file}"})
+
+
+@pytest.fixture
+def bedrock() -> Iterator[FakeBedrockServer]:
+    server = FakeBedrockServer(AWS_KEY, AWS_SECRET)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def bedrock_stack(tmp_path: Path, fake_upstream: FakeUpstream, openai_upstream: OpenAIUpstream,
+                  bedrock: FakeBedrockServer) -> Iterator[Stack]:
+    yield from cloud_stack(tmp_path, fake_upstream, openai_upstream, {
+        "name": "aws", "kind": "bedrock", "region": "us-east-1", "url": bedrock.url,
+        "credentials": [{"access_key_id": AWS_KEY, "secret_access_key": AWS_SECRET}]})
+
+
+@pytest.fixture
+def openai_stack(tmp_path: Path, fake_upstream: FakeUpstream,
+                 openai_upstream: OpenAIUpstream) -> Iterator[Stack]:
+    """The team setup with the OpenAI-compatible vendor as the only upstream."""
+    yield from cloud_stack(tmp_path, fake_upstream, openai_upstream, {
+        "name": "openai", "kind": "openai", "url": openai_upstream.url,
+        "keys": ["sk-openai-conformance"], "models": {"*": OPENAI_MODEL}})
+
+
+@pytest.fixture
+def anthropic_stack(tmp_path: Path, fake_upstream: FakeUpstream,
+                    openai_upstream: OpenAIUpstream) -> Iterator[Stack]:
+    """The team setup with the (fake) Anthropic API as the only upstream, holding midway's
+    key."""
+    yield from cloud_stack(tmp_path, fake_upstream, openai_upstream, {
+        "name": "anthropic", "kind": "anthropic", "url": fake_upstream.url,
+        "keys": [UPSTREAM_KEY]})

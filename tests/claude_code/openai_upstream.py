@@ -23,7 +23,8 @@ from midway.testing import ServerThread
 
 @attrs.define
 class ChatReply:
-    """A text answer, or a call of ``tool`` with ``arguments`` (streamed in ``fragments``)."""
+    """A text answer, or a call of ``tool`` with ``arguments`` (streamed in ``fragments``);
+    with ``status`` >= 400, an error in OpenAI's format instead."""
 
     text: str | None = None
     tool: str | None = None
@@ -31,6 +32,10 @@ class ChatReply:
     fragments: int = 4
     prompt_tokens: int = 900
     completion_tokens: int = 30
+    status: int = 200
+    error_type: str = "rate_limit_exceeded"
+    error_message: str = "Rate limit reached for requests"
+    headers: dict[str, str] = attrs.field(factory=dict)
 
 
 @attrs.define
@@ -56,6 +61,11 @@ class OpenAIUpstream(ServerThread):
         body = orjson.loads(await request.read())
         self.requests.append(ChatRequest(request.path, CIMultiDict(request.headers), body))
         reply = self.replies.popleft() if self.replies else ChatReply(text="(no reply queued)")
+        if reply.status >= 400:
+            return web.json_response({"error": {"message": reply.error_message,
+                                                "type": reply.error_type, "param": None,
+                                                "code": reply.error_type}},
+                                     status=reply.status, headers=reply.headers)
         chunks = self._chunks(body, reply)
         if not body.get("stream"):
             return web.json_response(self._completion(body, reply))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from cc_support import (
     MARKER,
     SIGNATURE,
@@ -18,6 +19,7 @@ from midway.testing import FakeUpstream
 ANSWER = "Cached answer: the build uses hatchling."
 
 
+@pytest.mark.cc_cell(feature="cache replay", format="anthropic", upstream="anthropic")
 def test_cache_hit_replays_a_stream_claude_code_accepts(claude: Claude, stack: Stack,
                                                        fake_upstream: FakeUpstream) -> None:
     usage = {"input_tokens": 900, "cache_creation_input_tokens": 0,
@@ -42,6 +44,7 @@ def test_cache_hit_replays_a_stream_claude_code_accepts(claude: Claude, stack: S
     assert hit.annotations["cost_usd"] == "0"
 
 
+@pytest.mark.cc_cell(feature="cache replay", format="anthropic", upstream="anthropic")
 def test_cached_tool_loop_replays_thinking_and_tool_calls(claude: Claude, stack: Stack,
                                                          fake_upstream: FakeUpstream) -> None:
     replies = tool_loop_replies()

@@ -56,6 +56,8 @@ def _midway(data_dir: Path, *args: str) -> Any:
     return json.loads(proc.stdout)
 
 
+@pytest.mark.cc_cell(feature="midway serve and its commands", format="anthropic",
+                     upstream="anthropic")
 def test_midway_serve_and_its_commands(claude: Claude, served: tuple[str, Path],
                                        fake_upstream: FakeUpstream) -> None:
     url, data_dir = served

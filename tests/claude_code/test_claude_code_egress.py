@@ -43,6 +43,7 @@ def egress() -> Iterator[tuple[dict[str, str], list[bytes]]]:
     thread.join(10)
 
 
+@pytest.mark.cc_cell(feature="egress only to midway", format="anthropic", upstream="anthropic")
 def test_claude_code_connects_only_to_midway(claude: Claude, stack: Stack,
                                              fake_upstream: FakeUpstream,
                                              egress: tuple[dict[str, str], list[bytes]]

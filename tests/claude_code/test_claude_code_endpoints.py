@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import anthropic
 import orjson
+import pytest
 from cc_support import AUTH_TOKEN, GATEWAY_MODELS, MAPPED_FROM, Claude, Stack, text_reply
 
 from midway.testing import FakeUpstream, wait_for
 
 
+@pytest.mark.cc_cell(feature="model discovery", format="anthropic", upstream="anthropic")
 def test_gateway_model_discovery(claude: Claude, stack: Stack,
                                  fake_upstream: FakeUpstream) -> None:
     fake_upstream.reply(text_reply("discovered"))
@@ -23,6 +25,7 @@ def test_gateway_model_discovery(claude: Claude, stack: Stack,
     assert listed.status == 200
 
 
+@pytest.mark.cc_cell(feature="model discovery", format="anthropic", upstream="anthropic")
 def test_gateway_model_discovery_answered_by_midway(claude: Claude, discovery_stack: Stack,
                                                    fake_upstream: FakeUpstream) -> None:
     # [[models.list]] configured: Claude Code's discovery request is answered by midway from
@@ -44,6 +47,7 @@ def test_gateway_model_discovery_answered_by_midway(claude: Claude, discovery_st
     assert received["has_more"] is False
 
 
+@pytest.mark.cc_cell(feature="count_tokens", format="anthropic", upstream="anthropic")
 def test_count_tokens_is_forwarded(stack: Stack, fake_upstream: FakeUpstream) -> None:
     client = anthropic.Anthropic(base_url=stack.url, auth_token=AUTH_TOKEN, max_retries=0)
     counted = client.beta.messages.count_tokens(

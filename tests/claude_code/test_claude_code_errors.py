@@ -12,7 +12,7 @@ from decimal import Decimal
 
 import attrs
 import pytest
-from cc_support import Claude, ClaudeRun, Stack, messages_since, text_reply, visible
+from cc_support import COST, Claude, ClaudeRun, Stack, messages_since, text_reply, visible
 
 from midway.testing import FakeUpstream, RecordedRequest, Reply
 
@@ -64,6 +64,7 @@ def _run(claude: Claude, fake: FakeUpstream, base_url: str, scenario: Scenario
     return run, messages_since(fake.requests, start)
 
 
+@pytest.mark.cc_cell(feature=("errors", COST), format="anthropic", upstream="anthropic")
 @pytest.mark.parametrize("name", list(SCENARIOS))
 def test_error_behaves_as_without_midway(name: str, claude: Claude, stack: Stack,
                                          fake_upstream: FakeUpstream) -> None:

@@ -5,44 +5,35 @@ the upstream sees Messages requests with midway's key, billing's cost equals Cla
 
 from __future__ import annotations
 
-import json
-import sys
-from collections.abc import Iterator
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import pytest
 from cc_support import (
+    COST,
+    FORMATS,
     MARKER,
+    MODELS,
     SIGNATURE,
     TEAM_KEY,
     THINKING,
     UPSTREAM_KEY,
     Claude,
-    Probe,
     Stack,
     messages_since,
     tool_loop_replies,
 )
-from conftest import plugin_config
-from openai_upstream import OpenAIUpstream
+from fake_bedrock import BedrockReply, FakeBedrockServer
+from fake_vertex import FakeGoogle
 
-from midway.testing import FakeUpstream, start_midway
+from midway.testing import FakeUpstream
 
-FORMATS = {
-    "vertex": lambda url: {"CLAUDE_CODE_USE_VERTEX": "1", "CLAUDE_CODE_SKIP_VERTEX_AUTH": "1",
-                           "ANTHROPIC_VERTEX_BASE_URL": f"{url}/v1",
-                           "ANTHROPIC_VERTEX_PROJECT_ID": "cc-project",
-                           "CLOUD_ML_REGION": "us-east5"},
-    "bedrock": lambda url: {"CLAUDE_CODE_USE_BEDROCK": "1", "CLAUDE_CODE_SKIP_BEDROCK_AUTH": "1",
-                            "ANTHROPIC_BEDROCK_BASE_URL": url, "AWS_REGION": "us-east-1"},
-}
-MODELS = {"vertex": "claude-sonnet-4-5@20250929",
-          "bedrock": "us.anthropic.claude-sonnet-4-5-20250929-v1:0"}
+LOOP = ("tool loop", "signed thinking", COST)
 
 
-@pytest.mark.parametrize("fmt", sorted(FORMATS))
+@pytest.mark.parametrize("fmt", [
+    pytest.param(fmt, marks=pytest.mark.cc_cell(feature=LOOP, format=fmt, upstream="anthropic"))
+    for fmt in sorted(FORMATS)])
 def test_a_tool_loop_in_a_cloud_format(claude: Claude, team_stack: Stack,
                                        fake_upstream: FakeUpstream, fmt: str) -> None:
     start = len(fake_upstream.requests)
@@ -69,65 +60,6 @@ def test_a_tool_loop_in_a_cloud_format(claude: Claude, team_stack: Stack,
     assert abs(billed - Decimal(str(out["total_cost_usd"]))) < Decimal("1e-9")
 
 
-# The cloud fakes live with the router's tests (they check what Google and AWS would).
-sys.path.insert(0, str(Path(__file__).parents[2] / "plugins" / "midway-router" / "tests"))
-from fake_bedrock import BedrockReply, FakeBedrockServer  # noqa: E402
-from fake_vertex import FakeGoogle, service_account  # noqa: E402
-
-AWS_KEY, AWS_SECRET = "AKIACONFORMANCE00001", "conformance/aws+secret0000000000000000000"
-
-
-def cloud_stack(tmp_path: Path, fake_upstream: FakeUpstream, openai_upstream: OpenAIUpstream,
-                upstream: dict[str, Any]) -> Iterator[Stack]:
-    """The team setup with one router upstream: ``upstream``."""
-    config = plugin_config(fake_upstream.url, openai_upstream.url)
-    config["midway"].update(client_keys=[TEAM_KEY], upstream_api_key=UPSTREAM_KEY)
-    config["router"].update(upstreams=[upstream], rules=[])
-    probe = Probe()
-    running = start_midway(tmp_path / "midway", upstream["url"],
-                           plugins=[("cc_probe", probe)], config=config)
-    try:
-        yield Stack(midway=running, probe=probe)
-    finally:
-        running.stop()
-
-
-@pytest.fixture
-def google() -> Iterator[FakeGoogle]:
-    server = FakeGoogle()
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def vertex_stack(tmp_path: Path, fake_upstream: FakeUpstream, openai_upstream: OpenAIUpstream,
-                 google: FakeGoogle) -> Iterator[Stack]:
-    info, google.public_key = service_account(google.token_uri)
-    google.email = info["client_email"]
-    key_file = tmp_path / "vertex-key.json"
-    key_file.write_text(json.dumps(info))
-    yield from cloud_stack(tmp_path, fake_upstream, openai_upstream, {
-        "name": "gcp", "kind": "vertex", "region": "us-east5", "url": google.url,
-        "service_account": f"file:{key_file}"})
-
-
-@pytest.fixture
-def bedrock() -> Iterator[FakeBedrockServer]:
-    server = FakeBedrockServer(AWS_KEY, AWS_SECRET)
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def bedrock_stack(tmp_path: Path, fake_upstream: FakeUpstream, openai_upstream: OpenAIUpstream,
-                  bedrock: FakeBedrockServer) -> Iterator[Stack]:
-    yield from cloud_stack(tmp_path, fake_upstream, openai_upstream, {
-        "name": "aws", "kind": "bedrock", "region": "us-east-1", "url": bedrock.url,
-        "credentials": [{"access_key_id": AWS_KEY, "secret_access_key": AWS_SECRET}]})
-
-
 def run_tool_loop(claude: Claude, stack: Stack, fmt: str) -> dict[str, Any]:
     env = {**FORMATS[fmt](stack.url),
            "ANTHROPIC_CUSTOM_HEADERS": f"x-api-key: {TEAM_KEY['key']}"}
@@ -142,6 +74,7 @@ def run_tool_loop(claude: Claude, stack: Stack, fmt: str) -> dict[str, Any]:
     return out
 
 
+@pytest.mark.cc_cell(feature=LOOP, format="vertex", upstream="vertex")
 def test_vertex_format_to_a_vertex_upstream(claude: Claude, vertex_stack: Stack,
                                             google: FakeGoogle) -> None:
     google.anthropic.reply(*tool_loop_replies())
@@ -155,6 +88,7 @@ def test_vertex_format_to_a_vertex_upstream(claude: Claude, vertex_stack: Stack,
     assert thinking == {"type": "thinking", "thinking": THINKING, "signature": SIGNATURE}
 
 
+@pytest.mark.cc_cell(feature=LOOP, format="bedrock", upstream="bedrock")
 def test_bedrock_format_to_a_bedrock_upstream(claude: Claude, bedrock_stack: Stack,
                                               bedrock: FakeBedrockServer) -> None:
     turn_one, turn_two = tool_loop_replies()

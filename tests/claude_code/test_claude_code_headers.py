@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from decimal import Decimal
 
+import pytest
 from cc_support import AUTH_TOKEN, Claude, Stack, comparable_headers, messages_since, text_reply
 
 from midway.testing import FakeUpstream
@@ -13,6 +14,7 @@ from midway.testing import FakeUpstream
 CUSTOM_HEADERS = "X-Team: platform\nX-Midway-Project: midway-conformance"
 
 
+@pytest.mark.cc_cell(feature="headers unchanged", format="anthropic", upstream="anthropic")
 def test_headers_and_query_arrive_unchanged(claude: Claude, stack: Stack,
                                             fake_upstream: FakeUpstream) -> None:
     env = {"ANTHROPIC_CUSTOM_HEADERS": CUSTOM_HEADERS}
@@ -53,6 +55,7 @@ def test_headers_and_query_arrive_unchanged(claude: Claude, stack: Stack,
     assert row["cost_usd"] == seen.annotations["cost_usd"] != "0"
 
 
+@pytest.mark.cc_cell(feature="project attribution", format="anthropic", upstream="anthropic")
 def test_repository_settings_attribute_spend_to_a_project(claude: Claude, stack: Stack,
                                                           fake_upstream: FakeUpstream) -> None:
     # A repository's checked-in .claude/settings.json names its project for everyone.

@@ -9,12 +9,14 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from cc_support import AUTH_TOKEN, MARKER, ClaudeRun, tool_loop_replies
 
 from midway.launcher import PID_FILE, is_midway
 from midway.testing import FakeUpstream, free_port
 
 
+@pytest.mark.cc_cell(feature="midway claude launcher", format="anthropic", upstream="anthropic")
 def test_midway_claude_runs_claude_code_through_a_background_midway(
         claude_binary: Path, fake_upstream: FakeUpstream, tmp_path: Path) -> None:
     port = free_port()

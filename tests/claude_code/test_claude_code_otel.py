@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from cc_support import MARKER, TEAM_KEY, UPSTREAM_KEY, Claude, tool_loop_replies
 
 import midway_otel
@@ -14,6 +15,7 @@ from midway.testing import FakeUpstream, start_midway
 from midway_otel.testing import Receiver, attributes
 
 
+@pytest.mark.cc_cell(feature="OpenTelemetry trace", format="anthropic", upstream="anthropic")
 def test_each_turn_is_a_child_of_claude_codes_span(claude: Claude, fake_upstream: FakeUpstream,
                                                     tmp_path: Path) -> None:
     receiver = Receiver().start()

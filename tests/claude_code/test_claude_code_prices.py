@@ -58,6 +58,7 @@ SCENARIOS: list[tuple[str, str, dict[str, Any]]] = [
 ]
 
 
+@pytest.mark.cc_cell(feature="prices of every model", format="anthropic", upstream="anthropic")
 @pytest.mark.parametrize(("name", "model", "reported"), SCENARIOS,
                          ids=[s[0] for s in SCENARIOS])
 def test_midways_price_is_claude_codes(claude: Claude, stack: Stack,
@@ -75,6 +76,7 @@ def test_midways_price_is_claude_codes(claude: Claude, stack: Stack,
     assert abs(ours - theirs) < Decimal("1e-9"), (name, billing["rule"], ours, theirs)
 
 
+@pytest.mark.cc_cell(feature="prices of every model", format="anthropic", upstream="anthropic")
 def test_long_context_premium_claude_code_does_not_charge(claude: Claude, stack: Stack,
                                                           fake_upstream: FakeUpstream) -> None:
     """Sonnet 4.5 with the 1M-context beta and a prompt over 200K tokens: Anthropic's pricing

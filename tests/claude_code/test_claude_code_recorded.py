@@ -7,7 +7,9 @@ import json
 from decimal import Decimal
 from typing import Any
 
+import pytest
 from cc_support import (
+    COST,
     DEFAULT_MODEL,
     MARKER,
     SIGNATURE,
@@ -44,6 +46,7 @@ def _tool_loop(claude: Claude, stack: Stack, fake: FakeUpstream, model: str | No
     return out
 
 
+@pytest.mark.cc_cell(feature=COST, format="anthropic", upstream="anthropic")
 def test_billing_cost_equals_claude_codes_own(claude: Claude, stack: Stack,
                                               fake_upstream: FakeUpstream) -> None:
     out = _tool_loop(claude, stack, fake_upstream, "claude-opus-4-8")
@@ -64,6 +67,7 @@ def test_billing_cost_equals_claude_codes_own(claude: Claude, stack: Stack,
     assert abs(Decimal(row["cost_usd"]) - claude_code) < Decimal("1e-9")
 
 
+@pytest.mark.cc_cell(feature=("default model", COST), format="anthropic", upstream="anthropic")
 def test_billing_prices_claude_codes_default_model(claude: Claude, stack: Stack,
                                                    fake_upstream: FakeUpstream) -> None:
     out = _tool_loop(claude, stack, fake_upstream, None)
@@ -77,6 +81,7 @@ def test_billing_prices_claude_codes_default_model(claude: Claude, stack: Stack,
     assert abs(total - Decimal(str(out["total_cost_usd"]))) < Decimal("1e-12")
 
 
+@pytest.mark.cc_cell(feature="audit", format="anthropic", upstream="anthropic")
 def test_audit_one_record_per_request_with_reassembled_answer(claude: Claude, stack: Stack,
                                                              fake_upstream: FakeUpstream
                                                              ) -> None:

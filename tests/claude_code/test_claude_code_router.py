@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+import pytest
 from cc_support import (
     AUTH_TOKEN,
     MAPPED_FROM,
@@ -20,6 +21,7 @@ from openai_upstream import ChatReply, OpenAIUpstream
 from midway.testing import FakeUpstream
 
 
+@pytest.mark.cc_cell(feature=("tool loop", "streaming"), format="anthropic", upstream="openai")
 def test_routed_to_openai_completes_the_tool_loop(claude: Claude, stack: Stack,
                                                   fake_upstream: FakeUpstream,
                                                   openai_upstream: OpenAIUpstream) -> None:
@@ -60,6 +62,7 @@ def test_routed_to_openai_completes_the_tool_loop(claude: Claude, stack: Stack,
     assert [x.upstream.name for x in exchanges if x.upstream] == ["openai", "openai"]
 
 
+@pytest.mark.cc_cell(feature="model mapping", format="anthropic", upstream="anthropic")
 def test_model_mapping_is_billed_at_the_model_used(claude: Claude, stack: Stack,
                                                    fake_upstream: FakeUpstream) -> None:
     usage = {"input_tokens": 1000, "cache_creation_input_tokens": 0,

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+import pytest
 from cc_support import Claude, Stack, text_reply
 from openai_upstream import ChatReply, OpenAIUpstream
 
@@ -35,6 +36,7 @@ def script(request: RecordedRequest) -> Reply:
     return text_reply("The subagent says all clear.")
 
 
+@pytest.mark.cc_cell(feature="subagent attribution", format="anthropic", upstream="anthropic")
 def test_a_subagent_s_requests_are_attributed(claude: Claude, stack: Stack,
                                               fake_upstream: FakeUpstream) -> None:
     fake_upstream.reply(*[script] * 6)
@@ -51,6 +53,7 @@ def test_a_subagent_s_requests_are_attributed(claude: Claude, stack: Stack,
     assert sorted({str(r["agent_id"]) for r in records}) == sorted({"None", agent})
 
 
+@pytest.mark.cc_cell(feature="subagent attribution", format="anthropic", upstream="openai")
 def test_a_rule_sends_subagents_elsewhere(claude: Claude, subagent_stack: Stack,
                                           fake_upstream: FakeUpstream,
                                           openai_upstream: OpenAIUpstream) -> None:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+import pytest
 from cc_support import TEAM_KEY, UPSTREAM_KEY, Claude, Stack, text_reply
 
 from midway.testing import FakeUpstream
 
 
+@pytest.mark.cc_cell(feature="team keys", format="anthropic", upstream="anthropic")
 def test_midway_key_in_claude_code_team_setup(claude: Claude, team_stack: Stack,
                                               fake_upstream: FakeUpstream) -> None:
     fake_upstream.reply(text_reply("Hello, alice."))

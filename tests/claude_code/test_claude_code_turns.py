@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
+import pytest
 from cc_support import (
     MARKER,
     SIGNATURE,
@@ -25,6 +26,8 @@ USAGE = {"input_tokens": 110, "cache_creation_input_tokens": 50, "cache_read_inp
          "cache_creation": {"ephemeral_5m_input_tokens": 50, "ephemeral_1h_input_tokens": 0}}
 
 
+@pytest.mark.cc_cell(feature=("text turn", "streaming"), format="anthropic",
+                     upstream="anthropic")
 def test_single_text_turn(claude: Claude, stack: Stack, fake_upstream: FakeUpstream) -> None:
     fake_upstream.reply(text_reply("Hello through midway.", usage=USAGE))
     run = claude.run(stack.url, "Say hello", "--model", "claude-opus-4-8")
@@ -53,6 +56,8 @@ def test_single_text_turn(claude: Claude, stack: Stack, fake_upstream: FakeUpstr
         (110, 47, 20, 50)
 
 
+@pytest.mark.cc_cell(feature=("tool loop", "signed thinking"), format="anthropic",
+                     upstream="anthropic")
 def test_tool_loop_keeps_thinking_and_tool_arguments(claude: Claude, stack: Stack,
                                                      fake_upstream: FakeUpstream) -> None:
     args = ("--allowedTools", "Bash(echo:*)", "--model", "claude-sonnet-4-6")
@@ -92,6 +97,8 @@ def test_tool_loop_keeps_thinking_and_tool_arguments(claude: Claude, stack: Stac
     assert [x.request.body for x in exchanges] == [first.body, second.body]
 
 
+@pytest.mark.cc_cell(feature="large session (6 MB)", format="anthropic",
+                     upstream="anthropic")
 def test_large_session_passes_intact(claude: Claude, stack: Stack,
                                      fake_upstream: FakeUpstream) -> None:
     # ~6 MB of distinct lines of multi-byte text (a long pasted log, as in a long session).
