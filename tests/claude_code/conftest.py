@@ -298,3 +298,13 @@ def anthropic_stack(tmp_path: Path, fake_upstream: FakeUpstream,
     yield from cloud_stack(tmp_path, fake_upstream, openai_upstream, {
         "name": "anthropic", "kind": "anthropic", "url": fake_upstream.url,
         "keys": [UPSTREAM_KEY]})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that runs the real CLI names its matrix cell: an unmarked one would vanish from
+    docs/claude-code-compatibility.md without anyone noticing."""
+    unmarked = [item.nodeid for item in items
+                if "claude" in getattr(item, "fixturenames", ()) and not _cells(item)]
+    if unmarked:
+        raise pytest.UsageError("tests that run Claude Code need a cc_cell(feature, format, "
+                                "upstream) marker: " + ", ".join(unmarked))

@@ -65,6 +65,7 @@ def _replay(data_dir: Path, config: Path, *args: str) -> subprocess.CompletedPro
                           capture_output=True, text=True, timeout=120, check=False)
 
 
+@pytest.mark.cc_cell(feature="session replay", format="anthropic", upstream="anthropic")
 def test_replay_against_a_second_upstream_reports_the_differences(
         claude: Claude, stack: Stack, fake_upstream: FakeUpstream,
         openai_upstream: OpenAIUpstream, bedrock: FakeBedrockServer, tmp_path: Path) -> None:

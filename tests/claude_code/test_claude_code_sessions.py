@@ -69,6 +69,7 @@ def scripted(cache: PromptCache) -> Any:
     return reply
 
 
+@pytest.mark.cc_cell(feature="session views", format="anthropic", upstream="anthropic")
 def test_sessions_pages_show_a_real_session(claude: Claude, dashboard_stack: Stack,
                                             fake_upstream: FakeUpstream) -> None:
     stack = dashboard_stack
