@@ -463,7 +463,7 @@ def surface(rng: random.Random) -> list[dict[str, Any]]:
             i = 3 if words[0].lower() in {"how", "what", "why", "where"} else 1
             filler = rng.choice(FILLERS)[1].strip()
             out.append(pair("paraphrase-surface", True, q,
-                            " ".join(words[:i] + [filler] + words[i:])))
+                            " ".join([*words[:i], filler, *words[i:]])))
     for q in CONTRACTION_QS:
         for short, long in CONTRACTIONS:
             if short in q:
@@ -475,7 +475,7 @@ def dedupe(pairs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     seen, out = set(), []
     for p in pairs:
         key = (p["a"], p["b"], str(p.get("context_a")), str(p.get("context_b")))
-        if p["a"] == p["b"] and "context_a" not in p or key in seen:
+        if (p["a"] == p["b"] and "context_a" not in p) or key in seen:
             continue
         seen.add(key)
         out.append(p)

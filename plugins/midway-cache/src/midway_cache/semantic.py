@@ -16,6 +16,7 @@ import numpy as np
 
 from midway_cache.guard import agree
 from midway_cache.stores.base import Candidate, Store
+from midway_cache.verify import EmbedMany, Verifier
 
 REFRESH = 5.0
 _MAX_PARTITIONS = 4096
@@ -41,9 +42,12 @@ class _Partition:
 
 
 class SemanticIndex:
-    def __init__(self, store: Store, guard: bool = True) -> None:
+    def __init__(self, store: Store, guard: bool = True, verifier: Verifier | None = None,
+                 embed_many: EmbedMany | None = None) -> None:
         self.store = store
         self.guard = guard
+        self.verifier = verifier
+        self.embed_many = embed_many
         self._partitions: dict[str, _Partition] = {}
 
     async def _partition(self, partition: str, now: float) -> _Partition:
@@ -71,6 +75,10 @@ class SemanticIndex:
             if part.tool_use[i] and not allow_tool_use:
                 continue
             if self.guard and not agree(prompt, part.prompts[i])[0]:
+                continue
+            if self.verifier is not None and self.embed_many is not None and \
+                    not (await self.verifier.accepts(prompt, part.prompts[i], score,
+                                                     self.embed_many))[0]:
                 continue
             return Match(key=part.keys[i], similarity=score, prompt=part.prompts[i])
         return None
