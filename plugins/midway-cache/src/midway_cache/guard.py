@@ -75,7 +75,7 @@ _WHEN = {
     "summer", "autumn", "fall", "winter", "holiday", "holidays", "school", "public",
 }
 # words read alike before comparing: the forms of "not", and a few synonyms of scope words
-_CANONICAL = {
+CANONICAL = {
     **dict.fromkeys(("cannot", "cant", "dont", "doesnt", "didnt", "isnt", "arent", "wasnt",
                      "werent", "wont", "wouldnt", "shouldnt", "couldnt", "hasnt", "havent",
                      "hadnt", "mustnt", "aint", "not"), "not"),
@@ -134,9 +134,9 @@ def _cased(words: list[str]) -> bool:
         return False  # ALL CAPS
     if letters and not any(w[0].isupper() for w in letters):
         return False  # all lower case
-    # Title Case: nearly every word after the first capitalised, short words aside
-    inner = [w for w in letters[1:] if w.lower() not in _STOP]
-    return len(inner) < 3 or sum(w[0].isupper() for w in inner) <= 0.8 * len(inner)
+    # Title Case: nearly every word after the first capitalised ("I" says nothing)
+    inner = [w for w in letters[1:] if w != "I"]
+    return len(inner) < 2 or sum(w[0].isupper() for w in inner) < 0.8 * len(inner)
 
 
 def features(text: str) -> Features:
@@ -144,9 +144,9 @@ def features(text: str) -> Features:
     numbers = tuple(_number(m) for m in _NUMBER.finditer(text))
     raw = re.findall(r"[A-Za-z][A-Za-z'\u2019]*", text)
     words = [_norm_word(w) for w in raw]
-    polarity = frozenset(_CANONICAL.get(w, w) for w in words
+    polarity = frozenset(CANONICAL.get(w, w) for w in words
                          if w in _NEGATIONS or w in _SCOPE or w in _NUMBER_WORDS
-                         or w in _WHEN or w in _CANONICAL)
+                         or w in _WHEN or w in CANONICAL)
     text = _NUMBER.sub(lambda m: " " * len(m.group()), text)  # compared above
     starts = {m.start(1) for m in _SENTENCE_START.finditer(text)}
     cased = _cased(raw)

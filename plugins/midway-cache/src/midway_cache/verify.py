@@ -29,7 +29,7 @@ from typing import Any
 import attrs
 import numpy as np
 
-from midway_cache.guard import normalise
+from midway_cache.guard import CANONICAL, normalise
 
 # words that frame a question rather than say what it is about
 _FRAME = {
@@ -61,8 +61,9 @@ def _fold(word: str) -> str:
 
 
 def content(text: str) -> set[str]:
-    return {_fold(w) for w in _WORD.findall(normalise(text).lower())
-            if w.replace("'", "") not in _FRAME and len(w) > 1}
+    words = (w.replace("'", "").replace("\u2019", "") for w in
+             _WORD.findall(normalise(text).lower()))
+    return {_fold(CANONICAL.get(w, w)) for w in words if w not in _FRAME and len(w) > 1}
 
 
 def unmatched(a: str, b: str) -> tuple[list[str], list[str]]:
@@ -79,8 +80,8 @@ def unmatched(a: str, b: str) -> tuple[list[str], list[str]]:
 class Verifier:
     """Thresholds of the second stage (see the module docs)."""
 
-    substituted: float = 0.86
-    synonym: float = 0.45
+    substituted: float = 0.85
+    synonym: float = 0.40
     added: float = 0.88
 
     async def accepts(self, a: str, b: str, similarity: float,
