@@ -63,6 +63,9 @@ class CacheConfig:
                            "OpenAI-compatible /v1/embeddings) or \"package.module:factory\"")
     embedder_model_path: str | None = option(
         None, help="minilm: an all-MiniLM-L6-v2 .onnx file instead of the package's")
+    embedder_window: int = option(
+        64, ge=8, help="minilm: WordPiece tokens embedded of a longer last turn (its first "
+        "three quarters and last quarter), at most 256; the guard and verifier read it all")
     embedder_url: str | None = option(
         None, help="openai: base URL (…/v1 is appended when missing)")
     embedder_model: str = option("text-embedding-3-small", help="openai: the model")
@@ -77,6 +80,10 @@ class CacheConfig:
                               for k, v in self.semantic_thresholds.items())]:
             if value is not None and not 0.0 < float(value) <= 1.0:
                 raise ConfigError(f"[cache] {name}: expected a number in (0, 1], got {value}")
+
+        if self.embedder_window > 256:
+            raise ConfigError("[cache] embedder_window: expected at most 256 (the model's "
+                              f"limit), got {self.embedder_window}")
 
     @property
     def default_threshold(self) -> float:

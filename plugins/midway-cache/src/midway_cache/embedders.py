@@ -13,7 +13,8 @@ Embedding never runs on the event loop: the local model runs on its own thread, 
 texts that arrive while it is busy are embedded together in one batch when it is free.
 
 Long prompts are windowed, not refused: ``minilm`` embeds the first 48 and the last 16
-WordPiece tokens of a last turn longer than 64 tokens (``WINDOW``), which bounds a lookup's
+WordPiece tokens of a last turn longer than 64 tokens (``embedder_window``), which bounds a
+lookup's
 cost whatever the prompt's length (the cost grows faster than linearly with tokens). The
 lexical guard and the verifier read the whole prompt, so two long prompts that differ only in
 their middle are recalled together and then told apart there.
@@ -72,11 +73,12 @@ class MiniLMEmbedder:
     normalisation."""
 
     name = "minilm"
-    HEAD, TAIL = 48, 16
     BATCH = 16
 
-    def __init__(self, model_path: str | None = None) -> None:
+    def __init__(self, model_path: str | None = None, window: int = 64) -> None:
         self._model_path = Path(model_path) if model_path else None
+        self.HEAD = window * 3 // 4
+        self.TAIL = window - self.HEAD
         self._session: Any = None
         self._tokenizer: Any = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="midway-embed")
@@ -215,7 +217,7 @@ class OpenAIEmbedder:
 def make_embedder(config: CacheConfig, midway: Midway | None = None) -> Embedder:
     name = config.embedder
     if name == "minilm":
-        return MiniLMEmbedder(config.embedder_model_path)
+        return MiniLMEmbedder(config.embedder_model_path, config.embedder_window)
     if name == "openai":
         if not config.embedder_url:
             raise ConfigError("[cache] embedder = \"openai\" needs embedder_url")

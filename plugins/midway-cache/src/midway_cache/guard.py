@@ -83,6 +83,7 @@ CANONICAL = {
     "permit": "allow", "permitted": "allowed", "excluding": "exclude", "including": "include",
     "largest": "biggest", "larger": "bigger", "weekday": "weekdays", "weekend": "weekends",
 }
+_NEAR = 4
 _ANTONYM_PREFIXES = ("un", "in", "im", "il", "ir", "dis", "non", "de")
 # words that relate two things: with one of them, the same words in another order (a swap)
 # mean something else ("is a cat bigger than a dog")
@@ -165,8 +166,9 @@ def features(text: str) -> Features:
     relations = []
     for i, w in enumerate(words):
         if w in _RELATIONS:
-            before = [x for x in words[:i] if x not in _STOP and len(x) > 1]
-            after = [x for x in words[i + 1:] if x not in _STOP and len(x) > 1]
+            # the nearest few words on either side: enough for a swap, bounded for a long text
+            before = [x for x in words[:i] if x not in _STOP and len(x) > 1][-_NEAR:]
+            after = [x for x in words[i + 1:] if x not in _STOP and len(x) > 1][:_NEAR]
             relations += [(x, y) for x in before for y in after if x != y]
     return Features(numbers=numbers, polarity=polarity, entities=tuple(entities),
                     cased=cased, words=tuple(words), content=tuple(content),
@@ -200,7 +202,11 @@ def _antonym(fa: Features, fb: Features) -> str | None:
 
 def agree(a: str, b: str) -> tuple[bool, str]:
     """Whether two prompts may share an answer lexically; the reason when they may not."""
-    fa, fb = features(a), features(b)
+    return agree_features(features(a), features(b))
+
+
+def agree_features(fa: Features, fb: Features) -> tuple[bool, str]:
+    """:func:`agree` on features already extracted (a stored prompt's are kept)."""
     if fa.numbers != fb.numbers:
         return False, "numbers differ"
     if fa.polarity != fb.polarity:

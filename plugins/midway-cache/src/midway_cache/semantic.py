@@ -14,7 +14,7 @@ from typing import Any
 import attrs
 import numpy as np
 
-from midway_cache.guard import agree
+from midway_cache.guard import Features, agree_features, features
 from midway_cache.stores.base import Candidate, Store
 from midway_cache.verify import EmbedMany, Verifier
 
@@ -39,6 +39,7 @@ class _Partition:
     prompts: list[str]
     tool_use: list[bool]
     matrix: np.ndarray[Any, np.dtype[np.float32]]  # rows beyond len(keys) are spare capacity
+    features: dict[int, Features] = attrs.field(factory=dict)  # the guard's, once per prompt
 
 
 class SemanticIndex:
@@ -70,16 +71,22 @@ class SemanticIndex:
             return None
         scores = part.matrix[:len(part.keys)] @ vector
         above = np.flatnonzero(scores >= threshold)
+        mine: Features | None = None
         for i in above[np.argsort(-scores[above])][:_MAX_CHECKED]:
             score = float(scores[i])
             if part.tool_use[i] and not allow_tool_use:
                 continue
-            if self.guard and not agree(prompt, part.prompts[i])[0]:
-                continue
+            if self.guard:
+                mine = mine or features(prompt)
+                theirs = part.features.get(int(i))
+                if theirs is None:
+                    theirs = part.features[int(i)] = features(part.prompts[i])
+                if not agree_features(mine, theirs)[0]:
+                    continue
             if self.verifier is not None and self.embed_many is not None and \
                     not (await self.verifier.accepts(prompt, part.prompts[i], score,
                                                      self.embed_many))[0]:
-                continue
+                return None  # the verifier judges the best candidate the guard let through
             return Match(key=part.keys[i], similarity=score, prompt=part.prompts[i])
         return None
 
@@ -96,6 +103,7 @@ class SemanticIndex:
             part.matrix = np.zeros((8, vector.shape[0]), dtype=np.float32)
             if n:  # vectors of another size: start over with this embedder's
                 part.keys, part.prompts, part.tool_use, n = [], [], [], 0
+                part.features.clear()
         elif n == part.matrix.shape[0]:  # grow by doubling: adding stays amortised O(1)
             part.matrix = np.vstack([part.matrix, np.zeros_like(part.matrix)])
         part.matrix[n] = vector

@@ -76,6 +76,26 @@ def unmatched(a: str, b: str) -> tuple[list[str], list[str]]:
     return only_a, only_b
 
 
+class WordVectors:
+    """Word vectors remembered (the same words come back often): an ``EmbedMany`` that runs
+    the model only for words it has not seen, at most ``size`` kept."""
+
+    def __init__(self, embed_many: EmbedMany, size: int = 4096) -> None:
+        self._embed_many = embed_many
+        self._size = size
+        self._vectors: dict[str, Vector | None] = {}
+
+    async def __call__(self, words: Sequence[str]) -> list[Vector | None]:
+        missing = [w for w in dict.fromkeys(words) if w not in self._vectors]
+        if missing:
+            found = await self._embed_many(missing)
+            while len(self._vectors) + len(missing) > self._size and self._vectors:
+                self._vectors.pop(next(iter(self._vectors)))
+            self._vectors.update(zip(missing, found, strict=True))
+        return [self._vectors[w] if w in self._vectors else (await self._embed_many([w]))[0]
+                for w in words]
+
+
 @attrs.frozen
 class Verifier:
     """Thresholds of the second stage (see the module docs)."""
