@@ -38,6 +38,10 @@ BLOCKED_WRONGLY = [  # each was refused although it asks the same
      "In my repository, how do I undo the last git commit?"),
     ("How do I start a Docker container?", "How do I begin a Docker container?"),
     ("Set an alarm for 7 a.m.", "Set an alarm for 7am."),
+    ("In Bash, how do I list files in a directory?",
+     "How do I list files in a directory in Bash?"),
+    ("How do I freeze fresh basil?", "What's the best way to freeze fresh basil?"),
+    ("Show me how to write a for loop in Go.", "How do I write a for loop in Go?"),
 ]
 STILL_BLOCKED = [  # what the guard was already right about stays right
     ("Is a cat bigger than a dog?", "Is a dog bigger than a cat?"),
@@ -48,6 +52,10 @@ STILL_BLOCKED = [  # what the guard was already right about stays right
     ("Fix parse_config", "Fix load_config"),
     ("Copy the files from staging to production.", "Copy the files from production to staging."),
     ("Do you accept Apple Pay?", "do you accept google pay?"),
+    ("How do I turn off dark mode in Chrome?", "How do I turn on dark mode in Chrome?"),
+    ("How do I sign in to Outlook?", "How do I sign out of Outlook?"),
+    ("Is coffee bad for your heart?", "Is coffee good for your heart?"),
+    ("How many teaspoons are in a tablespoon?", "How many tablespoons are in a teaspoon?"),
 ]
 
 

@@ -36,6 +36,32 @@ def test_traps_are_not_served(cached, fake_upstream):
     assert len(fake_upstream.messages_requests) == 4
 
 
+def test_verifier_serves_synonyms_and_refuses_a_replaced_subject(cached, fake_upstream):
+    """Below 0.95 similarity, the verifier decides: "exit"/"quit" are synonyms, "whale"/
+    "shark" are not (the guard cannot tell: same numbers, no negation, no capitals)."""
+    running = cached(semantic=True)
+    c = client(running)
+    original = c.messages.create(**body("How do I exit Vim?"))
+    c.messages.create(**body("Is a whale a mammal?"))
+    stored(running, 2)
+    synonym = c.messages.with_raw_response.create(**body("How can I quit Vim?"))
+    assert synonym.headers["x-midway-cache"] == "semantic-hit"
+    assert float(synonym.headers["x-midway-cache-similarity"]) < 0.95
+    assert synonym.parse().content[0].text == original.content[0].text
+    other = c.messages.with_raw_response.create(**body("Is a shark a mammal?"))
+    assert other.headers["x-midway-cache"] == "miss"
+    assert len(fake_upstream.messages_requests) == 3
+
+
+def test_without_the_verifier_the_threshold_is_095(cached, fake_upstream):
+    running = cached(semantic=True, semantic_verifier=False)
+    c = client(running)
+    c.messages.create(**body("How do I exit Vim?"))
+    stored(running)
+    answer = c.messages.with_raw_response.create(**body("How can I quit Vim?"))
+    assert answer.headers["x-midway-cache"] == "miss"
+
+
 def test_different_context_is_another_partition(cached, fake_upstream):
     running = cached(semantic=True)
     c = client(running)

@@ -64,7 +64,20 @@ _SCOPE = {
     "uppercase", "left", "right", "next", "previous", "true", "false", "yes",
     "closed", "skip", "import", "export", "push", "pull", "upload", "download", "hide",
     "show", "pros", "cons", "benefits", "risks", "advantages", "disadvantages", "hot", "cold",
+    # evaluative opposites: the sentence vector barely moves when one replaces the other
+    "good", "bad", "positive", "negative", "gain", "lose", "win", "easy", "hard", "difficult",
+    "early", "late", "cheap", "expensive", "light", "dark", "wet", "dry", "young", "old",
+    "healthy", "unhealthy", "harmful", "beneficial", "dangerous", "fast", "slow",
 }
+# a phrasal verb's particle is its meaning: "turn on" / "turn off", "sign in" / "sign out"
+_PHRASAL = {"turn", "turned", "turning", "switch", "switched", "sign", "signed", "log",
+            "logged", "logging", "opt", "opted", "check", "checked", "plug", "plugged", "shut",
+            "power", "powered", "zoom", "scroll", "scale", "back", "set", "put", "take",
+            "took", "get", "let", "start", "started", "speed", "slow", "cool", "warm",
+            "calm", "wind", "tune", "tuned", "lock", "locked", "clock", "clocked", "clean",
+            "move", "roll", "rolled", "count", "round", "rounded", "go", "come", "bring",
+            "carry", "cut", "hold", "keep", "give", "pull", "push", "break", "fill"}
+_PARTICLES = {"on", "off", "in", "out", "up", "down", "over", "back", "away", "through"}
 # when a question is asked matters as much as what: the day, the part of the day, the season
 _WHEN = {
     "weekday", "weekdays", "weekend", "weekends", "monday", "tuesday", "wednesday",
@@ -88,7 +101,7 @@ _ANTONYM_PREFIXES = ("un", "in", "im", "il", "ir", "dis", "non", "de")
 # words that relate two things: with one of them, the same words in another order (a swap)
 # mean something else ("is a cat bigger than a dog")
 _RELATIONS = {"than", "to", "from", "into", "onto", "vs", "versus", "over", "against",
-              "before", "after", "toward", "towards", "instead"}
+              "before", "after", "toward", "towards", "instead", "in", "of", "per"}
 _STOP = {
     "a", "an", "the", "is", "are", "was", "were", "be", "been", "to", "of", "in", "on", "at",
     "for", "and", "or", "it", "this", "that", "these", "those", "i", "you", "we", "me", "my",
@@ -120,6 +133,11 @@ def _norm_word(word: str) -> str:
     return word.lower().replace("'", "").replace("\u2019", "")
 
 
+def _singular(word: str) -> str:
+    return word[:-1] if len(word) > 3 and word.endswith("s") and not word.endswith("ss") \
+        else word
+
+
 def _number(m: re.Match[str]) -> str:
     value = m.group().split()[0] if m.group("ampm") else m.group()
     value = re.sub(r"[ap]\.?m\.?$", "", value, flags=re.IGNORECASE).rstrip("%")
@@ -145,9 +163,17 @@ def features(text: str) -> Features:
     numbers = tuple(_number(m) for m in _NUMBER.finditer(text))
     raw = re.findall(r"[A-Za-z][A-Za-z'\u2019]*", text)
     words = [_norm_word(w) for w in raw]
-    polarity = frozenset(CANONICAL.get(w, w) for w in words
-                         if w in _NEGATIONS or w in _SCOPE or w in _NUMBER_WORDS
-                         or w in _WHEN or w in CANONICAL)
+    # "the best way to", "a good way to": a frame, not a judgement
+    judged = [w for i, w in enumerate(words)
+              if not (w in {"best", "good", "right", "easiest", "quickest", "simplest"}
+                      and i + 1 < len(words) and words[i + 1] in {"way", "ways", "method"})
+              and not (w == "show" and i + 1 < len(words) and words[i + 1] in {"me", "us"})]
+    polarity = frozenset(
+        [CANONICAL.get(w, w) for w in judged
+         if w in _NEGATIONS or w in _SCOPE or w in _NUMBER_WORDS or w in _WHEN
+         or w in CANONICAL]
+        + [f"{words[i - 1]} {w}" for i, w in enumerate(words)
+           if i and w in _PARTICLES and words[i - 1] in _PHRASAL])
     text = _NUMBER.sub(lambda m: " " * len(m.group()), text)  # compared above
     starts = {m.start(1) for m in _SENTENCE_START.finditer(text)}
     cased = _cased(raw)
@@ -164,12 +190,14 @@ def features(text: str) -> Features:
             entities.append(word.lower())
     content = [w for w in words if w not in _STOP and len(w) > 2]
     relations = []
-    for i, w in enumerate(words):
-        if w in _RELATIONS:
-            # the nearest few words on either side: enough for a swap, bounded for a long text
-            before = [x for x in words[:i] if x not in _STOP and len(x) > 1][-_NEAR:]
-            after = [x for x in words[i + 1:] if x not in _STOP and len(x) > 1][:_NEAR]
-            relations += [(x, y) for x in before for y in after if x != y]
+    for clause in re.split(r"[,;:()]", text):  # a fronted clause is not a swap
+        cw = [_norm_word(w) for w in re.findall(r"[A-Za-z][A-Za-z'\u2019]*", clause)]
+        for i, w in enumerate(cw):
+            if w in _RELATIONS:
+                # the nearest few words on either side: enough for a swap, bounded
+                before = [_singular(x) for x in cw[:i] if x not in _STOP and len(x) > 1]
+                after = [_singular(x) for x in cw[i + 1:] if x not in _STOP and len(x) > 1]
+                relations += [(x, y) for x in before[-_NEAR:] for y in after[:_NEAR] if x != y]
     return Features(numbers=numbers, polarity=polarity, entities=tuple(entities),
                     cased=cased, words=tuple(words), content=tuple(content),
                     relations=tuple(relations))

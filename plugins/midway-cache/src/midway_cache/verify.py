@@ -23,6 +23,7 @@ has the figures and the commands). The lexical guard runs before it and keeps it
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -60,19 +61,22 @@ def _fold(word: str) -> str:
     return word
 
 
-def content(text: str) -> set[str]:
+def content(text: str) -> Counter[str]:
+    """The content words, counted (a word said twice in one and once in the other is a
+    difference: "a kilo of feathers or a kilo of steel" / "a pound of feathers or …")."""
     words = (w.replace("'", "").replace("\u2019", "") for w in
              _WORD.findall(normalise(text).lower()))
-    return {_fold(CANONICAL.get(w, w)) for w in words if w not in _FRAME and len(w) > 1}
+    return Counter(_fold(CANONICAL.get(w, w)) for w in words if w not in _FRAME and len(w) > 1)
 
 
 def unmatched(a: str, b: str) -> tuple[list[str], list[str]]:
     ca, cb = content(a), content(b)
+    ca, cb = ca - cb, cb - ca
     # a word that is the start of a word of the other (e.g. "summar" / "summary") matches
-    only_a = sorted(w for w in ca - cb if not any(x.startswith(w) or w.startswith(x)
-                                                   for x in cb if min(len(w), len(x)) >= 4))
-    only_b = sorted(w for w in cb - ca if not any(x.startswith(w) or w.startswith(x)
-                                                   for x in ca if min(len(w), len(x)) >= 4))
+    only_a = sorted(w for w in ca if not any(x.startswith(w) or w.startswith(x)
+                                             for x in cb if min(len(w), len(x)) >= 4))
+    only_b = sorted(w for w in cb if not any(x.startswith(w) or w.startswith(x)
+                                             for x in ca if min(len(w), len(x)) >= 4))
     return only_a, only_b
 
 
