@@ -22,7 +22,7 @@ from multidict import CIMultiDict
 
 from midway import Principal, Request
 from midway_cache.config import CacheConfig
-from midway_cache.embedders import embed_many, make_embedder
+from midway_cache.embedders import make_embedder
 from midway_cache.guard import agree
 from midway_cache.keys import request_keys
 from midway_cache.verify import Verifier
@@ -60,12 +60,6 @@ async def evaluate(config: CacheConfig, pairs: list[dict[str, Any]]) -> dict[str
             vectors[text] = await embedder.embed(text)
         return vectors[text]
 
-    async def embed_words(texts: Any) -> list[Any]:
-        missing = [t for t in dict.fromkeys(texts) if t not in vectors]
-        if missing:
-            vectors.update(zip(missing, await embed_many(embedder, missing), strict=True))
-        return [vectors[t] for t in texts]
-
     verifier = Verifier() if config.semantic_verifier else None
 
     try:
@@ -85,8 +79,7 @@ async def evaluate(config: CacheConfig, pairs: list[dict[str, Any]]) -> dict[str
                     similarity = float(va @ vb)
             verified = True
             if similarity is not None and verifier is not None:
-                verified, why = await verifier.accepts(ka.prompt, kb.prompt, similarity,
-                                                       embed_words)
+                verified, why = verifier.accepts(ka.prompt, kb.prompt, similarity)
                 reason = reason or why
             rows.append({**{k: pair[k] for k in ("kind", "should_hit", "a", "b")},
                          "similarity": similarity, "guard": guard_ok, "verified": verified,

@@ -16,7 +16,7 @@ import numpy as np
 
 from midway_cache.guard import Features, agree_features, features
 from midway_cache.stores.base import Candidate, Store
-from midway_cache.verify import EmbedMany, Verifier
+from midway_cache.verify import Verifier
 
 REFRESH = 5.0
 _MAX_PARTITIONS = 4096
@@ -43,12 +43,11 @@ class _Partition:
 
 
 class SemanticIndex:
-    def __init__(self, store: Store, guard: bool = True, verifier: Verifier | None = None,
-                 embed_many: EmbedMany | None = None) -> None:
+    def __init__(self, store: Store, guard: bool = True,
+                 verifier: Verifier | None = None) -> None:
         self.store = store
         self.guard = guard
         self.verifier = verifier
-        self.embed_many = embed_many
         self._partitions: dict[str, _Partition] = {}
 
     async def _partition(self, partition: str, now: float) -> _Partition:
@@ -83,9 +82,8 @@ class SemanticIndex:
                     theirs = part.features[int(i)] = features(part.prompts[i])
                 if not agree_features(mine, theirs)[0]:
                     continue
-            if self.verifier is not None and self.embed_many is not None and \
-                    not (await self.verifier.accepts(prompt, part.prompts[i], score,
-                                                     self.embed_many))[0]:
+            if self.verifier is not None and \
+                    not self.verifier.accepts(prompt, part.prompts[i], score)[0]:
                 return None  # the verifier judges the best candidate the guard let through
             return Match(key=part.keys[i], similarity=score, prompt=part.prompts[i])
         return None
