@@ -55,12 +55,6 @@ class Embedder(Protocol):
     async def close(self) -> None: ...
 
 
-async def embed_many(embedder: Embedder, texts: Sequence[str]) -> list[Vector | None]:
-    """Several texts: in one batch where the embedder batches, else one by one."""
-    if isinstance(embedder, MiniLMEmbedder):
-        return await embedder.embed_many(texts)
-    return [await embedder.embed(t) for t in texts]
-
 
 def normalise(vector: Any) -> Vector:
     v = np.asarray(vector, dtype=np.float32).reshape(-1)
