@@ -86,7 +86,10 @@ def test_the_table_keeps_its_keys_defaults_and_meanings(tmp_path, monkeypatch):
     config = load_table(CacheConfig, "cache", {}, data_dir=tmp_path)
     assert config.store == StoreURL("sqlite", path=tmp_path / "cache.db")
     assert (config.ttl, config.max_bytes, config.share) == (7 * 86400, 1024 ** 3, "principal")
-    assert config.threshold_for("claude-haiku-4-5") == 0.95
+    assert config.threshold_for("claude-haiku-4-5") == 0.70  # the verifier is on
+    assert config.embedder_window == 64
+    without = load_table(CacheConfig, "cache", {"semantic_verifier": False}, data_dir=tmp_path)
+    assert without.threshold_for("claude-haiku-4-5") == 0.95  # the threshold alone: strict
     monkeypatch.setenv("MIDWAY_CACHE__SEMANTIC_THRESHOLDS", '{ "claude-haiku-*" = 0.97 }')
     monkeypatch.setenv("MIDWAY_CACHE__TTL", "1h")
     config = load_table(CacheConfig, "cache", {"max_bytes": "64MiB", "store": "redis://h:6379"},
@@ -99,7 +102,11 @@ def test_the_table_keeps_its_keys_defaults_and_meanings(tmp_path, monkeypatch):
     ({"share": "everyone"}, "[cache] share: expected one of 'principal', 'team', 'global'"),
     ({"semantic_mode": "on"}, "[cache] semantic_mode: expected one of 'serve', 'shadow'"),
     ({"semantic_threshold": 1.5}, "[cache] semantic_threshold: expected a number in (0, 1]"),
-    ({"semantic_threshold": 0}, "[cache] semantic_threshold: expected a number > 0"),
+    ({"semantic_threshold": 0}, "[cache] semantic_threshold: expected a number in (0, 1]"),
+    ({"semantic_thresholds": {"claude-*": 2}},
+     "[cache] semantic_thresholds.claude-*: expected a number in (0, 1]"),
+    ({"embedder_window": 512}, "[cache] embedder_window: expected at most 256"),
+    ({"embedder_window": 4}, "[cache] embedder_window: expected a number >= 8"),
     ({"ttl": "a week"}, "[cache] ttl: expected a duration"),
     ({"embedder_api_key": 12345}, "[cache] embedder_api_key: expected a string (or unset)"),
 ])
@@ -159,3 +166,22 @@ def test_stats_print_money_as_exact_decimals(tmp_path, monkeypatch):
     assert shown["saved_usd"] == "0.00111" and shown["hits"] == 3
     code, out = run(tmp_path, monkeypatch, ["cache", "stats"], "")
     assert "saved usd     0.00111\n" in out
+
+
+def test_startup_line_names_the_semantic_settings_in_force(tmp_path):
+    from midway_cache import describe
+
+    class Idle:  # not started: describe reads the table
+        def __init__(self, table: dict[str, object]) -> None:
+            self.table = table
+            self.services: dict[str, object] = {}
+
+        def options(self, name: str, cls: type) -> CacheConfig:
+            return load_table(CacheConfig, name, self.table, data_dir=tmp_path)
+
+    line = describe(Idle({"semantic": True}))
+    assert "similar prompts too (serve, minilm similarity >= 0.70, guard on, verifier on, " \
+        "64-token window)" in line
+    assert "similarity >= 0.95" in describe(Idle({"semantic": True,
+                                                  "semantic_verifier": False}))
+    assert "similar" not in describe(Idle({}))

@@ -18,7 +18,7 @@ def test_paraphrase_is_served_semantically(cached, fake_upstream):
     stored(running)
     answer = c.messages.with_raw_response.create(**body("How can I reverse a list in Python?"))
     assert answer.headers["x-midway-cache"] == "semantic-hit"
-    assert float(answer.headers["x-midway-cache-similarity"]) >= 0.95
+    assert float(answer.headers["x-midway-cache-similarity"]) >= 0.70
     assert answer.parse().content[0].text == original.content[0].text
     assert len(fake_upstream.messages_requests) == 1
     assert stats(running)["semantic_hits"] == 1
@@ -34,6 +34,32 @@ def test_traps_are_not_served(cached, fake_upstream):
         answer = c.messages.with_raw_response.create(**body(trap))
         assert answer.headers["x-midway-cache"] == "miss", trap
     assert len(fake_upstream.messages_requests) == 4
+
+
+def test_verifier_serves_synonyms_and_refuses_a_replaced_subject(cached, fake_upstream):
+    """Below 0.95 similarity, the verifier decides: "exit"/"quit" are synonyms, "whale"/
+    "shark" are not (the guard cannot tell: same numbers, no negation, no capitals)."""
+    running = cached(semantic=True)
+    c = client(running)
+    original = c.messages.create(**body("How do I exit Vim?"))
+    c.messages.create(**body("Is a whale a mammal?"))
+    stored(running, 2)
+    synonym = c.messages.with_raw_response.create(**body("How can I quit Vim?"))
+    assert synonym.headers["x-midway-cache"] == "semantic-hit"
+    assert float(synonym.headers["x-midway-cache-similarity"]) < 0.95
+    assert synonym.parse().content[0].text == original.content[0].text
+    other = c.messages.with_raw_response.create(**body("Is a shark a mammal?"))
+    assert other.headers["x-midway-cache"] == "miss"
+    assert len(fake_upstream.messages_requests) == 3
+
+
+def test_without_the_verifier_the_threshold_is_095(cached, fake_upstream):
+    running = cached(semantic=True, semantic_verifier=False)
+    c = client(running)
+    c.messages.create(**body("How do I exit Vim?"))
+    stored(running)
+    answer = c.messages.with_raw_response.create(**body("How can I quit Vim?"))
+    assert answer.headers["x-midway-cache"] == "miss"
 
 
 def test_different_context_is_another_partition(cached, fake_upstream):
@@ -113,7 +139,15 @@ def test_eval_command_prints_rates():
     result = CliRunner().invoke(cli, ["cache", "eval", "--json"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     report = orjson.loads(result.output)
-    assert report["threshold"] == 0.95
-    assert report["should_hit"] >= 30 and report["must_not"] >= 30
-    assert report["served_rate"] >= 0.8
-    assert report["wrong_rate"] <= 0.05
+    assert report["threshold"] == 0.70 and report["verifier"] and report["guard"]
+    assert report["should_hit"] >= 600 and report["must_not"] >= 600
+    # the targets of docs/cache.md, at the shipped defaults on the built-in set
+    assert report["served_rate"] >= 0.85
+    assert report["wrong_rate"] <= 0.01
+    kinds = report["by_kind"]
+    assert kinds["multi-turn-different"]["served"] == 0
+    assert kinds["paraphrase-wording"]["rate"] >= 0.55
+    for name in ("numbers", "times", "negation", "antonym", "inclusion", "days"):
+        assert kinds[name]["served"] == 0, name
+    low, high = report["wrong_ci"]
+    assert low <= report["wrong_rate"] <= high

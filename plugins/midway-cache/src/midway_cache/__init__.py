@@ -45,7 +45,14 @@ def describe(midway: Midway) -> str:
     config = cache.config if cache is not None else midway.options("cache", CacheConfig)
     if not config.enabled:
         return "off ([cache] enabled = false)"
-    semantic = f", similar prompts too ({config.semantic_mode})" if config.semantic else ""
+    semantic = ""
+    if config.semantic:
+        window = (f", {config.embedder_window}-token window" if config.embedder == "minilm"
+                  else "")
+        semantic = (f", similar prompts too ({config.semantic_mode}, {config.embedder} "
+                    f"similarity >= {config.default_threshold:.2f}, guard "
+                    f"{'on' if config.semantic_guard else 'off'}, verifier "
+                    f"{'on' if config.semantic_verifier else 'off'}{window})")
     who = (f"requests matching {len(config.rules)} [cache] rule(s) or sending "
            "x-midway-cache: use" if config.rules else
            "only requests sending x-midway-cache: use (no [cache] rules: off for the rest)")

@@ -86,11 +86,12 @@ def clear_command(settings: Settings, principal: str | None, team: str | None) -
 @click.option("--threshold", type=float, default=None,
               help="Similarity threshold [semantic_threshold from the config].")
 @click.option("--no-guard", is_flag=True, help="Measure without the lexical guard.")
+@click.option("--no-verifier", is_flag=True, help="Measure without the verifier.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
 @click.option("--verbose", "-v", is_flag=True, help="Print every pair.")
 @settings_options
 def eval_command(settings: Settings, pairs: Path | None, threshold: float | None,
-                 no_guard: bool, as_json: bool, verbose: bool) -> None:
+                 no_guard: bool, no_verifier: bool, as_json: bool, verbose: bool) -> None:
     """Served-rate and wrong-rate of the semantic layer on labelled prompt pairs."""
     config = _config(settings)
     try:
@@ -103,6 +104,8 @@ def eval_command(settings: Settings, pairs: Path | None, threshold: float | None
         config = attrs.evolve(config, semantic_threshold=threshold)
     if no_guard:
         config = attrs.evolve(config, semantic_guard=False)
+    if no_verifier:
+        config = attrs.evolve(config, semantic_verifier=False)
     report = asyncio.run(evaluate(config, load_pairs(pairs)))
     if as_json:
         click.echo(to_json(report))

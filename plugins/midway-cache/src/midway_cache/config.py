@@ -48,17 +48,24 @@ class CacheConfig:
     semantic: bool = option(False, help="also serve answers to similar prompts (opt-in)")
     semantic_mode: Literal["serve", "shadow"] = option(
         "serve", help="\"shadow\": record would-be semantic hits, serve none")
-    semantic_threshold: float = option(0.95, gt=0, help="similarity needed for a semantic "
-                                       "hit, in (0, 1]")
+    semantic_threshold: float | None = option(
+        None, help="cosine similarity at which a stored prompt is a candidate, in (0, 1]; "
+        "default 0.70 with the verifier, 0.95 without")
     semantic_thresholds: dict[str, float] = option(
         {}, help="per-model thresholds by glob, e.g. { \"claude-haiku-*\" = 0.97 }")
     semantic_guard: bool = option(True, help="numbers, negations and entities of both "
                                   "prompts must agree")
+    semantic_verifier: bool = option(True, help="judge the best candidate a second time: "
+                                     "words one prompt has and the other lacks must be "
+                                     "synonyms (docs/cache.md)")
     semantic_tool_use: bool = option(False, help="serve answers that call tools semantically")
     embedder: str = option("minilm", help="\"minilm\" (local ONNX), \"openai\" (an "
                            "OpenAI-compatible /v1/embeddings) or \"package.module:factory\"")
     embedder_model_path: str | None = option(
         None, help="minilm: an all-MiniLM-L6-v2 .onnx file instead of the package's")
+    embedder_window: int = option(
+        64, ge=8, help="minilm: WordPiece tokens embedded of a longer last turn (its first "
+        "three quarters and last quarter), at most 256; the guard and verifier read it all")
     embedder_url: str | None = option(
         None, help="openai: base URL (…/v1 is appended when missing)")
     embedder_model: str = option("text-embedding-3-small", help="openai: the model")
@@ -68,13 +75,25 @@ class CacheConfig:
     embedder_max_chars: int = option(8000, help="openai: longest last turn embedded")
 
     def __attrs_post_init__(self) -> None:
-        if self.semantic_threshold > 1.0:
-            raise ConfigError("[cache] semantic_threshold: expected a number in (0, 1], got "
-                              f"{self.semantic_threshold}")
+        for name, value in [("semantic_threshold", self.semantic_threshold),
+                            *((f"semantic_thresholds.{k}", v)
+                              for k, v in self.semantic_thresholds.items())]:
+            if value is not None and not 0.0 < float(value) <= 1.0:
+                raise ConfigError(f"[cache] {name}: expected a number in (0, 1], got {value}")
+
+        if self.embedder_window > 256:
+            raise ConfigError("[cache] embedder_window: expected at most 256 (the model's "
+                              f"limit), got {self.embedder_window}")
+
+    @property
+    def default_threshold(self) -> float:
+        if self.semantic_threshold is not None:
+            return self.semantic_threshold
+        return 0.70 if self.semantic_verifier else 0.95
 
     def threshold_for(self, model: str | None) -> float:
         if model:
             for glob, value in self.semantic_thresholds.items():
                 if fnmatch.fnmatchcase(model, glob):
                     return float(value)
-        return self.semantic_threshold
+        return self.default_threshold

@@ -9,13 +9,22 @@ Built in:
   plugin. Nothing is ever downloaded.
 * ``openai`` — any OpenAI-compatible ``/v1/embeddings`` endpoint.
 
-Embedding never runs on the event loop: the local model runs on its own thread.
+Embedding never runs on the event loop: the local model runs on its own thread, and the
+texts that arrive while it is busy are embedded together in one batch when it is free.
+
+Long prompts are windowed, not refused: ``minilm`` embeds the first 48 and the last 16
+WordPiece tokens of a last turn longer than 64 tokens (``embedder_window``), which bounds a
+lookup's
+cost whatever the prompt's length (the cost grows faster than linearly with tokens). The
+lexical guard and the verifier read the whole prompt, so two long prompts that differ only in
+their middle are recalled together and then told apart there.
 """
 
 from __future__ import annotations
 
 import asyncio
 import importlib
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
@@ -46,6 +55,7 @@ class Embedder(Protocol):
     async def close(self) -> None: ...
 
 
+
 def normalise(vector: Any) -> Vector:
     v = np.asarray(vector, dtype=np.float32).reshape(-1)
     norm = float(np.linalg.norm(v))
@@ -53,18 +63,26 @@ def normalise(vector: Any) -> Vector:
 
 
 class MiniLMEmbedder:
-    """all-MiniLM-L6-v2: WordPiece tokens (max 256), mean pooling, L2 normalisation."""
+    """all-MiniLM-L6-v2: WordPiece tokens (windowed, see the module docs), mean pooling, L2
+    normalisation."""
 
     name = "minilm"
-    max_tokens = 256
+    BATCH = 16
 
-    def __init__(self, model_path: str | None = None) -> None:
+    def __init__(self, model_path: str | None = None, window: int = 64) -> None:
         self._model_path = Path(model_path) if model_path else None
+        self.HEAD = window * 3 // 4
+        self.TAIL = window - self.HEAD
         self._session: Any = None
         self._tokenizer: Any = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="midway-embed")
+        self._pending: list[tuple[str, asyncio.Future[Vector | None]]] = []
+        self._running = False
+        self._drainer: asyncio.Task[None] | None = None
 
     def _load(self) -> None:
+        if self._session is not None:
+            return
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
@@ -90,27 +108,67 @@ class MiniLMEmbedder:
                                              providers=["CPUExecutionProvider"])
         self._tokenizer = tokenizer
 
-    def embed_sync(self, text: str) -> Vector | None:
-        if self._session is None:
-            self._load()
-        encoding = self._tokenizer.encode(text)
-        if len(encoding.ids) > self.max_tokens:
-            return None
-        ids = np.array([encoding.ids], dtype=np.int64)
-        mask = np.array([encoding.attention_mask], dtype=np.int64)
+    def _ids(self, text: str) -> list[int]:
+        ids: list[int] = self._tokenizer.encode(text).ids  # [CLS] … [SEP]
+        if len(ids) > self.HEAD + self.TAIL:
+            ids = ids[:self.HEAD] + ids[-self.TAIL:]
+        return ids
+
+    def embed_batch_sync(self, texts: Sequence[str]) -> list[Vector | None]:
+        """Embed ``texts`` in one run of the model (padded to the longest)."""
+        self._load()
+        rows = [self._ids(t) for t in texts]
+        width = max(len(r) for r in rows)
+        ids = np.zeros((len(rows), width), dtype=np.int64)
+        mask = np.zeros((len(rows), width), dtype=np.int64)
+        for i, row in enumerate(rows):
+            ids[i, :len(row)] = row
+            mask[i, :len(row)] = 1
         hidden = self._session.run(None, {"input_ids": ids, "attention_mask": mask,
                                           "token_type_ids": np.zeros_like(ids)})[0]
         weights = mask[..., None].astype(np.float32)
         pooled = (hidden * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)
-        return normalise(pooled[0])
+        return [normalise(p) for p in pooled]
+
+    def embed_sync(self, text: str) -> Vector | None:
+        return self.embed_batch_sync([text])[0]
 
     async def warm(self) -> None:
         """Load the model now rather than on the first request."""
         await asyncio.get_running_loop().run_in_executor(self._executor, self._load)
 
     async def embed(self, text: str) -> Vector | None:
-        return await asyncio.get_running_loop().run_in_executor(
-            self._executor, self.embed_sync, text)
+        return (await self.embed_many([text]))[0]
+
+    async def embed_many(self, texts: Sequence[str]) -> list[Vector | None]:
+        """Queued; the queue is embedded in batches of up to ``BATCH`` on the model's
+        thread, so concurrent lookups share runs of the model instead of waiting in line."""
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in texts]
+        self._pending += zip(texts, futures, strict=True)
+        if not self._running:
+            self._running = True
+            self._drainer = loop.create_task(self._drain())
+        return list(await asyncio.gather(*futures))
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self._pending:
+                batch, self._pending = self._pending[:self.BATCH], self._pending[self.BATCH:]
+                try:
+                    vectors = await loop.run_in_executor(
+                        self._executor, self.embed_batch_sync, [t for t, _ in batch])
+                except Exception as exc:
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for (_, future), vector in zip(batch, vectors, strict=True):
+                    if not future.done():
+                        future.set_result(vector)
+        finally:
+            self._running = False
 
     async def close(self) -> None:
         self._executor.shutdown(wait=False)
@@ -153,7 +211,7 @@ class OpenAIEmbedder:
 def make_embedder(config: CacheConfig, midway: Midway | None = None) -> Embedder:
     name = config.embedder
     if name == "minilm":
-        return MiniLMEmbedder(config.embedder_model_path)
+        return MiniLMEmbedder(config.embedder_model_path, config.embedder_window)
     if name == "openai":
         if not config.embedder_url:
             raise ConfigError("[cache] embedder = \"openai\" needs embedder_url")

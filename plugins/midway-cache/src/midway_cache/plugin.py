@@ -125,7 +125,11 @@ class Cache:
             self.embedder = make_embedder(self.config, midway)
             if isinstance(self.embedder, MiniLMEmbedder):
                 await self.embedder.warm()
-            self.index = SemanticIndex(self.store, guard=self.config.semantic_guard)
+            from midway_cache.verify import Verifier
+
+            verifier = Verifier() if self.config.semantic_verifier else None
+            self.index = SemanticIndex(self.store, guard=self.config.semantic_guard,
+                                       verifier=verifier)
         self._tasks = [start_every(_FLUSH_EVERY, self.flush, log=log,
                                    name="cache: writing touches and counters"),
                        start_every(_PURGE_EVERY, self._purge, log=log,

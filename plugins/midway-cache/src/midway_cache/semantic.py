@@ -14,8 +14,9 @@ from typing import Any
 import attrs
 import numpy as np
 
-from midway_cache.guard import agree
+from midway_cache.guard import Features, agree_features, features
 from midway_cache.stores.base import Candidate, Store
+from midway_cache.verify import Verifier
 
 REFRESH = 5.0
 _MAX_PARTITIONS = 4096
@@ -38,12 +39,15 @@ class _Partition:
     prompts: list[str]
     tool_use: list[bool]
     matrix: np.ndarray[Any, np.dtype[np.float32]]  # rows beyond len(keys) are spare capacity
+    features: dict[int, Features] = attrs.field(factory=dict)  # the guard's, once per prompt
 
 
 class SemanticIndex:
-    def __init__(self, store: Store, guard: bool = True) -> None:
+    def __init__(self, store: Store, guard: bool = True,
+                 verifier: Verifier | None = None) -> None:
         self.store = store
         self.guard = guard
+        self.verifier = verifier
         self._partitions: dict[str, _Partition] = {}
 
     async def _partition(self, partition: str, now: float) -> _Partition:
@@ -66,12 +70,21 @@ class SemanticIndex:
             return None
         scores = part.matrix[:len(part.keys)] @ vector
         above = np.flatnonzero(scores >= threshold)
+        mine: Features | None = None
         for i in above[np.argsort(-scores[above])][:_MAX_CHECKED]:
             score = float(scores[i])
             if part.tool_use[i] and not allow_tool_use:
                 continue
-            if self.guard and not agree(prompt, part.prompts[i])[0]:
-                continue
+            if self.guard:
+                mine = mine or features(prompt)
+                theirs = part.features.get(int(i))
+                if theirs is None:
+                    theirs = part.features[int(i)] = features(part.prompts[i])
+                if not agree_features(mine, theirs)[0]:
+                    continue
+            if self.verifier is not None and \
+                    not self.verifier.accepts(prompt, part.prompts[i], score)[0]:
+                return None  # the verifier judges the best candidate the guard let through
             return Match(key=part.keys[i], similarity=score, prompt=part.prompts[i])
         return None
 
@@ -88,6 +101,7 @@ class SemanticIndex:
             part.matrix = np.zeros((8, vector.shape[0]), dtype=np.float32)
             if n:  # vectors of another size: start over with this embedder's
                 part.keys, part.prompts, part.tool_use, n = [], [], [], 0
+                part.features.clear()
         elif n == part.matrix.shape[0]:  # grow by doubling: adding stays amortised O(1)
             part.matrix = np.vstack([part.matrix, np.zeros_like(part.matrix)])
         part.matrix[n] = vector
