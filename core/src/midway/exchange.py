@@ -317,6 +317,8 @@ class Principal:
                                "labels": dict(self.labels)}
         if self.subject is not None:
             out.update(subject=self.subject, email=self.email, groups=list(self.groups))
+        elif self.groups:
+            out["groups"] = list(self.groups)
         return out
 
 
