@@ -531,6 +531,10 @@ class Proxy:
         exchange.status = answer.status
         headers = response_headers(answer.headers)
         headers["x-midway-request-id"] = exchange.id
+        if exchange.drop_response_headers:
+            prefixes = exchange.drop_response_headers
+            for name in {k for k in headers if k.lower().startswith(prefixes)}:
+                del headers[name]
         if exchange.answered_by is None:
             for name, value in exchange.extra_response_headers.items():
                 headers[name] = value

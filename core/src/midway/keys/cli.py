@@ -113,7 +113,8 @@ def make_keys_group(settings_options: Callable[[Callable[..., Any]], Callable[..
     @settings_options
     def create(settings: Settings, name: str, team: str | None, expires: str | None,
                models: tuple[str, ...], upstreams: tuple[str, ...], labels: tuple[str, ...],
-               groups: tuple[str, ...], capabilities: tuple[str, ...], parent: str | None, no_project_header: bool,
+               groups: tuple[str, ...], capabilities: tuple[str, ...], parent: str | None,
+               no_project_header: bool,
                as_json: bool) -> None:
         """Issue a key and print its secret, once."""
         spec: dict[str, Any] = {
