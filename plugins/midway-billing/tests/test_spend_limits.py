@@ -450,3 +450,42 @@ def test_store_unreachable_fails_open_or_closed(midway_factory, fake_upstream,
         ledger(running, 2)
     billing = billing_of(running)
     assert running.call(billing.flush(30))
+
+
+def test_cli_sets_lists_explains_and_audits(tmp_path, monkeypatch) -> None:
+    from click.testing import CliRunner
+
+    from midway.cli import cli
+
+    monkeypatch.setenv("MIDWAY_PLUGINS", "billing")
+    toml = tmp_path / "midway.toml"
+    toml.write_text("[billing]\nspend_limits = true\n")
+
+    def run(*args: str) -> str:
+        result = CliRunner().invoke(cli, ["billing", "spend-limits", *args, "--config",
+                                          str(toml), "--data-dir", str(tmp_path / "d")])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    out = run("set", "--group", "interns", "--period", "daily", "500")
+    limit_id = out.split(":")[0]
+    assert limit_id.startswith("spl_") and "group interns, daily: $5.00" in out
+    assert "organization, monthly: unlimited" in run("set", "--org", "none")
+    assert "interns" in run("list") and limit_id in run("list")
+    listed = orjson.loads(run("list", "--json"))
+    assert [d["amount"] for d in listed] == ["500", None]
+    effective = orjson.loads(run("effective", "nobody", "--json"))
+    assert [(d["period"], d["amount"], d["source"]) for d in effective] == [
+        ("daily", None, None), ("weekly", None, None),
+        ("monthly", None, {"type": "organization"})]
+    assert f"deleted {limit_id}" in run("delete", limit_id)
+    events = orjson.loads(run("audit", "--json"))
+    assert [e["action"] for e in events] == ["spend_limit.delete", "spend_limit.upsert",
+                                             "spend_limit.upsert"]
+    assert all(e["actor"].startswith("cli:") for e in events)
+    bad = CliRunner().invoke(cli, ["billing", "spend-limits", "set", "--user", "a", "--org",
+                                   "5", "--config", str(toml)])
+    assert bad.exit_code != 0 and "exactly one of" in bad.output
+    bad = CliRunner().invoke(cli, ["billing", "spend-limits", "set", "--org", "1.5",
+                                   "--config", str(toml), "--data-dir", str(tmp_path / "d")])
+    assert bad.exit_code != 0 and "whole-number" in bad.output

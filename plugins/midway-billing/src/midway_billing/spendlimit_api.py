@@ -149,7 +149,7 @@ class SpendLimitAPI:
         _, after = await billing.store.put_spend_limit(
             {"id": SpendLimit.new_id(), "scope_type": scope_type, "scope_id": scope_id,
              "period": period, "amount_cents": amount, "created_at": now, "updated_at": now},
-            actor, _audit_id(now))
+            actor, audit_id(now))
         limit = SpendLimit.from_row(after)
         billing.limits.put(limit)
         return limit.as_dict()
@@ -162,7 +162,7 @@ class SpendLimitAPI:
 
     async def delete(self, billing: Billing, limit_id: str, actor: str) -> dict[str, Any]:
         now = time.time()
-        row = await billing.store.delete_spend_limit(limit_id, actor, _audit_id(now), now)
+        row = await billing.store.delete_spend_limit(limit_id, actor, audit_id(now), now)
         if row is None:
             raise SpendLimitError("spend limit not found", 404)
         billing.limits.remove(limit_id)
@@ -191,23 +191,7 @@ class SpendLimitAPI:
         next_page = None
         if not users and len(seen) > limit:
             next_page = base64.urlsafe_b64encode(ids[-1].encode()).decode()
-        now = time.time()
-        data = []
-        for uid in ids:
-            row = known.get(uid)
-            groups = [g for g in (row["groups"] if row else "").split("\x1f") if g]
-            principal = Principal(id=uid, name=row["name"] if row else uid, kind="key",
-                                  groups=tuple(groups))
-            for period in periods:
-                cap = billing.limits.resolve(principal, period, now)
-                spent = await billing.store.principal_spend(uid, cap.start)
-                data.append({
-                    "type": "effective_spend_limit", "scope": {"type": "user", "user_id": uid},
-                    "groups": groups, "amount": None if cap.amount is None else str(cap.amount),
-                    "currency": "USD", "period": period, "source": cap.source(),
-                    "spend_limit_id": cap.limit_id,
-                    "period_to_date_spend": spendlimits.cents_text(spent),
-                    "resets_at": spendlimits.iso(cap.reset)})
+        data = await effective_rows(billing, ids, known, periods)
         return {"data": data, "next_page": next_page}
 
     async def audit(self, billing: Billing, request: web.Request) -> dict[str, Any]:
@@ -217,12 +201,40 @@ class SpendLimitAPI:
         if after is not None and not after.isdigit():
             raise SpendLimitError("after_id: must be an audit event id")
         rows = await billing.store.spend_audit(limit + 1, after)
-        data = [{"type": "audit_event", "id": r["id"],
-                 "created_at": spendlimits.iso(float(r["created_at"])), "actor": r["actor"],
-                 "action": r["action"], "target_id": r["target_id"],
-                 "before": _limit_json(r["before_json"]), "after": _limit_json(r["after_json"]),
-                 "reason": None} for r in rows[:limit]]
+        data = [audit_event(r) for r in rows[:limit]]
         return {"data": data, "has_more": len(rows) > limit}
+
+
+async def effective_rows(billing: Billing, ids: list[str], known: dict[str, dict[str, Any]],
+                         periods: list[str]) -> list[dict[str, Any]]:
+    """Each user's effective cap per period: where it comes from, and their spend so far.
+    ``known``: the principals billing has seen (their groups), by id."""
+    now = time.time()
+    data = []
+    for uid in ids:
+        row = known.get(uid)
+        groups = [g for g in (row["groups"] if row else "").split("\x1f") if g]
+        principal = Principal(id=uid, name=row["name"] if row else uid, kind="key",
+                              groups=tuple(groups))
+        for period in periods:
+            cap = billing.limits.resolve(principal, period, now)
+            spent = await billing.store.principal_spend(uid, cap.start)
+            data.append({
+                "type": "effective_spend_limit", "scope": {"type": "user", "user_id": uid},
+                "groups": groups, "amount": None if cap.amount is None else str(cap.amount),
+                "currency": "USD", "period": period, "source": cap.source(),
+                "spend_limit_id": cap.limit_id,
+                "period_to_date_spend": spendlimits.cents_text(spent),
+                "resets_at": spendlimits.iso(cap.reset)})
+    return data
+
+
+def audit_event(r: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "audit_event", "id": r["id"],
+            "created_at": spendlimits.iso(float(r["created_at"])), "actor": r["actor"],
+            "action": r["action"], "target_id": r["target_id"],
+            "before": _limit_json(r["before_json"]), "after": _limit_json(r["after_json"]),
+            "reason": None}
 
 
 def _limit_json(text: str | None) -> dict[str, Any] | None:
@@ -232,6 +244,6 @@ def _limit_json(text: str | None) -> dict[str, Any] | None:
     return SpendLimit.from_row(row).as_dict() if isinstance(row, dict) else None
 
 
-def _audit_id(now: float) -> str:
+def audit_id(now: float) -> str:
     """Time-ordered digits: newer events have larger ids (``after_id`` pages back)."""
     return f"{int(now * 1_000_000):017d}{secrets.randbelow(10**6):06d}"
