@@ -1,8 +1,9 @@
 """Spend limits as the real Claude Code sees them (issue 22 items 6-7).
 
 A CI key in a group with a daily cap: under the cap Claude Code gets the developer's own
-standing in the ``anthropic-ratelimit-unified-*`` headers (``allowed_warning`` past 75 %); past the cap the request is refused with a
-``billing_error`` Claude Code prints and does not retry.
+standing in the ``anthropic-ratelimit-unified-*`` headers (``allowed_warning`` past 75 %);
+past the cap the request is refused with a ``billing_error`` Claude Code prints and does not
+retry.
 """
 
 from __future__ import annotations
