@@ -489,3 +489,63 @@ def test_cli_sets_lists_explains_and_audits(tmp_path, monkeypatch) -> None:
     bad = CliRunner().invoke(cli, ["billing", "spend-limits", "set", "--org", "1.5",
                                    "--config", str(toml), "--data-dir", str(tmp_path / "d")])
     assert bad.exit_code != 0 and "whole-number" in bad.output
+
+
+def test_every_door_and_spelling_is_capped_and_count_tokens_is_not(midway_factory,
+                                                                   fake_upstream) -> None:
+    """At a $0 cap no door reaches the upstream: Anthropic (streamed or not, ?beta=true),
+    Bedrock invoke and invoke-with-response-stream, Vertex rawPredict and streamRawPredict;
+    other spellings of the paths are refused by the core before any hook; count_tokens goes
+    through."""
+    fake_upstream.fake.default = exact_reply
+    running = midway_factory(plugins=[PLUGIN], config=config())
+    set_limit(running, {"type": "rbac_group", "rbac_group_id": "eng"}, "0", "monthly")
+    key = {"x-api-key": CAPPED, "anthropic-version": "2023-06-01"}
+    messages = {"max_tokens": 10, "messages": [{"role": "user", "content": "x"}]}
+    bedrock = {"anthropic_version": "bedrock-2023-05-31", **messages}
+    vertex = {"anthropic_version": "vertex-2023-10-16", **messages}
+    model = "us.anthropic.claude-sonnet-4-5-20250929-v1:0"
+    vpath = "/v1/projects/p/locations/us-east5/publishers/anthropic/models/claude-sonnet-4-5"
+    doors = [("/v1/messages", {"model": "claude-sonnet-4-6", **messages}),
+             ("/v1/messages?beta=true", {"model": "claude-sonnet-4-6", "stream": True,
+                                         **messages}),
+             (f"/model/{model}/invoke", bedrock),
+             (f"/model/{model}/invoke-with-response-stream", bedrock),
+             (f"{vpath}@20250929:rawPredict", vertex),
+             (f"{vpath}@20250929:streamRawPredict", {**vertex, "stream": True})]
+    for path, body in doors:
+        answer = httpx.post(running.url + path, headers=key, json=body)
+        assert answer.status_code == 429, (path, answer.text)
+        assert answer.json()["error"]["type"] == "billing_error", path
+        assert answer.headers["x-should-retry"] == "false"
+    for path in ("/v1//messages", "/v1/Messages", "/v1/messages/", "/v1/./messages",
+                 "/v1/x/../messages", "/v1/%6Dessages"):
+        answer = httpx.post(running.url + path, headers=key,
+                            json={"model": "claude-sonnet-4-6", **messages})
+        assert answer.status_code in (400, 429), path
+    assert fake_upstream.messages_requests == []
+    counted = httpx.post(running.url + "/v1/messages/count_tokens", headers=key,
+                         json={"model": "claude-sonnet-4-6", **messages})
+    assert counted.status_code == 200
+
+
+def test_a_derived_key_spends_within_its_ancestors_caps(midway_factory, fake_upstream,
+                                                        tmp_path) -> None:
+    """A key holding keys:create cannot multiply its cap by deriving keys: each derived
+    key's spend counts on its parent's cap too."""
+    fake_upstream.fake.default = exact_reply
+    running = midway_factory(plugins=[PLUGIN], config={
+        "midway": {"admin_key": ADMIN},
+        "keys": {"enabled": True, "store": str(tmp_path / "keys.db")},
+        "billing": {"spend_limits": True, "reserve_output_tokens": MAX_TOKENS}})
+    lead = httpx.post(f"{running.url}/_midway/admin/keys", headers={"x-api-key": ADMIN},
+                      json={"name": "lead", "groups": ["interns"],
+                            "capabilities": ["keys:create"]}).json()
+    set_limit(running, {"type": "rbac_group", "rbac_group_id": "interns"}, "25")  # $0.25
+    children = [httpx.post(f"{running.url}/_midway/keys", headers={"x-api-key": lead["secret"]},
+                           json={"name": f"child{n}"}).json() for n in range(3)]
+    assert all(c["groups"] == ["interns"] for c in children)
+    statuses = [asyncio.run(fire(running.url, c["secret"], 1))[0] for c in children]
+    statuses += asyncio.run(fire(running.url, lead["secret"], 1))
+    # each request ~$0.10: two fit in the lead's $0.25, whoever sends them
+    assert statuses == [200, 200, 429, 429], statuses

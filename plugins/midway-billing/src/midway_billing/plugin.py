@@ -20,6 +20,7 @@ from midway import Attempt, Exchange, MidwayError, Response, SSEEvent, Usage, er
 from midway.annotations import BILLING, CACHE, CACHE_HITS, COST_USD
 from midway.background import start_every
 from midway.config import ConfigError
+from midway.exchange import Principal
 from midway.storage import Episode, is_transient, retrying
 from midway_billing import catalogue_file, spendlimits
 from midway_billing.budgets import Attribution, Bucket, Check, checks_for, iso, window
@@ -392,14 +393,17 @@ class Billing:
             return None
         now = time.time()
         checks = checks_for(self.config.budgets, state.who, now)
-        caps = self.limits.caps(exchange.principal, now) if spend else []
+        # A derived key spends within its own caps and within each ancestor key's: deriving
+        # keys never multiplies what a capped key may spend.
+        caps = [(cap.bucket(p.id).key, cap) for p in _lineage(exchange.principal)
+                for cap in self.limits.caps(p, now)] if spend else []
         if not checks and not caps:
             return None
         limits: dict[str, int | None] = {}
         for check in checks:
             _merge(limits, check.bucket.key, check.budget.limit_pusd if check.budget.hard
                    else None)
-        cap_keys = {cap.bucket(state.who.principal).key: cap for cap in caps}
+        cap_keys = dict(caps)
         for key, cap in cap_keys.items():
             _merge(limits, key, cap.limit_pusd)
         amount = self.estimate(exchange)
@@ -993,6 +997,12 @@ class Billing:
                     "window_start": iso(start) if budget.period != "total" else None,
                     "resets_at": iso(reset)})
         return out
+
+
+def _lineage(principal: Principal) -> list[Principal]:
+    """The principal, then the keys it was derived from (same groups, their own ids)."""
+    return [principal, *(attrs.evolve(principal, id=a, kind="key", subject=None, ancestors=())
+                         for a in principal.ancestors)]
 
 
 def _merge(limits: dict[str, int | None], key: str, limit: int | None) -> None:
