@@ -549,3 +549,38 @@ def test_a_derived_key_spends_within_its_ancestors_caps(midway_factory, fake_ups
     statuses += asyncio.run(fire(running.url, lead["secret"], 1))
     # each request ~$0.10: two fit in the lead's $0.25, whoever sends them
     assert statuses == [200, 200, 429, 429], statuses
+
+
+def test_a_client_hanging_up_mid_stream_still_spends_against_its_cap(midway_factory,
+                                                                     fake_upstream) -> None:
+    """Streaming cut-offs are no way around a cap: a stream the client drops is charged at
+    least the floor of the text it received, on the capped user's counter."""
+    long_text = "abcd" * 5000  # 20 000 characters: a floor of 5 000 output tokens ($0.075)
+    fake_upstream.fake.default = lambda rec: Reply(
+        content=[{"type": "text", "text": long_text}], text_chunks=50, delay=0.01,
+        usage={"input_tokens": 10, "output_tokens": 5000})
+    running = midway_factory(plugins=[PLUGIN], config=config())
+    set_limit(running, {"type": "rbac_group", "rbac_group_id": "interns"}, "10")  # $0.10
+    received = 0
+    with httpx.stream("POST", f"{running.url}/v1/messages", json={
+            "model": "claude-sonnet-4-6", "max_tokens": 8000, "stream": True,
+            "messages": [{"role": "user", "content": "x"}]},
+            headers={"x-api-key": CAPPED, "anthropic-version": "2023-06-01"}) as stream:
+        for chunk in stream.iter_bytes():
+            received += len(chunk)
+            if received > 12_000:  # most of the text, then hang up before message_delta
+                break
+    (row,) = ledger(running, 1)
+    assert "interrupted" in row["pricing_rule"] and row["floor_output_tokens"] >= 2_000
+    effective = admin(running, "GET", "/effective", **{"user_ids[]": "ci-bot",
+                                                       "period[]": "daily"}).json()["data"]
+    spent_cents = Decimal(effective[0]["period_to_date_spend"])
+    assert spent_cents == Decimal(row["cost_pusd"]) / spendlimits.PUSD_PER_CENT >= \
+        Decimal("3")
+    # the next request sees that spend: its standing is past 0
+    client = anthropic.Anthropic(base_url=running.url, api_key=CAPPED, max_retries=0)
+    fake_upstream.fake.default = lambda rec: Reply(usage={"input_tokens": 1,
+                                                          "output_tokens": 1})
+    raw = client.messages.with_raw_response.create(
+        model="claude-haiku-4-5", max_tokens=5, messages=[{"role": "user", "content": "x"}])
+    assert float(raw.headers[U + "overage-utilization"]) >= 0.3
