@@ -584,3 +584,22 @@ def test_a_client_hanging_up_mid_stream_still_spends_against_its_cap(midway_fact
     raw = client.messages.with_raw_response.create(
         model="claude-haiku-4-5", max_tokens=5, messages=[{"role": "user", "content": "x"}])
     assert float(raw.headers[U + "overage-utilization"]) >= 0.3
+
+
+def test_two_postgresql_instances_racing_for_one_cap(midway_factory, fake_upstream,
+                                                     postgres_dsn, pg_schema) -> None:
+    """Two gateways sharing one PostgreSQL store admit exactly what one cap holds between
+    them; a limit set through one is enforced by the other."""
+    fake_upstream.fake.default = exact_reply
+    shared = config(store=postgres_dsn, schema=pg_schema)
+    first = midway_factory(plugins=[PLUGIN], config=shared)
+    set_limit(first, {"type": "user", "user_id": "ci-bot"}, "105", "weekly")  # $1.05
+    second = midway_factory(plugins=[PLUGIN], config=shared)
+
+    async def both() -> list[int]:
+        a, b = await asyncio.gather(fire(first.url, CAPPED, 20), fire(second.url, CAPPED, 20))
+        return a + b
+
+    statuses = asyncio.run(both())
+    assert statuses.count(200) == 10 and statuses.count(429) == 30, statuses
+    assert len(fake_upstream.messages_requests) == 10

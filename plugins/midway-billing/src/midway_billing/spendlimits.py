@@ -38,7 +38,6 @@ PUSD_PER_CENT = 10**10
 # Claude Code warns past these fractions (its own gateway's thresholds, highest first).
 THRESHOLDS = (0.95, 0.75)
 HEADER_PREFIX = "anthropic-ratelimit-unified-"
-MAX_CENTS = 10**18 - 1  # amounts are at most 18 digits, as Anthropic's Admin API takes them
 _CENTS = re.compile(r"^\d{1,18}$")
 
 
