@@ -603,3 +603,14 @@ def test_two_postgresql_instances_racing_for_one_cap(midway_factory, fake_upstre
     statuses = asyncio.run(both())
     assert statuses.count(200) == 10 and statuses.count(429) == 30, statuses
     assert len(fake_upstream.messages_requests) == 10
+
+
+def test_defaults_are_announced_at_start_up(midway_factory) -> None:
+    import midway_billing
+
+    on = midway_factory(plugins=[PLUGIN], config={"billing": {"spend_limits": True}})
+    text = midway_billing.describe(on.midway)
+    assert "spend limits ON" in text and "store unreachable: fail open" in text
+    assert "min of a member's groups" in text and "no [midway] admin_key" in text
+    off = midway_factory(plugins=[PLUGIN])
+    assert "spend limits off ([billing] spend_limits)" in midway_billing.describe(off.midway)
