@@ -9,39 +9,21 @@ retry.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
-from cc_support import UPSTREAM_KEY, Claude, Stack, text_reply
-from conftest import _stack, plugin_config
-from openai_upstream import OpenAIUpstream
+from cc_support import SPEND_ADMIN_KEY as ADMIN
+from cc_support import SPEND_CI_KEY as CI_KEY
+from cc_support import Claude, Stack, text_reply
 
 from midway.testing import FakeUpstream
 
-ADMIN = "mw-admin-key-spend-limits-cc-000000"
-CI_KEY = {"key": "mw-ci-bot-spend-limit-key-000000000", "name": "ci-bot", "team": "search",
-          "groups": ["interns"]}
 # $1.00 a day for each intern; an answer of 53 334 Sonnet output tokens costs $0.80001
 CAP_CENTS = 100
 COSTLY = {"input_tokens": 0, "output_tokens": 53_334}
 CHEAP = {"input_tokens": 0, "output_tokens": 10}
 U = "anthropic-ratelimit-unified-"
-
-
-@pytest.fixture
-def spend_stack(fake_upstream: FakeUpstream, openai_upstream: OpenAIUpstream,
-                tmp_path: Path) -> Iterator[Stack]:
-    config = plugin_config(fake_upstream.url, openai_upstream.url)
-    config["midway"].update(client_keys=[CI_KEY], upstream_api_key=UPSTREAM_KEY,
-                            admin_key=ADMIN)
-    config["router"]["upstreams"][0]["keys"] = [UPSTREAM_KEY]
-    config["billing"].update(spend_limits=True)
-    config["cache"]["rules"] = []  # every run reaches the upstream
-    yield from _stack(tmp_path, config)
 
 
 def events(run: Any) -> list[dict[str, Any]]:
