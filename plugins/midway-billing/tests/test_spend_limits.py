@@ -446,10 +446,17 @@ def test_store_unreachable_fails_open_or_closed(midway_factory, fake_upstream,
             assert "letting requests through unchecked" in caplog.text
     finally:
         private_postgres.start()
+    billing = billing_of(running)
     if mode == "open":  # its settlement lands once the store is back
         ledger(running, 2)
-    billing = billing_of(running)
     assert running.call(billing.flush(30))
+    rows = ledger(running)
+    # the cap's counter holds exactly what the ledger charged, nothing left reserved
+    key = spendlimits.Cap("daily", 1000, None, None, None,
+                          *period_window("daily", datetime.now(UTC).timestamp())
+                          ).bucket("ci-bot").key
+    counters = running.call(billing.store.counters([key]))
+    assert counters[key] == (sum(r["cost_pusd"] for r in rows), 0)
 
 
 def test_cli_sets_lists_explains_and_audits(tmp_path, monkeypatch) -> None:

@@ -420,10 +420,10 @@ class Billing:
                 "refusing capped requests (spend_limits_on_store_error = closed)"
                 if self._fail_closed else "letting requests through unchecked "
                 "(spend_limits_on_store_error = open)"))
+            # state.reservation stays: a hold that landed unseen is released by the
+            # settlement, and the counters get the request's real cost (failing open).
             if self._fail_closed:
-                state.reservation = None
                 return spendlimits.unavailable(exchange)
-            state.reservation = None
             return None
         self._spend_outage.ok()
         if not result.admitted:

@@ -96,6 +96,7 @@ class SpendLimitAPI:
                 return _answer(await self.audit(billing, request), request_id)
             elif "/" not in rest and rest.startswith("spl_"):
                 if method == "GET":
+                    await billing.reload_limits()  # one made through another instance
                     return _answer(self._one(billing, rest), request_id)
                 if method == "DELETE":
                     return _answer(await self.delete(billing, rest, actor), request_id)
