@@ -621,3 +621,39 @@ def test_defaults_are_announced_at_start_up(midway_factory) -> None:
     assert "min of a member's groups" in text and "no [midway] admin_key" in text
     off = midway_factory(plugins=[PLUGIN])
     assert "spend limits off ([billing] spend_limits)" in midway_billing.describe(off.midway)
+
+
+class FakeIdentity:
+    """An identity provider as the OIDC plugin will be: a bearer token → a signed-in
+    person with the IdP's subject, e-mail and groups."""
+
+    from midway import hookimpl
+
+    @hookimpl
+    def authenticate(self, exchange: Any, credential: str | None) -> Principal | None:
+        people = {"tok-ann": ("sub-ann", "ann@example.com", ("interns",)),
+                  "tok-bob": ("sub-bob", "bob@example.com", ("interns", "staff"))}
+        if credential not in people:
+            return None
+        subject, email, groups = people[credential]
+        return Principal(id=f"oidc:{subject}", name=email, kind="oidc", subject=subject,
+                         email=email, groups=groups)
+
+
+def test_signed_in_people_get_user_and_group_caps(midway_factory, fake_upstream) -> None:
+    """OIDC principals: a `user` limit names the IdP subject; group caps are per member."""
+    fake_upstream.fake.default = exact_reply
+    running = midway_factory(plugins=[PLUGIN, ("idp", FakeIdentity())], config=config())
+    set_limit(running, {"type": "rbac_group", "rbac_group_id": "interns"}, "15")  # $0.15
+    set_limit(running, {"type": "user", "user_id": "sub-bob"}, "0")  # bob: nothing today
+    ann = asyncio.run(fire(running.url, "tok-ann", 1)) + asyncio.run(
+        fire(running.url, "tok-ann", 1))
+    assert ann == [200, 429]  # ~$0.10 each: one fits in her own $0.15
+    assert asyncio.run(fire(running.url, "tok-bob", 1)) == [429]
+    effective = admin(running, "GET", "/effective", **{"period[]": "daily"}).json()["data"]
+    by_user = {r["scope"]["user_id"]: r for r in effective}
+    assert by_user["oidc:sub-ann"]["source"] == {"type": "rbac_group",
+                                                 "rbac_group_id": "interns"}
+    assert by_user["oidc:sub-ann"]["groups"] == ["interns"]
+    assert by_user["oidc:sub-bob"]["source"] == {"type": "user", "user_id": "sub-bob"}
+    assert by_user["oidc:sub-bob"]["amount"] == "0"

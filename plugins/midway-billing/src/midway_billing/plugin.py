@@ -228,7 +228,8 @@ class Billing:
         if self._noted.get(principal.id) == groups:
             return
         try:
-            await self.store.note_principal(principal.id, principal.name, groups)
+            await self.store.note_principal(principal.id, principal.name, groups,
+                                            principal.kind, principal.subject)
         except Exception as exc:
             log.debug("billing: could not record %s's groups: %s", principal.id, exc)
             return

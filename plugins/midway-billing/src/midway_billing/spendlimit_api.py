@@ -215,8 +215,9 @@ async def effective_rows(billing: Billing, ids: list[str], known: dict[str, dict
     for uid in ids:
         row = known.get(uid)
         groups = [g for g in (row["groups"] if row else "").split("\x1f") if g]
-        principal = Principal(id=uid, name=row["name"] if row else uid, kind="key",
-                              groups=tuple(groups))
+        principal = Principal(id=uid, name=row["name"] if row else uid,
+                              kind=(row["kind"] or "key") if row else "key",
+                              subject=row["subject"] if row else None, groups=tuple(groups))
         for period in periods:
             cap = billing.limits.resolve(principal, period, now)
             spent = await billing.store.principal_spend(uid, cap.start)

@@ -166,7 +166,9 @@ CREATE TABLE IF NOT EXISTS billing_principals (
     principal TEXT PRIMARY KEY,
     name TEXT,
     groups TEXT NOT NULL,
-    seen_at {real} NOT NULL
+    seen_at {real} NOT NULL,
+    kind TEXT,
+    subject TEXT
 );
 """)
 
@@ -793,13 +795,15 @@ class Store:
             f"{CHARGED_KINDS} AND principal = ? AND created_at >= ?", principal, since)
         return int(value or 0)
 
-    async def note_principal(self, principal: str, name: str, groups: str) -> None:
+    async def note_principal(self, principal: str, name: str, groups: str, kind: str,
+                             subject: str | None) -> None:
         """Remember a principal's groups (for ``/effective``)."""
         await self.db.execute(
-            "INSERT INTO billing_principals (principal, name, groups, seen_at) VALUES "
-            "(?, ?, ?, ?) ON CONFLICT (principal) DO UPDATE SET name = excluded.name, "
-            "groups = excluded.groups, seen_at = excluded.seen_at", principal, name, groups,
-            time.time())
+            "INSERT INTO billing_principals (principal, name, groups, seen_at, kind, subject) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (principal) DO UPDATE SET "
+            "name = excluded.name, groups = excluded.groups, seen_at = excluded.seen_at, "
+            "kind = excluded.kind, subject = excluded.subject", principal, name, groups,
+            time.time(), kind, subject)
 
     async def principals(self, ids: list[str] | None, after: str | None, limit: int
                          ) -> list[dict[str, Any]]:
