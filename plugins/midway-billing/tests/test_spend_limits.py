@@ -657,3 +657,16 @@ def test_signed_in_people_get_user_and_group_caps(midway_factory, fake_upstream)
     assert by_user["oidc:sub-ann"]["groups"] == ["interns"]
     assert by_user["oidc:sub-bob"]["source"] == {"type": "user", "user_id": "sub-bob"}
     assert by_user["oidc:sub-bob"]["amount"] == "0"
+
+
+def test_a_message_batch_is_no_way_around_a_cap(midway_factory, fake_upstream) -> None:
+    running = midway_factory(plugins=[PLUGIN], config=config())
+    set_limit(running, {"type": "user", "user_id": "ci-bot"}, "1", "monthly")  # one cent
+    batch = {"requests": [{"custom_id": f"r{n}", "params": {
+        "model": "claude-sonnet-4-6", "max_tokens": 4096,
+        "messages": [{"role": "user", "content": "x"}]}} for n in range(3)]}
+    answer = httpx.post(f"{running.url}/v1/messages/batches", json=batch,
+                        headers={"x-api-key": CAPPED, "anthropic-version": "2023-06-01"})
+    assert answer.status_code == 429 and answer.json()["error"]["type"] == "billing_error"
+    assert "monthly" in answer.json()["error"]["message"]
+    assert not [r for r in fake_upstream.requests if "batches" in r.path]

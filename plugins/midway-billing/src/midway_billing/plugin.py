@@ -383,7 +383,9 @@ class Billing:
                 return Response(status=404, body=error_body(
                     404, f"message batch {batch_id!r} not found", exchange.id,
                     "not_found_error"))
-        spend = self.config.spend_limits and exchange.request.is_messages
+        # Message batches count too: a batch is no way around a cap.
+        spend = self.config.spend_limits and (exchange.request.is_messages
+                                              or _is_batch_submit(exchange))
         if spend:
             # The upstream's shared-quota headers are not this person's: theirs replace them.
             exchange.drop_response_headers = (*exchange.drop_response_headers,
