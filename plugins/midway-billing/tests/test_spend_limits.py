@@ -444,6 +444,9 @@ def test_store_unreachable_fails_open_or_closed(midway_factory, fake_upstream,
                                             messages=[{"role": "user", "content": "x"}])
             assert answer.content
             assert "letting requests through unchecked" in caplog.text
+        down = admin(running, "POST", body={"scope": {"type": "organization"},
+                                            "amount": "5"})
+        assert down.status_code == 503 and down.json()["error"]["type"] == "api_error"
     finally:
         private_postgres.start()
     billing = billing_of(running)

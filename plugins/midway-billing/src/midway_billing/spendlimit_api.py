@@ -10,6 +10,7 @@ audited, naming who made it.
 from __future__ import annotations
 
 import base64
+import logging
 import secrets
 import time
 import uuid
@@ -24,12 +25,14 @@ from midway.access import presents_admin_key
 from midway.errors import error_body
 from midway.exchange import Principal
 from midway.secrets_ref import SecretError, fingerprint, resolve
+from midway.storage import is_transient
 from midway_billing import spendlimits
 from midway_billing.spendlimits import PERIODS, SCOPE_TYPES, SpendLimit, SpendLimitError
 
 if TYPE_CHECKING:
     from midway_billing.plugin import Billing
 
+log = logging.getLogger("midway.billing")
 PATH = "/v1/organizations/spend_limits"
 MAX_BODY = 64 * 1024
 
@@ -103,6 +106,14 @@ class SpendLimitAPI:
             return _error(404, "not found", request_id)
         except SpendLimitError as exc:
             return _error(exc.status, str(exc), request_id)
+        except Exception as exc:
+            if not is_transient(exc):
+                log.exception("billing: %s %s failed (%s)", method, request.path, request_id)
+                return _error(500, "internal error; see the gateway's log", request_id)
+            log.warning("billing: %s %s: the store cannot be reached (%s)", method,
+                        request.path, exc)
+            return _error(503, "the spend store cannot be reached; try again later",
+                          request_id, "api_error")
 
     # -- operations --------------------------------------------------------------------------
 

@@ -304,6 +304,8 @@ _FLOOR = {"sqlite": "CAST(created_at / {n} AS INTEGER) * {n}",
           "postgresql": "floor(created_at / {n}) * {n}"}
 # Deadlocks and serialization failures (and a database that blinks) are tried again.
 _RETRY_DEADLINE = 10.0
+# An administrator's change is tried again for less: they are waiting for the answer.
+_ADMIN_DEADLINE = 2.0
 
 
 class Store:
@@ -342,9 +344,10 @@ class Store:
         await self.liveness.release()
         await self.db.close()
 
-    async def _run(self, unit: Callable[[Tx], Awaitable[Any]], what: str) -> Any:
+    async def _run(self, unit: Callable[[Tx], Awaitable[Any]], what: str,
+                   deadline: float = _RETRY_DEADLINE) -> Any:
         return await retrying(lambda: self.db.run(unit), what=what, log=log,
-                              deadline=_RETRY_DEADLINE)
+                              deadline=deadline)
 
     # -- the hot path: one unit each ---------------------------------------------------------
 
@@ -750,7 +753,7 @@ class Store:
             return before, after
 
         result: tuple[dict[str, Any] | None, dict[str, Any]] = await self._run(
-            unit, "billing: saving a spend limit")
+            unit, "billing: saving a spend limit", _ADMIN_DEADLINE)
         return result
 
     async def delete_spend_limit(self, limit_id: str, actor: str, audit_id: str,
@@ -765,7 +768,8 @@ class Store:
                               dict(row), None)
             return dict(row)
 
-        result: dict[str, Any] | None = await self._run(unit, "billing: deleting a spend limit")
+        result: dict[str, Any] | None = await self._run(unit, "billing: deleting a spend limit",
+                                                        _ADMIN_DEADLINE)
         return result
 
     @staticmethod
