@@ -225,8 +225,8 @@ class Billing:
         them); never fails the request."""
         principal = exchange.principal
         groups = groups_column(tuple(sorted(set(principal.groups)))) or ""
-        if self._noted.get(principal.id) == groups:
-            return
+        if self._noted.get(principal.id) == groups or self._spend_outage.failures:
+            return  # known already, or the store is away (the check will say so)
         try:
             await self.store.note_principal(principal.id, principal.name, groups,
                                             principal.kind, principal.subject)
