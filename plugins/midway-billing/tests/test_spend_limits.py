@@ -620,7 +620,8 @@ def test_defaults_are_announced_at_start_up(midway_factory) -> None:
 
     on = midway_factory(plugins=[PLUGIN], config={"billing": {"spend_limits": True}})
     text = midway_billing.describe(on.midway)
-    assert "spend limits ON" in text and "store unreachable: fail open" in text
+    assert "spend limits ON" in text
+    assert "store unreachable (or silent for 5 s): fail open" in text
     assert "min of a member's groups" in text and "no [midway] admin_key" in text
     off = midway_factory(plugins=[PLUGIN])
     assert "spend limits off ([billing] spend_limits)" in midway_billing.describe(off.midway)
@@ -673,3 +674,39 @@ def test_a_message_batch_is_no_way_around_a_cap(midway_factory, fake_upstream) -
     assert answer.status_code == 429 and answer.json()["error"]["type"] == "billing_error"
     assert "monthly" in answer.json()["error"]["message"]
     assert not [r for r in fake_upstream.requests if "batches" in r.path]
+
+
+def test_a_store_that_does_not_answer_counts_as_away(midway_factory, fake_upstream,
+                                                     postgres_dsn, pg_schema) -> None:
+    """A store that holds the check longer than spend_limits_check_timeout (here: another
+    session locking the counters, as a stuck backup or a partition would) fails as
+    configured instead of holding the developer's request."""
+    import asyncpg
+
+    fake_upstream.fake.default = exact_reply
+    running = midway_factory(plugins=[PLUGIN], config=config(
+        store=postgres_dsn, schema=pg_schema, spend_limits_on_store_error="closed",
+        spend_limits_check_timeout=0.5))
+    set_limit(running, {"type": "rbac_group", "rbac_group_id": "interns"}, "1000")
+    client = anthropic.Anthropic(base_url=running.url, api_key=CAPPED, max_retries=0)
+    client.messages.create(model="claude-haiku-4-5", max_tokens=5,
+                           messages=[{"role": "user", "content": "x"}])
+
+    async def lock() -> Any:
+        conn = await asyncpg.connect(postgres_dsn, server_settings={"search_path": pg_schema})
+        await conn.execute("BEGIN; LOCK TABLE billing_counters IN ACCESS EXCLUSIVE MODE")
+        return conn
+
+    conn = running.call(lock())
+    try:
+        with pytest.raises(anthropic.RateLimitError) as info:
+            client.messages.create(model="claude-haiku-4-5", max_tokens=5,
+                                   messages=[{"role": "user", "content": "x"}])
+        assert info.value.response.json()["error"]["message"].startswith(
+            "spend limit unavailable")
+    finally:
+        running.call(conn.close())
+    answer = client.messages.create(model="claude-haiku-4-5", max_tokens=5,
+                                    messages=[{"role": "user", "content": "x"}])
+    assert answer.content
+    assert running.call(billing_of(running).flush(30))

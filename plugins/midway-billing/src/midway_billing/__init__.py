@@ -75,7 +75,8 @@ def describe(midway: Midway) -> str:
                  f"member's groups) and organisation, daily/weekly/monthly, reloaded every "
                  f"{config.spend_limits_refresh:g} s, managed at "
                  f"/v1/organizations/spend_limits with the admin key{admin}; store "
-                 f"unreachable: fail {config.spend_limits_on_store_error}")
+                 f"unreachable (or silent for {config.spend_limits_check_timeout:g} s): fail "
+                 f"{config.spend_limits_on_store_error}")
     else:
         spend = "; spend limits off ([billing] spend_limits)"
     return (f"prices every request into {config.store} with catalogue {prices.version} "

@@ -62,6 +62,9 @@ class BillingConfig:
         "min", converter=lambda v: _choice(v, ("min", "max"), "spend_limits_group_mode"),
         help="a member of several capped groups gets the most restrictive group's cap "
         "(\"min\") or the most generous (\"max\"); equal caps: the group named first")
+    spend_limits_check_timeout: float = option(
+        5.0, gt=0, help="seconds a capped request waits for the store to reserve against its "
+        "caps before the store counts as unreachable (spend_limits_on_store_error decides)")
     spend_limits_refresh: float = option(
         5.0, gt=0, help="seconds between reloads of the spend limits from the store (how "
         "soon a change made on another instance applies here)")

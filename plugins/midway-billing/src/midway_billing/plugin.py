@@ -412,12 +412,16 @@ class Billing:
         amount = self.estimate(exchange)
         reservation = Reservation(exchange.id, amount, sorted(limits), now)
         try:
-            result = await self.store.reserve(reservation, limits)
+            if caps:  # a store that does not answer is one that is away
+                result = await asyncio.wait_for(self.store.reserve(reservation, limits),
+                                                self.config.spend_limits_check_timeout)
+            else:
+                result = await self.store.reserve(reservation, limits)
         except Exception as exc:
             # The hold may have been committed with its reply lost (the database went away
             # at that moment): the request's settlement releases it, if it exists.
             state.reservation = reservation
-            if not caps or not is_transient(exc):
+            if not caps or not (is_transient(exc) or isinstance(exc, TimeoutError)):
                 raise
             self._spend_outage.failed(exc, "spend limits: " + (
                 "refusing capped requests (spend_limits_on_store_error = closed)"
