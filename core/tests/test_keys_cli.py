@@ -155,3 +155,37 @@ def test_derived_keys_stay_within_parent(tmp_path, keys_config, midway_factory):
              and refused(proxy.url, grandchild["secret"]), timeout=1.0)
     statuses = {k["id"]: k["status"] for k in run_cli(config, "list", "--all")}
     assert statuses[child["id"]] == statuses[grandchild["id"]] == "revoked"
+
+
+def test_groups_ride_on_the_key_into_the_principal(tmp_path, keys_config, midway_factory):
+    """A key's groups reach ``exchange.principal.groups`` (group policy for CI and service
+    accounts); a derived key keeps them exactly; a client's header never adds one."""
+    seen: list[tuple[str, ...]] = []
+
+    class Spy:
+        @hookimpl
+        def pre_request(self, exchange):
+            seen.append(exchange.principal.groups)
+
+    config = write_config(tmp_path, keys_config)
+    proxy = midway_factory(config={"keys": keys_config}, plugins=[("spy", Spy())])
+    ci = run_cli(config, "create", "--name", "ci", "--group", "eng,ci", "--group", "ci",
+                 "--capability", "keys:create")
+    assert ci["groups"] == ["ci", "eng"]
+    assert run_cli(config, "show", ci["id"])["groups"] == ["ci", "eng"]
+    child = run_cli(config, "create", "--name", "job", "--parent", ci["id"])
+    assert child["groups"] == ["ci", "eng"]
+    for options in (["--group", "ci"], ["--group", "ci,eng,admins"]):
+        output = run_cli_failing(config, "create", "--name", "c", "--parent", ci["id"],
+                                 *options)
+        assert "keeps its parent's groups" in output
+    assert "not a group name" in run_cli_failing(config, "create", "--name", "x",
+                                                 "--group", "tab\tgroup")
+    plain = run_cli(config, "create", "--name", "plain")
+    assert plain["groups"] == []
+    ask(proxy.url, ci["secret"])
+    ask(proxy.url, child["secret"])
+    anthropic.Anthropic(base_url=proxy.url, api_key=plain["secret"], max_retries=0,
+                        default_headers={"x-midway-groups": "admins"}).messages.create(
+        model="claude-sonnet-4-6", max_tokens=5, messages=[{"role": "user", "content": "x"}])
+    assert seen == [("ci", "eng"), ("ci", "eng"), ()]

@@ -46,6 +46,10 @@ DEFAULT_MODEL = "claude-opus-5-5"
 # The team setup: a midway key for a developer, and the real key only midway holds.
 TEAM_KEY = {"key": "mw-conformance-alice-0123456789", "name": "alice", "team": "search"}
 UPSTREAM_KEY = "sk-ant-upstream-held-by-midway"
+# Spend limits: midway's admin key, and a CI key in a capped group.
+SPEND_ADMIN_KEY = "mw-admin-key-spend-limits-cc-000000"
+SPEND_CI_KEY = {"key": "mw-ci-bot-spend-limit-key-000000000", "name": "ci-bot",
+                "team": "search", "groups": ["interns"]}
 # The router maps this model to that one on the Anthropic upstream.
 MAPPED_FROM = "claude-opus-4-7"
 MAPPED_TO = "claude-sonnet-4-6"

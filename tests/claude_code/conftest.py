@@ -19,6 +19,8 @@ from cc_support import (
     MAPPED_TO,
     OPENAI_MODEL,
     ROUTE_HEADER,
+    SPEND_ADMIN_KEY,
+    SPEND_CI_KEY,
     TEAM_KEY,
     UPSTREAM_KEY,
     Claude,
@@ -212,6 +214,19 @@ def subagent_stack(fake_upstream: FakeUpstream, openai_upstream: OpenAIUpstream,
     config = plugin_config(fake_upstream.url, openai_upstream.url)
     config["router"]["rules"].insert(0, {"name": "subagents", "match": {"agent": "*"},
                                          "target": "openai"})
+    yield from _stack(tmp_path, config)
+
+
+@pytest.fixture
+def spend_stack(fake_upstream: FakeUpstream, openai_upstream: OpenAIUpstream,
+                tmp_path: Path) -> Iterator[Stack]:
+    """The team setup with spend limits on: a CI key in the "interns" group."""
+    config = plugin_config(fake_upstream.url, openai_upstream.url)
+    config["midway"].update(client_keys=[SPEND_CI_KEY], upstream_api_key=UPSTREAM_KEY,
+                            admin_key=SPEND_ADMIN_KEY)
+    config["router"]["upstreams"][0]["keys"] = [UPSTREAM_KEY]
+    config["billing"].update(spend_limits=True)
+    config["cache"]["rules"] = []  # every run reaches the upstream
     yield from _stack(tmp_path, config)
 
 

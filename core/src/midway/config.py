@@ -44,6 +44,7 @@ class ClientKey:
     models: tuple[str, ...] = ()
     upstreams: tuple[str, ...] = ()
     allow_project_header: bool = True
+    groups: tuple[str, ...] = ()  # group policy applies to it (spend limits, budgets, routes)
 
 
 @attrs.define
@@ -173,8 +174,19 @@ def _client_keys(entries: Any, source: str) -> list[ClientKey]:
             models=tuple(entry.get("models") or ()),
             upstreams=tuple(entry.get("upstreams") or ()),
             allow_project_header=bool(entry.get("allow_project_header", True)),
+            groups=_groups(entry.get("groups"), f"{source}: client key #{i + 1}"),
         ))
     return keys
+
+
+def _groups(value: Any, where: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(g, str) and g.strip()
+                                              for g in value):
+        raise ConfigError(f"{where}: groups must be a list of group names, e.g. "
+                          "groups = [\"ci\"]")
+    return tuple(sorted({g.strip() for g in value}))
 
 
 def _split_list(value: str) -> list[str]:

@@ -317,6 +317,8 @@ class Principal:
                                "labels": dict(self.labels)}
         if self.subject is not None:
             out.update(subject=self.subject, email=self.email, groups=list(self.groups))
+        elif self.groups:
+            out["groups"] = list(self.groups)
         return out
 
 
@@ -398,6 +400,10 @@ class Exchange:
     state: dict[str, Any] = attrs.field(factory=dict)
     # headers a plugin adds to a forwarded answer (e.g. ``x-midway-cache: miss``)
     extra_response_headers: dict[str, str] = attrs.field(factory=dict)
+    # prefixes (lower case) of upstream response headers a plugin replaces for this client:
+    # every upstream header starting with one is left out before extra_response_headers are
+    # added (billing's spend limits replace the upstream's ``anthropic-ratelimit-unified-*``)
+    drop_response_headers: tuple[str, ...] = ()
     # the plugins whose ``on_chunk`` sees this exchange's stream (see observe_stream)
     stream_observers: list[object] = attrs.field(factory=list)
     # the wire format the client spoke: ``anthropic``, or ``vertex`` / ``bedrock``, whose

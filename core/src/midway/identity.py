@@ -115,7 +115,7 @@ class ClientKeys:
             self._by_digest[digest] = Principal(
                 id=entry.name, name=entry.name, team=entry.team, kind="key", key_id=fp,
                 labels=dict(entry.labels), models=entry.models, upstreams=entry.upstreams,
-                allow_project_header=entry.allow_project_header)
+                allow_project_header=entry.allow_project_header, groups=entry.groups)
 
     def __bool__(self) -> bool:
         return bool(self._by_digest)

@@ -531,7 +531,10 @@ class Proxy:
         exchange.status = answer.status
         headers = response_headers(answer.headers)
         headers["x-midway-request-id"] = exchange.id
-        if exchange.answered_by is None:
+        if exchange.answered_by is None:  # the upstream's answer, not a plugin's
+            prefixes = exchange.drop_response_headers
+            for name in {k for k in headers if prefixes and k.lower().startswith(prefixes)}:
+                del headers[name]
             for name, value in exchange.extra_response_headers.items():
                 headers[name] = value
         content_type = answer.headers.get("content-type", "")

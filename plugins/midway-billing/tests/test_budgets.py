@@ -181,3 +181,51 @@ def test_absurd_max_tokens_is_refused_not_a_500(midway_factory, fake_upstream) -
     # estimated at a capped 10M output tokens ($150), not at 1e19 (which would overflow a store)
     assert info.value.code == 429
     assert "would reserve $150.0" in orjson.loads(info.value.read())["error"]["message"]
+
+
+def test_group_budget_is_a_pool_of_its_members_and_sees_earlier_spend(
+        midway_factory, fake_upstream, tmp_path) -> None:
+    """`scope = "group"`: the members of a group (by their keys' groups) share one bucket;
+    a group budget added later counts what its members spent before (ledger `groups`)."""
+    fake_upstream.fake.default = exact_reply
+    keys = [{"key": "mk-g1", "name": "g1", "groups": ["ml_100%"]},
+            {"key": "mk-g2", "name": "g2", "groups": ["ml_100%", "eng"]},
+            {"key": "mk-other", "name": "other", "groups": ["ml_1000"]}]  # LIKE-alike name
+    store = str(tmp_path / "shared-billing.db")
+    first = midway_factory(plugins=[PLUGIN], config={
+        "midway": {"client_keys": keys},
+        "billing": {"store": store, "reserve_output_tokens": MAX_TOKENS}})
+    assert asyncio.run(fire_as(first.url, "mk-g1", 2)) == [200, 200]
+    assert asyncio.run(fire_as(first.url, "mk-other", 1)) == [200]
+    rows = ledger(first, 3)
+    assert {r["groups"] for r in rows} == {"\x1fml_100%\x1f", "\x1fml_1000\x1f"}
+    first.stop()
+    per_request = Decimal(math.ceil(body_size() / 3) * 3 + MAX_TOKENS * 15) / 10**6
+    limit = per_request * 5 + per_request / 2  # room for 5: 2 spent already, 3 left
+    running = midway_factory(plugins=[PLUGIN], config={
+        "midway": {"client_keys": keys},
+        "billing": {"store": store, "reserve_output_tokens": MAX_TOKENS, "budgets": [
+            {"scope": "group", "match": "ml_100%", "period": "day", "limit_usd": str(limit),
+             "name": "ml pool"}]}})
+    statuses = asyncio.run(fire_as(running.url, "mk-g2", 3)) + \
+        asyncio.run(fire_as(running.url, "mk-g1", 2))
+    assert statuses == [200, 200, 200, 429, 429], statuses
+    assert asyncio.run(fire_as(running.url, "mk-other", 2)) == [200, 200]  # not a member
+
+
+async def fire_as(url: str, key: str, n: int) -> list[int]:
+    """``n`` requests one after another (the order of the statuses is the order sent)."""
+    client = anthropic.AsyncAnthropic(base_url=url, api_key=key, max_retries=0)
+    out = []
+    try:
+        for _ in range(n):
+            try:
+                await client.messages.create(
+                    model="claude-sonnet-4-6", max_tokens=MAX_TOKENS,
+                    messages=[{"role": "user", "content": "count me"}])
+                out.append(200)
+            except anthropic.APIStatusError as exc:
+                out.append(exc.status_code)
+    finally:
+        await client.close()
+    return out

@@ -31,8 +31,8 @@ def test_schema_missing_tables_missing_upgrade(tmp_path, monkeypatch, postgres_d
     code, out = run(tmp_path, monkeypatch, ["config", "check", "--json"], toml)
     assert code == 1
     [problem] = problems(out)  # the schema exists, empty
-    assert "billing_batches, billing_counters, billing_ledger, billing_reservations missing" \
-        in problem
+    assert "billing_batches, billing_counters, billing_ledger, billing_principals, " \
+        "billing_reservations, billing_spend_audit, billing_spend_limits missing" in problem
     assert "midway db upgrade" in problem
 
     pg_query(postgres_dsn, f'DROP SCHEMA "{pg_schema}"')
@@ -41,7 +41,7 @@ def test_schema_missing_tables_missing_upgrade(tmp_path, monkeypatch, postgres_d
 
     code, out = run(tmp_path, monkeypatch, ["db", "upgrade"], toml)
     assert code == 0, out
-    assert out.count("created table") == 4
+    assert out.count("created table") == 7
     code, out = run(tmp_path, monkeypatch, ["db", "upgrade"], toml)
     assert out.strip() == "billing: up to date"
     code, out = run(tmp_path, monkeypatch, ["config", "check", "--json"], toml)

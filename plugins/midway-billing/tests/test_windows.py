@@ -28,7 +28,7 @@ def test_budgets_apply_by_scope_and_match() -> None:
     assert [b.applies(bob) for b in budgets] == [[], ["apollo"], ["*"]]
     assert budgets[1].limit_pusd == 1_500_000_000_000 and not budgets[1].hard
     for bad in ({"scope": "galaxy", "limit_usd": "1"}, {"scope": "team"},
-                {"period": "week", "limit_usd": "1"}, {"mode": "maybe", "limit_usd": "1"},
+                {"period": "year", "limit_usd": "1"}, {"mode": "maybe", "limit_usd": "1"},
                 {"limit_usd": "-1"}):
         with pytest.raises(PriceError):
             parse_budgets([bad])

@@ -234,3 +234,25 @@ def test_subagent_rules_match_claude_code_s_agent_headers():
 def test_an_agent_match_must_be_globs():
     with pytest.raises(ConfigError, match="agent must be a string or a list of strings"):
         parse({"upstreams": UPSTREAMS, "rules": [{"match": {"agent": 1}, "target": "main"}]})
+
+
+def test_group_rule_matches_the_principals_groups_only():
+    """`match = { group = ... }` holds when one of the principal's groups (from its key or
+    its sign-in) matches; a request header naming a group changes nothing."""
+    r = router([{"name": "ml-group", "match": {"group": ["ml-*", "research"]},
+                 "target": "think"}])
+    ml = Principal(id="key:ci", name="ci", kind="key", groups=("eng", "ml-platform"))
+    research = Principal(id="oidc:ann", name="ann", kind="oidc", subject="ann",
+                         groups=("research",))
+    plain = Principal(id="key:bob", name="bob", kind="key", groups=("eng",))
+    assert choose(r, principal=ml)[0].name == "think"
+    assert choose(r, principal=research)[0].name == "think"
+    assert choose(r, principal=plain)[0].name == "main"
+    spoof = {"x-midway-groups": "research", "x-groups": "ml-platform", "groups": "research"}
+    assert choose(r, headers=spoof, principal=plain)[0].name == "main"
+    assert choose(r, headers=spoof)[0].name == "main"
+
+
+def test_group_match_is_checked_in_config():
+    with pytest.raises(ConfigError, match="group must be a string or a list of strings"):
+        router([{"name": "g", "match": {"group": 3}, "target": "think"}])

@@ -75,6 +75,8 @@ def _show(record: KeyRecord) -> None:
     click.echo(f"name:     {data['name']}   team: {data['team'] or '-'}")
     click.echo(f"models:   {', '.join(data['models']) or 'any'}   "
                f"upstreams: {', '.join(data['upstreams']) or 'any'}")
+    if data.get("groups"):
+        click.echo("groups:   " + ", ".join(data["groups"]))
     if data["labels"]:
         click.echo("labels:   " + ", ".join(f"{k}={v}" for k, v in data["labels"].items()))
     if data["capabilities"]:
@@ -101,6 +103,8 @@ def make_keys_group(settings_options: Callable[[Callable[..., Any]], Callable[..
     @click.option("--models", multiple=True, help="Model globs it may use (repeat or comma-list).")
     @click.option("--upstreams", multiple=True, help="Upstream names it may reach.")
     @click.option("--label", "labels", multiple=True, help="KEY=VALUE label (repeatable).")
+    @click.option("--group", "groups", multiple=True,
+                  help="Group it belongs to, for group policy (repeat or comma-list).")
     @click.option("--capability", "capabilities", multiple=True,
                   help="Extra capability, e.g. keys:create (may issue derived keys).")
     @click.option("--parent", default=None, help="Derive from this key: scope within its own.")
@@ -109,12 +113,15 @@ def make_keys_group(settings_options: Callable[[Callable[..., Any]], Callable[..
     @settings_options
     def create(settings: Settings, name: str, team: str | None, expires: str | None,
                models: tuple[str, ...], upstreams: tuple[str, ...], labels: tuple[str, ...],
-               capabilities: tuple[str, ...], parent: str | None, no_project_header: bool,
+               groups: tuple[str, ...], capabilities: tuple[str, ...], parent: str | None,
+               no_project_header: bool,
                as_json: bool) -> None:
         """Issue a key and print its secret, once."""
         spec: dict[str, Any] = {
             "name": name, "team": team, "models": _split(models), "upstreams": _split(upstreams),
             "capabilities": _split(capabilities), "labels": {}}
+        if groups:
+            spec["groups"] = _split(groups)
         for label in labels:
             key, sep, value = label.partition("=")
             if not sep or not key:

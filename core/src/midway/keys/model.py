@@ -38,6 +38,9 @@ class Scope:
     capabilities: tuple[str, ...] = ()
     expires_at: float | None = None
     allow_project_header: bool = True
+    # Groups the key's principal belongs to (service accounts, CI): group policy applies to
+    # it as to a signed-in member of those groups (spend limits, budgets, routes).
+    groups: tuple[str, ...] = ()
 
 
 @attrs.frozen
@@ -88,7 +91,7 @@ class KeyRecord:
                          key_id=visible_prefix(credential.id), labels=dict(s.labels),
                          models=s.models, upstreams=s.upstreams,
                          allow_project_header=s.allow_project_header,
-                         ancestors=self.ancestors)
+                         ancestors=self.ancestors, groups=s.groups)
 
     def as_dict(self, now: float | None = None) -> dict[str, Any]:
         """The public form of a key: never a secret, nor a hash of one. An invalid key has
@@ -98,7 +101,7 @@ class KeyRecord:
         data: dict[str, Any] = {
             "id": self.id, "name": self.name, "team": s.team, "labels": dict(s.labels),
             "models": list(s.models), "upstreams": list(s.upstreams),
-            "capabilities": list(s.capabilities),
+            "capabilities": list(s.capabilities), "groups": list(s.groups),
             "allow_project_header": s.allow_project_header, "parent_id": self.parent_id,
             "status": self.status(now), "created_at": iso(self.created_at),
             "expires_at": iso(s.expires_at), "revoked_at": iso(self.revoked_at),
@@ -177,6 +180,11 @@ def check_within(child: Scope, parent: Scope) -> None:
         extra = sorted(set(child.upstreams) - set(parent.upstreams))
         if extra:
             raise KeysError(f"upstreams {extra} are beyond the parent key's", 403)
+    if child.groups != parent.groups:
+        # Groups carry policy both ways (a group's spend limit restricts, its routes grant):
+        # a derived key can neither drop one nor add one.
+        raise KeysError(f"a derived key keeps its parent's groups ({list(parent.groups)})",
+                        403)
     extra = sorted(set(child.capabilities) - set(parent.capabilities))
     if extra:
         raise KeysError(f"capabilities {extra} are beyond the parent key's", 403)

@@ -52,6 +52,18 @@ def _strings(value: Any, field: str) -> tuple[str, ...]:
     return tuple(v for v in value if v)
 
 
+def _groups(value: Any) -> tuple[str, ...]:
+    """Group names: at most 64, each 1-200 printable characters, kept unique and sorted."""
+    groups = _strings(value, "groups")
+    if len(groups) > 64:
+        raise KeysError("groups: at most 64 groups per key")
+    for group in groups:
+        if len(group) > 200 or not group.isprintable() or group != group.strip():
+            raise KeysError(f"groups: {group[:40]!r} is not a group name (1-200 printable "
+                            "characters, no surrounding spaces)")
+    return tuple(sorted(set(groups)))
+
+
 def _labels(value: Any) -> dict[str, str]:
     if value is None:
         return {}
@@ -105,12 +117,15 @@ def scope_from(spec: dict[str, Any], now: float, parent: KeyRecord | None = None
         if allow_project is None:
             allow_project = p.allow_project_header
     models = _strings(spec.get("models"), "models")
+    groups = _groups(spec.get("groups"))
+    if parent is not None and "groups" not in spec:
+        groups = parent.scope.groups
     upstreams = _strings(spec.get("upstreams"), "upstreams")
     if parent is not None:
         models = models or parent.scope.models
         upstreams = upstreams or parent.scope.upstreams
     return Scope(team=team, labels=labels, models=models, upstreams=upstreams,
-                 capabilities=capabilities, expires_at=expires_at,
+                 capabilities=capabilities, expires_at=expires_at, groups=groups,
                  allow_project_header=True if allow_project is None else bool(allow_project))
 
 

@@ -26,7 +26,7 @@ CREATE TABLE IF NOT EXISTS midway_keys (
     models TEXT NOT NULL, upstreams TEXT NOT NULL, capabilities TEXT NOT NULL,
     allow_project_header INTEGER NOT NULL, parent_id TEXT,
     created_at {real} NOT NULL, expires_at {real}, revoked_at {real},
-    version {int} NOT NULL);
+    version {int} NOT NULL, groups TEXT NOT NULL DEFAULT '[]');
 CREATE TABLE IF NOT EXISTS midway_key_credentials (
     id TEXT PRIMARY KEY, key_id TEXT NOT NULL REFERENCES midway_keys(id),
     salt {blob} NOT NULL, digest {blob} NOT NULL, created_at {real} NOT NULL,
@@ -41,8 +41,8 @@ INSERT INTO midway_keys_meta (name, value) VALUES ('version', 0) ON CONFLICT DO 
 
 
 _SELECT_KEYS = ("SELECT id, name, team, labels, models, upstreams, capabilities, "
-                "allow_project_header, parent_id, created_at, expires_at, revoked_at "
-                "FROM midway_keys")
+                "allow_project_header, parent_id, created_at, expires_at, revoked_at, "
+                "groups FROM midway_keys")
 _SELECT_CREDENTIALS = ("SELECT id, key_id, salt, digest, created_at, not_after "
                        "FROM midway_key_credentials")
 
@@ -66,7 +66,8 @@ def _record(row: Row, credentials: Iterable[Credential] = ()) -> KeyRecord:
                       upstreams=tuple(orjson.loads(row["upstreams"])),
                       capabilities=tuple(orjson.loads(row["capabilities"])),
                       expires_at=row["expires_at"],
-                      allow_project_header=bool(row["allow_project_header"]))
+                      allow_project_header=bool(row["allow_project_header"]),
+                      groups=tuple(orjson.loads(row["groups"] or "[]")))
         return check_record(KeyRecord(
             id=row["id"], name=row["name"], scope=scope, created_at=row["created_at"],
             parent_id=row["parent_id"], revoked_at=row["revoked_at"],
@@ -136,11 +137,11 @@ class KeyStore:
             await tx.execute(
                 "INSERT INTO midway_keys (id, name, team, labels, models, upstreams, "
                 "capabilities, allow_project_header, parent_id, created_at, expires_at, "
-                "revoked_at, version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "revoked_at, version, groups) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 record.id, record.name, s.team, _dump(s.labels), _dump(list(s.models)),
                 _dump(list(s.upstreams)), _dump(list(s.capabilities)),
                 int(s.allow_project_header), record.parent_id, record.created_at,
-                s.expires_at, None, version)
+                s.expires_at, None, version, _dump(list(s.groups)))
             await self._insert_credential(tx, credential, version)
 
         await self.db.run(unit)

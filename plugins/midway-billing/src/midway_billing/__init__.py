@@ -20,6 +20,7 @@ from midway_billing.plugin import Billing
 
 if TYPE_CHECKING:
     import click
+    from aiohttp import web
 
 __all__ = ["BILLING", "Billing", "BillingConfig"]
 
@@ -67,8 +68,30 @@ def describe(midway: Midway) -> str:
                f"tokens at min(max_tokens, {config.reserve_output_tokens}); a hard budget's "
                f"streams are cut when it runs out)" if config.budgets
                else "no budgets ([[billing.budgets]])")
+    if config.spend_limits:
+        admin = "" if midway.settings.admin_key else \
+            " (no [midway] admin_key: the endpoint refuses every call until one is set)"
+        spend = (f"; spend limits ON: per user, group ({config.spend_limits_group_mode} of a "
+                 f"member's groups) and organisation, daily/weekly/monthly, reloaded every "
+                 f"{config.spend_limits_refresh:g} s, managed at "
+                 f"/v1/organizations/spend_limits with the admin key{admin}; store "
+                 f"unreachable (or silent for {config.spend_limits_check_timeout:g} s): fail "
+                 f"{config.spend_limits_on_store_error}")
+    else:
+        spend = "; spend limits off ([billing] spend_limits)"
     return (f"prices every request into {config.store} with catalogue {prices.version} "
-            f"({len(prices.prices)} models; {unknown}{watched}); {budgets}")
+            f"({len(prices.prices)} models; {unknown}{watched}); {budgets}{spend}")
+
+
+@hookimpl
+def register_routes(app: web.Application, midway: Midway) -> None:
+    """``/v1/organizations/spend_limits`` is served here, never forwarded upstream, once
+    spend limits are on."""
+    billing = _create(midway)
+    if billing.config.spend_limits:
+        from midway_billing.spendlimit_api import SpendLimitAPI
+
+        SpendLimitAPI(midway, lambda: _billing(midway)).routes(app)
 
 
 @hookimpl

@@ -10,8 +10,8 @@ import attrs
 
 from midway_billing.pricing import PriceError, to_decimal, to_pusd
 
-SCOPES = ("principal", "team", "project", "all")
-PERIODS = ("day", "month", "total")
+SCOPES = ("principal", "team", "project", "group", "all")
+PERIODS = ("day", "week", "month", "total")
 
 
 @attrs.frozen
@@ -24,6 +24,8 @@ class Attribution:
     project: str | None
     # The keys the principal was derived from, nearest first: their budgets cover it too.
     ancestors: tuple[str, ...] = ()
+    # The principal's groups (from its credential): a group budget counts each of them.
+    groups: tuple[str, ...] = ()
 
     def value(self, scope: str) -> str | None:
         if scope == "all":
@@ -36,6 +38,8 @@ class Attribution:
         principal and each key it descends from."""
         if scope == "principal":
             return [self.principal, *self.ancestors]
+        if scope == "group":
+            return list(self.groups)
         value = self.value(scope)
         return [] if value is None else [value]
 
@@ -45,9 +49,9 @@ class Budget:
     """``[[billing.budgets]]``: a USD limit on a scope's spend per period."""
 
     name: str
-    scope: str  # principal | team | project | all
+    scope: str  # principal | team | project | group | all
     match: str  # one value of the scope, or "*" for each value separately
-    period: str  # day | month | total
+    period: str  # day | week | month | total
     limit_pusd: int
     hard: bool
     warn_at: float  # fraction of the limit from which a warning is given
@@ -84,6 +88,10 @@ def window(period: str, now: float) -> tuple[float, float | None]:
     if period == "day":
         start = moment.replace(hour=0, minute=0, second=0, microsecond=0)
         return start.timestamp(), start.timestamp() + 86400
+    if period == "week":  # from Monday 00:00 UTC (spend limits' weekly period)
+        day = moment.replace(hour=0, minute=0, second=0, microsecond=0)
+        start_ts = day.timestamp() - 86400 * day.weekday()
+        return start_ts, start_ts + 7 * 86400
     start = moment.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     nxt = start.replace(year=start.year + 1, month=1) if start.month == 12 else \
         start.replace(month=start.month + 1)

@@ -61,6 +61,15 @@ def billing_group() -> None:
     """Costs, budgets and prices recorded by midway-billing."""
 
 
+def _spend_limits() -> click.Group:
+    from midway_billing.spendlimit_cli import spend_limits_group
+
+    return spend_limits_group
+
+
+billing_group.add_command(_spend_limits())
+
+
 @billing_group.command("report")
 @click.option("--by", type=click.Choice(["principal", "team", "project", "model", "day",
                                          "session", "agent"]),

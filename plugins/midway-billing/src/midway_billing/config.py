@@ -48,6 +48,26 @@ class BillingConfig:
         30.0, ge=0, help="seconds between reconciliations of dead instances' rows "
         "(0: only at start-up)")
     max_pool: int = option(10, ge=1, help="PostgreSQL: connections per instance")
+    spend_limits: bool = option(
+        False, help="enforce spend limits per user, group and organisation (daily, weekly, "
+        "monthly; set with /v1/organizations/spend_limits or `midway billing spend-limits`) "
+        "and report each user's own in the anthropic-ratelimit-unified-* headers")
+    spend_limits_on_store_error: str = option(
+        "open", converter=lambda v: _choice(v, ("open", "closed"),
+                                            "spend_limits_on_store_error"),
+        help="when the store cannot be reached to check a spend limit: \"open\" lets the "
+        "request through unmetered against the caps (as Anthropic's gateway does by "
+        "default), \"closed\" refuses it (429 billing_error, spend limit unavailable)")
+    spend_limits_group_mode: str = option(
+        "min", converter=lambda v: _choice(v, ("min", "max"), "spend_limits_group_mode"),
+        help="a member of several capped groups gets the most restrictive group's cap "
+        "(\"min\") or the most generous (\"max\"); equal caps: the group named first")
+    spend_limits_check_timeout: float = option(
+        5.0, gt=0, help="seconds a capped request waits for the store to reserve against its "
+        "caps before the store counts as unreachable (spend_limits_on_store_error decides)")
+    spend_limits_refresh: float = option(
+        5.0, gt=0, help="seconds between reloads of the spend limits from the store (how "
+        "soon a change made on another instance applies here)")
 
     def price_table(self, catalogue: Catalogue | None = None) -> PriceTable:
         """The prices in force: ``catalogue`` (else the configured one's) with this config's

@@ -20,8 +20,9 @@ from midway import Attempt, Exchange, MidwayError, Response, SSEEvent, Usage, er
 from midway.annotations import BILLING, CACHE, CACHE_HITS, COST_USD
 from midway.background import start_every
 from midway.config import ConfigError
+from midway.exchange import Principal
 from midway.storage import Episode, is_transient, retrying
-from midway_billing import catalogue_file
+from midway_billing import catalogue_file, spendlimits
 from midway_billing.budgets import Attribution, Bucket, Check, checks_for, iso, window
 from midway_billing.config import BillingConfig
 from midway_billing.metrics import BillingMetrics
@@ -37,7 +38,15 @@ from midway_billing.sessions import (
     tree_rows,
     turns_of,
 )
-from midway_billing.store import GROUPS, REPORT_INT_FIELDS, Batch, Reservation, Store
+from midway_billing.store import (
+    GROUPS,
+    REPORT_INT_FIELDS,
+    Batch,
+    Reservation,
+    ReserveResult,
+    Store,
+    groups_column,
+)
 from midway_billing.streamwatch import StreamWatch, floor_tokens
 
 log = logging.getLogger("midway.billing")
@@ -57,10 +66,12 @@ class RequestState:
     # hashes of the prompt's system, tools and first message (the cache-break detector's)
     prompt: dict[str, str | None] = attrs.field(factory=dict)
     reservation: Reservation | None = None
-    refused: Check | None = None
+    refused: Check | spendlimits.Cap | None = None
     # a streamed answer's running usage and relayed text (a hard budget's stop, the floor)
     watch: StreamWatch | None = None
     warnings: list[str] = attrs.field(factory=list)
+    # the spend limits' caps the reservation holds on, by bucket key
+    caps: dict[str, spendlimits.Cap] = attrs.field(factory=dict)
 
 
 @attrs.frozen
@@ -83,7 +94,8 @@ def attribution(exchange: Exchange, project_header: str) -> Attribution:
             project = value[:200]
     return Attribution(principal=principal.id, principal_name=principal.name,
                        team=principal.team, project=project,
-                       ancestors=tuple(getattr(principal, "ancestors", ())))
+                       ancestors=tuple(getattr(principal, "ancestors", ())),
+                       groups=tuple(sorted(set(principal.groups))))
 
 
 def project_refusal(exchange: Exchange, project_header: str) -> str | None:
@@ -131,6 +143,12 @@ class Billing:
         self._backlog: collections.deque[Settlement] = collections.deque()
         self._writer: asyncio.Task[None] | None = None
         self._outage = Episode(log, "billing: settling")
+        # Spend limits: the table in force (reloaded from the store), principals whose
+        # groups this process has recorded, and the store's outages as the check sees them.
+        self.limits = spendlimits.LimitTable(group_mode=config.spend_limits_group_mode)
+        self._noted: dict[str, str] = {}
+        self._spend_outage = Episode(log, "billing: checking spend limits")
+        self._limits_loader: asyncio.Task[None] | None = None
 
     # -- life cycle --------------------------------------------------------------------------
 
@@ -144,6 +162,12 @@ class Billing:
             # Other instances sharing the store may die while this one lives on.
             self._reconciler = start_every(self.config.reconcile_interval, self._reconcile,
                                            name="billing: reconciliation", log=log)
+        if self.config.spend_limits:
+            await self.reload_limits()
+            if background:
+                self._limits_loader = start_every(
+                    self.config.spend_limits_refresh, self.reload_limits,
+                    name="billing: spend limits", log=log)
         if background and self.prices_watch is not None and \
                 self.config.prices_watch_interval > 0:
             self._price_watcher = start_every(self.config.prices_watch_interval,
@@ -151,7 +175,7 @@ class Billing:
                                               log=log)
 
     async def stop(self) -> None:
-        for task in (self._reconciler, self._price_watcher):
+        for task in (self._reconciler, self._price_watcher, self._limits_loader):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -196,6 +220,34 @@ class Billing:
         self.prices = self.config.price_table(catalogue)
         log.warning("billing: prices now from catalogue version %s (was %s), %d models",
                     self.prices.version, before, len(self.prices.prices))
+
+    @property
+    def _fail_closed(self) -> bool:
+        return self.config.spend_limits_on_store_error == "closed"
+
+    async def reload_limits(self) -> None:
+        """Read the spend limits from the store (changes other instances made)."""
+        rows = await self.store.spend_limits()
+        self.limits = spendlimits.LimitTable(
+            (spendlimits.SpendLimit.from_row(r) for r in rows),
+            group_mode=self.config.spend_limits_group_mode)
+
+    async def _note(self, exchange: Exchange) -> None:
+        """Record a principal's groups once per process and change (``/effective`` shows
+        them); never fails the request."""
+        principal = exchange.principal
+        groups = groups_column(tuple(sorted(set(principal.groups)))) or ""
+        if self._noted.get(principal.id) == groups or self._spend_outage.failures:
+            return  # known already, or the store is away (the check will say so)
+        try:
+            await self.store.note_principal(principal.id, principal.name, groups,
+                                            principal.kind, principal.subject)
+        except Exception as exc:
+            log.debug("billing: could not record %s's groups: %s", principal.id, exc)
+            return
+        if len(self._noted) > 100_000:
+            self._noted.clear()
+        self._noted[principal.id] = groups
 
     async def _reconcile(self) -> None:
         fixed = await self.store.reconcile()
@@ -344,43 +396,100 @@ class Billing:
                 return Response(status=404, body=error_body(
                     404, f"message batch {batch_id!r} not found", exchange.id,
                     "not_found_error"))
-        if not self.config.budgets or not (exchange.request.is_messages
-                                           or _is_batch_submit(exchange)):
+        # Message batches count too: a batch is no way around a cap.
+        spend = self.config.spend_limits and (exchange.request.is_messages
+                                              or _is_batch_submit(exchange))
+        if spend:
+            # The upstream's shared-quota headers are not this person's: theirs replace them.
+            exchange.drop_response_headers = (*exchange.drop_response_headers,
+                                              spendlimits.HEADER_PREFIX)
+            await self._note(exchange)
+        if not (self.config.budgets or spend) or not (exchange.request.is_messages
+                                                     or _is_batch_submit(exchange)):
             return None
         now = time.time()
         checks = checks_for(self.config.budgets, state.who, now)
-        if not checks:
+        # A derived key spends within its own caps and within each ancestor key's: deriving
+        # keys never multiplies what a capped key may spend.
+        caps = [(cap.bucket(p.id).key, cap) for p in _lineage(exchange.principal)
+                for cap in self.limits.caps(p, now)] if spend else []
+        if not checks and not caps:
             return None
         limits: dict[str, int | None] = {}
         for check in checks:
-            key = check.bucket.key
-            limit = check.budget.limit_pusd if check.budget.hard else None
-            old = limits.get(key)
-            limits[key] = limit if old is None else old if limit is None else min(old, limit)
+            _merge(limits, check.bucket.key, check.budget.limit_pusd if check.budget.hard
+                   else None)
+        cap_keys = dict(caps)
+        for key, cap in cap_keys.items():
+            _merge(limits, key, cap.limit_pusd)
         amount = self.estimate(exchange)
         reservation = Reservation(exchange.id, amount, sorted(limits), now)
         try:
-            result = await self.store.reserve(reservation, limits)
-        except BaseException:
+            if caps:  # a store that does not answer is one that is away
+                result = await asyncio.wait_for(self.store.reserve(reservation, limits),
+                                                self.config.spend_limits_check_timeout)
+            else:
+                result = await self.store.reserve(reservation, limits)
+        except Exception as exc:
             # The hold may have been committed with its reply lost (the database went away
             # at that moment): the request's settlement releases it, if it exists.
             state.reservation = reservation
-            raise
+            if not caps or not (is_transient(exc) or isinstance(exc, TimeoutError)):
+                raise
+            self._spend_outage.failed(exc, "spend limits: " + (
+                "refusing capped requests (spend_limits_on_store_error = closed)"
+                if self._fail_closed else "letting requests through unchecked "
+                "(spend_limits_on_store_error = open)"))
+            # state.reservation stays: a hold that landed unseen is released by the
+            # settlement, and the counters get the request's real cost (failing open).
+            if self._fail_closed:
+                return spendlimits.unavailable(exchange)
+            return None
+        self._spend_outage.ok()
         if not result.admitted:
-            refused = min((c for c in checks if c.bucket.key == result.refused_key
-                           and c.budget.hard), key=lambda c: c.budget.limit_pusd)
-            state.refused = refused
-            return self._refusal(exchange, refused, result.states[refused.bucket.key], amount,
-                                 now)
+            return self._refuse(exchange, state, checks, cap_keys, result, amount, now)
         state.reservation = reservation
-        if any(check.budget.hard for check in checks) and state.watch is not None:
+        state.caps = cap_keys
+        hard = any(check.budget.hard for check in checks) or bool(caps)
+        if hard and state.watch is not None:
             state.watch.limits = limits
             state.watch.modifiers = modifiers_of(exchange)  # once, not per event
         for check in checks:
             spent, reserved = result.states[check.bucket.key]
             if spent + reserved >= check.budget.limit_pusd * check.budget.warn_at:
                 self._warn(exchange, check, spent, reserved, state)
+        if cap_keys:
+            standing = spendlimits.binding([
+                spendlimits.Standing(cap, result.states[key][0])
+                for key, cap in cap_keys.items()])
+            assert standing is not None
+            exchange.extra_response_headers.update(spendlimits.unified_headers(standing, now))
         return None
+
+    def _refuse(self, exchange: Exchange, state: RequestState, checks: list[Check],
+                cap_keys: dict[str, spendlimits.Cap], result: ReserveResult, amount: int,
+                now: float) -> Response:
+        """The answer to a request the reservation refused: a spend limit's (billing_error)
+        when one would be passed, else the strictest hard budget's."""
+        over = [spendlimits.Standing(cap, result.states[key][0])
+                for key, cap in cap_keys.items()
+                if cap.limit_pusd is not None
+                and sum(result.states[key]) + amount > cap.limit_pusd]
+        if over:
+            # The cap to name: one already used up (the latest to reset), else the fullest.
+            standing = spendlimits.binding(over)
+            assert standing is not None
+            state.refused = standing.cap
+            if self.metrics is not None:
+                self.metrics.refusals.labels(f"spend limit {standing.cap.period}").inc()
+            log.warning("billing: refused %s for %s: spend limit reached (%s, %s %s, cap "
+                        "%s cents)", exchange.id, exchange.principal.id, standing.cap.period,
+                        standing.cap.scope_type, standing.cap.scope_id, standing.cap.amount)
+            return spendlimits.refusal(exchange, standing, now)
+        refused = min((c for c in checks if c.bucket.key == result.refused_key
+                       and c.budget.hard), key=lambda c: c.budget.limit_pusd)
+        state.refused = refused
+        return self._refusal(exchange, refused, result.states[refused.bucket.key], amount, now)
 
     def _refusal(self, exchange: Exchange, check: Check, counter: tuple[int, int],
                  amount: int, now: float) -> Response:
@@ -445,6 +554,17 @@ class Billing:
             return
         # The event that passed the hold is not relayed, but the upstream produced it.
         exchange.usage.update(watch.running().raw)
+        state = exchange.state.get("billing")
+        caps = state.caps if isinstance(state, RequestState) else {}
+        full = [cap for key, cap in caps.items() if cap.limit_pusd is not None and
+                watch.limits.get(key) == cap.limit_pusd]
+        if full:
+            cap = max(full, key=lambda c: c.reset)
+            message = (f"{spendlimits.refusal_message(cap)} while streaming this answer: it "
+                       f"had cost ${usd_str(cost)}; the answer is cut here")
+            log.warning("billing: cut the stream of %s for %s: %s", exchange.id,
+                        exchange.principal.id, message)
+            raise MidwayError(429, message, "billing_error")
         message = (f"a hard budget ran out while streaming this answer: it had cost "
                    f"${usd_str(cost)}, past the ${usd_str(reservation.amount_pusd)} its "
                    f"budgets could hold for it (see `midway billing budgets`); the answer "
@@ -458,7 +578,16 @@ class Billing:
         row = self._row(exchange, state, attempt.id, attempt.number, "attempt", "pending")
         row.update(upstream=attempt.upstream.name, key_id=attempt.upstream.key_id,
                    model=attempt.upstream.model or exchange.model)
-        await self.store.write_ahead(row)
+        try:
+            await self.store.write_ahead(row)
+        except Exception as exc:
+            # Failing open (spend limits on, store away): the request goes on, and its
+            # settlement waits in the backlog until the store takes it.
+            if not (self.config.spend_limits and not self._fail_closed
+                    and is_transient(exc)):
+                raise
+            self._spend_outage.failed(exc, "spend limits: letting requests through unchecked "
+                                      "(spend_limits_on_store_error = open)")
 
     async def post_response(self, exchange: Exchange) -> None:
         settlement = self._settlement(exchange)
@@ -503,7 +632,8 @@ class Billing:
     def _attribution_columns(state: RequestState) -> dict[str, Any]:
         who = state.who
         return {"principal": who.principal, "principal_name": who.principal_name,
-                "team": who.team, "project": who.project, **state.origin.columns()}
+                "team": who.team, "project": who.project,
+                "groups": groups_column(who.groups), **state.origin.columns()}
 
     async def _price_results(self, exchange: Exchange, batch_id: str) -> None:
         """Price each result of a results file (JSONL: ``result.message.usage``) at the batch
@@ -728,7 +858,7 @@ class Billing:
             "catalogue_version": self.prices.version, "pricing_rule": None,
             "floor_output_tokens": 0, "speed": _speed(exchange), "inference_geo": _geo(exchange),
             "betas": _betas(exchange), "corrects": None,
-            **state.origin.columns(), **state.prompt,
+            "groups": groups_column(who.groups), **state.origin.columns(), **state.prompt,
         }
 
     @staticmethod
@@ -961,6 +1091,21 @@ def _prompt_fingerprint(exchange: Exchange) -> dict[str, str | None]:
     if not request.is_messages or request.path.endswith("count_tokens"):
         return {}
     return fingerprint(request.json)
+
+
+def _lineage(principal: Principal) -> list[Principal]:
+    """The principal, then the keys it was derived from (same groups, their own ids)."""
+    return [principal, *(attrs.evolve(principal, id=a, kind="key", subject=None, ancestors=())
+                         for a in principal.ancestors)]
+
+
+def _merge(limits: dict[str, int | None], key: str, limit: int | None) -> None:
+    """Add a bucket's limit (None: counted, not limited); the lowest of several wins."""
+    if key not in limits:
+        limits[key] = limit
+        return
+    old = limits[key]
+    limits[key] = limit if old is None else old if limit is None else min(old, limit)
 
 
 def modifiers_of(exchange: Exchange) -> Modifiers:

@@ -17,6 +17,7 @@ import attrs
 import orjson
 
 from midway.exchange import Exchange
+from midway_billing.store import FINGERPRINT_COLUMNS
 
 SESSION_HEADER = "x-claude-code-session-id"
 MAX_ID = 128
@@ -127,7 +128,6 @@ def agent_tree(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 # Claude Code's first system block: an attribution line the Anthropic API strips before
 # caching (docs: /work/shared/reference), so it is no part of the cached prefix.
 ATTRIBUTION_PREFIX = "x-anthropic-billing-header:"
-FINGERPRINT_COLUMNS = ("system_hash", "tools_hash", "thread_hash")
 _HASH_CHARS = 16
 # The upstream's default cache lifetime: a gap longer than this between two turns explains a
 # break without any change to the prompt.

@@ -47,7 +47,7 @@ LEDGER_COLUMNS = (
     "web_search_requests", "cost_pusd", "saved_pusd", "unpriced", "batch",
     # pricing (docs/billing.md "Prices"): what priced the row, and what it was priced from
     "catalogue_version", "pricing_rule", "floor_output_tokens", "speed", "inference_geo",
-    "betas", "corrects",
+    "betas", "corrects", "groups",
     *ORIGIN_COLUMNS, *FINGERPRINT_COLUMNS,
 )
 
@@ -55,6 +55,7 @@ LEDGER_COLUMNS = (
 OPTIONAL_COLUMNS: dict[str, Any] = {"catalogue_version": None, "pricing_rule": None,
                                     "floor_output_tokens": 0, "speed": None,
                                     "inference_geo": None, "betas": None, "corrects": None,
+                                    "groups": None,
                                     **dict.fromkeys(ORIGIN_COLUMNS),
                                     **dict.fromkeys(FINGERPRINT_COLUMNS)}
 
@@ -108,7 +109,8 @@ CREATE TABLE IF NOT EXISTS billing_ledger (
     parent_agent_id TEXT,
     system_hash TEXT,
     tools_hash TEXT,
-    thread_hash TEXT
+    thread_hash TEXT,
+    groups TEXT
 );
 CREATE INDEX IF NOT EXISTS billing_ledger_created ON billing_ledger (created_at);
 CREATE INDEX IF NOT EXISTS billing_ledger_principal ON billing_ledger (principal, created_at);
@@ -145,6 +147,35 @@ CREATE TABLE IF NOT EXISTS billing_batches (
     results INTEGER NOT NULL DEFAULT 0,
     ended INTEGER NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS billing_spend_limits (
+    id TEXT PRIMARY KEY,
+    scope_type TEXT NOT NULL,
+    scope_id TEXT NOT NULL,
+    period TEXT NOT NULL,
+    amount_cents {int},
+    created_at {real} NOT NULL,
+    updated_at {real} NOT NULL,
+    created_by TEXT
+);
+CREATE UNIQUE INDEX IF NOT EXISTS billing_spend_limits_scope
+    ON billing_spend_limits (scope_type, scope_id, period);
+CREATE TABLE IF NOT EXISTS billing_spend_audit (
+    id TEXT PRIMARY KEY,
+    created_at {real} NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    target_id TEXT NOT NULL,
+    before_json TEXT,
+    after_json TEXT
+);
+CREATE TABLE IF NOT EXISTS billing_principals (
+    principal TEXT PRIMARY KEY,
+    name TEXT,
+    groups TEXT NOT NULL,
+    seen_at {real} NOT NULL,
+    kind TEXT,
+    subject TEXT
+);
 """)
 
 UPSERT_ROW = (  # only the fixed column names above are formatted in
@@ -164,13 +195,25 @@ CHARGED_KINDS = "('attempt', 'batch_result')"
 # Counters start from what the ledger already holds for their window (a budget added later
 # still sees earlier spend). Only the scope column names below are ever formatted into SQL.
 SCOPE_COLUMNS = {"principal": "principal", "team": "team", "project": "project"}
+GROUP_SEP = "\x1f"
+
+
+def groups_column(groups: tuple[str, ...]) -> str | None:
+    """A row's ``groups``: each group between separators (NULL: none), so a group budget
+    added later finds its members' earlier spend with one LIKE."""
+    kept = [g for g in groups if GROUP_SEP not in g]
+    return GROUP_SEP + GROUP_SEP.join(kept) + GROUP_SEP if kept else None
 
 
 def counter_init_sql(bucket: Bucket) -> tuple[str, list[Any]]:
     where = f"kind IN {CHARGED_KINDS} AND created_at >= ?"
     args: list[Any] = [bucket.start]
     column = SCOPE_COLUMNS.get(bucket.scope)
-    if column is not None:
+    if bucket.scope == "group":  # rows keep the principal's groups as \x1fa\x1fb\x1f
+        where += " AND groups LIKE ? ESCAPE '!'"
+        escaped = bucket.value.replace("!", "!!").replace("%", "!%").replace("_", "!_")
+        args.append(f"%{GROUP_SEP}{escaped}{GROUP_SEP}%")
+    elif column is not None:
         where += f" AND {column} = ?"
         args.append(bucket.value)
     sql = f"SELECT COALESCE(SUM(cost_pusd), 0) FROM billing_ledger WHERE {where}"  # noqa: S608
@@ -267,6 +310,8 @@ _FLOOR = {"sqlite": "CAST(created_at / {n} AS INTEGER) * {n}",
           "postgresql": "floor(created_at / {n}) * {n}"}
 # Deadlocks and serialization failures (and a database that blinks) are tried again.
 _RETRY_DEADLINE = 10.0
+# An administrator's change is tried again for less: they are waiting for the answer.
+_ADMIN_DEADLINE = 2.0
 
 
 class Store:
@@ -305,9 +350,10 @@ class Store:
         await self.liveness.release()
         await self.db.close()
 
-    async def _run(self, unit: Callable[[Tx], Awaitable[Any]], what: str) -> Any:
+    async def _run(self, unit: Callable[[Tx], Awaitable[Any]], what: str,
+                   deadline: float = _RETRY_DEADLINE) -> Any:
         return await retrying(lambda: self.db.run(unit), what=what, log=log,
-                              deadline=_RETRY_DEADLINE)
+                              deadline=deadline)
 
     # -- the hot path: one unit each ---------------------------------------------------------
 
@@ -709,6 +755,107 @@ class Store:
 
         charged: int = await self._run(unit, f"billing: settling batch {batch_id}")
         return charged
+
+    # -- spend limits ------------------------------------------------------------------------
+
+    async def spend_limits(self) -> list[dict[str, Any]]:
+        rows = await self.db.fetch("SELECT * FROM billing_spend_limits "
+                                   "ORDER BY created_at, id")
+        return [dict(r) for r in rows]
+
+    async def put_spend_limit(self, new: dict[str, Any], actor: str, audit_id: str
+                              ) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+        """Create or replace the limit of (scope type, scope id, period), keeping the id of
+        one already there, and audit it in the same transaction: (before, after)."""
+        lock = _LOCK[self.db.dialect]
+
+        async def unit(tx: Tx) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+            find = ("SELECT * FROM billing_spend_limits WHERE scope_type = ? "  # noqa: S608
+                    f"AND scope_id = ? AND period = ?{lock}")
+            key = (new["scope_type"], new["scope_id"], new["period"])
+            old = await tx.fetchone(find, *key)
+            before = dict(old) if old is not None else None
+            await tx.execute(
+                "INSERT INTO billing_spend_limits (id, scope_type, scope_id, period, "
+                "amount_cents, created_at, updated_at, created_by) VALUES "
+                "(?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (scope_type, scope_id, period) DO UPDATE "
+                "SET amount_cents = excluded.amount_cents, updated_at = excluded.updated_at",
+                new["id"], *key, new["amount_cents"], new["created_at"], new["updated_at"],
+                actor)
+            row = await tx.fetchone(find.removesuffix(lock), *key)
+            assert row is not None
+            after = dict(row)
+            await self._audit(tx, audit_id, new["updated_at"], actor, "spend_limit.upsert",
+                              str(after["id"]), before, after)
+            return before, after
+
+        result: tuple[dict[str, Any] | None, dict[str, Any]] = await self._run(
+            unit, "billing: saving a spend limit", _ADMIN_DEADLINE)
+        return result
+
+    async def delete_spend_limit(self, limit_id: str, actor: str, audit_id: str,
+                                 now: float) -> dict[str, Any] | None:
+        async def unit(tx: Tx) -> dict[str, Any] | None:
+            row = await tx.fetchone("SELECT * FROM billing_spend_limits WHERE id = ?"  # noqa: S608
+                                    f"{_LOCK[self.db.dialect]}", limit_id)
+            if row is None:
+                return None
+            await tx.execute("DELETE FROM billing_spend_limits WHERE id = ?", limit_id)
+            await self._audit(tx, audit_id, now, actor, "spend_limit.delete", limit_id,
+                              dict(row), None)
+            return dict(row)
+
+        result: dict[str, Any] | None = await self._run(unit, "billing: deleting a spend limit",
+                                                        _ADMIN_DEADLINE)
+        return result
+
+    @staticmethod
+    async def _audit(tx: Tx, audit_id: str, now: float, actor: str, action: str,
+                     target: str, before: dict[str, Any] | None,
+                     after: dict[str, Any] | None) -> None:
+        await tx.execute(
+            "INSERT INTO billing_spend_audit (id, created_at, actor, action, target_id, "
+            "before_json, after_json) VALUES (?, ?, ?, ?, ?, ?, ?)", audit_id, now, actor,
+            action, target, None if before is None else orjson.dumps(before).decode(),
+            None if after is None else orjson.dumps(after).decode())
+
+    async def spend_audit(self, limit: int, after_id: str | None) -> list[dict[str, Any]]:
+        """Audit events, newest first; ``after_id``: those older than that one."""
+        if after_id is None:
+            rows = await self.db.fetch("SELECT * FROM billing_spend_audit "
+                                       "ORDER BY id DESC LIMIT ?", limit)
+        else:
+            rows = await self.db.fetch("SELECT * FROM billing_spend_audit WHERE id < ? "
+                                       "ORDER BY id DESC LIMIT ?", after_id, limit)
+        return [dict(r) for r in rows]
+
+    async def principal_spend(self, principal: str, since: float) -> int:
+        """What ``principal`` was charged since ``since`` (settled and pending rows)."""
+        value = await self.db.fetchval(
+            f"SELECT COALESCE(SUM(cost_pusd), 0) FROM billing_ledger WHERE kind IN "  # noqa: S608
+            f"{CHARGED_KINDS} AND principal = ? AND created_at >= ?", principal, since)
+        return int(value or 0)
+
+    async def note_principal(self, principal: str, name: str, groups: str, kind: str,
+                             subject: str | None) -> None:
+        """Remember a principal's groups (for ``/effective``)."""
+        await self.db.execute(
+            "INSERT INTO billing_principals (principal, name, groups, seen_at, kind, subject) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (principal) DO UPDATE SET "
+            "name = excluded.name, groups = excluded.groups, seen_at = excluded.seen_at, "
+            "kind = excluded.kind, subject = excluded.subject", principal, name, groups,
+            time.time(), kind, subject)
+
+    async def principals(self, ids: list[str] | None, after: str | None, limit: int
+                         ) -> list[dict[str, Any]]:
+        if ids is not None:
+            marks = ", ".join("?" for _ in ids) or "NULL"
+            rows = await self.db.fetch("SELECT * FROM billing_principals "  # noqa: S608
+                                       f"WHERE principal IN ({marks})", *ids)
+        else:
+            rows = await self.db.fetch("SELECT * FROM billing_principals WHERE principal > ? "
+                                       "ORDER BY principal LIMIT ?", after or "", limit)
+        return [dict(r) for r in rows]
 
     async def rows(self, since: float | None = None) -> list[dict[str, Any]]:
         where, args = time_filter(since, None)

@@ -38,6 +38,8 @@ class StreamWatch:
     relayed_chars: int = 0  # delta text of the whole stream
     cost: int | None = None  # the running cost at the last event that carried usage
     modifiers: Modifiers = attrs.field(factory=Modifiers)  # what prices the running usage
+    # a message_delta with a stop_reason came: its usage is final, nothing more is generated
+    final: bool = False
 
     @property
     def hard(self) -> bool:
@@ -48,6 +50,8 @@ class StreamWatch:
         """Record ``cost``, the running cost now; how much the last event added (0 for the
         first): the next event is expected to add about as much."""
         last, self.cost = self.cost, cost
+        if self.final:  # the answer is complete: no next event will cost anything
+            return 0
         return 0 if last is None else max(0, cost - last)
 
     def feed(self, event: SSEEvent) -> bool:
@@ -73,6 +77,9 @@ class StreamWatch:
                 self.model = self.assembler.model
         elif isinstance(payload.get("usage"), dict):
             self.chars = 0
+        if name == "message_delta":
+            delta = payload.get("delta")
+            self.final = isinstance(delta, dict) and delta.get("stop_reason") is not None
         return True
 
     @property

@@ -46,6 +46,8 @@ class Facts:
     background: bool
     agent_id: str | None = None
     parent_agent_id: str | None = None
+    # The principal's groups, from its credential (never from a request header).
+    groups: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, exchange: Exchange, background_models: re.Pattern[str]) -> Facts:
@@ -65,7 +67,8 @@ class Facts:
                    input_tokens=estimate_tokens(body, len(request.body)),
                    thinking=thinking, tools=tools,
                    background=model is not None and background_models.match(model) is not None,
-                   agent_id=exchange.agent_id, parent_agent_id=exchange.parent_agent_id)
+                   agent_id=exchange.agent_id, parent_agent_id=exchange.parent_agent_id,
+                   groups=tuple(principal.groups))
 
 
 def _compile(patterns: tuple[str, ...]) -> re.Pattern[str] | None:
@@ -82,7 +85,7 @@ def _hit(pattern: re.Pattern[str], value: str | None) -> bool:
 class Matcher:
     """A rule's match table, compiled."""
 
-    __slots__ = ("agents", "background", "headers", "match", "max_tokens", "min_tokens",
+    __slots__ = ("agents", "background", "groups", "headers", "match", "max_tokens", "min_tokens",
                  "models", "parent_agents", "paths", "principals", "teams", "thinking", "tools")
 
     def __init__(self, match: Match) -> None:
@@ -91,6 +94,7 @@ class Matcher:
         self.paths = _compile(match.paths)
         self.principals = _compile(match.principals)
         self.teams = _compile(match.teams)
+        self.groups = _compile(match.groups)
         self.headers = [(name, _compile((glob,))) for name, glob in match.headers]
         self.min_tokens = match.min_input_tokens
         self.max_tokens = match.max_input_tokens
@@ -109,6 +113,8 @@ class Matcher:
                                                 _hit(self.principals, facts.principal_name)):
             return False
         if self.teams is not None and not _hit(self.teams, facts.team):
+            return False
+        if self.groups is not None and not any(_hit(self.groups, g) for g in facts.groups):
             return False
         if self.agents is not None and not _hit(self.agents, facts.agent_id):
             return False

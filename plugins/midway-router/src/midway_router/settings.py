@@ -64,6 +64,9 @@ class Match:
     models: tuple[str, ...] = ()
     principals: tuple[str, ...] = ()
     teams: tuple[str, ...] = ()
+    # the principal's groups (an API key's, or a signed-in person's from the IdP): a glob
+    # matching any one of them
+    groups: tuple[str, ...] = ()
     headers: tuple[tuple[str, str], ...] = ()
     paths: tuple[str, ...] = ()
     min_input_tokens: int | None = None
@@ -225,7 +228,7 @@ def _target(raw: Any, where: str, model: str | None = None) -> TargetSpec:
 
 def _match(raw: Any, where: str) -> Match:
     table = _table(raw or {}, where)
-    known = {"model", "principal", "team", "headers", "path", "min_input_tokens",
+    known = {"model", "principal", "team", "group", "headers", "path", "min_input_tokens",
              "max_input_tokens", "thinking", "tools", "background", "agent", "parent_agent"}
     unknown = set(table) - known
     if unknown:
@@ -235,6 +238,7 @@ def _match(raw: Any, where: str) -> Match:
     return Match(models=_strs(table.get("model"), f"{where}.model"),
                  principals=_strs(table.get("principal"), f"{where}.principal"),
                  teams=_strs(table.get("team"), f"{where}.team"),
+                 groups=_strs(table.get("group"), f"{where}.group"),
                  headers=headers,
                  paths=_strs(table.get("path"), f"{where}.path"),
                  min_input_tokens=_int(table.get("min_input_tokens"), f"{where}.min_input_tokens"),
