@@ -196,8 +196,9 @@ def test_forged_tokens_are_refused(gateway: Start, token: str) -> None:
 
 
 def test_a_token_signed_by_another_install_or_expired_is_refused(gateway: Start) -> None:
-    from midway_identity.tokens import Minter
     from joserfc.jwk import OctKey
+
+    from midway_identity.tokens import Minter
 
     gw = gateway()
     identity = gw.midway.services.get(IDENTITY)
