@@ -12,18 +12,22 @@ _STYLE = ("body{font-family:system-ui,sans-serif;max-width:32rem;margin:4rem aut
 HEADERS = {"cache-control": "no-store", "x-frame-options": "DENY",
            "content-security-policy": "default-src 'none'; style-src 'unsafe-inline'; "
                                       "form-action 'self'; frame-ancestors 'none'",
-           "referrer-policy": "no-referrer", "x-content-type-options": "nosniff"}
+           "referrer-policy": "same-origin", "x-content-type-options": "nosniff"}
 
 
-def page(title: str, body: str, status: int = 200) -> web.Response:
+def page(title: str, body: str, status: int = 200, form_to: str = "") -> web.Response:
     html = (f"<!doctype html><html><head><meta charset=utf-8><title>{escape(title)}</title>"
             f"<meta name=viewport content='width=device-width'><style>{_STYLE}</style></head>"
             f"<body><main data-page='{escape(title)}'><h1>{escape(title)}</h1>{body}</main>"
             "</body></html>")
-    return web.Response(status=status, text=html, content_type="text/html", headers=HEADERS)
+    headers = dict(HEADERS)
+    if form_to:  # the form's answer redirects there (CSP form-action covers redirects)
+        headers["content-security-policy"] = headers["content-security-policy"].replace(
+            "form-action 'self'", f"form-action 'self' {form_to}")
+    return web.Response(status=status, text=html, content_type="text/html", headers=headers)
 
 
-def confirm_code(user_code: str) -> web.Response:
+def confirm_code(user_code: str, idp_origin: str) -> web.Response:
     # Never submitted on its own (RFC 8628 5.4): the person compares the code with their
     # terminal and presses the button.
     return page("Sign in to midway", (
@@ -32,7 +36,7 @@ def confirm_code(user_code: str) -> web.Response:
         "<form method=post action='/device'>"
         f"<input type=hidden name=user_code value='{escape(user_code)}'>"
         "<button type=submit id=continue>Continue to sign in</button></form>"
-        "<p>If you did not start a sign-in, close this page.</p>"))
+        "<p>If you did not start a sign-in, close this page.</p>"), form_to=idp_origin)
 
 
 def enter_code(message: str = "", status: int = 200) -> web.Response:

@@ -363,18 +363,22 @@ class Identity:
         if not code or not await self.store.pending_by_user_code(code):
             return pages.enter_code("That code was not recognised or has expired. Check "
                                     "your terminal and try again.", 400)
-        return pages.confirm_code(code)
+        endpoint = str(self.idp.app.server_metadata.get("authorization_endpoint") or
+                       self.config.issuer)
+        parts = urlsplit(endpoint)
+        return pages.confirm_code(code, f"{parts.scheme}://{parts.netloc}")
 
     def _cross_site(self, request: web.Request) -> bool:
-        if request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
-            return True
+        """A form post another site made the browser send (CSRF): browsers say so in
+        ``Sec-Fetch-Site``; older ones in ``Origin``."""
+        site = request.headers.get("sec-fetch-site")
+        if site is not None:
+            return site not in ("same-origin", "none")
         origin = request.headers.get("origin")
         if origin is None:
             return False
-        want = urlsplit(self.base(request))
-        got = urlsplit(origin)
-        host = request.host
-        return not (got.netloc == want.netloc or got.netloc == host)
+        return urlsplit(origin).netloc not in (urlsplit(self.base(request)).netloc,
+                                               request.host)
 
     async def device_submit(self, request: web.Request) -> web.Response:
         if not self.verify_limit.allow(request.remote or ""):
