@@ -43,6 +43,9 @@ def register_routes(app: web.Application, midway: Midway) -> None:
     identity = Identity(midway, config)
     identity.add_routes(app)
     midway.services[IDENTITY] = identity
+    if config.admin_groups:  # the dashboard's login page links to it (midway_dashboard.SIGN_IN)
+        midway.services["dashboard.sign_in"] = ("Sign in with your company account",
+                                                "/_midway/identity/login")
 
 
 @hookimpl
