@@ -53,7 +53,8 @@ class Seen:
 
 
 def identity_config(issuer: str, /, **extra: Any) -> dict[str, Any]:
-    return {"issuer": extra.pop("issuer", issuer), "client_id": "midway-test", "client_secret": "s3cret-test",
+    return {"issuer": extra.pop("issuer", issuer), "client_id": "midway-test",
+            "client_secret": "s3cret-test",
             "poll_interval": 1, "group_models": GROUP_MODELS, "admin_groups": ["midway-admins"],
             "revocation_cache_seconds": 0, **extra}
 
