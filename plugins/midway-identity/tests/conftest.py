@@ -76,14 +76,3 @@ def gateway(midway_factory: Callable[..., RunningMidway], idp: str, seen: Seen
                               config=config, upstream_api_key="sk-ant-upstream-test",
                               **overrides)
     return start
-
-
-@pytest.fixture
-def dashboard_gateway(gateway: Callable[..., RunningMidway], monkeypatch: pytest.MonkeyPatch
-                      ) -> RunningMidway:
-    """midway with the dashboard (admin key set, for automation) and sign-in for admins."""
-    import midway_dashboard
-
-    monkeypatch.setenv("MIDWAY_TEST_ADMIN_KEY", "adm-identity-test-0123456789")
-    return gateway(plugins=[("dashboard", midway_dashboard)],
-                   admin_key="env:MIDWAY_TEST_ADMIN_KEY")
