@@ -347,3 +347,30 @@ def test_email_domain_allowlist(gateway: Start) -> None:
     page = browser_signin(device["verification_uri_complete"], "mallory")
     assert page.status_code == 403
     assert client.poll(device["device_code"]).json()["error"] == "access_denied"
+
+
+def test_guessing_codes_and_flooding_sign_ins_are_limited(gateway: Start) -> None:
+    gw = gateway()
+    with httpx.Client(timeout=10) as http:
+        answers = [http.get(f"{gw.url}/device?user_code=BCDF-GHJ{c}").status_code
+                   for c in "KLMNPQRSTV" * 7]
+        assert 400 in answers and answers[-1] == 429  # 60 guesses per 5 minutes, then no
+        starts = [http.post(f"{gw.url}/oauth/device_authorization",
+                            data={"surface": "claude_code"}) for _ in range(31)]
+        assert all(r.status_code == 200 for r in starts[:30])
+        assert starts[30].status_code == 429 and starts[30].json()["error"] == "slow_down"
+
+
+def test_oversized_or_odd_forms_are_refused(gateway: Start) -> None:
+    gw = gateway()
+    big = httpx.post(f"{gw.url}/oauth/token", content=b"grant_type=" + b"x" * 20000,
+                     headers={"content-type": "application/x-www-form-urlencoded"}, timeout=10)
+    assert big.status_code == 413
+    odd = httpx.post(f"{gw.url}/oauth/token", data={"grant_type": "password"}, timeout=10)
+    assert odd.status_code == 400 and odd.json()["error"] == "unsupported_grant_type"
+    missing = httpx.post(f"{gw.url}/oauth/token",
+                         data={"grant_type": "urn:ietf:params:oauth:grant-type:device_code"},
+                         timeout=10)
+    assert missing.status_code == 400 and missing.json()["error"] == "invalid_request"
+    # a refresh token that never existed
+    assert Client(gw.url).refresh("made-up").status_code == 401

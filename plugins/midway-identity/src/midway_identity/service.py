@@ -119,7 +119,7 @@ class Identity:
             # Unreachable: not a crash loop. /readyz says so and sign-ins answer 503 until the
             # IdP answers; tokens already issued keep working (they are checked locally).
             self.idp_problem = f"identity provider unreachable: {exc}"
-            log.warning("identity: %s; retrying every 10 s (GET /readyz is 503 until then)",
+            log.warning("%s; retrying every 10 s (GET /readyz is 503 until then)",
                         self.idp_problem)
             self._retry = asyncio.create_task(self._rediscover())
 
@@ -359,6 +359,9 @@ class Identity:
         raw = request.query.get("user_code", "")
         if not raw:
             return pages.enter_code()
+        if not self.verify_limit.allow(request.remote or ""):  # no guessing codes here either
+            return pages.failed("Too many attempts from your network. Wait a few minutes "
+                                "and try again.", 429)
         code = normalise_user_code(raw)
         if not code or not await self.store.pending_by_user_code(code):
             return pages.enter_code("That code was not recognised or has expired. Check "
