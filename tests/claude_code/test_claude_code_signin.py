@@ -1,7 +1,7 @@
 """The real Claude Code CLI signs in to midway through the company's IdP: ``/login`` driven in
 tmux, the device code confirmed in chromium (Playwright) against a real OIDC provider, then a
 prompt runs as that person; the audit record names them, and a group without Opus gets Opus
-refused."""
+refused; the token refreshes, and a revoked session ends the next run."""
 
 from __future__ import annotations
 
@@ -37,7 +37,9 @@ def gateway(idp: str, fake_upstream: FakeUpstream, tmp_path: Path) -> Iterator[R
     config = {"midway": {"plugins": ["audit", "identity"]},
               "audit": {"store": "sqlite"},
               "identity": {"issuer": idp, "client_id": "midway-cc", "client_secret": "cc-secret",
-                           "group_models": GROUP_MODELS, "revocation_cache_seconds": 0}}
+                           "group_models": GROUP_MODELS, "revocation_cache_seconds": 0,
+                           # so short that Claude Code must refresh before its next request
+                           "token_seconds": 1}}
     running = start_midway(tmp_path / "midway", fake_upstream.url, config=config,
                            upstream_api_key="sk-ant-upstream-held-by-midway")
     yield running
@@ -152,3 +154,16 @@ def test_claude_code_signs_in_through_the_idp(gateway: RunningMidway, claude_bin
     assert {r["principal"] for r in records} == {person_id(idp, "ian")}
     assert any(r["model"] == "claude-haiku-4-5" and r["status"] == 200 for r in records)
     assert any(r["status"] == 403 for r in records), "the refused Opus request is audited"
+    # Claude Code refreshed its token (a 1 s lifetime) through midway's token endpoint
+    identity = gateway.midway.services["identity"]
+    sessions = gateway.call(identity.store.sessions("ian@corp.example"))
+    assert len(sessions) == 1 and sessions[0].refreshed_at is not None
+
+    # an administrator ends the session: the next run is refused and told to sign in again
+    assert gateway.call(identity.store.revoke([sessions[0].id], "left the company")) == 1
+    proc = subprocess.run([str(claude_binary), "-p", "Say hello", "--model", "claude-haiku-4-5",
+                           "--output-format", "json"], env={**env, "TERM": "dumb"}, cwd=work,
+                          capture_output=True, text=True, timeout=90, check=False)
+    said = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "no longer accepts this session" in said and "/login" in said, said[-2000:]
