@@ -36,6 +36,9 @@ BROWSER_COOKIE = "midway_signin"
 # Matches no model name: a signed-in person whose groups allow nothing.
 NOTHING = "\x00no model"
 MAX_FORM = 16 * 1024
+# A refresh token spent this recently and presented again is two refreshes of one client
+# crossing (two terminals sharing one sign-in), not a stolen copy: both get tokens.
+REUSE_GRACE = 10.0
 
 
 def person_id(issuer: str, subject: str) -> str:
@@ -297,9 +300,13 @@ class Identity:
     async def _refresh(self, token: str) -> web.Response:
         if not token or len(token) > 128:
             return _oauth_error("invalid_grant", 401, "sign in again")
-        status, session = await self.store.peek_refresh(token)
+        status, session = await self.store.peek_refresh(token, REUSE_GRACE)
         if status == "unknown" or session is None:
             return _oauth_error("invalid_grant", 401, "sign in again")
+        if status == "race":  # two refreshes of one client crossed: both get tokens
+            if not session.active:
+                return _oauth_error("invalid_grant", 401, "sign in again")
+            return await self._tokens(session)
         if status == "used":
             await self.store.use_refresh(token)  # revokes the session: a copy is in use
             log.warning("identity: a refresh token of session %s was presented twice; the "
@@ -309,7 +316,9 @@ class Identity:
             return _oauth_error("invalid_grant", 401, "this sign-in has ended; sign in again")
         groups = None
         idp_refresh = None
-        if session.idp_refresh:
+        recently = session.refreshed_at is not None and \
+            time.time() - float(session.refreshed_at) < REUSE_GRACE
+        if session.idp_refresh and not recently:  # (the IdP was asked seconds ago)
             try:
                 claims, idp_refresh = await self.idp.refresh(session.idp_refresh)
             except IdPError as exc:
@@ -323,8 +332,10 @@ class Identity:
                                     "this sign-in; sign in again")
             if claims is not None:
                 groups = _groups(claims, self.config.groups_claim)
-        outcome, spent = await self.store.use_refresh(token)
-        if outcome != "ok" or spent is None:  # lost a race with another use of the same token
+        outcome, spent = await self.store.use_refresh(token, REUSE_GRACE)
+        if outcome == "race" and spent is not None and spent.active:
+            return await self._tokens(spent)
+        if outcome != "ok" or spent is None:
             return _oauth_error("invalid_grant", 401, "sign in again")
         await self.store.update_session(session.id, groups, idp_refresh)
         self._checked.pop(session.id, None)

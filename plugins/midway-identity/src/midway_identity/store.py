@@ -310,19 +310,24 @@ class IdentityStore:
                               time.time())
         return token
 
-    async def peek_refresh(self, token: str) -> tuple[str, Session | None]:
-        """What a refresh token stands for, without spending it: ``("ok" | "used", session)``
-        or ``("unknown", None)``."""
+    async def peek_refresh(self, token: str, grace: float = 0.0) -> tuple[str, Session | None]:
+        """What a refresh token stands for, without spending it: ``("ok" | "race" | "used",
+        session)`` (``race``: spent less than ``grace`` seconds ago, by a concurrent refresh
+        of the same client) or ``("unknown", None)``."""
         row = await self.db.fetchone("SELECT session_id, used_at FROM midway_identity_refresh "
                                      "WHERE digest = ?", digest(token))
         if row is None:
             return "unknown", None
-        return ("used" if row["used_at"] is not None else "ok"), \
-            await self.session(row["session_id"])
+        used = row["used_at"]
+        status = "ok" if used is None else "race" if time.time() - float(used) < grace \
+            else "used"
+        return status, await self.session(row["session_id"])
 
-    async def use_refresh(self, token: str) -> tuple[str, Session | None]:
-        """Spend a refresh token: ``("ok", session)``, ``("reused", session)`` (the session
-        is revoked: a token was presented twice, so someone holds a copy), or
+    async def use_refresh(self, token: str, grace: float = 0.0
+                          ) -> tuple[str, Session | None]:
+        """Spend a refresh token: ``("ok", session)``, ``("race", session)`` (spent less than
+        ``grace`` seconds ago: two refreshes of one client crossed), ``("reused", session)``
+        (the session is revoked: a token was presented twice, so someone holds a copy), or
         ``("unknown", None)``."""
         now = time.time()
 
@@ -334,6 +339,8 @@ class IdentityStore:
             srow = await tx.fetchone(_SELECT_SESSIONS + " WHERE id = ?", row["session_id"])
             session = _session(srow) if srow is not None else None
             if row["used_at"] is not None:
+                if now - float(row["used_at"]) < grace:
+                    return "race", session
                 if session is not None and session.revoked_at is None:
                     await tx.execute("UPDATE midway_identity_sessions SET revoked_at = ?, "
                                      "revoked_reason = ?, idp_refresh = NULL WHERE id = ?",
