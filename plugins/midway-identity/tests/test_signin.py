@@ -382,3 +382,32 @@ def test_oversized_or_odd_forms_are_refused(gateway: Start) -> None:
     assert missing.status_code == 400 and missing.json()["error"] == "invalid_request"
     # a refresh token that never existed
     assert Client(gw.url).refresh("made-up").status_code == 401
+
+
+def test_a_forged_authorization_code_signs_nobody_in(gateway: Start) -> None:
+    from urllib.parse import parse_qs, urlsplit
+
+    gw = gateway()
+    client = Client(gw.url)
+    device = client.start()
+    b = httpx.Client(timeout=10)
+    b.get(device["verification_uri_complete"])
+    to_idp = b.post(f"{gw.url}/device", data={"user_code": device["user_code"]})
+    query = parse_qs(urlsplit(to_idp.headers["location"]).query)
+    assert query["code_challenge_method"] == ["S256"] and query["nonce"][0]
+    forged = b.get(f"{gw.url}/oauth/callback?code=forged-code&state={query['state'][0]}")
+    assert forged.status_code == 502 and "could not be completed" in forged.text
+    assert client.poll(device["device_code"]).json()["error"] == "access_denied"
+    # the state is spent: replaying the callback does nothing
+    again = b.get(f"{gw.url}/oauth/callback?code=other&state={query['state'][0]}")
+    assert again.status_code == 400
+
+
+def test_groups_claim_shapes() -> None:
+    from midway_identity.service import _groups
+
+    assert _groups({"groups": ["a", "b", "a", 3, ""]}, "groups") == ("a", "b")
+    assert _groups({"groups": "solo"}, "groups") == ("solo",)
+    assert _groups({"realm_access": {"roles": ["dev"]}}, "realm_access.roles") == ("dev",)
+    assert _groups({"groups": {"not": "a list"}}, "groups") == ()
+    assert _groups({}, "groups") == ()
