@@ -248,6 +248,11 @@ def test_refresh_rotates_and_reuse_revokes_the_session(gateway: Start) -> None:
 def test_removed_at_the_idp_cannot_refresh(gateway: Start, idp: str) -> None:
     gw = gateway()
     tokens = sign_in(gw.url, "ian")
+    identity = gw.midway.services.get(IDENTITY)
+    assert identity is not None
+    (session,) = gw.call(identity.store.sessions("ian"))
+    held = session.idp_refresh  # the IdP's refresh token, sealed at rest (JWE)
+    assert held is not None and held.count(".") == 4 and identity.sealer.open(held)
     httpx.post(f"{idp}/users/ian/revoke-tokens", timeout=10).raise_for_status()
     resp = Client(gw.url).refresh(tokens["refresh_token"])
     assert resp.status_code == 401 and resp.json()["error"] == "invalid_grant"

@@ -26,7 +26,7 @@ from midway_identity import pages
 from midway_identity.config import IdentityConfig
 from midway_identity.idp import IdP, IdPError
 from midway_identity.store import IdentityStore, Person, Session, normalise_user_code
-from midway_identity.tokens import Minter, TokenError, looks_like_jwt, signing_key
+from midway_identity.tokens import Minter, Sealer, TokenError, looks_like_jwt, signing_key
 
 log = logging.getLogger("midway.identity")
 
@@ -103,6 +103,8 @@ class Identity:
         self.idp = IdP(config)
         self.minter = Minter(signing_key(config.signing_key, midway.data_dir),
                              self.public_url, config.token_seconds)
+        self.sealer = Sealer(signing_key(config.signing_key, midway.data_dir,
+                                         b"midway-identity sealed idp tokens v1"))
         self.idp_problem: str | None = "the IdP's discovery document was not read yet"
         self._checked: dict[str, tuple[float, Session | None]] = {}
         self._retry: asyncio.Task[None] | None = None
@@ -319,8 +321,13 @@ class Identity:
         recently = session.refreshed_at is not None and \
             time.time() - float(session.refreshed_at) < REUSE_GRACE
         if session.idp_refresh and not recently:  # (the IdP was asked seconds ago)
+            held = self.sealer.open(session.idp_refresh)
             try:
-                claims, idp_refresh = await self.idp.refresh(session.idp_refresh)
+                if held is None:  # sealed under another signing key: ask for a sign-in
+                    raise IdPError("the IdP's refresh token cannot be read (signing_key "
+                                   "changed?)")
+                claims, fresh_idp = await self.idp.refresh(held)
+                idp_refresh = self.sealer.seal(fresh_idp) if fresh_idp else None
             except IdPError as exc:
                 if "ConnectError" in str(exc) or "Timeout" in str(exc):
                     return _oauth_error("temporarily_unavailable", 503,
@@ -460,7 +467,9 @@ class Identity:
             await self.store.finish_device(user_code, None)
             return pages.failed(refusal, 403)
         lifetime = self.config.session_seconds
-        session = await self.store.create_session(person, leg["surface"], lifetime, idp_refresh)
+        session = await self.store.create_session(
+            person, leg["surface"], lifetime,
+            self.sealer.seal(idp_refresh) if idp_refresh else None)
         if leg["surface"] == "dashboard":
             await self.store.finish_device(user_code, session.id)
             return await self._dashboard_session(request, person)

@@ -14,7 +14,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from joserfc import jwt
+from joserfc import jwe, jwt
 from joserfc.errors import ExpiredTokenError, JoseError
 from joserfc.jwk import OctKey
 
@@ -24,13 +24,33 @@ AUDIENCE = "midway"
 ALGORITHM = "HS256"
 
 
-def signing_key(configured: str | None, data_dir: Path) -> OctKey:
+def signing_key(configured: str | None, data_dir: Path,
+                purpose: bytes = b"midway-identity access tokens v1") -> OctKey:
     """The key tokens are signed with: derived (HKDF-SHA256) from ``[identity] signing_key``,
-    else from this install's secret in the data dir (0600, created on first start)."""
+    else from this install's secret in the data dir (0600, created on first start).
+    ``purpose`` derives another key from the same secret (the sealing key)."""
     material = configured.encode() if configured is not None else install_secret(data_dir)
-    derived = HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
-                   info=b"midway-identity access tokens v1").derive(material)
+    derived = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=purpose).derive(material)
     return OctKey.import_key(derived)
+
+
+class Sealer:
+    """Keeps a secret unreadable at rest (the IdP's refresh token in the store): JWE with
+    ``dir`` + A256GCM (joserfc) under a key derived from the signing secret."""
+
+    def __init__(self, key: OctKey) -> None:
+        self.key = key
+
+    def seal(self, secret: str) -> str:
+        return jwe.encrypt_compact({"alg": "dir", "enc": "A256GCM"}, secret.encode(), self.key)
+
+    def open(self, sealed: str) -> str | None:
+        """The secret, or ``None`` when it was sealed under another key (or tampered with)."""
+        try:
+            plaintext = jwe.decrypt_compact(sealed, self.key).plaintext
+        except (JoseError, ValueError):
+            return None
+        return plaintext.decode() if plaintext is not None else None
 
 
 class TokenError(Exception):
