@@ -149,3 +149,23 @@ def test_installed_but_unconfigured_changes_nothing(midway_factory: Callable[...
     resp = httpx.post(f"{gw.url}/v1/messages", json=message(), timeout=10,
                       headers={"x-api-key": "sk-ant-client-own", "anthropic-version": "2023-06-01"})
     assert resp.status_code == 200  # pass-through as before
+
+
+def test_config_check_asks_the_idp(idp: str, tmp_path: Path) -> None:
+    from midway.testing_services import free_port
+
+    good = tmp_path / "good.toml"
+    good.write_text(f'[midway]\nplugins = ["identity"]\n[identity]\nissuer = "{idp}"\n'
+                    'client_id = "x"\n')
+    runner = CliRunner()
+    assert runner.invoke(cli, ["db", "upgrade", "--config", str(good), "--data-dir",
+                               str(tmp_path / "d")]).exit_code == 0
+    ok = runner.invoke(cli, ["config", "check", "--config", str(good), "--data-dir",
+                             str(tmp_path / "d")])
+    assert ok.exit_code == 0, ok.output
+    bad = tmp_path / "bad.toml"
+    bad.write_text(f'[midway]\nplugins = ["identity"]\n[identity]\n'
+                   f'issuer = "http://127.0.0.1:{free_port()}"\nclient_id = "x"\n')
+    out = runner.invoke(cli, ["config", "check", "--config", str(bad), "--data-dir",
+                              str(tmp_path / "d")])
+    assert out.exit_code != 0 and "[identity] issuer:" in out.output, out.output

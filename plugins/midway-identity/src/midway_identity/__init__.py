@@ -20,6 +20,7 @@ from midway.context import Midway
 from midway.exchange import Exchange, Principal
 from midway.storage import check_store, upgrade_store
 from midway_identity.config import IdentityConfig
+from midway_identity.idp import IdP, IdPError
 from midway_identity.service import IDENTITY, Identity, person_id, settings_checksum
 from midway_identity.store import SCHEMA
 
@@ -96,8 +97,13 @@ async def config_check(midway: Midway) -> list[str]:
         return [str(exc)]
     if not config.enabled:
         return []
-    return await check_store(config.store, SCHEMA, label="[identity] store",
-                             pg_schema=config.schema)
+    problems = await check_store(config.store, SCHEMA, label="[identity] store",
+                                 pg_schema=config.schema)
+    try:
+        await IdP(config).discover()
+    except IdPError as exc:
+        problems.append(f"[identity] issuer: {exc}")
+    return problems
 
 
 @hookimpl
