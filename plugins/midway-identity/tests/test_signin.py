@@ -416,3 +416,23 @@ def test_groups_claim_shapes() -> None:
     assert _groups({"realm_access": {"roles": ["dev"]}}, "realm_access.roles") == ("dev",)
     assert _groups({"groups": {"not": "a list"}}, "groups") == ()
     assert _groups({}, "groups") == ()
+
+
+def test_sign_in_beside_the_key_store(midway_factory: Any, idp: str) -> None:
+    """With ``[keys] enabled`` (issued keys) too, both kinds of credential are accepted."""
+    from conftest import MODELS, identity_config
+
+    import midway_identity
+
+    gw = midway_factory(plugins=[("identity", midway_identity)],
+                        config={"identity": identity_config(idp), "keys": {"enabled": True},
+                                "models": {"list": MODELS}},
+                        upstream_api_key="sk-ant-upstream-test")
+    tokens = sign_in(gw.url, "alice")
+    ok = httpx.post(f"{gw.url}/v1/messages", json=message("claude-haiku-4-5-20251001"),
+                    headers=bearer(tokens["access_token"]), timeout=10)
+    assert ok.status_code == 200, ok.text
+    unknown = httpx.post(f"{gw.url}/v1/messages", json=message("claude-haiku-4-5-20251001"),
+                         headers={"x-api-key": "mw-not-a-real-key-000000000000",
+                                  "anthropic-version": "2023-06-01"}, timeout=10)
+    assert unknown.status_code == 401
