@@ -7,25 +7,11 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from oidc_provider_mock import User, run_server_in_thread
+from oidc_provider_mock import run_server_in_thread
+from signin import MODELS, PEOPLE, Seen, identity_config
 
 import midway_identity
-from midway.exchange import Exchange
-from midway.hookspecs import hookimpl
 from midway.testing import RunningMidway
-
-PEOPLE = [
-    User(sub="alice", claims={"email": "alice@corp.example", "name": "Alice Liddell",
-                              "groups": ["engineering", "midway-admins"]}),
-    User(sub="ian", claims={"email": "ian@corp.example", "name": "Ian Intern",
-                            "groups": ["interns"]}),
-    User(sub="mallory", claims={"email": "mallory@elsewhere.example", "name": "Mallory",
-                                "groups": []}),
-]
-GROUP_MODELS = {"engineering": ["claude-*"], "interns": ["claude-haiku-*", "claude-sonnet-*"]}
-MODELS = [{"id": "claude-opus-4-1-20250805", "display_name": "Claude Opus 4.1"},
-          {"id": "claude-sonnet-4-5-20250929", "display_name": "Claude Sonnet 4.5"},
-          {"id": "claude-haiku-4-5-20251001", "display_name": "Claude Haiku 4.5"}]
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -39,24 +25,6 @@ def idp() -> Iterator[str]:
     """The issuer URL of a running OIDC provider knowing PEOPLE."""
     with run_server_in_thread(port=0, user_claims=PEOPLE) as server:
         yield f"http://localhost:{server.server_port}"
-
-
-class Seen:
-    """Records who each finished request was (what the audit log would name)."""
-
-    def __init__(self) -> None:
-        self.principals: list[Any] = []
-
-    @hookimpl
-    def post_response(self, exchange: Exchange) -> None:
-        self.principals.append(exchange.principal)
-
-
-def identity_config(issuer: str, /, **extra: Any) -> dict[str, Any]:
-    return {"issuer": extra.pop("issuer", issuer), "client_id": "midway-test",
-            "client_secret": "s3cret-test",
-            "poll_interval": 1, "group_models": GROUP_MODELS, "admin_groups": ["midway-admins"],
-            "revocation_cache_seconds": 0, **extra}
 
 
 @pytest.fixture

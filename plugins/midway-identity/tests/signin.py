@@ -9,9 +9,45 @@ import re
 from typing import Any
 
 import httpx
+from oidc_provider_mock import User
+
+from midway.exchange import Exchange
+from midway.hookspecs import hookimpl
 
 UA = {"User-Agent": "claude-code/2.1.331"}
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
+PEOPLE = [
+    User(sub="alice", claims={"email": "alice@corp.example", "name": "Alice Liddell",
+                              "groups": ["engineering", "midway-admins"]}),
+    User(sub="ian", claims={"email": "ian@corp.example", "name": "Ian Intern",
+                            "groups": ["interns"]}),
+    User(sub="mallory", claims={"email": "mallory@elsewhere.example", "name": "Mallory",
+                                "groups": []}),
+]
+GROUP_MODELS = {"engineering": ["claude-*"], "interns": ["claude-haiku-*", "claude-sonnet-*"]}
+MODELS = [{"id": "claude-opus-4-1-20250805", "display_name": "Claude Opus 4.1"},
+          {"id": "claude-sonnet-4-5-20250929", "display_name": "Claude Sonnet 4.5"},
+          {"id": "claude-haiku-4-5-20251001", "display_name": "Claude Haiku 4.5"}]
+
+
+class Seen:
+    """Records who each finished request was (what the audit log would name)."""
+
+    def __init__(self) -> None:
+        self.principals: list[Any] = []
+
+    @hookimpl
+    def post_response(self, exchange: Exchange) -> None:
+        self.principals.append(exchange.principal)
+
+
+def identity_config(issuer: str, /, **extra: Any) -> dict[str, Any]:
+    return {"issuer": extra.pop("issuer", issuer), "client_id": "midway-test",
+            "client_secret": "s3cret-test",
+            "poll_interval": 1, "group_models": GROUP_MODELS, "admin_groups": ["midway-admins"],
+            "revocation_cache_seconds": 0, **extra}
+
+
 
 
 class Client:

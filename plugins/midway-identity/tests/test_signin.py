@@ -12,8 +12,7 @@ import anthropic
 import httpx
 import pytest
 from click.testing import CliRunner
-from conftest import Seen
-from signin import Client, browser_signin, sign_in
+from signin import Client, Seen, browser_signin, sign_in
 
 from midway.cli import cli
 from midway.testing import RunningMidway, wait_for
@@ -420,7 +419,7 @@ def test_groups_claim_shapes() -> None:
 
 def test_sign_in_beside_the_key_store(midway_factory: Any, idp: str) -> None:
     """With ``[keys] enabled`` (issued keys) too, both kinds of credential are accepted."""
-    from conftest import MODELS, identity_config
+    from signin import MODELS, identity_config
 
     import midway_identity
 
