@@ -25,7 +25,7 @@ def test_unknown_plugin_name_fails_serve_and_config_check(tmp_path):
     assert served.returncode == 1 and "Traceback" not in served.stderr, served.stderr
     assert served.stderr.strip().splitlines() == [
         "Error: MIDWAY_PLUGINS: no installed plugin is called 'biling'; did you mean "
-        "`billing`? installed: audit, billing, cache, dashboard, otel, router"]
+        "`billing`? installed: audit, billing, cache, dashboard, identity, otel, router"]
     checked = midway(tmp_path, "config", "check", plugins="audit,biling")
     assert checked.returncode == 1
     assert "no installed plugin is called 'biling'" in checked.stdout
@@ -42,7 +42,7 @@ def test_unknown_plugin_name_in_the_config_file(tmp_path):
     assert result.returncode == 1, result.stderr
     assert result.stderr.strip() == (
         f"Error: {config}: [midway] plugins: no installed plugin is called 'cach'; did you "
-        "mean `cache`? installed: audit, billing, cache, dashboard, otel, router")
+        "mean `cache`? installed: audit, billing, cache, dashboard, identity, otel, router")
 
 
 def test_typo_in_cache_table_is_one_line_with_the_nearest_key(tmp_path):
@@ -98,7 +98,7 @@ def test_config_check_reports_every_problem_in_words(tmp_path):
 def test_start_up_lines_say_what_each_plugin_does(tmp_path):
     port = free_port()
     log = tmp_path / "serve.log"
-    env = {**os.environ, "MIDWAY_PLUGINS": "audit,billing,cache,dashboard,otel,router"}
+    env = {**os.environ, "MIDWAY_PLUGINS": "audit,billing,cache,dashboard,identity,otel,router"}
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "midway.cli", "serve", "--port", str(port), "--data-dir",
@@ -111,10 +111,11 @@ def test_start_up_lines_say_what_each_plugin_does(tmp_path):
     text = log.read_text()
     assert f"listening on http://127.0.0.1:{port}" in text
     assert f"data dir {tmp_path / 'data'}" in text
-    assert "plugins: audit, billing, cache, dashboard, otel, router" in text
+    assert "plugins: audit, billing, cache, dashboard, identity, otel, router" in text
     lines = {name: next((line for line in text.splitlines()
                          if f"INFO midway:   {name}: " in line), "")
-             for name in ("audit", "billing", "cache", "dashboard", "otel", "router")}
+             for name in ("audit", "billing", "cache", "dashboard", "identity", "otel",
+                          "router")}
     assert all(lines.values()), text
     assert f"http://127.0.0.1:{port}/_midway/" in lines["dashboard"]
     assert str(tmp_path / "data") in lines["audit"]
@@ -122,6 +123,7 @@ def test_start_up_lines_say_what_each_plugin_does(tmp_path):
     assert "only requests sending x-midway-cache: use" in lines["cache"]
     assert "bodies deleted after 30d" in lines["audit"]
     assert lines["otel"].endswith("otel: no endpoint set: exports nothing")
+    assert "off until [identity] issuer is set" in lines["identity"]
 
 
 def test_plugin_read_commands_never_create_a_store(tmp_path):

@@ -62,7 +62,7 @@ def test_every_declared_plugin_option_is_documented(
 @pytest.mark.parametrize(("module", "tables"), [
     ("midway_router", ["RouterSettings"]), ("midway_dashboard", ["DashboardConfig"]),
     ("midway_audit", ["AuditConfig"]), ("midway_cache", ["CacheConfig"]),
-    ("midway_otel", ["OtelConfig"])])
+    ("midway_otel", ["OtelConfig"]), ("midway_identity", ["IdentityConfig"])])
 def test_the_declared_tables_are_found(module: str, tables: list[str]) -> None:
     # Guards the discovery above: a plugin that declares its table is really checked.
     plugin = pytest.importorskip(module)

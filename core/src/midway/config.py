@@ -111,7 +111,11 @@ class Settings:
 
     @property
     def client_keys_enabled(self) -> bool:
-        return bool(self.client_keys) or bool(self.plugin_config("keys").get("enabled"))
+        """Whether clients must present a midway credential: client keys (config-defined or
+        ``[keys] enabled``), or sign-in through an identity provider (``[identity]
+        issuer``, the midway-identity plugin)."""
+        return bool(self.client_keys) or bool(self.plugin_config("keys").get("enabled")) or \
+            bool(self.plugin_config("identity").get("issuer"))
 
 
 def _parse_env_value(value: str) -> Any:

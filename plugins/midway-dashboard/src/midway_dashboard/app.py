@@ -82,6 +82,11 @@ def json_response(data: Any, status: int = 200) -> web.Response:
                         headers={"cache-control": "no-store"})
 
 
+#: ``midway.services[SIGN_IN]``: ``(label, url)`` of a sign-in page an identity plugin offers
+#: people instead of the admin key (the key stays for automation).
+SIGN_IN = "dashboard.sign_in"
+
+
 class Dashboard:
     """The plugin's state in one running midway: the traffic window, the gate, the routes.
 
@@ -228,8 +233,19 @@ class Dashboard:
                 '<label>Admin key <input type="password" name="key" autocomplete="current-password"'
                 ' required autofocus></label>'
                 f'<input type="hidden" name="next" value="{html.escape(_safe_next(next_path))}">'
-                '<button type="submit">Log in</button></form></main></body>')
+                '<button type="submit">Log in</button></form>'
+                f'{self._sign_in_link()}</main></body>')
         return _html("Log in", body, status)
+
+    def _sign_in_link(self) -> str:
+        """People sign in through an identity provider when a plugin offers it: it publishes
+        ``(label, url)`` under :data:`SIGN_IN` (midway-identity, for its admin groups)."""
+        offered = self.midway.services.get(SIGN_IN)
+        if not offered:
+            return ""
+        label, url = offered
+        return (f'<p class="sign-in"><a id="sign-in" href="{html.escape(url)}">'
+                f'{html.escape(label)}</a></p>')
 
     async def login_form(self, request: web.Request) -> web.Response:
         return self._login_page(request.query.get("next", f"{PREFIX}/"))
