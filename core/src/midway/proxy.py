@@ -73,6 +73,8 @@ from midway.sse import SSEEvent, SSEParser
 from midway.upstream_client import UnsupportedURL, UpstreamClient, UpstreamUnreachable
 from midway.upstream_errors import connect_cause, public_url
 
+# OTLP/HTTP export paths (Claude Code's telemetry): answered locally, never forwarded.
+TELEMETRY_PATHS = frozenset({"/v1/logs", "/v1/metrics", "/v1/traces"})
 log = logging.getLogger("midway.proxy")
 
 # JSON answers up to this size are buffered (usage is read from them); larger or other
@@ -324,6 +326,12 @@ class Proxy:
                 exchange.answered_by = plugin
                 answer = _plugin_answer(exchange, result)
         if answer is None:
+            if exchange.request.path in TELEMETRY_PATHS:
+                # Claude Code's own OTLP export: no Anthropic-format upstream serves it, and
+                # forwarding would hand a developer's telemetry to the model vendor.
+                raise MidwayError(404, f"{exchange.request.path} is Claude Code's telemetry: "
+                                  "midway relays it only with the otel plugin's [otel] relay = "
+                                  "true (docs/otel.md)")
             answer = await self._attempts(exchange)
         try:
             return await self._relay(request, exchange, answer)

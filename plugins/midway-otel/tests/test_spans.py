@@ -186,9 +186,10 @@ def test_installed_without_an_endpoint_it_does_nothing_and_says_so() -> None:
             assert midway_otel.describe(h.midway) == "no endpoint set: exports nothing"
             result = await h.request()
             assert result.status == 200
-            # the relay's paths go upstream as any other when the relay is off
-            await h.request(b"\x00", path="/v1/logs")
-            assert h.upstream.requests[-1].path == "/v1/logs"
+            # with the relay off, Claude Code's telemetry is refused, never sent upstream
+            sent = len(h.upstream.requests)
+            refused = await h.request(b"\x00", path="/v1/logs")
+            assert refused.status == 404 and len(h.upstream.requests) == sent
     run(main())
 
 
