@@ -77,6 +77,7 @@ class Terminal:
                        capture_output=True)
 
 
+@pytest.mark.cc_cell(feature="gateway sign-in", format="anthropic", upstream="anthropic")
 def test_claude_code_signs_in_through_the_idp(gateway: RunningMidway, claude_binary: Path,
                                               fake_upstream: FakeUpstream,
                                               tmp_path: Path, idp: str) -> None:

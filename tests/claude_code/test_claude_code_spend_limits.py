@@ -41,6 +41,7 @@ def ask(claude: Claude, stack: Stack) -> Any:
                       env={"ANTHROPIC_AUTH_TOKEN": CI_KEY["key"]})
 
 
+@pytest.mark.cc_cell(feature="spend limits", format="anthropic", upstream="anthropic")
 def test_claude_code_warns_near_the_cap_and_prints_the_refusal_past_it(
         claude: Claude, spend_stack: Stack, fake_upstream: FakeUpstream) -> None:
     answer = httpx.post(f"{spend_stack.url}/v1/organizations/spend_limits",
