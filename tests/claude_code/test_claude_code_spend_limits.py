@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+import pytest
 from cc_support import SPEND_ADMIN_KEY as ADMIN
 from cc_support import SPEND_CI_KEY as CI_KEY
 from cc_support import Claude, Stack, text_reply
