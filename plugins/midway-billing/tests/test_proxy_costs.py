@@ -80,7 +80,7 @@ def test_annotations_for_audit(midway_factory, fake_upstream) -> None:
     # who pays, first and in this order (audit stores the annotation as it is)
     assert list(seen["billing"])[:5] == ["principal", "principal_name", "team", "project",
                                          "ancestors"]
-    assert seen["billing"]["ancestors"] == [] and seen["billing"]["team"] is None
+    assert seen["billing"]["ancestors"] == () and seen["billing"]["team"] is None
 
 
 def test_retried_attempt_recorded_once_at_zero(midway_factory, fake_upstream) -> None:

@@ -631,7 +631,7 @@ class Billing:
         who = state.who  # attrs.asdict's fields, written out (it costs ~10 µs a request)
         annotation: dict[str, Any] = {
             "principal": who.principal, "principal_name": who.principal_name,
-            "team": who.team, "project": who.project, "ancestors": list(who.ancestors)}
+            "team": who.team, "project": who.project, "ancestors": who.ancestors}
         if not exchange.attempts:
             kind = self._local_kind(exchange, state)
             cost = self.cost_of(exchange, None) if exchange.usage.seen else Cost(model=None)
