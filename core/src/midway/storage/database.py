@@ -244,8 +244,14 @@ class SQLiteDatabase(Database):
         self._queue.append((unit, durable, future, caller))
         if not self._draining:
             self._draining = True
-            self._loop.call_soon_threadsafe(self._drain)
+            # At the end of this loop iteration: the units its callbacks queue share one
+            # wake-up of the store thread (each wake-up is a write and a context switch).
+            caller.call_soon(self._kick)
         return await future
+
+    def _kick(self) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._drain)
 
     def _drain(self) -> None:
         self._loop_task(self._run_queued())
