@@ -126,3 +126,18 @@ def test_bad_override_modifiers_say_what_is_wrong(entry: dict[str, object],
                                                   message: str) -> None:
     with pytest.raises(PriceError, match=message):
         PriceTable.load({"m": entry})
+
+
+def test_remembered_token_prices_are_the_exact_ones() -> None:
+    """The per-component prices are remembered (a stream under a hard budget is priced at
+    every event): the same picodollars as computing them, whatever rate spelling came first."""
+    import random
+
+    from midway_billing.pricing import _MTOK, _tokens_pusd, to_pusd
+
+    rng = random.Random(24)
+    rates = [Decimal("3"), Decimal("3.00"), Decimal("0.30"), Decimal("3.75"), Decimal("15"),
+             Decimal("0.000001"), Decimal("1.234567890123")]
+    for _ in range(2000):
+        count, rate = rng.choice([0, 1, 7, 999_999, rng.randrange(10**7)]), rng.choice(rates)
+        assert _tokens_pusd(count, rate) == to_pusd(Decimal(count) * rate / _MTOK)
