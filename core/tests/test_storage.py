@@ -175,6 +175,29 @@ def test_concurrent_units_commit_or_fail_alone(store: StoreURL, schema_name: str
     with_db(store, schema_name, test)
 
 
+def test_a_unit_queued_just_before_close_still_runs(tmp_path: Path) -> None:
+    """close() right after a unit was queued (its wake-up of the store thread not sent yet):
+    the unit runs and its caller gets its result, nothing is left behind."""
+    async def main() -> None:
+        db = open_database(parse_store("sqlite", data_dir=tmp_path, default_file="t.db",
+                                       label="[t] store"))
+        await db.open(SCHEMA)
+        task = asyncio.ensure_future(db.run(_increment))
+        await asyncio.sleep(0)  # the unit is queued; the wake-up waits for the next iteration
+        await db.close()
+        assert await task == 1
+        await asyncio.sleep(0.05)  # the late wake-up finds a closed store: no error
+        check = open_database(parse_store("sqlite", data_dir=tmp_path, default_file="t.db",
+                                          label="[t] store"))
+        await check.open(SCHEMA)
+        try:
+            assert await check.fetchval("SELECT n FROM counters WHERE key = ?", "a") == 1
+        finally:
+            await check.close()
+
+    asyncio.run(main())
+
+
 def test_statement_helpers(store: StoreURL, schema_name: str) -> None:
     async def test(db: Database) -> None:
         await db.executemany("INSERT INTO counters (key, n) VALUES (?, ?)", [("x", 1), ("y", 2)])

@@ -214,6 +214,10 @@ class SQLiteDatabase(Database):
             lambda tx: sqlite_upgrade(tx, schema, f"SQLite {self.path}"))
 
     async def close(self) -> None:
+        if self._conn is not None and self._loop is not None and self._queue:
+            # units queued whose wake-up has not reached the store thread yet: run them first
+            self._draining = True
+            await self._on_store(self._run_queued())
         if self._conn is not None:
             conn, self._conn = self._conn, None
             if self._loop is not None:
@@ -250,8 +254,12 @@ class SQLiteDatabase(Database):
         return await future
 
     def _kick(self) -> None:
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._drain)
+        loop = self._loop
+        if loop is not None:
+            try:
+                loop.call_soon_threadsafe(self._drain)
+            except RuntimeError:  # closed meanwhile: close() ran what was queued
+                pass
 
     def _drain(self) -> None:
         self._loop_task(self._run_queued())
