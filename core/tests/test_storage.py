@@ -145,6 +145,59 @@ def test_a_unit_that_raises_is_rolled_back(store: StoreURL, schema_name: str) ->
     with_db(store, schema_name, test)
 
 
+def test_concurrent_units_commit_or_fail_alone(store: StoreURL, schema_name: str) -> None:
+    """Units queued together (SQLite runs them in one transaction, each in a savepoint): one
+    that raises is rolled back alone, the others land, each caller gets its own outcome."""
+    async def test(db: Database) -> None:
+        def unit(i: int) -> Callable[[Tx], Awaitable[int]]:
+            async def run(tx: Tx) -> int:
+                await tx.execute("INSERT INTO counters (key, n) VALUES (?, ?)", f"k{i}", i)
+                if i % 7 == 3:
+                    raise ValueError(f"unit {i}")
+                return i
+            return run
+
+        outcomes = await asyncio.gather(*[db.run(unit(i)) for i in range(50)],
+                                        return_exceptions=True)
+        for i, outcome in enumerate(outcomes):
+            if i % 7 == 3:
+                assert isinstance(outcome, ValueError) and str(outcome) == f"unit {i}"
+            else:
+                assert outcome == i
+        rows = await db.fetch("SELECT key FROM counters")
+        assert sorted(r["key"] for r in rows) == sorted(f"k{i}" for i in range(50)
+                                                        if i % 7 != 3)
+        # a unit breaking a constraint fails alone too, and the queue goes on
+        again = await asyncio.gather(db.run(unit(0)), db.run(unit(100)),
+                                     return_exceptions=True)
+        assert isinstance(again[0], Exception) and again[1] == 100
+
+    with_db(store, schema_name, test)
+
+
+def test_a_unit_queued_just_before_close_still_runs(tmp_path: Path) -> None:
+    """close() right after a unit was queued (its wake-up of the store thread not sent yet):
+    the unit runs and its caller gets its result, nothing is left behind."""
+    async def main() -> None:
+        db = open_database(parse_store("sqlite", data_dir=tmp_path, default_file="t.db",
+                                       label="[t] store"))
+        await db.open(SCHEMA)
+        task = asyncio.ensure_future(db.run(_increment))
+        await asyncio.sleep(0)  # the unit is queued; the wake-up waits for the next iteration
+        await db.close()
+        assert await task == 1
+        await asyncio.sleep(0.05)  # the late wake-up finds a closed store: no error
+        check = open_database(parse_store("sqlite", data_dir=tmp_path, default_file="t.db",
+                                          label="[t] store"))
+        await check.open(SCHEMA)
+        try:
+            assert await check.fetchval("SELECT n FROM counters WHERE key = ?", "a") == 1
+        finally:
+            await check.close()
+
+    asyncio.run(main())
+
+
 def test_statement_helpers(store: StoreURL, schema_name: str) -> None:
     async def test(db: Database) -> None:
         await db.executemany("INSERT INTO counters (key, n) VALUES (?, ?)", [("x", 1), ("y", 2)])

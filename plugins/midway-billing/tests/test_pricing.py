@@ -126,3 +126,67 @@ def test_bad_override_modifiers_say_what_is_wrong(entry: dict[str, object],
                                                   message: str) -> None:
     with pytest.raises(PriceError, match=message):
         PriceTable.load({"m": entry})
+
+
+def test_remembered_token_prices_are_the_exact_ones() -> None:
+    """The per-component prices are remembered (a stream under a hard budget is priced at
+    every event): the same picodollars as computing them, whatever rate spelling came first."""
+    import random
+
+    from midway_billing.pricing import _MTOK, _tokens_pusd, to_pusd
+
+    rng = random.Random(24)
+    rates = [Decimal("3"), Decimal("3.00"), Decimal("0.30"), Decimal("3.75"), Decimal("15"),
+             Decimal("0.000001"), Decimal("1.234567890123")]
+    for _ in range(2000):
+        count, rate = rng.choice([0, 1, 7, 999_999, rng.randrange(10**7)]), rng.choice(rates)
+        assert _tokens_pusd(count, rate) == to_pusd(Decimal(count) * rate / _MTOK)
+
+
+def test_running_usage_is_what_updating_a_fresh_usage_gives() -> None:
+    """running() keeps the last reported usage between events: at every event it must equal
+    the usage built from scratch (the reported one, plus the text since at ~4 chars a token)."""
+    import orjson
+
+    from midway import SSEEvent, Usage
+    from midway_billing.streamwatch import StreamWatch, floor_tokens
+
+    def event(name: str, payload: dict) -> SSEEvent:
+        data = orjson.dumps(payload).decode()
+        return SSEEvent(name, data, f"event: {name}\ndata: {data}\n\n".encode())
+
+    def scratch(watch: StreamWatch) -> Usage:
+        usage = Usage()
+        usage.update(watch.usage)
+        if watch.chars:
+            usage.update({"output_tokens": usage.output_tokens + floor_tokens(watch.chars)})
+        return usage
+
+    delta = {"type": "content_block_delta", "index": 0,
+             "delta": {"type": "text_delta", "text": "Hello there, "}}
+    events = [
+        event("message_start", {"type": "message_start", "message": {
+            "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-x",
+            "content": [], "usage": {"input_tokens": 1200, "output_tokens": 1,
+                                     "cache_read_input_tokens": 30,
+                                     "cache_creation": {"ephemeral_1h_input_tokens": 7},
+                                     "server_tool_use": {"web_search_requests": 2}}}}),
+        *[event("content_block_delta", delta) for _ in range(5)],
+        event("message_delta", {"type": "message_delta", "delta": {"stop_reason": None},
+                                "usage": {"output_tokens": 12}}),
+        *[event("content_block_delta", delta) for _ in range(3)],
+        event("message_delta", {"type": "message_delta",
+                                "delta": {"stop_reason": "end_turn"},
+                                "usage": {"output_tokens": 40, "input_tokens": 1300}}),
+    ]
+    watch = StreamWatch({}, None)
+    assert watch.running() == scratch(watch)  # before any usage came
+    for one in events:
+        watch.feed(one)
+        first, second = watch.running(), watch.running()
+        assert first == scratch(watch) == second
+        first.raw["output_tokens"] = -1  # a caller's copy: the next one is untouched
+        assert watch.running() == scratch(watch)
+    watch = StreamWatch({}, None)
+    watch.feed(events[1])  # text before any usage
+    assert watch.running() == scratch(watch) and watch.running().seen

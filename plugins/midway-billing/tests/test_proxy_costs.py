@@ -77,6 +77,10 @@ def test_annotations_for_audit(midway_factory, fake_upstream) -> None:
     assert seen["billing"]["model"] == "claude-opus-4-8"
     assert seen["billing"]["breakdown"]["cache_write_5m"] == "0.0003125"
     assert seen["billing"]["unpriced"] is False
+    # who pays, first and in this order (audit stores the annotation as it is)
+    assert list(seen["billing"])[:5] == ["principal", "principal_name", "team", "project",
+                                         "ancestors"]
+    assert seen["billing"]["ancestors"] == () and seen["billing"]["team"] is None
 
 
 def test_retried_attempt_recorded_once_at_zero(midway_factory, fake_upstream) -> None:

@@ -17,6 +17,7 @@ unit must only talk to its ``tx``: on SQLite it runs on another thread's event l
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import contextvars
 import logging
@@ -179,6 +180,9 @@ class SQLiteDatabase(Database):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._lock: asyncio.Lock | None = None  # lives on the store's loop
+        self._queue: collections.deque[_Queued] = collections.deque()
+        self._draining = False
+        self._tasks: set[asyncio.Future[None]] = set()
 
     async def open(self, schema: Schema) -> list[str]:
         if not _MAY_CREATE.get() and not self.path.exists():
@@ -210,6 +214,10 @@ class SQLiteDatabase(Database):
             lambda tx: sqlite_upgrade(tx, schema, f"SQLite {self.path}"))
 
     async def close(self) -> None:
+        if self._conn is not None and self._loop is not None and self._queue:
+            # units queued whose wake-up has not reached the store thread yet: run them first
+            self._draining = True
+            await self._on_store(self._run_queued())
         if self._conn is not None:
             conn, self._conn = self._conn, None
             if self._loop is not None:
@@ -231,7 +239,118 @@ class SQLiteDatabase(Database):
     async def run(self, unit: Callable[[Tx], Awaitable[T]], *, durable: bool = True) -> T:
         if self._conn is None:
             raise RuntimeError(f"database {self.path} is not open")
-        return await self._on_store(self._in_tx(unit, durable))
+        if self._loop is None:
+            return await self._in_tx(unit, durable)
+        # Group commit: units queued while the store thread is busy run together in one
+        # transaction (each in a savepoint of its own), one hop and one commit for them all.
+        caller = asyncio.get_running_loop()
+        future: asyncio.Future[T] = caller.create_future()
+        self._queue.append((unit, durable, future, caller))
+        if not self._draining:
+            self._draining = True
+            # At the end of this loop iteration: the units its callbacks queue share one
+            # wake-up of the store thread (each wake-up is a write and a context switch).
+            caller.call_soon(self._kick)
+        return await future
+
+    def _kick(self) -> None:
+        loop = self._loop
+        if loop is not None:
+            try:
+                loop.call_soon_threadsafe(self._drain)
+            except RuntimeError:  # closed meanwhile: close() ran what was queued
+                pass
+
+    def _drain(self) -> None:
+        self._loop_task(self._run_queued())
+
+    def _loop_task(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run_queued(self) -> None:
+        """On the store thread: run every queued unit, in order, in as few transactions as the
+        queue allows; each caller learns its outcome once its unit's commit is done."""
+        queue = self._queue
+        try:
+            while queue:
+                batch: list[_Queued] = []
+                while queue and len(batch) < _GROUP_MAX:
+                    batch.append(queue.popleft())
+                await self._run_batch(batch)
+        finally:
+            self._draining = False
+            if queue:  # queued after the loop saw it empty, before the flag was cleared
+                self._draining = True
+                self._loop_task(self._run_queued())
+
+    async def _run_batch(self, batch: list[_Queued]) -> None:
+        outcomes: list[tuple[_Queued, Any, BaseException | None]] = []
+        live = [item for item in batch if not item[2].cancelled()]
+        if len(live) == 1:  # alone: its own transaction, as before (no savepoint)
+            item = live[0]
+            try:
+                outcomes.append((item, await self._in_tx(item[0], item[1]), None))
+            except BaseException as exc:  # handed to its caller
+                outcomes.append((item, None, exc))
+        elif live:
+            outcomes = await self._in_tx_group(live)
+        _deliver(outcomes)
+
+    async def _in_tx_group(self, batch: list[_Queued]) -> list[tuple[_Queued, Any,
+                                                                      BaseException | None]]:
+        conn = self._conn
+        assert conn is not None, "database is not open"
+        assert self._lock is not None
+        done: list[tuple[_Queued, Any, BaseException | None]] = []
+        async with self._lock:
+            durable = any(item[1] for item in batch)
+            relaxed = not durable and self.synchronous == "full"
+            if relaxed:
+                conn.execute("PRAGMA synchronous=NORMAL")
+            try:
+                pending = list(batch)
+                while pending:
+                    try:
+                        conn.execute("BEGIN IMMEDIATE")
+                    except BaseException as exc:  # handed to its caller
+                        done += [(item, None, exc) for item in pending]
+                        return done
+                    in_tx: list[tuple[_Queued, Any, BaseException | None]] = []
+                    while pending:
+                        item = pending.pop(0)
+                        conn.execute("SAVEPOINT midway_unit")
+                        try:
+                            result = await item[0](_SQLiteTx(conn))
+                        except BaseException as exc:  # handed to its caller
+                            if conn.in_transaction:
+                                conn.execute("ROLLBACK TO midway_unit")
+                                conn.execute("RELEASE midway_unit")
+                                in_tx.append((item, None, exc))
+                                continue
+                            # SQLite rolled the whole transaction back (a full disk, an I/O
+                            # error): the units before this one are undone too.
+                            done += [(i, None, exc) for i, _, _ in in_tx]
+                            done.append((item, None, exc))
+                            in_tx = []
+                            break
+                        conn.execute("RELEASE midway_unit")
+                        in_tx.append((item, result, None))
+                    if not in_tx:
+                        continue
+                    try:
+                        conn.execute("COMMIT")
+                    except BaseException as exc:  # handed to its caller
+                        if conn.in_transaction:
+                            conn.execute("ROLLBACK")
+                        done += [(i, None, exc) for i, _, _ in in_tx]
+                    else:
+                        done += in_tx
+            finally:
+                if relaxed:
+                    conn.execute("PRAGMA synchronous=FULL")
+        return done
 
     async def _in_tx(self, unit: Callable[[Tx], Awaitable[T]], durable: bool = True) -> T:
         conn = self._conn
@@ -258,6 +377,36 @@ class SQLiteDatabase(Database):
             finally:
                 if relaxed:
                     conn.execute("PRAGMA synchronous=FULL")
+
+
+# At most this many units share one transaction (a bound on how long one commit holds the
+# file's write lock against other processes).
+_GROUP_MAX = 64
+_Queued = tuple[Callable[[Tx], Awaitable[Any]], bool, "asyncio.Future[Any]",
+                asyncio.AbstractEventLoop]
+
+
+def _deliver(outcomes: list[tuple[_Queued, Any, BaseException | None]]) -> None:
+    """Hand each outcome to its caller's loop, one wake-up per loop."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any,
+                                                        BaseException | None]]] = {}
+    for item, result, exc in outcomes:
+        by_loop.setdefault(item[3], []).append((item[2], result, exc))
+    for loop, results in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_settle, results)
+        except RuntimeError:  # the caller's loop is closed: nobody is waiting
+            pass
+
+
+def _settle(results: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+    for future, result, exc in results:
+        if future.done():  # cancelled meanwhile
+            continue
+        if exc is None:
+            future.set_result(result)
+        else:
+            future.set_exception(exc)
 
 
 async def _close(conn: sqlite3.Connection) -> None:

@@ -771,7 +771,10 @@ class Billing:
             return None
         state = self._state(exchange)
         now = time.time()
-        annotation: dict[str, Any] = {**attrs.asdict(state.who)}
+        who = state.who  # attrs.asdict's fields, written out (it costs ~10 µs a request)
+        annotation: dict[str, Any] = {
+            "principal": who.principal, "principal_name": who.principal_name,
+            "team": who.team, "project": who.project, "ancestors": who.ancestors}
         if not exchange.attempts:
             kind = self._local_kind(exchange, state)
             cost = self.cost_of(exchange, None) if exchange.usage.seen else Cost(model=None)

@@ -14,6 +14,7 @@ PostgreSQL add integers exactly.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import re
 import tomllib
@@ -71,6 +72,13 @@ def usd_str(pusd: int) -> str:
 
 def to_pusd(value: Decimal) -> int:
     return int((value * PICO).quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
+
+
+@functools.lru_cache(maxsize=4096)
+def _tokens_pusd(count: int, rate: Decimal) -> int:
+    """``count`` tokens at ``rate`` dollars per million, in picodollars. Remembered: a stream
+    under a hard budget is priced at every event, with the same input-side counts each time."""
+    return to_pusd(Decimal(count) * rate / _MTOK)
 
 
 def _date(value: Any, where: str) -> dt.date:
@@ -577,9 +585,7 @@ class PriceTable:
             rates = rates.scaled(1 - price.batch_discount)
             rules.append("batch")
 
-        def tokens(count: int, rate: Decimal) -> int:
-            return to_pusd(Decimal(count) * rate / _MTOK)
-
+        tokens = _tokens_pusd
         return Cost(
             model=price.model,
             input=tokens(usage.input_tokens, rates.input),

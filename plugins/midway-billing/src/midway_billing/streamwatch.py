@@ -40,6 +40,8 @@ class StreamWatch:
     modifiers: Modifiers = attrs.field(factory=Modifiers)  # what prices the running usage
     # a message_delta with a stop_reason came: its usage is final, nothing more is generated
     final: bool = False
+    # the last reported usage as a Usage, built once per report (not at every event)
+    _reported: Usage | None = attrs.field(default=None, init=False, repr=False, eq=False)
 
     @property
     def hard(self) -> bool:
@@ -72,6 +74,7 @@ class StreamWatch:
                         self.relayed_chars += len(text)
             return True
         self.assembler.feed(name, payload)
+        self._reported = None
         if name == "message_start":
             if self.assembler.model is not None:
                 self.model = self.assembler.model
@@ -88,8 +91,15 @@ class StreamWatch:
 
     def running(self) -> Usage:
         """The usage so far: the last reported, plus the text since at ~4 chars a token."""
-        usage = Usage()
-        usage.update(self.usage)
+        reported = self._reported
+        if reported is None:
+            reported = self._reported = Usage()
+            reported.update(self.usage)
+        usage = attrs.evolve(reported, raw=dict(reported.raw))
         if self.chars:
-            usage.update({"output_tokens": usage.output_tokens + floor_tokens(self.chars)})
+            # what Usage.update({"output_tokens": n}) does to it, without redoing every field
+            output = usage.output_tokens + floor_tokens(self.chars)
+            usage.raw["output_tokens"] = output
+            usage.output_tokens = output
+            usage.seen = True
         return usage
