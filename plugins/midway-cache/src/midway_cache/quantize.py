@@ -18,6 +18,7 @@ The rebuild takes about 2 s, once per process, when the model is loaded (at star
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,12 @@ import numpy as np
 
 #: feed-forward down-projections, from the first layer on, kept in float32
 FLOAT_DOWN_PROJECTIONS = 2
+
+
+def _not_preprocessing_advice(record: logging.LogRecord) -> bool:
+    # onnxruntime.quantization advises, on the root logger, a pre-processing step for image
+    # models at every call: nothing to act on here
+    return "pre-processing before quantization" not in record.getMessage()
 
 
 def _fold_dequantised_weights(model: Any) -> None:
@@ -84,7 +91,12 @@ def int8_graph(path: Path) -> bytes:
     keep_float = set(down[:FLOAT_DOWN_PROJECTIONS])
     with tempfile.TemporaryDirectory(prefix="midway-minilm-") as tmp:
         out = Path(tmp) / "int8.onnx"
-        quantize_dynamic(model, out, per_channel=True, weight_type=QuantType.QInt8,
-                         nodes_to_quantize=[name for name, _ in products
-                                            if name not in keep_float])
+        root = logging.getLogger()
+        root.addFilter(_not_preprocessing_advice)
+        try:
+            quantize_dynamic(model, out, per_channel=True, weight_type=QuantType.QInt8,
+                             nodes_to_quantize=[name for name, _ in products
+                                                if name not in keep_float])
+        finally:
+            root.removeFilter(_not_preprocessing_advice)
         return out.read_bytes()
