@@ -25,6 +25,7 @@ their middle are recalled together and then told apart there.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import importlib
 import logging
 from collections.abc import Sequence
@@ -60,6 +61,15 @@ class Embedder(Protocol):
 
     async def close(self) -> None: ...
 
+
+
+def _release_freed_memory() -> None:
+    """Give the memory the int8 rebuild freed back to the system: glibc keeps it otherwise
+    (about 170 MB more resident than the float32 graph needs)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def normalise(vector: Any) -> Vector:
@@ -123,6 +133,8 @@ class MiniLMEmbedder:
         self._session = ort.InferenceSession(model, sess_options=options,
                                              providers=["CPUExecutionProvider"],
                                              disabled_optimizers=["SkipLayerNormFusion"])
+        del model
+        _release_freed_memory()
         self._tokenizer = tokenizer
 
     def _ids(self, text: str) -> list[int]:
