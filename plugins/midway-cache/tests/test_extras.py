@@ -27,7 +27,7 @@ def run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, toml: str, *args: str
     return result.exit_code, result.output
 
 
-@pytest.mark.parametrize("missing", ["numpy", "onnxruntime", "tokenizers"])
+@pytest.mark.parametrize("missing", ["numpy", "onnxruntime", "onnx", "tokenizers"])
 def test_cache_eval_names_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                     missing: str) -> None:
     monkeypatch.setitem(sys.modules, missing, None)

