@@ -11,8 +11,15 @@ import anthropic
 import httpx
 import pytest
 from helpers import PLUGIN, billing_of, ledger
-from test_spend_limits import CAPPED, FREE, MAX_TOKENS, FakeIdentity, config, exact_reply, \
-    set_limit
+from test_spend_limits import (
+    CAPPED,
+    FREE,
+    MAX_TOKENS,
+    FakeIdentity,
+    config,
+    exact_reply,
+    set_limit,
+)
 
 from midway_billing import spendlimits
 from midway_billing.spendlimits import period_window
