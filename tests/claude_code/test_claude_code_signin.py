@@ -43,6 +43,7 @@ def gateway(idp: str, fake_upstream: FakeUpstream, tmp_path: Path) -> Iterator[R
     running.stop()
 
 
+@pytest.mark.cc_cell(feature="sign-in (OIDC)", format="anthropic", upstream="anthropic")
 def test_claude_code_signs_in_through_the_idp(gateway: RunningMidway, claude_binary: Path,
                                               fake_upstream: FakeUpstream,
                                               tmp_path: Path, idp: str) -> None:

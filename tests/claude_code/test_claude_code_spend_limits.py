@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+import pytest
 from cc_support import SPEND_ADMIN_KEY as ADMIN
 from cc_support import SPEND_CI_KEY as CI_KEY
 from cc_support import Claude, Stack, text_reply
@@ -41,6 +42,7 @@ def ask(claude: Claude, stack: Stack) -> Any:
                       env={"ANTHROPIC_AUTH_TOKEN": CI_KEY["key"]})
 
 
+@pytest.mark.cc_cell(feature="spend limits", format="anthropic", upstream="anthropic")
 def test_claude_code_warns_near_the_cap_and_prints_the_refusal_past_it(
         claude: Claude, spend_stack: Stack, fake_upstream: FakeUpstream) -> None:
     answer = httpx.post(f"{spend_stack.url}/v1/organizations/spend_limits",
@@ -67,9 +69,9 @@ def test_claude_code_warns_near_the_cap_and_prints_the_refusal_past_it(
     assert sent[U + "overage-surpassed-threshold"] == "0.75"
     assert sent[U + "overage-utilization"] == "0.8"
     # (Claude Code 2.1.331 with an API key does not report these headers in -p's output:
-    # it turns them into rate-limit events and the warning only for a signed-in gateway
-    # session, so this checks what midway sent it; the wire form of the same headers is
-    # checked in plugins/midway-billing/tests/test_spend_limits.py.)
+    # it turns them into its warning only for a signed-in gateway session — shown by
+    # test_claude_code_usage.py — so this checks what midway sent it; the wire form of the
+    # same headers is checked in plugins/midway-billing/tests/test_spend_limits.py.)
 
     # 3. the admin lowers the cap to $0.80: it is reached; refused before the upstream,
     # printed, not retried
