@@ -5,22 +5,19 @@ refused; the token refreshes, and a revoked session ends the next run."""
 
 from __future__ import annotations
 
-import os
-import re
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+from cc_signin import developer_machine, open_terminal, sign_in
 
 from midway.testing import FakeUpstream, RunningMidway, start_midway, wait_for
-from midway_dashboard.testing import browser
 from midway_identity import person_id
-from midway_identity.testing import confirm_in_browser, oidc_provider
+from midway_identity.testing import oidc_provider
 
 PEOPLE = {"ian": {"email": "ian@corp.example", "name": "Ian Intern", "groups": ["interns"]}}
 GROUP_MODELS = {"engineering": ["claude-*"], "interns": ["claude-haiku-*", "claude-sonnet-*"]}
@@ -46,85 +43,17 @@ def gateway(idp: str, fake_upstream: FakeUpstream, tmp_path: Path) -> Iterator[R
     running.stop()
 
 
-class Terminal:
-    """Claude Code in a tmux pane: keys in, screen out."""
-
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], cwd: Path) -> None:
-        self.name = name
-        command = " ".join(["env", "-i", *(f"{k}={v}" for k, v in env.items()), *argv])
-        subprocess.run(["tmux", "new-session", "-d", "-s", name, "-x", "200", "-y", "50",
-                        "-c", str(cwd), command], check=True)
-
-    def screen(self) -> str:
-        out = subprocess.run(["tmux", "capture-pane", "-p", "-t", self.name],
-                             capture_output=True, text=True, check=False)
-        return out.stdout
-
-    def wait(self, text: str, timeout: float = 30) -> str:
-        try:
-            wait_for(lambda: text in self.screen(), timeout=timeout, interval=0.2)
-        except AssertionError:
-            raise AssertionError(f"the terminal never showed {text!r}:\n{self.screen()}"
-                                 ) from None
-        return self.screen()
-
-    def keys(self, *keys: str) -> None:
-        for key in keys:
-            subprocess.run(["tmux", "send-keys", "-t", self.name, key], check=True)
-
-    def close(self) -> None:
-        subprocess.run(["tmux", "kill-session", "-t", self.name], check=False,
-                       capture_output=True)
-
-
-@pytest.mark.cc_cell(feature="gateway sign-in", format="anthropic", upstream="anthropic")
+@pytest.mark.cc_cell(feature="sign-in (OIDC)", format="anthropic", upstream="anthropic")
 def test_claude_code_signs_in_through_the_idp(gateway: RunningMidway, claude_binary: Path,
                                               fake_upstream: FakeUpstream,
                                               tmp_path: Path, idp: str) -> None:
     assert shutil.which("tmux"), "tmux is needed to drive Claude Code's /login"
     port = gateway.url.rsplit(":", 1)[1]
     base = f"http://localhost:{port}"  # Claude Code takes plain http only for localhost
-    home = tmp_path / "home"
-    (home / ".claude").mkdir(parents=True)
-    (home / "tmp").mkdir()
-    work = tmp_path / "work"
-    work.mkdir()
-    # a machine past onboarding, this folder trusted, and the gateway URL in the person's own
-    # settings (honoured where no managed settings exist: what an admin pushes by MDM)
-    (home / ".claude.json").write_bytes(orjson.dumps({
-        "hasCompletedOnboarding": True, "theme": "dark", "numStartups": 5,
-        "projects": {str(work): {"hasTrustDialogAccepted": True}}}))
-    (home / ".claude" / "settings.json").write_bytes(orjson.dumps({
-        "forceLoginMethod": "gateway", "forceLoginGatewayUrl": base}))
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home),
-           "TMPDIR": str(home / "tmp"), "LANG": "C.UTF-8", "TERM": "xterm-256color",
-           "DISABLE_AUTOUPDATER": "1", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
-           "BROWSER": "/bin/true"}  # the browser leg is Playwright's
-    term = Terminal(f"midway-signin-{os.getpid()}-{int(time.time())}", [str(claude_binary)],
-                    env, work)
+    env, work = developer_machine(tmp_path, base)
+    term = open_terminal("signin", [str(claude_binary)], env, work)
     try:
-        term.wait("auto mode", 45)
-        term.keys("/login")
-        term.keys("Enter")
-        screen = term.wait("Enter to connect")
-        assert "Cloud gateway" in screen and base in screen
-        term.keys("Enter")
-        term.wait("Yes, trust this gateway")
-        term.keys("Up", "Enter")
-        screen = term.wait("Code:")
-        code = re.search(r"Code:\s+([A-Z]{4}-[A-Z]{4})", screen)
-        assert code is not None, screen
-        with browser() as chromium:
-            page = chromium.new_page()
-            shown = confirm_in_browser(page, f"{base}/device?user_code={code.group(1)}", "ian")
-            page.close()
-        assert "Signed in as ian@corp.example" in shown
-        # Claude Code shows the account the gateway names and asks to confirm it
-        term.wait("Signed in to Cloud gateway as ian@corp.example")
-        term.keys("Up", "Enter")
-        term.wait("Press Enter to continue")
-        term.keys("Enter")
-        term.wait("Login successful")
+        sign_in(term, base, "ian", "ian@corp.example")
         # Claude Code's default model is an Opus: not for interns
         term.keys("Say hello")
         term.keys("Enter")

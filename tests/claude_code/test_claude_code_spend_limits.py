@@ -69,9 +69,9 @@ def test_claude_code_warns_near_the_cap_and_prints_the_refusal_past_it(
     assert sent[U + "overage-surpassed-threshold"] == "0.75"
     assert sent[U + "overage-utilization"] == "0.8"
     # (Claude Code 2.1.331 with an API key does not report these headers in -p's output:
-    # it turns them into rate-limit events and the warning only for a signed-in gateway
-    # session, so this checks what midway sent it; the wire form of the same headers is
-    # checked in plugins/midway-billing/tests/test_spend_limits.py.)
+    # it turns them into its warning only for a signed-in gateway session — shown by
+    # test_claude_code_usage.py — so this checks what midway sent it; the wire form of the
+    # same headers is checked in plugins/midway-billing/tests/test_spend_limits.py.)
 
     # 3. the admin lowers the cap to $0.80: it is reached; refused before the upstream,
     # printed, not retried

@@ -9,10 +9,13 @@ import secrets
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+from aiohttp import web
+
 from midway.config import ConfigError, Settings
 from midway.datadir import install_secret
-from midway.exchange import Principal
-from midway.headers import CREDENTIAL_HEADERS
+from midway.errors import MidwayError
+from midway.exchange import Exchange, Principal, Request, Timings, new_request_id
+from midway.headers import CREDENTIAL_HEADERS, request_headers
 from midway.hookspecs import hookimpl
 from midway.keys.tokens import PREFIX
 from midway.secrets_ref import SecretError, fingerprint, resolve
@@ -101,6 +104,58 @@ def passthrough_principal(credential: str | None, key: bytes | None = None) -> P
 @functools.lru_cache(maxsize=256)
 def _passthrough_names(credential: str, key: bytes) -> tuple[str, str]:
     return passthrough_id(credential, key), fingerprint(credential)
+
+
+async def authenticate_exchange(midway: Midway, exchange: Exchange) -> Principal:
+    """Who ``exchange``'s client is, as every request under ``/v1/`` is asked: the
+    ``authenticate`` hook when the gateway requires client credentials (then the client's
+    credential headers are removed: they never leave the gateway), else the passthrough
+    principal of the key the client sends upstream. Raises a 401 ``MidwayError`` when no
+    implementation knows the credential, a 500 naming a plugin that failed."""
+    from midway.plugins import PluginFailed
+
+    headers = exchange.request.headers
+    credential = presented_credential(headers)
+    if not midway.settings.client_keys_enabled:
+        if presents_midway_key(headers):
+            # Refused, not stripped: stripped, the request would go upstream without a
+            # credential (or the router's pooled one) for a caller nobody authenticated.
+            raise MidwayError(401, "this is a midway client key (mw-…), but client keys "
+                              "are not enabled on this gateway: set [keys] enabled = true "
+                              "on the gateway, or send an Anthropic API key instead")
+        return passthrough_principal(credential)
+    try:
+        principal, _ = await midway.plugins.first("authenticate", exchange=exchange,
+                                                  credential=credential)
+    except PluginFailed as exc:
+        from midway.exchange import ErrorKind
+
+        exchange.fail(ErrorKind.PLUGIN_FAILED, f"plugin {exc.plugin} failed in {exc.hook}")
+        raise MidwayError(500, f"a midway plugin ({exc.plugin}) failed in {exc.hook}"
+                          ) from None
+    # The client's midway credential never leaves this process.
+    for name in CREDENTIAL_HEADERS:
+        headers.popall(name, None)
+    if principal is None:
+        raise MidwayError(401, "invalid x-api-key")
+    assert isinstance(principal, Principal)
+    return principal
+
+
+async def authenticate_request(midway: Midway, request: web.Request) -> Principal:
+    """:func:`authenticate_exchange` for a route of a plugin's own (outside ``/v1/``): the
+    same hook, so a client is known by the same credentials everywhere (API keys, a
+    signed-in person's token, …). Raises a 401 ``MidwayError`` for an unknown credential."""
+    import time
+
+    exchange = Exchange(
+        id=new_request_id(),
+        request=Request(method=request.method, path=request.rel_url.raw_path,
+                        query_string=request.rel_url.raw_query_string,
+                        headers=request_headers(request.headers), body=b""),
+        principal=ANONYMOUS, client_address=request.remote or "",
+        timings=Timings(started_at=time.time(), started=time.monotonic()), midway=midway)
+    return await authenticate_exchange(midway, exchange)
 
 
 class ClientKeys:

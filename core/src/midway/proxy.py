@@ -50,12 +50,7 @@ from midway.headers import (
     request_headers,
     response_headers,
 )
-from midway.identity import (
-    ANONYMOUS,
-    passthrough_principal,
-    presented_credential,
-    presents_midway_key,
-)
+from midway.identity import ANONYMOUS, authenticate_exchange
 from midway.jsonscan import TopLevelScanner
 from midway.metrics import Metrics
 from midway.model_list import MODELS
@@ -357,25 +352,7 @@ class Proxy:
         return body
 
     async def _authenticate(self, exchange: Exchange) -> None:
-        headers = exchange.request.headers
-        credential = presented_credential(headers)
-        if not self.key_mode:
-            if presents_midway_key(headers):
-                # Refused, not stripped: stripped, the request would go upstream without a
-                # credential (or the router's pooled one) for a caller nobody authenticated.
-                raise MidwayError(401, "this is a midway client key (mw-…), but client keys "
-                                  "are not enabled on this gateway: set [keys] enabled = true "
-                                  "on the gateway, or send an Anthropic API key instead")
-            exchange.principal = passthrough_principal(credential)
-            return
-        principal = await self._call_first_strict(exchange, "authenticate",
-                                                  credential=credential)
-        # The client's midway credential never leaves this process.
-        for name in CREDENTIAL_HEADERS:
-            headers.popall(name, None)
-        if principal is None:
-            raise MidwayError(401, "invalid x-api-key")
-        exchange.principal = principal
+        exchange.principal = await authenticate_exchange(self.midway, exchange)
 
     def _check_scope(self, exchange: Exchange) -> None:
         models = exchange.principal.models

@@ -74,7 +74,8 @@ def describe(midway: Midway) -> str:
         spend = (f"; spend limits ON: per user, group ({config.spend_limits_group_mode} of a "
                  f"member's groups) and organisation, daily/weekly/monthly, reloaded every "
                  f"{config.spend_limits_refresh:g} s, managed at "
-                 f"/v1/organizations/spend_limits with the admin key{admin}; store "
+                 f"/v1/organizations/spend_limits with the admin key{admin}, each person's "
+                 f"own at /api/oauth/usage (Claude Code's /usage); store "
                  f"unreachable (or silent for {config.spend_limits_check_timeout:g} s): fail "
                  f"{config.spend_limits_on_store_error}")
     else:
@@ -85,13 +86,16 @@ def describe(midway: Midway) -> str:
 
 @hookimpl
 def register_routes(app: web.Application, midway: Midway) -> None:
-    """``/v1/organizations/spend_limits`` is served here, never forwarded upstream, once
-    spend limits are on."""
+    """``/v1/organizations/spend_limits`` (admins) and ``/api/oauth/usage`` (each person's
+    own, for Claude Code's ``/usage``) are served here, never forwarded upstream, once spend
+    limits are on."""
     billing = _create(midway)
     if billing.config.spend_limits:
         from midway_billing.spendlimit_api import SpendLimitAPI
+        from midway_billing.usage_api import UsageAPI
 
         SpendLimitAPI(midway, lambda: _billing(midway)).routes(app)
+        UsageAPI(midway, lambda: _billing(midway)).routes(app)
 
 
 @hookimpl

@@ -232,6 +232,30 @@ class Billing:
             (spendlimits.SpendLimit.from_row(r) for r in rows),
             group_mode=self.config.spend_limits_group_mode)
 
+    async def usage(self, principal: Principal) -> dict[str, Any]:
+        """What ``principal`` may see of their own spend limits (``GET /api/oauth/usage``):
+        their caps in force (and those of the keys it derives from) against what was spent,
+        read from the same counters the reservations hold on. Raises when the store does not
+        answer within ``spend_limits_check_timeout``."""
+        now = time.time()
+        caps = [(cap.bucket(p.id).key, cap) for p in _lineage(principal)
+                for cap in self.limits.caps(p, now)]
+        # Without a cap, the person's own spend per period (the same buckets, unlimited).
+        own = {period: self.limits.resolve(principal, period, now).bucket(principal.id).key
+               for period in spendlimits.PERIODS}
+        keys = sorted({key for key, _ in caps} | set(own.values()))
+        try:
+            states = await asyncio.wait_for(self.store.counters(keys),
+                                            self.config.spend_limits_check_timeout)
+        except Exception as exc:
+            if is_transient(exc) or isinstance(exc, TimeoutError):
+                self._spend_outage.failed(exc, "spend limits: cannot read a person's usage")
+            raise
+        self._spend_outage.ok()
+        standings = [spendlimits.Standing(cap, states[key][0]) for key, cap in caps]
+        spent = {period: states[key][0] for period, key in own.items()}
+        return spendlimits.usage_body(standings, spent)
+
     async def _note(self, exchange: Exchange) -> None:
         """Record a principal's groups once per process and change (``/effective`` shows
         them); never fails the request."""

@@ -344,3 +344,42 @@ def cents_text(pusd: int) -> str:
     if not rest:
         return str(whole)
     return f"{whole}.{rest:010d}".rstrip("0")
+
+
+def cents_floor(pusd: int) -> int:
+    return pusd // PUSD_PER_CENT
+
+
+def severity(standing: Standing) -> str:
+    if standing.exceeded or standing.utilization > THRESHOLDS[0]:
+        return "critical"
+    return "warning" if standing.utilization > THRESHOLDS[1] else "normal"
+
+
+def usage_body(standings: list[Standing], spent: Mapping[str, int]) -> dict[str, Any]:
+    """``GET /api/oauth/usage``'s answer, in the shape Claude Code's ``/usage`` reads from a
+    gateway (its **Spend limit** bar): with caps, the binding cap's limit, spend and
+    utilization (``extra_usage``) and one entry per capped period (``limits``); without,
+    the person's spend today, this week and this month (``monthly_limit``: null), which
+    Claude Code shows as "Spend (UTC)". ``spent``: picodollars per period."""
+    if not standings:
+        return {"extra_usage": {
+            "is_enabled": True, "monthly_limit": None,
+            "used_credits": cents_floor(spent.get("monthly", 0)), "utilization": None,
+            "currency": "USD",
+            "daily": {"limit": None, "used_credits": cents_floor(spent.get("daily", 0)),
+                      "utilization": None},
+            "weekly": {"limit": None, "used_credits": cents_floor(spent.get("weekly", 0)),
+                       "utilization": None}},
+            "limits": []}
+    active = binding(standings)
+    assert active is not None
+    assert active.cap.amount is not None
+    return {"extra_usage": {
+        "is_enabled": True, "monthly_limit": active.cap.amount,
+        "used_credits": cents_floor(active.spent_pusd),
+        "utilization": round(reported_utilization(active) * 100), "currency": "USD"},
+        "limits": [{"kind": "spend", "group": s.cap.period,
+                    "percent": round(reported_utilization(s) * 100),
+                    "resets_at": iso(s.cap.reset), "severity": severity(s),
+                    "is_active": s is active} for s in standings]}
