@@ -1,5 +1,5 @@
 """Sessions: tests per package (each in a fresh venv with only core beside it), integration,
-lint, typecheck, bench. Bare ``nox`` runs what CI needs."""
+lint, typecheck, bench, icount. Bare ``nox`` runs what CI needs."""
 
 from __future__ import annotations
 
@@ -161,6 +161,17 @@ def bench(session: nox.Session) -> None:
     session.run("python", "bench/run.py", *session.posargs)
     # the semantic cache lookup in-process on one core (p50 for a 256-token last turn)
     session.run("python", "bench/cache_lookup.py")
+
+
+@nox.session(python="3.11")
+def icount(session: nox.Session) -> None:
+    """Instructions per request under callgrind (repeatable on a noisy machine): plain, midway,
+    midway with an unobserved on_chunk; ``nox -s icount -- --baseline REF`` adds midway@REF.
+    About 2-3 min a target (not part of CI)."""
+    session.install("-e", "core")
+    if not shutil.which("valgrind"):
+        session.run("apt-get", "install", "-y", "valgrind", external=True)
+    session.run("python", "bench/icount.py", *session.posargs)
 
 
 @nox.session(python="3.11")
