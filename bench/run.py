@@ -224,7 +224,7 @@ def midway_target(name: str, upstream: str, data_dir: Path, plugins: list[str],
            str(config_path), "--data-dir", str(data_dir), "--workers", str(workers)]
     for plugin in extra or []:
         cmd += ["--plugin", plugin]
-    env = {"MIDWAY_PLUGINS": ",".join(plugins), "MIDWAY_LOG_LEVEL": "WARNING"}
+    env = {"MIDWAY_PLUGINS": ",".join(plugins)}  # no MIDWAY_LOG_LEVEL: WARNING silences it
     return Target(name, cmd, env, cpu=cpu)
 
 
