@@ -198,6 +198,35 @@ def test_a_unit_queued_just_before_close_still_runs(tmp_path: Path) -> None:
     asyncio.run(main())
 
 
+def test_a_sqlite_unit_that_awaits_anything_but_its_tx_fails_alone(tmp_path: Path) -> None:
+    """Units run on the store's thread without an event loop: one that awaits something else
+    fails with a RuntimeError saying so, its writes rolled back; alone or in a group, the
+    units beside it commit, and the store goes on."""
+    async def wanders(tx: Tx) -> None:
+        await tx.execute("INSERT INTO counters (key, n) VALUES (?, ?)", "stray", 1)
+        await asyncio.sleep(0)
+
+    async def main() -> None:
+        db = open_database(parse_store("sqlite", data_dir=tmp_path, default_file="t.db",
+                                       label="[t] store"))
+        await db.open(SCHEMA)
+        try:
+            with pytest.raises(RuntimeError, match="only talk to its tx"):
+                await db.run(wanders)
+            # in one group with others (queued in the same loop iteration)
+            results = await asyncio.gather(db.run(_increment), db.run(wanders),
+                                           db.run(_increment), return_exceptions=True)
+            assert results[0] == 1 and results[2] == 2
+            assert isinstance(results[1], RuntimeError)
+            assert await db.fetchval("SELECT count(*) FROM counters WHERE key = ?",
+                                     "stray") == 0
+            assert await db.run(_increment) == 3
+        finally:
+            await db.close()
+
+    asyncio.run(main())
+
+
 def test_statement_helpers(store: StoreURL, schema_name: str) -> None:
     async def test(db: Database) -> None:
         await db.executemany("INSERT INTO counters (key, n) VALUES (?, ?)", [("x", 1), ("y", 2)])

@@ -290,6 +290,43 @@ def test_a_killed_writer_process_is_replaced_and_recording_goes_on(fake_upstream
         one_record_each(running, ids)
 
 
+def test_the_writer_process_records_without_loading_the_relays_imports(fake_upstream,
+                                                                       audited):
+    """The writer starts without the ``midway`` and ``midway_audit`` packages' ``__init__``
+    (aiohttp, pluggy, the plugin: ~14 MB of its resident memory): none of aiohttp's compiled
+    modules is mapped in it, and it records as before."""
+    running = audited()
+    sent = post_all(running, [message("lean"), message("lean stream", stream=True)])
+    one_record_each(running, [i for _, i in sent])
+    pid = int(audit_status(running)["writer_pid"])
+    with open(f"/proc/{pid}/maps") as maps:
+        mapped = maps.read()
+    assert "/aiohttp/" not in mapped  # its compiled parsers and writers
+    with open(f"/proc/{os.getpid()}/maps") as maps:  # the relay (this process) has them
+        assert "/aiohttp/" in maps.read()
+
+
+def test_the_writers_package_shells_run_the_real_init_when_asked_for_its_names() -> None:
+    """A name only a package's ``__init__`` defines (``from midway import Exchange``) still
+    resolves in the writer: the shell runs the real ``__init__`` then."""
+    import subprocess
+    import sys
+
+    from midway_audit.handoff.channel import _WRITER_START
+
+    shells, run = _WRITER_START.split("runpy.run_module(")
+    check = ("import midway.storage, midway_audit.record\n"
+             "assert 'aiohttp' not in sys.modules\n"
+             "from midway import Exchange, __version__\n"
+             "from midway_audit import register_metrics\n"
+             "import midway.exchange\n"
+             "assert Exchange is midway.exchange.Exchange and 'aiohttp' in sys.modules\n")
+    assert run.startswith('"midway_audit.handoff.writer_process"')
+    done = subprocess.run([sys.executable, "-c", shells + check], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+
 def test_frames_a_dead_writer_never_took_are_recorded_by_the_next_one(fake_upstream,
                                                                        audited):
     """The writer stopped, requests answered (their records wait in the ring), the writer

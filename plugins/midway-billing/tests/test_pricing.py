@@ -133,14 +133,14 @@ def test_remembered_token_prices_are_the_exact_ones() -> None:
     every event): the same picodollars as computing them, whatever rate spelling came first."""
     import random
 
-    from midway_billing.pricing import _MTOK, _tokens_pusd, to_pusd
+    from midway_billing.pricing import _MTOK, to_pusd, tokens_pusd
 
     rng = random.Random(24)
     rates = [Decimal("3"), Decimal("3.00"), Decimal("0.30"), Decimal("3.75"), Decimal("15"),
              Decimal("0.000001"), Decimal("1.234567890123")]
     for _ in range(2000):
         count, rate = rng.choice([0, 1, 7, 999_999, rng.randrange(10**7)]), rng.choice(rates)
-        assert _tokens_pusd(count, rate) == to_pusd(Decimal(count) * rate / _MTOK)
+        assert tokens_pusd(count, rate) == to_pusd(Decimal(count) * rate / _MTOK)
 
 
 def test_running_usage_is_what_updating_a_fresh_usage_gives() -> None:
@@ -190,3 +190,63 @@ def test_running_usage_is_what_updating_a_fresh_usage_gives() -> None:
     watch = StreamWatch({}, None)
     watch.feed(events[1])  # text before any usage
     assert watch.running() == scratch(watch) and watch.running().seen
+
+
+def test_running_cost_is_the_price_of_the_running_usage_at_every_event() -> None:
+    """running_cost prices only the output count between two reports: at every event of
+    random streams it must equal pricing running() whole — across models (an unknown one, an
+    unpriced table), fast mode past the 1M-context tier (a later report moving the prompt
+    across it), data residency, batch, and modifiers changed mid-stream."""
+    import random
+
+    import orjson
+
+    from midway import SSEEvent
+    from midway_billing.pricing import Modifiers
+    from midway_billing.streamwatch import StreamWatch
+
+    def event(name: str, payload: dict) -> SSEEvent:
+        data = orjson.dumps(payload).decode()
+        return SSEEvent(name, data, f"event: {name}\ndata: {data}\n\n".encode())
+
+    tables = [PriceTable.load(), PriceTable.load(unknown_policy="unpriced")]
+    models = ["claude-opus-4-6", "claude-sonnet-4-5-20250929", "claude-haiku-4-5", "no-such"]
+    betas = frozenset({"context-1m-2025-08-07"})
+    modifier_choices = [Modifiers(), Modifiers(speed="fast", betas=betas), Modifiers(geo="us"),
+                        Modifiers(batch=True), Modifiers(speed="fast", geo="us", betas=betas)]
+    rng = random.Random(2024)
+    checked = 0
+    for _ in range(300):
+        prices, model = rng.choice(tables), rng.choice(models)
+        watch = StreamWatch({"b": 1}, None, modifiers=rng.choice(modifier_choices))
+        prompt = rng.choice([10, 150_000, 199_990, 250_000])
+        stream = [event("message_start", {"type": "message_start", "message": {
+            "model": model, "usage": {"input_tokens": prompt, "output_tokens": 1,
+                                      "cache_read_input_tokens": rng.randrange(5000)}}})]
+        output = 1
+        for _ in range(rng.randrange(1, 40)):
+            roll = rng.random()
+            if roll < 0.75:
+                text = "x" * rng.randrange(0, 30)
+                stream.append(event("content_block_delta", {
+                    "type": "content_block_delta", "index": 0,
+                    "delta": {"type": "text_delta", "text": text}}))
+            elif roll < 0.95:
+                output += rng.randrange(0, 20)
+                usage = {"output_tokens": output}
+                if rng.random() < 0.3:  # the prompt side reported again, perhaps larger
+                    usage["input_tokens"] = prompt + rng.choice([0, 60_000])
+                stream.append(event("message_delta", {
+                    "type": "message_delta", "delta": {"stop_reason": None}, "usage": usage}))
+            else:
+                stream.append(event("ping", {"type": "ping"}))
+        for one in stream:
+            watch.feed(one)
+            if rng.random() < 0.05:
+                watch.modifiers = rng.choice(modifier_choices)
+            expected = prices.cost(watch.running(), watch.model,
+                                   modifiers=watch.modifiers).total
+            assert watch.running_cost(prices) == expected
+            assert watch.running_cost(prices) == expected  # remembered: the same again
+            checked += 1
+    assert checked > 3000

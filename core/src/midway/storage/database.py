@@ -11,16 +11,19 @@ coroutine function given a :class:`Tx`::
 
 On SQLite the whole unit runs on the store's own thread (one hop from the event loop, however
 many statements it has; the loop never waits on disk); on PostgreSQL on a pooled connection. A
-unit must only talk to its ``tx``: on SQLite it runs on another thread's event loop.
+unit must only talk to its ``tx``: on SQLite it runs on another thread, driven without an event
+loop (awaiting anything else fails the unit).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import contextlib
 import contextvars
 import logging
+import queue
 import sqlite3
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
@@ -165,6 +168,10 @@ class SQLiteDatabase(Database):
         power cut: an fsync per commit).
     :param inline: run statements on the caller's thread — for a process of its own with no
         event loop to keep responsive (the audit writer). Otherwise a dedicated thread runs them.
+
+    The store's thread has no event loop of its own: it waits on a queue and drives each unit's
+    coroutine to its end directly (a unit only awaits its ``tx``, whose methods never suspend),
+    so a hop costs one wake-up of that thread and one of the caller's loop.
     """
 
     dialect: Dialect = "sqlite"
@@ -177,12 +184,11 @@ class SQLiteDatabase(Database):
         self.synchronous = synchronous
         self.inline = inline
         self._conn: sqlite3.Connection | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        self._lock: asyncio.Lock | None = None  # lives on the store's loop
+        # what the store thread is to do: drain the queue (_DRAIN), run a job, or stop (None)
+        self._jobs: queue.SimpleQueue[_Job | None] | None = None
         self._queue: collections.deque[_Queued] = collections.deque()
         self._draining = False
-        self._tasks: set[asyncio.Future[None]] = set()
 
     async def open(self, schema: Schema) -> list[str]:
         if not _MAY_CREATE.get() and not self.path.exists():
@@ -190,14 +196,13 @@ class SQLiteDatabase(Database):
                                "recorded there (is --data-dir, MIDWAY_DATA_DIR or the store "
                                "setting right?)")
         if not self.inline:
-            self._loop = asyncio.new_event_loop()
-            self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
-                                            name=f"midway-{schema.name}-db")
+            self._jobs = queue.SimpleQueue()
+            self._thread = threading.Thread(target=self._serve, args=(self._jobs,),
+                                            daemon=True, name=f"midway-{schema.name}-db")
             self._thread.start()
-        return await self._on_store(self._connect(schema))
+        return await self._on_store(lambda: self._connect(schema))
 
-    async def _connect(self, schema: Schema) -> list[str]:
-        self._lock = asyncio.Lock()
+    def _connect(self, schema: Schema) -> list[str]:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # Autocommit mode: transactions are explicit (BEGIN IMMEDIATE ... COMMIT), so that
         # several processes serialise on the file's write lock, never deadlock on upgrades.
@@ -210,37 +215,53 @@ class SQLiteDatabase(Database):
         self._conn = conn
         from midway.storage.schema import sqlite_upgrade
 
-        return await self._in_tx(
-            lambda tx: sqlite_upgrade(tx, schema, f"SQLite {self.path}"))
+        return self._in_tx(lambda tx: sqlite_upgrade(tx, schema, f"SQLite {self.path}"))
 
     async def close(self) -> None:
-        if self._conn is not None and self._loop is not None and self._queue:
-            # units queued whose wake-up has not reached the store thread yet: run them first
-            self._draining = True
-            await self._on_store(self._run_queued())
         if self._conn is not None:
-            conn, self._conn = self._conn, None
-            if self._loop is not None:
-                await self._on_store(_close(conn))
-            else:
-                conn.close()
-        if self._loop is not None and self._thread is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
+            # units queued whose wake-up has not reached the store thread yet run first
+            await self._on_store(self._close_conn)
+        if self._thread is not None and self._jobs is not None:
+            self._jobs.put(None)
             await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
-            self._loop.close()
-            self._loop = self._thread = None
+            self._thread = self._jobs = None
 
-    async def _on_store(self, coro: Awaitable[T]) -> T:
-        if self._loop is None:
-            return await coro
-        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(
-            coro, self._loop))  # type: ignore[arg-type]
+    def _close_conn(self) -> None:
+        if self._queue:
+            self._draining = True
+            self._run_queued()
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    async def _on_store(self, job: Callable[[], T]) -> T:
+        """``job()`` on the store's thread (or here, inline)."""
+        if self._jobs is None:
+            return job()
+        done: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self._jobs.put((job, done))
+        return await asyncio.wrap_future(done)
+
+    def _serve(self, jobs: queue.SimpleQueue[_Job | None]) -> None:
+        """The store thread: run what it is handed, in order, until told to stop."""
+        while (job := jobs.get()) is not None:
+            if job is _DRAIN:
+                self._run_queued()
+                continue
+            assert isinstance(job, tuple)
+            fn, done = job
+            if not done.set_running_or_notify_cancel():
+                continue
+            try:
+                done.set_result(fn())
+            except BaseException as exc:  # handed to its caller
+                done.set_exception(exc)
 
     async def run(self, unit: Callable[[Tx], Awaitable[T]], *, durable: bool = True) -> T:
         if self._conn is None:
             raise RuntimeError(f"database {self.path} is not open")
-        if self._loop is None:
-            return await self._in_tx(unit, durable)
+        if self._jobs is None:
+            return self._in_tx(unit, durable)
         # Group commit: units queued while the store thread is busy run together in one
         # transaction (each in a savepoint of its own), one hop and one commit for them all.
         caller = asyncio.get_running_loop()
@@ -249,134 +270,119 @@ class SQLiteDatabase(Database):
         if not self._draining:
             self._draining = True
             # At the end of this loop iteration: the units its callbacks queue share one
-            # wake-up of the store thread (each wake-up is a write and a context switch).
+            # wake-up of the store thread.
             caller.call_soon(self._kick)
         return await future
 
     def _kick(self) -> None:
-        loop = self._loop
-        if loop is not None:
-            try:
-                loop.call_soon_threadsafe(self._drain)
-            except RuntimeError:  # closed meanwhile: close() ran what was queued
-                pass
+        jobs = self._jobs
+        if jobs is not None:  # else closed meanwhile: close() ran what was queued
+            jobs.put(_DRAIN)
 
-    def _drain(self) -> None:
-        self._loop_task(self._run_queued())
-
-    def _loop_task(self, coro: Awaitable[None]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _run_queued(self) -> None:
+    def _run_queued(self) -> None:
         """On the store thread: run every queued unit, in order, in as few transactions as the
         queue allows; each caller learns its outcome once its unit's commit is done."""
-        queue = self._queue
-        try:
-            while queue:
+        queued = self._queue
+        while True:
+            while queued:
                 batch: list[_Queued] = []
-                while queue and len(batch) < _GROUP_MAX:
-                    batch.append(queue.popleft())
-                await self._run_batch(batch)
-        finally:
+                while queued and len(batch) < _GROUP_MAX:
+                    batch.append(queued.popleft())
+                self._run_batch(batch)
             self._draining = False
-            if queue:  # queued after the loop saw it empty, before the flag was cleared
-                self._draining = True
-                self._loop_task(self._run_queued())
+            if not queued:
+                return
+            # queued after the loop saw it empty, before the flag was cleared
+            self._draining = True
 
-    async def _run_batch(self, batch: list[_Queued]) -> None:
+    def _run_batch(self, batch: list[_Queued]) -> None:
         outcomes: list[tuple[_Queued, Any, BaseException | None]] = []
         live = [item for item in batch if not item[2].cancelled()]
         if len(live) == 1:  # alone: its own transaction, as before (no savepoint)
             item = live[0]
             try:
-                outcomes.append((item, await self._in_tx(item[0], item[1]), None))
+                outcomes.append((item, self._in_tx(item[0], item[1]), None))
             except BaseException as exc:  # handed to its caller
                 outcomes.append((item, None, exc))
         elif live:
-            outcomes = await self._in_tx_group(live)
+            outcomes = self._in_tx_group(live)
         _deliver(outcomes)
 
-    async def _in_tx_group(self, batch: list[_Queued]) -> list[tuple[_Queued, Any,
-                                                                      BaseException | None]]:
+    def _in_tx_group(self, batch: list[_Queued]) -> list[tuple[_Queued, Any,
+                                                                BaseException | None]]:
         conn = self._conn
         assert conn is not None, "database is not open"
-        assert self._lock is not None
         done: list[tuple[_Queued, Any, BaseException | None]] = []
-        async with self._lock:
-            durable = any(item[1] for item in batch)
-            relaxed = not durable and self.synchronous == "full"
-            if relaxed:
-                conn.execute("PRAGMA synchronous=NORMAL")
-            try:
-                pending = list(batch)
+        durable = any(item[1] for item in batch)
+        relaxed = not durable and self.synchronous == "full"
+        if relaxed:
+            conn.execute("PRAGMA synchronous=NORMAL")
+        try:
+            pending = list(batch)
+            while pending:
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                except BaseException as exc:  # handed to its caller
+                    done += [(item, None, exc) for item in pending]
+                    return done
+                in_tx: list[tuple[_Queued, Any, BaseException | None]] = []
                 while pending:
+                    item = pending.pop(0)
+                    conn.execute("SAVEPOINT midway_unit")
                     try:
-                        conn.execute("BEGIN IMMEDIATE")
-                    except BaseException as exc:  # handed to its caller
-                        done += [(item, None, exc) for item in pending]
-                        return done
-                    in_tx: list[tuple[_Queued, Any, BaseException | None]] = []
-                    while pending:
-                        item = pending.pop(0)
-                        conn.execute("SAVEPOINT midway_unit")
-                        try:
-                            result = await item[0](_SQLiteTx(conn))
-                        except BaseException as exc:  # handed to its caller
-                            if conn.in_transaction:
-                                conn.execute("ROLLBACK TO midway_unit")
-                                conn.execute("RELEASE midway_unit")
-                                in_tx.append((item, None, exc))
-                                continue
-                            # SQLite rolled the whole transaction back (a full disk, an I/O
-                            # error): the units before this one are undone too.
-                            done += [(i, None, exc) for i, _, _ in in_tx]
-                            done.append((item, None, exc))
-                            in_tx = []
-                            break
-                        conn.execute("RELEASE midway_unit")
-                        in_tx.append((item, result, None))
-                    if not in_tx:
-                        continue
-                    try:
-                        conn.execute("COMMIT")
+                        result = _drive(item[0](_SQLiteTx(conn)))
                     except BaseException as exc:  # handed to its caller
                         if conn.in_transaction:
-                            conn.execute("ROLLBACK")
+                            conn.execute("ROLLBACK TO midway_unit")
+                            conn.execute("RELEASE midway_unit")
+                            in_tx.append((item, None, exc))
+                            continue
+                        # SQLite rolled the whole transaction back (a full disk, an I/O
+                        # error): the units before this one are undone too.
                         done += [(i, None, exc) for i, _, _ in in_tx]
-                    else:
-                        done += in_tx
-            finally:
-                if relaxed:
-                    conn.execute("PRAGMA synchronous=FULL")
-        return done
-
-    async def _in_tx(self, unit: Callable[[Tx], Awaitable[T]], durable: bool = True) -> T:
-        conn = self._conn
-        assert conn is not None, "database is not open"
-        assert self._lock is not None
-        async with self._lock:
-            # The level cannot change inside a transaction. In WAL mode a NORMAL commit
-            # survives the process; the next FULL commit syncs it along.
-            relaxed = not durable and self.synchronous == "full"
-            if relaxed:
-                conn.execute("PRAGMA synchronous=NORMAL")
-            try:
-                conn.execute("BEGIN IMMEDIATE")
+                        done.append((item, None, exc))
+                        in_tx = []
+                        break
+                    conn.execute("RELEASE midway_unit")
+                    in_tx.append((item, result, None))
+                if not in_tx:
+                    continue
                 try:
-                    result = await unit(_SQLiteTx(conn))
-                except BaseException:
-                    # SQLite may have rolled back already (a full disk, an I/O error): a
-                    # second ROLLBACK would hide the cause behind "cannot rollback".
+                    conn.execute("COMMIT")
+                except BaseException as exc:  # handed to its caller
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
-                    raise
-                conn.execute("COMMIT")
-                return result
-            finally:
-                if relaxed:
-                    conn.execute("PRAGMA synchronous=FULL")
+                    done += [(i, None, exc) for i, _, _ in in_tx]
+                else:
+                    done += in_tx
+        finally:
+            if relaxed:
+                conn.execute("PRAGMA synchronous=FULL")
+        return done
+
+    def _in_tx(self, unit: Callable[[Tx], Awaitable[T]], durable: bool = True) -> T:
+        conn = self._conn
+        assert conn is not None, "database is not open"
+        # The level cannot change inside a transaction. In WAL mode a NORMAL commit
+        # survives the process; the next FULL commit syncs it along.
+        relaxed = not durable and self.synchronous == "full"
+        if relaxed:
+            conn.execute("PRAGMA synchronous=NORMAL")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = _drive(unit(_SQLiteTx(conn)))
+            except BaseException:
+                # SQLite may have rolled back already (a full disk, an I/O error): a
+                # second ROLLBACK would hide the cause behind "cannot rollback".
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return result
+        finally:
+            if relaxed:
+                conn.execute("PRAGMA synchronous=FULL")
 
 
 # At most this many units share one transaction (a bound on how long one commit holds the
@@ -384,6 +390,24 @@ class SQLiteDatabase(Database):
 _GROUP_MAX = 64
 _Queued = tuple[Callable[[Tx], Awaitable[Any]], bool, "asyncio.Future[Any]",
                 asyncio.AbstractEventLoop]
+# a job for the store thread: drain the queue, or a call whose outcome goes to a future
+_DRAIN = object()
+_Job = object | tuple[Callable[[], Any], "concurrent.futures.Future[Any]"]
+
+
+def _drive(step: Awaitable[T]) -> T:
+    """Run a unit's coroutine to its end on this thread, with no event loop: its awaits are
+    its ``tx``'s statements, which return without suspending."""
+    coro = step.__await__()
+    try:
+        coro.send(None)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+    close = getattr(coro, "close", None)
+    if close is not None:
+        close()
+    raise RuntimeError("a unit of work on an SQLite store awaited something other than its "
+                       "transaction (a unit must only talk to its tx)")
 
 
 def _deliver(outcomes: list[tuple[_Queued, Any, BaseException | None]]) -> None:
@@ -407,10 +431,6 @@ def _settle(results: list[tuple[asyncio.Future[Any], Any, BaseException | None]]
             future.set_result(result)
         else:
             future.set_exception(exc)
-
-
-async def _close(conn: sqlite3.Connection) -> None:
-    conn.close()
 
 
 class _SQLiteTx:

@@ -10,8 +10,8 @@ from typing import Any
 import attrs
 import orjson
 
-from midway import Exchange, Usage
 from midway.annotations import CACHE, COST_USD, ROUTE
+from midway.exchange import Exchange, Usage
 from midway_audit.assemble import EventLog, reassemble
 from midway_audit.chain import content_digest
 from midway_audit.parts import expand, full_text, template

@@ -563,7 +563,7 @@ class Billing:
                 not state.watch.hard:
             return None
         watch = state.watch
-        cost = self.prices.cost(watch.running(), watch.model, modifiers=watch.modifiers).total
+        cost = watch.running_cost(self.prices)
         step = watch.step(cost)
         if cost + step <= state.reservation.amount_pusd:
             return None

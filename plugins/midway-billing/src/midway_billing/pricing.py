@@ -75,7 +75,7 @@ def to_pusd(value: Decimal) -> int:
 
 
 @functools.lru_cache(maxsize=4096)
-def _tokens_pusd(count: int, rate: Decimal) -> int:
+def tokens_pusd(count: int, rate: Decimal) -> int:
     """``count`` tokens at ``rate`` dollars per million, in picodollars. Remembered: a stream
     under a hard budget is priced at every event, with the same input-side counts each time."""
     return to_pusd(Decimal(count) * rate / _MTOK)
@@ -554,6 +554,33 @@ class PriceTable:
              modifiers: Modifiers | None = None) -> Cost:
         """The cost of ``usage`` on ``model``; a model not in the table is priced by the
         unknown-model tier (flagged unpriced), or unpriced at $0 if there is none."""
+        priced = self._rates(usage, model, batch, modifiers)
+        if priced is None:
+            return Cost(model=None, rule="unpriced", version=self.version)
+        price, rates, rules = priced
+        tokens = tokens_pusd
+        return Cost(
+            model=price.model,
+            input=tokens(usage.input_tokens, rates.input),
+            cache_write_5m=tokens(usage.cache_creation_5m_input_tokens, rates.cache_write_5m),
+            cache_write_1h=tokens(usage.cache_creation_1h_input_tokens, rates.cache_write_1h),
+            cache_read=tokens(usage.cache_read_input_tokens, rates.cache_read),
+            output=tokens(usage.output_tokens, rates.output),
+            web_search=to_pusd(Decimal(usage.web_search_requests)
+                               * price.web_search_per_request),
+            rule=";".join(rules), version=self.version)
+
+    def output_rate(self, usage: Usage, model: str | None,
+                    modifiers: Modifiers | None = None) -> Decimal | None:
+        """The rate (dollars per million) :meth:`cost` prices ``usage``'s output tokens at,
+        ``None`` if unpriced. It depends on the prompt side of ``usage`` only (tiers are
+        thresholds on prompt tokens), never on the output count."""
+        priced = self._rates(usage, model, False, modifiers)
+        return None if priced is None else priced[1].output
+
+    def _rates(self, usage: Usage, model: str | None, batch: bool,
+               modifiers: Modifiers | None) -> tuple[Price, Rates, list[str]] | None:
+        """The price entry, the rates and the rules that price ``usage`` (None: unpriced)."""
         mods = modifiers or Modifiers()
         batch = batch or mods.batch
         price = self.lookup(model)
@@ -561,7 +588,7 @@ class PriceTable:
         if price is None:
             price, rule = self.unknown, "unknown_model"
             if price is None:
-                return Cost(model=None, rule="unpriced", version=self.version)
+                return None
         rules = [rule]
         rates = price.rates_at(mods.at)
         if rates != price.rates:
@@ -584,15 +611,4 @@ class PriceTable:
         if batch and price.batch_discount:
             rates = rates.scaled(1 - price.batch_discount)
             rules.append("batch")
-
-        tokens = _tokens_pusd
-        return Cost(
-            model=price.model,
-            input=tokens(usage.input_tokens, rates.input),
-            cache_write_5m=tokens(usage.cache_creation_5m_input_tokens, rates.cache_write_5m),
-            cache_write_1h=tokens(usage.cache_creation_1h_input_tokens, rates.cache_write_1h),
-            cache_read=tokens(usage.cache_read_input_tokens, rates.cache_read),
-            output=tokens(usage.output_tokens, rates.output),
-            web_search=to_pusd(Decimal(usage.web_search_requests)
-                               * price.web_search_per_request),
-            rule=";".join(rules), version=self.version)
+        return price, rates, rules

@@ -5,13 +5,17 @@ has relayed (the floor of an interrupted stream, docs/billing.md "Interrupted st
 from __future__ import annotations
 
 import math
-from typing import Any
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from midway import SSEEvent, Usage
 from midway.assemble import MessageAssembler
-from midway_billing.pricing import Modifiers
+from midway_billing.pricing import Modifiers, tokens_pusd
+
+if TYPE_CHECKING:
+    from midway_billing.pricing import PriceTable
 
 # Text (and thinking, and tool input) per output token, for the output a stream has sent
 # since its last ``message_delta`` reported usage.
@@ -42,6 +46,10 @@ class StreamWatch:
     final: bool = False
     # the last reported usage as a Usage, built once per report (not at every event)
     _reported: Usage | None = attrs.field(default=None, init=False, repr=False, eq=False)
+    # the last reported usage priced: (table, model, modifiers, its cost less its output,
+    # its output tokens, the output rate), for running_cost
+    _priced: tuple[PriceTable, str | None, Modifiers, int, int, Decimal | None] | None = \
+        attrs.field(default=None, init=False, repr=False, eq=False)
 
     @property
     def hard(self) -> bool:
@@ -74,7 +82,7 @@ class StreamWatch:
                         self.relayed_chars += len(text)
             return True
         self.assembler.feed(name, payload)
-        self._reported = None
+        self._reported = self._priced = None
         if name == "message_start":
             if self.assembler.model is not None:
                 self.model = self.assembler.model
@@ -89,12 +97,35 @@ class StreamWatch:
     def usage(self) -> dict[str, Any]:
         return self.assembler.usage
 
-    def running(self) -> Usage:
-        """The usage so far: the last reported, plus the text since at ~4 chars a token."""
+    def running_cost(self, prices: PriceTable) -> int:
+        """``prices.cost(self.running(), self.model, modifiers=self.modifiers).total``,
+        without building the usage or pricing every field at each event: between two reports
+        only the output count grows, and its rate depends on the prompt side alone."""
+        priced = self._priced
+        if priced is None or priced[0] is not prices or priced[1] != self.model or \
+                priced[2] != self.modifiers:
+            reported = self._reported_usage()
+            cost = prices.cost(reported, self.model, modifiers=self.modifiers)
+            rate = prices.output_rate(reported, self.model, modifiers=self.modifiers)
+            priced = self._priced = (prices, self.model, self.modifiers,
+                                     cost.total - cost.output, reported.output_tokens, rate)
+        _, _, _, rest, output, rate = priced
+        if rate is None:  # unpriced: $0
+            return rest
+        if self.chars:
+            output += floor_tokens(self.chars)
+        return rest + tokens_pusd(output, rate)
+
+    def _reported_usage(self) -> Usage:
         reported = self._reported
         if reported is None:
             reported = self._reported = Usage()
             reported.update(self.usage)
+        return reported
+
+    def running(self) -> Usage:
+        """The usage so far: the last reported, plus the text since at ~4 chars a token."""
+        reported = self._reported_usage()
         usage = attrs.evolve(reported, raw=dict(reported.raw))
         if self.chars:
             # what Usage.update({"output_tokens": n}) does to it, without redoing every field

@@ -36,6 +36,27 @@ from midway_audit.config import AuditConfig
 from midway_audit.handoff.frames import BY_SOCKET, CONFIG, HEADER, INTENT, RECORD, WAKE, frame
 from midway_audit.handoff.ring import RingWriter, create
 
+# How the writer process starts: ``python -m midway_audit.handoff.writer_process``, except that
+# the ``midway`` and ``midway_audit`` packages' ``__init__`` (aiohttp, pluggy, the plugin: about
+# 14 MB the writer never uses) run only if something asks one of them for a name only it
+# defines (PEP 562 ``__getattr__``); the writer's modules import from the submodules.
+_WRITER_START = """\
+# midway-audit writer process (midway_audit.handoff.writer_process)
+import importlib.util, runpy, sys
+def shell(name):
+    spec = importlib.util.find_spec(name)
+    module = importlib.util.module_from_spec(spec)
+    def init(attr):
+        del module.__getattr__
+        spec.loader.exec_module(module)
+        return getattr(module, attr)
+    module.__getattr__ = init
+    sys.modules[name] = module
+shell("midway")
+shell("midway_audit")
+runpy.run_module("midway_audit.handoff.writer_process", run_name="__main__", alter_sys=True)
+"""
+
 log = logging.getLogger("midway.audit")
 
 _METRICS = frozenset({"queue_depth", "written", "dropped", "write_errors", "intents",
@@ -98,7 +119,7 @@ class WriterChannel:
         resume = {"orphans_before": self._ring.written}
         try:
             self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "midway_audit.handoff.writer_process", str(theirs.fileno()),
+                sys.executable, "-c", _WRITER_START, str(theirs.fileno()),
                 str(self._ring_fd), str(self.config.writer_nice),
                 stdin=asyncio.subprocess.DEVNULL, pass_fds=(theirs.fileno(), self._ring_fd))
         finally:

@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from midway import Exchange
+from midway.exchange import Exchange
 from midway.storage import Episode
 from midway_audit.record import Pending, Row, join_query, prepare, redacted_json
 from midway_audit.redact import Redactor
