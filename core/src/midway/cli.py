@@ -18,6 +18,7 @@ from midway.identity import identity_key, passthrough_id
 from midway.keys.cli import make_keys_group
 from midway.plugins import PluginHost
 from midway.storage import StoreMissing, stores_created
+from midway.storage.retry import describe, is_transient
 from midway.timeparse import TIME_FORMS, parse_time
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -81,6 +82,14 @@ def settings_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                 return fn(*args, settings=settings, **kwargs)
         except StoreMissing as exc:
             raise click.ClickException(str(exc)) from None
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            # a database that is down or not reachable from here: what a person can act on
+            raise click.ClickException(
+                f"{fn.__name__.replace('_', ' ')}: a store could not be reached "
+                f"({describe(exc)}); check that its database is running and reachable at the "
+                "address in the config, then run the command again") from None
 
     return wrapper
 
