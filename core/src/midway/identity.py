@@ -6,6 +6,7 @@ import functools
 import hashlib
 import hmac
 import secrets
+import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -14,7 +15,14 @@ from aiohttp import web
 from midway.config import ConfigError, Settings
 from midway.datadir import install_secret
 from midway.errors import MidwayError
-from midway.exchange import Exchange, Principal, Request, Timings, new_request_id
+from midway.exchange import (
+    ErrorKind,
+    Exchange,
+    Principal,
+    Request,
+    Timings,
+    new_request_id,
+)
 from midway.headers import CREDENTIAL_HEADERS, request_headers
 from midway.hookspecs import hookimpl
 from midway.keys.tokens import PREFIX
@@ -128,8 +136,6 @@ async def authenticate_exchange(midway: Midway, exchange: Exchange) -> Principal
         principal, _ = await midway.plugins.first("authenticate", exchange=exchange,
                                                   credential=credential)
     except PluginFailed as exc:
-        from midway.exchange import ErrorKind
-
         exchange.fail(ErrorKind.PLUGIN_FAILED, f"plugin {exc.plugin} failed in {exc.hook}")
         raise MidwayError(500, f"a midway plugin ({exc.plugin}) failed in {exc.hook}"
                           ) from None
@@ -146,8 +152,6 @@ async def authenticate_request(midway: Midway, request: web.Request) -> Principa
     """:func:`authenticate_exchange` for a route of a plugin's own (outside ``/v1/``): the
     same hook, so a client is known by the same credentials everywhere (API keys, a
     signed-in person's token, …). Raises a 401 ``MidwayError`` for an unknown credential."""
-    import time
-
     exchange = Exchange(
         id=new_request_id(),
         request=Request(method=request.method, path=request.rel_url.raw_path,
