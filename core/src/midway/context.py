@@ -34,6 +34,8 @@ class Midway:
         self.settings = settings
         self.plugins = plugins
         self.metrics = metrics
+        # Read once: the property scans the environment, and every request asks it.
+        self.key_mode = settings.client_keys_enabled
         self.session: aiohttp.ClientSession | None = None
         self.services = Services()
         self.worker_index = 0

@@ -124,7 +124,7 @@ async def authenticate_exchange(midway: Midway, exchange: Exchange) -> Principal
 
     headers = exchange.request.headers
     credential = presented_credential(headers)
-    if not midway.settings.client_keys_enabled:
+    if not midway.key_mode:
         if presents_midway_key(headers):
             # Refused, not stripped: stripped, the request would go upstream without a
             # credential (or the router's pooled one) for a caller nobody authenticated.

@@ -86,7 +86,7 @@ class Proxy:
         self.midway = midway
         settings = midway.settings
         self.plugins = midway.plugins
-        self.key_mode = settings.client_keys_enabled  # else clients pass their own keys
+        self.key_mode = midway.key_mode  # else clients pass their own keys
         upstream_headers: dict[str, str] = {}
         if self.key_mode and settings.upstream_api_key:
             secret = resolve(settings.upstream_api_key)
