@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import mmap
 import os
 import random
 import signal
@@ -119,8 +120,9 @@ def test_a_mebibyte_ring_carries_frames_of_random_sizes_through_many_wrap_around
                     break
                 expected.append(item)
                 n += 1
-            # full for this frame: it needs at most twice max_frame, half the ring
-            assert writer.used() > writer.capacity // 2
+            # full for this frame: it needs at most twice max_frame, half the ring (and the
+            # relay keeps a guard page clear)
+            assert writer.used() > writer.capacity // 2 - writer.guard
             for _ in range(rng.randint(1, len(expected))):
                 assert take(writer, reader) == expected.popleft()
         while expected:
@@ -139,12 +141,50 @@ def test_a_full_ring_refuses_a_frame_until_the_reader_gives_room_back() -> None:
         assert not put(writer, make_frame(fitted, 3, body, (10, 20)))  # still full
         assert take(writer, reader) == make_frame(0, 3, body, (10, 20))
         # the next frame does not fit before the end of the ring: it takes the room the
-        # reader gave back plus the rest of the ring, exactly what is free now
-        assert put(writer, make_frame(fitted, 3, body, (10, 20)))
-        assert writer.head % writer.capacity == 100_000
-        for n in range(1, fitted + 1):
+        # reader gave back plus the rest of the ring, exactly what is free now but the
+        # guard page (the relay stays a page behind the tail)
+        assert writer.guard == mmap.PAGESIZE
+        last = body - writer.guard
+        assert not put(writer, make_frame(fitted, 3, last + 1, (10, 20)))
+        assert put(writer, make_frame(fitted, 3, last, (10, 20)))
+        assert writer.head % writer.capacity == 100_000 - writer.guard
+        for n in range(1, fitted):
             assert take(writer, reader) == make_frame(n, 3, body, (10, 20))
+        assert take(writer, reader) == make_frame(fitted, 3, last, (10, 20))
         assert take(writer, reader) is None
+
+
+def test_the_room_given_back_is_freed_and_written_again() -> None:
+    """The memory file holds what is in flight, not the whole ring: the writer frees the
+    pages it gives back (both processes' resident memory counts the pages they touched)."""
+    fd = ring.create(MiB + DATA)
+    try:
+        writer, reader = RingWriter(fd), RingReader(fd)
+
+        def allocated() -> int:
+            return os.fstat(fd).st_blocks * 512
+
+        rng = random.Random(7)
+        n = 0
+        while writer.head < 5 * writer.capacity:
+            batch = []
+            while writer.used() < writer.capacity // 3:
+                size = rng.randint(0, 200_000)
+                item = make_frame(n, 3, size, (rng.randint(0, size), rng.randint(0, size)))
+                n += 1
+                assert put(writer, item)
+                batch.append(item)
+            # every byte written is in the memory file (the wrap markers' skips are not)
+            assert allocated() >= sum(HEADER.size + len(m) + len(a) + len(b)
+                                      for _, m, a, b in batch)
+            for item in batch:
+                assert take(writer, reader) == item
+            # the first page (head and tail) and the page holding the tail are left
+            assert writer.used() == 0 and allocated() <= 2 * mmap.PAGESIZE
+        writer.close()
+        reader.close()
+    finally:
+        os.close(fd)
 
 
 @settings(max_examples=60, deadline=None)
@@ -154,9 +194,16 @@ def test_a_frame_of_max_frame_fits_an_empty_ring_wherever_it_stands(data: st.Dat
     with ring_pair(MiB) as (writer, reader):
         offset = data.draw(st.integers(HEADER.size, writer.capacity - 1))
         max_frame, writer.max_frame = writer.max_frame, writer.capacity  # the filler is large
-        assert put(writer, make_frame(0, 1, offset - HEADER.size, (0, 0)))
+        # in two frames when one would not fit (the guard page): neither is past half the ring
+        half = writer.capacity // 2
+        first = offset if offset <= half else \
+            half if offset - half >= HEADER.size else half - HEADER.size
+        for size in (first, offset - first):
+            if size:
+                assert put(writer, make_frame(0, 1, size - HEADER.size, (0, 0)))
+                assert take(writer, reader) is not None  # empty again
+        assert writer.head == offset
         writer.max_frame = max_frame
-        assert take(writer, reader) is not None  # empty again, at ``offset``
         item = make_frame(1, 3, data.draw(st.integers(0, writer.max_frame - HEADER.size)),
                           (0, 100))
         assert put(writer, item)
