@@ -103,7 +103,7 @@ class AuditConfig:
     queue_size: int = option(10_000, ge=1, help="the writer's queue, in records")
     queue_max_bytes: int = option(256 * MiB, converter=byte_size,
                                   help="the writer's queue, in body data")
-    handoff_bytes: int = option(16 * MiB, converter=byte_size, help="the shared ring between "
+    handoff_bytes: int = option(4 * MiB, converter=byte_size, help="the shared ring between "
                                 "the relay and the writer process (at least 1 MiB)")
     writer_nice: int = option(10, ge=0, help="the writer process's niceness (0-19), added to "
                               "the relay's")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import gc
 import logging
 import os
 import signal
@@ -27,6 +28,7 @@ from typing import Any
 
 import orjson
 
+from midway.heap import release_freed_memory
 from midway.options import load_table
 from midway.storage import new_instance
 from midway_audit.config import AuditConfig
@@ -168,6 +170,9 @@ class WriterProcess:
         self.writer = AuditWriter(store, config, redactor, self.metrics, sink, self.intents,
                                   self._changed.set)
         await self.writer.start()
+        # What start-up freed (imports' temporaries, recovery's rows) goes back to the system.
+        gc.collect()
+        release_freed_memory()
         self._send({"ready": True, "recovered": recovered, **self._status()})
         return config
 
