@@ -328,13 +328,9 @@ def main() -> None:
     os.nice(int(sys.argv[3]) if len(sys.argv) > 3 else 0)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover (a core dependency, but not on Windows)
-        runner = asyncio.run
-    else:
-        runner = uvloop.run
-    sys.exit(runner(_main(int(sys.argv[1]), int(sys.argv[2]))))
+    # asyncio's own loop, not uvloop: the writer's loop wakes a few times per batch_linger,
+    # and uvloop's library would be 2 MB of its resident memory.
+    sys.exit(asyncio.run(_main(int(sys.argv[1]), int(sys.argv[2]))))
 
 
 if __name__ == "__main__":
