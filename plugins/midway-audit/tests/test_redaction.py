@@ -101,3 +101,24 @@ def test_every_default_pattern_masks_its_secret_and_only_where_one_starts():
     for glued in ("XAKIA" + _rand(16, upper), "xghp_" + _rand(36), "zAIza" + _rand(35),
                   "axoxb-" + _rand(24)):
         assert redactor.text(glued) == glued
+
+
+def test_patterns_sharing_a_guard_scan_each_find_their_own_in_one_text():
+    """The sk… keys and the A… keys are looked for only when their shared start is in the
+    text: several of one group in one text are all masked (the scan is redone after each
+    replacement), and a text with none of them keeps its near misses."""
+    from midway_audit.redact import Redactor
+
+    redactor = Redactor()
+    upper = string.ascii_uppercase + string.digits
+    secrets_ = {"anthropic_key": "sk-ant-api03-" + _rand(40),
+                "openai_key": "sk-proj-" + _rand(40),
+                "stripe_key": "sk_live_" + _rand(24),
+                "aws_access_key": "AKIA" + _rand(16, upper),
+                "google_api_key": "AIza" + _rand(35)}
+    text = " and ".join(secrets_.values())
+    assert redactor.text(text) == " and ".join(f"[REDACTED:{name}]" for name in secrets_)
+    for name, secret in secrets_.items():
+        assert redactor.text(f"ask {secret}, risk-free") == f"ask [REDACTED:{name}], risk-free"
+    near = "a task-list, desk_top, AKI, AIz, Amazon, sk"
+    assert redactor.text(near) == near

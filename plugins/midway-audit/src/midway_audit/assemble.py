@@ -19,7 +19,9 @@ import orjson
 from midway.assemble import MessageAssembler
 from midway.sse import SSEParser
 
-_DATA_LINE = re.compile(r"^data: ?(.*)$", re.MULTILINE)
+# A data line, found from the newline before it (a literal the regex engine skips ahead to;
+# the text is searched with a newline put in front).
+_DATA_LINE = re.compile(r"\ndata: ?(.*)")
 
 
 def recorded(assembler: MessageAssembler, truncated: bool = False) -> dict[str, Any]:
@@ -67,7 +69,7 @@ class EventLog:
         # a blank line. Then the data lines are the events' data, found in one C call; any
         # other shape, or deltas past the limit, goes through the full parser.
         if "\r" not in text:
-            data = _DATA_LINE.findall(text)
+            data = _DATA_LINE.findall("\n" + text)
             size = sum(map(len, data))
             if data and len(data) == text.count("\n\n") and size <= limit:
                 events.data, events._size = data, size

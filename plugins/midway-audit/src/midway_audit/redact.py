@@ -8,8 +8,9 @@ Speed matters (Claude Code sends 80 KB+ per turn, and every record's metadata is
 too): each default pattern starts with a literal, checking the characters before it with a
 lookbehind, so the regex engine skips ahead to that literal as fast as ``str.find`` would.
 The two case-insensitive patterns cannot; they run only when a literal every match contains
-is in the lower-cased text. E-mail addresses, whose ``@`` is common in code, are found from
-each ``@`` outwards.
+is in the lower-cased text. Patterns that start with the same literal share one scan for it
+(``_GUARDS``): the three ``sk`` keys and the two ``A…`` keys run only when it finds one.
+E-mail addresses, whose ``@`` is common in code, are found from each ``@`` outwards.
 """
 
 from __future__ import annotations
@@ -55,6 +56,13 @@ DEFAULT_PATTERNS: dict[str, tuple[str, tuple[str, ...], bool]] = {
     "bearer_token": (r"(?i)(?<![A-Za-z0-9])bearer\s+[A-Za-z0-9._~+/\-]{8,}=*", ("bearer",),
                      True),
 }
+# One scan standing in for several patterns' own: every match of each pattern named starts
+# with a match of its guard, so a text the guard does not match cannot hold any of theirs.
+_GUARDS: dict[str, tuple[str, ...]] = {
+    r"sk[-_]": ("anthropic_key", "openai_key", "stripe_key"),
+    "A(?:" + "|".join(p[1:] for p in _AWS_PREFIXES) + "|Iza)": ("aws_access_key",
+                                                                 "google_api_key"),
+}
 EMAIL = "email"  # a default too, found by _mask_emails
 _LOCAL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._%+-")
 _DOMAIN = re.compile(r"[A-Za-z0-9\-]{1,63}(?:\.[A-Za-z0-9\-]{1,63})*\.[A-Za-z]{2,24}"
@@ -74,6 +82,7 @@ class Pattern:
     hints: tuple[str, ...]  # empty: always scan
     lower: bool
     replacement: str
+    guard: re.Pattern[str] | None = None  # scanned once for the patterns that share it
 
 
 class Redactor:
@@ -84,8 +93,11 @@ class Redactor:
         self.patterns: list[Pattern] = []
         self.emails = use_defaults
         if use_defaults:
+            guards = {name: re.compile(guard) for guard, names in _GUARDS.items()
+                      for name in names}
             for name, (regex, hints, lower) in DEFAULT_PATTERNS.items():
                 self._add(name, regex, hints, lower)
+                self.patterns[-1].guard = guards.get(name)
         for name, regex in (extra or {}).items():
             try:
                 self._add(name, regex, (), False)
@@ -108,7 +120,15 @@ class Redactor:
     def text(self, text: str) -> str:
         """``text`` with every match of every pattern replaced by ``[REDACTED:<name>]``."""
         lowered: str | None = None
+        guarded: dict[re.Pattern[str], bool] = {}  # a guard's scan of the text as it is now
         for pattern in self.patterns:
+            guard = pattern.guard
+            if guard is not None:
+                found = guarded.get(guard)
+                if found is None:
+                    found = guarded[guard] = guard.search(text) is not None
+                if not found:
+                    continue
             if pattern.hints:
                 if pattern.lower:
                     if lowered is None:
@@ -124,6 +144,7 @@ class Redactor:
             replaced = pattern.regex.sub(pattern.replacement, text)
             if replaced != text:
                 text, lowered = replaced, None
+                guarded.clear()
         if self.emails and "@" in text:
             text = _mask_emails(text)
         return text
