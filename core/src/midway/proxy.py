@@ -651,6 +651,7 @@ class Proxy:
                                                       bedrock_format.frames(exchange)) \
             if exchange.client_format == bedrock_format.FORMAT and not encoding else \
             web.StreamResponse(status=answer.status, headers=headers)
+        del headers  # the response copied them: not held as long as the stream lasts
         await response.prepare(request)
         timings = exchange.timings
         self.open_streams += 1
