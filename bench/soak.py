@@ -222,8 +222,9 @@ def soak_streams(tmp: Path, fake_url: str, total: int, concurrency: int) -> dict
         server.ensure_stopped()
 
 
-def slow_streams(tmp: Path, fake_url: str, n: int) -> dict[str, Any]:
-    server = Server(tmp, CONFIG, fake_url, name="slow").start()
+def slow_streams(tmp: Path, fake_url: str, n: int, bare: bool = False) -> dict[str, Any]:
+    config = CONFIG.replace('plugins = ["audit", "billing"]', "plugins = []") if bare else CONFIG
+    server = Server(tmp, config, fake_url, name="slow").start()
     try:
         asyncio.run(stream_requests(server.url, 50, 50, 0.0, FAST, "warm-up"))
         before = idle(server)
@@ -363,6 +364,8 @@ def main() -> int:
     parser.add_argument("--writer-kills", type=int, default=10)
     parser.add_argument("--drain-streams", type=int, default=1_000)
     parser.add_argument("--drain-budget", type=float, default=60.0)
+    parser.add_argument("--bare", action="store_true",
+                        help="slow_streams without plugins (the core's own share)")
     parser.add_argument("--only", help="run only these parts (comma-separated: soak, "
                         "slow_streams, kill_9, writer_kills, postgres_restart, sigterm_drain)")
     parser.add_argument("--out", type=Path, help="also write the JSON report here")
@@ -385,7 +388,8 @@ def main() -> int:
             for name, run in (
                     ("soak", lambda: soak_streams(root / "soak", fake_url, args.requests,
                                                   args.concurrency)),
-                    ("slow_streams", lambda: slow_streams(root / "slow", fake_url, args.slow)),
+                    ("slow_streams", lambda: slow_streams(root / "slow", fake_url, args.slow,
+                                                               args.bare)),
                     ("kill_9", lambda: _kill_checks(crash_loop(root / "kill", args.kills))),
                     ("writer_kills", lambda: writer_kills(root / "writer", args.writer_kills)),
                     ("postgres_restart", lambda: postgres_restart(root / "pg")),

@@ -175,7 +175,7 @@ class BodyObserver:
         exchange = self._exchange
         apply_payload(exchange, self._scanner.fields, complete=self._scanner.complete)
         kept = self.kept
-        exchange.response_body = b"".join(kept.chunks) if kept is not None else None
+        exchange.response_body = kept.value() if kept is not None else None
         exchange.response_body_truncated = kept is None or kept.truncated
 
 

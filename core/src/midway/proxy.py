@@ -511,8 +511,10 @@ class Proxy:
 
     # -- relaying the answer -----------------------------------------------------------------
 
-    async def _relay(self, request: web.Request, exchange: Exchange, answer: Answer
-                     ) -> web.StreamResponse:
+    def _relay(self, request: web.Request, exchange: Exchange, answer: Answer
+               ) -> Coroutine[Any, Any, web.StreamResponse]:
+        """The coroutine that relays ``answer``: a plain function, so that no frame of its
+        own waits as long as a stream lasts (one held per open stream)."""
         exchange.status = answer.status
         headers = response_headers(answer.headers)
         headers["x-midway-request-id"] = exchange.id
@@ -527,16 +529,15 @@ class Proxy:
         encoding = answer.headers.get("content-encoding")
         body = answer.body
         if body is not None:
-            return await self._answer_body(request, exchange, answer.status, headers, body,
-                                           encoding)
+            return self._answer_body(request, exchange, answer.status, headers, body,
+                                     encoding)
         if SSE in content_type:
-            return await self._relay_stream(request, exchange, answer, headers, encoding)
+            return self._relay_stream(request, exchange, answer, headers, encoding)
         # A batch's results file (JSONL) is read like a JSON answer: billing prices it; and
         # any other batch answer is, whatever its type: its results_url is rewritten.
         path = exchange.request.path
-        return await self._relay_body(request, exchange, answer, headers, encoding,
-                                      "json" in content_type
-                                      or path.startswith(batch_urls.PREFIX))
+        return self._relay_body(request, exchange, answer, headers, encoding,
+                                "json" in content_type or path.startswith(batch_urls.PREFIX))
 
     async def _answer_body(self, request: web.Request, exchange: Exchange, status: int,
                            headers: CIMultiDict[str], body: bytes,
@@ -650,6 +651,7 @@ class Proxy:
                                                       bedrock_format.frames(exchange)) \
             if exchange.client_format == bedrock_format.FORMAT and not encoding else \
             web.StreamResponse(status=answer.status, headers=headers)
+        del headers  # the response copied them: not held as long as the stream lasts
         await response.prepare(request)
         timings = exchange.timings
         self.open_streams += 1
@@ -671,6 +673,7 @@ class Proxy:
                     if first:
                         timings.ttfb_ms = (time.monotonic() - timings.started) * 1000
                         first = False
+                    chunk = b""  # not held while the next is awaited
                 observer.close()
                 observable = observer.readable
             if not exchange.complete and exchange.error_kind is not ErrorKind.STREAM_ERROR \
@@ -764,6 +767,12 @@ class Proxy:
                 await response.write(joined)
                 if timings.ttfb_ms is None:
                     timings.ttfb_ms = (time.monotonic() - timings.started) * 1000
+            # Nothing of this chunk stays bound while the next is awaited (a slow stream
+            # waits most of its life): its bytes, its events and their parsed JSON go now.
+            chunk = joined = raw = b""
+            event = _NO_EVENT
+            out.clear()
+            result = None
         if parser.pending:  # a final event without its blank line: relay it as it came
             final = final_event(parser.pending)
             if final.name in OBSERVED_EVENTS:
@@ -838,6 +847,9 @@ def _plugin_answer(exchange: Exchange, answer: Any) -> MemoryAnswer:
 # How an upstream fails in the middle of an answer's body (both clients).
 _UPSTREAM_FAILURES = (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError,
                       aiohttp.ClientOSError, aiohttp.ServerTimeoutError)
+
+
+_NO_EVENT = SSEEvent.dropped()  # what a loop's last event is rebound to once relayed
 
 
 class _EndedEarly(aiohttp.ClientPayloadError):

@@ -122,7 +122,8 @@ class UpstreamResponse:
         length = headers.get("content-length")
         self.content_length = int(length) if length is not None and length.isdigit() else None
         self._conn: _Connection | None = conn
-        self._chunks: deque[bytes] = deque()
+        # a list, not a deque: a deque's first block alone is 760 bytes, for each open answer
+        self._chunks: list[bytes] = []
         self._size = 0
         self._eof = False
         self._error: BaseException | None = None
@@ -157,63 +158,59 @@ class UpstreamResponse:
 
     # -- read by the relay -------------------------------------------------------------------
 
-    async def _wait(self) -> None:
-        waiter = self._loop.create_future()
-        self._waiter = waiter
-        conn = self._conn
-        if conn is not None and self._idle_timeout is not None:
-            conn.watch(self._idle_timeout)
-        try:
-            await waiter
-        finally:
-            self._waiter = None
-
     def _on_idle(self) -> None:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_exception(TimeoutError("upstream idle timeout"))
         self.release()
 
-    async def _next(self) -> bytes:
-        """Everything buffered (waiting for some if nothing is); ``b""`` at the end."""
+    def chunks(self) -> AsyncIterator[bytes]:
+        # Its own iterator, not an async generator around a coroutine: a slow stream waits
+        # most of its life, and each frame in the chain waiting is held per open stream.
+        return self
+
+    def __aiter__(self) -> UpstreamResponse:
+        return self
+
+    async def __anext__(self) -> bytes:
+        """Everything buffered (waiting for some if nothing is)."""
         while not self._chunks:
             if self._error is not None:
                 raise self._error
             if self._eof:
-                return b""
-            await self._wait()
+                raise StopAsyncIteration
+            waiter = self._loop.create_future()
+            self._waiter = waiter
+            conn = self._conn
+            if conn is not None and self._idle_timeout is not None:
+                conn.watch(self._idle_timeout)
+            try:
+                await waiter
+            finally:
+                self._waiter = None
         chunks = self._chunks
-        if len(chunks) == 1:
-            data = chunks.popleft()
-        else:
-            data = b"".join(chunks)
-            chunks.clear()
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
         self._size = 0
         conn = self._conn
         if conn is not None and conn.paused:
             conn.resume()
         return data
 
-    async def chunks(self) -> AsyncIterator[bytes]:
-        while True:
-            data = await self._next()
-            if not data:
-                return
-            yield data
-
     async def read(self, limit: int = -1) -> bytes:
         """The body to its end, or its first ``limit`` bytes."""
         parts = []
         size = 0
         while limit < 0 or size < limit:
-            data = await self._next()
-            if not data:
+            try:
+                data = await self.__anext__()
+            except StopAsyncIteration:
                 break
             parts.append(data)
             size += len(data)
         body = b"".join(parts)
         if 0 <= limit < len(body):
-            self._chunks.appendleft(body[limit:])
+            self._chunks.insert(0, body[limit:])
             self._size += len(body) - limit
             body = body[:limit]
         return body
@@ -307,6 +304,7 @@ class _Connection(asyncio.Protocol):
             self._broken(aiohttp.ClientPayloadError("unexpected upstream response"))
             return
         headers = CIMultiDictProxy(CIMultiDict(self.header_list))
+        self.header_list = []  # not held for as long as the answer lasts
         self.until_close = "content-length" not in headers and \
             "transfer-encoding" not in headers
         response = UpstreamResponse(self, status, headers, self.idle_timeout)

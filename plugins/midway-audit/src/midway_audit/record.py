@@ -111,7 +111,7 @@ def capture(exchange: Exchange, bodies: bool) -> tuple[bytes, bytes, bytes]:
     if bodies and not compact:
         kept = exchange.kept_stream
         if kept is not None:
-            response, kind, truncated = b"".join(kept.chunks), "stream", kept.truncated
+            response, kind, truncated = kept.value(), "stream", kept.truncated
         elif exchange.response_body is not None:
             # an answer over the relay's buffer limit: only its start is kept
             response, kind, truncated = exchange.response_body, "json", \

@@ -1,0 +1,136 @@
+"""What one open slow stream holds in the relay's heap (docs/benchmarks.md, "Issue 24 target 5").
+
+Starts the mock upstream and ``midway serve`` (audit and billing on, as ``bench/soak.py
+--only slow_streams``; ``--bare``: no plugins) under a wrapper that turns ``tracemalloc`` on
+after start-up, when told (SIGUSR2), and dumps a snapshot when told (SIGUSR1). Snapshots
+idle and with N slow streams open, then prints the allocations still alive, per stream,
+grouped by the line that made them (``--by traceback`` for whole tracebacks). Tracing slows
+the relay several-fold: keep N to a few hundred.
+
+    python bench/stream_heap.py [--streams 200] [--bare] [--by lineno|traceback|filename]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+from types import FrameType
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+import hardening_support
+import soak
+
+from midway.testing import wait_listening
+
+SNAPSHOT_ENV = "MIDWAY_HEAP_SNAPSHOT"
+
+
+def serve_traced() -> None:
+    """``midway`` with the two signal handlers (this script's ``--serve`` mode)."""
+    out = os.environ[SNAPSHOT_ENV]
+    dumped = [0]
+
+    def start(signum: int, frame: FrameType | None) -> None:
+        gc.collect()
+        tracemalloc.start(10)
+        Path(f"{out}.started").touch()
+
+    def dump(signum: int, frame: FrameType | None) -> None:
+        gc.collect()
+        tracemalloc.take_snapshot().dump(f"{out}.{dumped[0]}")
+        Path(f"{out}.{dumped[0]}.done").touch()
+        dumped[0] += 1
+
+    signal.signal(signal.SIGUSR2, start)
+    signal.signal(signal.SIGUSR1, dump)
+    from midway.cli import main
+
+    sys.argv = ["midway", *sys.argv[2:]]
+    main()
+
+
+def wait_file(path: Path, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no {path}")
+        time.sleep(0.1)
+
+
+def measure(n: int, bare: bool, by: str) -> None:
+    config = soak.CONFIG.replace('plugins = ["audit", "billing"]', "plugins = []") \
+        if bare else soak.CONFIG
+    port = hardening_support.free_port()
+    fake = subprocess.Popen([*hardening_support.MIDWAY, "mock-upstream", "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    tmp = Path(tempfile.mkdtemp(prefix="midway-heap-"))
+    out = tmp / "snapshot"
+    hardening_support.MIDWAY = [sys.executable, __file__, "--serve"]
+    server = hardening_support.Server(tmp, config, f"http://127.0.0.1:{port}",
+                                      env={SNAPSHOT_ENV: str(out)}, name="heap")
+    try:
+        wait_listening(port, timeout=30)
+        server.start()
+        asyncio.run(soak.stream_requests(server.url, 50, 50, 0.0, soak.FAST, "warm-up"))
+        os.kill(server.pid, signal.SIGUSR2)
+        wait_file(Path(f"{out}.started"))
+        # warmed up again under tracing: what the first streams allocate once is not counted
+        asyncio.run(soak.stream_requests(server.url, 50, 50, 0.0, soak.FAST, "warm-up"))
+        soak.idle(server)
+        os.kill(server.pid, signal.SIGUSR1)
+        wait_file(Path(f"{out}.0.done"))
+
+        async def run() -> None:
+            task = asyncio.create_task(soak.stream_requests(server.url, n, n, 0.0, soak.SLOW,
+                                                            "slow"))
+            while not task.done():
+                health = await asyncio.to_thread(hardening_support.get_json,
+                                                 server.url + "/healthz", 60)
+                if health["open_streams"] >= n:
+                    os.kill(server.pid, signal.SIGUSR1)
+                    break
+                await asyncio.sleep(0.05)
+            await task
+
+        asyncio.run(run())
+        wait_file(Path(f"{out}.1.done"))
+    finally:
+        server.ensure_stopped()
+        fake.terminate()
+        fake.wait(10)
+    before = tracemalloc.Snapshot.load(f"{out}.0")
+    during = tracemalloc.Snapshot.load(f"{out}.1")
+    stats = during.compare_to(before, by)
+    print(f"{sum(s.size_diff for s in stats) / n:.0f} bytes a stream alive with {n} open "
+          f"({'no plugins' if bare else 'audit and billing'})")
+    for stat in stats[:40]:
+        print(f"{stat.size_diff / n:8.0f} B {stat.count_diff / n:6.2f} objects")
+        lines = stat.traceback.format() if by == "traceback" else [f"  {stat.traceback}"]
+        print("\n".join(line for line in lines if not line.startswith("    ")))
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--serve":
+        serve_traced()
+        return
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--streams", type=int, default=200)
+    parser.add_argument("--bare", action="store_true", help="plugins = []")
+    parser.add_argument("--by", choices=("lineno", "traceback", "filename"), default="lineno")
+    args = parser.parse_args()
+    measure(args.streams, args.bare, args.by)
+
+
+if __name__ == "__main__":
+    main()
