@@ -198,6 +198,37 @@ def test_a_unit_queued_just_before_close_still_runs(tmp_path: Path) -> None:
     asyncio.run(main())
 
 
+def test_a_deferred_unit_rides_with_the_next_one_or_lands_on_its_own(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``defer=True`` on SQLite: the unit waits, queued, for the next unit's wake-up of the
+    store thread and lands in its transaction, before it (units never overtake one another);
+    with nothing else coming it lands after DEFER_MAX; close() runs one still waiting."""
+    import midway.storage.database as database
+
+    async def main() -> None:
+        db = open_database(parse_store("sqlite", data_dir=tmp_path, default_file="t.db",
+                                       label="[t] store"))
+        await db.open(SCHEMA)
+        monkeypatch.setattr(database, "DEFER_MAX", 60.0)
+        deferred = asyncio.ensure_future(db.run(_increment, defer=True))
+        await asyncio.sleep(0.05)  # nothing else queued: it waits (no timer is due yet)
+        assert not deferred.done()
+        # the next unit carries it along, and sees what it wrote
+        assert await db.run(_increment) == 2
+        assert deferred.done() and deferred.result() == 1
+        # alone, it lands after DEFER_MAX
+        monkeypatch.setattr(database, "DEFER_MAX", 0.01)
+        assert await asyncio.wait_for(db.run(_increment, defer=True), 10) == 3
+        # still waiting at close(): it runs, its caller gets its result
+        monkeypatch.setattr(database, "DEFER_MAX", 60.0)
+        last = asyncio.ensure_future(db.run(_increment, defer=True))
+        await asyncio.sleep(0)
+        await db.close()
+        assert await last == 4
+
+    asyncio.run(main())
+
+
 def test_a_sqlite_unit_that_awaits_anything_but_its_tx_fails_alone(tmp_path: Path) -> None:
     """Units run on the store's thread without an event loop: one that awaits something else
     fails with a RuntimeError saying so, its writes rolled back; alone or in a group, the
