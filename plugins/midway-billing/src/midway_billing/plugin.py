@@ -613,20 +613,29 @@ class Billing:
             self._spend_outage.failed(exc, "spend limits: letting requests through unchecked "
                                       "(spend_limits_on_store_error = open)")
 
-    async def post_response(self, exchange: Exchange) -> None:
+    def post_response(self, exchange: Exchange) -> Awaitable[None] | None:
+        """Settle the exchange. The settlement is written by a task of its own (``settle``:
+        shutdown waits for it), which the request does not wait for: the answer is sent, and
+        the connection may go on with its next request while it lands (with that request's
+        first unit, on SQLite). Batches are awaited: their rows are read back at once."""
         settlement = self._settlement(exchange)
         if settlement is None:
-            return
+            return None
         opened = self._opened_batch(exchange)
         if opened is not None:
-            await asyncio.shield(self.store.open_batch(opened, settlement.rows,
-                                                       settlement.reservation))
-            return
-        await asyncio.shield(self.settle(settlement))
+            return asyncio.shield(self.store.open_batch(opened, settlement.rows,
+                                                        settlement.reservation))
+        written = self.settle(settlement)
         batch_id = _batch_id(exchange)
         if batch_id is not None and exchange.request.path.endswith("/results") and \
                 exchange.status == 200 and exchange.response_body:
-            await asyncio.shield(self._price_results(exchange, batch_id))
+            return self._settle_results(written, exchange, batch_id)
+        return None
+
+    async def _settle_results(self, written: asyncio.Task[None], exchange: Exchange,
+                              batch_id: str) -> None:
+        await asyncio.shield(written)
+        await asyncio.shield(self._price_results(exchange, batch_id))
 
     # -- batches -----------------------------------------------------------------------------
 
@@ -748,8 +757,13 @@ class Billing:
         self._unsettled[settlement.exchange_id] = settlement
         task = asyncio.ensure_future(self._write(settlement))
         self._settling.add(task)
-        task.add_done_callback(self._settling.discard)
+        task.add_done_callback(self._written)
         return task
+
+    def _written(self, task: asyncio.Task[None]) -> None:
+        self._settling.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("billing: a settlement could not be written: %s", exc, exc_info=exc)
 
     async def _write(self, settlement: Settlement) -> None:
         """Settle now; if the database is briefly away, queue the settlement for a writer
