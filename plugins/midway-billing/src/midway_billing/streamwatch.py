@@ -34,7 +34,8 @@ class StreamWatch:
     the core's rule: a later 0 never erases an earlier count), plus output estimated from the
     text deltas since the last one."""
 
-    limits: dict[str, int | None]  # the reservation's buckets, hard ones with their limit
+    # the reservation's buckets, hard ones with their limit
+    limits: dict[str, int | None] = attrs.field(on_setattr=lambda w, _, v: w._limit(v))
     model: str | None
     # usage as reported, merged as the core merges it (midway.assemble)
     assembler: MessageAssembler = attrs.field(factory=MessageAssembler)
@@ -51,10 +52,16 @@ class StreamWatch:
     _priced: tuple[PriceTable, str | None, Modifiers, int, int, Decimal | None] | None = \
         attrs.field(default=None, init=False, repr=False, eq=False)
 
-    @property
-    def hard(self) -> bool:
-        """Whether a hard budget holds this stream's reservation."""
-        return any(limit is not None for limit in self.limits.values())
+    # whether a hard budget holds this stream's reservation (known once the limits are
+    # set: on_chunk asks at every event)
+    hard: bool = attrs.field(default=False, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._limit(self.limits)
+
+    def _limit(self, limits: dict[str, int | None]) -> dict[str, int | None]:
+        self.hard = any(limit is not None for limit in limits.values())
+        return limits
 
     def step(self, cost: int) -> int:
         """Record ``cost``, the running cost now; how much the last event added (0 for the
