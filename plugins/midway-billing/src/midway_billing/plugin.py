@@ -476,7 +476,7 @@ class Billing:
         state.caps = cap_keys
         hard = any(check.budget.hard for check in checks) or bool(caps)
         if hard and state.watch is not None:
-            state.watch.limits = limits
+            state.watch.guard(limits)
             state.watch.modifiers = modifiers_of(exchange)  # once, not per event
         for check in checks:
             spent, reserved = result.states[check.bucket.key]

@@ -34,8 +34,7 @@ class StreamWatch:
     the core's rule: a later 0 never erases an earlier count), plus output estimated from the
     text deltas since the last one."""
 
-    # the reservation's buckets, hard ones with their limit
-    limits: dict[str, int | None] = attrs.field(on_setattr=lambda w, _, v: w._limit(v))
+    limits: dict[str, int | None]  # the reservation's buckets, hard ones with their limit
     model: str | None
     # usage as reported, merged as the core merges it (midway.assemble)
     assembler: MessageAssembler = attrs.field(factory=MessageAssembler)
@@ -52,16 +51,17 @@ class StreamWatch:
     _priced: tuple[PriceTable, str | None, Modifiers, int, int, Decimal | None] | None = \
         attrs.field(default=None, init=False, repr=False, eq=False)
 
-    # whether a hard budget holds this stream's reservation (known once the limits are
-    # set: on_chunk asks at every event)
+    # whether a hard budget holds this stream's reservation: known when the limits are set
+    # (on_chunk asks at every event)
     hard: bool = attrs.field(default=False, init=False)
 
     def __attrs_post_init__(self) -> None:
-        self._limit(self.limits)
+        self.guard(self.limits)
 
-    def _limit(self, limits: dict[str, int | None]) -> dict[str, int | None]:
+    def guard(self, limits: dict[str, int | None]) -> None:
+        """Watch for these limits (None: a bucket counted, not limited)."""
+        self.limits = limits
         self.hard = any(limit is not None for limit in limits.values())
-        return limits
 
     def step(self, cost: int) -> int:
         """Record ``cost``, the running cost now; how much the last event added (0 for the
