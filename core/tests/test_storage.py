@@ -171,6 +171,12 @@ def test_concurrent_units_commit_or_fail_alone(store: StoreURL, schema_name: str
         again = await asyncio.gather(db.run(unit(0)), db.run(unit(100)),
                                      return_exceptions=True)
         assert isinstance(again[0], Exception) and again[1] == 100
+        # the first unit of a transaction (run without a savepoint) is undone alone too
+        first = await asyncio.gather(db.run(unit(101)), db.run(unit(102)),
+                                     return_exceptions=True)
+        assert isinstance(first[0], ValueError) and first[1] == 102
+        assert await db.fetchone("SELECT * FROM counters WHERE key = ?", "k101") is None
+        assert await db.fetchval("SELECT n FROM counters WHERE key = ?", "k102") == 102
 
     with_db(store, schema_name, test)
 

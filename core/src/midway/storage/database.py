@@ -355,10 +355,20 @@ class SQLiteDatabase(Database):
                 in_tx: list[tuple[_Queued, Any, BaseException | None]] = []
                 while pending:
                     item = pending.pop(0)
-                    conn.execute("SAVEPOINT midway_unit")
+                    # The transaction's first unit needs no savepoint (nor SQLite's copy of
+                    # every page it changes): if it fails, the whole transaction is undone,
+                    # and the others get one of their own.
+                    first = not in_tx
+                    if not first:
+                        conn.execute("SAVEPOINT midway_unit")
                     try:
                         result = _drive(item[0](_SQLiteTx(conn)))
                     except BaseException as exc:  # handed to its caller
+                        if first:
+                            if conn.in_transaction:  # as in _in_tx
+                                conn.execute("ROLLBACK")
+                            done.append((item, None, exc))
+                            break
                         if conn.in_transaction:
                             conn.execute("ROLLBACK TO midway_unit")
                             conn.execute("RELEASE midway_unit")
@@ -370,7 +380,8 @@ class SQLiteDatabase(Database):
                         done.append((item, None, exc))
                         in_tx = []
                         break
-                    conn.execute("RELEASE midway_unit")
+                    if not first:
+                        conn.execute("RELEASE midway_unit")
                     in_tx.append((item, result, None))
                 if not in_tx:
                     continue
