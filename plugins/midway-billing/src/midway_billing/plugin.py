@@ -854,7 +854,7 @@ class Billing:
                               attempts=len(exchange.attempts), rule=cost.rule,
                               catalogue_version=cost.version)
             exchange.annotations[COST_USD] = cost_usd
-            self._count(exchange, state, cost)
+            self._count(exchange, state, cost, cost_usd)
         annotation["unpriced"] = bool(cost.unpriced and exchange.usage.seen)
         if state.reservation is not None:
             annotation["reserved_usd"] = usd_str(state.reservation.amount_pusd)
@@ -870,7 +870,8 @@ class Billing:
             return "cache_hit"
         return "answered" if exchange.answered_by else "failed"
 
-    def _count(self, exchange: Exchange, state: RequestState, cost: Cost) -> None:
+    def _count(self, exchange: Exchange, state: RequestState, cost: Cost, cost_usd: str
+               ) -> None:
         if self.metrics is None:
             return
         if cost.unpriced and exchange.usage.seen:
@@ -880,7 +881,7 @@ class Billing:
             self.metrics.unpriced.labels(label).inc()
         if cost.total:
             self.metrics.spend.labels(state.who.team or "", cost.model or "").inc(
-                float(usd_str(cost.total)))
+                float(cost_usd))
 
     def _row(self, exchange: Exchange, state: RequestState, row_id: str, number: int,
              kind: str, row_state: str) -> dict[str, Any]:
