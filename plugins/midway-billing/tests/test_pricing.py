@@ -209,7 +209,10 @@ def test_running_cost_is_the_price_of_the_running_usage_at_every_event() -> None
         data = orjson.dumps(payload).decode()
         return SSEEvent(name, data, f"event: {name}\ndata: {data}\n\n".encode())
 
-    tables = [PriceTable.load(), PriceTable.load(unknown_policy="unpriced")]
+    # rates in whole picodollars a token (most) and finer ones (a seven-decimal override)
+    tables = [PriceTable.load(), PriceTable.load(unknown_policy="unpriced"),
+              PriceTable.load({"claude-haiku-4-5": {"input": "1.0000001",
+                                                    "output": "5.1234567"}})]
     models = ["claude-opus-4-6", "claude-sonnet-4-5-20250929", "claude-haiku-4-5", "no-such"]
     betas = frozenset({"context-1m-2025-08-07"})
     modifier_choices = [Modifiers(), Modifiers(speed="fast", betas=betas), Modifiers(geo="us"),
