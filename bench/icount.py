@@ -16,7 +16,8 @@ outside valgrind; the client runs in this process.
 
 Targets: ``plain`` (``bench/plain_proxy.py``), ``midway`` (no plugins, default settings),
 ``midway+chunk-unobserved`` (``bench/chunk_unobserved_plugin.py``: an ``on_chunk`` no exchange
-opts into) and, with ``--baseline REF`` (repeatable), ``midway@REF`` (built as ``bench/run.py``
+opts into), ``alone-billing`` (midway-billing with one daily budget, as ``bench/variants_stack.py``
+runs it) and, with ``--baseline REF`` (repeatable), ``midway@REF`` (built as ``bench/run.py``
 builds it: REF's ``core/`` in a virtualenv cached by commit). midway runs on its default
 settings, as users run it: the access log on, written to the server's stderr (a file here).
 ``--keep DIR`` keeps the callgrind dumps (``callgrind_annotate DIR/<target>/callgrind.out.*``).
@@ -45,6 +46,12 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from run import DELTAS, baseline_midway, request_body  # noqa: E402
 
+BILLING_CONFIG = """[[billing.budgets]]
+scope = "all"
+period = "day"
+limit_usd = "1000000000"
+name = "bench"
+"""
 WARMUP = 32  # requests per workload before counting: pools, caches, lazy imports
 
 
@@ -179,16 +186,17 @@ class Callgrind:
 
 
 def midway_cmd(executable: str, upstream: str, data_dir: Path,
-               plugin: Path | None = None) -> tuple[list[str], dict[str, str]]:
+               plugin: Path | None = None, plugins: str = "", config_text: str = ""
+               ) -> tuple[list[str], dict[str, str]]:
     data_dir.mkdir(parents=True, exist_ok=True)
     config = data_dir / "midway.toml"
-    config.write_text("")  # the defaults, as users run it (access log on, to stderr)
+    config.write_text(config_text)  # else the defaults, as users run it (access log on)
     cmd = [executable, "serve", "--port", "{port}", "--upstream", upstream, "--config",
            str(config), "--data-dir", str(data_dir), "--workers", "1"]
     if plugin is not None:
         cmd += ["--plugin", str(plugin)]
     # no MIDWAY_LOG_LEVEL: at WARNING the access log would be off
-    return cmd, {"MIDWAY_PLUGINS": ""}
+    return cmd, {"MIDWAY_PLUGINS": plugins}
 
 
 def measure(target: Callgrind, workloads: list[str], concurrencies: list[int], n: int, n2: int
@@ -248,6 +256,9 @@ def main() -> None:
         ("midway+chunk-unobserved",
          *midway_cmd(midway, upstream, work / "midway+chunk-unobserved" / "data",
                      HERE / "chunk_unobserved_plugin.py")),
+        # bench/variants_stack.py's alone-billing-*: one daily budget, the SQLite ledger
+        ("alone-billing", *midway_cmd(midway, upstream, work / "alone-billing" / "data",
+                                      plugins="billing", config_text=BILLING_CONFIG)),
     ]
     for ref in args.baseline:
         name = f"midway@{ref}"

@@ -171,6 +171,12 @@ def test_concurrent_units_commit_or_fail_alone(store: StoreURL, schema_name: str
         again = await asyncio.gather(db.run(unit(0)), db.run(unit(100)),
                                      return_exceptions=True)
         assert isinstance(again[0], Exception) and again[1] == 100
+        # the first unit of a transaction (run without a savepoint) is undone alone too
+        first = await asyncio.gather(db.run(unit(101)), db.run(unit(102)),
+                                     return_exceptions=True)
+        assert isinstance(first[0], ValueError) and first[1] == 102
+        assert await db.fetchone("SELECT * FROM counters WHERE key = ?", "k101") is None
+        assert await db.fetchval("SELECT n FROM counters WHERE key = ?", "k102") == 102
 
     with_db(store, schema_name, test)
 
@@ -194,6 +200,37 @@ def test_a_unit_queued_just_before_close_still_runs(tmp_path: Path) -> None:
             assert await check.fetchval("SELECT n FROM counters WHERE key = ?", "a") == 1
         finally:
             await check.close()
+
+    asyncio.run(main())
+
+
+def test_a_deferred_unit_rides_with_the_next_one_or_lands_on_its_own(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``defer=True`` on SQLite: the unit waits, queued, for the next unit's wake-up of the
+    store thread and lands in its transaction, before it (units never overtake one another);
+    with nothing else coming it lands after DEFER_MAX; close() runs one still waiting."""
+    import midway.storage.database as database
+
+    async def main() -> None:
+        db = open_database(parse_store("sqlite", data_dir=tmp_path, default_file="t.db",
+                                       label="[t] store"))
+        await db.open(SCHEMA)
+        monkeypatch.setattr(database, "DEFER_MAX", 60.0)
+        deferred = asyncio.ensure_future(db.run(_increment, defer=True))
+        await asyncio.sleep(0.05)  # nothing else queued: it waits (no timer is due yet)
+        assert not deferred.done()
+        # the next unit carries it along, and sees what it wrote
+        assert await db.run(_increment) == 2
+        assert deferred.done() and deferred.result() == 1
+        # alone, it lands after DEFER_MAX
+        monkeypatch.setattr(database, "DEFER_MAX", 0.01)
+        assert await asyncio.wait_for(db.run(_increment, defer=True), 10) == 3
+        # still waiting at close(): it runs, its caller gets its result
+        monkeypatch.setattr(database, "DEFER_MAX", 60.0)
+        last = asyncio.ensure_future(db.run(_increment, defer=True))
+        await asyncio.sleep(0)
+        await db.close()
+        assert await last == 4
 
     asyncio.run(main())
 

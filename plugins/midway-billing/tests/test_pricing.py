@@ -209,7 +209,10 @@ def test_running_cost_is_the_price_of_the_running_usage_at_every_event() -> None
         data = orjson.dumps(payload).decode()
         return SSEEvent(name, data, f"event: {name}\ndata: {data}\n\n".encode())
 
-    tables = [PriceTable.load(), PriceTable.load(unknown_policy="unpriced")]
+    # rates in whole picodollars a token (most) and finer ones (a seven-decimal override)
+    tables = [PriceTable.load(), PriceTable.load(unknown_policy="unpriced"),
+              PriceTable.load({"claude-haiku-4-5": {"input": "1.0000001",
+                                                    "output": "5.1234567"}})]
     models = ["claude-opus-4-6", "claude-sonnet-4-5-20250929", "claude-haiku-4-5", "no-such"]
     betas = frozenset({"context-1m-2025-08-07"})
     modifier_choices = [Modifiers(), Modifiers(speed="fast", betas=betas), Modifiers(geo="us"),
@@ -250,3 +253,19 @@ def test_running_cost_is_the_price_of_the_running_usage_at_every_event() -> None
             assert watch.running_cost(prices) == expected  # remembered: the same again
             checked += 1
     assert checked > 3000
+
+
+def test_usd_str_is_the_exact_decimal_in_plain_notation() -> None:
+    """usd_str formats in integers: the same text as the Decimal dollars it stands for."""
+    import random
+
+    from midway_billing.pricing import usd, usd_str
+
+    rng = random.Random(7)
+    values = [0, 1, -1, 10**12, -(10**12), 10**12 + 1, 5 * 10**11, 10**24 + 7, 999_999_999_999]
+    values += [rng.randint(-(10**18), 10**18) for _ in range(2000)]
+    values += [rng.randint(-999, 999) * 10**k for k in range(15) for _ in range(20)]
+    for value in values:
+        assert usd_str(value) == format(usd(value), "f")
+    assert (usd_str(1), usd_str(-25 * 10**10), usd_str(3 * 10**12)) == (
+        "0.000000000001", "-0.25", "3")

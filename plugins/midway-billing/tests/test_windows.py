@@ -32,3 +32,25 @@ def test_budgets_apply_by_scope_and_match() -> None:
                 {"limit_usd": "-1"}):
         with pytest.raises(PriceError):
             parse_budgets([bad])
+
+
+@pytest.mark.parametrize("period", ["day", "week", "month"])
+def test_a_window_is_the_calendar_window_of_its_timestamp(period: str) -> None:
+    """window() remembers windows per UTC day: any moment of a day, its first and last
+    instants included, gets the window its own date says."""
+    import random
+
+    rng = random.Random(period)
+    moments = [rng.uniform(0, 4e9) for _ in range(3000)]
+    moments += [day * 86400 + offset for day in rng.sample(range(46000), 300)
+                for offset in (0.0, 0.001, 43200.0, 86399.999)]
+    for now in moments:
+        moment = datetime.fromtimestamp(now, UTC)
+        midnight = moment.replace(hour=0, minute=0, second=0, microsecond=0)
+        if period == "day":
+            start = midnight.timestamp()
+        elif period == "week":
+            start = midnight.timestamp() - 86400 * midnight.weekday()
+        else:
+            start = midnight.replace(day=1).timestamp()
+        assert window(period, now)[0] == start

@@ -122,13 +122,20 @@ class Database:
     async def close(self) -> None:
         raise NotImplementedError
 
-    async def run(self, unit: Callable[[Tx], Awaitable[T]], *, durable: bool = True) -> T:
+    async def run(self, unit: Callable[[Tx], Awaitable[T]], *, durable: bool = True,
+                  defer: bool = False) -> T:
         """Run ``unit`` in one transaction: committed when it returns, rolled back if it
         raises (the exception propagates).
 
         ``durable=False``: the commit need only outlive the process, not the machine or the
         database server — for notes that a later, durable commit supersedes (SQLite: no fsync
-        even with ``synchronous="full"``; PostgreSQL: ``synchronous_commit`` off)."""
+        even with ``synchronous="full"``; PostgreSQL: ``synchronous_commit`` off).
+
+        ``defer=True``: nobody is waiting for this unit to land soon (a settlement written
+        after its answer was sent). On the SQLite store thread it does not wake the thread:
+        it is run, in its place in the queue, with the next unit that does (one transaction
+        for both), or after at most ``DEFER_MAX`` seconds. Units never overtake one another:
+        a unit queued after it still sees what it wrote. Elsewhere it runs at once."""
         raise NotImplementedError
 
     async def ping(self) -> str | None:
@@ -189,6 +196,8 @@ class SQLiteDatabase(Database):
         self._jobs: queue.SimpleQueue[_Job | None] | None = None
         self._queue: collections.deque[_Queued] = collections.deque()
         self._draining = False
+        # the wake-up that runs deferred units nothing else has carried along (see run())
+        self._deferred: asyncio.TimerHandle | None = None
 
     async def open(self, schema: Schema) -> list[str]:
         if not _MAY_CREATE.get() and not self.path.exists():
@@ -218,6 +227,9 @@ class SQLiteDatabase(Database):
         return self._in_tx(lambda tx: sqlite_upgrade(tx, schema, f"SQLite {self.path}"))
 
     async def close(self) -> None:
+        if self._deferred is not None:  # what it would wake for runs below
+            self._deferred.cancel()
+            self._deferred = None
         if self._conn is not None:
             # units queued whose wake-up has not reached the store thread yet run first
             await self._on_store(self._close_conn)
@@ -257,7 +269,8 @@ class SQLiteDatabase(Database):
             except BaseException as exc:  # handed to its caller
                 done.set_exception(exc)
 
-    async def run(self, unit: Callable[[Tx], Awaitable[T]], *, durable: bool = True) -> T:
+    async def run(self, unit: Callable[[Tx], Awaitable[T]], *, durable: bool = True,
+                  defer: bool = False) -> T:
         if self._conn is None:
             raise RuntimeError(f"database {self.path} is not open")
         if self._jobs is None:
@@ -268,16 +281,30 @@ class SQLiteDatabase(Database):
         future: asyncio.Future[T] = caller.create_future()
         self._queue.append((unit, durable, future, caller))
         if not self._draining:
-            self._draining = True
-            # At the end of this loop iteration: the units its callbacks queue share one
-            # wake-up of the store thread.
-            caller.call_soon(self._kick)
+            if defer:
+                # Left for the next unit's wake-up to carry along, or this timer's.
+                if self._deferred is None:
+                    self._deferred = caller.call_later(DEFER_MAX, self._kick_deferred)
+            else:
+                self._draining = True
+                if self._deferred is not None:  # this wake-up carries the deferred ones
+                    self._deferred.cancel()
+                    self._deferred = None
+                # At the end of this loop iteration: the units its callbacks queue share one
+                # wake-up of the store thread.
+                caller.call_soon(self._kick)
         return await future
 
     def _kick(self) -> None:
         jobs = self._jobs
         if jobs is not None:  # else closed meanwhile: close() ran what was queued
             jobs.put(_DRAIN)
+
+    def _kick_deferred(self) -> None:
+        self._deferred = None
+        if self._queue and not self._draining:
+            self._draining = True
+            self._kick()
 
     def _run_queued(self) -> None:
         """On the store thread: run every queued unit, in order, in as few transactions as the
@@ -328,10 +355,20 @@ class SQLiteDatabase(Database):
                 in_tx: list[tuple[_Queued, Any, BaseException | None]] = []
                 while pending:
                     item = pending.pop(0)
-                    conn.execute("SAVEPOINT midway_unit")
+                    # The transaction's first unit needs no savepoint (nor SQLite's copy of
+                    # every page it changes): if it fails, the whole transaction is undone,
+                    # and the others get one of their own.
+                    first = not in_tx
+                    if not first:
+                        conn.execute("SAVEPOINT midway_unit")
                     try:
                         result = _drive(item[0](_SQLiteTx(conn)))
                     except BaseException as exc:  # handed to its caller
+                        if first:
+                            if conn.in_transaction:  # as in _in_tx
+                                conn.execute("ROLLBACK")
+                            done.append((item, None, exc))
+                            break
                         if conn.in_transaction:
                             conn.execute("ROLLBACK TO midway_unit")
                             conn.execute("RELEASE midway_unit")
@@ -343,7 +380,8 @@ class SQLiteDatabase(Database):
                         done.append((item, None, exc))
                         in_tx = []
                         break
-                    conn.execute("RELEASE midway_unit")
+                    if not first:
+                        conn.execute("RELEASE midway_unit")
                     in_tx.append((item, result, None))
                 if not in_tx:
                     continue
@@ -385,6 +423,8 @@ class SQLiteDatabase(Database):
                 conn.execute("PRAGMA synchronous=FULL")
 
 
+# A deferred unit waits at most this long (seconds) for another unit to carry it along.
+DEFER_MAX = 0.02
 # At most this many units share one transaction (a bound on how long one commit holds the
 # file's write lock against other processes).
 _GROUP_MAX = 64
@@ -525,7 +565,8 @@ class PostgresDatabase(Database):
             pool, self._pool = self._pool, None
             await pool.close()
 
-    async def run(self, unit: Callable[[Tx], Awaitable[T]], *, durable: bool = True) -> T:
+    async def run(self, unit: Callable[[Tx], Awaitable[T]], *, durable: bool = True,
+                  defer: bool = False) -> T:
         if self._pool is None:
             raise RuntimeError(f"database {self.store.masked} is not open")
         async with self._pool.acquire() as conn, conn.transaction():

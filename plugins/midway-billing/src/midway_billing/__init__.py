@@ -131,12 +131,12 @@ async def upstream_request(exchange: Exchange, attempt: Attempt) -> None:
         await billing.upstream_request(exchange, attempt)
 
 
-# First, so that audit (trylast) and the others see annotations["cost_usd"].
+# First, so that audit (trylast) and the others see annotations["cost_usd"]. Nothing to
+# await for a plain request: its settlement is written by a task of its own.
 @hookimpl(tryfirst=True)
-async def post_response(exchange: Exchange) -> None:
+def post_response(exchange: Exchange) -> Awaitable[None] | None:
     billing = _billing(exchange.midway)
-    if billing is not None:
-        await billing.post_response(exchange)
+    return billing.post_response(exchange) if billing is not None else None
 
 
 @hookimpl

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -84,13 +85,19 @@ def window(period: str, now: float) -> tuple[float, float | None]:
     """Start and reset time (unix seconds, UTC) of the window holding ``now``."""
     if period == "total":
         return 0.0, None
-    moment = datetime.fromtimestamp(now, UTC)
+    # Every window starts and ends at a UTC midnight: the same for the whole day.
+    return _window(period, int(now // 86400))
+
+
+@functools.lru_cache(maxsize=64)
+def _window(period: str, day: int) -> tuple[float, float]:
+    moment = datetime.fromtimestamp(day * 86400, UTC)
     if period == "day":
         start = moment.replace(hour=0, minute=0, second=0, microsecond=0)
         return start.timestamp(), start.timestamp() + 86400
     if period == "week":  # from Monday 00:00 UTC (spend limits' weekly period)
-        day = moment.replace(hour=0, minute=0, second=0, microsecond=0)
-        start_ts = day.timestamp() - 86400 * day.weekday()
+        midnight = moment.replace(hour=0, minute=0, second=0, microsecond=0)
+        start_ts = midnight.timestamp() - 86400 * midnight.weekday()
         return start_ts, start_ts + 7 * 86400
     start = moment.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     nxt = start.replace(year=start.year + 1, month=1) if start.month == 12 else \

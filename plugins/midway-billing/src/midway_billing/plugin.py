@@ -476,7 +476,7 @@ class Billing:
         state.caps = cap_keys
         hard = any(check.budget.hard for check in checks) or bool(caps)
         if hard and state.watch is not None:
-            state.watch.limits = limits
+            state.watch.guard(limits)
             state.watch.modifiers = modifiers_of(exchange)  # once, not per event
         for check in checks:
             spent, reserved = result.states[check.bucket.key]
@@ -613,20 +613,29 @@ class Billing:
             self._spend_outage.failed(exc, "spend limits: letting requests through unchecked "
                                       "(spend_limits_on_store_error = open)")
 
-    async def post_response(self, exchange: Exchange) -> None:
+    def post_response(self, exchange: Exchange) -> Awaitable[None] | None:
+        """Settle the exchange. The settlement is written by a task of its own (``settle``:
+        shutdown waits for it), which the request does not wait for: the answer is sent, and
+        the connection may go on with its next request while it lands (with that request's
+        first unit, on SQLite). Batches are awaited: their rows are read back at once."""
         settlement = self._settlement(exchange)
         if settlement is None:
-            return
+            return None
         opened = self._opened_batch(exchange)
         if opened is not None:
-            await asyncio.shield(self.store.open_batch(opened, settlement.rows,
-                                                       settlement.reservation))
-            return
-        await asyncio.shield(self.settle(settlement))
+            return asyncio.shield(self.store.open_batch(opened, settlement.rows,
+                                                        settlement.reservation))
+        written = self.settle(settlement)
         batch_id = _batch_id(exchange)
         if batch_id is not None and exchange.request.path.endswith("/results") and \
                 exchange.status == 200 and exchange.response_body:
-            await asyncio.shield(self._price_results(exchange, batch_id))
+            return self._settle_results(written, exchange, batch_id)
+        return None
+
+    async def _settle_results(self, written: asyncio.Task[None], exchange: Exchange,
+                              batch_id: str) -> None:
+        await asyncio.shield(written)
+        await asyncio.shield(self._price_results(exchange, batch_id))
 
     # -- batches -----------------------------------------------------------------------------
 
@@ -748,8 +757,13 @@ class Billing:
         self._unsettled[settlement.exchange_id] = settlement
         task = asyncio.ensure_future(self._write(settlement))
         self._settling.add(task)
-        task.add_done_callback(self._settling.discard)
+        task.add_done_callback(self._written)
         return task
+
+    def _written(self, task: asyncio.Task[None]) -> None:
+        self._settling.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("billing: a settlement could not be written: %s", exc, exc_info=exc)
 
     async def _write(self, settlement: Settlement) -> None:
         """Settle now; if the database is briefly away, queue the settlement for a writer
@@ -840,7 +854,7 @@ class Billing:
                               attempts=len(exchange.attempts), rule=cost.rule,
                               catalogue_version=cost.version)
             exchange.annotations[COST_USD] = cost_usd
-            self._count(exchange, state, cost)
+            self._count(exchange, state, cost, cost_usd)
         annotation["unpriced"] = bool(cost.unpriced and exchange.usage.seen)
         if state.reservation is not None:
             annotation["reserved_usd"] = usd_str(state.reservation.amount_pusd)
@@ -856,7 +870,8 @@ class Billing:
             return "cache_hit"
         return "answered" if exchange.answered_by else "failed"
 
-    def _count(self, exchange: Exchange, state: RequestState, cost: Cost) -> None:
+    def _count(self, exchange: Exchange, state: RequestState, cost: Cost, cost_usd: str
+               ) -> None:
         if self.metrics is None:
             return
         if cost.unpriced and exchange.usage.seen:
@@ -866,7 +881,7 @@ class Billing:
             self.metrics.unpriced.labels(label).inc()
         if cost.total:
             self.metrics.spend.labels(state.who.team or "", cost.model or "").inc(
-                float(usd_str(cost.total)))
+                float(cost_usd))
 
     def _row(self, exchange: Exchange, state: RequestState, row_id: str, number: int,
              kind: str, row_state: str) -> dict[str, Any]:

@@ -67,7 +67,10 @@ def usd(pusd: int) -> Decimal:
 
 
 def usd_str(pusd: int) -> str:
-    return format(usd(pusd), "f")
+    """``format(usd(pusd), "f")`` in integer arithmetic (several per request: no Decimal)."""
+    whole, frac = divmod(abs(pusd), 10**12)
+    text = f"{whole}.{frac:012d}".rstrip("0").rstrip(".") if frac else str(whole)
+    return "-" + text if pusd < 0 else text
 
 
 def to_pusd(value: Decimal) -> int:

@@ -178,11 +178,18 @@ CREATE TABLE IF NOT EXISTS billing_principals (
 );
 """)
 
+# What a row bills to is fixed when it is first written (ahead of its attempt): settling it
+# never changes those columns, so the upsert leaves them out of its SET, and SQLite then leaves
+# the indexes on them (principal, team, project, exchange, session, corrects) untouched: a
+# settlement writes about half the pages it would otherwise.
+FIXED_COLUMNS = ("id", "exchange_id", "attempt", "created_at", "principal", "principal_name",
+                 "team", "project", "groups", "corrects", *ORIGIN_COLUMNS)
+
 UPSERT_ROW = (  # only the fixed column names above are formatted in
     f"INSERT INTO billing_ledger ({', '.join(LEDGER_COLUMNS)}) "  # noqa: S608
     f"VALUES ({', '.join('?' for _ in LEDGER_COLUMNS)}) "
     "ON CONFLICT (id) DO UPDATE SET "
-    + ", ".join(f"{c} = excluded.{c}" for c in LEDGER_COLUMNS if c not in ("id", "created_at"))
+    + ", ".join(f"{c} = excluded.{c}" for c in LEDGER_COLUMNS if c not in FIXED_COLUMNS)
 )
 
 INSERT_PENDING = (  # only the fixed column names above are formatted in
@@ -464,7 +471,8 @@ class Store:
             if reservation is not None:
                 await _move(tx, reservation.buckets, released, charged)
 
-        await self.db.run(unit)
+        # Nobody waits for it (the answer is sent): it rides with the next request's unit.
+        await self.db.run(unit, defer=True)
 
     async def _landed(self, tx: Tx, row_id: Any) -> bool:
         """Whether ``row_id`` is settled already (locked: the ledger comes after the

@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 # Text (and thinking, and tool input) per output token, for the output a stream has sent
 # since its last ``message_delta`` reported usage.
 CHARS_PER_TOKEN = 4
+# picodollars per token in a rate of one dollar per million tokens
+_PUSD_PER_MTOK = 10**6
 _DELTA_TEXT = ("text", "thinking", "partial_json")
 
 
@@ -48,13 +50,20 @@ class StreamWatch:
     _reported: Usage | None = attrs.field(default=None, init=False, repr=False, eq=False)
     # the last reported usage priced: (table, model, modifiers, its cost less its output,
     # its output tokens, the output rate), for running_cost
-    _priced: tuple[PriceTable, str | None, Modifiers, int, int, Decimal | None] | None = \
+    _priced: tuple[PriceTable, str | None, Modifiers, int, int, Decimal | int | None] | None = \
         attrs.field(default=None, init=False, repr=False, eq=False)
 
-    @property
-    def hard(self) -> bool:
-        """Whether a hard budget holds this stream's reservation."""
-        return any(limit is not None for limit in self.limits.values())
+    # whether a hard budget holds this stream's reservation: known when the limits are set
+    # (on_chunk asks at every event)
+    hard: bool = attrs.field(default=False, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.guard(self.limits)
+
+    def guard(self, limits: dict[str, int | None]) -> None:
+        """Watch for these limits (None: a bucket counted, not limited)."""
+        self.limits = limits
+        self.hard = any(limit is not None for limit in limits.values())
 
     def step(self, cost: int) -> int:
         """Record ``cost``, the running cost now; how much the last event added (0 for the
@@ -106,7 +115,12 @@ class StreamWatch:
                 priced[2] != self.modifiers:
             reported = self._reported_usage()
             cost = prices.cost(reported, self.model, modifiers=self.modifiers)
-            rate = prices.output_rate(reported, self.model, modifiers=self.modifiers)
+            rate: Decimal | int | None = prices.output_rate(reported, self.model,
+                                                            modifiers=self.modifiers)
+            if rate is not None and (rate * _PUSD_PER_MTOK) == int(rate * _PUSD_PER_MTOK):
+                # picodollars a token, a whole number (six decimals per MTok or fewer, as
+                # most rates): each event's price is one integer product
+                rate = int(rate * _PUSD_PER_MTOK)
             priced = self._priced = (prices, self.model, self.modifiers,
                                      cost.total - cost.output, reported.output_tokens, rate)
         _, _, _, rest, output, rate = priced
@@ -114,6 +128,8 @@ class StreamWatch:
             return rest
         if self.chars:
             output += floor_tokens(self.chars)
+        if isinstance(rate, int):
+            return rest + output * rate
         return rest + tokens_pusd(output, rate)
 
     def _reported_usage(self) -> Usage:
