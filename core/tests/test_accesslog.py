@@ -49,22 +49,50 @@ def test_text_line_is_each_set_field_in_order() -> None:
     assert "model=claude-x" in accesslog.line(CASES[1], "text")
 
 
-def test_direct_lines_have_the_log_format_and_are_written_once_per_iteration() -> None:
+def test_direct_lines_have_the_log_format_and_are_written_together_later() -> None:
     stream = io.StringIO()
-    direct = accesslog._Direct(stream)
+    direct = accesslog._Direct(stream, delay=0)  # the timer's delay: 0 runs it next step
     reference = logging.Formatter(LOG_FORMAT).format(logging.LogRecord(
         "midway.access", logging.INFO, __file__, 1, "x", None, None))
 
     async def serve() -> tuple[str, str]:
         direct.add("one")
         direct.add("two")
-        before = stream.getvalue()  # nothing yet: both go out in one write, after this step
+        before = stream.getvalue()  # nothing yet: both go out in one write, when the timer runs
+        await asyncio.sleep(0)
         await asyncio.sleep(0)
         return before, stream.getvalue()
 
     before, after = asyncio.run(serve())
     assert before == ""
+    assert direct.timer is None
     lines = after.splitlines()
     assert [line.split(": ", 1)[1] for line in lines] == ["one", "two"]
     shape = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO midway\.access: ")
     assert shape.match(reference) and all(shape.match(line) for line in lines)
+
+
+def test_direct_lines_go_out_when_the_buffer_is_full_or_on_flush() -> None:
+    stream = io.StringIO()
+    direct = accesslog._Direct(stream, delay=3600, limit=3)
+
+    async def serve() -> list[str]:
+        seen = []
+        for name in ("a", "b", "c", "d"):
+            direct.add(name)
+            seen.append(stream.getvalue().count("\n"))
+        accesslog._direct, saved = direct, accesslog._direct
+        try:
+            accesslog.flush()  # what midway serve does once drained
+        finally:
+            accesslog._direct = saved
+        seen.append(stream.getvalue().count("\n"))
+        return seen
+
+    assert asyncio.run(serve()) == [0, 0, 3, 3, 4]
+    assert direct.timer is None and not direct.pending
+
+
+def test_ms_text_is_the_rounded_value_as_printed() -> None:
+    for value in (1.0, 2.345, 1.2, 0.005, 0.015, 10.0, 123.456, 99.995, 1e-9, 12345.678):
+        assert accesslog._ms_text(value) == str(round(value, 2))
