@@ -239,16 +239,21 @@ def test_compose_stack_shares_budget_and_audit_and_survives_a_killed_replica(
         time.sleep(0.2)  # the writer's flush has no signal to wait on from outside
     assert set(answered) <= set(audited), set(answered) - set(audited)
     assert len(audited) == len(set(audited))  # nothing twice
-    # Restarting b re-configures the network's DNS; a name lookup from a may fail meanwhile
-    # (seen once: "Temporary failure in name resolution"), which the command reports in one
-    # line. Ask again for a bounded time on that answer only.
-    deadline = time.monotonic() + 30
-    while True:
-        verify = stack_.midway("midway-a", "audit", "verify", "--json")
-        if verify.returncode == 0 or "could not be reached" not in verify.stderr \
-                or time.monotonic() > deadline:
-            break
-        time.sleep(1)
+    verify = stack_.midway("midway-a", "audit", "verify", "--json")
+    if verify.returncode != 0 and "name resolution" in verify.stderr:
+        # Restarting b makes podman re-configure the network's DNS (aardvark-dns): a new
+        # process in a may find no name for tens of seconds (seen twice; the serving process
+        # keeps its pooled connections). What is checked here is the audit chain, not
+        # podman's DNS: the same command with the store's address as the container's IP.
+        dsn = podman("exec", stack_.container("midway-a"), "printenv", "MIDWAY_PG_DSN"
+                     ).stdout.strip()
+        ip = podman("inspect", "--format",
+                    "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+                    stack_.container("postgres")).stdout.strip()
+        assert "@postgres:" in dsn and ip, (dsn, ip)
+        verify = podman("exec", "-e", f"MIDWAY_PG_DSN={dsn.replace('@postgres:', f'@{ip}:')}",
+                        stack_.container("midway-a"), "midway", "audit", "verify", "--json",
+                        check=False)
     assert verify.returncode == 0, verify.stdout + verify.stderr
     assert json.loads(verify.stdout)["checked"] == len(audited)
 

@@ -13,7 +13,7 @@ import pytest
 from cc_support import AUTH_TOKEN, MARKER, ClaudeRun, tool_loop_replies
 
 from midway.launcher import PID_FILE, is_midway
-from midway.testing import FakeUpstream, free_port
+from midway.testing import FakeUpstream, free_port, wait_for
 
 
 @pytest.mark.cc_cell(feature="midway claude launcher", format="anthropic", upstream="anthropic")
@@ -51,8 +51,9 @@ def test_midway_claude_runs_claude_code_through_a_background_midway(
         messages = fake_upstream.messages_requests
         assert len(messages) == 2
         assert all(r.headers.get("authorization") == f"Bearer {AUTH_TOKEN}" for r in messages)
-        log = (data_dir / "midway.log").read_text()
-        assert log.count("path=/v1/messages") >= 2, log[-3000:]
+        # Access lines reach the log within 0.1 s (midway.accesslog buffers them).
+        log_file = data_dir / "midway.log"
+        wait_for(lambda: log_file.read_text().count("path=/v1/messages") >= 2, timeout=10)
         assert is_midway(f"http://127.0.0.1:{port}")  # kept for the next session
     finally:
         stopped = subprocess.run([sys.executable, "-m", "midway.cli", "--config", str(config),
