@@ -123,10 +123,10 @@ def metrics_refusal(request: web.Request, midway: Midway) -> str | None:
     settings = midway.settings
     mode = settings.metrics_auth
     if mode == "auto":
-        mode = "local-or-admin" if settings.client_keys_enabled else "none"
+        mode = "local-or-admin" if midway.key_mode else "none"
     if mode == "admin" and not presents_admin_key(request, midway):
         return "/metrics is served with the admin key only ([midway] metrics_auth = \"admin\")"
     if mode == "local-or-admin" and not local_or_admin(request, midway):
         return ("/metrics is served to loopback clients or with the admin key ([midway] "
                 "metrics_auth)")
-    return browser_refusal(request, settings, settings.client_keys_enabled)
+    return browser_refusal(request, settings, midway.key_mode)
