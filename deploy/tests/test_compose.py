@@ -157,7 +157,14 @@ def test_compose_stack_shares_budget_and_audit_and_survives_a_killed_replica(
         stack: Any) -> None:
     stack_, started = stack
     ports = stack_.ports
-    firsts = asyncio.run(first_answers(ports, started))
+    try:
+        firsts = asyncio.run(first_answers(ports, started))
+    except AssertionError as exc:  # what the replicas said, to tell a crash from a slow start
+        logs = {r: podman("logs", "--tail", "40", stack_.container(f"midway-{r}"),
+                          check=False) for r in "ab"}
+        raise AssertionError(f"{exc}\n" + "\n".join(
+            f"--- midway-{r}:\n{out.stdout[-3000:]}{out.stderr[-3000:]}"
+            for r, out in logs.items())) from None
     print(f"\ncompose up -> first answered request: {min(firsts.values()):.1f} s "
           f"(replica a {firsts['a']:.1f} s, b {firsts['b']:.1f} s)")
     assert podman("inspect", "--format", "{{.State.ExitCode}}",
