@@ -33,9 +33,9 @@ from midway_audit.handoff.ring import DATA, RingReader, RingWriter
 
 
 @contextlib.contextmanager
-def ring_pair(capacity: int) -> Iterator[tuple[RingWriter, RingReader]]:
+def ring_pair(capacity: int, hot: int = 0) -> Iterator[tuple[RingWriter, RingReader]]:
     """Both ends of one ring, as the relay and the writer process map it."""
-    fd = ring.create(capacity + DATA)
+    fd = ring.create(capacity + DATA, hot)
     try:
         writer, reader = RingWriter(fd), RingReader(fd)
     finally:
@@ -72,12 +72,13 @@ def take(writer: RingWriter, reader: RingReader) -> Frame | None:
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.integers(4 * HEADER.size, 4096), st.data())
-def test_frames_come_out_whole_and_in_order_across_wrap_arounds(capacity: int,
+@given(st.integers(4 * HEADER.size, 4096), st.sampled_from([0, 1, 4, 7]), st.data())
+def test_frames_come_out_whole_and_in_order_across_wrap_arounds(capacity: int, hot: int,
                                                                 data: st.DataObject) -> None:
     """Small rings, so that every way a frame can meet the end of the ring comes up (the
-    rest too short even for a wrap marker, a frame ending exactly at the end, ...)."""
-    with ring_pair(capacity) as (writer, reader):
+    rest too short even for a wrap marker, a frame ending exactly at the end, going back
+    to a hot start of a sixteenth or a quarter of the ring...)."""
+    with ring_pair(capacity, capacity * hot // 16) as (writer, reader):
         largest = writer.max_frame - HEADER.size
         expected: collections.deque[Frame] = collections.deque()
         n = 0
@@ -129,6 +130,49 @@ def test_a_mebibyte_ring_carries_frames_of_random_sizes_through_many_wrap_around
             assert take(writer, reader) == expected.popleft()
         assert take(writer, reader) is None
         assert n > 300
+
+
+def test_a_writer_keeping_up_keeps_the_relay_in_the_hot_start_of_the_ring() -> None:
+    """The relay goes back to the ring's first ``hot`` bytes once the writer has taken what
+    was there: those pages stay allocated (no page fault per 4 KiB written), the rest is only
+    touched while the writer is behind, and freed once it catches up."""
+    hot = 256 * 1024
+    fd = ring.create(4 * MiB + DATA, hot)
+    try:
+        writer, reader = RingWriter(fd), RingReader(fd)
+
+        def allocated() -> int:
+            return os.fstat(fd).st_blocks * 512
+
+        rng = random.Random(11)
+        n = 0
+        # a writer that keeps up: never more than a few frames in flight
+        for _ in range(2000):
+            item = make_frame(n, 3, rng.randint(0, 20_000), (10, 20))
+            n += 1
+            assert put(writer, item)
+            assert writer.head % writer.capacity + DATA <= hot + 20_000 + HEADER.size + DATA
+            assert writer.used() <= 20_000 + HEADER.size  # the skipped cold rest is not in use
+            assert take(writer, reader) == item
+        assert writer.head > 4 * writer.capacity  # many laps, all in the hot start
+        assert allocated() <= hot + 8 * mmap.PAGESIZE
+        # a writer behind: the relay goes on into the cold rest
+        behind = [make_frame(n + i, 3, 100_000, (10, 20)) for i in range(12)]
+        for item in behind:
+            assert put(writer, item)
+        assert allocated() > hot + 800_000
+        for item in behind:
+            assert take(writer, reader) == item
+        assert writer.used() == 0
+        # caught up: back to the hot start at the next frame, the cold pages freed
+        assert put(writer, make_frame(0, 3, 1000, (10, 20)))
+        assert writer.head % writer.capacity == HEADER.size + 1000
+        assert take(writer, reader) == make_frame(0, 3, 1000, (10, 20))
+        assert allocated() <= hot + 8 * mmap.PAGESIZE
+        writer.close()
+        reader.close()
+    finally:
+        os.close(fd)
 
 
 def test_a_full_ring_refuses_a_frame_until_the_reader_gives_room_back() -> None:

@@ -34,7 +34,7 @@ import orjson
 
 from midway_audit.config import AuditConfig
 from midway_audit.handoff.frames import BY_SOCKET, CONFIG, HEADER, INTENT, RECORD, WAKE, frame
-from midway_audit.handoff.ring import RingWriter, create
+from midway_audit.handoff.ring import HOT, RingWriter, create
 
 # How the writer process starts: ``python -m midway_audit.handoff.writer_process``, except that
 # the ``midway`` and ``midway_audit`` packages' ``__init__`` (aiohttp, pluggy, the plugin: about
@@ -110,7 +110,7 @@ class WriterChannel:
         self._loop = asyncio.get_running_loop()
         ours, theirs = socket.socketpair()
         if self._ring_fd is None:
-            self._ring_fd = create(self.config.handoff_bytes)
+            self._ring_fd = create(self.config.handoff_bytes, HOT)
             self._ring = RingWriter(self._ring_fd)
             self._high = self._ring.capacity * 3 // 4
         # A writer started after one died reads on from the same ring: the frames the dead

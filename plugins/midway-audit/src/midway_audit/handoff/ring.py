@@ -9,11 +9,15 @@ the ring is preceded by a wrap marker and starts again at offset 0.
 
 Resident memory follows what is in flight, not the ring's size: the memory file's pages are
 allocated as the relay first writes them, and the writer frees (punches out) the pages of the
-room it gives back, before it gives it back. ``handoff_bytes`` bounds how far the writer may
-fall behind; a writer that keeps up costs both processes a few pages of it (each process's
-resident memory counts the shared pages it has touched). So that the page holding ``tail``
-can be freed with the rest once ``tail`` moves past it, the relay leaves one page of the ring
-unused (``guard``): it never writes less than a page behind ``tail``.
+room it gives back, before it gives it back — except the ring's first ``hot`` bytes, which
+stay allocated: while the writer keeps up, the relay goes back to the start of the ring as soon
+as a frame would run past them (and the writer has taken what was there), so a writer that
+keeps up costs both processes ``hot`` bytes (each process's resident memory counts the shared
+pages it has touched), and the relay writes into pages already mapped instead of taking a page
+fault (and the kernel a page to clear) every 4 KiB. ``handoff_bytes`` bounds how far the writer
+may fall behind. So that the page holding ``tail`` can be freed with the rest once ``tail``
+moves past it, the relay leaves one page of the ring unused (``guard``): it never writes less
+than a page behind ``tail``.
 
 What the relay copied into the ring outlives the relay: if it is killed, the writer reads on
 up to the last head in the ring (a dead process's stores are all visible). And it outlives
@@ -35,12 +39,17 @@ _PAGE = mmap.PAGESIZE
 # Frees a range of the memory file (both processes' mappings of it) where Linux can.
 _REMOVE: int | None = getattr(mmap, "MADV_REMOVE", None)
 _HEAD_AT, _TAIL_AT = 0, 64  # head and tail on cache lines of their own
+_HOT_AT = 8  # the hot size, set once by create()
+HOT = 1024 * 1024  # the hot start of a ring (at most a quarter of it): see create()
 DATA = 128  # frames start here
 WRAP = 0  # a frame kind: the rest of the ring is empty, go on at offset 0
 
 
-def create(size: int) -> int:
-    """A memory file of ``size`` bytes for a ring; the caller passes its fd to the writer."""
+def create(size: int, hot: int = 0) -> int:
+    """A memory file of ``size`` bytes for a ring; the caller passes its fd to the writer.
+    Its first ``hot`` bytes of frames are never freed and written again first (module doc);
+    1 MiB holds a 16 KB request's frames for the 60 ms a writer keeping up at 1,000 requests
+    a second may take to give their room back."""
     if hasattr(os, "memfd_create"):
         fd = os.memfd_create("midway-audit-ring")
     else:  # not Linux: an unlinked temporary file does the same
@@ -48,6 +57,9 @@ def create(size: int) -> int:
         os.unlink(path)
         fd = handle
     os.ftruncate(fd, size)
+    if hot:
+        with mmap.mmap(fd, DATA, flags=mmap.MAP_SHARED) as mm:
+            _POS.pack_into(mm, _HOT_AT, min(hot, (size - DATA) // 4))
     return fd
 
 
@@ -61,6 +73,7 @@ class Ring:
         self.capacity = size - DATA
         # Rings too small to free pages of (tests') have no guard page either.
         self.guard = _PAGE if _REMOVE is not None and self.capacity >= 64 * _PAGE else 0
+        self.hot = int(_POS.unpack_from(self.mm, _HOT_AT)[0])
 
     def close(self) -> None:
         self.mm.close()
@@ -84,6 +97,9 @@ class RingWriter(Ring):
         self.max_frame = self.capacity // 4  # larger frames go over the socket
         self._head_view = memoryview(self.mm)[_HEAD_AT:_HEAD_AT + 8].cast("Q")
         self._tail_view = memoryview(self.mm)[_TAIL_AT:_TAIL_AT + 8].cast("Q")
+        # The last early wrap (back to the hot start): where its skip of the ring's cold rest
+        # ends and how long it is. Not room in use: the writer is not that far behind.
+        self._skip_end = self._skip = 0
 
     def close(self) -> None:
         self._head_view.release()  # a view left open would keep close() from unmapping
@@ -91,7 +107,11 @@ class RingWriter(Ring):
         super().close()
 
     def used(self) -> int:
-        return self.written - self._tail_view[0]
+        tail = self._tail_view[0]
+        used = self.written - tail
+        if tail < self._skip_end:
+            used -= min(self._skip, self._skip_end - tail)
+        return int(used)
 
     def put(self, kind: int, meta: bytes, a: bytes = b"", b: bytes = b"") -> bool:
         """Copy one frame in; ``False`` when there is no room now, or when it is larger than
@@ -103,11 +123,20 @@ class RingWriter(Ring):
         cap = self.capacity
         offset = pos % cap
         to_end = cap - offset
-        need = size + (to_end if to_end < size else 0)
-        if need > cap - self.guard - (pos - self._tail_view[0]):
+        room = cap - self.guard - (pos - self._tail_view[0])
+        if to_end < size:
+            wrap = True
+        elif self.hot and offset and offset + size > self.hot and size + to_end <= room:
+            # back to the hot start, whose pages are resident, the writer having taken what
+            # was there (else on into the cold rest, whose pages are touched anew)
+            wrap = True
+            self._skip, self._skip_end = to_end, pos + to_end
+        else:
+            wrap = False
+        if size + (to_end if wrap else 0) > room:
             return False
         mm = self.mm
-        if to_end < size:  # wrap: mark the rest of the ring empty (when a header fits)
+        if wrap:  # mark the rest of the ring empty (when a header fits)
             if to_end >= HEADER.size:
                 HEADER.pack_into(mm, DATA + offset, WRAP, 0, 0, 0)
             pos += to_end
@@ -179,15 +208,16 @@ class RingReader(Ring):
         """Free the memory file's pages from the one holding ``tail`` (what lies before
         ``tail`` in it is done with, and the guard keeps the relay out of it) up to the one
         holding ``end`` (which may hold frames not done with); never the first page, where
-        ``head`` and ``tail`` are."""
+        ``head`` and ``tail`` are, nor those of the hot start (module doc)."""
         if not self.guard or _REMOVE is None:
             return
         cap = self.capacity
         start, end = tail % cap, (tail % cap) + min(end - tail, cap)
         # one range of the memory file, or two when it wraps
         spans = [(start, end)] if end <= cap else [(start, cap), (0, end - cap)]
+        kept = max(-(-(DATA + self.hot) // _PAGE) * _PAGE, _PAGE)  # the hot pages' end
         for lo, hi in spans:
-            first = max((DATA + lo) // _PAGE * _PAGE, _PAGE)
+            first = max((DATA + lo) // _PAGE * _PAGE, kept)
             last = (DATA + hi) // _PAGE * _PAGE
             if last > first:
                 self.mm.madvise(_REMOVE, first, last - first)
