@@ -134,3 +134,43 @@ def test_parts_on_postgres(fake_upstream, audited, pg_config):
     assert running.call(service(running).verify())["ok"]
     assert running.call(service(running).store.prune(None, 0)) == 1
     assert parts_count() == 0
+
+
+def test_a_part_deleted_with_expired_bodies_is_written_again_when_needed(fake_upstream,
+                                                                         audited):
+    """Body retention deletes the parts only expired records used; the writer process, which
+    remembers the parts it stored, must not take them for stored when a later request sends
+    them again (a session resumed, an old client version's system prompt)."""
+    running = audited(body_max_age=1)
+    db = sqlite3.connect(data_dir(running) / "audit.db", isolation_level=None)
+    resend_after_expiry(running, lambda: db.execute("SELECT COUNT(*) FROM audit_parts"
+                                                    ).fetchone()[0])
+
+
+def test_a_part_deleted_with_expired_bodies_on_postgres(fake_upstream, audited, pg_config):
+    running = audited(body_max_age=1, **pg_config)
+
+    def parts_count() -> int:
+        [row] = pg_query(pg_config["store"], "SELECT COUNT(*) FROM audit_parts",
+                         schema=pg_config["schema"])
+        return int(row[0])
+
+    resend_after_expiry(running, parts_count)
+
+
+def resend_after_expiry(running, parts_count) -> None:
+    run_session(running, 2)
+    store = service(running).store  # the relay's: another process than the writer's
+    expired, _ = running.call(store.expire_bodies(0.0))
+    assert expired == 2
+    assert parts_count() == 0
+    client = anthropic.Anthropic(base_url=running.url, api_key="sk-ant-test", max_retries=0)
+    raw = client.messages.with_raw_response.create(
+        model="claude-sonnet-4-6", max_tokens=5, system=SYSTEM, tools=TOOLS,
+        messages=conversation(1))
+    midway_id = raw.headers["x-midway-request-id"]
+    wait_for(lambda: get(running, midway_id) is not None)
+    body = orjson.loads(get(running, midway_id)["request_body"])
+    assert body["system"] == SYSTEM and body["messages"] == conversation(1)
+    assert parts_count() == 2 + 2
+    assert running.call(service(running).verify())["ok"]

@@ -47,6 +47,7 @@ CREATE TABLE IF NOT EXISTS audit_chain (
     seq {int} NOT NULL,
     head_hash TEXT NOT NULL,
     anchor_seq {int} NOT NULL,
-    anchor_hash TEXT NOT NULL
+    anchor_hash TEXT NOT NULL,
+    parts_epoch {int} NOT NULL DEFAULT 0
 )
 """)

@@ -44,19 +44,20 @@ _INSERT_RECORD = ("INSERT INTO audit_records (seq, ts, request_id, upstream_requ
 
 class KnownParts:
     """Digests of parts this process has seen committed, so repeated parts (most of every
-    Claude Code request) are not written again. Forgotten whenever the chain's anchor moves:
-    pruning may have deleted parts no record refers to any more."""
+    Claude Code request) are not written again. Forgotten whenever the chain's anchor moves or
+    its ``parts_epoch`` changes: pruning or body retention, in any process sharing the store,
+    may have deleted parts no record refers to any more."""
 
     LIMIT = 200_000
 
     def __init__(self) -> None:
         self._digests: set[str] = set()
-        self._anchor: int | None = None
+        self._seen: tuple[int, int] | None = None
 
-    def check(self, anchor_seq: int) -> None:
-        if anchor_seq != self._anchor:
+    def check(self, anchor_seq: int, parts_epoch: int) -> None:
+        if (anchor_seq, parts_epoch) != self._seen:
             self._digests.clear()
-            self._anchor = anchor_seq
+            self._seen = (anchor_seq, parts_epoch)
 
     def __contains__(self, digest: object) -> bool:
         return digest in self._digests
@@ -82,10 +83,13 @@ async def _drop_part_refs(tx: Tx, where: str, *args: Any) -> None:
     candidates = [r["digest"] for r in await tx.fetch(
         f"SELECT DISTINCT digest FROM audit_part_refs WHERE {where}", *args)]  # noqa: S608
     await tx.execute(f"DELETE FROM audit_part_refs WHERE {where}", *args)  # noqa: S608
+    deleted = 0
     for i in range(0, len(candidates), _CHUNK):
         chunk = candidates[i:i + _CHUNK]
-        await tx.execute(f"DELETE FROM audit_parts WHERE digest IN ({_marks(len(chunk))}) "  # noqa: S608
-                         f"AND {UNREFERENCED}", *chunk)
+        deleted += await tx.execute(f"DELETE FROM audit_parts WHERE digest IN "  # noqa: S608
+                                    f"({_marks(len(chunk))}) AND {UNREFERENCED}", *chunk)
+    if deleted:  # writers forget the parts they know of (KnownParts)
+        await tx.execute("UPDATE audit_chain SET parts_epoch = parts_epoch + 1 WHERE id = 1")
 
 
 def _is_v2(row: Any) -> bool:
@@ -146,12 +150,13 @@ class AuditStore:
 
         async def unit(tx: Tx) -> Head:
             nonlocal rows
-            chain = await tx.fetchone("SELECT seq, head_hash, anchor_seq, anchor_hash FROM "  # noqa: S608
-                                      f"audit_chain WHERE id = 1{self._lock_chain}")
+            chain = await tx.fetchone("SELECT seq, head_hash, anchor_seq, anchor_hash, "  # noqa: S608
+                                      "parts_epoch FROM audit_chain WHERE id = 1"
+                                      f"{self._lock_chain}")
             assert chain is not None, "audit_chain has its row from open()"
             seq, prev, anchor_seq = chain["seq"], chain["head_hash"], chain["anchor_seq"]
             known = self._known
-            known.check(anchor_seq)
+            known.check(anchor_seq, chain["parts_epoch"])
             await tx.executemany("DELETE FROM audit_intents WHERE request_id = ?",
                                  [(r.request_id,) for r in rows])
             stored = await self._stored(tx, [r.request_id for r in rows])
@@ -292,6 +297,10 @@ class AuditStore:
             batch = [r for r in rows if _is_v2(r)]  # v1 (and tampered) rows keep theirs
 
             async def unit(tx: Tx, batch: list[Any] = batch) -> int:
+                # the chain row first, as appends lock it (deleting parts may move its
+                # parts_epoch): PostgreSQL would otherwise see the two wait for each other
+                await tx.fetchval(f"SELECT parts_epoch FROM audit_chain WHERE id = 1"  # noqa: S608
+                                  f"{self._lock_chain}")
                 for r in batch:
                     await tx.execute(
                         "UPDATE audit_records SET request_body = NULL, response_body = NULL, "
