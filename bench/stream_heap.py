@@ -8,6 +8,7 @@ grouped by the line that made them (``--by traceback`` for whole tracebacks). Tr
 the relay several-fold: keep N to a few hundred.
 
     python bench/stream_heap.py [--streams 200] [--bare] [--by lineno|traceback|filename]
+        [--top 40] [--keep DIR]; python bench/stream_heap.py --report DIR [--by ...] (again)
 """
 
 from __future__ import annotations
@@ -67,13 +68,14 @@ def wait_file(path: Path, timeout: float = 120) -> None:
         time.sleep(0.1)
 
 
-def measure(n: int, bare: bool, by: str) -> None:
+def measure(n: int, bare: bool, by: str, top: int, keep: Path | None) -> None:
     config = soak.CONFIG.replace('plugins = ["audit", "billing"]', "plugins = []") \
         if bare else soak.CONFIG
     port = hardening_support.free_port()
     fake = subprocess.Popen([*hardening_support.MIDWAY, "mock-upstream", "--port", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    tmp = Path(tempfile.mkdtemp(prefix="midway-heap-"))
+    tmp = keep if keep is not None else Path(tempfile.mkdtemp(prefix="midway-heap-"))
+    tmp.mkdir(parents=True, exist_ok=True)
     out = tmp / "snapshot"
     hardening_support.MIDWAY = [sys.executable, __file__, "--serve"]
     server = hardening_support.Server(tmp, config, f"http://127.0.0.1:{port}",
@@ -108,12 +110,16 @@ def measure(n: int, bare: bool, by: str) -> None:
         server.ensure_stopped()
         fake.terminate()
         fake.wait(10)
+    report(out, n, "no plugins" if bare else "audit and billing", by, top)
+
+
+def report(out: Path, n: int, what: str, by: str, top: int) -> None:
     before = tracemalloc.Snapshot.load(f"{out}.0")
     during = tracemalloc.Snapshot.load(f"{out}.1")
     stats = during.compare_to(before, by)
     print(f"{sum(s.size_diff for s in stats) / n:.0f} bytes a stream alive with {n} open "
-          f"({'no plugins' if bare else 'audit and billing'})")
-    for stat in stats[:40]:
+          f"({what})")
+    for stat in stats[:top]:
         print(f"{stat.size_diff / n:8.0f} B {stat.count_diff / n:6.2f} objects")
         lines = stat.traceback.format() if by == "traceback" else [f"  {stat.traceback}"]
         print("\n".join(line for line in lines if not line.startswith("    ")))
@@ -128,8 +134,16 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=200)
     parser.add_argument("--bare", action="store_true", help="plugins = []")
     parser.add_argument("--by", choices=("lineno", "traceback", "filename"), default="lineno")
+    parser.add_argument("--top", type=int, default=40, help="print this many groups")
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="keep the snapshots in this folder (for --report)")
+    parser.add_argument("--report", type=Path, default=None,
+                        help="no run: compare the snapshots a --keep run left in this folder")
     args = parser.parse_args()
-    measure(args.streams, args.bare, args.by)
+    if args.report is not None:
+        report(args.report / "snapshot", args.streams, str(args.report), args.by, args.top)
+        return
+    measure(args.streams, args.bare, args.by, args.top, args.keep)
 
 
 if __name__ == "__main__":

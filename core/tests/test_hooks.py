@@ -308,3 +308,53 @@ def test_five_line_pyproject_ships_the_plugin(tmp_path):
         entry_points = zf.read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert "team_tag.py" in names
     assert "[midway]" in entry_points and "team_tag = team_tag" in entry_points
+
+
+def test_a_released_parse_keeps_the_small_top_level_values():
+    long_system = "s" * 1000
+    body = {"model": "claude-sonnet-4-6", "max_tokens": 32, "stream": True,
+            "temperature": 0.5, "metadata": None, "system": long_system,
+            "messages": [{"role": "user", "content": "hi"}]}
+    exchange = make_exchange(body=body)
+    request = exchange.request
+    assert request.json["messages"][0]["content"] == "hi" and request.parsed
+    request.release()
+    assert request.parsed and request._json is midway.exchange._UNSET
+    assert (exchange.model, exchange.stream_requested) == ("claude-sonnet-4-6", True)
+    assert [request.field(k) for k in ("max_tokens", "temperature", "metadata", "speed")] \
+        == [32, 0.5, None, None]
+    assert request._json is midway.exchange._UNSET  # none of that parsed the body again
+    # what was not kept (a list, a long string) is read by a second parse, as json is
+    assert request.field("system") == long_system
+    assert request.json["messages"] == body["messages"]
+
+
+def test_a_changed_body_is_serialised_before_its_parse_is_released():
+    exchange = make_exchange(body={"model": "a", "max_tokens": 1, "messages": []})
+    exchange.request.json = {**exchange.request.json, "model": "b"}
+    exchange.request.release()
+    assert orjson.loads(exchange.request.body)["model"] == "b"
+    assert exchange.model == "b" and not exchange.request.changed
+    exchange.request.body = b"not json"
+    assert not exchange.request.parsed and exchange.model is None
+    exchange.request.release()  # nothing parsed: nothing to let go
+    assert exchange.request.field("model") is None
+
+
+def test_after_the_request_went_upstream_its_parse_is_let_go(fake_upstream, midway_factory):
+    seen: list[tuple[bool, str | None, Any, Any]] = []
+
+    def pre_request(exchange):
+        exchange.request.json  # a plugin parses it (billing asks for the model)
+
+    def post_response(exchange):
+        request = exchange.request
+        held = request._json is not midway.exchange._UNSET
+        seen.append((held, exchange.model, request.field("max_tokens"),
+                     request.json["messages"]))  # json still works: parsed again
+
+    proxy = midway_factory(plugins=[module_plugin("p", pre_request=pre_request,
+                                                  post_response=post_response)])
+    assert send(proxy.url)[0] == 200
+    wait_for(lambda: seen)
+    assert seen == [(False, "claude-sonnet-4-6", 32, MSG["messages"])]

@@ -264,6 +264,20 @@ def test_a_sqlite_unit_that_awaits_anything_but_its_tx_fails_alone(tmp_path: Pat
     asyncio.run(main())
 
 
+def test_a_sqlite_connection_keeps_a_small_page_cache(tmp_path: Path) -> None:
+    """256 KiB of page cache per connection, not SQLite's 2 MiB: the stores mostly write."""
+    async def main() -> None:
+        db = open_database(parse_store("sqlite", data_dir=tmp_path, default_file="t.db",
+                                       label="[t] store"))
+        await db.open(SCHEMA)
+        try:
+            assert await db.fetchval("PRAGMA cache_size") == -256
+        finally:
+            await db.close()
+
+    asyncio.run(main())
+
+
 def test_statement_helpers(store: StoreURL, schema_name: str) -> None:
     async def test(db: Database) -> None:
         await db.executemany("INSERT INTO counters (key, n) VALUES (?, ?)", [("x", 1), ("y", 2)])

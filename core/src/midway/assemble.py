@@ -25,7 +25,8 @@ only), audit (records whatever the client got).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from types import MappingProxyType
+from typing import Any, cast
 
 import orjson
 
@@ -40,6 +41,10 @@ _STRING_DELTAS = {"text_delta": "text", "thinking_delta": "thinking",
 _JSON = "partial_json"
 # At most this many not-understood events are kept (a stream of them must not grow memory).
 _UNKNOWN_KEPT = 1000
+# What an assembler's block tables are until its first block starts: most assemblers (the
+# core's observer, fed only the events that carry usage and outcome) never see one, and three
+# empty dicts are ~200 bytes per open stream. Read-only: a write before the tables exist fails.
+_NO_BLOCKS: Any = MappingProxyType({})
 
 
 class MessageAssembler:
@@ -54,12 +59,12 @@ class MessageAssembler:
 
     def __init__(self, limit: int | None = None) -> None:
         self._message: dict[str, Any] | None = None
-        self._blocks: dict[int, dict[str, Any]] = {}
+        # the three block tables: _NO_BLOCKS until the first content_block_start
+        self._blocks = cast(dict[int, dict[str, Any]], _NO_BLOCKS)
         # (index, field) -> fragments, joined once when the block stops (never quadratic)
-        self._parts: dict[tuple[int, str], list[str]] = {}
-        # the open blocks' indexes (a dict as a set: an empty set is 216 bytes, an empty dict
-        # 64, and most assemblers, the core's and billing's, never see a block)
-        self._open: dict[int, None] = {}
+        self._parts = cast(dict[tuple[int, str], list[str]], _NO_BLOCKS)
+        # the open blocks' indexes (a dict as a set: an empty set is 216 bytes, a dict 64)
+        self._open = cast(dict[int, None], _NO_BLOCKS)
         self._size = 0
         self._limit = limit if limit is not None else -1
         self._parser: SSEParser | None = None
@@ -113,7 +118,6 @@ class MessageAssembler:
     def feed_all(self, payloads: Iterable[Any]) -> None:
         """:meth:`feed` each payload (named by its ``type``); text deltas, nearly all of a
         stream, take a short cut."""
-        parts = self._parts
         limit = self._limit
         for payload in payloads:
             if type(payload) is dict and payload.get("type") == "content_block_delta":
@@ -127,6 +131,7 @@ class MessageAssembler:
                             self.truncated = True
                             continue
                         self._size += len(value)
+                        parts = self._parts  # (made by the first block start, maybe in this loop)
                         found = parts.get((index, "text"))
                         if found is None:
                             parts[(index, "text")] = [value]
@@ -191,7 +196,7 @@ class MessageAssembler:
         message["content"] = content
         usage = message.get("usage")
         if isinstance(usage, dict):
-            message["usage"] = _copy_usage(usage)
+            message["usage"] = copy_usage(usage)
         return message
 
     # -- the grammar --------------------------------------------------------------------------
@@ -214,7 +219,7 @@ class MessageAssembler:
                 return
             self._message = {**message, "content": []}
             usage = message.get("usage")
-            self._message["usage"] = _copy_usage(usage) if isinstance(usage, dict) else {}
+            self._message["usage"] = copy_usage(usage) if isinstance(usage, dict) else {}
         elif kind == "message_delta":
             self._message_delta(payload)
         elif kind == "message_stop":
@@ -241,6 +246,8 @@ class MessageAssembler:
         block = dict(block)
         if isinstance(block.get("citations"), list):
             block["citations"] = list(block["citations"])  # appended to: not the payload's
+        if self._blocks is _NO_BLOCKS:
+            self._blocks, self._parts, self._open = {}, {}, {}
         self._blocks[index] = block
         self._open[index] = None
 
@@ -286,7 +293,7 @@ class MessageAssembler:
                     self._message[key] = value
         usage = payload.get("usage")
         if isinstance(usage, dict):
-            _merge_usage(self._message["usage"], usage)
+            merge_usage(self._message["usage"], usage)
 
     def _finished(self, index: int, block: dict[str, Any], consume: bool) -> dict[str, Any]:
         """``block`` with the fragments of its deltas joined in (``consume``: and dropped)."""
@@ -325,9 +332,11 @@ class MessageAssembler:
             self.truncated = True
 
 
-def _merge_usage(usage: dict[str, Any], update: dict[str, Any]) -> None:
-    """Cumulative usage: present fields replace earlier ones, except ``null`` and a 0 over a
-    non-zero count; nested objects (``server_tool_use``, ``cache_creation``) field by field."""
+def merge_usage(usage: dict[str, Any], update: dict[str, Any]) -> None:
+    """Apply a ``message_delta``'s ``usage`` to the usage so far (in place), as the core and
+    billing's running cost do. Cumulative usage: present fields replace earlier ones, except
+    ``null`` and a 0 over a non-zero count; nested objects (``server_tool_use``,
+    ``cache_creation``) field by field."""
     for key, value in update.items():
         if value is None:
             continue
@@ -336,11 +345,12 @@ def _merge_usage(usage: dict[str, Any], update: dict[str, Any]) -> None:
             continue
         if isinstance(value, dict) and isinstance(before, dict):
             merged = dict(before)
-            _merge_usage(merged, value)
+            merge_usage(merged, value)
             usage[key] = merged
         else:
             usage[key] = value
 
 
-def _copy_usage(usage: dict[str, Any]) -> dict[str, Any]:
+def copy_usage(usage: dict[str, Any]) -> dict[str, Any]:
+    """A ``message_start``'s usage, copied deep enough for :func:`merge_usage` to change."""
     return {k: dict(v) if isinstance(v, dict) else v for k, v in usage.items()}

@@ -32,6 +32,7 @@ from typing import Any, cast
 
 import attrs
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
 
 _TIMEOUT_408 = (b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n"
                 b"Content-Length: 0\r\n\r\n")
@@ -139,6 +140,21 @@ class Guard(asyncio.Protocol):
         if self.state == "handler":
             self.state = "idle"  # aiohttp's keep-alive timer runs from here
 
+    def streaming(self) -> None:
+        """The handler streams an answer: the timers that only matter between requests go
+        now rather than when they fire (the head's up to ``header_timeout`` later, aiohttp's
+        keep-alive check up to ``keepalive_timeout`` later): ~1 KB a connection for as long
+        as a slow stream lasts. Not done for every request: on a kept-alive connection that
+        would set and cancel both timers per request instead of once per timeout."""
+        if self.head_timer is not None:
+            self.head_timer.cancel()
+            self.head_timer = None
+        if isinstance(self.inner, RequestHandler) and self.state == "handler":
+            # keep_alive(True) cancels the pending check; the flag is already True while a
+            # handler runs (a connection not kept alive ends after its response), and
+            # aiohttp arms a new check once the handler is done.
+            self.inner.keep_alive(True)
+
     # -- deadlines --
 
     def _await_head(self) -> None:
@@ -180,6 +196,15 @@ class Guard(asyncio.Protocol):
             self.request[STALLED] = self.limits.write_stall_timeout
         if self.transport is not None:
             self.transport.abort()
+
+
+def streaming(request: web.BaseRequest) -> None:
+    """Tell the connection ``request`` came on that its answer is a stream (see
+    :meth:`Guard.streaming`); nothing for a connection midway does not guard."""
+    transport = request.transport
+    guard = transport.get_protocol() if transport is not None else None
+    if isinstance(guard, Guard):
+        guard.streaming()
 
 
 class GuardedRunner(web.AppRunner):

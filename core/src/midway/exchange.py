@@ -64,12 +64,23 @@ class ErrorKind(enum.StrEnum):
 STREAM_FAILURES = frozenset({ErrorKind.STREAM_BROKEN, ErrorKind.STREAM_TIMEOUT})
 
 
+# A top-level string longer than this is not kept once the parse is let go (``Request.release``):
+# a ``system`` prompt given as one string can be tens of KB.
+_KEPT_STRING = 256
+
+
 @attrs.define(eq=False)
 class Request:
     """The client's request. ``body`` is kept as bytes; ``json`` is parsed on first use.
 
     Headers are the client's end-to-end headers (hop-by-hop ones removed); change them in
     place. Assigning ``json`` or ``body`` replaces what is forwarded; reading never does.
+
+    Once the request has gone upstream the core lets the parsed JSON go (:meth:`release`),
+    keeping only the body's small top-level values: a Claude Code request of a few hundred
+    KB parses into several times that, which would otherwise live as long as its answer
+    streams. :meth:`field` reads a top-level value either way; ``json`` still works after,
+    by parsing the body again.
     """
 
     method: str
@@ -79,6 +90,9 @@ class Request:
     _body: bytes
     _json: Any = _UNSET
     changed: bool = False
+    # the body's small top-level values (numbers, booleans, null, short strings) once the
+    # parse was let go; None while it is held, or was never made
+    _fields: dict[str, Any] | None = None
 
     @property
     def body(self) -> bytes:
@@ -91,6 +105,7 @@ class Request:
     def body(self, value: bytes) -> None:
         self._body = value
         self._json = _UNSET
+        self._fields = None
         self.changed = False
 
     @property
@@ -106,12 +121,41 @@ class Request:
     @json.setter
     def json(self, value: Any) -> None:
         self._json = value
+        self._fields = None
         self.changed = True
+
+    def field(self, name: str) -> Any:
+        """The body's top-level ``name`` (``None`` when absent, or the body is not a JSON
+        object): from the parse if it is held, else from the small values kept when it was
+        let go, else (a list, an object, a long string) by parsing the body again."""
+        fields = self._fields
+        if fields is not None and self._json is _UNSET:
+            value = fields.get(name)
+            if value is not _UNSET:
+                return value
+        body = self.json
+        return body.get(name) if isinstance(body, dict) else None
+
+    def release(self) -> None:
+        """Let the parsed JSON go, keeping its small top-level values for :meth:`field` (the
+        core calls this once the request went upstream and the answer is relayed)."""
+        body = self._json
+        if body is _UNSET:
+            return
+        if self.changed:
+            self._body = orjson.dumps(body)
+            self.changed = False
+        # A list, a nested object or a long string is marked, and read by a second parse.
+        self._fields = {k: v if v is None or isinstance(v, bool | int | float)
+                        or (isinstance(v, str) and len(v) <= _KEPT_STRING) else _UNSET
+                        for k, v in body.items()} if isinstance(body, dict) else {}
+        self._json = _UNSET
 
     @property
     def parsed(self) -> bool:
-        """Whether the body has been parsed (by a plugin or the core) already."""
-        return self._json is not _UNSET
+        """Whether the body has been parsed (by a plugin or the core) already: its top-level
+        values are known without parsing it (again)."""
+        return self._json is not _UNSET or self._fields is not None
 
     @property
     def path_qs(self) -> str:
@@ -435,12 +479,8 @@ class Exchange:
     @property
     def model(self) -> str | None:
         """The model the client asked for (from the request body)."""
-        body = self.request.json
-        if isinstance(body, dict):
-            model = body.get("model")
-            if isinstance(model, str):
-                return model
-        return None
+        model = self.request.field("model")
+        return model if isinstance(model, str) else None
 
     def requested_models(self) -> list[str | None]:
         """Every model the request names: the body's ``model``, and for a batch
@@ -473,8 +513,7 @@ class Exchange:
 
     @property
     def stream_requested(self) -> bool:
-        body = self.request.json
-        return isinstance(body, dict) and body.get("stream") is True
+        return self.request.field("stream") is True
 
     @property
     def unauthenticated(self) -> bool:

@@ -341,7 +341,10 @@ def post_response(exchange: Exchange) -> None:
         them (decoded), kept only when a plugin called ``midway.keep_stream_bodies(limit)`` in
         ``startup`` (the largest limit wins). For a plugin that needs the whole answer at the
         end that is far cheaper than ``on_chunk``: nothing is parsed for it, each chunk is
-        kept by reference.
+        kept by reference. The request's parsed JSON was let go when its answer began (it
+        could outweigh the body several times for as long as a stream lasts): read a
+        top-level value with ``exchange.request.field(name)`` (``exchange.model`` does);
+        ``exchange.request.json`` parses the body again.
     :return: nothing. Every implementation runs, even if one raises.
 
     Raising is logged and counted; the next implementation runs.

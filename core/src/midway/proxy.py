@@ -515,6 +515,7 @@ class Proxy:
                ) -> Coroutine[Any, Any, web.StreamResponse]:
         """The coroutine that relays ``answer``: a plain function, so that no frame of its
         own waits as long as a stream lasts (one held per open stream)."""
+        exchange.request.release()  # the request is sent: its parse need not last the answer
         exchange.status = answer.status
         headers = response_headers(answer.headers)
         headers["x-midway-request-id"] = exchange.id
@@ -653,6 +654,7 @@ class Proxy:
             web.StreamResponse(status=answer.status, headers=headers)
         del headers  # the response copied them: not held as long as the stream lasts
         await response.prepare(request)
+        deadlines.streaming(request)  # its connection's between-requests timers go now
         timings = exchange.timings
         self.open_streams += 1
         metrics = self.midway.metrics

@@ -192,6 +192,47 @@ def test_running_usage_is_what_updating_a_fresh_usage_gives() -> None:
     assert watch.running() == scratch(watch) and watch.running().seen
 
 
+def test_the_watch_merges_usage_as_the_core_assembler_does() -> None:
+    """The watch keeps the usage alone (no assembler of its own per stream): at every event
+    its usage and model are the core's MessageAssembler's — a 0 or null never erasing a
+    count, nested objects merged field by field, a second message_start ignored."""
+    import orjson
+
+    from midway import SSEEvent
+    from midway.assemble import MessageAssembler
+    from midway_billing.streamwatch import StreamWatch
+
+    def event(name: str, payload: dict) -> SSEEvent:
+        data = orjson.dumps(payload).decode()
+        return SSEEvent(name, data, f"event: {name}\ndata: {data}\n\n".encode())
+
+    def start(model: str, usage: dict) -> SSEEvent:
+        return event("message_start", {"type": "message_start", "message": {
+            "id": "msg_1", "type": "message", "role": "assistant", "model": model,
+            "content": [], "usage": usage}})
+
+    def delta(usage: dict) -> SSEEvent:
+        return event("message_delta", {"type": "message_delta", "delta": {"stop_reason": None},
+                                       "usage": usage})
+
+    events = [
+        start("claude-x", {"input_tokens": 10, "output_tokens": 1,
+                           "cache_creation": {"ephemeral_5m_input_tokens": 4},
+                           "server_tool_use": {"web_search_requests": 1}}),
+        delta({"output_tokens": 0, "input_tokens": None}),
+        delta({"output_tokens": 9, "server_tool_use": {"web_fetch_requests": 2}}),
+        start("claude-y", {"input_tokens": 99}),
+        delta({"cache_creation": {"ephemeral_1h_input_tokens": 3}, "output_tokens": 12}),
+    ]
+    for first in (0, 1):  # from message_start, and a delta before any start
+        watch, core = StreamWatch({}, None), MessageAssembler()
+        for one in events[first:]:
+            watch.feed(one)
+            core.feed_event(one)
+            assert (watch.usage, watch.model) == (core.usage, core.model)
+    assert watch.usage["output_tokens"] == 12
+
+
 def test_running_cost_is_the_price_of_the_running_usage_at_every_event() -> None:
     """running_cost prices only the output count between two reports: at every event of
     random streams it must equal pricing running() whole — across models (an unknown one, an

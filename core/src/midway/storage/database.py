@@ -221,6 +221,10 @@ class SQLiteDatabase(Database):
         enable_wal(conn)
         conn.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
         conn.execute("PRAGMA busy_timeout=30000")
+        # 256 KiB of page cache (SQLite's default is 2 MiB per connection): the stores write
+        # far more than they read back, and the OS caches the file all the same (measured:
+        # the audit writer's high-water mark after JSON c=64, median of five runs, 39 -> 37 MB).
+        conn.execute("PRAGMA cache_size=-256")
         self._conn = conn
         from midway.storage.schema import sqlite_upgrade
 

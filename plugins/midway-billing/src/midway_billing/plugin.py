@@ -1168,8 +1168,7 @@ def _betas(exchange: Exchange) -> str | None:
 
 
 def _speed(exchange: Exchange) -> str | None:
-    body = exchange.request.json if exchange.request.is_messages else None
-    speed = body.get("speed") if isinstance(body, dict) else None
+    speed = exchange.request.field("speed") if exchange.request.is_messages else None
     return speed[:20] if isinstance(speed, str) else None
 
 
@@ -1177,8 +1176,7 @@ def _geo(exchange: Exchange) -> str | None:
     """Where the answer says it was served (``usage.inference_geo``), else what was asked."""
     geo = exchange.usage.raw.get("inference_geo")
     if not isinstance(geo, str):
-        body = exchange.request.json if exchange.request.is_messages else None
-        geo = body.get("inference_geo") if isinstance(body, dict) else None
+        geo = exchange.request.field("inference_geo") if exchange.request.is_messages else None
     return geo[:20].lower() if isinstance(geo, str) else None
 
 

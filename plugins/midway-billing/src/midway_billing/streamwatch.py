@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from midway import SSEEvent, Usage
-from midway.assemble import MessageAssembler
+from midway.assemble import copy_usage, merge_usage
 from midway_billing.pricing import Modifiers, tokens_pusd
 
 if TYPE_CHECKING:
@@ -38,8 +38,12 @@ class StreamWatch:
 
     limits: dict[str, int | None]  # the reservation's buckets, hard ones with their limit
     model: str | None
-    # usage as reported, merged as the core merges it (midway.assemble)
-    assembler: MessageAssembler = attrs.field(factory=MessageAssembler)
+    # usage as reported, merged as the core merges it (midway.assemble's merge_usage: the
+    # usage alone, not a whole assembler beside the core's for each open stream)
+    usage: dict[str, Any] = attrs.field(factory=dict, init=False)
+    # message_start or message_delta came: a message_start after either is ignored (as the
+    # core's assembler ignores a second start)
+    started: bool = attrs.field(default=False, init=False)
     chars: int = 0  # delta text since the last reported usage
     relayed_chars: int = 0  # delta text of the whole stream
     cost: int | None = None  # the running cost at the last event that carried usage
@@ -90,21 +94,24 @@ class StreamWatch:
                         self.chars += len(text)
                         self.relayed_chars += len(text)
             return True
-        self.assembler.feed(name, payload)
         self._reported = self._priced = None
         if name == "message_start":
-            if self.assembler.model is not None:
-                self.model = self.assembler.model
+            message = payload.get("message")
+            if isinstance(message, dict) and not self.started:
+                self.started = True
+                usage = message.get("usage")
+                self.usage = copy_usage(usage) if isinstance(usage, dict) else {}
+                model = message.get("model")
+                if isinstance(model, str):
+                    self.model = model
         elif isinstance(payload.get("usage"), dict):
+            merge_usage(self.usage, payload["usage"])
             self.chars = 0
         if name == "message_delta":
+            self.started = True
             delta = payload.get("delta")
             self.final = isinstance(delta, dict) and delta.get("stop_reason") is not None
         return True
-
-    @property
-    def usage(self) -> dict[str, Any]:
-        return self.assembler.usage
 
     def running_cost(self, prices: PriceTable) -> int:
         """``prices.cost(self.running(), self.model, modifiers=self.modifiers).total``,
