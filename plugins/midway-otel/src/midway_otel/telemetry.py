@@ -8,7 +8,7 @@ span per upstream attempt.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -198,7 +198,8 @@ class Telemetry:
             out[sc.RESPONSE_ID] = exchange.response_id
         if exchange.stop_reason:
             out[sc.RESPONSE_FINISH_REASONS] = (exchange.stop_reason,)
-        out.update(_request_parameters(exchange.request.json))
+        # Its small fields as kept once the answer began: no second parse of the body.
+        out.update(_request_parameters(exchange.request.field))
         limit = self.config.max_header_value
         session = exchange.request.headers.get("x-claude-code-session-id")
         if session:
@@ -263,18 +264,17 @@ def error_type(exchange: Exchange) -> str | None:
     return None
 
 
-def _request_parameters(body: Any) -> dict[str, Any]:
-    if not isinstance(body, dict):
-        return {}
+def _request_parameters(field: Callable[[str], Any]) -> dict[str, Any]:
+    """The request's sampling parameters, read with ``Request.field``."""
     out: dict[str, Any] = {}
-    for field, key, kinds in (("max_tokens", sc.REQUEST_MAX_TOKENS, (int,)),
+    for name, key, kinds in (("max_tokens", sc.REQUEST_MAX_TOKENS, (int,)),
                               ("temperature", sc.REQUEST_TEMPERATURE, (int, float)),
                               ("top_p", sc.REQUEST_TOP_P, (int, float)),
                               ("top_k", sc.REQUEST_TOP_K, (int,))):
-        value = body.get(field)
+        value = field(name)
         if isinstance(value, kinds) and not isinstance(value, bool):
             out[key] = value
-    stops = body.get("stop_sequences")
+    stops = field("stop_sequences")
     if isinstance(stops, list) and stops and all(isinstance(s, str) for s in stops):
         out[sc.REQUEST_STOP_SEQUENCES] = tuple(s[:100] for s in stops[:16])
     return out
