@@ -358,3 +358,70 @@ def test_after_the_request_went_upstream_its_parse_is_let_go(fake_upstream, midw
     assert send(proxy.url)[0] == 200
     wait_for(lambda: seen)
     assert seen == [(False, "claude-sonnet-4-6", 32, MSG["messages"])]
+
+
+def test_async_hook_that_never_waits_arms_no_timer(monkeypatch):
+    """The hook timeout costs a timer only for an implementation that waits; one that waits
+    is still cut, its deadline counted from its call (time it spent before waiting too)."""
+    import time
+
+    armed: list[str] = []
+    real_timeout, real_timeout_at = asyncio.timeout, asyncio.timeout_at
+    monkeypatch.setattr(asyncio, "timeout", lambda d: armed.append("timeout") or real_timeout(d))
+    monkeypatch.setattr(asyncio, "timeout_at",
+                        lambda d: armed.append("timeout_at") or real_timeout_at(d))
+    host = PluginHost()
+    host.hook_timeout = 0.2
+
+    async def quick() -> str:
+        return "done"
+
+    async def waits(seconds: float) -> str:
+        await asyncio.sleep(seconds)
+        return "waited"
+
+    async def busy_then_waits() -> str:
+        time.sleep(0.25)  # past the deadline before its first wait
+        await asyncio.sleep(0.01)
+        return "late"
+
+    async def fails() -> None:
+        raise KeyError("x")
+
+    async def go() -> None:
+        assert await host.bounded(quick()) == "done"
+        with pytest.raises(KeyError):
+            await host.bounded(fails())
+        assert armed == []
+        assert await host.bounded(waits(0.01)) == "waited"
+        assert armed == ["timeout_at"]
+        with pytest.raises(TimeoutError):
+            await host.bounded(waits(5))
+        with pytest.raises(TimeoutError):
+            await host.bounded(busy_then_waits())
+        task = asyncio.current_task()
+        assert task is not None and task.cancelling() == 0
+
+    asyncio.run(go())
+
+
+def test_cancelling_a_request_reaches_the_hook_it_waits_in():
+    host = PluginHost()
+    host.hook_timeout = 30.0
+    seen: list[str] = []
+
+    async def hook() -> None:
+        try:
+            await asyncio.sleep(30)
+        finally:
+            seen.append("ended")
+
+    async def go() -> None:
+        task = asyncio.ensure_future(host.bounded(hook()))
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(go())
+    assert seen == ["ended"]

@@ -293,7 +293,7 @@ class Usage:
 
     def update(self, usage: Mapping[str, Any]) -> None:
         """Apply a usage object; fields present override earlier values (never summed)."""
-        if not isinstance(usage, Mapping):
+        if not isinstance(usage, _MAPPING):
             return
         self.seen = True
         raw = self.raw
@@ -305,7 +305,7 @@ class Usage:
         self.cache_creation_input_tokens = _int(raw.get("cache_creation_input_tokens"))
         self.cache_read_input_tokens = _int(raw.get("cache_read_input_tokens"))
         split = raw.get("cache_creation")
-        if isinstance(split, Mapping):
+        if split is not None and isinstance(split, _MAPPING):
             self.cache_creation_5m_input_tokens = _int(split.get("ephemeral_5m_input_tokens"))
             self.cache_creation_1h_input_tokens = _int(split.get("ephemeral_1h_input_tokens"))
         else:
@@ -313,7 +313,7 @@ class Usage:
             self.cache_creation_5m_input_tokens = self.cache_creation_input_tokens
             self.cache_creation_1h_input_tokens = 0
         stu = raw.get("server_tool_use")
-        if isinstance(stu, Mapping):
+        if stu is not None and isinstance(stu, _MAPPING):
             self.web_search_requests = _int(stu.get("web_search_requests"))
             self.web_fetch_requests = _int(stu.get("web_fetch_requests"))
         tier = raw.get("service_tier")
@@ -330,6 +330,10 @@ class Usage:
             "web_search_requests": self.web_search_requests,
             "web_fetch_requests": self.web_fetch_requests,
         }
+
+
+# dict first: isinstance against an ABC alone is a Python-level call (three an answer here)
+_MAPPING = (dict, Mapping)
 
 
 def _int(value: Any) -> int:

@@ -19,7 +19,7 @@ import sys
 import time
 import types
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Generator, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -264,11 +264,25 @@ class PluginHost:
                     raise PluginFailed(impl.plugin, hook) from exc
 
     async def bounded(self, awaitable: Any) -> Any:
-        """Await a hook's result within ``hook_timeout``."""
-        if self.hook_timeout is None:
+        """Await a hook's result within ``hook_timeout``.
+
+        Most async implementations finish without ever waiting (a dict update, a queue put):
+        a coroutine is run up to its first wait before any timer is armed, so those cost no
+        timer; one that waits runs on under a deadline counted from its call, in this task.
+        """
+        timeout = self.hook_timeout
+        if timeout is None:
             return await awaitable
-        async with asyncio.timeout(self.hook_timeout):
-            return await awaitable
+        if type(awaitable) is not types.CoroutineType:
+            async with asyncio.timeout(timeout):
+                return await awaitable
+        deadline = asyncio.get_running_loop().time() + timeout
+        try:
+            first = awaitable.send(None)
+        except StopIteration as done:
+            return done.value
+        async with asyncio.timeout_at(deadline):
+            return await _Resumed(awaitable, first)
 
     def call_sync(self, hook: str, **kwargs: Any) -> None:
         """Call a hook whose implementations are plain functions (CLI registration)."""
@@ -297,6 +311,38 @@ class PluginHost:
             log.exception("plugin %s failed in %s", plugin, hook)
         for callback in self.on_failure:
             callback(plugin, hook)
+
+
+class _Resumed:
+    """The rest of a coroutine already run up to its first wait (``first``: what it yielded
+    there), awaitable as the coroutine itself would be: what the task sends or throws goes
+    on to it (``yield from`` by hand)."""
+
+    __slots__ = ("coro", "first")
+
+    def __init__(self, coro: types.CoroutineType[Any, Any, Any], first: Any) -> None:
+        self.coro = coro
+        self.first = first
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        coro, value = self.coro, self.first
+        self.first = None
+        while True:
+            try:
+                sent = yield value
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:  # a cancellation, the timeout's included
+                try:
+                    value = coro.throw(exc)
+                except StopIteration as done:
+                    return done.value
+            else:
+                try:
+                    value = coro.send(sent)
+                except StopIteration as done:
+                    return done.value
 
 
 class PluginFailed(Exception):

@@ -338,14 +338,25 @@ class Proxy:
         if length is not None and length > self.max_body:
             raise MidwayError(413, f"request body of {length} bytes exceeds the limit of "
                               f"{self.max_body} bytes")
+        # The chunks as aiohttp's parser made them, joined once (one chunk, the usual body:
+        # not copied); request.read() would copy each into a bytearray, then that to bytes.
+        payload = request.content
+        raise_limit = getattr(payload, "set_read_chunk_size", None)  # aiohttp >= 3.13
+        if raise_limit is not None and self.max_body:
+            raise_limit(self.max_body)  # a compressed body decodes in large chunks, as read()
+        parts: list[bytes] = []
+        size = 0
         try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            raise MidwayError(413, f"request body exceeds the limit of {self.max_body} bytes"
-                              ) from None
+            while chunk := await payload.readany():
+                size += len(chunk)
+                if self.max_body and size > self.max_body:
+                    raise MidwayError(413, f"request body exceeds the limit of {self.max_body} "
+                                      "bytes")
+                parts.append(chunk)
         except RequestPayloadError:  # e.g. a content-encoding the body does not decode as
             raise MidwayError(400, "the request body could not be read (bad content-encoding "
                               "or framing)") from None
+        body = parts[0] if len(parts) == 1 else b"".join(parts)
         # aiohttp has already decoded a gzip/deflate body, bounded by client_max_size (so a
         # compressed bomb ends as a 413); what goes upstream is the plain body.
         exchange.request.headers.popall("content-encoding", None)

@@ -18,6 +18,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from yarl import URL
 
 from midway import __version__, accesslog, deadlines, malformed, paths
 from midway.access import is_loopback, metrics_refusal
@@ -196,6 +197,27 @@ def build_app(midway: Midway) -> web.Application:
     return app
 
 
+def direct_proxy(app: web.Application) -> deadlines.Direct | None:
+    """``/v1/`` and the proxy's handler when aiohttp's router would send every request under
+    ``/v1/`` to it (the started application has no route of a plugin's under ``/v1``, no
+    sub-application, no middleware and no ``on_response_prepare`` signal, which only the
+    router's path runs): what :class:`~midway.deadlines.GuardedRunner` calls directly."""
+    if app.middlewares or app.on_response_prepare or not hasattr(URL, "path_safe"):
+        return None
+    proxy = app[PROXY_KEY]
+    found = False
+    for resource in app.router.resources():
+        if isinstance(resource, web.PrefixedSubAppResource):
+            return None
+        if not resource.canonical.startswith("/v1"):
+            continue
+        if resource.canonical != "/v1/{tail}" or found or \
+                any(route.handler != proxy.handle for route in resource):
+            return None
+        found = True
+    return ("/v1/", proxy.handle) if found else None
+
+
 async def readiness(midway: Midway) -> list[str]:
     """What keeps this instance from taking traffic (empty: ready): not started yet,
     draining, or what a plugin's ``check_ready`` says, each bounded by ``ready_timeout``."""
@@ -267,7 +289,7 @@ async def serve(settings: Settings, sock: socket.socket | None = None,
     if asked:
         raise ConfigError("\n".join(asked))
     app = build_app(midway)
-    runner = deadlines.GuardedRunner(app, deadlines.Limits.of(settings),
+    runner = deadlines.GuardedRunner(app, deadlines.Limits.of(settings), direct=direct_proxy,
                                      handler_cancellation=True, access_log=None,
                                      shutdown_timeout=settings.shutdown_timeout)
     await runner.setup()

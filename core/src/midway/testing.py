@@ -57,7 +57,7 @@ from midway.hostile_upstream import RawReply, RawRequest, RawUpstream
 from midway.identity import passthrough_principal
 from midway.model_list import ModelDirectory
 from midway.proxy import Proxy
-from midway.server import PROXY_KEY, build_app, build_midway
+from midway.server import PROXY_KEY, build_app, build_midway, direct_proxy
 from midway.testing_services import (
     PrivatePostgres,
     PrivateRedis,
@@ -167,8 +167,9 @@ class RunningMidway(ServerThread):
 
     def _make_runner(self) -> web.AppRunner:
         # the connection deadlines of `midway serve` (header, body, keep-alive, write stall)
+        # (and its direct call of the proxy for /v1/ requests)
         return deadlines.GuardedRunner(self.app, deadlines.Limits.of(self.midway.settings),
-                                       **self.runner_kwargs)
+                                       direct=direct_proxy, **self.runner_kwargs)
 
     @property
     def proxy(self) -> Any:

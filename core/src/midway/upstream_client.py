@@ -334,9 +334,12 @@ class _Connection(asyncio.Protocol):
 
     def send(self, data: bytes, body: bytes) -> None:
         assert self.transport is not None
-        if len(body) < 65536:
+        size = len(body)
+        if size < 4096:
             self.transport.write(data + body)
-        else:
+        elif size < 65536:  # one writev under uvloop, the body not copied (asyncio joins)
+            self.transport.writelines((data, body))
+        else:  # never a joined copy of a large body
             self.transport.write(data)
             self.transport.write(body)
 
