@@ -27,6 +27,8 @@ _PREFIX = " INFO midway.access: "
 # The buffer's bounds: how late a line may reach the stream, and how many may wait.
 FLUSH_DELAY = 0.1
 FLUSH_LINES = 256
+# ",123 INFO midway.access: " for every millisecond (a float's rounding may give 1000)
+_MILLIS = [f",{min(ms, 999):03d}{_PREFIX}" for ms in range(1001)]
 
 
 def _clean(value: object) -> str:
@@ -137,13 +139,14 @@ class _Direct:
             self.second = second
             self.stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
         pending = self.pending
-        pending.append(f"{self.stamp},{int((now - second) * 1000):03d}{_PREFIX}{text}\n")
-        if len(pending) == 1:
+        # The line's pieces, joined once per flush (no string built per line).
+        pending += (self.stamp, _MILLIS[int((now - second) * 1000)], text, "\n")
+        if len(pending) == 4:
             try:
                 self.timer = asyncio.get_running_loop().call_later(self.delay, self.flush)
             except RuntimeError:  # no event loop: now
                 self.flush()
-        elif len(pending) >= self.limit:
+        elif len(pending) >= self.limit * 4:
             self.flush()
 
     def flush(self) -> None:
