@@ -256,3 +256,26 @@ def test_group_rule_matches_the_principals_groups_only():
 def test_group_match_is_checked_in_config():
     with pytest.raises(ConfigError, match="group must be a string or a list of strings"):
         router([{"name": "g", "match": {"group": 3}, "target": "think"}])
+
+
+def test_the_body_is_parsed_for_the_rules_without_being_kept():
+    plain = Router(parse({"upstreams": UPSTREAMS[:1], "target": "main",
+                          "rules": [{"name": "opus", "match": {"model": "claude-opus-*"},
+                                     "target": "main"}]}))
+    upstream, exchange = choose(plain, body(model="claude-opus-4-6"))
+    assert exchange.annotations["route"] == "opus"
+    assert upstream.model is None
+    # read for the rules only: nothing after routing reads it, so no parsed tree is held
+    assert not exchange.request.parsed
+    # a body parsed before routing (by another plugin) is read, not parsed again
+    exchange = make_exchange(body(model="claude-opus-4-6"))
+    exchange.request.json["model"] = "claude-haiku-4-5"  # what that plugin left
+    plain.choose(exchange)
+    assert exchange.annotations["route"] == "default"
+
+
+def test_the_body_is_parsed_once_when_the_attempt_reads_it_too():
+    # RULES' background rule rewrites the model: the core rewrites the body, from its tree
+    upstream, exchange = choose(router(), body(model="claude-haiku-4-5"))
+    assert upstream.model == "claude-haiku-cheap"
+    assert exchange.request.parsed

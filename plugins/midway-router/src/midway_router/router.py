@@ -72,6 +72,13 @@ class Router:
         self._by_fp: dict[tuple[str, str | None], KeyState] = {
             (name, key.fp): key for name, up in self.upstreams.items() for key in up.keys}
         self.rules = RuleTable(settings.routing_rules())
+        # An attempt that reads the parsed body anyway (a vendor's adapter translates it, or
+        # the model is rewritten): the rules read it through the exchange, parsed once.
+        self._keep_body = any(
+            key.adapter is not None or up.spec.models
+            for up in self.upstreams.values() for key in up.keys) or any(
+            target.model is not None for rule, _ in self.rules.rules
+            for target in (*rule.targets, *rule.fallback))
         self.background = background_pattern(settings.background_models)
         self.affinity = AffinityMap(settings.affinity_ttl, settings.affinity_max)
         self.budget = RetryBudget(settings.retry_ratio, settings.min_retries_per_second)
@@ -124,7 +131,7 @@ class Router:
         st: RequestState | None = exchange.state.get(STATE)
         if st is None:
             s = self.settings
-            facts = Facts.of(exchange, self.background)
+            facts = Facts.of(exchange, self.background, self._keep_body)
             rule = self.rules.select(facts)
             assert rule is not None  # the default rule matches everything
             session = None
