@@ -16,10 +16,12 @@ outside valgrind; the client runs in this process.
 
 Targets: ``plain`` (``bench/plain_proxy.py``), ``midway`` (no plugins, default settings),
 ``midway+chunk-unobserved`` (``bench/chunk_unobserved_plugin.py``: an ``on_chunk`` no exchange
-opts into), ``alone-billing`` (midway-billing with one daily budget, as ``bench/variants_stack.py``
-runs it) and, with ``--baseline REF`` (repeatable), ``midway@REF`` (built as ``bench/run.py``
-builds it: REF's ``core/`` in a virtualenv cached by commit). midway runs on its default
-settings, as users run it: the access log on, written to the server's stderr (a file here).
+opts into), ``alone-billing`` (midway-billing with one daily budget), ``alone-router`` (one
+upstream, one key, one rule), ``alone-dashboard`` (its defaults) — each as
+``bench/variants_stack.py`` runs it — and, with ``--baseline REF`` (repeatable),
+``midway@REF`` (built as ``bench/run.py`` builds it: REF's ``core/`` in a virtualenv cached
+by commit). midway runs on its default settings, as users run it: the access log on, written
+to the server's stderr (a file here).
 ``--keep DIR`` keeps the callgrind dumps (``callgrind_annotate DIR/<target>/callgrind.out.*``).
 """
 
@@ -39,12 +41,14 @@ from typing import Any
 
 import httptools
 import orjson
+import tomli_w
 
 from midway.testing import free_port, wait_listening
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from run import DELTAS, baseline_midway, request_body  # noqa: E402
+from run import DELTAS, _substitute, baseline_midway, request_body  # noqa: E402
+from variants_stack import ROUTER  # noqa: E402
 
 BILLING_CONFIG = """[[billing.budgets]]
 scope = "all"
@@ -259,6 +263,11 @@ def main() -> None:
         # bench/variants_stack.py's alone-billing-*: one daily budget, the SQLite ledger
         ("alone-billing", *midway_cmd(midway, upstream, work / "alone-billing" / "data",
                                       plugins="billing", config_text=BILLING_CONFIG)),
+        ("alone-router", *midway_cmd(
+            midway, upstream, work / "alone-router" / "data", plugins="router",
+            config_text=tomli_w.dumps({"router": _substitute(ROUTER, upstream, work)}))),
+        ("alone-dashboard", *midway_cmd(midway, upstream, work / "alone-dashboard" / "data",
+                                        plugins="dashboard")),
     ]
     for ref in args.baseline:
         name = f"midway@{ref}"

@@ -99,3 +99,16 @@ def test_event_from_exchange_reads_outcome_and_annotations() -> None:
     assert (ev.input_tokens, ev.output_tokens, ev.model) == (12, 7, "claude-sonnet-4-6")
     # No attempt was made: the upstream was chosen but never reached.
     assert ev.upstream is None
+
+
+def test_event_model_is_the_answers_and_the_request_is_parsed_only_without_one() -> None:
+    answered = make_exchange()
+    answered.status = 200
+    answered.response_model = "claude-sonnet-4-6-20260101"
+    assert event_from_exchange(answered).model == "claude-sonnet-4-6-20260101"
+    # the request body was not parsed for it (a large body costs the relay)
+    assert not answered.request.parsed
+
+    refused = make_exchange()
+    refused.status = 529  # an error answer names no model: the request's is shown
+    assert event_from_exchange(refused).model == "claude-sonnet-4-6"

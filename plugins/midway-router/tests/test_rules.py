@@ -256,3 +256,63 @@ def test_group_rule_matches_the_principals_groups_only():
 def test_group_match_is_checked_in_config():
     with pytest.raises(ConfigError, match="group must be a string or a list of strings"):
         router([{"name": "g", "match": {"group": 3}, "target": "think"}])
+
+
+def test_the_body_is_parsed_for_the_rules_without_being_kept():
+    plain = Router(parse({"upstreams": UPSTREAMS[:1], "target": "main",
+                          "rules": [{"name": "opus", "match": {"model": "claude-opus-*"},
+                                     "target": "main"}]}))
+    upstream, exchange = choose(plain, body(model="claude-opus-4-6"))
+    assert exchange.annotations["route"] == "opus"
+    assert upstream.model is None
+    # read for the rules only: nothing after routing reads it, so no parsed tree is held
+    assert not exchange.request.parsed
+    # a body parsed before routing (by another plugin) is read, not parsed again
+    exchange = make_exchange(body(model="claude-opus-4-6"))
+    exchange.request.json["model"] = "claude-haiku-4-5"  # what that plugin left
+    plain.choose(exchange)
+    assert exchange.annotations["route"] == "default"
+
+
+def test_the_body_is_parsed_once_when_the_attempt_reads_it_too():
+    # RULES' background rule rewrites the model: the core rewrites the body, from its tree
+    upstream, exchange = choose(router(), body(model="claude-haiku-4-5"))
+    assert upstream.model == "claude-haiku-cheap"
+    assert exchange.request.parsed
+
+
+def test_a_rule_holds_only_when_every_condition_it_names_holds():
+    match = {"model": "claude-sonnet-*", "path": "/v1/messages", "team": "search",
+             "group": "ml-*", "principal": "bob", "headers": {"x-workload": "batch*"},
+             "min_input_tokens": 100, "max_input_tokens": 1000, "thinking": False,
+             "tools": False, "background": False}
+    r = router([{"name": "all-of", "match": match, "target": "think"}])
+    bob = Principal(id="key:bob", name="bob", team="search", kind="key", groups=("ml-x",))
+    headers = {"x-api-key": "sk-ant-test", "x-workload": "batch-7"}
+    text = "word " * 100  # about 150 tokens in all, by the estimate (4 bytes each)
+    fits = body(messages=[{"role": "user", "content": text}])
+    assert choose(r, fits, headers=headers, principal=bob)[0].name == "think"
+    misses = {
+        "model": (body(model="claude-opus-4-6", messages=fits["messages"]), headers, bob),
+        "team": (fits, headers, Principal(id="key:bob", name="bob", team="ml", kind="key",
+                                          groups=("ml-x",))),
+        "group": (fits, headers, Principal(id="key:bob", name="bob", team="search",
+                                           kind="key", groups=("eng",))),
+        "principal": (fits, headers, Principal(id="key:al", name="al", team="search",
+                                               kind="key", groups=("ml-x",))),
+        "header": (fits, {"x-api-key": "sk-ant-test"}, bob),
+        "min tokens": (body(messages=[{"role": "user", "content": "x"}]), headers, bob),
+        "max tokens": (body(messages=[{"role": "user", "content": "x" * 8000}]), headers,
+                       bob),
+        "thinking": ({**fits, "thinking": {"type": "enabled", "budget_tokens": 1024}},
+                     headers, bob),
+        "tools": ({**fits, "tools": [{"name": "t", "input_schema": {"type": "object"}}]},
+                  headers, bob),
+        "background": (body(model="claude-haiku-4-5", messages=fits["messages"]), headers,
+                       bob),
+    }
+    for condition, (payload, hdrs, principal) in misses.items():
+        upstream, _ = choose(r, payload, headers=hdrs, principal=principal)
+        assert upstream.name == "main", condition
+    exchange = make_exchange(fits, headers=headers, principal=bob, path="/v1/complete")
+    assert r.choose(exchange).name == "main"  # the path

@@ -67,13 +67,19 @@ def event_from_exchange(exchange: Exchange) -> Event:
     return Event(
         t=timings.started_at + duration / 1000, id=exchange.id, status=exchange.status or 0,
         duration_ms=duration, ttfb_ms=timings.ttfb_ms,
-        streaming=exchange.streaming, model=exchange.model, principal=exchange.principal.name,
+        streaming=exchange.streaming, model=_model(exchange), principal=exchange.principal.name,
         upstream=upstream.name if upstream is not None and exchange.attempts else None,
         key_id=upstream.key_id if upstream is not None and exchange.attempts else None,
         cache=cache if isinstance(cache, str) else None, error_type=exchange.error_type,
         client_disconnected=exchange.client_disconnected,
         input_tokens=exchange.usage.input_tokens, output_tokens=exchange.usage.output_tokens,
         cost_usd=_cost(exchange.annotations.get(COST_USD)))
+
+
+def _model(exchange: Exchange) -> str | None:
+    # The answer's model, as the access log shows it: the request's (its whole body parsed,
+    # after the fact) only when no answer named one, as errors do.
+    return exchange.response_model or exchange.model
 
 
 def _cost(value: object) -> float | None:

@@ -37,6 +37,7 @@ class RouterMetrics:
         self.registry = registry
         self.routed = Counter("midway_router_routed", "Upstream choices, by rule and upstream.",
                               ["rule", "upstream"], registry=r)
+        self._routed: dict[tuple[str, str], Any] = {}
         self.retries = Counter("midway_router_retries", "Attempts retried, by reason.",
                                ["reason"], registry=r)
         self.rests = Counter("midway_router_key_rests", "Keys sent to rest after 429/529.",
@@ -49,6 +50,14 @@ class RouterMetrics:
         self.refused = Counter("midway_router_refused",
                                "Requests refused because no key or upstream was usable.",
                                ["status"], registry=r)
+
+    def count_routed(self, rule: str, upstream: str) -> None:
+        # One labelled child per rule and upstream (both from the config: a bounded set),
+        # looked up once: labels() validates and locks on every call.
+        child = self._routed.get((rule, upstream))
+        if child is None:
+            child = self._routed[(rule, upstream)] = self.routed.labels(rule, upstream)
+        child.inc()
 
     def watch_keys(self, rows: Callable[[], list[dict[str, Any]]]) -> None:
         self.registry.register(_KeyGauges(rows))

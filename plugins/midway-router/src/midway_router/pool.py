@@ -117,9 +117,13 @@ class UpstreamState:
     def pick(self, tokens: int, now: float, exclude: set[int]) -> KeyState | None:
         """The usable key with the most headroom for ``tokens``; ties go to the least busy,
         then to chance (so equal keys share the load)."""
+        keys = self.keys
+        if len(keys) == 1:  # no choice to score
+            key = keys[0]
+            return key if id(key) not in exclude and key.usable(now) else None
         best: KeyState | None = None
         best_score: tuple[float, int, float] | None = None
-        for key in self.keys:
+        for key in keys:
             if id(key) in exclude or not key.usable(now):
                 continue
             score = (key.headroom(tokens, now), -key.in_flight, random.random())

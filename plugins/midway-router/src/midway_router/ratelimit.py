@@ -44,16 +44,20 @@ def _int(value: str | None) -> int | None:
         return None
 
 
+# Each limit's header names, spelled once (read on every answer).
+_HEADERS = tuple((name, *(f"anthropic-ratelimit-{name}-{part}"
+                          for part in ("remaining", "reset", "limit"))) for name in LIMITS)
+
+
 def read_limits(headers: Mapping[str, str]) -> dict[str, Limit]:
     """The limits a response reports, by name (``requests``, ``tokens``, ...)."""
     found: dict[str, Limit] = {}
-    for name in LIMITS:
-        remaining = _int(headers.get(f"anthropic-ratelimit-{name}-remaining"))
+    for name, remaining_header, reset_header, limit_header in _HEADERS:
+        remaining = _int(headers.get(remaining_header))
         if remaining is None:
             continue
-        reset_raw = headers.get(f"anthropic-ratelimit-{name}-reset")
-        found[name] = Limit(limit=_int(headers.get(f"anthropic-ratelimit-{name}-limit")),
-                            remaining=remaining,
+        reset_raw = headers.get(reset_header)
+        found[name] = Limit(limit=_int(headers.get(limit_header)), remaining=remaining,
                             reset=parse_time(reset_raw) if reset_raw else None)
     return found
 

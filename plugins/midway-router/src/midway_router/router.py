@@ -9,6 +9,7 @@ import logging
 import math
 import random
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -72,6 +73,13 @@ class Router:
         self._by_fp: dict[tuple[str, str | None], KeyState] = {
             (name, key.fp): key for name, up in self.upstreams.items() for key in up.keys}
         self.rules = RuleTable(settings.routing_rules())
+        # An attempt that reads the parsed body anyway (a vendor's adapter translates it, or
+        # the model is rewritten): the rules read it through the exchange, parsed once.
+        self._keep_body = any(
+            key.adapter is not None or up.spec.models
+            for up in self.upstreams.values() for key in up.keys) or any(
+            target.model is not None for rule, _ in self.rules.rules
+            for target in (*rule.targets, *rule.fallback))
         self.background = background_pattern(settings.background_models)
         self.affinity = AffinityMap(settings.affinity_ttl, settings.affinity_max)
         self.budget = RetryBudget(settings.retry_ratio, settings.min_retries_per_second)
@@ -124,7 +132,7 @@ class Router:
         st: RequestState | None = exchange.state.get(STATE)
         if st is None:
             s = self.settings
-            facts = Facts.of(exchange, self.background)
+            facts = Facts.of(exchange, self.background, self._keep_body)
             rule = self.rules.select(facts)
             assert rule is not None  # the default rule matches everything
             session = None
@@ -165,24 +173,25 @@ class Router:
         exchange.annotations[ROUTE] = st.rule.name
         exchange.annotations[UPSTREAM_KEY] = key.fp
         if self.metrics is not None:
-            self.metrics.routed.labels(st.rule.name, spec.name).inc()
+            self.metrics.count_routed(st.rule.name, spec.name)
         return Upstream(url=spec.url, name=spec.name, headers=key.headers,
                         passthrough_auth=key.fp is None, adapter=key.adapter, key_id=key.fp,
                         model=target.model or _vendor_model(spec.models, st.facts.model),
                         meta={META: key})
 
-    def _targets(self, rule: RuleSpec) -> list[TargetSpec]:
+    def _targets(self, rule: RuleSpec) -> Sequence[TargetSpec]:
         """The rule's targets in the order to try them: balanced primaries, then fallbacks."""
+        if len(rule.targets) < 2:  # nothing to balance
+            return rule.targets + rule.fallback if rule.fallback else rule.targets
         primary = list(rule.targets)
-        if len(primary) > 1:
-            ups = self.upstreams
-            if rule.balance == "weighted":
-                # Weighted order without replacement (Efraimidis–Spirakis).
-                primary.sort(key=lambda t: random.random() ** (1.0 / w) if (
-                    w := self._weight(t)) > 0 else -1.0, reverse=True)
-            elif rule.balance == "least-busy":
-                primary.sort(key=lambda t: (ups[t.upstream].in_flight /
-                                            max(self._weight(t), 1e-9), random.random()))
+        ups = self.upstreams
+        if rule.balance == "weighted":
+            # Weighted order without replacement (Efraimidis–Spirakis).
+            primary.sort(key=lambda t: random.random() ** (1.0 / w) if (
+                w := self._weight(t)) > 0 else -1.0, reverse=True)
+        elif rule.balance == "least-busy":
+            primary.sort(key=lambda t: (ups[t.upstream].in_flight /
+                                        max(self._weight(t), 1e-9), random.random()))
         return [*primary, *rule.fallback] if rule.fallback else primary
 
     def _weight(self, target: TargetSpec) -> float:

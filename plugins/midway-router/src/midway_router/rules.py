@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import fnmatch
 import re
+from collections.abc import Callable
+from operator import attrgetter
 from typing import Any
 
 import attrs
+import orjson
 
 from midway.exchange import Exchange
 from midway_router.settings import Match, RuleSpec
@@ -50,10 +53,17 @@ class Facts:
     groups: tuple[str, ...] = ()
 
     @classmethod
-    def of(cls, exchange: Exchange, background_models: re.Pattern[str]) -> Facts:
+    def of(cls, exchange: Exchange, background_models: re.Pattern[str], keep: bool = False
+           ) -> Facts:
+        """``keep``: parse the body through the exchange (kept for the attempt to read); else
+        a body nobody parsed yet is parsed for these facts only and freed at once. A kept tree
+        lives as long as the exchange (a stream's, minutes), and with many requests in flight
+        each parse then fills memory the CPU cache no longer holds: 2-3 times the parse."""
         request = exchange.request
-        body = request.json if request.body else None
-        model = exchange.model
+        body = request.json if keep or request.parsed else _loads(request.body)
+        model = body.get("model") if isinstance(body, dict) else None
+        if not isinstance(model, str):
+            model = None
         thinking = False
         tools = False
         if isinstance(body, dict):
@@ -71,6 +81,16 @@ class Facts:
                    groups=tuple(principal.groups))
 
 
+def _loads(body: bytes) -> Any:
+    """The body as :attr:`midway.exchange.Request.json` reads it, without keeping it."""
+    if not body:
+        return None
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+
+
 def _compile(patterns: tuple[str, ...]) -> re.Pattern[str] | None:
     """One regex for a list of globs (matching is on the hot path of every request)."""
     if not patterns:
@@ -82,58 +102,77 @@ def _hit(pattern: re.Pattern[str], value: str | None) -> bool:
     return value is not None and pattern.match(value) is not None
 
 
-class Matcher:
-    """A rule's match table, compiled."""
+Check = Callable[[Facts], bool]
 
-    __slots__ = ("agents", "background", "groups", "headers", "match", "max_tokens", "min_tokens",
-                 "models", "parent_agents", "paths", "principals", "teams", "thinking", "tools")
+
+class Matcher:
+    """A rule's match table, compiled to the checks it names (a rule is tried on every
+    request: one that names only a model glob makes one test, the default rule none)."""
+
+    __slots__ = ("checks", "match")
 
     def __init__(self, match: Match) -> None:
         self.match = match
-        self.models = _compile(match.models)
-        self.paths = _compile(match.paths)
-        self.principals = _compile(match.principals)
-        self.teams = _compile(match.teams)
-        self.groups = _compile(match.groups)
-        self.headers = [(name, _compile((glob,))) for name, glob in match.headers]
-        self.min_tokens = match.min_input_tokens
-        self.max_tokens = match.max_input_tokens
-        self.thinking = match.thinking
-        self.tools = match.tools
-        self.background = match.background
-        self.agents = _compile(match.agents)
-        self.parent_agents = _compile(match.parent_agents)
+        checks: list[Check] = []
+        for patterns, field in ((match.models, "model"), (match.paths, "path"),
+                                (match.teams, "team"), (match.agents, "agent_id"),
+                                (match.parent_agents, "parent_agent_id")):
+            pattern = _compile(patterns)
+            if pattern is not None:
+                checks.append(_field_check(pattern, attrgetter(field)))
+        principals = _compile(match.principals)
+        if principals is not None:
+            checks.append(_principal_check(principals))
+        groups = _compile(match.groups)
+        if groups is not None:
+            checks.append(_groups_check(groups))
+        for name, glob in match.headers:
+            pattern = _compile((glob,))
+            assert pattern is not None
+            checks.append(_header_check(name, pattern))
+        if match.min_input_tokens is not None:
+            checks.append(_tokens_check(match.min_input_tokens, None))
+        if match.max_input_tokens is not None:
+            checks.append(_tokens_check(None, match.max_input_tokens))
+        for flag, field in ((match.thinking, "thinking"), (match.tools, "tools"),
+                            (match.background, "background")):
+            if flag is not None:
+                checks.append(_flag_check(attrgetter(field), flag))
+        self.checks = tuple(checks)
 
     def __call__(self, facts: Facts) -> bool:
-        if self.models is not None and not _hit(self.models, facts.model):
-            return False
-        if self.paths is not None and not _hit(self.paths, facts.path):
-            return False
-        if self.principals is not None and not (_hit(self.principals, facts.principal_id) or
-                                                _hit(self.principals, facts.principal_name)):
-            return False
-        if self.teams is not None and not _hit(self.teams, facts.team):
-            return False
-        if self.groups is not None and not any(_hit(self.groups, g) for g in facts.groups):
-            return False
-        if self.agents is not None and not _hit(self.agents, facts.agent_id):
-            return False
-        if self.parent_agents is not None and not _hit(self.parent_agents,
-                                                       facts.parent_agent_id):
-            return False
-        for name, pattern in self.headers:
-            assert pattern is not None
-            if not _hit(pattern, facts.headers.get(name)):
+        for check in self.checks:  # noqa: SIM110 (all() over a generator costs a frame more)
+            if not check(facts):
                 return False
-        if self.min_tokens is not None and facts.input_tokens < self.min_tokens:
-            return False
-        if self.max_tokens is not None and facts.input_tokens > self.max_tokens:
-            return False
-        if self.thinking is not None and facts.thinking != self.thinking:
-            return False
-        if self.tools is not None and facts.tools != self.tools:
-            return False
-        return self.background is None or facts.background == self.background
+        return True
+
+
+def _field_check(pattern: re.Pattern[str], get: Callable[[Facts], str | None]) -> Check:
+    return lambda facts: _hit(pattern, get(facts))
+
+
+def _principal_check(pattern: re.Pattern[str]) -> Check:
+    return lambda facts: _hit(pattern, facts.principal_id) or \
+        _hit(pattern, facts.principal_name)
+
+
+def _groups_check(pattern: re.Pattern[str]) -> Check:
+    return lambda facts: any(_hit(pattern, group) for group in facts.groups)
+
+
+def _header_check(name: str, pattern: re.Pattern[str]) -> Check:
+    return lambda facts: _hit(pattern, facts.headers.get(name))
+
+
+def _tokens_check(least: int | None, most: int | None) -> Check:
+    if least is not None:
+        return lambda facts: facts.input_tokens >= least
+    assert most is not None
+    return lambda facts: facts.input_tokens <= most
+
+
+def _flag_check(get: Callable[[Facts], bool], want: bool) -> Check:
+    return lambda facts: get(facts) == want
 
 
 class RuleTable:
