@@ -114,12 +114,24 @@ CREATE TABLE IF NOT EXISTS billing_ledger (
 );
 CREATE INDEX IF NOT EXISTS billing_ledger_created ON billing_ledger (created_at);
 CREATE INDEX IF NOT EXISTS billing_ledger_principal ON billing_ledger (principal, created_at);
-CREATE INDEX IF NOT EXISTS billing_ledger_team ON billing_ledger (team, created_at);
-CREATE INDEX IF NOT EXISTS billing_ledger_project ON billing_ledger (project, created_at);
-CREATE INDEX IF NOT EXISTS billing_ledger_pending ON billing_ledger (state, instance);
-CREATE INDEX IF NOT EXISTS billing_ledger_exchange ON billing_ledger (exchange_id);
-CREATE INDEX IF NOT EXISTS billing_ledger_corrects ON billing_ledger (corrects);
-CREATE INDEX IF NOT EXISTS billing_ledger_session ON billing_ledger (session_id, created_at);
+CREATE INDEX IF NOT EXISTS billing_ledger_by_team ON billing_ledger (team, created_at)
+    WHERE team IS NOT NULL;
+CREATE INDEX IF NOT EXISTS billing_ledger_by_project ON billing_ledger (project, created_at)
+    WHERE project IS NOT NULL;
+CREATE INDEX IF NOT EXISTS billing_ledger_by_session ON billing_ledger (session_id, created_at)
+    WHERE session_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS billing_ledger_correcting ON billing_ledger (corrects)
+    WHERE corrects IS NOT NULL;
+CREATE INDEX IF NOT EXISTS billing_ledger_open ON billing_ledger (instance, id)
+    WHERE state = 'pending';
+CREATE INDEX IF NOT EXISTS billing_ledger_reconciled ON billing_ledger (exchange_id)
+    WHERE state = 'reconciled';
+DROP INDEX IF EXISTS billing_ledger_team;
+DROP INDEX IF EXISTS billing_ledger_project;
+DROP INDEX IF EXISTS billing_ledger_session;
+DROP INDEX IF EXISTS billing_ledger_corrects;
+DROP INDEX IF EXISTS billing_ledger_pending;
+DROP INDEX IF EXISTS billing_ledger_exchange;
 CREATE TABLE IF NOT EXISTS billing_counters (
     key TEXT PRIMARY KEY,
     spent_pusd {int} NOT NULL DEFAULT 0,
@@ -132,7 +144,7 @@ CREATE TABLE IF NOT EXISTS billing_reservations (
     buckets TEXT NOT NULL,
     created_at {real} NOT NULL
 );
-CREATE INDEX IF NOT EXISTS billing_reservations_instance ON billing_reservations (instance);
+DROP INDEX IF EXISTS billing_reservations_instance;
 CREATE TABLE IF NOT EXISTS billing_batches (
     batch_id TEXT PRIMARY KEY,
     exchange_id TEXT NOT NULL,
