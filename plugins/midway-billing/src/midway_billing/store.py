@@ -327,6 +327,8 @@ _DAY = {"sqlite": "strftime('%Y-%m-%d', created_at, 'unixepoch')",
         "postgresql": "to_char(to_timestamp(created_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD')"}
 _FLOOR = {"sqlite": "CAST(created_at / {n} AS INTEGER) * {n}",
           "postgresql": "floor(created_at / {n}) * {n}"}
+# At most this many counter keys are remembered as existing (then forgotten, and learnt again).
+_COUNTED_MAX = 100_000
 # Deadlocks and serialization failures (and a database that blinks) are tried again.
 _RETRY_DEADLINE = 10.0
 # An administrator's change is tried again for less: they are waiting for the answer.
@@ -356,6 +358,9 @@ class Store:
         self._pending_sql = (
             "SELECT id, exchange_id, attempt FROM billing_ledger "  # noqa: S608
             f"WHERE state = 'pending' AND instance = ? ORDER BY id{lock}")
+        # Counter rows known to exist: a unit that only updates them is brief (see
+        # Database.run); one that may create a counter sums its window of the ledger first.
+        self._counted: set[str] = set()
 
     async def open(self) -> None:
         await self.db.open(SCHEMA)
@@ -380,7 +385,8 @@ class Store:
         """Insert a pending attempt row (committed before the attempt is sent). Never over a
         row already there: a write-ahead whose reply was lost (the database crashed, the hook
         was cancelled) may commit after its settlement, which it must not undo."""
-        await self.db.execute(INSERT_PENDING, *row_values(row))
+        values = row_values(row)
+        await self.db.run(lambda tx: tx.execute(INSERT_PENDING, *values), brief=True)
 
     async def reserve(self, reservation: Reservation, limits: dict[str, int | None]
                       ) -> ReserveResult:
@@ -409,7 +415,10 @@ class Store:
                              reservation.created_at)
             return ReserveResult(True, {k: (s, r + amount) for k, (s, r) in states.items()})
 
-        result: ReserveResult = await self.db.run(unit)
+        result: ReserveResult = await self.db.run(unit, brief=self._counted.issuperset(keys))
+        if len(self._counted) > _COUNTED_MAX:
+            self._counted.clear()
+        self._counted.update(keys)
         return result
 
     async def extend(self, reservation: Reservation, need: int, want: int,
@@ -439,7 +448,7 @@ class Store:
                              "WHERE exchange_id = ?", room, reservation.exchange_id)
             return room
 
-        grown: int = await self.db.run(unit)
+        grown: int = await self.db.run(unit, brief=self._counted.issuperset(keys))
         reservation.amount_pusd += grown
         return grown
 
@@ -484,7 +493,7 @@ class Store:
                 await _move(tx, reservation.buckets, released, charged)
 
         # Nobody waits for it (the answer is sent): it rides with the next request's unit.
-        await self.db.run(unit, defer=True)
+        await self.db.run(unit, defer=True, brief=True)
 
     async def _landed(self, tx: Tx, row_id: Any) -> bool:
         """Whether ``row_id`` is settled already (locked: the ledger comes after the
