@@ -208,7 +208,7 @@ def test_a_settlement_leaves_what_a_row_bills_to_and_its_indexes_alone(tmp_path:
     import re
     import sqlite3
 
-    from midway_billing.store import LEDGER_COLUMNS, SCHEMA, UPSERT_ROW
+    from midway_billing.store import LEDGER_COLUMNS, SCHEMA, UPSERT
 
     conn = sqlite3.connect(":memory:")
     for statement in SCHEMA.statements("sqlite"):
@@ -221,7 +221,7 @@ def test_a_settlement_leaves_what_a_row_bills_to_and_its_indexes_alone(tmp_path:
     indexed |= {word for _, sql in indexes if " WHERE " in sql
                 for word in re.findall(r"\w+", sql.split(" WHERE ", 1)[1])
                 if word in LEDGER_COLUMNS}
-    updated = {c.split("=")[0].strip() for c in UPSERT_ROW.split(" DO UPDATE SET ")[1].split(",")}
+    updated = {c.split("=")[0].strip() for c in UPSERT.split(" DO UPDATE SET ")[1].split(",")}
     assert "principal" in indexed and "cost_pusd" in updated
     assert indexed & updated == {"state", "instance"}
 

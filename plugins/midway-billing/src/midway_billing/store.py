@@ -60,10 +60,19 @@ OPTIONAL_COLUMNS: dict[str, Any] = {"catalogue_version": None, "pricing_rule": N
                                     **dict.fromkeys(FINGERPRINT_COLUMNS)}
 
 
-def row_values(row: dict[str, Any]) -> list[Any]:
-    """A ledger row's values in LEDGER_COLUMNS order."""
-    return [row[c] if c in row or c not in OPTIONAL_COLUMNS else OPTIONAL_COLUMNS[c]
-            for c in LEDGER_COLUMNS]
+def row_values(row: dict[str, Any]) -> tuple[tuple[str, ...], list[Any]]:
+    """A ledger row's columns that hold a value, in LEDGER_COLUMNS order, and their values.
+
+    A NULL is not written (every nullable column's default is NULL): binding ``None`` costs
+    Python's sqlite3 an adapter lookup that raises and formats an AttributeError — thousands
+    of instructions each, and a row has about twenty."""
+    columns, values = [], []
+    for c in LEDGER_COLUMNS:
+        value = row[c] if c in row or c not in OPTIONAL_COLUMNS else OPTIONAL_COLUMNS[c]
+        if value is not None:
+            columns.append(c)
+            values.append(value)
+    return tuple(columns), values
 
 
 SCHEMA = Schema("billing", """
@@ -197,16 +206,31 @@ CREATE TABLE IF NOT EXISTS billing_principals (
 FIXED_COLUMNS = ("id", "exchange_id", "attempt", "created_at", "principal", "principal_name",
                  "team", "project", "groups", "corrects", *ORIGIN_COLUMNS)
 
-UPSERT_ROW = (  # only the fixed column names above are formatted in
-    f"INSERT INTO billing_ledger ({', '.join(LEDGER_COLUMNS)}) "  # noqa: S608
-    f"VALUES ({', '.join('?' for _ in LEDGER_COLUMNS)}) "
-    "ON CONFLICT (id) DO UPDATE SET "
-    + ", ".join(f"{c} = excluded.{c}" for c in LEDGER_COLUMNS if c not in FIXED_COLUMNS)
-)
+# A settlement sets every other column: one its row leaves out (NULL) is set to the default
+# the insert would have given it, NULL.
+UPSERT = "ON CONFLICT (id) DO UPDATE SET " + ", ".join(
+    f"{c} = excluded.{c}" for c in LEDGER_COLUMNS if c not in FIXED_COLUMNS)
+# A write-ahead, a batch result or a correction never replaces a row already there.
+KEEP = "ON CONFLICT (id) DO NOTHING"
+_ROW_SQL: dict[tuple[tuple[str, ...], str], str] = {}
 
-INSERT_PENDING = (  # only the fixed column names above are formatted in
-    f"INSERT INTO billing_ledger ({', '.join(LEDGER_COLUMNS)}) "  # noqa: S608
-    f"VALUES ({', '.join('?' for _ in LEDGER_COLUMNS)}) ON CONFLICT (id) DO NOTHING")
+
+def row_sql(columns: tuple[str, ...], conflict: str) -> str:
+    """The statement writing a row's ``columns`` (of :func:`row_values`), then ``conflict``
+    (:data:`UPSERT` or :data:`KEEP`). Only LEDGER_COLUMNS names are formatted in."""
+    sql = _ROW_SQL.get((columns, conflict))
+    if sql is None:
+        sql = (f"INSERT INTO billing_ledger ({', '.join(columns)}) "  # noqa: S608
+               f"VALUES ({', '.join('?' for _ in columns)}) {conflict}")
+        if len(_ROW_SQL) < 1024:  # a few shapes of row in practice
+            _ROW_SQL[(columns, conflict)] = sql
+    return sql
+
+
+async def write_row(tx: Tx, row: dict[str, Any], conflict: str) -> int:
+    """Insert ``row`` (``conflict``: what to do if its id is there); rows changed."""
+    columns, values = row_values(row)
+    return await tx.execute(row_sql(columns, conflict), *values)
 
 # Rows that cost money: upstream attempts, and the results of a batch (priced when fetched).
 CHARGED_KINDS = "('attempt', 'batch_result')"
@@ -385,8 +409,9 @@ class Store:
         """Insert a pending attempt row (committed before the attempt is sent). Never over a
         row already there: a write-ahead whose reply was lost (the database crashed, the hook
         was cancelled) may commit after its settlement, which it must not undo."""
-        values = row_values(row)
-        await self.db.run(lambda tx: tx.execute(INSERT_PENDING, *values), brief=True)
+        columns, values = row_values(row)
+        sql = row_sql(columns, KEEP)
+        await self.db.run(lambda tx: tx.execute(sql, *values), brief=True)
 
     async def reserve(self, reservation: Reservation, limits: dict[str, int | None]
                       ) -> ReserveResult:
@@ -471,7 +496,7 @@ class Store:
         If reconciliation released the reservation first (it took this instance for dead, or
         ran late), the counters are corrected by what it charged: spent moves by
         ``charged_pusd`` minus the estimate it put on the ledger, which these rows replace."""
-        values = [row_values(row) for row in sorted(rows, key=_by_id)]
+        ordered = sorted(rows, key=_by_id)
 
         async def unit(tx: Tx) -> None:
             released, charged = 0, charged_pusd
@@ -479,7 +504,7 @@ class Store:
                 if await tx.execute("DELETE FROM billing_reservations WHERE exchange_id = ?",
                                     reservation.exchange_id):
                     released = reservation.amount_pusd
-                elif await self._landed(tx, values[-1][0] if values else None):
+                elif await self._landed(tx, ordered[-1]["id"] if ordered else None):
                     # An earlier try committed but its reply was lost (the database went
                     # away at that moment): charging again would count the cost twice.
                     return
@@ -488,7 +513,8 @@ class Store:
                         "SELECT COALESCE(SUM(cost_pusd), 0) FROM billing_ledger "
                         "WHERE exchange_id = ? AND state = 'reconciled'",
                         reservation.exchange_id))
-            await tx.executemany(UPSERT_ROW, values)
+            for row in ordered:
+                await write_row(tx, row, UPSERT)
             if reservation is not None:
                 await _move(tx, reservation.buckets, released, charged)
 
@@ -627,8 +653,11 @@ class Store:
         """Insert correction rows (kind ``reprice``); the rows they correct stay as they were.
         A row id already there is left alone: running the same correction twice adds
         nothing."""
-        await self._run(lambda tx: tx.executemany(INSERT_PENDING, [row_values(r) for r in rows]),
-                        "billing: recording corrections")
+        async def unit(tx: Tx) -> None:
+            for row in rows:
+                await write_row(tx, row, KEEP)
+
+        await self._run(unit, "billing: recording corrections")
 
     async def agent_totals(self, since: float | None, until: float | None,
                            top: int | None = None) -> list[dict[str, Any]]:
@@ -713,7 +742,7 @@ class Store:
         """Settle the submit's rows (at $0) and keep its reservation held for the batch:
         the hold moves from ``billing_reservations`` (an instance's, released if it dies) to
         ``billing_batches`` (released as its results are priced)."""
-        values = [row_values(row) for row in sorted(rows, key=_by_id)]
+        ordered = sorted(rows, key=_by_id)
 
         async def unit(tx: Tx) -> None:
             held = 0
@@ -730,7 +759,8 @@ class Store:
                         "WHERE exchange_id = ? AND state = 'reconciled'",
                         reservation.exchange_id))
                     await _move(tx, reservation.buckets, 0, -charged)
-            await tx.executemany(UPSERT_ROW, values)
+            for row in ordered:
+                await write_row(tx, row, UPSERT)
             await tx.execute(
                 "INSERT INTO billing_batches (batch_id, exchange_id, created_at, principal, "
                 "owners, attribution, estimates, buckets, held_pusd) VALUES "
@@ -763,7 +793,7 @@ class Store:
             estimates = orjson.loads(batch["estimates"]) if batch is not None else {}
             charged = released_for = new = 0
             for row in sorted(rows, key=_by_id):
-                if await tx.execute(INSERT_PENDING, *row_values(row)):
+                if await write_row(tx, row, KEEP):
                     new += 1
                     charged += int(row["cost_pusd"])
                     released_for += int(estimates.get(row.get("custom_id"), 0))
