@@ -391,19 +391,27 @@ class SQLiteDatabase(Database):
                 jobs.put(_CHECKPOINT)
 
     def _checkpoint(self) -> None:
-        """On the store thread: copy the WAL into the database (passive: never waits for a
-        writer), and size the next interval from how many pages this one wrote."""
+        """On the store thread, holding the drain: copy the WAL into the database (passive:
+        another process's writer is not waited for), and size the next interval from how
+        many pages this one wrote. Holding the drain, no unit of this process writes
+        meanwhile, so the next one starts the WAL over (as after SQLite's own checkpoint)
+        instead of growing it: units queued meanwhile run here, after it."""
+        with self._lock:
+            if self._draining:  # a loop is running units: the next commit asks again
+                self._checkpointing = False
+                return
+            self._draining = True
         commits, self._fast_commits = self._fast_commits, 0
+        row = None
         conn = self._conn
         try:
-            if conn is None:
-                return
-            row = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            if conn is not None:
+                row = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         except sqlite3.Error as exc:  # the next one tries again; commits are not at risk
             log.debug("%s: checkpoint failed: %s", self.path, exc)
-            return
         finally:
             self._checkpointing = False
+            self._run_queued()  # and lets go of the drain
         frames = int(row[1]) if row is not None else -1
         if frames > 0 and commits > 0:
             per_commit = frames / commits
