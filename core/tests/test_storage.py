@@ -340,11 +340,14 @@ def test_commits_on_the_loop_are_checkpointed_by_the_store_thread(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The loop's connection never checkpoints (an fsync): the store thread does, every so
     many of its commits, so the WAL is copied into the database file as SQLite's own
-    automatic checkpoint would."""
+    automatic checkpoint would — and then starts over, instead of growing with every
+    commit."""
     import midway.storage.database as database
 
-    monkeypatch.setattr(database, "_CHECKPOINT_FIRST", 4)
+    for name in ("_CHECKPOINT_FIRST", "_CHECKPOINT_MIN", "_CHECKPOINT_MAX"):
+        monkeypatch.setattr(database, name, 4)
     path = tmp_path / "t.db"
+    wal = tmp_path / "t.db-wal"
 
     async def main() -> None:
         db = open_database(parse_store("sqlite", data_dir=tmp_path, default_file="t.db",
@@ -352,11 +355,17 @@ def test_commits_on_the_loop_are_checkpointed_by_the_store_thread(
         await db.open(SCHEMA)
         try:
             before = path.stat().st_size
-            for i in range(8):  # a few pages each, written to the WAL only
+            for i in range(8):  # a page or so each, written to the WAL only
                 await db.run(lambda tx, i=i: tx.execute(
                     "INSERT INTO counters (key, n) VALUES (?, ?)", f"{i}" + "k" * 3000, i),
                     brief=True)
             wait_for(lambda: path.stat().st_size > before + 8 * 3000)
+            for i in range(200):  # the same row over and over: a few pages a commit
+                await db.run(lambda tx, i=i: tx.execute(
+                    "UPDATE counters SET n = ? WHERE key = ?", i, "0" + "k" * 3000),
+                    brief=True)
+            # without starting over, 200 commits would leave a WAL of >= 200 pages
+            assert wal.stat().st_size < 50 * 4096
         finally:
             await db.close()
 

@@ -221,7 +221,7 @@ class SQLiteDatabase(Database):
         # commits on the fast connection since the last checkpoint, and how many between two
         self._fast_commits = 0
         self._checkpoint_every = _CHECKPOINT_FIRST
-        self._checkpointing = False
+        self._checkpoint_due = False
 
     async def open(self, schema: Schema) -> list[str]:
         if not _MAY_CREATE.get() and not self.path.exists():
@@ -339,12 +339,14 @@ class SQLiteDatabase(Database):
 
     def _drain(self) -> None:
         """On the loop, holding the drain: run the brief units at the head of the queue here
-        while the write lock is free at once; hand the rest to the store thread."""
+        while the write lock is free at once; hand the rest (or a checkpoint that is due) to
+        the store thread, with the drain."""
         loop = asyncio.get_running_loop()
+        job = _DRAIN
         while True:
             fast = self._fast
             with self._lock:
-                if not self._queue:
+                if not self._queue and not self._checkpoint_due:
                     self._draining = False
                     return
                 batch: list[_Queued] = []
@@ -352,6 +354,9 @@ class SQLiteDatabase(Database):
                     while self._queue and self._queue[0][4] and len(batch) < _GROUP_MAX:
                         batch.append(self._queue.popleft())
             if fast is None or not batch:
+                if self._checkpoint_due:
+                    self._checkpoint_due = False
+                    job = _CHECKPOINT
                 break
             live = [item for item in batch if not item[2].cancelled()]
             if not live:
@@ -359,12 +364,15 @@ class SQLiteDatabase(Database):
             outcomes, rest = self._in_tx_group(fast, live, yield_busy=True)
             _deliver(outcomes, loop)
             if outcomes:  # (a count of transactions, near enough for checkpoints)
-                self._count_commit()
+                self._fast_commits += 1
+                self._checkpoint_due = self._fast_commits >= self._checkpoint_every
             if rest:  # the write lock was taken: the store thread waits for it
                 with self._lock:
                     self._queue.extendleft(reversed(rest))
                 break
-        self._kick()
+        jobs = self._jobs
+        if jobs is not None:  # else closed meanwhile: close() ran what was queued
+            jobs.put(job)
 
     def _drain_deferred(self) -> None:
         self._deferred = None
@@ -379,28 +387,13 @@ class SQLiteDatabase(Database):
         if jobs is not None:  # else closed meanwhile: close() ran what was queued
             jobs.put(_DRAIN)
 
-    def _count_commit(self) -> None:
-        """After a commit on the fast connection: a checkpoint on the store thread once about
-        _CHECKPOINT_FRAMES pages were written since the last one (as SQLite's own automatic
-        checkpoint, which the fast connection does not run)."""
-        self._fast_commits += 1
-        if self._fast_commits >= self._checkpoint_every and not self._checkpointing:
-            jobs = self._jobs
-            if jobs is not None:
-                self._checkpointing = True
-                jobs.put(_CHECKPOINT)
-
     def _checkpoint(self) -> None:
-        """On the store thread, holding the drain: copy the WAL into the database (passive:
-        another process's writer is not waited for), and size the next interval from how
-        many pages this one wrote. Holding the drain, no unit of this process writes
-        meanwhile, so the next one starts the WAL over (as after SQLite's own checkpoint)
-        instead of growing it: units queued meanwhile run here, after it."""
-        with self._lock:
-            if self._draining:  # a loop is running units: the next commit asks again
-                self._checkpointing = False
-                return
-            self._draining = True
+        """On the store thread, handed the drain by a loop once its connection (which never
+        checkpoints: an fsync) has written about _CHECKPOINT_FRAMES pages since the last
+        one: copy the WAL into the database (passive: another process's writer is not
+        waited for) and size the next interval from how many pages this one wrote. As no
+        unit of this process writes meanwhile, the next one starts the WAL over, as after
+        SQLite's own automatic checkpoint; units queued meanwhile run here, after it."""
         commits, self._fast_commits = self._fast_commits, 0
         row = None
         conn = self._conn
@@ -410,13 +403,28 @@ class SQLiteDatabase(Database):
         except sqlite3.Error as exc:  # the next one tries again; commits are not at risk
             log.debug("%s: checkpoint failed: %s", self.path, exc)
         finally:
-            self._checkpointing = False
-            self._run_queued()  # and lets go of the drain
+            self._hand_back()
         frames = int(row[1]) if row is not None else -1
         if frames > 0 and commits > 0:
             per_commit = frames / commits
             self._checkpoint_every = max(
                 _CHECKPOINT_MIN, min(_CHECKPOINT_MAX, int(_CHECKPOINT_FRAMES / per_commit)))
+
+    def _hand_back(self) -> None:
+        """On the store thread, after a checkpoint: the drain back to the loop that queued
+        the next unit, if it is brief (it found nothing in its way), else run the queue
+        here. (Running it here, the next unit could be queued before the drain is let go,
+        and the next: brief units would stay off the loop for as long as that goes on.)"""
+        with self._lock:
+            if not self._queue:
+                self._draining = False
+                return
+            head = self._queue[0]
+        if head[4] and self._fast is not None:
+            with contextlib.suppress(RuntimeError):  # that loop is closed: run it here
+                head[3].call_soon_threadsafe(self._drain)
+                return
+        self._run_queued()
 
     def _run_queued(self) -> None:
         """On the store thread, holding the drain (or closing): run every queued unit, in
