@@ -283,7 +283,7 @@ def test_brief_units_run_on_the_loop_while_the_database_is_free(tmp_path: Path) 
     write lock is free at once; while another connection holds it, the unit goes to the
     store thread, which waits for the lock as it always did, and the loop stays free. Units
     never overtake one another: a brief unit queued after one the store thread holds runs
-    after it."""
+    after it. More than a few queued at once go to the store thread together."""
     path = tmp_path / "t.db"
 
     async def main() -> None:
@@ -314,6 +314,10 @@ def test_brief_units_run_on_the_loop_while_the_database_is_free(tmp_path: Path) 
             # the lock is free again: back on the loop
             assert await db.run(_threads_of(ran), brief=True) == 5
             assert ran[-1] == loop_thread
+            # many queued at once (load): one hop shares them, on the store thread
+            ran.clear()
+            await asyncio.gather(*(db.run(_threads_of(ran), brief=True) for _ in range(20)))
+            assert ran == [store_thread] * 20
         finally:
             await db.close()
 

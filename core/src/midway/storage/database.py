@@ -340,7 +340,9 @@ class SQLiteDatabase(Database):
     def _drain(self) -> None:
         """On the loop, holding the drain: run the brief units at the head of the queue here
         while the write lock is free at once; hand the rest (or a checkpoint that is due) to
-        the store thread, with the drain."""
+        the store thread, with the drain. So does a queue of more than _INLINE_MAX units:
+        under load a hop is shared by many units, and the store thread's SQLite work then
+        overlaps the loop's on another core, where there is one."""
         loop = asyncio.get_running_loop()
         job = _DRAIN
         while True:
@@ -350,8 +352,8 @@ class SQLiteDatabase(Database):
                     self._draining = False
                     return
                 batch: list[_Queued] = []
-                if fast is not None:
-                    while self._queue and self._queue[0][4] and len(batch) < _GROUP_MAX:
+                if fast is not None and len(self._queue) <= _INLINE_MAX:
+                    while self._queue and self._queue[0][4]:
                         batch.append(self._queue.popleft())
             if fast is None or not batch:
                 if self._checkpoint_due:
@@ -541,6 +543,8 @@ class SQLiteDatabase(Database):
 
 # A deferred unit waits at most this long (seconds) for another unit to carry it along.
 DEFER_MAX = 0.02
+# A loop runs at most this many queued units itself (see _drain).
+_INLINE_MAX = 8
 # At most this many units share one transaction (a bound on how long one commit holds the
 # file's write lock against other processes).
 _GROUP_MAX = 64
