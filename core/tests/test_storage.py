@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from midway.storage import (
     retrying,
     upgrade_store,
 )
+from midway.testing_services import wait_for
 
 SCHEMA = Schema("smoke", """
 CREATE TABLE IF NOT EXISTS counters (key TEXT PRIMARY KEY, n {int} NOT NULL DEFAULT 0);
@@ -181,14 +183,16 @@ def test_concurrent_units_commit_or_fail_alone(store: StoreURL, schema_name: str
     with_db(store, schema_name, test)
 
 
-def test_a_unit_queued_just_before_close_still_runs(tmp_path: Path) -> None:
-    """close() right after a unit was queued (its wake-up of the store thread not sent yet):
-    the unit runs and its caller gets its result, nothing is left behind."""
+@pytest.mark.parametrize("brief", [False, True])
+def test_a_unit_queued_just_before_close_still_runs(tmp_path: Path, brief: bool) -> None:
+    """close() right after a unit was queued (its wake-up of the store thread, or its run on
+    the loop, not due yet): the unit runs and its caller gets its result, nothing is left
+    behind."""
     async def main() -> None:
         db = open_database(parse_store("sqlite", data_dir=tmp_path, default_file="t.db",
                                        label="[t] store"))
         await db.open(SCHEMA)
-        task = asyncio.ensure_future(db.run(_increment))
+        task = asyncio.ensure_future(db.run(_increment, brief=brief))
         await asyncio.sleep(0)  # the unit is queued; the wake-up waits for the next iteration
         await db.close()
         assert await task == 1
@@ -204,11 +208,13 @@ def test_a_unit_queued_just_before_close_still_runs(tmp_path: Path) -> None:
     asyncio.run(main())
 
 
+@pytest.mark.parametrize("brief", [False, True])
 def test_a_deferred_unit_rides_with_the_next_one_or_lands_on_its_own(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, brief: bool) -> None:
     """``defer=True`` on SQLite: the unit waits, queued, for the next unit's wake-up of the
-    store thread and lands in its transaction, before it (units never overtake one another);
-    with nothing else coming it lands after DEFER_MAX; close() runs one still waiting."""
+    store thread (or run on the loop, for brief units) and lands in its transaction, before
+    it (units never overtake one another); with nothing else coming it lands after
+    DEFER_MAX; close() runs one still waiting."""
     import midway.storage.database as database
 
     async def main() -> None:
@@ -216,18 +222,18 @@ def test_a_deferred_unit_rides_with_the_next_one_or_lands_on_its_own(
                                        label="[t] store"))
         await db.open(SCHEMA)
         monkeypatch.setattr(database, "DEFER_MAX", 60.0)
-        deferred = asyncio.ensure_future(db.run(_increment, defer=True))
+        deferred = asyncio.ensure_future(db.run(_increment, defer=True, brief=brief))
         await asyncio.sleep(0.05)  # nothing else queued: it waits (no timer is due yet)
         assert not deferred.done()
         # the next unit carries it along, and sees what it wrote
-        assert await db.run(_increment) == 2
+        assert await db.run(_increment, brief=brief) == 2
         assert deferred.done() and deferred.result() == 1
         # alone, it lands after DEFER_MAX
         monkeypatch.setattr(database, "DEFER_MAX", 0.01)
-        assert await asyncio.wait_for(db.run(_increment, defer=True), 10) == 3
+        assert await asyncio.wait_for(db.run(_increment, defer=True, brief=brief), 10) == 3
         # still waiting at close(): it runs, its caller gets its result
         monkeypatch.setattr(database, "DEFER_MAX", 60.0)
-        last = asyncio.ensure_future(db.run(_increment, defer=True))
+        last = asyncio.ensure_future(db.run(_increment, defer=True, brief=brief))
         await asyncio.sleep(0)
         await db.close()
         assert await last == 4
@@ -258,6 +264,112 @@ def test_a_sqlite_unit_that_awaits_anything_but_its_tx_fails_alone(tmp_path: Pat
             assert await db.fetchval("SELECT count(*) FROM counters WHERE key = ?",
                                      "stray") == 0
             assert await db.run(_increment) == 3
+        finally:
+            await db.close()
+
+    asyncio.run(main())
+
+
+def _threads_of(units: list[int]) -> Callable[[Tx], Awaitable[int]]:
+    """_increment, noting the thread that ran it."""
+    async def unit(tx: Tx) -> int:
+        units.append(threading.get_ident())
+        return await _increment(tx)
+    return unit
+
+
+def test_brief_units_run_on_the_loop_while_the_database_is_free(tmp_path: Path) -> None:
+    """A brief unit runs on the loop's thread (no hop to the store thread and back) when the
+    write lock is free at once; while another connection holds it, the unit goes to the
+    store thread, which waits for the lock as it always did, and the loop stays free. Units
+    never overtake one another: a brief unit queued after one the store thread holds runs
+    after it. More than a few queued at once go to the store thread together."""
+    path = tmp_path / "t.db"
+
+    async def main() -> None:
+        db = open_database(parse_store("sqlite", data_dir=tmp_path, default_file="t.db",
+                                       label="[t] store"))
+        await db.open(SCHEMA)
+        loop_thread = threading.get_ident()
+        ran: list[int] = []
+        try:
+            assert await db.run(_threads_of(ran), brief=True) == 1
+            assert await db.run(_threads_of(ran)) == 2  # not brief: the store thread
+            assert ran[0] == loop_thread and ran[1] != loop_thread
+            store_thread = ran[1]
+
+            other = sqlite3.connect(path, isolation_level=None)
+            other.execute("BEGIN IMMEDIATE")  # another process writing, say
+            ran.clear()
+            first = asyncio.ensure_future(db.run(_threads_of(ran), brief=True))
+            second = asyncio.ensure_future(db.run(_threads_of(ran), brief=True))
+            # the loop goes on meanwhile (the store thread waits for the lock)
+            for _ in range(20):
+                await asyncio.sleep(0.005)
+            assert not first.done() and not second.done()
+            other.execute("COMMIT")
+            other.close()
+            assert await first == 3 and await second == 4
+            assert ran == [store_thread, store_thread]
+            # the lock is free again: back on the loop
+            assert await db.run(_threads_of(ran), brief=True) == 5
+            assert ran[-1] == loop_thread
+            # many queued at once (load): one hop shares them, on the store thread
+            ran.clear()
+            await asyncio.gather(*(db.run(_threads_of(ran), brief=True) for _ in range(20)))
+            assert ran == [store_thread] * 20
+        finally:
+            await db.close()
+
+    asyncio.run(main())
+
+
+def test_brief_units_stay_on_the_store_thread_with_synchronous_full(tmp_path: Path) -> None:
+    """With ``synchronous="full"`` every commit fsyncs: never on the loop."""
+    async def main() -> None:
+        db = open_database(parse_store("sqlite", data_dir=tmp_path, default_file="t.db",
+                                       label="[t] store"), synchronous="full")
+        await db.open(SCHEMA)
+        ran: list[int] = []
+        try:
+            assert await db.run(_threads_of(ran), brief=True) == 1
+            assert ran == [ran[0]] and ran[0] != threading.get_ident()
+        finally:
+            await db.close()
+
+    asyncio.run(main())
+
+
+def test_commits_on_the_loop_are_checkpointed_by_the_store_thread(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The loop's connection never checkpoints (an fsync): the store thread does, every so
+    many of its commits, so the WAL is copied into the database file as SQLite's own
+    automatic checkpoint would — and then starts over, instead of growing with every
+    commit."""
+    import midway.storage.database as database
+
+    for name in ("_CHECKPOINT_FIRST", "_CHECKPOINT_MIN", "_CHECKPOINT_MAX"):
+        monkeypatch.setattr(database, name, 4)
+    path = tmp_path / "t.db"
+    wal = tmp_path / "t.db-wal"
+
+    async def main() -> None:
+        db = open_database(parse_store("sqlite", data_dir=tmp_path, default_file="t.db",
+                                       label="[t] store"))
+        await db.open(SCHEMA)
+        try:
+            before = path.stat().st_size
+            for i in range(8):  # a page or so each, written to the WAL only
+                await db.run(lambda tx, i=i: tx.execute(
+                    "INSERT INTO counters (key, n) VALUES (?, ?)", f"{i}" + "k" * 3000, i),
+                    brief=True)
+            wait_for(lambda: path.stat().st_size > before + 8 * 3000)
+            for i in range(200):  # the same row over and over: a few pages a commit
+                await db.run(lambda tx, i=i: tx.execute(
+                    "UPDATE counters SET n = ? WHERE key = ?", i, "0" + "k" * 3000),
+                    brief=True)
+            # without starting over, 200 commits would leave a WAL of >= 200 pages
+            assert wal.stat().st_size < 50 * 4096
         finally:
             await db.close()
 

@@ -14,11 +14,12 @@ import asyncpg
 import pytest
 
 from midway.options import load_table
+from midway.storage import Schema
 from midway.storage.liveness import PostgresLiveness
 from midway_billing.budgets import Bucket
 from midway_billing.config import BillingConfig
 from midway_billing.plugin import Billing, Settlement
-from midway_billing.store import Reservation, Store
+from midway_billing.store import SCHEMA, Reservation, Store
 
 KEY = Bucket("team", "search", "total", 0).key
 
@@ -201,20 +202,26 @@ def test_settlement_is_retried_until_the_database_takes_it(postgres_dsn: str, pg
 
 def test_a_settlement_leaves_what_a_row_bills_to_and_its_indexes_alone(tmp_path: Path) -> None:
     """What a row bills to is written ahead with it; its settlement's upsert leaves those
-    columns out, so that of the ledger's indexes SQLite rewrites only (state, instance) —
-    about half the pages a settlement would write otherwise."""
+    columns out, so that of the ledger's indexes SQLite rewrites only those on (or, partial,
+    for) its state and instance — a fraction of the pages a settlement would write
+    otherwise."""
+    import re
     import sqlite3
 
-    from midway_billing.store import SCHEMA, UPSERT_ROW
+    from midway_billing.store import LEDGER_COLUMNS, SCHEMA, UPSERT
 
     conn = sqlite3.connect(":memory:")
     for statement in SCHEMA.statements("sqlite"):
         conn.execute(statement)
-    indexes = [name for (name,) in conn.execute(
-        "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'billing_ledger'")]
-    indexed = {info[2] for name in indexes for info in conn.execute(
+    indexes = list(conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index' "
+                                "AND tbl_name = 'billing_ledger' AND sql IS NOT NULL"))
+    indexed = {info[2] for name, _ in indexes for info in conn.execute(
         f"PRAGMA index_info({name})")}
-    updated = {c.split("=")[0].strip() for c in UPSERT_ROW.split(" DO UPDATE SET ")[1].split(",")}
+    # a partial index's rows change with the columns its WHERE names too
+    indexed |= {word for _, sql in indexes if " WHERE " in sql
+                for word in re.findall(r"\w+", sql.split(" WHERE ", 1)[1])
+                if word in LEDGER_COLUMNS}
+    updated = {c.split("=")[0].strip() for c in UPSERT.split(" DO UPDATE SET ")[1].split(",")}
     assert "principal" in indexed and "cost_pusd" in updated
     assert indexed & updated == {"state", "instance"}
 
@@ -230,5 +237,69 @@ def test_a_settlement_leaves_what_a_row_bills_to_and_its_indexes_alone(tmp_path:
                 "settled", 42, "search")
         finally:
             await store.close()
+
+    asyncio.run(run())
+
+
+# The indexes older versions made on every row (the tables are as they were).
+OLD_INDEXES = """
+CREATE INDEX IF NOT EXISTS billing_ledger_created ON billing_ledger (created_at);
+CREATE INDEX IF NOT EXISTS billing_ledger_principal ON billing_ledger (principal, created_at);
+CREATE INDEX IF NOT EXISTS billing_ledger_team ON billing_ledger (team, created_at);
+CREATE INDEX IF NOT EXISTS billing_ledger_project ON billing_ledger (project, created_at);
+CREATE INDEX IF NOT EXISTS billing_ledger_pending ON billing_ledger (state, instance);
+CREATE INDEX IF NOT EXISTS billing_ledger_exchange ON billing_ledger (exchange_id);
+CREATE INDEX IF NOT EXISTS billing_ledger_corrects ON billing_ledger (corrects);
+CREATE INDEX IF NOT EXISTS billing_ledger_session ON billing_ledger (session_id, created_at);
+CREATE INDEX IF NOT EXISTS billing_reservations_instance ON billing_reservations (instance)
+"""
+DROPPED = {"billing_ledger_team", "billing_ledger_project", "billing_ledger_pending",
+           "billing_ledger_exchange", "billing_ledger_corrects", "billing_ledger_session",
+           "billing_reservations_instance"}
+PARTIAL = {"billing_ledger_by_team", "billing_ledger_by_project", "billing_ledger_by_session",
+           "billing_ledger_correcting", "billing_ledger_open", "billing_ledger_reconciled"}
+
+
+async def index_names(store: Store) -> set[str]:
+    if store.db.dialect == "sqlite":
+        rows = await store.db.fetch("SELECT name FROM sqlite_master WHERE type = 'index'")
+        return {r["name"] for r in rows}
+    rows = await store.db.fetch("SELECT indexname AS name FROM pg_indexes "
+                                "WHERE schemaname = current_schema()")
+    return {r["name"] for r in rows}
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_an_older_store_is_migrated_to_partial_indexes(backend: str, tmp_path: Path,
+                                                       request) -> None:
+    """A store an older version made (full indexes on team, project, session, corrects,
+    (state, instance), exchange id, and the reservations' instance) is migrated when it
+    opens: those indexes are replaced by partial ones that rows without the value never
+    enter (fewer pages written per row), and what the store held is found as before — a
+    dead instance's pending row and hold are reconciled, at its estimate."""
+    table = table_for(backend, request)
+    tables = ";".join(s for s in SCHEMA.ddl.split(";") if "CREATE TABLE" in s)
+
+    async def run() -> None:
+        config = load_table(BillingConfig, "billing", table, data_dir=tmp_path)
+        old = config.make_store()
+        await old.db.open(Schema("billing", tables + ";" + OLD_INDEXES))
+        await old.liveness.claim(old.instance)
+        assert await index_names(old) >= DROPPED
+        await old.reserve(Reservation("ex", 7, [KEY], 1.0), {KEY: 100})
+        await old.write_ahead(row(old, "ex.1", "ex"))
+        await crash(old)
+
+        new = config.make_store()
+        await new.open()
+        try:
+            names = await index_names(new)
+            assert not DROPPED & names and names >= PARTIAL
+            assert await new.reconcile() == 1
+            (landed,) = await new.rows()
+            assert (landed["state"], landed["cost_pusd"]) == ("reconciled", 7)
+            assert await new.all_counters() == {KEY: (7, 0)}
+        finally:
+            await new.close()
 
     asyncio.run(run())

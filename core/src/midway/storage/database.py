@@ -10,9 +10,10 @@ coroutine function given a :class:`Tx`::
     admitted = await db.run(reserve)        # one transaction, committed or rolled back whole
 
 On SQLite the whole unit runs on the store's own thread (one hop from the event loop, however
-many statements it has; the loop never waits on disk); on PostgreSQL on a pooled connection. A
-unit must only talk to its ``tx``: on SQLite it runs on another thread, driven without an event
-loop (awaiting anything else fails the unit).
+many statements it has; the loop never waits on disk) — or, for a unit its caller declares
+``brief``, on the loop's own thread when the database is free at once (see :meth:`Database.run`);
+on PostgreSQL on a pooled connection. A unit must only talk to its ``tx``: on SQLite it is
+driven without an event loop (awaiting anything else fails the unit).
 """
 
 from __future__ import annotations
@@ -123,7 +124,7 @@ class Database:
         raise NotImplementedError
 
     async def run(self, unit: Callable[[Tx], Awaitable[T]], *, durable: bool = True,
-                  defer: bool = False) -> T:
+                  defer: bool = False, brief: bool = False) -> T:
         """Run ``unit`` in one transaction: committed when it returns, rolled back if it
         raises (the exception propagates).
 
@@ -135,7 +136,17 @@ class Database:
         after its answer was sent). On the SQLite store thread it does not wake the thread:
         it is run, in its place in the queue, with the next unit that does (one transaction
         for both), or after at most ``DEFER_MAX`` seconds. Units never overtake one another:
-        a unit queued after it still sees what it wrote. Elsewhere it runs at once."""
+        a unit queued after it still sees what it wrote. Elsewhere it runs at once.
+
+        ``brief=True``: the unit is a few statements on rows found by key (never a scan), so
+        that running it on the event loop's thread costs less than handing it to the SQLite
+        store thread and back (two thread switches each way, the most of a small unit's
+        cost). On SQLite with ``synchronous="normal"`` (no fsync per commit) such units run
+        there, at the end of the loop iteration that queued them (one transaction for those
+        queued together, deferred ones before them), when the database's write lock is free
+        at once; a unit that finds it taken (another process writing, the store thread busy)
+        goes to the store thread as any other. Checkpoints (which fsync) stay on the store
+        thread. Elsewhere it changes nothing."""
         raise NotImplementedError
 
     async def ping(self) -> str | None:
@@ -178,7 +189,13 @@ class SQLiteDatabase(Database):
 
     The store's thread has no event loop of its own: it waits on a queue and drives each unit's
     coroutine to its end directly (a unit only awaits its ``tx``, whose methods never suspend),
-    so a hop costs one wake-up of that thread and one of the caller's loop.
+    so a hop costs one wake-up of that thread and one of the caller's loop. ``brief`` units
+    may instead run on the caller's loop, on a connection of their own that never waits for
+    the write lock and never checkpoints (see :meth:`Database.run`).
+
+    Whoever runs queued units — the store thread, or a loop running brief ones — holds the
+    *drain* (``_draining``, changed under ``_lock``): one at a time, in queue order, so units
+    never overtake one another.
     """
 
     dialect: Dialect = "sqlite"
@@ -191,13 +208,20 @@ class SQLiteDatabase(Database):
         self.synchronous = synchronous
         self.inline = inline
         self._conn: sqlite3.Connection | None = None
+        # brief units' connection, used on the loop by the drain's holder (see run())
+        self._fast: sqlite3.Connection | None = None
         self._thread: threading.Thread | None = None
         # what the store thread is to do: drain the queue (_DRAIN), run a job, or stop (None)
         self._jobs: queue.SimpleQueue[_Job | None] | None = None
         self._queue: collections.deque[_Queued] = collections.deque()
+        self._lock = threading.Lock()
         self._draining = False
         # the wake-up that runs deferred units nothing else has carried along (see run())
         self._deferred: asyncio.TimerHandle | None = None
+        # commits on the fast connection since the last checkpoint, and how many between two
+        self._fast_commits = 0
+        self._checkpoint_every = _CHECKPOINT_FIRST
+        self._checkpoint_due = False
 
     async def open(self, schema: Schema) -> list[str]:
         if not _MAY_CREATE.get() and not self.path.exists():
@@ -228,12 +252,28 @@ class SQLiteDatabase(Database):
         self._conn = conn
         from midway.storage.schema import sqlite_upgrade
 
-        return self._in_tx(lambda tx: sqlite_upgrade(tx, schema, f"SQLite {self.path}"))
+        changes = self._in_tx(lambda tx: sqlite_upgrade(tx, schema, f"SQLite {self.path}"))
+        if self._jobs is not None and self.synchronous == "normal":
+            # Never waits for the lock (timeout 0: the store thread waits instead), never
+            # checkpoints (an fsync: the store thread does it, see _checkpoint).
+            fast = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                                   timeout=0)
+            fast.row_factory = sqlite3.Row
+            fast.execute("PRAGMA synchronous=NORMAL")
+            fast.execute("PRAGMA wal_autocheckpoint=0")
+            fast.execute("PRAGMA cache_size=-256")  # as the store thread's (above)
+            self._fast = fast
+        return changes
 
     async def close(self) -> None:
         if self._deferred is not None:  # what it would wake for runs below
             self._deferred.cancel()
             self._deferred = None
+        # A drain still due on this loop hands over to the store thread, which runs first
+        # what is queued (below); no drain is running here now (they run to their end).
+        fast, self._fast = self._fast, None
+        if fast is not None:
+            fast.close()
         if self._conn is not None:
             # units queued whose wake-up has not reached the store thread yet run first
             await self._on_store(self._close_conn)
@@ -243,9 +283,7 @@ class SQLiteDatabase(Database):
             self._thread = self._jobs = None
 
     def _close_conn(self) -> None:
-        if self._queue:
-            self._draining = True
-            self._run_queued()
+        self._run_queued()
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.close()
@@ -264,6 +302,9 @@ class SQLiteDatabase(Database):
             if job is _DRAIN:
                 self._run_queued()
                 continue
+            if job is _CHECKPOINT:
+                self._checkpoint()
+                continue
             assert isinstance(job, tuple)
             fn, done = job
             if not done.set_running_or_notify_cancel():
@@ -274,91 +315,167 @@ class SQLiteDatabase(Database):
                 done.set_exception(exc)
 
     async def run(self, unit: Callable[[Tx], Awaitable[T]], *, durable: bool = True,
-                  defer: bool = False) -> T:
+                  defer: bool = False, brief: bool = False) -> T:
         if self._conn is None:
             raise RuntimeError(f"database {self.path} is not open")
         if self._jobs is None:
             return self._in_tx(unit, durable)
-        # Group commit: units queued while the store thread is busy run together in one
+        # Group commit: units queued while the drain is held run together in one
         # transaction (each in a savepoint of its own), one hop and one commit for them all.
         caller = asyncio.get_running_loop()
         future: asyncio.Future[T] = caller.create_future()
-        self._queue.append((unit, durable, future, caller))
-        if not self._draining:
-            if defer:
-                # Left for the next unit's wake-up to carry along, or this timer's.
-                if self._deferred is None:
-                    self._deferred = caller.call_later(DEFER_MAX, self._kick_deferred)
-            else:
+        with self._lock:
+            self._queue.append((unit, durable, future, caller, brief))
+            start = not self._draining and not defer
+            if start:
                 self._draining = True
-                if self._deferred is not None:  # this wake-up carries the deferred ones
-                    self._deferred.cancel()
-                    self._deferred = None
-                # At the end of this loop iteration: the units its callbacks queue share one
-                # wake-up of the store thread.
-                caller.call_soon(self._kick)
+            wait = defer and not self._draining and self._deferred is None
+        if start:
+            if self._deferred is not None:  # this drain carries the deferred ones
+                self._deferred.cancel()
+                self._deferred = None
+            # At the end of this loop iteration: the units its callbacks queue share one
+            # transaction.
+            caller.call_soon(self._drain)
+        elif wait:
+            # Left for the next unit's drain to carry along, or this timer's.
+            self._deferred = caller.call_later(DEFER_MAX, self._drain_deferred)
         return await future
+
+    def _drain(self) -> None:
+        """On the loop, holding the drain: run the brief units at the head of the queue here
+        while the write lock is free at once; hand the rest (or a checkpoint that is due) to
+        the store thread, with the drain. So does a queue of more than _INLINE_MAX units:
+        under load a hop is shared by many units, and the store thread's SQLite work then
+        overlaps the loop's on another core, where there is one."""
+        loop = asyncio.get_running_loop()
+        job = _DRAIN
+        while True:
+            fast = self._fast
+            with self._lock:
+                if not self._queue and not self._checkpoint_due:
+                    self._draining = False
+                    return
+                batch: list[_Queued] = []
+                if fast is not None and len(self._queue) <= _INLINE_MAX:
+                    while self._queue and self._queue[0][4]:
+                        batch.append(self._queue.popleft())
+            if fast is None or not batch:
+                if self._checkpoint_due:
+                    self._checkpoint_due = False
+                    job = _CHECKPOINT
+                break
+            live = [item for item in batch if not item[2].cancelled()]
+            if not live:
+                continue
+            outcomes, rest = self._in_tx_group(fast, live, yield_busy=True)
+            _deliver(outcomes, loop)
+            if outcomes:  # (a count of transactions, near enough for checkpoints)
+                self._fast_commits += 1
+                self._checkpoint_due = self._fast_commits >= self._checkpoint_every
+            if rest:  # the write lock was taken: the store thread waits for it
+                with self._lock:
+                    self._queue.extendleft(reversed(rest))
+                break
+        jobs = self._jobs
+        if jobs is not None:  # else closed meanwhile: close() ran what was queued
+            jobs.put(job)
+
+    def _drain_deferred(self) -> None:
+        self._deferred = None
+        with self._lock:
+            if not self._queue or self._draining:
+                return
+            self._draining = True
+        self._drain()
 
     def _kick(self) -> None:
         jobs = self._jobs
         if jobs is not None:  # else closed meanwhile: close() ran what was queued
             jobs.put(_DRAIN)
 
-    def _kick_deferred(self) -> None:
-        self._deferred = None
-        if self._queue and not self._draining:
-            self._draining = True
-            self._kick()
+    def _checkpoint(self) -> None:
+        """On the store thread, handed the drain by a loop once its connection (which never
+        checkpoints: an fsync) has written about _CHECKPOINT_FRAMES pages since the last
+        one: copy the WAL into the database (passive: another process's writer is not
+        waited for) and size the next interval from how many pages this one wrote. As no
+        unit of this process writes meanwhile, the next one starts the WAL over, as after
+        SQLite's own automatic checkpoint; units queued meanwhile run here, after it."""
+        commits, self._fast_commits = self._fast_commits, 0
+        row = None
+        conn = self._conn
+        try:
+            if conn is not None:
+                row = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        except sqlite3.Error as exc:  # the next one tries again; commits are not at risk
+            log.debug("%s: checkpoint failed: %s", self.path, exc)
+        finally:
+            self._hand_back()
+        frames = int(row[1]) if row is not None else -1
+        if frames > 0 and commits > 0:
+            per_commit = frames / commits
+            self._checkpoint_every = max(
+                _CHECKPOINT_MIN, min(_CHECKPOINT_MAX, int(_CHECKPOINT_FRAMES / per_commit)))
+
+    def _hand_back(self) -> None:
+        """On the store thread, after a checkpoint: the drain back to the loop that queued
+        the next unit, if it is brief (it found nothing in its way), else run the queue
+        here. (Running it here, the next unit could be queued before the drain is let go,
+        and the next: brief units would stay off the loop for as long as that goes on.)"""
+        with self._lock:
+            if not self._queue:
+                self._draining = False
+                return
+            head = self._queue[0]
+        if head[4] and self._fast is not None:
+            with contextlib.suppress(RuntimeError):  # that loop is closed: run it here
+                head[3].call_soon_threadsafe(self._drain)
+                return
+        self._run_queued()
 
     def _run_queued(self) -> None:
-        """On the store thread: run every queued unit, in order, in as few transactions as the
-        queue allows; each caller learns its outcome once its unit's commit is done."""
-        queued = self._queue
+        """On the store thread, holding the drain (or closing): run every queued unit, in
+        order, in as few transactions as the queue allows; each caller learns its outcome
+        once its unit's commit is done."""
         while True:
-            while queued:
-                batch: list[_Queued] = []
-                while queued and len(batch) < _GROUP_MAX:
-                    batch.append(queued.popleft())
-                self._run_batch(batch)
-            self._draining = False
-            if not queued:
-                return
-            # queued after the loop saw it empty, before the flag was cleared
-            self._draining = True
+            with self._lock:
+                if not self._queue:
+                    self._draining = False
+                    return
+                batch = [self._queue.popleft()
+                         for _ in range(min(len(self._queue), _GROUP_MAX))]
+            conn = self._conn
+            assert conn is not None, "database is not open"
+            live = [item for item in batch if not item[2].cancelled()]
+            if live:
+                _deliver(self._in_tx_group(conn, live)[0], None)
 
-    def _run_batch(self, batch: list[_Queued]) -> None:
-        outcomes: list[tuple[_Queued, Any, BaseException | None]] = []
-        live = [item for item in batch if not item[2].cancelled()]
-        if len(live) == 1:  # alone: its own transaction, as before (no savepoint)
-            item = live[0]
-            try:
-                outcomes.append((item, self._in_tx(item[0], item[1]), None))
-            except BaseException as exc:  # handed to its caller
-                outcomes.append((item, None, exc))
-        elif live:
-            outcomes = self._in_tx_group(live)
-        _deliver(outcomes)
-
-    def _in_tx_group(self, batch: list[_Queued]) -> list[tuple[_Queued, Any,
-                                                                BaseException | None]]:
-        conn = self._conn
-        assert conn is not None, "database is not open"
+    def _in_tx_group(self, conn: sqlite3.Connection, batch: list[_Queued], *,
+                     yield_busy: bool = False
+                     ) -> tuple[list[tuple[_Queued, Any, BaseException | None]], list[_Queued]]:
+        """Run ``batch`` in as few transactions as it allows: each caller's outcome, and
+        (``yield_busy``: the write lock was not free at once) the units not run."""
         done: list[tuple[_Queued, Any, BaseException | None]] = []
         durable = any(item[1] for item in batch)
         relaxed = not durable and self.synchronous == "full"
         if relaxed:
             conn.execute("PRAGMA synchronous=NORMAL")
         try:
-            pending = list(batch)
+            pending = collections.deque(batch)
             while pending:
                 try:
                     conn.execute("BEGIN IMMEDIATE")
+                except sqlite3.OperationalError as exc:
+                    if yield_busy and _busy(exc):
+                        return done, list(pending)
+                    done += [(item, None, exc) for item in pending]
+                    return done, []
                 except BaseException as exc:  # handed to its caller
                     done += [(item, None, exc) for item in pending]
-                    return done
+                    return done, []
                 in_tx: list[tuple[_Queued, Any, BaseException | None]] = []
                 while pending:
-                    item = pending.pop(0)
+                    item = pending.popleft()
                     # The transaction's first unit needs no savepoint (nor SQLite's copy of
                     # every page it changes): if it fails, the whole transaction is undone,
                     # and the others get one of their own.
@@ -369,7 +486,9 @@ class SQLiteDatabase(Database):
                         result = _drive(item[0](_SQLiteTx(conn)))
                     except BaseException as exc:  # handed to its caller
                         if first:
-                            if conn.in_transaction:  # as in _in_tx
+                            # SQLite may have rolled back already (a full disk, an I/O
+                            # error): a second ROLLBACK would hide the cause.
+                            if conn.in_transaction:
                                 conn.execute("ROLLBACK")
                             done.append((item, None, exc))
                             break
@@ -400,7 +519,7 @@ class SQLiteDatabase(Database):
         finally:
             if relaxed:
                 conn.execute("PRAGMA synchronous=FULL")
-        return done
+        return done, []
 
     def _in_tx(self, unit: Callable[[Tx], Awaitable[T]], durable: bool = True) -> T:
         conn = self._conn
@@ -429,14 +548,33 @@ class SQLiteDatabase(Database):
 
 # A deferred unit waits at most this long (seconds) for another unit to carry it along.
 DEFER_MAX = 0.02
+# A loop runs at most this many queued units itself (see _drain).
+_INLINE_MAX = 8
 # At most this many units share one transaction (a bound on how long one commit holds the
 # file's write lock against other processes).
 _GROUP_MAX = 64
+# The fast connection's checkpoints: about every _CHECKPOINT_FRAMES pages written (SQLite's
+# own default), counted in commits, the first after _CHECKPOINT_FIRST.
+_CHECKPOINT_FRAMES = 1000
+_CHECKPOINT_FIRST = 100
+_CHECKPOINT_MIN = 8
+_CHECKPOINT_MAX = 1000
 _Queued = tuple[Callable[[Tx], Awaitable[Any]], bool, "asyncio.Future[Any]",
-                asyncio.AbstractEventLoop]
-# a job for the store thread: drain the queue, or a call whose outcome goes to a future
+                asyncio.AbstractEventLoop, bool]
+# jobs for the store thread: drain the queue, checkpoint, or a call whose outcome goes to a
+# future
 _DRAIN = object()
+_CHECKPOINT = object()
 _Job = object | tuple[Callable[[], Any], "concurrent.futures.Future[Any]"]
+
+
+def _busy(exc: sqlite3.OperationalError) -> bool:
+    """Whether a statement failed because another connection holds the lock it needs."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+    text = str(exc)
+    return "locked" in text or "busy" in text
 
 
 def _drive(step: Awaitable[T]) -> T:
@@ -454,13 +592,18 @@ def _drive(step: Awaitable[T]) -> T:
                        "transaction (a unit must only talk to its tx)")
 
 
-def _deliver(outcomes: list[tuple[_Queued, Any, BaseException | None]]) -> None:
-    """Hand each outcome to its caller's loop, one wake-up per loop."""
+def _deliver(outcomes: list[tuple[_Queued, Any, BaseException | None]],
+             here: asyncio.AbstractEventLoop | None) -> None:
+    """Hand each outcome to its caller's loop, one wake-up per loop (none for ``here``, the
+    loop this runs on)."""
     by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any,
                                                         BaseException | None]]] = {}
     for item, result, exc in outcomes:
         by_loop.setdefault(item[3], []).append((item[2], result, exc))
     for loop, results in by_loop.items():
+        if loop is here:
+            _settle(results)
+            continue
         try:
             loop.call_soon_threadsafe(_settle, results)
         except RuntimeError:  # the caller's loop is closed: nobody is waiting
@@ -570,7 +713,7 @@ class PostgresDatabase(Database):
             await pool.close()
 
     async def run(self, unit: Callable[[Tx], Awaitable[T]], *, durable: bool = True,
-                  defer: bool = False) -> T:
+                  defer: bool = False, brief: bool = False) -> T:
         if self._pool is None:
             raise RuntimeError(f"database {self.store.masked} is not open")
         async with self._pool.acquire() as conn, conn.transaction():

@@ -72,6 +72,8 @@ class RequestState:
     warnings: list[str] = attrs.field(factory=list)
     # the spend limits' caps the reservation holds on, by bucket key
     caps: dict[str, spendlimits.Cap] = attrs.field(factory=dict)
+    # what every ledger row of the exchange has in common (made by the first: see _row)
+    common: dict[str, Any] | None = None
 
 
 @attrs.frozen
@@ -885,23 +887,27 @@ class Billing:
 
     def _row(self, exchange: Exchange, state: RequestState, row_id: str, number: int,
              kind: str, row_state: str) -> dict[str, Any]:
-        who = state.who
-        return {
-            "id": row_id, "exchange_id": exchange.id, "attempt": number, "kind": kind,
-            "state": row_state, "instance": self.store.instance,
-            "created_at": exchange.timings.started_at, "settled_at": None,
-            "principal": who.principal, "principal_name": who.principal_name,
-            "team": who.team, "project": who.project, "model": exchange.model,
-            "priced_model": None, "upstream": None, "key_id": None,
-            "path": exchange.request.path, "status": None, "error": None,
-            "input_tokens": 0, "output_tokens": 0, "cache_write_5m_tokens": 0,
-            "cache_write_1h_tokens": 0, "cache_read_tokens": 0, "web_search_requests": 0,
-            "cost_pusd": 0, "saved_pusd": 0, "unpriced": 0, "batch": int(_is_batch(exchange)),
-            "catalogue_version": self.prices.version, "pricing_rule": None,
-            "floor_output_tokens": 0, "speed": _speed(exchange), "inference_geo": _geo(exchange),
-            "betas": _betas(exchange), "corrects": None,
-            "groups": groups_column(who.groups), **state.origin.columns(), **state.prompt,
-        }
+        common = state.common
+        if common is None:  # the same for each attempt's row, ahead and settled
+            who = state.who
+            common = state.common = {
+                "exchange_id": exchange.id, "instance": self.store.instance,
+                "created_at": exchange.timings.started_at, "settled_at": None,
+                "principal": who.principal, "principal_name": who.principal_name,
+                "team": who.team, "project": who.project, "model": exchange.model,
+                "priced_model": None, "upstream": None, "key_id": None,
+                "path": exchange.request.path, "status": None, "error": None,
+                "input_tokens": 0, "output_tokens": 0, "cache_write_5m_tokens": 0,
+                "cache_write_1h_tokens": 0, "cache_read_tokens": 0, "web_search_requests": 0,
+                "cost_pusd": 0, "saved_pusd": 0, "unpriced": 0,
+                "batch": int(_is_batch(exchange)), "pricing_rule": None,
+                "floor_output_tokens": 0, "speed": _speed(exchange), "betas": _betas(exchange),
+                "corrects": None, "groups": groups_column(who.groups),
+                **state.origin.columns(), **state.prompt}
+        row = common.copy()
+        row.update(id=row_id, attempt=number, kind=kind, state=row_state,
+                   catalogue_version=self.prices.version, inference_geo=_geo(exchange))
+        return row
 
     @staticmethod
     def _fill(row: dict[str, Any], exchange: Exchange, cost: Cost, now: float,

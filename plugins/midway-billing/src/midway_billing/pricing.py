@@ -570,7 +570,8 @@ class PriceTable:
             cache_read=tokens(usage.cache_read_input_tokens, rates.cache_read),
             output=tokens(usage.output_tokens, rates.output),
             web_search=to_pusd(Decimal(usage.web_search_requests)
-                               * price.web_search_per_request),
+                               * price.web_search_per_request)
+            if usage.web_search_requests else 0,  # most answers search nothing: no Decimal
             rule=";".join(rules), version=self.version)
 
     def output_rate(self, usage: Usage, model: str | None,

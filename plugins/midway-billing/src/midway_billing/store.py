@@ -60,10 +60,19 @@ OPTIONAL_COLUMNS: dict[str, Any] = {"catalogue_version": None, "pricing_rule": N
                                     **dict.fromkeys(FINGERPRINT_COLUMNS)}
 
 
-def row_values(row: dict[str, Any]) -> list[Any]:
-    """A ledger row's values in LEDGER_COLUMNS order."""
-    return [row[c] if c in row or c not in OPTIONAL_COLUMNS else OPTIONAL_COLUMNS[c]
-            for c in LEDGER_COLUMNS]
+def row_values(row: dict[str, Any]) -> tuple[tuple[str, ...], list[Any]]:
+    """A ledger row's columns that hold a value, in LEDGER_COLUMNS order, and their values.
+
+    A NULL is not written (every nullable column's default is NULL): binding ``None`` costs
+    Python's sqlite3 an adapter lookup that raises and formats an AttributeError — thousands
+    of instructions each, and a row has about twenty."""
+    columns, values = [], []
+    for c in LEDGER_COLUMNS:
+        value = row[c] if c in row or c not in OPTIONAL_COLUMNS else OPTIONAL_COLUMNS[c]
+        if value is not None:
+            columns.append(c)
+            values.append(value)
+    return tuple(columns), values
 
 
 SCHEMA = Schema("billing", """
@@ -114,12 +123,24 @@ CREATE TABLE IF NOT EXISTS billing_ledger (
 );
 CREATE INDEX IF NOT EXISTS billing_ledger_created ON billing_ledger (created_at);
 CREATE INDEX IF NOT EXISTS billing_ledger_principal ON billing_ledger (principal, created_at);
-CREATE INDEX IF NOT EXISTS billing_ledger_team ON billing_ledger (team, created_at);
-CREATE INDEX IF NOT EXISTS billing_ledger_project ON billing_ledger (project, created_at);
-CREATE INDEX IF NOT EXISTS billing_ledger_pending ON billing_ledger (state, instance);
-CREATE INDEX IF NOT EXISTS billing_ledger_exchange ON billing_ledger (exchange_id);
-CREATE INDEX IF NOT EXISTS billing_ledger_corrects ON billing_ledger (corrects);
-CREATE INDEX IF NOT EXISTS billing_ledger_session ON billing_ledger (session_id, created_at);
+CREATE INDEX IF NOT EXISTS billing_ledger_by_team ON billing_ledger (team, created_at)
+    WHERE team IS NOT NULL;
+CREATE INDEX IF NOT EXISTS billing_ledger_by_project ON billing_ledger (project, created_at)
+    WHERE project IS NOT NULL;
+CREATE INDEX IF NOT EXISTS billing_ledger_by_session ON billing_ledger (session_id, created_at)
+    WHERE session_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS billing_ledger_correcting ON billing_ledger (corrects)
+    WHERE corrects IS NOT NULL;
+CREATE INDEX IF NOT EXISTS billing_ledger_open ON billing_ledger (instance, id)
+    WHERE state = 'pending';
+CREATE INDEX IF NOT EXISTS billing_ledger_reconciled ON billing_ledger (exchange_id)
+    WHERE state = 'reconciled';
+DROP INDEX IF EXISTS billing_ledger_team;
+DROP INDEX IF EXISTS billing_ledger_project;
+DROP INDEX IF EXISTS billing_ledger_session;
+DROP INDEX IF EXISTS billing_ledger_corrects;
+DROP INDEX IF EXISTS billing_ledger_pending;
+DROP INDEX IF EXISTS billing_ledger_exchange;
 CREATE TABLE IF NOT EXISTS billing_counters (
     key TEXT PRIMARY KEY,
     spent_pusd {int} NOT NULL DEFAULT 0,
@@ -132,7 +153,7 @@ CREATE TABLE IF NOT EXISTS billing_reservations (
     buckets TEXT NOT NULL,
     created_at {real} NOT NULL
 );
-CREATE INDEX IF NOT EXISTS billing_reservations_instance ON billing_reservations (instance);
+DROP INDEX IF EXISTS billing_reservations_instance;
 CREATE TABLE IF NOT EXISTS billing_batches (
     batch_id TEXT PRIMARY KEY,
     exchange_id TEXT NOT NULL,
@@ -185,16 +206,31 @@ CREATE TABLE IF NOT EXISTS billing_principals (
 FIXED_COLUMNS = ("id", "exchange_id", "attempt", "created_at", "principal", "principal_name",
                  "team", "project", "groups", "corrects", *ORIGIN_COLUMNS)
 
-UPSERT_ROW = (  # only the fixed column names above are formatted in
-    f"INSERT INTO billing_ledger ({', '.join(LEDGER_COLUMNS)}) "  # noqa: S608
-    f"VALUES ({', '.join('?' for _ in LEDGER_COLUMNS)}) "
-    "ON CONFLICT (id) DO UPDATE SET "
-    + ", ".join(f"{c} = excluded.{c}" for c in LEDGER_COLUMNS if c not in FIXED_COLUMNS)
-)
+# A settlement sets every other column: one its row leaves out (NULL) is set to the default
+# the insert would have given it, NULL.
+UPSERT = "ON CONFLICT (id) DO UPDATE SET " + ", ".join(
+    f"{c} = excluded.{c}" for c in LEDGER_COLUMNS if c not in FIXED_COLUMNS)
+# A write-ahead, a batch result or a correction never replaces a row already there.
+KEEP = "ON CONFLICT (id) DO NOTHING"
+_ROW_SQL: dict[tuple[tuple[str, ...], str], str] = {}
 
-INSERT_PENDING = (  # only the fixed column names above are formatted in
-    f"INSERT INTO billing_ledger ({', '.join(LEDGER_COLUMNS)}) "  # noqa: S608
-    f"VALUES ({', '.join('?' for _ in LEDGER_COLUMNS)}) ON CONFLICT (id) DO NOTHING")
+
+def row_sql(columns: tuple[str, ...], conflict: str) -> str:
+    """The statement writing a row's ``columns`` (of :func:`row_values`), then ``conflict``
+    (:data:`UPSERT` or :data:`KEEP`). Only LEDGER_COLUMNS names are formatted in."""
+    sql = _ROW_SQL.get((columns, conflict))
+    if sql is None:
+        sql = (f"INSERT INTO billing_ledger ({', '.join(columns)}) "  # noqa: S608
+               f"VALUES ({', '.join('?' for _ in columns)}) {conflict}")
+        if len(_ROW_SQL) < 1024:  # a few shapes of row in practice
+            _ROW_SQL[(columns, conflict)] = sql
+    return sql
+
+
+async def write_row(tx: Tx, row: dict[str, Any], conflict: str) -> int:
+    """Insert ``row`` (``conflict``: what to do if its id is there); rows changed."""
+    columns, values = row_values(row)
+    return await tx.execute(row_sql(columns, conflict), *values)
 
 # Rows that cost money: upstream attempts, and the results of a batch (priced when fetched).
 CHARGED_KINDS = "('attempt', 'batch_result')"
@@ -315,6 +351,8 @@ _DAY = {"sqlite": "strftime('%Y-%m-%d', created_at, 'unixepoch')",
         "postgresql": "to_char(to_timestamp(created_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD')"}
 _FLOOR = {"sqlite": "CAST(created_at / {n} AS INTEGER) * {n}",
           "postgresql": "floor(created_at / {n}) * {n}"}
+# At most this many counter keys are remembered as existing (then forgotten, and learnt again).
+_COUNTED_MAX = 100_000
 # Deadlocks and serialization failures (and a database that blinks) are tried again.
 _RETRY_DEADLINE = 10.0
 # An administrator's change is tried again for less: they are waiting for the answer.
@@ -344,6 +382,9 @@ class Store:
         self._pending_sql = (
             "SELECT id, exchange_id, attempt FROM billing_ledger "  # noqa: S608
             f"WHERE state = 'pending' AND instance = ? ORDER BY id{lock}")
+        # Counter rows known to exist: a unit that only updates them is brief (see
+        # Database.run); one that may create a counter sums its window of the ledger first.
+        self._counted: set[str] = set()
 
     async def open(self) -> None:
         await self.db.open(SCHEMA)
@@ -368,7 +409,9 @@ class Store:
         """Insert a pending attempt row (committed before the attempt is sent). Never over a
         row already there: a write-ahead whose reply was lost (the database crashed, the hook
         was cancelled) may commit after its settlement, which it must not undo."""
-        await self.db.execute(INSERT_PENDING, *row_values(row))
+        columns, values = row_values(row)
+        sql = row_sql(columns, KEEP)
+        await self.db.run(lambda tx: tx.execute(sql, *values), brief=True)
 
     async def reserve(self, reservation: Reservation, limits: dict[str, int | None]
                       ) -> ReserveResult:
@@ -397,7 +440,10 @@ class Store:
                              reservation.created_at)
             return ReserveResult(True, {k: (s, r + amount) for k, (s, r) in states.items()})
 
-        result: ReserveResult = await self.db.run(unit)
+        result: ReserveResult = await self.db.run(unit, brief=self._counted.issuperset(keys))
+        if len(self._counted) > _COUNTED_MAX:
+            self._counted.clear()
+        self._counted.update(keys)
         return result
 
     async def extend(self, reservation: Reservation, need: int, want: int,
@@ -427,7 +473,7 @@ class Store:
                              "WHERE exchange_id = ?", room, reservation.exchange_id)
             return room
 
-        grown: int = await self.db.run(unit)
+        grown: int = await self.db.run(unit, brief=self._counted.issuperset(keys))
         reservation.amount_pusd += grown
         return grown
 
@@ -450,7 +496,7 @@ class Store:
         If reconciliation released the reservation first (it took this instance for dead, or
         ran late), the counters are corrected by what it charged: spent moves by
         ``charged_pusd`` minus the estimate it put on the ledger, which these rows replace."""
-        values = [row_values(row) for row in sorted(rows, key=_by_id)]
+        ordered = sorted(rows, key=_by_id)
 
         async def unit(tx: Tx) -> None:
             released, charged = 0, charged_pusd
@@ -458,7 +504,7 @@ class Store:
                 if await tx.execute("DELETE FROM billing_reservations WHERE exchange_id = ?",
                                     reservation.exchange_id):
                     released = reservation.amount_pusd
-                elif await self._landed(tx, values[-1][0] if values else None):
+                elif await self._landed(tx, ordered[-1]["id"] if ordered else None):
                     # An earlier try committed but its reply was lost (the database went
                     # away at that moment): charging again would count the cost twice.
                     return
@@ -467,12 +513,13 @@ class Store:
                         "SELECT COALESCE(SUM(cost_pusd), 0) FROM billing_ledger "
                         "WHERE exchange_id = ? AND state = 'reconciled'",
                         reservation.exchange_id))
-            await tx.executemany(UPSERT_ROW, values)
+            for row in ordered:
+                await write_row(tx, row, UPSERT)
             if reservation is not None:
                 await _move(tx, reservation.buckets, released, charged)
 
         # Nobody waits for it (the answer is sent): it rides with the next request's unit.
-        await self.db.run(unit, defer=True)
+        await self.db.run(unit, defer=True, brief=True)
 
     async def _landed(self, tx: Tx, row_id: Any) -> bool:
         """Whether ``row_id`` is settled already (locked: the ledger comes after the
@@ -606,8 +653,11 @@ class Store:
         """Insert correction rows (kind ``reprice``); the rows they correct stay as they were.
         A row id already there is left alone: running the same correction twice adds
         nothing."""
-        await self._run(lambda tx: tx.executemany(INSERT_PENDING, [row_values(r) for r in rows]),
-                        "billing: recording corrections")
+        async def unit(tx: Tx) -> None:
+            for row in rows:
+                await write_row(tx, row, KEEP)
+
+        await self._run(unit, "billing: recording corrections")
 
     async def agent_totals(self, since: float | None, until: float | None,
                            top: int | None = None) -> list[dict[str, Any]]:
@@ -692,7 +742,7 @@ class Store:
         """Settle the submit's rows (at $0) and keep its reservation held for the batch:
         the hold moves from ``billing_reservations`` (an instance's, released if it dies) to
         ``billing_batches`` (released as its results are priced)."""
-        values = [row_values(row) for row in sorted(rows, key=_by_id)]
+        ordered = sorted(rows, key=_by_id)
 
         async def unit(tx: Tx) -> None:
             held = 0
@@ -709,7 +759,8 @@ class Store:
                         "WHERE exchange_id = ? AND state = 'reconciled'",
                         reservation.exchange_id))
                     await _move(tx, reservation.buckets, 0, -charged)
-            await tx.executemany(UPSERT_ROW, values)
+            for row in ordered:
+                await write_row(tx, row, UPSERT)
             await tx.execute(
                 "INSERT INTO billing_batches (batch_id, exchange_id, created_at, principal, "
                 "owners, attribution, estimates, buckets, held_pusd) VALUES "
@@ -742,7 +793,7 @@ class Store:
             estimates = orjson.loads(batch["estimates"]) if batch is not None else {}
             charged = released_for = new = 0
             for row in sorted(rows, key=_by_id):
-                if await tx.execute(INSERT_PENDING, *row_values(row)):
+                if await write_row(tx, row, KEEP):
                     new += 1
                     charged += int(row["cost_pusd"])
                     released_for += int(estimates.get(row.get("custom_id"), 0))
