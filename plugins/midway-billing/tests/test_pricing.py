@@ -240,6 +240,7 @@ def test_running_cost_is_the_price_of_the_running_usage_at_every_event() -> None
     across it), data residency, batch, and modifiers changed mid-stream."""
     import random
 
+    import attrs
     import orjson
 
     from midway import SSEEvent
@@ -288,12 +289,26 @@ def test_running_cost_is_the_price_of_the_running_usage_at_every_event() -> None
             watch.feed(one)
             if rng.random() < 0.05:
                 watch.modifiers = rng.choice(modifier_choices)
+            elif rng.random() < 0.05:  # an equal object: priced again, to the same cost
+                watch.modifiers = attrs.evolve(watch.modifiers)
             expected = prices.cost(watch.running(), watch.model,
                                    modifiers=watch.modifiers).total
             assert watch.running_cost(prices) == expected
             assert watch.running_cost(prices) == expected  # remembered: the same again
             checked += 1
     assert checked > 3000
+
+
+def test_a_streams_step_is_what_the_last_event_added_never_negative() -> None:
+    import math
+
+    from midway_billing.streamwatch import StreamWatch, floor_tokens
+
+    watch = StreamWatch({"b": 1}, None)
+    assert [watch.step(cost) for cost in (5, 9, 9, 7, 12)] == [0, 4, 0, 0, 5]
+    watch.final = True  # the answer is complete: nothing more will cost
+    assert watch.step(40) == 0 and watch.cost == 40
+    assert [floor_tokens(n) for n in range(10_000)] == [math.ceil(n / 4) for n in range(10_000)]
 
 
 def test_usd_str_is_the_exact_decimal_in_plain_notation() -> None:

@@ -4,7 +4,6 @@ has relayed (the floor of an interrupted stream, docs/billing.md "Interrupted st
 
 from __future__ import annotations
 
-import math
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +26,7 @@ _DELTA_TEXT = ("text", "thinking", "partial_json")
 
 def floor_tokens(chars: int) -> int:
     """Output tokens at least behind ``chars`` characters of relayed output."""
-    return math.ceil(chars / CHARS_PER_TOKEN)
+    return -(-chars // CHARS_PER_TOKEN)  # math.ceil(chars / 4), without the float
 
 
 @attrs.define
@@ -73,27 +72,32 @@ class StreamWatch:
         """Record ``cost``, the running cost now; how much the last event added (0 for the
         first): the next event is expected to add about as much."""
         last, self.cost = self.cost, cost
-        if self.final:  # the answer is complete: no next event will cost anything
+        if self.final or last is None or cost <= last:  # final: nothing more will cost
             return 0
-        return 0 if last is None else max(0, cost - last)
+        return cost - last
 
     def feed(self, event: SSEEvent) -> bool:
         """Take one event; whether the running usage may have grown."""
         name = event.name
-        if name not in ("content_block_delta", "message_delta", "message_start"):
+        if name == "content_block_delta":  # nearly every event: the shortest path
+            payload = event.json()
+            if not isinstance(payload, dict):
+                return False
+            delta = payload.get("delta")
+            if isinstance(delta, dict):
+                chars = 0
+                for field in _DELTA_TEXT:
+                    text = delta.get(field)
+                    if isinstance(text, str):
+                        chars += len(text)
+                self.chars += chars
+                self.relayed_chars += chars
+            return True
+        if name != "message_delta" and name != "message_start":
             return False
         payload = event.json()
         if not isinstance(payload, dict):
             return False
-        if name == "content_block_delta":
-            delta = payload.get("delta")
-            if isinstance(delta, dict):
-                for field in _DELTA_TEXT:
-                    text = delta.get(field)
-                    if isinstance(text, str):
-                        self.chars += len(text)
-                        self.relayed_chars += len(text)
-            return True
         self._reported = self._priced = None
         if name == "message_start":
             message = payload.get("message")
@@ -118,8 +122,10 @@ class StreamWatch:
         without building the usage or pricing every field at each event: between two reports
         only the output count grows, and its rate depends on the prompt side alone."""
         priced = self._priced
+        # Modifiers are frozen and set once: the same object, not an equal one, is checked
+        # (an attrs __ne__ at every event cost more than the rest of this method)
         if priced is None or priced[0] is not prices or priced[1] != self.model or \
-                priced[2] != self.modifiers:
+                priced[2] is not self.modifiers:
             reported = self._reported_usage()
             cost = prices.cost(reported, self.model, modifiers=self.modifiers)
             rate: Decimal | int | None = prices.output_rate(reported, self.model,
@@ -133,8 +139,9 @@ class StreamWatch:
         _, _, _, rest, output, rate = priced
         if rate is None:  # unpriced: $0
             return rest
-        if self.chars:
-            output += floor_tokens(self.chars)
+        chars = self.chars
+        if chars:
+            output -= -chars // CHARS_PER_TOKEN  # floor_tokens, inline: once per event
         if isinstance(rate, int):
             return rest + output * rate
         return rest + tokens_pusd(output, rate)
