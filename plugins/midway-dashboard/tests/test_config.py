@@ -64,4 +64,4 @@ def test_a_bad_table_stops_start_up(start_dashboard: Callable[..., RunningMidway
 def test_the_window_follows_the_config(start_dashboard: Callable[..., RunningMidway]) -> None:
     running = start_dashboard(config={"dashboard": {"window_seconds": 120, "max_events": 3}})
     window = running.midway.services[DASHBOARD].window
-    assert window.window_seconds == 120 and window.events.maxlen == 3
+    assert window.window_seconds == 120 and window.max_events == 3

@@ -2,19 +2,36 @@
 
 from __future__ import annotations
 
-from midway.exchange import Upstream
+import math
+
+import pytest
+
+from midway.exchange import Attempt, Exchange, Upstream
 from midway.testing import make_exchange
-from midway_dashboard.window import Event, TrafficWindow, event_from_exchange, percentile
+from midway_dashboard.window import Event, TrafficWindow, percentile
 
 
-def event(t: float, status: int = 200, duration: float = 100.0, **fields: object) -> Event:
-    values: dict[str, object] = dict(
-        t=t, id=f"mw_{t}", status=status, duration_ms=duration, ttfb_ms=duration / 2,
-        streaming=False, model="claude-sonnet-4-6", principal="alice", upstream="default",
-        key_id=None, cache=None, error_type=None, client_disconnected=False, input_tokens=10,
-        output_tokens=5)
-    values.update(fields)
-    return Event(**values)  # type: ignore[arg-type]
+def event(t: float, status: int = 200, duration: float = 100.0, upstream: str | None = "default",
+          key_id: str | None = None, cache: str | None = None, error_type: str | None = None
+          ) -> Exchange:
+    """A finished exchange that ended at ``t`` after ``duration`` ms."""
+    exchange = make_exchange()
+    exchange.status, exchange.error_type = status, error_type
+    exchange.timings.started_at = t - duration / 1000
+    exchange.timings.total_ms, exchange.timings.ttfb_ms = duration, duration / 2
+    exchange.usage.update({"input_tokens": 10, "output_tokens": 5})
+    if cache is not None:
+        exchange.annotations["cache"] = cache
+    if upstream is not None:
+        exchange.upstream = Upstream(url="http://x", name=upstream, key_id=key_id)
+        exchange.attempts.append(Attempt(number=1, id=exchange.id, upstream=exchange.upstream,
+                                         started=0.0))
+    return exchange
+
+
+def only(window: TrafficWindow) -> Event:
+    [ev] = window.since(0)
+    return ev
 
 
 def test_percentile_is_nearest_rank() -> None:
@@ -56,9 +73,10 @@ def test_window_forgets_old_events_and_is_bounded() -> None:
     window = TrafficWindow(window_seconds=60, max_events=5)
     for i in range(10):
         window.add(event(1000.0 + i))
-    assert len(window.events) == 5 and window.total == 10
+    assert len(window) == 5 and window.total == 10
+    assert [e.t for e in window.since(0)] == [1005.0, 1006.0, 1007.0, 1008.0, 1009.0]
     data = window.traffic(now=1000.0 + 200)
-    assert data["requests"] == 0 and len(window.events) == 0
+    assert data["requests"] == 0 and len(window) == 0
     assert data["total"] == 10
 
 
@@ -94,7 +112,11 @@ def test_event_from_exchange_reads_outcome_and_annotations() -> None:
     exchange.annotations.update(cache="miss", cost_usd="0.0012")
     exchange.upstream = Upstream(url="http://x", name="anthropic", key_id="k1")
     exchange.usage.update({"input_tokens": 12, "output_tokens": 7})
-    ev = event_from_exchange(exchange)
+    window = TrafficWindow()
+    window.add(exchange)
+    ev = only(window)
+    assert (ev.id, ev.principal, ev.ttfb_ms, ev.streaming) == (exchange.id, exchange.principal.name,
+                                                                None, False)
     assert (ev.status, ev.duration_ms, ev.cache, ev.cost_usd) == (200, 42.0, "miss", 0.0012)
     assert (ev.input_tokens, ev.output_tokens, ev.model) == (12, 7, "claude-sonnet-4-6")
     # No attempt was made: the upstream was chosen but never reached.
@@ -105,10 +127,59 @@ def test_event_model_is_the_answers_and_the_request_is_parsed_only_without_one()
     answered = make_exchange()
     answered.status = 200
     answered.response_model = "claude-sonnet-4-6-20260101"
-    assert event_from_exchange(answered).model == "claude-sonnet-4-6-20260101"
+    window = TrafficWindow()
+    window.add(answered)
+    assert only(window).model == "claude-sonnet-4-6-20260101"
     # the request body was not parsed for it (a large body costs the relay)
     assert not answered.request.parsed
 
     refused = make_exchange()
     refused.status = 529  # an error answer names no model: the request's is shown
-    assert event_from_exchange(refused).model == "claude-sonnet-4-6"
+    window = TrafficWindow()
+    window.add(refused)
+    assert only(window).model == "claude-sonnet-4-6"
+
+
+def test_the_ring_grows_wraps_and_shrinks_keeping_order_and_values() -> None:
+    window = TrafficWindow(window_seconds=100, max_events=1000)
+    added: list[tuple[float, str, int]] = []
+    for i in range(1500):  # past max_events: the ring wraps, the oldest make room
+        ex = event(1000.0 + i * 0.01, status=200 + i % 7, duration=float(i))
+        ex.usage.update({"input_tokens": i, "output_tokens": 2 * i})
+        window.add(ex)
+        added.append((ex.timings.started_at + i / 1000, ex.id, 200 + i % 7))
+    assert len(window) == 1000 and window.total == 1500
+    kept = window.since(0)
+    assert [(e.t, e.id, e.status) for e in kept] == added[500:]
+    assert [(e.input_tokens, e.output_tokens) for e in kept] == [(i, 2 * i)
+                                                                 for i in range(500, 1500)]
+    assert [r["id"] for r in window.recent(3)] == [a[1] for a in added[:-4:-1]]
+    # time passes: all but the last few leave, and the ring gives back its room
+    window.add(event(1000.0 + 14.99 + 100 - 0.015))
+    assert [e.t for e in window.since(0)][:2] == [a[0] for a in added[-2:]]
+    assert len(window) == 3 and window._capacity < 1000
+
+
+def test_values_the_packed_row_cannot_hold_are_kept_exactly() -> None:
+    window = TrafficWindow()
+    odd = event(10.0, status=70_000)
+    odd.id = "request-from-elsewhere"
+    odd.usage.update({"input_tokens": 2 ** 70, "output_tokens": -1})
+    odd.annotations["cost_usd"] = "NaN"  # no number: no cost
+    window.add(odd)
+    ev = only(window)
+    assert (ev.id, ev.status, ev.input_tokens, ev.output_tokens, ev.cost_usd) == (
+        "request-from-elsewhere", 70_000, 2 ** 70, -1, None)
+    assert ev.ttfb_ms == 50.0 and ev.duration_ms == 100.0 and not math.isnan(ev.t)
+
+
+@pytest.mark.parametrize("cost", ["0.25", None])
+def test_cost_and_ttfb_none_or_a_number(cost: str | None) -> None:
+    window = TrafficWindow()
+    ex = event(10.0)
+    ex.timings.ttfb_ms = None
+    if cost is not None:
+        ex.annotations["cost_usd"] = cost
+    window.add(ex)
+    ev = only(window)
+    assert ev.ttfb_ms is None and ev.cost_usd == (None if cost is None else 0.25)

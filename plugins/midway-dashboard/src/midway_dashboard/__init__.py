@@ -19,7 +19,6 @@ from midway.storage import check_store, upgrade_store
 from midway_dashboard.app import DASHBOARD, PREFIX, Dashboard
 from midway_dashboard.config import DashboardConfig
 from midway_dashboard.sessions import SCHEMA
-from midway_dashboard.window import event_from_exchange
 
 __all__ = ["DASHBOARD", "Dashboard", "DashboardConfig", "config_check", "db_upgrade",
            "describe", "post_response", "register_routes", "shutdown", "startup"]
@@ -86,4 +85,4 @@ def post_response(exchange: Exchange) -> None:
     midway = exchange.midway
     dashboard = midway.services.get(DASHBOARD) if midway is not None else None
     if dashboard is not None:
-        dashboard.window.add(event_from_exchange(exchange))
+        dashboard.window.add(exchange)
