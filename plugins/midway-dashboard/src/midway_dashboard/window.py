@@ -10,8 +10,10 @@ import math
 import struct
 import time
 from array import array
+from bisect import bisect_left
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
+from operator import itemgetter
 from typing import Any
 
 import attrs
@@ -362,18 +364,25 @@ class TrafficWindow:
         first = math.floor(now / bucket) * bucket - (n_buckets - 1) * bucket
         hits = [0] * n_buckets
         looked = [0] * n_buckets
-        outcomes: Counter[str] = Counter()
-        # Only the end times and the strings: no row is unpacked.
+        # Only the strings: no row is unpacked, and each bucket's requests (the end times are
+        # in order) are counted at once.
+        caches: list[str | None] = []
+        times = array("d")
         for lo, hi in self._runs(self._first(now - span), self._count):
-            for t, profile in zip(self._t[lo:hi], self._refs[lo:hi], strict=True):
-                cache = profile[4]  # type: ignore[index]  # no None in a span
-                if cache is None:
-                    continue
-                outcomes[cache] += 1
-                index = int((t - first) // bucket)
-                if 0 <= index < n_buckets and cache != "bypass":
-                    looked[index] += 1
-                    hits[index] += cache in ("hit", "semantic-hit")
+            caches += map(_cache_of, self._refs[lo:hi])  # type: ignore[arg-type]  # no None
+            times += self._t[lo:hi]
+        outcomes = Counter(c for c in caches if c is not None)
+
+        def index_of(t: float) -> float:  # a request's bucket; its order is the times'
+            return (t - first) // bucket
+
+        lo = bisect_left(times, 0.0, key=index_of)
+        for i in range(n_buckets):
+            hi = bisect_left(times, i + 1.0, lo, key=index_of)
+            counts = Counter(caches[lo:hi])
+            looked[i] = hi - lo - counts[None] - counts["bypass"]
+            hits[i] = counts["hit"] + counts["semantic-hit"]
+            lo = hi
         return {"t": [first + i * bucket for i in range(n_buckets)],
                 "hit_rate": [h / n if n else None for h, n in zip(hits, looked, strict=True)],
                 "lookups": looked, "outcomes": dict(outcomes)}
@@ -408,6 +417,9 @@ class TrafficWindow:
     def recent(self, limit: int = 100) -> list[dict[str, Any]]:
         count = self._count
         return [e.as_dict() for e in reversed(self._events(max(0, count - limit), count))]
+
+
+_cache_of = itemgetter(4)  # a profile's cache outcome
 
 
 def _status_class(status: int) -> str:
