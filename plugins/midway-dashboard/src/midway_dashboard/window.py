@@ -109,7 +109,7 @@ _FIRST_CAPACITY = 256
 _PROFILES_SLACK = 1024
 # The fields of ``_ROW`` the panels read, the others skipped as padding (see ``_scan``).
 _TRAFFIC_ROW = struct.Struct("=31xdddHII?x")  # duration .. streaming
-_UPSTREAM_ROW = struct.Struct("=31xd16xH10x")  # duration, status
+_DURATION_STATUS_ROW = struct.Struct("=31xd16xH10x")  # duration, status
 # A request whose id or numbers do not fit the packed row keeps them exactly after its strings:
 # (model, principal, upstream, key_id, cache, error_type, id, status, input, output tokens).
 _Profile = tuple[Any, ...]
@@ -285,51 +285,66 @@ class TrafficWindow:
         now = time.time() if now is None else now
         self.expire(now)
         span = min(span, self.window_seconds)
-        begin = self._first(now - span)
+        begin, stop = self._first(now - span), self._count
         n_buckets = max(1, int(span // bucket))
         first = math.floor(now / bucket) * bucket - (n_buckets - 1) * bucket
-        counts = [0] * n_buckets
-        errors = [0] * n_buckets
-        durations: list[list[float]] = [[] for _ in range(n_buckets)]
-        recent_from = now - recent_span
-        latency: list[float] = []
-        ttfbs: list[float] = []
-        costs: list[float] = []
-        recent_errors = streaming = tokens_in = tokens_out = 0
-        statuses: Counter[str] = Counter()
-        models: Counter[str] = Counter()
-        error_at: list[int] = []  # indices of the errors, for the newest ten
-        index_of = begin
-        for t, (duration, ttfb, cost, status, n_in, n_out, streams), profile \
-                in self._scan(begin, self._count, _TRAFFIC_ROW):
-            if len(profile) != 6:
-                status, n_in, n_out = profile[7], profile[8], profile[9]
-            error = status >= 500 or status == 429 or (status < 400 and profile[5] is not None)
-            if error:
-                error_at.append(index_of)
-            index_of += 1
-            index = int((t - first) // bucket)
-            if 0 <= index < n_buckets:
-                counts[index] += 1
-                errors[index] += error
-                durations[index].append(duration)
-            if t >= recent_from:
-                latency.append(duration)
-                if ttfb == ttfb:
-                    ttfbs.append(ttfb)
-                costs.append(0.0 if cost != cost else cost or 0.0)
-                recent_errors += error
-                streaming += streams
-                tokens_in += n_in
-                tokens_out += n_out
-                statuses[_status_class(status)] += 1
-                models[profile[0] or "-"] += 1
-        p50, p95, p99 = [], [], []
-        for values in durations:
-            values.sort()
+        # The span's end times, durations, statuses and strings as columns; the chart's
+        # buckets are runs of them (the end times are in order: bisect finds each).
+        times = array("d")
+        rows: list[tuple[float, int]] = []
+        refs: list[_Profile] = []
+        size, view = _ROW.size, memoryview(self._rows)
+        for lo, hi in self._runs(begin, stop):
+            times += self._t[lo:hi]
+            rows += _DURATION_STATUS_ROW.iter_unpack(view[lo * size:hi * size])
+            refs += self._refs[lo:hi]  # type: ignore[arg-type]  # no None in a span
+        view.release()
+        all_durations = [duration for duration, _ in rows]
+        status_of = [status if len(profile) == 6 else profile[7]
+                     for (_, status), profile in zip(rows, refs, strict=True)]
+        failed = [status >= 500 or status == 429 or (status < 400 and profile[5] is not None)
+                  for status, profile in zip(status_of, refs, strict=True)]
+
+        def index_of(t: float) -> float:  # a request's bucket; its order is the times'
+            return (t - first) // bucket
+
+        counts, errors, p50, p95, p99 = [], [], [], [], []
+        lo = bisect_left(times, 0.0, key=index_of)
+        for i in range(n_buckets):
+            hi = bisect_left(times, i + 1.0, lo, key=index_of)
+            counts.append(hi - lo)
+            errors.append(sum(failed[lo:hi]))
+            values = sorted(all_durations[lo:hi])
             p50.append(percentile(values, 50))
             p95.append(percentile(values, 95))
             p99.append(percentile(values, 99))
+            lo = hi
+        # The last minute's figures, from its requests' rows in full.
+        recent = bisect_left(times, now - recent_span)
+        latency = all_durations[recent:]
+        ttfbs: list[float] = []
+        costs: list[float] = []
+        streaming = tokens_in = tokens_out = 0
+        statuses: Counter[str] = Counter()
+        models: Counter[str] = Counter()
+        for _, (_, ttfb, cost, status, n_in, n_out, streams), profile \
+                in self._scan(begin + recent, stop, _TRAFFIC_ROW):
+            if len(profile) != 6:
+                status, n_in, n_out = profile[7], profile[8], profile[9]
+            if ttfb == ttfb:
+                ttfbs.append(ttfb)
+            costs.append(0.0 if cost != cost else cost or 0.0)
+            streaming += streams
+            tokens_in += n_in
+            tokens_out += n_out
+            statuses[_status_class(status)] += 1
+            models[profile[0] or "-"] += 1
+        error_at: list[int] = []  # the newest ten errors, newest first
+        for i in range(len(failed) - 1, -1, -1):
+            if failed[i]:
+                error_at.append(begin + i)
+                if len(error_at) == 10:
+                    break
         return {
             "now": now,
             "bucket_seconds": bucket,
@@ -342,7 +357,7 @@ class TrafficWindow:
             "recent_seconds": recent_span,
             "requests": len(latency),
             "rps": len(latency) / recent_span,
-            "errors": recent_errors,
+            "errors": sum(failed[recent:]),
             "latency_ms": latency_summary(latency),
             "ttfb_ms": latency_summary(ttfbs),
             "streaming": streaming,
@@ -351,7 +366,7 @@ class TrafficWindow:
             "by_status": dict(sorted(statuses.items())),
             "by_model": dict(models.most_common(10)),
             "total": self.total,
-            "recent_errors": [self._events(i, i + 1)[0].as_dict() for i in error_at[:-11:-1]],
+            "recent_errors": [self._events(i, i + 1)[0].as_dict() for i in error_at],
         }
 
     def cache_series(self, now: float | None = None, span: float = 900.0, bucket: float = 30.0
@@ -393,7 +408,7 @@ class TrafficWindow:
         # per (upstream, key_id): [errors, durations, last status, last end time]
         groups: dict[tuple[str, str | None], list[Any]] = {}
         for t, (duration, status), profile in self._scan(self._first(now - span), self._count,
-                                                          _UPSTREAM_ROW):
+                                                          _DURATION_STATUS_ROW):
             upstream = profile[2]
             if upstream is None:
                 continue
