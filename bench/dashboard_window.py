@@ -74,7 +74,7 @@ def recorder(window: TrafficWindow) -> Callable[..., None]:
     return lambda ex: add(event_from_exchange(ex))
 
 
-def memory(n: int) -> None:
+def memory(n: int, repeat: int) -> None:
     # Each exchange made, recorded and dropped, as in the relay: what stays is the window's.
     tracemalloc.start()
     window = TrafficWindow(window_seconds=10 ** 9, max_events=n)
@@ -91,16 +91,16 @@ def memory(n: int) -> None:
     tracemalloc.stop()
     print(f"memory: {n} requests retain {(after - before) / 1e6:.2f} MB, "
           f"{(after - before) / n:.0f} B a request")
-    readers(window, last + 60)
+    readers(window, last + 60, repeat)
 
 
-def readers(window: TrafficWindow, now: float) -> None:
+def readers(window: TrafficWindow, now: float, repeat: int) -> None:
     for name, fn in [("traffic", lambda: window.traffic(now=now, span=900)),
                      ("cache_series", lambda: window.cache_series(now=now)),
                      ("by_upstream", lambda: window.by_upstream(now=now, span=900)),
                      ("recent(100)", lambda: window.recent(100))]:
-        best = min(timeit.repeat(fn, number=1, repeat=3))
-        print(f"reader {name}: {best * 1e3:.1f} ms over a full window")
+        best = min(timeit.repeat(fn, number=1, repeat=repeat))
+        print(f"reader {name}: {best * 1e3:.1f} ms over a full window (best of {repeat})")
 
 
 def cpu(repeat: int) -> None:
@@ -145,7 +145,7 @@ def main() -> None:
         for i in range(args.adds):
             record(pool[i % 1000])
         return
-    memory(args.events)
+    memory(args.events, args.repeat)
     cpu(args.repeat)
 
 

@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import math
+import random
+from collections import Counter
+from typing import Any
 
 import pytest
 
 from midway.exchange import Attempt, Exchange, Upstream
 from midway.testing import make_exchange
-from midway_dashboard.window import Event, TrafficWindow, percentile
+from midway_dashboard.window import (
+    Event,
+    TrafficWindow,
+    _status_class,
+    latency_summary,
+    percentile,
+)
 
 
 def event(t: float, status: int = 200, duration: float = 100.0, upstream: str | None = "default",
@@ -183,3 +192,131 @@ def test_cost_and_ttfb_none_or_a_number(cost: str | None) -> None:
     window.add(ex)
     ev = only(window)
     assert ev.ttfb_ms is None and ev.cost_usd == (None if cost is None else 0.25)
+
+
+# The readers as they were when they built an Event for every request of the span: the
+# reference the column readers must equal, field for field.
+def reference_traffic(window: TrafficWindow, now: float, span: float = 300.0,
+                      bucket: float = 5.0, recent_span: float = 60.0) -> dict[str, Any]:
+    window.expire(now)
+    span = min(span, window.window_seconds)
+    events = window.since(now - span)
+    n_buckets = max(1, int(span // bucket))
+    first = math.floor(now / bucket) * bucket - (n_buckets - 1) * bucket
+    counts, errors = [0] * n_buckets, [0] * n_buckets
+    durations: list[list[float]] = [[] for _ in range(n_buckets)]
+    for e in events:
+        index = int((e.t - first) // bucket)
+        if 0 <= index < n_buckets:
+            counts[index] += 1
+            errors[index] += e.is_error
+            durations[index].append(e.duration_ms)
+    for values in durations:
+        values.sort()
+    recent = [e for e in events if e.t >= now - recent_span]
+    return {
+        "now": now, "bucket_seconds": bucket,
+        "series": {"t": [first + i * bucket for i in range(n_buckets)],
+                   "rps": [c / bucket for c in counts],
+                   "errors_per_s": [e / bucket for e in errors],
+                   "p50_ms": [percentile(v, 50) for v in durations],
+                   "p95_ms": [percentile(v, 95) for v in durations],
+                   "p99_ms": [percentile(v, 99) for v in durations]},
+        "recent_seconds": recent_span, "requests": len(recent), "rps": len(recent) / recent_span,
+        "errors": sum(e.is_error for e in recent),
+        "latency_ms": latency_summary(e.duration_ms for e in recent),
+        "ttfb_ms": latency_summary(e.ttfb_ms for e in recent if e.ttfb_ms is not None),
+        "streaming": sum(e.streaming for e in recent),
+        "tokens": {"input": sum(e.input_tokens for e in recent),
+                   "output": sum(e.output_tokens for e in recent)},
+        "cost_usd": sum(e.cost_usd or 0.0 for e in recent),
+        "by_status": dict(sorted(Counter(_status_class(e.status) for e in recent).items())),
+        "by_model": dict(Counter(e.model or "-" for e in recent).most_common(10)),
+        "total": window.total,
+        "recent_errors": [e.as_dict() for e in reversed(events) if e.is_error][:10],
+    }
+
+
+def reference_cache_series(window: TrafficWindow, now: float, span: float = 900.0,
+                           bucket: float = 30.0) -> dict[str, Any]:
+    window.expire(now)
+    span = min(span, window.window_seconds)
+    n_buckets = max(1, int(span // bucket))
+    first = math.floor(now / bucket) * bucket - (n_buckets - 1) * bucket
+    hits, looked = [0] * n_buckets, [0] * n_buckets
+    outcomes: Counter[str] = Counter()
+    for e in window.since(now - span):
+        if e.cache is None:
+            continue
+        outcomes[e.cache] += 1
+        index = int((e.t - first) // bucket)
+        if 0 <= index < n_buckets and e.cache != "bypass":
+            looked[index] += 1
+            hits[index] += e.cache in ("hit", "semantic-hit")
+    return {"t": [first + i * bucket for i in range(n_buckets)],
+            "hit_rate": [h / n if n else None for h, n in zip(hits, looked, strict=True)],
+            "lookups": looked, "outcomes": dict(outcomes)}
+
+
+def reference_by_upstream(window: TrafficWindow, now: float, span: float = 300.0
+                          ) -> list[dict[str, Any]]:
+    groups: dict[tuple[str, str | None], list[Event]] = {}
+    for e in window.since(now - span):
+        if e.upstream is not None:
+            groups.setdefault((e.upstream, e.key_id), []).append(e)
+    return [{"upstream": name, "key_id": key_id, "requests": len(events),
+             "errors": sum(e.is_error for e in events),
+             "latency_ms": latency_summary(e.duration_ms for e in events),
+             "last_status": events[-1].status, "last_t": events[-1].t}
+            for (name, key_id), events in sorted(groups.items(),
+                                                 key=lambda kv: (kv[0][0], kv[0][1] or ""))]
+
+
+def varied(rng: random.Random, t: float) -> Exchange:
+    """A request of any kind: errors of each sort, streams, cache outcomes, several upstreams
+    and keys or none, costs present, absent or odd, ids and numbers the row cannot hold."""
+    status = rng.choice([200, 200, 200, 200, 400, 404, 429, 499, 500, 529, 0])
+    error_type = rng.choice([None, None, "overloaded_error", "api_error"]) \
+        if status < 400 else (None if status == 0 else "some_error")
+    exchange = event(t, status=status, duration=rng.uniform(1, 30_000),
+                     upstream=rng.choice([None, "anthropic", "bedrock", "openai"]),
+                     key_id=rng.choice([None, "k1", "k2"]),
+                     cache=rng.choice([None, None, "miss", "hit", "semantic-hit", "bypass"]),
+                     error_type=error_type)
+    if rng.random() < 0.2:  # answered without trying an upstream
+        exchange.attempts.clear()
+    exchange.timings.ttfb_ms = None if rng.random() < 0.3 else rng.uniform(1, 2000)
+    cost = rng.choice([None, "0", "-0", "nan", "inf", "0.000123", f"{rng.random():.6f}"])
+    if cost is not None:
+        exchange.annotations["cost_usd"] = cost
+    exchange.streaming = rng.random() < 0.5
+    exchange.client_disconnected = rng.random() < 0.1
+    exchange.response_model = rng.choice([None, "claude-a", "claude-b", "claude-c"])
+    exchange.principal.name = rng.choice(["alice", "bob", "carol"])
+    exchange.usage.update({"input_tokens": rng.choice([0, 7, rng.randrange(10 ** 6), 2 ** 33]),
+                           "output_tokens": rng.randrange(5000)})
+    if rng.random() < 0.05:
+        exchange.id = "req_short"  # kept beside the strings, not in the row
+    return exchange
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_column_readers_equal_the_event_readers(seed: int) -> None:
+    rng = random.Random(seed)
+    window = TrafficWindow(window_seconds=600.0, max_events=700)
+    t = 1_800_000_000.0
+    for _ in range(2000):  # more than fit: the ring wraps, the oldest fall out
+        t += rng.uniform(0, 0.6)
+        window.add(varied(rng, t))
+    assert window._start != 0 and len(window) == 700  # a wrapped, full ring
+    for now, span in [(t, 300.0), (t + 0.5, 900.0), (t + 30, 120.0), (t - 100, 60.0)]:
+        assert window.traffic(now=now, span=span) == reference_traffic(window, now, span)
+        assert window.traffic(now=now, span=span, bucket=7.0, recent_span=400.0) == \
+            reference_traffic(window, now, span, 7.0, 400.0)
+        assert window.cache_series(now=now, span=span) == \
+            reference_cache_series(window, now, span)
+        assert window.by_upstream(now=now, span=span) == \
+            reference_by_upstream(window, now, span)
+    traffic = window.traffic(now=t)
+    assert traffic["recent_errors"] and traffic["errors"] and traffic["cost_usd"] > 0
+    assert len(window.by_upstream(now=t)) > 4 and window.cache_series(now=t)["outcomes"]
