@@ -99,19 +99,24 @@ def test_pruning_collects_parts_nobody_refers_to(fake_upstream, audited):
     assert db.execute("SELECT COUNT(*) FROM audit_parts").fetchone()[0] == 0
 
 
-def test_a_pruned_part_is_written_again_when_needed(fake_upstream, audited):
-    running = audited()
-    run_session(running, 2)
-    running.call(service(running).store.prune(None, 0))  # everything, parts included
-    db = sqlite3.connect(data_dir(running) / "audit.db", isolation_level=None)
-    assert db.execute("SELECT COUNT(*) FROM audit_parts").fetchone()[0] == 0
+def send_first_turn(running) -> dict:
+    """The session's first turn sent again; its request body as audit recorded it."""
     client = anthropic.Anthropic(base_url=running.url, api_key="sk-ant-test", max_retries=0)
     raw = client.messages.with_raw_response.create(
         model="claude-sonnet-4-6", max_tokens=5, system=SYSTEM, tools=TOOLS,
         messages=conversation(1))
     midway_id = raw.headers["x-midway-request-id"]
     wait_for(lambda: get(running, midway_id) is not None)
-    assert orjson.loads(get(running, midway_id)["request_body"])["system"] == SYSTEM
+    return orjson.loads(get(running, midway_id)["request_body"])
+
+
+def test_a_pruned_part_is_written_again_when_needed(fake_upstream, audited):
+    running = audited()
+    run_session(running, 2)
+    running.call(service(running).store.prune(None, 0))  # everything, parts included
+    db = sqlite3.connect(data_dir(running) / "audit.db", isolation_level=None)
+    assert db.execute("SELECT COUNT(*) FROM audit_parts").fetchone()[0] == 0
+    assert send_first_turn(running)["system"] == SYSTEM
     assert running.call(service(running).verify())["ok"]
 
 
@@ -164,13 +169,7 @@ def resend_after_expiry(running, parts_count) -> None:
     expired, _ = running.call(store.expire_bodies(0.0))
     assert expired == 2
     assert parts_count() == 0
-    client = anthropic.Anthropic(base_url=running.url, api_key="sk-ant-test", max_retries=0)
-    raw = client.messages.with_raw_response.create(
-        model="claude-sonnet-4-6", max_tokens=5, system=SYSTEM, tools=TOOLS,
-        messages=conversation(1))
-    midway_id = raw.headers["x-midway-request-id"]
-    wait_for(lambda: get(running, midway_id) is not None)
-    body = orjson.loads(get(running, midway_id)["request_body"])
+    body = send_first_turn(running)
     assert body["system"] == SYSTEM and body["messages"] == conversation(1)
     assert parts_count() == 2 + 2
     assert running.call(service(running).verify())["ok"]
