@@ -235,16 +235,19 @@ def test_compose_stack_shares_budget_and_audit_and_survives_a_killed_replica(
     assert len(answered) == len(set(answered))
 
     # The orchestrator starts b again: its audit writer records what b had in flight as
-    # interrupted (write_ahead = "durable"). Writers flush asynchronously: look until every
-    # answered request is there.
+    # interrupted (write_ahead = "durable"), deleting each intent in the transaction that
+    # writes its record. Writers flush asynchronously: look until every answered request is
+    # there and no intent is left — only then has the chain stopped growing (the load is over).
     podman("start", stack_.container("midway-b"))
     deadline = time.monotonic() + 30
     while True:
+        ((intents,),) = stack_.psql("SELECT count(*) FROM midway_audit.audit_intents")
         audited = [r[0] for r in stack_.psql("SELECT request_id FROM midway_audit.audit_records")]
-        if set(answered) <= set(audited) or time.monotonic() > deadline:
+        if set(answered) <= set(audited) and int(intents) == 0 or time.monotonic() > deadline:
             break
         time.sleep(0.2)  # the writer's flush has no signal to wait on from outside
     assert set(answered) <= set(audited), set(answered) - set(audited)
+    assert int(intents) == 0, f"{intents} write-ahead intents never became records"
     assert len(audited) == len(set(audited))  # nothing twice
     verify = stack_.midway("midway-a", "audit", "verify", "--json")
     if verify.returncode != 0 and "name resolution" in verify.stderr:
