@@ -71,6 +71,7 @@ class Metrics(Collector):
         self.plugin_errors: defaultdict[tuple[str, str], int] = defaultdict(int)
         self.attempts: defaultdict[tuple[str, str], int] = defaultdict(int)
         self.open_streams = 0
+        self._published = ""  # the snapshot last written by publish()
         self.registry.register(self)
 
     # -- several workers --------------------------------------------------------------------
@@ -89,14 +90,19 @@ class Metrics(Collector):
         }
 
     def publish(self) -> None:
-        """Write this worker's snapshot for its peers (atomically: write, then rename)."""
+        """Write this worker's snapshot for its peers (atomically: write, then rename) when
+        it changed since the last one written: an idle gateway does not write every second."""
         if self.peers_dir is None:
             return
-        self.peers_dir.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(self.snapshot())
         path = self.peers_dir / f"worker-{self.worker}.json"
+        if text == self._published and path.exists():
+            return
+        self.peers_dir.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.snapshot()))
+        tmp.write_text(text)
         os.replace(tmp, path)
+        self._published = text
 
     def snapshots(self) -> list[dict[str, Any]]:
         """Every worker's counters: this one live, the others from their last snapshot."""
