@@ -9,6 +9,7 @@ import sqlite3
 import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -541,3 +542,30 @@ def test_retrying_lands_after_transient_failures_and_logs_once(
             await retrying(never, what="x", log=log, deadline=0.05, first_delay=0.01)
 
     asyncio.run(test())
+
+
+def test_a_pool_reconnecting_to_a_stopped_postgres_logs_one_line_not_a_traceback(
+        private_postgres: Any, caplog: pytest.LogCaptureFixture) -> None:
+    async def scenario() -> None:
+        db = open_database(parse_store(private_postgres.dsn, data_dir=Path("/nonexistent"),
+                                       default_file="p.db", label="smoke"), label="smoke")
+        await db.open(SCHEMA)
+        try:
+            private_postgres.stop("immediate")
+            with pytest.raises(Exception):  # whichever of asyncpg's errors a lost server is
+                await db.fetchval("SELECT 1")
+            # the pool now tries to restore its floor of one connection, and fails
+            for _ in range(500):
+                if any(r.name == "asyncpg.pool" for r in caplog.records):
+                    break
+                await asyncio.sleep(0.01)  # the pool's own retry has no signal to wait on
+        finally:
+            await db.close()
+
+    with caplog.at_level(logging.WARNING, logger="asyncpg.pool"):
+        asyncio.run(scenario())
+    pool_lines = [r for r in caplog.records if r.name == "asyncpg.pool"]
+    assert pool_lines, "the pool never logged its reconnection"
+    for record in pool_lines:
+        assert record.exc_info is None
+        assert "retrying (" in record.getMessage(), record.getMessage()

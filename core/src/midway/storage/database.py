@@ -757,7 +757,26 @@ def import_asyncpg(label: str) -> Any:
     except ImportError:
         raise StoreURLError(f"{label}: a PostgreSQL store needs asyncpg: "
                             "pip install 'midway[postgres]'") from None
+    pool_log = logging.getLogger("asyncpg.pool")
+    if not any(isinstance(f, _OneLine) for f in pool_log.filters):
+        pool_log.addFilter(_OneLine())
     return asyncpg
+
+
+class _OneLine(logging.Filter):
+    """asyncpg's pool logs a traceback each time it fails to reconnect while PostgreSQL is
+    down; the store's own lines already say when an outage starts and ends, so the pool's
+    become one line naming the cause."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            from midway.storage.retry import describe
+
+            record.msg = f"{record.getMessage()} ({describe(record.exc_info[1])})"
+            record.args = None
+            record.exc_info = None
+            record.exc_text = None
+        return True
 
 
 def open_database(store: StoreURL, *, schema: str | None = None, label: str = "store",
