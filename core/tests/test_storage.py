@@ -433,7 +433,10 @@ def test_migration_adds_columns_and_indexes(store: StoreURL, schema_name: str) -
         await db.close()
         again = open_database(db.store, schema=schema_name)
         changes = await again.open(SCHEMA_V2)
-        assert changes == [f"{_where(again)}: added column(s) note, weight to counters"]
+        # PostgreSQL builds the new index on the existing table concurrently, after the rest
+        built = [f"{_where(again)}: built index counters_note on counters"] \
+            if again.dialect == "postgresql" else []
+        assert changes == [f"{_where(again)}: added column(s) note, weight to counters", *built]
         row = await again.fetchone("SELECT * FROM counters WHERE key = ?", "old")
         assert row == {"key": "old", "n": 7, "note": None, "weight": 1}
         await again.close()
@@ -569,3 +572,91 @@ def test_a_pool_reconnecting_to_a_stopped_postgres_logs_one_line_not_a_traceback
     for record in pool_lines:
         assert record.exc_info is None
         assert "retrying (" in record.getMessage(), record.getMessage()
+
+
+SCHEMA_INDEXED = Schema("smoke", SCHEMA.ddl + ";\nCREATE INDEX IF NOT EXISTS counters_n_key ON "
+                        "counters (n, key);\nDROP INDEX IF EXISTS counters_n")
+
+
+def test_a_new_index_on_a_live_postgres_table_lets_writes_go_on(
+        postgres_dsn: str, pg_schema: str, tmp_path: Path) -> None:
+    """An upgrade adding an index to a table others write to: while it waits for a writer's
+    open transaction, other writers are not held off (a plain CREATE INDEX would queue its
+    lock and every INSERT behind it); the index is built and the one it replaces dropped."""
+    import asyncpg
+
+    store = parse_store(postgres_dsn, data_dir=tmp_path, default_file="t.db", label="[t] store")
+
+    async def test() -> None:
+        db = open_database(store, schema=pg_schema)
+        await db.open(SCHEMA)
+        await db.close()
+        writer = await asyncpg.connect(postgres_dsn, server_settings={"search_path": pg_schema})
+        other = await asyncpg.connect(postgres_dsn, server_settings={"search_path": pg_schema})
+        upgraded = open_database(store, schema=pg_schema)
+        try:
+            open_tx = writer.transaction()
+            await open_tx.start()
+            await writer.execute("INSERT INTO counters (key, n) VALUES ('open', 1)")
+            upgrade = asyncio.create_task(upgraded.open(SCHEMA_INDEXED))
+            for _ in range(1000):  # until the build waits for the open transaction
+                if await other.fetchval(
+                        "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'CREATE INDEX%' "
+                        "AND wait_event_type = 'Lock'"):
+                    break
+                assert not upgrade.done(), upgrade
+                await asyncio.sleep(0.01)  # the server's state; nothing to wait on instead
+            else:
+                raise AssertionError("the upgrade never reached its index build")
+            await other.execute("SET lock_timeout = '2s'")
+            await other.execute("INSERT INTO counters (key, n) VALUES ('meanwhile', 2)")
+            await open_tx.commit()
+            changes = await asyncio.wait_for(upgrade, 30)
+            where = f"PostgreSQL {store.masked}"
+            assert changes == [f"{where}: built index counters_n_key on counters",
+                               f"{where}: dropped index counters_n"]
+            indexes = {r[0]: r[1] for r in await other.fetch(
+                "SELECT c.relname, i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = "
+                "i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE n.nspname = $1", pg_schema)}
+            assert indexes == {"counters_pkey": True, "counters_n_key": True}
+        finally:
+            await upgraded.close()
+            await writer.close()
+            await other.close()
+
+    asyncio.run(test())
+
+
+def test_an_index_a_failed_concurrent_build_left_invalid_is_built_again(
+        postgres_dsn: str, pg_schema: str, tmp_path: Path) -> None:
+    import asyncpg
+
+    store = parse_store(postgres_dsn, data_dir=tmp_path, default_file="t.db", label="[t] store")
+
+    async def test() -> None:
+        db = open_database(store, schema=pg_schema)
+        await db.open(SCHEMA)
+        await db.execute("INSERT INTO counters (key, n) VALUES ('a', 1), ('b', 1)")
+        conn = await asyncpg.connect(postgres_dsn, server_settings={"search_path": pg_schema})
+        try:
+            # a unique build over duplicates fails and leaves its index behind, invalid
+            with pytest.raises(asyncpg.UniqueViolationError):
+                await conn.execute("CREATE UNIQUE INDEX CONCURRENTLY counters_n_key "
+                                   "ON counters (n)")
+            await db.close()
+            again = open_database(store, schema=pg_schema)
+            changes = await again.open(SCHEMA_INDEXED)
+            await again.close()
+            assert f"PostgreSQL {store.masked}: built index counters_n_key on counters" in changes
+            valid = await conn.fetchval(
+                "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND "
+                "c.relname = 'counters_n_key'", pg_schema)
+            assert valid is True
+            # and the duplicates are allowed again: it is the script's index, not the failed one
+            assert await conn.fetchval("SELECT count(*) FROM counters WHERE n = 1") == 2
+        finally:
+            await conn.close()
+
+    asyncio.run(test())

@@ -8,6 +8,7 @@ sentences naming the store (password masked) and what to do, so every plugin rep
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sqlite3
@@ -19,6 +20,8 @@ from midway.storage.url import StoreURL, StoreURLError, mask
 
 if TYPE_CHECKING:
     from midway.storage.database import PostgresDatabase, Schema, Tx
+
+log = logging.getLogger("midway.storage")
 
 UPGRADE_HINT = "run `midway db upgrade`"
 CONNECT_TIMEOUT = 5.0  # seconds; a check must not hang on a black-holed address
@@ -118,31 +121,90 @@ async def _pg_tables(conn: Any, schema: str | None) -> dict[str, set[str]] | Non
 
 async def pg_upgrade(db: PostgresDatabase, schema: Schema) -> list[str]:
     """Create ``schema``'s tables (and the PostgreSQL schema) and add missing columns; what
-    changed. Instances starting together take turns (an advisory lock per store name)."""
+    changed. Instances starting together take turns (an advisory lock per store name).
+
+    A new index on a table that already exists is built ``CONCURRENTLY`` once the transaction
+    has committed, and an index the script drops is dropped so too: a plain ``CREATE INDEX``
+    holds off every write to the table while it reads it all — minutes on a large ledger,
+    during which the instances still serving would refuse requests. An index a failed
+    concurrent build left invalid is dropped and built again."""
     wanted = schema.tables()
     create_tables, rest = _split(schema.statements("postgresql"))
     conn = await db.connect()
     try:
+        # A session lock (closing the connection releases it): it covers the online builds too.
+        await conn.execute("SELECT pg_advisory_lock(hashtext($1))", f"midway schema {schema.name}")
         async with conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))",
-                               f"midway schema {schema.name}")
             if db.schema:
                 await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{db.schema}"')
             before = await _pg_tables(conn, db.schema) or {}
+            name = db.schema or await conn.fetchval("SELECT current_schema()")
+            indexes = await _pg_indexes(conn, name)
             for statement in create_tables:
                 await conn.execute(statement)
-            name = db.schema or await conn.fetchval("SELECT current_schema()")
             for table, columns in wanted.items():
                 for column, definition in columns.items():
                     if table in before and column not in before[table]:
                         await conn.execute(f'ALTER TABLE "{name}"."{table}" ADD COLUMN IF NOT '
                                            f'EXISTS "{column}" {definition}')
+            online = []
             for statement in rest:
-                await conn.execute(statement)
+                if (created := _CREATE_INDEX.match(statement)) and indexes.get(created[1]):
+                    continue  # there already: IF NOT EXISTS would still lock the table first
+                if _online(statement, before, indexes):
+                    online.append(statement)
+                else:
+                    await conn.execute(statement)
             after = await _pg_tables(conn, db.schema) or {}
+        where = f"PostgreSQL {db.store.masked}"
+        built = []
+        for statement in online:
+            built.append(await _build_online(conn, name, statement, indexes, where))
     finally:
         await conn.close()
-    return _changes(before, after, wanted, f"PostgreSQL {db.store.masked}")
+    return _changes(before, after, wanted, where) + built
+
+
+_CREATE_INDEX = re.compile(r"CREATE\s+INDEX\s+IF\s+NOT\s+EXISTS\s+(\w+)\s+ON\s+(\w+)", re.I)
+_DROP_INDEX = re.compile(r"DROP\s+INDEX\s+IF\s+EXISTS\s+(\w+)\s*$", re.I)
+
+
+async def _pg_indexes(conn: Any, schema: str) -> dict[str, bool]:
+    """The indexes in ``schema``: name → whether it is valid (a failed concurrent build leaves
+    an invalid one)."""
+    return {row[0]: row[1] for row in await conn.fetch(
+        "SELECT c.relname, i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = "
+        "i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1",
+        schema)}
+
+
+def _online(statement: str, before: Mapping[str, set[str]], indexes: Mapping[str, bool]
+            ) -> bool:
+    """Whether ``statement`` is built or dropped after the transaction, concurrently: a new
+    (or invalid) index on a table that existed, or an existing index to drop (after the new
+    ones, which often replace it)."""
+    if created := _CREATE_INDEX.match(statement):
+        return created[2] in before and not indexes.get(created[1], False)
+    if dropped := _DROP_INDEX.match(statement):
+        return dropped[1] in indexes
+    return False
+
+
+async def _build_online(conn: Any, schema: str, statement: str, indexes: Mapping[str, bool],
+                        where: str) -> str:
+    if dropped := _DROP_INDEX.match(statement):
+        await conn.execute(f'DROP INDEX CONCURRENTLY IF EXISTS "{schema}"."{dropped[1]}"')
+        return f"{where}: dropped index {dropped[1]}"
+    created = _CREATE_INDEX.match(statement)
+    assert created is not None
+    index, table = created[1], created[2]
+    if index in indexes:  # invalid: what a concurrent build that failed leaves behind
+        await conn.execute(f'DROP INDEX CONCURRENTLY IF EXISTS "{schema}"."{index}"')
+    log.info("%s: building index %s on %s; writes go on meanwhile (it can take a while on a "
+             "large table)", where, index, table)
+    await conn.execute(re.sub(r"^CREATE\s+INDEX", "CREATE INDEX CONCURRENTLY", statement,
+                              flags=re.I))
+    return f"{where}: built index {index} on {table}"
 
 
 def _pg_error(where: str, exc: BaseException) -> str:
