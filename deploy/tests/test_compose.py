@@ -243,7 +243,7 @@ def test_compose_stack_shares_budget_and_audit_and_survives_a_killed_replica(
     while True:
         ((intents,),) = stack_.psql("SELECT count(*) FROM midway_audit.audit_intents")
         audited = [r[0] for r in stack_.psql("SELECT request_id FROM midway_audit.audit_records")]
-        if set(answered) <= set(audited) and int(intents) == 0 or time.monotonic() > deadline:
+        if (set(answered) <= set(audited) and int(intents) == 0) or time.monotonic() > deadline:
             break
         time.sleep(0.2)  # the writer's flush has no signal to wait on from outside
     assert set(answered) <= set(audited), set(answered) - set(audited)
