@@ -477,7 +477,8 @@ class SQLiteDatabase(Database):
                     return [(item, None, exc) for item in batch], []
                 tx = _SQLiteTx(conn)
                 try:
-                    results = [(item, _drive(item[0](tx)), None) for item in batch]
+                    results: list[tuple[_Queued, Any, BaseException | None]] = [
+                        (item, _drive(item[0](tx)), None) for item in batch]
                 except BaseException:
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
