@@ -27,6 +27,7 @@ from midway.storage import (
     retrying,
     upgrade_store,
 )
+from midway.storage.database import SQLiteDatabase
 from midway.testing_services import wait_for
 
 SCHEMA = Schema("smoke", """
@@ -320,6 +321,66 @@ def test_brief_units_run_on_the_loop_while_the_database_is_free(tmp_path: Path) 
             await asyncio.gather(*(db.run(_threads_of(ran), brief=True) for _ in range(20)))
             assert ran == [store_thread] * 20
         finally:
+            await db.close()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("on_loop", [True, False])
+def test_brief_units_queued_together_run_without_savepoints_and_still_fail_alone(
+        tmp_path: Path, on_loop: bool) -> None:
+    """A group of brief units runs with no savepoint (SQLite would copy every page each
+    unit changes to a statement journal); if one of them raises, the group is undone and
+    runs again unit by unit: that one fails alone, the others land once — on the loop's
+    connection and on the store thread's alike."""
+    path = tmp_path / "t.db"
+    runs: list[int] = []
+
+    def unit(i: int) -> Callable[[Tx], Awaitable[int]]:
+        async def run(tx: Tx) -> int:
+            runs.append(i)
+            n = await _increment(tx)
+            if i == 3:
+                raise ValueError("unit 3")
+            return n
+        return run
+
+    async def main() -> None:
+        db = open_database(parse_store("sqlite", data_dir=tmp_path, default_file="t.db",
+                                       label="[t] store"))
+        await db.open(SCHEMA)
+        assert isinstance(db, SQLiteDatabase)
+        statements: list[str] = []
+        for conn in (db._conn, db._fast):
+            assert conn is not None
+            conn.set_trace_callback(statements.append)
+        other = None
+        try:
+            if not on_loop:  # the lock taken: the group goes to the store thread
+                other = sqlite3.connect(path, isolation_level=None)
+                other.execute("BEGIN IMMEDIATE")
+            group = [asyncio.ensure_future(db.run(unit(i), brief=True)) for i in (1, 2)]
+            if other is not None:
+                await asyncio.sleep(0.02)
+                other.execute("COMMIT")
+            assert await asyncio.gather(*group) == [1, 2]
+            assert runs == [1, 2]
+            assert not [s for s in statements if "SAVEPOINT" in s]
+            runs.clear()
+            if not on_loop:
+                assert other is not None
+                other.execute("BEGIN IMMEDIATE")
+            outcomes = [asyncio.ensure_future(db.run(unit(i), brief=True)) for i in (2, 3, 4)]
+            if other is not None:
+                await asyncio.sleep(0.02)
+                other.execute("COMMIT")
+            results = await asyncio.gather(*outcomes, return_exceptions=True)
+            assert results[0] == 3 and isinstance(results[1], ValueError) and results[2] == 4
+            assert runs == [2, 3, 2, 3, 4]  # undone at 3, then again with savepoints
+            assert await db.fetchval("SELECT n FROM counters WHERE key = ?", "a") == 4
+        finally:
+            if other is not None:
+                other.close()
             await db.close()
 
     asyncio.run(main())

@@ -303,3 +303,44 @@ def test_an_older_store_is_migrated_to_partial_indexes(backend: str, tmp_path: P
             await new.close()
 
     asyncio.run(run())
+
+
+def test_a_row_names_only_the_columns_off_their_default_and_settles_them_all(
+        tmp_path: Path) -> None:
+    """A ledger row is written with the columns that differ from their default (NULL, or 0
+    for counts and flags): a pending row binds no zeros. Its settlement still sets every
+    column it settles, a zero too: a late settlement at $0 over a row reconciliation had
+    charged its estimate leaves $0."""
+    from midway_billing.store import KEEP, UPSERT, row_values, write_row
+
+    async def run() -> None:
+        config = load_table(BillingConfig, "billing", {"store": "billing.db"},
+                            data_dir=tmp_path)
+        store = config.make_store()
+        await store.open()
+        base = {"id": "x.1", "exchange_id": "x", "attempt": 1, "kind": "attempt",
+                "instance": 7, "created_at": 1.0, "principal": "p", "principal_name": "p",
+                "team": None, "project": None, "model": "m", "priced_model": None,
+                "upstream": "u", "key_id": "k", "path": "/v1/messages", "status": None,
+                "error": None, "settled_at": None, "input_tokens": 0, "output_tokens": 0,
+                "cache_write_5m_tokens": 0, "cache_write_1h_tokens": 0,
+                "cache_read_tokens": 0, "web_search_requests": 0, "cost_pusd": 0,
+                "saved_pusd": 0, "unpriced": 0, "batch": 0}
+        pending = {**base, "state": "pending"}
+        columns, values = row_values(pending)
+        assert "cost_pusd" not in columns and "batch" not in columns and 0 not in values
+        try:
+            await store.db.run(lambda tx: write_row(tx, pending, KEEP))
+            await store.db.execute("UPDATE billing_ledger SET state = 'reconciled', "
+                                   "cost_pusd = 5000, unpriced = 1 WHERE id = ?", "x.1")
+            settled = {**base, "state": "settled", "settled_at": 2.0, "status": 200,
+                       "input_tokens": 3}
+            await store.db.run(lambda tx: write_row(tx, settled, UPSERT))
+            row = await store.db.fetchone("SELECT * FROM billing_ledger WHERE id = ?", "x.1")
+            assert row is not None
+            assert (row["state"], row["cost_pusd"], row["unpriced"], row["input_tokens"],
+                    row["output_tokens"], row["batch"]) == ("settled", 0, 0, 3, 0, 0)
+        finally:
+            await store.close()
+
+    asyncio.run(run())

@@ -146,7 +146,9 @@ class Database:
         queued together, deferred ones before them), when the database's write lock is free
         at once; a unit that finds it taken (another process writing, the store thread busy)
         goes to the store thread as any other. Checkpoints (which fsync) stay on the store
-        thread. Elsewhere it changes nothing."""
+        thread. A brief unit must have no effect but through its ``tx`` (SQLite may run it
+        twice: brief units queued together run first with no savepoint between them, and
+        again one by one if one of them raises). Elsewhere it changes nothing."""
         raise NotImplementedError
 
     async def ping(self) -> str | None:
@@ -461,6 +463,33 @@ class SQLiteDatabase(Database):
         if relaxed:
             conn.execute("PRAGMA synchronous=NORMAL")
         try:
+            if len(batch) > 1 and all(item[4] for item in batch):
+                # Brief units may run again: tried first with no savepoint (SQLite copies
+                # every page a savepoint's unit changes to a statement journal); one failing
+                # undoes the group, which then runs again unit by unit, below.
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                except sqlite3.OperationalError as exc:
+                    if yield_busy and _busy(exc):
+                        return done, list(batch)
+                    return [(item, None, exc) for item in batch], []
+                except BaseException as exc:  # handed to its caller
+                    return [(item, None, exc) for item in batch], []
+                tx = _SQLiteTx(conn)
+                try:
+                    results: list[tuple[_Queued, Any, BaseException | None]] = [
+                        (item, _drive(item[0](tx)), None) for item in batch]
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                else:
+                    try:
+                        conn.execute("COMMIT")
+                    except BaseException as exc:  # handed to its caller
+                        if conn.in_transaction:
+                            conn.execute("ROLLBACK")
+                        return [(item, None, exc) for item in batch], []
+                    return results, []
             pending = collections.deque(batch)
             while pending:
                 try:

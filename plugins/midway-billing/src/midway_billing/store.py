@@ -60,18 +60,36 @@ OPTIONAL_COLUMNS: dict[str, Any] = {"catalogue_version": None, "pricing_rule": N
                                     **dict.fromkeys(FINGERPRINT_COLUMNS)}
 
 
-def row_values(row: dict[str, Any]) -> tuple[tuple[str, ...], list[Any]]:
-    """A ledger row's columns that hold a value, in LEDGER_COLUMNS order, and their values.
+# Counts and flags whose default is 0 (see SCHEMA).
+ZERO_DEFAULT_COLUMNS = frozenset((
+    "input_tokens", "output_tokens", "cache_write_5m_tokens", "cache_write_1h_tokens",
+    "cache_read_tokens", "web_search_requests", "cost_pusd", "saved_pusd", "unpriced", "batch",
+    "floor_output_tokens"))
+_REQUIRED = object()
+# Per column: its name, what a row leaving it out holds (_REQUIRED: none may), and the value
+# its default gives it (None, or 0).
+_COLUMN_DEFAULTS = tuple((c, OPTIONAL_COLUMNS.get(c, _REQUIRED),
+                          0 if c in ZERO_DEFAULT_COLUMNS else None) for c in LEDGER_COLUMNS)
 
-    A NULL is not written (every nullable column's default is NULL): binding ``None`` costs
-    Python's sqlite3 an adapter lookup that raises and formats an AttributeError — thousands
-    of instructions each, and a row has about twenty."""
+
+def row_values(row: dict[str, Any]) -> tuple[tuple[str, ...], list[Any]]:
+    """A ledger row's columns that differ from their default, in LEDGER_COLUMNS order, and
+    their values.
+
+    A column at its default (NULL; 0 for counts and flags) is not written: its default gives
+    it the same value, and a settlement's upsert sets it from ``excluded`` all the same.
+    Binding ``None`` costs Python's sqlite3 an adapter lookup that raises and formats an
+    AttributeError — thousands of instructions each, and a row has about twenty; each value
+    bound, and each column named, costs a little too (a pending row has eleven zeros)."""
     columns, values = [], []
-    for c in LEDGER_COLUMNS:
-        value = row[c] if c in row or c not in OPTIONAL_COLUMNS else OPTIONAL_COLUMNS[c]
-        if value is not None:
-            columns.append(c)
-            values.append(value)
+    for c, missing, default in _COLUMN_DEFAULTS:
+        value = row.get(c, missing)
+        if value is None or (default is not None and value == 0):
+            continue
+        if value is _REQUIRED:
+            raise KeyError(c)
+        columns.append(c)
+        values.append(value)
     return tuple(columns), values
 
 
@@ -379,6 +397,11 @@ class Store:
         self._holds_sql = (
             "SELECT exchange_id, amount_pusd, buckets FROM billing_reservations "  # noqa: S608
             f"WHERE instance = ? ORDER BY exchange_id{lock}")
+        # A counter held, and (limited) only within its limit: its row after, or none.
+        self._hold_sql = ("UPDATE billing_counters SET reserved_pusd = reserved_pusd + ? "
+                          "WHERE key = ? RETURNING spent_pusd, reserved_pusd")
+        self._hold_limited_sql = self._hold_sql.replace(
+            " RETURNING", " AND reserved_pusd <= ? - spent_pusd RETURNING")
         self._pending_sql = (
             "SELECT id, exchange_id, attempt FROM billing_ledger "  # noqa: S608
             f"WHERE state = 'pending' AND instance = ? ORDER BY id{lock}")
@@ -422,6 +445,25 @@ class Store:
 
         async def unit(tx: Tx) -> ReserveResult:
             states: dict[str, tuple[int, int]] = {}
+            # Each counter held by one statement that also checks its limit (and locks the
+            # row); one that is new or full undoes those before it, and is looked at below.
+            for key in keys:
+                room = _room(limits[key], amount)
+                if room is _NO_ROOM_IN_SQL:
+                    row = None
+                elif room is None:
+                    row = await tx.fetchone(self._hold_sql, amount, key)
+                else:
+                    row = await tx.fetchone(self._hold_limited_sql, amount, key, room)
+                if row is None:
+                    if states:
+                        await tx.execute(self._unhold_sql(len(states)), amount, *states)
+                    break
+                states[key] = int(row["spent_pusd"]), int(row["reserved_pusd"])
+            else:
+                await self._keep(tx, reservation)
+                return ReserveResult(True, states)
+            states = {}
             for key in keys:
                 states[key] = await self._counter(tx, key)
             for key in keys:
@@ -432,12 +474,7 @@ class Store:
             marks = ", ".join("?" for _ in keys)  # one statement: the rows are locked already
             sql = f"UPDATE billing_counters SET reserved_pusd = reserved_pusd + ? WHERE key IN ({marks})"  # noqa: E501, S608
             await tx.execute(sql, amount, *keys)
-            # A new row no other unit can be waiting for: inserted after the counters.
-            await tx.execute("INSERT INTO billing_reservations (exchange_id, instance, "
-                             "amount_pusd, buckets, created_at) VALUES (?, ?, ?, ?, ?) "
-                             "ON CONFLICT (exchange_id) DO NOTHING", reservation.exchange_id,
-                             self.instance, amount, "\n".join(reservation.buckets),
-                             reservation.created_at)
+            await self._keep(tx, reservation)
             return ReserveResult(True, {k: (s, r + amount) for k, (s, r) in states.items()})
 
         result: ReserveResult = await self.db.run(unit, brief=self._counted.issuperset(keys))
@@ -445,6 +482,21 @@ class Store:
             self._counted.clear()
         self._counted.update(keys)
         return result
+
+    async def _keep(self, tx: Tx, reservation: Reservation) -> None:
+        """Record a hold (for crash recovery). A new row no other unit can be waiting for:
+        inserted after the counters."""
+        await tx.execute("INSERT INTO billing_reservations (exchange_id, instance, "
+                         "amount_pusd, buckets, created_at) VALUES (?, ?, ?, ?, ?) "
+                         "ON CONFLICT (exchange_id) DO NOTHING", reservation.exchange_id,
+                         self.instance, reservation.amount_pusd,
+                         "\n".join(reservation.buckets), reservation.created_at)
+
+    @staticmethod
+    def _unhold_sql(count: int) -> str:
+        marks = ", ".join("?" for _ in range(count))
+        return ("UPDATE billing_counters SET reserved_pusd = reserved_pusd - ? "  # noqa: S608
+                f"WHERE key IN ({marks})")
 
     async def extend(self, reservation: Reservation, need: int, want: int,
                      limits: dict[str, int | None]) -> int:
@@ -940,6 +992,23 @@ def _session_filter(since: float | None, until: float | None, principal: str | N
         clauses.append("team = ?")
         args.append(team)
     return (where + " AND " if where else " WHERE ") + " AND ".join(clauses), args
+
+
+# Counters are 64-bit: spent + reserved + an amount stays below 2**65, so a limit at or above
+# it is never reached; a limit's room is checked in SQL only where no 64-bit sum overflows.
+_NEVER_REACHED = 2**65
+_SQL_ROOM_MAX = 2**62
+_NO_ROOM_IN_SQL: Any = object()
+
+
+def _room(limit: int | None, amount: int) -> int | None:
+    """What a counter's spent + reserved may be for ``amount`` to fit under ``limit`` (None:
+    no limit to check; _NO_ROOM_IN_SQL: checked in Python, from the counter read)."""
+    if limit is None or limit >= _NEVER_REACHED:
+        return None
+    room = limit - amount
+    return room if 0 <= room <= _SQL_ROOM_MAX and 0 <= amount <= _SQL_ROOM_MAX \
+        else _NO_ROOM_IN_SQL
 
 
 async def _move(tx: Tx, keys: list[str], released: int, charged: int) -> None:
