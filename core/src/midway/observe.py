@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import zlib
 from collections.abc import Iterator
 from typing import Any
@@ -15,9 +16,54 @@ from midway.jsonscan import TopLevelScanner
 from midway.sse import SSEEvent, SSEParser, parse_block
 
 # Events that carry nothing the core needs: skipped before any parsing (the bulk of a stream).
-_SKIP_PREFIXES = (b"event: content_block", b"event: ping")
+SKIP_PREFIXES = (b"event: content_block", b"event: ping")
 # The events usage and outcome are read from.
 OBSERVED_EVENTS = frozenset({"message_start", "message_delta", "message_stop", "error"})
+# The fields of a content_block_delta's ``delta`` whose characters are its text.
+_DELTA_TEXT = ("text", "thinking", "partial_json")
+# A content_block_delta as Anthropic writes it, its text field's JSON string captured: never
+# across a line, and no control character in it (invalid JSON: such an event is parsed alone).
+_DELTA = re.compile(rb'event: content_block_delta\ndata: \{"type":"content_block_delta",'
+                    rb'"index":\d+,"delta":\{"type":"[a-z_]+","(?:text|thinking|partial_json)":'
+                    rb'"([^"\\\x00-\x1f]*(?:\\.[^"\\\x00-\x1f]*)*)"\}\}\n\n')
+_DELTA_LINE = b"event: content_block_delta\n"
+
+
+def delta_text(payload: Any) -> int:
+    """Characters of text, thinking and tool input in one ``content_block_delta`` (parsed)."""
+    delta = payload.get("delta") if isinstance(payload, dict) else None
+    if not isinstance(delta, dict):
+        return 0
+    chars = 0
+    for field in _DELTA_TEXT:
+        text = delta.get(field)
+        if isinstance(text, str):
+            chars += len(text)
+    return chars
+
+
+def run_text(run: bytes) -> int | None:
+    """``delta_text`` summed over a run of complete LF-delimited events without parsing
+    each; ``None`` when one of its ``content_block_delta`` events is not in Anthropic's
+    shape (or its text not valid JSON): the caller parses them one by one instead."""
+    values = _DELTA.findall(run)
+    # Each event matched names content_block_delta twice (its name, its type): any other
+    # mention (another shape, the words inside a text) leaves the count off; and each match
+    # starts an event: every line naming the event does (after a blank line, or first).
+    lines = run.count(_DELTA_LINE)
+    if run.count(b"content_block_delta") != 2 * len(values) or lines != \
+            run.count(b"\n\n" + _DELTA_LINE) + run.startswith(_DELTA_LINE):
+        return None
+    if not values:
+        return 0
+    joined = b"".join(values)
+    if joined.isascii() and b"\\" not in joined:  # no escape: one byte, one character
+        return len(joined)
+    try:
+        texts = orjson.loads(b'["' + b'","'.join(values) + b'"]')
+    except orjson.JSONDecodeError:
+        return None
+    return sum(map(len, texts))
 
 
 def apply_event(exchange: Exchange, assembler: MessageAssembler, event: SSEEvent) -> None:
@@ -100,7 +146,7 @@ class StreamObserver:
             return
         if self._kept is not None:
             self._kept.add(chunk)
-        for event in self._parser.feed(chunk, _SKIP_PREFIXES):
+        for event in self._parser.feed(chunk, SKIP_PREFIXES):
             self.observe(event)
 
     def close(self) -> None:
@@ -114,13 +160,13 @@ class StreamObserver:
             for piece in _inflated(self._inflate, chunk):
                 if self._kept is not None:
                     self._kept.add(piece)
-                for event in self._parser.feed(piece, _SKIP_PREFIXES):
+                for event in self._parser.feed(piece, SKIP_PREFIXES):
                     self.observe(event)
         except zlib.error:  # relayed all the same; midway just cannot read it
             self._inflate = _Opaque()
 
     def observe(self, event: SSEEvent) -> None:
-        if event.raw.startswith(_SKIP_PREFIXES):
+        if event.raw.startswith(SKIP_PREFIXES):
             return
         if event.name in OBSERVED_EVENTS:
             apply_event(self._exchange, self._assembler, event)
