@@ -314,3 +314,55 @@ def test_on_chunk_raising_midway_error_ends_the_stream_with_its_error(fake_upstr
     assert b"event: error" in body and b'"type":"rate_limit_error"' in body
     wait_for(lambda: len(seen) == 1)
     assert seen[0].error_kind is ErrorKind.REFUSED and seen[0].error_type == "rate_limit_error"
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_a_usage_observer_sees_usage_events_and_the_text_past_its_mark(
+        fake_upstream, midway_factory, chunked):
+    """observe_stream(usage_only=True): on_chunk sees the usage and outcome events, and only
+    the deltas that take streamed_text past the mark; every byte still reaches the client."""
+    seen: list[tuple[str | None, int]] = []
+    ended: list[Exchange] = []
+
+    def pre_request(exchange):
+        exchange.observe_stream(meter, usage_only=True)
+
+    def on_chunk(exchange, event):
+        seen.append((event.name, exchange.streamed_text))
+        if event.name == "message_start":
+            exchange.streamed_text_mark = 10
+
+    meter = module_plugin("meter", on_chunk=on_chunk, pre_request=pre_request,
+                          post_response=lambda exchange: ended.append(exchange))
+    proxy = midway_factory(plugins=[meter])
+    text = "Hello there, " * 4  # 52 characters in 4 deltas of 13
+    fake_upstream.reply(Reply(content=[{"type": "text", "text": "naïve 🎉 \"q\"\n"},
+                                       {"type": "text", "text": text}],
+                              text_chunks=4, chunk_size=7 if chunked else None))
+    _, _, body = post(proxy.url, orjson.dumps({**MSG, "stream": True}))
+    direct_events = [e for e in body.split(b"\n\n") if e]
+    assert b"event: message_stop" in direct_events[-1]
+    names = [name for name, _ in seen]
+    assert names[0] == "message_start" and names[-1] == "message_stop"
+    assert "ping" not in names and "content_block_start" not in names
+    deltas = [count for name, count in seen if name == "content_block_delta"]
+    assert deltas and all(count > 10 for count in deltas)
+    wait_for(lambda: len(ended) == 1)
+    assert ended[0].streamed_text == len("naïve 🎉 \"q\"\n") + len(text)
+    assert ended[0].usage.output_tokens > 0 and ended[0].complete
+
+
+def test_a_usage_observer_beside_one_that_sees_every_event(fake_upstream, midway_factory):
+    names: list[str | None] = []
+    every: list[str | None] = []
+    meter = module_plugin("meter", on_chunk=lambda event: names.append(event.name),
+                          pre_request=lambda exchange: exchange.observe_stream(
+                              meter, usage_only=True))
+    watch = module_plugin("watch", on_chunk=lambda event: every.append(event.name),
+                          pre_request=lambda exchange: exchange.observe_stream(watch))
+    proxy = midway_factory(plugins=[meter, watch])
+    status, _, _ = post(proxy.url, orjson.dumps({**MSG, "stream": True}))
+    assert status == 200
+    assert "content_block_delta" in every and "ping" in every
+    assert names == [n for n in every if n in ("message_start", "message_delta",
+                                               "message_stop", "error")]

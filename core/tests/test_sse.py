@@ -105,3 +105,71 @@ def test_comments_unknown_events_and_multiline_data():
     assert [e.name for e in events] == [None, "future"]
     assert events[1].data == "line1\nline2"
     assert b"".join(e.raw for e in events) == raw
+
+
+# -- the usage-only observer's reading: runs of content events, their text unparsed -----------
+
+def _delta(delta: dict[str, object], index: int = 0) -> bytes:
+    return encode_event("content_block_delta", {"type": "content_block_delta", "index": index,
+                                                "delta": delta})
+
+
+TEXTS = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=12)
+# (an event's bytes, whether it is in Anthropic's own shape)
+CONTENT_EVENTS = st.one_of(
+    TEXTS.map(lambda t: (_delta({"type": "text_delta", "text": t}), True)),
+    TEXTS.map(lambda t: (_delta({"type": "thinking_delta", "thinking": t}, 3), True)),
+    TEXTS.map(lambda t: (_delta({"type": "input_json_delta", "partial_json": t}, 12), True)),
+    TEXTS.map(lambda t: (_delta({"type": "signature_delta", "signature": t}), False)),
+    TEXTS.map(lambda t: (_delta({"text": t, "type": "text_delta"}), False)),  # key order
+    TEXTS.map(lambda t: (b"event: content_block_delta\ndata: "
+                         b'{"type": "content_block_delta", "index": 0, "delta": {"type": '
+                         b'"text_delta", "text": "' + t.encode() + b'"}}\n\n', False)),
+    st.just((encode_event("content_block_start", {
+        "type": "content_block_start", "index": 0,
+        "content_block": {"type": "text", "text": "x"}}), True)),
+    st.just((encode_event("content_block_stop", {"type": "content_block_stop", "index": 0}),
+             True)),
+    st.just((encode_event("ping", {"type": "ping"}), True)),
+    st.just((b"event: content_block_delta\ndata: not json\n\n", False)),
+    st.just((b"event: ping\ndata: xevent: content_block_delta\ndata: " +
+             _delta({"type": "text_delta", "text": "hidden"}).split(b"data: ", 1)[1], False)),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(CONTENT_EVENTS, max_size=8))
+def test_a_runs_text_is_what_parsing_each_event_counts(events: list[tuple[bytes, bool]]
+                                                       ) -> None:
+    from midway.observe import delta_text, run_text
+
+    run = b"".join(e for e, _ in events)
+    exact = sum(delta_text(e.json()) for e in SSEParser().feed(run)
+                if e.name == "content_block_delta")
+    counted = run_text(run)
+    assert counted is None or counted == exact
+    if all(anthropic for _, anthropic in events):
+        assert counted == exact  # Anthropic's own shape is never parsed one by one
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from([*EVENTS, b"event: content_block_stop\ndata: {}\n\n",
+                                 b"\n", b": comment\n\n"]), max_size=10),
+       st.lists(st.integers(min_value=0, max_value=400), max_size=6))
+def test_feed_runs_returns_every_byte_and_parses_what_is_not_skipped(
+        events: list[bytes], cuts: list[int]) -> None:
+    from midway.observe import SKIP_PREFIXES
+
+    stream = b"".join(events)
+    points = sorted({min(c, len(stream)) for c in cuts})
+    pieces = [stream[a:b] for a, b in zip([0, *points], [*points, len(stream)], strict=True)]
+    runs, plain = SSEParser(), SSEParser()
+    out: list[bytes] = []
+    for piece in pieces:
+        items = runs.feed_runs(piece, SKIP_PREFIXES)
+        parsed = [i for i in items if not isinstance(i, bytes)]
+        assert [(e.name, e.data, e.raw) for e in parsed] == \
+            [(e.name, e.data, e.raw) for e in plain.feed(piece) if b"\r" in e.raw or
+             not e.raw.startswith(SKIP_PREFIXES)]
+        out += [i if isinstance(i, bytes) else i.raw for i in items]
+    assert b"".join(out) + runs.pending == stream

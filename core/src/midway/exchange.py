@@ -462,23 +462,38 @@ class Exchange:
     # every upstream header starting with one is left out before extra_response_headers are
     # added (billing's spend limits replace the upstream's ``anthropic-ratelimit-unified-*``)
     drop_response_headers: tuple[str, ...] = ()
-    # the plugins whose ``on_chunk`` sees this exchange's stream (see observe_stream)
+    # the plugins whose ``on_chunk`` sees this exchange's stream (see observe_stream), and
+    # those of them that asked for the usage events alone
     stream_observers: list[object] = attrs.field(factory=list)
+    usage_observers: list[object] = attrs.field(factory=list)
+    # characters of text, thinking and tool input (``partial_json``) in the stream's
+    # ``content_block_delta`` events read so far, counted while a usage observer watches; and
+    # the count past which such an observer is shown each ``content_block_delta`` too
+    streamed_text: int = 0
+    streamed_text_mark: int | None = None
     # the wire format the client spoke: ``anthropic``, or ``vertex`` / ``bedrock``, whose
     # requests the core rewrote into Anthropic's before any hook (``request`` is the Messages
     # request; ``client_path`` the path the client sent)
     client_format: str = "anthropic"
     client_path: str | None = None
 
-    def observe_stream(self, plugin: object) -> None:
-        """Ask for this exchange's stream events: ``plugin``'s ``on_chunk`` fires for each.
+    def observe_stream(self, plugin: object, usage_only: bool = False) -> None:
+        """Ask for this exchange's stream events: ``plugin``'s ``on_chunk`` fires for each
+        (with ``usage_only``, for those carrying usage or outcome, and for the text past
+        ``streamed_text_mark``: see the hook).
 
         ``plugin`` is the object registered as the plugin: ``self`` for a plugin object, the
         module for a module of hook functions (``sys.modules[__name__]``). Call it in
         ``pre_request``; a stream nobody asked to observe is relayed as raw chunks.
         """
-        if not any(p is plugin for p in self.stream_observers):
-            self.stream_observers.append(plugin)
+        usage = self.usage_observers
+        if any(p is plugin for p in self.stream_observers):
+            if not usage_only:  # every event, as asked once
+                usage[:] = [p for p in usage if p is not plugin]
+            return
+        self.stream_observers.append(plugin)
+        if usage_only:
+            usage.append(plugin)
 
     @property
     def model(self) -> str | None:

@@ -296,6 +296,16 @@ def on_chunk(exchange: Exchange, event: SSEEvent) -> SSEEvent | None:
     plugin observes is relayed as raw chunks and pays nothing for this hook (a plugin that only
     needs the whole answer at ``post_response`` asks ``Midway.keep_stream_bodies`` instead).
 
+    A plugin that needs only the usage and the amount of text (a meter) opts in with
+    ``exchange.observe_stream(plugin, usage_only=True)``: its implementation then fires for
+    ``message_start``, ``message_delta``, ``message_stop`` and ``error`` events, and for a
+    ``content_block_delta`` only once ``exchange.streamed_text`` — the characters of text,
+    thinking and tool input (``partial_json``) of the stream's ``content_block_delta``
+    events read so far, this one included — passes ``exchange.streamed_text_mark``, which
+    the plugin sets (``None``, the default: never). The content events no implementation is
+    shown are relayed as they came, unparsed; the text is counted whatever the order of
+    implementations, as read from the upstream.
+
     :param exchange: the request in flight.
     :param event: a :class:`midway.SSEEvent`: ``name``, ``data`` (text), ``json()``, and
         ``raw`` (the exact bytes that will be written).

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import zlib
 from collections.abc import Iterator
+from operator import methodcaller
 from typing import Any
 
 import orjson
@@ -15,9 +17,87 @@ from midway.jsonscan import TopLevelScanner
 from midway.sse import SSEEvent, SSEParser, parse_block
 
 # Events that carry nothing the core needs: skipped before any parsing (the bulk of a stream).
-_SKIP_PREFIXES = (b"event: content_block", b"event: ping")
+SKIP_PREFIXES = (b"event: content_block", b"event: ping")
 # The events usage and outcome are read from.
 OBSERVED_EVENTS = frozenset({"message_start", "message_delta", "message_stop", "error"})
+# The fields of a content_block_delta's ``delta`` whose characters are its text.
+_DELTA_TEXT = ("text", "thinking", "partial_json")
+# A content_block_delta as Anthropic writes it, its text field's JSON string captured: never
+# across a line, and no control character in it (invalid JSON: such an event is parsed alone).
+_DELTA = re.compile(rb'event: content_block_delta\ndata: \{"type":"content_block_delta",'
+                    rb'"index":\d+,"delta":\{"type":"[a-z_]+","(?:text|thinking|partial_json)":'
+                    rb'"([^"\\\x00-\x1f]*(?:\\.[^"\\\x00-\x1f]*)*)"\}\}\n\n')
+_DELTA_LINE = b"event: content_block_delta\n"
+
+
+_TAIL = b'"}}\n\n'
+# what a plain text may not hold: a quote or backslash (an escape), a control character
+_NOT_PLAIN = b'"\\' + bytes(range(32))
+
+
+def _alike_text(run: bytes) -> int | None:
+    """The text of a run whose deltas follow one another, all alike (one index, one type)
+    and plain (ASCII, no escape), as a text block streams: a few scans of the bytes instead
+    of a match per event; ``None`` for any other run."""
+    start = run.find(_DELTA_LINE)
+    if start < 0 or (start and run[start - 2:start] != b"\n\n"):
+        return None
+    # The first delta's bytes up to its text, which each following one must repeat.
+    head = run[start:run.find(b'":"', run.find(b',"delta":{"type":"', start) + 18) + 3]
+    end = run.rfind(_TAIL) + len(_TAIL)
+    if end - start < len(head) + len(_TAIL) or not _DELTA.fullmatch(head + _TAIL) or \
+            b"content_block_delta" in run[:start] or b"content_block_delta" in run[end:]:
+        return None
+    # run[start:end] is deltas each ending with the tail: each must start with the head, and
+    # its text (the rest) hold no quote (so no tail either), escape or control character.
+    pieces = run[start:end - len(_TAIL)].split(_TAIL)
+    if not all(map(methodcaller("startswith", head), pieces)):
+        return None
+    skip = len(head)
+    texts = b"".join([piece[skip:] for piece in pieces])
+    if not texts.isascii() or len(texts.translate(None, _NOT_PLAIN)) != len(texts):
+        return None
+    return len(texts)
+
+
+def delta_text(payload: Any) -> int:
+    """Characters of text, thinking and tool input in one ``content_block_delta`` (parsed)."""
+    delta = payload.get("delta") if isinstance(payload, dict) else None
+    if not isinstance(delta, dict):
+        return 0
+    chars = 0
+    for field in _DELTA_TEXT:
+        text = delta.get(field)
+        if isinstance(text, str):
+            chars += len(text)
+    return chars
+
+
+def run_text(run: bytes) -> int | None:
+    """``delta_text`` summed over a run of complete LF-delimited events without parsing
+    each; ``None`` when one of its ``content_block_delta`` events is not in Anthropic's
+    shape (or its text not valid JSON): the caller parses them one by one instead."""
+    alike = _alike_text(run)
+    if alike is not None:
+        return alike
+    values = _DELTA.findall(run)
+    # Each event matched names content_block_delta twice (its name, its type): any other
+    # mention (another shape, the words inside a text) leaves the count off; and each match
+    # starts an event: every line naming the event does (after a blank line, or first).
+    lines = run.count(_DELTA_LINE)
+    if run.count(b"content_block_delta") != 2 * len(values) or lines != \
+            run.count(b"\n\n" + _DELTA_LINE) + run.startswith(_DELTA_LINE):
+        return None
+    if not values:
+        return 0
+    joined = b"".join(values)
+    if joined.isascii() and b"\\" not in joined:  # no escape: one byte, one character
+        return len(joined)
+    try:
+        texts = orjson.loads(b'["' + b'","'.join(values) + b'"]')
+    except orjson.JSONDecodeError:
+        return None
+    return sum(map(len, texts))
 
 
 def apply_event(exchange: Exchange, assembler: MessageAssembler, event: SSEEvent) -> None:
@@ -100,7 +180,7 @@ class StreamObserver:
             return
         if self._kept is not None:
             self._kept.add(chunk)
-        for event in self._parser.feed(chunk, _SKIP_PREFIXES):
+        for event in self._parser.feed(chunk, SKIP_PREFIXES):
             self.observe(event)
 
     def close(self) -> None:
@@ -114,13 +194,13 @@ class StreamObserver:
             for piece in _inflated(self._inflate, chunk):
                 if self._kept is not None:
                     self._kept.add(piece)
-                for event in self._parser.feed(piece, _SKIP_PREFIXES):
+                for event in self._parser.feed(piece, SKIP_PREFIXES):
                     self.observe(event)
         except zlib.error:  # relayed all the same; midway just cannot read it
             self._inflate = _Opaque()
 
     def observe(self, event: SSEEvent) -> None:
-        if event.raw.startswith(_SKIP_PREFIXES):
+        if event.raw.startswith(SKIP_PREFIXES):
             return
         if event.name in OBSERVED_EVENTS:
             apply_event(self._exchange, self._assembler, event)

@@ -8,7 +8,7 @@ import functools
 import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 import aiohttp
@@ -56,11 +56,14 @@ from midway.metrics import Metrics
 from midway.model_list import MODELS
 from midway.observe import (
     OBSERVED_EVENTS,
+    SKIP_PREFIXES,
     BodyObserver,
     StreamObserver,
     apply_message,
     decode_body,
+    delta_text,
     final_event,
+    run_text,
 )
 from midway.plugins import Impl, PluginFailed
 from midway.secrets_ref import fingerprint, resolve
@@ -728,51 +731,79 @@ class Proxy:
         await response.write_eof()
         return response
 
-    def _chunk_callers(self, exchange: Exchange
-                       ) -> list[tuple[Impl, Callable[[SSEEvent], Any]]]:
-        observers = exchange.stream_observers
-        return [(impl, _chunk_caller(impl, exchange)) for owner, impl in self.chunk_impls
+    def _chunk_callers(self, exchange: Exchange) -> list[_Caller]:
+        observers, usage = exchange.stream_observers, exchange.usage_observers
+        return [(impl, _chunk_caller(impl, exchange), any(owner is o for o in usage))
+                for owner, impl in self.chunk_impls
                 if any(owner is observer for observer in observers)]
 
     async def _relay_events(self, response: web.StreamResponse, exchange: Exchange,
-                            source: AsyncIterator[bytes],
-                            callers: list[tuple[Impl, Callable[[SSEEvent], Any]]]) -> bool:
+                            source: AsyncIterator[bytes], callers: list[_Caller]) -> bool:
         """Relay ``source`` event by event through ``callers``; whether a plugin ended the
-        stream (an ``on_chunk`` raised :class:`MidwayError`: its error event went out last)."""
+        stream (an ``on_chunk`` raised :class:`MidwayError`: its error event went out last).
+        Usage-only callers see the usage and outcome events, and the text past
+        ``exchange.streamed_text_mark``; while they are all there is, the content events
+        between two usage events are relayed as their bytes, their text counted unparsed."""
         parser = SSEParser()
         observer = StreamObserver(exchange)
         timings = exchange.timings
         plugins = self.plugins
         kept = exchange.kept_stream
+        every = not all(usage_only for _, _, usage_only in callers)
+        counting = len(exchange.usage_observers) > 0
+        events: list[SSEEvent] = []
+        items: Sequence[SSEEvent | bytes] = ()
         async for chunk in source:
-            out = []
-            for event in parser.feed(chunk):
-                for impl, call in callers:
-                    try:
-                        result = call(event)
-                        if result is not None:  # mostly None: keep the common path short
-                            if impl.is_async or asyncio.iscoroutine(result):
-                                result = await plugins.bounded(result)
-                            if isinstance(result, SSEEvent):
-                                event = result
-                    except MidwayError as exc:
-                        # On purpose: what was relayed stays, the event that raised does not,
-                        # and the stream ends with the error (a plugin cannot answer twice).
-                        exchange.fail(exc.kind, exc.message)
-                        exchange.error_type = exc.error_type
-                        out.append(error_event(exc.message, exc.error_type))
-                        joined = b"".join(out)
-                        if kept is not None:
-                            kept.add(joined)
-                        await response.write(joined)
-                        return True
-                    except Exception:
-                        plugins.failed(impl.plugin, "on_chunk")
-                raw = event.raw
-                if raw:
-                    if event.name in OBSERVED_EVENTS:
-                        observer.observe(event)
-                    out.append(raw)
+            out: list[bytes] = []
+            items = parser.feed(chunk) if every else parser.feed_runs(chunk, SKIP_PREFIXES)
+            for item in items:
+                if isinstance(item, bytes):  # content events, unparsed, nobody to see them
+                    text = run_text(item)
+                    mark = exchange.streamed_text_mark
+                    if text is not None and (mark is None or
+                                             exchange.streamed_text + text <= mark):
+                        exchange.streamed_text += text
+                        out.append(item)
+                        continue
+                    events = SSEParser().feed(item)  # one by one: counted exactly, shown
+                else:
+                    events = [item]
+                for event in events:
+                    name = event.name
+                    shown = name in OBSERVED_EVENTS
+                    if counting and name == "content_block_delta":
+                        exchange.streamed_text += delta_text(event.json())
+                        mark = exchange.streamed_text_mark
+                        shown = mark is not None and exchange.streamed_text > mark
+                    for impl, call, usage_only in callers:
+                        if usage_only and not shown:
+                            continue
+                        try:
+                            result = call(event)
+                            if result is not None:  # mostly None: keep the common path short
+                                if impl.is_async or asyncio.iscoroutine(result):
+                                    result = await plugins.bounded(result)
+                                if isinstance(result, SSEEvent):
+                                    event = result
+                        except MidwayError as exc:
+                            # On purpose: what was relayed stays, the event that raised does
+                            # not, and the stream ends with the error (a plugin cannot answer
+                            # twice).
+                            exchange.fail(exc.kind, exc.message)
+                            exchange.error_type = exc.error_type
+                            out.append(error_event(exc.message, exc.error_type))
+                            joined = b"".join(out)
+                            if kept is not None:
+                                kept.add(joined)
+                            await response.write(joined)
+                            return True
+                        except Exception:
+                            plugins.failed(impl.plugin, "on_chunk")
+                    raw = event.raw
+                    if raw:
+                        if event.name in OBSERVED_EVENTS:
+                            observer.observe(event)
+                        out.append(raw)
             if out:
                 joined = b"".join(out)
                 if kept is not None:
@@ -784,6 +815,9 @@ class Proxy:
             # waits most of its life): its bytes, its events and their parsed JSON go now.
             chunk = joined = raw = b""
             event = _NO_EVENT
+            item = b""
+            events = []
+            items = ()
             out.clear()
             result = None
         if parser.pending:  # a final event without its blank line: relay it as it came
@@ -830,6 +864,10 @@ def _shutting_down() -> MidwayError:
 def _plugin_error(exchange: Exchange, exc: PluginFailed) -> MidwayError:
     exchange.fail(ErrorKind.PLUGIN_FAILED, f"plugin {exc.plugin} failed in {exc.hook}")
     return MidwayError(500, f"a midway plugin ({exc.plugin}) failed in {exc.hook}")
+
+
+# an on_chunk implementation, its one-argument call, whether it observes usage only
+_Caller = tuple[Impl, Callable[[SSEEvent], Any], bool]
 
 
 def _chunk_caller(impl: Impl, exchange: Exchange) -> Callable[[SSEEvent], Any]:

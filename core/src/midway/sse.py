@@ -84,6 +84,27 @@ class SSEParser:
         events = self._feed_any(buf)
         return [e for e in events if not e.raw.startswith(skip)] if skip else events
 
+    def feed_runs(self, data: bytes, skip: tuple[bytes, ...]) -> list[SSEEvent | bytes]:
+        """Complete events, those whose bytes start with one of ``skip`` not parsed: each run
+        of them comes as its bytes (every byte of the complete events is returned, in order).
+        """
+        buf = self._buf + data if self._buf else data
+        if b"\r" in buf:
+            return list(self._feed_any(buf))
+        blocks = buf.split(b"\n\n")  # as _feed_lf's search: the last one is not complete
+        self._buf = blocks.pop()
+        out: list[SSEEvent | bytes] = []
+        run = 0  # where the current run of skipped events starts
+        for i in [i for i, block in enumerate(blocks) if not block.startswith(skip)]:
+            if run < i:
+                out.append(b"\n\n".join(blocks[run:i]) + b"\n\n")
+            block = blocks[i]
+            out.append(parse_block(block, block + b"\n\n"))
+            run = i + 1
+        if run < len(blocks):
+            out.append(b"\n\n".join(blocks[run:]) + b"\n\n")
+        return out
+
     def _feed_lf(self, buf: bytes, skip: tuple[bytes, ...]) -> list[SSEEvent]:
         events: list[SSEEvent] = []
         start = 0

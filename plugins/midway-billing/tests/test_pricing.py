@@ -325,3 +325,94 @@ def test_usd_str_is_the_exact_decimal_in_plain_notation() -> None:
         assert usd_str(value) == format(usd(value), "f")
     assert (usd_str(1), usd_str(-25 * 10**10), usd_str(3 * 10**12)) == (
         "0.000000000001", "-0.25", "3")
+
+
+def test_a_hard_budgets_stream_is_grown_and_cut_where_watching_every_event_would() -> None:
+    """The core shows a hard budget's watch only the usage events and the text past the mark
+    the watch sets (``StreamWatch.mark``); it catches up on the text relayed unseen. Every
+    check that grows the reservation or cuts the stream comes at the same event, with the
+    same cost and step, as when every event is fed (as billing did before the mark)."""
+    import random
+
+    import orjson
+
+    from midway import SSEEvent
+    from midway.observe import delta_text
+    from midway_billing.streamwatch import StreamWatch
+
+    def event(name: str, payload: dict) -> SSEEvent:
+        data = orjson.dumps(payload).decode()
+        return SSEEvent(name, data, f"event: {name}\ndata: {data}\n\n".encode())
+
+    tables = [PriceTable.load(), PriceTable.load(unknown_policy="unpriced"),
+              PriceTable.load({"claude-haiku-4-5": {"input": "1.0000001",
+                                                    "output": "5.1234567"}})]
+    models = ["claude-opus-4-6", "claude-haiku-4-5", "no-such"]
+    usage_events = {"message_start", "message_delta", "message_stop", "error"}
+    rng = random.Random(24)
+
+    def run(stream: list[SSEEvent], prices: PriceTable, reserved: int, cap: int,
+            marked: bool) -> list[tuple[int, int, int, int]]:
+        """Each check that passed the reservation: (event, cost, step, reservation)."""
+        watch = StreamWatch({"b": cap}, None)
+        checks: list[tuple[int, int, int, int]] = []
+        streamed, mark = 0, -1
+        for index, one in enumerate(stream):
+            chars = delta_text(one.json()) if one.name == "content_block_delta" else 0
+            streamed += chars
+            if marked:
+                shown = one.name in usage_events if one.name != "content_block_delta" \
+                    else mark is not None and streamed > mark
+                if not shown:
+                    continue
+                watch.catch_up(streamed - chars, prices)
+            if not watch.feed(one):
+                continue
+            cost = watch.running_cost(prices)
+            step = watch.step(cost)
+            if cost + step > reserved:
+                checks.append((index, cost, step, reserved))
+                need = cost + step - reserved
+                if reserved + need > cap:
+                    return checks  # cut here
+                reserved += max(need, min(reserved, cap - reserved))
+            if marked:
+                mark = watch.mark(prices, reserved, streamed)
+        return checks
+
+    grown = cut = 0
+    for _ in range(400):
+        prices, model = rng.choice(tables), rng.choice(models)
+        output = 1
+        stream = [event("message_start", {"type": "message_start", "message": {
+            "model": model, "usage": {"input_tokens": rng.choice([10, 3000, 150_000]),
+                                      "output_tokens": 1}}})]
+        if rng.random() < 0.1:  # text before any usage
+            stream.insert(0, event("content_block_delta", {
+                "type": "content_block_delta", "index": 0,
+                "delta": {"type": "text_delta", "text": "early"}}))
+        for _ in range(rng.randrange(1, 120)):
+            roll = rng.random()
+            if roll < 0.85:
+                stream.append(event("content_block_delta", {
+                    "type": "content_block_delta", "index": 0, "delta": {
+                        "type": rng.choice(["text_delta", "thinking_delta"]),
+                        "text": "y" * rng.choice([0, 1, 3, 4, 17, 200, 2000])}}))
+            elif roll < 0.95:
+                output += rng.randrange(0, 400)
+                stream.append(event("message_delta", {
+                    "type": "message_delta", "delta": {"stop_reason": None},
+                    "usage": {"output_tokens": output}}))
+            else:
+                stream.append(event("ping", {"type": "ping"}))
+        stream.append(event("message_delta", {
+            "type": "message_delta", "delta": {"stop_reason": "end_turn"},
+            "usage": {"output_tokens": output + rng.randrange(0, 50)}}))
+        stream.append(event("message_stop", {"type": "message_stop"}))
+        reserved = rng.choice([1, 10**6, 10**7, 10**8, 10**9])
+        cap = reserved * rng.choice([1, 2, 5, 1000])
+        every = run(stream, prices, reserved, cap, marked=False)
+        assert run(stream, prices, reserved, cap, marked=True) == every
+        grown += len(every) > 0
+        cut += bool(every) and every[-1][1] + every[-1][2] > cap
+    assert grown > 50 and cut > 20  # both paths exercised

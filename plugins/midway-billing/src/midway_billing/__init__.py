@@ -114,7 +114,9 @@ async def pre_request(exchange: Exchange) -> Response | None:
     answer = await billing.pre_request(exchange)
     state = exchange.state.get("billing")
     if answer is None and getattr(state, "watch", None) is not None:
-        exchange.observe_stream(sys.modules[__name__])  # a hard budget watches its stream
+        # Its usage and text (the floor of an interrupted stream); a hard budget's, the text
+        # past the mark its reservation sets.
+        exchange.observe_stream(sys.modules[__name__], usage_only=True)
     return answer
 
 

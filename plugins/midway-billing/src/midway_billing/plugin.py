@@ -21,6 +21,7 @@ from midway.annotations import BILLING, CACHE, CACHE_HITS, COST_USD
 from midway.background import start_every
 from midway.config import ConfigError
 from midway.exchange import Principal
+from midway.observe import delta_text
 from midway.storage import Episode, is_transient, retrying
 from midway_billing import catalogue_file, spendlimits
 from midway_billing.budgets import Attribution, Bucket, Check, checks_for, iso, window
@@ -386,7 +387,7 @@ class Billing:
         usage = exchange.usage
         if not exchange.streaming or exchange.complete or state.watch is None:
             return usage, "", 0
-        floor = floor_tokens(state.watch.relayed_chars)
+        floor = floor_tokens(exchange.streamed_text)
         if floor <= usage.output_tokens:
             return usage, "interrupted", floor
         billed = Usage()
@@ -480,6 +481,8 @@ class Billing:
         if hard and state.watch is not None:
             state.watch.guard(limits)
             state.watch.modifiers = modifiers_of(exchange)  # once, not per event
+            # Every delta is shown to on_chunk until the first usage event sets the mark.
+            exchange.streamed_text_mark = -1
         for check in checks:
             spent, reserved = result.states[check.bucket.key]
             if spent + reserved >= check.budget.limit_pusd * check.budget.warn_at:
@@ -561,15 +564,21 @@ class Billing:
         Nothing to await while the reservation covers them."""
         state = exchange.state.get("billing")
         if not isinstance(state, RequestState) or state.watch is None or \
-                not state.watch.feed(event) or state.reservation is None or \
-                not state.watch.hard:
+                state.reservation is None or not state.watch.hard:
             return None
-        watch = state.watch
-        cost = watch.running_cost(self.prices)
+        watch, prices, reservation = state.watch, self.prices, state.reservation
+        # The deltas the core relayed unseen (below the mark) come first.
+        streamed = exchange.streamed_text
+        watch.catch_up(streamed - delta_text(event.json()) if event.name ==
+                       "content_block_delta" else streamed, prices)
+        if not watch.feed(event):
+            return None
+        cost = watch.running_cost(prices)
         step = watch.step(cost)
-        if cost + step <= state.reservation.amount_pusd:
+        if cost + step <= reservation.amount_pusd:
+            exchange.streamed_text_mark = watch.mark(prices, reservation.amount_pusd, streamed)
             return None
-        return self._grow(exchange, state.reservation, watch, cost, step)
+        return self._grow(exchange, reservation, watch, cost, step)
 
     async def _grow(self, exchange: Exchange, reservation: Reservation, watch: StreamWatch,
                     cost: int, step: int) -> None:
@@ -577,6 +586,8 @@ class Billing:
         # Doubling the hold: a long answer costs a few writes, not one per event.
         if await self.store.extend(reservation, need, max(need, reservation.amount_pusd),
                                    watch.limits):
+            exchange.streamed_text_mark = watch.mark(self.prices, reservation.amount_pusd,
+                                                     exchange.streamed_text)
             return
         # The event that passed the hold is not relayed, but the upstream produced it.
         exchange.usage.update(watch.running().raw)

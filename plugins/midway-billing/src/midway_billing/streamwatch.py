@@ -11,6 +11,7 @@ import attrs
 
 from midway import SSEEvent, Usage
 from midway.assemble import copy_usage, merge_usage
+from midway.observe import delta_text
 from midway_billing.pricing import Modifiers, tokens_pusd
 
 if TYPE_CHECKING:
@@ -21,7 +22,6 @@ if TYPE_CHECKING:
 CHARS_PER_TOKEN = 4
 # picodollars per token in a rate of one dollar per million tokens
 _PUSD_PER_MTOK = 10**6
-_DELTA_TEXT = ("text", "thinking", "partial_json")
 
 
 def floor_tokens(chars: int) -> int:
@@ -76,22 +76,52 @@ class StreamWatch:
             return 0
         return cost - last
 
+    def catch_up(self, streamed: int, prices: PriceTable) -> None:
+        """Take the text of the deltas relayed unseen (the core counted it: ``streamed`` is
+        ``exchange.streamed_text`` before the event at hand), as if each had been fed: the
+        last of them is the event the next one's step is measured from."""
+        unseen = streamed - self.relayed_chars
+        if unseen > 0:
+            self.chars += unseen
+            self.relayed_chars = streamed
+            self.cost = self.running_cost(prices)
+
+    def mark(self, prices: PriceTable, reserved: int, streamed: int) -> int | None:
+        """How far ``streamed`` (``exchange.streamed_text``, now) may grow before a delta must
+        be looked at (``None``: never): up to there, every delta's running cost plus its step
+        stays within ``reserved``, for both are at most ``2 × cost(text) − cost now`` (the
+        cost only grows with the text until the next usage event, which is always seen).
+        Called right after ``step``, at the same usage."""
+        base = self.cost if self.cost is not None else 0
+        room = (reserved + base) // 2  # the most the running cost may reach
+        self.running_cost(prices)  # the usage priced (no-op when it is)
+        assert self._priced is not None
+        _, _, _, rest, output, rate = self._priced
+        if rate is None or rate == 0:  # the text costs nothing
+            return None if rest <= room else streamed
+        if rest > room:
+            return streamed
+        if isinstance(rate, int):
+            tokens = (room - rest) // rate
+        else:
+            tokens = int((room - rest) // (rate * _PUSD_PER_MTOK))
+            while tokens >= 0 and rest + tokens_pusd(tokens, rate) > room:
+                tokens -= 1  # the rounding of to_pusd, at most a token or so
+        tokens -= output
+        if tokens < 0:
+            return streamed
+        return max(streamed, streamed - self.chars + tokens * CHARS_PER_TOKEN)
+
     def feed(self, event: SSEEvent) -> bool:
         """Take one event; whether the running usage may have grown."""
         name = event.name
-        if name == "content_block_delta":  # nearly every event: the shortest path
+        if name == "content_block_delta":
             payload = event.json()
             if not isinstance(payload, dict):
                 return False
-            delta = payload.get("delta")
-            if isinstance(delta, dict):
-                chars = 0
-                for field in _DELTA_TEXT:
-                    text = delta.get(field)
-                    if isinstance(text, str):
-                        chars += len(text)
-                self.chars += chars
-                self.relayed_chars += chars
+            chars = delta_text(payload)
+            self.chars += chars
+            self.relayed_chars += chars
             return True
         if name != "message_delta" and name != "message_start":
             return False
