@@ -20,7 +20,7 @@ from midway.options import load_table
 from midway.testing import Reply, wait_for
 from midway_audit.chain import verify
 from midway_audit.config import AuditConfig
-from midway_audit.handoff.intents import INTERRUPTED_ERROR, interrupted_rows
+from midway_audit.handoff.intents import INTERRUPTED_ERROR, IntentLog, interrupted_rows
 from midway_audit.record import Pending, prepare
 from midway_audit.redact import Redactor
 from midway_audit.stores.queries import Filter
@@ -219,3 +219,59 @@ async def _recovery(config: AuditConfig, tmp_path: Path) -> None:
         assert (await verify(again)).ok
     finally:
         await again.close()
+
+
+# -- which records' transactions look for an intent ----------------------------------------
+
+def test_settle_says_whether_an_intent_may_be_in_the_store(tmp_path):
+    asyncio.run(_settling(_config("sqlite", tmp_path, {})))
+
+
+async def _settling(config: AuditConfig) -> None:
+    store = await _opened(config)
+    try:
+        log = IntentLog(store, Redactor(), 7)
+        # added and settled before the commit loop runs (as in one wake-up's frames)
+        log.add("dropped", orjson.dumps(_intent_frame("dropped")))
+        log.add("replayed", orjson.dumps(_intent_frame("replayed")), replay=True)
+        assert log.settle("dropped") is False  # its record came first: never written
+        assert log.settle("replayed") is True  # a killed writer may have committed it
+        assert log.settle("unknown") is True  # not this writer's intent
+        await log.drain()
+        assert await store.left_by(7) == []  # neither was written
+        log.add("late", orjson.dumps(_intent_frame("late")))
+        await log.drain()
+        assert await store.left_by(7)  # committed ...
+        assert log.settle("late") is True  # ... so its record's transaction deletes it
+    finally:
+        await store.close()
+
+
+def _intent_frame(request_id: str) -> list[Any]:
+    return [request_id, 1.0, "p1", None, None, "key", "127.0.0.1", None, None, "POST",
+            "/v1/messages", "", "claude-sonnet-4-6", "anthropic", None]
+
+
+def test_a_record_without_a_stored_intent_skips_the_lookups_a_stored_one_does_not(tmp_path):
+    asyncio.run(_skipping(_config("sqlite", tmp_path, {})))
+
+
+async def _skipping(config: AuditConfig) -> None:
+    redactor = Redactor()
+    store = await _opened(config)
+
+    def row(request_id: str, stored: bool) -> Any:
+        pending = Pending({"id": request_id, "ts": 1.0, "principal": "p1", "model": "m",
+                           "status": 200, "upstream_request_id": None}, [], b"", None, None,
+                          None, intent_stored=stored)
+        return prepare(pending, redactor, 0, False)
+
+    try:
+        await store.intend(7, [_intent("kept", 1.0), _intent("deleted", 1.0)])
+        # "kept" is flagged as never stored (which a writer only does when that is true):
+        # its stray intent shows that no lookup ran; "deleted"'s goes with its record
+        await store.append([row("kept", False), row("deleted", True)])
+        assert [orjson.loads(d)["id"] for d in await store.left_by(7)] == ["kept"]
+        assert (await verify(store)).ok
+    finally:
+        await store.close()

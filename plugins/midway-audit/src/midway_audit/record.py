@@ -34,6 +34,9 @@ class Pending:
     ring_end: int = 0  # where its frame ends in the hand-off ring (writer process)
     replay: bool = False  # read again after a writer was killed: it may be stored already
     response_cut: bool = False  # response_body is only the start of the answer (the relay's)
+    # Whether the request's write-ahead intent may be in the store (or may have become an
+    # interrupted record there): ``False`` only when this writer dropped it unwritten.
+    intent_stored: bool = True
 
     @property
     def size(self) -> int:
@@ -63,6 +66,9 @@ class Row:
     content: str
     # the parts request_body (a template) refers to: digest -> text (see parts.py)
     parts: dict[str, str] = attrs.field(factory=dict)
+    # False: no intent of this request was ever committed (see Pending.intent_stored), so
+    # the store neither deletes one nor looks for an earlier record of the request
+    intent_stored: bool = True
     # set by the store when the row is chained
     seq: int = 0
     prev_hash: str = ""
@@ -217,7 +223,8 @@ def prepare(pending: Pending, redactor: Redactor, max_body: int, bodies: bool) -
                principal=str(clean["principal"]), model=_str_or_none(clean["model"]),
                status=status, data=data, request_body=request_body,
                response_body=response_body, parts=parts,
-               content=content_digest(data, request_body, response_body))
+               content=content_digest(data, request_body, response_body),
+               intent_stored=pending.intent_stored)
 
 
 def plain(values: list[Any], problem: str) -> list[Any]:

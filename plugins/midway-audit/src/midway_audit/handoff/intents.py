@@ -110,6 +110,8 @@ class IntentLog:
         self.done = 0  # intents handled (committed, failed, or no longer needed), in order
         self.open: dict[str, bytes] = {}  # request id -> intent frame data, until its record
         self._gathering: list[tuple[str, bytes, int]] = []  # with their ring frame's end
+        # the request ids in _gathering whose intent no earlier writer may have committed
+        self._fresh: set[str] = set()
         self.done_end = 0  # where the frame of the last intent handled ends in the ring
         self._settled: set[str] = set()  # gathered intents whose record already came
         self._task: asyncio.Task[None] | None = None
@@ -121,19 +123,29 @@ class IntentLog:
         """Whether intents taken are not handled yet."""
         return self._task is not None
 
-    def add(self, request_id: str, data: bytes, ring_end: int = 0) -> None:
+    def add(self, request_id: str, data: bytes, ring_end: int = 0, replay: bool = False
+            ) -> None:
         """Take the intent of a request about to reach the upstream (its frame's metadata,
-        parsed only if it has to be written); commit it soon."""
+        parsed only if it has to be written); commit it soon. ``replay``: read again after a
+        writer was killed, which may have committed it."""
         self.open[request_id] = data
         self._gathering.append((request_id, data, ring_end))
+        if not replay:
+            self._fresh.add(request_id)
         if self._task is None:
             self._task = asyncio.create_task(self._commit_loop(), name="midway-audit-intents")
 
-    def settle(self, request_id: str) -> None:
+    def settle(self, request_id: str) -> bool:
         """The request's record came: its intent is no longer open (nor written, if it was
-        still waiting for its batch)."""
-        if self.open.pop(request_id, None) is not None and self._gathering:
+        still waiting for its batch). Whether the intent may be in the store: ``False`` when
+        it never will be — then nothing in the store can name the request yet (no intent to
+        delete, no interrupted record made from one), and the record's transaction skips
+        both lookups."""
+        if self.open.pop(request_id, None) is None:
+            return True  # not this writer's (a killed one's, committed or not): assume so
+        if self._gathering:
             self._settled.add(request_id)
+        return request_id not in self._fresh
 
     async def _commit_loop(self) -> None:
         try:
@@ -141,7 +153,7 @@ class IntentLog:
                 if self.linger:
                     await asyncio.sleep(self.linger)
                 batch, settled = self._gathering, self._settled
-                self._gathering, self._settled = [], set()
+                self._gathering, self._settled, self._fresh = [], set(), set()
                 todo = [_row(rid, intended(data), self.redactor)
                         for rid, data, _ in batch if rid not in settled]
                 try:

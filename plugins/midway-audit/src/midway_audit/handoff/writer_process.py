@@ -238,12 +238,15 @@ class WriterProcess:
             pending = received(meta, a, b, self._max_body)
             pending.ring_end = end
             pending.replay = end <= self._orphans_before
-            if intents is not None:
-                intents.settle(str(pending.meta.get("id")))
+            # a request whose intent this writer dropped unwritten (or, without
+            # write-ahead, that had none) is named nowhere in the store yet
+            stored = intents.settle(str(pending.meta.get("id"))) if intents is not None \
+                else False
+            pending.intent_stored = stored or pending.replay
             if not self.writer.offer(pending):
                 return self.writer.submit(pending)
         elif kind == INTENT and intents is not None:
-            intents.add(a.decode(), meta, end)  # a: the request id
+            intents.add(a.decode(), meta, end, end <= self._orphans_before)  # a: the id
         return None
 
     async def _stop(self) -> None:

@@ -157,9 +157,13 @@ class AuditStore:
             seq, prev, anchor_seq = chain["seq"], chain["head_hash"], chain["anchor_seq"]
             known = self._known
             known.check(anchor_seq, chain["parts_epoch"])
-            await tx.executemany("DELETE FROM audit_intents WHERE request_id = ?",
-                                 [(r.request_id,) for r in rows])
-            stored = await self._stored(tx, [r.request_id for r in rows])
+            # Rows whose intent was never committed need neither lookup (Row.intent_stored);
+            # a retry checks every row, as an earlier try may have stored it.
+            named = [r.request_id for r in rows if retrying or r.intent_stored]
+            if named:
+                await tx.executemany("DELETE FROM audit_intents WHERE request_id = ?",
+                                     [(rid,) for rid in named])
+            stored = await self._stored(tx, named) if named else {}
             if retrying:  # an earlier try may have committed: what it stored is not again
                 rows = [r for r in rows if r.request_id not in stored]
             else:
