@@ -25,11 +25,24 @@ def _named_by_connection(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> s
     return names
 
 
+def _without(incoming: CIMultiDictProxy[str] | CIMultiDict[str], drop: Iterable[str]
+             ) -> CIMultiDict[str]:
+    """A copy of ``incoming`` (order and duplicates kept) without the names in ``drop``
+    (lower case). Copied whole, then trimmed, never iterated: iterating a case-insensitive
+    multidict makes an ``istr`` of each name and keeps it in the dict (~70 bytes a header), and
+    the dicts copied here (aiohttp's request, the upstream's answer) last as long as a stream."""
+    out = CIMultiDict(incoming)
+    for name in drop:
+        if name in out:
+            out.popall(name)
+    return out
+
+
 def request_headers(incoming: CIMultiDictProxy[str]) -> CIMultiDict[str]:
     """The client's end-to-end headers, in order, duplicates kept."""
     drop = _REQUEST_DROP | _named_by_connection(incoming) if "connection" in incoming \
         else _REQUEST_DROP
-    return CIMultiDict((k, v) for k, v in incoming.items() if k.lower() not in drop)
+    return _without(incoming, drop)
 
 
 def response_headers(incoming: CIMultiDictProxy[str] | CIMultiDict[str],
@@ -38,7 +51,7 @@ def response_headers(incoming: CIMultiDictProxy[str] | CIMultiDict[str],
     drop = _RESPONSE_DROP | set(extra_drop) if extra_drop else _RESPONSE_DROP
     if "connection" in incoming:
         drop = drop | _named_by_connection(incoming)
-    return CIMultiDict([(k, v) for k, v in incoming.items() if k.lower() not in drop])
+    return _without(incoming, drop)
 
 
 def filter_accept_encoding(value: str | None) -> str:

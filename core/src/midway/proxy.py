@@ -180,7 +180,12 @@ class Proxy:
         self.active[task] = exchange
         response: web.StreamResponse | None = None
         try:
-            response = await self._serve(request, exchange)
+            answer = await self._answer(request, exchange)
+            # Relayed from this frame: no frame of _answer's waits as long as a stream lasts.
+            try:
+                response = await self._relay(request, exchange, answer)
+            finally:
+                answer.release()
             return response
         except MidwayError as exc:
             response = await self._answer_error(request, exchange, exc)
@@ -288,7 +293,9 @@ class Proxy:
 
     # -- the request -------------------------------------------------------------------------
 
-    async def _serve(self, request: web.Request, exchange: Exchange) -> web.StreamResponse:
+    async def _answer(self, request: web.Request, exchange: Exchange) -> Answer:
+        """The request read, authenticated and through the hooks: its answer (a plugin's, or
+        the upstream's once its head is in), for the caller to relay and release."""
         if self.draining:  # e.g. on a kept-alive connection, after the listener closed
             raise _shutting_down()
         # One spelling per route, before any hook; a Vertex or Bedrock request becomes the
@@ -331,10 +338,7 @@ class Proxy:
                                   "midway relays it only with the otel plugin's [otel] relay = "
                                   "true (docs/otel.md)")
             answer = await self._attempts(exchange)
-        try:
-            return await self._relay(request, exchange, answer)
-        finally:
-            answer.release()
+        return answer
 
     async def _read_body(self, request: web.Request, exchange: Exchange) -> bytes:
         length = request.content_length
@@ -614,6 +618,7 @@ class Proxy:
                                                         BUFFER_LIMIT)) if json else None
         response = web.StreamResponse(status=answer.status, headers=headers)
         await response.prepare(request)
+        response.headers.clear()  # sent: not held as long as the body is relayed
         timings = exchange.timings
         self.open_streams += 1
         metrics = self.midway.metrics
@@ -668,6 +673,7 @@ class Proxy:
             web.StreamResponse(status=answer.status, headers=headers)
         del headers  # the response copied them: not held as long as the stream lasts
         await response.prepare(request)
+        response.headers.clear()  # sent (its copy, ~100 bytes a header)
         deadlines.streaming(request)  # its connection's between-requests timers go now
         timings = exchange.timings
         self.open_streams += 1

@@ -21,6 +21,7 @@ import ssl
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
+from sys import intern
 from typing import cast
 
 import aiohttp
@@ -127,7 +128,7 @@ class UpstreamResponse:
         self._size = 0
         self._eof = False
         self._error: BaseException | None = None
-        self._waiter: asyncio.Future[None] | None = None
+        self._waiter: asyncio.Future[bytes] | None = None  # a reader waiting for bytes
         self._idle_timeout = idle_timeout
         self._loop = conn.loop
 
@@ -136,32 +137,62 @@ class UpstreamResponse:
     # -- fed by the connection ---------------------------------------------------------------
 
     def _fed(self) -> None:
-        """Body bytes were appended (by the connection, for one read): wake the reader."""
+        """Body bytes were appended (by the connection, for one read): hand them to a reader
+        waiting, else pause reading once the buffer is past its high-water mark."""
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(self._take())
+                return
         if self._size > HIGH_WATER and self._conn is not None:
             self._conn.pause()
-        self._wake()
 
     def _feed_eof(self) -> None:
         self._eof = True
         self._conn = None
-        self._wake()
+        self._end()
 
     def _fail(self, error: BaseException) -> None:
         self._error = error
         self._conn = None
-        self._wake()
+        self._end()
 
-    def _wake(self) -> None:
+    def _end(self) -> None:
+        """No more bytes come: a reader waiting gets what is left, or the end."""
         waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                self._settle(waiter)
+
+    def _settle(self, waiter: asyncio.Future[bytes]) -> None:
+        if self._chunks:
+            waiter.set_result(self._take())
+        elif self._error is not None:
+            waiter.set_exception(self._error)
+        else:
+            waiter.set_exception(StopAsyncIteration())
+
+    def _take(self) -> bytes:
+        """Everything buffered, as one bytes object."""
+        chunks = self._chunks
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        self._size = 0
+        conn = self._conn
+        if conn is not None and conn.paused:
+            conn.resume()
+        return data
 
     # -- read by the relay -------------------------------------------------------------------
 
     def _on_idle(self) -> None:
         waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(TimeoutError("upstream idle timeout"))
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_exception(TimeoutError("upstream idle timeout"))
         self.release()
 
     def chunks(self) -> AsyncIterator[bytes]:
@@ -172,30 +203,19 @@ class UpstreamResponse:
     def __aiter__(self) -> UpstreamResponse:
         return self
 
-    async def __anext__(self) -> bytes:
-        """Everything buffered (waiting for some if nothing is)."""
-        while not self._chunks:
-            if self._error is not None:
-                raise self._error
-            if self._eof:
-                raise StopAsyncIteration
-            waiter = self._loop.create_future()
-            self._waiter = waiter
-            conn = self._conn
-            if conn is not None and self._idle_timeout is not None:
-                conn.watch(self._idle_timeout)
-            try:
-                await waiter
-            finally:
-                self._waiter = None
-        chunks = self._chunks
-        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        chunks.clear()
-        self._size = 0
+    def __anext__(self) -> asyncio.Future[bytes]:
+        """Everything buffered (waiting for some if nothing is): a future, not a coroutine,
+        so that a stream waiting for its next bytes holds no frame of its own. It ends with
+        ``StopAsyncIteration``, or the error that ended the answer."""
+        waiter: asyncio.Future[bytes] = self._loop.create_future()
+        if self._chunks or self._eof or self._error is not None:
+            self._settle(waiter)
+            return waiter
+        self._waiter = waiter
         conn = self._conn
-        if conn is not None and conn.paused:
-            conn.resume()
-        return data
+        if conn is not None and self._idle_timeout is not None:
+            conn.watch(self._idle_timeout)
+        return waiter
 
     async def read(self, limit: int = -1) -> bytes:
         """The body to its end, or its first ``limit`` bytes."""
@@ -291,8 +311,11 @@ class _Connection(asyncio.Protocol):
         self.header_list = []
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.header_list.append((name.decode("utf-8", "surrogateescape"),
-                                 value.decode("utf-8", "surrogateescape")))
+        # Interned: the names, and most values (type, server, organisation, rate limits), are
+        # the same in every answer, whose headers last as long as it streams: one string each
+        # instead of one per open answer.
+        self.header_list.append((intern(name.decode("utf-8", "surrogateescape")),
+                                 intern(value.decode("utf-8", "surrogateescape"))))
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
@@ -365,7 +388,8 @@ class _Connection(asyncio.Protocol):
         self.watchdog = None
         response = self.response
         waiting = self.head_waiter is not None or (
-            response is not None and response._waiter is not None)
+            response is not None and response._waiter is not None and
+            not response._waiter.done())
         if not waiting or self.closed:
             return
         due = self.last_io + timeout

@@ -8,9 +8,10 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from decimal import Decimal
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import attrs
@@ -58,6 +59,26 @@ MAX_TOKENS_ESTIMATE = 10**7
 _SERIES_BUCKETS = {"minute": 60, "hour": 3600, "day": 86400}
 
 
+# Shared by every exchange that has none: the state lasts as long as its answer streams,
+# and an empty dict or list of its own costs 56-64 bytes.
+_NONE: Mapping[str, Any] = MappingProxyType({})
+
+
+# A ledger row's columns in order, as they stand until known: every row starts from this.
+_ROW: dict[str, Any] = {
+    "exchange_id": None, "instance": None, "created_at": None, "settled_at": None,
+    "principal": None, "principal_name": None, "team": None, "project": None, "model": None,
+    "priced_model": None, "upstream": None, "key_id": None, "path": None, "status": None,
+    "error": None, "input_tokens": 0, "output_tokens": 0, "cache_write_5m_tokens": 0,
+    "cache_write_1h_tokens": 0, "cache_read_tokens": 0, "web_search_requests": 0,
+    "cost_pusd": 0, "saved_pusd": 0, "unpriced": 0, "batch": 0, "pricing_rule": None,
+    "floor_output_tokens": 0, "speed": None, "betas": None, "corrects": None, "groups": None,
+    "session_id": None, "agent_id": None, "parent_agent_id": None}
+# The columns every row of an exchange takes from it (RequestState.common: their values).
+_COMMON = ("exchange_id", "instance", "created_at", "principal", "principal_name", "team",
+           "project", "model", "path", "batch", "speed", "betas", "groups")
+
+
 @attrs.define
 class RequestState:
     """Billing's private state of one exchange (``exchange.state["billing"]``)."""
@@ -65,16 +86,17 @@ class RequestState:
     who: Attribution
     origin: Origin = attrs.field(factory=Origin)
     # hashes of the prompt's system, tools and first message (the cache-break detector's)
-    prompt: dict[str, str | None] = attrs.field(factory=dict)
+    prompt: Mapping[str, str | None] = _NONE
     reservation: Reservation | None = None
     refused: Check | spendlimits.Cap | None = None
     # a streamed answer's running usage and relayed text (a hard budget's stop, the floor)
     watch: StreamWatch | None = None
-    warnings: list[str] = attrs.field(factory=list)
+    warnings: tuple[str, ...] = ()
     # the spend limits' caps the reservation holds on, by bucket key
-    caps: dict[str, spendlimits.Cap] = attrs.field(factory=dict)
-    # what every ledger row of the exchange has in common (made by the first: see _row)
-    common: dict[str, Any] | None = None
+    caps: Mapping[str, spendlimits.Cap] = _NONE
+    # the values of the _COMMON columns, the same in every ledger row of the exchange (taken
+    # by the first: see _row); a tuple, not a row's dict, as it lasts as long as the answer
+    common: tuple[Any, ...] | None = None
 
 
 @attrs.frozen
@@ -402,7 +424,7 @@ class Billing:
         if not isinstance(state, RequestState):
             origin = Origin.of(exchange)
             state = RequestState(attribution(exchange, self.config.project_header), origin,
-                                 _prompt_fingerprint(exchange) if origin.session_id else {})
+                                 _prompt_fingerprint(exchange) if origin.session_id else _NONE)
             exchange.state["billing"] = state
         return state
 
@@ -547,7 +569,7 @@ class Billing:
         budget = check.budget
         text = (f"{budget.name}: ${usd_str(spent + reserved)} of ${usd_str(budget.limit_pusd)}"
                 f" ({'hard' if budget.hard else 'soft'})")
-        state.warnings.append(text)
+        state.warnings = (*state.warnings, text)
         # Forwarded answers carry it (the core merges these headers); log it once per bucket.
         exchange.extra_response_headers[WARNING_HEADER] = "; ".join(state.warnings)
         if self.metrics is not None:
@@ -901,21 +923,15 @@ class Billing:
         common = state.common
         if common is None:  # the same for each attempt's row, ahead and settled
             who = state.who
-            common = state.common = {
-                "exchange_id": exchange.id, "instance": self.store.instance,
-                "created_at": exchange.timings.started_at, "settled_at": None,
-                "principal": who.principal, "principal_name": who.principal_name,
-                "team": who.team, "project": who.project, "model": exchange.model,
-                "priced_model": None, "upstream": None, "key_id": None,
-                "path": exchange.request.path, "status": None, "error": None,
-                "input_tokens": 0, "output_tokens": 0, "cache_write_5m_tokens": 0,
-                "cache_write_1h_tokens": 0, "cache_read_tokens": 0, "web_search_requests": 0,
-                "cost_pusd": 0, "saved_pusd": 0, "unpriced": 0,
-                "batch": int(_is_batch(exchange)), "pricing_rule": None,
-                "floor_output_tokens": 0, "speed": _speed(exchange), "betas": _betas(exchange),
-                "corrects": None, "groups": groups_column(who.groups),
-                **state.origin.columns(), **state.prompt}
-        row = common.copy()
+            common = state.common = (
+                exchange.id, self.store.instance, exchange.timings.started_at, who.principal,
+                who.principal_name, who.team, who.project, exchange.model,
+                exchange.request.path, int(_is_batch(exchange)), _speed(exchange),
+                _betas(exchange), groups_column(who.groups))
+        row = _ROW.copy()
+        row.update(zip(_COMMON, common, strict=True))
+        row.update(state.origin.columns())
+        row.update(state.prompt)
         row.update(id=row_id, attempt=number, kind=kind, state=row_state,
                    catalogue_version=self.prices.version, inference_geo=_geo(exchange))
         return row
@@ -1144,11 +1160,11 @@ class Billing:
         return out
 
 
-def _prompt_fingerprint(exchange: Exchange) -> dict[str, str | None]:
+def _prompt_fingerprint(exchange: Exchange) -> Mapping[str, str | None]:
     """Of Messages requests only (a session's: the caller checks): no other row is a turn."""
     request = exchange.request
     if not request.is_messages or request.path.endswith("count_tokens"):
-        return {}
+        return _NONE
     return fingerprint(request.json)
 
 
