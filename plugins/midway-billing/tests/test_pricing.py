@@ -1,9 +1,22 @@
 from decimal import Decimal
 
+import orjson
 import pytest
 
-from midway import Usage
+from midway import SSEEvent, Usage
 from midway_billing.pricing import PriceError, PriceTable, usd
+
+
+def event(name: str, payload: dict[str, object]) -> SSEEvent:
+    """A server-sent event as the core hands it to ``on_chunk``."""
+    data = orjson.dumps(payload).decode()
+    return SSEEvent(name, data, f"event: {name}\ndata: {data}\n\n".encode())
+
+
+def _price_tables() -> list[PriceTable]:
+    """Rates in whole picodollars a token (most) and finer ones (a seven-decimal override)."""
+    return [PriceTable.load(), PriceTable.load(unknown_policy="unpriced"),
+            PriceTable.load({"claude-haiku-4-5": {"input": "1.0000001", "output": "5.1234567"}})]
 
 
 def usage(**fields: object) -> Usage:
@@ -146,14 +159,9 @@ def test_remembered_token_prices_are_the_exact_ones() -> None:
 def test_running_usage_is_what_updating_a_fresh_usage_gives() -> None:
     """running() keeps the last reported usage between events: at every event it must equal
     the usage built from scratch (the reported one, plus the text since at ~4 chars a token)."""
-    import orjson
 
-    from midway import SSEEvent, Usage
+    from midway import Usage
     from midway_billing.streamwatch import StreamWatch, floor_tokens
-
-    def event(name: str, payload: dict) -> SSEEvent:
-        data = orjson.dumps(payload).decode()
-        return SSEEvent(name, data, f"event: {name}\ndata: {data}\n\n".encode())
 
     def scratch(watch: StreamWatch) -> Usage:
         usage = Usage()
@@ -196,15 +204,10 @@ def test_the_watch_merges_usage_as_the_core_assembler_does() -> None:
     """The watch keeps the usage alone (no assembler of its own per stream): at every event
     its usage and model are the core's MessageAssembler's — a 0 or null never erasing a
     count, nested objects merged field by field, a second message_start ignored."""
-    import orjson
 
     from midway import SSEEvent
     from midway.assemble import MessageAssembler
     from midway_billing.streamwatch import StreamWatch
-
-    def event(name: str, payload: dict) -> SSEEvent:
-        data = orjson.dumps(payload).decode()
-        return SSEEvent(name, data, f"event: {name}\ndata: {data}\n\n".encode())
 
     def start(model: str, usage: dict) -> SSEEvent:
         return event("message_start", {"type": "message_start", "message": {
@@ -241,20 +244,11 @@ def test_running_cost_is_the_price_of_the_running_usage_at_every_event() -> None
     import random
 
     import attrs
-    import orjson
 
-    from midway import SSEEvent
     from midway_billing.pricing import Modifiers
     from midway_billing.streamwatch import StreamWatch
 
-    def event(name: str, payload: dict) -> SSEEvent:
-        data = orjson.dumps(payload).decode()
-        return SSEEvent(name, data, f"event: {name}\ndata: {data}\n\n".encode())
-
-    # rates in whole picodollars a token (most) and finer ones (a seven-decimal override)
-    tables = [PriceTable.load(), PriceTable.load(unknown_policy="unpriced"),
-              PriceTable.load({"claude-haiku-4-5": {"input": "1.0000001",
-                                                    "output": "5.1234567"}})]
+    tables = _price_tables()
     models = ["claude-opus-4-6", "claude-sonnet-4-5-20250929", "claude-haiku-4-5", "no-such"]
     betas = frozenset({"context-1m-2025-08-07"})
     modifier_choices = [Modifiers(), Modifiers(speed="fast", betas=betas), Modifiers(geo="us"),
@@ -334,19 +328,11 @@ def test_a_hard_budgets_stream_is_grown_and_cut_where_watching_every_event_would
     same cost and step, as when every event is fed (as billing did before the mark)."""
     import random
 
-    import orjson
-
     from midway import SSEEvent
     from midway.observe import delta_text
     from midway_billing.streamwatch import StreamWatch
 
-    def event(name: str, payload: dict) -> SSEEvent:
-        data = orjson.dumps(payload).decode()
-        return SSEEvent(name, data, f"event: {name}\ndata: {data}\n\n".encode())
-
-    tables = [PriceTable.load(), PriceTable.load(unknown_policy="unpriced"),
-              PriceTable.load({"claude-haiku-4-5": {"input": "1.0000001",
-                                                    "output": "5.1234567"}})]
+    tables = _price_tables()
     models = ["claude-opus-4-6", "claude-haiku-4-5", "no-such"]
     usage_events = {"message_start", "message_delta", "message_stop", "error"}
     rng = random.Random(24)
