@@ -21,7 +21,7 @@ from midway import Attempt, Exchange, MidwayError, Response, SSEEvent, Usage, er
 from midway.annotations import BILLING, CACHE, CACHE_HITS, COST_USD
 from midway.background import start_every
 from midway.config import ConfigError
-from midway.exchange import Principal
+from midway.exchange import ErrorKind, Principal
 from midway.observe import delta_text
 from midway.storage import Episode, is_transient, retrying
 from midway_billing import catalogue_file, spendlimits
@@ -54,6 +54,9 @@ from midway_billing.streamwatch import StreamWatch, floor_tokens
 log = logging.getLogger("midway.billing")
 
 WARNING_HEADER = "x-midway-budget-warning"
+WRITE_AHEAD_FAILED = ("midway could not record this request in its billing ledger before sending "
+                      "it (the ledger's store is unreachable), so nothing was sent upstream; "
+                      "retry shortly")
 _MTOK = Decimal(10**6)
 MAX_TOKENS_ESTIMATE = 10**7
 _SERIES_BUCKETS = {"minute": 60, "hour": 3600, "day": 86400}
@@ -173,6 +176,7 @@ class Billing:
         self.limits = spendlimits.LimitTable(group_mode=config.spend_limits_group_mode)
         self._noted: dict[str, str] = {}
         self._spend_outage = Episode(log, "billing: checking spend limits")
+        self._write_ahead_outage = Episode(log, "billing: writing attempts ahead")
         self._limits_loader: asyncio.Task[None] | None = None
 
     # -- life cycle --------------------------------------------------------------------------
@@ -640,13 +644,21 @@ class Billing:
         try:
             await self.store.write_ahead(row)
         except Exception as exc:
-            # Failing open (spend limits on, store away): the request goes on, and its
-            # settlement waits in the backlog until the store takes it.
-            if not (self.config.spend_limits and not self._fail_closed
-                    and is_transient(exc)):
-                raise
-            self._spend_outage.failed(exc, "spend limits: letting requests through unchecked "
-                                      "(spend_limits_on_store_error = open)")
+            if not is_transient(exc):
+                raise  # a bug: the core's plugin failure (500), logged with its traceback
+            if self.config.spend_limits and not self._fail_closed:
+                # Failing open (spend limits on, store away): the request goes on, and its
+                # settlement waits in the backlog until the store takes it.
+                self._spend_outage.failed(exc, "spend limits: letting requests through "
+                                          "unchecked (spend_limits_on_store_error = open)")
+                return
+            # Nothing is sent that the ledger could not know of; the client is told why, and
+            # may retry (the log has a line when the outage starts and one when it ends).
+            self._write_ahead_outage.failed(exc, "requests are refused (503) meanwhile")
+            exchange.fail(ErrorKind.PLUGIN_FAILED, "billing: its store is unreachable")
+            raise MidwayError(503, WRITE_AHEAD_FAILED, kind=ErrorKind.PLUGIN_FAILED) from None
+        if self._write_ahead_outage.failures:
+            self._write_ahead_outage.ok()
 
     def post_response(self, exchange: Exchange) -> Awaitable[None] | None:
         """Settle the exchange. The settlement is written by a task of its own (``settle``:
