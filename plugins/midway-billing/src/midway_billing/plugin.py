@@ -42,7 +42,9 @@ from midway_billing.sessions import (
 )
 from midway_billing.store import (
     GROUPS,
+    LEDGER_COLUMNS,
     REPORT_INT_FIELDS,
+    ZERO_DEFAULT_COLUMNS,
     Batch,
     Reservation,
     ReserveResult,
@@ -67,16 +69,9 @@ _SERIES_BUCKETS = {"minute": 60, "hour": 3600, "day": 86400}
 _NONE: Mapping[str, Any] = MappingProxyType({})
 
 
-# A ledger row's columns in order, as they stand until known: every row starts from this.
-_ROW: dict[str, Any] = {
-    "exchange_id": None, "instance": None, "created_at": None, "settled_at": None,
-    "principal": None, "principal_name": None, "team": None, "project": None, "model": None,
-    "priced_model": None, "upstream": None, "key_id": None, "path": None, "status": None,
-    "error": None, "input_tokens": 0, "output_tokens": 0, "cache_write_5m_tokens": 0,
-    "cache_write_1h_tokens": 0, "cache_read_tokens": 0, "web_search_requests": 0,
-    "cost_pusd": 0, "saved_pusd": 0, "unpriced": 0, "batch": 0, "pricing_rule": None,
-    "floor_output_tokens": 0, "speed": None, "betas": None, "corrects": None, "groups": None,
-    "session_id": None, "agent_id": None, "parent_agent_id": None}
+# A ledger row's columns in order, as they stand until known (NULL; 0 for counts and flags):
+# every row starts from this.
+_ROW: dict[str, Any] = {c: 0 if c in ZERO_DEFAULT_COLUMNS else None for c in LEDGER_COLUMNS}
 # The columns every row of an exchange takes from it (RequestState.common: their values).
 _COMMON = ("exchange_id", "instance", "created_at", "principal", "principal_name", "team",
            "project", "model", "path", "batch", "speed", "betas", "groups")

@@ -457,7 +457,7 @@ class Store:
                     row = await tx.fetchone(self._hold_limited_sql, amount, key, room)
                 if row is None:
                     if states:
-                        await tx.execute(self._unhold_sql(len(states)), amount, *states)
+                        await tx.execute(_reserved_sql("-", len(states)), amount, *states)
                     break
                 states[key] = int(row["spent_pusd"]), int(row["reserved_pusd"])
             else:
@@ -471,9 +471,8 @@ class Store:
                 spent, reserved = states[key]
                 if limit is not None and spent + reserved + amount > limit:
                     return ReserveResult(False, states, key)
-            marks = ", ".join("?" for _ in keys)  # one statement: the rows are locked already
-            sql = f"UPDATE billing_counters SET reserved_pusd = reserved_pusd + ? WHERE key IN ({marks})"  # noqa: E501, S608
-            await tx.execute(sql, amount, *keys)
+            # one statement: the rows are locked already
+            await tx.execute(_reserved_sql("+", len(keys)), amount, *keys)
             await self._keep(tx, reservation)
             return ReserveResult(True, {k: (s, r + amount) for k, (s, r) in states.items()})
 
@@ -491,12 +490,6 @@ class Store:
                          "ON CONFLICT (exchange_id) DO NOTHING", reservation.exchange_id,
                          self.instance, reservation.amount_pusd,
                          "\n".join(reservation.buckets), reservation.created_at)
-
-    @staticmethod
-    def _unhold_sql(count: int) -> str:
-        marks = ", ".join("?" for _ in range(count))
-        return ("UPDATE billing_counters SET reserved_pusd = reserved_pusd - ? "  # noqa: S608
-                f"WHERE key IN ({marks})")
 
     async def extend(self, reservation: Reservation, need: int, want: int,
                      limits: dict[str, int | None]) -> int:
@@ -518,9 +511,7 @@ class Store:
                     room = min(room, limit - spent - reserved)
             if room < need:
                 return 0
-            marks = ", ".join("?" for _ in keys)
-            sql = f"UPDATE billing_counters SET reserved_pusd = reserved_pusd + ? WHERE key IN ({marks})"  # noqa: E501, S608
-            await tx.execute(sql, room, *keys)
+            await tx.execute(_reserved_sql("+", len(keys)), room, *keys)
             await tx.execute("UPDATE billing_reservations SET amount_pusd = amount_pusd + ? "
                              "WHERE exchange_id = ?", room, reservation.exchange_id)
             return room
@@ -1009,6 +1000,13 @@ def _room(limit: int | None, amount: int) -> int | None:
     room = limit - amount
     return room if 0 <= room <= _SQL_ROOM_MAX and 0 <= amount <= _SQL_ROOM_MAX \
         else _NO_ROOM_IN_SQL
+
+
+def _reserved_sql(op: str, count: int) -> str:
+    """Add to (``+``) or take from (``-``) the reserved amount of ``count`` counters, by key."""
+    marks = ", ".join("?" for _ in range(count))
+    return (f"UPDATE billing_counters SET reserved_pusd = reserved_pusd {op} ? "  # noqa: S608
+            f"WHERE key IN ({marks})")
 
 
 async def _move(tx: Tx, keys: list[str], released: int, charged: int) -> None:
