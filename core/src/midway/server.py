@@ -293,6 +293,17 @@ async def serve(settings: Settings, sock: socket.socket | None = None,
                                      handler_cancellation=True, access_log=None,
                                      shutdown_timeout=settings.shutdown_timeout)
     await runner.setup()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def begin_drain() -> None:
+        midway.draining = True  # /readyz says 503 from now on, before the drain starts
+        stop.set()
+
+    # Before the port opens: a SIGTERM as soon as it answers (an orchestrator's) drains, and
+    # does not kill the process with what it has not flushed.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, begin_drain)
     if sock is not None:
         site: web.BaseSite = web.SockSite(runner, sock)
     else:
@@ -305,15 +316,6 @@ async def serve(settings: Settings, sock: socket.socket | None = None,
         raise ConfigError(bind_problem(settings, exc)) from None
     if worker_index == 0:
         announce(midway)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-
-    def begin_drain() -> None:
-        midway.draining = True  # /readyz says 503 from now on, before the drain starts
-        stop.set()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, begin_drain)
     if supervisor is not None:
         def orphaned() -> None:  # readable: at its end, as the supervisor is gone
             loop.remove_reader(supervisor)
