@@ -153,6 +153,21 @@ async def first_answers(ports: dict[str, int], started: float) -> dict[str, floa
     raise AssertionError(f"the compose stack's replicas did not answer within 180 s: {seen}")
 
 
+def replica_report(stack: Stack, replica: str) -> str:
+    """A replica's state, how often it started, its warnings and errors from every start
+    (a restarted container keeps its earlier output) and its last lines."""
+    name = stack.container(f"midway-{replica}")
+    state = podman("inspect", "--format", "{{.State.Status}} exit={{.State.ExitCode}} "
+                   "restarts={{.RestartCount}}", name, check=False).stdout.strip()
+    out = podman("logs", name, check=False)
+    lines = (out.stdout + out.stderr).splitlines()
+    starts = sum(" listening on http" in line for line in lines)
+    notable = list(dict.fromkeys(line for line in lines if line.startswith("Error:") or
+                                 " ERROR " in line or " WARNING " in line))
+    return (f"--- midway-{replica}: {state}, {starts} start(s) logged\n"
+            + "\n".join(notable[-20:]) + "\n... last lines:\n" + "\n".join(lines[-25:]))
+
+
 def test_compose_stack_shares_budget_and_audit_and_survives_a_killed_replica(
         stack: Any) -> None:
     stack_, started = stack
@@ -160,11 +175,8 @@ def test_compose_stack_shares_budget_and_audit_and_survives_a_killed_replica(
     try:
         firsts = asyncio.run(first_answers(ports, started))
     except AssertionError as exc:  # what the replicas said, to tell a crash from a slow start
-        logs = {r: podman("logs", "--tail", "40", stack_.container(f"midway-{r}"),
-                          check=False) for r in "ab"}
         raise AssertionError(f"{exc}\n" + "\n".join(
-            f"--- midway-{r}:\n{out.stdout[-3000:]}{out.stderr[-3000:]}"
-            for r, out in logs.items())) from None
+            replica_report(stack_, r) for r in "ab")) from None
     print(f"\ncompose up -> first answered request: {min(firsts.values()):.1f} s "
           f"(replica a {firsts['a']:.1f} s, b {firsts['b']:.1f} s)")
     assert podman("inspect", "--format", "{{.State.ExitCode}}",

@@ -16,8 +16,8 @@ from midway.config import ConfigError, Settings, load_settings
 from midway.datadir import prepare, private_files
 from midway.identity import identity_key, passthrough_id
 from midway.keys.cli import make_keys_group
-from midway.plugins import PluginHost
-from midway.storage import StoreMissing, stores_created
+from midway.plugins import PluginFailed, PluginHost
+from midway.storage import StoreMissing, StoreUnavailable, stores_created
 from midway.storage.retry import describe, is_transient
 from midway.timeparse import TIME_FORMS, parse_time
 
@@ -80,7 +80,7 @@ def settings_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             with stores_created(False):
                 return fn(*args, settings=settings, **kwargs)
-        except StoreMissing as exc:
+        except (StoreMissing, StoreUnavailable) as exc:
             raise click.ClickException(str(exc)) from None
         except Exception as exc:
             if not is_transient(exc):
@@ -182,6 +182,14 @@ def serve(host: str | None, port: int | None, upstream: str | None, config_path:
         run(settings)
     except ConfigError as exc:  # a plugin's table, found bad at start-up
         raise click.ClickException(str(exc)) from None
+    except PluginFailed as exc:
+        cause = exc.__cause__
+        if exc.hook != "startup" or cause is None or not is_transient(cause):
+            raise  # a bug: its traceback is what helps
+        # a plugin that reached its store or service on its own (not through storage.reach)
+        raise click.ClickException(
+            f"{exc}: something it uses could not be reached ({describe(cause)}); check that "
+            f"it is running and reachable at the address in [{exc.plugin}]") from None
 
 
 @cli.command("claude", add_help_option=False, context_settings={

@@ -68,6 +68,7 @@ class Settings:
     shutdown_timeout: float = 30.0
     max_attempts: int = 5
     hook_timeout: float = 30.0  # seconds an async hook implementation may take
+    store_wait: float = 10.0  # seconds start-up waits for a store it cannot reach yet
     ready_timeout: float = 2.0  # seconds each plugin's check_ready may take (/readyz)
     drain_delay: float = 0.0  # seconds still listening after SIGTERM, /readyz 503
     allow_public: bool = False
@@ -140,7 +141,7 @@ _SCALARS: dict[str, type] = {
     "header_timeout": float, "body_timeout": float, "keepalive_timeout": float,
     "write_stall_timeout": float,
     "shutdown_timeout": float, "max_attempts": int, "hook_timeout": float,
-    "ready_timeout": float, "drain_delay": float,
+    "ready_timeout": float, "drain_delay": float, "store_wait": float,
     "allow_public": bool, "trust_env": bool,
     "upstream_api_key": str, "admin_key": str, "identity_secret": str, "log_format": str,
     "log_level": str,
@@ -265,4 +266,7 @@ def load_settings(config: str | Path | None = None, environ: Mapping[str, str] |
                           f"{settings.metrics_auth!r}")
     if settings.upstream_client not in ("fast", "aiohttp"):
         raise ConfigError("upstream_client must be 'fast' or 'aiohttp'")
+    if not 0 <= settings.store_wait < settings.hook_timeout:
+        raise ConfigError(f"store_wait must be at least 0 and less than hook_timeout "
+                          f"({settings.hook_timeout:g} s), got {settings.store_wait:g}")
     return settings

@@ -126,7 +126,11 @@ def startup(midway: Midway) -> None:
         ``services``, and ``keep_stream_bodies(limit)``.
     :return: nothing. Every implementation runs, in order.
 
-    Raising (or exceeding ``hook_timeout``) aborts start-up.
+    Raising (or exceeding ``hook_timeout``) aborts start-up. A store opened with
+    :func:`midway.storage.open_database` (or pinged with :func:`midway.storage.ping_redis`, or
+    first reached through :func:`midway.storage.reach`) is waited for up to the
+    ``store_wait`` setting while it cannot be reached, then stops start-up with one line
+    naming it (:class:`midway.storage.StoreUnavailable`, a ``ConfigError``): no traceback.
     """
 
 

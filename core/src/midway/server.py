@@ -33,6 +33,7 @@ from midway.model_list import MODELS, ModelDirectory
 from midway.plugins import Impl, PluginHost
 from midway.preflight import bind_problem
 from midway.proxy import Proxy
+from midway.storage.retry import STORE_WAIT
 from midway.supervisor import supervise
 
 log = logging.getLogger("midway")
@@ -289,6 +290,7 @@ async def serve(settings: Settings, sock: socket.socket | None = None,
     if asked:
         raise ConfigError("\n".join(asked))
     app = build_app(midway)
+    STORE_WAIT.set(settings.store_wait)  # the startup hooks run in this task's context
     runner = deadlines.GuardedRunner(app, deadlines.Limits.of(settings), direct=direct_proxy,
                                      handler_cancellation=True, access_log=None,
                                      shutdown_timeout=settings.shutdown_timeout)

@@ -108,3 +108,26 @@ def test_lru_cap_and_clear_by_principal(shared, midway_factory, fake_upstream):
     after = orjson.loads(runner.invoke(cli, ["cache", "stats", "--json"],
                                        catch_exceptions=False).output)
     assert after["entries"] == 1  # bob's entry is left
+
+
+def test_a_redis_store_that_stays_away_stops_start_up_in_one_line():
+    from midway.storage import StoreUnavailable
+    from midway.storage.retry import STORE_WAIT
+    from midway.testing_services import free_port
+    from midway_cache.stores.redis import RedisStore
+
+    url = f"redis://:hunter2@127.0.0.1:{free_port()}/0"
+
+    async def main():
+        STORE_WAIT.set(0.2)
+        store = RedisStore(url, "midway:test:", max_bytes=1 << 20, max_entries=10)
+        try:
+            await store.open()
+        finally:
+            await store.close()
+
+    with pytest.raises(StoreUnavailable) as raised:
+        asyncio.run(main())
+    message = str(raised.value)
+    assert message.startswith("[cache] store: Redis redis://:***@127.0.0.1:")
+    assert ": unreachable for 0.2 s (" in message and "hunter2" not in message

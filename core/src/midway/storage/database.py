@@ -724,9 +724,18 @@ class PostgresDatabase(Database):
 
     async def open(self, schema: Schema) -> list[str]:
         asyncpg = import_asyncpg(self.label)
-        self._pool = await asyncpg.create_pool(
-            self.dsn, min_size=self.min_size, max_size=self.max_size,
-            server_settings=self.server_settings, command_timeout=self.command_timeout)
+        from midway.storage.retry import StoreUnavailable, reach
+        from midway.storage.schema import pg_error
+
+        where = f"{self.label}: PostgreSQL {self.store.masked}"
+        try:
+            self._pool = await reach(lambda: asyncpg.create_pool(
+                self.dsn, min_size=self.min_size, max_size=self.max_size,
+                server_settings=self.server_settings, command_timeout=self.command_timeout),
+                where=where, log=log)
+        except (asyncpg.InvalidPasswordError, asyncpg.InvalidAuthorizationSpecificationError,
+                asyncpg.InvalidCatalogNameError) as exc:
+            raise StoreUnavailable(pg_error(where, exc)) from None
         if await self.fetchval("SHOW synchronous_commit") == "off":
             log.warning("%s: PostgreSQL %s has synchronous_commit = off: if the server "
                         "crashes, commits midway was told had landed (settlements, audit "

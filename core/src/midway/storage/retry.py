@@ -9,6 +9,7 @@ and the log gets one line when an outage starts and one when it ends, never one 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import errno
 import logging
 import math
@@ -18,7 +19,19 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+from midway.config import ConfigError
+
 T = TypeVar("T")
+
+# Seconds start-up waits for a store it cannot reach (the ``store_wait`` setting; the server
+# sets it, read commands leave it at 0 and fail at once).
+STORE_WAIT: contextvars.ContextVar[float] = contextvars.ContextVar("midway_store_wait",
+                                                                   default=0.0)
+
+
+class StoreUnavailable(ConfigError):
+    """A store start-up could not use: unreachable for ``store_wait`` seconds, credentials
+    refused, no such database. One line naming the store; no traceback."""
 
 _SQLITE_TRANSIENT = ("locked", "busy", "disk i/o error", "unable to open")
 # SQLSTATE classes and codes worth another try: connection exceptions, operator intervention
@@ -39,6 +52,10 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(sqlstate, str):
         return sqlstate.startswith(_PG_TRANSIENT_CLASSES) or sqlstate in _PG_TRANSIENT_CODES
     module = type(exc).__module__
+    if module.startswith("redis"):  # redis-py's own ConnectionError and TimeoutError
+        names = {c.__name__ for c in type(exc).__mro__}
+        return bool(names & {"ConnectionError", "TimeoutError"}) and not \
+            names & {"AuthenticationError", "AuthorizationError"}
     # asyncpg's "connection is closed" / "another operation is in progress" after a restart
     return module.startswith("asyncpg") and type(exc).__name__ in (
         "InterfaceError", "ConnectionDoesNotExistError", "InternalClientError")
@@ -125,3 +142,21 @@ async def retrying(work: Callable[[], Awaitable[T]], *, what: str, log: logging.
             continue
         episode.ok()
         return result
+
+
+async def reach(work: Callable[[], Awaitable[T]], *, where: str, log: logging.Logger) -> T:
+    """Start-up's first contact with a store: ``work`` (a connection, a ping) tried again
+    while the store cannot be reached, for up to ``store_wait`` seconds — a database or Redis
+    started beside midway (compose, Kubernetes) may answer a moment later. One line in the log
+    while it waits; then :class:`StoreUnavailable` naming ``where`` (``"[billing] store:
+    PostgreSQL postgresql://…"``, password masked)."""
+    wait = STORE_WAIT.get()
+    try:
+        return await retrying(work, what=where, log=log, deadline=wait, first_delay=0.25)
+    except Exception as exc:
+        if not is_transient(exc):
+            raise
+        waited = f" for {wait:g} s" if wait > 0 else ""
+        raise StoreUnavailable(
+            f"{where}: unreachable{waited} ({describe(exc)}); check that it is running and "
+            "reachable at that address (`midway config check` tests every store)") from None

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from midway.storage.retry import StoreUnavailable, is_transient, reach
 from midway.storage.url import StoreURL, StoreURLError, mask
 
 if TYPE_CHECKING:
@@ -207,7 +208,7 @@ async def _build_online(conn: Any, schema: str, statement: str, indexes: Mapping
     return f"{where}: built index {index} on {table}"
 
 
-def _pg_error(where: str, exc: BaseException) -> str:
+def pg_error(where: str, exc: BaseException) -> str:
     import asyncpg
 
     if isinstance(exc, asyncpg.InvalidPasswordError
@@ -251,7 +252,7 @@ async def check_store(store: StoreURL, schema: Schema, *, label: str,
         finally:
             await conn.close()
     except Exception as exc:
-        return [_pg_error(where, exc)]
+        return [pg_error(where, exc)]
     if found is None:
         return [f"{where}: schema {pg_schema!r} does not exist; {UPGRADE_HINT}"]
     tables = {t: set(c) for t, c in schema.tables().items()}
@@ -283,7 +284,6 @@ async def check_redis(label: str, url: str) -> list[str]:
     """Reachable and credentials accepted (``PING`` answered)."""
     try:
         import redis.asyncio as aioredis
-        from redis import exceptions
     except ImportError:
         return [f"{label}: a Redis store needs the redis package: pip install redis"]
     where = f"{label}: Redis {mask(url)}"
@@ -291,17 +291,36 @@ async def check_redis(label: str, url: str) -> list[str]:
                                socket_timeout=CONNECT_TIMEOUT)
     try:
         await client.ping()
-    except exceptions.AuthenticationError as exc:
-        return [f"{where}: authentication failed ({exc})"]
-    except exceptions.ResponseError as exc:
-        if "NOAUTH" in str(exc) or "WRONGPASS" in str(exc):
-            return [f"{where}: authentication failed ({exc})"]
-        return [f"{where}: {exc}"]
-    except (exceptions.ConnectionError, exceptions.TimeoutError, OSError) as exc:
-        return [f"{where}: unreachable ({exc})"]
+    except Exception as exc:
+        return [redis_error(where, exc)]
     finally:
         await client.aclose()
     return []
+
+
+def redis_error(where: str, exc: BaseException) -> str:
+    """One line for a Redis that did not answer ``PING``: refused credentials, unreachable."""
+    text = str(exc)
+    names = {c.__name__ for c in type(exc).__mro__}
+    if "AuthenticationError" in names or "NOAUTH" in text or "WRONGPASS" in text:
+        return f"{where}: authentication failed ({text})"
+    if is_transient(exc):
+        return f"{where}: unreachable ({text})"
+    return f"{where}: {text}"
+
+
+async def ping_redis(client: Any, where: str, *, log: logging.Logger) -> None:
+    """Start-up's ``PING`` of a plugin's Redis: waited for while unreachable (up to
+    ``store_wait``, :func:`~midway.storage.retry.reach`); any other refusal (credentials) is
+    :class:`~midway.storage.retry.StoreUnavailable`, one line naming ``where``."""
+    try:
+        await reach(client.ping, where=where, log=log)
+    except StoreUnavailable:
+        raise
+    except Exception as exc:
+        if type(exc).__module__.startswith("redis"):
+            raise StoreUnavailable(redis_error(where, exc)) from None
+        raise
 
 
 def check_sqlite(label: str, path: Path) -> list[str]:

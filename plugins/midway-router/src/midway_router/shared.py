@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 
 from midway.config import ConfigError
+from midway.storage import mask, ping_redis
 
 log = logging.getLogger("midway.router")
 
@@ -54,7 +55,9 @@ class RedisState:
 
         self.url = url
         self.prefix = prefix
-        self.redis: Any = aioredis.from_url(url)
+        # A connect timeout, no read timeout: the event channel's reads wait for as long as
+        # the other instances have nothing to say.
+        self.redis: Any = aioredis.from_url(url, socket_connect_timeout=5.0)
         self.channel = f"{prefix}:events"
         self.table = f"{prefix}:health"
         self._tasks: set[asyncio.Task[None]] = set()
@@ -62,9 +65,9 @@ class RedisState:
         self._pubsub: Any = None
 
     async def start(self, apply: Apply) -> None:
-        # Fails start-up loudly when Redis is unreachable: silently unshared state would let
-        # every instance hammer a key the others know is resting.
-        await self.redis.ping()
+        # Fails start-up (after store_wait, in one line) when Redis is unreachable: silently
+        # unshared state would let every instance hammer a key the others know is resting.
+        await ping_redis(self.redis, f"[router] state: Redis {mask(self.url)}", log=log)
         self._pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
         await self._pubsub.subscribe(self.channel)
         for raw in (await self.redis.hgetall(self.table)).values():

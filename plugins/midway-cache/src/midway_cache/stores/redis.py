@@ -13,11 +13,14 @@ Layout under ``key_prefix`` (P):
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import orjson
 
 from midway_cache.stores.base import COUNTERS, Candidate, Entry, empty_stats
+
+log = logging.getLogger("midway.cache")
 
 
 class RedisStore:
@@ -34,10 +37,13 @@ class RedisStore:
     async def open(self) -> None:
         import redis.asyncio as aioredis
 
+        from midway.storage import mask, ping_redis
+        from midway_cache.stores import LABEL
+
         # Bounded waits: an unreachable Redis bypasses the cache instead of holding requests.
         self._redis = aioredis.from_url(self.url, decode_responses=False,
                                         socket_connect_timeout=2.0, socket_timeout=5.0)
-        await self._redis.ping()
+        await ping_redis(self._redis, f"{LABEL}: Redis {mask(self.url)}", log=log)
 
     async def close(self) -> None:
         if self._redis is not None:
