@@ -4,9 +4,11 @@ Targets: the upstream directly, a plain 40-line aiohttp pass-through, midway wit
 midway with a no-op plugin on every hook, and each variant of bench/variants_*.py. The proxy
 under test is pinned to CPU 0 (its helper processes, such as midway-audit's writer, are not);
 the upstream and the load generator (wrk) to CPU 1. CPU time per request is read from /proc
-for the proxy's processes. These machines are shared and noisy: all targets of a workload run
-at once and are loaded in turn, round after round, and each figure is the median of its
-rounds; ratios compare targets measured in the same rounds.
+for the proxy's processes; memory as the high-water RSS of each process, summed (``rss``), and
+as the highest proportional set size of the processes together sampled during the load
+(``pss``: memory the relay and its helpers share counts once). These machines are shared and
+noisy: all targets of a workload run at once and are loaded in turn, round after round, and
+each figure is the median of its rounds; ratios compare targets measured in the same rounds.
 
     python bench/run.py [--duration 3] [--rounds 3] [--only midway,plain]
                         [--concurrency 1,16,64] [--workloads json,stream]
@@ -27,6 +29,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -78,6 +81,51 @@ def memory_kb(pid: int, field: str) -> int:
         except OSError:
             continue
     return total
+
+
+def pss_kb(pid: int) -> int:
+    """The process tree's proportional set size: a page shared by N of its processes (the
+    audit ring the relay and its writer map, the interpreter's libraries) counts 1/N in each,
+    so the sum counts it once — where summed RSS counts it once per process."""
+    total = 0
+    for p in process_tree(pid):
+        try:
+            for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+                    break
+        except OSError:
+            continue
+    return total
+
+
+class PeakPss:
+    """Samples :func:`pss_kb` every ``interval`` seconds in a thread while a load runs."""
+
+    def __init__(self, pid: int | None, interval: float = 0.2) -> None:
+        self.pid = pid
+        self.interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        assert self.pid is not None
+        while True:
+            self.peak = max(self.peak, pss_kb(self.pid))
+            if self._stop.wait(self.interval):
+                return
+
+    def __enter__(self) -> PeakPss:
+        if self.pid is not None:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.pid is not None:
+            self._stop.set()
+            self._thread.join()
+            self.peak = max(self.peak, pss_kb(self.pid))
 
 
 # The "paraphrase-*" workloads: the cache is primed with PRIME, then every request asks the same
@@ -310,6 +358,7 @@ def measure_group(targets: list[Target], workload: str, concurrencies: list[int]
                        "idle_rss_mb": idle.get(target.name, 0.0),
                        "peak_rss_mb": memory_kb(target.proc.pid, "VmHWM") / 1024
                        if target.proxy and target.proc is not None else 0.0}
+                row["peak_pss_mb"] = max(g["pss_mb"] for g in got)
                 for key in ("rps", "p50_ms", "p99_ms", "cpu_us_per_req",
                             "relay_cpu_us_per_req"):
                     values = [g[key] for g in got if g[key] is not None]
@@ -328,7 +377,8 @@ def _sample(target: Target, script: Path, concurrency: int, duration: float
     pid = target.proc.pid if target.proxy and target.proc is not None else None
     cpu0 = cpu_seconds(pid) if pid else 0.0
     relay0 = cpu_seconds(pid, tree=False) if pid else 0.0
-    result = run_wrk(target.port, script, concurrency, duration)
+    with PeakPss(pid) as pss:
+        result = run_wrk(target.port, script, concurrency, duration)
     n = max(1, result["requests"])
     return {"rps": result["requests"] / (result["duration"] / 1e6),
             "p50_ms": result["p50"] / 1000, "p99_ms": result["p99"] / 1000,
@@ -337,6 +387,7 @@ def _sample(target: Target, script: Path, concurrency: int, duration: float
             # the same as cpu_us_per_req for everything else)
             "relay_cpu_us_per_req":
                 (cpu_seconds(pid, tree=False) - relay0) / n * 1e6 if pid else None,
+            "pss_mb": pss.peak / 1024,
             "errors": result["errors"] + result["non2xx"]}
 
 
@@ -349,6 +400,7 @@ def _fmt(row: dict[str, Any]) -> str:
     return (f"{row['target']:<22} {row['workload']:<13} c={row['concurrency']:<3} "
             f"{row['rps']:8.0f} req/s  p50 {row['p50_ms']:6.2f} ms  p99 {row['p99_ms']:7.2f} ms"
             f"  cpu/req {cpu} us{helpers}  rss {row['peak_rss_mb']:5.1f} MB  "
+            f"pss {row['peak_pss_mb']:5.1f} MB  "
             f"err {row['errors']}")
 
 
