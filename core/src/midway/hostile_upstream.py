@@ -69,14 +69,20 @@ class RawUpstream:
 
     def stop(self) -> None:
         if self._server is not None:
-            self._server.close()
-            self._call(self._server.wait_closed())
+            # closed on its own loop's thread: Server.close() from this one raced a connection
+            # ending there (both wake the server's waiters; seen as a TypeError in teardown)
+            self._call(self._close(self._server))
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
         self._loop.close()
 
     def _call(self, coro: Any) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(30)
+
+    @staticmethod
+    async def _close(server: asyncio.Server) -> None:
+        server.close()
+        await server.wait_closed()
 
     async def _start(self) -> None:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
