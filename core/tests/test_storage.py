@@ -721,3 +721,53 @@ def test_an_index_a_failed_concurrent_build_left_invalid_is_built_again(
             await conn.close()
 
     asyncio.run(test())
+
+
+def test_an_instance_starting_during_an_online_index_build_waits_without_deadlock(
+        postgres_dsn: str, pg_schema: str, tmp_path: Path) -> None:
+    """A second instance starting while the first builds an index concurrently waits for the
+    schema lock without holding a snapshot: the build waits for every older snapshot, so a
+    waiter blocked inside ``pg_advisory_lock`` deadlocked with it (PostgreSQL then killed one,
+    failing that instance's start-up)."""
+    import asyncpg
+
+    store = parse_store(postgres_dsn, data_dir=tmp_path, default_file="t.db", label="[t] store")
+
+    async def test() -> None:
+        db = open_database(store, schema=pg_schema)
+        await db.open(SCHEMA)
+        await db.close()
+        writer = await asyncpg.connect(postgres_dsn, server_settings={"search_path": pg_schema})
+        watcher = await asyncpg.connect(postgres_dsn)
+        first, second = (open_database(store, schema=pg_schema) for _ in range(2))
+        try:
+            open_tx = writer.transaction()
+            await open_tx.start()
+            await writer.execute("INSERT INTO counters (key, n) VALUES ('open', 1)")
+            building = asyncio.create_task(first.open(SCHEMA_INDEXED))
+            waiting: asyncio.Task[list[str]] | None = None
+            for _ in range(1000):  # the build waits for the open transaction; then the second
+                activity = [r[0] for r in await watcher.fetch(
+                    "SELECT query FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND "
+                    "(query LIKE 'CREATE INDEX%' AND wait_event_type = 'Lock' OR "
+                    "query LIKE '%advisory_lock(hashtext%')")]
+                if waiting is None and any(q.startswith("CREATE INDEX") for q in activity):
+                    waiting = asyncio.create_task(second.open(SCHEMA_INDEXED))
+                elif waiting is not None and any("advisory_lock" in q for q in activity):
+                    break  # the second instance has asked for the schema lock
+                assert not building.done(), building
+                await asyncio.sleep(0.01)  # the server's state; nothing to wait on instead
+            else:
+                raise AssertionError("the two upgrades never met")
+            await open_tx.commit()
+            assert waiting is not None
+            built, nothing = await asyncio.wait_for(asyncio.gather(building, waiting), 60)
+            assert f"PostgreSQL {store.masked}: built index counters_n_key on counters" in built
+            assert nothing == []
+        finally:
+            await first.close()
+            await second.close()
+            await writer.close()
+            await watcher.close()
+
+    asyncio.run(test())

@@ -19,6 +19,7 @@ from midway.storage import Schema, StoreUnavailable, StoreURL, open_database, pa
 from midway.storage.retry import STORE_WAIT
 from midway.testing_services import PrivatePostgres, free_port
 
+
 def _store(url: str) -> StoreURL:
     return parse_store(url, data_dir=Path("/nonexistent"), default_file="x.db",
                        label="[test] store")

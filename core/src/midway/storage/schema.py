@@ -8,6 +8,7 @@ sentences naming the store (password masked) and what to do, so every plugin rep
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
@@ -61,9 +62,15 @@ def column_definitions(ddl: str | Iterable[str]) -> dict[str, dict[str, str]]:
 
 
 def _split(statements: list[str]) -> tuple[list[str], list[str]]:
-    """CREATE TABLE statements, and the rest (indexes may name columns added by migration)."""
+    """CREATE TABLE statements, and the rest (indexes may name columns added by migration),
+    without an index the script drops further on (a replaced one: it would be built at every
+    start only to be dropped again)."""
     tables = [s for s in statements if s.upper().startswith("CREATE TABLE")]
-    return tables, [s for s in statements if s not in tables]
+    rest = [s for s in statements if s not in tables]
+    return tables, [s for i, s in enumerate(rest) if not (
+        (created := _CREATE_INDEX.match(s)) and any(
+            (dropped := _DROP_INDEX.match(later)) and dropped[1] == created[1]
+            for later in rest[i + 1:]))]
 
 
 def _changes(before: Mapping[str, set[str]], after: Mapping[str, set[str]],
@@ -134,7 +141,7 @@ async def pg_upgrade(db: PostgresDatabase, schema: Schema) -> list[str]:
     conn = await db.connect()
     try:
         # A session lock (closing the connection releases it): it covers the online builds too.
-        await conn.execute("SELECT pg_advisory_lock(hashtext($1))", f"midway schema {schema.name}")
+        await _take_lock(conn, f"midway schema {schema.name}")
         async with conn.transaction():
             if db.schema:
                 await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{db.schema}"')
@@ -164,6 +171,17 @@ async def pg_upgrade(db: PostgresDatabase, schema: Schema) -> list[str]:
     finally:
         await conn.close()
     return _changes(before, after, wanted, where) + built
+
+
+async def _take_lock(conn: Any, name: str) -> None:
+    """The advisory lock ``name``, asked for again and again rather than waited for in one
+    statement: a statement waiting holds a snapshot, and the holder's ``CREATE INDEX
+    CONCURRENTLY`` waits for every older snapshot to go — a deadlock PostgreSQL breaks by
+    failing one of the two."""
+    delay = 0.02
+    while not await conn.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", name):
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.5)
 
 
 _CREATE_INDEX = re.compile(r"CREATE\s+INDEX\s+IF\s+NOT\s+EXISTS\s+(\w+)\s+ON\s+(\w+)", re.I)
