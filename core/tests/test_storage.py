@@ -313,6 +313,12 @@ def test_brief_units_run_on_the_loop_while_the_database_is_free(tmp_path: Path) 
             other.close()
             assert await first == 3 and await second == 4
             assert ran == [store_thread, store_thread]
+            # The store thread lets the drain go just after it delivered those outcomes (a
+            # unit queued before then joins its queue, as it should): wait for that.
+            for _ in range(2000):
+                if not db._draining:  # type: ignore[attr-defined]
+                    break
+                await asyncio.sleep(0.001)  # a thread's state; nothing to wait on instead
             # the lock is free again: back on the loop
             assert await db.run(_threads_of(ran), brief=True) == 5
             assert ran[-1] == loop_thread
