@@ -290,7 +290,9 @@ async def serve(settings: Settings, sock: socket.socket | None = None,
     if asked:
         raise ConfigError("\n".join(asked))
     app = build_app(midway)
-    STORE_WAIT.set(settings.store_wait)  # the startup hooks run in this task's context
+    # The startup hooks run in this task's context; each is bounded by hook_timeout, so a
+    # wait longer than half of it would end in a timeout rather than the line naming the store.
+    STORE_WAIT.set(min(settings.store_wait, settings.hook_timeout / 2))
     runner = deadlines.GuardedRunner(app, deadlines.Limits.of(settings), direct=direct_proxy,
                                      handler_cancellation=True, access_log=None,
                                      shutdown_timeout=settings.shutdown_timeout)

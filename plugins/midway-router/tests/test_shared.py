@@ -68,8 +68,10 @@ def test_rest_and_disable_spread_to_every_instance(fake_upstream, midway_factory
         assert result.exit_code == 0, result.output
         return {r["key"]: r for r in json.loads(result.output)}
 
-    wait_for(lambda: merged().get(fingerprint(KEYS[0]), {}).get("instances") == 3)
+    served = sum(1 for r in fake_upstream.messages_requests if key_of(r) == KEYS[1])
+    # every instance's snapshot as of its last request (each is rewritten every 0.05 s)
+    wait_for(lambda: merged().get(fingerprint(KEYS[0]), {}).get("instances") == 3 and
+             merged().get(fingerprint(KEYS[1]), {}).get("served") == served)
     rows = merged()
     assert rows[fingerprint(KEYS[0])]["health"] == "resting"
-    assert rows[fingerprint(KEYS[1])]["served"] == sum(
-        1 for r in fake_upstream.messages_requests if key_of(r) == KEYS[1])
+    assert rows[fingerprint(KEYS[1])]["served"] == served
