@@ -185,6 +185,41 @@ def test_concurrent_units_commit_or_fail_alone(store: StoreURL, schema_name: str
     with_db(store, schema_name, test)
 
 
+def test_a_submitted_unit_is_queued_at_once_and_its_future_has_the_outcome(
+        store: StoreURL, schema_name: str) -> None:
+    """``submit``: the unit is queued when it is called (on SQLite, no task: a unit run after
+    it sees what it wrote), and the future it returns has its result, or its exception."""
+    async def test(db: Database) -> None:
+        async def fails(tx: Tx) -> None:
+            await tx.execute("INSERT INTO counters (key, n) VALUES (?, ?)", "gone", 1)
+            raise ValueError("no")
+
+        first = db.submit(_increment, brief=True)
+        if db.dialect == "sqlite":
+            assert not isinstance(first, asyncio.Task)
+            assert await db.run(_increment) == 2
+        assert await first == 1
+        with pytest.raises(ValueError, match="no"):
+            await db.submit(fails)
+        assert await db.fetchone("SELECT * FROM counters WHERE key = ?", "gone") is None
+
+    with_db(store, schema_name, test)
+
+
+def test_a_unit_submitted_to_an_inline_store_has_landed_when_it_returns(
+        tmp_path: Path) -> None:
+    async def main() -> None:
+        db = SQLiteDatabase(tmp_path / "t.db", inline=True)
+        await db.open(SCHEMA)
+        try:
+            landed = db.submit(_increment)
+            assert landed.done() and landed.result() == 1
+        finally:
+            await db.close()
+
+    asyncio.run(main())
+
+
 @pytest.mark.parametrize("brief", [False, True])
 def test_a_unit_queued_just_before_close_still_runs(tmp_path: Path, brief: bool) -> None:
     """close() right after a unit was queued (its wake-up of the store thread, or its run on
