@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import logging
 import math
 import time
@@ -160,7 +161,7 @@ class Billing:
         self._unknown_warned: set[str] = set()  # model ids billed at the unknown-model rule
         self._reconciler: asyncio.Task[None] | None = None
         self._price_watcher: asyncio.Task[None] | None = None
-        self._settling: set[asyncio.Task[None]] = set()
+        self._settling: set[asyncio.Future[None]] = set()
         self._unsettled: dict[str, Settlement] = {}  # by exchange id, until written
         # Settlements the database refused for a while, written in order by one task.
         self._backlog: collections.deque[Settlement] = collections.deque()
@@ -209,11 +210,11 @@ class Billing:
             log.error("billing: %d settlement(s) could not be written before shutdown: %s; "
                       "their rows stay pending until another instance reconciles them at "
                       "their estimate", len(self._unsettled), ", ".join(sorted(self._unsettled)))
-        for task in [*self._settling, self._writer]:
-            if task is not None:
-                task.cancel()
+        for left in [*self._settling, self._writer]:
+            if left is not None:
+                left.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+                    await left
         await self.store.close()
 
     async def flush(self, within: float | None = None) -> bool:
@@ -674,7 +675,7 @@ class Billing:
             return self._settle_results(written, exchange, batch_id)
         return None
 
-    async def _settle_results(self, written: asyncio.Task[None], exchange: Exchange,
+    async def _settle_results(self, written: asyncio.Future[None], exchange: Exchange,
                               batch_id: str) -> None:
         await asyncio.shield(written)
         await asyncio.shield(self._price_results(exchange, batch_id))
@@ -792,37 +793,52 @@ class Billing:
             inference_geo=geo, betas=betas, corrects=None)
         return row
 
-    def settle(self, settlement: Settlement) -> asyncio.Task[None]:
-        """Write ``settlement`` in a task of its own, which stop() waits for: a cancelled
-        post_response (the core's hook_timeout, a handler cancelled by a client that hung up)
-        must never leave a pending row or a held reservation for an attempt that finished."""
+    def settle(self, settlement: Settlement) -> asyncio.Future[None]:
+        """Write ``settlement`` (the store's unit is queued at once; stop() waits for it): a
+        cancelled post_response (the core's hook_timeout, a handler cancelled by a client that
+        hung up) must never leave a pending row or a held reservation for an attempt that
+        finished. The future is done once it is written, or queued for the writer task (the
+        database briefly away); it raises what went wrong otherwise."""
         self._unsettled[settlement.exchange_id] = settlement
-        task = asyncio.ensure_future(self._write(settlement))
-        self._settling.add(task)
-        task.add_done_callback(self._written)
-        return task
-
-    def _written(self, task: asyncio.Task[None]) -> None:
-        self._settling.discard(task)
-        if not task.cancelled() and (exc := task.exception()) is not None:
-            log.error("billing: a settlement could not be written: %s", exc, exc_info=exc)
-
-    async def _write(self, settlement: Settlement) -> None:
-        """Settle now; if the database is briefly away, queue the settlement for a writer
-        task, which retries until it lands with the real usage (or shutdown gives up)."""
-        if not self._backlog:
-            try:
-                await self.store.settle(settlement.rows, settlement.reservation,
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self._backlog:  # after the others: the database is away for them too
+            self._to_backlog(settlement)
+            done.set_result(None)
+            return done
+        # A future and a callback, not a task: a task and its coroutines cost several times
+        # what writing the settlement does.
+        try:
+            landing = self.store.settle(settlement.rows, settlement.reservation,
                                         settlement.charged_pusd)
-            except Exception as exc:
-                if not is_transient(exc):
-                    self._unsettled.pop(settlement.exchange_id, None)
-                    raise
-                self._outage.failed(exc, "retrying in the background until it lands")
-            else:
-                self._unsettled.pop(settlement.exchange_id, None)
-                return
-        self._backlog.append(settlement)  # after the others: the database is away for them too
+        except Exception as exc:  # as if the unit had failed
+            landing = asyncio.get_running_loop().create_future()
+            landing.set_exception(exc)
+        self._settling.add(landing)
+        landing.add_done_callback(functools.partial(self._landed, settlement, done))
+        return done
+
+    def _landed(self, settlement: Settlement, done: asyncio.Future[None],
+                landing: asyncio.Future[None]) -> None:
+        self._settling.discard(landing)
+        if landing.cancelled():  # by stop(): the settlement stays unsettled, and is named
+            done.cancel()
+            return
+        exc = landing.exception()
+        if exc is None:
+            self._unsettled.pop(settlement.exchange_id, None)
+            done.set_result(None)
+        elif is_transient(exc):
+            self._outage.failed(exc, "retrying in the background until it lands")
+            self._to_backlog(settlement)
+            done.set_result(None)
+        else:
+            self._unsettled.pop(settlement.exchange_id, None)
+            log.error("billing: a settlement could not be written: %s", exc, exc_info=exc)
+            done.set_exception(exc)
+            done.exception()  # logged just now: not again when nobody awaits it
+
+    def _to_backlog(self, settlement: Settlement) -> None:
+        self._backlog.append(settlement)
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write_backlog())
 
