@@ -278,6 +278,42 @@ def test_a_deferred_unit_rides_with_the_next_one_or_lands_on_its_own(
     asyncio.run(main())
 
 
+def test_deferred_units_share_one_timer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                        ) -> None:
+    """The timer a deferred unit arms is not cancelled by the drain that carries that unit: a
+    deferred unit queued before it runs out waits for that same timer (it fires sooner than
+    DEFER_MAX from then), and lands when it fires. A timer due later than DEFER_MAX from
+    now is replaced."""
+    import midway.storage.database as database
+
+    async def main() -> None:
+        db = open_database(parse_store("sqlite", data_dir=tmp_path, default_file="t.db",
+                                       label="[t] store"))
+        await db.open(SCHEMA)
+        assert isinstance(db, SQLiteDatabase)
+        try:
+            monkeypatch.setattr(database, "DEFER_MAX", 60.0)
+            first = asyncio.ensure_future(db.run(_increment, defer=True, brief=True))
+            await asyncio.sleep(0)
+            timer = db._deferred
+            assert timer is not None
+            assert await db.run(_increment, brief=True) == 2  # carries the deferred one
+            assert await first == 1
+            assert db._deferred is timer and not timer.cancelled()
+            second = asyncio.ensure_future(db.run(_increment, defer=True, brief=True))
+            await asyncio.sleep(0)
+            assert db._deferred is timer and not second.done()
+            monkeypatch.setattr(database, "DEFER_MAX", 0.01)
+            third = asyncio.ensure_future(db.run(_increment, defer=True, brief=True))
+            await asyncio.sleep(0)
+            assert db._deferred is not timer and timer.cancelled()
+            assert await asyncio.wait_for(asyncio.gather(second, third), 10) == [3, 4]
+        finally:
+            await db.close()
+
+    asyncio.run(main())
+
+
 def test_a_sqlite_unit_that_awaits_anything_but_its_tx_fails_alone(tmp_path: Path) -> None:
     """Units run on the store's thread without an event loop: one that awaits something else
     fails with a RuntimeError saying so, its writes rolled back; alone or in a group, the

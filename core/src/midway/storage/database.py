@@ -350,17 +350,21 @@ class SQLiteDatabase(Database):
             start = not self._draining and not defer
             if start:
                 self._draining = True
-            wait = defer and not self._draining and self._deferred is None
+            wait = defer and not self._draining
         if start:
-            if self._deferred is not None:  # this drain carries the deferred ones
-                self._deferred.cancel()
-                self._deferred = None
             # At the end of this loop iteration: the units its callbacks queue share one
             # transaction.
             caller.call_soon(self._drain)
         elif wait:
-            # Left for the next unit's drain to carry along, or this timer's.
-            self._deferred = caller.call_later(DEFER_MAX, self._drain_deferred)
+            # Left for the next unit's drain to carry along, or this timer's. A timer armed
+            # for an earlier deferred unit is left to run out rather than cancelled by the
+            # drain that carried it (finding nothing queued, it does nothing): one timer per
+            # DEFER_MAX at most, not one armed and cancelled per unit.
+            timer, due = self._deferred, caller.time() + DEFER_MAX
+            if timer is None or timer.when() > due:
+                if timer is not None:
+                    timer.cancel()
+                self._deferred = caller.call_at(due, self._drain_deferred)
         return future
 
     def _drain(self) -> None:
