@@ -938,8 +938,7 @@ class Billing:
                                                 price.model if price is not None else None)
             self.metrics.unpriced.labels(label).inc()
         if cost.total:
-            self.metrics.spend.labels(state.who.team or "", cost.model or "").inc(
-                float(cost_usd))
+            self.metrics.spent(state.who.team or "", cost.model or "", float(cost_usd))
 
     def _row(self, exchange: Exchange, state: RequestState, row_id: str, number: int,
              kind: str, row_state: str) -> dict[str, Any]:
@@ -972,8 +971,7 @@ class Billing:
             cache_read_tokens=usage.cache_read_input_tokens,
             web_search_requests=usage.web_search_requests,
             cost_pusd=cost_pusd, saved_pusd=saved_pusd, pricing_rule=cost.rule,
-            catalogue_version=cost.version or row["catalogue_version"],
-            inference_geo=_geo(exchange))
+            catalogue_version=cost.version or row["catalogue_version"])
 
     # -- the service other plugins and the CLI use ------------------------------------------
 
@@ -1212,8 +1210,13 @@ def modifiers_of(exchange: Exchange) -> Modifiers:
                      at=exchange.timings.started_at, betas=betas_of(_betas(exchange)))
 
 
+_NO_BETAS: frozenset[str] = frozenset()
+
+
 def betas_of(header: str | None) -> frozenset[str]:
-    return frozenset(b.strip() for b in (header or "").split(",") if b.strip())
+    if not header:  # most requests
+        return _NO_BETAS
+    return frozenset(b.strip() for b in header.split(",") if b.strip())
 
 
 def _betas(exchange: Exchange) -> str | None:
@@ -1247,7 +1250,10 @@ def _is_batch(exchange: Exchange) -> bool:
 
 def _batch_id(exchange: Exchange) -> str | None:
     """The batch a ``/v1/messages/batches/{id}[/results|/cancel]`` request names."""
-    parts = exchange.request.path.strip("/").split("/")
+    path = exchange.request.path
+    if "/batches/" not in path:  # as in every path that names one; most name none
+        return None
+    parts = path.strip("/").split("/")
     if len(parts) >= 4 and parts[:3] == ["v1", "messages", "batches"]:
         return clean_id(parts[3])
     return None

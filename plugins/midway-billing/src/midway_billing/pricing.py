@@ -68,6 +68,8 @@ def usd(pusd: int) -> Decimal:
 
 def usd_str(pusd: int) -> str:
     """``format(usd(pusd), "f")`` in integer arithmetic (several per request: no Decimal)."""
+    if not pusd:  # most of a cost's parts
+        return "0"
     whole, frac = divmod(abs(pusd), 10**12)
     text = f"{whole}.{frac:012d}".rstrip("0").rstrip(".") if frac else str(whole)
     return "-" + text if pusd < 0 else text
