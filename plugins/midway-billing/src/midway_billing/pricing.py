@@ -606,7 +606,7 @@ class PriceTable:
                 return None
         rules = [rule]
         rates = price.rates_at(mods.at)
-        if rates != price.rates:
+        if rates is not price.rates and rates != price.rates:  # (most: the same object)
             rules.append("before=" + next(e.until.isoformat() for e in reversed(price.previous)
                                           if mods.at is not None
                                           and mods.at < _epoch(e.until)))
