@@ -281,9 +281,9 @@ def test_a_deferred_unit_rides_with_the_next_one_or_lands_on_its_own(
 def test_deferred_units_share_one_timer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
                                         ) -> None:
     """The timer a deferred unit arms is not cancelled by the drain that carries that unit: a
-    deferred unit queued before it runs out waits for that same timer (it fires sooner than
-    DEFER_MAX from then), and lands when it fires. A timer due later than DEFER_MAX from
-    now is replaced."""
+    deferred unit queued before it runs out is left to that same timer, which, firing before
+    that unit has waited DEFER_MAX, is armed again for when it has (a unit coming meanwhile
+    may still carry it). A timer due later than DEFER_MAX from now is replaced."""
     import midway.storage.database as database
 
     async def main() -> None:
@@ -291,6 +291,7 @@ def test_deferred_units_share_one_timer(tmp_path: Path, monkeypatch: pytest.Monk
                                        label="[t] store"))
         await db.open(SCHEMA)
         assert isinstance(db, SQLiteDatabase)
+        loop = asyncio.get_running_loop()
         try:
             monkeypatch.setattr(database, "DEFER_MAX", 60.0)
             first = asyncio.ensure_future(db.run(_increment, defer=True, brief=True))
@@ -302,11 +303,17 @@ def test_deferred_units_share_one_timer(tmp_path: Path, monkeypatch: pytest.Monk
             assert db._deferred is timer and not timer.cancelled()
             second = asyncio.ensure_future(db.run(_increment, defer=True, brief=True))
             await asyncio.sleep(0)
+            queued_at = loop.time()
             assert db._deferred is timer and not second.done()
+            timer.cancel()
+            db._drain_deferred()  # as if it fired now, before the second unit is due
+            again = db._deferred
+            assert again is not None and again is not timer and not second.done()
+            assert queued_at < again.when() <= queued_at + 60.0
             monkeypatch.setattr(database, "DEFER_MAX", 0.01)
             third = asyncio.ensure_future(db.run(_increment, defer=True, brief=True))
             await asyncio.sleep(0)
-            assert db._deferred is not timer and timer.cancelled()
+            assert db._deferred is not again and again.cancelled()
             assert await asyncio.wait_for(asyncio.gather(second, third), 10) == [3, 4]
         finally:
             await db.close()

@@ -345,8 +345,9 @@ class SQLiteDatabase(Database):
         # Group commit: units queued while the drain is held run together in one
         # transaction (each in a savepoint of its own), one hop and one commit for them all.
         future: asyncio.Future[T] = caller.create_future()
+        due = caller.time() + DEFER_MAX if defer else 0.0  # when a deferred unit must run
         with self._lock:
-            self._queue.append((unit, durable, future, caller, brief))
+            self._queue.append((unit, durable, future, caller, brief, due))
             start = not self._draining and not defer
             if start:
                 self._draining = True
@@ -358,9 +359,9 @@ class SQLiteDatabase(Database):
         elif wait:
             # Left for the next unit's drain to carry along, or this timer's. A timer armed
             # for an earlier deferred unit is left to run out rather than cancelled by the
-            # drain that carried it (finding nothing queued, it does nothing): one timer per
-            # DEFER_MAX at most, not one armed and cancelled per unit.
-            timer, due = self._deferred, caller.time() + DEFER_MAX
+            # drain that carried it (see _drain_deferred): about one timer per DEFER_MAX, not
+            # one armed and cancelled per unit.
+            timer = self._deferred
             if timer is None or timer.when() > due:
                 if timer is not None:
                     timer.cancel()
@@ -407,12 +408,23 @@ class SQLiteDatabase(Database):
             jobs.put(job)
 
     def _drain_deferred(self) -> None:
+        """The deferred units' timer: nothing to do if what it was armed for was carried
+        along and nothing waits; armed again for the deferred units queued since, if none of
+        them is due yet (each waits up to DEFER_MAX for a unit to carry it); else a drain."""
         self._deferred = None
+        loop = asyncio.get_running_loop()
         with self._lock:
             if not self._queue or self._draining:
                 return
-            self._draining = True
-        self._drain()
+            # Only deferred units wait undrained (any other starts a drain).
+            due = min(item[5] for item in self._queue)
+            now = due <= loop.time()
+            if now:
+                self._draining = True
+        if now:
+            self._drain()
+        else:
+            self._deferred = loop.call_at(due, self._drain_deferred)
 
     def _kick(self) -> None:
         jobs = self._jobs
@@ -611,8 +623,9 @@ _CHECKPOINT_FRAMES = 1000
 _CHECKPOINT_FIRST = 100
 _CHECKPOINT_MIN = 8
 _CHECKPOINT_MAX = 1000
+# (unit, durable, its future, its caller's loop, brief, when it must run if deferred)
 _Queued = tuple[Callable[[Tx], Awaitable[Any]], bool, "asyncio.Future[Any]",
-                asyncio.AbstractEventLoop, bool]
+                asyncio.AbstractEventLoop, bool, float]
 # jobs for the store thread: drain the queue, checkpoint, or a call whose outcome goes to a
 # future
 _DRAIN = object()
