@@ -185,6 +185,41 @@ def test_concurrent_units_commit_or_fail_alone(store: StoreURL, schema_name: str
     with_db(store, schema_name, test)
 
 
+def test_a_submitted_unit_is_queued_at_once_and_its_future_has_the_outcome(
+        store: StoreURL, schema_name: str) -> None:
+    """``submit``: the unit is queued when it is called (on SQLite, no task: a unit run after
+    it sees what it wrote), and the future it returns has its result, or its exception."""
+    async def test(db: Database) -> None:
+        async def fails(tx: Tx) -> None:
+            await tx.execute("INSERT INTO counters (key, n) VALUES (?, ?)", "gone", 1)
+            raise ValueError("no")
+
+        first = db.submit(_increment, brief=True)
+        if db.dialect == "sqlite":
+            assert not isinstance(first, asyncio.Task)
+            assert await db.run(_increment) == 2
+        assert await first == 1
+        with pytest.raises(ValueError, match="no"):
+            await db.submit(fails)
+        assert await db.fetchone("SELECT * FROM counters WHERE key = ?", "gone") is None
+
+    with_db(store, schema_name, test)
+
+
+def test_a_unit_submitted_to_an_inline_store_has_landed_when_it_returns(
+        tmp_path: Path) -> None:
+    async def main() -> None:
+        db = SQLiteDatabase(tmp_path / "t.db", inline=True)
+        await db.open(SCHEMA)
+        try:
+            landed = db.submit(_increment)
+            assert landed.done() and landed.result() == 1
+        finally:
+            await db.close()
+
+    asyncio.run(main())
+
+
 @pytest.mark.parametrize("brief", [False, True])
 def test_a_unit_queued_just_before_close_still_runs(tmp_path: Path, brief: bool) -> None:
     """close() right after a unit was queued (its wake-up of the store thread, or its run on
@@ -239,6 +274,49 @@ def test_a_deferred_unit_rides_with_the_next_one_or_lands_on_its_own(
         await asyncio.sleep(0)
         await db.close()
         assert await last == 4
+
+    asyncio.run(main())
+
+
+def test_deferred_units_share_one_timer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                        ) -> None:
+    """The timer a deferred unit arms is not cancelled by the drain that carries that unit: a
+    deferred unit queued before it runs out is left to that same timer, which, firing before
+    that unit has waited DEFER_MAX, is armed again for when it has (a unit coming meanwhile
+    may still carry it). A timer due later than DEFER_MAX from now is replaced."""
+    import midway.storage.database as database
+
+    async def main() -> None:
+        db = open_database(parse_store("sqlite", data_dir=tmp_path, default_file="t.db",
+                                       label="[t] store"))
+        await db.open(SCHEMA)
+        assert isinstance(db, SQLiteDatabase)
+        loop = asyncio.get_running_loop()
+        try:
+            monkeypatch.setattr(database, "DEFER_MAX", 60.0)
+            first = asyncio.ensure_future(db.run(_increment, defer=True, brief=True))
+            await asyncio.sleep(0)
+            timer = db._deferred
+            assert timer is not None
+            assert await db.run(_increment, brief=True) == 2  # carries the deferred one
+            assert await first == 1
+            assert db._deferred is timer and not timer.cancelled()
+            second = asyncio.ensure_future(db.run(_increment, defer=True, brief=True))
+            await asyncio.sleep(0)
+            queued_at = loop.time()
+            assert db._deferred is timer and not second.done()
+            timer.cancel()
+            db._drain_deferred()  # as if it fired now, before the second unit is due
+            again = db._deferred
+            assert again is not None and again is not timer and not second.done()
+            assert queued_at < again.when() <= queued_at + 60.0
+            monkeypatch.setattr(database, "DEFER_MAX", 0.01)
+            third = asyncio.ensure_future(db.run(_increment, defer=True, brief=True))
+            await asyncio.sleep(0)
+            assert db._deferred is not again and again.cancelled()
+            assert await asyncio.wait_for(asyncio.gather(second, third), 10) == [3, 4]
+        finally:
+            await db.close()
 
     asyncio.run(main())
 

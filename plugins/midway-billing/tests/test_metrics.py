@@ -30,3 +30,18 @@ def test_unpriced_model_label_is_bounded(midway_factory, fake_upstream) -> None:
     assert samples[names[0]] == 2
     assert samples[OTHER] == 10 + len(junk)
     assert sum(samples.values()) == sent
+
+
+def test_spend_is_added_to_its_team_and_model_series() -> None:
+    """``BillingMetrics.spent`` keeps each (team, model) series it made: every addition lands
+    in the series ``Counter.labels`` names, and another pair gets its own."""
+    from prometheus_client import CollectorRegistry
+
+    from midway_billing.metrics import BillingMetrics
+
+    metrics = BillingMetrics(CollectorRegistry())
+    metrics.spent("search", "claude-sonnet-4-6", 0.25)
+    metrics.spent("search", "claude-sonnet-4-6", 0.5)
+    metrics.spent("", "claude-haiku-4-5", 1.0)
+    assert metrics.spend.labels("search", "claude-sonnet-4-6")._value.get() == 0.75
+    assert metrics.spend.labels("", "claude-haiku-4-5")._value.get() == 1.0

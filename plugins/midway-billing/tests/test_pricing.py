@@ -156,6 +156,44 @@ def test_remembered_token_prices_are_the_exact_ones() -> None:
         assert tokens_pusd(count, rate) == to_pusd(Decimal(count) * rate / _MTOK)
 
 
+def test_whole_picodollar_rates_price_tokens_exactly_without_decimal(tmp_path) -> None:
+    """``pusd_per_token``: a rate of six decimals per MTok or fewer is a whole number of
+    picodollars a token, and ``count`` times it is the Decimal price exactly; a finer rate
+    has none. A request's reservation estimate, which uses it, is the Decimal formula's to the
+    picodollar for rates of either kind."""
+    import random
+
+    from midway.options import load_table
+    from midway.testing import make_exchange
+    from midway_billing.config import BillingConfig
+    from midway_billing.plugin import Billing
+    from midway_billing.pricing import _MTOK, pusd_per_token, to_pusd
+
+    rng = random.Random(2024)
+    for _ in range(3000):
+        decimals = rng.randrange(0, 10)
+        rate = Decimal(rng.randrange(0, 10**(decimals + 3))).scaleb(-decimals)
+        whole = pusd_per_token(rate)
+        assert (whole is not None) == (rate * 10**6 == int(rate * 10**6))
+        count = rng.choice([0, 1, 4096, rng.randrange(10**7)])
+        if whole is not None:
+            assert count * whole == to_pusd(Decimal(count) * rate / _MTOK)
+    for rates in (("3", "15"), ("3.1234567", "15"), ("3", "15.00000001")):
+        config = load_table(BillingConfig, "billing", {"prices": {
+            "claude-test-1": {"input": rates[0], "output": rates[1], "cache_write_5m": "1",
+                              "cache_write_1h": "1", "cache_read": "1"}}}, data_dir=tmp_path)
+        billing = Billing(config)
+        for size, max_tokens in ((1, 1), (8859, 4096), (300_001, 64_000), (17, 0)):
+            body = {"model": "claude-test-1", "max_tokens": max_tokens,
+                    "messages": [{"role": "user", "content": "x" * size}]}
+            exchange = make_exchange(body)
+            tokens = -(-len(exchange.request.body) * 10 // 30)  # bytes_per_token = 3.0
+            reserved = min(max_tokens, config.reserve_output_tokens)
+            assert billing.estimate(exchange) == to_pusd(
+                (Decimal(tokens) * Decimal(rates[0]) + Decimal(reserved) * Decimal(rates[1]))
+                / _MTOK)
+
+
 def test_running_usage_is_what_updating_a_fresh_usage_gives() -> None:
     """running() keeps the last reported usage between events: at every event it must equal
     the usage built from scratch (the reported one, plus the text since at ~4 chars a token)."""

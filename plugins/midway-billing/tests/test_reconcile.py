@@ -344,3 +344,38 @@ def test_a_row_names_only_the_columns_off_their_default_and_settles_them_all(
             await store.close()
 
     asyncio.run(run())
+
+
+def test_a_settlement_the_database_refuses_for_good_is_logged_once_and_not_retried(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A settlement whose unit fails with an error that is not transient (a bug: here a row
+    missing a column): its future raises it, the log has it once, it is not queued for the
+    writer, and it holds up neither flush() nor shutdown. The next settlement lands."""
+    caplog.set_level(logging.ERROR, "midway.billing")
+    config = load_table(BillingConfig, "billing", {"store": "billing.db"}, data_dir=tmp_path)
+
+    async def run() -> None:
+        billing = Billing(config)
+        await billing.start(background=False)
+        store = billing.store
+        try:
+            await store.write_ahead(row(store, "ex-bad.1", "ex-bad"))
+            broken = settled(store, "ex-bad.1", "ex-bad", 5)
+            del broken["principal"]
+            with pytest.raises(KeyError, match="principal"):
+                await billing.settle(Settlement("ex-bad", [broken], None, 5))
+            assert await billing.flush(5)
+            assert not billing._backlog
+            await store.write_ahead(row(store, "ex-ok.1", "ex-ok"))
+            await billing.settle(Settlement(
+                "ex-ok", [settled(store, "ex-ok.1", "ex-ok", 7)], None, 7))
+            assert await billing.flush(5)
+            states = {r["id"]: r["state"] for r in await store.rows()}
+            assert states == {"ex-bad.1": "pending", "ex-ok.1": "settled"}
+        finally:
+            await billing.stop()
+        logged = [r for r in caplog.records if "settlement could not be written" in
+                  r.getMessage()]
+        assert len(logged) == 1 and "shutdown" not in caplog.text
+
+    asyncio.run(run())

@@ -54,3 +54,31 @@ def test_a_window_is_the_calendar_window_of_its_timestamp(period: str) -> None:
         else:
             start = midnight.replace(day=1).timestamp()
         assert window(period, now)[0] == start
+
+
+def test_a_requests_budget_checks_are_remembered_per_attribution_and_utc_day(
+        tmp_path) -> None:
+    """Billing remembers each attribution's checks for the UTC day: what ``checks_for`` works
+    out at any moment of that day (its first and last instants too), worked out again from
+    midnight on and for anyone whose attribution differs."""
+    from midway.options import load_table
+    from midway_billing.budgets import checks_for
+    from midway_billing.config import BillingConfig
+    from midway_billing.plugin import Billing
+
+    config = load_table(BillingConfig, "billing", {"budgets": [
+        {"scope": "principal", "period": "day", "limit_usd": "5"},
+        {"scope": "team", "period": "week", "limit_usd": "50"},
+        {"scope": "group", "period": "month", "limit_usd": "500"},
+        {"scope": "all", "period": "total", "limit_usd": "5000", "mode": "soft"}]},
+        data_dir=tmp_path)
+    billing = Billing(config)
+    alice = Attribution("alice", "alice", "search", None, ("root",), ("eng", "ops"))
+    bob = Attribution("bob", "bob", "ads", "apollo")
+    for who in (alice, bob, Attribution("alice", "alice", "ads", None, ("root",), ("eng",))):
+        for moment in (ts(2026, 12, 6), ts(2026, 12, 6, 13), ts(2026, 12, 6, 23, 59, 59),
+                       ts(2026, 12, 7), ts(2026, 12, 31, 23, 59, 59), ts(2027, 1, 1)):
+            assert billing._checks_for(who, moment) == tuple(
+                checks_for(config.budgets, who, moment))
+    assert billing._checks_for(alice, ts(2026, 12, 6, 1)) is \
+        billing._checks_for(alice, ts(2026, 12, 6, 22))

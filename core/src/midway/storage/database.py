@@ -151,6 +151,14 @@ class Database:
         again one by one if one of them raises). Elsewhere it changes nothing."""
         raise NotImplementedError
 
+    def submit(self, unit: Callable[[Tx], Awaitable[T]], *, durable: bool = True,
+               defer: bool = False, brief: bool = False) -> asyncio.Future[T]:
+        """:meth:`run` for a caller that does not wait for the outcome where it is: the unit
+        is queued at once, and the future (awaited, or given a done callback) has its outcome.
+        On SQLite no coroutine and no task are made for it (a task's cost is several times a
+        brief unit's own); elsewhere it is ``run`` in a task."""
+        return asyncio.ensure_future(self.run(unit, durable=durable, defer=defer, brief=brief))
+
     async def ping(self) -> str | None:
         """``None`` if the store answers a trivial query, else what went wrong, in words (for
         ``/readyz``, whose caller bounds the time; never raises, never shows a password)."""
@@ -209,9 +217,9 @@ class SQLiteDatabase(Database):
         self.store = StoreURL("sqlite", path=path)
         self.synchronous = synchronous
         self.inline = inline
-        self._conn: sqlite3.Connection | None = None
+        self._conn: _Connection | None = None
         # brief units' connection, used on the loop by the drain's holder (see run())
-        self._fast: sqlite3.Connection | None = None
+        self._fast: _Connection | None = None
         self._thread: threading.Thread | None = None
         # what the store thread is to do: drain the queue (_DRAIN), run a job, or stop (None)
         self._jobs: queue.SimpleQueue[_Job | None] | None = None
@@ -242,8 +250,7 @@ class SQLiteDatabase(Database):
         # Autocommit mode: transactions are explicit (BEGIN IMMEDIATE ... COMMIT), so that
         # several processes serialise on the file's write lock, never deadlock on upgrades.
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
-                               timeout=30)
-        conn.row_factory = sqlite3.Row
+                               timeout=30, factory=_Connection)
         enable_wal(conn)
         conn.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
         conn.execute("PRAGMA busy_timeout=30000")
@@ -259,8 +266,7 @@ class SQLiteDatabase(Database):
             # Never waits for the lock (timeout 0: the store thread waits instead), never
             # checkpoints (an fsync: the store thread does it, see _checkpoint).
             fast = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
-                                   timeout=0)
-            fast.row_factory = sqlite3.Row
+                                   timeout=0, factory=_Connection)
             fast.execute("PRAGMA synchronous=NORMAL")
             fast.execute("PRAGMA wal_autocheckpoint=0")
             fast.execute("PRAGMA cache_size=-256")  # as the store thread's (above)
@@ -318,31 +324,49 @@ class SQLiteDatabase(Database):
 
     async def run(self, unit: Callable[[Tx], Awaitable[T]], *, durable: bool = True,
                   defer: bool = False, brief: bool = False) -> T:
+        if self._jobs is None:
+            if self._conn is None:
+                raise RuntimeError(f"database {self.path} is not open")
+            return self._in_tx(unit, durable)
+        return await self.submit(unit, durable=durable, defer=defer, brief=brief)
+
+    def submit(self, unit: Callable[[Tx], Awaitable[T]], *, durable: bool = True,
+               defer: bool = False, brief: bool = False) -> asyncio.Future[T]:
         if self._conn is None:
             raise RuntimeError(f"database {self.path} is not open")
+        caller = asyncio.get_running_loop()
         if self._jobs is None:
-            return self._in_tx(unit, durable)
+            done: asyncio.Future[T] = caller.create_future()
+            try:
+                done.set_result(self._in_tx(unit, durable))
+            except Exception as exc:  # handed to whoever awaits the future
+                done.set_exception(exc)
+            return done
         # Group commit: units queued while the drain is held run together in one
         # transaction (each in a savepoint of its own), one hop and one commit for them all.
-        caller = asyncio.get_running_loop()
         future: asyncio.Future[T] = caller.create_future()
+        due = caller.time() + DEFER_MAX if defer else 0.0  # when a deferred unit must run
         with self._lock:
-            self._queue.append((unit, durable, future, caller, brief))
+            self._queue.append((unit, durable, future, caller, brief, due))
             start = not self._draining and not defer
             if start:
                 self._draining = True
-            wait = defer and not self._draining and self._deferred is None
+            wait = defer and not self._draining
         if start:
-            if self._deferred is not None:  # this drain carries the deferred ones
-                self._deferred.cancel()
-                self._deferred = None
             # At the end of this loop iteration: the units its callbacks queue share one
             # transaction.
             caller.call_soon(self._drain)
         elif wait:
-            # Left for the next unit's drain to carry along, or this timer's.
-            self._deferred = caller.call_later(DEFER_MAX, self._drain_deferred)
-        return await future
+            # Left for the next unit's drain to carry along, or this timer's. A timer armed
+            # for an earlier deferred unit is left to run out rather than cancelled by the
+            # drain that carried it (see _drain_deferred): about one timer per DEFER_MAX, not
+            # one armed and cancelled per unit.
+            timer = self._deferred
+            if timer is None or timer.when() > due:
+                if timer is not None:
+                    timer.cancel()
+                self._deferred = caller.call_at(due, self._drain_deferred)
+        return future
 
     def _drain(self) -> None:
         """On the loop, holding the drain: run the brief units at the head of the queue here
@@ -384,12 +408,23 @@ class SQLiteDatabase(Database):
             jobs.put(job)
 
     def _drain_deferred(self) -> None:
+        """The deferred units' timer: nothing to do if what it was armed for was carried
+        along and nothing waits; armed again for the deferred units queued since, if none of
+        them is due yet (each waits up to DEFER_MAX for a unit to carry it); else a drain."""
         self._deferred = None
+        loop = asyncio.get_running_loop()
         with self._lock:
             if not self._queue or self._draining:
                 return
-            self._draining = True
-        self._drain()
+            # Only deferred units wait undrained (any other starts a drain).
+            due = min(item[5] for item in self._queue)
+            now = due <= loop.time()
+            if now:
+                self._draining = True
+        if now:
+            self._drain()
+        else:
+            self._deferred = loop.call_at(due, self._drain_deferred)
 
     def _kick(self) -> None:
         jobs = self._jobs
@@ -452,7 +487,7 @@ class SQLiteDatabase(Database):
             if live:
                 _deliver(self._in_tx_group(conn, live)[0], None)
 
-    def _in_tx_group(self, conn: sqlite3.Connection, batch: list[_Queued], *,
+    def _in_tx_group(self, conn: _Connection, batch: list[_Queued], *,
                      yield_busy: bool = False
                      ) -> tuple[list[tuple[_Queued, Any, BaseException | None]], list[_Queued]]:
         """Run ``batch`` in as few transactions as it allows: each caller's outcome, and
@@ -461,14 +496,14 @@ class SQLiteDatabase(Database):
         durable = any(item[1] for item in batch)
         relaxed = not durable and self.synchronous == "full"
         if relaxed:
-            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.statements.execute("PRAGMA synchronous=NORMAL")
         try:
             if len(batch) > 1 and all(item[4] for item in batch):
                 # Brief units may run again: tried first with no savepoint (SQLite copies
                 # every page a savepoint's unit changes to a statement journal); one failing
                 # undoes the group, which then runs again unit by unit, below.
                 try:
-                    conn.execute("BEGIN IMMEDIATE")
+                    conn.statements.execute("BEGIN IMMEDIATE")
                 except sqlite3.OperationalError as exc:
                     if yield_busy and _busy(exc):
                         return done, list(batch)
@@ -481,19 +516,19 @@ class SQLiteDatabase(Database):
                         (item, _drive(item[0](tx)), None) for item in batch]
                 except BaseException:
                     if conn.in_transaction:
-                        conn.execute("ROLLBACK")
+                        conn.statements.execute("ROLLBACK")
                 else:
                     try:
-                        conn.execute("COMMIT")
+                        conn.statements.execute("COMMIT")
                     except BaseException as exc:  # handed to its caller
                         if conn.in_transaction:
-                            conn.execute("ROLLBACK")
+                            conn.statements.execute("ROLLBACK")
                         return [(item, None, exc) for item in batch], []
                     return results, []
             pending = collections.deque(batch)
             while pending:
                 try:
-                    conn.execute("BEGIN IMMEDIATE")
+                    conn.statements.execute("BEGIN IMMEDIATE")
                 except sqlite3.OperationalError as exc:
                     if yield_busy and _busy(exc):
                         return done, list(pending)
@@ -510,7 +545,7 @@ class SQLiteDatabase(Database):
                     # and the others get one of their own.
                     first = not in_tx
                     if not first:
-                        conn.execute("SAVEPOINT midway_unit")
+                        conn.statements.execute("SAVEPOINT midway_unit")
                     try:
                         result = _drive(item[0](_SQLiteTx(conn)))
                     except BaseException as exc:  # handed to its caller
@@ -518,12 +553,12 @@ class SQLiteDatabase(Database):
                             # SQLite may have rolled back already (a full disk, an I/O
                             # error): a second ROLLBACK would hide the cause.
                             if conn.in_transaction:
-                                conn.execute("ROLLBACK")
+                                conn.statements.execute("ROLLBACK")
                             done.append((item, None, exc))
                             break
                         if conn.in_transaction:
-                            conn.execute("ROLLBACK TO midway_unit")
-                            conn.execute("RELEASE midway_unit")
+                            conn.statements.execute("ROLLBACK TO midway_unit")
+                            conn.statements.execute("RELEASE midway_unit")
                             in_tx.append((item, None, exc))
                             continue
                         # SQLite rolled the whole transaction back (a full disk, an I/O
@@ -533,21 +568,21 @@ class SQLiteDatabase(Database):
                         in_tx = []
                         break
                     if not first:
-                        conn.execute("RELEASE midway_unit")
+                        conn.statements.execute("RELEASE midway_unit")
                     in_tx.append((item, result, None))
                 if not in_tx:
                     continue
                 try:
-                    conn.execute("COMMIT")
+                    conn.statements.execute("COMMIT")
                 except BaseException as exc:  # handed to its caller
                     if conn.in_transaction:
-                        conn.execute("ROLLBACK")
+                        conn.statements.execute("ROLLBACK")
                     done += [(i, None, exc) for i, _, _ in in_tx]
                 else:
                     done += in_tx
         finally:
             if relaxed:
-                conn.execute("PRAGMA synchronous=FULL")
+                conn.statements.execute("PRAGMA synchronous=FULL")
         return done, []
 
     def _in_tx(self, unit: Callable[[Tx], Awaitable[T]], durable: bool = True) -> T:
@@ -557,22 +592,22 @@ class SQLiteDatabase(Database):
         # survives the process; the next FULL commit syncs it along.
         relaxed = not durable and self.synchronous == "full"
         if relaxed:
-            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.statements.execute("PRAGMA synchronous=NORMAL")
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            conn.statements.execute("BEGIN IMMEDIATE")
             try:
                 result = _drive(unit(_SQLiteTx(conn)))
             except BaseException:
                 # SQLite may have rolled back already (a full disk, an I/O error): a
                 # second ROLLBACK would hide the cause behind "cannot rollback".
                 if conn.in_transaction:
-                    conn.execute("ROLLBACK")
+                    conn.statements.execute("ROLLBACK")
                 raise
-            conn.execute("COMMIT")
+            conn.statements.execute("COMMIT")
             return result
         finally:
             if relaxed:
-                conn.execute("PRAGMA synchronous=FULL")
+                conn.statements.execute("PRAGMA synchronous=FULL")
 
 
 # A deferred unit waits at most this long (seconds) for another unit to carry it along.
@@ -588,8 +623,9 @@ _CHECKPOINT_FRAMES = 1000
 _CHECKPOINT_FIRST = 100
 _CHECKPOINT_MIN = 8
 _CHECKPOINT_MAX = 1000
+# (unit, durable, its future, its caller's loop, brief, when it must run if deferred)
 _Queued = tuple[Callable[[Tx], Awaitable[Any]], bool, "asyncio.Future[Any]",
-                asyncio.AbstractEventLoop, bool]
+                asyncio.AbstractEventLoop, bool, float]
 # jobs for the store thread: drain the queue, checkpoint, or a call whose outcome goes to a
 # future
 _DRAIN = object()
@@ -649,28 +685,42 @@ def _settle(results: list[tuple[asyncio.Future[Any], Any, BaseException | None]]
             future.set_exception(exc)
 
 
+class _Connection(sqlite3.Connection):
+    """A connection whose statements all go through one cursor of its own:
+    ``Connection.execute`` makes a cursor for each (allocated, registered with the connection,
+    freed), a few percent of a short statement's cost. Whoever holds the drain uses it, one
+    statement at a time; each statement's rows are read before the next one runs."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.row_factory = sqlite3.Row  # a cursor takes its connection's when it is made
+        self.statements = self.cursor()
+
+
 class _SQLiteTx:
     dialect: Dialect = "sqlite"
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self._conn = conn
+    __slots__ = ("_cursor",)
+
+    def __init__(self, conn: _Connection) -> None:
+        self._cursor = conn.statements
 
     async def fetch(self, sql: str, *args: Any) -> list[Row]:
-        return [dict(row) for row in self._conn.execute(sql, args).fetchall()]
+        return [dict(row) for row in self._cursor.execute(sql, args).fetchall()]
 
     async def fetchone(self, sql: str, *args: Any) -> Row | None:
-        row = self._conn.execute(sql, args).fetchone()
+        row = self._cursor.execute(sql, args).fetchone()
         return None if row is None else dict(row)
 
     async def fetchval(self, sql: str, *args: Any) -> Any:
-        row = self._conn.execute(sql, args).fetchone()
+        row = self._cursor.execute(sql, args).fetchone()
         return None if row is None else row[0]
 
     async def execute(self, sql: str, *args: Any) -> int:
-        return self._conn.execute(sql, args).rowcount
+        return self._cursor.execute(sql, args).rowcount
 
     async def executemany(self, sql: str, args: Iterable[Sequence[Any]]) -> None:
-        self._conn.executemany(sql, args)
+        self._cursor.executemany(sql, args)
 
 
 # -- PostgreSQL --------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import threading
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
 
@@ -33,6 +34,16 @@ class BillingMetrics:
                                 ["model"], registry=registry)
         self._unpriced_names: set[str] = set()
         self._lock = threading.Lock()
+        # The spend counter's series by (team, model): Counter.labels() validates, locks and
+        # looks up at each call, three times what adding costs. As many as its series.
+        self._spent: dict[tuple[str, str], Any] = {}
+
+    def spent(self, team: str, model: str, usd: float) -> None:
+        """Add ``usd`` to ``midway_billing_spend_usd{team, model}``."""
+        series = self._spent.get((team, model))
+        if series is None:
+            series = self._spent[(team, model)] = self.spend.labels(team, model)
+        series.inc(usd)
 
     def unpriced_label(self, model: str | None, listed: str | None) -> str:
         """The ``model`` label of ``midway_billing_unpriced``: the catalogue id ``model``

@@ -68,6 +68,8 @@ def usd(pusd: int) -> Decimal:
 
 def usd_str(pusd: int) -> str:
     """``format(usd(pusd), "f")`` in integer arithmetic (several per request: no Decimal)."""
+    if not pusd:  # most of a cost's parts
+        return "0"
     whole, frac = divmod(abs(pusd), 10**12)
     text = f"{whole}.{frac:012d}".rstrip("0").rstrip(".") if frac else str(whole)
     return "-" + text if pusd < 0 else text
@@ -75,6 +77,15 @@ def usd_str(pusd: int) -> str:
 
 def to_pusd(value: Decimal) -> int:
     return int((value * PICO).quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
+
+
+@functools.lru_cache(maxsize=1024)
+def pusd_per_token(rate: Decimal) -> int | None:
+    """``rate`` (dollars per million tokens) in picodollars a token, when that is a whole
+    number (six decimals or fewer, as most rates): then ``count * pusd_per_token(rate)`` is
+    exactly ``tokens_pusd(count, rate)``, with no Decimal. None otherwise."""
+    value = rate * 10**6
+    return int(value) if value == value.to_integral_value() else None
 
 
 @functools.lru_cache(maxsize=4096)
@@ -595,7 +606,7 @@ class PriceTable:
                 return None
         rules = [rule]
         rates = price.rates_at(mods.at)
-        if rates != price.rates:
+        if rates is not price.rates and rates != price.rates:  # (most: the same object)
             rules.append("before=" + next(e.until.isoformat() for e in reversed(price.previous)
                                           if mods.at is not None
                                           and mods.at < _epoch(e.until)))

@@ -49,12 +49,18 @@ class Origin:
     def of(cls, exchange: Exchange) -> Origin:
         """The session from its header; the agent ids as the core read and checked them
         (:mod:`midway.agents`)."""
-        return cls(clean_id(exchange.request.headers.get(SESSION_HEADER)),
-                   exchange.agent_id, exchange.parent_agent_id)
+        session = clean_id(exchange.request.headers.get(SESSION_HEADER))
+        if session is None and exchange.agent_id is None and exchange.parent_agent_id is None:
+            return UNSAID  # most requests: one shared (frozen) instance
+        return cls(session, exchange.agent_id, exchange.parent_agent_id)
 
     def columns(self) -> dict[str, str | None]:
         return {"session_id": self.session_id, "agent_id": self.agent_id,
                 "parent_agent_id": self.parent_agent_id}
+
+
+# The origin of a request that names no session and no agent.
+UNSAID = Origin()
 
 
 def agent_tree(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

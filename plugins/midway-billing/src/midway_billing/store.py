@@ -21,6 +21,7 @@ SQLite every unit holds the file's write lock, which serialises them all.)
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -532,8 +533,8 @@ class Store:
             assert row is not None
         return int(row["spent_pusd"]), int(row["reserved_pusd"])
 
-    async def settle(self, rows: list[dict[str, Any]], reservation: Reservation | None,
-                     charged_pusd: int) -> None:
+    def settle(self, rows: list[dict[str, Any]], reservation: Reservation | None,
+               charged_pusd: int) -> asyncio.Future[None]:
         """Write final rows; release the reservation and charge ``charged_pusd`` instead.
 
         If reconciliation released the reservation first (it took this instance for dead, or
@@ -562,7 +563,7 @@ class Store:
                 await _move(tx, reservation.buckets, released, charged)
 
         # Nobody waits for it (the answer is sent): it rides with the next request's unit.
-        await self.db.run(unit, defer=True, brief=True)
+        return self.db.submit(unit, defer=True, brief=True)
 
     async def _landed(self, tx: Tx, row_id: Any) -> bool:
         """Whether ``row_id`` is settled already (locked: the ledger comes after the

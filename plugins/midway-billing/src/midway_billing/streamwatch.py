@@ -12,7 +12,7 @@ import attrs
 from midway import SSEEvent, Usage
 from midway.assemble import copy_usage, merge_usage
 from midway.observe import delta_text
-from midway_billing.pricing import Modifiers, tokens_pusd
+from midway_billing.pricing import Modifiers, pusd_per_token, tokens_pusd
 
 if TYPE_CHECKING:
     from midway_billing.pricing import PriceTable
@@ -160,10 +160,11 @@ class StreamWatch:
             cost = prices.cost(reported, self.model, modifiers=self.modifiers)
             rate: Decimal | int | None = prices.output_rate(reported, self.model,
                                                             modifiers=self.modifiers)
-            if rate is not None and (rate * _PUSD_PER_MTOK) == int(rate * _PUSD_PER_MTOK):
+            whole = pusd_per_token(rate) if rate is not None else None
+            if whole is not None:
                 # picodollars a token, a whole number (six decimals per MTok or fewer, as
                 # most rates): each event's price is one integer product
-                rate = int(rate * _PUSD_PER_MTOK)
+                rate = whole
             priced = self._priced = (prices, self.model, self.modifiers,
                                      cost.total - cost.output, reported.output_tokens, rate)
         _, _, _, rest, output, rate = priced
