@@ -12,13 +12,14 @@ from __future__ import annotations
 import gzip
 import http.client
 import socket
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import orjson
 import pytest
 
-from midway import ErrorKind, Exchange, proxy
+from midway import ErrorKind, Exchange, deadlines, proxy
 from midway.fake_upstream import encode_event
 from midway.plugins import module_plugin
 from midway.testing import FakeUpstream, RawReply, RawUpstream, Reply, RunningMidway, wait_for
@@ -305,3 +306,84 @@ def test_judged_error_body_is_relayed_whole(midway_factory: Callable[..., Runnin
     assert (status, complete) == (529, True)
     assert answer == body  # never a prefix passed off as the whole
     assert judged == [min(len(body), proxy.JUDGED_BODY_LIMIT)]
+
+
+# -- a stream's writes to the client (#24): merged where nothing waits for them --
+
+
+class _CountingTransport:
+    """A client connection's transport, each write to it kept."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+        self._inner.write(data)
+
+    def writelines(self, chunks: Any) -> None:
+        self.write(b"".join(chunks))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+@pytest.fixture
+def client_writes(monkeypatch: pytest.MonkeyPatch) -> list[_CountingTransport]:
+    """The transports of the client connections midway serves, as they are opened."""
+    transports: list[_CountingTransport] = []
+    made = deadlines.Guard.connection_made
+
+    def counting(self: deadlines.Guard, transport: Any) -> None:
+        transports.append(_CountingTransport(transport))
+        made(self, transports[-1])
+
+    monkeypatch.setattr(deadlines.Guard, "connection_made", counting)
+    return transports
+
+
+def test_a_stream_that_came_whole_goes_out_in_one_write(
+        start: Start, raw: RawUpstream, client_writes: list[_CountingTransport]) -> None:
+    running, seen = start()
+    whole = b"".join(events())
+    raw.reply(RawReply(body=[whole], content_type="text/event-stream", framing="chunked",
+                       together=True))
+    status, _, answer, complete = ask(running, {**MSG, "stream": True})
+    assert status == 200 and complete and answer == whole
+    (written,) = client_writes[0].writes  # the head, the body and its end
+    assert written.startswith(b"HTTP/1.1 200 ") and written.endswith(b"\r\n0\r\n\r\n")
+    exchange = finished(seen)
+    assert exchange.complete and exchange.usage.output_tokens == 7
+    assert exchange.timings.ttfb_ms is not None
+
+
+def test_a_streams_head_is_not_held_for_its_first_bytes(
+        start: Start, raw: RawUpstream, client_writes: list[_CountingTransport]) -> None:
+    running, seen = start()
+    gate = threading.Event()
+
+    def body() -> Iterator[bytes]:
+        assert gate.wait(30)  # the client has the head before any event is sent
+        yield b"".join(events())
+
+    raw.reply(RawReply(body=body(), content_type="text/event-stream", framing="chunked"))
+    with socket.create_connection(("127.0.0.1", running.port), timeout=30) as sock:
+        request = orjson.dumps({**MSG, "stream": True})
+        sock.sendall(b"POST /v1/messages HTTP/1.1\r\nhost: 127.0.0.1\r\nx-api-key: sk-ant-k1\r\n"
+                     b"content-type: application/json\r\ncontent-length: %d\r\n\r\n%b"
+                     % (len(request), request))
+        received = b""
+        while b"\r\n\r\n" not in received:
+            received += sock.recv(65536)
+        gate.set()
+        try:
+            while not received.endswith(b"\r\n0\r\n\r\n"):
+                received += sock.recv(65536)
+        except TimeoutError:
+            raise AssertionError(received) from None
+    head = received[:received.index(b"\r\n\r\n") + 4]
+    assert client_writes[0].writes[0] == head  # written before the first event came
+    assert b"".join(client_writes[0].writes) == received
+    assert received.endswith(b"".join(events()) + b"\r\n0\r\n\r\n")
+    assert finished(seen).complete

@@ -5,6 +5,7 @@ import asyncio
 from hypothesis import given
 from hypothesis import strategies as st
 
+from midway import sse
 from midway.exchange import Exchange
 from midway.plugins import Impl
 from midway.proxy import _chunk_caller
@@ -38,6 +39,39 @@ def test_skipping_parser_gives_the_unskipped_events(pieces, step):
         got += [e.raw for e in skipped.feed(stream[i:i + step], skip)]
     assert got == expected
     assert full.pending == skipped.pending
+
+
+MARKED_PIECES = [
+    b"event: content_block_delta\ndata: {}\n\n",
+    b'event: content_block_delta\ndata: {"text":"event: message_stop error"}\n\n',
+    b"event: message_start\ndata: {\"a\":1}\n\n", b"event: message_delta\ndata: {}\n\n",
+    b"event: message_stop\ndata: {}\n\n", b"event:error\ndata: {}\n\n",
+    b"id: 1\nevent: message_delta\ndata: {}\n\n", b"event: ping\r\ndata: {}\r\n\r\n",
+    b"event: ping\ndata: {}\n\n", b"data: x\n\n", b": comment\n\n", b"\n", b"\n\n",
+    b"event: other\ndata: message_\n\n",
+]
+
+
+@given(st.lists(st.sampled_from(MARKED_PIECES), max_size=30), st.integers(min_value=1,
+                                                                         max_value=400),
+       st.sampled_from([0, 16, 2048]))
+def test_marked_events_are_those_the_skipping_parser_gives(pieces, step, searched):
+    skip, markers = (b"event: content_block", b"event: ping"), (b"message_", b"error")
+    stream = b"".join(pieces)
+    full, marked = SSEParser(), SSEParser()
+    expected, got = [], []
+    saved, sse.SEARCHED_SIZE = sse.SEARCHED_SIZE, searched
+    try:
+        for i in range(0, len(stream), step):
+            expected += [e.raw for e in full.feed(stream[i:i + step], skip)]
+            got += [e.raw for e in marked.feed_marked(stream[i:i + step], markers, skip)]
+    finally:
+        sse.SEARCHED_SIZE = saved
+    assert full.pending == marked.pending
+    holding = [raw for raw in expected if any(m in raw for m in markers)]
+    assert [raw for raw in got if any(m in raw for m in markers)] == holding
+    rest = iter(expected)  # and nothing else but those events, in their order
+    assert all(any(raw == e for e in rest) for raw in got)
 
 
 def test_on_chunk_callers_pass_arguments_by_name():

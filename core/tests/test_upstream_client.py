@@ -130,6 +130,51 @@ def test_chunked_answer_streams_chunks_as_they_come(run):
     assert connections == 1
 
 
+def test_ready_and_ended_tell_what_is_in_hand(run):
+    async def main():
+        gate = asyncio.Event()
+
+        async def chunked(reader, writer):
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                         b"transfer-encoding: chunked\r\n\r\n5\r\nhello\r\n")
+            await writer.drain()
+            await gate.wait()
+            writer.write(b"6\r\n world\r\n0\r\n\r\n")  # the last bytes with the end
+            return True
+
+        async with RawServer(chunked) as server:
+            client = UpstreamClient()
+            resp = await client.request("POST", server.url + "/v1/messages", {}, b"{}")
+            seen = [(resp.ready(), resp.ended())]  # the head came with the first chunk
+            assert await resp.__anext__() == b"hello"
+            seen.append((resp.ready(), resp.ended()))
+            gate.set()
+            assert await resp.__anext__() == b" world"
+            seen.append((resp.ready(), resp.ended()))
+            await client.close()
+            return seen
+
+    assert run(main()) == [(True, False), (False, False), (False, True)]
+
+
+def test_an_answer_cut_short_never_ended(run):
+    async def main():
+        async def cut(reader, writer):
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhello")
+            return False  # closed short of its length
+
+        async with RawServer(cut) as server:
+            client = UpstreamClient()
+            resp = await client.request("POST", server.url + "/v1/messages", {}, b"{}")
+            with pytest.raises(aiohttp.ClientPayloadError):
+                async for _ in resp.chunks():
+                    pass
+            await client.close()
+            return resp.ended()
+
+    assert run(main()) is False
+
+
 def test_close_delimited_answer_ends_at_eof_and_is_not_reused(run):
     async def main():
         async with RawServer(answer(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n"

@@ -46,6 +46,16 @@ class Answer(Protocol):
         """The body as it arrives, unchanged."""
         ...
 
+    def ready(self) -> bool:
+        """Whether body bytes are in hand: ``chunks()`` gives its next piece without waiting
+        (``False`` when not known)."""
+        ...
+
+    def ended(self) -> bool:
+        """Whether the body ended where the last piece ``chunks()`` gave ended: no more bytes
+        and no error come (``False`` when not known)."""
+        ...
+
     async def read(self, limit: int = -1) -> bytes:
         """The body to its end, or its first ``limit`` bytes."""
         ...
@@ -78,6 +88,12 @@ class ClientAnswer:
 
     def chunks(self) -> AsyncIterator[bytes]:
         return self._resp.content.iter_any()
+
+    def ready(self) -> bool:
+        return False
+
+    def ended(self) -> bool:
+        return self._resp.content.at_eof()
 
     async def read(self, limit: int = -1) -> bytes:
         if limit < 0:
@@ -128,6 +144,12 @@ class PrefixedAnswer:
         body = self._prefix + rest
         return body if limit < 0 else body[:limit]
 
+    def ready(self) -> bool:
+        return False
+
+    def ended(self) -> bool:
+        return False
+
     def release(self) -> None:
         self._answer.release()
 
@@ -169,6 +191,12 @@ class MemoryAnswer:
         body = self.body if self.body is not None else \
             b"".join([chunk async for chunk in self.chunks()])
         return body if limit < 0 else body[:limit]
+
+    def ready(self) -> bool:
+        return False
+
+    def ended(self) -> bool:
+        return False
 
     def release(self) -> None:
         pass
@@ -229,6 +257,12 @@ class TranslatedAnswer:
         if self.status >= 400:
             return self._adapter.translate_error(self.status, answer.headers, body)
         return self._adapter.translate_json(self._exchange, body)
+
+    def ready(self) -> bool:
+        return False
+
+    def ended(self) -> bool:
+        return False
 
     def release(self) -> None:
         self._answer.release()

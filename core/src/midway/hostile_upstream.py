@@ -35,6 +35,7 @@ class RawReply:
     framing: str = "length"
     declared_length: int | None = None
     terminate: bool = True
+    together: bool = False  # the head and the whole body in one write (so one read)
 
 
 @attrs.define
@@ -119,15 +120,20 @@ async def _write(writer: asyncio.StreamWriter, reply: RawReply) -> None:
         lines.append(f"content-length: {size}")
     elif reply.framing == "chunked":
         lines.append("transfer-encoding: chunked")
-    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+    head = ("\r\n".join(lines) + "\r\n\r\n").encode()
+    held = [head] if reply.together else []  # written at the end, in one write
+    if not reply.together:
+        writer.write(head)
     for piece in pieces:
         if not piece:
             continue
-        if reply.framing == "chunked":
-            writer.write(b"%x\r\n%b\r\n" % (len(piece), piece))
-        else:
-            writer.write(piece)
+        data = b"%x\r\n%b\r\n" % (len(piece), piece) if reply.framing == "chunked" else piece
+        if reply.together:
+            held.append(data)
+            continue
+        writer.write(data)
         await writer.drain()
     if reply.framing == "chunked" and reply.terminate:
-        writer.write(b"0\r\n\r\n")
+        held.append(b"0\r\n\r\n")
+    writer.write(b"".join(held))
     await writer.drain()

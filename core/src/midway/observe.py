@@ -20,6 +20,9 @@ from midway.sse import SSEEvent, SSEParser, parse_block
 SKIP_PREFIXES = (b"event: content_block", b"event: ping")
 # The events usage and outcome are read from.
 OBSERVED_EVENTS = frozenset({"message_start", "message_delta", "message_stop", "error"})
+# What the bytes of an event named one of OBSERVED_EVENTS hold (its `event:` line):
+# SSEParser.feed_marked finds them by searching for these.
+OBSERVED_MARKERS = (b"message_", b"error")
 # The fields of a content_block_delta's ``delta`` whose characters are its text.
 _DELTA_TEXT = ("text", "thinking", "partial_json")
 # A content_block_delta as Anthropic writes it, its text field's JSON string captured: never
@@ -180,7 +183,7 @@ class StreamObserver:
             return
         if self._kept is not None:
             self._kept.add(chunk)
-        for event in self._parser.feed(chunk, SKIP_PREFIXES):
+        for event in self._parser.feed_marked(chunk, OBSERVED_MARKERS, SKIP_PREFIXES):
             self.observe(event)
 
     def close(self) -> None:
@@ -194,7 +197,8 @@ class StreamObserver:
             for piece in _inflated(self._inflate, chunk):
                 if self._kept is not None:
                     self._kept.add(piece)
-                for event in self._parser.feed(piece, SKIP_PREFIXES):
+                for event in self._parser.feed_marked(piece, OBSERVED_MARKERS,
+                                                      SKIP_PREFIXES):
                     self.observe(event)
         except zlib.error:  # relayed all the same; midway just cannot read it
             self._inflate = _Opaque()

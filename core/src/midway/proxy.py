@@ -667,11 +667,17 @@ class Proxy:
             exchange.stream_observers else None
         source = answer.chunks()
         # A Bedrock client reads the same events as an event stream.
+        bedrock = exchange.client_format == bedrock_format.FORMAT and not encoding
         response = bedrock_format.EventStreamResponse(answer.status, headers,
                                                       bedrock_format.frames(exchange)) \
-            if exchange.client_format == bedrock_format.FORMAT and not encoding else \
-            web.StreamResponse(status=answer.status, headers=headers)
+            if bedrock else web.StreamResponse(status=answer.status, headers=headers)
         del headers  # the response copied them: not held as long as the stream lasts
+        # Relayed as raw chunks, the stream's writes are merged where nothing waits for it:
+        # the head with bytes already in hand, the last bytes with the body's end (each
+        # write to a client costs a system call and a wake-up of its reader).
+        merging = not callers and not bedrock
+        if merging and answer.ready():
+            response._send_headers_immediately = False  # sent with the first write, now
         await response.prepare(request)
         response.headers.clear()  # sent (its copy, ~100 bytes a header)
         deadlines.streaming(request)  # its connection's between-requests timers go now
@@ -680,6 +686,7 @@ class Proxy:
         metrics = self.midway.metrics
         if metrics is not None:
             metrics.open_streams += 1
+        last = b""  # the stream's last bytes when they came with its end
         try:
             observable = True
             if callers:
@@ -691,6 +698,9 @@ class Proxy:
                 first = True
                 async for chunk in source:
                     observer.feed(chunk)
+                    if merging and answer.ended():
+                        last = chunk  # written with the body's end (below)
+                        break
                     await response.write(chunk)
                     if first:
                         timings.ttfb_ms = (time.monotonic() - timings.started) * 1000
@@ -702,6 +712,8 @@ class Proxy:
                     and exchange.answered_by is None and answer.status < 300 and observable:
                 # A message stream ends with message_stop or an error event; one that just
                 # stops was cut short, whatever its HTTP framing said.
+                if last:
+                    await response.write(last)
                 raise _EndedEarly("ended the stream early")
         except _UPSTREAM_FAILURES as exc:
             # The upstream failed after bytes went out: say so in-band; never splice or retry.
@@ -732,9 +744,9 @@ class Proxy:
             self.open_streams -= 1
             if metrics is not None:
                 metrics.open_streams -= 1
+        await response.write_eof(last)
         if timings.ttfb_ms is None:
             timings.ttfb_ms = (time.monotonic() - timings.started) * 1000
-        await response.write_eof()
         return response
 
     def _chunk_callers(self, exchange: Exchange) -> list[_Caller]:

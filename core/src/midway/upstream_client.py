@@ -203,6 +203,12 @@ class UpstreamResponse:
     def __aiter__(self) -> UpstreamResponse:
         return self
 
+    def ready(self) -> bool:
+        return bool(self._chunks)
+
+    def ended(self) -> bool:
+        return self._eof and not self._chunks
+
     def __anext__(self) -> asyncio.Future[bytes]:
         """Everything buffered (waiting for some if nothing is): a future, not a coroutine,
         so that a stream waiting for its next bytes holds no frame of its own. It ends with
