@@ -212,10 +212,10 @@ class IntentLog:
             self.on_commit()
 
     def carry(self) -> Carried | None:
-        """Hand the intents gathered so far to a records' transaction about to run (the
-        records that came before them), instead of a transaction of their own after
-        ``batch_linger``: never later than they would be written alone, one commit less.
-        Call ``carried`` once that transaction is over."""
+        """Hand the intents gathered so far (waiting for ``linger`` to end) to a records'
+        transaction about to run, instead of a transaction of their own after the linger:
+        never later than they would be written alone, one commit less. Call ``carried``
+        once that transaction is over."""
         if not self._gathering or self._committing is not None:
             return None  # none, or a commit of their own is under way (its turn first)
         self._carrying = asyncio.get_running_loop().create_future()
