@@ -405,3 +405,20 @@ async def _carrying_fails(config: AuditConfig) -> None:
     finally:
         await store.close()
 
+
+
+def test_on_postgresql_intents_keep_their_own_transaction(pg_config, tmp_path):
+    asyncio.run(_not_carried(_config("postgres", tmp_path, pg_config)))
+
+
+async def _not_carried(config: AuditConfig) -> None:
+    store = await _opened(config)
+    try:
+        log = IntentLog(store, Redactor(), 7)
+        log.add("slow", orjson.dumps(_intent_frame("slow")))
+        # its own commit may run beside a records' transaction there: none waits for one
+        assert log.carry() is None
+        await log.drain()
+        assert [orjson.loads(d)["id"] for d in await store.left_by(7)] == ["slow"]
+    finally:
+        await store.close()

@@ -215,8 +215,9 @@ class IntentLog:
         """Hand the intents gathered so far (waiting for ``linger`` to end) to a records'
         transaction about to run, instead of a transaction of their own after the linger:
         never later than they would be written alone, one commit less. Call ``carried``
-        once that transaction is over."""
-        if not self._gathering or self._committing is not None:
+        once that transaction is over. Not on PostgreSQL: there a commit of their own may
+        run beside a records' transaction (another connection), and could end before it."""
+        if not self._gathering or self._committing is not None or self.store.postgres:
             return None  # none, or a commit of their own is under way (its turn first)
         self._carrying = asyncio.get_running_loop().create_future()
         return self._take()
