@@ -17,11 +17,11 @@ outside valgrind; the client runs in this process.
 Targets: ``plain`` (``bench/plain_proxy.py``), ``midway`` (no plugins, default settings),
 ``midway+chunk-unobserved`` (``bench/chunk_unobserved_plugin.py``: an ``on_chunk`` no exchange
 opts into), ``alone-billing`` (midway-billing with one daily budget), ``alone-router`` (one
-upstream, one key, one rule), ``alone-dashboard`` (its defaults) — each as
-``bench/variants_stack.py`` runs it — and, with ``--baseline REF`` (repeatable),
-``midway@REF`` (built as ``bench/run.py`` builds it: REF's ``core/`` in a virtualenv cached
-by commit). midway runs on its default settings, as users run it: the access log on, written
-to the server's stderr (a file here).
+upstream, one key, one rule), ``alone-dashboard`` (its defaults), ``alone-audit`` (its
+defaults; the relay only, not its writer process) — each as ``bench/variants_stack.py`` runs
+it — and, with ``--baseline REF`` (repeatable), ``midway@REF`` (built as ``bench/run.py``
+builds it: REF's ``core/`` in a virtualenv cached by commit). midway runs on its default
+settings, as users run it: the access log on, written to the server's stderr (a file here).
 ``--keep DIR`` keeps the callgrind dumps (``callgrind_annotate DIR/<target>/callgrind.out.*``).
 """
 
@@ -268,6 +268,10 @@ def main() -> None:
             config_text=tomli_w.dumps({"router": _substitute(ROUTER, upstream, work)}))),
         ("alone-dashboard", *midway_cmd(midway, upstream, work / "alone-dashboard" / "data",
                                         plugins="dashboard")),
+        # audit on its defaults (bodies, write-ahead intents, SQLite): the relay's share only
+        # (its writer process is not run under valgrind)
+        ("alone-audit", *midway_cmd(midway, upstream, work / "alone-audit" / "data",
+                                    plugins="audit")),
     ]
     for ref in args.baseline:
         name = f"midway@{ref}"

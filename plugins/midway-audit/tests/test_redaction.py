@@ -11,6 +11,7 @@ import orjson
 from conftest import data_dir, flush, get, records
 
 from midway.testing import Reply, wait_for
+from midway_audit.redact import Redactor
 
 
 def _rand(n: int, alphabet: str = string.ascii_letters + string.digits) -> str:
@@ -122,3 +123,23 @@ def test_patterns_sharing_a_guard_scan_each_find_their_own_in_one_text():
         assert redactor.text(f"ask {secret}, risk-free") == f"ask [REDACTED:{name}], risk-free"
     near = "a task-list, desk_top, AKI, AIz, Amazon, sk"
     assert redactor.text(near) == near
+
+
+
+def test_long_body_parts_alike_at_both_ends_are_never_mistaken_for_each_other():
+    """Long parts are looked up by their length and ends: a part that differs only in the
+    middle (here: a secret) is redacted on its own, and either one found again is its own."""
+    redactor = Redactor()
+    filler = "x" * 600
+    clean = orjson.dumps({"text": f"{filler} nothing-to-hide-at-all-xy {filler}"})
+    secret = orjson.dumps({"text": f"{filler} sk-ant-api03-abcdefghijkl {filler}"})
+    assert len(clean) == len(secret) and clean[:64] == secret[:64] and \
+        clean[-64:] == secret[-64:]
+    for _ in range(2):
+        assert redactor.part(clean)[0] == clean.decode()
+        assert "[REDACTED:anthropic_key]" in redactor.part(secret)[0]
+    assert redactor.part(clean)[1] is not None  # long enough to be stored as a part
+    # the budget counts what the entries hold: evicting them all leaves nothing counted
+    redactor.parts_budget = 0
+    redactor.part(orjson.dumps({"text": filler}))
+    assert redactor._parts_size == 0 and not redactor._parts

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from midway.testing import Reply, wait_for
 from midway_audit.chain import verify
 from midway_audit.config import AuditConfig
 from midway_audit.handoff.intents import INTERRUPTED_ERROR, IntentLog, interrupted_rows
+from midway_audit.handoff.writer import AuditWriter
 from midway_audit.record import Pending, prepare
 from midway_audit.redact import Redactor
 from midway_audit.stores.queries import Filter
@@ -273,5 +275,150 @@ async def _skipping(config: AuditConfig) -> None:
         await store.append([row("kept", False), row("deleted", True)])
         assert [orjson.loads(d)["id"] for d in await store.left_by(7)] == ["kept"]
         assert (await verify(store)).ok
+    finally:
+        await store.close()
+
+
+# -- a lingering intent goes in the next records' transaction --------------------------------
+
+class _CountingStore(AuditStore):
+    """Counts the intents' transactions of their own; fails the first ``failures`` appends
+    that carry intents."""
+
+    def __init__(self, config: AuditConfig, failures: int = 0) -> None:
+        super().__init__(config)
+        self.intends = 0
+        self.failures = failures
+
+    async def intend(self, instance: int, intents: list[tuple[str, float, str]]) -> None:
+        self.intends += 1
+        await super().intend(instance, intents)
+
+    async def append(self, rows: list[Any], retrying: bool = False, intents: Any = (),
+                     instance: int = 0) -> Any:
+        if intents and self.failures:
+            self.failures -= 1
+            raise ConnectionError("database went away")
+        return await super().append(rows, retrying, intents, instance)
+
+
+def _pending(request_id: str, stored: bool) -> Pending:
+    # now: the writer's first prune (max_age) would take a record of 1970 away
+    return Pending({"id": request_id, "ts": time.time(), "principal": "p1", "model": "m",
+                    "status": 200, "upstream_request_id": None}, [], b"", None, None, None,
+                   intent_stored=stored)
+
+
+class _Carrying:
+    """An intent log and a records writer as the writer process has them, with a linger no
+    test waits for: an intent stored now was written by a records' transaction."""
+
+    def __init__(self, store: AuditStore, config: AuditConfig) -> None:
+        redactor = Redactor()
+        self.log = IntentLog(store, redactor, 7, linger=3600)
+        self._commits: asyncio.Queue[None] = asyncio.Queue()
+        self.writer = AuditWriter(store, config, redactor, intents=self.log,
+                                  on_commit=lambda: self._commits.put_nowait(None))
+
+    async def committed(self) -> None:
+        """Wait for the records writer's next commit."""
+        await asyncio.wait_for(self._commits.get(), 10)
+
+
+def test_a_lingering_intent_goes_in_the_next_records_transaction(tmp_path):
+    asyncio.run(_carrying(_config("sqlite", tmp_path, {})))
+
+
+async def _carrying(config: AuditConfig) -> None:
+    store = _CountingStore(config)
+    await store.open()
+    await store.claim(7)
+    carrying = _Carrying(store, config)
+    log, writer = carrying.log, carrying.writer
+    await writer.start()
+    try:
+        log.add("slow", orjson.dumps(_intent_frame("slow")))
+        log.add("quick", orjson.dumps(_intent_frame("quick")))
+        await writer.submit(_pending("quick", log.settle("quick")))
+        await carrying.committed()
+        # "slow" is still running: its intent went in "quick"'s transaction, none of its own
+        assert [orjson.loads(d)["id"] for d in await store.left_by(7)] == ["slow"]
+        assert store.intends == 0 and log.written == 1 and log.done == 2 and not log.busy
+        assert log.settle("slow") is True  # stored: its record's transaction deletes it
+        await writer.submit(_pending("slow", True))
+        await writer.stop()
+        assert await store.left_by(7) == []
+        assert [r["id"] for r in await store.query(Filter(), 10)] == ["slow", "quick"]
+        assert (await verify(store)).ok
+    finally:
+        await store.close()
+
+
+def test_an_intent_carried_by_a_records_transaction_outlives_a_killed_writer(tmp_path):
+    asyncio.run(_carried_then_killed(_config("sqlite", tmp_path, {})))
+
+
+async def _carried_then_killed(config: AuditConfig) -> None:
+    store = _CountingStore(config)
+    await store.open()
+    await store.claim(7)
+    carrying = _Carrying(store, config)
+    log, writer = carrying.log, carrying.writer
+    await writer.start()
+    log.add("in-flight", orjson.dumps(_intent_frame("in-flight")))
+    await writer.submit(_pending("done", False))
+    await carrying.committed()
+    _die(store)  # kill -9 of the writer (and its relay) before the request finished
+    recovering = await _opened(config)
+    try:
+        await recovering.claim(8)
+        redactor = Redactor()
+        assert await recovering.recover(8, lambda f: interrupted_rows(f, redactor)) == 1
+        by_id = {r["id"]: r for r in await recovering.query(Filter(), 10)}
+        assert set(by_id) == {"done", "in-flight"}
+        assert by_id["in-flight"]["interrupted"] is True
+        assert (await verify(recovering)).ok
+    finally:
+        await recovering.close()
+        await store.close()
+
+
+def test_a_failed_records_transaction_leaves_its_intents_to_a_commit_of_their_own(tmp_path):
+    asyncio.run(_carrying_fails(_config("sqlite", tmp_path, {})))
+
+
+async def _carrying_fails(config: AuditConfig) -> None:
+    store = _CountingStore(config, failures=1)
+    await store.open()
+    await store.claim(7)
+    carrying = _Carrying(store, config)
+    log, writer = carrying.log, carrying.writer
+    await writer.start()
+    try:
+        log.add("slow", orjson.dumps(_intent_frame("slow")))
+        await writer.submit(_pending("quick", False))
+        await carrying.committed()  # retried, without the intent
+        assert store.intends == 1 and log.written == 1 and log.failed == 0
+        assert [orjson.loads(d)["id"] for d in await store.left_by(7)] == ["slow"]
+        await writer.stop()
+        assert (await verify(store)).ok
+    finally:
+        await store.close()
+
+
+
+def test_on_postgresql_intents_keep_their_own_transaction(pg_config, tmp_path):
+    asyncio.run(_not_carried(_config("postgres", tmp_path, pg_config)))
+
+
+async def _not_carried(config: AuditConfig) -> None:
+    store = await _opened(config)
+    try:
+        log = IntentLog(store, Redactor(), 7)
+        log.add("slow", orjson.dumps(_intent_frame("slow")))
+        # its own commit may run beside a records' transaction there: none waits for one
+        assert log.carry() is None
+        await log.drain()
+        assert [orjson.loads(d)["id"] for d in await store.left_by(7)] == ["slow"]
     finally:
         await store.close()

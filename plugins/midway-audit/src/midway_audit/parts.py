@@ -28,9 +28,11 @@ def digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def segments(body: Mapping[str, Any], piece: Callable[[bytes], Segment]) -> list[Segment]:
+def segments(body: Mapping[str, Any], piece: Callable[[bytes], Segment],
+             name: Callable[[str], str] | None = None) -> list[Segment]:
     """Split a JSON object into glue and parts. ``piece(raw JSON)`` gives the text to store
-    for one value (redacted) and its digest when it is large enough to be a part."""
+    for one value (redacted) and its digest when it is large enough to be a part; ``name(key)``
+    the text of a key (by default ``piece``'s)."""
     out: list[Segment] = []
     glue: list[str] = ["{"]
 
@@ -45,16 +47,16 @@ def segments(body: Mapping[str, Any], piece: Callable[[bytes], Segment]) -> list
     for index, (key, value) in enumerate(body.items()):
         if index:
             glue.append(",")
-        glue.append(piece(orjson.dumps(key))[0])
-        glue.append(":")
+        glue.append(name(key) if name is not None else piece(orjson.dumps(key))[0])
         if key == "messages" and isinstance(value, list):
-            glue.append("[")
+            glue.append(":[")
             for i, message in enumerate(value):
                 if i:
                     glue.append(",")
                 emit(*piece(orjson.dumps(message)))
             glue.append("]")
         else:
+            glue.append(":")
             emit(*piece(orjson.dumps(value)))
     glue.append("}")
     out.append(("".join(glue), None))

@@ -21,6 +21,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import attrs
+import orjson
 
 from midway_audit.parts import PART_MIN, Segment, digest, segments
 
@@ -64,6 +65,14 @@ _GUARDS: dict[str, tuple[str, ...]] = {
                                                                  "google_api_key"),
 }
 EMAIL = "email"  # a default too, found by _mask_emails
+
+# The cache of redacted body parts: JSON up to _LONG bytes is its own key; longer JSON is
+# keyed by its length and its first and last _END bytes, the entry holding it whole (None:
+# the key is the JSON).
+_LONG = 256
+_END = 64
+_PartKey = bytes | tuple[int, bytes, bytes]
+_PartEntry = tuple[bytes | None, Segment]
 _LOCAL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._%+-")
 _DOMAIN = re.compile(r"[A-Za-z0-9\-]{1,63}(?:\.[A-Za-z0-9\-]{1,63})*\.[A-Za-z]{2,24}"
                      r"(?![A-Za-z0-9\-])")
@@ -106,10 +115,11 @@ class Redactor:
                                  f"{exc}") from None
         self.drop_headers = CREDENTIAL_HEADERS | {h.lower() for h in headers}
         self._kept_headers: dict[str, bool] = {}
+        self._keys: dict[str, str] = {}
         # JSON text of a body part -> its redacted text. Claude Code resends the whole
         # conversation (system prompt, tools, every earlier message) on every turn: those
         # parts are redacted once and found here afterwards.
-        self._parts: dict[bytes, Segment] = {}
+        self._parts: dict[_PartKey, _PartEntry] = {}
         self._parts_size = 0
         self.parts_budget = 64 * 1024 * 1024
 
@@ -153,22 +163,42 @@ class Redactor:
         """A request body as redacted JSON text in segments (see :mod:`midway_audit.parts`),
         redacting each top-level value (and each message) once however many requests
         repeat it."""
-        return segments(body, self.part)
+        return segments(body, self.part, self._key)
 
-    def part(self, raw: bytes) -> Segment:
-        found = self._parts.get(raw)
+    def _key(self, key: str) -> str:
+        """A body key's redacted JSON text (a few names, sent again and again)."""
+        found = self._keys.get(key)
         if found is None:
-            text = self.text(raw.decode())
-            found = (text, digest(text) if len(text) >= PART_MIN else None)
-            self._remember(raw, found)
+            found = self.part(orjson.dumps(key))[0]
+            if len(self._keys) < 4096:
+                self._keys[key] = found
         return found
 
-    def _remember(self, raw: bytes, found: Segment) -> None:
-        # orjson's bytes keep a 4 KiB buffer however short the JSON: store a compact copy as
-        # the key, and count what entries really take, so the budget bounds real memory.
-        key = bytes(memoryview(raw))
-        self._parts[key] = found
-        self._parts_size += _entry_size(key, found)
+    def part(self, raw: bytes) -> Segment:
+        # A long value is looked up by its length and ends, and compared whole: hashing all
+        # of it, every request, cost more than the comparison (a memcmp).
+        key: _PartKey = raw if len(raw) <= _LONG else (len(raw), raw[:_END], raw[-_END:])
+        entry = self._parts.get(key)
+        if entry is not None and (entry[0] is None or entry[0] == raw):
+            return entry[1]
+        text = self.text(raw.decode())
+        found = (text, digest(text) if len(text) >= PART_MIN else None)
+        self._remember(key, raw, found)
+        return found
+
+    def _remember(self, key: _PartKey, raw: bytes, found: Segment) -> None:
+        # orjson's bytes keep a 4 KiB buffer however short the JSON: store compact copies,
+        # and count what entries really take, so the budget bounds real memory.
+        entry: _PartEntry
+        if key is raw:
+            key, entry = bytes(memoryview(raw)), (None, found)
+        else:
+            entry = (bytes(memoryview(raw)), found)
+        old = self._parts.pop(key, None)  # another value with the same length and ends
+        if old is not None:
+            self._parts_size -= _entry_size(key, old)
+        self._parts[key] = entry
+        self._parts_size += _entry_size(key, entry)
         while self._parts_size > self.parts_budget and self._parts:
             oldest = next(iter(self._parts))  # dicts keep insertion order: FIFO eviction
             self._parts_size -= _entry_size(oldest, self._parts.pop(oldest))
@@ -184,10 +214,13 @@ class Redactor:
         return kept
 
 
-def _entry_size(key: bytes, found: Segment) -> int:
-    text, part_digest = found
-    return sys.getsizeof(key) + sys.getsizeof(text) + (
+def _entry_size(key: _PartKey, entry: _PartEntry) -> int:
+    whole, (text, part_digest) = entry
+    size = sys.getsizeof(key) + sys.getsizeof(text) + (
         sys.getsizeof(part_digest) if part_digest is not None else 0)
+    if isinstance(key, tuple):
+        size += sys.getsizeof(key[1]) + sys.getsizeof(key[2]) + sys.getsizeof(whole)
+    return size
 
 
 def _mask_emails(text: str) -> str:

@@ -3,7 +3,8 @@
 ``kill -9`` loses the records still queued. The relay hands the writer process an intent
 (request id, time, principal, method, path, model, client address) when the first upstream
 attempt starts; the writer commits it (group commit: intents arriving together go in one
-transaction) and deletes it in the transaction that writes the request's full record.
+transaction — the next records' transaction when one comes before ``batch_linger`` is up) and
+deletes it in the transaction that writes the request's full record.
 
 Intents left open when the relay's stream ends (the relay was killed) become records of their
 own, marked interrupted, written by that writer before it exits; if the writer died too, the
@@ -20,6 +21,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+import attrs
 import orjson
 
 from midway.exchange import Exchange
@@ -90,6 +92,15 @@ def interrupted_rows(intents: list[str], redactor: Redactor) -> list[Row]:
     return rows
 
 
+@attrs.define(slots=True)
+class Carried:
+    """Intents taken to be written: every one taken (``batch``: request id, frame data, the
+    frame's end in the ring) and the rows of those whose record had not come (``rows``)."""
+
+    batch: list[tuple[str, bytes, int]]
+    rows: list[tuple[str, float, str]]
+
+
 class IntentLog:
     """Group commit of intents into the store, in the order they arrived."""
 
@@ -116,12 +127,14 @@ class IntentLog:
         self._settled: set[str] = set()  # gathered intents whose record already came
         self._task: asyncio.Task[None] | None = None
         self._committing: asyncio.Future[None] | None = None
+        # set while a records' transaction carries intents (``carry``) until it is over
+        self._carrying: asyncio.Future[None] | None = None
         self._outage = Episode(log, "audit: writing intents ahead")
 
     @property
     def busy(self) -> bool:
         """Whether intents taken are not handled yet."""
-        return self._task is not None
+        return self._task is not None or self._carrying is not None
 
     def add(self, request_id: str, data: bytes, ring_end: int = 0, replay: bool = False
             ) -> None:
@@ -147,37 +160,80 @@ class IntentLog:
             self._settled.add(request_id)
         return request_id not in self._fresh
 
+    def _take(self) -> Carried:
+        """The intents gathered so far, and the rows of those still open (to be written)."""
+        batch, settled = self._gathering, self._settled
+        self._gathering, self._settled, self._fresh = [], set(), set()
+        return Carried(batch, [_row(rid, intended(data), self.redactor)
+                               for rid, data, _ in batch if rid not in settled])
+
     async def _commit_loop(self) -> None:
         try:
             while self._gathering:
                 if self.linger:
                     await asyncio.sleep(self.linger)
-                batch, settled = self._gathering, self._settled
-                self._gathering, self._settled, self._fresh = [], set(), set()
-                todo = [_row(rid, intended(data), self.redactor)
-                        for rid, data, _ in batch if rid not in settled]
-                try:
-                    if todo:
-                        self._committing = asyncio.ensure_future(
-                            self.store.intend(self.instance, todo))
-                        await self._committing
-                except Exception as exc:  # the record is still written after: log, count
-                    self.failed += len(todo)
-                    if self.metrics is not None:
-                        self.metrics.intents.labels("error").inc(len(todo))
-                    self._outage.failed(exc, "their records are still written after")
-                else:
-                    self._outage.ok()
-                    self.written += len(todo)
-                    if self.metrics is not None and todo:
-                        self.metrics.intents.labels("ok").inc(len(todo))
-                self._committing = None
-                self.done += len(batch)
-                self.done_end = max(self.done_end, batch[-1][2])
-                if self.on_commit is not None:
-                    self.on_commit()
+                if self._carrying is not None:  # earlier intents first: ``done`` is in order
+                    await asyncio.wait([self._carrying])
+                if not self._gathering:  # a records' transaction carried them all
+                    break
+                await self._commit(self._take())
         finally:
             self._task = None
+
+    async def _commit(self, taken: Carried) -> None:
+        """Commit intents in a transaction of their own."""
+        try:
+            if taken.rows:
+                self._committing = asyncio.ensure_future(
+                    self.store.intend(self.instance, taken.rows))
+                await self._committing
+        except Exception as exc:  # the record is still written after: log, count
+            self._handled(taken, exc)
+        else:
+            self._handled(taken)
+        finally:
+            self._committing = None
+
+    def _handled(self, taken: Carried, exc: Exception | None = None) -> None:
+        count = len(taken.rows)
+        if exc is not None:
+            self.failed += count
+            if self.metrics is not None:
+                self.metrics.intents.labels("error").inc(count)
+            self._outage.failed(exc, "their records are still written after")
+        else:
+            self._outage.ok()
+            self.written += count
+            if self.metrics is not None and count:
+                self.metrics.intents.labels("ok").inc(count)
+        self.done += len(taken.batch)
+        self.done_end = max(self.done_end, taken.batch[-1][2])
+        if self.on_commit is not None:
+            self.on_commit()
+
+    def carry(self) -> Carried | None:
+        """Hand the intents gathered so far (waiting for ``linger`` to end) to a records'
+        transaction about to run, instead of a transaction of their own after the linger:
+        never later than they would be written alone, one commit less. Call ``carried``
+        once that transaction is over. Not on PostgreSQL: there a commit of their own may
+        run beside a records' transaction (another connection), and could end before it."""
+        if not self._gathering or self._committing is not None or self.store.postgres:
+            return None  # none, or a commit of their own is under way (its turn first)
+        self._carrying = asyncio.get_running_loop().create_future()
+        return self._take()
+
+    async def carried(self, taken: Carried, committed: bool) -> None:
+        """The records' transaction that carried ``taken`` is over. Not ``committed``: the
+        intents are written in a transaction of their own, as they would have been."""
+        try:
+            if committed:
+                self._handled(taken)
+            else:
+                await self._commit(taken)
+        finally:
+            assert self._carrying is not None
+            self._carrying.set_result(None)
+            self._carrying = None
 
     async def drain(self) -> None:
         """Wait until every intent taken so far is committed."""

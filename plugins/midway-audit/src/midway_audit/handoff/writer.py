@@ -161,13 +161,25 @@ class AuditWriter:
         delay = 0.05
         # records read again after a writer was killed may be stored already: skip those
         retrying = any(p.replay for p in batch)
+        intents = self.intents
         while True:
+            carried = None
             try:
-                if self.intents is not None:
-                    await self.intents.quiet()
-                head = await self.store.append(rows, retrying)
+                if intents is not None:
+                    await intents.quiet()
+                    # the intents waiting for their linger to end go in this transaction
+                    carried = intents.carry()
+                if carried is None:
+                    head = await self.store.append(rows, retrying)
+                else:
+                    assert intents is not None
+                    head = await self.store.append(rows, retrying, carried.rows,
+                                                   intents.instance)
                 break
             except Exception as exc:
+                if carried is not None:
+                    assert intents is not None
+                    await intents.carried(carried, committed=False)
                 if self.metrics is not None:
                     self.metrics.write_errors.inc()
                 if self._stopping and time.monotonic() > self._deadline:
@@ -179,6 +191,9 @@ class AuditWriter:
                 retrying = True
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+        if carried is not None:
+            assert intents is not None
+            await intents.carried(carried, committed=True)
         self._outage.ok()
         self.committed = head
         self.written += len(rows)

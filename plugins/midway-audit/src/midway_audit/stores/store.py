@@ -15,7 +15,7 @@ dead instance's intents from a live one's.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import orjson
@@ -142,10 +142,13 @@ class AuditStore:
 
     # -- writing -----------------------------------------------------------------------------
 
-    async def append(self, rows: list[Row], retrying: bool = False) -> Head:
+    async def append(self, rows: list[Row], retrying: bool = False,
+                     intents: Sequence[tuple[str, float, str]] = (), instance: int = 0
+                     ) -> Head:
         """Chain and commit ``rows``; return the head after the commit. With ``retrying``,
         rows whose request id is already stored (an earlier, ambiguous commit) are skipped.
-        A record's intent is deleted in the transaction that writes it."""
+        A record's intent is deleted in the transaction that writes it; ``intents`` of
+        ``instance`` (of requests other than the rows') are written in it (see ``intend``)."""
         new_parts: dict[str, str] = {}
 
         async def unit(tx: Tx) -> Head:
@@ -157,6 +160,8 @@ class AuditStore:
             seq, prev, anchor_seq = chain["seq"], chain["head_hash"], chain["anchor_seq"]
             known = self._known
             known.check(anchor_seq, chain["parts_epoch"])
+            if intents:
+                await self._insert_intents(tx, instance, intents)
             # Rows whose intent was never committed need neither lookup (Row.intent_stored);
             # a retry checks every row, as an earlier try may have stored it.
             named = [r.request_id for r in rows if retrying or r.intent_stored]
@@ -216,13 +221,17 @@ class AuditStore:
         """Commit intents (request id, ts, metadata JSON) of ``instance``, one transaction.
         An intent only has to outlive midway (kill -9), not the machine: its commit is not
         durable; the record's own commit, which deletes it, is."""
-        values = [(rid, instance, ts, data) for rid, ts, data in intents]
-
         async def unit(tx: Tx) -> None:
-            await tx.executemany("INSERT INTO audit_intents (request_id, instance, ts, data) "
-                                 "VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING", values)
+            await self._insert_intents(tx, instance, intents)
 
         await self.db.run(unit, durable=False)
+
+    @staticmethod
+    async def _insert_intents(tx: Tx, instance: int,
+                              intents: Sequence[tuple[str, float, str]]) -> None:
+        await tx.executemany("INSERT INTO audit_intents (request_id, instance, ts, data) "
+                             "VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                             [(rid, instance, ts, data) for rid, ts, data in intents])
 
     async def recover(self, instance: int, build: Callable[[list[str]], list[Row]]) -> int:
         """Append ``build(intents)`` for the intents of every dead instance other than
