@@ -83,6 +83,11 @@ class Router:
         self.background = background_pattern(settings.background_models)
         # Key picking weighs each request's input tokens only where a pool has a choice.
         self._count_tokens = any(len(up.keys) > 1 for up in self.upstreams.values())
+        # Estimated first, when wanted at all: a body it has to parse then gives the rules
+        # their facts from the same parse.
+        self._estimate = self._count_tokens or any(
+            rule.match.min_input_tokens is not None or rule.match.max_input_tokens is not None
+            for rule, _ in self.rules.rules)
         self.affinity = AffinityMap(settings.affinity_ttl, settings.affinity_max)
         self.budget = RetryBudget(settings.retry_ratio, settings.min_retries_per_second)
         self.shared: shared.MemoryState | shared.RedisState = shared.make(
@@ -134,7 +139,7 @@ class Router:
         st: RequestState | None = exchange.state.get(STATE)
         if st is None:
             s = self.settings
-            facts = Facts(exchange, self.background, self._keep_body, self._count_tokens)
+            facts = Facts(exchange, self.background, self._keep_body, self._estimate)
             rule = self.rules.select(facts)
             assert rule is not None  # the default rule matches everything
             session = None

@@ -83,7 +83,9 @@ class Facts:
         if tokens:
             self._estimate()
 
-    def _read(self) -> None:
+    def _read(self) -> Any:
+        """Parse the body (or read the exchange's parse) for its facts; the tree, to estimate
+        tokens from if they are wanted (most tables and pools never want them)."""
         request = self._request
         body = request.json if self._keep or request.parsed else _loads(request.body)
         model = body.get("model") if isinstance(body, dict) else None
@@ -93,9 +95,8 @@ class Facts:
             self._thinking = isinstance(config, dict) and \
                 config.get("type") not in (None, "disabled")
             self._tools = bool(body.get("tools"))
-        if self._tokens is None:
-            self._tokens = estimate_tokens(body, len(request.body))
         self.body_read = True
+        return body
 
     @property
     def model(self) -> str | None:
@@ -127,12 +128,11 @@ class Facts:
     def _estimate(self) -> int:
         """:func:`estimate_tokens` of the body; without a parse when it holds no base64."""
         raw = self._request.body
-        if not _no_binary(raw):
-            self._read()
-        else:  # what estimate_tokens gives any body of 4 bytes or more without base64
-            self._tokens = max(1, len(raw) // 4)
-        assert self._tokens is not None
-        return self._tokens
+        # what estimate_tokens gives any body of 4 bytes or more without base64
+        tokens = max(1, len(raw) // 4) if _no_binary(raw) else \
+            estimate_tokens(self._read(), len(raw))
+        self._tokens = tokens
+        return tokens
 
 
 def _loads(body: bytes) -> Any:
