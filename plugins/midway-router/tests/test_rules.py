@@ -366,8 +366,10 @@ def test_facts_read_on_demand_match_the_parse(raw):
 
 
 def test_the_estimate_skips_the_parse_only_when_no_key_can_be_data():
+    # a body with escapes is parsed: a key's letters could be \u escapes
     image = orjson.dumps(body(messages=[{"role": "user", "content": [IMAGE]}]))
-    for raw, parses in ((orjson.dumps(body()), False), (image, True),
+    escaped = orjson.dumps(body(messages=[{"role": "user", "content": "two\nlines"}]))
+    for raw, parses in ((orjson.dumps(body()), False), (image, True), (escaped, True),
                         (image.replace(b'"data"', b'"\\u0064ata"'), True), (b"{}", True)):
         facts = Facts(make_exchange(raw), background_pattern(()), tokens=True)
         assert facts.body_read is parses

@@ -181,7 +181,7 @@ class Router:
         exchange.annotations[UPSTREAM_KEY] = key.fp
         if self.metrics is not None:
             self.metrics.count_routed(st.rule.name, spec.name)
-        model = target.model
+        model = target.model or None
         if model is None and spec.models:  # read the body's model only for a vendor's map
             model = _vendor_model(spec.models, st.facts.model)
         return Upstream(url=spec.url, name=spec.name, headers=key.headers,

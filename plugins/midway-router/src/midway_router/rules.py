@@ -32,16 +32,13 @@ def estimate_tokens(body: Any, size: int) -> int:
     return max(1, (size - binary) // 4)
 
 
-# A key spelled "data" in the raw body, or one of its letters as a \u escape ("d" 0x64,
-# "a" 0x61, "t" 0x74; JSON's \u is lower case): without any, no block has ``source.data``.
-_DATA_SPELLINGS = (b'"data"', b"\\u0064", b"\\u0061", b"\\u0074")
-
-
 def _no_binary(raw: bytes) -> bool:
-    """Whether ``estimate_tokens`` would find no base64 in this body, without parsing it:
-    no key anywhere can be ``data``. (A JSON object is at least 2 bytes; below 4 bytes the
-    estimate of a non-object differs from an object's, so those are parsed.)"""
-    return len(raw) >= 4 and not any(spelling in raw for spelling in _DATA_SPELLINGS)
+    """Whether ``estimate_tokens`` would find no base64 in this body, without parsing it: no
+    key anywhere can be ``data``. Without a backslash nothing is escaped, so such a key would
+    be spelled ``"data"`` (a body with escapes, most of Claude Code's, is parsed: looking for
+    a key's letters as \\u escapes too costs about what the parse does). A JSON object is at
+    least 2 bytes; below 4 the estimate of a non-object differs from an object's."""
+    return len(raw) >= 4 and b"\\" not in raw and b'"data"' not in raw
 
 
 class Facts:
