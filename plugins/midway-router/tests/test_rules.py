@@ -5,14 +5,16 @@ from __future__ import annotations
 import re
 from collections import Counter
 
+import orjson
 import pytest
 
 from midway import MidwayError
 from midway.config import ConfigError
-from midway.exchange import Principal
+from midway.exchange import Attempt, Principal
 from midway.options import load_table
 from midway.testing import make_exchange
 from midway_router.router import Router
+from midway_router.rules import Facts, _loads, background_pattern, estimate_tokens
 from midway_router.settings import RouterSettings, parse
 
 UPSTREAMS = [
@@ -316,3 +318,106 @@ def test_a_rule_holds_only_when_every_condition_it_names_holds():
         assert upstream.name == "main", condition
     exchange = make_exchange(fits, headers=headers, principal=bob, path="/v1/complete")
     assert r.choose(exchange).name == "main"  # the path
+
+
+# Raw bodies whose facts are easy to get wrong without a parse: base64 sources, keys spelled
+# with \u escapes, a "model" twice (the parse keeps the last), invalid and tiny bodies.
+IMAGE = {"type": "image", "source": {"type": "base64", "media_type": "image/png",
+                                     "data": "iVBORw0KGgo" * 400}}
+TRICKY_BODIES = [
+    orjson.dumps(body()),
+    orjson.dumps(body(messages=[{"role": "user", "content": [IMAGE]}])),
+    orjson.dumps(body(messages=[{"role": "user", "content": [IMAGE]}])).replace(
+        b'"data"', b'"\\u0064ata"'),
+    orjson.dumps(body(messages=[{"role": "user", "content": [IMAGE]}])).replace(
+        b'"data"', b'"d\\u0061t\\u0061"'),
+    orjson.dumps(body(messages=[{"role": "user", "content": [IMAGE]}])).replace(
+        b'"data"', b'"da\\u0074a"'),
+    orjson.dumps(body(messages=[{"role": "user", "content": 'say "data" and \\u0064'}])),
+    orjson.dumps(body(thinking={"type": "enabled", "budget_tokens": 1024},
+                      tools=[{"name": "t", "input_schema": {"type": "object"}}])),
+    orjson.dumps(body(thinking={"type": "disabled"}, tools=[])),
+    b'{"model":"claude-haiku-4-5","max_tokens":8,"model":"claude-opus-4-6","messages":[]}',
+    b'{"\\u006dodel":"claude-opus-4-6","max_tokens":8,"messages":[]}',
+    b'{"model":"claude-opus-4-6","messages":[{"role":"user","content":"hi"}],}',
+    b'{"model":"claude-opus-4-6","messages":"\\ud800"}',
+    b'["model","claude-opus-4-6"]', b"{}", b"[]", b"{ }", b"", b"12", b"nul",
+]
+
+
+@pytest.mark.parametrize("raw", TRICKY_BODIES)
+def test_facts_read_on_demand_match_the_parse(raw):
+    parsed = _loads(raw)
+    model = parsed.get("model") if isinstance(parsed, dict) else None
+    config = parsed.get("thinking") if isinstance(parsed, dict) else None
+    thinking = isinstance(config, dict) and config["type"] == "enabled"
+    for tokens in (False, True):
+        facts = Facts(make_exchange(raw), background_pattern(("claude-haiku-*",)),
+                      tokens=tokens)
+        # the estimate alone (key picking), then the rest; and the other way round
+        assert facts.input_tokens == estimate_tokens(parsed, len(raw))
+        assert facts.model == (model if isinstance(model, str) else None)
+        assert facts.thinking is thinking
+        assert facts.tools is (isinstance(parsed, dict) and bool(parsed.get("tools")))
+        assert facts.background is (facts.model == "claude-haiku-4-5")
+        other = Facts(make_exchange(raw), background_pattern(()), tokens=tokens)
+        assert other.model == facts.model
+        assert other.input_tokens == facts.input_tokens
+
+
+def test_the_estimate_skips_the_parse_only_when_no_key_can_be_data():
+    # a body with escapes is parsed: a key's letters could be \u escapes
+    image = orjson.dumps(body(messages=[{"role": "user", "content": [IMAGE]}]))
+    escaped = orjson.dumps(body(messages=[{"role": "user", "content": "two\nlines"}]))
+    for raw, parses in ((orjson.dumps(body()), False), (image, True), (escaped, True),
+                        (image.replace(b'"data"', b'"\\u0064ata"'), True), (b"{}", True)):
+        facts = Facts(make_exchange(raw), background_pattern(()), tokens=True)
+        assert facts.body_read is parses
+    # images are left out of the estimate: far fewer tokens than bytes / 4
+    assert Facts(make_exchange(image), background_pattern(())).input_tokens < len(image) // 8
+
+
+def test_no_rule_on_the_body_and_one_key_a_pool_never_read_the_body():
+    pooled = Router(parse({"upstreams": UPSTREAMS[:1], "target": "main",
+                           "rules": [{"name": "team", "match": {"team": "search"},
+                                      "target": "main"}]}))
+    upstream, exchange = choose(pooled)
+    assert upstream.name == "main" and exchange.annotations["route"] == "default"
+    assert not exchange.state["router"].facts.body_read
+    # a model rule reads it (and only it: the parse is not kept)
+    plain = Router(parse({"upstreams": UPSTREAMS[:1], "target": "main",
+                          "rules": [{"name": "opus", "match": {"model": "claude-opus-*"},
+                                     "target": "main"}]}))
+    upstream, exchange = choose(plain, body(model="claude-opus-4-6"))
+    assert exchange.state["router"].facts.body_read
+    assert exchange.annotations["route"] == "opus"
+
+
+def test_a_pool_of_several_keys_weighs_the_estimate_without_a_parse():
+    two = [{**UPSTREAMS[0], "keys": ["sk-main-1", "sk-main-2"]}]
+    pooled = Router(parse({"upstreams": two, "target": "main"}))
+    payload = body(messages=[{"role": "user", "content": "word " * 400}])
+    upstream, exchange = choose(pooled, payload)
+    facts = exchange.state["router"].facts
+    assert not facts.body_read
+    assert facts.input_tokens == estimate_tokens(payload, len(exchange.request.body)) > 400
+    key = upstream.meta["router_key"]
+    attempt = Attempt(number=1, id="x.1", upstream=upstream, started=0.0)
+    pooled.sent(exchange, attempt)
+    assert key.tokens_since_report == facts.input_tokens
+
+
+def test_a_body_with_images_is_parsed_once_for_the_estimate_and_the_model(monkeypatch):
+    import midway_router.rules as rules
+
+    parses = []
+    monkeypatch.setattr(rules, "_loads", lambda raw: parses.append(raw) or orjson.loads(raw))
+    r = router([{"name": "big-opus", "match": {"model": "claude-opus-*",
+                                               "min_input_tokens": 100}, "target": "long"}])
+    image = body(model="claude-opus-4-6", messages=[{"role": "user", "content": [IMAGE]}])
+    upstream, _ = choose(r, image)
+    assert upstream.name == "main"  # the image is no input text: fewer than 100 tokens
+    assert len(parses) == 1
+    text = [{"role": "user", "content": "word " * 100}]
+    upstream, _ = choose(r, body(model="claude-opus-4-6", messages=text))
+    assert upstream.name == "long" and len(parses) == 2

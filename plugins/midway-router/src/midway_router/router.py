@@ -81,6 +81,13 @@ class Router:
             target.model is not None for rule, _ in self.rules.rules
             for target in (*rule.targets, *rule.fallback))
         self.background = background_pattern(settings.background_models)
+        # Key picking weighs each request's input tokens only where a pool has a choice.
+        self._count_tokens = any(len(up.keys) > 1 for up in self.upstreams.values())
+        # Estimated first, when wanted at all: a body it has to parse then gives the rules
+        # their facts from the same parse.
+        self._estimate = self._count_tokens or any(
+            rule.match.min_input_tokens is not None or rule.match.max_input_tokens is not None
+            for rule, _ in self.rules.rules)
         self.affinity = AffinityMap(settings.affinity_ttl, settings.affinity_max)
         self.budget = RetryBudget(settings.retry_ratio, settings.min_retries_per_second)
         self.shared: shared.MemoryState | shared.RedisState = shared.make(
@@ -132,7 +139,7 @@ class Router:
         st: RequestState | None = exchange.state.get(STATE)
         if st is None:
             s = self.settings
-            facts = Facts.of(exchange, self.background, self._keep_body)
+            facts = Facts(exchange, self.background, self._keep_body, self._estimate)
             rule = self.rules.select(facts)
             assert rule is not None  # the default rule matches everything
             session = None
@@ -174,10 +181,12 @@ class Router:
         exchange.annotations[UPSTREAM_KEY] = key.fp
         if self.metrics is not None:
             self.metrics.count_routed(st.rule.name, spec.name)
+        model = target.model or None
+        if model is None and spec.models:  # read the body's model only for a vendor's map
+            model = _vendor_model(spec.models, st.facts.model)
         return Upstream(url=spec.url, name=spec.name, headers=key.headers,
                         passthrough_auth=key.fp is None, adapter=key.adapter, key_id=key.fp,
-                        model=target.model or _vendor_model(spec.models, st.facts.model),
-                        meta={META: key})
+                        model=model, meta={META: key})
 
     def _targets(self, rule: RuleSpec) -> Sequence[TargetSpec]:
         """The rule's targets in the order to try them: balanced primaries, then fallbacks."""
@@ -218,7 +227,8 @@ class Router:
                 up = self.upstreams[target.upstream]
                 if up.up(now) == last_resort:
                     continue
-                key = up.pick(st.facts.input_tokens, now, st.tried)
+                key = up.pick(st.facts.input_tokens if self._count_tokens else 0, now,
+                              st.tried)
                 if key is not None:
                     return target, key
         return None
@@ -257,7 +267,8 @@ class Router:
             return
         if attempt.number == 1:
             self.budget.request(time.time())
-        key.sent(st.facts.input_tokens)
+        # tokens sent since the last report weigh a key against the others of its pool only
+        key.sent(st.facts.input_tokens if self._count_tokens else 0)
         st.held.append(key)
 
     def judge(self, exchange: Exchange, attempt: Attempt) -> Retry | None:

@@ -8,7 +8,6 @@ from collections.abc import Callable
 from operator import attrgetter
 from typing import Any
 
-import attrs
 import orjson
 
 from midway.exchange import Exchange
@@ -33,52 +32,104 @@ def estimate_tokens(body: Any, size: int) -> int:
     return max(1, (size - binary) // 4)
 
 
-@attrs.define
+def _no_binary(raw: bytes) -> bool:
+    """Whether ``estimate_tokens`` would find no base64 in this body, without parsing it: no
+    key anywhere can be ``data``. Without a backslash nothing is escaped, so such a key would
+    be spelled ``"data"`` (a body with escapes, most of Claude Code's, is parsed: looking for
+    a key's letters as \\u escapes too costs about what the parse does). A JSON object is at
+    least 2 bytes; below 4 the estimate of a non-object differs from an object's."""
+    return len(raw) >= 4 and b"\\" not in raw and b'"data"' not in raw
+
+
 class Facts:
-    """The request as rules see it."""
+    """The request as rules see it. What the body says (``model``, ``thinking``, ``tools``,
+    ``background``, ``input_tokens``) is read on first use: a rule table and pools that never
+    ask (no model rule, one key per upstream) never parse the body. Readers that do ask read
+    it while the request is being routed, so it is the body as routed."""
 
-    model: str | None
-    path: str
-    principal_id: str
-    principal_name: str
-    team: str | None
-    headers: Any  # CIMultiDict, case-insensitive
-    input_tokens: int
-    thinking: bool
-    tools: bool
-    background: bool
-    agent_id: str | None = None
-    parent_agent_id: str | None = None
-    # The principal's groups, from its credential (never from a request header).
-    groups: tuple[str, ...] = ()
+    __slots__ = ("_background_models", "_keep", "_model", "_request", "_thinking", "_tokens",
+                 "_tools", "agent_id", "body_read", "groups", "headers", "parent_agent_id",
+                 "path", "principal_id", "principal_name", "team")
 
-    @classmethod
-    def of(cls, exchange: Exchange, background_models: re.Pattern[str], keep: bool = False
-           ) -> Facts:
-        """``keep``: parse the body through the exchange (kept for the attempt to read); else
-        a body nobody parsed yet is parsed for these facts only and freed at once. A kept tree
-        lives as long as the exchange (a stream's, minutes), and with many requests in flight
-        each parse then fills memory the CPU cache no longer holds: 2-3 times the parse."""
+    def __init__(self, exchange: Exchange, background_models: re.Pattern[str],
+                 keep: bool = False, tokens: bool = False) -> None:
+        """``tokens``: estimate the input tokens now (key picking reads them). ``keep``: parse
+        the body through the exchange (kept for the attempt to read); else a body nobody
+        parsed yet is parsed for these facts only and freed at once. A kept tree lives as long
+        as the exchange (a stream's, minutes), and with many requests in flight each parse then
+        fills memory the CPU cache no longer holds: 2-3 times the parse."""
         request = exchange.request
-        body = request.json if keep or request.parsed else _loads(request.body)
+        principal = exchange.principal
+        self._request = request
+        self._keep = keep
+        self._background_models = background_models
+        self._tokens: int | None = None
+        self.body_read = False  # whether the body's facts have been read (parsed)
+        self._model: str | None = None
+        self._thinking = False
+        self._tools = False
+        self.path = request.path
+        self.principal_id = principal.id
+        self.principal_name = principal.name
+        self.team = principal.team
+        self.headers: Any = request.headers  # CIMultiDict, case-insensitive
+        self.agent_id = exchange.agent_id
+        self.parent_agent_id = exchange.parent_agent_id
+        # The principal's groups, from its credential (never from a request header).
+        self.groups: tuple[str, ...] = tuple(principal.groups)
+        if tokens:
+            self._estimate()
+
+    def _read(self) -> Any:
+        """Parse the body (or read the exchange's parse) for its facts; the tree, to estimate
+        tokens from if they are wanted (most tables and pools never want them)."""
+        request = self._request
+        body = request.json if self._keep or request.parsed else _loads(request.body)
         model = body.get("model") if isinstance(body, dict) else None
-        if not isinstance(model, str):
-            model = None
-        thinking = False
-        tools = False
+        self._model = model if isinstance(model, str) else None
         if isinstance(body, dict):
             config = body.get("thinking")
-            thinking = isinstance(config, dict) and config.get("type") not in (None, "disabled")
-            tools = bool(body.get("tools"))
-        principal = exchange.principal
-        return cls(model=model, path=request.path, principal_id=principal.id,
-                   principal_name=principal.name, team=principal.team,
-                   headers=request.headers,
-                   input_tokens=estimate_tokens(body, len(request.body)),
-                   thinking=thinking, tools=tools,
-                   background=model is not None and background_models.match(model) is not None,
-                   agent_id=exchange.agent_id, parent_agent_id=exchange.parent_agent_id,
-                   groups=tuple(principal.groups))
+            self._thinking = isinstance(config, dict) and \
+                config.get("type") not in (None, "disabled")
+            self._tools = bool(body.get("tools"))
+        self.body_read = True
+        return body
+
+    @property
+    def model(self) -> str | None:
+        if not self.body_read:
+            self._read()
+        return self._model
+
+    @property
+    def thinking(self) -> bool:
+        if not self.body_read:
+            self._read()
+        return self._thinking
+
+    @property
+    def tools(self) -> bool:
+        if not self.body_read:
+            self._read()
+        return self._tools
+
+    @property
+    def background(self) -> bool:
+        model = self.model
+        return model is not None and self._background_models.match(model) is not None
+
+    @property
+    def input_tokens(self) -> int:
+        return self._tokens if self._tokens is not None else self._estimate()
+
+    def _estimate(self) -> int:
+        """:func:`estimate_tokens` of the body; without a parse when it holds no base64."""
+        raw = self._request.body
+        # what estimate_tokens gives any body of 4 bytes or more without base64
+        tokens = max(1, len(raw) // 4) if _no_binary(raw) else \
+            estimate_tokens(self._read(), len(raw))
+        self._tokens = tokens
+        return tokens
 
 
 def _loads(body: bytes) -> Any:
