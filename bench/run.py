@@ -14,8 +14,9 @@ each figure is the median of its rounds; ratios compare targets measured in the 
                         [--concurrency 1,16,64] [--workloads json,stream]
                         [--baseline REF] [--workers-scaling] [--out results.json]
 
-``--baseline REF`` adds ``midway@REF``: the core package as of a git ref (a commit, a branch,
-``main``), built once into a cached virtualenv, measured beside ``midway`` in the same rounds.
+``--baseline REF`` adds ``midway@REF``: midway as of a git ref (a commit, a branch, ``main``),
+its core and plugins built once into a cached virtualenv, measured beside ``midway`` in the
+same rounds; and each variant as of REF (``NAME@REF``, picked with ``--only`` like the others).
 """
 
 from __future__ import annotations
@@ -277,8 +278,8 @@ def midway_target(name: str, upstream: str, data_dir: Path, plugins: list[str],
 
 
 def baseline_midway(ref: str) -> Path:
-    """The ``midway`` executable of the core package as of git ``ref``: its tree exported from
-    this repository and installed, with its dependencies, into a virtualenv cached by commit
+    """The ``midway`` executable as of git ``ref``: the core and every plugin exported from this
+    repository and installed, with their dependencies, into a virtualenv cached by commit
     (``$XDG_CACHE_HOME/midway-bench``; deleting it rebuilds it)."""
     root = HERE.parent
     try:
@@ -288,19 +289,21 @@ def baseline_midway(ref: str) -> Path:
     except subprocess.CalledProcessError:
         sys.exit(f"--baseline {ref}: not a commit of this repository")
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "midway-bench"
-    home = cache / f"baseline-{commit[:12]}"
+    home = cache / f"baseline-full-{commit[:12]}"
     executable = home / "venv" / "bin" / "midway"
     if (home / "ready").exists():
         return executable
     shutil.rmtree(home, ignore_errors=True)
     (home / "src").mkdir(parents=True)
     print(f"building midway@{ref} ({commit[:12]}) into {home} ...", flush=True)
-    archive = subprocess.run(["git", "-C", str(root), "archive", commit, "core"],
+    archive = subprocess.run(["git", "-C", str(root), "archive", commit, "core", "plugins"],
                              capture_output=True, check=True).stdout
     subprocess.run(["tar", "-x", "-C", str(home / "src")], input=archive, check=True)
     subprocess.run([sys.executable, "-m", "venv", str(home / "venv")], check=True)
+    plugins = sorted(str(p) for p in (home / "src" / "plugins").iterdir()
+                     if (p / "pyproject.toml").exists())
     subprocess.run([str(home / "venv" / "bin" / "python"), "-m", "pip", "install", "-q",
-                    str(home / "src" / "core")], check=True)
+                    str(home / "src" / "core"), *plugins], check=True)
     (home / "ready").write_text(f"{ref} {commit}\n")
     return executable
 
@@ -475,10 +478,16 @@ def main() -> None:
             targets.insert(3, old)
         fixed = 4 if baseline else 3  # direct, plain, midway (and midway@REF): in every group
         for variant in load_variants(upstream, tmp):
-            targets.append(midway_target(variant["name"], upstream, tmp / variant["name"],
-                                         variant.get("plugins", []), variant.get("config"),
-                                         extra=variant.get("extra")))
-            targets[-1].workloads = variant.get("workloads") or [variant.get("workload", "json")]
+            names = [variant["name"]] + ([f"{variant['name']}@{args.baseline}"]
+                                         if args.baseline else [])
+            for name in names:  # a variant as of REF too: its plugins and core both
+                targets.append(midway_target(name, upstream, tmp / name.replace("@", "-at-"),
+                                             variant.get("plugins", []), variant.get("config"),
+                                             extra=variant.get("extra")))
+                targets[-1].workloads = (variant.get("workloads") or
+                                         [variant.get("workload", "json")])
+                if "@" in name:
+                    targets[-1].cmd[0] = str(baseline_midway(args.baseline))
         chosen = [t for t in targets if not only or t.name in only]
         # Each workload: the targets that measure it (the fixed ones measure --workloads, a
         # variant its own, with direct, plain and midway beside it to compare with).
