@@ -66,11 +66,15 @@ def _split(statements: list[str]) -> tuple[list[str], list[str]]:
     without an index the script drops further on (a replaced one: it would be built at every
     start only to be dropped again)."""
     tables = [s for s in statements if s.upper().startswith("CREATE TABLE")]
-    rest = [s for s in statements if s not in tables]
-    return tables, [s for i, s in enumerate(rest) if not (
-        (created := _CREATE_INDEX.match(s)) and any(
-            (dropped := _DROP_INDEX.match(later)) and dropped[1] == created[1]
-            for later in rest[i + 1:]))]
+    kept: list[str] = []
+    dropped_later: set[str] = set()
+    for statement in reversed([s for s in statements if s not in tables]):
+        if (created := _CREATE_INDEX.match(statement)) and created[1] in dropped_later:
+            continue
+        if dropped := _DROP_INDEX.match(statement):
+            dropped_later.add(dropped[1])
+        kept.append(statement)
+    return tables, kept[::-1]
 
 
 def _changes(before: Mapping[str, set[str]], after: Mapping[str, set[str]],
@@ -333,9 +337,7 @@ async def ping_redis(client: Any, where: str, *, log: logging.Logger) -> None:
     :class:`~midway.storage.retry.StoreUnavailable`, one line naming ``where``."""
     try:
         await reach(client.ping, where=where, log=log)
-    except StoreUnavailable:
-        raise
-    except Exception as exc:
+    except Exception as exc:  # reach's own StoreUnavailable is not redis's: it goes through
         if type(exc).__module__.startswith("redis"):
             raise StoreUnavailable(redis_error(where, exc)) from None
         raise
