@@ -306,7 +306,7 @@ def test_deferred_units_share_one_timer(tmp_path: Path, monkeypatch: pytest.Monk
             queued_at = loop.time()
             assert db._deferred is timer and not second.done()
             timer.cancel()
-            db._drain_deferred()  # as if it fired now, before the second unit is due
+            db._drain_deferred(loop)  # as if it fired now, before the second unit is due
             again = db._deferred
             assert again is not None and again is not timer and not second.done()
             assert queued_at < again.when() <= queued_at + 60.0
@@ -416,7 +416,8 @@ def test_brief_units_queued_together_run_without_savepoints_and_still_fail_alone
     """A group of brief units runs with no savepoint (SQLite would copy every page each
     unit changes to a statement journal); if one of them raises, the group is undone and
     runs again unit by unit: that one fails alone, the others land once — on the loop's
-    connection and on the store thread's alike."""
+    connection and on the store thread's alike. A brief unit queued alone that raises runs
+    once."""
     path = tmp_path / "t.db"
     runs: list[int] = []
 
@@ -461,6 +462,18 @@ def test_brief_units_queued_together_run_without_savepoints_and_still_fail_alone
             results = await asyncio.gather(*outcomes, return_exceptions=True)
             assert results[0] == 3 and isinstance(results[1], ValueError) and results[2] == 4
             assert runs == [2, 3, 2, 3, 4]  # undone at 3, then again with savepoints
+            assert await db.fetchval("SELECT n FROM counters WHERE key = ?", "a") == 4
+            runs.clear()
+            if not on_loop:
+                assert other is not None
+                other.execute("BEGIN IMMEDIATE")
+            alone = asyncio.ensure_future(db.run(unit(3), brief=True))
+            if other is not None:
+                await asyncio.sleep(0.02)
+                other.execute("COMMIT")
+            with pytest.raises(ValueError, match="unit 3"):
+                await alone
+            assert runs == [3]  # alone, it is not run again: it would only fail again
             assert await db.fetchval("SELECT n FROM counters WHERE key = ?", "a") == 4
         finally:
             if other is not None:

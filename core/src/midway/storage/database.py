@@ -355,7 +355,7 @@ class SQLiteDatabase(Database):
         if start:
             # At the end of this loop iteration: the units its callbacks queue share one
             # transaction.
-            caller.call_soon(self._drain)
+            caller.call_soon(self._drain, caller)
         elif wait:
             # Left for the next unit's drain to carry along, or this timer's. A timer armed
             # for an earlier deferred unit is left to run out rather than cancelled by the
@@ -365,16 +365,16 @@ class SQLiteDatabase(Database):
             if timer is None or timer.when() > due:
                 if timer is not None:
                     timer.cancel()
-                self._deferred = caller.call_at(due, self._drain_deferred)
+                self._deferred = caller.call_at(due, self._drain_deferred, caller)
         return future
 
-    def _drain(self) -> None:
-        """On the loop, holding the drain: run the brief units at the head of the queue here
+    def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
+        """On ``loop``, holding the drain: run the brief units at the head of the queue here
         while the write lock is free at once; hand the rest (or a checkpoint that is due) to
         the store thread, with the drain. So does a queue of more than _INLINE_MAX units:
         under load a hop is shared by many units, and the store thread's SQLite work then
-        overlaps the loop's on another core, where there is one."""
-        loop = asyncio.get_running_loop()
+        overlaps the loop's on another core, where there is one. (The loop is passed in:
+        ``asyncio.get_running_loop()`` is a getpid system call each time on Python 3.11.)"""
         job = _DRAIN
         while True:
             fast = self._fast
@@ -407,12 +407,12 @@ class SQLiteDatabase(Database):
         if jobs is not None:  # else closed meanwhile: close() ran what was queued
             jobs.put(job)
 
-    def _drain_deferred(self) -> None:
-        """The deferred units' timer: nothing to do if what it was armed for was carried
-        along and nothing waits; armed again for the deferred units queued since, if none of
-        them is due yet (each waits up to DEFER_MAX for a unit to carry it); else a drain."""
+    def _drain_deferred(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The deferred units' timer (on ``loop``): nothing to do if what it was armed for
+        was carried along and nothing waits; armed again for the deferred units queued since,
+        if none of them is due yet (each waits up to DEFER_MAX for a unit to carry it); else a
+        drain."""
         self._deferred = None
-        loop = asyncio.get_running_loop()
         with self._lock:
             if not self._queue or self._draining:
                 return
@@ -422,9 +422,9 @@ class SQLiteDatabase(Database):
             if now:
                 self._draining = True
         if now:
-            self._drain()
+            self._drain(loop)
         else:
-            self._deferred = loop.call_at(due, self._drain_deferred)
+            self._deferred = loop.call_at(due, self._drain_deferred, loop)
 
     def _kick(self) -> None:
         jobs = self._jobs
@@ -466,7 +466,7 @@ class SQLiteDatabase(Database):
             head = self._queue[0]
         if head[4] and self._fast is not None:
             with contextlib.suppress(RuntimeError):  # that loop is closed: run it here
-                head[3].call_soon_threadsafe(self._drain)
+                head[3].call_soon_threadsafe(self._drain, head[3])
                 return
         self._run_queued()
 
@@ -498,10 +498,11 @@ class SQLiteDatabase(Database):
         if relaxed:
             conn.statements.execute("PRAGMA synchronous=NORMAL")
         try:
-            if len(batch) > 1 and all(item[4] for item in batch):
+            if all(item[4] for item in batch):
                 # Brief units may run again: tried first with no savepoint (SQLite copies
                 # every page a savepoint's unit changes to a statement journal); one failing
-                # undoes the group, which then runs again unit by unit, below.
+                # undoes the group, which then runs again unit by unit, below (a unit alone
+                # has its outcome: it would only fail again).
                 try:
                     conn.statements.execute("BEGIN IMMEDIATE")
                 except sqlite3.OperationalError as exc:
@@ -514,9 +515,11 @@ class SQLiteDatabase(Database):
                 try:
                     results: list[tuple[_Queued, Any, BaseException | None]] = [
                         (item, _drive(item[0](tx)), None) for item in batch]
-                except BaseException:
+                except BaseException as exc:
                     if conn.in_transaction:
                         conn.statements.execute("ROLLBACK")
+                    if len(batch) == 1:
+                        return [(batch[0], None, exc)], []
                 else:
                     try:
                         conn.statements.execute("COMMIT")
