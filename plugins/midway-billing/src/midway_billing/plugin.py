@@ -827,9 +827,9 @@ class Billing:
         finished. The future is done once it is written, or queued for the writer task (the
         database briefly away); it raises what went wrong otherwise."""
         self._unsettled[settlement.exchange_id] = settlement
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if self._backlog:  # after the others: the database is away for them too
             self._to_backlog(settlement)
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             done.set_result(None)
             return done
         # A future and a callback, not a task: a task and its coroutines cost several times
@@ -840,6 +840,9 @@ class Billing:
         except Exception as exc:  # as if the unit had failed
             landing = asyncio.get_running_loop().create_future()
             landing.set_exception(exc)
+        # landing's loop is the running one (get_running_loop is a getpid system call on
+        # Python 3.11, and this runs for every request)
+        done = landing.get_loop().create_future()
         self._settling.add(landing)
         landing.add_done_callback(functools.partial(self._landed, settlement, done))
         return done
