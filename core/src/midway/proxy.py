@@ -121,6 +121,7 @@ class Proxy:
         self.cutting = False
         self.deadline: float | None = None  # the drain's end (event loop time)
         self._idle: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop it serves in (refresh)
         self.refresh()
 
     def refresh(self) -> None:
@@ -134,6 +135,10 @@ class Proxy:
         # on_chunk implementations with the plugin object each belongs to (exchanges name the
         # plugins that observe their stream: Exchange.observe_stream)
         self.chunk_impls = [(p.pm.get_plugin(impl.plugin), impl) for impl in p.impls("on_chunk")]
+        try:  # named to current_task, which otherwise asks for it with a getpid() per request
+            self._loop = asyncio.get_running_loop()
+        except RuntimeError:  # built outside a loop: the first request's is asked for
+            self._loop = None
 
     # -- shutdown ----------------------------------------------------------------------------
 
@@ -175,7 +180,8 @@ class Proxy:
         metrics = self.midway.metrics
         if metrics is not None:
             metrics.inflight += 1
-        task = asyncio.current_task()
+        # (another loop than the one refresh() saw, e.g. in tests: the running loop's task)
+        task = asyncio.current_task(self._loop) or asyncio.current_task()
         assert task is not None
         self.active[task] = exchange
         response: web.StreamResponse | None = None
@@ -313,7 +319,7 @@ class Proxy:
             vertex_format.to_messages(exchange, vertex)
         elif bedrock is not None:
             bedrock_format.to_messages(exchange, bedrock)
-        await self._authenticate(exchange)
+        exchange.principal = await authenticate_exchange(self.midway, exchange)
         exchange.agent_id, exchange.parent_agent_id = agent_ids(exchange.request.headers)
         self._check_scope(exchange)
 
@@ -354,12 +360,15 @@ class Proxy:
         parts: list[bytes] = []
         size = 0
         try:
-            while chunk := await payload.readany():
+            while not payload.at_eof():
+                # A body that came whole with the head (most do) is taken without a wait.
+                chunk = payload.read_nowait() if payload.is_eof() else await payload.readany()
                 size += len(chunk)
                 if self.max_body and size > self.max_body:
                     raise MidwayError(413, f"request body exceeds the limit of {self.max_body} "
                                       "bytes")
-                parts.append(chunk)
+                if chunk:  # (b"" when the end came on its own)
+                    parts.append(chunk)
         except RequestPayloadError:  # e.g. a content-encoding the body does not decode as
             raise MidwayError(400, "the request body could not be read (bad content-encoding "
                               "or framing)") from None
@@ -368,9 +377,6 @@ class Proxy:
         # compressed bomb ends as a 413); what goes upstream is the plain body.
         exchange.request.headers.popall("content-encoding", None)
         return body
-
-    async def _authenticate(self, exchange: Exchange) -> None:
-        exchange.principal = await authenticate_exchange(self.midway, exchange)
 
     def _check_scope(self, exchange: Exchange) -> None:
         models = exchange.principal.models

@@ -372,13 +372,14 @@ class _Connection(asyncio.Protocol):
             self.transport.write(data)
             self.transport.write(body)
 
-    async def head(self, idle_timeout: float | None) -> UpstreamResponse:
+    def head(self, idle_timeout: float | None) -> asyncio.Future[UpstreamResponse]:
+        """The answer's head once it is in: a future to await (no coroutine of its own)."""
         waiter: asyncio.Future[UpstreamResponse] = self.loop.create_future()
         self.head_waiter = waiter
         self.idle_timeout = idle_timeout
         if idle_timeout is not None:
             self.watch(idle_timeout)
-        return await waiter
+        return waiter
 
     def watch(self, timeout: float) -> None:
         """A reader starts waiting: fail it after ``timeout`` seconds without a byte.
@@ -475,9 +476,16 @@ class UpstreamClient:
 
     async def _attempt(self, origin: _Origin, head: bytes, body: bytes, fresh: bool
                        ) -> UpstreamResponse:
-        await self._take_slot()
+        # No coroutine of its own for what is mostly done at once (a free slot, an idle
+        # connection): each costs as much as what it does, on the way of every request.
+        if 0 < self.limit <= self._busy:  # a limit of 0: unlimited, as in aiohttp
+            await self._wait_for_slot()
+        else:
+            self._busy += 1
         try:
-            conn = await (self._connect(origin) if fresh else self._connection(origin))
+            conn = None if fresh else self._idle_connection(origin)
+            if conn is None:
+                conn = await self._connect(origin)
         except BaseException:
             self._give_slot()
             raise
@@ -495,7 +503,8 @@ class UpstreamClient:
             conn.abort()
             raise
 
-    async def _connection(self, origin: _Origin) -> _Connection:
+    def _idle_connection(self, origin: _Origin) -> _Connection | None:
+        """A kept-alive connection to ``origin`` to reuse, if there is one."""
         idle = self._idle.get(origin.key)
         if idle:
             now = time.monotonic()
@@ -505,7 +514,7 @@ class UpstreamClient:
                     conn.reused = True
                     return conn
                 conn.abort()
-        return await self._connect(origin)
+        return None
 
     async def _connect(self, origin: _Origin) -> _Connection:
         loop = asyncio.get_running_loop()
@@ -525,20 +534,18 @@ class UpstreamClient:
         self._all.add(conn)
         return conn
 
-    async def _take_slot(self) -> None:
-        if 0 < self.limit <= self._busy:  # a limit of 0: unlimited, as in aiohttp
-            waiter = asyncio.get_running_loop().create_future()
-            self._slot_waiters.append(waiter)
-            try:
-                await waiter  # the slot was handed over by _give_slot
-            except BaseException:
-                if waiter.done() and not waiter.cancelled():
-                    self._give_slot()
-                else:
-                    self._slot_waiters.remove(waiter)
-                raise
-            return
-        self._busy += 1
+    async def _wait_for_slot(self) -> None:
+        """Wait until a request that ends hands its slot over (every slot is taken)."""
+        waiter = asyncio.get_running_loop().create_future()
+        self._slot_waiters.append(waiter)
+        try:
+            await waiter  # the slot was handed over by _give_slot
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self._give_slot()
+            else:
+                self._slot_waiters.remove(waiter)
+            raise
 
     def _give_slot(self) -> None:
         while self._slot_waiters:
