@@ -678,11 +678,12 @@ class Proxy:
                                                       bedrock_format.frames(exchange)) \
             if bedrock else web.StreamResponse(status=answer.status, headers=headers)
         del headers  # the response copied them: not held as long as the stream lasts
-        # Relayed as raw chunks, the stream's writes are merged where nothing waits for it:
-        # the head with bytes already in hand, the last bytes with the body's end (each
-        # write to a client costs a system call and a wake-up of its reader).
-        merging = not callers and not bedrock
-        if merging and answer.ready():
+        # The stream's writes are merged where nothing waits for it: the head with bytes
+        # already in hand, the last bytes with the body's end (each write to a client costs
+        # a system call and a wake-up of its reader).
+        merging = not bedrock
+        held = merging and answer.ready()
+        if held:
             response._send_headers_immediately = False  # sent with the first write, now
         await response.prepare(request)
         response.headers.clear()  # sent (its copy, ~100 bytes a header)
@@ -696,9 +697,13 @@ class Proxy:
         try:
             observable = True
             if callers:
-                if await self._relay_events(response, exchange, source, callers):
+                ended = answer.ended if merging else _never
+                events_last = await self._relay_events(response, exchange, source, callers,
+                                                       held, ended)
+                if events_last is None:
                     await _close(response)  # a plugin ended it with an error event
                     return response
+                last = events_last
             else:
                 observer = StreamObserver(exchange, encoding)
                 first = True
@@ -762,10 +767,14 @@ class Proxy:
                 if any(owner is observer for observer in observers)]
 
     async def _relay_events(self, response: web.StreamResponse, exchange: Exchange,
-                            source: AsyncIterator[bytes], callers: list[_Caller]) -> bool:
-        """Relay ``source`` event by event through ``callers``; whether a plugin ended the
-        stream (an ``on_chunk`` raised :class:`MidwayError`: its error event went out last).
-        Usage-only callers see the usage and outcome events, and the text past
+                            source: AsyncIterator[bytes], callers: list[_Caller], held: bool,
+                            ended: Callable[[], bool]) -> bytes | None:
+        """Relay ``source`` event by event through ``callers``, but for the body's last bytes
+        (those that came with its end, ``ended()`` says), returned for the caller to write
+        with the end; ``None`` when a plugin ended the stream (an ``on_chunk`` raised
+        :class:`MidwayError`: its error event went out last). ``held``: the head waits for
+        the first write (it goes alone when the first bytes relay nothing, e.g. half an
+        event). Usage-only callers see the usage and outcome events, and the text past
         ``exchange.streamed_text_mark``; while they are all there is, the content events
         between two usage events are relayed as their bytes, their text counted unparsed."""
         parser = SSEParser()
@@ -777,6 +786,7 @@ class Proxy:
         counting = len(exchange.usage_observers) > 0
         events: list[SSEEvent] = []
         items: Sequence[SSEEvent | bytes] = ()
+        last = b""
         async for chunk in source:
             out: list[bytes] = []
             items = parser.feed(chunk) if every else parser.feed_runs(chunk, SKIP_PREFIXES)
@@ -820,7 +830,7 @@ class Proxy:
                             if kept is not None:
                                 kept.add(joined)
                             await response.write(joined)
-                            return True
+                            return None
                         except Exception:
                             plugins.failed(impl.plugin, "on_chunk")
                     raw = event.raw
@@ -832,9 +842,15 @@ class Proxy:
                 joined = b"".join(out)
                 if kept is not None:
                     kept.add(joined)
+                if ended():
+                    last = joined  # written with the body's end
+                    break
                 await response.write(joined)
                 if timings.ttfb_ms is None:
                     timings.ttfb_ms = (time.monotonic() - timings.started) * 1000
+            elif held and not ended():  # the head is not held while more bytes are awaited
+                await response.write(b"")
+            held = False
             # Nothing of this chunk stays bound while the next is awaited (a slow stream
             # waits most of its life): its bytes, its events and their parsed JSON go now.
             chunk = joined = raw = b""
@@ -850,8 +866,8 @@ class Proxy:
                 observer.observe(final)
             if kept is not None:
                 kept.add(parser.pending)
-            await response.write(parser.pending)
-        return False
+            last += parser.pending
+        return last
 
 
 async def _judged(exchange: Exchange, attempt: Attempt, answer: Answer) -> Answer:
@@ -925,6 +941,10 @@ _UPSTREAM_FAILURES = (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ServerDi
 
 
 _NO_EVENT = SSEEvent.dropped()  # what a loop's last event is rebound to once relayed
+
+
+def _never() -> bool:
+    return False
 
 
 class _EndedEarly(aiohttp.ClientPayloadError):
