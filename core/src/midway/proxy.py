@@ -575,13 +575,17 @@ class Proxy:
                 body = decoded = rewritten
                 encoding = None
                 headers.popall("content-encoding", None)
-        if decoded is not None:
-            exchange.response_body = decoded
-            apply_message(exchange, decoded)
         if exchange.client_format == bedrock_format.FORMAT and not encoding:
             body = bedrock_format.json_answer(exchange, status, body)
         response = web.Response(status=status, body=body, headers=headers)
-        await self._send(request, exchange, response)
+        try:
+            await self._send(request, exchange, response)
+        finally:
+            # Read once the answer is out (the client does not wait for it), and whether or
+            # not the client stayed for it: its usage is owed all the same.
+            if decoded is not None:
+                exchange.response_body = decoded
+                apply_message(exchange, decoded)
         return response
 
     async def _relay_body(self, request: web.Request, exchange: Exchange, answer: Answer,

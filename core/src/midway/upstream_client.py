@@ -225,6 +225,8 @@ class UpstreamResponse:
 
     async def read(self, limit: int = -1) -> bytes:
         """The body to its end, or its first ``limit`` bytes."""
+        if self._eof and limit < 0:  # all of it in hand (most JSON answers): taken, no wait
+            return self._take() if self._chunks else b""
         parts = []
         size = 0
         while limit < 0 or size < limit:
