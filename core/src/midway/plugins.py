@@ -302,7 +302,7 @@ class PluginHost:
         if watch is None or deadline < watch.when():
             if watch is not None:
                 watch.cancel()
-            self._watch = loop.call_at(deadline, self._expire)
+            self._watch = loop.call_at(deadline, self._expire, loop)
         try:
             result = await _Resumed(awaitable, first)
         except asyncio.CancelledError as exc:
@@ -315,11 +315,11 @@ class PluginHost:
             task.uncancel()
         return result
 
-    def _expire(self) -> None:
+    def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
         """The waits' timer: cancel the task of every wait past its deadline (once), then
         re-arm for the earliest deadline still to come."""
-        loop = self._loop
-        assert loop is not None
+        if loop is not self._loop:  # armed in a loop the waits have since left (tests)
+            return
         self._watch = None
         now = loop.time()
         due: float | None = None
@@ -331,7 +331,7 @@ class PluginHost:
             elif due is None or wait.deadline < due:
                 due = wait.deadline
         if due is not None:
-            self._watch = loop.call_at(due, self._expire)
+            self._watch = loop.call_at(due, self._expire, loop)
 
     def call_sync(self, hook: str, **kwargs: Any) -> None:
         """Call a hook whose implementations are plain functions (CLI registration)."""
