@@ -457,3 +457,19 @@ def test_an_observed_streams_head_is_not_held_for_the_rest_of_its_first_event(
     assert b"".join(client_writes[0].writes) == received
     assert received.endswith(whole + b"\r\n0\r\n\r\n")
     assert finished(seen).complete
+
+
+def test_a_json_answers_usage_is_read_although_the_client_left_while_it_was_written(
+        start: Start, raw: RawUpstream, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The usage is read after the answer is written (off the client's wait): a client gone
+    by then does not lose it (billing owes it all the same)."""
+    async def client_gone(self: proxy.Proxy, *args: Any) -> None:
+        raise ConnectionResetError("the client left")
+
+    monkeypatch.setattr(proxy.Proxy, "_send", client_gone)
+    running, seen = start()
+    raw.reply(RawReply(body=message()))
+    ask(running)  # (the connection is whole: aiohttp answers the error itself)
+    exchange = finished(seen)
+    assert exchange.client_disconnected and exchange.error_kind is ErrorKind.CLIENT_DISCONNECTED
+    assert exchange.usage.output_tokens == 7 and exchange.response_model == "claude-sonnet-4-6"
