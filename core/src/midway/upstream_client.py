@@ -20,7 +20,7 @@ import asyncio
 import ssl
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from sys import intern
 from typing import cast
 
@@ -259,6 +259,13 @@ class _Connection(asyncio.Protocol):
         self.client = client
         self.origin = origin
         self.loop = loop
+        # A body's pieces as llhttp gives them, one per chunk of a chunked body (a stream's
+        # event): the parser's on_body is this list's append, a C call, instead of a method
+        # with a Python frame per piece (~1 k instructions each, 50 a stream); they go to
+        # the answer once per read and at its end (_hand_over). Set before the parser is
+        # made: it looks on_body up once.
+        self.pieces: list[bytes] = []
+        self.on_body: Callable[[bytes], object] = self.pieces.append
         self.parser = httptools.HttpResponseParser(self)
         self.transport: asyncio.Transport | None = None
         self.head_waiter: asyncio.Future[UpstreamResponse] | None = None
@@ -288,8 +295,11 @@ class _Connection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
+            self._hand_over()  # what came before the malformed part is the answer's
             self._broken(aiohttp.ClientPayloadError(f"malformed upstream response: {exc}"))
             return
+        if self.pieces:
+            self._hand_over()
         response = self.response
         if response is not None and response._chunks:
             response._fed()  # once per read, however many chunks of the body it held
@@ -343,16 +353,11 @@ class _Connection(asyncio.Protocol):
         self.head_waiter = None
         waiter.set_result(response)
 
-    def on_body(self, body: bytes) -> None:
-        response = self.response
-        if response is not None:
-            response._chunks.append(body)
-            response._size += len(body)
-
     def on_message_complete(self) -> None:
         if self.interim:
             self.interim = False
             return
+        self._hand_over()
         response = self.response
         self.response = None
         if response is not None:
@@ -360,6 +365,15 @@ class _Connection(asyncio.Protocol):
         if self.paused:
             self.resume()
         self.client._done(self, keep=self.parser.should_keep_alive() and not self.closed)
+
+    def _hand_over(self) -> None:
+        """The body pieces the parser gave, to the answer being read (dropped when none is)."""
+        pieces = self.pieces
+        response = self.response
+        if response is not None:
+            response._chunks += pieces
+            response._size += sum(map(len, pieces))
+        pieces.clear()
 
     # -- used by the client and the response -------------------------------------------------
 
