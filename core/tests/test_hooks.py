@@ -360,18 +360,16 @@ def test_after_the_request_went_upstream_its_parse_is_let_go(fake_upstream, midw
     assert seen == [(False, "claude-sonnet-4-6", 32, MSG["messages"])]
 
 
-def test_async_hook_that_never_waits_arms_no_timer(monkeypatch):
-    """The hook timeout costs a timer only for an implementation that waits; one that waits
-    is still cut, its deadline counted from its call (time it spent before waiting too)."""
+def test_hook_waits_share_one_timer_and_each_is_cut_at_its_deadline():
+    """The hook timeout costs no timer for an implementation that never waits, and one for all
+    that wait (armed at the earliest deadline, left armed when that wait ends: not one per
+    wait); each wait is still cut at its own deadline, counted from its call (time it spent
+    before waiting too), and a wait cut leaves the others running."""
     import time
 
-    armed: list[str] = []
-    real_timeout, real_timeout_at = asyncio.timeout, asyncio.timeout_at
-    monkeypatch.setattr(asyncio, "timeout", lambda d: armed.append("timeout") or real_timeout(d))
-    monkeypatch.setattr(asyncio, "timeout_at",
-                        lambda d: armed.append("timeout_at") or real_timeout_at(d))
     host = PluginHost()
-    host.hook_timeout = 0.2
+    host.hook_timeout = 0.4
+    armed: list[float] = []
 
     async def quick() -> str:
         return "done"
@@ -381,24 +379,51 @@ def test_async_hook_that_never_waits_arms_no_timer(monkeypatch):
         return "waited"
 
     async def busy_then_waits() -> str:
-        time.sleep(0.25)  # past the deadline before its first wait
+        time.sleep(0.45)  # past the deadline before its first wait
         await asyncio.sleep(0.01)
         return "late"
 
     async def fails() -> None:
         raise KeyError("x")
 
+    async def swallows_its_cut() -> str:
+        try:
+            await asyncio.sleep(5)
+        except asyncio.CancelledError:
+            return "kept"  # as under asyncio.timeout: returned, the cancellation taken back
+        return "slept"
+
+    async def begins_later() -> str:
+        await asyncio.sleep(0.2)
+        return await host.bounded(waits(0.3))  # still waiting when the first is cut
+
     async def go() -> None:
+        loop = asyncio.get_running_loop()
+        call_at = loop.call_at
+
+        def counting(when: float, callback: Any, *args: Any, **kwargs: Any) -> Any:
+            if getattr(callback, "__self__", None) is host:
+                armed.append(when)
+            return call_at(when, callback, *args, **kwargs)
+
+        loop.call_at = counting  # type: ignore[method-assign]
         assert await host.bounded(quick()) == "done"
         with pytest.raises(KeyError):
             await host.bounded(fails())
         assert armed == []
         assert await host.bounded(waits(0.01)) == "waited"
-        assert armed == ["timeout_at"]
+        assert len(armed) == 1
+        assert await host.bounded(waits(0.01)) == "waited"
+        assert len(armed) == 1  # the first wait's timer, still armed, serves this one too
         with pytest.raises(TimeoutError):
             await host.bounded(waits(5))
         with pytest.raises(TimeoutError):
             await host.bounded(busy_then_waits())
+        assert await host.bounded(swallows_its_cut()) == "kept"
+        first = asyncio.ensure_future(host.bounded(waits(5)))
+        second = asyncio.ensure_future(begins_later())
+        cut, waited = await asyncio.gather(first, second, return_exceptions=True)
+        assert isinstance(cut, TimeoutError) and waited == "waited"
         task = asyncio.current_task()
         assert task is not None and task.cancelling() == 0
 

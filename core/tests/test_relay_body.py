@@ -387,3 +387,89 @@ def test_a_streams_head_is_not_held_for_its_first_bytes(
     assert b"".join(client_writes[0].writes) == received
     assert received.endswith(b"".join(events()) + b"\r\n0\r\n\r\n")
     assert finished(seen).complete
+
+
+# -- the same merging where on_chunk observers see the stream event by event --
+
+
+@pytest.fixture
+def observed(midway_factory: Callable[..., RunningMidway], raw: RawUpstream) -> Start:
+    """A midway whose every stream an ``on_chunk`` plugin observes (usage only when asked);
+    the exchanges its post_response saw."""
+    def go(usage_only: bool = False) -> tuple[RunningMidway, list[Exchange]]:
+        seen: list[Exchange] = []
+        names: list[str] = []
+        watch = module_plugin(
+            "watch", on_chunk=lambda event: names.append(event.name),
+            pre_request=lambda exchange: exchange.observe_stream(watch, usage_only=usage_only),
+            post_response=lambda exchange: seen.append(exchange))
+        return midway_factory(plugins=[watch], upstream=raw.url), seen
+    return go
+
+
+@pytest.mark.parametrize("usage_only", [False, True])
+def test_an_observed_stream_that_came_whole_goes_out_in_one_write(
+        observed: Start, raw: RawUpstream, client_writes: list[_CountingTransport],
+        usage_only: bool) -> None:
+    running, seen = observed(usage_only)
+    whole = b"".join(events())
+    raw.reply(RawReply(body=[whole], content_type="text/event-stream", framing="chunked",
+                       together=True))
+    status, _, answer, complete = ask(running, {**MSG, "stream": True})
+    assert status == 200 and complete and answer == whole
+    (written,) = client_writes[0].writes  # the head, the body and its end
+    assert written.startswith(b"HTTP/1.1 200 ") and written.endswith(b"\r\n0\r\n\r\n")
+    exchange = finished(seen)
+    assert exchange.complete and exchange.usage.output_tokens == 7
+    assert exchange.timings.ttfb_ms is not None
+
+
+def test_an_observed_streams_head_is_not_held_for_the_rest_of_its_first_event(
+        observed: Start, raw: RawUpstream, client_writes: list[_CountingTransport]) -> None:
+    running, seen = observed()
+    gate = threading.Event()
+    whole = b"".join(events())
+
+    def body() -> Iterator[bytes]:
+        yield whole[:20]  # half an event: nothing to relay yet
+        assert gate.wait(30)  # the client has the head before the rest is sent
+        yield whole[20:]
+
+    # the head and the half event in one write: in hand together
+    raw.reply(RawReply(body=body(), content_type="text/event-stream", framing="chunked",
+                       head_first=True))
+    with socket.create_connection(("127.0.0.1", running.port), timeout=30) as sock:
+        request = orjson.dumps({**MSG, "stream": True})
+        sock.sendall(b"POST /v1/messages HTTP/1.1\r\nhost: 127.0.0.1\r\nx-api-key: sk-ant-k1\r\n"
+                     b"content-type: application/json\r\ncontent-length: %d\r\n\r\n%b"
+                     % (len(request), request))
+        received = b""
+        while b"\r\n\r\n" not in received:
+            received += sock.recv(65536)
+        gate.set()
+        try:
+            while not received.endswith(b"\r\n0\r\n\r\n"):
+                received += sock.recv(65536)
+        except TimeoutError:
+            raise AssertionError(received) from None
+    head = received[:received.index(b"\r\n\r\n") + 4]
+    assert client_writes[0].writes[0] == head  # written before the rest of the event came
+    assert b"".join(client_writes[0].writes) == received
+    assert received.endswith(whole + b"\r\n0\r\n\r\n")
+    assert finished(seen).complete
+
+
+def test_a_json_answers_usage_is_read_although_the_client_left_while_it_was_written(
+        start: Start, raw: RawUpstream, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The usage is read after the answer is written (off the client's wait): a client gone
+    by then does not lose it (billing owes it all the same)."""
+    async def client_gone(self: proxy.Proxy, *args: Any) -> None:
+        raise ConnectionResetError("the client left")
+
+    monkeypatch.setattr(proxy.Proxy, "_send", client_gone)
+    running, seen = start()
+    raw.reply(RawReply(body=message()))
+    ask(running)  # (the connection is whole: aiohttp answers the error itself)
+    exchange = finished(seen)
+    assert exchange.client_disconnected and exchange.error_kind is ErrorKind.CLIENT_DISCONNECTED
+    assert exchange.usage.output_tokens == 7 and exchange.response_model == "claude-sonnet-4-6"

@@ -130,6 +130,25 @@ def test_chunked_answer_streams_chunks_as_they_come(run):
     assert connections == 1
 
 
+def test_chunks_before_a_malformed_part_are_read_before_its_error(run):
+    """A chunked body's pieces reach the answer once per read: those that came before a
+    malformed part in the same read are read before the error it ends with."""
+    async def main():
+        bad = (b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+               b"transfer-encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\nzz\r\n")
+        async with RawServer(answer(bad, keep=False)) as server:
+            client = UpstreamClient()
+            resp = await client.request("POST", server.url + "/v1/messages", {}, b"{}")
+            got = []
+            with pytest.raises(aiohttp.ClientPayloadError, match="malformed"):
+                async for chunk in resp.chunks():
+                    got.append(chunk)
+            await client.close()
+            return b"".join(got)
+
+    assert run(main()) == b"hello world"
+
+
 def test_ready_and_ended_tell_what_is_in_hand(run):
     async def main():
         gate = asyncio.Event()

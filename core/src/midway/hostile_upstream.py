@@ -36,6 +36,7 @@ class RawReply:
     declared_length: int | None = None
     terminate: bool = True
     together: bool = False  # the head and the whole body in one write (so one read)
+    head_first: bool = False  # the head and the first piece in one write, the rest as it comes
 
 
 @attrs.define
@@ -121,8 +122,8 @@ async def _write(writer: asyncio.StreamWriter, reply: RawReply) -> None:
     elif reply.framing == "chunked":
         lines.append("transfer-encoding: chunked")
     head = ("\r\n".join(lines) + "\r\n\r\n").encode()
-    held = [head] if reply.together else []  # written at the end, in one write
-    if not reply.together:
+    held = [head] if reply.together or reply.head_first else []  # written with what follows
+    if not held:
         writer.write(head)
     for piece in pieces:
         if not piece:
@@ -131,6 +132,8 @@ async def _write(writer: asyncio.StreamWriter, reply: RawReply) -> None:
         if reply.together:
             held.append(data)
             continue
+        if held:  # head_first: the head goes with this first piece
+            data = held.pop() + data
         writer.write(data)
         await writer.drain()
     if reply.framing == "chunked" and reply.terminate:

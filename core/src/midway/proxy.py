@@ -121,6 +121,7 @@ class Proxy:
         self.cutting = False
         self.deadline: float | None = None  # the drain's end (event loop time)
         self._idle: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop it serves in (refresh)
         self.refresh()
 
     def refresh(self) -> None:
@@ -134,6 +135,10 @@ class Proxy:
         # on_chunk implementations with the plugin object each belongs to (exchanges name the
         # plugins that observe their stream: Exchange.observe_stream)
         self.chunk_impls = [(p.pm.get_plugin(impl.plugin), impl) for impl in p.impls("on_chunk")]
+        try:  # named to current_task, which otherwise asks for it with a getpid() per request
+            self._loop = asyncio.get_running_loop()
+        except RuntimeError:  # built outside a loop: the first request's is asked for
+            self._loop = None
 
     # -- shutdown ----------------------------------------------------------------------------
 
@@ -175,7 +180,8 @@ class Proxy:
         metrics = self.midway.metrics
         if metrics is not None:
             metrics.inflight += 1
-        task = asyncio.current_task()
+        # (another loop than the one refresh() saw, e.g. in tests: the running loop's task)
+        task = asyncio.current_task(self._loop) or asyncio.current_task()
         assert task is not None
         self.active[task] = exchange
         response: web.StreamResponse | None = None
@@ -313,7 +319,7 @@ class Proxy:
             vertex_format.to_messages(exchange, vertex)
         elif bedrock is not None:
             bedrock_format.to_messages(exchange, bedrock)
-        await self._authenticate(exchange)
+        exchange.principal = await authenticate_exchange(self.midway, exchange)
         exchange.agent_id, exchange.parent_agent_id = agent_ids(exchange.request.headers)
         self._check_scope(exchange)
 
@@ -354,12 +360,15 @@ class Proxy:
         parts: list[bytes] = []
         size = 0
         try:
-            while chunk := await payload.readany():
+            while not payload.at_eof():
+                # A body that came whole with the head (most do) is taken without a wait.
+                chunk = payload.read_nowait() if payload.is_eof() else await payload.readany()
                 size += len(chunk)
                 if self.max_body and size > self.max_body:
                     raise MidwayError(413, f"request body exceeds the limit of {self.max_body} "
                                       "bytes")
-                parts.append(chunk)
+                if chunk:  # (b"" when the end came on its own)
+                    parts.append(chunk)
         except RequestPayloadError:  # e.g. a content-encoding the body does not decode as
             raise MidwayError(400, "the request body could not be read (bad content-encoding "
                               "or framing)") from None
@@ -368,9 +377,6 @@ class Proxy:
         # compressed bomb ends as a 413); what goes upstream is the plain body.
         exchange.request.headers.popall("content-encoding", None)
         return body
-
-    async def _authenticate(self, exchange: Exchange) -> None:
-        exchange.principal = await authenticate_exchange(self.midway, exchange)
 
     def _check_scope(self, exchange: Exchange) -> None:
         models = exchange.principal.models
@@ -569,13 +575,17 @@ class Proxy:
                 body = decoded = rewritten
                 encoding = None
                 headers.popall("content-encoding", None)
-        if decoded is not None:
-            exchange.response_body = decoded
-            apply_message(exchange, decoded)
         if exchange.client_format == bedrock_format.FORMAT and not encoding:
             body = bedrock_format.json_answer(exchange, status, body)
         response = web.Response(status=status, body=body, headers=headers)
-        await self._send(request, exchange, response)
+        try:
+            await self._send(request, exchange, response)
+        finally:
+            # Read once the answer is out (the client does not wait for it), and whether or
+            # not the client stayed for it: its usage is owed all the same.
+            if decoded is not None:
+                exchange.response_body = decoded
+                apply_message(exchange, decoded)
         return response
 
     async def _relay_body(self, request: web.Request, exchange: Exchange, answer: Answer,
@@ -672,11 +682,12 @@ class Proxy:
                                                       bedrock_format.frames(exchange)) \
             if bedrock else web.StreamResponse(status=answer.status, headers=headers)
         del headers  # the response copied them: not held as long as the stream lasts
-        # Relayed as raw chunks, the stream's writes are merged where nothing waits for it:
-        # the head with bytes already in hand, the last bytes with the body's end (each
-        # write to a client costs a system call and a wake-up of its reader).
-        merging = not callers and not bedrock
-        if merging and answer.ready():
+        # The stream's writes are merged where nothing waits for it: the head with bytes
+        # already in hand, the last bytes with the body's end (each write to a client costs
+        # a system call and a wake-up of its reader).
+        merging = not bedrock
+        held = merging and answer.ready()
+        if held:
             response._send_headers_immediately = False  # sent with the first write, now
         await response.prepare(request)
         response.headers.clear()  # sent (its copy, ~100 bytes a header)
@@ -690,9 +701,13 @@ class Proxy:
         try:
             observable = True
             if callers:
-                if await self._relay_events(response, exchange, source, callers):
+                ended = answer.ended if merging else _never
+                events_last = await self._relay_events(response, exchange, source, callers,
+                                                       held, ended)
+                if events_last is None:
                     await _close(response)  # a plugin ended it with an error event
                     return response
+                last = events_last
             else:
                 observer = StreamObserver(exchange, encoding)
                 first = True
@@ -756,10 +771,14 @@ class Proxy:
                 if any(owner is observer for observer in observers)]
 
     async def _relay_events(self, response: web.StreamResponse, exchange: Exchange,
-                            source: AsyncIterator[bytes], callers: list[_Caller]) -> bool:
-        """Relay ``source`` event by event through ``callers``; whether a plugin ended the
-        stream (an ``on_chunk`` raised :class:`MidwayError`: its error event went out last).
-        Usage-only callers see the usage and outcome events, and the text past
+                            source: AsyncIterator[bytes], callers: list[_Caller], held: bool,
+                            ended: Callable[[], bool]) -> bytes | None:
+        """Relay ``source`` event by event through ``callers``, but for the body's last bytes
+        (those that came with its end, ``ended()`` says), returned for the caller to write
+        with the end; ``None`` when a plugin ended the stream (an ``on_chunk`` raised
+        :class:`MidwayError`: its error event went out last). ``held``: the head waits for
+        the first write (it goes alone when the first bytes relay nothing, e.g. half an
+        event). Usage-only callers see the usage and outcome events, and the text past
         ``exchange.streamed_text_mark``; while they are all there is, the content events
         between two usage events are relayed as their bytes, their text counted unparsed."""
         parser = SSEParser()
@@ -771,6 +790,7 @@ class Proxy:
         counting = len(exchange.usage_observers) > 0
         events: list[SSEEvent] = []
         items: Sequence[SSEEvent | bytes] = ()
+        last = b""
         async for chunk in source:
             out: list[bytes] = []
             items = parser.feed(chunk) if every else parser.feed_runs(chunk, SKIP_PREFIXES)
@@ -814,7 +834,7 @@ class Proxy:
                             if kept is not None:
                                 kept.add(joined)
                             await response.write(joined)
-                            return True
+                            return None
                         except Exception:
                             plugins.failed(impl.plugin, "on_chunk")
                     raw = event.raw
@@ -826,9 +846,15 @@ class Proxy:
                 joined = b"".join(out)
                 if kept is not None:
                     kept.add(joined)
+                if ended():
+                    last = joined  # written with the body's end
+                    break
                 await response.write(joined)
                 if timings.ttfb_ms is None:
                     timings.ttfb_ms = (time.monotonic() - timings.started) * 1000
+            elif held and not ended():  # the head is not held while more bytes are awaited
+                await response.write(b"")
+            held = False
             # Nothing of this chunk stays bound while the next is awaited (a slow stream
             # waits most of its life): its bytes, its events and their parsed JSON go now.
             chunk = joined = raw = b""
@@ -844,8 +870,8 @@ class Proxy:
                 observer.observe(final)
             if kept is not None:
                 kept.add(parser.pending)
-            await response.write(parser.pending)
-        return False
+            last += parser.pending
+        return last
 
 
 async def _judged(exchange: Exchange, attempt: Attempt, answer: Answer) -> Answer:
@@ -919,6 +945,10 @@ _UPSTREAM_FAILURES = (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ServerDi
 
 
 _NO_EVENT = SSEEvent.dropped()  # what a loop's last event is rebound to once relayed
+
+
+def _never() -> bool:
+    return False
 
 
 class _EndedEarly(aiohttp.ClientPayloadError):

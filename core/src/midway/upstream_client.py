@@ -20,7 +20,7 @@ import asyncio
 import ssl
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from sys import intern
 from typing import cast
 
@@ -225,6 +225,8 @@ class UpstreamResponse:
 
     async def read(self, limit: int = -1) -> bytes:
         """The body to its end, or its first ``limit`` bytes."""
+        if self._eof and limit < 0:  # all of it in hand (most JSON answers): taken, no wait
+            return self._take() if self._chunks else b""
         parts = []
         size = 0
         while limit < 0 or size < limit:
@@ -257,6 +259,13 @@ class _Connection(asyncio.Protocol):
         self.client = client
         self.origin = origin
         self.loop = loop
+        # A body's pieces as llhttp gives them, one per chunk of a chunked body (a stream's
+        # event): the parser's on_body is this list's append, a C call, instead of a method
+        # with a Python frame per piece (~1 k instructions each, 50 a stream); they go to
+        # the answer once per read and at its end (_hand_over). Set before the parser is
+        # made: it looks on_body up once.
+        self.pieces: list[bytes] = []
+        self.on_body: Callable[[bytes], object] = self.pieces.append
         self.parser = httptools.HttpResponseParser(self)
         self.transport: asyncio.Transport | None = None
         self.head_waiter: asyncio.Future[UpstreamResponse] | None = None
@@ -286,8 +295,11 @@ class _Connection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
+            self._hand_over()  # what came before the malformed part is the answer's
             self._broken(aiohttp.ClientPayloadError(f"malformed upstream response: {exc}"))
             return
+        if self.pieces:
+            self._hand_over()
         response = self.response
         if response is not None and response._chunks:
             response._fed()  # once per read, however many chunks of the body it held
@@ -341,16 +353,11 @@ class _Connection(asyncio.Protocol):
         self.head_waiter = None
         waiter.set_result(response)
 
-    def on_body(self, body: bytes) -> None:
-        response = self.response
-        if response is not None:
-            response._chunks.append(body)
-            response._size += len(body)
-
     def on_message_complete(self) -> None:
         if self.interim:
             self.interim = False
             return
+        self._hand_over()
         response = self.response
         self.response = None
         if response is not None:
@@ -358,6 +365,15 @@ class _Connection(asyncio.Protocol):
         if self.paused:
             self.resume()
         self.client._done(self, keep=self.parser.should_keep_alive() and not self.closed)
+
+    def _hand_over(self) -> None:
+        """The body pieces the parser gave, to the answer being read (dropped when none is)."""
+        pieces = self.pieces
+        response = self.response
+        if response is not None:
+            response._chunks += pieces
+            response._size += sum(map(len, pieces))
+        pieces.clear()
 
     # -- used by the client and the response -------------------------------------------------
 
@@ -372,13 +388,14 @@ class _Connection(asyncio.Protocol):
             self.transport.write(data)
             self.transport.write(body)
 
-    async def head(self, idle_timeout: float | None) -> UpstreamResponse:
+    def head(self, idle_timeout: float | None) -> asyncio.Future[UpstreamResponse]:
+        """The answer's head once it is in: a future to await (no coroutine of its own)."""
         waiter: asyncio.Future[UpstreamResponse] = self.loop.create_future()
         self.head_waiter = waiter
         self.idle_timeout = idle_timeout
         if idle_timeout is not None:
             self.watch(idle_timeout)
-        return await waiter
+        return waiter
 
     def watch(self, timeout: float) -> None:
         """A reader starts waiting: fail it after ``timeout`` seconds without a byte.
@@ -475,9 +492,16 @@ class UpstreamClient:
 
     async def _attempt(self, origin: _Origin, head: bytes, body: bytes, fresh: bool
                        ) -> UpstreamResponse:
-        await self._take_slot()
+        # No coroutine of its own for what is mostly done at once (a free slot, an idle
+        # connection): each costs as much as what it does, on the way of every request.
+        if 0 < self.limit <= self._busy:  # a limit of 0: unlimited, as in aiohttp
+            await self._wait_for_slot()
+        else:
+            self._busy += 1
         try:
-            conn = await (self._connect(origin) if fresh else self._connection(origin))
+            conn = None if fresh else self._idle_connection(origin)
+            if conn is None:
+                conn = await self._connect(origin)
         except BaseException:
             self._give_slot()
             raise
@@ -495,7 +519,8 @@ class UpstreamClient:
             conn.abort()
             raise
 
-    async def _connection(self, origin: _Origin) -> _Connection:
+    def _idle_connection(self, origin: _Origin) -> _Connection | None:
+        """A kept-alive connection to ``origin`` to reuse, if there is one."""
         idle = self._idle.get(origin.key)
         if idle:
             now = time.monotonic()
@@ -505,7 +530,7 @@ class UpstreamClient:
                     conn.reused = True
                     return conn
                 conn.abort()
-        return await self._connect(origin)
+        return None
 
     async def _connect(self, origin: _Origin) -> _Connection:
         loop = asyncio.get_running_loop()
@@ -525,20 +550,18 @@ class UpstreamClient:
         self._all.add(conn)
         return conn
 
-    async def _take_slot(self) -> None:
-        if 0 < self.limit <= self._busy:  # a limit of 0: unlimited, as in aiohttp
-            waiter = asyncio.get_running_loop().create_future()
-            self._slot_waiters.append(waiter)
-            try:
-                await waiter  # the slot was handed over by _give_slot
-            except BaseException:
-                if waiter.done() and not waiter.cancelled():
-                    self._give_slot()
-                else:
-                    self._slot_waiters.remove(waiter)
-                raise
-            return
-        self._busy += 1
+    async def _wait_for_slot(self) -> None:
+        """Wait until a request that ends hands its slot over (every slot is taken)."""
+        waiter = asyncio.get_running_loop().create_future()
+        self._slot_waiters.append(waiter)
+        try:
+            await waiter  # the slot was handed over by _give_slot
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self._give_slot()
+            else:
+                self._slot_waiters.remove(waiter)
+            raise
 
     def _give_slot(self) -> None:
         while self._slot_waiters:
