@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import gc
 import os
 import signal
@@ -25,6 +26,9 @@ import time
 import tracemalloc
 from pathlib import Path
 from types import FrameType
+from typing import Any
+
+import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
@@ -34,6 +38,55 @@ import soak
 from midway.testing import wait_listening
 
 SNAPSHOT_ENV = "MIDWAY_HEAP_SNAPSHOT"
+OBJECTS_ENV = "MIDWAY_HEAP_OBJECTS"
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+        "fordblks", "keepcost")]
+
+
+def census() -> dict[str, Any]:
+    """Without tracemalloc (whose own tables would swamp the allocators' figures): objects
+    by type (gc-tracked ones and the untracked ones they refer to, e.g. str and bytes; count
+    and ``sys.getsizeof``), pymalloc's arenas (``sys._debugmallocstats``, stderr) and
+    glibc's ``mallinfo2`` (main arena and every thread's, summed; mmapped chunks apart)."""
+    rss = hardening_support.rss_kib(os.getpid())  # before the census's own allocations
+    info = _MallInfo2()
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallinfo2.restype = _MallInfo2
+        info = libc.mallinfo2()
+        libc.malloc_stats()  # per arena, on stderr
+    except (OSError, AttributeError):
+        pass
+    sys._debugmallocstats()
+    blocks = sys.getallocatedblocks()
+    counts: dict[str, list[int]] = {}
+    owned: dict[str, list[int]] = {}  # "type in its first referrer's type"
+    seen: set[int] = set()
+    seen_owned: set[int] = set()
+    for obj in gc.get_objects():
+        owner = type(obj).__qualname__
+        if owner == "coroutine":
+            owner = f"coroutine {obj.__qualname__}"
+        for one in (obj, *gc.get_referents(obj)):
+            name = owner if one is obj else type(one).__qualname__
+            if one is not obj and id(one) not in seen_owned:
+                seen_owned.add(id(one))
+                entry = owned.setdefault(f"{name} in {owner}", [0, 0])
+                entry[0] += 1
+                entry[1] += sys.getsizeof(one, 0)
+            if id(one) in seen or (one is not obj and gc.is_tracked(one)):
+                continue
+            seen.add(id(one))
+            entry = counts.setdefault(name, [0, 0])
+            entry[0] += 1
+            entry[1] += sys.getsizeof(one, 0)
+    return {"types": counts, "owned": owned, "mallinfo": {name: getattr(info, name)
+                                          for name, _ in _MallInfo2._fields_},
+            "pymalloc_blocks": blocks, "rss_kib": rss}
 
 
 def serve_traced() -> None:
@@ -41,14 +94,20 @@ def serve_traced() -> None:
     out = os.environ[SNAPSHOT_ENV]
     dumped = [0]
 
+    untraced = os.environ.get(OBJECTS_ENV) == "1"
+
     def start(signum: int, frame: FrameType | None) -> None:
         gc.collect()
-        tracemalloc.start(10)
+        if not untraced:
+            tracemalloc.start(10)
         Path(f"{out}.started").touch()
 
     def dump(signum: int, frame: FrameType | None) -> None:
         gc.collect()
-        tracemalloc.take_snapshot().dump(f"{out}.{dumped[0]}")
+        if untraced:
+            Path(f"{out}.{dumped[0]}.json").write_bytes(orjson.dumps(census()))
+        else:
+            tracemalloc.take_snapshot().dump(f"{out}.{dumped[0]}")
         Path(f"{out}.{dumped[0]}.done").touch()
         dumped[0] += 1
 
@@ -68,7 +127,7 @@ def wait_file(path: Path, timeout: float = 120) -> None:
         time.sleep(0.1)
 
 
-def measure(n: int, bare: bool, by: str, top: int, keep: Path | None) -> None:
+def measure(n: int, bare: bool, by: str, top: int, keep: Path | None, objects: bool) -> None:
     config = soak.CONFIG.replace('plugins = ["audit", "billing"]', "plugins = []") \
         if bare else soak.CONFIG
     port = hardening_support.free_port()
@@ -79,7 +138,8 @@ def measure(n: int, bare: bool, by: str, top: int, keep: Path | None) -> None:
     out = tmp / "snapshot"
     hardening_support.MIDWAY = [sys.executable, __file__, "--serve"]
     server = hardening_support.Server(tmp, config, f"http://127.0.0.1:{port}",
-                                      env={SNAPSHOT_ENV: str(out)}, name="heap")
+                                      env={SNAPSHOT_ENV: str(out),
+                                           OBJECTS_ENV: "1" if objects else "0"}, name="heap")
     try:
         wait_listening(port, timeout=30)
         server.start()
@@ -110,7 +170,31 @@ def measure(n: int, bare: bool, by: str, top: int, keep: Path | None) -> None:
         server.ensure_stopped()
         fake.terminate()
         fake.wait(10)
-    report(out, n, "no plugins" if bare else "audit and billing", by, top)
+    what = "no plugins" if bare else "audit and billing"
+    if objects:
+        report_objects(out, n, what, top)
+    else:
+        report(out, n, what, by, top)
+
+
+def report_objects(out: Path, n: int, what: str, top: int) -> None:
+    before = orjson.loads(Path(f"{out}.0.json").read_bytes())
+    during = orjson.loads(Path(f"{out}.1.json").read_bytes())
+    print(f"RSS {(during['rss_kib'] - before['rss_kib']) * 1024 / n:.0f} bytes a stream "
+          f"({what}, {n} open); pymalloc blocks "
+          f"{(during['pymalloc_blocks'] - before['pymalloc_blocks']) / n:.1f} a stream")
+    for name, value in during["mallinfo"].items():
+        print(f"  mallinfo {name:9} {(value - before['mallinfo'][name]) / n:10.1f} a stream "
+              f"({value} in all)")
+    for key, title in (("types", "objects by type"),
+                       ("owned", "objects by type and their first referrer's")):
+        types = {name: (count - before[key].get(name, (0, 0))[0],
+                        size - before[key].get(name, (0, 0))[1])
+                 for name, (count, size) in during[key].items()}
+        print(f"{title} (sys.getsizeof): {sum(s for _, s in types.values()) / n:.0f} bytes, "
+              f"{sum(c for c, _ in types.values()) / n:.1f} objects a stream")
+        for name, (count, size) in sorted(types.items(), key=lambda t: -t[1][1])[:top]:
+            print(f"{size / n:8.0f} B {count / n:6.2f}  {name}")
 
 
 def report(out: Path, n: int, what: str, by: str, top: int) -> None:
@@ -137,13 +221,19 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=40, help="print this many groups")
     parser.add_argument("--keep", type=Path, default=None,
                         help="keep the snapshots in this folder (for --report)")
+    parser.add_argument("--objects", action="store_true",
+                        help="no tracing: objects by type, pymalloc's and glibc's figures")
     parser.add_argument("--report", type=Path, default=None,
                         help="no run: compare the snapshots a --keep run left in this folder")
     args = parser.parse_args()
     if args.report is not None:
-        report(args.report / "snapshot", args.streams, str(args.report), args.by, args.top)
+        out = args.report / "snapshot"
+        if args.objects:
+            report_objects(out, args.streams, str(args.report), args.top)
+        else:
+            report(out, args.streams, str(args.report), args.by, args.top)
         return
-    measure(args.streams, args.bare, args.by, args.top, args.keep)
+    measure(args.streams, args.bare, args.by, args.top, args.keep, args.objects)
 
 
 if __name__ == "__main__":
