@@ -18,6 +18,7 @@ import asyncio
 import ctypes
 import gc
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -54,15 +55,27 @@ def census() -> dict[str, Any]:
     glibc's ``mallinfo2`` (main arena and every thread's, summed; mmapped chunks apart)."""
     rss = hardening_support.rss_kib(os.getpid())  # before the census's own allocations
     info = _MallInfo2()
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallinfo2.restype = _MallInfo2
-        info = libc.mallinfo2()
-        libc.malloc_stats()  # per arena, on stderr
-    except (OSError, AttributeError):
-        pass
-    sys._debugmallocstats()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as text:  # what the two write to stderr, read back
+        os.dup2(text.fileno(), 2)
+        try:
+            libc = ctypes.CDLL("libc.so.6")
+            libc.mallinfo2.restype = _MallInfo2
+            info = libc.mallinfo2()
+            libc.malloc_stats()  # per arena
+        except (OSError, AttributeError):
+            pass
+        sys._debugmallocstats()
+        os.dup2(saved, 2)
+        os.close(saved)
+        text.seek(0)
+        stats = text.read().decode()
+    sys.stderr.write(stats)
     blocks = sys.getallocatedblocks()
+    pymalloc = {match[1]: int(match[2].replace(",", "")) for match in re.finditer(
+        r"# bytes in (allocated|available) blocks\s*=\s*([\d,]+)", stats)}
+    unused = re.search(r"(\d+) unused pools \* (\d+) bytes", stats)
+    pymalloc["unused pools"] = int(unused[1]) * int(unused[2]) if unused else 0
     counts: dict[str, list[int]] = {}
     owned: dict[str, list[int]] = {}  # "type in its first referrer's type"
     seen: set[int] = set()
@@ -86,7 +99,7 @@ def census() -> dict[str, Any]:
             entry[1] += sys.getsizeof(one, 0)
     return {"types": counts, "owned": owned, "mallinfo": {name: getattr(info, name)
                                           for name, _ in _MallInfo2._fields_},
-            "pymalloc_blocks": blocks, "rss_kib": rss}
+            "pymalloc_blocks": blocks, "pymalloc": pymalloc, "rss_kib": rss}
 
 
 def serve_traced() -> None:
@@ -183,6 +196,9 @@ def report_objects(out: Path, n: int, what: str, top: int) -> None:
     print(f"RSS {(during['rss_kib'] - before['rss_kib']) * 1024 / n:.0f} bytes a stream "
           f"({what}, {n} open); pymalloc blocks "
           f"{(during['pymalloc_blocks'] - before['pymalloc_blocks']) / n:.1f} a stream")
+    for name, value in during["pymalloc"].items():
+        print(f"  pymalloc bytes in {name:9} {(value - before['pymalloc'][name]) / n:10.1f} "
+              f"a stream ({value} in all)")
     for name, value in during["mallinfo"].items():
         print(f"  mallinfo {name:9} {(value - before['mallinfo'][name]) / n:10.1f} a stream "
               f"({value} in all)")
