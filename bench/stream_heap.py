@@ -23,6 +23,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import tracemalloc
 from pathlib import Path
@@ -108,6 +109,7 @@ def serve_traced() -> None:
     dumped = [0]
 
     untraced = os.environ.get(OBJECTS_ENV) == "1"
+    largest = [0]  # the most traced between the two dumps, snapshots' own tables left out
 
     def start(signum: int, frame: FrameType | None) -> None:
         gc.collect()
@@ -120,9 +122,29 @@ def serve_traced() -> None:
         if untraced:
             Path(f"{out}.{dumped[0]}.json").write_bytes(orjson.dumps(census()))
         else:
+            # traced now, and the most since the last dump (taken first: a snapshot's own
+            # tables are traced): what the streams' set-up held for a while beside what lasts
+            current, peak = tracemalloc.get_traced_memory()
+            Path(f"{out}.{dumped[0]}.peak").write_text(f"{current} {max(peak, largest[0])}")
             tracemalloc.take_snapshot().dump(f"{out}.{dumped[0]}")
+            tracemalloc.reset_peak()
+            if dumped[0] == 0:  # from here to the next dump, the heap at its largest too
+                threading.Thread(target=watch_peak, daemon=True).start()
         Path(f"{out}.{dumped[0]}.done").touch()
         dumped[0] += 1
+
+    def watch_peak() -> None:
+        """Snapshot the heap each time it has grown by 5% over the last snapshot, until the
+        streams are all open: the last one is near the peak (``{out}.peak``)."""
+        snapped = tracemalloc.get_traced_memory()[0]
+        while dumped[0] <= 1:  # (started by the first dump, before it counted itself)
+            time.sleep(0.05)
+            current, peak = tracemalloc.get_traced_memory()
+            largest[0] = max(largest[0], peak)  # before a snapshot's own tables raise it
+            if current > snapped * 1.05 and dumped[0] == 1:
+                tracemalloc.take_snapshot().dump(f"{out}.peak")
+                snapped = current
+                tracemalloc.reset_peak()
 
     signal.signal(signal.SIGUSR2, start)
     signal.signal(signal.SIGUSR1, dump)
@@ -219,6 +241,9 @@ def report(out: Path, n: int, what: str, by: str, top: int) -> None:
     stats = during.compare_to(before, by)
     print(f"{sum(s.size_diff for s in stats) / n:.0f} bytes a stream alive with {n} open "
           f"({what})")
+    idle = int(Path(f"{out}.0.peak").read_text().split()[0])
+    peak = int(Path(f"{out}.1.peak").read_text().split()[1])
+    print(f"{(peak - idle) / n:.0f} bytes a stream at the most, as they opened")
     for stat in stats[:top]:
         print(f"{stat.size_diff / n:8.0f} B {stat.count_diff / n:6.2f} objects")
         lines = stat.traceback.format() if by == "traceback" else [f"  {stat.traceback}"]
