@@ -162,7 +162,8 @@ def wait_file(path: Path, timeout: float = 120) -> None:
         time.sleep(0.1)
 
 
-def measure(n: int, bare: bool, by: str, top: int, keep: Path | None, objects: bool) -> None:
+def measure(n: int, bare: bool, by: str, top: int, keep: Path | None, objects: bool,
+            at_head: float | None) -> None:
     config = soak.CONFIG.replace('plugins = ["audit", "billing"]', "plugins = []") \
         if bare else soak.CONFIG
     port = hardening_support.free_port()
@@ -187,13 +188,25 @@ def measure(n: int, bare: bool, by: str, top: int, keep: Path | None, objects: b
         os.kill(server.pid, signal.SIGUSR1)
         wait_file(Path(f"{out}.0.done"))
 
-        async def run() -> None:
-            task = asyncio.create_task(soak.stream_requests(server.url, n, n, 0.0, soak.SLOW,
-                                                            "slow"))
-            while not task.done():
+        fake_url = f"http://127.0.0.1:{port}/_fake/requests"
+        served = len(hardening_support.get_json(fake_url, 60))
+        reply = soak.SLOW if at_head is None else orjson.dumps(
+            {**orjson.loads(soak.SLOW), "first_byte_delay": at_head}).decode()
+
+        async def all_in() -> bool:
+            """All n open; with ``at_head``: all n sent upstream, none answered yet."""
+            if at_head is None:
                 health = await asyncio.to_thread(hardening_support.get_json,
                                                  server.url + "/healthz", 60)
-                if health["open_streams"] >= n:
+                return bool(health["open_streams"] >= n)
+            sent = await asyncio.to_thread(hardening_support.get_json, fake_url, 60)
+            return len(sent) - served >= n
+
+        async def run() -> None:
+            task = asyncio.create_task(soak.stream_requests(server.url, n, n, 0.0, reply,
+                                                            "slow"))
+            while not task.done():
+                if await all_in():
                     os.kill(server.pid, signal.SIGUSR1)
                     break
                 await asyncio.sleep(0.05)
@@ -264,6 +277,9 @@ def main() -> None:
                         help="keep the snapshots in this folder (for --report)")
     parser.add_argument("--objects", action="store_true",
                         help="no tracing: objects by type, pymalloc's and glibc's figures")
+    parser.add_argument("--at-head", type=float, default=None, metavar="SECONDS",
+                        help="the upstream holds each answer's head this long: measured with "
+                        "every request sent upstream and none answered (the set-up's share)")
     parser.add_argument("--report", type=Path, default=None,
                         help="no run: compare the snapshots a --keep run left in this folder")
     args = parser.parse_args()
@@ -274,7 +290,7 @@ def main() -> None:
         else:
             report(out, args.streams, str(args.report), args.by, args.top)
         return
-    measure(args.streams, args.bare, args.by, args.top, args.keep, args.objects)
+    measure(args.streams, args.bare, args.by, args.top, args.keep, args.objects, args.at_head)
 
 
 if __name__ == "__main__":
