@@ -428,3 +428,61 @@ def test_observer_reads_server_tool_use_and_errors():
     assert failed.error_type == "overloaded_error"
     assert failed.error == "stream error: overloaded_error"
     assert failed.state.get("midway.complete") is None
+
+
+_USAGE = st.dictionaries(st.sampled_from(["input_tokens", "output_tokens",
+                                          "cache_read_input_tokens", "service_tier"]),
+                         st.none() | st.integers(0, 3) | st.sampled_from(["standard"]),
+                         max_size=4) | st.dictionaries(
+    st.sampled_from(["server_tool_use", "cache_creation"]),
+    st.dictionaries(st.sampled_from(["web_search_requests", "ephemeral_5m_input_tokens"]),
+                    st.none() | st.integers(0, 3), max_size=2), max_size=2)
+_OUTCOME_EVENTS = st.one_of(
+    st.builds(lambda usage, model, msg_id: ("message_start", {
+        "type": "message_start", "message": {"id": msg_id, "model": model,
+                                             "stop_reason": None, "usage": usage}}),
+        _USAGE, st.sampled_from(["m1", "m2", None, 3]), st.sampled_from(["msg_1", "msg_2"])),
+    st.builds(lambda usage, reason, model: ("message_delta", {
+        "type": "message_delta", "delta": {"stop_reason": reason, **model}, "usage": usage}),
+        _USAGE, st.sampled_from(["end_turn", "tool_use", None, ""]),
+        st.sampled_from([{}, {"model": "m3"}])),
+    st.just(("message_stop", {"type": "message_stop"})),
+    st.tuples(_EVENT_NAMES, _ANY))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_OUTCOME_EVENTS, max_size=12))
+def test_observer_reads_usage_and_outcome_as_the_assembler(events):
+    """The core's observer keeps no assembler per stream; what it reads is the assembler's
+    (usage merged, a second message_start ignored), for events whose name is their type."""
+    events = [(name, payload) for name, payload in events if not isinstance(payload, dict)
+              or payload.get("type", name) == name]
+    exchange = make_exchange()
+    observer = StreamObserver(exchange)
+    assembler = MessageAssembler()
+    expected = make_exchange()
+    for name, payload in events:
+        observer.feed(encode_event(name or "", payload) if name else
+                      b"data: " + orjson.dumps(payload) + b"\n\n")
+        if name not in ("message_start", "message_delta", "message_stop", "error"):
+            continue
+        assembler.feed(name, payload)
+        if not isinstance(payload, dict):
+            continue
+        if name == "message_start" and isinstance(payload.get("message"), dict) and \
+                isinstance(payload["message"].get("id"), str):
+            expected.response_id = payload["message"]["id"]
+        if name in ("message_start", "message_delta"):
+            expected.usage.update(assembler.usage)
+            expected.response_model = assembler.model or expected.response_model
+            expected.stop_reason = assembler.stop_reason or expected.stop_reason
+        elif name == "message_stop":
+            expected.complete = True
+        elif name == "error":
+            error = assembler.error
+            expected.error_type = error.get("type") if isinstance(error, dict) else "error"
+    assert exchange.usage == expected.usage
+    assert (exchange.response_id, exchange.response_model, exchange.stop_reason,
+            exchange.complete, exchange.error_type) == \
+        (expected.response_id, expected.response_model, expected.stop_reason,
+         expected.complete, expected.error_type)

@@ -29,10 +29,12 @@ def _timers(request: web.BaseRequest) -> tuple[Any, Any]:
     assert request.transport is not None
     guard = request.transport.get_protocol()
     assert isinstance(guard, deadlines.Guard)
-    return guard.head_timer, guard.inner._keepalive_handle  # type: ignore[attr-defined]
+    # (the head deadline: whether the connection is among those its one timer checks)
+    head = guard if guard in guard.heads.waiting else None
+    return head, guard.inner._keepalive_handle  # type: ignore[attr-defined]
 
 
-def test_a_stream_lets_go_of_the_head_and_keepalive_timers_until_it_ends(
+def test_a_stream_lets_go_of_the_head_deadline_and_keepalive_timer_until_it_ends(
         run: Callable[[Coroutine[Any, Any, None]], None]) -> None:
     run(_stream_then_request())
 
@@ -76,3 +78,35 @@ async def _stream_then_request() -> None:
     # byte), and aiohttp's keep-alive check was armed again after the stream.
     assert seen == [("before", True, True), ("streaming", False, False),
                     ("next", True, True)]
+
+
+def test_connections_waiting_for_a_head_share_one_timer_and_a_late_one_gets_a_408(
+        run: Callable[[Coroutine[Any, Any, None]], None]) -> None:
+    async def main() -> None:
+        app = web.Application()
+        app.router.add_get("/", lambda request: web.Response(text="ok"))
+        limits = deadlines.Limits(header_timeout=0.3, body_timeout=30, keepalive_timeout=75,
+                                  write_stall_timeout=30)
+        runner = deadlines.GuardedRunner(app, limits)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        try:
+            slow = [await asyncio.open_connection("127.0.0.1", port) for _ in range(3)]
+            for _, writer in slow:
+                writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n")  # a head never finished
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert (await reader.readline()).startswith(b"HTTP/1.1 200")
+            assert len(runner.heads.waiting) >= 3 and runner.heads.timer is not None
+            for late, _ in slow:  # each cut by the one timer, none left waiting
+                assert (await late.read()).startswith(b"HTTP/1.1 408")
+            writer.close()
+            for _, w in slow:
+                w.close()
+        finally:
+            await runner.cleanup()
+        assert not runner.heads.waiting
+
+    run(main())

@@ -97,7 +97,8 @@ def test_on_chunk_callers_pass_arguments_by_name():
     for fn, names in ((both, ("exchange", "event")), (reversed_, ("event", "exchange")),
                       (only_event, ("event",)), (only_exchange, ("exchange",)),
                       (async_both, ("exchange", "event"))):
-        result = _chunk_caller(Impl("p", fn, names, False), exchange)(event)
+        call, with_exchange = _chunk_caller(Impl("p", fn, names, False))
+        result = call(exchange, event) if with_exchange else call(event)
         if asyncio.iscoroutine(result):
             asyncio.run(result)
     assert seen == [("both", exchange, event), ("reversed", exchange, event),

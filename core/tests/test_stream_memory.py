@@ -121,3 +121,30 @@ def test_a_cancelled_read_leaves_the_answer_readable() -> None:
             await client.close()
 
     asyncio.run(main())
+
+
+def test_streams_observed_alike_share_their_on_chunk_callers() -> None:
+    callers: list[object] = []
+    seen: list[str] = []
+
+    def on_chunk(exchange: object, event: object) -> None:
+        seen.append(exchange.id)  # type: ignore[attr-defined]
+        if len(callers) < len(set(seen)):  # once a stream: what its relay's frame holds
+            relaying = [o for o in gc.get_objects() if asyncio.iscoroutine(o)
+                        and o.__qualname__ == "Proxy._relay_events" and o.cr_frame is not None]
+            callers.extend(o.cr_frame.f_locals["callers"] for o in relaying)
+
+    plugin = module_plugin("watch", on_chunk=on_chunk,
+                           pre_request=lambda exchange: exchange.observe_stream(plugin))
+
+    async def main() -> list[str]:
+        async with Harness(plugins=[plugin]) as harness:
+            body = {"model": "claude-sonnet-4-6", "max_tokens": 64, "stream": True,
+                    "messages": [{"role": "user", "content": "Hello"}]}
+            first = await harness.request(body)
+            second = await harness.request(body)
+            return [first.exchange.id, second.exchange.id]
+
+    ids = asyncio.run(main())
+    assert set(seen) == set(ids)  # each stream's own exchange passed
+    assert len(callers) == 2 and callers[0] is callers[1]

@@ -363,6 +363,48 @@ def test_idle_timeout_is_between_bytes_not_total(run):
     assert run(main()) == b"x" * 6
 
 
+def test_one_timer_watches_every_waiting_reader_each_by_its_own_last_byte(run):
+    async def main():
+        never = asyncio.Event()
+
+        async def trickles(reader, writer):
+            writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+            for _ in range(6):  # 0.6 s in all, never 0.25 s without a byte
+                await asyncio.sleep(0.1)
+                writer.write(b"1\r\nx\r\n")
+                await writer.drain()
+            writer.write(b"0\r\n\r\n")
+            return True
+
+        async def stalls(reader, writer):
+            writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n")
+            await writer.drain()
+            await never.wait()
+            return False
+
+        async with RawServer(trickles) as fast, RawServer(stalls) as stalled:
+            client = UpstreamClient(idle_timeout=0.25)
+            good = await client.request("POST", fast.url + "/v1/messages", {}, b"{}")
+            bad = await client.request("POST", stalled.url + "/v1/messages", {}, b"{}")
+            chunks = bad.chunks()
+            assert await chunks.__anext__() == b"abc"
+            reading = asyncio.ensure_future(good.read())
+            waiting = asyncio.ensure_future(chunks.__anext__())
+            await asyncio.sleep(0)
+            # two readers waiting, one timer (not one per connection)
+            assert len(client._watched) == 2 and client._watchdog is not None
+            with pytest.raises(TimeoutError):
+                await waiting
+            assert not reading.done()  # its own bytes keep it alive
+            body = await reading
+            assert all(not conn.closed for conn in client._watched)
+            await client.close()
+            assert client._watchdog is None
+            return body
+
+    assert run(main()) == b"x" * 6
+
+
 def test_cancellation_closes_the_upstream_connection_at_once(run):
     async def main():
         closed = asyncio.Event()

@@ -19,9 +19,10 @@ long and however slowly the upstream produces it. 0 turns one off.
 How: :class:`GuardedRunner` (an ``AppRunner``) hands its sites a protocol that wraps each
 aiohttp connection and sees its bytes and its transport's flow control, and wraps the
 server's request handler to tell the connection when a request's head is complete and when
-its handler ends. The header deadline costs no timer per request: a connection's one timer,
-when it fires, checks whether the connection is still waiting for the head it was set for
-and otherwise is re-armed only when the next request begins.
+its handler ends. The header deadline costs no timer per request nor per connection: one
+timer (:class:`HeadDeadlines`) checks the connections waiting for a head when the earliest
+of them would be late (a timer per connection held ~700 bytes from accept to the stream's
+start, as 1,000 streams opening at once all did).
 """
 
 from __future__ import annotations
@@ -62,24 +63,65 @@ Direct = tuple[str, Callable[[web.Request], Awaitable[web.StreamResponse]]]
 STALLED: web.RequestKey[float] = web.RequestKey("midway_write_stalled", float)
 
 
+# The head deadlines' timer runs this much ahead of the earliest, and a head this close to its
+# deadline is late: a timer re-armed for a deadline equal to aiohttp's keep-alive check (armed
+# later) still fires first, so that a connection that sent nothing gets its 408 (as when each
+# connection armed its own timer before aiohttp's), whatever the loop's timer resolution.
+_HEAD_SLACK = 0.005
+
+
+class HeadDeadlines:
+    """The connections waiting for a request head, and the one timer that checks them: due
+    when the earliest would be late."""
+
+    __slots__ = ("due", "timer", "waiting")
+
+    def __init__(self) -> None:
+        self.waiting: set[Guard] = set()  # (or were: dropped at the next check)
+        self.timer: asyncio.TimerHandle | None = None
+        self.due = 0.0
+
+    def watch(self, guard: Guard, due: float) -> None:
+        self.waiting.add(guard)
+        if self.timer is None or due < self.due:
+            if self.timer is not None:
+                self.timer.cancel()
+            self.due = due
+            self.timer = guard.loop.call_at(due - _HEAD_SLACK, self._check, guard.loop)
+
+    def _check(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.timer = None
+        now = loop.time()
+        earliest: float | None = None
+        for guard in list(self.waiting):
+            due = guard.head_check(now)
+            if due is None:
+                self.waiting.discard(guard)
+            elif earliest is None or due < earliest:
+                earliest = due
+        if earliest is not None:
+            self.due = earliest
+            self.timer = loop.call_at(earliest - _HEAD_SLACK, self._check, loop)
+
+
 class Guard(asyncio.Protocol):
     """One client connection: aiohttp's protocol inside, deadlines around it."""
 
-    __slots__ = ("body_timer", "guards", "head_due", "head_timer", "inner", "last_data",
-                 "limits", "loop", "request", "stall_timer", "state", "transport")
+    __slots__ = ("body_timer", "guards", "head_due", "heads", "inner", "last_data", "limits",
+                 "loop", "request", "stall_timer", "state", "transport")
 
     def __init__(self, inner: asyncio.Protocol, limits: Limits,
-                 guards: dict[asyncio.BaseTransport, Guard]) -> None:
+                 guards: dict[asyncio.BaseTransport, Guard], heads: HeadDeadlines) -> None:
         self.inner = inner
         self.limits = limits
         self.guards = guards
+        self.heads = heads
         self.transport: asyncio.Transport | None = None
         self.loop = asyncio.get_running_loop()
         self.state = "head"  # head: waiting for a request head; handler; idle (between)
         self.request: web.BaseRequest | None = None
         self.last_data = time.monotonic()
         self.head_due = 0.0  # (event loop time) when the awaited request head is late
-        self.head_timer: asyncio.TimerHandle | None = None
         self.body_timer: asyncio.TimerHandle | None = None
         self.stall_timer: asyncio.TimerHandle | None = None
 
@@ -117,10 +159,11 @@ class Guard(asyncio.Protocol):
         self.inner.resume_writing()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        for timer in (self.head_timer, self.body_timer, self.stall_timer):
+        for timer in (self.body_timer, self.stall_timer):
             if timer is not None:
                 timer.cancel()
-        self.head_timer = self.body_timer = self.stall_timer = None
+        self.body_timer = self.stall_timer = None
+        self.heads.waiting.discard(self)
         if self.transport is not None:
             self.guards.pop(self.transport, None)
         self.request = None
@@ -129,7 +172,7 @@ class Guard(asyncio.Protocol):
     # -- told by the runner's request handler --
 
     def handler_started(self, request: web.BaseRequest) -> None:
-        # The head timer stays: when it fires it sees the head came (and is not re-armed).
+        # Left with the head deadlines: their next check sees the head came (and drops it).
         self.state = "handler"
         self.request = request
         if self.limits.body_timeout > 0 and not request.content.is_eof():
@@ -145,14 +188,12 @@ class Guard(asyncio.Protocol):
             self.state = "idle"  # aiohttp's keep-alive timer runs from here
 
     def streaming(self) -> None:
-        """The handler streams an answer: the timers that only matter between requests go
-        now rather than when they fire (the head's up to ``header_timeout`` later, aiohttp's
-        keep-alive check up to ``keepalive_timeout`` later): ~1 KB a connection for as long
-        as a slow stream lasts. Not done for every request: on a kept-alive connection that
-        would set and cancel both timers per request instead of once per timeout."""
-        if self.head_timer is not None:
-            self.head_timer.cancel()
-            self.head_timer = None
+        """The handler streams an answer: what only matters between requests goes now rather
+        than at the next check (the head deadline's, up to ``header_timeout`` later; aiohttp's
+        keep-alive timer, up to ``keepalive_timeout`` later): ~500 bytes a connection for as
+        long as a slow stream lasts. Not done for every request: on a kept-alive connection
+        that would set and cancel aiohttp's timer per request instead of once per timeout."""
+        self.heads.waiting.discard(self)
         if isinstance(self.inner, RequestHandler) and self.state == "handler":
             # keep_alive(True) cancels the pending check; the flag is already True while a
             # handler runs (a connection not kept alive ends after its response), and
@@ -165,20 +206,18 @@ class Guard(asyncio.Protocol):
         timeout = self.limits.header_timeout
         if timeout > 0:
             self.head_due = self.loop.time() + timeout
-            if self.head_timer is None:
-                self.head_timer = self.loop.call_at(self.head_due, self._head_late,
-                                                    self.head_due)
+            self.heads.watch(self, self.head_due)
 
-    def _head_late(self, due: float) -> None:
-        self.head_timer = None
+    def head_check(self, now: float) -> float | None:
+        """When the head this connection waits for is late (``None``: it waits for none);
+        one late by ``now`` gets a 408 and is closed (and ``None`` returned)."""
         if self.state != "head" or self.transport is None:
-            return  # the head came; the next request's first byte arms the timer again
-        if self.head_due > due:  # set for an earlier request's head: this one has time left
-            self.head_timer = self.loop.call_at(self.head_due, self._head_late,
-                                                self.head_due)
-            return
+            return None  # the head came; the next request's first byte watches again
+        if now < self.head_due - _HEAD_SLACK:
+            return self.head_due
         self.transport.write(_TIMEOUT_408)
         self.transport.close()
+        return None
 
     def _body_check(self) -> None:
         self.body_timer = None
@@ -221,6 +260,7 @@ class GuardedRunner(web.AppRunner):
         super().__init__(app, keepalive_timeout=keepalive, **kwargs)
         self.limits = limits
         self.guards: dict[asyncio.BaseTransport, Guard] = {}
+        self.heads = HeadDeadlines()
         # Asked once the application is started: a path prefix whose every request the
         # router would hand to one handler, and that handler (called without the router).
         self.direct = direct
@@ -270,4 +310,4 @@ class GuardedRunner(web.AppRunner):
         inner = super().server
         if inner is None:
             return None
-        return lambda: Guard(inner(), self.limits, self.guards)
+        return lambda: Guard(inner(), self.limits, self.guards, self.heads)

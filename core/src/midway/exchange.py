@@ -12,6 +12,8 @@ import attrs
 import orjson
 from multidict import CIMultiDict
 
+from midway.assemble import merge_usage
+
 if TYPE_CHECKING:
     from midway.context import Midway
 
@@ -300,6 +302,17 @@ class Usage:
         for key, value in usage.items():
             if value is not None:
                 raw[key] = value
+        self._read(raw)
+
+    def merge(self, usage: dict[str, Any]) -> None:
+        """Apply a stream's usage (``message_start``'s, then each ``message_delta``'s) as
+        :class:`~midway.assemble.MessageAssembler` merges it: fields present override
+        earlier values, except a 0 over a count, nested objects field by field."""
+        self.seen = True
+        merge_usage(self.raw, usage)
+        self._read(self.raw)
+
+    def _read(self, raw: dict[str, Any]) -> None:
         self.input_tokens = _int(raw.get("input_tokens"))
         self.output_tokens = _int(raw.get("output_tokens"))
         self.cache_creation_input_tokens = _int(raw.get("cache_creation_input_tokens"))

@@ -11,7 +11,6 @@ from typing import Any
 import orjson
 
 from midway.annotations import COUNT_TOKENS
-from midway.assemble import MessageAssembler
 from midway.exchange import ErrorKind, Exchange, KeptStream
 from midway.jsonscan import TopLevelScanner
 from midway.sse import SSEEvent, SSEParser, parse_block
@@ -103,31 +102,48 @@ def run_text(run: bytes) -> int | None:
     return sum(map(len, texts))
 
 
-def apply_event(exchange: Exchange, assembler: MessageAssembler, event: SSEEvent) -> None:
-    """Feed one stream event to ``assembler`` and copy what it now knows of usage and outcome
-    into the exchange."""
+def apply_event(exchange: Exchange, event: SSEEvent, started: bool) -> bool:
+    """Copy what one stream event tells of usage and outcome into the exchange; whether the
+    message has started by now (``started``: it had before). Read as
+    :class:`~midway.assemble.MessageAssembler` reads a stream (a second ``message_start`` is
+    ignored, usage merged by its rule) without keeping the message as it does: the core
+    observes every open stream, and an assembler's copy of the message is ~600 bytes."""
     payload = event.json()
     if not isinstance(payload, dict):
-        return
-    assembler.feed(event.name, payload)
+        return started
     name = event.name
     if name == "message_start":
         message = payload.get("message")
-        message_id = message.get("id") if isinstance(message, dict) else None
-        if isinstance(message_id, str):
-            exchange.response_id = message_id
-    if name == "message_start" or name == "message_delta":
-        exchange.usage.update(assembler.usage)
-        if assembler.model is not None:
-            exchange.response_model = assembler.model
-        if assembler.stop_reason:
-            exchange.stop_reason = assembler.stop_reason
+        if isinstance(message, dict):
+            message_id = message.get("id")
+            if isinstance(message_id, str):
+                exchange.response_id = message_id
+            if not started:
+                _apply_fields(exchange, message, message.get("usage"))
+                return True
+        exchange.usage.merge({})
+    elif name == "message_delta":
+        delta = payload.get("delta")
+        _apply_fields(exchange, delta if isinstance(delta, dict) else {}, payload.get("usage"))
+        return True
     elif name == "message_stop":
         exchange.complete = True
     elif name == "error":
-        error = assembler.error
+        error = payload.get("error") or payload
         exchange.error_type = error.get("type") if isinstance(error, dict) else "error"
         exchange.fail(ErrorKind.STREAM_ERROR, f"stream error: {exchange.error_type}")
+    return started
+
+
+def _apply_fields(exchange: Exchange, fields: dict[str, Any], usage: Any) -> None:
+    """A ``message_start``'s message or a ``message_delta``'s delta, and its usage."""
+    exchange.usage.merge(usage if isinstance(usage, dict) else {})
+    model = fields.get("model")
+    if isinstance(model, str):
+        exchange.response_model = model
+    reason = fields.get("stop_reason")
+    if isinstance(reason, str) and reason:
+        exchange.stop_reason = reason
 
 
 def apply_message(exchange: Exchange, body: bytes) -> None:
@@ -163,11 +179,11 @@ def apply_payload(exchange: Exchange, payload: dict[str, Any], complete: bool = 
 class StreamObserver:
     """Watches a raw SSE byte stream for the few events that carry usage and outcome."""
 
-    __slots__ = ("_assembler", "_exchange", "_inflate", "_kept", "_parser")
+    __slots__ = ("_exchange", "_inflate", "_kept", "_parser", "_started")
 
     def __init__(self, exchange: Exchange, content_encoding: str | None = None) -> None:
         self._exchange = exchange
-        self._assembler = MessageAssembler()  # fed only the observed events: no content kept
+        self._started = False  # message_start (or a message_delta) came
         self._parser = SSEParser()
         self._inflate = _decoder(content_encoding)
         self._kept = exchange.kept_stream
@@ -207,7 +223,7 @@ class StreamObserver:
         if event.raw.startswith(SKIP_PREFIXES):
             return
         if event.name in OBSERVED_EVENTS:
-            apply_event(self._exchange, self._assembler, event)
+            self._started = apply_event(self._exchange, event, self._started)
 
 
 def final_event(pending: bytes) -> SSEEvent:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
-import functools
 import inspect
 import logging
 import time
@@ -139,6 +138,7 @@ class Proxy:
             self._loop = asyncio.get_running_loop()
         except RuntimeError:  # built outside a loop: the first request's is asked for
             self._loop = None
+        self._callers: dict[tuple[tuple[bool, bool], ...], tuple[_Caller, ...]] = {}
 
     # -- shutdown ----------------------------------------------------------------------------
 
@@ -764,14 +764,24 @@ class Proxy:
             timings.ttfb_ms = (time.monotonic() - timings.started) * 1000
         return response
 
-    def _chunk_callers(self, exchange: Exchange) -> list[_Caller]:
+    def _chunk_callers(self, exchange: Exchange) -> tuple[_Caller, ...]:
         observers, usage = exchange.stream_observers, exchange.usage_observers
-        return [(impl, _chunk_caller(impl, exchange), any(owner is o for o in usage))
-                for owner, impl in self.chunk_impls
-                if any(owner is observer for observer in observers)]
+        # Each on_chunk implementation: observed, usage only. Streams observed alike share
+        # one tuple of callers (a list, a tuple and a partial per caller held by each open
+        # stream were ~400 bytes).
+        key = tuple((any(owner is o for o in observers), any(owner is o for o in usage))
+                    for owner, _ in self.chunk_impls)
+        callers = self._callers.get(key)
+        if callers is None:
+            callers = self._callers[key] = tuple(
+                (impl, *_chunk_caller(impl), usage_only)
+                for (_, impl), (observed, usage_only) in zip(self.chunk_impls, key, strict=True)
+                if observed)
+        return callers
 
     async def _relay_events(self, response: web.StreamResponse, exchange: Exchange,
-                            source: AsyncIterator[bytes], callers: list[_Caller], held: bool,
+                            source: AsyncIterator[bytes], callers: tuple[_Caller, ...],
+                            held: bool,
                             ended: Callable[[], bool]) -> bytes | None:
         """Relay ``source`` event by event through ``callers``, but for the body's last bytes
         (those that came with its end, ``ended()`` says), returned for the caller to write
@@ -786,7 +796,7 @@ class Proxy:
         timings = exchange.timings
         plugins = self.plugins
         kept = exchange.kept_stream
-        every = not all(usage_only for _, _, usage_only in callers)
+        every = not all(usage_only for _, _, _, usage_only in callers)
         counting = len(exchange.usage_observers) > 0
         events: list[SSEEvent] = []
         items: Sequence[SSEEvent | bytes] = ()
@@ -813,11 +823,11 @@ class Proxy:
                         exchange.streamed_text += delta_text(event.json())
                         mark = exchange.streamed_text_mark
                         shown = mark is not None and exchange.streamed_text > mark
-                    for impl, call, usage_only in callers:
+                    for impl, call, with_exchange, usage_only in callers:
                         if usage_only and not shown:
                             continue
                         try:
-                            result = call(event)
+                            result = call(exchange, event) if with_exchange else call(event)
                             if result is not None:  # mostly None: keep the common path short
                                 if impl.is_async or asyncio.iscoroutine(result):
                                     result = await plugins.bounded(result)
@@ -910,18 +920,21 @@ def _plugin_error(exchange: Exchange, exc: PluginFailed) -> MidwayError:
     return MidwayError(500, f"a midway plugin ({exc.plugin}) failed in {exc.hook}")
 
 
-# an on_chunk implementation, its one-argument call, whether it observes usage only
-_Caller = tuple[Impl, Callable[[SSEEvent], Any], bool]
+# an on_chunk implementation, its call, whether the call takes (exchange, event) or (event),
+# whether it observes usage only
+_Caller = tuple[Impl, Callable[..., Any], bool, bool]
 
 
-def _chunk_caller(impl: Impl, exchange: Exchange) -> Callable[[SSEEvent], Any]:
-    """``on_chunk`` as a one-argument call (it runs for every event of every stream)."""
+def _chunk_caller(impl: Impl) -> tuple[Callable[..., Any], bool]:
+    """``on_chunk`` as a call of ``(exchange, event)``, or of ``(event)`` (the flag says which):
+    the function itself in both usual cases (it runs for every event of every stream)."""
     fn, names = impl.function, impl.argnames
     if names == ("exchange", "event"):
-        return functools.partial(fn, exchange)
+        return fn, True
     if names == ("event",):
-        return fn
-    return lambda event: fn(*[exchange if a == "exchange" else event for a in names])
+        return fn, False
+    return lambda exchange, event: fn(*[exchange if a == "exchange" else event
+                                        for a in names]), True
 
 
 def _plugin_answer(exchange: Exchange, answer: Any) -> MemoryAnswer:

@@ -273,7 +273,6 @@ class _Connection(asyncio.Protocol):
         self.header_list: list[tuple[str, str]] = []
         self.idle_timeout: float | None = None
         self.last_io = 0.0  # loop time of the last byte received or the last wait begun
-        self.watchdog: asyncio.TimerHandle | None = None
         self.interim = False
         self.until_close = False
         self.closed = False
@@ -309,9 +308,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if self.watchdog is not None:
-            self.watchdog.cancel()
-            self.watchdog = None
+        self.client._watched.discard(self)
         response = self.response
         if response is not None:
             self.response = None
@@ -398,30 +395,30 @@ class _Connection(asyncio.Protocol):
         return waiter
 
     def watch(self, timeout: float) -> None:
-        """A reader starts waiting: fail it after ``timeout`` seconds without a byte.
-
-        One timer per connection, re-armed only when it fires early, instead of a timer
-        set and cancelled for every wait (a stream waits once per read).
-        """
+        """A reader starts waiting: fail it after ``timeout`` seconds without a byte (the
+        client's one timer watches every connection: see :meth:`UpstreamClient._watch`)."""
         self.last_io = self.loop.time()
-        if self.watchdog is None and not self.closed:
-            self.watchdog = self.loop.call_at(self.last_io + timeout, self._check, timeout)
+        self.idle_timeout = timeout
+        if not self.closed:
+            self.client._watch(self, self.last_io + timeout)
 
-    def _check(self, timeout: float) -> None:
-        self.watchdog = None
+    def idle_check(self, now: float) -> float | None:
+        """When this connection's reader is late if no byte comes (``None``: no reader is
+        waiting); one late by ``now`` is failed (and ``None`` returned)."""
         response = self.response
         waiting = self.head_waiter is not None or (
             response is not None and response._waiter is not None and
             not response._waiter.done())
-        if not waiting or self.closed:
-            return
-        due = self.last_io + timeout
-        if self.loop.time() < due:
-            self.watchdog = self.loop.call_at(due, self._check, timeout)
-        elif response is not None:
+        if not waiting or self.closed or self.idle_timeout is None:
+            return None
+        due = self.last_io + self.idle_timeout
+        if now < due:
+            return due
+        if response is not None:
             response._on_idle()
         else:
             self._fail_head(TimeoutError("upstream idle timeout"))
+        return None
 
     def _fail_head(self, error: BaseException) -> None:
         waiter = self.head_waiter
@@ -450,9 +447,7 @@ class _Connection(asyncio.Protocol):
             self.transport.resume_reading()
 
     def abort(self) -> None:
-        if self.watchdog is not None:
-            self.watchdog.cancel()
-            self.watchdog = None
+        self.client._watched.discard(self)
         if not self.closed:
             self.closed = True
             if self.transport is not None:
@@ -475,6 +470,13 @@ class UpstreamClient:
         self._busy = 0
         self._slot_waiters: deque[asyncio.Future[None]] = deque()
         self._sweeper: asyncio.TimerHandle | None = None
+        # Connections whose reader waits (or waited: dropped at the next check), and the one
+        # timer that checks them, due when the earliest of them would be late. A timer per
+        # connection held ~450 bytes (handle, libuv timer, bound method, arguments) for as
+        # long as a stream lasts.
+        self._watched: set[_Connection] = set()
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._watch_due = 0.0
 
     async def request(self, method: str, url: str, headers: Mapping[str, str],
                       body: bytes = b"") -> UpstreamResponse:
@@ -607,6 +609,29 @@ class UpstreamClient:
             self._sweeper = asyncio.get_running_loop().call_later(KEEPALIVE_SECONDS,
                                                                   self._sweep)
 
+    def _watch(self, conn: _Connection, due: float) -> None:
+        self._watched.add(conn)
+        if self._watchdog is None or due < self._watch_due:
+            if self._watchdog is not None:
+                self._watchdog.cancel()
+            self._watch_due = due
+            self._watchdog = conn.loop.call_at(due, self._check_idle, conn.loop)
+
+    def _check_idle(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Fail the readers that are late; armed again for the earliest still waiting."""
+        self._watchdog = None
+        now = loop.time()
+        earliest: float | None = None
+        for conn in list(self._watched):
+            due = conn.idle_check(now)
+            if due is None:
+                self._watched.discard(conn)
+            elif earliest is None or due < earliest:
+                earliest = due
+        if earliest is not None:
+            self._watch_due = earliest
+            self._watchdog = loop.call_at(earliest, self._check_idle, loop)
+
     def _forget(self, conn: _Connection) -> None:
         self._all.discard(conn)
         idle = self._idle.get(conn.origin.key)
@@ -620,6 +645,9 @@ class UpstreamClient:
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         for conn in list(self._all):
             conn.abort()
         self._all.clear()

@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 CHARS_PER_TOKEN = 4
 # picodollars per token in a rate of one dollar per million tokens
 _PUSD_PER_MTOK = 10**6
+# the modifiers of a stream priced under no hard budget: one instance for every open stream
+_NO_MODIFIERS = Modifiers()
 
 
 def floor_tokens(chars: int) -> int:
@@ -46,7 +48,8 @@ class StreamWatch:
     chars: int = 0  # delta text since the last reported usage
     relayed_chars: int = 0  # delta text of the whole stream
     cost: int | None = None  # the running cost at the last event that carried usage
-    modifiers: Modifiers = attrs.field(factory=Modifiers)  # what prices the running usage
+    # what prices the running usage (set under a hard budget; frozen, so one default for all)
+    modifiers: Modifiers = _NO_MODIFIERS
     # a message_delta with a stop_reason came: its usage is final, nothing more is generated
     final: bool = False
     # the last reported usage as a Usage, built once per report (not at every event)
