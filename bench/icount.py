@@ -18,7 +18,8 @@ Targets: ``plain`` (``bench/plain_proxy.py``), ``midway`` (no plugins, default s
 ``midway+chunk-unobserved`` (``bench/chunk_unobserved_plugin.py``: an ``on_chunk`` no exchange
 opts into), ``alone-billing`` (midway-billing with one daily budget), ``alone-router`` (one
 upstream, one key, one rule), ``alone-dashboard`` (its defaults), ``alone-audit`` (its
-defaults; the relay only, not its writer process) — each as ``bench/variants_stack.py`` runs
+defaults; the relay only, not its writer process), ``stack`` (all four together: the relay
+only, not audit's writer) — each as ``bench/variants_stack.py`` runs
 it — and, with ``--baseline REF`` (repeatable), ``midway@REF`` (built as ``bench/run.py``
 builds it: REF's ``core/`` in a virtualenv cached by commit). midway runs on its default
 settings, as users run it: the access log on, written to the server's stderr (a file here).
@@ -272,6 +273,12 @@ def main() -> None:
         # (its writer process is not run under valgrind)
         ("alone-audit", *midway_cmd(midway, upstream, work / "alone-audit" / "data",
                                     plugins="audit")),
+        # bench/variants_stack.py's stack-*: audit, billing, router and dashboard together, as
+        # above; the relay only (audit's writer process is not run under valgrind)
+        ("stack", *midway_cmd(
+            midway, upstream, work / "stack" / "data", plugins="audit,billing,router,dashboard",
+            config_text=BILLING_CONFIG + "\n" + tomli_w.dumps(
+                {"router": _substitute(ROUTER, upstream, work)}))),
     ]
     for ref in args.baseline:
         name = f"midway@{ref}"
