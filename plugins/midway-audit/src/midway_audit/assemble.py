@@ -84,13 +84,83 @@ class EventLog:
 
 def reassemble(data: list[str], limit: int, truncated: bool) -> dict[str, Any]:
     """The message an :class:`EventLog` saw (one JSON parse for all its events)."""
-    assembler = MessageAssembler(limit)
+    # One event a line: a newline is then only ever between two events (JSON text has none
+    # of its own; the full parser joins an event's data lines with one, so not always).
+    text = "[\n" + ",\n".join(data) + "\n]"
+    if text.count("\n") == len(data) + 1 and len(text) <= limit:
+        # Nearly all of a stream is text deltas: each block's are fed as one delta holding
+        # their texts joined, or with the block's start (a parse and a feed per block, not per
+        # event). The same message, as long as the assembler finds nothing irregular (nothing
+        # is cut: the deltas' text is shorter than the limit); otherwise the events are fed
+        # one by one, as they came.
+        merged, index = text, 0
+        while f'"index":{index},' in merged:
+            merged = _join_text_deltas(merged, index)
+            index += 1
+        if merged is not text:
+            try:
+                assembler = _assembled(orjson.loads(merged), limit)
+            except orjson.JSONDecodeError:
+                pass
+            else:
+                if assembler.problem is None:
+                    return recorded(assembler, truncated)
     try:
-        payloads = orjson.loads("[" + ",".join(data) + "]") if data else []
+        payloads = orjson.loads(text)
     except orjson.JSONDecodeError:  # one event is not JSON: parse them one by one
-        payloads = [_loads(text) for text in data]
+        payloads = [_loads(one) for one in data]
+    return recorded(_assembled(payloads, limit), truncated)
+
+
+# How Anthropic writes a text block's start and its deltas, up to the string of the text
+_TEXT_START = '{"type":"content_block_start","index":%d,"content_block":{"type":"text","text":"'
+_TEXT_DELTA = '{"type":"content_block_delta","index":%d,"delta":{"type":"text_delta","text":"'
+# The rest of a JSON string, escapes whole, no \\u escape (two deltas could split a surrogate
+# pair, which only joined would parse); several of them, a newline between two.
+_STRINGS = re.compile(r'[^"\\]*(?:\\[^u\n][^"\\]*)*')
+
+
+def _join_text_deltas(text: str, index: int) -> str:
+    """``text`` (events, one a line) with each text delta of block ``index`` joined into the
+    line before it — when every such line is that block's start or one of its text deltas,
+    written as Anthropic writes them (else ``text`` as it is)."""
+    head = _TEXT_DELTA % index
+    pieces = text.split(f'"}}}},\n{head}')  # the end of a line, the start of a delta's
+    if len(pieces) == 1:
+        return text
+    start = _TEXT_START % index
+    inner = "\n".join(pieces[1:-1])
+    if inner.count("\n") == len(pieces) - 3:  # one run of deltas: the rest are their texts
+        before, after = pieces[:1], pieces[-1:]
+    else:  # other lines between them
+        before, after, inner = pieces[:-1], pieces[1:], ""
+    strings = [inner]  # of the lines joined: their text
+    for piece in before:  # each join's line before: a text block's start or text delta
+        at = piece.rfind("\n") + 1
+        if not at:  # a delta's text: its line's start went with the join before it
+            strings.append(piece)
+        elif piece.startswith(head, at):
+            strings.append(piece[at + len(head) :])
+        elif piece.startswith(start, at):
+            strings.append(piece[at + len(start) :])
+        else:
+            return text
+    for piece in after:  # the last delta of each run: nothing after its text
+        end = piece.find("\n")
+        if end >= 0:
+            last = piece[:end].removesuffix(",")
+            if not last.endswith('"}}'):
+                return text
+            strings.append(last[:-3])
+    if _STRINGS.fullmatch("\n".join(strings)) is None:
+        return text
+    return "".join(pieces)
+
+
+def _assembled(payloads: list[Any], limit: int) -> MessageAssembler:
+    assembler = MessageAssembler(limit)
     assembler.feed_all(payloads)
-    return recorded(assembler, truncated)
+    return assembler
 
 
 def _loads(text: str) -> Any:
