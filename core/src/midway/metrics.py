@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from bisect import bisect_left
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,36 @@ class _Histogram:
             running += count
             out.append(("+Inf" if bound == float("inf") else repr(bound), float(running)))
         return out
+
+
+class CountedFamily(Collector):
+    """A labelled counter of a plugin, counted in a dict on every update and made a family
+    only when scraped (as the module's note explains): the same samples as a
+    prometheus-client ``Counter``'s, ``_created`` too. Updated on the event loop's thread."""
+
+    def __init__(self, name: str, documentation: str, labels: Sequence[str],
+                 registry: CollectorRegistry) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labels = list(labels)
+        # label values -> [count, created]
+        self.counts: dict[tuple[str, ...], list[float]] = {}
+        registry.register(self)
+
+    def inc(self, labels: tuple[str, ...], amount: float = 1.0) -> None:
+        if amount < 0:  # as Counter.inc
+            raise ValueError("Counters can only be incremented by non-negative amounts.")
+        counted = self.counts.get(labels)
+        if counted is None:
+            self.counts[labels] = [amount, time.time()]
+        else:
+            counted[0] += amount
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.labels)
+        for labels, (count, created) in list(self.counts.items()):
+            family.add_metric(labels, count, created=created)
+        yield family
 
 
 class Metrics(Collector):

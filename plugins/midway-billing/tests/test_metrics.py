@@ -33,15 +33,29 @@ def test_unpriced_model_label_is_bounded(midway_factory, fake_upstream) -> None:
 
 
 def test_spend_is_added_to_its_team_and_model_series() -> None:
-    """``BillingMetrics.spent`` keeps each (team, model) series it made: every addition lands
-    in the series ``Counter.labels`` names, and another pair gets its own."""
-    from prometheus_client import CollectorRegistry
+    """``BillingMetrics.spent`` adds to its (team, model) series of
+    ``midway_billing_spend_usd``, which scrapes as the ``Counter`` it was."""
+    from prometheus_client import CollectorRegistry, Counter
 
     from midway_billing.metrics import BillingMetrics
 
-    metrics = BillingMetrics(CollectorRegistry())
-    metrics.spent("search", "claude-sonnet-4-6", 0.25)
-    metrics.spent("search", "claude-sonnet-4-6", 0.5)
-    metrics.spent("", "claude-haiku-4-5", 1.0)
-    assert metrics.spend.labels("search", "claude-sonnet-4-6")._value.get() == 0.75
-    assert metrics.spend.labels("", "claude-haiku-4-5")._value.get() == 1.0
+    registry = CollectorRegistry()
+    metrics = BillingMetrics(registry)
+    expected = CollectorRegistry()
+    counter = Counter("midway_billing_spend_usd", "Spend recorded, in USD.", ["team", "model"],
+                      registry=expected)
+    for team, model, usd in (("search", "claude-sonnet-4-6", 0.25),
+                             ("search", "claude-sonnet-4-6", 0.5), ("", "claude-haiku-4-5", 1.0)):
+        metrics.spent(team, model, usd)
+        counter.labels(team, model).inc(usd)
+
+    def samples(registry: CollectorRegistry) -> list[tuple[str, dict[str, str], float]]:
+        return [(s.name, s.labels, s.value) for metric in registry.collect()
+                if metric.name == "midway_billing_spend_usd"
+                for s in metric.samples if not s.name.endswith("_created")]
+
+    assert samples(registry) == samples(expected)
+    assert registry.get_sample_value("midway_billing_spend_usd_total",
+                                     {"team": "search", "model": "claude-sonnet-4-6"}) == 0.75
+    assert registry.get_sample_value("midway_billing_spend_usd_total",
+                                     {"team": "", "model": "claude-haiku-4-5"}) == 1.0

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import re
 import threading
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
+
+from midway.metrics import CountedFamily
 
 # The unpriced counter is labelled with the model the client named, which a client may make
 # up at will: beyond the catalogue's own ids, only this many distinct names get a series of
@@ -18,8 +19,9 @@ _MODEL_ID = re.compile(r"[a-z0-9][a-z0-9._:@/-]{0,79}")
 
 class BillingMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.spend = Counter("midway_billing_spend_usd", "Spend recorded, in USD.",
-                             ["team", "model"], registry=registry)
+        # added to on every priced request: without prometheus-client's per-update lock
+        self.spend = CountedFamily("midway_billing_spend_usd", "Spend recorded, in USD.",
+                                   ["team", "model"], registry)
         self.saved = Counter("midway_billing_saved_usd",
                              "Cost avoided by answers from midway's cache, in USD.",
                              ["team", "model"], registry=registry)
@@ -34,16 +36,10 @@ class BillingMetrics:
                                 ["model"], registry=registry)
         self._unpriced_names: set[str] = set()
         self._lock = threading.Lock()
-        # The spend counter's series by (team, model): Counter.labels() validates, locks and
-        # looks up at each call, three times what adding costs. As many as its series.
-        self._spent: dict[tuple[str, str], Any] = {}
 
     def spent(self, team: str, model: str, usd: float) -> None:
         """Add ``usd`` to ``midway_billing_spend_usd{team, model}``."""
-        series = self._spent.get((team, model))
-        if series is None:
-            series = self._spent[(team, model)] = self.spend.labels(team, model)
-        series.inc(usd)
+        self.spend.inc((team, model), usd)
 
     def unpriced_label(self, model: str | None, listed: str | None) -> str:
         """The ``model`` label of ``midway_billing_unpriced``: the catalogue id ``model``

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from midway.metrics import CountedFamily
 
 
 class _KeyGauges(Collector):
@@ -32,30 +33,14 @@ class _KeyGauges(Collector):
         yield usable
 
 
-class _Routed(Collector):
-    """``midway_router_routed``, counted in a dict on every request and made a family only
-    when scraped: a prometheus-client child takes a lock per ``inc`` (as the core's
-    :mod:`midway.metrics` explains). The same samples as a ``Counter``'s, ``_created`` too."""
-
-    def __init__(self) -> None:
-        # (rule, upstream) -> [count, created]; both from the config: a bounded set
-        self.counts: dict[tuple[str, str], list[float]] = {}
-
-    def collect(self) -> Iterator[CounterMetricFamily]:
-        family = CounterMetricFamily("midway_router_routed",
-                                     "Upstream choices, by rule and upstream.",
-                                     labels=["rule", "upstream"])
-        for labels, (count, created) in list(self.counts.items()):
-            family.add_metric(labels, count, created=created)
-        yield family
-
-
 class RouterMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         r = registry
         self.registry = registry
-        self.routed = _Routed()
-        r.register(self.routed)
+        # counted on every request: without prometheus-client's per-update lock
+        self.routed = CountedFamily("midway_router_routed",
+                                    "Upstream choices, by rule and upstream.",
+                                    ["rule", "upstream"], r)
         self.retries = Counter("midway_router_retries", "Attempts retried, by reason.",
                                ["reason"], registry=r)
         self.rests = Counter("midway_router_key_rests", "Keys sent to rest after 429/529.",
@@ -70,11 +55,7 @@ class RouterMetrics:
                                ["status"], registry=r)
 
     def count_routed(self, rule: str, upstream: str) -> None:
-        counted = self.routed.counts.get((rule, upstream))
-        if counted is None:
-            self.routed.counts[(rule, upstream)] = [1, time.time()]
-        else:
-            counted[0] += 1
+        self.routed.inc((rule, upstream))
 
     def watch_keys(self, rows: Callable[[], list[dict[str, Any]]]) -> None:
         self.registry.register(_KeyGauges(rows))
