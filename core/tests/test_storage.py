@@ -585,6 +585,40 @@ def test_a_unit_that_need_not_be_durable(store: StoreURL, schema_name: str) -> N
     asyncio.run(main())
 
 
+@pytest.mark.parametrize("synchronous", ["full", "normal"])
+def test_the_sqlite_level_is_switched_only_when_a_unit_needs_the_other(
+        tmp_path: Path, synchronous: str) -> None:
+    """With ``synchronous="full"`` a unit that need not be durable commits at NORMAL and a
+    durable one at FULL, but a run of either issues no PRAGMA until the other comes; with
+    ``"normal"`` every unit commits at NORMAL, no PRAGMA at all."""
+    async def main() -> None:
+        db = open_database(parse_store("sqlite", data_dir=tmp_path, default_file="t.db",
+                                       label="[t] store"), synchronous=synchronous)
+        await db.open(SCHEMA)
+        statements: list[str] = []
+        assert isinstance(db, SQLiteDatabase) and db._conn is not None
+        db._conn.set_trace_callback(statements.append)
+        try:
+            async def level(tx: Tx) -> int:
+                await tx.execute("INSERT INTO counters (key, n) VALUES (?, 1) "
+                                 "ON CONFLICT (key) DO UPDATE SET n = counters.n + 1", "k")
+                return int(await tx.fetchval("PRAGMA synchronous"))
+
+            durable = [False, False, False, True, True, False, True]
+            levels = [await db.run(level, durable=d) for d in durable]
+            pragmas = [s for s in statements if s.startswith("PRAGMA synchronous=")]
+        finally:
+            await db.close()
+        if synchronous == "full":
+            assert levels == [2 if d else 1 for d in durable]
+            assert pragmas == ["PRAGMA synchronous=NORMAL", "PRAGMA synchronous=FULL",
+                               "PRAGMA synchronous=NORMAL", "PRAGMA synchronous=FULL"]
+        else:
+            assert levels == [1] * len(durable) and pragmas == []
+
+    asyncio.run(main())
+
+
 def test_migration_adds_columns_and_indexes(store: StoreURL, schema_name: str) -> None:
     async def test(db: Database) -> None:
         await db.execute("INSERT INTO counters (key, n) VALUES (?, ?)", "old", 7)

@@ -253,6 +253,7 @@ class SQLiteDatabase(Database):
                                timeout=30, factory=_Connection)
         enable_wal(conn)
         conn.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
+        conn.level = self.synchronous.upper()
         conn.execute("PRAGMA busy_timeout=30000")
         # 256 KiB of page cache (SQLite's default is 2 MiB per connection): the stores write
         # far more than they read back, and the OS caches the file all the same (measured:
@@ -268,6 +269,7 @@ class SQLiteDatabase(Database):
             fast = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
                                    timeout=0, factory=_Connection)
             fast.execute("PRAGMA synchronous=NORMAL")
+            fast.level = "NORMAL"
             fast.execute("PRAGMA wal_autocheckpoint=0")
             fast.execute("PRAGMA cache_size=-256")  # as the store thread's (above)
             self._fast = fast
@@ -493,124 +495,120 @@ class SQLiteDatabase(Database):
         """Run ``batch`` in as few transactions as it allows: each caller's outcome, and
         (``yield_busy``: the write lock was not free at once) the units not run."""
         done: list[tuple[_Queued, Any, BaseException | None]] = []
-        durable = any(item[1] for item in batch)
-        relaxed = not durable and self.synchronous == "full"
-        if relaxed:
-            conn.statements.execute("PRAGMA synchronous=NORMAL")
-        try:
-            if all(item[4] for item in batch):
-                # Brief units may run again: tried first with no savepoint (SQLite copies
-                # every page a savepoint's unit changes to a statement journal); one failing
-                # undoes the group, which then runs again unit by unit, below (a unit alone
-                # has its outcome: it would only fail again).
-                try:
-                    conn.statements.execute("BEGIN IMMEDIATE")
-                except sqlite3.OperationalError as exc:
-                    if yield_busy and _busy(exc):
-                        return done, list(batch)
-                    return [(item, None, exc) for item in batch], []
-                except BaseException as exc:  # handed to its caller
-                    return [(item, None, exc) for item in batch], []
-                tx = _SQLiteTx(conn)
-                try:
-                    results: list[tuple[_Queued, Any, BaseException | None]] = [
-                        (item, _drive(item[0](tx)), None) for item in batch]
-                except BaseException as exc:
-                    if conn.in_transaction:
-                        conn.statements.execute("ROLLBACK")
-                    if len(batch) == 1:
-                        return [(batch[0], None, exc)], []
-                else:
-                    try:
-                        conn.statements.execute("COMMIT")
-                    except BaseException as exc:  # handed to its caller
-                        if conn.in_transaction:
-                            conn.statements.execute("ROLLBACK")
-                        return [(item, None, exc) for item in batch], []
-                    return results, []
-            pending = collections.deque(batch)
-            while pending:
-                try:
-                    conn.statements.execute("BEGIN IMMEDIATE")
-                except sqlite3.OperationalError as exc:
-                    if yield_busy and _busy(exc):
-                        return done, list(pending)
-                    done += [(item, None, exc) for item in pending]
-                    return done, []
-                except BaseException as exc:  # handed to its caller
-                    done += [(item, None, exc) for item in pending]
-                    return done, []
-                in_tx: list[tuple[_Queued, Any, BaseException | None]] = []
-                while pending:
-                    item = pending.popleft()
-                    # The transaction's first unit needs no savepoint (nor SQLite's copy of
-                    # every page it changes): if it fails, the whole transaction is undone,
-                    # and the others get one of their own.
-                    first = not in_tx
-                    if not first:
-                        conn.statements.execute("SAVEPOINT midway_unit")
-                    try:
-                        result = _drive(item[0](_SQLiteTx(conn)))
-                    except BaseException as exc:  # handed to its caller
-                        if first:
-                            # SQLite may have rolled back already (a full disk, an I/O
-                            # error): a second ROLLBACK would hide the cause.
-                            if conn.in_transaction:
-                                conn.statements.execute("ROLLBACK")
-                            done.append((item, None, exc))
-                            break
-                        if conn.in_transaction:
-                            conn.statements.execute("ROLLBACK TO midway_unit")
-                            conn.statements.execute("RELEASE midway_unit")
-                            in_tx.append((item, None, exc))
-                            continue
-                        # SQLite rolled the whole transaction back (a full disk, an I/O
-                        # error): the units before this one are undone too.
-                        done += [(i, None, exc) for i, _, _ in in_tx]
-                        done.append((item, None, exc))
-                        in_tx = []
-                        break
-                    if not first:
-                        conn.statements.execute("RELEASE midway_unit")
-                    in_tx.append((item, result, None))
-                if not in_tx:
-                    continue
+        self._set_level(conn, any(item[1] for item in batch))
+        if all(item[4] for item in batch):
+            # Brief units may run again: tried first with no savepoint (SQLite copies
+            # every page a savepoint's unit changes to a statement journal); one failing
+            # undoes the group, which then runs again unit by unit, below (a unit alone
+            # has its outcome: it would only fail again).
+            try:
+                conn.statements.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                if yield_busy and _busy(exc):
+                    return done, list(batch)
+                return [(item, None, exc) for item in batch], []
+            except BaseException as exc:  # handed to its caller
+                return [(item, None, exc) for item in batch], []
+            tx = _SQLiteTx(conn)
+            try:
+                results: list[tuple[_Queued, Any, BaseException | None]] = [
+                    (item, _drive(item[0](tx)), None) for item in batch]
+            except BaseException as exc:
+                if conn.in_transaction:
+                    conn.statements.execute("ROLLBACK")
+                if len(batch) == 1:
+                    return [(batch[0], None, exc)], []
+            else:
                 try:
                     conn.statements.execute("COMMIT")
                 except BaseException as exc:  # handed to its caller
                     if conn.in_transaction:
                         conn.statements.execute("ROLLBACK")
+                    return [(item, None, exc) for item in batch], []
+                return results, []
+        pending = collections.deque(batch)
+        while pending:
+            try:
+                conn.statements.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                if yield_busy and _busy(exc):
+                    return done, list(pending)
+                done += [(item, None, exc) for item in pending]
+                return done, []
+            except BaseException as exc:  # handed to its caller
+                done += [(item, None, exc) for item in pending]
+                return done, []
+            in_tx: list[tuple[_Queued, Any, BaseException | None]] = []
+            while pending:
+                item = pending.popleft()
+                # The transaction's first unit needs no savepoint (nor SQLite's copy of
+                # every page it changes): if it fails, the whole transaction is undone,
+                # and the others get one of their own.
+                first = not in_tx
+                if not first:
+                    conn.statements.execute("SAVEPOINT midway_unit")
+                try:
+                    result = _drive(item[0](_SQLiteTx(conn)))
+                except BaseException as exc:  # handed to its caller
+                    if first:
+                        # SQLite may have rolled back already (a full disk, an I/O
+                        # error): a second ROLLBACK would hide the cause.
+                        if conn.in_transaction:
+                            conn.statements.execute("ROLLBACK")
+                        done.append((item, None, exc))
+                        break
+                    if conn.in_transaction:
+                        conn.statements.execute("ROLLBACK TO midway_unit")
+                        conn.statements.execute("RELEASE midway_unit")
+                        in_tx.append((item, None, exc))
+                        continue
+                    # SQLite rolled the whole transaction back (a full disk, an I/O
+                    # error): the units before this one are undone too.
                     done += [(i, None, exc) for i, _, _ in in_tx]
-                else:
-                    done += in_tx
-        finally:
-            if relaxed:
-                conn.statements.execute("PRAGMA synchronous=FULL")
+                    done.append((item, None, exc))
+                    in_tx = []
+                    break
+                if not first:
+                    conn.statements.execute("RELEASE midway_unit")
+                in_tx.append((item, result, None))
+            if not in_tx:
+                continue
+            try:
+                conn.statements.execute("COMMIT")
+            except BaseException as exc:  # handed to its caller
+                if conn.in_transaction:
+                    conn.statements.execute("ROLLBACK")
+                done += [(i, None, exc) for i, _, _ in in_tx]
+            else:
+                done += in_tx
         return done, []
 
     def _in_tx(self, unit: Callable[[Tx], Awaitable[T]], durable: bool = True) -> T:
         conn = self._conn
         assert conn is not None, "database is not open"
-        # The level cannot change inside a transaction. In WAL mode a NORMAL commit
-        # survives the process; the next FULL commit syncs it along.
-        relaxed = not durable and self.synchronous == "full"
-        if relaxed:
-            conn.statements.execute("PRAGMA synchronous=NORMAL")
+        self._set_level(conn, durable)
+        conn.statements.execute("BEGIN IMMEDIATE")
         try:
-            conn.statements.execute("BEGIN IMMEDIATE")
-            try:
-                result = _drive(unit(_SQLiteTx(conn)))
-            except BaseException:
-                # SQLite may have rolled back already (a full disk, an I/O error): a
-                # second ROLLBACK would hide the cause behind "cannot rollback".
-                if conn.in_transaction:
-                    conn.statements.execute("ROLLBACK")
-                raise
-            conn.statements.execute("COMMIT")
-            return result
-        finally:
-            if relaxed:
-                conn.statements.execute("PRAGMA synchronous=FULL")
+            result = _drive(unit(_SQLiteTx(conn)))
+        except BaseException:
+            # SQLite may have rolled back already (a full disk, an I/O error): a
+            # second ROLLBACK would hide the cause behind "cannot rollback".
+            if conn.in_transaction:
+                conn.statements.execute("ROLLBACK")
+            raise
+        conn.statements.execute("COMMIT")
+        return result
+
+    def _set_level(self, conn: _Connection, durable: bool) -> None:
+        """Before a transaction (the level cannot change inside one): ``conn`` at the store's
+        synchronous level, or NORMAL for units that need not be durable. In WAL mode a NORMAL
+        commit survives the process; the next FULL commit syncs it along. The level is left
+        as it is after: switched only when the next transaction needs the other one (a
+        PRAGMA each way per transaction otherwise)."""
+        level = "NORMAL" if not durable else self.synchronous.upper()
+        if conn.level != level:
+            conn.statements.execute(f"PRAGMA synchronous={level}")
+            conn.level = level
 
 
 # A deferred unit waits at most this long (seconds) for another unit to carry it along.
@@ -698,6 +696,7 @@ class _Connection(sqlite3.Connection):
         super().__init__(*args, **kwargs)
         self.row_factory = sqlite3.Row  # a cursor takes its connection's when it is made
         self.statements = self.cursor()
+        self.level = ""  # PRAGMA synchronous as last set (see SQLiteDatabase._set_level)
 
 
 class _SQLiteTx:
