@@ -392,14 +392,14 @@ def test_one_timer_watches_every_waiting_reader_each_by_its_own_last_byte(run):
             waiting = asyncio.ensure_future(chunks.__anext__())
             await asyncio.sleep(0)
             # two readers waiting, one timer (not one per connection)
-            assert len(client._watched) == 2 and client._watchdog is not None
+            assert len(client._idle_watch.waiting) == 2 and client._idle_watch.timer is not None
             with pytest.raises(TimeoutError):
                 await waiting
             assert not reading.done()  # its own bytes keep it alive
             body = await reading
-            assert all(not conn.closed for conn in client._watched)
+            assert all(not conn.closed for conn in client._idle_watch.waiting)
             await client.close()
-            assert client._watchdog is None
+            assert client._idle_watch.timer is None
             return body
 
     assert run(main()) == b"x" * 6

@@ -20,9 +20,9 @@ How: :class:`GuardedRunner` (an ``AppRunner``) hands its sites a protocol that w
 aiohttp connection and sees its bytes and its transport's flow control, and wraps the
 server's request handler to tell the connection when a request's head is complete and when
 its handler ends. The header deadline costs no timer per request nor per connection: one
-timer (:class:`HeadDeadlines`) checks the connections waiting for a head when the earliest
-of them would be late (a timer per connection held ~700 bytes from accept to the stream's
-start, as 1,000 streams opening at once all did).
+timer (:class:`midway.sharedtimer.SharedTimer`) checks the connections waiting for a head
+when the earliest of them would be late (a timer per connection held ~700 bytes from accept
+to the stream's start, as 1,000 streams opening at once all did).
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ from typing import Any, cast
 import attrs
 from aiohttp import hdrs, web
 from aiohttp.web_protocol import RequestHandler
+
+from midway.sharedtimer import SharedTimer
 
 _TIMEOUT_408 = (b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n"
                 b"Content-Length: 0\r\n\r\n")
@@ -70,40 +72,6 @@ STALLED: web.RequestKey[float] = web.RequestKey("midway_write_stalled", float)
 _HEAD_SLACK = 0.005
 
 
-class HeadDeadlines:
-    """The connections waiting for a request head, and the one timer that checks them: due
-    when the earliest would be late."""
-
-    __slots__ = ("due", "timer", "waiting")
-
-    def __init__(self) -> None:
-        self.waiting: set[Guard] = set()  # (or were: dropped at the next check)
-        self.timer: asyncio.TimerHandle | None = None
-        self.due = 0.0
-
-    def watch(self, guard: Guard, due: float) -> None:
-        self.waiting.add(guard)
-        if self.timer is None or due < self.due:
-            if self.timer is not None:
-                self.timer.cancel()
-            self.due = due
-            self.timer = guard.loop.call_at(due - _HEAD_SLACK, self._check, guard.loop)
-
-    def _check(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.timer = None
-        now = loop.time()
-        earliest: float | None = None
-        for guard in list(self.waiting):
-            due = guard.head_check(now)
-            if due is None:
-                self.waiting.discard(guard)
-            elif earliest is None or due < earliest:
-                earliest = due
-        if earliest is not None:
-            self.due = earliest
-            self.timer = loop.call_at(earliest - _HEAD_SLACK, self._check, loop)
-
-
 class Guard(asyncio.Protocol):
     """One client connection: aiohttp's protocol inside, deadlines around it."""
 
@@ -111,7 +79,7 @@ class Guard(asyncio.Protocol):
                  "loop", "request", "stall_timer", "state", "transport")
 
     def __init__(self, inner: asyncio.Protocol, limits: Limits,
-                 guards: dict[asyncio.BaseTransport, Guard], heads: HeadDeadlines) -> None:
+                 guards: dict[asyncio.BaseTransport, Guard], heads: SharedTimer[Guard]) -> None:
         self.inner = inner
         self.limits = limits
         self.guards = guards
@@ -163,7 +131,7 @@ class Guard(asyncio.Protocol):
             if timer is not None:
                 timer.cancel()
         self.body_timer = self.stall_timer = None
-        self.heads.waiting.discard(self)
+        self.heads.discard(self)
         if self.transport is not None:
             self.guards.pop(self.transport, None)
         self.request = None
@@ -193,7 +161,7 @@ class Guard(asyncio.Protocol):
         keep-alive timer, up to ``keepalive_timeout`` later): ~500 bytes a connection for as
         long as a slow stream lasts. Not done for every request: on a kept-alive connection
         that would set and cancel aiohttp's timer per request instead of once per timeout."""
-        self.heads.waiting.discard(self)
+        self.heads.discard(self)
         if isinstance(self.inner, RequestHandler) and self.state == "handler":
             # keep_alive(True) cancels the pending check; the flag is already True while a
             # handler runs (a connection not kept alive ends after its response), and
@@ -206,7 +174,7 @@ class Guard(asyncio.Protocol):
         timeout = self.limits.header_timeout
         if timeout > 0:
             self.head_due = self.loop.time() + timeout
-            self.heads.watch(self, self.head_due)
+            self.heads.watch(self, self.head_due, self.loop)
 
     def head_check(self, now: float) -> float | None:
         """When the head this connection waits for is late (``None``: it waits for none);
@@ -260,7 +228,7 @@ class GuardedRunner(web.AppRunner):
         super().__init__(app, keepalive_timeout=keepalive, **kwargs)
         self.limits = limits
         self.guards: dict[asyncio.BaseTransport, Guard] = {}
-        self.heads = HeadDeadlines()
+        self.heads: SharedTimer[Guard] = SharedTimer(Guard.head_check, _HEAD_SLACK)
         # Asked once the application is started: a path prefix whose every request the
         # router would hand to one handler, and that handler (called without the router).
         self.direct = direct

@@ -30,6 +30,7 @@ from midway import hookspecs
 from midway.config import ConfigError
 from midway.errors import MidwayError
 from midway.secrets_ref import SecretError
+from midway.sharedtimer import SharedTimer
 from midway.storage.retry import describe, is_transient
 
 log = logging.getLogger("midway.plugins")
@@ -109,8 +110,7 @@ class PluginHost:
         # failure, so a hung plugin cannot hold a request (or shutdown) forever.
         self.hook_timeout: float | None = None
         # The implementations waiting under it, and the one timer that cuts them (bounded)
-        self._waits: set[_Wait] = set()
-        self._watch: asyncio.TimerHandle | None = None
+        self._waits: SharedTimer[_Wait] = SharedTimer(_Wait.check)
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop they wait in
 
     # -- loading -----------------------------------------------------------------------------
@@ -274,9 +274,10 @@ class PluginHost:
         a coroutine is run up to its first wait before any deadline is set, so those cost
         none; one that waits runs on under a deadline counted from its call, in this task,
         cut as ``asyncio.timeout`` cuts (a ``TimeoutError`` where the task was cancelled for
-        it). The waits share one timer (:meth:`_expire`), armed at the earliest deadline and
-        left armed when that wait ends early: a timer set and cancelled per wait cost ~10 k
-        instructions and three ``getpid()`` calls, twice a request with billing on.
+        it). The waits share one timer (:class:`midway.sharedtimer.SharedTimer`), armed at
+        the earliest deadline and left armed when that wait ends early: a timer set and
+        cancelled per wait cost ~10 k instructions and three ``getpid()`` calls, twice a
+        request with billing on.
         """
         timeout = self.hook_timeout
         if timeout is None:
@@ -290,19 +291,14 @@ class PluginHost:
             loop = self._loop = asyncio.get_running_loop()
             task = asyncio.current_task(loop)
             assert task is not None
-            self._waits, self._watch = set(), None  # the other loop's are gone with it
+            self._waits = SharedTimer(_Wait.check)  # the other loop's are gone with it
         deadline = loop.time() + timeout
         try:
             first = awaitable.send(None)
         except StopIteration as done:
             return done.value
         wait = _Wait(task, deadline)
-        self._waits.add(wait)
-        watch = self._watch
-        if watch is None or deadline < watch.when():
-            if watch is not None:
-                watch.cancel()
-            self._watch = loop.call_at(deadline, self._expire, loop)
+        self._waits.watch(wait, deadline, loop)
         try:
             result = await _Resumed(awaitable, first)
         except asyncio.CancelledError as exc:
@@ -314,24 +310,6 @@ class PluginHost:
         if wait.expired:  # cut, but it returned all the same: the cancellation is taken back
             task.uncancel()
         return result
-
-    def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
-        """The waits' timer: cancel the task of every wait past its deadline (once), then
-        re-arm for the earliest deadline still to come."""
-        if loop is not self._loop:  # armed in a loop the waits have since left (tests)
-            return
-        self._watch = None
-        now = loop.time()
-        due: float | None = None
-        for wait in self._waits:
-            if wait.deadline <= now:
-                if not wait.expired:
-                    wait.expired = True
-                    wait.task.cancel()
-            elif due is None or wait.deadline < due:
-                due = wait.deadline
-        if due is not None:
-            self._watch = loop.call_at(due, self._expire, loop)
 
     def call_sync(self, hook: str, **kwargs: Any) -> None:
         """Call a hook whose implementations are plain functions (CLI registration)."""
@@ -374,6 +352,16 @@ class _Wait:
         self.deadline = deadline
         self.cancelling = task.cancelling()
         self.expired = False
+
+    def check(self, now: float) -> float | None:
+        """The shared timer's check: past its deadline, the task is cancelled (once) and the
+        wait forgotten by the timer; else its deadline."""
+        if now < self.deadline:
+            return self.deadline
+        if not self.expired:
+            self.expired = True
+            self.task.cancel()
+        return None
 
 
 class _Resumed:

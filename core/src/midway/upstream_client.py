@@ -28,6 +28,8 @@ import aiohttp
 import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from midway.sharedtimer import SharedTimer
+
 # Buffered body bytes above which reading pauses until the consumer catches up.
 HIGH_WATER = 256 * 1024
 LOW_WATER = 64 * 1024
@@ -308,7 +310,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self.client._watched.discard(self)
+        self.client._idle_watch.discard(self)
         response = self.response
         if response is not None:
             self.response = None
@@ -396,11 +398,11 @@ class _Connection(asyncio.Protocol):
 
     def watch(self, timeout: float) -> None:
         """A reader starts waiting: fail it after ``timeout`` seconds without a byte (the
-        client's one timer watches every connection: see :meth:`UpstreamClient._watch`)."""
+        client's one timer watches every connection)."""
         self.last_io = self.loop.time()
         self.idle_timeout = timeout
         if not self.closed:
-            self.client._watch(self, self.last_io + timeout)
+            self.client._idle_watch.watch(self, self.last_io + timeout, self.loop)
 
     def idle_check(self, now: float) -> float | None:
         """When this connection's reader is late if no byte comes (``None``: no reader is
@@ -447,7 +449,7 @@ class _Connection(asyncio.Protocol):
             self.transport.resume_reading()
 
     def abort(self) -> None:
-        self.client._watched.discard(self)
+        self.client._idle_watch.discard(self)
         if not self.closed:
             self.closed = True
             if self.transport is not None:
@@ -470,13 +472,9 @@ class UpstreamClient:
         self._busy = 0
         self._slot_waiters: deque[asyncio.Future[None]] = deque()
         self._sweeper: asyncio.TimerHandle | None = None
-        # Connections whose reader waits (or waited: dropped at the next check), and the one
-        # timer that checks them, due when the earliest of them would be late. A timer per
-        # connection held ~450 bytes (handle, libuv timer, bound method, arguments) for as
-        # long as a stream lasts.
-        self._watched: set[_Connection] = set()
-        self._watchdog: asyncio.TimerHandle | None = None
-        self._watch_due = 0.0
+        # Connections whose reader waits, checked by one timer (a timer per connection held
+        # ~450 bytes for as long as a stream lasts).
+        self._idle_watch: SharedTimer[_Connection] = SharedTimer(_Connection.idle_check)
 
     async def request(self, method: str, url: str, headers: Mapping[str, str],
                       body: bytes = b"") -> UpstreamResponse:
@@ -609,29 +607,6 @@ class UpstreamClient:
             self._sweeper = asyncio.get_running_loop().call_later(KEEPALIVE_SECONDS,
                                                                   self._sweep)
 
-    def _watch(self, conn: _Connection, due: float) -> None:
-        self._watched.add(conn)
-        if self._watchdog is None or due < self._watch_due:
-            if self._watchdog is not None:
-                self._watchdog.cancel()
-            self._watch_due = due
-            self._watchdog = conn.loop.call_at(due, self._check_idle, conn.loop)
-
-    def _check_idle(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Fail the readers that are late; armed again for the earliest still waiting."""
-        self._watchdog = None
-        now = loop.time()
-        earliest: float | None = None
-        for conn in list(self._watched):
-            due = conn.idle_check(now)
-            if due is None:
-                self._watched.discard(conn)
-            elif earliest is None or due < earliest:
-                earliest = due
-        if earliest is not None:
-            self._watch_due = earliest
-            self._watchdog = loop.call_at(earliest, self._check_idle, loop)
-
     def _forget(self, conn: _Connection) -> None:
         self._all.discard(conn)
         idle = self._idle.get(conn.origin.key)
@@ -645,9 +620,7 @@ class UpstreamClient:
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-            self._watchdog = None
+        self._idle_watch.cancel()
         for conn in list(self._all):
             conn.abort()
         self._all.clear()
