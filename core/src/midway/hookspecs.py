@@ -318,7 +318,10 @@ def on_chunk(exchange: Exchange, event: SSEEvent) -> SSEEvent | None:
         ``SSEEvent.dropped()`` writes nothing. Every implementation runs, in order.
 
     An implementation may be ``async``, or return an awaitable only when it has something to
-    wait for (the relay awaits it, within ``hook_timeout``, before the event goes on).
+    wait for (the relay awaits it, within ``hook_timeout``, before the event goes on). The
+    response head goes out with the first bytes relayed after the first upstream read's
+    events have passed the implementations (at once, alone, when that read completes no
+    event), so an awaitable there delays the head as much as that first event.
 
     Raising :class:`midway.MidwayError` (also from that awaitable) ends the stream on purpose:
     the events before this one stay relayed, this one is not, and the client's stream ends
