@@ -187,3 +187,38 @@ def test_a_mistake_found_by_another_worker_than_the_first_is_said(tmp_path):
     assert result.returncode != 0
     errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
     assert errors == ["Error: [second] only worker 1 minds"], result.stderr
+
+
+def test_a_workers_mistake_is_one_write_to_stderr(tmp_path):
+    # Workers share stderr: the line must go out in one write, or another worker's log line
+    # can land between its text and its newline (CI saw it with print's two writes).
+    from midway.config import ConfigError
+    from midway.supervisor import _child
+
+    said_r, said_w = os.pipe()
+    os.write(said_w, b"!")
+    os.close(said_w)
+    out = tmp_path / "writes"
+    pid = os.fork()
+    if pid == 0:  # the child records each write to stderr, one per line of the file
+        writes = open(out, "w")  # noqa: SIM115 (the child ends in os._exit)
+
+        class Recorder:
+            def write(self, text: str) -> int:
+                writes.write(repr(text) + "\n")
+                writes.flush()
+                return len(text)
+
+            def flush(self) -> None:
+                pass
+
+        sys.stderr = Recorder()  # type: ignore[assignment]
+
+        def work(index: int, supervisor: int) -> None:
+            raise ConfigError("[second] a mistake")
+
+        _child(1, work, -1, said_r, ())
+    _, status = os.waitpid(pid, 0)
+    os.close(said_r)
+    assert os.waitstatus_to_exitcode(status) != 0
+    assert out.read_text().splitlines() == [repr("Error: [second] a mistake\n")]

@@ -156,7 +156,10 @@ def _child(index: int, work: Callable[[int, int], None], supervisor: int, said: 
         work(index, supervisor)
     except ConfigError as exc:  # every worker would fail alike: said once, never restarted
         if os.read(said, 1):  # the first to fail says it; the rest read end of file
-            print(f"Error: {exc}", file=sys.stderr, flush=True)
+            # One write (print makes two: the text, then its newline), so that another
+            # worker's log line cannot land between them on the shared stderr.
+            sys.stderr.write(f"Error: {exc}\n")
+            sys.stderr.flush()
         code = EX_CONFIG
     except BaseException:
         log.exception("worker %d failed", index)
