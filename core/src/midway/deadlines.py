@@ -36,6 +36,7 @@ import attrs
 from aiohttp import hdrs, web
 from aiohttp.web_protocol import RequestHandler
 
+from midway import inline_handler
 from midway.sharedtimer import SharedTimer
 
 _TIMEOUT_408 = (b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n"
@@ -244,6 +245,8 @@ class GuardedRunner(web.AppRunner):
 
     async def setup(self) -> None:
         await super().setup()
+        # Each request's handler runs in its connection's task, not in a task of its own.
+        inline_handler.install(asyncio.get_running_loop())
         server = super().server
         assert server is not None
         # Wrapped here rather than in a middleware: aiohttp runs middlewares through several
@@ -271,6 +274,10 @@ class GuardedRunner(web.AppRunner):
                 guard.handler_done()
 
         server.request_handler = guarded
+
+    async def cleanup(self) -> None:
+        await super().cleanup()
+        inline_handler.uninstall(asyncio.get_running_loop())
 
     @property
     def server(self) -> Any:
