@@ -210,6 +210,18 @@ def test_gzip_request_body_is_decoded_for_upstream(fake_upstream, midway_proxy):
     assert "content-encoding" not in fake_upstream.messages_requests[-1].headers
 
 
+def test_an_upstream_url_the_lean_client_does_not_take_goes_through_aiohttps(
+        fake_upstream, midway_factory):
+    # Credentials in the URL: the lean client refuses it at the call, aiohttp's sends it
+    # (with the credentials as basic authentication).
+    url = fake_upstream.url.replace("http://", "http://user:pw@")
+    proxy = midway_factory(upstream=url)
+    status, _, body = post(proxy.url, orjson.dumps(MSG))
+    assert status == 200, body
+    assert orjson.loads(body)["type"] == "message"
+    assert fake_upstream.messages_requests[-1].headers["authorization"] == "Basic dXNlcjpwdw=="
+
+
 def test_unreachable_upstream_is_502_api_error(midway_factory):
     port = free_port()
     seen, plugin = capture()

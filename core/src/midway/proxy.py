@@ -186,7 +186,11 @@ class Proxy:
         self.active[task] = exchange
         response: web.StreamResponse | None = None
         try:
+            # The upstream's answer awaited from this frame (not from _answer's): each frame
+            # in the chain a wait suspends costs its suspension and its resumption.
             answer = await self._answer(request, exchange)
+            if answer is None:
+                answer = await self._attempts(exchange)
             # Relayed from this frame: no frame of _answer's waits as long as a stream lasts.
             try:
                 response = await self._relay(request, exchange, answer)
@@ -299,9 +303,10 @@ class Proxy:
 
     # -- the request -------------------------------------------------------------------------
 
-    async def _answer(self, request: web.Request, exchange: Exchange) -> Answer:
-        """The request read, authenticated and through the hooks: its answer (a plugin's, or
-        the upstream's once its head is in), for the caller to relay and release."""
+    async def _answer(self, request: web.Request, exchange: Exchange) -> Answer | None:
+        """The request read, authenticated and through the hooks: a plugin's (or midway's)
+        answer for the caller to relay and release, or ``None``: the caller asks the upstream
+        (:meth:`_attempts`)."""
         if self.draining:  # e.g. on a kept-alive connection, after the listener closed
             raise _shutting_down()
         # One spelling per route, before any hook; a Vertex or Bedrock request becomes the
@@ -336,14 +341,12 @@ class Proxy:
             if result is not None:
                 exchange.answered_by = plugin
                 answer = _plugin_answer(exchange, result)
-        if answer is None:
-            if exchange.request.path in TELEMETRY_PATHS:
-                # Claude Code's own OTLP export: no Anthropic-format upstream serves it, and
-                # forwarding would hand a developer's telemetry to the model vendor.
-                raise MidwayError(404, f"{exchange.request.path} is Claude Code's telemetry: "
-                                  "midway relays it only with the otel plugin's [otel] relay = "
-                                  "true (docs/otel.md)")
-            answer = await self._attempts(exchange)
+        if answer is None and exchange.request.path in TELEMETRY_PATHS:
+            # Claude Code's own OTLP export: no Anthropic-format upstream serves it, and
+            # forwarding would hand a developer's telemetry to the model vendor.
+            raise MidwayError(404, f"{exchange.request.path} is Claude Code's telemetry: "
+                              "midway relays it only with the otel plugin's [otel] relay = "
+                              "true (docs/otel.md)")
         return answer
 
     async def _read_body(self, request: web.Request, exchange: Exchange) -> bytes:
@@ -395,7 +398,8 @@ class Proxy:
     async def _attempts(self, exchange: Exchange) -> Answer:
         max_attempts = self.midway.settings.max_attempts
         while True:
-            upstream = await self._choose(exchange)
+            upstream = await self._choose(exchange) if self.has_choose else \
+                self.default_upstream
             exchange.upstream = upstream
             number = len(exchange.attempts) + 1
             attempt = Attempt(number=number, id=f"{exchange.id}.{number}", upstream=upstream,
@@ -441,17 +445,16 @@ class Proxy:
             return resp
 
     async def _choose(self, exchange: Exchange) -> Upstream:
-        if self.has_choose:
-            upstream = await self._call_first_strict(exchange, "choose_upstream")
-            if upstream is not None:
-                if not isinstance(upstream, Upstream):
-                    raise MidwayError(500, "a midway plugin returned an invalid upstream",
-                                      kind=ErrorKind.PLUGIN_FAILED)
-                if exchange.principal.upstreams and upstream.name not in \
-                        exchange.principal.upstreams:
-                    raise MidwayError(403, f"this key may not use upstream {upstream.name!r}")
-                return upstream
-        return self.default_upstream
+        """``choose_upstream``'s upstream (called only when it has implementations)."""
+        upstream = await self._call_first_strict(exchange, "choose_upstream")
+        if upstream is None:
+            return self.default_upstream
+        if not isinstance(upstream, Upstream):
+            raise MidwayError(500, "a midway plugin returned an invalid upstream",
+                              kind=ErrorKind.PLUGIN_FAILED)
+        if exchange.principal.upstreams and upstream.name not in exchange.principal.upstreams:
+            raise MidwayError(403, f"this key may not use upstream {upstream.name!r}")
+        return upstream
 
     async def _call_strict(self, exchange: Exchange, hook: str, **kwargs: Any) -> None:
         try:
@@ -518,14 +521,19 @@ class Proxy:
         # Another vendor's answer is read through its adapter: the relay sees Anthropic's.
         return answer if adapter is None else TranslatedAnswer(answer, adapter, exchange)
 
-    async def _send_http(self, prepared: PreparedRequest, lean: bool) -> Answer:
+    def _send_http(self, prepared: PreparedRequest, lean: bool) -> Awaitable[Answer]:
+        # The lean client's coroutine itself is awaited (no coroutine of this method's in
+        # the chain the upstream's wait suspends).
         fast = self.fast
         if lean and fast is not None and prepared.method != "HEAD":
             try:
-                return await fast.request(prepared.method, prepared.url, prepared.headers,
-                                          prepared.body)
+                return fast.request(prepared.method, prepared.url, prepared.headers,
+                                    prepared.body)
             except UnsupportedURL:
                 pass  # e.g. credentials in the URL: aiohttp's client handles those
+        return self._send_aiohttp(prepared)
+
+    async def _send_aiohttp(self, prepared: PreparedRequest) -> Answer:
         session = self.midway.session
         assert session is not None
         # encoded=True: the client's path and query go out byte for byte, not requoted.

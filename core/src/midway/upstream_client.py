@@ -20,9 +20,9 @@ import asyncio
 import ssl
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from sys import intern
-from typing import cast
+from typing import Any, cast
 
 import aiohttp
 import httptools
@@ -50,10 +50,6 @@ class UpstreamUnreachable(aiohttp.ClientConnectionError):
 
 class UnsupportedURL(ValueError):
     """A URL this client does not handle (the caller uses aiohttp instead)."""
-
-
-class _Stale(Exception):
-    """A pooled connection turned out closed before any answer: retry on a new one."""
 
 
 class _Origin:
@@ -476,48 +472,50 @@ class UpstreamClient:
         # ~450 bytes for as long as a stream lasts).
         self._idle_watch: SharedTimer[_Connection] = SharedTimer(_Connection.idle_check)
 
-    async def request(self, method: str, url: str, headers: Mapping[str, str],
-                      body: bytes = b"") -> UpstreamResponse:
-        """Send one request; return once the answer's headers are in."""
+    def request(self, method: str, url: str, headers: Mapping[str, str],
+                body: bytes = b"") -> Coroutine[Any, Any, UpstreamResponse]:
+        """Send one request: a coroutine that returns once the answer's headers are in.
+        A URL this client does not handle raises :class:`UnsupportedURL` here, at the call
+        (the caller may take another client); the request is serialised here too, so that
+        the coroutine awaited is the one that waits (no frame more in the chain)."""
         base, target = _split(url)
         origin = self._origins.get(base)
         if origin is None:
             origin = self._origins[base] = _parse_origin(base)
-        head = _serialize(method, target, origin.authority, headers, body)
-        try:
-            return await self._attempt(origin, head, body, fresh=False)
-        except _Stale:
-            # A reused connection the server had already closed: it never saw the request.
-            return await self._attempt(origin, head, body, fresh=True)
+        return self._attempt(origin, _serialize(method, target, origin.authority, headers, body),
+                             body)
 
-    async def _attempt(self, origin: _Origin, head: bytes, body: bytes, fresh: bool
-                       ) -> UpstreamResponse:
-        # No coroutine of its own for what is mostly done at once (a free slot, an idle
-        # connection): each costs as much as what it does, on the way of every request.
-        if 0 < self.limit <= self._busy:  # a limit of 0: unlimited, as in aiohttp
-            await self._wait_for_slot()
-        else:
-            self._busy += 1
-        try:
-            conn = None if fresh else self._idle_connection(origin)
-            if conn is None:
-                conn = await self._connect(origin)
-        except BaseException:
-            self._give_slot()
-            raise
-        conn.busy = True  # from here the connection owns the slot (see _done)
-        conn.got_bytes = False
-        try:
-            conn.send(head, body)
-            return await conn.head(self.idle_timeout)
-        except aiohttp.ServerDisconnectedError:
-            conn.abort()
-            if conn.reused and not conn.got_bytes:
-                raise _Stale from None
-            raise
-        except BaseException:
-            conn.abort()
-            raise
+    async def _attempt(self, origin: _Origin, head: bytes, body: bytes) -> UpstreamResponse:
+        fresh = False
+        while True:
+            # No coroutine of its own for what is mostly done at once (a free slot, an idle
+            # connection): each costs as much as what it does, on the way of every request.
+            if 0 < self.limit <= self._busy:  # a limit of 0: unlimited, as in aiohttp
+                await self._wait_for_slot()
+            else:
+                self._busy += 1
+            try:
+                conn = None if fresh else self._idle_connection(origin)
+                if conn is None:
+                    conn = await self._connect(origin)
+            except BaseException:
+                self._give_slot()
+                raise
+            conn.busy = True  # from here the connection owns the slot (see _done)
+            conn.got_bytes = False
+            try:
+                conn.send(head, body)
+                return await conn.head(self.idle_timeout)
+            except aiohttp.ServerDisconnectedError:
+                conn.abort()
+                if not conn.reused or conn.got_bytes:
+                    raise
+            except BaseException:
+                conn.abort()
+                raise
+            # A reused connection the server had already closed: it never saw the request,
+            # which goes once more, on a new connection.
+            fresh = True
 
     def _idle_connection(self, origin: _Origin) -> _Connection | None:
         """A kept-alive connection to ``origin`` to reuse, if there is one."""
