@@ -9,6 +9,8 @@ import logging
 import re
 import time
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from multidict import CIMultiDict
 
 from midway import accesslog
@@ -47,6 +49,27 @@ def test_text_line_is_each_set_field_in_order() -> None:
         assert text.isprintable()
     assert "model=asked\\r\\nFAKE: 1" in accesslog.line(CASES[0], "text")
     assert "model=claude-x" in accesslog.line(CASES[1], "text")
+
+
+values = st.one_of(st.none(), st.text(max_size=12), st.text(min_size=150, max_size=260),
+                  st.sampled_from(["a\nb", "\x00", "\u2028", "é" * 201, "x" * 200]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(urid=values, team=values, model=values, answered_by=values, error=values,
+       upstream=values, principal=st.text(max_size=210), path=st.text(max_size=210))
+def test_the_text_line_is_the_fields_whatever_their_values(
+        urid: str | None, team: str | None, model: str | None, answered_by: str | None,
+        error: str | None, upstream: str | None, principal: str, path: str) -> None:
+    # (the line checks its values together, then one by one only when that fails)
+    ex = exchange(status=200, upstream_request_id=urid, response_model=model,
+                  answered_by=answered_by, error=error, ttfb_ms=1.0, total_ms=2.5,
+                  upstream=None if upstream is None else Upstream(url="http://u",
+                                                                  name=upstream))
+    ex.principal = Principal(id=principal, name="k", kind="passthrough", team=team)
+    ex.request.path = path
+    expected = " ".join(f"{k}={v}" for k, v in accesslog.fields(ex).items() if v is not None)
+    assert accesslog.line(ex, "text") == expected
 
 
 def test_direct_lines_have_the_log_format_and_are_written_together_later() -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import IO
+from typing import IO, overload
 
 import orjson
 
@@ -37,6 +37,14 @@ def _clean(value: object) -> str:
         text = text[:_MAX] + "…"
     # Control characters (CR/LF included) are escaped so one request is one line.
     return text.encode("unicode_escape").decode("ascii") if not text.isprintable() else text
+
+
+@overload
+def _text(value: str) -> str: ...
+
+
+@overload
+def _text(value: str | None) -> str | None: ...
 
 
 def _text(value: str | None) -> str | None:
@@ -97,14 +105,23 @@ def line(exchange: Exchange, fmt: str) -> str:
         return orjson.dumps(fields(exchange)).decode()
     # `key=value` for each of fields() that is not None, written out: a third of the time
     usage, timings, principal = exchange.usage, exchange.timings, exchange.principal
-    urid, team = _text(exchange.upstream_request_id), _text(principal.team)
-    model, answered_by = _text(_model(exchange)), _text(exchange.answered_by)
-    upstream = _text(exchange.upstream.name) if exchange.upstream else None
-    ttfb, total, error = timings.ttfb_ms, timings.total_ms, _text(exchange.error)
+    urid, principal_id, team = exchange.upstream_request_id, principal.id, principal.team
+    method, path, model = exchange.request.method, exchange.request.path, _model(exchange)
+    upstream = exchange.upstream.name if exchange.upstream else None
+    answered_by, error = exchange.answered_by, exchange.error
+    # One check for them all (most lines): together short and printable, each is as _text
+    # leaves it; else each is checked on its own.
+    values = (f"{urid or ''}{principal_id}{team or ''}{method}{path}{model or ''}"
+              f"{upstream or ''}{answered_by or ''}{error or ''}")
+    if len(values) > _MAX or not values.isprintable():
+        urid, principal_id, team = _text(urid), _text(principal_id), _text(team)
+        method, path, model = _text(method), _text(path), _text(model)
+        upstream, answered_by, error = _text(upstream), _text(answered_by), _text(error)
+    ttfb, total = timings.ttfb_ms, timings.total_ms
     return (f"request_id={exchange.id}"
             f"{'' if urid is None else ' upstream_request_id=' + urid}"
-            f" principal={_text(principal.id)}{'' if team is None else ' team=' + team}"
-            f" method={_text(exchange.request.method)} path={_text(exchange.request.path)}"
+            f" principal={principal_id}{'' if team is None else ' team=' + team}"
+            f" method={method} path={path}"
             f"{'' if model is None else ' model=' + model}"
             f"{'' if exchange.status is None else f' status={exchange.status}'}"
             f"{'' if upstream is None else ' upstream=' + upstream}"
