@@ -6,13 +6,17 @@ from __future__ import annotations
 import asyncio
 import gc
 import tracemalloc
+from collections import deque
+from unittest import mock
 
 import pytest
-from aiohttp import web
+from aiohttp import StreamReader, web
+from aiohttp.streams import EMPTY_PAYLOAD
 from multidict import CIMultiDict, CIMultiDictProxy
 from test_upstream_client import RawServer, answer
 
 from midway.headers import request_headers, response_headers
+from midway.heap import drop_read_buffer
 from midway.plugins import module_plugin
 from midway.testing import Harness
 from midway.upstream_client import UpstreamClient
@@ -148,3 +152,42 @@ def test_streams_observed_alike_share_their_on_chunk_callers() -> None:
     ids = asyncio.run(main())
     assert set(seen) == set(ids)  # each stream's own exchange passed
     assert len(callers) == 2 and callers[0] is callers[1]
+
+
+def test_a_request_body_read_to_its_end_lets_go_of_its_readers_buffer() -> None:
+    async def main() -> None:
+        protocol = mock.Mock(_reading_paused=False)
+        reader = StreamReader(protocol, 2 ** 16, loop=asyncio.get_running_loop())
+        reader.feed_data(b"body")
+        drop_read_buffer(reader)  # not at its end yet: kept
+        assert type(reader._buffer) is deque
+        reader.feed_eof()
+        assert await reader.readany() == b"body"
+        drop_read_buffer(reader)
+        assert type(reader._buffer) is not deque
+        assert reader.at_eof() and await reader.readany() == b"" and await reader.read() == b""
+        drop_read_buffer(EMPTY_PAYLOAD)  # not one with a buffer of its own
+        assert await EMPTY_PAYLOAD.readany() == b""
+
+    asyncio.run(main())
+
+
+def test_a_stream_holds_no_buffer_of_its_read_request_body() -> None:
+    buffers: list[type] = []
+
+    def on_chunk(event: object) -> None:
+        buffers.extend(type(r.content._buffer) for r in gc.get_objects()
+                       if isinstance(r, web.BaseRequest) and r.method == "POST")
+
+    plugin = module_plugin("watch", on_chunk=on_chunk,
+                           pre_request=lambda exchange: exchange.observe_stream(plugin))
+
+    async def main() -> None:
+        async with Harness(plugins=[plugin]) as harness:
+            body = {"model": "claude-sonnet-4-6", "max_tokens": 64, "stream": True,
+                    "messages": [{"role": "user", "content": "Hello"}]}
+            result = await harness.request(body)
+            assert result.status == 200 and result.exchange.request.body
+
+    asyncio.run(main())
+    assert buffers and deque not in buffers

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import ctypes
+from collections import deque
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # (audit's writer process imports this module: not aiohttp for it)
+    from aiohttp import StreamReader
 
 
 def release_freed_memory() -> None:
@@ -13,3 +18,12 @@ def release_freed_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc
         pass
+
+
+def drop_read_buffer(reader: StreamReader) -> None:
+    """A request body read to its end: aiohttp's reader keeps its deque, empty but ~760 bytes,
+    for as long as the request lasts (a stream's whole life); an empty tuple takes its place.
+    An ended reader reads ``b""`` from either, and aiohttp refuses to feed one before it would
+    touch the buffer. Nothing for a reader not at its end, or not one of aiohttp's."""
+    if type(getattr(reader, "_buffer", None)) is deque and reader.at_eof():
+        reader._buffer = ()  # type: ignore[assignment]

@@ -49,6 +49,7 @@ from midway.headers import (
     request_headers,
     response_headers,
 )
+from midway.heap import drop_read_buffer
 from midway.identity import ANONYMOUS, authenticate_exchange
 from midway.jsonscan import TopLevelScanner
 from midway.metrics import Metrics
@@ -375,6 +376,7 @@ class Proxy:
         except RequestPayloadError:  # e.g. a content-encoding the body does not decode as
             raise MidwayError(400, "the request body could not be read (bad content-encoding "
                               "or framing)") from None
+        drop_read_buffer(payload)
         body = parts[0] if len(parts) == 1 else b"".join(parts)
         # aiohttp has already decoded a gzip/deflate body, bounded by client_max_size (so a
         # compressed bomb ends as a 413); what goes upstream is the plain body.
