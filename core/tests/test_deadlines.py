@@ -110,3 +110,38 @@ def test_connections_waiting_for_a_head_share_one_timer_and_a_late_one_gets_a_40
         assert not runner.heads.waiting
 
     run(main())
+
+
+def test_requests_pipelined_in_one_write_are_answered_in_order(
+        run: Callable[[Coroutine[Any, Any, None]], None]) -> None:
+    """A connection's queue of parsed requests is a list here (aiohttp's deque is ~760 bytes
+    even empty, for the connection's life); what a client pipelines is still served in order."""
+    seen: list[str] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        seen.append(request.path)
+        assert type(request.protocol._messages) is deadlines._RequestQueue  # type: ignore[attr-defined]
+        return web.Response(text=request.path)
+
+    async def main() -> None:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", handler)
+        runner = deadlines.GuardedRunner(app, LIMITS)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            paths = [f"/{i}" for i in range(5)]
+            writer.write(b"".join(f"GET {p} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+                                  for p in paths))
+            for path in paths:
+                assert (await reader.readuntil(b"\r\n")).startswith(b"HTTP/1.1 200")
+                await reader.readuntil(b"\r\n\r\n" + path.encode())
+            writer.close()
+        finally:
+            await runner.cleanup()
+        assert seen == paths
+
+    run(main())

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
@@ -71,6 +72,16 @@ STALLED: web.RequestKey[float] = web.RequestKey("midway_write_stalled", float)
 # later) still fires first, so that a connection that sent nothing gets its 408 (as when each
 # connection armed its own timer before aiohttp's), whatever the loop's timer resolution.
 _HEAD_SLACK = 0.005
+
+
+class _RequestQueue(list[Any]):
+    """A connection's queue of parsed requests: a list with the one deque method aiohttp
+    calls (``popleft``; it shifts what a pipelining client sent after, usually nothing)."""
+
+    __slots__ = ()
+
+    def popleft(self) -> Any:
+        return self.pop(0)
 
 
 class Guard(asyncio.Protocol):
@@ -285,4 +296,14 @@ class GuardedRunner(web.AppRunner):
         inner = super().server
         if inner is None:
             return None
-        return lambda: Guard(inner(), self.limits, self.guards, self.heads)
+        def connection() -> Guard:
+            handler = inner()
+            # aiohttp queues a connection's parsed requests in a deque, ~760 bytes even empty,
+            # for as long as the connection lasts (1,000 open streams held 1,000 of them); it
+            # holds one request unless a client pipelines. aiohttp appends, pops left and
+            # takes its length: a list serves that.
+            if type(getattr(handler, "_messages", None)) is deque and not handler._messages:
+                handler._messages = _RequestQueue()  # type: ignore[assignment]
+            return Guard(handler, self.limits, self.guards, self.heads)
+
+        return connection
