@@ -81,6 +81,40 @@ def test_fifty_concurrent_requests_admit_exactly_ten(midway_factory, fake_upstre
     assert Decimal(budget["spent_usd"]) == per_request * 10 and budget["reserved_usd"] == "0"
 
 
+def test_a_reservation_and_the_write_ahead_it_admits_share_one_commit(
+        midway_factory, fake_upstream) -> None:
+    """On SQLite the reservation's transaction is held open until the write-ahead of the
+    attempt it admits has joined it: one commit for both, before anything goes upstream
+    (the store's hold: one transaction a request, not two)."""
+    running = midway_factory(plugins=[PLUGIN], config=billing_config(budgets=[
+        {"scope": "team", "period": "day", "limit_usd": "100", "name": "daily"}]))
+    client = anthropic.Anthropic(base_url=running.url, api_key="mk-alice", max_retries=0)
+
+    def create() -> None:
+        client.messages.create(model="claude-haiku-4-5", max_tokens=5,
+                               messages=[{"role": "user", "content": "x"}])
+
+    create()  # its counter is made (a ledger sum: on the store thread)
+    ledger(running, 1)
+    fast = billing_of(running).store.db._fast  # type: ignore[attr-defined]
+    statements: list[str] = []
+    fast.set_trace_callback(statements.append)
+    create()
+    ledger(running, 2)
+    fast.set_trace_callback(None)
+    transactions: list[list[str]] = []
+    for sql in statements:
+        if sql.startswith("BEGIN"):
+            transactions.append([])
+        elif transactions:
+            transactions[-1].append(sql)
+    (held,) = [t for t in transactions if any("INTO billing_reservations" in s for s in t)]
+    assert [s for s in held if s.startswith("INSERT INTO billing_ledger")
+            and "DO NOTHING" in s], held  # the write-ahead, in the same transaction
+    assert held[-1] == "COMMIT"
+    assert len(fake_upstream.messages_requests) == 2
+
+
 def test_refusal_is_anthropic_rate_limit_with_reset(midway_factory, fake_upstream) -> None:
     running = midway_factory(plugins=[PLUGIN], config=billing_config(
         reserve_output_tokens=4096,  # the default: Opus output reserved at 4096 × $25/MTok

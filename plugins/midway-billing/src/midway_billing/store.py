@@ -94,6 +94,8 @@ def row_values(row: dict[str, Any]) -> tuple[tuple[str, ...], list[Any]]:
     return tuple(columns), values
 
 
+# Counters and reservations are written by key on every request: WITHOUT ROWID tables (where
+# created; see midway.storage.Schema) change one page a write, not the table's and its key's.
 SCHEMA = Schema("billing", """
 CREATE TABLE IF NOT EXISTS billing_ledger (
     id TEXT PRIMARY KEY,
@@ -164,14 +166,14 @@ CREATE TABLE IF NOT EXISTS billing_counters (
     key TEXT PRIMARY KEY,
     spent_pusd {int} NOT NULL DEFAULT 0,
     reserved_pusd {int} NOT NULL DEFAULT 0
-);
+){without_rowid};
 CREATE TABLE IF NOT EXISTS billing_reservations (
     exchange_id TEXT PRIMARY KEY,
     instance {int} NOT NULL,
     amount_pusd {int} NOT NULL,
     buckets TEXT NOT NULL,
     created_at {real} NOT NULL
-);
+){without_rowid};
 DROP INDEX IF EXISTS billing_reservations_instance;
 CREATE TABLE IF NOT EXISTS billing_batches (
     batch_id TEXT PRIMARY KEY,
@@ -429,13 +431,14 @@ class Store:
 
     # -- the hot path: one unit each ---------------------------------------------------------
 
-    async def write_ahead(self, row: dict[str, Any]) -> None:
-        """Insert a pending attempt row (committed before the attempt is sent). Never over a
-        row already there: a write-ahead whose reply was lost (the database crashed, the hook
-        was cancelled) may commit after its settlement, which it must not undo."""
+    def write_ahead(self, row: dict[str, Any]) -> Awaitable[int]:
+        """Insert a pending attempt row (committed before the attempt is sent): await it.
+        Never over a row already there: a write-ahead whose reply was lost (the database
+        crashed, the hook was cancelled) may commit after its settlement, which it must not
+        undo. (The unit's future itself, not a coroutine around it: one less a request.)"""
         columns, values = row_values(row)
         sql = row_sql(columns, KEEP)
-        await self.db.run(lambda tx: tx.execute(sql, *values), brief=True)
+        return self.db.submit(lambda tx: tx.execute(sql, *values), brief=True)
 
     async def reserve(self, reservation: Reservation, limits: dict[str, int | None]
                       ) -> ReserveResult:
@@ -477,7 +480,9 @@ class Store:
             await self._keep(tx, reservation)
             return ReserveResult(True, {k: (s, r + amount) for k, (s, r) in states.items()})
 
-        result: ReserveResult = await self.db.run(unit, brief=self._counted.issuperset(keys))
+        # held: the write-ahead it admits (queued as soon as it is known) shares its commit
+        result: ReserveResult = await self.db.submit(
+            unit, brief=self._counted.issuperset(keys), hold=True)
         if len(self._counted) > _COUNTED_MAX:
             self._counted.clear()
         self._counted.update(keys)
