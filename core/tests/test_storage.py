@@ -488,8 +488,10 @@ def test_a_held_unit_shares_its_commit_with_the_unit_its_caller_queues_next(
     """A held brief unit's caller learns its outcome before the commit; the brief unit it
     queues on learning it runs in the same transaction, and both land in one commit, which
     another connection sees whole or not at all. A held unit nobody follows commits alone
-    an iteration later. If a joined unit raises, the transaction is undone (the held
-    unit's effect too, as documented) and the joined unit fails alone; the next ones land."""
+    an iteration later. A unit in the same transaction that was not held learns its outcome
+    once it commits. If a joined unit raises, the transaction is undone (the held unit's
+    effect too, as documented), the joined unit fails alone, a unit not held runs again and
+    lands; the next ones land."""
     path = tmp_path / "t.db"
 
     async def main() -> None:
@@ -522,12 +524,25 @@ def test_a_held_unit_shares_its_commit_with_the_unit_its_caller_queues_next(
                 await _increment(tx)
                 raise ValueError("joined")
 
-            assert await db.run(_increment, brief=True, hold=True) == 4
+            # A unit not held, in the same transaction: told once it commits, not before.
+            plain = db.submit(_increment, brief=True)
+            assert await db.run(_increment, brief=True, hold=True) == 5
+            assert not plain.done() and seen() == 3
+            assert await plain == 4 and seen() == 5
+
+            assert await db.run(_increment, brief=True, hold=True) == 6
             with pytest.raises(ValueError, match="joined"):
                 await db.run(fails, brief=True)
-            assert seen() == 3  # undone with the transaction it joined
-            assert await db.run(_increment, brief=True) == 4
-            assert seen() == 4
+            assert seen() == 5  # undone with the transaction it joined
+            assert await db.run(_increment, brief=True) == 6
+            assert seen() == 6
+
+            # Undone with it, a unit not held runs again, and is told its own outcome.
+            plain = db.submit(_increment, brief=True)
+            assert await db.run(_increment, brief=True, hold=True) == 8
+            with pytest.raises(ValueError, match="joined"):
+                await db.run(fails, brief=True)
+            assert await plain == 7 and seen() == 7
         finally:
             other.close()
             await db.close()

@@ -161,11 +161,12 @@ class Database:
         two may share a commit. Where a brief unit runs on the loop (above), its outcome is
         delivered before the commit, and the transaction is kept open (the write lock held)
         until the callbacks of the next loop iteration have run: the brief units they queue
-        run in it, then it commits, and only then do they learn their outcomes. So a unit
-        queued after a held one still sees what it wrote, and what another process sees
-        never changes between them; but should that commit fail, the held unit's effects
-        are lost though its caller was told they happened (its caller must cope: e.g. a
-        later unit that finds its row missing). Elsewhere it changes nothing."""
+        run in it, then it commits, and only then do they (and the other units in it) learn
+        their outcomes. So a unit queued after a held one still sees what it wrote, and what
+        another process sees never changes between them; but should that commit fail, the
+        held unit's effects are lost though its caller was told they happened (its caller
+        must cope: e.g. a later unit that finds its row missing), and the others run again.
+        Elsewhere it changes nothing."""
         raise NotImplementedError
 
     def submit(self, unit: Callable[[Tx], Awaitable[T]], *, durable: bool = True,
@@ -247,8 +248,10 @@ class SQLiteDatabase(Database):
         self._draining = False
         # the wake-up that runs deferred units nothing else has carried along (see run())
         self._deferred: asyncio.TimerHandle | None = None
-        # the end of a held transaction on the fast connection (see run()'s hold), when due
+        # the end of a held transaction on the fast connection (see run()'s hold), when due,
+        # and the outcomes of the units in it that were not held (told once it commits)
         self._held: asyncio.Handle | None = None
+        self._held_back: list[tuple[_Queued, Any, BaseException | None]] = []
         # commits on the fast connection since the last checkpoint, and how many between two
         self._fast_commits = 0
         self._checkpoint_every = _CHECKPOINT_FIRST
@@ -424,12 +427,15 @@ class SQLiteDatabase(Database):
                 continue
             hold = any(item[6] for item in live)
             outcomes, rest = self._in_tx_group(fast, live, yield_busy=True, keep_open=hold)
-            _deliver(outcomes, loop)
             if hold and fast.in_transaction:
-                # Held open (see run()): the brief units the callers queue on learning their
-                # outcomes (in the next iteration's callbacks, after theirs) join it.
+                # Held open (see run()): the held units' callers learn their outcomes now, and
+                # the brief units they queue on learning them (in the next iteration's
+                # callbacks, after theirs) join it; the others learn theirs once it commits.
+                _deliver([o for o in outcomes if o[0][6]], loop)
+                self._held_back = [o for o in outcomes if not o[0][6]]
                 self._held = loop.call_soon(self._release, loop)
                 return
+            _deliver(outcomes, loop)
             if outcomes:  # (a count of transactions, near enough for checkpoints)
                 self._fast_commits += 1
                 self._checkpoint_due = self._fast_commits >= self._checkpoint_every
@@ -445,12 +451,14 @@ class SQLiteDatabase(Database):
         """On ``loop``, holding the drain, a transaction held open on the fast connection
         (see run()'s ``hold``): run in it the brief units queued since, commit, and go on
         draining. Should a joined unit raise or the commit fail, the whole transaction is
-        undone (the held units' effects too: their callers were told, as run() says) and
-        the joined units run again in one of their own, each learning its own outcome."""
+        undone (the held units' effects too: their callers were told, as run() says), and
+        the units not held run again in one of their own, each learning its own outcome
+        (brief units may run twice)."""
         self._held = None
+        held_back, self._held_back = self._held_back, []
         fast = self._fast
-        if fast is None or not fast.in_transaction:  # rolled back by close: nothing to do
-            return
+        assert fast is not None, "closed with a transaction held"
+        assert fast.in_transaction, "no transaction held"
         with self._lock:
             joined: list[_Queued] = []
             while self._queue and self._queue[0][4] and len(joined) < _GROUP_MAX:
@@ -459,13 +467,13 @@ class SQLiteDatabase(Database):
         rest: list[_Queued] = []
         tx = _SQLiteTx(fast)
         try:
-            outcomes: list[tuple[_Queued, Any, BaseException | None]] = [
-                (item, _drive(item[0](tx)), None) for item in live]
+            outcomes = held_back + [(item, _drive(item[0](tx)), None) for item in live]
             fast.statements.execute("COMMIT")
         except BaseException:
             if fast.in_transaction:
                 fast.statements.execute("ROLLBACK")
-            outcomes, rest = self._in_tx_group(fast, live, yield_busy=True) if live \
+            again = [item for item, _, _ in held_back] + live
+            outcomes, rest = self._in_tx_group(fast, again, yield_busy=True) if again \
                 else ([], [])
         _deliver(outcomes, loop)
         self._fast_commits += 1

@@ -480,7 +480,10 @@ class Store:
             await self._keep(tx, reservation)
             return ReserveResult(True, {k: (s, r + amount) for k, (s, r) in states.items()})
 
-        # held: the write-ahead it admits (queued as soon as it is known) shares its commit
+        # Held: the write-ahead it admits (queued as soon as it is known) shares its commit.
+        # Should that commit fail, the write-ahead runs again alone and the request may go on
+        # without its hold, as after a hold that reconciliation released: its settlement
+        # charges the counters all the same, and an extension finds nothing to grow.
         result: ReserveResult = await self.db.submit(
             unit, brief=self._counted.issuperset(keys), hold=True)
         if len(self._counted) > _COUNTED_MAX:
