@@ -550,6 +550,52 @@ def test_a_held_unit_shares_its_commit_with_the_unit_its_caller_queues_next(
     asyncio.run(main())
 
 
+def test_a_held_commit_that_fails_is_counted_and_the_other_units_land(
+        tmp_path: Path) -> None:
+    """Should a held transaction's commit fail (SQLite refuses it), ``held_lost`` grows and
+    ``held_error`` is why, before the units in it run again: the held unit's effect is lost
+    (its caller was told), a unit that rode along and the one that joined land, alone."""
+    path = tmp_path / "t.db"
+
+    async def main() -> None:
+        db = open_database(parse_store("sqlite", data_dir=tmp_path, default_file="t.db",
+                                       label="[t] store"))
+        await db.open(SCHEMA)
+        assert isinstance(db, SQLiteDatabase) and db._fast is not None
+        fast = db._fast
+        other = sqlite3.connect(path, isolation_level=None)
+        refused: list[str] = []
+        seen_lost: list[int] = []
+
+        def refuse_a_commit(action: int, arg: str | None, *_: Any) -> int:
+            if action == sqlite3.SQLITE_TRANSACTION and arg == "COMMIT" and not refused:
+                refused.append(arg)
+                return sqlite3.SQLITE_DENY
+            return sqlite3.SQLITE_OK
+
+        async def joined(tx: Tx) -> int:
+            seen_lost.append(db.held_lost)
+            return await _increment(tx)
+
+        try:
+            plain = db.submit(_increment, brief=True)
+            assert await db.run(_increment, brief=True, hold=True) == 2
+            assert db.held_lost == 0 and db.held_error is None
+            fast.set_authorizer(refuse_a_commit)  # (a real SQLite error, at the commit)
+            assert await db.run(joined, brief=True) == 2  # run again, after plain
+            assert refused == ["COMMIT"] and seen_lost == [0, 1]
+            assert db.held_lost == 1 and isinstance(db.held_error, sqlite3.DatabaseError)
+            assert await plain == 1
+            row = other.execute("SELECT n FROM counters WHERE key = 'a'").fetchone()
+            assert row == (2,)  # plain's and joined's: the held unit's is lost
+        finally:
+            fast.set_authorizer(None)
+            other.close()
+            await db.close()
+
+    asyncio.run(main())
+
+
 def test_a_held_unit_commits_when_the_database_closes(tmp_path: Path) -> None:
     """A transaction held open when the database closes commits first."""
     async def main() -> None:

@@ -118,6 +118,11 @@ class Tx(Protocol):
 class Database:
     """A store's database. Open it with its :class:`Schema`; close it at shutdown."""
 
+    # How many held transactions were undone after their held units' callers had been told
+    # their outcomes, and what undid the last one (see run()'s ``hold``).
+    held_lost = 0
+    held_error: BaseException | None = None
+
     dialect: Dialect
     store: StoreURL
 
@@ -163,10 +168,14 @@ class Database:
         until the callbacks of the next loop iteration have run: the brief units they queue
         run in it, then it commits, and only then do they (and the other units in it) learn
         their outcomes. So a unit queued after a held one still sees what it wrote, and what
-        another process sees never changes between them; but should that commit fail, the
-        held unit's effects are lost though its caller was told they happened (its caller
-        must cope: e.g. a later unit that finds its row missing), and the others run again.
-        Elsewhere it changes nothing."""
+        another process sees never changes between them. Should that commit fail (or a unit
+        that joined it raise), the whole transaction is undone: the other units in it run
+        again without it, but the held unit's effects are lost though its caller was told
+        they happened, and ``held_lost`` grows (``held_error`` says why). Its caller copes:
+        it notes ``held_lost`` on learning the outcome, and its next unit, should it find the
+        count grown (it runs again, or after the held transaction), checks that what the held
+        unit wrote is there, and else fails (with ``held_error``, say). Elsewhere it changes
+        nothing (and ``held_lost`` stays 0)."""
         raise NotImplementedError
 
     def submit(self, unit: Callable[[Tx], Awaitable[T]], *, durable: bool = True,
@@ -175,7 +184,8 @@ class Database:
         """:meth:`run` for a caller that does not wait for the outcome where it is: the unit
         is queued at once, and the future (awaited, or given a done callback) has its outcome.
         On SQLite no coroutine and no task are made for it (a task's cost is several times a
-        brief unit's own); elsewhere it is ``run`` in a task."""
+        brief unit's own); elsewhere it is ``run`` in a task. (A held unit's future is done
+        before its commit: see ``hold`` there, and ``held_lost``.)"""
         return asyncio.ensure_future(self.run(unit, durable=durable, defer=defer, brief=brief,
                                               hold=hold))
 
@@ -451,9 +461,9 @@ class SQLiteDatabase(Database):
         """On ``loop``, holding the drain, a transaction held open on the fast connection
         (see run()'s ``hold``): run in it the brief units queued since, commit, and go on
         draining. Should a joined unit raise or the commit fail, the whole transaction is
-        undone (the held units' effects too: their callers were told, as run() says), and
-        the units not held run again in one of their own, each learning its own outcome
-        (brief units may run twice)."""
+        undone (the held units' effects too: their callers were told, so ``held_lost`` grows,
+        as run() says), and the units not held run again in one of their own, each learning
+        its own outcome (brief units may run twice)."""
         self._held = None
         held_back, self._held_back = self._held_back, []
         fast = self._fast
@@ -469,9 +479,12 @@ class SQLiteDatabase(Database):
         try:
             outcomes = held_back + [(item, _drive(item[0](tx)), None) for item in live]
             fast.statements.execute("COMMIT")
-        except BaseException:
+        except BaseException as exc:
             if fast.in_transaction:
                 fast.statements.execute("ROLLBACK")
+            # before the units that run again: they look at it
+            self.held_lost += 1
+            self.held_error = exc
             again = [item for item, _, _ in held_back] + live
             outcomes, rest = self._in_tx_group(fast, again, yield_busy=True) if again \
                 else ([], [])

@@ -331,6 +331,9 @@ class Reservation:
     amount_pusd: int
     buckets: list[str]  # bucket keys
     created_at: float
+    # the store's held_lost when the hold was admitted (see Store.reserve); None: not known
+    # to be held (the write-ahead has nothing to check)
+    lost: int | None = attrs.field(default=None, eq=False, repr=False)
 
 
 @attrs.frozen
@@ -431,14 +434,38 @@ class Store:
 
     # -- the hot path: one unit each ---------------------------------------------------------
 
-    def write_ahead(self, row: dict[str, Any]) -> Awaitable[int]:
+    def write_ahead(self, row: dict[str, Any], reservation: Reservation | None = None
+                    ) -> Awaitable[int]:
         """Insert a pending attempt row (committed before the attempt is sent): await it.
         Never over a row already there: a write-ahead whose reply was lost (the database
         crashed, the hook was cancelled) may commit after its settlement, which it must not
-        undo. (The unit's future itself, not a coroutine around it: one less a request.)"""
+        undo. (The unit's future itself, not a coroutine around it: one less a request.)
+        With the request's admitted ``reservation``: should its held commit have failed (see
+        reserve), this fails too, with that commit's error, and nothing is written."""
         columns, values = row_values(row)
         sql = row_sql(columns, KEEP)
-        return self.db.submit(lambda tx: tx.execute(sql, *values), brief=True)
+        db = self.db
+        if reservation is None or reservation.lost is None:
+            return db.submit(lambda tx: tx.execute(sql, *values), brief=True)
+        lost, exchange_id = reservation.lost, reservation.exchange_id
+
+        def unit(tx: Tx) -> Awaitable[int]:
+            if db.held_lost == lost:  # in the hold's transaction, or after it landed
+                return tx.execute(sql, *values)
+            return self._write_ahead_held(tx, sql, values, exchange_id)
+
+        return db.submit(unit, brief=True)
+
+    async def _write_ahead_held(self, tx: Tx, sql: str, values: list[Any],
+                                exchange_id: str) -> int:
+        """The write-ahead after a held transaction was undone (its own hold's, or a later
+        one's): only if the hold is there."""
+        if await tx.fetchval("SELECT 1 FROM billing_reservations WHERE exchange_id = ?",
+                             exchange_id) is None:
+            error = self.db.held_error
+            assert error is not None, "a held transaction undone without its error"
+            raise error
+        return await tx.execute(sql, *values)
 
     async def reserve(self, reservation: Reservation, limits: dict[str, int | None]
                       ) -> ReserveResult:
@@ -481,11 +508,15 @@ class Store:
             return ReserveResult(True, {k: (s, r + amount) for k, (s, r) in states.items()})
 
         # Held: the write-ahead it admits (queued as soon as it is known) shares its commit.
-        # Should that commit fail, the write-ahead runs again alone and the request may go on
-        # without its hold, as after a hold that reconciliation released: its settlement
-        # charges the counters all the same, and an extension finds nothing to grow.
+        # The outcome is known before that commit: should it fail, db.held_lost grows past
+        # what is noted here, and the write-ahead (run again without it, or later) finds the
+        # hold missing and fails with the commit's error, as one whose own commit failed: the
+        # request does not go on as if its hold had landed. (The other units in it run again,
+        # a previous request's settlement among them.)
         result: ReserveResult = await self.db.submit(
             unit, brief=self._counted.issuperset(keys), hold=True)
+        if result.admitted:
+            reservation.lost = self.db.held_lost
         if len(self._counted) > _COUNTED_MAX:
             self._counted.clear()
         self._counted.update(keys)
