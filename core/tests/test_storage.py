@@ -483,6 +483,167 @@ def test_brief_units_queued_together_run_without_savepoints_and_still_fail_alone
     asyncio.run(main())
 
 
+def test_a_held_unit_shares_its_commit_with_the_unit_its_caller_queues_next(
+        tmp_path: Path) -> None:
+    """A held brief unit's caller learns its outcome before the commit; the brief unit it
+    queues on learning it runs in the same transaction, and both land in one commit, which
+    another connection sees whole or not at all. A held unit nobody follows commits alone
+    an iteration later. A unit in the same transaction that was not held learns its outcome
+    once it commits. If a joined unit raises, the transaction is undone (the held unit's
+    effect too, as documented), the joined unit fails alone, a unit not held runs again and
+    lands; the next ones land."""
+    path = tmp_path / "t.db"
+
+    async def main() -> None:
+        db = open_database(parse_store("sqlite", data_dir=tmp_path, default_file="t.db",
+                                       label="[t] store"))
+        await db.open(SCHEMA)
+        assert isinstance(db, SQLiteDatabase)
+        commits: list[str] = []
+        assert db._fast is not None
+        db._fast.set_trace_callback(
+            lambda sql: commits.append(sql) if sql == "COMMIT" else None)
+        other = sqlite3.connect(path, isolation_level=None)
+
+        def seen() -> int:
+            row = other.execute("SELECT n FROM counters WHERE key = 'a'").fetchone()
+            return 0 if row is None else int(row[0])
+
+        try:
+            assert await db.run(_increment, brief=True, hold=True) == 1
+            assert seen() == 0  # not committed yet: the caller may queue its next unit
+            assert await db.run(_increment, brief=True) == 2
+            assert seen() == 2 and commits == ["COMMIT"]  # both in one commit
+
+            commits.clear()
+            assert await db.run(_increment, brief=True, hold=True) == 3
+            await asyncio.sleep(0)  # nothing follows it: it commits alone
+            assert seen() == 3 and commits == ["COMMIT"]
+
+            async def fails(tx: Tx) -> int:
+                await _increment(tx)
+                raise ValueError("joined")
+
+            # A unit not held, in the same transaction: told once it commits, not before.
+            plain = db.submit(_increment, brief=True)
+            assert await db.run(_increment, brief=True, hold=True) == 5
+            assert not plain.done() and seen() == 3
+            assert await plain == 4 and seen() == 5
+
+            assert await db.run(_increment, brief=True, hold=True) == 6
+            with pytest.raises(ValueError, match="joined"):
+                await db.run(fails, brief=True)
+            assert seen() == 5  # undone with the transaction it joined
+            assert await db.run(_increment, brief=True) == 6
+            assert seen() == 6
+
+            # Undone with it, a unit not held runs again, and is told its own outcome.
+            plain = db.submit(_increment, brief=True)
+            assert await db.run(_increment, brief=True, hold=True) == 8
+            with pytest.raises(ValueError, match="joined"):
+                await db.run(fails, brief=True)
+            assert await plain == 7 and seen() == 7
+        finally:
+            other.close()
+            await db.close()
+
+    asyncio.run(main())
+
+
+def test_a_held_commit_that_fails_is_counted_and_the_other_units_land(
+        tmp_path: Path) -> None:
+    """Should a held transaction's commit fail (SQLite refuses it), ``held_lost`` grows and
+    ``held_error`` is why, before the units in it run again: the held unit's effect is lost
+    (its caller was told), a unit that rode along and the one that joined land, alone."""
+    path = tmp_path / "t.db"
+
+    async def main() -> None:
+        db = open_database(parse_store("sqlite", data_dir=tmp_path, default_file="t.db",
+                                       label="[t] store"))
+        await db.open(SCHEMA)
+        assert isinstance(db, SQLiteDatabase) and db._fast is not None
+        fast = db._fast
+        other = sqlite3.connect(path, isolation_level=None)
+        refused: list[str] = []
+        seen_lost: list[int] = []
+
+        def refuse_a_commit(action: int, arg: str | None, *_: Any) -> int:
+            if action == sqlite3.SQLITE_TRANSACTION and arg == "COMMIT" and not refused:
+                refused.append(arg)
+                return sqlite3.SQLITE_DENY
+            return sqlite3.SQLITE_OK
+
+        async def joined(tx: Tx) -> int:
+            seen_lost.append(db.held_lost)
+            return await _increment(tx)
+
+        try:
+            plain = db.submit(_increment, brief=True)
+            assert await db.run(_increment, brief=True, hold=True) == 2
+            assert db.held_lost == 0 and db.held_error is None
+            fast.set_authorizer(refuse_a_commit)  # (a real SQLite error, at the commit)
+            assert await db.run(joined, brief=True) == 2  # run again, after plain
+            assert refused == ["COMMIT"] and seen_lost == [0, 1]
+            assert db.held_lost == 1 and isinstance(db.held_error, sqlite3.DatabaseError)
+            assert await plain == 1
+            row = other.execute("SELECT n FROM counters WHERE key = 'a'").fetchone()
+            assert row == (2,)  # plain's and joined's: the held unit's is lost
+        finally:
+            fast.set_authorizer(None)
+            other.close()
+            await db.close()
+
+    asyncio.run(main())
+
+
+def test_a_held_unit_commits_when_the_database_closes(tmp_path: Path) -> None:
+    """A transaction held open when the database closes commits first."""
+    async def main() -> None:
+        db = open_database(parse_store("sqlite", data_dir=tmp_path, default_file="t.db",
+                                       label="[t] store"))
+        await db.open(SCHEMA)
+        assert await db.run(_increment, brief=True, hold=True) == 1
+        await db.close()
+        other = sqlite3.connect(tmp_path / "t.db")
+        try:
+            assert other.execute("SELECT n FROM counters").fetchone() == (1,)
+        finally:
+            other.close()
+
+    asyncio.run(main())
+
+
+def test_without_rowid_tables_on_sqlite_only_and_only_when_created(tmp_path: Path) -> None:
+    """``{without_rowid}`` makes a new SQLite table a WITHOUT ROWID one (PostgreSQL has no
+    such thing); a table created before, as a rowid table, is left so and works as ever."""
+    keyed = Schema("keyed", "CREATE TABLE IF NOT EXISTS holds (key TEXT PRIMARY KEY, "
+                            "n {int} NOT NULL DEFAULT 0){without_rowid}")
+    assert keyed.statements("sqlite")[0].endswith(") WITHOUT ROWID")
+    assert keyed.statements("postgresql")[0].endswith("DEFAULT 0)")
+    assert keyed.tables() == {"holds": {"key": "TEXT", "n": "INTEGER NOT NULL DEFAULT 0"}}
+    old = tmp_path / "old.db"
+    conn = sqlite3.connect(old)
+    conn.execute("CREATE TABLE holds (key TEXT PRIMARY KEY, n INTEGER NOT NULL DEFAULT 0)")
+    conn.close()
+
+    async def main() -> None:
+        for name, without in (("new.db", True), ("old.db", False)):
+            db = open_database(parse_store(name, data_dir=tmp_path, default_file=name,
+                                           label="[t] store"))
+            await db.open(keyed)
+            try:
+                sql = await db.fetchval("SELECT sql FROM sqlite_master WHERE name = 'holds'")
+                assert sql.endswith("WITHOUT ROWID") == without
+                await db.execute("INSERT INTO holds (key, n) VALUES (?, ?)", "a", 1)
+                await db.run(lambda tx: tx.execute(
+                    "UPDATE holds SET n = n + 1 WHERE key = ?", "a"), brief=True)
+                assert await db.fetchval("SELECT n FROM holds WHERE key = ?", "a") == 2
+            finally:
+                await db.close()
+
+    asyncio.run(main())
+
+
 def test_brief_units_stay_on_the_store_thread_with_synchronous_full(tmp_path: Path) -> None:
     """With ``synchronous="full"`` every commit fsyncs: never on the loop."""
     async def main() -> None:

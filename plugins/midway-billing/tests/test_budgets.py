@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import math
+import sqlite3
 from decimal import Decimal
+from pathlib import Path
+from typing import Any
 
 import anthropic
 import orjson
 import pytest
 from helpers import PLUGIN, billing_of, ledger
+from test_reconcile import row, settled
 
 from midway.options import load_table
-from midway.testing import RecordedRequest, Reply
+from midway.testing import RecordedRequest, Reply, wait_for
 from midway_billing.budgets import Bucket
 from midway_billing.config import BillingConfig
+from midway_billing.plugin import WRITE_AHEAD_FAILED
 from midway_billing.store import Reservation
 
 MAX_TOKENS = 6600  # × $15/MTok (Sonnet output) ≈ $0.10 per request
@@ -79,6 +84,137 @@ def test_fifty_concurrent_requests_admit_exactly_ten(midway_factory, fake_upstre
     assert sum(r["kind"] == "refused" for r in rows) == 40
     (budget,) = running.call(billing_of(running).budgets())
     assert Decimal(budget["spent_usd"]) == per_request * 10 and budget["reserved_usd"] == "0"
+
+
+def test_a_reservation_and_the_write_ahead_it_admits_share_one_commit(
+        midway_factory, fake_upstream) -> None:
+    """On SQLite the reservation's transaction is held open until the write-ahead of the
+    attempt it admits has joined it: one commit for both, before anything goes upstream
+    (the store's hold: one transaction a request, not two)."""
+    running = midway_factory(plugins=[PLUGIN], config=billing_config(budgets=[
+        {"scope": "team", "period": "day", "limit_usd": "100", "name": "daily"}]))
+    client = anthropic.Anthropic(base_url=running.url, api_key="mk-alice", max_retries=0)
+
+    def create() -> None:
+        client.messages.create(model="claude-haiku-4-5", max_tokens=5,
+                               messages=[{"role": "user", "content": "x"}])
+
+    create()  # its counter is made (a ledger sum: on the store thread)
+    ledger(running, 1)
+    fast = billing_of(running).store.db._fast  # type: ignore[attr-defined]
+    statements: list[str] = []
+    fast.set_trace_callback(statements.append)
+    create()
+    ledger(running, 2)
+    fast.set_trace_callback(None)
+    transactions: list[list[str]] = []
+    for sql in statements:
+        if sql.startswith("BEGIN"):
+            transactions.append([])
+        elif transactions:
+            transactions[-1].append(sql)
+    (held,) = [t for t in transactions if any("INTO billing_reservations" in s for s in t)]
+    assert [s for s in held if s.startswith("INSERT INTO billing_ledger")
+            and "DO NOTHING" in s], held  # the write-ahead, in the same transaction
+    assert held[-1] == "COMMIT"
+    assert len(fake_upstream.messages_requests) == 2
+
+
+class FailingCommit:
+    """Stands in for a SQLite store's statement cursor on the loop: its first COMMIT fails as
+    on a failing disk (the transaction left open, for the store to roll back)."""
+
+    def __init__(self, db: Any) -> None:
+        self.fast = db._fast
+        self.cursor = self.fast.statements
+        self.failed = False
+        self.fast.statements = self
+
+    def execute(self, sql: str, args: Any = ()) -> Any:
+        if sql == "COMMIT" and not self.failed:
+            self.failed = True
+            raise sqlite3.OperationalError("disk I/O error")
+        return self.cursor.execute(sql, args)
+
+    def executemany(self, sql: str, args: Any) -> Any:
+        return self.cursor.executemany(sql, args)
+
+    def restore(self) -> None:
+        self.fast.statements = self.cursor
+
+
+def test_a_failed_held_commit_refuses_its_request_as_a_failed_write_ahead(
+        midway_factory, fake_upstream) -> None:
+    """Should the commit of a reservation held for its write-ahead fail, the request fails as
+    one whose write-ahead failed (503, nothing sent upstream): it never goes on unreserved."""
+    running = midway_factory(plugins=[PLUGIN], config=billing_config(budgets=[
+        {"scope": "team", "period": "day", "limit_usd": "100", "name": "daily"}]))
+    client = anthropic.Anthropic(base_url=running.url, api_key="mk-alice", max_retries=0)
+
+    def create() -> None:
+        client.messages.create(model="claude-haiku-4-5", max_tokens=5,
+                               messages=[{"role": "user", "content": "x"}])
+
+    create()  # its counter is made: the next reservation is brief, and held
+    ledger(running, 1)
+    fault = FailingCommit(billing_of(running).store.db)
+    try:
+        with pytest.raises(anthropic.InternalServerError) as info:
+            create()
+    finally:
+        fault.restore()
+    assert fault.failed
+    assert info.value.status_code == 503
+    assert info.value.response.json()["error"] == {"type": "api_error",
+                                                   "message": WRITE_AHEAD_FAILED}
+    assert len(fake_upstream.messages_requests) == 1  # nothing went out for it
+    # its attempt is settled at $0, as any whose write-ahead failed
+    assert [(r["status"], r["cost_pusd"]) for r in ledger(running, 2)][1] == (503, 0)
+    create()  # the next one goes through
+    assert len(fake_upstream.messages_requests) == 2
+
+
+def test_a_failed_held_commit_fails_the_write_ahead_not_the_settlement_riding_along(
+        tmp_path: Path) -> None:
+    """The store's side: the write-ahead after a hold whose commit failed fails with that
+    commit's error and writes nothing; the previous request's settlement, which was in the
+    same transaction, runs again and lands."""
+    key = Bucket("team", "search", "total", 0).key
+
+    async def run() -> None:
+        store = load_table(BillingConfig, "billing", {}, data_dir=tmp_path).make_store()
+        await store.open()
+        try:
+            first = Reservation("ex-1", 100, [key], 1.0)
+            assert (await store.reserve(first, {key: 10_000})).admitted  # the store thread's
+            # (its counter is made): the units below run on the loop once it lets go
+            wait_for(lambda: not store.db._draining)  # type: ignore[attr-defined]
+            await store.write_ahead(row(store, "ex-1.1", "ex-1"), first)
+            # deferred: carried by the next reservation, into its held transaction
+            settling = store.settle([settled(store, "ex-1.1", "ex-1", 40)], first, 40)
+            second = Reservation("ex-2", 100, [key], 1.0)
+            assert (await store.reserve(second, {key: 10_000})).admitted
+            assert not settling.done()  # told once the held transaction commits
+            fault = FailingCommit(store.db)
+            try:
+                with pytest.raises(sqlite3.OperationalError, match="disk I/O error"):
+                    await store.write_ahead(row(store, "ex-2.1", "ex-2"), second)
+            finally:
+                fault.restore()
+            assert fault.failed
+            await settling
+            assert [(r["id"], r["state"], r["cost_pusd"]) for r in await store.rows()] == [
+                ("ex-1.1", "settled", 40)]
+            assert (await store.counters([key]))[key] == (40, 0)
+            # A later write-ahead whose own hold landed goes on (the hold is checked).
+            third = Reservation("ex-3", 100, [key], 1.0)
+            assert (await store.reserve(third, {key: 10_000})).admitted
+            await store.write_ahead(row(store, "ex-3.1", "ex-3"), third)
+            assert (await store.counters([key]))[key] == (40, 100)
+        finally:
+            await store.close()
+
+    asyncio.run(run())
 
 
 def test_refusal_is_anthropic_rate_limit_with_reset(midway_factory, fake_upstream) -> None:

@@ -43,8 +43,10 @@ Row = dict[str, Any]
 Dialect = Literal["sqlite", "postgresql"]
 
 _TYPES: dict[str, dict[str, str]] = {
-    "sqlite": {"int": "INTEGER", "real": "REAL", "blob": "BLOB", "text": "TEXT"},
-    "postgresql": {"int": "BIGINT", "real": "DOUBLE PRECISION", "blob": "BYTEA", "text": "TEXT"},
+    "sqlite": {"int": "INTEGER", "real": "REAL", "blob": "BLOB", "text": "TEXT",
+               "without_rowid": " WITHOUT ROWID"},
+    "postgresql": {"int": "BIGINT", "real": "DOUBLE PRECISION", "blob": "BYTEA", "text": "TEXT",
+                   "without_rowid": ""},
 }
 
 
@@ -77,8 +79,12 @@ class Schema:
     ``ddl`` is a ``;``-separated script of ``CREATE TABLE IF NOT EXISTS`` / ``CREATE INDEX IF NOT
     EXISTS`` statements in which column types that differ between the dialects are written
     ``{int}`` (INTEGER / BIGINT), ``{real}`` (REAL / DOUBLE PRECISION) and ``{blob}`` (BLOB /
-    BYTEA). Adding a column to the DDL is a migration: :meth:`Database.open` and ``midway db
-    upgrade`` add it to existing tables (give it a default, or allow NULL).
+    BYTEA). A table that ends ``){without_rowid}`` is an SQLite ``WITHOUT ROWID`` table when
+    created (one B-tree, keyed by its primary key, instead of a rowid table and its key's
+    index: a row written or removed by key changes one page, not two); on PostgreSQL, and for
+    a table that existed before, nothing changes. Adding a column to the DDL is a migration:
+    :meth:`Database.open` and ``midway db upgrade`` add it to existing tables (give it a
+    default, or allow NULL).
     """
 
     name: str
@@ -112,6 +118,11 @@ class Tx(Protocol):
 class Database:
     """A store's database. Open it with its :class:`Schema`; close it at shutdown."""
 
+    # How many held transactions were undone after their held units' callers had been told
+    # their outcomes, and what undid the last one (see run()'s ``hold``).
+    held_lost = 0
+    held_error: BaseException | None = None
+
     dialect: Dialect
     store: StoreURL
 
@@ -124,7 +135,7 @@ class Database:
         raise NotImplementedError
 
     async def run(self, unit: Callable[[Tx], Awaitable[T]], *, durable: bool = True,
-                  defer: bool = False, brief: bool = False) -> T:
+                  defer: bool = False, brief: bool = False, hold: bool = False) -> T:
         """Run ``unit`` in one transaction: committed when it returns, rolled back if it
         raises (the exception propagates).
 
@@ -148,16 +159,35 @@ class Database:
         goes to the store thread as any other. Checkpoints (which fsync) stay on the store
         thread. A brief unit must have no effect but through its ``tx`` (SQLite may run it
         twice: brief units queued together run first with no savepoint between them, and
-        again one by one if one of them raises). Elsewhere it changes nothing."""
+        again one by one if one of them raises). Elsewhere it changes nothing.
+
+        ``hold=True`` (with ``brief``): the caller queues another brief unit as soon as it
+        learns this one's outcome (a reservation, then the write-ahead it admits), and the
+        two may share a commit. Where a brief unit runs on the loop (above), its outcome is
+        delivered before the commit, and the transaction is kept open (the write lock held)
+        until the callbacks of the next loop iteration have run: the brief units they queue
+        run in it, then it commits, and only then do they (and the other units in it) learn
+        their outcomes. So a unit queued after a held one still sees what it wrote, and what
+        another process sees never changes between them. Should that commit fail (or a unit
+        that joined it raise), the whole transaction is undone: the other units in it run
+        again without it, but the held unit's effects are lost though its caller was told
+        they happened, and ``held_lost`` grows (``held_error`` says why). Its caller copes:
+        it notes ``held_lost`` on learning the outcome, and its next unit, should it find the
+        count grown (it runs again, or after the held transaction), checks that what the held
+        unit wrote is there, and else fails (with ``held_error``, say). Elsewhere it changes
+        nothing (and ``held_lost`` stays 0)."""
         raise NotImplementedError
 
     def submit(self, unit: Callable[[Tx], Awaitable[T]], *, durable: bool = True,
-               defer: bool = False, brief: bool = False) -> asyncio.Future[T]:
+               defer: bool = False, brief: bool = False, hold: bool = False
+               ) -> asyncio.Future[T]:
         """:meth:`run` for a caller that does not wait for the outcome where it is: the unit
         is queued at once, and the future (awaited, or given a done callback) has its outcome.
         On SQLite no coroutine and no task are made for it (a task's cost is several times a
-        brief unit's own); elsewhere it is ``run`` in a task."""
-        return asyncio.ensure_future(self.run(unit, durable=durable, defer=defer, brief=brief))
+        brief unit's own); elsewhere it is ``run`` in a task. (A held unit's future is done
+        before its commit: see ``hold`` there, and ``held_lost``.)"""
+        return asyncio.ensure_future(self.run(unit, durable=durable, defer=defer, brief=brief,
+                                              hold=hold))
 
     async def ping(self) -> str | None:
         """``None`` if the store answers a trivial query, else what went wrong, in words (for
@@ -228,6 +258,10 @@ class SQLiteDatabase(Database):
         self._draining = False
         # the wake-up that runs deferred units nothing else has carried along (see run())
         self._deferred: asyncio.TimerHandle | None = None
+        # the end of a held transaction on the fast connection (see run()'s hold), when due,
+        # and the outcomes of the units in it that were not held (told once it commits)
+        self._held: asyncio.Handle | None = None
+        self._held_back: list[tuple[_Queued, Any, BaseException | None]] = []
         # commits on the fast connection since the last checkpoint, and how many between two
         self._fast_commits = 0
         self._checkpoint_every = _CHECKPOINT_FIRST
@@ -279,6 +313,10 @@ class SQLiteDatabase(Database):
         if self._deferred is not None:  # what it would wake for runs below
             self._deferred.cancel()
             self._deferred = None
+        held, self._held = self._held, None
+        if held is not None:  # a held transaction commits, with what was queued for it
+            held.cancel()
+            self._release(asyncio.get_running_loop())
         # A drain still due on this loop hands over to the store thread, which runs first
         # what is queued (below); no drain is running here now (they run to their end).
         fast, self._fast = self._fast, None
@@ -325,15 +363,16 @@ class SQLiteDatabase(Database):
                 done.set_exception(exc)
 
     async def run(self, unit: Callable[[Tx], Awaitable[T]], *, durable: bool = True,
-                  defer: bool = False, brief: bool = False) -> T:
+                  defer: bool = False, brief: bool = False, hold: bool = False) -> T:
         if self._jobs is None:
             if self._conn is None:
                 raise RuntimeError(f"database {self.path} is not open")
             return self._in_tx(unit, durable)
-        return await self.submit(unit, durable=durable, defer=defer, brief=brief)
+        return await self.submit(unit, durable=durable, defer=defer, brief=brief, hold=hold)
 
     def submit(self, unit: Callable[[Tx], Awaitable[T]], *, durable: bool = True,
-               defer: bool = False, brief: bool = False) -> asyncio.Future[T]:
+               defer: bool = False, brief: bool = False, hold: bool = False
+               ) -> asyncio.Future[T]:
         if self._conn is None:
             raise RuntimeError(f"database {self.path} is not open")
         caller = asyncio.get_running_loop()
@@ -349,7 +388,7 @@ class SQLiteDatabase(Database):
         future: asyncio.Future[T] = caller.create_future()
         due = caller.time() + DEFER_MAX if defer else 0.0  # when a deferred unit must run
         with self._lock:
-            self._queue.append((unit, durable, future, caller, brief, due))
+            self._queue.append((unit, durable, future, caller, brief, due, hold and brief))
             start = not self._draining and not defer
             if start:
                 self._draining = True
@@ -396,7 +435,16 @@ class SQLiteDatabase(Database):
             live = [item for item in batch if not item[2].cancelled()]
             if not live:
                 continue
-            outcomes, rest = self._in_tx_group(fast, live, yield_busy=True)
+            hold = any(item[6] for item in live)
+            outcomes, rest = self._in_tx_group(fast, live, yield_busy=True, keep_open=hold)
+            if hold and fast.in_transaction:
+                # Held open (see run()): the held units' callers learn their outcomes now, and
+                # the brief units they queue on learning them (in the next iteration's
+                # callbacks, after theirs) join it; the others learn theirs once it commits.
+                _deliver([o for o in outcomes if o[0][6]], loop)
+                self._held_back = [o for o in outcomes if not o[0][6]]
+                self._held = loop.call_soon(self._release, loop)
+                return
             _deliver(outcomes, loop)
             if outcomes:  # (a count of transactions, near enough for checkpoints)
                 self._fast_commits += 1
@@ -408,6 +456,47 @@ class SQLiteDatabase(Database):
         jobs = self._jobs
         if jobs is not None:  # else closed meanwhile: close() ran what was queued
             jobs.put(job)
+
+    def _release(self, loop: asyncio.AbstractEventLoop) -> None:
+        """On ``loop``, holding the drain, a transaction held open on the fast connection
+        (see run()'s ``hold``): run in it the brief units queued since, commit, and go on
+        draining. Should a joined unit raise or the commit fail, the whole transaction is
+        undone (the held units' effects too: their callers were told, so ``held_lost`` grows,
+        as run() says), and the units not held run again in one of their own, each learning
+        its own outcome (brief units may run twice)."""
+        self._held = None
+        held_back, self._held_back = self._held_back, []
+        fast = self._fast
+        assert fast is not None, "closed with a transaction held"
+        assert fast.in_transaction, "no transaction held"
+        with self._lock:
+            joined: list[_Queued] = []
+            while self._queue and self._queue[0][4] and len(joined) < _GROUP_MAX:
+                joined.append(self._queue.popleft())
+        live = [item for item in joined if not item[2].cancelled()]
+        rest: list[_Queued] = []
+        tx = _SQLiteTx(fast)
+        try:
+            outcomes = held_back + [(item, _drive(item[0](tx)), None) for item in live]
+            fast.statements.execute("COMMIT")
+        except BaseException as exc:
+            if fast.in_transaction:
+                fast.statements.execute("ROLLBACK")
+            # before the units that run again: they look at it
+            self.held_lost += 1
+            self.held_error = exc
+            again = [item for item, _, _ in held_back] + live
+            outcomes, rest = self._in_tx_group(fast, again, yield_busy=True) if again \
+                else ([], [])
+        _deliver(outcomes, loop)
+        self._fast_commits += 1
+        self._checkpoint_due = self._fast_commits >= self._checkpoint_every
+        if rest:  # the write lock was taken meanwhile: the store thread waits for it
+            with self._lock:
+                self._queue.extendleft(reversed(rest))
+            self._kick()
+            return
+        self._drain(loop)  # what was queued behind them, a checkpoint due, or let go
 
     def _drain_deferred(self, loop: asyncio.AbstractEventLoop) -> None:
         """The deferred units' timer (on ``loop``): nothing to do if what it was armed for
@@ -490,10 +579,12 @@ class SQLiteDatabase(Database):
                 _deliver(self._in_tx_group(conn, live)[0], None)
 
     def _in_tx_group(self, conn: _Connection, batch: list[_Queued], *,
-                     yield_busy: bool = False
+                     yield_busy: bool = False, keep_open: bool = False
                      ) -> tuple[list[tuple[_Queued, Any, BaseException | None]], list[_Queued]]:
         """Run ``batch`` in as few transactions as it allows: each caller's outcome, and
-        (``yield_busy``: the write lock was not free at once) the units not run."""
+        (``yield_busy``: the write lock was not free at once) the units not run.
+        ``keep_open``: a group of brief units that all succeed is left uncommitted (its
+        transaction open on ``conn``: see _release)."""
         done: list[tuple[_Queued, Any, BaseException | None]] = []
         self._set_level(conn, any(item[1] for item in batch))
         if all(item[4] for item in batch):
@@ -519,6 +610,8 @@ class SQLiteDatabase(Database):
                 if len(batch) == 1:
                     return [(batch[0], None, exc)], []
             else:
+                if keep_open:
+                    return results, []
                 try:
                     conn.statements.execute("COMMIT")
                 except BaseException as exc:  # handed to its caller
@@ -624,9 +717,9 @@ _CHECKPOINT_FRAMES = 1000
 _CHECKPOINT_FIRST = 100
 _CHECKPOINT_MIN = 8
 _CHECKPOINT_MAX = 1000
-# (unit, durable, its future, its caller's loop, brief, when it must run if deferred)
+# (unit, durable, its future, its caller's loop, brief, when it must run if deferred, held)
 _Queued = tuple[Callable[[Tx], Awaitable[Any]], bool, "asyncio.Future[Any]",
-                asyncio.AbstractEventLoop, bool, float]
+                asyncio.AbstractEventLoop, bool, float, bool]
 # jobs for the store thread: drain the queue, checkpoint, or a call whose outcome goes to a
 # future
 _DRAIN = object()
@@ -803,7 +896,7 @@ class PostgresDatabase(Database):
             await pool.close()
 
     async def run(self, unit: Callable[[Tx], Awaitable[T]], *, durable: bool = True,
-                  defer: bool = False, brief: bool = False) -> T:
+                  defer: bool = False, brief: bool = False, hold: bool = False) -> T:
         if self._pool is None:
             raise RuntimeError(f"database {self.store.masked} is not open")
         async with self._pool.acquire() as conn, conn.transaction():

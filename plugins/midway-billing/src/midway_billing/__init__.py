@@ -126,11 +126,11 @@ def on_chunk(exchange: Exchange, event: SSEEvent) -> Awaitable[None] | None:
     return billing.on_chunk(exchange, event) if billing else None
 
 
+# Its write-ahead, for the core to await (no coroutine of its own around it).
 @hookimpl
-async def upstream_request(exchange: Exchange, attempt: Attempt) -> None:
+def upstream_request(exchange: Exchange, attempt: Attempt) -> Awaitable[None] | None:
     billing = _billing(exchange.midway)
-    if billing is not None:
-        await billing.upstream_request(exchange, attempt)
+    return billing.upstream_request(exchange, attempt) if billing is not None else None
 
 
 # First, so that audit (trylast) and the others see annotations["cost_usd"]. Nothing to

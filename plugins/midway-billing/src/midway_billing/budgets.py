@@ -70,10 +70,12 @@ class Bucket:
     value: str
     period: str
     start: float  # unix seconds; 0 for "total"
+    # its counter's key, formatted once: every request's reservation reads it
+    key: str = attrs.field(init=False, repr=False, eq=False)
 
-    @property
-    def key(self) -> str:
-        return f"{self.scope}\x1f{self.value}\x1f{self.period}\x1f{int(self.start)}"
+    def __attrs_post_init__(self) -> None:
+        object.__setattr__(
+            self, "key", f"{self.scope}\x1f{self.value}\x1f{self.period}\x1f{int(self.start)}")
 
     @classmethod
     def from_key(cls, key: str) -> Bucket:

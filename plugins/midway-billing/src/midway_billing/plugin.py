@@ -665,7 +665,7 @@ class Billing:
         row.update(upstream=attempt.upstream.name, key_id=attempt.upstream.key_id,
                    model=attempt.upstream.model or exchange.model)
         try:
-            await self.store.write_ahead(row)
+            await self.store.write_ahead(row, state.reservation)
         except Exception as exc:
             if not is_transient(exc):
                 raise  # a bug: the core's plugin failure (500), logged with its traceback

@@ -94,6 +94,8 @@ def row_values(row: dict[str, Any]) -> tuple[tuple[str, ...], list[Any]]:
     return tuple(columns), values
 
 
+# Counters and reservations are written by key on every request: WITHOUT ROWID tables (where
+# created; see midway.storage.Schema) change one page a write, not the table's and its key's.
 SCHEMA = Schema("billing", """
 CREATE TABLE IF NOT EXISTS billing_ledger (
     id TEXT PRIMARY KEY,
@@ -164,14 +166,14 @@ CREATE TABLE IF NOT EXISTS billing_counters (
     key TEXT PRIMARY KEY,
     spent_pusd {int} NOT NULL DEFAULT 0,
     reserved_pusd {int} NOT NULL DEFAULT 0
-);
+){without_rowid};
 CREATE TABLE IF NOT EXISTS billing_reservations (
     exchange_id TEXT PRIMARY KEY,
     instance {int} NOT NULL,
     amount_pusd {int} NOT NULL,
     buckets TEXT NOT NULL,
     created_at {real} NOT NULL
-);
+){without_rowid};
 DROP INDEX IF EXISTS billing_reservations_instance;
 CREATE TABLE IF NOT EXISTS billing_batches (
     batch_id TEXT PRIMARY KEY,
@@ -329,6 +331,9 @@ class Reservation:
     amount_pusd: int
     buckets: list[str]  # bucket keys
     created_at: float
+    # the store's held_lost when the hold was admitted (see Store.reserve); None: not known
+    # to be held (the write-ahead has nothing to check)
+    lost: int | None = attrs.field(default=None, eq=False, repr=False)
 
 
 @attrs.frozen
@@ -429,13 +434,38 @@ class Store:
 
     # -- the hot path: one unit each ---------------------------------------------------------
 
-    async def write_ahead(self, row: dict[str, Any]) -> None:
-        """Insert a pending attempt row (committed before the attempt is sent). Never over a
-        row already there: a write-ahead whose reply was lost (the database crashed, the hook
-        was cancelled) may commit after its settlement, which it must not undo."""
+    def write_ahead(self, row: dict[str, Any], reservation: Reservation | None = None
+                    ) -> Awaitable[int]:
+        """Insert a pending attempt row (committed before the attempt is sent): await it.
+        Never over a row already there: a write-ahead whose reply was lost (the database
+        crashed, the hook was cancelled) may commit after its settlement, which it must not
+        undo. (The unit's future itself, not a coroutine around it: one less a request.)
+        With the request's admitted ``reservation``: should its held commit have failed (see
+        reserve), this fails too, with that commit's error, and nothing is written."""
         columns, values = row_values(row)
         sql = row_sql(columns, KEEP)
-        await self.db.run(lambda tx: tx.execute(sql, *values), brief=True)
+        db = self.db
+        if reservation is None or reservation.lost is None:
+            return db.submit(lambda tx: tx.execute(sql, *values), brief=True)
+        lost, exchange_id = reservation.lost, reservation.exchange_id
+
+        def unit(tx: Tx) -> Awaitable[int]:
+            if db.held_lost == lost:  # in the hold's transaction, or after it landed
+                return tx.execute(sql, *values)
+            return self._write_ahead_held(tx, sql, values, exchange_id)
+
+        return db.submit(unit, brief=True)
+
+    async def _write_ahead_held(self, tx: Tx, sql: str, values: list[Any],
+                                exchange_id: str) -> int:
+        """The write-ahead after a held transaction was undone (its own hold's, or a later
+        one's): only if the hold is there."""
+        if await tx.fetchval("SELECT 1 FROM billing_reservations WHERE exchange_id = ?",
+                             exchange_id) is None:
+            error = self.db.held_error
+            assert error is not None, "a held transaction undone without its error"
+            raise error
+        return await tx.execute(sql, *values)
 
     async def reserve(self, reservation: Reservation, limits: dict[str, int | None]
                       ) -> ReserveResult:
@@ -477,7 +507,16 @@ class Store:
             await self._keep(tx, reservation)
             return ReserveResult(True, {k: (s, r + amount) for k, (s, r) in states.items()})
 
-        result: ReserveResult = await self.db.run(unit, brief=self._counted.issuperset(keys))
+        # Held: the write-ahead it admits (queued as soon as it is known) shares its commit.
+        # The outcome is known before that commit: should it fail, db.held_lost grows past
+        # what is noted here, and the write-ahead (run again without it, or later) finds the
+        # hold missing and fails with the commit's error, as one whose own commit failed: the
+        # request does not go on as if its hold had landed. (The other units in it run again,
+        # a previous request's settlement among them.)
+        result: ReserveResult = await self.db.submit(
+            unit, brief=self._counted.issuperset(keys), hold=True)
+        if result.admitted:
+            reservation.lost = self.db.held_lost
         if len(self._counted) > _COUNTED_MAX:
             self._counted.clear()
         self._counted.update(keys)
