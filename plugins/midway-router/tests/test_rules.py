@@ -421,3 +421,27 @@ def test_a_body_with_images_is_parsed_once_for_the_estimate_and_the_model(monkey
     text = [{"role": "user", "content": "word " * 100}]
     upstream, _ = choose(r, body(model="claude-opus-4-6", messages=text))
     assert upstream.name == "long" and len(parses) == 2
+
+
+@pytest.mark.parametrize(("globs", "model", "routed"), [
+    (["*"], "claude-sonnet-4-6", "think"), (["*"], "", "think"), (["*"], "a\nb", "think"),
+    (["*"], None, "main"), (["*"], 42, "main"),  # no model string: no match
+    (["claude-opus-*", "*"], "x", "think"), (["claude-opus-*"], "x", "main")])
+def test_a_glob_list_with_star_matches_any_model_string_and_only_one(globs, model, routed):
+    # "*" is checked without its regex: the same answers as fnmatch's (?s:.*)\Z
+    r = router(rules=[{"name": "any", "match": {"model": globs}, "target": "think"}])
+    payload = body()
+    if model is None:
+        del payload["model"]
+    else:
+        payload["model"] = model
+    assert choose(r, payload)[0].name == routed
+
+
+def test_rules_read_the_principal_and_headers_of_the_exchange_they_route():
+    r = router()
+    team = Principal(id="k1", name="bob", team="search", kind="key")
+    assert choose(r, principal=team)[0].name == "search"
+    assert choose(r, headers={"x-workload": "batch-7"})[0].name == "bulk"
+    assert choose(r, payload=body(model="claude-opus-4"),
+                  principal=Principal(id="alice", name="alice", kind="key"))[0].name == "think"
