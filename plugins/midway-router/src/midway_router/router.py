@@ -319,8 +319,9 @@ class Router:
             key = final.upstream.meta.get(META)
             if key is not None:
                 self._mark_down(key.upstream, now, "stream broke")
-        while st.held:
-            self._release(st, st.held[-1])
+        for key in st.held:  # every hold left (each a count of its own)
+            key.in_flight -= 1
+        st.held.clear()
 
     def _release(self, st: RequestState, key: KeyState) -> None:
         if key in st.held:
