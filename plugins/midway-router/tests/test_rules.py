@@ -445,3 +445,32 @@ def test_rules_read_the_principal_and_headers_of_the_exchange_they_route():
     assert choose(r, headers={"x-workload": "batch-7"})[0].name == "bulk"
     assert choose(r, payload=body(model="claude-opus-4"),
                   principal=Principal(id="alice", name="alice", kind="key"))[0].name == "think"
+
+
+@pytest.mark.parametrize("judged", [True, False])
+def test_every_key_an_exchange_held_is_released_once_at_its_end(judged):
+    """A key rested by a 429 is released when the retry is judged (or, unjudged, at the end
+    with the rest); the end releases every hold left, each once."""
+    from multidict import CIMultiDict, CIMultiDictProxy
+
+    two = [{**UPSTREAMS[0], "keys": ["sk-main-1", "sk-main-2"]}]
+    pooled = Router(parse({"upstreams": two, "target": "main"}))
+    exchange = make_exchange(body())
+    first = pooled.choose(exchange)
+    attempt = Attempt(number=1, id="x.1", upstream=first, started=0.0)
+    exchange.attempts.append(attempt)
+    pooled.sent(exchange, attempt)
+    attempt.status, attempt.headers = 429, CIMultiDictProxy(CIMultiDict())
+    if judged:
+        assert pooled.judge(exchange, attempt) is not None
+    second = pooled.choose(exchange)
+    assert second.meta["router_key"] is not first.meta["router_key"]
+    retry = Attempt(number=2, id="x.2", upstream=second, started=0.0, status=200,
+                    headers=CIMultiDictProxy(CIMultiDict()))
+    exchange.attempts.append(retry)
+    pooled.sent(exchange, retry)
+    assert [k.in_flight for k in pooled.upstreams["main"].keys] == [1 - judged, 1] or \
+        [k.in_flight for k in pooled.upstreams["main"].keys] == [1, 1 - judged]
+    pooled.finish(exchange)
+    assert [k.in_flight for k in pooled.upstreams["main"].keys] == [0, 0]
+    assert exchange.state["router"].held == []
