@@ -69,6 +69,8 @@ STREAM_FAILURES = frozenset({ErrorKind.STREAM_BROKEN, ErrorKind.STREAM_TIMEOUT})
 # A top-level string longer than this is not kept once the parse is let go (``Request.release``):
 # a ``system`` prompt given as one string can be tens of KB.
 _KEPT_STRING = 256
+# A tuple, not ``bool | int | float``: a union in an isinstance call is built at every call.
+_SCALARS = (bool, int, float)
 
 
 @attrs.define(eq=False)
@@ -148,7 +150,7 @@ class Request:
             self._body = orjson.dumps(body)
             self.changed = False
         # A list, a nested object or a long string is marked, and read by a second parse.
-        self._fields = {k: v if v is None or isinstance(v, bool | int | float)
+        self._fields = {k: v if v is None or isinstance(v, _SCALARS)
                         or (isinstance(v, str) and len(v) <= _KEPT_STRING) else _UNSET
                         for k, v in body.items()} if isinstance(body, dict) else {}
         self._json = _UNSET
