@@ -9,7 +9,8 @@ too): each default pattern runs only when a literal every match contains is in t
 (``str.__contains__``: ~3.7 k instructions less than a regex scan that finds nothing on a
 record's 1.3 KB of metadata), or in the lower-cased text for the two case-insensitive
 patterns. Patterns that start with the same literal share one regex scan for it
-(``_GUARDS``): the three ``sk`` keys and the two ``A…`` keys run only when it finds one.
+(``_GUARDS``, itself skipped when ``sk`` or ``A`` is not in the text): the three ``sk`` keys
+and the two ``A…`` keys run only when it finds one.
 Each pattern also starts with a literal, checking the characters before it with a
 lookbehind, so its own scan skips ahead to that literal.
 E-mail addresses, whose ``@`` is common in code, are found from each ``@`` outwards.
@@ -62,10 +63,11 @@ DEFAULT_PATTERNS: dict[str, tuple[str, tuple[str, ...], bool]] = {
 }
 # One scan standing in for several patterns' own: every match of each pattern named starts
 # with a match of its guard, so a text the guard does not match cannot hold any of theirs.
-_GUARDS: dict[str, tuple[str, ...]] = {
-    r"sk[-_]": ("anthropic_key", "openai_key", "stripe_key"),
-    "A(?:" + "|".join(p[1:] for p in _AWS_PREFIXES) + "|Iza)": ("aws_access_key",
-                                                                 "google_api_key"),
+# The guard is scanned only when its literal (in every match of the guard) is in the text.
+_GUARDS: dict[str, tuple[str, tuple[str, ...]]] = {
+    r"sk[-_]": ("sk", ("anthropic_key", "openai_key", "stripe_key")),
+    "A(?:" + "|".join(p[1:] for p in _AWS_PREFIXES) + "|Iza)": (
+        "A", ("aws_access_key", "google_api_key")),
 }
 EMAIL = "email"  # a default too, found by _mask_emails
 
@@ -95,6 +97,7 @@ class Pattern:
     lower: bool
     replacement: str
     guard: re.Pattern[str] | None = None  # scanned once for the patterns that share it
+    guard_literal: str = ""  # in every match of the guard
 
 
 class Redactor:
@@ -105,11 +108,12 @@ class Redactor:
         self.patterns: list[Pattern] = []
         self.emails = use_defaults
         if use_defaults:
-            guards = {name: re.compile(guard) for guard, names in _GUARDS.items()
-                      for name in names}
+            guards = {name: (re.compile(guard), literal)
+                      for guard, (literal, names) in _GUARDS.items() for name in names}
             for name, (regex, hints, lower) in DEFAULT_PATTERNS.items():
                 self._add(name, regex, hints, lower)
-                self.patterns[-1].guard = guards.get(name)
+                if name in guards:
+                    self.patterns[-1].guard, self.patterns[-1].guard_literal = guards[name]
         for name, regex in (extra or {}).items():
             try:
                 self._add(name, regex, (), False)
@@ -141,7 +145,8 @@ class Redactor:
             if guard is not None:
                 found = guarded.get(guard.pattern)
                 if found is None:
-                    found = guarded[guard.pattern] = guard.search(text) is not None
+                    found = guarded[guard.pattern] = pattern.guard_literal in text and \
+                        guard.search(text) is not None
                 if not found:
                     continue
             if pattern.hints:
