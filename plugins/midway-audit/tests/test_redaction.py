@@ -9,6 +9,8 @@ import string
 import anthropic
 import orjson
 from conftest import data_dir, flush, get, records
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from midway.testing import Reply, wait_for
 from midway_audit.redact import Redactor
@@ -124,6 +126,36 @@ def test_patterns_sharing_a_guard_scan_each_find_their_own_in_one_text():
     near = "a task-list, desk_top, AKI, AIz, Amazon, sk"
     assert redactor.text(near) == near
 
+
+# Pieces a text is made of for the property test below: each pattern's secrets (whole, cut
+# short, glued to a word), their literals alone, near misses, JSON punctuation, words.
+_PIECES = [
+    "sk-ant-api03-AAAAbbbb1234", "sk-proj-" + "x" * 30, "sk-" + "Z9" * 12, "sk_live_" + "a" * 20,
+    "AKIA" + "B" * 16, "ASIA" + "7" * 16, "AIza" + "q" * 35, "aws_secret_access_key",
+    '\\":\\"', " = ", "a" * 40, "ghp_" + "c" * 36, "github_pat_" + "d" * 40, "xoxb-" + "e" * 12,
+    "mw-abcdefghijkl_" + "F" * 43, "eyJhbGciOiJIUzI1", ".eyJzdWIiOiIxMjM0", ".sig-_x",
+    "rk_test_" + "g" * 16, "hf_" + "H" * 34, "Bearer ", "bEaReR\t", "tok.en~+/AAAA==",
+    "-----BEGIN RSA PRIVATE KEY-----", "MIIEpAIBAAKC\\n", "-----END RSA PRIVATE KEY-----",
+    "-----BEGIN", "gh", "xox", "mw-", "eyJ", "rk_", "hf_", "sk", "A", "task-", "desk_",
+    "user@example.com", "@", "x", "_", "-", '"', ",", ":", "{", "}", " ", "\n", "é", "🙂",
+]
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from(_PIECES) | st.text(max_size=6), max_size=24))
+def test_literal_checks_and_guards_change_nothing_the_patterns_alone_would_mask(
+        pieces: list[str]) -> None:
+    """A pattern is skipped when none of its literals (or its guard) is in the text: the
+    result is exactly every pattern's substitution applied in turn, then the e-mail masking,
+    as if nothing were skipped."""
+    from midway_audit.redact import Redactor, _mask_emails
+
+    redactor = Redactor()
+    text = "".join(pieces)
+    expected = text
+    for pattern in redactor.patterns:
+        expected = pattern.regex.sub(pattern.replacement, expected)
+    assert redactor.text(text) == _mask_emails(expected)
 
 
 def test_long_body_parts_alike_at_both_ends_are_never_mistaken_for_each_other():
