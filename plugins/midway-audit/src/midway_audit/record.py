@@ -19,6 +19,10 @@ from midway_audit.redact import Redactor
 
 UNPARSED: Any = object()  # the body was not parsed on the relay's path: prepare parses it
 TRUNCATION_MARKER = "…[midway-audit: truncated {omitted} bytes]"
+# Tuples, not unions: a union in an isinstance call is built at every call (these walk every
+# value of a record's metadata).
+_SEQUENCES = (list, tuple)
+_SCALARS = (bool, int, float)
 
 
 @attrs.define(slots=True)
@@ -251,9 +255,9 @@ def _valid_utf8(value: Any) -> Any:
         return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
     if isinstance(value, dict):
         return {str(_valid_utf8(k)): _valid_utf8(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
+    if isinstance(value, _SEQUENCES):
         return [_valid_utf8(v) for v in value]
-    if value is None or isinstance(value, bool | int | float):
+    if value is None or isinstance(value, _SCALARS):
         return value
     return _valid_utf8(str(value))
 
@@ -316,9 +320,9 @@ def _redact_values(value: Any, redactor: Redactor) -> Any:
         return redactor.text(value)
     if isinstance(value, dict):
         return {str(k): _redact_values(v, redactor) for k, v in value.items()}
-    if isinstance(value, list | tuple):
+    if isinstance(value, _SEQUENCES):
         return [_redact_values(v, redactor) for v in value]
-    if value is None or isinstance(value, bool | int | float):
+    if value is None or isinstance(value, _SCALARS):
         return value
     return redactor.text(str(value))
 
