@@ -53,10 +53,7 @@ def read_limits(headers: Mapping[str, str]) -> dict[str, Limit]:
     """The limits a response reports, by name (``requests``, ``tokens``, ...)."""
     found: dict[str, Limit] = {}
     for name, remaining_header, reset_header, limit_header in _HEADERS:
-        raw = headers.get(remaining_header)
-        if raw is None:  # most answers report none of them (no call to make)
-            continue
-        remaining = _int(raw)
+        remaining = _int(headers.get(remaining_header))
         if remaining is None:
             continue
         reset_raw = headers.get(reset_header)
