@@ -553,3 +553,31 @@ def test_an_intent_that_finds_the_ring_full_holds_its_request_until_it_is_in(tmp
                 (records_sent,)
 
     asyncio.run(main())
+
+
+def test_status_lines_apply_the_writers_metric_updates_each_time(tmp_path):
+    """The relay applies each status line's updates to its metrics (the labelled child and
+    method it calls are looked up once and kept: a second line must still reach the same
+    metric, and another label its own child)."""
+    from prometheus_client import CollectorRegistry
+
+    from midway.options import load_table
+    from midway_audit.config import AuditConfig
+    from midway_audit.handoff.channel import WriterChannel
+    from midway_audit.metrics import AuditMetrics
+
+    registry = CollectorRegistry()
+    config = load_table(AuditConfig, "audit", {"store": f"sqlite:///{tmp_path}/audit.db"},
+                        data_dir=tmp_path)
+    channel = WriterChannel(config, None, tmp_path, AuditMetrics(registry))
+    channel._status({"metrics": [["written", None, "inc", 2], ["dropped", "a", "inc", 1],
+                                 ["queue_depth", None, "set", 5], ["nope", None, "inc", 1]]})
+    channel._status({"metrics": [["written", None, "inc", 3], ["dropped", "b", "inc", 4],
+                                 ["dropped", "a", "inc", 1], ["queue_depth", None, "set", 1],
+                                 ["batch_seconds", None, "observe", 0.002]]})
+    value = registry.get_sample_value
+    assert value("midway_audit_records_written_total") == 5
+    assert value("midway_audit_records_dropped_total", {"reason": "a"}) == 2
+    assert value("midway_audit_records_dropped_total", {"reason": "b"}) == 4
+    assert value("midway_audit_queue_depth") == 1
+    assert value("midway_audit_batch_seconds_count") == 1

@@ -421,3 +421,56 @@ def test_a_body_with_images_is_parsed_once_for_the_estimate_and_the_model(monkey
     text = [{"role": "user", "content": "word " * 100}]
     upstream, _ = choose(r, body(model="claude-opus-4-6", messages=text))
     assert upstream.name == "long" and len(parses) == 2
+
+
+@pytest.mark.parametrize(("globs", "model", "routed"), [
+    (["*"], "claude-sonnet-4-6", "think"), (["*"], "", "think"), (["*"], "a\nb", "think"),
+    (["*"], None, "main"), (["*"], 42, "main"),  # no model string: no match
+    (["claude-opus-*", "*"], "x", "think"), (["claude-opus-*"], "x", "main")])
+def test_a_glob_list_with_star_matches_any_model_string_and_only_one(globs, model, routed):
+    # "*" is checked without its regex: the same answers as fnmatch's (?s:.*)\Z
+    r = router(rules=[{"name": "any", "match": {"model": globs}, "target": "think"}])
+    payload = body()
+    if model is None:
+        del payload["model"]
+    else:
+        payload["model"] = model
+    assert choose(r, payload)[0].name == routed
+
+
+def test_rules_read_the_principal_and_headers_of_the_exchange_they_route():
+    r = router()
+    team = Principal(id="k1", name="bob", team="search", kind="key")
+    assert choose(r, principal=team)[0].name == "search"
+    assert choose(r, headers={"x-workload": "batch-7"})[0].name == "bulk"
+    assert choose(r, payload=body(model="claude-opus-4"),
+                  principal=Principal(id="alice", name="alice", kind="key"))[0].name == "think"
+
+
+@pytest.mark.parametrize("judged", [True, False])
+def test_every_key_an_exchange_held_is_released_once_at_its_end(judged):
+    """A key rested by a 429 is released when the retry is judged (or, unjudged, at the end
+    with the rest); the end releases every hold left, each once."""
+    from multidict import CIMultiDict, CIMultiDictProxy
+
+    two = [{**UPSTREAMS[0], "keys": ["sk-main-1", "sk-main-2"]}]
+    pooled = Router(parse({"upstreams": two, "target": "main"}))
+    exchange = make_exchange(body())
+    first = pooled.choose(exchange)
+    attempt = Attempt(number=1, id="x.1", upstream=first, started=0.0)
+    exchange.attempts.append(attempt)
+    pooled.sent(exchange, attempt)
+    attempt.status, attempt.headers = 429, CIMultiDictProxy(CIMultiDict())
+    if judged:
+        assert pooled.judge(exchange, attempt) is not None
+    second = pooled.choose(exchange)
+    assert second.meta["router_key"] is not first.meta["router_key"]
+    retry = Attempt(number=2, id="x.2", upstream=second, started=0.0, status=200,
+                    headers=CIMultiDictProxy(CIMultiDict()))
+    exchange.attempts.append(retry)
+    pooled.sent(exchange, retry)
+    assert [k.in_flight for k in pooled.upstreams["main"].keys] == [1 - judged, 1] or \
+        [k.in_flight for k in pooled.upstreams["main"].keys] == [1, 1 - judged]
+    pooled.finish(exchange)
+    assert [k.in_flight for k in pooled.upstreams["main"].keys] == [0, 0]
+    assert exchange.state["router"].held == []

@@ -53,7 +53,10 @@ def read_limits(headers: Mapping[str, str]) -> dict[str, Limit]:
     """The limits a response reports, by name (``requests``, ``tokens``, ...)."""
     found: dict[str, Limit] = {}
     for name, remaining_header, reset_header, limit_header in _HEADERS:
-        remaining = _int(headers.get(remaining_header))
+        raw = headers.get(remaining_header)
+        if raw is None:  # most answers report none of them (no call to make)
+            continue
+        remaining = _int(raw)
         if remaining is None:
             continue
         reset_raw = headers.get(reset_header)

@@ -12,7 +12,6 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-import attrs
 import orjson
 
 from midway import MidwayError, Retry, Upstream
@@ -46,19 +45,27 @@ ADMIN_API = "/v1/organizations"  # Anthropic's admin API: an admin key's busines
 KEY_ERRORS = {401: "authentication_error", 403: "permission_error"}
 
 
-@attrs.define(eq=False)
 class RequestState:
-    rule: RuleSpec
-    facts: Facts
-    session: str | None
-    failed: set[str] = attrs.field(factory=set)  # upstreams that failed this request
-    tried: set[int] = attrs.field(factory=set)  # ids of keys refused for this request
-    held: list[KeyState] = attrs.field(factory=list)  # keys whose in-flight count we hold
-    judged: set[int] = attrs.field(factory=set)  # attempt numbers already judged
-    retries: int = 0
-    scoped_out: set[str] = attrs.field(factory=set)  # upstreams the principal may not use
-    inference: bool = False  # a 401/403 to this request may speak of the key (INFERENCE)
-    admin: bool = False  # the path is Anthropic's admin API
+    """One request's routing: made once, when its first upstream is chosen (a plain class,
+    built with positional arguments: attrs' keyword ``__init__`` cost a dict per request)."""
+
+    __slots__ = ("admin", "facts", "failed", "held", "inference", "judged", "retries", "rule",
+                 "scoped_out", "session", "tried")
+
+    def __init__(self, rule: RuleSpec, facts: Facts, session: str | None,
+                 inference: bool = False, admin: bool = False) -> None:
+        self.rule = rule
+        self.facts = facts
+        self.session = session
+        self.failed: set[str] = set()  # upstreams that failed this request
+        self.tried: set[int] = set()  # ids of keys refused for this request
+        self.held: list[KeyState] = []  # keys whose in-flight count we hold
+        self.judged: set[int] = set()  # attempt numbers already judged
+        self.retries = 0
+        self.scoped_out: set[str] = set()  # upstreams the principal may not use
+        # a 401/403 to this request may speak of the key (INFERENCE)
+        self.inference = inference
+        self.admin = admin  # the path is Anthropic's admin API
 
 
 class Router:
@@ -70,6 +77,8 @@ class Router:
         self.metrics = metrics
         self.upstreams: dict[str, UpstreamState] = {
             spec.name: pool.build(spec) for spec in settings.upstreams}
+        # whether the router routes at all (read by every request hook; upstreams are fixed)
+        self.active = bool(self.upstreams)
         self._by_fp: dict[tuple[str, str | None], KeyState] = {
             (name, key.fp): key for name, up in self.upstreams.items() for key in up.keys}
         self.rules = RuleTable(settings.routing_rules())
@@ -96,10 +105,6 @@ class Router:
         self._token_task: asyncio.Task[None] | None = None
         if metrics is not None:
             metrics.watch_keys(self.status)
-
-    @property
-    def active(self) -> bool:
-        return bool(self.upstreams)
 
     # -- minted credentials (Vertex AI's Google access tokens) -------------------------------
 
@@ -149,9 +154,8 @@ class Router:
                 session = exchange.principal.id
             request = exchange.request
             path = request.path
-            st = RequestState(rule=rule, facts=facts, session=session,
-                              inference=(request.method, path) in INFERENCE,
-                              admin=path == ADMIN_API or path.startswith(ADMIN_API + "/"))
+            st = RequestState(rule, facts, session, (request.method, path) in INFERENCE,
+                              path == ADMIN_API or path.startswith(ADMIN_API + "/"))
             allowed = exchange.principal.upstreams
             if allowed:
                 # Upstreams this client key may not use are out of the running from the start.
@@ -184,9 +188,9 @@ class Router:
         model = target.model or None
         if model is None and spec.models:  # read the body's model only for a vendor's map
             model = _vendor_model(spec.models, st.facts.model)
-        return Upstream(url=spec.url, name=spec.name, headers=key.headers,
-                        passthrough_auth=key.fp is None, adapter=key.adapter, key_id=key.fp,
-                        model=model, meta={META: key})
+        # positional: a keyword call to an attrs class builds a dict of them first
+        return Upstream(spec.url, spec.name, key.headers, key.fp is None, key.adapter, key.fp,
+                        model, {META: key})
 
     def _targets(self, rule: RuleSpec) -> Sequence[TargetSpec]:
         """The rule's targets in the order to try them: balanced primaries, then fallbacks."""
@@ -315,8 +319,9 @@ class Router:
             key = final.upstream.meta.get(META)
             if key is not None:
                 self._mark_down(key.upstream, now, "stream broke")
-        while st.held:
-            self._release(st, st.held[-1])
+        for key in st.held:  # every hold left (each a count of its own)
+            key.in_flight -= 1
+        st.held.clear()
 
     def _release(self, st: RequestState, key: KeyState) -> None:
         if key in st.held:

@@ -47,9 +47,8 @@ class Facts:
     ask (no model rule, one key per upstream) never parse the body. Readers that do ask read
     it while the request is being routed, so it is the body as routed."""
 
-    __slots__ = ("_background_models", "_keep", "_model", "_request", "_thinking", "_tokens",
-                 "_tools", "agent_id", "body_read", "groups", "headers", "parent_agent_id",
-                 "path", "principal_id", "principal_name", "team")
+    __slots__ = ("_background_models", "_exchange", "_keep", "_model", "_request", "_thinking",
+                 "_tokens", "_tools", "body_read")
 
     def __init__(self, exchange: Exchange, background_models: re.Pattern[str],
                  keep: bool = False, tokens: bool = False) -> None:
@@ -57,10 +56,13 @@ class Facts:
         the body through the exchange (kept for the attempt to read); else a body nobody
         parsed yet is parsed for these facts only and freed at once. A kept tree lives as long
         as the exchange (a stream's, minutes), and with many requests in flight each parse then
-        fills memory the CPU cache no longer holds: 2-3 times the parse."""
-        request = exchange.request
-        principal = exchange.principal
-        self._request = request
+        fills memory the CPU cache no longer holds: 2-3 times the parse.
+
+        The request's and principal's fields are read from the exchange when a rule asks
+        (most tables name one or two of them): the rules run as the facts are made, on the
+        request as routed."""
+        self._exchange = exchange
+        self._request = exchange.request
         self._keep = keep
         self._background_models = background_models
         self._tokens: int | None = None
@@ -68,17 +70,41 @@ class Facts:
         self._model: str | None = None
         self._thinking = False
         self._tools = False
-        self.path = request.path
-        self.principal_id = principal.id
-        self.principal_name = principal.name
-        self.team = principal.team
-        self.headers: Any = request.headers  # CIMultiDict, case-insensitive
-        self.agent_id = exchange.agent_id
-        self.parent_agent_id = exchange.parent_agent_id
-        # The principal's groups, from its credential (never from a request header).
-        self.groups: tuple[str, ...] = tuple(principal.groups)
         if tokens:
             self._estimate()
+
+    @property
+    def path(self) -> str:
+        return self._request.path
+
+    @property
+    def principal_id(self) -> str:
+        return self._exchange.principal.id
+
+    @property
+    def principal_name(self) -> str:
+        return self._exchange.principal.name
+
+    @property
+    def team(self) -> str | None:
+        return self._exchange.principal.team
+
+    @property
+    def headers(self) -> Any:
+        return self._request.headers  # CIMultiDict, case-insensitive
+
+    @property
+    def agent_id(self) -> str | None:
+        return self._exchange.agent_id
+
+    @property
+    def parent_agent_id(self) -> str | None:
+        return self._exchange.parent_agent_id
+
+    @property
+    def groups(self) -> tuple[str, ...]:
+        """The principal's groups, from its credential (never from a request header)."""
+        return self._exchange.principal.groups
 
     def _read(self) -> Any:
         """Parse the body (or read the exchange's parse) for its facts; the tree, to estimate
@@ -142,6 +168,10 @@ def _loads(body: bytes) -> Any:
         return None
 
 
+# A glob list with this one matches every string: its check is that the value is one.
+_EVERYTHING = "*"
+
+
 def _compile(patterns: tuple[str, ...]) -> re.Pattern[str] | None:
     """One regex for a list of globs (matching is on the hot path of every request)."""
     if not patterns:
@@ -168,6 +198,9 @@ class Matcher:
         for patterns, field in ((match.models, "model"), (match.paths, "path"),
                                 (match.teams, "team"), (match.agents, "agent_id"),
                                 (match.parent_agents, "parent_agent_id")):
+            if _EVERYTHING in patterns:  # e.g. model = "*": no regex to run
+                checks.append(_present_check(attrgetter(field)))
+                continue
             pattern = _compile(patterns)
             if pattern is not None:
                 checks.append(_field_check(pattern, attrgetter(field)))
@@ -202,6 +235,10 @@ def _field_check(pattern: re.Pattern[str], get: Callable[[Facts], str | None]) -
     return lambda facts: _hit(pattern, get(facts))
 
 
+def _present_check(get: Callable[[Facts], str | None]) -> Check:
+    return lambda facts: get(facts) is not None
+
+
 def _principal_check(pattern: re.Pattern[str]) -> Check:
     return lambda facts: _hit(pattern, facts.principal_id) or \
         _hit(pattern, facts.principal_name)
@@ -231,10 +268,15 @@ class RuleTable:
 
     def __init__(self, rules: tuple[RuleSpec, ...]) -> None:
         self.rules = [(rule, Matcher(rule.match)) for rule in rules]
+        # each rule's checks, run here (calling a Matcher object costs a slot lookup more)
+        self._checks = [(rule, matcher.checks) for rule, matcher in self.rules]
 
     def select(self, facts: Facts) -> RuleSpec | None:
-        for rule, matcher in self.rules:
-            if matcher(facts):
+        for rule, checks in self._checks:
+            for check in checks:
+                if not check(facts):
+                    break
+            else:
                 return rule
         return None
 

@@ -61,6 +61,8 @@ log = logging.getLogger("midway.audit")
 
 _METRICS = frozenset({"queue_depth", "written", "dropped", "write_errors", "intents",
                       "recovered", "batch_seconds"})
+# A wake-up frame's header (its one part, ``a``, is the 8-byte head): one write of two pieces.
+_WAKE = HEADER.pack(WAKE, 0, 8, 0)
 
 
 class WriterGone(RuntimeError):
@@ -76,6 +78,7 @@ class WriterChannel:
         self.config = config
         self.instance = instance
         self.blocking = config.on_full == "block"
+        self.durable = config.write_ahead_durable  # read for every intent
         self.table = table
         self.data_dir = data_dir
         self.metrics = metrics
@@ -102,6 +105,9 @@ class WriterChannel:
             collections.deque()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._high = 0  # ring bytes in use past which the writer is "far behind"
+        # each status line's metric updates, by (metric, label, operation): the method they
+        # call (a labelled child is looked up, under the client library's lock, once)
+        self._metric_ops: dict[tuple[str, Any, str], Any] = {}
 
     # -- life cycle ----------------------------------------------------------------------------
 
@@ -215,13 +221,17 @@ class WriterChannel:
 
     def _status(self, status: dict[str, Any]) -> None:
         metrics = self.metrics
+        ops = self._metric_ops
         for name, label, op, value in status.pop("metrics", ()):
             if metrics is None or name not in _METRICS:
                 continue
-            metric = getattr(metrics, name)
-            if label is not None:
-                metric = metric.labels(label)
-            getattr(metric, op)(value)
+            call = ops.get((name, label, op))
+            if call is None:
+                metric = getattr(metrics, name)
+                if label is not None:
+                    metric = metric.labels(label)
+                call = ops[(name, label, op)] = getattr(metric, op)
+            call(value)
         self.state.update(status)
         self._progress.set()
         if self._waiting:
@@ -277,7 +287,7 @@ class WriterChannel:
         head = ring.written
         if head != self._woken_at:
             self._woken_at = head
-            transport.writelines(frame(WAKE, b"", head.to_bytes(8, "little")))
+            transport.write(_WAKE + head.to_bytes(8, "little"))
 
     def record(self, meta: bytes, request_body: bytes, response: bytes) -> None:
         """Hand over a record (record.capture)."""
@@ -295,9 +305,9 @@ class WriterChannel:
         self.send(INTENT, meta, request_id.encode())
         self.intents_sent += 1
         if self._waiting and self._transport is not None and self.blocking \
-                and not self.config.write_ahead_durable:
+                and not self.durable:
             return self.room()
-        if not self.config.write_ahead_durable or self._transport is None:
+        if not self.durable or self._transport is None:
             return None
         assert self._loop is not None
         self._loop.call_soon(self._wake)  # the request waits for this one: no delay
