@@ -474,3 +474,23 @@ def test_every_key_an_exchange_held_is_released_once_at_its_end(judged):
     pooled.finish(exchange)
     assert [k.in_flight for k in pooled.upstreams["main"].keys] == [0, 0]
     assert exchange.state["router"].held == []
+
+
+def test_a_routed_exchange_is_freed_when_let_go_without_the_cyclic_collector():
+    """The router's state lives on the exchange; nothing in it may point back at the
+    exchange, or every routed request waits for the cyclic collector (held memory under load)."""
+    import gc
+    import weakref
+
+    r = router()
+    exchange = make_exchange(body(model="claude-opus-4"),
+                             principal=Principal(id="alice", name="alice", kind="key"))
+    assert r.choose(exchange).name == "think"
+    assert exchange.state["router"].facts.model == "claude-opus-4"
+    gone = weakref.ref(exchange)
+    gc.disable()
+    try:
+        del exchange
+        assert gone() is None, "the exchange is kept alive by a reference cycle"
+    finally:
+        gc.enable()

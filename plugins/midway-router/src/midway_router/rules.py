@@ -47,8 +47,8 @@ class Facts:
     ask (no model rule, one key per upstream) never parse the body. Readers that do ask read
     it while the request is being routed, so it is the body as routed."""
 
-    __slots__ = ("_background_models", "_exchange", "_keep", "_model", "_request", "_thinking",
-                 "_tokens", "_tools", "body_read")
+    __slots__ = ("_background_models", "_keep", "_model", "_principal", "_request",
+                 "_thinking", "_tokens", "_tools", "agent_id", "body_read", "parent_agent_id")
 
     def __init__(self, exchange: Exchange, background_models: re.Pattern[str],
                  keep: bool = False, tokens: bool = False) -> None:
@@ -58,11 +58,14 @@ class Facts:
         as the exchange (a stream's, minutes), and with many requests in flight each parse then
         fills memory the CPU cache no longer holds: 2-3 times the parse.
 
-        The request's and principal's fields are read from the exchange when a rule asks
-        (most tables name one or two of them): the rules run as the facts are made, on the
-        request as routed."""
-        self._exchange = exchange
+        The request's and principal's fields are read when a rule asks (most tables name one
+        or two of them): the rules run as the facts are made, on the request as routed. The
+        facts keep the request and principal, not the exchange: the exchange's state keeps the
+        facts, and a cycle would leave every routed exchange to the cyclic collector."""
         self._request = exchange.request
+        self._principal = exchange.principal
+        self.agent_id = exchange.agent_id
+        self.parent_agent_id = exchange.parent_agent_id
         self._keep = keep
         self._background_models = background_models
         self._tokens: int | None = None
@@ -79,32 +82,24 @@ class Facts:
 
     @property
     def principal_id(self) -> str:
-        return self._exchange.principal.id
+        return self._principal.id
 
     @property
     def principal_name(self) -> str:
-        return self._exchange.principal.name
+        return self._principal.name
 
     @property
     def team(self) -> str | None:
-        return self._exchange.principal.team
+        return self._principal.team
 
     @property
     def headers(self) -> Any:
         return self._request.headers  # CIMultiDict, case-insensitive
 
     @property
-    def agent_id(self) -> str | None:
-        return self._exchange.agent_id
-
-    @property
-    def parent_agent_id(self) -> str | None:
-        return self._exchange.parent_agent_id
-
-    @property
     def groups(self) -> tuple[str, ...]:
         """The principal's groups, from its credential (never from a request header)."""
-        return self._exchange.principal.groups
+        return self._principal.groups
 
     def _read(self) -> Any:
         """Parse the body (or read the exchange's parse) for its facts; the tree, to estimate
