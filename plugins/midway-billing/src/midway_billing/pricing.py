@@ -568,9 +568,18 @@ class PriceTable:
              modifiers: Modifiers | None = None) -> Cost:
         """The cost of ``usage`` on ``model``; a model not in the table is priced by the
         unknown-model tier (flagged unpriced), or unpriced at $0 if there is none."""
+        return self.cost_and_output_rate(usage, model, batch, modifiers)[0]
+
+    def cost_and_output_rate(self, usage: Usage, model: str | None, batch: bool = False,
+                             modifiers: Modifiers | None = None) -> tuple[Cost, Decimal | None]:
+        """:meth:`cost`, and the rate (dollars per million) it priced the output tokens at
+        (``None``: unpriced). The rate depends on the prompt side of ``usage`` only (tiers
+        are thresholds on prompt tokens, ``PROMPT_PARTS``), never on the output count: a
+        usage that differs in its output count alone costs ``tokens_pusd`` of that count
+        more or less, at this rate (what a hard budget's stream watch adds per report)."""
         priced = self._rates(usage, model, batch, modifiers)
         if priced is None:
-            return Cost(model=None, rule="unpriced", version=self.version)
+            return Cost(model=None, rule="unpriced", version=self.version), None
         price, rates, rules = priced
         tokens = tokens_pusd
         return Cost(
@@ -583,15 +592,7 @@ class PriceTable:
             web_search=to_pusd(Decimal(usage.web_search_requests)
                                * price.web_search_per_request)
             if usage.web_search_requests else 0,  # most answers search nothing: no Decimal
-            rule=";".join(rules), version=self.version)
-
-    def output_rate(self, usage: Usage, model: str | None,
-                    modifiers: Modifiers | None = None) -> Decimal | None:
-        """The rate (dollars per million) :meth:`cost` prices ``usage``'s output tokens at,
-        ``None`` if unpriced. It depends on the prompt side of ``usage`` only (tiers are
-        thresholds on prompt tokens), never on the output count."""
-        priced = self._rates(usage, model, False, modifiers)
-        return None if priced is None else priced[1].output
+            rule=";".join(rules), version=self.version), rates.output
 
     def _rates(self, usage: Usage, model: str | None, batch: bool,
                modifiers: Modifiers | None) -> tuple[Price, Rates, list[str]] | None:

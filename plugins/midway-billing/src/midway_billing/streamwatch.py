@@ -26,6 +26,27 @@ _PUSD_PER_MTOK = 10**6
 _NO_MODIFIERS = Modifiers()
 
 
+def _merge_keeps(usage: dict[str, Any], update: dict[str, Any], skip: str = "") -> bool:
+    """Whether ``merge_usage(usage, update)`` leaves every field but ``skip`` as it is (by
+    merge_usage's rules: a null, or a 0 over a count, changes nothing; nested objects field
+    by field). A field it would replace with an equal value of another type counts as a
+    change: only the same value is known to price the same."""
+    for key, value in update.items():
+        if value is None or key == skip:
+            continue
+        before = usage.get(key)
+        if isinstance(value, dict):
+            if isinstance(before, dict) and _merge_keeps(before, value):
+                continue
+            return False
+        if type(value) is type(before) and value == before:
+            continue
+        if value == 0 and type(value) is int and type(before) is int and before != 0:
+            continue
+        return False
+    return True
+
+
 def floor_tokens(chars: int) -> int:
     """Output tokens at least behind ``chars`` characters of relayed output."""
     return -(-chars // CHARS_PER_TOKEN)  # math.ceil(chars / 4), without the float
@@ -131,8 +152,8 @@ class StreamWatch:
         payload = event.json()
         if not isinstance(payload, dict):
             return False
-        self._reported = self._priced = None
         if name == "message_start":
+            self._reported = self._priced = None
             message = payload.get("message")
             if isinstance(message, dict) and not self.started:
                 self.started = True
@@ -142,8 +163,26 @@ class StreamWatch:
                 if isinstance(model, str):
                     self.model = model
         elif isinstance(payload.get("usage"), dict):
-            merge_usage(self.usage, payload["usage"])
+            update = payload["usage"]
+            priced = self._priced
+            if priced is not None and _merge_keeps(self.usage, update, "output_tokens"):
+                # Only the output count moves (every report after the first, as a rule):
+                # the rest of the price and the output rate hold, for tiers count prompt
+                # tokens alone (pricing.PROMPT_PARTS), so running_cost adds the output at
+                # that rate — what repricing the whole usage gives, without doing it.
+                merge_usage(self.usage, update)
+                output = self.usage.get("output_tokens")
+                self._priced = (priced[0], priced[1], priced[2], priced[3],
+                                output if isinstance(output, int) and
+                                not isinstance(output, bool) else 0,  # as Usage reads it
+                                priced[5])
+                self._reported = None  # built again only if running() is asked for
+            else:
+                self._reported = self._priced = None
+                merge_usage(self.usage, update)
             self.chars = 0
+        else:
+            self._reported = self._priced = None
         if name == "message_delta":
             self.started = True
             delta = payload.get("delta")
@@ -153,16 +192,18 @@ class StreamWatch:
     def running_cost(self, prices: PriceTable) -> int:
         """``prices.cost(self.running(), self.model, modifiers=self.modifiers).total``,
         without building the usage or pricing every field at each event: between two reports
-        only the output count grows, and its rate depends on the prompt side alone."""
+        only the output count grows, and its rate depends on the prompt side alone. A report
+        that moves the output count alone (``feed``) keeps the price too; any other change,
+        another model, table or modifiers prices the usage whole again."""
         priced = self._priced
         # Modifiers are frozen and set once: the same object, not an equal one, is checked
         # (an attrs __ne__ at every event cost more than the rest of this method)
         if priced is None or priced[0] is not prices or priced[1] != self.model or \
                 priced[2] is not self.modifiers:
             reported = self._reported_usage()
-            cost = prices.cost(reported, self.model, modifiers=self.modifiers)
-            rate: Decimal | int | None = prices.output_rate(reported, self.model,
+            cost, output_rate = prices.cost_and_output_rate(reported, self.model,
                                                             modifiers=self.modifiers)
+            rate: Decimal | int | None = output_rate
             whole = pusd_per_token(rate) if rate is not None else None
             if whole is not None:
                 # picodollars a token, a whole number (six decimals per MTok or fewer, as
