@@ -7,6 +7,7 @@ import asyncio
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from midway.storage import (
     upgrade_store,
 )
 from midway.storage.database import SQLiteDatabase
+from midway.storage.liveness import KEEPALIVES
 from midway.testing_services import wait_for
 
 SCHEMA = Schema("smoke", """
@@ -860,6 +862,38 @@ def test_liveness_tells_live_from_dead(store: StoreURL, schema_name: str) -> Non
         async with mine.dead(a) as gone:
             assert not gone  # itself
         await mine.release()
+
+    with_db(store, schema_name, test)
+
+
+def test_a_postgresql_liveness_session_is_probed_so_a_lost_machine_frees_its_lock(
+        postgres_dsn: str, schema_name: str, tmp_path: Path) -> None:
+    store = parse_store(postgres_dsn, data_dir=tmp_path, default_file="t.db", label="[t] store")
+
+    async def keepalives(conn: Any) -> dict[str, int]:
+        rows = await conn.fetch("SELECT name, setting FROM pg_settings "
+                                "WHERE name LIKE 'tcp_keepalives_%'")
+        return {row["name"]: int(row["setting"]) for row in rows}
+
+    async def test(db: Database) -> None:
+        live = liveness(db, "smoke", interval=0.05)
+        await live.claim(new_instance())
+        try:
+            assert await keepalives(live._conn) == KEEPALIVES  # type: ignore[attr-defined]
+            # the session taken again after it was lost is probed too
+            pid = await live._conn.fetchval("SELECT pg_backend_pid()")  # type: ignore[attr-defined]
+            conn = await db.connect()
+            try:
+                await conn.execute("SELECT pg_terminate_backend($1)", pid)
+            finally:
+                await conn.close()
+            deadline = time.monotonic() + 10
+            while live.reclaims == 0:  # type: ignore[attr-defined]
+                assert time.monotonic() < deadline, "the lock was not taken again"
+                await asyncio.sleep(0.01)
+            assert await keepalives(live._conn) == KEEPALIVES  # type: ignore[attr-defined]
+        finally:
+            await live.release()
 
     with_db(store, schema_name, test)
 

@@ -223,6 +223,39 @@ async def _recovery(config: AuditConfig, tmp_path: Path) -> None:
         await again.close()
 
 
+def test_a_running_writer_records_an_instance_that_dies_after_it_started(kind, pg_config,
+                                                                         audited):
+    # (pg_config first: its schema is dropped after midway, not under its running writer)
+    table = pg_config if kind == "postgres" else {}
+    running = audited(recover_interval=0.05, **table)
+    # a peer on the same store, started (and killed) after this writer's start-up recovery
+    peer = table or {"store": f"sqlite:///{data_dir(running)}/audit.db"}
+    asyncio.run(_intend_and_die(load_table(AuditConfig, "audit", peer,
+                                           data_dir=data_dir(running))))
+
+    def recorded() -> dict[str, Any]:
+        return {r["id"]: r for r in records(running)}
+
+    wait_for(lambda: set(recorded()) == {"dead-1", "dead-2"}, timeout=20)
+    for record in recorded().values():
+        assert record["interrupted"] is True and record["error"] == INTERRUPTED_ERROR
+    wait_for(lambda: running.midway.metrics.registry.get_sample_value(
+        "midway_audit_records_recovered_total") == 2)
+
+
+async def _intend_and_die(config: AuditConfig) -> None:
+    store = await _opened(config)
+    try:
+        await store.claim(202)
+        await store.intend(202, [_intent("dead-1", 2.0), _intent("dead-2", 3.0)])
+        if config.is_postgres:
+            await store.liveness.release()  # the session ends, the advisory lock goes with it
+        else:
+            _die(store)
+    finally:
+        await store.close()
+
+
 # -- which records' transactions look for an intent ----------------------------------------
 
 def test_settle_says_whether_an_intent_may_be_in_the_store(tmp_path):

@@ -127,6 +127,9 @@ class AuditConfig:
     write_ahead: bool | Literal["durable"] = option(
         True, converter=_write_ahead, help="an intent per request as the upstream is "
         "contacted; \"durable\": the request waits for its commit")
+    recover_interval: float = option(
+        30.0, ge=0, help="seconds between the writer's looks for intents of instances that "
+        "died while it runs (recorded as interrupted); 0: at start-up only")
 
     def __attrs_post_init__(self) -> None:
         if self.writer_nice > 19:

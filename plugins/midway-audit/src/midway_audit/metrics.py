@@ -21,7 +21,8 @@ class AuditMetrics:
                                "Write-ahead intents committed (ok) or not (error).",
                                ["result"], registry=registry)
         self.recovered = Counter("midway_audit_records_recovered",
-                                 "Records written at start-up for requests an instance that "
+                                 "Records written (at start-up, every recover_interval, "
+                                 "or when the relay died) for requests an instance that "
                                  "stopped (kill -9) left unrecorded.", registry=registry)
         self.batch_seconds = Histogram("midway_audit_batch_seconds",
                                        "Time to prepare and commit one batch.",

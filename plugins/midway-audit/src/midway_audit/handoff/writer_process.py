@@ -1,7 +1,8 @@
 """The writer process: everything audit does besides taking a copy of the record.
 
 Started by the relay (channel.py) with one end of a socket pair and the shared ring (ring.py).
-It reads the configuration frame, opens the store, records what dead instances left behind,
+It reads the configuration frame, opens the store, records what dead instances left behind
+(at start-up, then every ``recover_interval`` seconds: an instance may die while this one runs),
 then, at each wake-up, reads the intents and records (frames.py) the ring holds and hands
 them to the intent log and the batch writer: parsing, reassembly, redaction, hashing and the
 store's commits all run here, on another core than the relay's. After each commit it reports
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import gc
 import logging
 import os
@@ -28,6 +30,7 @@ from typing import Any
 
 import orjson
 
+from midway.background import start_every
 from midway.heap import release_freed_memory
 from midway.options import load_table
 from midway.storage import new_instance
@@ -103,6 +106,7 @@ class WriterProcess:
         self.store: AuditStore | None = None
         self.writer: AuditWriter | None = None
         self.intents: IntentLog | None = None
+        self.redactor: Redactor | None = None
         self.instance = 0
         self.taken = 0  # records taken from the ring (committed or not)
         self._changed = asyncio.Event()
@@ -127,9 +131,16 @@ class WriterProcess:
         reporter = asyncio.create_task(
             self._report(0.0 if config.write_ahead_durable else STATUS_INTERVAL),
             name="midway-audit-report")
+        recovering = start_every(config.recover_interval, self._recover,
+                                 name="audit: recording what dead instances left",
+                                 log=log) if config.recover_interval else None
         try:
             await self._serve(config)
         finally:
+            if recovering is not None:  # not racing the stop path's own interrupted records
+                recovering.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await recovering
             await self._stop()
             reporter.cancel()
             self._send(self._status())
@@ -145,6 +156,7 @@ class WriterProcess:
                             data_dir=data_dir)
         redactor = Redactor(config.redact_defaults, config.redact_patterns,
                             config.redact_headers)
+        self.redactor = redactor
         store = AuditStore(config, inline=True)
         await store.open()
         self.store = store
@@ -154,11 +166,7 @@ class WriterProcess:
         self.instance = instance
         if config.write_ahead:
             await store.claim(instance)
-        recovered = await store.recover(instance, lambda found: interrupted_rows(found, redactor))
-        if recovered:
-            log.warning("audit: recorded %d requests interrupted by a stopped instance",
-                        recovered)
-            self.metrics.recovered.inc(recovered)
+        recovered = await self._recover()
         sink = None
         jsonl = config.jsonl_path(data_dir)
         if jsonl is not None:
@@ -175,6 +183,22 @@ class WriterProcess:
         release_freed_memory()
         self._send({"ready": True, "recovered": recovered, **self._status()})
         return config
+
+    async def _recover(self) -> int:
+        """Record the intents of dead instances (not this one) as interrupted; how many."""
+        assert self.store is not None
+        assert self.redactor is not None
+        redactor = self.redactor
+        recovered = await self.store.recover(self.instance,
+                                             lambda found: interrupted_rows(found, redactor))
+        if recovered:
+            log.warning("audit: recorded %d requests interrupted by a stopped instance",
+                        recovered)
+            self.metrics.recovered.inc(recovered)
+            if self.writer is not None:  # while running: the relay hears of it at once
+                self.writer.written += recovered
+                self._changed.set()
+        return recovered
 
     async def _serve(self, config: AuditConfig) -> None:
         self._max_body = config.max_body_bytes
