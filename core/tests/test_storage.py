@@ -872,7 +872,7 @@ def test_a_postgresql_liveness_session_is_probed_so_a_lost_machine_frees_its_loc
 
     async def keepalives(conn: Any) -> dict[str, int]:
         rows = await conn.fetch("SELECT name, setting FROM pg_settings "
-                                "WHERE name LIKE 'tcp_keepalives_%'")
+                                "WHERE name LIKE 'tcp_keepalives_%' OR name = 'tcp_user_timeout'")
         return {row["name"]: int(row["setting"]) for row in rows}
 
     async def test(db: Database) -> None:

@@ -39,8 +39,11 @@ log = logging.getLogger("midway.storage")
 # TCP keepalives for the session holding a lock, probed by the server: a machine lost without
 # a FIN or RST would otherwise keep its lock until the server's kernel gives up (2 h and more
 # by default). Idle 10 s, then 3 probes 5 s apart: the lock of a lost machine frees in ~25 s.
+# Keepalives start only on an idle connection: if the machine vanishes with the server's
+# answer to a watchdog ping unacknowledged, the kernel retransmits instead (~15 min), which
+# tcp_user_timeout (ms, PostgreSQL 12+) bounds the same.
 KEEPALIVES = {"tcp_keepalives_idle": 10, "tcp_keepalives_interval": 5,
-              "tcp_keepalives_count": 3}
+              "tcp_keepalives_count": 3, "tcp_user_timeout": 25000}
 _SET_KEEPALIVES = "; ".join(f"SET {name} = {value}" for name, value in KEEPALIVES.items())
 
 
