@@ -581,3 +581,35 @@ def test_status_lines_apply_the_writers_metric_updates_each_time(tmp_path):
     assert value("midway_audit_records_dropped_total", {"reason": "b"}) == 4
     assert value("midway_audit_queue_depth") == 1
     assert value("midway_audit_batch_seconds_count") == 1
+
+
+def test_a_writer_started_while_its_postgresql_is_down_waits_store_wait_for_it(
+        tmp_path, private_postgres, capfd):
+    """The writer process's first contact with its store waits ``store_wait`` as the relay's
+    own does (a new process may not reach the store for a moment the relay's connections
+    never see); it used to fail at once, taking the relay's start-up with it."""
+    from midway.options import load_table
+    from midway.storage.retry import STORE_WAIT
+    from midway_audit.config import AuditConfig
+    from midway_audit.handoff.channel import WriterChannel
+
+    async def main() -> None:
+        STORE_WAIT.set(60.0)
+        table = {"store": private_postgres.dsn, "schema": "audit_wait"}
+        config = load_table(AuditConfig, "audit", table, data_dir=tmp_path)
+        channel = WriterChannel(config, table, tmp_path)
+        private_postgres.stop()
+        starting = asyncio.ensure_future(channel.start())
+        # the writer logs each failed first contact: it has tried while the store was down
+        seen = ""
+        while "failed (" not in seen:
+            done, _ = await asyncio.wait([starting], timeout=0.05)
+            if done:
+                starting.result()  # raises why it could not start
+            seen += capfd.readouterr().err
+        await asyncio.to_thread(private_postgres.start)
+        await asyncio.wait_for(starting, 60)
+        assert channel.state.get("ready")
+        await channel.close()
+
+    asyncio.run(main())

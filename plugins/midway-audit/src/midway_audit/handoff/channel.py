@@ -32,6 +32,7 @@ from typing import Any
 
 import orjson
 
+from midway.storage.retry import STORE_WAIT
 from midway_audit.config import AuditConfig
 from midway_audit.handoff.frames import BY_SOCKET, CONFIG, HEADER, INTENT, RECORD, WAKE, frame
 from midway_audit.handoff.ring import HOT, RingWriter, create
@@ -133,9 +134,12 @@ class WriterChannel:
         self._woken_at = 0
         reader, writer = await asyncio.open_unix_connection(sock=ours, limit=1 << 20)
         self._transport, self._writer = writer.transport, writer
+        # store_wait: the writer's first contact with the store waits as the relay's did (a
+        # new process may find no route or name for the store for a moment that the relay's
+        # pooled connections never see: seen as a replica's failed first start under compose)
         table = {"config": self.table, "data_dir": str(self.data_dir),
                  "log_level": logging.getLogger("midway").getEffectiveLevel(),
-                 "instance": self.instance, **resume}
+                 "instance": self.instance, "store_wait": STORE_WAIT.get(), **resume}
         writer.writelines(frame(CONFIG, orjson.dumps(table, default=str)))
         first = await reader.readline()
         status = orjson.loads(first) if first else {"error": "the writer process exited"}

@@ -34,6 +34,7 @@ from midway.background import start_every
 from midway.heap import release_freed_memory
 from midway.options import load_table
 from midway.storage import new_instance
+from midway.storage.retry import STORE_WAIT
 from midway_audit.config import AuditConfig
 from midway_audit.handoff.frames import BY_SOCKET, CONFIG, INTENT, RECORD, WAKE, line, read_frame
 from midway_audit.handoff.intents import IntentLog, interrupted_rows
@@ -121,6 +122,7 @@ class WriterProcess:
         # writer's socket: they are lost (and counted), the rest of the ring is read.
         self._orphans_before = int(table.get("orphans_before", 0))
         logging.getLogger().setLevel(table.get("log_level", logging.INFO))
+        STORE_WAIT.set(float(table.get("store_wait", 0.0)))
         try:
             config = await self._start(table)
         except Exception as exc:
