@@ -93,3 +93,13 @@ def test_a_value_sent_twice_is_left_to_orjson():
     raw = b'{"tools":[null,{"\xff":null}],"tools":[]}'
     assert Redactor().raw_json_body(raw) is None
     assert Redactor().raw_json_body(b'{"tools":[null],"tools":[]}') is None
+
+
+def test_a_deeply_nested_body_is_left_to_orjson():
+    """Past orjson's depth the body is stored as text, not as parts; msgspec's own limit
+    (a RecursionError) must not make the record fail instead."""
+    for depth in (900, 1100, 5000):
+        body = b'{"messages":[' + b"[" * depth + b"]" * depth + b"]}"
+        assert Redactor().raw_json_body(body) is None
+        body = b'{"a":' + b"[" * depth + b"]" * depth + b"}"
+        assert Redactor().raw_json_body(body) is None

@@ -203,8 +203,8 @@ class Redactor:
             if "model" in top:
                 model = orjson.loads(bytes(top["model"]))
             found = segments(top, self._raw_part, self._key, _raw_messages)
-        except (msgspec.DecodeError, orjson.JSONDecodeError, orjson.JSONEncodeError,
-                _Unsure):
+        except (msgspec.DecodeError, RecursionError, orjson.JSONDecodeError,
+                orjson.JSONEncodeError, _Unsure):  # msgspec: RecursionError past its depth
             return None
         return found, model
 
