@@ -190,7 +190,9 @@ class Redactor:
         looked up by the JSON the client sent, which is the cache's key whenever the client
         writes JSON as orjson does (compact, as SDKs and Claude Code send it). ``None``: not
         sure — not a JSON object, or something only orjson's own reading can judge."""
-        if raw[:1] != b"{":  # a BOM or leading space: left to orjson
+        # a BOM or leading space: left to orjson; so is JSON written with spaces (Python's
+        # json.dumps by default), seen near its start, before the raw reading is paid for
+        if raw[:1] != b"{" or raw.find(b'": ', 0, 128) >= 0:
             return None
         try:
             top = _RAW_OBJECT.decode(raw)
