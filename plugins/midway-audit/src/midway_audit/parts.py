@@ -28,11 +28,13 @@ def digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def segments(body: Mapping[str, Any], piece: Callable[[bytes], Segment],
-             name: Callable[[str], str] | None = None) -> list[Segment]:
+def segments(body: Mapping[str, Any], piece: Callable[[Any], Segment],
+             name: Callable[[str], str] | None = None,
+             items: Callable[[Any], list[Any] | None] | None = None) -> list[Segment]:
     """Split a JSON object into glue and parts. ``piece(raw JSON)`` gives the text to store
     for one value (redacted) and its digest when it is large enough to be a part; ``name(key)``
-    the text of a key (by default ``piece``'s)."""
+    the text of a key (by default ``piece``'s). ``items``: the body's values are unparsed
+    (raw JSON, given to ``piece`` as they are); it gives the items of an array, else ``None``."""
     out: list[Segment] = []
     glue: list[str] = ["{"]
 
@@ -48,16 +50,17 @@ def segments(body: Mapping[str, Any], piece: Callable[[bytes], Segment],
         if index:
             glue.append(",")
         glue.append(name(key) if name is not None else piece(orjson.dumps(key))[0])
-        if key == "messages" and isinstance(value, list):
+        listed = value if items is None else items(value) if key == "messages" else None
+        if key == "messages" and isinstance(listed, list):
             glue.append(":[")
-            for i, message in enumerate(value):
+            for i, message in enumerate(listed):
                 if i:
                     glue.append(",")
-                emit(*piece(orjson.dumps(message)))
+                emit(*piece(orjson.dumps(message) if items is None else message))
             glue.append("]")
         else:
             glue.append(":")
-            emit(*piece(orjson.dumps(value)))
+            emit(*piece(orjson.dumps(value) if items is None else value))
     glue.append("}")
     out.append(("".join(glue), None))
     return [s for s in out if s[0] or s[1]]
