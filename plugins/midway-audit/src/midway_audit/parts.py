@@ -28,13 +28,11 @@ def digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def segments(body: Mapping[str, Any], piece: Callable[[Any], Segment],
-             name: Callable[[str], str] | None = None,
-             items: Callable[[Any], list[Any] | None] | None = None) -> list[Segment]:
+def segments(body: Mapping[str, Any], piece: Callable[[bytes], Segment],
+             name: Callable[[str], str] | None = None) -> list[Segment]:
     """Split a JSON object into glue and parts. ``piece(raw JSON)`` gives the text to store
     for one value (redacted) and its digest when it is large enough to be a part; ``name(key)``
-    the text of a key (by default ``piece``'s). ``items``: the body's values are unparsed
-    (raw JSON, given to ``piece`` as they are); it gives the items of an array, else ``None``."""
+    the text of a key (by default ``piece``'s)."""
     out: list[Segment] = []
     glue: list[str] = ["{"]
 
@@ -50,17 +48,16 @@ def segments(body: Mapping[str, Any], piece: Callable[[Any], Segment],
         if index:
             glue.append(",")
         glue.append(name(key) if name is not None else piece(orjson.dumps(key))[0])
-        listed = value if items is None else items(value) if key == "messages" else None
-        if key == "messages" and isinstance(listed, list):
+        if key == "messages" and isinstance(value, list):
             glue.append(":[")
-            for i, message in enumerate(listed):
+            for i, message in enumerate(value):
                 if i:
                     glue.append(",")
-                emit(*piece(orjson.dumps(message) if items is None else message))
+                emit(*piece(orjson.dumps(message)))
             glue.append("]")
         else:
             glue.append(":")
-            emit(*piece(orjson.dumps(value) if items is None else value))
+            emit(*piece(orjson.dumps(value)))
     glue.append("}")
     out.append(("".join(glue), None))
     return [s for s in out if s[0] or s[1]]

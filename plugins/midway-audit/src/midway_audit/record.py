@@ -194,14 +194,7 @@ def prepare(pending: Pending, redactor: Redactor, max_body: int, bodies: bool) -
     """Redact, cut and serialise a captured record. Nothing unredacted leaves this function."""
     meta = pending.meta
     parsed = pending.request_json
-    # the body's segments read from its raw JSON: its values not parsed when already known
-    read = redactor.raw_json_body(pending.request_body) \
-        if bodies and parsed is UNPARSED else None
-    if read is not None:
-        parsed = read
-        if isinstance(read[1], str):
-            meta["model"] = read[1]
-    elif parsed is UNPARSED:
+    if parsed is UNPARSED:
         parsed = _parse(pending.request_body)
         if isinstance(parsed, dict) and isinstance(parsed.get("model"), str):
             meta["model"] = parsed["model"]
@@ -209,7 +202,7 @@ def prepare(pending: Pending, redactor: Redactor, max_body: int, bodies: bool) -
     parts: dict[str, str] = {}
     if bodies:
         request_body, meta["request_truncated"], parts = _request_text(
-            pending.request_body, parsed, redactor, max_body, read is not None)
+            pending.request_body, parsed, redactor, max_body)
         meta["request_parts"] = bool(parts)
         raw = pending.response_body
         events = pending.response_events
@@ -291,17 +284,13 @@ def _parse(raw: bytes) -> Any:
         return None
 
 
-def _request_text(raw: bytes, parsed: Any, redactor: Redactor, max_body: int,
-                  read: bool = False) -> tuple[str | None, bool, dict[str, str]]:
+def _request_text(raw: bytes, parsed: Any, redactor: Redactor, max_body: int
+                  ) -> tuple[str | None, bool, dict[str, str]]:
     """The request body to store: a template and its parts, or (when it is not a JSON
-    object, or too long and so cut) plain text. ``read``: ``parsed`` is what
-    ``Redactor.raw_json_body`` gave (its segments and model)."""
-    if read:
-        segs = parsed[0]
-    elif not isinstance(parsed, dict):
+    object, or too long and so cut) plain text."""
+    if not isinstance(parsed, dict):
         return (*_body_text(raw, redactor, max_body), {})
-    else:
-        segs = redactor.json_body(parsed)
+    segs = redactor.json_body(parsed)
     if sum(len(text) for text, _ in segs) * 4 > max_body:  # UTF-8: at most 4 bytes a char
         text, truncated = _cut(full_text(segs), max_body)
         if truncated:

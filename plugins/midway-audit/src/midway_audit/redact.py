@@ -24,7 +24,6 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import attrs
-import msgspec
 import orjson
 
 from midway_audit.parts import PART_MIN, Segment, digest, segments
@@ -83,13 +82,6 @@ _LOCAL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ01
 _DOMAIN = re.compile(r"[A-Za-z0-9\-]{1,63}(?:\.[A-Za-z0-9\-]{1,63})*\.[A-Za-z]{2,24}"
                      r"(?![A-Za-z0-9\-])")
 
-# A request body's top-level values (and messages) as the raw JSON the client sent, unparsed
-_RAW_OBJECT = msgspec.json.Decoder(dict[str, msgspec.Raw])
-_RAW_ARRAY = msgspec.json.Decoder(list[msgspec.Raw])
-# orjson refuses JSON nested deeper than 1024: a value with fewer brackets is never refused
-# for its depth, alone or inside the body
-_DEPTH_SAFE = 1000
-
 # Header names never stored, whatever their value; plus any name matching _SECRET_HEADER.
 CREDENTIAL_HEADERS = frozenset({"x-api-key", "authorization", "proxy-authorization", "cookie",
                                 "set-cookie", "x-midway-key"})
@@ -131,7 +123,6 @@ class Redactor:
         self.drop_headers = CREDENTIAL_HEADERS | {h.lower() for h in headers}
         self._kept_headers: dict[str, bool] = {}
         self._keys: dict[str, str] = {}
-        self._key_sizes: dict[str, int] = {}  # a key's length as JSON
         # JSON text of a body part -> its redacted text. Claude Code resends the whole
         # conversation (system prompt, tools, every earlier message) on every turn: those
         # parts are redacted once and found here afterwards.
@@ -184,51 +175,6 @@ class Redactor:
         repeat it."""
         return segments(body, self.part, self._key)
 
-    def raw_json_body(self, raw: bytes) -> tuple[list[Segment], Any] | None:
-        """What ``json_body(orjson.loads(raw))`` gives, and the body's ``model`` value
-        (``None`` if absent), without parsing the values the cache already holds: each one is
-        looked up by the JSON the client sent, which is the cache's key whenever the client
-        writes JSON as orjson does (compact, as SDKs and Claude Code send it). ``None``: not
-        sure — not a JSON object, or something only orjson's own reading can judge."""
-        # a BOM or leading space: left to orjson; so is JSON written with spaces (Python's
-        # json.dumps by default), seen near its start, before the raw reading is paid for
-        if raw[:1] != b"{" or raw.find(b'": ', 0, 128) >= 0:
-            return None
-        try:
-            top = _RAW_OBJECT.decode(raw)
-            # Compact, each key once, each key as orjson writes it (the shortest form): then
-            # every byte outside the structure is in a value that orjson reads below (or whose
-            # bytes the cache holds). Else (whitespace, a key sent twice…) orjson decides.
-            if len(raw) != 1 + sum(self._key_size(k) + len(v) + 2 for k, v in top.items()):
-                return None
-            model: Any = None
-            if "model" in top:
-                model = orjson.loads(bytes(top["model"]))
-            found = segments(top, self._raw_part, self._key, _raw_messages)
-        except (msgspec.DecodeError, RecursionError, orjson.JSONDecodeError,
-                orjson.JSONEncodeError, _Unsure):  # msgspec: RecursionError past its depth
-            return None
-        return found, model
-
-    def _key_size(self, key: str) -> int:
-        size = self._key_sizes.get(key)
-        if size is None:
-            size = len(orjson.dumps(key))
-            if len(self._key_sizes) < 4096:
-                self._key_sizes[key] = size
-        return size
-
-    def _raw_part(self, raw: Any) -> Segment:
-        """``part`` of a value's canonical JSON, from the JSON the client sent."""
-        sent = bytes(raw)
-        key: _PartKey = sent if len(sent) <= _LONG else (len(sent), sent[:_END], sent[-_END:])
-        entry = self._parts.get(key)
-        if entry is not None and (entry[0] is None or entry[0] == sent):
-            return entry[1]  # the client's JSON is orjson's: the same value
-        if sent.count(b"[") + sent.count(b"{") >= _DEPTH_SAFE:
-            raise _Unsure
-        return self.part(orjson.dumps(orjson.loads(sent)))
-
     def _key(self, key: str) -> str:
         """A body key's redacted JSON text (a few names, sent again and again)."""
         found = self._keys.get(key)
@@ -276,15 +222,6 @@ class Redactor:
             if len(self._kept_headers) < 4096:  # clients send a few names, again and again
                 self._kept_headers[name] = kept
         return kept
-
-
-class _Unsure(Exception):
-    """A value only orjson's reading of the whole body can judge (its depth)."""
-
-
-def _raw_messages(raw: Any) -> list[Any] | None:
-    """The messages' raw JSON each, if ``raw`` is an array."""
-    return _RAW_ARRAY.decode(raw) if memoryview(raw)[:1].tobytes() == b"[" else None
 
 
 def _entry_size(key: _PartKey, entry: _PartEntry) -> int:
