@@ -222,21 +222,3 @@ def test_a_workers_mistake_is_one_write_to_stderr(tmp_path):
     os.close(said_r)
     assert os.waitstatus_to_exitcode(status) != 0
     assert out.read_text().splitlines() == [repr("Error: [second] a mistake\n")]
-
-
-def test_once_started_the_heap_is_frozen_and_young_collections_are_rarer():
-    """``settle_heap`` (run by ``midway serve`` once started): start-up's objects out of the
-    collector's sight, and young collections every GC_THRESHOLD allocations, not 700."""
-    import gc
-
-    from midway.server import GC_THRESHOLD, settle_heap
-
-    before = gc.get_threshold()
-    try:
-        settle_heap()
-        assert gc.get_threshold() == GC_THRESHOLD
-        assert GC_THRESHOLD[0] > before[0]
-        assert gc.get_freeze_count() > 0
-    finally:
-        gc.unfreeze()
-        gc.set_threshold(*before)

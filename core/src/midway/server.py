@@ -265,24 +265,14 @@ def announce(midway: Midway) -> None:
             log.info("  %s: %s", impl.plugin, line)
 
 
-# The cyclic collector's thresholds while serving (Python's: 700, 10, 10). A request leaves
-# no cycle behind (tests/test_exchange_freed.py): what a young collection finds is the state
-# of the requests in flight (parsed bodies, exchanges), walked again at every 700 allocations
-# and promoted for older collections to walk. Every 50,000: 5 % fewer instructions a JSON
-# request with every governance plugin on (docs/benchmarks.md).
-GC_THRESHOLD = (50_000, 20, 10)
-
-
 def settle_heap() -> None:
     """Once started: what start-up built (modules, plugins, settings, prices) moves out of the
     garbage collector's sight (``gc.freeze``), so that the collections requests cause do not
     walk it again and again — measured at about a tenth of the CPU of a request with every
-    governance plugin on (docs/benchmarks.md); young collections come every
-    :data:`GC_THRESHOLD` allocations; and the memory start-up freed goes back to the system
-    (about 2 MB of the relay's resident memory)."""
+    governance plugin on (docs/benchmarks.md); and the memory start-up freed goes back to the
+    system (about 2 MB of the relay's resident memory)."""
     gc.collect()
     gc.freeze()
-    gc.set_threshold(*GC_THRESHOLD)
     release_freed_memory()
 
 
