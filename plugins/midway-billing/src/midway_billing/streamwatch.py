@@ -8,6 +8,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 import attrs
+import orjson
 
 from midway import SSEEvent, Usage
 from midway.assemble import copy_usage, merge_usage
@@ -26,25 +27,12 @@ _PUSD_PER_MTOK = 10**6
 _NO_MODIFIERS = Modifiers()
 
 
-def _merge_keeps(usage: dict[str, Any], update: dict[str, Any], skip: str = "") -> bool:
-    """Whether ``merge_usage(usage, update)`` leaves every field but ``skip`` as it is (by
-    merge_usage's rules: a null, or a 0 over a count, changes nothing; nested objects field
-    by field). A field it would replace with an equal value of another type counts as a
-    change: only the same value is known to price the same."""
-    for key, value in update.items():
-        if value is None or key == skip:
-            continue
-        before = usage.get(key)
-        if isinstance(value, dict):
-            if isinstance(before, dict) and _merge_keeps(before, value):
-                continue
-            return False
-        if type(value) is type(before) and value == before:
-            continue
-        if value == 0 and type(value) is int and type(before) is int and before != 0:
-            continue
-        return False
-    return True
+def _but_output(usage: dict[str, Any]) -> bytes:
+    """The usage with its output count left out, as bytes: equal before and after
+    ``merge_usage`` exactly when the merge changed nothing else (a value replaced by an equal
+    one of another type, 1.0 for 1, counts as a change: only the same value is known to
+    price the same)."""
+    return orjson.dumps({**usage, "output_tokens": None})
 
 
 def floor_tokens(chars: int) -> int:
@@ -165,12 +153,13 @@ class StreamWatch:
         elif isinstance(payload.get("usage"), dict):
             update = payload["usage"]
             priced = self._priced
-            if priced is not None and _merge_keeps(self.usage, update, "output_tokens"):
-                # Only the output count moves (every report after the first, as a rule):
+            before = _but_output(self.usage) if priced is not None else None
+            merge_usage(self.usage, update)
+            if before is not None and priced is not None and before == _but_output(self.usage):
+                # Only the output count moved (every report after the first, as a rule):
                 # the rest of the price and the output rate hold, for tiers count prompt
                 # tokens alone (pricing.PROMPT_PARTS), so running_cost adds the output at
                 # that rate — what repricing the whole usage gives, without doing it.
-                merge_usage(self.usage, update)
                 output = self.usage.get("output_tokens")
                 self._priced = (priced[0], priced[1], priced[2], priced[3],
                                 output if isinstance(output, int) and
@@ -179,7 +168,6 @@ class StreamWatch:
                 self._reported = None  # built again only if running() is asked for
             else:
                 self._reported = self._priced = None
-                merge_usage(self.usage, update)
             self.chars = 0
         else:
             self._reported = self._priced = None
