@@ -73,3 +73,23 @@ def test_metrics_auth_is_checked_on_load(tmp_path):
                                             "MIDWAY_METRICS_AUTH": "admin"})
     assert settings.allowed_hosts == ["a.internal", "b.internal"]
     assert settings.metrics_auth == "admin"
+
+
+def test_host_refusal_answers_only_names_of_the_gateway():
+    """The Host rule plugins' routes use (and /v1/* and /metrics without client keys)."""
+    from midway.access import host_refusal
+    loopback = Settings()  # listens on 127.0.0.1
+    for name in ("127.0.0.1:8910", "localhost", "LOCALHOST.:8910", "[::1]:8910", "a.localhost"):
+        assert host_refusal(request("127.0.0.1", name), loopback) is None  # type: ignore[arg-type]
+    rebound = request("127.0.0.1", "rebound.example:8910")
+    assert "DNS rebinding" in (host_refusal(rebound, loopback) or "")  # type: ignore[arg-type]
+    # what the caller knows the gateway by (a public URL's host), and allowed_hosts
+    assert host_refusal(rebound, loopback, also=("rebound.example",)) is None  # type: ignore[arg-type]
+    listed = Settings(allowed_hosts=["*.corp.example"])
+    assert host_refusal(request("127.0.0.1", "gw.corp.example"), listed) is None  # type: ignore[arg-type]
+    assert "allowed_hosts" in (host_refusal(rebound, listed) or "")  # type: ignore[arg-type]
+    # a gateway listening publicly names itself by allowed_hosts only when they are set
+    public = Settings(host="0.0.0.0")
+    assert host_refusal(rebound, public) is None  # type: ignore[arg-type]
+    assert host_refusal(rebound, loopback, loopback_names=False) is None  # type: ignore[arg-type]
+    assert host_refusal(request("127.0.0.1", "x"), listed, loopback_names=False)  # type: ignore[arg-type]

@@ -8,6 +8,7 @@ import functools
 import hashlib
 import hmac
 import ipaddress
+from collections.abc import Collection
 
 from aiohttp import web
 
@@ -40,6 +41,31 @@ def host_name(value: str) -> str:
     return value.rstrip(".")
 
 
+def host_refusal(request: web.Request, settings: Settings, *, loopback_names: bool = True,
+                 also: Collection[str] = ()) -> str | None:
+    """Why the ``Host`` header does not name this gateway (``None``: it does) — DNS
+    rebinding, a web page's own name resolving to 127.0.0.1, shows there. With
+    ``allowed_hosts`` set only those (and loopback names) are answered; else, with
+    ``loopback_names``, a gateway listening on loopback answers loopback names only. ``also``:
+    more names a caller knows this gateway by (a plugin's configured public URL's host)."""
+    raw = request.headers.get("host")
+    if raw is None:
+        return None
+    host = host_name(raw)
+    if is_loopback(host) or host in also:
+        return None
+    allowed = settings.allowed_hosts
+    if allowed:
+        if not any(fnmatch.fnmatchcase(host, pattern.lower()) for pattern in allowed):
+            return (f"Host {host[:100]!r} is not a name of this gateway; add it to "
+                    "[midway] allowed_hosts")
+    elif loopback_names and is_loopback(settings.host):
+        return (f"this gateway listens on loopback and answers loopback names only, not "
+                f"{host[:100]!r} (a web page's name, e.g. DNS rebinding); add it to "
+                "[midway] allowed_hosts")
+    return None
+
+
 def browser_refusal(request: web.Request, settings: Settings, key_mode: bool) -> str | None:
     """Why a request to ``/v1/*`` or ``/metrics`` may have been made by a web page the user
     visits rather than by the user's tools (``None``: it may not).
@@ -52,20 +78,9 @@ def browser_refusal(request: web.Request, settings: Settings, key_mode: bool) ->
     Tools (Claude Code, the SDKs, curl) send no ``Origin``. ``key_mode``: client keys are on
     (``settings.client_keys_enabled``, read once by the caller: it scans the environment).
     """
-    raw = request.headers.get("host")
-    if raw is not None:
-        host = host_name(raw)
-        allowed = settings.allowed_hosts
-        if allowed:
-            if not is_loopback(host) and not any(fnmatch.fnmatchcase(host, pattern.lower())
-                                                 for pattern in allowed):
-                return (f"Host {host[:100]!r} is not a name of this gateway; add it to "
-                        "[midway] allowed_hosts")
-        elif not key_mode and is_loopback(settings.host) and \
-                not is_loopback(host):
-            return (f"this gateway listens on loopback and answers loopback names only, not "
-                    f"{host[:100]!r} (a web page's name, e.g. DNS rebinding); add it to "
-                    "[midway] allowed_hosts")
+    refusal = host_refusal(request, settings, loopback_names=not key_mode)
+    if refusal is not None:
+        return refusal
     if key_mode:
         return None  # a page cannot present a key it does not know
     origins = settings.allowed_origins

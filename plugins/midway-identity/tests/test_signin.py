@@ -435,3 +435,49 @@ def test_sign_in_beside_the_key_store(midway_factory: Any, idp: str) -> None:
                          headers={"x-api-key": "mw-not-a-real-key-000000000000",
                                   "anthropic-version": "2023-06-01"}, timeout=10)
     assert unknown.status_code == 401
+
+
+# Every route of the plugin: (method, path).
+ROUTES = [("GET", "/.well-known/oauth-authorization-server"), ("GET", "/protocol"),
+          ("POST", "/oauth/device_authorization"), ("POST", "/oauth/token"),
+          ("POST", "/oauth/revoke"), ("GET", "/device"), ("POST", "/device"),
+          ("GET", "/oauth/callback"), ("GET", "/managed/settings"),
+          ("GET", "/_midway/identity/login")]
+
+
+@pytest.mark.parametrize(("method", "path"), ROUTES)
+def test_a_rebound_name_reaches_no_route(gateway: Start, method: str, path: str) -> None:
+    """DNS rebinding: a page at rebound.example, its name now resolving to 127.0.0.1, is
+    same-origin with what it reaches there — it could start a sign-in, read its codes and
+    poll for the tokens of whoever completes it. A loopback gateway answers only names of its
+    own."""
+    gw = gateway()
+    port = gw.url.rsplit(":", 1)[1]
+    page = {"host": f"rebound.example:{port}", "origin": f"http://rebound.example:{port}",
+            "sec-fetch-site": "same-origin"}
+    resp = httpx.request(method, f"{gw.url}{path}", headers=page, data={"surface": "x"},
+                         timeout=10)
+    assert resp.status_code == 403, resp.text
+    assert "rebound.example" in resp.text and "allowed_hosts" in resp.text
+    assert "user_code" not in resp.text and "issuer" not in resp.text
+
+
+def test_the_names_of_the_gateway_are_answered(gateway: Start) -> None:
+    """Loopback names, ``[midway] allowed_hosts`` and public_url's host sign people in; the
+    links they are given use public_url when it is set, else the name they used."""
+    gw = gateway(allowed_hosts=["gw.corp.example"])
+    port = gw.url.rsplit(":", 1)[1]
+    for name in ("localhost", "127.0.0.1", "gw.corp.example"):
+        resp = httpx.post(f"{gw.url}/oauth/device_authorization", data={"surface": "x"},
+                          headers={"host": f"{name}:{port}"}, timeout=10)
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["verification_uri"] == f"http://{name}:{port}/device"
+    public = gateway(identity={"public_url": "https://midway.corp.example"})
+    for name in ("midway.corp.example", f"localhost:{public.url.rsplit(':', 1)[1]}"):
+        resp = httpx.post(f"{public.url}/oauth/device_authorization", data={"surface": "x"},
+                          headers={"host": name}, timeout=10)
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["verification_uri"] == "https://midway.corp.example/device"
+    other = httpx.post(f"{public.url}/oauth/device_authorization", data={"surface": "x"},
+                       headers={"host": "gw.corp.example"}, timeout=10)
+    assert other.status_code == 403

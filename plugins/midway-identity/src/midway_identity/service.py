@@ -10,6 +10,7 @@ import secrets
 import time
 import uuid
 from collections import deque
+from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -17,6 +18,7 @@ from urllib.parse import parse_qsl, urlsplit
 import orjson
 from aiohttp import web
 
+from midway.access import host_name, host_refusal
 from midway.config import ConfigError
 from midway.context import Midway
 from midway.errors import MidwayError, error_response
@@ -51,6 +53,17 @@ def settings_checksum(settings: dict[str, Any]) -> str:
     at every level, no whitespace, non-ASCII kept as is (JSON.stringify)."""
     text = orjson.dumps(settings, option=orjson.OPT_SORT_KEYS)
     return "sha256:" + hashlib.sha256(text).hexdigest()
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _oauth_refusal(message: str) -> web.Response:
+    return _oauth_error("access_denied", 403, message)
+
+
+def _page_refusal(message: str) -> web.Response:
+    return pages.failed(message, 403)
 
 
 def _oauth_error(error: str, status: int = 400, description: str = "") -> web.Response:
@@ -209,20 +222,42 @@ class Identity:
 
     def add_routes(self, app: web.Application) -> None:
         r = app.router
-        r.add_get("/.well-known/oauth-authorization-server", self.metadata)
-        r.add_get("/protocol", self.protocol)
-        r.add_post("/oauth/device_authorization", self.device_authorization)
-        r.add_post("/oauth/token", self.token)
-        r.add_post("/oauth/revoke", self.revoke)
-        r.add_get("/device", self.device_page)
-        r.add_post("/device", self.device_submit)
-        r.add_get("/oauth/callback", self.callback)
-        r.add_get("/managed/settings", self.managed_settings)
-        r.add_get("/_midway/identity/login", self.dashboard_login)
+        json, page = self._named(_oauth_refusal), self._named(_page_refusal)
+        r.add_get("/.well-known/oauth-authorization-server", json(self.metadata))
+        r.add_get("/protocol", json(self.protocol))
+        r.add_post("/oauth/device_authorization", json(self.device_authorization))
+        r.add_post("/oauth/token", json(self.token))
+        r.add_post("/oauth/revoke", json(self.revoke))
+        r.add_get("/device", page(self.device_page))
+        r.add_post("/device", page(self.device_submit))
+        r.add_get("/oauth/callback", page(self.callback))
+        r.add_get("/managed/settings", json(self.managed_settings))
+        r.add_get("/_midway/identity/login", page(self.dashboard_login))
+
+    def _named(self, refuse: Callable[[str], web.Response]
+               ) -> Callable[[Handler], Handler]:
+        """A route's handler behind the ``Host`` check (DNS rebinding): a page whose own name
+        resolves to this loopback gateway would otherwise start sign-ins, read their codes
+        and poll for the tokens a person signs in to, as this gateway's own origin. Loopback
+        names, ``[midway] allowed_hosts`` and ``public_url``'s host are answered."""
+        settings = self.midway.settings
+        public = host_name(urlsplit(self.config.public_url).netloc) \
+            if self.config.public_url else None
+        also = (public,) if public else ()
+
+        def wrap(handler: Handler) -> Handler:
+            async def named(request: web.Request) -> web.StreamResponse:
+                refusal = host_refusal(request, settings, also=also)
+                if refusal is not None:
+                    return refuse(refusal)
+                return await handler(request)
+            return named
+        return wrap
 
     def base(self, request: web.Request) -> str:
         """The URL clients and browsers reach midway at: ``[identity] public_url``, else the
-        origin the request was addressed to (set public_url in production)."""
+        origin the request was addressed to, a name of this gateway (``_named`` checked it;
+        set public_url in production)."""
         return self.config.public_url or f"{request.scheme}://{request.host}"
 
     async def metadata(self, request: web.Request) -> web.Response:
@@ -398,8 +433,7 @@ class Identity:
         origin = request.headers.get("origin")
         if origin is None:
             return False
-        return urlsplit(origin).netloc not in (urlsplit(self.base(request)).netloc,
-                                               request.host)
+        return urlsplit(origin).netloc != urlsplit(self.base(request)).netloc
 
     async def device_submit(self, request: web.Request) -> web.Response:
         if not self.verify_limit.allow(request.remote or ""):
