@@ -169,7 +169,8 @@ def bench(session: nox.Session) -> None:
 @nox.session(python="3.11")
 def icount(session: nox.Session) -> None:
     """Instructions per request under callgrind (repeatable on a noisy machine): plain, midway,
-    midway with an unobserved on_chunk; ``nox -s icount -- --baseline REF`` adds midway@REF.
+    midway with an unobserved on_chunk; ``nox -s icount -- --baseline REF`` adds each target
+    as of REF (midway@REF, stack@REF, ...).
     About 2-3 min a target (not part of CI). Every package is installed: the ``alone-*`` and
     ``stack`` targets load the plugins."""
     _install_all(session)

@@ -20,8 +20,10 @@ opts into), ``alone-billing`` (midway-billing with one daily budget), ``alone-ro
 upstream, one key, one rule), ``alone-dashboard`` (its defaults), ``alone-audit`` (its
 defaults; the relay only, not its writer process), ``stack`` (all four together: the relay
 only, not audit's writer) — each as ``bench/variants_stack.py`` runs
-it — and, with ``--baseline REF`` (repeatable), ``midway@REF`` (built as ``bench/run.py``
-builds it: REF's ``core/`` in a virtualenv cached by commit). midway runs on its default
+it — and, with ``--baseline REF`` (repeatable), each of those again as of REF (``midway@REF``,
+``stack@REF``, …: REF's core and plugins, built as ``bench/run.py`` builds them into a
+virtualenv cached by commit; ``--only stack,stack@`` picks ``stack`` and ``stack`` at every
+REF; the table gives each target's ratio to itself at the first REF). midway runs on its default
 settings, as users run it: the access log on, written to the server's stderr (a file here).
 ``--keep DIR`` keeps the callgrind dumps (``callgrind_annotate DIR/<target>/callgrind.out.*``).
 """
@@ -204,6 +206,34 @@ def midway_cmd(executable: str, upstream: str, data_dir: Path,
     return cmd, {"MIDWAY_PLUGINS": plugins}
 
 
+def relay_targets(midway: str, upstream: str, work: Path, suffix: str = ""
+                  ) -> list[tuple[str, list[str], dict[str, str]]]:
+    """Every target but plain, run by the ``midway`` executable given (this tree's, or a
+    baseline's: ``suffix`` ``@REF``), each with a data directory of its own."""
+    def target(name: str, plugin: Path | None = None, plugins: str = "",
+               config_text: str = "") -> tuple[str, list[str], dict[str, str]]:
+        full = name + suffix
+        return (full, *midway_cmd(midway, upstream, work / full.replace("/", "_") / "data",
+                                  plugin, plugins, config_text))
+
+    router = tomli_w.dumps({"router": _substitute(ROUTER, upstream, work)})
+    return [
+        target("midway"),
+        target("midway+chunk-unobserved", HERE / "chunk_unobserved_plugin.py"),
+        # bench/variants_stack.py's alone-billing-*: one daily budget, the SQLite ledger
+        target("alone-billing", plugins="billing", config_text=BILLING_CONFIG),
+        target("alone-router", plugins="router", config_text=router),
+        target("alone-dashboard", plugins="dashboard"),
+        # audit on its defaults (bodies, write-ahead intents, SQLite): the relay's share only
+        # (its writer process is not run under valgrind)
+        target("alone-audit", plugins="audit"),
+        # bench/variants_stack.py's stack-*: audit, billing, router and dashboard together, as
+        # above; the relay only (audit's writer process is not run under valgrind)
+        target("stack", plugins="audit,billing,router,dashboard",
+               config_text=BILLING_CONFIG + "\n" + router),
+    ]
+
+
 def measure(target: Callgrind, workloads: list[str], concurrencies: list[int], n: int, n2: int
             ) -> list[dict[str, Any]]:
     reqs = requests(target.port)
@@ -255,39 +285,14 @@ def main() -> None:
                                       str(upstream_port), str(DELTAS)])
     upstream = f"http://127.0.0.1:{upstream_port}"
     midway = str(Path(sys.executable).with_name("midway"))
-    targets: list[tuple[str, list[str], dict[str, str]]] = [
-        ("plain", [sys.executable, str(HERE / "plain_proxy.py"), "{port}", upstream], {}),
-        ("midway", *midway_cmd(midway, upstream, work / "midway" / "data")),
-        ("midway+chunk-unobserved",
-         *midway_cmd(midway, upstream, work / "midway+chunk-unobserved" / "data",
-                     HERE / "chunk_unobserved_plugin.py")),
-        # bench/variants_stack.py's alone-billing-*: one daily budget, the SQLite ledger
-        ("alone-billing", *midway_cmd(midway, upstream, work / "alone-billing" / "data",
-                                      plugins="billing", config_text=BILLING_CONFIG)),
-        ("alone-router", *midway_cmd(
-            midway, upstream, work / "alone-router" / "data", plugins="router",
-            config_text=tomli_w.dumps({"router": _substitute(ROUTER, upstream, work)}))),
-        ("alone-dashboard", *midway_cmd(midway, upstream, work / "alone-dashboard" / "data",
-                                        plugins="dashboard")),
-        # audit on its defaults (bodies, write-ahead intents, SQLite): the relay's share only
-        # (its writer process is not run under valgrind)
-        ("alone-audit", *midway_cmd(midway, upstream, work / "alone-audit" / "data",
-                                    plugins="audit")),
-        # bench/variants_stack.py's stack-*: audit, billing, router and dashboard together, as
-        # above; the relay only (audit's writer process is not run under valgrind)
-        ("stack", *midway_cmd(
-            midway, upstream, work / "stack" / "data", plugins="audit,billing,router,dashboard",
-            config_text=BILLING_CONFIG + "\n" + tomli_w.dumps(
-                {"router": _substitute(ROUTER, upstream, work)}))),
-    ]
+    targets = [("plain", [sys.executable, str(HERE / "plain_proxy.py"), "{port}", upstream],
+                {}), *relay_targets(midway, upstream, work)]
     for ref in args.baseline:
-        name = f"midway@{ref}"
-        targets.append((name, *midway_cmd(str(baseline_midway(ref)), upstream,
-                                          work / name.replace("/", "_") / "data")))
+        targets += relay_targets(str(baseline_midway(ref)), upstream, work, f"@{ref}")
     if args.only:
         wanted = set(args.only.split(","))
         targets = [t for t in targets if t[0] in wanted or
-                   (t[0].startswith("midway@") and "midway@" in wanted)]
+                   ("@" in t[0] and t[0].split("@", 1)[0] + "@" in wanted)]
     rows: list[dict[str, Any]] = []
     try:
         wait_listening(upstream_port)
@@ -307,15 +312,17 @@ def main() -> None:
 
 
 def report(rows: list[dict[str, Any]]) -> None:
-    """Instructions per request, and each target's ratio to plain and to midway@REF."""
+    """Instructions per request, and each target's ratio to plain and to itself at the first
+    baseline (``stack`` to ``stack@REF``)."""
     by = {(r["target"], r["workload"], r["concurrency"]): r["ir_per_request"] for r in rows}
     names = list(dict.fromkeys(r["target"] for r in rows))
     cols = list(dict.fromkeys((r["workload"], r["concurrency"]) for r in rows))
-    base = next((n for n in names if n.startswith("midway@")), None)
-    print("\nM instructions per request (ratio to plain; to the baseline)")
+    ref = next((n.split("@", 1)[1] for n in names if "@" in n), None)
+    print("\nM instructions per request (ratio to plain; to the same target at the baseline)")
     print("| target | " + " | ".join(f"{w} c={c}" for w, c in cols) + " |")
     print("|---|" + "---|" * len(cols))
     for name in names:
+        base = f"{name}@{ref}" if ref is not None and "@" not in name else None
         cells = []
         for w, c in cols:
             value = by.get((name, w, c))
@@ -323,12 +330,11 @@ def report(rows: list[dict[str, Any]]) -> None:
                 cells.append("")
                 continue
             cell = f"{value / 1e6:.3f}"
-            ratios = [f"{value / by[(ref, w, c)]:.2f}× {label}" for ref, label in
-                      (("plain", "plain"), (base, "base")) if ref and ref != name and
-                      by.get((ref, w, c))]
+            ratios = [f"{value / by[(other, w, c)]:.2f}× {label}" for other, label in
+                      (("plain", "plain"), (base, "base")) if other and other != name and
+                      by.get((other, w, c))]
             cells.append(cell + (f" ({', '.join(ratios)})" if ratios else ""))
         print(f"| {name} | " + " | ".join(cells) + " |")
-
 
 if __name__ == "__main__":
     main()
