@@ -155,7 +155,7 @@ class StreamWatch:
             priced = self._priced
             before = _but_output(self.usage) if priced is not None else None
             merge_usage(self.usage, update)
-            if before is not None and priced is not None and before == _but_output(self.usage):
+            if priced is not None and before == _but_output(self.usage):
                 # Only the output count moved (every report after the first, as a rule):
                 # the rest of the price and the output rate hold, for tiers count prompt
                 # tokens alone (pricing.PROMPT_PARTS), so running_cost adds the output at

@@ -222,16 +222,16 @@ class Identity:
 
     def add_routes(self, app: web.Application) -> None:
         r = app.router
-        json, page = self._named(_oauth_refusal), self._named(_page_refusal)
-        r.add_get("/.well-known/oauth-authorization-server", json(self.metadata))
-        r.add_get("/protocol", json(self.protocol))
-        r.add_post("/oauth/device_authorization", json(self.device_authorization))
-        r.add_post("/oauth/token", json(self.token))
-        r.add_post("/oauth/revoke", json(self.revoke))
+        oauth, page = self._named(_oauth_refusal), self._named(_page_refusal)
+        r.add_get("/.well-known/oauth-authorization-server", oauth(self.metadata))
+        r.add_get("/protocol", oauth(self.protocol))
+        r.add_post("/oauth/device_authorization", oauth(self.device_authorization))
+        r.add_post("/oauth/token", oauth(self.token))
+        r.add_post("/oauth/revoke", oauth(self.revoke))
         r.add_get("/device", page(self.device_page))
         r.add_post("/device", page(self.device_submit))
         r.add_get("/oauth/callback", page(self.callback))
-        r.add_get("/managed/settings", json(self.managed_settings))
+        r.add_get("/managed/settings", oauth(self.managed_settings))
         r.add_get("/_midway/identity/login", page(self.dashboard_login))
 
     def _named(self, refuse: Callable[[str], web.Response]
