@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import resource
 import shutil
 import signal
 import statistics
@@ -136,7 +137,7 @@ PARAPHRASE = "How can I reverse a list in Python?"
 
 
 def request_body(unique: bool, last_turn: str = "Thanks, go on.") -> tuple[bytes, bytes]:
-    """A Claude-Code-shaped body (~16 KB): system blocks, tools, a few turns."""
+    """A Claude-Code-shaped body (~9 KB): system blocks, tools, a few turns."""
     system = [{"type": "text", "text": "x-anthropic-billing-header: cc_version=2.1.197"},
               {"type": "text", "text": "You are a helpful coding agent. " * 120,
                "cache_control": {"type": "ephemeral"}}]
@@ -163,14 +164,15 @@ wrk.method = "POST"
 wrk.headers["content-type"] = "application/json"
 wrk.headers["x-api-key"] = "sk-ant-bench"
 wrk.headers["anthropic-version"] = "2023-06-01"
+wrk.path = "/v1/messages"
 if not unique then wrk.body = head end
 function setup(thread) thread:set("tid", tostring(math.random(1, 1000000000))) end
-function request()
-  if unique then
+-- Only a body that changes needs a Lua call per request; wrk sends a fixed one as it is.
+if unique then
+  function request()
     counter = counter + 1
-    return wrk.format(nil, "/v1/messages", nil, head .. tid .. "-" .. counter .. tail)
+    return wrk.format(nil, nil, nil, head .. tid .. "-" .. counter .. tail)
   end
-  return wrk.format(nil, "/v1/messages")
 end
 function done(summary, latency, requests)
   local e = summary.errors
@@ -211,6 +213,7 @@ class Target:
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.workloads: list[str] | None = None  # a variant's own (else --workloads)
+        self.workers = 1  # serving processes (midway --workers)
 
     def start(self) -> None:
         cmd = [c.replace("{port}", str(self.port)) for c in self.cmd]
@@ -274,7 +277,9 @@ def midway_target(name: str, upstream: str, data_dir: Path, plugins: list[str],
     for plugin in extra or []:
         cmd += ["--plugin", plugin]
     env = {"MIDWAY_PLUGINS": ",".join(plugins)}  # no MIDWAY_LOG_LEVEL: WARNING silences it
-    return Target(name, cmd, env, cpu=cpu)
+    target = Target(name, cmd, env, cpu=cpu)
+    target.workers = workers
+    return target
 
 
 def baseline_midway(ref: str) -> Path:
@@ -329,10 +334,12 @@ def prime(port: int) -> None:
 
 
 def measure_group(targets: list[Target], workload: str, concurrencies: list[int],
-                  duration: float, rounds: int, tmp: Path) -> list[dict[str, Any]]:
+                  duration: float, rounds: int, tmp: Path, upstream_pid: int
+                  ) -> list[dict[str, Any]]:
     """Measure every target on one workload, interleaved: all of them run at once (idle but
     for the one under load), and each round loads each in turn, so that the machine's
-    drifts hit all alike. A figure is the median of its rounds."""
+    drifts hit all alike. A figure is the median of its rounds. Each sample also reads the
+    load side's CPU per request (the upstream, ``upstream_pid``, and wrk)."""
     script = wrk_script(workload, tmp)
     started: list[Target] = []
     try:
@@ -352,7 +359,7 @@ def measure_group(targets: list[Target], workload: str, concurrencies: list[int]
             for _ in range(rounds):
                 for target in targets:
                     samples[target.name].append(_sample(target, script, concurrency,
-                                                        duration))
+                                                        duration, upstream_pid))
             for target in targets:
                 got = samples[target.name]
                 row = {"target": target.name, "workload": workload,
@@ -363,7 +370,7 @@ def measure_group(targets: list[Target], workload: str, concurrencies: list[int]
                        if target.proxy and target.proc is not None else 0.0}
                 row["peak_pss_mb"] = max(g["pss_mb"] for g in got)
                 for key in ("rps", "p50_ms", "p99_ms", "cpu_us_per_req",
-                            "relay_cpu_us_per_req"):
+                            "relay_cpu_us_per_req", "load_cpu_us_per_req"):
                     values = [g[key] for g in got if g[key] is not None]
                     row[key] = statistics.median(values) if values else None
                 row["rps_rounds"] = [round(g["rps"]) for g in got]
@@ -375,21 +382,32 @@ def measure_group(targets: list[Target], workload: str, concurrencies: list[int]
     return rows
 
 
-def _sample(target: Target, script: Path, concurrency: int, duration: float
-            ) -> dict[str, Any]:
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk's, once it has been reaped
+    return usage.ru_utime + usage.ru_stime
+
+
+def _sample(target: Target, script: Path, concurrency: int, duration: float,
+            upstream_pid: int) -> dict[str, Any]:
     pid = target.proc.pid if target.proxy and target.proc is not None else None
+    # With --workers N the serving process is the supervisor: its workers are the relays.
+    relay = pid if pid and target.workers == 1 else None
     cpu0 = cpu_seconds(pid) if pid else 0.0
-    relay0 = cpu_seconds(pid, tree=False) if pid else 0.0
+    relay0 = cpu_seconds(relay, tree=False) if relay else 0.0
+    load0 = cpu_seconds(upstream_pid, tree=False) + _children_cpu()
     with PeakPss(pid) as pss:
         result = run_wrk(target.port, script, concurrency, duration)
     n = max(1, result["requests"])
+    load = cpu_seconds(upstream_pid, tree=False) + _children_cpu() - load0
     return {"rps": result["requests"] / (result["duration"] / 1e6),
             "p50_ms": result["p50"] / 1000, "p99_ms": result["p99"] / 1000,
             "cpu_us_per_req": (cpu_seconds(pid) - cpu0) / n * 1e6 if pid else None,
             # the serving process alone (without helper processes such as audit's writer;
             # the same as cpu_us_per_req for everything else)
             "relay_cpu_us_per_req":
-                (cpu_seconds(pid, tree=False) - relay0) / n * 1e6 if pid else None,
+                (cpu_seconds(relay, tree=False) - relay0) / n * 1e6 if relay else None,
+            # the upstream's and wrk's: what the proxy's cores are shared with when unpinned
+            "load_cpu_us_per_req": load / n * 1e6,
             "pss_mb": pss.peak / 1024,
             "errors": result["errors"] + result["non2xx"]}
 
@@ -405,6 +423,24 @@ def _fmt(row: dict[str, Any]) -> str:
             f"  cpu/req {cpu} us{helpers}  rss {row['peak_rss_mb']:5.1f} MB  "
             f"pss {row['peak_pss_mb']:5.1f} MB  "
             f"err {row['errors']}")
+
+
+def scaling_ceiling(one: dict[str, Any], two: dict[str, Any]) -> str:
+    """What ``--workers 2`` can show on this host. One worker has a core to itself (CPU 0);
+    two share every core with the upstream and wrk, so they serve at most ``cores / (proxy
+    + load side)`` requests a second (CPU per request each). The measured ratio is a lower
+    bound of what two cores to the proxy alone would give; the ceiling, what this host
+    could show at best."""
+    cores = os.cpu_count() or 1
+    measured = two["rps"] / one["rps"]
+    load = two["load_cpu_us_per_req"]
+    ceiling = cores / ((two["cpu_us_per_req"] + load) / 1e6)
+    return (f"\nWorkers (JSON c=64; 1 worker on CPU 0, 2 workers on {cores} cores shared with the "
+            f"upstream and wrk): "
+            f"2 workers {two['rps']:.0f} req/s = x{measured:.2f} of 1 worker "
+            f"({one['rps']:.0f} req/s). The load side spent {load:.0f} us a request beside "
+            f"the proxy's {two['cpu_us_per_req']:.0f}: {cores} cores serve at most "
+            f"{ceiling:.0f} req/s = x{ceiling / one['rps']:.2f} of 1 worker here.")
 
 
 def report(rows: list[dict[str, Any]], baseline: str | None = None) -> None:
@@ -497,16 +533,21 @@ def main() -> None:
                 groups.setdefault(workload, []).append(target)
         rows: list[dict[str, Any]] = []
         for workload, group in groups.items():
-            names = {t.name for t in group}
-            refs = [t for t in targets[:fixed] if t.name not in names]
+            in_group = {t.name for t in group}
+            refs = [t for t in targets[:fixed] if t.name not in in_group]
             rows += measure_group([*refs, *group], workload, concurrencies, args.duration,
-                                  args.rounds, tmp)
+                                  args.rounds, tmp, upstream_proc.pid)
         if args.workers_scaling:
-            # Interleaved, in the same rounds; unpinned (the second worker needs a core too:
-            # on a 2-core host it shares them with the upstream and wrk).
+            # Interleaved, in the same rounds. One worker pinned to CPU 0 as every target
+            # (the upstream and wrk on CPU 1); two unpinned: the second worker needs a core
+            # too, and on a 2-core host they share both with the upstream and wrk.
             scaling = [midway_target(f"midway-{workers}w", upstream, tmp / f"w{workers}", [],
-                                     workers=workers, cpu=None) for workers in (1, 2)]
-            rows += measure_group(scaling, "json", [64], args.duration, args.rounds, tmp)
+                                     workers=workers, cpu=0 if workers == 1 else None)
+                       for workers in (1, 2)]
+            scaled = measure_group(scaling, "json", [64], args.duration, args.rounds, tmp,
+                                   upstream_proc.pid)
+            rows += scaled
+            print(scaling_ceiling(*scaled))
         report(rows, baseline)
         Path(args.out).write_bytes(orjson.dumps(rows, option=orjson.OPT_INDENT_2))
         print(f"\nresults written to {args.out}")
