@@ -51,14 +51,9 @@ from midway.testing import free_port, wait_listening
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from run import DELTAS, _substitute, baseline_midway, request_body  # noqa: E402
-from variants_stack import ROUTER  # noqa: E402
+from variants_stack import BUDGET, ROUTER  # noqa: E402
 
-BILLING_CONFIG = """[[billing.budgets]]
-scope = "all"
-period = "day"
-limit_usd = "1000000000"
-name = "bench"
-"""
+BILLING_CONFIG = tomli_w.dumps({"billing": {"budgets": BUDGET}})  # bench/run.py's budget
 WARMUP = 32  # requests per workload before counting: pools, caches, lazy imports
 
 
@@ -335,6 +330,7 @@ def report(rows: list[dict[str, Any]]) -> None:
                       by.get((other, w, c))]
             cells.append(cell + (f" ({', '.join(ratios)})" if ratios else ""))
         print(f"| {name} | " + " | ".join(cells) + " |")
+
 
 if __name__ == "__main__":
     main()
