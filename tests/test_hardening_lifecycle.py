@@ -174,10 +174,14 @@ def _exited(fd: int, timeout: float) -> bool:
 
 
 def _refused(port: int) -> bool:
+    """True once nothing listens on ``port``; False while something does or is closing it."""
     try:
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
     except ConnectionRefusedError:
         return True
+    except ConnectionResetError:
+        # The listener closed while this handshake sat in its backlog: the next probe decides.
+        return False
     return False
 
 
