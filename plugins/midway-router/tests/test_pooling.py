@@ -166,6 +166,36 @@ def test_all_keys_resting_answers_429_with_retry_after(fake_upstream, midway_fac
     assert len(fake_upstream.messages_requests) == 2
 
 
+@pytest.mark.parametrize("second", [529, 429])
+def test_keys_resting_after_overload_answer_529_unless_one_was_rate_limited(
+        fake_upstream, midway_factory, router_plugin, second):
+    """A 529 rests its key too; once every key rests, the refusal says overloaded (529) when
+    every rest came from a 529, and rate limited (429) when any came from a 429."""
+    statuses = {KEYS[0]: 529, KEYS[1]: second}
+    kinds = {529: "overloaded_error", 429: "rate_limit_error"}
+    waits = {KEYS[0]: "9", KEYS[1]: "20"}
+    fake_upstream.fake.default = lambda rec: Reply(
+        status=statuses[key_of(rec)], error_type=kinds[statuses[key_of(rec)]],
+        headers={"retry-after": waits[key_of(rec)]})
+    proxy = midway_factory(plugins=[router_plugin],
+                           config=pool_config(fake_upstream.url, KEYS[:2]))
+    # A 529 fails the upstream for that request (no other key of it is tried): the client
+    # gets the upstream's own answer, and the next request takes the other key.
+    for _ in range(2):
+        raw_post(proxy.url + "/v1/messages", MSG).read()
+    assert {key_of(r) for r in fake_upstream.messages_requests} == set(KEYS[:2])
+    wait_idle(proxy)
+    rows = rows_by_key(proxy)
+    assert [rows[fingerprint(k)]["resting_for"] for k in KEYS[:2]] == [529, second]
+    sent = len(fake_upstream.messages_requests)
+    refused = raw_post(proxy.url + "/v1/messages", MSG)
+    payload = json.loads(refused.read())
+    assert refused.status == second
+    assert payload["error"]["type"] == kinds[second]
+    assert refused.headers["retry-after"] in ("8", "9")  # the earliest rest
+    assert len(fake_upstream.messages_requests) == sent  # refused without touching upstream
+
+
 def test_401_takes_the_key_out_of_rotation(fake_upstream, midway_factory, router_plugin,
                                            caplog):
     bad, good = "sk-ant-revoked-key", KEYS[1]

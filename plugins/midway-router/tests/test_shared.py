@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import anthropic
+import pytest
 from click.testing import CliRunner
 from conftest import key_of, wait_idle
 
@@ -75,3 +76,25 @@ def test_rest_and_disable_spread_to_every_instance(fake_upstream, midway_factory
     rows = merged()
     assert rows[fingerprint(KEYS[0])]["health"] == "resting"
     assert rows[fingerprint(KEYS[1])]["served"] == served
+
+
+def test_an_instance_that_learns_an_overload_rest_answers_529(
+        fake_upstream, midway_factory, router_plugin, redis_url, redis_prefix):
+    fake_upstream.fake.default = lambda rec: Reply(
+        status=529, error_type="overloaded_error", headers={"retry-after": "30"})
+    one_key = {"router": {"upstreams": [{"name": "anthropic", "url": fake_upstream.url,
+                                         "keys": KEYS[:1]}],
+                          "state": redis_url, "state_prefix": redis_prefix}}
+    one = midway_factory(plugins=[router_plugin], config=one_key)
+    two = midway_factory(plugins=[router_plugin], config=one_key)
+    sdk = anthropic.Anthropic(base_url=one.url, api_key="c", max_retries=0)
+    with pytest.raises(anthropic.APIStatusError) as relayed:
+        sdk.messages.create(**MSG)
+    assert relayed.value.status_code == 529
+    wait_for(lambda: health(two, KEYS[0]) == "resting")
+    sent = len(fake_upstream.messages_requests)
+    with pytest.raises(anthropic.APIStatusError) as refused:
+        anthropic.Anthropic(base_url=two.url, api_key="c", max_retries=0).messages.create(**MSG)
+    assert refused.value.status_code == 529
+    assert refused.value.body["error"]["type"] == "overloaded_error"  # type: ignore[index]
+    assert len(fake_upstream.messages_requests) == sent

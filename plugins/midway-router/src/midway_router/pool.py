@@ -26,6 +26,7 @@ class KeyState:
     in_flight: int = 0
     resting_until: float = 0.0  # epoch seconds
     strikes: int = 0  # rests in a row; each one rests longer
+    rest_status: int = 429  # what sent the key to rest: 429 (rate limited) or 529 (overloaded)
     disabled_until: float = 0.0
     disabled_reason: str | None = None
     limits: dict[str, Limit] = attrs.field(factory=dict)
@@ -86,6 +87,7 @@ class KeyState:
             "key": self.fp,
             "health": self.health(now),
             "resting_until": self.resting_until if self.resting_until > now else None,
+            "resting_for": self.rest_status if self.resting_until > now else None,
             "disabled_until": self.disabled_until if self.disabled_until > now else None,
             "disabled_reason": self.disabled_reason if self.disabled_until > now else None,
             "down_until": upstream.down_until if upstream.down_until > now else None,

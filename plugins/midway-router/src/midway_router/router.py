@@ -245,12 +245,19 @@ class Router:
             return MidwayError(403, "this key may not use any upstream of this route")
         names = route - st.failed
         keys = [k for name in names for k in self.upstreams[name].keys]
-        resting = [k.resting_until for k in keys if k.disabled_until <= now]
+        resting = [k for k in keys if k.disabled_until <= now]
         if resting:
-            wait = max(1, math.ceil(min(resting) - now))
+            wait = max(1, math.ceil(min(k.resting_until for k in resting) - now))
+            headers = {"retry-after": str(wait)}
+            # Rests that an overloaded upstream caused are answered as what they are: Claude
+            # Code and the SDKs treat 529 apart from 429 (a model fallback, no quota to wait).
+            if all(k.rest_status == 529 for k in resting if k.resting_until > now):
+                self._count_refusal(529)
+                return MidwayError(529, f"every upstream for this route is overloaded; retry "
+                                   f"in {wait} s", headers=headers)
             self._count_refusal(429)
             return MidwayError(429, f"every API key for this route is rate limited; retry in "
-                               f"{wait} s", headers={"retry-after": str(wait)})
+                               f"{wait} s", headers=headers)
         if keys:
             self._count_refusal(503)
             return MidwayError(503, "no API key for this route is usable: every key was taken "
@@ -391,6 +398,7 @@ class Router:
             rest = hint
         rest = min(rest, s.rest_max)
         key.resting_until = max(key.resting_until, now + rest)
+        key.rest_status = status
         key.strikes += 1
         key.rests += 1
         log.info("router: key %s of upstream %s answered %d; resting %.1f s", key.fp,
@@ -412,6 +420,7 @@ class Router:
     def _share_key(self, key: KeyState) -> None:
         self.shared.publish({"k": "key", "upstream": key.upstream.spec.name, "fp": key.fp,
                              "resting_until": key.resting_until, "strikes": key.strikes,
+                             "rest_status": key.rest_status,
                              "disabled_until": key.disabled_until,
                              "reason": key.disabled_reason})
 
@@ -425,7 +434,10 @@ class Router:
         key = self._by_fp.get((str(event.get("upstream")), event.get("fp")))
         if key is None:
             return
-        key.resting_until = max(key.resting_until, float(event.get("resting_until") or 0))
+        resting_until = float(event.get("resting_until") or 0)
+        if resting_until > key.resting_until:
+            key.resting_until = resting_until
+            key.rest_status = 529 if event.get("rest_status") == 529 else 429
         key.strikes = max(key.strikes, int(event.get("strikes") or 0))
         disabled = float(event.get("disabled_until") or 0)
         if disabled > key.disabled_until:

@@ -121,6 +121,8 @@ def merge(snapshots: list[dict[str, Any]]) -> list[dict[str, Any]]:
             for field in ("resting_until", "disabled_until", "down_until"):
                 if (row.get(field) or 0) > (seen.get(field) or 0):
                     seen[field] = row[field]
+                    if field == "resting_until":
+                        seen["resting_for"] = row.get("resting_for")
             if row["remaining"]:
                 seen["remaining"], seen["limit"], seen["reset"] = \
                     row["remaining"], row["limit"], row["reset"]
