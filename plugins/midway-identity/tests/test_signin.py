@@ -12,7 +12,7 @@ import anthropic
 import httpx
 import pytest
 from click.testing import CliRunner
-from signin import Client, Seen, browser_signin, sign_in
+from signin import UA, Client, Seen, browser_signin, sign_in
 
 from midway.cli import cli
 from midway.testing import RunningMidway, wait_for
@@ -127,6 +127,27 @@ def test_cross_site_post_to_the_device_page_is_refused(gateway: Start) -> None:
     resp = httpx.post(f"{gw.url}/device", data={"user_code": device["user_code"]},
                       headers={"origin": "https://evil.example", "sec-fetch-site": "cross-site"})
     assert resp.status_code == 403
+
+
+@pytest.mark.parametrize("origin, refused", [
+    ("{loopback}", False),  # the page as this browser loaded it, on the loopback address
+    ("https://midway.example", False),  # the page through public_url
+    ("https://evil.example", True),
+    ("null", True),
+])
+def test_an_origin_without_sec_fetch_site_is_this_gateway_or_refused(
+        gateway: Start, origin: str, refused: bool) -> None:
+    """Browsers too old for Sec-Fetch-Site send only Origin: it is the gateway's when it is
+    the name the request came to (loopback here) or public_url's, even with public_url set."""
+    gw = gateway({"public_url": "https://midway.example"})
+    start = httpx.post(f"{gw.url}/oauth/device_authorization", data={"surface": "claude_code"},
+                       headers=UA)
+    assert start.status_code == 200, start.text
+    resp = httpx.post(f"{gw.url}/device", data={"user_code": start.json()["user_code"]},
+                      headers={"origin": origin.format(loopback=gw.url)})
+    assert (resp.status_code == 403) is refused, resp.text
+    if not refused:
+        assert resp.status_code in (302, 303) and resp.headers["location"].startswith("http")
 
 
 def test_unknown_code_and_the_page_never_submits_itself(gateway: Start) -> None:

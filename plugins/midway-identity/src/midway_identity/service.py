@@ -426,14 +426,15 @@ class Identity:
 
     def _cross_site(self, request: web.Request) -> bool:
         """A form post another site made the browser send (CSRF): browsers say so in
-        ``Sec-Fetch-Site``; older ones in ``Origin``."""
+        ``Sec-Fetch-Site``; older ones in ``Origin``, which is this gateway's when it names
+        the host the request came to (``_named`` checked that name) or ``public_url``'s."""
         site = request.headers.get("sec-fetch-site")
         if site is not None:
             return site not in ("same-origin", "none")
         origin = request.headers.get("origin")
         if origin is None:
             return False
-        return urlsplit(origin).netloc != urlsplit(self.base(request)).netloc
+        return urlsplit(origin).netloc not in (request.host, urlsplit(self.base(request)).netloc)
 
     async def device_submit(self, request: web.Request) -> web.Response:
         if not self.verify_limit.allow(request.remote or ""):
