@@ -11,6 +11,9 @@ installed gets these fixtures:
   ``pg_schema_factory``, ``redis_url``, ``redis_prefix``, ``private_postgres``,
   ``private_redis`` (see :mod:`midway.testing_services`).
 
+For a command, :func:`run_cli` runs ``midway …`` in-process on a configuration of the test's
+own, and :func:`check_problems` reads one subject's problems from ``config check --json``.
+
 For unit tests of a single hook, :func:`make_exchange` builds an exchange and
 :func:`call_hook` calls one plugin's implementation, awaiting it if needed. Between the two,
 :class:`Harness` drives whole exchanges through every hook of the real relay in-process, with
@@ -441,6 +444,29 @@ def make_exchange(body: Any = None, headers: dict[str, str] | None = None,
                     client_address="127.0.0.1",
                     timings=Timings(started_at=time.time(), started=time.monotonic()),
                     midway=midway)
+
+
+def run_cli(tmp: Path, plugins: str, command: list[str], toml: str) -> tuple[int, str]:
+    """``midway COMMAND`` in-process with ``toml`` as its configuration (written to
+    ``tmp/midway.toml``), ``tmp/data`` as its data dir and ``plugins`` (a ``MIDWAY_PLUGINS``
+    value: ``""`` for none) loaded. Returns the exit code and what it printed."""
+    from click.testing import CliRunner
+
+    from midway.cli import cli
+
+    config = tmp / "midway.toml"
+    config.write_text(toml)
+    result = CliRunner().invoke(cli, [*command, "--config", str(config),
+                                      "--data-dir", str(tmp / "data")],
+                                env={"MIDWAY_PLUGINS": plugins})
+    return result.exit_code, result.output
+
+
+def check_problems(output: str, subject: str) -> list[str]:
+    """The problems ``midway config check --json`` printed for ``subject`` (``core``,
+    ``keys`` or a plugin's name)."""
+    report = orjson.loads(output)
+    return list(next(r for r in report if r["subject"] == subject)["problems"])
 
 
 def call_hook(plugin: Any, hook: str, **kwargs: Any) -> Any:

@@ -2,83 +2,67 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner
 
-from midway.cli import cli
 from midway.config import ConfigError
 from midway.options import load_table
-from midway.testing import free_port, pg_query
+from midway.testing import check_problems, free_port, pg_query, run_cli
 from midway_audit.config import AuditConfig
 
 
-def run(tmp_path: Path, monkeypatch: Any, command: list[str], toml: str) -> tuple[int, str]:
-    monkeypatch.setenv("MIDWAY_PLUGINS", "audit")
-    config = tmp_path / "midway.toml"
-    config.write_text(toml)
-    result = CliRunner().invoke(cli, [*command, "--config", str(config),
-                                      "--data-dir", str(tmp_path / "data")])
-    return result.exit_code, result.output
-
-
-def audit_problems(output: str) -> list[str]:
-    return next(r for r in json.loads(output) if r["subject"] == "audit")["problems"]
-
-
-def test_missing_schema_then_upgrade_then_old_schema(tmp_path, monkeypatch, postgres_dsn,
+def test_missing_schema_then_upgrade_then_old_schema(tmp_path, postgres_dsn,
                                                      pg_schema_factory):
     schema = pg_schema_factory(create=False)
     toml = f'[audit]\nstore = "{postgres_dsn}"\nschema = "{schema}"\n'
-    code, out = run(tmp_path, monkeypatch, ["config", "check", "--json"], toml)
+    code, out = run_cli(tmp_path, "audit", ["config", "check", "--json"], toml)
     assert code == 1
-    [problem] = audit_problems(out)
+    [problem] = check_problems(out, "audit")
     assert f"schema '{schema}' does not exist" in problem and "midway db upgrade" in problem
 
-    code, out = run(tmp_path, monkeypatch, ["db", "upgrade"], toml)
+    code, out = run_cli(tmp_path, "audit", ["db", "upgrade"], toml)
     assert code == 0, out
     assert "created table audit_records" in out and "created table audit_chain" in out
-    code, out = run(tmp_path, monkeypatch, ["db", "upgrade"], toml)
+    code, out = run_cli(tmp_path, "audit", ["db", "upgrade"], toml)
     assert (code, out.strip()) == (0, "audit: up to date")  # idempotent
-    code, out = run(tmp_path, monkeypatch, ["config", "check", "--json"], toml)
-    assert code == 0 and audit_problems(out) == []
+    code, out = run_cli(tmp_path, "audit", ["config", "check", "--json"], toml)
+    assert code == 0 and check_problems(out, "audit") == []
 
     # A schema from before a column existed.
     pg_query(postgres_dsn, "ALTER TABLE audit_records DROP COLUMN upstream_request_id",
              schema=schema)
-    code, out = run(tmp_path, monkeypatch, ["config", "check", "--json"], toml)
-    [problem] = audit_problems(out)
+    code, out = run_cli(tmp_path, "audit", ["config", "check", "--json"], toml)
+    [problem] = check_problems(out, "audit")
     assert "audit_records is older" in problem and "upstream_request_id" in problem
-    code, out = run(tmp_path, monkeypatch, ["db", "upgrade"], toml)
+    code, out = run_cli(tmp_path, "audit", ["db", "upgrade"], toml)
     assert code == 0 and "added column(s) upstream_request_id to audit_records" in out
-    code, out = run(tmp_path, monkeypatch, ["config", "check", "--json"], toml)
-    assert code == 0 and audit_problems(out) == []
+    code, out = run_cli(tmp_path, "audit", ["config", "check", "--json"], toml)
+    assert code == 0 and check_problems(out, "audit") == []
 
 
-def test_unreachable_postgres_and_bad_config(tmp_path, monkeypatch):
+def test_unreachable_postgres_and_bad_config(tmp_path):
     dsn = f"postgresql://postgres:hunter2@127.0.0.1:{free_port()}/test"
-    code, out = run(tmp_path, monkeypatch, ["config", "check", "--json"],
-                    f'[audit]\nstore = "{dsn}"\n')
+    code, out = run_cli(tmp_path, "audit", ["config", "check", "--json"],
+                        f'[audit]\nstore = "{dsn}"\n')
     assert code == 1
-    [problem] = audit_problems(out)
+    [problem] = check_problems(out, "audit")
     assert "unreachable" in problem and "hunter2" not in problem  # the password is masked
-    code, out = run(tmp_path, monkeypatch, ["config", "check", "--json"],
-                    '[audit]\nstore = "mysql://x"\n')
-    assert code == 1 and "unknown scheme" in audit_problems(out)[0]
+    code, out = run_cli(tmp_path, "audit", ["config", "check", "--json"],
+                        '[audit]\nstore = "mysql://x"\n')
+    assert code == 1 and "unknown scheme" in check_problems(out, "audit")[0]
 
 
-def test_sqlite_store_checked_and_created(tmp_path, monkeypatch):
+def test_sqlite_store_checked_and_created(tmp_path):
     (tmp_path / "junk.db").write_bytes(b"not a database, not at all" * 100)
-    code, out = run(tmp_path, monkeypatch, ["config", "check", "--json"],
-                    f'[audit]\nstore = "sqlite://{tmp_path}/junk.db"\n')
-    assert code == 1 and "not a usable SQLite database" in audit_problems(out)[0]
-    code, out = run(tmp_path, monkeypatch, ["db", "upgrade"], '[audit]\nstore = "sqlite"\n')
+    code, out = run_cli(tmp_path, "audit", ["config", "check", "--json"],
+                        f'[audit]\nstore = "sqlite://{tmp_path}/junk.db"\n')
+    assert code == 1 and "not a usable SQLite database" in check_problems(out, "audit")[0]
+    code, out = run_cli(tmp_path, "audit", ["db", "upgrade"], '[audit]\nstore = "sqlite"\n')
     assert code == 0 and "created" in out and (tmp_path / "data" / "audit.db").exists()
-    code, out = run(tmp_path, monkeypatch, ["config", "check"], '[audit]\nstore = "sqlite"\n')
+    code, out = run_cli(tmp_path, "audit", ["config", "check"], '[audit]\nstore = "sqlite"\n')
     assert code == 0 and "audit: ok" in out
 
 
@@ -144,13 +128,13 @@ def test_a_bad_value_is_one_line_naming_the_key(tmp_path, table, message):
     assert str(info.value).startswith(message)
 
 
-def test_an_unknown_key_names_the_nearest_one(tmp_path, monkeypatch):
+def test_an_unknown_key_names_the_nearest_one(tmp_path):
     """A typo in [audit] stops the server and the commands with one line naming the fix."""
-    code, output = run(tmp_path, monkeypatch, ["config", "check", "--json"],
-                       "[audit]\nmax_agee = \"90d\"\n")
+    code, output = run_cli(tmp_path, "audit", ["config", "check", "--json"],
+                           "[audit]\nmax_agee = \"90d\"\n")
     assert code == 1
-    problems = audit_problems(output)
+    problems = check_problems(output, "audit")
     assert len(problems) == 1
     assert "[audit] max_agee: unknown setting; did you mean `max_age`?" in problems[0]
-    code, output = run(tmp_path, monkeypatch, ["audit", "query"], "[audit]\nbodys = false\n")
+    code, output = run_cli(tmp_path, "audit", ["audit", "query"], "[audit]\nbodys = false\n")
     assert code != 0 and "[audit] bodys: unknown setting; did you mean `bodies`?" in output

@@ -5,79 +5,62 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
-from click.testing import CliRunner
 from conftest import body, client, stats
 
-from midway.cli import cli
 from midway.config import ConfigError
 from midway.options import load_table
 from midway.storage import StoreURL
-from midway.testing import wait_for
+from midway.testing import check_problems, run_cli, wait_for
 from midway_cache.config import CacheConfig
 
 
-def run(tmp_path: Path, monkeypatch: Any, command: list[str], toml: str) -> tuple[int, str]:
-    monkeypatch.setenv("MIDWAY_PLUGINS", "cache")
-    config = tmp_path / "midway.toml"
-    config.write_text(toml)
-    result = CliRunner().invoke(cli, [*command, "--config", str(config),
-                                      "--data-dir", str(tmp_path / "data")])
-    return result.exit_code, result.output
-
-
-def problems(output: str) -> list[str]:
-    return next(r for r in json.loads(output) if r["subject"] == "cache")["problems"]
-
-
-def test_redis_reachable_or_not(tmp_path, monkeypatch, private_redis):
-    code, out = run(tmp_path, monkeypatch, ["config", "check", "--json"],
-                    f'[cache]\nstore = "{private_redis.url}"\n')
-    assert code == 0 and problems(out) == []
+def test_redis_reachable_or_not(tmp_path, private_redis):
+    code, out = run_cli(tmp_path, "cache", ["config", "check", "--json"],
+                        f'[cache]\nstore = "{private_redis.url}"\n')
+    assert code == 0 and check_problems(out, "cache") == []
     private_redis.stop()
-    code, out = run(tmp_path, monkeypatch, ["config", "check", "--json"],
-                    f'[cache]\nstore = "{private_redis.url}"\n')
-    assert code == 1 and "unreachable" in problems(out)[0]
-    code, out = run(tmp_path, monkeypatch, ["db", "upgrade"],
-                    f'[cache]\nstore = "{private_redis.url}"\n')
+    code, out = run_cli(tmp_path, "cache", ["config", "check", "--json"],
+                        f'[cache]\nstore = "{private_redis.url}"\n')
+    assert code == 1 and "unreachable" in check_problems(out, "cache")[0]
+    code, out = run_cli(tmp_path, "cache", ["db", "upgrade"],
+                        f'[cache]\nstore = "{private_redis.url}"\n')
     assert code == 0 and "cache: up to date" in out  # Redis has no schema
 
 
-def test_redis_authentication(tmp_path, monkeypatch, private_redis):
+def test_redis_authentication(tmp_path, private_redis):
     redis.Redis(port=private_redis.port).config_set("requirepass", "s3cret")
     url = f"redis://:wrong@127.0.0.1:{private_redis.port}/0"
-    code, out = run(tmp_path, monkeypatch, ["config", "check", "--json"],
-                    f'[cache]\nstore = "{url}"\n')
+    code, out = run_cli(tmp_path, "cache", ["config", "check", "--json"],
+                        f'[cache]\nstore = "{url}"\n')
     assert code == 1
-    [problem] = problems(out)
+    [problem] = check_problems(out, "cache")
     assert "authentication failed" in problem and "wrong" not in problem
 
 
-def test_postgres_schema_upgrade(tmp_path, monkeypatch, postgres_dsn, pg_schema_factory):
+def test_postgres_schema_upgrade(tmp_path, postgres_dsn, pg_schema_factory):
     schema = pg_schema_factory(create=False)
     toml = f'[cache]\nstore = "{postgres_dsn}"\nschema = "{schema}"\n'
-    code, out = run(tmp_path, monkeypatch, ["config", "check", "--json"], toml)
-    assert code == 1 and f"schema '{schema}' does not exist" in problems(out)[0]
-    code, out = run(tmp_path, monkeypatch, ["db", "upgrade"], toml)
+    code, out = run_cli(tmp_path, "cache", ["config", "check", "--json"], toml)
+    assert code == 1 and f"schema '{schema}' does not exist" in check_problems(out, "cache")[0]
+    code, out = run_cli(tmp_path, "cache", ["db", "upgrade"], toml)
     assert code == 0 and out.count("created table") == 3, out
-    code, out = run(tmp_path, monkeypatch, ["db", "upgrade"], toml)
+    code, out = run_cli(tmp_path, "cache", ["db", "upgrade"], toml)
     assert out.strip() == "cache: up to date"
-    code, out = run(tmp_path, monkeypatch, ["config", "check", "--json"], toml)
-    assert code == 0 and problems(out) == []
+    code, out = run_cli(tmp_path, "cache", ["config", "check", "--json"], toml)
+    assert code == 0 and check_problems(out, "cache") == []
 
 
-def test_unknown_store_and_setting(tmp_path, monkeypatch):
-    code, out = run(tmp_path, monkeypatch, ["config", "check", "--json"],
-                    '[cache]\nstore = "memcached://x"\n')
-    assert code == 1 and "memcached://x" in problems(out)[0]
-    code, out = run(tmp_path, monkeypatch, ["config", "check", "--json"], "[cache]\nttll = 3\n")
-    assert code == 1 and len(problems(out)) == 1
-    assert "[cache] ttll: unknown setting; did you mean `ttl`?" in problems(out)[0]
-    code, out = run(tmp_path, monkeypatch, ["cache", "stats"], "[cache]\nsemantic_treshold = 1\n")
+def test_unknown_store_and_setting(tmp_path):
+    code, out = run_cli(tmp_path, "cache", ["config", "check", "--json"],
+                        '[cache]\nstore = "memcached://x"\n')
+    assert code == 1 and "memcached://x" in check_problems(out, "cache")[0]
+    code, out = run_cli(tmp_path, "cache", ["config", "check", "--json"], "[cache]\nttll = 3\n")
+    assert code == 1 and len(check_problems(out, "cache")) == 1
+    assert "[cache] ttll: unknown setting; did you mean `ttl`?" in check_problems(out, "cache")[0]
+    code, out = run_cli(tmp_path, "cache", ["cache", "stats"], "[cache]\nsemantic_treshold = 1\n")
     assert code == 1
     assert "[cache] semantic_treshold: unknown setting; did you mean `semantic_threshold`?" in out
 
@@ -141,7 +124,7 @@ def test_redis_loss_bypasses_then_recovers(fake_upstream, cached, private_redis)
     wait_for(lambda: ask("three") == "hit", timeout=15)
 
 
-def test_stats_print_money_as_exact_decimals(tmp_path, monkeypatch):
+def test_stats_print_money_as_exact_decimals(tmp_path):
     """Three hits that saved $0.00037 each sum to a float with noise (0.0011099999999999999):
     the command prints the decimal."""
     import asyncio
@@ -160,11 +143,11 @@ def test_stats_print_money_as_exact_decimals(tmp_path, monkeypatch):
             await store.close()
 
     asyncio.run(saved())
-    code, out = run(tmp_path, monkeypatch, ["cache", "stats", "--json"], "")
+    code, out = run_cli(tmp_path, "cache", ["cache", "stats", "--json"], "")
     assert code == 0, out
     shown = json.loads(out)
     assert shown["saved_usd"] == "0.00111" and shown["hits"] == 3
-    code, out = run(tmp_path, monkeypatch, ["cache", "stats"], "")
+    code, out = run_cli(tmp_path, "cache", ["cache", "stats"], "")
     assert "saved usd     0.00111\n" in out
 
 
