@@ -446,9 +446,11 @@ def make_exchange(body: Any = None, headers: dict[str, str] | None = None,
                     midway=midway)
 
 
-def run_cli(tmp: Path, plugins: str, command: list[str], toml: str) -> tuple[int, str]:
+def run_cli(tmp: Path, plugins: str, command: list[str], toml: str,
+            data_dir: Path | None = None) -> tuple[int, str]:
     """``midway COMMAND`` in-process with ``toml`` as its configuration (written to
-    ``tmp/midway.toml``), ``tmp/data`` as its data dir and ``plugins`` (a ``MIDWAY_PLUGINS``
+    ``tmp/midway.toml``), ``data_dir`` (default ``tmp/data``; a running proxy's
+    ``midway.settings.data_dir`` to act on its stores) and ``plugins`` (a ``MIDWAY_PLUGINS``
     value: ``""`` for none) loaded. Returns the exit code and what it printed."""
     from click.testing import CliRunner
 
@@ -457,7 +459,7 @@ def run_cli(tmp: Path, plugins: str, command: list[str], toml: str) -> tuple[int
     config = tmp / "midway.toml"
     config.write_text(toml)
     result = CliRunner().invoke(cli, [*command, "--config", str(config),
-                                      "--data-dir", str(tmp / "data")],
+                                      "--data-dir", str(data_dir or tmp / "data")],
                                 env={"MIDWAY_PLUGINS": plugins})
     return result.exit_code, result.output
 

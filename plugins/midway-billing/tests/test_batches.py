@@ -9,10 +9,11 @@ from decimal import Decimal
 
 import anthropic
 import httpx
+import orjson
 import pytest
 from helpers import PLUGIN, billing_of, ledger
 
-from midway.testing import Reply
+from midway.testing import Reply, run_cli
 
 KEYS = [{"key": "mk-alice", "name": "alice", "team": "search"},
         {"key": "mk-bob", "name": "bob", "team": "search"}]
@@ -211,3 +212,91 @@ def test_the_sdk_fetches_results_through_midway(midway_factory, fake_upstream) -
     assert paths[-1] == f"/v1/messages/batches/{batch.id}/results"
     assert {r.headers.get("x-api-key") for r in fake_upstream.requests} == {"sk-ant-upstream"}
     assert not any("mk-alice" in str(r.headers) for r in fake_upstream.requests)
+
+
+def test_an_operator_releases_a_hold_whose_results_midway_never_sees(
+        midway_factory, fake_upstream, tmp_path) -> None:
+    """`midway billing batches` shows what each batch holds; `release-batch` frees it (the
+    results were read at the upstream directly, say). Results fetched later still cost."""
+    running = midway_factory(plugins=[PLUGIN], config=config())
+    client = anthropic.Anthropic(base_url=running.url, api_key="mk-alice", max_retries=0)
+    # 40 × 64000 output tokens at half Opus's price holds $32 of alice's $50: no room for two.
+    held = client.messages.batches.create(requests=batch_requests(40, 64000))  # type: ignore[arg-type]
+    ledger(running, 1)
+    with pytest.raises(anthropic.RateLimitError):
+        client.messages.batches.create(requests=batch_requests(40, 64000))  # type: ignore[arg-type]
+
+    def midway(*command: str) -> tuple[int, str]:
+        return run_cli(tmp_path, "billing", list(command), "",
+                       data_dir=running.midway.settings.data_dir)
+
+    code, out = midway("billing", "batches", "--held", "--json")
+    [row] = orjson.loads(out)
+    assert code == 0 and row["batch_id"] == held.id and row["principal_name"] == "alice"
+    assert Decimal(row["held_usd"]) == Decimal(running.call(
+        billing_of(running).budgets())[0]["reserved_usd"]) > 30
+    code, out = midway("billing", "batches")
+    assert code == 0 and held.id in out and "alice" in out
+    code, out = midway("billing", "release-batch", held.id)
+    assert code == 0 and out.startswith(f"{held.id}: released ${row['held_usd']}"), out
+    assert midway("billing", "batches", "--held", "--json")[1].strip() == "[]"
+    [row] = orjson.loads(midway("billing", "batches", "--json")[1])
+    assert row["held_usd"] == "0" and row["released_by"].startswith("cli:")
+    (budget,) = running.call(billing_of(running).budgets())
+    assert budget["reserved_usd"] == "0" and budget["spent_usd"] == "0"
+    again = client.messages.batches.create(requests=batch_requests(40, 64000))  # type: ignore[arg-type]
+
+    # Twice is harmless; a batch midway never saw is named back.
+    assert "holds nothing" in midway("billing", "release-batch", held.id)[1]
+    code, out = midway("billing", "release-batch", "msgbatch_nope")
+    assert code == 1 and "no batch 'msgbatch_nope' was submitted through midway" in out
+    # The released batch's results, fetched after all, are charged; the other hold stays.
+    assert results(running.url, "mk-alice", held.id).status_code == 200
+    ledger(running, 4 + 40)  # two submits, the refused one, the results fetch; 40 results
+    (budget,) = running.call(billing_of(running).budgets())
+    assert Decimal(budget["spent_usd"]) > 0
+    [other] = orjson.loads(midway("billing", "batches", "--held", "--json")[1])
+    assert other["batch_id"] == again.id and budget["reserved_usd"] == other["held_usd"]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_release_racing_the_results_releases_once(backend, tmp_path, request) -> None:
+    """Two operators and the results' settlement at once, on two stores (PostgreSQL: two
+    connections): the hold comes off once, the results are charged once, nothing below 0."""
+    from test_reconcile import KEY, settled, table_for
+
+    from midway.options import load_table
+    from midway_billing.config import BillingConfig
+    from midway_billing.store import Batch, Reservation
+
+    table = table_for(backend, request)
+
+    async def run() -> None:
+        config = load_table(BillingConfig, "billing", table, data_dir=tmp_path)
+        one, two = config.make_store(), config.make_store()
+        await one.open()
+        await two.open()
+        try:
+            for n in range(5):
+                batch_id, exchange = f"msgbatch_race{n}", f"ex-race{n}"
+                hold = Reservation(exchange, 700, [KEY], 1.0)
+                await one.reserve(hold, {KEY: 10**6})
+                await one.open_batch(Batch(batch_id, exchange, 1.0, "alice", ("alice",), {},
+                                           {"a": 400, "b": 300}), [], hold)
+                result = {**settled(one, f"{batch_id}:a", exchange, 90), "kind": "batch_result",
+                          "batch": 1}
+                before = await one.counters([KEY])
+                released = await asyncio.gather(
+                    one.release_batch(batch_id, "cli:a", 2.0),
+                    two.release_batch(batch_id, "cli:b", 2.0),
+                    two.settle_batch(batch_id, [result], ended=True))
+                spent, reserved = (await one.counters([KEY]))[KEY]
+                assert (spent, reserved) == (before[KEY][0] + 90, 0)
+                # The hold came off once: by one release, by the other, or by the results.
+                taken = [r["held_pusd"] for r in released[:2] if r is not None]
+                assert sorted(taken) in ([0, 0], [0, 700])
+        finally:
+            await one.close()
+            await two.close()
+
+    asyncio.run(run())

@@ -1,4 +1,5 @@
-"""``midway billing report | budgets | prices [update] | reprice | reconcile``."""
+"""``midway billing report | sessions | session | budgets | batches | release-batch | prices
+[update] | reprice | reconcile``."""
 
 from __future__ import annotations
 
@@ -246,6 +247,48 @@ def budgets(settings: Settings, as_json: bool, wide: bool) -> None:
                              optional=["reserved_usd", "mode"],
                              keep=["name", "limit_usd", "spent_usd", "remaining_usd"]),
                      wide=wide).render(rows))
+
+
+@billing_group.command("batches")
+@click.option("--held", is_flag=True, help="Only batches still holding budget.")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 100_000),
+              help="At most this many, newest first.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+@wide_option
+@settings_options
+def batches(settings: Settings, held: bool, limit: int, as_json: bool, wide: bool) -> None:
+    """Message Batches submitted through midway: what each still holds on the budgets and
+    what its results were charged so far (they are priced when fetched through midway)."""
+    rows = _with_billing(settings, lambda b: b.batches(held, limit))
+    if as_json:
+        click.echo(to_json(rows))
+        return
+    if not rows:
+        click.echo("no batches holding budget" if held else "no batches")
+        return
+    click.echo(Table(columns("batch_id", "submitted_at", "principal_name", "team", "held_usd",
+                             "charged_usd", "results", "ended", "released_by",
+                             optional=["team", "released_by"],
+                             keep=["batch_id", "held_usd", "charged_usd"]),
+                     wide=wide).render(rows))
+
+
+@billing_group.command("release-batch")
+@click.argument("batch_id")
+@settings_options
+def release_batch(settings: Settings, batch_id: str) -> None:
+    """Release what BATCH_ID still holds on the budgets, for a batch whose results will not be
+    fetched through midway (read at the upstream directly, or expired there). Results
+    fetched later are still charged. Logged with who ran it."""
+    from midway_billing.spendlimit_cli import cli_actor
+
+    actor = cli_actor()
+    released = _with_billing(settings, lambda b: b.release_batch(batch_id, actor))
+    if released is None:
+        raise click.ClickException(f"no batch {batch_id!r} was submitted through midway "
+                                   "(see `midway billing batches`)")
+    click.echo(f"{batch_id}: released ${released}" if released != "0" else
+               f"{batch_id}: holds nothing (its results were priced, or it was released)")
 
 
 class _PricesGroup(click.Group):

@@ -1181,6 +1181,35 @@ class Billing:
         rows = await self.store.spend_series(_SERIES_BUCKETS[bucket], by, _ts(since))
         return [{"t": iso(t), "key": key, "cost_usd": usd_str(cost)} for t, key, cost in rows]
 
+    async def batches(self, held_only: bool = False, limit: int = 100
+                      ) -> list[dict[str, Any]]:
+        """Message Batches submitted through midway, newest first: who submitted each, what it
+        still holds on the budgets, what its results were charged so far."""
+        out = []
+        for row in await self.store.batches(held_only, limit):
+            who = orjson.loads(row["attribution"])
+            out.append({
+                "batch_id": row["batch_id"], "submitted_at": iso(float(row["created_at"])),
+                "principal": row["principal"], "principal_name": who.get("principal_name"),
+                "team": who.get("team"), "held_usd": usd_str(int(row["held_pusd"])),
+                "charged_usd": usd_str(int(row["charged_pusd"])), "results": row["results"],
+                "ended": bool(row["ended"]),
+                "released_at": iso(row["released_at"]) if row["released_at"] else None,
+                "released_by": row["released_by"]})
+        return out
+
+    async def release_batch(self, batch_id: str, actor: str) -> str | None:
+        """Release what a batch still holds on the budgets (see ``Store.release_batch``):
+        the amount released, in USD (None: midway saw no such batch submitted)."""
+        before = await self.store.release_batch(batch_id, actor, time.time())
+        if before is None:
+            return None
+        released = int(before["held_pusd"])
+        if released:
+            log.warning("billing: %s released the $%s batch %s held on its budgets", actor,
+                        usd_str(released), batch_id)
+        return usd_str(released)
+
     async def budgets(self) -> list[dict[str, Any]]:
         """Every budget with spent, reserved, remaining and reset time, per bucket in force."""
         now = time.time()

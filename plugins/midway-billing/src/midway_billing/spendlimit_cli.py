@@ -44,7 +44,8 @@ def _run(settings: Settings, fn: Callable[[Billing], Awaitable[T]], create: bool
     return asyncio.run(run())
 
 
-def _actor() -> str:
+def cli_actor() -> str:
+    """Who runs this command, as audit rows name them."""
     return f"cli:{getpass.getuser()}@{socket.gethostname()}"
 
 
@@ -120,7 +121,7 @@ def set_limit(settings: Settings, user: str | None, group: str | None, org: bool
         _, after = await billing.store.put_spend_limit(
             {"id": SpendLimit.new_id(), "scope_type": kind, "scope_id": scope_id,
              "period": period, "amount_cents": amount, "created_at": now, "updated_at": now},
-            _actor(), audit_id(now))
+            cli_actor(), audit_id(now))
         return SpendLimit.from_row(after).as_dict()
 
     limit = _run(settings, work, create=True)
@@ -134,7 +135,7 @@ def delete_limit(settings: Settings, limit_id: str) -> None:
     """Delete a limit by its id (spl_...)."""
     async def work(billing: Billing) -> dict[str, Any] | None:
         now = time.time()
-        return await billing.store.delete_spend_limit(limit_id, _actor(), audit_id(now), now)
+        return await billing.store.delete_spend_limit(limit_id, cli_actor(), audit_id(now), now)
 
     if _run(settings, work) is None:
         raise click.ClickException(f"no spend limit {limit_id!r}")

@@ -187,7 +187,9 @@ CREATE TABLE IF NOT EXISTS billing_batches (
     held_pusd {int} NOT NULL DEFAULT 0,
     charged_pusd {int} NOT NULL DEFAULT 0,
     results INTEGER NOT NULL DEFAULT 0,
-    ended INTEGER NOT NULL DEFAULT 0
+    ended INTEGER NOT NULL DEFAULT 0,
+    released_at {real},
+    released_by TEXT
 );
 CREATE TABLE IF NOT EXISTS billing_spend_limits (
     id TEXT PRIMARY KEY,
@@ -897,6 +899,42 @@ class Store:
 
         charged: int = await self._run(unit, f"billing: settling batch {batch_id}")
         return charged
+
+    async def batches(self, held_only: bool = False, limit: int = 100
+                      ) -> list[dict[str, Any]]:
+        """Batches submitted through midway, newest first: who submitted each, what it still
+        holds on its budgets, what its results were charged so far, and any release."""
+        where = " WHERE held_pusd > 0" if held_only else ""
+        rows = await self.db.fetch(
+            "SELECT batch_id, created_at, principal, attribution, held_pusd, "  # noqa: S608
+            f"charged_pusd, results, ended, released_at, released_by FROM billing_batches{where} "
+            "ORDER BY created_at DESC, batch_id LIMIT ?", limit)
+        return [dict(r) for r in rows]
+
+    async def release_batch(self, batch_id: str, actor: str, now: float
+                            ) -> dict[str, Any] | None:
+        """Release all a batch still holds on its budgets, recording who did and when: for
+        a batch whose results will never be fetched through midway (read at the upstream
+        directly, or expired there). Results fetched afterwards are still charged, with no
+        hold to release. The batch's row as it was (None: no such batch)."""
+        lock = _LOCK[self.db.dialect]
+
+        async def unit(tx: Tx) -> dict[str, Any] | None:
+            row = await tx.fetchone(
+                f"SELECT * FROM billing_batches WHERE batch_id = ?{lock}",  # noqa: S608
+                batch_id)
+            if row is None:
+                return None
+            held = int(row["held_pusd"])
+            if held:
+                await _move(tx, [k for k in row["buckets"].split("\n") if k], held, 0)
+                await tx.execute("UPDATE billing_batches SET held_pusd = 0, released_at = ?, "
+                                 "released_by = ? WHERE batch_id = ?", now, actor, batch_id)
+            return dict(row)
+
+        before: dict[str, Any] | None = await self._run(
+            unit, f"billing: releasing batch {batch_id}", _ADMIN_DEADLINE)
+        return before
 
     # -- spend limits ------------------------------------------------------------------------
 
