@@ -249,9 +249,10 @@ class Router:
         if resting:
             wait = max(1, math.ceil(min(k.resting_until for k in resting) - now))
             headers = {"retry-after": str(wait)}
-            # Rests that an overloaded upstream caused are answered as what they are: Claude
-            # Code and the SDKs treat 529 apart from 429 (a model fallback, no quota to wait).
-            if all(k.rest_status == 529 for k in resting if k.resting_until > now):
+            # Rests an overloaded upstream caused are answered as what they are, an overload
+            # (529), not a quota the client ran out of (429).
+            rests = [k.rest_status for k in resting if k.resting_until > now]
+            if rests and all(status == 529 for status in rests):
                 self._count_refusal(529)
                 return MidwayError(529, f"every upstream for this route is overloaded; retry "
                                    f"in {wait} s", headers=headers)
