@@ -466,16 +466,19 @@ ROUTES = [("GET", "/.well-known/oauth-authorization-server"), ("GET", "/protocol
           ("GET", "/_midway/identity/login")]
 
 
+@pytest.mark.parametrize("fetch_site", ["same-origin", None], ids=["browser", "older-browser"])
 @pytest.mark.parametrize(("method", "path"), ROUTES)
-def test_a_rebound_name_reaches_no_route(gateway: Start, method: str, path: str) -> None:
+def test_a_rebound_name_reaches_no_route(gateway: Start, method: str, path: str,
+                                         fetch_site: str | None) -> None:
     """DNS rebinding: a page at rebound.example, its name now resolving to 127.0.0.1, is
     same-origin with what it reaches there — it could start a sign-in, read its codes and
     poll for the tokens of whoever completes it. A loopback gateway answers only names of its
-    own."""
+    own (older browsers send no Sec-Fetch-Site: their Origin matches the Host)."""
     gw = gateway()
     port = gw.url.rsplit(":", 1)[1]
-    page = {"host": f"rebound.example:{port}", "origin": f"http://rebound.example:{port}",
-            "sec-fetch-site": "same-origin"}
+    page = {"host": f"rebound.example:{port}", "origin": f"http://rebound.example:{port}"}
+    if fetch_site is not None:
+        page["sec-fetch-site"] = fetch_site
     resp = httpx.request(method, f"{gw.url}{path}", headers=page, data={"surface": "x"},
                          timeout=10)
     assert resp.status_code == 403, resp.text
