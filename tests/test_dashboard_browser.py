@@ -177,3 +177,30 @@ def test_every_page_with_every_plugin(gateway: RunningMidway, fake_upstream: Fak
     copied = httpx.get(f"{base}/api/status", cookies={"midway_dashboard": cookie})
     assert copied.status_code == 401
     context.close()
+
+
+def test_the_spend_page_shows_what_batches_hold(gateway: RunningMidway, chromium: Any) -> None:
+    """A Message Batch's estimate is reserved on the budgets until its results are priced:
+    the spend page names the batch, who sent it and what it holds, and how to release it."""
+    alice = anthropic.Anthropic(base_url=gateway.url, api_key=ALICE, max_retries=0)
+    batch = alice.messages.batches.create(requests=[{  # type: ignore[list-item]
+        "custom_id": "q1", "params": {"model": "claude-sonnet-4-6", "max_tokens": 4000,
+                                      "messages": [{"role": "user", "content": "Hi"}]}}])
+    billing = gateway.midway.services["billing"]
+    wait_for(lambda: len(gateway.call(billing.batches(held_only=True))) == 1)
+    [held] = gateway.call(billing.batches(held_only=True))
+    context = chromium.new_context(viewport={"width": 1280, "height": 900})
+    base = f"{gateway.url}/_midway"
+    page, problems = open_page(chromium, context, f"{base}/login")
+    page.fill("input[name=key]", ADMIN)
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{base}/")
+    problems.clear()
+    page.goto(f"{base}/spend")
+    page.wait_for_selector("#panel-batches td")
+    shown = page.inner_text("#panel-batches")
+    assert batch.id in shown and "alice" in shown and "search" in shown
+    assert f"${float(held['held_usd']):.2f}" in shown and "release-batch" in shown
+    page.screenshot(path=screenshot_dir(ROOT) / "spend-batches.png", full_page=True)
+    assert problems == []
+    context.close()

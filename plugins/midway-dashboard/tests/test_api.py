@@ -161,6 +161,10 @@ class Services:
                 return [{"name": "daily", "scope": "team", "value": "search",
                          "limit_usd": "1.00", "spent_usd": "0.0123"}]
 
+            async def batches(self, held_only: bool = False, limit: int = 100) -> list[Any]:
+                await services._record("batches", held_only=held_only, limit=limit)
+                return [{"batch_id": "msgbatch_1", "held_usd": "0.5"}]
+
         class Cache:
             async def stats(self) -> dict[str, Any]:
                 await services._record("stats")
@@ -197,11 +201,13 @@ def test_panels_read_the_services(start_dashboard: Callable[..., RunningMidway])
     assert spend["series"] == [{"t": "2026-11-24T10:00:00+00:00", "key": "search",
                                 "cost_usd": "0.0123"}]
     assert spend["report"][0]["team"] == "search" and spend["budgets"][0]["limit_usd"] == "1.00"
+    assert spend["batches"] == [{"batch_id": "msgbatch_1", "held_usd": "0.5"}]
     assert spend["pricing"]["unknown_models"] == ["claude-zeta-9"]
     called = dict(services.calls)
     assert called["spend_series"]["bucket"] == "day" and called["spend_series"]["by"] == "team"
     assert isinstance(called["spend_series"]["since"], float)  # Billing takes unix seconds
     assert called["report"]["by"] == "team"
+    assert called["batches"] == {"held_only": True, "limit": 20}  # only what still holds
 
     _, cache = api(running, "cache")
     assert cache["hit_rate"] == 0.75 and cache["stats"]["saved_usd"] == "0.0009"

@@ -109,6 +109,8 @@ async def call(label: str, method: Callable[..., Any], *args: Any, **kwargs: Any
 
 
 SPEND_DIMENSIONS = ("team", "project", "model", "principal")
+# The spend page lists this many Message Batches still holding budget, newest first.
+MAX_HELD_BATCHES = 20
 SPEND_BUCKETS = {"hour": timedelta(days=2), "day": timedelta(days=30)}
 
 
@@ -121,12 +123,15 @@ async def spend(midway: Midway, by: str, bucket: str) -> dict[str, Any]:
                         since=since.timestamp())
     report = await call("billing.report", billing.report, by, since=since.timestamp())
     budgets = await call("billing.budgets", billing.budgets)
+    # what holds part of the budgets' "reserved": batches whose results are not priced yet
+    batches = await call("billing.batches", billing.batches, held_only=True,
+                         limit=MAX_HELD_BATCHES) if hasattr(billing, "batches") else []
     # the catalogue in force and the unknown-model rule (a billing without it: not shown)
     pricing = await call("billing.pricing", billing.pricing) \
         if hasattr(billing, "pricing") else None
     return {"installed": True, "by": by, "bucket": bucket, "since": since,
             "series": list(series), "report": list(report), "budgets": list(budgets),
-            "pricing": pricing}
+            "batches": list(batches), "pricing": pricing}
 
 
 # The sessions panel shows the costliest sessions only, and so many agents of each: a client

@@ -361,8 +361,21 @@
         }},
         {label: "resets", value: (b) => fmt.time(pick(b, "resets_at"))}], d.budgets, {empty: "No budgets configured.",
           rowClass: (b) => Number(pick(b, "spent_usd")) >= Number(pick(b, "limit_usd")) ? "over" : ""}));
+      // Message Batches whose estimate is still reserved on the budgets above.
+      const batchTable = d.batches && d.batches.length ? section(
+        "Batches holding budget (priced as their results are fetched through midway)", "panel-batches",
+        table([
+          {label: "batch", value: (b) => b.batch_id},
+          {label: "submitted", value: (b) => fmt.time(b.submitted_at)},
+          {label: "by", value: (b) => b.principal_name ?? b.principal ?? "-"},
+          {label: "team", value: (b) => b.team ?? "-"},
+          {label: "held", num: true, value: (b) => fmt.usd(b.held_usd)},
+          {label: "charged", num: true, value: (b) => fmt.usd(b.charged_usd)},
+          {label: "results", num: true, value: (b) => fmt.num(b.results)}], d.batches),
+        el("p", {class: "hint", text: "A batch whose results are read elsewhere keeps its hold: " +
+          "release it with `midway billing release-batch BATCH_ID`."})) : null;
       replace(holder, section(`Spend per ${d.bucket} by ${d.by} (${state.mode}, USD)`, "panel-spend-chart", chart),
-              report, budgetTable, ...[sessionsPanel(d.sessions)].filter(Boolean));
+              report, budgetTable, ...[batchTable, sessionsPanel(d.sessions)].filter(Boolean));
       if (times.length) {
         timeChart(chart, "spend", times, series, {yFormat: (v) => fmt.usd(v), minMax: 0.01});
       } else {
