@@ -14,7 +14,7 @@ import orjson
 from click.testing import CliRunner
 
 from midway.cli import cli
-from midway.testing import free_port, wait_for, wait_listening
+from midway.testing import check_problems, free_port, run_cli, wait_for, wait_listening
 
 
 def post(port: int) -> int:
@@ -59,24 +59,17 @@ def test_two_workers_share_a_port_and_report_totals(fake_upstream, tmp_path):
         assert proc.wait(30) == 0
 
 
-def test_config_check_reports_each_problem(tmp_path, monkeypatch):
-    monkeypatch.setenv("MIDWAY_PLUGINS", "")
-    config = tmp_path / "midway.toml"
-    config.write_text('[midway]\nupstream_api_key = "env:MIDWAY_TEST_NOT_SET"\n'
-                      '[[midway.client_keys]]\nkey = "file:/nonexistent/key"\nname = "alice"\n')
-    result = CliRunner().invoke(cli, ["config", "check", "--json", "--config", str(config),
-                                      "--data-dir", str(tmp_path / "data")])
-    assert result.exit_code == 1
-    report = json.loads(result.output)
-    problems = next(r for r in report if r["subject"] == "core")["problems"]
+def test_config_check_reports_each_problem(tmp_path):
+    code, out = run_cli(tmp_path, "", ["config", "check", "--json"],
+                        '[midway]\nupstream_api_key = "env:MIDWAY_TEST_NOT_SET"\n'
+                        '[[midway.client_keys]]\nkey = "file:/nonexistent/key"\nname = "alice"\n')
+    assert code == 1
+    problems = check_problems(out, "core")
     assert any("MIDWAY_TEST_NOT_SET" in p for p in problems)
     assert any("alice" in p and "/nonexistent/key" in p for p in problems)
-    good = tmp_path / "good.toml"
-    good.write_text('[midway]\nport = 8999\n')
-    result = CliRunner().invoke(cli, ["config", "check", "--config", str(good),
-                                      "--data-dir", str(tmp_path / "data")])
-    assert result.exit_code == 0, result.output
-    assert "core: ok" in result.output
+    code, out = run_cli(tmp_path, "", ["config", "check"], '[midway]\nport = 8999\n')
+    assert code == 0, out
+    assert "core: ok" in out
 
 
 def test_sigterm_lets_open_streams_finish_then_exits_zero(fake_upstream, tmp_path):

@@ -4,7 +4,6 @@ the module unimportable in this process (``sys.modules[name] = None``)."""
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from midway.cli import cli
+from midway.testing import check_problems
 
 HINT = "pip install './plugins/midway-cache[semantic]'"
 
@@ -48,7 +48,7 @@ def test_config_check_names_the_extra_of_a_semantic_cache(
     code, out = run(tmp_path, monkeypatch, "[cache]\nsemantic = true\n",
                     "config", "check", "--json")
     assert code != 0
-    problems = next(r for r in json.loads(out) if r["subject"] == "cache")["problems"]
+    problems = check_problems(out, "cache")
     assert any("[cache] semantic = true needs the [semantic] extra (numpy is not installed)"
                in p and HINT in p for p in problems), problems
 
